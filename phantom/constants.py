@@ -1,0 +1,58 @@
+"""Protocol constants and implementation tunables, kept apart.
+
+Protocol constants follow WireGuard's whitepaper section 6.1 where the
+behaviour is the same; both peers must agree on them.  Tunables are this
+implementation's choices and may be changed (tests shrink the timers through
+``[tunables]`` in the config file).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+# --- protocol constants ---------------------------------------------------------
+NOISE_PROTOCOL_NAME = b"Noise_IK_25519_ChaChaPoly_BLAKE2b"
+PROLOGUE = b"phantom v1"
+LABEL_MAC1 = b"mac1----"
+LABEL_COOKIE = b"cookie--"
+
+REKEY_AFTER_MESSAGES = 2 ** 60
+REJECT_AFTER_MESSAGES = 2 ** 64 - 2 ** 13 - 1
+REPLAY_WINDOW_SIZE = 8192 - 64       # RFC 6479 style, in bits; >= 2048 as required
+
+
+@dataclass(frozen=True)
+class Tunables:
+    """Timer and queue settings (seconds unless noted)."""
+
+    rekey_after_time: float = 120.0
+    reject_after_time: float = 180.0
+    rekey_attempt_time: float = 90.0
+    rekey_timeout: float = 5.0
+    keepalive_timeout: float = 10.0
+    cookie_refresh_time: float = 120.0
+    rekey_after_messages: int = REKEY_AFTER_MESSAGES
+    reject_after_messages: int = REJECT_AFTER_MESSAGES
+    handshake_jitter: float = 0.333     # max extra seconds added to each retry
+    open_attempts: int = 6               # handshakes tried by `open` before it fails
+    timer_tick: float = 0.1              # control-plane tick period
+    staged_packets: int = 128            # packets queued per peer while handshaking
+    burst: int = 64                      # packets drained per fd wakeup
+    under_load_initiations: int = 64     # initiations/s before cookies are demanded
+    handshakes_per_second_per_source: float = 20.0
+    handshake_burst_per_source: int = 5
+
+    @classmethod
+    def from_mapping(cls, values: dict) -> "Tunables":
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ValueError("unknown tunable(s): %s" % ", ".join(sorted(unknown)))
+        return replace(cls(), **values)
+
+
+DEFAULT_TUNABLES = Tunables()
+DEFAULT_HTTP_PORT = 4567
+DEFAULT_UDP_PORT = 9000
+DEFAULT_TEST_PORT = 8000
+DEFAULT_MTU = 1420

@@ -1,0 +1,1 @@
+"""The control plane: handshake, timers, peers, config, keys, HTTP API, key directory."""

@@ -1,0 +1,190 @@
+"""libsodium primitives, reached through PyNaCl's bundled library.
+
+Shared by both planes.  Nothing here is a home-made primitive: X25519,
+BLAKE2b, ChaCha20-Poly1305, XChaCha20-Poly1305 and XSalsa20-Poly1305
+(secretbox) are libsodium calls; HMAC and HKDF are the standard
+constructions over libsodium's BLAKE2b, as the Noise spec defines them.
+
+The data-path calls (:func:`secretbox_seal_into`, :func:`secretbox_open_into`)
+go straight to libsodium through cffi so that the reference path can
+encrypt in place without extra copies.
+"""
+
+from __future__ import annotations
+
+import hmac as _hmac
+
+import nacl.bindings as _nb
+from nacl import _sodium
+
+from .wire import transport_nonce
+
+ffi = _sodium.ffi
+lib = _sodium.lib
+
+KEY_SIZE = 32
+HASH_SIZE = 64          # BLAKE2b-512, Noise HASHLEN
+BLAKE2B_BLOCK = 128     # Noise BLOCKLEN for BLAKE2b
+MAC_SIZE = 16
+SECRETBOX_MAC = 16
+
+
+class CryptoError(Exception):
+    """Authentication failed or an input was rejected by libsodium."""
+
+
+def random_bytes(n: int) -> bytes:
+    return bytes(ffi.buffer(_rand(n)))
+
+
+def _rand(n: int):
+    buf = ffi.new("unsigned char[]", n)
+    lib.randombytes(buf, n)
+    return buf
+
+
+def random_u32() -> int:
+    return int.from_bytes(random_bytes(4), "little")
+
+
+# --- X25519 -------------------------------------------------------------------
+def x25519_private() -> bytes:
+    """A fresh X25519 private key (clamped by libsodium on use)."""
+    return bytes(ffi.buffer(_rand(KEY_SIZE)))
+
+
+def x25519_public(private: bytes) -> bytes:
+    return _nb.crypto_scalarmult_base(bytes(private))
+
+
+def x25519(private: bytes, public: bytes) -> bytes:
+    """Diffie-Hellman; raises CryptoError for low-order public keys (all-zero output)."""
+    try:
+        out = _nb.crypto_scalarmult(bytes(private), bytes(public))
+    except Exception as exc:  # libsodium refuses small-order points
+        raise CryptoError("invalid public key") from exc
+    if not any(out):
+        raise CryptoError("invalid public key")
+    return out
+
+
+# --- hashing ------------------------------------------------------------------
+def blake2b(data: bytes, digest_size: int = HASH_SIZE, key: bytes = b"") -> bytes:
+    return _nb.crypto_generichash_blake2b_salt_personal(
+        bytes(data), digest_size=digest_size, key=bytes(key))
+
+
+def hmac_blake2b(key: bytes, data: bytes) -> bytes:
+    """HMAC (RFC 2104) over libsodium's BLAKE2b-512, block size 128."""
+    key = bytes(key)
+    if len(key) > BLAKE2B_BLOCK:
+        key = blake2b(key)
+    key = key.ljust(BLAKE2B_BLOCK, b"\x00")
+    inner = blake2b(bytes(b ^ 0x36 for b in key) + bytes(data))
+    return blake2b(bytes(b ^ 0x5C for b in key) + inner)
+
+
+def hkdf(chaining_key: bytes, ikm: bytes, outputs: int) -> list[bytes]:
+    """Noise's HKDF(chaining_key, input_key_material, num_outputs)."""
+    temp = hmac_blake2b(chaining_key, ikm)
+    out, prev = [], b""
+    for i in range(1, outputs + 1):
+        prev = hmac_blake2b(temp, prev + bytes([i]))
+        out.append(prev)
+    return out
+
+
+# --- AEADs for the handshake and cookies ----------------------------------------
+def _ietf_nonce(counter: int) -> bytes:
+    return bytes(4) + counter.to_bytes(8, "little")
+
+
+def aead_encrypt(key: bytes, counter: int, ad: bytes, plaintext: bytes) -> bytes:
+    """ChaCha20-Poly1305 (IETF) with Noise's nonce encoding."""
+    return _nb.crypto_aead_chacha20poly1305_ietf_encrypt(
+        bytes(plaintext), bytes(ad), _ietf_nonce(counter), bytes(key))
+
+
+def aead_decrypt(key: bytes, counter: int, ad: bytes, ciphertext: bytes) -> bytes:
+    try:
+        return _nb.crypto_aead_chacha20poly1305_ietf_decrypt(
+            bytes(ciphertext), bytes(ad), _ietf_nonce(counter), bytes(key))
+    except Exception as exc:
+        raise CryptoError("handshake decryption failed") from exc
+
+
+def xaead_encrypt(key: bytes, nonce: bytes, ad: bytes, plaintext: bytes) -> bytes:
+    """XChaCha20-Poly1305, used for cookie replies."""
+    return _nb.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        bytes(plaintext), bytes(ad), bytes(nonce), bytes(key))
+
+
+def xaead_decrypt(key: bytes, nonce: bytes, ad: bytes, ciphertext: bytes) -> bytes:
+    try:
+        return _nb.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            bytes(ciphertext), bytes(ad), bytes(nonce), bytes(key))
+    except Exception as exc:
+        raise CryptoError("cookie decryption failed") from exc
+
+
+# --- secretbox for transport data -------------------------------------------------
+def secretbox_seal(key: bytes, counter: int, plaintext: bytes) -> bytes:
+    """Return mac || ciphertext for ``plaintext`` under the transport nonce."""
+    n = len(plaintext)
+    out = ffi.new("unsigned char[]", n + SECRETBOX_MAC)
+    rc = lib.crypto_secretbox_easy(out, ffi.from_buffer(plaintext), n,
+                                   transport_nonce(counter), ffi.from_buffer(key))
+    if rc != 0:
+        raise CryptoError("secretbox seal failed")
+    return bytes(ffi.buffer(out, n + SECRETBOX_MAC))
+
+
+def secretbox_seal_into(key, counter: int, buf: bytearray, offset: int, length: int) -> None:
+    """Encrypt in place: plaintext at buf[offset:offset+length] becomes
+    mac at buf[offset-16:offset] and ciphertext at buf[offset:offset+length]."""
+    p = ffi.from_buffer(buf)
+    rc = lib.crypto_secretbox_easy(p + (offset - SECRETBOX_MAC), p + offset, length,
+                                   transport_nonce(counter), ffi.from_buffer(key))
+    if rc != 0:
+        raise CryptoError("secretbox seal failed")
+
+
+def secretbox_open(key: bytes, counter: int, box) -> bytes:
+    """Open mac || ciphertext; raise CryptoError when forged or corrupted."""
+    n = len(box) - SECRETBOX_MAC
+    if n < 0:
+        raise CryptoError("truncated secretbox")
+    out = ffi.new("unsigned char[]", max(n, 1))
+    rc = lib.crypto_secretbox_open_easy(out, ffi.from_buffer(box), len(box),
+                                        transport_nonce(counter), ffi.from_buffer(key))
+    if rc != 0:
+        raise CryptoError("secretbox authentication failed")
+    return bytes(ffi.buffer(out, n))
+
+
+def secretbox_open_into(key, counter: int, buf: bytearray, offset: int, length: int) -> bool:
+    """Decrypt in place: mac||ciphertext at buf[offset:offset+length] becomes
+    plaintext at buf[offset+16:offset+length].  Returns False when forged."""
+    if length < SECRETBOX_MAC:
+        return False
+    p = ffi.from_buffer(buf)
+    rc = lib.crypto_secretbox_open_easy(p + offset + SECRETBOX_MAC, p + offset, length,
+                                        transport_nonce(counter), ffi.from_buffer(key))
+    return rc == 0
+
+
+# --- hygiene --------------------------------------------------------------------
+def memzero(buf: bytearray) -> None:
+    """Zero a key buffer with sodium_memzero (not optimised away)."""
+    if isinstance(buf, bytearray) and len(buf):
+        lib.sodium_memzero(ffi.from_buffer(buf), len(buf))
+
+
+def equal(a: bytes, b: bytes) -> bool:
+    """Constant-time comparison."""
+    return _hmac.compare_digest(bytes(a), bytes(b))
+
+
+def libsodium_symbol_address(name: str) -> int:
+    """Address of a libsodium function, for the Cython fast path to call nogil."""
+    return int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
