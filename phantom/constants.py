@@ -35,6 +35,7 @@ class Tunables:
     reject_after_messages: int = REJECT_AFTER_MESSAGES
     handshake_jitter: float = 0.333     # max extra seconds added to each retry
     open_attempts: int = 6               # handshakes tried by `open` before it fails
+    dead_retry_interval: float = 30.0    # a DEAD peer that should be up is retried this often
     timer_tick: float = 0.1              # control-plane tick period
     staged_packets: int = 128            # packets queued per peer while handshaking
     burst: int = 64                      # packets drained per fd wakeup

@@ -1,0 +1,429 @@
+"""The sans-IO control core: handshakes, sessions and timers for all peers.
+
+It takes datagrams, data-path events, counters and a clock, and returns
+:mod:`phantom.control.actions`.  It never touches a socket, a device or the
+event loop, so every rule here is unit-tested with an injected clock
+(``tests/test_engine.py``, ``tests/test_timers.py``).
+
+Timer rules (one hook each, evaluated in :meth:`Engine.tick`; wording after
+the WireGuard whitepaper, section 6):
+
+* retransmit: an initiation unanswered for REKEY_TIMEOUT (+ jitter) is sent
+  again with a fresh ephemeral key; after ``max_attempts`` the peer is DEAD;
+* passive keepalive: "if we received a data packet and have not sent anything
+  for KEEPALIVE_TIMEOUT, send a keepalive";
+* persistent keepalive: a keepalive every ``persistent_keepalive`` seconds of
+  silence, for NAT mappings;
+* new handshake (dead-peer detection): "data sent and nothing received for
+  KEEPALIVE_TIMEOUT + REKEY_TIMEOUT": the peer is STALE, start a handshake;
+* rekey after time: the initiator of the current session starts a new
+  handshake once it is REKEY_AFTER_TIME old and still used;
+* expiry: a session older than REJECT_AFTER_TIME is retired and its keys
+  zeroed (the data path zeroes them in place);
+* dead retry: a DEAD peer that should be up is tried again every
+  ``dead_retry_interval``, so a tunnel comes back when the peer returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter
+from typing import Callable, Iterable, Optional
+
+from .. import crypto, wire
+from ..constants import Tunables
+from ..dataplane.types import Keypair, PeerCounters
+from . import actions as A
+from . import handshake as hs
+from . import tai64n
+from .cookie import CookieChecker, CookieGenerator, LoadDetector, RateLimiter
+from .peer import PeerState, Peer, PendingHandshake, SessionInfo
+
+log = logging.getLogger("phantom.control")
+
+Clock = Callable[[], float]
+
+
+class Engine:
+    def __init__(self, private_key: bytearray, tunables: Tunables, *,
+                 clock: Clock = time.monotonic, wall_clock: Clock = time.time,
+                 rng: Optional[random.Random] = None, index_source: Optional[Callable[[], int]] = None):
+        self._priv = private_key
+        self.public_key = crypto.x25519_public(bytes(private_key))
+        self.t = tunables
+        self.clock = clock
+        self.wall = wall_clock
+        self._rng = rng or random.SystemRandom()
+        self._new_index = index_source or crypto.random_u32
+        self._ts = tai64n.Tai64nClock(wall_clock)
+        self._checker = CookieChecker(self.public_key, clock, tunables.cookie_refresh_time)
+        self._load = LoadDetector(tunables.under_load_initiations, clock)
+        self._limiter = RateLimiter(tunables.handshakes_per_second_per_source,
+                                    tunables.handshake_burst_per_source, clock)
+        self.peers: dict[int, Peer] = {}
+        self._by_key: dict[bytes, Peer] = {}
+        self._indexes: dict[int, tuple[str, int]] = {}   # local index -> ("handshake"|"session", peer id)
+        self._next_peer_id = 1
+        self.drops: Counter = Counter()                   # handshake-level drops by reason
+
+    # ================================================================ peers
+    def add_peer(self, public_key: bytes, name: str = "", allowed_ips: Iterable = (),
+                 endpoint: Optional[tuple] = None, persistent_keepalive: float = 0.0,
+                 dynamic: bool = False) -> Peer:
+        public_key = bytes(public_key)
+        if public_key in self._by_key:
+            raise ValueError("peer with this public key exists")
+        if public_key == self.public_key:
+            raise ValueError("a peer cannot have our own public key")
+        pid = self._next_peer_id
+        self._next_peer_id += 1
+        peer = Peer(pid, public_key, name or ("peer%d" % pid), list(allowed_ips), endpoint,
+                    float(persistent_keepalive or 0), dynamic=dynamic,
+                    wanted=bool(endpoint) and bool(persistent_keepalive),
+                    cookies=CookieGenerator(public_key, self.clock, self.t.cookie_refresh_time))
+        self.peers[pid] = peer
+        self._by_key[public_key] = peer
+        return peer
+
+    def peer_by_key(self, public_key: bytes) -> Optional[Peer]:
+        return self._by_key.get(bytes(public_key))
+
+    def remove_peer(self, peer_id: int) -> list:
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            return []
+        out = self._reset(peer, "removed")
+        del self.peers[peer_id]
+        del self._by_key[peer.public_key]
+        return out
+
+    def open(self, peer_id: int, endpoint: Optional[tuple] = None) -> list:
+        """A user asked for a tunnel.  Already up: nothing to do (no duplicate)."""
+        peer = self.peers[peer_id]
+        out: list = []
+        if endpoint is not None and endpoint != peer.endpoint:
+            peer.endpoint = endpoint
+            out.append(A.SetEndpoint(peer.id, endpoint))
+        peer.wanted = True
+        if peer.state is PeerState.ESTABLISHED:
+            return out
+        if peer.pending is not None:
+            peer.max_attempts = max(peer.max_attempts, peer.attempts + self.t.open_attempts)
+            return out
+        return out + self._begin_handshake(peer, self.t.open_attempts, "open requested")
+
+    def close(self, peer_id: int) -> list:
+        peer = self.peers[peer_id]
+        peer.wanted = False
+        return self._reset(peer, "closed")
+
+    def _reset(self, peer: Peer, reason: str) -> list:
+        out: list = [A.ClearKeys(peer.id)]
+        self._abandon_pending(peer)
+        for s in peer.sessions:
+            self._indexes.pop(s.local_index, None)
+        peer.sessions.clear()
+        peer.first_unanswered = None
+        out += self._set_state(peer, PeerState.IDLE, reason)
+        return out
+
+    # ============================================================ handshakes
+    def _begin_handshake(self, peer: Peer, max_attempts: int, reason: str) -> list:
+        peer.attempts = 0
+        peer.max_attempts = max_attempts
+        out = self._send_initiation(peer)
+        if peer.state in (PeerState.IDLE, PeerState.DEAD):
+            out += self._set_state(peer, PeerState.HANDSHAKING, reason)
+        return out
+
+    def _send_initiation(self, peer: Peer) -> list:
+        now = self.clock()
+        if peer.endpoint is None:
+            log.info("peer=%s no endpoint, cannot start a handshake", peer.name)
+            return []
+        self._abandon_pending(peer)
+        index = self._alloc_index("handshake", peer.id)
+        msg, state = hs.create_initiation(self._priv, peer.public_key, index, self._ts.now(),
+                                          crypto.random_bytes(wire.CLIENT_NONCE_SIZE), peer.cookies)
+        peer.pending = PendingHandshake(state, index, now)
+        peer.attempts += 1
+        peer.last_initiation_sent = now
+        peer.next_retry = now + self.t.rekey_timeout + self._rng.uniform(0, self.t.handshake_jitter)
+        log.debug("peer=%s initiation %d sent (attempt %d)", peer.name, index, peer.attempts)
+        return [A.SendDatagram(msg, peer.endpoint)]
+
+    def _abandon_pending(self, peer: Peer) -> None:
+        if peer.pending is not None:
+            self._indexes.pop(peer.pending.local_index, None)
+            peer.pending.state.clear()
+            peer.pending = None
+
+    def _alloc_index(self, kind: str, peer_id: int) -> int:
+        while True:
+            idx = self._new_index()
+            if idx not in self._indexes:
+                self._indexes[idx] = (kind, peer_id)
+                return idx
+
+    def handle_datagram(self, data: bytes, addr: tuple) -> list:
+        """A handshake or cookie message from ``addr``.  Anything bad is a counted drop."""
+        try:
+            mtype = wire.message_type(data)
+        except wire.WireError:
+            self.drops["malformed"] += 1
+            return []
+        if mtype is wire.MessageType.INITIATION:
+            return self._on_initiation(data, addr)
+        if mtype is wire.MessageType.RESPONSE:
+            return self._on_response(data, addr)
+        if mtype is wire.MessageType.COOKIE_REPLY:
+            return self._on_cookie_reply(data)
+        self.drops["malformed"] += 1
+        return []
+
+    def _check_macs(self, data: bytes, addr: tuple, sender_index: int) -> Optional[list]:
+        """mac1 always; under load mac2 (else a cookie reply) and a per-source
+        rate limit.  Returns None to go on, or the actions that end it here."""
+        if not self._checker.check_mac1(data):
+            self.drops["bad_mac1"] += 1
+            return []
+        if self._load.record():
+            if not self._checker.check_mac2(data, addr):
+                self.drops["cookie_sent"] += 1
+                return [A.SendDatagram(self._checker.create_reply(data, sender_index, addr), addr)]
+            if not self._limiter.allow(addr):
+                self.drops["rate_limited"] += 1
+                return []
+        return None
+
+    def _on_initiation(self, data: bytes, addr: tuple) -> list:
+        sender = wire.Initiation.unpack(data).sender_index
+        stop = self._check_macs(data, addr, sender)
+        if stop is not None:
+            return stop
+        try:
+            info = hs.consume_initiation(self._priv, data)
+        except hs.HandshakeError:
+            self.drops["bad_handshake"] += 1
+            return []
+        peer = self._by_key.get(info.remote_static)
+        if peer is None:
+            # Unknown key: no answer at all (no oracle), only a counter.
+            info.state.clear()
+            self.drops["unknown_key"] += 1
+            log.info("initiation from unknown key at %s dropped", addr[0])
+            return []
+        if not tai64n.is_after(info.timestamp, peer.last_initiation_ts):
+            info.state.clear()
+            self.drops["replayed_initiation"] += 1
+            log.info("peer=%s replayed initiation dropped", peer.name)
+            return []
+        now = self.clock()
+        peer.last_initiation_ts = info.timestamp
+        peer.last_initiation_rx = now
+        out: list = []
+        # Simultaneous open: both sides initiated.  The side with the greater
+        # public key gives up its own initiation, so the pair converges on one
+        # session: the one the smaller key started.
+        if peer.pending is not None and self.public_key > peer.public_key:
+            self._abandon_pending(peer)
+        index = self._alloc_index("session", peer.id)
+        msg, keys = hs.create_response(info.state, index, peer.cookies)
+        peer.endpoint = addr
+        out.append(A.SetEndpoint(peer.id, addr))
+        out.append(A.SendDatagram(msg, addr))
+        out.append(self._install(peer, keys, confirmed=False, now=now))
+        log.info("peer=%s handshake answered (session %d)", peer.name, index)
+        return out
+
+    def _on_response(self, data: bytes, addr: tuple) -> list:
+        resp = wire.Response.unpack(data)
+        stop = self._check_macs(data, addr, resp.sender_index)
+        if stop is not None:
+            return stop
+        entry = self._indexes.get(resp.receiver_index)
+        peer = self.peers.get(entry[1]) if entry and entry[0] == "handshake" else None
+        if peer is None or peer.pending is None or peer.pending.local_index != resp.receiver_index:
+            self.drops["unknown_index"] += 1
+            return []
+        try:
+            keys = hs.consume_response(peer.pending.state, data)
+        except hs.HandshakeError:
+            self.drops["bad_handshake"] += 1
+            return []
+        now = self.clock()
+        self._indexes[peer.pending.local_index] = ("session", peer.id)
+        peer.pending = None
+        peer.attempts = 0
+        peer.endpoint = addr
+        out: list = [A.SetEndpoint(peer.id, addr), self._install(peer, keys, confirmed=True, now=now)]
+        # The responder may only send once it has heard from us on the new
+        # session: confirm it at once.
+        out.append(A.SendKeepalive(peer.id))
+        out += self._set_state(peer, PeerState.ESTABLISHED, "handshake complete")
+        return out
+
+    def _on_cookie_reply(self, data: bytes) -> list:
+        reply = wire.CookieReply.unpack(data)
+        entry = self._indexes.get(reply.receiver_index)
+        peer = self.peers.get(entry[1]) if entry else None
+        if peer is None or not peer.cookies.consume_reply(data):
+            self.drops["bad_cookie_reply"] += 1
+            return []
+        log.info("peer=%s sent a cookie: it is under load", peer.name)
+        return []   # the retransmit timer resends, now with mac2
+
+    def _install(self, peer: Peer, keys: hs.SessionKeys, confirmed: bool, now: float) -> A.InstallKeypair:
+        peer.sessions.append(SessionInfo(keys.local_index, now, keys.initiator))
+        peer.last_handshake = now
+        peer.last_handshake_wall = self.wall()
+        peer.first_unanswered = None
+        kp = Keypair(peer.id, keys.local_index, keys.remote_index, keys.send_key, keys.recv_key,
+                     time.monotonic(), keys.initiator)
+        return A.InstallKeypair(kp, confirmed)
+
+    # ========================================================= data-path events
+    def handshake_needed(self, peer_id: int) -> list:
+        """Traffic waits for keys (or the current keys are worn out)."""
+        peer = self.peers.get(peer_id)
+        if peer is None or peer.pending is not None:
+            return []
+        now = self.clock()
+        if peer.sessions and not peer.sessions[-1].initiator and \
+                now - peer.sessions[-1].created < self.t.rekey_timeout:
+            return []  # we just answered: the initiator's confirmation is on its way
+        if now - peer.last_initiation_sent < self.t.rekey_timeout:
+            return []
+        return self._begin_handshake(peer, self._attempt_limit(), "traffic waiting")
+
+    def keypair_confirmed(self, peer_id: int, local_index: int) -> list:
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            return []
+        self._abandon_pending(peer)
+        return self._set_state(peer, PeerState.ESTABLISHED, "peer confirmed the session")
+
+    def _attempt_limit(self) -> int:
+        return max(1, int(self.t.rekey_attempt_time // self.t.rekey_timeout))
+
+    # ================================================================ timers
+    def tick(self, counters: dict) -> list:
+        """Run every timer rule once.  ``counters``: peer id -> PeerCounters."""
+        now = self.clock()
+        out: list = []
+        for peer in list(self.peers.values()):
+            c = counters.get(peer.id) or PeerCounters()
+            out += self._timer_expire_sessions(peer, now)
+            out += self._timer_retransmit_handshake(peer, now)
+            out += self._timer_new_handshake(peer, c, now)
+            out += self._timer_rekey_after_time(peer, c, now)
+            out += self._timer_passive_keepalive(peer, c, now)
+            out += self._timer_persistent_keepalive(peer, c, now)
+            out += self._timer_dead_retry(peer, now)
+        return out
+
+    def _timer_retransmit_handshake(self, peer: Peer, now: float) -> list:
+        """Call on every tick: resend an unanswered initiation, or give up."""
+        if peer.pending is None or now < peer.next_retry:
+            return []
+        if peer.attempts >= peer.max_attempts:
+            self._abandon_pending(peer)
+            log.warning("peer=%s no answer after %d handshake attempts", peer.name, peer.attempts)
+            peer.next_dead_retry = now + self.t.dead_retry_interval
+            out = []
+            if not self._live_sessions(peer, now):
+                out.append(A.ClearKeys(peer.id))
+                for s in peer.sessions:
+                    self._indexes.pop(s.local_index, None)
+                peer.sessions.clear()
+            return out + self._set_state(peer, PeerState.DEAD, "handshake gave up")
+        return self._send_initiation(peer)
+
+    def _timer_new_handshake(self, peer: Peer, c: PeerCounters, now: float) -> list:
+        """Dead-peer detection: data sent, nothing heard for KEEPALIVE + REKEY_TIMEOUT."""
+        if c.last_data_tx > c.last_rx:
+            if peer.first_unanswered is None or peer.first_unanswered < c.last_rx:
+                peer.first_unanswered = c.last_data_tx
+        else:
+            peer.first_unanswered = None
+            return []
+        if now - peer.first_unanswered < self.t.keepalive_timeout + self.t.rekey_timeout:
+            return []
+        if peer.pending is not None or peer.state not in (PeerState.ESTABLISHED,):
+            return []
+        peer.first_unanswered = None
+        out = self._set_state(peer, PeerState.STALE, "no reply to data for %.1fs"
+                              % (self.t.keepalive_timeout + self.t.rekey_timeout))
+        return out + self._begin_handshake(peer, self._attempt_limit(), "peer stale")
+
+    def _timer_rekey_after_time(self, peer: Peer, c: PeerCounters, now: float) -> list:
+        """The initiator of the current session rekeys after REKEY_AFTER_TIME while it is used;
+        the responder does at REJECT_AFTER_TIME - KEEPALIVE - REKEY_TIMEOUT."""
+        if peer.pending is not None or not peer.sessions:
+            return []
+        cur = peer.sessions[-1]
+        age = now - cur.created
+        limit = self.t.rekey_after_time if cur.initiator else \
+            self.t.reject_after_time - self.t.keepalive_timeout - self.t.rekey_timeout
+        if age < limit or now - max(c.last_data_tx, c.last_data_rx) > self.t.keepalive_timeout:
+            return []
+        if now - peer.last_initiation_sent < self.t.rekey_timeout:
+            return []
+        return self._begin_handshake(peer, self._attempt_limit(), "rekey after time")
+
+    def _timer_passive_keepalive(self, peer: Peer, c: PeerCounters, now: float) -> list:
+        """Data received, nothing sent since for KEEPALIVE_TIMEOUT: send a keepalive."""
+        if c.last_data_rx > c.last_tx and now - c.last_data_rx >= self.t.keepalive_timeout \
+                and now - peer.last_keepalive_sent >= self.t.keepalive_timeout:
+            peer.last_keepalive_sent = now
+            return [A.SendKeepalive(peer.id)]
+        return []
+
+    def _timer_persistent_keepalive(self, peer: Peer, c: PeerCounters, now: float) -> list:
+        """Every persistent_keepalive seconds of silence, a keepalive (or a handshake)."""
+        pk = peer.persistent_keepalive
+        if not pk or now - max(c.last_tx, peer.last_keepalive_sent) < pk:
+            return []
+        peer.last_keepalive_sent = now
+        if self._live_sessions(peer, now):
+            return [A.SendKeepalive(peer.id)]
+        if peer.pending is None and peer.endpoint is not None and peer.state is not PeerState.DEAD:
+            return self._begin_handshake(peer, self._attempt_limit(), "persistent keepalive")
+        return []
+
+    def _timer_expire_sessions(self, peer: Peer, now: float) -> list:
+        """Sessions older than REJECT_AFTER_TIME are retired; their keys are zeroed."""
+        out: list = []
+        keep = []
+        for s in peer.sessions:
+            if now - s.created >= self.t.reject_after_time:
+                self._indexes.pop(s.local_index, None)
+                out.append(A.RetireKeypair(s.local_index))
+            else:
+                keep.append(s)
+        if len(keep) != len(peer.sessions):
+            peer.sessions = keep
+            if not keep and peer.state in (PeerState.ESTABLISHED, PeerState.STALE) and peer.pending is None:
+                out += self._set_state(peer, PeerState.IDLE, "session expired")
+        return out
+
+    def _timer_dead_retry(self, peer: Peer, now: float) -> list:
+        """A DEAD peer that should be up is tried again now and then."""
+        if peer.state is not PeerState.DEAD or not peer.wanted or peer.pending is not None:
+            return []
+        if now < peer.next_dead_retry:
+            return []
+        peer.next_dead_retry = now + self.t.dead_retry_interval
+        return self._begin_handshake(peer, 1, "retrying dead peer")
+
+    def _live_sessions(self, peer: Peer, now: float) -> list:
+        return [s for s in peer.sessions if now - s.created < self.t.reject_after_time]
+
+    def _set_state(self, peer: Peer, new: PeerState, reason: str) -> list:
+        old = peer.set_state(new)
+        if old is None:
+            return []
+        log.info("peer=%s %s -> %s (%s)", peer.name, old.value, new.value, reason)
+        return [A.StateChanged(peer.id, old.value, new.value, reason)]

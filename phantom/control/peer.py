@@ -1,0 +1,93 @@
+"""A peer as the control plane sees it: identity, endpoint, state and timers.
+
+Keys and packets live in the data path; the control plane keeps only what
+it needs to run handshakes and timers.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .cookie import CookieGenerator
+from .handshake import InitiatorState
+
+
+class PeerState(str, enum.Enum):
+    IDLE = "idle"                # configured; no session, no handshake under way
+    HANDSHAKING = "handshaking"  # an initiation is out, no session yet
+    ESTABLISHED = "established"  # a session carries traffic
+    STALE = "stale"              # we sent and heard nothing back: re-handshaking
+    DEAD = "dead"                # handshakes gave up; retried slowly
+
+
+# Whitelisted transitions (uvloop habit): anything else is a bug and raises.
+_ALLOWED = {
+    PeerState.IDLE: {PeerState.HANDSHAKING, PeerState.ESTABLISHED},
+    PeerState.HANDSHAKING: {PeerState.ESTABLISHED, PeerState.DEAD, PeerState.IDLE},
+    PeerState.ESTABLISHED: {PeerState.STALE, PeerState.IDLE, PeerState.DEAD},
+    PeerState.STALE: {PeerState.ESTABLISHED, PeerState.DEAD, PeerState.IDLE},
+    PeerState.DEAD: {PeerState.HANDSHAKING, PeerState.ESTABLISHED, PeerState.IDLE},
+}
+
+
+class InvalidTransition(RuntimeError):
+    pass
+
+
+@dataclass
+class PendingHandshake:
+    """Our initiation in flight."""
+    state: InitiatorState
+    local_index: int
+    sent_at: float
+
+
+@dataclass
+class SessionInfo:
+    """A keypair the control plane installed (keys themselves are in the data path)."""
+    local_index: int
+    created: float
+    initiator: bool
+
+
+@dataclass
+class Peer:
+    id: int
+    public_key: bytes
+    name: str
+    allowed_ips: list
+    endpoint: Optional[tuple] = None        # (host, port) as configured or last learned
+    persistent_keepalive: float = 0.0
+    dynamic: bool = False                   # added by `open`, not from config
+    wanted: bool = False                    # keep it up: configured endpoint, opened or keepalive
+    cookies: Optional[CookieGenerator] = None
+    state: PeerState = PeerState.IDLE
+
+    # handshake
+    pending: Optional[PendingHandshake] = None
+    attempts: int = 0                       # initiations sent in this episode
+    max_attempts: int = 0                   # give up after this many
+    next_retry: float = 0.0
+    last_initiation_sent: float = float("-inf")
+    last_initiation_ts: bytes = bytes(12)   # greatest TAI64N accepted from the peer
+    last_initiation_rx: float = float("-inf")
+    next_dead_retry: float = 0.0
+
+    # sessions (the data path holds the keys)
+    sessions: list = field(default_factory=list)
+    last_handshake_wall: float = 0.0        # time.time() of the last completed handshake
+    last_handshake: float = float("-inf")   # monotonic
+    first_unanswered: Optional[float] = None
+    last_keepalive_sent: float = float("-inf")
+
+    def set_state(self, new: PeerState) -> Optional[PeerState]:
+        """Move to ``new``; returns the old state, or None when unchanged."""
+        old = self.state
+        if new is old:
+            return None
+        if new not in _ALLOWED[old]:
+            raise InvalidTransition("peer %s: %s -> %s" % (self.name, old.value, new.value))
+        self.state = new
+        return old

@@ -1,0 +1,557 @@
+"""The pure-Python reference data path, on the asyncio (uvloop) event loop.
+
+It is the semantic reference for the Cython fast path: both implement
+:class:`phantom.dataplane.types.DataPath` and are tested against each other.
+
+Outbound, device -> wire:
+  1. read a packet from the TUN/TAP device (or a datagram from the test port)
+     into a buffer at offset TRANSPORT_PAYLOAD_OFFSET, leaving room for the
+     header and the MAC so that encryption happens in place;
+  2. route it: destination address -> peer by allowed IPs (TUN), destination
+     MAC -> peer by learning, flooding otherwise (TAP), the test peer (test);
+     no peer: drop NO_ROUTE and answer with ICMP unreachable (TUN);
+  3. firewall, direction "out";
+  4. take the peer's current keypair; none usable: stage the packet and ask
+     the control plane for a handshake;
+  5. assign the next counter, write the header, seal in place;
+  6. send to the peer's endpoint.
+
+Inbound, wire -> device:
+  1. receive a datagram and check its framing; handshake and cookie messages
+     go to the control plane;
+  2. receiver index -> keypair; replay-window check;
+  3. open in place; replay-window update; a keypair waiting in "next" becomes
+     current; the endpoint roams to the packet's source;
+  4. an empty plaintext is a keepalive: done;
+  5. check the inner source against the peer's allowed IPs;
+  6. firewall, direction "in"; write to the device (or out of the test port).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import time
+from collections import deque
+from typing import Iterable, Optional
+
+from .. import crypto, wire
+from ..constants import Tunables
+from . import packet as pkt
+from .replay import ReplayWindow
+from .routing import AllowedIPs
+from .types import Drop, Keypair, Mode, PeerCounters
+from .udp import to_sockaddr
+
+log = logging.getLogger("phantom.data")
+
+OFFSET = wire.TRANSPORT_PAYLOAD_OFFSET
+HEADER = wire.TRANSPORT_HEADER
+MAC = wire.AEAD_TAG_SIZE
+BUFSIZE = wire.MAX_DATAGRAM_SIZE + 64
+_DROP_NAMES = {d: d.name.lower() for d in Drop}
+_LINK_LOCAL6 = ipaddress.ip_network("fe80::/10")
+_ETH_IPV4, _ETH_ARP, _ETH_IPV6 = 0x0800, 0x0806, 0x86DD
+
+
+class _Session:
+    """A keypair as the data path holds it."""
+
+    __slots__ = ("kp", "peer", "send_counter", "replay", "rekey_requested")
+
+    def __init__(self, kp: Keypair, peer: "_Peer"):
+        self.kp = kp
+        self.peer = peer
+        self.send_counter = 0
+        self.replay = ReplayWindow()
+        self.rekey_requested = False
+
+
+class _Peer:
+    __slots__ = ("id", "allowed", "endpoint", "current", "previous", "next", "staged",
+                 "counters", "handshake_asked")
+
+    def __init__(self, peer_id: int, allowed):
+        self.id = peer_id
+        self.allowed = list(allowed)
+        self.endpoint = None
+        self.current: Optional[_Session] = None
+        self.previous: Optional[_Session] = None
+        self.next: Optional[_Session] = None
+        self.staged: deque = deque()
+        self.counters = PeerCounters()
+        self.handshake_asked = False
+
+
+class ReferenceDataPath:
+    """Pure-Python data path.  Runs entirely on the event loop thread."""
+
+    def __init__(self, mode: Mode, udp_sock: socket.socket, device_fd: Optional[int] = None,
+                 test_sock: Optional[socket.socket] = None, *, events, tunables: Tunables,
+                 firewall=None, local_addresses: Iterable = (), test_deliver: Optional[tuple] = None,
+                 mtu: int = 1420, loop: Optional[asyncio.AbstractEventLoop] = None):
+        self.mode = Mode(mode)
+        self._udp = udp_sock
+        self._fd = device_fd
+        self._test = test_sock
+        self._events = events
+        self._t = tunables
+        self._mtu = mtu
+        self._loop = loop
+        self._peers: dict[int, _Peer] = {}
+        self._sessions: dict[int, _Session] = {}
+        self._routes = AllowedIPs()
+        self._macs: dict[bytes, int] = {}
+        self._test_peer: Optional[int] = None
+        self._test_deliver = test_deliver
+        self._test_last_sender: Optional[tuple] = None
+        self._firewall = firewall
+        self._drops = {name: 0 for name in _DROP_NAMES.values()}
+        self._local4 = self._local6 = None
+        for a in local_addresses:
+            ip = ipaddress.ip_interface(a).ip
+            if ip.version == 4 and self._local4 is None:
+                self._local4 = ip.packed
+            elif ip.version == 6 and self._local6 is None:
+                self._local6 = ip.packed
+        self._last_icmp = 0.0
+        self._rx = bytearray(BUFSIZE)
+        self._rxv = memoryview(self._rx)
+        self._tx = bytearray(BUFSIZE)
+        self._txv = memoryview(self._tx)
+        self._started = False
+
+    # ------------------------------------------------------------------ life
+    def start(self) -> None:
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        loop.add_reader(self._udp.fileno(), self._on_udp)
+        if self.mode is Mode.TEST:
+            loop.add_reader(self._test.fileno(), self._on_test)
+        else:
+            loop.add_reader(self._fd, self._on_device)
+        self._started = True
+
+    def close(self) -> None:
+        if self._started:
+            self._loop.remove_reader(self._udp.fileno())
+            if self.mode is Mode.TEST:
+                self._loop.remove_reader(self._test.fileno())
+            else:
+                self._loop.remove_reader(self._fd)
+            self._started = False
+        for peer_id in list(self._peers):
+            self.clear_keys(peer_id)
+
+    # ---------------------------------------------------------- peers, routes
+    def add_peer(self, peer_id: int, allowed_ips) -> None:
+        if peer_id in self._peers:
+            raise ValueError("peer %d exists" % peer_id)
+        self._peers[peer_id] = _Peer(peer_id, ())
+        self.set_allowed_ips(peer_id, allowed_ips)
+
+    def remove_peer(self, peer_id: int) -> None:
+        self.clear_keys(peer_id)
+        self._routes.remove_peer(peer_id)
+        self._peers.pop(peer_id, None)
+        for mac in [m for m, p in self._macs.items() if p == peer_id]:
+            del self._macs[mac]
+        if self._test_peer == peer_id:
+            self._test_peer = None
+
+    def set_allowed_ips(self, peer_id: int, allowed_ips) -> None:
+        peer = self._peers[peer_id]
+        self._routes.remove_peer(peer_id)
+        peer.allowed = [ipaddress.ip_network(n) for n in allowed_ips]
+        for net in peer.allowed:
+            self._routes.insert(net, peer_id)
+
+    def set_endpoint(self, peer_id: int, addr) -> None:
+        self._peers[peer_id].endpoint = None if addr is None else to_sockaddr(self._udp, addr)
+
+    def endpoint(self, peer_id: int):
+        return self._peers[peer_id].endpoint
+
+    def set_test_peer(self, peer_id: Optional[int]) -> None:
+        self._test_peer = peer_id
+
+    def set_firewall(self, firewall) -> None:
+        self._firewall = firewall
+
+    # ------------------------------------------------------------------- keys
+    def install_keypair(self, kp: Keypair, confirmed: bool) -> None:
+        peer = self._peers[kp.peer_id]
+        s = _Session(kp, peer)
+        self._sessions[kp.local_index] = s
+        if confirmed:
+            if peer.next is not None:
+                self._retire(peer.next)
+                peer.next = None
+            if peer.previous is not None:
+                self._retire(peer.previous)
+            peer.previous, peer.current = peer.current, s
+        else:
+            if peer.next is not None:
+                self._retire(peer.next)
+            peer.next = s
+        if confirmed:
+            peer.handshake_asked = False
+            self._flush_staged(peer)
+
+    def retire_keypair(self, local_index: int) -> None:
+        s = self._sessions.get(local_index)
+        if s is None:
+            return
+        peer = s.peer
+        for slot in ("current", "previous", "next"):
+            if getattr(peer, slot) is s:
+                setattr(peer, slot, None)
+        self._retire(s)
+
+    def _retire(self, s: _Session) -> None:
+        self._sessions.pop(s.kp.local_index, None)
+        crypto.memzero(s.kp.send_key)
+        crypto.memzero(s.kp.recv_key)
+
+    def clear_keys(self, peer_id: int) -> None:
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            return
+        for slot in ("current", "previous", "next"):
+            s = getattr(peer, slot)
+            if s is not None:
+                self._retire(s)
+                setattr(peer, slot, None)
+        peer.staged.clear()
+        peer.handshake_asked = False
+
+    # ------------------------------------------------------------ observability
+    def counters(self, peer_id: int) -> PeerCounters:
+        peer = self._peers[peer_id]
+        c = peer.counters
+        c.send_counter = peer.current.send_counter if peer.current else 0
+        return PeerCounters(c.rx_bytes, c.tx_bytes, c.rx_packets, c.tx_packets, c.last_rx, c.last_tx,
+                            c.last_data_rx, c.last_data_tx, c.send_counter, dict(c.drops))
+
+    def global_drops(self) -> dict:
+        return dict(self._drops)
+
+    def _drop(self, reason: Drop, peer: Optional[_Peer] = None) -> None:
+        name = _DROP_NAMES[reason]
+        self._drops[name] += 1
+        if peer is not None:
+            d = peer.counters.drops
+            d[name] = d.get(name, 0) + 1
+
+    # ------------------------------------------------ control-plane originated
+    def send_control(self, data: bytes, addr) -> None:
+        try:
+            self._udp.sendto(data, to_sockaddr(self._udp, addr) if len(addr) == 2 else addr)
+        except OSError as exc:
+            log.debug("control send to %s failed: %s", addr, exc)
+            self._drop(Drop.SEND_FAILED)
+
+    def send_keepalive(self, peer_id: int) -> None:
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            return
+        s = self._usable(peer, time.monotonic())
+        if s is not None:
+            self._seal_and_send(peer, s, 0, time.monotonic())
+
+    # ============================================================ outbound path
+    def _on_device(self) -> None:
+        rxv = self._txv[OFFSET:]
+        fd = self._fd
+        for _ in range(self._t.burst):
+            try:
+                n = os.readv(fd, [rxv])
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EINTR):
+                    return
+                log.error("device read failed: %s", exc)
+                return
+            if n:
+                self._outbound(n)
+
+    def _on_test(self) -> None:
+        view = self._txv[OFFSET:OFFSET + wire.MAX_INNER_SIZE]
+        for _ in range(self._t.burst):
+            try:
+                n, addr = self._test.recvfrom_into(view)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            self._test_last_sender = addr
+            self._outbound(n)
+
+    def _outbound(self, n: int) -> None:
+        """A plaintext packet of n bytes sits at self._tx[OFFSET:]."""
+        tx = self._tx
+        now = time.monotonic()
+        mode = self.mode
+        if mode is Mode.TUN:
+            dst = pkt.ip_dst(self._txv[OFFSET:OFFSET + n])
+            if dst is None:
+                self._drop(Drop.BAD_INNER)
+                return
+            peer_id = self._routes.lookup(dst)
+            if peer_id is None:
+                self._drop(Drop.NO_ROUTE)
+                self._icmp_unreachable(n, now)
+                return
+            targets = (self._peers[peer_id],)
+        elif mode is Mode.TAP:
+            if n < 14:
+                self._drop(Drop.BAD_INNER)
+                return
+            dst_mac = bytes(tx[OFFSET:OFFSET + 6])
+            peer_id = None if dst_mac[0] & 1 else self._macs.get(dst_mac)
+            targets = (self._peers[peer_id],) if peer_id is not None else tuple(self._peers.values())
+            if not targets:
+                self._drop(Drop.NO_ROUTE)
+                return
+        else:
+            peer = self._peers.get(self._test_peer) if self._test_peer is not None else None
+            if peer is None:
+                self._drop(Drop.NO_ROUTE)
+                return
+            targets = (peer,)
+        fw = self._firewall
+        if fw is not None:
+            if not self._fw_allow(fw, "out", n, targets[0].id if len(targets) == 1 else -1, now):
+                return
+        if len(targets) == 1:
+            self._send_one(targets[0], n, now)
+        else:
+            frame = bytes(tx[OFFSET:OFFSET + n])
+            for peer in targets:
+                tx[OFFSET:OFFSET + n] = frame
+                self._send_one(peer, n, now)
+
+    def _fw_allow(self, fw, direction: str, n: int, peer_id: int, now: float, buf=None) -> bool:
+        view = (buf if buf is not None else self._txv)[OFFSET:OFFSET + n]
+        verdict = fw.classify(direction, view, peer_id, now)
+        if verdict.accept:
+            return True
+        self._drop(Drop.FIREWALL, self._peers.get(peer_id))
+        if verdict.reject and self._fd is not None:
+            reply = fw.reject_response(view, now)
+            if reply:
+                self._write_device(reply)
+        return False
+
+    def _usable(self, peer: _Peer, now: float) -> Optional[_Session]:
+        s = peer.current
+        if s is None:
+            return None
+        if now - s.kp.created >= self._t.reject_after_time or s.send_counter >= self._t.reject_after_messages:
+            return None
+        return s
+
+    def _send_one(self, peer: _Peer, n: int, now: float) -> None:
+        s = self._usable(peer, now)
+        if s is None:
+            self._stage(peer, n)
+            return
+        if peer.endpoint is None:
+            self._drop(Drop.NO_ENDPOINT, peer)
+            return
+        self._seal_and_send(peer, s, n, now)
+
+    def _seal_and_send(self, peer: _Peer, s: _Session, n: int, now: float) -> None:
+        """Seal self._tx[OFFSET:OFFSET+n] in place and send it."""
+        counter = s.send_counter
+        s.send_counter = counter + 1
+        HEADER.pack_into(self._tx, 0, wire.MessageType.TRANSPORT, s.kp.remote_index, counter)
+        crypto.secretbox_seal_into(s.kp.send_key, counter, self._tx, OFFSET, n)
+        size = OFFSET + n
+        if peer.endpoint is None:
+            self._drop(Drop.NO_ENDPOINT, peer)
+            return
+        try:
+            self._udp.sendto(self._txv[:size], peer.endpoint)
+        except OSError:
+            self._drop(Drop.SEND_FAILED, peer)
+            return
+        c = peer.counters
+        c.tx_bytes += size
+        c.tx_packets += 1
+        c.last_tx = now
+        if n:
+            c.last_data_tx = now
+        if counter + 1 >= self._t.rekey_after_messages and not s.rekey_requested:
+            s.rekey_requested = True
+            self._events.handshake_needed(peer.id)
+
+    def _stage(self, peer: _Peer, n: int) -> None:
+        if len(peer.staged) >= self._t.staged_packets:
+            peer.staged.popleft()
+            self._drop(Drop.STAGED_OVERFLOW, peer)
+        peer.staged.append(bytes(self._tx[OFFSET:OFFSET + n]))
+        if not peer.handshake_asked:
+            peer.handshake_asked = True
+            self._events.handshake_needed(peer.id)
+
+    def _flush_staged(self, peer: _Peer) -> None:
+        now = time.monotonic()
+        while peer.staged:
+            s = self._usable(peer, now)
+            if s is None or peer.endpoint is None:
+                return
+            data = peer.staged.popleft()
+            n = len(data)
+            self._tx[OFFSET:OFFSET + n] = data
+            self._seal_and_send(peer, s, n, now)
+
+    def _icmp_unreachable(self, n: int, now: float) -> None:
+        if self._fd is None or now - self._last_icmp < 0.01:
+            return
+        orig = bytes(self._tx[OFFSET:OFFSET + n])
+        src = self._local4 if orig[0] >> 4 == 4 else self._local6
+        if src is None:
+            return
+        self._last_icmp = now
+        reply = pkt.icmp_unreachable(orig, src)
+        if reply:
+            self._write_device(reply)
+
+    def _write_device(self, data) -> bool:
+        try:
+            os.write(self._fd, data)
+            return True
+        except OSError:
+            self._drop(Drop.SEND_FAILED)
+            return False
+
+    # ============================================================= inbound path
+    def _on_udp(self) -> None:
+        sock = self._udp
+        rx = self._rx
+        for _ in range(self._t.burst):
+            try:
+                n, addr = sock.recvfrom_into(rx)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            self._inbound(n, addr)
+
+    def _inbound(self, n: int, addr) -> None:
+        rx = self._rx
+        if n < 4:
+            self._drop(Drop.TRUNCATED)
+            return
+        mtype = rx[0]
+        if mtype != wire.MessageType.TRANSPORT or rx[1] or rx[2] or rx[3]:
+            try:
+                wire.message_type(self._rxv[:n])
+            except wire.WireError:
+                self._drop(Drop.MALFORMED)
+                return
+            self._events.control_packet(bytes(rx[:n]), addr)
+            return
+        if n < wire.TRANSPORT_MIN_SIZE:
+            self._drop(Drop.TRUNCATED)
+            return
+        if n > wire.MAX_DATAGRAM_SIZE:
+            self._drop(Drop.OVERSIZED)
+            return
+        _, index, counter = HEADER.unpack_from(rx, 0)
+        s = self._sessions.get(index)
+        if s is None:
+            self._drop(Drop.UNKNOWN_INDEX)
+            return
+        peer = s.peer
+        now = time.monotonic()
+        if now - s.kp.created >= self._t.reject_after_time:
+            self._drop(Drop.KEY_EXPIRED, peer)
+            return
+        if not s.replay.check(counter):
+            self._drop(Drop.REPLAY, peer)
+            return
+        if not crypto.secretbox_open_into(s.kp.recv_key, counter, rx, wire.TRANSPORT_HEADER_SIZE,
+                                          n - wire.TRANSPORT_HEADER_SIZE):
+            self._drop(Drop.AUTH_FAILED, peer)
+            return
+        if not s.replay.update(counter):
+            self._drop(Drop.REPLAY, peer)
+            return
+        if peer.next is s:
+            self._confirm(peer, s)
+        if peer.endpoint != addr:
+            peer.endpoint = addr
+        c = peer.counters
+        c.rx_bytes += n
+        c.rx_packets += 1
+        c.last_rx = now
+        plen = n - OFFSET
+        if plen == 0:
+            return  # keepalive
+        c.last_data_rx = now
+        payload = self._rxv[OFFSET:n]
+        mode = self.mode
+        if mode is Mode.TUN:
+            src = pkt.ip_src(payload)
+            if src is None:
+                self._drop(Drop.BAD_INNER, peer)
+                return
+            if not self._routes.peer_allows(peer.id, src):
+                self._drop(Drop.SRC_NOT_ALLOWED, peer)
+                return
+        elif mode is Mode.TAP:
+            if plen < 14:
+                self._drop(Drop.BAD_INNER, peer)
+                return
+            if not self._tap_source_allowed(peer, payload):
+                self._drop(Drop.SRC_NOT_ALLOWED, peer)
+                return
+        fw = self._firewall
+        if fw is not None and not self._fw_allow(fw, "in", plen, peer.id, now, self._rxv):
+            return
+        if mode is Mode.TEST:
+            dest = self._test_deliver or self._test_last_sender or ("127.0.0.1", self._test.getsockname()[1] + 1)
+            try:
+                self._test.sendto(payload, dest)
+            except OSError:
+                self._drop(Drop.SEND_FAILED, peer)
+            return
+        if mode is Mode.TAP:
+            src_mac = bytes(payload[6:12])
+            if not src_mac[0] & 1:
+                self._macs[src_mac] = peer.id
+        self._write_device(payload)
+
+    def _confirm(self, peer: _Peer, s: _Session) -> None:
+        if peer.previous is not None:
+            self._retire(peer.previous)
+        peer.previous, peer.current, peer.next = peer.current, s, None
+        peer.handshake_asked = False
+        self._events.keypair_confirmed(peer.id, s.kp.local_index)
+        self._flush_staged(peer)
+
+    def _tap_source_allowed(self, peer: _Peer, frame) -> bool:
+        eth = pkt.parse_ether(frame)
+        if eth is None:
+            return False
+        ethertype, off = eth.ethertype, eth.payload_offset
+        if ethertype == _ETH_IPV4 or ethertype == _ETH_IPV6:
+            src = pkt.ip_src(frame[off:])
+            if src is None:
+                return False
+            if len(src) == 16 and (src[0] == 0xFE and src[1] & 0xC0 == 0x80 or not any(src)):
+                return True  # link-local / unspecified: neighbour discovery
+            return self._routes.peer_allows(peer.id, src)
+        if ethertype == _ETH_ARP:
+            spa = pkt.arp_sender_ip(frame[off:])
+            if spa is None:
+                return False
+            return not any(spa) or self._routes.peer_allows(peer.id, spa)
+        return True  # other EtherTypes: the firewall's EtherType policy decides

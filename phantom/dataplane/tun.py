@@ -1,0 +1,93 @@
+"""TUN/TAP devices: opening them (python-pytun) and configuring addresses,
+MTU and routes (netlink through pyroute2).
+
+Opening and configuring need CAP_NET_ADMIN, so the daemon does both before it
+drops privileges; after that only the open file descriptor is used.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from dataclasses import dataclass
+from typing import Iterable
+
+import pytun
+
+from .types import Mode
+
+log = logging.getLogger("phantom.tun")
+
+
+class DeviceError(OSError):
+    pass
+
+
+@dataclass
+class Device:
+    """An open TUN or TAP device.  ``fd`` is non-blocking, no packet-info header."""
+
+    name: str
+    fd: int
+    mode: Mode
+    _dev: object  # keeps the pytun object (and with it the fd) alive
+
+    def close(self) -> None:
+        try:
+            self._dev.close()
+        except Exception:  # already closed
+            pass
+
+
+def open_device(mode: Mode, name: str, mtu: int, extra_flags: int = 0) -> Device:
+    """Create (or attach to a persistent) TUN/TAP device, set the MTU, bring it up."""
+    flags = (pytun.IFF_TUN if mode is Mode.TUN else pytun.IFF_TAP) | pytun.IFF_NO_PI | extra_flags
+    try:
+        dev = pytun.TunTapDevice(name=name, flags=flags)
+    except pytun.Error as exc:
+        raise DeviceError("cannot open %s device %r: %s (needs root or CAP_NET_ADMIN and /dev/net/tun)"
+                          % (mode.value, name, exc)) from exc
+    fd = dev.fileno()
+    os.set_blocking(fd, False)
+    try:
+        dev.mtu = mtu
+        dev.up()
+    except pytun.Error as exc:
+        dev.close()
+        raise DeviceError("cannot configure %s: %s" % (name, exc)) from exc
+    log.info("opened %s device %s (mtu %d)", mode.value, dev.name, mtu)
+    return Device(dev.name, fd, mode, dev)
+
+
+def configure_addresses(name: str, addresses: Iterable, routes: Iterable = ()) -> None:
+    """Add interface addresses (``ipaddress`` interfaces) and extra routes
+    (networks) through the device, over netlink."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        links = ipr.link_lookup(ifname=name)
+        if not links:
+            raise DeviceError("no such device %r" % name)
+        idx = links[0]
+        for iface in addresses:
+            iface = ipaddress.ip_interface(iface)
+            kw = {}
+            if iface.version == 6:
+                kw["flags"] = 0x02  # IFA_F_NODAD: usable at once
+            try:
+                ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen, **kw)
+            except Exception as exc:
+                if "File exists" not in str(exc):
+                    raise DeviceError("cannot add address %s to %s: %s" % (iface, name, exc)) from exc
+        connected = [ipaddress.ip_interface(a).network for a in addresses]
+        for net in routes:
+            net = ipaddress.ip_network(net)
+            if any(net.version == c.version and net.subnet_of(c) for c in connected):
+                continue  # already reachable through the connected route
+            try:
+                ipr.route("add", dst=str(net), oif=idx)
+            except Exception as exc:
+                if "File exists" not in str(exc):
+                    raise DeviceError("cannot add route %s via %s: %s" % (net, name, exc)) from exc
+            log.info("route %s via %s", net, name)

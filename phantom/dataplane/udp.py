@@ -1,0 +1,89 @@
+"""UDP sockets for the tunnel and the test port, and endpoint normalisation.
+
+The tunnel socket is dual-stack (AF_INET6 with IPV6_V6ONLY off) when the host
+has IPv6, so one socket serves IPv4 and IPv6 peers.  Endpoints are kept in the
+socket's own address form (IPv4 peers as ``::ffff:a.b.c.d``) inside the data
+path, and shown to people in plain form.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Optional
+
+SOCKET_BUFFER = 4 << 20
+
+
+def open_udp_socket(port: int, host: Optional[str] = None) -> socket.socket:
+    """Bind the tunnel socket on ``host`` (default: all addresses, both families)."""
+    family = socket.AF_INET6
+    if host is not None and ipaddress.ip_address(host).version == 4:
+        family = socket.AF_INET
+    try:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError:
+        family = socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+            except OSError:
+                pass
+        bind_host = host or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+        sock.bind((bind_host, port))
+        sock.setblocking(False)
+    except Exception:
+        sock.close()
+        raise
+    return sock
+
+
+def open_test_socket(port: int) -> socket.socket:
+    """The prototype's test port: loopback only, never reachable from outside."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.setblocking(False)
+    except Exception:
+        sock.close()
+        raise
+    return sock
+
+
+def to_sockaddr(sock: socket.socket, endpoint: tuple) -> tuple:
+    """Turn a (host, port) endpoint into the address form ``sock`` sends to."""
+    host, port = endpoint[0], endpoint[1]
+    ip = ipaddress.ip_address(host)
+    if sock.family == socket.AF_INET6:
+        if ip.version == 4:
+            return ("::ffff:%s" % ip, port, 0, 0)
+        return (str(ip), port, 0, 0)
+    if ip.version == 6:
+        mapped = ip.ipv4_mapped
+        if mapped is None:
+            raise ValueError("IPv6 endpoint %s on an IPv4-only socket" % ip)
+        return (str(mapped), port)
+    return (str(ip), port)
+
+
+def plain(addr: Optional[tuple]) -> Optional[tuple]:
+    """A socket address as (host, port) with IPv4-mapped addresses unmapped."""
+    if addr is None:
+        return None
+    host, port = addr[0], addr[1]
+    ip = ipaddress.ip_address(host.split("%")[0])
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return (str(ip.ipv4_mapped), port)
+    return (str(ip), port)
+
+
+def format_endpoint(addr: Optional[tuple]) -> Optional[str]:
+    p = plain(addr)
+    if p is None:
+        return None
+    host, port = p
+    return ("[%s]:%d" % (host, port)) if ":" in host else ("%s:%d" % (host, port))
