@@ -111,13 +111,6 @@ class ReferenceDataPath:
         self._test_last_sender: Optional[tuple] = None
         self._firewall = firewall
         self._drops = {name: 0 for name in _DROP_NAMES.values()}
-        self._local4 = self._local6 = None
-        for a in local_addresses:
-            ip = ipaddress.ip_interface(a).ip
-            if ip.version == 4 and self._local4 is None:
-                self._local4 = ip.packed
-            elif ip.version == 6 and self._local6 is None:
-                self._local6 = ip.packed
         self._last_icmp = 0.0
         self._rx = bytearray(BUFSIZE)
         self._rxv = memoryview(self._rx)
@@ -412,15 +405,16 @@ class ReferenceDataPath:
             self._seal_and_send(peer, s, n, now)
 
     def _icmp_unreachable(self, n: int, now: float) -> None:
+        """Answer a packet that matches no peer with ICMP host unreachable.
+
+        The error's source is the unreachable destination itself: a source
+        that is one of our own addresses would be dropped by the kernel as a
+        martian when it comes back in through the TUN device."""
         if self._fd is None or now - self._last_icmp < 0.01:
             return
-        orig = bytes(self._tx[OFFSET:OFFSET + n])
-        src = self._local4 if orig[0] >> 4 == 4 else self._local6
-        if src is None:
-            return
-        self._last_icmp = now
-        reply = pkt.icmp_unreachable(orig, src)
+        reply = pkt.icmp_unreachable(self._txv[OFFSET:OFFSET + n])
         if reply:
+            self._last_icmp = now
             self._write_device(reply)
 
     def _write_device(self, data) -> bool:

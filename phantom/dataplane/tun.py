@@ -1,5 +1,5 @@
 """TUN/TAP devices: opening them (python-pytun) and configuring addresses,
-MTU and routes (netlink through pyroute2).
+MTU and routes (netlink, through iproute2's ``ip``).
 
 Opening and configuring need CAP_NET_ADMIN, so the daemon does both before it
 drops privileges; after that only the open file descriptor is used.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import subprocess
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -60,34 +61,27 @@ def open_device(mode: Mode, name: str, mtu: int, extra_flags: int = 0) -> Device
     return Device(dev.name, fd, mode, dev)
 
 
-def configure_addresses(name: str, addresses: Iterable, routes: Iterable = ()) -> None:
-    """Add interface addresses (``ipaddress`` interfaces) and extra routes
-    (networks) through the device, over netlink."""
-    from pyroute2 import IPRoute
+def _ip(*args: str) -> None:
+    try:
+        out = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DeviceError("cannot run ip %s: %s" % (" ".join(args), exc)) from exc
+    if out.returncode != 0 and "File exists" not in out.stderr:
+        raise DeviceError("ip %s: %s" % (" ".join(args), out.stderr.strip()))
 
-    with IPRoute() as ipr:
-        links = ipr.link_lookup(ifname=name)
-        if not links:
-            raise DeviceError("no such device %r" % name)
-        idx = links[0]
-        for iface in addresses:
-            iface = ipaddress.ip_interface(iface)
-            kw = {}
-            if iface.version == 6:
-                kw["flags"] = 0x02  # IFA_F_NODAD: usable at once
-            try:
-                ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen, **kw)
-            except Exception as exc:
-                if "File exists" not in str(exc):
-                    raise DeviceError("cannot add address %s to %s: %s" % (iface, name, exc)) from exc
-        connected = [ipaddress.ip_interface(a).network for a in addresses]
-        for net in routes:
-            net = ipaddress.ip_network(net)
-            if any(net.version == c.version and net.subnet_of(c) for c in connected):
-                continue  # already reachable through the connected route
-            try:
-                ipr.route("add", dst=str(net), oif=idx)
-            except Exception as exc:
-                if "File exists" not in str(exc):
-                    raise DeviceError("cannot add route %s via %s: %s" % (net, name, exc)) from exc
-            log.info("route %s via %s", net, name)
+
+def configure_addresses(name: str, addresses: Iterable, routes: Iterable = ()) -> None:
+    """Add interface addresses (``ipaddress`` interfaces) and routes for
+    allowed IPs that the addresses do not already cover, with iproute2
+    (netlink).  IPv6 addresses skip duplicate address detection."""
+    addresses = [ipaddress.ip_interface(a) for a in addresses]
+    for iface in addresses:
+        extra = ["nodad"] if iface.version == 6 else []
+        _ip("addr", "add", str(iface), "dev", name, *extra)
+    connected = [a.network for a in addresses]
+    for net in routes:
+        net = ipaddress.ip_network(net)
+        if any(net.version == c.version and net.subnet_of(c) for c in connected):
+            continue  # already reachable through the connected route
+        _ip("-%d" % net.version, "route", "add", str(net), "dev", name)
+        log.info("route %s via %s", net, name)
