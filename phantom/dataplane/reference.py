@@ -101,6 +101,9 @@ class ReferenceDataPath:
         self._events = events
         self._t = tunables
         self._mtu = mtu
+        # Largest inner packet accepted either way: the MTU (plus the Ethernet
+        # header and one VLAN tag in TAP mode).
+        self._max_inner = mtu + (18 if self.mode is Mode.TAP else 0)
         self._loop = loop
         self._peers: dict[int, _Peer] = {}
         self._sessions: dict[int, _Session] = {}
@@ -289,6 +292,9 @@ class ReferenceDataPath:
         """A plaintext packet of n bytes sits at self._tx[OFFSET:]."""
         tx = self._tx
         now = time.monotonic()
+        if n > self._max_inner:
+            self._drop(Drop.OVERSIZED)
+            return
         mode = self.mode
         if mode is Mode.TUN:
             dst = pkt.ip_dst(self._txv[OFFSET:OFFSET + n])
@@ -455,7 +461,7 @@ class ReferenceDataPath:
         if n < wire.TRANSPORT_MIN_SIZE:
             self._drop(Drop.TRUNCATED)
             return
-        if n > wire.MAX_DATAGRAM_SIZE:
+        if n - OFFSET > self._max_inner:
             self._drop(Drop.OVERSIZED)
             return
         _, index, counter = HEADER.unpack_from(rx, 0)

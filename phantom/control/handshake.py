@@ -1,0 +1,216 @@
+"""The WireGuard-framed Phantom handshake on top of :class:`NoiseIK`, sans-IO.
+
+The exchange, as the peer/device state machine drives it::
+
+    initiator                                          responder
+    ---------                                          ---------
+    msg, ist = create_initiation(...)   -- type 1 -->  CookieChecker.check_mac1/mac2
+                                                       info = consume_initiation(...)
+                                                       (upper layer: known peer?
+                                                        info.timestamp later than the
+                                                        last one from that peer?)
+    CookieChecker.check_mac1            <-- type 2 --  msg, keys = create_response(info.state, ...)
+    keys = consume_response(ist, msg)
+
+Payloads (plaintext inside the Noise messages):
+
+* initiation: TAI64N timestamp (12 bytes) || client nonce (16 bytes);
+* response:   the initiator's client nonce, echoed.  The initiator checks it,
+  which ties the response to the open request that caused the handshake.
+
+Nothing here looks at peers, indexes tables, clocks or sockets; mac1/mac2 are
+checked by the caller with :class:`phantom.control.cookie.CookieChecker`.
+Every failure raises :class:`HandshakeError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .. import crypto, wire
+from . import tai64n
+from .cookie import CookieGenerator
+from .noise import HandshakeError, NoiseIK
+
+__all__ = [
+    "HandshakeError", "SessionKeys", "InitiatorState", "ResponderState", "InitiationInfo",
+    "create_initiation", "consume_initiation", "create_response", "consume_response",
+]
+
+_U32_MAX = 2 ** 32 - 1
+
+
+@dataclass
+class SessionKeys:
+    """Transport keys of one session, from this side's point of view.
+
+    ``local_index`` is the index the peer puts in packets to us;
+    ``remote_index`` is the one we put in packets to the peer.
+    """
+
+    send_key: bytearray
+    recv_key: bytearray
+    local_index: int
+    remote_index: int
+    initiator: bool = False
+    handshake_hash: bytes = b""
+
+    def clear(self) -> None:
+        """Zero both keys (sodium_memzero)."""
+        crypto.memzero(self.send_key)
+        crypto.memzero(self.recv_key)
+
+
+@dataclass
+class InitiatorState:
+    """What the initiator keeps between sending the initiation and the response."""
+
+    noise: NoiseIK = field(repr=False)
+    sender_index: int
+    remote_static: bytes
+    timestamp: bytes
+    client_nonce: bytes
+
+    def clear(self) -> None:
+        """Abandon the handshake and zero its secrets."""
+        self.noise.clear()
+
+
+@dataclass
+class ResponderState:
+    """What the responder keeps between a valid initiation and its response."""
+
+    noise: NoiseIK = field(repr=False)
+    remote_index: int           # the initiator's sender index
+    remote_static: bytes
+    client_nonce: bytes
+
+    def clear(self) -> None:
+        self.noise.clear()
+
+
+@dataclass(frozen=True)
+class InitiationInfo:
+    """An authenticated initiation.  The caller decides whether to answer it."""
+
+    remote_static: bytes
+    timestamp: bytes
+    client_nonce: bytes
+    sender_index: int
+    state: ResponderState = field(repr=False)
+
+
+def _check_index(name: str, index: int) -> int:
+    if not isinstance(index, int) or not 0 <= index <= _U32_MAX:
+        raise HandshakeError("%s must be a u32" % name)
+    return index
+
+
+def _check_type(msg, expected: wire.MessageType) -> bytes:
+    msg = bytes(msg)
+    try:
+        mtype = wire.message_type(msg)
+    except wire.WireError as exc:
+        raise HandshakeError(str(exc)) from exc
+    if mtype is not expected:
+        raise HandshakeError("expected a %s, got a %s"
+                             % (expected.name.lower(), mtype.name.lower()))
+    return msg
+
+
+# --- initiator ---------------------------------------------------------------------
+def create_initiation(local_static_priv, remote_static_pub, sender_index: int,
+                      timestamp12: bytes, client_nonce16: bytes,
+                      cookie_gen: CookieGenerator | None = None, *,
+                      ephemeral_private=None) -> tuple[bytes, InitiatorState]:
+    """Build a handshake initiation (type 1) and the state to read its response.
+
+    With ``cookie_gen`` mac1 (and mac2 when it holds a fresh cookie) is filled
+    in; without it both MACs are zero and the caller must add them.
+    ``ephemeral_private`` is for test vectors only.
+    """
+    _check_index("sender_index", sender_index)
+    if len(timestamp12) != wire.TIMESTAMP_SIZE:
+        raise HandshakeError("timestamp must be %d bytes" % wire.TIMESTAMP_SIZE)
+    if len(client_nonce16) != wire.CLIENT_NONCE_SIZE:
+        raise HandshakeError("client nonce must be %d bytes" % wire.CLIENT_NONCE_SIZE)
+    timestamp12, client_nonce16 = bytes(timestamp12), bytes(client_nonce16)
+    noise = NoiseIK.initiator(local_static_priv, remote_static_pub, ephemeral_private)
+    body = noise.write_message(timestamp12 + client_nonce16)
+    e_end = wire.KEY_SIZE
+    s_end = e_end + wire.KEY_SIZE + wire.AEAD_TAG_SIZE
+    msg = wire.Initiation(sender_index, body[:e_end], body[e_end:s_end], body[s_end:]).pack()
+    if cookie_gen is not None:
+        msg = cookie_gen.add_macs(msg)
+    state = InitiatorState(noise, sender_index, bytes(remote_static_pub), timestamp12, client_nonce16)
+    return msg, state
+
+
+def consume_response(state: InitiatorState, msg_bytes) -> SessionKeys:
+    """Check a handshake response (type 2) to our initiation; return the session keys.
+
+    Raises HandshakeError when the message is malformed, not addressed to
+    ``state.sender_index``, fails authentication (the state is then unchanged
+    and a genuine response can still be taken), or echoes another client
+    nonce (the handshake is then abandoned).
+    """
+    msg = _check_type(msg_bytes, wire.MessageType.RESPONSE)
+    resp = wire.Response.unpack(msg)
+    if resp.receiver_index != state.sender_index:
+        raise HandshakeError("response is for index %d, not ours (%d)"
+                             % (resp.receiver_index, state.sender_index))
+    echoed = state.noise.read_message(resp.noise_message)
+    if not crypto.equal(echoed, state.client_nonce):
+        state.clear()
+        raise HandshakeError("response echoes a different client nonce")
+    hh = state.noise.handshake_hash
+    send_key, recv_key = state.noise.split()
+    return SessionKeys(send_key, recv_key, local_index=state.sender_index,
+                       remote_index=resp.sender_index, initiator=True, handshake_hash=hh)
+
+
+# --- responder ---------------------------------------------------------------------
+def consume_initiation(local_static_priv, msg_bytes, *, ephemeral_private=None) -> InitiationInfo:
+    """Authenticate a handshake initiation (type 1) sent to us.
+
+    Returns who sent it and what it carries; replay (timestamp not later than
+    the peer's last one), unknown peers and load are the caller's decisions.
+    ``ephemeral_private`` (our response's ephemeral key) is for test vectors.
+    """
+    msg = _check_type(msg_bytes, wire.MessageType.INITIATION)
+    init = wire.Initiation.unpack(msg)
+    noise = NoiseIK.responder(local_static_priv, ephemeral_private)
+    payload = noise.read_message(init.noise_message)
+    timestamp = payload[:wire.TIMESTAMP_SIZE]
+    client_nonce = payload[wire.TIMESTAMP_SIZE:]
+    if len(client_nonce) != wire.CLIENT_NONCE_SIZE:      # cannot happen with a fixed size
+        noise.clear()
+        raise HandshakeError("initiation payload has the wrong size")
+    try:
+        tai64n.decode(timestamp)
+    except tai64n.TimestampError as exc:
+        noise.clear()
+        raise HandshakeError("initiation carries an invalid timestamp") from exc
+    remote_static = noise.remote_static
+    state = ResponderState(noise, init.sender_index, remote_static, client_nonce)
+    return InitiationInfo(remote_static, timestamp, client_nonce, init.sender_index, state)
+
+
+def create_response(state: ResponderState, sender_index: int,
+                    cookie_gen: CookieGenerator | None = None) -> tuple[bytes, SessionKeys]:
+    """Answer an accepted initiation with a handshake response (type 2).
+
+    ``sender_index`` is our new index for this session.  ``cookie_gen`` is the
+    generator for the initiator's static key.  A state answers only once.
+    """
+    _check_index("sender_index", sender_index)
+    body = state.noise.write_message(state.client_nonce)
+    e_end = wire.KEY_SIZE
+    msg = wire.Response(sender_index, state.remote_index, body[:e_end], body[e_end:]).pack()
+    if cookie_gen is not None:
+        msg = cookie_gen.add_macs(msg)
+    hh = state.noise.handshake_hash
+    send_key, recv_key = state.noise.split()
+    keys = SessionKeys(send_key, recv_key, local_index=sender_index,
+                       remote_index=state.remote_index, initiator=False, handshake_hash=hh)
+    return msg, keys

@@ -1,0 +1,287 @@
+"""Data-path tests, written once and run against every data path
+(uvloop habit: same tests, two implementations).
+
+Two data paths in one process, in test-port mode, joined by real loopback
+UDP sockets; keys are installed by hand, as the control plane would."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from phantom import crypto, wire
+from phantom.constants import Tunables
+from phantom.dataplane.types import Keypair, Mode
+
+DATAPATHS = ["reference"]
+
+
+def make_datapath(kind, mode, udp, test, events, tunables, deliver):
+    if kind == "reference":
+        from phantom.dataplane.reference import ReferenceDataPath
+        return ReferenceDataPath(mode, udp, None, test, events=events, tunables=tunables,
+                                 test_deliver=deliver)
+    from phantom.dataplane.fast import FastDataPath
+    return FastDataPath(mode, udp, None, test, events=events, tunables=tunables, test_deliver=deliver)
+
+
+class Events:
+    def __init__(self):
+        self.control, self.needed, self.confirmed = [], [], []
+
+    def control_packet(self, data, addr):
+        self.control.append((data, addr))
+
+    def handshake_needed(self, peer_id):
+        self.needed.append(peer_id)
+
+    def keypair_confirmed(self, peer_id, local_index):
+        self.confirmed.append((peer_id, local_index))
+
+
+def _udp(host="127.0.0.1"):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((host, 0))
+    s.setblocking(False)
+    return s
+
+
+class Side:
+    def __init__(self, kind, tunables):
+        self.udp = _udp()
+        self.test = _udp()
+        self.app = _udp()                       # the local program on the test port
+        self.app.settimeout(2)
+        self.events = Events()
+        self.dp = make_datapath(kind, Mode.TEST, self.udp, self.test, self.events, tunables,
+                                self.app.getsockname())
+        self.dp.add_peer(1, [])
+        self.dp.set_test_peer(1)
+
+    def close(self):
+        self.dp.close()
+        for s in (self.udp, self.test, self.app):
+            s.close()
+
+
+def keypairs(ia=11, ib=22, created=None):
+    k1, k2 = crypto.random_bytes(32), crypto.random_bytes(32)
+    now = time.monotonic() if created is None else created
+    a = Keypair(1, ia, ib, bytearray(k1), bytearray(k2), now, True)
+    b = Keypair(1, ib, ia, bytearray(k2), bytearray(k1), now, False)
+    return a, b
+
+
+@pytest.fixture(params=DATAPATHS)
+def kind(request):
+    return request.param
+
+
+@pytest.fixture
+def pair(kind):
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    t = Tunables(burst=64)
+    a, b = Side(kind, t), Side(kind, t)
+    a.dp.set_endpoint(1, b.udp.getsockname())
+    b.dp.set_endpoint(1, a.udp.getsockname())
+
+    async def _start():
+        a.dp.start()
+        b.dp.start()
+    loop.run_until_complete(_start())
+    yield a, b, loop
+    a.close()
+    b.close()
+    loop.close()
+    asyncio.set_event_loop(None)
+
+
+def spin(loop, seconds=0.1):
+    loop.run_until_complete(asyncio.sleep(seconds))
+
+
+def recv(side, loop, timeout=2.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        spin(loop, 0.01)
+        try:
+            side.app.setblocking(False)
+            return side.app.recvfrom(70000)
+        except BlockingIOError:
+            continue
+    raise AssertionError("nothing delivered")
+
+
+def established(a, b, loop):
+    ka, kb = keypairs()
+    a.dp.install_keypair(ka, confirmed=True)
+    b.dp.install_keypair(kb, confirmed=False)
+    return ka, kb
+
+
+def test_datagram_crosses_and_confirms_next_keypair(pair):
+    a, b, loop = pair
+    established(a, b, loop)
+    a.app.sendto(b"hello", a.test.getsockname())
+    data, _ = recv(b, loop)
+    assert data == b"hello"
+    assert b.events.confirmed == [(1, 22)], "b's 'next' keypair became current"
+    b.app.sendto(b"back", b.test.getsockname())
+    data, _ = recv(a, loop)
+    assert data == b"back"
+    ca = a.dp.counters(1)
+    assert ca.tx_packets == 1 and ca.rx_packets == 1 and ca.last_data_rx > 0
+
+
+def test_staged_until_keys_then_flushed(pair):
+    a, b, loop = pair
+    for i in range(3):
+        a.app.sendto(b"early %d" % i, a.test.getsockname())
+    spin(loop, 0.1)
+    assert a.events.needed == [1], "one handshake request for the whole burst"
+    established(a, b, loop)
+    got = sorted(recv(b, loop)[0] for _ in range(3))
+    assert got == [b"early 0", b"early 1", b"early 2"]
+
+
+def test_keepalive_is_counted_not_delivered(pair):
+    a, b, loop = pair
+    established(a, b, loop)
+    a.dp.send_keepalive(1)
+    spin(loop, 0.1)
+    c = b.dp.counters(1)
+    assert c.rx_packets == 1 and c.last_rx > 0 and c.last_data_rx == 0
+
+
+def _capture_one(a, b, loop, payload=b"x" * 100):
+    """Send one datagram a -> b and capture the wire bytes with a tap socket."""
+    tap = _udp()
+    a.dp.set_endpoint(1, tap.getsockname())
+    a.app.sendto(payload, a.test.getsockname())
+    spin(loop, 0.1)
+    tap.settimeout(2)
+    data, _ = tap.recvfrom(70000)
+    tap.close()
+    a.dp.set_endpoint(1, b.udp.getsockname())
+    return data
+
+
+def _inject(b, data):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(data, b.udp.getsockname())
+    s.close()
+
+
+def test_ciphertext_layout_matches_the_wire_module(pair):
+    a, b, loop = pair
+    ka, kb = established(a, b, loop)
+    pkt = _capture_one(a, b, loop, b"payload")
+    idx, ctr = wire.unpack_transport_header(pkt)
+    assert pkt[0] == wire.MessageType.TRANSPORT and idx == 22 and ctr == 0
+    assert pkt[16:] == crypto.secretbox_seal(bytes(ka.send_key), 0, b"payload")
+    assert b"payload" not in pkt
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda p: p[:20], "truncated"),
+    (lambda p: p[:3], "truncated"),
+    (lambda p: p[:-1] + bytes([p[-1] ^ 1]), "auth_failed"),
+    (lambda p: p[:4] + (999).to_bytes(4, "little") + p[8:], "unknown_index"),
+    (lambda p: bytes([9]) + p[1:], "malformed"),
+    (lambda p: p[:1] + b"\x01" + p[2:], "malformed"),
+    (lambda p: p + bytes(2000), "oversized"),          # inner payload above the MTU (1420)
+])
+def test_bad_datagrams_are_counted_drops(pair, mutate, reason):
+    a, b, loop = pair
+    established(a, b, loop)
+    pkt = _capture_one(a, b, loop)
+    bad = mutate(pkt)
+    _inject(b, bad)
+    spin(loop, 0.1)
+    assert b.dp.global_drops()[reason] == 1
+    _inject(b, pkt)
+    data, _ = recv(b, loop)
+    assert data == b"x" * 100, "a good packet still passes afterwards"
+
+
+def test_oversized_inner_packet_is_not_sent(pair):
+    a, b, loop = pair
+    established(a, b, loop)
+    a.app.sendto(bytes(1421), a.test.getsockname())
+    spin(loop, 0.1)
+    assert a.dp.global_drops()["oversized"] == 1 and a.dp.counters(1).tx_packets == 0
+
+
+def test_replayed_packet_is_dropped(pair):
+    a, b, loop = pair
+    established(a, b, loop)
+    pkt = _capture_one(a, b, loop)
+    _inject(b, pkt)
+    recv(b, loop)
+    _inject(b, pkt)
+    spin(loop, 0.1)
+    assert b.dp.global_drops()["replay"] == 1
+
+
+def test_handshake_messages_go_to_the_control_plane(pair):
+    a, b, loop = pair
+    msg = wire.Initiation(5, bytes(32), bytes(48), bytes(44)).pack()
+    _inject(b, msg)
+    spin(loop, 0.1)
+    assert [m for m, _ in b.events.control] == [msg]
+
+
+def test_retire_zeroes_keys_and_stops_traffic(pair):
+    a, b, loop = pair
+    ka, kb = established(a, b, loop)
+    a.dp.retire_keypair(ka.local_index)
+    assert not any(ka.send_key) and not any(ka.recv_key)
+    a.app.sendto(b"after retire", a.test.getsockname())
+    spin(loop, 0.1)
+    assert a.events.needed == [1]
+
+
+def test_expired_keypair_is_not_used(pair):
+    a, b, loop = pair
+    ka, kb = keypairs(created=time.monotonic() - 1000)
+    a.dp.install_keypair(ka, confirmed=True)
+    a.app.sendto(b"stale", a.test.getsockname())
+    spin(loop, 0.1)
+    assert a.events.needed == [1] and a.dp.counters(1).tx_packets == 0
+
+
+def test_roaming_follows_authenticated_packets_only(pair):
+    a, b, loop = pair
+    established(a, b, loop)
+    pkt = _capture_one(a, b, loop)
+    # a forged packet from elsewhere does not move the endpoint
+    forged = bytearray(pkt)
+    forged[-1] ^= 1
+    other = _udp()
+    other.sendto(bytes(forged), b.udp.getsockname())
+    spin(loop, 0.1)
+    assert b.dp.endpoint(1)[1] == a.udp.getsockname()[1]
+    # an authentic one does
+    other.sendto(pkt, b.udp.getsockname())
+    spin(loop, 0.1)
+    assert b.dp.endpoint(1)[1] == other.getsockname()[1]
+    other.close()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(min_size=0, max_size=300))
+def test_fuzzed_datagrams_never_crash_and_are_counted(pair, data):
+    a, b, loop = pair
+    if not hasattr(b, "_keys"):
+        b._keys = established(a, b, loop)
+    before = sum(b.dp.global_drops().values()) + len(b.events.control)
+    _inject(b, data)
+    spin(loop, 0.005)
+    after = sum(b.dp.global_drops().values()) + len(b.events.control)
+    assert after == before + 1, "every datagram is a counted drop or a control message"
