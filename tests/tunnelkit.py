@@ -153,6 +153,8 @@ def start(daemon_factory, node: Node, datapath: str = "reference", wait: bool = 
     argv = ["--config", str(node.config)] + (["--fast"] if datapath == "fast" else []) + list(args)
     node.daemon = daemon_factory(node.host, argv, http_port=HTTP_PORT, name=node.name, wait=wait,
                                  token_file=node.state_dir / "token")
+    if wait:
+        node.host.ns.wait_addresses_ready()
     return node
 
 
