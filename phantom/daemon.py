@@ -359,8 +359,6 @@ def main(argv=None) -> int:
         print("phantomd: config error: %s" % exc, file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(settings.log_level)
-    for noisy in ("pyroute2", "asyncio"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         if settings.private_key_explicit:
             key = load_private_key(settings.private_key_file)
@@ -373,7 +371,7 @@ def main(argv=None) -> int:
     import uvloop
     daemon = Daemon(settings, key)
     try:
-        daemon.open_privileged()   # before the uvloop loop exists: pyroute2 runs its own asyncio loop
+        daemon.open_privileged()
     except OSError as exc:
         print("phantomd: %s" % exc, file=sys.stderr)
         return EXIT_RUNTIME

@@ -1,9 +1,9 @@
 """Dropping root once the devices and sockets are open.
 
 After :func:`drop_privileges` the process runs as an unprivileged user with
-no supplementary groups, empty capability sets (a setuid from root to a
-non-root uid clears them) and PR_SET_NO_NEW_PRIVS, so no exec can regain
-them.  Everything that needs CAP_NET_ADMIN -- creating the TUN/TAP device,
+no supplementary groups, empty capability sets (the bounding set is emptied
+while still root; a setuid from root to a non-root uid clears the others)
+and PR_SET_NO_NEW_PRIVS, so no exec can regain them.  Everything that needs CAP_NET_ADMIN -- creating the TUN/TAP device,
 its addresses and the routes for configured allowed IPs -- happens before.
 """
 
@@ -18,6 +18,7 @@ log = logging.getLogger("phantom.privileges")
 
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_KEEPCAPS = 8
+PR_CAPBSET_DROP = 24
 DEFAULT_USER = "nobody"
 
 
@@ -41,6 +42,13 @@ def drop_privileges(user: str | None) -> tuple[int, int] | None:
         raise PrivilegeError("refusing to run as %r: it is uid 0" % name)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0)
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            last_cap = int(f.read())
+    except OSError:
+        last_cap = 40
+    for cap in range(last_cap + 1):      # empty the bounding set too (needs CAP_SETPCAP: still root here)
+        libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
     os.setgroups([])
     os.setresgid(pw.pw_gid, pw.pw_gid, pw.pw_gid)
     os.setresuid(pw.pw_uid, pw.pw_uid, pw.pw_uid)

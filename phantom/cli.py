@@ -1,0 +1,436 @@
+"""``phantom``: the command-line client.
+
+Key tools (no daemon needed)::
+
+    phantom genkey [--out FILE]       a new private key (base64), like `wg genkey`
+    phantom pubkey < private          its public key, like `wg pubkey`
+
+Talking to a running phantomd over its HTTP API::
+
+    phantom open TARGET [--public-key K] [--name N] [--allowed-ips CIDR,...]
+    phantom close PEER
+    phantom status | peers
+    phantom firewall show | firewall set FILE
+
+Elsewhere::
+
+    phantom demo ...                  phantom.demo.main
+    phantom directory serve ...       phantom.control.directory.main
+
+API options (before or after the subcommand): ``--api URL`` (default
+http://127.0.0.1:4567, or $PHANTOM_API), ``--socket PATH`` ($PHANTOM_SOCKET),
+``--token-file PATH`` (default <state dir>/token, or $PHANTOM_TOKEN_FILE),
+``--json`` and ``--timeout``.  API errors print ``error: <message>`` and exit 1.
+
+The client uses only the standard library (http.client) so that it starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import importlib
+import importlib.util
+import json
+import os
+import socket
+import sys
+import urllib.parse
+from pathlib import Path
+
+DEFAULT_API = "http://127.0.0.1:4567"
+DEFAULT_TIMEOUT = 120.0
+
+
+class CliError(Exception):
+    """Printed as ``error: <message>``; exit status 1."""
+
+
+# --- HTTP client ------------------------------------------------------------------------------
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _default_state_dir() -> Path:
+    # Same rule as the daemon (phantom.control.config.default_state_dir), kept
+    # here so the client does not import the config machinery.
+    return Path("/var/lib/phantom") if os.geteuid() == 0 else Path.cwd() / ".phantom"
+
+
+class ApiClient:
+    def __init__(self, api: str | None = None, socket_path: str | None = None,
+                 token_file: str | None = None, timeout: float = DEFAULT_TIMEOUT):
+        self.api = api or DEFAULT_API
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self.token_file = Path(token_file) if token_file else _default_state_dir() / "token"
+        if not socket_path:
+            u = urllib.parse.urlsplit(self.api)
+            if u.scheme != "http" or not u.hostname:
+                raise CliError("--api must be an http:// URL like %s, not %r" % (DEFAULT_API, self.api))
+            self._host, self._port = u.hostname, u.port or 80
+            self._prefix = u.path.rstrip("/")
+        else:
+            self._prefix = ""
+
+    def where(self) -> str:
+        return "unix socket %s" % self.socket_path if self.socket_path else self.api
+
+    def _token(self, required: bool) -> str | None:
+        try:
+            return self.token_file.read_text().strip()
+        except OSError as exc:
+            if not required:
+                return None
+            reason = exc.strerror or str(exc)
+            raise CliError("cannot read the API token from %s (%s); run as the daemon's user or "
+                           "root, or pass --token-file" % (self.token_file, reason)) from None
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.socket_path:
+            return _UnixHTTPConnection(self.socket_path, self.timeout)
+        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+
+    def request(self, method: str, path: str, body=None):
+        mutating = method not in ("GET", "HEAD")
+        headers = {"Accept": "application/json"}
+        token = self._token(required=mutating)
+        if token:
+            headers["Authorization"] = "Bearer " + token
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        conn = self._connection()
+        try:
+            try:
+                conn.request(method, self._prefix + path, body=data, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+            except ConnectionRefusedError:
+                raise CliError("cannot connect to phantomd at %s: connection refused (is phantomd "
+                               "running? choose another with --api or --socket)" % self.where()) from None
+            except FileNotFoundError:
+                raise CliError("cannot connect to phantomd: %s does not exist (is phantomd running "
+                               "with --http-socket?)" % self.socket_path) from None
+            except socket.timeout:
+                raise CliError("phantomd at %s did not answer within %g s"
+                               % (self.where(), self.timeout)) from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise CliError("cannot talk to phantomd at %s: %s" % (self.where(), exc)) from None
+        finally:
+            conn.close()
+        try:
+            payload = json.loads(raw.decode("utf-8")) if raw else {}
+        except (UnicodeDecodeError, ValueError):
+            payload = None
+        if resp.status >= 400:
+            if isinstance(payload, dict) and isinstance(payload.get("error"), str):
+                raise CliError(payload["error"])
+            raise CliError("HTTP %d %s from %s" % (resp.status, resp.reason, self.where()))
+        if payload is None:
+            raise CliError("phantomd at %s sent a response that is not JSON" % self.where())
+        return payload
+
+
+# --- output -----------------------------------------------------------------------------------
+PEER_COLUMNS = ("name", "endpoint", "allowed_ips", "state", "latest_handshake",
+                "rx_bytes", "tx_bytes", "public_key")
+
+
+def _human_bytes(n) -> str:
+    if not isinstance(n, (int, float)) or isinstance(n, bool):
+        return _cell(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
+        n /= 1024.0
+    return str(n)
+
+
+def _cell(value, key: str = "") -> str:
+    if value is None or value == "":
+        return "-"
+    if key.endswith("_bytes"):
+        return _human_bytes(value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return ("%.1f" % value) if value != int(value) else str(int(value))
+    if isinstance(value, (list, tuple)):
+        return ",".join(_cell(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return ",".join("%s=%s" % (k, _cell(v)) for k, v in value.items()) or "-"
+    return str(value)
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
+    rows = []
+    for k, v in d.items():
+        name = prefix + str(k)
+        if isinstance(v, dict) and v:
+            rows.extend(_flatten(v, name + "."))
+        else:
+            rows.append((name, v))
+    return rows
+
+
+def format_kv(d: dict) -> str:
+    rows = _flatten(d)
+    if not rows:
+        return "(empty)"
+    width = max(len(k) for k, _ in rows) + 1
+    return "\n".join("%-*s  %s" % (width, k + ":", _cell(v, k)) for k, v in rows)
+
+
+def format_table(rows: list[dict], preferred=()) -> str:
+    if not rows:
+        return "(none)"
+    cols = [c for c in preferred if any(c in r for r in rows)]
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    cells = [[_cell(r.get(c), c) for c in cols] for r in rows]
+    heads = [c.upper().replace("_", " ") for c in cols]
+    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(heads)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths)).rstrip()]
+    for row in cells:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def _emit(args, payload, human) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2, sort_keys=False))
+    else:
+        print(human(payload))
+
+
+# --- subcommands ------------------------------------------------------------------------------
+def cmd_genkey(args) -> int:
+    from phantom.control import keys
+    if args.out:
+        try:
+            key = keys.write_private_key(args.out)
+        except FileExistsError:
+            raise CliError("%s already exists; not overwriting a key file" % args.out) from None
+        except OSError as exc:
+            raise CliError("cannot write %s: %s" % (args.out, exc.strerror or exc)) from None
+        try:
+            print(keys.encode_key(keys.public_key(key)))   # the public key, safe to show
+        finally:
+            from phantom.crypto import memzero
+            memzero(key)
+        return 0
+    if sys.stdout.isatty():
+        print("warning: writing a private key to a terminal; prefer `phantom genkey --out FILE`",
+              file=sys.stderr)
+    print(keys.genkey())
+    return 0
+
+
+def cmd_pubkey(args) -> int:
+    from phantom.control import keys
+    text = sys.stdin.read(4096)
+    try:
+        print(keys.pubkey(text))
+    except keys.KeyFormatError as exc:
+        raise CliError("%s (pubkey reads a private key on standard input)" % exc) from None
+    return 0
+
+
+def _client(args) -> ApiClient:
+    return ApiClient(args.api, args.socket, args.token_file, args.timeout)
+
+
+def cmd_open(args) -> int:
+    body = {}
+    if args.public_key:
+        body["public_key"] = args.public_key
+    if args.name:
+        body["name"] = args.name
+    if args.allowed_ips:
+        body["allowed_ips"] = [n.strip() for arg in args.allowed_ips for n in arg.split(",")
+                               if n.strip()]
+    target = urllib.parse.quote(args.target, safe=":[]")
+    result = _client(args).request("POST", "/open/" + target, body or None)
+    _emit(args, result, format_kv)
+    return 0
+
+
+def cmd_close(args) -> int:
+    result = _client(args).request("POST", "/close/" + urllib.parse.quote(args.peer, safe=""))
+    _emit(args, result, format_kv)
+    return 0
+
+
+def cmd_status(args) -> int:
+    _emit(args, _client(args).request("GET", "/status"), format_kv)
+    return 0
+
+
+def cmd_peers(args) -> int:
+    payload = _client(args).request("GET", "/peers")
+    peers = payload.get("peers", []) if isinstance(payload, dict) else payload
+    _emit(args, payload, lambda _: format_table(list(peers), PEER_COLUMNS))
+    return 0
+
+
+def _format_firewall(fw) -> str:
+    if isinstance(fw, dict):
+        rules = fw.get("rules")
+        rest = {k: v for k, v in fw.items() if k != "rules"}
+        parts = []
+        if rest:
+            parts.append(format_kv(rest))
+        if isinstance(rules, list) and all(isinstance(r, dict) for r in rules):
+            parts.append(format_table(rules) if rules else "rules: (none)")
+        elif rules is not None:
+            parts.append("rules: %s" % json.dumps(rules))
+        return "\n".join(parts) or "(empty)"
+    return json.dumps(fw, indent=2)
+
+
+def _read_rules(path: str) -> dict:
+    try:
+        if path == "-":
+            text, name = sys.stdin.read(), "<stdin>"
+        else:
+            text, name = Path(path).read_text(encoding="utf-8"), path
+    except OSError as exc:
+        raise CliError("cannot read %s: %s" % (path, exc.strerror or exc)) from None
+    if name.endswith(".toml"):
+        import tomllib
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise CliError("%s: invalid TOML: %s" % (name, exc)) from None
+        # A whole phantom.toml works too: take its [firewall] table.
+        if isinstance(doc.get("firewall"), dict) and "rules" not in doc:
+            doc = doc["firewall"]
+        return doc
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise CliError("%s: invalid JSON (%s); use a .toml file for TOML" % (name, exc)) from None
+    if not isinstance(doc, dict):
+        raise CliError("%s: the rules must be a JSON object" % name)
+    return doc
+
+
+def cmd_firewall(args) -> int:
+    client = _client(args)
+    if args.fw_action == "set":
+        result = client.request("PUT", "/firewall", _read_rules(args.file))
+        _emit(args, result, format_kv)
+    else:
+        _emit(args, client.request("GET", "/firewall"), _format_firewall)
+    return 0
+
+
+# --- dispatch ---------------------------------------------------------------------------------
+def _api_options(p: argparse.ArgumentParser, suppress: bool) -> None:
+    d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+    p.add_argument("--api", metavar="URL", default=d(os.environ.get("PHANTOM_API")),
+                   help="phantomd's API (default %s, or $PHANTOM_API)" % DEFAULT_API)
+    p.add_argument("--socket", metavar="PATH", default=d(os.environ.get("PHANTOM_SOCKET")),
+                   help="talk to phantomd's Unix socket instead ($PHANTOM_SOCKET)")
+    p.add_argument("--token-file", metavar="PATH", default=d(os.environ.get("PHANTOM_TOKEN_FILE")),
+                   help="API token (default <state dir>/token: /var/lib/phantom as root, else ./.phantom)")
+    p.add_argument("--json", action="store_true", default=d(False), help="print JSON")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", default=d(DEFAULT_TIMEOUT),
+                   help="give up waiting for phantomd after this long (default %g)" % DEFAULT_TIMEOUT)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="phantom", description="Phantom tunnel client and key tool.")
+    _api_options(p, suppress=False)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    _api_options(common, suppress=True)
+
+    g = sub.add_parser("genkey", help="print a new private key (base64)")
+    g.add_argument("--out", metavar="FILE",
+                   help="write the key to FILE (mode 0600, never overwritten) and print its public key")
+    g.set_defaults(func=cmd_genkey)
+    sub.add_parser("pubkey", help="read a private key on stdin, print its public key"
+                   ).set_defaults(func=cmd_pubkey)
+
+    o = sub.add_parser("open", parents=[common], help="open a tunnel: IP:PORT, [IPv6]:PORT or a peer name")
+    o.add_argument("target", help="IP:PORT, [IPv6]:PORT, or the name of a known peer")
+    o.add_argument("--public-key", metavar="KEY", help="the peer's base64 public key")
+    o.add_argument("--name", metavar="NAME", help="name to give the peer")
+    o.add_argument("--allowed-ips", metavar="CIDR[,CIDR]", action="append",
+                   help="inner prefixes to route to a new peer (repeatable)")
+    o.set_defaults(func=cmd_open)
+
+    c = sub.add_parser("close", parents=[common], help="close the tunnel to a peer")
+    c.add_argument("peer", help="peer name or base64 public key")
+    c.set_defaults(func=cmd_close)
+
+    sub.add_parser("status", parents=[common], help="daemon status").set_defaults(func=cmd_status)
+    sub.add_parser("peers", parents=[common], help="peers and sessions").set_defaults(func=cmd_peers)
+
+    f = sub.add_parser("firewall", help="show or replace the firewall rules")
+    fsub = f.add_subparsers(dest="fw_action", metavar="ACTION", required=True)
+    fsub.add_parser("show", parents=[common], help="print the rules in force")
+    fs = fsub.add_parser("set", parents=[common], help="replace the rules from a JSON or TOML file")
+    fs.add_argument("file", help="rules file (.json or .toml; '-' reads JSON from stdin)")
+    f.set_defaults(func=cmd_firewall)
+
+    sub.add_parser("demo", help="two namespaces, two daemons, one tunnel (see README)", add_help=False)
+    sub.add_parser("directory", help="the public-key directory: `phantom directory serve ...`",
+                   add_help=False)
+    return p
+
+
+# Subcommands implemented in other modules: everything after the word goes to them.
+DELEGATED = {"demo": "phantom.demo", "directory": "phantom.control.directory"}
+
+
+def _delegate(command: str, rest: list[str]) -> int:
+    module_name = DELEGATED[command]
+    if importlib.util.find_spec(module_name) is None:
+        raise CliError("`phantom %s` is not available in this build (%s is missing)"
+                       % (command, module_name))
+    module = importlib.import_module(module_name)
+    rc = module.main(rest)
+    return int(rc or 0)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in DELEGATED:
+            return _delegate(argv[0], argv[1:])
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help(sys.stderr)
+            return 2
+        return args.func(args)
+    except CliError as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,552 @@
+"""phantomd configuration: a TOML file with command-line flags on top.
+
+The file has the shape WireGuard users know, in TOML::
+
+    [interface]                     # this daemon
+    private_key_file = "/etc/phantom/private.key"
+    listen_port = 9000
+    addresses = ["10.9.0.1/24", "fd09::1/64"]
+
+    [[peer]]                        # one table per peer
+    name = "bob"
+    public_key = "base64..."
+    endpoint = "192.0.2.7:9000"
+    allowed_ips = ["10.9.0.2/32"]
+
+    [firewall]                      # checked by the firewall compiler
+    [tunables]                      # phantom.constants.Tunables fields
+
+Every problem raises :class:`phantom.control.errors.ConfigError` whose
+``key`` names the setting (``interface.mtu``, ``peer[1].allowed_ips[0]``,
+``--http-port``); peers are numbered from 0 in file order.  Unknown keys are
+errors.  Flags override the file; ``--address`` replaces the file's list.
+Relative paths in the file are relative to the file's directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import ipaddress
+import os
+import pwd
+import re
+import tomllib
+import urllib.parse
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from phantom.constants import (DEFAULT_HTTP_PORT, DEFAULT_MTU, DEFAULT_TEST_PORT,
+                               DEFAULT_UDP_PORT, Tunables)
+from phantom.control.errors import ConfigError
+from phantom.dataplane.types import Mode
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+DEFAULT_MODE = Mode.TEST          # the prototype's mode: needs no root and no TUN
+DEFAULT_HTTP_LISTEN = "127.0.0.1"
+DEFAULT_LOG_LEVEL = "info"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+ROOT_STATE_DIR = Path("/var/lib/phantom")
+MIN_MTU = 576
+MIN_MTU_IPV6 = 1280
+MAX_MTU = 65535
+PEER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
+PEER_NAME_RULE = ("1-64 characters: a letter, then letters, digits, '.', '_' or '-'")
+IFNAME_MAX = 15                   # IFNAMSIZ - 1
+
+
+def default_state_dir() -> Path:
+    """/var/lib/phantom for root, ./.phantom (absolute) for anyone else."""
+    return ROOT_STATE_DIR if os.geteuid() == 0 else Path.cwd() / ".phantom"
+
+
+@dataclass
+class PeerConfig:
+    name: str
+    public_key: bytes                                  # 32 bytes
+    endpoint: Optional[tuple[str, int]] = None         # (ip, port); None: wait for the peer
+    allowed_ips: list[IPNetwork] = field(default_factory=list)
+    persistent_keepalive: int = 0                      # seconds, 0 = off
+
+    @property
+    def public_key_b64(self) -> str:
+        from phantom.control.keys import encode_key
+        return encode_key(self.public_key)
+
+
+@dataclass
+class Settings:
+    config_path: Optional[Path] = None
+    private_key_file: Optional[Path] = None
+    # True when the key file was named (file or flag): then it must exist.
+    # False: the daemon may create <state_dir>/private.key at first start.
+    private_key_explicit: bool = False
+    listen_port: int = DEFAULT_UDP_PORT
+    http_port: int = DEFAULT_HTTP_PORT
+    http_listen: str = DEFAULT_HTTP_LISTEN
+    http_socket: Optional[Path] = None
+    test_port: int = DEFAULT_TEST_PORT
+    test_deliver: Optional[tuple[str, int]] = None
+    mode: Mode = DEFAULT_MODE
+    device: Optional[str] = None
+    addresses: list[IPInterface] = field(default_factory=list)
+    mtu: int = DEFAULT_MTU
+    state_dir: Path = field(default_factory=default_state_dir)
+    user: Optional[str] = None
+    fast: bool = False
+    log_level: str = DEFAULT_LOG_LEVEL
+    directory: Optional[str] = None
+    peers: list[PeerConfig] = field(default_factory=list)
+    firewall: dict = field(default_factory=dict)
+    tunables: Tunables = field(default_factory=Tunables)
+
+    @property
+    def token_file(self) -> Path:
+        return self.state_dir / "token"
+
+    def peer(self, name: str) -> Optional[PeerConfig]:
+        for p in self.peers:
+            if p.name == name:
+                return p
+        return None
+
+
+# --- value parsers (also used by the HTTP API and the CLI) ----------------------------------
+def parse_endpoint(text: Any, key: str = "endpoint") -> tuple[str, int]:
+    """Parse ``"1.2.3.4:9000"`` or ``"[fd00::1]:9000"`` into ``(ip, port)``.
+
+    The host must be an IP address literal (names are not resolved here); IPv6
+    needs brackets.  Raises ConfigError(key, problem).
+    """
+    if not isinstance(text, str):
+        raise ConfigError(key, "must be a string like \"192.0.2.1:9000\" or \"[fd00::1]:9000\"")
+    s = text.strip()
+    if s.startswith("["):
+        host, sep, rest = s[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ConfigError(key, "%r: an IPv6 endpoint is written [address]:port" % text)
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = s.rpartition(":")
+        if not sep:
+            raise ConfigError(key, "%r has no port; write address:port, e.g. 192.0.2.1:9000" % text)
+        if ":" in host:
+            raise ConfigError(key, "%r: put an IPv6 address in brackets: [address]:port" % text)
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(key, "%r: %r is not an IP address" % (text, host)) from None
+    if not port_text.isascii() or not port_text.isdigit():
+        raise ConfigError(key, "%r: port %r is not a number" % (text, port_text))
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ConfigError(key, "%r: port %d is outside 1..65535" % (text, port))
+    if addr.is_unspecified or addr.is_multicast:
+        raise ConfigError(key, "%r: %s cannot be a peer's address" % (text, addr))
+    return str(addr), port
+
+
+def format_endpoint(endpoint: tuple) -> str:
+    host, port = endpoint[0], endpoint[1]
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
+def parse_network(text: Any, key: str) -> IPNetwork:
+    """An allowed-IPs prefix: strict (no host bits set)."""
+    if not isinstance(text, str):
+        raise ConfigError(key, "must be a CIDR string like \"10.0.0.0/24\"")
+    try:
+        return ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as exc:
+        try:
+            loose = ipaddress.ip_network(text.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(key, "%r is not an IP prefix (%s)" % (text, exc)) from None
+        raise ConfigError(key, "%r has host bits set; did you mean %s?" % (text, loose)) from None
+
+
+def parse_interface_address(text: Any, key: str) -> IPInterface:
+    """An interface address with its prefix, e.g. ``10.9.0.1/24``."""
+    if not isinstance(text, str):
+        raise ConfigError(key, "must be a string like \"10.9.0.1/24\"")
+    if "/" not in text:
+        raise ConfigError(key, "%r needs a prefix length, e.g. %s/24" % (text, text))
+    try:
+        iface = ipaddress.ip_interface(text.strip())
+    except ValueError as exc:
+        raise ConfigError(key, "%r is not an address/prefix (%s)" % (text, exc)) from None
+    if iface.ip.is_unspecified or iface.ip.is_multicast:
+        raise ConfigError(key, "%r cannot be an interface address" % text)
+    return iface
+
+
+def parse_port(value: Any, key: str, *, allow_zero: bool = False) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, "must be a port number (an integer), not %r" % (value,))
+    low = 0 if allow_zero else 1
+    if not low <= value <= 65535:
+        raise ConfigError(key, "port %d is outside %d..65535" % (value, low))
+    return value
+
+
+# --- the file's schema -------------------------------------------------------------------------
+SECTIONS = ("interface", "peer", "firewall", "tunables")
+INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen", "http_socket",
+                  "test_port", "test_deliver", "mode", "device", "addresses", "mtu", "state_dir",
+                  "user", "fast", "log_level", "directory")
+PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive")
+
+
+def _unknown(key: str, name: str, known) -> ConfigError:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = "; did you mean %r?" % close[0] if close else ""
+    return ConfigError(key, "unknown key%s (known: %s)" % (hint, ", ".join(known)))
+
+
+def _expect(value, types, key: str, what: str):
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise ConfigError(key, "must be %s, not a boolean" % what)
+    if not isinstance(value, types):
+        raise ConfigError(key, "must be %s, not %s %r" % (what, type(value).__name__, value))
+    return value
+
+
+def read_config_file(path) -> dict:
+    """Parse a TOML file into a dict; ConfigError for unreadable or invalid files."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError("--config", "cannot read %s: %s" % (path, exc.strerror or exc)) from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), "not UTF-8 text (%s)" % exc) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), "invalid TOML: %s" % exc) from None
+
+
+def _path(value, key: str, base: Optional[Path]) -> Path:
+    _expect(value, str, key, "a path string")
+    if not value.strip():
+        raise ConfigError(key, "must not be empty")
+    p = Path(value).expanduser()
+    if not p.is_absolute() and base is not None:
+        p = base / p
+    return p
+
+
+def _device_name(value, key: str) -> str:
+    _expect(value, str, key, "a device name string")
+    if not 1 <= len(value) <= IFNAME_MAX:
+        raise ConfigError(key, "%r: a device name has 1..%d characters" % (value, IFNAME_MAX))
+    if value in (".", "..") or any(c in value for c in "/: \t\n") or not value.isascii():
+        raise ConfigError(key, "%r is not a valid device name" % value)
+    return value
+
+
+def _mode(value, key: str) -> Mode:
+    try:
+        return Mode(value)
+    except ValueError:
+        raise ConfigError(key, "%r is not a mode (choose tun, tap or test)" % (value,)) from None
+
+
+def _log_level(value, key: str) -> str:
+    _expect(value, str, key, "a string")
+    name = value.strip().lower()
+    if name == "warn":
+        name = "warning"
+    if name not in LOG_LEVELS:
+        raise ConfigError(key, "%r is not a log level (choose %s)" % (value, ", ".join(LOG_LEVELS)))
+    return name
+
+
+def _user(value, key: str) -> str:
+    _expect(value, str, key, "a user name")
+    try:
+        pwd.getpwnam(value)
+    except KeyError:
+        raise ConfigError(key, "no such user %r (create it, or choose another)" % value) from None
+    return value
+
+
+def _http_listen(value, key: str) -> str:
+    _expect(value, str, key, "an IP address string")
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise ConfigError(key, "%r is not an IP address (e.g. 127.0.0.1 or ::1)" % value) from None
+
+
+def _directory(value, key: str) -> str:
+    _expect(value, str, key, "a URL string")
+    u = urllib.parse.urlsplit(value.strip())
+    if u.scheme not in ("http", "https") or not u.netloc:
+        raise ConfigError(key, "%r is not an http:// or https:// URL" % value)
+    try:
+        u.port
+    except ValueError as exc:
+        raise ConfigError(key, "%r: %s" % (value, exc)) from None
+    return value.strip().rstrip("/")
+
+
+def _mtu(value, key: str) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    _expect(value, int, key, "an integer")
+    if not MIN_MTU <= value <= MAX_MTU:
+        raise ConfigError(key, "%d is outside %d..%d" % (value, MIN_MTU, MAX_MTU))
+    return value
+
+
+def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]:
+    """Apply [interface] to ``s``; returns {field: key-path} for later checks."""
+    origin = {}
+    for name, value in table.items():
+        key = "interface.%s" % name
+        if name not in INTERFACE_KEYS:
+            raise _unknown(key, name, INTERFACE_KEYS)
+        origin[name] = key
+        if name == "private_key_file":
+            s.private_key_file = _path(value, key, base)
+            s.private_key_explicit = True
+        elif name == "listen_port":
+            s.listen_port = parse_port(value, key, allow_zero=True)
+        elif name in ("http_port", "test_port"):
+            setattr(s, name, parse_port(value, key))
+        elif name == "http_listen":
+            s.http_listen = _http_listen(value, key)
+        elif name == "http_socket":
+            s.http_socket = _path(value, key, base)
+        elif name == "test_deliver":
+            s.test_deliver = parse_endpoint(value, key)
+        elif name == "mode":
+            s.mode = _mode(value, key)
+        elif name == "device":
+            s.device = _device_name(value, key)
+        elif name == "addresses":
+            _expect(value, list, key, "a list of \"address/prefix\" strings")
+            s.addresses = [parse_interface_address(v, "%s[%d]" % (key, i))
+                           for i, v in enumerate(value)]
+        elif name == "mtu":
+            s.mtu = _mtu(value, key)
+        elif name == "state_dir":
+            s.state_dir = _path(value, key, base)
+        elif name == "user":
+            s.user = _user(value, key)
+        elif name == "fast":
+            s.fast = _expect(value, bool, key, "true or false")
+        elif name == "log_level":
+            s.log_level = _log_level(value, key)
+        elif name == "directory":
+            s.directory = _directory(value, key)
+    return origin
+
+
+def _peer(table: Any, i: int) -> PeerConfig:
+    from phantom.control.keys import KeyFormatError, decode_public_key
+
+    where = "peer[%d]" % i
+    _expect(table, dict, where, "a table ([[peer]])")
+    for name in table:
+        if name not in PEER_KEYS:
+            raise _unknown("%s.%s" % (where, name), name, PEER_KEYS)
+    if "public_key" not in table:
+        raise ConfigError("%s.public_key" % where, "missing: every peer needs a public key")
+    try:
+        public = decode_public_key(_expect(table["public_key"], str, where + ".public_key",
+                                           "a base64 string"))
+    except KeyFormatError as exc:
+        raise ConfigError(where + ".public_key", str(exc)) from None
+    if "name" in table:
+        name = _expect(table["name"], str, where + ".name", "a string")
+        if not PEER_NAME.match(name):
+            raise ConfigError(where + ".name", "%r: a peer name is %s" % (name, PEER_NAME_RULE))
+    else:
+        name = "peer-" + public[:4].hex()
+    endpoint = None
+    if "endpoint" in table:
+        endpoint = parse_endpoint(table["endpoint"], where + ".endpoint")
+    allowed: list[IPNetwork] = []
+    if "allowed_ips" in table:
+        key = where + ".allowed_ips"
+        _expect(table["allowed_ips"], list, key, "a list of CIDR strings")
+        for j, text in enumerate(table["allowed_ips"]):
+            net = parse_network(text, "%s[%d]" % (key, j))
+            if net in allowed:
+                raise ConfigError("%s[%d]" % (key, j), "%s is listed twice" % net)
+            allowed.append(net)
+    keepalive = 0
+    if "persistent_keepalive" in table:
+        key = where + ".persistent_keepalive"
+        keepalive = _expect(table["persistent_keepalive"], int, key, "a number of seconds")
+        if not 0 <= keepalive <= 65535:
+            raise ConfigError(key, "%d is outside 0..65535 seconds (0 turns it off)" % keepalive)
+    return PeerConfig(name=name, public_key=public, endpoint=endpoint, allowed_ips=allowed,
+                      persistent_keepalive=keepalive)
+
+
+def _check_peers(peers: list[PeerConfig]) -> None:
+    names: dict[str, int] = {}
+    keys: dict[bytes, int] = {}
+    prefixes: dict[IPNetwork, tuple[int, int]] = {}
+    for i, p in enumerate(peers):
+        if p.name in names:
+            raise ConfigError("peer[%d].name" % i, "%r is already the name of peer[%d]"
+                              % (p.name, names[p.name]))
+        names[p.name] = i
+        if p.public_key in keys:
+            raise ConfigError("peer[%d].public_key" % i, "the same key as peer[%d] (%s)"
+                              % (keys[p.public_key], peers[keys[p.public_key]].name))
+        keys[p.public_key] = i
+        for j, net in enumerate(p.allowed_ips):
+            if net in prefixes:
+                oi, oj = prefixes[net]
+                raise ConfigError("peer[%d].allowed_ips[%d]" % (i, j),
+                                  "%s is already routed to peer %r (peer[%d].allowed_ips[%d]); "
+                                  "overlapping prefixes are fine, the same prefix twice is not"
+                                  % (net, peers[oi].name, oi, oj))
+            prefixes[net] = (i, j)
+
+
+def _tunables(table: Any) -> Tunables:
+    _expect(table, dict, "tunables", "a table")
+    defaults = Tunables()
+    for name, value in table.items():
+        key = "tunables.%s" % name
+        if not hasattr(defaults, name):
+            raise _unknown(key, name, [f.name for f in fields(Tunables)])
+        default = getattr(defaults, name)
+        if isinstance(default, int):
+            _expect(value, int, key, "an integer")
+        else:
+            _expect(value, (int, float), key, "a number")
+        if value < 0:
+            raise ConfigError(key, "must not be negative")
+    try:
+        return Tunables.from_mapping({k: (float(v) if isinstance(getattr(defaults, k), float) else v)
+                                      for k, v in table.items()})
+    except (ValueError, TypeError) as exc:
+        raise ConfigError("tunables", str(exc)) from None
+
+
+def settings_from_mapping(doc: dict, base: Optional[Path] = None) -> Settings:
+    """Build Settings from a parsed config document (``base``: relative paths)."""
+    s = Settings()
+    for name in doc:
+        if name not in SECTIONS:
+            raise _unknown(name, name, SECTIONS)
+    if "interface" in doc:
+        _expect(doc["interface"], dict, "interface", "a table ([interface])")
+        _interface(doc["interface"], s, base)
+    if "peer" in doc:
+        peers = doc["peer"]
+        if isinstance(peers, dict):
+            raise ConfigError("peer", "write each peer as [[peer]] (an array of tables), not [peer]")
+        _expect(peers, list, "peer", "an array of tables ([[peer]])")
+        s.peers = [_peer(t, i) for i, t in enumerate(peers)]
+    if "firewall" in doc:
+        s.firewall = dict(_expect(doc["firewall"], dict, "firewall", "a table ([firewall])"))
+    if "tunables" in doc:
+        s.tunables = _tunables(doc["tunables"])
+    return s
+
+
+def _finish(s: Settings, mtu_key: str) -> Settings:
+    _check_peers(s.peers)
+    if any(a.version == 6 for a in s.addresses) and s.mtu < MIN_MTU_IPV6:
+        raise ConfigError(mtu_key, "%d is below %d, the minimum MTU for IPv6 addresses"
+                          % (s.mtu, MIN_MTU_IPV6))
+    if s.private_key_file is None:
+        s.private_key_file = s.state_dir / "private.key"
+    return s
+
+
+# --- command line -------------------------------------------------------------------------------
+def build_daemon_parser() -> argparse.ArgumentParser:
+    """phantomd's flags.  Defaults are None so that only given flags override the file."""
+    p = argparse.ArgumentParser(
+        prog="phantomd",
+        description="Phantom tunnel daemon. Flags override the --config file.")
+    a = p.add_argument
+    a("--config", "-c", metavar="PATH", help="TOML config file (see examples/phantom.toml)")
+    a("-p", "--http-port", metavar="PORT", help="HTTP command API port (default %d)" % DEFAULT_HTTP_PORT)
+    a("-u", "--udp-port", metavar="PORT",
+      help="UDP tunnel port, [interface] listen_port (default %d; 0 = any)" % DEFAULT_UDP_PORT)
+    a("-t", "--test-port", metavar="PORT", help="UDP test port (default %d)" % DEFAULT_TEST_PORT)
+    a("--mode", metavar="MODE", help="tun, tap or test (default %s)" % DEFAULT_MODE.value)
+    a("--device", metavar="NAME", help="TUN/TAP device name")
+    a("--address", metavar="CIDR", action="append",
+      help="interface address, e.g. 10.9.0.1/24 (repeatable; replaces the file's list)")
+    a("--private-key", metavar="FILE", help="private key file (mode 0600)")
+    a("--fast", action="store_true", default=None, help="use the Cython fast path")
+    a("--log-level", metavar="LEVEL", help="debug, info, warning, error or critical (default info)")
+    a("--user", metavar="NAME", help="unprivileged user to switch to after setup")
+    a("--state-dir", metavar="DIR",
+      help="API token and generated key live here (default /var/lib/phantom as root, else ./.phantom)")
+    a("--http-listen", metavar="ADDR", help="API listen address (default %s)" % DEFAULT_HTTP_LISTEN)
+    a("--http-socket", metavar="PATH", help="also serve the API on this Unix socket (mode 0600)")
+    a("--directory", metavar="URL", help="key directory to publish to and resolve peers from")
+    a("--mtu", metavar="N", help="tunnel MTU (default %d)" % DEFAULT_MTU)
+    return p
+
+
+def parse_daemon_args(argv=None) -> Settings:
+    """Parse phantomd's command line (and its --config file) into Settings.
+
+    Malformed flags exit through argparse (status 2); every other problem
+    raises ConfigError.
+    """
+    return load_settings(build_daemon_parser().parse_args(argv))
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """Read ``args.config`` (if any), then apply the flags that were given."""
+    get = lambda name: getattr(args, name, None)  # noqa: E731
+    if get("config"):
+        path = Path(get("config")).expanduser()
+        s = settings_from_mapping(read_config_file(path), base=path.resolve().parent)
+        s.config_path = path
+    else:
+        s = Settings()
+    mtu_key = "interface.mtu"
+
+    if get("http_port") is not None:
+        s.http_port = parse_port(get("http_port"), "--http-port")
+    if get("udp_port") is not None:
+        s.listen_port = parse_port(get("udp_port"), "--udp-port", allow_zero=True)
+    if get("test_port") is not None:
+        s.test_port = parse_port(get("test_port"), "--test-port")
+    if get("mode") is not None:
+        s.mode = _mode(get("mode"), "--mode")
+    if get("device") is not None:
+        s.device = _device_name(get("device"), "--device")
+    if get("address"):
+        s.addresses = [parse_interface_address(v, "--address") for v in get("address")]
+    if get("private_key") is not None:
+        s.private_key_file = _path(get("private_key"), "--private-key", Path.cwd())
+        s.private_key_explicit = True
+    if get("fast"):
+        s.fast = True
+    if get("log_level") is not None:
+        s.log_level = _log_level(get("log_level"), "--log-level")
+    if get("user") is not None:
+        s.user = _user(get("user"), "--user")
+    if get("state_dir") is not None:
+        s.state_dir = _path(get("state_dir"), "--state-dir", Path.cwd())
+    if get("http_listen") is not None:
+        s.http_listen = _http_listen(get("http_listen"), "--http-listen")
+    if get("http_socket") is not None:
+        s.http_socket = _path(get("http_socket"), "--http-socket", Path.cwd())
+    if get("directory") is not None:
+        s.directory = _directory(get("directory"), "--directory")
+    if get("mtu") is not None:
+        s.mtu = _mtu(get("mtu"), "--mtu")
+        mtu_key = "--mtu"
+    return _finish(s, mtu_key)

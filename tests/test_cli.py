@@ -1,0 +1,202 @@
+"""`phantom` CLI against a live API server (aiohttp on localhost, in-memory controller)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from apidouble import FakeController
+from phantom import cli
+from phantom.control.api import create_app, start_api
+
+REPO = Path(__file__).resolve().parent.parent
+TOKEN = "12" * 32
+PUB = "3cVJ1x7RRpHcPtZOceZ1+T1f5Qji0l7waRMN/9d8XBk="
+
+
+class LiveServer:
+    """The API app served by a real event loop in a thread, on TCP and a Unix socket."""
+
+    def __init__(self, tmp_path: Path):
+        self.controller = FakeController()
+        self.socket_path = tmp_path / "api.sock"
+        self.token_file = tmp_path / "token"
+        fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, (TOKEN + "\n").encode())
+        os.close(fd)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.runner = self._sync(start_api(create_app(self.controller, TOKEN), "127.0.0.1", 0,
+                                           unix_path=self.socket_path))
+        self.port = next(a[1] for a in self.runner.addresses if isinstance(a, tuple))
+        self.url = "http://127.0.0.1:%d" % self.port
+
+    def _sync(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=20)
+
+    def close(self):
+        self._sync(self.runner.cleanup())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = LiveServer(tmp_path)
+    yield srv
+    srv.close()
+
+
+def phantom(server, capsys, *args, via_socket=False):
+    where = ["--socket", str(server.socket_path)] if via_socket else ["--api", server.url]
+    rc = cli.main([*where, "--token-file", str(server.token_file), *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_open_then_peers_table_and_json(server, capsys):
+    rc, out, err = phantom(server, capsys, "open", "192.0.2.7:9000", "--public-key", PUB,
+                           "--name", "bob")
+    assert rc == 0, err
+    assert "opened:" in out and "bob" in out and "192.0.2.7:9000" in out
+    rc, out, err = phantom(server, capsys, "peers")
+    assert rc == 0, err
+    header, row = out.splitlines()
+    assert header.split()[:3] == ["NAME", "ENDPOINT", "ALLOWED"]
+    assert row.split()[:4] == ["bob", "192.0.2.7:9000", "10.9.0.2/32", "up"]
+    assert "5.4 MiB" in row and "1.2 KiB" in row
+    rc, out, _ = phantom(server, capsys, "peers", "--json")
+    data = json.loads(out)
+    assert data["peers"][0]["name"] == "bob" and data["peers"][0]["tx_bytes"] == 5678901
+
+
+def test_json_option_before_the_subcommand(server, capsys):
+    rc, out, _ = phantom(server, capsys, "--json", "status")
+    assert rc == 0 and json.loads(out)["listen_port"] == 9000
+
+
+def test_status_as_a_table(server, capsys):
+    rc, out, _ = phantom(server, capsys, "status")
+    assert rc == 0
+    lines = dict(line.split(None, 1) for line in out.splitlines())
+    assert lines["listen_port:"] == "9000" and lines["fast:"] == "no" and lines["mode:"] == "test"
+
+
+def test_close_and_errors_are_one_line(server, capsys):
+    phantom(server, capsys, "open", "[fd00::7]:9000", "--public-key", PUB, "--name", "v6")
+    rc, out, _ = phantom(server, capsys, "close", "v6")
+    assert rc == 0 and "closed" in out
+    rc, out, err = phantom(server, capsys, "close", "v6")
+    assert rc == 1 and out == "" and err == "error: no such peer: v6\n"
+    rc, _, err = phantom(server, capsys, "open", "1.2.3.4")
+    assert rc == 1 and err.startswith("error: malformed endpoint") and err.count("\n") == 1
+
+
+def test_open_by_name(server, capsys):
+    rc, out, err = phantom(server, capsys, "open", "carol")
+    assert rc == 0, err
+    assert server.controller.calls[-1] == ("open", None, None, "carol")
+
+
+def test_wrong_token_is_an_error(server, capsys, tmp_path):
+    bad = tmp_path / "bad-token"
+    bad.write_text("00" * 32)
+    rc = cli.main(["--api", server.url, "--token-file", str(bad), "close", "x"])
+    _, err = capsys.readouterr()
+    assert rc == 1 and "token" in err and err.startswith("error: ")
+    assert server.controller.calls == []
+
+
+def test_missing_token_file_for_a_mutation(server, capsys, tmp_path):
+    rc = cli.main(["--api", server.url, "--token-file", str(tmp_path / "none"), "close", "x"])
+    _, err = capsys.readouterr()
+    assert rc == 1 and "cannot read the API token" in err
+    # Reads need no token.
+    rc = cli.main(["--api", server.url, "--token-file", str(tmp_path / "none"), "status"])
+    assert rc == 0
+
+
+def test_unix_socket(server, capsys):
+    rc, out, err = phantom(server, capsys, "open", "192.0.2.8:9000", "--public-key", PUB,
+                           via_socket=True)
+    assert rc == 0, err
+    rc, out, _ = phantom(server, capsys, "peers", "--json", via_socket=True)
+    assert json.loads(out)["peers"][0]["endpoint"] == "192.0.2.8:9000"
+
+
+def test_firewall_set_from_toml_and_json_then_show(server, capsys, tmp_path):
+    toml = tmp_path / "fw.toml"
+    toml.write_text('[firewall]\n[[firewall.rules]]\naction = "drop"\nproto = "udp"\nport = 53\n')
+    rc, out, err = phantom(server, capsys, "firewall", "set", str(toml))
+    assert rc == 0, err
+    assert server.controller.rules == {"rules": [{"action": "drop", "proto": "udp", "port": 53}]}
+    rc, out, _ = phantom(server, capsys, "firewall", "show")
+    header, row = out.splitlines()
+    assert header.split() == ["ACTION", "PROTO", "PORT"] and row.split() == ["drop", "udp", "53"]
+    js = tmp_path / "fw.json"
+    js.write_text(json.dumps({"rules": []}))
+    rc, _, _ = phantom(server, capsys, "firewall", "set", str(js))
+    rc, out, _ = phantom(server, capsys, "firewall", "show", "--json")
+    assert json.loads(out) == {"rules": []}
+    js.write_text("{broken")
+    rc, _, err = phantom(server, capsys, "firewall", "set", str(js))
+    assert rc == 1 and "invalid JSON" in err
+
+
+def test_connection_refused_is_explained(capsys):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()                                    # nothing listens there now
+    rc = cli.main(["--api", "http://127.0.0.1:%d" % port, "status"])
+    _, err = capsys.readouterr()
+    assert rc == 1 and "connection refused" in err and "is phantomd running" in err
+
+
+def test_subprocess_client_against_the_live_server(server):
+    env = dict(os.environ, PHANTOM_API=server.url, PHANTOM_TOKEN_FILE=str(server.token_file))
+    proc = subprocess.run([sys.executable, "-m", "phantom.cli", "open", "192.0.2.9:9000",
+                           "--public-key", PUB, "--json"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["endpoint"] == "192.0.2.9:9000"
+    # The client does not pull in aiohttp (it must start fast).
+    probe = subprocess.run([sys.executable, "-c", "import sys, phantom.cli; "
+                            "sys.exit('aiohttp' in sys.modules)"], cwd=REPO, timeout=60)
+    assert probe.returncode == 0
+
+
+def test_usage_errors_exit_2(capsys):
+    assert cli.main([]) == 2
+    with pytest.raises(SystemExit) as info:
+        cli.main(["frobnicate"])
+    assert info.value.code == 2
+
+
+@pytest.mark.parametrize("command", sorted(cli.DELEGATED))
+def test_delegated_commands(command, capsys):
+    import importlib
+    import importlib.util
+    module = cli.DELEGATED[command]
+    if importlib.util.find_spec(module) is None:
+        assert cli.main([command, "--help"]) == 1
+        assert "not available" in capsys.readouterr().err
+    else:
+        assert callable(importlib.import_module(module).main)
+
+
+def test_open_with_allowed_ips(server, capsys):
+    rc, _, err = phantom(server, capsys, "open", "192.0.2.11:9000", "--public-key", PUB,
+                         "--allowed-ips", "10.9.0.11/32,fd09::11/128", "--allowed-ips", "10.70.0.0/16")
+    assert rc == 0, err
+    assert server.controller.calls[-1][-1] == ["10.9.0.11/32", "fd09::11/128", "10.70.0.0/16"]
