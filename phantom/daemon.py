@@ -49,7 +49,7 @@ class Daemon:
         self.device = None
         self.udp = None
         self.test_sock = None
-        self.fw = None
+        self.fw = self._compile_firewall(settings.firewall)   # bad rules: ConfigError before anything opens
         self._api_runner = None
         self._stop = asyncio.Event()
         self._state_changed = asyncio.Condition()
@@ -71,7 +71,6 @@ class Daemon:
 
     def build(self) -> None:
         s = self.s
-        self.fw = self._compile_firewall(s.firewall)
         kwargs = dict(events=self, tunables=self.t, firewall=self.fw, local_addresses=s.addresses,
                       test_deliver=s.test_deliver, mtu=s.mtu)
         fd = self.device.fd if self.device else None
@@ -91,13 +90,11 @@ class Daemon:
             self.dp.set_test_peer(next(iter(self.engine.peers)))
 
     def _compile_firewall(self, section: dict):
+        from .dataplane import firewall
         try:
-            from .dataplane import firewall
-        except ImportError:
-            return None
-        if not hasattr(firewall, "build"):  # TEMP until the firewall lands
-            return None
-        return firewall.build(section, self._peer_names(), self.s.mode)
+            return firewall.build(section, self._peer_names(), self.s.mode)
+        except firewall.FirewallError as exc:
+            raise ConfigError("firewall", str(exc)) from None
 
     def _peer_names(self) -> dict:
         names = {}
@@ -284,7 +281,7 @@ class Daemon:
     async def set_firewall(self, rules: dict) -> dict:
         from .dataplane import firewall
         try:
-            new = firewall.build(rules, self._peer_names(), self.s.mode)
+            new = firewall.build(rules, self._peer_names(), self.s.mode, previous=self.fw)
         except firewall.FirewallError as exc:
             raise BadRequest(str(exc)) from None
         self.fw = new
@@ -293,7 +290,6 @@ class Daemon:
         return new.describe()
 
     def reload_firewall(self) -> None:
-        from .control.config import parse_daemon_args as _  # noqa: F401  (config module is loaded)
         from .control.config import read_config_file, settings_from_mapping
         if self.s.config_path is None:
             log.info("SIGHUP: no config file to reload")
@@ -302,7 +298,7 @@ class Daemon:
             doc = read_config_file(self.s.config_path)
             fresh = settings_from_mapping(doc, base=self.s.config_path.resolve().parent)
             from .dataplane import firewall
-            new = firewall.build(fresh.firewall, self._peer_names(), self.s.mode)
+            new = firewall.build(fresh.firewall, self._peer_names(), self.s.mode, previous=self.fw)
         except Exception as exc:
             log.error("SIGHUP: firewall not reloaded: %s", exc)
             return
@@ -369,7 +365,11 @@ def main(argv=None) -> int:
         return EXIT_CONFIG
     register_secret(key)
     import uvloop
-    daemon = Daemon(settings, key)
+    try:
+        daemon = Daemon(settings, key)
+    except ConfigError as exc:
+        print("phantomd: config error: %s" % exc, file=sys.stderr)
+        return EXIT_CONFIG
     try:
         daemon.open_privileged()
     except OSError as exc:

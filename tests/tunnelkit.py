@@ -160,16 +160,17 @@ def start(daemon_factory, node: Node, datapath: str = "reference", wait: bool = 
 
 def mesh(daemon_factory, tmp_path, hosts: list, *, mode: str = "tun", datapath: str = "reference",
          tunables: Optional[dict] = None, keepalive: float = 0, firewall: Optional[dict] = None,
-         star: bool = False, start_daemons: bool = True) -> list[Node]:
+         star: bool = False, start_daemons: bool = True, firewalls: Optional[dict] = None) -> list[Node]:
     """Nodes on ``hosts`` (index 1..n), each peered with every other (or, with
-    ``star``, the first with all the rest)."""
+    ``star``, the first with all the rest).  ``firewall`` applies to every
+    node; ``firewalls`` maps a node's index (1-based) to its own."""
     nodes = [make_node(tmp_path, "n%d" % (i + 1), i + 1, h) for i, h in enumerate(hosts)]
     for n in nodes:
         others = [o for o in nodes if o is not n]
         if star and n is not nodes[0]:
             others = [nodes[0]]
         write_config(n, mode=mode, peers=[peer_entry(o, mode=mode, keepalive=keepalive) for o in others],
-                     tunables=tunables, firewall=firewall)
+                     tunables=tunables, firewall=(firewalls or {}).get(n.index, firewall))
     if start_daemons:
         for n in nodes:
             start(daemon_factory, n, datapath)

@@ -340,11 +340,17 @@ class ReferenceDataPath:
         verdict = fw.classify(direction, view, peer_id, now)
         if verdict.accept:
             return True
-        self._drop(Drop.FIREWALL, self._peers.get(peer_id))
+        peer = self._peers.get(peer_id)
+        self._drop(Drop.FIREWALL, peer)
         if verdict.reject and self._fd is not None:
             reply = fw.reject_response(view, now)
             if reply:
-                self._write_device(reply)
+                if direction == "out":
+                    self._write_device(reply)          # answer the local sender
+                elif peer is not None:                 # answer the remote sender, through the tunnel
+                    m = len(reply)
+                    self._tx[OFFSET:OFFSET + m] = reply
+                    self._send_one(peer, m, now)
         return False
 
     def _usable(self, peer: _Peer, now: float) -> Optional[_Session]:
