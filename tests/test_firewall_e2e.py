@@ -166,3 +166,35 @@ def test_tap_passes_arp_and_drops_unknown_ethertypes(two_hosts, daemon_factory, 
         s.close()
     wait_for(lambda: fw(a)["drops"]["ethertype"] >= before + 3, what="unknown EtherType counted")
     assert fw(a)["accepts"].get("ethertype", 0) > 0, "ARP frames were accepted by EtherType"
+
+
+def test_sighup_reloads_rules_from_the_config_file(two_hosts, daemon_factory, tmp_path, datapath):
+    import os
+    import shutil
+    import signal
+    import tempfile
+    from pathlib import Path
+    from tunnelkit import peer_entry, start, write_config
+    a, b = mesh(daemon_factory, tmp_path, [two_hosts.a, two_hosts.b], datapath=datapath, start_daemons=False)
+    # SIGHUP re-reads the file as the unprivileged user: it must be readable by it
+    public = Path(tempfile.mkdtemp(prefix="phantom-cfg-"))
+    public.chmod(0o755)
+    b.config = public / "phantom.toml"
+    write_config(b, mode="tun", peers=[peer_entry(a, mode="tun")])
+    b.config.chmod(0o644)
+    start(daemon_factory, a, datapath)
+    start(daemon_factory, b, datapath)
+    request_cleanup = lambda: shutil.rmtree(public, ignore_errors=True)  # noqa: E731
+    assert fw(b)["rules"] == []
+    write_config(b, mode="tun", peers=[peer_entry(a, mode="tun")],
+                 firewall={"rule": [{"direction": "in", "proto": "udp", "dst_port": "6000-6010",
+                                     "action": "drop", "comment": "reloaded"}]})
+    os.kill(b.daemon.pid, signal.SIGHUP)
+    wait_for(lambda: [r.get("comment") for r in fw(b)["rules"]] == ["reloaded"], what="rules reloaded")
+    # a broken file is refused and the running rules stay
+    b.config.write_text(b.config.read_text().replace('action = "drop"', 'action = "explode"'))
+    os.kill(b.daemon.pid, signal.SIGHUP)
+    time.sleep(0.5)
+    assert [r.get("comment") for r in fw(b)["rules"]] == ["reloaded"]
+    assert "firewall not reloaded" in b.daemon.log()
+    request_cleanup()

@@ -1,0 +1,743 @@
+#!/usr/bin/env python3
+"""End-to-end throughput benchmark: bare veth, wireguard-go, phantomd (reference and --fast).
+
+    .venv/bin/python bench/e2e.py [--seconds N] [--only bare,wireguard-go,reference,fast] [--json out.json]
+
+One invocation, one pair of fresh namespaces (a: 10.201.0.1, b: 10.201.0.2,
+joined by a veth pair, from ``phantom.netns.two_hosts()``).  The
+configurations run one after another on the same pair:
+
+  1. bare          iperf3 straight over the veth, no tunnel;
+  2. wireguard-go  ``wireguard-go -f`` in each namespace, keyed with ``wg``,
+                   10.98.0.1/24 <-> 10.98.0.2/24, MTU 1420;
+  3. reference     phantomd, pure-Python data path, TUN mode,
+                   10.99.0.1/24 <-> 10.99.0.2/24, MTU 1420 (phantom's default);
+  4. fast          the same with ``phantomd --fast`` (the Cython data path).
+                   When it does not start, its row says "not available: ..."
+                   and the run goes on.
+
+For each configuration, once the tunnel answers a ping:
+
+  tcp1   iperf3 -t N -J                 one TCP stream, bits/s the receiver got
+  tcp4   iperf3 -t N -J -P 4            four TCP streams, same
+  udp64  iperf3 -t N -u -l 64 -b 0      64-byte UDP payloads as fast as the
+                                        client can send; packets per second
+                                        counted by the *server* (its own JSON
+                                        report: datagrams that arrived)
+
+and the CPU time each tunnel daemon used during the test (utime+stime from
+/proc/PID/stat, which sums over all threads), as a percentage of one core.
+
+The iperf3 server always runs in b with ``-1`` (one test, then exit) and
+``-J``; the client runs in a.  Every subprocess has a timeout; namespaces,
+daemons, wireguard-go processes and their control sockets are removed on
+exit, on Ctrl-C and on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from phantom import netns  # noqa: E402
+from phantom.control.keys import encode_key, public_key, write_private_key  # noqa: E402
+
+CONFIGS = ("bare", "wireguard-go", "reference", "fast")
+TESTS = ("tcp1", "tcp4", "udp64")
+TEST_TITLES = {"tcp1": "TCP 1-stream", "tcp4": "TCP 4-stream", "udp64": "UDP 64 B"}
+BASELINE = "wireguard-go"
+
+IPERF_PORT = 5201
+UDP_PAYLOAD = 64
+WG_NET = ("10.98.0.1", "10.98.0.2")
+WG_PORT = 51820
+WG_MTU = 1420
+WG_SOCK_DIR = Path("/var/run/wireguard")
+PH_NET = ("10.99.0.1", "10.99.0.2")
+PH_PORT = 9000
+
+PING_TIMEOUT = 10.0          # tunnel up (handshake included)
+LISTEN_TIMEOUT = 5.0         # iperf3 server bound and listening
+DAEMON_READY_TIMEOUT = 15.0  # phantomd answers GET /status
+WG_SOCKET_TIMEOUT = 5.0      # wireguard-go created its control socket
+CLIENT_SLACK = 30.0          # iperf3 client timeout beyond -t
+SERVER_SLACK = 10.0          # iperf3 server report after the client ends
+CONNECT_ATTEMPTS = 5
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(RuntimeError):
+    """A configuration or a test could not be run; the message says why."""
+
+
+# ---------------------------------------------------------------------------
+# CPU accounting
+# ---------------------------------------------------------------------------
+
+def cpu_ticks(pid: int) -> int | None:
+    """utime + stime of ``pid`` in clock ticks (all threads), None if gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # the comm field may contain spaces and parentheses: split after the last ')'
+    fields = raw[raw.rindex(")") + 2:].split()
+    # fields[0] is field 3 (state); utime is field 14, stime field 15
+    return int(fields[11]) + int(fields[12])
+
+
+class CpuMeter:
+    """CPU used by named processes between ``start()`` and ``stop()``."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._t0 = 0.0
+        self._ticks0: dict[str, int | None] = {}
+
+    def start(self) -> None:
+        self._ticks0 = {n: cpu_ticks(p) for n, p in self.pids.items()}
+        self._t0 = time.monotonic()
+
+    def stop(self) -> dict[str, float | None]:
+        """Percent of one core per process (None if it died meanwhile)."""
+        wall = time.monotonic() - self._t0
+        out: dict[str, float | None] = {}
+        for name, pid in self.pids.items():
+            t0, t1 = self._ticks0.get(name), cpu_ticks(pid)
+            out[name] = (None if t0 is None or t1 is None or wall <= 0
+                         else round(100.0 * (t1 - t0) / CLK_TCK / wall, 1))
+        return out
+
+
+# ---------------------------------------------------------------------------
+# iperf3
+# ---------------------------------------------------------------------------
+
+def _netns_inode(ns: netns.Namespace) -> int:
+    return os.stat(ns.path).st_ino
+
+
+def _listening(pid: int, port: int, ns_inode: int) -> bool:
+    """True when ``pid`` lives in the namespace ``ns_inode`` and that
+    namespace has a TCP socket listening on ``port``.
+
+    /proc/PID/net/tcp shows the sockets of PID's network namespace; the
+    inode check guards against reading the root namespace in the instant
+    before ``ip netns exec`` has switched namespaces."""
+    try:
+        if os.stat(f"/proc/{pid}/ns/net").st_ino != ns_inode:
+            return False
+        for name in ("tcp", "tcp6"):
+            for line in Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]:
+                parts = line.split()
+                local, state = parts[1], parts[3]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                    return True
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return False
+    return False
+
+
+def _kill_proc(proc: subprocess.Popen | None, grace: float = 2.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@dataclass
+class IperfRun:
+    client: dict            # the client's -J report
+    server: dict            # the server's -J report
+    cpu: dict[str, float | None]
+    wall: float
+
+
+def run_iperf(topo: netns.TwoHosts, server_ip: str, extra: list[str], seconds: int,
+              daemon_pids: dict[str, int]) -> IperfRun:
+    """One iperf3 test: server (-1 -J) in b bound to ``server_ip``, client in a.
+
+    The client is retried while the server is not reachable yet (a fresh
+    server is started when the previous one exited).  CPU of the daemons is
+    measured over the client's run."""
+    b_inode = _netns_inode(topo.b.ns)
+    server_argv = ["iperf3", "-s", "-1", "-J", "-B", server_ip, "-p", str(IPERF_PORT)]
+    client_argv = ["iperf3", "-c", server_ip, "-p", str(IPERF_PORT), "-t", str(seconds), "-J",
+                   "--connect-timeout", "3000", *extra]
+    last_err = "not run"
+    for _attempt in range(CONNECT_ATTEMPTS):
+        server = topo.b.popen(server_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            deadline = time.monotonic() + LISTEN_TIMEOUT
+            while not _listening(server.pid, IPERF_PORT, b_inode):
+                if server.poll() is not None:
+                    err = server.stderr.read().decode(errors="replace") if server.stderr else ""
+                    raise BenchError(f"iperf3 server exited ({server.returncode}): {err.strip()[:300]}")
+                if time.monotonic() > deadline:
+                    raise BenchError(f"iperf3 server not listening after {LISTEN_TIMEOUT}s")
+                time.sleep(0.01)
+            meter = CpuMeter(daemon_pids)
+            meter.start()
+            t0 = time.monotonic()
+            try:
+                cp = topo.a.run(client_argv, check=False, timeout=seconds + CLIENT_SLACK)
+            except netns.RigError as exc:
+                raise BenchError(f"iperf3 client: {exc}") from None
+            wall = time.monotonic() - t0
+            cpu = meter.stop()
+            try:
+                client = json.loads(cp.stdout) if cp.stdout.strip() else {}
+            except ValueError:
+                client = {}
+            if cp.returncode != 0 or "error" in client:
+                last_err = client.get("error") or (cp.stderr or cp.stdout).strip()[-300:]
+                if "unable to connect" in last_err or "Connection refused" in last_err:
+                    continue                 # the finally below reaps this server; try a fresh one
+                raise BenchError(f"iperf3 client failed: {last_err}")
+            try:
+                out, _err = server.communicate(timeout=SERVER_SLACK)
+            except subprocess.TimeoutExpired:
+                raise BenchError("iperf3 server gave no report after the client ended") from None
+            try:
+                server_report = json.loads(out)
+            except ValueError:
+                raise BenchError(f"iperf3 server report is not JSON: {out[:200]!r}") from None
+            return IperfRun(client, server_report, cpu, wall)
+        finally:
+            _kill_proc(server)
+            for stream in (server.stdout, server.stderr):
+                if stream is not None:
+                    stream.close()
+    raise BenchError(f"iperf3 client could not connect after {CONNECT_ATTEMPTS} attempts: {last_err}")
+
+
+def summarize(test: str, run: IperfRun, seconds: int) -> dict:
+    """The numbers we report for one test, all as the receiver saw them."""
+    end_c, end_s = run.client.get("end", {}), run.server.get("end", {})
+    res: dict = {"daemon_cpu_percent": run.cpu, "wall_seconds": round(run.wall, 2)}
+    cpu_c = end_c.get("cpu_utilization_percent", {})
+    res["iperf3_client_cpu_percent"] = cpu_c.get("host_total")
+    res["iperf3_server_cpu_percent"] = cpu_c.get("remote_total")
+    if test in ("tcp1", "tcp4"):
+        recv = end_c["sum_received"]
+        res["gbit_per_s"] = round(recv["bits_per_second"] / 1e9, 4)
+        res["bytes_received"] = recv["bytes"]
+        res["seconds"] = round(recv["seconds"], 3)
+        res["retransmits"] = end_c.get("sum_sent", {}).get("retransmits")
+    else:
+        # The server's own report: payload bytes that arrived, divided by the
+        # payload size.  In iperf3 3.12 the client's end.sum counts what was
+        # *sent*, and the server's end.sum has bytes 0 for UDP; the server's
+        # end.sum_received is the one that counts arrivals.  Its "packets" is
+        # the highest sequence number seen, so packets - lost_packets must
+        # agree with bytes / 64 (kept in the JSON as a cross-check).
+        srv = end_s.get("sum_received") or end_s["sum"]
+        secs = srv.get("seconds") or seconds
+        received = srv["bytes"] // UDP_PAYLOAD
+        res.update({
+            "kpps": round(received / secs / 1e3, 2),
+            "packets_received": received,
+            "packets_received_by_sequence": srv.get("packets", 0) - srv.get("lost_packets", 0),
+            "packets_sent": end_c.get("sum", {}).get("packets"),
+            "server_lost_packets": srv.get("lost_packets"),
+            "server_lost_percent": srv.get("lost_percent"),
+            "seconds": round(secs, 3),
+            "received_gbit_per_s": round(srv["bits_per_second"] / 1e9, 4),
+        })
+    return res
+
+
+# ---------------------------------------------------------------------------
+# The configurations.  Each is a context manager that brings its tunnel up
+# and yields a Setup; leaving it tears the tunnel down (also on errors).
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Setup:
+    server_ip: str                                  # where the iperf3 server binds (in b)
+    daemons: dict[str, int] = field(default_factory=dict)   # "a"/"b" -> pid
+    info: dict = field(default_factory=dict)
+
+
+def _wait_ping(topo: netns.TwoHosts, addr: str) -> float:
+    t0 = time.monotonic()
+    if not topo.a.ping(addr, timeout=PING_TIMEOUT):
+        raise BenchError(f"no ping answer from {addr} through the tunnel within {PING_TIMEOUT:.0f}s")
+    return round((time.monotonic() - t0) * 1000, 1)
+
+
+@contextlib.contextmanager
+def setup_bare(topo: netns.TwoHosts, work: Path) -> Iterator[Setup]:
+    _wait_ping(topo, topo.b.ip)
+    yield Setup(topo.b.ip)
+
+
+# -- wireguard-go ------------------------------------------------------------
+
+_WG_LIVE: list["WgSide"] = []      # for the atexit/signal path
+
+
+@dataclass
+class WgSide:
+    host: netns.Host
+    ifname: str
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def sock(self) -> Path:
+        return WG_SOCK_DIR / f"{self.ifname}.sock"
+
+    def start(self) -> None:
+        if self.sock.exists():                      # left by a SIGKILLed run of ours
+            self.sock.unlink()
+        env = dict(os.environ, LOG_LEVEL="error")
+        with open(self.log_path, "ab") as log:
+            self.proc = self.host.popen(["wireguard-go", "-f", self.ifname], stdin=subprocess.DEVNULL,
+                                        stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
+        _WG_LIVE.append(self)
+        deadline = time.monotonic() + WG_SOCKET_TIMEOUT
+        while not self.sock.exists():
+            if self.proc.poll() is not None:
+                raise BenchError(f"wireguard-go -f {self.ifname} exited ({self.proc.returncode}): "
+                                 f"{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"wireguard-go made no control socket {self.sock} "
+                                 f"in {WG_SOCKET_TIMEOUT}s: {self.log_tail()}")
+            time.sleep(0.01)
+
+    def log_tail(self) -> str:
+        try:
+            return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-3:])
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        """Kill the process, remove its control socket.  Idempotent."""
+        _kill_proc(self.proc)
+        with contextlib.suppress(FileNotFoundError):
+            self.sock.unlink()
+        with contextlib.suppress(ValueError):
+            _WG_LIVE.remove(self)
+
+
+def _stop_all_wg() -> None:
+    for side in list(_WG_LIVE):
+        with contextlib.suppress(Exception):
+            side.stop()
+
+
+atexit.register(_stop_all_wg)
+
+
+def _wg_genkey(work: Path, name: str) -> tuple[Path, str]:
+    """A private key file (0600) and its public key, made with ``wg``."""
+    priv = subprocess.run(["wg", "genkey"], capture_output=True, text=True, timeout=10, check=True).stdout
+    pub = subprocess.run(["wg", "pubkey"], input=priv, capture_output=True, text=True, timeout=10,
+                         check=True).stdout.strip()
+    path = work / f"{name}.wgkey"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(priv)
+    return path, pub
+
+
+@contextlib.contextmanager
+def setup_wireguard(topo: netns.TwoHosts, work: Path) -> Iterator[Setup]:
+    for tool in ("wireguard-go", "wg"):
+        if shutil.which(tool) is None:
+            raise BenchError(f"{tool} is not installed (Debian: wireguard-go, wireguard-tools)")
+    WG_SOCK_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+    hosts = (topo.a, topo.b)
+    # The control-socket directory is shared by every namespace: names must
+    # differ between the two sides and from any other run on the machine.
+    tag = f"wgb{os.getpid()}"
+    sides = [WgSide(h, f"{tag}{'AB'[i]}", work / f"wireguard-go-{'ab'[i]}.log")
+             for i, h in enumerate(hosts)]
+    try:
+        keys = [_wg_genkey(work, f"wg-{'ab'[i]}") for i in range(2)]
+        for s in sides:
+            s.start()
+        for i, s in enumerate(sides):
+            other = 1 - i
+            s.host.run(["wg", "set", s.ifname, "listen-port", str(WG_PORT),
+                        "private-key", str(keys[i][0]),
+                        "peer", keys[other][1], "allowed-ips", f"{WG_NET[other]}/32",
+                        "endpoint", f"{hosts[other].ip}:{WG_PORT}"], timeout=10)
+            s.host.ns.ip_batch([f"addr add {WG_NET[i]}/24 dev {s.ifname}",
+                                f"link set dev {s.ifname} mtu {WG_MTU} up"])
+        ping_ms = _wait_ping(topo, WG_NET[1])
+        version = subprocess.run(["wireguard-go", "--version"], capture_output=True, text=True,
+                                 timeout=10).stdout.splitlines()
+        yield Setup(WG_NET[1], {"a": sides[0].proc.pid, "b": sides[1].proc.pid},
+                    {"interfaces": [s.ifname for s in sides], "first_ping_ms": ping_ms,
+                     "version": version[0] if version else "?"})
+    finally:
+        for s in sides:
+            s.stop()
+
+
+# -- phantomd ----------------------------------------------------------------
+
+def _phantom_config(d: Path, key: Path, me: int, other_pub: str, other_ip: str) -> Path:
+    """The same shape of config as ``phantom demo`` writes."""
+    cfg = d / "phantom.toml"
+    cfg.write_text(f"""[interface]
+private_key_file = "{key}"
+listen_port = {PH_PORT}
+http_port = 4567
+mode = "tun"
+device = "phantom0"
+addresses = ["{PH_NET[me]}/24"]
+state_dir = "{d / 'state'}"
+
+[[peer]]
+name = "{'b' if me == 0 else 'a'}"
+public_key = "{other_pub}"
+endpoint = "{other_ip}:{PH_PORT}"
+allowed_ips = ["{PH_NET[1 - me]}/32"]
+""")
+    return cfg
+
+
+_ERROR_LINE = re.compile(r"\b\w*(Error|Exception)\b|\berror\b|\bfailed\b|\bcannot\b", re.I)
+
+
+def first_error_line(log: str) -> str:
+    """The line of a daemon log that best says why it failed."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip() and not ln.startswith("=== start")]
+    for ln in lines:                       # "ImportError: ..." style (end of a traceback)
+        if re.match(r"^[\w.]*(Error|Exception|Exit)\b.*:", ln):
+            return ln[:200]
+    for ln in lines:
+        if _ERROR_LINE.search(ln) and not ln.startswith("Traceback"):
+            return ln[:200]
+    return lines[-1][:200] if lines else "no output"
+
+
+@contextlib.contextmanager
+def setup_phantom(topo: netns.TwoHosts, work: Path, fast: bool) -> Iterator[Setup]:
+    hosts = (topo.a, topo.b)
+    label = "fast" if fast else "reference"
+    root = work / f"phantom-{label}"
+    keys, pubs = [], []
+    for i in range(2):
+        d = root / "ab"[i]
+        d.mkdir(parents=True)
+        k = d / "private.key"
+        pubs.append(encode_key(public_key(write_private_key(k))))
+        keys.append(k)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    daemons: list[netns.DaemonProcess] = []
+    try:
+        for i in range(2):
+            cfg = _phantom_config(root / "ab"[i], keys[i], i, pubs[1 - i], hosts[1 - i].ip)
+            argv = ["--config", str(cfg)] + (["--fast"] if fast else [])
+            d = netns.DaemonProcess(hosts[i], argv, log_path=root / f"phantomd-{'ab'[i]}.log",
+                                    name=f"phantomd-{label}-{'ab'[i]}", env=env, cwd=str(REPO))
+            daemons.append(d.start())
+        for d in daemons:
+            try:
+                d.wait_ready(DAEMON_READY_TIMEOUT)
+            except netns.RigError as exc:
+                raise BenchError(first_error_line(d.log()) if isinstance(exc, netns.DaemonExited)
+                                 else str(exc).splitlines()[0]) from None
+        status = daemons[0].api("GET", "/status").body
+        path = status.get("data_path") if isinstance(status, dict) else None
+        if path != label:
+            raise BenchError(f"phantomd reports data_path={path!r}, expected {label!r}")
+        ping_ms = _wait_ping(topo, PH_NET[1])
+        yield Setup(PH_NET[1], {"a": daemons[0].pid, "b": daemons[1].pid},
+                    {"data_path": path, "first_ping_ms": ping_ms,
+                     "command": shlex.join(daemons[0].argv)})
+        for d in daemons:                   # crashed during the tests?
+            if not d.running:
+                raise BenchError(f"{d.name} exited ({d.returncode}): {first_error_line(d.log())}")
+    finally:
+        for d in daemons:
+            d.stop()
+
+
+def setup_for(name: str, topo: netns.TwoHosts, work: Path):
+    if name == "bare":
+        return setup_bare(topo, work)
+    if name == "wireguard-go":
+        return setup_wireguard(topo, work)
+    if name == "reference":
+        return setup_phantom(topo, work, fast=False)
+    if name == "fast":
+        return setup_phantom(topo, work, fast=True)
+    raise ValueError(name)
+
+
+TEST_ARGS = {
+    "tcp1": [],
+    "tcp4": ["-P", "4"],
+    "udp64": ["-u", "-l", str(UDP_PAYLOAD), "-b", "0"],
+}
+
+
+def bench_config(name: str, topo: netns.TwoHosts, work: Path, seconds: int, log) -> dict:
+    """Bring ``name`` up, run the three tests, tear it down."""
+    result: dict = {"status": "ok", "tests": {}}
+    try:
+        with setup_for(name, topo, work) as setup:
+            result["setup"] = setup.info
+            result["daemon_pids"] = setup.daemons
+            for test in TESTS:
+                log(f"  {name}: {TEST_TITLES[test]} ({seconds}s) ...")
+                try:
+                    run = run_iperf(topo, setup.server_ip, TEST_ARGS[test], seconds, setup.daemons)
+                    result["tests"][test] = summarize(test, run, seconds)
+                except (BenchError, netns.RigError, KeyError, ValueError) as exc:
+                    result["tests"][test] = {"error": str(exc).splitlines()[0]}
+                    log(f"  {name}: {test} failed: {exc}")
+    except (BenchError, netns.RigError, subprocess.SubprocessError, OSError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        if result["tests"]:
+            result["status"] = f"error after the tests: {msg}"
+        else:
+            result["status"] = f"not available: {msg}"
+        log(f"  {name}: {result['status']}")
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------
+
+def machine_info() -> dict:
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+
+    def first_line(argv: list[str]) -> str:
+        try:
+            cp = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            return (cp.stdout or cp.stderr).strip().splitlines()[0]
+        except (OSError, subprocess.SubprocessError, IndexError):
+            return "?"
+
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "kernel": platform.release(),
+        "cpu_model": model,
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "iperf3": first_line(["iperf3", "--version"]),
+        "wireguard_go": first_line(["wireguard-go", "--version"]),
+    }
+
+
+def _value(res: dict, test: str) -> float | None:
+    t = res.get("tests", {}).get(test, {})
+    return t.get("kpps" if test == "udp64" else "gbit_per_s")
+
+
+def add_ratios(results: dict) -> None:
+    base = results.get(BASELINE)
+    for res in results.values():
+        ratios = {}
+        for test in TESTS:
+            v = _value(res, test)
+            b = _value(base, test) if base else None
+            ratios[test] = round(v / b, 2) if v is not None and b else None
+        res["ratio_to_wireguard_go"] = ratios
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _cpu_sum(res: dict, test: str) -> float | None:
+    cpu = res.get("tests", {}).get(test, {}).get("daemon_cpu_percent")
+    if not cpu or any(v is None for v in cpu.values()):
+        return None
+    return sum(cpu.values())
+
+
+def table(results: dict) -> str:
+    head = ["configuration", "TCP1 Gbit/s", "x wg", "TCP4 Gbit/s", "x wg", "UDP64 kpps", "x wg",
+            "daemon CPU % a+b (TCP1/TCP4/UDP)"]
+    rows = [head]
+    notes = []
+    for name, res in results.items():
+        if not res["tests"]:
+            rows.append([name, res["status"]] + [""] * (len(head) - 2))
+            continue
+        r = res["ratio_to_wireguard_go"]
+        cpus = []
+        for test in TESTS:
+            c = _cpu_sum(res, test)
+            cpus.append("-" if c is None else f"{c:.0f}")
+        cpu_cell = "/".join(cpus) if res.get("daemon_pids") else "no daemon"
+        rows.append([name,
+                     _fmt(_value(res, "tcp1"), ".3f"), _fmt(r["tcp1"], ".2f"),
+                     _fmt(_value(res, "tcp4"), ".3f"), _fmt(r["tcp4"], ".2f"),
+                     _fmt(_value(res, "udp64"), ".1f"), _fmt(r["udp64"], ".2f"),
+                     cpu_cell])
+        for test in TESTS:
+            err = res["tests"].get(test, {}).get("error")
+            if err:
+                notes.append(f"{name} {test}: {err}")
+        if res["status"] != "ok":
+            notes.append(f"{name}: {res['status']}")
+    full = [row for row in rows if not row[1].startswith(("not available", "error"))]
+    widths = [max(len(row[i]) for row in full) for i in range(len(head))]
+    lines = []
+    for row in rows:
+        if not any(row is r for r in full):
+            lines.append(f"{row[0]:<{widths[0]}}  {row[1]}")
+            continue
+        lines.append("  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i])
+                               for i, c in enumerate(row)))
+        if row is head:
+            lines.append("-" * len(lines[0]))
+    lines.extend(f"  note: {n}" for n in notes)
+    return "\n".join(lines)
+
+
+def cpu_table(results: dict) -> str:
+    lines = ["daemon CPU, % of one core, per side (a = iperf3 client side, b = server side):"]
+    for name, res in results.items():
+        if not res.get("daemon_pids") or not res["tests"]:
+            continue
+        parts = []
+        for test in TESTS:
+            cpu = res["tests"].get(test, {}).get("daemon_cpu_percent") or {}
+            parts.append(f"{test} a={_fmt(cpu.get('a'), '.0f')} b={_fmt(cpu.get('b'), '.0f')}")
+        lines.append(f"  {name:<13} " + "   ".join(parts))
+    if len(lines) == 1:
+        lines.append("  (no configuration with a daemon was measured)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=int, default=10, help="iperf3 -t for each test (default 10)")
+    p.add_argument("--only", default=",".join(CONFIGS),
+                   help="comma-separated subset of %s (default: all, in that order)" % ",".join(CONFIGS))
+    p.add_argument("--json", metavar="FILE", help="write every number to FILE")
+    p.add_argument("--keep-logs", action="store_true", help="keep daemon logs and configs (path printed)")
+    args = p.parse_args(argv)
+    only = [c.strip() for c in args.only.split(",") if c.strip()]
+    bad = [c for c in only if c not in CONFIGS]
+    if bad or not only:
+        p.error("--only: unknown configuration(s) %s; choose from %s" % (",".join(bad), ",".join(CONFIGS)))
+    args.configs = [c for c in CONFIGS if c in only]
+    if not 1 <= args.seconds <= 600:
+        p.error("--seconds must be between 1 and 600")
+    return args
+
+
+def _sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    missing = netns.requirements_missing()
+    if missing:
+        print(f"bench/e2e.py: {missing}", file=sys.stderr)
+        return 2
+    if shutil.which("iperf3") is None:
+        print("bench/e2e.py: iperf3 is not installed", file=sys.stderr)
+        return 2
+    # SIGTERM: the rig deletes the namespaces, then this raises SystemExit so
+    # every finally (wireguard-go sockets, daemons) runs too.
+    signal.signal(signal.SIGTERM, _sigterm)
+    netns.install_signal_handlers()
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
+    started = _dt.datetime.now(_dt.timezone.utc)
+    machine = machine_info()
+    work = Path(tempfile.mkdtemp(prefix="phantom-bench-"))
+    results: dict = {}
+    try:
+        netns.sweep_stale()
+        with netns.two_hosts() as topo:
+            log(f"namespaces {topo.a.name} ({topo.a.ip}) and {topo.b.name} ({topo.b.ip})")
+            for name in args.configs:
+                log(f"{name}:")
+                results[name] = bench_config(name, topo, work, args.seconds, log)
+    finally:
+        _stop_all_wg()
+        if args.keep_logs:
+            log(f"logs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    add_ratios(results)
+    finished = _dt.datetime.now(_dt.timezone.utc)
+
+    print(f"command:  {command}")
+    print(f"date:     {started.strftime('%Y-%m-%d %H:%M:%S UTC')} "
+          f"({(finished - started).total_seconds():.0f} s)")
+    print(f"machine:  {machine['nproc']} CPUs ({machine['cpu_model']}), Linux {machine['kernel']}, "
+          f"load average at start {' '.join(map(str, machine['loadavg_at_start']))}")
+    print(f"tools:    {machine['iperf3']}; {machine['wireguard_go']}; Python {machine['python']}")
+    print(f"tests:    iperf3 -t {args.seconds}; TCP1 = 1 stream, TCP4 = -P 4 (Gbit/s received); "
+          f"UDP64 = -u -l 64 -b 0 (thousand packets/s received by the server)")
+    print(f"ratios:   'x wg' = this row / {BASELINE} in this same run")
+    print()
+    print(table(results))
+    print()
+    print(cpu_table(results))
+
+    if args.json:
+        doc = {"command": command, "argv": sys.argv[1:], "seconds": args.seconds,
+               "started": started.isoformat(), "finished": finished.isoformat(),
+               "machine": machine, "baseline": BASELINE, "configurations": results}
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+        log(f"wrote {args.json}")
+    ok = any(res["tests"] for res in results.values())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        # the rig's SIGINT handler has deleted the namespaces; the finally
+        # blocks have stopped wireguard-go and removed its sockets
+        print("bench/e2e.py: interrupted, everything cleaned up", file=sys.stderr)
+        sys.exit(130)
