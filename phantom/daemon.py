@@ -206,7 +206,7 @@ class Daemon:
         if peer.state is PeerState.ESTABLISHED:
             return self.peer_info(peer, already=True)
         self._do(self.engine.open(peer.id, endpoint))
-        deadline = self.t.open_attempts * (self.t.rekey_timeout + self.t.handshake_jitter) + 2.0
+        deadline = (self.t.open_attempts + 1) * (self.t.rekey_timeout + self.t.handshake_jitter) + 0.5
         try:
             async with self._state_changed:
                 await asyncio.wait_for(self._state_changed.wait_for(
