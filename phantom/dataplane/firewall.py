@@ -578,34 +578,46 @@ class Tables:
                          Verdict(Action(d_out), -1, Reason.DEFAULT))
         # cands[direction][0 = v4, 1 = v6][proto] -> tuple of rule tuples:
         # (flags, slo, shi, dlo, dhi, peer, rnet, rmask, lnet, lmask, verdict, is_accept)
-        cands = [[[[] for _ in range(256)] for _ in range(2)] for _ in range(2)]
+        # Protocols no rule names share one "generic" list per (direction, family):
+        # memory is O(rules x protocols named), not O(rules x 256).
+        records = [RULE.unpack_from(blob, RULES_OFF + i * RULE.size) for i in range(n)]
+        named = set(PORT_PROTOS) | {r[2] for r in records if r[3] & F_PROTO}
+        generic = [[[], []], [[], []]]
+        specific = {p: [[[], []], [[], []]] for p in named}
         verdicts = []
-        for i in range(n):
-            (d, act, proto, flags, slo, shi, dlo, dhi, peer, idx,
-             ra, rm, la, lm) = RULE.unpack_from(blob, RULES_OFF + i * RULE.size)
+        for (d, act, proto, flags, slo, shi, dlo, dhi, peer, idx, ra, rm, la, lm) in records:
             v = Verdict(Action(act), idx, Reason.RULE)
             verdicts.append(v)
             for fam, width, rbit, lbit, obits in ((0, 4, F_REMOTE4, F_LOCAL4, F_REMOTE6 | F_LOCAL6),
                                                   (1, 16, F_REMOTE6, F_LOCAL6, F_REMOTE4 | F_LOCAL4)):
                 if flags & obits:
                     continue        # the rule names addresses of the other family
-                t = (flags & (F_PORTS | F_PEER) | (0x100 if flags & rbit else 0)
-                     | (0x200 if flags & lbit else 0),
+                t = (flags & (F_PORTS | F_PEER) | (_C_REMOTE if flags & rbit else 0)
+                     | (_C_LOCAL if flags & lbit else 0),
                      slo, shi, dlo, dhi, peer,
                      int.from_bytes(ra[:width], "big"), int.from_bytes(rm[:width], "big"),
                      int.from_bytes(la[:width], "big"), int.from_bytes(lm[:width], "big"),
                      v, act == Action.ACCEPT)
-                for p in (range(256) if not flags & F_PROTO else (proto,)):
-                    if flags & F_PORTS and p not in PORT_PROTOS:
-                        continue
-                    cands[d][fam][p].append(t)
+                ports = flags & F_PORTS
+                if flags & F_PROTO:
+                    if not ports or proto in PORT_PROTOS:
+                        specific[proto][d][fam].append(t)
+                    continue
+                if not ports:
+                    generic[d][fam].append(t)
+                for p, lists in specific.items():
+                    if not ports or p in PORT_PROTOS:
+                        lists[d][fam].append(t)
+        gen = [[tuple(generic[d][fam]) for fam in range(2)] for d in range(2)]
+        cands = [[[tuple(specific[p][d][fam]) if p in specific else gen[d][fam]
+                   for p in range(256)] for fam in range(2)] for d in range(2)]
         self.rule_verdicts = tuple(verdicts)
         # by_dport[direction][fam][0 = TCP, 1 = UDP] -> (points, lists) or None: the
         # candidates split at every rule's dst-port bounds, so a packet with ports
         # only walks lists[bisect_right(points, dport)] (same order, fewer rules)
         self.by_dport = tuple(tuple(tuple(_port_index(cands[d][fam][p]) for p in PORT_PROTOS)
                                     for fam in range(2)) for d in range(2))
-        self.cands = tuple(tuple(tuple(tuple(lst) for lst in fam) for fam in dr) for dr in cands)
+        self.cands = tuple(tuple(tuple(fam) for fam in dr) for dr in cands)
 
     def __setattr__(self, name, value):
         if hasattr(self, "cands"):
