@@ -27,7 +27,7 @@ from .constants import Tunables
 from .control import actions as A
 from .control.config import ConfigError, Settings, parse_daemon_args
 from .control.engine import Engine
-from .control.errors import ApiError, BadRequest, Conflict, HandshakeTimeout, NotFound
+from .control.errors import ApiError, BadRequest, Conflict, HandshakeTimeout, NotFound, ServiceUnavailable
 from .control.peer import PeerState
 from .dataplane.types import Mode
 from .dataplane.udp import format_endpoint, open_test_socket, open_udp_socket, plain
@@ -55,6 +55,10 @@ class Daemon:
         self._state_changed = asyncio.Condition()
         self.started = time.time()
         self.uid = os.getuid()
+        self.directory = None            # DirectoryClient when --directory is set
+        self._dir_key = bytearray(private_key) if settings.directory else None
+        self._dir_tasks: set = set()
+        self._endorsement_checks: dict = {}   # public key -> monotonic time of the last lookup
 
     # ------------------------------------------------------------- setup
     def open_privileged(self) -> None:
@@ -134,6 +138,8 @@ class Daemon:
                 dp.send_keepalive(act.peer_id)
             elif isinstance(act, A.StateChanged):
                 asyncio.get_running_loop().create_task(self._notify())
+            elif isinstance(act, A.UnknownKey):
+                self._check_endorsement(act.public_key, act.addr)
             else:  # pragma: no cover - a new action type without a handler is a bug
                 raise TypeError("unhandled action %r" % (act,))
 
@@ -153,24 +159,130 @@ class Daemon:
             except asyncio.TimeoutError:
                 pass
 
+    # ------------------------------------------------------- key directory
+    def _start_directory(self) -> None:
+        """Publish our record and keep it fresh; pin configured names."""
+        from .control.directory import DirectoryClient
+        self.directory = DirectoryClient(self.s.directory, self._dir_key,
+                                         trusted_signers=self.s.trusted_signers)
+        for p in self.engine.peers.values():
+            self.directory.pin(p.name, p.public_key)
+        if self.s.trusted_signers:
+            self.engine.report_unknown_keys = True
+        if self.s.name:
+            allowed = ["%s/%d" % (a.ip, a.max_prefixlen) for a in self.s.addresses]
+            endpoints = ["%s:%d" % ep if ":" not in ep[0] else "[%s]:%d" % ep for ep in self.s.endpoints]
+            self._spawn(self.directory.keep_published(self.s.name, endpoints, allowed))
+            log.info("publishing %s to the directory %s", self.s.name, self.s.directory)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._dir_tasks.add(task)
+        task.add_done_callback(self._dir_tasks.discard)
+
+    def _check_endorsement(self, public_key: bytes, addr) -> None:
+        """An unknown key knocked: look for a trusted endorsement (rate-limited
+        per key).  The initiator's next retry succeeds once it is added."""
+        if self.directory is None:
+            return
+        now = time.monotonic()
+        if len(self._endorsement_checks) > 4096:
+            self._endorsement_checks = {k: t for k, t in self._endorsement_checks.items() if now - t < 2.0}
+        if now - self._endorsement_checks.get(public_key, float("-inf")) < 2.0 \
+                or len(self._dir_tasks) >= 8 or len(self._endorsement_checks) > 4096:
+            return
+        self._endorsement_checks[public_key] = now
+        self._spawn(self._admit_endorsed(public_key, addr))
+
+    async def _admit_endorsed(self, public_key: bytes, addr) -> None:
+        from .control.directory import DirectoryError
+        try:
+            rec = await self.directory.resolve_key(public_key, fresh=True)
+        except DirectoryError as exc:
+            log.info("directory lookup of an unknown key failed: %s", exc)
+            return
+        if rec is None or not rec.endorsed or self.engine.peer_by_key(public_key) is not None:
+            return
+        self._add_from_record(rec, plain(addr))
+        log.info("peer=%s admitted: its record carries a trusted endorsement", rec.name)
+
+    def _add_from_record(self, rec, endpoint):
+        """A peer learnt from the directory.  Its allowed IPs are its own claim:
+        they are taken only when a trusted signer endorsed the record, or when
+        they lie inside our own interface subnets; never over another peer's."""
+        import ipaddress
+        connected = [a.network for a in self.s.addresses]
+        taken = {n for p in self.engine.peers.values() for n in p.allowed_ips}
+        nets = []
+        for n in rec.allowed_ips:
+            inside = any(n.version == c.version and n.subnet_of(c) for c in connected)
+            if (rec.endorsed or inside) and n not in taken:
+                nets.append(ipaddress.ip_network(n))
+        peer = self.engine.add_peer(rec.public_key, self._free_name(rec.name), nets, endpoint, dynamic=True)
+        self.dp.add_peer(peer.id, nets)
+        if endpoint:
+            self.dp.set_endpoint(peer.id, endpoint)
+        return peer
+
+    def _free_name(self, name: str) -> str:
+        names = {p.name for p in self.engine.peers.values()}
+        if name not in names:
+            return name
+        i = 2
+        while "%s-%d" % (name, i) in names:
+            i += 1
+        return "%s-%d" % (name, i)
+
+    async def _resolve(self, name: Optional[str] = None, endpoint=None):
+        """A directory record by name, or by advertised endpoint; None if absent."""
+        from .control.directory import DirectoryError
+        if self.directory is None:
+            return None
+        try:
+            if name:
+                return await self.directory.resolve_name(name)
+            for rec in await self.directory.list_records():
+                if any(plain(ep) == plain(endpoint) for ep in rec.endpoints):
+                    return rec
+        except DirectoryError as exc:
+            raise ServiceUnavailable("the key directory is unreachable and has nothing cached: %s" % exc)
+        return None
+
     # ------------------------------------------------------ the API's view
-    def _find_peer(self, ref: str):
+    def _peer_named(self, ref: str):
         for p in self.engine.peers.values():
             if p.name == ref or _b64(p.public_key) == ref:
                 return p
-        raise NotFound("no peer %r (give its name or public key)" % ref)
+        return None
+
+    def _find_peer(self, ref: str):
+        peer = self._peer_named(ref)
+        if peer is None:
+            raise NotFound("no peer %r (give its name or public key)" % ref)
+        return peer
 
     async def open(self, endpoint: tuple, public_key: Optional[str] = None, name: Optional[str] = None,
                    allowed_ips=None) -> dict:
         from .control.keys import decode_public_key
         peer = None
+        rec = None
+        key = None
         if endpoint is None:
             if not name:
                 raise BadRequest("give an endpoint IP:PORT or a peer name")
-            peer = self._find_peer(name)
-            if peer.endpoint is None:
+            peer = self._peer_named(name)
+            if peer is None:
+                rec = await self._resolve(name=name)
+                if rec is None:
+                    raise NotFound("no peer %r in the config%s" % (
+                        name, " or the key directory" if self.directory else " (and no --directory)"))
+                if not rec.endpoints:
+                    raise BadRequest("the directory record of %s has no endpoint" % name)
+                endpoint = plain(rec.endpoints[0])
+            elif peer.endpoint is None:
                 raise BadRequest("peer %s has no known endpoint: open it as IP:PORT" % peer.name)
-            endpoint = plain(peer.endpoint)
+            else:
+                endpoint = plain(peer.endpoint)
         elif public_key:
             try:
                 key = decode_public_key(public_key)
@@ -185,9 +297,17 @@ class Daemon:
                     peer = p
                     break
             if peer is None:
-                raise BadRequest("no public key known for %s: give \"public_key\" in the request body "
-                                 "or configure the peer" % format_endpoint(endpoint))
+                rec = await self._resolve(endpoint=endpoint)
+                if rec is None:
+                    raise BadRequest("no public key known for %s: give \"public_key\" in the request body, "
+                                     "configure the peer, or publish it in the key directory"
+                                     % format_endpoint(endpoint))
         created = False
+        if peer is None and rec is not None:
+            peer = self.engine.peer_by_key(rec.public_key)
+            if peer is None:
+                peer = self._add_from_record(rec, endpoint)
+                created = True
         if peer is None:
             nets = []
             try:
@@ -271,6 +391,7 @@ class Daemon:
             "peers": self.peers(),
             "drops": self.dp.global_drops(),
             "handshake_drops": dict(self.engine.drops),
+            "directory": self.s.directory,
         }
 
     def firewall(self) -> dict:
@@ -314,10 +435,13 @@ class Daemon:
         app = create_app(self, token)
         self._api_runner = await start_api(app, self.s.http_listen, self.s.http_port,
                                            str(self.s.http_socket) if self.s.http_socket else None)
+        self.build()
+        _preload(directory=bool(self.s.directory))
         drop_privileges(self.s.user)
         self.uid = os.getuid()
-        self.build()
         self.dp.start()
+        if self.s.directory:
+            self._start_directory()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -332,6 +456,11 @@ class Daemon:
         await self._stop.wait()
         log.info("shutting down")
         ticker.cancel()
+        for task in list(self._dir_tasks):
+            task.cancel()
+        if self.directory is not None:
+            await self.directory.close()
+            self.directory.wipe()
         await self._api_runner.cleanup()
         self.dp.close()
         if self.device:
@@ -339,6 +468,22 @@ class Daemon:
         self.udp.close()
         if self.test_sock:
             self.test_sock.close()
+
+
+def _preload(directory: bool) -> None:
+    """Import, while still root, every module the daemon may need later: the
+    unprivileged user may not be able to read the Python installation (a
+    pyenv under /root, say), and a lazy import after the drop would fail."""
+    import base64  # noqa: F401
+    import concurrent.futures.thread  # noqa: F401  (executors for DNS lookups)
+    import encodings.idna  # noqa: F401
+    import ipaddress  # noqa: F401
+    import aiohttp  # noqa: F401
+    from .control import keys, config  # noqa: F401
+    from .dataplane import firewall, packet  # noqa: F401
+    if directory:
+        from .control import directory as _directory  # noqa: F401
+        import sqlite3  # noqa: F401
 
 
 def _b64(key: bytes) -> str:

@@ -52,3 +52,11 @@ class StateChanged:
     old: str
     new: str
     reason: str
+
+
+@dataclass(frozen=True)
+class UnknownKey:
+    """A valid initiation from a key we do not know (only reported when the
+    caller asked for it, e.g. to look for a trusted endorsement)."""
+    public_key: bytes
+    addr: tuple

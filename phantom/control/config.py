@@ -99,6 +99,9 @@ class Settings:
     fast: bool = False
     log_level: str = DEFAULT_LOG_LEVEL
     directory: Optional[str] = None
+    name: Optional[str] = None                          # our name in the key directory
+    endpoints: list[tuple[str, int]] = field(default_factory=list)   # advertised in the directory
+    trusted_signers: list[bytes] = field(default_factory=list)      # Ed25519 keys of endorsers
     peers: list[PeerConfig] = field(default_factory=list)
     firewall: dict = field(default_factory=dict)
     tunables: Tunables = field(default_factory=Tunables)
@@ -198,7 +201,7 @@ def parse_port(value: Any, key: str, *, allow_zero: bool = False) -> int:
 SECTIONS = ("interface", "peer", "firewall", "tunables")
 INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen", "http_socket",
                   "test_port", "test_deliver", "mode", "device", "addresses", "mtu", "state_dir",
-                  "user", "fast", "log_level", "directory")
+                  "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers")
 PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive")
 
 
@@ -346,7 +349,32 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
             s.log_level = _log_level(value, key)
         elif name == "directory":
             s.directory = _directory(value, key)
+        elif name == "name":
+            if not isinstance(value, str) or not PEER_NAME.match(value):
+                raise ConfigError(key, "%r is not a valid name (%s)" % (value, PEER_NAME_RULE))
+            s.name = value
+        elif name == "endpoints":
+            _expect(value, list, key, "a list of \"ip:port\" strings")
+            s.endpoints = [parse_endpoint(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
+        elif name == "trusted_signers":
+            _expect(value, list, key, "a list of base64 Ed25519 public keys")
+            s.trusted_signers = [_signer_key(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
     return origin
+
+
+def _signer_key(value: Any, key: str) -> bytes:
+    import base64
+    import binascii
+    if not isinstance(value, str):
+        raise ConfigError(key, "must be a base64 string (phantom directory signer-key prints it)")
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise ConfigError(key, "not a base64 32-byte Ed25519 public key "
+                          "(phantom directory signer-key --private-key FILE prints one)")
+    return raw
 
 
 def _peer(table: Any, i: int) -> PeerConfig:

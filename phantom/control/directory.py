@@ -988,18 +988,22 @@ class DirectoryClient:
             self._missing.clear()
         self._missing[what] = now + self.negative_ttl
 
-    async def resolve_key(self, public_key: bytes) -> Optional[Record]:
-        """The verified, live record of ``public_key``; None if absent, revoked or forged."""
+    async def resolve_key(self, public_key: bytes, fresh: bool = False) -> Optional[Record]:
+        """The verified, live record of ``public_key``; None if absent, revoked or forged.
+
+        ``fresh`` asks the directory even when the cache is recent (used to
+        see new endorsements); the cache still answers when it is down."""
         key = bytes(public_key)
         now = self.clock()
         self.stats["lookups"] += 1
         if key in self._revoked:
             return None
         entry = self._cache.get(key)
-        if entry is not None and now - entry.fetched < self.refresh and entry.record.expires > now:
+        if not fresh and entry is not None and now - entry.fetched < self.refresh and \
+                entry.record.expires > now:
             self.stats["cache_hits"] += 1
             return entry.record
-        if self._negative(key, now):
+        if not fresh and self._negative(key, now):
             return None
         what = b64(key)
         try:

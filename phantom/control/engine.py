@@ -67,6 +67,7 @@ class Engine:
         self._indexes: dict[int, tuple[str, int]] = {}   # local index -> ("handshake"|"session", peer id)
         self._next_peer_id = 1
         self.drops: Counter = Counter()                   # handshake-level drops by reason
+        self.report_unknown_keys = False                  # emit UnknownKey (trusted-signer lookups)
 
     # ================================================================ peers
     def add_peer(self, public_key: bytes, name: str = "", allowed_ips: Iterable = (),
@@ -214,7 +215,7 @@ class Engine:
             info.state.clear()
             self.drops["unknown_key"] += 1
             log.info("initiation from unknown key at %s dropped", addr[0])
-            return []
+            return [A.UnknownKey(info.remote_static, addr)] if self.report_unknown_keys else []
         if not tai64n.is_after(info.timestamp, peer.last_initiation_ts):
             info.state.clear()
             self.drops["replayed_initiation"] += 1

@@ -35,6 +35,12 @@ class PayloadTooLarge(ApiError):
     status = 413
 
 
+class ServiceUnavailable(ApiError):
+    """Something the request needs (the key directory) cannot be reached."""
+
+    status = 503
+
+
 class HandshakeTimeout(ApiError):
     """The peer did not answer within the bounded retries."""
 
