@@ -64,8 +64,12 @@ def iperf(topo, seconds: int) -> float:
         for _ in range(50):
             out = topo.hosts["a"].run(["iperf3", "-c", TUN["b"], "-t", str(seconds), "-J"], check=False,
                                       timeout=seconds + 30)
-            if out.returncode == 0:
-                return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]
+            try:
+                result = json.loads(out.stdout)
+            except ValueError:
+                result = {}
+            if out.returncode == 0 and "sum_received" in result.get("end", {}):
+                return result["end"]["sum_received"]["bits_per_second"]
             time.sleep(0.1)
         raise RuntimeError("iperf3 failed: %s" % out.stdout[-300:])
     finally:

@@ -275,3 +275,17 @@ def test_flood_gets_cookie_replies_and_mac2_passes():
     (init,) = sends(a._send_initiation(pa))
     (resp,) = sends(b.handle_datagram(init.data, ADDR_A))
     assert resp.data[0] == 2
+
+
+def test_cookie_reply_brings_the_retry_forward():
+    t = Tunables(handshake_jitter=0.0, under_load_initiations=0)
+    a, b, pa, pb, clock, wall = make_pair(t)
+    (init,) = sends(a.open(pa.id))
+    (reply,) = sends(b.handle_datagram(init.data, ADDR_A))
+    assert reply.data[0] == 3
+    assert a.handle_datagram(reply.data, ADDR_B) == []
+    clock.advance(0.11)
+    (again,) = sends(a.tick({}))
+    wall.advance(0.001)
+    (resp,) = sends(b.handle_datagram(again.data, ADDR_A))
+    assert resp.data[0] == 2, "the retry carries mac2 and is answered"

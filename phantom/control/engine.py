@@ -45,6 +45,8 @@ log = logging.getLogger("phantom.control")
 
 Clock = Callable[[], float]
 
+COOKIE_RETRY_DELAY = 0.1   # seconds between a cookie reply and the initiation that carries mac2
+
 
 class Engine:
     def __init__(self, private_key: bytearray, tunables: Tunables, *,
@@ -274,7 +276,10 @@ class Engine:
             self.drops["bad_cookie_reply"] += 1
             return []
         log.info("peer=%s sent a cookie: it is under load", peer.name)
-        return []   # the retransmit timer resends, now with mac2
+        if peer.pending is not None and peer.pending.local_index == reply.receiver_index:
+            # resend soon, now with mac2, rather than after a whole REKEY_TIMEOUT
+            peer.next_retry = min(peer.next_retry, self.clock() + COOKIE_RETRY_DELAY)
+        return []
 
     def _install(self, peer: Peer, keys: hs.SessionKeys, confirmed: bool, now: float) -> A.InstallKeypair:
         peer.sessions.append(SessionInfo(keys.local_index, now, keys.initiator))
