@@ -433,7 +433,10 @@ class Daemon:
         from .privileges import drop_privileges
         token = load_or_create_token(self.s.state_dir)
         app = create_app(self, token)
-        self._api_runner = await start_api(app, self.s.http_listen, self.s.http_port,
+        if not self.s.http_port and not self.s.http_socket:
+            raise ConfigError("interface.http_port", "0 turns the TCP API off; give http_socket then")
+        self._api_runner = await start_api(app, self.s.http_listen if self.s.http_port else None,
+                                           self.s.http_port,
                                            str(self.s.http_socket) if self.s.http_socket else None)
         self.build()
         _preload(directory=bool(self.s.directory))

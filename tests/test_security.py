@@ -75,3 +75,41 @@ def test_private_key_never_leaves_the_daemon(two_hosts, daemon_factory, tmp_path
     for t in texts:
         assert base64.b64encode(secret).decode() not in t
         assert secret.hex() not in t
+
+
+def test_api_on_a_unix_socket_only(two_hosts, daemon_factory, tmp_path):
+    import os
+    import stat
+    import sys
+    import time
+    node = make_node(tmp_path, "n1", 1, two_hosts.a)
+    sock = tmp_path / "phantom.sock"
+    write_config(node, mode="test", peers=[], extra={"http_port": 0, "http_socket": str(sock)})
+    start(daemon_factory, node, wait=False)
+    deadline = time.monotonic() + 10
+    while not sock.exists():
+        assert time.monotonic() < deadline and node.daemon.running, node.daemon.log_tail()
+        time.sleep(0.05)
+    st = os.stat(sock)
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    cli = [sys.executable, "-m", "phantom.cli", "--socket", str(sock), "--json"]
+    deadline = time.monotonic() + 10
+    while True:
+        out = node.host.run(cli + ["status"], check=False)
+        if out.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert out.returncode == 0, out.stderr
+    assert '"mode": "test"' in out.stdout
+    # nothing listens on TCP
+    import socket as _s
+    with pytest.raises(OSError):
+        node.host.ns.tcp_connect("127.0.0.1", 4567, timeout=1).close()
+    # a mutation over the socket still needs the token
+    import http.client
+    conn = http.client.HTTPConnection("localhost", timeout=5)
+    conn.sock = _s.socket(_s.AF_UNIX, _s.SOCK_STREAM)
+    conn.sock.connect(str(sock))
+    conn.request("POST", "/close/x", headers={"Host": "localhost"})
+    assert conn.getresponse().status == 401
+    conn.close()

@@ -321,8 +321,10 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
             s.private_key_explicit = True
         elif name == "listen_port":
             s.listen_port = parse_port(value, key, allow_zero=True)
-        elif name in ("http_port", "test_port"):
-            setattr(s, name, parse_port(value, key))
+        elif name == "http_port":
+            s.http_port = parse_port(value, key, allow_zero=True)    # 0: no TCP API (Unix socket only)
+        elif name == "test_port":
+            s.test_port = parse_port(value, key)
         elif name == "http_listen":
             s.http_listen = _http_listen(value, key)
         elif name == "http_socket":
@@ -546,7 +548,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
     mtu_key = "interface.mtu"
 
     if get("http_port") is not None:
-        s.http_port = parse_port(get("http_port"), "--http-port")
+        s.http_port = parse_port(get("http_port"), "--http-port", allow_zero=True)
     if get("udp_port") is not None:
         s.listen_port = parse_port(get("udp_port"), "--udp-port", allow_zero=True)
     if get("test_port") is not None:
