@@ -285,3 +285,32 @@ def test_fuzzed_datagrams_never_crash_and_are_counted(pair, data):
     spin(loop, 0.005)
     after = sum(b.dp.global_drops().values()) + len(b.events.control)
     assert after == before + 1, "every datagram is a counted drop or a control message"
+
+
+def test_rekey_after_messages_asks_for_a_handshake_once(kind):
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    t = Tunables(rekey_after_messages=3, reject_after_messages=5)
+    a, b = Side(kind, t), Side(kind, t)
+    try:
+        a.dp.set_endpoint(1, b.udp.getsockname())
+        b.dp.set_endpoint(1, a.udp.getsockname())
+
+        async def _start():
+            a.dp.start()
+            b.dp.start()
+        loop.run_until_complete(_start())
+        established(a, b, loop)
+        for i in range(7):
+            a.app.sendto(b"m%d" % i, a.test.getsockname())
+            spin(loop, 0.02)
+        spin(loop, 0.1)
+        # one request when the counter reaches rekey_after_messages, one more when the
+        # keypair is worn out (reject_after_messages) and packets start to wait
+        assert a.events.needed == [1, 1]
+        assert a.dp.counters(1).tx_packets == 5, "nothing is sent past reject_after_messages"
+    finally:
+        a.close()
+        b.close()
+        loop.close()
+        asyncio.set_event_loop(None)

@@ -289,3 +289,15 @@ def test_cookie_reply_brings_the_retry_forward():
     wall.advance(0.001)
     (resp,) = sends(b.handle_datagram(again.data, ADDR_A))
     assert resp.data[0] == 2, "the retry carries mac2 and is answered"
+
+
+def test_responder_rekeys_before_reject_after_time():
+    a, b, pa, pb, clock, wall = make_pair()
+    handshake(a, b, pa, wall)          # b is the responder of the current session
+    limit = 180 - 10 - 5
+    clock.advance(limit - 1)
+    busy = PeerCounters(last_data_tx=clock(), last_rx=clock(), last_data_rx=clock())
+    assert sends(b.tick({pb.id: busy})) == []
+    clock.advance(1.1)
+    busy = PeerCounters(last_data_tx=clock(), last_rx=clock(), last_data_rx=clock())
+    assert len(sends(b.tick({pb.id: busy}))) == 1
