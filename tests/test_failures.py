@@ -137,9 +137,12 @@ def test_d_peer_dies_in_tunnel_mode_and_comes_back(two_hosts, daemon_factory, tm
     a, b = pair(daemon_factory, tmp_path, two_hosts, datapath, keepalive=1)
     a.wait_peer_state("n2", "established", timeout=10)
     assert a.host.ns.ping(b.tun4, timeout=5)
-    send_marked(a, b)
     b.daemon.kill(signal.SIGKILL)
     t0 = time.monotonic()
+    # Traffic that gets no answer is what reveals a dead peer (as in WireGuard:
+    # keepalives alone do not; an idle dead peer is found when its session expires).
+    send_marked(a, b)
+    a.wait_peer_state("n2", "stale", timeout=10)
     a.wait_peer_state("n2", "dead", timeout=20)
     detected = time.monotonic() - t0
     assert detected < 15, "death detected after %.1fs" % detected
