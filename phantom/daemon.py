@@ -69,7 +69,11 @@ class Daemon:
         else:
             from .dataplane.tun import configure_addresses, open_device
             name = s.device or ("phantom0" if s.mode is Mode.TUN else "phantap0")
-            self.device = open_device(s.mode, name, s.mtu)
+            flags = 0
+            if s.fast and s.mode is Mode.TUN:
+                from .dataplane.fast import DEVICE_FLAGS   # virtio-net header: TSO/USO offloads
+                flags = DEVICE_FLAGS
+            self.device = open_device(s.mode, name, s.mtu, flags)
             routes = [n for p in s.peers for n in p.allowed_ips] if s.mode is Mode.TUN else []
             configure_addresses(self.device.name, s.addresses, routes)
 

@@ -23,7 +23,7 @@ from tunnelkit import (FAST_TUNABLES, UDP_PORT, make_node, mesh, peer_entry, sta
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 MARKER = b"PHANTOM-FAILURE-HARNESS-PLAINTEXT"
-DATAPATHS = ["reference"]
+DATAPATHS = ["reference", "fast"]
 
 
 @pytest.fixture(params=DATAPATHS)

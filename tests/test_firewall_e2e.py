@@ -13,7 +13,7 @@ from tunnelkit import mesh, wait_for
 
 pytestmark = pytest.mark.netns
 
-DATAPATHS = ["reference"]
+DATAPATHS = ["reference", "fast"]
 
 
 @pytest.fixture(params=DATAPATHS)

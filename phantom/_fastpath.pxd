@@ -1,0 +1,250 @@
+# Declarations of the Cython data path (bodies in _fastpath.pyx).
+#
+# Everything a worker thread touches is a plain C struct, so the loop runs with
+# the GIL released.  One mutex (fp_engine.lock) guards the tables (peers, key
+# slots, index hash, allowed-IPs tries, counters, event queue); a worker takes
+# it once per batch phase, never per packet, and never holds it across a
+# system call or a libsodium call.
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from phantom.includes.system cimport (
+    pthread_mutex_t, sockaddr_storage, socklen_t, mmsghdr, iovec, epoll_event)
+
+cdef enum:
+    FP_KEY_SIZE = 32
+    FP_MAC_SIZE = 16
+    FP_HEADER_SIZE = 16            # wire.TRANSPORT_HEADER_SIZE
+    FP_PAYLOAD_OFFSET = 32         # wire.TRANSPORT_PAYLOAD_OFFSET
+    FP_NONCE_SIZE = 24
+    FP_MAX_INNER = 65535           # wire.MAX_INNER_SIZE
+    FP_BUF_SIZE = 65631            # 65535 payload + 32 overhead + 64 slack (detects oversize)
+    FP_N_DROPS = 14                # len(types.Drop)
+    FP_INDEX_BUCKETS = 4096        # receiver-index hash (power of two)
+    FP_EVENT_QUEUE = 4096          # pending events for the control plane
+    FP_MACS = 4096                 # TAP MAC table size (power of two; learns up to 3/4)
+    # replay window, RFC 6479 style (same constants as dataplane/replay.py)
+    FP_REPLAY_BLOCKS = 128
+    FP_REPLAY_WINDOW = 8128        # constants.REPLAY_WINDOW_SIZE
+    # verdicts in fp_pkt.verdict besides a Drop reason (>= 0)
+    V_PASS = -1                    # send (outbound) / deliver (inbound)
+    V_STAGED = -2                  # kept for after the handshake
+    V_CONSUMED = -3                # handled (control message, keepalive)
+    # event kinds
+    EV_CONTROL_PACKET = 1
+    EV_HANDSHAKE_NEEDED = 2
+    EV_KEYPAIR_CONFIRMED = 3
+    EV_ICMP_UNREACHABLE = 4        # data: the unroutable packet
+    EV_SEND_FAILED = 5             # no data: count a SEND_FAILED for peer_id
+    # data path modes (types.Mode)
+    MODE_TUN = 0
+    MODE_TAP = 1
+    MODE_TEST = 2
+
+# types.Drop, same numbers
+cdef enum:
+    D_MALFORMED = 0
+    D_TRUNCATED = 1
+    D_OVERSIZED = 2
+    D_UNKNOWN_INDEX = 3
+    D_REPLAY = 4
+    D_AUTH_FAILED = 5
+    D_KEY_EXPIRED = 6
+    D_NO_ROUTE = 7
+    D_SRC_NOT_ALLOWED = 8
+    D_FIREWALL = 9
+    D_NO_ENDPOINT = 10
+    D_STAGED_OVERFLOW = 11
+    D_BAD_INNER = 12
+    D_SEND_FAILED = 13
+
+
+cdef struct fp_replay:
+    uint64_t last
+    uint64_t ring[128]             # FP_REPLAY_BLOCKS
+
+
+cdef struct fp_keypair:
+    uint64_t serial                # unique for the life of the engine
+    uint32_t local_index
+    uint32_t remote_index
+    int peer_slot
+    double created
+    uint64_t send_counter
+    bint rekey_requested           # handshake_needed raised at rekey_after_messages
+    unsigned char send_key[32]
+    unsigned char recv_key[32]
+    fp_replay replay
+    fp_keypair *hnext              # receiver-index hash chain
+
+
+cdef struct fp_staged:
+    unsigned char *buf             # FP_PAYLOAD_OFFSET headroom + payload
+    size_t len                     # payload length
+
+
+cdef struct fp_peer:
+    uint64_t serial
+    int64_t peer_id
+    fp_keypair *current
+    fp_keypair *previous
+    fp_keypair *next
+    sockaddr_storage endpoint
+    socklen_t endpoint_len         # 0: no endpoint
+    uint64_t rx_bytes
+    uint64_t tx_bytes
+    uint64_t rx_packets
+    uint64_t tx_packets
+    double last_rx
+    double last_tx
+    double last_data_rx
+    double last_data_tx
+    uint64_t drops[14]             # FP_N_DROPS
+    fp_staged *staged              # ring of staged_max entries
+    int staged_head
+    int staged_count
+    bint handshake_asked           # handshake_needed raised since the last new key
+    bint flush_pending             # staged packets wait for a flush (worker sets)
+
+
+cdef struct fp_trie:
+    fp_trie *child[2]
+    int slot                       # peer slot owning this prefix, -1 none
+
+
+cdef struct fp_mac:
+    unsigned char mac[6]
+    int slot                       # -1: empty
+
+
+cdef struct fp_event:
+    int kind
+    int64_t peer_id
+    uint32_t local_index
+    unsigned char *data
+    size_t len
+    sockaddr_storage addr
+    socklen_t addrlen
+
+
+cdef struct fp_engine:
+    pthread_mutex_t lock
+    int mode
+    int udp_fd                     # the tunnel socket (sends from any thread)
+    int event_fd                   # eventfd the control plane reads
+    # settings
+    int staged_max
+    int burst
+    size_t max_inner               # largest inner packet either way (MTU, +18 in TAP)
+    double reject_after_time
+    uint64_t reject_after_messages
+    uint64_t rekey_after_messages
+    # tables
+    fp_peer **peers
+    int peers_cap
+    uint64_t next_serial
+    fp_keypair *index[4096]        # FP_INDEX_BUCKETS
+    fp_trie *trie4
+    fp_trie *trie6
+    int test_peer                  # slot, -1 none
+    fp_mac *macs                   # TAP: learned MAC -> peer slot (open addressing)
+    int nmacs
+    # test mode: inbound payloads go to test_target if set, else to the last
+    # local sender (test_last), else to test_default (test port + 1)
+    sockaddr_storage test_target
+    socklen_t test_target_len
+    sockaddr_storage test_last
+    socklen_t test_last_len
+    sockaddr_storage test_default
+    socklen_t test_default_len
+    # ICMP unreachable for unroutable packets (built by the control thread)
+    bint icmp4
+    bint icmp6
+    int icmp_pending               # ICMP_UNREACHABLE events not yet drained
+    uint64_t drops[14]             # global drops (every drop, peer known or not)
+    # events
+    fp_event events[4096]          # FP_EVENT_QUEUE
+    int ev_head
+    int ev_count
+    uint64_t ev_overflow
+    void *fw                       # firewall callback (a Python object) or NULL
+    # diagnostics / fault injection (tests only)
+    bint fault_seal
+    uint64_t batches
+    uint64_t udp_eagain_waits
+
+
+cdef struct fp_pkt:
+    unsigned char *buf             # FP_PAYLOAD_OFFSET headroom + payload
+    size_t len                     # inner length (outbound) / datagram length (inbound)
+    sockaddr_storage addr          # peer endpoint (outbound) / source (inbound)
+    socklen_t addrlen
+    int verdict
+    int peer_slot
+    uint64_t peer_serial
+    int64_t peer_id
+    uint64_t kp_serial
+    uint32_t local_index
+    uint64_t counter
+    bint was_next
+    unsigned char key[32]
+
+
+cdef class Engine:
+    cdef fp_engine *e
+    cdef dict slots                # peer_id -> slot
+    cdef object fw_callback        # keeps e.fw alive
+    cdef object __weakref__
+
+    cdef int _slot(self, int64_t peer_id) except -1
+    cdef void _free_peer(self, int slot) noexcept
+
+
+cdef struct fp_worker:
+    fp_engine *e
+    int udp_fd
+    int inner_fd
+    bint inner_is_socket           # test mode: the test-port UDP socket
+    int epfd
+    int stop_fd
+    int burst
+    bint edge                      # EPOLLET (default) or level-triggered
+    fp_pkt *out_pkts               # inner -> tunnel
+    fp_pkt *in_pkts                # tunnel -> inner
+    int out_cap                    # out_pkts slots (burst, + room for TSO segments)
+    int in_cap                     # in_pkts descriptors (burst, x64 with UDP GRO)
+    int rx_msgs                    # datagrams per recvmmsg on the UDP socket
+    unsigned char **rx_bufs        # UDP receive buffers; in_pkts point into them
+    sockaddr_storage *rx_addrs     # source of each received datagram
+    socklen_t *rx_addrlens
+    mmsghdr *msgs                  # scratch for recvmmsg / sendmmsg
+    iovec *iovs
+    int *map                       # msgs[i] -> pkts[map[i]] (first of a GSO group)
+    int *groups                    # msgs[i] carries groups[i] packets
+    uint64_t *cmsgs                # 8 words of control buffer per message
+    # offloads (see docs/fastpath.md); each falls back on its own
+    bint gso                       # UDP_SEGMENT sends
+    bint gro                       # UDP_GRO receives
+    bint vnet                      # the TUN fd carries virtio_net_hdr (IFF_VNET_HDR)
+    uint64_t gso_sends
+    uint64_t gso_fallbacks
+    uint64_t gro_datagrams
+    uint64_t tso_packets
+    uint64_t tso_segments
+    unsigned char *flood_buf       # TAP: one copy of a flooded frame at a time
+    uint64_t floods
+    uint64_t gro_tun_packets       # coalesced super-packets written to the TUN
+    uint64_t gro_tun_segments
+    # statistics (written by the worker only; read racily for diagnostics)
+    uint64_t wakeups
+    uint64_t inner_batches
+    uint64_t udp_batches
+    uint64_t inner_packets
+    uint64_t udp_packets
+    uint64_t capped                # bursts that hit the per-wakeup cap
+    uint64_t send_waits            # sendmmsg hit EAGAIN and waited for POLLOUT
+    uint64_t deliver_failed
+
+
+cdef class Worker:
+    cdef Engine engine
+    cdef fp_worker *w

@@ -1,0 +1,446 @@
+"""The Cython fast path (``phantomd --fast``), behind the DataPath contract.
+
+:class:`FastDataPath` has the reference path's constructor and methods
+(:class:`phantom.dataplane.reference.ReferenceDataPath`); the packets never
+touch Python.  Threads:
+
+* the **worker** (a Python thread that immediately releases the GIL inside
+  ``phantom._fastpath.Worker.run``) owns the TUN/TAP (or test-port) and UDP file
+  descriptors: edge-triggered epoll, batches of up to ``tunables.burst``
+  packets, recvmmsg/sendmmsg, encryption in place;
+* the **event loop** (uvloop, the control plane's thread) calls the methods
+  below, which lock the C tables briefly, and reads the engine's eventfd: the
+  worker queues handshake/cookie datagrams, "handshake needed", "keypair
+  confirmed" and "ICMP unreachable" events there and this module dispatches
+  them to :class:`~phantom.dataplane.types.DataPathEvents`.
+
+See docs/fastpath.md for the design.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import ipaddress
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from typing import Iterable, Optional
+
+from .. import crypto
+from ..constants import Tunables
+from . import packet as pkt
+from .routing import AllowedIPs
+from .types import Drop, Keypair, Mode, PeerCounters
+from .udp import to_sockaddr
+
+try:
+    from .. import _fastpath
+except ImportError as exc:  # not built: say how to build it
+    _fastpath = None
+    _IMPORT_ERROR = exc
+else:
+    _IMPORT_ERROR = None
+
+log = logging.getLogger("phantom.fast")
+
+_DROP_NAMES = [d.name.lower() for d in sorted(Drop)]
+_FAMILY = struct.Struct("=H")
+_IN4 = struct.Struct("!H4s8x")           # sin_port, sin_addr, padding
+_IN6 = struct.Struct("!HI16s")           # sin6_port, sin6_flowinfo, sin6_addr
+_SCOPE = struct.Struct("=I")             # sin6_scope_id (host order)
+
+
+# Extra TUN flags for a device the fast path will use: the daemon passes them to
+# tun.open_device(extra_flags=...) so that the kernel hands over TCP/UDP
+# super-packets (TSO/USO) with a virtio_net_hdr in front of every packet.
+DEVICE_FLAGS = _fastpath.TUN_IFF_VNET_HDR if _fastpath is not None else 0
+
+
+def tun_offloads(fd: int) -> tuple[bool, list[str], list[str]]:
+    """Turn on TUN offloads for ``fd``: (vnet header present, features on,
+    features missing with the reason).  Never raises."""
+    missing = []
+    try:
+        ifr = fcntl.ioctl(fd, _fastpath.TUN_TUNGETIFF, bytes(40))
+        flags = struct.unpack_from("=H", ifr, 16)[0]
+    except OSError as exc:
+        return False, [], ["vnet header (TUNGETIFF failed: %s)" % exc]
+    if not flags & _fastpath.TUN_IFF_VNET_HDR:
+        return False, [], ["TSO/USO (the device was opened without IFF_VNET_HDR)"]
+    f = _fastpath
+    base = f.TUN_OFFLOAD_CSUM | f.TUN_OFFLOAD_TSO4 | f.TUN_OFFLOAD_TSO6
+    try:
+        fcntl.ioctl(fd, f.TUN_TUNSETOFFLOAD, base | f.TUN_OFFLOAD_USO4 | f.TUN_OFFLOAD_USO6)
+        return True, ["csum", "tso4", "tso6", "uso"], []
+    except OSError as exc:
+        missing.append("USO (TUNSETOFFLOAD: %s)" % exc.strerror)
+    try:
+        fcntl.ioctl(fd, f.TUN_TUNSETOFFLOAD, base)
+        return True, ["csum", "tso4", "tso6"], missing
+    except OSError as exc:
+        missing.append("TSO (TUNSETOFFLOAD: %s)" % exc.strerror)
+        return True, [], missing
+
+
+def available() -> Optional[str]:
+    """None when the extension is importable, else why not (for a log line)."""
+    if _fastpath is None:
+        return "phantom._fastpath is not built (%s); build it with `pip install -e .` " \
+               "or `python setup.py build_ext --inplace`" % _IMPORT_ERROR
+    return None
+
+
+def sockaddr_bytes(addr: tuple) -> bytes:
+    """A Python socket address tuple as a raw ``struct sockaddr_in[6]``."""
+    host = addr[0].split("%")[0]
+    ip = ipaddress.ip_address(host)
+    if ip.version == 4:
+        return _FAMILY.pack(socket.AF_INET) + _IN4.pack(addr[1], ip.packed)
+    flow = addr[2] if len(addr) > 2 else 0
+    scope = addr[3] if len(addr) > 3 else 0
+    return _FAMILY.pack(socket.AF_INET6) + _IN6.pack(addr[1], flow, ip.packed) + _SCOPE.pack(scope)
+
+
+def sockaddr_tuple(raw: Optional[bytes]) -> Optional[tuple]:
+    """The inverse of :func:`sockaddr_bytes`: the tuple ``recvfrom`` would give."""
+    if raw is None:
+        return None
+    family = _FAMILY.unpack_from(raw)[0]
+    if family == socket.AF_INET:
+        port, a = _IN4.unpack_from(raw, 2)
+        return (socket.inet_ntop(socket.AF_INET, a), port)
+    port, flow, a = _IN6.unpack_from(raw, 2)
+    (scope,) = _SCOPE.unpack_from(raw, 24)
+    return (socket.inet_ntop(socket.AF_INET6, a), port, flow, scope)
+
+
+class _FirewallHook:
+    """What the workers call, with the GIL, once per batch (see
+    ``_fastpath._fw_classify``): the same classify/reject_response calls the
+    reference path's ``_fw_allow`` makes, for what C does not decide."""
+
+    def __init__(self, dp: "FastDataPath", fw):
+        self.dp = dp
+        self.fw = fw
+
+    def state(self):
+        """(blob, hits, drops, accepts, applies) of the active compiled tables,
+        or None when this firewall has none (then classify_batch decides)."""
+        active = getattr(self.fw, "active", None)
+        if active is None:
+            return None
+        tables, st = active
+        blob = getattr(tables, "blob", None)
+        if not isinstance(blob, bytes) or getattr(self.fw, "is_ethernet", False):
+            return None
+        return blob, st.hits, st.drops, st.accepts, getattr(self.fw, "applies", True)
+
+    def classify_one(self, direction: int, data: bytes, peer_id: int) -> bool:
+        fw = self.fw
+        now = time.monotonic()
+        verdict = fw.classify("out" if direction else "in", data, peer_id, now)
+        if verdict.accept:
+            return True
+        if verdict.reject:
+            self.reject(data, direction, peer_id, now)
+        return False
+
+    def classify_batch(self, direction: int, items) -> list:
+        return [self.classify_one(direction, data, peer_id) for data, peer_id in items]
+
+    def reject(self, data: bytes, direction: int, peer_id: int, now: Optional[float] = None) -> None:
+        """Answer a rejected packet as the reference path does: an outbound
+        one into the device, an inbound one back to its peer through the tunnel."""
+        dp = self.dp
+        if dp._fd is None:
+            return
+        reply = self.fw.reject_response(data, time.monotonic() if now is None else now)
+        if not reply:
+            return
+        if direction:
+            try:
+                dp._write_device(reply)
+            except OSError:
+                dp._engine.count_drop(Drop.SEND_FAILED)
+        elif peer_id in dp._peers:
+            dp._engine.send_packet(peer_id, reply)
+
+
+class FastDataPath:
+    """DataPath on the Cython engine; same constructor as ReferenceDataPath."""
+
+    def __init__(self, mode: Mode, udp_sock: socket.socket, device_fd: Optional[int] = None,
+                 test_sock: Optional[socket.socket] = None, *, events, tunables: Tunables,
+                 firewall=None, local_addresses: Iterable = (), test_deliver: Optional[tuple] = None,
+                 mtu: int = 1420, loop: Optional[asyncio.AbstractEventLoop] = None,
+                 edge_triggered: Optional[bool] = None, split_directions: Optional[bool] = None,
+                 offloads: Optional[bool] = None):
+        why = available()
+        if why:
+            raise RuntimeError(why)
+        # Benchmark switches (bench/README.md), overridden by explicit arguments.
+        env = os.environ
+        if edge_triggered is None:
+            edge_triggered = env.get("PHANTOM_FAST_EPOLL", "et").lower() != "lt"
+        if split_directions is None:
+            split_directions = env.get("PHANTOM_FAST_SPLIT", "0") not in ("", "0", "no")
+        if offloads is None:
+            offloads = env.get("PHANTOM_FAST_OFFLOADS", "1") not in ("", "0", "no")
+        self.mode = Mode(mode)
+        if self.mode is Mode.TEST and test_sock is None:
+            raise ValueError("test mode needs test_sock")
+        if self.mode is not Mode.TEST and device_fd is None:
+            raise ValueError("%s mode needs device_fd" % self.mode.value)
+        self._udp = udp_sock
+        self._fd = device_fd
+        self._test = test_sock
+        self._events = events
+        self._t = tunables
+        self._mtu = mtu
+        self._loop = loop
+        self._edge = edge_triggered
+        self._routes = AllowedIPs()
+        self._peers: set[int] = set()
+        self._keys: dict[int, Keypair] = {}      # local_index -> the control plane's Keypair
+        self._firewall = firewall
+        self._local_addresses = list(local_addresses)   # (ICMP errors come from the destination)
+        self._engine = _fastpath.Engine(
+            _fastpath.MODE_IDS[self.mode.value], udp_sock.fileno(),
+            staged_max=tunables.staged_packets, burst=tunables.burst,
+            max_inner=mtu + (18 if self.mode is Mode.TAP else 0),
+            reject_after_time=tunables.reject_after_time,
+            reject_after_messages=min(tunables.reject_after_messages, 2 ** 64 - 1),
+            rekey_after_messages=min(tunables.rekey_after_messages, 2 ** 64 - 1))
+        self._engine.set_icmp(self.mode is Mode.TUN, self.mode is Mode.TUN)
+        self._last_icmp = 0.0
+        if self.mode is Mode.TEST:
+            port = test_sock.getsockname()[1]
+            self._engine.set_test_target(sockaddr_bytes(("127.0.0.1", port + 1)), default=True)
+            if test_deliver is not None:
+                self._engine.set_test_target(sockaddr_bytes(test_deliver))
+        inner_fd = test_sock.fileno() if self.mode is Mode.TEST else device_fd
+        self._vnet = False
+        on, missing = [], []
+        if offloads and self.mode is Mode.TUN:
+            self._vnet, on, missing = tun_offloads(device_fd)
+        # One worker for both directions, or (split_directions) one thread per
+        # direction: device -> wire (encrypt) and wire -> device (decrypt).
+        directions = [(True, False), (False, True)] if split_directions else [(True, True)]
+        self._workers = [_fastpath.Worker(self._engine, udp_sock.fileno(), inner_fd,
+                                          self.mode is Mode.TEST, burst=tunables.burst,
+                                          edge=edge_triggered, outbound=o, inbound=i,
+                                          vnet=self._vnet, gso=offloads, gro=offloads and i)
+                         for o, i in directions]
+        if offloads:
+            feats = {}
+            for w in self._workers:
+                for k, v in w.features().items():
+                    feats[k] = feats.get(k, False) or v
+            if feats.get("gso"):
+                on.append("udp-gso")
+            if feats.get("gro"):
+                on.append("udp-gro")
+            else:
+                missing.append("UDP_GRO (setsockopt refused)")
+        self.offloads = on
+        for m in missing:
+            log.info("fast path offload unavailable, falling back: %s", m)
+        self._threads: list[threading.Thread] = []
+        self._worker_error: Optional[BaseException] = None
+        self._started = False
+        if firewall is not None:
+            self.set_firewall(firewall)
+
+    # ------------------------------------------------------------------ life
+    def start(self) -> None:
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        loop.add_reader(self._engine.event_fd, self._on_events)
+        for i, w in enumerate(self._workers):
+            t = threading.Thread(target=self._run_worker, args=(w,), daemon=True,
+                                 name="phantom-fastpath-%d" % i)
+            t.start()
+            self._threads.append(t)
+        self._started = True
+        log.info("fast path started (%s mode, burst %d, %s-triggered epoll, %d worker thread%s)",
+                 self.mode.value, self._t.burst, "edge" if self._edge else "level",
+                 len(self._workers), "" if len(self._workers) == 1 else "s")
+
+    def _run_worker(self, worker) -> None:
+        try:
+            worker.run()
+        except BaseException as exc:  # reported in the log
+            self._worker_error = exc
+            log.error("fast path worker stopped: %s", exc)
+
+    def close(self) -> None:
+        if self._started:
+            for w in self._workers:
+                w.stop()
+            for t in self._threads:
+                t.join(timeout=5)
+                if t.is_alive():
+                    log.error("fast path worker %s did not stop within 5 s", t.name)
+            self._threads = []
+            self._loop.remove_reader(self._engine.event_fd)
+            self._started = False
+            self._on_events()          # deliver what the worker queued last
+        for peer_id in list(self._peers):
+            self.clear_keys(peer_id)
+
+    @property
+    def worker_stats(self) -> dict:
+        """Per-stage counters of the workers, summed (batches, packets, capped bursts)."""
+        total: dict = {}
+        for w in self._workers:
+            for k, v in w.stats().items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    # ---------------------------------------------------------- peers, routes
+    def add_peer(self, peer_id: int, allowed_ips) -> None:
+        if peer_id in self._peers:
+            raise ValueError("peer %d exists" % peer_id)
+        nets = [ipaddress.ip_network(n) for n in allowed_ips]
+        self._engine.add_peer(peer_id)
+        self._peers.add(peer_id)
+        self.set_allowed_ips(peer_id, nets)
+
+    def remove_peer(self, peer_id: int) -> None:
+        if peer_id not in self._peers:
+            return
+        self.clear_keys(peer_id)
+        self._routes.remove_peer(peer_id)
+        self._push_routes()
+        self._peers.discard(peer_id)
+        self._engine.remove_peer(peer_id)
+
+    def set_allowed_ips(self, peer_id: int, allowed_ips) -> None:
+        if peer_id not in self._peers:
+            raise KeyError(peer_id)
+        self._routes.set_peer(peer_id, [ipaddress.ip_network(n) for n in allowed_ips])
+        self._push_routes()
+
+    def _push_routes(self) -> None:
+        self._engine.set_routes([(net.max_prefixlen, net.network_address.packed, net.prefixlen, peer)
+                                 for net, peer in self._routes.entries()])
+
+    def set_endpoint(self, peer_id: int, addr) -> None:
+        if peer_id not in self._peers:
+            raise KeyError(peer_id)
+        raw = None if addr is None else sockaddr_bytes(to_sockaddr(self._udp, addr))
+        self._engine.set_endpoint(peer_id, raw)
+
+    def endpoint(self, peer_id: int):
+        if peer_id not in self._peers:
+            raise KeyError(peer_id)
+        return sockaddr_tuple(self._engine.endpoint(peer_id))
+
+    def set_test_peer(self, peer_id: Optional[int]) -> None:
+        self._engine.set_test_peer(peer_id if peer_id in self._peers else None)
+
+    def set_firewall(self, firewall) -> None:
+        """Classify with ``firewall`` (the object the reference path takes:
+        ``classify(direction, packet, peer_id, now)`` and
+        ``reject_response(packet, now)``), or stop classifying (None).  A
+        :class:`phantom.dataplane.firewall.Firewall` is decided in C from its
+        compiled tables (``active``), with its own counters."""
+        self._firewall = firewall
+        self._engine.set_firewall_callback(None if firewall is None else _FirewallHook(self, firewall))
+
+    # ------------------------------------------------------------------- keys
+    def install_keypair(self, kp: Keypair, confirmed: bool) -> None:
+        if kp.peer_id not in self._peers:
+            raise KeyError(kp.peer_id)
+        self._engine.install_keypair(kp.peer_id, kp.local_index, kp.remote_index,
+                                     kp.send_key, kp.recv_key, kp.created, confirmed)
+        self._keys[kp.local_index] = kp
+        self._zero_retired(kp.peer_id)
+
+    def _zero_retired(self, peer_id: int) -> None:
+        """Zero the control plane's copies of keys the engine let go of (it
+        zeroes its own copies itself)."""
+        live = set(self._engine.key_slots(peer_id)) if peer_id in self._peers else set()
+        for idx, kp in list(self._keys.items()):
+            if kp.peer_id == peer_id and idx not in live:
+                crypto.memzero(kp.send_key)
+                crypto.memzero(kp.recv_key)
+                del self._keys[idx]
+
+    def retire_keypair(self, local_index: int) -> None:
+        self._engine.retire_keypair(local_index)
+        kp = self._keys.pop(local_index, None)
+        if kp is not None:
+            crypto.memzero(kp.send_key)
+            crypto.memzero(kp.recv_key)
+
+    def clear_keys(self, peer_id: int) -> None:
+        if peer_id not in self._peers:
+            return
+        self._engine.clear_keys(peer_id)
+        self._zero_retired(peer_id)
+
+    # ------------------------------------------------------------ observability
+    def counters(self, peer_id: int) -> PeerCounters:
+        c = self._engine.counters(peer_id)
+        drops = {_DROP_NAMES[i]: n for i, n in enumerate(c["drops"]) if n}
+        return PeerCounters(c["rx_bytes"], c["tx_bytes"], c["rx_packets"], c["tx_packets"],
+                            c["last_rx"], c["last_tx"], c["last_data_rx"], c["last_data_tx"],
+                            c["send_counter"], drops)
+
+    def global_drops(self) -> dict:
+        return dict(zip(_DROP_NAMES, self._engine.global_drops()))
+
+    # ------------------------------------------------ control-plane originated
+    def send_control(self, data: bytes, addr) -> None:
+        try:
+            self._udp.sendto(data, to_sockaddr(self._udp, addr) if len(addr) == 2 else addr)
+        except OSError as exc:
+            log.debug("control send to %s failed: %s", addr, exc)
+            self._engine.count_drop(Drop.SEND_FAILED)
+
+    def send_keepalive(self, peer_id: int) -> None:
+        if peer_id in self._peers:
+            self._engine.send_keepalive(peer_id)
+
+    def _write_device(self, data: bytes) -> None:
+        """Write a packet the control side built into the TUN device."""
+        if self._vnet:
+            os.writev(self._fd, [bytes(10), data])   # virtio_net_hdr: no offload
+        else:
+            os.write(self._fd, data)
+
+    # ------------------------------------------------------------ events
+    def _on_events(self) -> None:
+        ev = self._events
+        for kind, peer_id, local_index, data, raw in self._engine.drain_events():
+            try:
+                if kind == _fastpath.EVENT_CONTROL_PACKET:
+                    ev.control_packet(data, sockaddr_tuple(raw))
+                elif kind == _fastpath.EVENT_HANDSHAKE_NEEDED:
+                    ev.handshake_needed(peer_id)
+                elif kind == _fastpath.EVENT_KEYPAIR_CONFIRMED:
+                    self._zero_retired(peer_id)
+                    ev.keypair_confirmed(peer_id, local_index)
+                elif kind == _fastpath.EVENT_ICMP_UNREACHABLE:
+                    self._icmp_unreachable(data)
+            except Exception:  # a control-plane bug must not stop the data plane
+                log.exception("data-path event %d for peer %s failed", kind, peer_id)
+
+    def _icmp_unreachable(self, orig: bytes) -> None:
+        """As the reference path: host unreachable from the unreachable
+        destination itself, at most one answer per 10 ms."""
+        now = time.monotonic()
+        if self._fd is None or now - self._last_icmp < 0.01:
+            return
+        reply = pkt.icmp_unreachable(orig)
+        if reply:
+            self._last_icmp = now
+            try:
+                self._write_device(reply)
+            except OSError:
+                self._engine.count_drop(Drop.SEND_FAILED)
