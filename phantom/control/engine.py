@@ -45,6 +45,7 @@ log = logging.getLogger("phantom.control")
 
 Clock = Callable[[], float]
 
+_NO_MAC = bytes(wire.MAC_SIZE)   # mac2 of a sender that holds no cookie
 COOKIE_RETRY_DELAY = 0.1   # seconds between a cookie reply and the initiation that carries mac2
 
 
@@ -64,6 +65,10 @@ class Engine:
         self._load = LoadDetector(tunables.under_load_initiations, clock)
         self._limiter = RateLimiter(tunables.handshakes_per_second_per_source,
                                     tunables.handshake_burst_per_source, clock)
+        # Cookie replies are rate-limited per source too: a flood from one
+        # address costs us a mac1 check per packet, not a reply per packet.
+        self._cookie_limiter = RateLimiter(tunables.handshakes_per_second_per_source,
+                                           tunables.handshake_burst_per_source, clock)
         self.peers: dict[int, Peer] = {}
         self._by_key: dict[bytes, Peer] = {}
         self._indexes: dict[int, tuple[str, int]] = {}   # local index -> ("handshake"|"session", peer id)
@@ -193,7 +198,10 @@ class Engine:
             self.drops["bad_mac1"] += 1
             return []
         if self._load.record():
-            if not self._checker.check_mac2(data, addr):
+            if data[-wire.MAC_SIZE:] == _NO_MAC or not self._checker.check_mac2(data, addr):
+                if not self._cookie_limiter.allow(addr):
+                    self.drops["rate_limited"] += 1
+                    return []
                 self.drops["cookie_sent"] += 1
                 return [A.SendDatagram(self._checker.create_reply(data, sender_index, addr), addr)]
             if not self._limiter.allow(addr):
