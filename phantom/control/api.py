@@ -1,6 +1,6 @@
 """The HTTP command API of phantomd (aiohttp).
 
-Routes (all JSON; see :data:`OPENAPI` and docs/http-api.md):
+Routes (all JSON; see :data:`OPENAPI` and README.md, "HTTP command API"):
 
 ====== ======================= ============================================
 POST   /open/{target}          open a tunnel; target is ``IP:PORT``,

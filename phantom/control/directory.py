@@ -2,7 +2,7 @@
 
 ``phantom directory serve`` runs an aiohttp service (on uvloop) over a SQLite
 file.  Nodes publish *records* about themselves; anyone can look them up by
-public key or by name.  See docs/directory.md for the trust model.
+public key or by name.  See README.md, "Directory", for the trust model.
 
 How a record is made and checked:
 
@@ -749,7 +749,7 @@ async def post_endorsement(request: web.Request) -> web.Response:
 def create_app(store: DirectoryStore, *, clock: Callable[[], float] = time.time,
                trusted_signers: Iterable[bytes] = (),
                max_ttl: int = DEFAULT_MAX_TTL) -> web.Application:
-    """The directory application (routes in docs/directory.md)."""
+    """The directory application (routes in README.md, "Directory")."""
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
     app[STORE_KEY] = store
     app[CLOCK_KEY] = clock
