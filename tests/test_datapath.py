@@ -7,6 +7,7 @@ UDP sockets; keys are installed by hand, as the control plane would."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 
@@ -82,24 +83,32 @@ def kind(request):
     return request.param
 
 
-@pytest.fixture
-def pair(kind):
+@contextlib.contextmanager
+def running_pair(kind, tunables):
+    """Two data paths of ``kind`` on their own event loop, peered with each other."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    t = Tunables(burst=64)
-    a, b = Side(kind, t), Side(kind, t)
-    a.dp.set_endpoint(1, b.udp.getsockname())
-    b.dp.set_endpoint(1, a.udp.getsockname())
+    a, b = Side(kind, tunables), Side(kind, tunables)
+    try:
+        a.dp.set_endpoint(1, b.udp.getsockname())
+        b.dp.set_endpoint(1, a.udp.getsockname())
 
-    async def _start():
-        a.dp.start()
-        b.dp.start()
-    loop.run_until_complete(_start())
-    yield a, b, loop
-    a.close()
-    b.close()
-    loop.close()
-    asyncio.set_event_loop(None)
+        async def _start():
+            a.dp.start()
+            b.dp.start()
+        loop.run_until_complete(_start())
+        yield a, b, loop
+    finally:
+        a.close()
+        b.close()
+        loop.close()
+        asyncio.set_event_loop(None)
+
+
+@pytest.fixture
+def pair(kind):
+    with running_pair(kind, Tunables(burst=64)) as p:
+        yield p
 
 
 def spin(loop, seconds=0.1):
@@ -293,18 +302,7 @@ def test_fuzzed_datagrams_never_crash_and_are_counted(pair, data):
 
 
 def test_rekey_after_messages_asks_for_a_handshake_once(kind):
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    t = Tunables(rekey_after_messages=3, reject_after_messages=5)
-    a, b = Side(kind, t), Side(kind, t)
-    try:
-        a.dp.set_endpoint(1, b.udp.getsockname())
-        b.dp.set_endpoint(1, a.udp.getsockname())
-
-        async def _start():
-            a.dp.start()
-            b.dp.start()
-        loop.run_until_complete(_start())
+    with running_pair(kind, Tunables(rekey_after_messages=3, reject_after_messages=5)) as (a, b, loop):
         established(a, b, loop)
         for i in range(7):
             a.app.sendto(b"m%d" % i, a.test.getsockname())
@@ -314,8 +312,3 @@ def test_rekey_after_messages_asks_for_a_handshake_once(kind):
         # keypair is worn out (reject_after_messages) and packets start to wait
         assert a.events.needed == [1, 1]
         assert a.dp.counters(1).tx_packets == 5, "nothing is sent past reject_after_messages"
-    finally:
-        a.close()
-        b.close()
-        loop.close()
-        asyncio.set_event_loop(None)
