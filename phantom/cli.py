@@ -165,6 +165,8 @@ def _cell(value, key: str = "") -> str:
         return "-"
     if key.endswith("_bytes"):
         return _human_bytes(value)
+    if key == "latest_handshake" and isinstance(value, (int, float)):
+        return "%ss ago" % (("%.1f" % value) if value < 100 else "%d" % value)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -199,10 +201,11 @@ def format_table(rows: list[dict], preferred=()) -> str:
     if not rows:
         return "(none)"
     cols = [c for c in preferred if any(c in r for r in rows)]
-    for r in rows:
-        for k in r:
-            if k not in cols:
-                cols.append(k)
+    if not cols:                    # no preferred columns known: show every field
+        for r in rows:
+            for k in r:
+                if k not in cols:
+                    cols.append(k)
     cells = [[_cell(r.get(c), c) for c in cols] for r in rows]
     heads = [c.upper().replace("_", " ") for c in cols]
     widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(heads)]

@@ -367,7 +367,7 @@ class Daemon:
             "allowed_ips": [str(n) for n in peer.allowed_ips],
             "state": peer.state.value,
             "last_handshake": peer.last_handshake_wall or None,
-            "last_handshake_age": round(now - peer.last_handshake, 3) if peer.last_handshake_wall else None,
+            "latest_handshake": round(now - peer.last_handshake, 3) if peer.last_handshake_wall else None,
             "rx_bytes": c.rx_bytes, "tx_bytes": c.tx_bytes,
             "rx_packets": c.rx_packets, "tx_packets": c.tx_packets,
             "drops": c.drops,
