@@ -2,14 +2,17 @@
 
 Start-up order (each step can fail with a clear message and exit code):
 
-  1. parse flags and the config file (bad config: exit 2, nothing started);
+  1. parse flags and the config file and compile the firewall rules (bad
+     config: exit 2, nothing opened);
   2. load the private key (refused when readable by others);
   3. open what needs root: the UDP socket, the TUN/TAP device (with its
-     addresses and routes) or the test port, the API token;
-  4. drop privileges (root only);
-  5. build the data path (reference, or Cython with --fast) and the sans-IO
-     control engine, add the configured peers;
-  6. serve the HTTP API, run the timer tick, handle SIGTERM/SIGINT/SIGHUP.
+     addresses and routes) or the test port;
+  4. on the uvloop loop: the API token and listeners, the data path
+     (reference, or Cython with --fast) and the sans-IO control engine with
+     the configured peers; every module needed later is imported now;
+  5. drop privileges (root only: --user, no capabilities);
+  6. start the data path, publish to the key directory, run the timer tick,
+     handle SIGTERM/SIGINT (stop) and SIGHUP (reload the firewall).
 """
 
 from __future__ import annotations
