@@ -2010,6 +2010,35 @@ cdef int _worker_loop(fp_worker *w) noexcept nogil:
 
 
 # --- the Engine: tables shared by the workers, driven by the control plane ---------------
+cdef int _send_single(fp_engine *e, int slot, unsigned char *buf, Py_ssize_t n,
+                      bint stage) noexcept nogil:
+    """Prepare, seal, send and account one packet of ``n`` bytes sitting at
+    ``buf + FP_PAYLOAD_OFFSET`` for peer ``slot`` (``stage``: keep it for the
+    handshake when there is no usable keypair).  Returns the packet's verdict."""
+    cdef fp_pkt pkt
+    cdef mmsghdr msg
+    cdef iovec iov
+    cdef int map0, events
+    cdef uint64_t waits = 0
+    cdef double now = _now()
+    memset(&pkt, 0, sizeof(fp_pkt))
+    pkt.buf = buf
+    pkt.len = n
+    pkt.verdict = V_PASS
+    pkt.peer_slot = slot
+    _lock(e)
+    events = _out_prepare(e, &pkt, 1, now, False, stage)
+    _unlock(e)
+    _out_seal(e, &pkt, 1)
+    _send_batch(e.udp_fd, &pkt, 1, &msg, &iov, &map0, 0, &waits)
+    _lock(e)
+    _account(e, &pkt, 1, now, True)
+    _unlock(e)
+    if events:
+        _notify(e)
+    return pkt.verdict
+
+
 cdef class Engine:
     """Peers, key slots, routes, counters and the event queue, in C.
 
@@ -2383,15 +2412,9 @@ cdef class Engine:
         the device after routing and the firewall (stages it without a key).
         The verdict: -1 sent, -2 staged, else a Drop."""
         cdef int slot = self._slot(peer_id)
-        cdef fp_engine *e = self.e
         cdef Py_ssize_t n = data.shape[0]
         cdef unsigned char *buf
-        cdef fp_pkt pkt
-        cdef mmsghdr msg
-        cdef iovec iov
-        cdef int map0, events
-        cdef uint64_t waits = 0
-        cdef double now = _now()
+        cdef int verdict
         if n > FP_MAX_INNER:
             raise ValueError("packet too large")
         buf = <unsigned char *>malloc(FP_PAYLOAD_OFFSET + n + 1)
@@ -2399,55 +2422,21 @@ cdef class Engine:
             raise MemoryError()
         if n:
             memcpy(buf + FP_PAYLOAD_OFFSET, &data[0], n)
-        memset(&pkt, 0, sizeof(fp_pkt))
-        pkt.buf = buf
-        pkt.len = n
-        pkt.verdict = V_PASS
-        pkt.peer_slot = slot
         with nogil:
-            _lock(e)
-            events = _out_prepare(e, &pkt, 1, now, False, True)
-            _unlock(e)
-            _out_seal(e, &pkt, 1)
-            _send_batch(e.udp_fd, &pkt, 1, &msg, &iov, &map0, 0, &waits)
-            _lock(e)
-            _account(e, &pkt, 1, now, True)
-            _unlock(e)
-            if events:
-                _notify(e)
+            verdict = _send_single(self.e, slot, buf, n, True)
             _wipe(buf, FP_PAYLOAD_OFFSET + n)
             free(buf)
-        return pkt.verdict
+        return verdict
 
     def send_keepalive(self, int64_t peer_id):
         """Send an empty transport packet on the current keypair.  Returns False
         (and queues handshake_needed) when there is no usable keypair."""
         cdef int slot = self._slot(peer_id)
-        cdef fp_engine *e = self.e
         cdef unsigned char buf[FP_PAYLOAD_OFFSET]
-        cdef fp_pkt pkt
-        cdef mmsghdr msg
-        cdef iovec iov
-        cdef int map0, events
-        cdef uint64_t waits = 0
-        cdef double now = _now()
-        memset(&pkt, 0, sizeof(fp_pkt))
-        pkt.buf = buf
-        pkt.len = 0
-        pkt.verdict = V_PASS
-        pkt.peer_slot = slot
+        cdef int verdict
         with nogil:
-            _lock(e)
-            events = _out_prepare(e, &pkt, 1, now, False, False)
-            _unlock(e)
-            _out_seal(e, &pkt, 1)
-            _send_batch(e.udp_fd, &pkt, 1, &msg, &iov, &map0, 0, &waits)
-            _lock(e)
-            _account(e, &pkt, 1, now, True)
-            _unlock(e)
-            if events:
-                _notify(e)
-        return pkt.verdict == V_PASS
+            verdict = _send_single(self.e, slot, buf, 0, False)
+        return verdict == V_PASS
 
     # observability -----------------------------------------------------------------------
     def counters(self, int64_t peer_id):
