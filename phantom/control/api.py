@@ -46,7 +46,7 @@ import secrets
 import socket
 import stat
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from aiohttp import web
 
@@ -159,29 +159,38 @@ def _host_ok(request: web.Request) -> bool:
         return False
 
 
-@web.middleware
-async def _errors(request: web.Request, handler):
-    """Every failure becomes {"error": ...}; nothing leaks a traceback."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return error_response(exc.status if 400 <= exc.status <= 599 else 500, exc.message)
-    except web.HTTPException as exc:
-        if exc.status < 400:
+def json_errors(respond: Callable[[int, str], web.Response], max_body: int, who: str):
+    """An aiohttp middleware that turns every failure into ``{"error": ...}``
+    with a fitting status and never leaks a traceback.  Shared by the daemon's
+    API and the key directory; ``who`` names the log a 500 points to."""
+
+    @web.middleware
+    async def errors(request: web.Request, handler):
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return respond(exc.status if 400 <= exc.status <= 599 else 500, exc.message)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            message = {404: "no such route: %s %s" % (request.method, request.path),
+                       405: "method %s is not allowed on %s" % (request.method, request.path),
+                       413: "request body too large (limit %d bytes)" % max_body,
+                       }.get(exc.status, exc.reason or "error")
+            resp = respond(exc.status, message)
+            if exc.status == 405 and "Allow" in exc.headers:
+                resp.headers["Allow"] = exc.headers["Allow"]
+            return resp
+        except asyncio.CancelledError:
             raise
-        message = {404: "no such route: %s %s" % (request.method, request.path),
-                   405: "method %s is not allowed on %s" % (request.method, request.path),
-                   413: "request body too large (limit %d bytes)" % MAX_BODY,
-                   }.get(exc.status, exc.reason or "error")
-        resp = error_response(exc.status, message)
-        if exc.status == 405 and "Allow" in exc.headers:
-            resp.headers["Allow"] = exc.headers["Allow"]
-        return resp
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("internal error handling %s %s", request.method, request.path)
-        return error_response(500, "internal error (see the daemon's log)")
+        except Exception:
+            log.exception("internal error handling %s %s", request.method, request.path)
+            return respond(500, "internal error (see the %s's log)" % who)
+
+    return errors
+
+
+_errors = json_errors(error_response, MAX_BODY, "daemon")
 
 
 @web.middleware

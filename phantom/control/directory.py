@@ -61,6 +61,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from phantom import __version__, crypto, logsetup
+from phantom.control.api import json_errors
 from phantom.control.config import PEER_NAME, PEER_NAME_RULE, format_endpoint, parse_endpoint, \
     parse_network
 from phantom.control.errors import ApiError, BadRequest, ConfigError, Conflict, NotFound, \
@@ -560,28 +561,8 @@ def _error(status: int, message: str) -> web.Response:
     return _json({"error": message}, status)
 
 
-@web.middleware
-async def _errors(request: web.Request, handler):
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return _error(exc.status, exc.message)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        message = {404: "no such route: %s %s" % (request.method, request.path),
-                   405: "method %s is not allowed on %s" % (request.method, request.path),
-                   413: "request body too large (limit %d bytes)" % MAX_BODY,
-                   }.get(exc.status, exc.reason or "error")
-        resp = _error(exc.status, message)
-        if "Allow" in exc.headers:
-            resp.headers["Allow"] = exc.headers["Allow"]
-        return resp
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("internal error handling %s %s", request.method, request.path)
-        return _error(500, "internal error (see the directory's log)")
+# The daemon API's JSON error handling, with this service's body limit.
+_errors = json_errors(_error, MAX_BODY, "directory")
 
 
 async def _body(request: web.Request) -> Any:

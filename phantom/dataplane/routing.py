@@ -92,23 +92,7 @@ class AllowedIPs:
         peer's prefixes), the cryptokey-routing rule: a peer cannot use a source
         address that a more specific prefix gives to another peer.
         """
-        try:
-            n = len(addr)
-        except TypeError:          # an ipaddress object
-            addr = _addr_bytes(addr)
-            n = len(addr)
-        if n == 4:
-            probes = self._v4
-        elif n == 16:
-            probes = self._v6
-        else:
-            raise ValueError("address must be 4 or 16 bytes, got %d" % n)
-        a = int.from_bytes(addr, "big")
-        for shift, table in probes:
-            peer = table.get(a >> shift)
-            if peer is not None:
-                return peer == peer_id
-        return False
+        return self.lookup(addr) == peer_id
 
     # --- changes (control plane, rare) -----------------------------------------
     def insert(self, network, peer_id: int) -> None:
