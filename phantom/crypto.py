@@ -68,6 +68,42 @@ def x25519(private: bytes, public: bytes) -> bytes:
     return out
 
 
+# Curve25519 points of small order (1, 2, 4 or 8), as libsodium lists them for
+# its own check: 0, 1, two points of order 8, p - 1, p and p + 1.  X25519
+# ignores the top bit of the last byte, so each has a second encoding.
+_SMALL_ORDER = tuple(bytes.fromhex(h) for h in (
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "0100000000000000000000000000000000000000000000000000000000000000",
+    "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+    "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+))
+_PROBE_SCALAR = bytes(range(1, 33))   # any scalar: X25519 clamps it to a multiple of 8
+
+
+def is_small_order(public: bytes) -> bool:
+    """True for an X25519 public key that no shared secret with is secret.
+
+    Two checks: the known small-order encodings (top bit ignored, as X25519
+    does), and a trial Diffie-Hellman with a fixed scalar -- libsodium's
+    crypto_scalarmult refuses small-order points, and every clamped scalar
+    is a multiple of 8, so any point of order 1, 2, 4 or 8 gives all zeros.
+    """
+    public = bytes(public)
+    if len(public) != KEY_SIZE:
+        return True
+    masked = public[:31] + bytes([public[31] & 0x7F])
+    if masked in _SMALL_ORDER:
+        return True
+    try:
+        out = _nb.crypto_scalarmult(_PROBE_SCALAR, public)
+    except Exception:
+        return True
+    return not any(out)
+
+
 # --- hashing ------------------------------------------------------------------
 def blake2b(data: bytes, digest_size: int = HASH_SIZE, key: bytes = b"") -> bytes:
     return _nb.crypto_generichash_blake2b_salt_personal(

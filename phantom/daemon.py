@@ -295,6 +295,8 @@ class Daemon:
                 key = decode_public_key(public_key)
             except ValueError as exc:
                 raise BadRequest("public_key: %s" % exc) from None
+            if key == self.engine.public_key:
+                raise BadRequest("public_key: this daemon's own public key cannot be a peer")
             peer = self.engine.peer_by_key(key)
         elif name:
             peer = self._find_peer(name)
@@ -519,6 +521,9 @@ def main(argv=None) -> int:
     register_secret(key)
     import uvloop
     try:
+        from .control.config import check_own_key
+        from .control.keys import public_key
+        check_own_key(settings, public_key(key))
         daemon = Daemon(settings, key)
     except ConfigError as exc:
         print("phantomd: config error: %s" % exc, file=sys.stderr)

@@ -422,6 +422,16 @@ def _peer(table: Any, i: int) -> PeerConfig:
                       persistent_keepalive=keepalive)
 
 
+def check_own_key(settings: "Settings", own_public_key: bytes) -> None:
+    """Refuse a [[peer]] that carries this daemon's own public key: a peer
+    is someone else (exit 2 naming the key, before anything is opened)."""
+    for i, p in enumerate(settings.peers):
+        if bytes(p.public_key) == bytes(own_public_key):
+            raise ConfigError("peer[%d].public_key" % i, "%s is this daemon's own public key (the "
+                              "one of private_key_file): a peer must be another node"
+                              % p.public_key_b64)
+
+
 def _check_peers(peers: list[PeerConfig]) -> None:
     names: dict[str, int] = {}
     keys: dict[bytes, int] = {}

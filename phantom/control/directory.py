@@ -415,6 +415,8 @@ def parse_record(doc: Any, now: float, *, trusted_signers: Optional[Iterable[byt
     public_key = _b64_field(doc["public_key"], "public_key", KEY_SIZE)
     if not any(public_key):
         raise RecordError("public_key is all zeros")
+    if crypto.is_small_order(public_key):
+        raise RecordError("public_key is a small-order Curve25519 point")
     signing_key = _b64_field(doc["signing_key"], "signing_key", KEY_SIZE)
     eps, nets = doc["endpoints"], doc["allowed_ips"]
     if not isinstance(eps, list) or len(eps) > MAX_ENDPOINTS:

@@ -85,6 +85,8 @@ class Engine:
             raise ValueError("peer with this public key exists")
         if public_key == self.public_key:
             raise ValueError("a peer cannot have our own public key")
+        if crypto.is_small_order(public_key):
+            raise ValueError("a small-order public key cannot be a peer's")
         pid = self._next_peer_id
         self._next_peer_id += 1
         peer = Peer(pid, public_key, name or ("peer%d" % pid), list(allowed_ips), endpoint,

@@ -79,6 +79,9 @@ def decode_public_key(text) -> bytes:
     raw = _decode(text, "public key")
     if not any(raw):
         raise KeyFormatError("public key is all zeros")
+    if crypto.is_small_order(raw):
+        raise KeyFormatError("public key is a small-order Curve25519 point: a shared secret "
+                             "with it would be predictable")
     return raw
 
 
