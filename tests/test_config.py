@@ -276,3 +276,30 @@ def test_state_dir_default_depends_on_euid(tmp_path, monkeypatch):
     assert default_state_dir() == tmp_path / ".phantom"
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert default_state_dir() == Path("/var/lib/phantom")
+
+
+def test_default_peer_names_never_collide(tmp_path):
+    """Keys that share their first 4 bytes get longer default names, and an
+    explicit name that equals a default is never taken twice."""
+    import base64
+    k1 = bytes([7] * 4) + bytes(range(1, 29))
+    k2 = bytes([7] * 4) + bytes(range(2, 30))
+    k3 = bytes([9] * 32)
+    keys = [base64.b64encode(k).decode() for k in (k1, k2, k3)]
+    text = "".join('[[peer]]\npublic_key = "%s"\n' % k for k in keys)
+    text += '[[peer]]\nname = "peer-%s"\npublic_key = "%s"\n' % (k3[:4].hex(), KEY_A)
+    s = load(tmp_path, text)
+    names = [p.name for p in s.peers]
+    assert len(set(names)) == 4, names
+    assert names[0] == "peer-" + k1[:5].hex() and names[1] == "peer-" + k2[:5].hex()
+    assert names[2] == "peer-" + k3[:5].hex(), "the explicit name keeps peer-09090909"
+    assert names == [p.name for p in load(tmp_path, text).peers], "deterministic"
+
+
+def test_ten_thousand_unnamed_peers_load(tmp_path):
+    import base64
+    import os
+    text = "".join('[[peer]]\npublic_key = "%s"\n' % base64.b64encode(os.urandom(32)).decode()
+                   for _ in range(10000))
+    s = load(tmp_path, text)
+    assert len({p.name for p in s.peers}) == 10000

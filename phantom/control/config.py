@@ -399,7 +399,7 @@ def _peer(table: Any, i: int) -> PeerConfig:
         if not PEER_NAME.match(name):
             raise ConfigError(where + ".name", "%r: a peer name is %s" % (name, PEER_NAME_RULE))
     else:
-        name = "peer-" + public[:4].hex()
+        name = ""                          # a default name is given once all peers are read
     endpoint = None
     if "endpoint" in table:
         endpoint = parse_endpoint(table["endpoint"], where + ".endpoint")
@@ -420,6 +420,37 @@ def _peer(table: Any, i: int) -> PeerConfig:
             raise ConfigError(key, "%d is outside 0..65535 seconds (0 turns it off)" % keepalive)
     return PeerConfig(name=name, public_key=public, endpoint=endpoint, allowed_ips=allowed,
                       persistent_keepalive=keepalive)
+
+
+DEFAULT_NAME_BYTES = 4      # "peer-" + 8 hex digits of the key, longer only where needed
+DEFAULT_NAME_MAX_BYTES = 29  # "peer-" + 58 hex digits: still within a name's 64 characters
+
+
+def _default_names(peers: list[PeerConfig]) -> list[PeerConfig]:
+    """Name unnamed peers "peer-<hex of the key>": 4 bytes, or as many more
+    as it takes to be unique among all names (keys differ, so this ends).
+    The same config always gives the same names."""
+    taken = {p.name for p in peers if p.name}
+    unnamed = [p for p in peers if not p.name]
+    size = DEFAULT_NAME_BYTES
+    while unnamed:
+        if size > DEFAULT_NAME_MAX_BYTES:
+            i = peers.index(unnamed[0])
+            raise ConfigError("peer[%d].name" % i, "no default name is free for this key (other "
+                              "names take every prefix of it): give this peer a name")
+        short = {}
+        for p in unnamed:
+            short.setdefault(p.public_key[:size], []).append(p)
+        left = []
+        for prefix, group in short.items():
+            name = "peer-" + prefix.hex()
+            if len(group) == 1 and name not in taken:
+                group[0].name = name
+                taken.add(name)
+            else:
+                left += group
+        unnamed, size = left, size + 1
+    return peers
 
 
 def check_own_key(settings: "Settings", own_public_key: bytes) -> None:
@@ -490,7 +521,7 @@ def settings_from_mapping(doc: dict, base: Optional[Path] = None) -> Settings:
         if isinstance(peers, dict):
             raise ConfigError("peer", "write each peer as [[peer]] (an array of tables), not [peer]")
         _expect(peers, list, "peer", "an array of tables ([[peer]])")
-        s.peers = [_peer(t, i) for i, t in enumerate(peers)]
+        s.peers = _default_names([_peer(t, i) for i, t in enumerate(peers)])
     if "firewall" in doc:
         s.firewall = dict(_expect(doc["firewall"], dict, "firewall", "a table ([firewall])"))
     if "tunables" in doc:
