@@ -1,6 +1,6 @@
 """Phantom: a peer-to-peer encrypted tunnel daemon.
 
-Package layout (see README "Layout"):
+Package layout (see README.md, "Layout"):
 
 * ``phantom.wire``, ``phantom.crypto``, ``phantom.constants`` -- shared by both planes.
 * ``phantom.dataplane`` -- packets: TUN/TAP/UDP I/O, the reference data path,

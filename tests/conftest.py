@@ -1,7 +1,7 @@
 """Shared pytest wiring: the netns gate, topology/daemon/sniffer fixtures,
 daemon logs on failure, and the end-of-session leak check.
 
-The rig itself lives in phantom/netns.py; see README.md, "Testing Phantom".
+The rig itself lives in phantom/netns.py; see docs/testing.md.
 """
 
 from __future__ import annotations

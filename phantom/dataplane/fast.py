@@ -14,7 +14,7 @@ touch Python.  Threads:
   confirmed" and "ICMP unreachable" events there and this module dispatches
   them to :class:`~phantom.dataplane.types.DataPathEvents`.
 
-See README.md, "The fast path", for the design.
+See docs/fastpath.md for the design.
 """
 
 from __future__ import annotations
