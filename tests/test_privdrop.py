@@ -202,6 +202,7 @@ def test_directory_client_and_server_every_thread_dropped(two_hosts, daemon_fact
     assert code == 404, (code, body)
     assert_every_thread_dropped(a.daemon.pid)
     assert_every_thread_dropped(directory.pid)
+    assert os.stat(db).st_uid == 0, "the db keeps its owner: the server writes through root's descriptor"
     # the records survive a restart of the (unprivileged) server: the db was written
     directory.restart(sig=signal.SIGTERM)
     out = cli(two_hosts.a, "directory", "lookup", "n1", "--directory", url, "--json")
