@@ -1348,7 +1348,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "every thread.  The server then uses the db only through the descriptors "
                         "opened as root: the file (and its -wal/-shm files, created with the db's "
                         "owner and mode) stays owned by root, the user needs no access to it, and "
-                        "no other process running as that user can open it.  The -wal/-shm files "
+                        "other processes running as that user cannot write to it.  The -wal/-shm files "
                         "may be left at exit; the next start recovers them.  Ignored when not "
                         "root (then the db must be writable by you, with its directory)")
     s.add_argument("--trusted-signer", type=_signer_arg, action="append", metavar="KEY",
