@@ -770,11 +770,25 @@ async def _purge_loop(store: DirectoryStore, clock) -> None:
 
 
 async def serve_forever(host: str, port: int, db, trusted_signers=(),
-                        max_ttl: int = DEFAULT_MAX_TTL) -> None:
-    """Run the directory until SIGINT/SIGTERM."""
+                        max_ttl: int = DEFAULT_MAX_TTL, drop_to=None) -> None:
+    """Run the directory until SIGINT/SIGTERM.
+
+    ``drop_to`` (a passwd entry from :func:`phantom.privileges.resolve_user`;
+    the caller has already called ``lock_down``): switch to that user once the
+    database is open and the port bound.  The server then reads and writes
+    the db only through the descriptors SQLite opened as root."""
     store = DirectoryStore(db)
     runner = await start_server(create_app(store, trusted_signers=trusted_signers,
                                            max_ttl=max_ttl), host, port)
+    if drop_to is not None:
+        from phantom.privileges import switch_user
+        try:
+            _preload_server()
+            switch_user(drop_to)         # every thread; verified task by task
+        except BaseException:
+            await runner.cleanup()
+            store.close()
+            raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -790,6 +804,14 @@ async def serve_forever(host: str, port: int, db, trusted_signers=(),
         await runner.cleanup()
         store.close()
         log.info("directory stopped")
+
+
+def _preload_server() -> None:
+    """Import, while still root, what serving may import lazily (the
+    unprivileged user may not be able to read the Python installation)."""
+    import encodings.idna  # noqa: F401
+    import concurrent.futures.thread  # noqa: F401
+    import aiohttp.web_urldispatcher  # noqa: F401
 
 
 # --- the client -------------------------------------------------------------------------------------
@@ -1230,8 +1252,13 @@ def _load_key(path):
 
 
 def cmd_serve(args) -> int:
+    from phantom.privileges import lock_down, resolve_user
     logsetup.setup_logging(args.log_level)
-    _run(serve_forever(args.listen, args.port, args.db, args.trusted_signer or (), args.max_ttl))
+    pw = resolve_user(args.user)         # None unless root
+    if pw is not None:
+        lock_down()                      # single-threaded: before the loop and any thread exists
+    _run(serve_forever(args.listen, args.port, args.db, args.trusted_signer or (), args.max_ttl,
+                       drop_to=pw))
     return 0
 
 
@@ -1313,7 +1340,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", default="127.0.0.1", metavar="ADDR", help="address (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (default %d)" % DEFAULT_PORT)
     s.add_argument("--db", default=DEFAULT_DB, metavar="PATH.sqlite",
-                   help="SQLite file (default ./%s)" % DEFAULT_DB)
+                   help="SQLite file (default ./%s); as root it is opened (and created) before "
+                        "the switch to --user, so it may sit in a root-only directory and keeps "
+                        "its owner; see --user" % DEFAULT_DB)
+    s.add_argument("--user", metavar="NAME",
+                   help="when started as root: the unprivileged user to switch to (default "
+                        "nobody) once the db is open and the port bound (ports below 1024 work); "
+                        "the capability bounding set is emptied and no_new_privs set first, for "
+                        "every thread.  The server then uses the db only through the descriptors "
+                        "opened as root: the file (and its -wal/-shm files, created with the db's "
+                        "owner and mode) stays owned by root, the user needs no access to it, and "
+                        "other processes running as that user cannot write to it.  The -wal/-shm files "
+                        "may be left at exit; the next start recovers them.  Ignored when not "
+                        "root (then the db must be writable by you, with its directory)")
     s.add_argument("--trusted-signer", type=_signer_arg, action="append", metavar="KEY",
                    help="Ed25519 key whose endorsements this directory keeps and ranks first "
                         "(repeatable; default: keep any valid endorsement)")
@@ -1368,10 +1407,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from phantom.privileges import PrivilegeError
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
-    except (DirectoryError, ConfigError, KeyFormatError, ValueError) as exc:
+    except (DirectoryError, ConfigError, KeyFormatError, ValueError, PrivilegeError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
