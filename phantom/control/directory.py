@@ -61,7 +61,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from phantom import __version__, crypto, logsetup
-from phantom.control.api import json_errors
+from phantom.control.api import JsonErrorRunner, json_errors
 from phantom.control.config import PEER_NAME, PEER_NAME_RULE, format_endpoint, parse_endpoint, \
     parse_network
 from phantom.control.errors import ApiError, BadRequest, ConfigError, Conflict, NotFound, \
@@ -638,7 +638,7 @@ async def get_record(request: web.Request) -> web.Response:
 async def get_name(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if not PEER_NAME.match(name):
-        raise BadRequest("%r is not a valid name (%s)" % (name, PEER_NAME_RULE))
+        raise BadRequest("not a valid name (%s)" % PEER_NAME_RULE)
     row = request.app[STORE_KEY].by_name(name, int(_now(request)))
     if row is None:
         raise NotFound("no record named %r" % name)
@@ -748,8 +748,8 @@ def create_app(store: DirectoryStore, *, clock: Callable[[], float] = time.time,
 
 async def start_server(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Serve ``app``; ``runner.addresses`` tells the bound port (use port 0 in tests)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           keepalive_timeout=15.0, shutdown_timeout=2.0)
+    runner = JsonErrorRunner(app, respond=_error, who="directory", access_log=None,
+                             handle_signals=False, keepalive_timeout=15.0, shutdown_timeout=2.0)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_address=True, backlog=128).start()
