@@ -631,7 +631,7 @@ async def get_record(request: web.Request) -> web.Response:
     key = _path_key(request)
     row = request.app[STORE_KEY].get(key)
     if row is None or (not row.revoked and row.expires <= _now(request)):
-        raise NotFound("no record for %s" % key)
+        raise NotFound("no record for this key")
     return _json(row.doc)
 
 
@@ -641,7 +641,7 @@ async def get_name(request: web.Request) -> web.Response:
         raise BadRequest("not a valid name (%s)" % PEER_NAME_RULE)
     row = request.app[STORE_KEY].by_name(name, int(_now(request)))
     if row is None:
-        raise NotFound("no record named %r" % name)
+        raise NotFound("no record with this name")
     return _json(row.doc)
 
 
@@ -671,8 +671,8 @@ async def put_record(request: web.Request) -> web.Response:
         status = 403 if "signature" in str(exc) or "forged" in str(exc) else 400
         raise (Forbidden if status == 403 else BadRequest)(str(exc)) from None
     if rec.key_text != key:
-        raise BadRequest("the record's public_key %s differs from the key in the path %s"
-                         % (rec.key_text, key))
+        raise BadRequest("the record's public_key %s differs from the key in the path"
+                         % rec.key_text)
     if not rec.revoked and rec.expires > now + app[MAX_TTL_KEY] + CLOCK_SKEW:
         raise BadRequest("record lives too long: expires in %d s, this directory keeps at most "
                          "%d s" % (rec.expires - now, app[MAX_TTL_KEY]))
@@ -682,7 +682,7 @@ async def put_record(request: web.Request) -> web.Response:
     if old is not None and old.doc.get("sig") == doc.get("sig"):
         return _json(old.doc)                      # the same record again: idempotent
     if old is not None and old.revoked:
-        raise Gone("key %s was revoked; a revocation is final" % key)
+        raise Gone("this key was revoked; a revocation is final")
     if old is not None and rec.seq <= old.seq:
         raise Conflict("stale seq %d: the directory holds seq %d for this key (newer wins)"
                        % (rec.seq, old.seq))
@@ -708,9 +708,9 @@ async def post_endorsement(request: web.Request) -> web.Response:
     app, now, store = request.app, _now(request), request.app[STORE_KEY]
     old = store.get(key)
     if old is None or (not old.revoked and old.expires <= now):
-        raise NotFound("no record for %s to endorse" % key)
+        raise NotFound("no record for this key to endorse")
     if old.revoked:
-        raise Gone("key %s was revoked" % key)
+        raise Gone("this key was revoked")
     try:
         rec = parse_record(old.doc, now, trusted_signers=None)
         signer = verify_endorsement(end, rec.public_key, rec.name, now)
