@@ -415,3 +415,67 @@ def test_directory_echoes_no_secret_and_answers_parser_errors_in_json(directory)
     out = captured.getvalue()
     assert not leaks(out, secrets), [ln for ln in out.splitlines() if leaks(ln, secrets)][:3]
     assert " ERROR " not in out
+
+
+# --- the same checks in-process (no root needed): start_api with the test double -------------------
+def test_start_api_answers_parser_errors_in_json_and_needs_host_on_tcp(tmp_path, captured):
+    from apidouble import FakeController
+    from phantom.control.api import create_app, start_api
+
+    token = os.urandom(32).hex()
+    key = os.urandom(32)
+    logsetup.register_secret(key)
+    secrets = {"key": key, "token": bytes.fromhex(token)}
+    sock_path = tmp_path / "api.sock"
+    ready = threading.Event()
+    box: dict = {}
+
+    def serve():
+        async def main():
+            runner = await start_api(create_app(FakeController(), token), "127.0.0.1", 0,
+                                     unix_path=sock_path)
+            box["port"] = next(a[1] for a in runner.addresses if isinstance(a, tuple))
+            box["stop"] = asyncio.Event()
+            box["loop"] = asyncio.get_running_loop()
+            ready.set()
+            await box["stop"].wait()
+            await runner.cleanup()
+        asyncio.run(main())
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    assert ready.wait(10)
+    try:
+        def tcp(data):
+            return exchange(socket.create_connection(("127.0.0.1", box["port"]), timeout=10),
+                            data, 10)
+
+        def unix(data):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(sock_path))
+            return exchange(s, data, 10)
+
+        b64 = base64.b64encode(key).decode()
+        auth = ("Authorization", "Bearer " + token)
+        for via in (tcp, unix):
+            assert_error_shape(via(request("GET", "/status", [("X-Pad", "a" * 9000 + token)])), 431)
+            assert_error_shape(via(request("POST", "/close/x", [
+                ("Authorization", "Bearer " + token + "x" * 9000)])), 431)
+            assert_error_shape(via(request("GET", "/" + "a" * 9000)), 414)
+            for reply in (via(request("GET", "/x/" + b64)),
+                          via(request("GET", "/status", host=token)),
+                          via(request("POST", "/open/192.0.2.7:9000", [auth], json.dumps(
+                              {b64.rstrip("="): 1, "name": token}).encode())),
+                          via(request("POST", "/open/" + quote(b64, safe="") + ":1", [auth]))):
+                assert_error_shape(reply)
+                assert not leaks(reply.decode("latin1"), secrets), reply
+        body = assert_error_shape(tcp(b"GET /status HTTP/1.0\r\n\r\n"), 400)
+        assert "Host" in body["error"]
+        assert parse(unix(b"GET /status HTTP/1.0\r\n\r\n"))[0] == 200
+        assert parse(tcp(b"GET /status HTTP/1.0\r\nHost: localhost\r\n\r\n"))[0] == 200
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        t.join(10)
+    out = captured.getvalue()
+    assert not leaks(out, secrets), out
+    assert " ERROR " not in out

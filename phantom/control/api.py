@@ -246,9 +246,10 @@ def parser_error(exc: BaseException) -> tuple[int, str]:
     return 400, "malformed HTTP request"
 
 
-def _client_gone(exc: BaseException) -> bool:
-    return isinstance(exc, (ConnectionResetError, ConnectionError)) or \
-        type(exc).__name__ == "ClientConnectionResetError"
+def _client_gone(request: web.BaseRequest, exc: BaseException) -> bool:
+    """The client closed the connection (while we read its body): not a bug."""
+    transport = request.transport
+    return isinstance(exc, ConnectionResetError) and (transport is None or transport.is_closing())
 
 
 def json_errors(respond: Callable[[int, str], web.Response], max_body: int, who: str):
@@ -287,7 +288,7 @@ def json_errors(respond: Callable[[int, str], web.Response], max_body: int, who:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if _client_gone(exc):
+            if _client_gone(request, exc):
                 log.debug("client went away during %s", route_template(request))
                 return respond(400, "connection closed before the request was complete")
             log.exception("internal error handling %s", route_template(request))
@@ -311,8 +312,8 @@ class JsonErrorHandler(web_protocol.RequestHandler):
             status, text = parser_error(exc)
             log.info("refused a malformed request from %s: %s", request.remote or "the Unix socket", text)
         elif status == 500:
-            log.error("internal error handling a request from %s: %s", request.remote,
-                      type(exc).__name__ if exc is not None else "unknown")
+            log.error("internal error handling a request from %s", request.remote,
+                      exc_info=exc)
             text = "internal error (see the %s's log)" % server.who
         elif status == 504:
             text = "the request took too long"
