@@ -25,12 +25,21 @@ Security (see README "Security model"):
   browser can fire GETs at localhost but cannot set the header;
 * the Host header must be an IP literal or ``localhost`` (or one of
   ``allowed_hosts``), which defeats DNS rebinding against the read routes;
+  on the TCP listener it is required, HTTP/1.0 included (400 without it);
+  over the Unix socket (0600, out of a browser's reach) it may be missing;
 * bodies are limited to :data:`MAX_BODY` bytes (413) and must arrive within
   :data:`BODY_TIMEOUT` seconds (408);
 * errors are ``{"error": message}`` with a 4xx status; an unexpected
   exception is logged and answered with a generic 500;
-* responses pass through :func:`phantom.logsetup.redact`, so a registered
-  private key can never leave through the API.
+* errors never quote the request (path, query, headers, body keys): they
+  name route templates, known fields and limits.  aiohttp's parser errors
+  (over-long request line 414, over-long or too many headers 431, bad
+  request line, method, header or chunking 400) get the same JSON shape
+  through :class:`JsonErrorRunner`, and are logged without the request's
+  bytes;
+* responses pass through :func:`phantom.logsetup.redact`, so the registered
+  private key and the API token can never leave through the API in any
+  encoding.
 """
 
 from __future__ import annotations
