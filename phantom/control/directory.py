@@ -61,7 +61,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from phantom import __version__, crypto, logsetup
-from phantom.control.api import json_errors
+from phantom.control.api import JsonErrorRunner, json_errors
 from phantom.control.config import PEER_NAME, PEER_NAME_RULE, format_endpoint, parse_endpoint, \
     parse_network
 from phantom.control.errors import ApiError, BadRequest, ConfigError, Conflict, NotFound, \
@@ -633,17 +633,17 @@ async def get_record(request: web.Request) -> web.Response:
     key = _path_key(request)
     row = request.app[STORE_KEY].get(key)
     if row is None or (not row.revoked and row.expires <= _now(request)):
-        raise NotFound("no record for %s" % key)
+        raise NotFound("no record for this key")
     return _json(row.doc)
 
 
 async def get_name(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if not PEER_NAME.match(name):
-        raise BadRequest("%r is not a valid name (%s)" % (name, PEER_NAME_RULE))
+        raise BadRequest("not a valid name (%s)" % PEER_NAME_RULE)
     row = request.app[STORE_KEY].by_name(name, int(_now(request)))
     if row is None:
-        raise NotFound("no record named %r" % name)
+        raise NotFound("no record with this name")
     return _json(row.doc)
 
 
@@ -673,8 +673,8 @@ async def put_record(request: web.Request) -> web.Response:
         status = 403 if "signature" in str(exc) or "forged" in str(exc) else 400
         raise (Forbidden if status == 403 else BadRequest)(str(exc)) from None
     if rec.key_text != key:
-        raise BadRequest("the record's public_key %s differs from the key in the path %s"
-                         % (rec.key_text, key))
+        raise BadRequest("the record's public_key %s differs from the key in the path"
+                         % rec.key_text)
     if not rec.revoked and rec.expires > now + app[MAX_TTL_KEY] + CLOCK_SKEW:
         raise BadRequest("record lives too long: expires in %d s, this directory keeps at most "
                          "%d s" % (rec.expires - now, app[MAX_TTL_KEY]))
@@ -684,7 +684,7 @@ async def put_record(request: web.Request) -> web.Response:
     if old is not None and old.doc.get("sig") == doc.get("sig"):
         return _json(old.doc)                      # the same record again: idempotent
     if old is not None and old.revoked:
-        raise Gone("key %s was revoked; a revocation is final" % key)
+        raise Gone("this key was revoked; a revocation is final")
     if old is not None and rec.seq <= old.seq:
         raise Conflict("stale seq %d: the directory holds seq %d for this key (newer wins)"
                        % (rec.seq, old.seq))
@@ -710,9 +710,9 @@ async def post_endorsement(request: web.Request) -> web.Response:
     app, now, store = request.app, _now(request), request.app[STORE_KEY]
     old = store.get(key)
     if old is None or (not old.revoked and old.expires <= now):
-        raise NotFound("no record for %s to endorse" % key)
+        raise NotFound("no record for this key to endorse")
     if old.revoked:
-        raise Gone("key %s was revoked" % key)
+        raise Gone("this key was revoked")
     try:
         rec = parse_record(old.doc, now, trusted_signers=None)
         signer = verify_endorsement(end, rec.public_key, rec.name, now)
@@ -750,8 +750,8 @@ def create_app(store: DirectoryStore, *, clock: Callable[[], float] = time.time,
 
 async def start_server(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Serve ``app``; ``runner.addresses`` tells the bound port (use port 0 in tests)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           keepalive_timeout=15.0, shutdown_timeout=2.0)
+    runner = JsonErrorRunner(app, respond=_error, who="directory", access_log=None,
+                             handle_signals=False, keepalive_timeout=15.0, shutdown_timeout=2.0)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_address=True, backlog=128).start()
