@@ -456,3 +456,30 @@ def test_open_failed_without_a_session_resets_and_frees_the_index():
     assert a._indexes == {} and pa.pending is None
     assert a.open_failed(12345) == []          # gone already: nothing to do
     assert a.remove_peer(pa.id) and a._indexes == {} and a.peers == {}
+
+
+def test_daemon_carries_out_installs_before_sends():
+    """Daemon._do enforces the invariant even for a list that breaks it."""
+    from phantom.daemon import Daemon
+
+    class DP:
+        def __init__(self):
+            self.calls = []
+
+        def send_control(self, data, addr):
+            self.calls.append("send")
+
+        def install_keypair(self, kp, confirmed):
+            self.calls.append("install")
+
+        def send_keepalive(self, peer_id):
+            self.calls.append("keepalive")
+
+        def set_endpoint(self, peer_id, addr):
+            self.calls.append("endpoint")
+
+    d = Daemon.__new__(Daemon)
+    d.dp = DP()
+    d._do([A.SetEndpoint(1, ADDR_A), A.SendDatagram(b"r", ADDR_A), A.InstallKeypair(None, False),
+           A.SendKeepalive(1)])
+    assert d.dp.calls == ["endpoint", "install", "send", "keepalive"]
