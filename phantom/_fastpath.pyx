@@ -59,6 +59,8 @@ assert FP_REPLAY_BLOCKS * 64 == FP_REPLAY_WINDOW + 64
 cdef uint64_t REPLAY_LIMIT = _constants.REJECT_AFTER_MESSAGES
 cdef size_t MAX_DATAGRAM = _wire.MAX_DATAGRAM_SIZE
 cdef size_t INITIATION_SIZE = _wire.INITIATION_SIZE
+cdef size_t PEER_CONTROL_MIN_SIZE = _wire.PEER_CONTROL_MIN_SIZE
+cdef size_t PEER_CONTROL_MAX_SIZE = _wire.PEER_CONTROL_MAX_SIZE
 cdef size_t RESPONSE_SIZE = _wire.RESPONSE_SIZE
 cdef size_t COOKIE_REPLY_SIZE = _wire.COOKIE_REPLY_SIZE
 
@@ -904,6 +906,14 @@ cdef int _in_prepare(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nog
             expect = INITIATION_SIZE if t == 1 else (RESPONSE_SIZE if t == 2 else COOKIE_REPLY_SIZE)
             if pkt.len != expect:
                 pkt.verdict = D_MALFORMED      # as wire.message_type: exact sizes
+            else:
+                pkt.verdict = V_CONSUMED
+                if _ev_push(e, EV_CONTROL_PACKET, -1, 0, pkt.buf, pkt.len, &pkt.addr, pkt.addrlen):
+                    events += 1
+            continue
+        if t == 5:                              # peer control: the control plane opens it
+            if pkt.len < PEER_CONTROL_MIN_SIZE or pkt.len > PEER_CONTROL_MAX_SIZE:
+                pkt.verdict = D_MALFORMED
             else:
                 pkt.verdict = V_CONSUMED
                 if _ev_push(e, EV_CONTROL_PACKET, -1, 0, pkt.buf, pkt.len, &pkt.addr, pkt.addrlen):
