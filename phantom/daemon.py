@@ -76,6 +76,7 @@ class Daemon:
         self._dir_tasks: set = set()
         self._endorsement_checks: dict = {}   # public key -> monotonic time of the last lookup
         self.drop_to = None              # passwd entry to switch to in serve() (root only), set by main()
+        self.nat = None                  # control.traversal.Traversal: rendezvous roles, paths
 
     # ------------------------------------------------------------- setup
     def open_privileged(self) -> None:
@@ -113,6 +114,25 @@ class Daemon:
                 self.dp.set_endpoint(peer.id, pc.endpoint)
         if s.mode is Mode.TEST and self.engine.peers:
             self.dp.set_test_peer(next(iter(self.engine.peers)))
+        servers = [pc.public_key for pc in s.peers if pc.rendezvous]
+        if s.rendezvous or servers:
+            from .control.traversal import Traversal
+            self.nat = Traversal(self.engine, serve=s.rendezvous, servers=servers,
+                                 local_endpoints=self._local_endpoints)
+
+    def _local_endpoints(self, toward) -> list:
+        """Our own (LAN) endpoints, for peers behind the same NAT: the address
+        the kernel picks toward the rendezvous ``toward``, and [interface] endpoints."""
+        import socket
+        out = []
+        try:
+            fam = socket.AF_INET6 if ":" in toward[0] else socket.AF_INET
+            with socket.socket(fam, socket.SOCK_DGRAM) as probe:
+                probe.connect(tuple(toward[:2]))
+                out.append((probe.getsockname()[0], self.udp.getsockname()[1]))
+        except OSError:
+            pass
+        return out + [tuple(ep) for ep in self.s.endpoints]
 
     def _compile_firewall(self, section: dict):
         from .dataplane import firewall
@@ -133,12 +153,19 @@ class Daemon:
 
     # ------------------------------------------------- data-path events
     def control_packet(self, data: bytes, addr) -> None:
+        if self.nat is not None and data[:1] == b"\x05":     # wire.MessageType.PEER_CONTROL
+            self._do(self.nat.handle_datagram(data, plain(addr)))
+            return
         self._do(self.engine.handle_datagram(data, plain(addr)))
 
     def handshake_needed(self, peer_id: int) -> None:
         self._do(self.engine.handshake_needed(peer_id))
+        if self.nat is not None:
+            self._do(self.nat.handshake_needed(peer_id))
 
     def keypair_confirmed(self, peer_id: int, local_index: int) -> None:
+        if self.nat is not None:
+            self.nat.keypair_confirmed(peer_id, local_index)
         self._do(self.engine.keypair_confirmed(peer_id, local_index))
 
     # ----------------------------------------------------- carry out actions
@@ -153,12 +180,20 @@ class Daemon:
                 dp.send_control(act.data, act.addr)
             elif isinstance(act, A.InstallKeypair):
                 dp.install_keypair(act.keypair, act.confirmed)
+                if self.nat is not None:
+                    self.nat.keypair_installed(act.keypair, act.confirmed)
             elif isinstance(act, A.RetireKeypair):
                 dp.retire_keypair(act.local_index)
+                if self.nat is not None:
+                    self.nat.keypair_retired(act.local_index)
             elif isinstance(act, A.ClearKeys):
                 dp.clear_keys(act.peer_id)
+                if self.nat is not None:
+                    self.nat.keys_cleared(act.peer_id)
             elif isinstance(act, A.SetEndpoint):
                 dp.set_endpoint(act.peer_id, act.addr)
+                if self.nat is not None:
+                    self.nat.endpoint_set(act.peer_id, act.addr)
             elif isinstance(act, A.SendKeepalive):
                 dp.send_keepalive(act.peer_id)
             elif isinstance(act, A.StateChanged):
@@ -177,6 +212,8 @@ class Daemon:
             try:
                 counters = {pid: self.dp.counters(pid) for pid in self.engine.peers}
                 self._do(self.engine.tick(counters))
+                if self.nat is not None:
+                    self._do(self.nat.tick())
             except Exception:  # a bug in one tick must not stop the timers
                 log.exception("timer tick failed")
             try:
@@ -404,7 +441,10 @@ class Daemon:
             "drops": c.drops,
             "persistent_keepalive": peer.persistent_keepalive,
             "sessions": len(peer.sessions),
+            "path": "direct" if peer.state.value == "established" else "none",
         }
+        if self.nat is not None:
+            info.update(self.nat.describe(peer.id))
         if already:
             info["already_established"] = True
         return info
@@ -427,6 +467,7 @@ class Daemon:
             "drops": self.dp.global_drops(),
             "handshake_drops": dict(self.engine.drops),
             "directory": self.s.directory,
+            "nat": self.nat.status() if self.nat is not None else None,
         }
 
     def firewall(self) -> dict:

@@ -942,10 +942,12 @@ class HomeRouter(Router):
 class Internet(Topology):
     """Two (or more) homes behind NAT routers on an 'internet' namespace.
 
-    ``inet``: the internet core and the rendezvous/relay host; one veth per
-    home, ``h<i>`` 10.212.<i>.1/24 (IPv4 forwarding on).
-    ``r<i>``: home router, ``wan0`` 10.212.<i>.2/24 (its public address,
-    default route via 10.212.<i>.1), bridge ``lan0`` 10.211.<i>.1/24 with one
+    ``inet``: the internet core and the rendezvous/relay host (``rv``): bridge
+    ``br0`` 10.212.0.1/24, one port ``h<i>`` per home (capture there to see
+    what a home sends to the internet).  One address: a multihomed
+    rendezvous would answer from the wrong source and the NATs would drop it.
+    ``r<i>``: home router, ``wan0`` 10.212.0.<10+i>/24 (its public address,
+    default route via 10.212.0.1), bridge ``lan0`` 10.211.<i>.1/24 with one
     port per LAN host; MASQUERADE of 10.211.<i>.0/24 out of wan0
     (``random_fully`` per home), short UDP conntrack timeouts
     (``udp_timeout`` seconds), the home-router filter of :class:`HomeRouter`.
@@ -957,19 +959,20 @@ class Internet(Topology):
     def build(self, homes: int = 2, hosts_per_home: int = 1, random_fully=(), udp_timeout: int = 30,
               ) -> "Internet":
         self.inet = self._ns("inet")
-        self.inet.sysctl("net.ipv4.ip_forward", 1)
+        self.inet.ip_batch(["link add br0 type bridge stp_state 0", "addr add 10.212.0.1/24 dev br0",
+                            "link set br0 up"])
         self.routers: list[HomeRouter] = []
         self.lans: list[list[Host]] = []
         for h in range(1, homes + 1):
             nr = self._ns("r%d" % h)
             self._veth(self.inet, "h%d" % h, nr, "wan0")
-            self.inet.ip_batch(["addr add 10.212.%d.1/24 dev h%d" % (h, h), "link set h%d up" % h])
-            nr.ip_batch(["addr add 10.212.%d.2/24 dev wan0" % h, "link set wan0 up",
-                         "route add default via 10.212.%d.1 dev wan0" % h,
+            self.inet.ip_batch(["link set h%d master br0" % h, "link set h%d up" % h])
+            nr.ip_batch(["addr add 10.212.0.%d/24 dev wan0" % (10 + h), "link set wan0 up",
+                         "route add default via 10.212.0.1 dev wan0",
                          "link add lan0 type bridge stp_state 0", "addr add 10.211.%d.1/24 dev lan0" % h,
                          "link set lan0 up"])
             nr.sysctl("net.ipv4.ip_forward", 1)
-            r = HomeRouter(nr, "10.211.%d.1" % h, "10.212.%d.2" % h, "10.211.%d.0/24" % h)
+            r = HomeRouter(nr, "10.211.%d.1" % h, "10.212.0.%d" % (10 + h), "10.211.%d.0/24" % h)
             rf = h in tuple(random_fully)
             r.random_fully = rf
             nr.run(["iptables", "-t", "nat", "-A", "POSTROUTING"] + r.masquerade_rule(rf))
@@ -993,7 +996,7 @@ class Internet(Topology):
                 self.hosts[role] = host
                 lan.append(host)
             self.lans.append(lan)
-        self.rv = Host("rv", self.inet, "h1", "10.212.1.1", None, peer=LinkEnd(self.routers[0].ns, "wan0"))
+        self.rv = Host("rv", self.inet, "br0", "10.212.0.1", None)
         self.r1 = self.routers[0]
         self.r2 = self.routers[1] if homes > 1 else None
         return self
@@ -1002,6 +1005,7 @@ class Internet(Topology):
         super().wait_ready(timeout)
         for r in self.routers:
             r.ns.wait_link_up("lan0", timeout)
+        self.inet.wait_link_up("br0", timeout)
 
 
 @contextlib.contextmanager

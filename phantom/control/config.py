@@ -70,6 +70,7 @@ class PeerConfig:
     endpoint: Optional[tuple[str, int]] = None         # (ip, port); None: wait for the peer
     allowed_ips: list[IPNetwork] = field(default_factory=list)
     persistent_keepalive: int = 0                      # seconds, 0 = off
+    rendezvous: bool = False                           # NAT traversal: this peer is a rendezvous node
 
     @property
     def public_key_b64(self) -> str:
@@ -102,6 +103,7 @@ class Settings:
     name: Optional[str] = None                          # our name in the key directory
     endpoints: list[tuple[str, int]] = field(default_factory=list)   # advertised in the directory
     trusted_signers: list[bytes] = field(default_factory=list)      # Ed25519 keys of endorsers
+    rendezvous: bool = False                            # NAT traversal: serve as a rendezvous node
     peers: list[PeerConfig] = field(default_factory=list)
     firewall: dict = field(default_factory=dict)
     tunables: Tunables = field(default_factory=Tunables)
@@ -201,8 +203,8 @@ def parse_port(value: Any, key: str, *, allow_zero: bool = False) -> int:
 SECTIONS = ("interface", "peer", "firewall", "tunables")
 INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen", "http_socket",
                   "test_port", "test_deliver", "mode", "device", "addresses", "mtu", "state_dir",
-                  "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers")
-PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive")
+                  "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers", "rendezvous")
+PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive", "rendezvous")
 
 
 def _unknown(key: str, name: str, known) -> ConfigError:
@@ -358,6 +360,8 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
         elif name == "endpoints":
             _expect(value, list, key, "a list of \"ip:port\" strings")
             s.endpoints = [parse_endpoint(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
+        elif name == "rendezvous":
+            s.rendezvous = _expect(value, bool, key, "true or false")
         elif name == "trusted_signers":
             _expect(value, list, key, "a list of base64 Ed25519 public keys")
             s.trusted_signers = [_signer_key(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
@@ -418,8 +422,11 @@ def _peer(table: Any, i: int) -> PeerConfig:
         keepalive = _expect(table["persistent_keepalive"], int, key, "a number of seconds")
         if not 0 <= keepalive <= 65535:
             raise ConfigError(key, "%d is outside 0..65535 seconds (0 turns it off)" % keepalive)
+    rendezvous = _expect(table.get("rendezvous", False), bool, where + ".rendezvous", "true or false")
+    if rendezvous and endpoint is None:
+        raise ConfigError(where + ".rendezvous", "a rendezvous node needs an endpoint")
     return PeerConfig(name=name, public_key=public, endpoint=endpoint, allowed_ips=allowed,
-                      persistent_keepalive=keepalive)
+                      persistent_keepalive=keepalive, rendezvous=rendezvous)
 
 
 DEFAULT_NAME_BYTES = 4      # "peer-" + 8 hex digits of the key, longer only where needed
