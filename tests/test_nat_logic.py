@@ -235,3 +235,18 @@ def test_path_changes_and_relay_timing():
     assert t.targets(1)[0] == ("203.0.113.2", 1)     # the endpoint in use first
     assert t.describe(1)["path"] == "direct"
     assert t.down(1, "session expired").new == "none"
+
+
+def test_client_notices_a_silent_rendezvous():
+    clock = Clock()
+    c = RendezvousClient(clock, servers={R}, peers={A, R})
+    assert c.due_registrations([R]) == [R]
+    c.handle(R, wire.Registered((("203.0.113.1", 1),)))
+    clock.t += 2
+    assert c.unanswered(2.0) == []
+    clock.t += 5
+    assert c.due_registrations([R]) == [R]        # re-registration, then silence
+    clock.t += 1
+    assert c.unanswered(2.0) == []
+    clock.t += 1
+    assert c.unanswered(2.0) == [R]

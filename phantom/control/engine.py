@@ -204,6 +204,15 @@ class Engine:
             return []
         return self._begin_handshake(peer, max(self._attempt_limit(), self.t.open_attempts), "hole punching")
 
+    def rehandshake(self, peer_id: int, reason: str) -> list:
+        """A session that looks up but whose far end stopped answering at a
+        higher layer (a rendezvous that ignores our registrations: it
+        restarted and forgot our keys): start a new handshake now."""
+        peer = self.peers.get(peer_id)
+        if peer is None or peer.pending is not None:
+            return []
+        return self._begin_handshake(peer, self._attempt_limit(), reason)
+
     def _send_initiation(self, peer: Peer) -> list:
         now = self.clock()
         targets = self._targets(peer)

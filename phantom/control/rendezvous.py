@@ -190,11 +190,12 @@ class RendezvousClient:
     peers: set = field(default_factory=set)
     local_endpoints: tuple = ()
     ask_interval: float = 1.0
-    register_interval: float = 25.0
+    register_interval: float = 5.0
     drops: Counter = field(default_factory=Counter)
     reflexive: dict = field(default_factory=dict)        # server key -> our reflexive endpoint there
     _asked: dict = field(default_factory=dict)            # (server, target) -> time
     _registered: dict = field(default_factory=dict)       # server key -> time we sent Register
+    _acked: dict = field(default_factory=dict)            # server key -> time of its last Registered
 
     def registration(self) -> wire.Register:
         keys = tuple(sorted(bytes(k) for k in self.peers - self.servers))[:wire.MAX_CONTROL_KEYS]
@@ -214,7 +215,15 @@ class RendezvousClient:
 
     def session_lost(self, server: bytes) -> None:
         self._registered.pop(server, None)
+        self._acked.pop(server, None)
         self.reflexive.pop(server, None)
+
+    def unanswered(self, timeout: float) -> list:
+        """Servers whose last registration got no ``Registered`` within
+        ``timeout``: their session is dead at the far end (e.g. it restarted)."""
+        now = self.clock()
+        return [s for s, t in self._registered.items()
+                if now - t >= timeout and self._acked.get(s, float("-inf")) < t]
 
     def may_ask(self, server: bytes, target: bytes) -> bool:
         now = self.clock()
@@ -233,6 +242,7 @@ class RendezvousClient:
             self.drops["not_a_rendezvous"] += 1
             return None
         if isinstance(msg, wire.Registered):
+            self._acked[server] = self.clock()
             if msg.endpoints:
                 self.reflexive[server] = msg.endpoints[0]
             return None

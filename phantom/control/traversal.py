@@ -109,7 +109,8 @@ class Traversal:
     def __init__(self, engine, *, serve: bool = False, servers: Iterable = (),
                  local_endpoints: Callable[[tuple], list] = lambda server_ep: [],
                  clock: Optional[Callable[[], float]] = None, ask_interval: float = 1.0,
-                 register_interval: float = 10.0, reask_interval: float = 5.0):
+                 register_interval: float = 5.0, register_timeout: float = 2.0,
+                 reask_interval: float = 5.0):
         self.engine = engine
         self.clock = clock or engine.clock
         self.channel = PeerControlChannel()
@@ -119,6 +120,7 @@ class Traversal:
         self.paths = PathTable(self.clock)
         self._local_endpoints = local_endpoints
         self._reask = reask_interval
+        self._register_timeout = register_timeout
         self._last_ask: dict = {}
         self.drops: Counter = Counter()
 
@@ -129,6 +131,9 @@ class Traversal:
     # ------------------------------------------------------------ keys
     def keypair_installed(self, kp, confirmed: bool) -> None:
         self.channel.install(kp, confirmed)
+        peer = self.engine.peers.get(kp.peer_id)
+        if peer is not None and peer.public_key in self.client.servers:
+            self.client.session_lost(peer.public_key)     # a new session: register on it at once
 
     def keypair_confirmed(self, peer_id: int, local_index: int) -> None:
         self.channel.confirm(local_index)
@@ -211,7 +216,12 @@ class Traversal:
         self.paths.punch_started(peer.id)
         if peer.state is PeerState.ESTABLISHED:
             self.engine.set_candidates(peer.id, targets)
-            return []
+            if got.kind == "answer":
+                return []
+            # The peer asked for us although our session looks up: its side
+            # is gone (an expired NAT mapping, a restart).  Our initiations
+            # open our NAT toward it; theirs then get through.
+            return self.engine.rehandshake(peer.id, "punch request while established")
         return self.engine.punch(peer.id, targets)
 
     # ------------------------------------------------------- triggers
@@ -248,6 +258,13 @@ class Traversal:
         out = []
         up = {p.public_key: p for p in self._up_servers()}
         self.client.peers = set(self.engine._by_key)
+        for key in self.client.unanswered(self._register_timeout):
+            server = self.engine.peer_by_key(key)
+            self.client.session_lost(key)
+            if server is not None:
+                log.info("peer=%s rendezvous did not answer our registration: new handshake", server.name)
+                out += self.engine.rehandshake(server.id, "rendezvous silent")
+                up.pop(key, None)
         for key in self.client.due_registrations(list(up)):
             server = up[key]
             if server.endpoint is None:
