@@ -20,7 +20,6 @@ and fetches from the daemon itself only.
 
 from __future__ import annotations
 
-import hmac
 from importlib import resources
 
 from aiohttp import web
@@ -96,10 +95,8 @@ async def events(request: web.Request) -> web.Response:
 
 
 async def auth(request: web.Request) -> web.Response:
-    from phantom.control.api import TOKEN_KEY, error_response, json_response
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    ok = hmac.compare_digest(given.strip().encode("utf-8", "replace"), request.app[TOKEN_KEY])
-    if ok and scheme.lower() == "bearer":
+    from phantom.control.api import _authorized, error_response, json_response
+    if _authorized(request):           # constant-time, as for every mutation
         return json_response({"signed_in": True})
     resp = error_response(401, "missing or wrong API token")
     resp.headers["WWW-Authenticate"] = 'Bearer realm="phantom"'
@@ -135,3 +132,37 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/auth", auth)
     r.add_post("/reload", reload)
     r.add_get("/reload", _refuse_get, allow_head=False)
+
+
+def openapi_paths(ok, err, common: dict, mutation: dict, obj: dict) -> dict:
+    """The OpenAPI entries of these routes (merged into api.OPENAPI)."""
+    def page(description, media):
+        return {"description": description, "content": {media: {"schema": {"type": "string"}}}}
+    return {
+        "/": {"get": {"summary": "The dashboard (HTML page)", "operationId": "dashboard",
+                      "responses": dict(common, **{"200": page("the page", "text/html")})}},
+        "/dashboard/{file}": {"get": {
+            "summary": "The dashboard's script and style sheet", "operationId": "dashboardFile",
+            "parameters": [{"name": "file", "in": "path", "required": True,
+                            "schema": {"type": "string", "enum": ["app.js", "style.css"]}}],
+            "responses": dict(common, **{"200": page("the file", "text/javascript"),
+                                         "404": err("no such file")})}},
+        "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format 0.0.4)",
+                             "operationId": "metrics",
+                             "responses": dict(common, **{"200": page("metrics", "text/plain")})}},
+        "/events": {"get": {
+            "summary": "Recent events (the daemon's INFO+ log records)", "operationId": "events",
+            "parameters": [{"name": "since", "in": "query", "required": False,
+                            "schema": {"type": "integer"}}],
+            "responses": dict(common, **{"200": ok("events", obj),
+                                         "400": err("since is not an integer")})}},
+        "/auth": {"get": {"summary": "Check a bearer token (200) or not (401)",
+                          "operationId": "auth", "security": [{"bearer": []}],
+                          "responses": dict(common, **{"200": ok("signed in", obj),
+                                                       "401": err("missing or wrong token")})}},
+        "/reload": {"post": {
+            "summary": "Re-read the config file; peers and firewall change in place",
+            "operationId": "reload", "security": [{"bearer": []}],
+            "responses": dict(mutation, **{"200": ok("what changed", obj),
+                                           "404": err("this controller cannot reload")})}},
+    }
