@@ -80,6 +80,7 @@ class Daemon:
         from .control import reload as _reload
         self._file_settings = _reload.baseline(settings)   # the file as read at start (reload diffs)
         self._metrics = None             # prometheus-client registry, made at the first scrape
+        self._metrics_runner = None      # the metrics_listen server, when configured
 
     # ------------------------------------------------------------- setup
     def open_privileged(self) -> None:
@@ -490,6 +491,10 @@ class Daemon:
         self._api_runner = await start_api(app, self.s.http_listen if self.s.http_port else None,
                                            self.s.http_port,
                                            str(self.s.http_socket) if self.s.http_socket else None)
+        if self.s.metrics_listen:
+            from .control.opsapi import create_metrics_app
+            host, port = self.s.metrics_listen
+            self._metrics_runner = await start_api(create_metrics_app(self), host, port)
         self.build()
         _preload()
         if self.drop_to is not None:     # main() locked down before the loop existed
@@ -518,6 +523,8 @@ class Daemon:
             await self.directory.close()
             self.directory.wipe()
         await self._api_runner.cleanup()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
         self.dp.close()
         if self.device:
             self.device.close()

@@ -94,3 +94,17 @@ def test_metrics_need_no_token_and_show_no_secrets(two_hosts, daemon_factory, tm
     key = a.keyfile.read_text().strip()
     token = a.daemon.token
     assert key not in text and token not in text
+
+
+def test_metrics_on_their_own_listen_address(two_hosts, daemon_factory, tmp_path):
+    from tunnelkit import peer_entry, start, write_config
+    a, b = mesh(daemon_factory, tmp_path, [two_hosts.a, two_hosts.b], start_daemons=False)
+    write_config(a, mode="tun", peers=[peer_entry(b, mode="tun")],
+                 extra={"metrics_listen": "127.0.0.1:9586"})
+    start(daemon_factory, a)
+    code, text = a.host.ns.http("GET", "/metrics", port=9586)
+    assert code == 200 and 'phantom_peer_state{peer="n2",state="idle"} 1.0' in text
+    code, body = a.host.ns.http("GET", "/status", port=9586)     # nothing else there
+    assert code == 404 and "error" in body
+    code, body = a.host.ns.http("GET", "/metrics", port=9586, headers={"Host": "evil.example"})
+    assert code == 403

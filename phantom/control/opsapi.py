@@ -134,6 +134,28 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/reload", _refuse_get, allow_head=False)
 
 
+def create_metrics_app(controller) -> web.Application:
+    """The ``metrics_listen`` server: GET /metrics alone (no token, no other
+    route), with the API's Host check and JSON errors."""
+    from phantom.control.api import CONTROLLER_KEY, HOSTS_KEY, MAX_BODY, _errors, _host_ok, \
+        error_response
+
+    @web.middleware
+    async def host_check(request, handler):
+        if "Host" not in request.headers:
+            return error_response(400, "missing Host header: send 'Host: 127.0.0.1' (or localhost)")
+        if not _host_ok(request):
+            return error_response(403, "the Host header is not allowed (use 127.0.0.1, [::1] or "
+                                  "localhost)")
+        return await handler(request)
+
+    app = web.Application(middlewares=[_errors, host_check], client_max_size=MAX_BODY)
+    app[CONTROLLER_KEY] = controller
+    app[HOSTS_KEY] = frozenset()
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
 def openapi_paths(ok, err, common: dict, mutation: dict, obj: dict) -> dict:
     """The OpenAPI entries of these routes (merged into api.OPENAPI)."""
     def page(description, media):
