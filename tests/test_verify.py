@@ -53,8 +53,10 @@ def verify(host, *args, timeout=40):
 
 
 @pytest.mark.netns
-def test_verify_reports_no_plaintext_on_a_working_tunnel(two_hosts, daemon_factory, tmp_path):
-    a, b = mesh(daemon_factory, tmp_path, [two_hosts.a, two_hosts.b])
+@pytest.mark.parametrize("datapath", ["reference", "fast"])
+def test_verify_reports_no_plaintext_on_a_working_tunnel(two_hosts, daemon_factory, tmp_path,
+                                                         datapath):
+    a, b = mesh(daemon_factory, tmp_path, [two_hosts.a, two_hosts.b], datapath=datapath)
     assert a.host.ns.ping(b.tun4, timeout=10)
     cp = verify(a.host, "n2", "--seconds", "2", "--count", "40")
     print(cp.stdout, cp.stderr)
@@ -104,3 +106,14 @@ def test_verify_without_traffic_is_inconclusive_not_a_pass(two_hosts):
                 "--seconds", "0.5", "--count", "3", "--interface", "eth0")
     assert cp.returncode == 3, cp.stdout + cp.stderr
     assert "inconclusive" in cp.stdout
+
+
+@pytest.mark.netns
+def test_verify_in_test_mode_sends_through_the_test_port(two_hosts, daemon_factory, tmp_path):
+    a, b = mesh(daemon_factory, tmp_path, [two_hosts.a, two_hosts.b], mode="test")
+    cp = verify(a.host, "n2", "--seconds", "1.5", "--count", "20", "--json")
+    import json
+    r = json.loads(cp.stdout)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert r["sent_to"] == "127.0.0.1:8000" and r["verdict"] == "no plaintext"
+    assert r["kinds"].get("transport", 0) >= 20 and r["random_share"] >= 0.95
