@@ -3,7 +3,6 @@ changes, what stays, what is refused, without namespaces."""
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from types import SimpleNamespace
 

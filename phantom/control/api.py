@@ -716,6 +716,7 @@ OPENAPI: dict = {
     },
 }
 
+
 def _add_ops_paths() -> None:
     from phantom.control import opsapi
     OPENAPI["paths"].update(opsapi.openapi_paths(_ok, _err, _COMMON_ERRORS, _MUTATION_ERRORS, _OBJ))

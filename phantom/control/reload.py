@@ -38,7 +38,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .config import (ConfigError, PeerConfig, Settings, _check_peers, check_own_key,
+from .config import (ConfigError, Settings, _check_peers, check_own_key,
                      read_config_file, settings_from_mapping)
 
 log = logging.getLogger("phantom.daemon")
