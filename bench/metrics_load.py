@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -158,6 +159,7 @@ def main(argv=None) -> int:
         for d in daemons:
             d.stop()
         restore()
+        shutil.rmtree(tmp, ignore_errors=True)      # keys and logs of this run
     off, on = summary(results["off"]), summary(results["on"])
     diff = (on["median"] - off["median"]) / off["median"] * 100
     noise = max(off["max"] - off["min"], on["max"] - on["min"]) / off["median"] * 100

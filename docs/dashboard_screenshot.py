@@ -6,6 +6,7 @@ proxy.  Run as root:  .venv/bin/python docs/dashboard_screenshot.py"""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,6 +83,7 @@ def main() -> int:
         for d in daemons:
             d.stop()
         restore()
+        shutil.rmtree(tmp, ignore_errors=True)      # keys and logs of this run
     return 0
 
 
