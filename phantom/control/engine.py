@@ -367,6 +367,7 @@ class Engine:
         peer.last_handshake = now
         peer.last_handshake_wall = self.wall()
         peer.first_unanswered = None
+        peer.handshakes += 1
         kp = Keypair(peer.id, keys.local_index, keys.remote_index, keys.send_key, keys.recv_key,
                      time.monotonic(), keys.initiator)
         return A.InstallKeypair(kp, confirmed)

@@ -65,6 +65,8 @@ class Peer:
     wanted: bool = False                    # keep it up: configured endpoint, opened or keepalive
     cookies: Optional[CookieGenerator] = None
     state: PeerState = PeerState.IDLE
+    path: str = "direct"                    # how traffic reaches it: "direct" (relays: later)
+    handshakes: int = 0                     # completed handshakes (metrics)
 
     # handshake
     pending: Optional[PendingHandshake] = None

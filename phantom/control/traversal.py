@@ -162,6 +162,8 @@ class Traversal:
         if change is None:
             return
         peer = self.engine.peers.get(change.peer_id)
+        if peer is not None and hasattr(peer, "path"):
+            peer.path = self.paths.peer(change.peer_id).label()
         log.info("peer=%s path %s -> %s (%s)", peer.name if peer else change.peer_id, change.old,
                  change.new, change.reason)
 
