@@ -58,6 +58,8 @@ EXIT_RUNTIME = 1
 class Daemon:
     """Owns the engine, the data path and the API; carries out the engine's actions."""
 
+    nat = None    # control.traversal.Traversal when NAT traversal is configured (build())
+
     def __init__(self, settings: Settings, private_key: bytearray):
         self.s = settings
         self.t: Tunables = settings.tunables
