@@ -46,7 +46,7 @@ from .control.config import ConfigError, Settings, parse_daemon_args
 from .control.engine import Engine
 from .control.errors import ApiError, BadRequest, Conflict, HandshakeTimeout, NotFound, ServiceUnavailable
 from .control.peer import PeerState
-from .dataplane.types import Mode
+from .dataplane.types import Mode, RelayVia
 from .dataplane.udp import format_endpoint, open_test_socket, open_udp_socket, plain
 
 log = logging.getLogger("phantom.daemon")
@@ -124,8 +124,15 @@ class Daemon:
         servers = [pc.public_key for pc in s.peers if pc.rendezvous]
         if s.rendezvous or servers:
             from .control.traversal import Traversal
+            relay_capable = hasattr(self.dp, "set_relay_route")
             self.nat = Traversal(self.engine, serve=s.rendezvous, servers=servers,
+                                 relay=s.relay and relay_capable, relay_capable=relay_capable,
                                  local_endpoints=self._local_endpoints)
+            if s.relay:
+                if relay_capable:
+                    self.dp.set_relay(True)
+                else:
+                    log.warning("relay = true: this data path cannot relay (the reference path can)")
 
     def _local_endpoints(self, toward) -> list:
         """Our own (LAN) endpoints, for peers behind the same NAT: the address
@@ -203,6 +210,8 @@ class Daemon:
                     self.nat.endpoint_set(act.peer_id, act.addr)
             elif isinstance(act, A.SendKeepalive):
                 dp.send_keepalive(act.peer_id)
+            elif isinstance(act, A.SetRelayRoute):
+                dp.set_relay_route(act.peer_id, act.relay_peer, act.relay_id)
             elif isinstance(act, A.StateChanged):
                 asyncio.get_running_loop().create_task(self._notify())
             elif isinstance(act, A.UnknownKey):
@@ -438,7 +447,7 @@ class Daemon:
         info = {
             "name": peer.name,
             "public_key": _b64(peer.public_key),
-            "endpoint": format_endpoint(self.dp.endpoint(peer.id) or peer.endpoint),
+            "endpoint": format_endpoint(self._endpoint_in_use(peer)),
             "allowed_ips": [str(n) for n in peer.allowed_ips],
             "state": peer.state.value,
             "last_handshake": peer.last_handshake_wall or None,
@@ -455,6 +464,12 @@ class Daemon:
         if already:
             info["already_established"] = True
         return info
+
+    def _endpoint_in_use(self, peer):
+        ep = self.dp.endpoint(peer.id) or peer.endpoint
+        if isinstance(ep, RelayVia):          # relayed: the relay's own endpoint
+            ep = self.dp.endpoint(ep.relay_peer)
+        return ep
 
     def peers(self) -> list:
         return [self.peer_info(p) for p in self.engine.peers.values()]

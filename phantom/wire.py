@@ -26,6 +26,15 @@ three reserved zero bytes, followed by little-endian fields (as in WireGuard):
       opens it with its own reference to the session's keys.
       body = seq u64 | kind u8 | fields (:class:`ControlKind`, NAT traversal:
       rendezvous registration, where-is, answers and punch requests).
+  type 6  relay                   (32 + 4 + m bytes)
+      receiver_index u32 | counter u64 | secretbox(mac[16] | relay_id u32 | inner[m])
+      one hop (A -> relay, or relay -> B), sealed exactly like transport data
+      with that hop's session (its counter, its replay window), so each hop is
+      authenticated by its own keys.  A -> relay: relay_id is the destination's
+      id at the relay; relay -> B: the source's.  ``inner`` is an A <-> B
+      Phantom message (handshake or transport data), end-to-end encrypted with
+      A's and B's keys: the relay forwards it and cannot read it.  A relay never
+      delivers a relay frame's content to its own device.
 
 The Noise handshake messages proper are the bytes from ``ephemeral`` up to
 (not including) ``mac1``; see :func:`noise_bytes`.
@@ -56,6 +65,7 @@ class MessageType(enum.IntEnum):
     COOKIE_REPLY = 3
     TRANSPORT = 4
     PEER_CONTROL = 5
+    RELAY = 6
 
 
 # --- layouts ------------------------------------------------------------------
@@ -100,6 +110,8 @@ PEER_CONTROL_MAX_BODY = 12288
 PEER_CONTROL_MAX_SIZE = PEER_CONTROL_HEADER.size + AEAD_TAG_SIZE + PEER_CONTROL_MAX_BODY
 MAX_CONTROL_ENDPOINTS = 8      # endpoints in one message
 MAX_CONTROL_KEYS = 256         # accepted keys in one registration
+RELAY_ID = struct.Struct("<I")
+RELAY_MIN_SIZE = TRANSPORT_OVERHEAD + RELAY_ID.size + HEADER.size   # an inner message has a header
 
 _EXPECTED_SIZE = {
     MessageType.INITIATION: INITIATION_SIZE,
@@ -128,7 +140,12 @@ def message_type(datagram: bytes) -> MessageType:
         mtype = MessageType(t)
     except ValueError:
         raise WireError("unknown message type %d" % t) from None
-    if mtype is MessageType.PEER_CONTROL:
+    if mtype is MessageType.RELAY:
+        if n < RELAY_MIN_SIZE:
+            raise WireError("truncated relay message")
+        if n > MAX_DATAGRAM_SIZE:
+            raise WireError("oversized relay message")
+    elif mtype is MessageType.PEER_CONTROL:
         if n < PEER_CONTROL_MIN_SIZE:
             raise WireError("truncated peer control message")
         if n > PEER_CONTROL_MAX_SIZE:
@@ -287,12 +304,14 @@ class WhereIs:
 class Endpoints:
     key: bytes
     endpoints: tuple = ()
+    relay_id: int = 0            # the key's id at this node when it relays for us (0: no relay)
 
 
 @dataclass(frozen=True)
 class Punch:
     key: bytes
     endpoints: tuple = ()
+    relay_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -352,7 +371,7 @@ def encode_control(seq: int, msg) -> bytes:
     elif isinstance(msg, WhereIs):
         body = bytes(msg.key)
     else:
-        body = bytes(msg.key) + _pack_endpoints(msg.endpoints)
+        body = bytes(msg.key) + RELAY_ID.pack(msg.relay_id) + _pack_endpoints(msg.endpoints)
     if len(msg.key if hasattr(msg, "key") else b"\0" * KEY_SIZE) != KEY_SIZE:
         raise WireError("bad key")
     out = head + body
@@ -389,11 +408,12 @@ def decode_control(body: bytes):
             raise WireError("bad where-is")
         return seq, WhereIs(bytes(body[off:]))
     else:
-        if len(body) - off < KEY_SIZE:
+        if len(body) - off < KEY_SIZE + RELAY_ID.size:
             raise WireError("truncated key")
         key = bytes(body[off:off + KEY_SIZE])
-        eps, off = _unpack_endpoints(body, off + KEY_SIZE)
-        msg = (Endpoints if kind is ControlKind.ENDPOINTS else Punch)(key, eps)
+        (relay_id,) = RELAY_ID.unpack_from(body, off + KEY_SIZE)
+        eps, off = _unpack_endpoints(body, off + KEY_SIZE + RELAY_ID.size)
+        msg = (Endpoints if kind is ControlKind.ENDPOINTS else Punch)(key, eps, relay_id)
     if off != len(body):
         raise WireError("trailing bytes in peer control body")
     return seq, msg

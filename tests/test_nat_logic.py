@@ -34,7 +34,7 @@ A, B, C, R = key(1), key(2), key(3), key(9)
     wire.WhereIs(B),
     wire.Endpoints(B, (("203.0.113.5", 40000),)),
     wire.Endpoints(B, ()),
-    wire.Punch(A, (("198.51.100.1", 1), ("10.1.0.2", 9000))),
+    wire.Punch(A, (("198.51.100.1", 1), ("10.1.0.2", 9000)), 7),
     wire.Registered((("203.0.113.5", 40000),)),
 ])
 def test_control_body_round_trip(msg):
@@ -47,8 +47,8 @@ def test_control_body_round_trip(msg):
     wire.PEER_CONTROL_BODY_HEADER.pack(1, 2) + b"\x01" * 31,                  # short key
     wire.encode_control(1, wire.WhereIs(A)) + b"x",                           # trailing
     wire.encode_control(1, wire.Punch(A, (("10.0.0.1", 1),)))[:-1],           # truncated endpoint
-    wire.PEER_CONTROL_BODY_HEADER.pack(1, 4) + A + b"\x09",                   # 9 endpoints
-    wire.PEER_CONTROL_BODY_HEADER.pack(1, 4) + A + b"\x01\x05" + b"\x00" * 6,  # family 5
+    wire.PEER_CONTROL_BODY_HEADER.pack(1, 4) + A + bytes(4) + b"\x09",        # 9 endpoints
+    wire.PEER_CONTROL_BODY_HEADER.pack(1, 4) + A + bytes(4) + b"\x01\x05" + bytes(6),  # family 5
     wire.PEER_CONTROL_BODY_HEADER.pack(1, 1) + b"\x00" + b"\x02\x00" + A,     # 2 keys announced, 1 given
 ])
 def test_control_body_garbage_is_a_wire_error(body):

@@ -51,13 +51,14 @@ def send_marked(src, dst, count=5, port=7100):
         s.close()
 
 
-def build_nodes(tmp_path, net, lan_hosts):
+def build_nodes(tmp_path, net, lan_hosts, relay=False):
     """A rendezvous node on the internet namespace and one node per LAN
     host; every LAN node knows the others by key only (no endpoint) and the
     rendezvous by key and endpoint."""
     rv = make_node(tmp_path, "rv", 10, net.rv)
     nodes = [make_node(tmp_path, "n%d" % (i + 1), i + 1, h) for i, h in enumerate(lan_hosts)]
-    write_config(rv, mode="tun", ipv6=False, tunables=FAST_TUNABLES, extra={"rendezvous": True},
+    extra = {"rendezvous": True, "relay": True} if relay else {"rendezvous": True}
+    write_config(rv, mode="tun", ipv6=False, tunables=FAST_TUNABLES, extra=extra,
                  peers=[peer_entry(n, mode="tun", endpoint=False, allowed=[]) for n in nodes])
     for n in nodes:
         rv_entry = peer_entry(rv, mode="tun", keepalive=1, allowed=[])
@@ -108,6 +109,8 @@ def test_hole_punching_through_two_masquerade_nats(daemon_factory, tmp_path, dat
         assert time.monotonic() - t0 < 5.0
         pa, pb = a.peer("n2"), b.peer("n1")
         assert pa["path"] == "direct" and pb["path"] == "direct"
+        code, body = a.api("GET", "/peers")
+        assert code == 200 and {p["name"]: p["path"] for p in body}["n2"] == "direct"
         assert pa["endpoint"] == "%s:%d" % (net.r2.wan_ip, UDP_PORT)
         assert pb["endpoint"] == "%s:%d" % (net.r1.wan_ip, UDP_PORT)
         bps = iperf(a, b, 5)
@@ -160,3 +163,75 @@ def test_rendezvous_restart_and_expired_mapping_heal(daemon_factory, tmp_path, d
         assert b.host.ns.ping(a.tun4, timeout=3)
         send_marked(a, b)
         send_marked(b, a)
+
+
+# Relays: the reference data path relays (the fast path does not yet: see docs/nat.md).
+def test_relay_when_both_nats_map_per_destination(daemon_factory, tmp_path, wires):
+    with netns.internet(random_fully=(1, 2), udp_timeout=UDP_CONNTRACK_TIMEOUT) as net:
+        core1, core2 = wires(net.inet, "h1"), wires(net.inet, "h2")
+        wires(net["a"], "eth0")
+        wires(net["b"], "eth0")
+        rv, (a, b) = build_nodes(tmp_path, net, [net["a"], net["b"]], relay=True)
+        start_all(daemon_factory, "reference", rv, [a, b])
+        rv_tun = wires(net.inet, "phtun0")
+        t0 = time.monotonic()
+        ok = a.host.ns.ping(b.tun4, timeout=5)
+        if not ok:
+            for n in (rv, a, b):
+                st = n.status()
+                print("STATUS", n.name, st["drops"], st["handshake_drops"], st["nat"])
+        assert ok, "a reaches b through the relay"
+        took = time.monotonic() - t0
+        assert took < 5.0
+        assert a.peer("n2")["path"] == "relayed via rv"
+        wait_for(lambda: b.peer("n1")["path"] == "relayed via rv", timeout=3, what="b relayed too")
+        assert a.peer("n2")["endpoint"] == "%s:%d" % (net.rv.ip, UDP_PORT)
+        send_marked(a, b, count=20)
+        send_marked(b, a, count=20)
+        assert a.host.ns.ping(b.tun4, timeout=3)
+        time.sleep(0.3)
+        for cap in (core1, core2):
+            cap.stop()
+            relayed = [u for u in cap.udp() if u.payload[:1] == bytes([wire.MessageType.RELAY])]
+            assert relayed, "relay frames on %r" % cap
+            # data and relay frames all have the relay at one end: only the
+            # (failed) punch initiations went NAT to NAT
+            assert all(net.rv.ip in (u.src, u.dst) for u in cap.udp()
+                       if u.payload[:1] in (b"\x04", b"\x06"))
+            assert all(u.payload[:1] in (b"\x01", b"\x02") for u in cap.udp()
+                       if net.rv.ip not in (u.src, u.dst))
+        rv_tun.stop()
+        assert rv_tun.packets() == [], "the relay's own device saw nothing of the relayed traffic"
+        assert rv.status()["nat"]["drops"] == {} or "auth_failed" not in rv.status()["nat"]["drops"]
+
+
+def test_relayed_path_upgrades_to_direct_without_breaking_tcp(daemon_factory, tmp_path, wires):
+    with netns.internet(random_fully=(1, 2), udp_timeout=UDP_CONNTRACK_TIMEOUT) as net:
+        core1 = wires(net.inet, "h1")
+        rv, (a, b) = build_nodes(tmp_path, net, [net["a"], net["b"]], relay=True)
+        start_all(daemon_factory, "reference", rv, [a, b])
+        assert a.host.ns.ping(b.tun4, timeout=5)
+        assert a.peer("n2")["path"] == "relayed via rv"
+        srv = b.host.popen(["iperf3", "-s", "-1", "-B", b.tun4], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.3)
+            client = a.host.popen(["iperf3", "-c", b.tun4, "-t", "30", "-J", "-b", "20M"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            time.sleep(3)
+            t0 = time.monotonic()
+            for r in (net.r1, net.r2):                 # both homes get endpoint-independent NATs
+                r.set_masquerade(random_fully=False, flush=True)
+            wait_for(lambda: a.peer("n2")["path"] == "direct", timeout=30, interval=0.2,
+                     what="the path upgrades to direct")
+            upgraded = time.monotonic() - t0
+            out, err = client.communicate(timeout=60)
+            assert client.returncode == 0, err
+            intervals = json.loads(out)["intervals"]
+            assert all(i["sum"]["bytes"] > 0 for i in intervals[-5:]), "the transfer kept flowing"
+        finally:
+            srv.kill()
+            srv.wait(5)
+        assert upgraded < 30
+        assert a.peer("n2")["endpoint"] == "%s:%d" % (net.r2.wan_ip, UDP_PORT)
+        send_marked(a, b)

@@ -105,6 +105,7 @@ class Settings:
     endpoints: list[tuple[str, int]] = field(default_factory=list)   # advertised in the directory
     trusted_signers: list[bytes] = field(default_factory=list)      # Ed25519 keys of endorsers
     rendezvous: bool = False                            # NAT traversal: serve as a rendezvous node
+    relay: bool = False                                 # ... and relay for peers without a direct path
     peers: list[PeerConfig] = field(default_factory=list)
     firewall: dict = field(default_factory=dict)
     tunables: Tunables = field(default_factory=Tunables)
@@ -205,7 +206,7 @@ SECTIONS = ("interface", "peer", "firewall", "tunables")
 INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen", "http_socket",
                   "test_port", "test_deliver", "mode", "device", "addresses", "mtu", "state_dir",
                   "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers",
-                  "metrics_listen", "rendezvous")
+                  "metrics_listen", "rendezvous", "relay")
 PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive", "rendezvous")
 
 
@@ -366,6 +367,8 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
             s.endpoints = [parse_endpoint(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
         elif name == "rendezvous":
             s.rendezvous = _expect(value, bool, key, "true or false")
+        elif name == "relay":
+            s.relay = _expect(value, bool, key, "true or false")
         elif name == "trusted_signers":
             _expect(value, list, key, "a list of base64 Ed25519 public keys")
             s.trusted_signers = [_signer_key(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]

@@ -44,7 +44,7 @@ from typing import Callable, Iterable, Optional
 
 from .. import crypto, wire
 from ..constants import Tunables
-from ..dataplane.types import Keypair, PeerCounters
+from ..dataplane.types import Keypair, PeerCounters, RelayVia
 from . import actions as A
 from . import handshake as hs
 from . import tai64n
@@ -185,12 +185,13 @@ class Engine:
         for ep in peer.candidates:
             if ep not in out:
                 out.append(ep)
-        return out
+        # a relay goes last: a direct candidate that works should answer first
+        return sorted(out, key=lambda ep: isinstance(ep, RelayVia))
 
     def set_candidates(self, peer_id: int, endpoints) -> None:
         peer = self.peers.get(peer_id)
         if peer is not None:
-            peer.candidates = [tuple(ep) for ep in endpoints]
+            peer.candidates = [ep if isinstance(ep, RelayVia) else tuple(ep) for ep in endpoints]
 
     def punch(self, peer_id: int, endpoints) -> list:
         """NAT traversal: a rendezvous told us where the peer is (or that it

@@ -112,8 +112,9 @@ class RendezvousServer:
     returns ``[(destination key, message), ...]`` to send over sessions."""
 
     def __init__(self, clock: Clock, punch_rate: float = 2.0, punch_burst: float = 5.0,
-                 max_peers: int = 4096):
+                 max_peers: int = 4096, relay_id: Callable[[bytes], int] = lambda key: 0):
         self.clock = clock
+        self.relay_id = relay_id          # a key's relay id here (0: we do not relay for it)
         self._regs: dict[bytes, Registration] = {}
         self._limit = TokenBucket(punch_rate, punch_burst, clock)
         self.max_peers = max_peers
@@ -164,8 +165,8 @@ class RendezvousServer:
                 return [(src_key, wire.Endpoints(bytes(msg.key), ()))]
             self.stats["punches"] += 1
             log.info("rendezvous: punch %s <-> %s", _short(src_key), _short(target.key))
-            return [(src_key, wire.Endpoints(target.key, target.endpoints())),
-                    (target.key, wire.Punch(src_key, reg.endpoints()))]
+            return [(src_key, wire.Endpoints(target.key, target.endpoints(), self.relay_id(target.key))),
+                    (target.key, wire.Punch(src_key, reg.endpoints(), self.relay_id(src_key)))]
         # Endpoints / Punch / Registered are answers, never requests
         self.drops["unexpected_kind"] += 1
         return []
@@ -179,6 +180,7 @@ class Candidates:
     endpoints: tuple
     kind: str
     via: bytes
+    relay_id: int = 0
 
 
 @dataclass
@@ -258,8 +260,8 @@ class RendezvousClient:
                 if (server, key) not in self._asked:
                     self.drops["unsolicited_answer"] += 1
                     return None
-                return Candidates(key, eps, "answer", server)
-            return Candidates(key, eps, "punch", server)
+                return Candidates(key, eps, "answer", server, msg.relay_id)
+            return Candidates(key, eps, "punch", server, msg.relay_id)
         self.drops["unexpected_kind"] += 1
         return None
 

@@ -25,6 +25,7 @@ from collections import Counter
 from typing import Callable, Iterable, Optional
 
 from .. import crypto, wire
+from ..dataplane.types import RelayVia
 from . import actions as A
 from .paths import PathTable
 from .peer import PeerState
@@ -106,7 +107,8 @@ class PeerControlChannel:
 class Traversal:
     """``servers``: public keys of our rendezvous nodes; ``serve``: we are one."""
 
-    def __init__(self, engine, *, serve: bool = False, servers: Iterable = (),
+    def __init__(self, engine, *, serve: bool = False, relay: bool = False, relay_capable: bool = False,
+                 servers: Iterable = (),
                  local_endpoints: Callable[[tuple], list] = lambda server_ep: [],
                  clock: Optional[Callable[[], float]] = None, ask_interval: float = 1.0,
                  register_interval: float = 5.0, register_timeout: float = 2.0,
@@ -114,7 +116,11 @@ class Traversal:
         self.engine = engine
         self.clock = clock or engine.clock
         self.channel = PeerControlChannel()
-        self.server = RendezvousServer(self.clock) if serve else None
+        self.server = RendezvousServer(self.clock, relay_id=self._relay_id) if serve else None
+        self.relay = relay and serve
+        self.relay_capable = relay_capable
+        self._relay_option: dict = {}         # peer id -> RelayVia offered by a rendezvous
+        self._relay_tried: dict = {}          # peer id -> when we last initiated through it
         self.client = RendezvousClient(self.clock, servers={bytes(k) for k in servers},
                                        ask_interval=ask_interval, register_interval=register_interval)
         self.paths = PathTable(self.clock)
@@ -153,10 +159,24 @@ class Traversal:
             self.client.session_lost(peer.public_key)
         self._log_change(self.paths.down(peer_id, "keys cleared"))
 
+    def _relay_id(self, key: bytes) -> int:
+        """Our relay id for ``key``: its peer id, when we relay and it has a session."""
+        if not self.relay:
+            return 0
+        peer = self.engine.peer_by_key(key)
+        return peer.id if peer is not None and self.channel.has_session(peer.id) else 0
+
     def endpoint_set(self, peer_id: int, addr, reason: str = "handshake") -> None:
         if addr is None:
             return
-        self._log_change(self.paths.direct(peer_id, tuple(addr), reason))
+        if isinstance(addr, RelayVia):
+            relay = self.engine.peers.get(addr.relay_peer)
+            self._log_change(self.paths.relayed(peer_id, relay.name if relay else str(addr.relay_peer),
+                                                "handshake through the relay"))
+            return
+        was = self.paths.peer(peer_id).kind
+        self._log_change(self.paths.direct(peer_id, tuple(addr), "direct path works" if was == "relayed"
+                                           else reason))
 
     def _log_change(self, change) -> None:
         if change is None:
@@ -206,25 +226,34 @@ class Traversal:
         if peer is None:
             return []
         via = self.engine.peer_by_key(got.via)
+        out: list = []
         if got.endpoints:
             self.paths.add_candidates(peer.id, got.endpoints, "rendezvous" if got.kind == "answer" else "punch")
+        if got.relay_id and self.relay_capable and via is not None:
+            offer = RelayVia(via.id, got.relay_id)
+            if self._relay_option.get(peer.id) != offer:
+                self._relay_option[peer.id] = offer
+                out.append(A.SetRelayRoute(peer.id, via.id, got.relay_id))
         targets = self.paths.targets(peer.id)
         if not targets:
+            self.paths.punch_started(peer.id)
             log.info("peer=%s rendezvous %s knows no endpoint for it", peer.name, via.name if via else "?")
-            return []
+            return out
         log.info("peer=%s %s from rendezvous %s: trying %s", peer.name,
                  "endpoints" if got.kind == "answer" else "punch request", via.name if via else "?",
                  ", ".join("%s:%d" % ep for ep in targets))
         self.paths.punch_started(peer.id)
         if peer.state is PeerState.ESTABLISHED:
             self.engine.set_candidates(peer.id, targets)
-            if got.kind == "answer":
-                return []
-            # The peer asked for us although our session looks up: its side
-            # is gone (an expired NAT mapping, a restart).  Our initiations
-            # open our NAT toward it; theirs then get through.
-            return self.engine.rehandshake(peer.id, "punch request while established")
-        return self.engine.punch(peer.id, targets)
+            if got.kind == "answer" and self.paths.peer(peer.id).kind != "relayed":
+                return out
+            # A punch request although our session looks up: the peer's side
+            # is gone (an expired NAT mapping, a restart); or we are relayed
+            # and probe for a direct path.  Our initiations open our NAT
+            # toward it; theirs then get through.
+            return out + self.engine.rehandshake(peer.id, "punch request while established"
+                                                 if got.kind == "punch" else "probing a direct path")
+        return out + self.engine.punch(peer.id, targets)
 
     # ------------------------------------------------------- triggers
     def handshake_needed(self, peer_id: int) -> list:
@@ -275,8 +304,22 @@ class Traversal:
             data = self.channel.seal(server.id, self.client.registration())
             if data is not None:
                 out.append(A.SendDatagram(data, server.endpoint))
+        now = self.clock()
+        for peer_id, via in list(self._relay_option.items()):
+            peer = self.engine.peers.get(peer_id)
+            if peer is None:
+                self._relay_option.pop(peer_id, None)
+                continue
+            if self.paths.wants_relay(peer_id) and peer.state is not PeerState.ESTABLISHED and \
+                    now - self._relay_tried.get(peer_id, float("-inf")) >= 5.0:
+                self._relay_tried[peer_id] = now
+                relay = self.engine.peers.get(via.relay_peer)
+                log.info("peer=%s no direct path within %.0fs: trying relay %s", peer.name,
+                         self.paths.relay_after, relay.name if relay else "?")
+                out += self.engine.punch(peer_id, self.paths.targets(peer_id) + [via])
+            elif self.paths.wants_direct_probe(peer_id):
+                out += self._ask(peer)
         if up:
-            now = self.clock()
             for peer in list(self.engine.peers.values()):
                 if peer.public_key in self.client.servers or not peer.wanted:
                     continue

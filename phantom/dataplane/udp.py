@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from typing import Optional
+from .types import RelayVia
 
 SOCKET_BUFFER = 4 << 20
 
@@ -74,6 +75,8 @@ def plain(addr: Optional[tuple]) -> Optional[tuple]:
     """A socket address as (host, port) with IPv4-mapped addresses unmapped."""
     if addr is None:
         return None
+    if isinstance(addr, RelayVia):
+        return addr
     host, port = addr[0], addr[1]
     ip = ipaddress.ip_address(host.split("%")[0])
     if ip.version == 6 and ip.ipv4_mapped is not None:
@@ -85,5 +88,7 @@ def format_endpoint(addr: Optional[tuple]) -> Optional[str]:
     p = plain(addr)
     if p is None:
         return None
+    if isinstance(p, RelayVia):
+        return "relay:%d/%d" % p
     host, port = p
     return ("[%s]:%d" % (host, port)) if ":" in host else ("%s:%d" % (host, port))
