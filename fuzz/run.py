@@ -30,13 +30,18 @@ MAX_LEN = {"wire": 2048, "handshake": 512, "firewall": 4096, "directory": 8192}
 
 
 def run_target(target: str, seconds: float | None, runs: int | None, keep: str | None,
-               extra: list[str], quiet: bool = False) -> dict:
+               extra: list[str], quiet: bool = False, artifacts: str | None = None) -> dict:
     script = os.path.join(HERE, "fuzz_%s.py" % target)
     seeds = os.path.join(HERE, "corpus", target)
-    artifacts = os.path.join(HERE, "artifacts", target) + os.sep
+    artifacts = os.path.join(artifacts or os.path.join(HERE, "artifacts"), target) + os.sep
     os.makedirs(artifacts, exist_ok=True)
-    scratch = keep or tempfile.mkdtemp(prefix="phantom-fuzz-%s-" % target)
-    os.makedirs(scratch, exist_ok=True)
+    tmp = None
+    if keep:
+        scratch = keep
+        os.makedirs(scratch, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="phantom-fuzz-%s-" % target)
+        scratch = tmp.name
     argv = [sys.executable, script, scratch, seeds, "-artifact_prefix=" + artifacts,
             "-max_len=%d" % MAX_LEN[target], "-print_final_stats=1", "-timeout=10",
             "-rss_limit_mb=2048"]
@@ -52,6 +57,8 @@ def run_target(target: str, seconds: float | None, runs: int | None, keep: str |
                           text=True, errors="replace",
                           timeout=(seconds or 3600) + 120)
     elapsed = time.monotonic() - t0
+    if tmp is not None:
+        tmp.cleanup()
     execs = cov = ft = corp = 0
     for line in proc.stdout.splitlines():
         m = STAT.match(line)
