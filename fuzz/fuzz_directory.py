@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz target "directory": the record parser and verifier.
 
 Input: byte 0 = flags (bit 0: re-sign the document with the corpus key

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz target "firewall": the rule compiler, from arbitrary JSON / TOML rule
 documents, and the compiled tables it hands both data paths.
 

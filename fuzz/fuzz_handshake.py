@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz target "handshake": the responder (Engine.handle_datagram,
 handshake.consume_initiation) and the initiator's response/cookie handling,
 with real key pairs.

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz target "wire": the datagram framing and every message layout.
 
 Contract (phantom/wire.py): ``message_type`` accepts a datagram or raises

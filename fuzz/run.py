@@ -10,6 +10,7 @@ Exit status 1 if any target crashed.
     PYTHONPATH=. python fuzz/run.py --target all --seconds 60
     PYTHONPATH=. python fuzz/run.py --target wire --runs 100000 --keep /tmp/wire-new
     PYTHONPATH=. python fuzz/run.py --target handshake -- -max_len=300   # extra libFuzzer flags
+    PYTHONPATH=. python fuzz/run.py --target wire --merge /tmp/wire-new  # keep what is new
 """
 
 from __future__ import annotations
@@ -27,6 +28,39 @@ ROOT = os.path.dirname(HERE)
 TARGETS = ("wire", "handshake", "firewall", "directory")
 STAT = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+)(?: corp: (\d+)/)?")
 MAX_LEN = {"wire": 2048, "handshake": 512, "firewall": 4096, "directory": 8192}
+
+
+def _env() -> dict:
+    """The child's environment: this interpreter first on PATH, because
+    libFuzzer's -merge and -fork re-run the harness script by name (shebang)."""
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def merge(target: str, new_dir: str) -> list[str]:
+    """Add to fuzz/corpus/<target>/ the inputs of ``new_dir`` that bring new
+    coverage (libFuzzer -merge=1: a minimal set), as ``found-<sha1>``."""
+    import hashlib
+    import shutil
+    seeds = os.path.join(HERE, "corpus", target)
+    env = _env()
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    added = []
+    with tempfile.TemporaryDirectory() as out:
+        for name in os.listdir(seeds):              # the committed corpus counts as covered
+            shutil.copy(os.path.join(seeds, name), out)
+        before = set(os.listdir(out))
+        subprocess.run([os.path.join(HERE, "fuzz_%s.py" % target), "-merge=1", out, new_dir,
+                        "-max_len=%d" % MAX_LEN[target]], env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for name in sorted(set(os.listdir(out)) - before):
+            data = open(os.path.join(out, name), "rb").read()
+            dest = os.path.join(seeds, "found-" + hashlib.sha1(data).hexdigest()[:16])
+            with open(dest, "wb") as f:
+                f.write(data)
+            added.append(dest)
+    return added
 
 
 def run_target(target: str, seconds: float | None, runs: int | None, keep: str | None,
@@ -50,7 +84,7 @@ def run_target(target: str, seconds: float | None, runs: int | None, keep: str |
     if runs is not None:
         argv.append("-runs=%d" % runs)
     argv += extra
-    env = dict(os.environ)
+    env = _env()
     env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     t0 = time.monotonic()
     proc = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -89,11 +123,18 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=None, help="run time per target")
     ap.add_argument("--runs", type=int, default=None, help="executions per target")
     ap.add_argument("--keep", default=None, help="directory for new corpus inputs (one target)")
+    ap.add_argument("--merge", default=None, metavar="DIR",
+                    help="add DIR's inputs that bring new coverage to the committed corpus, then stop")
     ap.add_argument("extra", nargs="*", help="more libFuzzer flags, after --")
     args = ap.parse_args(argv)
     if args.seconds is None and args.runs is None:
         args.seconds = 30
     targets = TARGETS if args.target == "all" else (args.target,)
+    if args.merge:
+        for t in targets:
+            added = merge(t, args.merge)
+            print("%-10s %d inputs added to fuzz/corpus/%s" % (t, len(added), t))
+        return 0
     results = [run_target(t, args.seconds, args.runs, args.keep, args.extra) for t in targets]
     return 1 if any(r["returncode"] for r in results) else 0
 
