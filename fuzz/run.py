@@ -79,6 +79,9 @@ def run_target(target: str, seconds: float | None, runs: int | None, keep: str |
     argv = [sys.executable, script, scratch, seeds, "-artifact_prefix=" + artifacts,
             "-max_len=%d" % MAX_LEN[target], "-print_final_stats=1", "-timeout=10",
             "-rss_limit_mb=2048"]
+    words = os.path.join(HERE, "%s.dict" % target)
+    if os.path.exists(words):
+        argv.append("-dict=" + words)
     if seconds is not None:
         argv.append("-max_total_time=%d" % max(1, int(seconds)))
     if runs is not None:
