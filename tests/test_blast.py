@@ -40,7 +40,7 @@ from tunnelkit import TEST_PORT, UDP_PORT, mesh, wait_for
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 COUNT = int(os.environ.get("PHANTOM_BLAST_COUNT", 10 ** 6))
-RATES = {"reference": 40_000, "fast": 100_000}
+RATES = {"reference": 40_000, "fast": 50_000}      # 25 s and 20 s for 10^6
 MARKER = b"PHANTOM-FORGED-PLAINTEXT-7d1e"
 PAYLOAD = 64                     # bytes per legit test-port payload
 
@@ -183,6 +183,8 @@ def test_blast_of_hostile_datagrams(lan3, daemon_factory, tmp_path, sniffer, dat
         # control messages go on to the handshake code: each is counted exactly
         # once, either as a data-path drop (framing, queue full) or a handshake drop
         assert counted + kernel_dropped == blast["sent"], report
+        # the daemon, not the kernel, must have seen most of it (else lower the rate)
+        assert counted >= blast["sent"] // 2, report
         assert all(peer_drops.get(k, 0) <= v for k, v in drops.items()), report
         assert set(peer_drops) <= set(drops), report
 
