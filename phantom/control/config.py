@@ -191,7 +191,7 @@ def parse_interface_address(text: Any, key: str) -> IPInterface:
 
 
 def parse_port(value: Any, key: str, *, allow_zero: bool = False) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():   # not "²"
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(key, "must be a port number (an integer), not %r" % (value,))
@@ -305,7 +305,7 @@ def _directory(value, key: str) -> str:
 
 
 def _mtu(value, key: str) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value)
     _expect(value, int, key, "an integer")
     if not MIN_MTU <= value <= MAX_MTU:
