@@ -111,6 +111,11 @@ def test_relay_forwards_ciphertext_both_ways_and_never_to_its_device():
         a.receive()
         assert a.app.recvfrom(1000)[0] == MARKER + b" a->b".replace(b"a->b", b"b->a")
         assert r.dp.relayed["forwarded"] == 2
+        big = MARKER + bytes(1420 - len(MARKER))      # a full-MTU packet: the relay frame is bigger
+        send_from(a, 2, big)
+        r.receive()
+        b.receive()
+        assert b.app.recvfrom(2000)[0] == big
         # nothing reached the relay's own device (its test port's app)
         r.app.settimeout(0.2)
         try:

@@ -569,7 +569,8 @@ class ReferenceDataPath:
         if n < wire.TRANSPORT_MIN_SIZE:
             self._drop(Drop.TRUNCATED)
             return
-        if n - OFFSET > self._max_inner:
+        # a relay frame carries a whole inner datagram (its overhead and tag on top)
+        if n - OFFSET > self._max_inner + (wire.TRANSPORT_OVERHEAD + wire.RELAY_ID.size if is_relay else 0):
             self._drop(Drop.OVERSIZED)
             return
         _, index, counter = HEADER.unpack_from(rx, 0)
