@@ -29,6 +29,7 @@ cdef enum:
     V_PASS = -1                    # send (outbound) / deliver (inbound)
     V_STAGED = -2                  # kept for after the handshake
     V_CONSUMED = -3                # handled (control message, keepalive)
+    V_RELAY = -4                   # inbound relay frame to forward (never to the device)
     # event kinds
     EV_CONTROL_PACKET = 1
     EV_HANDSHAKE_NEEDED = 2
@@ -105,6 +106,9 @@ cdef struct fp_peer:
     int staged_count
     bint handshake_asked           # handshake_needed raised since the last new key
     bint flush_pending             # staged packets wait for a flush (worker sets)
+    int64_t relay_sec              # relay budget: the second it counts, bytes and packets in it
+    uint64_t relay_bytes
+    uint64_t relay_pkts
 
 
 cdef struct fp_trie:
@@ -170,6 +174,13 @@ cdef struct fp_engine:
     void *fw                       # firewall callback (a Python object) or NULL
     # diagnostics / fault injection (tests only)
     bint fault_seal
+    # relay role (NAT traversal, wire type 6)
+    bint relay_enabled
+    uint64_t relay_bytes_budget    # per source peer and second
+    uint64_t relay_pkts_budget
+    uint64_t relay_forwarded
+    uint64_t relay_budget_drops
+    uint64_t relay_no_dest
     uint64_t batches
     uint64_t udp_eagain_waits
 
@@ -187,6 +198,7 @@ cdef struct fp_pkt:
     uint32_t local_index
     uint64_t counter
     bint was_next
+    bint relay                     # inbound: a relay frame (type 6)
     unsigned char key[32]
 
 

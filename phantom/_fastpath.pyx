@@ -923,13 +923,16 @@ cdef int _in_prepare(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nog
                 if _ev_push(e, EV_CONTROL_PACKET, -1, 0, pkt.buf, pkt.len, &pkt.addr, pkt.addrlen):
                     events += 1
             continue
-        if t != 4:
+        # type 6: a relay frame, forwarded when we relay (a relayed client is
+        # not supported by this data path yet: dropped as malformed)
+        pkt.relay = t == 6 and e.relay_enabled
+        if t != 4 and not pkt.relay:
             pkt.verdict = D_MALFORMED
             continue
         if pkt.len < FP_PAYLOAD_OFFSET:
             pkt.verdict = D_TRUNCATED
             continue
-        if pkt.len - FP_PAYLOAD_OFFSET > e.max_inner:
+        if pkt.len - FP_PAYLOAD_OFFSET > e.max_inner + (FP_PAYLOAD_OFFSET + 4 if pkt.relay else 0):
             pkt.verdict = D_OVERSIZED
             continue
         pkt.local_index = _le32(pkt.buf + 4)
@@ -1006,7 +1009,9 @@ cdef int _in_commit(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nogi
                 peer.rx_packets += 1
                 peer.last_rx = now
                 plen = pkt.len - FP_PAYLOAD_OFFSET
-                if plen == 0:
+                if pkt.relay:
+                    _relay_route(e, pkt, peer, plen, now)
+                elif plen == 0:
                     pkt.verdict = V_CONSUMED      # keepalive
                 else:
                     peer.last_data_rx = now
@@ -1024,6 +1029,92 @@ cdef int _in_commit(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nogi
         if pkt.verdict >= 0:
             _count_drop(e, pkt)
     return events
+
+
+cdef void _relay_route(fp_engine *e, fp_pkt *pkt, fp_peer *src, size_t plen, double now) noexcept nogil:
+    """An opened relay frame from ``src`` (lock held): relay_id u32le | inner.
+    Pick the destination (the peer whose id is relay_id, with a usable
+    session and an endpoint), check src's budget, take the destination's
+    next counter and key, and put src's id in place of relay_id: the worker
+    seals and sends it (V_RELAY).  Never to the device."""
+    cdef uint32_t rid
+    cdef int i
+    cdef fp_peer *dest = NULL
+    cdef fp_peer *p
+    cdef fp_keypair *kp
+    cdef int64_t sec
+    cdef unsigned char *q
+    if plen < 8:
+        pkt.verdict = D_MALFORMED
+        return
+    src.last_data_rx = now
+    rid = _le32(pkt.buf + FP_PAYLOAD_OFFSET)
+    for i in range(e.peers_cap):
+        p = e.peers[i]
+        if p != NULL and p.peer_id == <int64_t>rid:
+            dest = p
+            break
+    if dest == NULL or dest == src or dest.endpoint_len == 0 or not _kp_usable(e, dest.current, now):
+        e.relay_no_dest += 1
+        pkt.verdict = D_NO_ROUTE
+        return
+    sec = <int64_t>now
+    if src.relay_sec != sec:
+        src.relay_sec = sec
+        src.relay_bytes = 0
+        src.relay_pkts = 0
+    if src.relay_bytes + plen > e.relay_bytes_budget or src.relay_pkts + 1 > e.relay_pkts_budget:
+        e.relay_budget_drops += 1
+        pkt.verdict = D_STAGED_OVERFLOW
+        return
+    src.relay_bytes += plen
+    src.relay_pkts += 1
+    kp = dest.current
+    pkt.counter = kp.send_counter
+    kp.send_counter += 1
+    pkt.local_index = kp.remote_index         # as outbound: the receiver's index
+    memcpy(pkt.key, kp.send_key, FP_KEY_SIZE)
+    q = pkt.buf + FP_PAYLOAD_OFFSET
+    q[0] = <unsigned char>(src.peer_id & 0xFF)
+    q[1] = <unsigned char>((src.peer_id >> 8) & 0xFF)
+    q[2] = <unsigned char>((src.peer_id >> 16) & 0xFF)
+    q[3] = <unsigned char>((src.peer_id >> 24) & 0xFF)
+    memcpy(&pkt.addr, &dest.endpoint, dest.endpoint_len)
+    pkt.addrlen = dest.endpoint_len
+    dest.tx_bytes += pkt.len
+    dest.tx_packets += 1
+    dest.last_tx = now
+    dest.last_data_tx = now
+    e.relay_forwarded += 1
+    pkt.verdict = V_RELAY
+
+
+cdef int _relay_send(fp_worker *w, fp_pkt *pkts, int n) noexcept nogil:
+    """Seal and send the batch's V_RELAY frames (after delivery: the packets
+    delivered to the device are done).  Returns the number that failed."""
+    cdef int i, relays = 0, failed = 0
+    cdef fp_pkt *pkt
+    for i in range(n):
+        pkt = &pkts[i]
+        if pkt.verdict == V_PASS:
+            pkt.verdict = V_CONSUMED              # delivered already
+        elif pkt.verdict == V_RELAY:
+            if _seal_packet(pkt.buf, pkt.len - FP_PAYLOAD_OFFSET, pkt.local_index, pkt.counter, pkt.key) != 0:
+                pkt.verdict = D_SEND_FAILED
+                _wipe(pkt.buf, pkt.len)
+                failed += 1
+            else:
+                pkt.buf[0] = 6                    # wire.MessageType.RELAY (the header is not sealed)
+                pkt.verdict = V_PASS
+                pkt.len -= FP_PAYLOAD_OFFSET      # _send_batch sends buf[0 : 32 + len]
+                relays += 1
+            _wipe(pkt.key, FP_KEY_SIZE)
+    if relays:
+        _send_batch(w.udp_fd, pkts, n, w.msgs, w.iovs, w.map, 0, &w.send_waits)
+        for i in range(n):
+            if pkts[i].verdict == D_SEND_FAILED:
+                failed += 1
+    return failed
 
 
 cdef inline void _count_drop(fp_engine *e, fp_pkt *pkt) noexcept nogil:
@@ -1969,6 +2060,8 @@ cdef int _udp_batch(fp_worker *w) noexcept nogil:
         r = _write_tun(w, w.in_pkts, n)
         failed += r
         w.deliver_failed += r
+    if e.relay_enabled:
+        failed += _relay_send(w, w.in_pkts, n)
     if failed:                          # drops decided after the commit phase
         _lock(e)
         for i in range(n):
@@ -2473,6 +2566,19 @@ cdef class Engine:
             "drops": [snap.drops[i] for i in range(FP_N_DROPS)],
             "staged": snap.staged_count,
         }
+
+    def set_relay(self, bint enabled, uint64_t bytes_per_second, uint64_t packets_per_second):
+        """Relay role: forward relay frames between peers (in the worker, in C)."""
+        with nogil:
+            _lock(self.e)
+            self.e.relay_enabled = enabled
+            self.e.relay_bytes_budget = bytes_per_second
+            self.e.relay_pkts_budget = packets_per_second
+            _unlock(self.e)
+
+    def relay_stats(self):
+        return {"forwarded": self.e.relay_forwarded, "budget": self.e.relay_budget_drops,
+                "no_dest": self.e.relay_no_dest}
 
     def global_drops(self):
         cdef uint64_t d[FP_N_DROPS]

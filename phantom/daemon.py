@@ -124,15 +124,15 @@ class Daemon:
         servers = [pc.public_key for pc in s.peers if pc.rendezvous]
         if s.rendezvous or servers:
             from .control.traversal import Traversal
-            relay_capable = hasattr(self.dp, "set_relay_route")
+            relay_capable = hasattr(self.dp, "set_relay_route")    # can be relayed
+            can_relay = hasattr(self.dp, "set_relay")               # can relay for others
             self.nat = Traversal(self.engine, serve=s.rendezvous, servers=servers,
-                                 relay=s.relay and relay_capable, relay_capable=relay_capable,
+                                 relay=s.relay and can_relay, relay_capable=relay_capable,
                                  local_endpoints=self._local_endpoints)
-            if s.relay:
-                if relay_capable:
-                    self.dp.set_relay(True)
-                else:
-                    log.warning("relay = true: this data path cannot relay (the reference path can)")
+            if s.relay and can_relay:
+                self.dp.set_relay(True)
+            if servers and not relay_capable:
+                log.info("NAT traversal: this data path punches holes but cannot be relayed (the reference path can)")
 
     def _local_endpoints(self, toward) -> list:
         """Our own (LAN) endpoints, for peers behind the same NAT: the address
@@ -489,8 +489,16 @@ class Daemon:
             "drops": self.dp.global_drops(),
             "handshake_drops": dict(self.engine.drops),
             "directory": self.s.directory,
-            "nat": self.nat.status() if self.nat is not None else None,
+            "nat": self._nat_status(),
         }
+
+    def _nat_status(self):
+        if self.nat is None:
+            return None
+        out = self.nat.status()
+        if self.s.relay and hasattr(self.dp, "relayed"):
+            out["relayed"] = dict(self.dp.relayed)
+        return out
 
     def firewall(self) -> dict:
         if self.fw is None:
