@@ -372,7 +372,7 @@ def encode_control(seq: int, msg) -> bytes:
         body = bytes(msg.key)
     else:
         body = bytes(msg.key) + RELAY_ID.pack(msg.relay_id) + _pack_endpoints(msg.endpoints)
-    if len(msg.key if hasattr(msg, "key") else b"\0" * KEY_SIZE) != KEY_SIZE:
+    if len(getattr(msg, "key", bytes(KEY_SIZE))) != KEY_SIZE:
         raise WireError("bad key")
     out = head + body
     if len(out) > PEER_CONTROL_MAX_BODY:
