@@ -1,0 +1,215 @@
+"""``phantom directory ...``: serve, publish, lookup, list, revoke, endorse, signer-key."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import json
+import os
+import sys
+
+from phantom import crypto, logsetup
+from phantom.control.config import PEER_NAME
+from phantom.control.errors import ConfigError
+from phantom.control.keys import KeyFormatError
+
+from .client import CLIENT_TIMEOUT, DEFAULT_TTL, DirectoryClient
+from .records import KEY_SIZE, DirectoryError, b64, key_from_text, signing_key_of
+from .server import DEFAULT_DB, DEFAULT_MAX_TTL, DEFAULT_PORT, serve_forever
+
+# --- command line ---------------------------------------------------------------------------------
+def _run(coro):
+    try:
+        import uvloop
+    except ImportError:              # pragma: no cover - uvloop is a dependency
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _signer_arg(text: str) -> bytes:
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise argparse.ArgumentTypeError("%r is not base64" % text) from None
+    if len(raw) != KEY_SIZE:
+        raise argparse.ArgumentTypeError("a signer key is 32 bytes (44 base64 characters)")
+    return raw
+
+
+def _print(args, payload: dict) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        from phantom.cli import format_kv
+        print(format_kv(payload))
+
+
+async def _with_client(args, private_key, action):
+    client = DirectoryClient(args.directory, private_key, trusted_signers=getattr(
+        args, "trusted_signer", None) or (), timeout=args.timeout)
+    try:
+        return await action(client)
+    finally:
+        client.wipe()
+        await client.close()
+
+
+def _load_key(path):
+    from phantom.control.keys import load_private_key
+    return load_private_key(path)
+
+
+def cmd_serve(args) -> int:
+    logsetup.setup_logging(args.log_level)
+    _run(serve_forever(args.listen, args.port, args.db, args.trusted_signer or (), args.max_ttl))
+    return 0
+
+
+def cmd_publish(args) -> int:
+    key = _load_key(args.private_key)
+    nets = [n.strip() for a in args.allowed_ips or () for n in a.split(",") if n.strip()]
+    eps = [e.strip() for a in args.endpoint for e in a.split(",") if e.strip()]
+    try:
+        doc = _run(_with_client(args, key, lambda c: c.publish(args.name, eps, nets, args.ttl)))
+    finally:
+        crypto.memzero(key)
+    _print(args, doc if args.json else {k: v for k, v in doc.items() if k != "sig"})
+    return 0
+
+
+def cmd_lookup(args) -> int:
+    target = args.target
+
+    async def action(c: DirectoryClient):
+        if PEER_NAME.match(target):          # a base64 key never matches: it ends with '='
+            return await c.resolve_name(target)
+        return await c.resolve_key(key_from_text(target))
+
+    rec = _run(_with_client(args, None, action))
+    if rec is None:
+        raise DirectoryError("no valid record for %s" % target)
+    _print(args, rec.summary())
+    return 0
+
+
+def cmd_list(args) -> int:
+    recs = _run(_with_client(args, None, lambda c: c.list_records()))
+    if args.json:
+        print(json.dumps([r.summary() for r in recs], indent=2))
+    else:
+        from phantom.cli import format_table
+        print(format_table([r.summary() for r in recs],
+                           ("name", "endpoints", "allowed_ips", "revoked", "public_key")))
+    return 0
+
+
+def cmd_revoke(args) -> int:
+    key = _load_key(args.private_key)
+    try:
+        doc = _run(_with_client(args, key, lambda c: c.revoke()))
+    finally:
+        crypto.memzero(key)
+    _print(args, {"revoked": doc.get("public_key"), "name": doc.get("name")})
+    return 0
+
+
+def cmd_endorse(args) -> int:
+    key = _load_key(args.private_key)
+    target = key_from_text(args.public_key)
+    try:
+        doc = _run(_with_client(args, key, lambda c: c.endorse(target, args.name, args.ttl)))
+    finally:
+        crypto.memzero(key)
+    _print(args, {"endorsed": doc.get("public_key"), "name": doc.get("name"),
+                  "endorsements": len(doc.get("endorsements", []))})
+    return 0
+
+
+def cmd_signer_key(args) -> int:
+    key = _load_key(args.private_key)
+    try:
+        print(b64(signing_key_of(key)))
+    finally:
+        crypto.memzero(key)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="phantom directory",
+                                description="The Phantom public-key directory and its client.")
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    s = sub.add_parser("serve", help="run the directory service")
+    s.add_argument("--listen", default="127.0.0.1", metavar="ADDR", help="address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (default %d)" % DEFAULT_PORT)
+    s.add_argument("--db", default=DEFAULT_DB, metavar="PATH.sqlite",
+                   help="SQLite file (default ./%s)" % DEFAULT_DB)
+    s.add_argument("--trusted-signer", type=_signer_arg, action="append", metavar="KEY",
+                   help="Ed25519 key whose endorsements this directory keeps and ranks first "
+                        "(repeatable; default: keep any valid endorsement)")
+    s.add_argument("--max-ttl", type=int, default=DEFAULT_MAX_TTL, metavar="SECONDS",
+                   help="refuse records living longer (default %d)" % DEFAULT_MAX_TTL)
+    s.add_argument("--log-level", default="info", choices=logsetup.LEVELS)
+    s.set_defaults(func=cmd_serve)
+
+    def client_parser(name, help_text, key_help=None):
+        c = sub.add_parser(name, help=help_text)
+        c.add_argument("--directory", metavar="URL", default=os.environ.get("PHANTOM_DIRECTORY"),
+                       required=os.environ.get("PHANTOM_DIRECTORY") is None,
+                       help="the directory (or $PHANTOM_DIRECTORY)")
+        if key_help:
+            c.add_argument("--private-key", metavar="FILE", required=True, help=key_help)
+        c.add_argument("--timeout", type=float, default=CLIENT_TIMEOUT, metavar="SECONDS")
+        c.add_argument("--json", action="store_true", help="print JSON")
+        return c
+
+    c = client_parser("publish", "sign and publish this node's record", "this node's key file")
+    c.add_argument("--name", required=True)
+    c.add_argument("--endpoint", action="append", required=True, metavar="IP:PORT",
+                   help="where peers reach us (repeatable)")
+    c.add_argument("--allowed-ips", action="append", metavar="CIDR[,CIDR]")
+    c.add_argument("--ttl", type=int, default=DEFAULT_TTL, metavar="SECONDS")
+    c.set_defaults(func=cmd_publish)
+
+    c = client_parser("lookup", "resolve a name or a public key, verifying the record")
+    c.add_argument("target", help="a name or a base64 public key")
+    c.add_argument("--trusted-signer", type=_signer_arg, action="append", metavar="KEY",
+                   help="report endorsements by this Ed25519 key (repeatable)")
+    c.set_defaults(func=cmd_lookup)
+
+    c = client_parser("list", "list the verifiable records")
+    c.set_defaults(func=cmd_list)
+
+    c = client_parser("revoke", "revoke this node's key (final)", "the key file to revoke")
+    c.set_defaults(func=cmd_revoke)
+
+    c = client_parser("endorse", "endorse a key and name as a trusted signer",
+                      "the signer's key file")
+    c.add_argument("--public-key", required=True, metavar="KEY", help="the key to endorse")
+    c.add_argument("--name", required=True, help="the name it must carry")
+    c.add_argument("--ttl", type=int, default=30 * 86400, metavar="SECONDS")
+    c.set_defaults(func=cmd_endorse)
+
+    k = sub.add_parser("signer-key", help="print the Ed25519 signer key of a key file "
+                       "(what --trusted-signer and trusted_signers take)")
+    k.add_argument("--private-key", metavar="FILE", required=True)
+    k.set_defaults(func=cmd_signer_key)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return int(args.func(args) or 0)
+    except (DirectoryError, ConfigError, KeyFormatError, ValueError) as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
