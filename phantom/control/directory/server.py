@@ -13,12 +13,14 @@ from aiohttp import web
 from phantom import __version__, logsetup
 from phantom.control.api import json_errors
 from phantom.control.config import PEER_NAME, PEER_NAME_RULE
-from phantom.control.errors import ApiError, BadRequest, Conflict, NotFound, PayloadTooLarge
+from phantom.control.errors import ApiError, BadRequest, NotFound, PayloadTooLarge
 from phantom.control.keys import KeyFormatError
 
-from .records import Record, RecordError, b64, key_from_text, parse_record, strict_loads, \
-    verify_endorsement, MAX_ENDORSEMENTS
-from .store import LIST_LIMIT, DirectoryStore
+from .records import b64, canonical, key_from_text, strict_loads
+from .store import CLOCK_SKEW, DEFAULT_MAX_TTL, LIST_LIMIT, Forbidden, Gone, Store, \
+    Unsupported, open_store
+from .store.base import endorsed_until as _endorsed_until, \
+    merge_endorsements as _merge_endorsements  # noqa: F401  (old private names)
 
 log = logsetup.get_logger("directory")
 
@@ -27,25 +29,24 @@ DEFAULT_PORT = 4568
 DEFAULT_DB = "phantom-directory.sqlite"
 MAX_BODY = 16 * 1024                  # one record with 16 endpoints, 64 prefixes, 16 endorsements
 BODY_TIMEOUT = 10.0
-DEFAULT_MAX_TTL = 30 * 86400          # the server refuses records that live longer
-CLOCK_SKEW = 300                      # seconds of clock difference tolerated on publish
 PURGE_INTERVAL = 60.0
-
-
-class Gone(ApiError):
-    status = 410
-
-
-class Forbidden(ApiError):
-    status = 403
+WATCH_KEYS = 4096                     # keys one watch may follow
+WATCHERS_MAX = 256                    # concurrent watches per front end
+WATCH_HEARTBEAT = 15.0
+WATCH_MAX = 300.0                     # a watch stream ends after this; the client reconnects
 
 
 class RequestTimeout(ApiError):
     status = 408
 
 
+class TooManyWatchers(ApiError):
+    status = 503
+
+
 # --- the server -------------------------------------------------------------------------------------
-STORE_KEY = web.AppKey("store", DirectoryStore)
+STORE_KEY = web.AppKey("store", Store)
+WATCHERS_KEY = web.AppKey("watchers", list)
 CLOCK_KEY = web.AppKey("clock", object)
 TRUST_KEY = web.AppKey("trusted_signers", frozenset)
 MAX_TTL_KEY = web.AppKey("max_ttl", int)
@@ -91,44 +92,19 @@ def _now(request: web.Request) -> float:
     return request.app[CLOCK_KEY]()
 
 
-def _endorsed_until(rec: Record, doc: dict, trusted: frozenset, now: float) -> int:
-    if not trusted:
-        return 0
-    best = 0
-    for end in doc.get("endorsements", []):
-        try:
-            signer = verify_endorsement(end, rec.public_key, rec.name, now)
-        except RecordError:
-            continue
-        if signer in trusted:
-            best = max(best, end["expires"])
-    return best
-
-
-def _merge_endorsements(rec: Record, new: list, old: list, trusted: frozenset,
-                        now: float) -> list:
-    """Endorsements still valid for this record's key and name, one per signer."""
-    by_signer: dict[str, dict] = {}
-    for end in list(old) + list(new):             # new ones replace old ones by signer
-        try:
-            signer = verify_endorsement(end, rec.public_key, rec.name, now)
-        except RecordError:
-            continue
-        if trusted and signer not in trusted:
-            continue
-        by_signer[end["signer"]] = end
-    kept = sorted(by_signer.values(), key=lambda e: -e["expires"])[:MAX_ENDORSEMENTS]
-    return sorted(kept, key=lambda e: e["signer"])
-
-
 async def get_status(request: web.Request) -> web.Response:
-    return _json({"service": "phantom-directory", "version": __version__,
-                  "records": request.app[STORE_KEY].count(), "time": int(_now(request))})
+    store = request.app[STORE_KEY]
+    try:
+        records = await store.count()
+    except Unsupported:
+        records = None
+    return _json({"service": "phantom-directory", "version": __version__, "store": store.kind,
+                  "records": records, "time": int(_now(request))})
 
 
 async def get_record(request: web.Request) -> web.Response:
     key = _path_key(request)
-    row = request.app[STORE_KEY].get(key)
+    row = await request.app[STORE_KEY].get(key)
     if row is None or (not row.revoked and row.expires <= _now(request)):
         raise NotFound("no record for %s" % key)
     return _json(row.doc)
@@ -138,7 +114,7 @@ async def get_name(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if not PEER_NAME.match(name):
         raise BadRequest("%r is not a valid name (%s)" % (name, PEER_NAME_RULE))
-    row = request.app[STORE_KEY].by_name(name, int(_now(request)))
+    row = await request.app[STORE_KEY].by_name(name, int(_now(request)))
     if row is None:
         raise NotFound("no record named %r" % name)
     return _json(row.doc)
@@ -154,7 +130,7 @@ async def list_records(request: web.Request) -> web.Response:
     text = request.query.get("limit", str(LIST_LIMIT))
     if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= LIST_LIMIT:
         raise BadRequest("limit must be an integer in 1..%d" % LIST_LIMIT)
-    rows = request.app[STORE_KEY].list(int(_now(request)), after, int(text))
+    rows = await request.app[STORE_KEY].list(int(_now(request)), after, int(text))
     nxt = rows[-1].public_key if len(rows) == int(text) else None
     return _json({"records": [r.doc for r in rows], "next": nxt})
 
@@ -163,78 +139,85 @@ async def put_record(request: web.Request) -> web.Response:
     key = _path_key(request)
     doc = await _body(request)
     app, now = request.app, _now(request)
-    trusted = app[TRUST_KEY]
-    try:
-        rec = parse_record(doc, now, trusted_signers=trusted or None, strict_endorsements=True)
-    except RecordError as exc:
-        status = 403 if "signature" in str(exc) or "forged" in str(exc) else 400
-        raise (Forbidden if status == 403 else BadRequest)(str(exc)) from None
-    if rec.key_text != key:
-        raise BadRequest("the record's public_key %s differs from the key in the path %s"
-                         % (rec.key_text, key))
-    if not rec.revoked and rec.expires > now + app[MAX_TTL_KEY] + CLOCK_SKEW:
-        raise BadRequest("record lives too long: expires in %d s, this directory keeps at most "
-                         "%d s" % (rec.expires - now, app[MAX_TTL_KEY]))
-    store = app[STORE_KEY]
-    # From here to store.put there is no await: no other request can interleave.
-    old = store.get(key)
-    if old is not None and old.doc.get("sig") == doc.get("sig"):
-        return _json(old.doc)                      # the same record again: idempotent
-    if old is not None and old.revoked:
-        raise Gone("key %s was revoked; a revocation is final" % key)
-    if old is not None and rec.seq <= old.seq:
-        raise Conflict("stale seq %d: the directory holds seq %d for this key (newer wins)"
-                       % (rec.seq, old.seq))
-    merged = _merge_endorsements(rec, doc.get("endorsements", []),
-                                 old.doc.get("endorsements", []) if old else [], trusted, now)
-    stored = dict(doc, endorsements=merged)
-    endorsed_until = _endorsed_until(rec, stored, trusted, now)
-    if not rec.revoked:
-        holder = store.by_name(rec.name, int(now), exclude=key)
-        if holder is not None and not (endorsed_until > now and holder.endorsed_until <= now):
-            raise Conflict("name %r is held by another key (%s) until %d"
-                           % (rec.name, holder.public_key, holder.expires))
-    store.put(rec, stored, endorsed_until, now)
-    log.info("%s %s seq=%d name=%s endpoints=%s", "revoked" if rec.revoked else
-             ("updated" if old else "published"), key, rec.seq, rec.name,
-             ",".join(stored["endpoints"]) or "-")
-    return _json(stored, status=200 if old else 201)
+    stored, created = await app[STORE_KEY].publish(doc, now, trusted=app[TRUST_KEY],
+                                                   max_ttl=app[MAX_TTL_KEY], key=key)
+    log.info("%s %s seq=%d name=%s endpoints=%s", "revoked" if stored.revoked else
+             ("published" if created else "updated"), key, stored.seq, stored.name,
+             ",".join(stored.doc.get("endpoints", [])) or "-")
+    return _json(stored.doc, status=201 if created else 200)
 
 
 async def post_endorsement(request: web.Request) -> web.Response:
     key = _path_key(request)
     end = await _body(request)
-    app, now, store = request.app, _now(request), request.app[STORE_KEY]
-    old = store.get(key)
-    if old is None or (not old.revoked and old.expires <= now):
-        raise NotFound("no record for %s to endorse" % key)
-    if old.revoked:
-        raise Gone("key %s was revoked" % key)
+    app, now = request.app, _now(request)
+    stored = await app[STORE_KEY].endorse(key, end, now, trusted=app[TRUST_KEY])
+    log.info("endorsement of %s (name=%s) until %s", key, stored.name,
+             end.get("expires") if isinstance(end, dict) else "?")
+    return _json(stored.doc)
+
+
+async def watch(request: web.Request) -> web.StreamResponse:
+    """``POST /watch {"keys": [...]}``: a stream of newline-delimited records.
+
+    First the current record of each watched key that has one, then every
+    change to any of them as the store reports it (for PostgreSQL: the moment
+    any front end commits it), with ``{}`` as a heartbeat.  The stream ends
+    after WATCH_MAX seconds or when the store loses its push channel; the
+    client reconnects (and gets the current records again)."""
+    body = await _body(request)
+    if not isinstance(body, dict) or set(body) != {"keys"} or not isinstance(body["keys"], list) \
+            or not 1 <= len(body["keys"]) <= WATCH_KEYS:
+        raise BadRequest('a watch is {"keys": [KEY, ...]} with 1..%d keys' % WATCH_KEYS)
+    keys = set()
+    for k in body["keys"]:
+        try:
+            keys.add(b64(key_from_text(k)))
+        except (KeyFormatError, TypeError, AttributeError) as exc:
+            raise BadRequest("keys: %s" % exc) from None
+    app = request.app
+    if app[WATCHERS_KEY][0] >= WATCHERS_MAX:
+        raise TooManyWatchers("this directory already serves %d watches" % WATCHERS_MAX)
+    store = app[STORE_KEY]
+    q = store.subscribe()                # before reading the current records: no gap
+    app[WATCHERS_KEY][0] += 1
     try:
-        rec = parse_record(old.doc, now, trusted_signers=None)
-        signer = verify_endorsement(end, rec.public_key, rec.name, now)
-    except RecordError as exc:
-        raise BadRequest(str(exc)) from None
-    trusted = app[TRUST_KEY]
-    if trusted and signer not in trusted:
-        raise Forbidden("signer %s is not trusted by this directory" % b64(signer))
-    merged = _merge_endorsements(rec, [end], old.doc.get("endorsements", []), trusted, now)
-    stored = dict(old.doc, endorsements=merged)
-    store.put(rec, stored, _endorsed_until(rec, stored, trusted, now), now)
-    log.info("endorsement of %s (name=%s) by %s until %d", key, rec.name, b64(signer),
-             end["expires"])
-    return _json(stored)
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson",
+                                           "Cache-Control": "no-store"})
+        await resp.prepare(request)
+        now = _now(request)
+        for k in sorted(keys):
+            row = await store.get(k)
+            if row is not None and (row.revoked or row.expires > now):
+                await resp.write(canonical(row.doc) + b"\n")
+        loop = asyncio.get_running_loop()
+        end = loop.time() + WATCH_MAX
+        while loop.time() < end:
+            try:
+                item = await asyncio.wait_for(q.get(), min(WATCH_HEARTBEAT, end - loop.time()))
+            except asyncio.TimeoutError:
+                await resp.write(b"{}\n")
+                continue
+            if item is None:
+                break
+            if item.public_key in keys:
+                await resp.write(canonical(item.doc) + b"\n")
+        return resp
+    finally:
+        app[WATCHERS_KEY][0] -= 1
+        store.unsubscribe(q)
 
 
-def create_app(store: DirectoryStore, *, clock: Callable[[], float] = time.time,
+def create_app(store: Store, *, clock: Callable[[], float] = time.time,
                trusted_signers: Iterable[bytes] = (),
                max_ttl: int = DEFAULT_MAX_TTL) -> web.Application:
-    """The directory application (routes in README.md, "Directory")."""
+    """The directory application over an opened store (routes in docs/directory.md)."""
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
     app[STORE_KEY] = store
     app[CLOCK_KEY] = clock
     app[TRUST_KEY] = frozenset(bytes(s) for s in trusted_signers)
     app[MAX_TTL_KEY] = int(max_ttl)
+    app[WATCHERS_KEY] = [0]
     r = app.router
     r.add_get("/status", get_status)
     r.add_get("/records", list_records)
@@ -242,6 +225,7 @@ def create_app(store: DirectoryStore, *, clock: Callable[[], float] = time.time,
     r.add_put("/records/{public_key}", put_record)
     r.add_post("/records/{public_key}/endorsements", post_endorsement)
     r.add_get("/names/{name}", get_name)
+    r.add_post("/watch", watch)
     return app
 
 
@@ -258,33 +242,46 @@ async def start_server(app: web.Application, host: str, port: int) -> web.AppRun
     return runner
 
 
-async def _purge_loop(store: DirectoryStore, clock) -> None:
+async def _purge_loop(store: Store, clock) -> None:
     while True:
         await asyncio.sleep(PURGE_INTERVAL)
-        n = store.purge(int(clock()))
+        try:
+            n = await store.purge(int(clock()))
+        except ApiError as exc:
+            log.warning("purging expired records failed: %s", exc)
+            continue
         if n:
             log.info("purged %d expired record(s)", n)
 
 
 async def serve_forever(host: str, port: int, db, trusted_signers=(),
                         max_ttl: int = DEFAULT_MAX_TTL) -> None:
-    """Run the directory until SIGINT/SIGTERM."""
-    store = DirectoryStore(db)
-    runner = await start_server(create_app(store, trusted_signers=trusted_signers,
-                                           max_ttl=max_ttl), host, port)
+    """Run the directory until SIGINT/SIGTERM.  ``db`` is a SQLite path or a
+    postgresql:// URL (any number of front ends may share one database)."""
+    store = await open_store(db).open()
+    try:
+        runner = await start_server(create_app(store, trusted_signers=trusted_signers,
+                                               max_ttl=max_ttl), host, port)
+    except BaseException:
+        await store.close()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     purger = asyncio.ensure_future(_purge_loop(store, time.time))
-    log.info("directory listening on http://%s:%d (db %s, %d record(s), %d trusted signer(s))",
-             host if ":" not in host else "[%s]" % host, port, db, store.count(),
-             len(tuple(trusted_signers)))
+    log.info("directory listening on http://%s:%d (%s store %s, %d record(s), %d trusted "
+             "signer(s))", host if ":" not in host else "[%s]" % host, port, store.kind,
+             _describe(db), await store.count(), len(tuple(trusted_signers)))
     try:
         await stop.wait()
     finally:
         purger.cancel()
         await runner.cleanup()
-        store.close()
+        await store.close()
         log.info("directory stopped")
 
+
+def _describe(db) -> str:
+    from .store.postgres import _safe_dsn
+    return _safe_dsn(str(db))
