@@ -159,15 +159,16 @@ def dht_missing() -> Optional[str]:
 class Swarm:
     """N libtorrent DHT nodes on 127.0.0.1 in this process, joined only to each other."""
 
-    def __init__(self, n: int = 10, host: str = "127.0.0.1"):
+    def __init__(self, n: int = 10, host: str = "127.0.0.1", base_port: int = 46200):
         self.n = n
         self.host = host
+        self.base_port = base_port
         self.nodes: list = []
 
     async def start(self, timeout: float = 20.0) -> "Swarm":
         from phantom.control.directory.store.dht import DhtNode
         for _ in range(self.n):
-            node = DhtNode("%s:0" % self.host, timeout=8.0)
+            node = DhtNode("%s:%d" % (self.host, self.base_port + len(self.nodes)), timeout=8.0)
             await node.start()
             self.nodes.append(node)
         for node in self.nodes:

@@ -123,6 +123,11 @@ def _settings(listen: str) -> dict:
         "dht_enforce_node_id": False,
         "dht_prefer_verified_node_ids": False,
         "dht_read_only": False,
+        # libtorrent blocks an IP sending more than 5 packets/s and caps DHT upload at
+        # 8 kB/s; several nodes behind one address (a swarm on one host, a NAT) trip
+        # both, so lookups stall.  Lenient values, still bounded:
+        "dht_block_ratelimit": 1000,
+        "dht_upload_rate_limit": 256 * 1024,
         "user_agent": "phantom", "handshake_client_version": "",
         "alert_mask": cat.dht_notification | cat.error_notification | cat.status_notification,
         "alert_queue_size": 10000,
