@@ -167,20 +167,98 @@ class Daemon:
                 pass
 
     # ------------------------------------------------------- key directory
-    def _start_directory(self) -> None:
-        """Publish our record and keep it fresh; pin configured names."""
-        from .control.directory import DirectoryClient
-        self.directory = DirectoryClient(self.s.directory, self._dir_key,
-                                         trusted_signers=self.s.trusted_signers)
+    async def _start_directory(self) -> None:
+        """Publish our record and keep it fresh; pin configured names; watch our peers."""
+        if self.s.directory == "dht":
+            from .control.directory.client import DhtDirectoryClient
+            self.directory = DhtDirectoryClient(
+                self._dir_key, listen="0.0.0.0:%d" % self.s.dht_port,
+                bootstrap=self.s.dht_bootstrap, trusted_signers=self.s.trusted_signers)
+            await self.directory.start()
+        else:
+            from .control.directory import DirectoryClient
+            self.directory = DirectoryClient(self.s.directory, self._dir_key,
+                                             trusted_signers=self.s.trusted_signers)
         for p in self.engine.peers.values():
             self.directory.pin(p.name, p.public_key)
         if self.s.trusted_signers:
             self.engine.report_unknown_keys = True
         if self.s.name:
             allowed = ["%s/%d" % (a.ip, a.max_prefixlen) for a in self.s.addresses]
-            endpoints = ["%s:%d" % ep if ":" not in ep[0] else "[%s]:%d" % ep for ep in self.s.endpoints]
-            self._spawn(self.directory.keep_published(self.s.name, endpoints, allowed))
-            log.info("publishing %s to the directory %s", self.s.name, self.s.directory)
+            self._spawn(self.directory.keep_published(self.s.name, self._advertised, allowed))
+            log.info("publishing %s to the directory %s", self.s.name, self._directory_text())
+        self._spawn(self._watch_peers())
+
+    def _directory_text(self) -> str:
+        d = self.s.directory
+        if d == "dht":
+            return "dht (bootstrap %s)" % (", ".join("%s:%d" % b for b in self.s.dht_bootstrap) or "none")
+        return ", ".join(d) if isinstance(d, list) else str(d)
+
+    def _advertised(self) -> list:
+        """Our endpoints for the directory: the configured ones, or with
+        endpoints = "auto", the address this host reaches the directory (or the
+        first DHT bootstrap node) from, asked again on every call."""
+        eps = [ep for ep in self.s.endpoints if ep[0] != "auto"]
+        if self.s.endpoints_auto:
+            ip = _source_address(self._directory_hosts())
+            port = self.udp.getsockname()[1] if self.udp else self.s.listen_port
+            if ip and (ip, port) not in eps:
+                eps.insert(0, (ip, port))
+        return ["%s:%d" % ep if ":" not in ep[0] else "[%s]:%d" % ep for ep in eps]
+
+    def _directory_hosts(self) -> list:
+        import urllib.parse
+        if self.s.directory == "dht":
+            return [h for h, _ in self.s.dht_bootstrap]
+        urls = self.s.directory if isinstance(self.s.directory, list) else [self.s.directory]
+        return [urllib.parse.urlsplit(u).hostname for u in urls if urllib.parse.urlsplit(u).hostname]
+
+    async def _watch_peers(self) -> None:
+        """Follow our peers' records (pushed by a directory front end, polled on the
+        DHT): a peer that published a new endpoint is reached there at once."""
+        from .control.directory import DirectoryError
+        watching, task = frozenset(), None
+        try:
+            while not self._stop.is_set():
+                keys = frozenset(p.public_key for p in self.engine.peers.values())
+                if keys != watching or (task is not None and task.done()):
+                    if task is not None:
+                        task.cancel()
+                    watching = keys
+                    task = asyncio.ensure_future(self.directory.watch(keys, self._peer_record))
+                try:
+                    await asyncio.wait_for(self._stop.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    pass
+        except DirectoryError as exc:   # pragma: no cover - watch logs and retries itself
+            log.warning("watching peers' records stopped: %s", exc)
+        finally:
+            if task is not None:
+                task.cancel()
+
+    def _peer_record(self, rec) -> None:
+        """A newer verified record of one of our peers."""
+        peer = self.engine.peer_by_key(rec.public_key)
+        if peer is None:
+            return
+        if rec.revoked:
+            log.warning("peer=%s revoked its key in the directory", peer.name)
+            if peer.dynamic:
+                self._do(self.engine.remove_peer(peer.id))
+                self.dp.remove_peer(peer.id)
+            return
+        if not rec.endpoints:
+            return
+        eps = [plain(e) for e in rec.endpoints]
+        if peer.endpoint is not None and plain(peer.endpoint) in eps:
+            return
+        log.info("peer=%s moved: the directory says %s (was %s)", peer.name, format_endpoint(eps[0]),
+                 format_endpoint(peer.endpoint) if peer.endpoint else "-")
+        peer.endpoint = eps[0]
+        self._do([A.SetEndpoint(peer.id, eps[0])])
+        if peer.state is PeerState.ESTABLISHED:
+            self._do([A.SendKeepalive(peer.id)])
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -448,12 +526,12 @@ class Daemon:
                                            self.s.http_port,
                                            str(self.s.http_socket) if self.s.http_socket else None)
         self.build()
-        _preload()
+        _preload(dht=self.s.directory == "dht")
         drop_privileges(self.s.user)
         self.uid = os.getuid()
         self.dp.start()
         if self.s.directory:
-            self._start_directory()
+            await self._start_directory()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -482,7 +560,7 @@ class Daemon:
             self.test_sock.close()
 
 
-def _preload() -> None:
+def _preload(dht: bool = False) -> None:
     """Import, while still root, every module the daemon may need later: the
     unprivileged user may not be able to read the Python installation (a
     pyenv under /root, say), and a lazy import after the drop would fail."""
@@ -494,6 +572,31 @@ def _preload() -> None:
     from .control import keys, config  # noqa: F401
     from .dataplane import firewall, packet  # noqa: F401
     from .control import directory as _directory  # noqa: F401  (imports sqlite3 too)
+    from .control.directory import client as _client  # noqa: F401
+    if dht:
+        import libtorrent  # noqa: F401
+        from .control.directory.store import dht as _dht  # noqa: F401
+
+
+def _source_address(hosts) -> Optional[str]:
+    """The local address this host sends from towards the first of ``hosts`` that
+    routes (a connected UDP socket sends nothing)."""
+    import socket
+    for host in hosts:
+        try:
+            infos = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)
+        except OSError:
+            continue
+        for family, _, _, _, addr in infos:
+            try:
+                with socket.socket(family, socket.SOCK_DGRAM) as s:
+                    s.connect(addr)
+                    ip = s.getsockname()[0]
+            except OSError:
+                continue
+            if ip and not ip.startswith("127.") and ip != "::1":
+                return ip
+    return None
 
 
 def _b64(key: bytes) -> str:
