@@ -185,7 +185,8 @@ class Daemon:
             self.engine.report_unknown_keys = True
         if self.s.name:
             allowed = ["%s/%d" % (a.ip, a.max_prefixlen) for a in self.s.addresses]
-            self._spawn(self.directory.keep_published(self.s.name, self._advertised, allowed))
+            self._spawn(self.directory.keep_published(self.s.name, self._advertised, allowed,
+                                                      retry=5.0 if self.s.directory == "dht" else 30.0))
             log.info("publishing %s to the directory %s", self.s.name, self._directory_text())
         self._spawn(self._watch_peers())
 
@@ -291,7 +292,7 @@ class Daemon:
         self._add_from_record(rec, plain(addr))
         log.info("peer=%s admitted: its record carries a trusted endorsement", rec.name)
 
-    def _add_from_record(self, rec, endpoint):
+    def _add_from_record(self, rec, endpoint, name: Optional[str] = None):
         """A peer learnt from the directory.  Its allowed IPs are its own claim:
         they are taken only when a trusted signer endorsed the record, or when
         they lie inside our own interface subnets; never over another peer's."""
@@ -303,7 +304,8 @@ class Daemon:
             inside = any(n.version == c.version and n.subnet_of(c) for c in connected)
             if (rec.endorsed or inside) and n not in taken:
                 nets.append(ipaddress.ip_network(n))
-        peer = self.engine.add_peer(rec.public_key, self._free_name(rec.name), nets, endpoint, dynamic=True)
+        peer = self.engine.add_peer(rec.public_key, self._free_name(name or rec.name), nets, endpoint,
+                                    dynamic=True)
         self.dp.add_peer(peer.id, nets)
         if endpoint:
             self.dp.set_endpoint(peer.id, endpoint)
@@ -318,12 +320,14 @@ class Daemon:
             i += 1
         return "%s-%d" % (name, i)
 
-    async def _resolve(self, name: Optional[str] = None, endpoint=None):
-        """A directory record by name, or by advertised endpoint; None if absent."""
+    async def _resolve(self, name: Optional[str] = None, endpoint=None, key: Optional[bytes] = None):
+        """A directory record by name, key, or advertised endpoint; None if absent."""
         if self.directory is None:
             return None
         from .control.directory import DirectoryError
         try:
+            if key is not None:
+                return await self.directory.resolve_key(key)
             if name:
                 return await self.directory.resolve_name(name)
             for rec in await self.directory.list_records():
@@ -356,7 +360,29 @@ class Daemon:
             if not name:
                 raise BadRequest("give an endpoint IP:PORT or a peer name")
             peer = self._peer_named(name)
-            if peer is None:
+            if peer is None and public_key:
+                # a name of our choosing for a key looked up in the directory (the DHT
+                # answers by key only): names never come from the directory's data
+                try:
+                    key = decode_public_key(public_key)
+                except ValueError as exc:
+                    raise BadRequest("public_key: %s" % exc) from None
+                if key == self.engine.public_key:
+                    raise BadRequest("public_key: this daemon's own public key cannot be a peer")
+                peer = self.engine.peer_by_key(key)
+                if peer is None:
+                    rec = await self._resolve(key=key)
+                    if rec is None:
+                        raise NotFound("no record for key %s in the key directory" % public_key
+                                       if self.directory else "no peer %r in the config (and no "
+                                       "--directory)" % name)
+                    if not rec.endpoints:
+                        raise BadRequest("the directory record of %s has no endpoint" % public_key)
+                    endpoint = plain(rec.endpoints[0])
+                    self.directory.pin(name, key)
+            if endpoint is not None:
+                pass
+            elif peer is None:
                 rec = await self._resolve(name=name)
                 if rec is None:
                     raise NotFound("no peer %r in the config%s" % (
@@ -365,7 +391,13 @@ class Daemon:
                     raise BadRequest("the directory record of %s has no endpoint" % name)
                 endpoint = plain(rec.endpoints[0])
             elif peer.endpoint is None:
-                raise BadRequest("peer %s has no known endpoint: open it as IP:PORT" % peer.name)
+                # a configured key without an endpoint: where it is now is the directory's
+                found = await self._resolve(key=peer.public_key)
+                if found is None or not found.endpoints:
+                    raise BadRequest("peer %s has no known endpoint: open it as IP:PORT%s" % (
+                        peer.name, "" if self.directory is None else
+                        " (the key directory has no endpoint for it either)"))
+                endpoint = plain(found.endpoints[0])
             else:
                 endpoint = plain(peer.endpoint)
         elif public_key:
@@ -393,7 +425,7 @@ class Daemon:
         if peer is None and rec is not None:
             peer = self.engine.peer_by_key(rec.public_key)
             if peer is None:
-                peer = self._add_from_record(rec, endpoint)
+                peer = self._add_from_record(rec, endpoint, name if public_key else None)
                 created = True
         if peer is None:
             nets = []

@@ -12,7 +12,7 @@ import sys
 
 from phantom import crypto, logsetup
 from phantom.control.config import PEER_NAME
-from phantom.control.errors import ConfigError
+from phantom.control.errors import ApiError, ConfigError
 from phantom.control.keys import KeyFormatError
 
 from .client import CLIENT_TIMEOUT, DEFAULT_TTL, DirectoryClient
@@ -64,6 +64,62 @@ def _load_key(path):
 def cmd_serve(args) -> int:
     logsetup.setup_logging(args.log_level)
     _run(serve_forever(args.listen, args.port, args.db, args.trusted_signer or (), args.max_ttl))
+    return 0
+
+
+async def dht_nodes_forever(listen: str, port: int, count: int, bootstrap, status_port: int) -> None:
+    """Run ``count`` DHT nodes on listen:port.. (each joined to the others and to
+    ``bootstrap``), with an optional HTTP /status, until SIGINT/SIGTERM."""
+    import signal
+    from aiohttp import web
+    from .server import start_server
+    from .store.dht import DhtNode
+    nodes = []
+    runner = None
+    try:
+        for i in range(count):
+            nodes.append(await DhtNode("%s:%d" % (listen, port + i if port else 0),
+                                       bootstrap).start())
+        host = "127.0.0.1" if listen in ("0.0.0.0", "::") else listen
+        for n in nodes:
+            for other in nodes:
+                if other is not n:
+                    n.add_node(host, other.port)
+        if status_port:
+            async def status(request):
+                return web.json_response({"service": "phantom-dht-node", "nodes": [
+                    {"port": n.port, "routing_nodes": n.nodes} for n in nodes]})
+            app = web.Application()
+            app.router.add_get("/status", status)
+            runner = await start_server(app, listen, status_port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print("dht-node: %d node(s) on %s ports %s" % (count, listen, ",".join(
+            str(n.port) for n in nodes)), file=sys.stderr, flush=True)
+        await stop.wait()
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        for n in nodes:
+            await n.close()
+
+
+def _endpoint_arg(text: str):
+    from phantom.control.config import parse_endpoint
+    try:
+        return parse_endpoint(text, "--bootstrap")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_dht_node(args) -> int:
+    logsetup.setup_logging(args.log_level)
+    if not 1 <= args.count <= 64:
+        raise ValueError("--count must be 1..64")
+    _run(dht_nodes_forever(args.listen, args.port, args.count, args.bootstrap or (),
+                           args.status_port))
     return 0
 
 
@@ -144,8 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the directory service")
     s.add_argument("--listen", default="127.0.0.1", metavar="ADDR", help="address (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (default %d)" % DEFAULT_PORT)
-    s.add_argument("--db", default=DEFAULT_DB, metavar="PATH.sqlite",
-                   help="SQLite file (default ./%s)" % DEFAULT_DB)
+    s.add_argument("--db", default=DEFAULT_DB, metavar="PATH.sqlite|postgresql://...",
+                   help="a SQLite file (default ./%s), or a PostgreSQL URL that any number of "
+                        "front ends may share" % DEFAULT_DB)
     s.add_argument("--trusted-signer", type=_signer_arg, action="append", metavar="KEY",
                    help="Ed25519 key whose endorsements this directory keeps and ranks first "
                         "(repeatable; default: keep any valid endorsement)")
@@ -192,6 +249,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ttl", type=int, default=30 * 86400, metavar="SECONDS")
     c.set_defaults(func=cmd_endorse)
 
+    n = sub.add_parser("dht-node", help="run DHT nodes (libtorrent) that directory = \"dht\" "
+                       "daemons can bootstrap from: a private swarm needs no public router")
+    n.add_argument("--listen", default="0.0.0.0", metavar="ADDR")
+    n.add_argument("--port", type=int, default=6881, help="UDP port of the first node (default "
+                   "6881; node i uses port+i; 0 picks free ports)")
+    n.add_argument("--count", type=int, default=1, help="nodes to run in this process (1..64)")
+    n.add_argument("--bootstrap", type=_endpoint_arg, action="append", metavar="IP:PORT",
+                   help="another DHT node to join through (repeatable; default: none)")
+    n.add_argument("--status-port", type=int, default=0, metavar="PORT",
+                   help="serve GET /status (routing-table sizes) on this TCP port")
+    n.add_argument("--log-level", default="info", choices=logsetup.LEVELS)
+    n.set_defaults(func=cmd_dht_node)
+
     k = sub.add_parser("signer-key", help="print the Ed25519 signer key of a key file "
                        "(what --trusted-signer and trusted_signers take)")
     k.add_argument("--private-key", metavar="FILE", required=True)
@@ -203,7 +273,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
-    except (DirectoryError, ConfigError, KeyFormatError, ValueError) as exc:
+    except (DirectoryError, ConfigError, KeyFormatError, ValueError, ApiError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
