@@ -186,7 +186,7 @@ class Daemon:
         if self.s.name:
             allowed = ["%s/%d" % (a.ip, a.max_prefixlen) for a in self.s.addresses]
             self._spawn(self.directory.keep_published(self.s.name, self._advertised, allowed,
-                                                      retry=5.0 if self.s.directory == "dht" else 30.0))
+                                                      retry=2.0 if self.s.directory == "dht" else 30.0))
             log.info("publishing %s to the directory %s", self.s.name, self._directory_text())
         self._spawn(self._watch_peers())
 
@@ -327,7 +327,7 @@ class Daemon:
         from .control.directory import DirectoryError
         try:
             if key is not None:
-                return await self.directory.resolve_key(key)
+                return await self.directory.resolve_key(key, fresh=True)   # the user asked: no negative cache
             if name:
                 return await self.directory.resolve_name(name)
             for rec in await self.directory.list_records():

@@ -47,8 +47,22 @@ def _print(args, payload: dict) -> None:
 
 
 async def _with_client(args, private_key, action):
-    client = DirectoryClient(args.directory, private_key, trusted_signers=getattr(
-        args, "trusted_signer", None) or (), timeout=args.timeout)
+    trusted = getattr(args, "trusted_signer", None) or ()
+    if args.directory.strip().lower() == "dht":
+        from .client import DhtDirectoryClient
+        if not args.bootstrap:
+            raise ValueError("--directory dht needs --bootstrap IP:PORT (a node of the swarm)")
+        client = DhtDirectoryClient(private_key, listen="0.0.0.0:0", bootstrap=args.bootstrap,
+                                    trusted_signers=trusted, timeout=args.timeout)
+        await client.start()
+        try:
+            await client.node.wait_nodes(1, args.timeout)
+        except BaseException:
+            await client.close()
+            raise
+    else:
+        client = DirectoryClient(args.directory, private_key, trusted_signers=trusted,
+                                 timeout=args.timeout)
     try:
         return await action(client)
     finally:
@@ -215,9 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_text)
         c.add_argument("--directory", metavar="URL", default=os.environ.get("PHANTOM_DIRECTORY"),
                        required=os.environ.get("PHANTOM_DIRECTORY") is None,
-                       help="the directory (or $PHANTOM_DIRECTORY)")
+                       help="the directory URL (several: comma-separated; \"dht\" for the "
+                            "DHT) or $PHANTOM_DIRECTORY")
         if key_help:
             c.add_argument("--private-key", metavar="FILE", required=True, help=key_help)
+        c.add_argument("--bootstrap", type=_endpoint_arg, action="append", metavar="IP:PORT",
+                       help="with --directory dht: a DHT node to join through (repeatable)")
         c.add_argument("--timeout", type=float, default=CLIENT_TIMEOUT, metavar="SECONDS")
         c.add_argument("--json", action="store_true", help="print JSON")
         return c

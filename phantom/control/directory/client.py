@@ -538,11 +538,16 @@ class DirectoryClient:
         current = endpoints if callable(endpoints) else (lambda eps=list(endpoints): eps)
         allowed_ips = list(allowed_ips)
         loop = asyncio.get_running_loop()
+        announced = None
         while True:
             eps = list(current())
             try:
-                await self.publish(name, eps, allowed_ips, ttl)
+                stored = await self.publish(name, eps, allowed_ips, ttl)
                 delay = self.republish_every(ttl)
+                (log.info if eps != announced else log.debug)(
+                    "published our record to %s: seq=%s endpoints=%s", ", ".join(self.urls),
+                    stored.get("seq"), ",".join(stored.get("endpoints", [])) or "-")
+                announced = eps
             except DirectoryError as exc:
                 log.warning("publishing our record failed: %s; retrying", exc)
                 delay = min(retry, max(1.0, ttl / 4))

@@ -51,6 +51,9 @@ log = logsetup.get_logger("directory")
 SALT = b"phantom-directory-v1"
 MAX_ITEM = 1000                      # BEP 44: the bencoded value is at most 1000 bytes
 LOOKUP_TIMEOUT = 10.0                # a get or put gives up after this
+GET_GRACE = 0.5                      # after the first item, wait this long for newer ones
+PUT_TIMEOUT = 20.0                   # a put is confirmed when the k closest nodes answered or
+                                     # timed out: dead nodes among them cost libtorrent's RPC timeout
 REPUBLISH = 20 * 60.0                # items live ~2 h on DHT nodes; republish well before
 DEFAULT_PORT = 6881
 _P = 2 ** 255 - 19
@@ -191,13 +194,15 @@ class DhtNode:
         for table in (self._gets, self._puts):
             for entry in table.values():
                 for f in entry[0]:
-                    if not f.done():
-                        f.set_exception(DhtError("the DHT node stopped"))
+                    f.cancel()           # their waiters raise DhtError (see get/put)
             table.clear()
         if ses is not None:
             ses.set_alert_notify(lambda: None)
             ses.pause()
-            await asyncio.get_running_loop().run_in_executor(None, _abort, ses)
+            holder = [ses]
+            del ses
+            # the session's destructor waits for libtorrent's threads: not on the loop
+            await asyncio.get_running_loop().run_in_executor(None, holder.clear)
 
     async def _run(self) -> None:
         import libtorrent as lt
@@ -225,6 +230,11 @@ class DhtNode:
                     elif isinstance(a, lt.dht_stats_alert):
                         self.nodes = sum(b.get("num_nodes", 0) if isinstance(b, dict) else
                                          getattr(b, "num_nodes", 0) for b in a.routing_table)
+                        if self.nodes == 0 and self.bootstrap:
+                            # an empty table (start, or libtorrent reopened its sockets
+                            # after an address change): join through the bootstrap again
+                            for host, port in self.bootstrap:
+                                ses.add_dht_node((host, port))
                 except Exception:        # a malformed alert must not stop the pump
                     log.exception("handling a DHT alert failed")
 
@@ -239,10 +249,23 @@ class DhtNode:
         elif item not in (b"", None) and not isinstance(item, (bytes, bytearray)):
             entry[1] = entry[1] or (item, int(a.seq))       # not a string: the caller drops it
         if a.authoritative:
-            self._gets.pop((bytes(a.key), bytes(a.salt)), None)
-            for f in entry[0]:
-                if not f.done():
-                    f.set_result(entry[1])
+            self._finish_get((bytes(a.key), bytes(a.salt)))
+        elif entry[1] is not None and len(entry) == 2:
+            # An item is in hand; the traversal may still wait out dead nodes for
+            # seconds.  Take the newest seen within GET_GRACE (a node holding an older
+            # seq cannot roll a client back: clients keep the highest record seq seen).
+            entry.append(self._loop.call_later(GET_GRACE, self._finish_get,
+                                               (bytes(a.key), bytes(a.salt))))
+
+    def _finish_get(self, k) -> None:
+        entry = self._gets.pop(k, None)
+        if entry is None:
+            return
+        if len(entry) > 2:
+            entry[2].cancel()
+        for f in entry[0]:
+            if not f.done():
+                f.set_result(entry[1])
 
     def _on_put(self, a) -> None:
         entry = self._puts.pop((bytes(a.public_key), bytes(a.salt)), None)
@@ -271,6 +294,10 @@ class DhtNode:
         entry[0].append(fut)
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout or self.timeout)
+        except asyncio.CancelledError:
+            if fut.cancelled() and self._ses is None:
+                raise DhtError("the DHT node stopped") from None
+            raise
         except asyncio.TimeoutError:
             self.stats["timeouts"] += 1
             best = entry[1]
@@ -295,12 +322,18 @@ class DhtNode:
         self._puts.setdefault(k, [[]])[0].append(fut)
         ses.dht_put_mutable_item(bytes(secret), bytes(key), bytes(value), bytes(salt))
         try:
-            n = await asyncio.wait_for(asyncio.shield(fut), timeout or self.timeout)
+            n = await asyncio.wait_for(asyncio.shield(fut), timeout or max(self.timeout,
+                                                                              PUT_TIMEOUT))
+        except asyncio.CancelledError:
+            if fut.cancelled() and self._ses is None:
+                raise DhtError("the DHT node stopped") from None
+            raise
         except asyncio.TimeoutError:
             self.stats["timeouts"] += 1
             self._puts.pop(k, None)
             raise DhtError("the DHT did not confirm the put within %g s (%d node(s) in the "
-                           "routing table)" % (timeout or self.timeout, self.nodes)) from None
+                           "routing table)" % (timeout or max(self.timeout, PUT_TIMEOUT),
+                                               self.nodes)) from None
         if n == 0:
             raise DhtError("no DHT node stored the item (%d node(s) in the routing table)"
                            % self.nodes)
@@ -316,10 +349,6 @@ class DhtNode:
                 self._ses.post_dht_stats()
             await asyncio.sleep(0.1)
         return self.nodes
-
-
-def _abort(ses) -> None:
-    ses.abort()                          # returns a proxy whose destruction waits for shutdown
 
 
 # --- the store ---------------------------------------------------------------------------------------
