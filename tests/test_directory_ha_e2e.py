@@ -170,3 +170,51 @@ def test_dht_publish_find_by_key_open_and_follow_a_move(lan3, daemon_factory, tm
     a.daemon.stop()
     b.daemon.stop()
     swarm.stop()
+
+
+def test_a_peer_that_moves_is_followed_within_seconds_by_watch(lan3, daemon_factory, tmp_path):
+    """Watch, not poll: b moves; its new record reaches a through LISTEN/NOTIFY and a's
+    watch stream long before any cache refresh, and before b says anything to a."""
+    missing = pg_missing()
+    if missing:
+        pytest.skip(missing)
+    a_host, b_host, c_host = lan3.hosts["a"], lan3.hosts["b"], lan3.hosts["c"]
+    with PgCluster() as pg:
+        dsn = asyncio.run(asyncio.wait_for(pg.new_database(), 20))
+        ports = (4568, 4569)
+        fronts = [daemon_factory(c_host, ["directory", "serve", "--listen", c_host.ip, "--port",
+                                          str(port), "--db", dsn], executable=CLI,
+                                 http_port=port, http_host=c_host.ip, name="front%d" % i,
+                                 timeout=20)
+                  for i, port in enumerate(ports)]
+        urls = ["http://%s:%d" % (c_host.ip, p) for p in ports]
+        a = make_node(tmp_path, "n1", 1, a_host)
+        b = make_node(tmp_path, "n2", 2, b_host)
+        for n, other, url in ((a, b, urls[1]), (b, a, urls[0])):   # each on "its" front end
+            write_config(n, mode="tun", tunables=FAST_TUNABLES,
+                         peers=[{"name": other.name, "public_key": other.pub,
+                                 "allowed_ips": ["%s/32" % other.tun4]}],
+                         extra={"directory": url, "name": n.name, "endpoints": "auto"})
+            start(daemon_factory, n)
+        for n in (a, b):
+            wait_for(lambda: "published our record" in n.daemon.log(), timeout=20,
+                     what="%s published" % n.name)
+        code, body = a.api("POST", "/open/n2", timeout=30)           # found by key
+        assert code == 200 and body["state"] == "established", body
+        assert body["endpoint"] == "%s:%d" % (b_host.ip, UDP_PORT)
+        assert a.host.ns.ping(b.tun4, timeout=5)
+        new_ip = "10.204.0.43"
+        b_host.change_address(new_ip)
+        t0 = time.monotonic()
+        line = "peer=n2 moved: the directory says %s:%d" % (new_ip, UDP_PORT)
+        wait_for(lambda: line in a.daemon.log(), timeout=15, interval=0.1,
+                 what="a to hear of n2's move")
+        followed_after = time.monotonic() - t0
+        print("a followed n2's move %.1f s after it (b publishes within 2 s)" % followed_after)
+        assert followed_after < 8, followed_after
+        assert a.peer("n2")["endpoint"] == "%s:%d" % (new_ip, UDP_PORT)
+        assert a.host.ns.ping(b.tun4, timeout=5)
+        for n in (a, b):
+            n.daemon.stop()
+        for f in fronts:
+            f.stop()

@@ -99,6 +99,13 @@ class DirectoryClient:
                       "rejected": 0, "pin_refused": 0, "watch_updates": 0}
 
     # lifecycle
+    async def reset_connections(self) -> None:
+        """Drop pooled HTTP connections (after our address changed they are dead);
+        running watch streams reconnect by themselves."""
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -558,6 +565,7 @@ class DirectoryClient:
                     log.info("our endpoints changed (%s -> %s); republishing",
                              ",".join(map(str, eps)) or "-",
                              ",".join(map(str, current())) or "-")
+                    await self.reset_connections()     # pooled ones left from the old address
                     break
 
     # watching
