@@ -293,7 +293,11 @@ class DhtNode:
             ses.dht_get_mutable_item(bytes(key), bytes(salt))
         entry[0].append(fut)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout or self.timeout)
+            found = await asyncio.wait_for(asyncio.shield(fut), timeout or self.timeout)
+            if found is None and self.nodes == 0:
+                raise DhtError("the DHT routing table is empty: no node to ask (bootstrap %s)"
+                               % (", ".join("%s:%d" % b for b in self.bootstrap) or "none"))
+            return found
         except asyncio.CancelledError:
             if fut.cancelled() and self._ses is None:
                 raise DhtError("the DHT node stopped") from None
