@@ -218,7 +218,7 @@ class DhtNode:
                 return
             now = time.monotonic()
             if now >= stats_due:
-                ses.post_dht_stats()
+                ses.post_session_stats()
                 stats_due = now + 2.0
             for a in ses.pop_alerts():
                 self.stats["alerts"] += 1
@@ -227,9 +227,12 @@ class DhtNode:
                         self._on_item(a)
                     elif isinstance(a, lt.dht_put_alert):
                         self._on_put(a)
-                    elif isinstance(a, lt.dht_stats_alert):
-                        self.nodes = sum(b.get("num_nodes", 0) if isinstance(b, dict) else
-                                         getattr(b, "num_nodes", 0) for b in a.routing_table)
+                    elif isinstance(a, lt.session_stats_alert):
+                        # the session-wide counter: with "0.0.0.0" libtorrent runs one DHT
+                        # node per local address, and dht_stats_alert describes only one
+                        values = a.values
+                        self.nodes = int(values.get("dht.dht_nodes", 0)
+                                         if isinstance(values, dict) else 0)
                         if self.nodes == 0 and self.bootstrap:
                             # an empty table (start, or libtorrent reopened its sockets
                             # after an address change): join through the bootstrap again
@@ -350,7 +353,7 @@ class DhtNode:
             if time.monotonic() > deadline:
                 raise DhtError("the DHT routing table has %d node(s), wanted %d" % (self.nodes, n))
             if self._ses is not None:
-                self._ses.post_dht_stats()
+                self._ses.post_session_stats()
             await asyncio.sleep(0.1)
         return self.nodes
 
