@@ -30,6 +30,7 @@ MAX_RESPONSE = 1024 * 1024
 STRAGGLER = 0.5                       # once one directory answered, the others get this long
 WATCH_RETRY = 1.0                     # first reconnect delay of a watch stream (doubles to 30 s)
 WATCH_POLL = 5.0                      # directories without /watch (and the DHT) are polled
+WATCH_CHUNK = 256                     # keys per watch stream (the server's limit)
 WATCH_READ = 40.0                     # a watch stream silent this long (no heartbeat) is redone
 ENDPOINT_CHECK = 2.0                  # how often keep_published asks for changed endpoints
 DHT_TIMEOUT = 10.0                    # a DHT lookup or publish gives up after this
@@ -596,7 +597,11 @@ class DirectoryClient:
         keys = frozenset(bytes(k) for k in keys)
         if not keys:
             return
-        await asyncio.gather(*(self._watch_url(u, keys, on_change) for u in self.urls))
+        ordered = sorted(keys)
+        chunks = [frozenset(ordered[i:i + WATCH_CHUNK]) for i in range(0, len(ordered),
+                                                                         WATCH_CHUNK)]
+        await asyncio.gather(*(self._watch_url(u, chunk, on_change) for u in self.urls
+                               for chunk in chunks))
 
     async def _watch_url(self, url: str, keys: frozenset, on_change) -> None:
         import aiohttp

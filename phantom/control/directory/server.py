@@ -30,8 +30,8 @@ DEFAULT_DB = "phantom-directory.sqlite"
 MAX_BODY = 16 * 1024                  # one record with 16 endpoints, 64 prefixes, 16 endorsements
 BODY_TIMEOUT = 10.0
 PURGE_INTERVAL = 60.0
-WATCH_KEYS = 4096                     # keys one watch may follow
-WATCHERS_MAX = 256                    # concurrent watches per front end
+WATCH_KEYS = 256                      # keys one watch may follow (fits in MAX_BODY)
+WATCHERS_MAX = 1024                   # concurrent watch streams per front end
 WATCH_HEARTBEAT = 15.0
 WATCH_MAX = 300.0                     # a watch stream ends after this; the client reconnects
 
