@@ -233,7 +233,10 @@ class DirectoryClient:
                 continue
             try:
                 rec = self._verify(payload, now)
-            except RecordError:
+            except RecordError as exc:
+                if len(answers) > 1:          # with one answer the caller counts and says why
+                    self.stats["rejected"] += 1
+                    log.warning("one directory served an invalid record: %s", exc)
                 continue
             rank = (int(rec.endorsed) if by_name else 0, rec.seq)
             if rank > best_seq:
