@@ -55,6 +55,8 @@ assert FP_PAYLOAD_OFFSET == _wire.TRANSPORT_PAYLOAD_OFFSET
 assert FP_MAX_INNER == _wire.MAX_INNER_SIZE
 assert FP_REPLAY_WINDOW == _constants.REPLAY_WINDOW_SIZE
 assert FP_REPLAY_BLOCKS * 64 == FP_REPLAY_WINDOW + 64
+from phantom.dataplane.types import Drop as _Drop
+assert FP_N_DROPS == len(_Drop) and D_CONTROL_OVERFLOW == _Drop.CONTROL_OVERFLOW
 
 cdef uint64_t REPLAY_LIMIT = _constants.REJECT_AFTER_MESSAGES
 cdef size_t MAX_DATAGRAM = _wire.MAX_DATAGRAM_SIZE
@@ -905,9 +907,11 @@ cdef int _in_prepare(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nog
             if pkt.len != expect:
                 pkt.verdict = D_MALFORMED      # as wire.message_type: exact sizes
             else:
-                pkt.verdict = V_CONSUMED
                 if _ev_push(e, EV_CONTROL_PACKET, -1, 0, pkt.buf, pkt.len, &pkt.addr, pkt.addrlen):
+                    pkt.verdict = V_CONSUMED
                     events += 1
+                else:
+                    pkt.verdict = D_CONTROL_OVERFLOW   # the control plane's queue is full
             continue
         if t != 4:
             pkt.verdict = D_MALFORMED

@@ -76,8 +76,13 @@ def _load_key(path):
 
 
 def cmd_serve(args) -> int:
+    from phantom.privileges import lock_down, resolve_user
     logsetup.setup_logging(args.log_level)
-    _run(serve_forever(args.listen, args.port, args.db, args.trusted_signer or (), args.max_ttl))
+    pw = resolve_user(args.user)         # None unless root
+    if pw is not None:
+        lock_down()                      # single-threaded: before the loop and any thread exists
+    _run(serve_forever(args.listen, args.port, args.db, args.trusted_signer or (), args.max_ttl,
+                       drop_to=pw))
     return 0
 
 
@@ -216,7 +221,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (default %d)" % DEFAULT_PORT)
     s.add_argument("--db", default=DEFAULT_DB, metavar="PATH.sqlite|postgresql://...",
                    help="a SQLite file (default ./%s), or a PostgreSQL URL that any number of "
-                        "front ends may share" % DEFAULT_DB)
+                        "front ends may share.  As root, a SQLite file is opened (and created) "
+                        "before the switch to --user, so it may sit in a root-only directory and "
+                        "keeps its owner; see --user" % DEFAULT_DB)
+    s.add_argument("--user", metavar="NAME",
+                   help="when started as root: the unprivileged user to switch to (default "
+                        "nobody) once the db is open and the port bound (ports below 1024 work); "
+                        "the capability bounding set is emptied and no_new_privs set first, for "
+                        "every thread.  The server then uses the db only through the descriptors "
+                        "opened as root: the file (and its -wal/-shm files, created with the db's "
+                        "owner and mode) stays owned by root, the user needs no access to it, and "
+                        "other processes running as that user cannot write to it.  The -wal/-shm files "
+                        "may be left at exit; the next start recovers them.  Ignored when not "
+                        "root (then the db must be writable by you, with its directory)")
     s.add_argument("--trusted-signer", type=_signer_arg, action="append", metavar="KEY",
                    help="Ed25519 key whose endorsements this directory keeps and ranks first "
                         "(repeatable; default: keep any valid endorsement)")
@@ -287,10 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from phantom.privileges import PrivilegeError
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
-    except (DirectoryError, ConfigError, KeyFormatError, ValueError, ApiError) as exc:
+    except (DirectoryError, ConfigError, KeyFormatError, ValueError, ApiError,
+            PrivilegeError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 1
     except KeyboardInterrupt:

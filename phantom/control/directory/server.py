@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable
 from aiohttp import web
 
 from phantom import __version__, logsetup
-from phantom.control.api import json_errors
+from phantom.control.api import JsonErrorRunner, json_errors
 from phantom.control.config import PEER_NAME, PEER_NAME_RULE
 from phantom.control.errors import ApiError, BadRequest, NotFound, PayloadTooLarge
 from phantom.control.keys import KeyFormatError
@@ -106,17 +106,17 @@ async def get_record(request: web.Request) -> web.Response:
     key = _path_key(request)
     row = await request.app[STORE_KEY].get(key)
     if row is None or (not row.revoked and row.expires <= _now(request)):
-        raise NotFound("no record for %s" % key)
+        raise NotFound("no record for this key")
     return _json(row.doc)
 
 
 async def get_name(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if not PEER_NAME.match(name):
-        raise BadRequest("%r is not a valid name (%s)" % (name, PEER_NAME_RULE))
+        raise BadRequest("not a valid name (%s)" % PEER_NAME_RULE)
     row = await request.app[STORE_KEY].by_name(name, int(_now(request)))
     if row is None:
-        raise NotFound("no record named %r" % name)
+        raise NotFound("no record with this name")
     return _json(row.doc)
 
 
@@ -231,8 +231,8 @@ def create_app(store: Store, *, clock: Callable[[], float] = time.time,
 
 async def start_server(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Serve ``app``; ``runner.addresses`` tells the bound port (use port 0 in tests)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           keepalive_timeout=15.0, shutdown_timeout=2.0)
+    runner = JsonErrorRunner(app, respond=_error, who="directory", access_log=None,
+                             handle_signals=False, keepalive_timeout=15.0, shutdown_timeout=2.0)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_address=True, backlog=128).start()
@@ -255,9 +255,15 @@ async def _purge_loop(store: Store, clock) -> None:
 
 
 async def serve_forever(host: str, port: int, db, trusted_signers=(),
-                        max_ttl: int = DEFAULT_MAX_TTL) -> None:
+                        max_ttl: int = DEFAULT_MAX_TTL, drop_to=None) -> None:
     """Run the directory until SIGINT/SIGTERM.  ``db`` is a SQLite path or a
-    postgresql:// URL (any number of front ends may share one database)."""
+    postgresql:// URL (any number of front ends may share one database).
+
+    ``drop_to`` (a passwd entry from :func:`phantom.privileges.resolve_user`;
+    the caller has already called ``lock_down``): switch to that user once the
+    store is open and the port bound.  A SQLite server then reads and writes
+    the db only through the descriptors SQLite opened as root; a PostgreSQL
+    front end opens its further pool connections as that user."""
     store = await open_store(db).open()
     try:
         runner = await start_server(create_app(store, trusted_signers=trusted_signers,
@@ -265,6 +271,15 @@ async def serve_forever(host: str, port: int, db, trusted_signers=(),
     except BaseException:
         await store.close()
         raise
+    if drop_to is not None:
+        from phantom.privileges import switch_user
+        try:
+            _preload_server()
+            switch_user(drop_to)         # every thread; verified task by task
+        except BaseException:
+            await runner.cleanup()
+            await store.close()
+            raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -280,6 +295,15 @@ async def serve_forever(host: str, port: int, db, trusted_signers=(),
         await runner.cleanup()
         await store.close()
         log.info("directory stopped")
+
+
+def _preload_server() -> None:
+    """Import, while still root, what serving may import lazily (the
+    unprivileged user may not be able to read the Python installation)."""
+    import encodings.idna  # noqa: F401
+    import concurrent.futures.thread  # noqa: F401
+    import aiohttp.web_urldispatcher  # noqa: F401
+    from .store import postgres as _postgres  # noqa: F401
 
 
 def _describe(db) -> str:

@@ -115,8 +115,8 @@ def verify_publish(doc, now: float, trusted: frozenset, max_ttl: int,
             raise ForgedRecord(str(exc)) from None
         raise BadRecord(str(exc)) from None
     if key is not None and rec.key_text != key:
-        raise BadRecord("the record's public_key %s differs from the key in the path %s"
-                        % (rec.key_text, key))
+        raise BadRecord("the record's public_key %s differs from the key in the path"
+                        % rec.key_text)
     if not rec.revoked and rec.expires > now + max_ttl + CLOCK_SKEW:
         raise BadRecord("record lives too long: expires in %d s, this directory keeps at most "
                         "%d s" % (rec.expires - now, max_ttl))
@@ -240,7 +240,7 @@ class Store(abc.ABC):
                 if old is not None and old.doc.get("sig") == doc.get("sig"):
                     return old, False                 # the same record again: idempotent
                 if old is not None and old.revoked:
-                    raise KeyRevoked("key %s was revoked; a revocation is final" % rec.key_text)
+                    raise KeyRevoked("this key was revoked; a revocation is final")
                 if old is not None and rec.seq <= old.seq:
                     raise StaleSeq("stale seq %d: the directory holds seq %d for this key "
                                    "(newer wins)" % (rec.seq, old.seq), old.seq)
@@ -272,13 +272,13 @@ class Store(abc.ABC):
         trusted = frozenset(bytes(s) for s in trusted)
         first = await self.get(public_key)
         if first is None:
-            raise NoRecord("no record for %s to endorse" % public_key)
+            raise NoRecord("no record for this key to endorse")
         async with self._locked(public_key, first.name) as tx:
             old = await tx.get(public_key)
             if old is None or (not old.revoked and old.expires <= now):
-                raise NoRecord("no record for %s to endorse" % public_key)
+                raise NoRecord("no record for this key to endorse")
             if old.revoked:
-                raise KeyRevoked("key %s was revoked" % public_key)
+                raise KeyRevoked("this key was revoked")
             try:
                 rec = parse_record(old.doc, now, trusted_signers=None)
                 signer = verify_endorsement(end, rec.public_key, rec.name, now)

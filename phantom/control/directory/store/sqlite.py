@@ -77,9 +77,13 @@ class DirectoryStore(Store):
         self._db.execute("PRAGMA busy_timeout=2000")
         self._db.executescript(_SCHEMA)
 
-    async def close(self) -> None:
-        await super().close()
+    def close(self) -> "_Done":
+        """Close the file.  Synchronous (as it always was), and awaitable like
+        every store's close: ``store.close()`` and ``await store.close()`` both work."""
+        for q in list(self._watchers):
+            self._drop_watcher(q)
         self._db.close()
+        return _DONE
 
     # synchronous primitives
     def _get(self, public_key: str) -> Optional[StoredRecord]:
@@ -123,4 +127,10 @@ class DirectoryStore(Store):
         return self._db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
 
 
+class _Done:
+    def __await__(self):
+        return iter(())
+
+
+_DONE = _Done()
 SqliteStore = DirectoryStore
