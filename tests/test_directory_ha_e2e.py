@@ -7,9 +7,11 @@
   survivor).
 * DHT: a private swarm of 10 libtorrent nodes -- 8 from ``phantom directory
   dht-node`` in namespace c plus the two daemons' own -- bootstrapped only to
-  each other; no directory server anywhere.  A daemon publishes, the other
-  finds it by key and opens a tunnel; a daemon that moves to a new address is
-  found (and reached) at the new one.
+  each other; no directory server anywhere.  A forger's puts under a
+  daemon's key (wrong BEP 44 signature, a record bound to another signing key)
+  are refused by all 10 nodes; the other daemon finds the genuine record by
+  key and opens a tunnel; a daemon that moves to a new address is found (and
+  reached) at the new one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -139,9 +142,18 @@ def test_dht_publish_find_by_key_open_and_follow_a_move(lan3, daemon_factory, tm
     for n in (a, b):
         wait_for(lambda: "published our record to dht" in n.daemon.log(), timeout=20,
                  what="%s's record on the DHT" % n.name)
+    # a forger on c tries to overwrite n2's item on every node (a's and b's too) with a
+    # wrong BEP 44 signature and a record pointing at c: every node refuses it
+    out = c_host.run([sys.executable, str(Path(__file__).with_name("dht_forger.py")), b.pub,
+                      "%s:%d" % (c_host.ip, UDP_PORT)] + bootstrap +
+                     ["%s:%d" % (h.ip, DHT_PORT) for h in (a_host, b_host)], check=False,
+                     timeout=60)
+    answers = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    assert len(answers) == 10, out.stdout + out.stderr
+    assert all(x["answer"] == ["error", 206] for x in answers), answers    # invalid signature
     code, body = a.api("POST", "/open/n2", timeout=40)
     assert code == 200 and body["state"] == "established", body
-    assert body["endpoint"] == "%s:%d" % (b_host.ip, UDP_PORT), body
+    assert body["endpoint"] == "%s:%d" % (b_host.ip, UDP_PORT), body      # not the forger's
     assert a.host.ns.ping(b.tun4, timeout=5)
 
     # b moves to a new address: it republishes, and a lookup by key finds it there
