@@ -137,7 +137,7 @@ async def run_dht(args):
     from directorykit import Swarm
     from phantom.control.directory.client import DhtDirectoryClient
     from phantom.control.directory.store.dht import DhtStore
-    swarm = await Swarm(10, base_port=46500).start()
+    swarm = await Swarm(10).start()
     try:
         now = time.time()
         recs = records(max(10, args.publishes // 4), now)

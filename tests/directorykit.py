@@ -159,7 +159,7 @@ def dht_missing() -> Optional[str]:
 class Swarm:
     """N libtorrent DHT nodes on 127.0.0.1 in this process, joined only to each other."""
 
-    def __init__(self, n: int = 10, host: str = "127.0.0.1", base_port: int = 46200):
+    def __init__(self, n: int = 10, host: str = "127.0.0.1", base_port: int = 0):
         self.n = n
         self.host = host
         self.base_port = base_port
@@ -168,7 +168,8 @@ class Swarm:
     async def start(self, timeout: float = 20.0) -> "Swarm":
         from phantom.control.directory.store.dht import DhtNode
         for _ in range(self.n):
-            node = DhtNode("%s:%d" % (self.host, self.base_port + len(self.nodes)), timeout=8.0)
+            port = self.base_port + len(self.nodes) if self.base_port else 0    # 0: any free port
+            node = DhtNode("%s:%d" % (self.host, port), timeout=8.0)
             await node.start()
             self.nodes.append(node)
         for node in self.nodes:
