@@ -10,13 +10,14 @@ on the internet namespace and peers ``a`` and ``b`` behind two home NAT routers:
   direct   default MASQUERADE on both routers: the peers punch a hole and
            talk NAT to NAT;
   relayed  MASQUERADE --random-fully on both: punching fails and the traffic
-           goes a -> rv -> b (reference data path: the relay is Python).
+           goes a -> rv -> b (reference data path: the relay is Python);
+  relayed* the same with the relay node on --fast (forwarding in C).
 
 For each: the path reported by GET /peers, the time from the first ping to
 the first answer (path set-up), ``--pings`` ICMP echo round trips over the
 tunnel (min / median / max, ms), and one TCP stream ``iperf3 -t N`` (bits/s
-the receiver got).  Every daemon runs the reference data path (the fast path
-punches holes but does not relay yet).  Namespaces and daemons are removed on
+the receiver got).  The peers run the reference data path (a --fast peer
+punches holes but cannot be relayed yet).  Namespaces and daemons are removed on
 exit, also on Ctrl-C.
 """
 
@@ -60,7 +61,7 @@ def _rtts(ns, addr, count):
     return out
 
 
-def scenario(name, random_fully, seconds, pings, datapath="reference"):
+def scenario(name, random_fully, seconds, pings, datapath="reference", relay_datapath=None):
     work = Path(tempfile.mkdtemp(prefix="phantom-nat-bench-"))
     daemons = []
     with netns.internet(random_fully=random_fully, udp_timeout=30) as net:
@@ -76,7 +77,7 @@ def scenario(name, random_fully, seconds, pings, datapath="reference"):
                 write_config(n, mode="tun", ipv6=False, tunables=FAST_TUNABLES, extra={"log_level": "info"},
                              peers=[rv_entry, peer_entry(o, mode="tun", endpoint=False, ipv6=False)])
             for n in (rv, a, b):
-                _start(n, work, datapath)
+                _start(n, work, relay_datapath if n is rv and relay_datapath else datapath)
                 daemons.append(n.daemon)
             for n in (a, b):
                 wait_for(lambda: n.daemon.api("GET", "/status")[1]["nat"]["reflexive"], timeout=15,
@@ -117,7 +118,8 @@ def main(argv=None) -> int:
     restore = netns.install_signal_handlers()
     try:
         rows = [scenario("direct", (), args.seconds, args.pings),
-                scenario("relayed", (1, 2), args.seconds, args.pings)]
+                scenario("relayed", (1, 2), args.seconds, args.pings),
+                scenario("relayed*", (1, 2), args.seconds, args.pings, relay_datapath="fast")]
     finally:
         netns.cleanup_all()
         restore()
