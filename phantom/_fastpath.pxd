@@ -30,6 +30,10 @@ cdef enum:
     V_STAGED = -2                  # kept for after the handshake
     V_CONSUMED = -3                # handled (control message, keepalive)
     V_RELAY = -4                   # inbound relay frame to forward (never to the device)
+    V_REPROCESS = -5               # inbound relay frame unwrapped: its inner datagram goes round again
+    V_HOLD = -6                    # parked while the batch's unwrapped frames go round again
+    FP_WRAP_ROOM = 36              # a relay frame's extra bytes: relay_id u32 + header and MAC
+    FP_RELAY_FAMILY = 0xFFFE       # a sockaddr that names a RelayVia (relay peer id, relay id)
     # event kinds
     EV_CONTROL_PACKET = 1
     EV_HANDSHAKE_NEEDED = 2
@@ -106,6 +110,10 @@ cdef struct fp_peer:
     int staged_count
     bint handshake_asked           # handshake_needed raised since the last new key
     bint flush_pending             # staged packets wait for a flush (worker sets)
+    bint relay_known               # frames from peer slot relay_slot tagged relay_id are this peer's
+    bint relayed                   # and its endpoint is that relay (sends are wrapped)
+    int relay_slot
+    uint32_t relay_id
     int64_t relay_sec              # relay budget: the second it counts, bytes and packets in it
     uint64_t relay_bytes
     uint64_t relay_pkts
@@ -199,6 +207,14 @@ cdef struct fp_pkt:
     uint64_t counter
     bint was_next
     bint relay                     # inbound: a relay frame (type 6)
+    bint relayed_inner             # inbound: the inner datagram of a relay frame
+    int relay_peer_slot            # ... and the peer it must belong to
+    int saved_verdict
+    bint wrap                      # outbound: wrap in a relay frame (the fields below)
+    uint32_t wrap_index
+    uint64_t wrap_counter
+    uint32_t wrap_id
+    unsigned char wrap_key[32]
     unsigned char key[32]
 
 

@@ -33,7 +33,7 @@ they take the same lock with the GIL released.
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, uintptr_t
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memcmp, memcpy, memset
+from libc.string cimport memcmp, memcpy, memmove, memset
 
 from phantom.includes.system cimport *
 from phantom.includes.sodium cimport secretbox_fn, memzero_fn
@@ -604,7 +604,7 @@ cdef int _stage(fp_engine *e, fp_peer *peer, fp_pkt *pkt) noexcept nogil:
         peer.staged_count -= 1
         e.drops[D_STAGED_OVERFLOW] += 1
         peer.drops[D_STAGED_OVERFLOW] += 1
-    copy = <unsigned char *>malloc(FP_PAYLOAD_OFFSET + pkt.len)
+    copy = <unsigned char *>malloc(FP_PAYLOAD_OFFSET + pkt.len + FP_WRAP_ROOM)
     if copy == NULL:
         return D_STAGED_OVERFLOW
     memcpy(copy + FP_PAYLOAD_OFFSET, pkt.buf + FP_PAYLOAD_OFFSET, pkt.len)
@@ -645,6 +645,7 @@ cdef int _out_prepare(fp_engine *e, fp_pkt *pkts, int n, double now, bint route,
     cdef int i, slot, bits, events = 0
     cdef fp_pkt *pkt
     cdef fp_peer *peer
+    cdef fp_peer *rp = NULL
     cdef fp_keypair *kp
     cdef const unsigned char *a = NULL
     for i in range(n):
@@ -713,7 +714,21 @@ cdef int _out_prepare(fp_engine *e, fp_pkt *pkts, int n, double now, bint route,
             else:
                 pkt.verdict = V_CONSUMED        # a keepalive without a key: nothing to do
             continue
-        if peer.endpoint_len == 0:
+        pkt.wrap = False
+        if peer.relayed:                        # through a relay: wrapped after the seal
+            rp = e.peers[peer.relay_slot] if 0 <= peer.relay_slot < e.peers_cap else NULL
+            if rp == NULL or rp == peer or rp.endpoint_len == 0 or not _kp_usable(e, rp.current, now):
+                pkt.verdict = D_NO_ENDPOINT
+                continue
+            pkt.wrap = True
+            pkt.wrap_id = peer.relay_id
+            pkt.wrap_index = rp.current.remote_index
+            pkt.wrap_counter = rp.current.send_counter
+            rp.current.send_counter += 1
+            memcpy(pkt.wrap_key, rp.current.send_key, FP_KEY_SIZE)
+            rp.tx_packets += 1
+            rp.last_tx = now
+        elif peer.endpoint_len == 0:
             if not may_stage:
                 kp.send_counter += 1            # as the reference: keepalive counter used
             pkt.verdict = D_NO_ENDPOINT
@@ -723,8 +738,12 @@ cdef int _out_prepare(fp_engine *e, fp_pkt *pkts, int n, double now, bint route,
         pkt.local_index = kp.remote_index     # what goes on the wire
         pkt.kp_serial = kp.serial
         memcpy(pkt.key, kp.send_key, FP_KEY_SIZE)
-        memcpy(&pkt.addr, &peer.endpoint, peer.endpoint_len)
-        pkt.addrlen = peer.endpoint_len
+        if pkt.wrap:
+            memcpy(&pkt.addr, &rp.endpoint, rp.endpoint_len)
+            pkt.addrlen = rp.endpoint_len
+        else:
+            memcpy(&pkt.addr, &peer.endpoint, peer.endpoint_len)
+            pkt.addrlen = peer.endpoint_len
         if kp.send_counter >= e.rekey_after_messages and not kp.rekey_requested:
             kp.rekey_requested = True           # once per keypair, never coalesced away
             if _ev_push(e, EV_HANDSHAKE_NEEDED, peer.peer_id, 0, NULL, 0, NULL, 0):
@@ -746,6 +765,15 @@ cdef void _out_seal(fp_engine *e, fp_pkt *pkts, int n) noexcept nogil:
         else:
             rc = _seal_packet(pkt.buf, pkt.len, pkt.local_index, pkt.counter, pkt.key)
         _wipe(pkt.key, FP_KEY_SIZE)
+        if rc == 0 and pkt.wrap:
+            # the sealed A<->B datagram becomes the plaintext of a relay frame
+            # to the relay (every buffer has FP_WRAP_ROOM spare bytes)
+            memmove(pkt.buf + FP_WRAP_ROOM, pkt.buf, FP_PAYLOAD_OFFSET + pkt.len)
+            memcpy(pkt.buf + FP_PAYLOAD_OFFSET, &pkt.wrap_id, 4)
+            pkt.len += FP_WRAP_ROOM
+            rc = _seal_packet(pkt.buf, pkt.len, pkt.wrap_index, pkt.wrap_counter, pkt.wrap_key)
+            pkt.buf[0] = 6                        # wire.MessageType.RELAY
+            _wipe(pkt.wrap_key, FP_KEY_SIZE)
         if rc != 0:
             pkt.verdict = D_SEND_FAILED
             _wipe(pkt.buf, FP_PAYLOAD_OFFSET + pkt.len)
@@ -904,6 +932,9 @@ cdef int _in_prepare(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nog
             pkt.verdict = D_MALFORMED
             continue
         t = pkt.buf[0]
+        if pkt.relayed_inner and (t == 5 or t == 6):
+            pkt.verdict = D_MALFORMED               # no nesting; peer control only on a direct session
+            continue
         if t == 1 or t == 2 or t == 3:
             expect = INITIATION_SIZE if t == 1 else (RESPONSE_SIZE if t == 2 else COOKIE_REPLY_SIZE)
             if pkt.len != expect:
@@ -925,7 +956,7 @@ cdef int _in_prepare(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nog
             continue
         # type 6: a relay frame, forwarded when we relay (a relayed client is
         # not supported by this data path yet: dropped as malformed)
-        pkt.relay = t == 6 and e.relay_enabled
+        pkt.relay = t == 6 and not pkt.relayed_inner
         if t != 4 and not pkt.relay:
             pkt.verdict = D_MALFORMED
             continue
@@ -992,6 +1023,8 @@ cdef int _in_commit(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nogi
                 pkt.verdict = D_UNKNOWN_INDEX     # retired while we decrypted
             elif not _replay_update(&kp.replay, pkt.counter):
                 pkt.verdict = D_REPLAY            # a duplicate inside this batch
+            elif pkt.relayed_inner and kp.peer_slot != pkt.relay_peer_slot:
+                pkt.verdict = D_SRC_NOT_ALLOWED   # a relay passing on another peer's session
             else:
                 peer = e.peers[kp.peer_slot]
                 if peer.next == kp:
@@ -1003,14 +1036,18 @@ cdef int _in_commit(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nogi
                     pkt.was_next = True             # the worker flushes staged packets
                     if _ev_push(e, EV_KEYPAIR_CONFIRMED, peer.peer_id, kp.local_index, NULL, 0, NULL, 0):
                         events += 1
-                memcpy(&peer.endpoint, &pkt.addr, pkt.addrlen)
-                peer.endpoint_len = pkt.addrlen
+                if not pkt.relayed_inner:         # roaming; relayed packets never move it
+                    memcpy(&peer.endpoint, &pkt.addr, pkt.addrlen)
+                    peer.endpoint_len = pkt.addrlen
+                    peer.relayed = False
                 peer.rx_bytes += pkt.len
                 peer.rx_packets += 1
                 peer.last_rx = now
                 plen = pkt.len - FP_PAYLOAD_OFFSET
-                if pkt.relay:
+                if pkt.relay and e.relay_enabled:
                     _relay_route(e, pkt, peer, plen, now)
+                elif pkt.relay:
+                    _relay_unwrap(e, pkt, kp.peer_slot, plen)
                 elif plen == 0:
                     pkt.verdict = V_CONSUMED      # keepalive
                 else:
@@ -1087,6 +1124,35 @@ cdef void _relay_route(fp_engine *e, fp_pkt *pkt, fp_peer *src, size_t plen, dou
     dest.last_data_tx = now
     e.relay_forwarded += 1
     pkt.verdict = V_RELAY
+
+
+cdef void _relay_unwrap(fp_engine *e, fp_pkt *pkt, int relay_slot, size_t plen) noexcept nogil:
+    """A relay frame from our relay (lock held): relay_id u32le | inner.  The
+    inner datagram moves to the front of the buffer and goes round again as
+    if received from the peer the relay id names (V_REPROCESS)."""
+    cdef uint32_t rid
+    cdef int i
+    cdef fp_peer *p
+    cdef int64_t rpid
+    if plen < 8:
+        pkt.verdict = D_MALFORMED
+        return
+    rid = _le32(pkt.buf + FP_PAYLOAD_OFFSET)
+    for i in range(e.peers_cap):
+        p = e.peers[i]
+        if p != NULL and p.relay_known and p.relay_slot == relay_slot and p.relay_id == rid:
+            memmove(pkt.buf, pkt.buf + FP_PAYLOAD_OFFSET + 4, plen - 4)
+            pkt.len = plen - 4
+            pkt.relay_peer_slot = i
+            rpid = e.peers[relay_slot].peer_id
+            memset(&pkt.addr, 0, sizeof(sockaddr_storage))
+            (<uint16_t *>&pkt.addr)[0] = FP_RELAY_FAMILY
+            memcpy((<unsigned char *>&pkt.addr) + 8, &rpid, 8)
+            memcpy((<unsigned char *>&pkt.addr) + 16, &rid, 4)
+            pkt.addrlen = 20
+            pkt.verdict = V_REPROCESS
+            return
+    pkt.verdict = D_SRC_NOT_ALLOWED
 
 
 cdef int _relay_send(fp_worker *w, fp_pkt *pkts, int n) noexcept nogil:
@@ -1768,6 +1834,9 @@ cdef int _fw_classify(fp_engine *e, fp_pkt *pkts, int n, int direction, size_t o
 
 # --- one batch each way (worker thread) -------------------------------------------------
 cdef inline void _pkt_reset(fp_pkt *pkt) noexcept nogil:
+    pkt.relay = False
+    pkt.relayed_inner = False
+    pkt.wrap = False
     pkt.verdict = V_PASS
     pkt.peer_slot = -1
     pkt.peer_serial = 0
@@ -2002,7 +2071,7 @@ cdef void _out_flood(fp_worker *w, fp_pkt *orig, double now) noexcept nogil:
 cdef int _udp_batch(fp_worker *w) noexcept nogil:
     """Receive up to burst datagrams, authenticate, decrypt, deliver."""
     cdef fp_engine *e = w.e
-    cdef int n, i, events, failed = 0
+    cdef int n, i, events, failed = 0, reprocess
     cdef double now
     cdef ssize_t r
     cdef fp_pkt *pkt
@@ -2020,6 +2089,32 @@ cdef int _udp_batch(fp_worker *w) noexcept nogil:
     _lock(e)
     events += _in_commit(e, w.in_pkts, n, now)
     _unlock(e)
+    reprocess = 0
+    for i in range(n):
+        if w.in_pkts[i].verdict == V_REPROCESS:
+            reprocess += 1
+    if reprocess:                       # relay frames unwrapped: their inner datagrams, once more
+        for i in range(n):
+            pkt = &w.in_pkts[i]
+            if pkt.verdict == V_REPROCESS:
+                pkt.verdict = V_PASS
+                pkt.relayed_inner = True
+                pkt.relay = False
+                pkt.was_next = False
+            else:
+                pkt.saved_verdict = pkt.verdict
+                pkt.verdict = V_HOLD
+        _lock(e)
+        events += _in_prepare(e, w.in_pkts, n, now)
+        _unlock(e)
+        _in_open(w.in_pkts, n)
+        _lock(e)
+        events += _in_commit(e, w.in_pkts, n, now)
+        _unlock(e)
+        for i in range(n):
+            pkt = &w.in_pkts[i]
+            if pkt.verdict == V_HOLD:
+                pkt.verdict = pkt.saved_verdict
     for i in range(n):                  # from here on, len is the payload length
         if w.in_pkts[i].verdict == V_PASS:
             w.in_pkts[i].len -= FP_PAYLOAD_OFFSET
@@ -2524,7 +2619,7 @@ cdef class Engine:
         cdef int verdict
         if n > FP_MAX_INNER:
             raise ValueError("packet too large")
-        buf = <unsigned char *>malloc(FP_PAYLOAD_OFFSET + n + 1)
+        buf = <unsigned char *>malloc(FP_PAYLOAD_OFFSET + n + 1 + FP_WRAP_ROOM)
         if buf == NULL:
             raise MemoryError()
         if n:
@@ -2539,7 +2634,7 @@ cdef class Engine:
         """Send an empty transport packet on the current keypair.  Returns False
         (and queues handshake_needed) when there is no usable keypair."""
         cdef int slot = self._slot(peer_id)
-        cdef unsigned char buf[FP_PAYLOAD_OFFSET]
+        cdef unsigned char buf[FP_PAYLOAD_OFFSET + FP_WRAP_ROOM]
         cdef int verdict
         with nogil:
             verdict = _send_single(self.e, slot, buf, 0, False)
@@ -2575,6 +2670,69 @@ cdef class Engine:
             self.e.relay_bytes_budget = bytes_per_second
             self.e.relay_pkts_budget = packets_per_second
             _unlock(self.e)
+
+    def set_relay_route(self, int64_t peer_id, int64_t relay_peer_id, uint32_t relay_id, bint use):
+        """Frames from ``relay_peer_id`` tagged ``relay_id`` carry ``peer_id``'s
+        messages; with ``use``, the peer's endpoint is that relay (sends wrap)."""
+        cdef int slot = self._slot(peer_id)
+        cdef int rslot = self._slot(relay_peer_id)
+        with nogil:
+            _lock(self.e)
+            p = self.e.peers[slot]
+            p.relay_known = True
+            p.relay_slot = rslot
+            p.relay_id = relay_id
+            if use:
+                p.relayed = True
+                p.endpoint_len = 0
+            _unlock(self.e)
+
+    def send_relayed(self, int64_t relay_peer_id, uint32_t relay_id, const unsigned char[::1] data):
+        """Send ``data`` (a whole A<->B datagram) in a relay frame to the relay.
+        False when the relay has no usable session or endpoint."""
+        cdef int rslot = self._slot(relay_peer_id)
+        cdef Py_ssize_t n = data.shape[0]
+        cdef unsigned char *buf
+        cdef fp_peer *rp
+        cdef fp_keypair *kp
+        cdef unsigned char key[32]
+        cdef uint64_t counter
+        cdef uint32_t index
+        cdef sockaddr_storage addr
+        cdef socklen_t alen = 0
+        cdef int rc = -1
+        cdef double now = _now()
+        if n > FP_MAX_INNER:
+            raise ValueError("datagram too large")
+        buf = <unsigned char *>malloc(FP_PAYLOAD_OFFSET + 4 + n + 1)
+        if buf == NULL:
+            raise MemoryError()
+        memcpy(buf + FP_PAYLOAD_OFFSET, &relay_id, 4)
+        if n:
+            memcpy(buf + FP_PAYLOAD_OFFSET + 4, &data[0], n)
+        with nogil:
+            _lock(self.e)
+            rp = self.e.peers[rslot]
+            kp = rp.current
+            if rp.endpoint_len and _kp_usable(self.e, kp, now):
+                counter = kp.send_counter
+                kp.send_counter += 1
+                index = kp.remote_index
+                memcpy(key, kp.send_key, FP_KEY_SIZE)
+                memcpy(&addr, &rp.endpoint, rp.endpoint_len)
+                alen = rp.endpoint_len
+                rp.tx_packets += 1
+                rp.last_tx = now
+            _unlock(self.e)
+            if alen:
+                rc = _seal_packet(buf, 4 + n, index, counter, key)
+                _wipe(key, FP_KEY_SIZE)
+                if rc == 0:
+                    buf[0] = 6
+                    rc = sendto(self.e.udp_fd, buf, FP_PAYLOAD_OFFSET + 4 + n, 0, <sockaddr *>&addr, alen)
+            _wipe(buf, FP_PAYLOAD_OFFSET + 4 + n)
+            free(buf)
+        return rc >= 0
 
     def relay_stats(self):
         return {"forwarded": self.e.relay_forwarded, "budget": self.e.relay_budget_drops,

@@ -165,16 +165,16 @@ def test_rendezvous_restart_and_expired_mapping_heal(daemon_factory, tmp_path, d
         send_marked(b, a)
 
 
-# Relays: the relay node runs either data path (the fast path forwards in C);
-# the relayed peers run the reference path (a --fast peer cannot be relayed yet: docs/nat.md).
+# Relays: the relay node and the relayed peers on either data path (the fast
+# path forwards, wraps and unwraps relay frames in C).
 @pytest.mark.parametrize("relay_datapath", DATAPATHS)
-def test_relay_when_both_nats_map_per_destination(daemon_factory, tmp_path, wires, relay_datapath):
+def test_relay_when_both_nats_map_per_destination(daemon_factory, tmp_path, wires, datapath, relay_datapath):
     with netns.internet(random_fully=(1, 2), udp_timeout=UDP_CONNTRACK_TIMEOUT) as net:
         core1, core2 = wires(net.inet, "h1"), wires(net.inet, "h2")
         wires(net["a"], "eth0")
         wires(net["b"], "eth0")
         rv, (a, b) = build_nodes(tmp_path, net, [net["a"], net["b"]], relay=True)
-        start_all(daemon_factory, "reference", rv, [a, b], relay_datapath=relay_datapath)
+        start_all(daemon_factory, datapath, rv, [a, b], relay_datapath=relay_datapath)
         rv_tun = wires(net.inet, "phtun0")
         t0 = time.monotonic()
         assert a.host.ns.ping(b.tun4, timeout=5), "a reaches b through the relay"
@@ -205,11 +205,11 @@ def test_relay_when_both_nats_map_per_destination(daemon_factory, tmp_path, wire
         assert rv.status()["nat"]["drops"] == {} or "auth_failed" not in rv.status()["nat"]["drops"]
 
 
-def test_relayed_path_upgrades_to_direct_without_breaking_tcp(daemon_factory, tmp_path, wires):
+def test_relayed_path_upgrades_to_direct_without_breaking_tcp(daemon_factory, tmp_path, wires, datapath):
     with netns.internet(random_fully=(1, 2), udp_timeout=UDP_CONNTRACK_TIMEOUT) as net:
         core1 = wires(net.inet, "h1")
         rv, (a, b) = build_nodes(tmp_path, net, [net["a"], net["b"]], relay=True)
-        start_all(daemon_factory, "reference", rv, [a, b])
+        start_all(daemon_factory, datapath, rv, [a, b])
         assert a.host.ns.ping(b.tun4, timeout=5)
         assert a.peer("n2")["path"] == "relayed via rv"
         srv = b.host.popen(["iperf3", "-s", "-1", "-B", b.tun4], stdout=subprocess.DEVNULL,
