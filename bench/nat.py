@@ -11,13 +11,13 @@ on the internet namespace and peers ``a`` and ``b`` behind two home NAT routers:
            talk NAT to NAT;
   relayed  MASQUERADE --random-fully on both: punching fails and the traffic
            goes a -> rv -> b (reference data path: the relay is Python);
-  relayed* the same with the relay node on --fast (forwarding in C).
+  relayed* the same with the relay node on --fast (forwarding in C);
+  direct-f, relayed-f: the first two with every daemon on --fast.
 
 For each: the path reported by GET /peers, the time from the first ping to
 the first answer (path set-up), ``--pings`` ICMP echo round trips over the
 tunnel (min / median / max, ms), and one TCP stream ``iperf3 -t N`` (bits/s
-the receiver got).  The peers run the reference data path (a --fast peer
-punches holes but cannot be relayed yet).  Namespaces and daemons are removed on
+the receiver got).  Namespaces and daemons are removed on
 exit, also on Ctrl-C.
 """
 
@@ -61,6 +61,9 @@ def _rtts(ns, addr, count):
     return out
 
 
+MTU = None
+
+
 def scenario(name, random_fully, seconds, pings, datapath="reference", relay_datapath=None):
     work = Path(tempfile.mkdtemp(prefix="phantom-nat-bench-"))
     daemons = []
@@ -70,11 +73,13 @@ def scenario(name, random_fully, seconds, pings, datapath="reference", relay_dat
             a = make_node(work, "n1", 1, net["a"])
             b = make_node(work, "n2", 2, net["b"])
             write_config(rv, mode="tun", ipv6=False, tunables=FAST_TUNABLES,
-                         extra={"rendezvous": True, "relay": True, "log_level": "info"},
+                         extra=dict({"rendezvous": True, "relay": True, "log_level": "info"},
+                                    **({"mtu": MTU} if MTU else {})),
                          peers=[peer_entry(n, mode="tun", endpoint=False, allowed=[]) for n in (a, b)])
             for n, o in ((a, b), (b, a)):
                 rv_entry = dict(peer_entry(rv, mode="tun", keepalive=1, allowed=[]), rendezvous=True)
-                write_config(n, mode="tun", ipv6=False, tunables=FAST_TUNABLES, extra={"log_level": "info"},
+                write_config(n, mode="tun", ipv6=False, tunables=FAST_TUNABLES,
+                             extra=dict({"log_level": "info"}, **({"mtu": MTU} if MTU else {})),
                              peers=[rv_entry, peer_entry(o, mode="tun", endpoint=False, ipv6=False)])
             for n in (rv, a, b):
                 _start(n, work, relay_datapath if n is rv and relay_datapath else datapath)
@@ -114,20 +119,26 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--pings", type=int, default=20)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--mtu", type=int, help="tunnel MTU of every daemon (default phantom's 1420)")
+    ap.add_argument("--only", help="comma-separated scenario names")
     args = ap.parse_args(argv)
+    global MTU
+    MTU = args.mtu
     restore = netns.install_signal_handlers()
     try:
-        rows = [scenario("direct", (), args.seconds, args.pings),
-                scenario("relayed", (1, 2), args.seconds, args.pings),
-                scenario("relayed*", (1, 2), args.seconds, args.pings, relay_datapath="fast")]
+        plan = [("direct", (), {}), ("relayed", (1, 2), {}), ("relayed*", (1, 2), {"relay_datapath": "fast"}),
+                ("direct-f", (), {"datapath": "fast"}), ("relayed-f", (1, 2), {"datapath": "fast"})]
+        only = set(args.only.split(",")) if args.only else None
+        rows = [scenario(name, rf, args.seconds, args.pings, **kw) for name, rf, kw in plan
+                if only is None or name in only]
     finally:
         netns.cleanup_all()
         restore()
-    print("%-8s %-16s %-18s %8s %28s %12s" % ("scenario", "path", "endpoint", "setup", "rtt ms min/med/max",
+    print("%-9s %-16s %-18s %8s %28s %12s" % ("scenario", "path", "endpoint", "setup", "rtt ms min/med/max",
                                               "tcp1 Mbit/s"))
     for r in rows:
         rtt = r["rtt_ms"]
-        print("%-8s %-16s %-18s %7.2fs %28s %12s" % (
+        print("%-9s %-16s %-18s %7.2fs %28s %12s" % (
             r["scenario"], r["path"], r["endpoint"], r["setup_s"],
             "%.3f / %.3f / %.3f" % (rtt["min"], rtt["median"], rtt["max"]) if rtt else "-",
             "%.1f" % (r["tcp1_bps"] / 1e6) if r["tcp1_bps"] else "-"))

@@ -408,7 +408,7 @@ class FastDataPath:
                             c["last_rx"], c["last_tx"], c["last_data_rx"], c["last_data_tx"],
                             c["send_counter"], drops)
 
-    def set_relay(self, enabled: bool, bytes_per_second: int = 25_000_000, packets_per_second: int = 25_000) -> None:
+    def set_relay(self, enabled: bool, bytes_per_second: int = 125_000_000, packets_per_second: int = 120_000) -> None:
         """Relay role: the worker forwards relay frames (wire type 6) between
         peers in C, never to the device (see docs/nat.md)."""
         self._engine.set_relay(bool(enabled), int(bytes_per_second), int(packets_per_second))

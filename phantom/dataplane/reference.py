@@ -179,7 +179,7 @@ class ReferenceDataPath:
         self._peers[peer_id].endpoint = None if addr is None else to_sockaddr(self._udp, addr)
 
     # ------------------------------------------------------------ relays
-    def set_relay(self, enabled: bool, bytes_per_second: int = 25_000_000, packets_per_second: int = 25_000) -> None:
+    def set_relay(self, enabled: bool, bytes_per_second: int = 125_000_000, packets_per_second: int = 120_000) -> None:
         """Relay role: forward relay frames between our peers (never to our device)."""
         self._relay = bool(enabled)
         self._relay_budget = (int(bytes_per_second), int(packets_per_second))
