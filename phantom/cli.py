@@ -16,6 +16,7 @@ Elsewhere::
 
     phantom demo ...                  phantom.demo.main
     phantom directory serve ...       phantom.control.directory.main
+    phantom wg import|export|genpsk   phantom.control.wireguard.cli.main
 
 API options (before or after the subcommand): ``--api URL`` (default
 http://127.0.0.1:4567, or $PHANTOM_API), ``--socket PATH`` ($PHANTOM_SOCKET),
@@ -397,11 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="two namespaces, two daemons, one tunnel (see README)", add_help=False)
     sub.add_parser("directory", help="the public-key directory: `phantom directory serve ...`",
                    add_help=False)
+    sub.add_parser("wg", help="WireGuard configs: `phantom wg import wg0.conf`, `phantom wg export`",
+                   add_help=False)
     return p
 
 
 # Subcommands implemented in other modules: everything after the word goes to them.
-DELEGATED = {"demo": "phantom.demo", "directory": "phantom.control.directory"}
+DELEGATED = {"demo": "phantom.demo", "directory": "phantom.control.directory",
+             "wg": "phantom.control.wireguard.cli"}
 
 
 def _delegate(command: str, rest: list[str]) -> int:
