@@ -144,6 +144,10 @@ class Daemon:
     # ----------------------------------------------------- carry out actions
     def _do(self, actions: list) -> None:
         dp = self.dp
+        if not A.keys_before_sends(actions):   # the engine's order invariant (actions.py)
+            log.error("bug: the engine asked to send before installing keys; installing first: %r",
+                      [type(a).__name__ for a in actions])
+            actions = A.installs_first(actions)
         for act in actions:
             if isinstance(act, A.SendDatagram):
                 dp.send_control(act.data, act.addr)
@@ -349,22 +353,30 @@ class Daemon:
         if peer.state is PeerState.ESTABLISHED:
             return self.peer_info(peer, already=True)
         self._do(self.engine.open(peer.id, endpoint))
+        epoch = peer.epoch
         deadline = (self.t.open_attempts + 1) * (self.t.rekey_timeout + self.t.handshake_jitter) + 0.5
         try:
             async with self._state_changed:
                 await asyncio.wait_for(self._state_changed.wait_for(
-                    lambda: peer.state in (PeerState.ESTABLISHED, PeerState.DEAD)), deadline)
+                    lambda: peer.state in (PeerState.ESTABLISHED, PeerState.DEAD) or peer.epoch != epoch),
+                    deadline)
         except asyncio.TimeoutError:
             pass
         if peer.state is PeerState.ESTABLISHED:
             return self.peer_info(peer)
+        if peer.epoch != epoch or self.engine.peers.get(peer.id) is not peer:
+            # Closed (or removed) while we waited: a later open owns it now.
+            raise Conflict("peer %s was closed while the handshake was under way" % peer.name)
         msg = "no answer from %s after %d handshake attempts" % (format_endpoint(endpoint), peer.attempts or
                                                                  self.t.open_attempts)
         if created:
+            # A peer this open added is forgotten again: engine (and its
+            # indexes) and data-path tables.
             self._do(self.engine.remove_peer(peer.id))
             self.dp.remove_peer(peer.id)
         else:
-            self._do(self.engine.close(peer.id))
+            # Not close(): a live session the peer still uses keeps its keys.
+            self._do(self.engine.open_failed(peer.id))
         raise HandshakeTimeout(msg)
 
     async def close(self, ref: str) -> dict:
