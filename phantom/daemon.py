@@ -38,7 +38,7 @@ import sys
 import time
 from typing import Optional
 
-from . import __version__
+from . import __version__, crypto
 from .constants import Tunables
 from .control import actions as A
 from .control.config import ConfigError, Settings, parse_daemon_args
@@ -66,6 +66,9 @@ class Daemon:
         self.udp = None
         self.test_sock = None
         self.fw = self._compile_firewall(settings.firewall)   # bad rules: ConfigError before anything opens
+        # WireGuard peers' preshared keys, read now (as root, before any user
+        # switch) and checked like the private key: a bad file exits 2.
+        self._psks = self._load_preshared_keys(settings)
         self._api_runner = None
         self._stop = asyncio.Event()
         self._state_changed = asyncio.Condition()
@@ -107,12 +110,26 @@ class Daemon:
             self.dp = ReferenceDataPath(s.mode, self.udp, fd, self.test_sock, **kwargs)
         for pc in s.peers:
             peer = self.engine.add_peer(pc.public_key, pc.name, pc.allowed_ips, pc.endpoint,
-                                        pc.persistent_keepalive)
+                                        pc.persistent_keepalive, protocol=pc.protocol,
+                                        preshared_key=self._psks.get(pc.name))
             self.dp.add_peer(peer.id, pc.allowed_ips)
             if pc.endpoint:
                 self.dp.set_endpoint(peer.id, pc.endpoint)
+        for psk in self._psks.values():          # the engine holds its own copies
+            crypto.memzero(psk)
+        self._psks.clear()
         if s.mode is Mode.TEST and self.engine.peers:
             self.dp.set_test_peer(next(iter(self.engine.peers)))
+
+    @staticmethod
+    def _load_preshared_keys(settings: Settings) -> dict:
+        from .control.wireguard.keys import load_preshared_key
+        psks = {}
+        for i, pc in enumerate(settings.peers):
+            if pc.preshared_key_file is not None:
+                psks[pc.name] = load_preshared_key(pc.preshared_key_file,
+                                                   "peer[%d].preshared_key_file" % i)
+        return psks
 
     def _compile_firewall(self, section: dict):
         from .dataplane import firewall
@@ -394,6 +411,7 @@ class Daemon:
         info = {
             "name": peer.name,
             "public_key": _b64(peer.public_key),
+            "protocol": peer.protocol,
             "endpoint": format_endpoint(self.dp.endpoint(peer.id) or peer.endpoint),
             "allowed_ips": [str(n) for n in peer.allowed_ips],
             "state": peer.state.value,

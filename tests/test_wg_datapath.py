@@ -151,9 +151,9 @@ async def _pair(impl_a, impl_b, mtu=MTU):
 def _packets():
     out = []
     for size in (0, 1, 3, 15, 16, 17, 100, 1000, 1392):
-        out.append(icmp_echo("10.97.0.1", "10.97.0.2", 1, size, bytes([size % 256]) * size))
+        out.append(icmp_echo("10.99.0.1", "10.99.0.2", 1, size, bytes([size % 256]) * size))
     for size in (0, 13, 1352):
-        out.append(icmp_echo("fd97::1", "fd97::2", 2, size, bytes([size % 256]) * size))
+        out.append(icmp_echo("fd99::1", "fd99::2", 2, size, bytes([size % 256]) * size))
     return out
 
 
@@ -165,7 +165,7 @@ def test_wireguard_keypairs_carry_ip_packets_both_ways(impl_a, impl_b):
     async def main():
         a, b = await _pair(impl_a, impl_b)
         try:
-            first = icmp_echo("10.97.0.1", "10.97.0.2", 9, 9)
+            first = icmp_echo("10.99.0.1", "10.99.0.2", 9, 9)
             a.send_app(first)
             await until(lambda: a.events.needed == [1])
             ka, kb = wg_keypairs()
@@ -289,7 +289,7 @@ async def _feed(impl, datagrams):
 
 
 def test_replays_forgeries_and_bad_inner_decided_alike():
-    good = icmp_echo("10.97.0.1", "10.97.0.2", 3, 3)
+    good = icmp_echo("10.99.0.1", "10.99.0.2", 3, 3)
     seal = lambda ctr, p=good: ciphers.seal_packet(CHACHA, KEY_A, 0x2222, ctr, p, MTU)  # noqa: E731
     too_long = bytearray(good)
     too_long[2:4] = (len(good) + 40).to_bytes(2, "big")   # says more than the padded payload holds

@@ -90,13 +90,13 @@ def test_we_initiate_and_ping_through_wireguard_go(two_hosts, wg_factory, with_p
     our_priv, our_pub = keypair()
     psk = crypto.random_bytes(32) if with_psk else None
     wg = wg_factory(two_hosts.b, index=2, private=wg_priv)
-    wg.set_peer(our_pub, allowed_ips=["10.97.0.1/32", "fd97::1/128"], preshared_key=psk)
+    wg.set_peer(our_pub, allowed_ips=["10.99.0.1/32", "fd99::1/128"], preshared_key=psk)
     sock = _ours(two_hosts)
     try:
         keys, _ = _initiate(sock, wg, our_priv, psk)
         assert keys is not None, "wireguard-go did not answer (%s)" % wg.log_tail()
-        _echo_roundtrip(sock, wg, keys, "10.97.0.1", wg.ip4, 1)
-        _echo_roundtrip(sock, wg, keys, "fd97::1", wg.ip6, 2)
+        _echo_roundtrip(sock, wg, keys, "10.99.0.1", wg.ip4, 1)
+        _echo_roundtrip(sock, wg, keys, "fd99::1", wg.ip6, 2)
         assert wg.latest_handshake(our_pub) > 0
     finally:
         sock.close()
@@ -106,7 +106,7 @@ def test_wrong_preshared_key_gets_no_session(two_hosts, wg_factory):
     wg_priv, _ = keypair()
     our_priv, our_pub = keypair()
     wg = wg_factory(two_hosts.b, index=2, private=wg_priv)
-    wg.set_peer(our_pub, allowed_ips=["10.97.0.1/32"], preshared_key=crypto.random_bytes(32))
+    wg.set_peer(our_pub, allowed_ips=["10.99.0.1/32"], preshared_key=crypto.random_bytes(32))
     sock = _ours(two_hosts)
     try:
         # wireguard-go answers (it cannot tell), but the response does not verify.
@@ -136,7 +136,7 @@ def test_unknown_static_key_gets_no_answer(two_hosts, wg_factory):
     _, our_pub = keypair()
     stranger, _ = keypair()
     wg = wg_factory(two_hosts.b, index=2, private=wg_priv)
-    wg.set_peer(our_pub, allowed_ips=["10.97.0.1/32"])
+    wg.set_peer(our_pub, allowed_ips=["10.99.0.1/32"])
     sock = _ours(two_hosts)
     try:
         keys, resp = _initiate(sock, wg, stranger)
@@ -151,12 +151,12 @@ def test_wireguard_go_initiates_and_we_answer_its_pings(two_hosts, wg_factory, w
     our_priv, our_pub = keypair()
     psk = crypto.random_bytes(32) if with_psk else None
     wg = wg_factory(two_hosts.b, index=2, private=wg_priv)
-    wg.set_peer(our_pub, allowed_ips=["10.97.0.1/32"], endpoint="%s:%d" % (two_hosts.a.ip, OUR_PORT),
+    wg.set_peer(our_pub, allowed_ips=["10.99.0.1/32"], endpoint="%s:%d" % (two_hosts.a.ip, OUR_PORT),
                 preshared_key=psk)
     sock = _ours(two_hosts)
     checker = WgCookieChecker(our_pub, time.monotonic)
     gen = WgCookieGenerator(wg_pub, time.monotonic)
-    ping = two_hosts.b.popen(["ping", "-c", "3", "-i", "0.3", "-W", "2", "10.97.0.1"])
+    ping = two_hosts.b.popen(["ping", "-c", "3", "-i", "0.3", "-W", "2", "10.99.0.1"])
     try:
         got = _recv(sock, 5.0, lambda d: d[0] == 1)
         assert got is not None, "no initiation from wireguard-go (%s)" % wg.log_tail()
@@ -181,8 +181,8 @@ def test_wireguard_go_initiates_and_we_answer_its_pings(two_hosts, wg_factory, w
                 continue                       # a keepalive
             inner = plain[:inner_length(plain)]
             src, dst, t, ident, seq = parse_echo(inner)
-            assert (src, dst, t) == (wg.ip4, "10.97.0.1", 8)
-            reply = icmp_echo("10.97.0.1", wg.ip4, ident, seq, inner[28:], reply=True)
+            assert (src, dst, t) == (wg.ip4, "10.99.0.1", 8)
+            reply = icmp_echo("10.99.0.1", wg.ip4, ident, seq, inner[28:], reply=True)
             sock.sendto(seal_packet(CHACHA, keys.send_key, keys.remote_index, answered, reply, 1420), addr)
             answered += 1
         assert answered == 3
@@ -200,10 +200,10 @@ def test_our_cookie_reply_makes_wireguard_go_send_mac2(two_hosts, wg_factory):
     wg_priv, wg_pub = keypair()
     our_priv, our_pub = keypair()
     wg = wg_factory(two_hosts.b, index=2, private=wg_priv)
-    wg.set_peer(our_pub, allowed_ips=["10.97.0.1/32"], endpoint="%s:%d" % (two_hosts.a.ip, OUR_PORT))
+    wg.set_peer(our_pub, allowed_ips=["10.99.0.1/32"], endpoint="%s:%d" % (two_hosts.a.ip, OUR_PORT))
     sock = _ours(two_hosts)
     checker = WgCookieChecker(our_pub, time.monotonic)
-    ping = two_hosts.b.popen(["ping", "-c", "10", "-i", "1", "-W", "1", "10.97.0.1"])
+    ping = two_hosts.b.popen(["ping", "-c", "10", "-i", "1", "-W", "1", "10.99.0.1"])
     try:
         got = _recv(sock, 5.0, lambda d: d[0] == 1)
         assert got is not None

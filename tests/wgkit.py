@@ -32,8 +32,8 @@ if e2e is None:
     _spec.loader.exec_module(e2e)
 
 WG_PORT = 51820
-WG4 = "10.97.0.%d"
-WG6 = "fd97::%d"
+WG4 = "10.99.0.%d"   # the same tunnel net as tests/tunnelkit.py
+WG6 = "fd99::%d"
 _counter = [0]
 
 
