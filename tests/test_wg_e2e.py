@@ -132,7 +132,7 @@ def test_wrong_key_gets_no_session(two_hosts, tmp_path, daemon_factory, wg_facto
 
 def _tcp_open(host, ip, port, timeout=3.0) -> bool:
     try:
-        s = host.tcp_connect(ip, port, timeout=timeout)
+        s = host.ns.tcp_connect(ip, port, timeout=timeout)
     except OSError:
         return False
     s.close()
@@ -145,35 +145,52 @@ def test_firewall_blocks_a_port_for_the_wireguard_peer(two_hosts, tmp_path, daem
     fw = {"rule": [{"direction": "in", "action": "drop", "proto": "tcp", "dst_port": 7001, "peer": "wg"}]}
     node, wg = wg_setup(tmp_path, daemon_factory, wg_factory, two_hosts.a, two_hosts.b,
                         datapath=datapath, firewall=fw)
-    servers = [two_hosts.a.popen(["python3", "-c", (
-        "import socket,time\n"
-        "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-        "s.bind(('0.0.0.0', %d)); s.listen(8)\n"
-        "while True:\n    c,_=s.accept(); c.close()\n") % port]) for port in (7001, 7002)]
+    listeners = []
+    for port in (7001, 7002):
+        ls = two_hosts.a.ns.socket(socket.AF_INET, socket.SOCK_STREAM)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind((node.tun4, port))
+        ls.listen(16)
+        listeners.append(ls)
     try:
         assert two_hosts.a.ping(wg.ip4, timeout=10)
-        time.sleep(0.3)
         assert _tcp_open(two_hosts.b, node.tun4, 7002), "an unblocked port must connect"
         assert not _tcp_open(two_hosts.b, node.tun4, 7001), "the blocked port connected"
         assert _peer(node)["drops"].get("firewall", 0) >= 1
     finally:
-        for s in servers:
-            s.kill()
-            s.wait()
+        for ls in listeners:
+            ls.close()
 
 
 @pytest.mark.parametrize("datapath", DATAPATHS)
-def test_roaming_of_the_wireguard_go_side(two_hosts, tmp_path, daemon_factory, wg_factory, datapath):
+def test_roaming_of_the_wireguard_go_side_behind_a_nat(nat_topo, tmp_path, daemon_factory, wg_factory,
+                                                       datapath):
+    """wireguard-go in a behind the NAT r, phantomd in b; the NAT's public
+    address changes (rebinding): phantomd follows the authenticated packets
+    from the new address, and its own traffic goes there."""
+    node, wg = wg_setup(tmp_path, daemon_factory, wg_factory, nat_topo.b, nat_topo.a,
+                        datapath=datapath, initiator="wireguard")
+    assert nat_topo.a.ping(node.tun4, timeout=10)
+    assert _peer(node)["endpoint"].startswith("10.203.0.1:")
+    nat_topo.r.rebind("10.203.0.9")
+    assert nat_topo.a.ping(node.tun4, timeout=10), "no ping after the NAT rebinding"
+    wait_for(lambda: _peer(node)["endpoint"].startswith("10.203.0.9:"), 5, what="endpoint roamed")
+    assert nat_topo.b.ping(wg.ip4, timeout=5), "replies go to the new address"
+    assert nat_topo.b.ping(wg.ip6, timeout=5)
+
+
+@pytest.mark.parametrize("datapath", DATAPATHS)
+def test_roaming_when_wireguard_go_changes_its_port(two_hosts, tmp_path, daemon_factory, wg_factory,
+                                                    datapath):
     node, wg = wg_setup(tmp_path, daemon_factory, wg_factory, two_hosts.a, two_hosts.b,
                         datapath=datapath, initiator="wireguard")
     assert two_hosts.b.ping(node.tun4, timeout=10)
-    old = _peer(node)["endpoint"]
-    two_hosts.b.change_address("10.201.0.42")
-    # wireguard-go sends from its new address; phantomd follows the authenticated packets
+    assert _peer(node)["endpoint"] == "%s:%d" % (two_hosts.b.ip, WG_PORT)
+    wg.wg("set", wg.name, "listen-port", str(WG_PORT + 7))
     assert two_hosts.b.ping(node.tun4, timeout=10)
-    wait_for(lambda: _peer(node)["endpoint"].startswith("10.201.0.42:"), 5, what="endpoint roamed")
-    assert _peer(node)["endpoint"] != old
-    assert two_hosts.a.ping(wg.ip4, timeout=5), "replies go to the new address"
+    wait_for(lambda: _peer(node)["endpoint"] == "%s:%d" % (two_hosts.b.ip, WG_PORT + 7), 5,
+             what="endpoint roamed to the new port")
+    assert two_hosts.a.ping(wg.ip4, timeout=5)
 
 
 @pytest.mark.parametrize("datapath", DATAPATHS)
