@@ -79,6 +79,7 @@ class Daemon:
         self._dir_tasks: set = set()
         self._endorsement_checks: dict = {}   # public key -> monotonic time of the last lookup
         self.drop_to = None              # passwd entry to switch to in serve() (root only), set by main()
+        self._uapi = None                # WireGuard's UAPI socket ([interface] uapi = true)
 
     # ------------------------------------------------------------- setup
     def open_privileged(self) -> None:
@@ -492,6 +493,14 @@ class Daemon:
                                            self.s.http_port,
                                            str(self.s.http_socket) if self.s.http_socket else None)
         self.build()
+        if self.s.uapi:                  # /var/run/wireguard/<device>.sock, made while still root
+            from .control.wireguard.uapi import DaemonBackend, UapiServer
+            self._uapi = UapiServer(DaemonBackend(self), self.device.name)
+            try:
+                await self._uapi.start()
+            except OSError as exc:
+                raise ConfigError("interface.uapi", "cannot serve %s: %s"
+                                  % (self._uapi.path, exc.strerror or exc)) from None
         _preload()
         if self.drop_to is not None:     # main() locked down before the loop existed
             switch_user(self.drop_to)    # every thread; verified task by task
@@ -519,6 +528,8 @@ class Daemon:
             await self.directory.close()
             self.directory.wipe()
         await self._api_runner.cleanup()
+        if self._uapi is not None:
+            await self._uapi.close()
         self.dp.close()
         if self.device:
             self.device.close()

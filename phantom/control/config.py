@@ -99,6 +99,7 @@ class Settings:
     state_dir: Path = field(default_factory=default_state_dir)
     user: Optional[str] = None
     fast: bool = False
+    uapi: bool = False                                  # serve WireGuard's UAPI socket (wg show/set)
     log_level: str = DEFAULT_LOG_LEVEL
     directory: Optional[str] = None
     name: Optional[str] = None                          # our name in the key directory
@@ -203,7 +204,8 @@ def parse_port(value: Any, key: str, *, allow_zero: bool = False) -> int:
 SECTIONS = ("interface", "peer", "firewall", "tunables")
 INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen", "http_socket",
                   "test_port", "test_deliver", "mode", "device", "addresses", "mtu", "state_dir",
-                  "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers")
+                  "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers",
+                  "uapi")
 PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive", "protocol",
              "preshared_key_file")
 PROTOCOLS = ("phantom", "wireguard")
@@ -351,6 +353,8 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
             s.user = _user(value, key)
         elif name == "fast":
             s.fast = _expect(value, bool, key, "true or false")
+        elif name == "uapi":
+            s.uapi = _expect(value, bool, key, "true or false")
         elif name == "log_level":
             s.log_level = _log_level(value, key)
         elif name == "directory":
@@ -549,6 +553,8 @@ def settings_from_mapping(doc: dict, base: Optional[Path] = None) -> Settings:
 
 def _finish(s: Settings, mtu_key: str) -> Settings:
     _check_peers(s.peers)
+    if s.uapi and s.mode is not Mode.TUN:
+        raise ConfigError("interface.uapi", "WireGuard's UAPI serves a TUN device: it needs mode = \"tun\"")
     for i, p in enumerate(s.peers):
         if p.protocol == "wireguard" and s.mode is not Mode.TUN:
             raise ConfigError("peer[%d].protocol" % i, "a WireGuard peer carries IP packets: it needs "
