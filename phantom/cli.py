@@ -269,6 +269,8 @@ def cmd_open(args) -> int:
     if args.allowed_ips:
         body["allowed_ips"] = [n.strip() for arg in args.allowed_ips for n in arg.split(",")
                                if n.strip()]
+    if args.protocol:
+        body["protocol"] = args.protocol
     target = urllib.parse.quote(args.target, safe=":[]")
     result = _client(args).request("POST", "/open/" + target, body or None)
     _emit(args, result, format_kv)
@@ -379,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--name", metavar="NAME", help="name to give the peer")
     o.add_argument("--allowed-ips", metavar="CIDR[,CIDR]", action="append",
                    help="inner prefixes to route to a new peer (repeatable)")
+    o.add_argument("--protocol", choices=("phantom", "wireguard"),
+                   help="what a new peer speaks (default phantom; wireguard: a stock WireGuard peer)")
     o.set_defaults(func=cmd_open)
 
     c = sub.add_parser("close", parents=[common], help="close the tunnel to a peer")

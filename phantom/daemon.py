@@ -305,7 +305,7 @@ class Daemon:
         return peer
 
     async def open(self, endpoint: tuple, public_key: Optional[str] = None, name: Optional[str] = None,
-                   allowed_ips=None) -> dict:
+                   allowed_ips=None, protocol: Optional[str] = None) -> dict:
         from .control.keys import decode_public_key
         peer = None
         rec = None
@@ -361,11 +361,16 @@ class Daemon:
             except ValueError as exc:
                 raise BadRequest("allowed_ips: %s" % exc) from None
             try:
-                peer = self.engine.add_peer(key, name or "", nets, endpoint, dynamic=True)
+                peer = self.engine.add_peer(key, name or "", nets, endpoint, dynamic=True,
+                                            protocol=protocol or "phantom")
             except ValueError as exc:
                 raise Conflict(str(exc)) from None
             self.dp.add_peer(peer.id, nets)
             created = True
+        if protocol is not None and peer.protocol != protocol:
+            raise Conflict("peer %s speaks %s, not %s" % (peer.name, peer.protocol, protocol))
+        if peer.protocol == "wireguard" and self.s.mode is not Mode.TUN:
+            raise BadRequest("a WireGuard peer carries IP packets: it needs a daemon in tun mode")
         if self.s.mode is Mode.TEST:
             self.dp.set_test_peer(peer.id)
         if peer.state is PeerState.ESTABLISHED:

@@ -266,3 +266,23 @@ def test_rekey_after_wireguards_120_seconds_without_a_stall(two_hosts, tmp_path,
     assert sent > 600 and sent - received <= 2, stats
     p = _peer(node)
     assert p["state"] == "established" and p["sessions"] >= 2
+
+
+@pytest.mark.parametrize("datapath", DATAPATHS)
+def test_open_adds_a_wireguard_peer_at_run_time(two_hosts, tmp_path, daemon_factory, wg_factory, datapath):
+    """POST /open with "protocol": "wireguard" (phantom open --protocol wireguard)."""
+    node = make_node(tmp_path, "ph", 1, two_hosts.a)
+    write_config(node, mode="tun", peers=[])
+    start(daemon_factory, node, datapath)
+    wg_priv, wg_pub = keypair()
+    wg = wg_factory(two_hosts.b, index=2, private=wg_priv)
+    wg.set_peer(_ph_pub(node), allowed_ips=["%s/32" % node.tun4])
+    code, body = node.api("POST", "/open/%s:%d" % (two_hosts.b.ip, WG_PORT),
+                          {"public_key": encode_key(wg_pub), "name": "wg", "protocol": "wireguard",
+                           "allowed_ips": ["%s/32" % wg.ip4]})
+    assert code == 200, body
+    assert body["state"] == "established" and body["protocol"] == "wireguard"
+    assert two_hosts.a.ping(wg.ip4, timeout=5)
+    code, body = node.api("POST", "/open/%s:%d" % (two_hosts.b.ip, WG_PORT),
+                          {"public_key": encode_key(wg_pub), "protocol": "phantom"})
+    assert code == 409
