@@ -286,3 +286,16 @@ def test_open_adds_a_wireguard_peer_at_run_time(two_hosts, tmp_path, daemon_fact
     code, body = node.api("POST", "/open/%s:%d" % (two_hosts.b.ip, WG_PORT),
                           {"public_key": encode_key(wg_pub), "protocol": "phantom"})
     assert code == 409
+
+
+@pytest.mark.parametrize("datapath", DATAPATHS)
+def test_cookies_under_load_with_wireguard_go(two_hosts, tmp_path, daemon_factory, wg_factory, datapath):
+    """phantomd always "under load" (under_load_initiations = 0): wireguard-go's
+    first initiation gets a cookie reply, its retry carries mac2 and is answered."""
+    node, wg = wg_setup(tmp_path, daemon_factory, wg_factory, two_hosts.a, two_hosts.b,
+                        datapath=datapath, initiator="wireguard",
+                        tunables={"under_load_initiations": 0})
+    assert two_hosts.b.ping(node.tun4, timeout=15), "no session through the cookie exchange"
+    code, status = node.api("GET", "/status")
+    assert status["handshake_drops"].get("cookie_sent", 0) >= 1
+    assert _peer(node)["state"] == "established"
