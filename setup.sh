@@ -36,7 +36,11 @@ PY_PATH=$(command -v "$PYTHON")
 # --- 1. system packages ----------------------------------------------------------
 # Tools the demo and the network-namespace tests drive, plus what the build needs.
 PKGS=(iperf3 tcpdump iproute2 iptables conntrack wireguard-go wireguard-tools
-      gcc procps libcap2-bin kmod iputils-ping ca-certificates strace)
+      gcc procps libcap2-bin kmod iputils-ping ca-certificates strace
+      chromium chromium-driver systemd)
+# chromium + chromium-driver: the dashboard's browser tests (Selenium drives
+# /usr/bin/chromedriver; nothing is downloaded); systemd: systemd-analyze
+# verifies examples/phantomd@.service.
 # Debian's own python3 needs its venv and header packages; a pyenv or
 # self-built python3 brings both with it.
 PY_REAL=$("$PYTHON" -c 'import os, sys; print(os.path.realpath(sys.executable))')

@@ -21,7 +21,7 @@ cdef enum:
     FP_RX_HEADROOM = 16            # before a receive buffer: a WireGuard payload lands at +16
     FP_MAX_INNER = 65535           # wire.MAX_INNER_SIZE
     FP_BUF_SIZE = 65631            # 65535 payload + 32 overhead + 64 slack (detects oversize)
-    FP_N_DROPS = 14                # len(types.Drop)
+    FP_N_DROPS = 15                # len(types.Drop)
     FP_INDEX_BUCKETS = 4096        # receiver-index hash (power of two)
     FP_EVENT_QUEUE = 4096          # pending events for the control plane
     FP_MACS = 4096                 # TAP MAC table size (power of two; learns up to 3/4)
@@ -62,6 +62,7 @@ cdef enum:
     D_STAGED_OVERFLOW = 11
     D_BAD_INNER = 12
     D_SEND_FAILED = 13
+    D_CONTROL_OVERFLOW = 14
 
 
 cdef struct fp_replay:
@@ -105,7 +106,7 @@ cdef struct fp_peer:
     double last_tx
     double last_data_rx
     double last_data_tx
-    uint64_t drops[14]             # FP_N_DROPS
+    uint64_t drops[15]             # FP_N_DROPS
     fp_staged *staged              # ring of staged_max entries
     int staged_head
     int staged_count
@@ -167,7 +168,7 @@ cdef struct fp_engine:
     bint icmp4
     bint icmp6
     int icmp_pending               # ICMP_UNREACHABLE events not yet drained
-    uint64_t drops[14]             # global drops (every drop, peer known or not)
+    uint64_t drops[15]             # global drops (every drop, peer known or not)
     # events
     fp_event events[4096]          # FP_EVENT_QUEUE
     int ev_head

@@ -66,6 +66,8 @@ assert CIPHER_SECRETBOX == _ciphers.CipherKind.SECRETBOX
 assert CIPHER_CHACHA == _ciphers.CipherKind.CHACHA20POLY1305
 assert FP_HEADER_SIZE == _wgwire.TRANSPORT_HEADER_SIZE
 assert FP_TAIL_ROOM >= _wgwire.PADDING_MULTIPLE - 1 + _wgwire.AEAD_TAG_SIZE
+from phantom.dataplane.types import Drop as _Drop
+assert FP_N_DROPS == len(_Drop) and D_CONTROL_OVERFLOW == _Drop.CONTROL_OVERFLOW
 
 cdef uint64_t REPLAY_LIMIT = _constants.REJECT_AFTER_MESSAGES
 cdef size_t MAX_DATAGRAM = _wire.MAX_DATAGRAM_SIZE
@@ -1031,9 +1033,11 @@ cdef int _in_prepare(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nog
                                           or (t == 2 and pkt.len == WG_RESPONSE_SIZE)):
                 pkt.verdict = D_MALFORMED
             else:
-                pkt.verdict = V_CONSUMED
                 if _ev_push(e, EV_CONTROL_PACKET, -1, 0, pkt.buf, pkt.len, &pkt.addr, pkt.addrlen):
+                    pkt.verdict = V_CONSUMED
                     events += 1
+                else:
+                    pkt.verdict = D_CONTROL_OVERFLOW   # the control plane's queue is full
             continue
         if t != 4:
             pkt.verdict = D_MALFORMED

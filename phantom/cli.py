@@ -347,6 +347,24 @@ def cmd_firewall(args) -> int:
     return 0
 
 
+def _format_reload(r) -> str:
+    lines = []
+    for key in ("added", "removed", "changed", "unchanged"):
+        items = r.get(key) or []
+        if isinstance(items, dict):
+            items = ["%s (%s)" % (n, ", ".join(f)) for n, f in sorted(items.items())]
+        lines.append("%-10s %s" % (key + ":", ", ".join(items) or "-"))
+    lines.append("%-10s %s" % ("firewall:", "replaced" if r.get("firewall") else "unchanged"))
+    for note in r.get("notes") or []:
+        lines.append("note: %s" % note)
+    return "\n".join(lines)
+
+
+def cmd_reload(args) -> int:
+    _emit(args, _client(args).request("POST", "/reload"), _format_reload)
+    return 0
+
+
 # --- dispatch ---------------------------------------------------------------------------------
 def _api_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
@@ -399,6 +417,11 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("file", help="rules file (.json or .toml; '-' reads JSON from stdin)")
     f.set_defaults(func=cmd_firewall)
 
+    sub.add_parser("reload", parents=[common],
+                   help="re-read phantomd's config file: peers and firewall change in place"
+                   ).set_defaults(func=cmd_reload)
+    sub.add_parser("verify", help="capture the wire while a marker crosses a peer's tunnel: "
+                   "is anything plaintext? (root, on the daemon's host)", add_help=False)
     sub.add_parser("demo", help="two namespaces, two daemons, one tunnel (see README)", add_help=False)
     sub.add_parser("directory", help="the public-key directory: `phantom directory serve ...`",
                    add_help=False)
@@ -409,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands implemented in other modules: everything after the word goes to them.
 DELEGATED = {"demo": "phantom.demo", "directory": "phantom.control.directory",
-             "wg": "phantom.control.wireguard.cli"}
+             "wg": "phantom.control.wireguard.cli",
+             "verify": "phantom.verify"}
 
 
 def _delegate(command: str, rest: list[str]) -> int:

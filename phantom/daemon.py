@@ -25,7 +25,8 @@ Start-up order (each step can fail with a clear message and exit code):
      every task in /proc/self/task is checked (uid, gid, no groups, all five
      capability sets 0, NoNewPrivs 1) and start-up fails if one differs;
   7. start the data path, publish to the key directory, run the timer tick,
-     handle SIGTERM/SIGINT (stop) and SIGHUP (reload the firewall).
+     handle SIGTERM/SIGINT (stop) and SIGHUP (reload the config file in
+     place: :mod:`phantom.control.reload`).
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ class Daemon:
         self._endorsement_checks: dict = {}   # public key -> monotonic time of the last lookup
         self.drop_to = None              # passwd entry to switch to in serve() (root only), set by main()
         self._uapi = None                # WireGuard's UAPI socket ([interface] uapi = true)
+        from .control import reload as _reload
+        self._file_settings = _reload.baseline(settings)   # the file as read at start (reload diffs)
+        self._metrics = None             # prometheus-client registry, made at the first scrape
+        self._metrics_runner = None      # the metrics_listen server, when configured
 
     # ------------------------------------------------------------- setup
     def open_privileged(self) -> None:
@@ -428,6 +433,7 @@ class Daemon:
             "drops": c.drops,
             "persistent_keepalive": peer.persistent_keepalive,
             "sessions": len(peer.sessions),
+            "path": peer.path,
         }
         if already:
             info["already_established"] = True
@@ -469,22 +475,34 @@ class Daemon:
         log.info("firewall replaced (%d rules)", len(new.describe().get("rules", [])))
         return new.describe()
 
-    def reload_firewall(self) -> None:
-        from .control.config import read_config_file, settings_from_mapping
-        if self.s.config_path is None:
-            log.info("SIGHUP: no config file to reload")
-            return
+    async def reload(self) -> dict:
+        """Re-read the config file and apply it in place (POST /reload, `phantom
+        reload`); a bad file changes nothing and is refused naming the key."""
+        from .control import reload as _reload
         try:
-            doc = read_config_file(self.s.config_path)
-            fresh = settings_from_mapping(doc, base=self.s.config_path.resolve().parent)
-            from .dataplane import firewall
-            new = firewall.build(fresh.firewall, self._peer_names(), self.s.mode, previous=self.fw)
-        except Exception as exc:
-            log.error("SIGHUP: firewall not reloaded: %s", exc)
-            return
-        self.fw = new
-        self.dp.set_firewall(new)
-        log.info("SIGHUP: firewall reloaded from %s", self.s.config_path)
+            return _reload.reload(self)
+        except ConfigError as exc:
+            log.error("reload refused, nothing changed: %s", exc)
+            raise BadRequest("config not reloaded, nothing changed: %s" % exc) from None
+
+    def reload_signal(self) -> None:
+        """SIGHUP: the same reload; the outcome goes to the log."""
+        from .control import reload as _reload
+        try:
+            _reload.reload(self)
+        except ConfigError as exc:
+            log.error("SIGHUP: reload refused, nothing changed: %s", exc)
+        except Exception:  # a bug must not take the daemon down from a signal handler
+            log.exception("SIGHUP: reload failed")
+
+    reload_firewall = reload_signal      # the old name (SIGHUP used to reload the firewall only)
+
+    def metrics(self) -> bytes:
+        """GET /metrics: the Prometheus text format, read at scrape time."""
+        from .control import metrics as _metrics
+        if self._metrics is None:
+            self._metrics = _metrics.make_registry(self)
+        return _metrics.render(self._metrics)
 
     # ------------------------------------------------------------------ run
     async def serve(self) -> None:
@@ -497,6 +515,10 @@ class Daemon:
         self._api_runner = await start_api(app, self.s.http_listen if self.s.http_port else None,
                                            self.s.http_port,
                                            str(self.s.http_socket) if self.s.http_socket else None)
+        if self.s.metrics_listen:
+            from .control.opsapi import create_metrics_app
+            host, port = self.s.metrics_listen
+            self._metrics_runner = await start_api(create_metrics_app(self), host, port)
         self.build()
         if self.s.uapi:                  # /var/run/wireguard/<device>.sock, made while still root
             from .control.wireguard.uapi import DaemonBackend, UapiServer
@@ -516,7 +538,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_firewall)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_signal)
         for peer in list(self.engine.peers.values()):
             if peer.endpoint is not None and peer.persistent_keepalive:
                 self._do(self.engine.open(peer.id))
@@ -535,6 +557,8 @@ class Daemon:
         await self._api_runner.cleanup()
         if self._uapi is not None:
             await self._uapi.close()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
         self.dp.close()
         if self.device:
             self.device.close()
@@ -555,6 +579,8 @@ def _preload() -> None:
     from .control import keys, config  # noqa: F401
     from .dataplane import firewall, packet  # noqa: F401
     from .control import directory as _directory  # noqa: F401  (imports sqlite3 too)
+    from .control import metrics, reload, opsapi, events  # noqa: F401  (prometheus-client too)
+    import platform  # noqa: F401  (prometheus-client's platform collector)
 
 
 def _b64(key: bytes) -> str:

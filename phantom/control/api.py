@@ -16,6 +16,10 @@ PUT    /firewall               replace the firewall rules (JSON object body)
 GET    /openapi.json           an OpenAPI 3 description of these routes
 ====== ======================= ============================================
 
+The operations routes (the dashboard at ``/``, ``/metrics``, ``/events``,
+``/auth``, ``POST /reload``) live in :mod:`phantom.control.opsapi`, behind
+the same middlewares.
+
 Security (see README "Security model"):
 
 * every state-changing request (any method but GET/HEAD/OPTIONS) needs
@@ -560,6 +564,8 @@ def create_app(controller, token: str, *, allowed_hosts: Iterable[str] = ()) -> 
     r.add_get("/firewall", get_firewall)
     r.add_put("/firewall", put_firewall)
     r.add_get("/openapi.json", get_openapi)
+    from phantom.control import opsapi   # dashboard, /metrics, /events, /auth, /reload
+    opsapi.add_routes(app)
     return app
 
 
@@ -716,3 +722,11 @@ OPENAPI: dict = {
                                   "responses": {"200": _ok("OpenAPI 3 document", _OBJ)}}},
     },
 }
+
+
+def _add_ops_paths() -> None:
+    from phantom.control import opsapi
+    OPENAPI["paths"].update(opsapi.openapi_paths(_ok, _err, _COMMON_ERRORS, _MUTATION_ERRORS, _OBJ))
+
+
+_add_ops_paths()

@@ -90,6 +90,7 @@ class Settings:
     http_port: int = DEFAULT_HTTP_PORT
     http_listen: str = DEFAULT_HTTP_LISTEN
     http_socket: Optional[Path] = None
+    metrics_listen: Optional[tuple[str, int]] = None    # GET /metrics alone on its own IP:PORT
     test_port: int = DEFAULT_TEST_PORT
     test_deliver: Optional[tuple[str, int]] = None
     mode: Mode = DEFAULT_MODE
@@ -190,7 +191,7 @@ def parse_interface_address(text: Any, key: str) -> IPInterface:
 
 
 def parse_port(value: Any, key: str, *, allow_zero: bool = False) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():   # not "²"
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(key, "must be a port number (an integer), not %r" % (value,))
@@ -205,7 +206,7 @@ SECTIONS = ("interface", "peer", "firewall", "tunables")
 INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen", "http_socket",
                   "test_port", "test_deliver", "mode", "device", "addresses", "mtu", "state_dir",
                   "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers",
-                  "uapi")
+                  "metrics_listen", "uapi")
 PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive", "protocol",
              "preshared_key_file")
 PROTOCOLS = ("phantom", "wireguard")
@@ -306,7 +307,7 @@ def _directory(value, key: str) -> str:
 
 
 def _mtu(value, key: str) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value)
     _expect(value, int, key, "an integer")
     if not MIN_MTU <= value <= MAX_MTU:
@@ -335,6 +336,8 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
             s.http_listen = _http_listen(value, key)
         elif name == "http_socket":
             s.http_socket = _path(value, key, base)
+        elif name == "metrics_listen":
+            s.metrics_listen = parse_endpoint(value, key)
         elif name == "test_deliver":
             s.test_deliver = parse_endpoint(value, key)
         elif name == "mode":
@@ -591,6 +594,8 @@ def build_daemon_parser() -> argparse.ArgumentParser:
       help="API token and generated key live here (default /var/lib/phantom as root, else ./.phantom)")
     a("--http-listen", metavar="ADDR", help="API listen address (default %s)" % DEFAULT_HTTP_LISTEN)
     a("--http-socket", metavar="PATH", help="also serve the API on this Unix socket (mode 0600)")
+    a("--metrics-listen", metavar="IP:PORT",
+      help="also serve GET /metrics alone on this address (e.g. 127.0.0.1:9586)")
     a("--directory", metavar="URL", help="key directory to publish to and resolve peers from")
     a("--mtu", metavar="N", help="tunnel MTU (default %d)" % DEFAULT_MTU)
     return p
@@ -645,6 +650,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
         s.http_socket = _path(get("http_socket"), "--http-socket", Path.cwd())
     if get("directory") is not None:
         s.directory = _directory(get("directory"), "--directory")
+    if get("metrics_listen") is not None:
+        s.metrics_listen = parse_endpoint(get("metrics_listen"), "--metrics-listen")
     if get("mtu") is not None:
         s.mtu = _mtu(get("mtu"), "--mtu")
         mtu_key = "--mtu"

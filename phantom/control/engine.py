@@ -114,7 +114,7 @@ class Engine:
         peer = Peer(pid, public_key, name or ("peer%d" % pid), list(allowed_ips), endpoint,
                     float(persistent_keepalive or 0), dynamic=dynamic,
                     wanted=bool(endpoint) and bool(persistent_keepalive),
-                    cookies=proto.cookie_generator(public_key), handshakes=proto,
+                    cookies=proto.cookie_generator(public_key), proto=proto,
                     preshared_key=bytearray(preshared_key) if preshared_key is not None else None)
         self.peers[pid] = peer
         self._by_key[public_key] = peer
@@ -200,7 +200,7 @@ class Engine:
             return []
         self._abandon_pending(peer)
         index = self._alloc_index("handshake", peer.id)
-        msg, state = peer.handshakes.create_initiation(peer, index, self._ts.now())
+        msg, state = peer.proto.create_initiation(peer, index, self._ts.now())
         peer.pending = PendingHandshake(state, index, now)
         peer.attempts += 1
         peer.last_initiation_sent = now
@@ -276,7 +276,7 @@ class Engine:
             self.drops["unknown_key"] += 1
             log.info("initiation from unknown key at %s dropped", addr[0])
             return [A.UnknownKey(info.remote_static, addr)] if self.report_unknown_keys else []
-        if peer.handshakes is not proto:
+        if peer.proto is not proto:
             # A known key in the other protocol: it is configured for one only.
             info.state.clear()
             self.drops["wrong_protocol"] += 1
@@ -319,7 +319,7 @@ class Engine:
         if peer is None or peer.pending is None or peer.pending.local_index != receiver_index:
             self.drops["unknown_index"] += 1
             return []
-        if peer.handshakes is not proto:
+        if peer.proto is not proto:
             self.drops["wrong_protocol"] += 1
             return []
         try:
@@ -359,8 +359,9 @@ class Engine:
         peer.last_handshake = now
         peer.last_handshake_wall = self.wall()
         peer.first_unanswered = None
+        peer.handshakes += 1
         kp = Keypair(peer.id, keys.local_index, keys.remote_index, keys.send_key, keys.recv_key,
-                     time.monotonic(), keys.initiator, int(peer.handshakes.cipher))
+                     time.monotonic(), keys.initiator, int(peer.proto.cipher))
         return A.InstallKeypair(kp, confirmed)
 
     # ========================================================= data-path events

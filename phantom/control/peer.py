@@ -65,9 +65,11 @@ class Peer:
     wanted: bool = False                    # keep it up: configured endpoint, opened or keepalive
     cookies: Optional[CookieGenerator] = None   # (a WgCookieGenerator for a WireGuard peer)
     state: PeerState = PeerState.IDLE
+    path: str = "direct"                    # how traffic reaches it: "direct" (relays: later)
+    handshakes: int = 0                     # completed handshakes (metrics)
     # what the peer speaks: a protocols.PhantomHandshakes or WireGuardHandshakes
     # (the engine's, shared by all peers of that protocol); WireGuard's psk
-    handshakes: Optional[object] = None
+    proto: Optional[object] = None
     preshared_key: Optional[bytearray] = field(default=None, repr=False)
 
     # handshake
@@ -92,7 +94,7 @@ class Peer:
     @property
     def protocol(self) -> str:
         """"phantom" or "wireguard"."""
-        return self.handshakes.protocol.value if self.handshakes is not None else "phantom"
+        return self.proto.protocol.value if self.proto is not None else "phantom"
 
     def set_state(self, new: PeerState) -> Optional[PeerState]:
         """Move to ``new``; returns the old state, or None when unchanged."""
