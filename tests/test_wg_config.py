@@ -238,3 +238,59 @@ def test_wg_tools_accept_what_we_export(tmp_path, capsys):
 def test_genpsk_prints_a_key(capsys):
     assert cli.main(["wg", "genpsk"]) == 0
     assert len(decode_preshared_key(capsys.readouterr().out)) == 32
+
+
+# --- reload (phantom reload / SIGHUP) with WireGuard peers ---------------------------------------
+def test_reload_adds_changes_and_switches_protocols(tmp_path):
+    from test_reload import Daemon, doc, peer, run, crypto_key
+    p1, p2 = _psk_file(tmp_path / "one.psk"), _psk_file(tmp_path / "two.psk")
+    d = Daemon(doc(peer("b"), peer("c")))
+    out = run(d, doc(peer("b", protocol="wireguard", preshared_key_file=str(p1)), peer("c"),
+                     peer("d", protocol="wireguard")))
+    assert out["added"] == ["b", "d"] and out["removed"] == ["b"]          # b: another protocol
+    b = d.engine.peer_by_key(crypto_key("b"))
+    assert b.protocol == "wireguard" and bytes(b.preshared_key) == bytes(load_preshared_key(p1))
+    assert d.engine.peer_by_key(crypto_key("d")).protocol == "wireguard"
+    assert d.engine.peer_by_key(crypto_key("c")).protocol == "phantom"
+    out = run(d, doc(peer("b", protocol="wireguard", preshared_key_file=str(p2)), peer("c"),
+                     peer("d", protocol="wireguard")))
+    assert out["changed"] == {"b": ["preshared_key"]} and out["added"] == []
+    assert bytes(d.engine.peer_by_key(crypto_key("b")).preshared_key) == bytes(load_preshared_key(p2))
+    out = run(d, doc(peer("b", protocol="wireguard"), peer("c"), peer("d", protocol="wireguard")))
+    assert out["changed"] == {"b": ["preshared_key"]}
+    assert d.engine.peer_by_key(crypto_key("b")).preshared_key is None
+
+
+def test_reload_refuses_a_bad_preshared_key_file_and_changes_nothing(tmp_path):
+    from test_reload import Daemon, doc, peer, crypto_key
+    from phantom.control import reload as rl
+    d = Daemon(doc(peer("b", protocol="wireguard")))
+    bad = tmp_path / "open.psk"
+    bad.write_text(genpsk() + "\n")
+    os.chmod(bad, 0o644)
+    with pytest.raises(ConfigError) as e:
+        rl.plan(d, config.settings_from_mapping(doc(peer("b", protocol="wireguard",
+                                                         preshared_key_file=str(bad)))), d._file_settings)
+    assert e.value.key == "peer[0].preshared_key_file"
+    assert d.engine.peer_by_key(crypto_key("b")).preshared_key is None
+
+
+def test_phantomd_exits_2_naming_a_bad_preshared_key_file(tmp_path, capsys):
+    from phantom import daemon
+    write_private_key(tmp_path / "me.key")
+    bad = tmp_path / "open.psk"
+    bad.write_text(genpsk() + "\n")
+    os.chmod(bad, 0o644)
+    cfg = tmp_path / "phantom.toml"
+    cfg.write_text(f'''[interface]
+private_key_file = "me.key"
+mode = "tun"
+state_dir = "{tmp_path / 'state'}"
+[[peer]]
+protocol = "wireguard"
+public_key = "{PUB}"
+preshared_key_file = "open.psk"
+''')
+    assert daemon.main(["--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "peer[0].preshared_key_file" in err and "0644" in err

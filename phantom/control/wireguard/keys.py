@@ -46,7 +46,12 @@ def load_preshared_key(path, key: str = "preshared_key_file") -> bytearray:
         raise KeyFileError(path, "cannot open: %s" % (exc.strerror or exc), key) from None
     buf = bytearray(256)
     try:
-        check_secret_file(fd, path, "preshared key file")
+        try:
+            check_secret_file(fd, path, "preshared key file")
+        except KeyFileError as exc:            # name our setting, not private_key_file
+            exc.key = key                      # the same problem, under our setting's name
+            exc.args = ("%s: %s" % (key, exc.problem),)
+            raise
         n = os.readv(fd, [buf])
         if n >= len(buf):
             raise KeyFileError(path, "too long to be a preshared key file", key)
