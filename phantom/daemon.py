@@ -208,20 +208,99 @@ class Daemon:
                 pass
 
     # ------------------------------------------------------- key directory
-    def _start_directory(self) -> None:
-        """Publish our record and keep it fresh; pin configured names."""
-        from .control.directory import DirectoryClient
-        self.directory = DirectoryClient(self.s.directory, self._dir_key,
-                                         trusted_signers=self.s.trusted_signers)
+    async def _start_directory(self) -> None:
+        """Publish our record and keep it fresh; pin configured names; watch our peers."""
+        if self.s.directory == "dht":
+            from .control.directory.client import DhtDirectoryClient
+            self.directory = DhtDirectoryClient(
+                self._dir_key, listen="0.0.0.0:%d" % self.s.dht_port,
+                bootstrap=self.s.dht_bootstrap, trusted_signers=self.s.trusted_signers)
+            await self.directory.start()
+        else:
+            from .control.directory import DirectoryClient
+            self.directory = DirectoryClient(self.s.directory, self._dir_key,
+                                             trusted_signers=self.s.trusted_signers)
         for p in self.engine.peers.values():
             self.directory.pin(p.name, p.public_key)
         if self.s.trusted_signers:
             self.engine.report_unknown_keys = True
         if self.s.name:
             allowed = ["%s/%d" % (a.ip, a.max_prefixlen) for a in self.s.addresses]
-            endpoints = ["%s:%d" % ep if ":" not in ep[0] else "[%s]:%d" % ep for ep in self.s.endpoints]
-            self._spawn(self.directory.keep_published(self.s.name, endpoints, allowed))
-            log.info("publishing %s to the directory %s", self.s.name, self.s.directory)
+            self._spawn(self.directory.keep_published(self.s.name, self._advertised, allowed,
+                                                      retry=2.0 if self.s.directory == "dht" else 5.0))
+            log.info("publishing %s to the directory %s", self.s.name, self._directory_text())
+        self._spawn(self._watch_peers())
+
+    def _directory_text(self) -> str:
+        d = self.s.directory
+        if d == "dht":
+            return "dht (bootstrap %s)" % (", ".join("%s:%d" % b for b in self.s.dht_bootstrap) or "none")
+        return ", ".join(d) if isinstance(d, list) else str(d)
+
+    def _advertised(self) -> list:
+        """Our endpoints for the directory: the configured ones, or with
+        endpoints = "auto", the address this host reaches the directory (or the
+        first DHT bootstrap node) from, asked again on every call."""
+        eps = [ep for ep in self.s.endpoints if ep[0] != "auto"]
+        if self.s.endpoints_auto:
+            ip = _source_address(self._directory_hosts())
+            port = self.udp.getsockname()[1] if self.udp else self.s.listen_port
+            if ip and (ip, port) not in eps:
+                eps.insert(0, (ip, port))
+        return ["%s:%d" % ep if ":" not in ep[0] else "[%s]:%d" % ep for ep in eps]
+
+    def _directory_hosts(self) -> list:
+        import urllib.parse
+        if self.s.directory == "dht":
+            return [h for h, _ in self.s.dht_bootstrap]
+        urls = self.s.directory if isinstance(self.s.directory, list) else [self.s.directory]
+        return [urllib.parse.urlsplit(u).hostname for u in urls if urllib.parse.urlsplit(u).hostname]
+
+    async def _watch_peers(self) -> None:
+        """Follow our peers' records (pushed by a directory front end, polled on the
+        DHT): a peer that published a new endpoint is reached there at once."""
+        from .control.directory import DirectoryError
+        watching, task = frozenset(), None
+        try:
+            while not self._stop.is_set():
+                keys = frozenset(p.public_key for p in self.engine.peers.values())
+                if keys != watching or (task is not None and task.done()):
+                    if task is not None:
+                        task.cancel()
+                    watching = keys
+                    task = asyncio.ensure_future(self.directory.watch(keys, self._peer_record))
+                try:
+                    await asyncio.wait_for(self._stop.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    pass
+        except DirectoryError as exc:   # pragma: no cover - watch logs and retries itself
+            log.warning("watching peers' records stopped: %s", exc)
+        finally:
+            if task is not None:
+                task.cancel()
+
+    def _peer_record(self, rec) -> None:
+        """A newer verified record of one of our peers."""
+        peer = self.engine.peer_by_key(rec.public_key)
+        if peer is None:
+            return
+        if rec.revoked:
+            log.warning("peer=%s revoked its key in the directory", peer.name)
+            if peer.dynamic:
+                self._do(self.engine.remove_peer(peer.id))
+                self.dp.remove_peer(peer.id)
+            return
+        if not rec.endpoints:
+            return
+        eps = [plain(e) for e in rec.endpoints]
+        if peer.endpoint is not None and plain(peer.endpoint) in eps:
+            return
+        log.info("peer=%s moved: the directory says %s (was %s)", peer.name, format_endpoint(eps[0]),
+                 format_endpoint(peer.endpoint) if peer.endpoint else "-")
+        peer.endpoint = eps[0]
+        self._do([A.SetEndpoint(peer.id, eps[0])])
+        if peer.state is PeerState.ESTABLISHED:
+            self._do([A.SendKeepalive(peer.id)])
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -254,7 +333,7 @@ class Daemon:
         self._add_from_record(rec, plain(addr))
         log.info("peer=%s admitted: its record carries a trusted endorsement", rec.name)
 
-    def _add_from_record(self, rec, endpoint):
+    def _add_from_record(self, rec, endpoint, name: Optional[str] = None):
         """A peer learnt from the directory.  Its allowed IPs are its own claim:
         they are taken only when a trusted signer endorsed the record, or when
         they lie inside our own interface subnets; never over another peer's."""
@@ -266,7 +345,8 @@ class Daemon:
             inside = any(n.version == c.version and n.subnet_of(c) for c in connected)
             if (rec.endorsed or inside) and n not in taken:
                 nets.append(ipaddress.ip_network(n))
-        peer = self.engine.add_peer(rec.public_key, self._free_name(rec.name), nets, endpoint, dynamic=True)
+        peer = self.engine.add_peer(rec.public_key, self._free_name(name or rec.name), nets, endpoint,
+                                    dynamic=True)
         self.dp.add_peer(peer.id, nets)
         if endpoint:
             self.dp.set_endpoint(peer.id, endpoint)
@@ -281,12 +361,14 @@ class Daemon:
             i += 1
         return "%s-%d" % (name, i)
 
-    async def _resolve(self, name: Optional[str] = None, endpoint=None):
-        """A directory record by name, or by advertised endpoint; None if absent."""
+    async def _resolve(self, name: Optional[str] = None, endpoint=None, key: Optional[bytes] = None):
+        """A directory record by name, key, or advertised endpoint; None if absent."""
         if self.directory is None:
             return None
         from .control.directory import DirectoryError
         try:
+            if key is not None:
+                return await self.directory.resolve_key(key, fresh=True)   # the user asked: no negative cache
             if name:
                 return await self.directory.resolve_name(name)
             for rec in await self.directory.list_records():
@@ -319,7 +401,29 @@ class Daemon:
             if not name:
                 raise BadRequest("give an endpoint IP:PORT or a peer name")
             peer = self._peer_named(name)
-            if peer is None:
+            if peer is None and public_key:
+                # a name of our choosing for a key looked up in the directory (the DHT
+                # answers by key only): names never come from the directory's data
+                try:
+                    key = decode_public_key(public_key)
+                except ValueError as exc:
+                    raise BadRequest("public_key: %s" % exc) from None
+                if key == self.engine.public_key:
+                    raise BadRequest("public_key: this daemon's own public key cannot be a peer")
+                peer = self.engine.peer_by_key(key)
+                if peer is None:
+                    rec = await self._resolve(key=key)
+                    if rec is None:
+                        raise NotFound("no record for key %s in the key directory" % public_key
+                                       if self.directory else "no peer %r in the config (and no "
+                                       "--directory)" % name)
+                    if not rec.endpoints:
+                        raise BadRequest("the directory record of %s has no endpoint" % public_key)
+                    endpoint = plain(rec.endpoints[0])
+                    self.directory.pin(name, key)
+            if endpoint is not None:
+                pass
+            elif peer is None:
                 rec = await self._resolve(name=name)
                 if rec is None:
                     raise NotFound("no peer %r in the config%s" % (
@@ -328,7 +432,13 @@ class Daemon:
                     raise BadRequest("the directory record of %s has no endpoint" % name)
                 endpoint = plain(rec.endpoints[0])
             elif peer.endpoint is None:
-                raise BadRequest("peer %s has no known endpoint: open it as IP:PORT" % peer.name)
+                # a configured key without an endpoint: where it is now is the directory's
+                found = await self._resolve(key=peer.public_key)
+                if found is None or not found.endpoints:
+                    raise BadRequest("peer %s has no known endpoint: open it as IP:PORT%s" % (
+                        peer.name, "" if self.directory is None else
+                        " (the key directory has no endpoint for it either)"))
+                endpoint = plain(found.endpoints[0])
             else:
                 endpoint = plain(peer.endpoint)
         elif public_key:
@@ -356,7 +466,7 @@ class Daemon:
         if peer is None and rec is not None:
             peer = self.engine.peer_by_key(rec.public_key)
             if peer is None:
-                peer = self._add_from_record(rec, endpoint)
+                peer = self._add_from_record(rec, endpoint, name if public_key else None)
                 created = True
         if peer is None:
             nets = []
@@ -528,13 +638,13 @@ class Daemon:
             except OSError as exc:
                 raise ConfigError("interface.uapi", "cannot serve %s: %s"
                                   % (self._uapi.path, exc.strerror or exc)) from None
-        _preload()
+        _preload(dht=self.s.directory == "dht")
         if self.drop_to is not None:     # main() locked down before the loop existed
             switch_user(self.drop_to)    # every thread; verified task by task
         self.uid = os.getuid()
         self.dp.start()
         if self.s.directory:
-            self._start_directory()
+            await self._start_directory()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -567,7 +677,7 @@ class Daemon:
             self.test_sock.close()
 
 
-def _preload() -> None:
+def _preload(dht: bool = False) -> None:
     """Import, while still root, every module the daemon may need later: the
     unprivileged user may not be able to read the Python installation (a
     pyenv under /root, say), and a lazy import after the drop would fail."""
@@ -581,6 +691,31 @@ def _preload() -> None:
     from .control import directory as _directory  # noqa: F401  (imports sqlite3 too)
     from .control import metrics, reload, opsapi, events  # noqa: F401  (prometheus-client too)
     import platform  # noqa: F401  (prometheus-client's platform collector)
+    from .control.directory import client as _client  # noqa: F401
+    if dht:
+        import libtorrent  # noqa: F401
+        from .control.directory.store import dht as _dht  # noqa: F401
+
+
+def _source_address(hosts) -> Optional[str]:
+    """The local address this host sends from towards the first of ``hosts`` that
+    routes (a connected UDP socket sends nothing)."""
+    import socket
+    for host in hosts:
+        try:
+            infos = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)
+        except OSError:
+            continue
+        for family, _, _, _, addr in infos:
+            try:
+                with socket.socket(family, socket.SOCK_DGRAM) as s:
+                    s.connect(addr)
+                    ip = s.getsockname()[0]
+            except OSError:
+                continue
+            if ip and not ip.startswith("127.") and ip != "::1":
+                return ip
+    return None
 
 
 def _b64(key: bytes) -> str:

@@ -102,9 +102,12 @@ class Settings:
     fast: bool = False
     uapi: bool = False                                  # serve WireGuard's UAPI socket (wg show/set)
     log_level: str = DEFAULT_LOG_LEVEL
-    directory: Optional[str] = None
+    directory: Optional[Any] = None        # a URL, a list of URLs, or "dht"
+    dht_bootstrap: list[tuple[str, int]] = field(default_factory=list)  # with directory = "dht"
+    dht_port: int = 6881                   # the DHT node's UDP port (directory = "dht")
     name: Optional[str] = None                          # our name in the key directory
     endpoints: list[tuple[str, int]] = field(default_factory=list)   # advertised in the directory
+    endpoints_auto: bool = False           # endpoints = "auto": the address we reach the directory from
     trusted_signers: list[bytes] = field(default_factory=list)      # Ed25519 keys of endorsers
     peers: list[PeerConfig] = field(default_factory=list)
     firewall: dict = field(default_factory=dict)
@@ -206,7 +209,7 @@ SECTIONS = ("interface", "peer", "firewall", "tunables")
 INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen", "http_socket",
                   "test_port", "test_deliver", "mode", "device", "addresses", "mtu", "state_dir",
                   "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers",
-                  "metrics_listen", "uapi")
+                  "metrics_listen", "dht_bootstrap", "dht_port", "uapi")
 PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive", "protocol",
              "preshared_key_file")
 PROTOCOLS = ("phantom", "wireguard")
@@ -294,7 +297,26 @@ def _http_listen(value, key: str) -> str:
         raise ConfigError(key, "%r is not an IP address (e.g. 127.0.0.1 or ::1)" % value) from None
 
 
-def _directory(value, key: str) -> str:
+def _directory(value, key: str):
+    """A directory URL, several (a list, or commas in one string), or "dht"."""
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError(key, "an empty list: give at least one URL")
+        urls = []
+        for i, v in enumerate(value):
+            url = _directory_url(v, "%s[%d]" % (key, i))
+            if url not in urls:
+                urls.append(url)
+        return urls if len(urls) > 1 else urls[0]
+    _expect(value, str, key, "a URL string, a list of them, or \"dht\"")
+    if value.strip().lower() == "dht":
+        return "dht"
+    if "," in value:
+        return _directory([v for v in value.split(",") if v.strip()], key)
+    return _directory_url(value, key)
+
+
+def _directory_url(value, key: str) -> str:
     _expect(value, str, key, "a URL string")
     u = urllib.parse.urlsplit(value.strip())
     if u.scheme not in ("http", "https") or not u.netloc:
@@ -367,8 +389,19 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
                 raise ConfigError(key, "%r is not a valid name (%s)" % (value, PEER_NAME_RULE))
             s.name = value
         elif name == "endpoints":
-            _expect(value, list, key, "a list of \"ip:port\" strings")
-            s.endpoints = [parse_endpoint(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
+            if value == "auto":
+                value = ["auto"]
+            _expect(value, list, key, "a list of \"ip:port\" strings, or \"auto\"")
+            s.endpoints_auto = "auto" in value
+            s.endpoints = [parse_endpoint(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)
+                           if v != "auto"]
+        elif name == "dht_bootstrap":
+            _expect(value, list, key, "a list of \"ip:port\" strings (other DHT nodes)")
+            s.dht_bootstrap = [parse_endpoint(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
+        elif name == "dht_port":
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
+                raise ConfigError(key, "must be a UDP port number (0..65535; 0 picks one)")
+            s.dht_port = value
         elif name == "trusted_signers":
             _expect(value, list, key, "a list of base64 Ed25519 public keys")
             s.trusted_signers = [_signer_key(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
@@ -596,7 +629,7 @@ def build_daemon_parser() -> argparse.ArgumentParser:
     a("--http-socket", metavar="PATH", help="also serve the API on this Unix socket (mode 0600)")
     a("--metrics-listen", metavar="IP:PORT",
       help="also serve GET /metrics alone on this address (e.g. 127.0.0.1:9586)")
-    a("--directory", metavar="URL", help="key directory to publish to and resolve peers from")
+    a("--directory", metavar="URL[,URL]|dht", help="key directory (or several, comma-separated) to publish to and resolve peers from, or \"dht\" for the mainline DHT")
     a("--mtu", metavar="N", help="tunnel MTU (default %d)" % DEFAULT_MTU)
     return p
 
