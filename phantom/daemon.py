@@ -330,7 +330,11 @@ class Daemon:
             return
         if rec is None or not rec.endorsed or self.engine.peer_by_key(public_key) is not None:
             return
-        self._add_from_record(rec, plain(addr))
+        try:
+            self._add_from_record(rec, plain(addr))
+        except BadRequest as exc:
+            log.info("endorsed key not admitted: %s", exc)
+            return
         log.info("peer=%s admitted: its record carries a trusted endorsement", rec.name)
 
     def _add_from_record(self, rec, endpoint, name: Optional[str] = None):
@@ -338,6 +342,10 @@ class Daemon:
         they are taken only when a trusted signer endorsed the record, or when
         they lie inside our own interface subnets; never over another peer's."""
         import ipaddress
+        protocol = getattr(rec, "protocol", "phantom")     # the record says what the key speaks
+        if protocol == "wireguard" and self.s.mode is not Mode.TUN:
+            raise BadRequest("%s is a WireGuard peer (its directory record says so): it needs a "
+                             "daemon in tun mode" % rec.name)
         connected = [a.network for a in self.s.addresses]
         taken = {n for p in self.engine.peers.values() for n in p.allowed_ips}
         nets = []
@@ -346,7 +354,7 @@ class Daemon:
             if (rec.endorsed or inside) and n not in taken:
                 nets.append(ipaddress.ip_network(n))
         peer = self.engine.add_peer(rec.public_key, self._free_name(name or rec.name), nets, endpoint,
-                                    dynamic=True)
+                                    dynamic=True, protocol=protocol)
         self.dp.add_peer(peer.id, nets)
         if endpoint:
             self.dp.set_endpoint(peer.id, endpoint)

@@ -294,3 +294,24 @@ preshared_key_file = "open.psk"
     assert daemon.main(["--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "peer[0].preshared_key_file" in err and "0644" in err
+
+
+# --- directory records that say which protocol a key speaks --------------------------------------
+def test_directory_record_carries_the_protocol_signed():
+    from phantom.control.directory.records import NodeSigner, RecordError, make_record, parse_record
+    priv = crypto.x25519_private()
+    signer = NodeSigner(bytearray(priv))
+    plain_doc = make_record(signer, "node", ["192.0.2.1:9000"], [], 1, 2 ** 31 - 1)
+    assert "protocol" not in plain_doc                       # old records unchanged
+    assert parse_record(plain_doc, 0).protocol == "phantom"
+    doc = make_record(signer, "phone", ["192.0.2.5:51820"], ["10.8.0.5/32"], 2, 2 ** 31 - 1,
+                      protocol="wireguard")
+    rec = parse_record(doc, 0)
+    assert rec.protocol == "wireguard" and rec.summary()["protocol"] == "wireguard"
+    forged = dict(doc, protocol="phantom")                   # the field is signed
+    with pytest.raises(RecordError, match="signature"):
+        parse_record(forged, 0)
+    with pytest.raises(RecordError, match="protocol"):
+        parse_record(dict(doc, protocol="ipsec"), 0)
+    with pytest.raises(RecordError):
+        make_record(signer, "x", [], [], 3, 2 ** 31 - 1, protocol="ipsec")

@@ -299,3 +299,29 @@ def test_cookies_under_load_with_wireguard_go(two_hosts, tmp_path, daemon_factor
     code, status = node.api("GET", "/status")
     assert status["handshake_drops"].get("cookie_sent", 0) >= 1
     assert _peer(node)["state"] == "established"
+
+
+@pytest.mark.parametrize("datapath", DATAPATHS)
+def test_a_directory_record_says_the_key_speaks_wireguard(lan3, tmp_path, daemon_factory, wg_factory,
+                                                          datapath):
+    """A record published (with the WireGuard peer's own key) as protocol
+    "wireguard": `phantom open NAME` makes it a WireGuard peer of ours."""
+    import sys
+    a, b, c = lan3["a"], lan3["b"], lan3["c"]
+    url = "http://%s:%d" % (c.ip, 4568)
+    daemon_factory(c, ["directory", "serve", "--listen", c.ip, "--port", "4568",
+                       "--db", str(tmp_path / "dir.sqlite")],
+                   executable=[sys.executable, "-m", "phantom.cli"], http_port=4568, http_host=c.ip,
+                   name="directory")
+    node, wg = wg_setup(tmp_path, daemon_factory, wg_factory, a, b, datapath=datapath, start_daemon=False)
+    write_config(node, mode="tun", peers=[], extra={"directory": url})
+    start(daemon_factory, node, datapath)
+    wg_key = write_secret(tmp_path / "wg.key", wg.private)
+    out = c.run([sys.executable, "-m", "phantom.cli", "directory", "publish", "--directory", url,
+                 "--private-key", str(wg_key), "--name", "phone", "--endpoint", "%s:%d" % (b.ip, WG_PORT),
+                 "--allowed-ips", "%s/32" % wg.ip4, "--protocol", "wireguard", "--json"], check=False)
+    assert out.returncode == 0, out.stderr
+    code, body = node.api("POST", "/open/phone", timeout=30)
+    assert code == 200, body
+    assert body["protocol"] == "wireguard" and body["state"] == "established"
+    assert a.ping(wg.ip4, timeout=5)
