@@ -289,9 +289,11 @@ def test_open_adds_a_wireguard_peer_at_run_time(two_hosts, tmp_path, daemon_fact
 
 
 @pytest.mark.parametrize("datapath", DATAPATHS)
-def test_cookies_under_load_with_wireguard_go(two_hosts, tmp_path, daemon_factory, wg_factory, datapath):
+def test_cookies_under_load_with_wireguard_go(two_hosts, tmp_path, daemon_factory, wg_factory, sniffer,
+                                              datapath):
     """phantomd always "under load" (under_load_initiations = 0): wireguard-go's
-    first initiation gets a cookie reply, its retry carries mac2 and is answered."""
+    first initiation gets a 64-byte cookie reply, its retry carries mac2 and is answered."""
+    cap = sniffer(two_hosts.b, "eth0", "udp")
     node, wg = wg_setup(tmp_path, daemon_factory, wg_factory, two_hosts.a, two_hosts.b,
                         datapath=datapath, initiator="wireguard",
                         tunables={"under_load_initiations": 0})
@@ -299,6 +301,11 @@ def test_cookies_under_load_with_wireguard_go(two_hosts, tmp_path, daemon_factor
     code, status = node.api("GET", "/status")
     assert status["handshake_drops"].get("cookie_sent", 0) >= 1
     assert _peer(node)["state"] == "established"
+    seen = [(u.payload[0], len(u.payload)) for u in (p.udp() for p in cap.stop())
+            if u is not None and WG_PORT in (u.sport, u.dport)]
+    assert (3, 64) in seen and (1, 148) in seen and (2, 92) in seen
+    inits = [u.payload for u in (p.udp() for p in cap.result) if u is not None and u.payload[:1] == b"\x01"]
+    assert inits[0][-16:] == bytes(16) and inits[-1][-16:] != bytes(16), "the retry carries a mac2"
 
 
 @pytest.mark.parametrize("datapath", DATAPATHS)
