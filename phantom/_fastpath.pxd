@@ -16,6 +16,9 @@ cdef enum:
     FP_HEADER_SIZE = 16            # wire.TRANSPORT_HEADER_SIZE
     FP_PAYLOAD_OFFSET = 32         # wire.TRANSPORT_PAYLOAD_OFFSET
     FP_NONCE_SIZE = 24
+    FP_AEAD_NONCE_SIZE = 12        # ChaCha20-Poly1305 IETF (WireGuard)
+    FP_TAIL_ROOM = 32              # after a payload: WireGuard's padding (<16) and tag (16)
+    FP_RX_HEADROOM = 16            # before a receive buffer: a WireGuard payload lands at +16
     FP_MAX_INNER = 65535           # wire.MAX_INNER_SIZE
     FP_BUF_SIZE = 65631            # 65535 payload + 32 overhead + 64 slack (detects oversize)
     FP_N_DROPS = 15                # len(types.Drop)
@@ -40,6 +43,9 @@ cdef enum:
     EV_KEYPAIR_CONFIRMED = 3
     EV_ICMP_UNREACHABLE = 4        # data: the unroutable packet
     EV_SEND_FAILED = 5             # no data: count a SEND_FAILED for peer_id
+    # transport ciphers of a keypair (dataplane/ciphers.CipherKind)
+    CIPHER_SECRETBOX = 0           # Phantom: MAC at 16, payload at 32
+    CIPHER_CHACHA = 1              # WireGuard: payload padded to 16 at 16, tag after it
     # data path modes (types.Mode)
     MODE_TUN = 0
     MODE_TAP = 1
@@ -77,6 +83,7 @@ cdef struct fp_keypair:
     double created
     uint64_t send_counter
     bint rekey_requested           # handshake_needed raised at rekey_after_messages
+    int cipher                     # CIPHER_SECRETBOX or CIPHER_CHACHA
     unsigned char send_key[32]
     unsigned char recv_key[32]
     fp_replay replay
@@ -206,6 +213,9 @@ cdef struct fp_pkt:
     uint32_t local_index
     uint64_t counter
     bint was_next
+    int cipher                     # the keypair's, copied with the key
+    size_t wire_off                # outbound: the datagram starts at buf + wire_off (0, WireGuard 16)
+    size_t wire_tail               # outbound: bytes after the payload (WireGuard padding + tag)
     bint relay                     # inbound: a relay frame (type 6)
     bint relayed_inner             # inbound: the inner datagram of a relay frame
     int relay_peer_slot            # ... and the peer it must belong to

@@ -16,6 +16,7 @@ Elsewhere::
 
     phantom demo ...                  phantom.demo.main
     phantom directory serve ...       phantom.control.directory.main
+    phantom wg import|export|genpsk   phantom.control.wireguard.cli.main
 
 API options (before or after the subcommand): ``--api URL`` (default
 http://127.0.0.1:4567, or $PHANTOM_API), ``--socket PATH`` ($PHANTOM_SOCKET),
@@ -146,7 +147,7 @@ class ApiClient:
 
 
 # --- output -----------------------------------------------------------------------------------
-PEER_COLUMNS = ("name", "path", "endpoint", "allowed_ips", "state", "latest_handshake",
+PEER_COLUMNS = ("name", "path", "endpoint", "allowed_ips", "state", "protocol", "latest_handshake",
                 "rx_bytes", "tx_bytes", "public_key")
 
 
@@ -268,6 +269,8 @@ def cmd_open(args) -> int:
     if args.allowed_ips:
         body["allowed_ips"] = [n.strip() for arg in args.allowed_ips for n in arg.split(",")
                                if n.strip()]
+    if args.protocol:
+        body["protocol"] = args.protocol
     target = urllib.parse.quote(args.target, safe=":[]")
     result = _client(args).request("POST", "/open/" + target, body or None)
     _emit(args, result, format_kv)
@@ -396,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--name", metavar="NAME", help="name to give the peer")
     o.add_argument("--allowed-ips", metavar="CIDR[,CIDR]", action="append",
                    help="inner prefixes to route to a new peer (repeatable)")
+    o.add_argument("--protocol", choices=("phantom", "wireguard"),
+                   help="what a new peer speaks (default phantom; wireguard: a stock WireGuard peer)")
     o.set_defaults(func=cmd_open)
 
     c = sub.add_parser("close", parents=[common], help="close the tunnel to a peer")
@@ -420,11 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="two namespaces, two daemons, one tunnel (see README)", add_help=False)
     sub.add_parser("directory", help="the public-key directory: `phantom directory serve ...`",
                    add_help=False)
+    sub.add_parser("wg", help="WireGuard configs: `phantom wg import wg0.conf`, `phantom wg export`",
+                   add_help=False)
     return p
 
 
 # Subcommands implemented in other modules: everything after the word goes to them.
 DELEGATED = {"demo": "phantom.demo", "directory": "phantom.control.directory",
+             "wg": "phantom.control.wireguard.cli",
              "verify": "phantom.verify"}
 
 

@@ -39,7 +39,7 @@ import sys
 import time
 from typing import Optional
 
-from . import __version__
+from . import __version__, crypto
 from .constants import Tunables
 from .control import actions as A
 from .control.config import ConfigError, Settings, parse_daemon_args
@@ -69,6 +69,9 @@ class Daemon:
         self.udp = None
         self.test_sock = None
         self.fw = self._compile_firewall(settings.firewall)   # bad rules: ConfigError before anything opens
+        # WireGuard peers' preshared keys, read now (as root, before any user
+        # switch) and checked like the private key: a bad file exits 2.
+        self._psks = self._load_preshared_keys(settings)
         self._api_runner = None
         self._stop = asyncio.Event()
         self._state_changed = asyncio.Condition()
@@ -80,6 +83,7 @@ class Daemon:
         self._endorsement_checks: dict = {}   # public key -> monotonic time of the last lookup
         self.drop_to = None              # passwd entry to switch to in serve() (root only), set by main()
         self.nat = None                  # control.traversal.Traversal: rendezvous roles, paths
+        self._uapi = None                # WireGuard's UAPI socket ([interface] uapi = true)
         from .control import reload as _reload
         self._file_settings = _reload.baseline(settings)   # the file as read at start (reload diffs)
         self._metrics = None             # prometheus-client registry, made at the first scrape
@@ -115,10 +119,14 @@ class Daemon:
             self.dp = ReferenceDataPath(s.mode, self.udp, fd, self.test_sock, **kwargs)
         for pc in s.peers:
             peer = self.engine.add_peer(pc.public_key, pc.name, pc.allowed_ips, pc.endpoint,
-                                        pc.persistent_keepalive)
+                                        pc.persistent_keepalive, protocol=pc.protocol,
+                                        preshared_key=self._psks.get(pc.name))
             self.dp.add_peer(peer.id, pc.allowed_ips)
             if pc.endpoint:
                 self.dp.set_endpoint(peer.id, pc.endpoint)
+        for psk in self._psks.values():          # the engine holds its own copies
+            crypto.memzero(psk)
+        self._psks.clear()
         if s.mode is Mode.TEST and self.engine.peers:
             self.dp.set_test_peer(next(iter(self.engine.peers)))
         servers = [pc.public_key for pc in s.peers if pc.rendezvous]
@@ -147,6 +155,16 @@ class Daemon:
         except OSError:
             pass
         return out + [tuple(ep) for ep in self.s.endpoints]
+
+    @staticmethod
+    def _load_preshared_keys(settings: Settings) -> dict:
+        from .control.wireguard.keys import load_preshared_key
+        psks = {}
+        for i, pc in enumerate(settings.peers):
+            if pc.preshared_key_file is not None:
+                psks[pc.name] = load_preshared_key(pc.preshared_key_file,
+                                                   "peer[%d].preshared_key_file" % i)
+        return psks
 
     def _compile_firewall(self, section: dict):
         from .dataplane import firewall
@@ -360,7 +378,11 @@ class Daemon:
             return
         if rec is None or not rec.endorsed or self.engine.peer_by_key(public_key) is not None:
             return
-        self._add_from_record(rec, plain(addr))
+        try:
+            self._add_from_record(rec, plain(addr))
+        except BadRequest as exc:
+            log.info("endorsed key not admitted: %s", exc)
+            return
         log.info("peer=%s admitted: its record carries a trusted endorsement", rec.name)
 
     def _add_from_record(self, rec, endpoint, name: Optional[str] = None):
@@ -368,6 +390,10 @@ class Daemon:
         they are taken only when a trusted signer endorsed the record, or when
         they lie inside our own interface subnets; never over another peer's."""
         import ipaddress
+        protocol = getattr(rec, "protocol", "phantom")     # the record says what the key speaks
+        if protocol == "wireguard" and self.s.mode is not Mode.TUN:
+            raise BadRequest("%s is a WireGuard peer (its directory record says so): it needs a "
+                             "daemon in tun mode" % rec.name)
         connected = [a.network for a in self.s.addresses]
         taken = {n for p in self.engine.peers.values() for n in p.allowed_ips}
         nets = []
@@ -376,7 +402,7 @@ class Daemon:
             if (rec.endorsed or inside) and n not in taken:
                 nets.append(ipaddress.ip_network(n))
         peer = self.engine.add_peer(rec.public_key, self._free_name(name or rec.name), nets, endpoint,
-                                    dynamic=True)
+                                    dynamic=True, protocol=protocol)
         self.dp.add_peer(peer.id, nets)
         if endpoint:
             self.dp.set_endpoint(peer.id, endpoint)
@@ -422,7 +448,7 @@ class Daemon:
         return peer
 
     async def open(self, endpoint: tuple, public_key: Optional[str] = None, name: Optional[str] = None,
-                   allowed_ips=None) -> dict:
+                   allowed_ips=None, protocol: Optional[str] = None) -> dict:
         from .control.keys import decode_public_key
         peer = None
         rec = None
@@ -506,11 +532,16 @@ class Daemon:
             except ValueError as exc:
                 raise BadRequest("allowed_ips: %s" % exc) from None
             try:
-                peer = self.engine.add_peer(key, name or "", nets, endpoint, dynamic=True)
+                peer = self.engine.add_peer(key, name or "", nets, endpoint, dynamic=True,
+                                            protocol=protocol or "phantom")
             except ValueError as exc:
                 raise Conflict(str(exc)) from None
             self.dp.add_peer(peer.id, nets)
             created = True
+        if protocol is not None and peer.protocol != protocol:
+            raise Conflict("peer %s speaks %s, not %s" % (peer.name, peer.protocol, protocol))
+        if peer.protocol == "wireguard" and self.s.mode is not Mode.TUN:
+            raise BadRequest("a WireGuard peer carries IP packets: it needs a daemon in tun mode")
         if self.s.mode is Mode.TEST:
             self.dp.set_test_peer(peer.id)
         if peer.state is PeerState.ESTABLISHED:
@@ -557,6 +588,7 @@ class Daemon:
         info = {
             "name": peer.name,
             "public_key": _b64(peer.public_key),
+            "protocol": peer.protocol,
             "endpoint": format_endpoint(self._endpoint_in_use(peer)),
             "allowed_ips": [str(n) for n in peer.allowed_ips],
             "state": peer.state.value,
@@ -671,6 +703,14 @@ class Daemon:
             host, port = self.s.metrics_listen
             self._metrics_runner = await start_api(create_metrics_app(self), host, port)
         self.build()
+        if self.s.uapi:                  # /var/run/wireguard/<device>.sock, made while still root
+            from .control.wireguard.uapi import DaemonBackend, UapiServer
+            self._uapi = UapiServer(DaemonBackend(self), self.device.name)
+            try:
+                await self._uapi.start()
+            except OSError as exc:
+                raise ConfigError("interface.uapi", "cannot serve %s: %s"
+                                  % (self._uapi.path, exc.strerror or exc)) from None
         _preload(dht=self.s.directory == "dht")
         if self.drop_to is not None:     # main() locked down before the loop existed
             switch_user(self.drop_to)    # every thread; verified task by task
@@ -698,6 +738,8 @@ class Daemon:
             await self.directory.close()
             self.directory.wipe()
         await self._api_runner.cleanup()
+        if self._uapi is not None:
+            await self._uapi.close()
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
         self.dp.close()

@@ -34,10 +34,32 @@ def shot(driver, name):
     return path
 
 
+def text_of(driver, css):
+    """The visible text of the first element matching ``css``, read in one
+    script call: the page re-renders its tables every second, so an element
+    found in one call may be gone by the next (a stale reference)."""
+    return driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText.trim() : null", css)
+
+
 def row_text(driver, peer, cls):
+    return text_of(driver, 'tr[data-peer="%s"] %s' % (peer, cls))
+
+
+def click(driver, css, timeout=10.0):
+    """Click the element matching ``css``, finding it again if a re-render
+    replaced it between the find and the click."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
-    els = driver.find_elements(By.CSS_SELECTOR, 'tr[data-peer="%s"] %s' % (peer, cls))
-    return els[0].text if els else None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            driver.find_element(By.CSS_SELECTOR, css).click()
+            return
+        except StaleElementReferenceException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def js(driver, expr):
@@ -103,7 +125,7 @@ def test_dashboard_in_headless_chromium(two_hosts, daemon_factory, tmp_path, dri
                  what="n2 established in the page")
         assert row_text(driver, "n2", ".path") == "direct"
         assert row_text(driver, "n2", ".endpoint") == "%s:9000" % two_hosts.b.ip
-        assert a.pub in driver.find_element(By.ID, "daemon").text
+        assert a.pub in text_of(driver, "#daemon")
         wait_for(lambda: js(driver, "window.phantomDashboard.polls") >= 3, what="three polls")
         assert browser.console_errors(driver) == []
 
@@ -131,8 +153,8 @@ def test_dashboard_in_headless_chromium(two_hosts, daemon_factory, tmp_path, dri
         # --- a request without the token is refused ----------------------------------------
         status, text = fetch(driver, "POST", "close/n2")
         assert status == 401 and "token" in json.loads(text)["error"]
-        driver.find_element(By.CSS_SELECTOR, 'tr[data-peer="n2"] button.close').click()
-        wait_for(lambda: "missing or wrong API token" in driver.find_element(By.ID, "error").text,
+        click(driver, 'tr[data-peer="n2"] button.close')
+        wait_for(lambda: "missing or wrong API token" in text_of(driver, "#error"),
                  what="the page to show the 401")
         assert a.peer("n2")["state"] == "established"
         assert "token" not in driver.current_url and token not in driver.current_url
@@ -140,7 +162,7 @@ def test_dashboard_in_headless_chromium(two_hosts, daemon_factory, tmp_path, dri
         # --- sign in: the token goes to sessionStorage, never into a URL ---------------------
         driver.find_element(By.ID, "token").send_keys(token)
         driver.find_element(By.ID, "signin-button").click()
-        wait_for(lambda: driver.find_element(By.ID, "auth-state").text == "signed in",
+        wait_for(lambda: text_of(driver, "#auth-state") == "signed in",
                  what="signed in")
         assert js(driver, 'sessionStorage.getItem("phantom.token")') == token
         assert js(driver, "localStorage.length") == 0
@@ -156,28 +178,28 @@ def test_dashboard_in_headless_chromium(two_hosts, daemon_factory, tmp_path, dri
         driver.find_element(By.ID, "firewall-apply").click()
         code, api_err = a.api("PUT", "/firewall", json.loads(bad))
         assert code == 400
-        wait_for(lambda: driver.find_element(By.ID, "error").text == api_err["error"],
+        wait_for(lambda: text_of(driver, "#error") == api_err["error"],
                  what="the API's error in the page")
         good = json.dumps({"rules": [{"direction": "in", "proto": "udp", "dst_port": 7400,
                                       "action": "drop", "comment": "from the dashboard"}]})
         driver.execute_script("arguments[0].value = arguments[1]", area, good)
         driver.find_element(By.ID, "firewall-apply").click()
-        wait_for(lambda: driver.find_element(By.ID, "firewall-result").text.startswith("applied"),
+        wait_for(lambda: (text_of(driver, "#firewall-result") or "").startswith("applied"),
                  what="the edit to apply")
         assert udp_delivered(b, a, 7400) == 0, "the rule made in the page did not drop"
         assert udp_delivered(b, a, 7401) == 3
-        wait_for(lambda: driver.find_element(By.CSS_SELECTOR, 'tr[data-rule="0"] .hits').text == "3",
+        wait_for(lambda: text_of(driver, 'tr[data-rule="0"] .hits') == "3",
                  what="the rule's hit counter in the page")
         shot(driver, "firewall")
 
         # --- close and open the peer from the page ----------------------------------------------
-        driver.find_element(By.CSS_SELECTOR, 'tr[data-peer="n2"] button.close').click()
+        click(driver, 'tr[data-peer="n2"] button.close')
         wait_for(lambda: a.peer("n2")["state"] == "idle", what="n2 closed")
         wait_for(lambda: row_text(driver, "n2", ".state") == "idle", what="the page shows idle")
-        driver.find_element(By.CSS_SELECTOR, 'tr[data-peer="n2"] button.open').click()
+        click(driver, 'tr[data-peer="n2"] button.open')
         wait_for(lambda: row_text(driver, "n2", ".state") == "established", timeout=15,
                  what="n2 open again")
-        events = driver.find_element(By.ID, "events").text
+        events = text_of(driver, "#events")
         assert "n2" in events and "closed" in events
         assert browser.console_errors(driver) == [] or all(
             "401" in e["message"] or "400" in e["message"] for e in browser.console_errors(driver))

@@ -458,9 +458,9 @@ async def open_tunnel(request: web.Request) -> web.Response:
         body = {}
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object like {\"public_key\": \"...\", \"name\": \"...\"}")
-    unknown = set(body) - {"public_key", "name", "allowed_ips"}
+    unknown = set(body) - {"public_key", "name", "allowed_ips", "protocol"}
     if unknown:
-        raise BadRequest("unknown field(s) in body: %d (known: public_key, name, allowed_ips)"
+        raise BadRequest("unknown field(s) in body: %d (known: public_key, name, allowed_ips, protocol)"
                          % len(unknown))
     public_key = body.get("public_key")
     if public_key is not None:
@@ -482,6 +482,10 @@ async def open_tunnel(request: web.Request) -> web.Response:
                                     for i, n in enumerate(nets)]
         except ConfigError as exc:
             raise BadRequest(str(exc)) from None
+    if body.get("protocol") is not None:
+        if body["protocol"] not in ("phantom", "wireguard"):
+            raise BadRequest("protocol must be \"phantom\" or \"wireguard\"")
+        extra["protocol"] = body["protocol"]
 
     endpoint: Optional[tuple[str, int]]
     if PEER_NAME.match(target) and not _looks_like_address(target):
@@ -495,7 +499,7 @@ async def open_tunnel(request: web.Request) -> web.Response:
         except ConfigError:
             raise BadRequest("malformed endpoint: write IP:PORT (port 1..65535) or [IPv6]:PORT "
                              "with a unicast address, or a peer name") from None
-    # allowed_ips is passed only when given, so a controller may omit the keyword.
+    # allowed_ips and protocol are passed only when given, so a controller may omit the keywords.
     result = await _call(_controller(request).open(endpoint, public_key, name, **extra))
     return json_response(result)
 
@@ -654,7 +658,10 @@ OPENAPI: dict = {
                                 "allowed_ips": {"type": "array", "maxItems": 256,
                                                 "items": {"type": "string"},
                                                 "description": "CIDR prefixes routed to a "
-                                                               "new peer"}}},
+                                                               "new peer"},
+                                "protocol": {"type": "string", "enum": ["phantom", "wireguard"],
+                                             "description": "what a new peer speaks "
+                                                            "(default phantom)"}}},
             "Peer": _OBJ,
             "Firewall": _OBJ,
         },

@@ -71,6 +71,8 @@ class PeerConfig:
     allowed_ips: list[IPNetwork] = field(default_factory=list)
     persistent_keepalive: int = 0                      # seconds, 0 = off
     rendezvous: bool = False                           # NAT traversal: this peer is a rendezvous node
+    protocol: str = "phantom"                          # PROTOCOLS: what this peer speaks
+    preshared_key_file: Optional[Path] = None          # WireGuard's optional psk (base64 file)
 
     @property
     def public_key_b64(self) -> str:
@@ -99,6 +101,7 @@ class Settings:
     state_dir: Path = field(default_factory=default_state_dir)
     user: Optional[str] = None
     fast: bool = False
+    uapi: bool = False                                  # serve WireGuard's UAPI socket (wg show/set)
     log_level: str = DEFAULT_LOG_LEVEL
     directory: Optional[Any] = None        # a URL, a list of URLs, or "dht"
     dht_bootstrap: list[tuple[str, int]] = field(default_factory=list)  # with directory = "dht"
@@ -209,8 +212,10 @@ SECTIONS = ("interface", "peer", "firewall", "tunables")
 INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen", "http_socket",
                   "test_port", "test_deliver", "mode", "device", "addresses", "mtu", "state_dir",
                   "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers",
-                  "metrics_listen", "dht_bootstrap", "dht_port", "rendezvous", "relay")
-PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive", "rendezvous")
+                  "metrics_listen", "dht_bootstrap", "dht_port", "uapi", "rendezvous", "relay")
+PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive", "protocol",
+             "preshared_key_file", "rendezvous")
+PROTOCOLS = ("phantom", "wireguard")
 
 
 def _unknown(key: str, name: str, known) -> ConfigError:
@@ -376,6 +381,8 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
             s.user = _user(value, key)
         elif name == "fast":
             s.fast = _expect(value, bool, key, "true or false")
+        elif name == "uapi":
+            s.uapi = _expect(value, bool, key, "true or false")
         elif name == "log_level":
             s.log_level = _log_level(value, key)
         elif name == "directory":
@@ -423,7 +430,7 @@ def _signer_key(value: Any, key: str) -> bytes:
     return raw
 
 
-def _peer(table: Any, i: int) -> PeerConfig:
+def _peer(table: Any, i: int, base: Optional[Path] = None) -> PeerConfig:
     from phantom.control.keys import KeyFormatError, decode_public_key
 
     where = "peer[%d]" % i
@@ -462,11 +469,27 @@ def _peer(table: Any, i: int) -> PeerConfig:
         keepalive = _expect(table["persistent_keepalive"], int, key, "a number of seconds")
         if not 0 <= keepalive <= 65535:
             raise ConfigError(key, "%d is outside 0..65535 seconds (0 turns it off)" % keepalive)
+    protocol = "phantom"
+    if "protocol" in table:
+        key = where + ".protocol"
+        protocol = _expect(table["protocol"], str, key, "a string")
+        if protocol not in PROTOCOLS:
+            raise ConfigError(key, "%r is not a protocol (choose %s)" % (protocol, " or ".join(PROTOCOLS)))
+    psk_file = None
+    if "preshared_key_file" in table:
+        key = where + ".preshared_key_file"
+        if protocol != "wireguard":
+            raise ConfigError(key, "only a WireGuard peer has a preshared key "
+                              "(add protocol = \"wireguard\")")
+        psk_file = _path(table["preshared_key_file"], key, base)
     rendezvous = _expect(table.get("rendezvous", False), bool, where + ".rendezvous", "true or false")
     if rendezvous and endpoint is None:
         raise ConfigError(where + ".rendezvous", "a rendezvous node needs an endpoint")
+    if rendezvous and protocol != "phantom":
+        raise ConfigError(where + ".rendezvous", "a rendezvous node speaks the phantom protocol")
     return PeerConfig(name=name, public_key=public, endpoint=endpoint, allowed_ips=allowed,
-                      persistent_keepalive=keepalive, rendezvous=rendezvous)
+                      persistent_keepalive=keepalive, protocol=protocol,
+                      preshared_key_file=psk_file, rendezvous=rendezvous)
 
 
 DEFAULT_NAME_BYTES = 4      # "peer-" + 8 hex digits of the key, longer only where needed
@@ -568,7 +591,7 @@ def settings_from_mapping(doc: dict, base: Optional[Path] = None) -> Settings:
         if isinstance(peers, dict):
             raise ConfigError("peer", "write each peer as [[peer]] (an array of tables), not [peer]")
         _expect(peers, list, "peer", "an array of tables ([[peer]])")
-        s.peers = _default_names([_peer(t, i) for i, t in enumerate(peers)])
+        s.peers = _default_names([_peer(t, i, base) for i, t in enumerate(peers)])
     if "firewall" in doc:
         s.firewall = dict(_expect(doc["firewall"], dict, "firewall", "a table ([firewall])"))
     if "tunables" in doc:
@@ -578,6 +601,12 @@ def settings_from_mapping(doc: dict, base: Optional[Path] = None) -> Settings:
 
 def _finish(s: Settings, mtu_key: str) -> Settings:
     _check_peers(s.peers)
+    if s.uapi and s.mode is not Mode.TUN:
+        raise ConfigError("interface.uapi", "WireGuard's UAPI serves a TUN device: it needs mode = \"tun\"")
+    for i, p in enumerate(s.peers):
+        if p.protocol == "wireguard" and s.mode is not Mode.TUN:
+            raise ConfigError("peer[%d].protocol" % i, "a WireGuard peer carries IP packets: it needs "
+                              "mode = \"tun\" (this daemon runs in %s mode)" % s.mode.value)
     if any(a.version == 6 for a in s.addresses) and s.mtu < MIN_MTU_IPV6:
         raise ConfigError(mtu_key, "%d is below %d, the minimum MTU for IPv6 addresses"
                           % (s.mtu, MIN_MTU_IPV6))

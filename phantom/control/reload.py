@@ -11,6 +11,10 @@ what the daemon runs; peers are matched by public key.
   allowed IPs (the data path's routing table), endpoint, persistent
   keepalive; its sessions and keys stay, no handshake is started for it;
 * a peer whose entry did not change is not touched at all;
+* a peer whose ``protocol`` changed is removed and added again (a Phantom
+  and a WireGuard peer are different peers); a WireGuard peer's
+  ``preshared_key_file``, when new or another file, is read and used from the
+  next handshake on;
 * the ``[firewall]`` table is compiled against the new peer names and
   installed in place (connection tracking and drop counters carry over;
   per-rule hit counters restart) when it, or a peer's name, changed.
@@ -48,7 +52,7 @@ RESTART_KEYS = ("listen_port", "http_port", "http_listen", "http_socket", "test_
                 "test_deliver", "mode", "device", "addresses", "mtu", "private_key_file",
                 "state_dir", "user", "directory", "name", "endpoints", "trusted_signers",
                 "log_level", "tunables", "metrics_listen", "dht_bootstrap", "dht_port",
-                "endpoints_auto")
+                "endpoints_auto", "uapi")
 
 
 def read(path) -> Settings:
@@ -68,6 +72,7 @@ class Plan:
     firewall_changed: bool = False
     notes: list = field(default_factory=list)
     fresh: Optional[Settings] = None
+    psks: dict = field(default_factory=dict)          # peer name -> WireGuard preshared key read now
 
 
 def _b64(key: bytes) -> str:
@@ -88,7 +93,22 @@ def plan(daemon, fresh: Settings, baseline: Optional[Settings]) -> Plan:
     for i, pc in enumerate(fresh.peers):
         key = bytes(pc.public_key)
         in_file.add(key)
+        if pc.protocol == "wireguard" and daemon.s.mode.value != "tun":
+            raise ConfigError("peer[%d].protocol" % i, "a WireGuard peer carries IP packets: it "
+                              "needs mode = \"tun\"")
         peer = engine.peer_by_key(key)
+        before = old_cfg.get(key)
+        # A WireGuard peer's preshared key is read again when its file is new or
+        # another one (a file the daemon can no longer read after a user switch
+        # refuses the reload; the same path with new contents needs a restart).
+        if pc.preshared_key_file is not None and (
+                peer is None or before is None or before.preshared_key_file != pc.preshared_key_file):
+            from .wireguard.keys import load_preshared_key
+            p.psks[pc.name] = load_preshared_key(pc.preshared_key_file,
+                                                 "peer[%d].preshared_key_file" % i)
+        if peer is not None and peer.protocol != pc.protocol:
+            p.remove.append(peer)                      # another protocol: another peer
+            peer = None
         if peer is None:
             p.add.append(pc)
             continue
@@ -97,13 +117,14 @@ def plan(daemon, fresh: Settings, baseline: Optional[Settings]) -> Plan:
             fields.append("name")
         if set(map(str, peer.allowed_ips)) != set(map(str, pc.allowed_ips)):
             fields.append("allowed_ips")
-        before = old_cfg.get(key)
         # The endpoint in force may have roamed: only a change in the file moves it.
         if pc.endpoint is not None and (before is None or before.endpoint != pc.endpoint):
             if pc.endpoint != peer.endpoint:
                 fields.append("endpoint")
         if float(pc.persistent_keepalive or 0) != float(peer.persistent_keepalive or 0):
             fields.append("persistent_keepalive")
+        if pc.name in p.psks or (pc.preshared_key_file is None and peer.preshared_key is not None):
+            fields.append("preshared_key")
         if peer.dynamic:
             p.adopt.append(peer)
         if fields:
@@ -192,6 +213,12 @@ def apply(daemon, p: Plan) -> dict:
             dp.set_endpoint(peer.id, pc.endpoint)
         if "persistent_keepalive" in fields:
             peer.persistent_keepalive = float(pc.persistent_keepalive or 0)
+        if "preshared_key" in fields:                  # the next handshake uses it
+            from .. import crypto
+            if peer.preshared_key is not None:
+                crypto.memzero(peer.preshared_key)
+            psk = p.psks.get(pc.name)
+            peer.preshared_key = bytearray(psk) if psk is not None else None
         if peer.persistent_keepalive and peer.endpoint is not None:
             peer.wanted = True
             if not peer.sessions and peer.pending is None:
@@ -204,7 +231,8 @@ def apply(daemon, p: Plan) -> dict:
     added = []
     for pc in p.add:
         peer = engine.add_peer(pc.public_key, pc.name, pc.allowed_ips, pc.endpoint,
-                               pc.persistent_keepalive)
+                               pc.persistent_keepalive, protocol=pc.protocol,
+                               preshared_key=p.psks.get(pc.name))
         dp.add_peer(peer.id, pc.allowed_ips)
         if pc.endpoint:
             dp.set_endpoint(peer.id, pc.endpoint)
@@ -226,6 +254,9 @@ def apply(daemon, p: Plan) -> dict:
         daemon._do(engine.open(peer.id))
     for note in p.notes:
         log.warning("reload: %s", note)
+    from .. import crypto
+    for psk in p.psks.values():                        # the engine holds its own copies
+        crypto.memzero(psk)
     return {"added": added, "removed": removed, "changed": changed,
             "unchanged": [pe.name for pe in p.unchanged], "firewall": p.firewall_changed,
             "notes": p.notes}

@@ -91,6 +91,7 @@ class Keypair:
     recv_key: bytearray
     created: float          # time.monotonic() at install
     initiator: bool
+    cipher: int = 0         # ciphers.CipherKind: SECRETBOX (Phantom) or CHACHA20POLY1305 (WireGuard)
 
 
 @dataclass

@@ -147,7 +147,8 @@ def cmd_publish(args) -> int:
     nets = [n.strip() for a in args.allowed_ips or () for n in a.split(",") if n.strip()]
     eps = [e.strip() for a in args.endpoint for e in a.split(",") if e.strip()]
     try:
-        doc = _run(_with_client(args, key, lambda c: c.publish(args.name, eps, nets, args.ttl)))
+        doc = _run(_with_client(args, key, lambda c: c.publish(args.name, eps, nets, args.ttl,
+                                                               protocol=args.protocol)))
     finally:
         crypto.memzero(key)
     _print(args, doc if args.json else {k: v for k, v in doc.items() if k != "sig"})
@@ -262,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where peers reach us (repeatable)")
     c.add_argument("--allowed-ips", action="append", metavar="CIDR[,CIDR]")
     c.add_argument("--ttl", type=int, default=DEFAULT_TTL, metavar="SECONDS")
+    c.add_argument("--protocol", choices=("phantom", "wireguard"), default="phantom",
+                   help="what the key speaks (wireguard: publish for a stock WireGuard peer, "
+                        "with its key file)")
     c.set_defaults(func=cmd_publish)
 
     c = client_parser("lookup", "resolve a name or a public key, verifying the record")

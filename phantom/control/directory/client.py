@@ -459,7 +459,7 @@ class DirectoryClient:
                                    doc)
 
     async def publish(self, name: str, endpoints: Iterable, allowed_ips: Iterable,
-                      ttl: int = DEFAULT_TTL) -> dict:
+                      ttl: int = DEFAULT_TTL, protocol: str = "phantom") -> dict:
         """Sign and publish our record; returns the record as the directory stored it.
 
         ``seq`` is the time in milliseconds (monotonic per client); if the
@@ -474,7 +474,8 @@ class DirectoryClient:
             now = self.clock()
             self._seq = max(int(now * 1000), self._seq + 1)
             try:
-                doc = make_record(signer, name, endpoints, allowed_ips, self._seq, int(now) + ttl)
+                doc = make_record(signer, name, endpoints, allowed_ips, self._seq, int(now) + ttl,
+                                  protocol=protocol)
             except RecordError as exc:
                 raise ValueError(str(exc)) from None
             status, payload = await self._put(doc)

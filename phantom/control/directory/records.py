@@ -67,7 +67,12 @@ MAX_ENDPOINTS = 16
 MAX_ALLOWED_IPS = 64
 MAX_ENDORSEMENTS = 16
 RECORD_FIELDS = frozenset(("name", "public_key", "signing_key", "endpoints", "allowed_ips",
-                           "seq", "expires", "revoked", "endorsements", "sig"))
+                           "seq", "expires", "revoked", "endorsements", "sig", "protocol"))
+# "protocol" is optional (signed when present): what the key speaks, "phantom"
+# (the default, and what a record without the field means) or "wireguard" (a
+# stock WireGuard peer, docs/wireguard.md).
+OPTIONAL_FIELDS = frozenset(("endorsements", "protocol"))
+PROTOCOLS = ("phantom", "wireguard")
 UNSIGNED_FIELDS = frozenset(("sig", "endorsements"))
 ENDORSEMENT_FIELDS = frozenset(("signer", "expires", "sig"))
 
@@ -256,6 +261,7 @@ class Record:
     revoked: bool
     endorsed_by: frozenset = frozenset()                # Ed25519 keys of trusted endorsers
     doc: dict = field(default_factory=dict, repr=False, compare=False)
+    protocol: str = "phantom"                           # what the key speaks
 
     @property
     def key_text(self) -> str:
@@ -271,7 +277,7 @@ class Record:
                 "signing_key": b64(self.signing_key),
                 "endpoints": [format_endpoint(e) for e in self.endpoints],
                 "allowed_ips": [str(n) for n in self.allowed_ips], "seq": self.seq,
-                "expires": self.expires, "revoked": self.revoked,
+                "expires": self.expires, "revoked": self.revoked, "protocol": self.protocol,
                 "endorsed_by": sorted(b64(s) for s in self.endorsed_by)}
 
 
@@ -285,8 +291,11 @@ def endorsement_signed_bytes(public_key: bytes, name: str, expires: int) -> byte
 
 
 def make_record(signer: NodeSigner, name: str, endpoints: Iterable, allowed_ips: Iterable,
-                seq: int, expires: int, revoked: bool = False) -> dict:
-    """A signed record document.  Endpoints may be "ip:port" strings or (host, port)."""
+                seq: int, expires: int, revoked: bool = False, protocol: str = "phantom") -> dict:
+    """A signed record document.  Endpoints may be "ip:port" strings or (host, port).
+    ``protocol`` other than "phantom" is written (and signed) as the "protocol" field."""
+    if protocol not in PROTOCOLS:
+        raise RecordError("protocol must be one of %s" % ", ".join(PROTOCOLS))
     eps = []
     for i, e in enumerate(endpoints):
         if isinstance(e, (tuple, list)):
@@ -299,6 +308,8 @@ def make_record(signer: NodeSigner, name: str, endpoints: Iterable, allowed_ips:
            "seq": _int_field(seq, "seq", 0, MAX_SEQ),
            "expires": _int_field(expires, "expires", 1, MAX_TIME), "revoked": bool(revoked),
            "endorsements": []}
+    if protocol != "phantom":
+        doc["protocol"] = protocol
     doc["sig"] = b64(signer.sign(record_signed_bytes(doc)))
     return doc
 
@@ -357,7 +368,7 @@ def parse_record(doc: Any, now: float, *, trusted_signers: Optional[Iterable[byt
     """
     if not isinstance(doc, dict):
         raise RecordError("a record is a JSON object")
-    missing = (RECORD_FIELDS - {"endorsements"}) - set(doc)
+    missing = (RECORD_FIELDS - OPTIONAL_FIELDS) - set(doc)
     if missing:
         raise RecordError("record lacks field(s): %s" % ", ".join(sorted(missing)))
     unknown = set(doc) - RECORD_FIELDS
@@ -383,6 +394,9 @@ def parse_record(doc: Any, now: float, *, trusted_signers: Optional[Iterable[byt
     if not isinstance(revoked, bool):
         raise RecordError("revoked must be true or false")
     sig = _b64_field(doc["sig"], "sig", SIG_SIZE)
+    protocol = doc.get("protocol", "phantom")
+    if protocol not in PROTOCOLS:
+        raise RecordError("protocol must be one of %s" % ", ".join(PROTOCOLS))
     endorsements = doc.get("endorsements", [])
     if not isinstance(endorsements, list) or len(endorsements) > MAX_ENDORSEMENTS:
         raise RecordError("endorsements must be a list of at most %d" % MAX_ENDORSEMENTS)
@@ -407,5 +421,5 @@ def parse_record(doc: Any, now: float, *, trusted_signers: Optional[Iterable[byt
         if trusted is None or signer in trusted:
             endorsed.add(signer)
     return Record(name, public_key, signing_key, endpoints, allowed, seq, expires, revoked,
-                  frozenset(endorsed), doc)
+                  frozenset(endorsed), doc, protocol)
 

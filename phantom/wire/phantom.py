@@ -1,4 +1,8 @@
-"""Phantom's wire format, shared by the control plane and both data paths.
+"""Phantom's own wire format (``protocol = "phantom"``), shared by both planes.
+
+Re-exported as :mod:`phantom.wire`; WireGuard's format is
+:mod:`phantom.wire.wireguard`, and :mod:`phantom.wire.demux` tells the two
+apart on the shared UDP port.
 
 Every UDP datagram that Phantom sends starts with a one-byte message type and
 three reserved zero bytes, followed by little-endian fields (as in WireGuard):
