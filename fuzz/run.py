@@ -63,6 +63,21 @@ def merge(target: str, new_dir: str) -> list[str]:
     return added
 
 
+RSS_BUDGET_MB = 2048     # what one fuzzing process may use on top of where it starts
+
+
+def rss_limit_mb() -> int:
+    """libFuzzer's -rss_limit_mb for a child of this process.
+
+    libFuzzer measures the peak RSS with getrusage(), and Linux carries a
+    process's peak RSS across fork and exec: a child of a test runner that
+    once held 2.4 GB starts "at" 2.4 GB.  So the budget is counted from this
+    process's own peak, not from zero."""
+    import resource
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return RSS_BUDGET_MB + peak_kb // 1024
+
+
 def run_target(target: str, seconds: float | None, runs: int | None, keep: str | None,
                extra: list[str], quiet: bool = False, artifacts: str | None = None) -> dict:
     script = os.path.join(HERE, "fuzz_%s.py" % target)
@@ -78,7 +93,7 @@ def run_target(target: str, seconds: float | None, runs: int | None, keep: str |
         scratch = tmp.name
     argv = [sys.executable, script, scratch, seeds, "-artifact_prefix=" + artifacts,
             "-max_len=%d" % MAX_LEN[target], "-print_final_stats=1", "-timeout=10",
-            "-rss_limit_mb=2048"]
+            "-rss_limit_mb=%d" % rss_limit_mb()]
     words = os.path.join(HERE, "%s.dict" % target)
     if os.path.exists(words):
         argv.append("-dict=" + words)
