@@ -347,6 +347,34 @@ cdef int _trie_insert(fp_trie *root, const unsigned char *a, int plen, int slot)
     return 0
 
 
+cdef int _trie_remove(fp_trie *root, const unsigned char *a, int plen) noexcept nogil:
+    """Clear the exact prefix ``a/plen`` and free the nodes that no longer lead
+    to any prefix.  Returns 1 if it was there, 0 if not."""
+    cdef fp_trie *path[129]
+    cdef fp_trie *node = root
+    cdef int i, bit
+    path[0] = root
+    for i in range(plen):
+        bit = (a[i >> 3] >> (7 - (i & 7))) & 1
+        node = node.child[bit]
+        if node == NULL:
+            return 0
+        path[i + 1] = node
+    if node.slot < 0:
+        return 0
+    node.slot = -1
+    i = plen
+    while i > 0:
+        node = path[i]
+        if node.slot >= 0 or node.child[0] != NULL or node.child[1] != NULL:
+            break
+        bit = (a[(i - 1) >> 3] >> (7 - ((i - 1) & 7))) & 1
+        path[i - 1].child[bit] = NULL
+        free(node)
+        i -= 1
+    return 1
+
+
 cdef inline int _trie_lookup(const fp_trie *root, const unsigned char *a, int bits) noexcept nogil:
     cdef const fp_trie *node = root
     cdef int best = -1, i = 0, bit
@@ -2150,9 +2178,14 @@ cdef class Engine:
             # Slots are never reused, so a stale route or packet record can
             # never point at a different peer.
             slot = e.peers_cap
-            grown = <fp_peer **>realloc(e.peers, (slot + 1) * sizeof(fp_peer *))
+            grown = e.peers
+            if slot >= e.peers_alloc:
+                # geometric growth: adding N peers copies O(N) pointers in all
+                grown = <fp_peer **>realloc(e.peers, (2 * slot + 16) * sizeof(fp_peer *))
+                if grown != NULL:
+                    e.peers = grown
+                    e.peers_alloc = 2 * slot + 16
             if grown != NULL:
-                e.peers = grown
                 e.peers_cap = slot + 1
                 p.serial = e.next_serial
                 e.next_serial += 1
@@ -2206,6 +2239,28 @@ cdef class Engine:
             _unlock(e)
             _trie_free(old4)
             _trie_free(old6)
+
+    def set_route(self, int bits, addr, int plen, peer_id):
+        """Route one prefix to ``peer_id``, or remove it (``peer_id`` None):
+        the incremental form of :meth:`set_routes`, O(prefix length) whatever
+        the number of routes.  Returns False when removing an absent prefix."""
+        cdef const unsigned char[::1] a = addr
+        cdef int slot = -1, rc
+        cdef fp_engine *e = self.e
+        if peer_id is not None:
+            slot = self._slot(peer_id)
+        if bits not in (32, 128) or a.shape[0] * 8 != bits or not 0 <= plen <= bits:
+            raise ValueError("bad route %r" % ((bits, addr, plen, peer_id),))
+        with nogil:
+            _lock(e)
+            if slot >= 0:
+                rc = _trie_insert(e.trie4 if bits == 32 else e.trie6, &a[0], plen, slot)
+            else:
+                rc = _trie_remove(e.trie4 if bits == 32 else e.trie6, &a[0], plen)
+            _unlock(e)
+        if rc < 0:
+            raise MemoryError()
+        return slot >= 0 or rc == 1
 
     def lookup(self, const unsigned char[::1] addr):
         """The peer_id owning ``addr`` (4 or 16 bytes) by longest prefix, or None."""

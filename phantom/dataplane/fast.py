@@ -314,18 +314,36 @@ class FastDataPath:
         if peer_id not in self._peers:
             return
         self.clear_keys(peer_id)
+        old = self._routes.peer_networks(peer_id)
         self._routes.remove_peer(peer_id)
-        self._push_routes()
+        for net in old:
+            self._route(net, None)
         self._peers.discard(peer_id)
         self._engine.remove_peer(peer_id)
 
     def set_allowed_ips(self, peer_id: int, allowed_ips) -> None:
+        """Replace one peer's prefixes.  The C trie is changed prefix by
+        prefix (what this peer loses, what it gains), so the cost follows
+        this peer's prefixes, not the size of the table: adding N peers is
+        O(N), not O(N^2) as rebuilding the whole trie each time was."""
         if peer_id not in self._peers:
             raise KeyError(peer_id)
-        self._routes.set_peer(peer_id, [ipaddress.ip_network(n) for n in allowed_ips])
-        self._push_routes()
+        nets = [ipaddress.ip_network(n) for n in allowed_ips]
+        old = self._routes.peer_networks(peer_id)
+        self._routes.set_peer(peer_id, nets)
+        for net in old:
+            if self._routes.owner(net) is None:
+                self._route(net, None)
+        for net in nets:
+            # the Python table's owner wins (a later duplicate in ``nets``
+            # moves nothing; a prefix taken from another peer moves in both)
+            self._route(net, self._routes.owner(net))
+
+    def _route(self, net, peer_id: Optional[int]) -> None:
+        self._engine.set_route(net.max_prefixlen, net.network_address.packed, net.prefixlen, peer_id)
 
     def _push_routes(self) -> None:
+        """Rebuild the whole C trie from the Python table (bulk form)."""
         self._engine.set_routes([(net.max_prefixlen, net.network_address.packed, net.prefixlen, peer)
                                  for net, peer in self._routes.entries()])
 
