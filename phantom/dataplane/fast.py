@@ -206,6 +206,7 @@ class FastDataPath:
         self._routes = AllowedIPs()
         self._peers: set[int] = set()
         self._keys: dict[int, Keypair] = {}      # local_index -> the control plane's Keypair
+        self._peer_keys: dict[int, set] = {}     # peer_id -> its local indexes in _keys
         self._firewall = firewall
         self._local_addresses = list(local_addresses)   # (ICMP errors come from the destination)
         self._engine = _fastpath.Engine(
@@ -377,22 +378,33 @@ class FastDataPath:
         self._engine.install_keypair(kp.peer_id, kp.local_index, kp.remote_index,
                                      kp.send_key, kp.recv_key, kp.created, confirmed)
         self._keys[kp.local_index] = kp
+        self._peer_keys.setdefault(kp.peer_id, set()).add(kp.local_index)
         self._zero_retired(kp.peer_id)
 
     def _zero_retired(self, peer_id: int) -> None:
         """Zero the control plane's copies of keys the engine let go of (it
         zeroes its own copies itself)."""
+        mine = self._peer_keys.get(peer_id)
+        if not mine:
+            return
         live = set(self._engine.key_slots(peer_id)) if peer_id in self._peers else set()
-        for idx, kp in list(self._keys.items()):
-            if kp.peer_id == peer_id and idx not in live:
-                crypto.memzero(kp.send_key)
-                crypto.memzero(kp.recv_key)
-                del self._keys[idx]
+        for idx in [i for i in mine if i not in live]:
+            kp = self._keys.pop(idx)
+            crypto.memzero(kp.send_key)
+            crypto.memzero(kp.recv_key)
+            mine.discard(idx)
+        if not mine:
+            del self._peer_keys[peer_id]
 
     def retire_keypair(self, local_index: int) -> None:
         self._engine.retire_keypair(local_index)
         kp = self._keys.pop(local_index, None)
         if kp is not None:
+            mine = self._peer_keys.get(kp.peer_id)
+            if mine is not None:
+                mine.discard(local_index)
+                if not mine:
+                    del self._peer_keys[kp.peer_id]
             crypto.memzero(kp.send_key)
             crypto.memzero(kp.recv_key)
 
