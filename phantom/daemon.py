@@ -4,14 +4,27 @@ Start-up order (each step can fail with a clear message and exit code):
 
   1. parse flags and the config file and compile the firewall rules (bad
      config: exit 2, nothing opened);
-  2. load the private key (refused when readable by others);
+  2. load the private key (refused when readable by others); resolve
+     ``--user`` (default ``nobody`` when root);
   3. open what needs root: the UDP socket, the TUN/TAP device (with its
-     addresses and routes) or the test port;
-  4. on the uvloop loop: the API token and listeners, the data path
-     (reference, or Cython with --fast) and the sans-IO control engine with
-     the configured peers; every module needed later is imported now;
-  5. drop privileges (root only: --user, no capabilities);
-  6. start the data path, publish to the key directory, run the timer tick,
+     addresses and routes, through the ``ip`` helper) or the test port;
+  4. lock down (root only, :func:`phantom.privileges.lock_down`): still
+     single-threaded -- refused, naming the threads, if any thread exists --
+     empty the capability bounding set, clear keepcaps and the inheritable
+     and ambient sets, set ``PR_SET_NO_NEW_PRIVS``.  These are per-thread
+     attributes that new threads inherit, so every thread started after this
+     point (libuv workers for getaddrinfo, the fast path's workers, executor
+     threads) has them too.  Nothing may exec a root helper after this step;
+  5. on the uvloop loop (the first threads may appear from here on): the
+     API token and listeners, the data path (reference, or Cython with
+     --fast) and the sans-IO control engine with the configured peers;
+     every module needed later is imported now;
+  6. switch user (root only, :func:`phantom.privileges.switch_user`): no
+     supplementary groups, setresgid/setresuid, which glibc applies to every
+     thread and which clears the permitted, effective and ambient sets; then
+     every task in /proc/self/task is checked (uid, gid, no groups, all five
+     capability sets 0, NoNewPrivs 1) and start-up fails if one differs;
+  7. start the data path, publish to the key directory, run the timer tick,
      handle SIGTERM/SIGINT (stop) and SIGHUP (reload the firewall).
 """
 
@@ -62,6 +75,7 @@ class Daemon:
         self._dir_key = bytearray(private_key) if settings.directory else None
         self._dir_tasks: set = set()
         self._endorsement_checks: dict = {}   # public key -> monotonic time of the last lookup
+        self.drop_to = None              # passwd entry to switch to in serve() (root only), set by main()
 
     # ------------------------------------------------------------- setup
     def open_privileged(self) -> None:
@@ -130,6 +144,10 @@ class Daemon:
     # ----------------------------------------------------- carry out actions
     def _do(self, actions: list) -> None:
         dp = self.dp
+        if not A.keys_before_sends(actions):   # the engine's order invariant (actions.py)
+            log.error("bug: the engine asked to send before installing keys; installing first: %r",
+                      [type(a).__name__ for a in actions])
+            actions = A.installs_first(actions)
         for act in actions:
             if isinstance(act, A.SendDatagram):
                 dp.send_control(act.data, act.addr)
@@ -335,22 +353,30 @@ class Daemon:
         if peer.state is PeerState.ESTABLISHED:
             return self.peer_info(peer, already=True)
         self._do(self.engine.open(peer.id, endpoint))
+        epoch = peer.epoch
         deadline = (self.t.open_attempts + 1) * (self.t.rekey_timeout + self.t.handshake_jitter) + 0.5
         try:
             async with self._state_changed:
                 await asyncio.wait_for(self._state_changed.wait_for(
-                    lambda: peer.state in (PeerState.ESTABLISHED, PeerState.DEAD)), deadline)
+                    lambda: peer.state in (PeerState.ESTABLISHED, PeerState.DEAD) or peer.epoch != epoch),
+                    deadline)
         except asyncio.TimeoutError:
             pass
         if peer.state is PeerState.ESTABLISHED:
             return self.peer_info(peer)
+        if peer.epoch != epoch or self.engine.peers.get(peer.id) is not peer:
+            # Closed (or removed) while we waited: a later open owns it now.
+            raise Conflict("peer %s was closed while the handshake was under way" % peer.name)
         msg = "no answer from %s after %d handshake attempts" % (format_endpoint(endpoint), peer.attempts or
                                                                  self.t.open_attempts)
         if created:
+            # A peer this open added is forgotten again: engine (and its
+            # indexes) and data-path tables.
             self._do(self.engine.remove_peer(peer.id))
             self.dp.remove_peer(peer.id)
         else:
-            self._do(self.engine.close(peer.id))
+            # Not close(): a live session the peer still uses keeps its keys.
+            self._do(self.engine.open_failed(peer.id))
         raise HandshakeTimeout(msg)
 
     async def close(self, ref: str) -> dict:
@@ -439,7 +465,7 @@ class Daemon:
     # ------------------------------------------------------------------ run
     async def serve(self) -> None:
         from .control.api import create_app, load_or_create_token, start_api
-        from .privileges import drop_privileges
+        from .privileges import switch_user
         token = load_or_create_token(self.s.state_dir)
         app = create_app(self, token)
         if not self.s.http_port and not self.s.http_socket:
@@ -449,7 +475,8 @@ class Daemon:
                                            str(self.s.http_socket) if self.s.http_socket else None)
         self.build()
         _preload()
-        drop_privileges(self.s.user)
+        if self.drop_to is not None:     # main() locked down before the loop existed
+            switch_user(self.drop_to)    # every thread; verified task by task
         self.uid = os.getuid()
         self.dp.start()
         if self.s.directory:
@@ -520,6 +547,7 @@ def main(argv=None) -> int:
         return EXIT_CONFIG
     register_secret(key)
     import uvloop
+    from .privileges import PrivilegeError, lock_down, resolve_user
     try:
         from .control.config import check_own_key
         from .control.keys import public_key
@@ -529,7 +557,14 @@ def main(argv=None) -> int:
         print("phantomd: config error: %s" % exc, file=sys.stderr)
         return EXIT_CONFIG
     try:
+        daemon.drop_to = resolve_user(settings.user)
+    except PrivilegeError as exc:
+        print("phantomd: %s" % exc, file=sys.stderr)
+        return EXIT_CONFIG
+    try:
         daemon.open_privileged()
+        if daemon.drop_to is not None:
+            lock_down()                  # single-threaded: before the loop and any thread
     except OSError as exc:
         print("phantomd: %s" % exc, file=sys.stderr)
         return EXIT_RUNTIME

@@ -312,3 +312,141 @@ def test_rekey_after_messages_asks_for_a_handshake_once(kind):
         # keypair is worn out (reject_after_messages) and packets start to wait
         assert a.events.needed == [1, 1]
         assert a.dp.counters(1).tx_packets == 5, "nothing is sent past reject_after_messages"
+
+
+def test_failed_open_of_a_created_peer_forgets_it_everywhere(kind):
+    """A peer that `open` added for a handshake that never completes is
+    removed again: engine peers and indexes, and the data path's tables."""
+    import base64
+
+    from phantom.control.config import Settings
+    from phantom.control.errors import HandshakeTimeout
+    from phantom.daemon import Daemon
+
+    t = Tunables(rekey_timeout=0.1, handshake_jitter=0.0, open_attempts=2, timer_tick=0.02)
+    d = Daemon(Settings(mode=Mode.TEST, fast=kind == "fast", tunables=t), bytearray(crypto.x25519_private()))
+    d.udp, d.test_sock = _udp(), _udp()
+    absent = _udp()                             # nobody answers there
+    stranger = crypto.x25519_public(crypto.x25519_private())
+
+    async def main():
+        d.build()
+        d.dp.start()
+        ticker = asyncio.get_running_loop().create_task(d._ticker())
+        try:
+            with pytest.raises(HandshakeTimeout):
+                await d.open(absent.getsockname(), public_key=base64.b64encode(stranger).decode())
+        finally:
+            d._stop.set()
+            await ticker
+        assert d.engine.peers == {} and d.engine._indexes == {}
+        if kind == "fast":
+            assert d.dp._peers == set() and d.dp._keys == {}
+        else:
+            assert d.dp._peers == {} and d.dp._sessions == {}
+        d.dp.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 10))
+    finally:
+        for s in (d.udp, d.test_sock, absent):
+            s.close()
+
+
+def test_failed_open_keeps_the_keys_of_a_session_the_peer_uses(kind):
+    """`open` times out, but meanwhile the peer's own initiation was answered:
+    the peer sends on that session, so its keys must stay in the data path
+    (a failed open used to close() the peer and clear them)."""
+    import base64
+
+    from phantom.control.config import Settings
+    from phantom.control.engine import Engine
+    from phantom.control.errors import HandshakeTimeout
+    from phantom.daemon import Daemon
+
+    t = Tunables(rekey_timeout=0.1, handshake_jitter=0.0, open_attempts=2, timer_tick=0.02)
+    d = Daemon(Settings(mode=Mode.TEST, fast=kind == "fast", tunables=t), bytearray(crypto.x25519_private()))
+    d.udp, d.test_sock = _udp(), _udp()
+    remote_sock = _udp()                        # the peer: its answers to our initiations never come
+    remote = Engine(bytearray(crypto.x25519_private()), t)
+    rp = remote.add_peer(d.engine.public_key, "d", endpoint=d.udp.getsockname())
+
+    async def main():
+        d.build()
+        peer = d.engine.add_peer(remote.public_key, "r", [], None)
+        d.dp.add_peer(peer.id, [])
+        d.dp.set_test_peer(peer.id)
+        d.dp.start()
+        loop = asyncio.get_running_loop()
+        ticker = loop.create_task(d._ticker())
+        (init,) = [x for x in remote.open(rp.id) if type(x).__name__ == "SendDatagram"]
+        loop.call_later(0.05, d.control_packet, init.data, remote_sock.getsockname())
+        try:
+            with pytest.raises(HandshakeTimeout):
+                await d.open(remote_sock.getsockname(), public_key=base64.b64encode(remote.public_key).decode())
+        finally:
+            d._stop.set()
+            await ticker
+        assert peer.sessions, "the answered session is kept"
+        idx = peer.sessions[-1].local_index
+        assert d.engine._indexes.get(idx) == ("session", peer.id)
+        if kind == "fast":
+            assert idx in d.dp._engine.key_slots(peer.id)
+        else:
+            assert idx in d.dp._sessions
+        assert peer.pending is None and peer.state.value == "dead"
+        d.dp.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 10))
+    finally:
+        for s in (d.udp, d.test_sock, remote_sock):
+            s.close()
+
+
+def test_open_closed_while_waiting_leaves_the_next_open_alone(kind):
+    """A close during an open ends that open (409) at once; its failure path
+    never runs later against the peer's next round."""
+    import base64
+
+    from phantom.control.config import Settings
+    from phantom.control.errors import Conflict
+    from phantom.daemon import Daemon
+
+    t = Tunables(rekey_timeout=0.1, handshake_jitter=0.0, open_attempts=3, timer_tick=0.02)
+    d = Daemon(Settings(mode=Mode.TEST, fast=kind == "fast", tunables=t), bytearray(crypto.x25519_private()))
+    d.udp, d.test_sock = _udp(), _udp()
+    absent = _udp()
+    other = crypto.x25519_public(crypto.x25519_private())
+
+    async def main():
+        d.build()
+        peer = d.engine.add_peer(other, "r", [], None)
+        d.dp.add_peer(peer.id, [])
+        d.dp.start()
+        loop = asyncio.get_running_loop()
+        ticker = loop.create_task(d._ticker())
+        key = base64.b64encode(other).decode()
+        try:
+            first = loop.create_task(d.open(absent.getsockname(), public_key=key))
+            await asyncio.sleep(0.05)
+            assert peer.pending is not None
+            await d.close("r")
+            t0 = time.monotonic()
+            with pytest.raises(Conflict):
+                await first
+            assert time.monotonic() - t0 < 0.2
+            second = loop.create_task(d.open(absent.getsockname(), public_key=key))
+            await asyncio.sleep(0.05)
+            assert peer.pending is not None and peer.state.value == "handshaking"
+            second.cancel()
+        finally:
+            d._stop.set()
+            await ticker
+        d.dp.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 10))
+    finally:
+        for s in (d.udp, d.test_sock, absent):
+            s.close()

@@ -301,3 +301,185 @@ def test_responder_rekeys_before_reject_after_time():
     clock.advance(1.1)
     busy = PeerCounters(last_data_tx=clock(), last_rx=clock(), last_data_rx=clock())
     assert len(sends(b.tick({pb.id: busy}))) == 1
+
+
+# ---- issue #10 item 4: keys before sends; no peer left handshaking with nothing pending
+
+def _assert_keys_first(actions):
+    """Every InstallKeypair precedes every send (the invariant in actions.py)."""
+    assert A.keys_before_sends(actions), [type(x).__name__ for x in actions]
+    kinds = [type(x) for x in actions]
+    if A.InstallKeypair in kinds:
+        first_install = kinds.index(A.InstallKeypair)
+        assert all(k not in (A.SendDatagram, A.SendKeepalive) for k in kinds[:first_install])
+
+
+def test_responder_installs_keys_before_its_response_leaves():
+    a, b, pa, pb, clock, wall = make_pair()
+    acts_a, acts_b = handshake(a, b, pa, wall)
+    kinds = [type(x) for x in acts_b]
+    assert kinds.index(A.InstallKeypair) < kinds.index(A.SendDatagram), kinds
+    _assert_keys_first(acts_b)
+
+
+def test_initiator_installs_keys_before_its_confirming_keepalive():
+    a, b, pa, pb, clock, wall = make_pair()
+    wall.advance(0.01)
+    (init,) = sends(a.open(pa.id))
+    (resp,) = sends(b.handle_datagram(init.data, ADDR_A))
+    out = a.handle_datagram(resp.data, ADDR_B)
+    kinds = [type(x) for x in out]
+    assert kinds.index(A.InstallKeypair) < kinds.index(A.SendKeepalive), kinds
+    _assert_keys_first(out)
+
+
+def test_rekey_and_simultaneous_open_keep_the_order():
+    a, b, pa, pb, clock, wall = make_pair()
+    handshake(a, b, pa, wall)
+    b.keypair_confirmed(pb.id, pb.sessions[-1].local_index)
+    # rekey: a new handshake while established (the "next" slot at b, "previous" at a)
+    clock.advance(120.1)
+    busy = PeerCounters(last_data_tx=clock(), last_rx=clock(), last_data_rx=clock())
+    (init,) = sends(a.tick({pa.id: busy}))
+    wall.advance(0.01)
+    out_b = b.handle_datagram(init.data, ADDR_A)
+    _assert_keys_first(out_b)
+    assert of(out_b, A.InstallKeypair)[0].confirmed is False
+    out_a = a.handle_datagram(sends(out_b)[0].data, ADDR_B)
+    _assert_keys_first(out_a)
+    # simultaneous open after a close
+    a.close(pa.id)
+    b.close(pb.id)
+    wall.advance(0.01)
+    (ia,) = sends(a.open(pa.id))
+    wall.advance(0.01)
+    (ib,) = sends(b.open(pb.id))
+    for out in (a.handle_datagram(ib.data, ADDR_B), b.handle_datagram(ia.data, ADDR_A)):
+        _assert_keys_first(out)
+
+
+def test_keys_before_sends_helpers():
+    kp = object()
+    install = A.InstallKeypair(kp, False)
+    send = A.SendDatagram(b"x", ADDR_A)
+    ep = A.SetEndpoint(1, ADDR_A)
+    assert A.keys_before_sends([ep, install, send, A.SendKeepalive(1)])
+    assert not A.keys_before_sends([ep, send, install])
+    assert A.installs_first([ep, send, install]) == [ep, install, send]
+    assert A.installs_first([send]) == [send]
+
+
+def _simultaneous_open_losing_the_confirmation(tunables=None):
+    """Both open at once; the smaller key's confirming keepalive never
+    reaches the greater key (the race of issue #10, or a lost packet)."""
+    a, b, pa, pb, clock, wall = make_pair(tunables)
+    wall.advance(0.01)
+    (ia,) = sends(a.open(pa.id))
+    wall.advance(0.01)
+    (ib,) = sends(b.open(pb.id))
+    ra = a.handle_datagram(ib.data, ADDR_B)
+    rb = b.handle_datagram(ia.data, ADDR_A)
+    big, small = (a, b) if a.public_key > b.public_key else (b, a)
+    big_peer, small_peer = (pa, pb) if big is a else (pb, pa)
+    big_addr, small_addr = (ADDR_A, ADDR_B) if big is a else (ADDR_B, ADDR_A)
+    resp_to_small = sends(rb if small is a else ra)[0]
+    resp_to_big = sends(ra if small is a else rb)[0]
+    out = small.handle_datagram(resp_to_small.data, big_addr)
+    assert of(out, A.SendKeepalive) and small_peer.state is PeerState.ESTABLISHED
+    # ... the keepalive is lost; the answer to the abandoned initiation is dropped
+    assert big.handle_datagram(resp_to_big.data, small_addr) == []
+    assert big_peer.state is PeerState.HANDSHAKING and big_peer.pending is None
+    return big, small, big_peer, small_peer, big_addr, small_addr, clock, wall
+
+
+def test_unanswered_confirmation_makes_the_yielding_side_initiate():
+    t = Tunables(handshake_jitter=0.2, rekey_timeout=5.0)
+    big, small, big_peer, small_peer, big_addr, small_addr, clock, wall = \
+        _simultaneous_open_losing_the_confirmation(t)
+    clock.advance(4.9)
+    assert sends(big.tick({})) == [], "not before REKEY_TIMEOUT"
+    clock.advance(0.35)                  # past REKEY_TIMEOUT + the largest jitter
+    (init,) = sends(big.tick({}))
+    assert big_peer.pending is not None and big_peer.state is PeerState.HANDSHAKING
+    assert sends(big.tick({})) == [], "once"
+    wall.advance(0.01)
+    out = small.handle_datagram(init.data, big_addr)
+    (resp,) = sends(out)
+    _assert_keys_first(out)
+    out = big.handle_datagram(resp.data, small_addr)
+    assert of(out, A.SendKeepalive)
+    assert big_peer.state is PeerState.ESTABLISHED and small_peer.state is PeerState.ESTABLISHED
+
+
+def test_confirmed_answer_needs_no_initiation():
+    big, small, big_peer, small_peer, big_addr, small_addr, clock, wall = \
+        _simultaneous_open_losing_the_confirmation()
+    big.keypair_confirmed(big_peer.id, big_peer.sessions[-1].local_index)   # data arrived after all
+    assert big_peer.state is PeerState.ESTABLISHED and big_peer.sessions[-1].confirmed
+    clock.advance(6)
+    assert sends(big.tick({})) == []
+
+
+def test_a_mere_responder_never_initiates_on_its_own():
+    a, b, pa, pb, clock, wall = make_pair()
+    wall.advance(0.01)
+    (init,) = sends(a.open(pa.id))
+    b.handle_datagram(init.data, ADDR_A)      # b answers; a never confirms
+    assert pb.state is PeerState.IDLE
+    clock.advance(10)
+    assert sends(b.tick({})) == []
+
+
+def test_open_failed_keeps_a_live_session_and_forgets_the_handshake():
+    big, small, big_peer, small_peer, big_addr, small_addr, clock, wall = \
+        _simultaneous_open_losing_the_confirmation()
+    # the small side uses the session; the big one gives up on its open
+    (sess,) = big_peer.sessions
+    out = big.open_failed(big_peer.id)
+    assert of(out, A.ClearKeys) == [], "the peer still uses these keys"
+    assert big_peer.sessions == [sess] and big._indexes.get(sess.local_index) == ("session", big_peer.id)
+    assert big_peer.pending is None and big_peer.state is PeerState.DEAD and not big_peer.wanted
+    clock.advance(60)
+    assert sends(big.tick({})) == [], "not wanted: no retries"
+    # the peer's data still confirms it
+    big.keypair_confirmed(big_peer.id, sess.local_index)
+    assert big_peer.state is PeerState.ESTABLISHED
+
+
+def test_open_failed_without_a_session_resets_and_frees_the_index():
+    t = Tunables(handshake_jitter=0.0, open_attempts=2)
+    a, b, pa, pb, clock, wall = make_pair(t)
+    a.open(pa.id)
+    assert a._indexes
+    out = a.open_failed(pa.id)
+    assert A.ClearKeys(pa.id) in out and pa.state is PeerState.IDLE
+    assert a._indexes == {} and pa.pending is None
+    assert a.open_failed(12345) == []          # gone already: nothing to do
+    assert a.remove_peer(pa.id) and a._indexes == {} and a.peers == {}
+
+
+def test_daemon_carries_out_installs_before_sends():
+    """Daemon._do enforces the invariant even for a list that breaks it."""
+    from phantom.daemon import Daemon
+
+    class DP:
+        def __init__(self):
+            self.calls = []
+
+        def send_control(self, data, addr):
+            self.calls.append("send")
+
+        def install_keypair(self, kp, confirmed):
+            self.calls.append("install")
+
+        def send_keepalive(self, peer_id):
+            self.calls.append("keepalive")
+
+        def set_endpoint(self, peer_id, addr):
+            self.calls.append("endpoint")
+
+    d = Daemon.__new__(Daemon)
+    d.dp = DP()
+    d._do([A.SetEndpoint(1, ADDR_A), A.SendDatagram(b"r", ADDR_A), A.InstallKeypair(None, False),
+           A.SendKeepalive(1)])
+    assert d.dp.calls == ["endpoint", "install", "send", "keepalive"]

@@ -1332,3 +1332,26 @@ def test_tap_mode_learns_floods_and_checks_sources_like_the_reference():
     assert mine["unicast"] == {2: [uni], 3: []}
     assert mine["after_remove"] == {3: [uni], 2: []}
     assert mine["c3"] == {"src_not_allowed": 2, "bad_inner": 1}
+
+
+def test_an_installed_keypair_is_live_for_the_worker_when_install_returns(impl):
+    """The daemon sends a handshake response right after install_keypair
+    returns (issue #10): a datagram on the new session that arrives at once
+    must find the keys, also on the fast path whose worker reads concurrently."""
+    async def main():
+        a, b = await _pair(impl, impl)
+        raw = _udp()
+        try:
+            for i in range(20):
+                idx = 0x3000 + i
+                kb = Keypair(2, idx, 0x9000 + i, bytearray(KEY_B), bytearray(KEY_A), time.monotonic(), False)
+                b.dp.install_keypair(kb, confirmed=False)
+                # no await in between: nothing else runs on the loop
+                raw.sendto(_fastpath.seal_packet(KEY_A, idx, 0, b"first %d" % i), b.addr)
+                assert await asyncio.to_thread(b.recv_app) == b"first %d" % i
+            assert b.dp.global_drops()["unknown_index"] == 0
+        finally:
+            raw.close()
+            a.close()
+            b.close()
+    run(main())

@@ -1,7 +1,18 @@
 """What the sans-IO control core asks its caller to do.
 
 :class:`phantom.control.engine.Engine` never touches a socket or a data path;
-it returns lists of these, and :mod:`phantom.daemon` carries them out.
+it returns lists of these, and :mod:`phantom.daemon` carries them out, in
+order.
+
+Invariant, keys before sends: within one list, every :class:`InstallKeypair`
+comes before any :class:`SendDatagram` or :class:`SendKeepalive`.  A
+handshake response (or the initiator's confirming keepalive) lets the peer
+send on the new session at once; the keys must already be in the data path,
+where the ``--fast`` worker reads concurrently, or the peer's first packets
+are dropped as ``unknown_index`` (issue #10).  WireGuard installs the keypair
+before the response leaves, too.  :func:`keys_before_sends` checks it
+(``tests/test_engine.py``), and the daemon, should a list ever break it,
+logs the bug and carries the installs out first (:func:`installs_first`).
 """
 
 from __future__ import annotations
@@ -60,3 +71,29 @@ class UnknownKey:
     caller asked for it, e.g. to look for a trusted endorsement)."""
     public_key: bytes
     addr: tuple
+
+
+_SENDS = (SendDatagram, SendKeepalive)
+
+
+def keys_before_sends(actions) -> bool:
+    """True when no send precedes a key install in ``actions`` (see above)."""
+    sent = False
+    for act in actions:
+        if isinstance(act, _SENDS):
+            sent = True
+        elif isinstance(act, InstallKeypair) and sent:
+            return False
+    return True
+
+
+def installs_first(actions) -> list:
+    """``actions`` with every InstallKeypair moved ahead of the first send,
+    everything else in its order (what the daemon falls back to)."""
+    out = list(actions)
+    first_send = next((i for i, a in enumerate(out) if isinstance(a, _SENDS)), None)
+    if first_send is None:
+        return out
+    head, tail = out[:first_send], out[first_send:]
+    return head + [a for a in tail if isinstance(a, InstallKeypair)] + \
+        [a for a in tail if not isinstance(a, InstallKeypair)]

@@ -25,12 +25,21 @@ Security (see README "Security model"):
   browser can fire GETs at localhost but cannot set the header;
 * the Host header must be an IP literal or ``localhost`` (or one of
   ``allowed_hosts``), which defeats DNS rebinding against the read routes;
+  on the TCP listener it is required, HTTP/1.0 included (400 without it);
+  over the Unix socket (0600, out of a browser's reach) it may be missing;
 * bodies are limited to :data:`MAX_BODY` bytes (413) and must arrive within
   :data:`BODY_TIMEOUT` seconds (408);
 * errors are ``{"error": message}`` with a 4xx status; an unexpected
   exception is logged and answered with a generic 500;
-* responses pass through :func:`phantom.logsetup.redact`, so a registered
-  private key can never leave through the API.
+* errors never quote the request (path, query, headers, body keys): they
+  name route templates, known fields and limits.  aiohttp's parser errors
+  (over-long request line 414, over-long or too many headers 431, bad
+  request line, method, header or chunking 400) get the same JSON shape
+  through :class:`JsonErrorRunner`, and are logged without the request's
+  bytes;
+* responses pass through :func:`phantom.logsetup.redact`, so the registered
+  private key and the API token can never leave through the API in any
+  encoding.
 """
 
 from __future__ import annotations
@@ -48,7 +57,10 @@ import stat
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-from aiohttp import web
+from aiohttp import web, web_protocol, web_server
+from aiohttp.http_exceptions import (BadHttpMethod, BadStatusLine, ContentLengthError,
+                                     HttpProcessingError, InvalidHeader, InvalidURLError,
+                                     LineTooLong, TransferEncodingError)
 
 from phantom import __version__, logsetup
 from phantom.control.config import PEER_NAME, PEER_NAME_RULE, parse_endpoint, parse_network
@@ -63,6 +75,15 @@ HANDLER_TIMEOUT = 120.0          # seconds for one controller call (open retries
 TOKEN_FILE = "token"
 TOKEN_BYTES = 32
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+# Methods an error message may name (anything else is not echoed).
+KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE",
+                           "CONNECT"))
+# Parser limits.  They differ by two bytes so that an over-long request line
+# (414) can be told from an over-long header (431): aiohttp reports both as
+# LineTooLong with the limit that was hit.
+MAX_REQUEST_LINE = 8190          # bytes: method, target, version
+MAX_HEADER = 8192                # bytes: one header, name and value
+MAX_HEADERS = 64                 # header lines
 
 CONTROLLER_KEY = web.AppKey("controller", object)
 TOKEN_KEY = web.AppKey("token", bytes)
@@ -141,10 +162,19 @@ def error_response(status: int, message: str) -> web.Response:
 
 
 # --- middlewares -------------------------------------------------------------------------------
+def _over_unix_socket(request: web.Request) -> bool:
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    return sock is not None and sock.family == socket.AF_UNIX
+
+
 def _host_ok(request: web.Request) -> bool:
     host = request.headers.get("Host")
     if host is None:
-        return True               # HTTP/1.0 clients; browsers always send Host
+        # Only over the Unix socket (the TCP listener refuses a missing Host
+        # before this): no browser reaches a Unix socket, so DNS rebinding
+        # does not apply, and the socket is 0600.
+        return True
     host = host.strip().lower()
     if host.startswith("["):
         name = host[1:].partition("]")[0]
@@ -159,10 +189,83 @@ def _host_ok(request: web.Request) -> bool:
         return False
 
 
+# --- errors that echo nothing of the request ------------------------------------------------
+# An error message names only what the server defines (route templates, known
+# field names, limits), never the path, a header or a body key as received: any
+# of them may be a secret (a key pasted in the wrong place, the token).
+def _method(request: web.BaseRequest) -> str:
+    return request.method if request.method in KNOWN_METHODS else "this method"
+
+
+def route_template(request: web.BaseRequest) -> str:
+    """``METHOD /template`` of the matched route, or ``"this request"``."""
+    try:
+        route = request.match_info.route
+        info = route.resource.get_info() if route.resource is not None else {}
+    except Exception:
+        return "this request"
+    template = info.get("path") or info.get("formatter")
+    return "%s %s" % (_method(request), template) if template else "this request"
+
+
+def _routes(app: web.Application) -> str:
+    seen = []
+    for r in app.router.routes():
+        info = r.resource.get_info() if r.resource is not None else {}
+        template = info.get("path") or info.get("formatter")
+        handler = getattr(r.handler, "__name__", "")
+        if template and r.method != "HEAD" and handler != "_refuse_get":
+            entry = "%s %s" % (r.method, template)
+            if entry not in seen:
+                seen.append(entry)
+    return ", ".join(seen)
+
+
+def parser_error(exc: BaseException) -> tuple[int, str]:
+    """Status and message for an error of aiohttp's HTTP parser.  The message
+    describes the problem in our words: the parser's own text quotes the
+    request's bytes (an over-long Authorization header is the token)."""
+    text = getattr(exc, "message", "") if isinstance(exc, HttpProcessingError) else ""
+    text = text if isinstance(text, str) else ""
+    if isinstance(exc, LineTooLong):
+        limit = exc.args[1] if len(exc.args) > 1 else None
+        if limit == MAX_REQUEST_LINE:
+            return 414, "request line too long (limit %d bytes)" % MAX_REQUEST_LINE
+        return 431, "a request header is too long (limit %d bytes per header)" % MAX_HEADER
+    if text.startswith("Too many headers"):
+        return 431, "too many request headers (limit %d)" % MAX_HEADERS
+    if text.startswith("Missing 'Host' header"):
+        return 400, "missing Host header (HTTP/1.1 requires one)"
+    if text.startswith("Duplicate"):
+        return 400, "a header that may appear once (Host, Content-Length, ...) appears twice"
+    if isinstance(exc, BadHttpMethod):
+        return 400, "malformed request line: unknown method (or not HTTP at all)"
+    if isinstance(exc, BadStatusLine):
+        return 400, "malformed request line (expected METHOD /path HTTP/1.1)"
+    if isinstance(exc, InvalidURLError):
+        return 400, "malformed request target"
+    if isinstance(exc, InvalidHeader):
+        return 400, "malformed request header"
+    if isinstance(exc, TransferEncodingError):
+        return 400, "malformed body: bad chunked transfer encoding"
+    if isinstance(exc, ContentLengthError):
+        return 400, "malformed body: it does not match its Content-Length"
+    if "Content-Length" in text or "Transfer-Encoding" in text or "chunk" in text.lower():
+        return 400, "malformed body framing (Content-Length / Transfer-Encoding)"
+    return 400, "malformed HTTP request"
+
+
+def _client_gone(request: web.BaseRequest, exc: BaseException) -> bool:
+    """The client closed the connection (while we read its body): not a bug."""
+    transport = request.transport
+    return isinstance(exc, ConnectionResetError) and (transport is None or transport.is_closing())
+
+
 def json_errors(respond: Callable[[int, str], web.Response], max_body: int, who: str):
     """An aiohttp middleware that turns every failure into ``{"error": ...}``
-    with a fitting status and never leaks a traceback.  Shared by the daemon's
-    API and the key directory; ``who`` names the log a 500 points to."""
+    with a fitting status and never leaks a traceback or any of the request.
+    Shared by the daemon's API and the key directory; ``who`` names the log a
+    500 points to."""
 
     @web.middleware
     async def errors(request: web.Request, handler):
@@ -173,21 +276,96 @@ def json_errors(respond: Callable[[int, str], web.Response], max_body: int, who:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            message = {404: "no such route: %s %s" % (request.method, request.path),
-                       405: "method %s is not allowed on %s" % (request.method, request.path),
-                       413: "request body too large (limit %d bytes)" % max_body,
-                       }.get(exc.status, exc.reason or "error")
+            allow = exc.headers.get("Allow", "")
+            if exc.status == 404:
+                message = "no such route (the routes are: %s)" % _routes(request.app)
+            elif exc.status == 405:
+                message = "method %s is not allowed on this route (allowed: %s)" % (
+                    _method(request), allow or "none")
+            elif exc.status == 413:
+                message = "request body too large (limit %d bytes)" % max_body
+            else:
+                message = exc.reason or "error"
             resp = respond(exc.status, message)
-            if exc.status == 405 and "Allow" in exc.headers:
-                resp.headers["Allow"] = exc.headers["Allow"]
+            if exc.status == 405 and allow:
+                resp.headers["Allow"] = allow
             return resp
+        except HttpProcessingError as exc:       # the body's framing, found while reading it
+            status, message = parser_error(exc)
+            log.info("refused a request from %s: %s", request.remote or "the Unix socket", message)
+            return respond(status, message)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("internal error handling %s %s", request.method, request.path)
+        except Exception as exc:
+            if _client_gone(request, exc):
+                log.debug("client went away during %s", route_template(request))
+                return respond(400, "connection closed before the request was complete")
+            log.exception("internal error handling %s", route_template(request))
             return respond(500, "internal error (see the %s's log)" % who)
 
     return errors
+
+
+class JsonErrorHandler(web_protocol.RequestHandler):
+    """aiohttp's connection handler, with errors that happen outside the
+    application (the HTTP parser's: over-long line or header, bad request line
+    or method, bad chunking, ...; a 500 or 504 past the middlewares) answered
+    in the JSON error shape, with a fitting status, and logged without the
+    request's bytes (aiohttp's own answer is plain text that quotes them, and
+    it logs them at ERROR)."""
+
+    def handle_error(self, request, status: int = 500, exc: Optional[BaseException] = None,
+                     message: Optional[str] = None) -> web.StreamResponse:
+        server = self._manager
+        if isinstance(exc, HttpProcessingError):
+            status, text = parser_error(exc)
+            log.info("refused a malformed request from %s: %s", request.remote or "the Unix socket", text)
+        elif status == 500:
+            log.error("internal error handling a request from %s", request.remote,
+                      exc_info=exc)
+            text = "internal error (see the %s's log)" % server.who
+        elif status == 504:
+            text = "the request took too long"
+        else:
+            text = "bad request"
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send the error")
+        resp = server.respond(status, text)
+        resp.force_close()
+        return resp
+
+
+class JsonErrorServer(web_server.Server):
+    """aiohttp's low-level server (the protocol factory), making
+    :class:`JsonErrorHandler` connections."""
+
+    respond: Callable[[int, str], web.Response]
+    who: str
+
+    def __call__(self) -> web_protocol.RequestHandler:
+        return JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+class JsonErrorRunner(web.AppRunner):
+    """An AppRunner whose connections answer parser errors in JSON (see
+    :class:`JsonErrorHandler`), with :data:`MAX_REQUEST_LINE`,
+    :data:`MAX_HEADER` and :data:`MAX_HEADERS` as the parser's limits."""
+
+    def __init__(self, app: web.Application, *, respond: Callable[[int, str], web.Response],
+                 who: str, **kwargs):
+        kwargs.setdefault("max_line_size", MAX_REQUEST_LINE)
+        kwargs.setdefault("max_field_size", MAX_HEADER)
+        kwargs.setdefault("max_headers", MAX_HEADERS)
+        super().__init__(app, **kwargs)
+        self._respond, self._who = respond, who
+
+    async def _make_server(self) -> web_server.Server:
+        server = await super()._make_server()
+        if type(server) is not web_server.Server:      # pragma: no cover (aiohttp changed)
+            raise TypeError("unexpected aiohttp server class %r" % type(server))
+        server.__class__ = JsonErrorServer
+        server.respond, server.who = self._respond, self._who
+        return server
 
 
 _errors = json_errors(error_response, MAX_BODY, "daemon")
@@ -196,9 +374,13 @@ _errors = json_errors(error_response, MAX_BODY, "daemon")
 @web.middleware
 async def _guard(request: web.Request, handler):
     """Host check, then the token on every state-changing method, before any work."""
+    if "Host" not in request.headers and not _over_unix_socket(request):
+        # HTTP/1.0 lets a client leave Host out; on TCP that would sidestep the check below.
+        return error_response(400, "missing Host header: send 'Host: 127.0.0.1' (or localhost); "
+                              "it is required on the TCP listener")
     if not _host_ok(request):
-        return error_response(403, "Host header %r is not allowed (use 127.0.0.1, [::1] or "
-                              "localhost)" % request.headers.get("Host"))
+        return error_response(403, "the Host header is not allowed (use 127.0.0.1, [::1] or "
+                              "localhost)")
     if request.method not in SAFE_METHODS:
         match = request.match_info
         if match.http_exception is not None:
@@ -260,7 +442,7 @@ def _controller(request: web.Request):
 
 def _check_name(value: Any, what: str) -> str:
     if not isinstance(value, str) or not PEER_NAME.match(value):
-        raise BadRequest("%s %r is not a valid peer name (%s)" % (what, value, PEER_NAME_RULE))
+        raise BadRequest("%s is not a valid peer name (%s)" % (what, PEER_NAME_RULE))
     return value
 
 
@@ -274,8 +456,8 @@ async def open_tunnel(request: web.Request) -> web.Response:
         raise BadRequest("body must be a JSON object like {\"public_key\": \"...\", \"name\": \"...\"}")
     unknown = set(body) - {"public_key", "name", "allowed_ips"}
     if unknown:
-        raise BadRequest("unknown field(s) in body: %s (known: public_key, name, allowed_ips)"
-                         % ", ".join(sorted(map(str, unknown))))
+        raise BadRequest("unknown field(s) in body: %d (known: public_key, name, allowed_ips)"
+                         % len(unknown))
     public_key = body.get("public_key")
     if public_key is not None:
         from phantom.control.keys import KeyFormatError, decode_public_key
@@ -301,14 +483,14 @@ async def open_tunnel(request: web.Request) -> web.Response:
     if PEER_NAME.match(target) and not _looks_like_address(target):
         # `phantom open NAME`: the controller finds the endpoint (config or directory).
         if name is not None and name != target:
-            raise BadRequest("name %r in the body differs from %r in the path" % (name, target))
+            raise BadRequest("the name in the body differs from the peer name in the path")
         endpoint, name = None, target
     else:
         try:
             endpoint = parse_endpoint(target, "endpoint")
-        except ConfigError as exc:
-            raise BadRequest("malformed endpoint: %s (write IP:PORT or [IPv6]:PORT, or a peer "
-                             "name)" % exc.problem) from None
+        except ConfigError:
+            raise BadRequest("malformed endpoint: write IP:PORT (port 1..65535) or [IPv6]:PORT "
+                             "with a unicast address, or a peer name") from None
     # allowed_ips is passed only when given, so a controller may omit the keyword.
     result = await _call(_controller(request).open(endpoint, public_key, name, **extra))
     return json_response(result)
@@ -360,6 +542,7 @@ def create_app(controller, token: str, *, allowed_hosts: Iterable[str] = ()) -> 
     if not token:
         raise ValueError("the API token must not be empty")
     app = web.Application(middlewares=[_errors, _guard], client_max_size=MAX_BODY)
+    logsetup.register_secret(token)          # never echoed, never logged
     app[CONTROLLER_KEY] = controller
     app[TOKEN_KEY] = token.encode("utf-8")
     app[HOSTS_KEY] = frozenset(h.lower() for h in allowed_hosts)
@@ -385,8 +568,8 @@ async def start_api(app: web.Application, host: Optional[str], port: int,
     is not.  Returns the runner: ``await runner.cleanup()`` stops serving.
     ``runner.addresses`` lists what is bound (useful with port 0).
     """
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           keepalive_timeout=15.0, shutdown_timeout=2.0)
+    runner = JsonErrorRunner(app, respond=error_response, who="daemon", access_log=None,
+                             handle_signals=False, keepalive_timeout=15.0, shutdown_timeout=2.0)
     await runner.setup()
     try:
         if host is not None:

@@ -61,7 +61,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from phantom import __version__, crypto, logsetup
-from phantom.control.api import json_errors
+from phantom.control.api import JsonErrorRunner, json_errors
 from phantom.control.config import PEER_NAME, PEER_NAME_RULE, format_endpoint, parse_endpoint, \
     parse_network
 from phantom.control.errors import ApiError, BadRequest, ConfigError, Conflict, NotFound, \
@@ -633,17 +633,17 @@ async def get_record(request: web.Request) -> web.Response:
     key = _path_key(request)
     row = request.app[STORE_KEY].get(key)
     if row is None or (not row.revoked and row.expires <= _now(request)):
-        raise NotFound("no record for %s" % key)
+        raise NotFound("no record for this key")
     return _json(row.doc)
 
 
 async def get_name(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if not PEER_NAME.match(name):
-        raise BadRequest("%r is not a valid name (%s)" % (name, PEER_NAME_RULE))
+        raise BadRequest("not a valid name (%s)" % PEER_NAME_RULE)
     row = request.app[STORE_KEY].by_name(name, int(_now(request)))
     if row is None:
-        raise NotFound("no record named %r" % name)
+        raise NotFound("no record with this name")
     return _json(row.doc)
 
 
@@ -673,8 +673,8 @@ async def put_record(request: web.Request) -> web.Response:
         status = 403 if "signature" in str(exc) or "forged" in str(exc) else 400
         raise (Forbidden if status == 403 else BadRequest)(str(exc)) from None
     if rec.key_text != key:
-        raise BadRequest("the record's public_key %s differs from the key in the path %s"
-                         % (rec.key_text, key))
+        raise BadRequest("the record's public_key %s differs from the key in the path"
+                         % rec.key_text)
     if not rec.revoked and rec.expires > now + app[MAX_TTL_KEY] + CLOCK_SKEW:
         raise BadRequest("record lives too long: expires in %d s, this directory keeps at most "
                          "%d s" % (rec.expires - now, app[MAX_TTL_KEY]))
@@ -684,7 +684,7 @@ async def put_record(request: web.Request) -> web.Response:
     if old is not None and old.doc.get("sig") == doc.get("sig"):
         return _json(old.doc)                      # the same record again: idempotent
     if old is not None and old.revoked:
-        raise Gone("key %s was revoked; a revocation is final" % key)
+        raise Gone("this key was revoked; a revocation is final")
     if old is not None and rec.seq <= old.seq:
         raise Conflict("stale seq %d: the directory holds seq %d for this key (newer wins)"
                        % (rec.seq, old.seq))
@@ -710,9 +710,9 @@ async def post_endorsement(request: web.Request) -> web.Response:
     app, now, store = request.app, _now(request), request.app[STORE_KEY]
     old = store.get(key)
     if old is None or (not old.revoked and old.expires <= now):
-        raise NotFound("no record for %s to endorse" % key)
+        raise NotFound("no record for this key to endorse")
     if old.revoked:
-        raise Gone("key %s was revoked" % key)
+        raise Gone("this key was revoked")
     try:
         rec = parse_record(old.doc, now, trusted_signers=None)
         signer = verify_endorsement(end, rec.public_key, rec.name, now)
@@ -750,8 +750,8 @@ def create_app(store: DirectoryStore, *, clock: Callable[[], float] = time.time,
 
 async def start_server(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Serve ``app``; ``runner.addresses`` tells the bound port (use port 0 in tests)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           keepalive_timeout=15.0, shutdown_timeout=2.0)
+    runner = JsonErrorRunner(app, respond=_error, who="directory", access_log=None,
+                             handle_signals=False, keepalive_timeout=15.0, shutdown_timeout=2.0)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_address=True, backlog=128).start()
@@ -770,11 +770,25 @@ async def _purge_loop(store: DirectoryStore, clock) -> None:
 
 
 async def serve_forever(host: str, port: int, db, trusted_signers=(),
-                        max_ttl: int = DEFAULT_MAX_TTL) -> None:
-    """Run the directory until SIGINT/SIGTERM."""
+                        max_ttl: int = DEFAULT_MAX_TTL, drop_to=None) -> None:
+    """Run the directory until SIGINT/SIGTERM.
+
+    ``drop_to`` (a passwd entry from :func:`phantom.privileges.resolve_user`;
+    the caller has already called ``lock_down``): switch to that user once the
+    database is open and the port bound.  The server then reads and writes
+    the db only through the descriptors SQLite opened as root."""
     store = DirectoryStore(db)
     runner = await start_server(create_app(store, trusted_signers=trusted_signers,
                                            max_ttl=max_ttl), host, port)
+    if drop_to is not None:
+        from phantom.privileges import switch_user
+        try:
+            _preload_server()
+            switch_user(drop_to)         # every thread; verified task by task
+        except BaseException:
+            await runner.cleanup()
+            store.close()
+            raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -790,6 +804,14 @@ async def serve_forever(host: str, port: int, db, trusted_signers=(),
         await runner.cleanup()
         store.close()
         log.info("directory stopped")
+
+
+def _preload_server() -> None:
+    """Import, while still root, what serving may import lazily (the
+    unprivileged user may not be able to read the Python installation)."""
+    import encodings.idna  # noqa: F401
+    import concurrent.futures.thread  # noqa: F401
+    import aiohttp.web_urldispatcher  # noqa: F401
 
 
 # --- the client -------------------------------------------------------------------------------------
@@ -1230,8 +1252,13 @@ def _load_key(path):
 
 
 def cmd_serve(args) -> int:
+    from phantom.privileges import lock_down, resolve_user
     logsetup.setup_logging(args.log_level)
-    _run(serve_forever(args.listen, args.port, args.db, args.trusted_signer or (), args.max_ttl))
+    pw = resolve_user(args.user)         # None unless root
+    if pw is not None:
+        lock_down()                      # single-threaded: before the loop and any thread exists
+    _run(serve_forever(args.listen, args.port, args.db, args.trusted_signer or (), args.max_ttl,
+                       drop_to=pw))
     return 0
 
 
@@ -1313,7 +1340,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", default="127.0.0.1", metavar="ADDR", help="address (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (default %d)" % DEFAULT_PORT)
     s.add_argument("--db", default=DEFAULT_DB, metavar="PATH.sqlite",
-                   help="SQLite file (default ./%s)" % DEFAULT_DB)
+                   help="SQLite file (default ./%s); as root it is opened (and created) before "
+                        "the switch to --user, so it may sit in a root-only directory and keeps "
+                        "its owner; see --user" % DEFAULT_DB)
+    s.add_argument("--user", metavar="NAME",
+                   help="when started as root: the unprivileged user to switch to (default "
+                        "nobody) once the db is open and the port bound (ports below 1024 work); "
+                        "the capability bounding set is emptied and no_new_privs set first, for "
+                        "every thread.  The server then uses the db only through the descriptors "
+                        "opened as root: the file (and its -wal/-shm files, created with the db's "
+                        "owner and mode) stays owned by root, the user needs no access to it, and "
+                        "other processes running as that user cannot write to it.  The -wal/-shm files "
+                        "may be left at exit; the next start recovers them.  Ignored when not "
+                        "root (then the db must be writable by you, with its directory)")
     s.add_argument("--trusted-signer", type=_signer_arg, action="append", metavar="KEY",
                    help="Ed25519 key whose endorsements this directory keeps and ranks first "
                         "(repeatable; default: keep any valid endorsement)")
@@ -1368,10 +1407,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from phantom.privileges import PrivilegeError
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
-    except (DirectoryError, ConfigError, KeyFormatError, ValueError) as exc:
+    except (DirectoryError, ConfigError, KeyFormatError, ValueError, PrivilegeError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 1
     except KeyboardInterrupt:

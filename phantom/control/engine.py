@@ -21,7 +21,17 @@ the WireGuard whitepaper, section 6):
 * expiry: a session older than REJECT_AFTER_TIME is retired and its keys
   zeroed (the data path zeroes them in place);
 * dead retry: a DEAD peer that should be up is tried again every
-  ``dead_retry_interval``, so a tunnel comes back when the peer returns.
+  ``dead_retry_interval``, so a tunnel comes back when the peer returns;
+* unconfirmed answer: a peer we want up (HANDSHAKING or STALE) whose own
+  initiation we gave up for the peer's (simultaneous open: the greater key
+  yields) and whose answered session is still unconfirmed after
+  REKEY_TIMEOUT (+ jitter), with nothing pending, starts its own initiation:
+  a lost confirmation never leaves a peer handshaking with nothing to wait for.
+
+Order (invariant, see :mod:`phantom.control.actions`): keys are installed
+before anything is sent that lets the peer use them, i.e. the responder's
+InstallKeypair precedes its response datagram, and the initiator's precedes
+its confirming keepalive (and staged packets, which the install flushes).
 """
 
 from __future__ import annotations
@@ -129,6 +139,24 @@ class Engine:
         peer.wanted = False
         return self._reset(peer, "closed")
 
+    def open_failed(self, peer_id: int) -> list:
+        """``open`` gave up.  The handshake under way is abandoned, but keys
+        the peer may still use stay: a live session (confirmed, or one we
+        answered and the peer may already send on) is kept until it expires,
+        and the peer goes DEAD (not retried: it is no longer wanted).  With
+        no live session it is reset to IDLE as by :meth:`close`."""
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            return []
+        peer.wanted = False
+        self._abandon_pending(peer)
+        peer.confirm_by = None
+        if not self._live_sessions(peer, self.clock()):
+            return self._reset(peer, "open failed")
+        if peer.state in (PeerState.HANDSHAKING, PeerState.STALE):
+            return self._set_state(peer, PeerState.DEAD, "open failed; live session kept")
+        return []
+
     def _reset(self, peer: Peer, reason: str) -> list:
         out: list = [A.ClearKeys(peer.id)]
         self._abandon_pending(peer)
@@ -136,6 +164,8 @@ class Engine:
             self._indexes.pop(s.local_index, None)
         peer.sessions.clear()
         peer.first_unanswered = None
+        peer.confirm_by = None
+        peer.epoch += 1
         out += self._set_state(peer, PeerState.IDLE, reason)
         return out
 
@@ -246,8 +276,11 @@ class Engine:
         msg, keys = hs.create_response(info.state, index, peer.cookies)
         peer.endpoint = addr
         out.append(A.SetEndpoint(peer.id, addr))
-        out.append(A.SendDatagram(msg, addr))
+        # Keys first: the initiator sends on the session the moment our
+        # response arrives (see the order invariant in actions.py).
         out.append(self._install(peer, keys, confirmed=False, now=now))
+        out.append(A.SendDatagram(msg, addr))
+        peer.confirm_by = now + self.t.rekey_timeout + self._rng.uniform(0, self.t.handshake_jitter)
         log.info("peer=%s handshake answered (session %d)", peer.name, index)
         return out
 
@@ -271,9 +304,11 @@ class Engine:
         peer.pending = None
         peer.attempts = 0
         peer.endpoint = addr
+        peer.confirm_by = None
+        # Keys first (the install also flushes staged packets), then the
+        # confirmation: the responder may only send once it has heard from
+        # us on the new session, so confirm it at once.
         out: list = [A.SetEndpoint(peer.id, addr), self._install(peer, keys, confirmed=True, now=now)]
-        # The responder may only send once it has heard from us on the new
-        # session: confirm it at once.
         out.append(A.SendKeepalive(peer.id))
         out += self._set_state(peer, PeerState.ESTABLISHED, "handshake complete")
         return out
@@ -292,7 +327,7 @@ class Engine:
         return []
 
     def _install(self, peer: Peer, keys: hs.SessionKeys, confirmed: bool, now: float) -> A.InstallKeypair:
-        peer.sessions.append(SessionInfo(keys.local_index, now, keys.initiator))
+        peer.sessions.append(SessionInfo(keys.local_index, now, keys.initiator, confirmed))
         peer.last_handshake = now
         peer.last_handshake_wall = self.wall()
         peer.first_unanswered = None
@@ -318,6 +353,10 @@ class Engine:
         peer = self.peers.get(peer_id)
         if peer is None:
             return []
+        for s in peer.sessions:
+            if s.local_index == local_index:
+                s.confirmed = True
+        peer.confirm_by = None
         self._abandon_pending(peer)
         return self._set_state(peer, PeerState.ESTABLISHED, "peer confirmed the session")
 
@@ -333,6 +372,7 @@ class Engine:
             c = counters.get(peer.id) or PeerCounters()
             out += self._timer_expire_sessions(peer, now)
             out += self._timer_retransmit_handshake(peer, now)
+            out += self._timer_unconfirmed_answer(peer, now)
             out += self._timer_new_handshake(peer, c, now)
             out += self._timer_rekey_after_time(peer, c, now)
             out += self._timer_passive_keepalive(peer, c, now)
@@ -356,6 +396,20 @@ class Engine:
                 peer.sessions.clear()
             return out + self._set_state(peer, PeerState.DEAD, "handshake gave up")
         return self._send_initiation(peer)
+
+    def _timer_unconfirmed_answer(self, peer: Peer, now: float) -> list:
+        """We answered the peer's initiation (and, wanting the peer up, gave
+        up our own for it) but the peer never confirmed: initiate ourselves."""
+        if peer.confirm_by is None or now < peer.confirm_by:
+            return []
+        peer.confirm_by = None
+        if peer.pending is not None or peer.state not in (PeerState.HANDSHAKING, PeerState.STALE):
+            return []
+        if not peer.sessions or peer.sessions[-1].initiator or peer.sessions[-1].confirmed:
+            return []
+        log.info("peer=%s did not confirm the session we answered: initiating", peer.name)
+        return self._begin_handshake(peer, max(1, peer.max_attempts - peer.attempts),
+                                     "answered session unconfirmed")
 
     def _timer_new_handshake(self, peer: Peer, c: PeerCounters, now: float) -> list:
         """Dead-peer detection: data sent, nothing heard for KEEPALIVE + REKEY_TIMEOUT."""

@@ -50,6 +50,7 @@ class SessionInfo:
     local_index: int
     created: float
     initiator: bool
+    confirmed: bool = False                 # initiator side, or the peer has sent on it
 
 
 @dataclass
@@ -81,6 +82,8 @@ class Peer:
     last_handshake: float = float("-inf")   # monotonic
     first_unanswered: Optional[float] = None
     last_keepalive_sent: float = float("-inf")
+    confirm_by: Optional[float] = None      # our unconfirmed responder session: initiate after this
+    epoch: int = 0                          # bumped whenever the peer is closed/reset
 
     def set_state(self, new: PeerState) -> Optional[PeerState]:
         """Move to ``new``; returns the old state, or None when unchanged."""

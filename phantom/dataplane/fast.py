@@ -373,6 +373,11 @@ class FastDataPath:
 
     # ------------------------------------------------------------------- keys
     def install_keypair(self, kp: Keypair, confirmed: bool) -> None:
+        """Synchronous with respect to the worker: the keypair is in the C
+        index (under the engine lock) when this returns, so a datagram the
+        worker reads afterwards finds it.  The daemon relies on this to send
+        a handshake response only after the install (actions.py, "keys
+        before sends")."""
         if kp.peer_id not in self._peers:
             raise KeyError(kp.peer_id)
         self._engine.install_keypair(kp.peer_id, kp.local_index, kp.remote_index,
