@@ -175,7 +175,9 @@ class Daemon:
     async def _ticker(self) -> None:
         while not self._stop.is_set():
             try:
-                counters = {pid: self.dp.counters(pid) for pid in self.engine.peers}
+                # only the peers a timer rule can concern (the engine's
+                # active set): an idle peer costs the tick nothing
+                counters = {pid: self.dp.counters(pid) for pid in self.engine.active_ids()}
                 self._do(self.engine.tick(counters))
             except Exception:  # a bug in one tick must not stop the timers
                 log.exception("timer tick failed")
