@@ -45,6 +45,9 @@ def main(argv=None) -> int:
     p.add_argument("--peers", type=int, default=1000)
     p.add_argument("--count", type=int, default=2000)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--datapath", choices=("none", "reference", "fast"), default="none",
+                   help="also carry out the actions on a data path in test mode, as the daemon does "
+                        "(send the response, set the endpoint, install the keypair)")
     a = p.parse_args(argv)
     hub = bytearray(crypto.x25519_private())
     hub_pub = crypto.x25519_public(bytes(hub))
@@ -56,12 +59,43 @@ def main(argv=None) -> int:
     proto = hsload.PhantomProto(hub_pub)
     msgs = hsload.build_pool(proto, privs, a.count, time.time_ns())
     addr = ("10.202.0.1", 9000)
+    do = None
+    if a.datapath != "none":
+        import socket
+        from phantom.control import actions as A
+        from phantom.dataplane.types import Mode
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        test = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        test.bind(("127.0.0.1", 0))
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sink.bind(("127.0.0.1", 0))
+        sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        addr = sink.getsockname()
+        if a.datapath == "fast":
+            from phantom.dataplane.fast import FastDataPath as DP
+        else:
+            from phantom.dataplane.reference import ReferenceDataPath as DP
+        dp = DP(Mode.TEST, udp, None, test, events=None, tunables=Tunables())
+        for pid in eng.peers:
+            dp.add_peer(pid, [])
+
+        def do(actions):          # Daemon._do, the actions a handshake answer makes
+            for act in actions:
+                if isinstance(act, A.SendDatagram):
+                    dp.send_control(act.data, act.addr)
+                elif isinstance(act, A.InstallKeypair):
+                    dp.install_keypair(act.keypair, act.confirmed)
+                elif isinstance(act, A.SetEndpoint):
+                    dp.set_endpoint(act.peer_id, act.addr)
 
     def engine_path():
         t0 = time.perf_counter()
         answered = 0
         for m in msgs:
             out = eng.handle_datagram(m, addr)
+            if do is not None:
+                do(out)
             answered += bool(out)
         return (time.perf_counter() - t0) / len(msgs) * 1e6, answered
 
@@ -79,7 +113,7 @@ def main(argv=None) -> int:
         checker.check_mac1(m)
     mac1_us = (time.perf_counter() - t0) / len(msgs) * 1e6
     t0 = time.perf_counter()
-    infos = [hs.consume_initiation(hub, m) for m in msgs]
+    infos = [hs.consume_initiation(hub, m, local_static_public=hub_pub) for m in msgs]
     consume_us = (time.perf_counter() - t0) / len(msgs) * 1e6
     t0 = time.perf_counter()
     for i, info in enumerate(infos):
@@ -90,7 +124,8 @@ def main(argv=None) -> int:
         crypto.x25519(bytes(hub), hub_pub)
     dh_us = (time.perf_counter() - t0) / len(msgs) * 1e6
     print(f"peers {a.peers}, initiations {len(msgs)} (answered {answered})")
-    print(f"engine.handle_datagram per initiation: {us:8.1f} us  (= {1e6 / us:,.0f} per second on one core)")
+    what = "engine.handle_datagram" + ("" if do is None else " + %s data path" % a.datapath)
+    print(f"{what} per initiation: {us:8.1f} us  (= {1e6 / us:,.0f} per second on one core)")
     print(f"  check_mac1:                          {mac1_us:8.1f} us")
     print(f"  consume_initiation:                  {consume_us:8.1f} us")
     print(f"  create_response:                     {create_us:8.1f} us")

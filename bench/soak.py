@@ -156,6 +156,7 @@ class Soak:
         self.fw_errors: list[str] = []
         self.iperf_starts = 0
         self.iperf_bytes = 0
+        self.iperf_segments: list[dict] = []
         self.kills: list[dict] = []
         self.incarnation = 1
         self.t0 = 0.0
@@ -217,7 +218,8 @@ class Soak:
                 if left < 2:
                     break
                 self.iperf_starts += 1
-                client = topo.a.popen(["iperf3", "-c", TUN[1], "-p", "5201", "-t", str(int(left)), "-b", self.rate,
+                seg = int(min(left - 1, 20))          # 20 s segments: each reports what it moved
+                client = topo.a.popen(["iperf3", "-c", TUN[1], "-p", "5201", "-t", str(seg), "-b", self.rate,
                                        "--connect-timeout", "2000", "-J"], stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
                 while client.poll() is None and not self.stop.is_set():
@@ -227,7 +229,11 @@ class Soak:
                 with contextlib.suppress(Exception):
                     out = client.stdout.read()
                     doc = json.loads(out) if out else {}
-                    self.iperf_bytes += int(doc.get("end", {}).get("sum_received", {}).get("bytes", 0))
+                    got = int(doc.get("end", {}).get("sum_received", {}).get("bytes", 0))
+                    self.iperf_bytes += got
+                    self.iperf_segments.append({"t_end_s": round(time.monotonic() - self.t0, 1),
+                                                "seconds": seg, "mbit_per_s": round(got * 8 / seg / 1e6, 1),
+                                                "error": doc.get("error")})
                 client.stdout.close()
                 self.stop.wait(0.5)
         finally:
@@ -396,7 +402,8 @@ class Soak:
             "api_latency_s": {"n": len(lat), "max": round(max(lat), 3) if lat else None,
                               "median": round(sorted(lat)[len(lat) // 2], 4) if lat else None},
             "firewall_changes": self.fw_changes, "firewall_errors": self.fw_errors[:10],
-            "handshakes_seen_by_a": handshakes, "iperf_starts": self.iperf_starts, "iperf_gbytes": round(self.iperf_bytes / 1e9, 2),
+            "handshakes_seen_by_a": handshakes, "iperf_starts": self.iperf_starts, "iperf_gbytes": round(self.iperf_bytes / 1e9, 3),
+            "iperf_segments": self.iperf_segments,
             "growth_a": growth, "b_incarnations": b_inc, "samples": self.samples,
         })
         failures = []
@@ -451,7 +458,8 @@ def summary(res: dict) -> str:
              f"  probes answered {res['probes_answered']}/{res['probes_sent']}; kills of b: {len(res['kills'])} "
              f"(restarted in {[k['restarted_in_s'] for k in res['kills']]} s); firewall replaced "
              f"{res['firewall_changes']} times; iperf3 starts {res['iperf_starts']}, "
-             f"{res['iperf_gbytes']} GB received; handshakes seen by a "
+             f"{res['iperf_gbytes']} GB received (Mbit/s per segment "
+             f"{[x['mbit_per_s'] for x in res.get('iperf_segments', [])]}); handshakes seen by a "
              f"{res['handshakes_seen_by_a']} (distinct last_handshake times scraped)",
              f"  a (never restarted): RSS {g.get('rss_kb')} kB, growth {g.get('rss_growth')} after "
              f"{g.get('from_s')} s; fds {g.get('fds')} (+{g.get('fd_growth')})",

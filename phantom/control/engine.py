@@ -289,7 +289,7 @@ class Engine:
         if stop is not None:
             return stop
         try:
-            info = hs.consume_initiation(self._priv, data)
+            info = hs.consume_initiation(self._priv, data, local_static_public=self.public_key)
         except hs.HandshakeError:
             self.drops["bad_handshake"] += 1
             return []
