@@ -238,6 +238,7 @@ def run(proto, hub: tuple, privs: list[bytes], sources: list[str], seconds: floa
     nxt = 0
     sent = resent = responses = counted = cookie_replies = lost = late = unknown = 0
     start = time.monotonic()
+    cpu0 = time.process_time()
     m0, m1 = start + warmup, start + warmup + seconds
     first_counted = last_counted = None
     exhausted = False
@@ -315,6 +316,7 @@ def run(proto, hub: tuple, privs: list[bytes], sources: list[str], seconds: floa
         if exhausted and not inflight:
             break
     measured = min(now, m1) - m0
+    cpu_used = time.process_time() - cpu0
     for s in socks:
         s.close()
     return {
@@ -325,6 +327,9 @@ def run(proto, hub: tuple, privs: list[bytes], sources: list[str], seconds: floa
         "cookie_replies": cookie_replies, "lost": lost, "late_responses": late,
         "unparsed": unknown, "pool": len(pool), "pool_exhausted": exhausted,
         "pool_build_s": round(build_s, 2),
+        # the generator's own CPU over warm-up + measurement: near 100 % means
+        # it, not the responder, may be the limit
+        "generator_cpu_percent": round(100 * cpu_used / max(1e-9, now - start), 1),
     }
 
 

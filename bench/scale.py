@@ -330,7 +330,7 @@ def bench_one(topo, impl: str, n: int, keys: Keys, work: Path, args, log) -> dic
             res["handshakes"] = hs
             log(f"  {impl} N={n}: {hs['handshakes_per_s']} handshakes/s ({hs['keys']} keys, "
                 f"{hs['sources']} sources; cookies {hs['cookie_replies']}, lost {hs['lost']}, "
-                f"hub CPU {hs['hub_cpu_percent']}%, tunnel ping loss "
+                f"hub CPU {hs['hub_cpu_percent']}%, generator CPU {hs['generator_cpu_percent']}%, tunnel ping loss "
                 f"{hs['tunnel_ping_loss_percent_during_load']}%)")
         res["rss_kb_end"] = rss_kb(hub.pid)
         res["status"] = "ok"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import ipaddress
 import logging
 import os
@@ -96,6 +97,11 @@ def available() -> Optional[str]:
 
 def sockaddr_bytes(addr: tuple) -> bytes:
     """A Python socket address tuple as a raw ``struct sockaddr_in[6]``."""
+    return _sockaddr_bytes(tuple(addr))
+
+
+@functools.lru_cache(maxsize=16384)     # pure; ipaddress parsing is slow (issue #15)
+def _sockaddr_bytes(addr: tuple) -> bytes:
     host = addr[0].split("%")[0]
     ip = ipaddress.ip_address(host)
     if ip.version == 4:
