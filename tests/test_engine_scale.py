@@ -192,3 +192,28 @@ def test_active_set_ticks_exactly_like_every_peer(seed):
         assert worlds[0].log == worlds[1].log, "step %d" % step
     assert worlds[0].log, "the simulation did something"
     assert any(s[0] == "install" for s in worlds[0].log)
+
+
+def test_peers_by_name_and_key_without_a_walk():
+    import base64
+    from phantom.control.config import Settings
+    from phantom.daemon import Daemon
+    from phantom.dataplane.types import Mode
+    d = Daemon(Settings(mode=Mode.TEST), bytearray(crypto.x25519_private()))
+    keys = [crypto.x25519_public(bytes(_key())) for _ in range(3)]
+    p1 = d.engine.add_peer(keys[0], "alpha", [])
+    p2 = d.engine.add_peer(keys[1], "beta", [])
+    b64 = base64.b64encode(keys[2]).decode()
+    p3 = d.engine.add_peer(keys[2], "gamma", [])
+    assert d._peer_named("alpha") is p1
+    assert d._peer_named(base64.b64encode(keys[1]).decode()) is p2
+    assert d._peer_named(b64) is p3
+    assert d._peer_named("nobody") is None and d._peer_named("") is None
+    assert d._free_name("alpha") == "alpha-2" and d._free_name("delta") == "delta"
+    # a later peer named like an earlier peer's key: the earlier one wins, as before
+    p4 = d.engine.add_peer(crypto.x25519_public(bytes(_key())), b64, [])
+    assert d._peer_named(b64) is p3
+    d.engine.remove_peer(p3.id)
+    assert d._peer_named(b64) is p4
+    d.engine.remove_peer(p1.id)
+    assert d._peer_named("alpha") is None and d.engine.peer_by_name("alpha") is None

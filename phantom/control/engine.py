@@ -97,6 +97,7 @@ class Engine:
         self.active: dict[int, Peer] = {}                 # peers the tick visits (see the module doc)
         self._slept: dict[int, PeerCounters] = {}         # counters a peer last saw before sleeping
         self._by_key: dict[bytes, Peer] = {}
+        self._by_name: dict[str, list] = {}                # name -> peers with it, in id order
         self._indexes: dict[int, tuple[str, int]] = {}   # local index -> ("handshake"|"session", peer id)
         self._next_peer_id = 1
         self.drops: Counter = Counter()                   # handshake-level drops by reason
@@ -121,6 +122,7 @@ class Engine:
                     cookies=CookieGenerator(public_key, self.clock, self.t.cookie_refresh_time))
         self.peers[pid] = peer
         self._by_key[public_key] = peer
+        self._by_name.setdefault(peer.name, []).append(peer)
         self._wake(peer)
         return peer
 
@@ -146,6 +148,11 @@ class Engine:
     def peer_by_key(self, public_key: bytes) -> Optional[Peer]:
         return self._by_key.get(bytes(public_key))
 
+    def peer_by_name(self, name: str) -> Optional[Peer]:
+        """The first-added peer called ``name`` (a dict lookup, not a scan)."""
+        same = self._by_name.get(name)
+        return same[0] if same else None
+
     def remove_peer(self, peer_id: int) -> list:
         peer = self.peers.get(peer_id)
         if peer is None:
@@ -155,6 +162,11 @@ class Engine:
         self.active.pop(peer_id, None)
         self._slept.pop(peer_id, None)
         del self._by_key[peer.public_key]
+        same = self._by_name.get(peer.name, [])
+        if peer in same:
+            same.remove(peer)
+        if not same:
+            self._by_name.pop(peer.name, None)
         return out
 
     def open(self, peer_id: int, endpoint: Optional[tuple] = None) -> list:
