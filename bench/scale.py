@@ -30,7 +30,9 @@ implementation and each N, in this order:
      address, handshake included (the hub initiates: its route lookup for
      the last-configured peer);
   7. **throughput**: iperf3 one TCP stream hub -> client for --seconds through
-     the tunnel, with all N peers configured; the hub's CPU during it;
+     the tunnel, with all N peers configured; the hub's CPU during it, and
+     per GB moved (CPU seconds per GB: the cost per packet, which must not
+     grow with N);
   8. **handshakes/s**: bench/hsload.py in b initiates handshakes with the
      keys of peers 1..N-1 (not the client's) from --sources source
      addresses, closed loop, and counts responses (cookies handled as a real
@@ -352,7 +354,7 @@ def _f(x, spec="") -> str:
 
 def table(results: list[dict], baselines: dict) -> str:
     head = ["impl", "N", "ready s", "RSS MB", "KB/peer", "idle CPU %", "status s", "1st ping s",
-            "TCP1 Gbit/s", "hub CPU %", "handshakes/s", "hs hub CPU %", "ping loss %"]
+            "TCP1 Gbit/s", "hub CPU %", "hub CPU s/GB", "handshakes/s", "hs hub CPU %", "ping loss %"]
     rows = [head]
     for r in results:
         base = baselines.get(r["impl"])
@@ -360,11 +362,15 @@ def table(results: list[dict], baselines: dict) -> str:
         if r.get("rss_kb") is not None and base is not None and r["peers"] > 1:
             per = (r["rss_kb"] - base) / r["peers"]
         hs = r.get("handshakes") or {}
+        per_gb = None
+        if r.get("tcp1_gbit_per_s") and r.get("tcp1_hub_cpu_percent") is not None:
+            per_gb = (r["tcp1_hub_cpu_percent"] / 100) / (r["tcp1_gbit_per_s"] / 8)
         rows.append([r["impl"], str(r["peers"]), _f(r.get("ready_s"), ".2f"),
                      _f(r["rss_kb"] / 1024 if r.get("rss_kb") else None, ".0f"), _f(per, ".1f"),
                      _f(r.get("idle_cpu_percent"), ".1f"), _f(r.get("status_s"), ".2f"),
                      _f(r.get("first_ping_s"), ".2f"), _f(r.get("tcp1_gbit_per_s"), ".2f"),
-                     _f(r.get("tcp1_hub_cpu_percent"), ".0f"), _f(hs.get("handshakes_per_s"), ".0f"),
+                     _f(r.get("tcp1_hub_cpu_percent"), ".0f"), _f(per_gb, ".2f"),
+                     _f(hs.get("handshakes_per_s"), ".0f"),
                      _f(hs.get("hub_cpu_percent"), ".0f"),
                      _f(hs.get("tunnel_ping_loss_percent_during_load"), ".0f")])
         if r.get("status", "ok") != "ok":
