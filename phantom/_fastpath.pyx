@@ -618,8 +618,12 @@ cdef int _stage(fp_engine *e, fp_peer *peer, fp_pkt *pkt) noexcept nogil:
     packet is dropped (STAGED_OVERFLOW, counted here).  Returns the verdict."""
     cdef fp_staged *s
     cdef unsigned char *copy
-    if e.staged_max <= 0 or peer.staged == NULL:
+    if e.staged_max <= 0:
         return D_STAGED_OVERFLOW
+    if peer.staged == NULL:        # allocated on first use (add_peer)
+        peer.staged = <fp_staged *>calloc(e.staged_max, sizeof(fp_staged))
+        if peer.staged == NULL:
+            return D_STAGED_OVERFLOW   # a drop verdict: the caller counts it
     if peer.staged_count >= e.staged_max:
         s = &peer.staged[peer.staged_head]
         _wipe(s.buf, FP_PAYLOAD_OFFSET + s.len)
@@ -2226,11 +2230,9 @@ cdef class Engine:
         p = <fp_peer *>calloc(1, sizeof(fp_peer))
         if p == NULL:
             raise MemoryError()
-        if e.staged_max > 0:
-            p.staged = <fp_staged *>calloc(e.staged_max, sizeof(fp_staged))
-            if p.staged == NULL:
-                free(p)
-                raise MemoryError()
+        # p.staged stays NULL until the peer first stages a packet (_stage):
+        # most peers of a hub never wait for a handshake with traffic queued,
+        # and the ring is staged_max * 16 bytes (2 KB by default) per peer
         p.peer_id = peer_id
         with nogil:
             _lock(e)
