@@ -12,6 +12,7 @@ encrypt in place without extra copies.
 
 from __future__ import annotations
 
+import functools
 import hmac as _hmac
 
 import nacl.bindings as _nb
@@ -86,12 +87,20 @@ _PROBE_SCALAR = bytes(range(1, 33))   # any scalar: X25519 clamps it to a multip
 def is_small_order(public: bytes) -> bool:
     """True for an X25519 public key that no shared secret with is secret.
 
+    Remembered for the last 16,384 keys (a pure function of public data): a
+    hub loading 10,000 peers checks each key twice (config, engine), and the
+    trial Diffie-Hellman is ~50 us.
+
     Two checks: the known small-order encodings (top bit ignored, as X25519
     does), and a trial Diffie-Hellman with a fixed scalar -- libsodium's
     crypto_scalarmult refuses small-order points, and every clamped scalar
     is a multiple of 8, so any point of order 1, 2, 4 or 8 gives all zeros.
     """
-    public = bytes(public)
+    return _is_small_order(bytes(public))
+
+
+@functools.lru_cache(maxsize=16384)
+def _is_small_order(public: bytes) -> bool:
     if len(public) != KEY_SIZE:
         return True
     masked = public[:31] + bytes([public[31] & 0x7F])

@@ -95,6 +95,13 @@ def available() -> Optional[str]:
     return None
 
 
+def _network(n):
+    """An ipaddress network, parsed only if it is not one already."""
+    if isinstance(n, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return n
+    return ipaddress.ip_network(n)
+
+
 def sockaddr_bytes(addr: tuple) -> bytes:
     """A Python socket address tuple as a raw ``struct sockaddr_in[6]``."""
     return _sockaddr_bytes(tuple(addr))
@@ -312,7 +319,7 @@ class FastDataPath:
     def add_peer(self, peer_id: int, allowed_ips) -> None:
         if peer_id in self._peers:
             raise ValueError("peer %d exists" % peer_id)
-        nets = [ipaddress.ip_network(n) for n in allowed_ips]
+        nets = [_network(n) for n in allowed_ips]
         self._engine.add_peer(peer_id)
         self._peers.add(peer_id)
         self.set_allowed_ips(peer_id, nets)
@@ -335,7 +342,7 @@ class FastDataPath:
         O(N), not O(N^2) as rebuilding the whole trie each time was."""
         if peer_id not in self._peers:
             raise KeyError(peer_id)
-        nets = [ipaddress.ip_network(n) for n in allowed_ips]
+        nets = [_network(n) for n in allowed_ips]
         old = self._routes.peer_networks(peer_id)
         self._routes.set_peer(peer_id, nets)
         for net in old:
