@@ -199,7 +199,7 @@ def start_phantom(host: netns.Host, cfg: Path, fast: bool, log: Path, name: str)
     return Hub(d.pid, ready, d.stop, {"command": shlex.join(d.argv)}, api=d)
 
 
-def wg_conf(keys: Keys, n: int, client_ip: str, priv_file: Path) -> str:
+def wg_conf(keys: Keys, n: int, client_ip: str) -> str:
     lines = ["[Interface]", f"PrivateKey = {b64(keys.hub_priv)}", f"ListenPort = {PORT}", ""]
     for i in range(n):
         lines += ["[Peer]", f"PublicKey = {b64(keys.pubs[i])}", f"AllowedIPs = {peer_ip(i)}/32"]
@@ -296,7 +296,7 @@ def bench_one(topo, impl: str, n: int, keys: Keys, work: Path, args, log) -> dic
     try:
         if impl == "wireguard-go":
             tag = f"wgs{os.getpid() % 100000}"
-            hub = start_wg(topo.a, d, wg_conf(keys, n, topo.b.ip, d / "hub.key"), f"{HUB_TUN}/16", tag + "h")
+            hub = start_wg(topo.a, d, wg_conf(keys, n, topo.b.ip), f"{HUB_TUN}/16", tag + "h")
         else:
             cfg = phantom_hub_config(d, keys, n, topo.b.ip, args.log_level)
             hub = start_phantom(topo.a, cfg, impl == "fast", d / "hub.log", f"hub-{impl}-{n}")

@@ -18,7 +18,6 @@ import time
 import pytest
 
 from phantom.constants import Tunables
-from phantom.dataplane.routing import AllowedIPs
 from phantom.dataplane.types import Mode
 
 _fastpath = pytest.importorskip("phantom._fastpath", reason="phantom._fastpath is not built")
