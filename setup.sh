@@ -36,7 +36,13 @@ PY_PATH=$(command -v "$PYTHON")
 # --- 1. system packages ----------------------------------------------------------
 # Tools the demo and the network-namespace tests drive, plus what the build needs.
 PKGS=(iperf3 tcpdump iproute2 iptables conntrack wireguard-go wireguard-tools
-      gcc procps libcap2-bin kmod iputils-ping ca-certificates strace)
+      gcc procps libcap2-bin kmod iputils-ping ca-certificates strace
+      chromium chromium-driver systemd
+      postgresql)
+# chromium + chromium-driver: the dashboard's browser tests (Selenium drives
+# /usr/bin/chromedriver; nothing is downloaded); systemd: systemd-analyze
+# verifies examples/phantomd@.service.
+# postgresql: the directory's PostgreSQL store (its tests start their own cluster).
 # Debian's own python3 needs its venv and header packages; a pyenv or
 # self-built python3 brings both with it.
 PY_REAL=$("$PYTHON" -c 'import os, sys; print(os.path.realpath(sys.executable))')
@@ -90,10 +96,10 @@ pip_install() {
 # --- 3. Phantom and its Python dependencies ------------------------------------------------
 say "installing Python build tools"
 pip_install --upgrade "pip>=23" "setuptools>=64" wheel "Cython>=3" cffi
-say "installing phantom (editable) with the test and bench extras"
+say "installing phantom (editable) with the test, bench, postgres and dht extras"
 # No build isolation: the build uses the Cython just installed, and repeated
 # runs do not download a fresh build environment each time.
-pip_install --no-build-isolation -e "$ROOT[test,bench]"
+pip_install --no-build-isolation -e "$ROOT[test,bench,postgres,dht]"
 
 # --- 4. the fast path, in place -----------------------------------------------------------
 # Tests run from the repository root import ./phantom, so the compiled

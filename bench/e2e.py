@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""End-to-end throughput benchmark: bare veth, wireguard-go, phantomd (reference and --fast).
+"""End-to-end throughput benchmark: bare veth, wireguard-go, phantomd (reference and --fast), phantomd --fast <-> wireguard-go.
 
-    .venv/bin/python bench/e2e.py [--seconds N] [--runs R] [--only bare,wireguard-go,reference,fast] [--json out.json]
+    .venv/bin/python bench/e2e.py [--seconds N] [--runs R] [--only bare,wireguard-go,reference,fast,fast-wg]
+                                  [--json out.json]
 
 One invocation, one pair of fresh namespaces (a: 10.201.0.1, b: 10.201.0.2,
 joined by a veth pair, from ``phantom.netns.two_hosts()``).  The
@@ -14,7 +15,11 @@ configurations run one after another on the same pair:
                    10.99.0.1/24 <-> 10.99.0.2/24, MTU 1420 (phantom's default);
   4. fast          the same with ``phantomd --fast`` (the Cython data path).
                    When it does not start, its row says "not available: ..."
-                   and the run goes on.
+                   and the run goes on;
+  5. fast-wg       ``phantomd --fast`` in a with a WireGuard peer
+                   (``protocol = "wireguard"``), stock wireguard-go in b,
+                   10.98.0.1/24 <-> 10.98.0.2/24, MTU 1420: the interop row,
+                   to read against row 2 of the same run.
 
 For each configuration, once the tunnel answers a ping:
 
@@ -70,7 +75,9 @@ if str(REPO) not in sys.path:
 from phantom import netns  # noqa: E402
 from phantom.control.keys import encode_key, public_key, write_private_key  # noqa: E402
 
-CONFIGS = ("bare", "wireguard-go", "reference", "fast")
+CONFIGS = ("bare", "wireguard-go", "reference", "fast", "fast-wg")
+# fast-wg: phantomd --fast in a with a WireGuard peer (protocol = "wireguard"),
+# stock wireguard-go in b: the interop row, against wireguard-go <-> wireguard-go.
 TESTS = ("tcp1", "tcp4", "udp64")
 TEST_TITLES = {"tcp1": "TCP 1-stream", "tcp4": "TCP 4-stream", "udp64": "UDP 64 B"}
 BASELINE = "wireguard-go"
@@ -496,6 +503,78 @@ def setup_phantom(topo: netns.TwoHosts, work: Path, fast: bool) -> Iterator[Setu
             d.stop()
 
 
+def _phantom_wg_config(d: Path, key: Path, wg_pub: str, wg_ip: str) -> Path:
+    """phantomd in a, its one peer the wireguard-go in b."""
+    cfg = d / "phantom.toml"
+    cfg.write_text(f"""[interface]
+private_key_file = "{key}"
+listen_port = {PH_PORT}
+http_port = 4567
+mode = "tun"
+device = "phantom0"
+addresses = ["{WG_NET[0]}/24"]
+mtu = {WG_MTU}
+state_dir = "{d / 'state'}"
+
+[[peer]]
+name = "wg"
+protocol = "wireguard"
+public_key = "{wg_pub}"
+endpoint = "{wg_ip}:{WG_PORT}"
+allowed_ips = ["{WG_NET[1]}/32"]
+""")
+    return cfg
+
+
+@contextlib.contextmanager
+def setup_phantom_wg(topo: netns.TwoHosts, work: Path, fast: bool = True) -> Iterator[Setup]:
+    """phantomd (--fast) in a <-> wireguard-go in b, speaking WireGuard."""
+    for tool in ("wireguard-go", "wg"):
+        if shutil.which(tool) is None:
+            raise BenchError(f"{tool} is not installed (Debian: wireguard-go, wireguard-tools)")
+    WG_SOCK_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+    label = "fast" if fast else "reference"
+    root = work / f"phantom-wg-{label}"
+    root.mkdir(parents=True)
+    k = root / "private.key"
+    ph_pub = encode_key(public_key(write_private_key(k)))
+    wg_key, wg_pub = _wg_genkey(root, "wg-b")
+    side = WgSide(topo.b, f"wgp{os.getpid()}B", root / "wireguard-go-b.log")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    daemon = None
+    try:
+        side.start()
+        topo.b.run(["wg", "set", side.ifname, "listen-port", str(WG_PORT), "private-key", str(wg_key),
+                    "peer", ph_pub, "allowed-ips", f"{WG_NET[0]}/32",
+                    "endpoint", f"{topo.a.ip}:{PH_PORT}"], timeout=10)
+        topo.b.ns.ip_batch([f"addr add {WG_NET[1]}/24 dev {side.ifname}",
+                            f"link set dev {side.ifname} mtu {WG_MTU} up"])
+        cfg = _phantom_wg_config(root, k, wg_pub, topo.b.ip)
+        argv = ["--config", str(cfg)] + (["--fast"] if fast else [])
+        daemon = netns.DaemonProcess(topo.a, argv, log_path=root / "phantomd-a.log",
+                                     name=f"phantomd-wg-{label}-a", env=env, cwd=str(REPO)).start()
+        try:
+            daemon.wait_ready(DAEMON_READY_TIMEOUT)
+        except netns.RigError as exc:
+            raise BenchError(first_error_line(daemon.log()) if isinstance(exc, netns.DaemonExited)
+                             else str(exc).splitlines()[0]) from None
+        status = daemon.api("GET", "/status").body
+        path = status.get("data_path") if isinstance(status, dict) else None
+        if path != label:
+            raise BenchError(f"phantomd reports data_path={path!r}, expected {label!r}")
+        ping_ms = _wait_ping(topo, WG_NET[1])
+        yield Setup(WG_NET[1], {"a": daemon.pid, "b": side.proc.pid},
+                    {"data_path": path, "peer": "wireguard-go", "first_ping_ms": ping_ms,
+                     "command": shlex.join(daemon.argv), "interface_b": side.ifname})
+        if not daemon.running:
+            raise BenchError(f"{daemon.name} exited ({daemon.returncode}): {first_error_line(daemon.log())}")
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        side.stop()
+
+
 def setup_for(name: str, topo: netns.TwoHosts, work: Path):
     if name == "bare":
         return setup_bare(topo, work)
@@ -505,6 +584,8 @@ def setup_for(name: str, topo: netns.TwoHosts, work: Path):
         return setup_phantom(topo, work, fast=False)
     if name == "fast":
         return setup_phantom(topo, work, fast=True)
+    if name == "fast-wg":
+        return setup_phantom_wg(topo, work, fast=True)
     raise ValueError(name)
 
 

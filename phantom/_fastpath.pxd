@@ -16,9 +16,12 @@ cdef enum:
     FP_HEADER_SIZE = 16            # wire.TRANSPORT_HEADER_SIZE
     FP_PAYLOAD_OFFSET = 32         # wire.TRANSPORT_PAYLOAD_OFFSET
     FP_NONCE_SIZE = 24
+    FP_AEAD_NONCE_SIZE = 12        # ChaCha20-Poly1305 IETF (WireGuard)
+    FP_TAIL_ROOM = 32              # after a payload: WireGuard's padding (<16) and tag (16)
+    FP_RX_HEADROOM = 16            # before a receive buffer: a WireGuard payload lands at +16
     FP_MAX_INNER = 65535           # wire.MAX_INNER_SIZE
     FP_BUF_SIZE = 65631            # 65535 payload + 32 overhead + 64 slack (detects oversize)
-    FP_N_DROPS = 14                # len(types.Drop)
+    FP_N_DROPS = 15                # len(types.Drop)
     FP_INDEX_BUCKETS = 4096        # receiver-index hash (power of two)
     FP_EVENT_QUEUE = 4096          # pending events for the control plane
     FP_MACS = 4096                 # TAP MAC table size (power of two; learns up to 3/4)
@@ -35,6 +38,9 @@ cdef enum:
     EV_KEYPAIR_CONFIRMED = 3
     EV_ICMP_UNREACHABLE = 4        # data: the unroutable packet
     EV_SEND_FAILED = 5             # no data: count a SEND_FAILED for peer_id
+    # transport ciphers of a keypair (dataplane/ciphers.CipherKind)
+    CIPHER_SECRETBOX = 0           # Phantom: MAC at 16, payload at 32
+    CIPHER_CHACHA = 1              # WireGuard: payload padded to 16 at 16, tag after it
     # data path modes (types.Mode)
     MODE_TUN = 0
     MODE_TAP = 1
@@ -56,6 +62,7 @@ cdef enum:
     D_STAGED_OVERFLOW = 11
     D_BAD_INNER = 12
     D_SEND_FAILED = 13
+    D_CONTROL_OVERFLOW = 14
 
 
 cdef struct fp_replay:
@@ -71,6 +78,7 @@ cdef struct fp_keypair:
     double created
     uint64_t send_counter
     bint rekey_requested           # handshake_needed raised at rekey_after_messages
+    int cipher                     # CIPHER_SECRETBOX or CIPHER_CHACHA
     unsigned char send_key[32]
     unsigned char recv_key[32]
     fp_replay replay
@@ -98,7 +106,7 @@ cdef struct fp_peer:
     double last_tx
     double last_data_rx
     double last_data_tx
-    uint64_t drops[14]             # FP_N_DROPS
+    uint64_t drops[15]             # FP_N_DROPS
     fp_staged *staged              # ring of staged_max entries
     int staged_head
     int staged_count
@@ -161,7 +169,7 @@ cdef struct fp_engine:
     bint icmp4
     bint icmp6
     int icmp_pending               # ICMP_UNREACHABLE events not yet drained
-    uint64_t drops[14]             # global drops (every drop, peer known or not)
+    uint64_t drops[15]             # global drops (every drop, peer known or not)
     # events
     fp_event events[4096]          # FP_EVENT_QUEUE
     int ev_head
@@ -187,6 +195,9 @@ cdef struct fp_pkt:
     uint32_t local_index
     uint64_t counter
     bint was_next
+    int cipher                     # the keypair's, copied with the key
+    size_t wire_off                # outbound: the datagram starts at buf + wire_off (0, WireGuard 16)
+    size_t wire_tail               # outbound: bytes after the payload (WireGuard padding + tag)
     unsigned char key[32]
 
 

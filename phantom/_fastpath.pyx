@@ -36,18 +36,25 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcmp, memcpy, memset
 
 from phantom.includes.system cimport *
-from phantom.includes.sodium cimport secretbox_fn, memzero_fn
+from phantom.includes.sodium cimport secretbox_fn, memzero_fn, aead_encrypt_fn, aead_decrypt_fn
 from phantom.includes.linux cimport *
 
 from phantom import crypto as _crypto
 from phantom import constants as _constants
 from phantom import wire as _wire
+from phantom.wire import wireguard as _wgwire
+from phantom.dataplane import ciphers as _ciphers
 
 
 # --- libsodium, bound once through cffi ---------------------------------------------
 cdef secretbox_fn _seal_fn = <secretbox_fn><uintptr_t>_crypto.libsodium_symbol_address("crypto_secretbox_easy")
 cdef secretbox_fn _open_fn = <secretbox_fn><uintptr_t>_crypto.libsodium_symbol_address("crypto_secretbox_open_easy")
 cdef memzero_fn _memzero_fn = <memzero_fn><uintptr_t>_crypto.libsodium_symbol_address("sodium_memzero")
+# WireGuard peers' keypairs (cipher CIPHER_CHACHA): ChaCha20-Poly1305, IETF nonce
+cdef aead_encrypt_fn _chacha_seal_fn = <aead_encrypt_fn><uintptr_t>_crypto.libsodium_symbol_address(
+    "crypto_aead_chacha20poly1305_ietf_encrypt")
+cdef aead_decrypt_fn _chacha_open_fn = <aead_decrypt_fn><uintptr_t>_crypto.libsodium_symbol_address(
+    "crypto_aead_chacha20poly1305_ietf_decrypt")
 
 # The C constants must agree with the Python modules they mirror.
 assert FP_HEADER_SIZE == _wire.TRANSPORT_HEADER_SIZE
@@ -55,6 +62,12 @@ assert FP_PAYLOAD_OFFSET == _wire.TRANSPORT_PAYLOAD_OFFSET
 assert FP_MAX_INNER == _wire.MAX_INNER_SIZE
 assert FP_REPLAY_WINDOW == _constants.REPLAY_WINDOW_SIZE
 assert FP_REPLAY_BLOCKS * 64 == FP_REPLAY_WINDOW + 64
+assert CIPHER_SECRETBOX == _ciphers.CipherKind.SECRETBOX
+assert CIPHER_CHACHA == _ciphers.CipherKind.CHACHA20POLY1305
+assert FP_HEADER_SIZE == _wgwire.TRANSPORT_HEADER_SIZE
+assert FP_TAIL_ROOM >= _wgwire.PADDING_MULTIPLE - 1 + _wgwire.AEAD_TAG_SIZE
+from phantom.dataplane.types import Drop as _Drop
+assert FP_N_DROPS == len(_Drop) and D_CONTROL_OVERFLOW == _Drop.CONTROL_OVERFLOW
 
 cdef uint64_t REPLAY_LIMIT = _constants.REJECT_AFTER_MESSAGES
 cdef uint16_t _ENDIAN_PROBE = 1
@@ -62,6 +75,9 @@ cdef size_t MAX_DATAGRAM = _wire.MAX_DATAGRAM_SIZE
 cdef size_t INITIATION_SIZE = _wire.INITIATION_SIZE
 cdef size_t RESPONSE_SIZE = _wire.RESPONSE_SIZE
 cdef size_t COOKIE_REPLY_SIZE = _wire.COOKIE_REPLY_SIZE
+cdef size_t WG_INITIATION_SIZE = _wgwire.INITIATION_SIZE
+cdef size_t WG_RESPONSE_SIZE = _wgwire.RESPONSE_SIZE
+assert _wgwire.COOKIE_REPLY_SIZE == COOKIE_REPLY_SIZE
 
 DROP_COUNT = FP_N_DROPS
 # TUN ioctls and flags, for the Python side (kernel ABI values)
@@ -148,6 +164,110 @@ cdef inline int _open_packet(unsigned char *buf, size_t wire_len, uint64_t count
     cdef unsigned char n[24]
     _nonce(n, counter)
     return _open_fn(buf + FP_PAYLOAD_OFFSET, buf + FP_HEADER_SIZE, wire_len - FP_HEADER_SIZE, n, key)
+
+
+# --- ChaCha20-Poly1305 (WireGuard), in place ---------------------------------------------
+cdef inline size_t _wg_padded(size_t n, size_t mtu) noexcept nogil:
+    """wire.wireguard.padded_length: up to a multiple of 16, never past the MTU."""
+    cdef size_t last = n, padded
+    if mtu and last > mtu:
+        last = last % mtu
+    padded = (last + 15) & ~(<size_t>15)
+    if mtu and padded > mtu:
+        padded = mtu
+    return n + padded - last
+
+
+cdef inline void _aead_nonce(unsigned char *n, uint64_t counter) noexcept nogil:
+    """4 zero bytes, then the counter u64 little-endian."""
+    cdef int i
+    n[0] = 0
+    n[1] = 0
+    n[2] = 0
+    n[3] = 0
+    for i in range(8):
+        n[4 + i] = (counter >> (8 * i)) & 0xff
+
+
+cdef inline int _seal_chacha(unsigned char *buf, size_t length, size_t mtu, uint32_t remote_index,
+                             uint64_t counter, const unsigned char *key, size_t *tail) noexcept nogil:
+    """Plaintext at buf[32:32+length] is zero-padded and encrypted in place; the
+    header goes to buf[16:32] and the tag after the padded ciphertext, so the
+    datagram is buf[16 : 32 + padded + 16].  ``tail`` gets padded - length + 16."""
+    cdef unsigned char n[12]
+    cdef size_t padded = _wg_padded(length, mtu)
+    cdef unsigned long long clen = 0
+    if padded > length:
+        memset(buf + FP_PAYLOAD_OFFSET + length, 0, padded - length)
+    _put_header(buf + FP_HEADER_SIZE, remote_index, counter)
+    _aead_nonce(n, counter)
+    tail[0] = padded - length + FP_MAC_SIZE
+    return _chacha_seal_fn(buf + FP_PAYLOAD_OFFSET, &clen, buf + FP_PAYLOAD_OFFSET, padded,
+                           NULL, 0, NULL, n, key)
+
+
+cdef inline int _open_chacha(unsigned char *buf, size_t wire_len, uint64_t counter,
+                             const unsigned char *key) noexcept nogil:
+    """Ciphertext||tag at buf[16:wire_len] becomes the (padded) plaintext at
+    buf[16 : wire_len - 16]."""
+    cdef unsigned char n[12]
+    cdef unsigned long long mlen = 0
+    _aead_nonce(n, counter)
+    return _chacha_open_fn(buf + FP_HEADER_SIZE, &mlen, NULL, buf + FP_HEADER_SIZE,
+                           wire_len - FP_HEADER_SIZE, NULL, 0, n, key)
+
+
+cdef inline size_t _ip_length(const unsigned char *p, size_t n) noexcept nogil:
+    """The length an IPv4/IPv6 header gives its packet (0: neither, or truncated)."""
+    if n >= 20 and p[0] >> 4 == 4:
+        return (<size_t>p[2] << 8) | p[3]
+    if n >= 40 and p[0] >> 4 == 6:
+        return 40 + ((<size_t>p[4] << 8) | p[5])
+    return 0
+
+
+def chacha_seal_packet(const unsigned char[::1] key, uint32_t remote_index, uint64_t counter,
+                       const unsigned char[::1] plaintext, size_t mtu=0):
+    """A whole WireGuard transport datagram, sealed by the worker's own code
+    (tests compare it with dataplane/ciphers.py)."""
+    _check_key(key)
+    cdef Py_ssize_t n = plaintext.shape[0]
+    cdef unsigned char *buf = <unsigned char *>calloc(FP_PAYLOAD_OFFSET + n + FP_TAIL_ROOM, 1)
+    cdef size_t tail = 0
+    cdef int rc
+    if buf == NULL:
+        raise MemoryError()
+    if n:
+        memcpy(buf + FP_PAYLOAD_OFFSET, &plaintext[0], n)
+    with nogil:
+        rc = _seal_chacha(buf, n, mtu, remote_index, counter, &key[0], &tail)
+    out = PyBytes_FromStringAndSize(<char *>buf + FP_HEADER_SIZE, FP_HEADER_SIZE + n + tail)
+    free(buf)
+    if rc != 0:
+        raise _crypto.CryptoError("chacha20poly1305 seal failed")
+    return out
+
+
+def chacha_open_packet(const unsigned char[::1] key, const unsigned char[::1] datagram):
+    """(index, counter, padded plaintext) of a WireGuard datagram, or None when forged."""
+    _check_key(key)
+    cdef Py_ssize_t n = datagram.shape[0]
+    cdef unsigned char *buf
+    cdef int rc
+    if n < FP_PAYLOAD_OFFSET:
+        return None
+    buf = <unsigned char *>malloc(n)
+    if buf == NULL:
+        raise MemoryError()
+    memcpy(buf, &datagram[0], n)
+    with nogil:
+        rc = _open_chacha(buf, n, _le64(buf + 8), &key[0])
+    out = None
+    if rc == 0:
+        out = (_le32(buf + 4), _le64(buf + 8),
+               PyBytes_FromStringAndSize(<char *>buf + FP_HEADER_SIZE, n - FP_PAYLOAD_OFFSET))
+    free(buf)
+    return out
 
 
 def _check_key(const unsigned char[::1] key):
@@ -633,7 +753,7 @@ cdef int _stage(fp_engine *e, fp_peer *peer, fp_pkt *pkt) noexcept nogil:
         peer.staged_count -= 1
         e.drops[D_STAGED_OVERFLOW] += 1
         peer.drops[D_STAGED_OVERFLOW] += 1
-    copy = <unsigned char *>malloc(FP_PAYLOAD_OFFSET + pkt.len)
+    copy = <unsigned char *>malloc(FP_PAYLOAD_OFFSET + pkt.len + FP_TAIL_ROOM)
     if copy == NULL:
         return D_STAGED_OVERFLOW
     memcpy(copy + FP_PAYLOAD_OFFSET, pkt.buf + FP_PAYLOAD_OFFSET, pkt.len)
@@ -751,6 +871,7 @@ cdef int _out_prepare(fp_engine *e, fp_pkt *pkts, int n, double now, bint route,
         kp.send_counter += 1
         pkt.local_index = kp.remote_index     # what goes on the wire
         pkt.kp_serial = kp.serial
+        pkt.cipher = kp.cipher
         memcpy(pkt.key, kp.send_key, FP_KEY_SIZE)
         memcpy(&pkt.addr, &peer.endpoint, peer.endpoint_len)
         pkt.addrlen = peer.endpoint_len
@@ -762,8 +883,9 @@ cdef int _out_prepare(fp_engine *e, fp_pkt *pkts, int n, double now, bint route,
 
 
 cdef void _out_seal(fp_engine *e, fp_pkt *pkts, int n) noexcept nogil:
-    """Phase 3 (no lock): header + secretbox in place.  A packet whose seal
-    fails is dropped and its buffer wiped: it can never reach the wire."""
+    """Phase 3 (no lock): header + the keypair's cipher in place (secretbox
+    for Phantom peers, ChaCha20-Poly1305 for WireGuard peers).  A packet whose
+    seal fails is dropped and its buffer wiped: it can never reach the wire."""
     cdef int i, rc
     cdef fp_pkt *pkt
     for i in range(n):
@@ -772,6 +894,10 @@ cdef void _out_seal(fp_engine *e, fp_pkt *pkts, int n) noexcept nogil:
             continue
         if e.fault_seal:
             rc = -1        # fault injection (tests): behave as if libsodium failed
+        elif pkt.cipher == CIPHER_CHACHA:
+            pkt.wire_off = FP_HEADER_SIZE
+            rc = _seal_chacha(pkt.buf, pkt.len, e.max_inner, pkt.local_index, pkt.counter,
+                              pkt.key, &pkt.wire_tail)
         else:
             rc = _seal_packet(pkt.buf, pkt.len, pkt.local_index, pkt.counter, pkt.key)
         _wipe(pkt.key, FP_KEY_SIZE)
@@ -814,12 +940,12 @@ cdef int _send_batch(int fd, fp_pkt *pkts, int n, mmsghdr *msgs, iovec *iovs, in
         if pkts[i].verdict != V_PASS:
             i += 1
             continue
-        size = FP_PAYLOAD_OFFSET + pkts[i].len - payload_offset
+        size = FP_PAYLOAD_OFFSET + pkts[i].len + pkts[i].wire_tail - payload_offset - pkts[i].wire_off
         memset(&msgs[m].msg_hdr, 0, sizeof(msghdr))
         msgs[m].msg_hdr.msg_name = &pkts[i].addr
         msgs[m].msg_hdr.msg_namelen = pkts[i].addrlen
         msgs[m].msg_hdr.msg_iov = &iovs[i]
-        iovs[i].iov_base = pkts[i].buf + payload_offset
+        iovs[i].iov_base = pkts[i].buf + payload_offset + pkts[i].wire_off
         iovs[i].iov_len = size
         map[m] = i
         seg = 1
@@ -831,10 +957,10 @@ cdef int _send_batch(int fd, fp_pkt *pkts, int n, mmsghdr *msgs, iovec *iovs, in
             while more and j < n and seg < GSO_MAX_SEGMENTS:
                 if pkts[j].verdict != V_PASS or not _same_addr(&pkts[i], &pkts[j]):
                     break
-                k = FP_PAYLOAD_OFFSET + pkts[j].len - payload_offset
+                k = FP_PAYLOAD_OFFSET + pkts[j].len + pkts[j].wire_tail - payload_offset - pkts[j].wire_off
                 if <size_t>k > size or total + k > GSO_MAX_BYTES:
                     break
-                iovs[i + seg].iov_base = pkts[j].buf + payload_offset
+                iovs[i + seg].iov_base = pkts[j].buf + payload_offset + pkts[j].wire_off
                 iovs[i + seg].iov_len = k
                 total += k
                 seg += 1
@@ -906,7 +1032,7 @@ cdef int _account(fp_engine *e, fp_pkt *pkts, int n, double now, bint outbound) 
             if peer != NULL:
                 peer.drops[v] += 1
         elif v == V_PASS and outbound and peer != NULL:
-            peer.tx_bytes += FP_PAYLOAD_OFFSET + pkt.len
+            peer.tx_bytes += FP_PAYLOAD_OFFSET + pkt.len + pkt.wire_tail - pkt.wire_off
             peer.tx_packets += 1
             peer.last_tx = now
             if pkt.len:
@@ -934,13 +1060,17 @@ cdef int _in_prepare(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nog
             continue
         t = pkt.buf[0]
         if t == 1 or t == 2 or t == 3:
+            # exact sizes, Phantom's or WireGuard's (as wire.demux.classify)
             expect = INITIATION_SIZE if t == 1 else (RESPONSE_SIZE if t == 2 else COOKIE_REPLY_SIZE)
-            if pkt.len != expect:
-                pkt.verdict = D_MALFORMED      # as wire.message_type: exact sizes
+            if pkt.len != expect and not ((t == 1 and pkt.len == WG_INITIATION_SIZE)
+                                          or (t == 2 and pkt.len == WG_RESPONSE_SIZE)):
+                pkt.verdict = D_MALFORMED
             else:
-                pkt.verdict = V_CONSUMED
                 if _ev_push(e, EV_CONTROL_PACKET, -1, 0, pkt.buf, pkt.len, &pkt.addr, pkt.addrlen):
+                    pkt.verdict = V_CONSUMED
                     events += 1
+                else:
+                    pkt.verdict = D_CONTROL_OVERFLOW   # the control plane's queue is full
             continue
         if t != 4:
             pkt.verdict = D_MALFORMED
@@ -967,19 +1097,29 @@ cdef int _in_prepare(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nog
             pkt.verdict = D_REPLAY
             continue
         pkt.kp_serial = kp.serial
+        pkt.cipher = kp.cipher
         memcpy(pkt.key, kp.recv_key, FP_KEY_SIZE)
     return events
 
 
 cdef void _in_open(fp_pkt *pkts, int n) noexcept nogil:
-    """Phase 3 (no lock): authenticate and decrypt in place."""
+    """Phase 3 (no lock): authenticate and decrypt in place with the keypair's
+    cipher.  A WireGuard payload lands at buf + 16; buf is then moved back 16
+    bytes (into the receive buffer's headroom, or the tail of the datagram
+    before it in a GRO batch, never written) so that for every later phase
+    the payload is at buf + FP_PAYLOAD_OFFSET and len - FP_PAYLOAD_OFFSET long."""
     cdef int i, rc
     cdef fp_pkt *pkt
     for i in range(n):
         pkt = &pkts[i]
         if pkt.verdict != V_PASS:
             continue
-        rc = _open_packet(pkt.buf, pkt.len, pkt.counter, pkt.key)
+        if pkt.cipher == CIPHER_CHACHA:
+            rc = _open_chacha(pkt.buf, pkt.len, pkt.counter, pkt.key)
+            if rc == 0:
+                pkt.buf -= FP_PAYLOAD_OFFSET - FP_HEADER_SIZE
+        else:
+            rc = _open_packet(pkt.buf, pkt.len, pkt.counter, pkt.key)
         _wipe(pkt.key, FP_KEY_SIZE)
         if rc != 0:
             pkt.verdict = D_AUTH_FAILED
@@ -1025,6 +1165,16 @@ cdef int _in_commit(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nogi
                 peer.rx_packets += 1
                 peer.last_rx = now
                 plen = pkt.len - FP_PAYLOAD_OFFSET
+                if plen and pkt.cipher == CIPHER_CHACHA:
+                    # WireGuard pads to 16: the inner packet says where it ends
+                    bits = <int>_ip_length(pkt.buf + FP_PAYLOAD_OFFSET, plen)
+                    if bits == 0 or <size_t>bits > plen:
+                        pkt.verdict = D_BAD_INNER
+                        _count_drop(e, pkt)
+                        peer.last_data_rx = now
+                        continue
+                    plen = <size_t>bits
+                    pkt.len = FP_PAYLOAD_OFFSET + plen
                 if plen == 0:
                     pkt.verdict = V_CONSUMED      # keepalive
                 else:
@@ -1095,7 +1245,7 @@ cdef int _flush_staged(fp_engine *e, int slot) noexcept nogil:
         _account(e, pkts, n, now, True)
         _unlock(e)
         for i in range(n):
-            _wipe(pkts[i].buf, FP_PAYLOAD_OFFSET + pkts[i].len)
+            _wipe(pkts[i].buf, FP_PAYLOAD_OFFSET + pkts[i].len + pkts[i].wire_tail)
             free(pkts[i].buf)
     if events:
         _notify(e)
@@ -1754,6 +1904,9 @@ cdef int _fw_classify(fp_engine *e, fp_pkt *pkts, int n, int direction, size_t o
 
 # --- one batch each way (worker thread) -------------------------------------------------
 cdef inline void _pkt_reset(fp_pkt *pkt) noexcept nogil:
+    pkt.cipher = CIPHER_SECRETBOX
+    pkt.wire_off = 0
+    pkt.wire_tail = 0
     pkt.verdict = V_PASS
     pkt.peer_slot = -1
     pkt.peer_serial = 0
@@ -2424,9 +2577,12 @@ cdef class Engine:
     # keys ----------------------------------------------------------------------------------
     def install_keypair(self, int64_t peer_id, uint32_t local_index, uint32_t remote_index,
                         const unsigned char[::1] send_key, const unsigned char[::1] recv_key,
-                        double created, bint confirmed):
+                        double created, bint confirmed, int cipher=CIPHER_SECRETBOX):
         """Install a keypair as current (confirmed) or next, then flush the
-        peer's staged packets if it has a usable current keypair."""
+        peer's staged packets if it has a usable current keypair.  ``cipher``
+        (dataplane/ciphers.CipherKind) is what its packets are sealed with."""
+        if cipher != CIPHER_SECRETBOX and cipher != CIPHER_CHACHA:
+            raise ValueError("unknown cipher %d" % cipher)
         cdef int slot = self._slot(peer_id)
         cdef fp_engine *e = self.e
         cdef fp_keypair *kp
@@ -2441,6 +2597,7 @@ cdef class Engine:
         kp.remote_index = remote_index
         kp.peer_slot = slot
         kp.created = created
+        kp.cipher = cipher
         memcpy(kp.send_key, &send_key[0], FP_KEY_SIZE)
         memcpy(kp.recv_key, &recv_key[0], FP_KEY_SIZE)
         with nogil:
@@ -2533,14 +2690,14 @@ cdef class Engine:
         cdef int verdict
         if n > FP_MAX_INNER:
             raise ValueError("packet too large")
-        buf = <unsigned char *>malloc(FP_PAYLOAD_OFFSET + n + 1)
+        buf = <unsigned char *>malloc(FP_PAYLOAD_OFFSET + n + FP_TAIL_ROOM)
         if buf == NULL:
             raise MemoryError()
         if n:
             memcpy(buf + FP_PAYLOAD_OFFSET, &data[0], n)
         with nogil:
             verdict = _send_single(self.e, slot, buf, n, True)
-            _wipe(buf, FP_PAYLOAD_OFFSET + n)
+            _wipe(buf, FP_PAYLOAD_OFFSET + n + FP_TAIL_ROOM)
             free(buf)
         return verdict
 
@@ -2548,7 +2705,7 @@ cdef class Engine:
         """Send an empty transport packet on the current keypair.  Returns False
         (and queues handshake_needed) when there is no usable keypair."""
         cdef int slot = self._slot(peer_id)
-        cdef unsigned char buf[FP_PAYLOAD_OFFSET]
+        cdef unsigned char buf[64]           # FP_PAYLOAD_OFFSET + FP_TAIL_ROOM (a WireGuard tag)
         cdef int verdict
         with nogil:
             verdict = _send_single(self.e, slot, buf, 0, False)
@@ -2687,9 +2844,11 @@ cdef class Worker:
         if w.flood_buf == NULL:
             raise MemoryError()
         for i in range(w.rx_msgs):
-            w.rx_bufs[i] = <unsigned char *>malloc(FP_BUF_SIZE)
+            # FP_RX_HEADROOM in front: _in_open moves a WireGuard packet's buf there
+            w.rx_bufs[i] = <unsigned char *>malloc(FP_RX_HEADROOM + FP_BUF_SIZE)
             if w.rx_bufs[i] == NULL:
                 raise MemoryError()
+            w.rx_bufs[i] += FP_RX_HEADROOM
             w.in_pkts[i].buf = w.rx_bufs[i]
         w.epfd = epoll_create1(EPOLL_CLOEXEC)
         w.stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
@@ -2722,8 +2881,8 @@ cdef class Worker:
         if w.rx_bufs != NULL:
             for i in range(w.rx_msgs):
                 if w.rx_bufs[i] != NULL:
-                    _wipe(w.rx_bufs[i], FP_BUF_SIZE)
-                    free(w.rx_bufs[i])
+                    _wipe(w.rx_bufs[i] - FP_RX_HEADROOM, FP_RX_HEADROOM + FP_BUF_SIZE)
+                    free(w.rx_bufs[i] - FP_RX_HEADROOM)
         if w.flood_buf != NULL:
             _wipe(w.flood_buf, FP_BUF_SIZE)
             free(w.flood_buf)

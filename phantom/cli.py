@@ -16,6 +16,7 @@ Elsewhere::
 
     phantom demo ...                  phantom.demo.main
     phantom directory serve ...       phantom.control.directory.main
+    phantom wg import|export|genpsk   phantom.control.wireguard.cli.main
 
 API options (before or after the subcommand): ``--api URL`` (default
 http://127.0.0.1:4567, or $PHANTOM_API), ``--socket PATH`` ($PHANTOM_SOCKET),
@@ -146,7 +147,7 @@ class ApiClient:
 
 
 # --- output -----------------------------------------------------------------------------------
-PEER_COLUMNS = ("name", "endpoint", "allowed_ips", "state", "latest_handshake",
+PEER_COLUMNS = ("name", "endpoint", "allowed_ips", "state", "protocol", "latest_handshake",
                 "rx_bytes", "tx_bytes", "public_key")
 
 
@@ -268,6 +269,8 @@ def cmd_open(args) -> int:
     if args.allowed_ips:
         body["allowed_ips"] = [n.strip() for arg in args.allowed_ips for n in arg.split(",")
                                if n.strip()]
+    if args.protocol:
+        body["protocol"] = args.protocol
     target = urllib.parse.quote(args.target, safe=":[]")
     result = _client(args).request("POST", "/open/" + target, body or None)
     _emit(args, result, format_kv)
@@ -344,6 +347,24 @@ def cmd_firewall(args) -> int:
     return 0
 
 
+def _format_reload(r) -> str:
+    lines = []
+    for key in ("added", "removed", "changed", "unchanged"):
+        items = r.get(key) or []
+        if isinstance(items, dict):
+            items = ["%s (%s)" % (n, ", ".join(f)) for n, f in sorted(items.items())]
+        lines.append("%-10s %s" % (key + ":", ", ".join(items) or "-"))
+    lines.append("%-10s %s" % ("firewall:", "replaced" if r.get("firewall") else "unchanged"))
+    for note in r.get("notes") or []:
+        lines.append("note: %s" % note)
+    return "\n".join(lines)
+
+
+def cmd_reload(args) -> int:
+    _emit(args, _client(args).request("POST", "/reload"), _format_reload)
+    return 0
+
+
 # --- dispatch ---------------------------------------------------------------------------------
 def _api_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
@@ -378,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--name", metavar="NAME", help="name to give the peer")
     o.add_argument("--allowed-ips", metavar="CIDR[,CIDR]", action="append",
                    help="inner prefixes to route to a new peer (repeatable)")
+    o.add_argument("--protocol", choices=("phantom", "wireguard"),
+                   help="what a new peer speaks (default phantom; wireguard: a stock WireGuard peer)")
     o.set_defaults(func=cmd_open)
 
     c = sub.add_parser("close", parents=[common], help="close the tunnel to a peer")
@@ -394,14 +417,23 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("file", help="rules file (.json or .toml; '-' reads JSON from stdin)")
     f.set_defaults(func=cmd_firewall)
 
+    sub.add_parser("reload", parents=[common],
+                   help="re-read phantomd's config file: peers and firewall change in place"
+                   ).set_defaults(func=cmd_reload)
+    sub.add_parser("verify", help="capture the wire while a marker crosses a peer's tunnel: "
+                   "is anything plaintext? (root, on the daemon's host)", add_help=False)
     sub.add_parser("demo", help="two namespaces, two daemons, one tunnel (see README)", add_help=False)
     sub.add_parser("directory", help="the public-key directory: `phantom directory serve ...`",
+                   add_help=False)
+    sub.add_parser("wg", help="WireGuard configs: `phantom wg import wg0.conf`, `phantom wg export`",
                    add_help=False)
     return p
 
 
 # Subcommands implemented in other modules: everything after the word goes to them.
-DELEGATED = {"demo": "phantom.demo", "directory": "phantom.control.directory"}
+DELEGATED = {"demo": "phantom.demo", "directory": "phantom.control.directory",
+             "wg": "phantom.control.wireguard.cli",
+             "verify": "phantom.verify"}
 
 
 def _delegate(command: str, rest: list[str]) -> int:

@@ -25,7 +25,8 @@ Start-up order (each step can fail with a clear message and exit code):
      every task in /proc/self/task is checked (uid, gid, no groups, all five
      capability sets 0, NoNewPrivs 1) and start-up fails if one differs;
   7. start the data path, publish to the key directory, run the timer tick,
-     handle SIGTERM/SIGINT (stop) and SIGHUP (reload the firewall).
+     handle SIGTERM/SIGINT (stop) and SIGHUP (reload the config file in
+     place: :mod:`phantom.control.reload`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import sys
 import time
 from typing import Optional
 
-from . import __version__
+from . import __version__, crypto
 from .constants import Tunables
 from .control import actions as A
 from .control.config import ConfigError, Settings, parse_daemon_args
@@ -66,6 +67,9 @@ class Daemon:
         self.udp = None
         self.test_sock = None
         self.fw = self._compile_firewall(settings.firewall)   # bad rules: ConfigError before anything opens
+        # WireGuard peers' preshared keys, read now (as root, before any user
+        # switch) and checked like the private key: a bad file exits 2.
+        self._psks = self._load_preshared_keys(settings)
         self._api_runner = None
         self._stop = asyncio.Event()
         self._state_changed = asyncio.Condition()
@@ -76,6 +80,11 @@ class Daemon:
         self._dir_tasks: set = set()
         self._endorsement_checks: dict = {}   # public key -> monotonic time of the last lookup
         self.drop_to = None              # passwd entry to switch to in serve() (root only), set by main()
+        self._uapi = None                # WireGuard's UAPI socket ([interface] uapi = true)
+        from .control import reload as _reload
+        self._file_settings = _reload.baseline(settings)   # the file as read at start (reload diffs)
+        self._metrics = None             # prometheus-client registry, made at the first scrape
+        self._metrics_runner = None      # the metrics_listen server, when configured
 
     # ------------------------------------------------------------- setup
     def open_privileged(self) -> None:
@@ -107,12 +116,26 @@ class Daemon:
             self.dp = ReferenceDataPath(s.mode, self.udp, fd, self.test_sock, **kwargs)
         for pc in s.peers:
             peer = self.engine.add_peer(pc.public_key, pc.name, pc.allowed_ips, pc.endpoint,
-                                        pc.persistent_keepalive)
+                                        pc.persistent_keepalive, protocol=pc.protocol,
+                                        preshared_key=self._psks.get(pc.name))
             self.dp.add_peer(peer.id, pc.allowed_ips)
             if pc.endpoint:
                 self.dp.set_endpoint(peer.id, pc.endpoint)
+        for psk in self._psks.values():          # the engine holds its own copies
+            crypto.memzero(psk)
+        self._psks.clear()
         if s.mode is Mode.TEST and self.engine.peers:
             self.dp.set_test_peer(next(iter(self.engine.peers)))
+
+    @staticmethod
+    def _load_preshared_keys(settings: Settings) -> dict:
+        from .control.wireguard.keys import load_preshared_key
+        psks = {}
+        for i, pc in enumerate(settings.peers):
+            if pc.preshared_key_file is not None:
+                psks[pc.name] = load_preshared_key(pc.preshared_key_file,
+                                                   "peer[%d].preshared_key_file" % i)
+        return psks
 
     def _compile_firewall(self, section: dict):
         from .dataplane import firewall
@@ -187,20 +210,99 @@ class Daemon:
                 pass
 
     # ------------------------------------------------------- key directory
-    def _start_directory(self) -> None:
-        """Publish our record and keep it fresh; pin configured names."""
-        from .control.directory import DirectoryClient
-        self.directory = DirectoryClient(self.s.directory, self._dir_key,
-                                         trusted_signers=self.s.trusted_signers)
+    async def _start_directory(self) -> None:
+        """Publish our record and keep it fresh; pin configured names; watch our peers."""
+        if self.s.directory == "dht":
+            from .control.directory.client import DhtDirectoryClient
+            self.directory = DhtDirectoryClient(
+                self._dir_key, listen="0.0.0.0:%d" % self.s.dht_port,
+                bootstrap=self.s.dht_bootstrap, trusted_signers=self.s.trusted_signers)
+            await self.directory.start()
+        else:
+            from .control.directory import DirectoryClient
+            self.directory = DirectoryClient(self.s.directory, self._dir_key,
+                                             trusted_signers=self.s.trusted_signers)
         for p in self.engine.peers.values():
             self.directory.pin(p.name, p.public_key)
         if self.s.trusted_signers:
             self.engine.report_unknown_keys = True
         if self.s.name:
             allowed = ["%s/%d" % (a.ip, a.max_prefixlen) for a in self.s.addresses]
-            endpoints = ["%s:%d" % ep if ":" not in ep[0] else "[%s]:%d" % ep for ep in self.s.endpoints]
-            self._spawn(self.directory.keep_published(self.s.name, endpoints, allowed))
-            log.info("publishing %s to the directory %s", self.s.name, self.s.directory)
+            self._spawn(self.directory.keep_published(self.s.name, self._advertised, allowed,
+                                                      retry=2.0 if self.s.directory == "dht" else 5.0))
+            log.info("publishing %s to the directory %s", self.s.name, self._directory_text())
+        self._spawn(self._watch_peers())
+
+    def _directory_text(self) -> str:
+        d = self.s.directory
+        if d == "dht":
+            return "dht (bootstrap %s)" % (", ".join("%s:%d" % b for b in self.s.dht_bootstrap) or "none")
+        return ", ".join(d) if isinstance(d, list) else str(d)
+
+    def _advertised(self) -> list:
+        """Our endpoints for the directory: the configured ones, or with
+        endpoints = "auto", the address this host reaches the directory (or the
+        first DHT bootstrap node) from, asked again on every call."""
+        eps = [ep for ep in self.s.endpoints if ep[0] != "auto"]
+        if self.s.endpoints_auto:
+            ip = _source_address(self._directory_hosts())
+            port = self.udp.getsockname()[1] if self.udp else self.s.listen_port
+            if ip and (ip, port) not in eps:
+                eps.insert(0, (ip, port))
+        return ["%s:%d" % ep if ":" not in ep[0] else "[%s]:%d" % ep for ep in eps]
+
+    def _directory_hosts(self) -> list:
+        import urllib.parse
+        if self.s.directory == "dht":
+            return [h for h, _ in self.s.dht_bootstrap]
+        urls = self.s.directory if isinstance(self.s.directory, list) else [self.s.directory]
+        return [urllib.parse.urlsplit(u).hostname for u in urls if urllib.parse.urlsplit(u).hostname]
+
+    async def _watch_peers(self) -> None:
+        """Follow our peers' records (pushed by a directory front end, polled on the
+        DHT): a peer that published a new endpoint is reached there at once."""
+        from .control.directory import DirectoryError
+        watching, task = frozenset(), None
+        try:
+            while not self._stop.is_set():
+                keys = frozenset(p.public_key for p in self.engine.peers.values())
+                if keys != watching or (task is not None and task.done()):
+                    if task is not None:
+                        task.cancel()
+                    watching = keys
+                    task = asyncio.ensure_future(self.directory.watch(keys, self._peer_record))
+                try:
+                    await asyncio.wait_for(self._stop.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    pass
+        except DirectoryError as exc:   # pragma: no cover - watch logs and retries itself
+            log.warning("watching peers' records stopped: %s", exc)
+        finally:
+            if task is not None:
+                task.cancel()
+
+    def _peer_record(self, rec) -> None:
+        """A newer verified record of one of our peers."""
+        peer = self.engine.peer_by_key(rec.public_key)
+        if peer is None:
+            return
+        if rec.revoked:
+            log.warning("peer=%s revoked its key in the directory", peer.name)
+            if peer.dynamic:
+                self._do(self.engine.remove_peer(peer.id))
+                self.dp.remove_peer(peer.id)
+            return
+        if not rec.endpoints:
+            return
+        eps = [plain(e) for e in rec.endpoints]
+        if peer.endpoint is not None and plain(peer.endpoint) in eps:
+            return
+        log.info("peer=%s moved: the directory says %s (was %s)", peer.name, format_endpoint(eps[0]),
+                 format_endpoint(peer.endpoint) if peer.endpoint else "-")
+        peer.endpoint = eps[0]
+        self._do([A.SetEndpoint(peer.id, eps[0])])
+        if peer.state is PeerState.ESTABLISHED:
+            self._do([A.SendKeepalive(peer.id)])
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -230,14 +332,22 @@ class Daemon:
             return
         if rec is None or not rec.endorsed or self.engine.peer_by_key(public_key) is not None:
             return
-        self._add_from_record(rec, plain(addr))
+        try:
+            self._add_from_record(rec, plain(addr))
+        except BadRequest as exc:
+            log.info("endorsed key not admitted: %s", exc)
+            return
         log.info("peer=%s admitted: its record carries a trusted endorsement", rec.name)
 
-    def _add_from_record(self, rec, endpoint):
+    def _add_from_record(self, rec, endpoint, name: Optional[str] = None):
         """A peer learnt from the directory.  Its allowed IPs are its own claim:
         they are taken only when a trusted signer endorsed the record, or when
         they lie inside our own interface subnets; never over another peer's."""
         import ipaddress
+        protocol = getattr(rec, "protocol", "phantom")     # the record says what the key speaks
+        if protocol == "wireguard" and self.s.mode is not Mode.TUN:
+            raise BadRequest("%s is a WireGuard peer (its directory record says so): it needs a "
+                             "daemon in tun mode" % rec.name)
         connected = [a.network for a in self.s.addresses]
         taken = {n for p in self.engine.peers.values() for n in p.allowed_ips}
         nets = []
@@ -245,7 +355,8 @@ class Daemon:
             inside = any(n.version == c.version and n.subnet_of(c) for c in connected)
             if (rec.endorsed or inside) and n not in taken:
                 nets.append(ipaddress.ip_network(n))
-        peer = self.engine.add_peer(rec.public_key, self._free_name(rec.name), nets, endpoint, dynamic=True)
+        peer = self.engine.add_peer(rec.public_key, self._free_name(name or rec.name), nets, endpoint,
+                                    dynamic=True, protocol=protocol)
         self.dp.add_peer(peer.id, nets)
         if endpoint:
             self.dp.set_endpoint(peer.id, endpoint)
@@ -260,12 +371,14 @@ class Daemon:
             i += 1
         return "%s-%d" % (name, i)
 
-    async def _resolve(self, name: Optional[str] = None, endpoint=None):
-        """A directory record by name, or by advertised endpoint; None if absent."""
+    async def _resolve(self, name: Optional[str] = None, endpoint=None, key: Optional[bytes] = None):
+        """A directory record by name, key, or advertised endpoint; None if absent."""
         if self.directory is None:
             return None
         from .control.directory import DirectoryError
         try:
+            if key is not None:
+                return await self.directory.resolve_key(key, fresh=True)   # the user asked: no negative cache
             if name:
                 return await self.directory.resolve_name(name)
             for rec in await self.directory.list_records():
@@ -300,7 +413,7 @@ class Daemon:
         return peer
 
     async def open(self, endpoint: tuple, public_key: Optional[str] = None, name: Optional[str] = None,
-                   allowed_ips=None) -> dict:
+                   allowed_ips=None, protocol: Optional[str] = None) -> dict:
         from .control.keys import decode_public_key
         peer = None
         rec = None
@@ -309,7 +422,29 @@ class Daemon:
             if not name:
                 raise BadRequest("give an endpoint IP:PORT or a peer name")
             peer = self._peer_named(name)
-            if peer is None:
+            if peer is None and public_key:
+                # a name of our choosing for a key looked up in the directory (the DHT
+                # answers by key only): names never come from the directory's data
+                try:
+                    key = decode_public_key(public_key)
+                except ValueError as exc:
+                    raise BadRequest("public_key: %s" % exc) from None
+                if key == self.engine.public_key:
+                    raise BadRequest("public_key: this daemon's own public key cannot be a peer")
+                peer = self.engine.peer_by_key(key)
+                if peer is None:
+                    rec = await self._resolve(key=key)
+                    if rec is None:
+                        raise NotFound("no record for key %s in the key directory" % public_key
+                                       if self.directory else "no peer %r in the config (and no "
+                                       "--directory)" % name)
+                    if not rec.endpoints:
+                        raise BadRequest("the directory record of %s has no endpoint" % public_key)
+                    endpoint = plain(rec.endpoints[0])
+                    self.directory.pin(name, key)
+            if endpoint is not None:
+                pass
+            elif peer is None:
                 rec = await self._resolve(name=name)
                 if rec is None:
                     raise NotFound("no peer %r in the config%s" % (
@@ -318,7 +453,13 @@ class Daemon:
                     raise BadRequest("the directory record of %s has no endpoint" % name)
                 endpoint = plain(rec.endpoints[0])
             elif peer.endpoint is None:
-                raise BadRequest("peer %s has no known endpoint: open it as IP:PORT" % peer.name)
+                # a configured key without an endpoint: where it is now is the directory's
+                found = await self._resolve(key=peer.public_key)
+                if found is None or not found.endpoints:
+                    raise BadRequest("peer %s has no known endpoint: open it as IP:PORT%s" % (
+                        peer.name, "" if self.directory is None else
+                        " (the key directory has no endpoint for it either)"))
+                endpoint = plain(found.endpoints[0])
             else:
                 endpoint = plain(peer.endpoint)
         elif public_key:
@@ -346,7 +487,7 @@ class Daemon:
         if peer is None and rec is not None:
             peer = self.engine.peer_by_key(rec.public_key)
             if peer is None:
-                peer = self._add_from_record(rec, endpoint)
+                peer = self._add_from_record(rec, endpoint, name if public_key else None)
                 created = True
         if peer is None:
             nets = []
@@ -356,11 +497,16 @@ class Daemon:
             except ValueError as exc:
                 raise BadRequest("allowed_ips: %s" % exc) from None
             try:
-                peer = self.engine.add_peer(key, name or "", nets, endpoint, dynamic=True)
+                peer = self.engine.add_peer(key, name or "", nets, endpoint, dynamic=True,
+                                            protocol=protocol or "phantom")
             except ValueError as exc:
                 raise Conflict(str(exc)) from None
             self.dp.add_peer(peer.id, nets)
             created = True
+        if protocol is not None and peer.protocol != protocol:
+            raise Conflict("peer %s speaks %s, not %s" % (peer.name, peer.protocol, protocol))
+        if peer.protocol == "wireguard" and self.s.mode is not Mode.TUN:
+            raise BadRequest("a WireGuard peer carries IP packets: it needs a daemon in tun mode")
         if self.s.mode is Mode.TEST:
             self.dp.set_test_peer(peer.id)
         if peer.state is PeerState.ESTABLISHED:
@@ -407,6 +553,7 @@ class Daemon:
         info = {
             "name": peer.name,
             "public_key": _b64(peer.public_key),
+            "protocol": peer.protocol,
             "endpoint": format_endpoint(self.dp.endpoint(peer.id) or peer.endpoint),
             "allowed_ips": [str(n) for n in peer.allowed_ips],
             "state": peer.state.value,
@@ -417,6 +564,7 @@ class Daemon:
             "drops": c.drops,
             "persistent_keepalive": peer.persistent_keepalive,
             "sessions": len(peer.sessions),
+            "path": peer.path,
         }
         if already:
             info["already_established"] = True
@@ -458,22 +606,34 @@ class Daemon:
         log.info("firewall replaced (%d rules)", len(new.describe().get("rules", [])))
         return new.describe()
 
-    def reload_firewall(self) -> None:
-        from .control.config import read_config_file, settings_from_mapping
-        if self.s.config_path is None:
-            log.info("SIGHUP: no config file to reload")
-            return
+    async def reload(self) -> dict:
+        """Re-read the config file and apply it in place (POST /reload, `phantom
+        reload`); a bad file changes nothing and is refused naming the key."""
+        from .control import reload as _reload
         try:
-            doc = read_config_file(self.s.config_path)
-            fresh = settings_from_mapping(doc, base=self.s.config_path.resolve().parent)
-            from .dataplane import firewall
-            new = firewall.build(fresh.firewall, self._peer_names(), self.s.mode, previous=self.fw)
-        except Exception as exc:
-            log.error("SIGHUP: firewall not reloaded: %s", exc)
-            return
-        self.fw = new
-        self.dp.set_firewall(new)
-        log.info("SIGHUP: firewall reloaded from %s", self.s.config_path)
+            return _reload.reload(self)
+        except ConfigError as exc:
+            log.error("reload refused, nothing changed: %s", exc)
+            raise BadRequest("config not reloaded, nothing changed: %s" % exc) from None
+
+    def reload_signal(self) -> None:
+        """SIGHUP: the same reload; the outcome goes to the log."""
+        from .control import reload as _reload
+        try:
+            _reload.reload(self)
+        except ConfigError as exc:
+            log.error("SIGHUP: reload refused, nothing changed: %s", exc)
+        except Exception:  # a bug must not take the daemon down from a signal handler
+            log.exception("SIGHUP: reload failed")
+
+    reload_firewall = reload_signal      # the old name (SIGHUP used to reload the firewall only)
+
+    def metrics(self) -> bytes:
+        """GET /metrics: the Prometheus text format, read at scrape time."""
+        from .control import metrics as _metrics
+        if self._metrics is None:
+            self._metrics = _metrics.make_registry(self)
+        return _metrics.render(self._metrics)
 
     # ------------------------------------------------------------------ run
     async def serve(self) -> None:
@@ -486,18 +646,30 @@ class Daemon:
         self._api_runner = await start_api(app, self.s.http_listen if self.s.http_port else None,
                                            self.s.http_port,
                                            str(self.s.http_socket) if self.s.http_socket else None)
+        if self.s.metrics_listen:
+            from .control.opsapi import create_metrics_app
+            host, port = self.s.metrics_listen
+            self._metrics_runner = await start_api(create_metrics_app(self), host, port)
         self.build()
-        _preload()
+        if self.s.uapi:                  # /var/run/wireguard/<device>.sock, made while still root
+            from .control.wireguard.uapi import DaemonBackend, UapiServer
+            self._uapi = UapiServer(DaemonBackend(self), self.device.name)
+            try:
+                await self._uapi.start()
+            except OSError as exc:
+                raise ConfigError("interface.uapi", "cannot serve %s: %s"
+                                  % (self._uapi.path, exc.strerror or exc)) from None
+        _preload(dht=self.s.directory == "dht")
         if self.drop_to is not None:     # main() locked down before the loop existed
             switch_user(self.drop_to)    # every thread; verified task by task
         self.uid = os.getuid()
         self.dp.start()
         if self.s.directory:
-            self._start_directory()
+            await self._start_directory()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_firewall)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_signal)
         for peer in list(self.engine.peers.values()):
             if peer.endpoint is not None and peer.persistent_keepalive:
                 self._do(self.engine.open(peer.id))
@@ -514,6 +686,10 @@ class Daemon:
             await self.directory.close()
             self.directory.wipe()
         await self._api_runner.cleanup()
+        if self._uapi is not None:
+            await self._uapi.close()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
         self.dp.close()
         if self.device:
             self.device.close()
@@ -522,7 +698,7 @@ class Daemon:
             self.test_sock.close()
 
 
-def _preload() -> None:
+def _preload(dht: bool = False) -> None:
     """Import, while still root, every module the daemon may need later: the
     unprivileged user may not be able to read the Python installation (a
     pyenv under /root, say), and a lazy import after the drop would fail."""
@@ -534,6 +710,33 @@ def _preload() -> None:
     from .control import keys, config  # noqa: F401
     from .dataplane import firewall, packet  # noqa: F401
     from .control import directory as _directory  # noqa: F401  (imports sqlite3 too)
+    from .control import metrics, reload, opsapi, events  # noqa: F401  (prometheus-client too)
+    import platform  # noqa: F401  (prometheus-client's platform collector)
+    from .control.directory import client as _client  # noqa: F401
+    if dht:
+        import libtorrent  # noqa: F401
+        from .control.directory.store import dht as _dht  # noqa: F401
+
+
+def _source_address(hosts) -> Optional[str]:
+    """The local address this host sends from towards the first of ``hosts`` that
+    routes (a connected UDP socket sends nothing)."""
+    import socket
+    for host in hosts:
+        try:
+            infos = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)
+        except OSError:
+            continue
+        for family, _, _, _, addr in infos:
+            try:
+                with socket.socket(family, socket.SOCK_DGRAM) as s:
+                    s.connect(addr)
+                    ip = s.getsockname()[0]
+            except OSError:
+                continue
+            if ip and not ip.startswith("127.") and ip != "::1":
+                return ip
+    return None
 
 
 def _b64(key: bytes) -> str:

@@ -148,7 +148,7 @@ def test_state_changing_get_is_refused():
 
 def test_unknown_routes_are_404_json():
     async def t(c, ctl):
-        for method, path in [("GET", "/nope"), ("POST", "/nope"), ("GET", "/"),
+        for method, path in [("GET", "/nope"), ("POST", "/nope"), ("GET", "/dashboard/nope.js"),
                              ("POST", "/open/"), ("POST", "/open/a/b")]:
             st, body = await call(c, method, path, headers=AUTH)
             assert st == 404 and "error" in body, (method, path)

@@ -200,3 +200,36 @@ def test_open_with_allowed_ips(server, capsys):
                          "--allowed-ips", "10.9.0.11/32,fd09::11/128", "--allowed-ips", "10.70.0.0/16")
     assert rc == 0, err
     assert server.controller.calls[-1][-1] == ["10.9.0.11/32", "fd09::11/128", "10.70.0.0/16"]
+
+
+def test_reload_prints_what_changed_and_errors_name_the_key(server, capsys):
+    from phantom.control.errors import BadRequest
+    outcome = {"added": ["carol"], "removed": ["dave"], "changed": {"bob": ["endpoint"]},
+               "unchanged": ["erin"], "firewall": True,
+               "notes": ["interface.listen_port changed: needs a restart (not applied)"]}
+
+    async def reload():
+        return outcome
+    server.controller.reload = reload
+    rc, out, err = phantom(server, capsys, "reload")
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[:5] == ["added:     carol", "removed:   dave", "changed:   bob (endpoint)",
+                         "unchanged: erin", "firewall:  replaced"]
+    assert lines[5].startswith("note: interface.listen_port changed")
+    rc, out, _ = phantom(server, capsys, "reload", "--json")
+    assert json.loads(out) == outcome
+
+    async def refuse():
+        raise BadRequest("config not reloaded, nothing changed: peer[1].endpoint: bad port")
+    server.controller.reload = refuse
+    rc, out, err = phantom(server, capsys, "reload", via_socket=True)
+    assert rc == 1 and err.strip() == \
+        "error: config not reloaded, nothing changed: peer[1].endpoint: bad port"
+
+
+def test_verify_is_a_subcommand():
+    cp = subprocess.run([sys.executable, "-m", "phantom.cli", "verify", "--help"], cwd=REPO,
+                        capture_output=True, text=True, timeout=30,
+                        env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert cp.returncode == 0 and "--send-to" in cp.stdout and "marker" in cp.stdout

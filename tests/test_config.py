@@ -150,6 +150,10 @@ def test_load_settings_accepts_a_namespace(tmp_path):
     ("[interface]\nmtu = 500\n", "interface.mtu"),
     ("[interface]\nmtu = 70000\n", "interface.mtu"),
     ("[interface]\nmtu = 1200\naddresses = [\"fd00::1/64\"]\n", "interface.mtu"),
+    # "²" is a digit to str.isdigit() but not to int(): a ConfigError, not a ValueError
+    ("[interface]\nmtu = \"\u00b2\"\n", "interface.mtu"),
+    ("[interface]\nlisten_port = \"\u00b2\"\n", "interface.listen_port"),
+    ("[interface]\ntest_port = \"\u2466\"\n", "interface.test_port"),
     ("[interface]\nmode = \"tunnel\"\n", "interface.mode"),
     ("[interface]\ndevice = \"a-very-long-device-name\"\n", "interface.device"),
     ("[interface]\naddresses = [\"10.0.0.1/24\", \"10.0.0.300/24\"]\n", "interface.addresses[1]"),

@@ -530,13 +530,13 @@ def test_store_persists_and_purges_expired_but_keeps_revocations(tmp_path):
                 await ca.publish("alice", ["192.0.2.1:9000"], [], 100)
                 await cb.publish("bob", ["192.0.2.2:9000"], [], 100)
                 await cb.revoke()
-        store.close()
+        await store.close()
         store = d.DirectoryStore(db)
-        assert store.count() == 2
-        assert store.purge(int(clock()) + 101) == 1
-        assert [r.name for r in store.list(int(clock()) + 101)] == ["bob"]
-        assert store.get(d.b64(crypto.x25519_public(bytes(b)))).revoked
-        store.close()
+        assert await store.count() == 2
+        assert await store.purge(int(clock()) + 101) == 1
+        assert [r.name for r in await store.list(int(clock()) + 101)] == ["bob"]
+        assert (await store.get(d.b64(crypto.x25519_public(bytes(b))))).revoked
+        await store.close()
     run(main())
 
 

@@ -217,3 +217,22 @@ def test_peers_by_name_and_key_without_a_walk():
     assert d._peer_named(b64) is p4
     d.engine.remove_peer(p1.id)
     assert d._peer_named("alpha") is None and d.engine.peer_by_name("alpha") is None
+
+
+def test_a_peer_changed_in_place_is_reindexed_and_woken():
+    """A config reload changes fields in place (reload.py): the renamed peer
+    is found under its new name, and a keepalive given to a sleeping peer
+    runs at the next tick."""
+    clock = Clock()
+    e = Engine(_key(), Tunables(), clock=clock, wall_clock=Clock(1.7e9))
+    p = e.add_peer(crypto.x25519_public(bytes(_key())), "old", [], endpoint=("10.0.0.9", 9000))
+    e.tick({})
+    assert e.active_ids() == []
+    p.name = "new"
+    p.persistent_keepalive = 5.0
+    p.wanted = True
+    e.peer_changed(p, "old")
+    assert e.peer_by_name("new") is p and e.peer_by_name("old") is None
+    clock.t += 6
+    out = e.tick({p.id: PeerCounters()})
+    assert any(isinstance(a, A.SendDatagram) for a in out), "persistent keepalive starts a handshake"

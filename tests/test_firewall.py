@@ -817,3 +817,16 @@ def test_v6_related_packet_too_big():
     other = IPv6(src="fd00::fe", dst="fd00::1") / ICMPv6PacketTooBig(mtu=1280) / raw(
         IPv6(src="fd00::1", dst="fd00::3") / TCP(sport=40000, dport=80))
     assert fw.classify(IN, raw(other), 1, now=1.0).action == Action.DROP
+
+
+@pytest.mark.parametrize("where", ["rule", "allow_protocols"])
+@pytest.mark.parametrize("proto", ["\u00b2", "\u0661\u0667", "\u2466"])
+def test_protocol_as_non_ascii_digits_is_a_firewall_error(where, proto):
+    """Found by fuzzing (fuzz/fuzz_firewall.py): str.isdigit() is true for "²"
+    (and other Unicode digits) but int() refuses some of them, so a plain
+    ValueError escaped the compiler instead of a FirewallError naming the field."""
+    doc = ({"rule": [{"direction": "in", "action": "drop", "proto": proto}]} if where == "rule"
+           else {"allow_protocols": [proto]})
+    with pytest.raises(FirewallError) as exc:
+        parse_rules(doc, {})
+    assert "protocol" in str(exc.value)

@@ -16,6 +16,10 @@ PUT    /firewall               replace the firewall rules (JSON object body)
 GET    /openapi.json           an OpenAPI 3 description of these routes
 ====== ======================= ============================================
 
+The operations routes (the dashboard at ``/``, ``/metrics``, ``/events``,
+``/auth``, ``POST /reload``) live in :mod:`phantom.control.opsapi`, behind
+the same middlewares.
+
 Security (see README "Security model"):
 
 * every state-changing request (any method but GET/HEAD/OPTIONS) needs
@@ -454,9 +458,9 @@ async def open_tunnel(request: web.Request) -> web.Response:
         body = {}
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object like {\"public_key\": \"...\", \"name\": \"...\"}")
-    unknown = set(body) - {"public_key", "name", "allowed_ips"}
+    unknown = set(body) - {"public_key", "name", "allowed_ips", "protocol"}
     if unknown:
-        raise BadRequest("unknown field(s) in body: %d (known: public_key, name, allowed_ips)"
+        raise BadRequest("unknown field(s) in body: %d (known: public_key, name, allowed_ips, protocol)"
                          % len(unknown))
     public_key = body.get("public_key")
     if public_key is not None:
@@ -478,6 +482,10 @@ async def open_tunnel(request: web.Request) -> web.Response:
                                     for i, n in enumerate(nets)]
         except ConfigError as exc:
             raise BadRequest(str(exc)) from None
+    if body.get("protocol") is not None:
+        if body["protocol"] not in ("phantom", "wireguard"):
+            raise BadRequest("protocol must be \"phantom\" or \"wireguard\"")
+        extra["protocol"] = body["protocol"]
 
     endpoint: Optional[tuple[str, int]]
     if PEER_NAME.match(target) and not _looks_like_address(target):
@@ -491,7 +499,7 @@ async def open_tunnel(request: web.Request) -> web.Response:
         except ConfigError:
             raise BadRequest("malformed endpoint: write IP:PORT (port 1..65535) or [IPv6]:PORT "
                              "with a unicast address, or a peer name") from None
-    # allowed_ips is passed only when given, so a controller may omit the keyword.
+    # allowed_ips and protocol are passed only when given, so a controller may omit the keywords.
     result = await _call(_controller(request).open(endpoint, public_key, name, **extra))
     return json_response(result)
 
@@ -556,6 +564,8 @@ def create_app(controller, token: str, *, allowed_hosts: Iterable[str] = ()) -> 
     r.add_get("/firewall", get_firewall)
     r.add_put("/firewall", put_firewall)
     r.add_get("/openapi.json", get_openapi)
+    from phantom.control import opsapi   # dashboard, /metrics, /events, /auth, /reload
+    opsapi.add_routes(app)
     return app
 
 
@@ -648,7 +658,10 @@ OPENAPI: dict = {
                                 "allowed_ips": {"type": "array", "maxItems": 256,
                                                 "items": {"type": "string"},
                                                 "description": "CIDR prefixes routed to a "
-                                                               "new peer"}}},
+                                                               "new peer"},
+                                "protocol": {"type": "string", "enum": ["phantom", "wireguard"],
+                                             "description": "what a new peer speaks "
+                                                            "(default phantom)"}}},
             "Peer": _OBJ,
             "Firewall": _OBJ,
         },
@@ -709,3 +722,11 @@ OPENAPI: dict = {
                                   "responses": {"200": _ok("OpenAPI 3 document", _OBJ)}}},
     },
 }
+
+
+def _add_ops_paths() -> None:
+    from phantom.control import opsapi
+    OPENAPI["paths"].update(opsapi.openapi_paths(_ok, _err, _COMMON_ERRORS, _MUTATION_ERRORS, _OBJ))
+
+
+_add_ops_paths()

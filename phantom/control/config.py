@@ -70,6 +70,8 @@ class PeerConfig:
     endpoint: Optional[tuple[str, int]] = None         # (ip, port); None: wait for the peer
     allowed_ips: list[IPNetwork] = field(default_factory=list)
     persistent_keepalive: int = 0                      # seconds, 0 = off
+    protocol: str = "phantom"                          # PROTOCOLS: what this peer speaks
+    preshared_key_file: Optional[Path] = None          # WireGuard's optional psk (base64 file)
 
     @property
     def public_key_b64(self) -> str:
@@ -88,6 +90,7 @@ class Settings:
     http_port: int = DEFAULT_HTTP_PORT
     http_listen: str = DEFAULT_HTTP_LISTEN
     http_socket: Optional[Path] = None
+    metrics_listen: Optional[tuple[str, int]] = None    # GET /metrics alone on its own IP:PORT
     test_port: int = DEFAULT_TEST_PORT
     test_deliver: Optional[tuple[str, int]] = None
     mode: Mode = DEFAULT_MODE
@@ -97,10 +100,14 @@ class Settings:
     state_dir: Path = field(default_factory=default_state_dir)
     user: Optional[str] = None
     fast: bool = False
+    uapi: bool = False                                  # serve WireGuard's UAPI socket (wg show/set)
     log_level: str = DEFAULT_LOG_LEVEL
-    directory: Optional[str] = None
+    directory: Optional[Any] = None        # a URL, a list of URLs, or "dht"
+    dht_bootstrap: list[tuple[str, int]] = field(default_factory=list)  # with directory = "dht"
+    dht_port: int = 6881                   # the DHT node's UDP port (directory = "dht")
     name: Optional[str] = None                          # our name in the key directory
     endpoints: list[tuple[str, int]] = field(default_factory=list)   # advertised in the directory
+    endpoints_auto: bool = False           # endpoints = "auto": the address we reach the directory from
     trusted_signers: list[bytes] = field(default_factory=list)      # Ed25519 keys of endorsers
     peers: list[PeerConfig] = field(default_factory=list)
     firewall: dict = field(default_factory=dict)
@@ -187,7 +194,7 @@ def parse_interface_address(text: Any, key: str) -> IPInterface:
 
 
 def parse_port(value: Any, key: str, *, allow_zero: bool = False) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():   # not "²"
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(key, "must be a port number (an integer), not %r" % (value,))
@@ -201,8 +208,11 @@ def parse_port(value: Any, key: str, *, allow_zero: bool = False) -> int:
 SECTIONS = ("interface", "peer", "firewall", "tunables")
 INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen", "http_socket",
                   "test_port", "test_deliver", "mode", "device", "addresses", "mtu", "state_dir",
-                  "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers")
-PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive")
+                  "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers",
+                  "metrics_listen", "dht_bootstrap", "dht_port", "uapi")
+PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive", "protocol",
+             "preshared_key_file")
+PROTOCOLS = ("phantom", "wireguard")
 
 
 def _unknown(key: str, name: str, known) -> ConfigError:
@@ -287,7 +297,26 @@ def _http_listen(value, key: str) -> str:
         raise ConfigError(key, "%r is not an IP address (e.g. 127.0.0.1 or ::1)" % value) from None
 
 
-def _directory(value, key: str) -> str:
+def _directory(value, key: str):
+    """A directory URL, several (a list, or commas in one string), or "dht"."""
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError(key, "an empty list: give at least one URL")
+        urls = []
+        for i, v in enumerate(value):
+            url = _directory_url(v, "%s[%d]" % (key, i))
+            if url not in urls:
+                urls.append(url)
+        return urls if len(urls) > 1 else urls[0]
+    _expect(value, str, key, "a URL string, a list of them, or \"dht\"")
+    if value.strip().lower() == "dht":
+        return "dht"
+    if "," in value:
+        return _directory([v for v in value.split(",") if v.strip()], key)
+    return _directory_url(value, key)
+
+
+def _directory_url(value, key: str) -> str:
     _expect(value, str, key, "a URL string")
     u = urllib.parse.urlsplit(value.strip())
     if u.scheme not in ("http", "https") or not u.netloc:
@@ -300,7 +329,7 @@ def _directory(value, key: str) -> str:
 
 
 def _mtu(value, key: str) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value)
     _expect(value, int, key, "an integer")
     if not MIN_MTU <= value <= MAX_MTU:
@@ -329,6 +358,8 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
             s.http_listen = _http_listen(value, key)
         elif name == "http_socket":
             s.http_socket = _path(value, key, base)
+        elif name == "metrics_listen":
+            s.metrics_listen = parse_endpoint(value, key)
         elif name == "test_deliver":
             s.test_deliver = parse_endpoint(value, key)
         elif name == "mode":
@@ -347,6 +378,8 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
             s.user = _user(value, key)
         elif name == "fast":
             s.fast = _expect(value, bool, key, "true or false")
+        elif name == "uapi":
+            s.uapi = _expect(value, bool, key, "true or false")
         elif name == "log_level":
             s.log_level = _log_level(value, key)
         elif name == "directory":
@@ -356,8 +389,19 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
                 raise ConfigError(key, "%r is not a valid name (%s)" % (value, PEER_NAME_RULE))
             s.name = value
         elif name == "endpoints":
-            _expect(value, list, key, "a list of \"ip:port\" strings")
-            s.endpoints = [parse_endpoint(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
+            if value == "auto":
+                value = ["auto"]
+            _expect(value, list, key, "a list of \"ip:port\" strings, or \"auto\"")
+            s.endpoints_auto = "auto" in value
+            s.endpoints = [parse_endpoint(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)
+                           if v != "auto"]
+        elif name == "dht_bootstrap":
+            _expect(value, list, key, "a list of \"ip:port\" strings (other DHT nodes)")
+            s.dht_bootstrap = [parse_endpoint(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
+        elif name == "dht_port":
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
+                raise ConfigError(key, "must be a UDP port number (0..65535; 0 picks one)")
+            s.dht_port = value
         elif name == "trusted_signers":
             _expect(value, list, key, "a list of base64 Ed25519 public keys")
             s.trusted_signers = [_signer_key(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
@@ -379,7 +423,7 @@ def _signer_key(value: Any, key: str) -> bytes:
     return raw
 
 
-def _peer(table: Any, i: int) -> PeerConfig:
+def _peer(table: Any, i: int, base: Optional[Path] = None) -> PeerConfig:
     from phantom.control.keys import KeyFormatError, decode_public_key
 
     where = "peer[%d]" % i
@@ -418,8 +462,22 @@ def _peer(table: Any, i: int) -> PeerConfig:
         keepalive = _expect(table["persistent_keepalive"], int, key, "a number of seconds")
         if not 0 <= keepalive <= 65535:
             raise ConfigError(key, "%d is outside 0..65535 seconds (0 turns it off)" % keepalive)
+    protocol = "phantom"
+    if "protocol" in table:
+        key = where + ".protocol"
+        protocol = _expect(table["protocol"], str, key, "a string")
+        if protocol not in PROTOCOLS:
+            raise ConfigError(key, "%r is not a protocol (choose %s)" % (protocol, " or ".join(PROTOCOLS)))
+    psk_file = None
+    if "preshared_key_file" in table:
+        key = where + ".preshared_key_file"
+        if protocol != "wireguard":
+            raise ConfigError(key, "only a WireGuard peer has a preshared key "
+                              "(add protocol = \"wireguard\")")
+        psk_file = _path(table["preshared_key_file"], key, base)
     return PeerConfig(name=name, public_key=public, endpoint=endpoint, allowed_ips=allowed,
-                      persistent_keepalive=keepalive)
+                      persistent_keepalive=keepalive, protocol=protocol,
+                      preshared_key_file=psk_file)
 
 
 DEFAULT_NAME_BYTES = 4      # "peer-" + 8 hex digits of the key, longer only where needed
@@ -521,7 +579,7 @@ def settings_from_mapping(doc: dict, base: Optional[Path] = None) -> Settings:
         if isinstance(peers, dict):
             raise ConfigError("peer", "write each peer as [[peer]] (an array of tables), not [peer]")
         _expect(peers, list, "peer", "an array of tables ([[peer]])")
-        s.peers = _default_names([_peer(t, i) for i, t in enumerate(peers)])
+        s.peers = _default_names([_peer(t, i, base) for i, t in enumerate(peers)])
     if "firewall" in doc:
         s.firewall = dict(_expect(doc["firewall"], dict, "firewall", "a table ([firewall])"))
     if "tunables" in doc:
@@ -531,6 +589,12 @@ def settings_from_mapping(doc: dict, base: Optional[Path] = None) -> Settings:
 
 def _finish(s: Settings, mtu_key: str) -> Settings:
     _check_peers(s.peers)
+    if s.uapi and s.mode is not Mode.TUN:
+        raise ConfigError("interface.uapi", "WireGuard's UAPI serves a TUN device: it needs mode = \"tun\"")
+    for i, p in enumerate(s.peers):
+        if p.protocol == "wireguard" and s.mode is not Mode.TUN:
+            raise ConfigError("peer[%d].protocol" % i, "a WireGuard peer carries IP packets: it needs "
+                              "mode = \"tun\" (this daemon runs in %s mode)" % s.mode.value)
     if any(a.version == 6 for a in s.addresses) and s.mtu < MIN_MTU_IPV6:
         raise ConfigError(mtu_key, "%d is below %d, the minimum MTU for IPv6 addresses"
                           % (s.mtu, MIN_MTU_IPV6))
@@ -563,7 +627,9 @@ def build_daemon_parser() -> argparse.ArgumentParser:
       help="API token and generated key live here (default /var/lib/phantom as root, else ./.phantom)")
     a("--http-listen", metavar="ADDR", help="API listen address (default %s)" % DEFAULT_HTTP_LISTEN)
     a("--http-socket", metavar="PATH", help="also serve the API on this Unix socket (mode 0600)")
-    a("--directory", metavar="URL", help="key directory to publish to and resolve peers from")
+    a("--metrics-listen", metavar="IP:PORT",
+      help="also serve GET /metrics alone on this address (e.g. 127.0.0.1:9586)")
+    a("--directory", metavar="URL[,URL]|dht", help="key directory (or several, comma-separated) to publish to and resolve peers from, or \"dht\" for the mainline DHT")
     a("--mtu", metavar="N", help="tunnel MTU (default %d)" % DEFAULT_MTU)
     return p
 
@@ -617,6 +683,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
         s.http_socket = _path(get("http_socket"), "--http-socket", Path.cwd())
     if get("directory") is not None:
         s.directory = _directory(get("directory"), "--directory")
+    if get("metrics_listen") is not None:
+        s.metrics_listen = parse_endpoint(get("metrics_listen"), "--metrics-listen")
     if get("mtu") is not None:
         s.mtu = _mtu(get("mtu"), "--mtu")
         mtu_key = "--mtu"

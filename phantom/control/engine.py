@@ -57,12 +57,13 @@ from collections import Counter
 from typing import Callable, Iterable, Optional
 
 from .. import crypto, wire
+from ..wire import demux
 from ..constants import Tunables
 from ..dataplane.types import Keypair, PeerCounters
 from . import actions as A
 from . import handshake as hs
-from . import tai64n
-from .cookie import CookieChecker, CookieGenerator, LoadDetector, RateLimiter
+from . import protocols, tai64n
+from .cookie import LoadDetector, RateLimiter
 from .peer import PeerState, Peer, PendingHandshake, SessionInfo
 
 log = logging.getLogger("phantom.control")
@@ -85,7 +86,11 @@ class Engine:
         self._rng = rng or random.SystemRandom()
         self._new_index = index_source or crypto.random_u32
         self._ts = tai64n.Tai64nClock(wall_clock)
-        self._checker = CookieChecker(self.public_key, clock, tunables.cookie_refresh_time)
+        # Each protocol's message code and our mac1/mac2 checker for it; a peer
+        # points at the one it speaks (protocols.py).  Load and rate limits are shared.
+        self._protocols = protocols.build(private_key, self.public_key, clock,
+                                          tunables.cookie_refresh_time)
+        self._checker = self._protocols[protocols.Protocol.PHANTOM].checker
         self._load = LoadDetector(tunables.under_load_initiations, clock)
         self._limiter = RateLimiter(tunables.handshakes_per_second_per_source,
                                     tunables.handshake_burst_per_source, clock)
@@ -106,8 +111,15 @@ class Engine:
     # ================================================================ peers
     def add_peer(self, public_key: bytes, name: str = "", allowed_ips: Iterable = (),
                  endpoint: Optional[tuple] = None, persistent_keepalive: float = 0.0,
-                 dynamic: bool = False) -> Peer:
+                 dynamic: bool = False, protocol: str = "phantom",
+                 preshared_key: Optional[bytes] = None) -> Peer:
+        """``protocol``: "phantom" or "wireguard"; ``preshared_key``: WireGuard's (32 bytes)."""
         public_key = bytes(public_key)
+        proto = self._protocols[protocols.protocol_of(protocol)]
+        if preshared_key is not None and proto.protocol is not protocols.Protocol.WIREGUARD:
+            raise ValueError("only a WireGuard peer has a preshared key")
+        if preshared_key is not None and len(preshared_key) != 32:
+            raise ValueError("a preshared key is 32 bytes")
         if public_key in self._by_key:
             raise ValueError("peer with this public key exists")
         if public_key == self.public_key:
@@ -119,7 +131,8 @@ class Engine:
         peer = Peer(pid, public_key, name or ("peer%d" % pid), list(allowed_ips), endpoint,
                     float(persistent_keepalive or 0), dynamic=dynamic,
                     wanted=bool(endpoint) and bool(persistent_keepalive),
-                    cookies=CookieGenerator(public_key, self.clock, self.t.cookie_refresh_time))
+                    cookies=proto.cookie_generator(public_key), proto=proto,
+                    preshared_key=bytearray(preshared_key) if preshared_key is not None else None)
         self.peers[pid] = peer
         self._by_key[public_key] = peer
         self._by_name.setdefault(peer.name, []).append(peer)
@@ -148,6 +161,22 @@ class Engine:
     def peer_by_key(self, public_key: bytes) -> Optional[Peer]:
         return self._by_key.get(bytes(public_key))
 
+    def peer_changed(self, peer: Peer, old_name: Optional[str] = None) -> None:
+        """Someone outside the engine changed ``peer``'s fields in place (a
+        config reload: name, keepalive, endpoint...): index it under its
+        current name and let the next tick look at it."""
+        if old_name is not None and old_name != peer.name:
+            same = self._by_name.get(old_name, [])
+            if peer in same:
+                same.remove(peer)
+            if not same:
+                self._by_name.pop(old_name, None)
+            same = self._by_name.setdefault(peer.name, [])
+            if peer not in same:
+                same.append(peer)
+                same.sort(key=lambda p: p.id)
+        self._wake(peer)
+
     def peer_by_name(self, name: str) -> Optional[Peer]:
         """The first-added peer called ``name`` (a dict lookup, not a scan)."""
         same = self._by_name.get(name)
@@ -158,6 +187,8 @@ class Engine:
         if peer is None:
             return []
         out = self._reset(peer, "removed")
+        if peer.preshared_key is not None:
+            crypto.memzero(peer.preshared_key)
         del self.peers[peer_id]
         self.active.pop(peer_id, None)
         self._slept.pop(peer_id, None)
@@ -239,8 +270,7 @@ class Engine:
             return []
         self._abandon_pending(peer)
         index = self._alloc_index("handshake", peer.id)
-        msg, state = hs.create_initiation(self._priv, peer.public_key, index, self._ts.now(),
-                                          crypto.random_bytes(wire.CLIENT_NONCE_SIZE), peer.cookies)
+        msg, state = peer.proto.create_initiation(peer, index, self._ts.now())
         peer.pending = PendingHandshake(state, index, now)
         peer.attempts += 1
         peer.last_initiation_sent = now
@@ -262,46 +292,50 @@ class Engine:
                 return idx
 
     def handle_datagram(self, data: bytes, addr: tuple) -> list:
-        """A handshake or cookie message from ``addr``.  Anything bad is a counted drop."""
+        """A handshake or cookie message from ``addr``, Phantom's or WireGuard's
+        (wire.demux: by type and length; a cookie reply by the index it is
+        for).  Anything bad is a counted drop."""
         try:
-            mtype = wire.message_type(data)
+            protocol, mtype = demux.classify(data)
         except wire.WireError:
             self.drops["malformed"] += 1
             return []
         if mtype is wire.MessageType.INITIATION:
-            return self._on_initiation(data, addr)
+            return self._on_initiation(data, addr, self._protocols[protocol])
         if mtype is wire.MessageType.RESPONSE:
-            return self._on_response(data, addr)
+            return self._on_response(data, addr, self._protocols[protocol])
         if mtype is wire.MessageType.COOKIE_REPLY:
             return self._on_cookie_reply(data)
         self.drops["malformed"] += 1
         return []
 
-    def _check_macs(self, data: bytes, addr: tuple, sender_index: int) -> Optional[list]:
+    def _check_macs(self, data: bytes, addr: tuple, sender_index: int, proto) -> Optional[list]:
         """mac1 always; under load mac2 (else a cookie reply) and a per-source
-        rate limit.  Returns None to go on, or the actions that end it here."""
-        if not self._checker.check_mac1(data):
+        rate limit, with ``proto``'s checker.  Returns None to go on, or the
+        actions that end it here."""
+        checker = proto.checker
+        if not checker.check_mac1(data):
             self.drops["bad_mac1"] += 1
             return []
         if self._load.record():
-            if data[-wire.MAC_SIZE:] == _NO_MAC or not self._checker.check_mac2(data, addr):
+            if data[-wire.MAC_SIZE:] == _NO_MAC or not checker.check_mac2(data, addr):
                 if not self._cookie_limiter.allow(addr):
                     self.drops["rate_limited"] += 1
                     return []
                 self.drops["cookie_sent"] += 1
-                return [A.SendDatagram(self._checker.create_reply(data, sender_index, addr), addr)]
+                return [A.SendDatagram(checker.create_reply(data, sender_index, addr), addr)]
             if not self._limiter.allow(addr):
                 self.drops["rate_limited"] += 1
                 return []
         return None
 
-    def _on_initiation(self, data: bytes, addr: tuple) -> list:
-        sender = wire.Initiation.unpack(data).sender_index
-        stop = self._check_macs(data, addr, sender)
+    def _on_initiation(self, data: bytes, addr: tuple, proto) -> list:
+        sender = proto.initiation_sender(data)
+        stop = self._check_macs(data, addr, sender, proto)
         if stop is not None:
             return stop
         try:
-            info = hs.consume_initiation(self._priv, data, local_static_public=self.public_key)
+            info = proto.consume_initiation(data)
         except hs.HandshakeError:
             self.drops["bad_handshake"] += 1
             return []
@@ -312,6 +346,13 @@ class Engine:
             self.drops["unknown_key"] += 1
             log.info("initiation from unknown key at %s dropped", addr[0])
             return [A.UnknownKey(info.remote_static, addr)] if self.report_unknown_keys else []
+        if peer.proto is not proto:
+            # A known key in the other protocol: it is configured for one only.
+            info.state.clear()
+            self.drops["wrong_protocol"] += 1
+            log.info("peer=%s speaks %s; a %s initiation dropped", peer.name, peer.protocol,
+                     proto.protocol.value)
+            return []
         if not tai64n.is_after(info.timestamp, peer.last_initiation_ts):
             info.state.clear()
             self.drops["replayed_initiation"] += 1
@@ -328,7 +369,7 @@ class Engine:
         if peer.pending is not None and self.public_key > peer.public_key:
             self._abandon_pending(peer)
         index = self._alloc_index("session", peer.id)
-        msg, keys = hs.create_response(info.state, index, peer.cookies)
+        msg, keys = proto.create_response(peer, info, index)
         peer.endpoint = addr
         out.append(A.SetEndpoint(peer.id, addr))
         # Keys first: the initiator sends on the session the moment our
@@ -339,18 +380,21 @@ class Engine:
         log.info("peer=%s handshake answered (session %d)", peer.name, index)
         return out
 
-    def _on_response(self, data: bytes, addr: tuple) -> list:
-        resp = wire.Response.unpack(data)
-        stop = self._check_macs(data, addr, resp.sender_index)
+    def _on_response(self, data: bytes, addr: tuple, proto) -> list:
+        sender_index, receiver_index = proto.response_indexes(data)
+        stop = self._check_macs(data, addr, sender_index, proto)
         if stop is not None:
             return stop
-        entry = self._indexes.get(resp.receiver_index)
+        entry = self._indexes.get(receiver_index)
         peer = self.peers.get(entry[1]) if entry and entry[0] == "handshake" else None
-        if peer is None or peer.pending is None or peer.pending.local_index != resp.receiver_index:
+        if peer is None or peer.pending is None or peer.pending.local_index != receiver_index:
             self.drops["unknown_index"] += 1
             return []
+        if peer.proto is not proto:
+            self.drops["wrong_protocol"] += 1
+            return []
         try:
-            keys = hs.consume_response(peer.pending.state, data)
+            keys = proto.consume_response(peer.pending.state, data)
         except hs.HandshakeError:
             self.drops["bad_handshake"] += 1
             return []
@@ -389,8 +433,9 @@ class Engine:
         peer.last_handshake = now
         peer.last_handshake_wall = self.wall()
         peer.first_unanswered = None
+        peer.handshakes += 1
         kp = Keypair(peer.id, keys.local_index, keys.remote_index, keys.send_key, keys.recv_key,
-                     time.monotonic(), keys.initiator)
+                     time.monotonic(), keys.initiator, int(peer.proto.cipher))
         return A.InstallKeypair(kp, confirmed)
 
     # ========================================================= data-path events

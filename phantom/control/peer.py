@@ -63,8 +63,14 @@ class Peer:
     persistent_keepalive: float = 0.0
     dynamic: bool = False                   # added by `open`, not from config
     wanted: bool = False                    # keep it up: configured endpoint, opened or keepalive
-    cookies: Optional[CookieGenerator] = None
+    cookies: Optional[CookieGenerator] = None   # (a WgCookieGenerator for a WireGuard peer)
     state: PeerState = PeerState.IDLE
+    path: str = "direct"                    # how traffic reaches it: "direct" (relays: later)
+    handshakes: int = 0                     # completed handshakes (metrics)
+    # what the peer speaks: a protocols.PhantomHandshakes or WireGuardHandshakes
+    # (the engine's, shared by all peers of that protocol); WireGuard's psk
+    proto: Optional[object] = None
+    preshared_key: Optional[bytearray] = field(default=None, repr=False)
 
     # handshake
     pending: Optional[PendingHandshake] = None
@@ -84,6 +90,11 @@ class Peer:
     last_keepalive_sent: float = float("-inf")
     confirm_by: Optional[float] = None      # our unconfirmed responder session: initiate after this
     epoch: int = 0                          # bumped whenever the peer is closed/reset
+
+    @property
+    def protocol(self) -> str:
+        """"phantom" or "wireguard"."""
+        return self.proto.protocol.value if self.proto is not None else "phantom"
 
     def set_state(self, new: PeerState) -> Optional[PeerState]:
         """Move to ``new``; returns the old state, or None when unchanged."""

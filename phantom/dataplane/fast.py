@@ -394,7 +394,7 @@ class FastDataPath:
         if kp.peer_id not in self._peers:
             raise KeyError(kp.peer_id)
         self._engine.install_keypair(kp.peer_id, kp.local_index, kp.remote_index,
-                                     kp.send_key, kp.recv_key, kp.created, confirmed)
+                                     kp.send_key, kp.recv_key, kp.created, confirmed, kp.cipher)
         self._keys[kp.local_index] = kp
         self._peer_keys.setdefault(kp.peer_id, set()).add(kp.local_index)
         self._zero_retired(kp.peer_id)

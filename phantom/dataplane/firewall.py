@@ -304,7 +304,7 @@ def _parse_proto(v, idx, fname, allow_any=True) -> Optional[int]:
             return None
         if s in PROTO_NAMES:
             return PROTO_NAMES[s]
-        if s.isdigit():
+        if s.isascii() and s.isdigit():     # not "²": isdigit() takes it, int() does not
             v = int(s)
         else:
             raise FirewallError(idx, fname, "unknown protocol %r (use a name like tcp, udp, "

@@ -41,6 +41,8 @@ from typing import Iterable, Optional
 
 from .. import crypto, wire
 from ..constants import Tunables
+from ..wire import demux
+from . import ciphers
 from . import packet as pkt
 from .replay import ReplayWindow
 from .routing import AllowedIPs
@@ -56,12 +58,13 @@ BUFSIZE = wire.MAX_DATAGRAM_SIZE + 64
 _DROP_NAMES = {d: d.name.lower() for d in Drop}
 _LINK_LOCAL6 = ipaddress.ip_network("fe80::/10")
 _ETH_IPV4, _ETH_ARP, _ETH_IPV6 = 0x0800, 0x0806, 0x86DD
+_CHACHA = ciphers.CipherKind.CHACHA20POLY1305
 
 
 class _Session:
     """A keypair as the data path holds it."""
 
-    __slots__ = ("kp", "peer", "send_counter", "replay", "rekey_requested")
+    __slots__ = ("kp", "peer", "send_counter", "replay", "rekey_requested", "seal", "open", "padded")
 
     def __init__(self, kp: Keypair, peer: "_Peer"):
         self.kp = kp
@@ -69,6 +72,12 @@ class _Session:
         self.send_counter = 0
         self.replay = ReplayWindow()
         self.rekey_requested = False
+        # the keypair's cipher (dataplane/ciphers.py): Phantom's secretbox or
+        # WireGuard's ChaCha20-Poly1305, whose payloads are padded
+        kind = ciphers.CipherKind(kp.cipher)
+        self.seal = ciphers.SEAL[kind]
+        self.open = ciphers.OPEN[kind]
+        self.padded = kind is _CHACHA
 
 
 class _Peer:
@@ -335,8 +344,9 @@ class ReferenceDataPath:
                 tx[OFFSET:OFFSET + n] = frame
                 self._send_one(peer, n, now)
 
-    def _fw_allow(self, fw, direction: str, n: int, peer_id: int, now: float, buf=None) -> bool:
-        view = (buf if buf is not None else self._txv)[OFFSET:OFFSET + n]
+    def _fw_allow(self, fw, direction: str, n: int, peer_id: int, now: float, buf=None,
+                  offset: int = OFFSET) -> bool:
+        view = (buf if buf is not None else self._txv)[offset:offset + n]
         verdict = fw.classify(direction, view, peer_id, now)
         if verdict.accept:
             return True
@@ -372,17 +382,16 @@ class ReferenceDataPath:
         self._seal_and_send(peer, s, n, now)
 
     def _seal_and_send(self, peer: _Peer, s: _Session, n: int, now: float) -> None:
-        """Seal self._tx[OFFSET:OFFSET+n] in place and send it."""
+        """Seal self._tx[OFFSET:OFFSET+n] in place with the keypair's cipher and send it."""
         counter = s.send_counter
         s.send_counter = counter + 1
-        HEADER.pack_into(self._tx, 0, wire.MessageType.TRANSPORT, s.kp.remote_index, counter)
-        crypto.secretbox_seal_into(s.kp.send_key, counter, self._tx, OFFSET, n)
-        size = OFFSET + n
+        start, end = s.seal(s.kp.send_key, counter, s.kp.remote_index, self._tx, n, self._mtu)
+        size = end - start
         if peer.endpoint is None:
             self._drop(Drop.NO_ENDPOINT, peer)
             return
         try:
-            self._udp.sendto(self._txv[:size], peer.endpoint)
+            self._udp.sendto(self._txv[start:end], peer.endpoint)
         except OSError:
             self._drop(Drop.SEND_FAILED, peer)
             return
@@ -458,7 +467,7 @@ class ReferenceDataPath:
         mtype = rx[0]
         if mtype != wire.MessageType.TRANSPORT or rx[1] or rx[2] or rx[3]:
             try:
-                wire.message_type(self._rxv[:n])
+                demux.classify(self._rxv[:n])       # Phantom's or WireGuard's framing
             except wire.WireError:
                 self._drop(Drop.MALFORMED)
                 return
@@ -483,10 +492,11 @@ class ReferenceDataPath:
         if not s.replay.check(counter):
             self._drop(Drop.REPLAY, peer)
             return
-        if not crypto.secretbox_open_into(s.kp.recv_key, counter, rx, wire.TRANSPORT_HEADER_SIZE,
-                                          n - wire.TRANSPORT_HEADER_SIZE):
+        opened = s.open(s.kp.recv_key, counter, rx, n)
+        if opened is None:
             self._drop(Drop.AUTH_FAILED, peer)
             return
+        start, plen = opened
         if not s.replay.update(counter):
             self._drop(Drop.REPLAY, peer)
             return
@@ -498,11 +508,17 @@ class ReferenceDataPath:
         c.rx_bytes += n
         c.rx_packets += 1
         c.last_rx = now
-        plen = n - OFFSET
         if plen == 0:
             return  # keepalive
         c.last_data_rx = now
-        payload = self._rxv[OFFSET:n]
+        if s.padded:
+            # WireGuard pads to 16: the inner packet's own length says where it ends
+            inner = ciphers.inner_length(self._rxv[start:start + plen])
+            if inner == 0 or inner > plen:
+                self._drop(Drop.BAD_INNER, peer)
+                return
+            plen = inner
+        payload = self._rxv[start:start + plen]
         mode = self.mode
         if mode is Mode.TUN:
             src = pkt.ip_src(payload)
@@ -520,7 +536,7 @@ class ReferenceDataPath:
                 self._drop(Drop.SRC_NOT_ALLOWED, peer)
                 return
         fw = self._firewall
-        if fw is not None and not self._fw_allow(fw, "in", plen, peer.id, now, self._rxv):
+        if fw is not None and not self._fw_allow(fw, "in", plen, peer.id, now, self._rxv, start):
             return
         if mode is Mode.TEST:
             dest = self._test_deliver or self._test_last_sender or ("127.0.0.1", self._test.getsockname()[1] + 1)

@@ -50,6 +50,7 @@ class Drop(enum.IntEnum):
     STAGED_OVERFLOW = 11   # too many packets queued while handshaking
     BAD_INNER = 12         # decrypted payload is not a valid packet for the mode
     SEND_FAILED = 13       # the kernel refused a send
+    CONTROL_OVERFLOW = 14  # a handshake message found the control plane's queue full
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Keypair:
     recv_key: bytearray
     created: float          # time.monotonic() at install
     initiator: bool
+    cipher: int = 0         # ciphers.CipherKind: SECRETBOX (Phantom) or CHACHA20POLY1305 (WireGuard)
 
 
 @dataclass

@@ -1,0 +1,47 @@
+"""Shared pieces of the fuzz harnesses: fixed keys, the fixed clock, the
+contract check.
+
+Every harness is a script ``fuzz/fuzz_<target>.py`` that defines
+``TestOneInput(data: bytes)`` and ``ALLOWED`` (the documented exception types
+of its target).  ``TestOneInput`` lets nothing but ALLOWED escape from the
+code under test (it catches them), and asserts the target's contract; any
+other exception -- including an AssertionError from a contract check -- is a
+crash for atheris/libFuzzer.  ``fuzz/run.py`` runs them; ``tests/test_fuzz.py``
+replays the committed corpus in-process and runs each harness for a few
+seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:            # run as a script from anywhere
+    sys.path.insert(0, ROOT)
+
+TARGETS = ("wire", "handshake", "firewall", "directory")
+
+# Fixed keys, so that the committed corpus (valid messages, signed records)
+# stays valid for the harness that reads it.  Test keys only.
+RESPONDER_PRIV = bytes(range(1, 33))          # the daemon under test
+INITIATOR_PRIV = bytes(range(101, 133))       # a peer it knows
+STRANGER_PRIV = bytes(range(201, 233))        # a key it does not know
+SIGNER_PRIV = bytes(range(33, 65))            # a directory endorser
+
+# The harnesses' wall clock: records in the corpus expire an hour after it.
+NOW = 1_800_000_000.0
+PEER_ADDR = ("192.0.2.7", 51820)
+
+
+def corpus_dir(target: str) -> str:
+    return os.path.join(HERE, "corpus", target)
+
+
+def main(test_one_input, argv=None) -> None:
+    """atheris' entry point for a harness script (libFuzzer flags in argv)."""
+    import atheris
+    argv = list(sys.argv if argv is None else argv)
+    atheris.Setup(argv, test_one_input)
+    atheris.Fuzz()

@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Fuzz target "wire": the datagram framing and every message layout.
+
+Contract (phantom/wire.py): ``message_type`` accepts a datagram or raises
+WireError; each ``unpack`` accepts exactly its own type and size or raises
+WireError, and what it accepts packs back to the same bytes; the transport
+header of anything ``message_type`` calls TRANSPORT unpacks and re-packs to
+the same 16 bytes.  The receiver's mac1/mac2 checks (cookie.CookieChecker)
+return a bool for any input.  The inner-packet parsers of
+phantom/dataplane/packet.py "never raise on any input".
+"""
+
+import sys
+
+import atheris
+
+import common
+
+with atheris.instrument_imports(include=["phantom"]):   # our code only, not aiohttp & co.
+    from phantom import wire
+    from phantom.control import cookie
+    from phantom.dataplane import packet
+
+ALLOWED = (wire.WireError,)
+
+_CHECKER = cookie.CookieChecker(bytes(32), lambda: common.NOW)
+_UNPACKERS = {
+    wire.MessageType.INITIATION: wire.Initiation,
+    wire.MessageType.RESPONSE: wire.Response,
+    wire.MessageType.COOKIE_REPLY: wire.CookieReply,
+}
+
+
+def TestOneInput(data: bytes) -> None:
+    try:
+        mtype = wire.message_type(data)
+    except ALLOWED:
+        mtype = None
+    for mt, cls in _UNPACKERS.items():
+        try:
+            msg = cls.unpack(data)
+        except ALLOWED:
+            assert mtype is not mt or len(data) != wire._EXPECTED_SIZE[mt], \
+                "message_type accepted a %s that unpack refused" % mt.name
+            continue
+        # unpack does not check the reserved bytes; message_type does
+        assert len(data) == wire._EXPECTED_SIZE[mt] and data[0] == mt
+        assert msg.pack()[4:] == bytes(data)[4:], "%s does not round-trip" % mt.name
+        if hasattr(msg, "noise_message"):
+            assert len(msg.noise_message) == (wire.INITIATION_MAC1_OFFSET - wire.INITIATION_NOISE_OFFSET
+                                              if mt is wire.MessageType.INITIATION else
+                                              wire.RESPONSE_MAC1_OFFSET - wire.RESPONSE_NOISE_OFFSET)
+    if mtype is wire.MessageType.TRANSPORT:
+        idx, ctr = wire.unpack_transport_header(data)
+        assert wire.pack_transport_header(idx, ctr) == bytes(data[:wire.TRANSPORT_HEADER_SIZE])
+        assert wire.TRANSPORT_MIN_SIZE <= len(data) <= wire.MAX_DATAGRAM_SIZE
+        assert wire.transport_nonce(ctr)[:8] == data[8:16]
+    elif mtype is not None:
+        assert len(data) == wire._EXPECTED_SIZE[mtype]
+    # mac checks answer a bool for any bytes
+    assert _CHECKER.check_mac1(data) in (True, False)
+    assert _CHECKER.check_mac2(data, common.PEER_ADDR) in (True, False)
+    # the decrypted-payload parsers never raise
+    payload = data[wire.TRANSPORT_PAYLOAD_OFFSET:] if mtype is wire.MessageType.TRANSPORT else data
+    packet.ip_src(payload)
+    packet.ip_dst(payload)
+    packet.parse_ip(payload)
+    eth = packet.parse_ether(payload)
+    packet.parse_arp(payload)
+    packet.arp_sender_ip(payload)
+    if eth is not None:
+        packet.parse_ip(payload, eth.payload_offset)
+        packet.parse_arp(payload, eth.payload_offset)
+    packet.icmp_unreachable(payload)
+    packet.tcp_rst_for(payload)
+
+
+if __name__ == "__main__":
+    common.main(TestOneInput)

@@ -1,0 +1,177 @@
+"""Write the seed corpus: valid inputs for every target, built from the fixed
+keys in common.py (so signatures and MACs are right for the harnesses).
+
+    PYTHONPATH=. python fuzz/make_corpus.py
+
+Files are named ``seed-<what>``; inputs the fuzzer found are kept next to
+them as ``found-<what>`` (minimised by hand or with -minimize_crash).
+Re-running rewrites the seeds only.
+"""
+
+import json
+import os
+import struct
+import sys
+
+import common  # noqa: F401  (sys.path)
+
+from phantom import crypto, wire
+from phantom.control import cookie, directory as d, handshake as hs, tai64n
+
+R_PUB = crypto.x25519_public(common.RESPONDER_PRIV)
+I_PUB = crypto.x25519_public(common.INITIATOR_PRIV)
+
+
+def put(target: str, name: str, data: bytes) -> None:
+    path = common.corpus_dir(target)
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "seed-" + name), "wb") as f:
+        f.write(data)
+
+
+def ipv4(proto: int, l4: bytes, src=b"\x0a\x63\0\x01", dst=b"\x0a\x63\0\x02", frag=0) -> bytes:
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, frag, 64, proto, 0, src, dst) + l4
+
+
+def ipv6(nh: int, l4: bytes) -> bytes:
+    return struct.pack("!IHBB16s16s", 6 << 28, len(l4), nh, 64, b"\xfd\x99" + bytes(13) + b"\x01",
+                       b"\xfd\x99" + bytes(13) + b"\x02") + l4
+
+
+TCP_SYN = struct.pack("!HHIIBBHHH", 40000, 22, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
+UDP = struct.pack("!HHHH", 5000, 53, 12, 0) + b"abcd"
+ICMP = struct.pack("!BBHHH", 8, 0, 0, 1, 1) + b"ping"
+PACKETS = {
+    "tcp4": ipv4(6, TCP_SYN), "udp4": ipv4(17, UDP), "icmp4": ipv4(1, ICMP),
+    "frag4": ipv4(17, UDP, frag=0x2000), "later-frag4": ipv4(17, b"rest", frag=3),
+    "tcp6": ipv6(6, TCP_SYN), "udp6": ipv6(17, UDP), "icmp6": ipv6(58, ICMP),
+    "hbh6": ipv6(0, bytes([17, 0]) + bytes(6) + UDP), "frag6": ipv6(44, bytes([17, 0, 0, 1]) + bytes(4) + UDP),
+}
+ETHER = b"\x02\0\0\0\0\x02" + b"\x02\0\0\0\0\x01" + b"\x08\x00" + PACKETS["udp4"]
+ARP = (b"\xff" * 6 + b"\x02\0\0\0\0\x01" + b"\x08\x06" +
+       struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, b"\x02\0\0\0\0\x01", b"\x0a\x63\0\x01",
+                   bytes(6), b"\x0a\x63\0\x02"))
+
+
+def handshake_messages():
+    ts = tai64n.encode(int(common.NOW))
+    gen = cookie.CookieGenerator(R_PUB, lambda: common.NOW)
+    init, ist = hs.create_initiation(common.INITIATOR_PRIV, R_PUB, 7, ts, bytes(range(16)), gen)
+    info = hs.consume_initiation(common.RESPONDER_PRIV, init)
+    resp, _ = hs.create_response(info.state, 9, cookie.CookieGenerator(I_PUB, lambda: common.NOW))
+    checker = cookie.CookieChecker(R_PUB, lambda: common.NOW)
+    reply = checker.create_reply(init, 7, common.PEER_ADDR)
+    key = bytearray(32)
+    transport = bytearray(wire.TRANSPORT_PAYLOAD_OFFSET) + bytearray(PACKETS["icmp4"])
+    wire.TRANSPORT_HEADER.pack_into(transport, 0, wire.MessageType.TRANSPORT, 9, 3)
+    crypto.secretbox_seal_into(key, 3, transport, wire.TRANSPORT_PAYLOAD_OFFSET,
+                               len(transport) - wire.TRANSPORT_PAYLOAD_OFFSET)
+    keepalive = wire.pack_transport_header(9, 4) + bytes(wire.AEAD_TAG_SIZE)
+    return init, resp, reply, bytes(transport), keepalive
+
+
+def wire_seeds():
+    init, resp, reply, transport, keepalive = handshake_messages()
+    for name, data in (("initiation", init), ("response", resp), ("cookie-reply", reply),
+                       ("transport", transport), ("keepalive", keepalive),
+                       ("truncated-initiation", init[:100]), ("reserved-set", b"\x04\x01" + keepalive[2:]),
+                       ("ether", ETHER), ("arp", ARP)):
+        put("wire", name, data)
+    for name, p in PACKETS.items():
+        put("wire", "inner-" + name, keepalive[:wire.TRANSPORT_PAYLOAD_OFFSET] + p)
+        put("wire", "raw-" + name, p)
+
+
+def handshake_seeds():
+    init, resp, reply, _, keepalive = handshake_messages()
+    put("handshake", "raw-initiation", b"\x00" + init)
+    put("handshake", "raw-response", b"\x00" + resp)
+    put("handshake", "raw-cookie", b"\x00" + reply)
+    put("handshake", "raw-transport", b"\x00" + keepalive)
+    put("handshake", "mac1-initiation", b"\x01" + init)
+    put("handshake", "mac1-initiation-flipped", b"\x01" + init[:50] + bytes([init[50] ^ 1]) + init[51:])
+    put("handshake", "mac1-response", b"\x01" + resp)
+    ts = tai64n.encode(int(common.NOW))
+    # mode 2: [stranger?][index u32][ts 12][nonce 16][eph?][eph 32][mutate?]...
+    struct2 = b"\x00" + struct.pack("<I", 7) + ts + bytes(range(16)) + b"\x00" + b"\x00"
+    put("handshake", "genuine-initiation", b"\x02" + struct2)
+    put("handshake", "genuine-initiation-loaded", b"\x0a" + struct2)
+    put("handshake", "stranger-initiation", b"\x02\x01" + struct2[1:])
+    put("handshake", "bad-timestamp", b"\x02\x00" + struct.pack("<I", 7) + b"\xff" * 12 + bytes(18))
+    put("handshake", "genuine-response", b"\x03" + struct.pack("<I", 9) + b"\x00")
+    put("handshake", "mutated-response", b"\x03" + struct.pack("<I", 9) + b"\x01\x20\x00\x41")
+    put("handshake", "cookie-reply", b"\x04" + reply)
+
+
+def firewall_seeds():
+    docs = {
+        "empty": ({}, "udp4"),
+        "basic": ({"default_in": "drop", "rule": [
+            {"direction": "in", "proto": "tcp", "dst_port": 22, "action": "accept"},
+            {"direction": "in", "proto": "icmp", "action": "accept", "cidr": "10.99.0.0/24"},
+            {"direction": "out", "proto": "udp", "dst_port": "5000-6000", "action": "reject",
+             "peer": "n2", "comment": "no"}]}, "tcp4"),
+        "v6": ({"default_policy": "open", "allow_ethertypes": ["0x88cc", "arp"], "rules": [
+            {"direction": "in", "proto": "any", "cidr": "fd99::/64", "local_cidr": "fd99::2/128",
+             "action": "drop"},
+            {"direction": "in", "proto": 58, "action": "accept"}]}, "icmp6"),
+        "stateful": ({"stateful": True, "conntrack_max": 16, "timeouts": {"udp": 5, "tcp_new": 2.5},
+                      "reject_rate": 1.5, "reject_burst": 2, "allow_protocols": ["gre", 132],
+                      "rule": [{"direction": "out", "action": "accept", "src_port": "1-65535",
+                                "peer": "q83vEjRWeJASNFZ4kBI0VniQEjRWeJASNFZ4kBI0Vng="}]}, "udp6"),
+        "fragments": ({"rule": [{"direction": "in", "proto": "udp", "dst_port": 53, "action": "drop"},
+                                {"direction": "in", "proto": "udp", "action": "accept"}]}, "frag4"),
+    }
+    docs["numbers-as-text"] = ({"allow_protocols": ["47", "0x84"], "allow_ethertypes": ["0x0806", 35020],
+                                "rule": [{"direction": " IN ", "proto": " 17 ", "action": "Drop",
+                                          "src_port": " 7 - 9 ", "dst_port": "53"}]}, "udp4")
+    for name, (doc, pk) in docs.items():
+        put("firewall", "json-" + name, b"\x00" + json.dumps(doc).encode() + b"\0" + PACKETS[pk])
+    toml = b"""[firewall]
+default_in = "drop"
+stateful = false
+allow_protocols = ["esp"]
+
+[[firewall.rule]]
+direction = "in"
+proto = "udp"
+dst_port = "53"
+action = "accept"
+
+[[firewall.rule]]
+direction = "out"
+proto = "any"
+cidr = "10.0.0.0/8"
+action = "reject"
+"""
+    put("firewall", "json-infinite", b"\x02" + b'{"stateful": true, "reject_rate": Infinity, '
+        b'"timeouts": {"udp": Infinity, "tcp_new": 1e308}, "rule": [{"direction": "out", "action": '
+        b'"accept"}]}' + b"\0" + PACKETS["udp4"])
+    put("firewall", "toml-basic", b"\x01" + toml + b"\0" + PACKETS["udp4"])
+    put("firewall", "toml-out", b"\x03" + toml + b"\0" + PACKETS["tcp4"])
+
+
+def directory_seeds():
+    signer = d.NodeSigner(common.INITIATOR_PRIV)
+    endorser = d.NodeSigner(common.SIGNER_PRIV)
+    exp = int(common.NOW) + 3600
+    rec = d.make_record(signer, "alice", ["192.0.2.1:9000", "[2001:db8::1]:9000"],
+                        ["10.99.0.1/32", "fd99::1/128"], 3, exp)
+    put("directory", "record", b"\x00" + d.canonical(rec))
+    rec2 = dict(rec)
+    rec2["endorsements"] = [d.make_endorsement(endorser, signer.public_key, "alice", exp)]
+    put("directory", "endorsed", b"\x04" + d.canonical(rec2))
+    put("directory", "endorsed-strict", b"\x06" + d.canonical(rec2))
+    rev = d.make_record(signer, "alice", [], [], d.MAX_SEQ, 1, revoked=True)
+    put("directory", "revocation", b"\x00" + d.canonical(rev))
+    put("directory", "resign", b"\x01" + d.canonical(rec))
+    put("directory", "pretty", b"\x01" + json.dumps(rec, indent=1).encode())
+
+
+if __name__ == "__main__":
+    wire_seeds()
+    handshake_seeds()
+    firewall_seeds()
+    directory_seeds()
+    for t in common.TARGETS:
+        print(t, len(os.listdir(common.corpus_dir(t))), "files")

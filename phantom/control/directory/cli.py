@@ -1,0 +1,325 @@
+"""``phantom directory ...``: serve, publish, lookup, list, revoke, endorse, signer-key."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import json
+import os
+import sys
+
+from phantom import crypto, logsetup
+from phantom.control.config import PEER_NAME
+from phantom.control.errors import ApiError, ConfigError
+from phantom.control.keys import KeyFormatError
+
+from .client import CLIENT_TIMEOUT, DEFAULT_TTL, DirectoryClient
+from .records import KEY_SIZE, DirectoryError, b64, key_from_text, signing_key_of
+from .server import DEFAULT_DB, DEFAULT_MAX_TTL, DEFAULT_PORT, serve_forever
+
+# --- command line ---------------------------------------------------------------------------------
+def _run(coro):
+    try:
+        import uvloop
+    except ImportError:              # pragma: no cover - uvloop is a dependency
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _signer_arg(text: str) -> bytes:
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise argparse.ArgumentTypeError("%r is not base64" % text) from None
+    if len(raw) != KEY_SIZE:
+        raise argparse.ArgumentTypeError("a signer key is 32 bytes (44 base64 characters)")
+    return raw
+
+
+def _print(args, payload: dict) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        from phantom.cli import format_kv
+        print(format_kv(payload))
+
+
+async def _with_client(args, private_key, action):
+    trusted = getattr(args, "trusted_signer", None) or ()
+    if args.directory.strip().lower() == "dht":
+        from .client import DhtDirectoryClient
+        if not args.bootstrap:
+            raise ValueError("--directory dht needs --bootstrap IP:PORT (a node of the swarm)")
+        client = DhtDirectoryClient(private_key, listen="0.0.0.0:0", bootstrap=args.bootstrap,
+                                    trusted_signers=trusted, timeout=args.timeout)
+        await client.start()
+        try:
+            await client.node.wait_nodes(1, args.timeout)
+        except BaseException:
+            await client.close()
+            raise
+    else:
+        client = DirectoryClient(args.directory, private_key, trusted_signers=trusted,
+                                 timeout=args.timeout)
+    try:
+        return await action(client)
+    finally:
+        client.wipe()
+        await client.close()
+
+
+def _load_key(path):
+    from phantom.control.keys import load_private_key
+    return load_private_key(path)
+
+
+def cmd_serve(args) -> int:
+    from phantom.privileges import lock_down, resolve_user
+    logsetup.setup_logging(args.log_level)
+    pw = resolve_user(args.user)         # None unless root
+    if pw is not None:
+        lock_down()                      # single-threaded: before the loop and any thread exists
+    _run(serve_forever(args.listen, args.port, args.db, args.trusted_signer or (), args.max_ttl,
+                       drop_to=pw))
+    return 0
+
+
+async def dht_nodes_forever(listen: str, port: int, count: int, bootstrap, status_port: int) -> None:
+    """Run ``count`` DHT nodes on listen:port.. (each joined to the others and to
+    ``bootstrap``), with an optional HTTP /status, until SIGINT/SIGTERM."""
+    import signal
+    from aiohttp import web
+    from .server import start_server
+    from .store.dht import DhtNode
+    nodes = []
+    runner = None
+    try:
+        for i in range(count):
+            nodes.append(await DhtNode("%s:%d" % (listen, port + i if port else 0),
+                                       bootstrap).start())
+        host = "127.0.0.1" if listen in ("0.0.0.0", "::") else listen
+        for n in nodes:
+            for other in nodes:
+                if other is not n:
+                    n.add_node(host, other.port)
+        if status_port:
+            async def status(request):
+                return web.json_response({"service": "phantom-dht-node", "nodes": [
+                    {"port": n.port, "routing_nodes": n.nodes} for n in nodes]})
+            app = web.Application()
+            app.router.add_get("/status", status)
+            runner = await start_server(app, listen, status_port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print("dht-node: %d node(s) on %s ports %s" % (count, listen, ",".join(
+            str(n.port) for n in nodes)), file=sys.stderr, flush=True)
+        await stop.wait()
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        for n in nodes:
+            await n.close()
+
+
+def _endpoint_arg(text: str):
+    from phantom.control.config import parse_endpoint
+    try:
+        return parse_endpoint(text, "--bootstrap")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_dht_node(args) -> int:
+    logsetup.setup_logging(args.log_level)
+    if not 1 <= args.count <= 64:
+        raise ValueError("--count must be 1..64")
+    _run(dht_nodes_forever(args.listen, args.port, args.count, args.bootstrap or (),
+                           args.status_port))
+    return 0
+
+
+def cmd_publish(args) -> int:
+    key = _load_key(args.private_key)
+    nets = [n.strip() for a in args.allowed_ips or () for n in a.split(",") if n.strip()]
+    eps = [e.strip() for a in args.endpoint for e in a.split(",") if e.strip()]
+    try:
+        doc = _run(_with_client(args, key, lambda c: c.publish(args.name, eps, nets, args.ttl,
+                                                               protocol=args.protocol)))
+    finally:
+        crypto.memzero(key)
+    _print(args, doc if args.json else {k: v for k, v in doc.items() if k != "sig"})
+    return 0
+
+
+def cmd_lookup(args) -> int:
+    target = args.target
+
+    async def action(c: DirectoryClient):
+        if PEER_NAME.match(target):          # a base64 key never matches: it ends with '='
+            return await c.resolve_name(target)
+        return await c.resolve_key(key_from_text(target))
+
+    rec = _run(_with_client(args, None, action))
+    if rec is None:
+        raise DirectoryError("no valid record for %s" % target)
+    _print(args, rec.summary())
+    return 0
+
+
+def cmd_list(args) -> int:
+    recs = _run(_with_client(args, None, lambda c: c.list_records()))
+    if args.json:
+        print(json.dumps([r.summary() for r in recs], indent=2))
+    else:
+        from phantom.cli import format_table
+        print(format_table([r.summary() for r in recs],
+                           ("name", "endpoints", "allowed_ips", "revoked", "public_key")))
+    return 0
+
+
+def cmd_revoke(args) -> int:
+    key = _load_key(args.private_key)
+    try:
+        doc = _run(_with_client(args, key, lambda c: c.revoke()))
+    finally:
+        crypto.memzero(key)
+    _print(args, {"revoked": doc.get("public_key"), "name": doc.get("name")})
+    return 0
+
+
+def cmd_endorse(args) -> int:
+    key = _load_key(args.private_key)
+    target = key_from_text(args.public_key)
+    try:
+        doc = _run(_with_client(args, key, lambda c: c.endorse(target, args.name, args.ttl)))
+    finally:
+        crypto.memzero(key)
+    _print(args, {"endorsed": doc.get("public_key"), "name": doc.get("name"),
+                  "endorsements": len(doc.get("endorsements", []))})
+    return 0
+
+
+def cmd_signer_key(args) -> int:
+    key = _load_key(args.private_key)
+    try:
+        print(b64(signing_key_of(key)))
+    finally:
+        crypto.memzero(key)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="phantom directory",
+                                description="The Phantom public-key directory and its client.")
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    s = sub.add_parser("serve", help="run the directory service")
+    s.add_argument("--listen", default="127.0.0.1", metavar="ADDR", help="address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (default %d)" % DEFAULT_PORT)
+    s.add_argument("--db", default=DEFAULT_DB, metavar="PATH.sqlite|postgresql://...",
+                   help="a SQLite file (default ./%s), or a PostgreSQL URL that any number of "
+                        "front ends may share.  As root, a SQLite file is opened (and created) "
+                        "before the switch to --user, so it may sit in a root-only directory and "
+                        "keeps its owner; see --user" % DEFAULT_DB)
+    s.add_argument("--user", metavar="NAME",
+                   help="when started as root: the unprivileged user to switch to (default "
+                        "nobody) once the db is open and the port bound (ports below 1024 work); "
+                        "the capability bounding set is emptied and no_new_privs set first, for "
+                        "every thread.  The server then uses the db only through the descriptors "
+                        "opened as root: the file (and its -wal/-shm files, created with the db's "
+                        "owner and mode) stays owned by root, the user needs no access to it, and "
+                        "other processes running as that user cannot write to it.  The -wal/-shm files "
+                        "may be left at exit; the next start recovers them.  Ignored when not "
+                        "root (then the db must be writable by you, with its directory)")
+    s.add_argument("--trusted-signer", type=_signer_arg, action="append", metavar="KEY",
+                   help="Ed25519 key whose endorsements this directory keeps and ranks first "
+                        "(repeatable; default: keep any valid endorsement)")
+    s.add_argument("--max-ttl", type=int, default=DEFAULT_MAX_TTL, metavar="SECONDS",
+                   help="refuse records living longer (default %d)" % DEFAULT_MAX_TTL)
+    s.add_argument("--log-level", default="info", choices=logsetup.LEVELS)
+    s.set_defaults(func=cmd_serve)
+
+    def client_parser(name, help_text, key_help=None):
+        c = sub.add_parser(name, help=help_text)
+        c.add_argument("--directory", metavar="URL", default=os.environ.get("PHANTOM_DIRECTORY"),
+                       required=os.environ.get("PHANTOM_DIRECTORY") is None,
+                       help="the directory URL (several: comma-separated; \"dht\" for the "
+                            "DHT) or $PHANTOM_DIRECTORY")
+        if key_help:
+            c.add_argument("--private-key", metavar="FILE", required=True, help=key_help)
+        c.add_argument("--bootstrap", type=_endpoint_arg, action="append", metavar="IP:PORT",
+                       help="with --directory dht: a DHT node to join through (repeatable)")
+        c.add_argument("--timeout", type=float, default=CLIENT_TIMEOUT, metavar="SECONDS")
+        c.add_argument("--json", action="store_true", help="print JSON")
+        return c
+
+    c = client_parser("publish", "sign and publish this node's record", "this node's key file")
+    c.add_argument("--name", required=True)
+    c.add_argument("--endpoint", action="append", required=True, metavar="IP:PORT",
+                   help="where peers reach us (repeatable)")
+    c.add_argument("--allowed-ips", action="append", metavar="CIDR[,CIDR]")
+    c.add_argument("--ttl", type=int, default=DEFAULT_TTL, metavar="SECONDS")
+    c.add_argument("--protocol", choices=("phantom", "wireguard"), default="phantom",
+                   help="what the key speaks (wireguard: publish for a stock WireGuard peer, "
+                        "with its key file)")
+    c.set_defaults(func=cmd_publish)
+
+    c = client_parser("lookup", "resolve a name or a public key, verifying the record")
+    c.add_argument("target", help="a name or a base64 public key")
+    c.add_argument("--trusted-signer", type=_signer_arg, action="append", metavar="KEY",
+                   help="report endorsements by this Ed25519 key (repeatable)")
+    c.set_defaults(func=cmd_lookup)
+
+    c = client_parser("list", "list the verifiable records")
+    c.set_defaults(func=cmd_list)
+
+    c = client_parser("revoke", "revoke this node's key (final)", "the key file to revoke")
+    c.set_defaults(func=cmd_revoke)
+
+    c = client_parser("endorse", "endorse a key and name as a trusted signer",
+                      "the signer's key file")
+    c.add_argument("--public-key", required=True, metavar="KEY", help="the key to endorse")
+    c.add_argument("--name", required=True, help="the name it must carry")
+    c.add_argument("--ttl", type=int, default=30 * 86400, metavar="SECONDS")
+    c.set_defaults(func=cmd_endorse)
+
+    n = sub.add_parser("dht-node", help="run DHT nodes (libtorrent) that directory = \"dht\" "
+                       "daemons can bootstrap from: a private swarm needs no public router")
+    n.add_argument("--listen", default="0.0.0.0", metavar="ADDR")
+    n.add_argument("--port", type=int, default=6881, help="UDP port of the first node (default "
+                   "6881; node i uses port+i; 0 picks free ports)")
+    n.add_argument("--count", type=int, default=1, help="nodes to run in this process (1..64)")
+    n.add_argument("--bootstrap", type=_endpoint_arg, action="append", metavar="IP:PORT",
+                   help="another DHT node to join through (repeatable; default: none)")
+    n.add_argument("--status-port", type=int, default=0, metavar="PORT",
+                   help="serve GET /status (routing-table sizes) on this TCP port")
+    n.add_argument("--log-level", default="info", choices=logsetup.LEVELS)
+    n.set_defaults(func=cmd_dht_node)
+
+    k = sub.add_parser("signer-key", help="print the Ed25519 signer key of a key file "
+                       "(what --trusted-signer and trusted_signers take)")
+    k.add_argument("--private-key", metavar="FILE", required=True)
+    k.set_defaults(func=cmd_signer_key)
+    return p
+
+
+def main(argv=None) -> int:
+    from phantom.privileges import PrivilegeError
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return int(args.func(args) or 0)
+    except (DirectoryError, ConfigError, KeyFormatError, ValueError, ApiError,
+            PrivilegeError) as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,260 @@
+"""Prometheus metrics for phantomd (``GET /metrics``), with prometheus-client.
+
+:class:`DaemonCollector` is a custom collector: it reads the daemon's state
+and the data path's counters *at scrape time*, on the event loop, so nothing
+runs per packet and nothing is kept in step with the data path.  A scrape
+costs one ``counters()`` snapshot per peer (the fast path copies a peer's
+counters under its table lock, as the timer tick does every ``timer_tick``),
+one read of the firewall's counters and, with ``--fast``, of the workers'
+batch counters.  bench/metrics_load.py measures what a 10 Hz scraper costs.
+
+Naming follows the Prometheus conventions: a ``phantom_`` prefix, base units
+(bytes, seconds), ``_total`` on counters.  Label values are bounded: a peer's
+name (peers come from the config, the API or the key directory, never from
+a packet), a drop reason, a state, a path, a firewall rule's position;
+never an address, a port or anything taken from a packet.
+
+Metric families (see docs/operations.md for the full table):
+
+=========================================== ======= =================================
+phantom_info{version,mode,data_path}        gauge   1
+phantom_uptime_seconds                      gauge
+phantom_peers                               gauge   number of peers
+phantom_peer_rx_bytes_total{peer}           counter decrypted bytes in (tx: sent)
+phantom_peer_rx_packets_total{peer}         counter (and tx_packets)
+phantom_peer_drops_total{peer,reason}       counter data-path drops of this peer
+phantom_peer_handshakes_total{peer}         counter completed handshakes
+phantom_peer_latest_handshake_age_seconds   gauge   only for peers that had one
+phantom_peer_last_handshake_timestamp_seconds gauge (Unix time)
+phantom_peer_state{peer,state}              gauge   1 for the current state, else 0
+phantom_peer_path{peer,path}                gauge   1 for the current path ("direct")
+phantom_peer_sessions{peer}                 gauge   installed sessions
+phantom_drops_total{reason}                 counter data-path drops, all peers
+phantom_handshake_drops_total{reason}       counter control-plane drops
+phantom_firewall_rule_hits_total{rule,direction,action} counter  rule = position 0..n-1
+phantom_firewall_drops_total{reason}        counter (and accepts_total)
+phantom_firewall_conntrack_entries          gauge
+phantom_datapath_batches_total{side}        counter --fast: recvmmsg batches per side
+phantom_datapath_packets_total{side}        counter --fast: packets in those batches
+phantom_datapath_burst_capped_total         counter --fast: batches that filled the burst
+phantom_datapath_burst_size                 gauge   --fast: the batch limit (tunables.burst)
+process_*                                   prometheus-client's process collector
+=========================================== ======= =================================
+
+``side`` is ``inner`` (TUN/TAP or test port: packets to encrypt) or ``udp``
+(datagrams from the wire); the mean batch size is
+``rate(phantom_datapath_packets_total[1m]) / rate(phantom_datapath_batches_total[1m])``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Iterable
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from .. import __version__
+
+PEER_STATES = ("idle", "handshaking", "established", "stale", "dead")
+PATHS = ("direct", "relayed")          # "relayed" arrives with NAT traversal (later issue)
+DEFAULT_PATH = "direct"
+
+__all__ = ["DaemonCollector", "make_registry", "render", "CONTENT_TYPE_LATEST", "peer_path"]
+
+
+def peer_path(peer) -> str:
+    """The path a peer's traffic takes: "direct" today (a Peer may carry ``path``)."""
+    return getattr(peer, "path", None) or DEFAULT_PATH
+
+
+class DaemonCollector(Collector):
+    """Yields phantomd's metric families from ``daemon`` (a phantom.daemon.Daemon,
+    or anything with ``engine``, ``dp``, ``fw``, ``s`` and ``started``)."""
+
+    def __init__(self, daemon):
+        self.d = daemon
+
+    def describe(self) -> Iterable:
+        return []            # no registration-time collect (the daemon may not be built yet)
+
+    def collect(self):
+        """Yield the families one by one, letting go of the GIL between them:
+        the fast path's workers take the GIL once per batch (the firewall
+        hook), so a scrape is cut into slices of a fraction of a millisecond
+        instead of holding them off for a whole render (several ms)."""
+        for family in self._families():
+            yield family
+            time.sleep(0)        # releases the GIL: a waiting worker goes first
+
+    def _families(self):
+        d = self.d
+        s = d.s
+        info = GaugeMetricFamily("phantom_info", "Phantom daemon build and mode",
+                                 labels=["version", "mode", "data_path"])
+        info.add_metric([__version__, s.mode.value, "fast" if s.fast else "reference"], 1)
+        yield info
+        yield GaugeMetricFamily("phantom_uptime_seconds", "Seconds since phantomd started",
+                                value=max(0.0, time.time() - d.started))
+        if d.dp is None or d.engine is None:
+            return
+        yield from self._peers(d)
+        yield from self._global(d)
+        yield from self._firewall(d)
+        yield from self._batches(d)
+
+    # -------------------------------------------------------------- per peer
+    def _peers(self, d):
+        peers = list(d.engine.peers.values())
+        yield GaugeMetricFamily("phantom_peers", "Peers known to the daemon", value=len(peers))
+        P = ["peer"]
+        rx_b = CounterMetricFamily("phantom_peer_rx_bytes", "Bytes received from the peer "
+                                   "(decrypted transport payloads)", labels=P)
+        tx_b = CounterMetricFamily("phantom_peer_tx_bytes", "Bytes sent to the peer "
+                                   "(plaintext size before encryption)", labels=P)
+        rx_p = CounterMetricFamily("phantom_peer_rx_packets", "Transport packets received "
+                                   "from the peer", labels=P)
+        tx_p = CounterMetricFamily("phantom_peer_tx_packets", "Transport packets sent to the peer",
+                                   labels=P)
+        drops = CounterMetricFamily("phantom_peer_drops", "Packets of this peer dropped by the "
+                                    "data path, by reason", labels=["peer", "reason"])
+        hs = CounterMetricFamily("phantom_peer_handshakes", "Completed handshakes with the peer",
+                                 labels=P)
+        age = GaugeMetricFamily("phantom_peer_latest_handshake_age_seconds",
+                                "Seconds since the latest completed handshake", labels=P)
+        last = GaugeMetricFamily("phantom_peer_last_handshake_timestamp_seconds",
+                                 "Unix time of the latest completed handshake", labels=P)
+        state = GaugeMetricFamily("phantom_peer_state", "The peer's state: 1 for the current one",
+                                  labels=["peer", "state"])
+        path = GaugeMetricFamily("phantom_peer_path", "The path to the peer: 1 for the current one",
+                                 labels=["peer", "path"])
+        sessions = GaugeMetricFamily("phantom_peer_sessions", "Sessions installed for the peer",
+                                     labels=P)
+        now = time.monotonic()
+        for p in peers:
+            try:
+                c = d.dp.counters(p.id)
+            except KeyError:          # removed between the two reads
+                continue
+            lab = [p.name]
+            rx_b.add_metric(lab, c.rx_bytes)
+            tx_b.add_metric(lab, c.tx_bytes)
+            rx_p.add_metric(lab, c.rx_packets)
+            tx_p.add_metric(lab, c.tx_packets)
+            for reason, n in sorted(c.drops.items()):
+                drops.add_metric([p.name, reason], n)
+            hs.add_metric(lab, getattr(p, "handshakes", 0))
+            if p.last_handshake_wall:
+                age.add_metric(lab, max(0.0, now - p.last_handshake))
+                last.add_metric(lab, p.last_handshake_wall)
+            cur = p.state.value
+            for st in PEER_STATES:
+                state.add_metric([p.name, st], 1 if st == cur else 0)
+            cur_path = peer_path(p)
+            for pa in PATHS if cur_path in PATHS else PATHS + (cur_path,):
+                path.add_metric([p.name, pa], 1 if pa == cur_path else 0)
+            sessions.add_metric(lab, len(p.sessions))
+        yield from (rx_b, tx_b, rx_p, tx_p, drops, hs, age, last, state, path, sessions)
+
+    # ---------------------------------------------------------------- global
+    def _global(self, d):
+        drops = CounterMetricFamily("phantom_drops", "Packets dropped by the data path "
+                                    "(all peers and none), by reason", labels=["reason"])
+        for reason, n in sorted(d.dp.global_drops().items()):
+            drops.add_metric([reason], n)
+        yield drops
+        hs = CounterMetricFamily("phantom_handshake_drops", "Handshake and cookie messages "
+                                 "dropped or answered with a cookie, by reason", labels=["reason"])
+        for reason in ("malformed", "bad_mac1", "cookie_sent", "rate_limited", "bad_handshake",
+                       "unknown_key", "replayed_initiation", "unknown_index", "bad_cookie_reply"):
+            hs.add_metric([reason], d.engine.drops.get(reason, 0))
+        for reason, n in sorted(d.engine.drops.items()):
+            if reason not in {s.labels["reason"] for s in hs.samples}:
+                hs.add_metric([reason], n)
+        yield hs
+
+    # -------------------------------------------------------------- firewall
+    def _firewall(self, d):
+        fw = d.fw
+        if fw is None:
+            return
+        desc = fw.describe()
+        hits = CounterMetricFamily("phantom_firewall_rule_hits", "Packets that matched a "
+                                   "firewall rule (rule = its position, from 0)",
+                                   labels=["rule", "direction", "action"])
+        for i, r in enumerate(desc.get("rules", [])):
+            hits.add_metric([str(i), str(r.get("direction", "")), str(r.get("action", ""))],
+                            r.get("hits", 0))
+        yield hits
+        fd = CounterMetricFamily("phantom_firewall_drops", "Packets the firewall dropped or "
+                                 "rejected, by reason", labels=["reason"])
+        for reason, n in sorted(desc.get("drops", {}).items()):
+            fd.add_metric([reason], n)
+        yield fd
+        fa = CounterMetricFamily("phantom_firewall_accepts", "Packets the firewall accepted, "
+                                 "by reason", labels=["reason"])
+        for reason, n in sorted(desc.get("accepts", {}).items()):
+            fa.add_metric([reason], n)
+        yield fa
+        ct = desc.get("conntrack") or {}
+        if "entries" in ct:
+            yield GaugeMetricFamily("phantom_firewall_conntrack_entries",
+                                    "Flows in the firewall's connection tracking table",
+                                    value=ct["entries"])
+
+    # ------------------------------------------------------- fast path batches
+    def _batches(self, d):
+        stats = getattr(d.dp, "worker_stats", None)
+        if not isinstance(stats, dict):
+            return
+        b = CounterMetricFamily("phantom_datapath_batches", "Batches the fast path's workers "
+                                "read (recvmmsg/read rounds that got packets), by side",
+                                labels=["side"])
+        p = CounterMetricFamily("phantom_datapath_packets", "Packets in those batches, by side",
+                                labels=["side"])
+        b.add_metric(["inner"], stats.get("inner_batches", 0))
+        b.add_metric(["udp"], stats.get("udp_batches", 0))
+        p.add_metric(["inner"], stats.get("inner_packets", 0))
+        p.add_metric(["udp"], stats.get("udp_packets", 0))
+        yield b
+        yield p
+        yield CounterMetricFamily("phantom_datapath_burst_capped", "Batches that filled the "
+                                  "whole burst (more was waiting)", value=stats.get("capped", 0))
+        yield GaugeMetricFamily("phantom_datapath_burst_size", "Most packets in one batch "
+                                "(tunables.burst)", value=d.t.burst)
+
+
+def make_registry(daemon, process: bool = True) -> CollectorRegistry:
+    """A registry of its own (not prometheus-client's global one) holding the
+    daemon collector and, with ``process``, the process and platform collectors."""
+    from prometheus_client import PlatformCollector, ProcessCollector
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(DaemonCollector(daemon))
+    if process:
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
+    return reg
+
+
+# While a scrape renders, a fast-path worker that wants the GIL (once per
+# batch, for the firewall hook) gets it after this long instead of the
+# interpreter's default 5 ms switch interval.
+SCRAPE_SWITCH_INTERVAL = 0.0002
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The text exposition format (version 0.0.4) of everything in ``registry``.
+
+    A render is a few milliseconds of Python.  For its duration the GIL
+    switch interval is shortened (:data:`SCRAPE_SWITCH_INTERVAL`), so the
+    fast path's workers, which take the GIL once per batch, wait at most that
+    long for it rather than for the whole render; bench/metrics_load.py
+    measures the effect on throughput."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(min(old, SCRAPE_SWITCH_INTERVAL))
+    try:
+        return generate_latest(registry)
+    finally:
+        sys.setswitchinterval(old)

@@ -1,0 +1,190 @@
+"""The operations routes of the daemon's API: the dashboard, /metrics,
+/events, /auth and /reload (issue #14).  :func:`add_routes` adds them to the
+application :func:`phantom.control.api.create_app` builds, behind the same
+middlewares (Host check, token on every state-changing method, JSON errors).
+
+====== ===================== ===============================================
+GET    /                     the dashboard (static page, no inline script)
+GET    /dashboard/{file}     its script and style sheet
+GET    /metrics              Prometheus text format (no secrets, no token)
+GET    /events               recent log events ``{"events": [...]}``
+GET    /auth                 200 when the bearer token is right, else 401
+POST   /reload               re-read the config file (token), see
+                             :mod:`phantom.control.reload`
+====== ===================== ===============================================
+
+The page ships in the wheel (``phantom/dashboard``, package data) and loads
+nothing from elsewhere; its Content-Security-Policy allows scripts, styles
+and fetches from the daemon itself only.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from aiohttp import web
+
+from phantom.control import events as ev
+from phantom.control.errors import ApiError
+
+DASHBOARD_FILES = {"index.html": "text/html", "app.js": "text/javascript",
+                   "style.css": "text/css"}
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+PAGE_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+EVENTS_KEY = web.AppKey("events", ev.EventLog)
+FILES_KEY = web.AppKey("dashboard_files", dict)
+
+
+class NotAvailable(ApiError):
+    status = 404
+
+
+def _load_files() -> dict:
+    base = resources.files("phantom") / "dashboard"
+    return {name: (base / name).read_bytes() for name in DASHBOARD_FILES}
+
+
+def _static(request: web.Request, name: str) -> web.Response:
+    body = request.app[FILES_KEY][name]
+    resp = web.Response(body=body, content_type=DASHBOARD_FILES[name], charset="utf-8")
+    resp.headers.update(PAGE_HEADERS)
+    return resp
+
+
+async def index(request: web.Request) -> web.Response:
+    return _static(request, "index.html")
+
+
+async def dashboard_file(request: web.Request) -> web.Response:
+    name = request.match_info["file"]
+    if name not in DASHBOARD_FILES or name == "index.html":
+        raise web.HTTPNotFound()
+    return _static(request, name)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    from phantom.control.metrics import CONTENT_TYPE_LATEST
+    from phantom.control.api import _controller
+    fn = getattr(_controller(request), "metrics", None)
+    if fn is None:
+        raise NotAvailable("this controller has no metrics")
+    body = fn()
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+async def events(request: web.Request) -> web.Response:
+    from phantom.control.api import BadRequest, json_response
+    try:
+        since = int(request.query.get("since", "0"))
+    except ValueError:
+        raise BadRequest("since must be an integer (the seq of the last event seen)") from None
+    return json_response({"events": request.app[EVENTS_KEY].recent(since)})
+
+
+async def auth(request: web.Request) -> web.Response:
+    from phantom.control.api import _authorized, error_response, json_response
+    if _authorized(request):           # constant-time, as for every mutation
+        return json_response({"signed_in": True})
+    resp = error_response(401, "missing or wrong API token")
+    resp.headers["WWW-Authenticate"] = 'Bearer realm="phantom"'
+    return resp
+
+
+async def reload(request: web.Request) -> web.Response:
+    from phantom.control.api import _call, _controller, json_response
+    fn = getattr(_controller(request), "reload", None)
+    if fn is None:
+        raise NotAvailable("this controller cannot reload")
+    return json_response(await _call(fn()))
+
+
+async def _refuse_get(request: web.Request) -> web.Response:
+    raise web.HTTPMethodNotAllowed(request.method, ["POST"])
+
+
+async def _detach_events(app: web.Application) -> None:
+    ev.detach(app[EVENTS_KEY])
+
+
+def add_routes(app: web.Application) -> None:
+    """Add the operations routes (create_app calls it)."""
+    app[FILES_KEY] = _load_files()
+    app[EVENTS_KEY] = ev.attach()
+    app.on_cleanup.append(_detach_events)
+    r = app.router
+    r.add_get("/", index)
+    r.add_get("/dashboard/{file}", dashboard_file)
+    r.add_get("/metrics", metrics)
+    r.add_get("/events", events)
+    r.add_get("/auth", auth)
+    r.add_post("/reload", reload)
+    r.add_get("/reload", _refuse_get, allow_head=False)
+
+
+def create_metrics_app(controller) -> web.Application:
+    """The ``metrics_listen`` server: GET /metrics alone (no token, no other
+    route), with the API's Host check and JSON errors."""
+    from phantom.control.api import CONTROLLER_KEY, HOSTS_KEY, MAX_BODY, _errors, _host_ok, \
+        error_response
+
+    @web.middleware
+    async def host_check(request, handler):
+        if "Host" not in request.headers:
+            return error_response(400, "missing Host header: send 'Host: 127.0.0.1' (or localhost)")
+        if not _host_ok(request):
+            return error_response(403, "the Host header is not allowed (use 127.0.0.1, [::1] or "
+                                  "localhost)")
+        return await handler(request)
+
+    app = web.Application(middlewares=[_errors, host_check], client_max_size=MAX_BODY)
+    app[CONTROLLER_KEY] = controller
+    app[HOSTS_KEY] = frozenset()
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def openapi_paths(ok, err, common: dict, mutation: dict, obj: dict) -> dict:
+    """The OpenAPI entries of these routes (merged into api.OPENAPI)."""
+    def page(description, media):
+        return {"description": description, "content": {media: {"schema": {"type": "string"}}}}
+    return {
+        "/": {"get": {"summary": "The dashboard (HTML page)", "operationId": "dashboard",
+                      "responses": dict(common, **{"200": page("the page", "text/html")})}},
+        "/dashboard/{file}": {"get": {
+            "summary": "The dashboard's script and style sheet", "operationId": "dashboardFile",
+            "parameters": [{"name": "file", "in": "path", "required": True,
+                            "schema": {"type": "string", "enum": ["app.js", "style.css"]}}],
+            "responses": dict(common, **{"200": page("the file", "text/javascript"),
+                                         "404": err("no such file")})}},
+        "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format 0.0.4)",
+                             "operationId": "metrics",
+                             "responses": dict(common, **{"200": page("metrics", "text/plain")})}},
+        "/events": {"get": {
+            "summary": "Recent events (the daemon's INFO+ log records)", "operationId": "events",
+            "parameters": [{"name": "since", "in": "query", "required": False,
+                            "schema": {"type": "integer"}}],
+            "responses": dict(common, **{"200": ok("events", obj),
+                                         "400": err("since is not an integer")})}},
+        "/auth": {"get": {"summary": "Check a bearer token (200) or not (401)",
+                          "operationId": "auth", "security": [{"bearer": []}],
+                          "responses": dict(common, **{"200": ok("signed in", obj),
+                                                       "401": err("missing or wrong token")})}},
+        "/reload": {"post": {
+            "summary": "Re-read the config file; peers and firewall change in place",
+            "operationId": "reload", "security": [{"bearer": []}],
+            "responses": dict(mutation, **{"200": ok("what changed", obj),
+                                           "404": err("this controller cannot reload")})}},
+    }

@@ -1,0 +1,291 @@
+"""Config sync without dropping tunnels: ``phantom reload``, ``POST /reload``, SIGHUP.
+
+Like ``wg syncconf``: the whole config file is read again and compared with
+what the daemon runs; peers are matched by public key.
+
+* a peer in the file and not in the daemon is **added** (and opened when it
+  has an endpoint and a persistent keepalive, as at start);
+* a configured peer no longer in the file is **removed**: its sessions end
+  and the data path zeroes its keys (``remove_peer`` -> ``clear_keys``);
+* a peer in both is **changed in place** where the file changed: its name,
+  allowed IPs (the data path's routing table), endpoint, persistent
+  keepalive; its sessions and keys stay, no handshake is started for it;
+* a peer whose entry did not change is not touched at all;
+* a peer whose ``protocol`` changed is removed and added again (a Phantom
+  and a WireGuard peer are different peers); a WireGuard peer's
+  ``preshared_key_file``, when new or another file, is read and used from the
+  next handshake on;
+* the ``[firewall]`` table is compiled against the new peer names and
+  installed in place (connection tracking and drop counters carry over;
+  per-rule hit counters restart) when it, or a peer's name, changed.
+
+Peers opened through the API or admitted from the key directory (not from
+the file) are left alone; a file entry with such a peer's key adopts it.
+
+Everything is validated before anything changes: an unreadable or invalid
+file, a bad peer entry, duplicate names/keys/prefixes, our own key, a name
+taken by an API peer, or firewall rules that do not compile refuse the
+reload whole with a :class:`ConfigError` naming the key, and the daemon
+goes on exactly as before.
+
+What a running daemon cannot change (the UDP or API port, mode, device,
+addresses, MTU, private key, state dir, user, directory, tunables) is not
+applied: the report lists it under ``notes`` ("needs a restart").  After
+the privilege drop the daemon cannot add kernel routes either: allowed IPs
+outside the interface's subnets that were not routed at start get a note.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .config import (ConfigError, Settings, _check_peers, check_own_key,
+                     read_config_file, settings_from_mapping)
+
+log = logging.getLogger("phantom.daemon")
+
+# [interface] settings a running daemon does not change (restart needed).
+RESTART_KEYS = ("listen_port", "http_port", "http_listen", "http_socket", "test_port",
+                "test_deliver", "mode", "device", "addresses", "mtu", "private_key_file",
+                "state_dir", "user", "directory", "name", "endpoints", "trusted_signers",
+                "log_level", "tunables", "metrics_listen", "dht_bootstrap", "dht_port",
+                "endpoints_auto", "uapi")
+
+
+def read(path) -> Settings:
+    """The config file as Settings (the same parse as at start, flags aside)."""
+    from pathlib import Path
+    path = Path(path)
+    return settings_from_mapping(read_config_file(path), base=path.resolve().parent)
+
+
+@dataclass
+class Plan:
+    add: list = field(default_factory=list)           # PeerConfig
+    remove: list = field(default_factory=list)        # engine Peer
+    change: list = field(default_factory=list)        # (Peer, PeerConfig, [fields])
+    unchanged: list = field(default_factory=list)     # engine Peer
+    adopt: list = field(default_factory=list)         # API peers the file now names
+    firewall_changed: bool = False
+    notes: list = field(default_factory=list)
+    fresh: Optional[Settings] = None
+    psks: dict = field(default_factory=dict)          # peer name -> WireGuard preshared key read now
+
+
+def _b64(key: bytes) -> str:
+    import base64
+    return base64.b64encode(bytes(key)).decode()
+
+
+def plan(daemon, fresh: Settings, baseline: Optional[Settings]) -> Plan:
+    """Compare ``fresh`` (the file now) with the running daemon; raise
+    ConfigError for anything that would not apply.  Changes nothing."""
+    from ..dataplane import firewall
+    engine = daemon.engine
+    _check_peers(fresh.peers)
+    check_own_key(fresh, engine.public_key)
+    old_cfg = {bytes(p.public_key): p for p in (baseline.peers if baseline else [])}
+    p = Plan(fresh=fresh)
+    in_file = set()
+    for i, pc in enumerate(fresh.peers):
+        key = bytes(pc.public_key)
+        in_file.add(key)
+        if pc.protocol == "wireguard" and daemon.s.mode.value != "tun":
+            raise ConfigError("peer[%d].protocol" % i, "a WireGuard peer carries IP packets: it "
+                              "needs mode = \"tun\"")
+        peer = engine.peer_by_key(key)
+        before = old_cfg.get(key)
+        # A WireGuard peer's preshared key is read again when its file is new or
+        # another one (a file the daemon can no longer read after a user switch
+        # refuses the reload; the same path with new contents needs a restart).
+        if pc.preshared_key_file is not None and (
+                peer is None or before is None or before.preshared_key_file != pc.preshared_key_file):
+            from .wireguard.keys import load_preshared_key
+            p.psks[pc.name] = load_preshared_key(pc.preshared_key_file,
+                                                 "peer[%d].preshared_key_file" % i)
+        if peer is not None and peer.protocol != pc.protocol:
+            p.remove.append(peer)                      # another protocol: another peer
+            peer = None
+        if peer is None:
+            p.add.append(pc)
+            continue
+        fields = []
+        if peer.name != pc.name:
+            fields.append("name")
+        if set(map(str, peer.allowed_ips)) != set(map(str, pc.allowed_ips)):
+            fields.append("allowed_ips")
+        # The endpoint in force may have roamed: only a change in the file moves it.
+        if pc.endpoint is not None and (before is None or before.endpoint != pc.endpoint):
+            if pc.endpoint != peer.endpoint:
+                fields.append("endpoint")
+        if float(pc.persistent_keepalive or 0) != float(peer.persistent_keepalive or 0):
+            fields.append("persistent_keepalive")
+        if pc.name in p.psks or (pc.preshared_key_file is None and peer.preshared_key is not None):
+            fields.append("preshared_key")
+        if peer.dynamic:
+            p.adopt.append(peer)
+        if fields:
+            p.change.append((peer, pc, fields))
+        elif not peer.dynamic:
+            p.unchanged.append(peer)
+    for peer in engine.peers.values():
+        if bytes(peer.public_key) not in in_file and not peer.dynamic:
+            p.remove.append(peer)
+
+    # Names: the new ones must not collide with peers the file does not own.
+    staying = [pe for pe in engine.peers.values()
+               if pe.dynamic and bytes(pe.public_key) not in in_file]
+    taken = {pe.name: pe for pe in staying}
+    for i, pc in enumerate(fresh.peers):
+        if pc.name in taken:
+            raise ConfigError("peer[%d].name" % i, "%r is the name of a peer opened through the "
+                              "API or the key directory (%s); choose another"
+                              % (pc.name, _b64(taken[pc.name].public_key)))
+
+    # Ids the added peers will get (Engine.add_peer numbers in order).
+    names: dict = {}
+    for pe in staying:
+        names[pe.name] = pe.id
+        names[_b64(pe.public_key)] = pe.id
+    next_id = engine._next_peer_id
+    for pc in fresh.peers:
+        peer = engine.peer_by_key(bytes(pc.public_key))
+        if peer is None:
+            pid, next_id = next_id, next_id + 1
+        else:
+            pid = peer.id
+        names[pc.name] = pid
+        names[_b64(pc.public_key)] = pid
+    try:
+        firewall.compile_rules(firewall.parse_rules(fresh.firewall, names))
+    except firewall.FirewallError as exc:
+        raise ConfigError("firewall", str(exc)) from None
+    old_fw = baseline.firewall if baseline is not None else daemon.s.firewall
+    renamed = any("name" in f for _, _, f in p.change)
+    p.firewall_changed = fresh.firewall != old_fw or bool(p.add or p.remove or renamed)
+
+    if baseline is not None:
+        for k in RESTART_KEYS:
+            if getattr(fresh, k) != getattr(baseline, k):
+                p.notes.append("interface.%s changed: needs a restart (not applied)" % k
+                               if k != "tunables" else "[tunables] changed: needs a restart "
+                               "(not applied)")
+    connected = [a.network for a in daemon.s.addresses]
+    routed = {str(n) for pc in (baseline.peers if baseline else daemon.s.peers)
+              for n in pc.allowed_ips}
+    if daemon.s.mode.value == "tun":
+        for pc in fresh.peers:
+            for n in pc.allowed_ips:
+                n = ipaddress.ip_network(n)
+                inside = any(n.version == c.version and n.subnet_of(c) for c in connected)
+                if not inside and str(n) not in routed:
+                    p.notes.append("peer %s: no kernel route for %s (the daemon has no privileges "
+                                   "left to add one): `ip route add %s dev %s`, or restart"
+                                   % (pc.name, n, n, daemon.device.name if daemon.device else "DEV"))
+    return p
+
+
+def apply(daemon, p: Plan) -> dict:
+    """Carry out a Plan (after :func:`plan` validated it).  Returns the report."""
+    from ..dataplane import firewall
+    from ..dataplane.types import Mode
+    engine, dp = daemon.engine, daemon.dp
+    removed = []
+    for peer in p.remove:
+        daemon._do(engine.remove_peer(peer.id))
+        dp.remove_peer(peer.id)                        # clear_keys: keys zeroed
+        removed.append(peer.name)
+        log.info("reload: peer=%s removed (keys wiped)", peer.name)
+    changed = {}
+    opens = []
+    for peer, pc, fields in p.change:
+        old_name = peer.name
+        if "name" in fields:
+            peer.name = pc.name
+        if "allowed_ips" in fields:
+            peer.allowed_ips = list(pc.allowed_ips)
+            dp.set_allowed_ips(peer.id, pc.allowed_ips)
+        if "endpoint" in fields:
+            peer.endpoint = pc.endpoint
+            dp.set_endpoint(peer.id, pc.endpoint)
+        if "persistent_keepalive" in fields:
+            peer.persistent_keepalive = float(pc.persistent_keepalive or 0)
+        if "preshared_key" in fields:                  # the next handshake uses it
+            from .. import crypto
+            if peer.preshared_key is not None:
+                crypto.memzero(peer.preshared_key)
+            psk = p.psks.get(pc.name)
+            peer.preshared_key = bytearray(psk) if psk is not None else None
+        if peer.persistent_keepalive and peer.endpoint is not None:
+            peer.wanted = True
+            if not peer.sessions and peer.pending is None:
+                opens.append(peer)
+        engine.peer_changed(peer, old_name)            # re-index the name, wake its timers
+        changed[pc.name] = fields
+        log.info("reload: peer=%s changed in place: %s%s", pc.name, ", ".join(fields),
+                 " (was %s)" % old_name if old_name != pc.name else "")
+    for peer in p.adopt:
+        peer.dynamic = False
+    added = []
+    for pc in p.add:
+        peer = engine.add_peer(pc.public_key, pc.name, pc.allowed_ips, pc.endpoint,
+                               pc.persistent_keepalive, protocol=pc.protocol,
+                               preshared_key=p.psks.get(pc.name))
+        dp.add_peer(peer.id, pc.allowed_ips)
+        if pc.endpoint:
+            dp.set_endpoint(peer.id, pc.endpoint)
+            if pc.persistent_keepalive:
+                opens.append(peer)
+        added.append(pc.name)
+        log.info("reload: peer=%s added", pc.name)
+    fresh = p.fresh
+    daemon.s.peers = fresh.peers
+    daemon.s.firewall = fresh.firewall
+    if p.firewall_changed:
+        new = firewall.build(fresh.firewall, daemon._peer_names(), daemon.s.mode, previous=daemon.fw)
+        daemon.fw = new
+        dp.set_firewall(new)
+        log.info("reload: firewall installed (%d rules)", len(new.describe().get("rules", [])))
+    if daemon.s.mode is Mode.TEST and engine.peers and p.remove:
+        dp.set_test_peer(next(iter(engine.peers)))
+    for peer in opens:
+        daemon._do(engine.open(peer.id))
+    for note in p.notes:
+        log.warning("reload: %s", note)
+    from .. import crypto
+    for psk in p.psks.values():                        # the engine holds its own copies
+        crypto.memzero(psk)
+    return {"added": added, "removed": removed, "changed": changed,
+            "unchanged": [pe.name for pe in p.unchanged], "firewall": p.firewall_changed,
+            "notes": p.notes}
+
+
+def reload(daemon) -> dict:
+    """Read ``daemon.s.config_path`` and apply it; ConfigError changes nothing."""
+    if daemon.s.config_path is None:
+        raise ConfigError("--config", "phantomd was started without a config file: nothing "
+                          "to reload")
+    fresh = read(daemon.s.config_path)
+    baseline = getattr(daemon, "_file_settings", None)
+    p = plan(daemon, fresh, baseline)
+    report = apply(daemon, p)
+    daemon._file_settings = fresh
+    log.info("reload: %s: %d added, %d removed, %d changed, %d unchanged%s",
+             daemon.s.config_path, len(report["added"]), len(report["removed"]),
+             len(report["changed"]), len(report["unchanged"]),
+             ", firewall replaced" if report["firewall"] else "")
+    return report
+
+
+def baseline(settings: Settings) -> Optional[Settings]:
+    """What the file said at start (flags aside), for telling later file edits
+    from what the daemon learnt since (a roamed endpoint); None without a file."""
+    if settings.config_path is None:
+        return None
+    try:
+        return read(settings.config_path)
+    except ConfigError:
+        return None

@@ -1,0 +1,78 @@
+"""Which protocol a datagram on the shared UDP port speaks.
+
+Phantom and WireGuard peers share one socket.  The first byte and the length
+tell a handshake apart::
+
+    type 1  164 bytes: Phantom initiation      148 bytes: WireGuard initiation
+    type 2  108 bytes: Phantom response         92 bytes: WireGuard response
+    type 3   64 bytes: cookie reply (both)  -- the receiver index decides
+    type 4  transport data (both)           -- the receiver index decides
+
+Cookie replies and transport data are addressed to one of *our* indexes,
+and we know which protocol each index was handed out for, so ``protocol``
+is ``None`` for them here and the index table answers.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple, Optional
+
+from . import phantom as _ph
+from . import wireguard as _wg
+from .phantom import MessageType, WireError
+
+
+class Protocol(str, enum.Enum):
+    PHANTOM = "phantom"
+    WIREGUARD = "wireguard"
+
+
+class Kind(NamedTuple):
+    protocol: Optional[Protocol]    # None: decided by the receiver index
+    mtype: MessageType
+
+
+_HANDSHAKE_SIZES = {
+    (MessageType.INITIATION, _ph.INITIATION_SIZE): Protocol.PHANTOM,
+    (MessageType.INITIATION, _wg.INITIATION_SIZE): Protocol.WIREGUARD,
+    (MessageType.RESPONSE, _ph.RESPONSE_SIZE): Protocol.PHANTOM,
+    (MessageType.RESPONSE, _wg.RESPONSE_SIZE): Protocol.WIREGUARD,
+}
+assert _ph.COOKIE_REPLY_SIZE == _wg.COOKIE_REPLY_SIZE
+
+
+def classify(datagram) -> Kind:
+    """(protocol, message type) of a datagram, or raise WireError for bad framing."""
+    n = len(datagram)
+    if n < 4:
+        raise WireError("truncated header")
+    if datagram[1] or datagram[2] or datagram[3]:
+        raise WireError("reserved bytes not zero")
+    try:
+        mtype = MessageType(datagram[0])
+    except ValueError:
+        raise WireError("unknown message type %d" % datagram[0]) from None
+    if mtype is MessageType.TRANSPORT:
+        if n < min(_ph.TRANSPORT_MIN_SIZE, _wg.TRANSPORT_MIN_SIZE):
+            raise WireError("truncated transport message")
+        if n > max(_ph.MAX_DATAGRAM_SIZE, _wg.MAX_DATAGRAM_SIZE):
+            raise WireError("oversized transport message")
+        return Kind(None, mtype)
+    if mtype is MessageType.COOKIE_REPLY:
+        if n != _ph.COOKIE_REPLY_SIZE:
+            raise WireError("cookie reply of %d bytes, expected %d" % (n, _ph.COOKIE_REPLY_SIZE))
+        return Kind(None, mtype)
+    proto = _HANDSHAKE_SIZES.get((mtype, n))
+    if proto is None:
+        raise WireError("%s of %d bytes is neither Phantom's (%d) nor WireGuard's (%d)" % (
+            mtype.name.lower(), n, _ph._EXPECTED_SIZE[mtype], _wg._EXPECTED_SIZE[mtype]))
+    return Kind(proto, mtype)
+
+
+def is_control(datagram) -> bool:
+    """True for a well-framed handshake or cookie message of either protocol."""
+    try:
+        return classify(datagram).mtype is not MessageType.TRANSPORT
+    except WireError:
+        return False

@@ -1,0 +1,175 @@
+"""The reload planner (phantom/control/reload.py) on a stand-in daemon: what
+changes, what stays, what is refused, without namespaces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from phantom import crypto
+from phantom.constants import Tunables
+from phantom.control import reload as rl
+from phantom.control.config import ConfigError, settings_from_mapping
+from phantom.control.engine import Engine
+from phantom.control.keys import encode_key
+from phantom.control.peer import PeerState
+from phantom.dataplane import firewall
+from phantom.dataplane.types import Mode
+
+KEYS = {n: encode_key(crypto.x25519_public(crypto.random_bytes(32))) for n in "bcdef"}
+
+
+class RecordingDataPath:
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return lambda *a: self.calls.append((name,) + a)
+
+
+def doc(*peers, firewall_=None, **iface):
+    d = {"interface": dict({"mode": "tun", "addresses": ["10.99.0.1/24"]}, **iface),
+         "peer": [dict(p) for p in peers]}
+    if firewall_ is not None:
+        d["firewall"] = firewall_
+    return d
+
+
+def peer(n, **kw):
+    return dict({"name": n, "public_key": KEYS[n], "endpoint": "10.201.0.%d:9000" % (ord(n) - 96),
+                 "allowed_ips": ["10.99.0.%d/32" % (ord(n) - 96)]}, **kw)
+
+
+class Daemon:
+    """Just what reload needs: engine, dp, fw, s, _do, _peer_names, device."""
+
+    def __init__(self, d):
+        s = settings_from_mapping(d)
+        s.config_path = Path("/nonexistent")
+        self.s = s
+        self.engine = Engine(bytearray(crypto.random_bytes(32)), Tunables())
+        self.dp = RecordingDataPath()
+        self.device = SimpleNamespace(name="ph0")
+        for pc in s.peers:
+            p = self.engine.add_peer(pc.public_key, pc.name, pc.allowed_ips, pc.endpoint,
+                                     pc.persistent_keepalive)
+            p.set_state(PeerState.HANDSHAKING)
+            p.set_state(PeerState.ESTABLISHED)
+        self.fw = firewall.build(s.firewall, self._peer_names(), Mode.TUN)
+        self._file_settings = settings_from_mapping(d)
+        self.done = []
+
+    def _do(self, actions):
+        self.done += actions
+
+    def _peer_names(self):
+        out = {}
+        for p in self.engine.peers.values():
+            out[p.name] = p.id
+            out[encode_key(p.public_key)] = p.id
+        return out
+
+
+def run(daemon, d):
+    fresh = settings_from_mapping(d)
+    p = rl.plan(daemon, fresh, daemon._file_settings)
+    out = rl.apply(daemon, p)
+    daemon._file_settings = fresh
+    return out
+
+
+def test_unchanged_peers_are_not_touched_at_all():
+    d = Daemon(doc(peer("b"), peer("c")))
+    out = run(d, doc(peer("b"), peer("c")))
+    assert out == {"added": [], "removed": [], "changed": {}, "unchanged": ["b", "c"],
+                   "firewall": False, "notes": []}
+    assert d.dp.calls == [] and d.done == []
+
+
+def test_add_remove_change():
+    d = Daemon(doc(peer("b"), peer("c"), peer("d")))
+    b = d.engine.peer_by_key(crypto_key("b"))
+    out = run(d, doc(peer("b", allowed_ips=["10.99.0.2/32", "10.99.0.22/32"]),
+                     peer("d", name="dd", persistent_keepalive=5), peer("e")))
+    assert out["added"] == ["e"] and out["removed"] == ["c"] and out["unchanged"] == []
+    assert out["changed"] == {"b": ["allowed_ips"], "dd": ["name", "persistent_keepalive"]}
+    assert out["firewall"] is True                    # peers added, removed, renamed
+    names = [c[0] for c in d.dp.calls]
+    assert "remove_peer" in names and "add_peer" in names and "set_allowed_ips" in names
+    assert [str(n) for n in b.allowed_ips] == ["10.99.0.2/32", "10.99.0.22/32"]
+    assert b.state is PeerState.ESTABLISHED           # sessions untouched
+    assert {p.name for p in d.engine.peers.values()} == {"b", "dd", "e"}
+    dd = d.engine.peer_by_key(crypto_key("d"))
+    assert dd.persistent_keepalive == 5 and dd.wanted    # kept up from now on
+    assert not any(type(a).__name__ == "SendDatagram" for a in d.done)   # no handshake: it is up
+
+
+def crypto_key(n):
+    import base64
+    return base64.b64decode(KEYS[n])
+
+
+def test_a_roamed_endpoint_stays_unless_the_file_changes_it():
+    d = Daemon(doc(peer("b")))
+    b = d.engine.peer_by_key(crypto_key("b"))
+    b.endpoint = ("10.201.0.77", 9000)                # the peer roamed
+    out = run(d, doc(peer("b")))
+    assert out["changed"] == {} and b.endpoint == ("10.201.0.77", 9000)
+    out = run(d, doc(peer("b", endpoint="10.201.0.88:9000")))
+    assert out["changed"] == {"b": ["endpoint"]} and b.endpoint == ("10.201.0.88", 9000)
+    assert ("set_endpoint", b.id, ("10.201.0.88", 9000)) in d.dp.calls
+
+
+def test_bad_files_are_refused_before_anything_changes():
+    d = Daemon(doc(peer("b"), peer("c")))
+    before = {p.name: (p.id, list(p.allowed_ips)) for p in d.engine.peers.values()}
+    cases = [
+        (doc(peer("b"), peer("c", name="b")), "peer[1].name"),
+        (doc(peer("b"), peer("c", public_key=KEYS["b"])), "peer[1].public_key"),
+        (doc(peer("b"), peer("c", allowed_ips=["10.99.0.2/32"])), "peer[1].allowed_ips[0]"),
+        (doc(peer("b"), peer("d"), firewall_={"rule": [{"direction": "in", "action": "drop",
+                                                        "peer": "c"}]}), "firewall"),
+        (doc(peer("b"), dict(peer("c"), public_key=encode_key(d.engine.public_key))),
+         "peer[1].public_key"),
+    ]
+    for dd, key in cases:
+        with pytest.raises(ConfigError) as e:
+            rl.plan(d, settings_from_mapping(dd), d._file_settings)
+        assert e.value.key.startswith(key), (key, str(e.value))
+    assert d.dp.calls == [] and d.done == []
+    assert {p.name: (p.id, list(p.allowed_ips)) for p in d.engine.peers.values()} == before
+
+
+def test_firewall_rules_may_name_peers_the_same_reload_adds():
+    d = Daemon(doc(peer("b")))
+    out = run(d, doc(peer("b"), peer("f"), firewall_={"rule": [
+        {"direction": "in", "action": "drop", "peer": "f", "proto": "tcp", "dst_port": 22}]}))
+    assert out["added"] == ["f"] and out["firewall"] is True
+    f = d.engine.peer_by_key(crypto_key("f"))
+    assert d.fw.describe()["rules"][0]["peer"] == "f"
+    assert f is not None
+
+
+def test_api_peers_stay_and_their_names_are_reserved():
+    d = Daemon(doc(peer("b")))
+    api = d.engine.add_peer(crypto_key("c"), "carol", [], ("10.201.0.3", 9000), dynamic=True)
+    out = run(d, doc(peer("b")))
+    assert out["removed"] == [] and api.id in d.engine.peers
+    with pytest.raises(ConfigError) as e:
+        rl.plan(d, settings_from_mapping(doc(peer("b"), peer("d", name="carol"))), d._file_settings)
+    assert e.value.key == "peer[1].name" and "API" in e.value.problem
+    out = run(d, doc(peer("b"), peer("c", name="carol", endpoint="10.201.0.3:9000",
+                                     allowed_ips=[])))
+    assert not api.dynamic                            # adopted by the file
+
+
+def test_what_needs_a_restart_is_noted_not_applied():
+    d = Daemon(doc(peer("b")))
+    out = run(d, doc(peer("b"), listen_port=9100, mtu=1380))
+    assert "interface.listen_port changed: needs a restart (not applied)" in out["notes"]
+    assert "interface.mtu changed: needs a restart (not applied)" in out["notes"]
+    out = run(d, doc(peer("b", allowed_ips=["10.99.0.2/32", "192.168.50.0/24"]),
+                     listen_port=9100, mtu=1380))
+    assert any("no kernel route for 192.168.50.0/24" in n for n in out["notes"])
