@@ -5,7 +5,9 @@ Contract (phantom/wire.py): ``message_type`` accepts a datagram or raises
 WireError; each ``unpack`` accepts exactly its own type and size or raises
 WireError, and what it accepts packs back to the same bytes; the transport
 header of anything ``message_type`` calls TRANSPORT unpacks and re-packs to
-the same 16 bytes.  The receiver's mac1/mac2 checks (cookie.CookieChecker)
+the same 16 bytes; a peer-control datagram (type 5) unpacks unless its nonce
+is outside the control domain and re-packs to the same bytes; a peer-control
+body decodes or raises WireError and re-encodes to the same bytes.  The receiver's mac1/mac2 checks (cookie.CookieChecker)
 return a bool for any input.  The inner-packet parsers of
 phantom/dataplane/packet.py "never raise on any input".
 """
@@ -55,8 +57,26 @@ def TestOneInput(data: bytes) -> None:
         assert wire.pack_transport_header(idx, ctr) == bytes(data[:wire.TRANSPORT_HEADER_SIZE])
         assert wire.TRANSPORT_MIN_SIZE <= len(data) <= wire.MAX_DATAGRAM_SIZE
         assert wire.transport_nonce(ctr)[:8] == data[8:16]
+    elif mtype is wire.MessageType.RELAY:
+        assert wire.RELAY_MIN_SIZE <= len(data) <= wire.MAX_DATAGRAM_SIZE
+    elif mtype is wire.MessageType.PEER_CONTROL:
+        assert wire.PEER_CONTROL_MIN_SIZE <= len(data) <= wire.PEER_CONTROL_MAX_SIZE
+        try:
+            idx, nonce, box = wire.unpack_peer_control(data)
+        except ALLOWED:
+            assert data[wire.PEER_CONTROL_HEADER.size - 1] != 1   # only the nonce domain refuses
+        else:
+            assert wire.pack_peer_control(idx, nonce, box) == bytes(data)
     elif mtype is not None:
         assert len(data) == wire._EXPECTED_SIZE[mtype]
+    # a peer-control body (what the control plane decrypted) decodes or raises WireError,
+    # and what decodes encodes back to the same bytes
+    try:
+        seq, msg = wire.decode_control(data)
+    except ALLOWED:
+        pass
+    else:
+        assert wire.encode_control(seq, msg) == bytes(data), "peer control body does not round-trip"
     # mac checks answer a bool for any bytes
     assert _CHECKER.check_mac1(data) in (True, False)
     assert _CHECKER.check_mac2(data, common.PEER_ADDR) in (True, False)

@@ -32,6 +32,11 @@ cdef enum:
     V_PASS = -1                    # send (outbound) / deliver (inbound)
     V_STAGED = -2                  # kept for after the handshake
     V_CONSUMED = -3                # handled (control message, keepalive)
+    V_RELAY = -4                   # inbound relay frame to forward (never to the device)
+    V_REPROCESS = -5               # inbound relay frame unwrapped: its inner datagram goes round again
+    V_HOLD = -6                    # parked while the batch's unwrapped frames go round again
+    FP_WRAP_ROOM = 36              # a relay frame's extra bytes: relay_id u32 + header and MAC
+    FP_RELAY_FAMILY = 0xFFFE       # a sockaddr that names a RelayVia (relay peer id, relay id)
     # event kinds
     EV_CONTROL_PACKET = 1
     EV_HANDSHAKE_NEEDED = 2
@@ -112,6 +117,13 @@ cdef struct fp_peer:
     int staged_count
     bint handshake_asked           # handshake_needed raised since the last new key
     bint flush_pending             # staged packets wait for a flush (worker sets)
+    bint relay_known               # frames from peer slot relay_slot tagged relay_id are this peer's
+    bint relayed                   # and its endpoint is that relay (sends are wrapped)
+    int relay_slot
+    uint32_t relay_id
+    int64_t relay_sec              # relay budget: the second it counts, bytes and packets in it
+    uint64_t relay_bytes
+    uint64_t relay_pkts
 
 
 cdef struct fp_trie:
@@ -178,6 +190,13 @@ cdef struct fp_engine:
     void *fw                       # firewall callback (a Python object) or NULL
     # diagnostics / fault injection (tests only)
     bint fault_seal
+    # relay role (NAT traversal, wire type 6)
+    bint relay_enabled
+    uint64_t relay_bytes_budget    # per source peer and second
+    uint64_t relay_pkts_budget
+    uint64_t relay_forwarded
+    uint64_t relay_budget_drops
+    uint64_t relay_no_dest
     uint64_t batches
     uint64_t udp_eagain_waits
 
@@ -198,6 +217,15 @@ cdef struct fp_pkt:
     int cipher                     # the keypair's, copied with the key
     size_t wire_off                # outbound: the datagram starts at buf + wire_off (0, WireGuard 16)
     size_t wire_tail               # outbound: bytes after the payload (WireGuard padding + tag)
+    bint relay                     # inbound: a relay frame (type 6)
+    bint relayed_inner             # inbound: the inner datagram of a relay frame
+    int relay_peer_slot            # ... and the peer it must belong to
+    int saved_verdict
+    bint wrap                      # outbound: wrap in a relay frame (the fields below)
+    uint32_t wrap_index
+    uint64_t wrap_counter
+    uint32_t wrap_id
+    unsigned char wrap_key[32]
     unsigned char key[32]
 
 

@@ -33,7 +33,7 @@ they take the same lock with the GIL released.
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, uintptr_t
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memcmp, memcpy, memset
+from libc.string cimport memcmp, memcpy, memmove, memset
 
 from phantom.includes.system cimport *
 from phantom.includes.sodium cimport secretbox_fn, memzero_fn, aead_encrypt_fn, aead_decrypt_fn
@@ -73,6 +73,8 @@ cdef uint64_t REPLAY_LIMIT = _constants.REJECT_AFTER_MESSAGES
 cdef uint16_t _ENDIAN_PROBE = 1
 cdef size_t MAX_DATAGRAM = _wire.MAX_DATAGRAM_SIZE
 cdef size_t INITIATION_SIZE = _wire.INITIATION_SIZE
+cdef size_t PEER_CONTROL_MIN_SIZE = _wire.PEER_CONTROL_MIN_SIZE
+cdef size_t PEER_CONTROL_MAX_SIZE = _wire.PEER_CONTROL_MAX_SIZE
 cdef size_t RESPONSE_SIZE = _wire.RESPONSE_SIZE
 cdef size_t COOKIE_REPLY_SIZE = _wire.COOKIE_REPLY_SIZE
 cdef size_t WG_INITIATION_SIZE = _wgwire.INITIATION_SIZE
@@ -753,7 +755,7 @@ cdef int _stage(fp_engine *e, fp_peer *peer, fp_pkt *pkt) noexcept nogil:
         peer.staged_count -= 1
         e.drops[D_STAGED_OVERFLOW] += 1
         peer.drops[D_STAGED_OVERFLOW] += 1
-    copy = <unsigned char *>malloc(FP_PAYLOAD_OFFSET + pkt.len + FP_TAIL_ROOM)
+    copy = <unsigned char *>malloc(FP_PAYLOAD_OFFSET + pkt.len + FP_TAIL_ROOM + FP_WRAP_ROOM)
     if copy == NULL:
         return D_STAGED_OVERFLOW
     memcpy(copy + FP_PAYLOAD_OFFSET, pkt.buf + FP_PAYLOAD_OFFSET, pkt.len)
@@ -794,6 +796,7 @@ cdef int _out_prepare(fp_engine *e, fp_pkt *pkts, int n, double now, bint route,
     cdef int i, slot, bits, events = 0
     cdef fp_pkt *pkt
     cdef fp_peer *peer
+    cdef fp_peer *rp = NULL
     cdef fp_keypair *kp
     cdef const unsigned char *a = NULL
     for i in range(n):
@@ -862,7 +865,22 @@ cdef int _out_prepare(fp_engine *e, fp_pkt *pkts, int n, double now, bint route,
             else:
                 pkt.verdict = V_CONSUMED        # a keepalive without a key: nothing to do
             continue
-        if peer.endpoint_len == 0:
+        pkt.wrap = False
+        if peer.relayed:                        # through a relay: wrapped after the seal
+            rp = e.peers[peer.relay_slot] if 0 <= peer.relay_slot < e.peers_cap else NULL
+            if rp == NULL or rp == peer or rp.endpoint_len == 0 or not _kp_usable(e, rp.current, now) \
+                    or kp.cipher != CIPHER_SECRETBOX or rp.current.cipher != CIPHER_SECRETBOX:
+                pkt.verdict = D_NO_ENDPOINT     # relays carry Phantom peers, over Phantom sessions
+                continue
+            pkt.wrap = True
+            pkt.wrap_id = peer.relay_id
+            pkt.wrap_index = rp.current.remote_index
+            pkt.wrap_counter = rp.current.send_counter
+            rp.current.send_counter += 1
+            memcpy(pkt.wrap_key, rp.current.send_key, FP_KEY_SIZE)
+            rp.tx_packets += 1
+            rp.last_tx = now
+        elif peer.endpoint_len == 0:
             if not may_stage:
                 kp.send_counter += 1            # as the reference: keepalive counter used
             pkt.verdict = D_NO_ENDPOINT
@@ -873,8 +891,12 @@ cdef int _out_prepare(fp_engine *e, fp_pkt *pkts, int n, double now, bint route,
         pkt.kp_serial = kp.serial
         pkt.cipher = kp.cipher
         memcpy(pkt.key, kp.send_key, FP_KEY_SIZE)
-        memcpy(&pkt.addr, &peer.endpoint, peer.endpoint_len)
-        pkt.addrlen = peer.endpoint_len
+        if pkt.wrap:
+            memcpy(&pkt.addr, &rp.endpoint, rp.endpoint_len)
+            pkt.addrlen = rp.endpoint_len
+        else:
+            memcpy(&pkt.addr, &peer.endpoint, peer.endpoint_len)
+            pkt.addrlen = peer.endpoint_len
         if kp.send_counter >= e.rekey_after_messages and not kp.rekey_requested:
             kp.rekey_requested = True           # once per keypair, never coalesced away
             if _ev_push(e, EV_HANDSHAKE_NEEDED, peer.peer_id, 0, NULL, 0, NULL, 0):
@@ -901,6 +923,15 @@ cdef void _out_seal(fp_engine *e, fp_pkt *pkts, int n) noexcept nogil:
         else:
             rc = _seal_packet(pkt.buf, pkt.len, pkt.local_index, pkt.counter, pkt.key)
         _wipe(pkt.key, FP_KEY_SIZE)
+        if rc == 0 and pkt.wrap:
+            # the sealed A<->B datagram becomes the plaintext of a relay frame
+            # to the relay (every buffer has FP_WRAP_ROOM spare bytes)
+            memmove(pkt.buf + FP_WRAP_ROOM, pkt.buf, FP_PAYLOAD_OFFSET + pkt.len)
+            memcpy(pkt.buf + FP_PAYLOAD_OFFSET, &pkt.wrap_id, 4)
+            pkt.len += FP_WRAP_ROOM
+            rc = _seal_packet(pkt.buf, pkt.len, pkt.wrap_index, pkt.wrap_counter, pkt.wrap_key)
+            pkt.buf[0] = 6                        # wire.MessageType.RELAY
+            _wipe(pkt.wrap_key, FP_KEY_SIZE)
         if rc != 0:
             pkt.verdict = D_SEND_FAILED
             _wipe(pkt.buf, FP_PAYLOAD_OFFSET + pkt.len)
@@ -1059,6 +1090,9 @@ cdef int _in_prepare(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nog
             pkt.verdict = D_MALFORMED
             continue
         t = pkt.buf[0]
+        if pkt.relayed_inner and (t == 5 or t == 6):
+            pkt.verdict = D_MALFORMED               # no nesting; peer control only on a direct session
+            continue
         if t == 1 or t == 2 or t == 3:
             # exact sizes, Phantom's or WireGuard's (as wire.demux.classify)
             expect = INITIATION_SIZE if t == 1 else (RESPONSE_SIZE if t == 2 else COOKIE_REPLY_SIZE)
@@ -1072,13 +1106,24 @@ cdef int _in_prepare(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nog
                 else:
                     pkt.verdict = D_CONTROL_OVERFLOW   # the control plane's queue is full
             continue
-        if t != 4:
+        if t == 5:                              # peer control: the control plane opens it
+            if pkt.len < PEER_CONTROL_MIN_SIZE or pkt.len > PEER_CONTROL_MAX_SIZE:
+                pkt.verdict = D_MALFORMED
+            else:
+                pkt.verdict = V_CONSUMED
+                if _ev_push(e, EV_CONTROL_PACKET, -1, 0, pkt.buf, pkt.len, &pkt.addr, pkt.addrlen):
+                    events += 1
+            continue
+        # type 6: a relay frame, forwarded when we relay (a relayed client is
+        # not supported by this data path yet: dropped as malformed)
+        pkt.relay = t == 6 and not pkt.relayed_inner
+        if t != 4 and not pkt.relay:
             pkt.verdict = D_MALFORMED
             continue
         if pkt.len < FP_PAYLOAD_OFFSET:
             pkt.verdict = D_TRUNCATED
             continue
-        if pkt.len - FP_PAYLOAD_OFFSET > e.max_inner:
+        if pkt.len - FP_PAYLOAD_OFFSET > e.max_inner + (FP_PAYLOAD_OFFSET + 4 if pkt.relay else 0):
             pkt.verdict = D_OVERSIZED
             continue
         pkt.local_index = _le32(pkt.buf + 4)
@@ -1148,6 +1193,8 @@ cdef int _in_commit(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nogi
                 pkt.verdict = D_UNKNOWN_INDEX     # retired while we decrypted
             elif not _replay_update(&kp.replay, pkt.counter):
                 pkt.verdict = D_REPLAY            # a duplicate inside this batch
+            elif pkt.relayed_inner and kp.peer_slot != pkt.relay_peer_slot:
+                pkt.verdict = D_SRC_NOT_ALLOWED   # a relay passing on another peer's session
             else:
                 peer = e.peers[kp.peer_slot]
                 if peer.next == kp:
@@ -1159,12 +1206,22 @@ cdef int _in_commit(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nogi
                     pkt.was_next = True             # the worker flushes staged packets
                     if _ev_push(e, EV_KEYPAIR_CONFIRMED, peer.peer_id, kp.local_index, NULL, 0, NULL, 0):
                         events += 1
-                memcpy(&peer.endpoint, &pkt.addr, pkt.addrlen)
-                peer.endpoint_len = pkt.addrlen
+                if not pkt.relayed_inner:         # roaming; relayed packets never move it
+                    memcpy(&peer.endpoint, &pkt.addr, pkt.addrlen)
+                    peer.endpoint_len = pkt.addrlen
+                    peer.relayed = False
                 peer.rx_bytes += pkt.len
                 peer.rx_packets += 1
                 peer.last_rx = now
                 plen = pkt.len - FP_PAYLOAD_OFFSET
+                if pkt.relay:                     # NAT traversal relay frame: never to the device
+                    if e.relay_enabled:
+                        _relay_route(e, pkt, peer, plen, now)
+                    else:
+                        _relay_unwrap(e, pkt, kp.peer_slot, plen)
+                    if pkt.verdict >= 0:
+                        _count_drop(e, pkt)
+                    continue
                 if plen and pkt.cipher == CIPHER_CHACHA:
                     # WireGuard pads to 16: the inner packet says where it ends
                     bits = <int>_ip_length(pkt.buf + FP_PAYLOAD_OFFSET, plen)
@@ -1193,6 +1250,125 @@ cdef int _in_commit(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nogi
         if pkt.verdict >= 0:
             _count_drop(e, pkt)
     return events
+
+
+cdef void _relay_route(fp_engine *e, fp_pkt *pkt, fp_peer *src, size_t plen, double now) noexcept nogil:
+    """An opened relay frame from ``src`` (lock held): relay_id u32le | inner.
+    Pick the destination (the peer whose id is relay_id, with a usable
+    session and an endpoint), check src's budget, take the destination's
+    next counter and key, and put src's id in place of relay_id: the worker
+    seals and sends it (V_RELAY).  Never to the device."""
+    cdef uint32_t rid
+    cdef int i
+    cdef fp_peer *dest = NULL
+    cdef fp_peer *p
+    cdef fp_keypair *kp
+    cdef int64_t sec
+    cdef unsigned char *q
+    if plen < 8:
+        pkt.verdict = D_MALFORMED
+        return
+    src.last_data_rx = now
+    rid = _le32(pkt.buf + FP_PAYLOAD_OFFSET)
+    for i in range(e.peers_cap):
+        p = e.peers[i]
+        if p != NULL and p.peer_id == <int64_t>rid:
+            dest = p
+            break
+    if pkt.cipher != CIPHER_SECRETBOX:
+        pkt.verdict = D_MALFORMED                 # relay frames travel on Phantom sessions only
+        return
+    if dest == NULL or dest == src or dest.endpoint_len == 0 or not _kp_usable(e, dest.current, now) \
+            or dest.current.cipher != CIPHER_SECRETBOX:
+        e.relay_no_dest += 1
+        pkt.verdict = D_NO_ROUTE
+        return
+    sec = <int64_t>now
+    if src.relay_sec != sec:
+        src.relay_sec = sec
+        src.relay_bytes = 0
+        src.relay_pkts = 0
+    if src.relay_bytes + plen > e.relay_bytes_budget or src.relay_pkts + 1 > e.relay_pkts_budget:
+        e.relay_budget_drops += 1
+        pkt.verdict = D_STAGED_OVERFLOW
+        return
+    src.relay_bytes += plen
+    src.relay_pkts += 1
+    kp = dest.current
+    pkt.counter = kp.send_counter
+    kp.send_counter += 1
+    pkt.local_index = kp.remote_index         # as outbound: the receiver's index
+    memcpy(pkt.key, kp.send_key, FP_KEY_SIZE)
+    q = pkt.buf + FP_PAYLOAD_OFFSET
+    q[0] = <unsigned char>(src.peer_id & 0xFF)
+    q[1] = <unsigned char>((src.peer_id >> 8) & 0xFF)
+    q[2] = <unsigned char>((src.peer_id >> 16) & 0xFF)
+    q[3] = <unsigned char>((src.peer_id >> 24) & 0xFF)
+    memcpy(&pkt.addr, &dest.endpoint, dest.endpoint_len)
+    pkt.addrlen = dest.endpoint_len
+    dest.tx_bytes += pkt.len
+    dest.tx_packets += 1
+    dest.last_tx = now
+    dest.last_data_tx = now
+    e.relay_forwarded += 1
+    pkt.verdict = V_RELAY
+
+
+cdef void _relay_unwrap(fp_engine *e, fp_pkt *pkt, int relay_slot, size_t plen) noexcept nogil:
+    """A relay frame from our relay (lock held): relay_id u32le | inner.  The
+    inner datagram moves to the front of the buffer and goes round again as
+    if received from the peer the relay id names (V_REPROCESS)."""
+    cdef uint32_t rid
+    cdef int i
+    cdef fp_peer *p
+    cdef int64_t rpid
+    if plen < 8 or pkt.cipher != CIPHER_SECRETBOX:
+        pkt.verdict = D_MALFORMED
+        return
+    rid = _le32(pkt.buf + FP_PAYLOAD_OFFSET)
+    for i in range(e.peers_cap):
+        p = e.peers[i]
+        if p != NULL and p.relay_known and p.relay_slot == relay_slot and p.relay_id == rid:
+            memmove(pkt.buf, pkt.buf + FP_PAYLOAD_OFFSET + 4, plen - 4)
+            pkt.len = plen - 4
+            pkt.relay_peer_slot = i
+            rpid = e.peers[relay_slot].peer_id
+            memset(&pkt.addr, 0, sizeof(sockaddr_storage))
+            (<uint16_t *>&pkt.addr)[0] = FP_RELAY_FAMILY
+            memcpy((<unsigned char *>&pkt.addr) + 8, &rpid, 8)
+            memcpy((<unsigned char *>&pkt.addr) + 16, &rid, 4)
+            pkt.addrlen = 20
+            pkt.verdict = V_REPROCESS
+            return
+    pkt.verdict = D_SRC_NOT_ALLOWED
+
+
+cdef int _relay_send(fp_worker *w, fp_pkt *pkts, int n) noexcept nogil:
+    """Seal and send the batch's V_RELAY frames (after delivery: the packets
+    delivered to the device are done).  Returns the number that failed."""
+    cdef int i, relays = 0, failed = 0
+    cdef fp_pkt *pkt
+    for i in range(n):
+        pkt = &pkts[i]
+        if pkt.verdict == V_PASS:
+            pkt.verdict = V_CONSUMED              # delivered already
+        elif pkt.verdict == V_RELAY:
+            if _seal_packet(pkt.buf, pkt.len - FP_PAYLOAD_OFFSET, pkt.local_index, pkt.counter, pkt.key) != 0:
+                pkt.verdict = D_SEND_FAILED
+                _wipe(pkt.buf, pkt.len)
+                failed += 1
+            else:
+                pkt.buf[0] = 6                    # wire.MessageType.RELAY (the header is not sealed)
+                pkt.verdict = V_PASS
+                pkt.len -= FP_PAYLOAD_OFFSET      # _send_batch sends buf[0 : 32 + len]
+                relays += 1
+            _wipe(pkt.key, FP_KEY_SIZE)
+    if relays:
+        _send_batch(w.udp_fd, pkts, n, w.msgs, w.iovs, w.map, 0, &w.send_waits)
+        for i in range(n):
+            if pkts[i].verdict == D_SEND_FAILED:
+                failed += 1
+    return failed
 
 
 cdef inline void _count_drop(fp_engine *e, fp_pkt *pkt) noexcept nogil:
@@ -1904,6 +2080,9 @@ cdef int _fw_classify(fp_engine *e, fp_pkt *pkts, int n, int direction, size_t o
 
 # --- one batch each way (worker thread) -------------------------------------------------
 cdef inline void _pkt_reset(fp_pkt *pkt) noexcept nogil:
+    pkt.relay = False
+    pkt.relayed_inner = False
+    pkt.wrap = False
     pkt.cipher = CIPHER_SECRETBOX
     pkt.wire_off = 0
     pkt.wire_tail = 0
@@ -2141,7 +2320,7 @@ cdef void _out_flood(fp_worker *w, fp_pkt *orig, double now) noexcept nogil:
 cdef int _udp_batch(fp_worker *w) noexcept nogil:
     """Receive up to burst datagrams, authenticate, decrypt, deliver."""
     cdef fp_engine *e = w.e
-    cdef int n, i, events, failed = 0
+    cdef int n, i, events, failed = 0, reprocess
     cdef double now
     cdef ssize_t r
     cdef fp_pkt *pkt
@@ -2159,6 +2338,32 @@ cdef int _udp_batch(fp_worker *w) noexcept nogil:
     _lock(e)
     events += _in_commit(e, w.in_pkts, n, now)
     _unlock(e)
+    reprocess = 0
+    for i in range(n):
+        if w.in_pkts[i].verdict == V_REPROCESS:
+            reprocess += 1
+    if reprocess:                       # relay frames unwrapped: their inner datagrams, once more
+        for i in range(n):
+            pkt = &w.in_pkts[i]
+            if pkt.verdict == V_REPROCESS:
+                pkt.verdict = V_PASS
+                pkt.relayed_inner = True
+                pkt.relay = False
+                pkt.was_next = False
+            else:
+                pkt.saved_verdict = pkt.verdict
+                pkt.verdict = V_HOLD
+        _lock(e)
+        events += _in_prepare(e, w.in_pkts, n, now)
+        _unlock(e)
+        _in_open(w.in_pkts, n)
+        _lock(e)
+        events += _in_commit(e, w.in_pkts, n, now)
+        _unlock(e)
+        for i in range(n):
+            pkt = &w.in_pkts[i]
+            if pkt.verdict == V_HOLD:
+                pkt.verdict = pkt.saved_verdict
     for i in range(n):                  # from here on, len is the payload length
         if w.in_pkts[i].verdict == V_PASS:
             w.in_pkts[i].len -= FP_PAYLOAD_OFFSET
@@ -2199,6 +2404,8 @@ cdef int _udp_batch(fp_worker *w) noexcept nogil:
         r = _write_tun(w, w.in_pkts, n)
         failed += r
         w.deliver_failed += r
+    if e.relay_enabled:
+        failed += _relay_send(w, w.in_pkts, n)
     if failed:                          # drops decided after the commit phase
         _lock(e)
         for i in range(n):
@@ -2690,7 +2897,7 @@ cdef class Engine:
         cdef int verdict
         if n > FP_MAX_INNER:
             raise ValueError("packet too large")
-        buf = <unsigned char *>malloc(FP_PAYLOAD_OFFSET + n + FP_TAIL_ROOM)
+        buf = <unsigned char *>malloc(FP_PAYLOAD_OFFSET + n + FP_TAIL_ROOM + FP_WRAP_ROOM)
         if buf == NULL:
             raise MemoryError()
         if n:
@@ -2705,7 +2912,7 @@ cdef class Engine:
         """Send an empty transport packet on the current keypair.  Returns False
         (and queues handshake_needed) when there is no usable keypair."""
         cdef int slot = self._slot(peer_id)
-        cdef unsigned char buf[64]           # FP_PAYLOAD_OFFSET + FP_TAIL_ROOM (a WireGuard tag)
+        cdef unsigned char buf[100]          # FP_PAYLOAD_OFFSET + FP_TAIL_ROOM (a WireGuard tag) + FP_WRAP_ROOM
         cdef int verdict
         with nogil:
             verdict = _send_single(self.e, slot, buf, 0, False)
@@ -2732,6 +2939,82 @@ cdef class Engine:
             "drops": [snap.drops[i] for i in range(FP_N_DROPS)],
             "staged": snap.staged_count,
         }
+
+    def set_relay(self, bint enabled, uint64_t bytes_per_second, uint64_t packets_per_second):
+        """Relay role: forward relay frames between peers (in the worker, in C)."""
+        with nogil:
+            _lock(self.e)
+            self.e.relay_enabled = enabled
+            self.e.relay_bytes_budget = bytes_per_second
+            self.e.relay_pkts_budget = packets_per_second
+            _unlock(self.e)
+
+    def set_relay_route(self, int64_t peer_id, int64_t relay_peer_id, uint32_t relay_id, bint use):
+        """Frames from ``relay_peer_id`` tagged ``relay_id`` carry ``peer_id``'s
+        messages; with ``use``, the peer's endpoint is that relay (sends wrap)."""
+        cdef int slot = self._slot(peer_id)
+        cdef int rslot = self._slot(relay_peer_id)
+        with nogil:
+            _lock(self.e)
+            p = self.e.peers[slot]
+            p.relay_known = True
+            p.relay_slot = rslot
+            p.relay_id = relay_id
+            if use:
+                p.relayed = True
+                p.endpoint_len = 0
+            _unlock(self.e)
+
+    def send_relayed(self, int64_t relay_peer_id, uint32_t relay_id, const unsigned char[::1] data):
+        """Send ``data`` (a whole A<->B datagram) in a relay frame to the relay.
+        False when the relay has no usable session or endpoint."""
+        cdef int rslot = self._slot(relay_peer_id)
+        cdef Py_ssize_t n = data.shape[0]
+        cdef unsigned char *buf
+        cdef fp_peer *rp
+        cdef fp_keypair *kp
+        cdef unsigned char key[32]
+        cdef uint64_t counter
+        cdef uint32_t index
+        cdef sockaddr_storage addr
+        cdef socklen_t alen = 0
+        cdef int rc = -1
+        cdef double now = _now()
+        if n > FP_MAX_INNER:
+            raise ValueError("datagram too large")
+        buf = <unsigned char *>malloc(FP_PAYLOAD_OFFSET + 4 + n + 1)
+        if buf == NULL:
+            raise MemoryError()
+        memcpy(buf + FP_PAYLOAD_OFFSET, &relay_id, 4)
+        if n:
+            memcpy(buf + FP_PAYLOAD_OFFSET + 4, &data[0], n)
+        with nogil:
+            _lock(self.e)
+            rp = self.e.peers[rslot]
+            kp = rp.current
+            if rp.endpoint_len and _kp_usable(self.e, kp, now):
+                counter = kp.send_counter
+                kp.send_counter += 1
+                index = kp.remote_index
+                memcpy(key, kp.send_key, FP_KEY_SIZE)
+                memcpy(&addr, &rp.endpoint, rp.endpoint_len)
+                alen = rp.endpoint_len
+                rp.tx_packets += 1
+                rp.last_tx = now
+            _unlock(self.e)
+            if alen:
+                rc = _seal_packet(buf, 4 + n, index, counter, key)
+                _wipe(key, FP_KEY_SIZE)
+                if rc == 0:
+                    buf[0] = 6
+                    rc = sendto(self.e.udp_fd, buf, FP_PAYLOAD_OFFSET + 4 + n, 0, <sockaddr *>&addr, alen)
+            _wipe(buf, FP_PAYLOAD_OFFSET + 4 + n)
+            free(buf)
+        return rc >= 0
+
+    def relay_stats(self):
+        return {"forwarded": self.e.relay_forwarded, "budget": self.e.relay_budget_drops,
+                "no_dest": self.e.relay_no_dest}
 
     def global_drops(self):
         cdef uint64_t d[FP_N_DROPS]

@@ -236,6 +236,30 @@ def secretbox_open_into(key, counter: int, buf: bytearray, offset: int, length: 
     return rc == 0
 
 
+def secretbox_seal_nonce(key, nonce: bytes, plaintext: bytes) -> bytes:
+    """mac || ciphertext under an explicit 24-byte nonce (peer-control messages,
+    whose nonces are kept apart from the transport nonces by wire.control_nonce)."""
+    n = len(plaintext)
+    out = ffi.new("unsigned char[]", n + SECRETBOX_MAC)
+    rc = lib.crypto_secretbox_easy(out, ffi.from_buffer(plaintext), n, bytes(nonce), ffi.from_buffer(key))
+    if rc != 0:
+        raise CryptoError("secretbox seal failed")
+    return bytes(ffi.buffer(out, n + SECRETBOX_MAC))
+
+
+def secretbox_open_nonce(key, nonce: bytes, box) -> bytes:
+    """Open mac || ciphertext under an explicit nonce; CryptoError when forged."""
+    n = len(box) - SECRETBOX_MAC
+    if n < 0:
+        raise CryptoError("truncated secretbox")
+    out = ffi.new("unsigned char[]", max(n, 1))
+    rc = lib.crypto_secretbox_open_easy(out, ffi.from_buffer(box), len(box), bytes(nonce),
+                                        ffi.from_buffer(key))
+    if rc != 0:
+        raise CryptoError("secretbox authentication failed")
+    return bytes(ffi.buffer(out, n))
+
+
 # --- hygiene --------------------------------------------------------------------
 def memzero(buf: bytearray) -> None:
     """Zero a key buffer with sodium_memzero (not optimised away)."""

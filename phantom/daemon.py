@@ -46,7 +46,7 @@ from .control.config import ConfigError, Settings, parse_daemon_args
 from .control.engine import Engine
 from .control.errors import ApiError, BadRequest, Conflict, HandshakeTimeout, NotFound, ServiceUnavailable
 from .control.peer import PeerState
-from .dataplane.types import Mode
+from .dataplane.types import Mode, RelayVia
 from .dataplane.udp import format_endpoint, open_test_socket, open_udp_socket, plain
 
 log = logging.getLogger("phantom.daemon")
@@ -57,6 +57,8 @@ EXIT_RUNTIME = 1
 
 class Daemon:
     """Owns the engine, the data path and the API; carries out the engine's actions."""
+
+    nat = None    # control.traversal.Traversal when NAT traversal is configured (build())
 
     def __init__(self, settings: Settings, private_key: bytearray):
         self.s = settings
@@ -80,6 +82,7 @@ class Daemon:
         self._dir_tasks: set = set()
         self._endorsement_checks: dict = {}   # public key -> monotonic time of the last lookup
         self.drop_to = None              # passwd entry to switch to in serve() (root only), set by main()
+        self.nat = None                  # control.traversal.Traversal: rendezvous roles, paths
         self._uapi = None                # WireGuard's UAPI socket ([interface] uapi = true)
         from .control import reload as _reload
         self._file_settings = _reload.baseline(settings)   # the file as read at start (reload diffs)
@@ -126,6 +129,32 @@ class Daemon:
         self._psks.clear()
         if s.mode is Mode.TEST and self.engine.peers:
             self.dp.set_test_peer(next(iter(self.engine.peers)))
+        servers = [pc.public_key for pc in s.peers if pc.rendezvous]
+        if s.rendezvous or servers:
+            from .control.traversal import Traversal
+            relay_capable = hasattr(self.dp, "set_relay_route")    # can be relayed
+            can_relay = hasattr(self.dp, "set_relay")               # can relay for others
+            self.nat = Traversal(self.engine, serve=s.rendezvous, servers=servers,
+                                 relay=s.relay and can_relay, relay_capable=relay_capable,
+                                 local_endpoints=self._local_endpoints)
+            if s.relay and can_relay:
+                self.dp.set_relay(True)
+            if servers and not relay_capable:
+                log.info("NAT traversal: this data path punches holes but cannot be relayed (the reference path can)")
+
+    def _local_endpoints(self, toward) -> list:
+        """Our own (LAN) endpoints, for peers behind the same NAT: the address
+        the kernel picks toward the rendezvous ``toward``, and [interface] endpoints."""
+        import socket
+        out = []
+        try:
+            fam = socket.AF_INET6 if ":" in toward[0] else socket.AF_INET
+            with socket.socket(fam, socket.SOCK_DGRAM) as probe:
+                probe.connect(tuple(toward[:2]))
+                out.append((probe.getsockname()[0], self.udp.getsockname()[1]))
+        except OSError:
+            pass
+        return out + [tuple(ep) for ep in self.s.endpoints]
 
     @staticmethod
     def _load_preshared_keys(settings: Settings) -> dict:
@@ -156,12 +185,19 @@ class Daemon:
 
     # ------------------------------------------------- data-path events
     def control_packet(self, data: bytes, addr) -> None:
+        if self.nat is not None and data[:1] == b"\x05":     # wire.MessageType.PEER_CONTROL
+            self._do(self.nat.handle_datagram(data, plain(addr)))
+            return
         self._do(self.engine.handle_datagram(data, plain(addr)))
 
     def handshake_needed(self, peer_id: int) -> None:
         self._do(self.engine.handshake_needed(peer_id))
+        if self.nat is not None:
+            self._do(self.nat.handshake_needed(peer_id))
 
     def keypair_confirmed(self, peer_id: int, local_index: int) -> None:
+        if self.nat is not None:
+            self.nat.keypair_confirmed(peer_id, local_index)
         self._do(self.engine.keypair_confirmed(peer_id, local_index))
 
     # ----------------------------------------------------- carry out actions
@@ -176,14 +212,24 @@ class Daemon:
                 dp.send_control(act.data, act.addr)
             elif isinstance(act, A.InstallKeypair):
                 dp.install_keypair(act.keypair, act.confirmed)
+                if self.nat is not None:
+                    self.nat.keypair_installed(act.keypair, act.confirmed)
             elif isinstance(act, A.RetireKeypair):
                 dp.retire_keypair(act.local_index)
+                if self.nat is not None:
+                    self.nat.keypair_retired(act.local_index)
             elif isinstance(act, A.ClearKeys):
                 dp.clear_keys(act.peer_id)
+                if self.nat is not None:
+                    self.nat.keys_cleared(act.peer_id)
             elif isinstance(act, A.SetEndpoint):
                 dp.set_endpoint(act.peer_id, act.addr)
+                if self.nat is not None:
+                    self.nat.endpoint_set(act.peer_id, act.addr)
             elif isinstance(act, A.SendKeepalive):
                 dp.send_keepalive(act.peer_id)
+            elif isinstance(act, A.SetRelayRoute):
+                dp.set_relay_route(act.peer_id, act.relay_peer, act.relay_id)
             elif isinstance(act, A.StateChanged):
                 asyncio.get_running_loop().create_task(self._notify())
             elif isinstance(act, A.UnknownKey):
@@ -202,6 +248,8 @@ class Daemon:
                 # active set): an idle peer costs the tick nothing
                 counters = {pid: self.dp.counters(pid) for pid in self.engine.active_ids()}
                 self._do(self.engine.tick(counters))
+                if self.nat is not None:
+                    self._do(self.nat.tick())
             except Exception:  # a bug in one tick must not stop the timers
                 log.exception("timer tick failed")
             try:
@@ -554,7 +602,7 @@ class Daemon:
             "name": peer.name,
             "public_key": _b64(peer.public_key),
             "protocol": peer.protocol,
-            "endpoint": format_endpoint(self.dp.endpoint(peer.id) or peer.endpoint),
+            "endpoint": format_endpoint(self._endpoint_in_use(peer)),
             "allowed_ips": [str(n) for n in peer.allowed_ips],
             "state": peer.state.value,
             "last_handshake": peer.last_handshake_wall or None,
@@ -566,9 +614,17 @@ class Daemon:
             "sessions": len(peer.sessions),
             "path": peer.path,
         }
+        if self.nat is not None:
+            info.update(self.nat.describe(peer.id))
         if already:
             info["already_established"] = True
         return info
+
+    def _endpoint_in_use(self, peer):
+        ep = self.dp.endpoint(peer.id) or peer.endpoint
+        if isinstance(ep, RelayVia):          # relayed: the relay's own endpoint
+            ep = self.dp.endpoint(ep.relay_peer)
+        return ep
 
     def peers(self) -> list:
         return [self.peer_info(p) for p in self.engine.peers.values()]
@@ -588,7 +644,16 @@ class Daemon:
             "drops": self.dp.global_drops(),
             "handshake_drops": dict(self.engine.drops),
             "directory": self.s.directory,
+            "nat": self._nat_status(),
         }
+
+    def _nat_status(self):
+        if self.nat is None:
+            return None
+        out = self.nat.status()
+        if self.s.relay and hasattr(self.dp, "relayed"):
+            out["relayed"] = dict(self.dp.relayed)
+        return out
 
     def firewall(self) -> dict:
         if self.fw is None:

@@ -54,7 +54,7 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 
 __all__ = [
     "PREFIX_FAMILY", "RigError", "DaemonExited", "Namespace", "Host", "Router",
-    "TwoHosts", "Lan", "Nat", "two_hosts", "lan", "nat", "socket_in",
+    "TwoHosts", "Lan", "Nat", "Internet", "HomeRouter", "two_hosts", "lan", "nat", "internet", "socket_in",
     "DaemonProcess", "phantomd_command", "Sniffer", "Packet", "UdpDatagram",
     "HttpReply", "read_pcap", "cleanup_all", "install_signal_handlers",
     "sweep_stale", "leftovers", "list_netns", "run_prefix", "unique_prefix",
@@ -915,6 +915,99 @@ class Nat(Topology):
         return self
 
 
+class HomeRouter(Router):
+    """A home router of :class:`Internet`: NAT (MASQUERADE, optionally
+    ``--random-fully``) of its LAN out of ``wan0``, and the usual home-router
+    filter: from the WAN side only replies (conntrack ESTABLISHED/RELATED)
+    are forwarded or accepted, everything unsolicited is dropped.  Dropping
+    unsolicited input in the filter table also keeps conntrack from
+    confirming an entry for it, so an early punch packet leaves no state
+    that would later force a different source port on the outgoing flow."""
+
+    def masquerade_rule(self, random_fully: bool) -> list[str]:
+        rule = ["-s", self.private_net, "-o", self.wan_if, "-j", "MASQUERADE"]
+        return rule + (["--random-fully"] if random_fully else [])
+
+    def set_masquerade(self, random_fully: bool, flush: bool = False) -> None:
+        """Switch the NAT type: default MASQUERADE keeps the source port (an
+        endpoint-independent mapping), ``--random-fully`` picks a random port
+        per destination (mapping per destination address and port)."""
+        self.ns.run(["iptables", "-t", "nat", "-F", "POSTROUTING"])
+        self.ns.run(["iptables", "-t", "nat", "-A", "POSTROUTING"] + self.masquerade_rule(random_fully))
+        self.random_fully = random_fully
+        if flush:
+            self.flush_conntrack()
+
+
+class Internet(Topology):
+    """Two (or more) homes behind NAT routers on an 'internet' namespace.
+
+    ``inet``: the internet core and the rendezvous/relay host (``rv``): bridge
+    ``br0`` 10.212.0.1/24, one port ``h<i>`` per home (capture there to see
+    what a home sends to the internet).  One address: a multihomed
+    rendezvous would answer from the wrong source and the NATs would drop it.
+    ``r<i>``: home router, ``wan0`` 10.212.0.<10+i>/24 (its public address,
+    default route via 10.212.0.1), bridge ``lan0`` 10.211.<i>.1/24 with one
+    port per LAN host; MASQUERADE of 10.211.<i>.0/24 out of wan0
+    (``random_fully`` per home), short UDP conntrack timeouts
+    (``udp_timeout`` seconds), the home-router filter of :class:`HomeRouter`.
+    LAN hosts: ``a`` (and ``a2``...) behind r1 at 10.211.1.2, .3, ...; ``b``
+    (``b2``...) behind r2 at 10.211.2.2, ...  LAN hosts only see public
+    addresses; nothing routes to a private net from the internet.  IPv4 only.
+    """
+
+    def build(self, homes: int = 2, hosts_per_home: int = 1, random_fully=(), udp_timeout: int = 30,
+              ) -> "Internet":
+        self.inet = self._ns("inet")
+        self.inet.ip_batch(["link add br0 type bridge stp_state 0", "addr add 10.212.0.1/24 dev br0",
+                            "link set br0 up"])
+        self.routers: list[HomeRouter] = []
+        self.lans: list[list[Host]] = []
+        for h in range(1, homes + 1):
+            nr = self._ns("r%d" % h)
+            self._veth(self.inet, "h%d" % h, nr, "wan0")
+            self.inet.ip_batch(["link set h%d master br0" % h, "link set h%d up" % h])
+            nr.ip_batch(["addr add 10.212.0.%d/24 dev wan0" % (10 + h), "link set wan0 up",
+                         "route add default via 10.212.0.1 dev wan0",
+                         "link add lan0 type bridge stp_state 0", "addr add 10.211.%d.1/24 dev lan0" % h,
+                         "link set lan0 up"])
+            nr.sysctl("net.ipv4.ip_forward", 1)
+            r = HomeRouter(nr, "10.211.%d.1" % h, "10.212.0.%d" % (10 + h), "10.211.%d.0/24" % h)
+            rf = h in tuple(random_fully)
+            r.random_fully = rf
+            nr.run(["iptables", "-t", "nat", "-A", "POSTROUTING"] + r.masquerade_rule(rf))
+            for chain in ("INPUT", "FORWARD"):
+                nr.run(["iptables", "-A", chain, "-i", "wan0", "-m", "conntrack", "--ctstate",
+                        "ESTABLISHED,RELATED", "-j", "ACCEPT"])
+                nr.run(["iptables", "-A", chain, "-i", "wan0", "-j", "DROP"])
+            r.set_udp_timeout(udp_timeout, udp_timeout)
+            self.routers.append(r)
+            lan = []
+            for j in range(1, hosts_per_home + 1):
+                role = chr(ord("a") + h - 1) + ("" if j == 1 else str(j))
+                ns = self._ns(role)
+                port = "p%d" % j
+                self._veth(ns, "eth0", nr, port)
+                nr.ip_batch(["link set %s master lan0" % port, "link set %s up" % port])
+                ip = "10.211.%d.%d" % (h, j + 1)
+                ns.ip_batch(["addr add %s/24 dev eth0" % ip, "link set eth0 up",
+                             "route add default via 10.211.%d.1 dev eth0" % h])
+                host = Host(role, ns, "eth0", ip, None, gateway="10.211.%d.1" % h, peer=LinkEnd(nr, port))
+                self.hosts[role] = host
+                lan.append(host)
+            self.lans.append(lan)
+        self.rv = Host("rv", self.inet, "br0", "10.212.0.1", None)
+        self.r1 = self.routers[0]
+        self.r2 = self.routers[1] if homes > 1 else None
+        return self
+
+    def wait_ready(self, timeout: float = 5.0) -> None:
+        super().wait_ready(timeout)
+        for r in self.routers:
+            r.ns.wait_link_up("lan0", timeout)
+        self.inet.wait_link_up("br0", timeout)
+
+
 @contextlib.contextmanager
 def _built(topo: Topology, *args) -> Iterator:
     try:
@@ -938,6 +1031,13 @@ def lan(n: int = 3, prefix: str | None = None) -> contextlib.AbstractContextMana
 def nat(prefix: str | None = None) -> contextlib.AbstractContextManager[Nat]:
     """Context manager: host behind a NAT router, always deleted on exit."""
     return _built(Nat(prefix))
+
+
+def internet(homes: int = 2, hosts_per_home: int = 1, random_fully=(), udp_timeout: int = 30,
+             prefix: str | None = None) -> contextlib.AbstractContextManager[Internet]:
+    """Context manager: homes behind NAT routers on an internet namespace,
+    always deleted on exit (see :class:`Internet`)."""
+    return _built(Internet(prefix), homes, hosts_per_home, tuple(random_fully), udp_timeout)
 
 
 # ---------------------------------------------------------------------------

@@ -53,6 +53,15 @@ class SetEndpoint:
 
 
 @dataclass(frozen=True)
+class SetRelayRoute:
+    """NAT traversal: relay frames from ``relay_peer`` carrying ``relay_id``
+    come from ``peer_id`` (the data path's inbound relay map)."""
+    peer_id: int
+    relay_peer: int
+    relay_id: int
+
+
+@dataclass(frozen=True)
 class SendKeepalive:
     peer_id: int
 

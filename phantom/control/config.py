@@ -70,6 +70,7 @@ class PeerConfig:
     endpoint: Optional[tuple[str, int]] = None         # (ip, port); None: wait for the peer
     allowed_ips: list[IPNetwork] = field(default_factory=list)
     persistent_keepalive: int = 0                      # seconds, 0 = off
+    rendezvous: bool = False                           # NAT traversal: this peer is a rendezvous node
     protocol: str = "phantom"                          # PROTOCOLS: what this peer speaks
     preshared_key_file: Optional[Path] = None          # WireGuard's optional psk (base64 file)
 
@@ -109,6 +110,8 @@ class Settings:
     endpoints: list[tuple[str, int]] = field(default_factory=list)   # advertised in the directory
     endpoints_auto: bool = False           # endpoints = "auto": the address we reach the directory from
     trusted_signers: list[bytes] = field(default_factory=list)      # Ed25519 keys of endorsers
+    rendezvous: bool = False                            # NAT traversal: serve as a rendezvous node
+    relay: bool = False                                 # ... and relay for peers without a direct path
     peers: list[PeerConfig] = field(default_factory=list)
     firewall: dict = field(default_factory=dict)
     tunables: Tunables = field(default_factory=Tunables)
@@ -209,9 +212,9 @@ SECTIONS = ("interface", "peer", "firewall", "tunables")
 INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen", "http_socket",
                   "test_port", "test_deliver", "mode", "device", "addresses", "mtu", "state_dir",
                   "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers",
-                  "metrics_listen", "dht_bootstrap", "dht_port", "uapi")
+                  "metrics_listen", "dht_bootstrap", "dht_port", "uapi", "rendezvous", "relay")
 PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive", "protocol",
-             "preshared_key_file")
+             "preshared_key_file", "rendezvous")
 PROTOCOLS = ("phantom", "wireguard")
 
 
@@ -402,6 +405,10 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
                 raise ConfigError(key, "must be a UDP port number (0..65535; 0 picks one)")
             s.dht_port = value
+        elif name == "rendezvous":
+            s.rendezvous = _expect(value, bool, key, "true or false")
+        elif name == "relay":
+            s.relay = _expect(value, bool, key, "true or false")
         elif name == "trusted_signers":
             _expect(value, list, key, "a list of base64 Ed25519 public keys")
             s.trusted_signers = [_signer_key(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
@@ -475,9 +482,14 @@ def _peer(table: Any, i: int, base: Optional[Path] = None) -> PeerConfig:
             raise ConfigError(key, "only a WireGuard peer has a preshared key "
                               "(add protocol = \"wireguard\")")
         psk_file = _path(table["preshared_key_file"], key, base)
+    rendezvous = _expect(table.get("rendezvous", False), bool, where + ".rendezvous", "true or false")
+    if rendezvous and endpoint is None:
+        raise ConfigError(where + ".rendezvous", "a rendezvous node needs an endpoint")
+    if rendezvous and protocol != "phantom":
+        raise ConfigError(where + ".rendezvous", "a rendezvous node speaks the phantom protocol")
     return PeerConfig(name=name, public_key=public, endpoint=endpoint, allowed_ips=allowed,
                       persistent_keepalive=keepalive, protocol=protocol,
-                      preshared_key_file=psk_file)
+                      preshared_key_file=psk_file, rendezvous=rendezvous)
 
 
 DEFAULT_NAME_BYTES = 4      # "peer-" + 8 hex digits of the key, longer only where needed

@@ -59,7 +59,7 @@ from typing import Callable, Iterable, Optional
 from .. import crypto, wire
 from ..wire import demux
 from ..constants import Tunables
-from ..dataplane.types import Keypair, PeerCounters
+from ..dataplane.types import Keypair, PeerCounters, RelayVia
 from . import actions as A
 from . import handshake as hs
 from . import protocols, tai64n
@@ -262,10 +262,47 @@ class Engine:
             out += self._set_state(peer, PeerState.HANDSHAKING, reason)
         return out
 
+    def _targets(self, peer: Peer) -> list:
+        """Where an initiation goes: the endpoint, then every NAT-traversal
+        candidate (:mod:`phantom.control.paths`); the first answer wins."""
+        out = [peer.endpoint] if peer.endpoint is not None else []
+        for ep in peer.candidates:
+            if ep not in out:
+                out.append(ep)
+        # a relay goes last: a direct candidate that works should answer first
+        return sorted(out, key=lambda ep: isinstance(ep, RelayVia))
+
+    def set_candidates(self, peer_id: int, endpoints) -> None:
+        peer = self.peers.get(peer_id)
+        if peer is not None:
+            peer.candidates = [ep if isinstance(ep, RelayVia) else tuple(ep) for ep in endpoints]
+
+    def punch(self, peer_id: int, endpoints) -> list:
+        """NAT traversal: a rendezvous told us where the peer is (or that it
+        wants us).  Initiate now to every candidate, unless already up."""
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            return []
+        self.set_candidates(peer_id, endpoints)
+        peer.wanted = True
+        if peer.state is PeerState.ESTABLISHED:
+            return []
+        return self._begin_handshake(peer, max(self._attempt_limit(), self.t.open_attempts), "hole punching")
+
+    def rehandshake(self, peer_id: int, reason: str) -> list:
+        """A session that looks up but whose far end stopped answering at a
+        higher layer (a rendezvous that ignores our registrations: it
+        restarted and forgot our keys): start a new handshake now."""
+        peer = self.peers.get(peer_id)
+        if peer is None or peer.pending is not None:
+            return []
+        return self._begin_handshake(peer, self._attempt_limit(), reason)
+
     def _send_initiation(self, peer: Peer) -> list:
         now = self.clock()
         self._wake(peer)
-        if peer.endpoint is None:
+        targets = self._targets(peer)
+        if not targets:
             log.info("peer=%s no endpoint, cannot start a handshake", peer.name)
             return []
         self._abandon_pending(peer)
@@ -276,7 +313,7 @@ class Engine:
         peer.last_initiation_sent = now
         peer.next_retry = now + self.t.rekey_timeout + self._rng.uniform(0, self.t.handshake_jitter)
         log.debug("peer=%s initiation %d sent (attempt %d)", peer.name, index, peer.attempts)
-        return [A.SendDatagram(msg, peer.endpoint)]
+        return [A.SendDatagram(msg, ep) for ep in targets]
 
     def _abandon_pending(self, peer: Peer) -> None:
         if peer.pending is not None:
@@ -580,7 +617,7 @@ class Engine:
         peer.last_keepalive_sent = now
         if self._live_sessions(peer, now):
             return [A.SendKeepalive(peer.id)]
-        if peer.pending is None and peer.endpoint is not None and peer.state is not PeerState.DEAD:
+        if peer.pending is None and self._targets(peer) and peer.state is not PeerState.DEAD:
             return self._begin_handshake(peer, self._attempt_limit(), "persistent keepalive")
         return []
 

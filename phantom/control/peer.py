@@ -90,6 +90,7 @@ class Peer:
     last_keepalive_sent: float = float("-inf")
     confirm_by: Optional[float] = None      # our unconfirmed responder session: initiate after this
     epoch: int = 0                          # bumped whenever the peer is closed/reset
+    candidates: list = field(default_factory=list)   # NAT traversal: more endpoints to initiate to
 
     @property
     def protocol(self) -> str:

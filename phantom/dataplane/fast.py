@@ -35,7 +35,7 @@ from .. import crypto
 from ..constants import Tunables
 from . import packet as pkt
 from .routing import AllowedIPs
-from .types import Drop, Keypair, Mode, PeerCounters
+from .types import Drop, Keypair, Mode, PeerCounters, RelayVia
 from .udp import to_sockaddr
 
 try:
@@ -53,6 +53,7 @@ _FAMILY = struct.Struct("=H")
 _IN4 = struct.Struct("!H4s8x")           # sin_port, sin_addr, padding
 _IN6 = struct.Struct("!HI16s")           # sin6_port, sin6_flowinfo, sin6_addr
 _SCOPE = struct.Struct("=I")             # sin6_scope_id (host order)
+_RELAY_FAMILY = 0xFFFE                   # _fastpath.pxd FP_RELAY_FAMILY
 
 
 # Extra TUN flags for a device the fast path will use: the daemon passes them to
@@ -123,6 +124,8 @@ def sockaddr_tuple(raw: Optional[bytes]) -> Optional[tuple]:
     if raw is None:
         return None
     family = _FAMILY.unpack_from(raw)[0]
+    if family == _RELAY_FAMILY:           # the C relay unwrap: (relay peer id, relay id)
+        return RelayVia(struct.unpack_from("=q", raw, 8)[0], struct.unpack_from("=I", raw, 16)[0])
     if family == socket.AF_INET:
         port, a = _IN4.unpack_from(raw, 2)
         return (socket.inet_ntop(socket.AF_INET, a), port)
@@ -364,8 +367,16 @@ class FastDataPath:
     def set_endpoint(self, peer_id: int, addr) -> None:
         if peer_id not in self._peers:
             raise KeyError(peer_id)
+        if isinstance(addr, RelayVia):       # sends are wrapped in relay frames, in C
+            self._engine.set_relay_route(peer_id, addr.relay_peer, addr.relay_id, True)
+            return
         raw = None if addr is None else sockaddr_bytes(to_sockaddr(self._udp, addr))
         self._engine.set_endpoint(peer_id, raw)
+
+    def set_relay_route(self, peer_id: int, relay_peer: int, relay_id: int) -> None:
+        """Relay frames from ``relay_peer`` tagged ``relay_id`` carry ``peer_id``'s messages."""
+        if peer_id in self._peers and relay_peer in self._peers:
+            self._engine.set_relay_route(peer_id, relay_peer, relay_id, False)
 
     def endpoint(self, peer_id: int):
         if peer_id not in self._peers:
@@ -440,11 +451,25 @@ class FastDataPath:
                             c["last_rx"], c["last_tx"], c["last_data_rx"], c["last_data_tx"],
                             c["send_counter"], drops)
 
+    def set_relay(self, enabled: bool, bytes_per_second: int = 125_000_000, packets_per_second: int = 120_000) -> None:
+        """Relay role: the worker forwards relay frames (wire type 6) between
+        peers in C, never to the device (see docs/nat.md)."""
+        self._engine.set_relay(bool(enabled), int(bytes_per_second), int(packets_per_second))
+
+    @property
+    def relayed(self) -> dict:
+        return self._engine.relay_stats()
+
     def global_drops(self) -> dict:
         return dict(zip(_DROP_NAMES, self._engine.global_drops()))
 
     # ------------------------------------------------ control-plane originated
     def send_control(self, data: bytes, addr) -> None:
+        if isinstance(addr, RelayVia):
+            if addr.relay_peer not in self._peers or not self._engine.send_relayed(addr.relay_peer, addr.relay_id,
+                                                                                    bytes(data)):
+                self._engine.count_drop(Drop.NO_ENDPOINT)
+            return
         try:
             self._udp.sendto(data, to_sockaddr(self._udp, addr) if len(addr) == 2 else addr)
         except OSError as exc:

@@ -46,7 +46,7 @@ from . import ciphers
 from . import packet as pkt
 from .replay import ReplayWindow
 from .routing import AllowedIPs
-from .types import Drop, Keypair, Mode, PeerCounters
+from .types import Drop, Keypair, Mode, PeerCounters, RelayVia
 from .udp import to_sockaddr
 
 log = logging.getLogger("phantom.data")
@@ -129,6 +129,12 @@ class ReferenceDataPath:
         self._tx = bytearray(BUFSIZE)
         self._txv = memoryview(self._tx)
         self._started = False
+        # NAT traversal relays (wire type 6)
+        self._relay = False                           # we relay for our peers
+        self._relay_budget = (0, 0)                   # per source peer and second: bytes, packets
+        self._relay_use: dict = {}                    # peer id -> [second, bytes, packets]
+        self._relay_in: dict = {}                     # (relay peer id, relay id) -> peer id
+        self.relayed = {"forwarded": 0, "budget": 0, "no_dest": 0}
 
     # ------------------------------------------------------------------ life
     def start(self) -> None:
@@ -176,7 +182,95 @@ class ReferenceDataPath:
             self._routes.insert(net, peer_id)
 
     def set_endpoint(self, peer_id: int, addr) -> None:
+        if isinstance(addr, RelayVia):
+            self._peers[peer_id].endpoint = addr
+            return
         self._peers[peer_id].endpoint = None if addr is None else to_sockaddr(self._udp, addr)
+
+    # ------------------------------------------------------------ relays
+    def set_relay(self, enabled: bool, bytes_per_second: int = 125_000_000, packets_per_second: int = 120_000) -> None:
+        """Relay role: forward relay frames between our peers (never to our device)."""
+        self._relay = bool(enabled)
+        self._relay_budget = (int(bytes_per_second), int(packets_per_second))
+
+    def set_relay_route(self, peer_id: int, relay_peer: int, relay_id: int) -> None:
+        """Relay frames from ``relay_peer`` tagged ``relay_id`` carry ``peer_id``'s messages."""
+        for k in [k for k, v in self._relay_in.items() if v == peer_id and k[0] == relay_peer]:
+            del self._relay_in[k]
+        self._relay_in[(relay_peer, relay_id)] = peer_id
+
+    def _relay_send(self, via: RelayVia, inner) -> bool:
+        """Wrap ``inner`` (a whole A<->B datagram) in a relay frame to the relay peer."""
+        relay = self._peers.get(via.relay_peer)
+        now = time.monotonic()
+        s = self._usable(relay, now) if relay is not None else None
+        if s is None or relay.endpoint is None or isinstance(relay.endpoint, RelayVia):
+            self._drop(Drop.NO_ENDPOINT, relay)
+            return False
+        counter = s.send_counter
+        s.send_counter = counter + 1
+        box = crypto.secretbox_seal(s.kp.send_key, counter, wire.RELAY_ID.pack(via.relay_id) + bytes(inner))
+        frame = wire.TRANSPORT_HEADER.pack(wire.MessageType.RELAY, s.kp.remote_index, counter) + box
+        try:
+            self._udp.sendto(frame, relay.endpoint)
+        except OSError:
+            self._drop(Drop.SEND_FAILED, relay)
+            return False
+        c = relay.counters
+        c.tx_bytes += len(frame)
+        c.tx_packets += 1
+        c.last_tx = now
+        c.last_data_tx = now
+        return True
+
+    def _on_relay_frame(self, src: "_Peer", start: int, end: int, now: float) -> None:
+        """A relay frame from ``src``, opened in place: relay_id | inner at rx[start:end]."""
+        rx = self._rx
+        if end - start < wire.RELAY_ID.size + wire.HEADER.size:
+            self._drop(Drop.MALFORMED, src)
+            return
+        (rid,) = wire.RELAY_ID.unpack_from(rx, start)
+        inner = bytes(rx[start + wire.RELAY_ID.size:end])
+        if self._relay:
+            dest = self._peers.get(rid)
+            if dest is None or dest is src or self._usable(dest, now) is None:
+                log.debug("relay frame from peer %d to %d: no such peer with a session", src.id, rid)
+                self.relayed["no_dest"] += 1
+                self._drop(Drop.NO_ROUTE, src)
+                return
+            use = self._relay_use.get(src.id)
+            sec = int(now)
+            if use is None or use[0] != sec:
+                use = self._relay_use[src.id] = [sec, 0, 0]
+            if use[1] + len(inner) > self._relay_budget[0] or use[2] + 1 > self._relay_budget[1]:
+                self.relayed["budget"] += 1
+                self._drop(Drop.STAGED_OVERFLOW, src)
+                return
+            use[1] += len(inner)
+            use[2] += 1
+            if self._relay_send(RelayVia(dest.id, src.id), inner):
+                self.relayed["forwarded"] += 1
+            return
+        peer_id = self._relay_in.get((src.id, rid))
+        if peer_id is None or peer_id not in self._peers:
+            self._drop(Drop.SRC_NOT_ALLOWED, src)
+            return
+        via = RelayVia(src.id, rid)
+        t = inner[0]
+        if t == wire.MessageType.TRANSPORT:
+            m = len(inner)
+            rx[:m] = inner
+            self._inbound(m, via, relayed_for=peer_id)
+            return
+        try:
+            mtype = wire.message_type(inner)
+        except wire.WireError:
+            self._drop(Drop.MALFORMED, src)
+            return
+        if mtype in (wire.MessageType.RELAY, wire.MessageType.PEER_CONTROL):
+            self._drop(Drop.MALFORMED, src)      # no nesting; peer control only on a direct session
+            return
+        self._events.control_packet(inner, via)
 
     def endpoint(self, peer_id: int):
         return self._peers[peer_id].endpoint
@@ -254,6 +348,9 @@ class ReferenceDataPath:
 
     # ------------------------------------------------ control-plane originated
     def send_control(self, data: bytes, addr) -> None:
+        if isinstance(addr, RelayVia):
+            self._relay_send(addr, data)
+            return
         try:
             self._udp.sendto(data, to_sockaddr(self._udp, addr) if len(addr) == 2 else addr)
         except OSError as exc:
@@ -390,11 +487,15 @@ class ReferenceDataPath:
         if peer.endpoint is None:
             self._drop(Drop.NO_ENDPOINT, peer)
             return
-        try:
-            self._udp.sendto(self._txv[start:end], peer.endpoint)
-        except OSError:
-            self._drop(Drop.SEND_FAILED, peer)
-            return
+        if isinstance(peer.endpoint, RelayVia):
+            if not self._relay_send(peer.endpoint, self._txv[start:end]):
+                return
+        else:
+            try:
+                self._udp.sendto(self._txv[start:end], peer.endpoint)
+            except OSError:
+                self._drop(Drop.SEND_FAILED, peer)
+                return
         c = peer.counters
         c.tx_bytes += size
         c.tx_packets += 1
@@ -459,13 +560,14 @@ class ReferenceDataPath:
                 return
             self._inbound(n, addr)
 
-    def _inbound(self, n: int, addr) -> None:
+    def _inbound(self, n: int, addr, relayed_for: Optional[int] = None) -> None:
         rx = self._rx
         if n < 4:
             self._drop(Drop.TRUNCATED)
             return
         mtype = rx[0]
-        if mtype != wire.MessageType.TRANSPORT or rx[1] or rx[2] or rx[3]:
+        is_relay = mtype == wire.MessageType.RELAY and relayed_for is None
+        if (mtype != wire.MessageType.TRANSPORT and not is_relay) or rx[1] or rx[2] or rx[3]:
             try:
                 demux.classify(self._rxv[:n])       # Phantom's or WireGuard's framing
             except wire.WireError:
@@ -476,7 +578,8 @@ class ReferenceDataPath:
         if n < wire.TRANSPORT_MIN_SIZE:
             self._drop(Drop.TRUNCATED)
             return
-        if n - OFFSET > self._max_inner:
+        # a relay frame carries a whole inner datagram (its overhead and tag on top)
+        if n - OFFSET > self._max_inner + (wire.TRANSPORT_OVERHEAD + wire.RELAY_ID.size if is_relay else 0):
             self._drop(Drop.OVERSIZED)
             return
         _, index, counter = HEADER.unpack_from(rx, 0)
@@ -485,6 +588,9 @@ class ReferenceDataPath:
             self._drop(Drop.UNKNOWN_INDEX)
             return
         peer = s.peer
+        if relayed_for is not None and peer.id != relayed_for:
+            self._drop(Drop.SRC_NOT_ALLOWED, peer)   # a relay passing on another peer's session
+            return
         now = time.monotonic()
         if now - s.kp.created >= self._t.reject_after_time:
             self._drop(Drop.KEY_EXPIRED, peer)
@@ -502,12 +608,16 @@ class ReferenceDataPath:
             return
         if peer.next is s:
             self._confirm(peer, s)
-        if peer.endpoint != addr:
-            peer.endpoint = addr
+        if peer.endpoint != addr and relayed_for is None:
+            peer.endpoint = addr          # roaming; relayed packets never move the endpoint
         c = peer.counters
         c.rx_bytes += n
         c.rx_packets += 1
         c.last_rx = now
+        if is_relay:
+            c.last_data_rx = now
+            self._on_relay_frame(peer, start, start + plen, now)
+            return
         if plen == 0:
             return  # keepalive
         c.last_data_rx = now

@@ -33,6 +33,29 @@ class Mode(str, enum.Enum):
     TEST = "test"      # the prototype's UDP test port: datagram payloads
 
 
+class RelayVia(tuple):
+    """A peer's endpoint when traffic goes through a relay: (the relay's peer
+    id here, the peer's id at the relay).  Used wherever a (host, port)
+    endpoint goes (set_endpoint, send_control, the engine's endpoint); the
+    data path wraps what it sends there in a relay frame (wire type 6)."""
+
+    __slots__ = ()
+
+    def __new__(cls, relay_peer: int, relay_id: int):
+        return tuple.__new__(cls, (int(relay_peer), int(relay_id)))
+
+    @property
+    def relay_peer(self) -> int:
+        return self[0]
+
+    @property
+    def relay_id(self) -> int:
+        return self[1]
+
+    def __repr__(self) -> str:
+        return "RelayVia(%d, %d)" % self
+
+
 class Drop(enum.IntEnum):
     """Why a packet was dropped.  Counted per peer (where known) and globally."""
 

@@ -12,6 +12,7 @@ import functools
 import ipaddress
 import socket
 from typing import Optional
+from .types import RelayVia
 
 SOCKET_BUFFER = 4 << 20
 
@@ -82,6 +83,8 @@ def plain(addr: Optional[tuple]) -> Optional[tuple]:
     """A socket address as (host, port) with IPv4-mapped addresses unmapped."""
     if addr is None:
         return None
+    if isinstance(addr, RelayVia):
+        return addr
     return _plain(addr[0], addr[1])
 
 
@@ -97,5 +100,7 @@ def format_endpoint(addr: Optional[tuple]) -> Optional[str]:
     p = plain(addr)
     if p is None:
         return None
+    if isinstance(p, RelayVia):
+        return "relay:%d/%d" % p
     host, port = p
     return ("[%s]:%d" % (host, port)) if ":" in host else ("%s:%d" % (host, port))

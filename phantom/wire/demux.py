@@ -59,6 +59,9 @@ def classify(datagram) -> Kind:
         if n > max(_ph.MAX_DATAGRAM_SIZE, _wg.MAX_DATAGRAM_SIZE):
             raise WireError("oversized transport message")
         return Kind(None, mtype)
+    if mtype is MessageType.PEER_CONTROL or mtype is MessageType.RELAY:
+        _ph.message_type(datagram)          # NAT traversal: Phantom only; its bounds or WireError
+        return Kind(Protocol.PHANTOM, mtype)
     if mtype is MessageType.COOKIE_REPLY:
         if n != _ph.COOKIE_REPLY_SIZE:
             raise WireError("cookie reply of %d bytes, expected %d" % (n, _ph.COOKIE_REPLY_SIZE))

@@ -21,6 +21,24 @@ three reserved zero bytes, followed by little-endian fields (as in WireGuard):
       receiver_index u32 | counter u64 | secretbox(mac[16] | ciphertext[n])
       nonce for crypto_secretbox = counter as u64 little-endian | 16 zero bytes
       n == 0 is a keepalive.
+  type 5  peer control            (48 + 9 + m bytes, m < PEER_CONTROL_MAX_BODY)
+      receiver_index u32 | nonce[24] | secretbox(mac[16] | body)
+      sealed with the session's send key, like transport data, but under a
+      random nonce whose last byte is 1 (:func:`control_nonce`), so it never
+      equals a transport nonce (counter | 16 zero bytes).  Both data paths
+      hand it to the control plane as they hand handshakes; the control plane
+      opens it with its own reference to the session's keys.
+      body = seq u64 | kind u8 | fields (:class:`ControlKind`, NAT traversal:
+      rendezvous registration, where-is, answers and punch requests).
+  type 6  relay                   (32 + 4 + m bytes)
+      receiver_index u32 | counter u64 | secretbox(mac[16] | relay_id u32 | inner[m])
+      one hop (A -> relay, or relay -> B), sealed exactly like transport data
+      with that hop's session (its counter, its replay window), so each hop is
+      authenticated by its own keys.  A -> relay: relay_id is the destination's
+      id at the relay; relay -> B: the source's.  ``inner`` is an A <-> B
+      Phantom message (handshake or transport data), end-to-end encrypted with
+      A's and B's keys: the relay forwards it and cannot read it.  A relay never
+      delivers a relay frame's content to its own device.
 
 The Noise handshake messages proper are the bytes from ``ephemeral`` up to
 (not including) ``mac1``; see :func:`noise_bytes`.
@@ -50,6 +68,8 @@ class MessageType(enum.IntEnum):
     RESPONSE = 2
     COOKIE_REPLY = 3
     TRANSPORT = 4
+    PEER_CONTROL = 5
+    RELAY = 6
 
 
 # --- layouts ------------------------------------------------------------------
@@ -87,6 +107,16 @@ RESPONSE_MAC2_OFFSET = RESPONSE_SIZE - MAC_SIZE
 MAX_INNER_SIZE = 65535
 MAX_DATAGRAM_SIZE = MAX_INNER_SIZE + TRANSPORT_OVERHEAD
 
+PEER_CONTROL_HEADER = struct.Struct("<B3xI%ds" % SECRETBOX_NONCE_SIZE)
+PEER_CONTROL_BODY_HEADER = struct.Struct("<QB")           # seq, kind
+PEER_CONTROL_MIN_SIZE = PEER_CONTROL_HEADER.size + AEAD_TAG_SIZE + PEER_CONTROL_BODY_HEADER.size
+PEER_CONTROL_MAX_BODY = 12288
+PEER_CONTROL_MAX_SIZE = PEER_CONTROL_HEADER.size + AEAD_TAG_SIZE + PEER_CONTROL_MAX_BODY
+MAX_CONTROL_ENDPOINTS = 8      # endpoints in one message
+MAX_CONTROL_KEYS = 256         # accepted keys in one registration
+RELAY_ID = struct.Struct("<I")
+RELAY_MIN_SIZE = TRANSPORT_OVERHEAD + RELAY_ID.size + HEADER.size   # an inner message has a header
+
 _EXPECTED_SIZE = {
     MessageType.INITIATION: INITIATION_SIZE,
     MessageType.RESPONSE: RESPONSE_SIZE,
@@ -114,7 +144,17 @@ def message_type(datagram: bytes) -> MessageType:
         mtype = MessageType(t)
     except ValueError:
         raise WireError("unknown message type %d" % t) from None
-    if mtype is MessageType.TRANSPORT:
+    if mtype is MessageType.RELAY:
+        if n < RELAY_MIN_SIZE:
+            raise WireError("truncated relay message")
+        if n > MAX_DATAGRAM_SIZE:
+            raise WireError("oversized relay message")
+    elif mtype is MessageType.PEER_CONTROL:
+        if n < PEER_CONTROL_MIN_SIZE:
+            raise WireError("truncated peer control message")
+        if n > PEER_CONTROL_MAX_SIZE:
+            raise WireError("oversized peer control message")
+    elif mtype is MessageType.TRANSPORT:
         if n < TRANSPORT_MIN_SIZE:
             raise WireError("truncated transport message")
         if n > MAX_DATAGRAM_SIZE:
@@ -219,3 +259,165 @@ def unpack_transport_header(datagram) -> tuple[int, int]:
     """Return (receiver_index, counter); the caller has checked message_type()."""
     _, idx, ctr = TRANSPORT_HEADER.unpack_from(datagram, 0)
     return idx, ctr
+
+
+# --- peer control (NAT traversal) -------------------------------------------------
+def control_nonce(random23: bytes) -> bytes:
+    """A peer-control nonce: 23 random bytes and a final 1, never a transport nonce."""
+    if len(random23) != SECRETBOX_NONCE_SIZE - 1:
+        raise ValueError("23 random bytes")
+    return bytes(random23) + b"\x01"
+
+
+def pack_peer_control(receiver_index: int, nonce: bytes, box: bytes) -> bytes:
+    return PEER_CONTROL_HEADER.pack(MessageType.PEER_CONTROL, receiver_index, nonce) + box
+
+
+def unpack_peer_control(datagram) -> tuple[int, bytes, bytes]:
+    """(receiver_index, nonce, mac||ciphertext); WireError when not one."""
+    n = len(datagram)
+    if n < PEER_CONTROL_MIN_SIZE or n > PEER_CONTROL_MAX_SIZE or datagram[0] != MessageType.PEER_CONTROL \
+            or datagram[1] or datagram[2] or datagram[3]:
+        raise WireError("not a peer control message")
+    _, idx, nonce = PEER_CONTROL_HEADER.unpack_from(datagram, 0)
+    if nonce[-1] != 1:
+        raise WireError("peer control nonce outside its domain")
+    return idx, bytes(nonce), bytes(datagram[PEER_CONTROL_HEADER.size:])
+
+
+class ControlKind(enum.IntEnum):
+    REGISTER = 1      # client -> rendezvous: my local endpoints, the keys I accept
+    WHERE_IS = 2      # client -> rendezvous: where is key K?
+    ENDPOINTS = 3     # rendezvous -> client: K's endpoints (none: unknown or not for you)
+    PUNCH = 4         # rendezvous -> client: key K wants you; send toward these endpoints
+    REGISTERED = 5    # rendezvous -> client: your reflexive endpoint as seen from here
+
+
+@dataclass(frozen=True)
+class Register:
+    endpoints: tuple = ()
+    accepts: tuple = ()          # 32-byte public keys whose handshakes this peer accepts
+
+
+@dataclass(frozen=True)
+class WhereIs:
+    key: bytes
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    key: bytes
+    endpoints: tuple = ()
+    relay_id: int = 0            # the key's id at this node when it relays for us (0: no relay)
+
+
+@dataclass(frozen=True)
+class Punch:
+    key: bytes
+    endpoints: tuple = ()
+    relay_id: int = 0
+
+
+@dataclass(frozen=True)
+class Registered:
+    endpoints: tuple = ()
+
+
+_KIND_OF = {Register: ControlKind.REGISTER, WhereIs: ControlKind.WHERE_IS, Endpoints: ControlKind.ENDPOINTS,
+            Punch: ControlKind.PUNCH, Registered: ControlKind.REGISTERED}
+
+
+def _pack_endpoints(eps) -> bytes:
+    import ipaddress
+    eps = list(eps)
+    if len(eps) > MAX_CONTROL_ENDPOINTS:
+        raise WireError("too many endpoints")
+    out = [bytes([len(eps)])]
+    for host, port in eps:
+        a = ipaddress.ip_address(host)
+        out.append(bytes([a.version]) + a.packed + struct.pack("!H", port))
+    return b"".join(out)
+
+
+def _unpack_endpoints(body: bytes, off: int) -> tuple[tuple, int]:
+    import ipaddress
+    if off >= len(body):
+        raise WireError("truncated endpoint list")
+    n = body[off]
+    off += 1
+    if n > MAX_CONTROL_ENDPOINTS:
+        raise WireError("too many endpoints")
+    eps = []
+    for _ in range(n):
+        if off >= len(body):
+            raise WireError("truncated endpoint")
+        fam = body[off]
+        size = 4 if fam == 4 else 16 if fam == 6 else 0
+        if not size or off + 1 + size + 2 > len(body):
+            raise WireError("bad endpoint")
+        addr = str(ipaddress.ip_address(body[off + 1:off + 1 + size]))
+        port = struct.unpack_from("!H", body, off + 1 + size)[0]
+        eps.append((addr, port))
+        off += 1 + size + 2
+    return tuple(eps), off
+
+
+def encode_control(seq: int, msg) -> bytes:
+    """The plaintext body of a peer-control message."""
+    kind = _KIND_OF[type(msg)]
+    head = PEER_CONTROL_BODY_HEADER.pack(seq, kind)
+    if isinstance(msg, Register):
+        if len(msg.accepts) > MAX_CONTROL_KEYS or any(len(k) != KEY_SIZE for k in msg.accepts):
+            raise WireError("bad accepted keys")
+        body = _pack_endpoints(msg.endpoints) + struct.pack("<H", len(msg.accepts)) + b"".join(msg.accepts)
+    elif isinstance(msg, Registered):
+        body = _pack_endpoints(msg.endpoints)
+    elif isinstance(msg, WhereIs):
+        body = bytes(msg.key)
+    else:
+        body = bytes(msg.key) + RELAY_ID.pack(msg.relay_id) + _pack_endpoints(msg.endpoints)
+    if len(getattr(msg, "key", bytes(KEY_SIZE))) != KEY_SIZE:
+        raise WireError("bad key")
+    out = head + body
+    if len(out) > PEER_CONTROL_MAX_BODY:
+        raise WireError("peer control body too large")
+    return out
+
+
+def decode_control(body: bytes):
+    """(seq, message) from a peer-control body, or WireError."""
+    if len(body) < PEER_CONTROL_BODY_HEADER.size:
+        raise WireError("truncated peer control body")
+    seq, kind = PEER_CONTROL_BODY_HEADER.unpack_from(body, 0)
+    off = PEER_CONTROL_BODY_HEADER.size
+    try:
+        kind = ControlKind(kind)
+    except ValueError:
+        raise WireError("unknown peer control kind %d" % kind) from None
+    if kind is ControlKind.REGISTER:
+        eps, off = _unpack_endpoints(body, off)
+        if off + 2 > len(body):
+            raise WireError("truncated key count")
+        (n,) = struct.unpack_from("<H", body, off)
+        off += 2
+        if n > MAX_CONTROL_KEYS or off + n * KEY_SIZE != len(body):
+            raise WireError("bad accepted keys")
+        keys = tuple(bytes(body[off + i * KEY_SIZE: off + (i + 1) * KEY_SIZE]) for i in range(n))
+        return seq, Register(eps, keys)
+    if kind is ControlKind.REGISTERED:
+        eps, off = _unpack_endpoints(body, off)
+        msg = Registered(eps)
+    elif kind is ControlKind.WHERE_IS:
+        if len(body) - off != KEY_SIZE:
+            raise WireError("bad where-is")
+        return seq, WhereIs(bytes(body[off:]))
+    else:
+        if len(body) - off < KEY_SIZE + RELAY_ID.size:
+            raise WireError("truncated key")
+        key = bytes(body[off:off + KEY_SIZE])
+        (relay_id,) = RELAY_ID.unpack_from(body, off + KEY_SIZE)
+        eps, off = _unpack_endpoints(body, off + KEY_SIZE + RELAY_ID.size)
+        msg = (Endpoints if kind is ControlKind.ENDPOINTS else Punch)(key, eps, relay_id)
+    if off != len(body):
+        raise WireError("trailing bytes in peer control body")
+    return seq, msg
