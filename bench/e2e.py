@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """End-to-end throughput benchmark: bare veth, wireguard-go, phantomd (reference and --fast), phantomd --fast <-> wireguard-go.
 
-    .venv/bin/python bench/e2e.py [--seconds N] [--only bare,wireguard-go,reference,fast,fast-wg] [--json out.json]
+    .venv/bin/python bench/e2e.py [--seconds N] [--runs R] [--only bare,wireguard-go,reference,fast,fast-wg]
+                                  [--json out.json]
 
 One invocation, one pair of fresh namespaces (a: 10.201.0.1, b: 10.201.0.2,
 joined by a veth pair, from ``phantom.netns.two_hosts()``).  The
@@ -31,6 +32,14 @@ For each configuration, once the tunnel answers a ping:
 
 and the CPU time each tunnel daemon used during the test (utime+stime from
 /proc/PID/stat, which sums over all threads), as a percentage of one core.
+
+With ``--runs R`` (default 1) the whole sequence is repeated R times on the
+same namespaces, the order of the configurations rotated each run (so no
+configuration always goes first on a cooling or warming machine); the table
+then gives the **median** of the R runs for every number, and a second table
+the spread (min - max, and the median of the per-run ratios to
+wireguard-go, each taken within one run).  What a user reproduces is the
+median, not the best run.
 
 The iperf3 server always runs in b with ``-1`` (one test, then exit) and
 ``-J``; the client runs in a.  Every subprocess has a timeout; namespaces,
@@ -613,6 +622,86 @@ def bench_config(name: str, topo: netns.TwoHosts, work: Path, seconds: int, log)
 
 
 # ---------------------------------------------------------------------------
+# Several runs: medians and spread
+# ---------------------------------------------------------------------------
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """One configuration's R results as one result whose numbers are the
+    medians; ``runs`` keeps every run, ``spread`` the per-test values."""
+    ok = [r for r in runs if r.get("tests")]
+    if not ok:
+        out = dict(runs[-1])
+        out["runs"] = runs
+        return out
+    out: dict = {"status": "ok" if all(r["status"] == "ok" for r in runs) else
+                 "; ".join(sorted({r["status"] for r in runs if r["status"] != "ok"})),
+                 "setup": ok[0].get("setup", {}), "daemon_pids": ok[0].get("daemon_pids", {}),
+                 "tests": {}, "spread": {}, "runs": runs}
+    for test in TESTS:
+        key = "kpps" if test == "udp64" else "gbit_per_s"
+        vals = [v for v in (_value(r, test) for r in ok) if v is not None]
+        if not vals:
+            errs = [r["tests"].get(test, {}).get("error") for r in ok]
+            out["tests"][test] = {"error": next((e for e in errs if e), "no result")}
+            continue
+        cpu: dict = {}
+        for r in ok:
+            for side, c in (r["tests"].get(test, {}).get("daemon_cpu_percent") or {}).items():
+                if c is not None:
+                    cpu.setdefault(side, []).append(c)
+        out["tests"][test] = {key: round(_median(vals), 4),
+                              "daemon_cpu_percent": {k: round(_median(v), 1) for k, v in cpu.items()},
+                              "failed_runs": len(ok) - len(vals)}
+        out["spread"][test] = {"values": vals, "min": min(vals), "max": max(vals), "n": len(vals)}
+    return out
+
+
+def per_run_ratios(all_runs: dict) -> dict:
+    """name -> test -> ratios to wireguard-go taken within each run."""
+    base = all_runs.get(BASELINE)
+    out: dict = {}
+    if not base:
+        return out
+    for name, runs in all_runs.items():
+        out[name] = {}
+        for test in TESTS:
+            rs = []
+            for r, b in zip(runs, base):
+                v, bv = _value(r, test), _value(b, test)
+                if v is not None and bv:
+                    rs.append(round(v / bv, 3))
+            out[name][test] = rs
+    return out
+
+
+def spread_table(results: dict, ratios: dict, runs: int) -> str:
+    lines = [f"spread over {runs} runs: min - max (median of the per-run ratios to {BASELINE}):"]
+    for name, res in results.items():
+        sp = res.get("spread")
+        if not sp:
+            continue
+        parts = []
+        for test in TESTS:
+            t = sp.get(test)
+            if not t:
+                parts.append(f"{test} -")
+                continue
+            fmt = ".1f" if test == "udp64" else ".3f"
+            rr = ratios.get(name, {}).get(test) or []
+            rtxt = f" (x{_median(rr):.2f})" if rr and name != BASELINE else ""
+            parts.append(f"{test} {t['min']:{fmt}}-{t['max']:{fmt}}{rtxt}"
+                         + (f" [{len(t['values'])}/{runs} ok]" if len(t["values"]) != runs else ""))
+        lines.append(f"  {name:<13} " + "   ".join(parts))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
 
@@ -734,6 +823,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seconds", type=int, default=10, help="iperf3 -t for each test (default 10)")
     p.add_argument("--only", default=",".join(CONFIGS),
                    help="comma-separated subset of %s (default: all, in that order)" % ",".join(CONFIGS))
+    p.add_argument("--runs", type=int, default=1,
+                   help="repeat everything this many times; report medians and spread (default 1)")
     p.add_argument("--json", metavar="FILE", help="write every number to FILE")
     p.add_argument("--keep-logs", action="store_true", help="keep daemon logs and configs (path printed)")
     args = p.parse_args(argv)
@@ -744,6 +835,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.configs = [c for c in CONFIGS if c in only]
     if not 1 <= args.seconds <= 600:
         p.error("--seconds must be between 1 and 600")
+    if not 1 <= args.runs <= 50:
+        p.error("--runs must be between 1 and 50")
     return args
 
 
@@ -773,20 +866,31 @@ def main(argv=None) -> int:
     machine = machine_info()
     work = Path(tempfile.mkdtemp(prefix="phantom-bench-"))
     results: dict = {}
+    all_runs: dict = {}
     try:
         netns.sweep_stale()
         with netns.two_hosts() as topo:
             log(f"namespaces {topo.a.name} ({topo.a.ip}) and {topo.b.name} ({topo.b.ip})")
-            for name in args.configs:
-                log(f"{name}:")
-                results[name] = bench_config(name, topo, work, args.seconds, log)
+            for run in range(args.runs):
+                k = run % len(args.configs)
+                order = args.configs[k:] + args.configs[:k]
+                run_work = work / f"run{run + 1}"
+                run_work.mkdir()
+                for name in order:
+                    log(f"{name}:" + (f" (run {run + 1}/{args.runs})" if args.runs > 1 else ""))
+                    all_runs.setdefault(name, []).append(bench_config(name, topo, run_work, args.seconds, log))
     finally:
         _stop_all_wg()
         if args.keep_logs:
             log(f"logs kept in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+    for name in args.configs:
+        if name in all_runs:
+            runs = all_runs[name]
+            results[name] = runs[0] if args.runs == 1 else aggregate(runs)
     add_ratios(results)
+    ratios = per_run_ratios(all_runs)
     finished = _dt.datetime.now(_dt.timezone.utc)
 
     print(f"command:  {command}")
@@ -798,15 +902,22 @@ def main(argv=None) -> int:
     print(f"tests:    iperf3 -t {args.seconds}; TCP1 = 1 stream, TCP4 = -P 4 (Gbit/s received); "
           f"UDP64 = -u -l 64 -b 0 (thousand packets/s received by the server)")
     print(f"ratios:   'x wg' = this row / {BASELINE} in this same run")
+    if args.runs > 1:
+        print(f"runs:     {args.runs}; every number is the median of the runs (configurations "
+              f"rotated each run)")
     print()
     print(table(results))
+    if args.runs > 1:
+        print()
+        print(spread_table(results, ratios, args.runs))
     print()
     print(cpu_table(results))
 
     if args.json:
         doc = {"command": command, "argv": sys.argv[1:], "seconds": args.seconds,
                "started": started.isoformat(), "finished": finished.isoformat(),
-               "machine": machine, "baseline": BASELINE, "configurations": results}
+               "machine": machine, "baseline": BASELINE, "runs": args.runs,
+               "per_run_ratios": ratios, "configurations": results}
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
         log(f"wrote {args.json}")
     ok = any(res["tests"] for res in results.values())

@@ -160,7 +160,8 @@ cdef struct fp_engine:
     uint64_t rekey_after_messages
     # tables
     fp_peer **peers
-    int peers_cap
+    int peers_cap                  # slots in use (slots are never reused)
+    int peers_alloc                # slots allocated (grows geometrically)
     uint64_t next_serial
     fp_keypair *index[4096]        # FP_INDEX_BUCKETS
     fp_trie *trie4

@@ -12,6 +12,7 @@ encrypt in place without extra copies.
 
 from __future__ import annotations
 
+import functools
 import hmac as _hmac
 
 import nacl.bindings as _nb
@@ -86,12 +87,20 @@ _PROBE_SCALAR = bytes(range(1, 33))   # any scalar: X25519 clamps it to a multip
 def is_small_order(public: bytes) -> bool:
     """True for an X25519 public key that no shared secret with is secret.
 
+    Remembered for the last 16,384 keys (a pure function of public data): a
+    hub loading 10,000 peers checks each key twice (config, engine), and the
+    trial Diffie-Hellman is ~50 us.
+
     Two checks: the known small-order encodings (top bit ignored, as X25519
     does), and a trial Diffie-Hellman with a fixed scalar -- libsodium's
     crypto_scalarmult refuses small-order points, and every clamped scalar
     is a multiple of 8, so any point of order 1, 2, 4 or 8 gives all zeros.
     """
-    public = bytes(public)
+    return _is_small_order(bytes(public))
+
+
+@functools.lru_cache(maxsize=16384)
+def _is_small_order(public: bytes) -> bool:
     if len(public) != KEY_SIZE:
         return True
     masked = public[:31] + bytes([public[31] & 0x7F])
@@ -106,8 +115,26 @@ def is_small_order(public: bytes) -> bool:
 
 # --- hashing ------------------------------------------------------------------
 def blake2b(data: bytes, digest_size: int = HASH_SIZE, key: bytes = b"") -> bytes:
-    return _nb.crypto_generichash_blake2b_salt_personal(
-        bytes(data), digest_size=digest_size, key=bytes(key))
+    """libsodium's BLAKE2b, called through cffi directly: PyNaCl's wrapper
+    checks its arguments in Python and cost ~30 us a call, most of a
+    handshake's hashing (issue #15, bench/bench_handshake.py)."""
+    data = bytes(data)
+    key = bytes(key)
+    if not 1 <= digest_size <= 64 or len(key) > 64:      # PyNaCl raises the right error
+        return _nb.crypto_generichash_blake2b_salt_personal(data, digest_size=digest_size, key=key)
+    out = ffi.new("unsigned char[]", digest_size)
+    rc = lib.crypto_generichash_blake2b_salt_personal(out, digest_size, data, len(data),
+                                                      key if key else ffi.NULL, len(key),
+                                                      ffi.NULL, ffi.NULL)
+    if rc != 0:
+        raise CryptoError("BLAKE2b failed")
+    return bytes(ffi.buffer(out, digest_size))
+
+
+# RFC 2104 pads: the key XORed with 0x36 / 0x5c byte by byte, as a translation
+# table (C speed; a Python loop over 128 bytes cost ~50 us an HMAC).
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
 
 
 def hmac_blake2b(key: bytes, data: bytes) -> bytes:
@@ -116,8 +143,8 @@ def hmac_blake2b(key: bytes, data: bytes) -> bytes:
     if len(key) > BLAKE2B_BLOCK:
         key = blake2b(key)
     key = key.ljust(BLAKE2B_BLOCK, b"\x00")
-    inner = blake2b(bytes(b ^ 0x36 for b in key) + bytes(data))
-    return blake2b(bytes(b ^ 0x5C for b in key) + inner)
+    inner = blake2b(key.translate(_IPAD) + bytes(data))
+    return blake2b(key.translate(_OPAD) + inner)
 
 
 def hkdf(chaining_key: bytes, ikm: bytes, outputs: int) -> list[bytes]:

@@ -244,7 +244,9 @@ class Daemon:
     async def _ticker(self) -> None:
         while not self._stop.is_set():
             try:
-                counters = {pid: self.dp.counters(pid) for pid in self.engine.peers}
+                # only the peers a timer rule can concern (the engine's
+                # active set): an idle peer costs the tick nothing
+                counters = {pid: self.dp.counters(pid) for pid in self.engine.active_ids()}
                 self._do(self.engine.tick(counters))
                 if self.nat is not None:
                     self._do(self.nat.tick())
@@ -409,11 +411,11 @@ class Daemon:
         return peer
 
     def _free_name(self, name: str) -> str:
-        names = {p.name for p in self.engine.peers.values()}
-        if name not in names:
+        taken = self.engine.peer_by_name
+        if taken(name) is None:
             return name
         i = 2
-        while "%s-%d" % (name, i) in names:
+        while taken("%s-%d" % (name, i)) is not None:
             i += 1
         return "%s-%d" % (name, i)
 
@@ -436,10 +438,21 @@ class Daemon:
 
     # ------------------------------------------------------ the API's view
     def _peer_named(self, ref: str):
-        for p in self.engine.peers.values():
-            if p.name == ref or _b64(p.public_key) == ref:
-                return p
-        return None
+        """The peer called ``ref``, or whose public key (base64) is ``ref``;
+        the first configured if both match different peers.  Two dict
+        lookups, not a walk over every peer."""
+        import base64
+        import binascii
+        found = [p for p in (self.engine.peer_by_name(ref),) if p is not None]
+        try:
+            raw = base64.b64decode(ref, validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) == 32 and _b64(raw) == ref:
+            p = self.engine.peer_by_key(raw)
+            if p is not None:
+                found.append(p)
+        return min(found, key=lambda p: p.id) if found else None
 
     def _find_peer(self, ref: str):
         peer = self._peer_named(ref)

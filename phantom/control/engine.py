@@ -28,6 +28,20 @@ the WireGuard whitepaper, section 6):
   REKEY_TIMEOUT (+ jitter), with nothing pending, starts its own initiation:
   a lost confirmation never leaves a peer handshaking with nothing to wait for.
 
+Cost: a tick walks the *active* peers only (:attr:`Engine.active`), not every
+configured one, so a hub with 10,000 idle peers ticks as cheaply as one with
+ten.  A peer is active while any rule above could fire for it or change its
+state: it has a handshake pending, a session, persistent keepalive, an
+unanswered-data or confirm deadline, it is DEAD and wanted, or its last
+counters show data not yet answered.  A peer that is none of these is left
+out of the tick; a peer cannot send or receive data without keys, so its
+counters cannot move until something the engine handles (open, an
+initiation, a response, traffic waiting, a confirmation) wakes it, and every
+such entry point does.  Counters passed to :meth:`Engine.tick` for a peer
+that sleeps wake it if they differ from what it last saw, so a caller that
+passes every peer's counters gets exactly the old every-peer behaviour; the
+daemon passes only :meth:`Engine.active_ids`'.
+
 Order (invariant, see :mod:`phantom.control.actions`): keys are installed
 before anything is sent that lets the peer use them, i.e. the responder's
 InstallKeypair precedes its response datagram, and the initiator's precedes
@@ -85,7 +99,10 @@ class Engine:
         self._cookie_limiter = RateLimiter(tunables.handshakes_per_second_per_source,
                                            tunables.handshake_burst_per_source, clock)
         self.peers: dict[int, Peer] = {}
+        self.active: dict[int, Peer] = {}                 # peers the tick visits (see the module doc)
+        self._slept: dict[int, PeerCounters] = {}         # counters a peer last saw before sleeping
         self._by_key: dict[bytes, Peer] = {}
+        self._by_name: dict[str, list] = {}                # name -> peers with it, in id order
         self._indexes: dict[int, tuple[str, int]] = {}   # local index -> ("handshake"|"session", peer id)
         self._next_peer_id = 1
         self.drops: Counter = Counter()                   # handshake-level drops by reason
@@ -118,10 +135,52 @@ class Engine:
                     preshared_key=bytearray(preshared_key) if preshared_key is not None else None)
         self.peers[pid] = peer
         self._by_key[public_key] = peer
+        self._by_name.setdefault(peer.name, []).append(peer)
+        self._wake(peer)
         return peer
+
+    # ========================================================= the active set
+    def _wake(self, peer: Peer) -> None:
+        """``peer`` takes part in the next ticks again."""
+        if peer.id in self.peers:
+            self.active[peer.id] = peer
+            self._slept.pop(peer.id, None)
+
+    def active_ids(self) -> list:
+        """Peers whose counters the next :meth:`tick` needs."""
+        return list(self.active)
+
+    def _quiet(self, peer: Peer, c: PeerCounters) -> bool:
+        """No timer rule can fire or change anything for ``peer`` until an
+        event wakes it (see the module doc)."""
+        return (peer.pending is None and not peer.sessions and not peer.persistent_keepalive
+                and peer.first_unanswered is None and peer.confirm_by is None
+                and (peer.state is PeerState.IDLE or (peer.state is PeerState.DEAD and not peer.wanted))
+                and c.last_data_rx <= c.last_tx and c.last_data_tx <= c.last_rx)
 
     def peer_by_key(self, public_key: bytes) -> Optional[Peer]:
         return self._by_key.get(bytes(public_key))
+
+    def peer_changed(self, peer: Peer, old_name: Optional[str] = None) -> None:
+        """Someone outside the engine changed ``peer``'s fields in place (a
+        config reload: name, keepalive, endpoint...): index it under its
+        current name and let the next tick look at it."""
+        if old_name is not None and old_name != peer.name:
+            same = self._by_name.get(old_name, [])
+            if peer in same:
+                same.remove(peer)
+            if not same:
+                self._by_name.pop(old_name, None)
+            same = self._by_name.setdefault(peer.name, [])
+            if peer not in same:
+                same.append(peer)
+                same.sort(key=lambda p: p.id)
+        self._wake(peer)
+
+    def peer_by_name(self, name: str) -> Optional[Peer]:
+        """The first-added peer called ``name`` (a dict lookup, not a scan)."""
+        same = self._by_name.get(name)
+        return same[0] if same else None
 
     def remove_peer(self, peer_id: int) -> list:
         peer = self.peers.get(peer_id)
@@ -131,12 +190,20 @@ class Engine:
         if peer.preshared_key is not None:
             crypto.memzero(peer.preshared_key)
         del self.peers[peer_id]
+        self.active.pop(peer_id, None)
+        self._slept.pop(peer_id, None)
         del self._by_key[peer.public_key]
+        same = self._by_name.get(peer.name, [])
+        if peer in same:
+            same.remove(peer)
+        if not same:
+            self._by_name.pop(peer.name, None)
         return out
 
     def open(self, peer_id: int, endpoint: Optional[tuple] = None) -> list:
         """A user asked for a tunnel.  Already up: nothing to do (no duplicate)."""
         peer = self.peers[peer_id]
+        self._wake(peer)
         out: list = []
         if endpoint is not None and endpoint != peer.endpoint:
             peer.endpoint = endpoint
@@ -151,6 +218,7 @@ class Engine:
 
     def close(self, peer_id: int) -> list:
         peer = self.peers[peer_id]
+        self._wake(peer)
         peer.wanted = False
         return self._reset(peer, "closed")
 
@@ -163,6 +231,7 @@ class Engine:
         peer = self.peers.get(peer_id)
         if peer is None:
             return []
+        self._wake(peer)
         peer.wanted = False
         self._abandon_pending(peer)
         peer.confirm_by = None
@@ -231,6 +300,7 @@ class Engine:
 
     def _send_initiation(self, peer: Peer) -> list:
         now = self.clock()
+        self._wake(peer)
         targets = self._targets(peer)
         if not targets:
             log.info("peer=%s no endpoint, cannot start a handshake", peer.name)
@@ -326,6 +396,7 @@ class Engine:
             log.info("peer=%s replayed initiation dropped", peer.name)
             return []
         now = self.clock()
+        self._wake(peer)
         peer.last_initiation_ts = info.timestamp
         peer.last_initiation_rx = now
         out: list = []
@@ -365,6 +436,7 @@ class Engine:
             self.drops["bad_handshake"] += 1
             return []
         now = self.clock()
+        self._wake(peer)
         self._indexes[peer.pending.local_index] = ("session", peer.id)
         peer.pending = None
         peer.attempts = 0
@@ -386,12 +458,14 @@ class Engine:
             self.drops["bad_cookie_reply"] += 1
             return []
         log.info("peer=%s sent a cookie: it is under load", peer.name)
+        self._wake(peer)
         if peer.pending is not None and peer.pending.local_index == reply.receiver_index:
             # resend soon, now with mac2, rather than after a whole REKEY_TIMEOUT
             peer.next_retry = min(peer.next_retry, self.clock() + COOKIE_RETRY_DELAY)
         return []
 
     def _install(self, peer: Peer, keys: hs.SessionKeys, confirmed: bool, now: float) -> A.InstallKeypair:
+        self._wake(peer)
         peer.sessions.append(SessionInfo(keys.local_index, now, keys.initiator, confirmed))
         peer.last_handshake = now
         peer.last_handshake_wall = self.wall()
@@ -405,7 +479,10 @@ class Engine:
     def handshake_needed(self, peer_id: int) -> list:
         """Traffic waits for keys (or the current keys are worn out)."""
         peer = self.peers.get(peer_id)
-        if peer is None or peer.pending is not None:
+        if peer is None:
+            return []
+        self._wake(peer)
+        if peer.pending is not None:
             return []
         now = self.clock()
         if peer.sessions and not peer.sessions[-1].initiator and \
@@ -419,6 +496,7 @@ class Engine:
         peer = self.peers.get(peer_id)
         if peer is None:
             return []
+        self._wake(peer)
         for s in peer.sessions:
             if s.local_index == local_index:
                 s.confirmed = True
@@ -431,11 +509,21 @@ class Engine:
 
     # ================================================================ timers
     def tick(self, counters: dict) -> list:
-        """Run every timer rule once.  ``counters``: peer id -> PeerCounters."""
+        """Run every timer rule once for every active peer.  ``counters``:
+        peer id -> PeerCounters, at least for :meth:`active_ids` (a sleeping
+        peer's counters, when given and changed, wake it)."""
         now = self.clock()
         out: list = []
-        for peer in list(self.peers.values()):
-            c = counters.get(peer.id) or PeerCounters()
+        if len(counters) > len(self.active):
+            slept = self._slept
+            for pid, c in counters.items():
+                if pid not in self.active and pid in slept and slept[pid] != c:
+                    self._wake(self.peers[pid])
+        empty = PeerCounters()
+        active = self.active
+        for pid in sorted(active):          # configuration order, as when every peer was walked
+            peer = active[pid]
+            c = counters.get(peer.id) or empty
             out += self._timer_expire_sessions(peer, now)
             out += self._timer_retransmit_handshake(peer, now)
             out += self._timer_unconfirmed_answer(peer, now)
@@ -444,6 +532,10 @@ class Engine:
             out += self._timer_passive_keepalive(peer, c, now)
             out += self._timer_persistent_keepalive(peer, c, now)
             out += self._timer_dead_retry(peer, now)
+            if self._quiet(peer, c):
+                # asleep until an event (or changed counters) wakes it
+                del self.active[peer.id]
+                self._slept[peer.id] = c
         return out
 
     def _timer_retransmit_handshake(self, peer: Peer, now: float) -> list:
@@ -558,6 +650,7 @@ class Engine:
         return [s for s in peer.sessions if now - s.created < self.t.reject_after_time]
 
     def _set_state(self, peer: Peer, new: PeerState, reason: str) -> list:
+        self._wake(peer)
         old = peer.set_state(new)
         if old is None:
             return []

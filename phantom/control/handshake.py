@@ -170,7 +170,8 @@ def consume_response(state: InitiatorState, msg_bytes) -> SessionKeys:
 
 
 # --- responder ---------------------------------------------------------------------
-def consume_initiation(local_static_priv, msg_bytes, *, ephemeral_private=None) -> InitiationInfo:
+def consume_initiation(local_static_priv, msg_bytes, *, ephemeral_private=None,
+                       local_static_public=None) -> InitiationInfo:
     """Authenticate a handshake initiation (type 1) sent to us.
 
     Returns who sent it and what it carries; replay (timestamp not later than
@@ -179,7 +180,7 @@ def consume_initiation(local_static_priv, msg_bytes, *, ephemeral_private=None) 
     """
     msg = _check_type(msg_bytes, wire.MessageType.INITIATION)
     init = wire.Initiation.unpack(msg)
-    noise = NoiseIK.responder(local_static_priv, ephemeral_private)
+    noise = NoiseIK.responder(local_static_priv, ephemeral_private, static_public=local_static_public)
     payload = noise.read_message(init.noise_message)
     timestamp = payload[:wire.TIMESTAMP_SIZE]
     client_nonce = payload[wire.TIMESTAMP_SIZE:]

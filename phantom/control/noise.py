@@ -190,10 +190,14 @@ class NoiseIK:
 
     def __init__(self, initiator: bool, static_private, remote_static_public=None,
                  ephemeral_private=None, prologue: bytes = PROLOGUE,
-                 protocol_name: bytes = NOISE_PROTOCOL_NAME) -> None:
+                 protocol_name: bytes = NOISE_PROTOCOL_NAME, static_public=None) -> None:
         self.is_initiator = initiator
         self._s = bytearray(_check_key("static private key", static_private))
-        self._s_pub = crypto.x25519_public(bytes(self._s))
+        # ``static_public``: the caller's cached public key of static_private
+        # (a responder answers every initiation with the same key: one X25519
+        # saved per handshake)
+        self._s_pub = _check_key("static public key", static_public) if static_public is not None \
+            else crypto.x25519_public(bytes(self._s))
         # The ephemeral key pair is made when first written (a responder that
         # rejects message 1 never pays for it).
         self._e: bytearray | None = None
@@ -221,8 +225,8 @@ class NoiseIK:
         return cls(True, static_private, remote_static_public, ephemeral_private)
 
     @classmethod
-    def responder(cls, static_private, ephemeral_private=None) -> "NoiseIK":
-        return cls(False, static_private, None, ephemeral_private)
+    def responder(cls, static_private, ephemeral_private=None, static_public=None) -> "NoiseIK":
+        return cls(False, static_private, None, ephemeral_private, static_public=static_public)
 
     # --- public state -------------------------------------------------------
     @property

@@ -223,6 +223,7 @@ def apply(daemon, p: Plan) -> dict:
             peer.wanted = True
             if not peer.sessions and peer.pending is None:
                 opens.append(peer)
+        engine.peer_changed(peer, old_name)            # re-index the name, wake its timers
         changed[pc.name] = fields
         log.info("reload: peer=%s changed in place: %s%s", pc.name, ", ".join(fields),
                  " (was %s)" % old_name if old_name != pc.name else "")

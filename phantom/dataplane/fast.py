@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import ipaddress
 import logging
 import os
@@ -95,8 +96,20 @@ def available() -> Optional[str]:
     return None
 
 
+def _network(n):
+    """An ipaddress network, parsed only if it is not one already."""
+    if isinstance(n, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return n
+    return ipaddress.ip_network(n)
+
+
 def sockaddr_bytes(addr: tuple) -> bytes:
     """A Python socket address tuple as a raw ``struct sockaddr_in[6]``."""
+    return _sockaddr_bytes(tuple(addr))
+
+
+@functools.lru_cache(maxsize=16384)     # pure; ipaddress parsing is slow (issue #15)
+def _sockaddr_bytes(addr: tuple) -> bytes:
     host = addr[0].split("%")[0]
     ip = ipaddress.ip_address(host)
     if ip.version == 4:
@@ -209,6 +222,7 @@ class FastDataPath:
         self._routes = AllowedIPs()
         self._peers: set[int] = set()
         self._keys: dict[int, Keypair] = {}      # local_index -> the control plane's Keypair
+        self._peer_keys: dict[int, set] = {}     # peer_id -> its local indexes in _keys
         self._firewall = firewall
         self._local_addresses = list(local_addresses)   # (ICMP errors come from the destination)
         self._engine = _fastpath.Engine(
@@ -308,7 +322,7 @@ class FastDataPath:
     def add_peer(self, peer_id: int, allowed_ips) -> None:
         if peer_id in self._peers:
             raise ValueError("peer %d exists" % peer_id)
-        nets = [ipaddress.ip_network(n) for n in allowed_ips]
+        nets = [_network(n) for n in allowed_ips]
         self._engine.add_peer(peer_id)
         self._peers.add(peer_id)
         self.set_allowed_ips(peer_id, nets)
@@ -317,18 +331,36 @@ class FastDataPath:
         if peer_id not in self._peers:
             return
         self.clear_keys(peer_id)
+        old = self._routes.peer_networks(peer_id)
         self._routes.remove_peer(peer_id)
-        self._push_routes()
+        for net in old:
+            self._route(net, None)
         self._peers.discard(peer_id)
         self._engine.remove_peer(peer_id)
 
     def set_allowed_ips(self, peer_id: int, allowed_ips) -> None:
+        """Replace one peer's prefixes.  The C trie is changed prefix by
+        prefix (what this peer loses, what it gains), so the cost follows
+        this peer's prefixes, not the size of the table: adding N peers is
+        O(N), not O(N^2) as rebuilding the whole trie each time was."""
         if peer_id not in self._peers:
             raise KeyError(peer_id)
-        self._routes.set_peer(peer_id, [ipaddress.ip_network(n) for n in allowed_ips])
-        self._push_routes()
+        nets = [_network(n) for n in allowed_ips]
+        old = self._routes.peer_networks(peer_id)
+        self._routes.set_peer(peer_id, nets)
+        for net in old:
+            if self._routes.owner(net) is None:
+                self._route(net, None)
+        for net in nets:
+            # the Python table's owner wins (a later duplicate in ``nets``
+            # moves nothing; a prefix taken from another peer moves in both)
+            self._route(net, self._routes.owner(net))
+
+    def _route(self, net, peer_id: Optional[int]) -> None:
+        self._engine.set_route(net.max_prefixlen, net.network_address.packed, net.prefixlen, peer_id)
 
     def _push_routes(self) -> None:
+        """Rebuild the whole C trie from the Python table (bulk form)."""
         self._engine.set_routes([(net.max_prefixlen, net.network_address.packed, net.prefixlen, peer)
                                  for net, peer in self._routes.entries()])
 
@@ -375,22 +407,33 @@ class FastDataPath:
         self._engine.install_keypair(kp.peer_id, kp.local_index, kp.remote_index,
                                      kp.send_key, kp.recv_key, kp.created, confirmed, kp.cipher)
         self._keys[kp.local_index] = kp
+        self._peer_keys.setdefault(kp.peer_id, set()).add(kp.local_index)
         self._zero_retired(kp.peer_id)
 
     def _zero_retired(self, peer_id: int) -> None:
         """Zero the control plane's copies of keys the engine let go of (it
         zeroes its own copies itself)."""
+        mine = self._peer_keys.get(peer_id)
+        if not mine:
+            return
         live = set(self._engine.key_slots(peer_id)) if peer_id in self._peers else set()
-        for idx, kp in list(self._keys.items()):
-            if kp.peer_id == peer_id and idx not in live:
-                crypto.memzero(kp.send_key)
-                crypto.memzero(kp.recv_key)
-                del self._keys[idx]
+        for idx in [i for i in mine if i not in live]:
+            kp = self._keys.pop(idx)
+            crypto.memzero(kp.send_key)
+            crypto.memzero(kp.recv_key)
+            mine.discard(idx)
+        if not mine:
+            del self._peer_keys[peer_id]
 
     def retire_keypair(self, local_index: int) -> None:
         self._engine.retire_keypair(local_index)
         kp = self._keys.pop(local_index, None)
         if kp is not None:
+            mine = self._peer_keys.get(kp.peer_id)
+            if mine is not None:
+                mine.discard(local_index)
+                if not mine:
+                    del self._peer_keys[kp.peer_id]
             crypto.memzero(kp.send_key)
             crypto.memzero(kp.recv_key)
 

@@ -186,8 +186,26 @@ class AllowedIPs:
         return out
 
     def peer_networks(self, peer_id: int) -> list[IPNetwork]:
-        """The prefixes of one peer, sorted like :meth:`entries`."""
-        return [net for net, peer in self.entries() if peer == peer_id]
+        """The prefixes of one peer, sorted like :meth:`entries`.  Costs the
+        peer's own prefixes, not the whole table."""
+        out = []
+        for version, plen, key in self._by_peer.get(peer_id, ()):
+            if version == 4:
+                out.append(ipaddress.IPv4Network((key << (_V4_BITS - plen), plen)))
+            else:
+                out.append(ipaddress.IPv6Network((key << (_V6_BITS - plen), plen)))
+        out.sort(key=lambda n: (n.version, n.network_address, n.prefixlen))
+        return out
+
+    def owner(self, network) -> Optional[int]:
+        """The peer that has exactly this prefix, or None."""
+        net = _as_network(network)
+        bits = _V4_BITS if net.version == 4 else _V6_BITS
+        tables = self._v4_tables if net.version == 4 else self._v6_tables
+        table = tables.get(net.prefixlen)
+        if table is None:
+            return None
+        return table.get(int(net.network_address) >> (bits - net.prefixlen))
 
     def peers(self) -> set[int]:
         return set(self._by_peer)

@@ -8,6 +8,7 @@ path, and shown to people in plain form.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from typing import Optional
@@ -57,9 +58,16 @@ def open_test_socket(port: int) -> socket.socket:
 
 def to_sockaddr(sock: socket.socket, endpoint: tuple) -> tuple:
     """Turn a (host, port) endpoint into the address form ``sock`` sends to."""
-    host, port = endpoint[0], endpoint[1]
+    return _to_sockaddr(sock.family, endpoint[0], endpoint[1])
+
+
+# Parsing an address with ipaddress costs ~25 us, on every handshake answer
+# (twice) and every control packet; the few thousand addresses a hub talks
+# to are remembered instead (pure functions, bounded caches; issue #15).
+@functools.lru_cache(maxsize=16384)
+def _to_sockaddr(family: int, host: str, port: int) -> tuple:
     ip = ipaddress.ip_address(host)
-    if sock.family == socket.AF_INET6:
+    if family == socket.AF_INET6:
         if ip.version == 4:
             return ("::ffff:%s" % ip, port, 0, 0)
         return (str(ip), port, 0, 0)
@@ -77,7 +85,11 @@ def plain(addr: Optional[tuple]) -> Optional[tuple]:
         return None
     if isinstance(addr, RelayVia):
         return addr
-    host, port = addr[0], addr[1]
+    return _plain(addr[0], addr[1])
+
+
+@functools.lru_cache(maxsize=16384)
+def _plain(host: str, port: int) -> tuple:
     ip = ipaddress.ip_address(host.split("%")[0])
     if ip.version == 6 and ip.ipv4_mapped is not None:
         return (str(ip.ipv4_mapped), port)

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""The responder's work per handshake initiation, on its own (issue #15).
+
+    .venv/bin/python bench/bench_handshake.py [--peers 1000] [--count 2000] [--profile]
+
+CPU time (process_time), so a busy machine slows it less than wall time.
+No sockets, no event loop: an :class:`phantom.control.engine.Engine` with
+``--peers`` configured peers is handed ``--count`` valid initiations (from
+distinct keys, made by bench/hsload.py's generator) through
+``handle_datagram``, as the daemon does for each one that arrives, and the
+actions it returns (the response datagram, the endpoint, the keypair to
+install) are built but not carried out.  Reported: microseconds per
+initiation for the whole engine path and for its parts (mac1 check,
+``consume_initiation``, ``create_response``), and with --profile the top of
+a cProfile of the engine path.
+
+Not under load (no cookies): that is the per-initiation cost a responder
+pays once the initiator holds a cookie, plus the mac2 check (one keyed
+BLAKE2b, ~1 us).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import cProfile
+import pstats
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+for p in (str(BENCH.parent), str(BENCH)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import hsload  # noqa: E402
+from phantom import crypto  # noqa: E402
+from phantom.constants import Tunables  # noqa: E402
+from phantom.control import handshake as hs  # noqa: E402
+from phantom.control.cookie import CookieChecker  # noqa: E402
+from phantom.control.engine import Engine  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--peers", type=int, default=1000)
+    p.add_argument("--count", type=int, default=2000)
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--datapath", choices=("none", "reference", "fast"), default="none",
+                   help="also carry out the actions on a data path in test mode, as the daemon does "
+                        "(send the response, set the endpoint, install the keypair)")
+    a = p.parse_args(argv)
+    hub = bytearray(crypto.x25519_private())
+    hub_pub = crypto.x25519_public(bytes(hub))
+    privs = [crypto.x25519_private() for _ in range(a.peers)]
+    # a huge load threshold: measure the answer path, not cookie replies
+    eng = Engine(hub, Tunables(under_load_initiations=10 ** 9))
+    for i, k in enumerate(privs):
+        eng.add_peer(crypto.x25519_public(k), "p%d" % i, [])
+    proto = hsload.PhantomProto(hub_pub)
+    msgs = hsload.build_pool(proto, privs, a.count, time.time_ns())
+    addr = ("10.202.0.1", 9000)
+    do = None
+    if a.datapath != "none":
+        import socket
+        from phantom.control import actions as A
+        from phantom.dataplane.types import Mode
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        test = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        test.bind(("127.0.0.1", 0))
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sink.bind(("127.0.0.1", 0))
+        sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        addr = sink.getsockname()
+        if a.datapath == "fast":
+            from phantom.dataplane.fast import FastDataPath as DP
+        else:
+            from phantom.dataplane.reference import ReferenceDataPath as DP
+        dp = DP(Mode.TEST, udp, None, test, events=None, tunables=Tunables())
+        for pid in eng.peers:
+            dp.add_peer(pid, [])
+
+        def do(actions):          # Daemon._do, the actions a handshake answer makes
+            for act in actions:
+                if isinstance(act, A.SendDatagram):
+                    dp.send_control(act.data, act.addr)
+                elif isinstance(act, A.InstallKeypair):
+                    dp.install_keypair(act.keypair, act.confirmed)
+                elif isinstance(act, A.SetEndpoint):
+                    dp.set_endpoint(act.peer_id, act.addr)
+
+    def engine_path():
+        t0 = time.process_time()
+        answered = 0
+        for m in msgs:
+            out = eng.handle_datagram(m, addr)
+            if do is not None:
+                do(out)
+            answered += bool(out)
+        return (time.process_time() - t0) / len(msgs) * 1e6, answered
+
+    if a.profile:
+        pr = cProfile.Profile()
+        pr.enable()
+        us, answered = engine_path()
+        pr.disable()
+        pstats.Stats(pr).sort_stats(os.environ.get("SORT", "tottime")).print_stats(int(os.environ.get("TOP", "15")))
+    else:
+        us, answered = engine_path()
+    checker = CookieChecker(hub_pub, time.monotonic, 120.0)
+    t0 = time.process_time()
+    for m in msgs:
+        checker.check_mac1(m)
+    mac1_us = (time.process_time() - t0) / len(msgs) * 1e6
+    t0 = time.process_time()
+    infos = [hs.consume_initiation(hub, m, local_static_public=hub_pub) for m in msgs]
+    consume_us = (time.process_time() - t0) / len(msgs) * 1e6
+    t0 = time.process_time()
+    for i, info in enumerate(infos):
+        hs.create_response(info.state, i + 1)
+    create_us = (time.process_time() - t0) / len(msgs) * 1e6
+    t0 = time.process_time()
+    for _ in range(len(msgs)):
+        crypto.x25519(bytes(hub), hub_pub)
+    dh_us = (time.process_time() - t0) / len(msgs) * 1e6
+    print(f"peers {a.peers}, initiations {len(msgs)} (answered {answered})")
+    what = "engine.handle_datagram" + ("" if do is None else " + %s data path" % a.datapath)
+    print(f"{what} per initiation: {us:8.1f} us  (= {1e6 / us:,.0f} per second on one core)")
+    print(f"  check_mac1:                          {mac1_us:8.1f} us")
+    print(f"  consume_initiation:                  {consume_us:8.1f} us")
+    print(f"  create_response:                     {create_us:8.1f} us")
+    print(f"  one X25519 (libsodium via PyNaCl):   {dh_us:8.1f} us  (a responder needs 4: es, ss, ee, se"
+          f" + 1 ephemeral key = {5 * dh_us:.0f} us)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
