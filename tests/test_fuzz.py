@@ -33,6 +33,7 @@ def _runner():
 RUN = _runner()
 
 
+@pytest.mark.slow            # about 6 s a target: in the full suite (CI), not the quick set
 @pytest.mark.parametrize("target", RUN.TARGETS)
 def test_fuzz_target_has_a_corpus_and_no_crash(target, tmp_path):
     corpus = FUZZ / "corpus" / target
