@@ -1,6 +1,6 @@
 """Microbenchmarks of the fast path (pytest-benchmark).
 
-    cd /work/main && /tmp/venv/bin/python -m pytest bench/bench_crypto.py \
+    .venv/bin/python -m pytest bench/bench_crypto.py \
         --benchmark-only --benchmark-group-by=group -q
 
 Groups:
