@@ -483,3 +483,32 @@ def test_daemon_carries_out_installs_before_sends():
     d._do([A.SetEndpoint(1, ADDR_A), A.SendDatagram(b"r", ADDR_A), A.InstallKeypair(None, False),
            A.SendKeepalive(1)])
     assert d.dp.calls == ["endpoint", "install", "send", "keepalive"]
+
+
+def test_a_completed_handshake_counts_as_hearing_from_the_peer():
+    """Data sent before the latest handshake is not "unanswered": once the
+    stale peer's new handshake completes, it is not marked stale again (and
+    re-handshaken) on the next tick.  It flapped once per tick before."""
+    a, b, pa, pb, clock, wall = make_pair()
+    handshake(a, b, pa, wall)
+    t0 = clock()
+    c = PeerCounters(last_rx=t0, last_tx=t0 + 1, last_data_tx=t0 + 1)
+    clock.advance(16.1)
+    out = a.tick({pa.id: c})
+    assert pa.state is PeerState.STALE
+    (init,) = sends(out)
+    wall.advance(0.01)
+    (resp,) = sends(b.handle_datagram(init.data, ADDR_A))
+    a.handle_datagram(resp.data, ADDR_B)
+    assert pa.state is PeerState.ESTABLISHED
+    for _ in range(20):                  # the counters have not moved: no new data, no rx
+        clock.advance(0.1)
+        assert sends(a.tick({pa.id: c})) == [], "no new handshake for data sent before the last one"
+    assert pa.state is PeerState.ESTABLISHED
+    # data sent after the new handshake and unanswered does make it stale again, in time
+    c = PeerCounters(last_rx=t0, last_tx=clock() + 0.5, last_data_tx=clock() + 0.5)
+    clock.advance(1)
+    assert sends(a.tick({pa.id: c})) == []
+    clock.advance(15.1)
+    a.tick({pa.id: c})
+    assert pa.state is PeerState.STALE

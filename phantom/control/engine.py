@@ -570,9 +570,15 @@ class Engine:
                                      "answered session unconfirmed")
 
     def _timer_new_handshake(self, peer: Peer, c: PeerCounters, now: float) -> list:
-        """Dead-peer detection: data sent, nothing heard for KEEPALIVE + REKEY_TIMEOUT."""
-        if c.last_data_tx > c.last_rx:
-            if peer.first_unanswered is None or peer.first_unanswered < c.last_rx:
+        """Dead-peer detection: data sent, nothing heard for KEEPALIVE + REKEY_TIMEOUT.
+
+        A completed handshake is hearing from the peer too (WireGuard stops
+        this timer on any authenticated packet): data sent before it is not
+        unanswered, else a stale peer whose new handshake completed would be
+        stale again at the next tick and re-handshake once a tick."""
+        heard = max(c.last_rx, peer.last_handshake)
+        if c.last_data_tx > heard:
+            if peer.first_unanswered is None or peer.first_unanswered < heard:
                 peer.first_unanswered = c.last_data_tx
         else:
             peer.first_unanswered = None
