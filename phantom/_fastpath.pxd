@@ -23,6 +23,7 @@ cdef enum:
     FP_BUF_SIZE = 65631            # 65535 payload + 32 overhead + 64 slack (detects oversize)
     FP_N_DROPS = 15                # len(types.Drop)
     FP_INDEX_BUCKETS = 4096        # receiver-index hash (power of two)
+    FP_PEER_BUCKETS = 4096         # peer-id and relay-id hashes (power of two)
     FP_EVENT_QUEUE = 4096          # pending events for the control plane
     FP_MACS = 4096                 # TAP MAC table size (power of two; learns up to 3/4)
     # replay window, RFC 6479 style (same constants as dataplane/replay.py)
@@ -121,6 +122,8 @@ cdef struct fp_peer:
     bint relayed                   # and its endpoint is that relay (sends are wrapped)
     int relay_slot
     uint32_t relay_id
+    int id_next                    # next in e.by_id's chain: slot + 1, 0 ends it
+    int relay_next                 # next in e.by_relay's chain (while relay_known): slot + 1, 0 ends it
     int64_t relay_sec              # relay budget: the second it counts, bytes and packets in it
     uint64_t relay_bytes
     uint64_t relay_pkts
@@ -164,6 +167,8 @@ cdef struct fp_engine:
     int peers_alloc                # slots allocated (grows geometrically)
     uint64_t next_serial
     fp_keypair *index[4096]        # FP_INDEX_BUCKETS
+    int by_id[4096]                # FP_PEER_BUCKETS: peer_id -> chain of live slots (slot + 1, 0 empty)
+    int by_relay[4096]             # FP_PEER_BUCKETS: (relay_slot, relay_id) -> chain of relay_known slots
     fp_trie *trie4
     fp_trie *trie6
     int test_peer                  # slot, -1 none

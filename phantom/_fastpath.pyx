@@ -689,6 +689,87 @@ cdef inline bint _kp_usable(fp_engine *e, fp_keypair *kp, double now) noexcept n
             and kp.send_counter < e.reject_after_messages)
 
 
+# --- the peer-id and relay-id hashes (lock held) ---------------------------------------
+# Chains of peer slots, linked through the peers (slot + 1; 0 ends a chain):
+# e.by_id by peer_id (every live peer), e.by_relay by (relay_slot, relay_id)
+# (every relay_known peer).  The relay's forwarding and a relayed client's
+# unwrapping look peers up here, never by a scan of the peer table.
+cdef inline uint32_t _hash64(uint64_t k) noexcept nogil:
+    k *= 0x9E3779B97F4A7C15ULL
+    return <uint32_t>(k >> 40) & (FP_PEER_BUCKETS - 1)
+
+
+cdef inline uint32_t _id_bucket(int64_t peer_id) noexcept nogil:
+    return _hash64(<uint64_t>peer_id)
+
+
+cdef inline uint32_t _relay_bucket(int relay_slot, uint32_t relay_id) noexcept nogil:
+    return _hash64((<uint64_t><uint32_t>relay_slot << 32) | relay_id)
+
+
+cdef void _id_link(fp_engine *e, int slot) noexcept nogil:
+    cdef fp_peer *p = e.peers[slot]
+    cdef uint32_t b = _id_bucket(p.peer_id)
+    p.id_next = e.by_id[b]
+    e.by_id[b] = slot + 1
+
+
+cdef void _id_unlink(fp_engine *e, int slot) noexcept nogil:
+    cdef fp_peer *p = e.peers[slot]
+    cdef int *pp = &e.by_id[_id_bucket(p.peer_id)]
+    while pp[0] != 0:
+        if pp[0] == slot + 1:
+            pp[0] = p.id_next
+            p.id_next = 0
+            return
+        pp = &e.peers[pp[0] - 1].id_next
+
+
+cdef fp_peer *_peer_by_id(fp_engine *e, int64_t peer_id) noexcept nogil:
+    """The live peer ``peer_id`` (ids are unique among live peers), or NULL."""
+    cdef int s = e.by_id[_id_bucket(peer_id)]
+    cdef fp_peer *p
+    while s != 0:
+        p = e.peers[s - 1]
+        if p.peer_id == peer_id:
+            return p
+        s = p.id_next
+    return NULL
+
+
+cdef void _relay_link(fp_engine *e, int slot) noexcept nogil:
+    cdef fp_peer *p = e.peers[slot]
+    cdef uint32_t b = _relay_bucket(p.relay_slot, p.relay_id)
+    p.relay_next = e.by_relay[b]
+    e.by_relay[b] = slot + 1
+
+
+cdef void _relay_unlink(fp_engine *e, int slot) noexcept nogil:
+    cdef fp_peer *p = e.peers[slot]
+    cdef int *pp = &e.by_relay[_relay_bucket(p.relay_slot, p.relay_id)]
+    while pp[0] != 0:
+        if pp[0] == slot + 1:
+            pp[0] = p.relay_next
+            p.relay_next = 0
+            return
+        pp = &e.peers[pp[0] - 1].relay_next
+
+
+cdef int _slot_by_relay(fp_engine *e, int relay_slot, uint32_t relay_id) noexcept nogil:
+    """The lowest slot of a live peer whose frames come from ``relay_slot``
+    tagged ``relay_id`` (as the former scan of the peer table found), or -1."""
+    cdef int s = e.by_relay[_relay_bucket(relay_slot, relay_id)]
+    cdef int best = -1
+    cdef fp_peer *p
+    while s != 0:
+        p = e.peers[s - 1]
+        if p.relay_known and p.relay_slot == relay_slot and p.relay_id == relay_id \
+                and (best < 0 or s - 1 < best):
+            best = s - 1
+        s = p.relay_next
+    return best
+
+
 # --- events for the control plane (lock held) ----------------------------------------
 cdef bint _ev_push(fp_engine *e, int kind, int64_t peer_id, uint32_t local_index,
                    const unsigned char *data, size_t length,
@@ -1259,9 +1340,7 @@ cdef void _relay_route(fp_engine *e, fp_pkt *pkt, fp_peer *src, size_t plen, dou
     next counter and key, and put src's id in place of relay_id: the worker
     seals and sends it (V_RELAY).  Never to the device."""
     cdef uint32_t rid
-    cdef int i
     cdef fp_peer *dest = NULL
-    cdef fp_peer *p
     cdef fp_keypair *kp
     cdef int64_t sec
     cdef unsigned char *q
@@ -1270,11 +1349,7 @@ cdef void _relay_route(fp_engine *e, fp_pkt *pkt, fp_peer *src, size_t plen, dou
         return
     src.last_data_rx = now
     rid = _le32(pkt.buf + FP_PAYLOAD_OFFSET)
-    for i in range(e.peers_cap):
-        p = e.peers[i]
-        if p != NULL and p.peer_id == <int64_t>rid:
-            dest = p
-            break
+    dest = _peer_by_id(e, <int64_t>rid)
     if pkt.cipher != CIPHER_SECRETBOX:
         pkt.verdict = D_MALFORMED                 # relay frames travel on Phantom sessions only
         return
@@ -1320,27 +1395,25 @@ cdef void _relay_unwrap(fp_engine *e, fp_pkt *pkt, int relay_slot, size_t plen) 
     if received from the peer the relay id names (V_REPROCESS)."""
     cdef uint32_t rid
     cdef int i
-    cdef fp_peer *p
     cdef int64_t rpid
     if plen < 8 or pkt.cipher != CIPHER_SECRETBOX:
         pkt.verdict = D_MALFORMED
         return
     rid = _le32(pkt.buf + FP_PAYLOAD_OFFSET)
-    for i in range(e.peers_cap):
-        p = e.peers[i]
-        if p != NULL and p.relay_known and p.relay_slot == relay_slot and p.relay_id == rid:
-            memmove(pkt.buf, pkt.buf + FP_PAYLOAD_OFFSET + 4, plen - 4)
-            pkt.len = plen - 4
-            pkt.relay_peer_slot = i
-            rpid = e.peers[relay_slot].peer_id
-            memset(&pkt.addr, 0, sizeof(sockaddr_storage))
-            (<uint16_t *>&pkt.addr)[0] = FP_RELAY_FAMILY
-            memcpy((<unsigned char *>&pkt.addr) + 8, &rpid, 8)
-            memcpy((<unsigned char *>&pkt.addr) + 16, &rid, 4)
-            pkt.addrlen = 20
-            pkt.verdict = V_REPROCESS
-            return
-    pkt.verdict = D_SRC_NOT_ALLOWED
+    i = _slot_by_relay(e, relay_slot, rid)
+    if i < 0:
+        pkt.verdict = D_SRC_NOT_ALLOWED
+        return
+    memmove(pkt.buf, pkt.buf + FP_PAYLOAD_OFFSET + 4, plen - 4)
+    pkt.len = plen - 4
+    pkt.relay_peer_slot = i
+    rpid = e.peers[relay_slot].peer_id
+    memset(&pkt.addr, 0, sizeof(sockaddr_storage))
+    (<uint16_t *>&pkt.addr)[0] = FP_RELAY_FAMILY
+    memcpy((<unsigned char *>&pkt.addr) + 8, &rpid, 8)
+    memcpy((<unsigned char *>&pkt.addr) + 16, &rid, 4)
+    pkt.addrlen = 20
+    pkt.verdict = V_REPROCESS
 
 
 cdef int _relay_send(fp_worker *w, fp_pkt *pkts, int n) noexcept nogil:
@@ -2561,6 +2634,9 @@ cdef class Engine:
     cdef void _free_peer(self, int slot) noexcept:
         cdef fp_engine *e = self.e
         cdef fp_peer *p = e.peers[slot]
+        _id_unlink(e, slot)
+        if p.relay_known:
+            _relay_unlink(e, slot)
         _kp_destroy(e, p.current)
         _kp_destroy(e, p.previous)
         _kp_destroy(e, p.next)
@@ -2611,6 +2687,7 @@ cdef class Engine:
                 p.serial = e.next_serial
                 e.next_serial += 1
                 e.peers[slot] = p
+                _id_link(e, slot)
             _unlock(e)
         if grown == NULL:
             free(p.staged)
@@ -2957,9 +3034,12 @@ cdef class Engine:
         with nogil:
             _lock(self.e)
             p = self.e.peers[slot]
+            if p.relay_known:
+                _relay_unlink(self.e, slot)
             p.relay_known = True
             p.relay_slot = rslot
             p.relay_id = relay_id
+            _relay_link(self.e, slot)
             if use:
                 p.relayed = True
                 p.endpoint_len = 0

@@ -6,17 +6,23 @@ asserts that no tunnel payload crossed any of them in plaintext."""
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import subprocess
+import sys
 import time
 
 import pytest
 
+import memscan
 from phantom import netns, wire
 from tunnelkit import FAST_TUNABLES, UDP_PORT, make_node, peer_entry, start, wait_for, write_config
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
-MARKER = b"PHANTOM-NAT-TRAVERSAL-PLAINTEXT"
+# Unique per run (random bytes): a hit in a capture or a process's memory
+# cannot come from an earlier run, the test's source or anything on disk.
+MARKER = b"PHANTOM-NAT-" + secrets.token_bytes(16)
 DATAPATHS = ["reference", "fast"]
 UDP_CONNTRACK_TIMEOUT = 5      # short: keepalives (1 s to the rendezvous) must keep mappings up
 
@@ -55,6 +61,46 @@ def send_marked(src, dst, count=5, port=7100):
             s.sendto(MARKER + b" %d" % i, (dst.tun4, port))
     finally:
         s.close()
+
+
+# Receives marked datagrams on a tunnel address and keeps them in memory
+# until told to exit: the positive control for the memory scan of the relay.
+KEEPER = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(10)
+print("bound", flush=True)
+kept = []
+try:
+    while len(kept) < int(sys.argv[3]):
+        kept.append(bytearray(s.recv(4096)))
+except socket.timeout:
+    pass
+print(len(kept), flush=True)
+sys.stdin.readline()
+"""
+
+
+class Keeper:
+    """A process on ``node``'s host holding the datagrams it received on
+    ``node.tun4:port`` (up to ``count``)."""
+
+    def __init__(self, node, count, port=7100):
+        self.proc = node.host.popen([sys.executable, "-c", KEEPER, node.tun4, str(port), str(count)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "bound"
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def received(self) -> int:
+        return int(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait(5)
 
 
 def build_nodes(tmp_path, net, lan_hosts, relay=False):
@@ -190,8 +236,20 @@ def test_relay_when_both_nats_map_per_destination(daemon_factory, tmp_path, wire
         wait_for(lambda: b.peer("n1")["path"] == "relayed via rv", timeout=3, what="b relayed too")
         assert a.peer("n2")["endpoint"] == "%s:%d" % (net.rv.ip, UDP_PORT)
         assert iperf(a, b, 3) > 1e6, "TCP at full MTU through the relay"
-        send_marked(a, b, count=20)
-        send_marked(b, a, count=20)
+        keepers = [Keeper(b, 20), Keeper(a, 20)]
+        try:
+            send_marked(a, b, count=20)
+            send_marked(b, a, count=20)
+            got = [k.received() for k in keepers]
+            assert all(got), "marked datagrams delivered both ways through the relay: %r" % got
+            # the scanner finds the marker where it is: the receiving
+            # processes (another process's heap) and this one (a bytearray)
+            for k in keepers:
+                held = memscan.scan(k.pid, MARKER)
+                assert held.complete and held.found, held
+        finally:
+            for k in keepers:
+                k.close()
         assert a.host.ns.ping(b.tun4, timeout=3)
         time.sleep(0.3)
         for cap in (core1, core2):
@@ -206,6 +264,14 @@ def test_relay_when_both_nats_map_per_destination(daemon_factory, tmp_path, wire
                        if net.rv.ip not in (u.src, u.dst))
         rv_tun.stop()
         assert rv_tun.packets() == [], "the relay's own device saw nothing of the relayed traffic"
+        # ... nor its memory (the daemon and any process under it), after
+        # the same scanner found the marker in the receivers above and here
+        held = bytearray(MARKER)
+        mine = memscan.scan(os.getpid(), MARKER)
+        assert mine.complete and mine.found and held, mine
+        scans = memscan.scan_tree(rv.daemon.pid, MARKER)
+        assert scans and all(r.complete and r.regions > 0 for r in scans), scans
+        assert [r for r in scans if r.found] == [], "the relay held the relayed payload in plaintext"
         relayed = rv.status()["nat"]["relayed"]
         assert relayed["forwarded"] > 1000 and relayed["budget"] == 0
         assert rv.status()["nat"]["drops"] == {} or "auth_failed" not in rv.status()["nat"]["drops"]

@@ -153,3 +153,119 @@ def test_relay_budget_and_refusals_are_counted_drops():
     finally:
         for n in (a, r, b):
             n.close()
+
+
+# ---------------------------------------------------------------------------
+# Both data paths, running loops: the fast path's relay (in C) finds the
+# destination by peer id and a relayed client finds the relayed peer by
+# (relay, relay id) through hash indexes (issue #15: no linear lookups on the
+# packet path).  Filler peers added, removed and re-routed around the real
+# ones exercise the indexes' links and unlinks.
+
+import asyncio
+
+import pytest
+
+from phantom.dataplane import fast
+
+
+class LoopNode:
+    def __init__(self, impl):
+        self.udp, self.test, self.app = _udp(), _udp(), _udp()
+        for s in (self.udp, self.test):
+            s.setblocking(False)                   # the loops read them when ready
+        self.events = Events()
+        cls = fast.FastDataPath if impl == "fast" else ReferenceDataPath
+        self.dp = cls(Mode.TEST, self.udp, None, self.test, events=self.events, tunables=Tunables(),
+                      test_deliver=self.app.getsockname())
+
+    def addr(self):
+        return self.udp.getsockname()
+
+    def send_app(self, payload):
+        self.app.sendto(payload, self.test.getsockname())
+
+    def recv_app(self, timeout=2.0):
+        self.app.settimeout(timeout)
+        try:
+            return self.app.recvfrom(70000)[0]
+        except socket.timeout:
+            return None
+
+    def close(self):
+        self.dp.close()
+        for s in (self.udp, self.test, self.app):
+            s.close()
+
+
+def _fillers(dp, ids, relay_peer=None):
+    for i in ids:
+        dp.add_peer(i, [])
+        if relay_peer is not None:
+            dp.set_relay_route(i, relay_peer, i)
+            dp.set_relay_route(i, relay_peer, i + 50_000)     # moved: the first tag is forgotten
+
+
+@pytest.mark.parametrize("relay_impl,end_impl", [("fast", "fast"), ("fast", "reference"),
+                                                 ("reference", "fast"), ("reference", "reference")])
+def test_relay_lookups_among_many_peers(relay_impl, end_impl):
+    async def main():
+        a, r, b = LoopNode(end_impl), LoopNode(relay_impl), LoopNode(end_impl)
+        try:
+            _fillers(r.dp, range(1000, 1300))
+            for i in range(1000, 1300, 2):
+                r.dp.remove_peer(i)                            # stale ids: never a destination
+            r.dp.add_peer(1000, [])                            # an id back, on a new slot (no session)
+            for n in (a, r, b):
+                n.dp.add_peer(1, [])
+                n.dp.add_peer(2, [])
+            for n in (a, b):                                   # fillers relayed via the relay too
+                _fillers(n.dp, range(3, 200), relay_peer=1)
+                for i in range(3, 200, 3):
+                    n.dp.remove_peer(i)
+            session(a, 1, r, 1)
+            session(b, 1, r, 2)
+            session(a, 2, b, 2)
+            a.dp.set_endpoint(1, r.addr())
+            b.dp.set_endpoint(1, r.addr())
+            r.dp.set_endpoint(1, a.addr())
+            r.dp.set_endpoint(2, b.addr())
+            r.dp.set_relay(True)
+            a.dp.set_endpoint(2, RelayVia(1, 2))               # b is id 2 at the relay
+            b.dp.set_endpoint(2, RelayVia(1, 1))               # a is id 1 there
+            a.dp.set_relay_route(2, 1, 2)
+            b.dp.set_relay_route(2, 1, 1)
+            a.dp.set_test_peer(2)
+            b.dp.set_test_peer(2)
+            for n in (a, r, b):
+                n.dp.start()
+
+            async def deliver(src, dst, payload, timeout=2.0):
+                src.send_app(payload)
+                return await asyncio.to_thread(dst.recv_app, timeout)
+
+            assert await deliver(a, b, MARKER + b" a->b") == MARKER + b" a->b"
+            assert await deliver(b, a, MARKER + b" b->a") == MARKER + b" b->a"
+            big = MARKER + bytes(1420 - len(MARKER))
+            assert await deliver(a, b, big) == big
+            assert r.dp.relayed["forwarded"] == 3
+            assert await asyncio.to_thread(r.recv_app, 0.2) is None     # never the relay's device
+            # no such destination: unknown, removed, or without a session
+            for rid in (77, 1002, 1000, 1001):
+                a.dp.set_endpoint(2, RelayVia(1, rid))
+                assert await deliver(a, b, b"to %d" % rid, 0.5) is None
+            assert r.dp.relayed["no_dest"] == 4
+            a.dp.set_endpoint(2, RelayVia(1, 2))
+            # b re-routes a's tag: frames tagged 1 are no longer a's, then again
+            before = b.dp.global_drops()["src_not_allowed"]
+            b.dp.set_relay_route(2, 1, 9)
+            assert await deliver(a, b, b"old tag", 0.5) is None
+            assert b.dp.global_drops()["src_not_allowed"] == before + 1
+            b.dp.set_relay_route(2, 1, 1)
+            assert await deliver(a, b, b"tag back") == b"tag back"
+            assert r.dp.relayed["forwarded"] == 5
+        finally:
+            for n in (a, r, b):
+                n.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
