@@ -140,7 +140,7 @@ class NetnsProxy(_Forwarder):
     """127.0.0.1:<port> -> host:port inside a network namespace."""
 
     def __init__(self, ns_name: str, host: str = "127.0.0.1", port: int = 4567):
-        from phantom.netns import socket_in
+        from phantomlab.namespaces import socket_in
 
         def connect():
             s = socket_in(ns_name, socket.AF_INET, socket.SOCK_STREAM)

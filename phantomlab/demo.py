@@ -10,16 +10,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from . import netns
-from .control.keys import encode_key, public_key, write_private_key
+from phantom.control.keys import encode_key, public_key, write_private_key
+
+from . import iperf, netns
 
 TUN = ("10.99.0.1", "10.99.0.2")
 
@@ -80,25 +79,12 @@ def run(seconds: int, fast: bool, keep_logs: bool) -> int:
                 return 1
             print("ping %s through the tunnel: ok (first answer after %.0f ms, handshake included)"
                   % (TUN[1], (time.monotonic() - t0) * 1000))
-            server = topo.b.popen(["iperf3", "-s", "-1", "-B", TUN[1]], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-            try:
-                out = None
-                for _ in range(50):
-                    out = topo.a.run(["iperf3", "-c", TUN[1], "-t", str(seconds), "-J"], check=False,
-                                     timeout=seconds + 30)
-                    if out.returncode == 0:
-                        break
-                    time.sleep(0.1)
-            finally:
-                server.kill()
-                server.wait(5)
-            if out is None or out.returncode != 0:
-                print("iperf3 failed: %s" % (out.stdout[-500:] if out else "not run"))
+            out = iperf.run(topo.a, topo.b, TUN[1], seconds=seconds, attempts=50)
+            if not out.ok:
+                print("iperf3 failed: %s" % (out.stdout[-500:] or out.error))
                 return 1
-            res = json.loads(out.stdout)["end"]
             print("iperf3 TCP, %ds, one stream through the encrypted tunnel: %.0f Mbit/s received"
-                  % (seconds, res["sum_received"]["bits_per_second"] / 1e6))
+                  % (seconds, out.received_bps / 1e6))
             code, status = daemons[0].api("GET", "/status")
             peer = status["peers"][0]
             print("peer %s: %s, rx %d packets, tx %d packets" % (peer["name"], peer["state"],

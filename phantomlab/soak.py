@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """Soak: a tunnel under churn for --minutes, watched for leaks and stalls (issue #15).
 
-    .venv/bin/python bench/soak.py --minutes M [--path fast|reference] [--json out.json]
+    .venv/bin/python bench/soak.py --minutes M   (this module's main()) [--path fast|reference] [--json out.json]
 
-Two phantomd in fresh namespaces (``phantom.netns.two_hosts()``): a
+Two phantomd in fresh namespaces (``phantomlab.netns.two_hosts()``): a
 (10.99.0.1, never restarted) and b (10.99.0.2), TUN mode, each with the
 other as a peer with an endpoint and a persistent keepalive, and timers
 shortened in ``[tunables]`` so that the tunnel rekeys every few seconds
@@ -33,7 +32,7 @@ tracebacks in the logs.  Verdict (``failures``): RSS growth above
 --max-rss-growth (default 10 %), fd growth above --max-fd-growth (default
 2 descriptors), any stall, any ERROR/Traceback in a log, or too few
 handshakes.  Exit status 1 when there is a failure.  ``run_soak()`` is the
-entry point of tests/test_soak.py (2 minutes in CI).
+entry point of tests/soak/test_soak.py (2 minutes in CI).
 """
 
 from __future__ import annotations
@@ -48,22 +47,20 @@ import shutil
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-for p in (str(REPO), str(BENCH)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+import phantom
+from phantom.control.keys import encode_key, public_key, write_private_key
 
-import e2e  # noqa: E402  (the rig helpers)
-from phantom import netns  # noqa: E402
-from phantom.control.keys import encode_key, public_key, write_private_key  # noqa: E402
+from . import iperf, netns
+from .daemons import first_error_line
+from .namespaces import RigError
+
+REPO = Path(phantom.__file__).resolve().parent.parent   # the daemons run this source tree
 
 TUN = ("10.99.0.1", "10.99.0.2")
 PORT = 9000
@@ -206,38 +203,34 @@ class Soak:
             self.stop.wait(0.2)
 
     def _traffic(self, topo) -> None:
-        server = topo.b.popen(["iperf3", "-s", "-p", "5201"], stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        # bound to every address: b's TUN device goes away with every kill
+        server = iperf.Server(topo.b, None, 5201, one_off=False).start()
         try:
             while not self.stop.is_set():
-                if server.poll() is not None:
-                    server = topo.b.popen(["iperf3", "-s", "-p", "5201"], stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                          start_new_session=True)
+                if not server.running:
+                    server.stop()
+                    server = iperf.Server(topo.b, None, 5201, one_off=False).start()
                 left = self.t0 + self.duration - time.monotonic()
                 if left < 2:
                     break
                 self.iperf_starts += 1
                 seg = int(min(left - 1, 20))          # 20 s segments: each reports what it moved
-                client = topo.a.popen(["iperf3", "-c", TUN[1], "-p", "5201", "-t", str(seg), "-b", self.rate,
-                                       "--connect-timeout", "2000", "-J"], stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
-                while client.poll() is None and not self.stop.is_set():
+                client = iperf.Client(topo.a, TUN[1], port=5201, seconds=seg,
+                                      extra=["-b", self.rate, "--connect-timeout", "2000"]).start()
+                while client.running and not self.stop.is_set():
                     self.stop.wait(0.5)
-                if client.poll() is None:
-                    e2e._kill_proc(client)
+                if client.running:
+                    client.stop()
                 with contextlib.suppress(Exception):
-                    out = client.stdout.read()
-                    doc = json.loads(out) if out else {}
+                    doc = client.result(timeout=10).report
                     got = int(doc.get("end", {}).get("sum_received", {}).get("bytes", 0))
                     self.iperf_bytes += got
                     self.iperf_segments.append({"t_end_s": round(time.monotonic() - self.t0, 1),
                                                 "seconds": seg, "mbit_per_s": round(got * 8 / seg / 1e6, 1),
                                                 "error": doc.get("error")})
-                client.stdout.close()
                 self.stop.wait(0.5)
         finally:
-            e2e._kill_proc(server)
+            server.stop()
 
     def _firewall(self, a: netns.DaemonProcess) -> None:
         i = 0
@@ -286,7 +279,7 @@ class Soak:
                 for dmn in daemons:
                     dmn.wait_ready(30)
                 if not topo.a.ns.ping(TUN[1], timeout=15):
-                    raise e2e.BenchError("the tunnel did not come up")
+                    raise RigError("the tunnel did not come up")
                 echo = topo.b.udp_socket(bind=("0.0.0.0", ECHO_PORT))
                 probe = topo.a.udp_socket(bind=("0.0.0.0", 0))
                 socks += [echo, probe]
@@ -314,7 +307,7 @@ class Soak:
                                              "b_rss_kb": rb, "b_fds": fb, "b_incarnation": self.incarnation})
                         next_sample += 1.0
                     if not a.running:
-                        raise e2e.BenchError(f"a exited ({a.returncode}): {e2e.first_error_line(a.log())}")
+                        raise RigError(f"a exited ({a.returncode}): {first_error_line(a.log())}")
                     if now >= next_kill and now + self.kill_every / 2 < self.t0 + self.duration:
                         w = [now - self.t0, None]
                         self.windows.append(w)
@@ -478,6 +471,10 @@ def summary(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, required=True)
@@ -494,7 +491,7 @@ def main(argv=None) -> int:
     if missing:
         print(f"bench/soak.py: {missing}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, e2e._sigterm)
+    signal.signal(signal.SIGTERM, _sigterm)
     netns.install_signal_handlers()
     started = _dt.datetime.now(_dt.timezone.utc)
     res = run_soak(a.minutes, path=a.path, rate=a.rate, kill_every=a.kill_every,

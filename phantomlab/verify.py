@@ -245,7 +245,7 @@ class Capture:
             self.proc.wait(5)
 
     def stop(self) -> list:
-        from phantom.netns import read_pcap
+        from phantomlab.capture import read_pcap
         time.sleep(0.3)                                   # late packets reach the file
         self._kill()
         if self.proc is not None and self.proc.stderr is not None:

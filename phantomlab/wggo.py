@@ -1,38 +1,35 @@
 """Stock WireGuard (Debian's wireguard-go and wg) inside the rig's namespaces.
 
-Reuses bench/e2e.py's :class:`WgSide` (start ``wireguard-go -f``, wait for its
-control socket, kill it and remove the socket on stop) and adds what tests
-need: keys, ``wg set`` for a peer, ICMP echo packets for the sans-IO tests.
-Every :class:`WgDevice` is stopped by the ``wg_factory`` fixture.
+:class:`WgSide` runs ``wireguard-go -f`` in a host's namespace (waits for its
+control socket, kills it and removes the socket on stop; everything still
+running is stopped at exit); :class:`WgDevice` adds what tests need: keys,
+addresses, ``wg set`` for a peer, ``wg show dump``.  The ``wg_factory``
+fixture (tests/conftest.py) stops every device a test made.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import ipaddress
+import atexit
+import contextlib
 import os
 import shutil
-import struct
 import subprocess
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from phantom import crypto
 from phantom.control.keys import encode_key
-from phantom.dataplane import packet as pkt
 
-_E2E_PATH = Path(__file__).resolve().parent.parent / "bench" / "e2e.py"
-_spec = importlib.util.spec_from_file_location("phantom_bench_e2e", _E2E_PATH)
-e2e = sys.modules.get("phantom_bench_e2e")
-if e2e is None:
-    e2e = importlib.util.module_from_spec(_spec)
-    sys.modules["phantom_bench_e2e"] = e2e
-    _spec.loader.exec_module(e2e)
+from .procs import kill_proc
+from .namespaces import RigError
+
+WG_SOCK_DIR = Path("/var/run/wireguard")
+WG_SOCKET_TIMEOUT = 5.0      # wireguard-go created its control socket
 
 WG_PORT = 51820
-WG4 = "10.99.0.%d"   # the same tunnel net as tests/tunnelkit.py
+WG4 = "10.99.0.%d"   # the same tunnel net as phantomlab/templates.py
 WG6 = "fd99::%d"
 _counter = [0]
 
@@ -74,8 +71,7 @@ class WgDevice:
         self.tmp = tmp_path
         self.listen_port = listen_port
         self.name = ifname()
-        self.side = e2e.WgSide(host, self.name, tmp_path / ("%s.log" % self.name))
-        e2e.WG_SOCK_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self.side = WgSide(host, self.name, tmp_path / ("%s.log" % self.name))
         self.side.start()
         key = write_secret(tmp_path / ("%s.key" % self.name), private)
         self.wg("set", self.name, "listen-port", str(listen_port), "private-key", str(key))
@@ -127,74 +123,61 @@ class WgDevice:
         self.side.stop()
 
 
-# --- ICMP echo, for tests that seal packets themselves ----------------------------------------
-_ICMP_ECHO = struct.Struct("!BBHHH")
+_WG_LIVE: list["WgSide"] = []      # for the atexit path
 
 
-def icmp_echo(src: str, dst: str, ident: int, seq: int, payload: bytes = b"phantom-wg",
-              reply: bool = False) -> bytes:
-    """An IPv4 ICMP or IPv6 ICMPv6 echo request (or reply) with correct checksums."""
-    s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
-    if s.version == 4:
-        body = bytearray(_ICMP_ECHO.pack(0 if reply else 8, 0, 0, ident, seq) + payload)
-        struct.pack_into("!H", body, 2, pkt.internet_checksum(bytes(body)))
-        hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 0, 0x4000, 64, 1, 0,
-                                    s.packed, d.packed))
-        struct.pack_into("!H", hdr, 10, pkt.internet_checksum(bytes(hdr)))
-        return bytes(hdr + body)
-    body = bytearray(_ICMP_ECHO.pack(129 if reply else 128, 0, 0, ident, seq) + payload)
-    csum = pkt.internet_checksum(bytes(body), pkt.pseudo_header_sum(s.packed, d.packed, 58, len(body)))
-    struct.pack_into("!H", body, 2, csum)
-    hdr = struct.pack("!IHBB16s16s", 6 << 28, len(body), 58, 64, s.packed, d.packed)
-    return hdr + bytes(body)
+@dataclass
+class WgSide:
+    """``wireguard-go -f IFNAME`` in ``host``'s namespace, logging to ``log_path``."""
+    host: object                    # netns.Host
+    ifname: str
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def sock(self) -> Path:
+        return WG_SOCK_DIR / f"{self.ifname}.sock"
+
+    def start(self) -> None:
+        WG_SOCK_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if self.sock.exists():                      # left by a SIGKILLed run of ours
+            self.sock.unlink()
+        env = dict(os.environ, LOG_LEVEL="error")
+        with open(self.log_path, "ab") as log:
+            self.proc = self.host.popen(["wireguard-go", "-f", self.ifname], stdin=subprocess.DEVNULL,
+                                        stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
+        _WG_LIVE.append(self)
+        deadline = time.monotonic() + WG_SOCKET_TIMEOUT
+        while not self.sock.exists():
+            if self.proc.poll() is not None:
+                raise RigError(f"wireguard-go -f {self.ifname} exited ({self.proc.returncode}): "
+                               f"{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RigError(f"wireguard-go made no control socket {self.sock} "
+                               f"in {WG_SOCKET_TIMEOUT}s: {self.log_tail()}")
+            time.sleep(0.01)
+
+    def log_tail(self) -> str:
+        try:
+            return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-3:])
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        """Kill the process, remove its control socket.  Idempotent."""
+        kill_proc(self.proc)
+        with contextlib.suppress(FileNotFoundError):
+            self.sock.unlink()
+        with contextlib.suppress(ValueError):
+            _WG_LIVE.remove(self)
 
 
-def parse_echo(packet: bytes) -> Optional[tuple[str, str, int, int, int]]:
-    """(src, dst, icmp type, ident, seq) of an echo packet, else None."""
-    info = pkt.parse_ip(packet)
-    if info is None:
-        return None
-    if packet[0] >> 4 == 4:
-        ihl = (packet[0] & 15) * 4
-        if packet[9] != 1:
-            return None
-        t, _, _, ident, seq = _ICMP_ECHO.unpack_from(packet, ihl)
-        src, dst = packet[12:16], packet[16:20]
-    else:
-        if packet[6] != 58:
-            return None
-        t, _, _, ident, seq = _ICMP_ECHO.unpack_from(packet, 40)
-        src, dst = packet[8:24], packet[24:40]
-    return (str(ipaddress.ip_address(src)), str(ipaddress.ip_address(dst)), t, ident, seq)
+def stop_all() -> None:
+    """Stop every wireguard-go this process started and has not stopped."""
+    for side in list(_WG_LIVE):
+        with contextlib.suppress(Exception):
+            side.stop()
 
 
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
-        time.sleep(interval)
-
-
-import pytest  # noqa: E402
-
-
-@pytest.fixture
-def wg_factory(tmp_path):
-    """``make(host, index=, private=, ...)`` -> a running WgDevice; all stopped at teardown."""
-    why = missing()
-    if why:
-        pytest.skip(why)
-    made: list[WgDevice] = []
-
-    def make(host, **kw) -> WgDevice:
-        d = WgDevice(host, tmp_path, **kw)
-        made.append(d)
-        return d
-
-    yield make
-    for d in reversed(made):
-        d.stop()
+atexit.register(stop_all)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from phantom import crypto, wire
 from phantom.constants import Tunables
 from phantom.dataplane.types import Keypair, Mode
+from tests.support.datapath import Recorder as Events
 
 DATAPATHS = ["reference", "fast"]
 
@@ -29,20 +30,6 @@ def make_datapath(kind, mode, udp, test, events, tunables, deliver):
                                  test_deliver=deliver)
     from phantom.dataplane.fast import FastDataPath
     return FastDataPath(mode, udp, None, test, events=events, tunables=tunables, test_deliver=deliver)
-
-
-class Events:
-    def __init__(self):
-        self.control, self.needed, self.confirmed = [], [], []
-
-    def control_packet(self, data, addr):
-        self.control.append((data, addr))
-
-    def handshake_needed(self, peer_id):
-        self.needed.append(peer_id)
-
-    def keypair_confirmed(self, peer_id, local_index):
-        self.confirmed.append((peer_id, local_index))
 
 
 def _udp(host="127.0.0.1"):

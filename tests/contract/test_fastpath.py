@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib.util
 import ipaddress
 import os
 import random
@@ -26,7 +25,6 @@ import struct
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -39,6 +37,10 @@ from phantom.dataplane.reference import ReferenceDataPath
 from phantom.dataplane.replay import ReplayWindow as PyReplay
 from phantom.dataplane.routing import AllowedIPs
 from phantom.dataplane.types import Drop, Keypair, Mode
+from tests.support.datapath import Node, Recorder, run, until
+from tests.support.datapath import pair as _pair
+from tests.support.datapath import udp_socket as _udp
+from tests.unit.dataplane import test_replay as _replay_tests
 
 _fastpath = pytest.importorskip("phantom._fastpath", reason="phantom._fastpath is not built")
 
@@ -100,20 +102,10 @@ def test_seal_rejects_bad_geometry():
 
 
 # =========================================================== stage 1: replay window
-def _load_replay_vectors():
-    path = Path(__file__).with_name("test_replay.py")
-    if not path.exists():
-        return []
-    spec = importlib.util.spec_from_file_location("_phantom_replay_vectors", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return list(getattr(mod, "VECTORS", []))
+REPLAY_VECTORS = list(_replay_tests.VECTORS)
 
 
-REPLAY_VECTORS = _load_replay_vectors()
-
-
-@pytest.mark.skipif(not REPLAY_VECTORS, reason="tests/test_replay.py has no VECTORS table")
+@pytest.mark.skipif(not REPLAY_VECTORS, reason="tests/unit/dataplane/test_replay.py has no VECTORS table")
 def test_replay_vector_table():
     w = _fastpath.ReplayWindow()
     for row, (counter, accepted) in enumerate(REPLAY_VECTORS, 1):
@@ -197,67 +189,6 @@ def test_allowed_ips_match_routing(seed):
 
 
 # ======================================================= stage 2: whole data paths
-class Recorder:
-    """DataPathEvents that remembers every call (the control plane's side)."""
-
-    def __init__(self):
-        self.control = []
-        self.needed = []
-        self.confirmed = []
-
-    def control_packet(self, data, addr):
-        self.control.append((data, addr))
-
-    def handshake_needed(self, peer_id):
-        self.needed.append(peer_id)
-
-    def keypair_confirmed(self, peer_id, local_index):
-        self.confirmed.append((peer_id, local_index))
-
-
-def _udp(host="127.0.0.1", timeout=None):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):    # room for 64 KiB datagrams in flight
-        s.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
-    s.bind((host, 0))
-    if timeout is None:
-        s.setblocking(False)
-    else:
-        s.settimeout(timeout)
-    return s
-
-
-class Node:
-    """One data path in test mode with its sockets and a local "app" socket."""
-
-    def __init__(self, impl, tunables=None, mtu=1420):
-        self.udp = _udp()
-        self.test = _udp()
-        self.app = _udp(timeout=2.0)
-        self.events = Recorder()
-        cls = fast.FastDataPath if impl == "fast" else ReferenceDataPath
-        self.dp = cls(Mode.TEST, self.udp, None, self.test, events=self.events,
-                      tunables=tunables or Tunables(), test_deliver=self.app.getsockname(),
-                      mtu=mtu)
-        self.impl = impl
-
-    @property
-    def addr(self):
-        return self.udp.getsockname()
-
-    def send_app(self, payload: bytes):
-        self.app.sendto(payload, self.test.getsockname())
-
-    def recv_app(self, timeout=2.0):
-        self.app.settimeout(timeout)
-        return self.app.recvfrom(70000)[0]
-
-    def close(self):
-        self.dp.close()
-        for s in (self.udp, self.test, self.app):
-            s.close()
-
-
 def keypairs(peer_a, peer_b, idx_a=0x1111, idx_b=0x2222, now=None):
     """Matching keypairs: A sends with KEY_A, B sends with KEY_B."""
     now = time.monotonic() if now is None else now
@@ -266,34 +197,9 @@ def keypairs(peer_a, peer_b, idx_a=0x1111, idx_b=0x2222, now=None):
     return ka, kb
 
 
-async def until(cond, timeout=3.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within %.1f s" % timeout)
-        await asyncio.sleep(0.005)
-
-
-def run(coro, timeout=30):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
 @pytest.fixture(params=["reference", "fast"])
 def impl(request):
     return request.param
-
-
-async def _pair(impl_a, impl_b, tunables=None, mtu=1420):
-    a, b = Node(impl_a, tunables, mtu), Node(impl_b, tunables, mtu)
-    a.dp.add_peer(1, [])
-    b.dp.add_peer(2, [])
-    a.dp.set_test_peer(1)
-    b.dp.set_test_peer(2)
-    a.dp.set_endpoint(1, b.addr)
-    b.dp.set_endpoint(2, a.addr)
-    a.dp.start()
-    b.dp.start()
-    return a, b
 
 
 @pytest.mark.parametrize("impl_a,impl_b", [("fast", "fast"), ("fast", "reference"),
@@ -831,7 +737,7 @@ def test_tun_mode_routes_checks_sources_and_answers_unreachable(kind):
     """Two namespaces, each with a TUN device whose data path runs here over
     loopback UDP: ping across, a spoofed inner source is dropped, an unrouted
     destination gets ICMP unreachable."""
-    from phantom import netns
+    from phantomlab import netns
     prefix = netns.unique_prefix()
     ns_a = netns.Namespace(prefix + "-a")
     ns_b = None
@@ -1163,7 +1069,7 @@ def test_real_firewall_in_tun_mode_counts_like_the_reference():
     give the same per-rule hits and drop/accept counters."""
     results = {}
     for kind in ("reference", "fast"):
-        from phantom import netns
+        from phantomlab import netns
         prefix = netns.unique_prefix()
         ns_a, ns_b, devs = netns.Namespace(prefix + "-a"), None, []
         try:

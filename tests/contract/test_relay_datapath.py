@@ -12,23 +12,10 @@ from phantom import crypto, wire
 from phantom.constants import Tunables
 from phantom.dataplane.reference import ReferenceDataPath
 from phantom.dataplane.types import Keypair, Mode, RelayVia
+from tests.support.datapath import Recorder as Events
 
 MARKER = b"RELAYED-PLAINTEXT-MARKER"
 OFFSET = wire.TRANSPORT_PAYLOAD_OFFSET
-
-
-class Events:
-    def __init__(self):
-        self.control = []
-
-    def control_packet(self, data, addr):
-        self.control.append((data, addr))
-
-    def handshake_needed(self, peer_id):
-        pass
-
-    def keypair_confirmed(self, peer_id, local_index):
-        pass
 
 
 def _udp():

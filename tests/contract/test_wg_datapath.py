@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 
 import pytest
@@ -21,17 +20,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phantom import crypto
-from phantom.constants import Tunables
 from phantom.dataplane import ciphers
 from phantom.dataplane.ciphers import CipherKind
-from phantom.dataplane.reference import ReferenceDataPath
-from phantom.dataplane.types import Drop, Keypair, Mode
+from phantom.dataplane.types import Drop, Keypair
 from phantom.wire import wireguard as wgw
 
-from wgkit import icmp_echo
+from phantomlab.packets import icmp_echo
+from tests.support.datapath import Node, run, until
+from tests.support.datapath import pair as _pair
+from tests.support.datapath import udp_socket as _udp
 
 _fastpath = pytest.importorskip("phantom._fastpath", reason="phantom._fastpath is not built")
-from phantom.dataplane import fast  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,85 +66,11 @@ def test_c_open_refuses_every_corruption(plaintext, flip):
 
 
 # ================================================================ whole data paths
-class Recorder:
-    def __init__(self):
-        self.control, self.needed, self.confirmed = [], [], []
-
-    def control_packet(self, data, addr):
-        self.control.append((data, addr))
-
-    def handshake_needed(self, peer_id):
-        self.needed.append(peer_id)
-
-    def keypair_confirmed(self, peer_id, local_index):
-        self.confirmed.append((peer_id, local_index))
-
-
-def _udp(timeout=None):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    if timeout is None:
-        s.setblocking(False)
-    else:
-        s.settimeout(timeout)
-    return s
-
-
-class Node:
-    def __init__(self, impl, mtu=MTU):
-        self.udp, self.test, self.app = _udp(), _udp(), _udp(2.0)
-        self.events = Recorder()
-        cls = fast.FastDataPath if impl == "fast" else ReferenceDataPath
-        self.dp = cls(Mode.TEST, self.udp, None, self.test, events=self.events, tunables=Tunables(),
-                      test_deliver=self.app.getsockname(), mtu=mtu)
-
-    @property
-    def addr(self):
-        return self.udp.getsockname()
-
-    def send_app(self, payload):
-        self.app.sendto(payload, self.test.getsockname())
-
-    def recv_app(self, timeout=2.0):
-        self.app.settimeout(timeout)
-        return self.app.recvfrom(70000)[0]
-
-    def close(self):
-        self.dp.close()
-        for s in (self.udp, self.test, self.app):
-            s.close()
-
-
 def wg_keypairs(peer_a=1, peer_b=2, idx_a=0x1111, idx_b=0x2222, cipher=CHACHA):
     now = time.monotonic()
     ka = Keypair(peer_a, idx_a, idx_b, bytearray(KEY_A), bytearray(KEY_B), now, True, int(cipher))
     kb = Keypair(peer_b, idx_b, idx_a, bytearray(KEY_B), bytearray(KEY_A), now, False, int(cipher))
     return ka, kb
-
-
-async def until(cond, timeout=3.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within %.1f s" % timeout)
-        await asyncio.sleep(0.005)
-
-
-def run(coro, timeout=30):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def _pair(impl_a, impl_b, mtu=MTU):
-    a, b = Node(impl_a, mtu), Node(impl_b, mtu)
-    a.dp.add_peer(1, [])
-    b.dp.add_peer(2, [])
-    a.dp.set_test_peer(1)
-    b.dp.set_test_peer(2)
-    a.dp.set_endpoint(1, b.addr)
-    b.dp.set_endpoint(2, a.addr)
-    a.dp.start()
-    b.dp.start()
-    return a, b
 
 
 def _packets():
@@ -196,7 +121,7 @@ def test_wireguard_keypairs_carry_ip_packets_both_ways(impl_a, impl_b):
 def _capture(impl, payloads, keepalives=2):
     async def main():
         node = Node(impl)
-        sink = _udp(2.0)
+        sink = _udp(timeout=2.0)
         try:
             node.dp.add_peer(1, [])
             node.dp.set_test_peer(1)
@@ -238,7 +163,7 @@ def test_phantom_keypairs_keep_the_secretbox_format_on_both_paths():
     def capture(impl):
         async def main():
             node = Node(impl)
-            sink = _udp(2.0)
+            sink = _udp(timeout=2.0)
             try:
                 node.dp.add_peer(1, [])
                 node.dp.set_test_peer(1)

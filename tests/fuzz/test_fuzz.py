@@ -10,27 +10,18 @@ a scratch directory, never into the repository.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.support import REPO
+
 pytest.importorskip("atheris")
 
-FUZZ = Path(__file__).resolve().parent.parent / "fuzz"
+from fuzz import run as RUN  # noqa: E402  (fuzz/ is a package: fuzz/run.py)
+
+FUZZ = REPO / "fuzz"
 SECONDS = float(os.environ.get("PHANTOM_FUZZ_SECONDS", 4))      # per target: 4 targets, ~30 s in all
-
-
-def _runner():
-    spec = importlib.util.spec_from_file_location("phantom_fuzz_run", FUZZ / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-RUN = _runner()
 
 
 @pytest.mark.slow            # about 6 s a target: in the full suite (CI), not the quick set

@@ -1,4 +1,4 @@
-"""The 2-minute soak (issue #15): bench/soak.py's run with a rekey every few
+"""The 2-minute soak (issue #15): phantomlab/soak.py's run (bench/soak.py) with a rekey every few
 seconds, iperf3 throughout, b killed and restarted every 30 s, a's firewall
 replaced every 3 s and both APIs scraped all the time.
 
@@ -10,27 +10,17 @@ in a log, and on too few handshakes.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 
+from phantomlab import soak as _soak
+
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
-
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-
-
-def _load_soak():
-    spec = importlib.util.spec_from_file_location("phantom_bench_soak", BENCH / "soak.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 @pytest.mark.parametrize("path", ["fast"])
 def test_two_minute_soak(path):
-    soak = _load_soak()
+    soak = _soak
     if path == "fast":
         pytest.importorskip("phantom._fastpath", reason="phantom._fastpath is not built")
     minutes = float(os.environ.get("PHANTOM_SOAK_MINUTES", "2"))

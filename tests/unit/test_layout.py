@@ -6,8 +6,9 @@ from __future__ import annotations
 import ast
 import re
 from pathlib import Path
+from tests.support import REPO
 
-ROOT = Path(__file__).resolve().parent.parent / "phantom"
+ROOT = REPO / "phantom"
 FORBIDDEN = ("phantom.control", "phantom.daemon")
 
 

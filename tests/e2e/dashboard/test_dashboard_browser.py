@@ -17,14 +17,16 @@ from pathlib import Path
 
 import pytest
 
-import browser
-from tunnelkit import mesh, wait_for
+from phantomlab import browser
+from phantomlab.nodes import mesh
+from phantomlab.poll import wait_for
+from tests.support import REPO
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow,
+pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.browser,
               pytest.mark.skipif(browser.missing() is not None, reason=str(browser.missing()))]
 
 ARTIFACTS = Path(os.environ.get("PHANTOM_ARTIFACTS",
-                                Path(__file__).resolve().parent.parent / "test-artifacts"))
+                                REPO / "test-artifacts"))
 
 
 def shot(driver, name):
@@ -110,7 +112,8 @@ def test_dashboard_in_headless_chromium(two_hosts, daemon_factory, tmp_path, dri
     from selenium.webdriver.common.by import By
     sock = tmp_path / "api.sock"
     a, b = mesh(daemon_factory, tmp_path, [two_hosts.a, two_hosts.b], start_daemons=False)
-    from tunnelkit import peer_entry, start, write_config
+    from phantomlab.nodes import start
+    from phantomlab.templates import peer_entry, write_config
     write_config(a, mode="tun", peers=[peer_entry(b, mode="tun")],
                  extra={"http_socket": str(sock)})
     start(daemon_factory, a)

@@ -33,9 +33,11 @@ import time
 
 import pytest
 
-import blaster
+from phantomlab import blaster
 from phantom import wire
-from tunnelkit import TEST_PORT, UDP_PORT, mesh, wait_for
+from phantomlab.nodes import mesh
+from phantomlab.poll import wait_for
+from phantomlab.templates import TEST_PORT, UDP_PORT
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

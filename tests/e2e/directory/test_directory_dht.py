@@ -27,9 +27,9 @@ from phantom.control.directory.client import DhtDirectoryClient
 from phantom.control.directory.store.dht import DhtNode, DhtStore, SALT, bep44_secret, \
     dht_key_of
 
-from directorykit import Swarm, dht_missing
+from phantomlab.stores import Swarm, dht_missing
 
-pytestmark = [pytest.mark.timeout(90),
+pytestmark = [pytest.mark.dht, pytest.mark.timeout(90),
               pytest.mark.skipif(dht_missing() is not None, reason=str(dht_missing()))]
 
 

@@ -10,7 +10,9 @@ import sys
 import pytest
 
 from phantom.control.keys import write_private_key
-from tunnelkit import FAST_TUNABLES, HTTP_PORT, UDP_PORT, make_node, start, wait_for, write_config
+from phantomlab.nodes import make_node, start
+from phantomlab.poll import wait_for
+from phantomlab.templates import FAST_TUNABLES, HTTP_PORT, UDP_PORT, write_config
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

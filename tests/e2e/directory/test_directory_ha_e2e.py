@@ -20,14 +20,15 @@ import asyncio
 import json
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from phantom.control.keys import write_private_key
-from tunnelkit import FAST_TUNABLES, UDP_PORT, make_node, start, wait_for, write_config
+from phantomlab.nodes import make_node, start
+from phantomlab.poll import wait_for
+from phantomlab.templates import FAST_TUNABLES, UDP_PORT, write_config
 
-from directorykit import PgCluster, dht_missing, pg_missing
+from phantomlab.stores import PgCluster, dht_missing, pg_missing
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -42,6 +43,7 @@ def cli(host, *args, check=True, timeout=30):
     return out
 
 
+@pytest.mark.postgres
 def test_daemons_keep_resolving_and_opening_tunnels_when_a_front_end_dies(lan3, daemon_factory,
                                                                           tmp_path):
     missing = pg_missing()
@@ -121,6 +123,7 @@ def _dht_swarm(daemon_factory, c_host, count=8):
     return swarm, ["%s:%d" % (c_host.ip, DHT_PORT + i) for i in range(count)], routing
 
 
+@pytest.mark.dht
 def test_dht_publish_find_by_key_open_and_follow_a_move(lan3, daemon_factory, tmp_path):
     missing = dht_missing()
     if missing:
@@ -144,7 +147,7 @@ def test_dht_publish_find_by_key_open_and_follow_a_move(lan3, daemon_factory, tm
                  what="%s's record on the DHT" % n.name)
     # a forger on c tries to overwrite n2's item on every node (a's and b's too) with a
     # wrong BEP 44 signature and a record pointing at c: every node refuses it
-    out = c_host.run([sys.executable, str(Path(__file__).with_name("dht_forger.py")), b.pub,
+    out = c_host.run([sys.executable, "-m", "phantomlab.dht_forger", b.pub,
                       "%s:%d" % (c_host.ip, UDP_PORT)] + bootstrap +
                      ["%s:%d" % (h.ip, DHT_PORT) for h in (a_host, b_host)], check=False,
                      timeout=60)
@@ -184,6 +187,7 @@ def test_dht_publish_find_by_key_open_and_follow_a_move(lan3, daemon_factory, tm
     swarm.stop()
 
 
+@pytest.mark.postgres
 def test_a_peer_that_moves_is_followed_within_seconds_by_watch(lan3, daemon_factory, tmp_path):
     """Watch, not poll: b moves; its new record reaches a through LISTEN/NOTIFY and a's
     watch stream long before any cache refresh, and before b says anything to a."""

@@ -18,9 +18,9 @@ from phantom import crypto
 from phantom.control import directory as d
 from phantom.control.directory.store.postgres import PostgresStore
 
-from directorykit import PgCluster, pg_missing
+from phantomlab.stores import PgCluster, pg_missing
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
 
 
 @pytest.fixture(scope="module")

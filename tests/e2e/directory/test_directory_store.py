@@ -21,11 +21,12 @@ from phantom import crypto
 from phantom.control import directory as d
 from phantom.control.directory import store as st
 
-from directorykit import PgCluster, Swarm, dht_missing, pg_missing
+from phantomlab.stores import PgCluster, Swarm, dht_missing, pg_missing
 
 pytestmark = pytest.mark.timeout(90)
 
-BACKENDS = ["sqlite", "postgres", "dht"]
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres),
+            pytest.param("dht", marks=pytest.mark.dht)]
 T0 = 1_700_000_000.0
 
 

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from tunnelkit import mesh, wait_for
+from phantomlab.nodes import mesh
+from phantomlab.poll import wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -174,7 +175,8 @@ def test_sighup_reloads_rules_from_the_config_file(two_hosts, daemon_factory, tm
     import signal
     import tempfile
     from pathlib import Path
-    from tunnelkit import peer_entry, start, write_config
+    from phantomlab.nodes import start
+    from phantomlab.templates import peer_entry, write_config
     a, b = mesh(daemon_factory, tmp_path, [two_hosts.a, two_hosts.b], datapath=datapath, start_daemons=False)
     # SIGHUP re-reads the file as the unprivileged user: it must be readable by it
     public = Path(tempfile.mkdtemp(prefix="phantom-cfg-"))

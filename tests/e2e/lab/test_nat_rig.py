@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from phantom import netns
+from phantomlab import netns
 
 pytestmark = pytest.mark.netns
 

@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from phantom import netns
+from phantomlab import netns
+from tests.support import REPO as _REPO
 
 # A stand-in daemon for testing DaemonProcess, started exactly like phantomd
 # would be: argv PORT DELAY [EXITCODE].  It prints, waits DELAY seconds (so
@@ -262,7 +263,7 @@ def test_cleanup_after_failing_block():
 
 SIGNAL_CHILD = textwrap.dedent("""
     import signal, sys, time
-    from phantom import netns
+    from phantomlab import netns
     signal.signal(signal.SIGINT, signal.default_int_handler)   # even if our parent ignores it
     netns.install_signal_handlers()
     topo = netns.TwoHosts()
@@ -386,7 +387,7 @@ def test_sniffer_context_manager_v6(two_hosts, tmp_path):
 # (own process, own registry, own signal handlers).
 # ---------------------------------------------------------------------------
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(_REPO)
 CONFTEST = os.path.join(REPO, "tests", "conftest.py")
 
 
@@ -419,7 +420,7 @@ def test_failing_test_gets_daemon_logs_and_leaves_nothing(inner_suite):
     run, root = inner_suite
     cp = run(f"""
         import sys
-        from phantom import netns
+        from phantomlab import netns
         STANDIN = {STANDIN!r}
         def test_fails(two_hosts, daemon_factory, sniffer):
             open({os.path.join(root, "prefix")!r}, "w").write(netns.run_prefix())

@@ -1,4 +1,4 @@
-"""`phantom verify` (phantom/verify.py): the randomness test on its own, then
+"""`phantom verify` (phantomlab/verify.py): the randomness test on its own, then
 end to end: "no plaintext" on a working tunnel, and a deliberately
 unencrypted UDP relay caught."""
 
@@ -11,10 +11,12 @@ import textwrap
 import pytest
 
 from phantom import crypto
-from phantom.verify import classify, looks_random
-from tunnelkit import UDP_PORT, mesh
+from phantomlab.verify import classify, looks_random
+from phantomlab.nodes import mesh
+from phantomlab.templates import UDP_PORT
+from tests.support import REPO
 
-ENV = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ENV = dict(os.environ, PYTHONPATH=str(REPO))
 
 
 # --- the randomness test -----------------------------------------------------------------------

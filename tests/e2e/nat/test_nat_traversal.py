@@ -14,9 +14,12 @@ import time
 
 import pytest
 
-import memscan
-from phantom import netns, wire
-from tunnelkit import FAST_TUNABLES, UDP_PORT, make_node, peer_entry, start, wait_for, write_config
+from phantomlab import memscan
+from phantom import wire
+from phantomlab import netns
+from phantomlab.nodes import make_node, start
+from phantomlab.poll import wait_for
+from phantomlab.templates import FAST_TUNABLES, UDP_PORT, peer_entry, write_config
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

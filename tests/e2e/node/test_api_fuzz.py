@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from phantom import netns
-from tunnelkit import make_node, start, write_config
+from phantomlab import netns
+from phantomlab.nodes import make_node, start
+from phantomlab.templates import write_config
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

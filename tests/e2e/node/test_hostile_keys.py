@@ -15,8 +15,9 @@ from phantom.control import actions as A
 from phantom.control.config import ConfigError, check_own_key, parse_daemon_args
 from phantom.control.engine import Engine
 from phantom.control.keys import KeyFormatError, decode_public_key
-from phantom.netns import phantomd_command
-from tunnelkit import UDP_PORT, make_node, mesh, peer_entry, write_config
+from phantomlab.netns import phantomd_command
+from phantomlab.nodes import make_node, mesh
+from phantomlab.templates import UDP_PORT, peer_entry, write_config
 
 # Every small-order encoding libsodium knows, and each with the top bit set
 # (X25519 ignores it, so those are the same points).

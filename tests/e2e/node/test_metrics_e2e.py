@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tunnelkit import mesh, wait_for
+from phantomlab.nodes import mesh
+from phantomlab.poll import wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -93,7 +94,8 @@ def test_metrics_need_no_token_and_show_no_secrets(two_hosts, daemon_factory, tm
 
 
 def test_metrics_on_their_own_listen_address(two_hosts, daemon_factory, tmp_path):
-    from tunnelkit import peer_entry, start, write_config
+    from phantomlab.nodes import start
+    from phantomlab.templates import peer_entry, write_config
     a, b = mesh(daemon_factory, tmp_path, [two_hosts.a, two_hosts.b], start_daemons=False)
     write_config(a, mode="tun", peers=[peer_entry(b, mode="tun")],
                  extra={"metrics_listen": "127.0.0.1:9586"})

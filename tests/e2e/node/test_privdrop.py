@@ -25,7 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from tunnelkit import FAST_TUNABLES, UDP_PORT, make_node, mesh, peer_entry, start, wait_for, write_config
+from phantomlab.nodes import make_node, mesh, start
+from phantomlab.poll import wait_for
+from phantomlab.templates import FAST_TUNABLES, UDP_PORT, peer_entry, write_config
+from tests.support import REPO
 
 DIR_PORT = 4568
 CAP_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
@@ -215,7 +218,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
 def _run_as_root_child(code: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           timeout=30, env=env)
 

@@ -18,10 +18,13 @@ import pytest
 
 from phantom import crypto
 from phantom.control.keys import encode_key
-from tunnelkit import make_node, peer_entry, start, wait_for, write_config
+from phantomlab.nodes import make_node, start
+from phantomlab.poll import wait_for
+from phantomlab.templates import peer_entry, write_config
+from tests.support import REPO
 
 pytestmark = pytest.mark.netns
-ROOT = str(Path(__file__).resolve().parent.parent)
+ROOT = str(REPO)
 
 
 @pytest.fixture

@@ -30,7 +30,8 @@ from urllib.parse import quote
 import pytest
 
 from phantom import logsetup
-from tunnelkit import FAST_TUNABLES, HTTP_PORT, make_node, start, write_config
+from phantomlab.nodes import make_node, start
+from phantomlab.templates import FAST_TUNABLES, HTTP_PORT, write_config
 
 FRAGMENT = 20          # a run of this many characters of a secret's rendering is a leak
 
@@ -419,7 +420,7 @@ def test_directory_echoes_no_secret_and_answers_parser_errors_in_json(directory)
 
 # --- the same checks in-process (no root needed): start_api with the test double -------------------
 def test_start_api_answers_parser_errors_in_json_and_needs_host_on_tcp(tmp_path, captured):
-    from apidouble import FakeController
+    from tests.support.apidouble import FakeController
     from phantom.control.api import create_app, start_api
 
     token = os.urandom(32).hex()

@@ -17,8 +17,9 @@ import time
 import pytest
 
 from phantom import wire
-from tunnelkit import (FAST_TUNABLES, UDP_PORT, make_node, mesh, peer_entry, start, wait_for,
-                       write_config)
+from phantomlab.nodes import make_node, mesh, start
+from phantomlab.poll import wait_for
+from phantomlab.templates import FAST_TUNABLES, UDP_PORT, peer_entry, write_config
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

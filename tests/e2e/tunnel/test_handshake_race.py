@@ -24,7 +24,8 @@ import time
 
 import pytest
 
-from tunnelkit import UDP_PORT, mesh
+from phantomlab.nodes import mesh
+from phantomlab.templates import UDP_PORT
 
 pytestmark = pytest.mark.netns
 

@@ -9,7 +9,8 @@ import base64
 import pytest
 
 from phantom.privileges import capability_sets
-from tunnelkit import FAST_TUNABLES, UDP_PORT, make_node, mesh, peer_entry, start, write_config
+from phantomlab.nodes import make_node, mesh, start
+from phantomlab.templates import FAST_TUNABLES, UDP_PORT, peer_entry, write_config
 
 pytestmark = pytest.mark.netns
 

@@ -25,7 +25,8 @@ from phantom.control.wireguard.cookie import WgCookieChecker, WgCookieGenerator
 from phantom.dataplane.ciphers import CipherKind, inner_length, open_packet, seal_packet
 from phantom.wire import wireguard as wgw
 
-from wgkit import WG_PORT, keypair, icmp_echo, parse_echo, wg_factory  # noqa: F401
+from phantomlab.packets import icmp_echo, parse_echo
+from phantomlab.wggo import WG_PORT, keypair
 
 pytestmark = pytest.mark.netns
 

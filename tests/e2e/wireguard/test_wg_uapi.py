@@ -13,8 +13,10 @@ import pytest
 from phantom import crypto
 from phantom.control.keys import encode_key
 from phantom.control.wireguard.uapi import (PeerView, UapiError, UapiServer, format_get, parse_set)
-from tunnelkit import UDP_PORT, make_node, start, write_config
-from wgkit import WG_PORT, keypair, wait_for, wg_factory  # noqa: F401
+from phantomlab.nodes import make_node, start
+from phantomlab.templates import UDP_PORT, write_config
+from phantomlab.poll import wait_for
+from phantomlab.wggo import WG_PORT, keypair
 
 K1, K2 = bytes(range(32)), bytes(range(1, 33))
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from apidouble import FakeController
+from tests.support.apidouble import FakeController
 from phantom import cli
 from phantom.control.api import create_app, start_api
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 TOKEN = "12" * 32
 PUB = "3cVJ1x7RRpHcPtZOceZ1+T1f5Qji0l7waRMN/9d8XBk="
 

@@ -7,30 +7,17 @@ import random
 
 import pytest
 
-from phantom import crypto
 from phantom.constants import Tunables
 from phantom.control import actions as A
 from phantom.control.engine import Engine
 from phantom.control.peer import InvalidTransition, Peer, PeerState
 from phantom.dataplane.types import PeerCounters
+from tests.support.clock import Clock
+from tests.support.engines import handshake, of, sends
+from tests.support.engines import private_key as _key
 
 ADDR_A = ("10.0.0.1", 9000)
 ADDR_B = ("10.0.0.2", 9000)
-
-
-class Clock:
-    def __init__(self, t: float = 1000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
-
-
-def _key():
-    return bytearray(crypto.x25519_private())
 
 
 def make_pair(tunables=None, pk=0.0):
@@ -42,25 +29,6 @@ def make_pair(tunables=None, pk=0.0):
     pa = a.add_peer(b.public_key, "b", endpoint=ADDR_B, persistent_keepalive=pk)
     pb = b.add_peer(a.public_key, "a", endpoint=ADDR_A, persistent_keepalive=pk)
     return a, b, pa, pb, clock, wall
-
-
-def sends(actions):
-    return [x for x in actions if isinstance(x, A.SendDatagram)]
-
-
-def of(actions, kind):
-    return [x for x in actions if isinstance(x, kind)]
-
-
-def handshake(a, b, pa, wall):
-    """a opens to b; deliver every datagram; return (actions at a, actions at b)."""
-    wall.advance(0.01)
-    out_a = a.open(pa.id)
-    (init,) = sends(out_a)
-    out_b = b.handle_datagram(init.data, ADDR_A)
-    (resp,) = sends(out_b)
-    out_a2 = a.handle_datagram(resp.data, ADDR_B)
-    return out_a + out_a2, out_b
 
 
 def test_handshake_installs_matching_keys():

@@ -21,16 +21,10 @@ from phantom.control import actions as A
 from phantom.control.engine import Engine
 from phantom.control.peer import PeerState
 from phantom.dataplane.types import PeerCounters
+from tests.support.clock import Clock
+from tests.support.engines import private_key as _key
 
 HUB = ("10.0.0.1", 9000)
-
-
-class Clock:
-    def __init__(self, t: float = 1000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class EveryPeerEngine(Engine):
@@ -39,10 +33,6 @@ class EveryPeerEngine(Engine):
     def tick(self, counters: dict) -> list:
         self.active = dict(self.peers)
         return super().tick(counters)
-
-
-def _key():
-    return bytearray(crypto.x25519_private())
 
 
 def test_idle_peers_leave_the_tick():

@@ -9,6 +9,7 @@ in namespace b.
 
 from __future__ import annotations
 
+import functools
 import asyncio
 import base64
 import contextlib
@@ -23,19 +24,14 @@ from nacl.signing import VerifyKey
 from phantom import crypto
 from phantom.control import directory as d
 from phantom.control.keys import write_private_key
+from tests.support.clock import Clock as _Clock
+
+Clock = functools.partial(_Clock, 1_700_000_000.0)
 
 pytestmark = pytest.mark.timeout(60)
 
 
 # --- helpers ------------------------------------------------------------------------------------
-class Clock:
-    def __init__(self, t: float = 1_700_000_000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def run(coro, timeout: float = 30.0):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 

@@ -21,24 +21,11 @@ from phantom import wire
 from phantom.constants import Tunables
 from phantom.dataplane import fast
 from phantom.dataplane.types import Drop, Mode
+from tests.support.datapath import Recorder
 
 _fastpath = pytest.importorskip("phantom._fastpath", reason="phantom._fastpath is not built")
 
 QUEUE = 4096                 # FP_EVENT_QUEUE in phantom/_fastpath.pxd
-
-
-class Recorder:
-    def __init__(self):
-        self.control = []
-
-    def control_packet(self, data, addr):
-        self.control.append(data)
-
-    def handshake_needed(self, peer_id):
-        pass
-
-    def keypair_confirmed(self, peer_id, local_index):
-        pass
 
 
 def _udp(blocking=False):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-import memscan
+from phantomlab import memscan
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="reads /proc/PID/mem of another process")
 

@@ -3,6 +3,7 @@ client rules, path selection.  Injected clocks, no sockets."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import pytest
@@ -10,14 +11,9 @@ import pytest
 from phantom import crypto, wire
 from phantom.control.paths import PathTable
 from phantom.control.rendezvous import RendezvousClient, RendezvousServer, usable_endpoint
+from tests.support.clock import Clock as _Clock
 
-
-class Clock:
-    def __init__(self, t=100.0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
+Clock = functools.partial(_Clock, 100.0)
 
 
 def key(i):

@@ -10,14 +10,8 @@ from phantom.control import actions as A
 from phantom.control.engine import Engine
 from phantom.control.traversal import Traversal
 from phantom.dataplane.types import Keypair, RelayVia
-
-
-class Clock:
-    def __init__(self):
-        self.t = 1000.0
-
-    def __call__(self):
-        return self.t
+from tests.support.clock import Clock
+from tests.support.engines import sends
 
 
 def engine(clock):
@@ -52,10 +46,6 @@ def world(relay=False):
     link(ta, a_b.id, tb, b_a.id, clock)
     ids = dict(a_r=a_r.id, a_b=a_b.id, b_r=b_r.id, b_a=b_a.id, r_a=r_a.id, r_b=r_b.id)
     return clock, ta, tb, tr, ids
-
-
-def sends(actions):
-    return [a for a in actions if isinstance(a, A.SendDatagram)]
 
 
 def test_registration_where_is_and_punch_between_engines():

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import ClientSession, UnixConnector
 from aiohttp.test_utils import TestClient, TestServer
 
-from apidouble import KNOWN_KEY, ExplodingController, FakeController
+from tests.support.apidouble import KNOWN_KEY, ExplodingController, FakeController
 from phantom import logsetup
 from phantom.control import keys
 from phantom.control.api import MAX_BODY, OPENAPI, create_app, load_or_create_token, start_api

@@ -17,8 +17,8 @@ from phantom.control.config import (Settings, default_state_dir, format_endpoint
                                     parse_endpoint)
 from phantom.control.errors import ConfigError
 from phantom.dataplane.types import Mode
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 KEY_A = "B6N8vBQgk8i3VdwbEOhstCY3StFqqFPtC9/AsrhtHHw="
 KEY_B = "3cVJ1x7RRpHcPtZOceZ1+T1f5Qji0l7waRMN/9d8XBk="
 

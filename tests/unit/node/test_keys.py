@@ -10,15 +10,14 @@ import shutil
 import stat
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from phantom import crypto, logsetup
 from phantom.control import keys
 from phantom.control.errors import ConfigError
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args, stdin=None):

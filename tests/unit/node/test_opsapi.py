@@ -11,7 +11,7 @@ from importlib import resources
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from apidouble import FakeController
+from tests.support.apidouble import FakeController
 from phantom.control.api import create_app
 
 TOKEN = "cd" * 32

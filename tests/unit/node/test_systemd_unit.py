@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.support import REPO
 
-UNIT = Path(__file__).resolve().parent.parent / "examples" / "phantomd@.service"
+UNIT = REPO / "examples" / "phantomd@.service"
 DOCUMENTED_SCORE = 2.4          # docs/operations.md and the unit's header
 NEEDED_CAPS = {"CAP_NET_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"}
 

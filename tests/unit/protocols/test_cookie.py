@@ -19,21 +19,6 @@ SRC = ("192.0.2.7", 51820)
 OTHER_SRC = ("192.0.2.8", 51820)
 
 
-class FakeClock:
-    """A settable monotonic clock; tests move time explicitly."""
-
-    def __init__(self, t: float = 500.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
 @pytest.fixture
 def peers():
     i_priv, r_priv = crypto.x25519_private(), crypto.x25519_private()

@@ -12,18 +12,9 @@ from phantom.control.cookie import CookieChecker, CookieGenerator
 from phantom.control.handshake import (HandshakeError, InitiatorState, SessionKeys,
                                        consume_initiation, consume_response,
                                        create_initiation, create_response)
+from tests.support.clock import Clock as FakeClock
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class FakeClock:
-    """A settable clock (a real object, not a mock: tests move time explicitly)."""
-
-    def __init__(self, t: float = 1000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture

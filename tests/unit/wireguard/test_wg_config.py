@@ -242,7 +242,7 @@ def test_genpsk_prints_a_key(capsys):
 
 # --- reload (phantom reload / SIGHUP) with WireGuard peers ---------------------------------------
 def test_reload_adds_changes_and_switches_protocols(tmp_path):
-    from test_reload import Daemon, doc, peer, run, crypto_key
+    from tests.unit.node.test_reload import Daemon, doc, peer, run, crypto_key
     p1, p2 = _psk_file(tmp_path / "one.psk"), _psk_file(tmp_path / "two.psk")
     d = Daemon(doc(peer("b"), peer("c")))
     out = run(d, doc(peer("b", protocol="wireguard", preshared_key_file=str(p1)), peer("c"),
@@ -262,7 +262,7 @@ def test_reload_adds_changes_and_switches_protocols(tmp_path):
 
 
 def test_reload_refuses_a_bad_preshared_key_file_and_changes_nothing(tmp_path):
-    from test_reload import Daemon, doc, peer, crypto_key
+    from tests.unit.node.test_reload import Daemon, doc, peer, crypto_key
     from phantom.control import reload as rl
     d = Daemon(doc(peer("b", protocol="wireguard")))
     bad = tmp_path / "open.psk"

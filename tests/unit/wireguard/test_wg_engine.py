@@ -24,25 +24,13 @@ from phantom.control.wireguard.cookie import WgCookieChecker, WgCookieGenerator
 from phantom.dataplane.ciphers import CipherKind
 from phantom.dataplane.types import PeerCounters
 from phantom.wire import wireguard as wgw
+from tests.support.clock import Clock
+from tests.support.engines import of, sends
+from tests.support.engines import private_key as _key
 
 ADDR_A = ("10.0.0.1", 9000)
 ADDR_B = ("10.0.0.2", 51820)
 PSK = bytes(range(32))
-
-
-class Clock:
-    def __init__(self, t: float = 1000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
-
-
-def _key():
-    return bytearray(crypto.x25519_private())
 
 
 def make_pair(psk_a=None, psk_b=None, tunables=None, proto_b="wireguard"):
@@ -54,14 +42,6 @@ def make_pair(psk_a=None, psk_b=None, tunables=None, proto_b="wireguard"):
     pb = b.add_peer(a.public_key, "a", endpoint=ADDR_A, protocol=proto_b,
                     preshared_key=psk_b if proto_b == "wireguard" else None)
     return a, b, pa, pb, clock, wall
-
-
-def sends(actions):
-    return [x for x in actions if isinstance(x, A.SendDatagram)]
-
-
-def of(actions, kind):
-    return [x for x in actions if isinstance(x, kind)]
 
 
 def handshake(a, b, pa, wall):

@@ -23,17 +23,10 @@ from phantom.control.wireguard import handshake as wh
 from phantom.control.wireguard import symmetric as sym
 from phantom.control.wireguard.cookie import WgCookieChecker, WgCookieGenerator
 from phantom.wire import wireguard as wgw
+from tests.support.clock import Clock
 
 NAME = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"
 TS = tai64n.encode(1_700_000_000, 123_000_000)
-
-
-class Clock:
-    def __init__(self, t: float = 1000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def _keys():

@@ -11,7 +11,7 @@ from phantom.wire import demux
 from phantom.wire import wireguard as wgw
 from phantom.wire.demux import Protocol
 
-from wgkit import icmp_echo
+from phantomlab.packets import icmp_echo
 
 
 def test_from_phantom_import_wire_still_means_phantoms_format():
