@@ -41,10 +41,26 @@ def missing() -> Optional[str]:
     return None
 
 
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
+
+
 def ifname(tag: str = "t") -> str:
-    """A machine-unique device name: the control sockets share /var/run/wireguard."""
+    """A machine-unique device name: the control sockets share /var/run/wireguard,
+    so the name carries this process's whole pid (base 36, so that pid and
+    counter cannot run together, e.g. pid 1998 + device 48 vs pid 19984 +
+    device 8, as pytest-xdist workers and other users' runs would) and a counter."""
     _counter[0] += 1
-    return ("wg%s%d%s" % (tag, os.getpid() % 100000, _counter[0]))[:15]
+    name = "wg%s%sx%d" % (tag, _base36(os.getpid()), _counter[0])
+    if len(name) > 15:
+        raise RuntimeError("interface name %s is too long" % name)
+    return name
 
 
 def keypair() -> tuple[bytes, bytes]:

@@ -69,7 +69,21 @@ def pytest_configure(config: pytest.Config) -> None:
             config.addinivalue_line("markers", "%s: %s" % (name, text))
 
 
+# Longest first: pytest-xdist hands tests out in collection order, so the
+# soak tier (minutes each) starts at once instead of ending the run late.
+TIER_ORDER = {"soak": 0, "e2e": 1, "fuzz": 2, "contract": 3, "unit": 4}
+
+
+def _tier(item) -> int:
+    try:
+        rel = Path(str(item.path)).resolve().relative_to(TESTS)
+    except ValueError:
+        return len(TIER_ORDER)
+    return TIER_ORDER.get(rel.parts[0], len(TIER_ORDER)) if len(rel.parts) > 1 else len(TIER_ORDER)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    items.sort(key=_tier)                  # stable: file order within a tier
     for item in items:
         try:
             rel = Path(str(item.path)).resolve().relative_to(TESTS)

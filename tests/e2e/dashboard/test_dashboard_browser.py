@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from phantomlab import browser
+from phantomlab import browser, iperf
 from phantomlab.nodes import mesh
 from phantomlab.poll import wait_for
 from tests.support import REPO
@@ -134,12 +133,8 @@ def test_dashboard_in_headless_chromium(two_hosts, daemon_factory, tmp_path, dri
 
         # --- the throughput chart moves during an iperf3 run -----------------------------
         blank = js(driver, 'document.querySelector(\'canvas[data-peer="n2"]\').toDataURL()')
-        server = b.host.popen(["iperf3", "-s", "-1", "-B", b.tun4, "-p", "5221"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            time.sleep(0.3)
-            client = a.host.popen(["iperf3", "-c", b.tun4, "-p", "5221", "-t", "5"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with iperf.Server(b.host, b.tun4, 5221):
+            client = iperf.Client(a.host, b.tun4, port=5221, seconds=5, json=False).start()
             wait_for(lambda: max([p["tx"] for p in js(driver, 'window.phantomDashboard.rates["n2"]')]
                                  or [0]) > 5e6, timeout=10, what="the chart to show > 5 Mbit/s")
             time.sleep(1.2)
@@ -148,10 +143,7 @@ def test_dashboard_in_headless_chromium(two_hosts, daemon_factory, tmp_path, dri
             assert "Mbit/s" in row_text(driver, "n2", ".rate .tx") or \
                 "Gbit/s" in row_text(driver, "n2", ".rate .tx")
             screenshot = shot(driver, "iperf3")
-            client.wait(20)
-        finally:
-            server.kill()
-            server.wait(5)
+            client.result(timeout=20)
 
         # --- a request without the token is refused ----------------------------------------
         status, text = fetch(driver, "POST", "close/n2")

@@ -4,11 +4,11 @@ network namespaces, on every data path."""
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 
 import pytest
 
+from phantomlab import iperf
 from phantomlab.nodes import mesh
 from phantomlab.poll import wait_for
 
@@ -73,22 +73,20 @@ def test_tcp_rule_blocks_one_port_not_another(two_hosts, daemon_factory, tmp_pat
     rules = {"rule": [{"direction": "in", "proto": "tcp", "dst_port": 5202, "action": "reject"}]}
     a, b = mesh(daemon_factory, tmp_path, [two_hosts.a, two_hosts.b], datapath=datapath, firewalls={2: rules})
     assert a.host.ns.ping(b.tun4, timeout=10)
-    servers = [b.host.popen(["iperf3", "-s", "-1", "-B", b.tun4, "-p", str(p)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL) for p in (5201, 5202)]
+    servers = [iperf.Server(b.host, b.tun4, p).start() for p in (5201, 5202)]
     try:
-        time.sleep(0.3)
-        ok = wait_for(lambda: a.host.run(["iperf3", "-c", b.tun4, "-p", "5201", "-t", "1"], check=False,
-                                         timeout=20).returncode == 0, timeout=10, interval=0.2,
+        ok = wait_for(lambda: a.host.run(iperf.client_argv(b.tun4, port=5201, seconds=1, json=False),
+                                         check=False, timeout=20).returncode == 0, timeout=10, interval=0.2,
                       what="iperf3 on the open port")
         assert ok
         t0 = time.monotonic()
-        blocked = a.host.run(["iperf3", "-c", b.tun4, "-p", "5202", "-t", "1"], check=False, timeout=20)
+        blocked = a.host.run(iperf.client_argv(b.tun4, port=5202, seconds=1, json=False), check=False,
+                             timeout=20)
         assert blocked.returncode != 0
         assert time.monotonic() - t0 < 5, "reject answers with a RST: no waiting for a timeout"
     finally:
         for s in servers:
-            s.kill()
-            s.wait(5)
+            s.stop()
     rule = fw(b)["rules"][0]
     assert rule["hits"] >= 1
 

@@ -5,7 +5,6 @@ asserts that no tunnel payload crossed any of them in plaintext."""
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import subprocess
@@ -14,9 +13,9 @@ import time
 
 import pytest
 
-from phantomlab import memscan
 from phantom import wire
-from phantomlab import netns
+from phantomlab import iperf as lab_iperf
+from phantomlab import memscan, netns
 from phantomlab.nodes import make_node, start
 from phantomlab.poll import wait_for
 from phantomlab.templates import FAST_TUNABLES, UDP_PORT, peer_entry, write_config
@@ -138,17 +137,9 @@ def data_grams(cap):
 
 
 def iperf(client, server, seconds=5):
-    srv = server.host.popen(["iperf3", "-s", "-1", "-B", server.tun4], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.3)
-        cp = client.host.run(["iperf3", "-c", server.tun4, "-t", str(seconds), "-J"], check=False,
-                             timeout=seconds + 20)
-        assert cp.returncode == 0, cp.stderr
-        return json.loads(cp.stdout)["end"]["sum_received"]["bits_per_second"]
-    finally:
-        srv.kill()
-        srv.wait(5)
+    out = lab_iperf.run(client.host, server.host, server.tun4, seconds=seconds)
+    assert out.returncode == 0, out.stderr
+    return out.received_bps
 
 
 def test_hole_punching_through_two_masquerade_nats(daemon_factory, tmp_path, datapath, wires):
@@ -287,12 +278,8 @@ def test_relayed_path_upgrades_to_direct_without_breaking_tcp(daemon_factory, tm
         start_all(daemon_factory, datapath, rv, [a, b])
         assert a.host.ns.ping(b.tun4, timeout=5)
         assert a.peer("n2")["path"] == "relayed via rv"
-        srv = b.host.popen(["iperf3", "-s", "-1", "-B", b.tun4], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-        try:
-            time.sleep(0.3)
-            client = a.host.popen(["iperf3", "-c", b.tun4, "-t", "30", "-J", "-b", "20M"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        with lab_iperf.Server(b.host, b.tun4):
+            client = lab_iperf.Client(a.host, b.tun4, seconds=30, extra=["-b", "20M"]).start()
             time.sleep(3)
             t0 = time.monotonic()
             for r in (net.r1, net.r2):                 # both homes get endpoint-independent NATs
@@ -300,13 +287,10 @@ def test_relayed_path_upgrades_to_direct_without_breaking_tcp(daemon_factory, tm
             wait_for(lambda: a.peer("n2")["path"] == "direct", timeout=30, interval=0.2,
                      what="the path upgrades to direct")
             upgraded = time.monotonic() - t0
-            out, err = client.communicate(timeout=60)
-            assert client.returncode == 0, err
-            intervals = json.loads(out)["intervals"]
+            out = client.result(timeout=60)
+            assert out.returncode == 0, out.stderr
+            intervals = out.intervals
             assert all(i["sum"]["bytes"] > 0 for i in intervals[-5:]), "the transfer kept flowing"
-        finally:
-            srv.kill()
-            srv.wait(5)
         assert upgraded < 30
         assert a.peer("n2")["endpoint"] == "%s:%d" % (net.r2.wan_ip, UDP_PORT)
         send_marked(a, b)

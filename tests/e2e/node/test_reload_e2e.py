@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -18,6 +17,7 @@ import pytest
 
 from phantom import crypto
 from phantom.control.keys import encode_key
+from phantomlab import iperf
 from phantomlab.nodes import make_node, start
 from phantomlab.poll import wait_for
 from phantomlab.templates import peer_entry, write_config
@@ -88,13 +88,10 @@ def test_reload_changes_peers_in_place_while_iperf3_runs_to_an_unchanged_peer(
     hs_c = metric(a, "phantom_peer_handshakes_total", "n3")
     assert hs_b >= 1 and hs_c >= 1
 
-    server = b.host.popen(["iperf3", "-s", "-1", "-B", b.tun4, "-p", "5211"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = iperf.Server(b.host, b.tun4, 5211).start()
     client = None
     try:
-        time.sleep(0.3)
-        client = a.host.popen(["iperf3", "-c", b.tun4, "-p", "5211", "-t", "8", "-i", "0.2", "-J"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        client = iperf.Client(a.host, b.tun4, port=5211, seconds=8, extra=["-i", "0.2"]).start()
         time.sleep(1.5)
 
         # 1. add d, change c (allowed IPs, keepalive), add a firewall rule
@@ -132,15 +129,14 @@ def test_reload_changes_peers_in_place_while_iperf3_runs_to_an_unchanged_peer(
         assert [p["name"] for p in after[0]] == [p["name"] for p in before[0]] == ["n2"]
         assert after[1] == before[1]
 
-        out, err = client.communicate(timeout=30)
-        assert client.returncode == 0, err
+        out = client.result(timeout=30)
+        assert out.returncode == 0, out.stderr
     finally:
-        if client is not None and client.poll() is None:
-            client.kill()
-        server.kill()
-        server.wait(5)
+        if client is not None:
+            client.stop()
+        server.stop()
 
-    report = json.loads(out)
+    report = out.report
     intervals = [(i["sum"]["start"], i["sum"]["end"], i["sum"]["bytes"]) for i in report["intervals"]]
     assert intervals and report["end"]["sum_received"]["bytes"] > 0
     gap, longest = 0.0, 0.0

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import signal
 import socket
-import subprocess
 import threading
 import time
 
 import pytest
 
 from phantom import wire
+from phantomlab import iperf
 from phantomlab.nodes import make_node, mesh, start
 from phantomlab.poll import wait_for
 from phantomlab.templates import FAST_TUNABLES, UDP_PORT, peer_entry, write_config
@@ -226,32 +226,25 @@ def test_h_roaming_mid_transfer(two_hosts, daemon_factory, tmp_path, datapath, w
     wire_watch(two_hosts.b)
     a, b = pair(daemon_factory, tmp_path, two_hosts, datapath)
     assert a.host.ns.ping(b.tun4, timeout=10)
-    server = b.host.popen(["iperf3", "-s", "-1", "-B", b.tun4], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-    try:
+    with iperf.Server(b.host, b.tun4):
         client = None
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            client = a.host.popen(["iperf3", "-c", b.tun4, "-t", "6", "-J"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE)
+            client = iperf.Client(a.host, b.tun4, seconds=6).start()
             time.sleep(0.5)
-            if client.poll() is None:
+            if client.running:
                 break
         time.sleep(1.5)
         a.host.change_address("10.201.0.11")
         wait_for(lambda: b.peer("n1")["endpoint"] == "10.201.0.11:%d" % UDP_PORT, timeout=5,
                  what="b follows a to its new address")
-        out, err = client.communicate(timeout=30)
-        assert client.returncode == 0, err
-        import json
-        end = json.loads(out)["end"]
+        out = client.result(timeout=30)
+        assert out.returncode == 0, out.stderr
+        end = out.report["end"]
         assert end["sum_received"]["bytes"] > 0
         # nothing stalled: the second half of the run still moved data
-        intervals = json.loads(out)["intervals"]
+        intervals = out.intervals
         assert sum(1 for i in intervals[-3:] if i["sum"]["bytes"] > 0) == 3
-    finally:
-        server.kill()
-        server.wait(5)
     send_marked(a, b)
 
 
