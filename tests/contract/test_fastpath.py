@@ -549,6 +549,7 @@ async def _feed(impl, datagrams):
         src.close()
 
 
+@pytest.mark.slow          # seconds of hypothesis: the full suite, not the quick set
 @pytest.mark.timeout(180)
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(_ops, min_size=1, max_size=25))
@@ -878,6 +879,7 @@ def _packet_strategy():
     return pkt()
 
 
+@pytest.mark.slow          # seconds of hypothesis: the full suite, not the quick set
 @settings(max_examples=300, deadline=None)
 @given(rules=st.lists(_rule_strategy(), max_size=12), packets=st.lists(_packet_strategy(), min_size=1,
        max_size=8), direction=st.integers(0, 1), peer=st.sampled_from([1, 2, 3, -1]),
@@ -1004,6 +1006,7 @@ def _tap_scenario(kind):
     return run(main())
 
 
+@pytest.mark.slow          # seconds of hypothesis: the full suite, not the quick set
 def test_tap_mode_learns_floods_and_checks_sources_like_the_reference():
     ref = _tap_scenario("reference")
     mine = _tap_scenario("fast")

@@ -393,6 +393,7 @@ def test_fuzz_arbitrary_bytes_never_raise(data):
     _run_everything(bytearray(data))
 
 
+@pytest.mark.slow          # seconds of hypothesis: the full suite, not the quick set
 @FUZZ
 @given(plausible_ip())
 def test_fuzz_plausible_packets_never_raise(data):
@@ -403,6 +404,7 @@ def test_fuzz_plausible_packets_never_raise(data):
 ETHERTYPES = st.sampled_from([0x8100, 0x88A8, 0x0800, 0x0806, 0x86DD, 0x0042])
 
 
+@pytest.mark.slow          # seconds of hypothesis: the full suite, not the quick set
 @FUZZ
 @given(st.binary(min_size=12, max_size=12), st.lists(st.tuples(ETHERTYPES, st.integers(0, 0xFFFF)), max_size=4),
        st.one_of(plausible_ip(), st.binary(max_size=40)), st.integers(0, 6))

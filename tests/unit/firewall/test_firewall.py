@@ -676,6 +676,7 @@ def oracle(rs, direction, facts, peer_id):
     return Verdict(d, -1, Reason.DEFAULT)
 
 
+@pytest.mark.slow          # seconds of hypothesis: the full suite, not the quick set
 @pytest.mark.timeout(120)
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rules=st.lists(rule_objs(), max_size=12),
@@ -731,6 +732,7 @@ def test_garbage_never_crashes(data, eth, direction):
     _check_garbage(data, eth, direction)
 
 
+@pytest.mark.slow          # seconds of hypothesis: the full suite, not the quick set
 @pytest.mark.timeout(120)
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(p=packets(), cut=st.integers(0, 80), flips=st.lists(st.tuples(st.integers(0, 79),
