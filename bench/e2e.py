@@ -5,7 +5,7 @@
                                   [--json out.json]
 
 One invocation, one pair of fresh namespaces (a: 10.201.0.1, b: 10.201.0.2,
-joined by a veth pair, from ``phantom.netns.two_hosts()``).  The
+joined by a veth pair, from ``phantomlab.netns.two_hosts()``).  The
 configurations run one after another on the same pair:
 
   1. bare          iperf3 straight over the veth, no tunnel;

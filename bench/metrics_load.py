@@ -5,7 +5,7 @@
     .venv/bin/python bench/metrics_load.py [--runs 5] [--seconds 5] [--hz 10]
                                            [--extra-peers 20] [--json out.json]
 
-One pair of fresh namespaces (phantom.netns.two_hosts: a 10.201.0.1, b
+One pair of fresh namespaces (phantomlab.netns.two_hosts: a 10.201.0.1, b
 10.201.0.2 on a veth pair), one phantomd --fast in each (TUN mode, MTU
 1420), a peered with b plus ``--extra-peers`` idle peers (so a scrape has
 rows to read).  Each run does both configurations, in ABBA order across

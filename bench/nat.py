@@ -3,7 +3,7 @@
 
     PYTHONPATH=. .venv/bin/python bench/nat.py [--seconds N] [--pings N] [--json out.json]
 
-Two fresh ``phantom.netns.internet()`` topologies, one after the other, each
+Two fresh ``phantomlab.netns.internet()`` topologies, one after the other, each
 with a rendezvous/relay node (``rv``, ``rendezvous = true``, ``relay = true``)
 on the internet namespace and peers ``a`` and ``b`` behind two home NAT routers:
 

@@ -4,7 +4,7 @@
     .venv/bin/python bench/scale.py [--peers 100,1000,10000] [--only wireguard-go,reference,fast]
                                     [--idle 30] [--seconds 5] [--hs-seconds 5] [--json out.json]
 
-One pair of fresh namespaces (``phantom.netns.two_hosts()``): the **hub** in
+One pair of fresh namespaces (``phantomlab.netns.two_hosts()``): the **hub** in
 a (10.201.0.1), the **clients** in b (10.201.0.2, plus --sources extra
 addresses 10.202.x.y for the handshake load, routed from a).  For each
 implementation and each N, in this order:

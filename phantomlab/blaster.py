@@ -1,4 +1,4 @@
-"""The hostile-datagram sender of tests/test_blast.py: tests/blaster.c,
+"""The hostile-datagram sender of tests/e2e/dataplane/test_blast.py: phantomlab/blaster.c,
 compiled on first use with the C compiler the extension build needs.
 
 Python would be too slow for 10^6 datagrams in seconds; the C sender builds
@@ -38,7 +38,7 @@ def build() -> Path:
     if not out.exists():
         cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
         if not cc:
-            raise RuntimeError("no C compiler for tests/blaster.c")
+            raise RuntimeError("no C compiler for phantomlab/blaster.c")
         tmp = out.with_suffix(".tmp%d" % os.getpid())
         subprocess.run([cc, "-O2", "-Wall", "-o", str(tmp), str(SOURCE)], check=True)
         os.replace(tmp, out)

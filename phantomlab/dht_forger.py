@@ -2,7 +2,7 @@
 node with a put whose signature is wrong (raw KRPC), carrying a record that points
 elsewhere.  Prints one JSON line per node: the node's answer.
 
-    python tests/dht_forger.py PUBLIC_KEY_B64 EVIL_ENDPOINT HOST:PORT [HOST:PORT ...]
+    python -m phantomlab.dht_forger PUBLIC_KEY_B64 EVIL_ENDPOINT HOST:PORT [HOST:PORT ...]
 """
 
 from __future__ import annotations

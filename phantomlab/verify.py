@@ -170,7 +170,7 @@ class Report:
 
 
 def analyse(packets, marker: bytes, listen_port: int, report: Report) -> Report:
-    """Fill ``report`` from captured frames (phantom.netns.Packet objects)."""
+    """Fill ``report`` from captured frames (phantomlab.netns.Packet objects)."""
     token = marker[len(MARKER_PREFIX):]
     for p in packets:
         if token in p.data or marker in p.data:

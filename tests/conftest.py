@@ -82,7 +82,14 @@ def _tier(item) -> int:
     return TIER_ORDER.get(rel.parts[0], len(TIER_ORDER)) if len(rel.parts) > 1 else len(TIER_ORDER)
 
 
+@pytest.hookimpl(trylast=True)             # after pytest-xdist's own (it names the groups)
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    if getattr(config.option, "loadgroup", False):     # an xdist worker under --dist loadgroup
+        lost = [i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+        if lost:
+            raise pytest.UsageError(
+                "pytest-xdist did not apply xdist_group to %s (pytest %s with this pytest-xdist: "
+                "see the pin in pyproject.toml)" % (lost[0], pytest.__version__))
     items.sort(key=_tier)                  # stable: file order within a tier
     for item in items:
         try:

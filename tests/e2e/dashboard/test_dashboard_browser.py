@@ -2,7 +2,7 @@
 chromium-driver, driven by Selenium, offline), against a live tunnel.
 
 The page is loaded through a proxy from a loopback port to the daemon's API
-Unix socket (tests/browser.py), so it is also the "works over the Unix
+Unix socket (phantomlab/browser.py), so it is also the "works over the Unix
 socket proxy" check.  Screenshots go to $PHANTOM_ARTIFACTS (default
 test-artifacts/ in the repository)."""
 

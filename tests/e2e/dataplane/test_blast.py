@@ -5,7 +5,7 @@ Hosts a and b run phantomd in test-port mode with a tunnel up; host c (the
 attacker, same LAN) sends random bytes, truncations and bit flips of real
 captured handshake and transport packets, replays of real transport
 packets, and forged transport packets with the live receiver index whose
-payload carries a plaintext marker (tests/blaster.py, tests/blaster.c).  Then:
+payload carries a plaintext marker (phantomlab/blaster.py, phantomlab/blaster.c).  Then:
 
 * b is alive, its log has no traceback, and the tunnel still carries data
   both ways;

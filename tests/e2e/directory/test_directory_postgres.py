@@ -1,6 +1,6 @@
 """The directory on PostgreSQL: stateless front ends sharing one database.
 
-A real PostgreSQL server of our own (tests/directorykit.py) on a Unix
+A real PostgreSQL server of our own (phantomlab/stores.py) on a Unix
 socket; front ends are in-process aiohttp servers on 127.0.0.1.  The
 end-to-end test with daemons in namespaces is test_directory_ha_e2e.py.
 """

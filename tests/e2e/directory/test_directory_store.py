@@ -1,6 +1,6 @@
 """One store test suite, run against every backend: SQLite, PostgreSQL and the DHT.
 
-PostgreSQL is a real server of our own (tests/directorykit.py: initdb and
+PostgreSQL is a real server of our own (phantomlab/stores.py: initdb and
 pg_ctl as an unprivileged user, Unix socket only, removed at the end); each
 test gets a fresh database.  The DHT is a private swarm of 10 libtorrent
 nodes on 127.0.0.1 in this process, bootstrapped only to each other.

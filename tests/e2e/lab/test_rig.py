@@ -1,4 +1,4 @@
-"""Tests of the network-namespace rig itself (phantom/netns.py, conftest.py).
+"""Tests of the network-namespace rig itself (phantomlab/netns.py, conftest.py).
 
 The quick ones (pcap reader, CI gate) need nothing; the rest are netns-marked.
 """

@@ -1,5 +1,5 @@
 """NAT traversal end to end (issue #11): real phantomd processes behind real
-iptables NAT routers (phantom.netns.Internet), a rendezvous node on the
+iptables NAT routers (phantomlab.netns.Internet), a rendezvous node on the
 'internet' namespace, both data paths.  Every test watches the wires and
 asserts that no tunnel payload crossed any of them in plaintext."""
 

@@ -3,7 +3,7 @@
 The fast path hands handshake messages to the control plane through a
 bounded event queue (FP_EVENT_QUEUE).  A message that finds it full is
 dropped -- and must be counted, as ``control_overflow``, so that the drop
-counters account for every datagram (tests/test_blast.py).  The reference
+counters account for every datagram (tests/e2e/dataplane/test_blast.py).  The reference
 path hands them over synchronously and never overflows; the reason name is
 the same on both paths (one Drop enum).
 """

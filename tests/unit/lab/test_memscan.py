@@ -1,4 +1,4 @@
-"""tests/memscan.py: the process memory scanner the relay tests rely on."""
+"""phantomlab/memscan.py: the process memory scanner the relay tests rely on."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ The handshake is checked against an independent implementation, the
 ``noiseprotocol`` package's Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s with
 WireGuard's identifier as the prologue, in both roles, with and without a
 preshared key: same handshake hash, and transport keys that open each
-other's messages.  Interop with wireguard-go itself is tests/test_wg_interop.py.
+other's messages.  Interop with wireguard-go itself is tests/e2e/wireguard/test_wg_interop.py.
 """
 
 from __future__ import annotations
