@@ -400,10 +400,10 @@ def inner_suite():
     os.chmod(root, 0o755)
     shutil.copy(CONFTEST, os.path.join(root, "conftest.py"))
 
-    def run(source, env=None, as_user=None):
+    def run(source, env=None, as_user=None, args=()):
         with open(os.path.join(root, "test_inner.py"), "w") as f:
             f.write(textwrap.dedent(source))
-        argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", root]
+        argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *args, root]
         if as_user is not None:
             argv = ["setpriv", f"--reuid={as_user}", f"--regid={as_user}", "--clear-groups"] + argv
         full_env = {k: v for k, v in os.environ.items() if k != "CI"}
@@ -435,6 +435,30 @@ def test_failing_test_gets_daemon_logs_and_leaves_nothing(inner_suite):
     assert "daemon log standin-a" in out and "standin pid" in out
     prefix = open(os.path.join(root, "prefix")).read()
     assert prefix.startswith("phx") and not netns.leftovers(prefix)
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(120)
+def test_a_leak_in_an_xdist_worker_fails_the_run(inner_suite):
+    """Under pytest-xdist each worker checks its own names at session end; a
+    worker's exit status does not reach the controller, so the leak must be
+    handed over and fail the whole run, naming the worker and the namespace
+    (which the worker's forced cleanup has removed)."""
+    run, root = inner_suite
+    cp = run(f"""
+        from phantomlab import netns
+        def test_leaks():
+            ns = netns.Namespace(netns.unique_prefix() + "-leak")
+            open({os.path.join(root, "leaked")!r}, "w").write(ns.name)
+        def test_clean(two_hosts):
+            pass
+    """, args=["-n", "2"])
+    out = cp.stdout + cp.stderr
+    name = open(os.path.join(root, "leaked")).read()
+    assert cp.returncode == 1, out
+    assert "2 passed" in out
+    assert "netns rig: left behind" in out and name in out and "[gw" in out, out
+    assert name not in netns.list_netns()
 
 
 @pytest.mark.netns
