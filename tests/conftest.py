@@ -91,15 +91,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
                 "pytest-xdist did not apply xdist_group to %s (pytest %s with this pytest-xdist: "
                 "see the pin in pyproject.toml)" % (lost[0], pytest.__version__))
     items.sort(key=_tier)                  # stable: file order within a tier
-    for item in items:
-        try:
-            rel = Path(str(item.path)).resolve().relative_to(TESTS)
-        except ValueError:
-            rel = None
-        if rel is not None and len(rel.parts) > 1 and rel.parts[0] in TIER_OF_FOLDER:
-            item.add_marker(TIER_OF_FOLDER[rel.parts[0]])
-        if "wg_factory" in getattr(item, "fixturenames", ()):
-            item.add_marker("wireguard_go")
+
+
+def pytest_itemcollected(item) -> None:
+    """The markers that follow from where a test is and what it uses, set as
+    it is collected (before ``-m`` selects)."""
+    try:
+        rel = Path(str(item.path)).resolve().relative_to(TESTS)
+    except ValueError:
+        rel = None
+    if rel is not None and len(rel.parts) > 1 and rel.parts[0] in TIER_OF_FOLDER:
+        item.add_marker(TIER_OF_FOLDER[rel.parts[0]])
+    if "wg_factory" in getattr(item, "fixturenames", ()):
+        item.add_marker("wireguard_go")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
