@@ -131,21 +131,22 @@ def test_heartbeat_reaches_the_watcher_of_an_unchanged_key_on_a_busy_directory(m
     monkeypatch.setattr(server, "WATCH_HEARTBEAT", 0.6)
 
     async def main():
-        runner, url = await serve_with(server.Limits.unlimited())
+        runner, url = await serve()                # the default limits
         loop = asyncio.get_running_loop()
+        busy = [d.DirectoryClient(url, bytearray(crypto.x25519_private())) for _ in range(5)]
         try:
             async with d.DirectoryClient(url, bytearray(crypto.x25519_private())) as quiet, \
-                    d.DirectoryClient(url, bytearray(crypto.x25519_private())) as busy, \
                     aiohttp.ClientSession() as s:
                 await quiet.publish("quiet", ["192.0.2.1:9000"], [], 600)
                 lines = []
                 async with s.post(url + "/watch", json={"keys": [d.b64(quiet.public_key)]}) as r:
                     reader = asyncio.ensure_future(read_lines(r, lines, loop))
                     try:
-                        start = loop.time()
-                        while loop.time() - start < 3.0:      # another key changes 5x/s
-                            await busy.publish("busy", ["192.0.2.2:%d" % (9000 + len(lines))],
-                                               [], 600)
+                        start, i = loop.time(), 0
+                        while loop.time() - start < 3.0:      # other keys change 5x/s
+                            i += 1
+                            await busy[i % 5].publish("busy%d" % (i % 5),
+                                                      ["192.0.2.2:%d" % (9000 + i)], [], 600)
                             await asyncio.sleep(0.2)
                         beats = [t for t, doc in lines if doc == {} and t >= start]
                         assert len(beats) >= 2, lines
@@ -153,6 +154,8 @@ def test_heartbeat_reaches_the_watcher_of_an_unchanged_key_on_a_busy_directory(m
                     finally:
                         reader.cancel()
         finally:
+            for c in busy:
+                await c.close()
             await runner.cleanup()
     run(main())
 
@@ -236,14 +239,17 @@ def test_one_host_cannot_take_the_watch_slots_and_its_slots_free_when_it_leaves(
 
 
 @pytest.mark.parametrize("refusal", [503, 429])
-def test_a_client_refused_a_watch_polls_instead(refusal):
+def test_a_client_refused_a_watch_polls_instead(refusal, monkeypatch):
     """Item 7: on 503 the client only backed off (up to 30 s) and never polled:
     a moved peer went unnoticed.  Now it polls while the directory refuses it."""
-    limits = server.Limits(0, 0, 0, source_watches=1 if refusal == 429 else 0,
-                           max_watches=0 if refusal == 503 else 1024)
+    if refusal == 503:
+        monkeypatch.setattr(server, "WATCHERS_MAX", 0)       # every stream slot taken
 
     async def main():
-        runner, url = await serve_with(limits)
+        if refusal == 503:
+            runner, url = await serve()
+        else:
+            runner, url = await serve_with(server.Limits(source_watches=1))
         try:
             async with d.DirectoryClient(url, bytearray(crypto.x25519_private())) as owner, \
                     d.DirectoryClient(url, poll=0.2) as watcher, \

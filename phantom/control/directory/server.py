@@ -367,8 +367,9 @@ def create_app(store: Store, *, clock: Callable[[], float] = time.time,
                max_ttl: int = DEFAULT_MAX_TTL,
                limits: Optional[Limits] = None) -> web.Application:
     """The directory application over an opened store (routes in docs/directory.md).
-    ``limits`` are the per-source limits (default: :class:`Limits`' defaults)."""
-    limits = limits or Limits()
+    ``limits`` are the per-source limits (default: :class:`Limits`' defaults, with
+    the module's WATCHERS_MAX as it is now)."""
+    limits = limits or Limits(max_watches=WATCHERS_MAX)
     app = web.Application(middlewares=[_errors, _retry_after], client_max_size=MAX_BODY)
     app[STORE_KEY] = store
     app[CLOCK_KEY] = clock
