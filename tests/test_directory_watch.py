@@ -252,8 +252,9 @@ def test_a_client_refused_a_watch_polls_instead(refusal, monkeypatch):
             runner, url = await serve_with(server.Limits(source_watches=1))
         try:
             async with d.DirectoryClient(url, bytearray(crypto.x25519_private())) as owner, \
-                    d.DirectoryClient(url, poll=0.2) as watcher, \
+                    d.DirectoryClient(url) as watcher, \
                     aiohttp.ClientSession() as hog:
+                watcher.poll = 0.2                   # (seconds between polls)
                 await owner.publish("owner", ["192.0.2.1:9000"], [], 600)
                 hold = None
                 if refusal == 429:                   # this host's one slot is taken
