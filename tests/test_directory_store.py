@@ -417,10 +417,23 @@ def test_one_source_cannot_grow_the_store_past_its_quota(backend, request):
             await publish(s, keys[quota], keys[quota].rec("other"), source="203.0.113.9",
                           quota=quota)
             assert await s.count() == quota + 1
-            # once its records expire, the source may publish again
+            # expired records count until they are purged; then the source may publish again
             later = T0 + 601
             k = keys[quota + 1]
+            with pytest.raises(st.QuotaExceeded):
+                await publish(s, k, k.rec("again", now=later), now=later, source=src,
+                              quota=quota)
+            assert await s.purge(int(later)) == quota + 1
             await publish(s, k, k.rec("again", now=later), now=later, source=src, quota=quota)
+            # a revocation that expired at once (expires=1) still counts until purged
+            k = keys[quota + 2]
+            for i in range(quota - 1):
+                r = Key()
+                await publish(s, r, r.rec("r%d" % i, seq=d.MAX_SEQ, revoked=True, endpoints=(),
+                                          ttl=1 - int(T0)), now=later, source=src, quota=quota)
+            with pytest.raises(st.QuotaExceeded):
+                await publish(s, k, k.rec("last", now=later), now=later, source=src,
+                              quota=quota)
     run(main())
 
 

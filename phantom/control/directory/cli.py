@@ -17,8 +17,9 @@ from phantom.control.keys import KeyFormatError
 
 from .client import CLIENT_TIMEOUT, DEFAULT_TTL, DHT_TIMEOUT, DirectoryClient
 from .records import KEY_SIZE, DirectoryError, b64, key_from_text, signing_key_of
-from .server import DEFAULT_DB, DEFAULT_MAX_TTL, DEFAULT_PORT, KEY_WRITES, SOURCE_QUOTA, \
-    SOURCE_WATCHES, SOURCE_WRITES, WATCHERS_MAX, Limits, serve_forever
+from .server import DEFAULT_DB, DEFAULT_MAX_TTL, DEFAULT_PORT, KEY_WRITES, MAX_HEARTBEAT, \
+    SOURCE_QUOTA, SOURCE_WATCHES, SOURCE_WRITES, WATCH_HEARTBEAT, WATCHERS_MAX, Limits, \
+    serve_forever
 
 # --- command line ---------------------------------------------------------------------------------
 def _run(coro):
@@ -103,7 +104,7 @@ def cmd_serve(args) -> int:
     limits = Limits(args.source_writes_per_minute, args.key_writes_per_minute,
                     args.source_quota, args.source_watches, args.max_watches)
     _run(serve_forever(args.listen, args.port, args.db, args.trusted_signer or (), args.max_ttl,
-                       drop_to=pw, limits=limits))
+                       drop_to=pw, limits=limits, watch_heartbeat=args.watch_heartbeat))
     return 0
 
 
@@ -286,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--source-watches", type=_count_arg, default=SOURCE_WATCHES, metavar="N",
                    help="concurrent POST /watch streams per source; past it: 429, and clients "
                         "poll (default %d; 0: no limit)" % SOURCE_WATCHES)
+    s.add_argument("--watch-heartbeat", type=float, default=WATCH_HEARTBEAT, metavar="SECONDS",
+                   help="a watch stream silent this long gets a {} line (default %g; at most "
+                        "%g: clients redo a stream silent for 40 s)" % (WATCH_HEARTBEAT,
+                                                                        MAX_HEARTBEAT))
     s.add_argument("--max-watches", type=_count_arg, default=WATCHERS_MAX, metavar="N",
                    help="concurrent watch streams of this front end; past it: 503, and clients "
                         "poll (default %d)" % WATCHERS_MAX)

@@ -39,6 +39,7 @@ WATCH_KEYS = 256                      # keys one watch may follow (fits in MAX_B
 WATCHERS_MAX = 1024                   # concurrent watch streams per front end
 WATCH_HEARTBEAT = 15.0
 WATCH_MAX = 300.0                     # a watch stream ends after this; the client reconnects
+MAX_HEARTBEAT = 30.0                  # clients redo a stream silent for 40 s (WATCH_READ)
 WATCH_GONE_CHECK = 0.5                # how often a stream checks that its client is still there
 WATCH_RETRY_AFTER = 30                # what a refused watch is told (it polls meanwhile)
 # per-source limits (a source is the client's address; IPv6 by /64).  0 turns one off.
@@ -139,6 +140,7 @@ WATCHERS_KEY = web.AppKey("watchers", list)
 CLOCK_KEY = web.AppKey("clock", object)
 TRUST_KEY = web.AppKey("trusted_signers", frozenset)
 MAX_TTL_KEY = web.AppKey("max_ttl", int)
+HEARTBEAT_KEY = web.AppKey("heartbeat", float)
 LIMITS_KEY = web.AppKey("limits", Limits)
 LIMITERS_KEY = web.AppKey("limiters", dict)
 STATS_KEY = web.AppKey("stats", dict)
@@ -345,7 +347,7 @@ async def watch(request: web.Request) -> web.StreamResponse:
 
 async def _stream(request: web.Request, resp: web.StreamResponse, keys: set) -> None:
     store = request.app[STORE_KEY]
-    async with contextlib.aclosing(store.watch(keys, heartbeat=WATCH_HEARTBEAT,
+    async with contextlib.aclosing(store.watch(keys, heartbeat=request.app[HEARTBEAT_KEY],
                                                duration=WATCH_MAX,
                                                clock=request.app[CLOCK_KEY])) as changes:
         async for row in changes:
@@ -365,17 +367,24 @@ async def _client_gone(request: web.Request) -> None:
 def create_app(store: Store, *, clock: Callable[[], float] = time.time,
                trusted_signers: Iterable[bytes] = (),
                max_ttl: int = DEFAULT_MAX_TTL,
-               limits: Optional[Limits] = None) -> web.Application:
+               limits: Optional[Limits] = None,
+               watch_heartbeat: Optional[float] = None) -> web.Application:
     """The directory application over an opened store (routes in docs/directory.md).
     ``limits`` are the per-source limits (default: :class:`Limits`' defaults, with
-    the module's WATCHERS_MAX as it is now)."""
+    the module's WATCHERS_MAX as it is now); ``watch_heartbeat`` the seconds of
+    silence after which a watch stream gets ``{}`` (default WATCH_HEARTBEAT)."""
     limits = limits or Limits(max_watches=WATCHERS_MAX)
+    heartbeat = WATCH_HEARTBEAT if watch_heartbeat is None else float(watch_heartbeat)
+    if not 0 < heartbeat <= MAX_HEARTBEAT:
+        raise ValueError("the watch heartbeat must be in (0, %g] seconds (clients redo a "
+                         "stream silent for %g s)" % (MAX_HEARTBEAT, 40.0))
     app = web.Application(middlewares=[_errors, _retry_after], client_max_size=MAX_BODY)
     app[STORE_KEY] = store
     app[CLOCK_KEY] = clock
     app[TRUST_KEY] = frozenset(bytes(s) for s in trusted_signers)
     app[MAX_TTL_KEY] = int(max_ttl)
     app[LIMITS_KEY] = limits
+    app[HEARTBEAT_KEY] = heartbeat
     app[LIMITERS_KEY] = {"source": RateLimiter(limits.source_writes_per_minute),
                          "key": RateLimiter(limits.key_writes_per_minute)}
     app[STATS_KEY] = {"limited": 0}
@@ -418,7 +427,8 @@ async def _purge_loop(store: Store, clock) -> None:
 
 async def serve_forever(host: str, port: int, db, trusted_signers=(),
                         max_ttl: int = DEFAULT_MAX_TTL, drop_to=None,
-                        limits: Optional[Limits] = None) -> None:
+                        limits: Optional[Limits] = None,
+                        watch_heartbeat: Optional[float] = None) -> None:
     """Run the directory until SIGINT/SIGTERM.  ``db`` is a SQLite path or a
     postgresql:// URL (any number of front ends may share one database).
 
@@ -430,7 +440,8 @@ async def serve_forever(host: str, port: int, db, trusted_signers=(),
     store = await open_store(db).open()
     try:
         runner = await start_server(create_app(store, trusted_signers=trusted_signers,
-                                               max_ttl=max_ttl, limits=limits), host, port)
+                                               max_ttl=max_ttl, limits=limits,
+                                               watch_heartbeat=watch_heartbeat), host, port)
     except BaseException:
         await store.close()
         raise
@@ -448,9 +459,14 @@ async def serve_forever(host: str, port: int, db, trusted_signers=(),
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     purger = asyncio.ensure_future(_purge_loop(store, time.time))
+    limits = limits or Limits()
     log.info("directory listening on http://%s:%d (%s store %s, %d record(s), %d trusted "
-             "signer(s))", host if ":" not in host else "[%s]" % host, port, store.kind,
-             _describe(db), await store.count(), len(tuple(trusted_signers)))
+             "signer(s); per source: %s writes/min, %s records, %s watches; %s writes/min per "
+             "key)", host if ":" not in host else "[%s]" % host, port, store.kind,
+             _describe(db), await store.count(), len(tuple(trusted_signers)),
+             *(n or "unlimited" for n in (limits.source_writes_per_minute, limits.source_quota,
+                                          limits.source_watches,
+                                          limits.key_writes_per_minute)))
     try:
         await stop.wait()
     finally:

@@ -21,9 +21,9 @@ publish, the directory's rules (the same for every backend):
   longer than ``max_ttl``; with a trusted-signer list, other signers'
   endorsements are refused (``UntrustedSigner``, 403), never stored;
 * **quotas**: a write may name its ``source`` (the server passes the client's
-  address, IPv6 by /64); a source holds at most ``quota`` live rows (records and
-  revocations it wrote last), and a write that would add one more is refused
-  with ``QuotaExceeded`` (429);
+  address, IPv6 by /64); a source holds at most ``quota`` stored rows (records
+  and revocations it wrote last, expired ones until they are purged), and a
+  write that would add one more is refused with ``QuotaExceeded`` (429);
 * **paging**: ``list`` returns live records and revocations ordered by key.
 
 Backends provide the storage primitives inside :meth:`Store._locked`, a
@@ -263,8 +263,8 @@ class Txn(abc.ABC):
     async def put(self, rec: Record, stored: StoredRecord, now: float) -> None: ...
 
     async def held_by(self, source: str, now: int) -> int:
-        """How many live rows (records not expired, revocations still kept) ``source``
-        wrote last; stores that keep no sources answer 0."""
+        """How many stored rows ``source`` wrote last (records and revocations; expired
+        ones too, until ``purge`` deletes them); stores that keep no sources answer 0."""
         return 0
 
 
@@ -359,13 +359,12 @@ class Store(abc.ABC):
                     if holder is not None and not (until > now and holder.endorsed_until <= now):
                         raise NameTaken("name %r is held by another key (%s) until %d"
                                         % (rec.name, holder.public_key, holder.expires))
-                if source and quota and (old is None or old.source != source or
-                                         old.expires <= now):
-                    held = await tx.held_by(source, int(now))
+                if source and quota and (old is None or old.source != source):
+                    held = await tx.held_by(source, int(now))       # (its own row: no growth)
                     if held >= quota:
                         raise QuotaExceeded(
-                            "source %s already holds %d live records here, its quota; "
-                            "they free up as they expire" % (source, held))
+                            "source %s already holds %d records here, its quota; they free "
+                            "up as they expire (and are purged, every minute)" % (source, held))
                 expires = revocation_keep_until(rec, old, now, max_ttl) if rec.revoked \
                     else rec.expires
                 stored = stored_of(rec, stored_doc, until, source, expires)

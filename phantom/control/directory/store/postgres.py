@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS phantom_records (
 );
 ALTER TABLE phantom_records ADD COLUMN IF NOT EXISTS source TEXT NOT NULL DEFAULT '';
 CREATE INDEX IF NOT EXISTS phantom_records_by_name ON phantom_records (name);
-CREATE INDEX IF NOT EXISTS phantom_records_by_source ON phantom_records (source, expires);
+CREATE INDEX IF NOT EXISTS phantom_records_by_source ON phantom_records (source);
 """
 _COLUMNS = "public_key, name, seq, expires, revoked, endorsed_until, doc, source"
 _SCHEMA_LOCK = 0x70686e74          # an advisory lock id serialising schema creation
@@ -95,8 +95,8 @@ class _PgTxn(Txn):
         await self.c.execute("SELECT pg_notify($1, $2)", CHANNEL, stored.public_key)
 
     async def held_by(self, source: str, now: int) -> int:
-        return await self.c.fetchval("SELECT COUNT(*) FROM phantom_records WHERE source = $1 "
-                                     "AND expires > $2", source, now)
+        return await self.c.fetchval("SELECT COUNT(*) FROM phantom_records WHERE source = $1",
+                                     source)
 
 
 async def _by_name(conn, name: str, now: int, exclude: str) -> Optional[StoredRecord]:

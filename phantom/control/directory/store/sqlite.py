@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_by_name ON records (name);
 """
 # files made before quotas have no source column: added on open, then indexed
-_INDEX_SOURCE = "CREATE INDEX IF NOT EXISTS records_by_source ON records (source, expires)"
+_INDEX_SOURCE = "CREATE INDEX IF NOT EXISTS records_by_source ON records (source)"
 
 _COLUMNS = "public_key, name, seq, expires, revoked, endorsed_until, doc, source"
 
@@ -67,8 +67,7 @@ class _SqliteTxn(Txn):
              stored.endorsed_until, canonical(stored.doc).decode("ascii"), now, stored.source))
 
     async def held_by(self, source: str, now: int) -> int:
-        return self.s._db.execute("SELECT COUNT(*) FROM records WHERE source = ? AND expires > ?",
-                                  (source, now)).fetchone()[0]
+        return self.s._db.execute("SELECT COUNT(*) FROM records WHERE source = ?", (source,)).fetchone()[0]
 
 
 class DirectoryStore(Store):
