@@ -249,6 +249,7 @@ class DhtNode:
                 self.stats["bootstrap_pings"] += 1
                 retry = min(BOOTSTRAP_RETRY_MAX, retry * 2)
                 bootstrap_due = now + retry
+            lookups = None
             for a in ses.pop_alerts():
                 self.stats["alerts"] += 1
                 try:
@@ -257,8 +258,9 @@ class DhtNode:
                     elif isinstance(a, lt.dht_put_alert):
                         self._on_put(a)
                     elif isinstance(a, lt.dht_stats_alert):
-                        self._lookups = list(a.active_requests)
-                        self._lookups_at = time.monotonic()
+                        # one alert per DHT node of the session ("0.0.0.0": one per local
+                        # address), posted together: their lookups, all of them
+                        lookups = (lookups or []) + list(a.active_requests)
                     elif isinstance(a, lt.session_stats_alert):
                         # the session-wide counter: with "0.0.0.0" libtorrent runs one DHT
                         # node per local address, and dht_stats_alert describes only one
@@ -275,6 +277,8 @@ class DhtNode:
                                 ses.add_dht_node((host, port))
                 except Exception:        # a malformed alert must not stop the pump
                     log.exception("handling a DHT alert failed")
+            if lookups is not None:
+                self._lookups, self._lookups_at = lookups, time.monotonic()
             self._end_stalled_gets()
 
     def _stalled(self) -> bool:
