@@ -45,7 +45,7 @@ WATCH_RETRY_AFTER = 30                # what a refused watch is told (it polls m
 # per-source limits (a source is the client's address; IPv6 by /64).  0 turns one off.
 SOURCE_WRITES = 60                    # PUT/POST per source per minute (a bucket of 60)
 KEY_WRITES = 12                       # writes of one key's record per minute (a bucket of 12)
-SOURCE_QUOTA = 256                    # live records (and kept revocations) per source
+SOURCE_QUOTA = 256                    # records (and kept revocations) stored per source
 SOURCE_WATCHES = 16                   # concurrent watch streams per source
 LIMITER_KEYS = 65536                  # sources (and keys) a rate limiter remembers
 
@@ -123,10 +123,13 @@ class RateLimiter:
         return wait
 
     def _prune(self, now: float) -> None:
+        """Down to 90% of ``max_keys`` at once, so a flood of new keys costs one scan
+        per tenth of the table, not one per request."""
+        target = self.max_keys * 9 // 10
         for k, (tokens, last) in list(self._buckets.items()):
             if tokens + (now - last) * self.rate >= self.capacity:
                 del self._buckets[k]                     # a full bucket carries nothing
-        while len(self._buckets) > self.max_keys:
+        while len(self._buckets) > target:
             del self._buckets[next(iter(self._buckets))]
 
 
@@ -283,7 +286,7 @@ async def post_endorsement(request: web.Request) -> web.Response:
     end = await _body(request)
     app, now = request.app, _now(request)
     stored = await app[STORE_KEY].endorse(key, end, now, trusted=app[TRUST_KEY],
-                                          max_ttl=app[MAX_TTL_KEY], source=source)
+                                          max_ttl=app[MAX_TTL_KEY])
     log.info("endorsement of %s (name=%s) until %s", key, stored.name,
              end.get("expires") if isinstance(end, dict) else "?")
     return _json(stored.doc)

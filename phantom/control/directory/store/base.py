@@ -125,7 +125,7 @@ class TooManyRequests(ApiError):
 
 
 class QuotaExceeded(TooManyRequests):
-    """The source already holds its quota of live records."""
+    """The source already holds its quota of stored rows."""
 
 
 class Unsupported(ApiError):
@@ -333,7 +333,7 @@ class Store(abc.ABC):
 
         Raises BadRecord, ForgedRecord, StaleSeq, NameTaken, KeyRevoked,
         UntrustedSigner, EndorsementsFull or QuotaExceeded.  ``source`` names
-        the writer and ``quota`` (0: none) bounds the live rows one source holds.
+        the writer and ``quota`` (0: none) bounds the rows one source holds.
         ``signer`` is needed only by stores that sign what they store (DHT)."""
         trusted = frozenset(bytes(s) for s in trusted)
         try:
@@ -377,8 +377,8 @@ class Store(abc.ABC):
         return stored, old is None
 
     async def endorse(self, public_key: str, end, now: float, *,
-                      trusted: Iterable[bytes] = (), max_ttl: int = DEFAULT_MAX_TTL,
-                      source: str = "") -> StoredRecord:
+                      trusted: Iterable[bytes] = (),
+                      max_ttl: int = DEFAULT_MAX_TTL) -> StoredRecord:
         """Add a signer's endorsement to a live record (see :func:`merge_endorsements`).
 
         Returns the record as stored, which carries ``end``; anything else is a
@@ -392,7 +392,7 @@ class Store(abc.ABC):
             first = await self.get(public_key)
             if first is None:
                 raise NoRecord("no record for this key to endorse")
-            async with self._locked(public_key, first.name, source) as tx:
+            async with self._locked(public_key, first.name) as tx:   # (adds no row: no quota)
                 old = await tx.get(public_key)
                 if old is None or (not old.revoked and old.expires <= now):
                     raise NoRecord("no record for this key to endorse")
