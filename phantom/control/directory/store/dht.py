@@ -25,6 +25,16 @@ not JSON, forged, another key's record -- is a counted drop (``stats``),
 never a crash.  Names are never taken from the DHT: this store answers by
 key only (``supports_names = False``).
 
+Bounded answers.  libtorrent ends a lookup only when its closest nodes answered
+or timed out in full (15 s), so one departed node would turn every lookup near
+it into a timeout: a missing key would read as "unavailable".  While a get is
+pending, the node samples libtorrent's lookups and calls the key not found once
+they wait only for nodes past the 1 s short timeout (:meth:`DhtNode._stalled`).
+Bootstrap nodes are asked again with a backoff up to a minute, for as long as
+the node runs, so a node started before its bootstrap node still joins it.  A
+node keeps at most MAX_ITEMS items for others (libtorrent drops the least
+wanted past it): the DHT's bound on what one sender can make it store.
+
 Lifetimes.  DHT nodes forget items after about two hours, so a publisher
 republishes well before that (``REPUBLISH``) and before its record expires.
 A revocation on the DHT lasts as long as it is republished (and clients that
@@ -262,8 +272,8 @@ class DhtNode:
                         # address), posted together: their lookups, all of them
                         lookups = (lookups or []) + list(a.active_requests)
                     elif isinstance(a, lt.session_stats_alert):
-                        # the session-wide counter: with "0.0.0.0" libtorrent runs one DHT
-                        # node per local address, and dht_stats_alert describes only one
+                        # the session-wide counters: with "0.0.0.0" libtorrent runs one
+                        # DHT node per local address (dht_stats_alert comes once per node)
                         values = a.values
                         if isinstance(values, dict):
                             self.nodes = int(values.get("dht.dht_nodes", 0))
