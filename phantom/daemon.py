@@ -433,7 +433,7 @@ class Daemon:
                 if any(plain(ep) == plain(endpoint) for ep in rec.endpoints):
                     return rec
         except DirectoryError as exc:
-            raise ServiceUnavailable("the key directory is unreachable and has nothing cached: %s" % exc)
+            raise ServiceUnavailable("%s; nothing cached" % exc)     # "directory unavailable: ..."
         return None
 
     # ------------------------------------------------------ the API's view
@@ -644,6 +644,7 @@ class Daemon:
             "drops": self.dp.global_drops(),
             "handshake_drops": dict(self.engine.drops),
             "directory": self.s.directory,
+            "directory_counters": self.directory.counters() if self.directory is not None else None,
             "nat": self._nat_status(),
         }
 
