@@ -434,6 +434,29 @@ def build_parser() -> argparse.ArgumentParser:
 DELEGATED = {"demo": "phantom.demo", "directory": "phantom.control.directory",
              "wg": "phantom.control.wireguard.cli",
              "verify": "phantom.verify"}
+# Those of them that talk to phantomd take the API options too (wherever given).
+DELEGATED_API = frozenset({"verify"})
+
+# The API options that may come before the subcommand's word (see _api_options).
+_GLOBAL_VALUED = ("--api", "--socket", "--token-file", "--timeout")
+_GLOBAL_FLAGS = ("--json",)
+
+
+def _leading_options(argv: list[str]) -> int:
+    """How many of ``argv``'s first words are API options (with their values)
+    given before the subcommand's word."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in _GLOBAL_FLAGS:
+            i += 1
+        elif word in _GLOBAL_VALUED:
+            i += 2
+        elif word.startswith(tuple(o + "=" for o in _GLOBAL_VALUED)):
+            i += 1
+        else:
+            break
+    return min(i, len(argv))
 
 
 def _delegate(command: str, rest: list[str]) -> int:
@@ -449,8 +472,14 @@ def _delegate(command: str, rest: list[str]) -> int:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] in DELEGATED:
-            return _delegate(argv[0], argv[1:])
+        lead = _leading_options(argv)
+        if lead < len(argv) and argv[lead] in DELEGATED:
+            command, options = argv[lead], argv[:lead]
+            if options and command not in DELEGATED_API:
+                raise CliError("`phantom %s` does not talk to phantomd: %s is not one of its options"
+                               % (command, options[0].split("=")[0]))
+            # `phantom --token-file F verify PEER`: the options go along
+            return _delegate(command, options + argv[lead + 1:])
         parser = build_parser()
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):

@@ -233,3 +233,24 @@ def test_verify_is_a_subcommand():
                         capture_output=True, text=True, timeout=30,
                         env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert cp.returncode == 0 and "--send-to" in cp.stdout and "marker" in cp.stdout
+
+
+def test_api_options_before_verify_go_to_verify(server, capsys):
+    """`phantom --api URL --token-file F verify PEER`: the options before the
+    word reach `phantom verify` as they reach every other subcommand, and
+    PEER is its argument (it was "unrecognized arguments: PEER")."""
+    status = server.controller.status
+
+    def with_peers():
+        st = status()
+        st["peers"] = [{"name": "bob", "allowed_ips": ["10.9.0.2/32"]}]
+        return st
+    server.controller.status = with_peers
+    rc = cli.main(["--api", server.url, "--token-file", str(server.token_file), "--timeout", "5",
+                   "verify", "carol"])
+    _, err = capsys.readouterr()
+    # it asked the daemon at --api (not the default address) and looked for the peer
+    assert rc == 2 and "no peer 'carol' (the daemon has: bob)" in err, err
+    rc = cli.main(["--json", "demo", "--help"])
+    _, err = capsys.readouterr()
+    assert rc == 1 and "`phantom demo` does not talk to phantomd: --json" in err
