@@ -307,3 +307,26 @@ def test_ten_thousand_unnamed_peers_load(tmp_path):
                    for _ in range(10000))
     s = load(tmp_path, text)
     assert len({p.name for p in s.peers}) == 10000
+
+
+def test_every_key_is_documented_and_in_the_example():
+    """docs/usage.md's tables and examples/phantom.toml ("every key, with its
+    meaning") name every [interface] and [[peer]] key the parser accepts."""
+    import re
+    from phantom.control.config import INTERFACE_KEYS, PEER_KEYS
+    usage = (REPO / "docs" / "usage.md").read_text()
+    example = (REPO / "examples" / "phantom.toml").read_text()
+    iface_table = usage.split("### `[interface]`")[1].split("###")[0]
+    peer_table = usage.split("### `[[peer]]`")[1].split("###")[0]
+    iface_part, peer_part = example.split("\n[[peer]]\n", 1)
+    missing = []
+    for keys, table, part, where in ((INTERFACE_KEYS, iface_table, iface_part, "[interface]"),
+                                     (PEER_KEYS, peer_table, peer_part, "[[peer]]")):
+        for key in keys:
+            if "| `%s` |" % key not in table:
+                missing.append("docs/usage.md %s: %s" % (where, key))
+            if not re.search(r"^#? ?%s = " % re.escape(key), part, re.M):
+                missing.append("examples/phantom.toml %s: %s" % (where, key))
+    assert missing == []
+    # "auto" endpoints are explained in both
+    assert '"auto"' in iface_table and 'endpoints = "auto"' in example
