@@ -818,6 +818,9 @@ def main(argv=None) -> int:
         print("phantomd: config error: %s" % exc, file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(settings.log_level)
+    from .control.config import config_warnings
+    for warning in config_warnings(settings):
+        log.warning("config: %s", warning)
     try:
         if settings.private_key_explicit:
             key = load_private_key(settings.private_key_file)
