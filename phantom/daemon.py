@@ -714,7 +714,9 @@ class Daemon:
         if self.s.metrics_listen:
             from .control.opsapi import create_metrics_app
             host, port = self.s.metrics_listen
-            self._metrics_runner = await start_api(create_metrics_app(self), host, port)
+            self._metrics_runner = await start_api(
+                create_metrics_app(self), host, port, what="metrics",
+                hint="stop it, or choose another address with metrics_listen or --metrics-listen")
         self.build()
         if self.s.uapi:                  # /var/run/wireguard/<device>.sock, made while still root
             from .control.wireguard.uapi import DaemonBackend, UapiServer
