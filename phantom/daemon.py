@@ -59,6 +59,11 @@ class Daemon:
     """Owns the engine, the data path and the API; carries out the engine's actions."""
 
     nat = None    # control.traversal.Traversal when NAT traversal is configured (build())
+    # Health, for /status, /metrics and the exit status (serve(), main()):
+    ready = False                  # set up and serving: the API answers, the device is up
+    failure: Optional[str] = None  # why the data plane stopped (a fast-path worker died)
+    exit_code = 0                  # main()'s status once serve() returns
+    notifier = None                # phantom.sdnotify.Notifier under systemd (main())
 
     def __init__(self, settings: Settings, private_key: bytearray):
         self.s = settings
@@ -640,6 +645,9 @@ class Daemon:
             "test_port": self.s.test_port if self.s.mode is Mode.TEST else None,
             "uid": os.getuid(),
             "uptime": round(time.time() - self.started, 3),
+            "ready": self.ready and self.failure is None,
+            "healthy": self.failure is None,
+            "failure": self.failure,
             "peers": self.peers(),
             "drops": self.dp.global_drops(),
             "handshake_drops": dict(self.engine.drops),
@@ -701,6 +709,20 @@ class Daemon:
         return _metrics.render(self._metrics)
 
     # ------------------------------------------------------------------ run
+    def data_path_failed(self, reason: str) -> None:
+        """The data path stopped moving packets for good (DataPathEvents):
+        report unhealthy and stop, exiting with status 1 so that a supervisor
+        (systemd's Restart=on-failure) starts a fresh daemon."""
+        if self.failure is not None:
+            return
+        self.failure = reason
+        self.exit_code = EXIT_RUNTIME
+        log.critical("the data plane stopped: %s; phantomd exits with status %d so that it can be "
+                     "restarted", reason, EXIT_RUNTIME)
+        if self.notifier is not None:
+            self.notifier.send("STATUS=data plane stopped: %s" % reason)
+        self._stop.set()
+
     async def serve(self) -> None:
         from .control.api import create_app, load_or_create_token, start_api
         from .privileges import switch_user
@@ -863,7 +885,9 @@ def main(argv=None) -> int:
     except OSError as exc:
         print("phantomd: %s" % exc, file=sys.stderr)
         return EXIT_RUNTIME
-    return 0
+    if daemon.failure is not None:
+        print("phantomd: the data plane stopped: %s" % daemon.failure, file=sys.stderr)
+    return daemon.exit_code
 
 
 if __name__ == "__main__":
