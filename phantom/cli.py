@@ -10,6 +10,7 @@ Talking to a running phantomd over its HTTP API::
     phantom open TARGET [--public-key K] [--name N] [--allowed-ips CIDR,...]
     phantom close PEER
     phantom status | peers
+    phantom wait-ready [--timeout S]  exit 0 once the daemon answers and its device is up
     phantom firewall show | firewall set FILE
 
 Elsewhere::
@@ -365,6 +366,53 @@ def cmd_reload(args) -> int:
     return 0
 
 
+WAIT_INTERVAL = 0.1
+
+
+def _not_ready(st) -> str | None:
+    """Why a /status answer is not "ready" yet (None: it is)."""
+    if not isinstance(st, dict):
+        return "its status is not an object"
+    if not st.get("ready", True):        # (a daemon without "ready" is ready once it answers)
+        return "it is still setting up"
+    if st.get("device") and st.get("device_up") is False:
+        return "its device %s is not up" % st["device"]
+    return None
+
+
+def cmd_wait_ready(args) -> int:
+    """Poll GET /status until the daemon answers, is set up and its device is
+    up: then exit 0.  An unhealthy daemon, or --timeout, is an error."""
+    import time
+    deadline = time.monotonic() + args.timeout
+    client = ApiClient(args.api, args.socket, args.token_file, timeout=max(0.2, min(2.0, args.timeout)))
+    why = "no answer yet"
+    while True:
+        try:
+            st = client.request("GET", "/status")
+        except CliError as exc:
+            why = str(exc)
+        else:
+            if isinstance(st, dict) and st.get("healthy") is False:
+                raise CliError("phantomd at %s is not healthy: %s" % (client.where(),
+                                                                       st.get("failure") or "?"))
+            why = _not_ready(st)
+            if why is None:
+                if args.json:
+                    print(json.dumps(st, indent=2))
+                else:
+                    where = ("%s device %s up" % (st.get("mode"), st["device"]) if st.get("device")
+                             else "test port %s" % st.get("test_port"))
+                    print("phantomd at %s is ready: %s, udp port %s" % (client.where(), where,
+                                                                        st.get("listen_port")))
+                return 0
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise CliError("phantomd at %s is not ready after %g s: %s" % (client.where(), args.timeout,
+                                                                            why))
+        time.sleep(min(WAIT_INTERVAL, left))
+
+
 # --- dispatch ---------------------------------------------------------------------------------
 def _api_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
@@ -417,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("file", help="rules file (.json or .toml; '-' reads JSON from stdin)")
     f.set_defaults(func=cmd_firewall)
 
+    sub.add_parser("wait-ready", parents=[common],
+                   help="wait until phantomd answers and its device is up (--timeout S, default "
+                   "%g); exit 1 if it does not" % DEFAULT_TIMEOUT).set_defaults(func=cmd_wait_ready)
     sub.add_parser("reload", parents=[common],
                    help="re-read phantomd's config file: peers and firewall change in place"
                    ).set_defaults(func=cmd_reload)

@@ -641,6 +641,7 @@ class Daemon:
             "mode": self.s.mode.value,
             "data_path": "fast" if self.s.fast else "reference",
             "device": self.device.name if self.device else None,
+            "device_up": self._device_up(),
             "listen_port": self.udp.getsockname()[1],
             "test_port": self.s.test_port if self.s.mode is Mode.TEST else None,
             "uid": os.getuid(),
@@ -654,6 +655,13 @@ class Daemon:
             "directory": self.s.directory,
             "nat": self._nat_status(),
         }
+
+    def _device_up(self) -> Optional[bool]:
+        """Whether our TUN/TAP link is up (None without a device, or when it is gone)."""
+        if self.device is None:
+            return None
+        from .dataplane.tun import link_is_up
+        return link_is_up(self.device.name)
 
     def _nat_status(self):
         if self.nat is None:
@@ -766,7 +774,21 @@ class Daemon:
                  __version__, self.s.mode.value, "fast" if self.s.fast else "reference",
                  self.udp.getsockname()[1], self.s.http_listen, self.s.http_port)
         ticker = loop.create_task(self._ticker())
+        # Ready: the API answers, the device is up with its addresses and
+        # routes, the data path runs (`phantom wait-ready`, sd_notify).
+        self.ready = self.failure is None
+        if self.ready:
+            where = ("%s device %s" % (self.s.mode.value, self.device.name) if self.device
+                     else "test port %d" % self.s.test_port)
+            log.info("ready: %s, udp port %d", where, self.udp.getsockname()[1])
+            if self.notifier is not None:
+                self.notifier.send("READY=1", "STATUS=ready: %s, udp port %d, %d peer%s" % (
+                    where, self.udp.getsockname()[1], len(self.engine.peers),
+                    "" if len(self.engine.peers) == 1 else "s"))
         await self._stop.wait()
+        self.ready = False
+        if self.notifier is not None:
+            self.notifier.send("STOPPING=1")
         log.info("shutting down")
         ticker.cancel()
         for task in list(self._dir_tasks):
@@ -869,6 +891,8 @@ def main(argv=None) -> int:
     except PrivilegeError as exc:
         print("phantomd: %s" % exc, file=sys.stderr)
         return EXIT_CONFIG
+    from . import sdnotify
+    daemon.notifier = sdnotify.from_environment()   # $NOTIFY_SOCKET, connected while still root
     try:
         daemon.open_privileged()
         if daemon.drop_to is not None:

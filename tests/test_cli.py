@@ -254,3 +254,12 @@ def test_api_options_before_verify_go_to_verify(server, capsys):
     rc = cli.main(["--json", "demo", "--help"])
     _, err = capsys.readouterr()
     assert rc == 1 and "`phantom demo` does not talk to phantomd: --json" in err
+
+
+def test_readme_quick_start_waits_before_it_pings():
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## Quick start across two namespaces", 1)[1].split("```sh", 1)[1].split("```")[0]
+    lines = [line.split("#")[0].strip() for line in block.splitlines()]
+    ping = next(i for i, line in enumerate(lines) if " ping " in line)
+    waits = [i for i, line in enumerate(lines) if "phantom wait-ready" in line]
+    assert len(waits) == 2 and all(i < ping for i in waits), block

@@ -10,6 +10,7 @@ nothing in phantom/ is replaced."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 
@@ -124,3 +125,26 @@ def test_a_daemon_whose_worker_died_exits_with_status_1(two_hosts, daemon_factor
     # once unhealthy, never healthy again before the exit
     if False in seen:
         assert True not in seen[seen.index(False):]
+
+
+def test_sd_notify_reaches_a_path_or_an_abstract_socket(tmp_path):
+    from phantom import sdnotify
+    assert sdnotify.from_environment({}) is None
+    env = {"NOTIFY_SOCKET": "relative/path"}
+    assert sdnotify.from_environment(env) is None and "NOTIFY_SOCKET" not in env
+    for address, text in ((str(tmp_path / "n.sock"), str(tmp_path / "n.sock")),
+                          ("\0phantom-test-%d" % os.getpid(), "@phantom-test-%d" % os.getpid())):
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        listener.bind(address)
+        listener.settimeout(5)
+        try:
+            env = {"NOTIFY_SOCKET": text}
+            n = sdnotify.from_environment(env)
+            assert n is not None and "NOTIFY_SOCKET" not in env   # no helper notifies in our name
+            assert n.send("READY=1", "STATUS=ready") is True
+            assert listener.recv(100) == b"READY=1\nSTATUS=ready"
+            n.close()
+        finally:
+            listener.close()
+    # nobody listening: no notifier, and no error
+    assert sdnotify.from_environment({"NOTIFY_SOCKET": str(tmp_path / "none.sock")}) is None

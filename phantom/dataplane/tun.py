@@ -7,12 +7,15 @@ drops privileges; after that only the open file descriptor is used.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import logging
 import os
+import socket
+import struct
 import subprocess
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
 import pytun
 
@@ -59,6 +62,21 @@ def open_device(mode: Mode, name: str, mtu: int, extra_flags: int = 0) -> Device
         raise DeviceError("cannot configure %s: %s" % (name, exc)) from exc
     log.info("opened %s device %s (mtu %d)", mode.value, dev.name, mtu)
     return Device(dev.name, fd, mode, dev)
+
+
+_SIOCGIFFLAGS = 0x8913
+_IFF_UP = 0x1
+
+
+def link_is_up(name: str) -> Optional[bool]:
+    """Whether the link ``name`` is administratively up (IFF_UP), asked of the
+    kernel (SIOCGIFFLAGS needs no privilege); None when there is no such link."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            ifr = fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, struct.pack("16sH14x", name.encode()[:15], 0))
+    except OSError:
+        return None
+    return bool(struct.unpack_from("16sH", ifr)[1] & _IFF_UP)
 
 
 def _ip(*args: str) -> None:
