@@ -132,3 +132,24 @@ def test_phantomd_tells_systemd_when_it_is_ready(two_hosts, daemon_factory, tmp_
         assert d.returncode == 0
     finally:
         listener.close()
+
+
+def test_a_second_daemon_names_the_port_in_use(two_hosts, daemon_factory, tmp_path):
+    """A second phantomd in the same namespace used to exit with "[Errno 98]
+    Address already in use": it now says which port."""
+    a, b = two_hosts.a, two_hosts.b
+    na, nb = make_node(tmp_path, "alice", 1, a), make_node(tmp_path, "bob", 2, b)
+    write_config(na, mode="test", peers=[peer_entry(nb, mode="test")])
+    daemon_factory(a, ["--config", str(na.config)], name="first")
+    cases = [([], "phantomd: udp port 9000 is in use (another phantomd, or another program, has it)"),
+             (["-t", "8100"], "phantomd: udp port 9000 is in use"),
+             (["-u", "9001", "-t", "8100"],
+              "phantomd: API port 4567 on 127.0.0.1 is in use (another phantomd, or another program, "
+              "has it): stop it, or choose another port with http_port or --http-port"),
+             (["-u", "9001"], "phantomd: test port 8000 on 127.0.0.1 is in use")]
+    for i, (flags, message) in enumerate(cases):
+        d = daemon_factory(a, ["--config", str(na.config), *flags], name="second%d" % i, wait=False)
+        assert d.proc.wait(timeout=30) == 1, d.log_tail()
+        log = d.log_path.read_text()
+        assert message in log, log
+        assert "Errno" not in log
