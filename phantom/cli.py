@@ -284,8 +284,75 @@ def cmd_close(args) -> int:
     return 0
 
 
+# What each drop reason means, for `phantom status` (docs/usage.md lists them too).
+# Data-path drops (phantom.dataplane.types.Drop, lower case):
+DROP_REASONS = {
+    "malformed": "datagrams with bad framing, an unknown type or bad reserved bytes",
+    "truncated": "datagrams shorter than their type needs",
+    "oversized": "packets larger than the tunnel MTU or the largest datagram",
+    "unknown_index": "transport packets for a session we do not have (expired, or not ours)",
+    "replay": "packets whose counter was already seen or is behind the replay window",
+    "auth_failed": "packets whose authentication tag did not verify (forged or corrupted)",
+    "key_expired": "packets on a session past its lifetime",
+    "no_route": "outgoing packets to an address in no peer's allowed IPs: nowhere to send them "
+                "(the host sent them into the device; ICMP unreachable answers them)",
+    "src_not_allowed": "decrypted packets whose inner source is outside the sending peer's allowed IPs",
+    "firewall": "packets the firewall dropped or rejected (`phantom firewall show`)",
+    "no_endpoint": "packets for a peer whose address is not known (yet)",
+    "staged_overflow": "packets over the queue limit while a handshake was under way",
+    "bad_inner": "decrypted payloads that are not a valid packet for the mode",
+    "send_failed": "sends the kernel refused",
+    "control_overflow": "handshake messages that found the control plane's queue full",
+}
+# Control-plane drops (GET /status "handshake_drops"):
+HANDSHAKE_DROP_REASONS = {
+    "malformed": "handshake messages of the wrong size or shape",
+    "bad_mac1": "handshake messages without a valid mac1 (the sender does not know our public key)",
+    "cookie_sent": "initiations answered with a cookie reply instead (we were under load)",
+    "rate_limited": "initiations over a source's rate limit while under load",
+    "bad_handshake": "handshake messages that failed to decrypt or verify",
+    "unknown_key": "initiations from a key that is not one of our peers (never answered)",
+    "wrong_protocol": "handshakes in the other protocol than the peer's (phantom / wireguard)",
+    "replayed_initiation": "initiations whose timestamp is not newer than the last one",
+    "unknown_index": "responses or cookie replies for a handshake we did not start",
+    "bad_cookie_reply": "cookie replies that did not decrypt",
+}
+
+
+def _format_drops(title: str, drops, reasons: dict) -> str:
+    counted = [(k, v) for k, v in (drops or {}).items() if v] if isinstance(drops, dict) else []
+    if not counted:
+        return "%s: none" % title
+    width = max(len(k) for k, _ in counted)
+    num = max(len(str(v)) for _, v in counted)
+    lines = ["%s:" % title]
+    for k, v in sorted(counted):
+        lines.append(("  %-*s  %*s  %s" % (width, k, num, v, reasons.get(k, ""))).rstrip())
+    return "\n".join(lines)
+
+
+def format_status(st) -> str:
+    """`phantom status`: the daemon's fields, then its peers as a table (one
+    line a peer, as `phantom peers`), then the drops that happened, each
+    reason explained."""
+    if not isinstance(st, dict):
+        return format_kv({"status": st})
+    peers = st.get("peers")
+    rest = {k: v for k, v in st.items() if k not in ("drops", "handshake_drops")
+            and not (k == "peers" and isinstance(peers, list))}
+    parts = [format_kv(rest)]
+    if isinstance(peers, list):
+        parts.append("peers (%d):\n%s" % (len(peers), format_table(peers, PEER_COLUMNS)
+                                          if peers else "  none"))
+    if "drops" in st:
+        parts.append(_format_drops("drops", st["drops"], DROP_REASONS))
+    if "handshake_drops" in st:
+        parts.append(_format_drops("handshake drops", st["handshake_drops"], HANDSHAKE_DROP_REASONS))
+    return "\n\n".join(parts)
+
+
 def cmd_status(args) -> int:
-    _emit(args, _client(args).request("GET", "/status"), format_kv)
+    _emit(args, _client(args).request("GET", "/status"), format_status)
     return 0
 
 

@@ -263,3 +263,58 @@ def test_readme_quick_start_waits_before_it_pings():
     ping = next(i for i, line in enumerate(lines) if " ping " in line)
     waits = [i for i, line in enumerate(lines) if "phantom wait-ready" in line]
     assert len(waits) == 2 and all(i < ping for i in waits), block
+
+
+STATUS = {
+    "version": "0.1.0", "public_key": PUB, "mode": "tun", "data_path": "reference",
+    "device": "phantom0", "device_up": True, "listen_port": 9000, "test_port": None, "uid": 65534,
+    "uptime": 12.5, "ready": True, "healthy": True, "failure": None,
+    "peers": [
+        {"name": "bob", "public_key": "B6N8vBQgk8i3VdwbEOhstCY3StFqqFPtC9/AsrhtHHw=",
+         "protocol": "phantom", "endpoint": "10.201.0.2:9000", "allowed_ips": ["10.99.0.2/32"],
+         "state": "established", "latest_handshake": 1.2, "rx_bytes": 580, "tx_bytes": 676,
+         "drops": {}, "path": "direct"},
+        {"name": "carol", "public_key": PUB, "protocol": "phantom", "endpoint": None,
+         "allowed_ips": ["10.99.0.3/32", "fd99::3/128"], "state": "idle", "latest_handshake": None,
+         "rx_bytes": 0, "tx_bytes": 0, "drops": {"no_endpoint": 1}, "path": "none"},
+    ],
+    "drops": {"malformed": 0, "no_route": 2, "no_endpoint": 1, "replay": 0},
+    "handshake_drops": {"unknown_key": 3},
+    "directory": None, "nat": None,
+}
+
+
+def test_status_prints_peers_as_a_table_and_explains_drops(server, capsys):
+    import copy
+    shown = copy.deepcopy(STATUS)
+    server.controller.status = lambda: shown
+    rc, out, err = phantom(server, capsys, "status")
+    assert rc == 0, err
+    lines = out.splitlines()
+    # one line a peer, under the `phantom peers` header; no comma-joined blob of dicts
+    head = lines.index("peers (2):")
+    assert lines[head + 1].split()[:4] == ["NAME", "PATH", "ENDPOINT", "ALLOWED"]
+    assert lines[head + 2].split()[:3] == ["bob", "direct", "10.201.0.2:9000"]
+    assert lines[head + 3].split()[:4] == ["carol", "none", "-", "10.99.0.3/32,fd99::3/128"]
+    assert "name=bob" not in out and "public_key=" not in out
+    # the drops that happened, each with what it means; zero counts left out
+    drops = lines.index("drops:")
+    assert lines[drops + 1].split()[:2] == ["no_endpoint", "1"]
+    assert lines[drops + 2].split()[:2] == ["no_route", "2"]
+    assert "in no peer's allowed IPs" in lines[drops + 2]
+    assert "malformed" not in out.split("drops:")[1].split("handshake drops")[0]
+    assert "unknown_key  3  initiations from a key that is not one of our peers" in out
+    assert "device_up:" in out and "healthy:" in out
+    shown.update(drops={"no_route": 0}, handshake_drops={}, peers=[])
+    rc, out, _ = phantom(server, capsys, "status")
+    assert "drops: none" in out and "handshake drops: none" in out and "peers (0):\n  none" in out
+
+
+def test_every_drop_reason_is_explained():
+    """A reason `phantom status` cannot explain is what left users guessing."""
+    import re
+    from phantom.dataplane.types import Drop
+    assert {d.name.lower() for d in Drop} <= set(cli.DROP_REASONS)
+    engine = (REPO / "phantom" / "control" / "engine.py").read_text()
+    counted = set(re.findall(r'self\.drops\["(\w+)"\]', engine))
+    assert counted and counted <= set(cli.HANDSHAKE_DROP_REASONS), counted - set(cli.HANDSHAKE_DROP_REASONS)

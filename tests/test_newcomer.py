@@ -71,6 +71,17 @@ def test_wait_ready_then_the_first_ping_goes_through(two_hosts, daemon_factory, 
     assert ping.returncode == 0, ping.stdout + ping.stderr
     st = na.status()
     assert st["mode"] == "tun" and st["ready"] is True and st["device_up"] is True
+    # `phantom status`: the peers as a table, one line a peer; the drops explained
+    a.run(["ping", "-c", "1", "-W", "1", "10.99.0.77"], check=False, timeout=15)   # nobody's address
+    cp = phantom_cli(a, "status")
+    assert cp.returncode == 0, cp.stderr
+    lines = cp.stdout.splitlines()
+    head = lines.index("peers (1):")
+    assert lines[head + 1].split()[:3] == ["NAME", "PATH", "ENDPOINT"]
+    assert lines[head + 2].split()[:3] == ["bob", "direct", "%s:9000" % b.ip]
+    no_route = [line for line in lines if line.split()[:1] == ["no_route"]]
+    assert len(no_route) == 1 and no_route[0].split()[1] == "1", cp.stdout
+    assert "in no peer's allowed IPs" in no_route[0]
 
 
 def test_wait_ready_gives_up_naming_why(two_hosts, tmp_path):
@@ -153,3 +164,24 @@ def test_a_second_daemon_names_the_port_in_use(two_hosts, daemon_factory, tmp_pa
         log = d.log_path.read_text()
         assert message in log, log
         assert "Errno" not in log
+
+
+@pytest.mark.parametrize("datapath", ["reference", "fast"])
+def test_an_idle_tunnel_counts_no_drops(two_hosts, daemon_factory, tmp_path, datapath):
+    """An idle tunnel showed `drops.no_route: 2`: the kernel's IPv6 router
+    solicitations to ff02::2 from the TUN device's link-local address (one at
+    once, then after about 4 s, and on with back-off).  The device now gets no
+    link-local address, so the kernel sends nothing of its own into it."""
+    a, b = two_hosts.a, two_hosts.b
+    na, nb = make_node(tmp_path, "alice", 1, a), make_node(tmp_path, "bob", 2, b)
+    write_config(na, mode="tun", peers=[peer_entry(nb, mode="tun")])
+    d = daemon_factory(a, ["--config", str(na.config)] + (["--fast"] if datapath == "fast" else []),
+                       name="alice", token_file=na.state_dir / "token")
+    time.sleep(6.0)                   # past the kernel's first two solicitations
+    st = d.api("GET", "/status").body
+    assert {k: v for k, v in st["drops"].items() if v} == {}
+    assert not [x for x in a.ns.addresses("phtun0") if x.startswith("fe80:")]
+    # the configured addresses are there, IPv6 too, and nothing left through the device
+    assert "%s/24" % na.tun4 in a.ns.addresses("phtun0") and "%s/64" % na.tun6 in a.ns.addresses("phtun0")
+    stats = json.loads(a.ns.ip("-s", "-j", "link", "show", "phtun0").stdout)[0]["stats64"]
+    assert stats["tx"]["packets"] == 0, stats
