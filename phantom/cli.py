@@ -77,7 +77,11 @@ class ApiClient:
         self.api = api or DEFAULT_API
         self.socket_path = socket_path
         self.timeout = timeout
+        self.token_given = bool(token_file)
+        # The token file: --token-file, else (for changes) the one the daemon's
+        # runtime record names (phantom/runtime.py), else <default state dir>/token.
         self.token_file = Path(token_file) if token_file else _default_state_dir() / "token"
+        self._record = False         # not looked up yet
         if not socket_path:
             u = urllib.parse.urlsplit(self.api)
             if u.scheme != "http" or not u.hostname:
@@ -90,15 +94,39 @@ class ApiClient:
     def where(self) -> str:
         return "unix socket %s" % self.socket_path if self.socket_path else self.api
 
+    def record(self) -> dict | None:
+        """The runtime record of the daemon at our address (None if it wrote none)."""
+        if self._record is False:
+            from phantom import runtime
+            if self.socket_path:
+                self._record = runtime.find_record(socket_path=self.socket_path)
+            else:
+                self._record = runtime.find_record(self._host, self._port)
+        return self._record
+
     def _token(self, required: bool) -> str | None:
+        path, rec = self.token_file, None
+        if required and not self.token_given:
+            rec = self.record()
+            if rec is not None and isinstance(rec.get("token_file"), str):
+                path = Path(rec["token_file"])
         try:
-            return self.token_file.read_text().strip()
+            return path.read_text().strip()
         except OSError as exc:
             if not required:
                 return None
             reason = exc.strerror or str(exc)
-            raise CliError("cannot read the API token from %s (%s); run as the daemon's user or "
-                           "root, or pass --token-file" % (self.token_file, reason)) from None
+            if self.token_given:
+                hint = ("pass the daemon's own token file: <state_dir>/token, with the state_dir "
+                        "of its config")
+            elif rec is not None:
+                hint = ("it is the token file of the phantomd at %s (pid %s), mode 0600: run as "
+                        "root or as the daemon's user" % (self.where(), rec.get("pid")))
+            else:
+                hint = ("the phantomd at %s did not record where its token is (a daemon started "
+                        "as root does); pass --token-file <state_dir>/token, with the state_dir of "
+                        "its config (default %s)" % (self.where(), _default_state_dir()))
+            raise CliError("cannot read the API token from %s (%s): %s" % (path, reason, hint)) from None
 
     def _connection(self) -> http.client.HTTPConnection:
         if self.socket_path:

@@ -717,6 +717,28 @@ class Daemon:
         return _metrics.render(self._metrics)
 
     # ------------------------------------------------------------------ run
+    def _write_runtime_record(self) -> None:
+        """Tell the `phantom` client where this daemon's API and token are
+        (phantom/runtime.py): no --token-file needed with a custom state_dir."""
+        from . import runtime
+        s = self.s
+        path = runtime.write_record({
+            "http_listen": s.http_listen if s.http_port else None,
+            "http_port": s.http_port,
+            "http_socket": os.path.abspath(s.http_socket) if s.http_socket else None,
+            "state_dir": os.path.abspath(s.state_dir),
+            "token_file": os.path.abspath(s.token_file),
+            "config": os.path.abspath(s.config_path) if s.config_path else None,
+            "mode": s.mode.value,
+            "device": self.device.name if self.device else None,
+            "listen_port": self.udp.getsockname()[1],
+        })
+        if path is not None:
+            log.debug("runtime record %s", path)
+        elif os.geteuid() == 0:
+            log.info("no runtime record written (%s is not writable): `phantom` needs "
+                     "--token-file %s for changes", runtime.runtime_dir(), s.token_file)
+
     def data_path_failed(self, reason: str) -> None:
         """The data path stopped moving packets for good (DataPathEvents):
         report unhealthy and stop, exiting with status 1 so that a supervisor
@@ -757,6 +779,7 @@ class Daemon:
                 raise ConfigError("interface.uapi", "cannot serve %s: %s"
                                   % (self._uapi.path, exc.strerror or exc)) from None
         _preload(dht=self.s.directory == "dht")
+        self._write_runtime_record()     # while still root: /run/phantom is root's
         if self.drop_to is not None:     # main() locked down before the loop existed
             switch_user(self.drop_to)    # every thread; verified task by task
         self.uid = os.getuid()

@@ -185,3 +185,27 @@ def test_an_idle_tunnel_counts_no_drops(two_hosts, daemon_factory, tmp_path, dat
     assert "%s/24" % na.tun4 in a.ns.addresses("phtun0") and "%s/64" % na.tun6 in a.ns.addresses("phtun0")
     stats = json.loads(a.ns.ip("-s", "-j", "link", "show", "phtun0").stdout)[0]["stats64"]
     assert stats["tx"]["packets"] == 0, stats
+
+
+def test_the_cli_finds_the_token_of_a_daemon_with_its_own_state_dir(two_hosts, daemon_factory, tmp_path):
+    """With state_dir set in the config the CLI looked for the token in
+    /var/lib/phantom.  Each daemon (both on 127.0.0.1:4567, in their own
+    namespaces) records where its token is; `phantom firewall set` and
+    `phantom close` need no --token-file, over TCP and over the Unix socket."""
+    a, b = two_hosts.a, two_hosts.b
+    na, nb = make_node(tmp_path, "alice", 1, a), make_node(tmp_path, "bob", 2, b)
+    sock = tmp_path / "bob-api.sock"
+    write_config(na, mode="test", peers=[peer_entry(nb, mode="test")])
+    write_config(nb, mode="test", peers=[peer_entry(na, mode="test")], extra={"http_socket": str(sock)})
+    for n in (na, nb):
+        n.daemon = daemon_factory(n.host, ["--config", str(n.config)], name=n.name,
+                                  token_file=n.state_dir / "token")
+        assert n.state_dir != Path("/var/lib/phantom")
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"rules": [{"direction": "in", "action": "drop", "proto": "udp", "dst_port": 7}]}))
+    for n, where in ((na, []), (nb, []), (nb, ["--socket", str(sock)])):
+        cp = phantom_cli(n.host, *where, "firewall", "set", str(rules))
+        assert cp.returncode == 0, cp.stderr
+        assert n.daemon.api("GET", "/firewall").body["rules"][0]["dst_port"] == 7
+        cp = phantom_cli(n.host, *where, "close", "nobody")
+        assert cp.returncode == 1 and cp.stderr.startswith("error: no peer 'nobody'"), cp.stderr
