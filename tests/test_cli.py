@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -318,3 +319,24 @@ def test_every_drop_reason_is_explained():
     engine = (REPO / "phantom" / "control" / "engine.py").read_text()
     counted = set(re.findall(r'self\.drops\["(\w+)"\]', engine))
     assert counted and counted <= set(cli.HANDSHAKE_DROP_REASONS), counted - set(cli.HANDSHAKE_DROP_REASONS)
+
+
+def test_wait_ready_waits_for_ready_and_the_device_and_stops_at_unhealthy(server, capsys):
+    shown = {"ready": False, "healthy": True, "device": "phantom0", "device_up": False,
+             "mode": "tun", "listen_port": 9000}
+    server.controller.status = lambda: dict(shown)
+    rc, _, err = phantom(server, capsys, "wait-ready", "--timeout", "0.3")
+    assert rc == 1 and err.startswith("error: phantomd at %s is not ready after 0.3 s: it is still "
+                                      "setting up" % server.url), err
+    shown["ready"] = True
+    rc, _, err = phantom(server, capsys, "wait-ready", "--timeout", "0.3")
+    assert rc == 1 and err.rstrip().endswith("its device phantom0 is not up"), err
+    shown["device_up"] = True
+    rc, out, err = phantom(server, capsys, "wait-ready", "--timeout", "0.3")
+    assert rc == 0 and out == "phantomd at %s is ready: tun device phantom0 up, udp port 9000\n" % server.url
+    shown.update(healthy=False, failure="fast path worker phantom-fastpath-0 died: ...")
+    t0 = time.monotonic()
+    rc, _, err = phantom(server, capsys, "wait-ready", "--timeout", "30")
+    assert rc == 1 and time.monotonic() - t0 < 10         # at once, not after the timeout
+    assert err == "error: phantomd at %s is not healthy: fast path worker phantom-fastpath-0 " \
+                  "died: ...\n" % server.url
