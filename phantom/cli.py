@@ -123,9 +123,9 @@ class ApiClient:
                 hint = ("it is the token file of the phantomd at %s (pid %s), mode 0600: run as "
                         "root or as the daemon's user" % (self.where(), rec.get("pid")))
             else:
-                hint = ("the phantomd at %s did not record where its token is (a daemon started "
-                        "as root does); pass --token-file <state_dir>/token, with the state_dir of "
-                        "its config (default %s)" % (self.where(), _default_state_dir()))
+                hint = ("no phantomd running at %s recorded where its token is (one started as "
+                        "root does); pass --token-file <state_dir>/token, with the state_dir of its "
+                        "config (default %s)" % (self.where(), _default_state_dir()))
             raise CliError("cannot read the API token from %s (%s): %s" % (path, reason, hint)) from None
 
     def _connection(self) -> http.client.HTTPConnection:

@@ -101,7 +101,7 @@ def test_the_token_hint_names_the_right_way(tmp_path, monkeypatch, capsys):
         rc = cli.main(["--api", srv.url, "close", "x"])
         err = capsys.readouterr().err
         assert rc == 1 and "run as the daemon's user or root" not in err
-        assert "did not record where its token is" in err and "pass --token-file <state_dir>/token" in err
+        assert "recorded where its token is" in err and "pass --token-file <state_dir>/token" in err
         # a record for this address (this process stands in for the daemon)
         env = {"PHANTOM_RUNTIME_DIR": str(tmp_path / "run")}
         (tmp_path / "run").mkdir(mode=0o755)
