@@ -134,7 +134,7 @@ def test_collector_without_a_built_data_path():
     d, _ = stub_daemon()
     d.dp = None
     names = [m.name for m in DaemonCollector(d).collect()]
-    assert names == ["phantom_info", "phantom_uptime_seconds"]
+    assert names == ["phantom_info", "phantom_uptime_seconds", "phantom_healthy"]
 
 
 def test_directory_drops_are_exported():

@@ -19,6 +19,7 @@ Metric families (see docs/operations.md for the full table):
 =========================================== ======= =================================
 phantom_info{version,mode,data_path}        gauge   1
 phantom_uptime_seconds                      gauge
+phantom_healthy                             gauge   1, or 0 once the data plane stopped
 phantom_peers                               gauge   number of peers
 phantom_peer_rx_bytes_total{peer}           counter decrypted bytes in (tx: sent)
 phantom_peer_rx_packets_total{peer}         counter (and tx_packets)
@@ -99,6 +100,9 @@ class DaemonCollector(Collector):
         yield info
         yield GaugeMetricFamily("phantom_uptime_seconds", "Seconds since phantomd started",
                                 value=max(0.0, time.time() - d.started))
+        yield GaugeMetricFamily("phantom_healthy", "1 while the data plane moves packets; 0 once "
+                                "it stopped (a fast-path worker died: phantomd then exits with "
+                                "status 1)", value=0 if getattr(d, "failure", None) else 1)
         if d.dp is None or d.engine is None:
             return
         yield from self._peers(d)

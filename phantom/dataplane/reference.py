@@ -336,6 +336,11 @@ class ReferenceDataPath:
         return PeerCounters(c.rx_bytes, c.tx_bytes, c.rx_packets, c.tx_packets, c.last_rx, c.last_tx,
                             c.last_data_rx, c.last_data_tx, c.send_counter, dict(c.drops))
 
+    def failure(self) -> Optional[str]:
+        """None: this data path runs on the event loop itself, with no worker
+        that could die while the daemon goes on (see FastDataPath.failure)."""
+        return None
+
     def global_drops(self) -> dict:
         return dict(self._drops)
 

@@ -124,6 +124,10 @@ class DataPathEvents(Protocol):
         """The first authenticated packet arrived on a keypair installed as
         "next": it is now current."""
 
+    def data_path_failed(self, reason: str) -> None:
+        """The data path stopped moving packets for good (a fast-path worker
+        died); ``reason`` says why.  Optional: called only when defined."""
+
 
 class DataPath(Protocol):
     """What the control plane may ask of a data path."""
@@ -161,4 +165,6 @@ class DataPath(Protocol):
     # observability
     def counters(self, peer_id: int) -> PeerCounters: ...
     def global_drops(self) -> dict: ...
+    def failure(self) -> Optional[str]:
+        """None while packets move; why not, once the data path failed."""
     def set_firewall(self, tables) -> None: ...
