@@ -67,21 +67,29 @@ def test_registration_where_is_and_punch_between_engines():
         t.handle_datagram(ack.data, ("10.212.0.1", 9000))
         assert list(t.client.reflexive.values()) == [pub]
     (ask,) = sends(ta.handshake_needed(ids["a_b"]))
-    answer, punch = sends(tr.handle_datagram(ask.data, ("10.212.0.11", 9000)))
+    served = tr.handle_datagram(ask.data, ("10.212.0.11", 9000))
+    answer, punch = sends(served)
     assert answer.addr == ("10.212.0.11", 9000) and punch.addr == ("10.212.0.12", 9000)
+    # the relay forwards the pair both ways (each accepts the other) under
+    # one random relay id, installed before the answers that name it
+    pairs = [a for a in served if isinstance(a, A.SetRelayPair)]
+    (rid,) = {p.relay_id for p in pairs}
+    assert rid not in (0, ids["r_a"], ids["r_b"])
+    assert set(pairs) == {A.SetRelayPair(ids["r_a"], rid, ids["r_b"]), A.SetRelayPair(ids["r_b"], rid, ids["r_a"])}
+    assert served.index(pairs[-1]) < served.index(answer)
     out_a = ta.handle_datagram(answer.data, ("10.212.0.1", 9000))
     out_b = tb.handle_datagram(punch.data, ("10.212.0.1", 9000))
     # both sides initiate to every candidate at once
     assert {s.addr for s in sends(out_a)} == {("10.212.0.12", 9000), ("10.211.2.2", 9000)}
     assert {s.addr for s in sends(out_b)} == {("10.212.0.11", 9000), ("10.211.1.2", 9000)}
-    assert [a for a in out_a if isinstance(a, A.SetRelayRoute)] == \
-        [A.SetRelayRoute(ids["a_b"], ids["a_r"], ids["r_b"])]
+    assert [a for a in out_a if isinstance(a, A.SetRelayRoute)] == [A.SetRelayRoute(ids["a_b"], ids["a_r"], rid)]
+    assert [a for a in out_b if isinstance(a, A.SetRelayRoute)] == [A.SetRelayRoute(ids["b_a"], ids["b_r"], rid)]
     # no direct path within relay_after: the relay is tried, last
     clock.t += 3.5
     out = ta.tick()
     targets = [s.addr for s in sends(out) if s.data[0] == wire.MessageType.INITIATION]
-    assert targets[-1] == RelayVia(ids["a_r"], ids["r_b"])
-    ta.endpoint_set(ids["a_b"], RelayVia(ids["a_r"], ids["r_b"]))
+    assert targets[-1] == RelayVia(ids["a_r"], rid)
+    ta.endpoint_set(ids["a_b"], RelayVia(ids["a_r"], rid))
     assert ta.describe(ids["a_b"])["path"] == "relayed via rv"
 
 
