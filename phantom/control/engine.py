@@ -339,9 +339,11 @@ class Engine:
             return []
         if peer.pending is not None or peer.retry_at is not None:
             # an episode is under way: the new candidates get an initiation
-            # now (both sides send at once), the attempt count goes on
+            # now (both sides send at once), within the episode's attempts
             if not request:
                 peer.requested = False
+            if peer.attempts >= peer.max_attempts:
+                return []               # the retransmit rule gives up at its time
             return self._send_initiation(peer)
         if request and not self.wants(peer_id):
             return self._begin_handshake(peer, PUNCH_ATTEMPTS, "punch request", requested=True)
