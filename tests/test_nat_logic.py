@@ -313,3 +313,9 @@ def test_learnt_endpoints_get_bounded_tries_with_backoff():
     assert t4.gate(1, [ep]) == [ep] and t4.gate(1, [ep]) == []
     clock.t += 601
     assert t4.gate(1, [ep]) == [ep]
+
+
+def test_the_documented_reflection_bound():
+    """tests/test_attacks_nat.py and docs/nat.md state 4 local endpoints x 4 tries."""
+    from phantom.control.rendezvous import MAX_LOCAL_ENDPOINTS
+    assert MAX_LOCAL_ENDPOINTS * PathTable(Clock()).probe_tries == 16
