@@ -271,3 +271,23 @@ def test_relay_pairs_follow_acceptance_and_end_with_the_registration():
     assert retire == [A.SetRelayPair(ids["r_b"], rid, None)]
     assert tr.server.registration(ta.engine.public_key) is None
     assert tr.status()["rendezvous"]["relay_pairs"] == 0
+
+
+def test_relay_ids_are_drawn_at_random_and_unique():
+    """Relay ids come from the random source (crypto.random_u32 in a daemon),
+    never from the order of the config; a collision draws again."""
+    clock = Clock()
+    er, ea, eb, ec = engine(clock), engine(clock), engine(clock), engine(clock)
+    draws = iter([0, 77, 77, 1234])
+    tr = Traversal(er, serve=True, relay=True, relay_capable=True, relay_id_source=lambda: next(draws))
+    peers = {}
+    for name, e in (("a", ea), ("b", eb), ("c", ec)):
+        peers[name] = er.add_peer(e.public_key, name)
+        t = Traversal(e, servers=[er.public_key])
+        link(t, e.add_peer(er.public_key, "rv", endpoint=RV).id, tr, peers[name].id, clock)
+        tr.server.handle(e.public_key, ("198.51.100.%d" % peers[name].id, 9000),
+                         wire.Register((), tuple(x.public_key for x in (ea, eb, ec) if x is not e)))
+    assert tr._pair_id(ea.public_key, eb.public_key) == 77
+    assert tr._pair_id(eb.public_key, ea.public_key) == 77          # the same pair
+    assert tr._pair_id(ea.public_key, ec.public_key) == 1234        # 0 and 77 are drawn again
+    assert Traversal(er, serve=True, relay=True)._new_relay_id is crypto.random_u32

@@ -144,7 +144,8 @@ class Traversal:
         self._relay_tried: dict = {}          # peer id -> when we last initiated through it
         # relay role: one random relay id per pair of keys, forwarded only in
         # the directions whose destination accepts the source
-        self._pairs: dict = {}                # frozenset({key, key}) -> _RelayPair
+        self._pairs: dict = {}                # frozenset({key, key}) -> _RelayPair, oldest first
+        self._pairs_of: dict = {}             # key -> {frozenset, ...}: the pairs it is in
         self._pair_ids: set = set()
         self._new_relay_id = relay_id_source
         self._dp_actions: list = []           # SetRelayPair actions not yet returned
@@ -217,16 +218,18 @@ class Traversal:
         pair = self._pairs.get(k)
         if pair is None:
             for key in k:                       # bounded: the oldest pair of a busy key goes
-                mine = [p for kk, p in self._pairs.items() if key in kk]
+                mine = self._pairs_of.get(key, ())
                 if len(mine) >= MAX_PAIRS_PER_KEY:
-                    self._drop_pair(min(mine, key=lambda p: p.made))
+                    self._drop_pair(min((self._pairs[kk] for kk in mine), key=lambda p: p.made))
             if len(self._pairs) >= MAX_PAIRS:
-                self._drop_pair(min(self._pairs.values(), key=lambda p: p.made))
+                self._drop_pair(next(iter(self._pairs.values())))
             rid = 0
             while rid == 0 or rid in self._pair_ids:
                 rid = self._new_relay_id() & 0xFFFFFFFF
             pair = self._pairs[k] = _RelayPair(rid, k, self.clock())
             self._pair_ids.add(rid)
+            for key in k:
+                self._pairs_of.setdefault(key, set()).add(k)
         self._sync_pair(pair)
         return pair.relay_id
 
@@ -253,11 +256,21 @@ class Traversal:
         pair.dirs.clear()
         self._pairs.pop(pair.keys, None)
         self._pair_ids.discard(pair.relay_id)
+        for key in pair.keys:
+            mine = self._pairs_of.get(key)
+            if mine is not None:
+                mine.discard(pair.keys)
+                if not mine:
+                    del self._pairs_of[key]
 
     def _drop_pairs(self, key: Optional[bytes] = None, peer_id: Optional[int] = None) -> None:
-        for pair in list(self._pairs.values()):
-            if (key is not None and key in pair.keys) or \
-                    (peer_id is not None and any(peer_id in d for d in pair.dirs.values())):
+        """The pairs ``key`` is in, or (a removed peer, whose key is gone)
+        those installed with ``peer_id``."""
+        if key is not None:
+            for k in list(self._pairs_of.get(bytes(key), ())):
+                self._drop_pair(self._pairs[k])
+        if peer_id is not None and self._pairs:
+            for pair in [p for p in self._pairs.values() if any(peer_id in d for d in p.dirs.values())]:
                 self._drop_pair(pair)
 
     def _flush(self) -> list:
@@ -312,8 +325,8 @@ class Traversal:
         replies = self.server.handle(peer.public_key, addr, msg)
         if isinstance(msg, wire.Register):
             # what it accepts may have changed: so may the relay directions
-            for pair in [p for p in self._pairs.values() if peer.public_key in p.keys]:
-                self._sync_pair(pair)
+            for k in list(self._pairs_of.get(peer.public_key, ())):
+                self._sync_pair(self._pairs[k])
         out = self._flush()              # relay pairs before the answers that name them
         for dest_key, reply in replies:
             dest = self.engine.peer_by_key(dest_key)
