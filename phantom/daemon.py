@@ -222,11 +222,11 @@ class Daemon:
             elif isinstance(act, A.RetireKeypair):
                 dp.retire_keypair(act.local_index)
                 if self.nat is not None:
-                    self.nat.keypair_retired(act.local_index)
+                    self._do(self.nat.keypair_retired(act.local_index))
             elif isinstance(act, A.ClearKeys):
                 dp.clear_keys(act.peer_id)
                 if self.nat is not None:
-                    self.nat.keys_cleared(act.peer_id)
+                    self._do(self.nat.keys_cleared(act.peer_id))
             elif isinstance(act, A.SetEndpoint):
                 dp.set_endpoint(act.peer_id, act.addr)
                 if self.nat is not None:
@@ -235,6 +235,8 @@ class Daemon:
                 dp.send_keepalive(act.peer_id)
             elif isinstance(act, A.SetRelayRoute):
                 dp.set_relay_route(act.peer_id, act.relay_peer, act.relay_id)
+            elif isinstance(act, A.SetRelayPair):
+                dp.set_relay_pair(act.src_peer, act.relay_id, act.dest_peer)
             elif isinstance(act, A.StateChanged):
                 asyncio.get_running_loop().create_task(self._notify())
             elif isinstance(act, A.UnknownKey):
@@ -352,8 +354,8 @@ class Daemon:
             return
         log.info("peer=%s moved: the directory says %s (was %s)", peer.name, format_endpoint(eps[0]),
                  format_endpoint(peer.endpoint) if peer.endpoint else "-")
-        peer.endpoint = eps[0]
-        self._do([A.SetEndpoint(peer.id, eps[0])])
+        # a handshake that waits for an endpoint goes out now (engine.set_endpoint)
+        self._do(self.engine.set_endpoint(peer.id, eps[0]))
         if peer.state is PeerState.ESTABLISHED:
             self._do([A.SendKeepalive(peer.id)])
 

@@ -416,6 +416,15 @@ class FastDataPath:
         if peer_id in self._peers and relay_peer in self._peers:
             self._engine.set_relay_route(peer_id, relay_peer, relay_id, False)
 
+    def set_relay_pair(self, src_peer: int, relay_id: int, dest_peer) -> None:
+        """On a relay: frames from ``src_peer`` tagged ``relay_id`` go to
+        ``dest_peer`` (None: no longer).  Any other (source, id) is a counted
+        ``relay_unknown_id`` drop."""
+        if dest_peer is None:
+            self._engine.set_relay_pair(src_peer, relay_id, -1)
+        elif src_peer in self._peers and dest_peer in self._peers:
+            self._engine.set_relay_pair(src_peer, relay_id, dest_peer)
+
     def endpoint(self, peer_id: int):
         if peer_id not in self._peers:
             raise KeyError(peer_id)

@@ -74,6 +74,8 @@ class Drop(enum.IntEnum):
     BAD_INNER = 12         # decrypted payload is not a valid packet for the mode
     SEND_FAILED = 13       # the kernel refused a send
     CONTROL_OVERFLOW = 14  # a handshake message found the control plane's queue full
+    RELAY_UNKNOWN_ID = 15  # a relay frame whose relay id names no pair for its sender (relay) or no peer (relayed)
+    RELAY_BUDGET = 16      # a relay frame over its source's per-second budget
 
 
 @dataclass
