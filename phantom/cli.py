@@ -331,6 +331,8 @@ DROP_REASONS = {
     "bad_inner": "decrypted payloads that are not a valid packet for the mode",
     "send_failed": "sends the kernel refused",
     "control_overflow": "handshake messages that found the control plane's queue full",
+    "relay_unknown_id": "relay frames whose (sender, relay id) pair this relay or peer never installed",
+    "relay_budget": "relay frames over the sending peer's relay byte or packet budget",
 }
 # Control-plane drops (GET /status "handshake_drops"):
 HANDSHAKE_DROP_REASONS = {
