@@ -146,6 +146,15 @@ def test_junk_endorsements_cannot_block_a_daemons_admission(lan3, daemon_factory
     assert [p["name"] for p in n2.status()["peers"]] == ["n1"], "n2 admitted n1 through the CA"
     assert a.ping(n2.tun4, timeout=5)
 
+    # by hand, the same: phantom directory publish --endorser names the CA; others get 403
+    carol_file, carol = new_key(tmp_path, "carol")
+    cli(a, "directory", "publish", "--directory", url, "--private-key", str(carol_file),
+        "--name", "carol", "--endpoint", "%s:9100" % a.ip, "--endorser", ca)
+    junk_file, _ = new_key(tmp_path, "junk")
+    refused = cli(b, "directory", "endorse", "--directory", url, "--private-key", str(junk_file),
+                  "--public-key", carol, "--name", "carol", "--ttl", "3600", check=False)
+    assert refused.returncode == 1 and "403" in refused.stderr, refused.stderr
+
 
 def test_one_source_cannot_grow_the_directory_past_its_quota(lan3, daemon_factory, tmp_path):
     a, b, c = lan3.hosts["a"], lan3.hosts["b"], lan3.hosts["c"]
