@@ -284,7 +284,8 @@ class Daemon:
         if self.s.name:
             allowed = ["%s/%d" % (a.ip, a.max_prefixlen) for a in self.s.addresses]
             self._spawn(self.directory.keep_published(self.s.name, self._advertised, allowed,
-                                                      retry=2.0 if self.s.directory == "dht" else 5.0))
+                                                      retry=2.0 if self.s.directory == "dht" else 5.0,
+                                                      endorsers=self.s.published_endorsers))
             log.info("publishing %s to the directory %s", self.s.name, self._directory_text())
         self._spawn(self._watch_peers())
 

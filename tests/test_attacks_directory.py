@@ -7,6 +7,8 @@ The tests assert what must hold, not how it is enforced:
 
 * a CA's endorsement survives junk endorsements, and a refused endorsement is
   refused (the CLI fails), not answered 200;
+* a daemon with trusted signers names them as its record's endorsers, so junk
+  sent before the CA endorses is refused (403) and cannot block its admission;
 * one source cannot grow the directory past its quota: it gets 429s, and the
   store holds no more than the quota of its records;
 * a legitimate watcher is served (its heartbeat and its changes) while one host
@@ -27,6 +29,7 @@ import pytest
 from phantom import crypto
 from phantom.control import directory as d
 from phantom.control.keys import write_private_key
+from tunnelkit import FAST_TUNABLES, UDP_PORT, make_node, start, wait_for, write_config
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(150)]
 
@@ -103,6 +106,54 @@ def test_a_ca_endorsement_survives_junk_endorsements(lan3, daemon_factory, tmp_p
     found = json.loads(cli(a, "directory", "lookup", "--directory", url, owner,
                            "--trusted-signer", ca, "--json").stdout)
     assert found["endorsed_by"] == [ca] and found["endpoints"] == ["%s:9001" % a.ip], found
+
+
+def test_junk_endorsements_cannot_block_a_daemons_admission(lan3, daemon_factory, tmp_path):
+    """The gap one-per-signer left: on a directory without --trusted-signer, anyone
+    could fill a record's free places before the CA endorsed it; the CA then got 409
+    and the key could never be admitted.  A daemon with trusted_signers publishes
+    them as its record's endorsers: junk from others, first, is refused (403) and
+    stored nowhere; the CA's endorsement then admits the key at a peer."""
+    a, b, c = lan3.hosts["a"], lan3.hosts["b"], lan3.hosts["c"]
+    url = "http://%s:%d" % (c.ip, DIR_PORT)
+    serve(daemon_factory, c, tmp_path)                  # no --trusted-signer
+    ca_file, _ = new_key(tmp_path, "ca")
+    ca = cli(a, "directory", "signer-key", "--private-key", str(ca_file)).stdout.strip()
+    n1, n2 = make_node(tmp_path, "n1", 1, a), make_node(tmp_path, "n2", 2, b)
+    for n in (n1, n2):
+        write_config(n, mode="tun", peers=[], tunables=FAST_TUNABLES,
+                     extra={"directory": url, "name": n.name, "trusted_signers": [ca],
+                            "endpoints": ["%s:%d" % (n.host.ip, UDP_PORT)]})
+        start(daemon_factory, n)
+    for n in (n1, n2):
+        wait_for(lambda: cli(a, "directory", "lookup", n.name, "--directory", url,
+                             check=False).returncode == 0, timeout=20, what="%s published" % n.name)
+
+    # the attack, before the CA endorses n1: 16 throwaway signers, lifetimes the
+    # directory would take
+    out = attack(b, "junk-endorse", url, n1.pub, "n1", d.MAX_ENDORSEMENTS,
+                 int(time.time()) + 3600)
+    assert out["codes"] == [403] * d.MAX_ENDORSEMENTS, out
+    code, held = a.http("GET", "/records/" + d.b64url(d.key_from_text(n1.pub)), port=DIR_PORT,
+                        host=c.ip)
+    assert code == 200 and held["endorsements"] == [] and held["endorsers"] == [ca], held
+
+    # the CA's endorsement is stored, and n2 admits n1 through it
+    cli(a, "directory", "endorse", "--directory", url, "--private-key", str(ca_file),
+        "--public-key", n1.pub, "--name", "n1", "--ttl", "3600")
+    code, body = n1.api("POST", "/open/n2", timeout=30)
+    assert code == 200 and body["state"] == "established", body
+    assert [p["name"] for p in n2.status()["peers"]] == ["n1"], "n2 admitted n1 through the CA"
+    assert a.ping(n2.tun4, timeout=5)
+
+    # by hand, the same: phantom directory publish --endorser names the CA; others get 403
+    carol_file, carol = new_key(tmp_path, "carol")
+    cli(a, "directory", "publish", "--directory", url, "--private-key", str(carol_file),
+        "--name", "carol", "--endpoint", "%s:9100" % a.ip, "--endorser", ca)
+    junk_file, _ = new_key(tmp_path, "junk")
+    refused = cli(b, "directory", "endorse", "--directory", url, "--private-key", str(junk_file),
+                  "--public-key", carol, "--name", "carol", "--ttl", "3600", check=False)
+    assert refused.returncode == 1 and "403" in refused.stderr, refused.stderr
 
 
 def test_one_source_cannot_grow_the_directory_past_its_quota(lan3, daemon_factory, tmp_path):

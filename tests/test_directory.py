@@ -489,6 +489,61 @@ def test_client_ignores_forged_endorsements_but_keeps_the_record():
                        strict_endorsements=True)
 
 
+def test_endorsers_field_is_signed_strict_and_only_those_it_names_count():
+    """A record may name who may endorse it (issue 18 item 4): the field is signed, its
+    shape is strict, a record without it is what it always was, and an endorsement by
+    a signer it does not name never counts, whoever serves it."""
+    clock = Clock()
+    alice, ca_key, rogue_key = newkey(), newkey(), newkey()
+    ca, rogue = d.signing_key_of(ca_key), d.signing_key_of(rogue_key)
+    pub = crypto.x25519_public(bytes(alice))
+    assert "endorsers" not in record_for(alice, clock)             # old records: unchanged
+    signer = d.NodeSigner(alice)
+    doc = d.make_record(signer, "alice", ["192.0.2.1:9000"], [], 1, int(clock()) + 600,
+                        endorsers=[ca, ca])
+    assert doc["endorsers"] == [d.b64(ca)]
+    rec = d.parse_record(doc, clock())
+    assert rec.endorsers == {ca} and rec.summary()["endorsers"] == [d.b64(ca)]
+    # signed: dropping or changing the list breaks the signature
+    for tampered in ({k: v for k, v in doc.items() if k != "endorsers"},
+                     dict(doc, endorsers=[d.b64(rogue)])):
+        with pytest.raises(d.RecordError, match="signature"):
+            d.parse_record(tampered, clock())
+    two = sorted([d.b64(ca), d.b64(rogue)])
+    for bad in ([], "x", [d.b64(ca)] * 2, two[::-1], [d.b64(ca)[:-2]], [1],
+                [d.b64(d.signing_key_of(newkey())) for _ in range(d.MAX_ENDORSERS + 1)]):
+        with pytest.raises(d.RecordError, match="endorsers"):
+            d.parse_record(dict(doc, endorsers=bad), clock())
+    with pytest.raises(d.RecordError):
+        d.make_record(signer, "alice", [], [], 1, int(clock()) + 600,
+                      endorsers=[d.signing_key_of(newkey()) for _ in range(d.MAX_ENDORSERS + 1)])
+    # a directory serving another signer's endorsement anyway gains nothing by it
+    ends = [d.make_endorsement(d.NodeSigner(k), pub, "alice", int(clock()) + 60)
+            for k in (rogue_key, ca_key)]
+    for trusted in (None, [ca, rogue]):
+        rec = d.parse_record(dict(doc, endorsements=ends), clock(), trusted_signers=trusted,
+                             strict_endorsements=True)
+        assert rec.endorsed_by == {ca}
+    assert d.parse_record(dict(doc, endorsements=ends[:1]), clock(),
+                          trusted_signers=[rogue]).endorsed_by == frozenset()
+
+    async def main():
+        async with directory(clock) as url:           # no --trusted-signer
+            async with d.DirectoryClient(url, alice, clock) as owner, \
+                    d.DirectoryClient(url, ca_key, clock) as ca_client, \
+                    d.DirectoryClient(url, rogue_key, clock) as rogue_client, \
+                    d.DirectoryClient(url, None, clock, trusted_signers=[ca]) as daemon:
+                stored = await owner.publish("alice", ["192.0.2.1:9000"], [], 600,
+                                             endorsers=[ca])
+                assert stored["endorsers"] == [d.b64(ca)]
+                with pytest.raises(d.DirectoryRejected) as err:
+                    await rogue_client.endorse(pub, "alice", 3600)
+                assert err.value.status == 403 and "endorsers" in err.value.message
+                await ca_client.endorse(pub, "alice", 3600)
+                assert (await daemon.resolve_key(pub, fresh=True)).endorsed_by == {ca}
+    run(main())
+
+
 def test_cache_serves_while_the_directory_is_down(caplog):
     clock = Clock()
 

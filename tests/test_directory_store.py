@@ -389,6 +389,71 @@ def test_junk_endorsements_never_displace_a_ca_endorsement(backend, request):
     run(main())
 
 
+def test_a_record_naming_its_endorsers_takes_no_one_elses(backend, request):
+    """Item 4, the gap left after one-per-signer: without --trusted-signer, anyone could
+    fill a record's 16 free places before the CA endorsed it, and the CA then got 409.
+    A record that names its endorsers (a signed field: the owner's choice) takes
+    endorsements from them only: 403 for anyone else, nothing stored, and the CA's
+    endorsement then succeeds.  On the DHT, where only the owner puts its item, the
+    same rule holds on write and on read."""
+    async def main():
+        async with open_backend(backend, request) as s:
+            owner, ca = Key(), Key()
+            pub, ca_key = owner.signer.public_key, ca.signer.signing_key
+            junk = [d.make_endorsement(Key().signer, pub, "bob", int(T0) + 3600)
+                    for _ in range(d.MAX_ENDORSEMENTS)]
+            ca_end = d.make_endorsement(ca.signer, pub, "bob", int(T0) + 3600)
+
+            def rec(who=owner, seq=1, endorsers=(ca_key,), endorsements=(), name="bob"):
+                doc = d.make_record(who.signer, name, ["192.0.2.1:9000"], ["10.9.0.1/32"],
+                                    seq, int(T0) + 3600, endorsers=endorsers)
+                return dict(doc, endorsements=list(endorsements))
+
+            # the owner's own record cannot carry another signer's endorsement either
+            with pytest.raises(st.NotAnEndorser) as err:
+                await publish(s, owner, rec(endorsements=[ca_end, junk[0]]))
+            assert err.value.status == 403
+            if not s.supports_endorse:
+                stored, _ = await publish(s, owner, rec(endorsements=[ca_end]))
+                assert stored.doc["endorsements"] == [ca_end]
+                # an item the owner put itself (not through a store) with others'
+                # endorsements: read back, only the endorsers it names count
+                from phantom.control.directory.store.dht import bep44_secret, encode_item
+                secret, item_key = bep44_secret(owner.signer)
+                await s.node.put(secret, item_key,
+                                 encode_item(rec(seq=2, endorsements=[junk[0], ca_end])))
+                got = await s.get(owner.text)
+                assert got.seq == 2 and len(got.doc["endorsements"]) == 2
+                assert d.parse_record(got.doc, T0, trusted_signers=None).endorsed_by == {ca_key}
+                return
+            await publish(s, owner, rec())
+            for end in junk:                     # the attack: 16 throwaway signers first
+                with pytest.raises(st.NotAnEndorser) as err:
+                    await s.endorse(owner.text, end, T0)
+                assert err.value.status == 403
+            assert (await s.get(owner.text)).doc["endorsements"] == []
+            stored = await s.endorse(owner.text, ca_end, T0)
+            assert stored.doc["endorsements"] == [ca_end]
+            assert d.parse_record(stored.doc, T0, trusted_signers=[ca_key]).endorsed_by == \
+                {ca_key}
+
+            # a record without the field takes anyone's (blockable, as documented); its
+            # owner's next record naming the CA drops the junk, and the CA gets its place
+            other = Key()
+            pub2 = other.signer.public_key
+            await publish(s, other, rec(other, endorsers=(), name="carol"))
+            for _ in range(d.MAX_ENDORSEMENTS):
+                await s.endorse(other.text, d.make_endorsement(Key().signer, pub2, "carol",
+                                                               int(T0) + 3600), T0)
+            ca_end2 = d.make_endorsement(ca.signer, pub2, "carol", int(T0) + 3600)
+            with pytest.raises(st.EndorsementsFull):
+                await s.endorse(other.text, ca_end2, T0)
+            stored, _ = await publish(s, other, rec(other, seq=2, name="carol"))
+            assert stored.doc["endorsements"] == []
+            assert (await s.endorse(other.text, ca_end2, T0)).doc["endorsements"] == [ca_end2]
+    run(main())
+
+
 def test_one_source_cannot_grow_the_store_past_its_quota(backend, request):
     """Item 5: one client stored 106 records/s.  A source (the server passes the
     client's address) holds at most ``quota`` live rows; past it, 429.  The DHT has

@@ -113,11 +113,18 @@ class Settings:
     endpoints: list[tuple[str, int]] = field(default_factory=list)   # advertised in the directory
     endpoints_auto: bool = False           # endpoints = "auto": the address we reach the directory from
     trusted_signers: list[bytes] = field(default_factory=list)      # Ed25519 keys of endorsers
+    endorsers: Optional[list[bytes]] = None  # who may endorse our record (None: trusted_signers)
     rendezvous: bool = False                            # NAT traversal: serve as a rendezvous node
     relay: bool = False                                 # ... and relay for peers without a direct path
     peers: list[PeerConfig] = field(default_factory=list)
     firewall: dict = field(default_factory=dict)
     tunables: Tunables = field(default_factory=Tunables)
+
+    @property
+    def published_endorsers(self) -> list[bytes]:
+        """The signers our directory record lets endorse it: ``endorsers``, or by
+        default ``trusted_signers`` (an empty list: anyone may)."""
+        return list(self.trusted_signers if self.endorsers is None else self.endorsers)
 
     @property
     def token_file(self) -> Path:
@@ -215,7 +222,8 @@ SECTIONS = ("interface", "peer", "firewall", "tunables")
 INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen", "http_socket",
                   "test_port", "test_deliver", "mode", "device", "addresses", "mtu", "state_dir",
                   "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers",
-                  "metrics_listen", "dht_bootstrap", "dht_port", "uapi", "rendezvous", "relay")
+                  "endorsers", "metrics_listen", "dht_bootstrap", "dht_port", "uapi", "rendezvous",
+                  "relay")
 PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive", "protocol",
              "preshared_key_file", "rendezvous")
 PROTOCOLS = ("phantom", "wireguard")
@@ -416,6 +424,12 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
         elif name == "trusted_signers":
             _expect(value, list, key, "a list of base64 Ed25519 public keys")
             s.trusted_signers = [_signer_key(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
+        elif name == "endorsers":
+            from phantom.control.directory.records import MAX_ENDORSERS
+            _expect(value, list, key, "a list of base64 Ed25519 public keys")
+            if len(value) > MAX_ENDORSERS:
+                raise ConfigError(key, "a record names at most %d endorsers" % MAX_ENDORSERS)
+            s.endorsers = [_signer_key(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
     return origin
 
 
@@ -590,6 +604,11 @@ def settings_from_mapping(doc: dict, base: Optional[Path] = None) -> Settings:
     if "interface" in doc:
         _expect(doc["interface"], dict, "interface", "a table ([interface])")
         _interface(doc["interface"], s, base)
+        from phantom.control.directory.records import MAX_ENDORSERS
+        if s.name and s.endorsers is None and len(s.trusted_signers) > MAX_ENDORSERS:
+            raise ConfigError("interface.endorsers", "our directory record names at most %d "
+                              "endorsers, and by default it names the %d trusted_signers: list "
+                              "the ones that endorse us" % (MAX_ENDORSERS, len(s.trusted_signers)))
     if "peer" in doc:
         peers = doc["peer"]
         if isinstance(peers, dict):

@@ -51,7 +51,7 @@ log = logging.getLogger("phantom.daemon")
 RESTART_KEYS = ("listen_port", "http_port", "http_listen", "http_socket", "test_port",
                 "test_deliver", "mode", "device", "addresses", "mtu", "private_key_file",
                 "state_dir", "user", "directory", "name", "endpoints", "trusted_signers",
-                "log_level", "tunables", "metrics_listen", "dht_bootstrap", "dht_port",
+                "endorsers", "log_level", "tunables", "metrics_listen", "dht_bootstrap", "dht_port",
                 "endpoints_auto", "uapi")
 
 

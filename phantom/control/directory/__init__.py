@@ -16,9 +16,9 @@ Everything that used to be importable from ``phantom.control.directory`` still i
 """
 
 from .records import (  # noqa: F401
-    ENDORSE_DOMAIN, ENDORSEMENT_FIELDS, KEY_SIZE, MAX_ALLOWED_IPS,
-    MAX_ENDORSEMENTS, MAX_ENDPOINTS, MAX_SEQ, MAX_TIME, NONCE_LABEL, RECORD_DOMAIN,
-    RECORD_FIELDS, SIG_SIZE, UNSIGNED_FIELDS, DirectoryError, DirectoryRejected,
+    ENDORSE_DOMAIN, ENDORSEMENT_FIELDS, KEY_SIZE, MAX_ALLOWED_IPS, MAX_ENDORSEMENTS,
+    MAX_ENDORSERS, MAX_ENDPOINTS, MAX_SEQ, MAX_TIME, NONCE_LABEL, RECORD_DOMAIN, RECORD_FIELDS,
+    SIG_SIZE, UNSIGNED_FIELDS, DirectoryError, DirectoryRejected,
     DirectoryUnavailable, NodeSigner, Record, RecordError, b64, b64url, canonical,
     endorsement_signed_bytes, key_from_text, make_endorsement, make_record, parse_record,
     record_signed_bytes, signing_key_of, strict_loads, verify_binding, verify_endorsement,

@@ -16,7 +16,7 @@ from phantom.control.errors import ApiError, ConfigError
 from phantom.control.keys import KeyFormatError
 
 from .client import CLIENT_TIMEOUT, DEFAULT_TTL, DHT_TIMEOUT, DirectoryClient
-from .records import KEY_SIZE, DirectoryError, b64, key_from_text, signing_key_of
+from .records import KEY_SIZE, MAX_ENDORSERS, DirectoryError, b64, key_from_text, signing_key_of
 from .server import DEFAULT_DB, DEFAULT_MAX_TTL, DEFAULT_PORT, KEY_WRITES, MAX_HEARTBEAT, \
     SOURCE_QUOTA, SOURCE_WATCHES, SOURCE_WRITES, WATCH_HEARTBEAT, WATCHERS_MAX, Limits, \
     serve_forever
@@ -180,8 +180,9 @@ def cmd_publish(args) -> int:
     nets = [n.strip() for a in args.allowed_ips or () for n in a.split(",") if n.strip()]
     eps = [e.strip() for a in args.endpoint for e in a.split(",") if e.strip()]
     try:
-        doc = _run(_with_client(args, key, lambda c: c.publish(args.name, eps, nets, args.ttl,
-                                                               protocol=args.protocol)))
+        doc = _run(_with_client(args, key, lambda c: c.publish(
+            args.name, eps, nets, args.ttl, protocol=args.protocol,
+            endorsers=args.endorser or ())))
     finally:
         crypto.memzero(key)
     _print(args, doc if args.json else {k: v for k, v in doc.items() if k != "sig"})
@@ -323,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--protocol", choices=("phantom", "wireguard"), default="phantom",
                    help="what the key speaks (wireguard: publish for a stock WireGuard peer, "
                         "with its key file)")
+    c.add_argument("--endorser", type=_signer_arg, action="append", metavar="KEY",
+                   help="an Ed25519 signer key (phantom directory signer-key) that may endorse "
+                        "this record; repeatable, at most %d; when given, the directory refuses "
+                        "(403) every other signer's endorsement" % MAX_ENDORSERS)
     c.set_defaults(func=cmd_publish)
 
     c = client_parser("lookup", "resolve a name or a public key, verifying the record")

@@ -481,15 +481,19 @@ class DirectoryClient:
                                    doc)
 
     async def publish(self, name: str, endpoints: Iterable, allowed_ips: Iterable,
-                      ttl: int = DEFAULT_TTL, protocol: str = "phantom") -> dict:
+                      ttl: int = DEFAULT_TTL, protocol: str = "phantom",
+                      endorsers: Iterable[bytes] = ()) -> dict:
         """Sign and publish our record; returns the record as the directory stored it.
+
+        ``endorsers`` (Ed25519 keys), when given, are the only signers whose
+        endorsements the record takes (its "endorsers" field).
 
         ``seq`` is the time in milliseconds (monotonic per client); if the
         directory holds a newer one (clock went back), we continue after it once.
         Raises DirectoryRejected (4xx) or DirectoryUnavailable.
         """
         signer = self._need_signer()
-        endpoints, allowed_ips = list(endpoints), list(allowed_ips)
+        endpoints, allowed_ips, endorsers = list(endpoints), list(allowed_ips), list(endorsers)
         if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 1:
             raise ValueError("ttl must be a positive number of seconds")
         for attempt in range(2):
@@ -497,7 +501,7 @@ class DirectoryClient:
             self._seq = max(int(now * 1000), self._seq + 1)
             try:
                 doc = make_record(signer, name, endpoints, allowed_ips, self._seq, int(now) + ttl,
-                                  protocol=protocol)
+                                  protocol=protocol, endorsers=endorsers)
             except RecordError as exc:
                 raise ValueError(str(exc)) from None
             status, payload = await self._put(doc)
@@ -567,20 +571,22 @@ class DirectoryClient:
 
     async def keep_published(self, name: str, endpoints, allowed_ips: Iterable,
                              ttl: int = DEFAULT_TTL, retry: float = 30.0,
-                             check: float = ENDPOINT_CHECK) -> None:
+                             check: float = ENDPOINT_CHECK, endorsers: Iterable[bytes] = ()
+                             ) -> None:
         """Publish now and again every ttl/2 until cancelled; failures are logged and retried.
+        ``endorsers``: who may endorse our record (see :meth:`publish`).
 
         ``endpoints`` may be a callable returning the current endpoints: it is
         asked every ``check`` seconds and a change is published at once (a node
         that moved network is found at its new address within seconds)."""
         current = endpoints if callable(endpoints) else (lambda eps=list(endpoints): eps)
-        allowed_ips = list(allowed_ips)
+        allowed_ips, endorsers = list(allowed_ips), list(endorsers)
         loop = asyncio.get_running_loop()
         announced = None
         while True:
             eps = list(current())
             try:
-                stored = await self.publish(name, eps, allowed_ips, ttl)
+                stored = await self.publish(name, eps, allowed_ips, ttl, endorsers=endorsers)
                 delay = self.republish_every(ttl)
                 (log.info if eps != announced else log.debug)(
                     "published our record to %s: seq=%s endpoints=%s", ", ".join(self.urls),

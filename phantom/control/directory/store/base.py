@@ -19,7 +19,9 @@ publish, the directory's rules (the same for every backend):
   latest; at most MAX_ENDORSEMENTS per record, and a new signer's endorsement
   never displaces one already stored (``EndorsementsFull``, 409); none lives
   longer than ``max_ttl``; with a trusted-signer list, other signers'
-  endorsements are refused (``UntrustedSigner``, 403), never stored;
+  endorsements are refused (``UntrustedSigner``, 403), never stored; a record
+  that names its ``endorsers`` takes endorsements from them only
+  (``NotAnEndorser``, 403), so nobody can fill its places before they endorse;
 * **quotas**: a write may name its ``source`` (the server passes the client's
   address, IPv6 by /64); a source holds at most ``quota`` stored rows (records
   and revocations it wrote last, expired ones until they are purged), and a
@@ -107,6 +109,10 @@ class UntrustedSigner(Forbidden):
     pass
 
 
+class NotAnEndorser(Forbidden):
+    """The record names its endorsers, and this signer is not one of them."""
+
+
 class StaleEndorsement(Conflict):
     """The signer's later endorsement of this record is stored already."""
 
@@ -166,7 +172,7 @@ def endorsed_until(rec: Record, doc: dict, trusted: frozenset, now: float) -> in
             signer = verify_endorsement(end, rec.public_key, rec.name, now)
         except RecordError:
             continue
-        if signer in trusted:
+        if signer in trusted and rec.may_endorse(signer):
             best = max(best, end["expires"])
     return best
 
@@ -174,7 +180,8 @@ def endorsed_until(rec: Record, doc: dict, trusted: frozenset, now: float) -> in
 def check_endorsement(rec: Record, end, trusted: frozenset, now: float, max_ttl: int) -> bytes:
     """One endorsement offered for ``rec`` (by a third party or carried by the owner):
     its signer, or a refusal saying why (400 malformed, expired or too long-lived,
-    403 a signer this directory does not trust)."""
+    403 a signer this directory does not trust, or one the record's ``endorsers``
+    do not name)."""
     try:
         signer = verify_endorsement(end, rec.public_key, rec.name, now)
     except RecordError as exc:
@@ -182,6 +189,9 @@ def check_endorsement(rec: Record, end, trusted: frozenset, now: float, max_ttl:
     if trusted and signer not in trusted:
         raise UntrustedSigner("signer %s is not trusted by this directory: it keeps only its "
                               "trusted signers' endorsements" % b64(signer))
+    if not rec.may_endorse(signer):
+        raise NotAnEndorser("signer %s is not one of the endorsers this record names: its "
+                            "owner lets only them endorse it" % b64(signer))
     if end["expires"] > now + max_ttl + CLOCK_SKEW:
         raise BadRecord("the endorsement by %s lives too long: expires in %d s, this directory "
                         "keeps endorsements at most %d s" % (b64(signer), end["expires"] - now,
@@ -198,8 +208,8 @@ def merge_endorsements(rec: Record, new: list, old: list, trusted: frozenset, no
     given the place of one already stored: when the record is full the new one
     is refused (``EndorsementsFull``).  Every new endorsement is checked with
     :func:`check_endorsement` and refused, not dropped, when it does not qualify.
-    Stored ones that no longer qualify (expired, a signer no longer trusted, a
-    lifetime over ``max_ttl``) are dropped."""
+    Stored ones that no longer qualify (expired, a signer no longer trusted or no
+    longer among the record's endorsers, a lifetime over ``max_ttl``) are dropped."""
     by_signer: dict[str, dict] = {}
     for end in old:
         try:
@@ -332,7 +342,7 @@ class Store(abc.ABC):
         """Verify and store a record; returns (what is stored, created).
 
         Raises BadRecord, ForgedRecord, StaleSeq, NameTaken, KeyRevoked,
-        UntrustedSigner, EndorsementsFull or QuotaExceeded.  ``source`` names
+        UntrustedSigner, NotAnEndorser, EndorsementsFull or QuotaExceeded.  ``source`` names
         the writer and ``quota`` (0: none) bounds the rows one source holds.
         ``signer`` is needed only by stores that sign what they store (DHT)."""
         trusted = frozenset(bytes(s) for s in trusted)
@@ -382,8 +392,9 @@ class Store(abc.ABC):
         """Add a signer's endorsement to a live record (see :func:`merge_endorsements`).
 
         Returns the record as stored, which carries ``end``; anything else is a
-        refusal (BadRecord, ForgedRecord, UntrustedSigner, EndorsementsFull,
-        StaleEndorsement, NoRecord, KeyRevoked), never a silent drop."""
+        refusal (BadRecord, ForgedRecord, UntrustedSigner, NotAnEndorser,
+        EndorsementsFull, StaleEndorsement, NoRecord, KeyRevoked), never a silent
+        drop."""
         if not self.supports_endorse:
             raise Unsupported("the %s store carries only what the key's owner signed"
                               % self.kind)
