@@ -110,6 +110,8 @@ class Settings:
     endpoints: list[tuple[str, int]] = field(default_factory=list)   # advertised in the directory
     endpoints_auto: bool = False           # endpoints = "auto": the address we reach the directory from
     trusted_signers: list[bytes] = field(default_factory=list)      # Ed25519 keys of endorsers
+    # where a directory record's allowed IPs may lie (None: the interface's own subnets)
+    directory_allowed_ips: Optional[list[IPNetwork]] = None
     rendezvous: bool = False                            # NAT traversal: serve as a rendezvous node
     relay: bool = False                                 # ... and relay for peers without a direct path
     peers: list[PeerConfig] = field(default_factory=list)
@@ -212,7 +214,7 @@ SECTIONS = ("interface", "peer", "firewall", "tunables")
 INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen", "http_socket",
                   "test_port", "test_deliver", "mode", "device", "addresses", "mtu", "state_dir",
                   "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers",
-                  "metrics_listen", "dht_bootstrap", "dht_port", "uapi", "rendezvous", "relay")
+                  "directory_allowed_ips", "metrics_listen", "dht_bootstrap", "dht_port", "uapi", "rendezvous", "relay")
 PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive", "protocol",
              "preshared_key_file", "rendezvous")
 PROTOCOLS = ("phantom", "wireguard")
@@ -412,6 +414,9 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
         elif name == "trusted_signers":
             _expect(value, list, key, "a list of base64 Ed25519 public keys")
             s.trusted_signers = [_signer_key(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
+        elif name == "directory_allowed_ips":
+            _expect(value, list, key, "a list of CIDR prefixes like \"10.9.0.0/24\"")
+            s.directory_allowed_ips = [parse_network(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
     return origin
 
 
