@@ -97,7 +97,14 @@ def test_add_remove_change():
     assert out["changed"] == {"b": ["allowed_ips"], "dd": ["name", "persistent_keepalive"]}
     assert out["firewall"] is True                    # peers added, removed, renamed
     names = [c[0] for c in d.dp.calls]
-    assert "remove_peer" in names and "add_peer" in names and "set_allowed_ips" in names
+    assert "remove_peer" in names and "add_peer" in names
+    # every route change of the reload is one data-path step, before the removal
+    (update,) = [c for c in d.dp.calls if c[0] == "update_routes"]
+    c_id, e = 2, d.engine.peer_by_key(crypto_key("e"))
+    assert {k: [str(n) for n in v] for k, v in update[1].items()} == {
+        b.id: ["10.99.0.2/32", "10.99.0.22/32"], c_id: [], e.id: ["10.99.0.5/32"]}
+    assert names.index("update_routes") < names.index("remove_peer")
+    assert ("add_peer", e.id, []) in d.dp.calls      # its routes come with the update
     assert [str(n) for n in b.allowed_ips] == ["10.99.0.2/32", "10.99.0.22/32"]
     assert b.state is PeerState.ESTABLISHED           # sessions untouched
     assert {p.name for p in d.engine.peers.values()} == {"b", "dd", "e"}
@@ -170,6 +177,10 @@ def test_what_needs_a_restart_is_noted_not_applied():
     out = run(d, doc(peer("b"), listen_port=9100, mtu=1380))
     assert "interface.listen_port changed: needs a restart (not applied)" in out["notes"]
     assert "interface.mtu changed: needs a restart (not applied)" in out["notes"]
-    out = run(d, doc(peer("b", allowed_ips=["10.99.0.2/32", "192.168.50.0/24"]),
-                     listen_port=9100, mtu=1380))
-    assert any("no kernel route for 192.168.50.0/24" in n for n in out["notes"])
+    # a prefix the kernel does not route into the device (after the privilege
+    # drop the daemon cannot add the route): the reload is refused whole
+    with pytest.raises(ConfigError) as e:
+        run(d, doc(peer("b", allowed_ips=["10.99.0.2/32", "192.168.50.0/24"]), peer("c")))
+    assert e.value.key == "peer[0].allowed_ips[1]"
+    assert "does not route 192.168.50.0/24 into ph0" in e.value.problem
+    assert [p.name for p in d.engine.peers.values()] == ["b"]
