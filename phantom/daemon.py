@@ -591,8 +591,10 @@ class Daemon:
             except ValueError as exc:
                 raise BadRequest("allowed_ips: %s" % exc) from None
             try:
+                # exclusive: a peer added at run time never changes where an
+                # existing peer's traffic goes (no overlap either way)
                 peer = self.engine.add_peer(key, name or "", nets, endpoint, dynamic=True,
-                                            protocol=protocol or "phantom")
+                                            protocol=protocol or "phantom", exclusive=True)
             except ValueError as exc:
                 raise Conflict(str(exc)) from None
             self.dp.add_peer(peer.id, nets)

@@ -184,6 +184,10 @@ def test_open_of_a_new_key_with_a_configured_peers_prefix_is_refused(kind):
             with pytest.raises(Conflict, match="10.77.0.2/32 is peer ysite's"):
                 await d.open(absent.getsockname(), public_key=base64.b64encode(_key()).decode(),
                              allowed_ips=["10.77.0.2/32"])
+            # nor a prefix holding it: a peer added at run time moves nobody's traffic
+            with pytest.raises(Conflict, match="10.77.0.0/24 overlaps peer ysite's 10.77.0.2/32"):
+                await d.open(absent.getsockname(), public_key=base64.b64encode(_key()).decode(),
+                             allowed_ips=["10.77.0.0/24"])
         finally:
             d._stop.set()
             await ticker
@@ -205,7 +209,8 @@ def test_wg_set_never_takes_a_phantom_peers_prefix(kind, tmp_path):
     prefix to a WireGuard peer (which `wg show` cannot even display)."""
     from phantom.control.wireguard.uapi import DaemonBackend, UapiServer
     ph = PeerConfig("ph", _key(), None, [N("10.99.0.2/32")])
-    wg1 = PeerConfig("wg1", _key(), None, [N("10.99.0.3/32")], protocol="wireguard")
+    K_WG1 = _key()
+    wg1 = PeerConfig("wg1", K_WG1, None, [N("10.99.0.3/32")], protocol="wireguard")
     d = _test_daemon(kind, [ph, wg1])
     d.build()
     try:
@@ -214,6 +219,11 @@ def test_wg_set_never_takes_a_phantom_peers_prefix(kind, tmp_path):
         answer = srv.handle("set=1", ["public_key=" + newkey.hex(), "allowed_ip=10.99.0.2/32"])
         assert answer == "errno=%d\n\n" % -errno.EADDRINUSE
         assert d.engine.peer_by_key(newkey) is None, "nothing changed"
+        # nor part of it, by a longer or a shorter prefix
+        for net in ("10.99.0.0/24", "10.99.0.2/32"):
+            assert srv.handle("set=1", ["public_key=" + K_WG1.hex(), "allowed_ip=" + net]) == \
+                "errno=%d\n\n" % -errno.EADDRINUSE, net
+        assert d.engine.peer_by_name("wg1").allowed_ips == [N("10.99.0.3/32")]
         p = d.engine.peer_by_name("ph")
         assert p.allowed_ips == [N("10.99.0.2/32")] and d.dp.lookup(_addr("10.99.0.2")) == p.id
         assert "10.99.0.2" not in srv.handle("get=1", [])

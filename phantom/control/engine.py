@@ -134,8 +134,9 @@ class Engine:
                  dynamic: bool = False, protocol: str = "phantom",
                  preshared_key: Optional[bytes] = None, exclusive: bool = False) -> Peer:
         """``protocol``: "phantom" or "wireguard"; ``preshared_key``: WireGuard's
-        (32 bytes).  ``exclusive``: the allowed IPs are someone's claim (a
-        directory record), not ours: they may overlap no other peer's prefix.
+        (32 bytes).  ``exclusive``: a peer added at run time (``open``, a
+        directory record's claim): its prefixes may overlap no other peer's
+        prefix, so adding it never moves another peer's traffic.
         A prefix another peer holds, or any overlap involving an exclusive
         peer, is refused (ValueError naming it; :meth:`route_problem`)."""
         public_key = bytes(public_key)
@@ -174,8 +175,12 @@ class Engine:
     # own copy, changed in step by whoever changes these).  Invariants, held
     # by add_peer and set_allowed_ips and checked by route_problem:
     #   * a prefix belongs to one peer at most;
-    #   * an exclusive peer's prefix (a directory record's claim) overlaps no
-    #     other peer's prefix, in either direction, IPv4 and IPv6 alike.
+    #   * an exclusive peer's prefix (a peer added at run time: `open`, a
+    #     directory record's claim) overlaps no other peer's prefix, in either
+    #     direction, IPv4 and IPv6 alike: with longest-prefix routing, a
+    #     prefix inside another peer's would take part of that peer's traffic.
+    #     Overlaps between peers of the config file are the administrator's
+    #     (the longest prefix wins), as in WireGuard.
     def route_problem(self, changes: dict, new_exclusive: bool = False) -> Optional[str]:
         """What would break the invariants above if each peer in ``changes``
         ({peer id, or None for a peer about to be added: prefixes}) had just
@@ -230,17 +235,23 @@ class Engine:
                         continue               # with its new prefixes, in ``wanted``
                     for m in ep.allowed_ips:
                         if _overlap(n, m):
-                            return n, key, ("%s overlaps peer %s's %s (a directory record's claim)"
+                            return n, key, ("%s overlaps peer %s's %s (a peer added at run time)"
                                             % (n, ep.name, m))
                 for m, other in wanted.items():
                     if other != key and is_exclusive(other) and _overlap(n, m):
-                        return n, key, ("%s overlaps %s's %s (a directory record's claim)"
+                        return n, key, ("%s overlaps %s's %s (a peer added at run time)"
                                         % (n, self._route_name(other), m))
         return None
 
     def prefix_holder(self, network) -> Optional[Peer]:
         """The peer that has exactly this prefix, or None."""
         return self._by_prefix.get(_networks([network])[0])
+
+    def overlapping(self, network) -> list:
+        """(peer, prefix) of every prefix that shares an address with
+        ``network`` (a walk of every prefix: for rare, deliberate changes)."""
+        n = _networks([network])[0]
+        return [(holder, m) for m, holder in self._by_prefix.items() if _overlap(n, m)]
 
     def _route_name(self, key) -> str:
         if isinstance(key, int) and key in self.peers:

@@ -155,19 +155,16 @@ def kernel_routes() -> list:
 
 
 def unrouted(device: str, networks: Iterable, routes=None) -> list:
-    """The prefixes of ``networks`` that the kernel does not send whole into
-    ``device``: no route through it holds the prefix, or a more specific
-    route through another device takes part of it."""
+    """The prefixes of ``networks`` that the kernel does not route into
+    ``device``: the longest route holding the whole prefix goes elsewhere
+    (or there is none).  A more specific route inside the prefix (the LAN of
+    another interface, say) is the host's own business, as at start."""
     routes = kernel_routes() if routes is None else routes
     missing = []
     for net in networks:
         net = ipaddress.ip_network(net)
-        ours = [r for r, dev in routes if dev == device and r.version == net.version and net.subnet_of(r)]
-        if not ours:
-            missing.append(net)
-            continue
-        best = max(r.prefixlen for r in ours)
-        if any(dev != device and r.version == net.version and r.prefixlen > best
-               and (r.subnet_of(net) or net.subnet_of(r)) for r, dev in routes):
+        holding = [(r.prefixlen, dev) for r, dev in routes if r.version == net.version and net.subnet_of(r)]
+        best = max((plen for plen, _ in holding), default=-1)
+        if not any(plen == best and dev == device for plen, dev in holding):
             missing.append(net)
     return missing

@@ -12,8 +12,8 @@ and changed: Phantom peers speak another protocol and ``wg`` has no words
 for them.  What ``set`` can change: peers added and removed
 (``replace_peers``, ``remove``, ``update_only``), their preshared key,
 endpoint, persistent keepalive and allowed IPs (``replace_allowed_ips``; a
-prefix moves from another WireGuard peer as in wg, never from a Phantom peer:
-EADDRINUSE, nothing changed); the
+prefix moves from another WireGuard peer as in wg; one that overlaps a
+Phantom peer's prefix is refused, EADDRINUSE, nothing changed); the
 private key and listen port only to the values they have (phantomd does not
 change its identity or port while running).
 
@@ -326,8 +326,10 @@ class DaemonBackend:
             if other is not None and other.protocol != "wireguard":
                 raise _invalid("that key is a Phantom peer's")
             if not ch.remove:
+                held = other.allowed_ips if other is not None else []
                 for n in ch.allowed_ips:               # before anything changes
-                    self._check_movable(n)
+                    if n not in held:
+                        self._check_phantom(n)
         if req.replace_peers:
             keep = {ch.public_key for ch in req.peers if not ch.remove}
             for p in self._wg_peers():
@@ -350,15 +352,15 @@ class DaemonBackend:
                 log.info("peer=%s added", peer.name)
             self._apply(peer, ch)
 
-    def _check_movable(self, net):
-        """The peer holding exactly ``net`` (None if nobody); UapiError when
-        it is a Phantom peer: ``wg`` neither shows nor changes those, so it
-        may not take their prefixes either."""
-        holder = self.d.engine.prefix_holder(net)
-        if holder is not None and holder.protocol != "wireguard":
-            raise UapiError(_errno.EADDRINUSE, "%s is the Phantom peer %s's: wg changes only "
-                            "WireGuard peers" % (net, holder.name))
-        return holder
+    def _check_phantom(self, net) -> None:
+        """UapiError when a prefix new to its WireGuard peer shares an address
+        with a Phantom peer's prefix: ``wg`` neither shows nor changes
+        Phantom peers, so it may not take (all or, by a longer prefix, part
+        of) their traffic either."""
+        for holder, m in self.d.engine.overlapping(net):
+            if holder.protocol != "wireguard":
+                raise UapiError(_errno.EADDRINUSE, "%s overlaps the Phantom peer %s's %s: wg "
+                                "changes only WireGuard peers" % (net, holder.name, m))
 
     def _remove(self, peer) -> None:
         d = self.d
@@ -385,7 +387,7 @@ class DaemonBackend:
             # the engine and the data path change in one step each.
             changes = {peer.id: nets}
             for n in nets:
-                holder = self._check_movable(n)
+                holder = d.engine.prefix_holder(n)
                 if holder is not None and holder is not peer:
                     kept = changes.get(holder.id, list(holder.allowed_ips))
                     changes[holder.id] = [m for m in kept if m != n]
