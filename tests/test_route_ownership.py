@@ -22,7 +22,6 @@ import base64
 import errno
 import ipaddress
 import socket
-import struct
 import subprocess
 import sys
 import threading

@@ -220,6 +220,7 @@ class Engine:
             holder = self._by_prefix.get(n)
             if holder is not None and holder.id != key and holder.id not in changes:
                 return n, key, "%s is peer %s's" % (n, holder.name)
+        claims = [(m, key) for m, key in wanted.items() if is_exclusive(key)]
         for n, key in wanted.items():
             if is_exclusive(key):
                 # a claim: against every other prefix, the changed ones as they will be
@@ -237,8 +238,8 @@ class Engine:
                         if _overlap(n, m):
                             return n, key, ("%s overlaps peer %s's %s (a peer added at run time)"
                                             % (n, ep.name, m))
-                for m, other in wanted.items():
-                    if other != key and is_exclusive(other) and _overlap(n, m):
+                for m, other in claims:
+                    if other != key and _overlap(n, m):
                         return n, key, ("%s overlaps %s's %s (a peer added at run time)"
                                         % (n, self._route_name(other), m))
         return None

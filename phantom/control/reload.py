@@ -37,7 +37,6 @@ outside the interface's subnets that were not routed at start get a note.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from dataclasses import dataclass, field
 from typing import Optional
