@@ -373,3 +373,41 @@ def test_no_packet_leaks_to_another_peer_while_routes_flip(kind):
     assert len(at_b) > 1000 and set(at_b) == {"172.20.0.2"}, (sent, len(at_b))
     assert at_c.count("172.20.0.2") == 0 and len(at_c) == 0, \
         "%d packets addressed to B reached C (of %d sent, %d at B)" % (at_c.count("172.20.0.2"), sent, len(at_b))
+
+
+@pytest.mark.netns
+def test_stock_wg_set_cannot_take_a_phantom_peers_prefix(two_hosts, daemon_factory, tmp_path):
+    """Item 9 with the stock tool: `wg set DEV peer K allowed-ips P` where P is
+    a Phantom peer's prefix fails, and neither `wg show` nor /peers changes."""
+    import os
+    import shutil
+
+    from phantom.control.keys import encode_key
+    from tunnelkit import make_node, start, write_config
+    if shutil.which("wg") is None:
+        pytest.skip("wg (wireguard-tools) is not installed")
+    node = make_node(tmp_path, "ph", 1, two_hosts.a)
+    dev = "phr%d" % (os.getpid() % 100000)
+    ph_key = encode_key(_key())
+    write_config(node, mode="tun", extra={"uapi": True, "device": dev},
+                 peers=[{"name": "ph2", "public_key": ph_key, "allowed_ips": ["10.99.0.2/32"]}])
+    start(daemon_factory, node)
+    wg_key = encode_key(_key())
+    for prefix in ("10.99.0.2/32", "10.99.0.0/25"):
+        r = two_hosts.a.run(["wg", "set", dev, "peer", wg_key, "allowed-ips", prefix], check=False)
+        assert r.returncode != 0, (prefix, r.stdout, r.stderr)
+    assert two_hosts.a.run(["wg", "show", dev, "allowed-ips"]).stdout.strip() == ""
+    code, body = node.api("GET", "/peers")
+    assert [(p["name"], p["allowed_ips"]) for p in body["peers"]] == [("ph2", ["10.99.0.2/32"])]
+    # a prefix of nobody's is fine
+    two_hosts.a.run(["wg", "set", dev, "peer", wg_key, "allowed-ips", "10.99.0.9/32"])
+    assert "10.99.0.9/32" in two_hosts.a.run(["wg", "show", dev, "allowed-ips"]).stdout
+
+
+def test_unrouted_follows_the_longest_route_holding_the_prefix():
+    from phantom.dataplane.tun import unrouted
+    routes = [(N("0.0.0.0/0"), "eth0"), (N("10.0.0.0/8"), "ph0"), (N("10.204.0.0/24"), "eth0"),
+              (N("10.50.0.0/16"), "eth0"), (N("fd99::/64"), "ph0")]
+    assert unrouted("ph0", ["10.1.0.0/16", "10.0.0.0/8", "10.204.0.0/16", "fd99::5/128"], routes) == []
+    assert unrouted("ph0", ["10.50.1.0/24", "0.0.0.0/0", "192.168.1.0/24", "fd98::/64"], routes) == \
+        [N("10.50.1.0/24"), N("0.0.0.0/0"), N("192.168.1.0/24"), N("fd98::/64")]
