@@ -184,3 +184,21 @@ def test_what_needs_a_restart_is_noted_not_applied():
     assert e.value.key == "peer[0].allowed_ips[1]"
     assert "does not route 192.168.50.0/24 into ph0" in e.value.problem
     assert [p.name for p in d.engine.peers.values()] == ["b"]
+
+
+def test_a_reload_never_overlaps_a_peer_added_at_run_time():
+    """A peer opened through the API or admitted from the directory keeps its
+    prefixes to itself: a file prefix equal to one, holding one or inside one
+    is refused naming the key; once the file names that peer (adopts it), the
+    file's overlaps are the administrator's."""
+    d = Daemon(doc(peer("b")))
+    api = d.engine.add_peer(crypto_key("c"), "carol", ["10.99.0.48/28"], ("10.201.0.3", 9000),
+                            dynamic=True, exclusive=True)
+    for nets in (["10.99.0.48/28"], ["10.99.0.0/24"], ["10.99.0.50/32"]):
+        with pytest.raises(ConfigError) as e:
+            rl.plan(d, settings_from_mapping(doc(peer("b"), peer("d", allowed_ips=nets))), d._file_settings)
+        assert e.value.key == "peer[1].allowed_ips[0]" and "carol" in e.value.problem, nets
+    assert d.dp.calls == []
+    out = run(d, doc(peer("b"), peer("c", name="carol", allowed_ips=["10.99.0.48/28"]),
+                     peer("d", allowed_ips=["10.99.0.0/24"])))
+    assert out["added"] == ["d"] and not api.dynamic and not api.exclusive

@@ -120,6 +120,16 @@ def test_a_directory_claim_overlaps_no_other_prefix_either_way(claim, other):
     e2.set_allowed_ips({later.id: [other]})
 
 
+def test_a_peer_the_config_adopts_is_no_longer_exclusive():
+    e = Engine(bytearray(crypto.x25519_private()), Tunables())
+    x = e.add_peer(_key(), "x", ["10.77.0.200/32"], dynamic=True, exclusive=True)
+    with pytest.raises(ValueError):
+        e.add_peer(_key(), "hub", ["10.77.0.0/24"])
+    e.adopt(x.id)
+    assert not x.dynamic and not x.exclusive
+    e.add_peer(_key(), "hub", ["10.77.0.0/24"])          # overlaps of the file's peers are fine
+
+
 def test_set_allowed_ips_moves_between_the_peers_it_names_at_once():
     e = Engine(bytearray(crypto.x25519_private()), Tunables())
     a = e.add_peer(_key(), "a", ["10.0.0.1/32"])

@@ -244,6 +244,15 @@ class Engine:
                                         % (n, self._route_name(other), m))
         return None
 
+    def adopt(self, peer_id: int) -> None:
+        """The config file owns this peer now (a reload named its key): not
+        dynamic, and its prefixes are the file's, not a run-time claim."""
+        peer = self.peers[peer_id]
+        peer.dynamic = False
+        self._unindex_routes(peer)
+        peer.exclusive = False
+        self._index_routes(peer)
+
     def prefix_holder(self, network) -> Optional[Peer]:
         """The peer that has exactly this prefix, or None."""
         return self._by_prefix.get(_networks([network])[0])

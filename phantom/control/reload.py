@@ -243,8 +243,7 @@ def apply(daemon, p: Plan) -> dict:
         daemon._do(engine.remove_peer(peer.id))        # ClearKeys: the data path zeroes its keys
         removed.append(peer.name)
     for peer in p.adopt:
-        peer.dynamic = False
-        peer.exclusive = False                         # the file's prefixes now, not a record's claim
+        engine.adopt(peer.id)                          # the file's prefixes now, not a run-time claim
     changed = {}
     opens = []
     moves = {pe.id: p.routes[pe.id] for pe, _, f in p.change if "allowed_ips" in f}
