@@ -460,7 +460,7 @@ class Daemon:
             if name:
                 return await self.directory.resolve_name(name)
         except DirectoryError as exc:
-            raise ServiceUnavailable("the key directory is unreachable and has nothing cached: %s" % exc)
+            raise ServiceUnavailable("%s; nothing cached" % exc)     # "directory unavailable: ..."
         return None
 
     # ------------------------------------------------------ the API's view
@@ -692,6 +692,7 @@ class Daemon:
             "drops": self.dp.global_drops(),
             "handshake_drops": dict(self.engine.drops),
             "directory": self.s.directory,
+            "directory_counters": self.directory.counters() if self.directory is not None else None,
             "nat": self._nat_status(),
         }
 
