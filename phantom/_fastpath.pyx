@@ -457,7 +457,9 @@ cdef void _trie_free(fp_trie *t) noexcept nogil:
     free(t)
 
 
-cdef int _trie_insert(fp_trie *root, const unsigned char *a, int plen, int slot) noexcept nogil:
+cdef fp_trie *_trie_node(fp_trie *root, const unsigned char *a, int plen) noexcept nogil:
+    """The node of the prefix ``a/plen``, made (with slot -1, so that no lookup
+    changes) where missing; NULL when out of memory."""
     cdef fp_trie *node = root
     cdef int i, bit
     for i in range(plen):
@@ -465,29 +467,25 @@ cdef int _trie_insert(fp_trie *root, const unsigned char *a, int plen, int slot)
         if node.child[bit] == NULL:
             node.child[bit] = _trie_new()
             if node.child[bit] == NULL:
-                return -1
+                return NULL
         node = node.child[bit]
-    node.slot = slot
-    return 0
+    return node
 
 
-cdef int _trie_remove(fp_trie *root, const unsigned char *a, int plen) noexcept nogil:
-    """Clear the exact prefix ``a/plen`` and free the nodes that no longer lead
-    to any prefix.  Returns 1 if it was there, 0 if not."""
+cdef void _trie_prune(fp_trie *root, const unsigned char *a, int plen) noexcept nogil:
+    """Free, bottom up, the nodes on ``a/plen``'s path that lead to no prefix."""
     cdef fp_trie *path[129]
     cdef fp_trie *node = root
-    cdef int i, bit
+    cdef int i, bit, depth = 0
     path[0] = root
     for i in range(plen):
         bit = (a[i >> 3] >> (7 - (i & 7))) & 1
         node = node.child[bit]
         if node == NULL:
-            return 0
-        path[i + 1] = node
-    if node.slot < 0:
-        return 0
-    node.slot = -1
-    i = plen
+            break
+        depth = i + 1
+        path[depth] = node
+    i = depth
     while i > 0:
         node = path[i]
         if node.slot >= 0 or node.child[0] != NULL or node.child[1] != NULL:
@@ -496,6 +494,30 @@ cdef int _trie_remove(fp_trie *root, const unsigned char *a, int plen) noexcept 
         path[i - 1].child[bit] = NULL
         free(node)
         i -= 1
+
+
+cdef int _trie_insert(fp_trie *root, const unsigned char *a, int plen, int slot) noexcept nogil:
+    cdef fp_trie *node = _trie_node(root, a, plen)
+    if node == NULL:
+        return -1
+    node.slot = slot
+    return 0
+
+
+cdef int _trie_remove(fp_trie *root, const unsigned char *a, int plen) noexcept nogil:
+    """Clear the exact prefix ``a/plen`` and free the nodes that no longer lead
+    to any prefix.  Returns 1 if it was there, 0 if not."""
+    cdef fp_trie *node = root
+    cdef int i, bit
+    for i in range(plen):
+        bit = (a[i >> 3] >> (7 - (i & 7))) & 1
+        node = node.child[bit]
+        if node == NULL:
+            return 0
+    if node.slot < 0:
+        return 0
+    node.slot = -1
+    _trie_prune(root, a, plen)
     return 1
 
 
@@ -2789,25 +2811,85 @@ cdef class Engine:
 
     def set_route(self, int bits, addr, int plen, peer_id):
         """Route one prefix to ``peer_id``, or remove it (``peer_id`` None):
-        the incremental form of :meth:`set_routes`, O(prefix length) whatever
-        the number of routes.  Returns False when removing an absent prefix."""
-        cdef const unsigned char[::1] a = addr
-        cdef int slot = -1, rc
+        :meth:`change_routes` with one change, O(prefix length) whatever the
+        number of routes.  Returns False when removing an absent prefix."""
+        removed = self.change_routes([(bits, addr, plen, peer_id)])
+        return peer_id is not None or removed == 1
+
+    def change_routes(self, routes):
+        """Apply route changes as one step for the workers.  Each of
+        ``routes`` is (bits, address bytes, prefix length, peer_id): the prefix
+        is routed to that peer, or removed when peer_id is None; a later change
+        of the same prefix wins.  A worker routes every packet by the table
+        before the change or by the table after it, never by a mix: the nodes
+        the new prefixes need are made first (with no owner, so no lookup
+        changes), then every owner is set and every removal done, all in one
+        hold of the engine lock.  Out of memory: nothing changes (MemoryError).
+        Costs the changed prefixes' lengths, not the size of the table.
+        Returns how many of the removed prefixes were there."""
+        cdef Py_ssize_t n, i, made = 0
+        cdef unsigned char *addrs = NULL
+        cdef int *meta = NULL            # per change: bits, prefix length, slot (-1: remove)
+        cdef fp_trie **nodes = NULL
+        cdef fp_trie *root
+        cdef int removed = 0
+        cdef bint ok = True
+        cdef const unsigned char[::1] a
         cdef fp_engine *e = self.e
-        if peer_id is not None:
-            slot = self._slot(peer_id)
-        if bits not in (32, 128) or a.shape[0] * 8 != bits or not 0 <= plen <= bits:
-            raise ValueError("bad route %r" % ((bits, addr, plen, peer_id),))
+        last = {}
+        for bits, addr, plen, peer_id in routes:
+            a = addr
+            if bits not in (32, 128) or a.shape[0] * 8 != bits or not 0 <= plen <= bits:
+                raise ValueError("bad route %r" % ((bits, addr, plen, peer_id),))
+            last[(bits, bytes(addr), plen)] = -1 if peer_id is None else self._slot(peer_id)
+        n = len(last)
+        if n == 0:
+            return 0
+        addrs = <unsigned char *>malloc(n * 16)
+        meta = <int *>malloc(n * 3 * sizeof(int))
+        nodes = <fp_trie **>calloc(n, sizeof(fp_trie *))
+        if addrs == NULL or meta == NULL or nodes == NULL:
+            free(addrs)
+            free(meta)
+            free(nodes)
+            raise MemoryError()
+        i = 0
+        for (bits, addr, plen), slot in last.items():
+            memcpy(addrs + 16 * i, <const char *>addr, bits // 8)
+            meta[3 * i] = bits
+            meta[3 * i + 1] = plen
+            meta[3 * i + 2] = slot
+            i += 1
         with nogil:
             _lock(e)
-            if slot >= 0:
-                rc = _trie_insert(e.trie4 if bits == 32 else e.trie6, &a[0], plen, slot)
+            for i in range(n):
+                if meta[3 * i + 2] >= 0:
+                    root = e.trie4 if meta[3 * i] == 32 else e.trie6
+                    nodes[i] = _trie_node(root, addrs + 16 * i, meta[3 * i + 1])
+                made = i + 1                   # (a failed one may have made part of its path)
+                if meta[3 * i + 2] >= 0 and nodes[i] == NULL:
+                    ok = False
+                    break
+            if ok:
+                for i in range(n):
+                    if meta[3 * i + 2] >= 0:
+                        nodes[i].slot = meta[3 * i + 2]
+                for i in range(n):
+                    if meta[3 * i + 2] < 0:
+                        root = e.trie4 if meta[3 * i] == 32 else e.trie6
+                        removed += _trie_remove(root, addrs + 16 * i, meta[3 * i + 1])
             else:
-                rc = _trie_remove(e.trie4 if bits == 32 else e.trie6, &a[0], plen)
+                for i in range(made):          # undo: the empty nodes made above
+                    if meta[3 * i + 2] >= 0:
+                        root = e.trie4 if meta[3 * i] == 32 else e.trie6
+                        _trie_prune(root, addrs + 16 * i, meta[3 * i + 1])
             _unlock(e)
-        if rc < 0:
+        free(addrs)
+        free(meta)
+        free(nodes)
+        if not ok:
             raise MemoryError()
-        return slot >= 0 or rc == 1
+        return removed
 
     def lookup(self, const unsigned char[::1] addr):
         """The peer_id owning ``addr`` (4 or 16 bytes) by longest prefix, or None."""

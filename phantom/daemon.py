@@ -390,33 +390,61 @@ class Daemon:
             return
         try:
             self._add_from_record(rec, plain(addr))
-        except BadRequest as exc:
+        except (BadRequest, Conflict) as exc:
             log.info("endorsed key not admitted: %s", exc)
             return
         log.info("peer=%s admitted: its record carries a trusted endorsement", rec.name)
 
     def _add_from_record(self, rec, endpoint, name: Optional[str] = None):
-        """A peer learnt from the directory.  Its allowed IPs are its own claim:
-        they are taken only when a trusted signer endorsed the record, or when
-        they lie inside our own interface subnets; never over another peer's."""
+        """A peer learnt from the directory.  Its allowed IPs are its owner's
+        claim, and this node decides what of it to take (docs/usage.md,
+        "Peers from the directory"):
+
+        * only prefixes inside ``directory_allowed_ips`` (default: the
+          interface's own subnets) are taken; the rest are left out, logged.
+          An endorsement vouches for a key and a name, not for addresses: it
+          does not widen the range;
+        * a prefix that overlaps any configured or admitted peer's prefix, in
+          either direction (IPv4 and IPv6), refuses the whole record (Conflict,
+          logged): an LPM route inside another peer's prefix would take part
+          of that peer's traffic.  The peer is added *exclusive*: later peers
+          may not overlap its prefixes either (Engine.route_problem)."""
         import ipaddress
         protocol = getattr(rec, "protocol", "phantom")     # the record says what the key speaks
         if protocol == "wireguard" and self.s.mode is not Mode.TUN:
             raise BadRequest("%s is a WireGuard peer (its directory record says so): it needs a "
                              "daemon in tun mode" % rec.name)
-        connected = [a.network for a in self.s.addresses]
-        taken = {n for p in self.engine.peers.values() for n in p.allowed_ips}
-        nets = []
+        accepted = self._directory_range()
+        nets, outside = [], []
         for n in rec.allowed_ips:
-            inside = any(n.version == c.version and n.subnet_of(c) for c in connected)
-            if (rec.endorsed or inside) and n not in taken:
-                nets.append(ipaddress.ip_network(n))
+            n = ipaddress.ip_network(n)
+            if any(n.version == c.version and n.subnet_of(c) for c in accepted):
+                nets.append(n)
+            else:
+                outside.append(n)
+        who = "%s (%s)" % (rec.name, _b64(rec.public_key))
+        if outside:
+            log.warning("directory record of %s: %s left out: outside the prefixes this node "
+                        "accepts from the directory (%s)", who, ", ".join(map(str, outside)),
+                        ", ".join(map(str, accepted)) or "none")
+        problem = self.engine.route_problem({None: nets}, new_exclusive=True)
+        if problem is not None:
+            log.warning("directory record of %s refused: %s", who, problem)
+            raise Conflict("the directory record of %s is refused: %s (a record never takes "
+                           "another peer's addresses)" % (rec.name, problem))
         peer = self.engine.add_peer(rec.public_key, self._free_name(name or rec.name), nets, endpoint,
-                                    dynamic=True, protocol=protocol)
+                                    dynamic=True, protocol=protocol, exclusive=True)
         self.dp.add_peer(peer.id, nets)
         if endpoint:
             self.dp.set_endpoint(peer.id, endpoint)
         return peer
+
+    def _directory_range(self) -> list:
+        """Where a directory record's allowed IPs may lie: [interface]
+        directory_allowed_ips, or the interface's own subnets."""
+        if self.s.directory_allowed_ips is not None:
+            return list(self.s.directory_allowed_ips)
+        return [a.network for a in self.s.addresses]
 
     def _free_name(self, name: str) -> str:
         taken = self.engine.peer_by_name
@@ -427,8 +455,10 @@ class Daemon:
             i += 1
         return "%s-%d" % (name, i)
 
-    async def _resolve(self, name: Optional[str] = None, endpoint=None, key: Optional[bytes] = None):
-        """A directory record by name, key, or advertised endpoint; None if absent."""
+    async def _resolve(self, name: Optional[str] = None, key: Optional[bytes] = None):
+        """A directory record by name or key; None if absent.  Never by
+        endpoint: an endpoint in a record is a claim anyone can make, not an
+        identity (see :meth:`_peer_at`)."""
         if self.directory is None:
             return None
         from .control.directory import DirectoryError
@@ -437,9 +467,6 @@ class Daemon:
                 return await self.directory.resolve_key(key, fresh=True)   # the user asked: no negative cache
             if name:
                 return await self.directory.resolve_name(name)
-            for rec in await self.directory.list_records():
-                if any(plain(ep) == plain(endpoint) for ep in rec.endpoints):
-                    return rec
         except DirectoryError as exc:
             raise ServiceUnavailable("%s; nothing cached" % exc)     # "directory unavailable: ..."
         return None
@@ -467,6 +494,29 @@ class Daemon:
         if peer is None:
             raise NotFound("no peer %r (give its name or public key)" % ref)
         return peer
+
+    def _peer_at(self, endpoint):
+        """The peer that ``open IP:PORT`` without a key means: one with a
+        live session whose authenticated endpoint is there (the handshake
+        proved the key), else the configured peer whose config file entry
+        names that endpoint.  Never a key that only *claims* the endpoint (a
+        directory record, or an endpoint a record moved a peer to): anyone
+        can claim any endpoint.  Two candidates: Conflict, open by name."""
+        ep = plain(endpoint)
+        proved = []
+        for p in self.engine.peers.values():
+            if p.sessions:
+                at = self.dp.endpoint(p.id)
+                if at is not None and not isinstance(at, RelayVia) and plain(at) == ep:
+                    proved.append(p)
+        if not proved:
+            keys = [bytes(pc.public_key) for pc in self.s.peers
+                    if pc.endpoint is not None and plain(pc.endpoint) == ep]
+            proved = [p for p in map(self.engine.peer_by_key, keys) if p is not None]
+        if len(proved) > 1:
+            raise Conflict("%s is the endpoint of peers %s: open one by name"
+                           % (format_endpoint(endpoint), ", ".join(p.name for p in proved)))
+        return proved[0] if proved else None
 
     async def open(self, endpoint: tuple, public_key: Optional[str] = None, name: Optional[str] = None,
                    allowed_ips=None, protocol: Optional[str] = None) -> dict:
@@ -529,16 +579,12 @@ class Daemon:
         elif name:
             peer = self._find_peer(name)
         else:
-            for p in self.engine.peers.values():
-                if p.endpoint and plain(p.endpoint) == plain(endpoint):
-                    peer = p
-                    break
+            peer = self._peer_at(endpoint)
             if peer is None:
-                rec = await self._resolve(endpoint=endpoint)
-                if rec is None:
-                    raise BadRequest("no public key known for %s: give \"public_key\" in the request body, "
-                                     "configure the peer, or publish it in the key directory"
-                                     % format_endpoint(endpoint))
+                raise BadRequest("no public key known for %s: give \"public_key\" in the request body, "
+                                 "configure the peer with this endpoint, or open it by name (an "
+                                 "endpoint in the key directory is a claim, not an identity)"
+                                 % format_endpoint(endpoint))
         created = False
         if peer is None and rec is not None:
             peer = self.engine.peer_by_key(rec.public_key)
@@ -553,8 +599,10 @@ class Daemon:
             except ValueError as exc:
                 raise BadRequest("allowed_ips: %s" % exc) from None
             try:
+                # exclusive: a peer added at run time never changes where an
+                # existing peer's traffic goes (no overlap either way)
                 peer = self.engine.add_peer(key, name or "", nets, endpoint, dynamic=True,
-                                            protocol=protocol or "phantom")
+                                            protocol=protocol or "phantom", exclusive=True)
             except ValueError as exc:
                 raise Conflict(str(exc)) from None
             self.dp.add_peer(peer.id, nets)

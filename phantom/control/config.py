@@ -114,6 +114,8 @@ class Settings:
     endpoints_auto: bool = False           # endpoints = "auto": the address we reach the directory from
     trusted_signers: list[bytes] = field(default_factory=list)      # Ed25519 keys of endorsers
     endorsers: Optional[list[bytes]] = None  # who may endorse our record (None: trusted_signers)
+    # where a directory record's allowed IPs may lie (None: the interface's own subnets)
+    directory_allowed_ips: Optional[list[IPNetwork]] = None
     rendezvous: bool = False                            # NAT traversal: serve as a rendezvous node
     relay: bool = False                                 # ... and relay for peers without a direct path
     peers: list[PeerConfig] = field(default_factory=list)
@@ -222,8 +224,8 @@ SECTIONS = ("interface", "peer", "firewall", "tunables")
 INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen", "http_socket",
                   "test_port", "test_deliver", "mode", "device", "addresses", "mtu", "state_dir",
                   "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers",
-                  "endorsers", "metrics_listen", "dht_bootstrap", "dht_port", "uapi", "rendezvous",
-                  "relay")
+                  "endorsers", "directory_allowed_ips", "metrics_listen", "dht_bootstrap", "dht_port", "uapi",
+                  "rendezvous", "relay")
 PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive", "protocol",
              "preshared_key_file", "rendezvous")
 PROTOCOLS = ("phantom", "wireguard")
@@ -430,6 +432,9 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
             if len(value) > MAX_ENDORSERS:
                 raise ConfigError(key, "a record names at most %d endorsers" % MAX_ENDORSERS)
             s.endorsers = [_signer_key(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
+        elif name == "directory_allowed_ips":
+            _expect(value, list, key, "a list of CIDR prefixes like \"10.9.0.0/24\"")
+            s.directory_allowed_ips = [parse_network(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
     return origin
 
 

@@ -58,6 +58,7 @@ its confirming keepalive (and staged packets, which the install flushes).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import random
 import time
@@ -81,6 +82,23 @@ Clock = Callable[[], float]
 _NO_MAC = bytes(wire.MAC_SIZE)   # mac2 of a sender that holds no cookie
 COOKIE_RETRY_DELAY = 0.1   # seconds between a cookie reply and the initiation that carries mac2
 PUNCH_ATTEMPTS = 3         # initiations that answer a peer's punch request (we do not want it ourselves)
+
+
+def _networks(nets) -> list:
+    """Prefixes as ipaddress networks (strict: no host bits), each once, in order."""
+    out, seen = [], set()
+    for n in nets:
+        if not isinstance(n, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+            n = ipaddress.ip_network(n)
+        if n not in seen:
+            seen.add(n)
+            out.append(n)
+    return out
+
+
+def _overlap(a, b) -> bool:
+    """Do two prefixes share an address (one holds the other)?"""
+    return a.version == b.version and (a.subnet_of(b) or b.subnet_of(a))
 
 
 class Engine:
@@ -111,6 +129,8 @@ class Engine:
         self.active: dict[int, Peer] = {}                 # peers the tick visits (see the module doc)
         self._slept: dict[int, PeerCounters] = {}         # counters a peer last saw before sleeping
         self._by_key: dict[bytes, Peer] = {}
+        self._by_prefix: dict = {}                         # allowed-IPs prefix -> the peer holding it
+        self._exclusive: dict[int, Peer] = {}              # peers whose prefixes overlap nobody's
         self._by_name: dict[str, list] = {}                # name -> peers with it, in id order
         self._indexes: dict[int, tuple[str, int]] = {}   # local index -> ("handshake"|"session", peer id)
         self._next_peer_id = 1
@@ -124,9 +144,15 @@ class Engine:
     def add_peer(self, public_key: bytes, name: str = "", allowed_ips: Iterable = (),
                  endpoint: Optional[tuple] = None, persistent_keepalive: float = 0.0,
                  dynamic: bool = False, protocol: str = "phantom",
-                 preshared_key: Optional[bytes] = None) -> Peer:
-        """``protocol``: "phantom" or "wireguard"; ``preshared_key``: WireGuard's (32 bytes)."""
+                 preshared_key: Optional[bytes] = None, exclusive: bool = False) -> Peer:
+        """``protocol``: "phantom" or "wireguard"; ``preshared_key``: WireGuard's
+        (32 bytes).  ``exclusive``: a peer added at run time (``open``, a
+        directory record's claim): its prefixes may overlap no other peer's
+        prefix, so adding it never moves another peer's traffic.
+        A prefix another peer holds, or any overlap involving an exclusive
+        peer, is refused (ValueError naming it; :meth:`route_problem`)."""
         public_key = bytes(public_key)
+        nets = _networks(allowed_ips)
         proto = self._protocols[protocols.protocol_of(protocol)]
         if preshared_key is not None and proto.protocol is not protocols.Protocol.WIREGUARD:
             raise ValueError("only a WireGuard peer has a preshared key")
@@ -138,18 +164,153 @@ class Engine:
             raise ValueError("a peer cannot have our own public key")
         if crypto.is_small_order(public_key):
             raise ValueError("a small-order public key cannot be a peer's")
+        problem = self.route_problem({None: nets}, new_exclusive=exclusive)
+        if problem is not None:
+            raise ValueError(problem)
         pid = self._next_peer_id
         self._next_peer_id += 1
-        peer = Peer(pid, public_key, name or ("peer%d" % pid), list(allowed_ips), endpoint,
+        peer = Peer(pid, public_key, name or ("peer%d" % pid), nets, endpoint,
                     float(persistent_keepalive or 0), dynamic=dynamic,
                     wanted=bool(endpoint) and bool(persistent_keepalive),
                     cookies=proto.cookie_generator(public_key), proto=proto,
                     preshared_key=bytearray(preshared_key) if preshared_key is not None else None)
+        peer.exclusive = bool(exclusive)
         self.peers[pid] = peer
         self._by_key[public_key] = peer
         self._by_name.setdefault(peer.name, []).append(peer)
+        self._index_routes(peer)
         self._wake(peer)
         return peer
+
+    # ========================================================= allowed IPs
+    # The engine keeps every peer's allowed IPs (the data path routes by its
+    # own copy, changed in step by whoever changes these).  Invariants, held
+    # by add_peer and set_allowed_ips and checked by route_problem:
+    #   * a prefix belongs to one peer at most;
+    #   * an exclusive peer's prefix (a peer added at run time: `open`, a
+    #     directory record's claim) overlaps no other peer's prefix, in either
+    #     direction, IPv4 and IPv6 alike: with longest-prefix routing, a
+    #     prefix inside another peer's would take part of that peer's traffic.
+    #     Overlaps between peers of the config file are the administrator's
+    #     (the longest prefix wins), as in WireGuard.
+    def route_problem(self, changes: dict, new_exclusive: bool = False) -> Optional[str]:
+        """What would break the invariants above if each peer in ``changes``
+        ({peer id, or None for a peer about to be added: prefixes}) had just
+        those prefixes; None when nothing would.  ``new_exclusive``: the
+        peer about to be added is exclusive."""
+        found = self.route_conflict(changes, {None: new_exclusive})
+        return None if found is None else found[2]
+
+    def route_conflict(self, changes: dict, exclusive: Optional[dict] = None):
+        """:meth:`route_problem` for a change of several peers at once, some
+        of them new: ``changes`` maps a peer id, or any other label for a
+        peer not added yet, to the prefixes it would have; ``exclusive``
+        overrides whether a key's peer is (or will be) exclusive (default:
+        an existing peer's flag, False for a new one).  Returns the first
+        problem as (prefix, key in ``changes`` it was given to, message), or
+        None.  Pairwise checks, so every step towards a valid result is valid
+        too.  Costs the changed prefixes times the exclusive peers' (times
+        every prefix for an exclusive peer's change), never a walk of all
+        peers otherwise."""
+        exclusive = exclusive or {}
+
+        def is_exclusive(key) -> bool:
+            if key in exclusive:
+                return bool(exclusive[key])
+            peer = self.peers.get(key) if isinstance(key, int) else None
+            return peer.exclusive if peer is not None else False
+
+        wanted: dict = {}
+        for key, nets in changes.items():
+            for n in _networks(nets):
+                other = wanted.get(n, key)
+                if other != key:
+                    return n, key, "%s is given to both %s and %s" % (n, self._route_name(other),
+                                                                     self._route_name(key))
+                wanted[n] = key
+        for n, key in wanted.items():
+            holder = self._by_prefix.get(n)
+            if holder is not None and holder.id != key and holder.id not in changes:
+                return n, key, "%s is peer %s's" % (n, holder.name)
+        claims = [(m, key) for m, key in wanted.items() if is_exclusive(key)]
+        for n, key in wanted.items():
+            if is_exclusive(key):
+                # a claim: against every other prefix, the changed ones as they will be
+                for m, holder in self._by_prefix.items():
+                    if holder.id not in changes and _overlap(n, m):
+                        return n, key, "%s overlaps peer %s's %s" % (n, holder.name, m)
+                for m, other in wanted.items():
+                    if other != key and _overlap(n, m):
+                        return n, key, "%s overlaps %s's %s" % (n, self._route_name(other), m)
+            else:
+                for ep in self._exclusive.values():
+                    if ep.id in changes:
+                        continue               # with its new prefixes, in ``wanted``
+                    for m in ep.allowed_ips:
+                        if _overlap(n, m):
+                            return n, key, ("%s overlaps peer %s's %s (a peer added at run time)"
+                                            % (n, ep.name, m))
+                for m, other in claims:
+                    if other != key and _overlap(n, m):
+                        return n, key, ("%s overlaps %s's %s (a peer added at run time)"
+                                        % (n, self._route_name(other), m))
+        return None
+
+    def adopt(self, peer_id: int) -> None:
+        """The config file owns this peer now (a reload named its key): not
+        dynamic, and its prefixes are the file's, not a run-time claim."""
+        peer = self.peers[peer_id]
+        peer.dynamic = False
+        self._unindex_routes(peer)
+        peer.exclusive = False
+        self._index_routes(peer)
+
+    def prefix_holder(self, network) -> Optional[Peer]:
+        """The peer that has exactly this prefix, or None."""
+        return self._by_prefix.get(_networks([network])[0])
+
+    def overlapping(self, network) -> list:
+        """(peer, prefix) of every prefix that shares an address with
+        ``network`` (a walk of every prefix: for rare, deliberate changes)."""
+        n = _networks([network])[0]
+        return [(holder, m) for m, holder in self._by_prefix.items() if _overlap(n, m)]
+
+    def _route_name(self, key) -> str:
+        if isinstance(key, int) and key in self.peers:
+            return "peer %s" % self.peers[key].name
+        return "the new peer" if key is None else str(key)
+
+    def set_allowed_ips(self, changes: dict) -> None:
+        """Give each peer in ``changes`` ({peer id: prefixes}) exactly those
+        prefixes, all at once (a prefix may move between the peers named);
+        ValueError naming the problem, nothing changed, when the result would
+        break the invariants (:meth:`route_problem`)."""
+        nets = {pid: _networks(v) for pid, v in changes.items()}
+        for pid in nets:
+            if pid not in self.peers:
+                raise KeyError(pid)
+        problem = self.route_problem(nets)
+        if problem is not None:
+            raise ValueError(problem)
+        for pid in nets:
+            self._unindex_routes(self.peers[pid])
+        for pid, ns in nets.items():
+            peer = self.peers[pid]
+            peer.allowed_ips = ns
+            self._index_routes(peer)
+            self._wake(peer)
+
+    def _index_routes(self, peer: Peer) -> None:
+        for n in peer.allowed_ips:
+            self._by_prefix[n] = peer
+        if peer.exclusive:
+            self._exclusive[peer.id] = peer
+
+    def _unindex_routes(self, peer: Peer) -> None:
+        for n in peer.allowed_ips:
+            if self._by_prefix.get(n) is peer:
+                del self._by_prefix[n]
+        self._exclusive.pop(peer.id, None)
 
     # ========================================================= the active set
     def _wake(self, peer: Peer) -> None:
@@ -202,6 +363,7 @@ class Engine:
         out = self._reset(peer, "removed")
         if peer.preshared_key is not None:
             crypto.memzero(peer.preshared_key)
+        self._unindex_routes(peer)
         del self.peers[peer_id]
         self.active.pop(peer_id, None)
         self._slept.pop(peer_id, None)

@@ -62,6 +62,10 @@ class Peer:
     endpoint: Optional[tuple] = None        # (host, port) as configured or last learned
     persistent_keepalive: float = 0.0
     dynamic: bool = False                   # added by `open`, not from config
+    # added at run time (`open`, a directory record's claim): its prefixes
+    # overlap no other peer's, either way (Engine.route_problem), so adding
+    # it never changes where another peer's traffic goes
+    exclusive: bool = False
     wanted: bool = False                    # keep it up: configured endpoint, opened or keepalive
     cookies: Optional[CookieGenerator] = None   # (a WgCookieGenerator for a WireGuard peer)
     state: PeerState = PeerState.IDLE

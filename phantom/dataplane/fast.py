@@ -358,44 +358,57 @@ class FastDataPath:
 
     # ---------------------------------------------------------- peers, routes
     def add_peer(self, peer_id: int, allowed_ips) -> None:
+        """A peer with ``allowed_ips``; a prefix another peer holds is refused
+        (ValueError) before anything changes."""
         if peer_id in self._peers:
             raise ValueError("peer %d exists" % peer_id)
         nets = [_network(n) for n in allowed_ips]
+        for net in nets:
+            holder = self._routes.owner(net)
+            if holder is not None:
+                raise ValueError("%s is peer %d's" % (net, holder))
         self._engine.add_peer(peer_id)
         self._peers.add(peer_id)
-        self.set_allowed_ips(peer_id, nets)
+        self.update_routes({peer_id: nets})
 
     def remove_peer(self, peer_id: int) -> None:
+        """Forget a peer: its keys, and exactly the prefixes it holds (in one
+        step for the worker); nobody else's route changes."""
         if peer_id not in self._peers:
             return
         self.clear_keys(peer_id)
-        old = self._routes.peer_networks(peer_id)
-        self._routes.remove_peer(peer_id)
-        for net in old:
-            self._route(net, None)
+        self.update_routes({peer_id: []})
         self._peers.discard(peer_id)
         self._engine.remove_peer(peer_id)
 
     def set_allowed_ips(self, peer_id: int, allowed_ips) -> None:
-        """Replace one peer's prefixes.  The C trie is changed prefix by
-        prefix (what this peer loses, what it gains), so the cost follows
-        this peer's prefixes, not the size of the table: adding N peers is
-        O(N), not O(N^2) as rebuilding the whole trie each time was."""
-        if peer_id not in self._peers:
-            raise KeyError(peer_id)
-        nets = [_network(n) for n in allowed_ips]
-        old = self._routes.peer_networks(peer_id)
-        self._routes.set_peer(peer_id, nets)
-        for net in old:
-            if self._routes.owner(net) is None:
-                self._route(net, None)
-        for net in nets:
-            # the Python table's owner wins (a later duplicate in ``nets``
-            # moves nothing; a prefix taken from another peer moves in both)
-            self._route(net, self._routes.owner(net))
+        """Replace one peer's prefixes (:meth:`update_routes` for one peer)."""
+        self.update_routes({peer_id: allowed_ips})
 
-    def _route(self, net, peer_id: Optional[int]) -> None:
-        self._engine.set_route(net.max_prefixlen, net.network_address.packed, net.prefixlen, peer_id)
+    def update_routes(self, changes: dict) -> None:
+        """Replace the prefixes of every peer in ``changes`` ({peer_id:
+        prefixes}) as one step for the worker: it routes each packet by the
+        table before or the table after, never by a mix (so a peer that trades
+        199 /32s for the /24 holding them never lets a packet fall through to a
+        shorter prefix of another peer meanwhile).  A prefix moves only between
+        peers ``changes`` names; one that another peer holds is refused
+        (ValueError), nothing changed.  The C trie gets only what changed
+        (``Engine.change_routes``, one lock hold), so the cost follows these
+        peers' prefixes, not the size of the table."""
+        for peer_id in changes:
+            if peer_id not in self._peers:
+                raise KeyError(peer_id)
+        gone, moved = self._routes.replace({pid: [_network(n) for n in nets]
+                                            for pid, nets in changes.items()})
+        self._engine.change_routes(
+            [(n.max_prefixlen, n.network_address.packed, n.prefixlen, None) for n in gone]
+            + [(n.max_prefixlen, n.network_address.packed, n.prefixlen, pid) for n, pid in moved])
+
+    def lookup(self, addr) -> Optional[int]:
+        """The peer the worker routes ``addr`` (an ipaddress address, or 4 or
+        16 bytes) to, or None: the C table itself."""
+        packed = addr.packed if hasattr(addr, "packed") else bytes(addr)
+        return self._engine.lookup(packed)
 
     def _push_routes(self) -> None:
         """Rebuild the whole C trie from the Python table (bulk form)."""

@@ -160,18 +160,31 @@ class ReferenceDataPath:
             self.clear_keys(peer_id)
 
     # ---------------------------------------------------------- peers, routes
+    # Every route change below runs to its end on the event loop's thread,
+    # the thread that routes packets, with no await inside: a packet is
+    # routed by the table before a change or the table after it, never by a
+    # mix (the fast path gets the same from one lock hold, fast.py).
     def add_peer(self, peer_id: int, allowed_ips) -> None:
+        """A peer with ``allowed_ips``; a prefix another peer holds is refused
+        (ValueError) before anything changes."""
         if peer_id in self._peers:
             raise ValueError("peer %d exists" % peer_id)
+        nets = [ipaddress.ip_network(n) for n in allowed_ips]
+        for net in nets:
+            holder = self._routes.owner(net)
+            if holder is not None:
+                raise ValueError("%s is peer %d's" % (net, holder))
         self._peers[peer_id] = _Peer(peer_id, ())
-        self.set_allowed_ips(peer_id, allowed_ips)
+        self.update_routes({peer_id: nets})
 
     def remove_peer(self, peer_id: int) -> None:
+        """Forget a peer: its keys, and exactly the prefixes it holds."""
         self.clear_keys(peer_id)
         for k in [k for k, d in self._relay_pairs.items() if d == peer_id or k[0] == peer_id]:
             del self._relay_pairs[k]
         self.relayed["pairs"] = len(self._relay_pairs)
-        self._routes.remove_peer(peer_id)
+        if peer_id in self._peers:
+            self.update_routes({peer_id: []})
         self._peers.pop(peer_id, None)
         for mac in [m for m, p in self._macs.items() if p == peer_id]:
             del self._macs[mac]
@@ -179,11 +192,23 @@ class ReferenceDataPath:
             self._test_peer = None
 
     def set_allowed_ips(self, peer_id: int, allowed_ips) -> None:
-        peer = self._peers[peer_id]
-        self._routes.remove_peer(peer_id)
-        peer.allowed = [ipaddress.ip_network(n) for n in allowed_ips]
-        for net in peer.allowed:
-            self._routes.insert(net, peer_id)
+        """Replace one peer's prefixes (:meth:`update_routes` for one peer)."""
+        self.update_routes({peer_id: allowed_ips})
+
+    def update_routes(self, changes: dict) -> None:
+        """Replace the prefixes of every peer in ``changes`` ({peer_id:
+        prefixes}) in one step.  A prefix moves only between peers
+        ``changes`` names; one that another peer holds is refused
+        (ValueError), nothing changed."""
+        peers = [self._peers[pid] for pid in changes]          # KeyError: unknown peer
+        nets = {pid: [ipaddress.ip_network(n) for n in allowed] for pid, allowed in changes.items()}
+        self._routes.replace(nets)
+        for peer in peers:
+            peer.allowed = self._routes.peer_networks(peer.id)
+
+    def lookup(self, addr) -> Optional[int]:
+        """The peer ``addr`` (an ipaddress address, or 4 or 16 bytes) routes to, or None."""
+        return self._routes.lookup(addr)
 
     def set_endpoint(self, peer_id: int, addr) -> None:
         if isinstance(addr, RelayVia):
