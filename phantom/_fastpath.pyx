@@ -68,6 +68,7 @@ assert FP_HEADER_SIZE == _wgwire.TRANSPORT_HEADER_SIZE
 assert FP_TAIL_ROOM >= _wgwire.PADDING_MULTIPLE - 1 + _wgwire.AEAD_TAG_SIZE
 from phantom.dataplane.types import Drop as _Drop
 assert FP_N_DROPS == len(_Drop) and D_CONTROL_OVERFLOW == _Drop.CONTROL_OVERFLOW
+assert D_RELAY_UNKNOWN_ID == _Drop.RELAY_UNKNOWN_ID and D_RELAY_BUDGET == _Drop.RELAY_BUDGET
 
 cdef uint64_t REPLAY_LIMIT = _constants.REJECT_AFTER_MESSAGES
 cdef uint16_t _ENDIAN_PROBE = 1
@@ -456,7 +457,9 @@ cdef void _trie_free(fp_trie *t) noexcept nogil:
     free(t)
 
 
-cdef int _trie_insert(fp_trie *root, const unsigned char *a, int plen, int slot) noexcept nogil:
+cdef fp_trie *_trie_node(fp_trie *root, const unsigned char *a, int plen) noexcept nogil:
+    """The node of the prefix ``a/plen``, made (with slot -1, so that no lookup
+    changes) where missing; NULL when out of memory."""
     cdef fp_trie *node = root
     cdef int i, bit
     for i in range(plen):
@@ -464,29 +467,25 @@ cdef int _trie_insert(fp_trie *root, const unsigned char *a, int plen, int slot)
         if node.child[bit] == NULL:
             node.child[bit] = _trie_new()
             if node.child[bit] == NULL:
-                return -1
+                return NULL
         node = node.child[bit]
-    node.slot = slot
-    return 0
+    return node
 
 
-cdef int _trie_remove(fp_trie *root, const unsigned char *a, int plen) noexcept nogil:
-    """Clear the exact prefix ``a/plen`` and free the nodes that no longer lead
-    to any prefix.  Returns 1 if it was there, 0 if not."""
+cdef void _trie_prune(fp_trie *root, const unsigned char *a, int plen) noexcept nogil:
+    """Free, bottom up, the nodes on ``a/plen``'s path that lead to no prefix."""
     cdef fp_trie *path[129]
     cdef fp_trie *node = root
-    cdef int i, bit
+    cdef int i, bit, depth = 0
     path[0] = root
     for i in range(plen):
         bit = (a[i >> 3] >> (7 - (i & 7))) & 1
         node = node.child[bit]
         if node == NULL:
-            return 0
-        path[i + 1] = node
-    if node.slot < 0:
-        return 0
-    node.slot = -1
-    i = plen
+            break
+        depth = i + 1
+        path[depth] = node
+    i = depth
     while i > 0:
         node = path[i]
         if node.slot >= 0 or node.child[0] != NULL or node.child[1] != NULL:
@@ -495,6 +494,30 @@ cdef int _trie_remove(fp_trie *root, const unsigned char *a, int plen) noexcept 
         path[i - 1].child[bit] = NULL
         free(node)
         i -= 1
+
+
+cdef int _trie_insert(fp_trie *root, const unsigned char *a, int plen, int slot) noexcept nogil:
+    cdef fp_trie *node = _trie_node(root, a, plen)
+    if node == NULL:
+        return -1
+    node.slot = slot
+    return 0
+
+
+cdef int _trie_remove(fp_trie *root, const unsigned char *a, int plen) noexcept nogil:
+    """Clear the exact prefix ``a/plen`` and free the nodes that no longer lead
+    to any prefix.  Returns 1 if it was there, 0 if not."""
+    cdef fp_trie *node = root
+    cdef int i, bit
+    for i in range(plen):
+        bit = (a[i >> 3] >> (7 - (i & 7))) & 1
+        node = node.child[bit]
+        if node == NULL:
+            return 0
+    if node.slot < 0:
+        return 0
+    node.slot = -1
+    _trie_prune(root, a, plen)
     return 1
 
 
@@ -753,6 +776,50 @@ cdef void _relay_unlink(fp_engine *e, int slot) noexcept nogil:
             p.relay_next = 0
             return
         pp = &e.peers[pp[0] - 1].relay_next
+
+
+cdef inline uint32_t _pair_bucket(int64_t src_id, uint32_t relay_id) noexcept nogil:
+    return _hash64((<uint64_t>src_id * 0x100000001B3ULL) ^ relay_id)
+
+
+cdef fp_relay_pair *_pair_find(fp_engine *e, int64_t src_id, uint32_t relay_id) noexcept nogil:
+    """On a relay: the pair for frames from ``src_id`` tagged ``relay_id``, or NULL."""
+    cdef fp_relay_pair *q = e.by_pair[_pair_bucket(src_id, relay_id)]
+    while q != NULL:
+        if q.src_id == src_id and q.relay_id == relay_id:
+            return q
+        q = q.next
+    return NULL
+
+
+cdef void _pairs_forget(fp_engine *e, int64_t peer_id) noexcept nogil:
+    """Drop every pair from or to ``peer_id``."""
+    cdef int b
+    cdef fp_relay_pair **pp
+    cdef fp_relay_pair *q
+    if e.relay_pairs == 0:
+        return
+    for b in range(FP_PEER_BUCKETS):
+        pp = &e.by_pair[b]
+        while pp[0] != NULL:
+            q = pp[0]
+            if q.src_id == peer_id or q.dest_id == peer_id:
+                pp[0] = q.next
+                free(q)
+                e.relay_pairs -= 1
+            else:
+                pp = &q.next
+
+
+cdef void _pairs_forget_all(fp_engine *e) noexcept nogil:
+    cdef int b
+    cdef fp_relay_pair *q
+    for b in range(FP_PEER_BUCKETS):
+        while e.by_pair[b] != NULL:
+            q = e.by_pair[b]
+            e.by_pair[b] = q.next
+            free(q)
+    e.relay_pairs = 0
 
 
 cdef int _slot_by_relay(fp_engine *e, int relay_slot, uint32_t relay_id) noexcept nogil:
@@ -1335,24 +1402,31 @@ cdef int _in_commit(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nogi
 
 cdef void _relay_route(fp_engine *e, fp_pkt *pkt, fp_peer *src, size_t plen, double now) noexcept nogil:
     """An opened relay frame from ``src`` (lock held): relay_id u32le | inner.
-    Pick the destination (the peer whose id is relay_id, with a usable
-    session and an endpoint), check src's budget, take the destination's
-    next counter and key, and put src's id in place of relay_id: the worker
-    seals and sends it (V_RELAY).  Never to the device."""
+    Pick the destination: the pair (src, relay_id) that the control plane
+    installed because the destination accepts src (any other id is a
+    counted RELAY_UNKNOWN_ID drop), a live peer with a usable session and
+    an endpoint; check src's budget, take the destination's next counter
+    and key: the worker seals and sends it (V_RELAY), under the same relay
+    id, which names the pair at both ends.  Never to the device."""
     cdef uint32_t rid
     cdef fp_peer *dest = NULL
+    cdef fp_relay_pair *pair
     cdef fp_keypair *kp
     cdef int64_t sec
-    cdef unsigned char *q
     if plen < 8:
         pkt.verdict = D_MALFORMED
         return
     src.last_data_rx = now
-    rid = _le32(pkt.buf + FP_PAYLOAD_OFFSET)
-    dest = _peer_by_id(e, <int64_t>rid)
     if pkt.cipher != CIPHER_SECRETBOX:
         pkt.verdict = D_MALFORMED                 # relay frames travel on Phantom sessions only
         return
+    rid = _le32(pkt.buf + FP_PAYLOAD_OFFSET)
+    pair = _pair_find(e, src.peer_id, rid)
+    if pair == NULL:
+        e.relay_unknown_id += 1
+        pkt.verdict = D_RELAY_UNKNOWN_ID
+        return
+    dest = _peer_by_id(e, pair.dest_id)
     if dest == NULL or dest == src or dest.endpoint_len == 0 or not _kp_usable(e, dest.current, now) \
             or dest.current.cipher != CIPHER_SECRETBOX:
         e.relay_no_dest += 1
@@ -1365,7 +1439,7 @@ cdef void _relay_route(fp_engine *e, fp_pkt *pkt, fp_peer *src, size_t plen, dou
         src.relay_pkts = 0
     if src.relay_bytes + plen > e.relay_bytes_budget or src.relay_pkts + 1 > e.relay_pkts_budget:
         e.relay_budget_drops += 1
-        pkt.verdict = D_STAGED_OVERFLOW
+        pkt.verdict = D_RELAY_BUDGET
         return
     src.relay_bytes += plen
     src.relay_pkts += 1
@@ -1374,11 +1448,6 @@ cdef void _relay_route(fp_engine *e, fp_pkt *pkt, fp_peer *src, size_t plen, dou
     kp.send_counter += 1
     pkt.local_index = kp.remote_index         # as outbound: the receiver's index
     memcpy(pkt.key, kp.send_key, FP_KEY_SIZE)
-    q = pkt.buf + FP_PAYLOAD_OFFSET
-    q[0] = <unsigned char>(src.peer_id & 0xFF)
-    q[1] = <unsigned char>((src.peer_id >> 8) & 0xFF)
-    q[2] = <unsigned char>((src.peer_id >> 16) & 0xFF)
-    q[3] = <unsigned char>((src.peer_id >> 24) & 0xFF)
     memcpy(&pkt.addr, &dest.endpoint, dest.endpoint_len)
     pkt.addrlen = dest.endpoint_len
     dest.tx_bytes += pkt.len
@@ -1402,7 +1471,7 @@ cdef void _relay_unwrap(fp_engine *e, fp_pkt *pkt, int relay_slot, size_t plen) 
     rid = _le32(pkt.buf + FP_PAYLOAD_OFFSET)
     i = _slot_by_relay(e, relay_slot, rid)
     if i < 0:
-        pkt.verdict = D_SRC_NOT_ALLOWED
+        pkt.verdict = D_RELAY_UNKNOWN_ID           # no peer of ours goes by that id at this relay
         return
     memmove(pkt.buf, pkt.buf + FP_PAYLOAD_OFFSET + 4, plen - 4)
     pkt.len = plen - 4
@@ -2611,6 +2680,7 @@ cdef class Engine:
             if e.peers[i] != NULL:
                 self._free_peer(i)
         free(e.peers)
+        _pairs_forget_all(e)
         _trie_free(e.trie4)
         _trie_free(e.trie6)
         free(e.macs)
@@ -2700,6 +2770,7 @@ cdef class Engine:
         del self.slots[peer_id]
         with nogil:
             _lock(self.e)
+            _pairs_forget(self.e, peer_id)
         self._free_peer(slot)
         _mac_forget(self.e, slot)
         with nogil:
@@ -2740,25 +2811,85 @@ cdef class Engine:
 
     def set_route(self, int bits, addr, int plen, peer_id):
         """Route one prefix to ``peer_id``, or remove it (``peer_id`` None):
-        the incremental form of :meth:`set_routes`, O(prefix length) whatever
-        the number of routes.  Returns False when removing an absent prefix."""
-        cdef const unsigned char[::1] a = addr
-        cdef int slot = -1, rc
+        :meth:`change_routes` with one change, O(prefix length) whatever the
+        number of routes.  Returns False when removing an absent prefix."""
+        removed = self.change_routes([(bits, addr, plen, peer_id)])
+        return peer_id is not None or removed == 1
+
+    def change_routes(self, routes):
+        """Apply route changes as one step for the workers.  Each of
+        ``routes`` is (bits, address bytes, prefix length, peer_id): the prefix
+        is routed to that peer, or removed when peer_id is None; a later change
+        of the same prefix wins.  A worker routes every packet by the table
+        before the change or by the table after it, never by a mix: the nodes
+        the new prefixes need are made first (with no owner, so no lookup
+        changes), then every owner is set and every removal done, all in one
+        hold of the engine lock.  Out of memory: nothing changes (MemoryError).
+        Costs the changed prefixes' lengths, not the size of the table.
+        Returns how many of the removed prefixes were there."""
+        cdef Py_ssize_t n, i, made = 0
+        cdef unsigned char *addrs = NULL
+        cdef int *meta = NULL            # per change: bits, prefix length, slot (-1: remove)
+        cdef fp_trie **nodes = NULL
+        cdef fp_trie *root
+        cdef int removed = 0
+        cdef bint ok = True
+        cdef const unsigned char[::1] a
         cdef fp_engine *e = self.e
-        if peer_id is not None:
-            slot = self._slot(peer_id)
-        if bits not in (32, 128) or a.shape[0] * 8 != bits or not 0 <= plen <= bits:
-            raise ValueError("bad route %r" % ((bits, addr, plen, peer_id),))
+        last = {}
+        for bits, addr, plen, peer_id in routes:
+            a = addr
+            if bits not in (32, 128) or a.shape[0] * 8 != bits or not 0 <= plen <= bits:
+                raise ValueError("bad route %r" % ((bits, addr, plen, peer_id),))
+            last[(bits, bytes(addr), plen)] = -1 if peer_id is None else self._slot(peer_id)
+        n = len(last)
+        if n == 0:
+            return 0
+        addrs = <unsigned char *>malloc(n * 16)
+        meta = <int *>malloc(n * 3 * sizeof(int))
+        nodes = <fp_trie **>calloc(n, sizeof(fp_trie *))
+        if addrs == NULL or meta == NULL or nodes == NULL:
+            free(addrs)
+            free(meta)
+            free(nodes)
+            raise MemoryError()
+        i = 0
+        for (bits, addr, plen), slot in last.items():
+            memcpy(addrs + 16 * i, <const char *>addr, bits // 8)
+            meta[3 * i] = bits
+            meta[3 * i + 1] = plen
+            meta[3 * i + 2] = slot
+            i += 1
         with nogil:
             _lock(e)
-            if slot >= 0:
-                rc = _trie_insert(e.trie4 if bits == 32 else e.trie6, &a[0], plen, slot)
+            for i in range(n):
+                if meta[3 * i + 2] >= 0:
+                    root = e.trie4 if meta[3 * i] == 32 else e.trie6
+                    nodes[i] = _trie_node(root, addrs + 16 * i, meta[3 * i + 1])
+                made = i + 1                   # (a failed one may have made part of its path)
+                if meta[3 * i + 2] >= 0 and nodes[i] == NULL:
+                    ok = False
+                    break
+            if ok:
+                for i in range(n):
+                    if meta[3 * i + 2] >= 0:
+                        nodes[i].slot = meta[3 * i + 2]
+                for i in range(n):
+                    if meta[3 * i + 2] < 0:
+                        root = e.trie4 if meta[3 * i] == 32 else e.trie6
+                        removed += _trie_remove(root, addrs + 16 * i, meta[3 * i + 1])
             else:
-                rc = _trie_remove(e.trie4 if bits == 32 else e.trie6, &a[0], plen)
+                for i in range(made):          # undo: the empty nodes made above
+                    if meta[3 * i + 2] >= 0:
+                        root = e.trie4 if meta[3 * i] == 32 else e.trie6
+                        _trie_prune(root, addrs + 16 * i, meta[3 * i + 1])
             _unlock(e)
-        if rc < 0:
+        free(addrs)
+        free(meta)
+        free(nodes)
+        if not ok:
             raise MemoryError()
-        return slot >= 0 or rc == 1
+        return removed
 
     def lookup(self, const unsigned char[::1] addr):
         """The peer_id owning ``addr`` (4 or 16 bytes) by longest prefix, or None."""
@@ -3045,6 +3176,38 @@ cdef class Engine:
                 p.endpoint_len = 0
             _unlock(self.e)
 
+    def set_relay_pair(self, int64_t src_id, uint32_t relay_id, int64_t dest_id):
+        """On a relay: frames from peer ``src_id`` tagged ``relay_id`` go to
+        peer ``dest_id``; ``dest_id`` < 0 removes the pair."""
+        cdef fp_relay_pair *q
+        cdef fp_relay_pair **pp
+        cdef fp_relay_pair *fresh = NULL
+        cdef fp_engine *e = self.e
+        if dest_id >= 0:
+            fresh = <fp_relay_pair *>calloc(1, sizeof(fp_relay_pair))
+            if fresh == NULL:
+                raise MemoryError()
+        with nogil:
+            _lock(e)
+            pp = &e.by_pair[_pair_bucket(src_id, relay_id)]
+            while pp[0] != NULL:
+                q = pp[0]
+                if q.src_id == src_id and q.relay_id == relay_id:
+                    pp[0] = q.next
+                    free(q)
+                    e.relay_pairs -= 1
+                    break
+                pp = &q.next
+            if fresh != NULL:
+                fresh.src_id = src_id
+                fresh.relay_id = relay_id
+                fresh.dest_id = dest_id
+                pp = &e.by_pair[_pair_bucket(src_id, relay_id)]
+                fresh.next = pp[0]
+                pp[0] = fresh
+                e.relay_pairs += 1
+            _unlock(e)
+
     def send_relayed(self, int64_t relay_peer_id, uint32_t relay_id, const unsigned char[::1] data):
         """Send ``data`` (a whole A<->B datagram) in a relay frame to the relay.
         False when the relay has no usable session or endpoint."""
@@ -3094,7 +3257,8 @@ cdef class Engine:
 
     def relay_stats(self):
         return {"forwarded": self.e.relay_forwarded, "budget": self.e.relay_budget_drops,
-                "no_dest": self.e.relay_no_dest}
+                "no_dest": self.e.relay_no_dest, "unknown_id": self.e.relay_unknown_id,
+                "pairs": self.e.relay_pairs}
 
     def global_drops(self):
         cdef uint64_t d[FP_N_DROPS]

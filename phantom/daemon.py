@@ -59,6 +59,11 @@ class Daemon:
     """Owns the engine, the data path and the API; carries out the engine's actions."""
 
     nat = None    # control.traversal.Traversal when NAT traversal is configured (build())
+    # Health, for /status, /metrics and the exit status (serve(), main()):
+    ready = False                  # set up and serving: the API answers, the device is up
+    failure: Optional[str] = None  # why the data plane stopped (a fast-path worker died)
+    exit_code = 0                  # main()'s status once serve() returns
+    notifier = None                # phantom.sdnotify.Notifier under systemd (main())
 
     def __init__(self, settings: Settings, private_key: bytearray):
         self.s = settings
@@ -217,11 +222,11 @@ class Daemon:
             elif isinstance(act, A.RetireKeypair):
                 dp.retire_keypair(act.local_index)
                 if self.nat is not None:
-                    self.nat.keypair_retired(act.local_index)
+                    self._do(self.nat.keypair_retired(act.local_index))
             elif isinstance(act, A.ClearKeys):
                 dp.clear_keys(act.peer_id)
                 if self.nat is not None:
-                    self.nat.keys_cleared(act.peer_id)
+                    self._do(self.nat.keys_cleared(act.peer_id))
             elif isinstance(act, A.SetEndpoint):
                 dp.set_endpoint(act.peer_id, act.addr)
                 if self.nat is not None:
@@ -230,6 +235,8 @@ class Daemon:
                 dp.send_keepalive(act.peer_id)
             elif isinstance(act, A.SetRelayRoute):
                 dp.set_relay_route(act.peer_id, act.relay_peer, act.relay_id)
+            elif isinstance(act, A.SetRelayPair):
+                dp.set_relay_pair(act.src_peer, act.relay_id, act.dest_peer)
             elif isinstance(act, A.StateChanged):
                 asyncio.get_running_loop().create_task(self._notify())
             elif isinstance(act, A.UnknownKey):
@@ -277,7 +284,8 @@ class Daemon:
         if self.s.name:
             allowed = ["%s/%d" % (a.ip, a.max_prefixlen) for a in self.s.addresses]
             self._spawn(self.directory.keep_published(self.s.name, self._advertised, allowed,
-                                                      retry=2.0 if self.s.directory == "dht" else 5.0))
+                                                      retry=2.0 if self.s.directory == "dht" else 5.0,
+                                                      endorsers=self.s.published_endorsers))
             log.info("publishing %s to the directory %s", self.s.name, self._directory_text())
         self._spawn(self._watch_peers())
 
@@ -347,8 +355,8 @@ class Daemon:
             return
         log.info("peer=%s moved: the directory says %s (was %s)", peer.name, format_endpoint(eps[0]),
                  format_endpoint(peer.endpoint) if peer.endpoint else "-")
-        peer.endpoint = eps[0]
-        self._do([A.SetEndpoint(peer.id, eps[0])])
+        # a handshake that waits for an endpoint goes out now (engine.set_endpoint)
+        self._do(self.engine.set_endpoint(peer.id, eps[0]))
         if peer.state is PeerState.ESTABLISHED:
             self._do([A.SendKeepalive(peer.id)])
 
@@ -382,33 +390,61 @@ class Daemon:
             return
         try:
             self._add_from_record(rec, plain(addr))
-        except BadRequest as exc:
+        except (BadRequest, Conflict) as exc:
             log.info("endorsed key not admitted: %s", exc)
             return
         log.info("peer=%s admitted: its record carries a trusted endorsement", rec.name)
 
     def _add_from_record(self, rec, endpoint, name: Optional[str] = None):
-        """A peer learnt from the directory.  Its allowed IPs are its own claim:
-        they are taken only when a trusted signer endorsed the record, or when
-        they lie inside our own interface subnets; never over another peer's."""
+        """A peer learnt from the directory.  Its allowed IPs are its owner's
+        claim, and this node decides what of it to take (docs/usage.md,
+        "Peers from the directory"):
+
+        * only prefixes inside ``directory_allowed_ips`` (default: the
+          interface's own subnets) are taken; the rest are left out, logged.
+          An endorsement vouches for a key and a name, not for addresses: it
+          does not widen the range;
+        * a prefix that overlaps any configured or admitted peer's prefix, in
+          either direction (IPv4 and IPv6), refuses the whole record (Conflict,
+          logged): an LPM route inside another peer's prefix would take part
+          of that peer's traffic.  The peer is added *exclusive*: later peers
+          may not overlap its prefixes either (Engine.route_problem)."""
         import ipaddress
         protocol = getattr(rec, "protocol", "phantom")     # the record says what the key speaks
         if protocol == "wireguard" and self.s.mode is not Mode.TUN:
             raise BadRequest("%s is a WireGuard peer (its directory record says so): it needs a "
                              "daemon in tun mode" % rec.name)
-        connected = [a.network for a in self.s.addresses]
-        taken = {n for p in self.engine.peers.values() for n in p.allowed_ips}
-        nets = []
+        accepted = self._directory_range()
+        nets, outside = [], []
         for n in rec.allowed_ips:
-            inside = any(n.version == c.version and n.subnet_of(c) for c in connected)
-            if (rec.endorsed or inside) and n not in taken:
-                nets.append(ipaddress.ip_network(n))
+            n = ipaddress.ip_network(n)
+            if any(n.version == c.version and n.subnet_of(c) for c in accepted):
+                nets.append(n)
+            else:
+                outside.append(n)
+        who = "%s (%s)" % (rec.name, _b64(rec.public_key))
+        if outside:
+            log.warning("directory record of %s: %s left out: outside the prefixes this node "
+                        "accepts from the directory (%s)", who, ", ".join(map(str, outside)),
+                        ", ".join(map(str, accepted)) or "none")
+        problem = self.engine.route_problem({None: nets}, new_exclusive=True)
+        if problem is not None:
+            log.warning("directory record of %s refused: %s", who, problem)
+            raise Conflict("the directory record of %s is refused: %s (a record never takes "
+                           "another peer's addresses)" % (rec.name, problem))
         peer = self.engine.add_peer(rec.public_key, self._free_name(name or rec.name), nets, endpoint,
-                                    dynamic=True, protocol=protocol)
+                                    dynamic=True, protocol=protocol, exclusive=True)
         self.dp.add_peer(peer.id, nets)
         if endpoint:
             self.dp.set_endpoint(peer.id, endpoint)
         return peer
+
+    def _directory_range(self) -> list:
+        """Where a directory record's allowed IPs may lie: [interface]
+        directory_allowed_ips, or the interface's own subnets."""
+        if self.s.directory_allowed_ips is not None:
+            return list(self.s.directory_allowed_ips)
+        return [a.network for a in self.s.addresses]
 
     def _free_name(self, name: str) -> str:
         taken = self.engine.peer_by_name
@@ -419,8 +455,10 @@ class Daemon:
             i += 1
         return "%s-%d" % (name, i)
 
-    async def _resolve(self, name: Optional[str] = None, endpoint=None, key: Optional[bytes] = None):
-        """A directory record by name, key, or advertised endpoint; None if absent."""
+    async def _resolve(self, name: Optional[str] = None, key: Optional[bytes] = None):
+        """A directory record by name or key; None if absent.  Never by
+        endpoint: an endpoint in a record is a claim anyone can make, not an
+        identity (see :meth:`_peer_at`)."""
         if self.directory is None:
             return None
         from .control.directory import DirectoryError
@@ -429,11 +467,8 @@ class Daemon:
                 return await self.directory.resolve_key(key, fresh=True)   # the user asked: no negative cache
             if name:
                 return await self.directory.resolve_name(name)
-            for rec in await self.directory.list_records():
-                if any(plain(ep) == plain(endpoint) for ep in rec.endpoints):
-                    return rec
         except DirectoryError as exc:
-            raise ServiceUnavailable("the key directory is unreachable and has nothing cached: %s" % exc)
+            raise ServiceUnavailable("%s; nothing cached" % exc)     # "directory unavailable: ..."
         return None
 
     # ------------------------------------------------------ the API's view
@@ -459,6 +494,29 @@ class Daemon:
         if peer is None:
             raise NotFound("no peer %r (give its name or public key)" % ref)
         return peer
+
+    def _peer_at(self, endpoint):
+        """The peer that ``open IP:PORT`` without a key means: one with a
+        live session whose authenticated endpoint is there (the handshake
+        proved the key), else the configured peer whose config file entry
+        names that endpoint.  Never a key that only *claims* the endpoint (a
+        directory record, or an endpoint a record moved a peer to): anyone
+        can claim any endpoint.  Two candidates: Conflict, open by name."""
+        ep = plain(endpoint)
+        proved = []
+        for p in self.engine.peers.values():
+            if p.sessions:
+                at = self.dp.endpoint(p.id)
+                if at is not None and not isinstance(at, RelayVia) and plain(at) == ep:
+                    proved.append(p)
+        if not proved:
+            keys = [bytes(pc.public_key) for pc in self.s.peers
+                    if pc.endpoint is not None and plain(pc.endpoint) == ep]
+            proved = [p for p in map(self.engine.peer_by_key, keys) if p is not None]
+        if len(proved) > 1:
+            raise Conflict("%s is the endpoint of peers %s: open one by name"
+                           % (format_endpoint(endpoint), ", ".join(p.name for p in proved)))
+        return proved[0] if proved else None
 
     async def open(self, endpoint: tuple, public_key: Optional[str] = None, name: Optional[str] = None,
                    allowed_ips=None, protocol: Optional[str] = None) -> dict:
@@ -521,16 +579,12 @@ class Daemon:
         elif name:
             peer = self._find_peer(name)
         else:
-            for p in self.engine.peers.values():
-                if p.endpoint and plain(p.endpoint) == plain(endpoint):
-                    peer = p
-                    break
+            peer = self._peer_at(endpoint)
             if peer is None:
-                rec = await self._resolve(endpoint=endpoint)
-                if rec is None:
-                    raise BadRequest("no public key known for %s: give \"public_key\" in the request body, "
-                                     "configure the peer, or publish it in the key directory"
-                                     % format_endpoint(endpoint))
+                raise BadRequest("no public key known for %s: give \"public_key\" in the request body, "
+                                 "configure the peer with this endpoint, or open it by name (an "
+                                 "endpoint in the key directory is a claim, not an identity)"
+                                 % format_endpoint(endpoint))
         created = False
         if peer is None and rec is not None:
             peer = self.engine.peer_by_key(rec.public_key)
@@ -545,8 +599,10 @@ class Daemon:
             except ValueError as exc:
                 raise BadRequest("allowed_ips: %s" % exc) from None
             try:
+                # exclusive: a peer added at run time never changes where an
+                # existing peer's traffic goes (no overlap either way)
                 peer = self.engine.add_peer(key, name or "", nets, endpoint, dynamic=True,
-                                            protocol=protocol or "phantom")
+                                            protocol=protocol or "phantom", exclusive=True)
             except ValueError as exc:
                 raise Conflict(str(exc)) from None
             self.dp.add_peer(peer.id, nets)
@@ -636,16 +692,28 @@ class Daemon:
             "mode": self.s.mode.value,
             "data_path": "fast" if self.s.fast else "reference",
             "device": self.device.name if self.device else None,
+            "device_up": self._device_up(),
             "listen_port": self.udp.getsockname()[1],
             "test_port": self.s.test_port if self.s.mode is Mode.TEST else None,
             "uid": os.getuid(),
             "uptime": round(time.time() - self.started, 3),
+            "ready": self.ready and self.failure is None,
+            "healthy": self.failure is None,
+            "failure": self.failure,
             "peers": self.peers(),
             "drops": self.dp.global_drops(),
             "handshake_drops": dict(self.engine.drops),
             "directory": self.s.directory,
+            "directory_counters": self.directory.counters() if self.directory is not None else None,
             "nat": self._nat_status(),
         }
+
+    def _device_up(self) -> Optional[bool]:
+        """Whether our TUN/TAP link is up (None without a device, or when it is gone)."""
+        if self.device is None:
+            return None
+        from .dataplane.tun import link_is_up
+        return link_is_up(self.device.name)
 
     def _nat_status(self):
         if self.nat is None:
@@ -701,6 +769,42 @@ class Daemon:
         return _metrics.render(self._metrics)
 
     # ------------------------------------------------------------------ run
+    def _write_runtime_record(self) -> None:
+        """Tell the `phantom` client where this daemon's API and token are
+        (phantom/runtime.py): no --token-file needed with a custom state_dir."""
+        from . import runtime
+        s = self.s
+        path = runtime.write_record({
+            "http_listen": s.http_listen if s.http_port else None,
+            "http_port": s.http_port,
+            "http_socket": os.path.abspath(s.http_socket) if s.http_socket else None,
+            "state_dir": os.path.abspath(s.state_dir),
+            "token_file": os.path.abspath(s.token_file),
+            "config": os.path.abspath(s.config_path) if s.config_path else None,
+            "mode": s.mode.value,
+            "device": self.device.name if self.device else None,
+            "listen_port": self.udp.getsockname()[1],
+        })
+        if path is not None:
+            log.debug("runtime record %s", path)
+        elif os.geteuid() == 0:
+            log.info("no runtime record written (%s is not writable): `phantom` needs "
+                     "--token-file %s for changes", runtime.runtime_dir(), s.token_file)
+
+    def data_path_failed(self, reason: str) -> None:
+        """The data path stopped moving packets for good (DataPathEvents):
+        report unhealthy and stop, exiting with status 1 so that a supervisor
+        (systemd's Restart=on-failure) starts a fresh daemon."""
+        if self.failure is not None:
+            return
+        self.failure = reason
+        self.exit_code = EXIT_RUNTIME
+        log.critical("the data plane stopped: %s; phantomd exits with status %d so that it can be "
+                     "restarted", reason, EXIT_RUNTIME)
+        if self.notifier is not None:
+            self.notifier.send("STATUS=data plane stopped: %s" % reason)
+        self._stop.set()
+
     async def serve(self) -> None:
         from .control.api import create_app, load_or_create_token, start_api
         from .privileges import switch_user
@@ -714,7 +818,9 @@ class Daemon:
         if self.s.metrics_listen:
             from .control.opsapi import create_metrics_app
             host, port = self.s.metrics_listen
-            self._metrics_runner = await start_api(create_metrics_app(self), host, port)
+            self._metrics_runner = await start_api(
+                create_metrics_app(self), host, port, what="metrics",
+                hint="stop it, or choose another address with metrics_listen or --metrics-listen")
         self.build()
         if self.s.uapi:                  # /var/run/wireguard/<device>.sock, made while still root
             from .control.wireguard.uapi import DaemonBackend, UapiServer
@@ -725,6 +831,7 @@ class Daemon:
                 raise ConfigError("interface.uapi", "cannot serve %s: %s"
                                   % (self._uapi.path, exc.strerror or exc)) from None
         _preload(dht=self.s.directory == "dht")
+        self._write_runtime_record()     # while still root: /run/phantom is root's
         if self.drop_to is not None:     # main() locked down before the loop existed
             switch_user(self.drop_to)    # every thread; verified task by task
         self.uid = os.getuid()
@@ -742,7 +849,21 @@ class Daemon:
                  __version__, self.s.mode.value, "fast" if self.s.fast else "reference",
                  self.udp.getsockname()[1], self.s.http_listen, self.s.http_port)
         ticker = loop.create_task(self._ticker())
+        # Ready: the API answers, the device is up with its addresses and
+        # routes, the data path runs (`phantom wait-ready`, sd_notify).
+        self.ready = self.failure is None
+        if self.ready:
+            where = ("%s device %s" % (self.s.mode.value, self.device.name) if self.device
+                     else "test port %d" % self.s.test_port)
+            log.info("ready: %s, udp port %d", where, self.udp.getsockname()[1])
+            if self.notifier is not None:
+                self.notifier.send("READY=1", "STATUS=ready: %s, udp port %d, %d peer%s" % (
+                    where, self.udp.getsockname()[1], len(self.engine.peers),
+                    "" if len(self.engine.peers) == 1 else "s"))
         await self._stop.wait()
+        self.ready = False
+        if self.notifier is not None:
+            self.notifier.send("STOPPING=1")
         log.info("shutting down")
         ticker.cancel()
         for task in list(self._dir_tasks):
@@ -818,6 +939,9 @@ def main(argv=None) -> int:
         print("phantomd: config error: %s" % exc, file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(settings.log_level)
+    from .control.config import config_warnings
+    for warning in config_warnings(settings):
+        log.warning("config: %s", warning)
     try:
         if settings.private_key_explicit:
             key = load_private_key(settings.private_key_file)
@@ -842,6 +966,8 @@ def main(argv=None) -> int:
     except PrivilegeError as exc:
         print("phantomd: %s" % exc, file=sys.stderr)
         return EXIT_CONFIG
+    from . import sdnotify
+    daemon.notifier = sdnotify.from_environment()   # $NOTIFY_SOCKET, connected while still root
     try:
         daemon.open_privileged()
         if daemon.drop_to is not None:
@@ -858,7 +984,9 @@ def main(argv=None) -> int:
     except OSError as exc:
         print("phantomd: %s" % exc, file=sys.stderr)
         return EXIT_RUNTIME
-    return 0
+    if daemon.failure is not None:
+        print("phantomd: the data plane stopped: %s" % daemon.failure, file=sys.stderr)
+    return daemon.exit_code
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ phantomd never imports it (tests/unit/test_layout.py checks this).
   memscan      a process memory scanner (is a secret in a process's memory?)
   blaster      the hostile-datagram sender (blaster.c)
   dht_forger   a DHT node that stores forged items (run as a script)
+  dirattack    hostile clients of a directory and a legitimate watcher (run as a script)
   soak         the soak run (bench/soak.py, tests/soak/)
   demo         the body of ``phantom demo``
   verify       the body of ``phantom verify``

@@ -1,4 +1,4 @@
-/* A fast sender of hostile datagrams for tests/test_blast.py (see blaster.py).
+/* A fast sender of hostile datagrams for tests/e2e/dataplane/test_blast.py (see blaster.py).
  *
  *   blaster HOST PORT COUNT RATE SEED INDEX MARKER TEMPLATES
  *

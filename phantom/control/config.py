@@ -95,6 +95,9 @@ class Settings:
     test_port: int = DEFAULT_TEST_PORT
     test_deliver: Optional[tuple[str, int]] = None
     mode: Mode = DEFAULT_MODE
+    # True when the file or --mode named the mode; without it, addresses mean
+    # a TUN device (:func:`_default_mode`).
+    mode_explicit: bool = False
     device: Optional[str] = None
     addresses: list[IPInterface] = field(default_factory=list)
     mtu: int = DEFAULT_MTU
@@ -110,11 +113,20 @@ class Settings:
     endpoints: list[tuple[str, int]] = field(default_factory=list)   # advertised in the directory
     endpoints_auto: bool = False           # endpoints = "auto": the address we reach the directory from
     trusted_signers: list[bytes] = field(default_factory=list)      # Ed25519 keys of endorsers
+    endorsers: Optional[list[bytes]] = None  # who may endorse our record (None: trusted_signers)
+    # where a directory record's allowed IPs may lie (None: the interface's own subnets)
+    directory_allowed_ips: Optional[list[IPNetwork]] = None
     rendezvous: bool = False                            # NAT traversal: serve as a rendezvous node
     relay: bool = False                                 # ... and relay for peers without a direct path
     peers: list[PeerConfig] = field(default_factory=list)
     firewall: dict = field(default_factory=dict)
     tunables: Tunables = field(default_factory=Tunables)
+
+    @property
+    def published_endorsers(self) -> list[bytes]:
+        """The signers our directory record lets endorse it: ``endorsers``, or by
+        default ``trusted_signers`` (an empty list: anyone may)."""
+        return list(self.trusted_signers if self.endorsers is None else self.endorsers)
 
     @property
     def token_file(self) -> Path:
@@ -212,7 +224,8 @@ SECTIONS = ("interface", "peer", "firewall", "tunables")
 INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen", "http_socket",
                   "test_port", "test_deliver", "mode", "device", "addresses", "mtu", "state_dir",
                   "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers",
-                  "metrics_listen", "dht_bootstrap", "dht_port", "uapi", "rendezvous", "relay")
+                  "endorsers", "directory_allowed_ips", "metrics_listen", "dht_bootstrap", "dht_port", "uapi",
+                  "rendezvous", "relay")
 PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive", "protocol",
              "preshared_key_file", "rendezvous")
 PROTOCOLS = ("phantom", "wireguard")
@@ -367,6 +380,7 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
             s.test_deliver = parse_endpoint(value, key)
         elif name == "mode":
             s.mode = _mode(value, key)
+            s.mode_explicit = True
         elif name == "device":
             s.device = _device_name(value, key)
         elif name == "addresses":
@@ -412,6 +426,15 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
         elif name == "trusted_signers":
             _expect(value, list, key, "a list of base64 Ed25519 public keys")
             s.trusted_signers = [_signer_key(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
+        elif name == "endorsers":
+            from phantom.control.directory.records import MAX_ENDORSERS
+            _expect(value, list, key, "a list of base64 Ed25519 public keys")
+            if len(value) > MAX_ENDORSERS:
+                raise ConfigError(key, "a record names at most %d endorsers" % MAX_ENDORSERS)
+            s.endorsers = [_signer_key(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
+        elif name == "directory_allowed_ips":
+            _expect(value, list, key, "a list of CIDR prefixes like \"10.9.0.0/24\"")
+            s.directory_allowed_ips = [parse_network(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
     return origin
 
 
@@ -586,6 +609,11 @@ def settings_from_mapping(doc: dict, base: Optional[Path] = None) -> Settings:
     if "interface" in doc:
         _expect(doc["interface"], dict, "interface", "a table ([interface])")
         _interface(doc["interface"], s, base)
+        from phantom.control.directory.records import MAX_ENDORSERS
+        if s.name and s.endorsers is None and len(s.trusted_signers) > MAX_ENDORSERS:
+            raise ConfigError("interface.endorsers", "our directory record names at most %d "
+                              "endorsers, and by default it names the %d trusted_signers: list "
+                              "the ones that endorse us" % (MAX_ENDORSERS, len(s.trusted_signers)))
     if "peer" in doc:
         peers = doc["peer"]
         if isinstance(peers, dict):
@@ -596,7 +624,26 @@ def settings_from_mapping(doc: dict, base: Optional[Path] = None) -> Settings:
         s.firewall = dict(_expect(doc["firewall"], dict, "firewall", "a table ([firewall])"))
     if "tunables" in doc:
         s.tunables = _tunables(doc["tunables"])
+    _default_mode(s)
     return s
+
+
+def _default_mode(s: Settings) -> None:
+    """Addresses are a device's: a config that gives addresses and no mode
+    runs in tun mode (without addresses, the default stays test mode)."""
+    if not s.mode_explicit and s.addresses:
+        s.mode = Mode.TUN
+
+
+def config_warnings(s: Settings) -> list[str]:
+    """What a valid config sets but the daemon will not use, for the log at start."""
+    out = []
+    if s.mode is Mode.TEST and s.addresses:
+        out.append("interface.addresses: mode = \"test\" opens no device, so %s configure nothing "
+                   "(they are only published as our allowed IPs in the key directory); use "
+                   "mode = \"tun\" for a device with these addresses"
+                   % ", ".join(str(a) for a in s.addresses))
+    return out
 
 
 def _finish(s: Settings, mtu_key: str) -> Settings:
@@ -627,7 +674,8 @@ def build_daemon_parser() -> argparse.ArgumentParser:
     a("-u", "--udp-port", metavar="PORT",
       help="UDP tunnel port, [interface] listen_port (default %d; 0 = any)" % DEFAULT_UDP_PORT)
     a("-t", "--test-port", metavar="PORT", help="UDP test port (default %d)" % DEFAULT_TEST_PORT)
-    a("--mode", metavar="MODE", help="tun, tap or test (default %s)" % DEFAULT_MODE.value)
+    a("--mode", metavar="MODE", help="tun, tap or test (default tun when addresses are given, "
+                                     "else %s)" % DEFAULT_MODE.value)
     a("--device", metavar="NAME", help="TUN/TAP device name")
     a("--address", metavar="CIDR", action="append",
       help="interface address, e.g. 10.9.0.1/24 (repeatable; replaces the file's list)")
@@ -674,6 +722,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
         s.test_port = parse_port(get("test_port"), "--test-port")
     if get("mode") is not None:
         s.mode = _mode(get("mode"), "--mode")
+        s.mode_explicit = True
     if get("device") is not None:
         s.device = _device_name(get("device"), "--device")
     if get("address"):
@@ -700,4 +749,5 @@ def load_settings(args: argparse.Namespace) -> Settings:
     if get("mtu") is not None:
         s.mtu = _mtu(get("mtu"), "--mtu")
         mtu_key = "--mtu"
+    _default_mode(s)                # --address without a mode anywhere: tun
     return _finish(s, mtu_key)

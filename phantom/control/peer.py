@@ -62,6 +62,10 @@ class Peer:
     endpoint: Optional[tuple] = None        # (host, port) as configured or last learned
     persistent_keepalive: float = 0.0
     dynamic: bool = False                   # added by `open`, not from config
+    # added at run time (`open`, a directory record's claim): its prefixes
+    # overlap no other peer's, either way (Engine.route_problem), so adding
+    # it never changes where another peer's traffic goes
+    exclusive: bool = False
     wanted: bool = False                    # keep it up: configured endpoint, opened or keepalive
     cookies: Optional[CookieGenerator] = None   # (a WgCookieGenerator for a WireGuard peer)
     state: PeerState = PeerState.IDLE
@@ -81,6 +85,17 @@ class Peer:
     last_initiation_ts: bytes = bytes(12)   # greatest TAI64N accepted from the peer
     last_initiation_rx: float = float("-inf")
     next_dead_retry: float = 0.0
+    # traffic waits for keys (the data path asked for a handshake) and no
+    # session carries it yet: while this holds, a next attempt is always
+    # scheduled (Engine.next_attempt)
+    waiting: bool = False
+    # an attempt without an initiation in flight is due at this time: the
+    # last one found no endpoint to send to, or traffic came too soon after
+    # the previous initiation
+    retry_at: Optional[float] = None
+    # the handshake under way only answers the peer's punch request (through
+    # a rendezvous): a short episode, and it does not make us want the peer
+    requested: bool = False
 
     # sessions (the data path holds the keys)
     sessions: list = field(default_factory=list)

@@ -37,7 +37,6 @@ outside the interface's subnets that were not routed at start get a note.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from dataclasses import dataclass, field
 from typing import Optional
@@ -51,7 +50,7 @@ log = logging.getLogger("phantom.daemon")
 RESTART_KEYS = ("listen_port", "http_port", "http_listen", "http_socket", "test_port",
                 "test_deliver", "mode", "device", "addresses", "mtu", "private_key_file",
                 "state_dir", "user", "directory", "name", "endpoints", "trusted_signers",
-                "log_level", "tunables", "metrics_listen", "dht_bootstrap", "dht_port",
+                "endorsers", "directory_allowed_ips", "log_level", "tunables", "metrics_listen", "dht_bootstrap", "dht_port",
                 "endpoints_auto", "uapi")
 
 
@@ -73,6 +72,7 @@ class Plan:
     notes: list = field(default_factory=list)
     fresh: Optional[Settings] = None
     psks: dict = field(default_factory=dict)          # peer name -> WireGuard preshared key read now
+    routes: dict = field(default_factory=dict)        # peer id or "new peer NAME" -> its prefixes after
 
 
 def _b64(key: bytes) -> str:
@@ -173,19 +173,58 @@ def plan(daemon, fresh: Settings, baseline: Optional[Settings]) -> Plan:
                 p.notes.append("interface.%s changed: needs a restart (not applied)" % k
                                if k != "tunables" else "[tunables] changed: needs a restart "
                                "(not applied)")
-    connected = [a.network for a in daemon.s.addresses]
-    routed = {str(n) for pc in (baseline.peers if baseline else daemon.s.peers)
-              for n in pc.allowed_ips}
-    if daemon.s.mode.value == "tun":
-        for pc in fresh.peers:
-            for n in pc.allowed_ips:
-                n = ipaddress.ip_network(n)
-                inside = any(n.version == c.version and n.subnet_of(c) for c in connected)
-                if not inside and str(n) not in routed:
-                    p.notes.append("peer %s: no kernel route for %s (the daemon has no privileges "
-                                   "left to add one): `ip route add %s dev %s`, or restart"
-                                   % (pc.name, n, n, daemon.device.name if daemon.device else "DEV"))
+    _plan_routes(daemon, p)
     return p
+
+
+def _plan_routes(daemon, p: Plan) -> None:
+    """The routing table after the reload, checked whole before anything
+    changes (ConfigError naming the file's key):
+
+    * the engine's invariants (Engine.route_conflict): no prefix of the file
+      may be a prefix that a peer the file does not own (opened through the
+      API, admitted from the directory) holds, nor overlap a directory
+      record's claim;
+    * TUN mode: the kernel must route every prefix into our device.  After
+      the privilege drop the daemon cannot add a kernel route, so a prefix
+      outside the interface's subnets with no route through the device (one
+      the start did not install, or another device's route) refuses the
+      reload: a route the data path has and the kernel does not would send
+      that traffic elsewhere, outside the tunnel.
+    """
+    engine = daemon.engine
+    fresh = p.fresh
+    where: dict = {}                                   # key in ``changes`` -> file index
+    changes: dict = {}
+    for peer in p.remove:
+        changes[peer.id] = []
+    for i, pc in enumerate(fresh.peers):
+        peer = engine.peer_by_key(bytes(pc.public_key))
+        key = peer.id if peer is not None and peer not in p.remove else "new peer %s" % pc.name
+        changes[key] = list(pc.allowed_ips)
+        where[key] = i
+    adopted = {peer.id: False for peer in p.adopt}     # the file owns them now: its prefixes, not claims
+    found = engine.route_conflict(changes, adopted)
+    if found is not None:
+        net, key, problem = found
+        i = where[key]
+        j = list(fresh.peers[i].allowed_ips).index(net)
+        raise ConfigError("peer[%d].allowed_ips[%d]" % (i, j), problem)
+    p.routes = {k: v for k, v in changes.items()}
+    if daemon.s.mode.value != "tun" or daemon.device is None:
+        return
+    from ..dataplane.tun import unrouted
+    connected = [a.network for a in daemon.s.addresses]
+    device = daemon.device.name
+    for i, pc in enumerate(fresh.peers):
+        outside = [n for n in pc.allowed_ips
+                   if not any(n.version == c.version and n.subnet_of(c) for c in connected)]
+        for n in unrouted(device, outside):
+            j = list(pc.allowed_ips).index(n)
+            raise ConfigError("peer[%d].allowed_ips[%d]" % (i, j),
+                              "the kernel does not route %s into %s, and the daemon has no "
+                              "privileges left to add the route: run `ip route add %s dev %s` "
+                              "first, or restart phantomd" % (n, device, n, device))
 
 
 def apply(daemon, p: Plan) -> dict:
@@ -193,21 +232,26 @@ def apply(daemon, p: Plan) -> dict:
     from ..dataplane import firewall
     from ..dataplane.types import Mode
     engine, dp = daemon.engine, daemon.dp
+    # Routes change in one step for the data path (update_routes), after the
+    # engine's peers are in place: a removed peer's prefixes, a changed one's
+    # and an added one's all move at once, so no packet is routed by a mix of
+    # the old and the new table (a prefix never falls through to another
+    # peer's shorter one meanwhile).  The plan checked the result whole.
     removed = []
     for peer in p.remove:
-        daemon._do(engine.remove_peer(peer.id))
-        dp.remove_peer(peer.id)                        # clear_keys: keys zeroed
+        daemon._do(engine.remove_peer(peer.id))        # ClearKeys: the data path zeroes its keys
         removed.append(peer.name)
-        log.info("reload: peer=%s removed (keys wiped)", peer.name)
+    for peer in p.adopt:
+        engine.adopt(peer.id)                          # the file's prefixes now, not a run-time claim
     changed = {}
     opens = []
+    moves = {pe.id: p.routes[pe.id] for pe, _, f in p.change if "allowed_ips" in f}
+    if moves:
+        engine.set_allowed_ips(moves)
     for peer, pc, fields in p.change:
         old_name = peer.name
         if "name" in fields:
             peer.name = pc.name
-        if "allowed_ips" in fields:
-            peer.allowed_ips = list(pc.allowed_ips)
-            dp.set_allowed_ips(peer.id, pc.allowed_ips)
         if "endpoint" in fields:
             peer.endpoint = pc.endpoint
             dp.set_endpoint(peer.id, pc.endpoint)
@@ -227,20 +271,29 @@ def apply(daemon, p: Plan) -> dict:
         changed[pc.name] = fields
         log.info("reload: peer=%s changed in place: %s%s", pc.name, ", ".join(fields),
                  " (was %s)" % old_name if old_name != pc.name else "")
-    for peer in p.adopt:
-        peer.dynamic = False
     added = []
+    new_routes = {}
     for pc in p.add:
         peer = engine.add_peer(pc.public_key, pc.name, pc.allowed_ips, pc.endpoint,
                                pc.persistent_keepalive, protocol=pc.protocol,
                                preshared_key=p.psks.get(pc.name))
-        dp.add_peer(peer.id, pc.allowed_ips)
+        dp.add_peer(peer.id, [])                       # its routes come with everyone's below
+        new_routes[peer.id] = list(pc.allowed_ips)
         if pc.endpoint:
             dp.set_endpoint(peer.id, pc.endpoint)
             if pc.persistent_keepalive:
                 opens.append(peer)
         added.append(pc.name)
-        log.info("reload: peer=%s added", pc.name)
+    route_changes = dict(moves)
+    route_changes.update({peer.id: [] for peer in p.remove})
+    route_changes.update(new_routes)
+    if route_changes:
+        dp.update_routes(route_changes)
+    for peer in p.remove:
+        dp.remove_peer(peer.id)                        # no routes left: keys and tables only
+        log.info("reload: peer=%s removed (keys wiped)", peer.name)
+    for name in added:
+        log.info("reload: peer=%s added", name)
     fresh = p.fresh
     daemon.s.peers = fresh.peers
     daemon.s.firewall = fresh.firewall

@@ -88,6 +88,15 @@ def tun_offloads(fd: int) -> tuple[bool, list[str], list[str]]:
         return True, [], missing
 
 
+def _describe(error: BaseException) -> str:
+    """An exception for a log line: an OSError with its errno's name."""
+    if isinstance(error, OSError) and error.errno:
+        import errno as _errno
+        return "%s (%s: %s)" % (error.strerror or error, _errno.errorcode.get(error.errno, error.errno),
+                                os.strerror(error.errno))
+    return "%s: %s" % (type(error).__name__, error)
+
+
 def available() -> Optional[str]:
     """None when the extension is importable, else why not (for a log line)."""
     if _fastpath is None:
@@ -268,6 +277,8 @@ class FastDataPath:
             log.info("fast path offload unavailable, falling back: %s", m)
         self._threads: list[threading.Thread] = []
         self._worker_error: Optional[BaseException] = None
+        self._failure: Optional[str] = None      # why the data plane stopped (failure())
+        self._stopping = False                   # close() asked the workers to return
         self._started = False
         if firewall is not None:
             self.set_firewall(firewall)
@@ -288,14 +299,41 @@ class FastDataPath:
                  len(self._workers), "" if len(self._workers) == 1 else "s")
 
     def _run_worker(self, worker) -> None:
+        """A worker thread.  A worker that raises, or returns without close()
+        asking it to, leaves no one moving packets: the event loop is told
+        (:meth:`_worker_died`), which tells whoever wired us."""
+        name = threading.current_thread().name
         try:
             worker.run()
-        except BaseException as exc:  # reported in the log
-            self._worker_error = exc
-            log.error("fast path worker stopped: %s", exc)
+        except BaseException as exc:
+            error: BaseException = exc
+        else:
+            if self._stopping:
+                return
+            error = RuntimeError("it returned without being asked to stop")
+        self._worker_error = error
+        log.error("fast path worker %s stopped: %s", name, _describe(error))
+        try:
+            self._loop.call_soon_threadsafe(self._worker_died, name, error)
+        except RuntimeError:          # the loop is closed: no one left to tell
+            pass
+
+    def _worker_died(self, name: str, error: BaseException) -> None:
+        if self._failure is not None or self._stopping:
+            return
+        self._failure = "fast path worker %s died: %s" % (name, _describe(error))
+        failed = getattr(self._events, "data_path_failed", None)
+        if failed is not None:
+            failed(self._failure)
+
+    def failure(self) -> Optional[str]:
+        """None while the data plane runs; once a worker died, why (it stays
+        dead: the packets of this data path are no longer moved)."""
+        return self._failure
 
     def close(self) -> None:
         if self._started:
+            self._stopping = True
             for w in self._workers:
                 w.stop()
             for t in self._threads:
@@ -320,44 +358,57 @@ class FastDataPath:
 
     # ---------------------------------------------------------- peers, routes
     def add_peer(self, peer_id: int, allowed_ips) -> None:
+        """A peer with ``allowed_ips``; a prefix another peer holds is refused
+        (ValueError) before anything changes."""
         if peer_id in self._peers:
             raise ValueError("peer %d exists" % peer_id)
         nets = [_network(n) for n in allowed_ips]
+        for net in nets:
+            holder = self._routes.owner(net)
+            if holder is not None:
+                raise ValueError("%s is peer %d's" % (net, holder))
         self._engine.add_peer(peer_id)
         self._peers.add(peer_id)
-        self.set_allowed_ips(peer_id, nets)
+        self.update_routes({peer_id: nets})
 
     def remove_peer(self, peer_id: int) -> None:
+        """Forget a peer: its keys, and exactly the prefixes it holds (in one
+        step for the worker); nobody else's route changes."""
         if peer_id not in self._peers:
             return
         self.clear_keys(peer_id)
-        old = self._routes.peer_networks(peer_id)
-        self._routes.remove_peer(peer_id)
-        for net in old:
-            self._route(net, None)
+        self.update_routes({peer_id: []})
         self._peers.discard(peer_id)
         self._engine.remove_peer(peer_id)
 
     def set_allowed_ips(self, peer_id: int, allowed_ips) -> None:
-        """Replace one peer's prefixes.  The C trie is changed prefix by
-        prefix (what this peer loses, what it gains), so the cost follows
-        this peer's prefixes, not the size of the table: adding N peers is
-        O(N), not O(N^2) as rebuilding the whole trie each time was."""
-        if peer_id not in self._peers:
-            raise KeyError(peer_id)
-        nets = [_network(n) for n in allowed_ips]
-        old = self._routes.peer_networks(peer_id)
-        self._routes.set_peer(peer_id, nets)
-        for net in old:
-            if self._routes.owner(net) is None:
-                self._route(net, None)
-        for net in nets:
-            # the Python table's owner wins (a later duplicate in ``nets``
-            # moves nothing; a prefix taken from another peer moves in both)
-            self._route(net, self._routes.owner(net))
+        """Replace one peer's prefixes (:meth:`update_routes` for one peer)."""
+        self.update_routes({peer_id: allowed_ips})
 
-    def _route(self, net, peer_id: Optional[int]) -> None:
-        self._engine.set_route(net.max_prefixlen, net.network_address.packed, net.prefixlen, peer_id)
+    def update_routes(self, changes: dict) -> None:
+        """Replace the prefixes of every peer in ``changes`` ({peer_id:
+        prefixes}) as one step for the worker: it routes each packet by the
+        table before or the table after, never by a mix (so a peer that trades
+        199 /32s for the /24 holding them never lets a packet fall through to a
+        shorter prefix of another peer meanwhile).  A prefix moves only between
+        peers ``changes`` names; one that another peer holds is refused
+        (ValueError), nothing changed.  The C trie gets only what changed
+        (``Engine.change_routes``, one lock hold), so the cost follows these
+        peers' prefixes, not the size of the table."""
+        for peer_id in changes:
+            if peer_id not in self._peers:
+                raise KeyError(peer_id)
+        gone, moved = self._routes.replace({pid: [_network(n) for n in nets]
+                                            for pid, nets in changes.items()})
+        self._engine.change_routes(
+            [(n.max_prefixlen, n.network_address.packed, n.prefixlen, None) for n in gone]
+            + [(n.max_prefixlen, n.network_address.packed, n.prefixlen, pid) for n, pid in moved])
+
+    def lookup(self, addr) -> Optional[int]:
+        """The peer the worker routes ``addr`` (an ipaddress address, or 4 or
+        16 bytes) to, or None: the C table itself."""
+        packed = addr.packed if hasattr(addr, "packed") else bytes(addr)
+        return self._engine.lookup(packed)
 
     def _push_routes(self) -> None:
         """Rebuild the whole C trie from the Python table (bulk form)."""
@@ -377,6 +428,15 @@ class FastDataPath:
         """Relay frames from ``relay_peer`` tagged ``relay_id`` carry ``peer_id``'s messages."""
         if peer_id in self._peers and relay_peer in self._peers:
             self._engine.set_relay_route(peer_id, relay_peer, relay_id, False)
+
+    def set_relay_pair(self, src_peer: int, relay_id: int, dest_peer) -> None:
+        """On a relay: frames from ``src_peer`` tagged ``relay_id`` go to
+        ``dest_peer`` (None: no longer).  Any other (source, id) is a counted
+        ``relay_unknown_id`` drop."""
+        if dest_peer is None:
+            self._engine.set_relay_pair(src_peer, relay_id, -1)
+        elif src_peer in self._peers and dest_peer in self._peers:
+            self._engine.set_relay_pair(src_peer, relay_id, dest_peer)
 
     def endpoint(self, peer_id: int):
         if peer_id not in self._peers:

@@ -13,7 +13,11 @@ mutated, when the set of lengths changes.
 
 Semantics follow WireGuard's allowed IPs:
 
-* a prefix belongs to at most one peer; inserting it for another peer moves it;
+* a prefix belongs to at most one peer; inserting it for another peer moves it
+  (:meth:`AllowedIPs.insert`, the low-level operation); the data paths change
+  routes only through :meth:`AllowedIPs.replace`, which moves a prefix only
+  between the peers a change names, so that no change can hand one peer's
+  prefix to another behind its back;
 * host bits of an inserted network are masked off (``10.1.2.3/8`` is ``10.0.0.0/8``);
 * IPv4 and IPv6 are separate tables (an IPv4-mapped IPv6 address is IPv6).
 """
@@ -157,6 +161,39 @@ class AllowedIPs:
         self.remove_peer(peer_id)
         for net in nets:
             self.insert(net, peer_id)
+
+    def replace(self, changes) -> tuple[list, list]:
+        """Replace the prefixes of every peer in ``changes`` ({peer_id:
+        networks}) in one step.  A prefix may move between peers that
+        ``changes`` names; a prefix that a peer *not* named holds, or one given
+        to two named peers, is refused (ValueError) and nothing changes, so a
+        change never takes a prefix from a peer it does not mention.
+
+        Returns (prefixes no peer holds any more, [(prefix, peer_id) whose
+        owner is new]): what a second table kept in step must change."""
+        wanted: dict = {}
+        for peer_id, networks in changes.items():
+            if not isinstance(peer_id, int):
+                raise TypeError("peer_id must be an int")
+            for n in networks:
+                net = _as_network(n)
+                other = wanted.get(net)
+                if other is not None and other != peer_id:
+                    raise ValueError("%s given to peers %d and %d in one change" % (net, other, peer_id))
+                wanted[net] = peer_id
+        for net, peer_id in wanted.items():
+            holder = self.owner(net)
+            if holder is not None and holder != peer_id and holder not in changes:
+                raise ValueError("%s is peer %d's; a change moves a prefix only between the peers "
+                                 "it names" % (net, holder))
+        old = [net for peer_id in changes for net in self.peer_networks(peer_id)]
+        gone = [net for net in old if net not in wanted]
+        moved = [(net, peer_id) for net, peer_id in wanted.items() if self.owner(net) != peer_id]
+        for peer_id in changes:
+            self.remove_peer(peer_id)
+        for net, peer_id in wanted.items():
+            self.insert(net, peer_id)
+        return gone, moved
 
     def clear(self) -> None:
         self._v4_tables.clear()

@@ -7,12 +7,15 @@ drops privileges; after that only the open file descriptor is used.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import logging
 import os
+import socket
+import struct
 import subprocess
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
 import pytun
 
@@ -51,6 +54,8 @@ def open_device(mode: Mode, name: str, mtu: int, extra_flags: int = 0) -> Device
                           % (mode.value, name, exc)) from exc
     fd = dev.fileno()
     os.set_blocking(fd, False)
+    if mode is Mode.TUN:
+        _quiet_ipv6(dev.name)
     try:
         dev.mtu = mtu
         dev.up()
@@ -61,13 +66,55 @@ def open_device(mode: Mode, name: str, mtu: int, extra_flags: int = 0) -> Device
     return Device(dev.name, fd, mode, dev)
 
 
-def _ip(*args: str) -> None:
+def _quiet_ipv6(name: str) -> None:
+    """No IPv6 link-local address on a TUN device (``addrgenmode none``, set
+    before the link goes up): a tunnel has no neighbours or routers to
+    discover, and with a link-local address the kernel sends router
+    solicitations to ff02::2 into the device, at once and then with back-off
+    up to once an hour, which no peer's allowed IPs cover: they were the
+    ``no_route`` drops of an idle tunnel.  Configured addresses (``fe80::1/64``
+    too, for a routing protocol that needs one) are added as before.  Netlink,
+    so it works where /proc/sys is read-only (ProtectKernelTunables); a kernel
+    without IPv6 refuses it, which changes nothing."""
+    try:
+        out = subprocess.run(["ip", "link", "set", "dev", name, "addrgenmode", "none"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.info("%s: cannot turn off IPv6 link-local addresses: %s", name, exc)
+        return
+    if out.returncode != 0:
+        log.info("%s: IPv6 link-local addresses stay on (ip link set addrgenmode none: %s)",
+                 name, out.stderr.strip())
+
+
+_SIOCGIFFLAGS = 0x8913
+_IFF_UP = 0x1
+
+
+def link_is_up(name: str) -> Optional[bool]:
+    """Whether the link ``name`` is administratively up (IFF_UP), asked of the
+    kernel (SIOCGIFFLAGS needs no privilege); None when there is no such link."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            ifr = fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, struct.pack("16sH14x", name.encode()[:15], 0))
+    except OSError:
+        return None
+    return bool(struct.unpack_from("16sH", ifr)[1] & _IFF_UP)
+
+
+def _ip(*args: str, exists_ok: bool = True) -> bool:
+    """Run ``ip ARGS``; DeviceError when it fails.  "File exists" is success
+    only with ``exists_ok`` (an address already on the device); returns
+    False then, True when ``ip`` did it."""
     try:
         out = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise DeviceError("cannot run ip %s: %s" % (" ".join(args), exc)) from exc
-    if out.returncode != 0 and "File exists" not in out.stderr:
-        raise DeviceError("ip %s: %s" % (" ".join(args), out.stderr.strip()))
+    if out.returncode == 0:
+        return True
+    if exists_ok and "File exists" in out.stderr:
+        return False
+    raise DeviceError("ip %s: %s" % (" ".join(args), out.stderr.strip()))
 
 
 def configure_addresses(name: str, addresses: Iterable, routes: Iterable = ()) -> None:
@@ -83,5 +130,82 @@ def configure_addresses(name: str, addresses: Iterable, routes: Iterable = ()) -
         net = ipaddress.ip_network(net)
         if any(net.version == c.version and net.subnet_of(c) for c in connected):
             continue  # already reachable through the connected route
-        _ip("-%d" % net.version, "route", "add", str(net), "dev", name)
-        log.info("route %s via %s", net, name)
+        add_route(name, net)
+
+
+def add_route(name: str, net) -> None:
+    """Route ``net`` into the device ``name``, or DeviceError naming it.  A
+    route the kernel already has through the device is fine; one through
+    another device (a default route when ``net`` is 0.0.0.0/0, say) is an
+    error: the traffic would leave outside the tunnel while the log said it
+    was routed into it."""
+    net = ipaddress.ip_network(net)
+    try:
+        _ip("-%d" % net.version, "route", "add", str(net), "dev", name, exists_ok=False)
+    except DeviceError as exc:
+        if "File exists" not in str(exc):
+            raise DeviceError("cannot route %s into %s: %s" % (net, name, exc)) from None
+        routes = kernel_routes()
+        if (net, name) in routes:
+            log.info("route %s via %s (already there)", net, name)
+            return
+        others = sorted({dev for r, dev in routes if r == net and dev != name})
+        raise DeviceError(
+            "cannot route %s into %s: the kernel already routes %s through %s%s. Remove that "
+            "route or leave %s out of allowed_ips (a full tunnel beside an existing default "
+            "route needs policy routing, which phantomd does not set up)"
+            % (net, name, net, ", ".join(others) or "another route",
+               " (the host's default route)" if net.prefixlen == 0 else "", net)) from None
+    log.info("route %s via %s", net, name)
+
+
+# --- the kernel's routes, read without privileges --------------------------------------------
+_RTF_REJECT = 0x0200            # unreachable/prohibit/blackhole: routes nothing anywhere
+
+
+def kernel_routes() -> list:
+    """(network, device) of the kernel's IPv4 main-table and IPv6 routes, from
+    /proc/net/route and /proc/net/ipv6_route: readable by any user, no
+    helper exec'd (after the privilege drop the daemon execs nothing)."""
+    import socket
+    import struct
+    out = []
+    try:
+        with open("/proc/net/route") as f:
+            next(f, None)
+            for line in f:
+                c = line.split()
+                if len(c) < 8 or int(c[3], 16) & _RTF_REJECT:
+                    continue
+                dest = socket.inet_ntoa(struct.pack("<I", int(c[1], 16)))
+                plen = bin(int(c[7], 16)).count("1")
+                out.append((ipaddress.ip_network("%s/%d" % (dest, plen), strict=False), c[0]))
+    except OSError:
+        pass
+    try:
+        with open("/proc/net/ipv6_route") as f:
+            for line in f:
+                c = line.split()
+                if len(c) < 10 or int(c[8], 16) & _RTF_REJECT:
+                    continue
+                dest = ipaddress.IPv6Address(bytes.fromhex(c[0]))
+                out.append((ipaddress.ip_network("%s/%d" % (dest, int(c[1], 16)), strict=False), c[9]))
+    except OSError:
+        pass
+    return out
+
+
+def unrouted(device: str, networks: Iterable, routes=None) -> list:
+    """The prefixes of ``networks`` that the kernel does not route into
+    ``device``: the longest route holding the whole prefix goes elsewhere
+    (or there is none).  A more specific route inside the prefix (the LAN of
+    another interface, say) is the host's own business, as at start."""
+    routes = kernel_routes() if routes is None else routes
+    missing = []
+    for net in networks:
+        net = ipaddress.ip_network(net)
+        holding = [(r.prefixlen, dev) for r, dev in routes if r.version == net.version and net.subnet_of(r)]
+        best = max((plen for plen, _ in holding), default=-1)
+        if not any(plen == best and dev == device for plen, dev in holding):
+            missing.append(net)
+    return missing

@@ -74,6 +74,8 @@ class Drop(enum.IntEnum):
     BAD_INNER = 12         # decrypted payload is not a valid packet for the mode
     SEND_FAILED = 13       # the kernel refused a send
     CONTROL_OVERFLOW = 14  # a handshake message found the control plane's queue full
+    RELAY_UNKNOWN_ID = 15  # a relay frame whose relay id names no pair for its sender (relay) or no peer (relayed)
+    RELAY_BUDGET = 16      # a relay frame over its source's per-second budget
 
 
 @dataclass
@@ -124,6 +126,10 @@ class DataPathEvents(Protocol):
         """The first authenticated packet arrived on a keypair installed as
         "next": it is now current."""
 
+    def data_path_failed(self, reason: str) -> None:
+        """The data path stopped moving packets for good (a fast-path worker
+        died); ``reason`` says why.  Optional: called only when defined."""
+
 
 class DataPath(Protocol):
     """What the control plane may ask of a data path."""
@@ -134,9 +140,18 @@ class DataPath(Protocol):
     def close(self) -> None: ...
 
     # peers and routing
+    # Routes (allowed IPs): every change is one step for the code that routes
+    # packets (never a mix of the table before and after), and takes a prefix
+    # only from a peer it names: add_peer refuses a prefix another peer holds,
+    # remove_peer removes exactly the peer's own prefixes.
     def add_peer(self, peer_id: int, allowed_ips: Iterable[Network]) -> None: ...
     def remove_peer(self, peer_id: int) -> None: ...
     def set_allowed_ips(self, peer_id: int, allowed_ips: Iterable[Network]) -> None: ...
+    def update_routes(self, changes: dict) -> None:
+        """{peer_id: prefixes} for several peers at once; a prefix may move
+        between the peers named, never from one that is not (ValueError)."""
+    def lookup(self, addr) -> Optional[int]:
+        """The peer an address routes to, or None."""
     def set_endpoint(self, peer_id: int, addr: Optional[Address]) -> None: ...
     def endpoint(self, peer_id: int) -> Optional[Address]: ...
     def set_test_peer(self, peer_id: Optional[int]) -> None: ...
@@ -161,4 +176,6 @@ class DataPath(Protocol):
     # observability
     def counters(self, peer_id: int) -> PeerCounters: ...
     def global_drops(self) -> dict: ...
+    def failure(self) -> Optional[str]:
+        """None while packets move; why not, once the data path failed."""
     def set_firewall(self, tables) -> None: ...

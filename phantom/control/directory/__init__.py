@@ -16,9 +16,9 @@ Everything that used to be importable from ``phantom.control.directory`` still i
 """
 
 from .records import (  # noqa: F401
-    ENDORSE_DOMAIN, ENDORSEMENT_FIELDS, KEY_SIZE, MAX_ALLOWED_IPS,
-    MAX_ENDORSEMENTS, MAX_ENDPOINTS, MAX_SEQ, MAX_TIME, NONCE_LABEL, RECORD_DOMAIN,
-    RECORD_FIELDS, SIG_SIZE, UNSIGNED_FIELDS, DirectoryError, DirectoryRejected,
+    ENDORSE_DOMAIN, ENDORSEMENT_FIELDS, KEY_SIZE, MAX_ALLOWED_IPS, MAX_ENDORSEMENTS,
+    MAX_ENDORSERS, MAX_ENDPOINTS, MAX_SEQ, MAX_TIME, NONCE_LABEL, RECORD_DOMAIN, RECORD_FIELDS,
+    SIG_SIZE, UNSIGNED_FIELDS, DirectoryError, DirectoryRejected,
     DirectoryUnavailable, NodeSigner, Record, RecordError, b64, b64url, canonical,
     endorsement_signed_bytes, key_from_text, make_endorsement, make_record, parse_record,
     record_signed_bytes, signing_key_of, strict_loads, verify_binding, verify_endorsement,
@@ -26,7 +26,8 @@ from .records import (  # noqa: F401
 from .store import LIST_LIMIT, DirectoryStore, StoredRecord  # noqa: F401
 from .server import (  # noqa: F401
     BODY_TIMEOUT, CLOCK_SKEW, DEFAULT_DB, DEFAULT_MAX_TTL, DEFAULT_PORT, MAX_BODY,
-    PURGE_INTERVAL, Forbidden, Gone, RequestTimeout, create_app, serve_forever, start_server)
+    PURGE_INTERVAL, Forbidden, Gone, Limits, RequestTimeout, create_app, serve_forever,
+    start_server)
 from .client import (  # noqa: F401
     CACHE_ENTRIES, CACHE_REFRESH, CACHE_TTL, CLIENT_TIMEOUT, DEFAULT_TTL, MAX_RESPONSE,
     NEGATIVE_TTL, REVOCATION_TTL, DirectoryClient)

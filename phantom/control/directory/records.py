@@ -25,7 +25,9 @@ its Ed25519 key, which a phantom key file yields with
 ``phantom directory signer-key``) over ``ENDORSE_DOMAIN ||
 canonical_json({public_key, name, expires})``.  They are not covered by the
 record's signature (a third party adds them), so each is verified on its
-own; a bad one is refused by the server and ignored by clients.
+own; a bad one is refused by the server and ignored by clients.  A record may
+name its ``endorsers`` (signed, like every field but ``sig`` and
+``endorsements``): then only their endorsements count, anywhere.
 
 Canonical JSON: ``json.dumps(sort_keys=True, separators=(",", ":"),
 ensure_ascii=True)``.  Documents are parsed strictly (no duplicate keys, no
@@ -66,12 +68,19 @@ MAX_TIME = 2 ** 63 - 1
 MAX_ENDPOINTS = 16
 MAX_ALLOWED_IPS = 64
 MAX_ENDORSEMENTS = 16
+MAX_ENDORSERS = MAX_ENDORSEMENTS      # every signer a record names always has a place
 RECORD_FIELDS = frozenset(("name", "public_key", "signing_key", "endpoints", "allowed_ips",
-                           "seq", "expires", "revoked", "endorsements", "sig", "protocol"))
+                           "seq", "expires", "revoked", "endorsements", "sig", "protocol",
+                           "endorsers"))
 # "protocol" is optional (signed when present): what the key speaks, "phantom"
 # (the default, and what a record without the field means) or "wireguard" (a
 # stock WireGuard peer, docs/wireguard.md).
-OPTIONAL_FIELDS = frozenset(("endorsements", "protocol"))
+# "endorsers" is optional (signed when present): the owner's choice of who may
+# endorse it, 1 to MAX_ENDORSERS Ed25519 keys; an endorsement by any other signer
+# is refused by a directory and never counts for a client.  Without the field,
+# any signer may.  (Parsers older than the field refuse a record carrying it, as
+# an unknown field; records without it are unchanged.)
+OPTIONAL_FIELDS = frozenset(("endorsements", "protocol", "endorsers"))
 PROTOCOLS = ("phantom", "wireguard")
 UNSIGNED_FIELDS = frozenset(("sig", "endorsements"))
 ENDORSEMENT_FIELDS = frozenset(("signer", "expires", "sig"))
@@ -85,17 +94,31 @@ class DirectoryError(Exception):
     """The directory could not do what was asked."""
 
 
+UNAVAILABLE = "directory unavailable"
+
+
 class DirectoryUnavailable(DirectoryError):
-    """Unreachable, timed out, 5xx, or an answer that is not JSON (and no usable cache)."""
+    """Unreachable, timed out, 5xx, or an answer that is not JSON (and no usable cache).
+
+    Its text always reads ``directory unavailable: DETAIL``: the one wording the
+    CLI, the daemon's API (503) and the docs use; ``detail`` is the reason alone."""
+
+    def __init__(self, detail: str):
+        detail = str(detail)
+        if detail.startswith(UNAVAILABLE + ": "):
+            detail = detail[len(UNAVAILABLE) + 2:]
+        super().__init__("%s: %s" % (UNAVAILABLE, detail))
+        self.detail = detail
 
 
 class DirectoryRejected(DirectoryError):
     """The directory answered 4xx to a publish, revoke or endorse."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, retry_after: Optional[float] = None):
         super().__init__("directory refused (HTTP %d): %s" % (status, message))
         self.status = status
         self.message = message
+        self.retry_after = retry_after            # a 429: seconds the directory asked to wait
 
 
 # --- signatures: Ed25519 with the node's X25519 scalar --------------------------------------------
@@ -262,6 +285,11 @@ class Record:
     endorsed_by: frozenset = frozenset()                # Ed25519 keys of trusted endorsers
     doc: dict = field(default_factory=dict, repr=False, compare=False)
     protocol: str = "phantom"                           # what the key speaks
+    endorsers: frozenset = frozenset()                  # who may endorse it (empty: anyone)
+
+    def may_endorse(self, signer: bytes) -> bool:
+        """True when the owner lets ``signer`` endorse this record."""
+        return not self.endorsers or bytes(signer) in self.endorsers
 
     @property
     def key_text(self) -> str:
@@ -278,7 +306,8 @@ class Record:
                 "endpoints": [format_endpoint(e) for e in self.endpoints],
                 "allowed_ips": [str(n) for n in self.allowed_ips], "seq": self.seq,
                 "expires": self.expires, "revoked": self.revoked, "protocol": self.protocol,
-                "endorsed_by": sorted(b64(s) for s in self.endorsed_by)}
+                "endorsed_by": sorted(b64(s) for s in self.endorsed_by),
+                "endorsers": sorted(b64(s) for s in self.endorsers)}
 
 
 def record_signed_bytes(doc: dict) -> bytes:
@@ -291,11 +320,20 @@ def endorsement_signed_bytes(public_key: bytes, name: str, expires: int) -> byte
 
 
 def make_record(signer: NodeSigner, name: str, endpoints: Iterable, allowed_ips: Iterable,
-                seq: int, expires: int, revoked: bool = False, protocol: str = "phantom") -> dict:
+                seq: int, expires: int, revoked: bool = False, protocol: str = "phantom",
+                endorsers: Iterable[bytes] = ()) -> dict:
     """A signed record document.  Endpoints may be "ip:port" strings or (host, port).
-    ``protocol`` other than "phantom" is written (and signed) as the "protocol" field."""
+    ``protocol`` other than "phantom" is written (and signed) as the "protocol" field;
+    ``endorsers`` (Ed25519 keys), when given, as the "endorsers" field: only they
+    may endorse the record."""
     if protocol not in PROTOCOLS:
         raise RecordError("protocol must be one of %s" % ", ".join(PROTOCOLS))
+    keys = {bytes(e) for e in endorsers}
+    if any(len(k) != KEY_SIZE for k in keys):
+        raise RecordError("an endorser is a %d-byte Ed25519 key" % KEY_SIZE)
+    endorsers = sorted(b64(k) for k in keys)
+    if len(endorsers) > MAX_ENDORSERS:
+        raise RecordError("a record names at most %d endorsers" % MAX_ENDORSERS)
     eps = []
     for i, e in enumerate(endpoints):
         if isinstance(e, (tuple, list)):
@@ -310,6 +348,8 @@ def make_record(signer: NodeSigner, name: str, endpoints: Iterable, allowed_ips:
            "endorsements": []}
     if protocol != "phantom":
         doc["protocol"] = protocol
+    if endorsers:
+        doc["endorsers"] = endorsers
     doc["sig"] = b64(signer.sign(record_signed_bytes(doc)))
     return doc
 
@@ -363,8 +403,10 @@ def parse_record(doc: Any, now: float, *, trusted_signers: Optional[Iterable[byt
     Checks shape and canonical forms, the key binding, the signature, and
     expiry (a revocation never expires).  ``endorsed_by`` holds the valid,
     unexpired endorsements whose signer is in ``trusted_signers`` (every
-    valid signer when ``trusted_signers`` is None).  A bad endorsement is
-    ignored, or raises with ``strict_endorsements`` (the server's mode).
+    valid signer when ``trusted_signers`` is None), among the record's own
+    ``endorsers`` when it names them.  A bad endorsement is ignored, or raises
+    with ``strict_endorsements`` (the server's mode); a valid one by a signer the
+    record does not name is ignored either way (the store refuses it, 403).
     """
     if not isinstance(doc, dict):
         raise RecordError("a record is a JSON object")
@@ -400,6 +442,7 @@ def parse_record(doc: Any, now: float, *, trusted_signers: Optional[Iterable[byt
     endorsements = doc.get("endorsements", [])
     if not isinstance(endorsements, list) or len(endorsements) > MAX_ENDORSEMENTS:
         raise RecordError("endorsements must be a list of at most %d" % MAX_ENDORSEMENTS)
+    endorsers = _endorsers_field(doc["endorsers"]) if "endorsers" in doc else frozenset()
 
     if not verify_binding(public_key, signing_key):
         raise RecordError("signing_key is not the Ed25519 form of public_key (forged record)")
@@ -418,8 +461,27 @@ def parse_record(doc: Any, now: float, *, trusted_signers: Optional[Iterable[byt
                 raise
             log.debug("ignoring an endorsement on the record of %s: %s", name, exc)
             continue
+        if endorsers and signer not in endorsers:
+            # the owner did not name this signer: it never counts (a directory
+            # refuses it; one that stored it anyway, or an owner's own DHT item,
+            # gains nothing by serving it)
+            log.debug("ignoring an endorsement on the record of %s by %s: not one of its "
+                      "endorsers", name, b64(signer))
+            continue
         if trusted is None or signer in trusted:
             endorsed.add(signer)
     return Record(name, public_key, signing_key, endpoints, allowed, seq, expires, revoked,
-                  frozenset(endorsed), doc, protocol)
+                  frozenset(endorsed), doc, protocol, endorsers)
+
+
+def _endorsers_field(value: Any) -> frozenset:
+    """The "endorsers" field: 1 to MAX_ENDORSERS distinct Ed25519 keys, in canonical
+    base64 and sorted (one way to write each list)."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_ENDORSERS:
+        raise RecordError("endorsers, when present, is a list of 1 to %d Ed25519 keys"
+                          % MAX_ENDORSERS)
+    keys = [_b64_field(v, "endorsers[%d]" % i, KEY_SIZE) for i, v in enumerate(value)]
+    if value != sorted(set(value)):
+        raise RecordError("endorsers must be sorted, each key once")
+    return frozenset(keys)
 

@@ -11,7 +11,9 @@ Only the WireGuard peers of the daemon (``protocol = "wireguard"``) are shown
 and changed: Phantom peers speak another protocol and ``wg`` has no words
 for them.  What ``set`` can change: peers added and removed
 (``replace_peers``, ``remove``, ``update_only``), their preshared key,
-endpoint, persistent keepalive and allowed IPs (``replace_allowed_ips``); the
+endpoint, persistent keepalive and allowed IPs (``replace_allowed_ips``; a
+prefix moves from another WireGuard peer as in wg; one that overlaps a
+Phantom peer's prefix is refused, EADDRINUSE, nothing changed); the
 private key and listen port only to the values they have (phantomd does not
 change its identity or port while running).
 
@@ -323,6 +325,11 @@ class DaemonBackend:
             other = engine.peer_by_key(ch.public_key)
             if other is not None and other.protocol != "wireguard":
                 raise _invalid("that key is a Phantom peer's")
+            if not ch.remove:
+                held = other.allowed_ips if other is not None else []
+                for n in ch.allowed_ips:               # before anything changes
+                    if n not in held:
+                        self._check_phantom(n)
         if req.replace_peers:
             keep = {ch.public_key for ch in req.peers if not ch.remove}
             for p in self._wg_peers():
@@ -345,6 +352,16 @@ class DaemonBackend:
                 log.info("peer=%s added", peer.name)
             self._apply(peer, ch)
 
+    def _check_phantom(self, net) -> None:
+        """UapiError when a prefix new to its WireGuard peer shares an address
+        with a Phantom peer's prefix: ``wg`` neither shows nor changes
+        Phantom peers, so it may not take (all or, by a longer prefix, part
+        of) their traffic either."""
+        for holder, m in self.d.engine.overlapping(net):
+            if holder.protocol != "wireguard":
+                raise UapiError(_errno.EADDRINUSE, "%s overlaps the Phantom peer %s's %s: wg "
+                                "changes only WireGuard peers" % (net, holder.name, m))
+
     def _remove(self, peer) -> None:
         d = self.d
         d._do(d.engine.remove_peer(peer.id))
@@ -366,12 +383,19 @@ class DaemonBackend:
             for n in ch.allowed_ips:
                 if n not in nets:
                     nets.append(n)
-            for other in d.engine.peers.values():       # a prefix moves to its new peer, as in wg
-                if other is not peer and any(n in other.allowed_ips for n in nets):
-                    other.allowed_ips = [n for n in other.allowed_ips if n not in nets]
-                    d.dp.set_allowed_ips(other.id, other.allowed_ips)
-            peer.allowed_ips = nets
-            d.dp.set_allowed_ips(peer.id, nets)
+            # A prefix another WireGuard peer has moves to this one, as in wg;
+            # the engine and the data path change in one step each.
+            changes = {peer.id: nets}
+            for n in nets:
+                holder = d.engine.prefix_holder(n)
+                if holder is not None and holder is not peer:
+                    kept = changes.get(holder.id, list(holder.allowed_ips))
+                    changes[holder.id] = [m for m in kept if m != n]
+            try:
+                d.engine.set_allowed_ips(changes)
+            except ValueError as exc:                  # e.g. over a directory record's claim
+                raise UapiError(_errno.EADDRINUSE, str(exc)) from None
+            d.dp.update_routes(changes)
         if ch.persistent_keepalive is not None:
             peer.persistent_keepalive = float(ch.persistent_keepalive)
             if ch.persistent_keepalive and peer.endpoint is not None:

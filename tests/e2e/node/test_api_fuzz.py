@@ -31,7 +31,7 @@ def _st() -> str:
 def test_schemathesis_finds_no_server_error(daemon_factory, tmp_path):
     ns = netns.Namespace(netns.unique_prefix() + "-api")
     try:
-        class Host:        # the rig's Host shape, for tunnelkit
+        class Host:        # the rig's Host shape, for phantomlab.nodes
             pass
         host = Host()
         host.ns = ns

@@ -3,7 +3,7 @@ network namespaces, real SIGKILLs, real restarts with the same key, and time
 bounds on every recovery.  Every test also watches the wire and asserts that
 no tunnel payload crossed it in plaintext.
 
-Timers are shortened through ``[tunables]`` (tunnelkit.FAST_TUNABLES):
+Timers are shortened through ``[tunables]`` (phantomlab.templates.FAST_TUNABLES):
 rekey_timeout 1 s, keepalive 2 s, 3 attempts for `open`."""
 
 from __future__ import annotations

@@ -218,3 +218,15 @@ def test_matches_brute_force(seed):
             assert t.lookup(addr.packed) == expected, (step, addr)
             for peer in range(6):
                 assert t.peer_allows(peer, addr.packed) == (expected == peer)
+
+
+def test_unrouted_follows_the_longest_route_holding_the_prefix():
+    """Which allowed IPs the kernel does not route into the device (issue 18:
+    a route that cannot be installed refuses the start and the reload)."""
+    from phantom.dataplane.tun import unrouted
+    N = ipaddress.ip_network
+    routes = [(N("0.0.0.0/0"), "eth0"), (N("10.0.0.0/8"), "ph0"), (N("10.204.0.0/24"), "eth0"),
+              (N("10.50.0.0/16"), "eth0"), (N("fd99::/64"), "ph0")]
+    assert unrouted("ph0", ["10.1.0.0/16", "10.0.0.0/8", "10.204.0.0/16", "fd99::5/128"], routes) == []
+    assert unrouted("ph0", ["10.50.1.0/24", "0.0.0.0/0", "192.168.1.0/24", "fd98::/64"], routes) == \
+        [N("10.50.1.0/24"), N("0.0.0.0/0"), N("192.168.1.0/24"), N("fd98::/64")]

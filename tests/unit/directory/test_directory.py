@@ -22,6 +22,7 @@ from nacl.signing import VerifyKey
 
 from phantom import crypto
 from phantom.control import directory as d
+from phantom.control.directory.server import Limits
 from phantom.control.keys import write_private_key
 from tests.support.clock import Clock as _Clock
 
@@ -40,9 +41,10 @@ def newkey() -> bytearray:
 
 
 @contextlib.asynccontextmanager
-async def directory(clock, trusted=(), max_ttl=d.DEFAULT_MAX_TTL, store=None):
+async def directory(clock, trusted=(), max_ttl=d.DEFAULT_MAX_TTL, store=None, limits=None):
     store = store or d.DirectoryStore(":memory:")
-    app = d.create_app(store, clock=clock, trusted_signers=trusted, max_ttl=max_ttl)
+    app = d.create_app(store, clock=clock, trusted_signers=trusted, max_ttl=max_ttl,
+                       limits=limits)
     runner = await d.start_server(app, "127.0.0.1", 0)
     port = runner.addresses[0][1]
     try:
@@ -482,6 +484,61 @@ def test_client_ignores_forged_endorsements_but_keeps_the_record():
                        strict_endorsements=True)
 
 
+def test_endorsers_field_is_signed_strict_and_only_those_it_names_count():
+    """A record may name who may endorse it (issue 18 item 4): the field is signed, its
+    shape is strict, a record without it is what it always was, and an endorsement by
+    a signer it does not name never counts, whoever serves it."""
+    clock = Clock()
+    alice, ca_key, rogue_key = newkey(), newkey(), newkey()
+    ca, rogue = d.signing_key_of(ca_key), d.signing_key_of(rogue_key)
+    pub = crypto.x25519_public(bytes(alice))
+    assert "endorsers" not in record_for(alice, clock)             # old records: unchanged
+    signer = d.NodeSigner(alice)
+    doc = d.make_record(signer, "alice", ["192.0.2.1:9000"], [], 1, int(clock()) + 600,
+                        endorsers=[ca, ca])
+    assert doc["endorsers"] == [d.b64(ca)]
+    rec = d.parse_record(doc, clock())
+    assert rec.endorsers == {ca} and rec.summary()["endorsers"] == [d.b64(ca)]
+    # signed: dropping or changing the list breaks the signature
+    for tampered in ({k: v for k, v in doc.items() if k != "endorsers"},
+                     dict(doc, endorsers=[d.b64(rogue)])):
+        with pytest.raises(d.RecordError, match="signature"):
+            d.parse_record(tampered, clock())
+    two = sorted([d.b64(ca), d.b64(rogue)])
+    for bad in ([], "x", [d.b64(ca)] * 2, two[::-1], [d.b64(ca)[:-2]], [1],
+                [d.b64(d.signing_key_of(newkey())) for _ in range(d.MAX_ENDORSERS + 1)]):
+        with pytest.raises(d.RecordError, match="endorsers"):
+            d.parse_record(dict(doc, endorsers=bad), clock())
+    with pytest.raises(d.RecordError):
+        d.make_record(signer, "alice", [], [], 1, int(clock()) + 600,
+                      endorsers=[d.signing_key_of(newkey()) for _ in range(d.MAX_ENDORSERS + 1)])
+    # a directory serving another signer's endorsement anyway gains nothing by it
+    ends = [d.make_endorsement(d.NodeSigner(k), pub, "alice", int(clock()) + 60)
+            for k in (rogue_key, ca_key)]
+    for trusted in (None, [ca, rogue]):
+        rec = d.parse_record(dict(doc, endorsements=ends), clock(), trusted_signers=trusted,
+                             strict_endorsements=True)
+        assert rec.endorsed_by == {ca}
+    assert d.parse_record(dict(doc, endorsements=ends[:1]), clock(),
+                          trusted_signers=[rogue]).endorsed_by == frozenset()
+
+    async def main():
+        async with directory(clock) as url:           # no --trusted-signer
+            async with d.DirectoryClient(url, alice, clock) as owner, \
+                    d.DirectoryClient(url, ca_key, clock) as ca_client, \
+                    d.DirectoryClient(url, rogue_key, clock) as rogue_client, \
+                    d.DirectoryClient(url, None, clock, trusted_signers=[ca]) as daemon:
+                stored = await owner.publish("alice", ["192.0.2.1:9000"], [], 600,
+                                             endorsers=[ca])
+                assert stored["endorsers"] == [d.b64(ca)]
+                with pytest.raises(d.DirectoryRejected) as err:
+                    await rogue_client.endorse(pub, "alice", 3600)
+                assert err.value.status == 403 and "endorsers" in err.value.message
+                await ca_client.endorse(pub, "alice", 3600)
+                assert (await daemon.resolve_key(pub, fresh=True)).endorsed_by == {ca}
+    run(main())
+
+
 def test_cache_serves_while_the_directory_is_down(caplog):
     clock = Clock()
 
@@ -541,7 +598,9 @@ def test_bad_input_gets_4xx_json_never_5xx():
     path = "/records/" + d.b64url(crypto.x25519_public(bytes(k)))
 
     async def main():
-        async with directory(clock) as url:
+        # hundreds of requests from one address: the per-source limits would answer
+        # 429 (tests/unit/directory/test_directory_limits.py checks those); here every answer counts
+        async with directory(clock, limits=Limits.unlimited()) as url:
             cases = [
                 ("PUT", path, b"{not json", 400), ("PUT", path, b"", 400),
                 ("PUT", path, b"[]", 400), ("PUT", path, b'"x"', 400),

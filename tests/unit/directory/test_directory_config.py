@@ -3,6 +3,8 @@ nodes and port, and endpoints = "auto"."""
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from phantom.control.config import parse_daemon_args
@@ -49,6 +51,11 @@ def test_dht_with_bootstrap_nodes_port_and_auto_endpoints(tmp_path):
     ('dht_port = 70000\n', "interface.dht_port"),
     ('dht_port = true\n', "interface.dht_port"),
     ('endpoints = "sometimes"\n', "interface.endpoints"),
+    ('endorsers = "x"\n', "interface.endorsers"),
+    ('endorsers = ["%s", "nope"]\n' % ("A" * 43 + "="), "interface.endorsers[1]"),
+    ('endorsers = [%s]\n' % ", ".join(['"%s"' % ("A" * 43 + "=")] * 17), "interface.endorsers"),
+    ('name = "n"\ntrusted_signers = [%s]\n' % ", ".join(['"%s"' % ("A" * 43 + "=")] * 17),
+     "interface.endorsers"),
 ])
 def test_bad_directory_settings_name_the_key(tmp_path, body, where):
     with pytest.raises(ConfigError) as err:
@@ -63,3 +70,14 @@ def test_the_flag_takes_several_urls_or_dht(tmp_path):
                            "http://10.0.0.1:4568,http://10.0.0.2:4568"])
     assert s.directory == ["http://10.0.0.1:4568", "http://10.0.0.2:4568"]
     assert parse_daemon_args(["--private-key", str(key), "--directory", "dht"]).directory == "dht"
+
+
+def test_our_record_names_our_trusted_signers_as_endorsers_unless_told_otherwise(tmp_path):
+    ca, other = "A" * 43 + "=", "B" * 43 + "="
+    s = settings(tmp_path, 'trusted_signers = ["%s"]\n' % ca)
+    assert s.endorsers is None and s.published_endorsers == [bytes(32)]
+    s = settings(tmp_path, 'trusted_signers = ["%s"]\nendorsers = ["%s"]\n' % (ca, other))
+    assert s.published_endorsers == [base64.b64decode(other)]
+    s = settings(tmp_path, 'trusted_signers = ["%s"]\nendorsers = []\n' % ca)
+    assert s.published_endorsers == []                    # anyone may: the record has no field
+    assert settings(tmp_path, "").published_endorsers == []

@@ -65,6 +65,10 @@ def test_incremental_trie_matches_the_python_table(dp, seed):
         op = rng.random()
         if op < 0.35 or not live:
             nets = [_random_net(rng) for _ in range(rng.randrange(0, 4))]
+            if any(dp._routes.owner(n) is not None for n in nets):
+                with pytest.raises(ValueError):   # another peer's prefix: refused, nothing changes
+                    dp.add_peer(next_id, nets)
+                nets = [n for n in nets if dp._routes.owner(n) is None]
             dp.add_peer(next_id, nets)
             live.add(next_id)
             next_id += 1
@@ -72,8 +76,17 @@ def test_incremental_trie_matches_the_python_table(dp, seed):
             pid = rng.choice(sorted(live))
             nets = [_random_net(rng) for _ in range(rng.randrange(0, 4))]
             if seen and rng.random() < 0.5:
-                nets.append(rng.choice(seen))     # steal a prefix another peer may hold
-            dp.set_allowed_ips(pid, nets)
+                nets.append(rng.choice(seen))     # a prefix another peer may hold
+            change = {pid: nets}
+            for n in nets:                        # ... moves only when the change names its holder
+                holder = dp._routes.owner(n)
+                if holder is not None and holder != pid:
+                    change[holder] = [m for m in change.get(holder, dp._routes.peer_networks(holder))
+                                      if m != n]
+            if len(change) > 1:
+                with pytest.raises(ValueError):
+                    dp.set_allowed_ips(pid, nets)
+            dp.update_routes(change)
         else:
             pid = rng.choice(sorted(live))
             dp.remove_peer(pid)

@@ -97,7 +97,14 @@ def test_add_remove_change():
     assert out["changed"] == {"b": ["allowed_ips"], "dd": ["name", "persistent_keepalive"]}
     assert out["firewall"] is True                    # peers added, removed, renamed
     names = [c[0] for c in d.dp.calls]
-    assert "remove_peer" in names and "add_peer" in names and "set_allowed_ips" in names
+    assert "remove_peer" in names and "add_peer" in names
+    # every route change of the reload is one data-path step, before the removal
+    (update,) = [c for c in d.dp.calls if c[0] == "update_routes"]
+    c_id, e = 2, d.engine.peer_by_key(crypto_key("e"))
+    assert {k: [str(n) for n in v] for k, v in update[1].items()} == {
+        b.id: ["10.99.0.2/32", "10.99.0.22/32"], c_id: [], e.id: ["10.99.0.5/32"]}
+    assert names.index("update_routes") < names.index("remove_peer")
+    assert ("add_peer", e.id, []) in d.dp.calls      # its routes come with the update
     assert [str(n) for n in b.allowed_ips] == ["10.99.0.2/32", "10.99.0.22/32"]
     assert b.state is PeerState.ESTABLISHED           # sessions untouched
     assert {p.name for p in d.engine.peers.values()} == {"b", "dd", "e"}
@@ -170,6 +177,28 @@ def test_what_needs_a_restart_is_noted_not_applied():
     out = run(d, doc(peer("b"), listen_port=9100, mtu=1380))
     assert "interface.listen_port changed: needs a restart (not applied)" in out["notes"]
     assert "interface.mtu changed: needs a restart (not applied)" in out["notes"]
-    out = run(d, doc(peer("b", allowed_ips=["10.99.0.2/32", "192.168.50.0/24"]),
-                     listen_port=9100, mtu=1380))
-    assert any("no kernel route for 192.168.50.0/24" in n for n in out["notes"])
+    # a prefix the kernel does not route into the device (after the privilege
+    # drop the daemon cannot add the route): the reload is refused whole
+    with pytest.raises(ConfigError) as e:
+        run(d, doc(peer("b", allowed_ips=["10.99.0.2/32", "192.168.50.0/24"]), peer("c")))
+    assert e.value.key == "peer[0].allowed_ips[1]"
+    assert "does not route 192.168.50.0/24 into ph0" in e.value.problem
+    assert [p.name for p in d.engine.peers.values()] == ["b"]
+
+
+def test_a_reload_never_overlaps_a_peer_added_at_run_time():
+    """A peer opened through the API or admitted from the directory keeps its
+    prefixes to itself: a file prefix equal to one, holding one or inside one
+    is refused naming the key; once the file names that peer (adopts it), the
+    file's overlaps are the administrator's."""
+    d = Daemon(doc(peer("b")))
+    api = d.engine.add_peer(crypto_key("c"), "carol", ["10.99.0.48/28"], ("10.201.0.3", 9000),
+                            dynamic=True, exclusive=True)
+    for nets in (["10.99.0.48/28"], ["10.99.0.0/24"], ["10.99.0.50/32"]):
+        with pytest.raises(ConfigError) as e:
+            rl.plan(d, settings_from_mapping(doc(peer("b"), peer("d", allowed_ips=nets))), d._file_settings)
+        assert e.value.key == "peer[1].allowed_ips[0]" and "carol" in e.value.problem, nets
+    assert d.dp.calls == []
+    out = run(d, doc(peer("b"), peer("c", name="carol", allowed_ips=["10.99.0.48/28"]),
+                     peer("d", allowed_ips=["10.99.0.0/24"])))
+    assert out["added"] == ["d"] and not api.dynamic and not api.exclusive

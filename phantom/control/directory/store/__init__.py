@@ -6,8 +6,9 @@
 """
 
 from .base import (  # noqa: F401
-    CLOCK_SKEW, DEFAULT_MAX_TTL, LIST_LIMIT, BadRecord, ForgedRecord, Forbidden, Gone,
-    KeyRevoked, NameTaken, NoRecord, StaleSeq, Store, StoredRecord, StoreUnavailable,
+    CLOCK_SKEW, DEFAULT_MAX_TTL, LIST_LIMIT, BadRecord, EndorsementsFull, ForgedRecord,
+    Forbidden, Gone, KeyRevoked, NameTaken, NoRecord, NotAnEndorser, QuotaExceeded,
+    StaleEndorsement, StaleSeq, Store, StoredRecord, StoreUnavailable, TooManyRequests,
     Unsupported, UntrustedSigner)
 from .sqlite import DirectoryStore, SqliteStore  # noqa: F401
 
