@@ -45,7 +45,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
+import weakref
 from typing import Iterable, Optional
 
 import nacl.bindings as _nb
@@ -177,6 +179,7 @@ class DhtNode:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._wake: Optional[asyncio.Event] = None
         self._pump: Optional[asyncio.Task] = None
+        self._alert_fds: Optional[tuple[int, int]] = None    # the alert pipe (read, write)
         self._gets: dict[tuple, list] = {}       # (key, salt) -> [futures, best (value, seq)]
         self._puts: dict[tuple, list] = {}       # (key, salt) -> [futures]
         self.nodes = 0
@@ -192,7 +195,15 @@ class DhtNode:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._ses = lt.session(_settings(self.listen, self.max_items))
-        self._ses.set_alert_notify(self._notify)
+        # libtorrent tells us of new alerts by writing a byte to a pipe, on its own
+        # thread and without the GIL.  (A Python callback, set_alert_notify, runs on
+        # that thread holding libtorrent's alert lock while it waits for the GIL;
+        # the session's destructor and set_alert_notify take that lock while the
+        # caller holds the GIL: a close under traffic deadlocked the process.)
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)   # a full pipe drops the byte
+        self._alert_fds = (rfd, wfd)
+        self._loop.add_reader(rfd, self._notify)
+        self._ses.set_alert_fd(wfd)
         for host, port in self.bootstrap:
             self._ses.add_dht_node((host, port))
         self._pump = asyncio.ensure_future(self._run())
@@ -201,11 +212,13 @@ class DhtNode:
                  ", ".join("%s:%d" % b for b in self.bootstrap) or "none")
         return self
 
-    def _notify(self) -> None:           # called on libtorrent's thread
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(wake.set)
+    def _notify(self) -> None:           # on the loop: the alert pipe is readable
+        if self._alert_fds is not None:
+            with contextlib.suppress(OSError):
+                while os.read(self._alert_fds[0], 4096):
+                    pass
+        if self._wake is not None:
+            self._wake.set()
 
     def add_node(self, host: str, port: int) -> None:
         if self._ses is not None:
@@ -222,19 +235,35 @@ class DhtNode:
                 for f in entry[0]:
                     f.cancel()           # their waiters raise DhtError (see get/put)
             table.clear()
+        alive = None
         if ses is not None:
-            ses.set_alert_notify(lambda: None)
             ses.pause()
+            alive = weakref.ref(ses)
             holder = [ses]
             del ses
             # the session's destructor waits for libtorrent's threads: not on the loop
             await asyncio.get_running_loop().run_in_executor(None, holder.clear)
+        fds, self._alert_fds = self._alert_fds, None
+        if fds is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(fds[0])
+            if alive is None or alive() is None:
+                for fd in fds:
+                    os.close(fd)
+            else:                        # pragma: no cover - someone still holds the session
+                # its threads may still write to the pipe: never close a descriptor
+                # number libtorrent could write to once it names another file
+                log.warning("DHT node closed while its session is still referenced")
 
     async def _run(self) -> None:
         import libtorrent as lt
         stats_due = lookups_due = 0.0
         retry, bootstrap_due = BOOTSTRAP_RETRY, time.monotonic() + BOOTSTRAP_RETRY
         while True:
+            # no reference to the session while waiting: cancelled here (close), this
+            # frame lives on in the task's traceback, and the session must be freed
+            # by close() (off the loop), not whenever the task is
+            ses = None
             try:
                 await asyncio.wait_for(self._wake.wait(), STATS_EVERY if self._gets else 1.0)
             except asyncio.TimeoutError:
