@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from typing import Iterable, Optional
 
@@ -176,6 +177,8 @@ class DhtNode:
         self._ses = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._wake: Optional[asyncio.Event] = None
+        self._alert_r: Optional[int] = None  # the pipe libtorrent writes to when alerts wait
+        self._alert_w: Optional[int] = None
         self._pump: Optional[asyncio.Task] = None
         self._gets: dict[tuple, list] = {}       # (key, salt) -> [futures, best (value, seq)]
         self._puts: dict[tuple, list] = {}       # (key, salt) -> [futures]
@@ -192,7 +195,13 @@ class DhtNode:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._ses = lt.session(_settings(self.listen, self.max_items))
-        self._ses.set_alert_notify(self._notify)
+        # libtorrent says "alerts are waiting" by writing a byte to a pipe, not
+        # by calling Python: a callback on libtorrent's thread needs the GIL,
+        # and a session destroyed while that thread waits for it deadlocks
+        # (the destroying thread holds the GIL and waits for libtorrent's).
+        self._alert_r, self._alert_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._loop.add_reader(self._alert_r, self._on_alert_fd)
+        self._ses.set_alert_fd(self._alert_w)
         for host, port in self.bootstrap:
             self._ses.add_dht_node((host, port))
         self._pump = asyncio.ensure_future(self._run())
@@ -201,11 +210,12 @@ class DhtNode:
                  ", ".join("%s:%d" % b for b in self.bootstrap) or "none")
         return self
 
-    def _notify(self) -> None:           # called on libtorrent's thread
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(wake.set)
+    def _on_alert_fd(self) -> None:      # on the loop: libtorrent wrote to the pipe
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while os.read(self._alert_r, 4096):
+                pass
+        if self._wake is not None:
+            self._wake.set()
 
     def add_node(self, host: str, port: int) -> None:
         if self._ses is not None:
@@ -222,13 +232,21 @@ class DhtNode:
                 for f in entry[0]:
                     f.cancel()           # their waiters raise DhtError (see get/put)
             table.clear()
+        fds, self._alert_r, self._alert_w = (self._alert_r, self._alert_w), None, None
+        if fds[0] is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(fds[0])
         if ses is not None:
-            ses.set_alert_notify(lambda: None)
             ses.pause()
             holder = [ses]
             del ses
             # the session's destructor waits for libtorrent's threads: not on the loop
             await asyncio.get_running_loop().run_in_executor(None, holder.clear)
+        # closed only once the session is gone: libtorrent writes to the fd until then,
+        # and a number closed earlier could be reused by another file
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)
 
     async def _run(self) -> None:
         import libtorrent as lt
