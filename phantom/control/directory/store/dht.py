@@ -47,7 +47,6 @@ import asyncio
 import contextlib
 import os
 import time
-import weakref
 from typing import Iterable, Optional
 
 import nacl.bindings as _nb
@@ -178,8 +177,9 @@ class DhtNode:
         self._ses = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._wake: Optional[asyncio.Event] = None
+        self._alert_r: Optional[int] = None  # the pipe libtorrent writes to when alerts wait
+        self._alert_w: Optional[int] = None
         self._pump: Optional[asyncio.Task] = None
-        self._alert_fds: Optional[tuple[int, int]] = None    # the alert pipe (read, write)
         self._gets: dict[tuple, list] = {}       # (key, salt) -> [futures, best (value, seq)]
         self._puts: dict[tuple, list] = {}       # (key, salt) -> [futures]
         self.nodes = 0
@@ -195,15 +195,13 @@ class DhtNode:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._ses = lt.session(_settings(self.listen, self.max_items))
-        # libtorrent tells us of new alerts by writing a byte to a pipe, on its own
-        # thread and without the GIL.  (A Python callback, set_alert_notify, runs on
-        # that thread holding libtorrent's alert lock while it waits for the GIL;
-        # the session's destructor and set_alert_notify take that lock while the
-        # caller holds the GIL: a close under traffic deadlocked the process.)
-        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)   # a full pipe drops the byte
-        self._alert_fds = (rfd, wfd)
-        self._loop.add_reader(rfd, self._notify)
-        self._ses.set_alert_fd(wfd)
+        # libtorrent says "alerts are waiting" by writing a byte to a pipe, not
+        # by calling Python: a callback on libtorrent's thread needs the GIL,
+        # and a session destroyed while that thread waits for it deadlocks
+        # (the destroying thread holds the GIL and waits for libtorrent's).
+        self._alert_r, self._alert_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._loop.add_reader(self._alert_r, self._on_alert_fd)
+        self._ses.set_alert_fd(self._alert_w)
         for host, port in self.bootstrap:
             self._ses.add_dht_node((host, port))
         self._pump = asyncio.ensure_future(self._run())
@@ -212,11 +210,10 @@ class DhtNode:
                  ", ".join("%s:%d" % b for b in self.bootstrap) or "none")
         return self
 
-    def _notify(self) -> None:           # on the loop: the alert pipe is readable
-        if self._alert_fds is not None:
-            with contextlib.suppress(OSError):
-                while os.read(self._alert_fds[0], 4096):
-                    pass
+    def _on_alert_fd(self) -> None:      # on the loop: libtorrent wrote to the pipe
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while os.read(self._alert_r, 4096):
+                pass
         if self._wake is not None:
             self._wake.set()
 
@@ -235,35 +232,27 @@ class DhtNode:
                 for f in entry[0]:
                     f.cancel()           # their waiters raise DhtError (see get/put)
             table.clear()
-        alive = None
+        fds, self._alert_r, self._alert_w = (self._alert_r, self._alert_w), None, None
+        if fds[0] is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(fds[0])
         if ses is not None:
             ses.pause()
-            alive = weakref.ref(ses)
             holder = [ses]
             del ses
             # the session's destructor waits for libtorrent's threads: not on the loop
             await asyncio.get_running_loop().run_in_executor(None, holder.clear)
-        fds, self._alert_fds = self._alert_fds, None
-        if fds is not None:
-            with contextlib.suppress(Exception):
-                self._loop.remove_reader(fds[0])
-            if alive is None or alive() is None:
-                for fd in fds:
-                    os.close(fd)
-            else:                        # pragma: no cover - someone still holds the session
-                # its threads may still write to the pipe: never close a descriptor
-                # number libtorrent could write to once it names another file
-                log.warning("DHT node closed while its session is still referenced")
+        # closed only once the session is gone: libtorrent writes to the fd until then,
+        # and a number closed earlier could be reused by another file
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)
 
     async def _run(self) -> None:
         import libtorrent as lt
         stats_due = lookups_due = 0.0
         retry, bootstrap_due = BOOTSTRAP_RETRY, time.monotonic() + BOOTSTRAP_RETRY
         while True:
-            # no reference to the session while waiting: cancelled here (close), this
-            # frame lives on in the task's traceback, and the session must be freed
-            # by close() (off the loop), not whenever the task is
-            ses = None
             try:
                 await asyncio.wait_for(self._wake.wait(), STATS_EVERY if self._gets else 1.0)
             except asyncio.TimeoutError:
