@@ -109,8 +109,10 @@ say "building phantom._fastpath"
 "$VENV/bin/python" -c 'import phantom._fastpath' \
     || die "phantom._fastpath does not import after the build (see the messages above)"
 "$VENV/bin/python" -c 'import phantom, phantom._fastpath, sys; print("    phantom", phantom.__version__, "with", phantom._fastpath.__file__)'
+"$VENV/bin/python" -c 'import phantomlab.netns' \
+    || die "the lab package (phantomlab) does not import (see the pip log: $PIP_LOG)"
 
-say "ready: tests run with  .venv/bin/python -m pytest -q -ra"
+say "ready: tests run with  .venv/bin/python -m pytest -q -ra -n 4 --dist loadgroup"
 
 # --- 5. the demo ---------------------------------------------------------------------------
 if [ "$RUN_DEMO" -eq 1 ]; then

@@ -6,7 +6,7 @@ In one run, on this machine only (loopback, a Unix socket, an in-process swarm):
 
 * sqlite:   one front end (aiohttp, in this process) over a SQLite file;
 * postgres: two front ends on one database of a PostgreSQL cluster of our own
-            (initdb/pg_ctl in a temporary directory, as tests/directorykit.py);
+            (initdb/pg_ctl in a temporary directory, as phantomlab/stores.py);
             lookups ask both at once (a two-URL client), publishes alternate;
 * dht:      a private swarm of 10 libtorrent nodes on 127.0.0.1, bootstrapped to
             each other only; lookups and publishes go through random nodes.
@@ -35,7 +35,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from phantom import crypto  # noqa: E402
 from phantom.control import directory as d  # noqa: E402
@@ -117,7 +116,7 @@ async def run_sqlite(args):
 
 
 async def run_postgres(args):
-    from directorykit import PgCluster, pg_missing
+    from phantomlab.stores import PgCluster, pg_missing
     from phantom.control.directory.store.postgres import PostgresStore
     missing = pg_missing()
     if missing:
@@ -140,7 +139,7 @@ async def run_postgres(args):
 
 
 async def run_dht(args):
-    from directorykit import Swarm
+    from phantomlab.stores import Swarm
     from phantom.control.directory.client import DhtDirectoryClient
     from phantom.control.directory.store.dht import DhtStore
     swarm = await Swarm(10).start()

@@ -5,7 +5,7 @@
                                   [--json out.json]
 
 One invocation, one pair of fresh namespaces (a: 10.201.0.1, b: 10.201.0.2,
-joined by a veth pair, from ``phantom.netns.two_hosts()``).  The
+joined by a veth pair, from ``phantomlab.netns.two_hosts()``).  The
 configurations run one after another on the same pair:
 
   1. bare          iperf3 straight over the veth, no tunnel;
@@ -50,7 +50,6 @@ exit, on Ctrl-C and on SIGTERM.
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import datetime as _dt
 import json
@@ -72,7 +71,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from phantom import netns  # noqa: E402
+from phantomlab import iperf, netns  # noqa: E402
+from phantomlab.procs import CpuMeter, kill_proc  # noqa: E402,F401  (bench/scale.py uses them)
+from phantomlab.wggo import WG_SOCK_DIR, WgSide  # noqa: E402
+from phantomlab.wggo import stop_all as _stop_all_wg  # noqa: E402
 from phantom.control.keys import encode_key, public_key, write_private_key  # noqa: E402
 
 CONFIGS = ("bare", "wireguard-go", "reference", "fast", "fast-wg")
@@ -87,19 +89,13 @@ UDP_PAYLOAD = 64
 WG_NET = ("10.98.0.1", "10.98.0.2")
 WG_PORT = 51820
 WG_MTU = 1420
-WG_SOCK_DIR = Path("/var/run/wireguard")
 PH_NET = ("10.99.0.1", "10.99.0.2")
 PH_PORT = 9000
 
 PING_TIMEOUT = 10.0          # tunnel up (handshake included)
-LISTEN_TIMEOUT = 5.0         # iperf3 server bound and listening
 DAEMON_READY_TIMEOUT = 15.0  # phantomd answers GET /status
-WG_SOCKET_TIMEOUT = 5.0      # wireguard-go created its control socket
-CLIENT_SLACK = 30.0          # iperf3 client timeout beyond -t
-SERVER_SLACK = 10.0          # iperf3 server report after the client ends
 CONNECT_ATTEMPTS = 5
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class BenchError(RuntimeError):
@@ -107,85 +103,8 @@ class BenchError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------
-# CPU accounting
+# iperf3 (phantomlab.iperf: the one iperf3 helper)
 # ---------------------------------------------------------------------------
-
-def cpu_ticks(pid: int) -> int | None:
-    """utime + stime of ``pid`` in clock ticks (all threads), None if gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # the comm field may contain spaces and parentheses: split after the last ')'
-    fields = raw[raw.rindex(")") + 2:].split()
-    # fields[0] is field 3 (state); utime is field 14, stime field 15
-    return int(fields[11]) + int(fields[12])
-
-
-class CpuMeter:
-    """CPU used by named processes between ``start()`` and ``stop()``."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self._t0 = 0.0
-        self._ticks0: dict[str, int | None] = {}
-
-    def start(self) -> None:
-        self._ticks0 = {n: cpu_ticks(p) for n, p in self.pids.items()}
-        self._t0 = time.monotonic()
-
-    def stop(self) -> dict[str, float | None]:
-        """Percent of one core per process (None if it died meanwhile)."""
-        wall = time.monotonic() - self._t0
-        out: dict[str, float | None] = {}
-        for name, pid in self.pids.items():
-            t0, t1 = self._ticks0.get(name), cpu_ticks(pid)
-            out[name] = (None if t0 is None or t1 is None or wall <= 0
-                         else round(100.0 * (t1 - t0) / CLK_TCK / wall, 1))
-        return out
-
-
-# ---------------------------------------------------------------------------
-# iperf3
-# ---------------------------------------------------------------------------
-
-def _netns_inode(ns: netns.Namespace) -> int:
-    return os.stat(ns.path).st_ino
-
-
-def _listening(pid: int, port: int, ns_inode: int) -> bool:
-    """True when ``pid`` lives in the namespace ``ns_inode`` and that
-    namespace has a TCP socket listening on ``port``.
-
-    /proc/PID/net/tcp shows the sockets of PID's network namespace; the
-    inode check guards against reading the root namespace in the instant
-    before ``ip netns exec`` has switched namespaces."""
-    try:
-        if os.stat(f"/proc/{pid}/ns/net").st_ino != ns_inode:
-            return False
-        for name in ("tcp", "tcp6"):
-            for line in Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]:
-                parts = line.split()
-                local, state = parts[1], parts[3]
-                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                    return True
-    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-        return False
-    return False
-
-
-def _kill_proc(proc: subprocess.Popen | None, grace: float = 2.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
 
 @dataclass
 class IperfRun:
@@ -202,56 +121,12 @@ def run_iperf(topo: netns.TwoHosts, server_ip: str, extra: list[str], seconds: i
     The client is retried while the server is not reachable yet (a fresh
     server is started when the previous one exited).  CPU of the daemons is
     measured over the client's run."""
-    b_inode = _netns_inode(topo.b.ns)
-    server_argv = ["iperf3", "-s", "-1", "-J", "-B", server_ip, "-p", str(IPERF_PORT)]
-    client_argv = ["iperf3", "-c", server_ip, "-p", str(IPERF_PORT), "-t", str(seconds), "-J",
-                   "--connect-timeout", "3000", *extra]
-    last_err = "not run"
-    for _attempt in range(CONNECT_ATTEMPTS):
-        server = topo.b.popen(server_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, start_new_session=True)
-        try:
-            deadline = time.monotonic() + LISTEN_TIMEOUT
-            while not _listening(server.pid, IPERF_PORT, b_inode):
-                if server.poll() is not None:
-                    err = server.stderr.read().decode(errors="replace") if server.stderr else ""
-                    raise BenchError(f"iperf3 server exited ({server.returncode}): {err.strip()[:300]}")
-                if time.monotonic() > deadline:
-                    raise BenchError(f"iperf3 server not listening after {LISTEN_TIMEOUT}s")
-                time.sleep(0.01)
-            meter = CpuMeter(daemon_pids)
-            meter.start()
-            t0 = time.monotonic()
-            try:
-                cp = topo.a.run(client_argv, check=False, timeout=seconds + CLIENT_SLACK)
-            except netns.RigError as exc:
-                raise BenchError(f"iperf3 client: {exc}") from None
-            wall = time.monotonic() - t0
-            cpu = meter.stop()
-            try:
-                client = json.loads(cp.stdout) if cp.stdout.strip() else {}
-            except ValueError:
-                client = {}
-            if cp.returncode != 0 or "error" in client:
-                last_err = client.get("error") or (cp.stderr or cp.stdout).strip()[-300:]
-                if "unable to connect" in last_err or "Connection refused" in last_err:
-                    continue                 # the finally below reaps this server; try a fresh one
-                raise BenchError(f"iperf3 client failed: {last_err}")
-            try:
-                out, _err = server.communicate(timeout=SERVER_SLACK)
-            except subprocess.TimeoutExpired:
-                raise BenchError("iperf3 server gave no report after the client ended") from None
-            try:
-                server_report = json.loads(out)
-            except ValueError:
-                raise BenchError(f"iperf3 server report is not JSON: {out[:200]!r}") from None
-            return IperfRun(client, server_report, cpu, wall)
-        finally:
-            _kill_proc(server)
-            for stream in (server.stdout, server.stderr):
-                if stream is not None:
-                    stream.close()
-    raise BenchError(f"iperf3 client could not connect after {CONNECT_ATTEMPTS} attempts: {last_err}")
+    try:
+        r = iperf.run(topo.a, topo.b, server_ip, port=IPERF_PORT, seconds=seconds, extra=extra,
+                      server_report=True, cpu_pids=daemon_pids, attempts=CONNECT_ATTEMPTS, check=True)
+    except iperf.IperfError as exc:
+        raise BenchError(str(exc)) from None
+    return IperfRun(r.report, r.server, r.cpu, r.wall)
 
 
 def summarize(test: str, run: IperfRun, seconds: int) -> dict:
@@ -315,64 +190,7 @@ def setup_bare(topo: netns.TwoHosts, work: Path) -> Iterator[Setup]:
     yield Setup(topo.b.ip)
 
 
-# -- wireguard-go ------------------------------------------------------------
-
-_WG_LIVE: list["WgSide"] = []      # for the atexit/signal path
-
-
-@dataclass
-class WgSide:
-    host: netns.Host
-    ifname: str
-    log_path: Path
-    proc: subprocess.Popen | None = None
-
-    @property
-    def sock(self) -> Path:
-        return WG_SOCK_DIR / f"{self.ifname}.sock"
-
-    def start(self) -> None:
-        if self.sock.exists():                      # left by a SIGKILLed run of ours
-            self.sock.unlink()
-        env = dict(os.environ, LOG_LEVEL="error")
-        with open(self.log_path, "ab") as log:
-            self.proc = self.host.popen(["wireguard-go", "-f", self.ifname], stdin=subprocess.DEVNULL,
-                                        stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
-        _WG_LIVE.append(self)
-        deadline = time.monotonic() + WG_SOCKET_TIMEOUT
-        while not self.sock.exists():
-            if self.proc.poll() is not None:
-                raise BenchError(f"wireguard-go -f {self.ifname} exited ({self.proc.returncode}): "
-                                 f"{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"wireguard-go made no control socket {self.sock} "
-                                 f"in {WG_SOCKET_TIMEOUT}s: {self.log_tail()}")
-            time.sleep(0.01)
-
-    def log_tail(self) -> str:
-        try:
-            return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-3:])
-        except FileNotFoundError:
-            return ""
-
-    def stop(self) -> None:
-        """Kill the process, remove its control socket.  Idempotent."""
-        _kill_proc(self.proc)
-        with contextlib.suppress(FileNotFoundError):
-            self.sock.unlink()
-        with contextlib.suppress(ValueError):
-            _WG_LIVE.remove(self)
-
-
-def _stop_all_wg() -> None:
-    for side in list(_WG_LIVE):
-        with contextlib.suppress(Exception):
-            side.stop()
-
-
-atexit.register(_stop_all_wg)
-
+# -- wireguard-go (phantomlab.wggo.WgSide) ---------------------------------
 
 def _wg_genkey(work: Path, name: str) -> tuple[Path, str]:
     """A private key file (0600) and its public key, made with ``wg``."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,7 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from phantom import crypto, netns, wire  # noqa: E402
+from phantom import crypto, wire  # noqa: E402
+from phantomlab import iperf as lab_iperf  # noqa: E402
+from phantomlab import netns  # noqa: E402
 from phantom.control import cookie, handshake, tai64n  # noqa: E402
 from phantom.control.keys import encode_key, public_key, write_private_key  # noqa: E402
 
@@ -58,23 +59,10 @@ allowed_ips = ["{TUN[other]}/32"]
 
 
 def iperf(topo, seconds: int) -> float:
-    server = topo.hosts["b"].popen(["iperf3", "-s", "-1", "-B", TUN["b"]], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(50):
-            out = topo.hosts["a"].run(["iperf3", "-c", TUN["b"], "-t", str(seconds), "-J"], check=False,
-                                      timeout=seconds + 30)
-            try:
-                result = json.loads(out.stdout)
-            except ValueError:
-                result = {}
-            if out.returncode == 0 and "sum_received" in result.get("end", {}):
-                return result["end"]["sum_received"]["bits_per_second"]
-            time.sleep(0.1)
-        raise RuntimeError("iperf3 failed: %s" % out.stdout[-300:])
-    finally:
-        server.kill()
-        server.wait(5)
+    r = lab_iperf.run(topo.hosts["a"], topo.hosts["b"], TUN["b"], seconds=seconds, attempts=50)
+    if not r.ok:
+        raise RuntimeError("iperf3 failed: %s" % r.stdout[-300:])
+    return r.received_bps
 
 
 class Flood(threading.Thread):

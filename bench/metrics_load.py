@@ -5,7 +5,7 @@
     .venv/bin/python bench/metrics_load.py [--runs 5] [--seconds 5] [--hz 10]
                                            [--extra-peers 20] [--json out.json]
 
-One pair of fresh namespaces (phantom.netns.two_hosts: a 10.201.0.1, b
+One pair of fresh namespaces (phantomlab.netns.two_hosts: a 10.201.0.1, b
 10.201.0.2 on a veth pair), one phantomd --fast in each (TUN mode, MTU
 1420), a peered with b plus ``--extra-peers`` idle peers (so a scrape has
 rows to read).  Each run does both configurations, in ABBA order across
@@ -31,7 +31,6 @@ import argparse
 import json
 import statistics
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,13 +38,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-for p in (REPO, REPO / "tests"):
+for p in (REPO,):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from phantom import crypto, netns  # noqa: E402
+from phantom import crypto  # noqa: E402
 from phantom.control.keys import encode_key  # noqa: E402
-from tunnelkit import HTTP_PORT, make_node, peer_entry, write_config  # noqa: E402
+from phantomlab import iperf as lab_iperf  # noqa: E402
+from phantomlab import netns  # noqa: E402
+from phantomlab.nodes import make_node  # noqa: E402
+from phantomlab.templates import HTTP_PORT, peer_entry, write_config  # noqa: E402
 
 
 class Scraper(threading.Thread):
@@ -75,18 +77,10 @@ class Scraper(threading.Thread):
 
 
 def iperf(a, b, seconds: float) -> float:
-    server = b.host.popen(["iperf3", "-s", "-1", "-B", b.tun4, "-p", "5301"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.3)
-        cp = a.host.run(["iperf3", "-c", b.tun4, "-p", "5301", "-t", str(seconds), "-J"],
-                        check=False, timeout=seconds + 30)
-        if cp.returncode != 0:
-            raise RuntimeError("iperf3 failed: %s" % (cp.stderr or cp.stdout)[-500:])
-        return json.loads(cp.stdout)["end"]["sum_received"]["bits_per_second"]
-    finally:
-        server.kill()
-        server.wait(5)
+    r = lab_iperf.run(a.host, b.host, b.tun4, port=5301, seconds=seconds)
+    if not r.ok:
+        raise RuntimeError("iperf3 failed: %s" % r.error)
+    return r.received_bps
 
 
 def summary(xs: list) -> dict:

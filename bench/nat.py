@@ -3,7 +3,7 @@
 
     PYTHONPATH=. .venv/bin/python bench/nat.py [--seconds N] [--pings N] [--json out.json]
 
-Two fresh ``phantom.netns.internet()`` topologies, one after the other, each
+Two fresh ``phantomlab.netns.internet()`` topologies, one after the other, each
 with a rendezvous/relay node (``rv``, ``rendezvous = true``, ``relay = true``)
 on the internet namespace and peers ``a`` and ``b`` behind two home NAT routers:
 
@@ -26,20 +26,20 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-for p in (REPO, REPO / "tests"):
+for p in (REPO,):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from phantom import netns  # noqa: E402
-from tunnelkit import (FAST_TUNABLES, HTTP_PORT, make_node, peer_entry, wait_for,  # noqa: E402
-                       write_config)
+from phantomlab import iperf, netns  # noqa: E402
+from phantomlab.nodes import make_node  # noqa: E402
+from phantomlab.poll import wait_for  # noqa: E402
+from phantomlab.templates import FAST_TUNABLES, HTTP_PORT, peer_entry, write_config  # noqa: E402
 
 
 def _start(node, work, datapath):
@@ -93,18 +93,10 @@ def scenario(name, random_fully, seconds, pings, datapath="reference", relay_dat
             code, peers = a.daemon.api("GET", "/peers")
             path = {p["name"]: (p["path"], p["endpoint"]) for p in peers["peers"]}["n2"]
             rtt = _rtts(a.host.ns, b.tun4, pings)
-            srv = b.host.popen(["iperf3", "-s", "-1", "-B", b.tun4], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-            try:
-                time.sleep(0.3)
-                cp = a.host.run(["iperf3", "-c", b.tun4, "-t", str(seconds), "-J"], check=False,
-                                timeout=seconds + 30)
-                bps = json.loads(cp.stdout)["end"]["sum_received"]["bits_per_second"] if cp.returncode == 0 else None
-                if bps is None:
-                    print("%s: iperf3 failed: %s %s" % (name, cp.stdout[-300:], cp.stderr[-300:]), file=sys.stderr)
-            finally:
-                srv.kill()
-                srv.wait(5)
+            r = iperf.run(a.host, b.host, b.tun4, seconds=seconds)
+            bps = r.received_bps if r.ok else None
+            if bps is None:
+                print("%s: iperf3 failed: %s %s" % (name, r.stdout[-300:], r.stderr[-300:]), file=sys.stderr)
             return {"scenario": name, "path": path[0], "endpoint": path[1], "setup_s": round(setup, 2),
                     "rtt_ms": {"min": round(min(rtt), 3), "median": round(statistics.median(rtt), 3),
                                "max": round(max(rtt), 3), "n": len(rtt)} if rtt else None,

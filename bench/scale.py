@@ -4,7 +4,7 @@
     .venv/bin/python bench/scale.py [--peers 100,1000,10000] [--only wireguard-go,reference,fast]
                                     [--idle 30] [--seconds 5] [--hs-seconds 5] [--json out.json]
 
-One pair of fresh namespaces (``phantom.netns.two_hosts()``): the **hub** in
+One pair of fresh namespaces (``phantomlab.netns.two_hosts()``): the **hub** in
 a (10.201.0.1), the **clients** in b (10.201.0.2, plus --sources extra
 addresses 10.202.x.y for the handshake load, routed from a).  For each
 implementation and each N, in this order:
@@ -69,7 +69,8 @@ for p in (str(REPO), str(BENCH)):
 
 import e2e  # noqa: E402  (the rig helpers: CPU meter, iperf3, wireguard-go sides)
 import hsload  # noqa: E402
-from phantom import crypto, netns  # noqa: E402
+from phantom import crypto  # noqa: E402
+from phantomlab import netns  # noqa: E402
 
 IMPLS = ("wireguard-go", "reference", "fast")
 HUB_TUN = "10.100.0.1"
@@ -273,7 +274,7 @@ def run_hsload(topo, impl: str, keys: Keys, n: int, work: Path, args, hub_pid: i
         try:
             ping_out = pinger.communicate(timeout=5)[0]
         except subprocess.TimeoutExpired:
-            e2e._kill_proc(pinger)
+            e2e.kill_proc(pinger)
             ping_out = ""
     if cp.returncode != 0:
         raise e2e.BenchError(f"hsload failed: {(cp.stderr or cp.stdout).strip()[-300:]}")

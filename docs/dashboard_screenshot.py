@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO)]
 
-import browser  # noqa: E402
-from phantom import netns  # noqa: E402
-from tunnelkit import HTTP_PORT, make_node, peer_entry, write_config  # noqa: E402
+from phantomlab import browser, netns  # noqa: E402
+from phantomlab.nodes import make_node  # noqa: E402
+from phantomlab.templates import HTTP_PORT, peer_entry, write_config  # noqa: E402
 
 
 def main() -> int:

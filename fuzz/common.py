@@ -6,7 +6,7 @@ Every harness is a script ``fuzz/fuzz_<target>.py`` that defines
 of its target).  ``TestOneInput`` lets nothing but ALLOWED escape from the
 code under test (it catches them), and asserts the target's contract; any
 other exception -- including an AssertionError from a contract check -- is a
-crash for atheris/libFuzzer.  ``fuzz/run.py`` runs them; ``tests/test_fuzz.py``
+crash for atheris/libFuzzer.  ``fuzz/run.py`` runs them; ``tests/fuzz/test_fuzz.py``
 replays the committed corpus in-process and runs each harness for a few
 seconds.
 """

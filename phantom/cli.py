@@ -15,7 +15,8 @@ Talking to a running phantomd over its HTTP API::
 
 Elsewhere::
 
-    phantom demo ...                  phantom.demo.main
+    phantom demo ...                  phantomlab.demo.main (the lab, imported only here)
+    phantom verify ...                phantomlab.verify.main
     phantom directory serve ...       phantom.control.directory.main
     phantom wg import|export|genpsk   phantom.control.wireguard.cli.main
 
@@ -579,9 +580,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Subcommands implemented in other modules: everything after the word goes to them.
-DELEGATED = {"demo": "phantom.demo", "directory": "phantom.control.directory",
+# demo and verify live in the lab package (phantomlab), installed alongside
+# phantom; it is imported only when one of them runs.
+DELEGATED = {"demo": "phantomlab.demo", "directory": "phantom.control.directory",
              "wg": "phantom.control.wireguard.cli",
-             "verify": "phantom.verify"}
+             "verify": "phantomlab.verify"}
 # Those of them that talk to phantomd take the API options too (wherever given).
 DELEGATED_API = frozenset({"verify"})
 

@@ -1,17 +1,29 @@
-"""Shared pytest wiring: the netns gate, topology/daemon/sniffer fixtures,
-daemon logs on failure, and the end-of-session leak check.
+"""Shared pytest wiring for every tier (docs/testing.md):
 
-The rig itself lives in phantom/netns.py; see docs/testing.md.
+* markers: the tier markers (soak, fuzz) follow the folder, ``wireguard_go``
+  follows the ``wg_factory`` fixture; the others are written on the tests;
+* the netns gate, topology/daemon/sniffer fixtures, daemon logs on failure;
+* the end-of-session leak check, per pytest-xdist worker: each worker owns
+  the namespaces named with its own pid, checks and cleans only those, and
+  reports a leak to the controller, which fails the run;
+* fixtures of the sans-IO tiers: ``clock``, ``wall_clock``, ``recorder``,
+  ``keypair``, ``engine_pair``, ``dp_pair`` (the data-path harness,
+  tests/support/datapath.py), and ``wg_factory`` for wireguard-go.
+
+The rig itself lives in phantomlab/ (phantomlab/netns.py names its parts).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 import shutil
+from pathlib import Path
 
 import pytest
 
-from phantom import netns
+from phantomlab import netns
 
 DAEMONS = pytest.StashKey[list]()
 _restore_signals = None
@@ -33,14 +45,65 @@ def _rig_usable() -> bool:
 # Session hooks
 # ---------------------------------------------------------------------------
 
+MARKERS = {
+    "netns": "needs root, /dev/net/tun and ip netns",
+    "postgres": "starts a PostgreSQL cluster",
+    "dht": "starts a private libtorrent DHT swarm",
+    "browser": "drives headless Chromium",
+    "wireguard_go": "runs Debian's wireguard-go",
+    "fuzz": "runs the atheris harnesses",
+    "soak": "the soak tier: minutes of churn",
+    "slow": "takes more than a few seconds",
+}
+TIER_OF_FOLDER = {"soak": "soak", "fuzz": "fuzz"}      # tests/<folder>/ -> marker
+TESTS = Path(__file__).resolve().parent
+_leaks: list[str] = []          # on the xdist controller: what workers reported
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # The markers are declared in pyproject.toml; declare them here as well
     # when they are missing, so --strict-markers works from any rootdir.
     declared = {line.split(":")[0].strip() for line in config.getini("markers")}
-    if "netns" not in declared:
-        config.addinivalue_line("markers", "netns: needs root, /dev/net/tun and ip netns")
-    if "slow" not in declared:
-        config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    for name, text in MARKERS.items():
+        if name not in declared:
+            config.addinivalue_line("markers", "%s: %s" % (name, text))
+
+
+# Longest first: pytest-xdist hands tests out in collection order, so the
+# soak tier (minutes each) starts at once instead of ending the run late.
+TIER_ORDER = {"soak": 0, "e2e": 1, "fuzz": 2, "contract": 3, "unit": 4}
+
+
+def _tier(item) -> int:
+    try:
+        rel = Path(str(item.path)).resolve().relative_to(TESTS)
+    except ValueError:
+        return len(TIER_ORDER)
+    return TIER_ORDER.get(rel.parts[0], len(TIER_ORDER)) if len(rel.parts) > 1 else len(TIER_ORDER)
+
+
+@pytest.hookimpl(trylast=True)             # after pytest-xdist's own (it names the groups)
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    if getattr(config.option, "loadgroup", False):     # an xdist worker under --dist loadgroup
+        lost = [i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+        if lost:
+            raise pytest.UsageError(
+                "pytest-xdist did not apply xdist_group to %s (pytest %s with this pytest-xdist: "
+                "see the pin in pyproject.toml)" % (lost[0], pytest.__version__))
+    items.sort(key=_tier)                  # stable: file order within a tier
+
+
+def pytest_itemcollected(item) -> None:
+    """The markers that follow from where a test is and what it uses, set as
+    it is collected (before ``-m`` selects)."""
+    try:
+        rel = Path(str(item.path)).resolve().relative_to(TESTS)
+    except ValueError:
+        rel = None
+    if rel is not None and len(rel.parts) > 1 and rel.parts[0] in TIER_OF_FOLDER:
+        item.add_marker(TIER_OF_FOLDER[rel.parts[0]])
+    if "wg_factory" in getattr(item, "fixturenames", ()):
+        item.add_marker("wireguard_go")
 
 
 _runtime_dir = None             # the session's PHANTOM_RUNTIME_DIR, when this session made it
@@ -64,27 +127,47 @@ def pytest_sessionstart(session: pytest.Session) -> None:
                 tr.write_line(f"netns rig: removed leftovers of dead runs: {', '.join(removed)}")
 
 
+def _report_leak(session: pytest.Session, msg: str) -> None:
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None:
+        tr.write_line(msg, red=True, bold=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Leak check of this process's own names (``phx<pid>x``): in a plain
+    run the only process, under xdist each worker for its own namespaces (a
+    worker's exit status does not reach the controller, so it hands the
+    leak over in ``workeroutput``; :func:`pytest_testnodedown` collects it)."""
     global _restore_signals
     try:
-        if not _rig_usable():
-            return
-        left = netns.leftovers()        # before forced cleanup: a leak is a failure
-        errors = netns.cleanup_all()
-        left_after = netns.leftovers()
-        if left or errors or left_after:
-            tr = session.config.pluginmanager.get_plugin("terminalreporter")
-            msg = (f"netns rig: left behind after the session: {left}; cleanup errors: {errors}; "
-                   f"still present after forced cleanup: {left_after}")
-            if tr is not None:
-                tr.write_line(msg, red=True, bold=True)
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if _rig_usable():
+            left = netns.leftovers()        # before forced cleanup: a leak is a failure
+            errors = netns.cleanup_all()
+            left_after = netns.leftovers()
+            if left or errors or left_after:
+                msg = (f"netns rig: left behind after the session: {left}; cleanup errors: {errors}; "
+                       f"still present after forced cleanup: {left_after}")
+                workeroutput = getattr(session.config, "workeroutput", None)
+                if workeroutput is not None:
+                    workeroutput["netns_leak"] = msg
+                _report_leak(session, msg)
+        for msg in _leaks:
+            _report_leak(session, msg)
     finally:
         if _restore_signals is not None:
             _restore_signals()
             _restore_signals = None
         if _runtime_dir is not None:
             shutil.rmtree(_runtime_dir, ignore_errors=True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """On the xdist controller: a worker finished; keep the leak it reported."""
+    msg = getattr(node, "workeroutput", {}).get("netns_leak")
+    if msg:
+        _leaks.append(f"[{node.gateway.id}] {msg}")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -176,3 +259,96 @@ def sniffer(tmp_path):
     yield capture
     for s in made:
         s.stop()
+
+
+@pytest.fixture
+def wg_factory(tmp_path):
+    """``make(host, index=, private=, ...)`` -> a running phantomlab.wggo.WgDevice;
+    all stopped at teardown.  Marks the test ``wireguard_go``."""
+    from phantomlab import wggo
+    why = wggo.missing()
+    if why:
+        pytest.skip(why)
+    made: list = []
+
+    def make(host, **kw):
+        d = wggo.WgDevice(host, tmp_path, **kw)
+        made.append(d)
+        return d
+
+    yield make
+    for d in reversed(made):
+        d.stop()
+
+
+# ---------------------------------------------------------------------------
+# Sans-IO fixtures (unit and contract tiers)
+# ---------------------------------------------------------------------------
+
+@pytest.fixture
+def clock():
+    """A settable monotonic clock at 1000.0 (tests/support/clock.py)."""
+    from tests.support.clock import Clock
+    return Clock()
+
+
+@pytest.fixture
+def wall_clock():
+    """A settable wall clock at 1.7e9 (TAI64N timestamps, record expiry)."""
+    from tests.support.clock import Clock
+    return Clock(1.7e9)
+
+
+@pytest.fixture
+def recorder():
+    """DataPathEvents that remembers every call."""
+    from tests.support.datapath import Recorder
+    return Recorder()
+
+
+@pytest.fixture
+def keypair():
+    """A fresh X25519 key pair: (private, public), bytes."""
+    from phantom import crypto
+    priv = crypto.x25519_private()
+    return priv, crypto.x25519_public(priv)
+
+
+@pytest.fixture
+def engine_pair(clock, wall_clock):
+    """Two Phantom engines that know each other: (a, b, peer b at a, peer a at b).
+    They share ``clock`` and ``wall_clock``; no jitter; seeded randomness."""
+    from phantom.constants import Tunables
+    from phantom.control.engine import Engine
+    from tests.support.engines import ADDR_A, ADDR_B, private_key
+    t = Tunables(handshake_jitter=0.0)
+    a = Engine(private_key(), t, clock=clock, wall_clock=wall_clock, rng=random.Random(1))
+    b = Engine(private_key(), t, clock=clock, wall_clock=wall_clock, rng=random.Random(2))
+    pa = a.add_peer(b.public_key, "b", endpoint=ADDR_B)
+    pb = b.add_peer(a.public_key, "a", endpoint=ADDR_A)
+    return a, b, pa, pb
+
+
+@pytest.fixture(params=["reference", "fast"])
+def datapath_kind(request):
+    """Each data path in turn (the contract tier runs every case on both)."""
+    if request.param == "fast":
+        pytest.importorskip("phantom._fastpath", reason="phantom._fastpath is not built")
+    return request.param
+
+
+@pytest.fixture
+def dp_pair(datapath_kind):
+    """Two started data paths of one kind on their own event loop, peered with
+    each other (tests/support/datapath.py): yields (a, b, loop)."""
+    from tests.support.datapath import pair
+    loop = asyncio.new_event_loop()
+    a = b = None
+    try:
+        a, b = loop.run_until_complete(pair(datapath_kind, datapath_kind))
+        yield a, b, loop
+    finally:
+        for n in (a, b):
+            if n is not None:
+                n.close()
+        loop.close()

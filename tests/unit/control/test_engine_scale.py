@@ -1,0 +1,228 @@
+"""The engine's tick costs the active peers, not the configured ones (issue #15).
+
+* idle peers drop out of the tick and cost nothing, however many there are;
+* every event that concerns a peer wakes it;
+* a randomized simulation of a hub and its clients gives exactly the same
+  actions, in the same order, as an engine that ticks every peer every time
+  (the behaviour before the active set), so every timer rule is unchanged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+
+import pytest
+
+from phantom import crypto
+from phantom.constants import Tunables
+from phantom.control import actions as A
+from phantom.control.engine import Engine
+from phantom.control.peer import PeerState
+from phantom.dataplane.types import PeerCounters
+from tests.support.clock import Clock
+from tests.support.engines import private_key as _key
+
+HUB = ("10.0.0.1", 9000)
+
+
+class EveryPeerEngine(Engine):
+    """The engine as it was: every configured peer is visited on every tick."""
+
+    def tick(self, counters: dict) -> list:
+        self.active = dict(self.peers)
+        return super().tick(counters)
+
+
+def test_idle_peers_leave_the_tick():
+    clock = Clock()
+    hub = Engine(_key(), Tunables(), clock=clock, wall_clock=Clock(1.7e9))
+    for _ in range(5000):
+        hub.add_peer(crypto.x25519_public(bytes(_key())), allowed_ips=[])
+    assert len(hub.active_ids()) == 5000           # new peers are looked at once
+    assert hub.tick({}) == []
+    assert hub.active_ids() == []
+    t0 = time.perf_counter()
+    for _ in range(100):
+        clock.t += 0.1
+        assert hub.tick({}) == []
+    assert time.perf_counter() - t0 < 0.05         # 100 ticks over 5,000 idle peers
+
+
+def test_events_wake_a_sleeping_peer_and_it_sleeps_again_when_done():
+    t = Tunables(handshake_jitter=0.0)
+    clock, wall = Clock(), Clock(1.7e9)
+    ka, kb = _key(), _key()
+    a = Engine(ka, t, clock=clock, wall_clock=wall)
+    b = Engine(kb, t, clock=clock, wall_clock=wall)
+    pa = a.add_peer(b.public_key, "b", endpoint=("10.0.0.2", 9000))
+    pb = b.add_peer(a.public_key, "a", endpoint=HUB)
+    a.tick({})
+    b.tick({})
+    assert a.active_ids() == [] and b.active_ids() == []
+    wall.t += 0.01
+    init = [x for x in a.open(pa.id) if isinstance(x, A.SendDatagram)][0]
+    assert a.active_ids() == [pa.id]
+    out_b = b.handle_datagram(init.data, HUB)
+    assert b.active_ids() == [pb.id]
+    resp = [x for x in out_b if isinstance(x, A.SendDatagram)][0]
+    a.handle_datagram(resp.data, ("10.0.0.2", 9000))
+    assert pa.state is PeerState.ESTABLISHED
+    # established: stays active until its sessions expire
+    clock.t += t.reject_after_time + 1
+    a.tick({pa.id: PeerCounters()})
+    assert pa.state is PeerState.IDLE
+    a.tick({pa.id: PeerCounters()})
+    assert a.active_ids() == []
+    # the data path asks for a handshake: awake again
+    clock.t += 10
+    assert a.handshake_needed(pa.id)
+    assert a.active_ids() == [pa.id]
+
+
+def test_changed_counters_wake_a_sleeping_peer():
+    clock = Clock()
+    e = Engine(_key(), Tunables(), clock=clock, wall_clock=Clock(1.7e9))
+    p = e.add_peer(crypto.x25519_public(bytes(_key())), allowed_ips=[])
+    e.tick({p.id: PeerCounters()})
+    assert e.active_ids() == []
+    e.tick({p.id: PeerCounters(last_rx=clock.t, last_data_rx=clock.t)})
+    assert e.active_ids() == [p.id]
+
+
+def _shape(act):
+    """An action without its random bytes (ephemeral keys differ per world)."""
+    if isinstance(act, A.SendDatagram):
+        return ("send", act.data[0], act.addr)
+    if isinstance(act, A.InstallKeypair):
+        kp = act.keypair
+        return ("install", kp.peer_id, kp.local_index, kp.remote_index, kp.initiator, act.confirmed)
+    return (type(act).__name__,) + tuple(v for k, v in sorted(vars(act).items()) if k != "data")
+
+
+class World:
+    """A hub engine and its clients, each client a one-peer engine."""
+
+    def __init__(self, cls, keys, seed: int, tunables: Tunables):
+        self.clock = Clock()
+        self.wall = Clock(1.7e9)
+        hub_key, client_keys = keys
+        self.hub = cls(bytearray(hub_key), tunables, clock=self.clock, wall_clock=self.wall,
+                       rng=random.Random(seed), index_source=itertools.count(1).__next__)
+        self.clients = []
+        self.addrs = []
+        for i, ck in enumerate(client_keys):
+            addr = ("10.1.0.%d" % (i + 1), 9000)
+            c = Engine(bytearray(ck), tunables, clock=self.clock, wall_clock=self.wall,
+                       rng=random.Random(seed * 1000 + i), index_source=itertools.count(1 << 20).__next__)
+            c.add_peer(self.hub.public_key, "hub", endpoint=HUB)
+            pk = 2.0 if i % 4 == 0 else 0.0
+            self.hub.add_peer(crypto.x25519_public(bytes(ck)), "c%d" % i,
+                              endpoint=addr if i % 2 == 0 else None, persistent_keepalive=pk)
+            self.clients.append(c)
+            self.addrs.append(addr)
+        self.counters = {pid: PeerCounters() for pid in self.hub.peers}
+        self.log: list = []
+
+    def hub_do(self, actions, rng: random.Random) -> None:
+        """Record the hub's actions and carry out the ones the clients see."""
+        self.log.extend(_shape(a) for a in actions)
+        for act in actions:
+            if isinstance(act, A.SendDatagram) and rng.random() > 0.2:     # 20 % loss
+                i = self.addrs.index(act.addr) if act.addr in self.addrs else None
+                if i is not None:
+                    self.client_do(i, self.clients[i].handle_datagram(act.data, HUB), rng)
+
+    def client_do(self, i, actions, rng) -> None:
+        for act in actions:
+            if isinstance(act, A.SendDatagram) and rng.random() > 0.2:
+                self.hub_do(self.hub.handle_datagram(act.data, self.addrs[i]), rng)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_active_set_ticks_exactly_like_every_peer(seed):
+    t = Tunables(rekey_after_time=6.0, reject_after_time=9.0, rekey_timeout=1.0, keepalive_timeout=2.0,
+                 rekey_attempt_time=4.0, dead_retry_interval=3.0, handshake_jitter=0.2)
+    keys = (crypto.x25519_private(), [crypto.x25519_private() for _ in range(12)])
+    worlds = [World(Engine, keys, seed, t), World(EveryPeerEngine, keys, seed, t)]
+    ev_rng = random.Random(seed)
+    for step in range(400):
+        dt = ev_rng.choice([0.05, 0.1, 0.1, 0.3, 1.0, 2.5])
+        ev = ev_rng.random()
+        who = ev_rng.randrange(12)
+        pid = who + 1
+        data_t = ev_rng.random()
+        for k, w in enumerate(worlds):
+            rng = random.Random(seed * 7919 + step)     # the same losses in both worlds
+            w.clock.t += dt
+            w.wall.t += dt
+            now = w.clock.t
+            if ev < 0.08:                                # a client opens to the hub
+                w.client_do(who, w.clients[who].open(1), rng)
+            elif ev < 0.12:
+                w.hub_do(w.hub.open(pid, w.addrs[who]), rng)
+            elif ev < 0.15:
+                w.hub_do(w.hub.close(pid), rng)
+            elif ev < 0.25:
+                w.hub_do(w.hub.handshake_needed(pid), rng)
+            elif ev < 0.30:
+                p = w.hub.peers[pid]
+                if p.sessions:
+                    w.hub_do(w.hub.keypair_confirmed(pid, p.sessions[-1].local_index), rng)
+            elif ev < 0.45 and w.hub.peers[pid].sessions:   # traffic on a session moves counters
+                c = w.counters[pid]
+                if data_t < 0.5:
+                    c.last_data_tx = c.last_tx = now
+                else:
+                    c.last_data_rx = c.last_rx = now
+            w.hub_do(w.hub.tick(dict(w.counters)), rng)
+            for i, c in enumerate(w.clients):
+                w.client_do(i, c.tick({}), rng)
+        assert worlds[0].log == worlds[1].log, "step %d" % step
+    assert worlds[0].log, "the simulation did something"
+    assert any(s[0] == "install" for s in worlds[0].log)
+
+
+def test_peers_by_name_and_key_without_a_walk():
+    import base64
+    from phantom.control.config import Settings
+    from phantom.daemon import Daemon
+    from phantom.dataplane.types import Mode
+    d = Daemon(Settings(mode=Mode.TEST), bytearray(crypto.x25519_private()))
+    keys = [crypto.x25519_public(bytes(_key())) for _ in range(3)]
+    p1 = d.engine.add_peer(keys[0], "alpha", [])
+    p2 = d.engine.add_peer(keys[1], "beta", [])
+    b64 = base64.b64encode(keys[2]).decode()
+    p3 = d.engine.add_peer(keys[2], "gamma", [])
+    assert d._peer_named("alpha") is p1
+    assert d._peer_named(base64.b64encode(keys[1]).decode()) is p2
+    assert d._peer_named(b64) is p3
+    assert d._peer_named("nobody") is None and d._peer_named("") is None
+    assert d._free_name("alpha") == "alpha-2" and d._free_name("delta") == "delta"
+    # a later peer named like an earlier peer's key: the earlier one wins, as before
+    p4 = d.engine.add_peer(crypto.x25519_public(bytes(_key())), b64, [])
+    assert d._peer_named(b64) is p3
+    d.engine.remove_peer(p3.id)
+    assert d._peer_named(b64) is p4
+    d.engine.remove_peer(p1.id)
+    assert d._peer_named("alpha") is None and d.engine.peer_by_name("alpha") is None
+
+
+def test_a_peer_changed_in_place_is_reindexed_and_woken():
+    """A config reload changes fields in place (reload.py): the renamed peer
+    is found under its new name, and a keepalive given to a sleeping peer
+    runs at the next tick."""
+    clock = Clock()
+    e = Engine(_key(), Tunables(), clock=clock, wall_clock=Clock(1.7e9))
+    p = e.add_peer(crypto.x25519_public(bytes(_key())), "old", [], endpoint=("10.0.0.9", 9000))
+    e.tick({})
+    assert e.active_ids() == []
+    p.name = "new"
+    p.persistent_keepalive = 5.0
+    p.wanted = True
+    e.peer_changed(p, "old")
+    assert e.peer_by_name("new") is p and e.peer_by_name("old") is None
+    clock.t += 6
+    out = e.tick({p.id: PeerCounters()})
+    assert any(isinstance(a, A.SendDatagram) for a in out), "persistent keepalive starts a handshake"

@@ -1,0 +1,82 @@
+"""No peer may take another's traffic (issue 18): the engine's invariants
+(Engine.route_problem).  A prefix belongs to one peer; a directory record's
+claim (an *exclusive* peer) overlaps no other peer's prefix, either way, IPv4
+and IPv6; a change moves prefixes only between the peers it names.
+
+The same rules in the data paths and the daemon: tests/contract/test_route_ownership.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from phantom import crypto
+from phantom.constants import Tunables
+from phantom.control.engine import Engine
+
+N = ipaddress.ip_network
+
+
+def _key() -> bytes:
+    return crypto.x25519_public(crypto.x25519_private())
+
+
+def test_a_prefix_belongs_to_one_peer():
+    e = Engine(bytearray(crypto.x25519_private()), Tunables())
+    y = e.add_peer(_key(), "ysite", ["10.77.0.128/25"])
+    with pytest.raises(ValueError, match="10.77.0.128/25 is peer ysite's"):
+        e.add_peer(_key(), "x", ["10.77.0.128/25"])
+    # overlapping prefixes of ordinary peers are fine (the longest prefix wins)
+    inner = e.add_peer(_key(), "inner", ["10.77.0.200/32"], dynamic=True)
+    assert e.prefix_holder("10.77.0.200/32") is inner and e.prefix_holder(N("10.77.0.128/25")) is y
+    e.remove_peer(inner.id)
+    assert e.prefix_holder("10.77.0.200/32") is None
+
+
+@pytest.mark.parametrize("claim, other", [
+    ("10.77.0.200/32", "10.77.0.128/25"),      # inside another peer's prefix
+    ("10.77.0.128/26", "10.77.0.128/25"),
+    ("10.77.0.0/24", "10.77.0.128/25"),        # holding another peer's prefix
+    ("10.77.0.128/25", "10.77.0.128/25"),
+    ("fd77::c8/128", "fd77::80/121"),
+    ("fd77::/64", "fd77::80/121"),
+])
+def test_a_directory_claim_overlaps_no_other_prefix_either_way(claim, other):
+    e = Engine(bytearray(crypto.x25519_private()), Tunables())
+    e.add_peer(_key(), "ysite", [other])
+    assert e.route_problem({None: [claim]}, new_exclusive=True) is not None
+    with pytest.raises(ValueError, match="ysite"):
+        e.add_peer(_key(), "x", [claim], dynamic=True, exclusive=True)
+    # and the other way round: a claim already admitted keeps later peers out of it
+    e2 = Engine(bytearray(crypto.x25519_private()), Tunables())
+    x = e2.add_peer(_key(), "x", [claim], dynamic=True, exclusive=True)
+    with pytest.raises(ValueError, match="peer x's"):
+        e2.add_peer(_key(), "ysite", [other])
+    later = e2.add_peer(_key(), "z", ["10.88.0.0/16", "fd88::/64"])
+    with pytest.raises(ValueError):
+        e2.set_allowed_ips({later.id: ["10.88.0.0/16", other]})
+    assert later.allowed_ips == [N("10.88.0.0/16"), N("fd88::/64")], "nothing changed"
+    e2.remove_peer(x.id)
+    e2.set_allowed_ips({later.id: [other]})
+
+
+def test_a_peer_the_config_adopts_is_no_longer_exclusive():
+    e = Engine(bytearray(crypto.x25519_private()), Tunables())
+    x = e.add_peer(_key(), "x", ["10.77.0.200/32"], dynamic=True, exclusive=True)
+    with pytest.raises(ValueError):
+        e.add_peer(_key(), "hub", ["10.77.0.0/24"])
+    e.adopt(x.id)
+    assert not x.dynamic and not x.exclusive
+    e.add_peer(_key(), "hub", ["10.77.0.0/24"])          # overlaps of the file's peers are fine
+
+
+def test_set_allowed_ips_moves_between_the_peers_it_names_at_once():
+    e = Engine(bytearray(crypto.x25519_private()), Tunables())
+    a = e.add_peer(_key(), "a", ["10.0.0.1/32"])
+    b = e.add_peer(_key(), "b", ["10.0.0.2/32"])
+    with pytest.raises(ValueError, match="is peer a's"):
+        e.set_allowed_ips({b.id: ["10.0.0.1/32"]})
+    e.set_allowed_ips({a.id: ["10.0.0.2/32"], b.id: ["10.0.0.1/32"]})     # a swap is one change
+    assert e.prefix_holder("10.0.0.1/32") is b and e.prefix_holder("10.0.0.2/32") is a
