@@ -147,7 +147,7 @@ class ApiClient:
 
 
 # --- output -----------------------------------------------------------------------------------
-PEER_COLUMNS = ("name", "path", "endpoint", "allowed_ips", "state", "protocol", "latest_handshake",
+PEER_COLUMNS = ("name", "path", "endpoint", "allowed_ips", "state", "protocol", "cipher", "latest_handshake",
                 "rx_bytes", "tx_bytes", "public_key")
 
 

@@ -112,6 +112,7 @@ class Settings:
     trusted_signers: list[bytes] = field(default_factory=list)      # Ed25519 keys of endorsers
     rendezvous: bool = False                            # NAT traversal: serve as a rendezvous node
     relay: bool = False                                 # ... and relay for peers without a direct path
+    ciphers: Optional[list[str]] = None                 # Phantom transport suites allowed; None: automatic
     peers: list[PeerConfig] = field(default_factory=list)
     firewall: dict = field(default_factory=dict)
     tunables: Tunables = field(default_factory=Tunables)
@@ -212,7 +213,9 @@ SECTIONS = ("interface", "peer", "firewall", "tunables")
 INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen", "http_socket",
                   "test_port", "test_deliver", "mode", "device", "addresses", "mtu", "state_dir",
                   "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers",
-                  "metrics_listen", "dht_bootstrap", "dht_port", "uapi", "rendezvous", "relay")
+                  "metrics_listen", "dht_bootstrap", "dht_port", "uapi", "rendezvous", "relay",
+                  "ciphers")
+CIPHERS = ("aegis256", "secretbox")       # wire.SUITE_NAMES, best first
 PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive", "protocol",
              "preshared_key_file", "rendezvous")
 PROTOCOLS = ("phantom", "wireguard")
@@ -331,6 +334,28 @@ def _directory_url(value, key: str) -> str:
     return value.strip().rstrip("/")
 
 
+def _ciphers(value, key: str) -> list[str]:
+    """``[interface] ciphers``: the Phantom transport suites this daemon may use."""
+    if isinstance(value, str):
+        value = [v for v in value.replace(",", " ").split()]
+    _expect(value, list, key, "a list of cipher names (%s)" % ", ".join(CIPHERS))
+    if not value:
+        raise ConfigError(key, "an empty list: name at least one of %s" % ", ".join(CIPHERS))
+    out = []
+    for i, v in enumerate(value):
+        k = "%s[%d]" % (key, i)
+        _expect(v, str, k, "a cipher name")
+        name = v.strip().lower()
+        if name not in CIPHERS:
+            close = difflib.get_close_matches(name, CIPHERS, n=1)
+            raise ConfigError(k, "%r is not a cipher (choose %s)%s" % (
+                v, " or ".join(CIPHERS), "; did you mean %r?" % close[0] if close else ""))
+        if name in out:
+            raise ConfigError(k, "%r is listed twice" % name)
+        out.append(name)
+    return out
+
+
 def _mtu(value, key: str) -> int:
     if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value)
@@ -409,6 +434,8 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
             s.rendezvous = _expect(value, bool, key, "true or false")
         elif name == "relay":
             s.relay = _expect(value, bool, key, "true or false")
+        elif name == "ciphers":
+            s.ciphers = _ciphers(value, key)
         elif name == "trusted_signers":
             _expect(value, list, key, "a list of base64 Ed25519 public keys")
             s.trusted_signers = [_signer_key(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
@@ -643,6 +670,9 @@ def build_daemon_parser() -> argparse.ArgumentParser:
       help="also serve GET /metrics alone on this address (e.g. 127.0.0.1:9586)")
     a("--directory", metavar="URL[,URL]|dht", help="key directory (or several, comma-separated) to publish to and resolve peers from, or \"dht\" for the mainline DHT")
     a("--mtu", metavar="N", help="tunnel MTU (default %d)" % DEFAULT_MTU)
+    a("--ciphers", metavar="LIST",
+      help="Phantom transport suites allowed, comma-separated: aegis256, secretbox "
+           "(default: aegis256 where the CPU has AES instructions, and secretbox)")
     return p
 
 
@@ -700,4 +730,6 @@ def load_settings(args: argparse.Namespace) -> Settings:
     if get("mtu") is not None:
         s.mtu = _mtu(get("mtu"), "--mtu")
         mtu_key = "--mtu"
+    if get("ciphers") is not None:
+        s.ciphers = _ciphers(get("ciphers"), "--ciphers")
     return _finish(s, mtu_key)

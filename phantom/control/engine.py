@@ -77,7 +77,10 @@ COOKIE_RETRY_DELAY = 0.1   # seconds between a cookie reply and the initiation t
 class Engine:
     def __init__(self, private_key: bytearray, tunables: Tunables, *,
                  clock: Clock = time.monotonic, wall_clock: Clock = time.time,
-                 rng: Optional[random.Random] = None, index_source: Optional[Callable[[], int]] = None):
+                 rng: Optional[random.Random] = None, index_source: Optional[Callable[[], int]] = None,
+                 suites=None):
+        """``suites``: the transport suites Phantom sessions may use (wire.Suite
+        values, ``[interface] ciphers``); None: protocols.default_suites()."""
         self._priv = private_key
         self.public_key = crypto.x25519_public(bytes(private_key))
         self.t = tunables
@@ -89,7 +92,7 @@ class Engine:
         # Each protocol's message code and our mac1/mac2 checker for it; a peer
         # points at the one it speaks (protocols.py).  Load and rate limits are shared.
         self._protocols = protocols.build(private_key, self.public_key, clock,
-                                          tunables.cookie_refresh_time)
+                                          tunables.cookie_refresh_time, suites=suites)
         self._checker = self._protocols[protocols.Protocol.PHANTOM].checker
         self._load = LoadDetector(tunables.under_load_initiations, clock)
         self._limiter = RateLimiter(tunables.handshakes_per_second_per_source,
@@ -107,6 +110,11 @@ class Engine:
         self._next_peer_id = 1
         self.drops: Counter = Counter()                   # handshake-level drops by reason
         self.report_unknown_keys = False                  # emit UnknownKey (trusted-signer lookups)
+
+    @property
+    def suites(self) -> tuple:
+        """The transport suites our Phantom sessions may use, best first."""
+        return self._protocols[protocols.Protocol.PHANTOM].suites
 
     # ================================================================ peers
     def add_peer(self, public_key: bytes, name: str = "", allowed_ips: Iterable = (),
@@ -395,10 +403,19 @@ class Engine:
             self.drops["replayed_initiation"] += 1
             log.info("peer=%s replayed initiation dropped", peer.name)
             return []
+        if proto.session_suite(info) is None:
+            # authenticated and fresh, but we share no transport suite with it
+            # (one side pinned by [interface] ciphers): no answer, a counter
+            info.state.clear()
+            self.drops["no_common_suite"] += 1
+            log.warning("peer=%s offers no cipher suite we accept (we: %s); initiation dropped",
+                        peer.name, ", ".join(proto.suite_names))
+            return []
         now = self.clock()
         self._wake(peer)
         peer.last_initiation_ts = info.timestamp
         peer.last_initiation_rx = now
+        proto.note_initiation(peer, info)
         out: list = []
         # Simultaneous open: both sides initiated.  The side with the greater
         # public key gives up its own initiation, so the pair converges on one
@@ -466,13 +483,14 @@ class Engine:
 
     def _install(self, peer: Peer, keys: hs.SessionKeys, confirmed: bool, now: float) -> A.InstallKeypair:
         self._wake(peer)
-        peer.sessions.append(SessionInfo(keys.local_index, now, keys.initiator, confirmed))
+        cipher = peer.proto.cipher_of(keys)
+        peer.sessions.append(SessionInfo(keys.local_index, now, keys.initiator, confirmed, cipher=int(cipher)))
         peer.last_handshake = now
         peer.last_handshake_wall = self.wall()
         peer.first_unanswered = None
         peer.handshakes += 1
         kp = Keypair(peer.id, keys.local_index, keys.remote_index, keys.send_key, keys.recv_key,
-                     time.monotonic(), keys.initiator, int(peer.proto.cipher))
+                     time.monotonic(), keys.initiator, int(cipher))
         return A.InstallKeypair(kp, confirmed)
 
     # ========================================================= data-path events

@@ -29,7 +29,7 @@ reload whole with a :class:`ConfigError` naming the key, and the daemon
 goes on exactly as before.
 
 What a running daemon cannot change (the UDP or API port, mode, device,
-addresses, MTU, private key, state dir, user, directory, tunables) is not
+addresses, MTU, private key, state dir, user, directory, ciphers, tunables) is not
 applied: the report lists it under ``notes`` ("needs a restart").  After
 the privilege drop the daemon cannot add kernel routes either: allowed IPs
 outside the interface's subnets that were not routed at start get a note.
@@ -52,7 +52,7 @@ RESTART_KEYS = ("listen_port", "http_port", "http_listen", "http_socket", "test_
                 "test_deliver", "mode", "device", "addresses", "mtu", "private_key_file",
                 "state_dir", "user", "directory", "name", "endpoints", "trusted_signers",
                 "log_level", "tunables", "metrics_listen", "dht_bootstrap", "dht_port",
-                "endpoints_auto", "uapi")
+                "endpoints_auto", "uapi", "ciphers")
 
 
 def read(path) -> Settings:
