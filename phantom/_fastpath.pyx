@@ -487,6 +487,63 @@ def bench_cipher(str name, Py_ssize_t size, Py_ssize_t iterations):
     return t1 - t0
 
 
+cdef inline uint64_t _xorshift(uint64_t *s) noexcept nogil:
+    s[0] ^= s[0] << 13
+    s[0] ^= s[0] >> 7
+    s[0] ^= s[0] << 17
+    return s[0]
+
+
+def chacha_crosscheck(Py_ssize_t iterations, uint64_t seed, Py_ssize_t max_len=3000):
+    """Seal ``iterations`` pseudo-random messages (keys, nonces, lengths up to
+    ``max_len``) with OpenSSL and with libsodium and open them again, all in
+    one nogil loop; returns how many disagreed.  Threads calling this at once
+    share nothing but the engine's code: tests use it to show each thread has
+    its own EVP contexts."""
+    cdef unsigned char *a = <unsigned char *>calloc(max_len + 16, 1)
+    cdef unsigned char *b = <unsigned char *>calloc(max_len + 16, 1)
+    cdef unsigned char *m = <unsigned char *>calloc(max_len + 16, 1)
+    cdef unsigned char key[32]
+    cdef unsigned char n[12]
+    cdef uint64_t st = seed | 1
+    cdef Py_ssize_t i, j, size
+    cdef long bad = 0
+    if not phantom_ossl_ready():
+        free(a)
+        free(b)
+        free(m)
+        raise ValueError("libcrypto is not available")
+    if a == NULL or b == NULL or m == NULL:
+        free(a)
+        free(b)
+        free(m)
+        raise MemoryError()
+    with nogil:
+        for i in range(iterations):
+            for j in range(32):
+                key[j] = <unsigned char>_xorshift(&st)
+            for j in range(12):
+                n[j] = <unsigned char>_xorshift(&st)
+            size = <Py_ssize_t>(_xorshift(&st) % <uint64_t>(max_len + 1))
+            for j in range(size):
+                m[j] = <unsigned char>_xorshift(&st)
+            memcpy(a, m, size)
+            memcpy(b, m, size)
+            if _chacha_seal_raw(a, size, n, key, True) != 0 or _chacha_seal_raw(b, size, n, key, False) != 0:
+                bad += 1
+                continue
+            if memcmp(a, b, size + 16) != 0:
+                bad += 1
+                continue
+            if _chacha_open_raw(a, size + 16, n, key, True) != 0 or memcmp(a, m, size) != 0:
+                bad += 1
+        phantom_ossl_wipe()
+    free(a)
+    free(b)
+    free(m)
+    return bad
+
+
 def _check_key(const unsigned char[::1] key):
     if key.shape[0] != FP_KEY_SIZE:
         raise ValueError("key must be %d bytes" % FP_KEY_SIZE)

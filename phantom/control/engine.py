@@ -452,6 +452,7 @@ class Engine:
         except hs.HandshakeError:
             self.drops["bad_handshake"] += 1
             return []
+        proto.note_response(peer, peer.pending.state)
         now = self.clock()
         self._wake(peer)
         self._indexes[peer.pending.local_index] = ("session", peer.id)

@@ -73,8 +73,10 @@ class Peer:
     proto: Optional[object] = None
     preshared_key: Optional[bytearray] = field(default=None, repr=False)
     # Phantom: its last accepted initiation offered no cipher suites (it runs a
-    # version before suites, or speaks secretbox only): ours to it offer none either
+    # version before suites, or speaks secretbox only): every second initiation
+    # of ours to it offers none either (protocols.PhantomHandshakes.offer_for)
     suites_legacy: bool = False
+    suites_alternate: bool = False          # ... and the next one is that second one
 
     # handshake
     pending: Optional[PendingHandshake] = None

@@ -93,19 +93,42 @@ class PhantomHandshakes:
 
     def offer_for(self, peer) -> Optional[tuple]:
         """The suites our initiation to ``peer`` offers, or None for the
-        prototype's initiation without an offer: when we speak secretbox
-        only (nothing to negotiate, and a peer that predates suites can read
-        it), or when the peer's last accepted initiation had no offer (it
-        runs that older version, or it is pinned to secretbox: an older
-        responder drops an initiation with an offer)."""
-        if self.suites == (phw.Suite.SECRETBOX,) or peer.suites_legacy:
+        prototype's initiation without an offer (which a peer that predates
+        suites can read; it drops an initiation with an offer):
+
+        * when we speak secretbox only: nothing to negotiate;
+        * every second initiation (retries and later rounds alike) to a peer
+          whose last accepted initiation had no offer (``suites_legacy``: it
+          runs the prototype, or is pinned to secretbox), starting with one
+          that offers, so a peer upgraded since gets its best suite at once.
+          A peer that never sent us an initiation without an offer is never
+          sent one: dropping our offers makes us retry with offers, not fall
+          back, so nobody on the path can talk us down to secretbox (a
+          legacy initiation is authenticated by the peer's static key and
+          its timestamp must be new).
+        """
+        if self.suites == (phw.Suite.SECRETBOX,):
             return None
+        if peer.suites_legacy:
+            legacy = peer.suites_alternate
+            peer.suites_alternate = not legacy
+            if legacy:
+                return None
         return self.suites
 
     def note_initiation(self, peer, info) -> None:
         """An accepted (authenticated, fresh) initiation from ``peer``: remember
         whether it offered suites, for our own initiations to it."""
-        peer.suites_legacy = info.offered is None
+        legacy = info.offered is None
+        if legacy and not peer.suites_legacy:
+            peer.suites_alternate = False          # our next one offers
+        peer.suites_legacy = legacy
+
+    def note_response(self, peer, state) -> None:
+        """Our initiation ``state`` was answered: an answer to an offer shows
+        the peer reads offers."""
+        if state.offered is not None:
+            peer.suites_legacy = False
 
     def session_suite(self, info) -> Optional[phw.Suite]:
         """The suite an answer to ``info`` uses; None when we share none."""
@@ -184,6 +207,9 @@ class WireGuardHandshakes:
 
     # WireGuard's transport cipher is fixed: nothing to negotiate
     def note_initiation(self, peer, info) -> None:
+        pass
+
+    def note_response(self, peer, state) -> None:
         pass
 
     def session_suite(self, info):
