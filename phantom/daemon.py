@@ -129,7 +129,8 @@ class Daemon:
         for pc in s.peers:
             peer = self.engine.add_peer(pc.public_key, pc.name, pc.allowed_ips, pc.endpoint,
                                         pc.persistent_keepalive, protocol=pc.protocol,
-                                        preshared_key=self._psks.get(pc.name))
+                                        preshared_key=self._psks.get(pc.name),
+                                        suites=self.peer_suites(pc))
             self.dp.add_peer(peer.id, pc.allowed_ips)
             if pc.endpoint:
                 self.dp.set_endpoint(peer.id, pc.endpoint)
@@ -603,6 +604,14 @@ class Daemon:
             return {"closed": peer.name, "removed": True}
         self._do(self.engine.close(peer.id))
         return {"closed": peer.name, "removed": False}
+
+    def peer_suites(self, pc) -> Optional[tuple]:
+        """A [[peer]]'s own ciphers as suites (None: the interface's)."""
+        from .control.protocols import peer_suites
+        try:
+            return peer_suites(pc.ciphers)
+        except ValueError as exc:
+            raise ConfigError("peer %s: ciphers" % pc.name, str(exc)) from None
 
     def _suite_names(self) -> list:
         from .wire import suite_name

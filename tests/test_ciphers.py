@@ -236,15 +236,15 @@ def test_aegis_datagrams_byte_identical_on_both_paths_and_to_the_spec():
         assert len(d) == 48 + len(p) and (len(p) < 8 or p not in d)
 
 
-async def _feed(impl, datagrams, mtu=1420):
-    """Raw datagrams to a data path holding B's AEGIS-256 keypair: (drops, delivered, rx)."""
+async def _feed(impl, datagrams, mtu=1420, cipher=AEGIS):
+    """Raw datagrams to a data path holding B's keypair: (drops, delivered, rx)."""
     node = Node(impl, mtu)
     src = _udp()
     try:
         node.dp.add_peer(2, [])
         node.dp.set_test_peer(2)
         node.dp.start()
-        _, kb = keypairs()
+        _, kb = keypairs(cipher=cipher)
         node.dp.install_keypair(kb, confirmed=True)
         for d in datagrams:
             src.sendto(d, node.addr())
@@ -286,6 +286,19 @@ def test_aegis_replays_forgeries_and_sizes_decided_alike():
     drops, delivered, rx = ref
     assert drops == {"replay": 1, "auth_failed": 4, "oversized": 1, "unknown_index": 1}
     assert delivered == [b"good", bytes(mtu), b"good"] and rx == 4
+
+
+def test_secretbox_sizes_keep_their_own_limit():
+    """The size check allows AEGIS-256's 16 extra bytes only on AEGIS-256
+    sessions: a secretbox datagram one to sixteen bytes over the MTU is still
+    oversized (on both paths), not opened and delivered."""
+    seal = lambda ctr, n: ciphers.seal_packet(CipherKind.SECRETBOX, KEY_A, 0x2222, ctr, bytes(n))  # noqa: E731
+    datagrams = [seal(0, 1420), seal(1, 1421), seal(2, 1436), seal(3, 1437), seal(4, 100)]
+    ref = run(_feed("reference", datagrams, 1420, CipherKind.SECRETBOX))
+    mine = run(_feed("fast", datagrams, 1420, CipherKind.SECRETBOX))
+    assert ref == mine
+    drops, delivered, rx = ref
+    assert drops == {"oversized": 3} and delivered == [bytes(1420), bytes(100)] and rx == 2
 
 
 # ============================================================= relays over AEGIS-256

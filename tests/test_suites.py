@@ -513,3 +513,54 @@ def test_default_suites_follow_libsodiums_aes_hardware_check():
     assert protocols.configured_suites(["secretbox"]) == S
     f = crypto.cpu_features()
     assert crypto.aes_hardware() == bool((f["aesni"] and f["avx"]) or f["armcrypto"])
+
+
+def test_a_peer_of_its_own_ciphers_gets_them_and_the_others_keep_the_interfaces():
+    t = Tunables(handshake_jitter=0.0)
+    clock, wall = Clock(), Clock(1.7e9)
+    hub = Engine(_key(), t, clock=clock, wall_clock=wall, suites=AS)
+    old, new = (Engine(_key(), t, clock=clock, wall_clock=wall, suites=AS) for _ in range(2))
+    p_old = hub.add_peer(old.public_key, "old", endpoint=ADDR_R, suites=S)   # [[peer]] ciphers
+    p_new = hub.add_peer(new.public_key, "new", endpoint=("10.0.0.3", 9000))
+    for peer, other, addr in ((p_old, old, ADDR_R), (p_new, new, ("10.0.0.3", 9000))):
+        other.add_peer(hub.public_key, "hub", endpoint=ADDR_I)
+        wall.advance(0.01)
+        (init,) = sends(hub.open(peer.id))
+        assert len(init.data) == (164 if peer is p_old else 166)
+        (resp,) = sends(other.handle_datagram(init.data, ADDR_I))
+        (kp,) = installs(hub.handle_datagram(resp.data, addr))
+        assert kp.cipher == (CipherKind.SECRETBOX if peer is p_old else CipherKind.AEGIS256)
+    with pytest.raises(ValueError, match="only a Phantom peer"):
+        hub.add_peer(crypto.x25519_public(bytes(_key())), protocol="wireguard", suites=S)
+
+
+def _cfg(tmp_path, iface="", peer=""):
+    from phantom.control.config import parse_daemon_args
+    key = base64.b64encode(crypto.x25519_public(bytes(_key()))).decode()
+    f = tmp_path / "p.toml"
+    f.write_text('[interface]\n%s\n[[peer]]\nname = "b"\npublic_key = "%s"\n%s\n' % (iface, key, peer))
+    return lambda *flags: parse_daemon_args(["--config", str(f), *flags])
+
+
+def test_ciphers_settings_in_the_file_and_on_the_command_line(tmp_path):
+    from phantom.control.errors import ConfigError
+    s = _cfg(tmp_path)()
+    assert s.ciphers is None and s.peers[0].ciphers is None
+    s = _cfg(tmp_path, 'ciphers = ["secretbox", "AEGIS256"]', 'ciphers = ["secretbox"]')()
+    assert s.ciphers == ["secretbox", "aegis256"] and s.peers[0].ciphers == ["secretbox"]
+    assert _cfg(tmp_path)("--ciphers", "aegis256,secretbox").ciphers == ["aegis256", "secretbox"]
+    bad = [('ciphers = []', "", "interface.ciphers", "empty"),
+           ('ciphers = ["aes-gcm"]', "", "interface.ciphers[0]", "not a cipher"),
+           ('ciphers = ["secretbox", "secretbox"]', "", "interface.ciphers[1]", "twice"),
+           ('ciphers = "aegis256"', "", None, None),                      # one name: accepted
+           ("", 'ciphers = ["secretbx"]', "peer[0].ciphers[0]", "did you mean 'secretbox'"),
+           ("", 'protocol = "wireguard"\nciphers = ["secretbox"]', "peer[0].ciphers", "fixed")]
+    for iface, peer, key, msg in bad:
+        if key is None:
+            assert _cfg(tmp_path, iface, peer)().ciphers == ["aegis256"]
+            continue
+        with pytest.raises(ConfigError) as e:
+            _cfg(tmp_path, iface, peer)()
+        assert e.value.key == key and msg in str(e.value), (iface, peer, str(e.value))
+    with pytest.raises(ConfigError, match="--ciphers"):
+        _cfg(tmp_path)("--ciphers", "rot13")

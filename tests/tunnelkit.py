@@ -149,10 +149,13 @@ def peer_entry(node: Node, *, mode: str, endpoint: bool = True, keepalive: float
     return entry
 
 
-def start(daemon_factory, node: Node, datapath: str = "reference", wait: bool = True, args=()):
+def start(daemon_factory, node: Node, datapath: str = "reference", wait: bool = True, args=(),
+          env: Optional[dict] = None):
+    """``env``: extra environment variables for this daemon (on top of ours)."""
     argv = ["--config", str(node.config)] + (["--fast"] if datapath == "fast" else []) + list(args)
     node.daemon = daemon_factory(node.host, argv, http_port=HTTP_PORT, name=node.name, wait=wait,
-                                 token_file=node.state_dir / "token")
+                                 token_file=node.state_dir / "token",
+                                 env=None if env is None else {**os.environ, **env})
     if wait:
         node.host.ns.wait_addresses_ready()
     return node

@@ -73,6 +73,7 @@ class PeerConfig:
     rendezvous: bool = False                           # NAT traversal: this peer is a rendezvous node
     protocol: str = "phantom"                          # PROTOCOLS: what this peer speaks
     preshared_key_file: Optional[Path] = None          # WireGuard's optional psk (base64 file)
+    ciphers: Optional[list[str]] = None                # Phantom suites for this peer; None: [interface]'s
 
     @property
     def public_key_b64(self) -> str:
@@ -217,7 +218,7 @@ INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen",
                   "ciphers")
 CIPHERS = ("aegis256", "secretbox")       # wire.SUITE_NAMES, best first
 PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive", "protocol",
-             "preshared_key_file", "rendezvous")
+             "preshared_key_file", "rendezvous", "ciphers")
 PROTOCOLS = ("phantom", "wireguard")
 
 
@@ -509,6 +510,12 @@ def _peer(table: Any, i: int, base: Optional[Path] = None) -> PeerConfig:
             raise ConfigError(key, "only a WireGuard peer has a preshared key "
                               "(add protocol = \"wireguard\")")
         psk_file = _path(table["preshared_key_file"], key, base)
+    ciphers = None
+    if "ciphers" in table:
+        if protocol != "phantom":
+            raise ConfigError(where + ".ciphers", "a WireGuard peer's cipher is fixed "
+                              "(ChaCha20-Poly1305); ciphers is for Phantom peers")
+        ciphers = _ciphers(table["ciphers"], where + ".ciphers")
     rendezvous = _expect(table.get("rendezvous", False), bool, where + ".rendezvous", "true or false")
     if rendezvous and endpoint is None:
         raise ConfigError(where + ".rendezvous", "a rendezvous node needs an endpoint")
@@ -516,7 +523,7 @@ def _peer(table: Any, i: int, base: Optional[Path] = None) -> PeerConfig:
         raise ConfigError(where + ".rendezvous", "a rendezvous node speaks the phantom protocol")
     return PeerConfig(name=name, public_key=public, endpoint=endpoint, allowed_ips=allowed,
                       persistent_keepalive=keepalive, protocol=protocol,
-                      preshared_key_file=psk_file, rendezvous=rendezvous)
+                      preshared_key_file=psk_file, rendezvous=rendezvous, ciphers=ciphers)
 
 
 DEFAULT_NAME_BYTES = 4      # "peer-" + 8 hex digits of the key, longer only where needed

@@ -120,14 +120,17 @@ class Engine:
     def add_peer(self, public_key: bytes, name: str = "", allowed_ips: Iterable = (),
                  endpoint: Optional[tuple] = None, persistent_keepalive: float = 0.0,
                  dynamic: bool = False, protocol: str = "phantom",
-                 preshared_key: Optional[bytes] = None) -> Peer:
-        """``protocol``: "phantom" or "wireguard"; ``preshared_key``: WireGuard's (32 bytes)."""
+                 preshared_key: Optional[bytes] = None, suites=None) -> Peer:
+        """``protocol``: "phantom" or "wireguard"; ``preshared_key``: WireGuard's (32 bytes);
+        ``suites``: this Phantom peer's own transport suites (None: the engine's)."""
         public_key = bytes(public_key)
         proto = self._protocols[protocols.protocol_of(protocol)]
         if preshared_key is not None and proto.protocol is not protocols.Protocol.WIREGUARD:
             raise ValueError("only a WireGuard peer has a preshared key")
         if preshared_key is not None and len(preshared_key) != 32:
             raise ValueError("a preshared key is 32 bytes")
+        if suites is not None and proto.protocol is not protocols.Protocol.PHANTOM:
+            raise ValueError("only a Phantom peer has cipher suites")
         if public_key in self._by_key:
             raise ValueError("peer with this public key exists")
         if public_key == self.public_key:
@@ -140,7 +143,8 @@ class Engine:
                     float(persistent_keepalive or 0), dynamic=dynamic,
                     wanted=bool(endpoint) and bool(persistent_keepalive),
                     cookies=proto.cookie_generator(public_key), proto=proto,
-                    preshared_key=bytearray(preshared_key) if preshared_key is not None else None)
+                    preshared_key=bytearray(preshared_key) if preshared_key is not None else None,
+                    suites=tuple(suites) if suites else None)
         self.peers[pid] = peer
         self._by_key[public_key] = peer
         self._by_name.setdefault(peer.name, []).append(peer)
@@ -403,13 +407,13 @@ class Engine:
             self.drops["replayed_initiation"] += 1
             log.info("peer=%s replayed initiation dropped", peer.name)
             return []
-        if proto.session_suite(info) is None:
+        if proto.session_suite(info, peer) is None:
             # authenticated and fresh, but we share no transport suite with it
             # (one side pinned by [interface] ciphers): no answer, a counter
             info.state.clear()
             self.drops["no_common_suite"] += 1
             log.warning("peer=%s offers no cipher suite we accept (we: %s); initiation dropped",
-                        peer.name, ", ".join(proto.suite_names))
+                        peer.name, ", ".join(wire.suite_name(x) for x in proto.suites_for(peer)))
             return []
         now = self.clock()
         self._wake(peer)

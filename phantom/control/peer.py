@@ -77,6 +77,7 @@ class Peer:
     # of ours to it offers none either (protocols.PhantomHandshakes.offer_for)
     suites_legacy: bool = False
     suites_alternate: bool = False          # ... and the next one is that second one
+    suites: Optional[tuple] = None          # its own [[peer]] ciphers (wire.Suite); None: the interface's
 
     # handshake
     pending: Optional[PendingHandshake] = None

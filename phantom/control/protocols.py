@@ -67,6 +67,11 @@ def configured_suites(names: Optional[Iterable[str]]) -> tuple:
     return tuple(suites)
 
 
+def peer_suites(names: Optional[Iterable[str]]) -> Optional[tuple]:
+    """A [[peer]]'s own ``ciphers`` as suites; None (use the interface's) when unset."""
+    return None if names is None else configured_suites(names)
+
+
 class PhantomHandshakes:
     protocol = Protocol.PHANTOM
     cipher = CipherKind.SECRETBOX            # the baseline; a session's own is cipher_of(keys)
@@ -107,14 +112,19 @@ class PhantomHandshakes:
           legacy initiation is authenticated by the peer's static key and
           its timestamp must be new).
         """
-        if self.suites == (phw.Suite.SECRETBOX,):
+        if self.suites_for(peer) == (phw.Suite.SECRETBOX,):
             return None
         if peer.suites_legacy:
             legacy = peer.suites_alternate
             peer.suites_alternate = not legacy
             if legacy:
                 return None
-        return self.suites
+        return self.suites_for(peer)
+
+    def suites_for(self, peer) -> tuple:
+        """The suites sessions with ``peer`` may use: its own ``ciphers``, else ours."""
+        own = getattr(peer, "suites", None) if peer is not None else None
+        return own if own else self.suites
 
     def note_initiation(self, peer, info) -> None:
         """An accepted (authenticated, fresh) initiation from ``peer``: remember
@@ -130,9 +140,9 @@ class PhantomHandshakes:
         if state.offered is not None:
             peer.suites_legacy = False
 
-    def session_suite(self, info) -> Optional[phw.Suite]:
-        """The suite an answer to ``info`` uses; None when we share none."""
-        return phs.choose_suite(self.suites, info.offered)
+    def session_suite(self, info, peer=None) -> Optional[phw.Suite]:
+        """The suite an answer to ``info`` (from ``peer``) uses; None when we share none."""
+        return phs.choose_suite(self.suites_for(peer), info.offered)
 
     def cipher_of(self, keys) -> CipherKind:
         return SUITE_CIPHER[phw.Suite(keys.suite)]
@@ -158,17 +168,13 @@ class PhantomHandshakes:
         return phs.consume_initiation(self._priv, data, local_static_public=self._pub)
 
     def create_response(self, peer, info, index: int):
-        suite = self.session_suite(info)
+        suite = self.session_suite(info, peer)
         if suite is None:
             raise phs.HandshakeError("no cipher suite in common")
         return phs.create_response(info.state, index, peer.cookies, suite=suite)
 
     def consume_response(self, state, data: bytes):
-        keys = phs.consume_response(state, data)
-        if keys.suite not in self.suites:      # we offered it, so we speak it (set_suites since?)
-            keys.clear()
-            raise phs.HandshakeError("response chose %s, which we no longer accept" % phw.suite_name(keys.suite))
-        return keys
+        return phs.consume_response(state, data)       # the choice is checked against our offer
 
 
 class WireGuardHandshakes:
@@ -212,7 +218,7 @@ class WireGuardHandshakes:
     def note_response(self, peer, state) -> None:
         pass
 
-    def session_suite(self, info):
+    def session_suite(self, info, peer=None):
         return self.cipher
 
     def cipher_of(self, keys) -> CipherKind:
