@@ -301,6 +301,56 @@ def test_secretbox_sizes_keep_their_own_limit():
     assert drops == {"oversized": 3} and delivered == [bytes(1420), bytes(100)] and rx == 2
 
 
+@pytest.mark.parametrize("impl_a,impl_b", PAIRS)
+@pytest.mark.parametrize("first,then", [(AEGIS, CipherKind.SECRETBOX), (CipherKind.SECRETBOX, AEGIS)],
+                         ids=["aegis-then-secretbox", "secretbox-then-aegis"])
+def test_rekey_to_another_suite_keeps_traffic_flowing(impl_a, impl_b, first, then):
+    """A new handshake may settle on another suite (a peer reconfigured):
+    the new keypair takes over as a rekey always does, and a packet sealed
+    on the previous one just before still opens."""
+    async def main():
+        a, b = Node(impl_a), Node(impl_b)
+        try:
+            a.dp.add_peer(1, [])
+            b.dp.add_peer(2, [])
+            a.dp.set_test_peer(1)
+            b.dp.set_test_peer(2)
+            a.dp.set_endpoint(1, b.addr())
+            b.dp.set_endpoint(2, a.addr())
+            a.dp.start()
+            b.dp.start()
+            ka, kb = keypairs(cipher=first)
+            b.dp.install_keypair(kb, confirmed=False)
+            a.dp.install_keypair(ka, confirmed=True)
+            a.send_app(b"on the first")
+            assert await asyncio.to_thread(b.recv_app) == b"on the first"
+            b.send_app(b"reply on the first")
+            assert await asyncio.to_thread(a.recv_app) == b"reply on the first"
+            late = ciphers.seal_packet(first, derived(KEY_B) if first == AEGIS else KEY_B, 0x1111, 5,
+                                       b"late on the first")
+            # b initiates the rekey: it installs as current, a as next
+            kb2, ka2 = keypairs(peer_a=2, peer_b=1, idx_a=0x3333, idx_b=0x4444, cipher=then,
+                                ka=KEY_B[::-1], kb=KEY_A[::-1])
+            a.dp.install_keypair(ka2, confirmed=False)
+            b.dp.install_keypair(kb2, confirmed=True)
+            b.send_app(b"on the second")
+            assert await asyncio.to_thread(a.recv_app) == b"on the second"
+            await until(lambda: a.events.confirmed == [(1, 0x4444)])
+            a.send_app(b"answer on the second")
+            assert await asyncio.to_thread(b.recv_app) == b"answer on the second"
+            src = _udp()
+            try:
+                src.sendto(late, a.addr())                       # on the previous keypair
+                assert await asyncio.to_thread(a.recv_app) == b"late on the first"
+            finally:
+                src.close()
+            assert a.dp.global_drops() == b.dp.global_drops() == {d.name.lower(): 0 for d in Drop}
+        finally:
+            a.close()
+            b.close()
+    run(main())
+
+
 # ============================================================= relays over AEGIS-256
 _idx = iter(range(300, 100000))
 
