@@ -77,7 +77,7 @@ def _ossl_bind():
     addrs = _libcrypto.symbol_addresses()
     if not addrs:
         return False
-    for i, name in enumerate(_libcrypto._SYMBOLS):
+    for i, name in enumerate(_libcrypto.SYMBOLS):
         _ossl_addr[i] = addrs[name]
     return phantom_ossl_setup(_ossl_addr) == 0
 

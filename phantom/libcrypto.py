@@ -77,7 +77,7 @@ lib = _load()
 _ZERO_KEY = bytes(KEY_SIZE)
 _ZERO_NONCE = bytes(NONCE_SIZE)
 _local = threading.local()
-_SYMBOLS = ("EVP_CIPHER_CTX_new", "EVP_CIPHER_CTX_free", "EVP_chacha20_poly1305",
+SYMBOLS = ("EVP_CIPHER_CTX_new", "EVP_CIPHER_CTX_free", "EVP_chacha20_poly1305",
             "EVP_EncryptInit_ex", "EVP_EncryptUpdate", "EVP_EncryptFinal_ex",
             "EVP_DecryptInit_ex", "EVP_DecryptUpdate", "EVP_DecryptFinal_ex", "EVP_CIPHER_CTX_ctrl")
 
@@ -101,7 +101,7 @@ def symbol_addresses() -> dict:
     """name -> address of the EVP functions the fast path calls (empty when absent)."""
     if lib is None:
         return {}
-    return {name: int(ffi.cast("uintptr_t", getattr(lib, name))) for name in _SYMBOLS}
+    return {name: int(ffi.cast("uintptr_t", getattr(lib, name))) for name in SYMBOLS}
 
 
 def _contexts():

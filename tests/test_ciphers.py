@@ -521,10 +521,10 @@ def test_wireguard_data_paths_byte_identical_with_either_chacha(chacha, impl):
 # ============================================================= the start-up choice
 def test_crossover_rule():
     m = lambda **kw: {int(k[1:]): {"libsodium": v[0], "openssl": v[1]} for k, v in kw.items()}  # noqa: E731
-    assert ciphers._crossover(m(s64=(1, 2), s512=(3, 2), s1024=(5, 2))) == 512
-    assert ciphers._crossover(m(s64=(1, 2), s512=(3, 2), s1024=(1, 2))) is None    # slower at the top
-    assert ciphers._crossover(m(s64=(3, 2), s512=(3, 2))) == 0                       # faster everywhere
-    assert ciphers._crossover(m(s64=(1, 2), s128=(3, 2), s512=(1, 2), s1024=(5, 2))) == 1024
+    assert ciphers.chacha_crossover(m(s64=(1, 2), s512=(3, 2), s1024=(5, 2))) == 512
+    assert ciphers.chacha_crossover(m(s64=(1, 2), s512=(3, 2), s1024=(1, 2))) is None    # slower at the top
+    assert ciphers.chacha_crossover(m(s64=(3, 2), s512=(3, 2))) == 0                       # faster everywhere
+    assert ciphers.chacha_crossover(m(s64=(1, 2), s128=(3, 2), s512=(1, 2), s1024=(5, 2))) == 1024
 
 
 def test_policy_from_the_environment_and_the_measurement():
@@ -537,7 +537,7 @@ def test_policy_from_the_environment_and_the_measurement():
     assert p.openssl_from == 0 and p.implementation == "openssl" and p.libcrypto.startswith("OpenSSL")
     p = ciphers.decide_chacha("auto")
     assert p.decided_by == "measurement" and set(p.measured) == set(ciphers.CHACHA_PROBE_SIZES)
-    assert p.openssl_from == ciphers._crossover(p.measured)
+    assert p.openssl_from == ciphers.chacha_crossover(p.measured)
     assert ciphers.decide_chacha("nonsense").decided_by == "measurement"     # warned, then auto
     d = p.describe()
     assert d["implementation"] == p.implementation and d["libcrypto"] == libcrypto.version()

@@ -148,7 +148,7 @@ def _measure() -> Optional[dict]:
     return best
 
 
-def _crossover(measured: dict) -> Optional[int]:
+def chacha_crossover(measured: dict) -> Optional[int]:
     """The smallest probed size from which OpenSSL is faster at every larger
     probed size too; None when it is slower at the largest."""
     sizes = sorted(measured)
@@ -181,7 +181,7 @@ def decide_chacha(env: Optional[str] = None) -> ChachaPolicy:
     measured = _measure()
     if measured is None:
         return ChachaPolicy(CHACHA_RULE_OPENSSL_FROM, "rule", ver)
-    return ChachaPolicy(_crossover(measured), "measurement", ver, measured)
+    return ChachaPolicy(chacha_crossover(measured), "measurement", ver, measured)
 
 
 def chacha_policy() -> ChachaPolicy:
