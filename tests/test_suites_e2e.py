@@ -16,6 +16,7 @@ processes in network namespaces, on both data paths.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -99,6 +100,12 @@ def test_default_daemons_negotiate_the_best_suite(two_hosts, daemon_factory, tmp
         assert st["phantom_suites"][0] == BEST and st["aes_hardware"] == crypto.aes_hardware()
     code, text = a.daemon.api("GET", "/metrics")
     assert code == 200 and 'phantom_peer_cipher{cipher="%s",peer="n2"} 1.0' % BEST in text
+    assert 'phantom_crypto_info{chacha20poly1305=' in text
+    # the CLI's table has the column
+    out = a.host.run([sys.executable, "-m", "phantom.cli", "--token-file", str(a.state_dir / "token"),
+                      "peers"], timeout=30).stdout
+    header, row = (re.split(r"\s{2,}", line) for line in out.splitlines()[:2])
+    assert row[header.index("CIPHER")] == BEST, out
     cap.stop()
     assert cap.find(MARKER) == []
     dgrams = tunnel_datagrams(cap)
