@@ -24,9 +24,9 @@ cdef enum:
     FP_RX_HEADROOM = 16            # before a receive buffer: a WireGuard or AEGIS-256 payload lands at +16
     FP_MAX_INNER = 65535           # wire.MAX_INNER_SIZE
     FP_BUF_SIZE = 65631            # 65535 payload + 32 overhead + 64 slack (detects oversize)
-    FP_N_DROPS = 15                # len(types.Drop)
+    FP_N_DROPS = 17                # len(types.Drop)
     FP_INDEX_BUCKETS = 4096        # receiver-index hash (power of two)
-    FP_PEER_BUCKETS = 4096         # peer-id and relay-id hashes (power of two)
+    FP_PEER_BUCKETS = 4096         # peer-id, relay-id and relay-pair hashes (power of two)
     FP_EVENT_QUEUE = 4096          # pending events for the control plane
     FP_MACS = 4096                 # TAP MAC table size (power of two; learns up to 3/4)
     # replay window, RFC 6479 style (same constants as dataplane/replay.py)
@@ -73,6 +73,8 @@ cdef enum:
     D_BAD_INNER = 12
     D_SEND_FAILED = 13
     D_CONTROL_OVERFLOW = 14
+    D_RELAY_UNKNOWN_ID = 15
+    D_RELAY_BUDGET = 16
 
 
 cdef struct fp_replay:
@@ -118,7 +120,7 @@ cdef struct fp_peer:
     double last_tx
     double last_data_rx
     double last_data_tx
-    uint64_t drops[15]             # FP_N_DROPS
+    uint64_t drops[17]             # FP_N_DROPS
     fp_staged *staged              # ring of staged_max entries
     int staged_head
     int staged_count
@@ -133,6 +135,14 @@ cdef struct fp_peer:
     int64_t relay_sec              # relay budget: the second it counts, bytes and packets in it
     uint64_t relay_bytes
     uint64_t relay_pkts
+
+
+cdef struct fp_relay_pair:
+    # on a relay: frames from peer src_id tagged relay_id go to peer dest_id
+    int64_t src_id
+    int64_t dest_id
+    uint32_t relay_id
+    fp_relay_pair *next            # chain in e.by_pair
 
 
 cdef struct fp_trie:
@@ -192,7 +202,7 @@ cdef struct fp_engine:
     bint icmp4
     bint icmp6
     int icmp_pending               # ICMP_UNREACHABLE events not yet drained
-    uint64_t drops[15]             # global drops (every drop, peer known or not)
+    uint64_t drops[17]             # global drops (every drop, peer known or not)
     # events
     fp_event events[4096]          # FP_EVENT_QUEUE
     int ev_head
@@ -208,6 +218,9 @@ cdef struct fp_engine:
     uint64_t relay_forwarded
     uint64_t relay_budget_drops
     uint64_t relay_no_dest
+    uint64_t relay_unknown_id
+    fp_relay_pair *by_pair[4096]   # FP_PEER_BUCKETS: (source peer id, relay id) -> pair
+    int relay_pairs
     uint64_t batches
     uint64_t udp_eagain_waits
 

@@ -122,6 +122,7 @@ assert FP_HEADER_SIZE == _wgwire.TRANSPORT_HEADER_SIZE
 assert FP_TAIL_ROOM >= _wgwire.PADDING_MULTIPLE - 1 + _wgwire.AEAD_TAG_SIZE
 from phantom.dataplane.types import Drop as _Drop
 assert FP_N_DROPS == len(_Drop) and D_CONTROL_OVERFLOW == _Drop.CONTROL_OVERFLOW
+assert D_RELAY_UNKNOWN_ID == _Drop.RELAY_UNKNOWN_ID and D_RELAY_BUDGET == _Drop.RELAY_BUDGET
 
 cdef uint64_t REPLAY_LIMIT = _constants.REJECT_AFTER_MESSAGES
 cdef uint16_t _ENDIAN_PROBE = 1
@@ -1027,6 +1028,50 @@ cdef void _relay_unlink(fp_engine *e, int slot) noexcept nogil:
         pp = &e.peers[pp[0] - 1].relay_next
 
 
+cdef inline uint32_t _pair_bucket(int64_t src_id, uint32_t relay_id) noexcept nogil:
+    return _hash64((<uint64_t>src_id * 0x100000001B3ULL) ^ relay_id)
+
+
+cdef fp_relay_pair *_pair_find(fp_engine *e, int64_t src_id, uint32_t relay_id) noexcept nogil:
+    """On a relay: the pair for frames from ``src_id`` tagged ``relay_id``, or NULL."""
+    cdef fp_relay_pair *q = e.by_pair[_pair_bucket(src_id, relay_id)]
+    while q != NULL:
+        if q.src_id == src_id and q.relay_id == relay_id:
+            return q
+        q = q.next
+    return NULL
+
+
+cdef void _pairs_forget(fp_engine *e, int64_t peer_id) noexcept nogil:
+    """Drop every pair from or to ``peer_id``."""
+    cdef int b
+    cdef fp_relay_pair **pp
+    cdef fp_relay_pair *q
+    if e.relay_pairs == 0:
+        return
+    for b in range(FP_PEER_BUCKETS):
+        pp = &e.by_pair[b]
+        while pp[0] != NULL:
+            q = pp[0]
+            if q.src_id == peer_id or q.dest_id == peer_id:
+                pp[0] = q.next
+                free(q)
+                e.relay_pairs -= 1
+            else:
+                pp = &q.next
+
+
+cdef void _pairs_forget_all(fp_engine *e) noexcept nogil:
+    cdef int b
+    cdef fp_relay_pair *q
+    for b in range(FP_PEER_BUCKETS):
+        while e.by_pair[b] != NULL:
+            q = e.by_pair[b]
+            e.by_pair[b] = q.next
+            free(q)
+    e.relay_pairs = 0
+
+
 cdef int _slot_by_relay(fp_engine *e, int relay_slot, uint32_t relay_id) noexcept nogil:
     """The lowest slot of a live peer whose frames come from ``relay_slot``
     tagged ``relay_id`` (as the former scan of the peer table found), or -1."""
@@ -1640,24 +1685,31 @@ cdef int _in_commit(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nogi
 
 cdef void _relay_route(fp_engine *e, fp_pkt *pkt, fp_peer *src, size_t plen, double now) noexcept nogil:
     """An opened relay frame from ``src`` (lock held): relay_id u32le | inner.
-    Pick the destination (the peer whose id is relay_id, with a usable
-    session and an endpoint), check src's budget, take the destination's
-    next counter and key, and put src's id in place of relay_id: the worker
-    seals and sends it (V_RELAY).  Never to the device."""
+    Pick the destination: the pair (src, relay_id) that the control plane
+    installed because the destination accepts src (any other id is a
+    counted RELAY_UNKNOWN_ID drop), a live peer with a usable session and
+    an endpoint; check src's budget, take the destination's next counter
+    and key: the worker seals and sends it (V_RELAY), under the same relay
+    id, which names the pair at both ends.  Never to the device."""
     cdef uint32_t rid
     cdef fp_peer *dest = NULL
+    cdef fp_relay_pair *pair
     cdef fp_keypair *kp
     cdef int64_t sec
-    cdef unsigned char *q
     if plen < 8:
         pkt.verdict = D_MALFORMED
         return
     src.last_data_rx = now
-    rid = _le32(pkt.buf + FP_PAYLOAD_OFFSET)
-    dest = _peer_by_id(e, <int64_t>rid)
     if pkt.cipher != CIPHER_SECRETBOX:
         pkt.verdict = D_MALFORMED                 # relay frames travel on Phantom sessions only
         return
+    rid = _le32(pkt.buf + FP_PAYLOAD_OFFSET)
+    pair = _pair_find(e, src.peer_id, rid)
+    if pair == NULL:
+        e.relay_unknown_id += 1
+        pkt.verdict = D_RELAY_UNKNOWN_ID
+        return
+    dest = _peer_by_id(e, pair.dest_id)
     if dest == NULL or dest == src or dest.endpoint_len == 0 or not _kp_usable(e, dest.current, now) \
             or not _phantom_cipher(dest.current.cipher):
         e.relay_no_dest += 1
@@ -1670,7 +1722,7 @@ cdef void _relay_route(fp_engine *e, fp_pkt *pkt, fp_peer *src, size_t plen, dou
         src.relay_pkts = 0
     if src.relay_bytes + plen > e.relay_bytes_budget or src.relay_pkts + 1 > e.relay_pkts_budget:
         e.relay_budget_drops += 1
-        pkt.verdict = D_STAGED_OVERFLOW
+        pkt.verdict = D_RELAY_BUDGET
         return
     src.relay_bytes += plen
     src.relay_pkts += 1
@@ -1679,11 +1731,6 @@ cdef void _relay_route(fp_engine *e, fp_pkt *pkt, fp_peer *src, size_t plen, dou
     kp.send_counter += 1
     pkt.local_index = kp.remote_index         # as outbound: the receiver's index
     memcpy(pkt.key, kp.send_key, FP_KEY_SIZE)
-    q = pkt.buf + FP_PAYLOAD_OFFSET
-    q[0] = <unsigned char>(src.peer_id & 0xFF)
-    q[1] = <unsigned char>((src.peer_id >> 8) & 0xFF)
-    q[2] = <unsigned char>((src.peer_id >> 16) & 0xFF)
-    q[3] = <unsigned char>((src.peer_id >> 24) & 0xFF)
     memcpy(&pkt.addr, &dest.endpoint, dest.endpoint_len)
     pkt.addrlen = dest.endpoint_len
     dest.tx_bytes += pkt.len
@@ -1707,7 +1754,7 @@ cdef void _relay_unwrap(fp_engine *e, fp_pkt *pkt, int relay_slot, size_t plen) 
     rid = _le32(pkt.buf + FP_PAYLOAD_OFFSET)
     i = _slot_by_relay(e, relay_slot, rid)
     if i < 0:
-        pkt.verdict = D_SRC_NOT_ALLOWED
+        pkt.verdict = D_RELAY_UNKNOWN_ID           # no peer of ours goes by that id at this relay
         return
     memmove(pkt.buf, pkt.buf + FP_PAYLOAD_OFFSET + 4, plen - 4)
     pkt.len = plen - 4
@@ -2916,6 +2963,7 @@ cdef class Engine:
             if e.peers[i] != NULL:
                 self._free_peer(i)
         free(e.peers)
+        _pairs_forget_all(e)
         _trie_free(e.trie4)
         _trie_free(e.trie6)
         free(e.macs)
@@ -3005,6 +3053,7 @@ cdef class Engine:
         del self.slots[peer_id]
         with nogil:
             _lock(self.e)
+            _pairs_forget(self.e, peer_id)
         self._free_peer(slot)
         _mac_forget(self.e, slot)
         with nogil:
@@ -3361,6 +3410,38 @@ cdef class Engine:
                 p.endpoint_len = 0
             _unlock(self.e)
 
+    def set_relay_pair(self, int64_t src_id, uint32_t relay_id, int64_t dest_id):
+        """On a relay: frames from peer ``src_id`` tagged ``relay_id`` go to
+        peer ``dest_id``; ``dest_id`` < 0 removes the pair."""
+        cdef fp_relay_pair *q
+        cdef fp_relay_pair **pp
+        cdef fp_relay_pair *fresh = NULL
+        cdef fp_engine *e = self.e
+        if dest_id >= 0:
+            fresh = <fp_relay_pair *>calloc(1, sizeof(fp_relay_pair))
+            if fresh == NULL:
+                raise MemoryError()
+        with nogil:
+            _lock(e)
+            pp = &e.by_pair[_pair_bucket(src_id, relay_id)]
+            while pp[0] != NULL:
+                q = pp[0]
+                if q.src_id == src_id and q.relay_id == relay_id:
+                    pp[0] = q.next
+                    free(q)
+                    e.relay_pairs -= 1
+                    break
+                pp = &q.next
+            if fresh != NULL:
+                fresh.src_id = src_id
+                fresh.relay_id = relay_id
+                fresh.dest_id = dest_id
+                pp = &e.by_pair[_pair_bucket(src_id, relay_id)]
+                fresh.next = pp[0]
+                pp[0] = fresh
+                e.relay_pairs += 1
+            _unlock(e)
+
     def send_relayed(self, int64_t relay_peer_id, uint32_t relay_id, const unsigned char[::1] data):
         """Send ``data`` (a whole A<->B datagram) in a relay frame to the relay.
         False when the relay has no usable session or endpoint."""
@@ -3410,7 +3491,8 @@ cdef class Engine:
 
     def relay_stats(self):
         return {"forwarded": self.e.relay_forwarded, "budget": self.e.relay_budget_drops,
-                "no_dest": self.e.relay_no_dest}
+                "no_dest": self.e.relay_no_dest, "unknown_id": self.e.relay_unknown_id,
+                "pairs": self.e.relay_pairs}
 
     def global_drops(self):
         cdef uint64_t d[FP_N_DROPS]

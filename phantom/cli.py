@@ -10,6 +10,7 @@ Talking to a running phantomd over its HTTP API::
     phantom open TARGET [--public-key K] [--name N] [--allowed-ips CIDR,...]
     phantom close PEER
     phantom status | peers
+    phantom wait-ready [--timeout S]  exit 0 once the daemon answers and its device is up
     phantom firewall show | firewall set FILE
 
 Elsewhere::
@@ -76,7 +77,11 @@ class ApiClient:
         self.api = api or DEFAULT_API
         self.socket_path = socket_path
         self.timeout = timeout
+        self.token_given = bool(token_file)
+        # The token file: --token-file, else (for changes) the one the daemon's
+        # runtime record names (phantom/runtime.py), else <default state dir>/token.
         self.token_file = Path(token_file) if token_file else _default_state_dir() / "token"
+        self._record = False         # not looked up yet
         if not socket_path:
             u = urllib.parse.urlsplit(self.api)
             if u.scheme != "http" or not u.hostname:
@@ -89,15 +94,39 @@ class ApiClient:
     def where(self) -> str:
         return "unix socket %s" % self.socket_path if self.socket_path else self.api
 
+    def record(self) -> dict | None:
+        """The runtime record of the daemon at our address (None if it wrote none)."""
+        if self._record is False:
+            from phantom import runtime
+            if self.socket_path:
+                self._record = runtime.find_record(socket_path=self.socket_path)
+            else:
+                self._record = runtime.find_record(self._host, self._port)
+        return self._record
+
     def _token(self, required: bool) -> str | None:
+        path, rec = self.token_file, None
+        if required and not self.token_given:
+            rec = self.record()
+            if rec is not None and isinstance(rec.get("token_file"), str):
+                path = Path(rec["token_file"])
         try:
-            return self.token_file.read_text().strip()
+            return path.read_text().strip()
         except OSError as exc:
             if not required:
                 return None
             reason = exc.strerror or str(exc)
-            raise CliError("cannot read the API token from %s (%s); run as the daemon's user or "
-                           "root, or pass --token-file" % (self.token_file, reason)) from None
+            if self.token_given:
+                hint = ("pass the daemon's own token file: <state_dir>/token, with the state_dir "
+                        "of its config")
+            elif rec is not None:
+                hint = ("it is the token file of the phantomd at %s (pid %s), mode 0600: run as "
+                        "root or as the daemon's user" % (self.where(), rec.get("pid")))
+            else:
+                hint = ("no phantomd running at %s recorded where its token is (one started as "
+                        "root does); pass --token-file <state_dir>/token, with the state_dir of its "
+                        "config (default %s)" % (self.where(), _default_state_dir()))
+            raise CliError("cannot read the API token from %s (%s): %s" % (path, reason, hint)) from None
 
     def _connection(self) -> http.client.HTTPConnection:
         if self.socket_path:
@@ -283,8 +312,79 @@ def cmd_close(args) -> int:
     return 0
 
 
+# What each drop reason means, for `phantom status` (docs/usage.md lists them too).
+# Data-path drops (phantom.dataplane.types.Drop, lower case):
+DROP_REASONS = {
+    "malformed": "datagrams with bad framing, an unknown type or bad reserved bytes",
+    "truncated": "datagrams shorter than their type needs",
+    "oversized": "packets larger than the tunnel MTU or the largest datagram",
+    "unknown_index": "transport packets for a session we do not have (expired, or not ours)",
+    "replay": "packets whose counter was already seen or is behind the replay window",
+    "auth_failed": "packets whose authentication tag did not verify (forged or corrupted)",
+    "key_expired": "packets on a session past its lifetime",
+    "no_route": "outgoing packets to an address in no peer's allowed IPs: nowhere to send them "
+                "(the host sent them into the device; ICMP unreachable answers them)",
+    "src_not_allowed": "decrypted packets whose inner source is outside the sending peer's allowed IPs",
+    "firewall": "packets the firewall dropped or rejected (`phantom firewall show`)",
+    "no_endpoint": "packets for a peer whose address is not known (yet)",
+    "staged_overflow": "packets over the queue limit while a handshake was under way",
+    "bad_inner": "decrypted payloads that are not a valid packet for the mode",
+    "send_failed": "sends the kernel refused",
+    "control_overflow": "handshake messages that found the control plane's queue full",
+    "relay_unknown_id": "relay frames whose (sender, relay id) pair this relay or peer never installed",
+    "relay_budget": "relay frames over the sending peer's relay byte or packet budget",
+}
+# Control-plane drops (GET /status "handshake_drops"):
+HANDSHAKE_DROP_REASONS = {
+    "malformed": "handshake messages of the wrong size or shape",
+    "bad_mac1": "handshake messages without a valid mac1 (the sender does not know our public key)",
+    "cookie_sent": "initiations answered with a cookie reply instead (we were under load)",
+    "rate_limited": "initiations over a source's rate limit while under load",
+    "bad_handshake": "handshake messages that failed to decrypt or verify",
+    "unknown_key": "initiations from a key that is not one of our peers (never answered)",
+    "wrong_protocol": "handshakes in the other protocol than the peer's (phantom / wireguard)",
+    "replayed_initiation": "initiations whose timestamp is not newer than the last one",
+    "unknown_index": "responses or cookie replies for a handshake we did not start",
+    "bad_cookie_reply": "cookie replies that did not decrypt",
+    "no_common_suite": "initiations from a Phantom peer that allows none of our cipher suites "
+                       "([interface] / [[peer]] ciphers; never answered)",
+}
+
+
+def _format_drops(title: str, drops, reasons: dict) -> str:
+    counted = [(k, v) for k, v in (drops or {}).items() if v] if isinstance(drops, dict) else []
+    if not counted:
+        return "%s: none" % title
+    width = max(len(k) for k, _ in counted)
+    num = max(len(str(v)) for _, v in counted)
+    lines = ["%s:" % title]
+    for k, v in sorted(counted):
+        lines.append(("  %-*s  %*s  %s" % (width, k, num, v, reasons.get(k, ""))).rstrip())
+    return "\n".join(lines)
+
+
+def format_status(st) -> str:
+    """`phantom status`: the daemon's fields, then its peers as a table (one
+    line a peer, as `phantom peers`), then the drops that happened, each
+    reason explained."""
+    if not isinstance(st, dict):
+        return format_kv({"status": st})
+    peers = st.get("peers")
+    rest = {k: v for k, v in st.items() if k not in ("drops", "handshake_drops")
+            and not (k == "peers" and isinstance(peers, list))}
+    parts = [format_kv(rest)]
+    if isinstance(peers, list):
+        parts.append("peers (%d):\n%s" % (len(peers), format_table(peers, PEER_COLUMNS)
+                                          if peers else "  none"))
+    if "drops" in st:
+        parts.append(_format_drops("drops", st["drops"], DROP_REASONS))
+    if "handshake_drops" in st:
+        parts.append(_format_drops("handshake drops", st["handshake_drops"], HANDSHAKE_DROP_REASONS))
+    return "\n\n".join(parts)
+
+
 def cmd_status(args) -> int:
-    _emit(args, _client(args).request("GET", "/status"), format_kv)
+    _emit(args, _client(args).request("GET", "/status"), format_status)
     return 0
 
 
@@ -365,6 +465,53 @@ def cmd_reload(args) -> int:
     return 0
 
 
+WAIT_INTERVAL = 0.1
+
+
+def _not_ready(st) -> str | None:
+    """Why a /status answer is not "ready" yet (None: it is)."""
+    if not isinstance(st, dict):
+        return "its status is not an object"
+    if not st.get("ready", True):        # (a daemon without "ready" is ready once it answers)
+        return "it is still setting up"
+    if st.get("device") and st.get("device_up") is False:
+        return "its device %s is not up" % st["device"]
+    return None
+
+
+def cmd_wait_ready(args) -> int:
+    """Poll GET /status until the daemon answers, is set up and its device is
+    up: then exit 0.  An unhealthy daemon, or --timeout, is an error."""
+    import time
+    deadline = time.monotonic() + args.timeout
+    client = ApiClient(args.api, args.socket, args.token_file, timeout=max(0.2, min(2.0, args.timeout)))
+    why = "no answer yet"
+    while True:
+        try:
+            st = client.request("GET", "/status")
+        except CliError as exc:
+            why = str(exc)
+        else:
+            if isinstance(st, dict) and st.get("healthy") is False:
+                raise CliError("phantomd at %s is not healthy: %s" % (client.where(),
+                                                                       st.get("failure") or "?"))
+            why = _not_ready(st)
+            if why is None:
+                if args.json:
+                    print(json.dumps(st, indent=2))
+                else:
+                    where = ("%s device %s up" % (st.get("mode"), st["device"]) if st.get("device")
+                             else "test port %s" % st.get("test_port"))
+                    print("phantomd at %s is ready: %s, udp port %s" % (client.where(), where,
+                                                                        st.get("listen_port")))
+                return 0
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise CliError("phantomd at %s is not ready after %g s: %s" % (client.where(), args.timeout,
+                                                                            why))
+        time.sleep(min(WAIT_INTERVAL, left))
+
+
 # --- dispatch ---------------------------------------------------------------------------------
 def _api_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
@@ -417,6 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("file", help="rules file (.json or .toml; '-' reads JSON from stdin)")
     f.set_defaults(func=cmd_firewall)
 
+    sub.add_parser("wait-ready", parents=[common],
+                   help="wait until phantomd answers and its device is up (--timeout S, default "
+                   "%g); exit 1 if it does not" % DEFAULT_TIMEOUT).set_defaults(func=cmd_wait_ready)
     sub.add_parser("reload", parents=[common],
                    help="re-read phantomd's config file: peers and firewall change in place"
                    ).set_defaults(func=cmd_reload)
@@ -434,6 +584,29 @@ def build_parser() -> argparse.ArgumentParser:
 DELEGATED = {"demo": "phantom.demo", "directory": "phantom.control.directory",
              "wg": "phantom.control.wireguard.cli",
              "verify": "phantom.verify"}
+# Those of them that talk to phantomd take the API options too (wherever given).
+DELEGATED_API = frozenset({"verify"})
+
+# The API options that may come before the subcommand's word (see _api_options).
+_GLOBAL_VALUED = ("--api", "--socket", "--token-file", "--timeout")
+_GLOBAL_FLAGS = ("--json",)
+
+
+def _leading_options(argv: list[str]) -> int:
+    """How many of ``argv``'s first words are API options (with their values)
+    given before the subcommand's word."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in _GLOBAL_FLAGS:
+            i += 1
+        elif word in _GLOBAL_VALUED:
+            i += 2
+        elif word.startswith(tuple(o + "=" for o in _GLOBAL_VALUED)):
+            i += 1
+        else:
+            break
+    return min(i, len(argv))
 
 
 def _delegate(command: str, rest: list[str]) -> int:
@@ -449,8 +622,14 @@ def _delegate(command: str, rest: list[str]) -> int:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] in DELEGATED:
-            return _delegate(argv[0], argv[1:])
+        lead = _leading_options(argv)
+        if lead < len(argv) and argv[lead] in DELEGATED:
+            command, options = argv[lead], argv[:lead]
+            if options and command not in DELEGATED_API:
+                raise CliError("`phantom %s` does not talk to phantomd: %s is not one of its options"
+                               % (command, options[0].split("=")[0]))
+            # `phantom --token-file F verify PEER`: the options go along
+            return _delegate(command, options + argv[lead + 1:])
         parser = build_parser()
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):

@@ -59,6 +59,11 @@ class Daemon:
     """Owns the engine, the data path and the API; carries out the engine's actions."""
 
     nat = None    # control.traversal.Traversal when NAT traversal is configured (build())
+    # Health, for /status, /metrics and the exit status (serve(), main()):
+    ready = False                  # set up and serving: the API answers, the device is up
+    failure: Optional[str] = None  # why the data plane stopped (a fast-path worker died)
+    exit_code = 0                  # main()'s status once serve() returns
+    notifier = None                # phantom.sdnotify.Notifier under systemd (main())
 
     def __init__(self, settings: Settings, private_key: bytearray):
         self.s = settings
@@ -227,11 +232,11 @@ class Daemon:
             elif isinstance(act, A.RetireKeypair):
                 dp.retire_keypair(act.local_index)
                 if self.nat is not None:
-                    self.nat.keypair_retired(act.local_index)
+                    self._do(self.nat.keypair_retired(act.local_index))
             elif isinstance(act, A.ClearKeys):
                 dp.clear_keys(act.peer_id)
                 if self.nat is not None:
-                    self.nat.keys_cleared(act.peer_id)
+                    self._do(self.nat.keys_cleared(act.peer_id))
             elif isinstance(act, A.SetEndpoint):
                 dp.set_endpoint(act.peer_id, act.addr)
                 if self.nat is not None:
@@ -240,6 +245,8 @@ class Daemon:
                 dp.send_keepalive(act.peer_id)
             elif isinstance(act, A.SetRelayRoute):
                 dp.set_relay_route(act.peer_id, act.relay_peer, act.relay_id)
+            elif isinstance(act, A.SetRelayPair):
+                dp.set_relay_pair(act.src_peer, act.relay_id, act.dest_peer)
             elif isinstance(act, A.StateChanged):
                 asyncio.get_running_loop().create_task(self._notify())
             elif isinstance(act, A.UnknownKey):
@@ -357,8 +364,8 @@ class Daemon:
             return
         log.info("peer=%s moved: the directory says %s (was %s)", peer.name, format_endpoint(eps[0]),
                  format_endpoint(peer.endpoint) if peer.endpoint else "-")
-        peer.endpoint = eps[0]
-        self._do([A.SetEndpoint(peer.id, eps[0])])
+        # a handshake that waits for an endpoint goes out now (engine.set_endpoint)
+        self._do(self.engine.set_endpoint(peer.id, eps[0]))
         if peer.state is PeerState.ESTABLISHED:
             self._do([A.SendKeepalive(peer.id)])
 
@@ -443,7 +450,7 @@ class Daemon:
                 if any(plain(ep) == plain(endpoint) for ep in rec.endpoints):
                     return rec
         except DirectoryError as exc:
-            raise ServiceUnavailable("the key directory is unreachable and has nothing cached: %s" % exc)
+            raise ServiceUnavailable("%s; nothing cached" % exc)     # "directory unavailable: ..."
         return None
 
     # ------------------------------------------------------ the API's view
@@ -672,17 +679,29 @@ class Daemon:
             "mode": self.s.mode.value,
             "data_path": "fast" if self.s.fast else "reference",
             "device": self.device.name if self.device else None,
+            "device_up": self._device_up(),
             "listen_port": self.udp.getsockname()[1],
             "test_port": self.s.test_port if self.s.mode is Mode.TEST else None,
             "uid": os.getuid(),
             "uptime": round(time.time() - self.started, 3),
+            "ready": self.ready and self.failure is None,
+            "healthy": self.failure is None,
+            "failure": self.failure,
             "peers": self.peers(),
             "drops": self.dp.global_drops(),
             "handshake_drops": dict(self.engine.drops),
             "directory": self.s.directory,
+            "directory_counters": self.directory.counters() if self.directory is not None else None,
             "nat": self._nat_status(),
             "crypto": self.crypto_status(),
         }
+
+    def _device_up(self) -> Optional[bool]:
+        """Whether our TUN/TAP link is up (None without a device, or when it is gone)."""
+        if self.device is None:
+            return None
+        from .dataplane.tun import link_is_up
+        return link_is_up(self.device.name)
 
     def _nat_status(self):
         if self.nat is None:
@@ -738,6 +757,42 @@ class Daemon:
         return _metrics.render(self._metrics)
 
     # ------------------------------------------------------------------ run
+    def _write_runtime_record(self) -> None:
+        """Tell the `phantom` client where this daemon's API and token are
+        (phantom/runtime.py): no --token-file needed with a custom state_dir."""
+        from . import runtime
+        s = self.s
+        path = runtime.write_record({
+            "http_listen": s.http_listen if s.http_port else None,
+            "http_port": s.http_port,
+            "http_socket": os.path.abspath(s.http_socket) if s.http_socket else None,
+            "state_dir": os.path.abspath(s.state_dir),
+            "token_file": os.path.abspath(s.token_file),
+            "config": os.path.abspath(s.config_path) if s.config_path else None,
+            "mode": s.mode.value,
+            "device": self.device.name if self.device else None,
+            "listen_port": self.udp.getsockname()[1],
+        })
+        if path is not None:
+            log.debug("runtime record %s", path)
+        elif os.geteuid() == 0:
+            log.info("no runtime record written (%s is not writable): `phantom` needs "
+                     "--token-file %s for changes", runtime.runtime_dir(), s.token_file)
+
+    def data_path_failed(self, reason: str) -> None:
+        """The data path stopped moving packets for good (DataPathEvents):
+        report unhealthy and stop, exiting with status 1 so that a supervisor
+        (systemd's Restart=on-failure) starts a fresh daemon."""
+        if self.failure is not None:
+            return
+        self.failure = reason
+        self.exit_code = EXIT_RUNTIME
+        log.critical("the data plane stopped: %s; phantomd exits with status %d so that it can be "
+                     "restarted", reason, EXIT_RUNTIME)
+        if self.notifier is not None:
+            self.notifier.send("STATUS=data plane stopped: %s" % reason)
+        self._stop.set()
+
     async def serve(self) -> None:
         from .control.api import create_app, load_or_create_token, start_api
         from .privileges import switch_user
@@ -751,7 +806,9 @@ class Daemon:
         if self.s.metrics_listen:
             from .control.opsapi import create_metrics_app
             host, port = self.s.metrics_listen
-            self._metrics_runner = await start_api(create_metrics_app(self), host, port)
+            self._metrics_runner = await start_api(
+                create_metrics_app(self), host, port, what="metrics",
+                hint="stop it, or choose another address with metrics_listen or --metrics-listen")
         self.build()
         if self.s.uapi:                  # /var/run/wireguard/<device>.sock, made while still root
             from .control.wireguard.uapi import DaemonBackend, UapiServer
@@ -762,6 +819,7 @@ class Daemon:
                 raise ConfigError("interface.uapi", "cannot serve %s: %s"
                                   % (self._uapi.path, exc.strerror or exc)) from None
         _preload(dht=self.s.directory == "dht")
+        self._write_runtime_record()     # while still root: /run/phantom is root's
         if self.drop_to is not None:     # main() locked down before the loop existed
             switch_user(self.drop_to)    # every thread; verified task by task
         self.uid = os.getuid()
@@ -779,7 +837,21 @@ class Daemon:
                  __version__, self.s.mode.value, "fast" if self.s.fast else "reference",
                  self.udp.getsockname()[1], self.s.http_listen, self.s.http_port)
         ticker = loop.create_task(self._ticker())
+        # Ready: the API answers, the device is up with its addresses and
+        # routes, the data path runs (`phantom wait-ready`, sd_notify).
+        self.ready = self.failure is None
+        if self.ready:
+            where = ("%s device %s" % (self.s.mode.value, self.device.name) if self.device
+                     else "test port %d" % self.s.test_port)
+            log.info("ready: %s, udp port %d", where, self.udp.getsockname()[1])
+            if self.notifier is not None:
+                self.notifier.send("READY=1", "STATUS=ready: %s, udp port %d, %d peer%s" % (
+                    where, self.udp.getsockname()[1], len(self.engine.peers),
+                    "" if len(self.engine.peers) == 1 else "s"))
         await self._stop.wait()
+        self.ready = False
+        if self.notifier is not None:
+            self.notifier.send("STOPPING=1")
         log.info("shutting down")
         ticker.cancel()
         for task in list(self._dir_tasks):
@@ -855,6 +927,9 @@ def main(argv=None) -> int:
         print("phantomd: config error: %s" % exc, file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(settings.log_level)
+    from .control.config import config_warnings
+    for warning in config_warnings(settings):
+        log.warning("config: %s", warning)
     try:
         if settings.private_key_explicit:
             key = load_private_key(settings.private_key_file)
@@ -879,6 +954,8 @@ def main(argv=None) -> int:
     except PrivilegeError as exc:
         print("phantomd: %s" % exc, file=sys.stderr)
         return EXIT_CONFIG
+    from . import sdnotify
+    daemon.notifier = sdnotify.from_environment()   # $NOTIFY_SOCKET, connected while still root
     try:
         daemon.open_privileged()
         if daemon.drop_to is not None:
@@ -895,7 +972,9 @@ def main(argv=None) -> int:
     except OSError as exc:
         print("phantomd: %s" % exc, file=sys.stderr)
         return EXIT_RUNTIME
-    return 0
+    if daemon.failure is not None:
+        print("phantomd: the data plane stopped: %s" % daemon.failure, file=sys.stderr)
+    return daemon.exit_code
 
 
 if __name__ == "__main__":

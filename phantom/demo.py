@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -67,8 +68,10 @@ def run(seconds: int, fast: bool, keep_logs: bool) -> int:
             for i in range(2):
                 cfg = _config(work / "ab"[i], keys[i], i, pubs[1 - i], hosts[1 - i].ip, "tun")
                 argv = ["--config", str(cfg)] + (["--fast"] if fast else [])
+                # their runtime records (phantom/runtime.py) go with the rest of the demo
+                env = dict(os.environ, PHANTOM_RUNTIME_DIR=str(work / "run"))
                 d = netns.DaemonProcess(hosts[i], argv, log_path=work / ("phantomd-%s.log" % "ab"[i]),
-                                        name="phantomd-" + "ab"[i])
+                                        name="phantomd-" + "ab"[i], env=env)
                 daemons.append(d.start())
             for d in daemons:
                 d.wait_ready(15)

@@ -43,9 +43,19 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", "slow: takes more than a few seconds")
 
 
+_runtime_dir = None             # the session's PHANTOM_RUNTIME_DIR, when this session made it
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    global _restore_signals
+    global _restore_signals, _runtime_dir
     _restore_signals = netns.install_signal_handlers()
+    if "PHANTOM_RUNTIME_DIR" not in os.environ:
+        # phantomd started as root writes a runtime record (phantom/runtime.py):
+        # the session's daemons write theirs here, not in /run/phantom, and
+        # the `phantom` clients the tests run look here (both inherit it)
+        import tempfile
+        _runtime_dir = tempfile.mkdtemp(prefix="phantom-run-")
+        os.environ["PHANTOM_RUNTIME_DIR"] = _runtime_dir
     if _rig_usable():
         removed = netns.sweep_stale()
         if removed:
@@ -73,6 +83,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if _restore_signals is not None:
             _restore_signals()
             _restore_signals = None
+        if _runtime_dir is not None:
+            shutil.rmtree(_runtime_dir, ignore_errors=True)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

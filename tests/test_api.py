@@ -404,3 +404,38 @@ def test_random_input_never_causes_a_5xx():
         run(check(batch))
 
     fuzz()
+
+
+def test_a_port_in_use_is_named():
+    """A second daemon used to fail with "[Errno 98] Address already in use",
+    not saying which port: the UDP, test and API binds name theirs."""
+    import errno
+    from phantom.dataplane.udp import open_test_socket, open_udp_socket
+    held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    held.bind(("127.0.0.1", 0))
+    port = held.getsockname()[1]
+    try:
+        with pytest.raises(OSError) as info:
+            open_udp_socket(port)          # all addresses, dual-stack: collides with 127.0.0.1
+        assert str(info.value).startswith("udp port %d is in use" % port), str(info.value)
+        assert info.value.errno == errno.EADDRINUSE and "listen_port" in str(info.value)
+        with pytest.raises(OSError) as info:
+            open_test_socket(port)
+        assert str(info.value).startswith("test port %d on 127.0.0.1 is in use" % port)
+    finally:
+        held.close()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+
+    async def go():
+        with pytest.raises(OSError) as info:
+            await start_api(create_app(FakeController(), TOKEN), "127.0.0.1", port)
+        return info.value
+    try:
+        err = run(go())
+    finally:
+        listener.close()
+    assert str(err).startswith("API port %d on 127.0.0.1 is in use" % port), str(err)
+    assert "http_port" in str(err)

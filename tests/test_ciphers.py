@@ -381,10 +381,13 @@ def test_relay_carries_aegis_sessions(relay_impl, end_impl, hop, e2e):
             r.dp.set_endpoint(1, a.addr())
             r.dp.set_endpoint(2, b.addr())
             r.dp.set_relay(True)
-            a.dp.set_endpoint(2, RelayVia(1, 2))
-            b.dp.set_endpoint(2, RelayVia(1, 1))
-            a.dp.set_relay_route(2, 1, 2)
-            b.dp.set_relay_route(2, 1, 1)
+            rid = 4242                                 # the pair (a, b) at the relay
+            r.dp.set_relay_pair(1, rid, 2)
+            r.dp.set_relay_pair(2, rid, 1)
+            a.dp.set_endpoint(2, RelayVia(1, rid))
+            b.dp.set_endpoint(2, RelayVia(1, rid))
+            a.dp.set_relay_route(2, 1, rid)
+            b.dp.set_relay_route(2, 1, rid)
             a.dp.set_test_peer(2)
             b.dp.set_test_peer(2)
             for n in (a, r, b):

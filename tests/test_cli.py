@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,109 @@ def test_verify_is_a_subcommand():
                         capture_output=True, text=True, timeout=30,
                         env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert cp.returncode == 0 and "--send-to" in cp.stdout and "marker" in cp.stdout
+
+
+def test_api_options_before_verify_go_to_verify(server, capsys):
+    """`phantom --api URL --token-file F verify PEER`: the options before the
+    word reach `phantom verify` as they reach every other subcommand, and
+    PEER is its argument (it was "unrecognized arguments: PEER")."""
+    status = server.controller.status
+
+    def with_peers():
+        st = status()
+        st["peers"] = [{"name": "bob", "allowed_ips": ["10.9.0.2/32"]}]
+        return st
+    server.controller.status = with_peers
+    rc = cli.main(["--api", server.url, "--token-file", str(server.token_file), "--timeout", "5",
+                   "verify", "carol"])
+    _, err = capsys.readouterr()
+    # it asked the daemon at --api (not the default address) and looked for the peer
+    assert rc == 2 and "no peer 'carol' (the daemon has: bob)" in err, err
+    rc = cli.main(["--json", "demo", "--help"])
+    _, err = capsys.readouterr()
+    assert rc == 1 and "`phantom demo` does not talk to phantomd: --json" in err
+
+
+def test_readme_quick_start_waits_before_it_pings():
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## Quick start across two namespaces", 1)[1].split("```sh", 1)[1].split("```")[0]
+    lines = [line.split("#")[0].strip() for line in block.splitlines()]
+    ping = next(i for i, line in enumerate(lines) if " ping " in line)
+    waits = [i for i, line in enumerate(lines) if "phantom wait-ready" in line]
+    assert len(waits) == 2 and all(i < ping for i in waits), block
+
+
+STATUS = {
+    "version": "0.1.0", "public_key": PUB, "mode": "tun", "data_path": "reference",
+    "device": "phantom0", "device_up": True, "listen_port": 9000, "test_port": None, "uid": 65534,
+    "uptime": 12.5, "ready": True, "healthy": True, "failure": None,
+    "peers": [
+        {"name": "bob", "public_key": "B6N8vBQgk8i3VdwbEOhstCY3StFqqFPtC9/AsrhtHHw=",
+         "protocol": "phantom", "endpoint": "10.201.0.2:9000", "allowed_ips": ["10.99.0.2/32"],
+         "state": "established", "latest_handshake": 1.2, "rx_bytes": 580, "tx_bytes": 676,
+         "drops": {}, "path": "direct"},
+        {"name": "carol", "public_key": PUB, "protocol": "phantom", "endpoint": None,
+         "allowed_ips": ["10.99.0.3/32", "fd99::3/128"], "state": "idle", "latest_handshake": None,
+         "rx_bytes": 0, "tx_bytes": 0, "drops": {"no_endpoint": 1}, "path": "none"},
+    ],
+    "drops": {"malformed": 0, "no_route": 2, "no_endpoint": 1, "replay": 0},
+    "handshake_drops": {"unknown_key": 3},
+    "directory": None, "nat": None,
+}
+
+
+def test_status_prints_peers_as_a_table_and_explains_drops(server, capsys):
+    import copy
+    shown = copy.deepcopy(STATUS)
+    server.controller.status = lambda: shown
+    rc, out, err = phantom(server, capsys, "status")
+    assert rc == 0, err
+    lines = out.splitlines()
+    # one line a peer, under the `phantom peers` header; no comma-joined blob of dicts
+    head = lines.index("peers (2):")
+    assert lines[head + 1].split()[:4] == ["NAME", "PATH", "ENDPOINT", "ALLOWED"]
+    assert lines[head + 2].split()[:3] == ["bob", "direct", "10.201.0.2:9000"]
+    assert lines[head + 3].split()[:4] == ["carol", "none", "-", "10.99.0.3/32,fd99::3/128"]
+    assert "name=bob" not in out and "public_key=" not in out
+    # the drops that happened, each with what it means; zero counts left out
+    drops = lines.index("drops:")
+    assert lines[drops + 1].split()[:2] == ["no_endpoint", "1"]
+    assert lines[drops + 2].split()[:2] == ["no_route", "2"]
+    assert "in no peer's allowed IPs" in lines[drops + 2]
+    assert "malformed" not in out.split("drops:")[1].split("handshake drops")[0]
+    assert "unknown_key  3  initiations from a key that is not one of our peers" in out
+    assert "device_up:" in out and "healthy:" in out
+    shown.update(drops={"no_route": 0}, handshake_drops={}, peers=[])
+    rc, out, _ = phantom(server, capsys, "status")
+    assert "drops: none" in out and "handshake drops: none" in out and "peers (0):\n  none" in out
+
+
+def test_every_drop_reason_is_explained():
+    """A reason `phantom status` cannot explain is what left users guessing."""
+    import re
+    from phantom.dataplane.types import Drop
+    assert {d.name.lower() for d in Drop} <= set(cli.DROP_REASONS)
+    engine = (REPO / "phantom" / "control" / "engine.py").read_text()
+    counted = set(re.findall(r'self\.drops\["(\w+)"\]', engine))
+    assert counted and counted <= set(cli.HANDSHAKE_DROP_REASONS), counted - set(cli.HANDSHAKE_DROP_REASONS)
+
+
+def test_wait_ready_waits_for_ready_and_the_device_and_stops_at_unhealthy(server, capsys):
+    shown = {"ready": False, "healthy": True, "device": "phantom0", "device_up": False,
+             "mode": "tun", "listen_port": 9000}
+    server.controller.status = lambda: dict(shown)
+    rc, _, err = phantom(server, capsys, "wait-ready", "--timeout", "0.3")
+    assert rc == 1 and err.startswith("error: phantomd at %s is not ready after 0.3 s: it is still "
+                                      "setting up" % server.url), err
+    shown["ready"] = True
+    rc, _, err = phantom(server, capsys, "wait-ready", "--timeout", "0.3")
+    assert rc == 1 and err.rstrip().endswith("its device phantom0 is not up"), err
+    shown["device_up"] = True
+    rc, out, err = phantom(server, capsys, "wait-ready", "--timeout", "0.3")
+    assert rc == 0 and out == "phantomd at %s is ready: tun device phantom0 up, udp port 9000\n" % server.url
+    shown.update(healthy=False, failure="fast path worker phantom-fastpath-0 died: ...")
+    t0 = time.monotonic()
+    rc, _, err = phantom(server, capsys, "wait-ready", "--timeout", "30")
+    assert rc == 1 and time.monotonic() - t0 < 10         # at once, not after the timeout
+    assert err == "error: phantomd at %s is not healthy: fast path worker phantom-fastpath-0 " \
+                  "died: ...\n" % server.url

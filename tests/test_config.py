@@ -307,3 +307,51 @@ def test_ten_thousand_unnamed_peers_load(tmp_path):
                    for _ in range(10000))
     s = load(tmp_path, text)
     assert len({p.name for p in s.peers}) == 10000
+
+
+def test_every_key_is_documented_and_in_the_example():
+    """docs/usage.md's tables and examples/phantom.toml ("every key, with its
+    meaning") name every [interface] and [[peer]] key the parser accepts."""
+    import re
+    from phantom.control.config import INTERFACE_KEYS, PEER_KEYS
+    usage = (REPO / "docs" / "usage.md").read_text()
+    example = (REPO / "examples" / "phantom.toml").read_text()
+    iface_table = usage.split("### `[interface]`")[1].split("###")[0]
+    peer_table = usage.split("### `[[peer]]`")[1].split("###")[0]
+    iface_part, peer_part = example.split("\n[[peer]]\n", 1)
+    missing = []
+    for keys, table, part, where in ((INTERFACE_KEYS, iface_table, iface_part, "[interface]"),
+                                     (PEER_KEYS, peer_table, peer_part, "[[peer]]")):
+        for key in keys:
+            if "| `%s` |" % key not in table:
+                missing.append("docs/usage.md %s: %s" % (where, key))
+            if not re.search(r"^#? ?%s = " % re.escape(key), part, re.M):
+                missing.append("examples/phantom.toml %s: %s" % (where, key))
+    assert missing == []
+    # "auto" endpoints are explained in both
+    assert '"auto"' in iface_table and 'endpoints = "auto"' in example
+
+
+def test_addresses_without_a_mode_mean_a_tun_device(tmp_path):
+    """A newcomer's config with addresses and no mode used to start in test
+    mode and ignore the addresses: addresses now mean tun mode."""
+    from phantom.control import reload
+    text = '[interface]\naddresses = ["10.9.0.1/24"]\n'
+    s = load(tmp_path, text)
+    assert s.mode is Mode.TUN
+    from phantom.control.config import config_warnings
+    assert not s.mode_explicit and config_warnings(s) == []
+    # the reload's parse agrees (no "mode changed: needs a restart" on every reload)
+    assert reload.read(write(tmp_path, text)).mode is Mode.TUN
+    # --address alone, no file: the same
+    assert parse_daemon_args(["--address", "10.9.0.1/24"]).mode is Mode.TUN
+    # no addresses: test mode stays the default
+    assert load(tmp_path, "[interface]\nlisten_port = 9100\n").mode is Mode.TEST
+    # a mode given (file or flag) wins, and test mode with addresses is named at start
+    for s in (load(tmp_path, '[interface]\nmode = "test"\naddresses = ["10.9.0.1/24"]\n'),
+              load(tmp_path, text, "--mode", "test")):
+        assert s.mode is Mode.TEST
+        (warning,) = config_warnings(s)
+        assert warning.startswith("interface.addresses: mode = \"test\" opens no device") and \
+            "10.9.0.1/24" in warning
+    assert load(tmp_path, '[interface]\nmode = "tap"\naddresses = ["10.9.0.1/24"]\n').mode is Mode.TAP

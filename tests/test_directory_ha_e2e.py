@@ -179,6 +179,20 @@ def test_dht_publish_find_by_key_open_and_follow_a_move(lan3, daemon_factory, tm
     assert a.host.ns.ping(b.tun4, timeout=5)
     assert found_after < 45, found_after
     print("n2 found at its new address %.1f s after the move" % found_after)
+    # issue 18 item 15: a key nobody published, asked for now that a node has left the
+    # swarm (b's old address): "not found" (404) within the 10 s lookup bound, not 503
+    from phantom import crypto
+    from phantom.control.directory import b64
+    ghost = b64(crypto.x25519_public(crypto.x25519_private()))
+    for _ in range(2):
+        t0 = time.monotonic()
+        code, body = a.api("POST", "/open/ghost", {"public_key": ghost}, timeout=30)
+        took = time.monotonic() - t0
+        assert code == 404 and "no record" in body["error"], (code, body, took)
+        assert took < 9.0, took
+    counters = a.status()["directory_counters"]       # the DHT's counters, on /status
+    assert counters["dht"]["routing_nodes"] >= 1 and counters["dht"]["not_found"] >= 1, counters
+    assert {"dropped_malformed", "dropped_forged", "gets", "timeouts"} <= set(counters["dht"])
     a.daemon.stop()
     b.daemon.stop()
     swarm.stop()

@@ -151,20 +151,46 @@ def test_highest_seq_wins_and_republish_is_idempotent(backend, request):
     run(main())
 
 
-# --- revocations forever ----------------------------------------------------------------------------------
-def test_revocation_is_final(backend, request):
+# --- revocations: final while kept, and kept a bounded time ------------------------------------------------
+def test_revocation_is_final_and_its_storage_bounded(backend, request):
+    """Issue 18 item 5: revocations skipped the max-ttl check and were never purged
+    (100 with expires=1 still held after the purge).  Now a revocation is kept until
+    its own expires, at most max_ttl, and never before the key's last record expired."""
     async def main():
         async with open_backend(backend, request) as s:
             k = Key()
-            await publish(s, k, k.rec(seq=5))
-            await publish(s, k, k.rec(seq=d.MAX_SEQ, ttl=86400, revoked=True, endpoints=()))
+            await publish(s, k, k.rec(seq=5, ttl=600))
+            # the client signs revocations for a year: this directory keeps it max_ttl
+            await publish(s, k, k.rec(seq=d.MAX_SEQ, ttl=365 * 86400, revoked=True,
+                                      endpoints=()))
             for seq in (6, d.MAX_SEQ):
                 with pytest.raises(st.KeyRevoked):
                     await publish(s, k, k.rec(seq=seq, name="alice2"))
             assert (await s.get(k.text)).revoked
-            # purging, long after every expiry, keeps the revocation
-            assert await s.purge(int(T0) + 10 ** 7) == 0
+            if not s.supports_list:
+                assert await s.purge(int(T0) + 10 ** 7) == 0        # the DHT forgets by itself
+                return
+            bound = int(T0) + st.DEFAULT_MAX_TTL + st.CLOCK_SKEW
+            assert (await s.get(k.text)).expires == bound
+            assert await s.purge(bound - 1) == 0
             assert (await s.get(k.text)).revoked
+            assert await s.purge(bound) == 1
+            assert await s.get(k.text) is None
+
+            # a revocation with expires=1 of a key whose record lives to T0+600: kept
+            # until then (the record could be replayed before), and not a moment longer
+            live, never = Key(), Key()
+            await publish(s, live, live.rec("live", seq=1, ttl=600))
+            await publish(s, live, dict(live.rec("live", seq=d.MAX_SEQ, revoked=True,
+                                                 endpoints=(), ttl=1 - int(T0))))
+            await publish(s, never, never.rec("never", seq=d.MAX_SEQ, revoked=True,
+                                              endpoints=(), ttl=1 - int(T0)))
+            assert await s.purge(int(T0) + 1) == 1                  # never's: nothing to outlive
+            assert await s.get(never.text) is None
+            with pytest.raises(st.KeyRevoked):
+                await publish(s, live, live.rec("live", seq=2, ttl=600))
+            assert await s.purge(int(T0) + 600) == 1
+            assert await s.count() == 0
     run(main())
 
 
@@ -287,4 +313,198 @@ def test_changes_reach_subscribers(backend, request):
                 assert item.public_key == k.text and item.seq == 1
             finally:
                 s.unsubscribe(q)
+    run(main())
+
+
+# --- issue 18: hostile third parties ---------------------------------------------------------------------------
+def test_junk_endorsements_never_displace_a_ca_endorsement(backend, request):
+    """Item 4: 16 endorsements by throwaway signers with expires = 2^62 evicted a CA's
+    endorsement (the store kept the 16 latest), and re-endorsing was answered but
+    dropped.  Now: one per signer, a bounded lifetime, no displacement, and every
+    refusal is an error, never a silent drop."""
+    async def main():
+        async with open_backend(backend, request) as s:
+            owner, ca = Key(), Key()
+            junk = [Key() for _ in range(d.MAX_ENDORSEMENTS)]
+            pub = owner.signer.public_key
+            ca_end = d.make_endorsement(ca.signer, pub, "bob", int(T0) + 3600)
+            if not s.supports_endorse:
+                # the DHT holds only what the key's owner signed: nobody else adds anything
+                await publish(s, owner, dict(owner.rec("bob", ttl=3600), endorsements=[ca_end]))
+                for j in junk[:2]:
+                    with pytest.raises(st.Unsupported):
+                        await s.endorse(owner.text, d.make_endorsement(
+                            j.signer, pub, "bob", 2 ** 62), T0)
+                assert (await s.get(owner.text)).doc["endorsements"] == [ca_end]
+                return
+            await publish(s, owner, owner.rec("bob", ttl=3600))
+            await s.endorse(owner.text, ca_end, T0)
+            # the reported attack: 16 signers, expires 2^62 -- refused, not stored
+            for j in junk:
+                with pytest.raises(st.BadRecord, match="lives too long"):
+                    await s.endorse(owner.text, d.make_endorsement(j.signer, pub, "bob", 2 ** 62),
+                                    T0)
+            assert (await s.get(owner.text)).doc["endorsements"] == [ca_end]
+            # junk with an acceptable lifetime takes the free places, never the CA's
+            for j in junk[:-1]:
+                await s.endorse(owner.text, d.make_endorsement(j.signer, pub, "bob",
+                                                               int(T0) + 7200), T0)
+            with pytest.raises(st.EndorsementsFull) as err:
+                await s.endorse(owner.text, d.make_endorsement(junk[-1].signer, pub, "bob",
+                                                               int(T0) + 7200), T0)
+            assert err.value.status == 409
+            held = (await s.get(owner.text)).doc["endorsements"]
+            assert len(held) == d.MAX_ENDORSEMENTS and ca_end in held
+            # the CA renews in its own place; an older one of its own cannot replace it
+            renewed = d.make_endorsement(ca.signer, pub, "bob", int(T0) + 7000)
+            stored = await s.endorse(owner.text, renewed, T0)
+            assert renewed in stored.doc["endorsements"]
+            assert ca_end not in stored.doc["endorsements"]
+            with pytest.raises(st.StaleEndorsement):
+                await s.endorse(owner.text, ca_end, T0)
+            # the owner's next record keeps them all, the CA's included
+            stored, _ = await publish(s, owner, owner.rec("bob", seq=2, ttl=3600))
+            assert renewed in stored.doc["endorsements"]
+
+            # with a trusted-signer list, other signers are refused and never stored
+            owner2 = Key()
+            trusted = [ca.signer.signing_key]
+            await publish(s, owner2, owner2.rec("carol", ttl=3600), trusted=trusted)
+            pub2 = owner2.signer.public_key
+            for j in junk[:3]:
+                with pytest.raises(st.UntrustedSigner):
+                    await s.endorse(owner2.text, d.make_endorsement(j.signer, pub2, "carol",
+                                                                    int(T0) + 60), T0,
+                                    trusted=trusted)
+            mine = d.make_endorsement(ca.signer, pub2, "carol", int(T0) + 3600)
+            stored = await s.endorse(owner2.text, mine, T0, trusted=trusted)
+            assert stored.doc["endorsements"] == [mine]
+            assert stored.endorsed_until == int(T0) + 3600
+            # ... and so is an untrusted one the owner carries itself
+            with pytest.raises(st.UntrustedSigner):
+                await publish(s, owner2, dict(owner2.rec("carol", seq=2, ttl=3600),
+                                              endorsements=[d.make_endorsement(
+                                                  junk[0].signer, pub2, "carol",
+                                                  int(T0) + 60)]), trusted=trusted)
+    run(main())
+
+
+def test_one_source_cannot_grow_the_store_past_its_quota(backend, request):
+    """Item 5: one client stored 106 records/s.  A source (the server passes the
+    client's address) holds at most ``quota`` live rows; past it, 429.  The DHT has
+    no sources to count: what bounds it is libtorrent's cap on the items one node
+    keeps for others (MAX_ITEMS), whatever one sender puts."""
+    async def main():
+        if backend == "dht":
+            await _dht_flood_is_bounded()
+            return
+        async with open_backend(backend, request) as s:
+            quota, src = 5, "198.51.100.7"
+            keys = [Key() for _ in range(quota + 3)]
+            for i, k in enumerate(keys[:quota]):
+                await publish(s, k, k.rec("n%d" % i), source=src, quota=quota)
+            for i, k in enumerate(keys[quota:], quota):
+                with pytest.raises(st.QuotaExceeded) as err:
+                    await publish(s, k, k.rec("n%d" % i), source=src, quota=quota)
+                assert err.value.status == 429
+            # nor through revocations of keys it never published
+            with pytest.raises(st.QuotaExceeded):
+                await publish(s, keys[-1], keys[-1].rec("x", seq=d.MAX_SEQ, revoked=True,
+                                                        endpoints=()), source=src, quota=quota)
+            assert await s.count() == quota
+            # updates of its own records go on; another source is not affected
+            await publish(s, keys[0], keys[0].rec("n0", seq=2), source=src, quota=quota)
+            await publish(s, keys[quota], keys[quota].rec("other"), source="203.0.113.9",
+                          quota=quota)
+            assert await s.count() == quota + 1
+            # expired records count until they are purged; then the source may publish again
+            later = T0 + 601
+            k = keys[quota + 1]
+            with pytest.raises(st.QuotaExceeded):
+                await publish(s, k, k.rec("again", now=later), now=later, source=src,
+                              quota=quota)
+            assert await s.purge(int(later)) == quota + 1
+            await publish(s, k, k.rec("again", now=later), now=later, source=src, quota=quota)
+            # a revocation that expired at once (expires=1) still counts until purged
+            k = keys[quota + 2]
+            for i in range(quota - 1):
+                r = Key()
+                await publish(s, r, r.rec("r%d" % i, seq=d.MAX_SEQ, revoked=True, endpoints=(),
+                                          ttl=1 - int(T0)), now=later, source=src, quota=quota)
+            with pytest.raises(st.QuotaExceeded):
+                await publish(s, k, k.rec("last", now=later), now=later, source=src,
+                              quota=quota)
+    run(main())
+
+
+async def _dht_flood_is_bounded():
+    from phantom.control.directory.store.dht import DhtNode, bep44_secret
+    cap = 12
+    swarm = await Swarm(6).start()
+    target = await DhtNode("127.0.0.1:0", [("127.0.0.1", swarm.nodes[0].port)], timeout=8.0,
+                           max_items=cap).start()
+    try:
+        for n in swarm.nodes:
+            n.add_node("127.0.0.1", target.port)
+        await target.wait_nodes(3, 20)
+        sender = swarm.nodes[1]                      # one source: one address and port
+        owner = d.NodeSigner(bytearray(crypto.x25519_private()))
+        secret, key = bep44_secret(owner)
+        for i in range(4 * cap):                     # distinct items: one key, many salts
+            await sender.put(secret, key, b"%d" % i, salt=b"flood-%d" % i)
+        deadline = asyncio.get_running_loop().time() + 10
+        while asyncio.get_running_loop().time() < deadline:
+            target._ses.post_session_stats()
+            await asyncio.sleep(0.3)
+            if target.items >= cap:
+                break
+        assert target.items == cap, "the node keeps %d items, its cap is %d" % (target.items, cap)
+        await asyncio.sleep(1.0)
+        assert target.items <= cap
+    finally:
+        await target.close()
+        await swarm.close()
+
+
+def test_a_watcher_gets_its_heartbeat_while_other_keys_change(backend, request):
+    """Item 14: the heartbeat timer restarted on every change of any key, so a
+    watcher of an unchanged key on a busy directory got nothing.  The heartbeat is
+    due whenever *this* watcher was sent nothing for ``heartbeat`` seconds."""
+    async def main():
+        async with open_backend(backend, request) as s:
+            watched, busy = Key(), Key()
+            await publish(s, watched, watched.rec("w", ttl=3600))
+            loop = asyncio.get_running_loop()
+            got = []
+
+            async def follow():
+                async for row in s.watch([watched.text], heartbeat=0.6, duration=30,
+                                         clock=lambda: T0):
+                    got.append((loop.time(), row))
+            task = asyncio.ensure_future(follow())
+            try:
+                while not got:
+                    await asyncio.sleep(0.05)
+                assert got[0][1].public_key == watched.text        # its current record first
+                start, seq = loop.time(), 0
+                while loop.time() - start < 3.0:                   # another key changes 5x/s
+                    seq += 1
+                    await publish(s, busy, busy.rec("b", seq=seq, ttl=3600))
+                    await asyncio.sleep(0.2)
+                beats = [t for t, row in got if row is None and t >= start]
+                assert len(beats) >= 2, "%d heartbeats in 3 s, one due every 0.6 s" % len(beats)
+                assert all(row is None or row.public_key == watched.text for _, row in got)
+                # and a change of the watched key still arrives
+                n = len(got)
+                await publish(s, watched, watched.rec("w", seq=2, ttl=3600))
+                for _ in range(100):
+                    if any(row is not None and row.seq == 2 for _, row in got[n:]):
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("the watched key's change did not arrive")
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     run(main())

@@ -134,4 +134,26 @@ def test_collector_without_a_built_data_path():
     d, _ = stub_daemon()
     d.dp = None
     names = [m.name for m in DaemonCollector(d).collect()]
-    assert names == ["phantom_info", "phantom_uptime_seconds"]
+    assert names == ["phantom_info", "phantom_uptime_seconds", "phantom_healthy"]
+
+
+def test_directory_drops_are_exported():
+    """Issue 18: the DHT's drop counters were counted but exposed nowhere."""
+    from phantom.control.directory.client import DhtDirectoryClient
+    from phantom.control.directory.store.dht import DhtNode
+    d, _ = stub_daemon()
+    _, fams = scrape(d)
+    assert "phantom_directory_drops" not in fams            # no directory: no family
+    client = DhtDirectoryClient(None, node=DhtNode("127.0.0.1:0"))   # not started: no socket
+    key = crypto.x25519_public(crypto.random_bytes(32))
+    for junk in (b"not json", 7, b"x" * 2000):              # what a hostile node could serve
+        assert client.store.parse_item(junk, key) is None
+    client.stats["rejected"] = 2
+    d.directory = client
+    _, fams = scrape(d)
+    assert value(fams, "phantom_directory_drops", "phantom_directory_drops_total",
+                 reason="dht_malformed") == 3
+    assert value(fams, "phantom_directory_drops", "phantom_directory_drops_total",
+                 reason="rejected") == 2
+    assert value(fams, "phantom_directory_drops", "phantom_directory_drops_total",
+                 reason="dht_forged") == 0

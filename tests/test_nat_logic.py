@@ -250,3 +250,72 @@ def test_client_notices_a_silent_rendezvous():
     assert c.unanswered(2.0) == []
     clock.t += 1
     assert c.unanswered(2.0) == [R]
+
+
+# ----------------------------------------------- issue #18: reflection bounds
+def test_a_registration_carries_few_endpoints_and_ends_when_not_renewed():
+    clock = Clock()
+    s = RendezvousServer(clock, registration_ttl=20)
+    victims = tuple(("192.0.2.66", 5000 + i) for i in range(7))
+    s.handle(A, ("198.51.100.1", 4000), wire.Register((("10.1.0.2", 9000),) + victims, (B,)))
+    s.handle(B, ("198.51.100.2", 4000), wire.Register((), (A,)))
+    assert len(s.registration(A).local) == 4 and s.drops["too_many_endpoints"] == 4
+    (_, answer), _ = s.handle(B, ("198.51.100.2", 4000), wire.WhereIs(A))
+    assert len(answer.endpoints) == 5        # the reflexive one and four local ones
+    # A does not renew; B does
+    clock.t += 15
+    s.handle(B, ("198.51.100.2", 4000), wire.Register((), (A,)))
+    clock.t += 6
+    (_, answer), = s.handle(B, ("198.51.100.2", 4000), wire.WhereIs(A))
+    assert answer.endpoints == (), "an expired registration is not served"
+    assert s.expire() == [A] and s.registration(A) is None and s.registration(B) is not None
+    # nor may a peer whose registration expired ask
+    s.handle(A, ("198.51.100.1", 4000), wire.WhereIs(B))
+    assert s.drops["not_registered"] == 1
+
+
+def test_client_takes_few_endpoints_from_a_hint():
+    c = RendezvousClient(Clock(), servers={R}, peers={A, B, R})
+    eps = tuple(("192.0.2.66", 5000 + i) for i in range(8))
+    got = c.handle(R, wire.Punch(A, eps))
+    assert len(got.endpoints) == 5 and c.drops["too_many_endpoints"] == 3
+
+
+def test_learnt_endpoints_get_bounded_tries_with_backoff():
+    clock = Clock()
+    t = PathTable(clock, probe_tries=4, probe_backoff=5, probe_memory=600, max_probed=3)
+    ep, other = ("192.0.2.66", 5000), ("10.1.0.2", 9000)
+    sent = []
+    for _ in range(400):                  # every 0.5 s for 200 s, as often as anyone asks
+        sent += t.gate(1, [ep])
+        clock.t += 0.5
+    assert len(sent) == 4, "four tries, then nothing"
+    assert t.tries(1, ep) == 4
+    # the times: 0, 5, 15, 35 s (backoff doubles)
+    clock.t = 100.0
+    t2 = PathTable(clock, probe_tries=4, probe_backoff=5)
+    times = []
+    for _ in range(200):
+        if t2.gate(1, [ep]):
+            times.append(clock.t - 100.0)
+        clock.t += 0.5
+    assert times == [0.0, 5.0, 15.0, 35.0]
+    # an endpoint the peer answered from is its own: counted no more
+    t2.verified(1, ep)
+    assert t2.gate(1, [ep]) == [ep]
+    # at most max_probed endpoints per peer are counted; more are refused
+    t3 = PathTable(clock, max_probed=3)
+    eps = [("192.0.2.66", 6000 + i) for i in range(5)]
+    assert t3.gate(1, eps) == eps[:3] and t3.refused["candidate_over_budget"] == 2
+    assert t3.gate(2, [other]) == [other]           # per peer
+    # forgotten probe_memory after the last try
+    t4 = PathTable(clock, probe_tries=1, probe_memory=600)
+    assert t4.gate(1, [ep]) == [ep] and t4.gate(1, [ep]) == []
+    clock.t += 601
+    assert t4.gate(1, [ep]) == [ep]
+
+
+def test_the_documented_reflection_bound():
+    """tests/test_attacks_nat.py and docs/nat.md state 4 local endpoints x 4 tries."""
+    from phantom.control.rendezvous import MAX_LOCAL_ENDPOINTS
+    assert MAX_LOCAL_ENDPOINTS * PathTable(Clock()).probe_tries == 16

@@ -219,6 +219,36 @@ def test_rendezvous_restart_and_expired_mapping_heal(daemon_factory, tmp_path, d
         send_marked(b, a)
 
 
+def test_a_peer_that_registers_after_the_traffic_started_is_found(daemon_factory, tmp_path, datapath, wires):
+    """Issue #18, item 12: n1's traffic for n2 starts before n2 runs, so the
+    rendezvous has no registration for n2 when n1 first asks where it is.
+    n1 asks again every 5 s while its traffic waits, and reaches n2 once n2
+    has registered; `phantom open n2` then works too."""
+    with netns.internet(udp_timeout=UDP_CONNTRACK_TIMEOUT) as net:
+        wires(net.inet, "h1")
+        wires(net.inet, "h2")
+        rv, (a, b) = build_nodes(tmp_path, net, [net["a"], net["b"]])
+        start_all(daemon_factory, datapath, rv, [a])
+        pinger = a.host.popen(["ping", "-i", "0.5", "-w", "40", b.tun4], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+        try:
+            wait_for(lambda: rv.status()["nat"]["rendezvous"].get("where_is_unanswered", 0) >= 1,
+                     timeout=10, what="n1 asked where n2 is before n2 registered")
+            time.sleep(1.0)
+            start(daemon_factory, b, datapath)
+            b.wait_peer_state("rv", "established", timeout=10)
+            wait_for(lambda: a.peer("n2")["state"] == "established", timeout=15, interval=0.2,
+                     what="n1 reaches n2 after n2 registered")
+        finally:
+            pinger.kill()
+            pinger.wait(5)
+        assert a.peer("n2")["path"] == "direct"
+        assert a.host.ns.ping(b.tun4, timeout=3)
+        code, body = a.api("POST", "/open/n2")
+        assert code == 200 and body["state"] == "established", body
+        send_marked(a, b)
+
+
 # Relays: the relay node and the relayed peers on either data path (the fast
 # path forwards, wraps and unwraps relay frames in C).
 @pytest.mark.parametrize("relay_datapath", DATAPATHS)

@@ -70,6 +70,9 @@ def session(x, x_peer, y, y_peer):
     y.dp.install_keypair(Keypair(y_peer, iy, ix, bytearray(k2), bytearray(k1), now, False), True)
 
 
+RID = 0x6B1D3A27        # the a<->b pair's relay id (random at a real relay)
+
+
 def build():
     a, r, b = Node(), Node(), Node()
     # ids: at a: r=1, b=2; at r: a=1, b=2; at b: r=1, a=2
@@ -84,10 +87,12 @@ def build():
     r.dp.set_endpoint(1, a.addr())
     r.dp.set_endpoint(2, b.addr())
     r.dp.set_relay(True, bytes_per_second=10_000, packets_per_second=5)
-    a.dp.set_endpoint(2, RelayVia(1, 2))       # b is id 2 at the relay
-    b.dp.set_relay_route(2, 1, 1)              # frames from the relay tagged 1 are a's
-    a.dp.set_relay_route(2, 1, 2)              # ... and tagged 2, b's
-    b.dp.set_endpoint(2, RelayVia(1, 1))
+    r.dp.set_relay_pair(1, RID, 2)             # a -> b (b accepts a) and b -> a (a accepts b)
+    r.dp.set_relay_pair(2, RID, 1)
+    a.dp.set_endpoint(2, RelayVia(1, RID))     # b is the pair RID at the relay
+    b.dp.set_relay_route(2, 1, RID)            # frames from the relay tagged RID are a's
+    a.dp.set_relay_route(2, 1, RID)            # ... and at a, b's
+    b.dp.set_endpoint(2, RelayVia(1, RID))
     return a, r, b
 
 
@@ -139,17 +144,27 @@ def test_relay_budget_and_refusals_are_counted_drops():
         for i in range(5):
             b.receive()
         assert r.dp.relayed["forwarded"] == 5 and r.dp.relayed["budget"] == 3
-        # to an id the relay has no session for: dropped
+        assert r.dp.global_drops()["relay_budget"] == 3
+        # to an id that names no pair of a's at the relay: a counted drop of its own
+        time.sleep(1.0)                       # a fresh budget second
         a.dp.set_endpoint(2, RelayVia(1, 77))
         send_from(a, 2, b"y" * 10)
         r.receive()
+        assert r.dp.relayed["unknown_id"] == 1 and r.dp.global_drops()["relay_unknown_id"] == 1
+        assert r.dp.relayed["forwarded"] == 5
+        # the pair without a session at the destination
+        r.dp.clear_keys(2)
+        a.dp.set_endpoint(2, RelayVia(1, RID))
+        send_from(a, 2, b"z" * 10)
+        r.receive()
         assert r.dp.relayed["no_dest"] == 1
-        # a frame from the relay with an unknown source tag: dropped at b
+        # a frame from the relay with an unknown tag: dropped at b, counted as such
         r.dp.set_relay(False)
-        before = b.dp.global_drops()["src_not_allowed"]
+        session(b, 1, r, 2)
+        before = b.dp.global_drops()["relay_unknown_id"]
         r.dp._relay_send(RelayVia(2, 55), bytes([4, 0, 0, 0]) + bytes(40))
         b.receive()
-        assert b.dp.global_drops()["src_not_allowed"] == before + 1
+        assert b.dp.global_drops()["relay_unknown_id"] == before + 1
     finally:
         for n in (a, r, b):
             n.close()
@@ -231,10 +246,17 @@ def test_relay_lookups_among_many_peers(relay_impl, end_impl):
             r.dp.set_endpoint(1, a.addr())
             r.dp.set_endpoint(2, b.addr())
             r.dp.set_relay(True)
-            a.dp.set_endpoint(2, RelayVia(1, 2))               # b is id 2 at the relay
-            b.dp.set_endpoint(2, RelayVia(1, 1))               # a is id 1 there
-            a.dp.set_relay_route(2, 1, 2)
-            b.dp.set_relay_route(2, 1, 1)
+            for i in range(1000, 1300, 7):                     # filler pairs, some removed again
+                r.dp.set_relay_pair(i, i * 3, 2)
+                r.dp.set_relay_pair(2, i * 5, i)
+            for i in range(1000, 1300, 14):
+                r.dp.set_relay_pair(i, i * 3, None)
+            r.dp.set_relay_pair(1, RID, 2)
+            r.dp.set_relay_pair(2, RID, 1)
+            a.dp.set_endpoint(2, RelayVia(1, RID))             # the a<->b pair at the relay
+            b.dp.set_endpoint(2, RelayVia(1, RID))
+            a.dp.set_relay_route(2, 1, RID)
+            b.dp.set_relay_route(2, 1, RID)
             a.dp.set_test_peer(2)
             b.dp.set_test_peer(2)
             for n in (a, r, b):
@@ -250,22 +272,97 @@ def test_relay_lookups_among_many_peers(relay_impl, end_impl):
             assert await deliver(a, b, big) == big
             assert r.dp.relayed["forwarded"] == 3
             assert await asyncio.to_thread(r.recv_app, 0.2) is None     # never the relay's device
-            # no such destination: unknown, removed, or without a session
-            for rid in (77, 1002, 1000, 1001):
+            # ids that name no pair of a's: unknown, b's peer id, another source's pair
+            for rid in (77, 2, 1000 * 5, 1007 * 3):
                 a.dp.set_endpoint(2, RelayVia(1, rid))
                 assert await deliver(a, b, b"to %d" % rid, 0.5) is None
-            assert r.dp.relayed["no_dest"] == 4
-            a.dp.set_endpoint(2, RelayVia(1, 2))
-            # b re-routes a's tag: frames tagged 1 are no longer a's, then again
-            before = b.dp.global_drops()["src_not_allowed"]
+            assert r.dp.relayed["unknown_id"] == 4
+            # pairs to peers that are gone or have no session
+            for i in (1000, 1001):
+                r.dp.set_relay_pair(1, 4242 + i, i)
+                a.dp.set_endpoint(2, RelayVia(1, 4242 + i))
+                assert await deliver(a, b, b"to %d" % i, 0.5) is None
+            assert r.dp.relayed["no_dest"] == 2
+            a.dp.set_endpoint(2, RelayVia(1, RID))
+            # b re-routes a's tag: frames tagged RID are no longer a's, then again
+            before = b.dp.global_drops()["relay_unknown_id"]
             b.dp.set_relay_route(2, 1, 9)
             assert await deliver(a, b, b"old tag", 0.5) is None
-            assert b.dp.global_drops()["src_not_allowed"] == before + 1
-            b.dp.set_relay_route(2, 1, 1)
+            assert b.dp.global_drops()["relay_unknown_id"] == before + 1
+            b.dp.set_relay_route(2, 1, RID)
             assert await deliver(a, b, b"tag back") == b"tag back"
             assert r.dp.relayed["forwarded"] == 5
         finally:
             for n in (a, r, b):
+                n.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+@pytest.mark.parametrize("relay_impl", ["fast", "reference"])
+def test_relay_forwards_only_pairs_the_destination_accepts(relay_impl):
+    """A peer of the relay that the destination does not accept (m) has no
+    pair with it: whatever relay id it tags its frames with (the a<->b
+    pair's, peer ids, guesses), nothing is forwarded and each frame is a
+    counted ``relay_unknown_id`` drop.  A pair forwards only in the
+    directions whose destination accepts the source."""
+    async def main():
+        a, r, b, m = (LoopNode("reference"), LoopNode(relay_impl), LoopNode("reference"),
+                      LoopNode("reference"))
+        try:
+            for n in (a, r, b):
+                n.dp.add_peer(1, [])
+                n.dp.add_peer(2, [])
+            r.dp.add_peer(3, [])                               # m, at the relay
+            m.dp.add_peer(1, [])                               # the relay, at m
+            m.dp.add_peer(2, [])                               # b, as m would address it
+            session(a, 1, r, 1)
+            session(b, 1, r, 2)
+            session(m, 1, r, 3)
+            session(a, 2, b, 2)
+            session(m, 2, b, 2)        # even keys b would take: the relay must not pass them on
+            a.dp.set_endpoint(1, r.addr())
+            b.dp.set_endpoint(1, r.addr())
+            m.dp.set_endpoint(1, r.addr())
+            r.dp.set_endpoint(1, a.addr())
+            r.dp.set_endpoint(2, b.addr())
+            r.dp.set_endpoint(3, m.addr())
+            r.dp.set_relay(True)
+            r.dp.set_relay_pair(1, RID, 2)                     # b accepts a; a does not accept b
+            for n in (a, b):
+                n.dp.set_endpoint(2, RelayVia(1, RID))
+                n.dp.set_relay_route(2, 1, RID)
+                n.dp.set_test_peer(2)
+            m.dp.set_test_peer(2)
+            for n in (a, r, b, m):
+                n.dp.start()
+
+            async def deliver(src, dst, payload, timeout=2.0):
+                src.send_app(payload)
+                return await asyncio.to_thread(dst.recv_app, timeout)
+
+            assert await deliver(a, b, b"a->b") == b"a->b"
+            assert await deliver(b, a, b"b->a", 0.5) is None
+            assert r.dp.relayed["unknown_id"] == 1
+            b_rx = b.dp.counters(1).rx_packets
+            guesses = [RID, 1, 2, 3, 0, 0xFFFFFFFF] + list(range(4, 40))
+            for rid in guesses:
+                m.dp.set_endpoint(2, RelayVia(1, rid))
+                m.send_app(b"from m via %d" % rid)
+            deadline = time.monotonic() + 10
+            while r.dp.relayed["unknown_id"] < 1 + len(guesses) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert r.dp.relayed["unknown_id"] == 1 + len(guesses)
+            assert r.dp.global_drops()["relay_unknown_id"] == 1 + len(guesses)
+            assert r.dp.relayed["forwarded"] == 1
+            assert await asyncio.to_thread(b.recv_app, 0.3) is None
+            assert b.dp.counters(1).rx_packets == b_rx, "nothing from m reached b"
+            # the pair removed: a's frames are unknown too
+            r.dp.set_relay_pair(1, RID, None)
+            assert await deliver(a, b, b"after", 0.5) is None
+            assert r.dp.relayed["unknown_id"] == 2 + len(guesses)
+        finally:
+            for n in (a, r, b, m):
                 n.close()
 
     asyncio.run(asyncio.wait_for(main(), 60))

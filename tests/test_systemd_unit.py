@@ -47,6 +47,9 @@ def test_one_instance_per_config_and_reload_is_sighup(unit):
     assert "--http-socket /run/phantom/%i/api.sock" in exec_start
     assert "--user phantom" in exec_start            # phantomd drops to it after opening the device
     assert svc["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    # readiness through sd_notify (phantom/sdnotify.py); a data-plane failure exits 1: restarted
+    assert svc["Type"] == ["notify"] and svc.get("NotifyAccess", ["main"]) == ["main"]
+    assert svc["Restart"] == ["on-failure"]
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
 
 

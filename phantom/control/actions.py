@@ -62,6 +62,16 @@ class SetRelayRoute:
 
 
 @dataclass(frozen=True)
+class SetRelayPair:
+    """On a relay: relay frames from ``src_peer`` tagged ``relay_id`` go to
+    ``dest_peer`` (still tagged ``relay_id``); ``dest_peer`` None: no longer.
+    Only pairs whose destination accepts the source are installed."""
+    src_peer: int
+    relay_id: int
+    dest_peer: Optional[int]
+
+
+@dataclass(frozen=True)
 class SendKeepalive:
     peer_id: int
 

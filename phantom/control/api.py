@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import hmac
 import inspect
 import ipaddress
@@ -570,13 +571,17 @@ def create_app(controller, token: str, *, allowed_hosts: Iterable[str] = ()) -> 
 
 
 async def start_api(app: web.Application, host: Optional[str], port: int,
-                    unix_path=None) -> web.AppRunner:
+                    unix_path=None, what: str = "API",
+                    hint: str = "stop it, or choose another port with http_port or --http-port"
+                    ) -> web.AppRunner:
     """Serve ``app`` on host:port (TCP; ``host=None`` for none) and/or a Unix socket.
 
     The Unix socket is created with mode 0600 (only its owner, and root, may
     connect); a stale socket file at ``unix_path`` is replaced, any other file
     is not.  Returns the runner: ``await runner.cleanup()`` stops serving.
-    ``runner.addresses`` lists what is bound (useful with port 0).
+    ``runner.addresses`` lists what is bound (useful with port 0).  A port
+    another process holds is an OSError naming it ("API port 4567 on
+    127.0.0.1 is in use ..."; ``what`` and ``hint`` word it).
     """
     runner = JsonErrorRunner(app, respond=error_response, who="daemon", access_log=None,
                              handle_signals=False, keepalive_timeout=15.0, shutdown_timeout=2.0)
@@ -584,7 +589,13 @@ async def start_api(app: web.Application, host: Optional[str], port: int,
     try:
         if host is not None:
             site = web.TCPSite(runner, host, port, reuse_address=True, backlog=64)
-            await site.start()
+            try:
+                await site.start()
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                from phantom.dataplane.udp import in_use
+                raise in_use("%s port %d on %s" % (what, port, host), hint) from None
         if unix_path is not None:
             sock = _unix_socket(Path(unix_path))
             await web.SockSite(runner, sock).start()

@@ -96,6 +96,9 @@ class Settings:
     test_port: int = DEFAULT_TEST_PORT
     test_deliver: Optional[tuple[str, int]] = None
     mode: Mode = DEFAULT_MODE
+    # True when the file or --mode named the mode; without it, addresses mean
+    # a TUN device (:func:`_default_mode`).
+    mode_explicit: bool = False
     device: Optional[str] = None
     addresses: list[IPInterface] = field(default_factory=list)
     mtu: int = DEFAULT_MTU
@@ -393,6 +396,7 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
             s.test_deliver = parse_endpoint(value, key)
         elif name == "mode":
             s.mode = _mode(value, key)
+            s.mode_explicit = True
         elif name == "device":
             s.device = _device_name(value, key)
         elif name == "addresses":
@@ -630,7 +634,26 @@ def settings_from_mapping(doc: dict, base: Optional[Path] = None) -> Settings:
         s.firewall = dict(_expect(doc["firewall"], dict, "firewall", "a table ([firewall])"))
     if "tunables" in doc:
         s.tunables = _tunables(doc["tunables"])
+    _default_mode(s)
     return s
+
+
+def _default_mode(s: Settings) -> None:
+    """Addresses are a device's: a config that gives addresses and no mode
+    runs in tun mode (without addresses, the default stays test mode)."""
+    if not s.mode_explicit and s.addresses:
+        s.mode = Mode.TUN
+
+
+def config_warnings(s: Settings) -> list[str]:
+    """What a valid config sets but the daemon will not use, for the log at start."""
+    out = []
+    if s.mode is Mode.TEST and s.addresses:
+        out.append("interface.addresses: mode = \"test\" opens no device, so %s configure nothing "
+                   "(they are only published as our allowed IPs in the key directory); use "
+                   "mode = \"tun\" for a device with these addresses"
+                   % ", ".join(str(a) for a in s.addresses))
+    return out
 
 
 def _finish(s: Settings, mtu_key: str) -> Settings:
@@ -661,7 +684,8 @@ def build_daemon_parser() -> argparse.ArgumentParser:
     a("-u", "--udp-port", metavar="PORT",
       help="UDP tunnel port, [interface] listen_port (default %d; 0 = any)" % DEFAULT_UDP_PORT)
     a("-t", "--test-port", metavar="PORT", help="UDP test port (default %d)" % DEFAULT_TEST_PORT)
-    a("--mode", metavar="MODE", help="tun, tap or test (default %s)" % DEFAULT_MODE.value)
+    a("--mode", metavar="MODE", help="tun, tap or test (default tun when addresses are given, "
+                                     "else %s)" % DEFAULT_MODE.value)
     a("--device", metavar="NAME", help="TUN/TAP device name")
     a("--address", metavar="CIDR", action="append",
       help="interface address, e.g. 10.9.0.1/24 (repeatable; replaces the file's list)")
@@ -711,6 +735,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
         s.test_port = parse_port(get("test_port"), "--test-port")
     if get("mode") is not None:
         s.mode = _mode(get("mode"), "--mode")
+        s.mode_explicit = True
     if get("device") is not None:
         s.device = _device_name(get("device"), "--device")
     if get("address"):
@@ -739,4 +764,5 @@ def load_settings(args: argparse.Namespace) -> Settings:
         mtu_key = "--mtu"
     if get("ciphers") is not None:
         s.ciphers = _ciphers(get("ciphers"), "--ciphers")
+    _default_mode(s)                # --address without a mode anywhere: tun
     return _finish(s, mtu_key)

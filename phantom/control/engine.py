@@ -20,8 +20,16 @@ the WireGuard whitepaper, section 6):
   handshake once it is REKEY_AFTER_TIME old and still used;
 * expiry: a session older than REJECT_AFTER_TIME is retired and its keys
   zeroed (the data path zeroes them in place);
-* dead retry: a DEAD peer that should be up is tried again every
-  ``dead_retry_interval``, so a tunnel comes back when the peer returns;
+* dead retry: a DEAD peer that should be up (wanted, or traffic waits for
+  it) is tried again every ``dead_retry_interval``, so a tunnel comes back
+  when the peer returns;
+* waiting traffic (invariant): a peer whose traffic waits for keys always
+  has a next attempt scheduled (:meth:`Engine.next_attempt`): an
+  initiation's retransmit, or, when the last attempt found no endpoint (a
+  peer listed by key only whose directory answer or rendezvous hint has not
+  come yet), another attempt after REKEY_TIMEOUT (+ jitter); an endpoint
+  learnt meanwhile (:meth:`Engine.set_endpoint`, :meth:`Engine.punch`)
+  brings it forward;
 * unconfirmed answer: a peer we want up (HANDSHAKING or STALE) whose own
   initiation we gave up for the peer's (simultaneous open: the greater key
   yields) and whose answered session is still unconfirmed after
@@ -72,6 +80,7 @@ Clock = Callable[[], float]
 
 _NO_MAC = bytes(wire.MAC_SIZE)   # mac2 of a sender that holds no cookie
 COOKIE_RETRY_DELAY = 0.1   # seconds between a cookie reply and the initiation that carries mac2
+PUNCH_ATTEMPTS = 3         # initiations that answer a peer's punch request (we do not want it ourselves)
 
 
 class Engine:
@@ -110,6 +119,9 @@ class Engine:
         self._next_peer_id = 1
         self.drops: Counter = Counter()                   # handshake-level drops by reason
         self.report_unknown_keys = False                  # emit UnknownKey (trusted-signer lookups)
+        # NAT traversal: (peer id, learnt candidates) -> those an initiation
+        # may go to now (paths.PathTable.gate: bounded tries with backoff)
+        self.candidate_gate: Optional[Callable[[int, list], list]] = None
 
     @property
     def suites(self) -> tuple:
@@ -167,6 +179,7 @@ class Engine:
         event wakes it (see the module doc)."""
         return (peer.pending is None and not peer.sessions and not peer.persistent_keepalive
                 and peer.first_unanswered is None and peer.confirm_by is None
+                and peer.retry_at is None and not peer.waiting
                 and (peer.state is PeerState.IDLE or (peer.state is PeerState.DEAD and not peer.wanted))
                 and c.last_data_rx <= c.last_tx and c.last_data_tx <= c.last_rx)
 
@@ -246,6 +259,7 @@ class Engine:
         self._wake(peer)
         peer.wanted = False
         self._abandon_pending(peer)
+        peer.retry_at = None
         peer.confirm_by = None
         if not self._live_sessions(peer, self.clock()):
             return self._reset(peer, "open failed")
@@ -256,6 +270,9 @@ class Engine:
     def _reset(self, peer: Peer, reason: str) -> list:
         out: list = [A.ClearKeys(peer.id)]
         self._abandon_pending(peer)
+        peer.retry_at = None
+        peer.waiting = False            # the data path drops what it staged with the keys
+        peer.requested = False
         for s in peer.sessions:
             self._indexes.pop(s.local_index, None)
         peer.sessions.clear()
@@ -266,9 +283,10 @@ class Engine:
         return out
 
     # ============================================================ handshakes
-    def _begin_handshake(self, peer: Peer, max_attempts: int, reason: str) -> list:
+    def _begin_handshake(self, peer: Peer, max_attempts: int, reason: str, requested: bool = False) -> list:
         peer.attempts = 0
         peer.max_attempts = max_attempts
+        peer.requested = requested
         out = self._send_initiation(peer)
         if peer.state in (PeerState.IDLE, PeerState.DEAD):
             out += self._set_state(peer, PeerState.HANDSHAKING, reason)
@@ -284,40 +302,131 @@ class Engine:
         # a relay goes last: a direct candidate that works should answer first
         return sorted(out, key=lambda ep: isinstance(ep, RelayVia))
 
+    def _send_targets(self, peer: Peer) -> list:
+        """:meth:`_targets` less the learnt candidates that
+        :attr:`candidate_gate` holds back now (each one it lets through is
+        counted as tried).  The endpoint (configured, or where the peer
+        answered from) and a relay are never held back."""
+        targets = self._targets(peer)
+        gate = self.candidate_gate
+        if gate is None:
+            return targets
+        learnt = [ep for ep in targets if ep != peer.endpoint and not isinstance(ep, RelayVia)]
+        if not learnt:
+            return targets
+        allowed = set(gate(peer.id, learnt))
+        return [ep for ep in targets if ep == peer.endpoint or isinstance(ep, RelayVia) or ep in allowed]
+
     def set_candidates(self, peer_id: int, endpoints) -> None:
         peer = self.peers.get(peer_id)
         if peer is not None:
             peer.candidates = [ep if isinstance(ep, RelayVia) else tuple(ep) for ep in endpoints]
 
-    def punch(self, peer_id: int, endpoints) -> list:
-        """NAT traversal: a rendezvous told us where the peer is (or that it
-        wants us).  Initiate now to every candidate, unless already up."""
+    def wants(self, peer_id: int) -> bool:
+        """We try to bring ``peer_id`` up for our own sake: it is wanted
+        (configured endpoint with keepalive, opened), traffic waits for it,
+        or a handshake of ours (not a mere answer to its punch request) is
+        under way.  NAT traversal asks rendezvous nodes and falls back to a
+        relay only for such peers."""
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            return False
+        if peer.wanted or peer.waiting:
+            return True
+        return not peer.requested and (peer.pending is not None or peer.retry_at is not None)
+
+    def punch(self, peer_id: int, endpoints, request: bool = False) -> list:
+        """NAT traversal: a rendezvous told us where the peer is (we asked),
+        or, with ``request``, that the peer wants us (a punch request).
+        Initiate now to every candidate, unless already up.  A punch request
+        makes a short episode (``PUNCH_ATTEMPTS`` initiations) and never
+        makes us want the peer: once it ends, nothing more goes there unless
+        we want the peer ourselves."""
         peer = self.peers.get(peer_id)
         if peer is None:
             return []
+        self._wake(peer)
         self.set_candidates(peer_id, endpoints)
-        peer.wanted = True
         if peer.state is PeerState.ESTABLISHED:
             return []
+        if peer.pending is not None or peer.retry_at is not None:
+            # an episode is under way: the new candidates get an initiation
+            # now (both sides send at once), within the episode's attempts
+            if not request:
+                peer.requested = False
+            if peer.attempts >= peer.max_attempts:
+                return []               # the retransmit rule gives up at its time
+            return self._send_initiation(peer)
+        if request and not self.wants(peer_id):
+            return self._begin_handshake(peer, PUNCH_ATTEMPTS, "punch request", requested=True)
         return self._begin_handshake(peer, max(self._attempt_limit(), self.t.open_attempts), "hole punching")
 
-    def rehandshake(self, peer_id: int, reason: str) -> list:
+    def rehandshake(self, peer_id: int, reason: str, request: bool = False) -> list:
         """A session that looks up but whose far end stopped answering at a
         higher layer (a rendezvous that ignores our registrations: it
-        restarted and forgot our keys): start a new handshake now."""
+        restarted and forgot our keys; a punch request, ``request``, while
+        our session looks up): start a new handshake now."""
         peer = self.peers.get(peer_id)
         if peer is None or peer.pending is not None:
             return []
+        if request and not self.wants(peer_id):
+            return self._begin_handshake(peer, PUNCH_ATTEMPTS, reason, requested=True)
         return self._begin_handshake(peer, self._attempt_limit(), reason)
+
+    def set_endpoint(self, peer_id: int, endpoint: tuple) -> list:
+        """The peer is at ``endpoint`` now (a directory record said so).  A
+        handshake that waits for an endpoint goes out at once."""
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            return []
+        self._wake(peer)
+        peer.endpoint = endpoint
+        out: list = [A.SetEndpoint(peer.id, endpoint)]
+        if peer.state is PeerState.ESTABLISHED or peer.pending is not None:
+            return out
+        if peer.retry_at is not None:
+            out += self._send_initiation(peer)
+        elif peer.waiting:
+            out += self._begin_handshake(peer, self._attempt_limit(), "endpoint learnt")
+        return out
+
+    def next_attempt(self, peer_id: int) -> Optional[float]:
+        """When the engine next tries to bring ``peer_id`` up by itself (an
+        initiation's retransmit, an attempt due without one in flight, the
+        check of an answered but unconfirmed session, a dead peer's retry),
+        or None.  Invariant: never None for a peer whose traffic waits and
+        that has no session up."""
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            return None
+        times = []
+        if peer.pending is not None:
+            times.append(peer.next_retry)
+        if peer.retry_at is not None:
+            times.append(peer.retry_at)
+        if peer.confirm_by is not None and (peer.waiting or peer.state in (PeerState.HANDSHAKING,
+                                                                            PeerState.STALE)):
+            times.append(peer.confirm_by)
+        if peer.state is PeerState.DEAD and (peer.wanted or peer.waiting):
+            times.append(peer.next_dead_retry)
+        return min(times) if times else None
 
     def _send_initiation(self, peer: Peer) -> list:
         now = self.clock()
         self._wake(peer)
-        targets = self._targets(peer)
+        targets = self._send_targets(peer)
         if not targets:
-            log.info("peer=%s no endpoint, cannot start a handshake", peer.name)
+            # Nothing to send to now (no endpoint yet, or every learnt
+            # candidate is held back): the attempt counts, and the next one
+            # is scheduled like a retransmit, so a waiting peer never stalls.
+            self._abandon_pending(peer)
+            peer.attempts += 1
+            peer.retry_at = now + self.t.rekey_timeout + self._rng.uniform(0, self.t.handshake_jitter)
+            log.info("peer=%s no endpoint, cannot start a handshake (attempt %d of %d; next in %.1fs)",
+                     peer.name, peer.attempts, peer.max_attempts, peer.retry_at - now)
             return []
         self._abandon_pending(peer)
+        peer.retry_at = None
         index = self._alloc_index("handshake", peer.id)
         msg, state = peer.proto.create_initiation(peer, index, self._ts.now())
         peer.pending = PendingHandshake(state, index, now)
@@ -433,6 +542,7 @@ class Engine:
         # Keys first: the initiator sends on the session the moment our
         # response arrives (see the order invariant in actions.py).
         out.append(self._install(peer, keys, confirmed=False, now=now))
+        out += self._prune_sessions(peer)
         out.append(A.SendDatagram(msg, addr))
         peer.confirm_by = now + self.t.rekey_timeout + self._rng.uniform(0, self.t.handshake_jitter)
         log.info("peer=%s handshake answered (session %d)", peer.name, index)
@@ -464,10 +574,14 @@ class Engine:
         peer.attempts = 0
         peer.endpoint = addr
         peer.confirm_by = None
+        peer.retry_at = None
+        peer.waiting = False            # the install flushes what waited
+        peer.requested = False
         # Keys first (the install also flushes staged packets), then the
         # confirmation: the responder may only send once it has heard from
         # us on the new session, so confirm it at once.
         out: list = [A.SetEndpoint(peer.id, addr), self._install(peer, keys, confirmed=True, now=now)]
+        out += self._prune_sessions(peer)
         out.append(A.SendKeepalive(peer.id))
         out += self._set_state(peer, PeerState.ESTABLISHED, "handshake complete")
         return out
@@ -498,22 +612,69 @@ class Engine:
                      time.monotonic(), keys.initiator, int(cipher))
         return A.InstallKeypair(kp, confirmed)
 
+    def _prune_sessions(self, peer: Peer) -> list:
+        """At most three sessions per peer, the data path's slots (WireGuard
+        keeps three too): the two newest confirmed ones (current and
+        previous) and the newest unconfirmed answer if it is newer than
+        them (next).  The data path already dropped the others when it
+        installed or confirmed the newer keys; they are retired here too, so
+        neither the engine's index table nor anything keyed by session grows
+        with a peer that initiates again and again."""
+        sessions = peer.sessions
+        if len(sessions) <= 1:
+            return []
+        confirmed = [i for i, s in enumerate(sessions) if s.confirmed]
+        keep = set(confirmed[-2:])
+        last_confirmed = confirmed[-1] if confirmed else -1
+        unconfirmed = [i for i, s in enumerate(sessions) if not s.confirmed and i > last_confirmed]
+        if unconfirmed:
+            keep.add(unconfirmed[-1])
+        if len(keep) == len(sessions):
+            return []
+        out = []
+        for i, s in enumerate(sessions):
+            if i not in keep:
+                self._indexes.pop(s.local_index, None)
+                out.append(A.RetireKeypair(s.local_index))
+        peer.sessions = [s for i, s in enumerate(sessions) if i in keep]
+        return out
+
     # ========================================================= data-path events
     def handshake_needed(self, peer_id: int) -> list:
-        """Traffic waits for keys (or the current keys are worn out)."""
+        """Traffic waits for keys (or the current keys are worn out).  The
+        data path says so once per episode, so from here until a session
+        carries the traffic (or the attempts give up and the staged packets
+        go with the keys), an attempt is always scheduled."""
         peer = self.peers.get(peer_id)
         if peer is None:
             return []
         self._wake(peer)
-        if peer.pending is not None:
-            return []
+        if peer.state is not PeerState.ESTABLISHED:
+            # (established: the keys are worn out, traffic still flows on them)
+            peer.waiting = True
+            peer.requested = False      # we want it ourselves now
+        if peer.pending is not None or peer.retry_at is not None:
+            return []                   # an initiation or an attempt is scheduled
         now = self.clock()
         if peer.sessions and not peer.sessions[-1].initiator and \
                 now - peer.sessions[-1].created < self.t.rekey_timeout:
-            return []  # we just answered: the initiator's confirmation is on its way
+            # we just answered: the initiator's confirmation is on its way;
+            # if it does not come, we initiate then
+            if peer.waiting:
+                self._schedule(peer, peer.sessions[-1].created + self.t.rekey_timeout)
+            return []
         if now - peer.last_initiation_sent < self.t.rekey_timeout:
+            if peer.waiting:
+                self._schedule(peer, peer.last_initiation_sent + self.t.rekey_timeout)
             return []
         return self._begin_handshake(peer, self._attempt_limit(), "traffic waiting")
+
+    def _schedule(self, peer: Peer, at: float) -> None:
+        """An attempt without an initiation in flight, due at ``at``: the
+        first of a new episode."""
+        peer.attempts = 0
+        peer.max_attempts = self._attempt_limit()
+        peer.retry_at = at
 
     def keypair_confirmed(self, peer_id: int, local_index: int) -> list:
         peer = self.peers.get(peer_id)
@@ -524,8 +685,12 @@ class Engine:
             if s.local_index == local_index:
                 s.confirmed = True
         peer.confirm_by = None
+        peer.retry_at = None
+        peer.waiting = False            # the confirmation flushes what waited
+        peer.requested = False
         self._abandon_pending(peer)
-        return self._set_state(peer, PeerState.ESTABLISHED, "peer confirmed the session")
+        out = self._prune_sessions(peer)
+        return out + self._set_state(peer, PeerState.ESTABLISHED, "peer confirmed the session")
 
     def _attempt_limit(self) -> int:
         return max(1, int(self.t.rekey_attempt_time // self.t.rekey_timeout))
@@ -562,11 +727,17 @@ class Engine:
         return out
 
     def _timer_retransmit_handshake(self, peer: Peer, now: float) -> list:
-        """Call on every tick: resend an unanswered initiation, or give up."""
-        if peer.pending is None or now < peer.next_retry:
+        """Call on every tick: resend an unanswered initiation (or make an
+        attempt that is due without one in flight), or give up."""
+        if peer.pending is not None:
+            if now < peer.next_retry:
+                return []
+        elif peer.retry_at is None or now < peer.retry_at:
             return []
         if peer.attempts >= peer.max_attempts:
             self._abandon_pending(peer)
+            peer.retry_at = None
+            peer.requested = False
             log.warning("peer=%s no answer after %d handshake attempts", peer.name, peer.attempts)
             peer.next_dead_retry = now + self.t.dead_retry_interval
             out = []
@@ -575,8 +746,15 @@ class Engine:
                 for s in peer.sessions:
                     self._indexes.pop(s.local_index, None)
                 peer.sessions.clear()
+                peer.waiting = False    # the data path drops what it staged with the keys
+            if peer.state is PeerState.IDLE:
+                return out + self._set_state(peer, PeerState.HANDSHAKING, "traffic waiting") + \
+                    self._set_state(peer, PeerState.DEAD, "handshake gave up")
             return out + self._set_state(peer, PeerState.DEAD, "handshake gave up")
-        return self._send_initiation(peer)
+        out = self._send_initiation(peer)
+        if peer.state in (PeerState.IDLE, PeerState.DEAD):
+            out += self._set_state(peer, PeerState.HANDSHAKING, "traffic waiting")
+        return out
 
     def _timer_unconfirmed_answer(self, peer: Peer, now: float) -> list:
         """We answered the peer's initiation (and, wanting the peer up, gave
@@ -584,7 +762,8 @@ class Engine:
         if peer.confirm_by is None or now < peer.confirm_by:
             return []
         peer.confirm_by = None
-        if peer.pending is not None or peer.state not in (PeerState.HANDSHAKING, PeerState.STALE):
+        if peer.pending is not None or peer.retry_at is not None or \
+                (peer.state not in (PeerState.HANDSHAKING, PeerState.STALE) and not peer.waiting):
             return []
         if not peer.sessions or peer.sessions[-1].initiator or peer.sessions[-1].confirmed:
             return []
@@ -668,7 +847,8 @@ class Engine:
 
     def _timer_dead_retry(self, peer: Peer, now: float) -> list:
         """A DEAD peer that should be up is tried again now and then."""
-        if peer.state is not PeerState.DEAD or not peer.wanted or peer.pending is not None:
+        if peer.state is not PeerState.DEAD or not (peer.wanted or peer.waiting) or \
+                peer.pending is not None or peer.retry_at is not None:
             return []
         if now < peer.next_dead_retry:
             return []

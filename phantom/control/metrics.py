@@ -19,6 +19,7 @@ Metric families (see docs/operations.md for the full table):
 =========================================== ======= =================================
 phantom_info{version,mode,data_path}        gauge   1
 phantom_uptime_seconds                      gauge
+phantom_healthy                             gauge   1, or 0 once the data plane stopped
 phantom_peers                               gauge   number of peers
 phantom_peer_rx_bytes_total{peer}           counter decrypted bytes in (tx: sent)
 phantom_peer_rx_packets_total{peer}         counter (and tx_packets)
@@ -38,6 +39,7 @@ phantom_crypto_info{suites,chacha20poly1305} gauge  1: Phantom suites offered (b
                                                     Poly1305 implementation
 phantom_drops_total{reason}                 counter data-path drops, all peers
 phantom_handshake_drops_total{reason}       counter control-plane drops
+phantom_directory_drops_total{reason}       counter directory answers, DHT items refused
 phantom_firewall_rule_hits_total{rule,direction,action} counter  rule = position 0..n-1
 phantom_firewall_drops_total{reason}        counter (and accepts_total)
 phantom_firewall_conntrack_entries          gauge
@@ -106,10 +108,14 @@ class DaemonCollector(Collector):
         yield info
         yield GaugeMetricFamily("phantom_uptime_seconds", "Seconds since phantomd started",
                                 value=max(0.0, time.time() - d.started))
+        yield GaugeMetricFamily("phantom_healthy", "1 while the data plane moves packets; 0 once "
+                                "it stopped (a fast-path worker died: phantomd then exits with "
+                                "status 1)", value=0 if getattr(d, "failure", None) else 1)
         if d.dp is None or d.engine is None:
             return
         yield from self._peers(d)
         yield from self._global(d)
+        yield from self._directory(d)
         yield from self._firewall(d)
         yield from self._batches(d)
 
@@ -199,6 +205,22 @@ class DaemonCollector(Collector):
             if reason not in {s.labels["reason"] for s in hs.samples}:
                 hs.add_metric([reason], n)
         yield hs
+
+    # ------------------------------------------------------------- directory
+    def _directory(self, d):
+        client = getattr(d, "directory", None)
+        if client is None:
+            return
+        c = client.counters()
+        dht = c.get("dht") or {}
+        drops = CounterMetricFamily("phantom_directory_drops", "Directory answers and DHT items "
+                                    "refused by the daemon, by reason", labels=["reason"])
+        for reason, n in (("rejected", c.get("rejected", 0)),
+                          ("pin_refused", c.get("pin_refused", 0)),
+                          ("dht_malformed", dht.get("dropped_malformed", 0)),
+                          ("dht_forged", dht.get("dropped_forged", 0))):
+            drops.add_metric([reason], n)
+        yield drops
 
     # -------------------------------------------------------------- firewall
     def _firewall(self, d):

@@ -14,12 +14,24 @@ For every peer the table keeps:
 * **punch attempts**: when we last asked a rendezvous for the peer, so the
   caller knows when no direct path appeared within ``relay_after`` seconds
   (:meth:`PathTable.wants_relay`) and when to try direct again while relayed
-  (:meth:`PathTable.wants_direct_probe`, every ``probe_interval``).
+  (:meth:`PathTable.wants_direct_probe`, every ``probe_interval``);
+* **tries per learnt endpoint** (:meth:`PathTable.gate`, which the engine
+  asks before every initiation): a learnt candidate is an unverified claim
+  (a rendezvous passes on whatever "local endpoints" a peer registered), so
+  it gets at most ``probe_tries`` initiations, spaced ``probe_backoff``,
+  twice that, four times that...; the count survives the candidate's
+  refreshes and expiry and is forgotten ``probe_memory`` seconds after the
+  last try, or at once when the peer answers from that endpoint (it is then
+  the peer's real endpoint).  At most ``max_probed`` endpoints per peer are
+  counted at a time: beyond that, new ones are not tried (``refused``).  So
+  no peer can make us send more than ``max_probed * probe_tries``
+  initiations in ``probe_memory`` seconds to addresses it merely claims.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
@@ -34,6 +46,13 @@ class Candidate:
     endpoint: tuple
     source: str
     added: float
+
+
+@dataclass
+class Probe:
+    """Initiations sent to one learnt endpoint that never answered."""
+    tries: int = 0
+    last: float = float("-inf")
 
 
 @dataclass(frozen=True)
@@ -65,13 +84,20 @@ class PeerPath:
 
 class PathTable:
     def __init__(self, clock: Callable[[], float], candidate_ttl: float = 120.0, max_candidates: int = 8,
-                 relay_after: float = 3.0, probe_interval: float = 5.0):
+                 relay_after: float = 3.0, probe_interval: float = 5.0, probe_tries: int = 4,
+                 probe_backoff: float = 5.0, probe_memory: float = 600.0, max_probed: int = 16):
         self.clock = clock
         self.ttl = candidate_ttl
         self.max = max_candidates
         self.relay_after = relay_after
         self.probe_interval = probe_interval
+        self.probe_tries = probe_tries
+        self.probe_backoff = probe_backoff
+        self.probe_memory = probe_memory
+        self.max_probed = max_probed
         self._p: dict[int, PeerPath] = {}
+        self._probes: dict[int, dict] = {}         # peer id -> {endpoint: Probe}
+        self.refused: Counter = Counter()
 
     def peer(self, peer_id: int) -> PeerPath:
         p = self._p.get(peer_id)
@@ -81,6 +107,58 @@ class PathTable:
 
     def forget(self, peer_id: int) -> None:
         self._p.pop(peer_id, None)
+        self._probes.pop(peer_id, None)
+
+    def drop_learnt(self, peer_id: int) -> bool:
+        """Forget the peer's learnt candidates (not what they were tried);
+        True if there were any."""
+        p = self._p.get(peer_id)
+        if p is None:
+            return False
+        keep = [c for c in p.candidates if c.source == "config"]
+        dropped = len(keep) != len(p.candidates)
+        p.candidates = keep
+        return dropped
+
+    def has_learnt(self, peer_id: int) -> bool:
+        p = self._p.get(peer_id)
+        return p is not None and any(c.source != "config" for c in p.candidates)
+
+    # -------------------------------------------------- tries per endpoint
+    def gate(self, peer_id: int, endpoints: Iterable) -> list:
+        """Of ``endpoints`` (learnt candidates an initiation would go to),
+        those it may go to now; each of them is counted as tried."""
+        now = self.clock()
+        probes = self._probes.get(peer_id)
+        if probes is None:
+            probes = self._probes[peer_id] = {}
+        for ep in [ep for ep, pr in probes.items() if now - pr.last >= self.probe_memory]:
+            del probes[ep]
+        out = []
+        for ep in endpoints:
+            ep = (str(ep[0]), int(ep[1]))
+            pr = probes.get(ep)
+            if pr is None:
+                if len(probes) >= self.max_probed:
+                    self.refused["candidate_over_budget"] += 1
+                    continue
+                pr = probes[ep] = Probe()
+            if pr.tries >= self.probe_tries:
+                continue                         # spent until probe_memory after the last try
+            if pr.tries and now - pr.last < self.probe_backoff * 2 ** (pr.tries - 1):
+                continue                         # backing off
+            pr.tries += 1
+            pr.last = now
+            out.append(ep)
+        return out
+
+    def tries(self, peer_id: int, endpoint) -> int:
+        pr = self._probes.get(peer_id, {}).get((str(endpoint[0]), int(endpoint[1])))
+        return pr.tries if pr else 0
+
+    def verified(self, peer_id: int, endpoint) -> None:
+        """The peer answered from ``endpoint``: it is really there."""
+        self._probes.get(peer_id, {}).pop((str(endpoint[0]), int(endpoint[1])), None)
 
     # ------------------------------------------------------------ candidates
     def add_candidates(self, peer_id: int, endpoints: Iterable, source: str) -> list:

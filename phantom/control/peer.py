@@ -88,6 +88,17 @@ class Peer:
     last_initiation_ts: bytes = bytes(12)   # greatest TAI64N accepted from the peer
     last_initiation_rx: float = float("-inf")
     next_dead_retry: float = 0.0
+    # traffic waits for keys (the data path asked for a handshake) and no
+    # session carries it yet: while this holds, a next attempt is always
+    # scheduled (Engine.next_attempt)
+    waiting: bool = False
+    # an attempt without an initiation in flight is due at this time: the
+    # last one found no endpoint to send to, or traffic came too soon after
+    # the previous initiation
+    retry_at: Optional[float] = None
+    # the handshake under way only answers the peer's punch request (through
+    # a rendezvous): a short episode, and it does not make us want the peer
+    requested: bool = False
 
     # sessions (the data path holds the keys)
     sessions: list = field(default_factory=list)

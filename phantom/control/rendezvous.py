@@ -20,7 +20,12 @@ Server (:class:`RendezvousServer`):
   the same (no oracle for who accepts whom);
 * only peers with a session may ask (the caller passes the authenticated key;
   the daemon calls :meth:`RendezvousServer.session_lost` when it ends) and
-  where-is requests are rate-limited per asking key (token bucket).
+  where-is requests are rate-limited per asking key (token bucket);
+* a registration lives with its session: it ends when the session does
+  (:meth:`RendezvousServer.session_lost`) or when it was not renewed for
+  ``registration_ttl`` seconds (clients renew every 5 s;
+  :meth:`RendezvousServer.expire`), and what a peer registered is bounded:
+  at most ``MAX_LOCAL_ENDPOINTS`` local endpoints besides the reflexive one.
 
 Client (:class:`RendezvousClient`): builds the registration, decides when a
 where-is may be sent (at most one per target per ``ask_interval``), and
@@ -63,6 +68,10 @@ def usable_endpoint(ep) -> bool:
     return True
 
 
+MAX_LOCAL_ENDPOINTS = 4        # local endpoints a registration may carry (besides the reflexive one)
+MAX_HINT_ENDPOINTS = MAX_LOCAL_ENDPOINTS + 1   # endpoints a client takes from one answer or punch request
+
+
 def _dedupe(eps: Iterable) -> tuple:
     out = []
     for ep in eps:
@@ -102,6 +111,7 @@ class Registration:
     accepts: frozenset = frozenset()
     registered: bool = False
     last_seen: float = 0.0
+    registered_at: float = float("-inf")     # the last Register
 
     def endpoints(self) -> tuple:
         return _dedupe(([self.reflexive] if self.reflexive else []) + list(self.local))
@@ -112,9 +122,13 @@ class RendezvousServer:
     returns ``[(destination key, message), ...]`` to send over sessions."""
 
     def __init__(self, clock: Clock, punch_rate: float = 2.0, punch_burst: float = 5.0,
-                 max_peers: int = 4096, relay_id: Callable[[bytes], int] = lambda key: 0):
+                 max_peers: int = 4096, registration_ttl: float = 20.0,
+                 relay_id: Callable[[bytes, bytes], int] = lambda asker, target: 0):
         self.clock = clock
-        self.relay_id = relay_id          # a key's relay id here (0: we do not relay for it)
+        # relay_id(asker, target): the pair's relay id here, when the target
+        # accepts the asker (0: we do not relay for them)
+        self.relay_id = relay_id
+        self.registration_ttl = registration_ttl
         self._regs: dict[bytes, Registration] = {}
         self._limit = TokenBucket(punch_rate, punch_burst, clock)
         self.max_peers = max_peers
@@ -135,9 +149,31 @@ class RendezvousServer:
         reg.reflexive = (str(addr[0]), int(addr[1]))
         reg.last_seen = self.clock()
 
-    def session_lost(self, key: bytes) -> None:
-        """``key`` has no session with us any more: forget it (it re-registers)."""
-        self._regs.pop(bytes(key), None)
+    def session_lost(self, key: bytes) -> bool:
+        """``key`` has no session with us any more: forget it (it re-registers).
+        True if it had a registration."""
+        return self._regs.pop(bytes(key), None) is not None
+
+    def _live(self, reg: Optional[Registration], now: float) -> bool:
+        return reg is not None and reg.registered and now - reg.registered_at < self.registration_ttl
+
+    def expire(self) -> list:
+        """Forget registrations not renewed for ``registration_ttl``; returns their keys."""
+        now = self.clock()
+        gone = [k for k, r in self._regs.items() if r.registered and now - r.registered_at >= self.registration_ttl]
+        for k in gone:
+            del self._regs[k]
+            self.stats["registrations_expired"] += 1
+        return gone
+
+    def registered_peers(self) -> int:
+        now = self.clock()
+        return sum(1 for r in self._regs.values() if self._live(r, now))
+
+    def accepts(self, target: bytes, asker: bytes) -> bool:
+        """``target`` has a live registration that accepts ``asker``."""
+        reg = self._regs.get(bytes(target))
+        return self._live(reg, self.clock()) and bytes(asker) in reg.accepts
 
     def handle(self, src_key: bytes, addr: tuple, msg) -> list:
         src_key = bytes(src_key)
@@ -146,27 +182,32 @@ class RendezvousServer:
         if reg is None:
             return []
         if isinstance(msg, wire.Register):
-            reg.local = _dedupe(msg.endpoints)
+            local = _dedupe(msg.endpoints)
+            if len(local) > MAX_LOCAL_ENDPOINTS:
+                self.drops["too_many_endpoints"] += len(local) - MAX_LOCAL_ENDPOINTS
+            reg.local = local[:MAX_LOCAL_ENDPOINTS]
             reg.accepts = frozenset(bytes(k) for k in msg.accepts)
             reg.registered = True
+            reg.registered_at = self.clock()
             self.stats["registrations"] += 1
             return [(src_key, wire.Registered(_dedupe([reg.reflexive])))]
         if isinstance(msg, wire.WhereIs):
-            if not reg.registered:
+            now = self.clock()
+            if not self._live(reg, now):
                 self.drops["not_registered"] += 1
                 return []
             if not self._limit.allow(src_key):
                 self.drops["rate_limited"] += 1
                 return []
             target = self._regs.get(bytes(msg.key))
-            if target is None or not target.registered or src_key not in target.accepts \
-                    or target.key == src_key:
+            if not self._live(target, now) or src_key not in target.accepts or target.key == src_key:
                 self.stats["where_is_unanswered"] += 1
                 return [(src_key, wire.Endpoints(bytes(msg.key), ()))]
             self.stats["punches"] += 1
             log.info("rendezvous: punch %s <-> %s", _short(src_key), _short(target.key))
-            return [(src_key, wire.Endpoints(target.key, target.endpoints(), self.relay_id(target.key))),
-                    (target.key, wire.Punch(src_key, reg.endpoints(), self.relay_id(src_key)))]
+            relay = self.relay_id(src_key, target.key)
+            return [(src_key, wire.Endpoints(target.key, target.endpoints(), relay)),
+                    (target.key, wire.Punch(src_key, reg.endpoints(), relay))]
         # Endpoints / Punch / Registered are answers, never requests
         self.drops["unexpected_kind"] += 1
         return []
@@ -201,7 +242,7 @@ class RendezvousClient:
 
     def registration(self) -> wire.Register:
         keys = tuple(sorted(bytes(k) for k in self.peers - self.servers))[:wire.MAX_CONTROL_KEYS]
-        return wire.Register(_dedupe(self.local_endpoints), keys)
+        return wire.Register(_dedupe(self.local_endpoints)[:MAX_LOCAL_ENDPOINTS], keys)
 
     def due_registrations(self, up_servers: Iterable) -> list:
         """Servers (with a live session) whose registration is due: never sent,
@@ -256,6 +297,9 @@ class RendezvousClient:
             eps = _dedupe(msg.endpoints)
             if len(eps) != len(msg.endpoints):
                 self.drops["unusable_endpoint"] += len(msg.endpoints) - len(eps)
+            if len(eps) > MAX_HINT_ENDPOINTS:
+                self.drops["too_many_endpoints"] += len(eps) - MAX_HINT_ENDPOINTS
+                eps = eps[:MAX_HINT_ENDPOINTS]
             if isinstance(msg, wire.Endpoints):
                 if (server, key) not in self._asked:
                     self.drops["unsolicited_answer"] += 1

@@ -33,6 +33,23 @@ from .rendezvous import Candidates, RendezvousClient, RendezvousServer
 
 log = logging.getLogger("phantom.nat")
 
+MAX_PAIRS_PER_KEY = 256      # relay pairs one key takes part in (a registration accepts up to 256 keys)
+MAX_PAIRS = 65536            # relay pairs on one relay
+
+
+class _RelayPair:
+    """Two keys a relay forwards between, under one random relay id; ``dirs``:
+    source key -> (source peer id, destination peer id) installed in the
+    data path (a direction only while its destination accepts its source)."""
+    __slots__ = ("relay_id", "keys", "made", "dirs")
+
+    def __init__(self, relay_id: int, keys: frozenset, made: float):
+        self.relay_id, self.keys, self.made, self.dirs = relay_id, keys, made, {}
+
+
+def _short(key: bytes) -> str:
+    return base64.b64encode(bytes(key)).decode()[:8]
+
 
 class PeerControlChannel:
     def __init__(self) -> None:
@@ -48,8 +65,10 @@ class PeerControlChannel:
         if e is not None:
             e[1] = True
 
-    def retire(self, local_index: int) -> None:
-        self._by_index.pop(local_index, None)
+    def retire(self, local_index: int) -> Optional[int]:
+        """Forget the session; returns its peer id (None if unknown)."""
+        e = self._by_index.pop(local_index, None)
+        return e[0].peer_id if e is not None else None
 
     def clear(self, peer_id: int) -> None:
         for idx in [i for i, e in self._by_index.items() if e[0].peer_id == peer_id]:
@@ -112,18 +131,30 @@ class Traversal:
                  local_endpoints: Callable[[tuple], list] = lambda server_ep: [],
                  clock: Optional[Callable[[], float]] = None, ask_interval: float = 1.0,
                  register_interval: float = 5.0, register_timeout: float = 2.0,
-                 reask_interval: float = 5.0):
+                 reask_interval: float = 5.0, registration_ttl: float = 20.0,
+                 relay_id_source: Callable[[], int] = crypto.random_u32):
         self.engine = engine
         self.clock = clock or engine.clock
         self.channel = PeerControlChannel()
-        self.server = RendezvousServer(self.clock, relay_id=self._relay_id) if serve else None
+        self.server = RendezvousServer(self.clock, relay_id=self._pair_id,
+                                       registration_ttl=registration_ttl) if serve else None
         self.relay = relay and serve
         self.relay_capable = relay_capable
         self._relay_option: dict = {}         # peer id -> RelayVia offered by a rendezvous
         self._relay_tried: dict = {}          # peer id -> when we last initiated through it
+        # relay role: one random relay id per pair of keys, forwarded only in
+        # the directions whose destination accepts the source
+        self._pairs: dict = {}                # frozenset({key, key}) -> _RelayPair, oldest first
+        self._pairs_of: dict = {}             # key -> {frozenset, ...}: the pairs it is in
+        self._pair_ids: set = set()
+        self._new_relay_id = relay_id_source
+        self._dp_actions: list = []           # SetRelayPair actions not yet returned
         self.client = RendezvousClient(self.clock, servers={bytes(k) for k in servers},
                                        ask_interval=ask_interval, register_interval=register_interval)
-        self.paths = PathTable(self.clock)
+        self.paths = PathTable(self.clock, probe_backoff=engine.t.rekey_timeout)
+        # every initiation's learnt candidates go through the path table's
+        # budget: bounded tries per endpoint, with backoff
+        engine.candidate_gate = self.paths.gate
         self._local_endpoints = local_endpoints
         self._reask = reask_interval
         self._register_timeout = register_timeout
@@ -144,31 +175,113 @@ class Traversal:
     def keypair_confirmed(self, peer_id: int, local_index: int) -> None:
         self.channel.confirm(local_index)
 
-    def keypair_retired(self, local_index: int) -> None:
-        self.channel.retire(local_index)
+    def keypair_retired(self, local_index: int) -> list:
+        peer_id = self.channel.retire(local_index)
+        if peer_id is None or self.channel.has_session(peer_id):
+            return []
+        # its last session ended (expired): so does its registration here
+        peer = self.engine.peers.get(peer_id)
+        if peer is not None and self.server is not None:
+            self._registration_gone(peer.public_key, "session ended")
+        return self._flush()
 
-    def keys_cleared(self, peer_id: int) -> None:
+    def keys_cleared(self, peer_id: int) -> list:
         self.channel.clear(peer_id)
         peer = self.engine.peers.get(peer_id)
         if peer is None:
             self.paths.forget(peer_id)
-            return
+            self._drop_pairs(peer_id=peer_id)
+            return self._flush()
         if self.server is not None:
-            self.server.session_lost(peer.public_key)
+            self._registration_gone(peer.public_key, "keys cleared")
         if peer.public_key in self.client.servers:
             self.client.session_lost(peer.public_key)
         self._log_change(self.paths.down(peer_id, "keys cleared"))
+        return self._flush()
 
-    def _relay_id(self, key: bytes) -> int:
-        """Our relay id for ``key``: its peer id, when we relay and it has a session."""
+    def _registration_gone(self, key: bytes, why: str) -> None:
+        if self.server.session_lost(key):
+            log.info("rendezvous: registration of %s ends (%s)", _short(key), why)
+        self._drop_pairs(key=key)
+
+    # ------------------------------------------------------------ relay pairs
+    def _pair_id(self, asker: bytes, target: bytes) -> int:
+        """The relay id of the pair (asker, target), made when the target's
+        registration accepts the asker (the rendezvous checked): random,
+        unique here, the same in both directions.  0: we do not relay."""
         if not self.relay:
             return 0
-        peer = self.engine.peer_by_key(key)
-        return peer.id if peer is not None and self.channel.has_session(peer.id) else 0
+        a, t = self.engine.peer_by_key(asker), self.engine.peer_by_key(target)
+        if a is None or t is None or not self.channel.has_session(a.id) or not self.channel.has_session(t.id):
+            return 0
+        k = frozenset((bytes(asker), bytes(target)))
+        pair = self._pairs.get(k)
+        if pair is None:
+            for key in k:                       # bounded: the oldest pair of a busy key goes
+                mine = self._pairs_of.get(key, ())
+                if len(mine) >= MAX_PAIRS_PER_KEY:
+                    self._drop_pair(min((self._pairs[kk] for kk in mine), key=lambda p: p.made))
+            if len(self._pairs) >= MAX_PAIRS:
+                self._drop_pair(next(iter(self._pairs.values())))
+            rid = 0
+            while rid == 0 or rid in self._pair_ids:
+                rid = self._new_relay_id() & 0xFFFFFFFF
+            pair = self._pairs[k] = _RelayPair(rid, k, self.clock())
+            self._pair_ids.add(rid)
+            for key in k:
+                self._pairs_of.setdefault(key, set()).add(k)
+        self._sync_pair(pair)
+        return pair.relay_id
+
+    def _sync_pair(self, pair: "_RelayPair") -> None:
+        """Install the directions whose destination accepts the source now,
+        remove those that no longer do."""
+        ka, kb = tuple(pair.keys)
+        for src, dst in ((ka, kb), (kb, ka)):
+            ps, pd = self.engine.peer_by_key(src), self.engine.peer_by_key(dst)
+            ok = ps is not None and pd is not None and self.server.accepts(dst, src)
+            have = pair.dirs.get(src)
+            if ok and have != (ps.id, pd.id):
+                if have is not None:
+                    self._dp_actions.append(A.SetRelayPair(have[0], pair.relay_id, None))
+                pair.dirs[src] = (ps.id, pd.id)
+                self._dp_actions.append(A.SetRelayPair(ps.id, pair.relay_id, pd.id))
+            elif not ok and have is not None:
+                del pair.dirs[src]
+                self._dp_actions.append(A.SetRelayPair(have[0], pair.relay_id, None))
+
+    def _drop_pair(self, pair: "_RelayPair") -> None:
+        for src_id, _ in pair.dirs.values():
+            self._dp_actions.append(A.SetRelayPair(src_id, pair.relay_id, None))
+        pair.dirs.clear()
+        self._pairs.pop(pair.keys, None)
+        self._pair_ids.discard(pair.relay_id)
+        for key in pair.keys:
+            mine = self._pairs_of.get(key)
+            if mine is not None:
+                mine.discard(pair.keys)
+                if not mine:
+                    del self._pairs_of[key]
+
+    def _drop_pairs(self, key: Optional[bytes] = None, peer_id: Optional[int] = None) -> None:
+        """The pairs ``key`` is in, or (a removed peer, whose key is gone)
+        those installed with ``peer_id``."""
+        if key is not None:
+            for k in list(self._pairs_of.get(bytes(key), ())):
+                self._drop_pair(self._pairs[k])
+        if peer_id is not None and self._pairs:
+            for pair in [p for p in self._pairs.values() if any(peer_id in d for d in p.dirs.values())]:
+                self._drop_pair(pair)
+
+    def _flush(self) -> list:
+        out, self._dp_actions = self._dp_actions, []
+        return out
 
     def endpoint_set(self, peer_id: int, addr, reason: str = "handshake") -> None:
         if addr is None:
             return
+        if not isinstance(addr, RelayVia):
+            self.paths.verified(peer_id, addr)
         if isinstance(addr, RelayVia):
             relay = self.engine.peers.get(addr.relay_peer)
             self._log_change(self.paths.relayed(peer_id, relay.name if relay else str(addr.relay_peer),
@@ -209,8 +322,13 @@ class Traversal:
         return self._candidates(got)
 
     def _serve(self, peer, addr, msg) -> list:
-        out = []
-        for dest_key, reply in self.server.handle(peer.public_key, addr, msg):
+        replies = self.server.handle(peer.public_key, addr, msg)
+        if isinstance(msg, wire.Register):
+            # what it accepts may have changed: so may the relay directions
+            for k in list(self._pairs_of.get(peer.public_key, ())):
+                self._sync_pair(self._pairs[k])
+        out = self._flush()              # relay pairs before the answers that name them
+        for dest_key, reply in replies:
             dest = self.engine.peer_by_key(dest_key)
             if dest is None:
                 continue
@@ -243,6 +361,7 @@ class Traversal:
                  "endpoints" if got.kind == "answer" else "punch request", via.name if via else "?",
                  ", ".join("%s:%d" % ep for ep in targets))
         self.paths.punch_started(peer.id)
+        request = got.kind == "punch"
         if peer.state is PeerState.ESTABLISHED:
             self.engine.set_candidates(peer.id, targets)
             if got.kind == "answer" and self.paths.peer(peer.id).kind != "relayed":
@@ -252,8 +371,11 @@ class Traversal:
             # and probe for a direct path.  Our initiations open our NAT
             # toward it; theirs then get through.
             return out + self.engine.rehandshake(peer.id, "punch request while established"
-                                                 if got.kind == "punch" else "probing a direct path")
-        return out + self.engine.punch(peer.id, targets)
+                                                 if request else "probing a direct path", request=request)
+        # A punch request for a peer we do not want ourselves is a short
+        # episode; either way every learnt endpoint has a bounded number of
+        # tries (PathTable.gate)
+        return out + self.engine.punch(peer.id, targets, request=request)
 
     # ------------------------------------------------------- triggers
     def handshake_needed(self, peer_id: int) -> list:
@@ -284,11 +406,17 @@ class Traversal:
         return out
 
     def tick(self) -> list:
-        if not self.client.servers:
-            return []
         out = []
+        if self.server is not None:
+            for key in self.server.expire():
+                log.info("rendezvous: registration of %s expired (not renewed for %.0fs)", _short(key),
+                         self.server.registration_ttl)
+                self._drop_pairs(key=key)
+            out += self._flush()
+        if not self.client.servers:
+            return out
         up = {p.public_key: p for p in self._up_servers()}
-        self.client.peers = set(self.engine._by_key)
+        self.client.peers = {p.public_key for p in self.engine.peers.values()}
         for key in self.client.unanswered(self._register_timeout):
             server = self.engine.peer_by_key(key)
             self.client.session_lost(key)
@@ -311,6 +439,7 @@ class Traversal:
                 self._relay_option.pop(peer_id, None)
                 continue
             if self.paths.wants_relay(peer_id) and peer.state is not PeerState.ESTABLISHED and \
+                    self.engine.wants(peer_id) and \
                     now - self._relay_tried.get(peer_id, float("-inf")) >= 5.0:
                 self._relay_tried[peer_id] = now
                 relay = self.engine.peers.get(via.relay_peer)
@@ -319,13 +448,20 @@ class Traversal:
                 out += self.engine.punch(peer_id, self.paths.targets(peer_id) + [via])
             elif self.paths.wants_direct_probe(peer_id):
                 out += self._ask(peer)
-        if up:
-            for peer in list(self.engine.peers.values()):
-                if peer.public_key in self.client.servers or not peer.wanted:
-                    continue
-                if peer.state in (PeerState.HANDSHAKING, PeerState.DEAD, PeerState.STALE) and \
-                        now - self._last_ask.get(peer.id, float("-inf")) >= self._reask:
-                    out += self._ask(peer)
+        for peer in list(self.engine.peers.values()):
+            if peer.public_key in self.client.servers:
+                continue
+            if not self.engine.wants(peer.id):
+                # nobody wants it (a punch request's episode ended): what a
+                # rendezvous told us about it is not sent to any more
+                if self.paths.has_learnt(peer.id) and peer.pending is None and peer.retry_at is None:
+                    self.paths.drop_learnt(peer.id)
+                    self.engine.set_candidates(peer.id, [])
+                continue
+            # while we want it and no session is up, ask every reask_interval
+            if up and peer.state in (PeerState.HANDSHAKING, PeerState.DEAD, PeerState.STALE) and \
+                    now - self._last_ask.get(peer.id, float("-inf")) >= self._reask:
+                out += self._ask(peer)
         return out
 
     def describe(self, peer_id: int) -> dict:
@@ -334,9 +470,11 @@ class Traversal:
                 "candidates": d["candidates"]}
 
     def status(self) -> dict:
-        out = {"drops": dict(self.channel.drops + self.client.drops + self.drops)}
+        out = {"drops": dict(self.channel.drops + self.client.drops + self.drops + self.paths.refused)}
         if self.server is not None:
-            out["rendezvous"] = {"peers": sum(1 for _ in self.server._regs), "drops": dict(self.server.drops),
+            out["rendezvous"] = {"peers": self.server.registered_peers(), "drops": dict(self.server.drops),
                                  **dict(self.server.stats)}
+            if self.relay:
+                out["rendezvous"]["relay_pairs"] = len(self._pairs)
         out["reflexive"] = {base64.b64encode(k).decode(): "%s:%d" % ep for k, ep in self.client.reflexive.items()}
         return out

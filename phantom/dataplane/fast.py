@@ -89,6 +89,15 @@ def tun_offloads(fd: int) -> tuple[bool, list[str], list[str]]:
         return True, [], missing
 
 
+def _describe(error: BaseException) -> str:
+    """An exception for a log line: an OSError with its errno's name."""
+    if isinstance(error, OSError) and error.errno:
+        import errno as _errno
+        return "%s (%s: %s)" % (error.strerror or error, _errno.errorcode.get(error.errno, error.errno),
+                                os.strerror(error.errno))
+    return "%s: %s" % (type(error).__name__, error)
+
+
 def available() -> Optional[str]:
     """None when the extension is importable, else why not (for a log line)."""
     if _fastpath is None:
@@ -270,6 +279,8 @@ class FastDataPath:
             log.info("fast path offload unavailable, falling back: %s", m)
         self._threads: list[threading.Thread] = []
         self._worker_error: Optional[BaseException] = None
+        self._failure: Optional[str] = None      # why the data plane stopped (failure())
+        self._stopping = False                   # close() asked the workers to return
         self._started = False
         if firewall is not None:
             self.set_firewall(firewall)
@@ -290,14 +301,41 @@ class FastDataPath:
                  len(self._workers), "" if len(self._workers) == 1 else "s")
 
     def _run_worker(self, worker) -> None:
+        """A worker thread.  A worker that raises, or returns without close()
+        asking it to, leaves no one moving packets: the event loop is told
+        (:meth:`_worker_died`), which tells whoever wired us."""
+        name = threading.current_thread().name
         try:
             worker.run()
-        except BaseException as exc:  # reported in the log
-            self._worker_error = exc
-            log.error("fast path worker stopped: %s", exc)
+        except BaseException as exc:
+            error: BaseException = exc
+        else:
+            if self._stopping:
+                return
+            error = RuntimeError("it returned without being asked to stop")
+        self._worker_error = error
+        log.error("fast path worker %s stopped: %s", name, _describe(error))
+        try:
+            self._loop.call_soon_threadsafe(self._worker_died, name, error)
+        except RuntimeError:          # the loop is closed: no one left to tell
+            pass
+
+    def _worker_died(self, name: str, error: BaseException) -> None:
+        if self._failure is not None or self._stopping:
+            return
+        self._failure = "fast path worker %s died: %s" % (name, _describe(error))
+        failed = getattr(self._events, "data_path_failed", None)
+        if failed is not None:
+            failed(self._failure)
+
+    def failure(self) -> Optional[str]:
+        """None while the data plane runs; once a worker died, why (it stays
+        dead: the packets of this data path are no longer moved)."""
+        return self._failure
 
     def close(self) -> None:
         if self._started:
+            self._stopping = True
             for w in self._workers:
                 w.stop()
             for t in self._threads:
@@ -379,6 +417,15 @@ class FastDataPath:
         """Relay frames from ``relay_peer`` tagged ``relay_id`` carry ``peer_id``'s messages."""
         if peer_id in self._peers and relay_peer in self._peers:
             self._engine.set_relay_route(peer_id, relay_peer, relay_id, False)
+
+    def set_relay_pair(self, src_peer: int, relay_id: int, dest_peer) -> None:
+        """On a relay: frames from ``src_peer`` tagged ``relay_id`` go to
+        ``dest_peer`` (None: no longer).  Any other (source, id) is a counted
+        ``relay_unknown_id`` drop."""
+        if dest_peer is None:
+            self._engine.set_relay_pair(src_peer, relay_id, -1)
+        elif src_peer in self._peers and dest_peer in self._peers:
+            self._engine.set_relay_pair(src_peer, relay_id, dest_peer)
 
     def endpoint(self, peer_id: int):
         if peer_id not in self._peers:

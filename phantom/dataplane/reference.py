@@ -142,7 +142,8 @@ class ReferenceDataPath:
         self._relay_budget = (0, 0)                   # per source peer and second: bytes, packets
         self._relay_use: dict = {}                    # peer id -> [second, bytes, packets]
         self._relay_in: dict = {}                     # (relay peer id, relay id) -> peer id
-        self.relayed = {"forwarded": 0, "budget": 0, "no_dest": 0}
+        self._relay_pairs: dict = {}                  # relay: (source peer id, relay id) -> destination
+        self.relayed = {"forwarded": 0, "budget": 0, "no_dest": 0, "unknown_id": 0, "pairs": 0}
 
     # ------------------------------------------------------------------ life
     def start(self) -> None:
@@ -175,6 +176,9 @@ class ReferenceDataPath:
 
     def remove_peer(self, peer_id: int) -> None:
         self.clear_keys(peer_id)
+        for k in [k for k, d in self._relay_pairs.items() if d == peer_id or k[0] == peer_id]:
+            del self._relay_pairs[k]
+        self.relayed["pairs"] = len(self._relay_pairs)
         self._routes.remove_peer(peer_id)
         self._peers.pop(peer_id, None)
         for mac in [m for m, p in self._macs.items() if p == peer_id]:
@@ -206,6 +210,16 @@ class ReferenceDataPath:
         for k in [k for k, v in self._relay_in.items() if v == peer_id and k[0] == relay_peer]:
             del self._relay_in[k]
         self._relay_in[(relay_peer, relay_id)] = peer_id
+
+    def set_relay_pair(self, src_peer: int, relay_id: int, dest_peer) -> None:
+        """On a relay: frames from ``src_peer`` tagged ``relay_id`` go to
+        ``dest_peer`` (None: no longer).  Any other (source, id) is a counted
+        ``relay_unknown_id`` drop."""
+        if dest_peer is None:
+            self._relay_pairs.pop((src_peer, relay_id), None)
+        elif src_peer in self._peers and dest_peer in self._peers:
+            self._relay_pairs[(src_peer, relay_id)] = dest_peer
+        self.relayed["pairs"] = len(self._relay_pairs)
 
     def _relay_send(self, via: RelayVia, inner) -> bool:
         """Wrap ``inner`` (a whole A<->B datagram) in a relay frame to the relay peer."""
@@ -240,9 +254,17 @@ class ReferenceDataPath:
         (rid,) = wire.RELAY_ID.unpack_from(rx, start)
         inner = bytes(rx[start + wire.RELAY_ID.size:end])
         if self._relay:
-            dest = self._peers.get(rid)
+            # only a pair the control plane installed (its destination accepts
+            # the source): the relay id names the pair, the same at both ends
+            dest_id = self._relay_pairs.get((src.id, rid))
+            if dest_id is None:
+                log.debug("relay frame from peer %d with relay id %d: no such pair", src.id, rid)
+                self.relayed["unknown_id"] += 1
+                self._drop(Drop.RELAY_UNKNOWN_ID, src)
+                return
+            dest = self._peers.get(dest_id)
             if dest is None or dest is src or self._usable(dest, now) is None:
-                log.debug("relay frame from peer %d to %d: no such peer with a session", src.id, rid)
+                log.debug("relay frame from peer %d to %d: no session", src.id, dest_id)
                 self.relayed["no_dest"] += 1
                 self._drop(Drop.NO_ROUTE, src)
                 return
@@ -252,16 +274,16 @@ class ReferenceDataPath:
                 use = self._relay_use[src.id] = [sec, 0, 0]
             if use[1] + len(inner) > self._relay_budget[0] or use[2] + 1 > self._relay_budget[1]:
                 self.relayed["budget"] += 1
-                self._drop(Drop.STAGED_OVERFLOW, src)
+                self._drop(Drop.RELAY_BUDGET, src)
                 return
             use[1] += len(inner)
             use[2] += 1
-            if self._relay_send(RelayVia(dest.id, src.id), inner):
+            if self._relay_send(RelayVia(dest.id, rid), inner):
                 self.relayed["forwarded"] += 1
             return
         peer_id = self._relay_in.get((src.id, rid))
         if peer_id is None or peer_id not in self._peers:
-            self._drop(Drop.SRC_NOT_ALLOWED, src)
+            self._drop(Drop.RELAY_UNKNOWN_ID, src)   # no peer of ours goes by that id at this relay
             return
         via = RelayVia(src.id, rid)
         t = inner[0]
@@ -345,6 +367,11 @@ class ReferenceDataPath:
         c.send_counter = peer.current.send_counter if peer.current else 0
         return PeerCounters(c.rx_bytes, c.tx_bytes, c.rx_packets, c.tx_packets, c.last_rx, c.last_tx,
                             c.last_data_rx, c.last_data_tx, c.send_counter, dict(c.drops))
+
+    def failure(self) -> Optional[str]:
+        """None: this data path runs on the event loop itself, with no worker
+        that could die while the daemon goes on (see FastDataPath.failure)."""
+        return None
 
     def global_drops(self) -> dict:
         return dict(self._drops)

@@ -7,12 +7,15 @@ drops privileges; after that only the open file descriptor is used.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import logging
 import os
+import socket
+import struct
 import subprocess
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
 import pytun
 
@@ -51,6 +54,8 @@ def open_device(mode: Mode, name: str, mtu: int, extra_flags: int = 0) -> Device
                           % (mode.value, name, exc)) from exc
     fd = dev.fileno()
     os.set_blocking(fd, False)
+    if mode is Mode.TUN:
+        _quiet_ipv6(dev.name)
     try:
         dev.mtu = mtu
         dev.up()
@@ -59,6 +64,42 @@ def open_device(mode: Mode, name: str, mtu: int, extra_flags: int = 0) -> Device
         raise DeviceError("cannot configure %s: %s" % (name, exc)) from exc
     log.info("opened %s device %s (mtu %d)", mode.value, dev.name, mtu)
     return Device(dev.name, fd, mode, dev)
+
+
+def _quiet_ipv6(name: str) -> None:
+    """No IPv6 link-local address on a TUN device (``addrgenmode none``, set
+    before the link goes up): a tunnel has no neighbours or routers to
+    discover, and with a link-local address the kernel sends router
+    solicitations to ff02::2 into the device, at once and then with back-off
+    up to once an hour, which no peer's allowed IPs cover: they were the
+    ``no_route`` drops of an idle tunnel.  Configured addresses (``fe80::1/64``
+    too, for a routing protocol that needs one) are added as before.  Netlink,
+    so it works where /proc/sys is read-only (ProtectKernelTunables); a kernel
+    without IPv6 refuses it, which changes nothing."""
+    try:
+        out = subprocess.run(["ip", "link", "set", "dev", name, "addrgenmode", "none"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.info("%s: cannot turn off IPv6 link-local addresses: %s", name, exc)
+        return
+    if out.returncode != 0:
+        log.info("%s: IPv6 link-local addresses stay on (ip link set addrgenmode none: %s)",
+                 name, out.stderr.strip())
+
+
+_SIOCGIFFLAGS = 0x8913
+_IFF_UP = 0x1
+
+
+def link_is_up(name: str) -> Optional[bool]:
+    """Whether the link ``name`` is administratively up (IFF_UP), asked of the
+    kernel (SIOCGIFFLAGS needs no privilege); None when there is no such link."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            ifr = fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, struct.pack("16sH14x", name.encode()[:15], 0))
+    except OSError:
+        return None
+    return bool(struct.unpack_from("16sH", ifr)[1] & _IFF_UP)
 
 
 def _ip(*args: str) -> None:

@@ -74,6 +74,8 @@ class Drop(enum.IntEnum):
     BAD_INNER = 12         # decrypted payload is not a valid packet for the mode
     SEND_FAILED = 13       # the kernel refused a send
     CONTROL_OVERFLOW = 14  # a handshake message found the control plane's queue full
+    RELAY_UNKNOWN_ID = 15  # a relay frame whose relay id names no pair for its sender (relay) or no peer (relayed)
+    RELAY_BUDGET = 16      # a relay frame over its source's per-second budget
 
 
 @dataclass
@@ -124,6 +126,10 @@ class DataPathEvents(Protocol):
         """The first authenticated packet arrived on a keypair installed as
         "next": it is now current."""
 
+    def data_path_failed(self, reason: str) -> None:
+        """The data path stopped moving packets for good (a fast-path worker
+        died); ``reason`` says why.  Optional: called only when defined."""
+
 
 class DataPath(Protocol):
     """What the control plane may ask of a data path."""
@@ -161,4 +167,6 @@ class DataPath(Protocol):
     # observability
     def counters(self, peer_id: int) -> PeerCounters: ...
     def global_drops(self) -> dict: ...
+    def failure(self) -> Optional[str]:
+        """None while packets move; why not, once the data path failed."""
     def set_firewall(self, tables) -> None: ...

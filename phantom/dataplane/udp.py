@@ -8,6 +8,7 @@ path, and shown to people in plain form.
 
 from __future__ import annotations
 
+import errno
 import functools
 import ipaddress
 import socket
@@ -15,6 +16,15 @@ from typing import Optional
 from .types import RelayVia
 
 SOCKET_BUFFER = 4 << 20
+
+
+def in_use(what: str, hint: str) -> OSError:
+    """The error for a port another process holds, naming which port
+    (``what``: "udp port 9000", "API port 4567 on 127.0.0.1") instead of
+    "[Errno 98] Address already in use".  Its errno is EADDRINUSE."""
+    err = OSError("%s is in use (another phantomd, or another program, has it): %s" % (what, hint))
+    err.errno = errno.EADDRINUSE
+    return err
 
 
 def open_udp_socket(port: int, host: Optional[str] = None) -> socket.socket:
@@ -36,7 +46,13 @@ def open_udp_socket(port: int, host: Optional[str] = None) -> socket.socket:
             except OSError:
                 pass
         bind_host = host or ("::" if family == socket.AF_INET6 else "0.0.0.0")
-        sock.bind((bind_host, port))
+        try:
+            sock.bind((bind_host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise in_use("udp port %d" % port if host is None else "udp port %d on %s" % (port, host),
+                         "stop it, or choose another port with listen_port or --udp-port") from None
         sock.setblocking(False)
     except Exception:
         sock.close()
@@ -48,7 +64,13 @@ def open_test_socket(port: int) -> socket.socket:
     """The prototype's test port: loopback only, never reachable from outside."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        sock.bind(("127.0.0.1", port))
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise in_use("test port %d on 127.0.0.1" % port,
+                         "stop it, or choose another port with test_port or --test-port") from None
         sock.setblocking(False)
     except Exception:
         sock.close()

@@ -44,8 +44,11 @@ three reserved zero bytes, followed by little-endian fields (as in WireGuard):
       one hop (A -> relay, or relay -> B), sealed like secretbox transport
       data with that hop's session key (its counter, its replay window; always
       secretbox, whatever the hop session's suite), so each hop is
-      authenticated by its own keys.  A -> relay: relay_id is the destination's
-      id at the relay; relay -> B: the source's.  ``inner`` is an A <-> B
+      authenticated by its own keys.  relay_id names the pair (A, B) at the
+      relay: random, unique there, the same on both hops and both ways, given
+      to A and B in the rendezvous' Endpoints / Punch; the relay forwards a
+      frame only if (its sender, its relay_id) is a pair whose other end
+      accepts the sender.  ``inner`` is an A <-> B
       Phantom message (handshake or transport data), end-to-end encrypted with
       A's and B's keys: the relay forwards it and cannot read it.  A relay never
       delivers a relay frame's content to its own device.
@@ -403,7 +406,7 @@ class WhereIs:
 class Endpoints:
     key: bytes
     endpoints: tuple = ()
-    relay_id: int = 0            # the key's id at this node when it relays for us (0: no relay)
+    relay_id: int = 0            # the pair's relay id at this node when it relays for us (0: no relay)
 
 
 @dataclass(frozen=True)

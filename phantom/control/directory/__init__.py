@@ -26,7 +26,8 @@ from .records import (  # noqa: F401
 from .store import LIST_LIMIT, DirectoryStore, StoredRecord  # noqa: F401
 from .server import (  # noqa: F401
     BODY_TIMEOUT, CLOCK_SKEW, DEFAULT_DB, DEFAULT_MAX_TTL, DEFAULT_PORT, MAX_BODY,
-    PURGE_INTERVAL, Forbidden, Gone, RequestTimeout, create_app, serve_forever, start_server)
+    PURGE_INTERVAL, Forbidden, Gone, Limits, RequestTimeout, create_app, serve_forever,
+    start_server)
 from .client import (  # noqa: F401
     CACHE_ENTRIES, CACHE_REFRESH, CACHE_TTL, CLIENT_TIMEOUT, DEFAULT_TTL, MAX_RESPONSE,
     NEGATIVE_TTL, REVOCATION_TTL, DirectoryClient)

@@ -15,9 +15,11 @@ from phantom.control.config import PEER_NAME
 from phantom.control.errors import ApiError, ConfigError
 from phantom.control.keys import KeyFormatError
 
-from .client import CLIENT_TIMEOUT, DEFAULT_TTL, DirectoryClient
+from .client import CLIENT_TIMEOUT, DEFAULT_TTL, DHT_TIMEOUT, DirectoryClient
 from .records import KEY_SIZE, DirectoryError, b64, key_from_text, signing_key_of
-from .server import DEFAULT_DB, DEFAULT_MAX_TTL, DEFAULT_PORT, serve_forever
+from .server import DEFAULT_DB, DEFAULT_MAX_TTL, DEFAULT_PORT, KEY_WRITES, MAX_HEARTBEAT, \
+    SOURCE_QUOTA, SOURCE_WATCHES, SOURCE_WRITES, WATCH_HEARTBEAT, WATCHERS_MAX, Limits, \
+    serve_forever
 
 # --- command line ---------------------------------------------------------------------------------
 def _run(coro):
@@ -46,23 +48,41 @@ def _print(args, payload: dict) -> None:
         print(format_kv(payload))
 
 
-async def _with_client(args, private_key, action):
+def _is_dht(args) -> bool:
+    return args.directory.strip().lower() == "dht"
+
+
+def client_timeout(args) -> float:
+    """``--timeout``, or the default of the directory kind: 5 s for an HTTP
+    directory, 10 s for a DHT lookup (a DHT publish waits up to 20 s)."""
+    if args.timeout is not None:
+        return args.timeout
+    return DHT_TIMEOUT if _is_dht(args) else CLIENT_TIMEOUT
+
+
+def make_client(args, private_key):
+    """The client the options ask for (not started)."""
     trusted = getattr(args, "trusted_signer", None) or ()
-    if args.directory.strip().lower() == "dht":
+    timeout = client_timeout(args)
+    if _is_dht(args):
         from .client import DhtDirectoryClient
         if not args.bootstrap:
             raise ValueError("--directory dht needs --bootstrap IP:PORT (a node of the swarm)")
-        client = DhtDirectoryClient(private_key, listen="0.0.0.0:0", bootstrap=args.bootstrap,
-                                    trusted_signers=trusted, timeout=args.timeout)
+        return DhtDirectoryClient(private_key, listen="0.0.0.0:0", bootstrap=args.bootstrap,
+                                  trusted_signers=trusted, timeout=timeout)
+    return DirectoryClient(args.directory, private_key, trusted_signers=trusted,
+                           timeout=timeout)
+
+
+async def _with_client(args, private_key, action):
+    client = make_client(args, private_key)
+    if _is_dht(args):
         await client.start()
         try:
-            await client.node.wait_nodes(1, args.timeout)
+            await client.node.wait_nodes(1, client.timeout)
         except BaseException:
             await client.close()
             raise
-    else:
-        client = DirectoryClient(args.directory, private_key, trusted_signers=trusted,
-                                 timeout=args.timeout)
     try:
         return await action(client)
     finally:
@@ -81,8 +101,10 @@ def cmd_serve(args) -> int:
     pw = resolve_user(args.user)         # None unless root
     if pw is not None:
         lock_down()                      # single-threaded: before the loop and any thread exists
+    limits = Limits(args.source_writes_per_minute, args.key_writes_per_minute,
+                    args.source_quota, args.source_watches, args.max_watches)
     _run(serve_forever(args.listen, args.port, args.db, args.trusted_signer or (), args.max_ttl,
-                       drop_to=pw))
+                       drop_to=pw, limits=limits, watch_heartbeat=args.watch_heartbeat))
     return 0
 
 
@@ -107,7 +129,8 @@ async def dht_nodes_forever(listen: str, port: int, count: int, bootstrap, statu
         if status_port:
             async def status(request):
                 return web.json_response({"service": "phantom-dht-node", "nodes": [
-                    {"port": n.port, "routing_nodes": n.nodes} for n in nodes]})
+                    {"port": n.port, "routing_nodes": n.nodes, "items": n.items,
+                     "counters": dict(n.stats)} for n in nodes]})
             app = web.Application()
             app.router.add_get("/status", status)
             runner = await start_server(app, listen, status_port)
@@ -123,6 +146,16 @@ async def dht_nodes_forever(listen: str, port: int, count: int, bootstrap, statu
             await runner.cleanup()
         for n in nodes:
             await n.close()
+
+
+def _count_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a whole number" % text) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
 
 
 def _endpoint_arg(text: str):
@@ -239,7 +272,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Ed25519 key whose endorsements this directory keeps and ranks first "
                         "(repeatable; default: keep any valid endorsement)")
     s.add_argument("--max-ttl", type=int, default=DEFAULT_MAX_TTL, metavar="SECONDS",
-                   help="refuse records living longer (default %d)" % DEFAULT_MAX_TTL)
+                   help="refuse records and endorsements living longer, and keep a revocation "
+                        "at most this long (default %d)" % DEFAULT_MAX_TTL)
+    s.add_argument("--source-writes-per-minute", type=_count_arg, default=SOURCE_WRITES,
+                   metavar="N", help="publishes and endorsements one source (an IPv4 address, "
+                   "an IPv6 /64) may send per minute, in bursts of up to N; past it: 429 with "
+                   "Retry-After (default %d; 0: no limit)" % SOURCE_WRITES)
+    s.add_argument("--key-writes-per-minute", type=_count_arg, default=KEY_WRITES, metavar="N",
+                   help="updates of one key's record per minute, whoever sends them "
+                        "(default %d; 0: no limit)" % KEY_WRITES)
+    s.add_argument("--source-quota", type=_count_arg, default=SOURCE_QUOTA, metavar="N",
+                   help="live records (and kept revocations) one source may hold; a new one "
+                        "past it gets 429 (default %d; 0: no quota)" % SOURCE_QUOTA)
+    s.add_argument("--source-watches", type=_count_arg, default=SOURCE_WATCHES, metavar="N",
+                   help="concurrent POST /watch streams per source; past it: 429, and clients "
+                        "poll (default %d; 0: no limit)" % SOURCE_WATCHES)
+    s.add_argument("--watch-heartbeat", type=float, default=WATCH_HEARTBEAT, metavar="SECONDS",
+                   help="a watch stream silent this long gets a {} line (default %g; at most "
+                        "%g: clients redo a stream silent for 40 s)" % (WATCH_HEARTBEAT,
+                                                                        MAX_HEARTBEAT))
+    s.add_argument("--max-watches", type=_count_arg, default=WATCHERS_MAX, metavar="N",
+                   help="concurrent watch streams of this front end; past it: 503, and clients "
+                        "poll (default %d)" % WATCHERS_MAX)
     s.add_argument("--log-level", default="info", choices=logsetup.LEVELS)
     s.set_defaults(func=cmd_serve)
 
@@ -253,7 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--private-key", metavar="FILE", required=True, help=key_help)
         c.add_argument("--bootstrap", type=_endpoint_arg, action="append", metavar="IP:PORT",
                        help="with --directory dht: a DHT node to join through (repeatable)")
-        c.add_argument("--timeout", type=float, default=CLIENT_TIMEOUT, metavar="SECONDS")
+        c.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                       help="give up after this (default %g s; with --directory dht %g s for "
+                            "a lookup, and a publish waits up to 20 s)" % (CLIENT_TIMEOUT,
+                                                                          DHT_TIMEOUT))
         c.add_argument("--json", action="store_true", help="print JSON")
         return c
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -29,11 +30,27 @@ CACHE_ENTRIES = 4096
 MAX_RESPONSE = 1024 * 1024
 STRAGGLER = 0.5                       # once one directory answered, the others get this long
 WATCH_RETRY = 1.0                     # first reconnect delay of a watch stream (doubles to 30 s)
+WATCH_RETRY_MAX = 30.0
 WATCH_POLL = 5.0                      # directories without /watch (and the DHT) are polled
 WATCH_CHUNK = 256                     # keys per watch stream (the server's limit)
 WATCH_READ = 40.0                     # a watch stream silent this long (no heartbeat) is redone
 ENDPOINT_CHECK = 2.0                  # how often keep_published asks for changed endpoints
 DHT_TIMEOUT = 10.0                    # a DHT lookup or publish gives up after this
+
+
+def _header_seconds(value) -> float:
+    """A Retry-After in seconds (0 when absent or not a number of seconds)."""
+    try:
+        return max(0.0, float(value)) if value is not None else 0.0
+    except ValueError:
+        return 0.0
+
+
+def _retry_after(payload) -> Optional[float]:
+    """The "retry_after" of a 429's JSON body, if any."""
+    wait = payload.get("retry_after") if isinstance(payload, dict) else None
+    return float(wait) if isinstance(wait, int) and not isinstance(wait, bool) and wait > 0 \
+        else None
 
 
 def parse_urls(url) -> list:
@@ -77,8 +94,9 @@ class DirectoryClient:
     def __init__(self, url, private_key=None, clock: Callable[[], float] = time.time, *,
                  trusted_signers: Iterable[bytes] = (), timeout: float = CLIENT_TIMEOUT,
                  refresh: float = CACHE_REFRESH, cache_ttl: float = CACHE_TTL,
-                 negative_ttl: float = NEGATIVE_TTL):
+                 negative_ttl: float = NEGATIVE_TTL, poll: float = WATCH_POLL):
         self.urls = parse_urls(url)
+        self.poll = poll
         self.url = self.urls[0]
         self.clock = clock
         self.timeout = timeout
@@ -97,7 +115,8 @@ class DirectoryClient:
         self._revoked: set[bytes] = set()
         self._session = None
         self.stats = {"lookups": 0, "cache_hits": 0, "stale_served": 0, "not_found": 0,
-                      "rejected": 0, "pin_refused": 0, "watch_updates": 0}
+                      "rejected": 0, "pin_refused": 0, "watch_updates": 0,
+                      "watch_heartbeats": 0, "watch_refused": 0, "watch_polling": 0}
 
     # lifecycle
     async def reset_connections(self) -> None:
@@ -138,6 +157,10 @@ class DirectoryClient:
     def is_revoked(self, public_key: bytes) -> bool:
         return bytes(public_key) in self._revoked
 
+    def counters(self) -> dict:
+        """This client's counters (a copy), for the daemon's /status and metrics."""
+        return dict(self.stats)
+
     # HTTP
     def _http(self):
         if self._session is None:
@@ -159,19 +182,18 @@ class DirectoryClient:
                 async for chunk in resp.content.iter_chunked(65536):
                     buf += chunk
                     if len(buf) > limit:
-                        raise DirectoryUnavailable("directory %s sent more than %d bytes"
-                                                   % (url, limit))
+                        raise DirectoryUnavailable("%s sent more than %d bytes" % (url, limit))
                 status = resp.status
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             reason = exc.__class__.__name__ + (": %s" % exc if str(exc) else "")
-            raise DirectoryUnavailable("directory %s unreachable (%s)" % (url, reason)) from None
+            raise DirectoryUnavailable("%s unreachable (%s)" % (url, reason)) from None
         if status >= 500:
-            raise DirectoryUnavailable("directory %s answered HTTP %d" % (url, status))
+            raise DirectoryUnavailable("%s answered HTTP %d" % (url, status))
         try:
             payload = strict_loads(bytes(buf)) if buf else None
         except (UnicodeDecodeError, ValueError):
-            raise DirectoryUnavailable("directory %s sent a response that is not JSON "
-                                       "(HTTP %d)" % (url, status)) from None
+            raise DirectoryUnavailable("%s sent a response that is not JSON (HTTP %d)"
+                                       % (url, status)) from None
         return status, payload
 
     async def _gather(self, method: str, path: str, body: Any = None,
@@ -218,7 +240,7 @@ class DirectoryClient:
             if len(errors) == 1 and isinstance(errors[0], DirectoryUnavailable):
                 raise errors[0]
             raise DirectoryUnavailable("no directory answered: " + "; ".join(
-                str(e) for e in errors))
+                getattr(e, "detail", str(e)) for e in errors))
         for e in errors:
             log.info("one directory failed (the others answered): %s", e)
         return answers
@@ -357,7 +379,7 @@ class DirectoryClient:
             return None
         if status != 200:
             return self._stale(entry, what, DirectoryUnavailable(
-                "directory answered HTTP %d: %s" % (status, self._message(payload))), now)
+                "the directory answered HTTP %d: %s" % (status, self._message(payload))), now)
         try:
             rec = self._verify(payload, now)
             if rec.public_key != key:
@@ -393,7 +415,7 @@ class DirectoryClient:
             self._remember_missing(("name", name), now)
             return None
         if status != 200:
-            exc = DirectoryUnavailable("directory answered HTTP %d: %s"
+            exc = DirectoryUnavailable("the directory answered HTTP %d: %s"
                                        % (status, self._message(payload)))
             if entry is not None and entry.record.name == name:
                 return self._stale(entry, name, exc, now)
@@ -433,7 +455,7 @@ class DirectoryClient:
         pages = [p["records"] for st, p in answers if st == 200 and isinstance(p, dict) and
                  isinstance(p.get("records"), list)]
         if not pages:
-            raise DirectoryUnavailable("directory answered HTTP %d to a listing"
+            raise DirectoryUnavailable("the directory answered HTTP %d to a listing"
                                        % answers[0][0])
         now, best = self.clock(), {}
         for page in pages:                    # several directories: the newest of each key
@@ -487,7 +509,7 @@ class DirectoryClient:
                     log.info("the directory holds seq %d for our key; continuing after it", current)
                     self._seq = current
                     continue
-            raise DirectoryRejected(status, self._message(payload))
+            raise DirectoryRejected(status, self._message(payload), _retry_after(payload))
         self._name = name
         try:
             self._accept(self._verify(payload, self.clock()), self.clock())
@@ -534,6 +556,10 @@ class DirectoryClient:
                                               % b64url(public_key), end)
         if status != 200:
             raise DirectoryRejected(status, self._message(payload))
+        carried = payload.get("endorsements") if isinstance(payload, dict) else None
+        if not isinstance(carried, list) or end not in carried:
+            raise DirectoryUnavailable("the directory answered 200 to our endorsement but the "
+                                       "record it returned does not carry it")
         return payload
 
     def republish_every(self, ttl: int) -> float:
@@ -561,8 +587,11 @@ class DirectoryClient:
                     stored.get("seq"), ",".join(stored.get("endpoints", [])) or "-")
                 announced = eps
             except DirectoryError as exc:
-                log.warning("publishing our record failed: %s; retrying", exc)
                 delay = min(retry, max(1.0, ttl / 4))
+                wait = getattr(exc, "retry_after", None)
+                if wait:                             # 429: the directory said when
+                    delay = max(delay, min(float(wait), ttl / 4))
+                log.warning("publishing our record failed: %s; retrying in %g s", exc, delay)
             due = loop.time() + delay
             while loop.time() < due:
                 await asyncio.sleep(min(check, max(0.0, due - loop.time())))
@@ -608,12 +637,18 @@ class DirectoryClient:
                                for chunk in chunks))
 
     async def _watch_url(self, url: str, keys: frozenset, on_change) -> None:
+        """One watch stream to ``url``, kept up.  A directory that refuses it for
+        now (503: all its streams are taken; 429: ours are) is polled every
+        WATCH_POLL seconds instead -- for its Retry-After, at least WATCH_RETRY
+        and doubling up to WATCH_RETRY_MAX -- and then asked again; one without
+        the route is polled for good."""
         import aiohttp
         body = canonical({"keys": sorted(b64(k) for k in keys)})
         delay = WATCH_RETRY
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout,
                                         sock_read=WATCH_READ)
         while True:
+            poll_for = 0.0
             try:
                 async with self._http().post(url + "/watch", data=body, timeout=timeout, headers={
                         "Content-Type": "application/json"}) as resp:
@@ -622,8 +657,14 @@ class DirectoryClient:
                                  WATCH_POLL)
                         await self._poll(keys, on_change)
                         return
+                    if resp.status in (429, 503):
+                        poll_for = max(delay, min(WATCH_RETRY_MAX, _header_seconds(
+                            resp.headers.get("Retry-After"))))
+                        self.stats["watch_refused"] += 1
+                        raise DirectoryUnavailable("%s refused a watch (HTTP %d); polling every "
+                                                   "%g s" % (url, resp.status, WATCH_POLL))
                     if resp.status != 200:
-                        raise DirectoryUnavailable("directory %s answered HTTP %d to a watch"
+                        raise DirectoryUnavailable("%s answered HTTP %d to a watch"
                                                    % (url, resp.status))
                     delay = WATCH_RETRY
                     while True:
@@ -634,7 +675,10 @@ class DirectoryClient:
                             raise DirectoryUnavailable("a watched record over %d bytes"
                                                        % (MAX_BODY * 4))
                         line = line.strip()
-                        if not line or line == b"{}":
+                        if not line:
+                            continue
+                        if line == b"{}":
+                            self.stats["watch_heartbeats"] += 1
                             continue
                         try:
                             doc = strict_loads(line)
@@ -646,11 +690,18 @@ class DirectoryClient:
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError,
                     DirectoryUnavailable) as exc:
                 log.info("watching %s: %s; reconnecting in %g s", url,
-                         exc.__class__.__name__ + (": %s" % exc if str(exc) else ""), delay)
-            await asyncio.sleep(delay)
-            delay = min(30.0, delay * 2)
+                         exc.__class__.__name__ + (": %s" % exc if str(exc) else ""),
+                         poll_for or delay)
+            if poll_for:
+                self.stats["watch_polling"] += 1
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._poll(keys, on_change), poll_for)
+            else:
+                await asyncio.sleep(delay)
+            delay = min(WATCH_RETRY_MAX, delay * 2)
 
-    async def _poll(self, keys: frozenset, on_change, interval: float = WATCH_POLL) -> None:
+    async def _poll(self, keys: frozenset, on_change, interval: Optional[float] = None) -> None:
+        interval = self.poll if interval is None else interval
         while True:
             for key in sorted(keys):
                 before = self._highest.get(key, -1)
@@ -687,13 +738,12 @@ class DhtDirectoryClient(DirectoryClient):
         from .store.dht import DhtNode, DhtStore
         super().__init__("http://dht.invalid", private_key, clock,
                          trusted_signers=trusted_signers, timeout=timeout, refresh=refresh,
-                         cache_ttl=cache_ttl, negative_ttl=negative_ttl)
+                         cache_ttl=cache_ttl, negative_ttl=negative_ttl, poll=poll)
         self.urls = ["dht"]
         self.url = "dht"
         self._own_node = node is None
         self.node = node or DhtNode(listen, bootstrap, timeout=timeout)
         self.store = DhtStore(self.node)
-        self.poll = poll
 
     async def start(self) -> "DhtDirectoryClient":
         if self._own_node and self.node._ses is None:
@@ -708,6 +758,18 @@ class DhtDirectoryClient(DirectoryClient):
     def republish_every(self, ttl: int) -> float:
         from .store.dht import REPUBLISH
         return min(ttl / 2, REPUBLISH)
+
+    def counters(self) -> dict:
+        """The client's counters, and under "dht" the DHT's: items dropped as malformed
+        or forged, keys not found, the node's gets, puts, timeouts and routing table."""
+        out = super().counters()
+        dht = {k: v for k, v in self.store.counters().items()
+               if k in ("dropped_malformed", "dropped_forged", "not_found")}
+        dht.update({k: self.node.stats[k] for k in ("gets", "puts", "timeouts",
+                                                    "not_found_stalled")})
+        dht.update(routing_nodes=self.node.nodes, items=self.node.items)
+        out["dht"] = dht
+        return out
 
     async def _request(self, method: str, path: str, body: Any = None,
                        limit: int = MAX_BODY * 4) -> tuple[int, Any]:

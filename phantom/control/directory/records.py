@@ -85,17 +85,31 @@ class DirectoryError(Exception):
     """The directory could not do what was asked."""
 
 
+UNAVAILABLE = "directory unavailable"
+
+
 class DirectoryUnavailable(DirectoryError):
-    """Unreachable, timed out, 5xx, or an answer that is not JSON (and no usable cache)."""
+    """Unreachable, timed out, 5xx, or an answer that is not JSON (and no usable cache).
+
+    Its text always reads ``directory unavailable: DETAIL``: the one wording the
+    CLI, the daemon's API (503) and the docs use; ``detail`` is the reason alone."""
+
+    def __init__(self, detail: str):
+        detail = str(detail)
+        if detail.startswith(UNAVAILABLE + ": "):
+            detail = detail[len(UNAVAILABLE) + 2:]
+        super().__init__("%s: %s" % (UNAVAILABLE, detail))
+        self.detail = detail
 
 
 class DirectoryRejected(DirectoryError):
     """The directory answered 4xx to a publish, revoke or endorse."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, retry_after: Optional[float] = None):
         super().__init__("directory refused (HTTP %d): %s" % (status, message))
         self.status = status
         self.message = message
+        self.retry_after = retry_after            # a 429: seconds the directory asked to wait
 
 
 # --- signatures: Ed25519 with the node's X25519 scalar --------------------------------------------

@@ -6,9 +6,9 @@
 """
 
 from .base import (  # noqa: F401
-    CLOCK_SKEW, DEFAULT_MAX_TTL, LIST_LIMIT, BadRecord, ForgedRecord, Forbidden, Gone,
-    KeyRevoked, NameTaken, NoRecord, StaleSeq, Store, StoredRecord, StoreUnavailable,
-    Unsupported, UntrustedSigner)
+    CLOCK_SKEW, DEFAULT_MAX_TTL, LIST_LIMIT, BadRecord, EndorsementsFull, ForgedRecord,
+    Forbidden, Gone, KeyRevoked, NameTaken, NoRecord, QuotaExceeded, StaleEndorsement, StaleSeq,
+    Store, StoredRecord, StoreUnavailable, TooManyRequests, Unsupported, UntrustedSigner)
 from .sqlite import DirectoryStore, SqliteStore  # noqa: F401
 
 

@@ -7,12 +7,23 @@ publish, the directory's rules (the same for every backend):
   its shape, key binding, signature, expiry and (strictly) its endorsements;
 * **per-key highest seq wins**: a publish whose ``seq`` is not above the stored
   one is refused (``StaleSeq``); the same signed record again is idempotent;
-* **revocations are forever**: once a key's revocation is stored, every later
-  record for it is refused (``KeyRevoked``) and the revocation is never purged;
+* **revocations are final, their storage is bounded**: once a key's revocation
+  is stored, every later record for it is refused (``KeyRevoked``); the row is
+  kept until its own ``expires``, cut to ``max_ttl`` from when it was stored,
+  and never before the key's last record would have expired
+  (:func:`revocation_keep_until`); then ``purge`` deletes it like any record;
 * **name claims**: a live name belongs to its first claimant; a claim endorsed
   by a trusted signer displaces an unendorsed one (``NameTaken`` otherwise);
 * **expiry**: expired records are not served and ``purge`` deletes them;
-* **endorsements** by trusted signers are merged, one per signer;
+* **endorsements** (:func:`merge_endorsements`): at most one per signer, the
+  latest; at most MAX_ENDORSEMENTS per record, and a new signer's endorsement
+  never displaces one already stored (``EndorsementsFull``, 409); none lives
+  longer than ``max_ttl``; with a trusted-signer list, other signers'
+  endorsements are refused (``UntrustedSigner``, 403), never stored;
+* **quotas**: a write may name its ``source`` (the server passes the client's
+  address, IPv6 by /64); a source holds at most ``quota`` stored rows (records
+  and revocations it wrote last, expired ones until they are purged), and a
+  write that would add one more is refused with ``QuotaExceeded`` (429);
 * **paging**: ``list`` returns live records and revocations ordered by key.
 
 Backends provide the storage primitives inside :meth:`Store._locked`, a
@@ -28,8 +39,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterable, Optional
+from typing import AsyncIterator, Callable, Iterable, Optional
 
 from phantom.control.errors import ApiError, BadRequest, Conflict, NotFound
 
@@ -47,10 +59,11 @@ class StoredRecord:
     public_key: str
     name: str
     seq: int
-    expires: int
+    expires: int                      # a revocation: until when the row is kept
     revoked: bool
     endorsed_until: int
     doc: dict
+    source: str = ""                  # who wrote it last (quotas), "" when not known
 
 
 # --- refusals (each is an HTTP error of the server, and a clear error for direct callers) ---------
@@ -92,6 +105,27 @@ class NoRecord(NotFound):
 
 class UntrustedSigner(Forbidden):
     pass
+
+
+class StaleEndorsement(Conflict):
+    """The signer's later endorsement of this record is stored already."""
+
+
+class EndorsementsFull(Conflict):
+    """The record carries MAX_ENDORSEMENTS already; none is ever displaced by a new signer."""
+
+
+class TooManyRequests(ApiError):
+    """A per-source or per-key limit; ``retry_after`` says when to try again (seconds)."""
+    status = 429
+
+    def __init__(self, message: str, retry_after: float = 60.0):
+        super().__init__(message)
+        self.retry_after = max(1.0, float(retry_after))
+
+
+class QuotaExceeded(TooManyRequests):
+    """The source already holds its quota of stored rows."""
 
 
 class Unsupported(ApiError):
@@ -137,23 +171,82 @@ def endorsed_until(rec: Record, doc: dict, trusted: frozenset, now: float) -> in
     return best
 
 
-def merge_endorsements(rec: Record, new: list, old: list, trusted: frozenset, now: float) -> list:
-    """Endorsements still valid for this record's key and name, one per signer."""
+def check_endorsement(rec: Record, end, trusted: frozenset, now: float, max_ttl: int) -> bytes:
+    """One endorsement offered for ``rec`` (by a third party or carried by the owner):
+    its signer, or a refusal saying why (400 malformed, expired or too long-lived,
+    403 a signer this directory does not trust)."""
+    try:
+        signer = verify_endorsement(end, rec.public_key, rec.name, now)
+    except RecordError as exc:
+        raise BadRecord(str(exc)) from None     # (a bad signature: made for another key or name)
+    if trusted and signer not in trusted:
+        raise UntrustedSigner("signer %s is not trusted by this directory: it keeps only its "
+                              "trusted signers' endorsements" % b64(signer))
+    if end["expires"] > now + max_ttl + CLOCK_SKEW:
+        raise BadRecord("the endorsement by %s lives too long: expires in %d s, this directory "
+                        "keeps endorsements at most %d s" % (b64(signer), end["expires"] - now,
+                                                             max_ttl))
+    return signer
+
+
+def merge_endorsements(rec: Record, new: list, old: list, trusted: frozenset, now: float,
+                       max_ttl: int = DEFAULT_MAX_TTL) -> list:
+    """The endorsements to store: the stored ones still valid, plus ``new``.
+
+    At most one per signer (a signer's newer endorsement replaces its own, never
+    the other way round), at most MAX_ENDORSEMENTS, and a new signer is never
+    given the place of one already stored: when the record is full the new one
+    is refused (``EndorsementsFull``).  Every new endorsement is checked with
+    :func:`check_endorsement` and refused, not dropped, when it does not qualify.
+    Stored ones that no longer qualify (expired, a signer no longer trusted, a
+    lifetime over ``max_ttl``) are dropped."""
     by_signer: dict[str, dict] = {}
-    for end in list(old) + list(new):             # new ones replace old ones by signer
+    for end in old:
         try:
-            signer = verify_endorsement(end, rec.public_key, rec.name, now)
-        except RecordError:
-            continue
-        if trusted and signer not in trusted:
+            check_endorsement(rec, end, trusted, now, max_ttl)
+        except ApiError:
             continue
         by_signer[end["signer"]] = end
-    kept = sorted(by_signer.values(), key=lambda e: -e["expires"])[:MAX_ENDORSEMENTS]
-    return sorted(kept, key=lambda e: e["signer"])
+    offered: dict[str, dict] = {}
+    for end in new:
+        check_endorsement(rec, end, trusted, now, max_ttl)
+        if end["signer"] in offered and offered[end["signer"]] != end:
+            raise BadRecord("two endorsements by signer %s: send one" % end["signer"])
+        offered[end["signer"]] = end
+    for who, end in offered.items():
+        held = by_signer.get(who)
+        if held is not None:
+            if held == end:
+                continue                                  # the same endorsement again
+            if end["expires"] < held["expires"]:
+                raise StaleEndorsement("signer %s's endorsement of this record until %d is "
+                                       "stored; an older one (until %d) cannot replace it"
+                                       % (who, held["expires"], end["expires"]))
+            by_signer[who] = end
+            continue
+        if len(by_signer) >= MAX_ENDORSEMENTS:
+            raise EndorsementsFull("this record already carries %d endorsements, the most a "
+                                   "record holds; an endorsement never displaces another "
+                                   "signer's (try again when one expires)" % MAX_ENDORSEMENTS)
+        by_signer[who] = end
+    return sorted(by_signer.values(), key=lambda e: e["signer"])
 
 
-def stored_of(rec: Record, doc: dict, until: int) -> StoredRecord:
-    return StoredRecord(rec.key_text, rec.name, rec.seq, rec.expires, rec.revoked, until, doc)
+def revocation_keep_until(rec: Record, old: Optional["StoredRecord"], now: float,
+                          max_ttl: int) -> int:
+    """Until when a revocation is stored: its own ``expires``, at most ``max_ttl``
+    (plus the clock skew) from now, and never before the key's last record (``old``)
+    would have expired -- until then that record could be replayed."""
+    until = min(rec.expires, int(now) + max_ttl + CLOCK_SKEW)
+    if old is not None:
+        until = max(until, old.expires)
+    return until
+
+
+def stored_of(rec: Record, doc: dict, until: int, source: str = "",
+              expires: Optional[int] = None) -> StoredRecord:
+    return StoredRecord(rec.key_text, rec.name, rec.seq, rec.expires if expires is None
+                        else expires, rec.revoked, until, doc, source)
 
 
 class Txn(abc.ABC):
@@ -169,6 +262,11 @@ class Txn(abc.ABC):
     @abc.abstractmethod
     async def put(self, rec: Record, stored: StoredRecord, now: float) -> None: ...
 
+    async def held_by(self, source: str, now: int) -> int:
+        """How many stored rows ``source`` wrote last (records and revocations; expired
+        ones too, until ``purge`` deletes them); stores that keep no sources answer 0."""
+        return 0
+
 
 class Store(abc.ABC):
     """A directory store.  All methods are coroutines; see the module doc for the rules."""
@@ -182,7 +280,8 @@ class Store(abc.ABC):
 
     def __init__(self) -> None:
         self._watchers: set[asyncio.Queue] = set()
-        self.stats = {"published": 0, "refused": 0, "notified": 0, "watch_dropped": 0}
+        self.stats = {"published": 0, "endorsed": 0, "refused": 0, "notified": 0,
+                      "watch_dropped": 0}
 
     # lifecycle
     async def open(self) -> "Store":
@@ -215,25 +314,31 @@ class Store(abc.ABC):
         raise Unsupported("the %s store cannot count records" % self.kind)
 
     async def purge(self, now: int) -> int:
-        """Delete expired records (never revocations); the number deleted."""
+        """Delete expired records and revocations kept long enough
+        (:func:`revocation_keep_until`); the number deleted."""
         return 0
 
     # writes
     @abc.abstractmethod
-    def _locked(self, key: str, name: str) -> contextlib.AbstractAsyncContextManager[Txn]:
-        """A context where this publish's reads and write do not interleave with another's."""
+    def _locked(self, key: str, name: str,
+                source: str = "") -> contextlib.AbstractAsyncContextManager[Txn]:
+        """A context where this publish's reads and write do not interleave with another's
+        of the same key, name or source (so a source's quota cannot be overrun by a race)."""
 
     async def publish(self, doc, now: float, *, trusted: Iterable[bytes] = (),
                       max_ttl: int = DEFAULT_MAX_TTL, key: Optional[str] = None,
-                      signer: Optional[NodeSigner] = None) -> tuple[StoredRecord, bool]:
+                      signer: Optional[NodeSigner] = None, source: str = "",
+                      quota: int = 0) -> tuple[StoredRecord, bool]:
         """Verify and store a record; returns (what is stored, created).
 
-        Raises BadRecord, ForgedRecord, StaleSeq, NameTaken or KeyRevoked.
+        Raises BadRecord, ForgedRecord, StaleSeq, NameTaken, KeyRevoked,
+        UntrustedSigner, EndorsementsFull or QuotaExceeded.  ``source`` names
+        the writer and ``quota`` (0: none) bounds the rows one source holds.
         ``signer`` is needed only by stores that sign what they store (DHT)."""
         trusted = frozenset(bytes(s) for s in trusted)
         try:
             rec = verify_publish(doc, now, trusted, max_ttl, key)
-            async with self._locked(rec.key_text, rec.name) as tx:
+            async with self._locked(rec.key_text, rec.name, source) as tx:
                 if signer is not None:
                     tx.signer = signer
                 old = await tx.get(rec.key_text)
@@ -246,7 +351,7 @@ class Store(abc.ABC):
                                    "(newer wins)" % (rec.seq, old.seq), old.seq)
                 merged = merge_endorsements(rec, doc.get("endorsements", []),
                                             old.doc.get("endorsements", []) if old else [],
-                                            trusted, now)
+                                            trusted, now, max_ttl)
                 stored_doc = dict(doc, endorsements=merged)
                 until = endorsed_until(rec, stored_doc, trusted, now)
                 if not rec.revoked:
@@ -254,7 +359,15 @@ class Store(abc.ABC):
                     if holder is not None and not (until > now and holder.endorsed_until <= now):
                         raise NameTaken("name %r is held by another key (%s) until %d"
                                         % (rec.name, holder.public_key, holder.expires))
-                stored = stored_of(rec, stored_doc, until)
+                if source and quota and (old is None or old.source != source):
+                    held = await tx.held_by(source, int(now))       # (its own row: no growth)
+                    if held >= quota:
+                        raise QuotaExceeded(
+                            "source %s already holds %d records here, its quota; they free "
+                            "up as they expire (and are purged, every minute)" % (source, held))
+                expires = revocation_keep_until(rec, old, now, max_ttl) if rec.revoked \
+                    else rec.expires
+                stored = stored_of(rec, stored_doc, until, source, expires)
                 await tx.put(rec, stored, now)
         except ApiError:
             self.stats["refused"] += 1
@@ -264,34 +377,47 @@ class Store(abc.ABC):
         return stored, old is None
 
     async def endorse(self, public_key: str, end, now: float, *,
-                      trusted: Iterable[bytes] = ()) -> StoredRecord:
-        """Add a trusted signer's endorsement to a live record."""
+                      trusted: Iterable[bytes] = (),
+                      max_ttl: int = DEFAULT_MAX_TTL) -> StoredRecord:
+        """Add a signer's endorsement to a live record (see :func:`merge_endorsements`).
+
+        Returns the record as stored, which carries ``end``; anything else is a
+        refusal (BadRecord, ForgedRecord, UntrustedSigner, EndorsementsFull,
+        StaleEndorsement, NoRecord, KeyRevoked), never a silent drop."""
         if not self.supports_endorse:
             raise Unsupported("the %s store carries only what the key's owner signed"
                               % self.kind)
         trusted = frozenset(bytes(s) for s in trusted)
-        first = await self.get(public_key)
-        if first is None:
-            raise NoRecord("no record for this key to endorse")
-        async with self._locked(public_key, first.name) as tx:
-            old = await tx.get(public_key)
-            if old is None or (not old.revoked and old.expires <= now):
+        try:
+            first = await self.get(public_key)
+            if first is None:
                 raise NoRecord("no record for this key to endorse")
-            if old.revoked:
-                raise KeyRevoked("this key was revoked")
-            try:
-                rec = parse_record(old.doc, now, trusted_signers=None)
-                signer = verify_endorsement(end, rec.public_key, rec.name, now)
-            except RecordError as exc:
-                raise BadRecord(str(exc)) from None
-            if trusted and signer not in trusted:
-                raise UntrustedSigner("signer %s is not trusted by this directory" % b64(signer))
-            merged = merge_endorsements(rec, [end], old.doc.get("endorsements", []), trusted, now)
-            stored_doc = dict(old.doc, endorsements=merged)
-            stored = stored_of(rec, stored_doc, endorsed_until(rec, stored_doc, trusted, now))
-            await tx.put(rec, stored, now)
+            async with self._locked(public_key, first.name) as tx:   # (adds no row: no quota)
+                old = await tx.get(public_key)
+                if old is None or (not old.revoked and old.expires <= now):
+                    raise NoRecord("no record for this key to endorse")
+                if old.revoked:
+                    raise KeyRevoked("this key was revoked")
+                try:
+                    rec = parse_record(old.doc, now, trusted_signers=None)
+                except RecordError as exc:
+                    raise BadRecord(str(exc)) from None
+                merged = merge_endorsements(rec, [end], old.doc.get("endorsements", []),
+                                            trusted, now, max_ttl)
+                stored_doc = dict(old.doc, endorsements=merged)
+                stored = stored_of(rec, stored_doc, endorsed_until(rec, stored_doc, trusted, now),
+                                   old.source, old.expires)
+                await tx.put(rec, stored, now)
+        except ApiError:
+            self.stats["refused"] += 1
+            raise
+        self.stats["endorsed"] += 1
         self._notify_local(stored)
         return stored
+
+    def counters(self) -> dict:
+        """This store's counters (a copy), for status pages and metrics."""
+        return dict(self.stats)
 
     # changes
     def subscribe(self) -> asyncio.Queue:
@@ -324,6 +450,45 @@ class Store(abc.ABC):
     def _notify_local(self, stored: StoredRecord) -> None:
         """After a write: tell this process's watchers (shared stores push to all instead)."""
         self._deliver(stored)
+
+    async def watch(self, keys: Iterable[str], *, heartbeat: float, duration: float,
+                    clock: Callable[[], float] = time.time
+                    ) -> AsyncIterator[Optional[StoredRecord]]:
+        """Follow the records of ``keys`` (standard base64): first the live record of
+        each that has one, then every change to one of them; ``None`` is a heartbeat,
+        due whenever nothing was yielded for ``heartbeat`` seconds -- changes to other
+        keys never put it off.  Ends after ``duration`` seconds, or when the store
+        lost its push channel (the watcher re-reads)."""
+        keys = frozenset(keys)
+        q = self.subscribe()                 # before reading the current records: no gap
+        try:
+            now = clock()
+            for k in sorted(keys):
+                row = await self.get(k)
+                if row is not None and (row.revoked or row.expires > now):
+                    yield row
+            loop = asyncio.get_running_loop()
+            end = loop.time() + duration
+            beat = loop.time() + heartbeat
+            while True:
+                t = loop.time()
+                if t >= end:
+                    return
+                if t >= beat:
+                    yield None
+                    beat = loop.time() + heartbeat
+                    continue
+                try:
+                    item = await asyncio.wait_for(q.get(), min(beat, end) - t)
+                except asyncio.TimeoutError:
+                    continue
+                if item is None:
+                    return
+                if item.public_key in keys:
+                    yield item
+                    beat = loop.time() + heartbeat
+        finally:
+            self.unsubscribe(q)
 
     async def changes(self) -> AsyncIterator[StoredRecord]:
         q = self.subscribe()

@@ -25,6 +25,16 @@ not JSON, forged, another key's record -- is a counted drop (``stats``),
 never a crash.  Names are never taken from the DHT: this store answers by
 key only (``supports_names = False``).
 
+Bounded answers.  libtorrent ends a lookup only when its closest nodes answered
+or timed out in full (15 s), so one departed node would turn every lookup near
+it into a timeout: a missing key would read as "unavailable".  While a get is
+pending, the node samples libtorrent's lookups and calls the key not found once
+they wait only for nodes past the 1 s short timeout (:meth:`DhtNode._stalled`).
+Bootstrap nodes are asked again with a backoff up to a minute, for as long as
+the node runs, so a node started before its bootstrap node still joins it.  A
+node keeps at most MAX_ITEMS items for others (libtorrent drops the least
+wanted past it): the DHT's bound on what one sender can make it store.
+
 Lifetimes.  DHT nodes forget items after about two hours, so a publisher
 republishes well before that (``REPUBLISH``) and before its record expires.
 A revocation on the DHT lasts as long as it is republished (and clients that
@@ -56,6 +66,13 @@ PUT_TIMEOUT = 20.0                   # a put is confirmed when the k closest nod
                                      # timed out: dead nodes among them cost libtorrent's RPC timeout
 REPUBLISH = 20 * 60.0                # items live ~2 h on DHT nodes; republish well before
 DEFAULT_PORT = 6881
+MAX_ITEMS = 700                      # BEP 44 items one node keeps for others (libtorrent's
+                                     # dht_max_dht_items: past it, the least wanted is dropped)
+STALL_GRACE = 1.0                    # a get whose traversal only waits for nodes that missed
+                                     # libtorrent's 1 s short timeout ends "not found" after this
+STATS_EVERY = 0.5                    # how often a pending get samples libtorrent's lookups
+BOOTSTRAP_RETRY = 1.0                # bootstrap nodes are asked again after 1, 2, 4 .. s
+BOOTSTRAP_RETRY_MAX = 60.0           # .. and then every minute, for as long as the node runs
 _P = 2 ** 255 - 19
 PREFIX_LABEL = b"phantom-dht-bep44-prefix-v1"
 
@@ -110,10 +127,11 @@ def encode_item(doc: dict) -> bytes:
 
 
 # --- one libtorrent session as a DHT node ----------------------------------------------------------
-def _settings(listen: str) -> dict:
+def _settings(listen: str, max_items: int = MAX_ITEMS) -> dict:
     import libtorrent as lt
     cat = lt.alert.category_t
     return {
+        "dht_max_dht_items": int(max_items),
         "listen_interfaces": listen,
         "enable_dht": True,
         "dht_bootstrap_nodes": "",               # never the public routers
@@ -144,10 +162,17 @@ class DhtNode:
     (host, port) the node joins through -- and nothing else."""
 
     def __init__(self, listen: str = "0.0.0.0:%d" % DEFAULT_PORT,
-                 bootstrap: Iterable = (), timeout: float = LOOKUP_TIMEOUT):
+                 bootstrap: Iterable = (), timeout: float = LOOKUP_TIMEOUT,
+                 max_items: int = MAX_ITEMS):
         self.listen = listen
         self.bootstrap = [(str(h), int(p)) for h, p in bootstrap]
         self.timeout = timeout
+        self.max_items = int(max_items)
+        self.items = 0                           # BEP 44 items this node keeps for others
+        self._lookups: list = []                 # libtorrent's active lookups, last sampled
+        self._lookups_at = 0.0
+        self._get_started: dict[tuple, float] = {}
+        self._stall_since: dict[tuple, float] = {}
         self._ses = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._wake: Optional[asyncio.Event] = None
@@ -156,7 +181,8 @@ class DhtNode:
         self._puts: dict[tuple, list] = {}       # (key, salt) -> [futures]
         self.nodes = 0
         self.port: Optional[int] = None
-        self.stats = {"gets": 0, "puts": 0, "timeouts": 0, "alerts": 0}
+        self.stats = {"gets": 0, "puts": 0, "timeouts": 0, "alerts": 0, "not_found": 0,
+                      "not_found_stalled": 0, "bootstrap_pings": 0}
 
     async def start(self) -> "DhtNode":
         try:
@@ -165,7 +191,7 @@ class DhtNode:
             raise DhtError("the DHT needs libtorrent (pip install 'phantom[dht]')") from None
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._ses = lt.session(_settings(self.listen))
+        self._ses = lt.session(_settings(self.listen, self.max_items))
         self._ses.set_alert_notify(self._notify)
         for host, port in self.bootstrap:
             self._ses.add_dht_node((host, port))
@@ -206,10 +232,11 @@ class DhtNode:
 
     async def _run(self) -> None:
         import libtorrent as lt
-        stats_due = 0.0
+        stats_due = lookups_due = 0.0
+        retry, bootstrap_due = BOOTSTRAP_RETRY, time.monotonic() + BOOTSTRAP_RETRY
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), 1.0)
+                await asyncio.wait_for(self._wake.wait(), STATS_EVERY if self._gets else 1.0)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
@@ -220,6 +247,19 @@ class DhtNode:
             if now >= stats_due:
                 ses.post_session_stats()
                 stats_due = now + 2.0
+            if self._gets and now >= lookups_due:
+                ses.post_dht_stats()             # what the pending gets still wait for
+                lookups_due = now + STATS_EVERY
+            if self.bootstrap and now >= bootstrap_due:
+                # Ask the bootstrap nodes again (one ping each), whatever the routing
+                # table holds: a node started before its bootstrap node, or whose own
+                # sibling nodes fill its table, still joins the swarm once it is up.
+                for host, port in self.bootstrap:
+                    ses.add_dht_node((host, port))
+                self.stats["bootstrap_pings"] += 1
+                retry = min(BOOTSTRAP_RETRY_MAX, retry * 2)
+                bootstrap_due = now + retry
+            lookups = None
             for a in ses.pop_alerts():
                 self.stats["alerts"] += 1
                 try:
@@ -227,12 +267,19 @@ class DhtNode:
                         self._on_item(a)
                     elif isinstance(a, lt.dht_put_alert):
                         self._on_put(a)
+                    elif isinstance(a, lt.dht_stats_alert):
+                        # one alert per DHT node of the session ("0.0.0.0": one per local
+                        # address), posted together: their lookups, all of them
+                        lookups = (lookups or []) + list(a.active_requests)
                     elif isinstance(a, lt.session_stats_alert):
-                        # the session-wide counter: with "0.0.0.0" libtorrent runs one DHT
-                        # node per local address, and dht_stats_alert describes only one
+                        # the session-wide counters: with "0.0.0.0" libtorrent runs one
+                        # DHT node per local address (dht_stats_alert comes once per node)
                         values = a.values
-                        self.nodes = int(values.get("dht.dht_nodes", 0)
-                                         if isinstance(values, dict) else 0)
+                        if isinstance(values, dict):
+                            self.nodes = int(values.get("dht.dht_nodes", 0))
+                            self.items = int(values.get("dht.dht_mutable_data", 0))
+                        else:
+                            self.nodes = 0
                         if self.nodes == 0 and self.bootstrap:
                             # an empty table (start, or libtorrent reopened its sockets
                             # after an address change): join through the bootstrap again
@@ -240,6 +287,48 @@ class DhtNode:
                                 ses.add_dht_node((host, port))
                 except Exception:        # a malformed alert must not stop the pump
                     log.exception("handling a DHT alert failed")
+            if lookups is not None:
+                self._lookups, self._lookups_at = lookups, time.monotonic()
+            self._end_stalled_gets()
+
+    def _stalled(self) -> bool:
+        """True when every get traversal libtorrent runs waits only for nodes that
+        missed the 1 s short timeout, with at least one answer: the live part of the
+        swarm has answered.
+
+        libtorrent ends a traversal only when its k closest nodes answered or timed
+        out in full (15 s): one node that left the swarm (and that the others still
+        list) holds every lookup near it for 15 s.  A missing item would then read as
+        "no answer" (unavailable) instead of "not found".  Lookups carry no target
+        in libtorrent's stats, so this holds only when *all* of them are stalled."""
+        gets = [r for r in self._lookups if isinstance(r, dict) and r.get("type") == "get"]
+        if not gets:
+            return False
+        for r in gets:
+            # (nodes it did not ask are ones libtorrent skips: it has k live answers
+            # above them; past a short timeout it widens its branching and asks more)
+            if r.get("outstanding_requests", 1) > r.get("first_timeout", 0):
+                return False
+        return any(r.get("responses", 0) > 0 for r in gets)
+
+    def _end_stalled_gets(self) -> None:
+        if not self._gets:
+            return
+        now = time.monotonic()
+        fresh = now - self._lookups_at <= 2 * STATS_EVERY + 0.5
+        stalled = fresh and self._stalled()
+        for k, entry in list(self._gets.items()):
+            if entry[1] is not None:
+                continue                     # an item is in hand: GET_GRACE ends it
+            started = self._get_started.get(k, now)
+            if not stalled or self._lookups_at <= started:
+                self._stall_since.pop(k, None)   # (a sample from before this get began
+                continue                         # says nothing about it)
+            since = self._stall_since.setdefault(k, now)
+            if now - since >= STALL_GRACE:
+                self.stats["not_found_stalled"] += 1
+                log.debug("DHT get %s: only unresponsive nodes left; not found", k[0].hex())
+                self._finish_get(k)
 
     def _on_item(self, a) -> None:
         entry = self._gets.get((bytes(a.key), bytes(a.salt)))
@@ -261,6 +350,8 @@ class DhtNode:
                                                (bytes(a.key), bytes(a.salt))))
 
     def _finish_get(self, k) -> None:
+        self._get_started.pop(k, None)
+        self._stall_since.pop(k, None)
         entry = self._gets.pop(k, None)
         if entry is None:
             return
@@ -293,10 +384,15 @@ class DhtNode:
         entry = self._gets.get(k)
         if entry is None:
             entry = self._gets[k] = [[], None]
+            self._get_started[k] = time.monotonic()
             ses.dht_get_mutable_item(bytes(key), bytes(salt))
+            if self._wake is not None:
+                self._wake.set()                 # sample the lookups from now on
         entry[0].append(fut)
         try:
             found = await asyncio.wait_for(asyncio.shield(fut), timeout or self.timeout)
+            if found is None:
+                self.stats["not_found"] += 1
             if found is None and self.nodes == 0:
                 raise DhtError("the DHT routing table is empty: no node to ask (bootstrap %s)"
                                % (", ".join("%s:%d" % b for b in self.bootstrap) or "none"))
@@ -312,6 +408,8 @@ class DhtNode:
                 entry[0].remove(fut)
             if not entry[0]:
                 self._gets.pop(k, None)
+                self._get_started.pop(k, None)
+                self._stall_since.pop(k, None)
             if best is not None:
                 return best                  # the newest seen so far
             raise DhtError("no answer from the DHT within %g s (%d node(s) in the routing "
@@ -449,7 +547,7 @@ class DhtStore(Store):
         return StoredRecord(rec.key_text, rec.name, rec.seq, rec.expires, rec.revoked, 0, rec.doc)
 
     @contextlib.asynccontextmanager
-    async def _locked(self, key: str, name: str):
+    async def _locked(self, key: str, name: str, source: str = ""):
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             yield _DhtTxn(self)

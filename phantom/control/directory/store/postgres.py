@@ -47,18 +47,22 @@ CREATE TABLE IF NOT EXISTS phantom_records (
     revoked        BOOLEAN NOT NULL,
     endorsed_until BIGINT NOT NULL DEFAULT 0,
     doc            TEXT NOT NULL,
-    updated        DOUBLE PRECISION NOT NULL
+    updated        DOUBLE PRECISION NOT NULL,
+    source         TEXT NOT NULL DEFAULT ''
 );
+ALTER TABLE phantom_records ADD COLUMN IF NOT EXISTS source TEXT NOT NULL DEFAULT '';
 CREATE INDEX IF NOT EXISTS phantom_records_by_name ON phantom_records (name);
+CREATE INDEX IF NOT EXISTS phantom_records_by_source ON phantom_records (source);
 """
-_COLUMNS = "public_key, name, seq, expires, revoked, endorsed_until, doc"
+_COLUMNS = "public_key, name, seq, expires, revoked, endorsed_until, doc, source"
 _SCHEMA_LOCK = 0x70686e74          # an advisory lock id serialising schema creation
 
 
 def _row(row) -> Optional[StoredRecord]:
     if row is None:
         return None
-    return StoredRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5], json.loads(row[6]))
+    return StoredRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5], json.loads(row[6]),
+                        row[7])
 
 
 def _db_errors():
@@ -80,13 +84,19 @@ class _PgTxn(Txn):
     async def put(self, rec: Record, stored: StoredRecord, now: float) -> None:
         await self.c.execute(
             "INSERT INTO phantom_records (public_key, name, seq, expires, revoked, endorsed_until,"
-            " doc, updated) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (public_key) DO "
-            "UPDATE SET name = excluded.name, seq = excluded.seq, expires = excluded.expires, "
-            "revoked = excluded.revoked, endorsed_until = excluded.endorsed_until, "
-            "doc = excluded.doc, updated = excluded.updated",
+            " doc, updated, source) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT "
+            "(public_key) DO UPDATE SET name = excluded.name, seq = excluded.seq, "
+            "expires = excluded.expires, revoked = excluded.revoked, "
+            "endorsed_until = excluded.endorsed_until, doc = excluded.doc, "
+            "updated = excluded.updated, source = excluded.source",
             stored.public_key, stored.name, stored.seq, stored.expires, stored.revoked,
-            stored.endorsed_until, canonical(stored.doc).decode("ascii"), float(now))
+            stored.endorsed_until, canonical(stored.doc).decode("ascii"), float(now),
+            stored.source)
         await self.c.execute("SELECT pg_notify($1, $2)", CHANNEL, stored.public_key)
+
+    async def held_by(self, source: str, now: int) -> int:
+        return await self.c.fetchval("SELECT COUNT(*) FROM phantom_records WHERE source = $1",
+                                     source)
 
 
 async def _by_name(conn, name: str, now: int, exclude: str) -> Optional[StoredRecord]:
@@ -224,16 +234,18 @@ class PostgresStore(Store):
 
     async def purge(self, now: int) -> int:
         async with self._conn() as c:
-            status = await c.execute("DELETE FROM phantom_records WHERE NOT revoked AND "
-                                     "expires <= $1", now)
+            status = await c.execute("DELETE FROM phantom_records WHERE expires <= $1", now)
         return int(status.split()[-1])
 
     # writes
     @contextlib.asynccontextmanager
-    async def _locked(self, key: str, name: str):
+    async def _locked(self, key: str, name: str, source: str = ""):
         async with self._conn() as c:
             async with c.transaction():
-                for lock in ("key:" + key, "name:" + name):     # always key, then name
+                # always key, then name, then source: nobody holding a later lock waits
+                # for an earlier one, so two publishes cannot deadlock
+                for lock in ("key:" + key, "name:" + name) + (("source:" + source,)
+                                                              if source else ()):
                     await c.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", lock)
                 yield _PgTxn(c)
 

@@ -28,18 +28,22 @@ CREATE TABLE IF NOT EXISTS records (
     revoked        INTEGER NOT NULL,
     endorsed_until INTEGER NOT NULL DEFAULT 0,   -- by a signer this directory trusts
     doc            TEXT NOT NULL,          -- the record JSON as served
-    updated        REAL NOT NULL
+    updated        REAL NOT NULL,
+    source         TEXT NOT NULL DEFAULT ''  -- who wrote it last (quotas)
 );
 CREATE INDEX IF NOT EXISTS records_by_name ON records (name);
 """
+# files made before quotas have no source column: added on open, then indexed
+_INDEX_SOURCE = "CREATE INDEX IF NOT EXISTS records_by_source ON records (source)"
 
-_COLUMNS = "public_key, name, seq, expires, revoked, endorsed_until, doc"
+_COLUMNS = "public_key, name, seq, expires, revoked, endorsed_until, doc, source"
 
 
 def _row(row) -> Optional[StoredRecord]:
     if row is None:
         return None
-    return StoredRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5], json.loads(row[6]))
+    return StoredRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5], json.loads(row[6]),
+                        row[7])
 
 
 class _SqliteTxn(Txn):
@@ -55,12 +59,15 @@ class _SqliteTxn(Txn):
     async def put(self, rec: Record, stored: StoredRecord, now: float) -> None:
         self.s._db.execute(
             "INSERT INTO records (public_key, name, seq, expires, revoked, endorsed_until, doc, "
-            "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (public_key) DO UPDATE SET "
-            "name = excluded.name, seq = excluded.seq, expires = excluded.expires, "
+            "updated, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (public_key) DO "
+            "UPDATE SET name = excluded.name, seq = excluded.seq, expires = excluded.expires, "
             "revoked = excluded.revoked, endorsed_until = excluded.endorsed_until, "
-            "doc = excluded.doc, updated = excluded.updated",
+            "doc = excluded.doc, updated = excluded.updated, source = excluded.source",
             (stored.public_key, stored.name, stored.seq, stored.expires, int(stored.revoked),
-             stored.endorsed_until, canonical(stored.doc).decode("ascii"), now))
+             stored.endorsed_until, canonical(stored.doc).decode("ascii"), now, stored.source))
+
+    async def held_by(self, source: str, now: int) -> int:
+        return self.s._db.execute("SELECT COUNT(*) FROM records WHERE source = ?", (source,)).fetchone()[0]
 
 
 class DirectoryStore(Store):
@@ -76,6 +83,10 @@ class DirectoryStore(Store):
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=2000")
         self._db.executescript(_SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(records)")}
+        if "source" not in columns:
+            self._db.execute("ALTER TABLE records ADD COLUMN source TEXT NOT NULL DEFAULT ''")
+        self._db.execute(_INDEX_SOURCE)
 
     def close(self) -> "_Done":
         """Close the file.  Synchronous (as it always was), and awaitable like
@@ -110,7 +121,7 @@ class DirectoryStore(Store):
         return [_row(r) for r in rows]
 
     @contextlib.asynccontextmanager
-    async def _locked(self, key: str, name: str):
+    async def _locked(self, key: str, name: str, source: str = ""):
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield _SqliteTxn(self)
@@ -120,7 +131,7 @@ class DirectoryStore(Store):
         self._db.execute("COMMIT")
 
     async def purge(self, now: int) -> int:
-        cur = self._db.execute("DELETE FROM records WHERE revoked = 0 AND expires <= ?", (now,))
+        cur = self._db.execute("DELETE FROM records WHERE expires <= ?", (now,))
         return cur.rowcount
 
     async def count(self) -> int:

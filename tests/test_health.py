@@ -1,0 +1,150 @@
+"""A fast-path worker that dies takes the daemon down, unhealthy, with a
+non-zero exit status (systemd's Restart=on-failure then starts a new one):
+it used to be logged only, while the daemon went on reporting itself
+healthy with no data plane.
+
+The worker is broken for real (tests/faults.py: its epoll descriptor is
+replaced, so its next epoll_wait fails as a fatal error would make it);
+nothing in phantom/ is replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+
+import pytest
+
+import faults
+from phantom import crypto
+from phantom.constants import Tunables
+from phantom.control.config import Settings
+from phantom.dataplane.types import Mode
+
+
+def _udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.setblocking(False)
+    return s
+
+
+def test_a_dead_worker_stops_the_daemon_and_reports_it_unhealthy():
+    from phantom.daemon import Daemon
+
+    d = Daemon(Settings(mode=Mode.TEST, fast=True, tunables=Tunables(timer_tick=0.02)),
+               bytearray(crypto.x25519_private()))
+    d.udp, d.test_sock = _udp(), _udp()
+
+    async def main():
+        d.build()
+        d.dp.start()
+        ticker = asyncio.get_running_loop().create_task(d._ticker())
+        try:
+            assert faults.break_workers([d.udp.fileno(), d.test_sock.fileno()]) == 1
+            try:
+                await asyncio.wait_for(d._stop.wait(), 10)
+            except asyncio.TimeoutError:
+                pytest.fail("the worker died and the daemon went on as if nothing happened")
+            st = d.status()
+            assert st["healthy"] is False and st["ready"] is False
+            assert st["failure"].startswith("fast path worker phantom-fastpath-0 died:")
+            assert "EINVAL" in st["failure"]
+            assert b"phantom_healthy 0.0" in d.metrics()
+            assert d.exit_code == 1 and d.dp.failure() == st["failure"]
+        finally:
+            d._stop.set()
+            await ticker
+            d.dp.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        d.udp.close()
+        d.test_sock.close()
+
+
+def test_a_worker_stopped_by_close_is_no_failure():
+    from phantom.daemon import Daemon
+
+    d = Daemon(Settings(mode=Mode.TEST, fast=True), bytearray(crypto.x25519_private()))
+    d.udp, d.test_sock = _udp(), _udp()
+
+    async def main():
+        d.build()
+        d.dp.start()
+        await asyncio.sleep(0.05)
+        assert d.status()["healthy"] is True and b"phantom_healthy 1.0" in d.metrics()
+        d.dp.close()
+        await asyncio.sleep(0.1)
+        assert d.dp.failure() is None and d.failure is None and not d._stop.is_set()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        d.udp.close()
+        d.test_sock.close()
+
+
+@pytest.mark.netns
+def test_a_daemon_whose_worker_died_exits_with_status_1(two_hosts, daemon_factory, tmp_path):
+    """End to end: phantomd --fast in tun mode, started through tests/faultd.py
+    (phantomd plus a SIGUSR2 hook that breaks its workers), exits with status
+    1 naming the failure, so that systemd's Restart=on-failure restarts it."""
+    import os
+    import signal
+    import sys
+    from pathlib import Path
+
+    from tunnelkit import make_node, peer_entry, write_config
+
+    a, b = two_hosts.a, two_hosts.b
+    na, nb = make_node(tmp_path, "n1", 1, a), make_node(tmp_path, "n2", 2, b)
+    write_config(na, mode="tun", peers=[peer_entry(nb, mode="tun")])
+    d = daemon_factory(a, ["--config", str(na.config), "--fast"], name="n1",
+                       executable=[sys.executable, str(Path(__file__).with_name("faultd.py"))],
+                       token_file=na.state_dir / "token")
+    assert d.api("GET", "/status").body.get("healthy", True) is True
+    os.killpg(d.pid, signal.SIGUSR2)
+    seen = []
+    deadline = time.monotonic() + 20
+    while d.running and time.monotonic() < deadline:
+        try:
+            code, body = d.api("GET", "/status", timeout=1.0)
+            if code == 200:
+                seen.append(body.get("healthy"))
+        except OSError:
+            pass                       # shutting down: the API is gone
+        time.sleep(0.02)
+    assert not d.running, "the worker died and the daemon went on: %s" % d.log_tail()
+    assert d.returncode == 1, d.log_tail()
+    log = d.log_path.read_text()
+    assert "faultd: broke 1 fast-path worker(s)" in log
+    assert "the data plane stopped: fast path worker phantom-fastpath-0 died" in log
+    # once unhealthy, never healthy again before the exit
+    if False in seen:
+        assert True not in seen[seen.index(False):]
+
+
+def test_sd_notify_reaches_a_path_or_an_abstract_socket(tmp_path):
+    from phantom import sdnotify
+    assert sdnotify.from_environment({}) is None
+    env = {"NOTIFY_SOCKET": "relative/path"}
+    assert sdnotify.from_environment(env) is None and "NOTIFY_SOCKET" not in env
+    for address, text in ((str(tmp_path / "n.sock"), str(tmp_path / "n.sock")),
+                          ("\0phantom-test-%d" % os.getpid(), "@phantom-test-%d" % os.getpid())):
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        listener.bind(address)
+        listener.settimeout(5)
+        try:
+            env = {"NOTIFY_SOCKET": text}
+            n = sdnotify.from_environment(env)
+            assert n is not None and "NOTIFY_SOCKET" not in env   # no helper notifies in our name
+            assert n.send("READY=1", "STATUS=ready") is True
+            assert listener.recv(100) == b"READY=1\nSTATUS=ready"
+            n.close()
+        finally:
+            listener.close()
+    # nobody listening: no notifier, and no error
+    assert sdnotify.from_environment({"NOTIFY_SOCKET": str(tmp_path / "none.sock")}) is None
