@@ -1,7 +1,16 @@
-"""Microbenchmarks of the fast path (pytest-benchmark).
+"""Microbenchmarks of the fast path (pytest-benchmark), and the transport
+ciphers' table (a plain script).
 
     .venv/bin/python -m pytest bench/bench_crypto.py \
         --benchmark-only --benchmark-group-by=group -q
+    .venv/bin/python bench/bench_crypto.py --runs 7      # the ciphers table (markdown)
+
+The table: every transport cipher's seal+open round trip per 64, 1,400 and
+8,192 bytes, timed in C without the GIL by the fast path's own per-packet
+functions (``_fastpath.bench_cipher``: header, nonce from the counter, in
+place): secretbox and AEGIS-256 (Phantom's suites) and ChaCha20-Poly1305
+(WireGuard's) from libsodium and from OpenSSL's libcrypto; the median of
+``--runs`` runs (min and max beside it), the load average before and after.
 
 Groups:
   seal+open-<size>   one seal and one open of a <size>-byte packet:
@@ -15,6 +24,9 @@ Groups:
                          timed inside C over many iterations (no Python call per
                          packet); the ratio of these two is the fast path's
                          own per-packet overhead.
+  cipher-<size>      each transport cipher (secretbox, aegis256, ChaCha20-
+                     Poly1305 from libsodium and from OpenSSL), 2000 seal+open
+                     round trips timed in C (extra_info.ns_per_packet).
   batch-loop         the worker's whole outbound pipeline: IP packets written
                      into a socketpair standing in for the TUN device, routed,
                      sealed, sent with sendmmsg to a UDP sink on loopback;
@@ -71,6 +83,19 @@ def test_seal_open_c_loop(benchmark, size, raw):
     benchmark.group = "seal+open-%d" % size
     n = 2000
     elapsed = benchmark.pedantic(_fastpath.bench_seal_open, args=(size, n, raw),
+                                 rounds=10, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["ns_per_packet"] = round(elapsed / n * 1e9, 1)
+
+
+@pytest.mark.parametrize("name", _fastpath.BENCH_CIPHERS)
+@pytest.mark.parametrize("size", SIZES)
+def test_cipher_c_loop(benchmark, size, name):
+    """One transport cipher, per packet, timed in C: seconds per 2000 round trips."""
+    if name.endswith("openssl") and not _fastpath.chacha_openssl_ready():
+        pytest.skip("no libcrypto.so.3")
+    benchmark.group = "cipher-%d" % size
+    n = 2000
+    elapsed = benchmark.pedantic(_fastpath.bench_cipher, args=(name, size, n),
                                  rounds=10, iterations=1, warmup_rounds=1)
     benchmark.extra_info["ns_per_packet"] = round(elapsed / n * 1e9, 1)
 
@@ -183,3 +208,86 @@ def test_classify_c(benchmark, n, kind):
                                  rounds=5, iterations=1, warmup_rounds=1)
     benchmark.extra_info["ns_per_packet"] = round(elapsed / loops * 1e9, 1)
     benchmark.extra_info["rules"] = n
+
+
+# ------------------------------------------------------------------ the ciphers table
+def cipher_table(runs: int = 7, sizes=(64, 1400, 8192), budget: float = 0.05) -> dict:
+    """{(name, size): [ns per seal+open, one per run]}: each run times as many
+    round trips as fit in about ``budget`` seconds, the ciphers interleaved
+    so that a load change hits them all alike."""
+    names = [n for n in _fastpath.BENCH_CIPHERS
+             if not n.endswith("openssl") or _fastpath.chacha_openssl_ready()]
+    iters = {}
+    for name in names:
+        for size in sizes:
+            t = _fastpath.bench_cipher(name, size, 200) / 200
+            iters[(name, size)] = max(200, int(budget / max(t, 1e-9)))
+    out = {k: [] for k in iters}
+    for _ in range(runs):
+        for name in names:
+            for size in sizes:
+                n = iters[(name, size)]
+                out[(name, size)].append(_fastpath.bench_cipher(name, size, n) / n * 1e9)
+    return out
+
+
+def _median(xs):
+    xs = sorted(xs)
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
+def main(argv=None) -> int:
+    import argparse
+    import platform
+    import sys
+
+    from phantom import crypto as _c, libcrypto
+    from phantom.dataplane import ciphers
+
+    ap = argparse.ArgumentParser(description="seal+open per packet for every transport cipher")
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--sizes", default="64,1400,8192")
+    args = ap.parse_args(argv)
+    sizes = tuple(int(x) for x in args.sizes.split(","))
+    load0 = os.getloadavg()
+    res = cipher_table(args.runs, sizes)
+    load1 = os.getloadavg()
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    label = {"secretbox": "secretbox (XSalsa20-Poly1305, libsodium)",
+             "aegis256": "AEGIS-256 (libsodium)",
+             "chacha20poly1305-libsodium": "ChaCha20-Poly1305, libsodium",
+             "chacha20poly1305-openssl": "ChaCha20-Poly1305, OpenSSL libcrypto"}
+    print("`.venv/bin/python bench/bench_crypto.py --runs %d --sizes %s`" % (args.runs, args.sizes))
+    print()
+    print("%s; %d cores; %s; AES hardware (libsodium): %s; load average %.2f before, %.2f after"
+          % (cpu or platform.processor(), os.cpu_count() or 0, libcrypto.version() or "no libcrypto",
+             "yes" if _c.aes_hardware() else "no", load0[0], load1[0]))
+    print()
+    head = "| cipher | " + " | ".join("%d B" % s for s in sizes) + " |"
+    print(head)
+    print("|---|" + "---:|" * len(sizes))
+    names = sorted({n for n, _ in res}, key=_fastpath.BENCH_CIPHERS.index)
+    for name in names:
+        cells = []
+        for size in sizes:
+            xs = res[(name, size)]
+            med = _median(xs)
+            cells.append("%s ns (%.0f-%.0f), %.2f GB/s" % (format(round(med), ","), min(xs), max(xs),
+                                                             2 * size / med))
+        print("| %s | %s |" % (label.get(name, name), " | ".join(cells)))
+    print()
+    print("seal+open of one packet, in place, in C without the GIL; median of %d runs (min-max); "
+          "GB/s counts the bytes sealed and opened." % args.runs)
+    pol = ciphers.decide_chacha()
+    print("Start-up choice for WireGuard peers here: %s (%s)." % (pol.implementation, pol.decided_by))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())

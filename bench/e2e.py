@@ -16,6 +16,10 @@ configurations run one after another on the same pair:
   4. fast          the same with ``phantomd --fast`` (the Cython data path).
                    When it does not start, its row says "not available: ..."
                    and the run goes on;
+  4b. fast-secretbox  (only with --only) ``phantomd --fast`` pinned to the
+                   secretbox suite (``--ciphers secretbox``): row 4 negotiates
+                   AEGIS-256 where the CPU has AES instructions, this one the
+                   prototype's cipher, in the same run;
   5. fast-wg       ``phantomd --fast`` in a with a WireGuard peer
                    (``protocol = "wireguard"``), stock wireguard-go in b,
                    10.98.0.1/24 <-> 10.98.0.2/24, MTU 1420: the interop row,
@@ -77,7 +81,8 @@ from phantomlab.wggo import WG_SOCK_DIR, WgSide  # noqa: E402
 from phantomlab.wggo import stop_all as _stop_all_wg  # noqa: E402
 from phantom.control.keys import encode_key, public_key, write_private_key  # noqa: E402
 
-CONFIGS = ("bare", "wireguard-go", "reference", "fast", "fast-wg")
+CONFIGS = ("bare", "wireguard-go", "reference", "fast", "fast-secretbox", "fast-wg")
+DEFAULT_CONFIGS = ("bare", "wireguard-go", "reference", "fast", "fast-wg")
 # fast-wg: phantomd --fast in a with a WireGuard peer (protocol = "wireguard"),
 # stock wireguard-go in b: the interop row, against wireguard-go <-> wireguard-go.
 TESTS = ("tcp1", "tcp4", "udp64")
@@ -278,10 +283,10 @@ def first_error_line(log: str) -> str:
 
 
 @contextlib.contextmanager
-def setup_phantom(topo: netns.TwoHosts, work: Path, fast: bool) -> Iterator[Setup]:
+def setup_phantom(topo: netns.TwoHosts, work: Path, fast: bool, ciphers: str = "") -> Iterator[Setup]:
     hosts = (topo.a, topo.b)
     label = "fast" if fast else "reference"
-    root = work / f"phantom-{label}"
+    root = work / f"phantom-{label}{'-' + ciphers if ciphers else ''}"
     keys, pubs = [], []
     for i in range(2):
         d = root / "ab"[i]
@@ -295,7 +300,8 @@ def setup_phantom(topo: netns.TwoHosts, work: Path, fast: bool) -> Iterator[Setu
     try:
         for i in range(2):
             cfg = _phantom_config(root / "ab"[i], keys[i], i, pubs[1 - i], hosts[1 - i].ip)
-            argv = ["--config", str(cfg)] + (["--fast"] if fast else [])
+            argv = ["--config", str(cfg)] + (["--fast"] if fast else []) + \
+                (["--ciphers", ciphers] if ciphers else [])
             d = netns.DaemonProcess(hosts[i], argv, log_path=root / f"phantomd-{'ab'[i]}.log",
                                     name=f"phantomd-{label}-{'ab'[i]}", env=env, cwd=str(REPO))
             daemons.append(d.start())
@@ -310,8 +316,10 @@ def setup_phantom(topo: netns.TwoHosts, work: Path, fast: bool) -> Iterator[Setu
         if path != label:
             raise BenchError(f"phantomd reports data_path={path!r}, expected {label!r}")
         ping_ms = _wait_ping(topo, PH_NET[1])
+        peers = daemons[0].api("GET", "/peers").body
+        cipher = peers["peers"][0].get("cipher") if isinstance(peers, dict) and peers.get("peers") else None
         yield Setup(PH_NET[1], {"a": daemons[0].pid, "b": daemons[1].pid},
-                    {"data_path": path, "first_ping_ms": ping_ms,
+                    {"data_path": path, "first_ping_ms": ping_ms, "cipher": cipher,
                      "command": shlex.join(daemons[0].argv)})
         for d in daemons:                   # crashed during the tests?
             if not d.running:
@@ -382,8 +390,10 @@ def setup_phantom_wg(topo: netns.TwoHosts, work: Path, fast: bool = True) -> Ite
         if path != label:
             raise BenchError(f"phantomd reports data_path={path!r}, expected {label!r}")
         ping_ms = _wait_ping(topo, WG_NET[1])
+        chacha = (status.get("crypto") or {}).get("chacha20poly1305", {}).get("implementation")
         yield Setup(WG_NET[1], {"a": daemon.pid, "b": side.proc.pid},
                     {"data_path": path, "peer": "wireguard-go", "first_ping_ms": ping_ms,
+                     "chacha20poly1305": chacha,
                      "command": shlex.join(daemon.argv), "interface_b": side.ifname})
         if not daemon.running:
             raise BenchError(f"{daemon.name} exited ({daemon.returncode}): {first_error_line(daemon.log())}")
@@ -402,6 +412,8 @@ def setup_for(name: str, topo: netns.TwoHosts, work: Path):
         return setup_phantom(topo, work, fast=False)
     if name == "fast":
         return setup_phantom(topo, work, fast=True)
+    if name == "fast-secretbox":
+        return setup_phantom(topo, work, fast=True, ciphers="secretbox")
     if name == "fast-wg":
         return setup_phantom_wg(topo, work, fast=True)
     raise ValueError(name)
@@ -639,8 +651,9 @@ def cpu_table(results: dict) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=int, default=10, help="iperf3 -t for each test (default 10)")
-    p.add_argument("--only", default=",".join(CONFIGS),
-                   help="comma-separated subset of %s (default: all, in that order)" % ",".join(CONFIGS))
+    p.add_argument("--only", default=",".join(DEFAULT_CONFIGS),
+                   help="comma-separated subset of %s (default: %s, in that order)"
+                   % (",".join(CONFIGS), ",".join(DEFAULT_CONFIGS)))
     p.add_argument("--runs", type=int, default=1,
                    help="repeat everything this many times; report medians and spread (default 1)")
     p.add_argument("--json", metavar="FILE", help="write every number to FILE")

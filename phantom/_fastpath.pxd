@@ -17,8 +17,11 @@ cdef enum:
     FP_PAYLOAD_OFFSET = 32         # wire.TRANSPORT_PAYLOAD_OFFSET
     FP_NONCE_SIZE = 24
     FP_AEAD_NONCE_SIZE = 12        # ChaCha20-Poly1305 IETF (WireGuard)
-    FP_TAIL_ROOM = 32              # after a payload: WireGuard's padding (<16) and tag (16)
-    FP_RX_HEADROOM = 16            # before a receive buffer: a WireGuard payload lands at +16
+    FP_AEGIS_NONCE_SIZE = 32       # AEGIS-256 (wire.aegis256_nonce)
+    FP_AEGIS_TAG = 32              # crypto_aead_aegis256_ABYTES
+    FP_AEGIS_EXTRA = 16            # an AEGIS-256 datagram's overhead beyond secretbox's (48 - 32)
+    FP_TAIL_ROOM = 32              # after a payload: WireGuard's padding (<16) and tag (16), or AEGIS-256's tag (32)
+    FP_RX_HEADROOM = 16            # before a receive buffer: a WireGuard or AEGIS-256 payload lands at +16
     FP_MAX_INNER = 65535           # wire.MAX_INNER_SIZE
     FP_BUF_SIZE = 65631            # 65535 payload + 32 overhead + 64 slack (detects oversize)
     FP_N_DROPS = 17                # len(types.Drop)
@@ -47,6 +50,7 @@ cdef enum:
     # transport ciphers of a keypair (dataplane/ciphers.CipherKind)
     CIPHER_SECRETBOX = 0           # Phantom: MAC at 16, payload at 32
     CIPHER_CHACHA = 1              # WireGuard: payload padded to 16 at 16, tag after it
+    CIPHER_AEGIS = 2               # Phantom, suite aegis256: payload at 16, 32-byte tag after it
     # data path modes (types.Mode)
     MODE_TUN = 0
     MODE_TAP = 1
@@ -86,9 +90,11 @@ cdef struct fp_keypair:
     double created
     uint64_t send_counter
     bint rekey_requested           # handshake_needed raised at rekey_after_messages
-    int cipher                     # CIPHER_SECRETBOX or CIPHER_CHACHA
-    unsigned char send_key[32]
+    int cipher                     # CIPHER_SECRETBOX, CIPHER_CHACHA or CIPHER_AEGIS
+    unsigned char send_key[32]     # the session keys: relay frames (secretbox) use these
     unsigned char recv_key[32]
+    unsigned char data_send_key[32]   # transport data's keys (ciphers.transport_keys: derived
+    unsigned char data_recv_key[32]   # for aegis256, else the session keys)
     fp_replay replay
     fp_keypair *hnext              # receiver-index hash chain
 

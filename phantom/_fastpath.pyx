@@ -10,8 +10,10 @@ The pipeline, as the worker thread runs it (GIL released the whole time):
        take the current keypair, assign its counter, copy the send key and the
        endpoint into the packet record; packets with no usable keypair are
        staged and "handshake needed" is queued; unlock;
-    3. write the transport header and seal in place (libsodium secretbox via
-       a function pointer), wipe the key copy; a failed seal drops the packet;
+    3. write the transport header and seal in place with the keypair's cipher
+       (libsodium's secretbox or AEGIS-256, or ChaCha20-Poly1305 from
+       libsodium or OpenSSL, via function pointers), wipe the key copy; a
+       failed seal drops the packet;
     4. sendmmsg every sealed packet (never anything else);
     5. lock: counters and drops; unlock; poke the eventfd if events were queued.
 
@@ -37,9 +39,12 @@ from libc.string cimport memcmp, memcpy, memmove, memset
 
 from phantom.includes.system cimport *
 from phantom.includes.sodium cimport secretbox_fn, memzero_fn, aead_encrypt_fn, aead_decrypt_fn
+from phantom.includes.libcrypto cimport (phantom_ossl_setup, phantom_ossl_seal, phantom_ossl_open,
+                                         phantom_ossl_wipe, phantom_ossl_ready)
 from phantom.includes.linux cimport *
 
 from phantom import crypto as _crypto
+from phantom import libcrypto as _libcrypto
 from phantom import constants as _constants
 from phantom import wire as _wire
 from phantom.wire import wireguard as _wgwire
@@ -55,6 +60,51 @@ cdef aead_encrypt_fn _chacha_seal_fn = <aead_encrypt_fn><uintptr_t>_crypto.libso
     "crypto_aead_chacha20poly1305_ietf_encrypt")
 cdef aead_decrypt_fn _chacha_open_fn = <aead_decrypt_fn><uintptr_t>_crypto.libsodium_symbol_address(
     "crypto_aead_chacha20poly1305_ietf_decrypt")
+# Phantom keypairs of suite aegis256 (cipher CIPHER_AEGIS): same signatures as the IETF AEADs
+cdef aead_encrypt_fn _aegis_seal_fn = <aead_encrypt_fn><uintptr_t>_crypto.libsodium_symbol_address(
+    "crypto_aead_aegis256_encrypt")
+cdef aead_decrypt_fn _aegis_open_fn = <aead_decrypt_fn><uintptr_t>_crypto.libsodium_symbol_address(
+    "crypto_aead_aegis256_decrypt")
+
+
+# --- OpenSSL's libcrypto, bound once through cffi (phantom.libcrypto) --------------------
+cdef uintptr_t _ossl_addr[10]
+
+
+def _ossl_bind():
+    """Hand libcrypto's EVP entry points to the C side (includes/libcrypto.pxd)."""
+    cdef int i
+    addrs = _libcrypto.symbol_addresses()
+    if not addrs:
+        return False
+    for i, name in enumerate(_libcrypto.SYMBOLS):
+        _ossl_addr[i] = addrs[name]
+    return phantom_ossl_setup(_ossl_addr) == 0
+
+
+_ossl_bind()
+# WireGuard packets with a (padded) plaintext of at least this many bytes use
+# OpenSSL's ChaCha20-Poly1305, smaller ones libsodium's; -1: libsodium only.
+# Set by dataplane/ciphers.set_chacha_policy (a plain int: a worker reading it
+# while it changes uses one implementation or the other, both correct).
+cdef Py_ssize_t _chacha_openssl_from = -1
+
+
+def set_chacha_openssl_from(Py_ssize_t nbytes):
+    """OpenSSL for WireGuard packets of at least ``nbytes``; -1: libsodium only."""
+    global _chacha_openssl_from
+    if nbytes >= 0 and not phantom_ossl_ready():
+        raise ValueError("libcrypto is not available")
+    _chacha_openssl_from = nbytes
+
+
+def chacha_openssl_from():
+    return _chacha_openssl_from
+
+
+def chacha_openssl_ready():
+    """True when libcrypto's ChaCha20-Poly1305 is bound."""
+    return bool(phantom_ossl_ready())
 
 # The C constants must agree with the Python modules they mirror.
 assert FP_HEADER_SIZE == _wire.TRANSPORT_HEADER_SIZE
@@ -64,6 +114,10 @@ assert FP_REPLAY_WINDOW == _constants.REPLAY_WINDOW_SIZE
 assert FP_REPLAY_BLOCKS * 64 == FP_REPLAY_WINDOW + 64
 assert CIPHER_SECRETBOX == _ciphers.CipherKind.SECRETBOX
 assert CIPHER_CHACHA == _ciphers.CipherKind.CHACHA20POLY1305
+assert CIPHER_AEGIS == _ciphers.CipherKind.AEGIS256
+assert FP_AEGIS_TAG == _crypto.AEGIS256_TAG == _wire.AEGIS256_TAG_SIZE
+assert FP_AEGIS_EXTRA == _wire.AEGIS256_EXTRA and FP_AEGIS_NONCE_SIZE == _wire.AEGIS256_NONCE_SIZE
+assert FP_TAIL_ROOM >= FP_AEGIS_TAG
 assert FP_HEADER_SIZE == _wgwire.TRANSPORT_HEADER_SIZE
 assert FP_TAIL_ROOM >= _wgwire.PADDING_MULTIPLE - 1 + _wgwire.AEAD_TAG_SIZE
 from phantom.dataplane.types import Drop as _Drop
@@ -78,6 +132,8 @@ cdef size_t PEER_CONTROL_MIN_SIZE = _wire.PEER_CONTROL_MIN_SIZE
 cdef size_t PEER_CONTROL_MAX_SIZE = _wire.PEER_CONTROL_MAX_SIZE
 cdef size_t RESPONSE_SIZE = _wire.RESPONSE_SIZE
 cdef size_t COOKIE_REPLY_SIZE = _wire.COOKIE_REPLY_SIZE
+cdef size_t INITIATION_OFFER_SIZE = _wire.INITIATION_OFFER_SIZE     # with a cipher suites offer
+cdef size_t RESPONSE_CHOICE_SIZE = _wire.RESPONSE_CHOICE_SIZE       # with the chosen suite
 cdef size_t WG_INITIATION_SIZE = _wgwire.INITIATION_SIZE
 cdef size_t WG_RESPONSE_SIZE = _wgwire.RESPONSE_SIZE
 assert _wgwire.COOKIE_REPLY_SIZE == COOKIE_REPLY_SIZE
@@ -192,6 +248,37 @@ cdef inline void _aead_nonce(unsigned char *n, uint64_t counter) noexcept nogil:
         n[4 + i] = (counter >> (8 * i)) & 0xff
 
 
+cdef inline int _chacha_seal_raw(unsigned char *m, size_t mlen, const unsigned char *n,
+                                 const unsigned char *key, bint openssl) noexcept nogil:
+    """IETF ChaCha20-Poly1305 (no AD) of m[0:mlen] in place, the tag at m + mlen:
+    OpenSSL's when ``openssl`` (and this thread has its contexts), else libsodium's."""
+    cdef unsigned long long clen = 0
+    cdef int rc
+    if openssl:
+        rc = phantom_ossl_seal(m, mlen, n, key, m + mlen)
+        if rc != -2:
+            return rc
+    return _chacha_seal_fn(m, &clen, m, mlen, NULL, 0, NULL, n, key)
+
+
+cdef inline int _chacha_open_raw(unsigned char *c, size_t clen, const unsigned char *n,
+                                 const unsigned char *key, bint openssl) noexcept nogil:
+    """Open c[0:clen] (ciphertext, then the 16-byte tag) in place."""
+    cdef unsigned long long mlen = 0
+    cdef int rc
+    if clen < FP_MAC_SIZE:
+        return -1
+    if openssl:
+        rc = phantom_ossl_open(c, clen - FP_MAC_SIZE, c + clen - FP_MAC_SIZE, n, key)
+        if rc != -2:
+            return rc
+    return _chacha_open_fn(c, &mlen, NULL, c, clen, NULL, 0, n, key)
+
+
+cdef inline bint _use_openssl(size_t plaintext_len) noexcept nogil:
+    return _chacha_openssl_from >= 0 and plaintext_len >= <size_t>_chacha_openssl_from
+
+
 cdef inline int _seal_chacha(unsigned char *buf, size_t length, size_t mtu, uint32_t remote_index,
                              uint64_t counter, const unsigned char *key, size_t *tail) noexcept nogil:
     """Plaintext at buf[32:32+length] is zero-padded and encrypted in place; the
@@ -199,14 +286,12 @@ cdef inline int _seal_chacha(unsigned char *buf, size_t length, size_t mtu, uint
     datagram is buf[16 : 32 + padded + 16].  ``tail`` gets padded - length + 16."""
     cdef unsigned char n[12]
     cdef size_t padded = _wg_padded(length, mtu)
-    cdef unsigned long long clen = 0
     if padded > length:
         memset(buf + FP_PAYLOAD_OFFSET + length, 0, padded - length)
     _put_header(buf + FP_HEADER_SIZE, remote_index, counter)
     _aead_nonce(n, counter)
     tail[0] = padded - length + FP_MAC_SIZE
-    return _chacha_seal_fn(buf + FP_PAYLOAD_OFFSET, &clen, buf + FP_PAYLOAD_OFFSET, padded,
-                           NULL, 0, NULL, n, key)
+    return _chacha_seal_raw(buf + FP_PAYLOAD_OFFSET, padded, n, key, _use_openssl(padded))
 
 
 cdef inline int _open_chacha(unsigned char *buf, size_t wire_len, uint64_t counter,
@@ -214,10 +299,51 @@ cdef inline int _open_chacha(unsigned char *buf, size_t wire_len, uint64_t count
     """Ciphertext||tag at buf[16:wire_len] becomes the (padded) plaintext at
     buf[16 : wire_len - 16]."""
     cdef unsigned char n[12]
-    cdef unsigned long long mlen = 0
+    if wire_len < FP_PAYLOAD_OFFSET:
+        return -1
     _aead_nonce(n, counter)
-    return _chacha_open_fn(buf + FP_HEADER_SIZE, &mlen, NULL, buf + FP_HEADER_SIZE,
-                           wire_len - FP_HEADER_SIZE, NULL, 0, n, key)
+    return _chacha_open_raw(buf + FP_HEADER_SIZE, wire_len - FP_HEADER_SIZE, n, key,
+                            _use_openssl(wire_len - FP_PAYLOAD_OFFSET))
+
+
+# --- AEGIS-256 (Phantom, suite aegis256), in place ------------------------------------------
+cdef inline void _aegis_nonce(unsigned char *n, uint64_t counter) noexcept nogil:
+    """wire.aegis256_nonce: the counter u64 little-endian, then 24 zero bytes."""
+    cdef int i
+    memset(n, 0, FP_AEGIS_NONCE_SIZE)
+    for i in range(8):
+        n[i] = (counter >> (8 * i)) & 0xff
+
+
+cdef inline int _seal_aegis(unsigned char *buf, size_t length, uint32_t remote_index,
+                            uint64_t counter, const unsigned char *key) noexcept nogil:
+    """Plaintext at buf[32:32+length] is encrypted in place, the 32-byte tag
+    right after it, the header at buf[16:32]: the datagram is
+    buf[16 : 32 + length + 32]."""
+    cdef unsigned char n[32]
+    cdef unsigned long long clen = 0
+    _put_header(buf + FP_HEADER_SIZE, remote_index, counter)
+    _aegis_nonce(n, counter)
+    return _aegis_seal_fn(buf + FP_PAYLOAD_OFFSET, &clen, buf + FP_PAYLOAD_OFFSET, length,
+                          NULL, 0, NULL, n, key)
+
+
+cdef inline int _open_aegis(unsigned char *buf, size_t wire_len, uint64_t counter,
+                            const unsigned char *key) noexcept nogil:
+    """Ciphertext||tag at buf[16:wire_len] becomes the plaintext at
+    buf[16 : wire_len - 32]."""
+    cdef unsigned char n[32]
+    cdef unsigned long long mlen = 0
+    if wire_len < FP_HEADER_SIZE + FP_AEGIS_TAG:
+        return -1
+    _aegis_nonce(n, counter)
+    return _aegis_open_fn(buf + FP_HEADER_SIZE, &mlen, NULL, buf + FP_HEADER_SIZE,
+                          wire_len - FP_HEADER_SIZE, NULL, 0, n, key)
+
+
+cdef inline bint _phantom_cipher(int cipher) noexcept nogil:
+    """A Phantom session (either suite), not a WireGuard one."""
+    return cipher == CIPHER_SECRETBOX or cipher == CIPHER_AEGIS
 
 
 cdef inline size_t _ip_length(const unsigned char *p, size_t n) noexcept nogil:
@@ -244,6 +370,7 @@ def chacha_seal_packet(const unsigned char[::1] key, uint32_t remote_index, uint
         memcpy(buf + FP_PAYLOAD_OFFSET, &plaintext[0], n)
     with nogil:
         rc = _seal_chacha(buf, n, mtu, remote_index, counter, &key[0], &tail)
+        phantom_ossl_wipe()
     out = PyBytes_FromStringAndSize(<char *>buf + FP_HEADER_SIZE, FP_HEADER_SIZE + n + tail)
     free(buf)
     if rc != 0:
@@ -265,12 +392,157 @@ def chacha_open_packet(const unsigned char[::1] key, const unsigned char[::1] da
     memcpy(buf, &datagram[0], n)
     with nogil:
         rc = _open_chacha(buf, n, _le64(buf + 8), &key[0])
+        phantom_ossl_wipe()
     out = None
     if rc == 0:
         out = (_le32(buf + 4), _le64(buf + 8),
                PyBytes_FromStringAndSize(<char *>buf + FP_HEADER_SIZE, n - FP_PAYLOAD_OFFSET))
     free(buf)
     return out
+
+
+def aegis_seal_packet(const unsigned char[::1] key, uint32_t remote_index, uint64_t counter,
+                      const unsigned char[::1] plaintext):
+    """A whole AEGIS-256 transport datagram, sealed by the worker's own code
+    (tests compare it with dataplane/ciphers.py).  ``key``: the derived one."""
+    _check_key(key)
+    cdef Py_ssize_t n = plaintext.shape[0]
+    cdef unsigned char *buf = <unsigned char *>calloc(FP_PAYLOAD_OFFSET + n + FP_TAIL_ROOM, 1)
+    cdef int rc
+    if buf == NULL:
+        raise MemoryError()
+    if n:
+        memcpy(buf + FP_PAYLOAD_OFFSET, &plaintext[0], n)
+    with nogil:
+        rc = _seal_aegis(buf, n, remote_index, counter, &key[0])
+    out = PyBytes_FromStringAndSize(<char *>buf + FP_HEADER_SIZE, FP_HEADER_SIZE + n + FP_AEGIS_TAG)
+    _wipe(buf, FP_PAYLOAD_OFFSET + n + FP_TAIL_ROOM)
+    free(buf)
+    if rc != 0:
+        raise _crypto.CryptoError("aegis256 seal failed")
+    return out
+
+
+def aegis_open_packet(const unsigned char[::1] key, const unsigned char[::1] datagram):
+    """(index, counter, plaintext) of an AEGIS-256 datagram, or None when forged."""
+    _check_key(key)
+    cdef Py_ssize_t n = datagram.shape[0]
+    cdef unsigned char *buf
+    cdef int rc
+    if n < FP_HEADER_SIZE:
+        return None
+    buf = <unsigned char *>malloc(n)
+    if buf == NULL:
+        raise MemoryError()
+    memcpy(buf, &datagram[0], n)
+    with nogil:
+        rc = _open_aegis(buf, n, _le64(buf + 8), &key[0])
+    out = None
+    if rc == 0:
+        out = (_le32(buf + 4), _le64(buf + 8),
+               PyBytes_FromStringAndSize(<char *>buf + FP_HEADER_SIZE, n - FP_HEADER_SIZE - FP_AEGIS_TAG))
+    _wipe(buf, n)
+    free(buf)
+    return out
+
+
+BENCH_CIPHERS = ("secretbox", "aegis256", "chacha20poly1305-libsodium", "chacha20poly1305-openssl")
+
+
+def bench_cipher(str name, Py_ssize_t size, Py_ssize_t iterations):
+    """Seconds for ``iterations`` seal+open round trips of ``size`` bytes with
+    one transport cipher, in place, timed in C with the GIL released (the
+    fast path's own per-packet functions: header, nonce from the counter).
+    ``name``: one of BENCH_CIPHERS."""
+    cdef int which = BENCH_CIPHERS.index(name)
+    cdef unsigned char *buf = <unsigned char *>calloc(FP_PAYLOAD_OFFSET + size + FP_TAIL_ROOM, 1)
+    cdef unsigned char key[32]
+    cdef unsigned char n[12]
+    cdef Py_ssize_t i
+    cdef int rc = 0
+    cdef double t0, t1
+    if which == 3 and not phantom_ossl_ready():
+        free(buf)
+        raise ValueError("libcrypto is not available")
+    if buf == NULL:
+        raise MemoryError()
+    memset(key, 7, 32)
+    with nogil:
+        t0 = _now()
+        for i in range(iterations):
+            if which == 0:
+                rc |= _seal_packet(buf, size, 1, i, key)
+                rc |= _open_packet(buf, FP_PAYLOAD_OFFSET + size, i, key)
+            elif which == 1:
+                rc |= _seal_aegis(buf, size, 1, i, key)
+                rc |= _open_aegis(buf + FP_HEADER_SIZE, FP_HEADER_SIZE + size + FP_AEGIS_TAG, i, key)
+            else:
+                _aead_nonce(n, i)
+                rc |= _chacha_seal_raw(buf + FP_PAYLOAD_OFFSET, size, n, key, which == 3)
+                rc |= _chacha_open_raw(buf + FP_PAYLOAD_OFFSET, size + FP_MAC_SIZE, n, key, which == 3)
+        t1 = _now()
+        phantom_ossl_wipe()
+    free(buf)
+    if rc != 0:
+        raise RuntimeError("%s round trip failed" % name)
+    return t1 - t0
+
+
+cdef inline uint64_t _xorshift(uint64_t *s) noexcept nogil:
+    s[0] ^= s[0] << 13
+    s[0] ^= s[0] >> 7
+    s[0] ^= s[0] << 17
+    return s[0]
+
+
+def chacha_crosscheck(Py_ssize_t iterations, uint64_t seed, Py_ssize_t max_len=3000):
+    """Seal ``iterations`` pseudo-random messages (keys, nonces, lengths up to
+    ``max_len``) with OpenSSL and with libsodium and open them again, all in
+    one nogil loop; returns how many disagreed.  Threads calling this at once
+    share nothing but the engine's code: tests use it to show each thread has
+    its own EVP contexts."""
+    cdef unsigned char *a = <unsigned char *>calloc(max_len + 16, 1)
+    cdef unsigned char *b = <unsigned char *>calloc(max_len + 16, 1)
+    cdef unsigned char *m = <unsigned char *>calloc(max_len + 16, 1)
+    cdef unsigned char key[32]
+    cdef unsigned char n[12]
+    cdef uint64_t st = seed | 1
+    cdef Py_ssize_t i, j, size
+    cdef long bad = 0
+    if not phantom_ossl_ready():
+        free(a)
+        free(b)
+        free(m)
+        raise ValueError("libcrypto is not available")
+    if a == NULL or b == NULL or m == NULL:
+        free(a)
+        free(b)
+        free(m)
+        raise MemoryError()
+    with nogil:
+        for i in range(iterations):
+            for j in range(32):
+                key[j] = <unsigned char>_xorshift(&st)
+            for j in range(12):
+                n[j] = <unsigned char>_xorshift(&st)
+            size = <Py_ssize_t>(_xorshift(&st) % <uint64_t>(max_len + 1))
+            for j in range(size):
+                m[j] = <unsigned char>_xorshift(&st)
+            memcpy(a, m, size)
+            memcpy(b, m, size)
+            if _chacha_seal_raw(a, size, n, key, True) != 0 or _chacha_seal_raw(b, size, n, key, False) != 0:
+                bad += 1
+                continue
+            if memcmp(a, b, size + 16) != 0:
+                bad += 1
+                continue
+            if _chacha_open_raw(a, size + 16, n, key, True) != 0 or memcmp(a, m, size) != 0:
+                bad += 1
+        phantom_ossl_wipe()
+    free(a)
+    free(b)
+    free(m)
+    return bad
 
 
 def _check_key(const unsigned char[::1] key):
@@ -1017,7 +1289,7 @@ cdef int _out_prepare(fp_engine *e, fp_pkt *pkts, int n, double now, bint route,
         if peer.relayed:                        # through a relay: wrapped after the seal
             rp = e.peers[peer.relay_slot] if 0 <= peer.relay_slot < e.peers_cap else NULL
             if rp == NULL or rp == peer or rp.endpoint_len == 0 or not _kp_usable(e, rp.current, now) \
-                    or kp.cipher != CIPHER_SECRETBOX or rp.current.cipher != CIPHER_SECRETBOX:
+                    or not _phantom_cipher(kp.cipher) or not _phantom_cipher(rp.current.cipher):
                 pkt.verdict = D_NO_ENDPOINT     # relays carry Phantom peers, over Phantom sessions
                 continue
             pkt.wrap = True
@@ -1038,7 +1310,7 @@ cdef int _out_prepare(fp_engine *e, fp_pkt *pkts, int n, double now, bint route,
         pkt.local_index = kp.remote_index     # what goes on the wire
         pkt.kp_serial = kp.serial
         pkt.cipher = kp.cipher
-        memcpy(pkt.key, kp.send_key, FP_KEY_SIZE)
+        memcpy(pkt.key, kp.data_send_key, FP_KEY_SIZE)
         if pkt.wrap:
             memcpy(&pkt.addr, &rp.endpoint, rp.endpoint_len)
             pkt.addrlen = rp.endpoint_len
@@ -1053,11 +1325,13 @@ cdef int _out_prepare(fp_engine *e, fp_pkt *pkts, int n, double now, bint route,
 
 
 cdef void _out_seal(fp_engine *e, fp_pkt *pkts, int n) noexcept nogil:
-    """Phase 3 (no lock): header + the keypair's cipher in place (secretbox
-    for Phantom peers, ChaCha20-Poly1305 for WireGuard peers).  A packet whose
-    seal fails is dropped and its buffer wiped: it can never reach the wire."""
+    """Phase 3 (no lock): header + the keypair's cipher in place (secretbox or
+    AEGIS-256 for Phantom peers, ChaCha20-Poly1305 for WireGuard peers).  A
+    packet whose seal fails is dropped and its buffer wiped: it can never
+    reach the wire."""
     cdef int i, rc
     cdef fp_pkt *pkt
+    cdef size_t dlen
     for i in range(n):
         pkt = &pkts[i]
         if pkt.verdict != V_PASS:
@@ -1068,21 +1342,30 @@ cdef void _out_seal(fp_engine *e, fp_pkt *pkts, int n) noexcept nogil:
             pkt.wire_off = FP_HEADER_SIZE
             rc = _seal_chacha(pkt.buf, pkt.len, e.max_inner, pkt.local_index, pkt.counter,
                               pkt.key, &pkt.wire_tail)
+        elif pkt.cipher == CIPHER_AEGIS:
+            pkt.wire_off = FP_HEADER_SIZE
+            pkt.wire_tail = FP_AEGIS_TAG
+            rc = _seal_aegis(pkt.buf, pkt.len, pkt.local_index, pkt.counter, pkt.key)
         else:
             rc = _seal_packet(pkt.buf, pkt.len, pkt.local_index, pkt.counter, pkt.key)
         _wipe(pkt.key, FP_KEY_SIZE)
         if rc == 0 and pkt.wrap:
-            # the sealed A<->B datagram becomes the plaintext of a relay frame
-            # to the relay (every buffer has FP_WRAP_ROOM spare bytes)
-            memmove(pkt.buf + FP_WRAP_ROOM, pkt.buf, FP_PAYLOAD_OFFSET + pkt.len)
+            # the sealed A<->B datagram (buf[wire_off : 32 + len + wire_tail])
+            # becomes the plaintext of a relay frame to the relay, after the
+            # relay id (every buffer has FP_WRAP_ROOM spare bytes past its tail room)
+            dlen = FP_PAYLOAD_OFFSET + pkt.len + pkt.wire_tail - pkt.wire_off
+            memmove(pkt.buf + FP_WRAP_ROOM, pkt.buf + pkt.wire_off, dlen)
             memcpy(pkt.buf + FP_PAYLOAD_OFFSET, &pkt.wrap_id, 4)
-            pkt.len += FP_WRAP_ROOM
+            pkt.len = 4 + dlen
+            pkt.wire_off = 0
+            pkt.wire_tail = 0
             rc = _seal_packet(pkt.buf, pkt.len, pkt.wrap_index, pkt.wrap_counter, pkt.wrap_key)
             pkt.buf[0] = 6                        # wire.MessageType.RELAY
             _wipe(pkt.wrap_key, FP_KEY_SIZE)
         if rc != 0:
             pkt.verdict = D_SEND_FAILED
-            _wipe(pkt.buf, FP_PAYLOAD_OFFSET + pkt.len)
+            _wipe(pkt.buf, FP_PAYLOAD_OFFSET + pkt.len + pkt.wire_tail)
+    phantom_ossl_wipe()
 
 
 cdef int _wait_writable(int fd) noexcept nogil:
@@ -1242,10 +1525,12 @@ cdef int _in_prepare(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nog
             pkt.verdict = D_MALFORMED               # no nesting; peer control only on a direct session
             continue
         if t == 1 or t == 2 or t == 3:
-            # exact sizes, Phantom's or WireGuard's (as wire.demux.classify)
+            # exact sizes, Phantom's (with or without suites) or WireGuard's (as wire.demux.classify)
             expect = INITIATION_SIZE if t == 1 else (RESPONSE_SIZE if t == 2 else COOKIE_REPLY_SIZE)
-            if pkt.len != expect and not ((t == 1 and pkt.len == WG_INITIATION_SIZE)
-                                          or (t == 2 and pkt.len == WG_RESPONSE_SIZE)):
+            if pkt.len != expect and not ((t == 1 and (pkt.len == WG_INITIATION_SIZE
+                                                       or pkt.len == INITIATION_OFFER_SIZE))
+                                          or (t == 2 and (pkt.len == WG_RESPONSE_SIZE
+                                                          or pkt.len == RESPONSE_CHOICE_SIZE))):
                 pkt.verdict = D_MALFORMED
             else:
                 if _ev_push(e, EV_CONTROL_PACKET, -1, 0, pkt.buf, pkt.len, &pkt.addr, pkt.addrlen):
@@ -1271,7 +1556,10 @@ cdef int _in_prepare(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nog
         if pkt.len < FP_PAYLOAD_OFFSET:
             pkt.verdict = D_TRUNCATED
             continue
-        if pkt.len - FP_PAYLOAD_OFFSET > e.max_inner + (FP_PAYLOAD_OFFSET + 4 if pkt.relay else 0):
+        # an AEGIS-256 datagram is 16 bytes longer than a secretbox one (and a
+        # relay frame may carry one): the exact limit is checked below, by cipher
+        if pkt.len - FP_PAYLOAD_OFFSET > e.max_inner + FP_AEGIS_EXTRA \
+                + (FP_PAYLOAD_OFFSET + 4 + FP_AEGIS_EXTRA if pkt.relay else 0):
             pkt.verdict = D_OVERSIZED
             continue
         pkt.local_index = _le32(pkt.buf + 4)
@@ -1283,6 +1571,9 @@ cdef int _in_prepare(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nog
         pkt.peer_slot = kp.peer_slot
         pkt.peer_serial = e.peers[kp.peer_slot].serial
         pkt.peer_id = e.peers[kp.peer_slot].peer_id
+        if not pkt.relay and kp.cipher != CIPHER_AEGIS and pkt.len - FP_PAYLOAD_OFFSET > e.max_inner:
+            pkt.verdict = D_OVERSIZED
+            continue
         if now - kp.created >= e.reject_after_time:
             pkt.verdict = D_KEY_EXPIRED
             continue
@@ -1290,17 +1581,24 @@ cdef int _in_prepare(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nog
             pkt.verdict = D_REPLAY
             continue
         pkt.kp_serial = kp.serial
-        pkt.cipher = kp.cipher
-        memcpy(pkt.key, kp.recv_key, FP_KEY_SIZE)
+        if pkt.relay and kp.cipher == CIPHER_AEGIS:
+            # relay frames are secretbox under the session key, whatever the suite
+            pkt.cipher = CIPHER_SECRETBOX
+            memcpy(pkt.key, kp.recv_key, FP_KEY_SIZE)
+        else:
+            pkt.cipher = kp.cipher
+            memcpy(pkt.key, kp.data_recv_key, FP_KEY_SIZE)
     return events
 
 
 cdef void _in_open(fp_pkt *pkts, int n) noexcept nogil:
     """Phase 3 (no lock): authenticate and decrypt in place with the keypair's
-    cipher.  A WireGuard payload lands at buf + 16; buf is then moved back 16
-    bytes (into the receive buffer's headroom, or the tail of the datagram
-    before it in a GRO batch, never written) so that for every later phase
-    the payload is at buf + FP_PAYLOAD_OFFSET and len - FP_PAYLOAD_OFFSET long."""
+    cipher.  A WireGuard or AEGIS-256 payload lands at buf + 16; buf is then
+    moved back 16 bytes (into the receive buffer's headroom, or the tail of
+    the datagram before it in a GRO batch, never written) so that for every
+    later phase the payload is at buf + FP_PAYLOAD_OFFSET; it is
+    len - FP_PAYLOAD_OFFSET long (AEGIS-256: 16 bytes less, which the commit
+    phase takes off len once it has counted the datagram's bytes)."""
     cdef int i, rc
     cdef fp_pkt *pkt
     for i in range(n):
@@ -1311,11 +1609,16 @@ cdef void _in_open(fp_pkt *pkts, int n) noexcept nogil:
             rc = _open_chacha(pkt.buf, pkt.len, pkt.counter, pkt.key)
             if rc == 0:
                 pkt.buf -= FP_PAYLOAD_OFFSET - FP_HEADER_SIZE
+        elif pkt.cipher == CIPHER_AEGIS:
+            rc = _open_aegis(pkt.buf, pkt.len, pkt.counter, pkt.key)
+            if rc == 0:
+                pkt.buf -= FP_PAYLOAD_OFFSET - FP_HEADER_SIZE
         else:
             rc = _open_packet(pkt.buf, pkt.len, pkt.counter, pkt.key)
         _wipe(pkt.key, FP_KEY_SIZE)
         if rc != 0:
             pkt.verdict = D_AUTH_FAILED
+    phantom_ossl_wipe()
 
 
 cdef int _in_commit(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nogil:
@@ -1361,6 +1664,8 @@ cdef int _in_commit(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nogi
                 peer.rx_bytes += pkt.len
                 peer.rx_packets += 1
                 peer.last_rx = now
+                if pkt.cipher == CIPHER_AEGIS:
+                    pkt.len -= FP_AEGIS_EXTRA     # its tag is 32 bytes: payload at 32, len - 32 long
                 plen = pkt.len - FP_PAYLOAD_OFFSET
                 if pkt.relay:                     # NAT traversal relay frame: never to the device
                     if e.relay_enabled:
@@ -1428,7 +1733,7 @@ cdef void _relay_route(fp_engine *e, fp_pkt *pkt, fp_peer *src, size_t plen, dou
         return
     dest = _peer_by_id(e, pair.dest_id)
     if dest == NULL or dest == src or dest.endpoint_len == 0 or not _kp_usable(e, dest.current, now) \
-            or dest.current.cipher != CIPHER_SECRETBOX:
+            or not _phantom_cipher(dest.current.cipher):
         e.relay_no_dest += 1
         pkt.verdict = D_NO_ROUTE
         return
@@ -2992,12 +3297,19 @@ cdef class Engine:
     # keys ----------------------------------------------------------------------------------
     def install_keypair(self, int64_t peer_id, uint32_t local_index, uint32_t remote_index,
                         const unsigned char[::1] send_key, const unsigned char[::1] recv_key,
-                        double created, bint confirmed, int cipher=CIPHER_SECRETBOX):
+                        double created, bint confirmed, int cipher=CIPHER_SECRETBOX,
+                        data_send_key=None, data_recv_key=None):
         """Install a keypair as current (confirmed) or next, then flush the
         peer's staged packets if it has a usable current keypair.  ``cipher``
-        (dataplane/ciphers.CipherKind) is what its packets are sealed with."""
-        if cipher != CIPHER_SECRETBOX and cipher != CIPHER_CHACHA:
+        (dataplane/ciphers.CipherKind) is what its packets are sealed with;
+        ``data_send_key``/``data_recv_key`` the keys its transport data uses
+        when they are not the session keys (ciphers.transport_keys: aegis256)."""
+        if cipher != CIPHER_SECRETBOX and cipher != CIPHER_CHACHA and cipher != CIPHER_AEGIS:
             raise ValueError("unknown cipher %d" % cipher)
+        if cipher == CIPHER_AEGIS and (data_send_key is None or data_recv_key is None):
+            raise ValueError("an aegis256 keypair needs its derived transport keys")
+        cdef const unsigned char[::1] dsend = send_key if data_send_key is None else data_send_key
+        cdef const unsigned char[::1] drecv = recv_key if data_recv_key is None else data_recv_key
         cdef int slot = self._slot(peer_id)
         cdef fp_engine *e = self.e
         cdef fp_keypair *kp
@@ -3005,6 +3317,8 @@ cdef class Engine:
         cdef fp_keypair *old
         _check_key(send_key)
         _check_key(recv_key)
+        _check_key(dsend)
+        _check_key(drecv)
         kp = <fp_keypair *>calloc(1, sizeof(fp_keypair))
         if kp == NULL:
             raise MemoryError()
@@ -3015,6 +3329,8 @@ cdef class Engine:
         kp.cipher = cipher
         memcpy(kp.send_key, &send_key[0], FP_KEY_SIZE)
         memcpy(kp.recv_key, &recv_key[0], FP_KEY_SIZE)
+        memcpy(kp.data_send_key, &dsend[0], FP_KEY_SIZE)
+        memcpy(kp.data_recv_key, &drecv[0], FP_KEY_SIZE)
         with nogil:
             _lock(e)
             old = _kp_find(e, local_index)

@@ -177,7 +177,7 @@ class ApiClient:
 
 
 # --- output -----------------------------------------------------------------------------------
-PEER_COLUMNS = ("name", "path", "endpoint", "allowed_ips", "state", "protocol", "latest_handshake",
+PEER_COLUMNS = ("name", "path", "endpoint", "allowed_ips", "state", "protocol", "cipher", "latest_handshake",
                 "rx_bytes", "tx_bytes", "public_key")
 
 
@@ -347,6 +347,8 @@ HANDSHAKE_DROP_REASONS = {
     "replayed_initiation": "initiations whose timestamp is not newer than the last one",
     "unknown_index": "responses or cookie replies for a handshake we did not start",
     "bad_cookie_reply": "cookie replies that did not decrypt",
+    "no_common_suite": "initiations from a Phantom peer that allows none of our cipher suites "
+                       "([interface] / [[peer]] ciphers; never answered)",
 }
 
 

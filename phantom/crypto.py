@@ -1,9 +1,11 @@
 """libsodium primitives, reached through PyNaCl's bundled library.
 
 Shared by both planes.  Nothing here is a home-made primitive: X25519,
-BLAKE2b, ChaCha20-Poly1305, XChaCha20-Poly1305 and XSalsa20-Poly1305
-(secretbox) are libsodium calls; HMAC and HKDF are the standard
-constructions over libsodium's BLAKE2b, as the Noise spec defines them.
+BLAKE2b, ChaCha20-Poly1305, XChaCha20-Poly1305, XSalsa20-Poly1305
+(secretbox) and AEGIS-256 are libsodium calls; HMAC and HKDF are the standard
+constructions over libsodium's BLAKE2b, as the Noise spec defines them, and
+:func:`kdf_derive` is libsodium's crypto_kdf construction (keyed BLAKE2b with
+the subkey id as salt and the context as personalisation).
 
 The data-path calls (:func:`secretbox_seal_into`, :func:`secretbox_open_into`)
 go straight to libsodium through cffi so that the reference path can
@@ -15,13 +17,30 @@ from __future__ import annotations
 import functools
 import hmac as _hmac
 
+import cffi
 import nacl.bindings as _nb
 from nacl import _sodium
 
-from .wire import transport_nonce
+from .wire import aegis256_nonce, transport_nonce
 
 ffi = _sodium.ffi
 lib = _sodium.lib
+
+# libsodium functions PyNaCl's cffi module does not declare, from the same
+# library (PyNaCl's _sodium extension exports libsodium's symbols; dlopen of
+# a loaded object returns that object, so this is the same, initialised
+# libsodium): the runtime CPU feature checks.
+_rt_ffi = cffi.FFI()
+_rt_ffi.cdef("""
+    int sodium_runtime_has_aesni(void);
+    int sodium_runtime_has_avx(void);
+    int sodium_runtime_has_pclmul(void);
+    int sodium_runtime_has_armcrypto(void);
+""")
+try:
+    _rt = _rt_ffi.dlopen(_sodium.__file__)
+except OSError:            # not exported by this build: assume no AES hardware
+    _rt = None
 
 KEY_SIZE = 32
 HASH_SIZE = 64          # BLAKE2b-512, Noise HASHLEN
@@ -258,6 +277,91 @@ def secretbox_open_nonce(key, nonce: bytes, box) -> bytes:
     if rc != 0:
         raise CryptoError("secretbox authentication failed")
     return bytes(ffi.buffer(out, n))
+
+
+# --- AEGIS-256 for transport data (Phantom sessions that negotiate it) ---------------
+AEGIS256_TAG = 32          # crypto_aead_aegis256_ABYTES
+AEGIS256_KEY = 32
+
+
+def _runtime(name: str) -> bool:
+    if _rt is None:
+        return False
+    try:
+        return bool(getattr(_rt, name)())
+    except AttributeError:
+        return False
+
+
+def cpu_features() -> dict:
+    """What libsodium's runtime CPU checks report (sodium_init ran when
+    nacl.bindings was imported)."""
+    return {"aesni": _runtime("sodium_runtime_has_aesni"), "avx": _runtime("sodium_runtime_has_avx"),
+            "pclmul": _runtime("sodium_runtime_has_pclmul"),
+            "armcrypto": _runtime("sodium_runtime_has_armcrypto")}
+
+
+def aes_hardware() -> bool:
+    """True when libsodium runs AEGIS-256 on AES instructions: the rule of
+    libsodium's own implementation choice (crypto_aead_aegis256's
+    pick_best_implementation): AES-NI and AVX on x86, the ARM crypto
+    extensions on ARM.  Without them libsodium's AEGIS-256 is its portable
+    software version, correct but slower than secretbox."""
+    f = cpu_features()
+    return (f["aesni"] and f["avx"]) or f["armcrypto"]
+
+
+def aegis256_available() -> bool:
+    """libsodium has crypto_aead_aegis256 (1.0.19 and later)."""
+    return hasattr(lib, "crypto_aead_aegis256_encrypt") and lib.crypto_aead_aegis256_abytes() == AEGIS256_TAG
+
+
+def aegis256_seal_into(key, counter: int, buf: bytearray, offset: int, length: int) -> None:
+    """Encrypt in place: plaintext at buf[offset:offset+length] becomes
+    ciphertext there and the 32-byte tag right after it."""
+    p = ffi.from_buffer(buf)
+    clen = ffi.new("unsigned long long *")
+    rc = lib.crypto_aead_aegis256_encrypt(p + offset, clen, p + offset, length, ffi.NULL, 0, ffi.NULL,
+                                          aegis256_nonce(counter), ffi.from_buffer(key))
+    if rc != 0:
+        raise CryptoError("aegis256 seal failed")
+
+
+def aegis256_open_into(key, counter: int, buf: bytearray, offset: int, length: int) -> bool:
+    """Decrypt in place: ciphertext||tag at buf[offset:offset+length] becomes
+    plaintext at buf[offset:offset+length-32].  False when forged (libsodium
+    then zeroes the output)."""
+    if length < AEGIS256_TAG:
+        return False
+    p = ffi.from_buffer(buf)
+    mlen = ffi.new("unsigned long long *")
+    rc = lib.crypto_aead_aegis256_decrypt(p + offset, mlen, ffi.NULL, p + offset, length, ffi.NULL, 0,
+                                          aegis256_nonce(counter), ffi.from_buffer(key))
+    return rc == 0
+
+
+# --- key derivation ---------------------------------------------------------------
+KDF_CONTEXT_SIZE = 8
+
+
+def kdf_derive(key, subkey_id: int, context: bytes, size: int = KEY_SIZE) -> bytearray:
+    """libsodium's crypto_kdf_derive_from_key(subkey, size, subkey_id, context, key):
+    BLAKE2b keyed with the 32-byte ``key``, salt = subkey_id u64 little-endian
+    and 8 zero bytes, personal = the 8-byte context and 8 zero bytes, over no
+    message.  (PyNaCl does not declare crypto_kdf; the construction is
+    libsodium's own, tests/test_suites.py checks it against the system
+    libsodium's crypto_kdf_derive_from_key.)"""
+    if len(key) != KEY_SIZE or len(context) != KDF_CONTEXT_SIZE or not 16 <= size <= 64:
+        raise ValueError("crypto_kdf: 32-byte key, 8-byte context, 16..64-byte subkey")
+    salt = int(subkey_id).to_bytes(8, "little") + bytes(8)
+    personal = bytes(context) + bytes(8)
+    out = bytearray(size)
+    rc = lib.crypto_generichash_blake2b_salt_personal(ffi.from_buffer(out), size, ffi.NULL, 0,
+                                                      ffi.from_buffer(bytes(key)), KEY_SIZE,
+                                                      salt, personal)
+    if rc != 0:
+        raise CryptoError("crypto_kdf failed")
+    return out
 
 
 # --- hygiene --------------------------------------------------------------------

@@ -68,7 +68,12 @@ class Daemon:
     def __init__(self, settings: Settings, private_key: bytearray):
         self.s = settings
         self.t: Tunables = settings.tunables
-        self.engine = Engine(private_key, self.t)
+        from .control.protocols import configured_suites
+        try:
+            suites = configured_suites(settings.ciphers)
+        except ValueError as exc:
+            raise ConfigError("interface.ciphers", str(exc)) from None
+        self.engine = Engine(private_key, self.t, suites=suites)
         self.dp = None
         self.device = None
         self.udp = None
@@ -113,6 +118,10 @@ class Daemon:
 
     def build(self) -> None:
         s = self.s
+        from .dataplane import ciphers
+        policy = ciphers.chacha_policy()     # measured now, not at the first WireGuard packet
+        log.info("transport ciphers: Phantom sessions %s; WireGuard ChaCha20-Poly1305: %s (%s)",
+                 " > ".join(self._suite_names()), policy.implementation, policy.decided_by)
         kwargs = dict(events=self, tunables=self.t, firewall=self.fw, local_addresses=s.addresses,
                       test_deliver=s.test_deliver, mtu=s.mtu)
         fd = self.device.fd if self.device else None
@@ -125,7 +134,8 @@ class Daemon:
         for pc in s.peers:
             peer = self.engine.add_peer(pc.public_key, pc.name, pc.allowed_ips, pc.endpoint,
                                         pc.persistent_keepalive, protocol=pc.protocol,
-                                        preshared_key=self._psks.get(pc.name))
+                                        preshared_key=self._psks.get(pc.name),
+                                        suites=self.peer_suites(pc))
             self.dp.add_peer(peer.id, pc.allowed_ips)
             if pc.endpoint:
                 self.dp.set_endpoint(peer.id, pc.endpoint)
@@ -651,13 +661,39 @@ class Daemon:
         self._do(self.engine.close(peer.id))
         return {"closed": peer.name, "removed": False}
 
+    def peer_suites(self, pc) -> Optional[tuple]:
+        """A [[peer]]'s own ciphers as suites (None: the interface's)."""
+        from .control.protocols import peer_suites
+        try:
+            return peer_suites(pc.ciphers)
+        except ValueError as exc:
+            raise ConfigError("peer %s: ciphers" % pc.name, str(exc)) from None
+
+    def _suite_names(self) -> list:
+        from .wire import suite_name
+        return [suite_name(x) for x in self.engine.suites]
+
+    def crypto_status(self) -> dict:
+        """What /status says about the transport ciphers."""
+        from .dataplane import ciphers
+        return {
+            "phantom_suites": self._suite_names(),
+            "suites_configured": self.s.ciphers is not None,
+            "aes_hardware": crypto.aes_hardware(),
+            "cpu": crypto.cpu_features(),
+            "chacha20poly1305": ciphers.chacha_policy().describe(),
+        }
+
     def peer_info(self, peer, already: bool = False) -> dict:
+        from .dataplane.ciphers import CIPHER_NAMES
         c = self.dp.counters(peer.id)
         now = time.monotonic()
+        cipher = peer.cipher
         info = {
             "name": peer.name,
             "public_key": _b64(peer.public_key),
             "protocol": peer.protocol,
+            "cipher": CIPHER_NAMES.get(cipher) if cipher is not None else None,
             "endpoint": format_endpoint(self._endpoint_in_use(peer)),
             "allowed_ips": [str(n) for n in peer.allowed_ips],
             "state": peer.state.value,
@@ -706,6 +742,7 @@ class Daemon:
             "directory": self.s.directory,
             "directory_counters": self.directory.counters() if self.directory is not None else None,
             "nat": self._nat_status(),
+            "crypto": self.crypto_status(),
         }
 
     def _device_up(self) -> Optional[bool]:

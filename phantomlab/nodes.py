@@ -9,6 +9,7 @@ attached on failure) by the rig.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,10 +73,13 @@ def make_node(tmp_path: Path, name: str, index: int, host) -> Node:
     return Node(name, index, host, keyfile, encode_key(public_key(key)), d / "phantom.toml", d / "state")
 
 
-def start(daemon_factory, node: Node, datapath: str = "reference", wait: bool = True, args=()):
+def start(daemon_factory, node: Node, datapath: str = "reference", wait: bool = True, args=(),
+          env: Optional[dict] = None):
+    """``env``: extra environment variables for this daemon (on top of ours)."""
     argv = ["--config", str(node.config)] + (["--fast"] if datapath == "fast" else []) + list(args)
     node.daemon = daemon_factory(node.host, argv, http_port=HTTP_PORT, name=node.name, wait=wait,
-                                 token_file=node.state_dir / "token")
+                                 token_file=node.state_dir / "token",
+                                 env=None if env is None else {**os.environ, **env})
     if wait:
         node.host.ns.wait_addresses_ready()
     return node

@@ -73,6 +73,7 @@ class PeerConfig:
     rendezvous: bool = False                           # NAT traversal: this peer is a rendezvous node
     protocol: str = "phantom"                          # PROTOCOLS: what this peer speaks
     preshared_key_file: Optional[Path] = None          # WireGuard's optional psk (base64 file)
+    ciphers: Optional[list[str]] = None                # Phantom suites for this peer; None: [interface]'s
 
     @property
     def public_key_b64(self) -> str:
@@ -118,6 +119,7 @@ class Settings:
     directory_allowed_ips: Optional[list[IPNetwork]] = None
     rendezvous: bool = False                            # NAT traversal: serve as a rendezvous node
     relay: bool = False                                 # ... and relay for peers without a direct path
+    ciphers: Optional[list[str]] = None                 # Phantom transport suites allowed; None: automatic
     peers: list[PeerConfig] = field(default_factory=list)
     firewall: dict = field(default_factory=dict)
     tunables: Tunables = field(default_factory=Tunables)
@@ -225,9 +227,10 @@ INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen",
                   "test_port", "test_deliver", "mode", "device", "addresses", "mtu", "state_dir",
                   "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers",
                   "endorsers", "directory_allowed_ips", "metrics_listen", "dht_bootstrap", "dht_port", "uapi",
-                  "rendezvous", "relay")
+                  "rendezvous", "relay", "ciphers")
+CIPHERS = ("aegis256", "secretbox")       # wire.SUITE_NAMES, best first
 PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive", "protocol",
-             "preshared_key_file", "rendezvous")
+             "preshared_key_file", "rendezvous", "ciphers")
 PROTOCOLS = ("phantom", "wireguard")
 
 
@@ -344,6 +347,28 @@ def _directory_url(value, key: str) -> str:
     return value.strip().rstrip("/")
 
 
+def _ciphers(value, key: str) -> list[str]:
+    """``[interface] ciphers``: the Phantom transport suites this daemon may use."""
+    if isinstance(value, str):
+        value = [v for v in value.replace(",", " ").split()]
+    _expect(value, list, key, "a list of cipher names (%s)" % ", ".join(CIPHERS))
+    if not value:
+        raise ConfigError(key, "an empty list: name at least one of %s" % ", ".join(CIPHERS))
+    out = []
+    for i, v in enumerate(value):
+        k = "%s[%d]" % (key, i)
+        _expect(v, str, k, "a cipher name")
+        name = v.strip().lower()
+        if name not in CIPHERS:
+            close = difflib.get_close_matches(name, CIPHERS, n=1)
+            raise ConfigError(k, "%r is not a cipher (choose %s)%s" % (
+                v, " or ".join(CIPHERS), "; did you mean %r?" % close[0] if close else ""))
+        if name in out:
+            raise ConfigError(k, "%r is listed twice" % name)
+        out.append(name)
+    return out
+
+
 def _mtu(value, key: str) -> int:
     if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value)
@@ -423,6 +448,8 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
             s.rendezvous = _expect(value, bool, key, "true or false")
         elif name == "relay":
             s.relay = _expect(value, bool, key, "true or false")
+        elif name == "ciphers":
+            s.ciphers = _ciphers(value, key)
         elif name == "trusted_signers":
             _expect(value, list, key, "a list of base64 Ed25519 public keys")
             s.trusted_signers = [_signer_key(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
@@ -505,6 +532,12 @@ def _peer(table: Any, i: int, base: Optional[Path] = None) -> PeerConfig:
             raise ConfigError(key, "only a WireGuard peer has a preshared key "
                               "(add protocol = \"wireguard\")")
         psk_file = _path(table["preshared_key_file"], key, base)
+    ciphers = None
+    if "ciphers" in table:
+        if protocol != "phantom":
+            raise ConfigError(where + ".ciphers", "a WireGuard peer's cipher is fixed "
+                              "(ChaCha20-Poly1305); ciphers is for Phantom peers")
+        ciphers = _ciphers(table["ciphers"], where + ".ciphers")
     rendezvous = _expect(table.get("rendezvous", False), bool, where + ".rendezvous", "true or false")
     if rendezvous and endpoint is None:
         raise ConfigError(where + ".rendezvous", "a rendezvous node needs an endpoint")
@@ -512,7 +545,7 @@ def _peer(table: Any, i: int, base: Optional[Path] = None) -> PeerConfig:
         raise ConfigError(where + ".rendezvous", "a rendezvous node speaks the phantom protocol")
     return PeerConfig(name=name, public_key=public, endpoint=endpoint, allowed_ips=allowed,
                       persistent_keepalive=keepalive, protocol=protocol,
-                      preshared_key_file=psk_file, rendezvous=rendezvous)
+                      preshared_key_file=psk_file, rendezvous=rendezvous, ciphers=ciphers)
 
 
 DEFAULT_NAME_BYTES = 4      # "peer-" + 8 hex digits of the key, longer only where needed
@@ -691,6 +724,9 @@ def build_daemon_parser() -> argparse.ArgumentParser:
       help="also serve GET /metrics alone on this address (e.g. 127.0.0.1:9586)")
     a("--directory", metavar="URL[,URL]|dht", help="key directory (or several, comma-separated) to publish to and resolve peers from, or \"dht\" for the mainline DHT")
     a("--mtu", metavar="N", help="tunnel MTU (default %d)" % DEFAULT_MTU)
+    a("--ciphers", metavar="LIST",
+      help="Phantom transport suites allowed, comma-separated: aegis256, secretbox "
+           "(default: aegis256 where the CPU has AES instructions, and secretbox)")
     return p
 
 
@@ -749,5 +785,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
     if get("mtu") is not None:
         s.mtu = _mtu(get("mtu"), "--mtu")
         mtu_key = "--mtu"
+    if get("ciphers") is not None:
+        s.ciphers = _ciphers(get("ciphers"), "--ciphers")
     _default_mode(s)                # --address without a mode anywhere: tun
     return _finish(s, mtu_key)

@@ -104,7 +104,10 @@ def _overlap(a, b) -> bool:
 class Engine:
     def __init__(self, private_key: bytearray, tunables: Tunables, *,
                  clock: Clock = time.monotonic, wall_clock: Clock = time.time,
-                 rng: Optional[random.Random] = None, index_source: Optional[Callable[[], int]] = None):
+                 rng: Optional[random.Random] = None, index_source: Optional[Callable[[], int]] = None,
+                 suites=None):
+        """``suites``: the transport suites Phantom sessions may use (wire.Suite
+        values, ``[interface] ciphers``); None: protocols.default_suites()."""
         self._priv = private_key
         self.public_key = crypto.x25519_public(bytes(private_key))
         self.t = tunables
@@ -116,7 +119,7 @@ class Engine:
         # Each protocol's message code and our mac1/mac2 checker for it; a peer
         # points at the one it speaks (protocols.py).  Load and rate limits are shared.
         self._protocols = protocols.build(private_key, self.public_key, clock,
-                                          tunables.cookie_refresh_time)
+                                          tunables.cookie_refresh_time, suites=suites)
         self._checker = self._protocols[protocols.Protocol.PHANTOM].checker
         self._load = LoadDetector(tunables.under_load_initiations, clock)
         self._limiter = RateLimiter(tunables.handshakes_per_second_per_source,
@@ -140,15 +143,22 @@ class Engine:
         # may go to now (paths.PathTable.gate: bounded tries with backoff)
         self.candidate_gate: Optional[Callable[[int, list], list]] = None
 
+    @property
+    def suites(self) -> tuple:
+        """The transport suites our Phantom sessions may use, best first."""
+        return self._protocols[protocols.Protocol.PHANTOM].suites
+
     # ================================================================ peers
     def add_peer(self, public_key: bytes, name: str = "", allowed_ips: Iterable = (),
                  endpoint: Optional[tuple] = None, persistent_keepalive: float = 0.0,
                  dynamic: bool = False, protocol: str = "phantom",
-                 preshared_key: Optional[bytes] = None, exclusive: bool = False) -> Peer:
+                 preshared_key: Optional[bytes] = None, exclusive: bool = False,
+                 suites=None) -> Peer:
         """``protocol``: "phantom" or "wireguard"; ``preshared_key``: WireGuard's
         (32 bytes).  ``exclusive``: a peer added at run time (``open``, a
         directory record's claim): its prefixes may overlap no other peer's
         prefix, so adding it never moves another peer's traffic.
+        ``suites``: this Phantom peer's own transport suites (None: the engine's).
         A prefix another peer holds, or any overlap involving an exclusive
         peer, is refused (ValueError naming it; :meth:`route_problem`)."""
         public_key = bytes(public_key)
@@ -158,6 +168,8 @@ class Engine:
             raise ValueError("only a WireGuard peer has a preshared key")
         if preshared_key is not None and len(preshared_key) != 32:
             raise ValueError("a preshared key is 32 bytes")
+        if suites is not None and proto.protocol is not protocols.Protocol.PHANTOM:
+            raise ValueError("only a Phantom peer has cipher suites")
         if public_key in self._by_key:
             raise ValueError("peer with this public key exists")
         if public_key == self.public_key:
@@ -173,7 +185,8 @@ class Engine:
                     float(persistent_keepalive or 0), dynamic=dynamic,
                     wanted=bool(endpoint) and bool(persistent_keepalive),
                     cookies=proto.cookie_generator(public_key), proto=proto,
-                    preshared_key=bytearray(preshared_key) if preshared_key is not None else None)
+                    preshared_key=bytearray(preshared_key) if preshared_key is not None else None,
+                    suites=tuple(suites) if suites else None)
         peer.exclusive = bool(exclusive)
         self.peers[pid] = peer
         self._by_key[public_key] = peer
@@ -666,10 +679,19 @@ class Engine:
             self.drops["replayed_initiation"] += 1
             log.info("peer=%s replayed initiation dropped", peer.name)
             return []
+        if proto.session_suite(info, peer) is None:
+            # authenticated and fresh, but we share no transport suite with it
+            # (one side pinned by [interface] ciphers): no answer, a counter
+            info.state.clear()
+            self.drops["no_common_suite"] += 1
+            log.warning("peer=%s offers no cipher suite we accept (we: %s); initiation dropped",
+                        peer.name, ", ".join(wire.suite_name(x) for x in proto.suites_for(peer)))
+            return []
         now = self.clock()
         self._wake(peer)
         peer.last_initiation_ts = info.timestamp
         peer.last_initiation_rx = now
+        proto.note_initiation(peer, info)
         out: list = []
         # Simultaneous open: both sides initiated.  The side with the greater
         # public key gives up its own initiation, so the pair converges on one
@@ -707,6 +729,7 @@ class Engine:
         except hs.HandshakeError:
             self.drops["bad_handshake"] += 1
             return []
+        proto.note_response(peer, peer.pending.state)
         now = self.clock()
         self._wake(peer)
         self._indexes[peer.pending.local_index] = ("session", peer.id)
@@ -742,13 +765,14 @@ class Engine:
 
     def _install(self, peer: Peer, keys: hs.SessionKeys, confirmed: bool, now: float) -> A.InstallKeypair:
         self._wake(peer)
-        peer.sessions.append(SessionInfo(keys.local_index, now, keys.initiator, confirmed))
+        cipher = peer.proto.cipher_of(keys)
+        peer.sessions.append(SessionInfo(keys.local_index, now, keys.initiator, confirmed, cipher=int(cipher)))
         peer.last_handshake = now
         peer.last_handshake_wall = self.wall()
         peer.first_unanswered = None
         peer.handshakes += 1
         kp = Keypair(peer.id, keys.local_index, keys.remote_index, keys.send_key, keys.recv_key,
-                     time.monotonic(), keys.initiator, int(peer.proto.cipher))
+                     time.monotonic(), keys.initiator, int(cipher))
         return A.InstallKeypair(kp, confirmed)
 
     def _prune_sessions(self, peer: Peer) -> list:

@@ -12,7 +12,7 @@ Naming follows the Prometheus conventions: a ``phantom_`` prefix, base units
 (bytes, seconds), ``_total`` on counters.  Label values are bounded: a peer's
 name (peers come from the config, the API or the key directory, never from
 a packet), a drop reason, a state, a path, a firewall rule's position;
-never an address, a port or anything taken from a packet.
+never an address, a port or anything taken from a packet, a cipher name.
 
 Metric families (see docs/operations.md for the full table):
 
@@ -30,6 +30,13 @@ phantom_peer_last_handshake_timestamp_seconds gauge (Unix time)
 phantom_peer_state{peer,state}              gauge   1 for the current state, else 0
 phantom_peer_path{peer,path}                gauge   1 for the current path ("direct")
 phantom_peer_sessions{peer}                 gauge   installed sessions
+phantom_peer_cipher{peer,cipher}            gauge   1 for the current session's transport
+                                                    cipher (aegis256, secretbox,
+                                                    chacha20poly1305), else 0; peers
+                                                    with a session only
+phantom_crypto_info{suites,chacha20poly1305} gauge  1: Phantom suites offered (best
+                                                    first) and WireGuard's ChaCha20-
+                                                    Poly1305 implementation
 phantom_drops_total{reason}                 counter data-path drops, all peers
 phantom_handshake_drops_total{reason}       counter control-plane drops
 phantom_directory_drops_total{reason}       counter directory answers, DHT items refused
@@ -62,6 +69,7 @@ from .. import __version__
 
 PEER_STATES = ("idle", "handshaking", "established", "stale", "dead")
 PATHS = ("direct", "relayed")          # "relayed" arrives with NAT traversal (later issue)
+CIPHERS = ("aegis256", "secretbox", "chacha20poly1305")   # dataplane.ciphers.CIPHER_NAMES
 DEFAULT_PATH = "direct"
 
 __all__ = ["DaemonCollector", "make_registry", "render", "CONTENT_TYPE_LATEST", "peer_path"]
@@ -138,6 +146,9 @@ class DaemonCollector(Collector):
                                  labels=["peer", "path"])
         sessions = GaugeMetricFamily("phantom_peer_sessions", "Sessions installed for the peer",
                                      labels=P)
+        cipher = GaugeMetricFamily("phantom_peer_cipher", "The transport cipher of the peer's "
+                                   "current session: 1 for it", labels=["peer", "cipher"])
+        from ..dataplane.ciphers import CIPHER_NAMES
         now = time.monotonic()
         for p in peers:
             try:
@@ -162,10 +173,23 @@ class DaemonCollector(Collector):
             for pa in PATHS if cur_path in PATHS else PATHS + (cur_path,):
                 path.add_metric([p.name, pa], 1 if pa == cur_path else 0)
             sessions.add_metric(lab, len(p.sessions))
-        yield from (rx_b, tx_b, rx_p, tx_p, drops, hs, age, last, state, path, sessions)
+            cur_cipher = getattr(p, "cipher", None)
+            if cur_cipher is not None:
+                name = CIPHER_NAMES.get(cur_cipher, "unknown")
+                for ci in CIPHERS if name in CIPHERS else CIPHERS + (name,):
+                    cipher.add_metric([p.name, ci], 1 if ci == name else 0)
+        yield from (rx_b, tx_b, rx_p, tx_p, drops, hs, age, last, state, path, sessions, cipher)
 
     # ---------------------------------------------------------------- global
     def _global(self, d):
+        crypto_status = getattr(d, "crypto_status", None)
+        if crypto_status is not None:
+            cs = crypto_status()
+            ci = GaugeMetricFamily("phantom_crypto_info", "Transport ciphers: the Phantom suites "
+                                   "offered, best first, and the ChaCha20-Poly1305 implementation "
+                                   "for WireGuard peers", labels=["suites", "chacha20poly1305"])
+            ci.add_metric([",".join(cs["phantom_suites"]), cs["chacha20poly1305"]["implementation"]], 1)
+            yield ci
         drops = CounterMetricFamily("phantom_drops", "Packets dropped by the data path "
                                     "(all peers and none), by reason", labels=["reason"])
         for reason, n in sorted(d.dp.global_drops().items()):
@@ -174,7 +198,8 @@ class DaemonCollector(Collector):
         hs = CounterMetricFamily("phantom_handshake_drops", "Handshake and cookie messages "
                                  "dropped or answered with a cookie, by reason", labels=["reason"])
         for reason in ("malformed", "bad_mac1", "cookie_sent", "rate_limited", "bad_handshake",
-                       "unknown_key", "replayed_initiation", "unknown_index", "bad_cookie_reply"):
+                       "unknown_key", "replayed_initiation", "unknown_index", "bad_cookie_reply",
+                       "no_common_suite"):
             hs.add_metric([reason], d.engine.drops.get(reason, 0))
         for reason, n in sorted(d.engine.drops.items()):
             if reason not in {s.labels["reason"] for s in hs.samples}:

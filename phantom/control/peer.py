@@ -51,6 +51,7 @@ class SessionInfo:
     created: float
     initiator: bool
     confirmed: bool = False                 # initiator side, or the peer has sent on it
+    cipher: int = 0                         # dataplane.ciphers.CipherKind its transport uses
 
 
 @dataclass
@@ -75,6 +76,12 @@ class Peer:
     # (the engine's, shared by all peers of that protocol); WireGuard's psk
     proto: Optional[object] = None
     preshared_key: Optional[bytearray] = field(default=None, repr=False)
+    # Phantom: its last accepted initiation offered no cipher suites (it runs a
+    # version before suites, or speaks secretbox only): every second initiation
+    # of ours to it offers none either (protocols.PhantomHandshakes.offer_for)
+    suites_legacy: bool = False
+    suites_alternate: bool = False          # ... and the next one is that second one
+    suites: Optional[tuple] = None          # its own [[peer]] ciphers (wire.Suite); None: the interface's
 
     # handshake
     pending: Optional[PendingHandshake] = None
@@ -106,6 +113,17 @@ class Peer:
     confirm_by: Optional[float] = None      # our unconfirmed responder session: initiate after this
     epoch: int = 0                          # bumped whenever the peer is closed/reset
     candidates: list = field(default_factory=list)   # NAT traversal: more endpoints to initiate to
+
+    @property
+    def cipher(self) -> Optional[int]:
+        """The CipherKind of the session traffic goes out on (the newest
+        confirmed one, else the newest), None without a session."""
+        if not self.sessions:
+            return None
+        for s in reversed(self.sessions):
+            if s.confirmed:
+                return s.cipher
+        return self.sessions[-1].cipher
 
     @property
     def protocol(self) -> str:

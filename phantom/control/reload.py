@@ -29,7 +29,7 @@ reload whole with a :class:`ConfigError` naming the key, and the daemon
 goes on exactly as before.
 
 What a running daemon cannot change (the UDP or API port, mode, device,
-addresses, MTU, private key, state dir, user, directory, tunables) is not
+addresses, MTU, private key, state dir, user, directory, ciphers, tunables) is not
 applied: the report lists it under ``notes`` ("needs a restart").  After
 the privilege drop the daemon cannot add kernel routes either: allowed IPs
 outside the interface's subnets that were not routed at start get a note.
@@ -41,6 +41,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
+from . import protocols
 from .config import (ConfigError, Settings, _check_peers, check_own_key,
                      read_config_file, settings_from_mapping)
 
@@ -51,7 +52,7 @@ RESTART_KEYS = ("listen_port", "http_port", "http_listen", "http_socket", "test_
                 "test_deliver", "mode", "device", "addresses", "mtu", "private_key_file",
                 "state_dir", "user", "directory", "name", "endpoints", "trusted_signers",
                 "endorsers", "directory_allowed_ips", "log_level", "tunables", "metrics_listen", "dht_bootstrap", "dht_port",
-                "endpoints_auto", "uapi")
+                "endpoints_auto", "uapi", "ciphers")
 
 
 def read(path) -> Settings:
@@ -98,6 +99,10 @@ def plan(daemon, fresh: Settings, baseline: Optional[Settings]) -> Plan:
                               "needs mode = \"tun\"")
         peer = engine.peer_by_key(key)
         before = old_cfg.get(key)
+        try:
+            protocols.peer_suites(pc.ciphers)          # one this libsodium cannot run: refused here
+        except ValueError as exc:
+            raise ConfigError("peer[%d].ciphers" % i, str(exc)) from None
         # A WireGuard peer's preshared key is read again when its file is new or
         # another one (a file the daemon can no longer read after a user switch
         # refuses the reload; the same path with new contents needs a restart).
@@ -125,6 +130,8 @@ def plan(daemon, fresh: Settings, baseline: Optional[Settings]) -> Plan:
             fields.append("persistent_keepalive")
         if pc.name in p.psks or (pc.preshared_key_file is None and peer.preshared_key is not None):
             fields.append("preshared_key")
+        if (before.ciphers if before is not None else None) != pc.ciphers:
+            fields.append("ciphers")
         if peer.dynamic:
             p.adopt.append(peer)
         if fields:
@@ -257,6 +264,8 @@ def apply(daemon, p: Plan) -> dict:
             dp.set_endpoint(peer.id, pc.endpoint)
         if "persistent_keepalive" in fields:
             peer.persistent_keepalive = float(pc.persistent_keepalive or 0)
+        if "ciphers" in fields:                        # the next handshake uses them
+            peer.suites = protocols.peer_suites(pc.ciphers)
         if "preshared_key" in fields:                  # the next handshake uses it
             from .. import crypto
             if peer.preshared_key is not None:
@@ -276,7 +285,7 @@ def apply(daemon, p: Plan) -> dict:
     for pc in p.add:
         peer = engine.add_peer(pc.public_key, pc.name, pc.allowed_ips, pc.endpoint,
                                pc.persistent_keepalive, protocol=pc.protocol,
-                               preshared_key=p.psks.get(pc.name))
+                               preshared_key=p.psks.get(pc.name), suites=protocols.peer_suites(pc.ciphers))
         dp.add_peer(peer.id, [])                       # its routes come with everyone's below
         new_routes[peer.id] = list(pc.allowed_ips)
         if pc.endpoint:

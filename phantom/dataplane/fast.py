@@ -33,6 +33,7 @@ from typing import Iterable, Optional
 
 from .. import crypto
 from ..constants import Tunables
+from . import ciphers
 from . import packet as pkt
 from .routing import AllowedIPs
 from .types import Drop, Keypair, Mode, PeerCounters, RelayVia
@@ -215,6 +216,7 @@ class FastDataPath:
             split_directions = env.get("PHANTOM_FAST_SPLIT", "0") not in ("", "0", "no")
         if offloads is None:
             offloads = env.get("PHANTOM_FAST_OFFLOADS", "1") not in ("", "0", "no")
+        ciphers.chacha_policy()           # decided (and handed to the extension) before any worker runs
         self.mode = Mode(mode)
         if self.mode is Mode.TEST and test_sock is None:
             raise ValueError("test mode needs test_sock")
@@ -464,8 +466,16 @@ class FastDataPath:
         before sends")."""
         if kp.peer_id not in self._peers:
             raise KeyError(kp.peer_id)
-        self._engine.install_keypair(kp.peer_id, kp.local_index, kp.remote_index,
-                                     kp.send_key, kp.recv_key, kp.created, confirmed, kp.cipher)
+        send, recv = ciphers.transport_keys(kp.cipher, kp.send_key, kp.recv_key)
+        derived = send is not kp.send_key
+        try:
+            self._engine.install_keypair(kp.peer_id, kp.local_index, kp.remote_index,
+                                         kp.send_key, kp.recv_key, kp.created, confirmed, kp.cipher,
+                                         send if derived else None, recv if derived else None)
+        finally:
+            if derived:                      # the engine holds its own copies
+                crypto.memzero(send)
+                crypto.memzero(recv)
         self._keys[kp.local_index] = kp
         self._peer_keys.setdefault(kp.peer_id, set()).add(kp.local_index)
         self._zero_retired(kp.peer_id)

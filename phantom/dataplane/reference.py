@@ -59,12 +59,15 @@ _DROP_NAMES = {d: d.name.lower() for d in Drop}
 _LINK_LOCAL6 = ipaddress.ip_network("fe80::/10")
 _ETH_IPV4, _ETH_ARP, _ETH_IPV6 = 0x0800, 0x0806, 0x86DD
 _CHACHA = ciphers.CipherKind.CHACHA20POLY1305
+_AEGIS = ciphers.CipherKind.AEGIS256
+_AEGIS_EXTRA = ciphers.AEGIS_EXTRA
 
 
 class _Session:
     """A keypair as the data path holds it."""
 
-    __slots__ = ("kp", "peer", "send_counter", "replay", "rekey_requested", "seal", "open", "padded")
+    __slots__ = ("kp", "peer", "send_counter", "replay", "rekey_requested", "seal", "open", "padded",
+                 "phantom", "aegis", "send_key", "recv_key")
 
     def __init__(self, kp: Keypair, peer: "_Peer"):
         self.kp = kp
@@ -73,11 +76,15 @@ class _Session:
         self.replay = ReplayWindow()
         self.rekey_requested = False
         # the keypair's cipher (dataplane/ciphers.py): Phantom's secretbox or
-        # WireGuard's ChaCha20-Poly1305, whose payloads are padded
+        # AEGIS-256, or WireGuard's ChaCha20-Poly1305, whose payloads are padded
         kind = ciphers.CipherKind(kp.cipher)
         self.seal = ciphers.SEAL[kind]
         self.open = ciphers.OPEN[kind]
         self.padded = kind is _CHACHA
+        self.aegis = kind is _AEGIS
+        self.phantom = kind in ciphers.PHANTOM_CIPHERS
+        # transport data's keys (derived for aegis256; relay frames use kp's)
+        self.send_key, self.recv_key = ciphers.transport_keys(kind, kp.send_key, kp.recv_key)
 
 
 class _Peer:
@@ -103,6 +110,7 @@ class ReferenceDataPath:
                  test_sock: Optional[socket.socket] = None, *, events, tunables: Tunables,
                  firewall=None, local_addresses: Iterable = (), test_deliver: Optional[tuple] = None,
                  mtu: int = 1420, loop: Optional[asyncio.AbstractEventLoop] = None):
+        ciphers.chacha_policy()           # which ChaCha20-Poly1305 (decided once per process)
         self.mode = Mode(mode)
         self._udp = udp_sock
         self._fd = device_fd
@@ -362,6 +370,8 @@ class ReferenceDataPath:
         self._sessions.pop(s.kp.local_index, None)
         crypto.memzero(s.kp.send_key)
         crypto.memzero(s.kp.recv_key)
+        crypto.memzero(s.send_key)            # the derived ones (the same objects otherwise)
+        crypto.memzero(s.recv_key)
 
     def clear_keys(self, peer_id: int) -> None:
         peer = self._peers.get(peer_id)
@@ -534,7 +544,7 @@ class ReferenceDataPath:
         """Seal self._tx[OFFSET:OFFSET+n] in place with the keypair's cipher and send it."""
         counter = s.send_counter
         s.send_counter = counter + 1
-        start, end = s.seal(s.kp.send_key, counter, s.kp.remote_index, self._tx, n, self._mtu)
+        start, end = s.seal(s.send_key, counter, s.kp.remote_index, self._tx, n, self._mtu)
         size = end - start
         if peer.endpoint is None:
             self._drop(Drop.NO_ENDPOINT, peer)
@@ -630,8 +640,11 @@ class ReferenceDataPath:
         if n < wire.TRANSPORT_MIN_SIZE:
             self._drop(Drop.TRUNCATED)
             return
-        # a relay frame carries a whole inner datagram (its overhead and tag on top)
-        if n - OFFSET > self._max_inner + (wire.TRANSPORT_OVERHEAD + wire.RELAY_ID.size if is_relay else 0):
+        # a relay frame carries a whole inner datagram (its overhead and tag on
+        # top); an AEGIS-256 datagram is 16 bytes longer than a secretbox one:
+        # the exact limit is checked once the session (its cipher) is known
+        if n - OFFSET > self._max_inner + _AEGIS_EXTRA + \
+                (wire.TRANSPORT_OVERHEAD + wire.RELAY_ID.size + _AEGIS_EXTRA if is_relay else 0):
             self._drop(Drop.OVERSIZED)
             return
         _, index, counter = HEADER.unpack_from(rx, 0)
@@ -640,6 +653,9 @@ class ReferenceDataPath:
             self._drop(Drop.UNKNOWN_INDEX)
             return
         peer = s.peer
+        if not is_relay and not s.aegis and n - OFFSET > self._max_inner:
+            self._drop(Drop.OVERSIZED, peer)
+            return
         if relayed_for is not None and peer.id != relayed_for:
             self._drop(Drop.SRC_NOT_ALLOWED, peer)   # a relay passing on another peer's session
             return
@@ -650,7 +666,11 @@ class ReferenceDataPath:
         if not s.replay.check(counter):
             self._drop(Drop.REPLAY, peer)
             return
-        opened = s.open(s.kp.recv_key, counter, rx, n)
+        if is_relay and s.phantom:
+            # relay frames are secretbox under the session key, whatever the suite
+            opened = ciphers.open_secretbox(s.kp.recv_key, counter, rx, n)
+        else:
+            opened = s.open(s.recv_key, counter, rx, n)
         if opened is None:
             self._drop(Drop.AUTH_FAILED, peer)
             return
@@ -668,6 +688,9 @@ class ReferenceDataPath:
         c.last_rx = now
         if is_relay:
             c.last_data_rx = now
+            if not s.phantom:
+                self._drop(Drop.MALFORMED, peer)      # relay frames travel on Phantom sessions only
+                return
             self._on_relay_frame(peer, start, start + plen, now)
             return
         if plen == 0:

@@ -64,7 +64,7 @@ class Drop(enum.IntEnum):
     OVERSIZED = 2          # larger than MAX_DATAGRAM_SIZE / the MTU
     UNKNOWN_INDEX = 3      # receiver index with no installed keypair
     REPLAY = 4             # counter already seen or behind the window
-    AUTH_FAILED = 5        # secretbox MAC did not verify (forged/corrupted)
+    AUTH_FAILED = 5        # the MAC or tag did not verify (forged/corrupted)
     KEY_EXPIRED = 6        # keypair past reject-after-time/messages
     NO_ROUTE = 7           # outgoing packet matches no peer's allowed IPs
     SRC_NOT_ALLOWED = 8    # incoming inner source outside the peer's allowed IPs
@@ -93,7 +93,7 @@ class Keypair:
     recv_key: bytearray
     created: float          # time.monotonic() at install
     initiator: bool
-    cipher: int = 0         # ciphers.CipherKind: SECRETBOX (Phantom) or CHACHA20POLY1305 (WireGuard)
+    cipher: int = 0         # ciphers.CipherKind: SECRETBOX or AEGIS256 (Phantom), CHACHA20POLY1305 (WireGuard)
 
 
 @dataclass

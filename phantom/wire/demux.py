@@ -3,8 +3,8 @@
 Phantom and WireGuard peers share one socket.  The first byte and the length
 tell a handshake apart::
 
-    type 1  164 bytes: Phantom initiation      148 bytes: WireGuard initiation
-    type 2  108 bytes: Phantom response         92 bytes: WireGuard response
+    type 1  164 or 166 bytes: Phantom initiation    148 bytes: WireGuard initiation
+    type 2  108 or 109 bytes: Phantom response       92 bytes: WireGuard response
     type 3   64 bytes: cookie reply (both)  -- the receiver index decides
     type 4  transport data (both)           -- the receiver index decides
 
@@ -35,10 +35,13 @@ class Kind(NamedTuple):
 
 _HANDSHAKE_SIZES = {
     (MessageType.INITIATION, _ph.INITIATION_SIZE): Protocol.PHANTOM,
+    (MessageType.INITIATION, _ph.INITIATION_OFFER_SIZE): Protocol.PHANTOM,
     (MessageType.INITIATION, _wg.INITIATION_SIZE): Protocol.WIREGUARD,
     (MessageType.RESPONSE, _ph.RESPONSE_SIZE): Protocol.PHANTOM,
+    (MessageType.RESPONSE, _ph.RESPONSE_CHOICE_SIZE): Protocol.PHANTOM,
     (MessageType.RESPONSE, _wg.RESPONSE_SIZE): Protocol.WIREGUARD,
 }
+assert len({n for _, n in _HANDSHAKE_SIZES}) == len(_HANDSHAKE_SIZES)
 assert _ph.COOKIE_REPLY_SIZE == _wg.COOKIE_REPLY_SIZE
 
 
@@ -68,8 +71,9 @@ def classify(datagram) -> Kind:
         return Kind(None, mtype)
     proto = _HANDSHAKE_SIZES.get((mtype, n))
     if proto is None:
-        raise WireError("%s of %d bytes is neither Phantom's (%d) nor WireGuard's (%d)" % (
-            mtype.name.lower(), n, _ph._EXPECTED_SIZE[mtype], _wg._EXPECTED_SIZE[mtype]))
+        raise WireError("%s of %d bytes is neither Phantom's (%s) nor WireGuard's (%d)" % (
+            mtype.name.lower(), n, " or ".join(str(x) for x in _ph._EXPECTED_SIZES[mtype]),
+            _wg._EXPECTED_SIZE[mtype]))
     return Kind(proto, mtype)
 
 

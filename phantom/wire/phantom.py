@@ -7,23 +7,32 @@ apart on the shared UDP port.
 Every UDP datagram that Phantom sends starts with a one-byte message type and
 three reserved zero bytes, followed by little-endian fields (as in WireGuard):
 
-  type 1  handshake initiation   (164 bytes)
+  type 1  handshake initiation   (164 bytes, or 166 with a suite offer)
       sender_index u32 | ephemeral[32] | encrypted_static[32+16]
-      | encrypted_payload[28+16] | mac1[16] | mac2[16]
+      | encrypted_payload[28+16 or 30+16] | mac1[16] | mac2[16]
       payload plaintext = TAI64N timestamp[12] | client_nonce[16]
-  type 2  handshake response      (108 bytes)
+                          [ | suites u16: the initiator's transport suites, bit i = Suite(i) ]
+  type 2  handshake response      (108 bytes, or 109 answering an offer)
       sender_index u32 | receiver_index u32 | ephemeral[32]
-      | encrypted_payload[16+16] | mac1[16] | mac2[16]
+      | encrypted_payload[16+16 or 17+16] | mac1[16] | mac2[16]
       payload plaintext = the initiator's client_nonce[16], echoed
+                          [ | suite u8: the suite the session uses ]
+      An initiation without an offer (the prototype's, 164 bytes) gets a
+      response without a choice (108 bytes), and the session uses secretbox.
   type 3  cookie reply            (64 bytes)
       receiver_index u32 | nonce[24] | encrypted_cookie[16+16]
-  type 4  transport data          (32 + n bytes)
-      receiver_index u32 | counter u64 | secretbox(mac[16] | ciphertext[n])
-      nonce for crypto_secretbox = counter as u64 little-endian | 16 zero bytes
+  type 4  transport data          (32 + n bytes with secretbox, 48 + n with aegis256)
+      Suite.SECRETBOX: receiver_index u32 | counter u64 | secretbox(mac[16] | ciphertext[n])
+        nonce for crypto_secretbox = counter as u64 little-endian | 16 zero bytes
+      Suite.AEGIS256:  receiver_index u32 | counter u64 | ciphertext[n] | tag[32]
+        crypto_aead_aegis256 (no associated data) under the session key
+        derived for it (:mod:`phantom.dataplane.ciphers`), 32-byte nonce =
+        counter as u64 little-endian | 24 zero bytes
       n == 0 is a keepalive.
   type 5  peer control            (48 + 9 + m bytes, m < PEER_CONTROL_MAX_BODY)
       receiver_index u32 | nonce[24] | secretbox(mac[16] | body)
-      sealed with the session's send key, like transport data, but under a
+      sealed with the session's send key (with secretbox, whatever the
+      session's transport suite), like transport data, but under a
       random nonce whose last byte is 1 (:func:`control_nonce`), so it never
       equals a transport nonce (counter | 16 zero bytes).  Both data paths
       hand it to the control plane as they hand handshakes; the control plane
@@ -32,8 +41,9 @@ three reserved zero bytes, followed by little-endian fields (as in WireGuard):
       rendezvous registration, where-is, answers and punch requests).
   type 6  relay                   (32 + 4 + m bytes)
       receiver_index u32 | counter u64 | secretbox(mac[16] | relay_id u32 | inner[m])
-      one hop (A -> relay, or relay -> B), sealed exactly like transport data
-      with that hop's session (its counter, its replay window), so each hop is
+      one hop (A -> relay, or relay -> B), sealed like secretbox transport
+      data with that hop's session key (its counter, its replay window; always
+      secretbox, whatever the hop session's suite), so each hop is
       authenticated by its own keys.  relay_id names the pair (A, B) at the
       relay: random, unique there, the same on both hops and both ways, given
       to A and B in the rendezvous' Endpoints / Punch; the relay forwards a
@@ -64,6 +74,42 @@ SECRETBOX_NONCE_SIZE = 24
 
 INITIATION_PAYLOAD_SIZE = TIMESTAMP_SIZE + CLIENT_NONCE_SIZE
 RESPONSE_PAYLOAD_SIZE = CLIENT_NONCE_SIZE
+AEGIS256_TAG_SIZE = 32   # crypto_aead_aegis256_ABYTES
+AEGIS256_NONCE_SIZE = 32
+
+
+class Suite(enum.IntEnum):
+    """Transport ciphers a Phantom session can use (the handshake picks one).
+
+    The number is the suite's bit in an initiation's ``suites`` offer and its
+    value in a response's ``suite`` byte."""
+
+    SECRETBOX = 0          # XSalsa20-Poly1305 (crypto_secretbox): every Phantom speaks it
+    AEGIS256 = 1           # AEGIS-256 (crypto_aead_aegis256): where both ends have AES hardware
+
+
+SUITE_NAMES = {"secretbox": Suite.SECRETBOX, "aegis256": Suite.AEGIS256}
+# Best first: the responder picks the first of these that both sides offer.
+SUITE_PREFERENCE = (Suite.AEGIS256, Suite.SECRETBOX)
+SUITES_FIELD = struct.Struct("<H")       # an initiation's offer: bit i = Suite(i)
+SUITE_FIELD = struct.Struct("<B")        # a response's choice
+
+
+def suite_name(suite) -> str:
+    return Suite(suite).name.lower()
+
+
+def suites_mask(suites) -> int:
+    """The offer field for an iterable of suites."""
+    mask = 0
+    for s in suites:
+        mask |= 1 << int(Suite(s))
+    return mask
+
+
+def suites_of(mask: int) -> tuple:
+    """The suites an offer names, best first (unknown bits are ignored)."""
+    return tuple(s for s in SUITE_PREFERENCE if mask >> int(s) & 1)
 
 
 class MessageType(enum.IntEnum):
@@ -87,8 +133,12 @@ RESPONSE = struct.Struct(
 COOKIE_REPLY = struct.Struct("<B3xI%ds%ds" % (COOKIE_NONCE_SIZE, MAC_SIZE + AEAD_TAG_SIZE))
 TRANSPORT_HEADER = struct.Struct("<B3xIQ")
 
-INITIATION_SIZE = INITIATION.size            # 164
-RESPONSE_SIZE = RESPONSE.size                # 108
+INITIATION_SIZE = INITIATION.size            # 164 (no suite offer: the prototype's)
+RESPONSE_SIZE = RESPONSE.size                # 108 (no suite choice)
+INITIATION_OFFER_SIZE = INITIATION_SIZE + SUITES_FIELD.size   # 166: with the suites offer
+RESPONSE_CHOICE_SIZE = RESPONSE_SIZE + SUITE_FIELD.size       # 109: with the chosen suite
+INITIATION_SIZES = (INITIATION_SIZE, INITIATION_OFFER_SIZE)
+RESPONSE_SIZES = (RESPONSE_SIZE, RESPONSE_CHOICE_SIZE)
 COOKIE_REPLY_SIZE = COOKIE_REPLY.size        # 64
 TRANSPORT_HEADER_SIZE = TRANSPORT_HEADER.size  # 16
 # Encrypt in place: the plaintext sits at TRANSPORT_PAYLOAD_OFFSET, the MAC
@@ -96,8 +146,12 @@ TRANSPORT_HEADER_SIZE = TRANSPORT_HEADER.size  # 16
 TRANSPORT_PAYLOAD_OFFSET = TRANSPORT_HEADER_SIZE + AEAD_TAG_SIZE  # 32
 TRANSPORT_OVERHEAD = TRANSPORT_PAYLOAD_OFFSET
 TRANSPORT_MIN_SIZE = TRANSPORT_OVERHEAD      # a keepalive
+# AEGIS-256 transport: header, ciphertext, a 32-byte tag (16 bytes more than secretbox)
+AEGIS256_OVERHEAD = TRANSPORT_HEADER_SIZE + AEGIS256_TAG_SIZE      # 48
+AEGIS256_EXTRA = AEGIS256_OVERHEAD - TRANSPORT_OVERHEAD            # 16
 
-# Field offsets inside handshake messages, named rather than summed by hand.
+# Field offsets inside handshake messages, named rather than summed by hand
+# (mac1 and mac2 are always the last 32 bytes: see mac1_region).
 INITIATION_NOISE_OFFSET = 8                  # ephemeral starts here
 INITIATION_MAC1_OFFSET = INITIATION_SIZE - 2 * MAC_SIZE
 INITIATION_MAC2_OFFSET = INITIATION_SIZE - MAC_SIZE
@@ -108,7 +162,7 @@ RESPONSE_MAC2_OFFSET = RESPONSE_SIZE - MAC_SIZE
 # Largest inner packet a peer may send (TUN MTU up to 65535, or a GSO-sized
 # test datagram); anything bigger is dropped as oversized.
 MAX_INNER_SIZE = 65535
-MAX_DATAGRAM_SIZE = MAX_INNER_SIZE + TRANSPORT_OVERHEAD
+MAX_DATAGRAM_SIZE = MAX_INNER_SIZE + AEGIS256_OVERHEAD     # the larger of the two suites
 
 PEER_CONTROL_HEADER = struct.Struct("<B3xI%ds" % SECRETBOX_NONCE_SIZE)
 PEER_CONTROL_BODY_HEADER = struct.Struct("<QB")           # seq, kind
@@ -124,6 +178,11 @@ _EXPECTED_SIZE = {
     MessageType.INITIATION: INITIATION_SIZE,
     MessageType.RESPONSE: RESPONSE_SIZE,
     MessageType.COOKIE_REPLY: COOKIE_REPLY_SIZE,
+}
+_EXPECTED_SIZES = {
+    MessageType.INITIATION: INITIATION_SIZES,
+    MessageType.RESPONSE: RESPONSE_SIZES,
+    MessageType.COOKIE_REPLY: (COOKIE_REPLY_SIZE,),
 }
 
 
@@ -162,8 +221,9 @@ def message_type(datagram: bytes) -> MessageType:
             raise WireError("truncated transport message")
         if n > MAX_DATAGRAM_SIZE:
             raise WireError("oversized transport message")
-    elif n != _EXPECTED_SIZE[mtype]:
-        raise WireError("%s of %d bytes, expected %d" % (mtype.name.lower(), n, _EXPECTED_SIZE[mtype]))
+    elif n not in _EXPECTED_SIZES[mtype]:
+        raise WireError("%s of %d bytes, expected %s" % (
+            mtype.name.lower(), n, " or ".join(str(x) for x in _EXPECTED_SIZES[mtype])))
     return mtype
 
 
@@ -177,15 +237,30 @@ class Initiation:
     mac2: bytes = bytes(MAC_SIZE)
 
     def pack(self) -> bytes:
-        return INITIATION.pack(MessageType.INITIATION, self.sender_index, self.ephemeral,
-                               self.encrypted_static, self.encrypted_payload, self.mac1, self.mac2)
+        """164 bytes, or 166 when the encrypted payload carries a suite offer."""
+        n = len(self.encrypted_payload) - (INITIATION_PAYLOAD_SIZE + AEAD_TAG_SIZE)
+        if n not in (0, SUITES_FIELD.size):
+            raise WireError("initiation payload of %d bytes" % len(self.encrypted_payload))
+        head = HEADER.pack(MessageType.INITIATION) + struct.pack("<I", self.sender_index)
+        return b"".join((head, self.ephemeral, self.encrypted_static, self.encrypted_payload,
+                         self.mac1, self.mac2))
 
     @classmethod
     def unpack(cls, data: bytes) -> "Initiation":
-        if len(data) != INITIATION_SIZE or data[0] != MessageType.INITIATION:
+        if len(data) not in INITIATION_SIZES or data[0] != MessageType.INITIATION:
             raise WireError("not a handshake initiation")
-        _, idx, e, s, p, m1, m2 = INITIATION.unpack(data)
-        return cls(idx, e, s, p, m1, m2)
+        data = bytes(data)
+        (idx,) = struct.unpack_from("<I", data, 4)
+        e_end = INITIATION_NOISE_OFFSET + KEY_SIZE
+        s_end = e_end + KEY_SIZE + AEAD_TAG_SIZE
+        m1 = len(data) - 2 * MAC_SIZE
+        return cls(idx, data[INITIATION_NOISE_OFFSET:e_end], data[e_end:s_end], data[s_end:m1],
+                   data[m1:m1 + MAC_SIZE], data[m1 + MAC_SIZE:])
+
+    @property
+    def offers_suites(self) -> bool:
+        """True for the 166-byte form (its payload ends in a suites offer)."""
+        return len(self.encrypted_payload) == INITIATION_PAYLOAD_SIZE + SUITES_FIELD.size + AEAD_TAG_SIZE
 
     @property
     def noise_message(self) -> bytes:
@@ -202,15 +277,28 @@ class Response:
     mac2: bytes = bytes(MAC_SIZE)
 
     def pack(self) -> bytes:
-        return RESPONSE.pack(MessageType.RESPONSE, self.sender_index, self.receiver_index,
-                             self.ephemeral, self.encrypted_payload, self.mac1, self.mac2)
+        """108 bytes, or 109 when the encrypted payload carries the chosen suite."""
+        n = len(self.encrypted_payload) - (RESPONSE_PAYLOAD_SIZE + AEAD_TAG_SIZE)
+        if n not in (0, SUITE_FIELD.size):
+            raise WireError("response payload of %d bytes" % len(self.encrypted_payload))
+        head = HEADER.pack(MessageType.RESPONSE) + struct.pack("<II", self.sender_index, self.receiver_index)
+        return b"".join((head, self.ephemeral, self.encrypted_payload, self.mac1, self.mac2))
 
     @classmethod
     def unpack(cls, data: bytes) -> "Response":
-        if len(data) != RESPONSE_SIZE or data[0] != MessageType.RESPONSE:
+        if len(data) not in RESPONSE_SIZES or data[0] != MessageType.RESPONSE:
             raise WireError("not a handshake response")
-        _, s_idx, r_idx, e, p, m1, m2 = RESPONSE.unpack(data)
-        return cls(s_idx, r_idx, e, p, m1, m2)
+        data = bytes(data)
+        s_idx, r_idx = struct.unpack_from("<II", data, 4)
+        e_end = RESPONSE_NOISE_OFFSET + KEY_SIZE
+        m1 = len(data) - 2 * MAC_SIZE
+        return cls(s_idx, r_idx, data[RESPONSE_NOISE_OFFSET:e_end], data[e_end:m1],
+                   data[m1:m1 + MAC_SIZE], data[m1 + MAC_SIZE:])
+
+    @property
+    def chooses_suite(self) -> bool:
+        """True for the 109-byte form (its payload ends in the chosen suite)."""
+        return len(self.encrypted_payload) == RESPONSE_PAYLOAD_SIZE + SUITE_FIELD.size + AEAD_TAG_SIZE
 
     @property
     def noise_message(self) -> bytes:
@@ -252,6 +340,13 @@ def with_macs(message: bytes, mac1: bytes, mac2: bytes) -> bytes:
 def transport_nonce(counter: int) -> bytes:
     """The 24-byte crypto_secretbox nonce for a transport counter."""
     return counter.to_bytes(8, "little") + bytes(SECRETBOX_NONCE_SIZE - 8)
+
+
+def aegis256_nonce(counter: int) -> bytes:
+    """The 32-byte crypto_aead_aegis256 nonce for a transport counter: the
+    counter u64 little-endian, then 24 zero bytes.  Unique per key because a
+    key never reuses a counter (as for secretbox)."""
+    return counter.to_bytes(8, "little") + bytes(AEGIS256_NONCE_SIZE - 8)
 
 
 def pack_transport_header(receiver_index: int, counter: int) -> bytes:

@@ -124,8 +124,9 @@ def test_blast_of_hostile_datagrams(lan3, daemon_factory, tmp_path, sniffer, dat
         to_b = [u.payload for u in cap.udp() if u.dst == b.host.ip and u.dport == UDP_PORT]
         from_b = [u.payload for u in cap.udp() if u.src == b.host.ip]
         handshakes = [p for p in to_b + from_b if p[:1] in (b"\x01", b"\x02")]
-        transports = [p for p in to_b if p[:1] == b"\x04" and len(p) in
-                      (wire.TRANSPORT_OVERHEAD, wire.TRANSPORT_OVERHEAD + PAYLOAD)]
+        transports = [p for p in to_b if p[:1] == b"\x04" and len(p) in   # secretbox or aegis256
+                      (wire.TRANSPORT_OVERHEAD, wire.TRANSPORT_OVERHEAD + PAYLOAD,
+                       wire.AEGIS256_OVERHEAD, wire.AEGIS256_OVERHEAD + PAYLOAD)]
         assert handshakes and len(transports) >= 8, (len(handshakes), len(transports))
         index = wire.unpack_transport_header(transports[-1])[0]
 

@@ -39,7 +39,7 @@ def _ph_pub(node) -> bytes:
 
 def wg_setup(tmp_path, daemon_factory, wg_factory, host_ph, host_wg, *, datapath="reference",
              initiator="phantom", psk_ph=None, psk_wg=None, wg_knows=None, firewall=None,
-             tunables=None, extra_peers=(), node_index=1, wg_index=2, start_daemon=True):
+             tunables=None, extra_peers=(), node_index=1, wg_index=2, start_daemon=True, env=None):
     """phantomd on host_ph with a WireGuard peer, wireguard-go on host_wg."""
     node = make_node(tmp_path, "ph", node_index, host_ph)
     wg_priv, wg_pub = keypair()
@@ -56,7 +56,7 @@ def wg_setup(tmp_path, daemon_factory, wg_factory, host_ph, host_wg, *, datapath
                 endpoint="%s:%d" % (host_ph.ip, UDP_PORT) if initiator == "wireguard" else None,
                 preshared_key=psk_wg)
     if start_daemon:
-        start(daemon_factory, node, datapath)
+        start(daemon_factory, node, datapath, env=env)
     return node, wg
 
 
@@ -104,6 +104,27 @@ def test_ping_and_iperf_with_wireguard_go(two_hosts, tmp_path, daemon_factory, w
     assert p["rx_bytes"] > 1_000_000 and p["tx_bytes"] > 1_000_000
     print("%s %s-initiated psk=%s: a->b %.3f Gbit/s, b->a %.3f Gbit/s"
           % (datapath, initiator, psk, up["gbit_per_s"], down["gbit_per_s"]))
+
+
+@pytest.mark.parametrize("chacha", ["openssl", "libsodium"])
+@pytest.mark.parametrize("datapath", DATAPATHS)
+def test_wireguard_go_interop_with_each_chacha20poly1305(two_hosts, tmp_path, daemon_factory, wg_factory,
+                                                        datapath, chacha):
+    """ChaCha20-Poly1305 from OpenSSL's libcrypto or from libsodium only
+    (PHANTOM_CHACHA): wireguard-go reads both, and /status says which."""
+    node, wg = wg_setup(tmp_path, daemon_factory, wg_factory, two_hosts.a, two_hosts.b,
+                        datapath=datapath, env={"PHANTOM_CHACHA": chacha})
+    code, st = node.api("GET", "/status")
+    impl = st["crypto"]["chacha20poly1305"]
+    assert impl["implementation"] == chacha and impl["decided_by"] == "PHANTOM_CHACHA=%s" % chacha
+    assert two_hosts.a.ping(wg.ip4, timeout=10), "no ping through the tunnel (%s)" % wg.log_tail()
+    assert two_hosts.b.ping(node.tun6, timeout=5)
+    up = _iperf(two_hosts, wg.ip4, reverse=False)
+    down = _iperf(two_hosts, wg.ip4, reverse=True)
+    assert up["bytes_received"] > 1_000_000 and down["bytes_received"] > 1_000_000, (up, down)
+    assert _peer(node)["cipher"] == "chacha20poly1305"
+    print("%s %s: a->b %.3f Gbit/s, b->a %.3f Gbit/s" % (datapath, chacha, up["gbit_per_s"],
+                                                        down["gbit_per_s"]))
 
 
 @pytest.mark.parametrize("initiator", ["phantom", "wireguard"])
