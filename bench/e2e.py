@@ -79,7 +79,7 @@ from phantomlab import iperf, netns  # noqa: E402
 from phantomlab.procs import CpuMeter, kill_proc  # noqa: E402,F401  (bench/scale.py uses them)
 from phantomlab.wggo import WG_SOCK_DIR, WgSide  # noqa: E402
 from phantomlab.wggo import stop_all as _stop_all_wg  # noqa: E402
-from phantom.control.keys import encode_key, public_key, write_private_key  # noqa: E402
+from phantom.keys import encode_key, public_key, write_private_key  # noqa: E402
 
 CONFIGS = ("bare", "wireguard-go", "reference", "fast", "fast-secretbox", "fast-wg")
 DEFAULT_CONFIGS = ("bare", "wireguard-go", "reference", "fast", "fast-wg")

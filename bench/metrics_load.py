@@ -43,7 +43,7 @@ for p in (REPO,):
         sys.path.insert(0, str(p))
 
 from phantom import crypto  # noqa: E402
-from phantom.control.keys import encode_key  # noqa: E402
+from phantom.keys import encode_key  # noqa: E402
 from phantomlab import iperf as lab_iperf  # noqa: E402
 from phantomlab import netns  # noqa: E402
 from phantomlab.nodes import make_node  # noqa: E402

@@ -9,7 +9,7 @@ Package layout (see README.md, "Layout"):
 * ``phantom._fastpath`` -- the Cython data path (``phantomd --fast``).
 * ``phantom.control`` -- handshake, timers, peers, config, keys, HTTP API,
   key directory.
-* ``phantom.daemon`` -- the one module that wires the two planes together.
+* ``phantom.node.daemon`` -- the one module that wires the two planes together.
 """
 
 __version__ = "0.1.0"

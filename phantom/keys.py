@@ -26,7 +26,7 @@ import stat
 from pathlib import Path
 
 from phantom import crypto, logsetup
-from phantom.control.errors import ConfigError
+from phantom.errors import ConfigError
 
 KEY_SIZE = 32
 KEY_TEXT_SIZE = 44  # base64 of 32 bytes, with one "=" of padding

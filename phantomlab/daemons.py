@@ -34,11 +34,11 @@ class DaemonExited(RigError):
 
 def phantomd_command() -> list[str]:
     """argv prefix that starts phantomd: ``<sys.prefix>/bin/phantomd`` if
-    installed there, else ``python -m phantom.daemon``."""
+    installed there, else ``python -m phantom.node``."""
     exe = Path(sys.prefix) / "bin" / "phantomd"
     if exe.exists() and os.access(exe, os.X_OK):
         return [str(exe)]
-    return [sys.executable, "-m", "phantom.daemon"]
+    return [sys.executable, "-m", "phantom.node"]
 
 
 class DaemonProcess:

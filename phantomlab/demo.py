@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from phantom.control.keys import encode_key, public_key, write_private_key
+from phantom.keys import encode_key, public_key, write_private_key
 
 from . import iperf, netns
 

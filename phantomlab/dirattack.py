@@ -106,7 +106,7 @@ async def hog(url: str, key: str, n: int, seconds: float) -> None:
 
 
 async def watch(url: str, keyfile: str, name: str, seconds: float) -> dict:
-    from phantom.control.keys import load_private_key
+    from phantom.keys import load_private_key
     key = load_private_key(keyfile)
     lines, status = [], None
     async with d.DirectoryClient(url, key) as owner, aiohttp.ClientSession() as s:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from phantom.control.keys import encode_key, public_key, write_private_key
+from phantom.keys import encode_key, public_key, write_private_key
 
 from .templates import HTTP_PORT, TUN4, TUN6, peer_entry, write_config
 

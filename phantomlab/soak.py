@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 
 import phantom
-from phantom.control.keys import encode_key, public_key, write_private_key
+from phantom.keys import encode_key, public_key, write_private_key
 
 from . import iperf, netns
 from .daemons import first_error_line

@@ -265,7 +265,7 @@ class VerifyError(Exception):
 # --- what to send, where ------------------------------------------------------------------------
 def _target_from_api(args) -> tuple[Optional[str], int, tuple]:
     """(peer name, listen port, (ip, port) to send the marker to) from the daemon."""
-    from phantom.cli import ApiClient, CliError
+    from phantom.cli.main import ApiClient, CliError
     try:
         client = ApiClient(args.api, args.socket, args.token_file, timeout=args.timeout)
         st = client.request("GET", "/status")
@@ -295,7 +295,7 @@ def _target_from_api(args) -> tuple[Optional[str], int, tuple]:
 
 
 def _endpoint(text: str) -> tuple:
-    from phantom.control.config import ConfigError, parse_endpoint
+    from phantom.node.config import ConfigError, parse_endpoint
     try:
         return parse_endpoint(text, "--send-to")
     except ConfigError as exc:
@@ -333,7 +333,7 @@ def run(args) -> Report:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from phantom.cli import _api_options
+    from phantom.cli.main import _api_options
     p = argparse.ArgumentParser(prog="phantom verify",
                                 description="Capture the daemon's outer traffic while sending a "
                                             "random marker through a peer's tunnel; report "

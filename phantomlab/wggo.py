@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from phantom import crypto
-from phantom.control.keys import encode_key
+from phantom.keys import encode_key
 
 from .procs import kill_proc
 from .namespaces import RigError

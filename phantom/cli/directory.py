@@ -11,13 +11,13 @@ import os
 import sys
 
 from phantom import crypto, logsetup
-from phantom.control.config import PEER_NAME
-from phantom.control.errors import ApiError, ConfigError
-from phantom.control.keys import KeyFormatError
+from phantom.node.config import PEER_NAME
+from phantom.errors import ApiError, ConfigError
+from phantom.keys import KeyFormatError
 
-from .client import CLIENT_TIMEOUT, DEFAULT_TTL, DHT_TIMEOUT, DirectoryClient
-from .records import KEY_SIZE, MAX_ENDORSERS, DirectoryError, b64, key_from_text, signing_key_of
-from .server import DEFAULT_DB, DEFAULT_MAX_TTL, DEFAULT_PORT, KEY_WRITES, MAX_HEARTBEAT, \
+from phantom.control.directory.client import CLIENT_TIMEOUT, DEFAULT_TTL, DHT_TIMEOUT, DirectoryClient
+from phantom.control.directory.records import KEY_SIZE, MAX_ENDORSERS, DirectoryError, b64, key_from_text, signing_key_of
+from phantom.control.directory.server import DEFAULT_DB, DEFAULT_MAX_TTL, DEFAULT_PORT, KEY_WRITES, MAX_HEARTBEAT, \
     SOURCE_QUOTA, SOURCE_WATCHES, SOURCE_WRITES, WATCH_HEARTBEAT, WATCHERS_MAX, Limits, \
     serve_forever
 
@@ -44,7 +44,7 @@ def _print(args, payload: dict) -> None:
     if args.json:
         print(json.dumps(payload, indent=2))
     else:
-        from phantom.cli import format_kv
+        from phantom.cli.main import format_kv
         print(format_kv(payload))
 
 
@@ -65,7 +65,7 @@ def make_client(args, private_key):
     trusted = getattr(args, "trusted_signer", None) or ()
     timeout = client_timeout(args)
     if _is_dht(args):
-        from .client import DhtDirectoryClient
+        from phantom.control.directory.client import DhtDirectoryClient
         if not args.bootstrap:
             raise ValueError("--directory dht needs --bootstrap IP:PORT (a node of the swarm)")
         return DhtDirectoryClient(private_key, listen="0.0.0.0:0", bootstrap=args.bootstrap,
@@ -91,7 +91,7 @@ async def _with_client(args, private_key, action):
 
 
 def _load_key(path):
-    from phantom.control.keys import load_private_key
+    from phantom.keys import load_private_key
     return load_private_key(path)
 
 
@@ -113,8 +113,8 @@ async def dht_nodes_forever(listen: str, port: int, count: int, bootstrap, statu
     ``bootstrap``), with an optional HTTP /status, until SIGINT/SIGTERM."""
     import signal
     from aiohttp import web
-    from .server import start_server
-    from .store.dht import DhtNode
+    from phantom.control.directory.server import start_server
+    from phantom.control.directory.store.dht import DhtNode
     nodes = []
     runner = None
     try:
@@ -159,7 +159,7 @@ def _count_arg(text: str) -> int:
 
 
 def _endpoint_arg(text: str):
-    from phantom.control.config import parse_endpoint
+    from phantom.node.config import parse_endpoint
     try:
         return parse_endpoint(text, "--bootstrap")
     except ConfigError as exc:
@@ -209,7 +209,7 @@ def cmd_list(args) -> int:
     if args.json:
         print(json.dumps([r.summary() for r in recs], indent=2))
     else:
-        from phantom.cli import format_table
+        from phantom.cli.main import format_table
         print(format_table([r.summary() for r in recs],
                            ("name", "endpoints", "allowed_ips", "revoked", "public_key")))
     return 0

@@ -18,7 +18,7 @@ Elsewhere::
     phantom demo ...                  phantomlab.demo.main (the lab, imported only here)
     phantom verify ...                phantomlab.verify.main
     phantom directory serve ...       phantom.control.directory.main
-    phantom wg import|export|genpsk   phantom.control.wireguard.cli.main
+    phantom wg import|export|genpsk   phantom.cli.wg.main
 
 API options (before or after the subcommand): ``--api URL`` (default
 http://127.0.0.1:4567, or $PHANTOM_API), ``--socket PATH`` ($PHANTOM_SOCKET),
@@ -67,7 +67,7 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 def _default_state_dir() -> Path:
-    # Same rule as the daemon (phantom.control.config.default_state_dir), kept
+    # Same rule as the daemon (phantom.node.config.default_state_dir), kept
     # here so the client does not import the config machinery.
     return Path("/var/lib/phantom") if os.geteuid() == 0 else Path.cwd() / ".phantom"
 
@@ -255,7 +255,7 @@ def _emit(args, payload, human) -> None:
 
 # --- subcommands ------------------------------------------------------------------------------
 def cmd_genkey(args) -> int:
-    from phantom.control import keys
+    from phantom import keys
     if args.out:
         try:
             key = keys.write_private_key(args.out)
@@ -277,7 +277,7 @@ def cmd_genkey(args) -> int:
 
 
 def cmd_pubkey(args) -> int:
-    from phantom.control import keys
+    from phantom import keys
     text = sys.stdin.read(4096)
     try:
         print(keys.pubkey(text))
@@ -584,8 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommands implemented in other modules: everything after the word goes to them.
 # demo and verify live in the lab package (phantomlab), installed alongside
 # phantom; it is imported only when one of them runs.
-DELEGATED = {"demo": "phantomlab.demo", "directory": "phantom.control.directory",
-             "wg": "phantom.control.wireguard.cli",
+DELEGATED = {"demo": "phantomlab.demo", "directory": "phantom.cli.directory",
+             "wg": "phantom.cli.wg",
              "verify": "phantomlab.verify"}
 # Those of them that talk to phantomd take the API options too (wherever given).
 DELEGATED_API = frozenset({"verify"})

@@ -15,11 +15,11 @@ import os
 import sys
 from pathlib import Path
 
-from ... import crypto
-from ..config import ConfigError, parse_endpoint
+from .. import crypto
+from ..node.config import ConfigError, parse_endpoint
 from ..keys import KeyFileError, load_private_key, public_key, write_secret_file
-from .keys import genpsk
-from .wgquick import (WgConfError, export_for_peer, export_interface, load_phantom,
+from ..control.wireguard.keys import genpsk
+from ..control.wireguard.wgquick import (WgConfError, export_for_peer, export_interface, load_phantom,
                       parse_wg_quick, to_phantom_toml)
 
 

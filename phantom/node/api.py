@@ -17,7 +17,7 @@ GET    /openapi.json           an OpenAPI 3 description of these routes
 ====== ======================= ============================================
 
 The operations routes (the dashboard at ``/``, ``/metrics``, ``/events``,
-``/auth``, ``POST /reload``) live in :mod:`phantom.control.opsapi`, behind
+``/auth``, ``POST /reload``) live in :mod:`phantom.node.opsapi`, behind
 the same middlewares.
 
 Security (see README "Security model"):
@@ -68,8 +68,8 @@ from aiohttp.http_exceptions import (BadHttpMethod, BadStatusLine, ContentLength
                                      LineTooLong, TransferEncodingError)
 
 from phantom import __version__, logsetup
-from phantom.control.config import PEER_NAME, PEER_NAME_RULE, parse_endpoint, parse_network
-from phantom.control.errors import (ApiError, BadRequest, ConfigError, PayloadTooLarge,
+from phantom.node.config import PEER_NAME, PEER_NAME_RULE, parse_endpoint, parse_network
+from phantom.errors import (ApiError, BadRequest, ConfigError, PayloadTooLarge,
                                     Unauthorized)
 
 log = logsetup.get_logger("api")
@@ -104,7 +104,7 @@ def load_or_create_token(state_dir) -> str:
     file that group or others can access, or that another user owns, is
     refused with ConfigError.
     """
-    from phantom.control.keys import KeyFileError, check_secret_file, write_secret_file
+    from phantom.keys import KeyFileError, check_secret_file, write_secret_file
 
     state_dir = Path(state_dir)
     path = state_dir / TOKEN_FILE
@@ -465,7 +465,7 @@ async def open_tunnel(request: web.Request) -> web.Response:
                          % len(unknown))
     public_key = body.get("public_key")
     if public_key is not None:
-        from phantom.control.keys import KeyFormatError, decode_public_key
+        from phantom.keys import KeyFormatError, decode_public_key
         try:
             decode_public_key(public_key)
         except KeyFormatError as exc:
@@ -565,7 +565,7 @@ def create_app(controller, token: str, *, allowed_hosts: Iterable[str] = ()) -> 
     r.add_get("/firewall", get_firewall)
     r.add_put("/firewall", put_firewall)
     r.add_get("/openapi.json", get_openapi)
-    from phantom.control import opsapi   # dashboard, /metrics, /events, /auth, /reload
+    from phantom.node import opsapi   # dashboard, /metrics, /events, /auth, /reload
     opsapi.add_routes(app)
     return app
 
@@ -736,7 +736,7 @@ OPENAPI: dict = {
 
 
 def _add_ops_paths() -> None:
-    from phantom.control import opsapi
+    from phantom.node import opsapi
     OPENAPI["paths"].update(opsapi.openapi_paths(_ok, _err, _COMMON_ERRORS, _MUTATION_ERRORS, _OBJ))
 
 

@@ -16,7 +16,7 @@ The file has the shape WireGuard users know, in TOML::
     [firewall]                      # checked by the firewall compiler
     [tunables]                      # phantom.constants.Tunables fields
 
-Every problem raises :class:`phantom.control.errors.ConfigError` whose
+Every problem raises :class:`phantom.errors.ConfigError` whose
 ``key`` names the setting (``interface.mtu``, ``peer[1].allowed_ips[0]``,
 ``--http-port``); peers are numbered from 0 in file order.  Unknown keys are
 errors.  Flags override the file; ``--address`` replaces the file's list.
@@ -39,7 +39,7 @@ from typing import Any, Optional
 
 from phantom.constants import (DEFAULT_HTTP_PORT, DEFAULT_MTU, DEFAULT_TEST_PORT,
                                DEFAULT_UDP_PORT, Tunables)
-from phantom.control.errors import ConfigError
+from phantom.errors import ConfigError
 from phantom.dataplane.types import Mode
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -77,7 +77,7 @@ class PeerConfig:
 
     @property
     def public_key_b64(self) -> str:
-        from phantom.control.keys import encode_key
+        from phantom.keys import encode_key
         return encode_key(self.public_key)
 
 
@@ -481,7 +481,7 @@ def _signer_key(value: Any, key: str) -> bytes:
 
 
 def _peer(table: Any, i: int, base: Optional[Path] = None) -> PeerConfig:
-    from phantom.control.keys import KeyFormatError, decode_public_key
+    from phantom.keys import KeyFormatError, decode_public_key
 
     where = "peer[%d]" % i
     _expect(table, dict, where, "a table ([[peer]])")

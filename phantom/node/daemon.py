@@ -26,7 +26,7 @@ Start-up order (each step can fail with a clear message and exit code):
      capability sets 0, NoNewPrivs 1) and start-up fails if one differs;
   7. start the data path, publish to the key directory, run the timer tick,
      handle SIGTERM/SIGINT (stop) and SIGHUP (reload the config file in
-     place: :mod:`phantom.control.reload`).
+     place: :mod:`phantom.node.reload`).
 """
 
 from __future__ import annotations
@@ -39,17 +39,17 @@ import sys
 import time
 from typing import Optional
 
-from . import __version__, crypto
-from .constants import Tunables
-from .control import actions as A
-from .control.config import ConfigError, Settings, parse_daemon_args
-from .control.engine import Engine
-from .control.errors import ApiError, BadRequest, Conflict, HandshakeTimeout, NotFound, ServiceUnavailable
-from .control.peer import PeerState
-from .dataplane.types import Mode, RelayVia
-from .dataplane.udp import format_endpoint, open_test_socket, open_udp_socket, plain
+from .. import __version__, crypto
+from ..constants import Tunables
+from ..control import actions as A
+from .config import ConfigError, Settings, parse_daemon_args
+from ..control.engine import Engine
+from ..errors import ApiError, BadRequest, Conflict, HandshakeTimeout, NotFound, ServiceUnavailable
+from ..control.peer import PeerState
+from ..dataplane.types import Mode, RelayVia
+from ..dataplane.udp import format_endpoint, open_test_socket, open_udp_socket, plain
 
-log = logging.getLogger("phantom.daemon")
+log = logging.getLogger("phantom.node.daemon")
 
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
@@ -63,12 +63,12 @@ class Daemon:
     ready = False                  # set up and serving: the API answers, the device is up
     failure: Optional[str] = None  # why the data plane stopped (a fast-path worker died)
     exit_code = 0                  # main()'s status once serve() returns
-    notifier = None                # phantom.sdnotify.Notifier under systemd (main())
+    notifier = None                # phantom.node.sdnotify.Notifier under systemd (main())
 
     def __init__(self, settings: Settings, private_key: bytearray):
         self.s = settings
         self.t: Tunables = settings.tunables
-        from .control.protocols import configured_suites
+        from ..control.protocols import configured_suites
         try:
             suites = configured_suites(settings.ciphers)
         except ValueError as exc:
@@ -94,7 +94,7 @@ class Daemon:
         self.drop_to = None              # passwd entry to switch to in serve() (root only), set by main()
         self.nat = None                  # control.traversal.Traversal: rendezvous roles, paths
         self._uapi = None                # WireGuard's UAPI socket ([interface] uapi = true)
-        from .control import reload as _reload
+        from . import reload as _reload
         self._file_settings = _reload.baseline(settings)   # the file as read at start (reload diffs)
         self._metrics = None             # prometheus-client registry, made at the first scrape
         self._metrics_runner = None      # the metrics_listen server, when configured
@@ -106,11 +106,11 @@ class Daemon:
         if s.mode is Mode.TEST:
             self.test_sock = open_test_socket(s.test_port)
         else:
-            from .dataplane.tun import configure_addresses, open_device
+            from ..dataplane.tun import configure_addresses, open_device
             name = s.device or ("phantom0" if s.mode is Mode.TUN else "phantap0")
             flags = 0
             if s.fast and s.mode is Mode.TUN:
-                from .dataplane.fast import DEVICE_FLAGS   # virtio-net header: TSO/USO offloads
+                from ..dataplane.fast import DEVICE_FLAGS   # virtio-net header: TSO/USO offloads
                 flags = DEVICE_FLAGS
             self.device = open_device(s.mode, name, s.mtu, flags)
             routes = [n for p in s.peers for n in p.allowed_ips] if s.mode is Mode.TUN else []
@@ -118,7 +118,7 @@ class Daemon:
 
     def build(self) -> None:
         s = self.s
-        from .dataplane import ciphers
+        from ..dataplane import ciphers
         policy = ciphers.chacha_policy()     # measured now, not at the first WireGuard packet
         log.info("transport ciphers: Phantom sessions %s; WireGuard ChaCha20-Poly1305: %s (%s)",
                  " > ".join(self._suite_names()), policy.implementation, policy.decided_by)
@@ -126,10 +126,10 @@ class Daemon:
                       test_deliver=s.test_deliver, mtu=s.mtu)
         fd = self.device.fd if self.device else None
         if s.fast:
-            from .dataplane.fast import FastDataPath
+            from ..dataplane.fast import FastDataPath
             self.dp = FastDataPath(s.mode, self.udp, fd, self.test_sock, **kwargs)
         else:
-            from .dataplane.reference import ReferenceDataPath
+            from ..dataplane.reference import ReferenceDataPath
             self.dp = ReferenceDataPath(s.mode, self.udp, fd, self.test_sock, **kwargs)
         for pc in s.peers:
             peer = self.engine.add_peer(pc.public_key, pc.name, pc.allowed_ips, pc.endpoint,
@@ -146,7 +146,7 @@ class Daemon:
             self.dp.set_test_peer(next(iter(self.engine.peers)))
         servers = [pc.public_key for pc in s.peers if pc.rendezvous]
         if s.rendezvous or servers:
-            from .control.traversal import Traversal
+            from ..control.traversal import Traversal
             relay_capable = hasattr(self.dp, "set_relay_route")    # can be relayed
             can_relay = hasattr(self.dp, "set_relay")               # can relay for others
             self.nat = Traversal(self.engine, serve=s.rendezvous, servers=servers,
@@ -173,7 +173,7 @@ class Daemon:
 
     @staticmethod
     def _load_preshared_keys(settings: Settings) -> dict:
-        from .control.wireguard.keys import load_preshared_key
+        from ..control.wireguard.keys import load_preshared_key
         psks = {}
         for i, pc in enumerate(settings.peers):
             if pc.preshared_key_file is not None:
@@ -182,7 +182,7 @@ class Daemon:
         return psks
 
     def _compile_firewall(self, section: dict):
-        from .dataplane import firewall
+        from ..dataplane import firewall
         try:
             return firewall.build(section, self._peer_names(), self.s.mode)
         except firewall.FirewallError as exc:
@@ -278,13 +278,13 @@ class Daemon:
     async def _start_directory(self) -> None:
         """Publish our record and keep it fresh; pin configured names; watch our peers."""
         if self.s.directory == "dht":
-            from .control.directory.client import DhtDirectoryClient
+            from ..control.directory.client import DhtDirectoryClient
             self.directory = DhtDirectoryClient(
                 self._dir_key, listen="0.0.0.0:%d" % self.s.dht_port,
                 bootstrap=self.s.dht_bootstrap, trusted_signers=self.s.trusted_signers)
             await self.directory.start()
         else:
-            from .control.directory import DirectoryClient
+            from ..control.directory import DirectoryClient
             self.directory = DirectoryClient(self.s.directory, self._dir_key,
                                              trusted_signers=self.s.trusted_signers)
         for p in self.engine.peers.values():
@@ -327,7 +327,7 @@ class Daemon:
     async def _watch_peers(self) -> None:
         """Follow our peers' records (pushed by a directory front end, polled on the
         DHT): a peer that published a new endpoint is reached there at once."""
-        from .control.directory import DirectoryError
+        from ..control.directory import DirectoryError
         watching, task = frozenset(), None
         try:
             while not self._stop.is_set():
@@ -390,7 +390,7 @@ class Daemon:
         self._spawn(self._admit_endorsed(public_key, addr))
 
     async def _admit_endorsed(self, public_key: bytes, addr) -> None:
-        from .control.directory import DirectoryError
+        from ..control.directory import DirectoryError
         try:
             rec = await self.directory.resolve_key(public_key, fresh=True)
         except DirectoryError as exc:
@@ -471,7 +471,7 @@ class Daemon:
         identity (see :meth:`_peer_at`)."""
         if self.directory is None:
             return None
-        from .control.directory import DirectoryError
+        from ..control.directory import DirectoryError
         try:
             if key is not None:
                 return await self.directory.resolve_key(key, fresh=True)   # the user asked: no negative cache
@@ -530,7 +530,7 @@ class Daemon:
 
     async def open(self, endpoint: tuple, public_key: Optional[str] = None, name: Optional[str] = None,
                    allowed_ips=None, protocol: Optional[str] = None) -> dict:
-        from .control.keys import decode_public_key
+        from ..keys import decode_public_key
         peer = None
         rec = None
         key = None
@@ -663,19 +663,19 @@ class Daemon:
 
     def peer_suites(self, pc) -> Optional[tuple]:
         """A [[peer]]'s own ciphers as suites (None: the interface's)."""
-        from .control.protocols import peer_suites
+        from ..control.protocols import peer_suites
         try:
             return peer_suites(pc.ciphers)
         except ValueError as exc:
             raise ConfigError("peer %s: ciphers" % pc.name, str(exc)) from None
 
     def _suite_names(self) -> list:
-        from .wire import suite_name
+        from ..wire import suite_name
         return [suite_name(x) for x in self.engine.suites]
 
     def crypto_status(self) -> dict:
         """What /status says about the transport ciphers."""
-        from .dataplane import ciphers
+        from ..dataplane import ciphers
         return {
             "phantom_suites": self._suite_names(),
             "suites_configured": self.s.ciphers is not None,
@@ -685,7 +685,7 @@ class Daemon:
         }
 
     def peer_info(self, peer, already: bool = False) -> dict:
-        from .dataplane.ciphers import CIPHER_NAMES
+        from ..dataplane.ciphers import CIPHER_NAMES
         c = self.dp.counters(peer.id)
         now = time.monotonic()
         cipher = peer.cipher
@@ -749,7 +749,7 @@ class Daemon:
         """Whether our TUN/TAP link is up (None without a device, or when it is gone)."""
         if self.device is None:
             return None
-        from .dataplane.tun import link_is_up
+        from ..dataplane.tun import link_is_up
         return link_is_up(self.device.name)
 
     def _nat_status(self):
@@ -766,7 +766,7 @@ class Daemon:
         return self.fw.describe()
 
     async def set_firewall(self, rules: dict) -> dict:
-        from .dataplane import firewall
+        from ..dataplane import firewall
         try:
             new = firewall.build(rules, self._peer_names(), self.s.mode, previous=self.fw)
         except firewall.FirewallError as exc:
@@ -779,7 +779,7 @@ class Daemon:
     async def reload(self) -> dict:
         """Re-read the config file and apply it in place (POST /reload, `phantom
         reload`); a bad file changes nothing and is refused naming the key."""
-        from .control import reload as _reload
+        from . import reload as _reload
         try:
             return _reload.reload(self)
         except ConfigError as exc:
@@ -788,7 +788,7 @@ class Daemon:
 
     def reload_signal(self) -> None:
         """SIGHUP: the same reload; the outcome goes to the log."""
-        from .control import reload as _reload
+        from . import reload as _reload
         try:
             _reload.reload(self)
         except ConfigError as exc:
@@ -800,7 +800,7 @@ class Daemon:
 
     def metrics(self) -> bytes:
         """GET /metrics: the Prometheus text format, read at scrape time."""
-        from .control import metrics as _metrics
+        from . import metrics as _metrics
         if self._metrics is None:
             self._metrics = _metrics.make_registry(self)
         return _metrics.render(self._metrics)
@@ -809,7 +809,7 @@ class Daemon:
     def _write_runtime_record(self) -> None:
         """Tell the `phantom` client where this daemon's API and token are
         (phantom/runtime.py): no --token-file needed with a custom state_dir."""
-        from . import runtime
+        from .. import runtime
         s = self.s
         path = runtime.write_record({
             "http_listen": s.http_listen if s.http_port else None,
@@ -843,8 +843,8 @@ class Daemon:
         self._stop.set()
 
     async def serve(self) -> None:
-        from .control.api import create_app, load_or_create_token, start_api
-        from .privileges import switch_user
+        from .api import create_app, load_or_create_token, start_api
+        from ..privileges import switch_user
         token = load_or_create_token(self.s.state_dir)
         app = create_app(self, token)
         if not self.s.http_port and not self.s.http_socket:
@@ -853,14 +853,14 @@ class Daemon:
                                            self.s.http_port,
                                            str(self.s.http_socket) if self.s.http_socket else None)
         if self.s.metrics_listen:
-            from .control.opsapi import create_metrics_app
+            from .opsapi import create_metrics_app
             host, port = self.s.metrics_listen
             self._metrics_runner = await start_api(
                 create_metrics_app(self), host, port, what="metrics",
                 hint="stop it, or choose another address with metrics_listen or --metrics-listen")
         self.build()
         if self.s.uapi:                  # /var/run/wireguard/<device>.sock, made while still root
-            from .control.wireguard.uapi import DaemonBackend, UapiServer
+            from .uapi import DaemonBackend, UapiServer
             self._uapi = UapiServer(DaemonBackend(self), self.device.name)
             try:
                 await self._uapi.start()
@@ -930,15 +930,16 @@ def _preload(dht: bool = False) -> None:
     import encodings.idna  # noqa: F401
     import ipaddress  # noqa: F401
     import aiohttp  # noqa: F401
-    from .control import keys, config  # noqa: F401
-    from .dataplane import firewall, packet  # noqa: F401
-    from .control import directory as _directory  # noqa: F401  (imports sqlite3 too)
-    from .control import metrics, reload, opsapi, events  # noqa: F401  (prometheus-client too)
+    from .. import keys  # noqa: F401
+    from . import config  # noqa: F401
+    from ..dataplane import firewall, packet  # noqa: F401
+    from ..control import directory as _directory  # noqa: F401  (imports sqlite3 too)
+    from . import metrics, reload, opsapi, events  # noqa: F401  (prometheus-client too)
     import platform  # noqa: F401  (prometheus-client's platform collector)
-    from .control.directory import client as _client  # noqa: F401
+    from ..control.directory import client as _client  # noqa: F401
     if dht:
         import libtorrent  # noqa: F401
-        from .control.directory.store import dht as _dht  # noqa: F401
+        from ..control.directory.store import dht as _dht  # noqa: F401
 
 
 def _source_address(hosts) -> Optional[str]:
@@ -968,15 +969,15 @@ def _b64(key: bytes) -> str:
 
 
 def main(argv=None) -> int:
-    from .control.keys import load_or_create_private_key, load_private_key
-    from .logsetup import setup_logging, register_secret
+    from ..keys import load_or_create_private_key, load_private_key
+    from ..logsetup import setup_logging, register_secret
     try:
         settings = parse_daemon_args(argv)
     except ConfigError as exc:
         print("phantomd: config error: %s" % exc, file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(settings.log_level)
-    from .control.config import config_warnings
+    from .config import config_warnings
     for warning in config_warnings(settings):
         log.warning("config: %s", warning)
     try:
@@ -989,10 +990,10 @@ def main(argv=None) -> int:
         return EXIT_CONFIG
     register_secret(key)
     import uvloop
-    from .privileges import PrivilegeError, lock_down, resolve_user
+    from ..privileges import PrivilegeError, lock_down, resolve_user
     try:
-        from .control.config import check_own_key
-        from .control.keys import public_key
+        from .config import check_own_key
+        from ..keys import public_key
         check_own_key(settings, public_key(key))
         daemon = Daemon(settings, key)
     except ConfigError as exc:

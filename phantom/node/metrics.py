@@ -81,7 +81,7 @@ def peer_path(peer) -> str:
 
 
 class DaemonCollector(Collector):
-    """Yields phantomd's metric families from ``daemon`` (a phantom.daemon.Daemon,
+    """Yields phantomd's metric families from ``daemon`` (a phantom.node.daemon.Daemon,
     or anything with ``engine``, ``dp``, ``fw``, ``s`` and ``started``)."""
 
     def __init__(self, daemon):

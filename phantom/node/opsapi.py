@@ -1,6 +1,6 @@
 """The operations routes of the daemon's API: the dashboard, /metrics,
 /events, /auth and /reload (issue #14).  :func:`add_routes` adds them to the
-application :func:`phantom.control.api.create_app` builds, behind the same
+application :func:`phantom.node.api.create_app` builds, behind the same
 middlewares (Host check, token on every state-changing method, JSON errors).
 
 ====== ===================== ===============================================
@@ -10,7 +10,7 @@ GET    /metrics              Prometheus text format (no secrets, no token)
 GET    /events               recent log events ``{"events": [...]}``
 GET    /auth                 200 when the bearer token is right, else 401
 POST   /reload               re-read the config file (token), see
-                             :mod:`phantom.control.reload`
+                             :mod:`phantom.node.reload`
 ====== ===================== ===============================================
 
 The page ships in the wheel (``phantom/dashboard``, package data) and loads
@@ -24,8 +24,8 @@ from importlib import resources
 
 from aiohttp import web
 
-from phantom.control import events as ev
-from phantom.control.errors import ApiError
+from phantom.node import events as ev
+from phantom.errors import ApiError
 
 DASHBOARD_FILES = {"index.html": "text/html", "app.js": "text/javascript",
                    "style.css": "text/css"}
@@ -73,8 +73,8 @@ async def dashboard_file(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    from phantom.control.metrics import CONTENT_TYPE_LATEST
-    from phantom.control.api import _controller
+    from phantom.node.metrics import CONTENT_TYPE_LATEST
+    from phantom.node.api import _controller
     fn = getattr(_controller(request), "metrics", None)
     if fn is None:
         raise NotAvailable("this controller has no metrics")
@@ -86,7 +86,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def events(request: web.Request) -> web.Response:
-    from phantom.control.api import BadRequest, json_response
+    from phantom.node.api import BadRequest, json_response
     try:
         since = int(request.query.get("since", "0"))
     except ValueError:
@@ -95,7 +95,7 @@ async def events(request: web.Request) -> web.Response:
 
 
 async def auth(request: web.Request) -> web.Response:
-    from phantom.control.api import _authorized, error_response, json_response
+    from phantom.node.api import _authorized, error_response, json_response
     if _authorized(request):           # constant-time, as for every mutation
         return json_response({"signed_in": True})
     resp = error_response(401, "missing or wrong API token")
@@ -104,7 +104,7 @@ async def auth(request: web.Request) -> web.Response:
 
 
 async def reload(request: web.Request) -> web.Response:
-    from phantom.control.api import _call, _controller, json_response
+    from phantom.node.api import _call, _controller, json_response
     fn = getattr(_controller(request), "reload", None)
     if fn is None:
         raise NotAvailable("this controller cannot reload")
@@ -137,7 +137,7 @@ def add_routes(app: web.Application) -> None:
 def create_metrics_app(controller) -> web.Application:
     """The ``metrics_listen`` server: GET /metrics alone (no token, no other
     route), with the API's Host check and JSON errors."""
-    from phantom.control.api import CONTROLLER_KEY, HOSTS_KEY, MAX_BODY, _errors, _host_ok, \
+    from phantom.node.api import CONTROLLER_KEY, HOSTS_KEY, MAX_BODY, _errors, _host_ok, \
         error_response
 
     @web.middleware

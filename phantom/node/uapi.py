@@ -19,7 +19,7 @@ change its identity or port while running).
 
 Sans-IO parts (:func:`parse_set`, :func:`format_get`) are unit-tested;
 :class:`UapiServer` is the asyncio socket; :class:`DaemonBackend` applies a
-request to a running :class:`phantom.daemon.Daemon`.
+request to a running :class:`phantom.node.daemon.Daemon`.
 """
 
 from __future__ import annotations
@@ -288,7 +288,7 @@ class UapiServer:
 
 # --- applying it to the daemon ---------------------------------------------------------------
 class DaemonBackend:
-    """UAPI get/set on a running :class:`phantom.daemon.Daemon` (event loop thread)."""
+    """UAPI get/set on a running :class:`phantom.node.daemon.Daemon` (event loop thread)."""
 
     def __init__(self, daemon):
         self.d = daemon
@@ -297,7 +297,7 @@ class DaemonBackend:
         return [p for p in self.d.engine.peers.values() if p.protocol == "wireguard"]
 
     def get(self) -> str:
-        from ...dataplane.udp import plain
+        from ..dataplane.udp import plain
         d = self.d
         views = []
         for p in self._wg_peers():
@@ -311,7 +311,7 @@ class DaemonBackend:
         return format_get(d.engine._priv, d.udp.getsockname()[1], views)
 
     def set(self, req: SetRequest) -> None:
-        from ... import crypto
+        from .. import crypto
         d, engine = self.d, self.d.engine
         if req.private_key is not None and req.private_key != bytes(engine._priv):
             raise UapiError(_errno.EPERM, "phantomd does not change its private key while running")
@@ -369,7 +369,7 @@ class DaemonBackend:
         log.info("peer=%s removed", peer.name)
 
     def _apply(self, peer, ch: PeerChange) -> None:
-        from ... import crypto
+        from .. import crypto
         d = self.d
         if ch.preshared_key is not None:
             if peer.preshared_key is not None:

@@ -306,9 +306,9 @@ def test_failed_open_of_a_created_peer_forgets_it_everywhere(kind):
     removed again: engine peers and indexes, and the data path's tables."""
     import base64
 
-    from phantom.control.config import Settings
-    from phantom.control.errors import HandshakeTimeout
-    from phantom.daemon import Daemon
+    from phantom.node.config import Settings
+    from phantom.errors import HandshakeTimeout
+    from phantom.node.daemon import Daemon
 
     t = Tunables(rekey_timeout=0.1, handshake_jitter=0.0, open_attempts=2, timer_tick=0.02)
     d = Daemon(Settings(mode=Mode.TEST, fast=kind == "fast", tunables=t), bytearray(crypto.x25519_private()))
@@ -346,10 +346,10 @@ def test_failed_open_keeps_the_keys_of_a_session_the_peer_uses(kind):
     (a failed open used to close() the peer and clear them)."""
     import base64
 
-    from phantom.control.config import Settings
+    from phantom.node.config import Settings
     from phantom.control.engine import Engine
-    from phantom.control.errors import HandshakeTimeout
-    from phantom.daemon import Daemon
+    from phantom.errors import HandshakeTimeout
+    from phantom.node.daemon import Daemon
 
     t = Tunables(rekey_timeout=0.1, handshake_jitter=0.0, open_attempts=2, timer_tick=0.02)
     d = Daemon(Settings(mode=Mode.TEST, fast=kind == "fast", tunables=t), bytearray(crypto.x25519_private()))
@@ -396,9 +396,9 @@ def test_open_closed_while_waiting_leaves_the_next_open_alone(kind):
     never runs later against the peer's next round."""
     import base64
 
-    from phantom.control.config import Settings
-    from phantom.control.errors import Conflict
-    from phantom.daemon import Daemon
+    from phantom.node.config import Settings
+    from phantom.errors import Conflict
+    from phantom.node.daemon import Daemon
 
     t = Tunables(rekey_timeout=0.1, handshake_jitter=0.0, open_attempts=3, timer_tick=0.02)
     d = Daemon(Settings(mode=Mode.TEST, fast=kind == "fast", tunables=t), bytearray(crypto.x25519_private()))

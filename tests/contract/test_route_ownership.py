@@ -25,7 +25,7 @@ import pytest
 
 from phantom import crypto
 from phantom.constants import Tunables
-from phantom.control.config import PeerConfig, Settings
+from phantom.node.config import PeerConfig, Settings
 from phantom.dataplane.types import Mode
 
 DATAPATHS = ["reference", "fast"]
@@ -98,7 +98,7 @@ def test_a_data_path_change_takes_a_prefix_only_from_a_peer_it_names(kind):
 
 
 def _test_daemon(kind, peers=(), mode=Mode.TEST):
-    from phantom.daemon import Daemon
+    from phantom.node.daemon import Daemon
     t = Tunables(rekey_timeout=0.1, handshake_jitter=0.0, open_attempts=2, timer_tick=0.02)
     d = Daemon(Settings(mode=mode, fast=kind == "fast", tunables=t, peers=list(peers)),
                bytearray(crypto.x25519_private()))
@@ -111,7 +111,7 @@ def test_open_of_a_new_key_with_a_configured_peers_prefix_is_refused(kind):
     """Issue 18, item 8: the docs promise 409; the open used to go ahead and,
     when it timed out, the temporary peer's removal took the configured
     peer's route out of the data path (no_route until restart)."""
-    from phantom.control.errors import Conflict
+    from phantom.errors import Conflict
     ysite = PeerConfig("ysite", _key(), ("127.0.0.1", 9), [N("10.77.0.2/32")])
     d = _test_daemon(kind, [ysite])
     absent = _udp()
@@ -148,7 +148,7 @@ def test_open_of_a_new_key_with_a_configured_peers_prefix_is_refused(kind):
 def test_wg_set_never_takes_a_phantom_peers_prefix(kind, tmp_path):
     """Issue 18, item 9: `wg set PEER allowed-ips` moved a Phantom peer's
     prefix to a WireGuard peer (which `wg show` cannot even display)."""
-    from phantom.control.wireguard.uapi import DaemonBackend, UapiServer
+    from phantom.node.uapi import DaemonBackend, UapiServer
     ph = PeerConfig("ph", _key(), None, [N("10.99.0.2/32")])
     K_WG1 = _key()
     wg1 = PeerConfig("wg1", K_WG1, None, [N("10.99.0.3/32")], protocol="wireguard")

@@ -21,7 +21,7 @@ from phantomlab import netns
 from phantomlab.nodes import make_node
 from phantomlab.templates import HTTP_PORT, UDP_PORT, write_config
 from phantomlab.wggo import WgDevice, keypair, missing
-from phantom.control.keys import encode_key
+from phantom.keys import encode_key
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.wireguard_go,
               pytest.mark.xdist_group("wg_rekey"), pytest.mark.timeout(400)]

@@ -13,7 +13,7 @@ from pathlib import Path
 from tests.support import REPO
 
 ROOT = REPO / "phantom"
-FORBIDDEN = ("phantom.control", "phantom.daemon")
+FORBIDDEN = ("phantom.control", "phantom.node.daemon")
 
 
 def _imports(path: Path) -> list[str]:
@@ -60,15 +60,15 @@ def test_shared_modules_import_neither_plane():
 
 def test_phantomd_never_loads_the_lab():
     """The lab (phantomlab/: namespaces, iperf3, wireguard-go, demo, verify)
-    ships beside phantom, never inside phantomd: importing phantom.daemon, and
+    ships beside phantom, never inside phantomd: importing phantom.node.daemon, and
     then every module of the phantom package (what phantomd may load lazily:
     the fast path, the stores, the WireGuard protocol, the API...), loads no
     phantomlab module.  ``phantom demo``/``verify`` reach it only by name
     (phantom/cli.py's DELEGATED), so no source file under phantom/ imports it."""
     code = textwrap.dedent("""
         import importlib, pkgutil, sys
-        import phantom, phantom.daemon
-        assert not [m for m in sys.modules if m.split(".")[0] == "phantomlab"], "phantom.daemon"
+        import phantom, phantom.node.daemon
+        assert not [m for m in sys.modules if m.split(".")[0] == "phantomlab"], "phantom.node.daemon"
         for info in pkgutil.walk_packages(phantom.__path__, "phantom."):
             if info.name.endswith("__main__"):
                 continue

@@ -10,7 +10,7 @@ The package, along its seams:
   store/       one module per backend behind one interface (base.py)
   server.py    the aiohttp application (create_app, start_server, serve_forever)
   client.py    DirectoryClient: publish, resolve, cache, pins
-  cli.py       the ``phantom directory`` subcommands
+  (the ``phantom directory`` subcommands: phantom/cli/directory.py)
 
 Everything that used to be importable from ``phantom.control.directory`` still is.
 """
@@ -31,4 +31,3 @@ from .server import (  # noqa: F401
 from .client import (  # noqa: F401
     CACHE_ENTRIES, CACHE_REFRESH, CACHE_TTL, CLIENT_TIMEOUT, DEFAULT_TTL, MAX_RESPONSE,
     NEGATIVE_TTL, REVOCATION_TTL, DirectoryClient)
-from .cli import build_parser, main  # noqa: F401

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
 from phantom import logsetup
-from phantom.control.config import PEER_NAME
+from phantom.node.config import PEER_NAME
 
 from .records import DirectoryError, DirectoryRejected, DirectoryUnavailable, MAX_SEQ, \
     NodeSigner, Record, RecordError, _name_field, b64, b64url, canonical, key_from_text, \

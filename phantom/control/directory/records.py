@@ -50,10 +50,10 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from phantom import crypto, logsetup
-from phantom.control.config import PEER_NAME, PEER_NAME_RULE, format_endpoint, parse_endpoint, \
+from phantom.node.config import PEER_NAME, PEER_NAME_RULE, format_endpoint, parse_endpoint, \
     parse_network
-from phantom.control.errors import ConfigError
-from phantom.control.keys import KeyFormatError, decode_public_key
+from phantom.errors import ConfigError
+from phantom.keys import KeyFormatError, decode_public_key
 
 log = logsetup.get_logger("directory")
 

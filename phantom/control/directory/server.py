@@ -15,10 +15,10 @@ from typing import Any, Callable, Iterable, Optional
 from aiohttp import web
 
 from phantom import __version__, logsetup
-from phantom.control.api import JsonErrorRunner, json_errors
-from phantom.control.config import PEER_NAME, PEER_NAME_RULE
-from phantom.control.errors import ApiError, BadRequest, NotFound, PayloadTooLarge
-from phantom.control.keys import KeyFormatError
+from phantom.node.api import JsonErrorRunner, json_errors
+from phantom.node.config import PEER_NAME, PEER_NAME_RULE
+from phantom.errors import ApiError, BadRequest, NotFound, PayloadTooLarge
+from phantom.keys import KeyFormatError
 
 from .records import b64, canonical, key_from_text, strict_loads
 from .store import CLOCK_SKEW, DEFAULT_MAX_TTL, LIST_LIMIT, Forbidden, Gone, Store, \

@@ -331,7 +331,7 @@ def test_a_node_started_before_its_bootstrap_node_joins_it_later():
 def test_the_cli_uses_the_documented_dht_timeouts():
     """The CLI's default timeout was 5 s for the DHT too; the docs say 10 s for a
     lookup and 20 s for a publish."""
-    from phantom.control.directory import cli
+    from phantom.cli import directory as cli
     from phantom.control.directory.store.dht import PUT_TIMEOUT
     key = d.b64(crypto.x25519_public(bytes(newkey())))
     args = cli.build_parser().parse_args(["lookup", "--directory", "dht", "--bootstrap",

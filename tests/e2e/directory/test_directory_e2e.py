@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from phantom.control.keys import write_private_key
+from phantom.keys import write_private_key
 from phantomlab.nodes import make_node, start
 from phantomlab.poll import wait_for
 from phantomlab.templates import FAST_TUNABLES, HTTP_PORT, UDP_PORT, write_config

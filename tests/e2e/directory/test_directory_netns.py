@@ -11,7 +11,7 @@ import pytest
 
 from phantom import crypto
 from phantom.control import directory as d
-from phantom.control.keys import write_private_key
+from phantom.keys import write_private_key
 
 
 # --- end to end, in namespaces -----------------------------------------------------------------------

@@ -12,9 +12,9 @@ import pytest
 from phantom import crypto
 from phantom.constants import Tunables
 from phantom.control import actions as A
-from phantom.control.config import ConfigError, check_own_key, parse_daemon_args
+from phantom.node.config import ConfigError, check_own_key, parse_daemon_args
 from phantom.control.engine import Engine
-from phantom.control.keys import KeyFormatError, decode_public_key
+from phantom.keys import KeyFormatError, decode_public_key
 from phantomlab.netns import phantomd_command
 from phantomlab.nodes import make_node, mesh
 from phantomlab.templates import UDP_PORT, peer_entry, write_config

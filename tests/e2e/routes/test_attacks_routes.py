@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from phantomlab import netns
-from phantom.control.keys import write_private_key
+from phantom.keys import write_private_key
 from phantomlab.nodes import make_node, start
 from phantomlab.templates import FAST_TUNABLES, UDP_PORT, write_config
 

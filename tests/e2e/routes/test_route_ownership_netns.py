@@ -23,7 +23,7 @@ import time
 import pytest
 
 from phantom import crypto
-from phantom.control.keys import encode_key
+from phantom.keys import encode_key
 from phantom.dataplane import ciphers
 from phantom.dataplane.types import Keypair, Mode
 from phantomlab import netns

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from phantom.control.keys import encode_key, public_key, write_private_key
+from phantom.keys import encode_key, public_key, write_private_key
 from phantomlab.nodes import make_node, start
 from phantomlab.poll import wait_for
 from phantomlab.templates import FAST_TUNABLES, UDP_PORT, write_config

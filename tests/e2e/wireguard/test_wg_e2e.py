@@ -20,7 +20,7 @@ import time
 import pytest
 
 from phantom import crypto
-from phantom.control.keys import encode_key
+from phantom.keys import encode_key
 from phantomlab import iperf
 from phantomlab.nodes import make_node, start
 from phantomlab.poll import wait_for

@@ -11,8 +11,8 @@ import os
 import pytest
 
 from phantom import crypto
-from phantom.control.keys import encode_key
-from phantom.control.wireguard.uapi import (PeerView, UapiError, UapiServer, format_get, parse_set)
+from phantom.keys import encode_key
+from phantom.node.uapi import (PeerView, UapiError, UapiServer, format_get, parse_set)
 from phantomlab.nodes import make_node, start
 from phantomlab.templates import UDP_PORT, write_config
 from phantomlab.poll import wait_for

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.apidouble import FakeController
-from phantom import cli
-from phantom.control.api import create_app, start_api
+from phantom.cli import main as cli
+from phantom.node.api import create_app, start_api
 from tests.support import REPO
 
 TOKEN = "12" * 32
@@ -204,7 +204,7 @@ def test_open_with_allowed_ips(server, capsys):
 
 
 def test_reload_prints_what_changed_and_errors_name_the_key(server, capsys):
-    from phantom.control.errors import BadRequest
+    from phantom.errors import BadRequest
     outcome = {"added": ["carol"], "removed": ["dave"], "changed": {"bob": ["endpoint"]},
                "unchanged": ["erin"], "firewall": True,
                "notes": ["interface.listen_port changed: needs a restart (not applied)"]}

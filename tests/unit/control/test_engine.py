@@ -428,7 +428,7 @@ def test_open_failed_without_a_session_resets_and_frees_the_index():
 
 def test_daemon_carries_out_installs_before_sends():
     """Daemon._do enforces the invariant even for a list that breaks it."""
-    from phantom.daemon import Daemon
+    from phantom.node.daemon import Daemon
 
     class DP:
         def __init__(self):

@@ -186,8 +186,8 @@ def test_active_set_ticks_exactly_like_every_peer(seed):
 
 def test_peers_by_name_and_key_without_a_walk():
     import base64
-    from phantom.control.config import Settings
-    from phantom.daemon import Daemon
+    from phantom.node.config import Settings
+    from phantom.node.daemon import Daemon
     from phantom.dataplane.types import Mode
     d = Daemon(Settings(mode=Mode.TEST), bytearray(crypto.x25519_private()))
     keys = [crypto.x25519_public(bytes(_key())) for _ in range(3)]

@@ -23,7 +23,7 @@ from nacl.signing import VerifyKey
 from phantom import crypto
 from phantom.control import directory as d
 from phantom.control.directory.server import Limits
-from phantom.control.keys import write_private_key
+from phantom.keys import write_private_key
 from tests.support.clock import Clock as _Clock
 
 Clock = functools.partial(_Clock, 1_700_000_000.0)
@@ -664,7 +664,7 @@ def test_keep_published_republishes():
 
 
 def test_cli_signer_key_and_dispatch(tmp_path, capsys):
-    from phantom import cli
+    from phantom.cli import main as cli
     key = write_private_key(tmp_path / "signer.key")
     assert cli.main(["directory", "signer-key", "--private-key", str(tmp_path / "signer.key")]) == 0
     out = capsys.readouterr().out.strip()

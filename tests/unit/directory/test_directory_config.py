@@ -7,8 +7,8 @@ import base64
 
 import pytest
 
-from phantom.control.config import parse_daemon_args
-from phantom.control.errors import ConfigError
+from phantom.node.config import parse_daemon_args
+from phantom.errors import ConfigError
 from phantom.control.directory.client import parse_urls
 
 

@@ -15,9 +15,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from tests.support.apidouble import KNOWN_KEY, ExplodingController, FakeController
 from phantom import logsetup
-from phantom.control import keys
-from phantom.control.api import MAX_BODY, OPENAPI, create_app, load_or_create_token, start_api
-from phantom.control.errors import ConfigError
+from phantom import keys
+from phantom.node.api import MAX_BODY, OPENAPI, create_app, load_or_create_token, start_api
+from phantom.errors import ConfigError
 
 TOKEN = "ab" * 32
 AUTH = {"Authorization": "Bearer " + TOKEN}

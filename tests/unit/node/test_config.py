@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from phantom.constants import DEFAULT_MTU, Tunables
-from phantom.control.config import (Settings, default_state_dir, format_endpoint,
+from phantom.node.config import (Settings, default_state_dir, format_endpoint,
                                     load_settings, build_daemon_parser, parse_daemon_args,
                                     parse_endpoint)
-from phantom.control.errors import ConfigError
+from phantom.errors import ConfigError
 from phantom.dataplane.types import Mode
 from tests.support import REPO
 
@@ -268,7 +268,7 @@ def test_parse_endpoint_rejects(text):
 
 def test_argparse_errors_exit_2():
     proc = subprocess.run([sys.executable, "-c",
-                           "from phantom.control.config import parse_daemon_args; "
+                           "from phantom.node.config import parse_daemon_args; "
                            "parse_daemon_args(['--no-such-flag'])"],
                           cwd=REPO, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "--no-such-flag" in proc.stderr
@@ -313,7 +313,7 @@ def test_every_key_is_documented_and_in_the_example():
     """docs/usage.md's tables and examples/phantom.toml ("every key, with its
     meaning") name every [interface] and [[peer]] key the parser accepts."""
     import re
-    from phantom.control.config import INTERFACE_KEYS, PEER_KEYS
+    from phantom.node.config import INTERFACE_KEYS, PEER_KEYS
     usage = (REPO / "docs" / "usage.md").read_text()
     example = (REPO / "examples" / "phantom.toml").read_text()
     iface_table = usage.split("### `[interface]`")[1].split("###")[0]
@@ -335,11 +335,11 @@ def test_every_key_is_documented_and_in_the_example():
 def test_addresses_without_a_mode_mean_a_tun_device(tmp_path):
     """A newcomer's config with addresses and no mode used to start in test
     mode and ignore the addresses: addresses now mean tun mode."""
-    from phantom.control import reload
+    from phantom.node import reload
     text = '[interface]\naddresses = ["10.9.0.1/24"]\n'
     s = load(tmp_path, text)
     assert s.mode is Mode.TUN
-    from phantom.control.config import config_warnings
+    from phantom.node.config import config_warnings
     assert not s.mode_explicit and config_warnings(s) == []
     # the reload's parse agrees (no "mode changed: needs a restart" on every reload)
     assert reload.read(write(tmp_path, text)).mode is Mode.TUN

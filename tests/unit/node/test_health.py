@@ -18,7 +18,7 @@ import pytest
 
 from phantom import crypto
 from phantom.constants import Tunables
-from phantom.control.config import Settings
+from phantom.node.config import Settings
 from phantom.dataplane.types import Mode
 from tests.support import faults
 
@@ -31,7 +31,7 @@ def _udp():
 
 
 def test_a_dead_worker_stops_the_daemon_and_reports_it_unhealthy():
-    from phantom.daemon import Daemon
+    from phantom.node.daemon import Daemon
 
     d = Daemon(Settings(mode=Mode.TEST, fast=True, tunables=Tunables(timer_tick=0.02)),
                bytearray(crypto.x25519_private()))
@@ -66,7 +66,7 @@ def test_a_dead_worker_stops_the_daemon_and_reports_it_unhealthy():
 
 
 def test_a_worker_stopped_by_close_is_no_failure():
-    from phantom.daemon import Daemon
+    from phantom.node.daemon import Daemon
 
     d = Daemon(Settings(mode=Mode.TEST, fast=True), bytearray(crypto.x25519_private()))
     d.udp, d.test_sock = _udp(), _udp()
@@ -88,7 +88,7 @@ def test_a_worker_stopped_by_close_is_no_failure():
 
 
 def test_sd_notify_reaches_a_path_or_an_abstract_socket(tmp_path):
-    from phantom import sdnotify
+    from phantom.node import sdnotify
     assert sdnotify.from_environment({}) is None
     env = {"NOTIFY_SOCKET": "relative/path"}
     assert sdnotify.from_environment(env) is None and "NOTIFY_SOCKET" not in env

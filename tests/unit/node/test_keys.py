@@ -14,8 +14,8 @@ import sys
 import pytest
 
 from phantom import crypto, logsetup
-from phantom.control import keys
-from phantom.control.errors import ConfigError
+from phantom import keys
+from phantom.errors import ConfigError
 from tests.support import REPO
 
 

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from phantom import crypto
 from phantom.constants import Tunables
 from phantom.control.engine import Engine
-from phantom.control.metrics import DaemonCollector, make_registry, render
+from phantom.node.metrics import DaemonCollector, make_registry, render
 from phantom.control.peer import PeerState
 from phantom.dataplane import firewall
 from phantom.dataplane.types import Mode, PeerCounters

@@ -12,7 +12,7 @@ from importlib import resources
 from aiohttp.test_utils import TestClient, TestServer
 
 from tests.support.apidouble import FakeController
-from phantom.control.api import create_app
+from phantom.node.api import create_app
 
 TOKEN = "cd" * 32
 AUTH = {"Authorization": "Bearer " + TOKEN}

@@ -10,10 +10,10 @@ import pytest
 
 from phantom import crypto
 from phantom.constants import Tunables
-from phantom.control import reload as rl
-from phantom.control.config import ConfigError, settings_from_mapping
+from phantom.node import reload as rl
+from phantom.node.config import ConfigError, settings_from_mapping
 from phantom.control.engine import Engine
-from phantom.control.keys import encode_key
+from phantom.keys import encode_key
 from phantom.control.peer import PeerState
 from phantom.dataplane import firewall
 from phantom.dataplane.types import Mode

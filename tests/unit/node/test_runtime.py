@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from phantom import cli, runtime
+from phantom import runtime
+from phantom.cli import main as cli
 
 
 def info(port=4567, **kw):

@@ -541,7 +541,7 @@ def test_a_peer_of_its_own_ciphers_gets_them_and_the_others_keep_the_interfaces(
 
 
 def _cfg(tmp_path, iface="", peer=""):
-    from phantom.control.config import parse_daemon_args
+    from phantom.node.config import parse_daemon_args
     key = base64.b64encode(crypto.x25519_public(bytes(_key()))).decode()
     f = tmp_path / "p.toml"
     f.write_text('[interface]\n%s\n[[peer]]\nname = "b"\npublic_key = "%s"\n%s\n' % (iface, key, peer))
@@ -549,7 +549,7 @@ def _cfg(tmp_path, iface="", peer=""):
 
 
 def test_ciphers_settings_in_the_file_and_on_the_command_line(tmp_path):
-    from phantom.control.errors import ConfigError
+    from phantom.errors import ConfigError
     s = _cfg(tmp_path)()
     assert s.ciphers is None and s.peers[0].ciphers is None
     s = _cfg(tmp_path, 'ciphers = ["secretbox", "AEGIS256"]', 'ciphers = ["secretbox"]')()

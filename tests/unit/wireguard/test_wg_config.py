@@ -9,10 +9,11 @@ import subprocess
 
 import pytest
 
-from phantom import cli, crypto
-from phantom.control import config
-from phantom.control.errors import ConfigError
-from phantom.control.keys import encode_key, write_private_key, public_key
+from phantom import crypto
+from phantom.cli import main as cli
+from phantom.node import config
+from phantom.errors import ConfigError
+from phantom.keys import encode_key, write_private_key, public_key
 from phantom.control.wireguard import wgquick
 from phantom.control.wireguard.keys import decode_preshared_key, genpsk, load_preshared_key
 
@@ -263,7 +264,7 @@ def test_reload_adds_changes_and_switches_protocols(tmp_path):
 
 def test_reload_refuses_a_bad_preshared_key_file_and_changes_nothing(tmp_path):
     from tests.unit.node.test_reload import Daemon, doc, peer, crypto_key
-    from phantom.control import reload as rl
+    from phantom.node import reload as rl
     d = Daemon(doc(peer("b", protocol="wireguard")))
     bad = tmp_path / "open.psk"
     bad.write_text(genpsk() + "\n")
@@ -276,7 +277,7 @@ def test_reload_refuses_a_bad_preshared_key_file_and_changes_nothing(tmp_path):
 
 
 def test_phantomd_exits_2_naming_a_bad_preshared_key_file(tmp_path, capsys):
-    from phantom import daemon
+    from phantom.node import daemon
     write_private_key(tmp_path / "me.key")
     bad = tmp_path / "open.psk"
     bad.write_text(genpsk() + "\n")

@@ -45,7 +45,7 @@ import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Iterable, Optional
 
-from phantom.control.errors import ApiError, BadRequest, Conflict, NotFound
+from phantom.errors import ApiError, BadRequest, Conflict, NotFound
 
 from ..records import MAX_ENDORSEMENTS, NodeSigner, Record, RecordError, b64, parse_record, \
     verify_endorsement

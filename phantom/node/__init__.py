@@ -1,0 +1,1 @@
+"""phantomd, by job: the one package that wires the control plane to a data path."""
