@@ -1,50 +1,72 @@
-"""Errors the control plane reports to API clients, each with an HTTP status."""
+"""Domain errors: what went wrong, in the words of the job that refused.
+
+The node's controller, the config and key files, the directory's store and
+its server raise these; none of them knows HTTP.  The HTTP front ends answer
+them as ``{"error": message}`` with the status :mod:`phantom.http.statuses`
+maps each class to; a command-line tool prints the message.
+"""
 
 from __future__ import annotations
 
 
-class ApiError(Exception):
-    status = 500
+class PhantomError(Exception):
+    """A refusal whose ``message`` is fit to show the user (it never quotes a secret)."""
 
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
 
 
-class BadRequest(ApiError):
-    status = 400
+class Invalid(PhantomError):
+    """Malformed or impossible input: a bad endpoint, name, key, body or rule."""
 
 
-class Unauthorized(ApiError):
-    status = 401
+class Unauthorized(PhantomError):
+    """No credential, or a wrong one."""
 
 
-class NotFound(ApiError):
-    status = 404
+class Forbidden(PhantomError):
+    """A credential or signature that does not allow this."""
 
 
-class MethodNotAllowed(ApiError):
-    status = 405
+class NotFound(PhantomError):
+    """No such peer, record or thing."""
 
 
-class Conflict(ApiError):
-    status = 409
+class Conflict(PhantomError):
+    """It contradicts the state: a key or name or prefix another holds, a stale sequence."""
 
 
-class PayloadTooLarge(ApiError):
-    status = 413
+class Gone(PhantomError):
+    """It existed and never will again (a revoked key)."""
 
 
-class ServiceUnavailable(ApiError):
-    """Something the request needs (the key directory) cannot be reached."""
-
-    status = 503
+class TooLarge(PhantomError):
+    """Input over a size limit."""
 
 
-class HandshakeTimeout(ApiError):
-    """The peer did not answer within the bounded retries."""
+class RateLimited(PhantomError):
+    """Over a rate or quota; ``retry_after``: seconds until it is worth trying again."""
 
-    status = 504
+    def __init__(self, message: str, retry_after: float = 60.0):
+        super().__init__(message)
+        self.retry_after = max(1.0, float(retry_after))
+
+
+class Unsupported(PhantomError):
+    """This part cannot do that (e.g. names or listings on the DHT)."""
+
+
+class Unavailable(PhantomError):
+    """Something the request needs (the key directory, a database) cannot be reached."""
+
+
+class Timeout(PhantomError):
+    """It did not finish in the time allowed."""
+
+
+class HandshakeTimeout(Timeout):
+    """The peer did not answer within the bounded handshake retries."""
 
 
 class ConfigError(Exception):

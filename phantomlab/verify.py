@@ -295,7 +295,8 @@ def _target_from_api(args) -> tuple[Optional[str], int, tuple]:
 
 
 def _endpoint(text: str) -> tuple:
-    from phantom.node.config import ConfigError, parse_endpoint
+    from phantom.errors import ConfigError
+    from phantom.syntax import parse_endpoint
     try:
         return parse_endpoint(text, "--send-to")
     except ConfigError as exc:

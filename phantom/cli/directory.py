@@ -11,8 +11,8 @@ import os
 import sys
 
 from phantom import crypto, logsetup
-from phantom.node.config import PEER_NAME
-from phantom.errors import ApiError, ConfigError
+from phantom.syntax import PEER_NAME
+from phantom.errors import ConfigError, PhantomError
 from phantom.keys import KeyFormatError
 
 from phantom.control.directory.client import CLIENT_TIMEOUT, DEFAULT_TTL, DHT_TIMEOUT, DirectoryClient
@@ -159,7 +159,7 @@ def _count_arg(text: str) -> int:
 
 
 def _endpoint_arg(text: str):
-    from phantom.node.config import parse_endpoint
+    from phantom.syntax import parse_endpoint
     try:
         return parse_endpoint(text, "--bootstrap")
     except ConfigError as exc:
@@ -374,7 +374,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
-    except (DirectoryError, ConfigError, KeyFormatError, ValueError, ApiError,
+    except (DirectoryError, ConfigError, KeyFormatError, ValueError, PhantomError,
             PrivilegeError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 1

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from .. import crypto
-from ..node.config import ConfigError, parse_endpoint
+from ..errors import ConfigError
+from ..syntax import parse_endpoint
 from ..keys import KeyFileError, load_private_key, public_key, write_secret_file
 from ..control.wireguard.keys import genpsk
 from ..control.wireguard.wgquick import (WgConfError, export_for_peer, export_interface, load_phantom,

@@ -30,7 +30,6 @@ import difflib
 import ipaddress
 import os
 import pwd
-import re
 import tomllib
 import urllib.parse
 from dataclasses import dataclass, field, fields
@@ -39,11 +38,10 @@ from typing import Any, Optional
 
 from phantom.constants import (DEFAULT_HTTP_PORT, DEFAULT_MTU, DEFAULT_TEST_PORT,
                                DEFAULT_UDP_PORT, Tunables)
-from phantom.errors import ConfigError
 from phantom.dataplane.types import Mode
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+from phantom.errors import ConfigError
+from phantom.syntax import (PEER_NAME, PEER_NAME_RULE, IPInterface, IPNetwork, parse_endpoint,
+                            parse_interface_address, parse_network, parse_port)
 
 DEFAULT_MODE = Mode.TEST          # the prototype's mode: needs no root and no TUN
 DEFAULT_HTTP_LISTEN = "127.0.0.1"
@@ -53,8 +51,6 @@ ROOT_STATE_DIR = Path("/var/lib/phantom")
 MIN_MTU = 576
 MIN_MTU_IPV6 = 1280
 MAX_MTU = 65535
-PEER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
-PEER_NAME_RULE = ("1-64 characters: a letter, then letters, digits, '.', '_' or '-'")
 IFNAME_MAX = 15                   # IFNAMSIZ - 1
 
 
@@ -139,86 +135,6 @@ class Settings:
             if p.name == name:
                 return p
         return None
-
-
-# --- value parsers (also used by the HTTP API and the CLI) ----------------------------------
-def parse_endpoint(text: Any, key: str = "endpoint") -> tuple[str, int]:
-    """Parse ``"1.2.3.4:9000"`` or ``"[fd00::1]:9000"`` into ``(ip, port)``.
-
-    The host must be an IP address literal (names are not resolved here); IPv6
-    needs brackets.  Raises ConfigError(key, problem).
-    """
-    if not isinstance(text, str):
-        raise ConfigError(key, "must be a string like \"192.0.2.1:9000\" or \"[fd00::1]:9000\"")
-    s = text.strip()
-    if s.startswith("["):
-        host, sep, rest = s[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ConfigError(key, "%r: an IPv6 endpoint is written [address]:port" % text)
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = s.rpartition(":")
-        if not sep:
-            raise ConfigError(key, "%r has no port; write address:port, e.g. 192.0.2.1:9000" % text)
-        if ":" in host:
-            raise ConfigError(key, "%r: put an IPv6 address in brackets: [address]:port" % text)
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        raise ConfigError(key, "%r: %r is not an IP address" % (text, host)) from None
-    if not port_text.isascii() or not port_text.isdigit():
-        raise ConfigError(key, "%r: port %r is not a number" % (text, port_text))
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise ConfigError(key, "%r: port %d is outside 1..65535" % (text, port))
-    if addr.is_unspecified or addr.is_multicast:
-        raise ConfigError(key, "%r: %s cannot be a peer's address" % (text, addr))
-    return str(addr), port
-
-
-def format_endpoint(endpoint: tuple) -> str:
-    host, port = endpoint[0], endpoint[1]
-    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
-
-
-def parse_network(text: Any, key: str) -> IPNetwork:
-    """An allowed-IPs prefix: strict (no host bits set)."""
-    if not isinstance(text, str):
-        raise ConfigError(key, "must be a CIDR string like \"10.0.0.0/24\"")
-    try:
-        return ipaddress.ip_network(text.strip(), strict=True)
-    except ValueError as exc:
-        try:
-            loose = ipaddress.ip_network(text.strip(), strict=False)
-        except ValueError:
-            raise ConfigError(key, "%r is not an IP prefix (%s)" % (text, exc)) from None
-        raise ConfigError(key, "%r has host bits set; did you mean %s?" % (text, loose)) from None
-
-
-def parse_interface_address(text: Any, key: str) -> IPInterface:
-    """An interface address with its prefix, e.g. ``10.9.0.1/24``."""
-    if not isinstance(text, str):
-        raise ConfigError(key, "must be a string like \"10.9.0.1/24\"")
-    if "/" not in text:
-        raise ConfigError(key, "%r needs a prefix length, e.g. %s/24" % (text, text))
-    try:
-        iface = ipaddress.ip_interface(text.strip())
-    except ValueError as exc:
-        raise ConfigError(key, "%r is not an address/prefix (%s)" % (text, exc)) from None
-    if iface.ip.is_unspecified or iface.ip.is_multicast:
-        raise ConfigError(key, "%r cannot be an interface address" % text)
-    return iface
-
-
-def parse_port(value: Any, key: str, *, allow_zero: bool = False) -> int:
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():   # not "²"
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(key, "must be a port number (an integer), not %r" % (value,))
-    low = 0 if allow_zero else 1
-    if not low <= value <= 65535:
-        raise ConfigError(key, "port %d is outside %d..65535" % (value, low))
-    return value
 
 
 # --- the file's schema -------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from ..constants import Tunables
 from ..control import actions as A
 from .config import ConfigError, Settings, parse_daemon_args
 from ..control.engine import Engine
-from ..errors import ApiError, BadRequest, Conflict, HandshakeTimeout, NotFound, ServiceUnavailable
+from ..errors import Conflict, HandshakeTimeout, Invalid, NotFound, Unavailable
 from ..control.peer import PeerState
 from ..dataplane.types import Mode, RelayVia
 from ..dataplane.udp import format_endpoint, open_test_socket, open_udp_socket, plain
@@ -400,7 +400,7 @@ class Daemon:
             return
         try:
             self._add_from_record(rec, plain(addr))
-        except (BadRequest, Conflict) as exc:
+        except (Invalid, Conflict) as exc:
             log.info("endorsed key not admitted: %s", exc)
             return
         log.info("peer=%s admitted: its record carries a trusted endorsement", rec.name)
@@ -422,7 +422,7 @@ class Daemon:
         import ipaddress
         protocol = getattr(rec, "protocol", "phantom")     # the record says what the key speaks
         if protocol == "wireguard" and self.s.mode is not Mode.TUN:
-            raise BadRequest("%s is a WireGuard peer (its directory record says so): it needs a "
+            raise Invalid("%s is a WireGuard peer (its directory record says so): it needs a "
                              "daemon in tun mode" % rec.name)
         accepted = self._directory_range()
         nets, outside = [], []
@@ -478,7 +478,7 @@ class Daemon:
             if name:
                 return await self.directory.resolve_name(name)
         except DirectoryError as exc:
-            raise ServiceUnavailable("%s; nothing cached" % exc)     # "directory unavailable: ..."
+            raise Unavailable("%s; nothing cached" % exc)     # "directory unavailable: ..."
         return None
 
     # ------------------------------------------------------ the API's view
@@ -536,7 +536,7 @@ class Daemon:
         key = None
         if endpoint is None:
             if not name:
-                raise BadRequest("give an endpoint IP:PORT or a peer name")
+                raise Invalid("give an endpoint IP:PORT or a peer name")
             peer = self._peer_named(name)
             if peer is None and public_key:
                 # a name of our choosing for a key looked up in the directory (the DHT
@@ -544,9 +544,9 @@ class Daemon:
                 try:
                     key = decode_public_key(public_key)
                 except ValueError as exc:
-                    raise BadRequest("public_key: %s" % exc) from None
+                    raise Invalid("public_key: %s" % exc) from None
                 if key == self.engine.public_key:
-                    raise BadRequest("public_key: this daemon's own public key cannot be a peer")
+                    raise Invalid("public_key: this daemon's own public key cannot be a peer")
                 peer = self.engine.peer_by_key(key)
                 if peer is None:
                     rec = await self._resolve(key=key)
@@ -555,7 +555,7 @@ class Daemon:
                                        if self.directory else "no peer %r in the config (and no "
                                        "--directory)" % name)
                     if not rec.endpoints:
-                        raise BadRequest("the directory record of %s has no endpoint" % public_key)
+                        raise Invalid("the directory record of %s has no endpoint" % public_key)
                     endpoint = plain(rec.endpoints[0])
                     self.directory.pin(name, key)
             if endpoint is not None:
@@ -566,13 +566,13 @@ class Daemon:
                     raise NotFound("no peer %r in the config%s" % (
                         name, " or the key directory" if self.directory else " (and no --directory)"))
                 if not rec.endpoints:
-                    raise BadRequest("the directory record of %s has no endpoint" % name)
+                    raise Invalid("the directory record of %s has no endpoint" % name)
                 endpoint = plain(rec.endpoints[0])
             elif peer.endpoint is None:
                 # a configured key without an endpoint: where it is now is the directory's
                 found = await self._resolve(key=peer.public_key)
                 if found is None or not found.endpoints:
-                    raise BadRequest("peer %s has no known endpoint: open it as IP:PORT%s" % (
+                    raise Invalid("peer %s has no known endpoint: open it as IP:PORT%s" % (
                         peer.name, "" if self.directory is None else
                         " (the key directory has no endpoint for it either)"))
                 endpoint = plain(found.endpoints[0])
@@ -582,16 +582,16 @@ class Daemon:
             try:
                 key = decode_public_key(public_key)
             except ValueError as exc:
-                raise BadRequest("public_key: %s" % exc) from None
+                raise Invalid("public_key: %s" % exc) from None
             if key == self.engine.public_key:
-                raise BadRequest("public_key: this daemon's own public key cannot be a peer")
+                raise Invalid("public_key: this daemon's own public key cannot be a peer")
             peer = self.engine.peer_by_key(key)
         elif name:
             peer = self._find_peer(name)
         else:
             peer = self._peer_at(endpoint)
             if peer is None:
-                raise BadRequest("no public key known for %s: give \"public_key\" in the request body, "
+                raise Invalid("no public key known for %s: give \"public_key\" in the request body, "
                                  "configure the peer with this endpoint, or open it by name (an "
                                  "endpoint in the key directory is a claim, not an identity)"
                                  % format_endpoint(endpoint))
@@ -607,7 +607,7 @@ class Daemon:
                 import ipaddress
                 nets = [ipaddress.ip_network(n) for n in (allowed_ips or [])]
             except ValueError as exc:
-                raise BadRequest("allowed_ips: %s" % exc) from None
+                raise Invalid("allowed_ips: %s" % exc) from None
             try:
                 # exclusive: a peer added at run time never changes where an
                 # existing peer's traffic goes (no overlap either way)
@@ -620,7 +620,7 @@ class Daemon:
         if protocol is not None and peer.protocol != protocol:
             raise Conflict("peer %s speaks %s, not %s" % (peer.name, peer.protocol, protocol))
         if peer.protocol == "wireguard" and self.s.mode is not Mode.TUN:
-            raise BadRequest("a WireGuard peer carries IP packets: it needs a daemon in tun mode")
+            raise Invalid("a WireGuard peer carries IP packets: it needs a daemon in tun mode")
         if self.s.mode is Mode.TEST:
             self.dp.set_test_peer(peer.id)
         if peer.state is PeerState.ESTABLISHED:
@@ -770,7 +770,7 @@ class Daemon:
         try:
             new = firewall.build(rules, self._peer_names(), self.s.mode, previous=self.fw)
         except firewall.FirewallError as exc:
-            raise BadRequest(str(exc)) from None
+            raise Invalid(str(exc)) from None
         self.fw = new
         self.dp.set_firewall(new)
         log.info("firewall replaced (%d rules)", len(new.describe().get("rules", [])))
@@ -784,7 +784,7 @@ class Daemon:
             return _reload.reload(self)
         except ConfigError as exc:
             log.error("reload refused, nothing changed: %s", exc)
-            raise BadRequest("config not reloaded, nothing changed: %s" % exc) from None
+            raise Invalid("config not reloaded, nothing changed: %s" % exc) from None
 
     def reload_signal(self) -> None:
         """SIGHUP: the same reload; the outcome goes to the log."""
@@ -843,19 +843,20 @@ class Daemon:
         self._stop.set()
 
     async def serve(self) -> None:
-        from .api import create_app, load_or_create_token, start_api
+        from ..http import server
+        from ..http.guard import load_or_create_token
+        from .app import create_app, create_metrics_app
         from ..privileges import switch_user
         token = load_or_create_token(self.s.state_dir)
         app = create_app(self, token)
         if not self.s.http_port and not self.s.http_socket:
             raise ConfigError("interface.http_port", "0 turns the TCP API off; give http_socket then")
-        self._api_runner = await start_api(app, self.s.http_listen if self.s.http_port else None,
+        self._api_runner = await server.start(app, self.s.http_listen if self.s.http_port else None,
                                            self.s.http_port,
                                            str(self.s.http_socket) if self.s.http_socket else None)
         if self.s.metrics_listen:
-            from .opsapi import create_metrics_app
             host, port = self.s.metrics_listen
-            self._metrics_runner = await start_api(
+            self._metrics_runner = await server.start(
                 create_metrics_app(self), host, port, what="metrics",
                 hint="stop it, or choose another address with metrics_listen or --metrics-listen")
         self.build()
@@ -934,7 +935,7 @@ def _preload(dht: bool = False) -> None:
     from . import config  # noqa: F401
     from ..dataplane import firewall, packet  # noqa: F401
     from ..control import directory as _directory  # noqa: F401  (imports sqlite3 too)
-    from . import metrics, reload, opsapi, events  # noqa: F401  (prometheus-client too)
+    from . import metrics, reload, app, api, opsapi, events  # noqa: F401  (prometheus-client too)
     import platform  # noqa: F401  (prometheus-client's platform collector)
     from ..control.directory import client as _client  # noqa: F401
     if dht:

@@ -1,7 +1,9 @@
 """The operations routes of the daemon's API: the dashboard, /metrics,
-/events, /auth and /reload (issue #14).  :func:`add_routes` adds them to the
-application :func:`phantom.node.api.create_app` builds, behind the same
-middlewares (Host check, token on every state-changing method, JSON errors).
+/events, /auth and /reload (issue #14).  A route part (phantom/http/app.py):
+:func:`add_routes` adds them to phantomd's application (phantom/node/app.py),
+behind the same middlewares as api.py's (Host check, token on every
+state-changing method, JSON errors); :func:`add_metrics_route` alone makes the
+``metrics_listen`` server.
 
 ====== ===================== ===============================================
 GET    /                     the dashboard (static page, no inline script)
@@ -24,8 +26,12 @@ from importlib import resources
 
 from aiohttp import web
 
-from phantom.node import events as ev
-from phantom.errors import ApiError
+from ..errors import Invalid, NotFound
+from ..http.app import controller
+from ..http.guard import authorized, unauthorized
+from ..http.openapi import COMMON_ERRORS, MUTATION_ERRORS, OBJ, err, ok, page
+from ..http.server import call, json_response, refuse_get
+from . import events as ev
 
 DASHBOARD_FILES = {"index.html": "text/html", "app.js": "text/javascript",
                    "style.css": "text/css"}
@@ -45,8 +51,8 @@ EVENTS_KEY = web.AppKey("events", ev.EventLog)
 FILES_KEY = web.AppKey("dashboard_files", dict)
 
 
-class NotAvailable(ApiError):
-    status = 404
+class NotAvailable(NotFound):
+    """The controller has no such operation."""
 
 
 def _load_files() -> dict:
@@ -73,9 +79,8 @@ async def dashboard_file(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    from phantom.node.metrics import CONTENT_TYPE_LATEST
-    from phantom.node.api import _controller
-    fn = getattr(_controller(request), "metrics", None)
+    from .metrics import CONTENT_TYPE_LATEST
+    fn = getattr(controller(request), "metrics", None)
     if fn is None:
         raise NotAvailable("this controller has no metrics")
     body = fn()
@@ -86,33 +91,24 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def events(request: web.Request) -> web.Response:
-    from phantom.node.api import BadRequest, json_response
     try:
         since = int(request.query.get("since", "0"))
     except ValueError:
-        raise BadRequest("since must be an integer (the seq of the last event seen)") from None
+        raise Invalid("since must be an integer (the seq of the last event seen)") from None
     return json_response({"events": request.app[EVENTS_KEY].recent(since)})
 
 
 async def auth(request: web.Request) -> web.Response:
-    from phantom.node.api import _authorized, error_response, json_response
-    if _authorized(request):           # constant-time, as for every mutation
+    if authorized(request):            # constant-time, as for every mutation
         return json_response({"signed_in": True})
-    resp = error_response(401, "missing or wrong API token")
-    resp.headers["WWW-Authenticate"] = 'Bearer realm="phantom"'
-    return resp
+    return unauthorized("missing or wrong API token")
 
 
 async def reload(request: web.Request) -> web.Response:
-    from phantom.node.api import _call, _controller, json_response
-    fn = getattr(_controller(request), "reload", None)
+    fn = getattr(controller(request), "reload", None)
     if fn is None:
         raise NotAvailable("this controller cannot reload")
-    return json_response(await _call(fn()))
-
-
-async def _refuse_get(request: web.Request) -> web.Response:
-    raise web.HTTPMethodNotAllowed(request.method, ["POST"])
+    return json_response(await call(fn()))
 
 
 async def _detach_events(app: web.Application) -> None:
@@ -120,7 +116,7 @@ async def _detach_events(app: web.Application) -> None:
 
 
 def add_routes(app: web.Application) -> None:
-    """Add the operations routes (create_app calls it)."""
+    """Add the operations routes (a part of phantomd's app, phantom/node/app.py)."""
     app[FILES_KEY] = _load_files()
     app[EVENTS_KEY] = ev.attach()
     app.on_cleanup.append(_detach_events)
@@ -131,35 +127,17 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/events", events)
     r.add_get("/auth", auth)
     r.add_post("/reload", reload)
-    r.add_get("/reload", _refuse_get, allow_head=False)
+    r.add_get("/reload", refuse_get, allow_head=False)
 
 
-def create_metrics_app(controller) -> web.Application:
-    """The ``metrics_listen`` server: GET /metrics alone (no token, no other
-    route), with the API's Host check and JSON errors."""
-    from phantom.node.api import CONTROLLER_KEY, HOSTS_KEY, MAX_BODY, _errors, _host_ok, \
-        error_response
-
-    @web.middleware
-    async def host_check(request, handler):
-        if "Host" not in request.headers:
-            return error_response(400, "missing Host header: send 'Host: 127.0.0.1' (or localhost)")
-        if not _host_ok(request):
-            return error_response(403, "the Host header is not allowed (use 127.0.0.1, [::1] or "
-                                  "localhost)")
-        return await handler(request)
-
-    app = web.Application(middlewares=[_errors, host_check], client_max_size=MAX_BODY)
-    app[CONTROLLER_KEY] = controller
-    app[HOSTS_KEY] = frozenset()
+def add_metrics_route(app: web.Application) -> None:
+    """GET /metrics alone: the ``metrics_listen`` server (no token, no other route)."""
     app.router.add_get("/metrics", metrics)
-    return app
 
 
-def openapi_paths(ok, err, common: dict, mutation: dict, obj: dict) -> dict:
-    """The OpenAPI entries of these routes (merged into api.OPENAPI)."""
-    def page(description, media):
-        return {"description": description, "content": {media: {"schema": {"type": "string"}}}}
+def openapi_paths() -> dict:
+    """The OpenAPI entries of these routes."""
+    common, mutation, obj = COMMON_ERRORS, MUTATION_ERRORS, OBJ
     return {
         "/": {"get": {"summary": "The dashboard (HTML page)", "operationId": "dashboard",
                       "responses": dict(common, **{"200": page("the page", "text/html")})}},

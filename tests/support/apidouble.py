@@ -1,6 +1,6 @@
 """An in-memory controller for testing the HTTP API and the CLI without a daemon.
 
-It implements the controller interface that :func:`phantom.node.api.create_app`
+It implements the controller interface that :func:`phantom.node.app.create_app`
 expects, with simple real semantics (a dict of peers, a firewall dict) and a
 log of mutating calls, so that tests can assert that a refused request changed
 nothing.  It is a test double of the daemon's controller, kept in a module of its
@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import copy
 
-from phantom.node.config import format_endpoint
-from phantom.errors import BadRequest, Conflict, HandshakeTimeout, NotFound
+from phantom.syntax import format_endpoint
+from phantom.errors import Conflict, HandshakeTimeout, Invalid, NotFound
 
 # A fixed, valid public key for the peer that the "config" knows by name.
 KNOWN_KEY = "B6N8vBQgk8i3VdwbEOhstCY3StFqqFPtC9/AsrhtHHw="
@@ -71,7 +71,7 @@ class FakeController:
     async def set_firewall(self, rules):
         self.calls.append(("set_firewall", rules))
         if not isinstance(rules.get("rules"), list):
-            raise BadRequest("firewall: 'rules' must be a list")
+            raise Invalid("firewall: 'rules' must be a list")
         self.rules = copy.deepcopy(rules)
         return {"rules": len(rules["rules"]), "applied": True}
 

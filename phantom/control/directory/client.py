@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
 from phantom import logsetup
-from phantom.node.config import PEER_NAME
+from phantom.syntax import PEER_NAME
 
 from .records import DirectoryError, DirectoryRejected, DirectoryUnavailable, MAX_SEQ, \
     NodeSigner, Record, RecordError, _name_field, b64, b64url, canonical, key_from_text, \
@@ -780,7 +780,9 @@ class DhtDirectoryClient(DirectoryClient):
     async def _request(self, method: str, path: str, body: Any = None,
                        limit: int = MAX_BODY * 4) -> tuple[int, Any]:
         """The directory's HTTP routes, answered from the DHT."""
-        from .store.base import ApiError, StaleSeq, StoreUnavailable
+        from phantom.errors import PhantomError
+        from phantom.http.statuses import status_of
+        from .store.base import StaleSeq, StoreUnavailable
         try:
             if method == "GET" and path.startswith("/records/"):
                 key = key_from_text(urllib.parse.unquote(path[len("/records/"):]))
@@ -801,8 +803,8 @@ class DhtDirectoryClient(DirectoryClient):
             return 409, {"error": exc.message}
         except StoreUnavailable as exc:
             raise DirectoryUnavailable("DHT: %s" % exc.message) from None
-        except ApiError as exc:
-            return exc.status, {"error": exc.message}
+        except PhantomError as exc:
+            return status_of(exc), {"error": exc.message}
 
     async def _gather(self, method: str, path: str, body: Any = None,
                       limit: int = MAX_BODY * 4) -> list[tuple[int, Any]]:

@@ -50,7 +50,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from phantom import crypto, logsetup
-from phantom.node.config import PEER_NAME, PEER_NAME_RULE, format_endpoint, parse_endpoint, \
+from phantom.syntax import PEER_NAME, PEER_NAME_RULE, format_endpoint, parse_endpoint, \
     parse_network
 from phantom.errors import ConfigError
 from phantom.keys import KeyFormatError, decode_public_key

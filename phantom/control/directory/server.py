@@ -15,9 +15,10 @@ from typing import Any, Callable, Iterable, Optional
 from aiohttp import web
 
 from phantom import __version__, logsetup
-from phantom.node.api import JsonErrorRunner, json_errors
-from phantom.node.config import PEER_NAME, PEER_NAME_RULE
-from phantom.errors import ApiError, BadRequest, NotFound, PayloadTooLarge
+from phantom.http.server import JsonErrorRunner, json_errors
+from phantom.http.statuses import RequestTimeout, status_of
+from phantom.syntax import PEER_NAME, PEER_NAME_RULE
+from phantom.errors import Invalid, NotFound, PhantomError, TooLarge, Unavailable
 from phantom.keys import KeyFormatError
 
 from .records import b64, canonical, key_from_text, strict_loads
@@ -66,13 +67,7 @@ class Limits:
         return cls(0, 0, 0, 0, WATCHERS_MAX)
 
 
-class RequestTimeout(ApiError):
-    status = 408
-
-
-class TooManyWatchers(ApiError):
-    status = 503
-
+class TooManyWatchers(Unavailable):
     def __init__(self, message: str, retry_after: float = WATCH_RETRY_AFTER):
         super().__init__(message)
         self.retry_after = retry_after
@@ -171,7 +166,7 @@ async def _retry_after(request: web.Request, handler):
     except (TooManyRequests, TooManyWatchers) as exc:
         wait = max(1, math.ceil(exc.retry_after))
         request.app[STATS_KEY]["limited"] += 1
-        resp = _json({"error": exc.message, "retry_after": wait}, exc.status)
+        resp = _json({"error": exc.message, "retry_after": wait}, status_of(exc))
         resp.headers["Retry-After"] = str(wait)
         return resp
 
@@ -179,24 +174,24 @@ async def _retry_after(request: web.Request, handler):
 async def _body(request: web.Request) -> Any:
     length = request.content_length
     if length is not None and length > MAX_BODY:
-        raise PayloadTooLarge("request body too large (%d bytes, limit %d)" % (length, MAX_BODY))
+        raise TooLarge("request body too large (%d bytes, limit %d)" % (length, MAX_BODY))
     try:
         raw = await asyncio.wait_for(request.read(), BODY_TIMEOUT)   # 413 past client_max_size
     except asyncio.TimeoutError:
         raise RequestTimeout("request body not received within %g s" % BODY_TIMEOUT) from None
     if not raw.strip():
-        raise BadRequest("this request needs a JSON body")
+        raise Invalid("this request needs a JSON body")
     try:
         return strict_loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise BadRequest("body is not valid JSON: %s" % exc) from None
+        raise Invalid("body is not valid JSON: %s" % exc) from None
 
 
 def _path_key(request: web.Request) -> str:
     try:
         return b64(key_from_text(request.match_info["public_key"]))
     except KeyFormatError as exc:
-        raise BadRequest("public key in the path: %s (use URL-safe base64)" % exc) from None
+        raise Invalid("public key in the path: %s (use URL-safe base64)" % exc) from None
 
 
 def _now(request: web.Request) -> float:
@@ -240,7 +235,7 @@ async def get_record(request: web.Request) -> web.Response:
 async def get_name(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if not PEER_NAME.match(name):
-        raise BadRequest("not a valid name (%s)" % PEER_NAME_RULE)
+        raise Invalid("not a valid name (%s)" % PEER_NAME_RULE)
     row = await request.app[STORE_KEY].by_name(name, int(_now(request)))
     if row is None:
         raise NotFound("no record with this name")
@@ -253,10 +248,10 @@ async def list_records(request: web.Request) -> web.Response:
         try:
             after = b64(key_from_text(after))
         except KeyFormatError as exc:
-            raise BadRequest("after: %s" % exc) from None
+            raise Invalid("after: %s" % exc) from None
     text = request.query.get("limit", str(LIST_LIMIT))
     if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= LIST_LIMIT:
-        raise BadRequest("limit must be an integer in 1..%d" % LIST_LIMIT)
+        raise Invalid("limit must be an integer in 1..%d" % LIST_LIMIT)
     rows = await request.app[STORE_KEY].list(int(_now(request)), after, int(text))
     nxt = rows[-1].public_key if len(rows) == int(text) else None
     return _json({"records": [r.doc for r in rows], "next": nxt})
@@ -307,13 +302,13 @@ async def watch(request: web.Request) -> web.StreamResponse:
     body = await _body(request)
     if not isinstance(body, dict) or set(body) != {"keys"} or not isinstance(body["keys"], list) \
             or not 1 <= len(body["keys"]) <= WATCH_KEYS:
-        raise BadRequest('a watch is {"keys": [KEY, ...]} with 1..%d keys' % WATCH_KEYS)
+        raise Invalid('a watch is {"keys": [KEY, ...]} with 1..%d keys' % WATCH_KEYS)
     keys = set()
     for k in body["keys"]:
         try:
             keys.add(b64(key_from_text(k)))
         except (KeyFormatError, TypeError, AttributeError) as exc:
-            raise BadRequest("keys: %s" % exc) from None
+            raise Invalid("keys: %s" % exc) from None
     app = request.app
     limits = app[LIMITS_KEY]
     count, by_source = app[WATCHERS_KEY]
@@ -421,7 +416,7 @@ async def _purge_loop(store: Store, clock) -> None:
         await asyncio.sleep(PURGE_INTERVAL)
         try:
             n = await store.purge(int(clock()))
-        except ApiError as exc:
+        except PhantomError as exc:
             log.warning("purging expired records failed: %s", exc)
             continue
         if n:

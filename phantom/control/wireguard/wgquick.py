@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ...node.config import (PEER_NAME, ConfigError, Settings, format_endpoint, parse_endpoint,
-                      read_config_file, settings_from_mapping)
+from ...errors import ConfigError
+from ...node.config import Settings, read_config_file, settings_from_mapping
+from ...syntax import PEER_NAME, format_endpoint, parse_endpoint
 from ...keys import KeyFormatError, decode_private_key, decode_public_key, encode_key, public_key
 from .keys import decode_preshared_key, load_preshared_key
 

@@ -20,6 +20,7 @@ import pytest
 from phantom import crypto
 from phantom.control import directory as d
 from phantom.control.directory import store as st
+from phantom.http.statuses import status_of
 
 from phantomlab.stores import PgCluster, Swarm, dht_missing, pg_missing
 
@@ -353,7 +354,7 @@ def test_junk_endorsements_never_displace_a_ca_endorsement(backend, request):
             with pytest.raises(st.EndorsementsFull) as err:
                 await s.endorse(owner.text, d.make_endorsement(junk[-1].signer, pub, "bob",
                                                                int(T0) + 7200), T0)
-            assert err.value.status == 409
+            assert status_of(err.value) == 409
             held = (await s.get(owner.text)).doc["endorsements"]
             assert len(held) == d.MAX_ENDORSEMENTS and ca_end in held
             # the CA renews in its own place; an older one of its own cannot replace it
@@ -413,7 +414,7 @@ def test_a_record_naming_its_endorsers_takes_no_one_elses(backend, request):
             # the owner's own record cannot carry another signer's endorsement either
             with pytest.raises(st.NotAnEndorser) as err:
                 await publish(s, owner, rec(endorsements=[ca_end, junk[0]]))
-            assert err.value.status == 403
+            assert status_of(err.value) == 403
             if not s.supports_endorse:
                 stored, _ = await publish(s, owner, rec(endorsements=[ca_end]))
                 assert stored.doc["endorsements"] == [ca_end]
@@ -431,7 +432,7 @@ def test_a_record_naming_its_endorsers_takes_no_one_elses(backend, request):
             for end in junk:                     # the attack: 16 throwaway signers first
                 with pytest.raises(st.NotAnEndorser) as err:
                     await s.endorse(owner.text, end, T0)
-                assert err.value.status == 403
+                assert status_of(err.value) == 403
             assert (await s.get(owner.text)).doc["endorsements"] == []
             stored = await s.endorse(owner.text, ca_end, T0)
             assert stored.doc["endorsements"] == [ca_end]
@@ -472,7 +473,7 @@ def test_one_source_cannot_grow_the_store_past_its_quota(backend, request):
             for i, k in enumerate(keys[quota:], quota):
                 with pytest.raises(st.QuotaExceeded) as err:
                     await publish(s, k, k.rec("n%d" % i), source=src, quota=quota)
-                assert err.value.status == 429
+                assert status_of(err.value) == 429
             # nor through revocations of keys it never published
             with pytest.raises(st.QuotaExceeded):
                 await publish(s, keys[-1], keys[-1].rec("x", seq=d.MAX_SEQ, revoked=True,

@@ -421,7 +421,8 @@ def test_directory_echoes_no_secret_and_answers_parser_errors_in_json(directory)
 # --- the same checks in-process (no root needed): start_api with the test double -------------------
 def test_start_api_answers_parser_errors_in_json_and_needs_host_on_tcp(tmp_path, captured):
     from tests.support.apidouble import FakeController
-    from phantom.node.api import create_app, start_api
+    from phantom.http.server import start as start_api
+    from phantom.node.app import create_app
 
     token = os.urandom(32).hex()
     key = os.urandom(32)

@@ -16,7 +16,8 @@ import pytest
 
 from tests.support.apidouble import FakeController
 from phantom.cli import main as cli
-from phantom.node.api import create_app, start_api
+from phantom.http.server import start as start_api
+from phantom.node.app import create_app
 from tests.support import REPO
 
 TOKEN = "12" * 32
@@ -204,7 +205,7 @@ def test_open_with_allowed_ips(server, capsys):
 
 
 def test_reload_prints_what_changed_and_errors_name_the_key(server, capsys):
-    from phantom.errors import BadRequest
+    from phantom.errors import Invalid
     outcome = {"added": ["carol"], "removed": ["dave"], "changed": {"bob": ["endpoint"]},
                "unchanged": ["erin"], "firewall": True,
                "notes": ["interface.listen_port changed: needs a restart (not applied)"]}
@@ -222,7 +223,7 @@ def test_reload_prints_what_changed_and_errors_name_the_key(server, capsys):
     assert json.loads(out) == outcome
 
     async def refuse():
-        raise BadRequest("config not reloaded, nothing changed: peer[1].endpoint: bad port")
+        raise Invalid("config not reloaded, nothing changed: peer[1].endpoint: bad port")
     server.controller.reload = refuse
     rc, out, err = phantom(server, capsys, "reload", via_socket=True)
     assert rc == 1 and err.strip() == \

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from phantom.constants import DEFAULT_MTU, Tunables
-from phantom.node.config import (Settings, default_state_dir, format_endpoint,
-                                    load_settings, build_daemon_parser, parse_daemon_args,
-                                    parse_endpoint)
+from phantom.node.config import (Settings, default_state_dir, load_settings, build_daemon_parser,
+                                 parse_daemon_args)
+from phantom.syntax import format_endpoint, parse_endpoint
 from phantom.errors import ConfigError
 from phantom.dataplane.types import Mode
 from tests.support import REPO

@@ -1,4 +1,4 @@
-"""The operations routes on the API (phantom/control/opsapi.py) with the
+"""The operations routes on the API (phantom/node/opsapi.py) with the
 in-memory controller: the dashboard's files and headers, /auth, /events,
 /reload's token, and the page's no-inline-script, no-external-asset rules."""
 
@@ -12,7 +12,7 @@ from importlib import resources
 from aiohttp.test_utils import TestClient, TestServer
 
 from tests.support.apidouble import FakeController
-from phantom.node.api import create_app
+from phantom.node.app import create_app
 
 TOKEN = "cd" * 32
 AUTH = {"Authorization": "Bearer " + TOKEN}

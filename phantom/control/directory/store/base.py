@@ -45,7 +45,8 @@ import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Iterable, Optional
 
-from phantom.errors import ApiError, BadRequest, Conflict, NotFound
+from phantom.errors import (Conflict, Forbidden, Gone, Invalid, NotFound, PhantomError,  # noqa: F401
+                            RateLimited, Unavailable, Unsupported)
 
 from ..records import MAX_ENDORSEMENTS, NodeSigner, Record, RecordError, b64, parse_record, \
     verify_endorsement
@@ -68,16 +69,9 @@ class StoredRecord:
     source: str = ""                  # who wrote it last (quotas), "" when not known
 
 
-# --- refusals (each is an HTTP error of the server, and a clear error for direct callers) ---------
-class Gone(ApiError):
-    status = 410
-
-
-class Forbidden(ApiError):
-    status = 403
-
-
-class BadRecord(BadRequest):
+# --- refusals (domain errors: the server answers each with its status, phantom/http/statuses.py;
+# Gone, Forbidden and Unsupported are phantom.errors' own) ------------------------------------------
+class BadRecord(Invalid):
     """Malformed, expired or too long-lived."""
 
 
@@ -121,27 +115,16 @@ class EndorsementsFull(Conflict):
     """The record carries MAX_ENDORSEMENTS already; none is ever displaced by a new signer."""
 
 
-class TooManyRequests(ApiError):
+class TooManyRequests(RateLimited):
     """A per-source or per-key limit; ``retry_after`` says when to try again (seconds)."""
-    status = 429
-
-    def __init__(self, message: str, retry_after: float = 60.0):
-        super().__init__(message)
-        self.retry_after = max(1.0, float(retry_after))
 
 
 class QuotaExceeded(TooManyRequests):
     """The source already holds its quota of stored rows."""
 
 
-class Unsupported(ApiError):
-    """This backend cannot answer that (e.g. names or listings on the DHT)."""
-    status = 501
-
-
-class StoreUnavailable(ApiError):
+class StoreUnavailable(Unavailable):
     """The backend (database, DHT) did not answer in time."""
-    status = 503
 
 
 # --- the shared policy ------------------------------------------------------------------------------
@@ -214,7 +197,7 @@ def merge_endorsements(rec: Record, new: list, old: list, trusted: frozenset, no
     for end in old:
         try:
             check_endorsement(rec, end, trusted, now, max_ttl)
-        except ApiError:
+        except PhantomError:
             continue
         by_signer[end["signer"]] = end
     offered: dict[str, dict] = {}
@@ -379,7 +362,7 @@ class Store(abc.ABC):
                     else rec.expires
                 stored = stored_of(rec, stored_doc, until, source, expires)
                 await tx.put(rec, stored, now)
-        except ApiError:
+        except PhantomError:
             self.stats["refused"] += 1
             raise
         self.stats["published"] += 1
@@ -419,7 +402,7 @@ class Store(abc.ABC):
                 stored = stored_of(rec, stored_doc, endorsed_until(rec, stored_doc, trusted, now),
                                    old.source, old.expires)
                 await tx.put(rec, stored, now)
-        except ApiError:
+        except PhantomError:
             self.stats["refused"] += 1
             raise
         self.stats["endorsed"] += 1
