@@ -3,7 +3,9 @@
 It takes datagrams, data-path events, counters and a clock, and returns
 :mod:`phantom.control.actions`.  It never touches a socket, a device or the
 event loop, so every rule here is unit-tested with an injected clock
-(``tests/test_engine.py``, ``tests/test_timers.py``).
+(tests/unit/control/: test_engine.py for handshakes and timers,
+test_engine_liveness.py for the waiting-traffic invariant, test_engine_scale.py for
+the active set and many peers).
 
 Timer rules (one hook each, evaluated in :meth:`Engine.tick`; wording after
 the WireGuard whitepaper, section 6):
@@ -101,6 +103,16 @@ def _overlap(a, b) -> bool:
     return a.version == b.version and (a.subnet_of(b) or b.subnet_of(a))
 
 
+def _check_keying(proto, preshared_key, suites) -> None:
+    """ValueError unless ``preshared_key`` and ``suites`` fit a peer speaking ``proto``."""
+    if preshared_key is not None and proto.protocol is not protocols.Protocol.WIREGUARD:
+        raise ValueError("only a WireGuard peer has a preshared key")
+    if preshared_key is not None and len(preshared_key) != 32:
+        raise ValueError("a preshared key is 32 bytes")
+    if suites is not None and proto.protocol is not protocols.Protocol.PHANTOM:
+        raise ValueError("only a Phantom peer has cipher suites")
+
+
 class Engine:
     def __init__(self, private_key: bytearray, tunables: Tunables, *,
                  clock: Clock = time.monotonic, wall_clock: Clock = time.time,
@@ -164,12 +176,7 @@ class Engine:
         public_key = bytes(public_key)
         nets = _networks(allowed_ips)
         proto = self._protocols[protocols.protocol_of(protocol)]
-        if preshared_key is not None and proto.protocol is not protocols.Protocol.WIREGUARD:
-            raise ValueError("only a WireGuard peer has a preshared key")
-        if preshared_key is not None and len(preshared_key) != 32:
-            raise ValueError("a preshared key is 32 bytes")
-        if suites is not None and proto.protocol is not protocols.Protocol.PHANTOM:
-            raise ValueError("only a Phantom peer has cipher suites")
+        _check_keying(proto, preshared_key, suites)
         if public_key in self._by_key:
             raise ValueError("peer with this public key exists")
         if public_key == self.public_key:
@@ -348,26 +355,67 @@ class Engine:
     def peer_by_key(self, public_key: bytes) -> Optional[Peer]:
         return self._by_key.get(bytes(public_key))
 
-    def peer_changed(self, peer: Peer, old_name: Optional[str] = None) -> None:
-        """Someone outside the engine changed ``peer``'s fields in place (a
-        config reload: name, keepalive, endpoint...): index it under its
-        current name and let the next tick look at it."""
-        if old_name is not None and old_name != peer.name:
-            same = self._by_name.get(old_name, [])
+    # Fields update_peer may change; the rest are the engine's own (sessions, timers, state).
+    PEER_FIELDS = frozenset(("name", "endpoint", "persistent_keepalive", "preshared_key", "suites",
+                             "wanted"))
+
+    def update_peer(self, peer_id: int, **fields) -> Peer:
+        """Change fields of a peer (its name, endpoint, persistent keepalive,
+        WireGuard preshared key, Phantom suites, whether it is wanted up): the
+        peer's sessions and keys stay; the next handshake uses the new keys
+        and suites.  Re-indexes the name and wakes the peer, so the next tick
+        looks at it.  Checked before anything changes: ValueError (a preshared
+        key for a Phantom peer or not 32 bytes, suites for a WireGuard peer),
+        TypeError (an unknown field), KeyError (no such peer).  Costs the
+        fields given, never a walk of the peers."""
+        peer = self.peers[peer_id]
+        unknown = set(fields) - self.PEER_FIELDS
+        if unknown:
+            raise TypeError("update_peer cannot change %s" % ", ".join(sorted(unknown)))
+        psk = fields.get("preshared_key")
+        _check_keying(peer.proto, psk, fields.get("suites"))
+        if "name" in fields and fields["name"] != peer.name:
+            same = self._by_name.get(peer.name, [])
             if peer in same:
                 same.remove(peer)
             if not same:
-                self._by_name.pop(old_name, None)
+                self._by_name.pop(peer.name, None)
+            peer.name = fields["name"]
             same = self._by_name.setdefault(peer.name, [])
-            if peer not in same:
-                same.append(peer)
-                same.sort(key=lambda p: p.id)
+            same.append(peer)
+            same.sort(key=lambda p: p.id)
+        if "endpoint" in fields:
+            peer.endpoint = fields["endpoint"]
+        if "persistent_keepalive" in fields:
+            peer.persistent_keepalive = float(fields["persistent_keepalive"] or 0)
+        if "suites" in fields:
+            peer.suites = tuple(fields["suites"]) if fields["suites"] else None
+        if "preshared_key" in fields:
+            if peer.preshared_key is not None:
+                crypto.memzero(peer.preshared_key)
+            peer.preshared_key = bytearray(psk) if psk is not None else None
+        if "wanted" in fields:
+            peer.wanted = bool(fields["wanted"])
         self._wake(peer)
+        return peer
 
     def peer_by_name(self, name: str) -> Optional[Peer]:
         """The first-added peer called ``name`` (a dict lookup, not a scan)."""
         same = self._by_name.get(name)
         return same[0] if same else None
+
+    def peers_named(self, name: str) -> list:
+        """Every peer called ``name``, first-added first (usually one or none)."""
+        return list(self._by_name.get(name, ()))
+
+    @property
+    def next_peer_id(self) -> int:
+        """The id :meth:`add_peer` gives the next peer (ids count up, never reused)."""
+        return self._next_peer_id
+
+    def private_key(self) -> bytes:
+        """Our static private key, for WireGuard's UAPI (``wg showconf``, root only)."""
+        return bytes(self._priv)
 
     def remove_peer(self, peer_id: int) -> list:
         peer = self.peers.get(peer_id)

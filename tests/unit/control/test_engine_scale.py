@@ -195,34 +195,61 @@ def test_peers_by_name_and_key_without_a_walk():
     p2 = d.engine.add_peer(keys[1], "beta", [])
     b64 = base64.b64encode(keys[2]).decode()
     p3 = d.engine.add_peer(keys[2], "gamma", [])
-    assert d._peer_named("alpha") is p1
-    assert d._peer_named(base64.b64encode(keys[1]).decode()) is p2
-    assert d._peer_named(b64) is p3
-    assert d._peer_named("nobody") is None and d._peer_named("") is None
-    assert d._free_name("alpha") == "alpha-2" and d._free_name("delta") == "delta"
+    assert d.peers.find("alpha") is p1
+    assert d.peers.find(base64.b64encode(keys[1]).decode()) is p2
+    assert d.peers.find(b64) is p3
+    assert d.peers.find("nobody") is None and d.peers.find("") is None
+    assert d.peers.free_name("alpha") == "alpha-2" and d.peers.free_name("delta") == "delta"
     # a later peer named like an earlier peer's key: the earlier one wins, as before
     p4 = d.engine.add_peer(crypto.x25519_public(bytes(_key())), b64, [])
-    assert d._peer_named(b64) is p3
+    assert d.peers.find(b64) is p3
     d.engine.remove_peer(p3.id)
-    assert d._peer_named(b64) is p4
+    assert d.peers.find(b64) is p4
     d.engine.remove_peer(p1.id)
-    assert d._peer_named("alpha") is None and d.engine.peer_by_name("alpha") is None
+    assert d.peers.find("alpha") is None and d.engine.peer_by_name("alpha") is None
 
 
 def test_a_peer_changed_in_place_is_reindexed_and_woken():
-    """A config reload changes fields in place (reload.py): the renamed peer
-    is found under its new name, and a keepalive given to a sleeping peer
-    runs at the next tick."""
+    """A reload or `wg set` changes fields in place (Engine.update_peer,
+    through the peer table): the renamed peer is found under its new name,
+    and a keepalive given to a sleeping peer runs at the next tick."""
     clock = Clock()
     e = Engine(_key(), Tunables(), clock=clock, wall_clock=Clock(1.7e9))
     p = e.add_peer(crypto.x25519_public(bytes(_key())), "old", [], endpoint=("10.0.0.9", 9000))
     e.tick({})
     assert e.active_ids() == []
-    p.name = "new"
-    p.persistent_keepalive = 5.0
-    p.wanted = True
-    e.peer_changed(p, "old")
+    e.update_peer(p.id, name="new", persistent_keepalive=5.0, wanted=True)
     assert e.peer_by_name("new") is p and e.peer_by_name("old") is None
     clock.t += 6
     out = e.tick({p.id: PeerCounters()})
     assert any(isinstance(a, A.SendDatagram) for a in out), "persistent keepalive starts a handshake"
+
+
+def test_update_peer_checks_everything_before_it_changes_anything():
+    """Engine.update_peer refuses a field it does not own, a preshared key for
+    a Phantom peer (or not 32 bytes), suites for a WireGuard peer and an
+    unknown peer, before any field changes; a WireGuard peer's new preshared
+    key replaces (and wipes) the old one; its sessions stay."""
+    e = Engine(_key(), Tunables(), clock=Clock(), wall_clock=Clock(1.7e9))
+    ph = e.add_peer(crypto.x25519_public(bytes(_key())), "ph", [], endpoint=("10.0.0.9", 9000))
+    wg = e.add_peer(crypto.x25519_public(bytes(_key())), "wg", [], protocol="wireguard",
+                    preshared_key=b"\x01" * 32)
+    with pytest.raises(TypeError, match="allowed_ips"):
+        e.update_peer(ph.id, name="x", allowed_ips=[])          # routes: set_allowed_ips
+    with pytest.raises(ValueError, match="only a WireGuard peer"):
+        e.update_peer(ph.id, name="x", preshared_key=b"\x02" * 32)
+    with pytest.raises(ValueError, match="32 bytes"):
+        e.update_peer(wg.id, name="x", preshared_key=b"\x02" * 31)
+    with pytest.raises(ValueError, match="only a Phantom peer"):
+        e.update_peer(wg.id, name="x", suites=(1,))
+    with pytest.raises(KeyError):
+        e.update_peer(999, name="x")
+    assert (ph.name, wg.name) == ("ph", "wg") and e.peer_by_name("x") is None, "nothing changed"
+    old = wg.preshared_key
+    e.update_peer(wg.id, preshared_key=b"\x02" * 32, endpoint=("10.0.0.10", 51820),
+                  persistent_keepalive=25)
+    assert bytes(old) == bytes(32), "the old key is wiped"
+    assert bytes(wg.preshared_key) == b"\x02" * 32 and wg.endpoint == ("10.0.0.10", 51820)
+    assert wg.persistent_keepalive == 25.0
+    e.update_peer(wg.id, preshared_key=None)
+    assert wg.preshared_key is None
