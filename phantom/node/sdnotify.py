@@ -17,7 +17,7 @@ import os
 import socket
 from typing import Optional
 
-log = logging.getLogger("phantom.node.sdnotify")
+log = logging.getLogger("phantom.sdnotify")
 
 
 class Notifier:

@@ -144,7 +144,7 @@ def test_one_side_pinned_to_secretbox_gets_secretbox(two_hosts, daemon_factory, 
 def start_prototype(daemon_factory, node, tree):
     code = ("import sys; sys.path.insert(0, %r); import phantom; "
             "assert phantom.__file__.startswith(%r), phantom.__file__; "
-            "from phantom.node.daemon import main; sys.exit(main())" % (str(tree), str(tree)))
+            "from phantom.daemon import main; sys.exit(main())" % (str(tree), str(tree)))
     node.daemon = daemon_factory(node.host, ["--config", str(node.config)], http_port=HTTP_PORT,
                                  name=node.name + "-prototype", executable=[sys.executable, "-c", code],
                                  token_file=node.state_dir / "token", cwd=str(tree))
