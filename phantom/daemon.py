@@ -5,7 +5,7 @@ makes scripts that name it directly."""
 
 import sys
 
-from .node.daemon import main  # noqa: F401
+from .node.main import main  # noqa: F401
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -505,7 +505,7 @@ def check_own_key(settings: "Settings", own_public_key: bytes) -> None:
                               % p.public_key_b64)
 
 
-def _check_peers(peers: list[PeerConfig]) -> None:
+def check_peers(peers: list[PeerConfig]) -> None:
     names: dict[str, int] = {}
     keys: dict[bytes, int] = {}
     prefixes: dict[IPNetwork, tuple[int, int]] = {}
@@ -596,7 +596,7 @@ def config_warnings(s: Settings) -> list[str]:
 
 
 def _finish(s: Settings, mtu_key: str) -> Settings:
-    _check_peers(s.peers)
+    check_peers(s.peers)
     if s.uapi and s.mode is not Mode.TUN:
         raise ConfigError("interface.uapi", "WireGuard's UAPI serves a TUN device: it needs mode = \"tun\"")
     for i, p in enumerate(s.peers):

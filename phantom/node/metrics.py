@@ -82,7 +82,8 @@ def peer_path(peer) -> str:
 
 class DaemonCollector(Collector):
     """Yields phantomd's metric families from ``daemon`` (a phantom.node.daemon.Daemon,
-    or anything with ``engine``, ``dp``, ``fw``, ``s`` and ``started``)."""
+    or anything with ``engine``, ``dp``, ``fw``, ``s``, ``t`` and ``started``; optionally
+    ``failure`` and ``directory``, whose ``counters()`` is None until it started)."""
 
     def __init__(self, daemon):
         self.d = daemon
@@ -208,10 +209,10 @@ class DaemonCollector(Collector):
 
     # ------------------------------------------------------------- directory
     def _directory(self, d):
-        client = getattr(d, "directory", None)
-        if client is None:
+        link = getattr(d, "directory", None)
+        c = link.counters() if link is not None else None
+        if c is None:                 # no directory, or not started yet
             return
-        c = client.counters()
         dht = c.get("dht") or {}
         drops = CounterMetricFamily("phantom_directory_drops", "Directory answers and DHT items "
                                     "refused by the daemon, by reason", labels=["reason"])

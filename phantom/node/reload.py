@@ -33,6 +33,10 @@ addresses, MTU, private key, state dir, user, directory, ciphers, tunables) is n
 applied: the report lists it under ``notes`` ("needs a restart").  After
 the privilege drop the daemon cannot add kernel routes either: allowed IPs
 outside the interface's subnets that were not routed at start get a note.
+
+A :class:`Reloader` keeps what the file said at start (or the last reload),
+to tell the file's own edits from what the daemon learnt since (a roamed
+endpoint).  Its changes go through the peer table (peers.py) as one batch.
 """
 
 from __future__ import annotations
@@ -41,18 +45,20 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .. import crypto
 from ..control import protocols
-from .config import (ConfigError, Settings, _check_peers, check_own_key,
-                     read_config_file, settings_from_mapping)
+from .config import (ConfigError, Settings, check_own_key, check_peers, read_config_file,
+                     settings_from_mapping)
+from .peers import Batch, b64, planned_names
 
-log = logging.getLogger("phantom.node.daemon")
+log = logging.getLogger("phantom.daemon")
 
 # [interface] settings a running daemon does not change (restart needed).
 RESTART_KEYS = ("listen_port", "http_port", "http_listen", "http_socket", "test_port",
                 "test_deliver", "mode", "device", "addresses", "mtu", "private_key_file",
                 "state_dir", "user", "directory", "name", "endpoints", "trusted_signers",
-                "endorsers", "directory_allowed_ips", "log_level", "tunables", "metrics_listen", "dht_bootstrap", "dht_port",
-                "endpoints_auto", "uapi", "ciphers")
+                "endorsers", "directory_allowed_ips", "log_level", "tunables", "metrics_listen",
+                "dht_bootstrap", "dht_port", "endpoints_auto", "uapi", "ciphers")
 
 
 def read(path) -> Settings:
@@ -60,6 +66,17 @@ def read(path) -> Settings:
     from pathlib import Path
     path = Path(path)
     return settings_from_mapping(read_config_file(path), base=path.resolve().parent)
+
+
+def baseline(settings: Settings) -> Optional[Settings]:
+    """What the file said at start (flags aside), for telling later file edits
+    from what the daemon learnt since (a roamed endpoint); None without a file."""
+    if settings.config_path is None:
+        return None
+    try:
+        return read(settings.config_path)
+    except ConfigError:
+        return None
 
 
 @dataclass
@@ -76,278 +93,235 @@ class Plan:
     routes: dict = field(default_factory=dict)        # peer id or "new peer NAME" -> its prefixes after
 
 
-def _b64(key: bytes) -> str:
-    import base64
-    return base64.b64encode(bytes(key)).decode()
+class Reloader:
+    """Reloads of one daemon's config file.  ``settings``: the daemon's (its
+    peers and firewall follow each reload); ``base``: what the file said at
+    start (default: read it now, :func:`baseline`)."""
 
+    _UNREAD = object()
 
-def plan(daemon, fresh: Settings, baseline: Optional[Settings]) -> Plan:
-    """Compare ``fresh`` (the file now) with the running daemon; raise
-    ConfigError for anything that would not apply.  Changes nothing."""
-    from ..dataplane import firewall
-    engine = daemon.engine
-    _check_peers(fresh.peers)
-    check_own_key(fresh, engine.public_key)
-    old_cfg = {bytes(p.public_key): p for p in (baseline.peers if baseline else [])}
-    p = Plan(fresh=fresh)
-    in_file = set()
-    for i, pc in enumerate(fresh.peers):
-        key = bytes(pc.public_key)
-        in_file.add(key)
-        if pc.protocol == "wireguard" and daemon.s.mode.value != "tun":
-            raise ConfigError("peer[%d].protocol" % i, "a WireGuard peer carries IP packets: it "
-                              "needs mode = \"tun\"")
-        peer = engine.peer_by_key(key)
-        before = old_cfg.get(key)
+    def __init__(self, settings: Settings, base=_UNREAD):
+        self.s = settings
+        self.baseline = baseline(settings) if base is Reloader._UNREAD else base
+
+    def reload(self, peers, firewall, device: Optional[str] = None) -> dict:
+        """Read the config file and apply it; ConfigError changes nothing."""
+        if self.s.config_path is None:
+            raise ConfigError("--config", "phantomd was started without a config file: nothing "
+                              "to reload")
+        report = self.run(read(self.s.config_path), peers, firewall, device)
+        log.info("reload: %s: %d added, %d removed, %d changed, %d unchanged%s",
+                 self.s.config_path, len(report["added"]), len(report["removed"]),
+                 len(report["changed"]), len(report["unchanged"]),
+                 ", firewall replaced" if report["firewall"] else "")
+        return report
+
+    def run(self, fresh: Settings, peers, firewall, device: Optional[str] = None) -> dict:
+        """Plan ``fresh`` against the running peers and apply it; it is the baseline then."""
+        report = self.apply(self.plan(fresh, peers, device), peers, firewall)
+        self.baseline = fresh
+        return report
+
+    # ------------------------------------------------------------ planning
+    def plan(self, fresh: Settings, peers, device: Optional[str] = None) -> Plan:
+        """Compare ``fresh`` (the file now) with the running peers (a
+        PeerTable); raise ConfigError for anything that would not apply.
+        ``device``: our TUN device's name.  Changes nothing."""
+        from ..dataplane import firewall
+        engine, base = peers.engine, self.baseline
+        check_peers(fresh.peers)
+        check_own_key(fresh, engine.public_key)
+        old_cfg = {bytes(p.public_key): p for p in (base.peers if base else [])}
+        p = Plan(fresh=fresh)
+        in_file = set()
+        for i, pc in enumerate(fresh.peers):
+            key = bytes(pc.public_key)
+            in_file.add(key)
+            if pc.protocol == "wireguard" and self.s.mode.value != "tun":
+                raise ConfigError("peer[%d].protocol" % i, "a WireGuard peer carries IP packets: it "
+                                  "needs mode = \"tun\"")
+            peer = engine.peer_by_key(key)
+            before = old_cfg.get(key)
+            try:
+                protocols.peer_suites(pc.ciphers)          # one this libsodium cannot run: refused here
+            except ValueError as exc:
+                raise ConfigError("peer[%d].ciphers" % i, str(exc)) from None
+            # A WireGuard peer's preshared key is read again when its file is new or
+            # another one (a file the daemon can no longer read after a user switch
+            # refuses the reload; the same path with new contents needs a restart).
+            if pc.preshared_key_file is not None and (
+                    peer is None or before is None or before.preshared_key_file != pc.preshared_key_file):
+                from ..control.wireguard.keys import load_preshared_key
+                p.psks[pc.name] = load_preshared_key(pc.preshared_key_file,
+                                                     "peer[%d].preshared_key_file" % i)
+            if peer is not None and peer.protocol != pc.protocol:
+                p.remove.append(peer)                      # another protocol: another peer
+                peer = None
+            if peer is None:
+                p.add.append(pc)
+                continue
+            fields = []
+            if peer.name != pc.name:
+                fields.append("name")
+            if set(map(str, peer.allowed_ips)) != set(map(str, pc.allowed_ips)):
+                fields.append("allowed_ips")
+            # The endpoint in force may have roamed: only a change in the file moves it.
+            if pc.endpoint is not None and (before is None or before.endpoint != pc.endpoint):
+                if pc.endpoint != peer.endpoint:
+                    fields.append("endpoint")
+            if float(pc.persistent_keepalive or 0) != float(peer.persistent_keepalive or 0):
+                fields.append("persistent_keepalive")
+            if pc.name in p.psks or (pc.preshared_key_file is None and peer.preshared_key is not None):
+                fields.append("preshared_key")
+            if (before.ciphers if before is not None else None) != pc.ciphers:
+                fields.append("ciphers")
+            if peer.dynamic:
+                p.adopt.append(peer)
+            if fields:
+                p.change.append((peer, pc, fields))
+            elif not peer.dynamic:
+                p.unchanged.append(peer)
+        for peer in engine.peers.values():
+            if bytes(peer.public_key) not in in_file and not peer.dynamic:
+                p.remove.append(peer)
+
+        # Names: the new ones must not collide with peers the file does not own.
+        staying = [pe for pe in engine.peers.values()
+                   if pe.dynamic and bytes(pe.public_key) not in in_file]
+        taken = {pe.name: pe for pe in staying}
+        for i, pc in enumerate(fresh.peers):
+            if pc.name in taken:
+                raise ConfigError("peer[%d].name" % i, "%r is the name of a peer opened through the "
+                                  "API or the key directory (%s); choose another"
+                                  % (pc.name, b64(taken[pc.name].public_key)))
+
+        # The rules against the names (and ids) the peers will have.
         try:
-            protocols.peer_suites(pc.ciphers)          # one this libsodium cannot run: refused here
-        except ValueError as exc:
-            raise ConfigError("peer[%d].ciphers" % i, str(exc)) from None
-        # A WireGuard peer's preshared key is read again when its file is new or
-        # another one (a file the daemon can no longer read after a user switch
-        # refuses the reload; the same path with new contents needs a restart).
-        if pc.preshared_key_file is not None and (
-                peer is None or before is None or before.preshared_key_file != pc.preshared_key_file):
-            from ..control.wireguard.keys import load_preshared_key
-            p.psks[pc.name] = load_preshared_key(pc.preshared_key_file,
-                                                 "peer[%d].preshared_key_file" % i)
-        if peer is not None and peer.protocol != pc.protocol:
-            p.remove.append(peer)                      # another protocol: another peer
-            peer = None
-        if peer is None:
-            p.add.append(pc)
-            continue
-        fields = []
-        if peer.name != pc.name:
-            fields.append("name")
-        if set(map(str, peer.allowed_ips)) != set(map(str, pc.allowed_ips)):
-            fields.append("allowed_ips")
-        # The endpoint in force may have roamed: only a change in the file moves it.
-        if pc.endpoint is not None and (before is None or before.endpoint != pc.endpoint):
-            if pc.endpoint != peer.endpoint:
-                fields.append("endpoint")
-        if float(pc.persistent_keepalive or 0) != float(peer.persistent_keepalive or 0):
-            fields.append("persistent_keepalive")
-        if pc.name in p.psks or (pc.preshared_key_file is None and peer.preshared_key is not None):
-            fields.append("preshared_key")
-        if (before.ciphers if before is not None else None) != pc.ciphers:
-            fields.append("ciphers")
-        if peer.dynamic:
-            p.adopt.append(peer)
-        if fields:
-            p.change.append((peer, pc, fields))
-        elif not peer.dynamic:
-            p.unchanged.append(peer)
-    for peer in engine.peers.values():
-        if bytes(peer.public_key) not in in_file and not peer.dynamic:
-            p.remove.append(peer)
+            firewall.compile_rules(firewall.parse_rules(fresh.firewall,
+                                                        planned_names(engine, fresh.peers, staying)))
+        except firewall.FirewallError as exc:
+            raise ConfigError("firewall", str(exc)) from None
+        old_fw = base.firewall if base is not None else self.s.firewall
+        renamed = any("name" in f for _, _, f in p.change)
+        p.firewall_changed = fresh.firewall != old_fw or bool(p.add or p.remove or renamed)
 
-    # Names: the new ones must not collide with peers the file does not own.
-    staying = [pe for pe in engine.peers.values()
-               if pe.dynamic and bytes(pe.public_key) not in in_file]
-    taken = {pe.name: pe for pe in staying}
-    for i, pc in enumerate(fresh.peers):
-        if pc.name in taken:
-            raise ConfigError("peer[%d].name" % i, "%r is the name of a peer opened through the "
-                              "API or the key directory (%s); choose another"
-                              % (pc.name, _b64(taken[pc.name].public_key)))
+        if base is not None:
+            for k in RESTART_KEYS:
+                if getattr(fresh, k) != getattr(base, k):
+                    p.notes.append("interface.%s changed: needs a restart (not applied)" % k
+                                   if k != "tunables" else "[tunables] changed: needs a restart "
+                                   "(not applied)")
+        self._plan_routes(engine, p, device)
+        return p
 
-    # Ids the added peers will get (Engine.add_peer numbers in order).
-    names: dict = {}
-    for pe in staying:
-        names[pe.name] = pe.id
-        names[_b64(pe.public_key)] = pe.id
-    next_id = engine._next_peer_id
-    for pc in fresh.peers:
-        peer = engine.peer_by_key(bytes(pc.public_key))
-        if peer is None:
-            pid, next_id = next_id, next_id + 1
-        else:
-            pid = peer.id
-        names[pc.name] = pid
-        names[_b64(pc.public_key)] = pid
-    try:
-        firewall.compile_rules(firewall.parse_rules(fresh.firewall, names))
-    except firewall.FirewallError as exc:
-        raise ConfigError("firewall", str(exc)) from None
-    old_fw = baseline.firewall if baseline is not None else daemon.s.firewall
-    renamed = any("name" in f for _, _, f in p.change)
-    p.firewall_changed = fresh.firewall != old_fw or bool(p.add or p.remove or renamed)
+    def _plan_routes(self, engine, p: Plan, device: Optional[str]) -> None:
+        """The routing table after the reload, checked whole before anything
+        changes (ConfigError naming the file's key):
 
-    if baseline is not None:
-        for k in RESTART_KEYS:
-            if getattr(fresh, k) != getattr(baseline, k):
-                p.notes.append("interface.%s changed: needs a restart (not applied)" % k
-                               if k != "tunables" else "[tunables] changed: needs a restart "
-                               "(not applied)")
-    _plan_routes(daemon, p)
-    return p
+        * the engine's invariants (Engine.route_conflict): no prefix of the file
+          may be a prefix that a peer the file does not own (opened through the
+          API, admitted from the directory) holds, nor overlap a directory
+          record's claim;
+        * TUN mode: the kernel must route every prefix into our device.  After
+          the privilege drop the daemon cannot add a kernel route, so a prefix
+          outside the interface's subnets with no route through the device (one
+          the start did not install, or another device's route) refuses the
+          reload: a route the data path has and the kernel does not would send
+          that traffic elsewhere, outside the tunnel.
+        """
+        fresh = p.fresh
+        where: dict = {}                                   # key in ``changes`` -> file index
+        changes: dict = {}
+        for peer in p.remove:
+            changes[peer.id] = []
+        for i, pc in enumerate(fresh.peers):
+            peer = engine.peer_by_key(bytes(pc.public_key))
+            key = peer.id if peer is not None and peer not in p.remove else "new peer %s" % pc.name
+            changes[key] = list(pc.allowed_ips)
+            where[key] = i
+        adopted = {peer.id: False for peer in p.adopt}     # the file owns them now: its prefixes, not claims
+        found = engine.route_conflict(changes, adopted)
+        if found is not None:
+            net, key, problem = found
+            i = where[key]
+            j = list(fresh.peers[i].allowed_ips).index(net)
+            raise ConfigError("peer[%d].allowed_ips[%d]" % (i, j), problem)
+        p.routes = dict(changes)
+        if self.s.mode.value != "tun" or device is None:
+            return
+        from ..dataplane.tun import unrouted
+        connected = [a.network for a in self.s.addresses]
+        for i, pc in enumerate(fresh.peers):
+            outside = [n for n in pc.allowed_ips
+                       if not any(n.version == c.version and n.subnet_of(c) for c in connected)]
+            for n in unrouted(device, outside):
+                j = list(pc.allowed_ips).index(n)
+                raise ConfigError("peer[%d].allowed_ips[%d]" % (i, j),
+                                  "the kernel does not route %s into %s, and the daemon has no "
+                                  "privileges left to add the route: run `ip route add %s dev %s` "
+                                  "first, or restart phantomd" % (n, device, n, device))
 
-
-def _plan_routes(daemon, p: Plan) -> None:
-    """The routing table after the reload, checked whole before anything
-    changes (ConfigError naming the file's key):
-
-    * the engine's invariants (Engine.route_conflict): no prefix of the file
-      may be a prefix that a peer the file does not own (opened through the
-      API, admitted from the directory) holds, nor overlap a directory
-      record's claim;
-    * TUN mode: the kernel must route every prefix into our device.  After
-      the privilege drop the daemon cannot add a kernel route, so a prefix
-      outside the interface's subnets with no route through the device (one
-      the start did not install, or another device's route) refuses the
-      reload: a route the data path has and the kernel does not would send
-      that traffic elsewhere, outside the tunnel.
-    """
-    engine = daemon.engine
-    fresh = p.fresh
-    where: dict = {}                                   # key in ``changes`` -> file index
-    changes: dict = {}
-    for peer in p.remove:
-        changes[peer.id] = []
-    for i, pc in enumerate(fresh.peers):
-        peer = engine.peer_by_key(bytes(pc.public_key))
-        key = peer.id if peer is not None and peer not in p.remove else "new peer %s" % pc.name
-        changes[key] = list(pc.allowed_ips)
-        where[key] = i
-    adopted = {peer.id: False for peer in p.adopt}     # the file owns them now: its prefixes, not claims
-    found = engine.route_conflict(changes, adopted)
-    if found is not None:
-        net, key, problem = found
-        i = where[key]
-        j = list(fresh.peers[i].allowed_ips).index(net)
-        raise ConfigError("peer[%d].allowed_ips[%d]" % (i, j), problem)
-    p.routes = {k: v for k, v in changes.items()}
-    if daemon.s.mode.value != "tun" or daemon.device is None:
-        return
-    from ..dataplane.tun import unrouted
-    connected = [a.network for a in daemon.s.addresses]
-    device = daemon.device.name
-    for i, pc in enumerate(fresh.peers):
-        outside = [n for n in pc.allowed_ips
-                   if not any(n.version == c.version and n.subnet_of(c) for c in connected)]
-        for n in unrouted(device, outside):
-            j = list(pc.allowed_ips).index(n)
-            raise ConfigError("peer[%d].allowed_ips[%d]" % (i, j),
-                              "the kernel does not route %s into %s, and the daemon has no "
-                              "privileges left to add the route: run `ip route add %s dev %s` "
-                              "first, or restart phantomd" % (n, device, n, device))
-
-
-def apply(daemon, p: Plan) -> dict:
-    """Carry out a Plan (after :func:`plan` validated it).  Returns the report."""
-    from ..dataplane import firewall
-    from ..dataplane.types import Mode
-    engine, dp = daemon.engine, daemon.dp
-    # Routes change in one step for the data path (update_routes), after the
-    # engine's peers are in place: a removed peer's prefixes, a changed one's
-    # and an added one's all move at once, so no packet is routed by a mix of
-    # the old and the new table (a prefix never falls through to another
-    # peer's shorter one meanwhile).  The plan checked the result whole.
-    removed = []
-    for peer in p.remove:
-        daemon._do(engine.remove_peer(peer.id))        # ClearKeys: the data path zeroes its keys
-        removed.append(peer.name)
-    for peer in p.adopt:
-        engine.adopt(peer.id)                          # the file's prefixes now, not a run-time claim
-    changed = {}
-    opens = []
-    moves = {pe.id: p.routes[pe.id] for pe, _, f in p.change if "allowed_ips" in f}
-    if moves:
-        engine.set_allowed_ips(moves)
-    for peer, pc, fields in p.change:
-        old_name = peer.name
-        if "name" in fields:
-            peer.name = pc.name
-        if "endpoint" in fields:
-            peer.endpoint = pc.endpoint
-            dp.set_endpoint(peer.id, pc.endpoint)
-        if "persistent_keepalive" in fields:
-            peer.persistent_keepalive = float(pc.persistent_keepalive or 0)
-        if "ciphers" in fields:                        # the next handshake uses them
-            peer.suites = protocols.peer_suites(pc.ciphers)
-        if "preshared_key" in fields:                  # the next handshake uses it
-            from .. import crypto
-            if peer.preshared_key is not None:
-                crypto.memzero(peer.preshared_key)
-            psk = p.psks.get(pc.name)
-            peer.preshared_key = bytearray(psk) if psk is not None else None
-        if peer.persistent_keepalive and peer.endpoint is not None:
-            peer.wanted = True
-            if not peer.sessions and peer.pending is None:
-                opens.append(peer)
-        engine.peer_changed(peer, old_name)            # re-index the name, wake its timers
-        changed[pc.name] = fields
-        log.info("reload: peer=%s changed in place: %s%s", pc.name, ", ".join(fields),
-                 " (was %s)" % old_name if old_name != pc.name else "")
-    added = []
-    new_routes = {}
-    for pc in p.add:
-        peer = engine.add_peer(pc.public_key, pc.name, pc.allowed_ips, pc.endpoint,
-                               pc.persistent_keepalive, protocol=pc.protocol,
-                               preshared_key=p.psks.get(pc.name), suites=protocols.peer_suites(pc.ciphers))
-        dp.add_peer(peer.id, [])                       # its routes come with everyone's below
-        new_routes[peer.id] = list(pc.allowed_ips)
-        if pc.endpoint:
-            dp.set_endpoint(peer.id, pc.endpoint)
-            if pc.persistent_keepalive:
-                opens.append(peer)
-        added.append(pc.name)
-    route_changes = dict(moves)
-    route_changes.update({peer.id: [] for peer in p.remove})
-    route_changes.update(new_routes)
-    if route_changes:
-        dp.update_routes(route_changes)
-    for peer in p.remove:
-        dp.remove_peer(peer.id)                        # no routes left: keys and tables only
-        log.info("reload: peer=%s removed (keys wiped)", peer.name)
-    for name in added:
-        log.info("reload: peer=%s added", name)
-    fresh = p.fresh
-    daemon.s.peers = fresh.peers
-    daemon.s.firewall = fresh.firewall
-    if p.firewall_changed:
-        new = firewall.build(fresh.firewall, daemon._peer_names(), daemon.s.mode, previous=daemon.fw)
-        daemon.fw = new
-        dp.set_firewall(new)
-        log.info("reload: firewall installed (%d rules)", len(new.describe().get("rules", [])))
-    if daemon.s.mode is Mode.TEST and engine.peers and p.remove:
-        dp.set_test_peer(next(iter(engine.peers)))
-    for peer in opens:
-        daemon._do(engine.open(peer.id))
-    for note in p.notes:
-        log.warning("reload: %s", note)
-    from .. import crypto
-    for psk in p.psks.values():                        # the engine holds its own copies
-        crypto.memzero(psk)
-    return {"added": added, "removed": removed, "changed": changed,
-            "unchanged": [pe.name for pe in p.unchanged], "firewall": p.firewall_changed,
-            "notes": p.notes}
-
-
-def reload(daemon) -> dict:
-    """Read ``daemon.s.config_path`` and apply it; ConfigError changes nothing."""
-    if daemon.s.config_path is None:
-        raise ConfigError("--config", "phantomd was started without a config file: nothing "
-                          "to reload")
-    fresh = read(daemon.s.config_path)
-    baseline = getattr(daemon, "_file_settings", None)
-    p = plan(daemon, fresh, baseline)
-    report = apply(daemon, p)
-    daemon._file_settings = fresh
-    log.info("reload: %s: %d added, %d removed, %d changed, %d unchanged%s",
-             daemon.s.config_path, len(report["added"]), len(report["removed"]),
-             len(report["changed"]), len(report["unchanged"]),
-             ", firewall replaced" if report["firewall"] else "")
-    return report
-
-
-def baseline(settings: Settings) -> Optional[Settings]:
-    """What the file said at start (flags aside), for telling later file edits
-    from what the daemon learnt since (a roamed endpoint); None without a file."""
-    if settings.config_path is None:
-        return None
-    try:
-        return read(settings.config_path)
-    except ConfigError:
-        return None
+    # ------------------------------------------------------------- applying
+    def apply(self, p: Plan, peers, firewall) -> dict:
+        """Carry out a Plan (after :meth:`plan` validated it) through the peer
+        table ``peers``, as one batch, and replace the rules in ``firewall``
+        (a FirewallSlot) when they or the peers' names changed.  Returns the report."""
+        from ..dataplane.types import Mode
+        engine, s = peers.engine, self.s
+        batch = Batch(remove=list(p.remove), adopt=list(p.adopt))
+        batch.routes = {pe.id: p.routes[pe.id] for pe, _, f in p.change if "allowed_ips" in f}
+        changed, opens = {}, []
+        for peer, pc, fields in p.change:
+            update = {}
+            if "name" in fields:
+                update["name"] = pc.name
+            if "endpoint" in fields:
+                update["endpoint"] = pc.endpoint
+            if "persistent_keepalive" in fields:
+                update["persistent_keepalive"] = float(pc.persistent_keepalive or 0)
+            if "ciphers" in fields:                        # the next handshake uses them
+                update["suites"] = protocols.peer_suites(pc.ciphers)
+            if "preshared_key" in fields:                  # the next handshake uses it
+                update["preshared_key"] = p.psks.get(pc.name)
+            keepalive = update.get("persistent_keepalive", peer.persistent_keepalive)
+            endpoint = update.get("endpoint", peer.endpoint)
+            if keepalive and endpoint is not None:
+                update["wanted"] = True                    # kept up from now on, as at start
+                if not peer.sessions and peer.pending is None:
+                    opens.append(peer)
+            batch.update.append((peer, update))
+            changed[pc.name] = fields
+        for pc in p.add:
+            batch.add.append(dict(public_key=pc.public_key, name=pc.name, allowed_ips=pc.allowed_ips,
+                                  endpoint=pc.endpoint, persistent_keepalive=pc.persistent_keepalive,
+                                  protocol=pc.protocol, preshared_key=p.psks.get(pc.name),
+                                  suites=protocols.peer_suites(pc.ciphers)))
+        old_names = {pe.id: pe.name for pe, _ in batch.update}
+        added = peers.apply(batch)
+        opens += [pe for pe in added if pe.endpoint and pe.persistent_keepalive]
+        removed = [pe.name for pe in p.remove]
+        for peer, pc, fields in p.change:
+            old = old_names[peer.id]
+            log.info("reload: peer=%s changed in place: %s%s", pc.name, ", ".join(fields),
+                     " (was %s)" % old if old != pc.name else "")
+        for name in removed:
+            log.info("reload: peer=%s removed (keys wiped)", name)
+        for pe in added:
+            log.info("reload: peer=%s added", pe.name)
+        fresh = p.fresh
+        s.peers = fresh.peers
+        s.firewall = fresh.firewall
+        if p.firewall_changed:
+            new = firewall.replace(fresh.firewall, peers.names)
+            log.info("reload: firewall installed (%d rules)", len(new.describe().get("rules", [])))
+        if s.mode is Mode.TEST and engine.peers and p.remove:
+            peers.dp.set_test_peer(next(iter(engine.peers)))
+        for peer in opens:
+            peers.do(engine.open(peer.id))
+        for note in p.notes:
+            log.warning("reload: %s", note)
+        for psk in p.psks.values():                        # the engine holds its own copies
+            crypto.memzero(psk)
+        return {"added": [pe.name for pe in added], "removed": removed, "changed": changed,
+                "unchanged": [pe.name for pe in p.unchanged], "firewall": p.firewall_changed,
+                "notes": p.notes}

@@ -18,8 +18,8 @@ private key and listen port only to the values they have (phantomd does not
 change its identity or port while running).
 
 Sans-IO parts (:func:`parse_set`, :func:`format_get`) are unit-tested;
-:class:`UapiServer` is the asyncio socket; :class:`DaemonBackend` applies a
-request to a running :class:`phantom.node.daemon.Daemon`.
+:class:`UapiServer` is the asyncio socket; :class:`PeerTableBackend` applies a
+request to a running daemon's peers, through its peer table (peers.py).
 """
 
 from __future__ import annotations
@@ -286,36 +286,44 @@ class UapiServer:
             return "errno=%d\n\n" % -_errno.EIO
 
 
-# --- applying it to the daemon ---------------------------------------------------------------
-class DaemonBackend:
-    """UAPI get/set on a running :class:`phantom.node.daemon.Daemon` (event loop thread)."""
+# --- applying it to the daemon's peers -------------------------------------------------------
+class PeerTableBackend:
+    """UAPI get/set on a running daemon's peers (event loop thread): every
+    change goes through its peer table (:class:`phantom.node.peers.PeerTable`),
+    which keeps the engine, the data path and NAT traversal in step.
+    ``udp``: the daemon's UDP socket (``listen_port``)."""
 
-    def __init__(self, daemon):
-        self.d = daemon
+    def __init__(self, peers, udp):
+        self.peers = peers
+        self.udp = udp
 
     def _wg_peers(self):
-        return [p for p in self.d.engine.peers.values() if p.protocol == "wireguard"]
+        return [p for p in self.peers.engine.peers.values() if p.protocol == "wireguard"]
+
+    def _port(self) -> int:
+        return self.udp.getsockname()[1]
 
     def get(self) -> str:
         from ..dataplane.udp import plain
-        d = self.d
+        dp = self.peers.dp
         views = []
         for p in self._wg_peers():
-            c = d.dp.counters(p.id)
-            ep = d.dp.endpoint(p.id) or p.endpoint
+            c = dp.counters(p.id)
+            ep = dp.endpoint(p.id) or p.endpoint
             ep = plain(ep) if ep else None                 # no v4-mapped IPv6 in wg's output
             views.append(PeerView(p.public_key, bytes(p.preshared_key) if p.preshared_key else None,
                                   (ep[0], ep[1]) if ep else None, p.last_handshake_wall or 0.0,
                                   c.rx_bytes, c.tx_bytes, int(p.persistent_keepalive),
                                   [str(n) for n in p.allowed_ips]))
-        return format_get(d.engine._priv, d.udp.getsockname()[1], views)
+        return format_get(self.peers.engine.private_key(), self._port(), views)
 
     def set(self, req: SetRequest) -> None:
         from .. import crypto
-        d, engine = self.d, self.d.engine
-        if req.private_key is not None and req.private_key != bytes(engine._priv):
+        peers = self.peers
+        engine = peers.engine
+        if req.private_key is not None and req.private_key != engine.private_key():
             raise UapiError(_errno.EPERM, "phantomd does not change its private key while running")
-        if req.listen_port is not None and req.listen_port not in (0, d.udp.getsockname()[1]):
+        if req.listen_port is not None and req.listen_port not in (0, self._port()):
             raise UapiError(_errno.EADDRINUSE, "phantomd does not change its port while running")
         if req.fwmark:
             raise _invalid("fwmark is not supported")
@@ -346,9 +354,8 @@ class DaemonBackend:
                     continue
                 if crypto.is_small_order(ch.public_key):
                     raise _invalid("a small-order public key cannot be a peer's")
-                peer = engine.add_peer(ch.public_key, d._free_name("peer-" + ch.public_key[:4].hex()),
-                                       [], None, dynamic=True, protocol="wireguard")
-                d.dp.add_peer(peer.id, [])
+                peer = peers.add(ch.public_key, peers.free_name("peer-" + ch.public_key[:4].hex()),
+                                 [], None, dynamic=True, protocol="wireguard")
                 log.info("peer=%s added", peer.name)
             self._apply(peer, ch)
 
@@ -357,27 +364,24 @@ class DaemonBackend:
         with a Phantom peer's prefix: ``wg`` neither shows nor changes
         Phantom peers, so it may not take (all or, by a longer prefix, part
         of) their traffic either."""
-        for holder, m in self.d.engine.overlapping(net):
+        for holder, m in self.peers.engine.overlapping(net):
             if holder.protocol != "wireguard":
                 raise UapiError(_errno.EADDRINUSE, "%s overlaps the Phantom peer %s's %s: wg "
                                 "changes only WireGuard peers" % (net, holder.name, m))
 
     def _remove(self, peer) -> None:
-        d = self.d
-        d._do(d.engine.remove_peer(peer.id))
-        d.dp.remove_peer(peer.id)
+        self.peers.remove(peer)
         log.info("peer=%s removed", peer.name)
 
     def _apply(self, peer, ch: PeerChange) -> None:
-        from .. import crypto
-        d = self.d
-        if ch.preshared_key is not None:
-            if peer.preshared_key is not None:
-                crypto.memzero(peer.preshared_key)
-            peer.preshared_key = bytearray(ch.preshared_key) if ch.preshared_key else None
+        peers = self.peers
+        fields = {}
+        if ch.preshared_key is not None:               # b"": none (all zeros)
+            fields["preshared_key"] = ch.preshared_key or None
         if ch.endpoint is not None:
-            peer.endpoint = ch.endpoint
-            d.dp.set_endpoint(peer.id, ch.endpoint)
+            fields["endpoint"] = ch.endpoint
+        if fields:
+            peers.update(peer, **fields)
         if ch.replace_allowed_ips or ch.allowed_ips:
             nets = [] if ch.replace_allowed_ips else list(peer.allowed_ips)
             for n in ch.allowed_ips:
@@ -387,16 +391,15 @@ class DaemonBackend:
             # the engine and the data path change in one step each.
             changes = {peer.id: nets}
             for n in nets:
-                holder = d.engine.prefix_holder(n)
+                holder = peers.engine.prefix_holder(n)
                 if holder is not None and holder is not peer:
                     kept = changes.get(holder.id, list(holder.allowed_ips))
                     changes[holder.id] = [m for m in kept if m != n]
             try:
-                d.engine.set_allowed_ips(changes)
+                peers.set_routes(changes)
             except ValueError as exc:                  # e.g. over a directory record's claim
                 raise UapiError(_errno.EADDRINUSE, str(exc)) from None
-            d.dp.update_routes(changes)
         if ch.persistent_keepalive is not None:
-            peer.persistent_keepalive = float(ch.persistent_keepalive)
+            peers.update(peer, persistent_keepalive=float(ch.persistent_keepalive))
             if ch.persistent_keepalive and peer.endpoint is not None:
-                d._do(d.engine.open(peer.id))           # up now, kept up (as wg does)
+                peers.do(peers.engine.open(peer.id))   # up now, kept up (as wg does)

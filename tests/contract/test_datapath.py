@@ -319,12 +319,12 @@ def test_failed_open_of_a_created_peer_forgets_it_everywhere(kind):
     async def main():
         d.build()
         d.dp.start()
-        ticker = asyncio.get_running_loop().create_task(d._ticker())
+        ticker = asyncio.get_running_loop().create_task(d.executor.run_ticker(d.shutdown))
         try:
             with pytest.raises(HandshakeTimeout):
-                await d.open(absent.getsockname(), public_key=base64.b64encode(stranger).decode())
+                await d.controller.open(absent.getsockname(), public_key=base64.b64encode(stranger).decode())
         finally:
-            d._stop.set()
+            d.shutdown.set()
             await ticker
         assert d.engine.peers == {} and d.engine._indexes == {}
         if kind == "fast":
@@ -365,14 +365,14 @@ def test_failed_open_keeps_the_keys_of_a_session_the_peer_uses(kind):
         d.dp.set_test_peer(peer.id)
         d.dp.start()
         loop = asyncio.get_running_loop()
-        ticker = loop.create_task(d._ticker())
+        ticker = loop.create_task(d.executor.run_ticker(d.shutdown))
         (init,) = [x for x in remote.open(rp.id) if type(x).__name__ == "SendDatagram"]
-        loop.call_later(0.05, d.control_packet, init.data, remote_sock.getsockname())
+        loop.call_later(0.05, d.executor.control_packet, init.data, remote_sock.getsockname())
         try:
             with pytest.raises(HandshakeTimeout):
-                await d.open(remote_sock.getsockname(), public_key=base64.b64encode(remote.public_key).decode())
+                await d.controller.open(remote_sock.getsockname(), public_key=base64.b64encode(remote.public_key).decode())
         finally:
-            d._stop.set()
+            d.shutdown.set()
             await ticker
         assert peer.sessions, "the answered session is kept"
         idx = peer.sessions[-1].local_index
@@ -412,23 +412,23 @@ def test_open_closed_while_waiting_leaves_the_next_open_alone(kind):
         d.dp.add_peer(peer.id, [])
         d.dp.start()
         loop = asyncio.get_running_loop()
-        ticker = loop.create_task(d._ticker())
+        ticker = loop.create_task(d.executor.run_ticker(d.shutdown))
         key = base64.b64encode(other).decode()
         try:
-            first = loop.create_task(d.open(absent.getsockname(), public_key=key))
+            first = loop.create_task(d.controller.open(absent.getsockname(), public_key=key))
             await asyncio.sleep(0.05)
             assert peer.pending is not None
-            await d.close("r")
+            await d.controller.close("r")
             t0 = time.monotonic()
             with pytest.raises(Conflict):
                 await first
             assert time.monotonic() - t0 < 0.2
-            second = loop.create_task(d.open(absent.getsockname(), public_key=key))
+            second = loop.create_task(d.controller.open(absent.getsockname(), public_key=key))
             await asyncio.sleep(0.05)
             assert peer.pending is not None and peer.state.value == "handshaking"
             second.cancel()
         finally:
-            d._stop.set()
+            d.shutdown.set()
             await ticker
         d.dp.close()
 

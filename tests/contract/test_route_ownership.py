@@ -119,18 +119,18 @@ def test_open_of_a_new_key_with_a_configured_peers_prefix_is_refused(kind):
     async def main():
         d.build()
         d.dp.start()
-        ticker = asyncio.get_running_loop().create_task(d._ticker())
+        ticker = asyncio.get_running_loop().create_task(d.executor.run_ticker(d.shutdown))
         y = d.engine.peer_by_name("ysite")
         try:
             with pytest.raises(Conflict, match="10.77.0.2/32 is peer ysite's"):
-                await d.open(absent.getsockname(), public_key=base64.b64encode(_key()).decode(),
+                await d.controller.open(absent.getsockname(), public_key=base64.b64encode(_key()).decode(),
                              allowed_ips=["10.77.0.2/32"])
             # nor a prefix holding it: a peer added at run time moves nobody's traffic
             with pytest.raises(Conflict, match="10.77.0.0/24 overlaps peer ysite's 10.77.0.2/32"):
-                await d.open(absent.getsockname(), public_key=base64.b64encode(_key()).decode(),
+                await d.controller.open(absent.getsockname(), public_key=base64.b64encode(_key()).decode(),
                              allowed_ips=["10.77.0.0/24"])
         finally:
-            d._stop.set()
+            d.shutdown.set()
             await ticker
         assert list(d.engine.peers) == [y.id], "nothing added"
         assert d.dp.lookup(_addr("10.77.0.2")) == y.id, "the configured peer keeps its route"
@@ -148,14 +148,14 @@ def test_open_of_a_new_key_with_a_configured_peers_prefix_is_refused(kind):
 def test_wg_set_never_takes_a_phantom_peers_prefix(kind, tmp_path):
     """Issue 18, item 9: `wg set PEER allowed-ips` moved a Phantom peer's
     prefix to a WireGuard peer (which `wg show` cannot even display)."""
-    from phantom.node.uapi import DaemonBackend, UapiServer
+    from phantom.node.uapi import PeerTableBackend, UapiServer
     ph = PeerConfig("ph", _key(), None, [N("10.99.0.2/32")])
     K_WG1 = _key()
     wg1 = PeerConfig("wg1", K_WG1, None, [N("10.99.0.3/32")], protocol="wireguard")
     d = _test_daemon(kind, [ph, wg1])
     d.build()
     try:
-        srv = UapiServer(DaemonBackend(d), "x", directory=tmp_path)
+        srv = UapiServer(PeerTableBackend(d.peers, d.udp), "x", directory=tmp_path)
         newkey = _key()
         answer = srv.handle("set=1", ["public_key=" + newkey.hex(), "allowed_ip=10.99.0.2/32"])
         assert answer == "errno=%d\n\n" % -errno.EADDRINUSE

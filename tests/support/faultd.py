@@ -26,5 +26,5 @@ def _break(signum, frame) -> None:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGUSR2, _break)
-    from phantom.node.daemon import main
+    from phantom.node.main import main
     sys.exit(main(sys.argv[1:]))

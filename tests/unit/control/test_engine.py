@@ -427,8 +427,8 @@ def test_open_failed_without_a_session_resets_and_frees_the_index():
 
 
 def test_daemon_carries_out_installs_before_sends():
-    """Daemon._do enforces the invariant even for a list that breaks it."""
-    from phantom.node.daemon import Daemon
+    """The node's executor enforces the invariant even for a list that breaks it."""
+    from phantom.node.executor import Executor
 
     class DP:
         def __init__(self):
@@ -446,10 +446,10 @@ def test_daemon_carries_out_installs_before_sends():
         def set_endpoint(self, peer_id, addr):
             self.calls.append("endpoint")
 
-    d = Daemon.__new__(Daemon)
-    d.dp = DP()
-    d._do([A.SetEndpoint(1, ADDR_A), A.SendDatagram(b"r", ADDR_A), A.InstallKeypair(None, False),
-           A.SendKeepalive(1)])
+    d = Executor(None, 1.0, on_failure=print)
+    d.attach(DP())
+    d.do([A.SetEndpoint(1, ADDR_A), A.SendDatagram(b"r", ADDR_A), A.InstallKeypair(None, False),
+          A.SendKeepalive(1)])
     assert d.dp.calls == ["endpoint", "install", "send", "keepalive"]
 
 

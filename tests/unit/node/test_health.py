@@ -40,21 +40,21 @@ def test_a_dead_worker_stops_the_daemon_and_reports_it_unhealthy():
     async def main():
         d.build()
         d.dp.start()
-        ticker = asyncio.get_running_loop().create_task(d._ticker())
+        ticker = asyncio.get_running_loop().create_task(d.executor.run_ticker(d.shutdown))
         try:
             assert faults.break_workers([d.udp.fileno(), d.test_sock.fileno()]) == 1
             try:
-                await asyncio.wait_for(d._stop.wait(), 10)
+                await asyncio.wait_for(d.shutdown.wait(), 10)
             except asyncio.TimeoutError:
                 pytest.fail("the worker died and the daemon went on as if nothing happened")
-            st = d.status()
+            st = d.controller.status()
             assert st["healthy"] is False and st["ready"] is False
             assert st["failure"].startswith("fast path worker phantom-fastpath-0 died:")
             assert "EINVAL" in st["failure"]
-            assert b"phantom_healthy 0.0" in d.metrics()
+            assert b"phantom_healthy 0.0" in d.controller.metrics()
             assert d.exit_code == 1 and d.dp.failure() == st["failure"]
         finally:
-            d._stop.set()
+            d.shutdown.set()
             await ticker
             d.dp.close()
 
@@ -75,10 +75,10 @@ def test_a_worker_stopped_by_close_is_no_failure():
         d.build()
         d.dp.start()
         await asyncio.sleep(0.05)
-        assert d.status()["healthy"] is True and b"phantom_healthy 1.0" in d.metrics()
+        assert d.controller.status()["healthy"] is True and b"phantom_healthy 1.0" in d.controller.metrics()
         d.dp.close()
         await asyncio.sleep(0.1)
-        assert d.dp.failure() is None and d.failure is None and not d._stop.is_set()
+        assert d.dp.failure() is None and d.failure is None and not d.shutdown.is_set()
 
     try:
         asyncio.run(asyncio.wait_for(main(), 30))

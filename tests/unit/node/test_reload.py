@@ -1,10 +1,10 @@
-"""The reload planner (phantom/control/reload.py) on a stand-in daemon: what
-changes, what stays, what is refused, without namespaces."""
+"""The reload planner (phantom/node/reload.py) on the node's real engine, peer
+table and firewall over a recording data path: what changes, what stays, what
+is refused, without namespaces."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -15,8 +15,9 @@ from phantom.node.config import ConfigError, settings_from_mapping
 from phantom.control.engine import Engine
 from phantom.keys import encode_key
 from phantom.control.peer import PeerState
-from phantom.dataplane import firewall
 from phantom.dataplane.types import Mode
+from phantom.node.firewall import FirewallSlot
+from phantom.node.peers import PeerTable
 
 KEYS = {n: encode_key(crypto.x25519_public(crypto.random_bytes(32))) for n in "bcdef"}
 
@@ -42,8 +43,10 @@ def peer(n, **kw):
                  "allowed_ips": ["10.99.0.%d/32" % (ord(n) - 96)]}, **kw)
 
 
-class Daemon:
-    """Just what reload needs: engine, dp, fw, s, _do, _peer_names, device."""
+class Node:
+    """A reload's real parts (phantom/node/): the engine, the peer table and
+    the firewall in force, over a data path that records what it is asked;
+    the actions the peer table carries out are recorded in ``done``."""
 
     def __init__(self, d):
         s = settings_from_mapping(d)
@@ -51,37 +54,30 @@ class Daemon:
         self.s = s
         self.engine = Engine(bytearray(crypto.random_bytes(32)), Tunables())
         self.dp = RecordingDataPath()
-        self.device = SimpleNamespace(name="ph0")
+        self.done = []
+        self.peers = PeerTable(self.engine, self.done.extend, self.dp)
         for pc in s.peers:
             p = self.engine.add_peer(pc.public_key, pc.name, pc.allowed_ips, pc.endpoint,
                                      pc.persistent_keepalive)
             p.set_state(PeerState.HANDSHAKING)
             p.set_state(PeerState.ESTABLISHED)
-        self.fw = firewall.build(s.firewall, self._peer_names(), Mode.TUN)
-        self._file_settings = settings_from_mapping(d)
-        self.done = []
+        self.firewall = FirewallSlot(Mode.TUN, s.firewall, self.peers.names)
+        self.firewall.attach(self.dp)
+        self.reloader = rl.Reloader(s, base=settings_from_mapping(d))
 
-    def _do(self, actions):
-        self.done += actions
-
-    def _peer_names(self):
-        out = {}
-        for p in self.engine.peers.values():
-            out[p.name] = p.id
-            out[encode_key(p.public_key)] = p.id
-        return out
+    def plan(self, fresh):
+        return self.reloader.plan(fresh, self.peers, DEVICE)
 
 
-def run(daemon, d):
-    fresh = settings_from_mapping(d)
-    p = rl.plan(daemon, fresh, daemon._file_settings)
-    out = rl.apply(daemon, p)
-    daemon._file_settings = fresh
-    return out
+DEVICE = "ph0"
+
+
+def run(node, d):
+    return node.reloader.run(settings_from_mapping(d), node.peers, node.firewall, DEVICE)
 
 
 def test_unchanged_peers_are_not_touched_at_all():
-    d = Daemon(doc(peer("b"), peer("c")))
+    d = Node(doc(peer("b"), peer("c")))
     out = run(d, doc(peer("b"), peer("c")))
     assert out == {"added": [], "removed": [], "changed": {}, "unchanged": ["b", "c"],
                    "firewall": False, "notes": []}
@@ -89,7 +85,7 @@ def test_unchanged_peers_are_not_touched_at_all():
 
 
 def test_add_remove_change():
-    d = Daemon(doc(peer("b"), peer("c"), peer("d")))
+    d = Node(doc(peer("b"), peer("c"), peer("d")))
     b = d.engine.peer_by_key(crypto_key("b"))
     out = run(d, doc(peer("b", allowed_ips=["10.99.0.2/32", "10.99.0.22/32"]),
                      peer("d", name="dd", persistent_keepalive=5), peer("e")))
@@ -119,7 +115,7 @@ def crypto_key(n):
 
 
 def test_a_roamed_endpoint_stays_unless_the_file_changes_it():
-    d = Daemon(doc(peer("b")))
+    d = Node(doc(peer("b")))
     b = d.engine.peer_by_key(crypto_key("b"))
     b.endpoint = ("10.201.0.77", 9000)                # the peer roamed
     out = run(d, doc(peer("b")))
@@ -130,7 +126,7 @@ def test_a_roamed_endpoint_stays_unless_the_file_changes_it():
 
 
 def test_bad_files_are_refused_before_anything_changes():
-    d = Daemon(doc(peer("b"), peer("c")))
+    d = Node(doc(peer("b"), peer("c")))
     before = {p.name: (p.id, list(p.allowed_ips)) for p in d.engine.peers.values()}
     cases = [
         (doc(peer("b"), peer("c", name="b")), "peer[1].name"),
@@ -143,29 +139,29 @@ def test_bad_files_are_refused_before_anything_changes():
     ]
     for dd, key in cases:
         with pytest.raises(ConfigError) as e:
-            rl.plan(d, settings_from_mapping(dd), d._file_settings)
+            d.plan(settings_from_mapping(dd))
         assert e.value.key.startswith(key), (key, str(e.value))
     assert d.dp.calls == [] and d.done == []
     assert {p.name: (p.id, list(p.allowed_ips)) for p in d.engine.peers.values()} == before
 
 
 def test_firewall_rules_may_name_peers_the_same_reload_adds():
-    d = Daemon(doc(peer("b")))
+    d = Node(doc(peer("b")))
     out = run(d, doc(peer("b"), peer("f"), firewall_={"rule": [
         {"direction": "in", "action": "drop", "peer": "f", "proto": "tcp", "dst_port": 22}]}))
     assert out["added"] == ["f"] and out["firewall"] is True
     f = d.engine.peer_by_key(crypto_key("f"))
-    assert d.fw.describe()["rules"][0]["peer"] == "f"
+    assert d.firewall.describe()["rules"][0]["peer"] == "f"
     assert f is not None
 
 
 def test_api_peers_stay_and_their_names_are_reserved():
-    d = Daemon(doc(peer("b")))
+    d = Node(doc(peer("b")))
     api = d.engine.add_peer(crypto_key("c"), "carol", [], ("10.201.0.3", 9000), dynamic=True)
     out = run(d, doc(peer("b")))
     assert out["removed"] == [] and api.id in d.engine.peers
     with pytest.raises(ConfigError) as e:
-        rl.plan(d, settings_from_mapping(doc(peer("b"), peer("d", name="carol"))), d._file_settings)
+        d.plan(settings_from_mapping(doc(peer("b"), peer("d", name="carol"))))
     assert e.value.key == "peer[1].name" and "API" in e.value.problem
     out = run(d, doc(peer("b"), peer("c", name="carol", endpoint="10.201.0.3:9000",
                                      allowed_ips=[])))
@@ -173,7 +169,7 @@ def test_api_peers_stay_and_their_names_are_reserved():
 
 
 def test_what_needs_a_restart_is_noted_not_applied():
-    d = Daemon(doc(peer("b")))
+    d = Node(doc(peer("b")))
     out = run(d, doc(peer("b"), listen_port=9100, mtu=1380))
     assert "interface.listen_port changed: needs a restart (not applied)" in out["notes"]
     assert "interface.mtu changed: needs a restart (not applied)" in out["notes"]
@@ -191,12 +187,12 @@ def test_a_reload_never_overlaps_a_peer_added_at_run_time():
     prefixes to itself: a file prefix equal to one, holding one or inside one
     is refused naming the key; once the file names that peer (adopts it), the
     file's overlaps are the administrator's."""
-    d = Daemon(doc(peer("b")))
+    d = Node(doc(peer("b")))
     api = d.engine.add_peer(crypto_key("c"), "carol", ["10.99.0.48/28"], ("10.201.0.3", 9000),
                             dynamic=True, exclusive=True)
     for nets in (["10.99.0.48/28"], ["10.99.0.0/24"], ["10.99.0.50/32"]):
         with pytest.raises(ConfigError) as e:
-            rl.plan(d, settings_from_mapping(doc(peer("b"), peer("d", allowed_ips=nets))), d._file_settings)
+            d.plan(settings_from_mapping(doc(peer("b"), peer("d", allowed_ips=nets))))
         assert e.value.key == "peer[1].allowed_ips[0]" and "carol" in e.value.problem, nets
     assert d.dp.calls == []
     out = run(d, doc(peer("b"), peer("c", name="carol", allowed_ips=["10.99.0.48/28"]),

@@ -243,9 +243,9 @@ def test_genpsk_prints_a_key(capsys):
 
 # --- reload (phantom reload / SIGHUP) with WireGuard peers ---------------------------------------
 def test_reload_adds_changes_and_switches_protocols(tmp_path):
-    from tests.unit.node.test_reload import Daemon, doc, peer, run, crypto_key
+    from tests.unit.node.test_reload import Node, doc, peer, run, crypto_key
     p1, p2 = _psk_file(tmp_path / "one.psk"), _psk_file(tmp_path / "two.psk")
-    d = Daemon(doc(peer("b"), peer("c")))
+    d = Node(doc(peer("b"), peer("c")))
     out = run(d, doc(peer("b", protocol="wireguard", preshared_key_file=str(p1)), peer("c"),
                      peer("d", protocol="wireguard")))
     assert out["added"] == ["b", "d"] and out["removed"] == ["b"]          # b: another protocol
@@ -263,21 +263,20 @@ def test_reload_adds_changes_and_switches_protocols(tmp_path):
 
 
 def test_reload_refuses_a_bad_preshared_key_file_and_changes_nothing(tmp_path):
-    from tests.unit.node.test_reload import Daemon, doc, peer, crypto_key
-    from phantom.node import reload as rl
-    d = Daemon(doc(peer("b", protocol="wireguard")))
+    from tests.unit.node.test_reload import Node, doc, peer, crypto_key
+    d = Node(doc(peer("b", protocol="wireguard")))
     bad = tmp_path / "open.psk"
     bad.write_text(genpsk() + "\n")
     os.chmod(bad, 0o644)
     with pytest.raises(ConfigError) as e:
-        rl.plan(d, config.settings_from_mapping(doc(peer("b", protocol="wireguard",
-                                                         preshared_key_file=str(bad)))), d._file_settings)
+        d.plan(config.settings_from_mapping(doc(peer("b", protocol="wireguard",
+                                                    preshared_key_file=str(bad)))))
     assert e.value.key == "peer[0].preshared_key_file"
     assert d.engine.peer_by_key(crypto_key("b")).preshared_key is None
 
 
 def test_phantomd_exits_2_naming_a_bad_preshared_key_file(tmp_path, capsys):
-    from phantom.node import daemon
+    from phantom.node import main
     write_private_key(tmp_path / "me.key")
     bad = tmp_path / "open.psk"
     bad.write_text(genpsk() + "\n")
@@ -292,7 +291,7 @@ protocol = "wireguard"
 public_key = "{PUB}"
 preshared_key_file = "open.psk"
 ''')
-    assert daemon.main(["--config", str(cfg)]) == 2
+    assert main.main(["--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "peer[0].preshared_key_file" in err and "0644" in err
 

@@ -1,0 +1,219 @@
+"""The one door for peers: every add, remove and change of a peer goes
+through a :class:`PeerTable`, which keeps the engine, the data path, NAT
+traversal and the firewall's name table in step.
+
+Who comes through it: start-up (the config file's peers, startup.py), a
+reload (the file's changes as one :class:`Batch`, reload.py), WireGuard's
+UAPI (``wg set``, uapi.py), ``POST /open`` and ``/close`` (controller.py),
+the key directory's admissions, revocations and moves (dirlink.py).
+
+* the engine (:class:`phantom.control.engine.Engine`) checks first: a key,
+  a prefix or a field it refuses is a ValueError and nothing changed;
+* the data path follows in the same call; every route change goes through
+  its atomic ``update_routes`` (``add_peer`` uses it too), so no packet is
+  routed by a mix of the old and the new table;
+* NAT traversal keeps in step through the engine's actions, which the
+  executor carries out and NAT traversal observes (executor.py, nat.py): a
+  removed peer's ``ClearKeys`` makes it forget the peer's paths, relay pairs
+  and sessions;
+* the firewall's name table is a view of the engine's indexes
+  (:class:`PeerNames`): in step by construction, never recomputed.
+
+Cost: a change costs what it touches: the engine's checks run per changed
+prefix and the data path replaces the routes of the peers named, never a walk
+of every peer, so thousands of peers can come and go one by one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+from ..control.peer import Peer
+
+
+def b64(key: bytes) -> str:
+    return base64.b64encode(bytes(key)).decode()
+
+
+def _key_of(ref: str) -> Optional[bytes]:
+    """The 32-byte key ``ref`` is the base64 of, exactly (else None)."""
+    try:
+        raw = base64.b64decode(ref, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if len(raw) == 32 and b64(raw) == ref else None
+
+
+class PeerNames(Mapping):
+    """The firewall's name table: a peer's name, or its public key in
+    base64, -> its id; where several peers match, the last added (as a table
+    written peer by peer in id order would hold).  A view of the engine's
+    indexes: two dict lookups per name, nothing kept."""
+
+    def __init__(self, engine):
+        self._engine = engine
+
+    def __getitem__(self, ref):
+        if not isinstance(ref, str):
+            raise KeyError(ref)
+        found = self._engine.peers_named(ref)[-1:]
+        key = _key_of(ref)
+        holder = self._engine.peer_by_key(key) if key is not None else None
+        if holder is not None:
+            found.append(holder)
+        if not found:
+            raise KeyError(ref)
+        return max(p.id for p in found)
+
+    def __iter__(self):
+        for p in list(self._engine.peers.values()):
+            yield p.name
+            yield b64(p.public_key)
+
+    def __len__(self) -> int:
+        return 2 * len(self._engine.peers)
+
+
+def planned_names(engine, configs: Iterable, keep: Iterable[Peer] = ()) -> dict:
+    """The firewall's name table as it will be once the peers ``configs``
+    (a config file's: ``name`` and ``public_key``) are in: the peers ``keep``
+    under their names, each configured peer under its name and key with its
+    id, or the id :meth:`Engine.add_peer` will give it (in order) when new."""
+    names: dict = {}
+    for pe in keep:
+        names[pe.name] = pe.id
+        names[b64(pe.public_key)] = pe.id
+    next_id = engine.next_peer_id
+    for pc in configs:
+        peer = engine.peer_by_key(bytes(pc.public_key))
+        if peer is None:
+            pid, next_id = next_id, next_id + 1
+        else:
+            pid = peer.id
+        names[pc.name] = pid
+        names[b64(pc.public_key)] = pid
+    return names
+
+
+@dataclass
+class Batch:
+    """Peers that change together (a reload; later, a member set's delta),
+    applied by :meth:`PeerTable.apply` in one step for the data path's routes.
+    The caller checked the result (``Engine.route_conflict``) before."""
+    remove: list = field(default_factory=list)    # Peer
+    adopt: list = field(default_factory=list)     # Peer: the config file owns it now
+    routes: dict = field(default_factory=dict)    # existing peer id -> its prefixes after
+    update: list = field(default_factory=list)    # (Peer, {field: value}) for Engine.update_peer
+    add: list = field(default_factory=list)       # Engine.add_peer keyword arguments
+
+
+class PeerTable:
+    """The peers of one engine and one data path.  ``do`` carries out the
+    engine's actions (:meth:`phantom.node.executor.Executor.do`); the data
+    path comes with :meth:`attach` (startup.build), before the first change."""
+
+    def __init__(self, engine, do: Callable[[list], None], dp=None):
+        self.engine = engine
+        self.dp = dp
+        self.do = do
+        self.names = PeerNames(engine)
+
+    def attach(self, dp) -> None:
+        self.dp = dp
+
+    # ------------------------------------------------------------ lookups
+    def find(self, ref: str) -> Optional[Peer]:
+        """The peer called ``ref``, or whose public key (base64) is ``ref``;
+        the first added if both match different peers.  Two dict lookups."""
+        found = [p for p in (self.engine.peer_by_name(ref),) if p is not None]
+        key = _key_of(ref)
+        if key is not None:
+            p = self.engine.peer_by_key(key)
+            if p is not None:
+                found.append(p)
+        return min(found, key=lambda p: p.id) if found else None
+
+    def free_name(self, name: str) -> str:
+        """``name``, or ``name-2``, ``name-3``... whichever no peer has."""
+        taken = self.engine.peer_by_name
+        if taken(name) is None:
+            return name
+        i = 2
+        while taken("%s-%d" % (name, i)) is not None:
+            i += 1
+        return "%s-%d" % (name, i)
+
+    # ------------------------------------------------------------ changes
+    def add(self, public_key: bytes, name: str = "", allowed_ips: Iterable = (),
+            endpoint: Optional[tuple] = None, persistent_keepalive: float = 0.0, **kw) -> Peer:
+        """A new peer (``kw``: :meth:`Engine.add_peer`'s); ValueError, nothing
+        changed, when the engine refuses it."""
+        peer = self.engine.add_peer(public_key, name, allowed_ips, endpoint, persistent_keepalive, **kw)
+        self.dp.add_peer(peer.id, list(peer.allowed_ips))
+        if endpoint:
+            self.dp.set_endpoint(peer.id, endpoint)
+        return peer
+
+    def remove(self, peer: Peer) -> None:
+        """Forget ``peer``: its sessions end and the data path zeroes its keys
+        (ClearKeys, which NAT traversal sees too), then its routes and tables go."""
+        self.do(self.engine.remove_peer(peer.id))
+        self.dp.remove_peer(peer.id)
+
+    def update(self, peer: Peer, **fields) -> Peer:
+        """Change fields of ``peer`` in place (:meth:`Engine.update_peer`: its
+        sessions stay); a new endpoint goes to the data path too."""
+        self.engine.update_peer(peer.id, **fields)
+        if "endpoint" in fields:
+            self.dp.set_endpoint(peer.id, fields["endpoint"])
+        return peer
+
+    def move(self, peer: Peer, endpoint: tuple) -> None:
+        """The peer is at ``endpoint`` now (learnt: a directory record said
+        so); a handshake that waits for an endpoint goes out at once."""
+        self.do(self.engine.set_endpoint(peer.id, endpoint))
+
+    def set_routes(self, changes: dict) -> None:
+        """Give each peer in ``changes`` ({peer id: prefixes}) exactly those
+        prefixes, in one step for the engine and one for the data path;
+        ValueError naming the problem, nothing changed, when the engine's
+        invariants would break (a prefix moves only between peers named)."""
+        self.engine.set_allowed_ips(changes)
+        self.dp.update_routes(changes)
+
+    def apply(self, batch: Batch) -> list:
+        """Carry out ``batch``; returns the peers added.  The engine changes
+        first (removals, adoptions, prefixes, fields, additions); then the
+        data path's routes change in one ``update_routes``: a removed peer's
+        prefixes, a changed one's and an added one's all move at once (a
+        prefix never falls through to another peer's shorter one meanwhile);
+        removed peers' tables go last, with no routes left."""
+        engine, dp = self.engine, self.dp
+        for peer in batch.remove:
+            self.do(engine.remove_peer(peer.id))       # ClearKeys: the data path zeroes its keys
+        for peer in batch.adopt:
+            engine.adopt(peer.id)
+        if batch.routes:
+            engine.set_allowed_ips(batch.routes)
+        for peer, fields in batch.update:
+            engine.update_peer(peer.id, **fields)
+            if "endpoint" in fields:
+                dp.set_endpoint(peer.id, fields["endpoint"])
+        added, routes = [], dict(batch.routes)
+        for kw in batch.add:
+            peer = engine.add_peer(**kw)
+            dp.add_peer(peer.id, [])                   # its routes come with everyone's below
+            routes[peer.id] = list(peer.allowed_ips)
+            if peer.endpoint:
+                dp.set_endpoint(peer.id, peer.endpoint)
+            added.append(peer)
+        routes.update({peer.id: [] for peer in batch.remove})
+        if routes:
+            dp.update_routes(routes)
+        for peer in batch.remove:
+            dp.remove_peer(peer.id)                    # no routes left: keys and tables only
+        return added
