@@ -220,6 +220,12 @@ def test_pair_carries_datagrams_both_ways(impl_a, impl_b):
                 assert await asyncio.to_thread(b.recv_app) == bytes([n % 251]) * n
             b.send_app(b"reply")
             assert await asyncio.to_thread(a.recv_app) == b"reply"
+            # The fast path's worker counts a send after sendmmsg returns: the
+            # receiver can have the datagram a moment before the sender's
+            # counter moves.  Wait (bounded) for the counts to settle, then
+            # check them exactly.
+            await until(lambda: a.dp.counters(1).tx_packets == 1 + len(sizes)
+                        and b.dp.counters(2).tx_packets == 1)
             ca, cb = a.dp.counters(1), b.dp.counters(2)
             assert ca.tx_packets == cb.rx_packets == 1 + len(sizes)
             assert ca.tx_bytes == cb.rx_bytes == sum(32 + n for n in [27] + sizes)
