@@ -1,5 +1,16 @@
-"""The architecture rules, checked: the data plane never imports the control
-plane (or the module that wires them), and phantomd never loads the lab."""
+"""The architecture rules (docs/architecture.md, "The rules"), checked:
+
+1. the data plane (phantom/dataplane/, the Cython fast path) never imports the
+   control plane, the node that wires the planes, the protocols, the roles,
+   HTTP or the command line; the shared modules (wire/, crypto, constants)
+   import neither plane;
+2. no import circle among phantom's modules (lazy imports inside functions
+   count too: a circle is a circle whenever it is walked);
+3. no module reads another object's private attribute (``x._name`` where x is
+   not self/cls, and ``_name`` is not defined in that module), nor imports
+   another module's private name (``from m import _name``);
+4. phantomd never loads the lab (phantomlab/).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +24,27 @@ from pathlib import Path
 from tests.support import REPO
 
 ROOT = REPO / "phantom"
-FORBIDDEN = ("phantom.control", "phantom.node.daemon")
+# What the data plane may never import: everything above it.
+FORBIDDEN = tuple("phantom." + m for m in (
+    "control", "node", "daemon", "protocols", "nat", "rendezvous", "relay", "directory",
+    "http", "cli", "dashboard", "keys", "errors"))
+
+
+def _module_of(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _package_of(path: Path) -> str:
+    mod = _module_of(path)
+    return mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
 
 
 def _imports(path: Path) -> list[str]:
+    """Every module ``path`` imports (at module level or in a function), by
+    absolute name; ``from p import n`` gives both ``p`` and ``p.n``."""
     tree = ast.parse(path.read_text(), str(path))
-    pkg = "phantom." + ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    pkg = _package_of(path)
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -27,26 +53,35 @@ def _imports(path: Path) -> list[str]:
             if node.level:
                 base = pkg.rsplit(".", node.level - 1)[0] if node.level > 1 else pkg
                 mod = base + ("." + node.module if node.module else "")
-                out.append(mod)
-                out += [mod + "." + a.name for a in node.names]
             else:
-                out.append(node.module or "")
+                mod = node.module or ""
+            out.append(mod)
+            out += [mod + "." + a.name for a in node.names]
     return out
 
 
+def _sources() -> list[Path]:
+    return sorted(ROOT.rglob("*.py"))
+
+
+def _cython_sources(folder: Path) -> list[Path]:
+    return sorted(p for ext in ("*.pyx", "*.pxd", "*.pxi") for p in folder.rglob(ext))
+
+
 def test_dataplane_never_imports_the_control_plane():
-    files = sorted((ROOT / "dataplane").glob("*.py"))
+    files = sorted((ROOT / "dataplane").rglob("*.py"))
     assert len(files) >= 8
-    bad = {str(f.name): m for f in files for m in _imports(f) if m.startswith(FORBIDDEN)}
+    bad = {str(f.relative_to(ROOT)): m for f in files for m in _imports(f) if m.startswith(FORBIDDEN)}
     assert bad == {}
 
 
 def test_fast_path_never_imports_the_control_plane():
-    for f in [ROOT / "_fastpath.pyx", ROOT / "_fastpath.pxd"]:
-        if f.exists():
-            text = f.read_text()
-            assert not re.search(r"^\s*(from|import|cimport)\s+(phantom\.control|phantom\.daemon|\.\.?control)",
-                                 text, re.M), f
+    files = _cython_sources(ROOT)
+    assert files, "the Cython sources moved: follow them"
+    above = "|".join(re.escape(m.split(".", 1)[1]) for m in FORBIDDEN)
+    pattern = re.compile(r"^\s*(from|import|cimport)\s+(phantom\.|\.+)(%s)\b" % above, re.M)
+    bad = [str(f.relative_to(ROOT)) for f in files if pattern.search(f.read_text())]
+    assert bad == []
 
 
 def test_shared_modules_import_neither_plane():
@@ -60,15 +95,15 @@ def test_shared_modules_import_neither_plane():
 
 def test_phantomd_never_loads_the_lab():
     """The lab (phantomlab/: namespaces, iperf3, wireguard-go, demo, verify)
-    ships beside phantom, never inside phantomd: importing phantom.node.daemon, and
+    ships beside phantom, never inside phantomd: importing phantom.node.main, and
     then every module of the phantom package (what phantomd may load lazily:
     the fast path, the stores, the WireGuard protocol, the API...), loads no
     phantomlab module.  ``phantom demo``/``verify`` reach it only by name
-    (phantom/cli.py's DELEGATED), so no source file under phantom/ imports it."""
+    (phantom/cli/main.py's DELEGATED), so no source file under phantom/ imports it."""
     code = textwrap.dedent("""
         import importlib, pkgutil, sys
-        import phantom, phantom.node.daemon
-        assert not [m for m in sys.modules if m.split(".")[0] == "phantomlab"], "phantom.node.daemon"
+        import phantom, phantom.node.main
+        assert not [m for m in sys.modules if m.split(".")[0] == "phantomlab"], "phantom.node.main"
         for info in pkgutil.walk_packages(phantom.__path__, "phantom."):
             if info.name.endswith("__main__"):
                 continue
@@ -84,3 +119,195 @@ def test_phantomd_never_loads_the_lab():
     for path in sorted(ROOT.rglob("*.py")):
         mods = _imports(path)
         assert not [m for m in mods if m.split(".")[0] == "phantomlab"], path
+
+
+# ------------------------------------------------------------------ no import circle
+def _graph() -> dict:
+    """phantom's modules -> the phantom modules each imports (a ``from p import
+    n`` counts as importing the module p.n when there is one, else p)."""
+    files = {_module_of(f): f for f in _sources()}
+    graph = {}
+    for mod, path in files.items():
+        deps = set()
+        for m in _imports(path):
+            if m in files and m != mod:
+                deps.add(m)
+        # ``from p import n`` lists both p and p.n: keep p only when nothing
+        # else was taken from it (p.n is a module of its own, not a name in p)
+        for m in list(deps):
+            if any(d.startswith(m + ".") for d in deps) and not _names_from(path, m):
+                deps.discard(m)
+        graph[mod] = deps
+    return graph
+
+
+def _names_from(path: Path, package: str) -> bool:
+    """Whether ``path`` takes a name that is not a submodule from ``package``."""
+    tree = ast.parse(path.read_text(), str(path))
+    pkg = _package_of(path)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg.rsplit(".", node.level - 1)[0] if node.level > 1 else pkg
+                mod = base + ("." + node.module if node.module else "")
+            else:
+                mod = node.module or ""
+            if mod != package:
+                continue
+            for a in node.names:
+                sub = REPO.joinpath(*(package + "." + a.name).split("."))
+                if not (sub.with_suffix(".py").exists() or (sub / "__init__.py").exists()
+                        or list(sub.parent.glob(a.name + ".*.so"))):
+                    return True
+        elif isinstance(node, ast.Import) and any(a.name == package for a in node.names):
+            return True
+    return False
+
+
+def _circles(graph: dict) -> list:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10000))
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circle():
+    graph = _graph()
+    assert len(graph) >= 60 and "phantom.node.daemon" in graph
+    assert _circles(graph) == []
+
+
+def test_the_circle_check_finds_a_circle():
+    """The check itself works: two modules that import each other (lazily,
+    as control/api.py and control/opsapi.py once did) are one circle."""
+    graph = {"a.api": {"a.opsapi"}, "a.opsapi": {"a.api"}, "a.app": {"a.api", "a.opsapi"}}
+    assert _circles(graph) == [["a.api", "a.opsapi"]]
+
+
+# ------------------------------------------------------------------ private attributes
+# Underscore names that are public API of what they belong to: namedtuple's methods.
+PUBLIC_UNDERSCORE = {"_replace", "_asdict", "_fields", "_make", "_field_defaults"}
+
+# Reads of another module's private attribute that cannot be avoided, each
+# with its reason: (file under phantom/, the expression as written).
+ALLOWED = {
+    # the stdlib names no public base class of IPv4Network and IPv6Network
+    ("dataplane/firewall.py", "ipaddress._BaseNetwork"),
+    # in files the protocols/roles split (h19-protocols) rewrites; fixed after it lands
+    ("control/directory/client.py", "from phantom.control.directory.records import _name_field"),
+    ("control/directory/client.py", "self.node._ses"),
+    ("control/directory/server.py", "from phantom.control.directory.store.postgres import _safe_dsn"),
+    ("control/directory/store/dht.py", "signer._scalar"),
+    ("control/directory/store/dht.py", "signer._nonce_key"),
+    ("wire/__init__.py", "from phantom.wire.phantom import _EXPECTED_SIZE"),
+    ("wire/demux.py", "_wg._EXPECTED_SIZE"),
+    ("wire/demux.py", "_ph._EXPECTED_SIZES"),
+}
+
+
+def _defined(tree: ast.AST) -> set:
+    """Names a module defines for itself: functions, classes, attributes it
+    assigns (``self._x = ...``, ``obj._x = ...``), names it binds."""
+    out = set()
+    for n in ast.walk(tree):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(n.name)
+        elif isinstance(n, ast.Attribute) and isinstance(n.ctx, (ast.Store, ast.Del)):
+            out.add(n.attr)
+        elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+            out.add(n.id)
+    return out
+
+
+def _private_reads(path: Path, source: str) -> list:
+    """``(expression, line)`` for every read in ``source`` of a private attribute
+    the module does not define, and every private name imported from another
+    phantom module (a submodule named with an underscore is a module, not a name)."""
+    tree = ast.parse(source, str(path))
+    own = _defined(tree)
+    pkg = _package_of(path) if path.is_relative_to(REPO) else "phantom"
+    out = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Attribute) and n.attr.startswith("_") and not n.attr.startswith("__"):
+            base = n.value
+            if isinstance(base, ast.Name) and base.id in ("self", "cls"):
+                continue
+            if isinstance(base, ast.Call) and isinstance(base.func, ast.Name) and base.func.id == "super":
+                continue
+            if n.attr in own or n.attr in PUBLIC_UNDERSCORE:
+                continue
+            out.append((ast.unparse(n), n.lineno))
+        elif isinstance(n, ast.ImportFrom):
+            if n.level:
+                base = pkg.rsplit(".", n.level - 1)[0] if n.level > 1 else pkg
+                mod = base + ("." + n.module if n.module else "")
+            else:
+                mod = n.module or ""
+            if mod.split(".")[0] != "phantom":
+                continue
+            for a in n.names:
+                if a.name.startswith("_") and not a.name.startswith("__"):
+                    sub = REPO.joinpath(*(mod + "." + a.name).split("."))
+                    if sub.with_suffix(".py").exists() or (sub / "__init__.py").exists() \
+                            or list(sub.parent.glob(a.name + ".*.so")) or list(sub.parent.glob(a.name + ".pyx")):
+                        continue          # a module: private to its package, imported by it
+                    out.append(("from %s import %s" % (mod, a.name), n.lineno))
+    return out
+
+
+def test_no_module_reads_another_objects_private_attributes():
+    bad = []
+    for path in _sources():
+        rel = str(path.relative_to(ROOT))
+        for expr, line in _private_reads(path, path.read_text()):
+            if (rel, expr) not in ALLOWED:
+                bad.append("%s:%d %s" % (rel, line, expr))
+    assert bad == []
+    # every allowance is still needed (a fixed one comes off the list)
+    used = {(str(p.relative_to(ROOT)), e) for p in _sources() for e, _ in _private_reads(p, p.read_text())}
+    assert set(ALLOWED) <= used, set(ALLOWED) - used
+
+
+def test_the_private_attribute_check_finds_what_it_forbids():
+    """What reload.py and uapi.py once did is found; self, cls, super() and a
+    module's own attributes on other objects of its class are not."""
+    found = _private_reads(ROOT / "node" / "x.py", textwrap.dedent("""
+        from ..node.api import _Handler
+        class Daemon:
+            def __init__(self):
+                self._mine = 1
+            def same(self, other):
+                return self._mine + other._mine + super()._x()
+        def reload(daemon, engine):
+            daemon._do(engine.open(1))
+            return engine._next_peer_id, engine.peers._replace
+    """))
+    assert [e for e, _ in found] == ["from phantom.node.api import _Handler", "daemon._do",
+                                     "engine._next_peer_id"]
