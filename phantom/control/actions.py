@@ -1,7 +1,7 @@
 """What the sans-IO control core asks its caller to do.
 
 :class:`phantom.control.engine.Engine` never touches a socket or a data path;
-it returns lists of these, and :mod:`phantom.node.daemon` carries them out, in
+it returns lists of these, and :mod:`phantom.node.executor` carries them out, in
 order.
 
 Invariant, keys before sends: within one list, every :class:`InstallKeypair`
