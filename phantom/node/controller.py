@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from .. import __version__, crypto
+from .. import __version__
 from ..control.peer import PeerState
 from ..dataplane.types import Mode, RelayVia
 from ..dataplane.udp import format_endpoint, plain
@@ -293,7 +293,7 @@ class Controller:
             "directory": s.directory,
             "directory_counters": d.directory.counters() if d.directory is not None else None,
             "nat": self._nat_status(),
-            "crypto": self.crypto_status(),
+            "crypto": d.crypto_status(),
         }
 
     def _device_up(self) -> Optional[bool]:
@@ -311,21 +311,6 @@ class Controller:
         if d.s.relay and hasattr(d.dp, "relayed"):
             out["relayed"] = dict(d.dp.relayed)
         return out
-
-    def suite_names(self) -> list:
-        from ..wire import suite_name
-        return [suite_name(x) for x in self.d.engine.suites]
-
-    def crypto_status(self) -> dict:
-        """What /status says about the transport ciphers."""
-        from ..dataplane import ciphers
-        return {
-            "phantom_suites": self.suite_names(),
-            "suites_configured": self.d.s.ciphers is not None,
-            "aes_hardware": crypto.aes_hardware(),
-            "cpu": crypto.cpu_features(),
-            "chacha20poly1305": ciphers.chacha_policy().describe(),
-        }
 
     # ============================================================ firewall
     def firewall(self) -> dict:

@@ -25,6 +25,7 @@ import os
 import time
 from typing import Optional
 
+from .. import crypto
 from ..constants import Tunables
 from ..control.engine import Engine
 from . import startup
@@ -89,6 +90,22 @@ class Daemon:
     def fw(self):
         """The firewall in force (None: no rules), for the metrics."""
         return self.firewall.current
+
+    def suite_names(self) -> list:
+        """The Phantom suites we offer, best first."""
+        from ..wire import suite_name
+        return [suite_name(x) for x in self.engine.suites]
+
+    def crypto_status(self) -> dict:
+        """The transport ciphers (/status, the phantom_crypto_info metric)."""
+        from ..dataplane import ciphers
+        return {
+            "phantom_suites": self.suite_names(),
+            "suites_configured": self.s.ciphers is not None,
+            "aes_hardware": crypto.aes_hardware(),
+            "cpu": crypto.cpu_features(),
+            "chacha20poly1305": ciphers.chacha_policy().describe(),
+        }
 
     def take_preshared_keys(self) -> dict:
         """The preshared keys read at start, once (startup.build() wipes them)."""

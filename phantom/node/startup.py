@@ -75,7 +75,7 @@ def build(d) -> None:
     from ..dataplane import ciphers
     policy = ciphers.chacha_policy()     # measured now, not at the first WireGuard packet
     log.info("transport ciphers: Phantom sessions %s; WireGuard ChaCha20-Poly1305: %s (%s)",
-             " > ".join(d.controller.suite_names()), policy.implementation, policy.decided_by)
+             " > ".join(d.suite_names()), policy.implementation, policy.decided_by)
     kwargs = dict(events=d.executor, tunables=d.t, firewall=d.firewall.current,
                   local_addresses=s.addresses, test_deliver=s.test_deliver, mtu=s.mtu)
     fd = d.device.fd if d.device else None

@@ -76,6 +76,8 @@ def test_a_worker_stopped_by_close_is_no_failure():
         d.dp.start()
         await asyncio.sleep(0.05)
         assert d.controller.status()["healthy"] is True and b"phantom_healthy 1.0" in d.controller.metrics()
+        # the daemon's own families are all there (the collector reads the daemon's parts)
+        assert b"phantom_crypto_info{" in d.controller.metrics()
         d.dp.close()
         await asyncio.sleep(0.1)
         assert d.dp.failure() is None and d.failure is None and not d.shutdown.is_set()
