@@ -245,13 +245,16 @@ class DirectoryLink(Observer):
 
     # ---------------------------------------------------- for the controller
     def pin(self, name: str, key: bytes) -> None:
-        self.client.pin(name, key)
+        if self.client is not None:
+            self.client.pin(name, key)
 
     async def resolve(self, name: Optional[str] = None, key: Optional[bytes] = None):
         """A directory record by name or key; None if absent.  Never by
         endpoint: an endpoint in a record is a claim anyone can make, not an
         identity (see :meth:`phantom.node.controller.Controller.peer_at`)."""
         from ..control.directory import DirectoryError
+        if self.client is None:          # not started yet
+            return None
         try:
             if key is not None:
                 return await self.client.resolve_key(key, fresh=True)   # the user asked: no negative cache
