@@ -29,9 +29,9 @@ measurement, so the generator's own CPU during the run is socket work.
 Timestamps increase per key in the order initiations are sent (each key
 appears once per round), as both responders require.
 
-* ``phantom``: phantom/control/handshake.py's message (Noise_IK_25519_
-  ChaChaPoly_BLAKE2b, TAI64N + client nonce payload) via phantom.control.noise
-  and phantom.control.cookie (mac1/mac2/cookie replies);
+* ``phantom``: phantom/protocols/phantom/handshake.py's message (Noise_IK_25519_
+  ChaChaPoly_BLAKE2b, TAI64N + client nonce payload) via phantom.protocols.phantom.noise
+  and phantom.protocols.cookie (mac1/mac2/cookie replies);
 * ``wireguard``: WireGuard's (Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s, the
   whitepaper's section 5.4.2), mac1/mac2 and cookie replies of section 5.4.7,
   written out here against hashlib and PyNaCl.
@@ -63,9 +63,9 @@ if str(REPO) not in sys.path:
 import nacl.bindings as nb  # noqa: E402
 
 from phantom import crypto, wire  # noqa: E402
-from phantom.control import cookie as ck  # noqa: E402
-from phantom.control import noise as nz  # noqa: E402
-from phantom.control import tai64n  # noqa: E402
+from phantom.protocols import cookie as ck  # noqa: E402
+from phantom.protocols.phantom import noise as nz  # noqa: E402
+from phantom.protocols import tai64n  # noqa: E402
 
 
 # ---------------------------------------------------------------- phantom

@@ -20,7 +20,7 @@ import common
 
 with atheris.instrument_imports(include=["phantom"]):   # our code only, not aiohttp & co.
     from phantom import wire
-    from phantom.control import cookie
+    from phantom.protocols import cookie
     from phantom.dataplane import packet
 
 ALLOWED = (wire.WireError,)

@@ -70,9 +70,10 @@ from ..wire import demux
 from ..constants import Tunables
 from ..dataplane.types import Keypair, PeerCounters, RelayVia
 from . import actions as A
-from . import handshake as hs
-from . import protocols, tai64n
-from .cookie import LoadDetector, RateLimiter
+from ..protocols import registry as protocols
+from ..protocols import tai64n
+from ..protocols.cookie import LoadDetector, RateLimiter
+from ..protocols.phantom import handshake as hs
 from .peer import PeerState, Peer, PendingHandshake, SessionInfo
 
 log = logging.getLogger("phantom.control")

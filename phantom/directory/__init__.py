@@ -31,4 +31,3 @@ from .server import (  # noqa: F401
 from .client import (  # noqa: F401
     CACHE_ENTRIES, CACHE_REFRESH, CACHE_TTL, CLIENT_TIMEOUT, DEFAULT_TTL, MAX_RESPONSE,
     NEGATIVE_TTL, REVOCATION_TTL, DirectoryClient)
-from .cli import build_parser, main  # noqa: F401

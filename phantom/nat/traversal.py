@@ -26,10 +26,10 @@ from typing import Callable, Iterable, Optional
 
 from .. import crypto, wire
 from ..dataplane.types import RelayVia
-from . import actions as A
+from ..control import actions as A
 from .paths import PathTable
-from .peer import PeerState
-from .rendezvous import Candidates, RendezvousClient, RendezvousServer
+from ..control.peer import PeerState
+from ..rendezvous.server import Candidates, RendezvousClient, RendezvousServer
 
 log = logging.getLogger("phantom.nat")
 

@@ -30,7 +30,7 @@ from .. import wire as phw
 from ..dataplane.ciphers import SUITE_CIPHER, CipherKind
 from ..wire import wireguard as wgw
 from ..wire.demux import Protocol
-from . import handshake as phs
+from .phantom import handshake as phs
 from .cookie import CookieChecker, CookieGenerator
 from .wireguard import handshake as wgh
 from .wireguard.cookie import WgCookieChecker, WgCookieGenerator

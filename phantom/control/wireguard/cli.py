@@ -18,8 +18,8 @@ from pathlib import Path
 from ... import crypto
 from ..config import ConfigError, parse_endpoint
 from ..keys import KeyFileError, load_private_key, public_key, write_secret_file
-from .keys import genpsk
-from .wgquick import (WgConfError, export_for_peer, export_interface, load_phantom,
+from ...protocols.wireguard.keys import genpsk
+from ...protocols.wireguard.wgquick import (WgConfError, export_for_peer, export_interface, load_phantom,
                       parse_wg_quick, to_phantom_toml)
 
 

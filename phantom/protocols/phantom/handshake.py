@@ -45,9 +45,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .. import crypto, wire
-from . import tai64n
-from .cookie import CookieGenerator
+from ... import crypto, wire
+from .. import tai64n
+from ..cookie import CookieGenerator
 from .noise import HandshakeError, NoiseIK
 
 __all__ = [

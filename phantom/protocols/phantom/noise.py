@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import enum
 
-from .. import crypto
-from ..constants import NOISE_PROTOCOL_NAME, PROLOGUE
+from ... import crypto
+from ...constants import NOISE_PROTOCOL_NAME, PROLOGUE
 
 DHLEN = 32          # X25519 public key / shared secret
 HASHLEN = crypto.HASH_SIZE   # 64 for BLAKE2b

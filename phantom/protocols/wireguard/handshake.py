@@ -32,7 +32,7 @@ from typing import Optional
 from ... import crypto
 from ...wire import wireguard as wgw
 from .. import tai64n
-from ..handshake import HandshakeError, SessionKeys
+from ..phantom.handshake import HandshakeError, SessionKeys
 from .symmetric import HASH, INITIAL_CHAIN_KEY, INITIAL_HASH, KDF1, KDF2, KDF3
 
 __all__ = [

@@ -8,7 +8,7 @@ from phantom import crypto, wire
 from phantom.constants import Tunables
 from phantom.control import actions as A
 from phantom.control.engine import Engine
-from phantom.control.traversal import Traversal
+from phantom.nat.traversal import Traversal
 from phantom.dataplane.types import Keypair, PeerCounters, RelayVia
 from tests.support.clock import Clock
 from tests.support.engines import sends

@@ -1,0 +1,1 @@
+"""The rendezvous role: where peers behind NATs find each other (sans-IO)."""
