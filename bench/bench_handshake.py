@@ -38,7 +38,7 @@ import hsload  # noqa: E402
 from phantom import crypto  # noqa: E402
 from phantom.constants import Tunables  # noqa: E402
 from phantom.protocols.phantom import handshake as hs  # noqa: E402
-from phantom.protocols.cookie import CookieChecker  # noqa: E402
+from phantom.protocols.phantom.cookie import CookieChecker  # noqa: E402
 from phantom.control.engine import Engine  # noqa: E402
 
 

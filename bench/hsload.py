@@ -63,7 +63,7 @@ if str(REPO) not in sys.path:
 import nacl.bindings as nb  # noqa: E402
 
 from phantom import crypto, wire  # noqa: E402
-from phantom.protocols import cookie as ck  # noqa: E402
+from phantom.protocols.phantom import cookie as ck  # noqa: E402
 from phantom.protocols.phantom import noise as nz  # noqa: E402
 from phantom.protocols import tai64n  # noqa: E402
 
@@ -100,7 +100,7 @@ class PhantomProto:
         return wire.with_macs(msg, mac1, bytes(wire.MAC_SIZE))
 
     def with_mac2(self, msg: bytes, cookie: bytes) -> bytes:
-        return wire.with_macs(msg, ck._mac1_of(msg), ck.mac(cookie, wire.mac2_region(msg)))
+        return wire.with_macs(msg, wire.mac1_of(msg), ck.mac(cookie, wire.mac2_region(msg)))
 
     def classify(self, data: bytes):
         """('response', receiver) | ('cookie', receiver, nonce, sealed) | None."""
@@ -112,7 +112,7 @@ class PhantomProto:
         return None
 
     def open_cookie(self, nonce: bytes, sealed: bytes, msg: bytes) -> bytes:
-        return crypto.xaead_decrypt(self.cookie_key, nonce, ck._mac1_of(msg), sealed)
+        return crypto.xaead_decrypt(self.cookie_key, nonce, wire.mac1_of(msg), sealed)
 
 
 # -------------------------------------------------------------- wireguard

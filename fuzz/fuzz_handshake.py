@@ -38,7 +38,8 @@ with atheris.instrument_imports(include=["phantom"]):   # our code only, not aio
     from phantom import crypto, wire
     from phantom.constants import DEFAULT_TUNABLES
     from phantom.control import actions as A
-    from phantom.protocols import cookie, tai64n
+    from phantom.protocols import tai64n
+    from phantom.protocols.phantom import cookie
     from phantom.protocols.phantom import handshake as hs
     from phantom.control.engine import Engine
 

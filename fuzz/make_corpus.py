@@ -17,8 +17,8 @@ import common  # noqa: F401  (sys.path)
 
 from phantom import crypto, wire
 from phantom import directory as d
-from phantom.protocols import cookie, tai64n
-from phantom.protocols.phantom import handshake as hs
+from phantom.protocols import tai64n
+from phantom.protocols.phantom import cookie, handshake as hs
 
 R_PUB = crypto.x25519_public(common.RESPONDER_PRIV)
 I_PUB = crypto.x25519_public(common.INITIATOR_PRIV)

@@ -72,7 +72,7 @@ from ..dataplane.types import Keypair, PeerCounters, RelayVia
 from . import actions as A
 from ..protocols import registry as protocols
 from ..protocols import tai64n
-from ..protocols.cookie import LoadDetector, RateLimiter
+from ..protocols.limits import LoadDetector, RateLimiter
 from ..protocols.phantom import handshake as hs
 from .peer import PeerState, Peer, PendingHandshake, SessionInfo
 

@@ -8,7 +8,7 @@ import pytest
 
 from phantom import crypto, wire
 from phantom.protocols import tai64n
-from phantom.protocols.cookie import CookieChecker, CookieGenerator
+from phantom.protocols.phantom.cookie import CookieChecker, CookieGenerator
 from phantom.protocols.phantom.handshake import (HandshakeError, InitiatorState, SessionKeys,
                                        consume_initiation, consume_response,
                                        create_initiation, create_response)

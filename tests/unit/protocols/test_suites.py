@@ -38,7 +38,7 @@ from phantom.control import actions as A
 from phantom.protocols.phantom import handshake as hs
 from phantom.protocols import registry as protocols
 from phantom.protocols import tai64n
-from phantom.protocols.cookie import CookieChecker, mac, mac1_key
+from phantom.protocols.phantom.cookie import CookieChecker, mac, mac1_key
 from phantom.control.engine import Engine
 from phantom.control.peer import PeerState
 from phantom.dataplane.ciphers import CipherKind, KDF_CONTEXT, transport_keys
