@@ -29,7 +29,7 @@ from ..dataplane.types import RelayVia
 from ..control import actions as A
 from .paths import PathTable
 from ..control.peer import PeerState
-from ..rendezvous.server import Candidates, RendezvousClient, RendezvousServer
+from ..rendezvous import Candidates, RendezvousClient, RendezvousServer
 
 log = logging.getLogger("phantom.nat")
 

@@ -24,10 +24,11 @@ def _ip_key(src) -> bytes:
 
 
 class RateLimiter:
-    """Token bucket per source IP with bounded memory.
+    """Token bucket per source IP (or per key: any bytes) with bounded memory.
 
     Each source IP may do ``burst`` handshakes at once, refilled at ``rate``
-    per second.  An entry that has been idle long enough to be full again is
+    per second (the rendezvous role limits where-is requests per asking
+    public key the same way).  An entry that has been idle long enough to be full again is
     forgotten (dropping it changes nothing), so memory follows the number of
     recently active sources, never more than ``max_entries``.  When the table
     is full of active sources, new sources are refused (fail closed).

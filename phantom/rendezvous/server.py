@@ -1,4 +1,4 @@
-"""Rendezvous: the sans-IO server and client logic of NAT traversal.
+"""The rendezvous role, server side: the sans-IO logic of a rendezvous node.
 
 A rendezvous node is any phantomd with a reachable address and
 ``[interface] rendezvous = true``.  Its peers keep a session with it (a
@@ -27,80 +27,24 @@ Server (:class:`RendezvousServer`):
   :meth:`RendezvousServer.expire`), and what a peer registered is bounded:
   at most ``MAX_LOCAL_ENDPOINTS`` local endpoints besides the reflexive one.
 
-Client (:class:`RendezvousClient`): builds the registration, decides when a
-where-is may be sent (at most one per target per ``ask_interval``), and
-checks what comes back: only configured rendezvous keys are listened to,
-a ``Punch`` or ``Endpoints`` for a key that is not our peer is dropped, and
-endpoints that cannot be a peer (unspecified, multicast, broadcast, port 0)
-are filtered out.  Everything refused is a counted drop.
-
-A hostile rendezvous can at worst withhold or delay answers, or point us
-at wrong endpoints: all we send there is a handshake initiation, and only
-the holder of the peer's private key can answer it.
+The peer's side of the protocol is :mod:`phantom.rendezvous.client`; what
+both check about endpoints is :mod:`phantom.rendezvous.endpoints`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 from .. import wire
+from ..protocols.limits import RateLimiter
+from .endpoints import MAX_LOCAL_ENDPOINTS, dedupe, short_key
 
 log = logging.getLogger("phantom.rendezvous")
 
 Clock = Callable[[], float]
-
-
-def usable_endpoint(ep) -> bool:
-    """An endpoint a peer may really sit at (not 0.0.0.0, multicast, broadcast, port 0)."""
-    try:
-        host, port = ep
-        a = ipaddress.ip_address(host)
-    except (TypeError, ValueError):
-        return False
-    if not 0 < int(port) < 65536:
-        return False
-    if a.is_unspecified or a.is_multicast or (a.version == 4 and a == ipaddress.IPv4Address("255.255.255.255")):
-        return False
-    return True
-
-
-MAX_LOCAL_ENDPOINTS = 4        # local endpoints a registration may carry (besides the reflexive one)
-MAX_HINT_ENDPOINTS = MAX_LOCAL_ENDPOINTS + 1   # endpoints a client takes from one answer or punch request
-
-
-def _dedupe(eps: Iterable) -> tuple:
-    out = []
-    for ep in eps:
-        ep = (str(ep[0]), int(ep[1]))
-        if ep not in out and usable_endpoint(ep):
-            out.append(ep)
-    return tuple(out[:wire.MAX_CONTROL_ENDPOINTS])
-
-
-class TokenBucket:
-    """Per-key token buckets with an injected clock (bounded table)."""
-
-    def __init__(self, rate: float, burst: float, clock: Clock, max_keys: int = 4096):
-        self.rate, self.burst, self.clock, self.max_keys = rate, burst, clock, max_keys
-        self._b: dict = {}
-
-    def allow(self, key) -> bool:
-        now = self.clock()
-        tokens, last = self._b.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens < 1:
-            self._b[key] = (tokens, now)
-            return False
-        if key not in self._b and len(self._b) >= self.max_keys:
-            self._b = {k: v for k, v in self._b.items() if now - v[1] < self.burst / max(self.rate, 1e-9)}
-            if len(self._b) >= self.max_keys:
-                return False
-        self._b[key] = (tokens - 1, now)
-        return True
 
 
 @dataclass
@@ -114,7 +58,7 @@ class Registration:
     registered_at: float = float("-inf")     # the last Register
 
     def endpoints(self) -> tuple:
-        return _dedupe(([self.reflexive] if self.reflexive else []) + list(self.local))
+        return dedupe(([self.reflexive] if self.reflexive else []) + list(self.local))
 
 
 class RendezvousServer:
@@ -130,7 +74,7 @@ class RendezvousServer:
         self.relay_id = relay_id
         self.registration_ttl = registration_ttl
         self._regs: dict[bytes, Registration] = {}
-        self._limit = TokenBucket(punch_rate, punch_burst, clock)
+        self._limit = RateLimiter(punch_rate, punch_burst, clock)  # per asking key
         self.max_peers = max_peers
         self.drops: Counter = Counter()
         self.stats: Counter = Counter()
@@ -182,7 +126,7 @@ class RendezvousServer:
         if reg is None:
             return []
         if isinstance(msg, wire.Register):
-            local = _dedupe(msg.endpoints)
+            local = dedupe(msg.endpoints)
             if len(local) > MAX_LOCAL_ENDPOINTS:
                 self.drops["too_many_endpoints"] += len(local) - MAX_LOCAL_ENDPOINTS
             reg.local = local[:MAX_LOCAL_ENDPOINTS]
@@ -190,7 +134,7 @@ class RendezvousServer:
             reg.registered = True
             reg.registered_at = self.clock()
             self.stats["registrations"] += 1
-            return [(src_key, wire.Registered(_dedupe([reg.reflexive])))]
+            return [(src_key, wire.Registered(dedupe([reg.reflexive])))]
         if isinstance(msg, wire.WhereIs):
             now = self.clock()
             if not self._live(reg, now):
@@ -204,112 +148,10 @@ class RendezvousServer:
                 self.stats["where_is_unanswered"] += 1
                 return [(src_key, wire.Endpoints(bytes(msg.key), ()))]
             self.stats["punches"] += 1
-            log.info("rendezvous: punch %s <-> %s", _short(src_key), _short(target.key))
+            log.info("rendezvous: punch %s <-> %s", short_key(src_key), short_key(target.key))
             relay = self.relay_id(src_key, target.key)
             return [(src_key, wire.Endpoints(target.key, target.endpoints(), relay)),
                     (target.key, wire.Punch(src_key, reg.endpoints(), relay))]
         # Endpoints / Punch / Registered are answers, never requests
         self.drops["unexpected_kind"] += 1
         return []
-
-
-@dataclass(frozen=True)
-class Candidates:
-    """What the client learnt: ``key``'s endpoints, ``kind`` "answer" (we asked)
-    or "punch" (``key`` asked for us), from rendezvous ``via``."""
-    key: bytes
-    endpoints: tuple
-    kind: str
-    via: bytes
-    relay_id: int = 0
-
-
-@dataclass
-class RendezvousClient:
-    """The peer side.  ``servers``: rendezvous public keys we trust for hints;
-    ``peers``: keys we accept handshakes from (sent with the registration)."""
-    clock: Clock
-    servers: set = field(default_factory=set)
-    peers: set = field(default_factory=set)
-    local_endpoints: tuple = ()
-    ask_interval: float = 1.0
-    register_interval: float = 5.0
-    drops: Counter = field(default_factory=Counter)
-    reflexive: dict = field(default_factory=dict)        # server key -> our reflexive endpoint there
-    _asked: dict = field(default_factory=dict)            # (server, target) -> time
-    _registered: dict = field(default_factory=dict)       # server key -> time we sent Register
-    _acked: dict = field(default_factory=dict)            # server key -> time of its last Registered
-
-    def registration(self) -> wire.Register:
-        keys = tuple(sorted(bytes(k) for k in self.peers - self.servers))[:wire.MAX_CONTROL_KEYS]
-        return wire.Register(_dedupe(self.local_endpoints)[:MAX_LOCAL_ENDPOINTS], keys)
-
-    def due_registrations(self, up_servers: Iterable) -> list:
-        """Servers (with a live session) whose registration is due: never sent,
-        or older than ``register_interval``."""
-        now = self.clock()
-        out = []
-        for s in up_servers:
-            t = self._registered.get(s)
-            if t is None or now - t >= self.register_interval:
-                self._registered[s] = now
-                out.append(s)
-        return out
-
-    def session_lost(self, server: bytes) -> None:
-        self._registered.pop(server, None)
-        self._acked.pop(server, None)
-        self.reflexive.pop(server, None)
-
-    def unanswered(self, timeout: float) -> list:
-        """Servers whose last registration got no ``Registered`` within
-        ``timeout``: their session is dead at the far end (e.g. it restarted)."""
-        now = self.clock()
-        return [s for s, t in self._registered.items()
-                if now - t >= timeout and self._acked.get(s, float("-inf")) < t]
-
-    def may_ask(self, server: bytes, target: bytes) -> bool:
-        now = self.clock()
-        k = (server, bytes(target))
-        t = self._asked.get(k)
-        if t is not None and now - t < self.ask_interval:
-            return False
-        if len(self._asked) > 4096:
-            self._asked = {kk: v for kk, v in self._asked.items() if now - v < self.ask_interval}
-        self._asked[k] = now
-        return True
-
-    def handle(self, server: bytes, msg) -> Optional[Candidates]:
-        server = bytes(server)
-        if server not in self.servers:
-            self.drops["not_a_rendezvous"] += 1
-            return None
-        if isinstance(msg, wire.Registered):
-            self._acked[server] = self.clock()
-            if msg.endpoints:
-                self.reflexive[server] = msg.endpoints[0]
-            return None
-        if isinstance(msg, (wire.Endpoints, wire.Punch)):
-            key = bytes(msg.key)
-            if key not in self.peers or key in self.servers:
-                self.drops["hint_for_unknown_key"] += 1
-                return None
-            eps = _dedupe(msg.endpoints)
-            if len(eps) != len(msg.endpoints):
-                self.drops["unusable_endpoint"] += len(msg.endpoints) - len(eps)
-            if len(eps) > MAX_HINT_ENDPOINTS:
-                self.drops["too_many_endpoints"] += len(eps) - MAX_HINT_ENDPOINTS
-                eps = eps[:MAX_HINT_ENDPOINTS]
-            if isinstance(msg, wire.Endpoints):
-                if (server, key) not in self._asked:
-                    self.drops["unsolicited_answer"] += 1
-                    return None
-                return Candidates(key, eps, "answer", server, msg.relay_id)
-            return Candidates(key, eps, "punch", server, msg.relay_id)
-        self.drops["unexpected_kind"] += 1
-        return None
-
-
-def _short(key: bytes) -> str:
-    import base64
-    return base64.b64encode(bytes(key)).decode()[:8]

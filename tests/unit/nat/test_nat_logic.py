@@ -10,7 +10,7 @@ import pytest
 
 from phantom import crypto, wire
 from phantom.nat.paths import PathTable
-from phantom.rendezvous.server import RendezvousClient, RendezvousServer, usable_endpoint
+from phantom.rendezvous import RendezvousClient, RendezvousServer, usable_endpoint
 from tests.support.clock import Clock as _Clock
 
 Clock = functools.partial(_Clock, 100.0)
@@ -313,5 +313,5 @@ def test_learnt_endpoints_get_bounded_tries_with_backoff():
 
 def test_the_documented_reflection_bound():
     """tests/e2e/nat/test_attacks_nat.py and docs/nat.md state 4 local endpoints x 4 tries."""
-    from phantom.rendezvous.server import MAX_LOCAL_ENDPOINTS
+    from phantom.rendezvous import MAX_LOCAL_ENDPOINTS
     assert MAX_LOCAL_ENDPOINTS * PathTable(Clock()).probe_tries == 16
