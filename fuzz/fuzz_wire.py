@@ -47,7 +47,7 @@ def TestOneInput(data: bytes) -> None:
             assert mtype is not mt, "message_type accepted a %s that unpack refused" % mt.name
             continue
         # one framing rule: unpack and message_type agree (reserved bytes included)
-        assert mtype is mt and len(data) in wire._EXPECTED_SIZES[mt], "unpack took what message_type did not"
+        assert mtype is mt and len(data) in wire.EXPECTED_SIZES[mt], "unpack took what message_type did not"
         assert msg.pack() == bytes(data), "%s does not round-trip" % mt.name
         if hasattr(msg, "noise_message"):
             noise_offset = wire.INITIATION_NOISE_OFFSET if mt is wire.MessageType.INITIATION \
@@ -69,7 +69,7 @@ def TestOneInput(data: bytes) -> None:
         else:
             assert wire.pack_peer_control(idx, nonce, box) == bytes(data)
     elif mtype is not None:
-        assert len(data) in wire._EXPECTED_SIZES[mtype]
+        assert len(data) in wire.EXPECTED_SIZES[mtype]
     # a peer-control body (what the control plane decrypted) decodes or raises WireError,
     # and what decodes encodes back to the same bytes
     try:

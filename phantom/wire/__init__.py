@@ -11,4 +11,3 @@
 """
 
 from .phantom import *  # noqa: F401,F403
-from .phantom import _EXPECTED_SIZE, _EXPECTED_SIZES  # noqa: F401  (kept reachable as before)

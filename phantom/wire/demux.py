@@ -61,8 +61,8 @@ def classify(datagram) -> Kind:
     proto = _HANDSHAKE_SIZES.get((mtype, len(datagram)))
     if proto is None:
         raise WireError("%s of %d bytes is neither Phantom's (%s) nor WireGuard's (%d)" % (
-            mtype.name.lower(), len(datagram), " or ".join(str(x) for x in _ph._EXPECTED_SIZES[mtype]),
-            _wg._EXPECTED_SIZE[mtype]))
+            mtype.name.lower(), len(datagram), " or ".join(str(x) for x in _ph.EXPECTED_SIZES[mtype]),
+            _wg.EXPECTED_SIZE[mtype]))
     return Kind(proto, mtype)
 
 

@@ -163,12 +163,7 @@ MAX_CONTROL_KEYS = 256         # accepted keys in one registration
 RELAY_ID = struct.Struct("<I")
 RELAY_MIN_SIZE = TRANSPORT_OVERHEAD + RELAY_ID.size + HEADER.size   # an inner message has a header
 
-_EXPECTED_SIZE = {
-    MessageType.INITIATION: INITIATION_SIZE,
-    MessageType.RESPONSE: RESPONSE_SIZE,
-    MessageType.COOKIE_REPLY: COOKIE_REPLY_SIZE,
-}
-_EXPECTED_SIZES = {
+EXPECTED_SIZES = {                 # the sizes a handshake or cookie message may have
     MessageType.INITIATION: INITIATION_SIZES,
     MessageType.RESPONSE: RESPONSE_SIZES,
     MessageType.COOKIE_REPLY: (COOKIE_REPLY_SIZE,),
@@ -187,7 +182,7 @@ def message_type(datagram: bytes) -> MessageType:
     reserved bytes, exact size for handshake messages and cookie replies,
     minimum and maximum size for transport data, peer control and relay frames.
     """
-    return framing.check(datagram, _EXPECTED_SIZES, _BOUNDS)
+    return framing.check(datagram, EXPECTED_SIZES, _BOUNDS)
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ MAX_DATAGRAM_SIZE = MAX_INNER_SIZE + PADDING_MULTIPLE + TRANSPORT_OVERHEAD
 
 assert (INITIATION_SIZE, RESPONSE_SIZE, COOKIE_REPLY_SIZE) == (148, 92, 64)
 
-_EXPECTED_SIZE = {
+EXPECTED_SIZE = {                  # the size of each handshake or cookie message
     MessageType.INITIATION: INITIATION_SIZE,
     MessageType.RESPONSE: RESPONSE_SIZE,
     MessageType.COOKIE_REPLY: COOKIE_REPLY_SIZE,
@@ -71,7 +71,7 @@ def message_type(datagram) -> MessageType:
     """The type of a WireGuard datagram after checking its framing
     (:func:`phantom.wire.framing.check`), or raise WireError; Phantom's own
     types 5 and 6 are not WireGuard's."""
-    return framing.check(datagram, {t: (n,) for t, n in _EXPECTED_SIZE.items()}, _BOUNDS, "wireguard ")
+    return framing.check(datagram, {t: (n,) for t, n in EXPECTED_SIZE.items()}, _BOUNDS, "wireguard ")
 
 
 @dataclass(frozen=True)
