@@ -458,7 +458,7 @@ class Engine:
 
     def _targets(self, peer: Peer) -> list:
         """Where an initiation goes: the endpoint, then every NAT-traversal
-        candidate (:mod:`phantom.control.paths`); the first answer wins."""
+        candidate (:mod:`phantom.nat.paths`); the first answer wins."""
         out = [peer.endpoint] if peer.endpoint is not None else []
         for ep in peer.candidates:
             if ep not in out:

@@ -10,9 +10,9 @@ The package, along its seams:
   store/       one module per backend behind one interface (base.py)
   server.py    the aiohttp application (create_app, start_server, serve_forever)
   client.py    DirectoryClient: publish, resolve, cache, pins
-  cli.py       the ``phantom directory`` subcommands
 
-Everything that used to be importable from ``phantom.control.directory`` still is.
+The ``phantom directory`` subcommands are the CLI's
+(:mod:`phantom.control.directory.cli`); what they use is importable from here.
 """
 
 from .records import (  # noqa: F401

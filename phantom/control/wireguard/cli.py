@@ -5,7 +5,7 @@
                       [--peer-private-key FILE] [--out FILE]
     phantom wg genpsk                                   like `wg genpsk`
 
-See :mod:`phantom.control.wireguard.wgquick` for what is converted.
+See :mod:`phantom.protocols.wireguard.wgquick` for what is converted.
 """
 
 from __future__ import annotations
