@@ -34,7 +34,6 @@ _UNPACKERS = {
     wire.MessageType.COOKIE_REPLY: wire.CookieReply,
 }
 
-
 def TestOneInput(data: bytes) -> None:
     try:
         mtype = wire.message_type(data)
