@@ -1,4 +1,4 @@
-"""Build the Cython fast path ``phantom._fastpath``.
+"""Build the Cython fast path ``phantom.fastpath._engine``.
 
 Everything else about the package lives in pyproject.toml.
 
@@ -6,7 +6,7 @@ Build switches (environment variables, like uvloop's):
 
 * ``PHANTOM_DEBUG=1``    -- debug build: Cython line tracing, bounds/wraparound
   checks and assertions on, C compiled with ``-O0 -g``.
-* ``PHANTOM_ANNOTATE=1`` -- also write ``phantom/_fastpath.html`` (Cython's
+* ``PHANTOM_ANNOTATE=1`` -- also write ``phantom/fastpath/_engine.html`` (Cython's
   annotated source: yellow lines call into the Python C API).
 
 A missing C compiler or missing Python headers stop the build with a message
@@ -22,7 +22,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HINT = (
-    "Phantom's fast path (phantom._fastpath) is a C extension; building it needs "
+    "Phantom's fast path (phantom.fastpath._engine) is a C extension; building it needs "
     "a C compiler and the Python development headers.\n"
     "  On Debian/Ubuntu:  apt-get install gcc python3-dev\n"
     "  (for a pyenv or self-built Python the headers come with that Python; "
@@ -74,7 +74,7 @@ def _extensions():
         from Cython.Build import cythonize
     except ImportError as exc:
         raise BuildError(
-            "Cython >= 3 is needed to build phantom._fastpath "
+            "Cython >= 3 is needed to build phantom.fastpath._engine "
             "(pip install 'Cython>=3', or use `pip install .`, which installs it "
             "for the build)") from exc
 
@@ -90,8 +90,8 @@ def _extensions():
         cflags += ["-O2"]
 
     ext = Extension(
-        "phantom._fastpath",
-        sources=["phantom/_fastpath.pyx"],
+        "phantom.fastpath._engine",
+        sources=["phantom/fastpath/_engine.pyx"],
         define_macros=macros,
         extra_compile_args=cflags,
     )

@@ -108,7 +108,7 @@ def test_classify_udp_no_candidates(benchmark, name, n):
 def fast_ns_per_packet(tables, direction, packet, peer_id, iterations: int = 200000) -> float:
     """The fast path's C classifier, timed in C (as its packet loop calls it: no
     Python in between); best of 5."""
-    from phantom import _fastpath
+    from phantom.fastpath import _engine as _fastpath
     blob, pkt = bytes(tables.blob), bytes(packet)
     action = _fastpath.fw_decide(blob, int(direction), pkt, peer_id)[0]
     assert action != 3, "this packet would be handed to the Python classifier"
@@ -119,7 +119,7 @@ def fast_ns_per_packet(tables, direction, packet, peer_id, iterations: int = 200
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("kind", ["ports", "cidrs"])
 def test_classify_fast_path_in_c(benchmark, kind, n):
-    from phantom import _fastpath
+    from phantom.fastpath import _engine as _fastpath
     t = rules_for(n, kind)
     blob, pkt = bytes(t.blob), bytes(TCP_MISS)
     action, rule, _ = _fastpath.fw_decide(blob, int(Direction.IN), pkt, 1)

@@ -46,7 +46,7 @@ import pytest
 
 from phantom import crypto, wire
 
-_fastpath = pytest.importorskip("phantom._fastpath")
+_fastpath = pytest.importorskip("phantom.fastpath._engine")
 
 SIZES = [64, 1400, 8192]
 KEY = bytes(range(32))

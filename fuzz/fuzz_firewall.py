@@ -28,7 +28,7 @@ with atheris.instrument_imports(include=["phantom", "ipaddress", "tomllib"]):   
     from phantom.dataplane import firewall as fw
 
 try:
-    from phantom import _fastpath
+    from phantom.fastpath import _engine as _fastpath
 except ImportError:          # not built: the differential check is skipped
     _fastpath = None
 

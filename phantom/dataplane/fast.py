@@ -5,7 +5,7 @@
 touch Python.  Threads:
 
 * the **worker** (a Python thread that immediately releases the GIL inside
-  ``phantom._fastpath.Worker.run``) owns the TUN/TAP (or test-port) and UDP file
+  ``phantom.fastpath._engine.Worker.run``) owns the TUN/TAP (or test-port) and UDP file
   descriptors: edge-triggered epoll, batches of up to ``tunables.burst``
   packets, recvmmsg/sendmmsg, encryption in place;
 * the **event loop** (uvloop, the control plane's thread) calls the methods
@@ -40,9 +40,9 @@ from .types import Drop, Keypair, Mode, PeerCounters, RelayVia
 from .udp import to_sockaddr
 
 try:
-    from .. import _fastpath
+    from ..fastpath import _engine as _fp
 except ImportError as exc:  # not built: say how to build it
-    _fastpath = None
+    _fp = None
     _IMPORT_ERROR = exc
 else:
     _IMPORT_ERROR = None
@@ -54,13 +54,13 @@ _FAMILY = struct.Struct("=H")
 _IN4 = struct.Struct("!H4s8x")           # sin_port, sin_addr, padding
 _IN6 = struct.Struct("!HI16s")           # sin6_port, sin6_flowinfo, sin6_addr
 _SCOPE = struct.Struct("=I")             # sin6_scope_id (host order)
-_RELAY_FAMILY = 0xFFFE                   # _fastpath.pxd FP_RELAY_FAMILY
+_RELAY_FAMILY = 0xFFFE                   # fastpath/_engine.pxd FP_RELAY_FAMILY
 
 
 # Extra TUN flags for a device the fast path will use: the daemon passes them to
 # tun.open_device(extra_flags=...) so that the kernel hands over TCP/UDP
 # super-packets (TSO/USO) with a virtio_net_hdr in front of every packet.
-DEVICE_FLAGS = _fastpath.TUN_IFF_VNET_HDR if _fastpath is not None else 0
+DEVICE_FLAGS = _fp.TUN_IFF_VNET_HDR if _fp is not None else 0
 
 
 def tun_offloads(fd: int) -> tuple[bool, list[str], list[str]]:
@@ -68,13 +68,13 @@ def tun_offloads(fd: int) -> tuple[bool, list[str], list[str]]:
     features missing with the reason).  Never raises."""
     missing = []
     try:
-        ifr = fcntl.ioctl(fd, _fastpath.TUN_TUNGETIFF, bytes(40))
+        ifr = fcntl.ioctl(fd, _fp.TUN_TUNGETIFF, bytes(40))
         flags = struct.unpack_from("=H", ifr, 16)[0]
     except OSError as exc:
         return False, [], ["vnet header (TUNGETIFF failed: %s)" % exc]
-    if not flags & _fastpath.TUN_IFF_VNET_HDR:
+    if not flags & _fp.TUN_IFF_VNET_HDR:
         return False, [], ["TSO/USO (the device was opened without IFF_VNET_HDR)"]
-    f = _fastpath
+    f = _fp
     base = f.TUN_OFFLOAD_CSUM | f.TUN_OFFLOAD_TSO4 | f.TUN_OFFLOAD_TSO6
     try:
         fcntl.ioctl(fd, f.TUN_TUNSETOFFLOAD, base | f.TUN_OFFLOAD_USO4 | f.TUN_OFFLOAD_USO6)
@@ -100,8 +100,8 @@ def _describe(error: BaseException) -> str:
 
 def available() -> Optional[str]:
     """None when the extension is importable, else why not (for a log line)."""
-    if _fastpath is None:
-        return "phantom._fastpath is not built (%s); build it with `pip install -e .` " \
+    if _fp is None:
+        return "phantom.fastpath._engine is not built (%s); build it with `pip install -e .` " \
                "or `python setup.py build_ext --inplace`" % _IMPORT_ERROR
     return None
 
@@ -146,7 +146,7 @@ def sockaddr_tuple(raw: Optional[bytes]) -> Optional[tuple]:
 
 class _FirewallHook:
     """What the workers call, with the GIL, once per batch (see
-    ``_fastpath._fw_classify``): the same classify/reject_response calls the
+    ``fastpath/firewall.pxi``'s ``_fw_classify``): the same classify/reject_response calls the
     reference path's ``_fw_allow`` makes, for what C does not decide."""
 
     def __init__(self, dp: "FastDataPath", fw):
@@ -236,8 +236,8 @@ class FastDataPath:
         self._peer_keys: dict[int, set] = {}     # peer_id -> its local indexes in _keys
         self._firewall = firewall
         self._local_addresses = list(local_addresses)   # (ICMP errors come from the destination)
-        self._engine = _fastpath.Engine(
-            _fastpath.MODE_IDS[self.mode.value], udp_sock.fileno(),
+        self._engine = _fp.Engine(
+            _fp.MODE_IDS[self.mode.value], udp_sock.fileno(),
             staged_max=tunables.staged_packets, burst=tunables.burst,
             max_inner=mtu + (18 if self.mode is Mode.TAP else 0),
             reject_after_time=tunables.reject_after_time,
@@ -258,7 +258,7 @@ class FastDataPath:
         # One worker for both directions, or (split_directions) one thread per
         # direction: device -> wire (encrypt) and wire -> device (decrypt).
         directions = [(True, False), (False, True)] if split_directions else [(True, True)]
-        self._workers = [_fastpath.Worker(self._engine, udp_sock.fileno(), inner_fd,
+        self._workers = [_fp.Worker(self._engine, udp_sock.fileno(), inner_fd,
                                           self.mode is Mode.TEST, burst=tunables.burst,
                                           edge=edge_triggered, outbound=o, inbound=i,
                                           vnet=self._vnet, gso=offloads, gro=offloads and i)
@@ -562,14 +562,14 @@ class FastDataPath:
         ev = self._events
         for kind, peer_id, local_index, data, raw in self._engine.drain_events():
             try:
-                if kind == _fastpath.EVENT_CONTROL_PACKET:
+                if kind == _fp.EVENT_CONTROL_PACKET:
                     ev.control_packet(data, sockaddr_tuple(raw))
-                elif kind == _fastpath.EVENT_HANDSHAKE_NEEDED:
+                elif kind == _fp.EVENT_HANDSHAKE_NEEDED:
                     ev.handshake_needed(peer_id)
-                elif kind == _fastpath.EVENT_KEYPAIR_CONFIRMED:
+                elif kind == _fp.EVENT_KEYPAIR_CONFIRMED:
                     self._zero_retired(peer_id)
                     ev.keypair_confirmed(peer_id, local_index)
-                elif kind == _fastpath.EVENT_ICMP_UNREACHABLE:
+                elif kind == _fp.EVENT_ICMP_UNREACHABLE:
                     self._icmp_unreachable(data)
             except Exception:  # a control-plane bug must not stop the data plane
                 log.exception("data-path event %d for peer %s failed", kind, peer_id)

@@ -1,4 +1,4 @@
-# Declarations of the Cython data path (bodies in _fastpath.pyx).
+# Declarations of the Cython data path (bodies in _engine.pyx and its parts).
 #
 # Everything a worker thread touches is a plain C struct, so the loop runs with
 # the GIL released.  One mutex (fp_engine.lock) guards the tables (peers, key
@@ -7,7 +7,7 @@
 # system call or a libsodium call.
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from phantom.includes.system cimport (
+from phantom.fastpath.includes.system cimport (
     pthread_mutex_t, sockaddr_storage, socklen_t, mmsghdr, iovec, epoll_event)
 
 cdef enum:

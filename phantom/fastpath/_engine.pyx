@@ -37,11 +37,11 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, uintptr
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcmp, memcpy, memmove, memset
 
-from phantom.includes.system cimport *
-from phantom.includes.sodium cimport secretbox_fn, memzero_fn, aead_encrypt_fn, aead_decrypt_fn
-from phantom.includes.libcrypto cimport (phantom_ossl_setup, phantom_ossl_seal, phantom_ossl_open,
+from phantom.fastpath.includes.system cimport *
+from phantom.fastpath.includes.sodium cimport secretbox_fn, memzero_fn, aead_encrypt_fn, aead_decrypt_fn
+from phantom.fastpath.includes.libcrypto cimport (phantom_ossl_setup, phantom_ossl_seal, phantom_ossl_open,
                                          phantom_ossl_wipe, phantom_ossl_ready)
-from phantom.includes.linux cimport *
+from phantom.fastpath.includes.linux cimport *
 
 from phantom import crypto as _crypto
 from phantom import libcrypto as _libcrypto

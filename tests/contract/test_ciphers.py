@@ -36,7 +36,7 @@ from phantom.dataplane.reference import ReferenceDataPath
 from phantom.dataplane.types import Drop, Keypair, Mode, RelayVia
 from phantom.wire import wireguard as wgw
 
-_fastpath = pytest.importorskip("phantom._fastpath", reason="phantom._fastpath is not built")
+_fastpath = pytest.importorskip("phantom.fastpath._engine", reason="phantom.fastpath._engine is not built")
 from phantom.dataplane import fast  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)

@@ -1,4 +1,4 @@
-"""The Cython fast path (phantom._fastpath, phantom.dataplane.fast).
+"""The Cython fast path (phantom.fastpath, phantom.dataplane.fast).
 
 Stage 1 -- the C core against its Python references:
   * secretbox in place, byte-identical to phantom.crypto;
@@ -40,7 +40,7 @@ from tests.support.datapath import pair as _pair
 from tests.support.datapath import udp_socket as _udp
 from tests.unit.dataplane import test_replay as _replay_tests
 
-_fastpath = pytest.importorskip("phantom._fastpath", reason="phantom._fastpath is not built")
+_fastpath = pytest.importorskip("phantom.fastpath._engine", reason="phantom.fastpath._engine is not built")
 
 pytestmark = pytest.mark.timeout(60)
 

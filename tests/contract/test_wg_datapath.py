@@ -30,7 +30,7 @@ from tests.support.datapath import Node, run, until
 from tests.support.datapath import pair as _pair
 from tests.support.datapath import udp_socket as _udp
 
-_fastpath = pytest.importorskip("phantom._fastpath", reason="phantom._fastpath is not built")
+_fastpath = pytest.importorskip("phantom.fastpath._engine", reason="phantom.fastpath._engine is not built")
 
 pytestmark = pytest.mark.timeout(60)
 

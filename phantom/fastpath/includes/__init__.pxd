@@ -1,1 +1,1 @@
-# C API declarations for phantom/_fastpath.pyx (cimport only; nothing at runtime).
+# C API declarations for phantom/fastpath/_engine.pyx and its parts (cimport only; nothing at runtime).

@@ -23,9 +23,9 @@ from phantom.dataplane import fast
 from phantom.dataplane.types import Drop, Mode
 from tests.support.datapath import Recorder
 
-_fastpath = pytest.importorskip("phantom._fastpath", reason="phantom._fastpath is not built")
+_fastpath = pytest.importorskip("phantom.fastpath._engine", reason="phantom.fastpath._engine is not built")
 
-QUEUE = 4096                 # FP_EVENT_QUEUE in phantom/_fastpath.pxd
+QUEUE = 4096                 # FP_EVENT_QUEUE in phantom/fastpath/_engine.pxd
 
 
 def _udp(blocking=False):

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-_fastpath = pytest.importorskip("phantom._fastpath", reason="phantom._fastpath is not built")
+_fastpath = pytest.importorskip("phantom.fastpath._engine", reason="phantom.fastpath._engine is not built")
 
 
 def _rfc1071(b: bytes) -> int:
