@@ -121,7 +121,7 @@ class _Loop:
         self.sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.sink.bind(("127.0.0.1", 0))
-        self.engine = _fastpath.Engine(_fastpath.MODE_IDS["tun"], self.udp.fileno(), burst=burst)
+        self.engine = _fastpath.Forwarder(_fastpath.MODE_IDS["tun"], self.udp.fileno(), burst=burst)
         self.engine.add_peer(1)
         self.engine.set_routes([(32, bytes(4), 0, 1)])
         host, port = self.sink.getsockname()

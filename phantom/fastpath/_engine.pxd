@@ -253,7 +253,7 @@ cdef struct fp_pkt:
     unsigned char key[32]
 
 
-cdef class Engine:
+cdef class Forwarder:
     cdef fp_engine *e
     cdef dict slots                # peer_id -> slot
     cdef object fw_callback        # keeps e.fw alive
@@ -310,5 +310,5 @@ cdef struct fp_worker:
 
 
 cdef class Worker:
-    cdef Engine engine
+    cdef Forwarder forwarder       # keeps the tables alive while the worker runs
     cdef fp_worker *w

@@ -322,7 +322,7 @@ cdef inline void _count_drop(fp_engine *e, fp_pkt *pkt) noexcept nogil:
             peer.drops[pkt.verdict] += 1
 
 
-# --- the Engine: tables shared by the workers, driven by the control plane ---------------
+# --- one packet the control plane sends (Forwarder.send_packet, send_keepalive) ----------
 cdef int _send_single(fp_engine *e, int slot, unsigned char *buf, Py_ssize_t n,
                       bint stage) noexcept nogil:
     """Prepare, seal, send and account one packet of ``n`` bytes sitting at

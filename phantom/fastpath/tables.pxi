@@ -56,8 +56,9 @@ cdef fp_peer *_peer_by_id(fp_engine *e, int64_t peer_id) noexcept nogil:
     return NULL
 
 
-cdef class Engine:
-    """Peers, key slots, routes, counters and the event queue, in C.
+cdef class Forwarder:
+    """The tables the workers forward packets by: peers, key slots, routes,
+    counters and the event queue, in C (not the control plane's Engine).
 
     Every method is called from the control-plane thread; the tables are
     shared with the worker threads under one mutex.

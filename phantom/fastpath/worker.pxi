@@ -390,7 +390,7 @@ cdef int _worker_loop(fp_worker *w) noexcept nogil:
 cdef class Worker:
     """Runs the data-plane loop over (udp_fd, inner_fd) with the GIL released."""
 
-    def __cinit__(self, Engine engine, int udp_fd, int inner_fd, bint inner_is_socket,
+    def __cinit__(self, Forwarder forwarder, int udp_fd, int inner_fd, bint inner_is_socket,
                   int burst=64, bint edge=True, bint outbound=True, bint inbound=True,
                   bint vnet=False, bint gso=False, bint gro=False):
         """``vnet``: the TUN fd was opened with IFF_VNET_HDR (offloads set with
@@ -402,11 +402,11 @@ cdef class Worker:
         cdef epoll_event ev
         if burst < 1 or burst > 1024:
             raise ValueError("burst must be 1..1024")
-        self.engine = engine
+        self.forwarder = forwarder
         w = self.w = <fp_worker *>calloc(1, sizeof(fp_worker))
         if w == NULL:
             raise MemoryError()
-        w.e = engine.e
+        w.e = forwarder.e
         w.udp_fd = udp_fd
         w.inner_fd = inner_fd
         w.inner_is_socket = inner_is_socket

@@ -164,7 +164,7 @@ def _random_net(rng, v6):
 def test_allowed_ips_match_routing(seed):
     rng = random.Random(seed)
     ref = AllowedIPs()
-    eng = _fastpath.Engine(_fastpath.MODE_IDS["tun"], -1)
+    eng = _fastpath.Forwarder(_fastpath.MODE_IDS["tun"], -1)
     peers = list(range(1, 7))
     for p in peers:
         eng.add_peer(p)
@@ -444,7 +444,7 @@ def test_seal_failure_never_sends_plaintext():
             node.dp.start()
             ka, _ = keypairs(1, 2)
             node.dp.install_keypair(ka, confirmed=True)
-            node.dp._engine.set_fault_seal(True)
+            node.dp._fwd.set_fault_seal(True)
             for _ in range(20):
                 node.send_app(MARKER * 10)
             node.dp.send_keepalive(1)
@@ -452,7 +452,7 @@ def test_seal_failure_never_sends_plaintext():
             with pytest.raises(socket.timeout):
                 sink.recvfrom(70000)
             assert node.dp.counters(1).tx_packets == 0
-            node.dp._engine.set_fault_seal(False)
+            node.dp._fwd.set_fault_seal(False)
             node.send_app(MARKER)
             data = sink.recvfrom(70000)[0]
             assert MARKER not in data and len(data) == 32 + len(MARKER)
@@ -663,7 +663,7 @@ class FakeTun:
         self.dev.setblocking(False)
         self.udp = _udp()
         self.peer = _udp(timeout=2.0)         # the remote end of the tunnel
-        self.engine = _fastpath.Engine(_fastpath.MODE_IDS["tun"], self.udp.fileno(), max_inner=65535)
+        self.engine = _fastpath.Forwarder(_fastpath.MODE_IDS["tun"], self.udp.fileno(), max_inner=65535)
         self.engine.add_peer(1)
         self.engine.set_routes([(bits, a, plen, 1) for bits, a, plen in allowed])
         self.engine.set_endpoint(1, fast.sockaddr_bytes(self.peer.getsockname()))
