@@ -1,4 +1,6 @@
-"""Build the Cython fast path ``phantom.fastpath._engine``.
+"""Build the Cython fast path: ``phantom.fastpath._engine`` (what phantomd
+loads) and ``phantom.fastpath._testing`` (test and benchmark hooks over the
+engine's C API; never loaded by phantomd).
 
 Everything else about the package lives in pyproject.toml.
 
@@ -6,7 +8,7 @@ Build switches (environment variables, like uvloop's):
 
 * ``PHANTOM_DEBUG=1``    -- debug build: Cython line tracing, bounds/wraparound
   checks and assertions on, C compiled with ``-O0 -g``.
-* ``PHANTOM_ANNOTATE=1`` -- also write ``phantom/fastpath/_engine.html`` (Cython's
+* ``PHANTOM_ANNOTATE=1`` -- also write ``phantom/fastpath/_engine.html`` and ``_testing.html`` (Cython's
   annotated source: yellow lines call into the Python C API).
 
 A missing C compiler or missing Python headers stop the build with a message
@@ -89,14 +91,15 @@ def _extensions():
     else:
         cflags += ["-O2"]
 
-    ext = Extension(
-        "phantom.fastpath._engine",
-        sources=["phantom/fastpath/_engine.pyx"],
-        define_macros=macros,
-        extra_compile_args=cflags,
-    )
+    # _engine: the extension phantomd loads; _testing: the test and benchmark
+    # hooks over _engine's C API (tests/ and bench/ import it, phantomd never does).
+    exts = [Extension("phantom.fastpath.%s" % name,
+                      sources=["phantom/fastpath/%s.pyx" % name],
+                      define_macros=macros,
+                      extra_compile_args=cflags)
+            for name in ("_engine", "_testing")]
     return cythonize(
-        [ext],
+        exts,
         compiler_directives=directives,
         annotate=ANNOTATE,
         # The debug build keeps its generated C apart, so that switching back to

@@ -142,7 +142,7 @@ def _measure() -> Optional[dict]:
         for size in CHACHA_PROBE_SIZES:
             n = max(20, 200000 // (size + 256))
             for impl in ("libsodium", "openssl"):
-                ns = _fp.bench_cipher("chacha20poly1305-" + impl, size, n) / n * 1e9
+                ns = _fp.time_chacha(impl, size, n) / n * 1e9
                 cur = best.setdefault(size, {})
                 cur[impl] = round(min(cur.get(impl, ns), ns), 1)
     return best

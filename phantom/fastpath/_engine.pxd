@@ -8,7 +8,9 @@
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from phantom.fastpath.includes.system cimport (
-    pthread_mutex_t, sockaddr_storage, socklen_t, mmsghdr, iovec, epoll_event)
+    pthread_mutex_t, sockaddr_storage, socklen_t, mmsghdr, iovec, epoll_event,
+    timespec, clock_gettime, CLOCK_MONOTONIC)
+from phantom.fastpath.includes.sodium cimport secretbox_fn
 
 cdef enum:
     FP_KEY_SIZE = 32
@@ -209,7 +211,7 @@ cdef struct fp_engine:
     int ev_count
     uint64_t ev_overflow
     void *fw                       # firewall callback (a Python object) or NULL
-    # diagnostics / fault injection (tests only)
+    # fault injection: only _testing.set_fault_seal sets it
     bint fault_seal
     # relay role (NAT traversal, wire type 6)
     bint relay_enabled
@@ -312,3 +314,53 @@ cdef struct fp_worker:
 cdef class Worker:
     cdef Forwarder forwarder       # keeps the tables alive while the worker runs
     cdef fp_worker *w
+
+
+# --- small helpers (inline: compiled into every module that cimports this file) ------------
+cdef inline double _now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+cdef inline uint32_t _le32(const unsigned char *p) noexcept nogil:
+    return (<uint32_t>p[0]) | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
+
+
+cdef inline uint64_t _le64(const unsigned char *p) noexcept nogil:
+    return (<uint64_t>_le32(p)) | ((<uint64_t>_le32(p + 4)) << 32)
+
+
+# --- the engine's C API, for phantom.fastpath._testing (phantomd never calls it) -----------
+# Exported through the module (Cython's cimport): the per-packet code the
+# workers run, so that tests and benchmarks run exactly that code.
+cdef secretbox_fn fp_secretbox_fn(bint open) noexcept nogil          # libsodium's secretbox (open)
+cdef void fp_nonce(unsigned char *n, uint64_t counter) noexcept nogil  # secretbox's nonce of a counter
+cdef void fp_wipe(void *p, size_t n) noexcept nogil                  # sodium_memzero
+cdef int fp_seal_secretbox(unsigned char *buf, size_t length, uint32_t remote_index,
+                           uint64_t counter, const unsigned char *key) noexcept nogil
+cdef int fp_open_secretbox(unsigned char *buf, size_t wire_len, uint64_t counter,
+                           const unsigned char *key) noexcept nogil
+cdef int fp_seal_chacha(unsigned char *buf, size_t length, size_t mtu, uint32_t remote_index,
+                        uint64_t counter, const unsigned char *key, size_t *tail) noexcept nogil
+cdef int fp_open_chacha(unsigned char *buf, size_t wire_len, uint64_t counter,
+                        const unsigned char *key) noexcept nogil
+cdef int fp_chacha_seal_raw(unsigned char *m, size_t mlen, const unsigned char *n,
+                            const unsigned char *key, bint openssl) noexcept nogil
+cdef int fp_chacha_open_raw(unsigned char *c, size_t clen, const unsigned char *n,
+                            const unsigned char *key, bint openssl) noexcept nogil
+cdef int fp_seal_aegis(unsigned char *buf, size_t length, uint32_t remote_index,
+                       uint64_t counter, const unsigned char *key) noexcept nogil
+cdef int fp_open_aegis(unsigned char *buf, size_t wire_len, uint64_t counter,
+                       const unsigned char *key) noexcept nogil
+cdef bint fp_ossl_ready() noexcept nogil                             # OpenSSL's ChaCha20-Poly1305 bound
+cdef void fp_ossl_wipe() noexcept nogil                              # this thread's EVP contexts
+cdef double _cipher_round_trips(int which, unsigned char *buf, size_t size, Py_ssize_t iterations,
+                                int *rc) noexcept nogil              # ciphers.pxi
+cdef bint fp_replay_check(const fp_replay *w, uint64_t c) noexcept nogil
+cdef bint _replay_update(fp_replay *w, uint64_t c) noexcept nogil    # replay.pxi
+cdef uint64_t fp_sum16(const unsigned char *p, size_t n, uint64_t acc) noexcept nogil
+cdef uint16_t fp_fold(uint64_t acc) noexcept nogil
+cdef int _fw_decide(const unsigned char *blob, size_t bloblen, int direction,
+                    const unsigned char *p, size_t n, int64_t peer_id,
+                    int *rule, int *reason) noexcept nogil            # firewall.pxi

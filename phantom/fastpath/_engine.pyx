@@ -39,8 +39,8 @@ from libc.string cimport memcmp, memcpy, memmove, memset
 
 from phantom.fastpath.includes.system cimport *
 from phantom.fastpath.includes.sodium cimport secretbox_fn, memzero_fn, aead_encrypt_fn, aead_decrypt_fn
-from phantom.fastpath.includes.libcrypto cimport (phantom_ossl_setup, phantom_ossl_seal, phantom_ossl_open,
-                                         phantom_ossl_wipe, phantom_ossl_ready)
+from phantom.fastpath.includes.libcrypto cimport (
+    phantom_ossl_setup, phantom_ossl_seal, phantom_ossl_open, phantom_ossl_wipe, phantom_ossl_ready)
 from phantom.fastpath.includes.linux cimport *
 
 from phantom import crypto as _crypto
@@ -101,21 +101,6 @@ EVENT_KEYPAIR_CONFIRMED = EV_KEYPAIR_CONFIRMED
 EVENT_ICMP_UNREACHABLE = EV_ICMP_UNREACHABLE
 
 
-# --- small helpers -----------------------------------------------------------------
-cdef inline double _now() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
-
-
-cdef inline uint32_t _le32(const unsigned char *p) noexcept nogil:
-    return (<uint32_t>p[0]) | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
-
-
-cdef inline uint64_t _le64(const unsigned char *p) noexcept nogil:
-    return (<uint64_t>_le32(p)) | ((<uint64_t>_le32(p + 4)) << 32)
-
-
 # --- the parts, one job each ------------------------------------------------------------
 include "sodium.pxi"
 include "ciphers.pxi"
@@ -131,3 +116,79 @@ include "offload.pxi"
 include "firewall.pxi"
 include "worker.pxi"
 include "tables.pxi"
+
+
+# --- the C API (declared in _engine.pxd) ----------------------------------------------------
+# The per-packet functions of the parts are inline in the workers' loops;
+# these wrappers give phantom.fastpath._testing the very same code to call
+# (its differential tests and benchmarks).  Nothing in the engine calls them.
+cdef secretbox_fn fp_secretbox_fn(bint open) noexcept nogil:
+    return _open_fn if open else _seal_fn
+
+
+cdef void fp_nonce(unsigned char *n, uint64_t counter) noexcept nogil:
+    _nonce(n, counter)
+
+
+cdef void fp_wipe(void *p, size_t n) noexcept nogil:
+    _wipe(p, n)
+
+
+cdef int fp_seal_secretbox(unsigned char *buf, size_t length, uint32_t remote_index,
+                           uint64_t counter, const unsigned char *key) noexcept nogil:
+    return _seal_packet(buf, length, remote_index, counter, key)
+
+
+cdef int fp_open_secretbox(unsigned char *buf, size_t wire_len, uint64_t counter,
+                           const unsigned char *key) noexcept nogil:
+    return _open_packet(buf, wire_len, counter, key)
+
+
+cdef int fp_seal_chacha(unsigned char *buf, size_t length, size_t mtu, uint32_t remote_index,
+                        uint64_t counter, const unsigned char *key, size_t *tail) noexcept nogil:
+    return _seal_chacha(buf, length, mtu, remote_index, counter, key, tail)
+
+
+cdef int fp_open_chacha(unsigned char *buf, size_t wire_len, uint64_t counter,
+                        const unsigned char *key) noexcept nogil:
+    return _open_chacha(buf, wire_len, counter, key)
+
+
+cdef int fp_chacha_seal_raw(unsigned char *m, size_t mlen, const unsigned char *n,
+                            const unsigned char *key, bint openssl) noexcept nogil:
+    return _chacha_seal_raw(m, mlen, n, key, openssl)
+
+
+cdef int fp_chacha_open_raw(unsigned char *c, size_t clen, const unsigned char *n,
+                            const unsigned char *key, bint openssl) noexcept nogil:
+    return _chacha_open_raw(c, clen, n, key, openssl)
+
+
+cdef int fp_seal_aegis(unsigned char *buf, size_t length, uint32_t remote_index,
+                       uint64_t counter, const unsigned char *key) noexcept nogil:
+    return _seal_aegis(buf, length, remote_index, counter, key)
+
+
+cdef int fp_open_aegis(unsigned char *buf, size_t wire_len, uint64_t counter,
+                       const unsigned char *key) noexcept nogil:
+    return _open_aegis(buf, wire_len, counter, key)
+
+
+cdef bint fp_ossl_ready() noexcept nogil:
+    return phantom_ossl_ready()
+
+
+cdef void fp_ossl_wipe() noexcept nogil:
+    phantom_ossl_wipe()
+
+
+cdef bint fp_replay_check(const fp_replay *w, uint64_t c) noexcept nogil:
+    return _replay_check(w, c)
+
+
+cdef uint64_t fp_sum16(const unsigned char *p, size_t n, uint64_t acc) noexcept nogil:
+    return _sum16(p, n, acc)
+
+
+cdef uint16_t fp_fold(uint64_t acc) noexcept nogil:
+    return _fold(acc)

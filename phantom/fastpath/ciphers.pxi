@@ -189,296 +189,66 @@ cdef inline bint _phantom_cipher(int cipher) noexcept nogil:
     return cipher == CIPHER_SECRETBOX or cipher == CIPHER_AEGIS
 
 
-def chacha_seal_packet(const unsigned char[::1] key, uint32_t remote_index, uint64_t counter,
-                       const unsigned char[::1] plaintext, size_t mtu=0):
-    """A whole WireGuard transport datagram, sealed by the worker's own code
-    (tests compare it with dataplane/ciphers.py)."""
-    _check_key(key)
-    cdef Py_ssize_t n = plaintext.shape[0]
-    cdef unsigned char *buf = <unsigned char *>calloc(FP_PAYLOAD_OFFSET + n + FP_TAIL_ROOM, 1)
-    cdef size_t tail = 0
-    cdef int rc
-    if buf == NULL:
-        raise MemoryError()
-    if n:
-        memcpy(buf + FP_PAYLOAD_OFFSET, &plaintext[0], n)
-    with nogil:
-        rc = _seal_chacha(buf, n, mtu, remote_index, counter, &key[0], &tail)
-        phantom_ossl_wipe()
-    out = PyBytes_FromStringAndSize(<char *>buf + FP_HEADER_SIZE, FP_HEADER_SIZE + n + tail)
-    free(buf)
-    if rc != 0:
-        raise _crypto.CryptoError("chacha20poly1305 seal failed")
-    return out
-
-
-def chacha_open_packet(const unsigned char[::1] key, const unsigned char[::1] datagram):
-    """(index, counter, padded plaintext) of a WireGuard datagram, or None when forged."""
-    _check_key(key)
-    cdef Py_ssize_t n = datagram.shape[0]
-    cdef unsigned char *buf
-    cdef int rc
-    if n < FP_PAYLOAD_OFFSET:
-        return None
-    buf = <unsigned char *>malloc(n)
-    if buf == NULL:
-        raise MemoryError()
-    memcpy(buf, &datagram[0], n)
-    with nogil:
-        rc = _open_chacha(buf, n, _le64(buf + 8), &key[0])
-        phantom_ossl_wipe()
-    out = None
-    if rc == 0:
-        out = (_le32(buf + 4), _le64(buf + 8),
-               PyBytes_FromStringAndSize(<char *>buf + FP_HEADER_SIZE, n - FP_PAYLOAD_OFFSET))
-    free(buf)
-    return out
-
-
-def aegis_seal_packet(const unsigned char[::1] key, uint32_t remote_index, uint64_t counter,
-                      const unsigned char[::1] plaintext):
-    """A whole AEGIS-256 transport datagram, sealed by the worker's own code
-    (tests compare it with dataplane/ciphers.py).  ``key``: the derived one."""
-    _check_key(key)
-    cdef Py_ssize_t n = plaintext.shape[0]
-    cdef unsigned char *buf = <unsigned char *>calloc(FP_PAYLOAD_OFFSET + n + FP_TAIL_ROOM, 1)
-    cdef int rc
-    if buf == NULL:
-        raise MemoryError()
-    if n:
-        memcpy(buf + FP_PAYLOAD_OFFSET, &plaintext[0], n)
-    with nogil:
-        rc = _seal_aegis(buf, n, remote_index, counter, &key[0])
-    out = PyBytes_FromStringAndSize(<char *>buf + FP_HEADER_SIZE, FP_HEADER_SIZE + n + FP_AEGIS_TAG)
-    _wipe(buf, FP_PAYLOAD_OFFSET + n + FP_TAIL_ROOM)
-    free(buf)
-    if rc != 0:
-        raise _crypto.CryptoError("aegis256 seal failed")
-    return out
-
-
-def aegis_open_packet(const unsigned char[::1] key, const unsigned char[::1] datagram):
-    """(index, counter, plaintext) of an AEGIS-256 datagram, or None when forged."""
-    _check_key(key)
-    cdef Py_ssize_t n = datagram.shape[0]
-    cdef unsigned char *buf
-    cdef int rc
-    if n < FP_HEADER_SIZE:
-        return None
-    buf = <unsigned char *>malloc(n)
-    if buf == NULL:
-        raise MemoryError()
-    memcpy(buf, &datagram[0], n)
-    with nogil:
-        rc = _open_aegis(buf, n, _le64(buf + 8), &key[0])
-    out = None
-    if rc == 0:
-        out = (_le32(buf + 4), _le64(buf + 8),
-               PyBytes_FromStringAndSize(<char *>buf + FP_HEADER_SIZE, n - FP_HEADER_SIZE - FP_AEGIS_TAG))
-    _wipe(buf, n)
-    free(buf)
-    return out
-
-
-BENCH_CIPHERS = ("secretbox", "aegis256", "chacha20poly1305-libsodium", "chacha20poly1305-openssl")
-
-
-def bench_cipher(str name, Py_ssize_t size, Py_ssize_t iterations):
-    """Seconds for ``iterations`` seal+open round trips of ``size`` bytes with
-    one transport cipher, in place, timed in C with the GIL released (the
-    fast path's own per-packet functions: header, nonce from the counter).
-    ``name``: one of BENCH_CIPHERS."""
-    cdef int which = BENCH_CIPHERS.index(name)
-    cdef unsigned char *buf = <unsigned char *>calloc(FP_PAYLOAD_OFFSET + size + FP_TAIL_ROOM, 1)
-    cdef unsigned char key[32]
-    cdef unsigned char n[12]
-    cdef Py_ssize_t i
-    cdef int rc = 0
-    cdef double t0, t1
-    if which == 3 and not phantom_ossl_ready():
-        free(buf)
-        raise ValueError("libcrypto is not available")
-    if buf == NULL:
-        raise MemoryError()
-    memset(key, 7, 32)
-    with nogil:
-        t0 = _now()
-        for i in range(iterations):
-            if which == 0:
-                rc |= _seal_packet(buf, size, 1, i, key)
-                rc |= _open_packet(buf, FP_PAYLOAD_OFFSET + size, i, key)
-            elif which == 1:
-                rc |= _seal_aegis(buf, size, 1, i, key)
-                rc |= _open_aegis(buf + FP_HEADER_SIZE, FP_HEADER_SIZE + size + FP_AEGIS_TAG, i, key)
-            else:
-                _aead_nonce(n, i)
-                rc |= _chacha_seal_raw(buf + FP_PAYLOAD_OFFSET, size, n, key, which == 3)
-                rc |= _chacha_open_raw(buf + FP_PAYLOAD_OFFSET, size + FP_MAC_SIZE, n, key, which == 3)
-        t1 = _now()
-        phantom_ossl_wipe()
-    free(buf)
-    if rc != 0:
-        raise RuntimeError("%s round trip failed" % name)
-    return t1 - t0
-
-
-cdef inline uint64_t _xorshift(uint64_t *s) noexcept nogil:
-    s[0] ^= s[0] << 13
-    s[0] ^= s[0] >> 7
-    s[0] ^= s[0] << 17
-    return s[0]
-
-
-def chacha_crosscheck(Py_ssize_t iterations, uint64_t seed, Py_ssize_t max_len=3000):
-    """Seal ``iterations`` pseudo-random messages (keys, nonces, lengths up to
-    ``max_len``) with OpenSSL and with libsodium and open them again, all in
-    one nogil loop; returns how many disagreed.  Threads calling this at once
-    share nothing but the engine's code: tests use it to show each thread has
-    its own EVP contexts."""
-    cdef unsigned char *a = <unsigned char *>calloc(max_len + 16, 1)
-    cdef unsigned char *b = <unsigned char *>calloc(max_len + 16, 1)
-    cdef unsigned char *m = <unsigned char *>calloc(max_len + 16, 1)
-    cdef unsigned char key[32]
-    cdef unsigned char n[12]
-    cdef uint64_t st = seed | 1
-    cdef Py_ssize_t i, j, size
-    cdef long bad = 0
-    if not phantom_ossl_ready():
-        free(a)
-        free(b)
-        free(m)
-        raise ValueError("libcrypto is not available")
-    if a == NULL or b == NULL or m == NULL:
-        free(a)
-        free(b)
-        free(m)
-        raise MemoryError()
-    with nogil:
-        for i in range(iterations):
-            for j in range(32):
-                key[j] = <unsigned char>_xorshift(&st)
-            for j in range(12):
-                n[j] = <unsigned char>_xorshift(&st)
-            size = <Py_ssize_t>(_xorshift(&st) % <uint64_t>(max_len + 1))
-            for j in range(size):
-                m[j] = <unsigned char>_xorshift(&st)
-            memcpy(a, m, size)
-            memcpy(b, m, size)
-            if _chacha_seal_raw(a, size, n, key, True) != 0 or _chacha_seal_raw(b, size, n, key, False) != 0:
-                bad += 1
-                continue
-            if memcmp(a, b, size + 16) != 0:
-                bad += 1
-                continue
-            if _chacha_open_raw(a, size + 16, n, key, True) != 0 or memcmp(a, m, size) != 0:
-                bad += 1
-        phantom_ossl_wipe()
-    free(a)
-    free(b)
-    free(m)
-    return bad
-
-
 def _check_key(const unsigned char[::1] key):
     if key.shape[0] != FP_KEY_SIZE:
         raise ValueError("key must be %d bytes" % FP_KEY_SIZE)
 
 
-def seal_into(const unsigned char[::1] key, uint64_t counter, unsigned char[::1] buf,
-              Py_ssize_t offset, Py_ssize_t length):
-    """Same contract as crypto.secretbox_seal_into: plaintext at
-    buf[offset:offset+length] becomes MAC at buf[offset-16:offset] and
-    ciphertext at buf[offset:offset+length].  Called nogil."""
-    cdef unsigned char n[24]
-    cdef int rc
-    _check_key(key)
-    if offset < FP_MAC_SIZE or length < 0 or offset + length > buf.shape[0]:
-        raise ValueError("bad buffer geometry")
-    _nonce(n, counter)
-    with nogil:
-        rc = _seal_fn(&buf[offset - FP_MAC_SIZE], &buf[0] + offset, length, n, &key[0])
-    if rc != 0:
-        raise _crypto.CryptoError("secretbox seal failed")
-
-
-def open_into(const unsigned char[::1] key, uint64_t counter, unsigned char[::1] buf,
-              Py_ssize_t offset, Py_ssize_t length):
-    """Same contract as crypto.secretbox_open_into; False when forged."""
-    cdef unsigned char n[24]
-    cdef int rc
-    _check_key(key)
-    if offset < 0 or length < 0 or offset + length > buf.shape[0]:
-        raise ValueError("bad buffer geometry")
-    if length < FP_MAC_SIZE:
-        return False
-    _nonce(n, counter)
-    with nogil:
-        rc = _open_fn(&buf[0] + offset + FP_MAC_SIZE, &buf[0] + offset, length, n, &key[0])
-    return rc == 0
-
-
-def seal_packet(const unsigned char[::1] key, uint32_t remote_index, uint64_t counter,
-                const unsigned char[::1] plaintext):
-    """A whole transport datagram (header | MAC | ciphertext), built the way the
-    worker builds it.  For differential tests and benchmarks."""
-    cdef Py_ssize_t n = plaintext.shape[0]
-    cdef bytearray out = bytearray(FP_PAYLOAD_OFFSET + n)
-    cdef unsigned char *p = out
-    cdef int rc
-    _check_key(key)
-    if n:
-        memcpy(p + FP_PAYLOAD_OFFSET, &plaintext[0], n)
-    with nogil:
-        rc = _seal_packet(p, n, remote_index, counter, &key[0])
-    if rc != 0:
-        raise _crypto.CryptoError("secretbox seal failed")
-    return bytes(out)
-
-
-def seal_open_inplace(const unsigned char[::1] key, uint64_t counter, unsigned char[::1] buf,
-                      Py_ssize_t length):
-    """Seal then open buf[32:32+length] in place, as one nogil call (benchmarks)."""
-    cdef int rc
-    _check_key(key)
-    if FP_PAYLOAD_OFFSET + length > buf.shape[0]:
-        raise ValueError("bad buffer geometry")
-    with nogil:
-        rc = _seal_packet(&buf[0], length, 0, counter, &key[0])
-        if rc == 0:
-            rc = _open_packet(&buf[0], FP_PAYLOAD_OFFSET + length, counter, &key[0])
-    return rc == 0
-
-
-def bench_seal_open(Py_ssize_t size, Py_ssize_t iterations, bint raw=False):
-    """Seconds for ``iterations`` seal+open round trips of ``size`` bytes, timed
-    in C with the GIL released: ``raw`` calls libsodium's secretbox directly
-    (fixed nonce, separate buffers); otherwise the fast path's in-place
-    per-packet functions (header, nonce from the counter, in place)."""
-    cdef unsigned char *buf = <unsigned char *>calloc(FP_PAYLOAD_OFFSET + size + 16, 1)
-    cdef unsigned char *out = <unsigned char *>calloc(FP_PAYLOAD_OFFSET + size + 16, 1)
+# --- round trips timed in C: how dataplane/ciphers.py picks ChaCha20-Poly1305's implementation
+cdef double _cipher_round_trips(int which, unsigned char *buf, size_t size, Py_ssize_t iterations,
+                                int *rc) noexcept nogil:
+    """Seconds for ``iterations`` seal+open round trips of ``size`` bytes in
+    ``buf`` (FP_PAYLOAD_OFFSET + size + FP_TAIL_ROOM bytes), in place, with the
+    per-packet functions above (header, nonce from the counter): ``which`` 0
+    secretbox, 1 AEGIS-256, 2 ChaCha20-Poly1305 from libsodium, 3 from
+    OpenSSL (the caller checks that it is bound).  ``rc`` gets the OR of every
+    result: 0 when every packet sealed and opened."""
     cdef unsigned char key[32]
-    cdef unsigned char n[24]
+    cdef unsigned char n[12]
     cdef Py_ssize_t i
-    cdef int rc = 0
+    cdef int r = 0
     cdef double t0, t1
-    if buf == NULL or out == NULL:
-        free(buf)
-        free(out)
-        raise MemoryError()
     memset(key, 7, 32)
-    memset(n, 0, 24)
-    with nogil:
-        t0 = _now()
-        for i in range(iterations):
-            if raw:
-                rc |= _seal_fn(out, buf, size, n, key)
-                rc |= _open_fn(buf, out, size + FP_MAC_SIZE, n, key)
-            else:
-                rc |= _seal_packet(buf, size, 1, i, key)
-                rc |= _open_packet(buf, FP_PAYLOAD_OFFSET + size, i, key)
-        t1 = _now()
-    free(buf)
-    free(out)
-    if rc != 0:
-        raise RuntimeError("secretbox round trip failed")
+    t0 = _now()
+    for i in range(iterations):
+        if which == 0:
+            r |= _seal_packet(buf, size, 1, i, key)
+            r |= _open_packet(buf, FP_PAYLOAD_OFFSET + size, i, key)
+        elif which == 1:
+            r |= _seal_aegis(buf, size, 1, i, key)
+            r |= _open_aegis(buf + FP_HEADER_SIZE, FP_HEADER_SIZE + size + FP_AEGIS_TAG, i, key)
+        else:
+            _aead_nonce(n, i)
+            r |= _chacha_seal_raw(buf + FP_PAYLOAD_OFFSET, size, n, key, which == 3)
+            r |= _chacha_open_raw(buf + FP_PAYLOAD_OFFSET, size + FP_MAC_SIZE, n, key, which == 3)
+    t1 = _now()
+    phantom_ossl_wipe()
+    rc[0] = r
     return t1 - t0
+
+
+def time_chacha(str impl, Py_ssize_t size, Py_ssize_t iterations):
+    """Seconds for ``iterations`` seal+open round trips of a ``size``-byte
+    WireGuard payload with ChaCha20-Poly1305 from ``impl`` ("libsodium" or
+    "openssl"), timed in C without the GIL: dataplane/ciphers.py measures
+    both at start-up to decide its policy."""
+    cdef int which, rc = 0
+    cdef unsigned char *buf
+    cdef double seconds
+    if impl == "libsodium":
+        which = 2
+    elif impl == "openssl":
+        which = 3
+    else:
+        raise ValueError("impl must be 'libsodium' or 'openssl'")
+    if which == 3 and not phantom_ossl_ready():
+        raise ValueError("libcrypto is not available")
+    buf = <unsigned char *>calloc(FP_PAYLOAD_OFFSET + size + FP_TAIL_ROOM, 1)
+    if buf == NULL:
+        raise MemoryError()
+    with nogil:
+        seconds = _cipher_round_trips(which, buf, size, iterations, &rc)
+    free(buf)
+    if rc != 0:
+        raise RuntimeError("chacha20poly1305-%s round trip failed" % impl)
+    return seconds

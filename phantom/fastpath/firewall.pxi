@@ -171,32 +171,6 @@ cdef int _fw_decide(const unsigned char *blob, size_t bloblen, int direction,
     return blob[13 + direction]
 
 
-def fw_decide(const unsigned char[::1] blob, int direction, const unsigned char[::1] packet,
-              int64_t peer_id):
-    """(action, rule, reason) as the C classifier decides, action 3 = deferred
-    to Python.  For differential tests; counts nothing."""
-    cdef int rule = -1, reason = -1, action
-    action = _fw_decide(&blob[0], blob.shape[0], direction,
-                        &packet[0] if packet.shape[0] else NULL, packet.shape[0], peer_id,
-                        &rule, &reason)
-    return action, rule, reason
-
-
-def fw_bench(const unsigned char[::1] blob, int direction, const unsigned char[::1] packet,
-             int64_t peer_id, Py_ssize_t iterations):
-    """Seconds for ``iterations`` classifications of one packet, timed in C."""
-    cdef int rule, reason, acc = 0
-    cdef Py_ssize_t i
-    cdef double t0, t1
-    with nogil:
-        t0 = _now()
-        for i in range(iterations):
-            acc += _fw_decide(&blob[0], blob.shape[0], direction, &packet[0], packet.shape[0],
-                              peer_id + (acc & 0), &rule, &reason)
-        t1 = _now()
-    return t1 - t0
-
-
 cdef int _fw_classify(fp_engine *e, fp_pkt *pkts, int n, int direction, size_t offset) noexcept with gil:
     """Classify every V_PASS packet; a refused packet gets D_FIREWALL.  Called
     by a worker without the engine lock; holds the GIL for the batch (the

@@ -48,37 +48,6 @@ cdef inline uint64_t _sum16(const unsigned char *p, size_t n, uint64_t acc) noex
     return acc
 
 
-def inet_sum(const unsigned char[::1] data, Py_ssize_t offset=0):
-    """Tests: the folded ones' complement sum of data[offset:] as the fast
-    path computes it (any alignment)."""
-    cdef Py_ssize_t n = data.shape[0]
-    if not 0 <= offset <= n:
-        raise ValueError("offset")
-    if n == 0 or offset == n:
-        return 0
-    return _fold(_sum16(&data[0] + offset, n - offset, 0))
-
-
-def bench_sum16(Py_ssize_t size, Py_ssize_t iterations):
-    """Seconds for ``iterations`` checksums of ``size`` bytes, in C."""
-    cdef unsigned char *buf = <unsigned char *>calloc(size + 1, 1)
-    cdef Py_ssize_t i
-    cdef uint64_t acc = 0
-    cdef double t0, t1
-    if buf == NULL:
-        raise MemoryError()
-    for i in range(size):
-        buf[i] = <unsigned char>(i * 7)
-    with nogil:
-        t0 = _now()
-        for i in range(iterations):
-            buf[0] = <unsigned char>i
-            acc += _sum16(buf, size, 0)
-        t1 = _now()
-    free(buf)
-    return (t1 - t0), acc
-
-
 cdef inline uint16_t _fold(uint64_t acc) noexcept nogil:
     while acc >> 16:
         acc = (acc & 0xFFFF) + (acc >> 16)

@@ -38,29 +38,3 @@ cdef bint _replay_update(fp_replay *w, uint64_t c) noexcept nogil:
         return False
     w.ring[index] = word | bit
     return True
-
-
-cdef class ReplayWindow:
-    """The C replay window with dataplane/replay.py's Python API (for tests)."""
-
-    cdef fp_replay w
-
-    def __cinit__(self):
-        memset(&self.w, 0, sizeof(fp_replay))
-
-    @property
-    def last(self):
-        return self.w.last
-
-    def reset(self):
-        memset(&self.w, 0, sizeof(fp_replay))
-
-    def check(self, counter):
-        if counter < 0 or counter >= 2 ** 64:
-            return False
-        return _replay_check(&self.w, counter)
-
-    def update(self, counter):
-        if counter < 0 or counter >= 2 ** 64:
-            return False
-        return _replay_update(&self.w, counter)

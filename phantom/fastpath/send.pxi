@@ -147,7 +147,7 @@ cdef void _out_seal(fp_engine *e, fp_pkt *pkts, int n) noexcept nogil:
         if pkt.verdict != V_PASS:
             continue
         if e.fault_seal:
-            rc = -1        # fault injection (tests): behave as if libsodium failed
+            rc = -1        # fault injection (_testing.set_fault_seal): as if libsodium failed
         elif pkt.cipher == CIPHER_CHACHA:
             pkt.wire_off = FP_HEADER_SIZE
             rc = _seal_chacha(pkt.buf, pkt.len, e.max_inner, pkt.local_index, pkt.counter,

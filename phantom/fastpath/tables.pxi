@@ -741,9 +741,5 @@ cdef class Forwarder:
         self.fw_callback = callback
         self.e.fw = NULL if callback is None else <void *>callback
 
-    def set_fault_seal(self, bint on):
-        """Fault injection for tests: every seal behaves as if libsodium failed."""
-        self.e.fault_seal = on
-
     def close(self):
         pass

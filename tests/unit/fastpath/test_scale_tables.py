@@ -20,7 +20,7 @@ import pytest
 from phantom.constants import Tunables
 from phantom.dataplane.types import Mode
 
-_fastpath = pytest.importorskip("phantom.fastpath._engine", reason="phantom.fastpath._engine is not built")
+pytest.importorskip("phantom.fastpath._engine", reason="phantom.fastpath._engine is not built")
 from phantom.dataplane.fast import FastDataPath  # noqa: E402
 
 
