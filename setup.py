@@ -71,7 +71,22 @@ class checked_build_ext(build_ext):
             raise BuildError("building %s failed: %s\n%s" % (ext.name, exc, HINT)) from exc
 
 
+def _generate() -> None:
+    """phantom/fastpath/_generated.pxi from the Python enums (drop reasons,
+    message types): loaded by path, so that nothing of phantom is imported."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "phantom", "fastpath", "generate.py")
+    spec = importlib.util.spec_from_file_location("_phantom_fastpath_generate", path)
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    try:
+        gen.write()
+    except gen.GenerateError as exc:
+        raise BuildError("generating phantom/fastpath/_generated.pxi failed: %s" % exc) from exc
+
+
 def _extensions():
+    _generate()
     try:
         from Cython.Build import cythonize
     except ImportError as exc:

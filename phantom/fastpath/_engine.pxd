@@ -26,7 +26,6 @@ cdef enum:
     FP_RX_HEADROOM = 16            # before a receive buffer: a WireGuard or AEGIS-256 payload lands at +16
     FP_MAX_INNER = 65535           # wire.MAX_INNER_SIZE
     FP_BUF_SIZE = 65631            # 65535 payload + 32 overhead + 64 slack (detects oversize)
-    FP_N_DROPS = 17                # len(types.Drop)
     FP_INDEX_BUCKETS = 4096        # receiver-index hash (power of two)
     FP_PEER_BUCKETS = 4096         # peer-id, relay-id and relay-pair hashes (power of two)
     FP_EVENT_QUEUE = 4096          # pending events for the control plane
@@ -58,25 +57,9 @@ cdef enum:
     MODE_TAP = 1
     MODE_TEST = 2
 
-# types.Drop, same numbers
-cdef enum:
-    D_MALFORMED = 0
-    D_TRUNCATED = 1
-    D_OVERSIZED = 2
-    D_UNKNOWN_INDEX = 3
-    D_REPLAY = 4
-    D_AUTH_FAILED = 5
-    D_KEY_EXPIRED = 6
-    D_NO_ROUTE = 7
-    D_SRC_NOT_ALLOWED = 8
-    D_FIREWALL = 9
-    D_NO_ENDPOINT = 10
-    D_STAGED_OVERFLOW = 11
-    D_BAD_INNER = 12
-    D_SEND_FAILED = 13
-    D_CONTROL_OVERFLOW = 14
-    D_RELAY_UNKNOWN_ID = 15
-    D_RELAY_BUDGET = 16
+# Drop reasons (D_*, FP_N_DROPS) and message types (MSG_*): generated at build time from
+# the Python enums (types.Drop, wire.MessageType) by generate.py; never written here.
+include "_generated.pxi"
 
 
 cdef struct fp_replay:
@@ -122,7 +105,7 @@ cdef struct fp_peer:
     double last_tx
     double last_data_rx
     double last_data_tx
-    uint64_t drops[17]             # FP_N_DROPS
+    uint64_t drops[FP_N_DROPS]     # types.Drop
     fp_staged *staged              # ring of staged_max entries
     int staged_head
     int staged_count
@@ -204,7 +187,7 @@ cdef struct fp_engine:
     bint icmp4
     bint icmp6
     int icmp_pending               # ICMP_UNREACHABLE events not yet drained
-    uint64_t drops[17]             # global drops (every drop, peer known or not)
+    uint64_t drops[FP_N_DROPS]     # global drops (every drop, peer known or not)
     # events
     fp_event events[4096]          # FP_EVENT_QUEUE
     int ev_head

@@ -65,9 +65,14 @@ assert FP_AEGIS_EXTRA == _wire.AEGIS256_EXTRA and FP_AEGIS_NONCE_SIZE == _wire.A
 assert FP_TAIL_ROOM >= FP_AEGIS_TAG
 assert FP_HEADER_SIZE == _wgwire.TRANSPORT_HEADER_SIZE
 assert FP_TAIL_ROOM >= _wgwire.PADDING_MULTIPLE - 1 + _wgwire.AEAD_TAG_SIZE
+# D_*, FP_N_DROPS and MSG_* are generated from these enums at build time
+# (generate.py): a build older than the enums stops here instead of counting
+# drops under the wrong names.
 from phantom.dataplane.types import Drop as _Drop
-assert FP_N_DROPS == len(_Drop) and D_CONTROL_OVERFLOW == _Drop.CONTROL_OVERFLOW
-assert D_RELAY_UNKNOWN_ID == _Drop.RELAY_UNKNOWN_ID and D_RELAY_BUDGET == _Drop.RELAY_BUDGET
+from phantom.fastpath.generate import signature as _signature
+assert FP_N_DROPS == len(_Drop) and FP_SIG_DROP == _signature(_Drop.__members__.items()) \
+    and FP_SIG_MESSAGETYPE == _signature(_wire.MessageType.__members__.items()), \
+    "stale build: rebuild phantom.fastpath (setup.py build_ext --inplace) after changing Drop or MessageType"
 
 cdef uint64_t REPLAY_LIMIT = _constants.REJECT_AFTER_MESSAGES
 cdef uint16_t _ENDIAN_PROBE = 1

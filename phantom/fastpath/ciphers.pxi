@@ -39,7 +39,7 @@ cdef inline void _nonce(unsigned char *n, uint64_t counter) noexcept nogil:
 cdef inline void _put_header(unsigned char *p, uint32_t idx, uint64_t counter) noexcept nogil:
     """wire.TRANSPORT_HEADER: type 4 | 3 zero bytes | receiver_index u32le | counter u64le."""
     cdef int i
-    p[0] = 4
+    p[0] = MSG_TRANSPORT
     p[1] = 0
     p[2] = 0
     p[3] = 0

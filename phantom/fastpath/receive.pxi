@@ -31,15 +31,15 @@ cdef int _in_prepare(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nog
             pkt.verdict = D_MALFORMED
             continue
         t = pkt.buf[0]
-        if pkt.relayed_inner and (t == 5 or t == 6):
+        if pkt.relayed_inner and (t == MSG_PEER_CONTROL or t == MSG_RELAY):
             pkt.verdict = D_MALFORMED               # no nesting; peer control only on a direct session
             continue
-        if t == 1 or t == 2 or t == 3:
+        if t == MSG_INITIATION or t == MSG_RESPONSE or t == MSG_COOKIE_REPLY:
             # exact sizes, Phantom's (with or without suites) or WireGuard's (as wire.demux.classify)
-            expect = INITIATION_SIZE if t == 1 else (RESPONSE_SIZE if t == 2 else COOKIE_REPLY_SIZE)
-            if pkt.len != expect and not ((t == 1 and (pkt.len == WG_INITIATION_SIZE
+            expect = INITIATION_SIZE if t == MSG_INITIATION else (RESPONSE_SIZE if t == MSG_RESPONSE else COOKIE_REPLY_SIZE)
+            if pkt.len != expect and not ((t == MSG_INITIATION and (pkt.len == WG_INITIATION_SIZE
                                                        or pkt.len == INITIATION_OFFER_SIZE))
-                                          or (t == 2 and (pkt.len == WG_RESPONSE_SIZE
+                                          or (t == MSG_RESPONSE and (pkt.len == WG_RESPONSE_SIZE
                                                           or pkt.len == RESPONSE_CHOICE_SIZE))):
                 pkt.verdict = D_MALFORMED
             else:
@@ -49,7 +49,7 @@ cdef int _in_prepare(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nog
                 else:
                     pkt.verdict = D_CONTROL_OVERFLOW   # the control plane's queue is full
             continue
-        if t == 5:                              # peer control: the control plane opens it
+        if t == MSG_PEER_CONTROL:               # peer control: the control plane opens it
             if pkt.len < PEER_CONTROL_MIN_SIZE or pkt.len > PEER_CONTROL_MAX_SIZE:
                 pkt.verdict = D_MALFORMED
             else:
@@ -57,10 +57,10 @@ cdef int _in_prepare(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nog
                 if _ev_push(e, EV_CONTROL_PACKET, -1, 0, pkt.buf, pkt.len, &pkt.addr, pkt.addrlen):
                     events += 1
             continue
-        # type 6: a relay frame, forwarded when we relay (a relayed client is
-        # not supported by this data path yet: dropped as malformed)
-        pkt.relay = t == 6 and not pkt.relayed_inner
-        if t != 4 and not pkt.relay:
+        # a relay frame: forwarded when we relay, unwrapped when we are relayed
+        # (relay.pxi); one inside a relay frame is malformed (no nesting)
+        pkt.relay = t == MSG_RELAY and not pkt.relayed_inner
+        if t != MSG_TRANSPORT and not pkt.relay:
             pkt.verdict = D_MALFORMED
             continue
         if pkt.len < FP_PAYLOAD_OFFSET:

@@ -188,7 +188,7 @@ cdef int _relay_send(fp_worker *w, fp_pkt *pkts, int n) noexcept nogil:
                 _wipe(pkt.buf, pkt.len)
                 failed += 1
             else:
-                pkt.buf[0] = 6                    # wire.MessageType.RELAY (the header is not sealed)
+                pkt.buf[0] = MSG_RELAY            # the header is not sealed
                 pkt.verdict = V_PASS
                 pkt.len -= FP_PAYLOAD_OFFSET      # _send_batch sends buf[0 : 32 + len]
                 relays += 1

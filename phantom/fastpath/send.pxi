@@ -170,7 +170,7 @@ cdef void _out_seal(fp_engine *e, fp_pkt *pkts, int n) noexcept nogil:
             pkt.wire_off = 0
             pkt.wire_tail = 0
             rc = _seal_packet(pkt.buf, pkt.len, pkt.wrap_index, pkt.wrap_counter, pkt.wrap_key)
-            pkt.buf[0] = 6                        # wire.MessageType.RELAY
+            pkt.buf[0] = MSG_RELAY                # the header is not sealed
             _wipe(pkt.wrap_key, FP_KEY_SIZE)
         if rc != 0:
             pkt.verdict = D_SEND_FAILED

@@ -685,7 +685,7 @@ cdef class Forwarder:
                 rc = _seal_packet(buf, 4 + n, index, counter, key)
                 _wipe(key, FP_KEY_SIZE)
                 if rc == 0:
-                    buf[0] = 6
+                    buf[0] = MSG_RELAY          # the header is not sealed
                     rc = sendto(self.e.udp_fd, buf, FP_PAYLOAD_OFFSET + 4 + n, 0, <sockaddr *>&addr, alen)
             _wipe(buf, FP_PAYLOAD_OFFSET + 4 + n)
             free(buf)
