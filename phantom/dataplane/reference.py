@@ -398,6 +398,11 @@ class ReferenceDataPath:
         that could die while the daemon goes on (see FastDataPath.failure)."""
         return None
 
+    @property
+    def worker_stats(self) -> Optional[dict]:
+        """No workers here: the reference path runs on the event loop."""
+        return None
+
     def global_drops(self) -> dict:
         return dict(self._drops)
 
