@@ -1,35 +1,77 @@
 # cython: language_level=3, cdivision=True
-"""Phantom's Cython data path (``phantomd --fast``).
+"""Phantom's Cython data path (``phantomd --fast``): module phantom.fastpath._engine.
 
-The pipeline, as the worker thread runs it (GIL released the whole time):
+This file only binds things together: the declarations are in _engine.pxd
+(structs, constants, the C API _testing.pyx calls), the C APIs in
+includes/*.pxd, the drop reasons and message types in _generated.pxi (made
+by generate.py from types.Drop and wire.MessageType at build time), and the
+code in one part per job, included below.  The Python side is
+phantom/dataplane/fast.py (FastDataPath, the DataPath contract of
+dataplane/contract.py); the test and benchmark hooks are the separate
+extension phantom.fastpath._testing, which phantomd never loads.
 
-  inner -> tunnel (one batch of up to ``burst`` packets)
+The pipeline, as a worker thread runs it (worker.pxi; GIL released the whole
+time except in step 3 with a firewall).  "lock" is the engine mutex
+(tables.pxi), taken once per phase and batch, never across a system call or
+a cipher call.
+
+  device -> wire (_inner_batch), one batch of up to ``burst`` packets
     1. read packets from the TUN device (or recvmmsg from the test port) into
-       buffers at offset TRANSPORT_PAYLOAD_OFFSET, leaving room for the header;
-    2. lock: route each packet to a peer (allowed-IPs LPM, or the test peer),
-       take the current keypair, assign its counter, copy the send key and the
-       endpoint into the packet record; packets with no usable keypair are
-       staged and "handshake needed" is queued; unlock;
-    3. write the transport header and seal in place with the keypair's cipher
-       (libsodium's secretbox or AEGIS-256, or ChaCha20-Poly1305 from
-       libsodium or OpenSSL, via function pointers), wipe the key copy; a
-       failed seal drops the packet;
-    4. sendmmsg every sealed packet (never anything else);
-    5. lock: counters and drops; unlock; poke the eventfd if events were queued.
+       buffers at FP_PAYLOAD_OFFSET, leaving room for the header; with
+       IFF_VNET_HDR a TSO/USO super-packet is cut into MTU-sized segments,
+       each with its own headers and checksums (offload.pxi _tso_split);
+    2. lock: oversize check and route: allowed-IPs LPM (trie.pxi), the MAC
+       table in TAP mode (unknown/group: flooded, worker.pxi _out_flood), or
+       the test peer (send.pxi _out_prepare); unlock;
+    3. firewall (firewall.pxi _fw_classify, only with one): take the GIL once
+       for the batch, decide each packet in C from the compiled tables
+       (_fw_decide) or, for fragments and stateful tables, with the Python
+       classifier; a refused packet is a ``firewall`` drop (a REJECT answers
+       into the device); without a firewall (and not in TAP mode) steps 2 and
+       4 are one hold of the lock;
+    4. lock: take the peer's current keypair, assign its counter, copy the
+       send key and the endpoint into the packet record; no usable keypair:
+       stage the packet and queue "handshake needed" (staging.pxi,
+       events.pxi); a peer reached through a relay (RelayVia endpoint) also
+       gets the relay's key and id; unlock;
+    5. seal in place with the keypair's cipher (ciphers.pxi: secretbox,
+       AEGIS-256, or ChaCha20-Poly1305 from libsodium or OpenSSL) and wipe the
+       key copy; a relayed peer's sealed datagram is then wrapped in a relay
+       frame (type 6, secretbox under the relay's session key); a failed seal
+       drops and wipes the packet (send.pxi _out_seal);
+    6. sendmmsg every sealed packet, never anything else; runs of equal size
+       to one endpoint leave as one UDP GSO message (send.pxi _send_batch);
+    7. lock: counters and drops (send.pxi _account); unlock; poke the eventfd
+       if events were queued (events.pxi _notify).
 
-  tunnel -> inner
-    1. recvmmsg datagrams;
-    2. lock: framing checks; handshake/cookie messages are queued for the
-       control plane; transport: receiver-index lookup, replay *check*, copy
-       the receive key; unlock;
-    3. open in place (no lock);
-    4. lock: re-find the keypair (it may have been retired meanwhile), replay
-       *update*, promote a "next" keypair, roam the endpoint, counters,
-       inner-source check; unlock;
-    5. write payloads to the TUN device (or sendmmsg to the test target).
+  wire -> device (_udp_batch)
+    1. recvmmsg datagrams; with UDP GRO a coalesced datagram becomes one
+       record per original datagram (worker.pxi _recv_udp);
+    2. lock: framing by message type: handshake and cookie messages (and peer
+       control, type 5) are queued for the control plane; transport (type 4)
+       and relay frames (type 6): receiver-index lookup, key age, replay
+       *check*, copy the receive key (receive.pxi _in_prepare); unlock;
+    3. open in place (no lock; receive.pxi _in_open);
+    4. lock: re-find the keypair by index and serial (it may have been
+       retired meanwhile), replay *update*, promote a "next" keypair, roam the
+       endpoint (never for relayed packets), counters, inner-source check
+       (receive.pxi _in_commit); a relay frame never reaches the device: on a
+       relay it is routed to its pair's destination and re-keyed for it
+       (relay.pxi _relay_route; unknown pair: ``relay_unknown_id``, over
+       budget: ``relay_budget``), on a relayed peer its inner datagram is
+       unwrapped (_relay_unwrap) and goes through steps 2-4 once more, as
+       from the peer the relay id names; unlock;
+    5. firewall (as step 3 outbound, direction in), then, in TAP mode, learn
+       the source MACs of the frames that passed;
+    6. write payloads to the TUN device, consecutive segments of one TCP flow
+       coalesced into one TSO super-packet (offload.pxi _write_tun), or
+       sendmmsg them to the test target;
+    7. on a relay: seal and send the frames routed in step 4 (relay.pxi
+       _relay_send); count late drops; poke the eventfd; flush the staged
+       packets of peers whose keypair was just confirmed (staging.pxi).
 
-The control plane (another thread, holding the GIL) calls the Engine methods;
-they take the same lock with the GIL released.
+The control plane (the event loop's thread, holding the GIL) calls the
+Forwarder's methods (tables.pxi); they take the same lock with the GIL released.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
