@@ -6,7 +6,7 @@ Input: byte 0 = flags (bit 0: the document is TOML, else JSON; bit 1: the
 packet goes out, else in; bits 2-3: the peer id of the packet), then the
 document text up to the first NUL byte, then an IP packet.
 
-Contract (phantom/dataplane/firewall.py): ``parse_rules`` returns a RuleSet
+Contract (phantom/dataplane/firewall/): ``parse_rules`` returns a RuleSet
 or raises FirewallError -- for any JSON/TOML value, as PUT /firewall and the
 config file hand it over; ``compile_rules`` never raises on a RuleSet that
 ``parse_rules`` made, and the Tables it builds decode; the rule set's

@@ -12,7 +12,7 @@ touch Python.  Threads:
   below, which lock the C tables briefly, and reads the engine's eventfd: the
   worker queues handshake/cookie datagrams, "handshake needed", "keypair
   confirmed" and "ICMP unreachable" events there and this module dispatches
-  them to :class:`~phantom.dataplane.types.DataPathEvents`.
+  them to :class:`~phantom.dataplane.contract.DataPathEvents`.
 
 See docs/fastpath.md for the design.
 """

@@ -1,7 +1,7 @@
 """The pure-Python reference data path, on the asyncio (uvloop) event loop.
 
 It is the semantic reference for the Cython fast path: both implement
-:class:`phantom.dataplane.types.DataPath` and are tested against each other.
+:class:`phantom.dataplane.contract.DataPath` and are tested against each other.
 
 Outbound, device -> wire:
   1. read a packet from the TUN/TAP device (or a datagram from the test port)

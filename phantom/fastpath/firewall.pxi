@@ -4,7 +4,7 @@
 # Part of phantom/fastpath/_engine.pyx (included there; see docs/fastpath.md).
 
 
-# --- firewall: the compiled tables of dataplane/firewall.py, decided in C ---------------
+# --- firewall: the compiled tables of dataplane/firewall/, decided in C ---------------
 cdef enum:
     FW_ACCEPT = 0
     FW_DROP = 1
