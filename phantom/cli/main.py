@@ -17,7 +17,7 @@ Elsewhere::
 
     phantom demo ...                  phantomlab.demo.main (the lab, imported only here)
     phantom verify ...                phantomlab.verify.main
-    phantom directory serve ...       phantom.control.directory.main
+    phantom directory serve ...       phantom.cli.directory.main
     phantom wg import|export|genpsk   phantom.cli.wg.main
 
 API options (before or after the subcommand): ``--api URL`` (default

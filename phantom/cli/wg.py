@@ -5,7 +5,7 @@
                       [--peer-private-key FILE] [--out FILE]
     phantom wg genpsk                                   like `wg genpsk`
 
-See :mod:`phantom.control.wireguard.wgquick` for what is converted.
+See :mod:`phantom.protocols.wireguard.wgquick` for what is converted.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from .. import crypto
 from ..errors import ConfigError
 from ..syntax import parse_endpoint
 from ..keys import KeyFileError, load_private_key, public_key, write_secret_file
-from ..control.wireguard.keys import genpsk
-from ..control.wireguard.wgquick import (WgConfError, export_for_peer, export_interface, load_phantom,
+from ..protocols.wireguard.keys import genpsk
+from ..protocols.wireguard.wgquick import (WgConfError, export_for_peer, export_interface, load_phantom,
                       parse_wg_quick, to_phantom_toml)
 
 

@@ -308,7 +308,7 @@ class Controller:
         if d.nat is None:
             return None
         out = d.nat.status()
-        if d.s.relay and hasattr(d.dp, "relayed"):
+        if d.s.relay:
             out["relayed"] = dict(d.dp.relayed)
         return out
 

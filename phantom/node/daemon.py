@@ -55,7 +55,7 @@ class Daemon:
     def __init__(self, settings: Settings, private_key: bytearray):
         self.s = settings
         self.t: Tunables = settings.tunables
-        from ..control.protocols import configured_suites
+        from ..protocols.registry import configured_suites
         try:
             suites = configured_suites(settings.ciphers)
         except ValueError as exc:
@@ -75,7 +75,7 @@ class Daemon:
         # WireGuard peers' preshared keys, read now (as root, before any user
         # switch) and checked like the private key: a bad file exits 2.
         self._psks = _load_preshared_keys(settings)
-        self.nat = None                  # control.traversal.Traversal, when configured (nat.attach)
+        self.nat = None                  # nat.traversal.Traversal, when configured (nat.attach)
         self.directory: Optional[DirectoryLink] = None
         if settings.directory:
             self.directory = DirectoryLink(self, bytearray(private_key))
@@ -156,7 +156,7 @@ class Daemon:
 
 
 def _load_preshared_keys(settings: Settings) -> dict:
-    from ..control.wireguard.keys import load_preshared_key
+    from ..protocols.wireguard.keys import load_preshared_key
     psks = {}
     for i, pc in enumerate(settings.peers):
         if pc.preshared_key_file is not None:

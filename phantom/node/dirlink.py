@@ -46,13 +46,13 @@ class DirectoryLink(Observer):
         """Publish our record and keep it fresh; pin configured names; watch our peers."""
         s = self.s
         if s.directory == "dht":
-            from ..control.directory.client import DhtDirectoryClient
+            from ..directory.client import DhtDirectoryClient
             self.client = DhtDirectoryClient(
                 self._key, listen="0.0.0.0:%d" % s.dht_port,
                 bootstrap=s.dht_bootstrap, trusted_signers=s.trusted_signers)
             await self.client.start()
         else:
-            from ..control.directory import DirectoryClient
+            from ..directory import DirectoryClient
             self.client = DirectoryClient(s.directory, self._key, trusted_signers=s.trusted_signers)
         for p in self.d.engine.peers.values():
             self.client.pin(p.name, p.public_key)
@@ -114,7 +114,7 @@ class DirectoryLink(Observer):
     async def _watch_peers(self) -> None:
         """Follow our peers' records (pushed by a directory front end, polled on the
         DHT): a peer that published a new endpoint is reached there at once."""
-        from ..control.directory import DirectoryError
+        from ..directory import DirectoryError
         stop = self.d.shutdown
         watching, task = frozenset(), None
         try:
@@ -181,7 +181,7 @@ class DirectoryLink(Observer):
         self._spawn(self._admit_endorsed(public_key, addr))
 
     async def _admit_endorsed(self, public_key: bytes, addr) -> None:
-        from ..control.directory import DirectoryError
+        from ..directory import DirectoryError
         try:
             rec = await self.client.resolve_key(public_key, fresh=True)
         except DirectoryError as exc:
@@ -252,7 +252,7 @@ class DirectoryLink(Observer):
         """A directory record by name or key; None if absent.  Never by
         endpoint: an endpoint in a record is a claim anyone can make, not an
         identity (see :meth:`phantom.node.controller.Controller.peer_at`)."""
-        from ..control.directory import DirectoryError
+        from ..directory import DirectoryError
         if self.client is None:          # not started yet
             return None
         try:

@@ -5,7 +5,7 @@ they return :mod:`phantom.control.actions`.  The :class:`Executor` carries
 them out on the data path, in order, then shows each one to its observers
 (:class:`Observer`: NAT traversal, nat.py; the key directory's link,
 dirlink.py), whose answers it carries out in turn.  It is also the data
-path's event sink (:class:`phantom.dataplane.types.DataPathEvents`): a
+path's event sink (:class:`phantom.dataplane.contract.DataPathEvents`): a
 control datagram goes to the engine, or to the observer that claims its
 message type; a handshake need and a confirmed keypair go to the engine and
 the observers.  :meth:`Executor.run_ticker` runs the engine's timers and the

@@ -1,4 +1,4 @@
-"""NAT traversal in the node: :class:`phantom.control.traversal.Traversal`
+"""NAT traversal in the node: :class:`phantom.nat.traversal.Traversal`
 (rendezvous roles, the path table, relay pairs; sans-IO) made from the
 config and hung on the executor as an observer of the engine's actions.
 
@@ -10,14 +10,11 @@ traffic waits for a peer, and runs its own timers on the executor's tick.
 
 from __future__ import annotations
 
-import logging
 import socket
 
 from .. import wire
 from ..control import actions as A
 from .executor import Observer
-
-log = logging.getLogger("phantom.daemon")
 
 
 class NatObserver(Observer):
@@ -75,14 +72,11 @@ def attach(daemon) -> None:
     servers = [pc.public_key for pc in s.peers if pc.rendezvous]
     if not (s.rendezvous or servers):
         return
-    from ..control.traversal import Traversal
-    relay_capable = hasattr(dp, "set_relay_route")    # can be relayed
-    can_relay = hasattr(dp, "set_relay")               # can relay for others
+    from ..nat.traversal import Traversal
+    # both data paths can be relayed and relay for others (the DataPath contract)
     daemon.nat = Traversal(daemon.engine, serve=s.rendezvous, servers=servers,
-                           relay=s.relay and can_relay, relay_capable=relay_capable,
+                           relay=s.relay, relay_capable=True,
                            local_endpoints=local_endpoints(daemon.udp, s.endpoints))
     daemon.executor.observers.append(NatObserver(daemon.nat))
-    if s.relay and can_relay:
+    if s.relay:
         dp.set_relay(True)
-    if servers and not relay_capable:
-        log.info("NAT traversal: this data path punches holes but cannot be relayed")

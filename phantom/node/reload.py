@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .. import crypto
-from ..control import protocols
+from ..protocols import registry as protocols
 from .config import (ConfigError, Settings, check_own_key, check_peers, read_config_file,
                      settings_from_mapping)
 from .peers import Batch, b64, planned_names
@@ -151,7 +151,7 @@ class Reloader:
             # refuses the reload; the same path with new contents needs a restart).
             if pc.preshared_key_file is not None and (
                     peer is None or before is None or before.preshared_key_file != pc.preshared_key_file):
-                from ..control.wireguard.keys import load_preshared_key
+                from ..protocols.wireguard.keys import load_preshared_key
                 p.psks[pc.name] = load_preshared_key(pc.preshared_key_file,
                                                      "peer[%d].preshared_key_file" % i)
             if peer is not None and peer.protocol != pc.protocol:

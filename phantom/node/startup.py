@@ -105,7 +105,7 @@ def build(d) -> None:
 
 def peer_suites(pc):
     """A [[peer]]'s own ciphers as suites (None: the interface's)."""
-    from ..control.protocols import peer_suites as suites
+    from ..protocols.registry import peer_suites as suites
     try:
         return suites(pc.ciphers)
     except ValueError as exc:
@@ -155,13 +155,13 @@ def preload(dht: bool = False) -> None:
     from .. import keys  # noqa: F401
     from . import config  # noqa: F401
     from ..dataplane import firewall, packet  # noqa: F401
-    from ..control import directory as _directory  # noqa: F401  (imports sqlite3 too)
+    from .. import directory as _directory  # noqa: F401  (imports sqlite3 too)
     from . import metrics, reload, app, api, opsapi, events  # noqa: F401  (prometheus-client too)
     import platform  # noqa: F401  (prometheus-client's platform collector)
-    from ..control.directory import client as _client  # noqa: F401
+    from ..directory import client as _client  # noqa: F401
     if dht:
         import libtorrent  # noqa: F401
-        from ..control.directory.store import dht as _dht  # noqa: F401
+        from ..directory.store import dht as _dht  # noqa: F401
 
 
 async def serve(d) -> None:

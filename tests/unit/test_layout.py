@@ -77,7 +77,7 @@ def test_dataplane_never_imports_the_control_plane():
 
 def test_fast_path_never_imports_the_control_plane():
     files = _cython_sources(ROOT)
-    assert files, "the Cython sources moved: follow them"
+    assert len(files) >= 3, "the Cython sources moved: follow them"
     above = "|".join(re.escape(m.split(".", 1)[1]) for m in FORBIDDEN)
     pattern = re.compile(r"^\s*(from|import|cimport)\s+(phantom\.|\.+)(%s)\b" % above, re.M)
     bad = [str(f.relative_to(ROOT)) for f in files if pattern.search(f.read_text())]
@@ -219,16 +219,7 @@ PUBLIC_UNDERSCORE = {"_replace", "_asdict", "_fields", "_make", "_field_defaults
 # with its reason: (file under phantom/, the expression as written).
 ALLOWED = {
     # the stdlib names no public base class of IPv4Network and IPv6Network
-    ("dataplane/firewall.py", "ipaddress._BaseNetwork"),
-    # in files the protocols/roles split (h19-protocols) rewrites; fixed after it lands
-    ("control/directory/client.py", "from phantom.control.directory.records import _name_field"),
-    ("control/directory/client.py", "self.node._ses"),
-    ("control/directory/server.py", "from phantom.control.directory.store.postgres import _safe_dsn"),
-    ("control/directory/store/dht.py", "signer._scalar"),
-    ("control/directory/store/dht.py", "signer._nonce_key"),
-    ("wire/__init__.py", "from phantom.wire.phantom import _EXPECTED_SIZE"),
-    ("wire/demux.py", "_wg._EXPECTED_SIZE"),
-    ("wire/demux.py", "_ph._EXPECTED_SIZES"),
+    ("dataplane/firewall/__init__.py", "ipaddress._BaseNetwork"),
 }
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from phantom import crypto
-from phantom.control import directory as d
+from phantom import directory as d
 from phantom.keys import write_private_key
 
 
@@ -20,14 +20,14 @@ def test_directory_across_namespaces(two_hosts, daemon_factory, tmp_path):
     a, b = two_hosts.a, two_hosts.b
     server = daemon_factory(a, ["serve", "--listen", a.ip, "--port", "4568",
                                 "--db", str(tmp_path / "dir.sqlite")],
-                            executable=[sys.executable, "-m", "phantom.control.directory"],
+                            executable=[sys.executable, "-m", "phantom.cli.directory"],
                             http_host=a.ip, http_port=4568, name="directory", wait=False)
     server.wait_ready(15.0)
     key_file = tmp_path / "bob.key"
     key = write_private_key(key_file)
     pub = d.b64(crypto.x25519_public(bytes(key)))
     url = "http://%s:4568" % a.ip
-    cmd = [sys.executable, "-m", "phantom.control.directory"]
+    cmd = [sys.executable, "-m", "phantom.cli.directory"]
     out = b.run(cmd + ["publish", "--directory", url, "--private-key", str(key_file),
                        "--name", "bob", "--endpoint", "%s:9000" % b.ip,
                        "--allowed-ips", "10.9.0.2/32", "--json"], check=False, timeout=30)

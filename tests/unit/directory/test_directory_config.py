@@ -9,7 +9,7 @@ import pytest
 
 from phantom.node.config import parse_daemon_args
 from phantom.errors import ConfigError
-from phantom.control.directory.client import parse_urls
+from phantom.directory.client import parse_urls
 
 
 def settings(tmp_path, body: str):

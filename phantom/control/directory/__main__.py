@@ -1,5 +1,0 @@
-import sys
-
-from phantom.cli.directory import main
-
-sys.exit(main())
