@@ -7,36 +7,9 @@ event loop, so every rule here is unit-tested with an injected clock
 test_engine_liveness.py for the waiting-traffic invariant, test_engine_scale.py for
 the active set and many peers).
 
-Timer rules (one hook each, evaluated in :meth:`Engine.tick`; wording after
-the WireGuard whitepaper, section 6):
-
-* retransmit: an initiation unanswered for REKEY_TIMEOUT (+ jitter) is sent
-  again with a fresh ephemeral key; after ``max_attempts`` the peer is DEAD;
-* passive keepalive: "if we received a data packet and have not sent anything
-  for KEEPALIVE_TIMEOUT, send a keepalive";
-* persistent keepalive: a keepalive every ``persistent_keepalive`` seconds of
-  silence, for NAT mappings;
-* new handshake (dead-peer detection): "data sent and nothing received for
-  KEEPALIVE_TIMEOUT + REKEY_TIMEOUT": the peer is STALE, start a handshake;
-* rekey after time: the initiator of the current session starts a new
-  handshake once it is REKEY_AFTER_TIME old and still used;
-* expiry: a session older than REJECT_AFTER_TIME is retired and its keys
-  zeroed (the data path zeroes them in place);
-* dead retry: a DEAD peer that should be up (wanted, or traffic waits for
-  it) is tried again every ``dead_retry_interval``, so a tunnel comes back
-  when the peer returns;
-* waiting traffic (invariant): a peer whose traffic waits for keys always
-  has a next attempt scheduled (:meth:`Engine.next_attempt`): an
-  initiation's retransmit, or, when the last attempt found no endpoint (a
-  peer listed by key only whose directory answer or rendezvous hint has not
-  come yet), another attempt after REKEY_TIMEOUT (+ jitter); an endpoint
-  learnt meanwhile (:meth:`Engine.set_endpoint`, :meth:`Engine.punch`)
-  brings it forward;
-* unconfirmed answer: a peer we want up (HANDSHAKING or STALE) whose own
-  initiation we gave up for the peer's (simultaneous open: the greater key
-  yields) and whose answered session is still unconfirmed after
-  REKEY_TIMEOUT (+ jitter), with nothing pending, starts its own initiation:
-  a lost confirmation never leaves a peer handshaking with nothing to wait for.
+The timer rules (retransmit, keepalives, dead-peer detection, rekey, expiry,
+dead retry, the waiting-traffic invariant) are :mod:`phantom.control.timers`,
+a part of the engine class kept in a module of its own.
 
 Cost: a tick walks the *active* peers only (:attr:`Engine.active`), not every
 configured one, so a hub with 10,000 idle peers ticks as cheaply as one with
@@ -77,6 +50,7 @@ from ..protocols import tai64n
 from ..protocols.limits import LoadDetector, RateLimiter
 from ..protocols.phantom import handshake as hs
 from .peer import PeerState, Peer, PendingHandshake, SessionInfo
+from .timers import Timers
 
 log = logging.getLogger("phantom.control")
 
@@ -114,7 +88,7 @@ def _check_keying(proto, preshared_key, suites) -> None:
         raise ValueError("only a Phantom peer has cipher suites")
 
 
-class Engine:
+class Engine(Timers):
     def __init__(self, private_key: bytearray, tunables: Tunables, *,
                  clock: Clock = time.monotonic, wall_clock: Clock = time.time,
                  rng: Optional[random.Random] = None, index_source: Optional[Callable[[], int]] = None,
@@ -906,169 +880,6 @@ class Engine:
 
     def _attempt_limit(self) -> int:
         return max(1, int(self.t.rekey_attempt_time // self.t.rekey_timeout))
-
-    # ================================================================ timers
-    def tick(self, counters: dict) -> list:
-        """Run every timer rule once for every active peer.  ``counters``:
-        peer id -> PeerCounters, at least for :meth:`active_ids` (a sleeping
-        peer's counters, when given and changed, wake it)."""
-        now = self.clock()
-        out: list = []
-        if len(counters) > len(self.active):
-            slept = self._slept
-            for pid, c in counters.items():
-                if pid not in self.active and pid in slept and slept[pid] != c:
-                    self._wake(self.peers[pid])
-        empty = PeerCounters()
-        active = self.active
-        for pid in sorted(active):          # configuration order, as when every peer was walked
-            peer = active[pid]
-            c = counters.get(peer.id) or empty
-            out += self._timer_expire_sessions(peer, now)
-            out += self._timer_retransmit_handshake(peer, now)
-            out += self._timer_unconfirmed_answer(peer, now)
-            out += self._timer_new_handshake(peer, c, now)
-            out += self._timer_rekey_after_time(peer, c, now)
-            out += self._timer_passive_keepalive(peer, c, now)
-            out += self._timer_persistent_keepalive(peer, c, now)
-            out += self._timer_dead_retry(peer, now)
-            if self._quiet(peer, c):
-                # asleep until an event (or changed counters) wakes it
-                del self.active[peer.id]
-                self._slept[peer.id] = c
-        return out
-
-    def _timer_retransmit_handshake(self, peer: Peer, now: float) -> list:
-        """Call on every tick: resend an unanswered initiation (or make an
-        attempt that is due without one in flight), or give up."""
-        if peer.pending is not None:
-            if now < peer.next_retry:
-                return []
-        elif peer.retry_at is None or now < peer.retry_at:
-            return []
-        if peer.attempts >= peer.max_attempts:
-            self._abandon_pending(peer)
-            peer.retry_at = None
-            peer.requested = False
-            log.warning("peer=%s no answer after %d handshake attempts", peer.name, peer.attempts)
-            peer.next_dead_retry = now + self.t.dead_retry_interval
-            out = []
-            if not self._live_sessions(peer, now):
-                out.append(A.ClearKeys(peer.id))
-                for s in peer.sessions:
-                    self._indexes.pop(s.local_index, None)
-                peer.sessions.clear()
-                peer.waiting = False    # the data path drops what it staged with the keys
-            if peer.state is PeerState.IDLE:
-                return out + self._set_state(peer, PeerState.HANDSHAKING, "traffic waiting") + \
-                    self._set_state(peer, PeerState.DEAD, "handshake gave up")
-            return out + self._set_state(peer, PeerState.DEAD, "handshake gave up")
-        out = self._send_initiation(peer)
-        if peer.state in (PeerState.IDLE, PeerState.DEAD):
-            out += self._set_state(peer, PeerState.HANDSHAKING, "traffic waiting")
-        return out
-
-    def _timer_unconfirmed_answer(self, peer: Peer, now: float) -> list:
-        """We answered the peer's initiation (and, wanting the peer up, gave
-        up our own for it) but the peer never confirmed: initiate ourselves."""
-        if peer.confirm_by is None or now < peer.confirm_by:
-            return []
-        peer.confirm_by = None
-        if peer.pending is not None or peer.retry_at is not None or \
-                (peer.state not in (PeerState.HANDSHAKING, PeerState.STALE) and not peer.waiting):
-            return []
-        if not peer.sessions or peer.sessions[-1].initiator or peer.sessions[-1].confirmed:
-            return []
-        log.info("peer=%s did not confirm the session we answered: initiating", peer.name)
-        return self._begin_handshake(peer, max(1, peer.max_attempts - peer.attempts),
-                                     "answered session unconfirmed")
-
-    def _timer_new_handshake(self, peer: Peer, c: PeerCounters, now: float) -> list:
-        """Dead-peer detection: data sent, nothing heard for KEEPALIVE + REKEY_TIMEOUT.
-
-        A completed handshake is hearing from the peer too (WireGuard stops
-        this timer on any authenticated packet): data sent before it is not
-        unanswered, else a stale peer whose new handshake completed would be
-        stale again at the next tick and re-handshake once a tick."""
-        heard = max(c.last_rx, peer.last_handshake)
-        if c.last_data_tx > heard:
-            if peer.first_unanswered is None or peer.first_unanswered < heard:
-                peer.first_unanswered = c.last_data_tx
-        else:
-            peer.first_unanswered = None
-            return []
-        if now - peer.first_unanswered < self.t.keepalive_timeout + self.t.rekey_timeout:
-            return []
-        if peer.pending is not None or peer.state not in (PeerState.ESTABLISHED,):
-            return []
-        peer.first_unanswered = None
-        out = self._set_state(peer, PeerState.STALE, "no reply to data for %.1fs"
-                              % (self.t.keepalive_timeout + self.t.rekey_timeout))
-        return out + self._begin_handshake(peer, self._attempt_limit(), "peer stale")
-
-    def _timer_rekey_after_time(self, peer: Peer, c: PeerCounters, now: float) -> list:
-        """The initiator of the current session rekeys after REKEY_AFTER_TIME while it is used;
-        the responder does at REJECT_AFTER_TIME - KEEPALIVE - REKEY_TIMEOUT."""
-        if peer.pending is not None or not peer.sessions:
-            return []
-        cur = peer.sessions[-1]
-        age = now - cur.created
-        limit = self.t.rekey_after_time if cur.initiator else \
-            self.t.reject_after_time - self.t.keepalive_timeout - self.t.rekey_timeout
-        if age < limit or now - max(c.last_data_tx, c.last_data_rx) > self.t.keepalive_timeout:
-            return []
-        if now - peer.last_initiation_sent < self.t.rekey_timeout:
-            return []
-        return self._begin_handshake(peer, self._attempt_limit(), "rekey after time")
-
-    def _timer_passive_keepalive(self, peer: Peer, c: PeerCounters, now: float) -> list:
-        """Data received, nothing sent since for KEEPALIVE_TIMEOUT: send a keepalive."""
-        if c.last_data_rx > c.last_tx and now - c.last_data_rx >= self.t.keepalive_timeout \
-                and now - peer.last_keepalive_sent >= self.t.keepalive_timeout:
-            peer.last_keepalive_sent = now
-            return [A.SendKeepalive(peer.id)]
-        return []
-
-    def _timer_persistent_keepalive(self, peer: Peer, c: PeerCounters, now: float) -> list:
-        """Every persistent_keepalive seconds of silence, a keepalive (or a handshake)."""
-        pk = peer.persistent_keepalive
-        if not pk or now - max(c.last_tx, peer.last_keepalive_sent) < pk:
-            return []
-        peer.last_keepalive_sent = now
-        if self._live_sessions(peer, now):
-            return [A.SendKeepalive(peer.id)]
-        if peer.pending is None and self._targets(peer) and peer.state is not PeerState.DEAD:
-            return self._begin_handshake(peer, self._attempt_limit(), "persistent keepalive")
-        return []
-
-    def _timer_expire_sessions(self, peer: Peer, now: float) -> list:
-        """Sessions older than REJECT_AFTER_TIME are retired; their keys are zeroed."""
-        out: list = []
-        keep = []
-        for s in peer.sessions:
-            if now - s.created >= self.t.reject_after_time:
-                self._indexes.pop(s.local_index, None)
-                out.append(A.RetireKeypair(s.local_index))
-            else:
-                keep.append(s)
-        if len(keep) != len(peer.sessions):
-            peer.sessions = keep
-            if not keep and peer.state in (PeerState.ESTABLISHED, PeerState.STALE) and peer.pending is None:
-                out += self._set_state(peer, PeerState.IDLE, "session expired")
-        return out
-
-    def _timer_dead_retry(self, peer: Peer, now: float) -> list:
-        """A DEAD peer that should be up is tried again now and then."""
-        if peer.state is not PeerState.DEAD or not (peer.wanted or peer.waiting) or \
-                peer.pending is not None or peer.retry_at is not None:
-            return []
-        if now < peer.next_dead_retry:
-            return []
-        peer.next_dead_retry = now + self.t.dead_retry_interval
-        return self._begin_handshake(peer, 1, "retrying dead peer")
-
-    def _live_sessions(self, peer: Peer, now: float) -> list:
-        return [s for s in peer.sessions if now - s.created < self.t.reject_after_time]
 
     def _set_state(self, peer: Peer, new: PeerState, reason: str) -> list:
         self._wake(peer)
