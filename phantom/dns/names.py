@@ -54,7 +54,10 @@ class NameSource(Protocol):
 
 def valid_label(name: object) -> bool:
     """True when ``name`` is a str that is one LDH label (any case)."""
-    return isinstance(name, str) and len(name) <= MAX_LABEL and _LDH.match(name.lower()) is not None
+    # ASCII first: str.lower() maps some non-ASCII letters to ASCII ones
+    # (KELVIN SIGN -> "k"), which would let "\u212a3" take over "k3"
+    return (isinstance(name, str) and len(name) <= MAX_LABEL and name.isascii()
+            and _LDH.match(name.lower()) is not None)
 
 
 def normalize_label(name: object) -> str | None:
@@ -68,6 +71,8 @@ def normalize_domain(domain: str) -> str:
     problem when it is not a sequence of LDH labels or lies under ``arpa``."""
     if not isinstance(domain, str):
         raise ValueError("domain must be a string")
+    if not domain.isascii():
+        raise ValueError("domain %r is not ASCII (write an IDN in its xn-- form)" % domain)
     d = domain.lower()
     if d.endswith("."):
         d = d[:-1]

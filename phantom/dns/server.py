@@ -49,7 +49,7 @@ class SourceLimiter:
     when the table is full of active sources a new source is refused
     (fail closed) until one goes idle."""
 
-    def __init__(self, rate: float = 200.0, burst: int = 400, max_sources: int = 4096,
+    def __init__(self, rate: float = 100.0, burst: int = 200, max_sources: int = 4096,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if rate <= 0 or burst < 1 or max_sources < 1:
             raise ValueError("rate, burst and max_sources must be positive")

@@ -201,7 +201,7 @@ def test_tcp_trickle_does_not_keep_a_connection_alive():
     assert eof and stats["drops"]["tcp_idle"] == 1 and stats["queries"] == 0
 
 
-@pytest.mark.parametrize("length", [0, 4097, 65535])
+@pytest.mark.parametrize("length", [0, 513, 65535])
 def test_tcp_bad_length_closes_the_connection(length):
     async def go(server, port):
         reader, writer = await asyncio.open_connection(HOST, port)

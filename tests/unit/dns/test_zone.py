@@ -242,6 +242,24 @@ def test_not_exactly_one_question_is_formerr(zone):
     assert rcode(r) == "FORMERR" and not r.answer and not r.question
 
 
+def test_records_in_a_query_are_formerr_before_any_parsing(zone):
+    # a query carries no answer or authority records and at most OPT and
+    # TSIG as additional ones (RFC 9619); refused from the header counts,
+    # so no query makes dnspython parse a pile of records
+    import dns.rrset
+    rr = dns.rrset.from_text("n3.corp.phantom.", 5, "IN", "A", "100.64.0.9")
+    for section in ("answer", "authority"):
+        q = dns.message.make_query("n3.corp.phantom", "A")
+        getattr(q, section).append(rr)
+        r = dns.message.from_wire(zone.respond(q.to_wire()))
+        assert rcode(r) == "FORMERR" and r.id == q.id and not r.answer and not r.question, section
+    q = dns.message.make_query("n3.corp.phantom", "A")
+    wire = bytearray(q.to_wire())
+    wire[11] = 3                                   # three additional records claimed
+    r = dns.message.from_wire(zone.respond(bytes(wire)))
+    assert rcode(r) == "FORMERR" and r.id == q.id
+
+
 def test_garbage_after_a_header_is_formerr_with_the_id(zone):
     q = dns.message.make_query("n3.corp.phantom", "A")
     wire = q.to_wire()
