@@ -220,6 +220,12 @@ def test_pair_carries_datagrams_both_ways(impl_a, impl_b):
                 assert await asyncio.to_thread(b.recv_app) == bytes([n % 251]) * n
             b.send_app(b"reply")
             assert await asyncio.to_thread(a.recv_app) == b"reply"
+            # The fast path's worker counts a send after sendmmsg returns: the
+            # receiver can have the datagram a moment before the sender's
+            # counter moves.  Wait (bounded) for the counts to settle, then
+            # check them exactly.
+            await until(lambda: a.dp.counters(1).tx_packets == 1 + len(sizes)
+                        and b.dp.counters(2).tx_packets == 1)
             ca, cb = a.dp.counters(1), b.dp.counters(2)
             assert ca.tx_packets == cb.rx_packets == 1 + len(sizes)
             assert ca.tx_bytes == cb.rx_bytes == sum(32 + n for n in [27] + sizes)
@@ -622,8 +628,10 @@ def test_firewall_called_like_the_reference_and_drops_counted(impl):
                 a.send_app(p)
             got = [await asyncio.to_thread(b.recv_app) for _ in range(2)]
             assert got == [b"ok 1", b"ok 2"]
+            # The worker publishes its counters after the batch that counted them:
+            # wait for both sides (the sender's drop may land after the receiver's).
             await until(lambda: b.dp.counters(2).drops == {"firewall": 1})
-            assert a.dp.counters(1).drops == {"firewall": 1}
+            await until(lambda: a.dp.counters(1).drops == {"firewall": 1})
             assert a.dp.global_drops()["firewall"] == b.dp.global_drops()["firewall"] == 1
             assert [c[0] for c in fa.calls] == ["out"] * 4 and all(c[2] == 1 for c in fa.calls)
             assert [c[1] for c in fb.calls] == [b"ok 1", b"BLOCK-IN here", b"ok 2"]
