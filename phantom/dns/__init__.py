@@ -20,8 +20,10 @@ How the daemon runs it::
 Modules: names.py (label rules, :class:`NameSource`, :class:`NameTable`),
 zone.py (:class:`Zone`: one query in, one response out, no I/O),
 server.py (:class:`DnsServer`: UDP and TCP, rate limits, TCP bounds),
-resolved.py (split DNS with systemd-resolved, resolv.conf text).
-See docs/names.md.
+resolved.py (split DNS with systemd-resolved, resolv.conf text),
+service.py (phantomd's side: the ``[dns]`` section, the names feed from
+peers -- the member stream's place later --, :class:`NameService`),
+show.py (`phantom dns`'s text).  See docs/names.md.
 """
 
 from .names import (MAX_ADDRESSES, Addresses, NameSource, NameTable, normalize_domain,
