@@ -199,3 +199,17 @@ def test_phantomd_exits_2_on_a_bad_dns_section_before_opening_anything(tmp_path,
     cp = subprocess.run([sys.executable, "-m", "phantom.daemon", "--config", str(conf)],
                         capture_output=True, text=True, timeout=60)
     assert cp.returncode == 2 and "config error: %s" % key in cp.stderr, (cp.returncode, cp.stderr)
+
+
+def test_every_dns_key_is_documented_and_in_the_example():
+    import re
+    from phantom.dns.service import KEYS
+    from tests.support import REPO
+    names_md = (REPO / "docs" / "names.md").read_text()
+    example = (REPO / "examples" / "phantom.toml").read_text().split("\n[dns]\n", 1)[1].split("\n[", 1)[0]
+    missing = [k for k in KEYS if "`%s`" % k not in names_md] + \
+        ["example: " + k for k in KEYS if not re.search(r"^#? ?%s = " % k, example, re.M)]
+    assert missing == []
+    import tomllib
+    s = parse_section(tomllib.loads("[dns]\n" + example)["dns"])
+    assert s.enabled and s.domain == "corp.phantom"
