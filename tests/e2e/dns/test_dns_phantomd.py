@@ -4,7 +4,9 @@ the tunnel to n1's tunnel address: ``dig`` answers A and AAAA for the
 nodes (UDP and TCP, over IPv4 and IPv6), NXDOMAIN for a non-member,
 REFUSED outside the domain; ``phantom dns`` and /metrics show the names
 and the counters; removing n3 from n1's config and ``phantom reload``
-makes n3.corp.phantom NXDOMAIN within 5 s (adding it back answers again);
+makes n3.corp.phantom NXDOMAIN within 5 s, `phantom open` brings it back
+and `phantom close` removes it again, a rename in the config moves the
+answer to the new name, each within 5 s;
 glibc (getent, ping) resolves through /etc/netns/<ns>/resolv.conf written
 as docs/names.md says."""
 
@@ -163,10 +165,20 @@ def test_phantomd_answers_its_peers_names_on_its_tunnel_address(lan3, daemon_fac
     took = within(5.0, lambda: dig(client, n1.tun4, "n3." + DOMAIN)[0] == "NXDOMAIN", "n3 removed")
     assert client.run(["getent", "ahosts", "n3." + DOMAIN], check=False, timeout=20).returncode == 2
     assert dig(client, n1.tun4, "n2." + DOMAIN) == ("NOERROR", [n2.tun4])
-    # and back
-    configure_n1([n2, n3])
-    assert json.loads(cli(n1, "reload", "--json"))["added"] == ["n3"]
-    within(5.0, lambda: dig(client, n1.tun4, "n3." + DOMAIN) == ("NOERROR", [n3.tun4]), "n3 back")
+    # back through the API (`phantom open`: a peer added at run time), gone again with `phantom close`
+    ep = peer_entry(n3, mode="tun")
+    opened = json.loads(cli(n1, "open", ep["endpoint"], "--public-key", n3.pub, "--name", "n3",
+                            "--allowed-ips", ",".join(ep["allowed_ips"]), "--json"))
+    assert opened["state"] == "established", opened
+    within(5.0, lambda: dig(client, n1.tun4, "n3." + DOMAIN, "AAAA") == ("NOERROR", [n3.tun6]), "n3 opened")
+    cli(n1, "close", "n3")
+    within(5.0, lambda: dig(client, n1.tun4, "n3." + DOMAIN)[0] == "NXDOMAIN", "n3 closed")
+    # a rename in the config: the new name answers, the old one is gone, within 5 s
+    n2_renamed = dict(peer_entry(n2, mode="tun"), name="web")
+    write_config(n1, mode="tun", peers=[n2_renamed], dns=dns_section)
+    assert json.loads(cli(n1, "reload", "--json"))["changed"] == {"web": ["name"]}
+    within(5.0, lambda: dig(client, n1.tun4, "web." + DOMAIN) == ("NOERROR", [n2.tun4]), "web")
+    assert dig(client, n1.tun4, "n2." + DOMAIN)[0] == "NXDOMAIN"
     print("\n%s: n3 gone %.2f s after the reload" % (datapath, took))
     log = n1.daemon.log()
     assert "Traceback" not in log and "DNS for corp.phantom on" in log, log[-3000:]
