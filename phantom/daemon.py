@@ -99,7 +99,6 @@ class Daemon:
         self._metrics = None             # prometheus-client registry, made at the first scrape
         self._metrics_runner = None      # the metrics_listen server, when configured
         self.names = None                # phantom.dns.service.NameService with [dns] (bad: exit 2)
-        self._names_synced = 0.0
         if settings.dns is not None and settings.dns.enabled:
             from .dns.service import NameService
             self.names = NameService(settings.dns, settings.name, settings.addresses)
@@ -275,7 +274,8 @@ class Daemon:
                 self._do(self.engine.tick(counters))
                 if self.nat is not None:
                     self._do(self.nat.tick())
-                if self.names is not None and time.monotonic() - self._names_synced >= 1.0:
+                if self.names is not None and self.names.due(
+                        (len(self.engine.peers), max(self.engine.peers, default=0))):
                     self.sync_names()        # peers opened, closed or admitted: within 1 s
             except Exception:  # a bug in one tick must not stop the timers
                 log.exception("timer tick failed")
@@ -818,7 +818,6 @@ class Daemon:
         """The name service's feed until the network's member stream: our
         own name and addresses, and every peer's name with its host addresses."""
         from .dns.service import peer_entries
-        self._names_synced = time.monotonic()
         self.names.sync(peer_entries(self.names.own_name, self.s.addresses,
                                      [(p.name, p.allowed_ips) for p in self.engine.peers.values()]))
 

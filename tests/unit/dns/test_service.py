@@ -213,3 +213,16 @@ def test_every_dns_key_is_documented_and_in_the_example():
     import tomllib
     s = parse_section(tomllib.loads("[dns]\n" + example)["dns"])
     assert s.enabled and s.domain == "corp.phantom"
+
+
+def test_due_looks_once_a_second_and_snapshots_on_change_or_every_30_s():
+    svc = NameService(DnsSettings(enabled=True), "n1", ADDRS)
+    t0 = time.monotonic()
+    assert svc.due((2, 2), now=t0)                     # first look
+    svc.sync([])                                       # a snapshot at about t0
+    assert not svc.due((3, 3), now=t0 + 0.5)           # not a second yet
+    assert svc.due((3, 3), now=t0 + 1.0)               # changed
+    assert not svc.due((3, 3), now=t0 + 2.0)           # unchanged
+    assert svc.due((3, 4), now=t0 + 3.0)               # one left, one came: the highest id moved
+    assert not svc.due((3, 4), now=t0 + 4.0)
+    assert svc.due((3, 4), now=t0 + 31.0)              # 30 s without a snapshot
