@@ -2,8 +2,9 @@
 means"): random bytes, truncated and bit-flipped queries, compression
 loops and pointer chains, oversized messages, hundreds of questions, odd
 opcodes/classes/types/EDNS versions, over UDP and over TCP, from namespace
-b at the responder in namespace a (phantomlab.dnsd, the per-source rate
-limit raised so every query reaches the parser).
+b at the responder in namespace a: phantomlab.dnsd (phantom.dns alone)
+and phantomd itself with a ``[dns]`` section (its names from a [[peer]]),
+the per-source rate limit raised so every query reaches the parser.
 
 Checked: the process lives and logs no traceback; no query hit the
 safety net (``drops.internal_error`` 0: dnspython and the zone handled
@@ -77,11 +78,66 @@ def _drain(sock, checker, wait=0.0):
         wait = 0.0
 
 
-@pytest.fixture
-def responder(two_hosts, tmp_path):
+class PhantomdDns:
+    """phantomd's name service behind the same three calls as Dnsd."""
+
+    def __init__(self, daemon):
+        self.daemon = daemon
+
+    def stats(self) -> dict:
+        code, body = self.daemon.api("GET", "/dns", timeout=30)
+        assert code == 200, body
+        with open("/proc/%d/stat" % self.daemon.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")     # utime + stime
+        return {"stats": body["stats"], "cpu_seconds": cpu}
+
+    def alive(self) -> bool:
+        return self.daemon.running
+
+    def log_text(self) -> str:
+        return self.daemon.log()
+
+
+def _phantomd(a, daemon_factory, tmp_path):
+    from phantom import crypto
+    from phantom.control.keys import encode_key, write_private_key
+    key = tmp_path / "private.key"
+    write_private_key(key)
+    n3 = encode_key(crypto.x25519_public(crypto.random_bytes(32)))
+    conf = tmp_path / "phantom.toml"
+    conf.write_text(f"""[interface]
+mode = "test"
+private_key_file = "{key}"
+state_dir = "{tmp_path / 'state'}"
+
+[[peer]]
+name = "n3"
+public_key = "{n3}"
+allowed_ips = ["100.64.0.3/32", "fd12:3456:789a::3/128"]
+
+[dns]
+domain = "{DOMAIN}"
+name = "n1"
+listen = ["{SERVER}"]
+ipv4_prefix = "100.64.0.0/16"
+ipv6_prefix = "fd12:3456:789a::/48"
+rate = 1e9
+burst = 1000000000
+tcp_idle = 2.0
+""")
+    return PhantomdDns(daemon_factory(a, ["--config", str(conf)], name="phantomd",
+                                      token_file=tmp_path / "state" / "token"))
+
+
+@pytest.fixture(params=["dnsd", "phantomd"])
+def responder(request, two_hosts, tmp_path, daemon_factory):
     a, b = two_hosts.a, two_hosts.b
     a.add_address(SERVER + "/16")
     b.add_address("100.64.0.3/16")
+    if request.param == "phantomd":
+        yield _phantomd(a, daemon_factory, tmp_path), b       # the rig stops it
+        return
     names = {"n1": [["100.64.0.1"], ["fd12:3456:789a::1"]], "n3": [["100.64.0.3"], ["fd12:3456:789a::3"]]}
     d = Dnsd(a, ["--domain", DOMAIN, "--listen", SERVER, "--ipv4-prefix", "100.64.0.0/16",
                  "--ipv6-prefix", "fd12:3456:789a::/48", "--names", json.dumps(names),
