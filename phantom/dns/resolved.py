@@ -23,7 +23,7 @@ from typing import Iterable
 
 from .names import normalize_domain
 
-__all__ = ["SplitDns", "split_dns", "resolved_running", "resolv_conf"]
+__all__ = ["SplitDns", "split_dns", "resolved_running", "resolv_conf", "in_init_netns"]
 
 _LINK = re.compile(r"[A-Za-z0-9_.:-]{1,15}\Z")          # an interface name (IFNAMSIZ - 1)
 
@@ -81,6 +81,17 @@ def split_dns(link: str, servers: Iterable[str], zone) -> SplitDns:
 def resolved_running(run_dir: str = "/run/systemd/resolve") -> bool:
     """True when systemd-resolved runs here (its runtime directory exists)."""
     return os.path.isdir(run_dir)
+
+
+def in_init_netns(pid1_ns: str = "/proc/1/ns/net", own_ns: str = "/proc/self/ns/net") -> bool:
+    """True when this process shares PID 1's network namespace, where the
+    host's systemd-resolved runs.  resolvectl names links by name in
+    resolved's namespace: from another one, ``phtun0`` would be the wrong
+    link (or another daemon's), so phantomd registers nothing there."""
+    try:
+        return os.stat(pid1_ns).st_ino == os.stat(own_ns).st_ino
+    except OSError:
+        return False
 
 
 def resolv_conf(servers: Iterable[str], domain: str) -> str:

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Optional, Protocol
 
 from ..control.errors import ConfigError
 from .names import NameTable, normalize_domain, normalize_label
-from .resolved import resolv_conf, resolved_running, split_dns
+from .resolved import in_init_netns, resolv_conf, resolved_running, split_dns
 from .server import DNS_PORT, DnsServer, SourceLimiter, bind_sockets
 from .zone import DEFAULT_TTL, Zone
 
@@ -255,13 +255,23 @@ class NameService:
             raise OSError(exc.errno, "dns: cannot serve on %s port %d: %s" % (
                 ", ".join(self.listen), self.settings.port, exc.strerror or exc)) from None
 
-    def register_split_dns(self, device: Optional[str], run_dir: str = "/run/systemd/resolve") -> None:
+    def register_split_dns(self, device: Optional[str], run_dir: str = "/run/systemd/resolve",
+                           netns_check=in_init_netns) -> None:
         """Split DNS on ``device`` with systemd-resolved (while root, before
         the drop), as ``resolvectl dns/domain`` do.  The registration is the
         link's: it goes when the device does.  ``resolved = "auto"``: only
-        where resolved runs; ``"yes"``: a failure stops the start."""
+        where resolved runs and phantomd shares its network namespace;
+        ``"yes"``: anything else stops the start."""
         mode = self.settings.resolved
         if mode == "no" or device is None:
+            return
+        if not netns_check():
+            if mode == "yes":
+                raise OSError("dns.resolved = \"yes\": phantomd runs in another network namespace "
+                              "than systemd-resolved (PID 1's), or cannot tell (/proc/1/ns/net unreadable)")
+            log.info("not registering split DNS: phantomd runs in another network namespace than "
+                     "systemd-resolved (PID 1's), or cannot tell; point that namespace's resolv.conf at %s (docs/names.md)",
+                     ", ".join(self.listen))
             return
         if not resolved_running(run_dir) or shutil.which("resolvectl") is None:
             if mode == "yes":

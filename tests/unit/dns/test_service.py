@@ -179,11 +179,11 @@ def test_no_dns_no_families():
 
 def test_split_dns_where_resolved_does_not_run(tmp_path):
     svc = NameService(DnsSettings(enabled=True, resolved="auto"), "n1", ADDRS)
-    svc.register_split_dns("phtun0", run_dir=str(tmp_path / "absent"))
+    svc.register_split_dns("phtun0", run_dir=str(tmp_path / "absent"), netns_check=lambda: True)
     assert svc.split is None and svc.split_error is None
     with pytest.raises(OSError, match="systemd-resolved does not run"):
         NameService(DnsSettings(enabled=True, resolved="yes"), "n1", ADDRS).register_split_dns(
-            "phtun0", run_dir=str(tmp_path / "absent"))
+            "phtun0", run_dir=str(tmp_path / "absent"), netns_check=lambda: True)
     NameService(DnsSettings(enabled=True, resolved="no"), "n1", ADDRS).register_split_dns("phtun0")
 
 
@@ -226,3 +226,20 @@ def test_due_looks_once_a_second_and_snapshots_on_change_or_every_30_s():
     assert svc.due((3, 4), now=t0 + 3.0)               # one left, one came: the highest id moved
     assert not svc.due((3, 4), now=t0 + 4.0)
     assert svc.due((3, 4), now=t0 + 31.0)              # 30 s without a snapshot
+
+
+def test_split_dns_only_from_resolveds_network_namespace(tmp_path):
+    from phantom.dns.resolved import in_init_netns
+    assert in_init_netns(pid1_ns="/proc/self/ns/net")       # the same namespace file
+    other = tmp_path / "ns"
+    other.write_text("")
+    assert not in_init_netns(own_ns=str(other))             # another inode: another namespace
+    assert not in_init_netns(pid1_ns=str(tmp_path / "absent"))
+    resolved_dir = tmp_path / "resolve"
+    resolved_dir.mkdir()                                    # as if resolved ran
+    svc = NameService(DnsSettings(enabled=True, resolved="auto"), "n1", ADDRS)
+    svc.register_split_dns("phtun0", run_dir=str(resolved_dir), netns_check=lambda: False)
+    assert svc.split is None and svc.split_error is None     # nothing run, nothing registered
+    with pytest.raises(OSError, match="another network namespace"):
+        NameService(DnsSettings(enabled=True, resolved="yes"), "n1", ADDRS).register_split_dns(
+            "phtun0", run_dir=str(resolved_dir), netns_check=lambda: False)
