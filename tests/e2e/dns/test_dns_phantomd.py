@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import dns.reversename
 import pytest
 
 from phantomlab.nodes import make_node, start
@@ -128,6 +129,9 @@ def test_phantomd_answers_its_peers_names_on_its_tunnel_address(lan3, daemon_fac
     assert dig(client, n1.tun4, "N2." + DOMAIN) == ("NOERROR", [n2.tun4])
     assert dig(client, n1.tun4, "n1." + DOMAIN, "AAAA") == ("NOERROR", [n1.tun6])     # itself
     assert dig(client, n1.tun4, "n9." + DOMAIN)[0] == "NXDOMAIN"                      # not a member
+    for addr in (n3.tun4, n3.tun6):                                                    # reverse
+        assert dig(client, n1.tun4, dns.reversename.from_address(addr).to_text(), "PTR") == \
+            ("NOERROR", ["n3.%s." % DOMAIN])
     assert dig(client, n1.tun4, "example.com")[0] == "REFUSED"                         # not ours
     assert dig(client, n1.tun4, "example.com", "A", "+tcp")[0] == "REFUSED"
     assert "ra" not in client.run(["dig", "@" + n1.tun4, "n3." + DOMAIN], timeout=20).stdout.split(
