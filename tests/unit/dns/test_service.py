@@ -243,3 +243,16 @@ def test_split_dns_only_from_resolveds_network_namespace(tmp_path):
     with pytest.raises(OSError, match="another network namespace"):
         NameService(DnsSettings(enabled=True, resolved="yes"), "n1", ADDRS).register_split_dns(
             "phtun0", run_dir=str(resolved_dir), netns_check=lambda: False)
+
+
+def test_a_taken_port_is_a_clear_error():
+    import socket
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    try:
+        port = taken.getsockname()[1]
+        svc = NameService(DnsSettings(enabled=True, listen=("127.0.0.1",), port=port), "n1", ADDRS)
+        with pytest.raises(OSError, match=r"dns: cannot serve on 127\.0\.0\.1 port %d" % port):
+            svc.bind()
+    finally:
+        taken.close()
