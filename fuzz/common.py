@@ -21,7 +21,7 @@ ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:            # run as a script from anywhere
     sys.path.insert(0, ROOT)
 
-TARGETS = ("wire", "handshake", "firewall", "directory")
+TARGETS = ("wire", "handshake", "firewall", "directory", "dns")
 
 # Fixed keys, so that the committed corpus (valid messages, signed records)
 # stays valid for the harness that reads it.  Test keys only.

@@ -170,10 +170,59 @@ def directory_seeds():
     put("directory", "pretty", b"\x01" + json.dumps(rec, indent=1).encode())
 
 
+def dns_seeds():
+    """Queries of the name service: byte 0 = flags (fuzz_dns.py), then the query."""
+    import random
+
+    import dns.edns
+    import dns.message
+
+    from phantomlab.dnshostile import _compression, header
+
+    def q(name, rdtype, **kw):
+        m = dns.message.make_query(name, rdtype, **kw)
+        m.id = 0x5150
+        return m.to_wire()
+
+    seeds = {
+        "a": q("n3.corp.phantom", "A"),
+        "aaaa-edns": q("N3.corp.phantom", "AAAA", use_edns=0, payload=1232),
+        "any-many": q("many.corp.phantom", "ANY"),
+        "any-many-edns": q("many.corp.phantom", "ANY", use_edns=0, payload=700),
+        "nxdomain": q("n9.corp.phantom", "A"),
+        "deep": q("a.n3.corp.phantom", "A"),
+        "apex-soa": q("corp.phantom", "SOA"),
+        "apex-ns": q("corp.phantom", "NS", use_edns=0),
+        "refused": q("example.com", "A"),
+        "ptr4": q("3.0.64.100.in-addr.arpa", "PTR"),
+        "ptr6": q("1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.a.9.8.7.6.5.4.3.2.1.d.f.ip6.arpa", "PTR"),
+        "ptr-partial": q("0.64.100.in-addr.arpa", "PTR"),
+        "axfr": q("corp.phantom", "AXFR"),
+        "chaos": q("version.bind", "TXT", rdclass="CH"),
+        "badvers": q("n3.corp.phantom", "A", use_edns=1),
+        "options": q("n3.corp.phantom", "A", use_edns=0,
+                     options=[dns.edns.GenericOption(10, b"\x01" * 8), dns.edns.ECSOption("100.64.0.0", 16)]),
+    }
+    for name, wire_ in seeds.items():
+        put("dns", name, b"\x00" + wire_)
+        put("dns", name + "-tcp", b"\x01" + wire_)
+    put("dns", "hostile-any", b"\x04" + seeds["any-many"])
+    put("dns", "hostile-ptr", b"\x04" + q("7.0.64.100.in-addr.arpa", "PTR"))
+    put("dns", "forced-counts", b"\x02" + seeds["a"][:12] + b"\x01a\x00\x00\x01\x00\x01")
+    notify = dns.message.make_query("corp.phantom", "SOA")
+    notify.set_opcode(4)
+    put("dns", "notify", b"\x00" + notify.to_wire())
+    put("dns", "two-questions", b"\x00" + header(1, qd=2) + b"\x01a\x00\x00\x01\x00\x01" * 2)
+    rng = random.Random(1)
+    for i in range(12):                      # loops, pointer chains, reserved label types
+        put("dns", "compression-%d" % i, b"\x02" + _compression(rng))
+
+
 if __name__ == "__main__":
     wire_seeds()
     handshake_seeds()
     firewall_seeds()
     directory_seeds()
+    dns_seeds()
     for t in common.TARGETS:
         print(t, len(os.listdir(common.corpus_dir(t))), "files")
