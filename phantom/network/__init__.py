@@ -11,6 +11,7 @@ docs/network.md for the formats and the trust rules.
 * :mod:`.removal` -- removals, and the set of removals in force
 * :mod:`.invite` -- invite tokens and the records a directory keeps
 * :mod:`.allocate` -- address allocation (a pure function)
+* :mod:`.members` -- the member set a member daemon keeps, by deltas
 * :mod:`.errors` -- every refusal, with its reason and user-facing sentence
 """
 
@@ -22,12 +23,14 @@ from .definition import (AdmissionKey, Definition, Server, is_newer, make_defini
 from .errors import (AllocationError, FormatError, InviteError, NetworkError, Reason, Refused,
                      headline)
 from .invite import Invite, InviteToken, create_invite, hash_secret, parse_invite, parse_token
+from .members import Delta, Member, MemberChange, MemberSet, parse_delta
 from .keys import SigningKey, fingerprint, load_key, save_key
 from .removal import Removal, RemovalSet, make_removal, verify_removal
 
 __all__ = [
     "AdmissionKey", "AllocationError", "Certificate", "Definition", "FormatError", "Invite",
-    "InviteError", "InviteToken", "MAX_CERT_SIZE", "NetworkError", "Reason", "Refused",
+    "InviteError", "InviteToken", "MAX_CERT_SIZE", "Delta", "Member", "MemberChange",
+    "MemberSet", "parse_delta", "NetworkError", "Reason", "Refused",
     "Removal", "RemovalSet", "Server", "SigningKey", "allocate", "allocate_ipv4",
     "allocate_ipv6", "check_budget", "create_invite", "derived_ipv6", "fingerprint",
     "hash_secret", "headline", "is_newer", "issue_certificate", "load_key", "make_definition",
