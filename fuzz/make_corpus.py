@@ -168,10 +168,49 @@ def directory_seeds():
     put("directory", "pretty", b"\x01" + json.dumps(rec, indent=1).encode())
 
 
+def network_seeds():
+    from phantom import network as n
+    from phantom.network.canonical import b64, canonical
+    now = int(common.NOW)
+    authority = n.SigningKey(common.NETWORK_AUTHORITY_SEED)
+    admission = n.SigningKey(common.NETWORK_ADMISSION_SEED)
+    defn = common.network_definition(n, authority, admission)
+    alice = common.network_member(n, defn, admission)
+    put("network", "definition", b"\x00" + defn.encode())
+    put("network", "definition-resign", b"\x08" + defn.encode())
+    put("network", "certificate", b"\x01" + alice.encode())
+    put("network", "certificate-presented", b"\x11" + alice.encode())
+    put("network", "certificate-resign", b"\x09" + alice.encode())
+    router = n.issue_certificate(defn, admission, key=I_PUB[::-1], name="router",
+                                 ipv4="100.87.0.2", ipv6="fd3c:9a41:7e02::6457:2", serial=2,
+                                 now=now - 60, groups=["servers", "routers"],
+                                 routes=["192.168.10.0/24", "2001:db8:5::/48"], exit=True)
+    put("network", "certificate-routes", b"\x09" + router.encode())
+    fixed = iter(range(256))
+    token, _ = n.create_invite(defn, now, name="bob", groups=["laptops"],
+                               random_bytes=lambda k: bytes(next(fixed) for _ in range(k)))
+    put("network", "token", b"\x02" + token.encode().encode())
+    removal = n.make_removal(defn, admission, alice.key, now)
+    put("network", "removal", b"\x03" + removal.encode())
+    put("network", "removal-resign", b"\x0b" + removal.encode())
+    dup = n.issue_certificate(defn, admission, key=R_PUB, name="dup", ipv4="100.87.0.1",
+                              ipv6="fd3c:9a41:7e02::dead", serial=3, now=now - 30)
+    for name, flags, ev in (
+            ("event-member", 4, {"seq": 2, "op": "member", "cert": router.doc,
+                                 "endpoints": ["192.0.2.2:51820"]}),
+            ("event-conflict", 4, {"seq": 2, "op": "member", "cert": dup.doc}),
+            ("event-resign", 12, {"seq": 2, "op": "member", "cert": dup.doc}),
+            ("event-removed", 4, {"seq": 2, "op": "removed", "removal": removal.doc}),
+            ("event-endpoints", 4, {"seq": 2, "op": "endpoints", "key": b64(alice.key),
+                                    "endpoints": ["[2001:db8::1]:4000"]})):
+        put("network", name, bytes([flags]) + canonical(ev))
+
+
 if __name__ == "__main__":
     wire_seeds()
     handshake_seeds()
     firewall_seeds()
     directory_seeds()
+    network_seeds()
     for t in common.TARGETS:
         print(t, len(os.listdir(common.corpus_dir(t))), "files")
