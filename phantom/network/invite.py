@@ -49,7 +49,7 @@ RECORD_FIELDS = ("v", "id", "net", "secret_hash", "name", "groups", "uses", "use
 _B32 = frozenset("abcdefghijklmnopqrstuvwxyz234567")
 
 
-def _id_field(value: Any, path: str = "id") -> str:
+def id_field(value: Any, path: str = "id") -> str:
     if not isinstance(value, str) or len(value) != 16 or not set(value) <= _B32:
         raise FormatError("must be an invite id (16 characters a-z, 2-7)", path)
     return value
@@ -107,7 +107,7 @@ def parse_token(text: Any, expect_network: Optional[str] = None) -> InviteToken:
             raise FormatError("version %r is not supported" % (doc["v"],), "v")
         dirs = tuple(names.url(u, "dir[%d]" % i)
                      for i, u in enumerate(list_field(doc["dir"], "dir", MAX_DIRECTORIES, 1)))
-        token = InviteToken(dirs, fingerprint_field(doc["net"], "net"), _id_field(doc["id"]),
+        token = InviteToken(dirs, fingerprint_field(doc["net"], "net"), id_field(doc["id"]),
                             bytes_field(doc["secret"], "secret", SECRET_SIZE))
     except FormatError as exc:
         raise InviteError("malformed", "invite token is truncated or damaged (%s)"
@@ -198,7 +198,7 @@ def parse_invite(raw: Any) -> Invite:
         groups = [names.group(g, "groups[%d]" % i)
                   for i, g in enumerate(list_field(doc["groups"], "groups", MAX_GROUPS))]
         uses = int_field(doc["uses"], "uses", 1, MAX_USES)
-        return Invite(_id_field(doc["id"]), fingerprint_field(doc["net"], "net"),
+        return Invite(id_field(doc["id"]), fingerprint_field(doc["net"], "net"),
                       bytes_field(doc["secret_hash"], "secret_hash", KEY_SIZE), name,
                       tuple(groups), uses, int_field(doc["used"], "used", 0, uses),
                       int_field(doc["created"], "created", 0, TIME_MAX),

@@ -1,0 +1,422 @@
+"""The join transaction's server side, and the other admission steps, sans-IO.
+
+``phantom join TOKEN`` sends a **join request**: the invite's id and secret,
+the node's X25519 key, its Ed25519 form (``signing_key``, what
+:class:`~phantom.control.directory.records.NodeSigner` derives from the
+private key) and a signature under it, so the request proves possession of
+the key it enrols (a stolen invite cannot enrol someone else's key)::
+
+    {"invite":"<16 base32>","key":"<X25519>","name":"laptop","net":"<fingerprint>",
+     "secret":"<32 bytes, base64>","sig":"<Ed25519>","signing_key":"<Ed25519>",
+     "time":1760000000,"v":1}
+
+The signature is over ``JOIN_DOMAIN || canonical JSON minus "sig"``;
+``time`` must be within MAX_REQUEST_SKEW of the server's clock; ``name`` may
+be null (then the invite must name the member).
+
+:func:`join` runs inside ONE store transaction (the :class:`Ledger` is the
+store's view of it): it verifies the request, redeems a use of the invite,
+checks the name, allocates the lowest free addresses, signs the certificate
+with the admission key and records the member and a ``member`` event of the
+watch stream.  Every check comes before the first write, so a refusal leaves
+the ledger as it was even without a transaction; a store with unique
+constraints on name and addresses turns a concurrent front end's race into a
+failed insert and retries (issue 20, "50 concurrent joins").
+
+The same module issues removals (:func:`remove`: a signed removal and a
+``removed`` event) and manages invites (:func:`add_invite`,
+:func:`revoke_invite`).  The clock is always passed in.
+
+Address reuse: a removed member's addresses stay retired until the removal
+lapses (``time + cert_lifetime``: no certificate holding them can still be
+valid), so a member that has not yet heard of the removal never sends one
+member's traffic to another; the next join then forgets the lapsed record.
+Its name is free at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Optional, Protocol
+
+import nacl.bindings as _nb
+
+from phantom import crypto
+
+from . import names
+from .allocate import allocate
+from .canonical import (KEY_SIZE, SIG_SIZE, TIME_MAX, b64, bytes_field, canonical, int_field,
+                        object_fields, strict_loads)
+from .certificate import Certificate, check_budget, issue_certificate
+from .definition import Definition
+from .errors import FormatError, InviteError, NetworkError
+from .invite import SECRET_SIZE, Invite, hash_secret, id_field
+from .keys import SigningKey, fingerprint_field, valid_x25519, verify
+from .removal import Removal, make_removal
+
+VERSION = 1
+JOIN_DOMAIN = b"phantom-network-join-v1\n"
+MAX_REQUEST_SIZE = 2048
+MAX_REQUEST_SKEW = 300
+REQUEST_FIELDS = ("v", "net", "invite", "secret", "key", "signing_key", "name", "time", "sig")
+
+
+class JoinError(NetworkError):
+    """A join or an admin step was refused.  ``code``: malformed, wrong_network,
+    stale, bad_proof, name_required, name_mismatch, name_taken,
+    already_member, not_member, conflict (a unique constraint: the store
+    retries the transaction); the invite's codes are raised as InviteError."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        super().__init__(message)
+
+
+# --- the request -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class JoinRequest:
+    network: str
+    invite: str
+    secret: bytes = field(repr=False)
+    key: bytes = b""
+    signing_key: bytes = b""
+    name: Optional[str] = None
+    time: int = 0
+    sig: bytes = field(default=b"", repr=False)
+
+
+def signed_bytes(doc: dict) -> bytes:
+    return canonical({k: v for k, v in doc.items() if k != "sig"})
+
+
+def make_join_request(token: Any, public_key: bytes, signing_key: bytes, sign: Any, now: float,
+                      name: Optional[str] = None) -> dict:
+    """The request ``phantom join`` sends for ``token`` (an InviteToken):
+    ``sign(message) -> 64 bytes`` signs with the node key's Ed25519 form
+    (NodeSigner.sign), whose public half is ``signing_key``."""
+    doc = {"v": VERSION, "net": token.network, "invite": token.id, "secret": b64(token.secret),
+           "key": b64(public_key), "signing_key": b64(signing_key), "name": name,
+           "time": int(now)}
+    doc["sig"] = b64(sign(JOIN_DOMAIN + signed_bytes(doc)))
+    return doc
+
+
+def _binds(public_key: bytes, signing_key: bytes) -> bool:
+    """Ed25519 ``signing_key`` is the Edwards form of X25519 ``public_key``
+    (libsodium's birational map; it refuses small-order and off-subgroup keys)."""
+    try:
+        mapped = _nb.crypto_sign_ed25519_pk_to_curve25519(bytes(signing_key))
+    except Exception:
+        return False
+    return crypto.equal(mapped, bytes(public_key))
+
+
+def verify_join_request(raw: Any, definition: Definition, now: float) -> JoinRequest:
+    """A well-formed, fresh join request for ``definition`` that proves
+    possession of its key, or JoinError saying which it is not."""
+    try:
+        doc = raw if isinstance(raw, dict) else strict_loads(raw, MAX_REQUEST_SIZE,
+                                                             "join request")
+        object_fields(doc, REQUEST_FIELDS)
+        if doc["v"] != VERSION or isinstance(doc["v"], bool):
+            raise FormatError("version %r is not supported" % (doc["v"],), "v")
+        key = bytes_field(doc["key"], "key", KEY_SIZE)
+        if not valid_x25519(key):
+            raise FormatError("is not a usable X25519 key", "key")
+        name = doc["name"]
+        if name is not None:
+            names.label(name, "name")
+        req = JoinRequest(fingerprint_field(doc["net"], "net"), id_field(doc["invite"], "invite"),
+                          bytes_field(doc["secret"], "secret", SECRET_SIZE), key,
+                          bytes_field(doc["signing_key"], "signing_key", KEY_SIZE), name,
+                          int_field(doc["time"], "time", 0, TIME_MAX),
+                          bytes_field(doc["sig"], "sig", SIG_SIZE))
+    except FormatError as exc:
+        raise JoinError("malformed", "malformed join request: %s" % (exc.detail or exc)) from None
+    if req.network != definition.fingerprint:
+        raise JoinError("wrong_network", "this join request is for network %s, not %s (%s)"
+                        % (req.network, definition.fingerprint, definition.name))
+    if abs(req.time - now) > MAX_REQUEST_SKEW:
+        raise JoinError("stale", "join request dated %d s from the server's clock (at most %d s):"
+                        " check the clocks" % (req.time - now, MAX_REQUEST_SKEW))
+    if not _binds(req.key, req.signing_key) or not verify(
+            req.signing_key, JOIN_DOMAIN, signed_bytes(doc), req.sig):
+        raise JoinError("bad_proof", "join request does not prove possession of its key")
+    return req
+
+
+# --- the ledger --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MemberRecord:
+    """What the store keeps per member (one row; unique name, ipv4, ipv6)."""
+
+    cert: Certificate
+    invite: str                       # the invite it joined with ("" when added otherwise)
+    removed: Optional[int] = None     # the removal's time, once removed
+
+    @property
+    def key(self) -> bytes:
+        return self.cert.key
+
+    @property
+    def name(self) -> str:
+        return self.cert.name
+
+
+class Ledger(Protocol):
+    """The store's view of one transaction (SQLite/PostgreSQL rows, or
+    :class:`MemoryLedger`).  Reads see the transaction's own writes."""
+
+    def invite(self, invite_id: str) -> Optional[Invite]: ...
+    def invites(self) -> Iterable[Invite]: ...
+    def save_invite(self, invite: Invite) -> None: ...
+    def member(self, key: bytes) -> Optional[MemberRecord]: ...
+    def member_named(self, name: str) -> Optional[MemberRecord]: ...
+    def members(self) -> Iterable[MemberRecord]: ...
+    def save_member(self, record: MemberRecord) -> None: ...
+    def delete_member(self, key: bytes) -> None: ...
+    def next_serial(self) -> int: ...
+    def append(self, event: dict) -> int: ...
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    certificate: Certificate
+    seq: int                          # the watch stream's event for it (0: nothing new)
+    retried: bool = False             # the same request again: the certificate it got
+
+
+def _lapsed(record: MemberRecord, definition: Definition, now: float) -> bool:
+    """A removed member whose removal has lapsed: no certificate of it can be valid."""
+    return record.removed is not None and record.removed + definition.cert_lifetime < now
+
+
+def _taken(ledger: Ledger, definition: Definition, now: float) -> tuple:
+    """The addresses no new member may get: every member's, and a removed
+    member's until its removal lapses; and the lapsed records (to forget)."""
+    v4, v6, lapsed = set(), set(), []
+    for m in ledger.members():
+        if _lapsed(m, definition, now):
+            lapsed.append(m.key)
+            continue
+        v4.add(m.cert.ipv4)
+        v6.add(m.cert.ipv6)
+    return v4, v6, lapsed
+
+
+def _issue(ledger: Ledger, definition: Definition, admission: SigningKey, now: float,
+           key: bytes, name: str, ipv4: Any, ipv6: Any, groups: Iterable[str],
+           since: Optional[int], not_before: int, routes: Iterable[Any] = (),
+           exit: bool = False) -> Certificate:
+    return issue_certificate(definition, admission, key=key, name=name, ipv4=ipv4, ipv6=ipv6,
+                             serial=ledger.next_serial(), now=not_before, groups=groups,
+                             routes=routes, exit=exit, since=since)
+
+
+def join(ledger: Ledger, definition: Definition, admission: SigningKey, request: Any,
+         now: float) -> JoinResult:
+    """Admit the node of a join ``request`` (see the module documentation).
+
+    Raises JoinError, InviteError (invalid, revoked, used, expired: the same
+    "invite not valid" for an unknown id as for a wrong secret),
+    AllocationError (the prefix is full) or FormatError (the name and groups
+    do not fit a certificate); the ledger is then untouched."""
+    req = verify_join_request(request, definition, now)
+    invite = ledger.invite(req.invite)
+    if invite is None or invite.network != definition.fingerprint:
+        hash_secret(req.secret)                         # the same work as a wrong secret
+        raise InviteError("invalid", "invite not valid")
+    held = ledger.member(req.key)
+    if held is not None and held.removed is None:
+        if held.invite == invite.id and crypto.equal(hash_secret(req.secret), invite.secret_hash):
+            return JoinResult(held.cert, 0, retried=True)     # a retry after a lost answer
+        raise JoinError("already_member", "this key is already a member of %s (as %s)"
+                        % (definition.name, held.name))
+    redeemed = invite.redeem(req.secret, now)
+    if invite.name is not None and req.name is not None and req.name != invite.name:
+        raise JoinError("name_mismatch", "this invite is for the member %r, not %r"
+                        % (invite.name, req.name))
+    name = invite.name or req.name
+    if name is None:
+        raise JoinError("name_required", "choose a name for this member (--name)")
+    check_budget(name, invite.groups)
+    other = ledger.member_named(name)
+    if other is not None and other.removed is None and other.key != req.key:
+        raise JoinError("name_taken", "the name %r is taken in %s" % (name, definition.name))
+    taken4, taken6, lapsed = _taken(ledger, definition, now)
+    ipv4, ipv6 = allocate(definition, taken4, taken6)
+    not_before = int(now)
+    if held is not None and held.removed is not None and held.removed >= not_before:
+        not_before = held.removed + 1         # after the removal, or the removal refuses it
+    cert = _issue(ledger, definition, admission, now, req.key, name, ipv4, ipv6, invite.groups,
+                  since=not_before, not_before=not_before)
+    # every check passed: the writes
+    for key in lapsed:
+        if key != req.key:
+            ledger.delete_member(key)
+    ledger.save_invite(redeemed)
+    ledger.save_member(MemberRecord(cert, invite.id))
+    seq = ledger.append({"op": "member", "cert": cert.doc})
+    return JoinResult(cert, seq)
+
+
+def renew(ledger: Ledger, definition: Definition, admission: SigningKey, key: bytes,
+          now: float) -> JoinResult:
+    """A fresh certificate for a current member: the same name, addresses,
+    groups, routes and ``since`` (the daemon asks at 2/3 of the lifetime;
+    the request's proof of possession is checked by the caller like a join's)."""
+    held = ledger.member(bytes(key))
+    if held is None or held.removed is not None:
+        raise JoinError("not_member", "this key is not a member of %s" % definition.name)
+    c = held.cert
+    cert = _issue(ledger, definition, admission, now, c.key, c.name, c.ipv4, c.ipv6, c.groups,
+                  since=c.since, not_before=max(int(now), c.not_before), routes=c.routes,
+                  exit=c.exit)
+    ledger.save_member(replace(held, cert=cert))
+    return JoinResult(cert, ledger.append({"op": "member", "cert": cert.doc}))
+
+
+def find_member(ledger: Ledger, who: str) -> MemberRecord:
+    """A current member by name or by public key (base64), or JoinError."""
+    held = None
+    try:
+        raw = bytes_field(who, "key", KEY_SIZE)
+        held = ledger.member(raw)
+    except FormatError:
+        held = ledger.member_named(who)
+    if held is None or held.removed is not None:
+        raise JoinError("not_member", "%r is not a member" % (who,))
+    return held
+
+
+def remove(ledger: Ledger, definition: Definition, admission: SigningKey, who: str,
+           now: float) -> tuple:
+    """Remove a member (by name or key): sign a removal with the admission
+    key, mark the record, append a ``removed`` event.  (Removal, seq)."""
+    held = find_member(ledger, who)
+    removal: Removal = make_removal(definition, admission, held.key,
+                                    max(int(now), held.cert.not_before))
+    ledger.save_member(replace(held, removed=removal.time))
+    return removal, ledger.append({"op": "removed", "removal": removal.doc})
+
+
+def add_invite(ledger: Ledger, invite: Invite) -> None:
+    if ledger.invite(invite.id) is not None:
+        raise JoinError("malformed", "invite %s exists already" % invite.id)
+    ledger.save_invite(invite)
+
+
+def revoke_invite(ledger: Ledger, invite_id: str) -> Invite:
+    """End an invite: it grants nothing from now on (its members stay)."""
+    invite = ledger.invite(invite_id)
+    if invite is None:
+        raise InviteError("invalid", "no invite %r" % (invite_id,))
+    revoked = invite.revoke()
+    ledger.save_invite(revoked)
+    return revoked
+
+
+# --- an in-memory ledger (the authority directory's file, and tests) --------------------------
+
+class MemoryLedger:
+    """A :class:`Ledger` in memory, with the uniqueness rules a database
+    enforces (one member per name among current members, per address, per key)
+    checked on every write; :meth:`to_doc`/:meth:`from_doc` persist it."""
+
+    def __init__(self) -> None:
+        self._invites: dict = {}
+        self._members: dict = {}
+        self.serial = 0
+        self.seq = 0
+        self.events: list = []              # (seq, event) in order: the watch stream
+
+    def invite(self, invite_id: str) -> Optional[Invite]:
+        return self._invites.get(invite_id)
+
+    def invites(self) -> list:
+        return sorted(self._invites.values(), key=lambda i: (i.created, i.id))
+
+    def save_invite(self, invite: Invite) -> None:
+        self._invites[invite.id] = invite
+
+    def member(self, key: bytes) -> Optional[MemberRecord]:
+        return self._members.get(bytes(key))
+
+    def member_named(self, name: str) -> Optional[MemberRecord]:
+        found = [m for m in self._members.values() if m.name == name]
+        current = [m for m in found if m.removed is None]
+        return (current or found or [None])[0]
+
+    def members(self) -> list:
+        return sorted(self._members.values(), key=lambda m: (int(m.cert.ipv4), m.key))
+
+    def save_member(self, record: MemberRecord) -> None:
+        for m in self._members.values():
+            if m.key == record.key:
+                continue
+            if record.removed is None and m.removed is None and m.name == record.name:
+                raise JoinError("name_taken", "unique constraint: name %s" % record.name)
+            if m.cert.ipv4 == record.cert.ipv4 or m.cert.ipv6 == record.cert.ipv6:
+                raise JoinError("conflict", "unique constraint: address %s / %s"
+                                % (record.cert.ipv4, record.cert.ipv6))
+        self._members[record.key] = record
+
+    def delete_member(self, key: bytes) -> None:
+        self._members.pop(bytes(key), None)
+
+    def next_serial(self) -> int:
+        self.serial += 1
+        return self.serial
+
+    def append(self, event: dict) -> int:
+        self.seq += 1
+        self.events.append((self.seq, event))
+        return self.seq
+
+    def stream(self, since: int = 0) -> list:
+        """The watch stream's events after ``since``, as a member reads them."""
+        return [dict(ev, seq=seq) for seq, ev in self.events if seq > since]
+
+    def to_doc(self) -> dict:
+        return {"v": 1, "serial": self.serial, "seq": self.seq,
+                "invites": [i.to_doc() for i in self.invites()],
+                "members": [{"cert": m.cert.doc, "invite": m.invite, "removed": m.removed}
+                            for m in self.members()],
+                "events": [dict(ev, seq=seq) for seq, ev in self.events]}
+
+    @classmethod
+    def from_doc(cls, doc: Any, definition: Definition) -> "MemoryLedger":
+        """Load what :meth:`to_doc` wrote (the authority's own file: its
+        certificates are parsed, not re-verified, so an expired one stays
+        on record)."""
+        from .certificate import parse_certificate
+        from .invite import parse_invite
+        try:
+            object_fields(doc, ("v", "serial", "seq", "invites", "members", "events"))
+            if doc["v"] != 1 or isinstance(doc["v"], bool):
+                raise FormatError("version %r is not supported" % (doc["v"],), "v")
+            led = cls()
+            led.serial = int_field(doc["serial"], "serial", 0, 2 ** 53)
+            led.seq = int_field(doc["seq"], "seq", 0, 2 ** 53)
+            for i in doc["invites"]:
+                led.save_invite(parse_invite(i))
+            for i, m in enumerate(doc["members"]):
+                object_fields(m, ("cert", "invite", "removed"), path="members[%d]" % i)
+                cert = parse_certificate(m["cert"])
+                if cert.network != definition.fingerprint:
+                    raise FormatError("a member of another network", "members[%d]" % i)
+                removed = m["removed"]
+                if removed is not None:
+                    int_field(removed, "members[%d].removed" % i, 0, TIME_MAX)
+                led._members[cert.key] = MemberRecord(cert, str(m["invite"]), removed)
+            for ev in doc["events"]:
+                ev = dict(ev)
+                led.events.append((int_field(ev.pop("seq"), "seq", 1, 2 ** 53), ev))
+        except (FormatError, KeyError, TypeError, AttributeError) as exc:
+            if isinstance(exc, FormatError):
+                raise exc.about("authority ledger") from None
+            raise FormatError("damaged: %s" % exc, what="authority ledger") from None
+        return led
+
