@@ -220,11 +220,14 @@ def create_invite(definition: Definition, now: float, *, name: Optional[str] = N
     checked against the certificate's size budget now, so a join never fails
     on them.  ``directory`` defaults to the definition's URLs."""
     groups = sorted(set(groups))
-    if name is not None:
-        names.label(name, "name")
-        if uses != 1:
-            raise InviteError("malformed", "an invite that names the member is for one use")
-    check_budget(name if name is not None else "a" * names.LABEL_MAX, groups)
+    try:
+        if name is not None:
+            names.label(name, "name")
+        check_budget(name if name is not None else "a" * names.LABEL_MAX, groups)
+    except FormatError as exc:
+        raise exc.about("invite") from None
+    if name is not None and uses != 1:
+        raise InviteError("malformed", "an invite that names the member is for one use")
     if not (isinstance(uses, int) and not isinstance(uses, bool) and 1 <= uses <= MAX_USES):
         raise InviteError("malformed", "uses must be 1..%d" % MAX_USES)
     if not (isinstance(ttl, int) and not isinstance(ttl, bool) and 60 <= ttl <= MAX_INVITE_TTL):
