@@ -236,3 +236,21 @@ def test_the_default_directory(monkeypatch, tmp_path):
     assert cli.default_dir() == tmp_path / "env"
     monkeypatch.delenv("PHANTOM_NETWORK_DIR")
     assert cli.default_dir().name == "authority"
+
+
+def test_phantom_network_is_a_phantom_command(tmp_path):
+    """`phantom network ...` reaches these commands (phantom/cli.py's DELEGATED)."""
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+
+    def phantom(*argv):
+        return subprocess.run([sys.executable, "-m", "phantom.cli", "network", *map(str, argv)],
+                              cwd=REPO, capture_output=True, text=True, timeout=60)
+    cp = phantom("init", "corp", "--dir", tmp_path / "corp", "--directory", URL)
+    assert cp.returncode == 0, cp.stderr
+    cp = phantom("invite", "--dir", tmp_path / "corp", "--name", "web1")
+    assert cp.returncode == 0 and cp.stdout.startswith("phantom1."), cp.stderr
+    cp = phantom("invites", "--dir", tmp_path / "nowhere")
+    assert cp.returncode == 1 and cp.stderr.startswith("error: ") and "Traceback" not in cp.stderr
