@@ -50,6 +50,25 @@ def network_definition(n, authority, admission):
         admission=[(admission.public, int(NOW) + 365 * day)])
 
 
+def network_invite(n, definition):
+    """The corpus invite (token, record): fixed id and secret, 2 uses, a day long."""
+    fixed = iter(range(256))
+    return n.create_invite(definition, NOW, uses=2, groups=["laptops"],
+                           random_bytes=lambda k: bytes(next(fixed) for _ in range(k)))
+
+
+def network_node():
+    """The joining node: (X25519 public key, its Ed25519 form, sign).  Made
+    from an Ed25519 seed with libsodium's map, which gives the same pair of
+    keys NodeSigner derives from an X25519 private key."""
+    import nacl.bindings
+    from nacl.signing import SigningKey
+    sk = SigningKey(bytes(range(129, 161)))
+    ed = bytes(sk.verify_key)
+    return nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(ed), ed, \
+        (lambda message: sk.sign(message).signature)
+
+
 def network_member(n, definition, admission):
     """The corpus member: INITIATOR_PRIV's key, valid at NOW."""
     from phantom import crypto

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Fuzz target "network": the network's documents (issue 20).
 
-Input: byte 0 = flags, then the document.  Bits 0-2 pick the kind (mod 5):
+Input: byte 0 = flags, then the document.  Bits 0-2 pick the kind (mod 6):
 0 network definition, 1 member certificate, 2 invite token, 3 removal,
-4 member-set event (applied to a set holding one corpus member).  Bit 3
+4 member-set event (applied to a set holding one corpus member), 5 join
+request (the join transaction on a ledger holding one corpus invite).  Bit 3
 re-signs a JSON document with the corpus key of its kind (the authority for a
-definition, the admission key otherwise), so mutated fields get past the
-signature to the expiry, prefix, removal and conflict code.  Bit 4 checks a
+definition, the node key for a join request, the admission key otherwise),
+so mutated fields get past the signature to the expiry, prefix, removal,
+conflict, invite and allocation code.  Bit 4 checks a
 certificate as presented by the corpus member's key (the handshake's case).
 
 Contract (phantom/network/): every refusal is a NetworkError (FormatError,
@@ -14,6 +16,8 @@ Refused, InviteError); nothing else escapes.  A verified definition,
 certificate or removal verifies again, from its own canonical bytes, to the
 same object.  A token that parses is its own canonical encoding.  A member
 set stays consistent: every active member owns its addresses and its name.
+A join that succeeds issues a certificate that verifies for the requesting
+key and consumes exactly one use of the invite; a refused one changes nothing.
 """
 
 import sys
@@ -27,6 +31,7 @@ with atheris.instrument_imports(include=["phantom", "ipaddress", "json"]):
     from phantom.network import canonical as c
     from phantom.network import certificate as cert_mod, definition as def_mod, \
         removal as rem_mod
+    from phantom.network import join as join_mod
     from phantom.network.keys import CERTIFICATE_DOMAIN, DEFINITION_DOMAIN, REMOVAL_DOMAIN
 
 ALLOWED = (n.NetworkError,)
@@ -36,7 +41,9 @@ ADMISSION = n.SigningKey(common.NETWORK_ADMISSION_SEED)
 DEFINITION = common.network_definition(n, AUTHORITY, ADMISSION)
 MEMBER = common.network_member(n, DEFINITION, ADMISSION)
 REMOVALS = n.RemovalSet([n.make_removal(DEFINITION, ADMISSION, bytes(range(150, 182)), NOW)])
-KINDS = 5
+INVITE = common.network_invite(n, DEFINITION)[1].to_doc()
+NODE_KEY, NODE_SIGNING_KEY, NODE_SIGN = common.network_node()
+KINDS = 6
 
 
 def resign(doc, kind):
@@ -56,6 +63,34 @@ def resign(doc, kind):
     return doc
 
 
+def resign_join(doc):
+    if not isinstance(doc, dict):
+        return doc
+    doc = {k: v for k, v in doc.items() if k != "sig"}
+    doc["key"] = c.b64(NODE_KEY)
+    doc["signing_key"] = c.b64(NODE_SIGNING_KEY)
+    try:
+        doc["sig"] = c.b64(NODE_SIGN(join_mod.JOIN_DOMAIN + c.canonical(doc)))
+    except (TypeError, ValueError):
+        pass
+    return doc
+
+
+def check_join(doc):
+    ledger = join_mod.MemoryLedger()
+    ledger.save_invite(n.parse_invite(INVITE))
+    before = c.canonical(ledger.to_doc())
+    try:
+        result = join_mod.join(ledger, DEFINITION, ADMISSION, doc, NOW)
+    except ALLOWED:
+        assert c.canonical(ledger.to_doc()) == before, "a refused join changed the ledger"
+        raise
+    cert = n.verify_certificate(result.certificate.encode(), DEFINITION, NOW,
+                                key=c.bytes_field(doc["key"], "key", 32))
+    assert ledger.invite(INVITE["id"]).used == 1 and ledger.member(cert.key).cert == cert
+    assert ledger.stream() == [{"seq": 1, "op": "member", "cert": cert.doc}]
+
+
 def check_member_set(ms):
     for m in ms:
         assert ms.owner(m.cert.ipv4).key == m.key, "an active member does not own its IPv4"
@@ -72,6 +107,9 @@ def one(kind, flags, body):
         assert n.parse_token(token.encode(), token.network) == token
         return
     doc = c.strict_loads(body, 64 * 1024)
+    if kind == 5:
+        check_join(resign_join(doc) if flags & 8 else doc)
+        return
     if flags & 8:
         doc = resign(doc, kind)
     if kind == 0:

@@ -190,6 +190,13 @@ def network_seeds():
     token, _ = n.create_invite(defn, now, name="bob", groups=["laptops"],
                                random_bytes=lambda k: bytes(next(fixed) for _ in range(k)))
     put("network", "token", b"\x02" + token.encode().encode())
+    from phantom.network import join as j
+    key, signing_key, sign = common.network_node()
+    invite_token = common.network_invite(n, defn)[0]
+    request = j.make_join_request(invite_token, key, signing_key, sign, now, name="carol")
+    put("network", "join", b"\x05" + canonical(request))
+    put("network", "join-resign", b"\x0d" + canonical(request))
+    put("network", "join-no-name", b"\x0d" + canonical(dict(request, name=None)))
     removal = n.make_removal(defn, admission, alice.key, now)
     put("network", "removal", b"\x03" + removal.encode())
     put("network", "removal-resign", b"\x0b" + removal.encode())
