@@ -231,12 +231,16 @@ def create_invite(definition: Definition, now: float, *, name: Optional[str] = N
     if not (isinstance(uses, int) and not isinstance(uses, bool) and 1 <= uses <= MAX_USES):
         raise InviteError("malformed", "uses must be 1..%d" % MAX_USES)
     if not (isinstance(ttl, int) and not isinstance(ttl, bool) and 60 <= ttl <= MAX_INVITE_TTL):
-        raise InviteError("malformed", "an invite lasts 60 s to %d days" % (MAX_INVITE_TTL // 86400))
+        raise InviteError("malformed", "an invite lasts 60 s to %d days"
+                          % (MAX_INVITE_TTL // 86400))
     dirs = tuple(definition.directory if directory is None else directory)
     if not dirs:
         raise InviteError("malformed", "the network lists no directory URL to put in the invite")
-    for i, u in enumerate(dirs):
-        names.url(u, "directory[%d]" % i)
+    try:
+        for i, u in enumerate(dirs):
+            names.url(u, "directory[%d]" % i)
+    except FormatError as exc:
+        raise exc.about("invite") from None
     secret = random_bytes(SECRET_SIZE)
     invite_id = base64.b32encode(random_bytes(ID_BYTES)).decode("ascii").lower()
     token = InviteToken(dirs, definition.fingerprint, invite_id, secret)

@@ -255,7 +255,8 @@ def test_a_chain_of_claims_is_settled_in_order():
 # --- the naive model ---------------------------------------------------------------------------
 
 def greedy(held: dict) -> dict:
-    """From scratch: certificates by (since, key); each active unless an earlier one holds a claim."""
+    """From scratch: certificates by (since, key); each is active unless an
+    earlier one holds one of its claims."""
     taken, active = set(), {}
     for key, cert in sorted(held.items(), key=lambda kv: (kv[1].since, kv[0])):
         claims = {cert.ipv4, cert.ipv6, ("name", cert.name)}
