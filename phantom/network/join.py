@@ -23,8 +23,13 @@ the ledger as it was even without a transaction; a store with unique
 constraints on name and addresses turns a concurrent front end's race into a
 failed insert and retries (issue 20, "50 concurrent joins").
 
-The same module issues removals (:func:`remove`: a signed removal and a
-``removed`` event) and manages invites (:func:`add_invite`,
+The directory answers with :func:`join_answer` (the definition and the
+certificate); the joining machine checks it with :func:`accept_join_answer`
+(the definition must be the token's network's, the certificate for its own
+key).  A member renews with a request of the same kind without the invite
+(:func:`make_renew_request`, :func:`renew`: same name, addresses, groups and
+``since``).  The same module issues removals (:func:`remove`: a signed
+removal and a ``removed`` event) and manages invites (:func:`add_invite`,
 :func:`revoke_invite`).  The clock is always passed in.
 
 Address reuse: a removed member's addresses stay retired until the removal
@@ -47,8 +52,9 @@ from . import names
 from .allocate import allocate
 from .canonical import (KEY_SIZE, SIG_SIZE, TIME_MAX, b64, bytes_field, canonical, int_field,
                         object_fields, strict_loads)
-from .certificate import Certificate, check_budget, issue_certificate
-from .definition import Definition
+from .certificate import (MAX_CERT_SIZE, Certificate, check_budget, issue_certificate,
+                          verify_certificate)
+from .definition import MAX_DEFINITION_SIZE, Definition, parse_definition
 from .errors import FormatError, InviteError, NetworkError
 from .invite import SECRET_SIZE, Invite, hash_secret, id_field
 from .keys import SigningKey, fingerprint_field, valid_x25519, verify
@@ -56,9 +62,11 @@ from .removal import Removal, make_removal
 
 VERSION = 1
 JOIN_DOMAIN = b"phantom-network-join-v1\n"
+RENEW_DOMAIN = b"phantom-network-renew-v1\n"
 MAX_REQUEST_SIZE = 2048
 MAX_REQUEST_SKEW = 300
 REQUEST_FIELDS = ("v", "net", "invite", "secret", "key", "signing_key", "name", "time", "sig")
+RENEW_FIELDS = ("v", "net", "key", "signing_key", "time", "sig")
 
 
 class JoinError(NetworkError):
@@ -112,18 +120,42 @@ def _binds(public_key: bytes, signing_key: bytes) -> bool:
     return crypto.equal(mapped, bytes(public_key))
 
 
+def _fresh_and_proven(doc: dict, key: bytes, signing_key: bytes, sig: bytes, when: int,
+                      domain: bytes, now: float, what: str) -> None:
+    if abs(when - now) > MAX_REQUEST_SKEW:
+        raise JoinError("stale", "%s dated %d s from the server's clock (at most %d s):"
+                        " check the clocks" % (what, when - now, MAX_REQUEST_SKEW))
+    if not _binds(key, signing_key) or not verify(signing_key, domain, signed_bytes(doc), sig):
+        raise JoinError("bad_proof", "%s does not prove possession of its key" % what)
+
+
+def _request_doc(raw: Any, fields: tuple, what: str) -> dict:
+    doc = raw if isinstance(raw, dict) else strict_loads(raw, MAX_REQUEST_SIZE, what)
+    object_fields(doc, fields)
+    if doc["v"] != VERSION or isinstance(doc["v"], bool):
+        raise FormatError("version %r is not supported" % (doc["v"],), "v")
+    return doc
+
+
+def _member_key(doc: dict) -> bytes:
+    key = bytes_field(doc["key"], "key", KEY_SIZE)
+    if not valid_x25519(key):
+        raise FormatError("is not a usable X25519 key", "key")
+    return key
+
+
+def _for_network(network: str, definition: Definition, what: str) -> None:
+    if network != definition.fingerprint:
+        raise JoinError("wrong_network", "this %s is for network %s, not %s (%s)"
+                        % (what, network, definition.fingerprint, definition.name))
+
+
 def verify_join_request(raw: Any, definition: Definition, now: float) -> JoinRequest:
     """A well-formed, fresh join request for ``definition`` that proves
     possession of its key, or JoinError saying which it is not."""
     try:
-        doc = raw if isinstance(raw, dict) else strict_loads(raw, MAX_REQUEST_SIZE,
-                                                             "join request")
-        object_fields(doc, REQUEST_FIELDS)
-        if doc["v"] != VERSION or isinstance(doc["v"], bool):
-            raise FormatError("version %r is not supported" % (doc["v"],), "v")
-        key = bytes_field(doc["key"], "key", KEY_SIZE)
-        if not valid_x25519(key):
-            raise FormatError("is not a usable X25519 key", "key")
+        doc = _request_doc(raw, REQUEST_FIELDS, "join request")
+        key = _member_key(doc)
         name = doc["name"]
         if name is not None:
             names.label(name, "name")
@@ -134,16 +166,59 @@ def verify_join_request(raw: Any, definition: Definition, now: float) -> JoinReq
                           bytes_field(doc["sig"], "sig", SIG_SIZE))
     except FormatError as exc:
         raise JoinError("malformed", "malformed join request: %s" % (exc.detail or exc)) from None
-    if req.network != definition.fingerprint:
-        raise JoinError("wrong_network", "this join request is for network %s, not %s (%s)"
-                        % (req.network, definition.fingerprint, definition.name))
-    if abs(req.time - now) > MAX_REQUEST_SKEW:
-        raise JoinError("stale", "join request dated %d s from the server's clock (at most %d s):"
-                        " check the clocks" % (req.time - now, MAX_REQUEST_SKEW))
-    if not _binds(req.key, req.signing_key) or not verify(
-            req.signing_key, JOIN_DOMAIN, signed_bytes(doc), req.sig):
-        raise JoinError("bad_proof", "join request does not prove possession of its key")
+    _for_network(req.network, definition, "join request")
+    _fresh_and_proven(doc, req.key, req.signing_key, req.sig, req.time, JOIN_DOMAIN, now,
+                      "join request")
     return req
+
+
+def make_renew_request(network: str, public_key: bytes, signing_key: bytes, sign: Any,
+                       now: float) -> dict:
+    """What a member's daemon sends to renew its certificate (POST /network/renew)."""
+    doc = {"v": VERSION, "net": network, "key": b64(public_key),
+           "signing_key": b64(signing_key), "time": int(now)}
+    doc["sig"] = b64(sign(RENEW_DOMAIN + signed_bytes(doc)))
+    return doc
+
+
+def verify_renew_request(raw: Any, definition: Definition, now: float) -> bytes:
+    """The member key of a well-formed, fresh renewal request that proves
+    possession of it, or JoinError."""
+    try:
+        doc = _request_doc(raw, RENEW_FIELDS, "renewal request")
+        key = _member_key(doc)
+        network = fingerprint_field(doc["net"], "net")
+        signing_key = bytes_field(doc["signing_key"], "signing_key", KEY_SIZE)
+        when = int_field(doc["time"], "time", 0, TIME_MAX)
+        sig = bytes_field(doc["sig"], "sig", SIG_SIZE)
+    except FormatError as exc:
+        raise JoinError("malformed", "malformed renewal request: %s"
+                        % (exc.detail or exc)) from None
+    _for_network(network, definition, "renewal request")
+    _fresh_and_proven(doc, key, signing_key, sig, when, RENEW_DOMAIN, now, "renewal request")
+    return key
+
+
+def join_answer(definition: Definition, certificate: Certificate) -> dict:
+    """What the directory answers a join or a renewal with."""
+    return {"definition": definition.doc, "certificate": certificate.doc}
+
+
+def accept_join_answer(raw: Any, network: str, key: bytes, now: float) -> tuple:
+    """The joining machine's check of the answer: the definition must be signed
+    by the authority the invite token names (``network``, its fingerprint: a
+    hostile directory cannot enrol the machine in another network), and the
+    certificate must hold for that definition and for this machine's ``key``.
+    (Definition, Certificate), or Refused / FormatError."""
+    doc = raw if isinstance(raw, dict) else strict_loads(
+        raw, MAX_DEFINITION_SIZE + MAX_CERT_SIZE + 64, "join answer")
+    try:
+        object_fields(doc, ("definition", "certificate"))
+    except FormatError as exc:
+        raise exc.about("join answer") from None
+    definition = parse_definition(doc["definition"], network)
+    cert = verify_certificate(doc["certificate"], definition, now, key=key)
+    return definition, cert
 
 
 # --- the ledger --------------------------------------------------------------------------------
@@ -262,11 +337,19 @@ def join(ledger: Ledger, definition: Definition, admission: SigningKey, request:
     return JoinResult(cert, seq)
 
 
-def renew(ledger: Ledger, definition: Definition, admission: SigningKey, key: bytes,
+def renew(ledger: Ledger, definition: Definition, admission: SigningKey, request: Any,
           now: float) -> JoinResult:
-    """A fresh certificate for a current member: the same name, addresses,
-    groups, routes and ``since`` (the daemon asks at 2/3 of the lifetime;
-    the request's proof of possession is checked by the caller like a join's)."""
+    """A fresh certificate for the current member that sent the renewal
+    ``request`` (see :func:`make_renew_request`): the same name, addresses,
+    groups, routes and ``since`` (the daemon asks at 2/3 of the lifetime)."""
+    return reissue(ledger, definition, admission, verify_renew_request(request, definition, now),
+                   now)
+
+
+def reissue(ledger: Ledger, definition: Definition, admission: SigningKey, key: bytes,
+            now: float) -> JoinResult:
+    """A fresh certificate for the current member ``key`` (renewal, or an
+    admin's change of groups or routes later)."""
     held = ledger.member(bytes(key))
     if held is None or held.removed is not None:
         raise JoinError("not_member", "this key is not a member of %s" % definition.name)

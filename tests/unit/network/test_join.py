@@ -18,6 +18,7 @@ from phantom.network import (AllocationError, FormatError, InviteError, MemberSe
                              Reason, Refused, create_invite, verify_certificate, verify_removal)
 from phantom.network import join as J
 from phantom.network.canonical import b64, canonical
+from phantom.network.keys import CERTIFICATE_DOMAIN
 
 from .factory import DAY, NOW, Net, seed
 
@@ -365,25 +366,98 @@ PROP_NODES = [Node("pa%d" % i) for i in range(12)]
 
 # --- renewal, invites, persistence -------------------------------------------------------------
 
+def renew_request(node, net, now):
+    return J.make_renew_request(net.definition.fingerprint, node.key, node.signer.signing_key,
+                                node.signer.sign, now)
+
+
 def test_renewal_keeps_name_addresses_groups_and_since():
     net, ledger = setup()
     token = invite(net, ledger, groups=["ops"])
     node = Node("ren")
     first = run_join(net, ledger, node.request(token, name="ren")).certificate
-    result = J.renew(ledger, net.definition, net.admission, node.key, NOW + 20 * DAY)
+    t = NOW + 20 * DAY
+    result = J.renew(ledger, net.definition, net.admission, renew_request(node, net, t), t)
     c = result.certificate
     assert (c.name, c.ipv4, c.ipv6, c.groups, c.since) == (first.name, first.ipv4, first.ipv6,
                                                            first.groups, first.since)
     assert c.serial > first.serial and c.not_after == NOW + 50 * DAY
-    ms = MemberSet(net.definition, lambda: NOW + 20 * DAY)
+    ms = MemberSet(net.definition, lambda: t)
     for event in ledger.stream():
         try:
             ms.apply(event)
         except Refused:
             pass
     assert ms.cert(node.key) == c
+
+
+def test_a_renewal_needs_a_current_member_and_a_proof():
+    net, ledger = setup()
+    token = invite(net, ledger)
+    node, other = Node("ren2"), Node("other")
+    run_join(net, ledger, node.request(token, name="ren2"))
+    with pytest.raises(J.JoinError) as info:            # not a member
+        J.renew(ledger, net.definition, net.admission, renew_request(other, net, NOW), NOW)
+    assert info.value.code == "not_member"
+    forged = J.make_renew_request(net.definition.fingerprint, node.key,
+                                  other.signer.signing_key, other.signer.sign, NOW)
+    with pytest.raises(J.JoinError) as info:            # someone else asks for node's key
+        J.renew(ledger, net.definition, net.admission, forged, NOW)
+    assert info.value.code == "bad_proof"
+    with pytest.raises(J.JoinError) as info:
+        J.renew(ledger, net.definition, net.admission, renew_request(node, net, NOW - 301), NOW)
+    assert info.value.code == "stale"
+    with pytest.raises(J.JoinError) as info:
+        J.renew(ledger, net.definition, net.admission, b'{"v":1}', NOW)
+    assert info.value.code == "malformed"
+    other_net = Net(tag="renew-other")
+    with pytest.raises(J.JoinError) as info:
+        J.renew(ledger, other_net.definition, other_net.admission,
+                renew_request(node, net, NOW), NOW)
+    assert info.value.code == "wrong_network"
+    J.remove(ledger, net.definition, net.admission, "ren2", NOW)
+    with pytest.raises(J.JoinError) as info:            # removed: no renewal
+        J.renew(ledger, net.definition, net.admission, renew_request(node, net, NOW), NOW)
+    assert info.value.code == "not_member"
+    # a join request is not a renewal request (another domain, other fields)
     with pytest.raises(J.JoinError):
-        J.renew(ledger, net.definition, net.admission, Node("stranger").key, NOW)
+        J.renew(ledger, net.definition, net.admission, node.request(token, name="ren2"), NOW)
+
+
+# --- the joining machine's side ----------------------------------------------------------------
+
+def test_the_joining_machine_accepts_its_answer_only_for_the_tokens_network_and_its_key():
+    net, ledger = setup()
+    token = invite(net, ledger, uses=2)
+    node = Node("j")
+    result = run_join(net, ledger, node.request(token, name="j"))
+    answer = canonical(J.join_answer(net.definition, result.certificate))
+    defn, cert = J.accept_join_answer(answer, token.network, node.key, NOW)
+    assert defn == net.definition and cert == result.certificate
+    # a hostile directory answers with its own network (another authority, the same name)
+    rogue = Net(tag="rogue-directory")
+    assert rogue.definition.name == net.definition.name
+    with pytest.raises(Refused) as info:
+        J.accept_join_answer(J.join_answer(rogue.definition, result.certificate), token.network,
+                             node.key, NOW)
+    assert info.value.reason == Reason.WRONG_AUTHORITY
+    # another member's certificate
+    other = run_join(net, ledger, Node("k").request(token, name="k")).certificate
+    with pytest.raises(Refused) as info:
+        J.accept_join_answer(J.join_answer(net.definition, other), token.network, node.key, NOW)
+    assert info.value.reason == Reason.WRONG_KEY
+    # a certificate for this network signed by a key the definition does not list
+    doc = {k: v for k, v in result.certificate.doc.items() if k != "sig"}
+    doc["iss"] = b64(rogue.admission.public)
+    doc["sig"] = b64(rogue.admission.sign(CERTIFICATE_DOMAIN, canonical(doc)))
+    with pytest.raises(Refused) as info:
+        J.accept_join_answer({"definition": net.definition.doc, "certificate": doc},
+                             token.network, node.key, NOW)
+    assert info.value.reason == Reason.UNKNOWN_ISSUER
+    for bad in (b"", b"[]", b'{"definition":{}}', canonical({"definition": 1, "certificate": 2}),
+                b"{" * 10000):
+        with pytest.raises(FormatError):
+            J.accept_join_answer(bad, token.network, node.key, NOW)
 
 
 def test_revoking_an_unknown_invite_and_adding_one_twice():
