@@ -254,3 +254,42 @@ def test_phantom_network_is_a_phantom_command(tmp_path):
     assert cp.returncode == 0 and cp.stdout.startswith("phantom1."), cp.stderr
     cp = phantom("invites", "--dir", tmp_path / "nowhere")
     assert cp.returncode == 1 and cp.stderr.startswith("error: ") and "Traceback" not in cp.stderr
+
+
+def test_concurrent_commands_wait_for_the_lock_and_lose_no_invite(netdir):
+    """Invites made at once by several processes: each waits for the ledger's
+    lock (seen in /proc/locks), none overwrites another's."""
+    import fcntl
+    import subprocess
+    import sys
+    import time
+
+    from tests.support import REPO
+
+    lock = netdir / ".lock"
+    fd = os.open(str(lock), os.O_RDWR | os.O_CREAT, 0o600)
+    procs = []
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        procs = [subprocess.Popen([sys.executable, "-m", "phantom.network.cli", "invite", "--dir",
+                                   str(netdir), "--name", "c%d" % i], cwd=REPO,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for i in range(4)]
+        inode = os.stat(lock).st_ino
+        deadline = time.monotonic() + 60
+        waiting = 0
+        while time.monotonic() < deadline:
+            with open("/proc/locks") as f:
+                waiting = sum(1 for line in f if "->" in line and
+                              line.split()[6].endswith(":%d" % inode))
+            if waiting == 4 or any(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.05)
+        assert waiting == 4 and all(p.poll() is None for p in procs)
+        assert A.AuthorityDir.open(netdir).read_ledger().invites() == []
+    finally:
+        os.close(fd)                                  # releases the lock
+        outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    names = sorted(i.name for i in A.AuthorityDir.open(netdir).read_ledger().invites())
+    assert names == ["c0", "c1", "c2", "c3"]
