@@ -12,6 +12,9 @@ docs/network.md for the formats and the trust rules.
 * :mod:`.invite` -- invite tokens and the records a directory keeps
 * :mod:`.allocate` -- address allocation (a pure function)
 * :mod:`.members` -- the member set a member daemon keeps, by deltas
+* :mod:`.join` -- the join transaction, renewal, removal, invites on a store's ledger
+* :mod:`.rotate` -- admission-key rotation
+* :mod:`.authority`, :mod:`.cli` -- the authority's state directory, ``phantom network``
 * :mod:`.errors` -- every refusal, with its reason and user-facing sentence
 """
 

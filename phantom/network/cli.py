@@ -8,6 +8,7 @@
                            [--directory URL]...
     phantom network invites [--all]
     phantom network invites revoke ID
+    phantom network rotate [--authority-key FILE] [--admission-lifetime 365d]
 
 Every command takes ``--dir DIR`` (default $PHANTOM_NETWORK_DIR, else
 /var/lib/phantom/authority for root and ./.phantom/authority otherwise) and
@@ -31,11 +32,13 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from .authority import AuthorityDir, init
-from .definition import DEFAULT_CERT_LIFETIME
+from .authority import ADMISSION_KEY, AUTHORITY_KEY, DEFINITION, AuthorityDir, init
+from .definition import DEFAULT_ADMISSION_LIFETIME, DEFAULT_CERT_LIFETIME
 from .errors import NetworkError
 from .invite import DEFAULT_INVITE_TTL, create_invite
 from .join import add_invite, revoke_invite
+from .keys import SigningKey, atomic_write, load_key, save_key
+from .rotate import rotate
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -184,6 +187,30 @@ def cmd_invites(args, now: Callable[[], float]) -> int:
     return 0
 
 
+def cmd_rotate(args, now: Callable[[], float]) -> int:
+    auth = _open(args)
+    key_file = Path(args.authority_key) if args.authority_key else auth.path / AUTHORITY_KEY
+    if not key_file.exists():
+        raise UsageError("rotating needs the authority key, and %s has none: bring it back or "
+                         "pass --authority-key FILE" % auth.path)
+    authority = load_key(key_file)
+    if authority.public != auth.definition.authority:
+        raise UsageError("%s is not the authority key of network %s"
+                         % (key_file, auth.definition.name))
+    new = SigningKey.generate()
+    t = now()
+    with auth.transaction() as ledger:
+        r = rotate(ledger, auth.definition, authority, new, t, lifetime=args.admission_lifetime)
+        save_key(auth.path / ADMISSION_KEY, new)
+        atomic_write(auth.path / DEFINITION, r.definition.encode() + b"\n", mode=0o644)
+    _out(args, "network %s: definition seq %d lists only the new admission key; %d "
+         "certificate(s) re-issued, %d removal(s) re-signed; the old admission key signs "
+         "nothing any more" % (r.definition.name, r.definition.seq, r.reissued, r.resigned),
+         {"seq": r.definition.seq, "reissued": r.reissued, "resigned": r.resigned,
+          "admission": [a.to_doc() for a in r.definition.admission]})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dir", type=Path, default=None,
@@ -223,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("id", nargs="?", help="the invite's id")
     s.add_argument("--all", action="store_true", help="used, expired and revoked ones too")
     s.set_defaults(func=cmd_invites)
+    r = sub.add_parser("rotate", parents=[common],
+                       help="replace the admission key (a stolen directory host): needs the "
+                       "authority key")
+    r.add_argument("--authority-key", metavar="FILE",
+                   help="the authority key, if it is no longer in the directory (offline)")
+    r.add_argument("--admission-lifetime", type=duration, default=DEFAULT_ADMISSION_LIFETIME,
+                   metavar="DURATION", help="how long the new admission key lasts (default 365d)")
+    r.set_defaults(func=cmd_rotate)
     return p
 
 

@@ -263,7 +263,7 @@ class JoinResult:
     retried: bool = False             # the same request again: the certificate it got
 
 
-def _lapsed(record: MemberRecord, definition: Definition, now: float) -> bool:
+def lapsed(record: MemberRecord, definition: Definition, now: float) -> bool:
     """A removed member whose removal has lapsed: no certificate of it can be valid."""
     return record.removed is not None and record.removed + definition.cert_lifetime < now
 
@@ -271,14 +271,14 @@ def _lapsed(record: MemberRecord, definition: Definition, now: float) -> bool:
 def _taken(ledger: Ledger, definition: Definition, now: float) -> tuple:
     """The addresses no new member may get: every member's, and a removed
     member's until its removal lapses; and the lapsed records (to forget)."""
-    v4, v6, lapsed = set(), set(), []
+    v4, v6, gone = set(), set(), []
     for m in ledger.members():
-        if _lapsed(m, definition, now):
-            lapsed.append(m.key)
+        if lapsed(m, definition, now):
+            gone.append(m.key)
             continue
         v4.add(m.cert.ipv4)
         v6.add(m.cert.ipv6)
-    return v4, v6, lapsed
+    return v4, v6, gone
 
 
 def _issue(ledger: Ledger, definition: Definition, admission: SigningKey, now: float,
@@ -320,7 +320,7 @@ def join(ledger: Ledger, definition: Definition, admission: SigningKey, request:
     other = ledger.member_named(name)
     if other is not None and other.removed is None and other.key != req.key:
         raise JoinError("name_taken", "the name %r is taken in %s" % (name, definition.name))
-    taken4, taken6, lapsed = _taken(ledger, definition, now)
+    taken4, taken6, gone = _taken(ledger, definition, now)
     ipv4, ipv6 = allocate(definition, taken4, taken6)
     not_before = int(now)
     if held is not None and held.removed is not None and held.removed >= not_before:
@@ -328,7 +328,7 @@ def join(ledger: Ledger, definition: Definition, admission: SigningKey, request:
     cert = _issue(ledger, definition, admission, now, req.key, name, ipv4, ipv6, invite.groups,
                   since=not_before, not_before=not_before)
     # every check passed: the writes
-    for key in lapsed:
+    for key in gone:
         if key != req.key:
             ledger.delete_member(key)
     ledger.save_invite(redeemed)

@@ -1,7 +1,8 @@
 """The member set: what a member daemon knows of its network, kept by deltas.
 
 The directory's watch stream sends one event per change (``{"seq", "op",
-...}``); :meth:`MemberSet.apply` takes one and returns what changed
+...}``: op ``member``, ``removed``, ``endpoints``, or ``network`` -- a newer
+definition of the same authority, after an admission-key rotation); :meth:`MemberSet.apply` takes one and returns what changed
 (:class:`MemberChange`: added, updated, removed, endpoints), in time
 proportional to the members the change touches -- never the whole list
 (headscale's documented failure at a few hundred nodes).  It answers:
@@ -49,7 +50,7 @@ from . import names
 from .canonical import KEY_SIZE, SEQ_MAX, b64, bytes_field, canonical, int_field, list_field, \
     object_fields, strict_loads
 from .certificate import Certificate, verify_certificate
-from .definition import Definition, is_newer
+from .definition import Definition, is_newer, parse_definition
 from .errors import FormatError, Reason, Refused
 from .keys import atomic_write, read_limited
 from .removal import Removal, RemovalSet, verify_removal
@@ -59,7 +60,7 @@ log = logsetup.get_logger("network")
 MAX_ENDPOINTS = 16
 MAX_SNAPSHOT_SIZE = 64 * 1024 * 1024
 SNAPSHOT_VERSION = 1
-OPS = ("member", "removed", "endpoints")
+OPS = ("member", "removed", "endpoints", "network")
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class Delta:
     op: str
     cert: Any = None              # op "member": the certificate document
     removal: Any = None           # op "removed": the removal document
+    definition: Any = None        # op "network": a newer definition (rotated admission keys)
     key: Optional[bytes] = None   # op "endpoints"
     endpoints: Optional[tuple] = None
 
@@ -123,6 +125,10 @@ def parse_delta(obj: Any) -> Delta:
         if op == "removed":
             object_fields(obj, ("seq", "op", "removal"))
             return Delta(int_field(obj["seq"], "seq", 1, SEQ_MAX), op, removal=obj["removal"])
+        if op == "network":
+            object_fields(obj, ("seq", "op", "definition"))
+            return Delta(int_field(obj["seq"], "seq", 1, SEQ_MAX), op,
+                         definition=obj["definition"])
         object_fields(obj, ("seq", "op", "key", "endpoints"))
         return Delta(int_field(obj["seq"], "seq", 1, SEQ_MAX), op,
                      key=bytes_field(obj["key"], "key", KEY_SIZE),
@@ -260,6 +266,9 @@ class MemberSet:
             return self.admit(d.cert, endpoints=d.endpoints)[1]
         if d.op == "removed":
             return self.remove(d.removal)
+        if d.op == "network":
+            return self.set_definition(parse_definition(d.definition,
+                                                        self._definition.fingerprint))
         return self.set_endpoints(d.key, d.endpoints)
 
     def admit(self, raw: Any, key: Optional[bytes] = None, endpoints: Optional[tuple] = None
