@@ -2,7 +2,8 @@
 
 The directory's watch stream sends one event per change (``{"seq", "op",
 ...}``: op ``member``, ``removed``, ``endpoints``, or ``network`` -- a newer
-definition of the same authority, after an admission-key rotation); :meth:`MemberSet.apply` takes one and returns what changed
+definition of the same authority, after an admission-key rotation);
+:meth:`MemberSet.apply` takes one and returns what changed
 (:class:`MemberChange`: added, updated, removed, endpoints), in time
 proportional to the members the change touches -- never the whole list
 (headscale's documented failure at a few hundred nodes).  It answers:
