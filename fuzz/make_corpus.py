@@ -197,6 +197,14 @@ def network_seeds():
     put("network", "join", b"\x05" + canonical(request))
     put("network", "join-resign", b"\x0d" + canonical(request))
     put("network", "join-no-name", b"\x0d" + canonical(dict(request, name=None)))
+    renewal = j.make_renew_request(defn.fingerprint, key, signing_key, sign, now)
+    put("network", "renew", b"\x06" + canonical(renewal))
+    put("network", "renew-resign", b"\x0e" + canonical(renewal))
+    rotated = n.revise(defn, authority, now, add_admission=[(authority.public, now + 86400)])
+    put("network", "event-network", b"\x04" + canonical({"seq": 2, "op": "network",
+                                                         "definition": rotated.doc}))
+    put("network", "event-network-resign", b"\x0c" + canonical(
+        {"seq": 2, "op": "network", "definition": dict(rotated.doc, seq=3)}))
     removal = n.make_removal(defn, admission, alice.key, now)
     put("network", "removal", b"\x03" + removal.encode())
     put("network", "removal-resign", b"\x0b" + removal.encode())
