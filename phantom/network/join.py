@@ -410,7 +410,9 @@ class MemoryLedger:
 
     def __init__(self) -> None:
         self._invites: dict = {}
-        self._members: dict = {}
+        self._members: dict = {}            # key -> MemberRecord
+        self._names: dict = {}              # name -> {key}: current and removed holders
+        self._addresses: dict = {}          # IPv4 or IPv6 address -> key
         self.serial = 0
         self.seq = 0
         self.events: list = []              # (seq, event) in order: the watch stream
@@ -428,26 +430,46 @@ class MemoryLedger:
         return self._members.get(bytes(key))
 
     def member_named(self, name: str) -> Optional[MemberRecord]:
-        found = [m for m in self._members.values() if m.name == name]
-        current = [m for m in found if m.removed is None]
-        return (current or found or [None])[0]
+        """The current member called ``name``, else a removed one, else None."""
+        found = sorted((self._members[k] for k in self._names.get(name, ())),
+                       key=lambda m: (m.removed is not None, m.key))
+        return found[0] if found else None
 
     def members(self) -> list:
-        return sorted(self._members.values(), key=lambda m: (int(m.cert.ipv4), m.key))
+        return list(self._members.values())
 
     def save_member(self, record: MemberRecord) -> None:
-        for m in self._members.values():
-            if m.key == record.key:
-                continue
-            if record.removed is None and m.removed is None and m.name == record.name:
-                raise JoinError("name_taken", "unique constraint: name %s" % record.name)
-            if m.cert.ipv4 == record.cert.ipv4 or m.cert.ipv6 == record.cert.ipv6:
+        key = record.key
+        if record.removed is None:
+            for other in self._names.get(record.name, ()):
+                if other != key and self._members[other].removed is None:
+                    raise JoinError("name_taken", "unique constraint: name %s" % record.name)
+        for address in (record.cert.ipv4, record.cert.ipv6):
+            holder = self._addresses.get(address)
+            if holder is not None and holder != key:
                 raise JoinError("conflict", "unique constraint: address %s / %s"
                                 % (record.cert.ipv4, record.cert.ipv6))
-        self._members[record.key] = record
+        self._unindex(key)
+        self._members[key] = record
+        self._names.setdefault(record.name, set()).add(key)
+        self._addresses[record.cert.ipv4] = key
+        self._addresses[record.cert.ipv6] = key
+
+    def _unindex(self, key: bytes) -> None:
+        old = self._members.pop(key, None)
+        if old is None:
+            return
+        holders = self._names.get(old.name)
+        if holders is not None:
+            holders.discard(key)
+            if not holders:
+                del self._names[old.name]
+        for address in (old.cert.ipv4, old.cert.ipv6):
+            if self._addresses.get(address) == key:
+                del self._addresses[address]
 
     def delete_member(self, key: bytes) -> None:
-        self._members.pop(bytes(key), None)
+        self._unindex(bytes(key))
 
     def next_serial(self) -> int:
         self.serial += 1
@@ -466,7 +488,8 @@ class MemoryLedger:
         return {"v": 1, "serial": self.serial, "seq": self.seq,
                 "invites": [i.to_doc() for i in self.invites()],
                 "members": [{"cert": m.cert.doc, "invite": m.invite, "removed": m.removed}
-                            for m in self.members()],
+                            for m in sorted(self._members.values(),
+                                            key=lambda m: (int(m.cert.ipv4), m.key))],
                 "events": [dict(ev, seq=seq) for seq, ev in self.events]}
 
     @classmethod
@@ -493,11 +516,13 @@ class MemoryLedger:
                 removed = m["removed"]
                 if removed is not None:
                     int_field(removed, "members[%d].removed" % i, 0, TIME_MAX)
-                led._members[cert.key] = MemberRecord(cert, str(m["invite"]), removed)
+                led.save_member(MemberRecord(cert, str(m["invite"]), removed))
             for ev in doc["events"]:
                 ev = dict(ev)
                 led.events.append((int_field(ev.pop("seq"), "seq", 1, 2 ** 53), ev))
-        except (FormatError, KeyError, TypeError, AttributeError) as exc:
+        except (FormatError, JoinError, KeyError, TypeError, AttributeError) as exc:
+            if isinstance(exc, JoinError):
+                raise FormatError("damaged: %s" % exc, what="authority ledger") from None
             if isinstance(exc, FormatError):
                 raise exc.about("authority ledger") from None
             raise FormatError("damaged: %s" % exc, what="authority ledger") from None

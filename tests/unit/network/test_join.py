@@ -486,3 +486,11 @@ def test_the_ledger_round_trips_and_a_damaged_one_is_refused():
             J.MemoryLedger.from_doc(damage, net.definition)
     with pytest.raises(FormatError):
         J.MemoryLedger.from_doc(doc, Net(tag="foreign").definition)
+    # a file where two members hold one address (edited by hand, or a bug) is refused
+    other = J.MemoryLedger()
+    tok = invite(net, other)
+    run_join(net, other, Node("same-address").request(tok, name="zz"))
+    clash = json.loads(canonical(other.to_doc()))["members"][0]
+    with pytest.raises(FormatError) as info:
+        J.MemoryLedger.from_doc(dict(doc, members=doc["members"] + [clash]), net.definition)
+    assert "unique constraint: address 100.87.0.1" in str(info.value)
