@@ -2,7 +2,7 @@
 
 ``phantom join TOKEN`` sends a **join request**: the invite's id and secret,
 the node's X25519 key, its Ed25519 form (``signing_key``, what
-:class:`~phantom.control.directory.records.NodeSigner` derives from the
+:class:`~phantom.directory.records.NodeSigner` derives from the
 private key) and a signature under it, so the request proves possession of
 the key it enrols (a stolen invite cannot enrol someone else's key)::
 

@@ -14,6 +14,7 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from phantom.directory.records import NodeSigner
 from phantom.network import (AllocationError, FormatError, InviteError, MemberSet, NetworkError,
                              Reason, Refused, create_invite, verify_certificate, verify_removal)
 from phantom.network import join as J
@@ -21,11 +22,6 @@ from phantom.network.canonical import b64, canonical
 from phantom.network.keys import CERTIFICATE_DOMAIN
 
 from .factory import DAY, NOW, Net, seed
-
-try:                                        # the directory moves to phantom/directory (issue 19)
-    from phantom.directory.records import NodeSigner
-except ImportError:
-    from phantom.control.directory.records import NodeSigner
 
 
 class Node:
