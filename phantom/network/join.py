@@ -72,8 +72,9 @@ RENEW_FIELDS = ("v", "net", "key", "signing_key", "time", "sig")
 class JoinError(NetworkError):
     """A join or an admin step was refused.  ``code``: malformed, wrong_network,
     stale, bad_proof, name_required, name_mismatch, name_taken,
-    already_member, not_member, conflict (a unique constraint: the store
-    retries the transaction); the invite's codes are raised as InviteError."""
+    already_member, not_member, expired (a renewal after the certificate
+    expired: join again), conflict (a unique constraint: the store retries the
+    transaction); the invite's codes are raised as InviteError."""
 
     def __init__(self, code: str, message: str):
         self.code = code
@@ -304,7 +305,7 @@ def join(ledger: Ledger, definition: Definition, admission: SigningKey, request:
         hash_secret(req.secret)                         # the same work as a wrong secret
         raise InviteError("invalid", "invite not valid")
     held = ledger.member(req.key)
-    if held is not None and held.removed is None:
+    if held is not None and held.removed is None and held.cert.not_after > now:
         if held.invite == invite.id and crypto.equal(hash_secret(req.secret), invite.secret_hash):
             return JoinResult(held.cert, 0, retried=True)     # a retry after a lost answer
         raise JoinError("already_member", "this key is already a member of %s (as %s)"
@@ -349,11 +350,16 @@ def renew(ledger: Ledger, definition: Definition, admission: SigningKey, request
 def reissue(ledger: Ledger, definition: Definition, admission: SigningKey, key: bytes,
             now: float) -> JoinResult:
     """A fresh certificate for the current member ``key`` (renewal, or an
-    admin's change of groups or routes later)."""
+    admin's change of groups or routes later).  A certificate that has
+    expired is not renewed: the machine joins again with an invite (a
+    certificate's expiry is the network's re-authentication)."""
     held = ledger.member(bytes(key))
     if held is None or held.removed is not None:
         raise JoinError("not_member", "this key is not a member of %s" % definition.name)
     c = held.cert
+    if c.not_after <= now:
+        raise JoinError("expired", "the certificate of %s expired %d s ago: join %s again with "
+                        "an invite" % (c.name, now - c.not_after, definition.name))
     cert = _issue(ledger, definition, admission, now, c.key, c.name, c.ipv4, c.ipv6, c.groups,
                   since=c.since, not_before=max(int(now), c.not_before), routes=c.routes,
                   exit=c.exit)

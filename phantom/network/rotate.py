@@ -12,7 +12,7 @@ in force with the new key, and appends to the watch stream, in this order:
 1. ``{"op": "network", "definition": ...}`` -- members take the new definition
    first (``MemberSet.apply`` checks that its authority is the pinned one);
 2. one ``member`` event per re-issued certificate (same name, addresses,
-   groups, routes, ``since``);
+   groups, routes, ``since``; an expired certificate is not re-issued);
 3. one ``removed`` event per re-signed removal (same time).
 """
 
@@ -51,8 +51,8 @@ def rotate(ledger: Ledger, current: Definition, authority: SigningKey,
     seq = ledger.append({"op": "network", "definition": definition.doc})
     reissued = resigned = 0
     for m in members:
-        if m.removed is not None:
-            continue
+        if m.removed is not None or m.cert.not_after <= now:
+            continue                          # removed, or expired: it must join again
         try:
             definition.admission_key(m.cert.issuer, now)
             continue                          # its issuer is still listed: it still counts

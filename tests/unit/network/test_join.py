@@ -490,3 +490,17 @@ def test_the_ledger_round_trips_and_a_damaged_one_is_refused():
     with pytest.raises(FormatError) as info:
         J.MemoryLedger.from_doc(dict(doc, members=doc["members"] + [clash]), net.definition)
     assert "unique constraint: address 100.87.0.1" in str(info.value)
+
+
+def test_an_expired_member_is_not_renewed_but_may_join_again():
+    net, ledger = setup(lifetime=DAY, tag="expiry")
+    token = invite(net, ledger, uses=2, ttl=10 * DAY)
+    node = Node("sleeper")
+    first = run_join(net, ledger, node.request(token, name="sleeper")).certificate
+    t = first.not_after                                    # the machine slept past its expiry
+    with pytest.raises(J.JoinError) as info:
+        J.renew(ledger, net.definition, net.admission, renew_request(node, net, t), t)
+    assert info.value.code == "expired" and "join corp again" in str(info.value)
+    again = run_join(net, ledger, node.request(token, name="sleeper", now=t), now=t)
+    assert not again.retried and again.certificate.not_before == t
+    assert again.certificate.name == "sleeper" and ledger.invite(token.id).used == 2

@@ -113,3 +113,17 @@ def test_phantom_network_rotate(tmp_path, capsys):
     assert run(capsys, "init", "x", "--dir", wrong)[0] == 0
     rc, out, err = run(capsys, "rotate", "--dir", d, "--authority-key", wrong / "authority.key")
     assert rc == 1 and "is not the authority key of network corp" in err
+
+
+def test_a_rotation_does_not_revive_an_expired_certificate():
+    net = Net(tag="rot3", lifetime=DAY)
+    ledger = J.MemoryLedger()
+    token = invite(net, ledger, uses=2, ttl=10 * DAY)
+    run_join(net, ledger, Node("old").request(token, name="old"))
+    t = NOW + DAY // 2
+    run_join(net, ledger, Node("new").request(token, name="new", now=t), now=t)
+    later = NOW + DAY                                       # old's certificate just expired
+    r = rotate(ledger, net.definition, net.authority, SigningKey(seed("admission:r3")), later)
+    assert r.reissued == 1
+    assert ledger.member(Node("old").key).cert.issuer == net.admission.public
+    assert ledger.member(Node("new").key).cert.issuer != net.admission.public
