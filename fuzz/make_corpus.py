@@ -217,6 +217,58 @@ def dns_seeds():
     for i in range(12):                      # loops, pointer chains, reserved label types
         put("dns", "compression-%d" % i, b"\x02" + _compression(rng))
 
+def network_seeds():
+    from phantom import network as n
+    from phantom.network.canonical import b64, canonical
+    now = int(common.NOW)
+    authority = n.SigningKey(common.NETWORK_AUTHORITY_SEED)
+    admission = n.SigningKey(common.NETWORK_ADMISSION_SEED)
+    defn = common.network_definition(n, authority, admission)
+    alice = common.network_member(n, defn, admission)
+    put("network", "definition", b"\x00" + defn.encode())
+    put("network", "definition-resign", b"\x08" + defn.encode())
+    put("network", "certificate", b"\x01" + alice.encode())
+    put("network", "certificate-presented", b"\x11" + alice.encode())
+    put("network", "certificate-resign", b"\x09" + alice.encode())
+    router = n.issue_certificate(defn, admission, key=I_PUB[::-1], name="router",
+                                 ipv4="100.87.0.2", ipv6="fd3c:9a41:7e02::6457:2", serial=2,
+                                 now=now - 60, groups=["servers", "routers"],
+                                 routes=["192.168.10.0/24", "2001:db8:5::/48"], exit=True)
+    put("network", "certificate-routes", b"\x09" + router.encode())
+    fixed = iter(range(256))
+    token, _ = n.create_invite(defn, now, name="bob", groups=["laptops"],
+                               random_bytes=lambda k: bytes(next(fixed) for _ in range(k)))
+    put("network", "token", b"\x02" + token.encode().encode())
+    from phantom.network import join as j
+    key, signing_key, sign = common.network_node()
+    invite_token = common.network_invite(n, defn)[0]
+    request = j.make_join_request(invite_token, key, signing_key, sign, now, name="carol")
+    put("network", "join", b"\x05" + canonical(request))
+    put("network", "join-resign", b"\x0d" + canonical(request))
+    put("network", "join-no-name", b"\x0d" + canonical(dict(request, name=None)))
+    renewal = j.make_renew_request(defn.fingerprint, key, signing_key, sign, now)
+    put("network", "renew", b"\x06" + canonical(renewal))
+    put("network", "renew-resign", b"\x0e" + canonical(renewal))
+    rotated = n.revise(defn, authority, now, add_admission=[(authority.public, now + 86400)])
+    put("network", "event-network", b"\x04" + canonical({"seq": 2, "op": "network",
+                                                         "definition": rotated.doc}))
+    put("network", "event-network-resign", b"\x0c" + canonical(
+        {"seq": 2, "op": "network", "definition": dict(rotated.doc, seq=3)}))
+    removal = n.make_removal(defn, admission, alice.key, now)
+    put("network", "removal", b"\x03" + removal.encode())
+    put("network", "removal-resign", b"\x0b" + removal.encode())
+    dup = n.issue_certificate(defn, admission, key=R_PUB, name="dup", ipv4="100.87.0.1",
+                              ipv6="fd3c:9a41:7e02::dead", serial=3, now=now - 30)
+    for name, flags, ev in (
+            ("event-member", 4, {"seq": 2, "op": "member", "cert": router.doc,
+                                 "endpoints": ["192.0.2.2:51820"]}),
+            ("event-conflict", 4, {"seq": 2, "op": "member", "cert": dup.doc}),
+            ("event-resign", 12, {"seq": 2, "op": "member", "cert": dup.doc}),
+            ("event-removed", 4, {"seq": 2, "op": "removed", "removal": removal.doc}),
+            ("event-endpoints", 4, {"seq": 2, "op": "endpoints", "key": b64(alice.key),
+                                    "endpoints": ["[2001:db8::1]:4000"]})):
+        put("network", name, bytes([flags]) + canonical(ev))
+
 
 if __name__ == "__main__":
     wire_seeds()
@@ -224,5 +276,6 @@ if __name__ == "__main__":
     firewall_seeds()
     directory_seeds()
     dns_seeds()
+    network_seeds()
     for t in common.TARGETS:
         print(t, len(os.listdir(common.corpus_dir(t))), "files")

@@ -598,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
 # demo and verify live in the lab package (phantomlab), installed alongside
 # phantom; it is imported only when one of them runs.
 DELEGATED = {"demo": "phantomlab.demo", "directory": "phantom.control.directory",
+             "network": "phantom.network.cli",
              "wg": "phantom.control.wireguard.cli",
              "verify": "phantomlab.verify"}
 # Those of them that talk to phantomd take the API options too (wherever given).
