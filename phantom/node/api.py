@@ -13,6 +13,7 @@ GET    /status                 the daemon's status
 GET    /peers                  ``{"peers": [...]}``
 GET    /firewall               the firewall rules in force
 PUT    /firewall               replace the firewall rules (JSON object body)
+GET    /dns                    the names the name service answers ([dns])
 GET    /openapi.json           an OpenAPI 3 description of the API
 ====== ======================= ============================================
 
@@ -117,6 +118,10 @@ async def get_peers(request: web.Request) -> web.Response:
     return json_response({"peers": list(await call(controller(request).peers()))})
 
 
+async def get_dns(request: web.Request) -> web.Response:
+    return json_response(await call(controller(request).dns()))
+
+
 async def get_firewall(request: web.Request) -> web.Response:
     return json_response(await call(controller(request).firewall()))
 
@@ -142,6 +147,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/status", get_status)
     r.add_get("/peers", get_peers)
     r.add_get("/firewall", get_firewall)
+    r.add_get("/dns", get_dns)
     r.add_put("/firewall", put_firewall)
     r.add_get("/openapi.json", get_openapi)
 
@@ -218,6 +224,9 @@ def openapi_paths() -> dict:
                         "409": err("the rules conflict with the daemon's state"),
                     })},
         },
+        "/dns": {"get": {"summary": "The name service: domain, addresses served on, the names "
+                                    "and their addresses, counters", "operationId": "dns",
+                         "responses": dict(COMMON_ERRORS, **{"200": ok("names", OBJ)})}},
         "/openapi.json": {"get": {"summary": "This description", "operationId": "openapi",
                                   "responses": {"200": ok("OpenAPI 3 document", OBJ)}}},
     }

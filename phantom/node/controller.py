@@ -294,6 +294,7 @@ class Controller:
             "directory_counters": d.directory.counters() if d.directory is not None else None,
             "nat": self._nat_status(),
             "crypto": d.crypto_status(),
+            "dns": d.names.stats() if d.names is not None else None,
         }
 
     def _device_up(self) -> Optional[bool]:
@@ -311,6 +312,13 @@ class Controller:
         if d.s.relay:
             out["relayed"] = dict(d.dp.relayed)
         return out
+
+    # ================================================================= dns
+    def dns(self) -> dict:
+        """GET /dns: the names served, where, and the counters."""
+        if self.d.names is None:
+            return {"enabled": False, "names": []}
+        return self.d.names.describe()
 
     # ============================================================ firewall
     def firewall(self) -> dict:

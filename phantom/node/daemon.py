@@ -11,7 +11,8 @@ sans-IO engine) to a data path.  Each job is a module of its own:
 * controller.py -- what the HTTP API asks (open in three steps: resolve,
   admit, handshake; close, status, peers, firewall, reload, metrics);
 * firewall.py -- the rules in force; reload.py -- the config file again;
-  metrics.py -- Prometheus; uapi.py -- ``wg show``/``wg set``;
+  metrics.py -- Prometheus; uapi.py -- ``wg show``/``wg set``; dns.py -- the
+  name service ([dns]);
 * main.py -- the ``phantomd`` command (flags, keys, privileges, exit codes).
 
 A :class:`Daemon` holds these parts and the daemon's health.
@@ -32,6 +33,7 @@ from . import startup
 from .config import ConfigError, Settings
 from .controller import Controller
 from .dirlink import DirectoryLink
+from .dns import NameLink
 from .executor import Executor
 from .firewall import FirewallSlot
 from .peers import PeerTable, planned_names
@@ -80,6 +82,9 @@ class Daemon:
         if settings.directory:
             self.directory = DirectoryLink(self, bytearray(private_key))
             self.executor.observers.append(self.directory)
+        self.names: Optional[NameLink] = None   # [dns]: the name service (a bad section: exit 2)
+        if settings.dns is not None and settings.dns.enabled:
+            self.names = NameLink(settings, self.engine)
         self.controller = Controller(self)
         self.reloader = Reloader(settings)   # the file as read at start (reload diffs)
         self.started = time.time()
@@ -137,8 +142,11 @@ class Daemon:
     def reload(self) -> dict:
         """Re-read the config file and apply it through the peer table
         (ConfigError: nothing changed)."""
-        return self.reloader.reload(self.peers, self.firewall,
-                                    self.device.name if self.device is not None else None)
+        report = self.reloader.reload(self.peers, self.firewall,
+                                      self.device.name if self.device is not None else None)
+        if self.names is not None:
+            self.names.sync()
+        return report
 
     def data_path_failed(self, reason: str) -> None:
         """The data path stopped moving packets for good (DataPathEvents):

@@ -29,7 +29,7 @@ reload whole with a :class:`ConfigError` naming the key, and the daemon
 goes on exactly as before.
 
 What a running daemon cannot change (the UDP or API port, mode, device,
-addresses, MTU, private key, state dir, user, directory, ciphers, tunables) is not
+addresses, MTU, private key, state dir, user, directory, ciphers, tunables, [dns]) is not
 applied: the report lists it under ``notes`` ("needs a restart").  After
 the privilege drop the daemon cannot add kernel routes either: allowed IPs
 outside the interface's subnets that were not routed at start get a note.
@@ -211,6 +211,9 @@ class Reloader:
                     p.notes.append("interface.%s changed: needs a restart (not applied)" % k
                                    if k != "tunables" else "[tunables] changed: needs a restart "
                                    "(not applied)")
+            if fresh.dns != base.dns:
+                p.notes.append("[dns] changed: needs a restart (not applied; the names follow the "
+                               "peers without one)")
         self._plan_routes(engine, p, device)
         return p
 

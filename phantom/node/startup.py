@@ -7,7 +7,7 @@
      ``--user`` (default ``nobody`` when root) -- main.py;
   3. :func:`open_privileged`: what needs root: the UDP socket, the TUN/TAP
      device (with its addresses and routes, through the ``ip`` helper) or
-     the test port;
+     the test port; with [dns], port 53 and resolved's split DNS;
   4. lock down (root only, :func:`phantom.privileges.lock_down`, main.py):
      still single-threaded -- refused, naming the threads, if any thread
      exists -- empty the capability bounding set, clear keepcaps and the
@@ -66,6 +66,8 @@ def open_privileged(d) -> None:
         d.device = open_device(s.mode, name, s.mtu, flags)
         routes = [n for p in s.peers for n in p.allowed_ips] if s.mode is Mode.TUN else []
         configure_addresses(d.device.name, s.addresses, routes)
+    if d.names is not None:              # port 53 and resolved's split DNS need root
+        d.names.bind(d.device.name if d.device else None)
 
 
 def build(d) -> None:
@@ -159,6 +161,11 @@ def preload(dht: bool = False) -> None:
     from . import metrics, reload, app, api, opsapi, events  # noqa: F401  (prometheus-client too)
     import platform  # noqa: F401  (prometheus-client's platform collector)
     from ..directory import client as _client  # noqa: F401
+    try:
+        from ..dns.service import warm_up
+        warm_up()                        # dnspython imports its record types lazily
+    except ImportError:  # pragma: no cover - dnspython is a dependency
+        pass
     if dht:
         import libtorrent  # noqa: F401
         from ..directory.store import dht as _dht  # noqa: F401
@@ -184,6 +191,9 @@ async def serve(d) -> None:
             create_metrics_app(d.controller), host, port, what="metrics",
             hint="stop it, or choose another address with metrics_listen or --metrics-listen")
     build(d)
+    if d.names is not None:
+        await d.names.start()
+        d.executor.observers.append(d.names)   # the tick re-feeds it when the peers change
     uapi = None
     if s.uapi:                           # /var/run/wireguard/<device>.sock, made while still root
         from .uapi import PeerTableBackend, UapiServer
@@ -230,6 +240,8 @@ async def serve(d) -> None:
     if d.directory is not None:
         await d.directory.close()
     await api_runner.cleanup()
+    if d.names is not None:
+        await d.names.close()
     if uapi is not None:
         await uapi.close()
     if metrics_runner is not None:
