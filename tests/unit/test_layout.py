@@ -27,7 +27,7 @@ ROOT = REPO / "phantom"
 # What the data plane may never import: everything above it.
 FORBIDDEN = tuple("phantom." + m for m in (
     "control", "node", "daemon", "protocols", "nat", "rendezvous", "relay", "directory",
-    "http", "cli", "dashboard", "keys", "errors"))
+    "network", "dns", "privsep", "http", "cli", "dashboard", "keys", "errors"))
 
 
 def _module_of(path: Path) -> str:
