@@ -177,7 +177,7 @@ class ApiClient:
 
 
 # --- output -----------------------------------------------------------------------------------
-PEER_COLUMNS = ("name", "path", "endpoint", "allowed_ips", "state", "protocol", "cipher", "latest_handshake",
+PEER_COLUMNS = ("name", "path", "endpoint", "endpoint_name", "allowed_ips", "state", "protocol", "cipher", "latest_handshake",
                 "rx_bytes", "tx_bytes", "public_key")
 
 

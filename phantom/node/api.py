@@ -4,7 +4,8 @@ are phantom/http/'s).
 
 ====== ======================= ============================================
 POST   /open/{target}          open a tunnel; target is ``IP:PORT``,
-                               ``[IPv6]:PORT`` or a peer name; optional body
+                               ``[IPv6]:PORT``, ``HOST:PORT`` (a DNS name)
+                               or a peer name; optional body
                                ``{"public_key": "...", "name": "...",
                                "allowed_ips": ["10.9.0.2/32"]}``
 POST   /close/{peer}           close the tunnel to a peer (name or public
@@ -34,7 +35,7 @@ from ..errors import ConfigError, Invalid
 from ..http.app import OPENAPI_KEY, controller
 from ..http.openapi import COMMON_ERRORS, MUTATION_ERRORS, OBJ, err, ok
 from ..http.server import call, json_response, read_json, refuse_get
-from ..syntax import PEER_NAME, PEER_NAME_RULE, parse_endpoint, parse_network
+from ..syntax import PEER_NAME, PEER_NAME_RULE, parse_peer_endpoint, parse_network
 
 
 def _check_name(value: Any, what: str) -> str:
@@ -88,10 +89,11 @@ async def open_tunnel(request: web.Request) -> web.Response:
         endpoint, name = None, target
     else:
         try:
-            endpoint = parse_endpoint(target, "endpoint")
+            endpoint = parse_peer_endpoint(target, "endpoint")
         except ConfigError:
-            raise Invalid("malformed endpoint: write IP:PORT (port 1..65535) or [IPv6]:PORT "
-                             "with a unicast address, or a peer name") from None
+            raise Invalid("malformed endpoint: write IP:PORT (port 1..65535), [IPv6]:PORT "
+                          "with a unicast address or HOSTNAME:PORT with a DNS name, or a "
+                          "peer name") from None
     # allowed_ips and protocol are passed only when given, so a controller may omit the keywords.
     result = await call(controller(request).open(endpoint, public_key, name, **extra))
     return json_response(result)
@@ -175,7 +177,7 @@ def openapi_paths() -> dict:
     return {
         "/open/{target}": {
             "post": {
-                "summary": "Open a tunnel to IP:PORT, [IPv6]:PORT or a peer name",
+                "summary": "Open a tunnel to IP:PORT, [IPv6]:PORT, HOSTNAME:PORT or a peer name",
                 "operationId": "open",
                 "security": [{"bearer": []}],
                 "parameters": [{"name": "target", "in": "path", "required": True,

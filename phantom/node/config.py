@@ -41,7 +41,8 @@ from phantom.constants import (DEFAULT_HTTP_PORT, DEFAULT_MTU, DEFAULT_TEST_PORT
                                DEFAULT_UDP_PORT, Tunables)
 from phantom.dataplane.types import Mode
 from phantom.errors import ConfigError
-from phantom.syntax import (PEER_NAME, PEER_NAME_RULE, IPInterface, IPNetwork, parse_endpoint,
+from phantom.syntax import (PEER_NAME, PEER_NAME_RULE, IPInterface, IPNetwork, format_endpoint,
+                            is_ip_literal, parse_endpoint, parse_peer_endpoint,
                             parse_interface_address, parse_network, parse_port)
 
 DEFAULT_MODE = Mode.TEST          # the prototype's mode: needs no root and no TUN
@@ -71,6 +72,17 @@ class PeerConfig:
     protocol: str = "phantom"                          # PROTOCOLS: what this peer speaks
     preshared_key_file: Optional[Path] = None          # WireGuard's optional psk (base64 file)
     ciphers: Optional[list[str]] = None                # Phantom suites for this peer; None: [interface]'s
+    # endpoint = "vpn.example.com:51820": (name, port), resolved by the daemon
+    # at start and again while the peer is stale (node/endpoints.py); then
+    # ``endpoint`` is None
+    endpoint_name: Optional[tuple[str, int]] = None
+
+    @property
+    def endpoint_text(self) -> Optional[str]:
+        """The endpoint as written: the name and port, or the IP literal."""
+        if self.endpoint_name is not None:
+            return "%s:%d" % self.endpoint_name
+        return format_endpoint(self.endpoint) if self.endpoint is not None else None
 
     @property
     def public_key_b64(self) -> str:
@@ -419,9 +431,11 @@ def _peer(table: Any, i: int, base: Optional[Path] = None) -> PeerConfig:
             raise ConfigError(where + ".name", "%r: a peer name is %s" % (name, PEER_NAME_RULE))
     else:
         name = ""                          # a default name is given once all peers are read
-    endpoint = None
+    endpoint = endpoint_name = None
     if "endpoint" in table:
-        endpoint = parse_endpoint(table["endpoint"], where + ".endpoint")
+        endpoint = parse_peer_endpoint(table["endpoint"], where + ".endpoint")
+        if not is_ip_literal(endpoint[0]):
+            endpoint, endpoint_name = None, endpoint
     allowed: list[IPNetwork] = []
     if "allowed_ips" in table:
         key = where + ".allowed_ips"
@@ -458,12 +472,14 @@ def _peer(table: Any, i: int, base: Optional[Path] = None) -> PeerConfig:
         ciphers = _ciphers(table["ciphers"], where + ".ciphers")
     rendezvous = _expect(table.get("rendezvous", False), bool, where + ".rendezvous", "true or false")
     if rendezvous and endpoint is None:
-        raise ConfigError(where + ".rendezvous", "a rendezvous node needs an endpoint")
+        raise ConfigError(where + ".rendezvous", "a rendezvous node needs an endpoint%s" % (
+            " given as an IP address (not a name)" if endpoint_name else ""))
     if rendezvous and protocol != "phantom":
         raise ConfigError(where + ".rendezvous", "a rendezvous node speaks the phantom protocol")
     return PeerConfig(name=name, public_key=public, endpoint=endpoint, allowed_ips=allowed,
                       persistent_keepalive=keepalive, protocol=protocol,
-                      preshared_key_file=psk_file, rendezvous=rendezvous, ciphers=ciphers)
+                      preshared_key_file=psk_file, rendezvous=rendezvous, ciphers=ciphers,
+                      endpoint_name=endpoint_name)
 
 
 DEFAULT_NAME_BYTES = 4      # "peer-" + 8 hex digits of the key, longer only where needed

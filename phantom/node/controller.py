@@ -24,6 +24,7 @@ from ..control.peer import PeerState
 from ..dataplane.types import Mode, RelayVia
 from ..dataplane.udp import format_endpoint, plain
 from ..errors import ConfigError, Conflict, HandshakeTimeout, Invalid, NotFound
+from ..syntax import is_ip_literal
 from .peers import b64
 
 log = logging.getLogger("phantom.daemon")
@@ -47,8 +48,17 @@ class Controller:
     async def open(self, endpoint: Optional[tuple], public_key: Optional[str] = None,
                    name: Optional[str] = None, allowed_ips=None,
                    protocol: Optional[str] = None) -> dict:
+        named = None
+        if endpoint is not None and not is_ip_literal(endpoint[0]):
+            # `open vpn.example.com:51820`: looked up now (503 when it does not
+            # resolve), then followed like a configured name (endpoints.py)
+            named = endpoint
+            addresses = await self.d.endpoints.resolve_now(*endpoint)
+            endpoint = addresses[0]
         target = await self.resolve(endpoint, public_key, name)
         peer, created = self.admit(target, name, public_key, allowed_ips, protocol)
+        if named is not None:
+            self.d.endpoints.track(peer, named[0], named[1], addresses)
         if protocol is not None and peer.protocol != protocol:
             raise Conflict("peer %s speaks %s, not %s" % (peer.name, peer.protocol, protocol))
         if peer.protocol == "wireguard" and self.d.s.mode is not Mode.TUN:
@@ -254,6 +264,10 @@ class Controller:
             "sessions": len(peer.sessions),
             "path": peer.path,
         }
+        named = d.endpoints.describe(peer.id)
+        if named is not None:              # the endpoint as a DNS name, and what it resolved to
+            info["endpoint_name"] = named["name"]
+            info["resolved"] = named
         if d.nat is not None:
             info.update(d.nat.describe(peer.id))
         if already:
@@ -295,6 +309,7 @@ class Controller:
             "nat": self._nat_status(),
             "crypto": d.crypto_status(),
             "dns": d.names.stats() if d.names is not None else None,
+            "endpoint_names": d.endpoints.stats(),
         }
 
     def _device_up(self) -> Optional[bool]:

@@ -169,6 +169,9 @@ class Reloader:
             if pc.endpoint is not None and (before is None or before.endpoint != pc.endpoint):
                 if pc.endpoint != peer.endpoint:
                     fields.append("endpoint")
+            # A name new in the file is looked up now (endpoints.py: Daemon.reload syncs it).
+            if pc.endpoint_name is not None and (before is None or before.endpoint_name != pc.endpoint_name):
+                fields.append("endpoint")
             if float(pc.persistent_keepalive or 0) != float(peer.persistent_keepalive or 0):
                 fields.append("persistent_keepalive")
             if pc.name in p.psks or (pc.preshared_key_file is None and peer.preshared_key is not None):
@@ -278,7 +281,7 @@ class Reloader:
             update = {}
             if "name" in fields:
                 update["name"] = pc.name
-            if "endpoint" in fields:
+            if "endpoint" in fields and pc.endpoint is not None:
                 update["endpoint"] = pc.endpoint
             if "persistent_keepalive" in fields:
                 update["persistent_keepalive"] = float(pc.persistent_keepalive or 0)
