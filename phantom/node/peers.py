@@ -5,7 +5,8 @@ traversal and the firewall's name table in step.
 Who comes through it: start-up (the config file's peers, startup.py), a
 reload (the file's changes as one :class:`Batch`, reload.py), WireGuard's
 UAPI (``wg set``, uapi.py), ``POST /open`` and ``/close`` (controller.py),
-the key directory's admissions, revocations and moves (dirlink.py).
+the key directory's admissions, revocations and moves (dirlink.py), the
+moves of endpoints given as DNS names (endpoints.py).
 
 * the engine (:class:`phantom.control.engine.Engine`) checks first: a key,
   a prefix or a field it refuses is a ValueError and nothing changed;
