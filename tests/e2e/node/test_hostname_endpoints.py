@@ -140,6 +140,45 @@ def test_client_follows_its_servers_name(two_hosts, daemon_factory, tmp_path, ne
     assert "ENDPOINT NAME" in head and NAME in row and "%s:%d" % (b.ip, UDP_PORT) in row
 
 
+def test_open_by_host_name(two_hosts, daemon_factory, tmp_path, netns_etc):
+    """`phantom open server.lab.test:9000 --public-key K`: looked up at once,
+    the tunnel comes up, the name is followed like a configured one; a name
+    that does not resolve is a clear error (exit 1, 503), nothing added."""
+    a, b = two_hosts.a, two_hosts.b
+    client, server = make_node(tmp_path, "client", 1, a), make_node(tmp_path, "server", 2, b)
+    netns_etc(a, "resolv.conf", NO_DNS)
+    netns_etc(a, "hosts", _hosts(b.ip))
+    write_config(client, mode="tun", peers=[], tunables=TUNABLES)
+    write_config(server, mode="tun", peers=[peer_entry(client, mode="tun", endpoint=False)],
+                 tunables=TUNABLES)
+    start(daemon_factory, server)
+    start(daemon_factory, client)
+
+    def phantom(*args):
+        return subprocess.run(a.ns.exec_prefix + [sys.executable, "-m", "phantom.cli", *args,
+                                                  "--token-file", str(client.state_dir / "token")],
+                              capture_output=True, text=True, timeout=60)
+
+    bad = phantom("open", "nowhere.lab.test:9000", "--public-key", server.pub, "--name", "server")
+    assert bad.returncode == 1 and "cannot resolve nowhere.lab.test" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr
+    code, body = client.api("GET", "/peers")
+    assert code == 200 and body["peers"] == []
+    ok = phantom("open", "%s:%d" % (NAME, UDP_PORT), "--public-key", server.pub, "--name", "server",
+                 "--allowed-ips", "%s/32" % server.tun4)
+    assert ok.returncode == 0, ok.stderr
+    p = client.peer("server")
+    assert p["state"] == "established" and p["endpoint"] == "%s:%d" % (b.ip, UDP_PORT)
+    assert p["endpoint_name"] == "%s:%d" % (NAME, UDP_PORT)
+    assert a.ping(server.tun4, timeout=5.0)
+    # followed from now on: the server moves
+    b.change_address("10.201.0.13")
+    netns_etc(a, "hosts", _hosts(b.ip))
+    wait_for(lambda: client.peer("server")["endpoint"] == "%s:%d" % (b.ip, UDP_PORT), timeout=30,
+             what="the opened peer's endpoint follows the name")
+    wait_for(lambda: a.ping(server.tun4, timeout=1.0), timeout=30, what="ping after the move")
+
+
 ROAD_WARRIOR = """[Interface]
 PrivateKey = {priv}
 Address = {addr4}/24, {addr6}/64

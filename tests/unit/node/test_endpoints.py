@@ -186,3 +186,22 @@ def test_a_configured_name_is_kept_apart_from_the_address(tmp_path):
     pc = s.peers[0]
     assert pc.endpoint is None and pc.endpoint_name == ("vpn.example.com", 51820)
     assert pc.endpoint_text == "vpn.example.com:51820"
+
+
+def test_a_peer_going_dead_forces_a_lookup_of_its_name(clock):
+    """The resolver observes the executor's actions: a StateChanged to dead
+    (its handshake attempts gave up) makes its name due at once."""
+    from types import SimpleNamespace
+
+    from phantom.control import actions as A
+    from phantom.node.endpoints import EndpointResolver
+    r = EndpointResolver(SimpleNamespace(t=T))
+    r.schedule = s = ResolveSchedule(T, clock)
+    n = s.track(1, b"k" * 32, "vpn.example.com", 51820)
+    due(s)
+    s.answered(n, [("192.0.2.1", 51820)], None)
+    clock.advance(5)
+    fresh = lambda pid: clock()                 # noqa: E731
+    assert r.observe(A.StateChanged(1, "stale", "idle", "closed")) == [] and due(s, fresh) == []
+    assert r.observe(A.StateChanged(1, "stale", "dead", "handshake gave up")) == []
+    assert due(s, fresh) == [1]

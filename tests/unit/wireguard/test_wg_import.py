@@ -40,8 +40,7 @@ PersistentKeepalive = 25
 def _write(tmp_path, text, name="wg0.conf"):
     path = tmp_path / name
     path.write_text(text.format(priv=encode_key(crypto.x25519_private()), server=SERVER_PUB,
-                                psk=encode_key(crypto.random_bytes(32))
-                                if hasattr(crypto, "random_bytes") else encode_key(bytes(range(32)))))
+                                psk=encode_key(crypto.random_bytes(32))))
     return path
 
 
@@ -67,6 +66,9 @@ def test_road_warrior_keeps_its_host_name_endpoint_and_says_what_is_left_out(tmp
     assert not any("Table" in w for w in warnings)        # auto: what phantomd does anyway
     assert "Traceback" not in err and "error" not in err
     assert "# not imported: DNS" in out.read_text()
+    # and back: the export keeps the name too
+    assert cli.main(["wg", "export", "--config", str(out)]) == 0
+    assert "Endpoint = vpn.example.com:51820" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("table,said", [("off", "cannot be turned off"), ("1234", "main table")])
