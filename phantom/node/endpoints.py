@@ -41,6 +41,7 @@ from typing import Callable, Optional
 
 from ..control import actions as A
 from ..control.peer import PeerState
+from ..dataplane.types import RelayVia
 from ..dataplane.udp import format_endpoint, plain
 from ..errors import Unavailable
 from .executor import Observer
@@ -297,7 +298,12 @@ class EndpointResolver(Observer):
             n.in_flight = False            # forgotten meanwhile
             return
         current = d.dp.endpoint(peer.id) if d.dp is not None else None
-        current = current if isinstance(current, tuple) else peer.endpoint
+        if isinstance(current, RelayVia) and peer.state is PeerState.ESTABLISHED:
+            # up through a relay (NAT traversal): the answer is kept, nothing moves
+            self.schedule.answered(n, addresses, addresses[0] if addresses else None)
+            return
+        if current is None or isinstance(current, RelayVia):
+            current = peer.endpoint if not isinstance(peer.endpoint, RelayVia) else None
         new = self.schedule.answered(n, addresses, plain(current) if current else None)
         if new is None:
             log.debug("peer=%s %s resolves to %s: endpoint unchanged", peer.name, n.text,
