@@ -6,8 +6,11 @@ Start-up order (each step can fail with a clear message and exit code):
      config: exit 2, nothing opened);
   2. load the private key (refused when readable by others); resolve
      ``--user`` (default ``nobody`` when root);
-  3. open what needs root: the UDP socket, the TUN/TAP device (with its
-     addresses and routes, through the ``ip`` helper) or the test port;
+  3. open what needs root: the UDP socket, the TUN/TAP device or the test
+     port; with a device, start the privileged helper
+     (:mod:`phantom.privsep`: it keeps CAP_NET_ADMIN alone and changes
+     routes, rules and nftables for the daemon, then and after the drop),
+     which brings the link up and adds its addresses and routes (netlink);
   4. lock down (root only, :func:`phantom.privileges.lock_down`): still
      single-threaded -- refused, naming the threads, if any thread exists --
      empty the capability bounding set, clear keepcaps and the inheritable
@@ -64,6 +67,8 @@ class Daemon:
     failure: Optional[str] = None  # why the data plane stopped (a fast-path worker died)
     exit_code = 0                  # main()'s status once serve() returns
     notifier = None                # phantom.sdnotify.Notifier under systemd (main())
+    priv = None                    # privsep.PrivClient: the privileged helper (TUN/TAP mode)
+    kernel_routes = None           # privsep.routes.KernelRoutes (TUN mode): reload adds/removes routes
 
     def __init__(self, settings: Settings, private_key: bytearray):
         self.s = settings
@@ -106,15 +111,18 @@ class Daemon:
         if s.mode is Mode.TEST:
             self.test_sock = open_test_socket(s.test_port)
         else:
-            from .dataplane.tun import configure_addresses, open_device
+            from .dataplane.tun import open_device
+            from .privsep.routes import start_for_device
             name = s.device or ("phantom0" if s.mode is Mode.TUN else "phantap0")
             flags = 0
             if s.fast and s.mode is Mode.TUN:
                 from .dataplane.fast import DEVICE_FLAGS   # virtio-net header: TSO/USO offloads
                 flags = DEVICE_FLAGS
-            self.device = open_device(s.mode, name, s.mtu, flags)
+            self.device = open_device(s.mode, name, s.mtu, flags, up=False)
             routes = [n for p in s.peers for n in p.allowed_ips] if s.mode is Mode.TUN else []
-            configure_addresses(self.device.name, s.addresses, routes)
+            self.priv, self.kernel_routes = start_for_device(
+                self.device.name, s.mode.value, s.addresses, routes, self.udp.getsockname()[1],
+                s.state_dir, self.drop_to)
 
     def build(self) -> None:
         s = self.s
@@ -743,7 +751,15 @@ class Daemon:
             "directory_counters": self.directory.counters() if self.directory is not None else None,
             "nat": self._nat_status(),
             "crypto": self.crypto_status(),
+            "privsep": self._privsep_status(),
         }
+
+    def _privsep_status(self) -> Optional[dict]:
+        """The privileged helper: its pid and the routes it holds for us."""
+        if self.priv is None:
+            return None
+        kr = self.kernel_routes
+        return {"pid": self.priv.pid, "routes": sorted(map(str, kr.installed)) if kr is not None else []}
 
     def _device_up(self) -> Optional[bool]:
         """Whether our TUN/TAP link is up (None without a device, or when it is gone)."""
@@ -914,6 +930,9 @@ class Daemon:
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
         self.dp.close()
+        if self.priv is not None:
+            from .privsep.routes import stop_helper
+            stop_helper(self.priv)       # a clean stop: the helper removes everything, kill switch too
         if self.device:
             self.device.close()
         self.udp.close()
@@ -1011,6 +1030,8 @@ def main(argv=None) -> int:
             lock_down()                  # single-threaded: before the loop and any thread
     except OSError as exc:
         print("phantomd: %s" % exc, file=sys.stderr)
+        if daemon.priv is not None:
+            daemon.priv.close()
         return EXIT_RUNTIME
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -1021,6 +1042,9 @@ def main(argv=None) -> int:
     except OSError as exc:
         print("phantomd: %s" % exc, file=sys.stderr)
         return EXIT_RUNTIME
+    finally:
+        if daemon.priv is not None:
+            daemon.priv.close()          # also when serve() failed: the helper cleans up first
     if daemon.failure is not None:
         print("phantomd: the data plane stopped: %s" % daemon.failure, file=sys.stderr)
     return daemon.exit_code

@@ -30,9 +30,14 @@ goes on exactly as before.
 
 What a running daemon cannot change (the UDP or API port, mode, device,
 addresses, MTU, private key, state dir, user, directory, ciphers, tunables) is not
-applied: the report lists it under ``notes`` ("needs a restart").  After
-the privilege drop the daemon cannot add kernel routes either: allowed IPs
-outside the interface's subnets that were not routed at start get a note.
+applied: the report lists it under ``notes`` ("needs a restart").
+
+Kernel routes (TUN mode) go through the privileged helper
+(:mod:`phantom.privsep`): the routes the new file needs (allowed IPs outside
+the interface's subnets) are installed before anything else changes, all
+or nothing (one the kernel refuses refuses the reload, naming the key, and
+the ones added are removed again); after the reload, the routes that no
+peer has any more are removed.  The report lists both under ``routes``.
 """
 
 from __future__ import annotations
@@ -220,6 +225,8 @@ def _plan_routes(daemon, p: Plan) -> None:
     p.routes = {k: v for k, v in changes.items()}
     if daemon.s.mode.value != "tun" or daemon.device is None:
         return
+    if getattr(daemon, "kernel_routes", None) is not None:
+        return                          # the helper installs them: _install_routes()
     from ..dataplane.tun import unrouted
     connected = [a.network for a in daemon.s.addresses]
     device = daemon.device.name
@@ -325,6 +332,36 @@ def apply(daemon, p: Plan) -> dict:
             "notes": p.notes}
 
 
+def _install_routes(daemon, p: Plan) -> list:
+    """The kernel routes the new file needs, through the privileged helper,
+    before anything else changes; ConfigError naming the key (and nothing
+    left added) when the kernel refuses one."""
+    from ..privsep.routes import RouteError
+    routes = getattr(daemon, "kernel_routes", None)
+    if routes is None:
+        return []
+    try:
+        return routes.install([n for pc in p.fresh.peers for n in pc.allowed_ips])
+    except RouteError as exc:
+        for i, pc in enumerate(p.fresh.peers):
+            if exc.net in pc.allowed_ips:
+                raise ConfigError("peer[%d].allowed_ips[%d]" % (i, list(pc.allowed_ips).index(exc.net)),
+                                  "the kernel does not route %s into %s, and the route cannot be added: %s"
+                                  % (exc.net, exc.device, exc.reason)) from None
+        raise ConfigError("routes", str(exc)) from None
+
+
+def _prune_routes(daemon, report: dict, added: list) -> None:
+    """After the reload: remove the kernel routes no peer has any more."""
+    routes = getattr(daemon, "kernel_routes", None)
+    if routes is None:
+        return
+    removed, failed = routes.prune([n for pe in daemon.engine.peers.values() for n in pe.allowed_ips])
+    report["routes"] = {"added": [str(n) for n in added], "removed": [str(n) for n in removed]}
+    for net, why in failed:
+        report["notes"].append("route %s not removed from the kernel: %s" % (net, why))
+
+
 def reload(daemon) -> dict:
     """Read ``daemon.s.config_path`` and apply it; ConfigError changes nothing."""
     if daemon.s.config_path is None:
@@ -333,7 +370,9 @@ def reload(daemon) -> dict:
     fresh = read(daemon.s.config_path)
     baseline = getattr(daemon, "_file_settings", None)
     p = plan(daemon, fresh, baseline)
+    added = _install_routes(daemon, p)
     report = apply(daemon, p)
+    _prune_routes(daemon, report, added)
     daemon._file_settings = fresh
     log.info("reload: %s: %d added, %d removed, %d changed, %d unchanged%s",
              daemon.s.config_path, len(report["added"]), len(report["removed"]),

@@ -144,3 +144,13 @@ def start_for_device(device: str, mode: str, addresses: Iterable, prefixes: Iter
         client.close()
         raise
     return client, routes
+
+
+def stop_helper(client: PrivClient) -> None:
+    """phantomd's clean stop: tell the helper (so that the kill switch goes
+    too), then close the channel; the helper removes everything and exits."""
+    try:
+        client.shutdown()
+    except PrivError as exc:
+        log.warning("privileged helper: %s", exc)
+    client.close()
