@@ -106,6 +106,7 @@ class Settings:
     user: Optional[str] = None
     fast: bool = False
     uapi: bool = False                                  # serve WireGuard's UAPI socket (wg show/set)
+    kill_switch: bool = False                           # block non-tunnel egress while a full tunnel is configured
     log_level: str = DEFAULT_LOG_LEVEL
     directory: Optional[Any] = None        # a URL, a list of URLs, or "dht"
     dht_bootstrap: list[tuple[str, int]] = field(default_factory=list)  # with directory = "dht"
@@ -227,7 +228,7 @@ INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen",
                   "test_port", "test_deliver", "mode", "device", "addresses", "mtu", "state_dir",
                   "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers",
                   "endorsers", "directory_allowed_ips", "metrics_listen", "dht_bootstrap", "dht_port", "uapi",
-                  "rendezvous", "relay", "ciphers")
+                  "kill_switch", "rendezvous", "relay", "ciphers")
 CIPHERS = ("aegis256", "secretbox")       # wire.SUITE_NAMES, best first
 PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive", "protocol",
              "preshared_key_file", "rendezvous", "ciphers")
@@ -422,6 +423,8 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
             s.fast = _expect(value, bool, key, "true or false")
         elif name == "uapi":
             s.uapi = _expect(value, bool, key, "true or false")
+        elif name == "kill_switch":
+            s.kill_switch = _expect(value, bool, key, "true or false")
         elif name == "log_level":
             s.log_level = _log_level(value, key)
         elif name == "directory":
@@ -681,6 +684,9 @@ def config_warnings(s: Settings) -> list[str]:
 
 def _finish(s: Settings, mtu_key: str) -> Settings:
     _check_peers(s.peers)
+    if s.kill_switch and s.mode is not Mode.TUN:
+        raise ConfigError("interface.kill_switch", "the kill switch guards a full tunnel through a TUN "
+                          "device: it needs mode = \"tun\"")
     if s.uapi and s.mode is not Mode.TUN:
         raise ConfigError("interface.uapi", "WireGuard's UAPI serves a TUN device: it needs mode = \"tun\"")
     for i, p in enumerate(s.peers):

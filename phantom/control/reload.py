@@ -57,7 +57,7 @@ RESTART_KEYS = ("listen_port", "http_port", "http_listen", "http_socket", "test_
                 "test_deliver", "mode", "device", "addresses", "mtu", "private_key_file",
                 "state_dir", "user", "directory", "name", "endpoints", "trusted_signers",
                 "endorsers", "directory_allowed_ips", "log_level", "tunables", "metrics_listen", "dht_bootstrap", "dht_port",
-                "endpoints_auto", "uapi", "ciphers")
+                "endpoints_auto", "uapi", "ciphers", "kill_switch")
 
 
 def read(path) -> Settings:
