@@ -121,8 +121,8 @@ class Daemon:
             self.device = open_device(s.mode, name, s.mtu, flags, up=False)
             routes = [n for p in s.peers for n in p.allowed_ips] if s.mode is Mode.TUN else []
             self.priv, self.kernel_routes = start_for_device(
-                self.device.name, s.mode.value, s.addresses, routes, self.udp.getsockname()[1],
-                s.state_dir, self.drop_to)
+                self.device.name, s.mode.value, s.addresses, routes, self.udp,
+                s.state_dir, self.drop_to, kill_switch=s.kill_switch)
 
     def build(self) -> None:
         s = self.s
@@ -759,7 +759,7 @@ class Daemon:
         if self.priv is None:
             return None
         kr = self.kernel_routes
-        return {"pid": self.priv.pid, "routes": sorted(map(str, kr.installed)) if kr is not None else []}
+        return dict(kr.status() if kr is not None else {}, pid=self.priv.pid)
 
     def _device_up(self) -> Optional[bool]:
         """Whether our TUN/TAP link is up (None without a device, or when it is gone)."""
