@@ -194,6 +194,18 @@ def test_a_dropped_daemon_changes_routes_through_its_helper(two_hosts, daemon_fa
         code, body = client.api("POST", "/reload")
         assert code == 200 and body["routes"]["removed"] == ["10.50.0.0/16"], body
         assert a.run(["ip", "route", "show", "10.50.0.0/16"]).stdout == ""
+
+        # a full tunnel by reload, and off again: rules and table come and go
+        write_config(client, mode="tun", peers=[dict(only, allowed_ips=["10.99.0.2/32"] + FULL)])
+        code, body = client.api("POST", "/reload")
+        assert code == 200 and body["routes"]["added"] == FULL, body
+        assert route_dev(a, NET4) == "phtun0" and route_dev(a, NET6) == "phtun0"
+        assert a.ns.ping("10.99.0.2", timeout=10)
+        write_config(client, mode="tun", peers=[only])
+        code, body = client.api("POST", "/reload")
+        assert code == 200 and sorted(body["routes"]["removed"]) == sorted(FULL), body
+        assert route_dev(a, NET4) == "eth0"
+        assert "5181:" not in a.run(["ip", "-4", "rule"]).stdout + a.run(["ip", "-6", "rule"]).stdout
         client.daemon.kill(signal.SIGTERM)
         wait_state(a, before)
     finally:
