@@ -160,6 +160,8 @@ def test_load_settings_accepts_a_namespace(tmp_path):
     ("[interface]\naddresses = [\"10.0.0.1\"]\n", "interface.addresses[0]"),
     ("[interface]\naddresses = \"10.0.0.1/24\"\n", "interface.addresses"),
     ("[interface]\nfast = \"yes\"\n", "interface.fast"),
+    ("[interface]\nkill_switch = 1\n", "interface.kill_switch"),
+    ("[interface]\nmode = \"tap\"\nkill_switch = true\n", "interface.kill_switch"),
     ("[interface]\nlog_level = \"loud\"\n", "interface.log_level"),
     ("[interface]\nuser = \"no-such-user-phantom-test\"\n", "interface.user"),
     ("[interface]\nhttp_listen = \"localhost\"\n", "interface.http_listen"),
