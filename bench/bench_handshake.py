@@ -37,8 +37,8 @@ for p in (str(BENCH.parent), str(BENCH)):
 import hsload  # noqa: E402
 from phantom import crypto  # noqa: E402
 from phantom.constants import Tunables  # noqa: E402
-from phantom.control import handshake as hs  # noqa: E402
-from phantom.control.cookie import CookieChecker  # noqa: E402
+from phantom.protocols.phantom import handshake as hs  # noqa: E402
+from phantom.protocols.phantom.cookie import CookieChecker  # noqa: E402
 from phantom.control.engine import Engine  # noqa: E402
 
 

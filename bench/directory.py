@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from phantom import crypto  # noqa: E402
-from phantom.control import directory as d  # noqa: E402
-from phantom.control.directory.server import Limits  # noqa: E402
+from phantom import directory as d  # noqa: E402
+from phantom.directory.server import Limits  # noqa: E402
 
 # every request comes from 127.0.0.1: the per-source limits (docs/directory.md) would
 # answer 429 after a minute's worth; this measures the store and the server's work
@@ -117,7 +117,7 @@ async def run_sqlite(args):
 
 async def run_postgres(args):
     from phantomlab.stores import PgCluster, pg_missing
-    from phantom.control.directory.store.postgres import PostgresStore
+    from phantom.directory.store.postgres import PostgresStore
     missing = pg_missing()
     if missing:
         raise RuntimeError(missing)
@@ -140,8 +140,8 @@ async def run_postgres(args):
 
 async def run_dht(args):
     from phantomlab.stores import Swarm
-    from phantom.control.directory.client import DhtDirectoryClient
-    from phantom.control.directory.store.dht import DhtStore
+    from phantom.directory.client import DhtDirectoryClient
+    from phantom.directory.store.dht import DhtStore
     swarm = await Swarm(10).start()
     try:
         now = time.time()

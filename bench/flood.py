@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from phantom import crypto, wire  # noqa: E402
 from phantomlab import iperf as lab_iperf  # noqa: E402
 from phantomlab import netns  # noqa: E402
-from phantom.control import cookie, handshake, tai64n  # noqa: E402
+from phantom.protocols import tai64n  # noqa: E402
+from phantom.protocols.phantom import cookie, handshake  # noqa: E402
 from phantom.control.keys import encode_key, public_key, write_private_key  # noqa: E402
 
 TUN = {"a": "10.99.0.1", "b": "10.99.0.2"}

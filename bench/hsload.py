@@ -29,9 +29,9 @@ measurement, so the generator's own CPU during the run is socket work.
 Timestamps increase per key in the order initiations are sent (each key
 appears once per round), as both responders require.
 
-* ``phantom``: phantom/control/handshake.py's message (Noise_IK_25519_
-  ChaChaPoly_BLAKE2b, TAI64N + client nonce payload) via phantom.control.noise
-  and phantom.control.cookie (mac1/mac2/cookie replies);
+* ``phantom``: phantom/protocols/phantom/handshake.py's message (Noise_IK_25519_
+  ChaChaPoly_BLAKE2b, TAI64N + client nonce payload) via phantom.protocols.phantom.noise
+  and phantom.protocols.cookie (mac1/mac2/cookie replies);
 * ``wireguard``: WireGuard's (Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s, the
   whitepaper's section 5.4.2), mac1/mac2 and cookie replies of section 5.4.7,
   written out here against hashlib and PyNaCl.
@@ -63,9 +63,9 @@ if str(REPO) not in sys.path:
 import nacl.bindings as nb  # noqa: E402
 
 from phantom import crypto, wire  # noqa: E402
-from phantom.control import cookie as ck  # noqa: E402
-from phantom.control import noise as nz  # noqa: E402
-from phantom.control import tai64n  # noqa: E402
+from phantom.protocols.phantom import cookie as ck  # noqa: E402
+from phantom.protocols.phantom import noise as nz  # noqa: E402
+from phantom.protocols import tai64n  # noqa: E402
 
 
 # ---------------------------------------------------------------- phantom
@@ -100,7 +100,7 @@ class PhantomProto:
         return wire.with_macs(msg, mac1, bytes(wire.MAC_SIZE))
 
     def with_mac2(self, msg: bytes, cookie: bytes) -> bytes:
-        return wire.with_macs(msg, ck._mac1_of(msg), ck.mac(cookie, wire.mac2_region(msg)))
+        return wire.with_macs(msg, wire.mac1_of(msg), ck.mac(cookie, wire.mac2_region(msg)))
 
     def classify(self, data: bytes):
         """('response', receiver) | ('cookie', receiver, nonce, sealed) | None."""
@@ -112,7 +112,7 @@ class PhantomProto:
         return None
 
     def open_cookie(self, nonce: bytes, sealed: bytes, msg: bytes) -> bytes:
-        return crypto.xaead_decrypt(self.cookie_key, nonce, ck._mac1_of(msg), sealed)
+        return crypto.xaead_decrypt(self.cookie_key, nonce, wire.mac1_of(msg), sealed)
 
 
 # -------------------------------------------------------------- wireguard

@@ -6,7 +6,7 @@ before verifying, so that mutated fields get past the signature check to the
 expiry, endorsement and Record-building code; bit 1: strict endorsements, as
 the server parses; bit 2: trust only the corpus signer), then a JSON document.
 
-Contract (phantom/control/directory.py): ``strict_loads`` returns a value or
+Contract (phantom/directory/records.py): ``strict_loads`` returns a value or
 raises ValueError; ``parse_record`` returns a Record or raises RecordError,
 for any JSON value; a Record's summary() works and its document parses again
 to the same Record.
@@ -19,7 +19,7 @@ import atheris
 import common
 
 with atheris.instrument_imports(include=["phantom", "ipaddress", "json"]):   # not aiohttp & co.
-    from phantom.control import directory as d
+    from phantom import directory as d
 
 ALLOWED = (d.RecordError,)
 SIGNER = d.NodeSigner(common.INITIATOR_PRIV)

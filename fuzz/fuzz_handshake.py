@@ -38,8 +38,9 @@ with atheris.instrument_imports(include=["phantom"]):   # our code only, not aio
     from phantom import crypto, wire
     from phantom.constants import DEFAULT_TUNABLES
     from phantom.control import actions as A
-    from phantom.control import cookie, tai64n
-    from phantom.control import handshake as hs
+    from phantom.protocols import tai64n
+    from phantom.protocols.phantom import cookie
+    from phantom.protocols.phantom import handshake as hs
     from phantom.control.engine import Engine
 
 ALLOWED = (hs.HandshakeError,)

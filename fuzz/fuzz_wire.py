@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Fuzz target "wire": the datagram framing and every message layout.
 
-Contract (phantom/wire.py): ``message_type`` accepts a datagram or raises
-WireError; each ``unpack`` accepts exactly its own type and size or raises
-WireError, and what it accepts packs back to the same bytes; the transport
+Contract (phantom/wire/phantom.py over phantom/wire/framing.py): ``message_type``
+accepts a datagram or raises WireError; each ``unpack`` accepts exactly
+what ``message_type`` calls its type (its own type and sizes, zero reserved
+bytes: one framing rule) or raises WireError, and what it accepts packs back
+to the same bytes; the transport
 header of anything ``message_type`` calls TRANSPORT unpacks and re-packs to
 the same 16 bytes; a peer-control datagram (type 5) unpacks unless its nonce
 is outside the control domain and re-packs to the same bytes; a peer-control
@@ -20,7 +22,7 @@ import common
 
 with atheris.instrument_imports(include=["phantom"]):   # our code only, not aiohttp & co.
     from phantom import wire
-    from phantom.control import cookie
+    from phantom.protocols.phantom import cookie
     from phantom.dataplane import packet
 
 ALLOWED = (wire.WireError,)
@@ -32,14 +34,6 @@ _UNPACKERS = {
     wire.MessageType.COOKIE_REPLY: wire.CookieReply,
 }
 
-# the sizes each handshake message may have (with and without the suite offer/choice)
-_SIZES = {
-    wire.MessageType.INITIATION: wire.INITIATION_SIZES,
-    wire.MessageType.RESPONSE: wire.RESPONSE_SIZES,
-    wire.MessageType.COOKIE_REPLY: (wire.COOKIE_REPLY_SIZE,),
-}
-
-
 def TestOneInput(data: bytes) -> None:
     try:
         mtype = wire.message_type(data)
@@ -49,19 +43,15 @@ def TestOneInput(data: bytes) -> None:
         try:
             msg = cls.unpack(data)
         except ALLOWED:
-            assert mtype is not mt or len(data) not in _SIZES[mt], \
-                "message_type accepted a %s that unpack refused" % mt.name
+            assert mtype is not mt, "message_type accepted a %s that unpack refused" % mt.name
             continue
-        # unpack does not check the reserved bytes; message_type does.  A
-        # handshake message has two sizes: with and without the suite offer
-        # (initiation) or choice (response), docs/protocol.md
-        assert len(data) in _SIZES[mt] and data[0] == mt
-        assert msg.pack()[4:] == bytes(data)[4:], "%s does not round-trip" % mt.name
+        # one framing rule: unpack and message_type agree (reserved bytes included)
+        assert mtype is mt and len(data) in wire.EXPECTED_SIZES[mt], "unpack took what message_type did not"
+        assert msg.pack() == bytes(data), "%s does not round-trip" % mt.name
         if hasattr(msg, "noise_message"):
-            # everything between the sender index and the two MACs
-            assert len(msg.noise_message) == len(data) - wire.INITIATION_NOISE_OFFSET - 2 * wire.MAC_SIZE \
-                if mt is wire.MessageType.INITIATION else \
-                len(msg.noise_message) == len(data) - wire.RESPONSE_NOISE_OFFSET - 2 * wire.MAC_SIZE
+            noise_offset = wire.INITIATION_NOISE_OFFSET if mt is wire.MessageType.INITIATION \
+                else wire.RESPONSE_NOISE_OFFSET
+            assert len(msg.noise_message) == len(data) - 2 * wire.MAC_SIZE - noise_offset
     if mtype is wire.MessageType.TRANSPORT:
         idx, ctr = wire.unpack_transport_header(data)
         assert wire.pack_transport_header(idx, ctr) == bytes(data[:wire.TRANSPORT_HEADER_SIZE])
@@ -78,7 +68,7 @@ def TestOneInput(data: bytes) -> None:
         else:
             assert wire.pack_peer_control(idx, nonce, box) == bytes(data)
     elif mtype is not None:
-        assert len(data) in _SIZES[mtype]
+        assert len(data) in wire.EXPECTED_SIZES[mtype]
     # a peer-control body (what the control plane decrypted) decodes or raises WireError,
     # and what decodes encodes back to the same bytes
     try:

@@ -16,7 +16,9 @@ import sys
 import common  # noqa: F401  (sys.path)
 
 from phantom import crypto, wire
-from phantom.control import cookie, directory as d, handshake as hs, tai64n
+from phantom import directory as d
+from phantom.protocols import tai64n
+from phantom.protocols.phantom import cookie, handshake as hs
 
 R_PUB = crypto.x25519_public(common.RESPONDER_PRIV)
 I_PUB = crypto.x25519_public(common.INITIATOR_PRIV)

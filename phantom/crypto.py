@@ -2,8 +2,9 @@
 
 Shared by both planes.  Nothing here is a home-made primitive: X25519,
 BLAKE2b, ChaCha20-Poly1305, XChaCha20-Poly1305, XSalsa20-Poly1305
-(secretbox) and AEGIS-256 are libsodium calls; HMAC and HKDF are the standard
-constructions over libsodium's BLAKE2b, as the Noise spec defines them, and
+(secretbox) and AEGIS-256 are libsodium calls; HMAC is the standard
+construction over libsodium's BLAKE2b, as the Noise spec defines it (the
+handshakes' HKDF over it is :mod:`phantom.protocols.kdf`), and
 :func:`kdf_derive` is libsodium's crypto_kdf construction (keyed BLAKE2b with
 the subkey id as salt and the context as personalisation).
 
@@ -164,16 +165,6 @@ def hmac_blake2b(key: bytes, data: bytes) -> bytes:
     key = key.ljust(BLAKE2B_BLOCK, b"\x00")
     inner = blake2b(key.translate(_IPAD) + bytes(data))
     return blake2b(key.translate(_OPAD) + inner)
-
-
-def hkdf(chaining_key: bytes, ikm: bytes, outputs: int) -> list[bytes]:
-    """Noise's HKDF(chaining_key, input_key_material, num_outputs)."""
-    temp = hmac_blake2b(chaining_key, ikm)
-    out, prev = [], b""
-    for i in range(1, outputs + 1):
-        prev = hmac_blake2b(temp, prev + bytes([i]))
-        out.append(prev)
-    return out
 
 
 # --- AEADs for the handshake and cookies ----------------------------------------

@@ -61,7 +61,7 @@ EXIT_RUNTIME = 1
 class Daemon:
     """Owns the engine, the data path and the API; carries out the engine's actions."""
 
-    nat = None    # control.traversal.Traversal when NAT traversal is configured (build())
+    nat = None    # nat.traversal.Traversal when NAT traversal is configured (build())
     # Health, for /status, /metrics and the exit status (serve(), main()):
     ready = False                  # set up and serving: the API answers, the device is up
     failure: Optional[str] = None  # why the data plane stopped (a fast-path worker died)
@@ -73,7 +73,7 @@ class Daemon:
     def __init__(self, settings: Settings, private_key: bytearray):
         self.s = settings
         self.t: Tunables = settings.tunables
-        from .control.protocols import configured_suites
+        from .protocols.registry import configured_suites
         try:
             suites = configured_suites(settings.ciphers)
         except ValueError as exc:
@@ -97,7 +97,7 @@ class Daemon:
         self._dir_tasks: set = set()
         self._endorsement_checks: dict = {}   # public key -> monotonic time of the last lookup
         self.drop_to = None              # passwd entry to switch to in serve() (root only), set by main()
-        self.nat = None                  # control.traversal.Traversal: rendezvous roles, paths
+        self.nat = None                  # nat.traversal.Traversal: rendezvous roles, paths
         self._uapi = None                # WireGuard's UAPI socket ([interface] uapi = true)
         from .control import reload as _reload
         self._file_settings = _reload.baseline(settings)   # the file as read at start (reload diffs)
@@ -154,7 +154,7 @@ class Daemon:
             self.dp.set_test_peer(next(iter(self.engine.peers)))
         servers = [pc.public_key for pc in s.peers if pc.rendezvous]
         if s.rendezvous or servers:
-            from .control.traversal import Traversal
+            from .nat.traversal import Traversal
             relay_capable = hasattr(self.dp, "set_relay_route")    # can be relayed
             can_relay = hasattr(self.dp, "set_relay")               # can relay for others
             self.nat = Traversal(self.engine, serve=s.rendezvous, servers=servers,
@@ -181,7 +181,7 @@ class Daemon:
 
     @staticmethod
     def _load_preshared_keys(settings: Settings) -> dict:
-        from .control.wireguard.keys import load_preshared_key
+        from .protocols.wireguard.keys import load_preshared_key
         psks = {}
         for i, pc in enumerate(settings.peers):
             if pc.preshared_key_file is not None:
@@ -286,13 +286,13 @@ class Daemon:
     async def _start_directory(self) -> None:
         """Publish our record and keep it fresh; pin configured names; watch our peers."""
         if self.s.directory == "dht":
-            from .control.directory.client import DhtDirectoryClient
+            from .directory.client import DhtDirectoryClient
             self.directory = DhtDirectoryClient(
                 self._dir_key, listen="0.0.0.0:%d" % self.s.dht_port,
                 bootstrap=self.s.dht_bootstrap, trusted_signers=self.s.trusted_signers)
             await self.directory.start()
         else:
-            from .control.directory import DirectoryClient
+            from .directory import DirectoryClient
             self.directory = DirectoryClient(self.s.directory, self._dir_key,
                                              trusted_signers=self.s.trusted_signers)
         for p in self.engine.peers.values():
@@ -335,7 +335,7 @@ class Daemon:
     async def _watch_peers(self) -> None:
         """Follow our peers' records (pushed by a directory front end, polled on the
         DHT): a peer that published a new endpoint is reached there at once."""
-        from .control.directory import DirectoryError
+        from .directory import DirectoryError
         watching, task = frozenset(), None
         try:
             while not self._stop.is_set():
@@ -398,7 +398,7 @@ class Daemon:
         self._spawn(self._admit_endorsed(public_key, addr))
 
     async def _admit_endorsed(self, public_key: bytes, addr) -> None:
-        from .control.directory import DirectoryError
+        from .directory import DirectoryError
         try:
             rec = await self.directory.resolve_key(public_key, fresh=True)
         except DirectoryError as exc:
@@ -479,7 +479,7 @@ class Daemon:
         identity (see :meth:`_peer_at`)."""
         if self.directory is None:
             return None
-        from .control.directory import DirectoryError
+        from .directory import DirectoryError
         try:
             if key is not None:
                 return await self.directory.resolve_key(key, fresh=True)   # the user asked: no negative cache
@@ -671,7 +671,7 @@ class Daemon:
 
     def peer_suites(self, pc) -> Optional[tuple]:
         """A [[peer]]'s own ciphers as suites (None: the interface's)."""
-        from .control.protocols import peer_suites
+        from .protocols.registry import peer_suites
         try:
             return peer_suites(pc.ciphers)
         except ValueError as exc:
@@ -951,13 +951,13 @@ def _preload(dht: bool = False) -> None:
     import aiohttp  # noqa: F401
     from .control import keys, config  # noqa: F401
     from .dataplane import firewall, packet  # noqa: F401
-    from .control import directory as _directory  # noqa: F401  (imports sqlite3 too)
+    from . import directory as _directory  # noqa: F401  (imports sqlite3 too)
     from .control import metrics, reload, opsapi, events  # noqa: F401  (prometheus-client too)
     import platform  # noqa: F401  (prometheus-client's platform collector)
-    from .control.directory import client as _client  # noqa: F401
+    from .directory import client as _client  # noqa: F401
     if dht:
         import libtorrent  # noqa: F401
-        from .control.directory.store import dht as _dht  # noqa: F401
+        from .directory.store import dht as _dht  # noqa: F401
 
 
 def _source_address(hosts) -> Optional[str]:

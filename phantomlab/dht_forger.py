@@ -18,8 +18,8 @@ import time
 import libtorrent as lt
 
 from phantom import crypto
-from phantom.control import directory as d
-from phantom.control.directory.store.dht import SALT, dht_key_of
+from phantom import directory as d
+from phantom.directory.store.dht import SALT, dht_key_of
 
 
 def krpc(sock, addr, msg):

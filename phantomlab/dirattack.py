@@ -29,7 +29,7 @@ import time
 import aiohttp
 
 from phantom import crypto
-from phantom.control import directory as d
+from phantom import directory as d
 
 
 def newsigner() -> d.NodeSigner:

@@ -166,7 +166,7 @@ class Swarm:
         self.nodes: list = []
 
     async def start(self, timeout: float = 20.0) -> "Swarm":
-        from phantom.control.directory.store.dht import DhtNode
+        from phantom.directory.store.dht import DhtNode
         for _ in range(self.n):
             port = self.base_port + len(self.nodes) if self.base_port else 0    # 0: any free port
             node = DhtNode("%s:%d" % (self.host, port), timeout=8.0)

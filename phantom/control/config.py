@@ -457,7 +457,7 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
             _expect(value, list, key, "a list of base64 Ed25519 public keys")
             s.trusted_signers = [_signer_key(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
         elif name == "endorsers":
-            from phantom.control.directory.records import MAX_ENDORSERS
+            from phantom.directory.records import MAX_ENDORSERS
             _expect(value, list, key, "a list of base64 Ed25519 public keys")
             if len(value) > MAX_ENDORSERS:
                 raise ConfigError(key, "a record names at most %d endorsers" % MAX_ENDORSERS)
@@ -645,7 +645,7 @@ def settings_from_mapping(doc: dict, base: Optional[Path] = None) -> Settings:
     if "interface" in doc:
         _expect(doc["interface"], dict, "interface", "a table ([interface])")
         _interface(doc["interface"], s, base)
-        from phantom.control.directory.records import MAX_ENDORSERS
+        from phantom.directory.records import MAX_ENDORSERS
         if s.name and s.endorsers is None and len(s.trusted_signers) > MAX_ENDORSERS:
             raise ConfigError("interface.endorsers", "our directory record names at most %d "
                               "endorsers, and by default it names the %d trusted_signers: list "

@@ -70,9 +70,10 @@ from ..wire import demux
 from ..constants import Tunables
 from ..dataplane.types import Keypair, PeerCounters, RelayVia
 from . import actions as A
-from . import handshake as hs
-from . import protocols, tai64n
-from .cookie import LoadDetector, RateLimiter
+from ..protocols import registry as protocols
+from ..protocols import tai64n
+from ..protocols.limits import LoadDetector, RateLimiter
+from ..protocols.phantom import handshake as hs
 from .peer import PeerState, Peer, PendingHandshake, SessionInfo
 
 log = logging.getLogger("phantom.control")
@@ -457,7 +458,7 @@ class Engine:
 
     def _targets(self, peer: Peer) -> list:
         """Where an initiation goes: the endpoint, then every NAT-traversal
-        candidate (:mod:`phantom.control.paths`); the first answer wins."""
+        candidate (:mod:`phantom.nat.paths`); the first answer wins."""
         out = [peer.endpoint] if peer.endpoint is not None else []
         for ep in peer.candidates:
             if ep not in out:

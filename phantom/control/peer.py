@@ -10,8 +10,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .cookie import CookieGenerator
-from .handshake import InitiatorState
+from ..protocols.cookie import CookieGenerator
+from ..protocols.phantom.handshake import InitiatorState
 
 
 class PeerState(str, enum.Enum):

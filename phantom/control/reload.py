@@ -46,7 +46,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
-from . import protocols
+from ..protocols import registry as protocols
 from .config import (ConfigError, Settings, _check_peers, check_own_key,
                      read_config_file, settings_from_mapping)
 
@@ -113,7 +113,7 @@ def plan(daemon, fresh: Settings, baseline: Optional[Settings]) -> Plan:
         # refuses the reload; the same path with new contents needs a restart).
         if pc.preshared_key_file is not None and (
                 peer is None or before is None or before.preshared_key_file != pc.preshared_key_file):
-            from .wireguard.keys import load_preshared_key
+            from ..protocols.wireguard.keys import load_preshared_key
             p.psks[pc.name] = load_preshared_key(pc.preshared_key_file,
                                                  "peer[%d].preshared_key_file" % i)
         if peer is not None and peer.protocol != pc.protocol:

@@ -35,7 +35,6 @@ so nothing is copied.
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
 import struct
@@ -45,6 +44,7 @@ from typing import Optional
 from .. import crypto, libcrypto
 from ..wire import phantom as phw
 from ..wire import wireguard as wgw
+from ..wire.ciphers import SUITE_CIPHER, CipherKind  # noqa: F401  (declared below both planes)
 
 log = logging.getLogger("phantom.data")
 
@@ -57,16 +57,6 @@ _HEADER = struct.Struct("<B3xIQ")
 _TRANSPORT = phw.MessageType.TRANSPORT
 
 
-class CipherKind(enum.IntEnum):
-    """Also the ``cipher`` field of the fast path's keypair slots."""
-
-    SECRETBOX = 0              # Phantom, suite secretbox
-    CHACHA20POLY1305 = 1       # WireGuard
-    AEGIS256 = 2               # Phantom, suite aegis256
-
-
-# Phantom's negotiated suites (wire.Suite) and the cipher each puts in a keypair.
-SUITE_CIPHER = {phw.Suite.SECRETBOX: CipherKind.SECRETBOX, phw.Suite.AEGIS256: CipherKind.AEGIS256}
 PHANTOM_CIPHERS = frozenset(SUITE_CIPHER.values())
 CIPHER_NAMES = {CipherKind.SECRETBOX: "secretbox", CipherKind.AEGIS256: "aegis256",
                 CipherKind.CHACHA20POLY1305: "chacha20poly1305"}

@@ -18,9 +18,10 @@ from __future__ import annotations
 import enum
 from typing import NamedTuple, Optional
 
+from . import framing
 from . import phantom as _ph
 from . import wireguard as _wg
-from .phantom import MessageType, WireError
+from .framing import MessageType, WireError
 
 
 class Protocol(str, enum.Enum):
@@ -43,37 +44,25 @@ _HANDSHAKE_SIZES = {
 }
 assert len({n for _, n in _HANDSHAKE_SIZES}) == len(_HANDSHAKE_SIZES)
 assert _ph.COOKIE_REPLY_SIZE == _wg.COOKIE_REPLY_SIZE
+# Cookie replies and transport data: either protocol's, told apart by the index.
+_SHARED_SIZES = {MessageType.COOKIE_REPLY: (framing.COOKIE_REPLY_SIZE,)}
+_SHARED_BOUNDS = {MessageType.TRANSPORT: (min(_ph.TRANSPORT_MIN_SIZE, _wg.TRANSPORT_MIN_SIZE),
+                                          max(_ph.MAX_DATAGRAM_SIZE, _wg.MAX_DATAGRAM_SIZE))}
 
 
 def classify(datagram) -> Kind:
     """(protocol, message type) of a datagram, or raise WireError for bad framing."""
-    n = len(datagram)
-    if n < 4:
-        raise WireError("truncated header")
-    if datagram[1] or datagram[2] or datagram[3]:
-        raise WireError("reserved bytes not zero")
-    try:
-        mtype = MessageType(datagram[0])
-    except ValueError:
-        raise WireError("unknown message type %d" % datagram[0]) from None
-    if mtype is MessageType.TRANSPORT:
-        if n < min(_ph.TRANSPORT_MIN_SIZE, _wg.TRANSPORT_MIN_SIZE):
-            raise WireError("truncated transport message")
-        if n > max(_ph.MAX_DATAGRAM_SIZE, _wg.MAX_DATAGRAM_SIZE):
-            raise WireError("oversized transport message")
-        return Kind(None, mtype)
+    mtype = framing.header(datagram)
+    if mtype is MessageType.TRANSPORT or mtype is MessageType.COOKIE_REPLY:
+        return Kind(None, framing.check(datagram, _SHARED_SIZES, _SHARED_BOUNDS))
     if mtype is MessageType.PEER_CONTROL or mtype is MessageType.RELAY:
         _ph.message_type(datagram)          # NAT traversal: Phantom only; its bounds or WireError
         return Kind(Protocol.PHANTOM, mtype)
-    if mtype is MessageType.COOKIE_REPLY:
-        if n != _ph.COOKIE_REPLY_SIZE:
-            raise WireError("cookie reply of %d bytes, expected %d" % (n, _ph.COOKIE_REPLY_SIZE))
-        return Kind(None, mtype)
-    proto = _HANDSHAKE_SIZES.get((mtype, n))
+    proto = _HANDSHAKE_SIZES.get((mtype, len(datagram)))
     if proto is None:
         raise WireError("%s of %d bytes is neither Phantom's (%s) nor WireGuard's (%d)" % (
-            mtype.name.lower(), n, " or ".join(str(x) for x in _ph._EXPECTED_SIZES[mtype]),
-            _wg._EXPECTED_SIZE[mtype]))
+            mtype.name.lower(), len(datagram), " or ".join(str(x) for x in _ph.EXPECTED_SIZES[mtype]),
+            _wg.EXPECTED_SIZE[mtype]))
     return Kind(proto, mtype)
 
 

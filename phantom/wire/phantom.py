@@ -5,7 +5,9 @@ Re-exported as :mod:`phantom.wire`; WireGuard's format is
 apart on the shared UDP port.
 
 Every UDP datagram that Phantom sends starts with a one-byte message type and
-three reserved zero bytes, followed by little-endian fields (as in WireGuard):
+three reserved zero bytes, followed by little-endian fields (as in WireGuard;
+the header check, the cookie reply, the transport header and the MAC regions
+are the two protocols' shared framing, :mod:`phantom.wire.framing`):
 
   type 1  handshake initiation   (164 bytes, or 166 with a suite offer)
       sender_index u32 | ephemeral[32] | encrypted_static[32+16]
@@ -63,13 +65,16 @@ import enum
 import struct
 from dataclasses import dataclass
 
+from . import framing
+from .framing import (AEAD_TAG_SIZE, COOKIE_NONCE_SIZE, COOKIE_REPLY, COOKIE_REPLY_SIZE, HEADER,  # noqa: F401
+                      MAC_SIZE, TRANSPORT_HEADER, TRANSPORT_HEADER_SIZE, CookieReply, MessageType,
+                      WireError, mac1_of, mac1_region, mac2_of, mac2_region, pack_transport_header,
+                      unpack_transport_header, with_macs)
+
 # --- sizes of the primitives ------------------------------------------------
 KEY_SIZE = 32            # X25519 keys, secretbox keys, ChaCha20-Poly1305 keys
-AEAD_TAG_SIZE = 16       # Poly1305 tag (secretbox MAC and AEAD tag)
 TIMESTAMP_SIZE = 12      # TAI64N
 CLIENT_NONCE_SIZE = 16   # the prototype's client nonce
-MAC_SIZE = 16            # mac1 / mac2 / cookie
-COOKIE_NONCE_SIZE = 24   # XChaCha20-Poly1305 nonce of a cookie reply
 SECRETBOX_NONCE_SIZE = 24
 
 INITIATION_PAYLOAD_SIZE = TIMESTAMP_SIZE + CLIENT_NONCE_SIZE
@@ -112,35 +117,19 @@ def suites_of(mask: int) -> tuple:
     return tuple(s for s in SUITE_PREFERENCE if mask >> int(s) & 1)
 
 
-class MessageType(enum.IntEnum):
-    INITIATION = 1
-    RESPONSE = 2
-    COOKIE_REPLY = 3
-    TRANSPORT = 4
-    PEER_CONTROL = 5
-    RELAY = 6
-
-
 # --- layouts ------------------------------------------------------------------
-HEADER = struct.Struct("<B3x")
-INITIATION = struct.Struct(
-    "<B3xI%ds%ds%ds%ds%ds"
-    % (KEY_SIZE, KEY_SIZE + AEAD_TAG_SIZE, INITIATION_PAYLOAD_SIZE + AEAD_TAG_SIZE, MAC_SIZE, MAC_SIZE)
-)
-RESPONSE = struct.Struct(
-    "<B3xII%ds%ds%ds%ds" % (KEY_SIZE, RESPONSE_PAYLOAD_SIZE + AEAD_TAG_SIZE, MAC_SIZE, MAC_SIZE)
-)
-COOKIE_REPLY = struct.Struct("<B3xI%ds%ds" % (COOKIE_NONCE_SIZE, MAC_SIZE + AEAD_TAG_SIZE))
-TRANSPORT_HEADER = struct.Struct("<B3xIQ")
+# The fixed heads of the handshake messages: type, reserved bytes, indexes,
+# and the Noise fields of fixed size; the encrypted payload (its size depends
+# on the suites fields) and mac1 | mac2 follow.
+INITIATION_HEAD = struct.Struct("<B3xI%ds%ds" % (KEY_SIZE, KEY_SIZE + AEAD_TAG_SIZE))
+RESPONSE_HEAD = struct.Struct("<B3xII%ds" % KEY_SIZE)
 
-INITIATION_SIZE = INITIATION.size            # 164 (no suite offer: the prototype's)
-RESPONSE_SIZE = RESPONSE.size                # 108 (no suite choice)
+INITIATION_SIZE = INITIATION_HEAD.size + INITIATION_PAYLOAD_SIZE + AEAD_TAG_SIZE + 2 * MAC_SIZE  # 164
+RESPONSE_SIZE = RESPONSE_HEAD.size + RESPONSE_PAYLOAD_SIZE + AEAD_TAG_SIZE + 2 * MAC_SIZE        # 108
 INITIATION_OFFER_SIZE = INITIATION_SIZE + SUITES_FIELD.size   # 166: with the suites offer
 RESPONSE_CHOICE_SIZE = RESPONSE_SIZE + SUITE_FIELD.size       # 109: with the chosen suite
 INITIATION_SIZES = (INITIATION_SIZE, INITIATION_OFFER_SIZE)
 RESPONSE_SIZES = (RESPONSE_SIZE, RESPONSE_CHOICE_SIZE)
-COOKIE_REPLY_SIZE = COOKIE_REPLY.size        # 64
-TRANSPORT_HEADER_SIZE = TRANSPORT_HEADER.size  # 16
 # Encrypt in place: the plaintext sits at TRANSPORT_PAYLOAD_OFFSET, the MAC
 # right before it, the header before that.
 TRANSPORT_PAYLOAD_OFFSET = TRANSPORT_HEADER_SIZE + AEAD_TAG_SIZE  # 32
@@ -174,88 +163,44 @@ MAX_CONTROL_KEYS = 256         # accepted keys in one registration
 RELAY_ID = struct.Struct("<I")
 RELAY_MIN_SIZE = TRANSPORT_OVERHEAD + RELAY_ID.size + HEADER.size   # an inner message has a header
 
-_EXPECTED_SIZE = {
-    MessageType.INITIATION: INITIATION_SIZE,
-    MessageType.RESPONSE: RESPONSE_SIZE,
-    MessageType.COOKIE_REPLY: COOKIE_REPLY_SIZE,
-}
-_EXPECTED_SIZES = {
+EXPECTED_SIZES = {                 # the sizes a handshake or cookie message may have
     MessageType.INITIATION: INITIATION_SIZES,
     MessageType.RESPONSE: RESPONSE_SIZES,
     MessageType.COOKIE_REPLY: (COOKIE_REPLY_SIZE,),
 }
-
-
-class WireError(ValueError):
-    """A datagram that is not a well-formed Phantom message."""
+_BOUNDS = {
+    MessageType.TRANSPORT: (TRANSPORT_MIN_SIZE, MAX_DATAGRAM_SIZE),
+    MessageType.PEER_CONTROL: (PEER_CONTROL_MIN_SIZE, PEER_CONTROL_MAX_SIZE),
+    MessageType.RELAY: (RELAY_MIN_SIZE, MAX_DATAGRAM_SIZE),
+}
 
 
 def message_type(datagram: bytes) -> MessageType:
     """Return the type of a datagram after checking its framing, or raise WireError.
 
-    Checks: known type byte, zero reserved bytes, exact size for handshake
-    messages, minimum and maximum size for transport data.
+    Checks (:func:`phantom.wire.framing.check`): known type byte, zero
+    reserved bytes, exact size for handshake messages and cookie replies,
+    minimum and maximum size for transport data, peer control and relay frames.
     """
-    n = len(datagram)
-    if n < HEADER.size:
-        raise WireError("truncated header")
-    t = datagram[0]
-    if datagram[1] or datagram[2] or datagram[3]:
-        raise WireError("reserved bytes not zero")
-    try:
-        mtype = MessageType(t)
-    except ValueError:
-        raise WireError("unknown message type %d" % t) from None
-    if mtype is MessageType.RELAY:
-        if n < RELAY_MIN_SIZE:
-            raise WireError("truncated relay message")
-        if n > MAX_DATAGRAM_SIZE:
-            raise WireError("oversized relay message")
-    elif mtype is MessageType.PEER_CONTROL:
-        if n < PEER_CONTROL_MIN_SIZE:
-            raise WireError("truncated peer control message")
-        if n > PEER_CONTROL_MAX_SIZE:
-            raise WireError("oversized peer control message")
-    elif mtype is MessageType.TRANSPORT:
-        if n < TRANSPORT_MIN_SIZE:
-            raise WireError("truncated transport message")
-        if n > MAX_DATAGRAM_SIZE:
-            raise WireError("oversized transport message")
-    elif n not in _EXPECTED_SIZES[mtype]:
-        raise WireError("%s of %d bytes, expected %s" % (
-            mtype.name.lower(), n, " or ".join(str(x) for x in _EXPECTED_SIZES[mtype])))
-    return mtype
+    return framing.check(datagram, EXPECTED_SIZES, _BOUNDS)
 
 
 @dataclass(frozen=True)
-class Initiation:
+class Initiation(framing.Message):
+    """164 bytes, or 166 when the encrypted payload carries a suite offer."""
+
+    MTYPE = MessageType.INITIATION
+    HEAD = INITIATION_HEAD
+    SIZES = INITIATION_SIZES
+    MACS = True
+    WHAT = "handshake initiation"
+
     sender_index: int
     ephemeral: bytes
     encrypted_static: bytes
     encrypted_payload: bytes
     mac1: bytes = bytes(MAC_SIZE)
     mac2: bytes = bytes(MAC_SIZE)
-
-    def pack(self) -> bytes:
-        """164 bytes, or 166 when the encrypted payload carries a suite offer."""
-        n = len(self.encrypted_payload) - (INITIATION_PAYLOAD_SIZE + AEAD_TAG_SIZE)
-        if n not in (0, SUITES_FIELD.size):
-            raise WireError("initiation payload of %d bytes" % len(self.encrypted_payload))
-        head = HEADER.pack(MessageType.INITIATION) + struct.pack("<I", self.sender_index)
-        return b"".join((head, self.ephemeral, self.encrypted_static, self.encrypted_payload,
-                         self.mac1, self.mac2))
-
-    @classmethod
-    def unpack(cls, data: bytes) -> "Initiation":
-        if len(data) not in INITIATION_SIZES or data[0] != MessageType.INITIATION:
-            raise WireError("not a handshake initiation")
-        data = bytes(data)
-        (idx,) = struct.unpack_from("<I", data, 4)
-        e_end = INITIATION_NOISE_OFFSET + KEY_SIZE
-        s_end = e_end + KEY_SIZE + AEAD_TAG_SIZE
-        m1 = len(data) - 2 * MAC_SIZE
-        return cls(idx, data[INITIATION_NOISE_OFFSET:e_end], data[e_end:s_end], data[s_end:m1],
-                   data[m1:m1 + MAC_SIZE], data[m1 + MAC_SIZE:])
 
     @property
     def offers_suites(self) -> bool:
@@ -268,32 +213,21 @@ class Initiation:
 
 
 @dataclass(frozen=True)
-class Response:
+class Response(framing.Message):
+    """108 bytes, or 109 when the encrypted payload carries the chosen suite."""
+
+    MTYPE = MessageType.RESPONSE
+    HEAD = RESPONSE_HEAD
+    SIZES = RESPONSE_SIZES
+    MACS = True
+    WHAT = "handshake response"
+
     sender_index: int
     receiver_index: int
     ephemeral: bytes
     encrypted_payload: bytes
     mac1: bytes = bytes(MAC_SIZE)
     mac2: bytes = bytes(MAC_SIZE)
-
-    def pack(self) -> bytes:
-        """108 bytes, or 109 when the encrypted payload carries the chosen suite."""
-        n = len(self.encrypted_payload) - (RESPONSE_PAYLOAD_SIZE + AEAD_TAG_SIZE)
-        if n not in (0, SUITE_FIELD.size):
-            raise WireError("response payload of %d bytes" % len(self.encrypted_payload))
-        head = HEADER.pack(MessageType.RESPONSE) + struct.pack("<II", self.sender_index, self.receiver_index)
-        return b"".join((head, self.ephemeral, self.encrypted_payload, self.mac1, self.mac2))
-
-    @classmethod
-    def unpack(cls, data: bytes) -> "Response":
-        if len(data) not in RESPONSE_SIZES or data[0] != MessageType.RESPONSE:
-            raise WireError("not a handshake response")
-        data = bytes(data)
-        s_idx, r_idx = struct.unpack_from("<II", data, 4)
-        e_end = RESPONSE_NOISE_OFFSET + KEY_SIZE
-        m1 = len(data) - 2 * MAC_SIZE
-        return cls(s_idx, r_idx, data[RESPONSE_NOISE_OFFSET:e_end], data[e_end:m1],
-                   data[m1:m1 + MAC_SIZE], data[m1 + MAC_SIZE:])
 
     @property
     def chooses_suite(self) -> bool:
@@ -303,38 +237,6 @@ class Response:
     @property
     def noise_message(self) -> bytes:
         return self.ephemeral + self.encrypted_payload
-
-
-@dataclass(frozen=True)
-class CookieReply:
-    receiver_index: int
-    nonce: bytes
-    encrypted_cookie: bytes
-
-    def pack(self) -> bytes:
-        return COOKIE_REPLY.pack(MessageType.COOKIE_REPLY, self.receiver_index, self.nonce,
-                                 self.encrypted_cookie)
-
-    @classmethod
-    def unpack(cls, data: bytes) -> "CookieReply":
-        if len(data) != COOKIE_REPLY_SIZE or data[0] != MessageType.COOKIE_REPLY:
-            raise WireError("not a cookie reply")
-        _, idx, nonce, enc = COOKIE_REPLY.unpack(data)
-        return cls(idx, nonce, enc)
-
-
-def mac1_region(message: bytes) -> bytes:
-    """The bytes covered by mac1: everything before it."""
-    return message[: len(message) - 2 * MAC_SIZE]
-
-
-def mac2_region(message: bytes) -> bytes:
-    """The bytes covered by mac2: everything before it (mac1 included)."""
-    return message[: len(message) - MAC_SIZE]
-
-
-def with_macs(message: bytes, mac1: bytes, mac2: bytes) -> bytes:
-    return message[: len(message) - 2 * MAC_SIZE] + mac1 + mac2
 
 
 def transport_nonce(counter: int) -> bytes:
@@ -347,16 +249,6 @@ def aegis256_nonce(counter: int) -> bytes:
     counter u64 little-endian, then 24 zero bytes.  Unique per key because a
     key never reuses a counter (as for secretbox)."""
     return counter.to_bytes(8, "little") + bytes(AEGIS256_NONCE_SIZE - 8)
-
-
-def pack_transport_header(receiver_index: int, counter: int) -> bytes:
-    return TRANSPORT_HEADER.pack(MessageType.TRANSPORT, receiver_index, counter)
-
-
-def unpack_transport_header(datagram) -> tuple[int, int]:
-    """Return (receiver_index, counter); the caller has checked message_type()."""
-    _, idx, ctr = TRANSPORT_HEADER.unpack_from(datagram, 0)
-    return idx, ctr
 
 
 # --- peer control (NAT traversal) -------------------------------------------------
@@ -373,10 +265,8 @@ def pack_peer_control(receiver_index: int, nonce: bytes, box: bytes) -> bytes:
 
 def unpack_peer_control(datagram) -> tuple[int, bytes, bytes]:
     """(receiver_index, nonce, mac||ciphertext); WireError when not one."""
-    n = len(datagram)
-    if n < PEER_CONTROL_MIN_SIZE or n > PEER_CONTROL_MAX_SIZE or datagram[0] != MessageType.PEER_CONTROL \
-            or datagram[1] or datagram[2] or datagram[3]:
-        raise WireError("not a peer control message")
+    datagram = framing.expect(datagram, MessageType.PEER_CONTROL,
+                              range(PEER_CONTROL_MIN_SIZE, PEER_CONTROL_MAX_SIZE + 1), "peer control message")
     _, idx, nonce = PEER_CONTROL_HEADER.unpack_from(datagram, 0)
     if nonce[-1] != 1:
         raise WireError("peer control nonce outside its domain")

@@ -15,9 +15,9 @@ from phantom.control.config import PEER_NAME
 from phantom.control.errors import ApiError, ConfigError
 from phantom.control.keys import KeyFormatError
 
-from .client import CLIENT_TIMEOUT, DEFAULT_TTL, DHT_TIMEOUT, DirectoryClient
-from .records import KEY_SIZE, MAX_ENDORSERS, DirectoryError, b64, key_from_text, signing_key_of
-from .server import DEFAULT_DB, DEFAULT_MAX_TTL, DEFAULT_PORT, KEY_WRITES, MAX_HEARTBEAT, \
+from phantom.directory.client import CLIENT_TIMEOUT, DEFAULT_TTL, DHT_TIMEOUT, DirectoryClient
+from phantom.directory.records import KEY_SIZE, MAX_ENDORSERS, DirectoryError, b64, key_from_text, signing_key_of
+from phantom.directory.server import DEFAULT_DB, DEFAULT_MAX_TTL, DEFAULT_PORT, KEY_WRITES, MAX_HEARTBEAT, \
     SOURCE_QUOTA, SOURCE_WATCHES, SOURCE_WRITES, WATCH_HEARTBEAT, WATCHERS_MAX, Limits, \
     serve_forever
 
@@ -65,7 +65,7 @@ def make_client(args, private_key):
     trusted = getattr(args, "trusted_signer", None) or ()
     timeout = client_timeout(args)
     if _is_dht(args):
-        from .client import DhtDirectoryClient
+        from phantom.directory.client import DhtDirectoryClient
         if not args.bootstrap:
             raise ValueError("--directory dht needs --bootstrap IP:PORT (a node of the swarm)")
         return DhtDirectoryClient(private_key, listen="0.0.0.0:0", bootstrap=args.bootstrap,
@@ -113,8 +113,8 @@ async def dht_nodes_forever(listen: str, port: int, count: int, bootstrap, statu
     ``bootstrap``), with an optional HTTP /status, until SIGINT/SIGTERM."""
     import signal
     from aiohttp import web
-    from .server import start_server
-    from .store.dht import DhtNode
+    from phantom.directory.server import start_server
+    from phantom.directory.store.dht import DhtNode
     nodes = []
     runner = None
     try:

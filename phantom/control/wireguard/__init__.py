@@ -1,11 +1,3 @@
-"""WireGuard v1 in the control plane (``[[peer]] protocol = "wireguard"``).
+"""WireGuard's front ends: the UAPI socket (``uapi``) and ``phantom wg`` (``cli``).
 
-* :mod:`.symmetric` -- HASH, MAC, HMAC and KDF over BLAKE2s (whitepaper 5.4),
-  on :mod:`hashlib`; DH and the AEADs come from libsodium (:mod:`phantom.crypto`);
-* :mod:`.handshake` -- Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s, sans-IO, in the
-  whitepaper's own steps (5.4.2 - 5.4.5);
-* :mod:`.cookie`    -- mac1/mac2 and cookie replies with BLAKE2s (5.4.4, 5.4.7).
-
-The wire format is :mod:`phantom.wire.wireguard`; transport data is sealed by
-the data paths (:mod:`phantom.dataplane.wgcipher` and the fast path).
-"""
+The protocol itself is :mod:`phantom.protocols.wireguard`."""

@@ -5,7 +5,7 @@
                       [--peer-private-key FILE] [--out FILE]
     phantom wg genpsk                                   like `wg genpsk`
 
-See :mod:`phantom.control.wireguard.wgquick` for what is converted.
+See :mod:`phantom.protocols.wireguard.wgquick` for what is converted.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 from ... import crypto
 from ..config import ConfigError, parse_endpoint
 from ..keys import KeyFileError, load_private_key, public_key, write_secret_file
-from .keys import genpsk
-from .wgquick import (WgConfError, export_for_peer, export_interface, load_phantom,
+from ...protocols.wireguard.keys import genpsk
+from ...protocols.wireguard.wgquick import (WgConfError, export_for_peer, export_interface, load_phantom,
                       parse_wg_quick, to_phantom_toml)
 
 

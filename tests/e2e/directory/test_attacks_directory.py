@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from phantom import crypto
-from phantom.control import directory as d
+from phantom import directory as d
 from phantom.control.keys import write_private_key
 from phantomlab.nodes import make_node, start
 from phantomlab.poll import wait_for

@@ -22,9 +22,9 @@ import time
 import pytest
 
 from phantom import crypto
-from phantom.control import directory as d
-from phantom.control.directory.client import DhtDirectoryClient
-from phantom.control.directory.store.dht import DhtNode, DhtStore, SALT, bep44_secret, \
+from phantom import directory as d
+from phantom.directory.client import DhtDirectoryClient
+from phantom.directory.store.dht import DhtNode, DhtStore, SALT, bep44_secret, \
     dht_key_of
 
 from phantomlab.stores import Swarm, dht_missing
@@ -332,7 +332,7 @@ def test_the_cli_uses_the_documented_dht_timeouts():
     """The CLI's default timeout was 5 s for the DHT too; the docs say 10 s for a
     lookup and 20 s for a publish."""
     from phantom.control.directory import cli
-    from phantom.control.directory.store.dht import PUT_TIMEOUT
+    from phantom.directory.store.dht import PUT_TIMEOUT
     key = d.b64(crypto.x25519_public(bytes(newkey())))
     args = cli.build_parser().parse_args(["lookup", "--directory", "dht", "--bootstrap",
                                           "127.0.0.1:6881", key])
@@ -348,7 +348,7 @@ def test_the_cli_uses_the_documented_dht_timeouts():
 
 _CLOSE_UNDER_TRAFFIC = r"""
 import asyncio, gc, os, sys, weakref
-from phantom.control.directory.store.dht import DhtNode
+from phantom.directory.store.dht import DhtNode
 
 async def one_round():
     nodes = [await DhtNode("127.0.0.1:0", timeout=2.0).start() for _ in range(6)]

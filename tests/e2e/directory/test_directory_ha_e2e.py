@@ -185,7 +185,7 @@ def test_dht_publish_find_by_key_open_and_follow_a_move(lan3, daemon_factory, tm
     # issue 18 item 15: a key nobody published, asked for now that a node has left the
     # swarm (b's old address): "not found" (404) within the 10 s lookup bound, not 503
     from phantom import crypto
-    from phantom.control.directory import b64
+    from phantom.directory import b64
     ghost = b64(crypto.x25519_public(crypto.x25519_private()))
     for _ in range(2):
         t0 = time.monotonic()

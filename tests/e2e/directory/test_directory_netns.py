@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from phantom import crypto
-from phantom.control import directory as d
+from phantom import directory as d
 from phantom.control.keys import write_private_key
 
 

@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 
 from phantom import crypto
-from phantom.control import directory as d
-from phantom.control.directory.store.postgres import PostgresStore
+from phantom import directory as d
+from phantom.directory.store.postgres import PostgresStore
 
 from phantomlab.stores import PgCluster, pg_missing
 

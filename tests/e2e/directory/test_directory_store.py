@@ -18,8 +18,8 @@ import contextlib
 import pytest
 
 from phantom import crypto
-from phantom.control import directory as d
-from phantom.control.directory import store as st
+from phantom import directory as d
+from phantom.directory import store as st
 
 from phantomlab.stores import PgCluster, Swarm, dht_missing, pg_missing
 
@@ -49,7 +49,7 @@ async def open_backend(kind: str, request):
             await s.close()
     elif kind == "postgres":
         cluster = request.getfixturevalue("pg")
-        from phantom.control.directory.store.postgres import PostgresStore
+        from phantom.directory.store.postgres import PostgresStore
         s = await PostgresStore(await cluster.new_database()).open()
         try:
             yield s
@@ -59,7 +59,7 @@ async def open_backend(kind: str, request):
         missing = dht_missing()
         if missing:
             pytest.skip(missing)
-        from phantom.control.directory.store.dht import DhtStore
+        from phantom.directory.store.dht import DhtStore
         swarm = await Swarm(10).start()
         s = DhtStore(swarm.nodes[0])
         try:
@@ -419,7 +419,7 @@ def test_a_record_naming_its_endorsers_takes_no_one_elses(backend, request):
                 assert stored.doc["endorsements"] == [ca_end]
                 # an item the owner put itself (not through a store) with others'
                 # endorsements: read back, only the endorsers it names count
-                from phantom.control.directory.store.dht import bep44_secret, encode_item
+                from phantom.directory.store.dht import bep44_secret, encode_item
                 secret, item_key = bep44_secret(owner.signer)
                 await s.node.put(secret, item_key,
                                  encode_item(rec(seq=2, endorsements=[junk[0], ca_end])))
@@ -504,7 +504,7 @@ def test_one_source_cannot_grow_the_store_past_its_quota(backend, request):
 
 
 async def _dht_flood_is_bounded():
-    from phantom.control.directory.store.dht import DhtNode, bep44_secret
+    from phantom.directory.store.dht import DhtNode, bep44_secret
     cap = 12
     swarm = await Swarm(6).start()
     target = await DhtNode("127.0.0.1:0", [("127.0.0.1", swarm.nodes[0].port)], timeout=8.0,

@@ -27,7 +27,7 @@ from phantom.constants import Tunables
 from phantom.control import actions as A
 from phantom.control.engine import Engine
 from phantom.control.keys import decode_public_key, load_private_key
-from phantom.control.traversal import PeerControlChannel
+from phantom.nat.traversal import PeerControlChannel
 from phantomlab import netns
 from phantomlab.nodes import make_node, start
 from phantomlab.poll import wait_for

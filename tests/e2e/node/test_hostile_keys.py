@@ -94,7 +94,7 @@ def test_config_refuses_our_own_key(tmp_path):
 
 
 def test_directory_record_with_small_order_key_is_refused():
-    from phantom.control import directory as d
+    from phantom import directory as d
     signer = d.NodeSigner(bytearray(crypto.x25519_private()))
     good = d.make_record(signer, "evil", [], [], seq=1, expires=2 ** 40)
     d.parse_record(good, now=1.7e9)                       # the untouched record parses

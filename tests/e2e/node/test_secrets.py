@@ -356,7 +356,7 @@ def test_redaction_finds_every_form_anywhere_in_every_log_record(captured):
 # --- the key directory --------------------------------------------------------------------------
 @pytest.fixture
 def directory(captured):
-    from phantom.control import directory as dmod
+    from phantom import directory as dmod
 
     ready = threading.Event()
     box: dict = {}

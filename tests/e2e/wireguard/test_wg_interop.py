@@ -1,7 +1,7 @@
 """The sans-IO WireGuard handshake and cipher against a real wireguard-go.
 
 No phantomd here: the test itself is the Phantom side.  It runs
-:mod:`phantom.control.wireguard.handshake` and :mod:`phantom.dataplane.ciphers`
+:mod:`phantom.protocols.wireguard.handshake` and :mod:`phantom.dataplane.ciphers`
 over a UDP socket in namespace a; Debian's wireguard-go runs in namespace b
 with the kernel's network stack behind it, which answers the ICMP echoes we
 seal.  Each side initiates in turn, with and without a preshared key; a wrong
@@ -18,10 +18,10 @@ import time
 import pytest
 
 from phantom import crypto
-from phantom.control import tai64n
-from phantom.control.handshake import HandshakeError
-from phantom.control.wireguard import handshake as wh
-from phantom.control.wireguard.cookie import WgCookieChecker, WgCookieGenerator
+from phantom.protocols import tai64n
+from phantom.protocols.phantom.handshake import HandshakeError
+from phantom.protocols.wireguard import handshake as wh
+from phantom.protocols.wireguard.cookie import WgCookieChecker, WgCookieGenerator
 from phantom.dataplane.ciphers import CipherKind, inner_length, open_packet, seal_packet
 from phantom.wire import wireguard as wgw
 

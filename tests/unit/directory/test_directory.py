@@ -21,8 +21,8 @@ from aiohttp import web
 from nacl.signing import VerifyKey
 
 from phantom import crypto
-from phantom.control import directory as d
-from phantom.control.directory.server import Limits
+from phantom import directory as d
+from phantom.directory.server import Limits
 from phantom.control.keys import write_private_key
 from tests.support.clock import Clock as _Clock
 

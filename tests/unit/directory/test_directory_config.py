@@ -9,7 +9,7 @@ import pytest
 
 from phantom.control.config import parse_daemon_args
 from phantom.control.errors import ConfigError
-from phantom.control.directory.client import parse_urls
+from phantom.directory.client import parse_urls
 
 
 def settings(tmp_path, body: str):

@@ -16,9 +16,9 @@ import aiohttp
 import pytest
 
 from phantom import crypto
-from phantom.control import directory as d
-from phantom.control.directory import server
-from phantom.control.directory.server import Limits, RateLimiter
+from phantom import directory as d
+from phantom.directory import server
+from phantom.directory.server import Limits, RateLimiter
 
 pytestmark = pytest.mark.timeout(60)
 

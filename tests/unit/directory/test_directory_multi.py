@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from phantom import crypto
-from phantom.control import directory as d
+from phantom import directory as d
 
 pytestmark = pytest.mark.timeout(60)
 

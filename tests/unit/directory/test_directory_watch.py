@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 
 from phantom import crypto
-from phantom.control import directory as d
-from phantom.control.directory import server
+from phantom import directory as d
+from phantom.directory import server
 
 pytestmark = pytest.mark.timeout(60)
 

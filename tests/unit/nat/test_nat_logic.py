@@ -9,8 +9,8 @@ import os
 import pytest
 
 from phantom import crypto, wire
-from phantom.control.paths import PathTable
-from phantom.control.rendezvous import RendezvousClient, RendezvousServer, usable_endpoint
+from phantom.nat.paths import PathTable
+from phantom.rendezvous import RendezvousClient, RendezvousServer, usable_endpoint
 from tests.support.clock import Clock as _Clock
 
 Clock = functools.partial(_Clock, 100.0)
@@ -313,5 +313,5 @@ def test_learnt_endpoints_get_bounded_tries_with_backoff():
 
 def test_the_documented_reflection_bound():
     """tests/e2e/nat/test_attacks_nat.py and docs/nat.md state 4 local endpoints x 4 tries."""
-    from phantom.control.rendezvous import MAX_LOCAL_ENDPOINTS
+    from phantom.rendezvous import MAX_LOCAL_ENDPOINTS
     assert MAX_LOCAL_ENDPOINTS * PathTable(Clock()).probe_tries == 16

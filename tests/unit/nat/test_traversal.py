@@ -8,7 +8,7 @@ from phantom import crypto, wire
 from phantom.constants import Tunables
 from phantom.control import actions as A
 from phantom.control.engine import Engine
-from phantom.control.traversal import Traversal
+from phantom.nat.traversal import Traversal
 from phantom.dataplane.types import Keypair, PeerCounters, RelayVia
 from tests.support.clock import Clock
 from tests.support.engines import sends
@@ -103,7 +103,7 @@ def test_forged_replayed_and_misdirected_control_messages_are_counted_drops():
     assert ta.client.drops["not_a_rendezvous"] == 1
     # a hostile rendezvous: hints about a key we do not accept, unsolicited answers
     stranger = crypto.x25519_public(crypto.x25519_private())
-    ta.client.peers = set(ta.engine._by_key)
+    ta.client.peers = {p.public_key for p in ta.engine.peers.values()}
     p = tr.channel.seal(ids["r_a"], wire.Punch(stranger, (("192.0.2.66", 1),)))
     assert ta.handle_datagram(p, ("10.212.0.1", 9000)) == []
     assert ta.client.drops["hint_for_unknown_key"] == 1
@@ -277,7 +277,7 @@ def test_relay_ids_are_drawn_at_random_and_unique():
         link(t, e.add_peer(er.public_key, "rv", endpoint=RV).id, tr, peers[name].id, clock)
         tr.server.handle(e.public_key, ("198.51.100.%d" % peers[name].id, 9000),
                          wire.Register((), tuple(x.public_key for x in (ea, eb, ec) if x is not e)))
-    assert tr._pair_id(ea.public_key, eb.public_key) == 77
-    assert tr._pair_id(eb.public_key, ea.public_key) == 77          # the same pair
-    assert tr._pair_id(ea.public_key, ec.public_key) == 1234        # 0 and 77 are drawn again
-    assert Traversal(er, serve=True, relay=True)._new_relay_id is crypto.random_u32
+    assert tr.relay.pair_id(ea.public_key, eb.public_key) == 77
+    assert tr.relay.pair_id(eb.public_key, ea.public_key) == 77          # the same pair
+    assert tr.relay.pair_id(ea.public_key, ec.public_key) == 1234        # 0 and 77 are drawn again
+    assert Traversal(er, serve=True, relay=True).relay.new_relay_id is crypto.random_u32

@@ -139,8 +139,8 @@ def test_collector_without_a_built_data_path():
 
 def test_directory_drops_are_exported():
     """Issue 18: the DHT's drop counters were counted but exposed nowhere."""
-    from phantom.control.directory.client import DhtDirectoryClient
-    from phantom.control.directory.store.dht import DhtNode
+    from phantom.directory.client import DhtDirectoryClient
+    from phantom.directory.store.dht import DhtNode
     d, _ = stub_daemon()
     _, fams = scrape(d)
     assert "phantom_directory_drops" not in fams            # no directory: no family

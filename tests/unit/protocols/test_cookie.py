@@ -6,10 +6,11 @@ import pytest
 
 from phantom import crypto, wire
 from phantom.constants import LABEL_COOKIE, LABEL_MAC1
-from phantom.control import tai64n
-from phantom.control.cookie import (CookieChecker, CookieGenerator, LoadDetector, RateLimiter,
-                                    address_bytes, cookie_key, mac, mac1_key)
-from phantom.control.handshake import (consume_initiation, create_initiation,
+from phantom.protocols import tai64n
+from phantom.protocols.limits import LoadDetector, RateLimiter
+from phantom.protocols.phantom.cookie import (CookieChecker, CookieGenerator, address_bytes, cookie_key, mac,
+                                              mac1_key)
+from phantom.protocols.phantom.handshake import (consume_initiation, create_initiation,
                                        create_response)
 
 pytestmark = pytest.mark.timeout(60)

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 
 from phantom import crypto, wire
-from phantom.control import tai64n
-from phantom.control.cookie import CookieChecker, CookieGenerator
-from phantom.control.handshake import (HandshakeError, InitiatorState, SessionKeys,
+from phantom.protocols import tai64n
+from phantom.protocols.phantom.cookie import CookieChecker, CookieGenerator
+from phantom.protocols.phantom.handshake import (HandshakeError, InitiatorState, SessionKeys,
                                        consume_initiation, consume_response,
                                        create_initiation, create_response)
 from tests.support.clock import Clock as FakeClock

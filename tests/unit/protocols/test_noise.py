@@ -8,7 +8,7 @@ import pytest
 
 from phantom import crypto
 from phantom.constants import NOISE_PROTOCOL_NAME, PROLOGUE
-from phantom.control.noise import (HandshakeError, NoiseIK, State, SymmetricState)
+from phantom.protocols.phantom.noise import (HandshakeError, NoiseIK, State, SymmetricState)
 
 noise_connection = pytest.importorskip("noise.connection")
 NoiseConnection = noise_connection.NoiseConnection

@@ -35,10 +35,10 @@ import pytest
 from phantom import crypto, wire
 from phantom.constants import Tunables
 from phantom.control import actions as A
-from phantom.control import handshake as hs
-from phantom.control import protocols
-from phantom.control import tai64n
-from phantom.control.cookie import CookieChecker, mac, mac1_key
+from phantom.protocols.phantom import handshake as hs
+from phantom.protocols import registry as protocols
+from phantom.protocols import tai64n
+from phantom.protocols.phantom.cookie import CookieChecker, mac, mac1_key
 from phantom.control.engine import Engine
 from phantom.control.peer import PeerState
 from phantom.dataplane.ciphers import CipherKind, KDF_CONTEXT, transport_keys

@@ -13,8 +13,8 @@ from phantom import cli, crypto
 from phantom.control import config
 from phantom.control.errors import ConfigError
 from phantom.control.keys import encode_key, write_private_key, public_key
-from phantom.control.wireguard import wgquick
-from phantom.control.wireguard.keys import decode_preshared_key, genpsk, load_preshared_key
+from phantom.protocols.wireguard import wgquick
+from phantom.protocols.wireguard.keys import decode_preshared_key, genpsk, load_preshared_key
 
 PUB = encode_key(crypto.x25519_public(crypto.x25519_private()))
 PUB2 = encode_key(crypto.x25519_public(crypto.x25519_private()))
@@ -298,7 +298,7 @@ preshared_key_file = "open.psk"
 
 # --- directory records that say which protocol a key speaks --------------------------------------
 def test_directory_record_carries_the_protocol_signed():
-    from phantom.control.directory.records import NodeSigner, RecordError, make_record, parse_record
+    from phantom.directory.records import NodeSigner, RecordError, make_record, parse_record
     priv = crypto.x25519_private()
     signer = NodeSigner(bytearray(priv))
     plain_doc = make_record(signer, "node", ["192.0.2.1:9000"], [], 1, 2 ** 31 - 1)

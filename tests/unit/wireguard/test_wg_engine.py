@@ -19,8 +19,8 @@ from phantom.constants import Tunables
 from phantom.control import actions as A
 from phantom.control.engine import Engine
 from phantom.control.peer import PeerState
-from phantom.control.wireguard import handshake as wh
-from phantom.control.wireguard.cookie import WgCookieChecker, WgCookieGenerator
+from phantom.protocols.wireguard import handshake as wh
+from phantom.protocols.wireguard.cookie import WgCookieChecker, WgCookieGenerator
 from phantom.dataplane.ciphers import CipherKind
 from phantom.dataplane.types import PeerCounters
 from phantom.wire import wireguard as wgw
@@ -204,7 +204,7 @@ def test_engine_answers_a_sansio_wireguard_initiator():
     e = Engine(_key(), Tunables(), clock=clock, wall_clock=wall)
     cpriv = crypto.x25519_private()
     p = e.add_peer(crypto.x25519_public(cpriv), "c", protocol="wireguard", preshared_key=PSK)
-    from phantom.control import tai64n
+    from phantom.protocols import tai64n
     msg, st = wh.create_initiation(cpriv, e.public_key, 42, tai64n.now(), PSK,
                                    WgCookieGenerator(e.public_key, clock))
     out = e.handle_datagram(msg, ("10.0.0.5", 51820))

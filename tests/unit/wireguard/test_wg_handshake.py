@@ -17,11 +17,11 @@ from noise.connection import Keypair as NoiseKeypair
 from noise.connection import NoiseConnection
 
 from phantom import crypto
-from phantom.control import tai64n
-from phantom.control.handshake import HandshakeError
-from phantom.control.wireguard import handshake as wh
-from phantom.control.wireguard import symmetric as sym
-from phantom.control.wireguard.cookie import WgCookieChecker, WgCookieGenerator
+from phantom.protocols import tai64n
+from phantom.protocols.phantom.handshake import HandshakeError
+from phantom.protocols.wireguard import handshake as wh
+from phantom.protocols.wireguard import symmetric as sym
+from phantom.protocols.wireguard.cookie import WgCookieChecker, WgCookieGenerator
 from phantom.wire import wireguard as wgw
 from tests.support.clock import Clock
 

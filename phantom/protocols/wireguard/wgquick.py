@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..config import (PEER_NAME, ConfigError, Settings, format_endpoint, parse_endpoint,
+from ...control.config import (PEER_NAME, ConfigError, Settings, format_endpoint, parse_endpoint,
                       read_config_file, settings_from_mapping)
-from ..keys import KeyFormatError, decode_private_key, decode_public_key, encode_key, public_key
+from ...control.keys import KeyFormatError, decode_private_key, decode_public_key, encode_key, public_key
 from .keys import decode_preshared_key, load_preshared_key
 
 _IGNORED = {"dns": "DNS servers are not set by phantomd", "table": "routing tables are not managed",

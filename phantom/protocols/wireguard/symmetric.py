@@ -5,6 +5,7 @@
     HMAC(key, input)        HMAC-BLAKE2s(key, input, 32)   (RFC 2104, block 64)
     KDFn(key, input)        HKDF over HMAC: t0 = HMAC(key, input),
                             t1 = HMAC(t0, 0x1), ti = HMAC(t0, t(i-1) || i)
+                            (the HKDF both protocols use, :mod:`phantom.protocols.kdf`)
 
 BLAKE2s is Python's :mod:`hashlib` (the reference implementation CPython
 bundles); HMAC is :mod:`hmac` over it.  Nothing here is a new primitive.
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac as _hmac
+
+from ..kdf import hkdf
 
 HASH_SIZE = 32
 MAC_SIZE = 16
@@ -41,12 +44,7 @@ def HMAC(key, data) -> bytes:  # noqa: N802
 
 def KDF(n: int, key, data) -> list[bytes]:  # noqa: N802
     """KDF1/KDF2/KDF3 of the whitepaper: ``n`` 32-byte outputs."""
-    t0 = HMAC(key, data)
-    out, prev = [], b""
-    for i in range(1, n + 1):
-        prev = HMAC(t0, prev + bytes([i]))
-        out.append(prev)
-    return out
+    return hkdf(HMAC, key, data, n)
 
 
 def KDF1(key, data) -> bytes:  # noqa: N802

@@ -23,16 +23,20 @@ against it:
   explicit state enum: each role may only do the next step of the pattern.
 
 A failed :meth:`NoiseIK.read_message` (bad tag, wrong length, low-order
-key) raises :class:`HandshakeError` and leaves the handshake exactly as it
-was, so a forged message cannot spoil a handshake in flight.
+key) raises :class:`~phantom.protocols.handshake.HandshakeError` and leaves
+the handshake exactly as it was, so a forged message cannot spoil a
+handshake in flight.  HKDF is the one both protocols use
+(:mod:`phantom.protocols.kdf`), over HMAC-BLAKE2b.
 """
 
 from __future__ import annotations
 
 import enum
 
-from .. import crypto
-from ..constants import NOISE_PROTOCOL_NAME, PROLOGUE
+from ... import crypto
+from ...constants import NOISE_PROTOCOL_NAME, PROLOGUE
+from ..handshake import HandshakeError, dh, wipe
+from ..kdf import hkdf
 
 DHLEN = 32          # X25519 public key / shared secret
 HASHLEN = crypto.HASH_SIZE   # 64 for BLAKE2b
@@ -43,15 +47,6 @@ MAX_NONCE = 2 ** 64 - 1   # reserved by the spec, never used for encryption
 # Sizes of the two IK messages around their payloads.
 MESSAGE1_OVERHEAD = DHLEN + (DHLEN + TAGLEN) + TAGLEN    # e, enc(s), payload tag
 MESSAGE2_OVERHEAD = DHLEN + TAGLEN                       # e, payload tag
-
-
-class HandshakeError(Exception):
-    """Any failure of the handshake: authentication, length, key, or order."""
-
-
-def _zero(buf) -> None:
-    if isinstance(buf, bytearray):
-        crypto.memzero(buf)
 
 
 class CipherState:
@@ -100,7 +95,7 @@ class CipherState:
 
     def clear(self) -> None:
         if self.k is not None:
-            _zero(self.k)
+            wipe(self.k)
         self.k = None
         self.n = 0
 
@@ -121,8 +116,8 @@ class SymmetricState:
         self.cipher = CipherState()
 
     def mix_key(self, input_key_material) -> None:
-        ck, temp_k = crypto.hkdf(self.ck, input_key_material, 2)
-        _zero(self.ck)
+        ck, temp_k = hkdf(crypto.hmac_blake2b, self.ck, input_key_material, 2)
+        wipe(self.ck)
         self.ck = bytearray(ck)
         self.cipher.initialize_key(temp_k[:CIPHER_KEYLEN])
 
@@ -142,7 +137,7 @@ class SymmetricState:
 
     def split(self) -> tuple[bytearray, bytearray]:
         """Return (k1, k2): k1 for initiator->responder, k2 for the reverse."""
-        temp_k1, temp_k2 = crypto.hkdf(self.ck, b"", 2)
+        temp_k1, temp_k2 = hkdf(crypto.hmac_blake2b, self.ck, b"", 2)
         return bytearray(temp_k1[:CIPHER_KEYLEN]), bytearray(temp_k2[:CIPHER_KEYLEN])
 
     def copy(self) -> "SymmetricState":
@@ -154,7 +149,7 @@ class SymmetricState:
 
     def clear(self) -> None:
         """Zero the chaining key and the handshake cipher key (h is public)."""
-        _zero(self.ck)
+        wipe(self.ck)
         self.cipher.clear()
 
 
@@ -173,13 +168,6 @@ def _check_key(name: str, key) -> bytes:
     if key is None or len(key) != DHLEN:
         raise HandshakeError("%s must be %d bytes" % (name, DHLEN))
     return bytes(key)
-
-
-def _dh(private, public) -> bytes:
-    try:
-        return crypto.x25519(private, public)
-    except crypto.CryptoError as exc:
-        raise HandshakeError("invalid public key in handshake") from exc
 
 
 class NoiseIK:
@@ -275,13 +263,13 @@ class NoiseIK:
             ss.mix_hash(e_pub)                       # token e
             if self.is_initiator:
                 # -> e, es, s, ss
-                ss.mix_key(_dh(self._e, self._rs))   # es
+                ss.mix_key(dh(self._e, self._rs))   # es
                 out.append(ss.encrypt_and_hash(self._s_pub))   # s
-                ss.mix_key(_dh(self._s, self._rs))   # ss
+                ss.mix_key(dh(self._s, self._rs))   # ss
             else:
                 # <- e, ee, se
-                ss.mix_key(_dh(self._e, self._re))   # ee
-                ss.mix_key(_dh(self._e, self._rs))   # se (responder side)
+                ss.mix_key(dh(self._e, self._re))   # ee
+                ss.mix_key(dh(self._e, self._rs))   # se (responder side)
             out.append(ss.encrypt_and_hash(payload))
         except BaseException:
             self.clear()
@@ -307,8 +295,8 @@ class NoiseIK:
                 # <- e, ee, se
                 re = message[:DHLEN]
                 work.mix_hash(re)                     # e
-                work.mix_key(_dh(self._e, re))        # ee
-                work.mix_key(_dh(self._s, re))        # se (initiator side)
+                work.mix_key(dh(self._e, re))        # ee
+                work.mix_key(dh(self._s, re))        # se (initiator side)
                 payload = work.decrypt_and_hash(message[DHLEN:])
                 rs = self._rs
             else:
@@ -318,10 +306,10 @@ class NoiseIK:
                 # -> e, es, s, ss
                 re = message[:DHLEN]
                 work.mix_hash(re)                     # e
-                work.mix_key(_dh(self._s, re))        # es (responder side)
+                work.mix_key(dh(self._s, re))        # es (responder side)
                 enc_s = message[DHLEN:DHLEN + DHLEN + TAGLEN]
                 rs = work.decrypt_and_hash(enc_s)     # s
-                work.mix_key(_dh(self._s, rs))        # ss
+                work.mix_key(dh(self._s, rs))        # ss
                 payload = work.decrypt_and_hash(message[DHLEN + DHLEN + TAGLEN:])
         except BaseException:
             work.clear()
@@ -338,7 +326,7 @@ class NoiseIK:
 
     def _finish(self) -> None:
         self._handshake_hash = bytes(self._ss.h)
-        _zero(self._e)
+        wipe(self._e)
         self.state = State.SPLIT
 
     def split(self) -> tuple[bytearray, bytearray]:
@@ -356,6 +344,6 @@ class NoiseIK:
     def clear(self) -> None:
         """Zero every secret this object holds (also on abandon)."""
         self._ss.clear()
-        _zero(self._e)
-        _zero(self._s)
+        wipe(self._e)
+        wipe(self._s)
         self.state = State.DONE

@@ -1,5 +1,5 @@
 """NAT traversal, wired to the engine: the peer-control channel and the
-coordinator of the rendezvous roles and the path table (sans-IO).
+coordinator of the rendezvous roles, the relay role and the path table (sans-IO).
 
 :class:`PeerControlChannel` seals and opens peer-control messages (wire
 type 5) with the sessions' own keys.  It holds a reference to every
@@ -12,7 +12,11 @@ the channel can no longer use it either) and a per-session replay guard
 datagrams into rendezvous server/client work, asks rendezvous nodes for
 peers that have no session, hands the candidates it learns to the engine
 (:meth:`~phantom.control.engine.Engine.punch`) and keeps the path table
-(:mod:`phantom.control.paths`) for the log and the API.  It returns
+(:mod:`phantom.nat.paths`) for the log and the API.  On a rendezvous node
+it serves the rendezvous role (:mod:`phantom.rendezvous`) and, when it also
+relays, the relay role (:mod:`phantom.relay`: the pairs it forwards
+between); on every peer it is the client side of both (asking, punching,
+falling back to a relay a rendezvous offered).  It returns
 :mod:`phantom.control.actions` like the engine.  Everything malformed,
 forged, replayed or refused is a counted drop in ``drops``.
 """
@@ -26,29 +30,14 @@ from typing import Callable, Iterable, Optional
 
 from .. import crypto, wire
 from ..dataplane.types import RelayVia
-from . import actions as A
+from ..control import actions as A
 from .paths import PathTable
-from .peer import PeerState
-from .rendezvous import Candidates, RendezvousClient, RendezvousServer
+from ..control.peer import PeerState
+from ..relay import RelayPairs
+from ..rendezvous import Candidates, RendezvousClient, RendezvousServer
+from ..rendezvous.endpoints import short_key
 
 log = logging.getLogger("phantom.nat")
-
-MAX_PAIRS_PER_KEY = 256      # relay pairs one key takes part in (a registration accepts up to 256 keys)
-MAX_PAIRS = 65536            # relay pairs on one relay
-
-
-class _RelayPair:
-    """Two keys a relay forwards between, under one random relay id; ``dirs``:
-    source key -> (source peer id, destination peer id) installed in the
-    data path (a direction only while its destination accepts its source)."""
-    __slots__ = ("relay_id", "keys", "made", "dirs")
-
-    def __init__(self, relay_id: int, keys: frozenset, made: float):
-        self.relay_id, self.keys, self.made, self.dirs = relay_id, keys, made, {}
-
-
-def _short(key: bytes) -> str:
-    return base64.b64encode(bytes(key)).decode()[:8]
 
 
 class PeerControlChannel:
@@ -136,19 +125,16 @@ class Traversal:
         self.engine = engine
         self.clock = clock or engine.clock
         self.channel = PeerControlChannel()
-        self.server = RendezvousServer(self.clock, relay_id=self._pair_id,
-                                       registration_ttl=registration_ttl) if serve else None
-        self.relay = relay and serve
+        self.server = RendezvousServer(self.clock, registration_ttl=registration_ttl) if serve else None
+        # the relay role: the pairs of keys we forward between (a rendezvous that relays)
+        self.relay: Optional[RelayPairs] = None
+        if relay and serve:
+            self.relay = RelayPairs(engine.peer_by_key, self.channel.has_session, self.server.accepts,
+                                    self.clock, relay_id_source)
+            self.server.relay_id = self.relay.pair_id
         self.relay_capable = relay_capable
         self._relay_option: dict = {}         # peer id -> RelayVia offered by a rendezvous
         self._relay_tried: dict = {}          # peer id -> when we last initiated through it
-        # relay role: one random relay id per pair of keys, forwarded only in
-        # the directions whose destination accepts the source
-        self._pairs: dict = {}                # frozenset({key, key}) -> _RelayPair, oldest first
-        self._pairs_of: dict = {}             # key -> {frozenset, ...}: the pairs it is in
-        self._pair_ids: set = set()
-        self._new_relay_id = relay_id_source
-        self._dp_actions: list = []           # SetRelayPair actions not yet returned
         self.client = RendezvousClient(self.clock, servers={bytes(k) for k in servers},
                                        ask_interval=ask_interval, register_interval=register_interval)
         self.paths = PathTable(self.clock, probe_backoff=engine.t.rekey_timeout)
@@ -190,7 +176,8 @@ class Traversal:
         peer = self.engine.peers.get(peer_id)
         if peer is None:
             self.paths.forget(peer_id)
-            self._drop_pairs(peer_id=peer_id)
+            if self.relay is not None:
+                self.relay.drop(peer_id=peer_id)
             return self._flush()
         if self.server is not None:
             self._registration_gone(peer.public_key, "keys cleared")
@@ -201,81 +188,13 @@ class Traversal:
 
     def _registration_gone(self, key: bytes, why: str) -> None:
         if self.server.session_lost(key):
-            log.info("rendezvous: registration of %s ends (%s)", _short(key), why)
-        self._drop_pairs(key=key)
-
-    # ------------------------------------------------------------ relay pairs
-    def _pair_id(self, asker: bytes, target: bytes) -> int:
-        """The relay id of the pair (asker, target), made when the target's
-        registration accepts the asker (the rendezvous checked): random,
-        unique here, the same in both directions.  0: we do not relay."""
-        if not self.relay:
-            return 0
-        a, t = self.engine.peer_by_key(asker), self.engine.peer_by_key(target)
-        if a is None or t is None or not self.channel.has_session(a.id) or not self.channel.has_session(t.id):
-            return 0
-        k = frozenset((bytes(asker), bytes(target)))
-        pair = self._pairs.get(k)
-        if pair is None:
-            for key in k:                       # bounded: the oldest pair of a busy key goes
-                mine = self._pairs_of.get(key, ())
-                if len(mine) >= MAX_PAIRS_PER_KEY:
-                    self._drop_pair(min((self._pairs[kk] for kk in mine), key=lambda p: p.made))
-            if len(self._pairs) >= MAX_PAIRS:
-                self._drop_pair(next(iter(self._pairs.values())))
-            rid = 0
-            while rid == 0 or rid in self._pair_ids:
-                rid = self._new_relay_id() & 0xFFFFFFFF
-            pair = self._pairs[k] = _RelayPair(rid, k, self.clock())
-            self._pair_ids.add(rid)
-            for key in k:
-                self._pairs_of.setdefault(key, set()).add(k)
-        self._sync_pair(pair)
-        return pair.relay_id
-
-    def _sync_pair(self, pair: "_RelayPair") -> None:
-        """Install the directions whose destination accepts the source now,
-        remove those that no longer do."""
-        ka, kb = tuple(pair.keys)
-        for src, dst in ((ka, kb), (kb, ka)):
-            ps, pd = self.engine.peer_by_key(src), self.engine.peer_by_key(dst)
-            ok = ps is not None and pd is not None and self.server.accepts(dst, src)
-            have = pair.dirs.get(src)
-            if ok and have != (ps.id, pd.id):
-                if have is not None:
-                    self._dp_actions.append(A.SetRelayPair(have[0], pair.relay_id, None))
-                pair.dirs[src] = (ps.id, pd.id)
-                self._dp_actions.append(A.SetRelayPair(ps.id, pair.relay_id, pd.id))
-            elif not ok and have is not None:
-                del pair.dirs[src]
-                self._dp_actions.append(A.SetRelayPair(have[0], pair.relay_id, None))
-
-    def _drop_pair(self, pair: "_RelayPair") -> None:
-        for src_id, _ in pair.dirs.values():
-            self._dp_actions.append(A.SetRelayPair(src_id, pair.relay_id, None))
-        pair.dirs.clear()
-        self._pairs.pop(pair.keys, None)
-        self._pair_ids.discard(pair.relay_id)
-        for key in pair.keys:
-            mine = self._pairs_of.get(key)
-            if mine is not None:
-                mine.discard(pair.keys)
-                if not mine:
-                    del self._pairs_of[key]
-
-    def _drop_pairs(self, key: Optional[bytes] = None, peer_id: Optional[int] = None) -> None:
-        """The pairs ``key`` is in, or (a removed peer, whose key is gone)
-        those installed with ``peer_id``."""
-        if key is not None:
-            for k in list(self._pairs_of.get(bytes(key), ())):
-                self._drop_pair(self._pairs[k])
-        if peer_id is not None and self._pairs:
-            for pair in [p for p in self._pairs.values() if any(peer_id in d for d in p.dirs.values())]:
-                self._drop_pair(pair)
+            log.info("rendezvous: registration of %s ends (%s)", short_key(key), why)
+        if self.relay is not None:
+            self.relay.drop(key=key)
 
     def _flush(self) -> list:
-        out, self._dp_actions = self._dp_actions, []
-        return out
+        """The relay role's data-path actions decided since the last call."""
+        return self.relay.flush() if self.relay is not None else []
 
     def endpoint_set(self, peer_id: int, addr, reason: str = "handshake") -> None:
         if addr is None:
@@ -323,10 +242,8 @@ class Traversal:
 
     def _serve(self, peer, addr, msg) -> list:
         replies = self.server.handle(peer.public_key, addr, msg)
-        if isinstance(msg, wire.Register):
-            # what it accepts may have changed: so may the relay directions
-            for k in list(self._pairs_of.get(peer.public_key, ())):
-                self._sync_pair(self._pairs[k])
+        if isinstance(msg, wire.Register) and self.relay is not None:
+            self.relay.resync(peer.public_key)     # what it accepts may have changed
         out = self._flush()              # relay pairs before the answers that name them
         for dest_key, reply in replies:
             dest = self.engine.peer_by_key(dest_key)
@@ -409,9 +326,10 @@ class Traversal:
         out = []
         if self.server is not None:
             for key in self.server.expire():
-                log.info("rendezvous: registration of %s expired (not renewed for %.0fs)", _short(key),
+                log.info("rendezvous: registration of %s expired (not renewed for %.0fs)", short_key(key),
                          self.server.registration_ttl)
-                self._drop_pairs(key=key)
+                if self.relay is not None:
+                    self.relay.drop(key=key)
             out += self._flush()
         if not self.client.servers:
             return out
@@ -474,7 +392,7 @@ class Traversal:
         if self.server is not None:
             out["rendezvous"] = {"peers": self.server.registered_peers(), "drops": dict(self.server.drops),
                                  **dict(self.server.stats)}
-            if self.relay:
-                out["rendezvous"]["relay_pairs"] = len(self._pairs)
+            if self.relay is not None:
+                out["rendezvous"]["relay_pairs"] = len(self.relay)
         out["reflexive"] = {base64.b64encode(k).decode(): "%s:%d" % ep for k, ep in self.client.reflexive.items()}
         return out

@@ -37,48 +37,26 @@ decrypts (the sizes differ, so a 164-byte initiation is not a truncated
 did not offer or that answers its offer without a choice.
 
 Nothing here looks at peers, indexes tables, clocks or sockets; mac1/mac2 are
-checked by the caller with :class:`phantom.control.cookie.CookieChecker`.
-Every failure raises :class:`HandshakeError`.
+checked by the caller with :class:`phantom.protocols.phantom.cookie.CookieChecker`.
+Every failure raises :class:`~phantom.protocols.handshake.HandshakeError`;
+success gives :class:`~phantom.protocols.handshake.SessionKeys` (both shared
+with WireGuard's handshake).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .. import crypto, wire
-from . import tai64n
-from .cookie import CookieGenerator
-from .noise import HandshakeError, NoiseIK
+from ... import crypto, wire
+from .. import tai64n
+from ..cookie import CookieGenerator
+from ..handshake import HandshakeError, SessionKeys, check_index
+from .noise import NoiseIK
 
 __all__ = [
     "HandshakeError", "SessionKeys", "InitiatorState", "ResponderState", "InitiationInfo",
     "create_initiation", "consume_initiation", "create_response", "consume_response", "choose_suite",
 ]
-
-_U32_MAX = 2 ** 32 - 1
-
-
-@dataclass
-class SessionKeys:
-    """Transport keys of one session, from this side's point of view.
-
-    ``local_index`` is the index the peer puts in packets to us;
-    ``remote_index`` is the one we put in packets to the peer.
-    """
-
-    send_key: bytearray
-    recv_key: bytearray
-    local_index: int
-    remote_index: int
-    initiator: bool = False
-    handshake_hash: bytes = b""
-    suite: wire.Suite = wire.Suite.SECRETBOX    # the transport suite the session uses
-
-    def clear(self) -> None:
-        """Zero both keys (sodium_memzero)."""
-        crypto.memzero(self.send_key)
-        crypto.memzero(self.recv_key)
-
 
 @dataclass
 class InitiatorState:
@@ -126,12 +104,6 @@ class InitiationInfo:
         return self.state.offered
 
 
-def _check_index(name: str, index: int) -> int:
-    if not isinstance(index, int) or not 0 <= index <= _U32_MAX:
-        raise HandshakeError("%s must be a u32" % name)
-    return index
-
-
 def choose_suite(ours, offered: int | None) -> wire.Suite | None:
     """The suite a responder that speaks ``ours`` picks for an initiation that
     offered ``offered`` (None: no offer, i.e. secretbox only): the first of
@@ -169,7 +141,7 @@ def create_initiation(local_static_priv, remote_static_pub, sender_index: int,
     the prototype's initiation, without an offer (the session is then secretbox).
     ``ephemeral_private`` is for test vectors only.
     """
-    _check_index("sender_index", sender_index)
+    check_index("sender_index", sender_index)
     if len(timestamp12) != wire.TIMESTAMP_SIZE:
         raise HandshakeError("timestamp must be %d bytes" % wire.TIMESTAMP_SIZE)
     if len(client_nonce16) != wire.CLIENT_NONCE_SIZE:
@@ -272,7 +244,7 @@ def create_response(state: ResponderState, sender_index: int,
     transport suite (:func:`choose_suite`); it must be one the initiator
     offered (secretbox when it offered none).  A state answers only once.
     """
-    _check_index("sender_index", sender_index)
+    check_index("sender_index", sender_index)
     suite = wire.Suite(suite)
     payload = state.client_nonce
     if state.offered is None:

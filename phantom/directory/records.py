@@ -163,6 +163,12 @@ class NodeSigner:
             h, bytes(self._scalar)))
         return big_r + s
 
+    def expanded_secret(self, prefix_label: bytes) -> tuple[bytes, bytes]:
+        """(scalar, nonce prefix): the Ed25519 secret in its expanded form, for
+        a signer that needs it (libtorrent's BEP 44); the prefix is keyed with
+        our nonce key under ``prefix_label``.  The caller wipes what it keeps."""
+        return bytes(self._scalar), crypto.blake2b(prefix_label, digest_size=32, key=bytes(self._nonce_key))
+
     def wipe(self) -> None:
         crypto.memzero(self._scalar)
         crypto.memzero(self._nonce_key)

@@ -752,7 +752,7 @@ class DhtDirectoryClient(DirectoryClient):
         self.store = DhtStore(self.node)
 
     async def start(self) -> "DhtDirectoryClient":
-        if self._own_node and self.node._ses is None:
+        if self._own_node and not self.node.running:
             await self.node.start()
         return self
 

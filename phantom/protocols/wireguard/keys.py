@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from ... import crypto
-from ..keys import KeyFileError, check_secret_file
+from ...control.keys import KeyFileError, check_secret_file
 
 KEY_SIZE = 32
 

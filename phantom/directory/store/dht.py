@@ -104,14 +104,13 @@ def bep44_secret(signer: NodeSigner) -> tuple[bytes, bytes]:
 
     libtorrent's Ed25519 secret is ``scalar || nonce prefix``; the scalar is
     ours, negated when needed so the key is the sign-normalised one."""
-    scalar = bytes(signer._scalar)
+    scalar, prefix = signer.expanded_secret(PREFIX_LABEL)
     key = signer.signing_key
     if key[31] & 0x80:
         scalar = _nb.crypto_core_ed25519_scalar_negate(scalar)
         key = _nb.crypto_scalarmult_ed25519_base_noclamp(scalar)
     if key != dht_key_of(signer.public_key):          # cannot happen; be sure
         raise crypto.CryptoError("the BEP 44 key does not match the X25519 key")
-    prefix = crypto.blake2b(PREFIX_LABEL, digest_size=32, key=bytes(signer._nonce_key))
     return scalar + prefix, key
 
 
@@ -387,6 +386,11 @@ class DhtNode:
             if not f.done():
                 f.set_result(int(a.num_success))
 
+    @property
+    def running(self) -> bool:
+        """Started and not closed."""
+        return self._ses is not None
+
     def _need(self):
         if self._ses is None:
             raise DhtError("the DHT node is not running")
@@ -521,7 +525,7 @@ class DhtStore(Store):
         self._signers[signer.public_key] = signer
 
     async def open(self) -> "DhtStore":
-        if self._own and self.node._ses is None:
+        if self._own and not self.node.running:
             await self.node.start()
         return self
 

@@ -1,11 +1,11 @@
 """WireGuard's handshake, Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s, sans-IO.
 
 Written in the whitepaper's own steps (section 5.4.2 and 5.4.3) so that each
-line can be checked against it; ``tests/test_wg_handshake.py`` also runs it
+line can be checked against it; ``tests/unit/wireguard/test_wg_handshake.py`` also runs it
 against the independent ``noiseprotocol`` implementation of IKpsk2.
 
 The exchange, as the engine drives it (same shape as
-:mod:`phantom.control.handshake` for Phantom peers)::
+:mod:`phantom.protocols.phantom.handshake` for Phantom peers)::
 
     initiator                                            responder
     msg, ist = create_initiation(...)     -- type 1 -->  WgCookieChecker.check_mac1/mac2
@@ -32,7 +32,7 @@ from typing import Optional
 from ... import crypto
 from ...wire import wireguard as wgw
 from .. import tai64n
-from ..handshake import HandshakeError, SessionKeys
+from ..handshake import HandshakeError, SessionKeys, check_index, dh, wipe
 from .symmetric import HASH, INITIAL_CHAIN_KEY, INITIAL_HASH, KDF1, KDF2, KDF3
 
 __all__ = [
@@ -43,14 +43,6 @@ __all__ = [
 
 KEY_SIZE = 32
 NO_PRESHARED_KEY = bytes(KEY_SIZE)
-_U32_MAX = 2 ** 32 - 1
-
-
-def _dh(private, public) -> bytes:
-    try:
-        return crypto.x25519(bytes(private), bytes(public))
-    except crypto.CryptoError as exc:
-        raise HandshakeError("invalid public key in handshake") from exc
 
 
 def _aead(key, plaintext: bytes, ad: bytes) -> bytes:
@@ -69,18 +61,6 @@ def _psk(preshared_key) -> bytes:
     if len(q) != KEY_SIZE:
         raise HandshakeError("a preshared key is 32 bytes")
     return q
-
-
-def _check_index(name: str, index: int) -> int:
-    if not isinstance(index, int) or not 0 <= index <= _U32_MAX:
-        raise HandshakeError("%s must be a u32" % name)
-    return index
-
-
-def _zero(*bufs) -> None:
-    for b in bufs:
-        if isinstance(b, bytearray):
-            crypto.memzero(b)
 
 
 def responder_hash(static_public: bytes) -> bytes:
@@ -103,7 +83,7 @@ class InitiatorState:
     done: bool = False
 
     def clear(self) -> None:
-        _zero(self.chaining_key, self.ephemeral_private, self.local_static_private,
+        wipe(self.chaining_key, self.ephemeral_private, self.local_static_private,
               self.preshared_key)
         self.done = True
 
@@ -120,7 +100,7 @@ class ResponderState:
     done: bool = False
 
     def clear(self) -> None:
-        _zero(self.chaining_key)
+        wipe(self.chaining_key)
         self.done = True
 
 
@@ -140,11 +120,11 @@ def create_initiation(local_static_priv, remote_static_pub, sender_index: int, t
                       ephemeral_private=None) -> tuple[bytes, InitiatorState]:
     """A 148-byte handshake initiation and the state to read its response with.
 
-    ``cookie_gen`` (a :class:`~phantom.control.wireguard.cookie.WgCookieGenerator`
+    ``cookie_gen`` (a :class:`~phantom.protocols.wireguard.cookie.WgCookieGenerator`
     for the responder's key) fills in mac1 and, with a fresh cookie, mac2;
     without it both are zero.  ``ephemeral_private`` is for test vectors only.
     """
-    _check_index("sender_index", sender_index)
+    check_index("sender_index", sender_index)
     if len(timestamp12) != wgw.TIMESTAMP_SIZE:
         raise HandshakeError("timestamp must be %d bytes" % wgw.TIMESTAMP_SIZE)
     s_priv = bytes(local_static_priv)
@@ -160,10 +140,10 @@ def create_initiation(local_static_priv, remote_static_pub, sender_index: int, t
     h = responder_hash(r_pub)                             # Hi = HASH(HASH(Ci||ID) || Spub_r)
     c = KDF1(c, e_pub)                                    # Ci = KDF1(Ci, Epub_i)
     h = HASH(h, e_pub)                                    # Hi = HASH(Hi || msg.ephemeral)
-    c, k = KDF2(c, _dh(e_priv, r_pub))                    # (Ci, k) = KDF2(Ci, DH(Epriv_i, Spub_r))
+    c, k = KDF2(c, dh(e_priv, r_pub))                    # (Ci, k) = KDF2(Ci, DH(Epriv_i, Spub_r))
     enc_static = _aead(k, s_pub, h)                       # msg.static = AEAD(k, 0, Spub_i, Hi)
     h = HASH(h, enc_static)
-    c, k = KDF2(c, _dh(s_priv, r_pub))                    # (Ci, k) = KDF2(Ci, DH(Spriv_i, Spub_r))
+    c, k = KDF2(c, dh(s_priv, r_pub))                    # (Ci, k) = KDF2(Ci, DH(Spriv_i, Spub_r))
     enc_ts = _aead(k, bytes(timestamp12), h)              # msg.timestamp = AEAD(k, 0, TAI64N, Hi)
     h = HASH(h, enc_ts)
 
@@ -193,8 +173,8 @@ def consume_response(state: InitiatorState, msg_bytes) -> SessionKeys:
     e_r = resp.ephemeral
     c = KDF1(state.chaining_key, e_r)                     # Cr = KDF1(Cr, Epub_r)
     h = HASH(state.hash, e_r)                             # Hr = HASH(Hr || msg.ephemeral)
-    c = KDF1(c, _dh(state.ephemeral_private, e_r))        # Cr = KDF1(Cr, DH(Epriv_i, Epub_r))
-    c = KDF1(c, _dh(state.local_static_private, e_r))     # Cr = KDF1(Cr, DH(Spriv_i, Epub_r))
+    c = KDF1(c, dh(state.ephemeral_private, e_r))        # Cr = KDF1(Cr, DH(Epriv_i, Epub_r))
+    c = KDF1(c, dh(state.local_static_private, e_r))     # Cr = KDF1(Cr, DH(Spriv_i, Epub_r))
     c, tau, k = KDF3(c, state.preshared_key)              # (Cr, tau, k) = KDF3(Cr, Q)
     h = HASH(h, tau)                                      # Hr = HASH(Hr || tau)
     _aead_open(k, resp.encrypted_nothing, h)              # msg.empty = AEAD(k, 0, e, Hr)
@@ -223,12 +203,12 @@ def consume_initiation(local_static_priv, msg_bytes, *,
     h = responder_hash(s_pub)
     c = KDF1(c, e_i)
     h = HASH(h, e_i)
-    c, k = KDF2(c, _dh(s_priv, e_i))                      # DH(Spriv_r, Epub_i)
+    c, k = KDF2(c, dh(s_priv, e_i))                      # DH(Spriv_r, Epub_i)
     s_i = _aead_open(k, init.encrypted_static, h)
     h = HASH(h, init.encrypted_static)
     if crypto.is_small_order(s_i):
         raise HandshakeError("invalid static key in initiation")
-    c, k = KDF2(c, _dh(s_priv, s_i))                      # DH(Spriv_r, Spub_i)
+    c, k = KDF2(c, dh(s_priv, s_i))                      # DH(Spriv_r, Spub_i)
     ts = _aead_open(k, init.encrypted_timestamp, h)
     h = HASH(h, init.encrypted_timestamp)
     try:
@@ -248,15 +228,15 @@ def create_response(state: ResponderState, sender_index: int, preshared_key=None
     """
     if state.done:
         raise HandshakeError("initiation already answered or abandoned")
-    _check_index("sender_index", sender_index)
+    check_index("sender_index", sender_index)
     q = _psk(preshared_key)
     e_priv = bytes(ephemeral_private) if ephemeral_private is not None else crypto.x25519_private()
     e_pub = crypto.x25519_public(e_priv)
     try:
         c = KDF1(state.chaining_key, e_pub)               # Cr = KDF1(Cr, Epub_r)
         h = HASH(state.hash, e_pub)                       # Hr = HASH(Hr || msg.ephemeral)
-        c = KDF1(c, _dh(e_priv, state.remote_ephemeral))  # Cr = KDF1(Cr, DH(Epriv_r, Epub_i))
-        c = KDF1(c, _dh(e_priv, state.remote_static))     # Cr = KDF1(Cr, DH(Epriv_r, Spub_i))
+        c = KDF1(c, dh(e_priv, state.remote_ephemeral))  # Cr = KDF1(Cr, DH(Epriv_r, Epub_i))
+        c = KDF1(c, dh(e_priv, state.remote_static))     # Cr = KDF1(Cr, DH(Epriv_r, Spub_i))
         c, tau, k = KDF3(c, q)                            # (Cr, tau, k) = KDF3(Cr, Q)
         h = HASH(h, tau)
         empty = _aead(k, b"", h)                          # msg.empty = AEAD(k, 0, e, Hr)

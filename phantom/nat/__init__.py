@@ -1,0 +1,2 @@
+"""NAT traversal, the peer's side: candidate endpoints and the path in use
+(``paths``), and the coordinator the daemon calls (``traversal``)."""

@@ -1,0 +1,109 @@
+"""Phantom as the engine sees it (:class:`PhantomHandshakes`): Noise_IK over
+BLAKE2b with a client nonce (:mod:`.handshake`, :mod:`.cookie`), transport
+with the suite the handshake negotiates (AEGIS-256 or crypto_secretbox,
+:mod:`.suites`)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+from ... import crypto, wire
+from ...wire.ciphers import SUITE_CIPHER, CipherKind
+from ...wire.demux import Protocol
+from ..handshake import HandshakeError, Handshakes
+from . import handshake
+from .cookie import CookieChecker, CookieGenerator
+from .suites import default_suites
+
+
+class PhantomHandshakes(Handshakes):
+    protocol = Protocol.PHANTOM
+    cipher = CipherKind.SECRETBOX            # the baseline; a session's own is cipher_of(keys)
+    wire = wire
+    handshake = handshake
+    Checker = CookieChecker
+    Generator = CookieGenerator
+
+    def __init__(self, private_key, public_key: bytes, clock, cookie_refresh_time: float,
+                 suites: Optional[Iterable] = None):
+        super().__init__(private_key, public_key, clock, cookie_refresh_time)
+        self.set_suites(default_suites() if suites is None else suites)
+
+    def set_suites(self, suites: Iterable) -> None:
+        """What we offer and accept, best first (wire.Suite values)."""
+        suites = tuple(sorted({wire.Suite(s) for s in suites}, key=wire.SUITE_PREFERENCE.index))
+        if not suites:
+            raise ValueError("at least one cipher suite")
+        self.suites = suites
+
+    @property
+    def suite_names(self) -> list:
+        return [wire.suite_name(s) for s in self.suites]
+
+    def offer_for(self, peer) -> Optional[tuple]:
+        """The suites our initiation to ``peer`` offers, or None for the
+        prototype's initiation without an offer (which a peer that predates
+        suites can read; it drops an initiation with an offer):
+
+        * when we speak secretbox only: nothing to negotiate;
+        * every second initiation (retries and later rounds alike) to a peer
+          whose last accepted initiation had no offer (``suites_legacy``: it
+          runs the prototype, or is pinned to secretbox), starting with one
+          that offers, so a peer upgraded since gets its best suite at once.
+          A peer that never sent us an initiation without an offer is never
+          sent one: dropping our offers makes us retry with offers, not fall
+          back, so nobody on the path can talk us down to secretbox (a
+          legacy initiation is authenticated by the peer's static key and
+          its timestamp must be new).
+        """
+        if self.suites_for(peer) == (wire.Suite.SECRETBOX,):
+            return None
+        if peer.suites_legacy:
+            legacy = peer.suites_alternate
+            peer.suites_alternate = not legacy
+            if legacy:
+                return None
+        return self.suites_for(peer)
+
+    def suites_for(self, peer) -> tuple:
+        """The suites sessions with ``peer`` may use: its own ``ciphers``, else ours."""
+        own = getattr(peer, "suites", None) if peer is not None else None
+        return own if own else self.suites
+
+    def note_initiation(self, peer, info) -> None:
+        """An accepted (authenticated, fresh) initiation from ``peer``: remember
+        whether it offered suites, for our own initiations to it."""
+        legacy = info.offered is None
+        if legacy and not peer.suites_legacy:
+            peer.suites_alternate = False          # our next one offers
+        peer.suites_legacy = legacy
+
+    def note_response(self, peer, state) -> None:
+        """Our initiation ``state`` was answered: an answer to an offer shows
+        the peer reads offers."""
+        if state.offered is not None:
+            peer.suites_legacy = False
+
+    def session_suite(self, info, peer=None) -> Optional[wire.Suite]:
+        """The suite an answer to ``info`` (from ``peer``) uses; None when we share none."""
+        return handshake.choose_suite(self.suites_for(peer), info.offered)
+
+    def cipher_of(self, keys) -> CipherKind:
+        return SUITE_CIPHER[wire.Suite(keys.suite)]
+
+    def create_initiation(self, peer, index: int, timestamp: bytes):
+        return handshake.create_initiation(self._priv, peer.public_key, index, timestamp,
+                                           crypto.random_bytes(wire.CLIENT_NONCE_SIZE), peer.cookies,
+                                           suites=self.offer_for(peer))
+
+    def consume_initiation(self, data: bytes):
+        # our cached public key: one X25519 fewer per initiation (issue #15)
+        return handshake.consume_initiation(self._priv, data, local_static_public=self._pub)
+
+    def create_response(self, peer, info, index: int):
+        suite = self.session_suite(info, peer)
+        if suite is None:
+            raise HandshakeError("no cipher suite in common")
+        return handshake.create_response(info.state, index, peer.cookies, suite=suite)
+
+    # consume_response: Handshakes' (the choice is checked against our offer)
