@@ -126,15 +126,29 @@ def test_full_tunnel_policy_routing_and_cleanup(two_hosts, daemon_factory, sniff
     assert "5181:\tnot from all fwmark %#x lookup %d" % (UDP_PORT, UDP_PORT) in rules, rules
     assert "suppress_prefixlength 0" in a.run(["ip", "-6", "rule"]).stdout
 
-    tun_cap = sniffer(b, "phtun0", "icmp or icmp6", name="exit-tun")
+    tun_cap = sniffer(b, "phtun0", "", name="exit-tun")
     up_cap = sniffer(a, "eth0", "", name="uplink")
     assert a.ns.ping("10.99.0.2", timeout=10), "no tunnel: the handshake through the default route failed"
+    marker = b"phantom-marker-" + os.urandom(8).hex().encode()
+    for fam, dst in ((socket.AF_INET, NET4), (socket.AF_INET6, NET6)):
+        with a.udp_socket(fam) as s:
+            for _ in range(3):
+                s.sendto(marker, (dst, 7777))
     a.ns.ping(NET4, timeout=1)
     a.ns.ping(NET6, timeout=1)
-    assert tun_cap.wait_for(lambda ps: icmp_to(ps, NET4) and icmp_to(ps, NET6), timeout=5), \
-        "the internet's packets did not come out of the tunnel at the exit"
+    assert tun_cap.wait_for(lambda ps: icmp_to(ps, NET4) and icmp_to(ps, NET6) and sum(
+        marker in p.data for p in ps) >= 6, timeout=5), "the internet's packets did not come out of the tunnel"
     uplink_packets = up_cap.stop()
+    assert not [p for p in uplink_packets if marker in p.data], "the marker left in plaintext"
     assert icmp_to(uplink_packets, NET4) == [] and icmp_to(uplink_packets, NET6) == [], "plaintext on the uplink"
+    for p in uplink_packets:            # IPv4: only tunnel datagrams; IPv6: only link-local chatter
+        ip, u = p.ip_packet(), p.udp()
+        if ip is None:
+            continue                    # ARP
+        if ip[0] >> 4 == 6:             # neighbour discovery, or MLD (behind a hop-by-hop header)
+            assert (ip[6] == 58 and ip[40] in (133, 134, 135, 136)) or ip[6] == 0, ip.hex()
+        else:
+            assert u is not None and {u.src, u.dst} == {a.ip, ENDPOINT} and UDP_PORT in (u.sport, u.dport), ip.hex()
     tunnel = [p.udp() for p in uplink_packets if p.udp() and p.udp().dst == ENDPOINT]
     assert tunnel and all(u.dport == UDP_PORT for u in tunnel)
 
