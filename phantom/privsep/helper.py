@@ -39,9 +39,18 @@ from .protocol import (KILLSWITCH_TABLE, MAX_MESSAGE, MAX_ROUTES, REASONS, Allow
                        journal_entry_allowed, loads, parse_request, reply_error, reply_ok, rule_key)
 from .sandbox import confine
 
-log = logging.getLogger("phantom.privsep")
+log = logging.getLogger("phantom.privsep.helper")
 
 GONE = (E.ENODEV, E.ESRCH, E.ENOENT, E.EADDRNOTAVAIL, E.ENXIO)
+
+
+def rule_text(a: dict) -> str:
+    """A rule as `ip rule` shows it."""
+    sel = "from all" if a["fwmark"] is None else "%sfrom all fwmark %#x" % ("not " if a["invert"] else "",
+                                                                         a["fwmark"])
+    table = "main" if a["table"] == 254 else str(a["table"])
+    sup = "" if a["suppress_prefixlength"] is None else " suppress_prefixlength %d" % a["suppress_prefixlength"]
+    return "IPv%d %d: %s lookup %s%s" % (a["family"], a["priority"], sel, table, sup)
 
 
 def _ip_interface(text: str):
@@ -211,7 +220,7 @@ class Helper:
             self.j.remove(entry)
             raise
         self.rules[key] = entry
-        log.info("rule %s", entry["rule"])
+        log.info("rule %s", rule_text(a))
         return {}
 
     def op_rule_del(self, **a) -> dict:
@@ -436,8 +445,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s phantom.privsep[%(process)d]: %(message)s")
+    from ..logsetup import setup_logging
+    setup_logging("info")                     # the daemon's format; component privsep.helper
     try:
         import ctypes
         ctypes.CDLL(None).prctl(15, b"phantom-privsep", 0, 0, 0)       # PR_SET_NAME
