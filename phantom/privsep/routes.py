@@ -93,6 +93,7 @@ class KernelRoutes:
         self.present: set = set()       # the kernel had them through the device already: never removed
         self.full: set = set()          # families (4, 6) with a full tunnel: rules installed
         self.killswitch_on: tuple = ()  # the families the kill switch table blocks
+        self.exit = None                # exitnode.ExitNode when exit_node = true
 
     def needed(self, prefixes: Iterable) -> list:
         """The prefixes that need a route of their own: not inside an
@@ -238,7 +239,8 @@ class KernelRoutes:
     def status(self) -> dict:
         return {"routes": sorted(map(str, self.installed)), "table": self.table, "fwmark": self.fwmark,
                 "full_tunnel": ["ipv%d" % f for f in sorted(self.full)],
-                "kill_switch": ["ipv%d" % f for f in self.killswitch_on] if self.kill_switch else None}
+                "kill_switch": ["ipv%d" % f for f in self.killswitch_on] if self.kill_switch else None,
+                "exit_node": self.exit.status() if self.exit is not None else None}
 
 
 def mark_socket(sock: socket.socket, fwmark: int) -> bool:
@@ -252,11 +254,13 @@ def mark_socket(sock: socket.socket, fwmark: int) -> bool:
 
 
 def start_for_device(device: str, mode: str, addresses: Iterable, prefixes: Iterable, udp: socket.socket,
-                     state_dir, pw=None, prefix=(), kill_switch: bool = False) -> tuple:
+                     state_dir, pw=None, prefix=(), kill_switch: bool = False,
+                     exit_prefixes: Optional[list] = None) -> tuple:
     """phantomd's start-up step (still root, single-threaded): the helper for
     ``device`` (which the daemon opened, link still down), the link up, the
     addresses, the daemon's UDP socket marked (TUN mode), the routes of
-    ``prefixes`` (a full tunnel with its rules, the kill switch).  Returns
+    ``prefixes`` (a full tunnel with its rules, the kill switch), and with
+    ``exit_prefixes`` (not None) the exit node's forwarding.  Returns
     (client, KernelRoutes or None); raises OSError naming what failed (and
     then no helper is left running)."""
     addresses = [ipaddress.ip_interface(a) for a in addresses]
@@ -277,6 +281,10 @@ def start_for_device(device: str, mode: str, addresses: Iterable, prefixes: Iter
             routes = KernelRoutes(client, device, [a.network for a in addresses], allow.table, allow.fwmark,
                                   marked, kill_switch)
             routes.install(prefixes)
+            if exit_prefixes is not None:
+                from .exitnode import ExitNode
+                routes.exit = ExitNode(client, device)
+                routes.exit.start(exit_prefixes)
     except BaseException:
         client.close()
         raise

@@ -246,3 +246,19 @@ def test_journal_replay_skips_torn_lines_and_removed_entries():
 ])
 def test_recovery_undoes_only_what_the_allowlist_permits(entry, ok):
     assert journal_entry_allowed(entry, ALLOW) is ok
+
+
+# --- the tables the daemon writes pass the helper's own validator ---------------------------------
+def test_the_daemons_tables_pass_the_validator():
+    from phantom.privsep.exitnode import exit_table
+    from phantom.privsep.routes import killswitch_table
+    for name, table in [(KILLSWITCH_TABLE, killswitch_table("phtun0", 51820, (4, 6))),
+                        (KILLSWITCH_TABLE, killswitch_table("phtun0", 51820, (4,))),
+                        (None, exit_table("phtun0", ["10.99.0.1/32", "fd99::1/128", "10.50.0.0/16"])),
+                        (None, exit_table("phtun0", []))]:
+        fields = {"table": table, **({"name": name} if name else {})}
+        r = parse_request(json.dumps(dict(fields, id=1, op="nft_replace")).encode(), ALLOW)
+        assert r.args["name"] == (name or "phantom-phtun0")
+    spec = nftspec.validate(exit_table("phtun0", ["10.99.0.1/32"]), ALLOW)
+    masq = [r for r in spec["rules"] if r["verdict"] == "masquerade"]
+    assert len(masq) == 1 and masq[0]["match"][0]["op"] == "!="
