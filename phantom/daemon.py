@@ -122,7 +122,8 @@ class Daemon:
             routes = [n for p in s.peers for n in p.allowed_ips] if s.mode is Mode.TUN else []
             self.priv, self.kernel_routes = start_for_device(
                 self.device.name, s.mode.value, s.addresses, routes, self.udp,
-                s.state_dir, self.drop_to, kill_switch=s.kill_switch)
+                s.state_dir, self.drop_to, kill_switch=s.kill_switch,
+                exit_prefixes=[n for p in s.peers if p.allow_exit for n in p.allowed_ips] if s.exit_node else None)
 
     def build(self) -> None:
         s = self.s

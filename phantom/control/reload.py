@@ -57,7 +57,7 @@ RESTART_KEYS = ("listen_port", "http_port", "http_listen", "http_socket", "test_
                 "test_deliver", "mode", "device", "addresses", "mtu", "private_key_file",
                 "state_dir", "user", "directory", "name", "endpoints", "trusted_signers",
                 "endorsers", "directory_allowed_ips", "log_level", "tunables", "metrics_listen", "dht_bootstrap", "dht_port",
-                "endpoints_auto", "uapi", "ciphers", "kill_switch")
+                "endpoints_auto", "uapi", "ciphers", "kill_switch", "exit_node")
 
 
 def read(path) -> Settings:
@@ -351,11 +351,19 @@ def _install_routes(daemon, p: Plan) -> list:
         raise ConfigError("routes", str(exc)) from None
 
 
-def _prune_routes(daemon, report: dict, added: list) -> None:
-    """After the reload: remove the kernel routes no peer has any more."""
+def _prune_routes(daemon, report: dict, added: list, fresh: Settings) -> None:
+    """After the reload: remove the kernel routes no peer has any more; the
+    exit node's allowed peers (allow_exit) follow the file."""
     routes = getattr(daemon, "kernel_routes", None)
     if routes is None:
         return
+    if routes.exit is not None:
+        from ..privsep.exitnode import ExitError, allowed_prefixes
+        try:
+            if routes.exit.sync(allowed_prefixes(fresh.peers)):
+                report["exit"] = routes.exit.status()["allowed"]
+        except ExitError as exc:
+            report["notes"].append(str(exc))
     removed, failed = routes.prune([n for pe in daemon.engine.peers.values() for n in pe.allowed_ips])
     report["routes"] = {"added": [str(n) for n in added], "removed": [str(n) for n in removed]}
     for net, why in failed:
@@ -372,7 +380,7 @@ def reload(daemon) -> dict:
     p = plan(daemon, fresh, baseline)
     added = _install_routes(daemon, p)
     report = apply(daemon, p)
-    _prune_routes(daemon, report, added)
+    _prune_routes(daemon, report, added, fresh)
     daemon._file_settings = fresh
     log.info("reload: %s: %d added, %d removed, %d changed, %d unchanged%s",
              daemon.s.config_path, len(report["added"]), len(report["removed"]),
