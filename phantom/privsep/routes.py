@@ -37,6 +37,16 @@ class RouteError(OSError):
         self.reason = reason
 
 
+class KillSwitchError(RouteError):
+    """The kill switch's table cannot be written or removed."""
+
+    def __init__(self, device: str, reason: str):
+        OSError.__init__(self, "kill switch (nftables table inet %s) for %s: %s" % (KILLSWITCH_TABLE, device, reason))
+        self.net = "kill switch"
+        self.device = device
+        self.reason = reason
+
+
 def _explain(net, device: str, exc: PrivError) -> str:
     existing = exc.reply.get("existing")
     if existing:
@@ -175,15 +185,19 @@ class KernelRoutes:
         All or nothing: on the first failure the routes added by this call are
         removed again and RouteError names the prefix.  Returns those added."""
         added = []
+
+        def undo() -> None:
+            for done in reversed(added):
+                self._quiet(self._remove, done)
+                self.installed.discard(done)
+
         for net in self.needed(prefixes):
             if net in self.routed:
                 continue
             try:
                 fresh = self._add(net)
             except RouteError:
-                for done in reversed(added):
-                    self._quiet(self._remove, done)
-                    self.installed.discard(done)
+                undo()
                 self.sync_killswitch()
                 raise
             if fresh:
@@ -194,7 +208,11 @@ class KernelRoutes:
             else:
                 self.present.add(net)
                 log.info("route %s via %s (already there)", net, self.device)
-        self.sync_killswitch()
+        try:
+            self.sync_killswitch()
+        except RouteError:
+            undo()
+            raise
         return added
 
     def prune(self, wanted: Iterable) -> tuple:
@@ -233,7 +251,7 @@ class KernelRoutes:
                 self.client.nft_delete(name=KILLSWITCH_TABLE)
                 log.info("kill switch off (no full tunnel configured)")
         except PrivError as exc:
-            raise RouteError("kill switch", self.device, exc.text) from None
+            raise KillSwitchError(self.device, exc.text) from None
         self.killswitch_on = want
 
     def status(self) -> dict:
