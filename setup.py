@@ -1,4 +1,6 @@
-"""Build the Cython fast path ``phantom._fastpath``.
+"""Build the Cython fast path: ``phantom.fastpath._engine`` (what phantomd
+loads) and ``phantom.fastpath._testing`` (test and benchmark hooks over the
+engine's C API; never loaded by phantomd).
 
 Everything else about the package lives in pyproject.toml.
 
@@ -6,7 +8,7 @@ Build switches (environment variables, like uvloop's):
 
 * ``PHANTOM_DEBUG=1``    -- debug build: Cython line tracing, bounds/wraparound
   checks and assertions on, C compiled with ``-O0 -g``.
-* ``PHANTOM_ANNOTATE=1`` -- also write ``phantom/_fastpath.html`` (Cython's
+* ``PHANTOM_ANNOTATE=1`` -- also write ``phantom/fastpath/_engine.html`` and ``_testing.html`` (Cython's
   annotated source: yellow lines call into the Python C API).
 
 A missing C compiler or missing Python headers stop the build with a message
@@ -22,7 +24,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HINT = (
-    "Phantom's fast path (phantom._fastpath) is a C extension; building it needs "
+    "Phantom's fast path (phantom.fastpath._engine) is a C extension; building it needs "
     "a C compiler and the Python development headers.\n"
     "  On Debian/Ubuntu:  apt-get install gcc python3-dev\n"
     "  (for a pyenv or self-built Python the headers come with that Python; "
@@ -69,12 +71,27 @@ class checked_build_ext(build_ext):
             raise BuildError("building %s failed: %s\n%s" % (ext.name, exc, HINT)) from exc
 
 
+def _generate() -> None:
+    """phantom/fastpath/_generated.pxi from the Python enums (drop reasons,
+    message types): loaded by path, so that nothing of phantom is imported."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "phantom", "fastpath", "generate.py")
+    spec = importlib.util.spec_from_file_location("_phantom_fastpath_generate", path)
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    try:
+        gen.write()
+    except gen.GenerateError as exc:
+        raise BuildError("generating phantom/fastpath/_generated.pxi failed: %s" % exc) from exc
+
+
 def _extensions():
+    _generate()
     try:
         from Cython.Build import cythonize
     except ImportError as exc:
         raise BuildError(
-            "Cython >= 3 is needed to build phantom._fastpath "
+            "Cython >= 3 is needed to build phantom.fastpath._engine "
             "(pip install 'Cython>=3', or use `pip install .`, which installs it "
             "for the build)") from exc
 
@@ -89,14 +106,15 @@ def _extensions():
     else:
         cflags += ["-O2"]
 
-    ext = Extension(
-        "phantom._fastpath",
-        sources=["phantom/_fastpath.pyx"],
-        define_macros=macros,
-        extra_compile_args=cflags,
-    )
+    # _engine: the extension phantomd loads; _testing: the test and benchmark
+    # hooks over _engine's C API (tests/ and bench/ import it, phantomd never does).
+    exts = [Extension("phantom.fastpath.%s" % name,
+                      sources=["phantom/fastpath/%s.pyx" % name],
+                      define_macros=macros,
+                      extra_compile_args=cflags)
+            for name in ("_engine", "_testing")]
     return cythonize(
-        [ext],
+        exts,
         compiler_directives=directives,
         annotate=ANNOTATE,
         # The debug build keeps its generated C apart, so that switching back to

@@ -38,12 +38,13 @@ PY_PATH=$(command -v "$PYTHON")
 PKGS=(iperf3 tcpdump iproute2 iptables conntrack wireguard-go wireguard-tools
       gcc procps libcap2-bin kmod iputils-ping ca-certificates strace
       chromium chromium-driver systemd
-      postgresql nftables)
+      postgresql nftables bind9-dnsutils)
 # chromium + chromium-driver: the dashboard's browser tests (Selenium drives
 # /usr/bin/chromedriver; nothing is downloaded); systemd: systemd-analyze
 # verifies examples/phantomd@.service.
 # postgresql: the directory's PostgreSQL store (its tests start their own cluster).
 # nftables: `nft -j -f -`, which phantomd's privileged helper runs for its own table.
+# bind9-dnsutils: dig, the reference client of the name service's tests (tests/e2e/dns).
 # Debian's own python3 needs its venv and header packages; a pyenv or
 # self-built python3 brings both with it.
 PY_REAL=$("$PYTHON" -c 'import os, sys; print(os.path.realpath(sys.executable))')
@@ -105,11 +106,11 @@ pip_install --no-build-isolation -e "$ROOT[test,bench,postgres,dht]"
 # --- 4. the fast path, in place -----------------------------------------------------------
 # Tests run from the repository root import ./phantom, so the compiled
 # extension must sit beside the sources.
-say "building phantom._fastpath"
+say "building phantom.fastpath._engine (and its test hooks, phantom.fastpath._testing)"
 "$VENV/bin/python" setup.py -q build_ext --inplace 2>&1 | grep -v '^performance hint' || true
-"$VENV/bin/python" -c 'import phantom._fastpath' \
-    || die "phantom._fastpath does not import after the build (see the messages above)"
-"$VENV/bin/python" -c 'import phantom, phantom._fastpath, sys; print("    phantom", phantom.__version__, "with", phantom._fastpath.__file__)'
+"$VENV/bin/python" -c 'import phantom.fastpath._engine, phantom.fastpath._testing' \
+    || die "phantom.fastpath._engine or ._testing does not import after the build (see the messages above)"
+"$VENV/bin/python" -c 'import phantom, phantom.fastpath._engine as e; print("    phantom", phantom.__version__, "with", e.__file__)'
 "$VENV/bin/python" -c 'import phantomlab.netns' \
     || die "the lab package (phantomlab) does not import (see the pip log: $PIP_LOG)"
 

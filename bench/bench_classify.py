@@ -108,24 +108,24 @@ def test_classify_udp_no_candidates(benchmark, name, n):
 def fast_ns_per_packet(tables, direction, packet, peer_id, iterations: int = 200000) -> float:
     """The fast path's C classifier, timed in C (as its packet loop calls it: no
     Python in between); best of 5."""
-    from phantom import _fastpath
+    from phantom.fastpath import _testing
     blob, pkt = bytes(tables.blob), bytes(packet)
-    action = _fastpath.fw_decide(blob, int(direction), pkt, peer_id)[0]
+    action = _testing.fw_decide(blob, int(direction), pkt, peer_id)[0]
     assert action != 3, "this packet would be handed to the Python classifier"
-    return min(_fastpath.fw_bench(blob, int(direction), pkt, peer_id, iterations)
+    return min(_testing.fw_bench(blob, int(direction), pkt, peer_id, iterations)
                for _ in range(5)) / iterations * 1e9
 
 
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("kind", ["ports", "cidrs"])
 def test_classify_fast_path_in_c(benchmark, kind, n):
-    from phantom import _fastpath
+    from phantom.fastpath import _testing
     t = rules_for(n, kind)
     blob, pkt = bytes(t.blob), bytes(TCP_MISS)
-    action, rule, _ = _fastpath.fw_decide(blob, int(Direction.IN), pkt, 1)
+    action, rule, _ = _testing.fw_decide(blob, int(Direction.IN), pkt, 1)
     assert rule == -1 and action != 3
     iterations = 10000
-    seconds = benchmark(_fastpath.fw_bench, blob, int(Direction.IN), pkt, 1, iterations)
+    seconds = benchmark(_testing.fw_bench, blob, int(Direction.IN), pkt, 1, iterations)
     benchmark.extra_info["rules"] = n
     benchmark.extra_info["ns_per_packet"] = seconds / iterations * 1e9
 

@@ -7,7 +7,7 @@ ciphers' table (a plain script).
 
 The table: every transport cipher's seal+open round trip per 64, 1,400 and
 8,192 bytes, timed in C without the GIL by the fast path's own per-packet
-functions (``_fastpath.bench_cipher``: header, nonce from the counter, in
+functions (``_testing.bench_cipher``: header, nonce from the counter, in
 place): secretbox and AEGIS-256 (Phantom's suites) and ChaCha20-Poly1305
 (WireGuard's) from libsodium and from OpenSSL's libcrypto; the median of
 ``--runs`` runs (min and max beside it), the load average before and after.
@@ -46,7 +46,8 @@ import pytest
 
 from phantom import crypto, wire
 
-_fastpath = pytest.importorskip("phantom._fastpath")
+_engine = pytest.importorskip("phantom.fastpath._engine", reason="phantom.fastpath._engine is not built")
+_testing = pytest.importorskip("phantom.fastpath._testing", reason="phantom.fastpath._testing is not built")
 
 SIZES = [64, 1400, 8192]
 KEY = bytes(range(32))
@@ -73,7 +74,7 @@ def test_seal_open_cffi(benchmark, size):
 def test_seal_open_fastpath(benchmark, size):
     benchmark.group = "seal+open-%d" % size
     buf = bytearray(OFFSET + size)
-    assert benchmark(_fastpath.seal_open_inplace, KEY, 1, buf, size)
+    assert benchmark(_testing.seal_open_inplace, KEY, 1, buf, size)
 
 
 @pytest.mark.parametrize("raw", [True, False], ids=["c-loop-raw", "c-loop-fastpath"])
@@ -82,20 +83,20 @@ def test_seal_open_c_loop(benchmark, size, raw):
     """Per packet, timed in C: the pedantic result is seconds per 2000 round trips."""
     benchmark.group = "seal+open-%d" % size
     n = 2000
-    elapsed = benchmark.pedantic(_fastpath.bench_seal_open, args=(size, n, raw),
+    elapsed = benchmark.pedantic(_testing.bench_seal_open, args=(size, n, raw),
                                  rounds=10, iterations=1, warmup_rounds=1)
     benchmark.extra_info["ns_per_packet"] = round(elapsed / n * 1e9, 1)
 
 
-@pytest.mark.parametrize("name", _fastpath.BENCH_CIPHERS)
+@pytest.mark.parametrize("name", _testing.BENCH_CIPHERS)
 @pytest.mark.parametrize("size", SIZES)
 def test_cipher_c_loop(benchmark, size, name):
     """One transport cipher, per packet, timed in C: seconds per 2000 round trips."""
-    if name.endswith("openssl") and not _fastpath.chacha_openssl_ready():
+    if name.endswith("openssl") and not _engine.chacha_openssl_ready():
         pytest.skip("no libcrypto.so.3")
     benchmark.group = "cipher-%d" % size
     n = 2000
-    elapsed = benchmark.pedantic(_fastpath.bench_cipher, args=(name, size, n),
+    elapsed = benchmark.pedantic(_testing.bench_cipher, args=(name, size, n),
                                  rounds=10, iterations=1, warmup_rounds=1)
     benchmark.extra_info["ns_per_packet"] = round(elapsed / n * 1e9, 1)
 
@@ -121,15 +122,15 @@ class _Loop:
         self.sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.sink.bind(("127.0.0.1", 0))
-        self.engine = _fastpath.Engine(_fastpath.MODE_IDS["tun"], self.udp.fileno(), burst=burst)
+        self.engine = _engine.Forwarder(_engine.MODE_IDS["tun"], self.udp.fileno(), burst=burst)
         self.engine.add_peer(1)
         self.engine.set_routes([(32, bytes(4), 0, 1)])
         host, port = self.sink.getsockname()
         self.engine.set_endpoint(1, struct.pack("=H", socket.AF_INET)
                                  + struct.pack("!H4s8x", port, socket.inet_aton(host)))
         self.engine.install_keypair(1, 7, 8, KEY, KEY, time.monotonic(), True)
-        self.worker = _fastpath.Worker(self.engine, self.udp.fileno(), self.dev.fileno(), False,
-                                       burst=burst, edge=edge)
+        self.worker = _engine.Worker(self.engine, self.udp.fileno(), self.dev.fileno(), False,
+                                     burst=burst, edge=edge)
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
         self.thread.start()
 
@@ -202,9 +203,9 @@ def test_classify_c(benchmark, n, kind):
     benchmark.group = "classify-%s" % kind
     tables = _rules(n, kind)
     pkt = _tcp_syn(8080)
-    assert _fastpath.fw_decide(tables.blob, 0, pkt, 1) == (0, -1, 1)
+    assert _testing.fw_decide(tables.blob, 0, pkt, 1) == (0, -1, 1)
     loops = 100000
-    elapsed = benchmark.pedantic(_fastpath.fw_bench, args=(tables.blob, 0, pkt, 1, loops),
+    elapsed = benchmark.pedantic(_testing.fw_bench, args=(tables.blob, 0, pkt, 1, loops),
                                  rounds=5, iterations=1, warmup_rounds=1)
     benchmark.extra_info["ns_per_packet"] = round(elapsed / loops * 1e9, 1)
     benchmark.extra_info["rules"] = n
@@ -215,19 +216,19 @@ def cipher_table(runs: int = 7, sizes=(64, 1400, 8192), budget: float = 0.05) ->
     """{(name, size): [ns per seal+open, one per run]}: each run times as many
     round trips as fit in about ``budget`` seconds, the ciphers interleaved
     so that a load change hits them all alike."""
-    names = [n for n in _fastpath.BENCH_CIPHERS
-             if not n.endswith("openssl") or _fastpath.chacha_openssl_ready()]
+    names = [n for n in _testing.BENCH_CIPHERS
+             if not n.endswith("openssl") or _engine.chacha_openssl_ready()]
     iters = {}
     for name in names:
         for size in sizes:
-            t = _fastpath.bench_cipher(name, size, 200) / 200
+            t = _testing.bench_cipher(name, size, 200) / 200
             iters[(name, size)] = max(200, int(budget / max(t, 1e-9)))
     out = {k: [] for k in iters}
     for _ in range(runs):
         for name in names:
             for size in sizes:
                 n = iters[(name, size)]
-                out[(name, size)].append(_fastpath.bench_cipher(name, size, n) / n * 1e9)
+                out[(name, size)].append(_testing.bench_cipher(name, size, n) / n * 1e9)
     return out
 
 
@@ -271,7 +272,7 @@ def main(argv=None) -> int:
     head = "| cipher | " + " | ".join("%d B" % s for s in sizes) + " |"
     print(head)
     print("|---|" + "---:|" * len(sizes))
-    names = sorted({n for n, _ in res}, key=_fastpath.BENCH_CIPHERS.index)
+    names = sorted({n for n, _ in res}, key=_testing.BENCH_CIPHERS.index)
     for name in names:
         cells = []
         for size in sizes:

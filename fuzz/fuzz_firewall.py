@@ -6,12 +6,12 @@ Input: byte 0 = flags (bit 0: the document is TOML, else JSON; bit 1: the
 packet goes out, else in; bits 2-3: the peer id of the packet), then the
 document text up to the first NUL byte, then an IP packet.
 
-Contract (phantom/dataplane/firewall.py): ``parse_rules`` returns a RuleSet
+Contract (phantom/dataplane/firewall/): ``parse_rules`` returns a RuleSet
 or raises FirewallError -- for any JSON/TOML value, as PUT /firewall and the
 config file hand it over; ``compile_rules`` never raises on a RuleSet that
 ``parse_rules`` made, and the Tables it builds decode; the rule set's
 ``to_obj`` form (what GET /firewall shows) parses back to the same tables;
-the C classifier (``_fastpath.fw_decide``) decides the packet exactly as the
+the C classifier (``_testing.fw_decide``) decides the packet exactly as the
 reference classifier does whenever it does not defer.
 """
 
@@ -28,9 +28,9 @@ with atheris.instrument_imports(include=["phantom", "ipaddress", "tomllib"]):   
     from phantom.dataplane import firewall as fw
 
 try:
-    from phantom import _fastpath
+    from phantom.fastpath import _testing
 except ImportError:          # not built: the differential check is skipped
-    _fastpath = None
+    _testing = None
 
 ALLOWED = (fw.FirewallError,)
 PEER_KEY = "q83vEjRWeJASNFZ4kBI0VniQEjRWeJASNFZ4kBI0Vng="
@@ -71,8 +71,8 @@ def TestOneInput(data: bytes) -> None:
     direction = (flags >> 1) & 1
     peer = (flags >> 2) & 3
     ref = fw.classify(tables, direction, pkt, peer)
-    if _fastpath is not None:
-        action, rule, reason = _fastpath.fw_decide(tables.blob, direction, pkt, peer)
+    if _testing is not None:
+        action, rule, reason = _testing.fw_decide(tables.blob, direction, pkt, peer)
         if action != 3:      # 3: deferred to the Python classifier (fragments, stateful)
             assert (action, rule, reason) == (int(ref.action), ref.rule, int(ref.reason)), \
                 "C classifier %r, reference %r for %s" % ((action, rule, reason), ref, pkt.hex())

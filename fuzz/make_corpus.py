@@ -170,10 +170,112 @@ def directory_seeds():
     put("directory", "pretty", b"\x01" + json.dumps(rec, indent=1).encode())
 
 
+def dns_seeds():
+    """Queries of the name service: byte 0 = flags (fuzz_dns.py), then the query."""
+    import random
+
+    import dns.edns
+    import dns.message
+
+    from phantomlab.dnshostile import _compression, header
+
+    def q(name, rdtype, **kw):
+        m = dns.message.make_query(name, rdtype, **kw)
+        m.id = 0x5150
+        return m.to_wire()
+
+    seeds = {
+        "a": q("n3.corp.phantom", "A"),
+        "aaaa-edns": q("N3.corp.phantom", "AAAA", use_edns=0, payload=1232),
+        "any-many": q("many.corp.phantom", "ANY"),
+        "any-many-edns": q("many.corp.phantom", "ANY", use_edns=0, payload=700),
+        "nxdomain": q("n9.corp.phantom", "A"),
+        "deep": q("a.n3.corp.phantom", "A"),
+        "apex-soa": q("corp.phantom", "SOA"),
+        "apex-ns": q("corp.phantom", "NS", use_edns=0),
+        "refused": q("example.com", "A"),
+        "ptr4": q("3.0.64.100.in-addr.arpa", "PTR"),
+        "ptr6": q("1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.a.9.8.7.6.5.4.3.2.1.d.f.ip6.arpa", "PTR"),
+        "ptr-partial": q("0.64.100.in-addr.arpa", "PTR"),
+        "axfr": q("corp.phantom", "AXFR"),
+        "chaos": q("version.bind", "TXT", rdclass="CH"),
+        "badvers": q("n3.corp.phantom", "A", use_edns=1),
+        "options": q("n3.corp.phantom", "A", use_edns=0,
+                     options=[dns.edns.GenericOption(10, b"\x01" * 8), dns.edns.ECSOption("100.64.0.0", 16)]),
+    }
+    for name, wire_ in seeds.items():
+        put("dns", name, b"\x00" + wire_)
+        put("dns", name + "-tcp", b"\x01" + wire_)
+    put("dns", "hostile-any", b"\x04" + seeds["any-many"])
+    put("dns", "hostile-ptr", b"\x04" + q("7.0.64.100.in-addr.arpa", "PTR"))
+    put("dns", "forced-counts", b"\x02" + seeds["a"][:12] + b"\x01a\x00\x00\x01\x00\x01")
+    notify = dns.message.make_query("corp.phantom", "SOA")
+    notify.set_opcode(4)
+    put("dns", "notify", b"\x00" + notify.to_wire())
+    put("dns", "two-questions", b"\x00" + header(1, qd=2) + b"\x01a\x00\x00\x01\x00\x01" * 2)
+    rng = random.Random(1)
+    for i in range(12):                      # loops, pointer chains, reserved label types
+        put("dns", "compression-%d" % i, b"\x02" + _compression(rng))
+
+def network_seeds():
+    from phantom import network as n
+    from phantom.network.canonical import b64, canonical
+    now = int(common.NOW)
+    authority = n.SigningKey(common.NETWORK_AUTHORITY_SEED)
+    admission = n.SigningKey(common.NETWORK_ADMISSION_SEED)
+    defn = common.network_definition(n, authority, admission)
+    alice = common.network_member(n, defn, admission)
+    put("network", "definition", b"\x00" + defn.encode())
+    put("network", "definition-resign", b"\x08" + defn.encode())
+    put("network", "certificate", b"\x01" + alice.encode())
+    put("network", "certificate-presented", b"\x11" + alice.encode())
+    put("network", "certificate-resign", b"\x09" + alice.encode())
+    router = n.issue_certificate(defn, admission, key=I_PUB[::-1], name="router",
+                                 ipv4="100.87.0.2", ipv6="fd3c:9a41:7e02::6457:2", serial=2,
+                                 now=now - 60, groups=["servers", "routers"],
+                                 routes=["192.168.10.0/24", "2001:db8:5::/48"], exit=True)
+    put("network", "certificate-routes", b"\x09" + router.encode())
+    fixed = iter(range(256))
+    token, _ = n.create_invite(defn, now, name="bob", groups=["laptops"],
+                               random_bytes=lambda k: bytes(next(fixed) for _ in range(k)))
+    put("network", "token", b"\x02" + token.encode().encode())
+    from phantom.network import join as j
+    key, signing_key, sign = common.network_node()
+    invite_token = common.network_invite(n, defn)[0]
+    request = j.make_join_request(invite_token, key, signing_key, sign, now, name="carol")
+    put("network", "join", b"\x05" + canonical(request))
+    put("network", "join-resign", b"\x0d" + canonical(request))
+    put("network", "join-no-name", b"\x0d" + canonical(dict(request, name=None)))
+    renewal = j.make_renew_request(defn.fingerprint, key, signing_key, sign, now)
+    put("network", "renew", b"\x06" + canonical(renewal))
+    put("network", "renew-resign", b"\x0e" + canonical(renewal))
+    rotated = n.revise(defn, authority, now, add_admission=[(authority.public, now + 86400)])
+    put("network", "event-network", b"\x04" + canonical({"seq": 2, "op": "network",
+                                                         "definition": rotated.doc}))
+    put("network", "event-network-resign", b"\x0c" + canonical(
+        {"seq": 2, "op": "network", "definition": dict(rotated.doc, seq=3)}))
+    removal = n.make_removal(defn, admission, alice.key, now)
+    put("network", "removal", b"\x03" + removal.encode())
+    put("network", "removal-resign", b"\x0b" + removal.encode())
+    dup = n.issue_certificate(defn, admission, key=R_PUB, name="dup", ipv4="100.87.0.1",
+                              ipv6="fd3c:9a41:7e02::dead", serial=3, now=now - 30)
+    for name, flags, ev in (
+            ("event-member", 4, {"seq": 2, "op": "member", "cert": router.doc,
+                                 "endpoints": ["192.0.2.2:51820"]}),
+            ("event-conflict", 4, {"seq": 2, "op": "member", "cert": dup.doc}),
+            ("event-resign", 12, {"seq": 2, "op": "member", "cert": dup.doc}),
+            ("event-removed", 4, {"seq": 2, "op": "removed", "removal": removal.doc}),
+            ("event-endpoints", 4, {"seq": 2, "op": "endpoints", "key": b64(alice.key),
+                                    "endpoints": ["[2001:db8::1]:4000"]})):
+        put("network", name, bytes([flags]) + canonical(ev))
+
+
 if __name__ == "__main__":
     wire_seeds()
     handshake_seeds()
     firewall_seeds()
     directory_seeds()
+    dns_seeds()
+    network_seeds()
     for t in common.TARGETS:
         print(t, len(os.listdir(common.corpus_dir(t))), "files")

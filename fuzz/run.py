@@ -25,9 +25,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-TARGETS = ("wire", "handshake", "firewall", "directory")
+TARGETS = ("wire", "handshake", "firewall", "directory", "dns", "network")
 STAT = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+)(?: corp: (\d+)/)?")
-MAX_LEN = {"wire": 2048, "handshake": 512, "firewall": 4096, "directory": 8192}
+MAX_LEN = {"wire": 2048, "handshake": 512, "firewall": 4096, "directory": 8192, "dns": 600, "network": 4096}
 
 
 def _env() -> dict:

@@ -6,7 +6,7 @@ Package layout (see README.md, "Layout"):
 * ``phantom.dataplane`` -- packets: TUN/TAP/UDP I/O, the reference data path,
   replay window, allowed-IPs routing, firewall tables.  Never imports the
   control plane.
-* ``phantom._fastpath`` -- the Cython data path (``phantomd --fast``).
+* ``phantom.fastpath`` -- the Cython data path (``phantomd --fast``).
 * ``phantom.control`` -- handshake, timers, peers, config, keys, HTTP API,
   key directory.
 * ``phantom.daemon`` -- the one module that wires the two planes together.

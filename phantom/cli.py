@@ -465,6 +465,12 @@ def _format_reload(r) -> str:
     return "\n".join(lines)
 
 
+def cmd_dns(args) -> int:
+    from phantom.dns.show import format_dns
+    _emit(args, _client(args).request("GET", "/dns"), lambda d: format_dns(d, args.resolv_conf))
+    return 0
+
+
 def cmd_reload(args) -> int:
     _emit(args, _client(args).request("POST", "/reload"), _format_reload)
     return 0
@@ -569,6 +575,13 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("file", help="rules file (.json or .toml; '-' reads JSON from stdin)")
     f.set_defaults(func=cmd_firewall)
 
+    for cmd in ("dns", "names"):
+        d = sub.add_parser(cmd, parents=[common], help="the names the name service answers ([dns])"
+                           if cmd == "dns" else "the same as `phantom dns`")
+        d.add_argument("--resolv-conf", action="store_true",
+                       help="print resolv.conf lines for a host without systemd-resolved")
+        d.set_defaults(func=cmd_dns)
+
     sub.add_parser("wait-ready", parents=[common],
                    help="wait until phantomd answers and its device is up (--timeout S, default "
                    "%g); exit 1 if it does not" % DEFAULT_TIMEOUT).set_defaults(func=cmd_wait_ready)
@@ -589,6 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
 # demo and verify live in the lab package (phantomlab), installed alongside
 # phantom; it is imported only when one of them runs.
 DELEGATED = {"demo": "phantomlab.demo", "directory": "phantom.control.directory",
+             "network": "phantom.network.cli",
              "wg": "phantom.control.wireguard.cli",
              "verify": "phantomlab.verify"}
 # Those of them that talk to phantomd take the API options too (wherever given).

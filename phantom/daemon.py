@@ -103,6 +103,10 @@ class Daemon:
         self._file_settings = _reload.baseline(settings)   # the file as read at start (reload diffs)
         self._metrics = None             # prometheus-client registry, made at the first scrape
         self._metrics_runner = None      # the metrics_listen server, when configured
+        self.names = None                # phantom.dns.service.NameService with [dns] (bad: exit 2)
+        if settings.dns is not None and settings.dns.enabled:
+            from .dns.service import NameService
+            self.names = NameService(settings.dns, settings.name, settings.addresses)
 
     # ------------------------------------------------------------- setup
     def open_privileged(self) -> None:
@@ -124,6 +128,9 @@ class Daemon:
                 self.device.name, s.mode.value, s.addresses, routes, self.udp,
                 s.state_dir, self.drop_to, kill_switch=s.kill_switch,
                 exit_prefixes=[n for p in s.peers if p.allow_exit for n in p.allowed_ips] if s.exit_node else None)
+        if self.names is not None:       # port 53 and resolved's split DNS need root
+            self.names.bind()
+            self.names.register_split_dns(self.device.name if self.device else None)
 
     def build(self) -> None:
         s = self.s
@@ -276,6 +283,9 @@ class Daemon:
                 self._do(self.engine.tick(counters))
                 if self.nat is not None:
                     self._do(self.nat.tick())
+                if self.names is not None and self.names.due(
+                        (len(self.engine.peers), max(self.engine.peers, default=0))):
+                    self.sync_names()        # peers opened, closed or admitted: within 1 s
             except Exception:  # a bug in one tick must not stop the timers
                 log.exception("timer tick failed")
             try:
@@ -753,6 +763,7 @@ class Daemon:
             "nat": self._nat_status(),
             "crypto": self.crypto_status(),
             "privsep": self._privsep_status(),
+            "dns": self.names.stats() if self.names is not None else None,
         }
 
     def _privsep_status(self) -> Optional[dict]:
@@ -798,7 +809,10 @@ class Daemon:
         reload`); a bad file changes nothing and is refused naming the key."""
         from .control import reload as _reload
         try:
-            return _reload.reload(self)
+            report = _reload.reload(self)
+            if self.names is not None:
+                self.sync_names()
+            return report
         except ConfigError as exc:
             log.error("reload refused, nothing changed: %s", exc)
             raise BadRequest("config not reloaded, nothing changed: %s" % exc) from None
@@ -808,12 +822,27 @@ class Daemon:
         from .control import reload as _reload
         try:
             _reload.reload(self)
+            if self.names is not None:
+                self.sync_names()
         except ConfigError as exc:
             log.error("SIGHUP: reload refused, nothing changed: %s", exc)
         except Exception:  # a bug must not take the daemon down from a signal handler
             log.exception("SIGHUP: reload failed")
 
     reload_firewall = reload_signal      # the old name (SIGHUP used to reload the firewall only)
+
+    def sync_names(self) -> None:
+        """The name service's feed until the network's member stream: our
+        own name and addresses, and every peer's name with its host addresses."""
+        from .dns.service import peer_entries
+        self.names.sync(peer_entries(self.names.own_name, self.s.addresses,
+                                     [(p.name, p.allowed_ips) for p in self.engine.peers.values()]))
+
+    def dns(self) -> dict:
+        """GET /dns: the names served, where, and the counters."""
+        if self.names is None:
+            return {"enabled": False, "names": []}
+        return self.names.describe()
 
     def metrics(self) -> bytes:
         """GET /metrics: the Prometheus text format, read at scrape time."""
@@ -876,6 +905,9 @@ class Daemon:
                 create_metrics_app(self), host, port, what="metrics",
                 hint="stop it, or choose another address with metrics_listen or --metrics-listen")
         self.build()
+        if self.names is not None:
+            await self.names.start()
+            self.sync_names()
         if self.s.uapi:                  # /var/run/wireguard/<device>.sock, made while still root
             from .control.wireguard.uapi import DaemonBackend, UapiServer
             self._uapi = UapiServer(DaemonBackend(self), self.device.name)
@@ -926,6 +958,8 @@ class Daemon:
             await self.directory.close()
             self.directory.wipe()
         await self._api_runner.cleanup()
+        if self.names is not None:
+            await self.names.close()
         if self._uapi is not None:
             await self._uapi.close()
         if self._metrics_runner is not None:
@@ -956,6 +990,11 @@ def _preload(dht: bool = False) -> None:
     from .control import metrics, reload, opsapi, events  # noqa: F401  (prometheus-client too)
     import platform  # noqa: F401  (prometheus-client's platform collector)
     from .directory import client as _client  # noqa: F401
+    try:
+        from .dns.service import warm_up
+        warm_up()                        # dnspython imports its record types lazily
+    except ImportError:  # pragma: no cover - dnspython is a dependency
+        pass
     if dht:
         import libtorrent  # noqa: F401
         from .directory.store import dht as _dht  # noqa: F401

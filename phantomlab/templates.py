@@ -43,7 +43,8 @@ def _toml(v) -> str:
 
 
 def write_config(node, *, mode: str, peers: list[dict], tunables: Optional[dict] = None,
-                 firewall: Optional[dict] = None, ipv6: bool = True, extra: Optional[dict] = None) -> Path:
+                 firewall: Optional[dict] = None, ipv6: bool = True, extra: Optional[dict] = None,
+                 dns: Optional[dict] = None) -> Path:
     iface = {
         "private_key_file": str(node.keyfile),
         "listen_port": UDP_PORT,
@@ -69,6 +70,8 @@ def write_config(node, *, mode: str, peers: list[dict], tunables: Optional[dict]
                 lines.append("%s = %s" % (k, _toml(v)))
         for r in firewall.get("rule", []):
             lines += ["", "[[firewall.rule]]"] + ["%s = %s" % (k, _toml(v)) for k, v in r.items()]
+    if dns is not None:
+        lines += ["", "[dns]"] + ["%s = %s" % (k, _toml(v)) for k, v in dns.items()]
     node.config.write_text("\n".join(lines) + "\n")
     return node.config
 

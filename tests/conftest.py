@@ -333,7 +333,7 @@ def engine_pair(clock, wall_clock):
 def datapath_kind(request):
     """Each data path in turn (the contract tier runs every case on both)."""
     if request.param == "fast":
-        pytest.importorskip("phantom._fastpath", reason="phantom._fastpath is not built")
+        pytest.importorskip("phantom.fastpath._engine", reason="phantom.fastpath._engine is not built")
     return request.param
 
 

@@ -13,6 +13,7 @@ GET    /status                 the daemon's status
 GET    /peers                  ``{"peers": [...]}``
 GET    /firewall               the firewall rules in force
 PUT    /firewall               replace the firewall rules (JSON object body)
+GET    /dns                    the names the name service answers ([dns])
 GET    /openapi.json           an OpenAPI 3 description of these routes
 ====== ======================= ============================================
 
@@ -526,6 +527,10 @@ async def get_peers(request: web.Request) -> web.Response:
     return json_response({"peers": list(await _call(_controller(request).peers()))})
 
 
+async def get_dns(request: web.Request) -> web.Response:
+    return json_response(await _call(_controller(request).dns()))
+
+
 async def get_firewall(request: web.Request) -> web.Response:
     return json_response(await _call(_controller(request).firewall()))
 
@@ -563,6 +568,7 @@ def create_app(controller, token: str, *, allowed_hosts: Iterable[str] = ()) -> 
     r.add_get("/status", get_status)
     r.add_get("/peers", get_peers)
     r.add_get("/firewall", get_firewall)
+    r.add_get("/dns", get_dns)
     r.add_put("/firewall", put_firewall)
     r.add_get("/openapi.json", get_openapi)
     from phantom.control import opsapi   # dashboard, /metrics, /events, /auth, /reload
@@ -729,6 +735,9 @@ OPENAPI: dict = {
                         "409": _err("the rules conflict with the daemon's state"),
                     })},
         },
+        "/dns": {"get": {"summary": "The name service: domain, addresses served on, the names "
+                                    "and their addresses, counters", "operationId": "dns",
+                         "responses": dict(_COMMON_ERRORS, **{"200": _ok("names", _OBJ)})}},
         "/openapi.json": {"get": {"summary": "This description", "operationId": "openapi",
                                   "responses": {"200": _ok("OpenAPI 3 document", _OBJ)}}},
     },

@@ -14,6 +14,7 @@ The file has the shape WireGuard users know, in TOML::
     allowed_ips = ["10.9.0.2/32"]
 
     [firewall]                      # checked by the firewall compiler
+    [dns]                           # the name service (phantom.dns.service.parse_section)
     [tunables]                      # phantom.constants.Tunables fields
 
 Every problem raises :class:`phantom.control.errors.ConfigError` whose
@@ -125,6 +126,7 @@ class Settings:
     ciphers: Optional[list[str]] = None                 # Phantom transport suites allowed; None: automatic
     peers: list[PeerConfig] = field(default_factory=list)
     firewall: dict = field(default_factory=dict)
+    dns: Optional[Any] = None              # phantom.dns.service.DnsSettings; None: no [dns] section
     tunables: Tunables = field(default_factory=Tunables)
 
     @property
@@ -225,7 +227,7 @@ def parse_port(value: Any, key: str, *, allow_zero: bool = False) -> int:
 
 
 # --- the file's schema -------------------------------------------------------------------------
-SECTIONS = ("interface", "peer", "firewall", "tunables")
+SECTIONS = ("interface", "peer", "firewall", "dns", "tunables")
 INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen", "http_socket",
                   "test_port", "test_deliver", "mode", "device", "addresses", "mtu", "state_dir",
                   "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers",
@@ -664,6 +666,9 @@ def settings_from_mapping(doc: dict, base: Optional[Path] = None) -> Settings:
         s.peers = _default_names([_peer(t, i, base) for i, t in enumerate(peers)])
     if "firewall" in doc:
         s.firewall = dict(_expect(doc["firewall"], dict, "firewall", "a table ([firewall])"))
+    if "dns" in doc:
+        from phantom.dns.service import parse_section
+        s.dns = parse_section(doc["dns"])
     if "tunables" in doc:
         s.tunables = _tunables(doc["tunables"])
     _default_mode(s)

@@ -43,6 +43,12 @@ phantom_directory_drops_total{reason}       counter directory answers, DHT items
 phantom_firewall_rule_hits_total{rule,direction,action} counter  rule = position 0..n-1
 phantom_firewall_drops_total{reason}        counter (and accepts_total)
 phantom_firewall_conntrack_entries          gauge
+phantom_dns_queries_total{transport}        counter [dns]: queries received (udp, tcp)
+phantom_dns_responses_total{rcode}          counter [dns]: answers by rcode (NOERROR,
+                                                    NXDOMAIN, REFUSED, FORMERR, ...)
+phantom_dns_drops_total{reason}             counter [dns]: queries dropped unanswered
+                                                    (rate_limited, oversized, short, ...)
+phantom_dns_names                           gauge   [dns]: names served
 phantom_datapath_batches_total{side}        counter --fast: recvmmsg batches per side
 phantom_datapath_packets_total{side}        counter --fast: packets in those batches
 phantom_datapath_burst_capped_total         counter --fast: batches that filled the burst
@@ -111,6 +117,7 @@ class DaemonCollector(Collector):
         yield GaugeMetricFamily("phantom_healthy", "1 while the data plane moves packets; 0 once "
                                 "it stopped (a fast-path worker died: phantomd then exits with "
                                 "status 1)", value=0 if getattr(d, "failure", None) else 1)
+        yield from self._dns(d)
         if d.dp is None or d.engine is None:
             return
         yield from self._peers(d)
@@ -221,6 +228,33 @@ class DaemonCollector(Collector):
                           ("dht_forged", dht.get("dropped_forged", 0))):
             drops.add_metric([reason], n)
         yield drops
+
+    # ------------------------------------------------------------ name service
+    def _dns(self, d):
+        names = getattr(d, "names", None)
+        if names is None:
+            return
+        st = names.stats()
+        q = CounterMetricFamily("phantom_dns_queries", "DNS queries received by the name service, "
+                                "by transport", labels=["transport"])
+        q.add_metric(["udp"], st.get("queries_udp", 0))
+        q.add_metric(["tcp"], st.get("queries_tcp", 0))
+        yield q
+        r = CounterMetricFamily("phantom_dns_responses", "DNS answers sent, by rcode", labels=["rcode"])
+        resp = dict.fromkeys(("NOERROR", "NXDOMAIN", "REFUSED", "FORMERR"), 0)
+        resp.update(st.get("responses") or {})
+        for rcode, n in sorted(resp.items()):
+            r.add_metric([rcode], n)
+        yield r
+        dr = CounterMetricFamily("phantom_dns_drops", "DNS queries dropped without an answer, by "
+                                 "reason", labels=["reason"])
+        drops = dict.fromkeys(("rate_limited", "oversized", "short", "not_a_query"), 0)
+        drops.update(st.get("drops") or {})
+        for reason, n in sorted(drops.items()):
+            dr.add_metric([reason], n)
+        yield dr
+        yield GaugeMetricFamily("phantom_dns_names", "Names the name service answers",
+                                value=(st.get("names") or {}).get("names", 0))
 
     # -------------------------------------------------------------- firewall
     def _firewall(self, d):

@@ -29,7 +29,7 @@ reload whole with a :class:`ConfigError` naming the key, and the daemon
 goes on exactly as before.
 
 What a running daemon cannot change (the UDP or API port, mode, device,
-addresses, MTU, private key, state dir, user, directory, ciphers, tunables) is not
+addresses, MTU, private key, state dir, user, directory, ciphers, tunables, [dns]) is not
 applied: the report lists it under ``notes`` ("needs a restart").
 
 Kernel routes (TUN mode) go through the privileged helper
@@ -185,6 +185,9 @@ def plan(daemon, fresh: Settings, baseline: Optional[Settings]) -> Plan:
                 p.notes.append("interface.%s changed: needs a restart (not applied)" % k
                                if k != "tunables" else "[tunables] changed: needs a restart "
                                "(not applied)")
+        if fresh.dns != baseline.dns:
+            p.notes.append("[dns] changed: needs a restart (not applied; the names follow the "
+                           "peers without one)")
     _plan_routes(daemon, p)
     return p
 

@@ -2,5 +2,6 @@
 
 Rule: nothing under ``phantom.dataplane`` imports ``phantom.control`` or
 ``phantom.daemon``.  The control plane drives a data path only through the
-:class:`phantom.dataplane.types.DataPath` interface.
+:class:`phantom.dataplane.contract.DataPath` Protocol (complete: nothing else,
+no ``hasattr`` probe).
 """

@@ -2,8 +2,8 @@
 
 A keypair carries its cipher (:class:`phantom.dataplane.types.Keypair.cipher`);
 the reference path calls the two functions of that cipher and the fast path
-the C functions of the same kind (``_fastpath.pyx``), byte for byte the same
-(tests/test_ciphers.py).
+the C functions of the same kind (``phantom/fastpath/ciphers.pxi``), byte for
+byte the same (tests/contract/test_ciphers.py).
 
 The ciphers work on the data path's buffers, where an outbound plaintext of
 ``n`` bytes sits at ``PAYLOAD_OFFSET`` (32) and an inbound datagram at 0:
@@ -122,17 +122,17 @@ def _measure() -> Optional[dict]:
     (the fast path's extension), the best of three interleaved rounds; None
     when the extension is not built."""
     try:
-        from .. import _fastpath
+        from ..fastpath import _engine as _fp
     except ImportError:
         return None
-    if not _fastpath.chacha_openssl_ready():
+    if not _fp.chacha_openssl_ready():
         return None
     best: dict = {}
     for _ in range(3):
         for size in CHACHA_PROBE_SIZES:
             n = max(20, 200000 // (size + 256))
             for impl in ("libsodium", "openssl"):
-                ns = _fastpath.bench_cipher("chacha20poly1305-" + impl, size, n) / n * 1e9
+                ns = _fp.time_chacha(impl, size, n) / n * 1e9
                 cur = best.setdefault(size, {})
                 cur[impl] = round(min(cur.get(impl, ns), ns), 1)
     return best
@@ -190,10 +190,10 @@ def set_chacha_policy(policy: ChachaPolicy) -> None:
     _policy = policy
     _openssl_from = policy.openssl_from
     try:
-        from .. import _fastpath
+        from ..fastpath import _engine as _fp
     except ImportError:
         return
-    _fastpath.set_chacha_openssl_from(-1 if policy.openssl_from is None else policy.openssl_from)
+    _fp.set_chacha_openssl_from(-1 if policy.openssl_from is None else policy.openssl_from)
 
 
 def seal_secretbox(key, counter: int, remote_index: int, buf: bytearray, n: int, mtu: int) -> tuple[int, int]:

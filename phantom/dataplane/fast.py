@@ -5,14 +5,14 @@
 touch Python.  Threads:
 
 * the **worker** (a Python thread that immediately releases the GIL inside
-  ``phantom._fastpath.Worker.run``) owns the TUN/TAP (or test-port) and UDP file
+  ``phantom.fastpath._engine.Worker.run``) owns the TUN/TAP (or test-port) and UDP file
   descriptors: edge-triggered epoll, batches of up to ``tunables.burst``
   packets, recvmmsg/sendmmsg, encryption in place;
 * the **event loop** (uvloop, the control plane's thread) calls the methods
   below, which lock the C tables briefly, and reads the engine's eventfd: the
   worker queues handshake/cookie datagrams, "handshake needed", "keypair
   confirmed" and "ICMP unreachable" events there and this module dispatches
-  them to :class:`~phantom.dataplane.types.DataPathEvents`.
+  them to :class:`~phantom.dataplane.contract.DataPathEvents`.
 
 See docs/fastpath.md for the design.
 """
@@ -40,9 +40,9 @@ from .types import Drop, Keypair, Mode, PeerCounters, RelayVia
 from .udp import to_sockaddr
 
 try:
-    from .. import _fastpath
+    from ..fastpath import _engine as _fp
 except ImportError as exc:  # not built: say how to build it
-    _fastpath = None
+    _fp = None
     _IMPORT_ERROR = exc
 else:
     _IMPORT_ERROR = None
@@ -54,13 +54,13 @@ _FAMILY = struct.Struct("=H")
 _IN4 = struct.Struct("!H4s8x")           # sin_port, sin_addr, padding
 _IN6 = struct.Struct("!HI16s")           # sin6_port, sin6_flowinfo, sin6_addr
 _SCOPE = struct.Struct("=I")             # sin6_scope_id (host order)
-_RELAY_FAMILY = 0xFFFE                   # _fastpath.pxd FP_RELAY_FAMILY
+_RELAY_FAMILY = 0xFFFE                   # fastpath/_engine.pxd FP_RELAY_FAMILY
 
 
 # Extra TUN flags for a device the fast path will use: the daemon passes them to
 # tun.open_device(extra_flags=...) so that the kernel hands over TCP/UDP
 # super-packets (TSO/USO) with a virtio_net_hdr in front of every packet.
-DEVICE_FLAGS = _fastpath.TUN_IFF_VNET_HDR if _fastpath is not None else 0
+DEVICE_FLAGS = _fp.TUN_IFF_VNET_HDR if _fp is not None else 0
 
 
 def tun_offloads(fd: int) -> tuple[bool, list[str], list[str]]:
@@ -68,13 +68,13 @@ def tun_offloads(fd: int) -> tuple[bool, list[str], list[str]]:
     features missing with the reason).  Never raises."""
     missing = []
     try:
-        ifr = fcntl.ioctl(fd, _fastpath.TUN_TUNGETIFF, bytes(40))
+        ifr = fcntl.ioctl(fd, _fp.TUN_TUNGETIFF, bytes(40))
         flags = struct.unpack_from("=H", ifr, 16)[0]
     except OSError as exc:
         return False, [], ["vnet header (TUNGETIFF failed: %s)" % exc]
-    if not flags & _fastpath.TUN_IFF_VNET_HDR:
+    if not flags & _fp.TUN_IFF_VNET_HDR:
         return False, [], ["TSO/USO (the device was opened without IFF_VNET_HDR)"]
-    f = _fastpath
+    f = _fp
     base = f.TUN_OFFLOAD_CSUM | f.TUN_OFFLOAD_TSO4 | f.TUN_OFFLOAD_TSO6
     try:
         fcntl.ioctl(fd, f.TUN_TUNSETOFFLOAD, base | f.TUN_OFFLOAD_USO4 | f.TUN_OFFLOAD_USO6)
@@ -100,8 +100,8 @@ def _describe(error: BaseException) -> str:
 
 def available() -> Optional[str]:
     """None when the extension is importable, else why not (for a log line)."""
-    if _fastpath is None:
-        return "phantom._fastpath is not built (%s); build it with `pip install -e .` " \
+    if _fp is None:
+        return "phantom.fastpath._engine is not built (%s); build it with `pip install -e .` " \
                "or `python setup.py build_ext --inplace`" % _IMPORT_ERROR
     return None
 
@@ -146,7 +146,7 @@ def sockaddr_tuple(raw: Optional[bytes]) -> Optional[tuple]:
 
 class _FirewallHook:
     """What the workers call, with the GIL, once per batch (see
-    ``_fastpath._fw_classify``): the same classify/reject_response calls the
+    ``fastpath/firewall.pxi``'s ``_fw_classify``): the same classify/reject_response calls the
     reference path's ``_fw_allow`` makes, for what C does not decide."""
 
     def __init__(self, dp: "FastDataPath", fw):
@@ -191,9 +191,9 @@ class _FirewallHook:
             try:
                 dp._write_device(reply)
             except OSError:
-                dp._engine.count_drop(Drop.SEND_FAILED)
+                dp._fwd.count_drop(Drop.SEND_FAILED)
         elif peer_id in dp._peers:
-            dp._engine.send_packet(peer_id, reply)
+            dp._fwd.send_packet(peer_id, reply)
 
 
 class FastDataPath:
@@ -236,20 +236,20 @@ class FastDataPath:
         self._peer_keys: dict[int, set] = {}     # peer_id -> its local indexes in _keys
         self._firewall = firewall
         self._local_addresses = list(local_addresses)   # (ICMP errors come from the destination)
-        self._engine = _fastpath.Engine(
-            _fastpath.MODE_IDS[self.mode.value], udp_sock.fileno(),
+        self._fwd = _fp.Forwarder(
+            _fp.MODE_IDS[self.mode.value], udp_sock.fileno(),
             staged_max=tunables.staged_packets, burst=tunables.burst,
             max_inner=mtu + (18 if self.mode is Mode.TAP else 0),
             reject_after_time=tunables.reject_after_time,
             reject_after_messages=min(tunables.reject_after_messages, 2 ** 64 - 1),
             rekey_after_messages=min(tunables.rekey_after_messages, 2 ** 64 - 1))
-        self._engine.set_icmp(self.mode is Mode.TUN, self.mode is Mode.TUN)
+        self._fwd.set_icmp(self.mode is Mode.TUN, self.mode is Mode.TUN)
         self._last_icmp = 0.0
         if self.mode is Mode.TEST:
             port = test_sock.getsockname()[1]
-            self._engine.set_test_target(sockaddr_bytes(("127.0.0.1", port + 1)), default=True)
+            self._fwd.set_test_target(sockaddr_bytes(("127.0.0.1", port + 1)), default=True)
             if test_deliver is not None:
-                self._engine.set_test_target(sockaddr_bytes(test_deliver))
+                self._fwd.set_test_target(sockaddr_bytes(test_deliver))
         inner_fd = test_sock.fileno() if self.mode is Mode.TEST else device_fd
         self._vnet = False
         on, missing = [], []
@@ -258,7 +258,7 @@ class FastDataPath:
         # One worker for both directions, or (split_directions) one thread per
         # direction: device -> wire (encrypt) and wire -> device (decrypt).
         directions = [(True, False), (False, True)] if split_directions else [(True, True)]
-        self._workers = [_fastpath.Worker(self._engine, udp_sock.fileno(), inner_fd,
+        self._workers = [_fp.Worker(self._fwd, udp_sock.fileno(), inner_fd,
                                           self.mode is Mode.TEST, burst=tunables.burst,
                                           edge=edge_triggered, outbound=o, inbound=i,
                                           vnet=self._vnet, gso=offloads, gro=offloads and i)
@@ -289,7 +289,7 @@ class FastDataPath:
     def start(self) -> None:
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
-        loop.add_reader(self._engine.event_fd, self._on_events)
+        loop.add_reader(self._fwd.event_fd, self._on_events)
         for i, w in enumerate(self._workers):
             t = threading.Thread(target=self._run_worker, args=(w,), daemon=True,
                                  name="phantom-fastpath-%d" % i)
@@ -343,7 +343,7 @@ class FastDataPath:
                 if t.is_alive():
                     log.error("fast path worker %s did not stop within 5 s", t.name)
             self._threads = []
-            self._loop.remove_reader(self._engine.event_fd)
+            self._loop.remove_reader(self._fwd.event_fd)
             self._started = False
             self._on_events()          # deliver what the worker queued last
         for peer_id in list(self._peers):
@@ -369,7 +369,7 @@ class FastDataPath:
             holder = self._routes.owner(net)
             if holder is not None:
                 raise ValueError("%s is peer %d's" % (net, holder))
-        self._engine.add_peer(peer_id)
+        self._fwd.add_peer(peer_id)
         self._peers.add(peer_id)
         self.update_routes({peer_id: nets})
 
@@ -381,7 +381,7 @@ class FastDataPath:
         self.clear_keys(peer_id)
         self.update_routes({peer_id: []})
         self._peers.discard(peer_id)
-        self._engine.remove_peer(peer_id)
+        self._fwd.remove_peer(peer_id)
 
     def set_allowed_ips(self, peer_id: int, allowed_ips) -> None:
         """Replace one peer's prefixes (:meth:`update_routes` for one peer)."""
@@ -395,14 +395,14 @@ class FastDataPath:
         shorter prefix of another peer meanwhile).  A prefix moves only between
         peers ``changes`` names; one that another peer holds is refused
         (ValueError), nothing changed.  The C trie gets only what changed
-        (``Engine.change_routes``, one lock hold), so the cost follows these
+        (``Forwarder.change_routes``, one lock hold), so the cost follows these
         peers' prefixes, not the size of the table."""
         for peer_id in changes:
             if peer_id not in self._peers:
                 raise KeyError(peer_id)
         gone, moved = self._routes.replace({pid: [_network(n) for n in nets]
                                             for pid, nets in changes.items()})
-        self._engine.change_routes(
+        self._fwd.change_routes(
             [(n.max_prefixlen, n.network_address.packed, n.prefixlen, None) for n in gone]
             + [(n.max_prefixlen, n.network_address.packed, n.prefixlen, pid) for n, pid in moved])
 
@@ -410,43 +410,43 @@ class FastDataPath:
         """The peer the worker routes ``addr`` (an ipaddress address, or 4 or
         16 bytes) to, or None: the C table itself."""
         packed = addr.packed if hasattr(addr, "packed") else bytes(addr)
-        return self._engine.lookup(packed)
+        return self._fwd.lookup(packed)
 
     def _push_routes(self) -> None:
         """Rebuild the whole C trie from the Python table (bulk form)."""
-        self._engine.set_routes([(net.max_prefixlen, net.network_address.packed, net.prefixlen, peer)
+        self._fwd.set_routes([(net.max_prefixlen, net.network_address.packed, net.prefixlen, peer)
                                  for net, peer in self._routes.entries()])
 
     def set_endpoint(self, peer_id: int, addr) -> None:
         if peer_id not in self._peers:
             raise KeyError(peer_id)
         if isinstance(addr, RelayVia):       # sends are wrapped in relay frames, in C
-            self._engine.set_relay_route(peer_id, addr.relay_peer, addr.relay_id, True)
+            self._fwd.set_relay_route(peer_id, addr.relay_peer, addr.relay_id, True)
             return
         raw = None if addr is None else sockaddr_bytes(to_sockaddr(self._udp, addr))
-        self._engine.set_endpoint(peer_id, raw)
+        self._fwd.set_endpoint(peer_id, raw)
 
     def set_relay_route(self, peer_id: int, relay_peer: int, relay_id: int) -> None:
         """Relay frames from ``relay_peer`` tagged ``relay_id`` carry ``peer_id``'s messages."""
         if peer_id in self._peers and relay_peer in self._peers:
-            self._engine.set_relay_route(peer_id, relay_peer, relay_id, False)
+            self._fwd.set_relay_route(peer_id, relay_peer, relay_id, False)
 
     def set_relay_pair(self, src_peer: int, relay_id: int, dest_peer) -> None:
         """On a relay: frames from ``src_peer`` tagged ``relay_id`` go to
         ``dest_peer`` (None: no longer).  Any other (source, id) is a counted
         ``relay_unknown_id`` drop."""
         if dest_peer is None:
-            self._engine.set_relay_pair(src_peer, relay_id, -1)
+            self._fwd.set_relay_pair(src_peer, relay_id, -1)
         elif src_peer in self._peers and dest_peer in self._peers:
-            self._engine.set_relay_pair(src_peer, relay_id, dest_peer)
+            self._fwd.set_relay_pair(src_peer, relay_id, dest_peer)
 
     def endpoint(self, peer_id: int):
         if peer_id not in self._peers:
             raise KeyError(peer_id)
-        return sockaddr_tuple(self._engine.endpoint(peer_id))
+        return sockaddr_tuple(self._fwd.endpoint(peer_id))
 
     def set_test_peer(self, peer_id: Optional[int]) -> None:
-        self._engine.set_test_peer(peer_id if peer_id in self._peers else None)
+        self._fwd.set_test_peer(peer_id if peer_id in self._peers else None)
 
     def set_firewall(self, firewall) -> None:
         """Classify with ``firewall`` (the object the reference path takes:
@@ -455,7 +455,7 @@ class FastDataPath:
         :class:`phantom.dataplane.firewall.Firewall` is decided in C from its
         compiled tables (``active``), with its own counters."""
         self._firewall = firewall
-        self._engine.set_firewall_callback(None if firewall is None else _FirewallHook(self, firewall))
+        self._fwd.set_firewall_callback(None if firewall is None else _FirewallHook(self, firewall))
 
     # ------------------------------------------------------------------- keys
     def install_keypair(self, kp: Keypair, confirmed: bool) -> None:
@@ -469,7 +469,7 @@ class FastDataPath:
         send, recv = ciphers.transport_keys(kp.cipher, kp.send_key, kp.recv_key)
         derived = send is not kp.send_key
         try:
-            self._engine.install_keypair(kp.peer_id, kp.local_index, kp.remote_index,
+            self._fwd.install_keypair(kp.peer_id, kp.local_index, kp.remote_index,
                                          kp.send_key, kp.recv_key, kp.created, confirmed, kp.cipher,
                                          send if derived else None, recv if derived else None)
         finally:
@@ -486,7 +486,7 @@ class FastDataPath:
         mine = self._peer_keys.get(peer_id)
         if not mine:
             return
-        live = set(self._engine.key_slots(peer_id)) if peer_id in self._peers else set()
+        live = set(self._fwd.key_slots(peer_id)) if peer_id in self._peers else set()
         for idx in [i for i in mine if i not in live]:
             kp = self._keys.pop(idx)
             crypto.memzero(kp.send_key)
@@ -496,7 +496,7 @@ class FastDataPath:
             del self._peer_keys[peer_id]
 
     def retire_keypair(self, local_index: int) -> None:
-        self._engine.retire_keypair(local_index)
+        self._fwd.retire_keypair(local_index)
         kp = self._keys.pop(local_index, None)
         if kp is not None:
             mine = self._peer_keys.get(kp.peer_id)
@@ -510,12 +510,12 @@ class FastDataPath:
     def clear_keys(self, peer_id: int) -> None:
         if peer_id not in self._peers:
             return
-        self._engine.clear_keys(peer_id)
+        self._fwd.clear_keys(peer_id)
         self._zero_retired(peer_id)
 
     # ------------------------------------------------------------ observability
     def counters(self, peer_id: int) -> PeerCounters:
-        c = self._engine.counters(peer_id)
+        c = self._fwd.counters(peer_id)
         drops = {_DROP_NAMES[i]: n for i, n in enumerate(c["drops"]) if n}
         return PeerCounters(c["rx_bytes"], c["tx_bytes"], c["rx_packets"], c["tx_packets"],
                             c["last_rx"], c["last_tx"], c["last_data_rx"], c["last_data_tx"],
@@ -524,31 +524,31 @@ class FastDataPath:
     def set_relay(self, enabled: bool, bytes_per_second: int = 125_000_000, packets_per_second: int = 120_000) -> None:
         """Relay role: the worker forwards relay frames (wire type 6) between
         peers in C, never to the device (see docs/nat.md)."""
-        self._engine.set_relay(bool(enabled), int(bytes_per_second), int(packets_per_second))
+        self._fwd.set_relay(bool(enabled), int(bytes_per_second), int(packets_per_second))
 
     @property
     def relayed(self) -> dict:
-        return self._engine.relay_stats()
+        return self._fwd.relay_stats()
 
     def global_drops(self) -> dict:
-        return dict(zip(_DROP_NAMES, self._engine.global_drops()))
+        return dict(zip(_DROP_NAMES, self._fwd.global_drops()))
 
     # ------------------------------------------------ control-plane originated
     def send_control(self, data: bytes, addr) -> None:
         if isinstance(addr, RelayVia):
-            if addr.relay_peer not in self._peers or not self._engine.send_relayed(addr.relay_peer, addr.relay_id,
+            if addr.relay_peer not in self._peers or not self._fwd.send_relayed(addr.relay_peer, addr.relay_id,
                                                                                     bytes(data)):
-                self._engine.count_drop(Drop.NO_ENDPOINT)
+                self._fwd.count_drop(Drop.NO_ENDPOINT)
             return
         try:
             self._udp.sendto(data, to_sockaddr(self._udp, addr) if len(addr) == 2 else addr)
         except OSError as exc:
             log.debug("control send to %s failed: %s", addr, exc)
-            self._engine.count_drop(Drop.SEND_FAILED)
+            self._fwd.count_drop(Drop.SEND_FAILED)
 
     def send_keepalive(self, peer_id: int) -> None:
         if peer_id in self._peers:
-            self._engine.send_keepalive(peer_id)
+            self._fwd.send_keepalive(peer_id)
 
     def _write_device(self, data: bytes) -> None:
         """Write a packet the control side built into the TUN device."""
@@ -560,16 +560,16 @@ class FastDataPath:
     # ------------------------------------------------------------ events
     def _on_events(self) -> None:
         ev = self._events
-        for kind, peer_id, local_index, data, raw in self._engine.drain_events():
+        for kind, peer_id, local_index, data, raw in self._fwd.drain_events():
             try:
-                if kind == _fastpath.EVENT_CONTROL_PACKET:
+                if kind == _fp.EVENT_CONTROL_PACKET:
                     ev.control_packet(data, sockaddr_tuple(raw))
-                elif kind == _fastpath.EVENT_HANDSHAKE_NEEDED:
+                elif kind == _fp.EVENT_HANDSHAKE_NEEDED:
                     ev.handshake_needed(peer_id)
-                elif kind == _fastpath.EVENT_KEYPAIR_CONFIRMED:
+                elif kind == _fp.EVENT_KEYPAIR_CONFIRMED:
                     self._zero_retired(peer_id)
                     ev.keypair_confirmed(peer_id, local_index)
-                elif kind == _fastpath.EVENT_ICMP_UNREACHABLE:
+                elif kind == _fp.EVENT_ICMP_UNREACHABLE:
                     self._icmp_unreachable(data)
             except Exception:  # a control-plane bug must not stop the data plane
                 log.exception("data-path event %d for peer %s failed", kind, peer_id)
@@ -586,4 +586,4 @@ class FastDataPath:
             try:
                 self._write_device(reply)
             except OSError:
-                self._engine.count_drop(Drop.SEND_FAILED)
+                self._fwd.count_drop(Drop.SEND_FAILED)

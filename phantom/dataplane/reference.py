@@ -1,7 +1,7 @@
 """The pure-Python reference data path, on the asyncio (uvloop) event loop.
 
 It is the semantic reference for the Cython fast path: both implement
-:class:`phantom.dataplane.types.DataPath` and are tested against each other.
+:class:`phantom.dataplane.contract.DataPath` and are tested against each other.
 
 Outbound, device -> wire:
   1. read a packet from the TUN/TAP device (or a datagram from the test port)
@@ -396,6 +396,11 @@ class ReferenceDataPath:
     def failure(self) -> Optional[str]:
         """None: this data path runs on the event loop itself, with no worker
         that could die while the daemon goes on (see FastDataPath.failure)."""
+        return None
+
+    @property
+    def worker_stats(self) -> Optional[dict]:
+        """No workers here: the reference path runs on the event loop."""
         return None
 
     def global_drops(self) -> dict:

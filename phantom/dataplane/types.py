@@ -1,9 +1,9 @@
-"""The contract between the control plane and a data path.
+"""The types the control plane and a data path exchange.
 
-Both data paths -- the pure-Python reference (:mod:`phantom.dataplane.reference`)
-and the Cython fast path (:mod:`phantom.dataplane.fast`) -- implement
-:class:`DataPath`.  The control plane never touches packets; the data path never
-runs a handshake.  They meet here:
+The contract itself (:class:`~phantom.dataplane.contract.DataPath`,
+:class:`~phantom.dataplane.contract.DataPathEvents`) is in
+:mod:`phantom.dataplane.contract`.  The control plane never touches packets;
+the data path never runs a handshake.  They meet here:
 
 * the control plane *installs* and *retires* session keys (:class:`Keypair`),
   sets endpoints and allowed IPs, and reads counters;
@@ -21,7 +21,6 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Protocol
 
 Address = tuple  # (host, port) or (host, port, flowinfo, scope_id)
 Network = "ipaddress.IPv4Network | ipaddress.IPv6Network"
@@ -110,72 +109,3 @@ class PeerCounters:
     last_data_tx: float = 0.0   # non-keepalive packet sent
     send_counter: int = 0       # next counter on the current keypair
     drops: dict = field(default_factory=dict)   # Drop.name.lower() -> count
-
-
-class DataPathEvents(Protocol):
-    """Callbacks from a data path into whoever wires it (run on the event loop)."""
-
-    def control_packet(self, data: bytes, addr: Address) -> None:
-        """A handshake initiation, response or cookie reply arrived from ``addr``."""
-
-    def handshake_needed(self, peer_id: int) -> None:
-        """``peer_id`` has packets to send and no usable current keypair,
-        or its current keypair passed rekey-after-messages."""
-
-    def keypair_confirmed(self, peer_id: int, local_index: int) -> None:
-        """The first authenticated packet arrived on a keypair installed as
-        "next": it is now current."""
-
-    def data_path_failed(self, reason: str) -> None:
-        """The data path stopped moving packets for good (a fast-path worker
-        died); ``reason`` says why.  Optional: called only when defined."""
-
-
-class DataPath(Protocol):
-    """What the control plane may ask of a data path."""
-
-    mode: Mode
-
-    def start(self) -> None: ...
-    def close(self) -> None: ...
-
-    # peers and routing
-    # Routes (allowed IPs): every change is one step for the code that routes
-    # packets (never a mix of the table before and after), and takes a prefix
-    # only from a peer it names: add_peer refuses a prefix another peer holds,
-    # remove_peer removes exactly the peer's own prefixes.
-    def add_peer(self, peer_id: int, allowed_ips: Iterable[Network]) -> None: ...
-    def remove_peer(self, peer_id: int) -> None: ...
-    def set_allowed_ips(self, peer_id: int, allowed_ips: Iterable[Network]) -> None: ...
-    def update_routes(self, changes: dict) -> None:
-        """{peer_id: prefixes} for several peers at once; a prefix may move
-        between the peers named, never from one that is not (ValueError)."""
-    def lookup(self, addr) -> Optional[int]:
-        """The peer an address routes to, or None."""
-    def set_endpoint(self, peer_id: int, addr: Optional[Address]) -> None: ...
-    def endpoint(self, peer_id: int) -> Optional[Address]: ...
-    def set_test_peer(self, peer_id: Optional[int]) -> None: ...
-
-    # keys: current / previous / next slots per peer
-    def install_keypair(self, kp: Keypair, confirmed: bool) -> None:
-        """Install a new keypair.  ``confirmed`` (initiator side) makes it current
-        at once (current -> previous); otherwise it waits in "next" until the
-        peer's first packet on it arrives.  Staged packets are flushed when a
-        current keypair exists."""
-
-    def retire_keypair(self, local_index: int) -> None:
-        """Remove a keypair from every slot and zero its keys."""
-
-    def clear_keys(self, peer_id: int) -> None:
-        """Retire all of a peer's keypairs and drop its staged packets."""
-
-    # traffic the control plane originates
-    def send_control(self, data: bytes, addr: Address) -> None: ...
-    def send_keepalive(self, peer_id: int) -> None: ...
-
-    # observability
-    def counters(self, peer_id: int) -> PeerCounters: ...
-    def global_drops(self) -> dict: ...
-    def failure(self) -> Optional[str]:
-        """None while packets move; why not, once the data path failed."""
-    def set_firewall(self, tables) -> None: ...

@@ -36,7 +36,7 @@ from phantom.dataplane.reference import ReferenceDataPath
 from phantom.dataplane.types import Drop, Keypair, Mode, RelayVia
 from phantom.wire import wireguard as wgw
 
-_fastpath = pytest.importorskip("phantom._fastpath", reason="phantom._fastpath is not built")
+_testing = pytest.importorskip("phantom.fastpath._testing", reason="phantom.fastpath._testing is not built")
 from phantom.dataplane import fast  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -69,11 +69,11 @@ def aegis_spec(key, index, counter, plaintext) -> bytes:
        index=st.integers(0, 2 ** 32 - 1), plaintext=st.binary(max_size=3000))
 def test_aegis_c_seal_is_byte_identical_to_ciphers_module_and_libsodium(key, counter, index, plaintext):
     dkey = derived(key)
-    mine = _fastpath.aegis_seal_packet(dkey, index, counter, plaintext)
+    mine = _testing.aegis_seal_packet(dkey, index, counter, plaintext)
     ref = ciphers.seal_packet(AEGIS, dkey, index, counter, plaintext)
     assert mine == ref == aegis_spec(key, index, counter, plaintext)
     assert len(mine) == len(plaintext) + 48
-    assert _fastpath.aegis_open_packet(dkey, ref) == (index, counter, plaintext)
+    assert _testing.aegis_open_packet(dkey, ref) == (index, counter, plaintext)
     assert ciphers.open_packet(AEGIS, dkey, mine) == (index, counter, plaintext)
 
 
@@ -84,11 +84,11 @@ def test_aegis_open_refuses_every_corruption(plaintext, flip):
     bad = bytearray(good)
     pos = 8 + flip % (len(bad) - 8)            # counter, ciphertext or tag (the index only routes)
     bad[pos] ^= 1 << (flip % 8)
-    assert _fastpath.aegis_open_packet(KEY_A, bytes(bad)) is None
+    assert _testing.aegis_open_packet(KEY_A, bytes(bad)) is None
     assert ciphers.open_packet(AEGIS, KEY_A, bytes(bad)) is None
     for short in (0, 16, 47):
         assert ciphers.open_packet(AEGIS, KEY_A, good[:short]) is None
-        assert _fastpath.aegis_open_packet(KEY_A, good[:short]) is None
+        assert _testing.aegis_open_packet(KEY_A, good[:short]) is None
 
 
 # ================================================================ data paths, AEGIS-256
@@ -448,9 +448,9 @@ def test_openssl_and_libsodium_chacha_are_byte_identical_over_lengths_0_to_65535
             got = {}
             for impl in ("openssl", "libsodium"):
                 chacha(impl)
-                got["c-" + impl] = _fastpath.chacha_seal_packet(key, index, counter, pt, mtu)
+                got["c-" + impl] = _testing.chacha_seal_packet(key, index, counter, pt, mtu)
                 got["py-" + impl] = ciphers.seal_packet(CHACHA, key, index, counter, pt, mtu)
-                assert _fastpath.chacha_open_packet(key, expect) == (index, counter, padded), (n, mtu, impl)
+                assert _testing.chacha_open_packet(key, expect) == (index, counter, padded), (n, mtu, impl)
                 assert ciphers.open_packet(CHACHA, key, expect) == (index, counter, padded), (n, mtu, impl)
             assert all(v == expect for v in got.values()), (n, mtu, {k: v == expect for k, v in got.items()})
 
@@ -465,7 +465,7 @@ def test_openssl_chacha_pads_like_wireguard_at_every_edge(chacha, mtu):
         padded = wgw.padded_length(n, mtu)
         assert ref == wgw.pack_transport_header(3, n) + crypto.aead_encrypt(
             KEY_A, n, b"", pt + bytes(padded - n))
-        assert _fastpath.chacha_seal_packet(KEY_A, 3, n, pt, mtu) == ref
+        assert _testing.chacha_seal_packet(KEY_A, 3, n, pt, mtu) == ref
 
 
 @needs_libcrypto
@@ -480,7 +480,7 @@ def test_openssl_open_refuses_every_corruption_and_leaves_no_plaintext(plaintext
     try:
         for impl in (0, None):
             ciphers.set_chacha_policy(ChachaPolicy(impl, "test"))
-            assert _fastpath.chacha_open_packet(KEY_A, bytes(bad)) is None
+            assert _testing.chacha_open_packet(KEY_A, bytes(bad)) is None
             assert ciphers.open_packet(CHACHA, KEY_A, bytes(bad)) is None
             buf = bytearray(bad)
             assert ciphers.open_chacha(KEY_A, int.from_bytes(buf[8:16], "little"), buf, len(buf)) is None
@@ -498,7 +498,7 @@ def test_openssl_contexts_are_per_thread():
     results = {}
 
     def work(seed):
-        results[seed] = _fastpath.chacha_crosscheck(3000, seed)
+        results[seed] = _testing.chacha_crosscheck(3000, seed)
     threads = [threading.Thread(target=work, args=(s,)) for s in range(1, 5)]
     for t in threads:
         t.start()

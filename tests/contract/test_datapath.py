@@ -378,7 +378,7 @@ def test_failed_open_keeps_the_keys_of_a_session_the_peer_uses(kind):
         idx = peer.sessions[-1].local_index
         assert d.engine._indexes.get(idx) == ("session", peer.id)
         if kind == "fast":
-            assert idx in d.dp._engine.key_slots(peer.id)
+            assert idx in d.dp._fwd.key_slots(peer.id)
         else:
             assert idx in d.dp._sessions
         assert peer.pending is None and peer.state.value == "dead"

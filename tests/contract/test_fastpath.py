@@ -1,4 +1,4 @@
-"""The Cython fast path (phantom._fastpath, phantom.dataplane.fast).
+"""The Cython fast path (phantom.fastpath, phantom.dataplane.fast).
 
 Stage 1 -- the C core against its Python references:
   * secretbox in place, byte-identical to phantom.crypto;
@@ -40,7 +40,8 @@ from tests.support.datapath import pair as _pair
 from tests.support.datapath import udp_socket as _udp
 from tests.unit.dataplane import test_replay as _replay_tests
 
-_fastpath = pytest.importorskip("phantom._fastpath", reason="phantom._fastpath is not built")
+_engine = pytest.importorskip("phantom.fastpath._engine", reason="phantom.fastpath._engine is not built")
+_testing = pytest.importorskip("phantom.fastpath._testing", reason="phantom.fastpath._testing is not built")
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,18 +60,18 @@ def test_seal_open_match_libsodium_wrappers(key, counter, plaintext):
     ref[off:] = plaintext
     mine = bytearray(ref)
     crypto.secretbox_seal_into(key, counter, ref, off, len(plaintext))
-    _fastpath.seal_into(key, counter, mine, off, len(plaintext))
+    _testing.seal_into(key, counter, mine, off, len(plaintext))
     assert mine == ref
     assert bytes(mine[off - 16:]) == crypto.secretbox_seal(key, counter, plaintext)
     # a whole transport datagram, as the worker builds it
-    packet = _fastpath.seal_packet(key, 0xA1B2C3D4, counter, plaintext)
+    packet = _testing.seal_packet(key, 0xA1B2C3D4, counter, plaintext)
     assert packet == wire.pack_transport_header(0xA1B2C3D4, counter) + crypto.secretbox_seal(
         key, counter, plaintext)
     # open in place, both ways round
-    assert _fastpath.open_into(key, counter, mine, 16, len(mine) - 16)
+    assert _testing.open_into(key, counter, mine, 16, len(mine) - 16)
     assert bytes(mine[off:]) == plaintext
     box = bytearray(crypto.secretbox_seal(key, counter, plaintext))
-    assert _fastpath.open_into(key, counter, box, 0, len(box))
+    assert _testing.open_into(key, counter, box, 0, len(box))
     assert bytes(box[16:]) == plaintext
 
 
@@ -81,22 +82,22 @@ def test_open_rejects_every_corruption(plaintext, flip, counter):
     box = bytearray(crypto.secretbox_seal(KEY_A, counter, plaintext))
     i = flip % len(box)
     box[i] ^= 1 << (flip % 8)
-    assert not _fastpath.open_into(KEY_A, counter, bytearray(box), 0, len(box))
+    assert not _testing.open_into(KEY_A, counter, bytearray(box), 0, len(box))
     with pytest.raises(crypto.CryptoError):
         crypto.secretbox_open(KEY_A, counter, bytes(box))
     good = bytearray(crypto.secretbox_seal(KEY_A, counter, plaintext))
-    assert not _fastpath.open_into(KEY_B, counter, good, 0, len(good))       # wrong key
-    assert not _fastpath.open_into(KEY_A, counter ^ 1, good, 0, len(good))   # wrong nonce
-    assert not _fastpath.open_into(KEY_A, counter, bytearray(15), 0, 15)    # shorter than a MAC
+    assert not _testing.open_into(KEY_B, counter, good, 0, len(good))       # wrong key
+    assert not _testing.open_into(KEY_A, counter ^ 1, good, 0, len(good))   # wrong nonce
+    assert not _testing.open_into(KEY_A, counter, bytearray(15), 0, 15)    # shorter than a MAC
 
 
 def test_seal_rejects_bad_geometry():
     with pytest.raises(ValueError):
-        _fastpath.seal_into(KEY_A, 0, bytearray(40), 8, 10)        # no room for the MAC
+        _testing.seal_into(KEY_A, 0, bytearray(40), 8, 10)        # no room for the MAC
     with pytest.raises(ValueError):
-        _fastpath.seal_into(KEY_A, 0, bytearray(40), 32, 9)        # runs past the end
+        _testing.seal_into(KEY_A, 0, bytearray(40), 32, 9)        # runs past the end
     with pytest.raises(ValueError):
-        _fastpath.seal_into(KEY_A[:31], 0, bytearray(64), 32, 8)   # short key
+        _testing.seal_into(KEY_A[:31], 0, bytearray(64), 32, 8)   # short key
 
 
 # =========================================================== stage 1: replay window
@@ -105,7 +106,7 @@ REPLAY_VECTORS = list(_replay_tests.VECTORS)
 
 @pytest.mark.skipif(not REPLAY_VECTORS, reason="tests/unit/dataplane/test_replay.py has no VECTORS table")
 def test_replay_vector_table():
-    w = _fastpath.ReplayWindow()
+    w = _testing.ReplayWindow()
     for row, (counter, accepted) in enumerate(REPLAY_VECTORS, 1):
         assert w.check(counter) == accepted, "row %d: check(%d)" % (row, counter)
         assert w.update(counter) == accepted, "row %d: update(%d)" % (row, counter)
@@ -122,7 +123,7 @@ _edges = st.sampled_from([0, 1, 63, 64, W - 1, W, W + 1, 2 * W, constants.REJECT
                                                        st.integers(0, 2 ** 64 - 1))),
                     max_size=200))
 def test_replay_matches_reference(ops):
-    mine, ref = _fastpath.ReplayWindow(), PyReplay()
+    mine, ref = _testing.ReplayWindow(), PyReplay()
     for update, counter in ops:
         if update:
             assert mine.update(counter) == ref.update(counter), counter
@@ -133,7 +134,7 @@ def test_replay_matches_reference(ops):
 
 def test_replay_random_walk_matches_reference():
     rng = random.Random(6479)
-    mine, ref = _fastpath.ReplayWindow(), PyReplay()
+    mine, ref = _testing.ReplayWindow(), PyReplay()
     top = 0
     for _ in range(20000):
         r = rng.random()
@@ -164,7 +165,7 @@ def _random_net(rng, v6):
 def test_allowed_ips_match_routing(seed):
     rng = random.Random(seed)
     ref = AllowedIPs()
-    eng = _fastpath.Engine(_fastpath.MODE_IDS["tun"], -1)
+    eng = _engine.Forwarder(_engine.MODE_IDS["tun"], -1)
     peers = list(range(1, 7))
     for p in peers:
         eng.add_peer(p)
@@ -253,13 +254,13 @@ def test_keepalive_and_roaming(impl):
             assert c.rx_bytes == 32 and c.last_rx > 0 and c.last_data_rx == 0.0
             # a forged packet from a new address does not move the endpoint ...
             mover = _udp()
-            forged = bytearray(_fastpath.seal_packet(KEY_B, 0x2222, 5, b"x"))
+            forged = bytearray(_testing.seal_packet(KEY_B, 0x2222, 5, b"x"))
             forged[-1] ^= 1
             mover.sendto(bytes(forged), b.addr)
             await until(lambda: b.dp.global_drops()["auth_failed"] == 1)
             assert b.dp.endpoint(2)[1] == a.addr[1]
             # ... an authentic one does (roaming)
-            mover.sendto(_fastpath.seal_packet(KEY_A, 0x2222, 7, b"roamed"), b.addr)
+            mover.sendto(_testing.seal_packet(KEY_A, 0x2222, 7, b"roamed"), b.addr)
             assert await asyncio.to_thread(b.recv_app) == b"roamed"
             assert b.dp.endpoint(2)[1] == mover.getsockname()[1]
             b.send_app(b"to the new address")
@@ -318,13 +319,13 @@ def test_key_slots_rotation_and_retire(impl):
             assert await asyncio.to_thread(b.recv_app) == b"on the new pair"
             await until(lambda: b.events.confirmed == [(2, 0x4444)])
             # a packet in flight on the previous pair still authenticates
-            late = _fastpath.seal_packet(KEY_A, 0x2222, 99, b"late on previous")
+            late = _testing.seal_packet(KEY_A, 0x2222, 99, b"late on previous")
             a.udp.sendto(late, b.addr)
             assert await asyncio.to_thread(b.recv_app) == b"late on previous"
             # retire zeroes the control plane's key buffers and forgets the index
             b.dp.retire_keypair(0x2222)
             assert not any(kb.send_key) and not any(kb.recv_key)
-            a.udp.sendto(_fastpath.seal_packet(KEY_A, 0x2222, 100, b"x"), b.addr)
+            a.udp.sendto(_testing.seal_packet(KEY_A, 0x2222, 100, b"x"), b.addr)
             await until(lambda: b.dp.global_drops()["unknown_index"] == 1)
             b.dp.clear_keys(2)
             assert not any(kb2.send_key)
@@ -368,7 +369,7 @@ def test_expired_keypair_stages_and_drops_inbound(impl):
             a.dp.install_keypair(ka, confirmed=True)
             a.send_app(b"staged: key too old")
             await until(lambda: a.events.needed == [1])
-            a.udp.sendto(_fastpath.seal_packet(KEY_A, 0x2222, 0, b"x"), b.addr)
+            a.udp.sendto(_testing.seal_packet(KEY_A, 0x2222, 0, b"x"), b.addr)
             await until(lambda: b.dp.global_drops()["key_expired"] == 1)
             assert b.dp.counters(2).drops == {"key_expired": 1}
         finally:
@@ -450,7 +451,7 @@ def test_seal_failure_never_sends_plaintext():
             node.dp.start()
             ka, _ = keypairs(1, 2)
             node.dp.install_keypair(ka, confirmed=True)
-            node.dp._engine.set_fault_seal(True)
+            _testing.set_fault_seal(node.dp._fwd, True)
             for _ in range(20):
                 node.send_app(MARKER * 10)
             node.dp.send_keepalive(1)
@@ -458,7 +459,7 @@ def test_seal_failure_never_sends_plaintext():
             with pytest.raises(socket.timeout):
                 sink.recvfrom(70000)
             assert node.dp.counters(1).tx_packets == 0
-            node.dp._engine.set_fault_seal(False)
+            _testing.set_fault_seal(node.dp._fwd, False)
             node.send_app(MARKER)
             data = sink.recvfrom(70000)[0]
             assert MARKER not in data and len(data) == 32 + len(MARKER)
@@ -470,7 +471,7 @@ def test_seal_failure_never_sends_plaintext():
 
 # ---------------------------------------------------- same drops on both paths (fuzz)
 def _valid(counter, payload=b"data", index=0x2222, key=KEY_A):
-    return _fastpath.seal_packet(key, index, counter, payload)
+    return _testing.seal_packet(key, index, counter, payload)
 
 
 _ops = st.one_of(
@@ -671,12 +672,12 @@ class FakeTun:
         self.dev.setblocking(False)
         self.udp = _udp()
         self.peer = _udp(timeout=2.0)         # the remote end of the tunnel
-        self.engine = _fastpath.Engine(_fastpath.MODE_IDS["tun"], self.udp.fileno(), max_inner=65535)
+        self.engine = _engine.Forwarder(_engine.MODE_IDS["tun"], self.udp.fileno(), max_inner=65535)
         self.engine.add_peer(1)
         self.engine.set_routes([(bits, a, plen, 1) for bits, a, plen in allowed])
         self.engine.set_endpoint(1, fast.sockaddr_bytes(self.peer.getsockname()))
         self.engine.install_keypair(1, 0x2222, 0x1111, KEY_A, KEY_B, time.monotonic(), True)
-        self.worker = _fastpath.Worker(self.engine, self.udp.fileno(), self.dev.fileno(), False,
+        self.worker = _engine.Worker(self.engine, self.udp.fileno(), self.dev.fileno(), False,
                                        burst=64, vnet=vnet, gso=True, gro=False)
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
         self.thread.start()
@@ -749,7 +750,7 @@ def test_inbound_tcp_coalescing_preserves_segments(sizes, pushes, breaks):
             sent.append(seg)
         sender = _udp()
         for c, seg in enumerate(sent):
-            sender.sendto(_fastpath.seal_packet(KEY_B, 0x2222, c, seg), tun.udp.getsockname())
+            sender.sendto(_testing.seal_packet(KEY_B, 0x2222, c, seg), tun.udp.getsockname())
         sender.close()
         got, coalesced = [], 0
         tun.app.settimeout(2.0)
@@ -896,7 +897,7 @@ def _packet_strategy():
 def test_c_firewall_decides_like_the_reference(rules, packets, direction, peer, policy, defaults):
     tables = _ruleset(rules, policy=policy, defaults=defaults)
     for pk in packets:
-        action, rule, reason = _fastpath.fw_decide(tables.blob, direction, pk, peer)
+        action, rule, reason = _testing.fw_decide(tables.blob, direction, pk, peer)
         ref = _fw.classify(tables, direction, pk, peer)
         if action == 3:          # deferred: a fragment, decided by the Python classifier itself
             continue
@@ -908,9 +909,9 @@ def test_c_firewall_defers_fragments_and_stateful_tables():
                        b"\x0a\0\0\2") + bytes(8)
     plain = frag[:6] + b"\0\0" + frag[8:]
     tables = _ruleset([])
-    assert _fastpath.fw_decide(tables.blob, 0, frag, 1)[0] == 3
-    assert _fastpath.fw_decide(tables.blob, 0, plain, 1) == (0, -1, int(_fw.Reason.DEFAULT))
-    assert _fastpath.fw_decide(_ruleset([], stateful=True).blob, 0, plain, 1)[0] == 3
+    assert _testing.fw_decide(tables.blob, 0, frag, 1)[0] == 3
+    assert _testing.fw_decide(tables.blob, 0, plain, 1) == (0, -1, int(_fw.Reason.DEFAULT))
+    assert _testing.fw_decide(_ruleset([], stateful=True).blob, 0, plain, 1)[0] == 3
 
 
 
@@ -962,7 +963,7 @@ def _tap_scenario(kind):
 
             def from_peer(pid, frame):
                 send, recv, local, remote, sink = keys[pid]
-                sink.sendto(_fastpath.seal_packet(recv, local, counters[pid], frame), udp.getsockname())
+                sink.sendto(_testing.seal_packet(recv, local, counters[pid], frame), udp.getsockname())
                 counters[pid] += 1
 
             async def peers_got():
@@ -1040,7 +1041,7 @@ def test_an_installed_keypair_is_live_for_the_worker_when_install_returns(impl):
                 kb = Keypair(2, idx, 0x9000 + i, bytearray(KEY_B), bytearray(KEY_A), time.monotonic(), False)
                 b.dp.install_keypair(kb, confirmed=False)
                 # no await in between: nothing else runs on the loop
-                raw.sendto(_fastpath.seal_packet(KEY_A, idx, 0, b"first %d" % i), b.addr)
+                raw.sendto(_testing.seal_packet(KEY_A, idx, 0, b"first %d" % i), b.addr)
                 assert await asyncio.to_thread(b.recv_app) == b"first %d" % i
             assert b.dp.global_drops()["unknown_index"] == 0
         finally:

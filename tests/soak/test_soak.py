@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow]
 def test_two_minute_soak(path):
     soak = _soak
     if path == "fast":
-        pytest.importorskip("phantom._fastpath", reason="phantom._fastpath is not built")
+        pytest.importorskip("phantom.fastpath._engine", reason="phantom.fastpath._engine is not built")
     minutes = float(os.environ.get("PHANTOM_SOAK_MINUTES", "2"))
     res = soak.run_soak(minutes, path=path, log=print)
     print(soak.summary(res))

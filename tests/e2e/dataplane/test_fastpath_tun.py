@@ -25,7 +25,7 @@ from tests.contract.test_fastpath import Recorder, _checksum, keypairs
 from tests.support.datapath import run, until
 from tests.support.datapath import udp_socket as _udp
 
-_fastpath = pytest.importorskip("phantom._fastpath", reason="phantom._fastpath is not built")
+pytest.importorskip("phantom.fastpath._engine", reason="phantom.fastpath._engine is not built")
 
 pytestmark = pytest.mark.timeout(60)
 _fw = pytest.importorskip("phantom.dataplane.firewall")

@@ -301,12 +301,16 @@ def test_sweep_removes_only_dead_runs():
     dead = subprocess.Popen(["true"])
     dead.wait()
     alive = subprocess.Popen(["sleep", "60"])
-    stale = netns.Namespace(f"phx{dead.pid}x1-stale")
-    live = netns.Namespace(f"phx{alive.pid}x1-live")
+    # A family of its own: every session's start-up sweeps the default family,
+    # and a concurrent run (another xdist worker, another engineer) would remove
+    # this deliberately stale namespace before our own sweep could.
+    family = "phq"
+    stale = netns.Namespace(f"{family}{dead.pid}x1-stale")
+    live = netns.Namespace(f"{family}{alive.pid}x1-live")
     foreign = netns.Namespace(f"zz{os.getpid()}-notours")
     try:
         squatter = stale.popen(["sleep", "60"])
-        removed = netns.sweep_stale()
+        removed = netns.sweep_stale(family)
         present = netns.list_netns()
         assert f"netns {stale.name}" in removed and stale.name not in present
         assert squatter.wait(5) == -signal.SIGKILL

@@ -23,9 +23,9 @@ from phantom.dataplane import fast
 from phantom.dataplane.types import Drop, Mode
 from tests.support.datapath import Recorder
 
-_fastpath = pytest.importorskip("phantom._fastpath", reason="phantom._fastpath is not built")
+_engine = pytest.importorskip("phantom.fastpath._engine", reason="phantom.fastpath._engine is not built")
 
-QUEUE = 4096                 # FP_EVENT_QUEUE in phantom/_fastpath.pxd
+QUEUE = 4096                 # FP_EVENT_QUEUE in phantom/fastpath/_engine.pxd
 
 
 def _udp(blocking=False):
@@ -39,7 +39,7 @@ def _udp(blocking=False):
 
 def test_drop_reasons_are_one_list_for_both_paths():
     assert Drop.CONTROL_OVERFLOW.name.lower() == "control_overflow"
-    assert _fastpath.DROP_COUNT == len(Drop)
+    assert _engine.DROP_COUNT == len(Drop)
 
 
 def test_fast_path_counts_handshake_messages_that_find_the_queue_full():

@@ -20,7 +20,7 @@ import pytest
 from phantom.constants import Tunables
 from phantom.dataplane.types import Mode
 
-_fastpath = pytest.importorskip("phantom._fastpath", reason="phantom._fastpath is not built")
+pytest.importorskip("phantom.fastpath._engine", reason="phantom.fastpath._engine is not built")
 from phantom.dataplane.fast import FastDataPath  # noqa: E402
 
 
@@ -94,25 +94,25 @@ def test_incremental_trie_matches_the_python_table(dp, seed):
         seen = [n for n, _ in dp._routes.entries()] or seen
         for _ in range(8):
             a = _probe(rng, seen)
-            assert dp._engine.lookup(a.packed) == dp._routes.lookup(a), (a, seed)
+            assert dp._fwd.lookup(a.packed) == dp._routes.lookup(a), (a, seed)
 
 
 def test_removed_prefixes_leave_no_route(dp):
     dp.add_peer(1, ["10.0.0.0/8", "10.1.2.3/32", "fd00::/64"])
     dp.add_peer(2, ["10.1.0.0/16"])
     dp.set_allowed_ips(1, ["10.0.0.0/8"])
-    assert dp._engine.lookup(ipaddress.IPv4Address("10.1.2.3").packed) == 2
+    assert dp._fwd.lookup(ipaddress.IPv4Address("10.1.2.3").packed) == 2
     dp.remove_peer(2)
-    assert dp._engine.lookup(ipaddress.IPv4Address("10.1.2.3").packed) == 1
-    assert dp._engine.lookup(ipaddress.IPv6Address("fd00::1").packed) is None
+    assert dp._fwd.lookup(ipaddress.IPv4Address("10.1.2.3").packed) == 1
+    assert dp._fwd.lookup(ipaddress.IPv6Address("fd00::1").packed) is None
     dp.remove_peer(1)
-    assert dp._engine.lookup(ipaddress.IPv4Address("10.9.9.9").packed) is None
+    assert dp._fwd.lookup(ipaddress.IPv4Address("10.9.9.9").packed) is None
     assert len(dp._routes) == 0
 
 
 def test_set_route_is_exact(dp):
     dp.add_peer(1, [])
-    e = dp._engine
+    e = dp._fwd
     a = ipaddress.IPv4Address("10.2.0.0").packed
     assert e.set_route(32, a, 16, 1) is True
     assert e.set_route(32, a, 24, None) is False           # absent: nothing removed

@@ -202,3 +202,16 @@ def test_a_reload_never_overlaps_a_peer_added_at_run_time():
     out = run(d, doc(peer("b"), peer("c", name="carol", allowed_ips=["10.99.0.48/28"]),
                      peer("d", allowed_ips=["10.99.0.0/24"])))
     assert out["added"] == ["d"] and not api.dynamic and not api.exclusive
+
+
+def test_a_changed_dns_section_is_noted_not_applied():
+    base = doc(peer("b"))
+    base["dns"] = {"domain": "corp.phantom"}
+    d = Daemon(base)
+    same = doc(peer("b"))
+    same["dns"] = {"domain": "corp.phantom"}
+    assert not any("[dns]" in n for n in run(d, same)["notes"])
+    other = doc(peer("b"))
+    other["dns"] = {"domain": "other.phantom"}
+    out = run(d, other)
+    assert any(n.startswith("[dns] changed: needs a restart") for n in out["notes"]), out["notes"]

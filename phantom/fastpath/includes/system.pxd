@@ -1,5 +1,5 @@
 # Linux system calls and structures used by the fast path, all callable nogil.
-# Declarations only; see phantom/_fastpath.pyx for how they are used.
+# Declarations only; see phantom/fastpath/_engine.pyx and its parts for how they are used.
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 

@@ -1,4 +1,4 @@
-# Declarations of the Cython data path (bodies in _fastpath.pyx).
+# Declarations of the Cython data path (bodies in _engine.pyx and its parts).
 #
 # Everything a worker thread touches is a plain C struct, so the loop runs with
 # the GIL released.  One mutex (fp_engine.lock) guards the tables (peers, key
@@ -7,8 +7,10 @@
 # system call or a libsodium call.
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from phantom.includes.system cimport (
-    pthread_mutex_t, sockaddr_storage, socklen_t, mmsghdr, iovec, epoll_event)
+from phantom.fastpath.includes.system cimport (
+    pthread_mutex_t, sockaddr_storage, socklen_t, mmsghdr, iovec, epoll_event,
+    timespec, clock_gettime, CLOCK_MONOTONIC)
+from phantom.fastpath.includes.sodium cimport secretbox_fn
 
 cdef enum:
     FP_KEY_SIZE = 32
@@ -24,7 +26,6 @@ cdef enum:
     FP_RX_HEADROOM = 16            # before a receive buffer: a WireGuard or AEGIS-256 payload lands at +16
     FP_MAX_INNER = 65535           # wire.MAX_INNER_SIZE
     FP_BUF_SIZE = 65631            # 65535 payload + 32 overhead + 64 slack (detects oversize)
-    FP_N_DROPS = 17                # len(types.Drop)
     FP_INDEX_BUCKETS = 4096        # receiver-index hash (power of two)
     FP_PEER_BUCKETS = 4096         # peer-id, relay-id and relay-pair hashes (power of two)
     FP_EVENT_QUEUE = 4096          # pending events for the control plane
@@ -56,25 +57,9 @@ cdef enum:
     MODE_TAP = 1
     MODE_TEST = 2
 
-# types.Drop, same numbers
-cdef enum:
-    D_MALFORMED = 0
-    D_TRUNCATED = 1
-    D_OVERSIZED = 2
-    D_UNKNOWN_INDEX = 3
-    D_REPLAY = 4
-    D_AUTH_FAILED = 5
-    D_KEY_EXPIRED = 6
-    D_NO_ROUTE = 7
-    D_SRC_NOT_ALLOWED = 8
-    D_FIREWALL = 9
-    D_NO_ENDPOINT = 10
-    D_STAGED_OVERFLOW = 11
-    D_BAD_INNER = 12
-    D_SEND_FAILED = 13
-    D_CONTROL_OVERFLOW = 14
-    D_RELAY_UNKNOWN_ID = 15
-    D_RELAY_BUDGET = 16
+# Drop reasons (D_*, FP_N_DROPS) and message types (MSG_*): generated at build time from
+# the Python enums (types.Drop, wire.MessageType) by generate.py; never written here.
+include "_generated.pxi"
 
 
 cdef struct fp_replay:
@@ -120,7 +105,7 @@ cdef struct fp_peer:
     double last_tx
     double last_data_rx
     double last_data_tx
-    uint64_t drops[17]             # FP_N_DROPS
+    uint64_t drops[FP_N_DROPS]     # types.Drop
     fp_staged *staged              # ring of staged_max entries
     int staged_head
     int staged_count
@@ -202,14 +187,14 @@ cdef struct fp_engine:
     bint icmp4
     bint icmp6
     int icmp_pending               # ICMP_UNREACHABLE events not yet drained
-    uint64_t drops[17]             # global drops (every drop, peer known or not)
+    uint64_t drops[FP_N_DROPS]     # global drops (every drop, peer known or not)
     # events
     fp_event events[4096]          # FP_EVENT_QUEUE
     int ev_head
     int ev_count
     uint64_t ev_overflow
     void *fw                       # firewall callback (a Python object) or NULL
-    # diagnostics / fault injection (tests only)
+    # fault injection: only _testing.set_fault_seal sets it
     bint fault_seal
     # relay role (NAT traversal, wire type 6)
     bint relay_enabled
@@ -253,7 +238,7 @@ cdef struct fp_pkt:
     unsigned char key[32]
 
 
-cdef class Engine:
+cdef class Forwarder:
     cdef fp_engine *e
     cdef dict slots                # peer_id -> slot
     cdef object fw_callback        # keeps e.fw alive
@@ -310,5 +295,55 @@ cdef struct fp_worker:
 
 
 cdef class Worker:
-    cdef Engine engine
+    cdef Forwarder forwarder       # keeps the tables alive while the worker runs
     cdef fp_worker *w
+
+
+# --- small helpers (inline: compiled into every module that cimports this file) ------------
+cdef inline double _now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+cdef inline uint32_t _le32(const unsigned char *p) noexcept nogil:
+    return (<uint32_t>p[0]) | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
+
+
+cdef inline uint64_t _le64(const unsigned char *p) noexcept nogil:
+    return (<uint64_t>_le32(p)) | ((<uint64_t>_le32(p + 4)) << 32)
+
+
+# --- the engine's C API, for phantom.fastpath._testing (phantomd never calls it) -----------
+# Exported through the module (Cython's cimport): the per-packet code the
+# workers run, so that tests and benchmarks run exactly that code.
+cdef secretbox_fn fp_secretbox_fn(bint open) noexcept nogil          # libsodium's secretbox (open)
+cdef void fp_nonce(unsigned char *n, uint64_t counter) noexcept nogil  # secretbox's nonce of a counter
+cdef void fp_wipe(void *p, size_t n) noexcept nogil                  # sodium_memzero
+cdef int fp_seal_secretbox(unsigned char *buf, size_t length, uint32_t remote_index,
+                           uint64_t counter, const unsigned char *key) noexcept nogil
+cdef int fp_open_secretbox(unsigned char *buf, size_t wire_len, uint64_t counter,
+                           const unsigned char *key) noexcept nogil
+cdef int fp_seal_chacha(unsigned char *buf, size_t length, size_t mtu, uint32_t remote_index,
+                        uint64_t counter, const unsigned char *key, size_t *tail) noexcept nogil
+cdef int fp_open_chacha(unsigned char *buf, size_t wire_len, uint64_t counter,
+                        const unsigned char *key) noexcept nogil
+cdef int fp_chacha_seal_raw(unsigned char *m, size_t mlen, const unsigned char *n,
+                            const unsigned char *key, bint openssl) noexcept nogil
+cdef int fp_chacha_open_raw(unsigned char *c, size_t clen, const unsigned char *n,
+                            const unsigned char *key, bint openssl) noexcept nogil
+cdef int fp_seal_aegis(unsigned char *buf, size_t length, uint32_t remote_index,
+                       uint64_t counter, const unsigned char *key) noexcept nogil
+cdef int fp_open_aegis(unsigned char *buf, size_t wire_len, uint64_t counter,
+                       const unsigned char *key) noexcept nogil
+cdef bint fp_ossl_ready() noexcept nogil                             # OpenSSL's ChaCha20-Poly1305 bound
+cdef void fp_ossl_wipe() noexcept nogil                              # this thread's EVP contexts
+cdef double _cipher_round_trips(int which, unsigned char *buf, size_t size, Py_ssize_t iterations,
+                                int *rc) noexcept nogil              # ciphers.pxi
+cdef bint fp_replay_check(const fp_replay *w, uint64_t c) noexcept nogil
+cdef bint _replay_update(fp_replay *w, uint64_t c) noexcept nogil    # replay.pxi
+cdef uint64_t fp_sum16(const unsigned char *p, size_t n, uint64_t acc) noexcept nogil
+cdef uint16_t fp_fold(uint64_t acc) noexcept nogil
+cdef int _fw_decide(const unsigned char *blob, size_t bloblen, int direction,
+                    const unsigned char *p, size_t n, int64_t peer_id,
+                    int *rule, int *reason) noexcept nogil            # firewall.pxi

@@ -1,0 +1,1 @@
+# C API declarations for phantom/fastpath/_engine.pyx and its parts (cimport only; nothing at runtime).

@@ -1,1 +1,0 @@
-# C API declarations for phantom/_fastpath.pyx (cimport only; nothing at runtime).

@@ -1,0 +1,277 @@
+"""``phantom network ...``: the admin's commands on an authority state directory.
+
+    phantom network init NAME [--domain D] [--ipv4 PREFIX] [--ipv6 PREFIX]
+                              [--directory URL]... [--rendezvous KEY@HOST:PORT]...
+                              [--relay KEY@HOST:PORT]... [--cert-lifetime 30d]
+    phantom network show
+    phantom network invite [--name N] [--groups a,b] [--uses K] [--expires 24h]
+                           [--directory URL]...
+    phantom network invites [--all]
+    phantom network invites revoke ID
+    phantom network rotate [--authority-key FILE] [--admission-lifetime 365d]
+
+Every command takes ``--dir DIR`` (default $PHANTOM_NETWORK_DIR, else
+/var/lib/phantom/authority for root and ./.phantom/authority otherwise) and
+``--json``.  ``invite`` prints the token alone on stdout (the rest on
+stderr), so ``TOKEN=$(phantom network invite)`` works.  Errors print
+``error: <message>`` and exit 1.  The directory's admin API (invites from
+any machine, members, remove) is the next step of issue 20; see
+docs/network.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from .authority import ADMISSION_KEY, AUTHORITY_KEY, DEFINITION, AuthorityDir, init
+from .definition import DEFAULT_ADMISSION_LIFETIME, DEFAULT_CERT_LIFETIME
+from .errors import NetworkError
+from .invite import DEFAULT_INVITE_TTL, create_invite
+from .join import add_invite, revoke_invite
+from .keys import SigningKey, atomic_write, load_key, save_key
+from .rotate import rotate
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+class UsageError(Exception):
+    """Printed as ``error: <message>``; exit status 1."""
+
+
+def default_dir() -> Path:
+    env = os.environ.get("PHANTOM_NETWORK_DIR")
+    if env:
+        return Path(env)
+    return Path("/var/lib/phantom/authority") if os.geteuid() == 0 else \
+        Path.cwd() / ".phantom" / "authority"
+
+
+def duration(text: str) -> int:
+    """"90", "90s", "15m", "24h", "30d", "2w" -> seconds."""
+    m = re.fullmatch(r"([0-9]{1,9})([smhdw]?)", text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError("%r is not a duration (like 3600, 15m, 24h, 30d)" % text)
+    return int(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def server(text: str) -> tuple:
+    """"KEY@HOST:PORT" -> (key bytes, "HOST:PORT"); the endpoint is checked later."""
+    key, sep, endpoint = text.partition("@")
+    if not sep:
+        raise argparse.ArgumentTypeError("%r: write KEY@HOST:PORT (the server's public key, "
+                                         "base64)" % text)
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):
+        raise argparse.ArgumentTypeError("%r: the key is not base64" % text) from None
+    if len(raw) != 32:
+        raise argparse.ArgumentTypeError("%r: the key is not 32 bytes" % text)
+    return raw, endpoint
+
+
+def groups(text: str) -> list:
+    return [g.strip() for g in text.split(",") if g.strip()]
+
+
+def _out(args, human: str, obj) -> None:
+    if args.json:
+        print(json.dumps(obj, indent=2, sort_keys=True))
+    else:
+        print(human)
+
+
+def _open(args) -> AuthorityDir:
+    return AuthorityDir.open(args.dir)
+
+
+def _when(t: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(t))
+
+
+def cmd_init(args, now: Callable[[], float]) -> int:
+    options = {"directory": args.directory, "rendezvous": args.rendezvous,
+               "relays": args.relay, "cert_lifetime": args.cert_lifetime}
+    for name in ("domain", "ipv4", "ipv6"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    auth = init(args.dir, args.name, now(), **options)
+    d = auth.definition
+    lines = ["network %s created in %s" % (d.name, auth.path),
+             "  fingerprint  %s" % d.fingerprint,
+             "  domain       %s" % d.domain,
+             "  ipv4         %s" % d.ipv4,
+             "  ipv6         %s" % d.ipv6,
+             "  directory    %s" % (", ".join(d.directory) or
+                                    "(none: invites need one; make the network with --directory)"),
+             "  certificates valid %d days" % (d.cert_lifetime // 86400),
+             "  files        %s" % ", ".join("%s (%o)" % kv for kv in
+                                            sorted(auth.files().items())),
+             "keep %s offline once you are done: only network changes need it"
+             % (auth.path / "authority.key")]
+    _out(args, "\n".join(lines), dict(d.summary(), dir=str(auth.path)))
+    return 0
+
+
+def cmd_show(args, now: Callable[[], float]) -> int:
+    auth = _open(args)
+    d = auth.definition
+    s = d.summary()
+    lines = ["network %s (%s)" % (d.name, d.fingerprint),
+             "  domain %s, ipv4 %s, ipv6 %s" % (d.domain, d.ipv4, d.ipv6),
+             "  directory %s" % (", ".join(d.directory) or "-"),
+             "  rendezvous %s" % (", ".join(x["endpoint"] for x in s["rendezvous"]) or "-"),
+             "  relays %s" % (", ".join(x["endpoint"] for x in s["relays"]) or "-"),
+             "  admission keys %s" % ", ".join("%s (until %s)" % (a["key"], _when(a["expires"]))
+                                               for a in s["admission"]),
+             "  seq %d, issued %s" % (d.seq, _when(d.issued))]
+    _out(args, "\n".join(lines), s)
+    return 0
+
+
+def cmd_invite(args, now: Callable[[], float]) -> int:
+    auth = _open(args)
+    t = now()
+    token, record = create_invite(auth.definition, t, name=args.name, groups=args.groups,
+                                  uses=args.uses, ttl=args.expires,
+                                  directory=args.directory or None)
+    with auth.transaction() as ledger:
+        add_invite(ledger, record)
+    text = token.encode()
+    if args.json:
+        print(json.dumps(dict(record.summary(t), token=text), indent=2, sort_keys=True))
+    else:
+        print(text)
+        print("invite %s: %d use%s, expires %s%s%s" % (
+            record.id, record.uses, "" if record.uses == 1 else "s", _when(record.expires),
+            (", name " + record.name) if record.name else "",
+            (", groups " + ",".join(record.groups)) if record.groups else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_invites(args, now: Callable[[], float]) -> int:
+    auth = _open(args)
+    t = now()
+    if args.action == "revoke":
+        if not args.id:
+            raise UsageError("which invite? `phantom network invites revoke ID`")
+        with auth.transaction() as ledger:
+            revoked = revoke_invite(ledger, args.id)
+        _out(args, "invite %s revoked" % revoked.id, revoked.summary(t))
+        return 0
+    if args.action is not None:
+        raise UsageError("unknown action %r (only: revoke ID)" % args.action)
+    rows = [i.summary(t) for i in auth.read_ledger().invites()]
+    if not args.all:
+        rows = [r for r in rows if r["status"] == "active"]
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+        return 0
+    if not rows:
+        print("no %sinvites" % ("" if args.all else "active "))
+        return 0
+    print("%-16s  %-8s  %-9s  %-20s  %-16s  %s" % ("ID", "STATUS", "USED", "EXPIRES", "NAME",
+                                                   "GROUPS"))
+    for r in rows:
+        print("%-16s  %-8s  %-9s  %-20s  %-16s  %s" % (
+            r["id"], r["status"], "%d/%d" % (r["used"], r["uses"]), _when(r["expires"]),
+            r["name"] or "-", ",".join(r["groups"]) or "-"))
+    return 0
+
+
+def cmd_rotate(args, now: Callable[[], float]) -> int:
+    auth = _open(args)
+    key_file = Path(args.authority_key) if args.authority_key else auth.path / AUTHORITY_KEY
+    if not key_file.exists():
+        raise UsageError("rotating needs the authority key, and %s has none: bring it back or "
+                         "pass --authority-key FILE" % auth.path)
+    authority = load_key(key_file)
+    if authority.public != auth.definition.authority:
+        raise UsageError("%s is not the authority key of network %s"
+                         % (key_file, auth.definition.name))
+    new = SigningKey.generate()
+    t = now()
+    with auth.transaction() as ledger:
+        r = rotate(ledger, auth.definition, authority, new, t, lifetime=args.admission_lifetime)
+        save_key(auth.path / ADMISSION_KEY, new)
+        atomic_write(auth.path / DEFINITION, r.definition.encode() + b"\n", mode=0o644)
+    _out(args, "network %s: definition seq %d lists only the new admission key; %d "
+         "certificate(s) re-issued, %d removal(s) re-signed; the old admission key signs "
+         "nothing any more" % (r.definition.name, r.definition.seq, r.reissued, r.resigned),
+         {"seq": r.definition.seq, "reissued": r.reissued, "resigned": r.resigned,
+          "admission": [a.to_doc() for a in r.definition.admission]})
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dir", type=Path, default=None,
+                        help="the authority state directory (default $PHANTOM_NETWORK_DIR, else "
+                        "%s)" % default_dir())
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    p = argparse.ArgumentParser(prog="phantom network",
+                                description="a network: its authority, invites (issue 20)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    i = sub.add_parser("init", parents=[common], help="create a network (keys, signed definition)")
+    i.add_argument("name", help="the network's name (a DNS label, e.g. corp)")
+    i.add_argument("--domain", help="DNS domain of its members (default NAME.internal)")
+    i.add_argument("--ipv4", help="IPv4 prefix (default: a random /16 of 100.64.0.0/10)")
+    i.add_argument("--ipv6", help="IPv6 ULA /48 (default: random, RFC 4193)")
+    i.add_argument("--directory", action="append", default=[], metavar="URL",
+                   help="a directory URL members enrol and watch at (repeatable)")
+    i.add_argument("--rendezvous", action="append", default=[], type=server,
+                   metavar="KEY@HOST:PORT", help="a rendezvous server (repeatable)")
+    i.add_argument("--relay", action="append", default=[], type=server,
+                   metavar="KEY@HOST:PORT", help="a relay (repeatable)")
+    i.add_argument("--cert-lifetime", type=duration, default=DEFAULT_CERT_LIFETIME,
+                   metavar="DURATION", help="how long a certificate lasts (default 30d)")
+    i.set_defaults(func=cmd_init)
+    sub.add_parser("show", parents=[common], help="the network's definition").set_defaults(
+        func=cmd_show)
+    v = sub.add_parser("invite", parents=[common], help="make an invite token for `phantom join`")
+    v.add_argument("--name", help="the member's name (then the invite is for one use)")
+    v.add_argument("--groups", type=groups, default=[], help="groups, comma-separated")
+    v.add_argument("--uses", type=int, default=1, help="how many joins it allows (default 1)")
+    v.add_argument("--expires", type=duration, default=DEFAULT_INVITE_TTL, metavar="DURATION",
+                   help="lifetime (default 24h)")
+    v.add_argument("--directory", action="append", default=[], metavar="URL",
+                   help="directory URL(s) in the token (default: the network's)")
+    v.set_defaults(func=cmd_invite)
+    s = sub.add_parser("invites", parents=[common], help="list invites; `invites revoke ID`")
+    s.add_argument("action", nargs="?", help="revoke")
+    s.add_argument("id", nargs="?", help="the invite's id")
+    s.add_argument("--all", action="store_true", help="used, expired and revoked ones too")
+    s.set_defaults(func=cmd_invites)
+    r = sub.add_parser("rotate", parents=[common],
+                       help="replace the admission key (a stolen directory host): needs the "
+                       "authority key")
+    r.add_argument("--authority-key", metavar="FILE",
+                   help="the authority key, if it is no longer in the directory (offline)")
+    r.add_argument("--admission-lifetime", type=duration, default=DEFAULT_ADMISSION_LIFETIME,
+                   metavar="DURATION", help="how long the new admission key lasts (default 365d)")
+    r.set_defaults(func=cmd_rotate)
+    return p
+
+
+def main(argv: Optional[list] = None, now: Callable[[], float] = time.time) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.dir is None:
+        args.dir = default_dir()
+    try:
+        return args.func(args, now)
+    except (NetworkError, UsageError, OSError) as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
