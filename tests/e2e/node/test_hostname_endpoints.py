@@ -1,8 +1,9 @@
 """Endpoints given as DNS names, resolved by glibc's real resolver inside the
-lab: /etc/netns/<ns>/hosts (``ip netns exec`` mounts it over /etc/hosts for
-the daemon it starts) names the server; a /etc/netns/<ns>/resolv.conf points
-DNS at the namespace's own loopback, so a name not in the file fails inside
-the namespace and no query ever leaves it.  Both data paths.
+lab, two ways: /etc/netns/<ns>/hosts (``ip netns exec`` mounts it over
+/etc/hosts for the daemon it starts) names the server, or a DNS server
+(phantom's own, ``phantomlab.dnsd``) on the client namespace's loopback
+answers for it; /etc/netns/<ns>/resolv.conf points DNS at that loopback, so
+no query ever leaves the namespace.  Both data paths.
 
 * a client configured with ``endpoint = "server.lab.test:9000"`` starts
   although the name does not resolve yet (ready, counted unresolved), and
@@ -92,12 +93,43 @@ def _metric(node, name, **labels) -> float:
     return sum(found)
 
 
+class HostsFile:
+    """The name in /etc/netns/<a>/hosts."""
+
+    def __init__(self, netns_etc, host):
+        self.write, self.host = netns_etc, host
+        netns_etc(host, "resolv.conf", NO_DNS)
+        netns_etc(host, "hosts", _hosts())
+
+    def point(self, ip):
+        self.write(self.host, "hosts", _hosts(ip))
+
+
+class DnsZone:
+    """The name served by phantom.dns (phantomlab.dnsd) on 127.0.0.1:53 in
+    the client's namespace, its resolv.conf pointing there."""
+
+    def __init__(self, netns_etc, host, tmp_path, request):
+        from phantomlab.dnsd import Dnsd
+        netns_etc(host, "resolv.conf", "nameserver 127.0.0.1\noptions timeout:1 attempts:2\n")
+        netns_etc(host, "hosts", _hosts())
+        self.dnsd = Dnsd(host, ["--domain", NAME.split(".", 1)[1], "--listen", "127.0.0.1",
+                                "--ipv4-prefix", "10.201.0.0/24", "--ttl", "1"],
+                         tmp_path / "dnsd.log").start()
+        request.addfinalizer(self.dnsd.stop)
+
+    def point(self, ip):
+        assert self.dnsd.request({"op": "set", "name": NAME.split(".", 1)[0], "ipv4": [ip]})["ok"]
+
+
+@pytest.mark.parametrize("resolver", ["hosts", "dns"])
 @pytest.mark.parametrize("datapath", ["reference", "fast"])
-def test_client_follows_its_servers_name(two_hosts, daemon_factory, tmp_path, netns_etc, datapath):
+def test_client_follows_its_servers_name(two_hosts, daemon_factory, tmp_path, netns_etc, request,
+                                         datapath, resolver):
     a, b = two_hosts.a, two_hosts.b
     client, server = make_node(tmp_path, "client", 1, a), make_node(tmp_path, "server", 2, b)
-    netns_etc(a, "resolv.conf", NO_DNS)
-    netns_etc(a, "hosts", _hosts())                 # the name does not resolve yet
+    # the name does not resolve yet
+    names = HostsFile(netns_etc, a) if resolver == "hosts" else DnsZone(netns_etc, a, tmp_path, request)
     entry = peer_entry(server, mode="tun", keepalive=1)
     entry["endpoint"] = "%s:%d" % (NAME, UDP_PORT)
     write_config(client, mode="tun", peers=[entry], tunables=TUNABLES)
@@ -106,15 +138,17 @@ def test_client_follows_its_servers_name(two_hosts, daemon_factory, tmp_path, ne
     start(daemon_factory, server, datapath)
     start(daemon_factory, client, datapath)         # ready although the name does not resolve
 
-    p = client.peer("server")
+    # (the API answers before the start-up lookups end: wait for the first failure)
+    p = wait_for(lambda: (lambda p: p if p["resolved"]["error"] else None)(client.peer("server")),
+                 timeout=20, what="the first lookup's failure")
     assert p["endpoint_name"] == "%s:%d" % (NAME, UDP_PORT) and p["endpoint"] is None
-    assert p["resolved"]["error"] and p["resolved"]["addresses"] == []
+    assert p["resolved"]["addresses"] == []
     assert _metric(client, "phantom_endpoint_unresolved") == 1
     assert _metric(client, "phantom_endpoint_lookups_total", result="failed") >= 1
     assert not a.ping(server.tun4, timeout=1.0)
 
     # the name appears: the client comes up by itself (no restart)
-    netns_etc(a, "hosts", _hosts(b.ip))
+    names.point(b.ip)
     wait_for(lambda: a.ping(server.tun4, timeout=1.0), timeout=30, what="ping once the name resolves")
     p = client.peer("server")
     assert p["endpoint"] == "%s:%d" % (b.ip, UDP_PORT) and p["state"] == "established"
@@ -125,13 +159,17 @@ def test_client_follows_its_servers_name(two_hosts, daemon_factory, tmp_path, ne
     # the server moves, and its name with it; the old address is gone
     old = b.change_address("10.201.0.12")
     assert old != b.ip
-    netns_etc(a, "hosts", _hosts(b.ip))
+    names.point(b.ip)
     wait_for(lambda: client.peer("server")["endpoint"] == "%s:%d" % (b.ip, UDP_PORT), timeout=30,
              what="the client's endpoint follows the name")
     wait_for(lambda: a.ping(server.tun4, timeout=1.0), timeout=30, what="ping after the move")
     assert a.ping(server.tun6, timeout=5.0)
     assert client.daemon.proc.pid == pid and client.daemon.proc.poll() is None   # no restart
     assert _metric(client, "phantom_endpoint_moves_total") >= 2
+    if resolver == "dns":                            # the answers came from the DNS server
+        st = names.dnsd.stats()["stats"]
+        assert st["queries_udp"] >= 3 and st["responses"].get("NXDOMAIN", 0) >= 1
+        assert st["responses"].get("NOERROR", 0) >= 2
     out = subprocess.run(a.ns.exec_prefix + [sys.executable, "-m", "phantom.cli", "peers",
                                              "--token-file", str(client.state_dir / "token")],
                          capture_output=True, text=True, timeout=30)
