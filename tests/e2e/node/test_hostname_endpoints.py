@@ -10,9 +10,11 @@ no query ever leaves the namespace.  Both data paths.
   comes up once the name appears, without a restart;
 * the server moves to another address and the name with it: the client
   follows within the re-resolve period, without a restart;
-* a road-warrior wg-quick file (the server as a host name, DNS, Table,
-  PostUp/PostDown) imported with ``phantom wg import`` reaches stock
-  wireguard-go.
+* ``phantom open server.lab.test:9000``: looked up at once, followed after;
+  a name that does not resolve is a clear error;
+* a road-warrior wg-quick file (the server as a host name, a full tunnel,
+  DNS, Table, PostUp/PostDown) imported with ``phantom wg import`` reaches
+  stock wireguard-go.
 """
 
 from __future__ import annotations
@@ -229,7 +231,7 @@ PostDown = iptables -D OUTPUT ! -o %i -j REJECT
 # Name = office
 PublicKey = {server}
 PresharedKey = {psk}
-AllowedIPs = 10.99.0.0/24, fd99::/64
+AllowedIPs = 0.0.0.0/0, ::/0
 Endpoint = {name}:{port}
 PersistentKeepalive = 25
 """
@@ -270,3 +272,7 @@ def test_imported_road_warrior_file_reaches_wireguard_go(two_hosts, daemon_facto
     p = node.peer("office")
     assert p["endpoint_name"] == "%s:%d" % (NAME, WG_PORT)
     assert p["endpoint"] == "%s:%d" % (b.ip, WG_PORT) and p["protocol"] == "wireguard"
+    # the whole road-warrior file: a full tunnel (docs/routes.md), the server's
+    # endpoint still reached outside it
+    assert "dev office" in a.run(["ip", "route", "get", "192.0.2.1"]).stdout
+    assert "dev office" in a.run(["ip", "route", "get", "2001:db8::1"]).stdout
