@@ -121,6 +121,9 @@ class Controller:
                 raise Invalid("the directory record of %s has no endpoint" % name)
             return Target(plain(rec.endpoints[0]), record=rec)
         if peer.endpoint is None:
+            named = await d.endpoints.resolve_peer(peer)     # its endpoint is a DNS name
+            if named is not None:
+                return Target(named, peer=peer)
             return await self._endpoint_of(peer)
         return Target(plain(peer.endpoint), peer=peer)
 

@@ -260,6 +260,21 @@ class EndpointResolver(Observer):
             counters["failures"] += 1
             raise Unavailable("cannot resolve %s: %s" % (host, exc)) from None
 
+    async def resolve_peer(self, peer) -> Optional[tuple]:
+        """For ``phantom open NAME`` of a peer whose endpoint is a DNS name and
+        has no address yet: look it up now (Unavailable when it does not
+        resolve); None when the peer's endpoint is not a name."""
+        n = self.schedule.get(peer.id)
+        if n is None:
+            return None
+        addresses = await self.resolve_now(n.host, n.port)
+        if self.schedule.get(peer.id) is n:
+            n.addresses = addresses[:MAX_ADDRESSES]
+            n.resolved_at = self.schedule.clock()
+            n.resolved_wall = time.time()
+            n.failures, n.error = 0, None
+        return addresses[0]
+
     async def start(self) -> None:
         """Look every configured name up once, all at once, each bounded:
         the peers with an answer have their endpoint before the daemon

@@ -148,6 +148,10 @@ def test_client_follows_its_servers_name(two_hosts, daemon_factory, tmp_path, ne
     assert _metric(client, "phantom_endpoint_unresolved") == 1
     assert _metric(client, "phantom_endpoint_lookups_total", result="failed") >= 1
     assert not a.ping(server.tun4, timeout=1.0)
+    bad = subprocess.run(a.ns.exec_prefix + [sys.executable, "-m", "phantom.cli", "open", "server",
+                                             "--token-file", str(client.state_dir / "token")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "cannot resolve %s" % NAME in bad.stderr, bad.stderr
 
     # the name appears: the client comes up by itself (no restart)
     names.point(b.ip)
