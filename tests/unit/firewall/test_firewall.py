@@ -258,7 +258,7 @@ def test_table_layout_is_as_documented():
     ]})
     blob = t.blob
     assert isinstance(blob, bytes) and len(blob) == RULES_OFF + 2 * RULE.size == 8464 + 176
-    assert TABLE_HEADER.unpack_from(blob, 0) == (b"PHFW", 1, 88, 2, 1, 1, 0, 0)
+    assert TABLE_HEADER.unpack_from(blob, 0) == (b"PHFW", 2, 88, 2, 1, 1, 0, 0)
     assert [i for i in range(256) if blob[PROTOCOLS_OFF + i]] == [1, 6, 17, 58]
     ets = [e for e in range(65536) if blob[ETHERTYPES_OFF + (e >> 3)] >> (e & 7) & 1]
     assert ets == [0x0800, 0x0806, 0x86DD]
