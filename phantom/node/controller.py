@@ -244,6 +244,7 @@ class Controller:
             "cipher": CIPHER_NAMES.get(cipher) if cipher is not None else None,
             "endpoint": format_endpoint(self._endpoint_in_use(peer)),
             "allowed_ips": [str(n) for n in peer.allowed_ips],
+            "groups": list(d.peers.groups_of(peer)),
             "state": peer.state.value,
             "last_handshake": peer.last_handshake_wall or None,
             "latest_handshake": round(now - peer.last_handshake, 3) if peer.last_handshake_wall else None,
@@ -327,7 +328,7 @@ class Controller:
     async def set_firewall(self, rules: dict) -> dict:
         from ..dataplane.firewall import FirewallError
         try:
-            new = self.d.firewall.replace(rules, self.d.peers.names)
+            new = self.d.firewall.replace(rules, self.d.peers.names, self.d.peers.group_map())
         except FirewallError as exc:
             raise Invalid(str(exc)) from None
         log.info("firewall replaced (%d rules)", len(new.describe().get("rules", [])))
