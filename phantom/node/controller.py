@@ -46,9 +46,20 @@ class Controller:
     # ================================================================ open
     async def open(self, endpoint: Optional[tuple], public_key: Optional[str] = None,
                    name: Optional[str] = None, allowed_ips=None,
-                   protocol: Optional[str] = None) -> dict:
+                   protocol: Optional[str] = None, groups=None) -> dict:
+        """``groups``: the firewall groups of a peer this open adds (an
+        existing peer's groups are not changed here: Conflict if they differ)."""
         target = await self.resolve(endpoint, public_key, name)
         peer, created = self.admit(target, name, public_key, allowed_ips, protocol)
+        if groups is not None:
+            groups = tuple(sorted(set(groups)))
+            if created:
+                self.d.peers.set_groups({peer.id: groups})      # the rules recompile in place
+            elif groups != self.d.peers.groups_of(peer):
+                raise Conflict("peer %s is in groups [%s], not [%s]: its groups come from where "
+                               "it was added (the config file: edit it and reload)"
+                               % (peer.name, ", ".join(self.d.peers.groups_of(peer)),
+                                  ", ".join(groups)))
         if protocol is not None and peer.protocol != protocol:
             raise Conflict("peer %s speaks %s, not %s" % (peer.name, peer.protocol, protocol))
         if peer.protocol == "wireguard" and self.d.s.mode is not Mode.TUN:
