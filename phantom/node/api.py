@@ -52,10 +52,10 @@ async def open_tunnel(request: web.Request) -> web.Response:
         body = {}
     if not isinstance(body, dict):
         raise Invalid("body must be a JSON object like {\"public_key\": \"...\", \"name\": \"...\"}")
-    unknown = set(body) - {"public_key", "name", "allowed_ips", "protocol"}
+    unknown = set(body) - {"public_key", "name", "allowed_ips", "protocol", "groups"}
     if unknown:
-        raise Invalid("unknown field(s) in body: %d (known: public_key, name, allowed_ips, protocol)"
-                      % len(unknown))
+        raise Invalid("unknown field(s) in body: %d (known: public_key, name, allowed_ips, protocol, "
+                      "groups)" % len(unknown))
     public_key = body.get("public_key")
     if public_key is not None:
         from ..keys import KeyFormatError, decode_public_key
@@ -80,6 +80,12 @@ async def open_tunnel(request: web.Request) -> web.Response:
         if body["protocol"] not in ("phantom", "wireguard"):
             raise Invalid("protocol must be \"phantom\" or \"wireguard\"")
         extra["protocol"] = body["protocol"]
+    if body.get("groups") is not None:
+        from .config import groups
+        try:
+            extra["groups"] = groups(body["groups"], "groups")
+        except ConfigError as exc:
+            raise Invalid(str(exc)) from None
 
     endpoint: Optional[tuple[str, int]]
     if PEER_NAME.match(target) and not _looks_like_address(target):
@@ -167,7 +173,11 @@ def openapi_schemas() -> dict:
                                                            "new peer"},
                             "protocol": {"type": "string", "enum": ["phantom", "wireguard"],
                                          "description": "what a new peer speaks "
-                                                        "(default phantom)"}}},
+                                                        "(default phantom)"},
+                            "groups": {"type": "array", "maxItems": 32,
+                                       "items": {"type": "string", "maxLength": 32},
+                                       "description": "firewall groups of a new peer "
+                                                      "(src_group/dst_group in rules)"}}},
         "Peer": OBJ,
         "Firewall": OBJ,
     }

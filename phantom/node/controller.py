@@ -47,7 +47,9 @@ class Controller:
     # ================================================================ open
     async def open(self, endpoint: Optional[tuple], public_key: Optional[str] = None,
                    name: Optional[str] = None, allowed_ips=None,
-                   protocol: Optional[str] = None) -> dict:
+                   protocol: Optional[str] = None, groups=None) -> dict:
+        """``groups``: the firewall groups of a peer this open adds (an
+        existing peer's groups are not changed here: Conflict if they differ)."""
         named = None
         if endpoint is not None and not is_ip_literal(endpoint[0]):
             # `open vpn.example.com:51820`: looked up now (503 when it does not
@@ -57,6 +59,15 @@ class Controller:
             endpoint = addresses[0]
         target = await self.resolve(endpoint, public_key, name)
         peer, created = self.admit(target, name, public_key, allowed_ips, protocol)
+        if groups is not None:
+            groups = tuple(sorted(set(groups)))
+            if created:
+                self.d.peers.set_groups({peer.id: groups})      # the rules recompile in place
+            elif groups != self.d.peers.groups_of(peer):
+                raise Conflict("peer %s is in groups [%s], not [%s]: its groups come from where "
+                               "it was added (the config file: edit it and reload)"
+                               % (peer.name, ", ".join(self.d.peers.groups_of(peer)),
+                                  ", ".join(groups)))
         if named is not None:
             self.d.endpoints.track(peer, named[0], named[1], addresses)
         if protocol is not None and peer.protocol != protocol:
@@ -257,6 +268,7 @@ class Controller:
             "cipher": CIPHER_NAMES.get(cipher) if cipher is not None else None,
             "endpoint": format_endpoint(self._endpoint_in_use(peer)),
             "allowed_ips": [str(n) for n in peer.allowed_ips],
+            "groups": list(d.peers.groups_of(peer)),
             "state": peer.state.value,
             "last_handshake": peer.last_handshake_wall or None,
             "latest_handshake": round(now - peer.last_handshake, 3) if peer.last_handshake_wall else None,
@@ -354,7 +366,7 @@ class Controller:
     async def set_firewall(self, rules: dict) -> dict:
         from ..dataplane.firewall import FirewallError
         try:
-            new = self.d.firewall.replace(rules, self.d.peers.names)
+            new = self.d.firewall.replace(rules, self.d.peers.names, self.d.peers.group_map())
         except FirewallError as exc:
             raise Invalid(str(exc)) from None
         log.info("firewall replaced (%d rules)", len(new.describe().get("rules", [])))

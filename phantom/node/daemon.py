@@ -37,7 +37,7 @@ from .dns import NameLink
 from .endpoints import EndpointResolver
 from .executor import Executor
 from .firewall import FirewallSlot
-from .peers import PeerTable, planned_names
+from .peers import PeerTable, planned_groups, planned_names
 from .reload import Reloader
 
 log = logging.getLogger("phantom.daemon")
@@ -76,7 +76,8 @@ class Daemon:
         self.peers = PeerTable(self.engine, self.executor.do)
         # bad rules: ConfigError before anything opens; the ids the peers will have
         self.firewall = FirewallSlot(settings.mode, settings.firewall,
-                                     planned_names(self.engine, settings.peers))
+                                     planned_names(self.engine, settings.peers),
+                                     planned_groups(self.engine, settings.peers), settings.groups)
         # WireGuard peers' preshared keys, read now (as root, before any user
         # switch) and checked like the private key: a bad file exits 2.
         self._psks = _load_preshared_keys(settings)

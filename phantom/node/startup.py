@@ -108,10 +108,13 @@ def build(d) -> None:
         for pc in s.peers:
             d.peers.add(pc.public_key, pc.name, pc.allowed_ips, pc.endpoint, pc.persistent_keepalive,
                         protocol=pc.protocol, preshared_key=psks.get(pc.name),
-                        suites=peer_suites(pc))
+                        suites=peer_suites(pc), groups=pc.groups)
     finally:
         for psk in psks.values():            # the engine holds its own copies
             crypto.memzero(psk)
+    # the rules were compiled with these peers' groups; from now on a change of
+    # who is in which group recompiles them in place
+    d.peers.on_groups = lambda: d.firewall.regroup(d.peers.names, d.peers.group_map())
     if s.mode is Mode.TEST and d.engine.peers:
         dp.set_test_peer(next(iter(d.engine.peers)))
     nat.attach(d)
