@@ -177,6 +177,15 @@ def parse_certificate(raw: Any) -> Certificate:
         cert = _from_doc(doc)
     except FormatError as exc:
         raise exc.about(WHAT) from None
+    if not isinstance(raw, dict):
+        # A certificate travels as its canonical bytes: any other spelling of
+        # the same object (whitespace, escapes, key order) is refused, so one
+        # certificate has exactly one encoding (nothing to vary in a handshake
+        # payload or a watch event; hashes and caches key on the bytes).
+        given = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
+        if given != canonical(doc):
+            raise FormatError("not in canonical form (compact, sorted keys, no escapes "
+                              "beyond JSON's own)", what=WHAT)
     if len(canonical(doc)) > MAX_CERT_SIZE:
         raise FormatError("%d bytes; at most %d" % (len(canonical(doc)), MAX_CERT_SIZE), what=WHAT)
     return cert

@@ -341,3 +341,14 @@ def test_property_an_inserted_or_cut_byte_never_verifies(pos, junk):
             continue
         with pytest.raises(Refused):
             verify_certificate(bad, NET.definition, NOW)
+
+
+def test_a_certificate_spelt_another_way_is_refused():
+    """Found by the property test above: a leading tab (or any whitespace
+    between tokens) parsed to the same object and verified.  One certificate,
+    one encoding."""
+    raw = TAMPER_CERT.encode()
+    for bad in (b"\t" + raw, raw + b" ", raw.replace(b'":', b'": ', 1), b" " + raw):
+        with pytest.raises(Refused):
+            verify_certificate(bad, NET.definition, NOW)
+    assert verify_certificate(raw, NET.definition, NOW)
