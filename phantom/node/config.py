@@ -15,7 +15,7 @@ The file has the shape WireGuard users know, in TOML::
 
     [firewall]                      # checked by the firewall compiler
     [dns]                           # the name service (phantom.dns.service.parse_section)
-    [network]                       # written by `phantom join` (parse_network; docs/network.md)
+    [network]                       # written by `phantom join` (parse_network_section; docs/network.md)
     [tunables]                      # phantom.constants.Tunables fields
 
 Every problem raises :class:`phantom.errors.ConfigError` whose
@@ -581,7 +581,7 @@ def settings_from_mapping(doc: dict, base: Optional[Path] = None) -> Settings:
         from phantom.dns.service import parse_section
         s.dns = parse_section(doc["dns"])
     if "network" in doc:
-        s.network = parse_network(doc["network"], base)
+        s.network = parse_network_section(doc["network"], base)
     if "tunables" in doc:
         s.tunables = _tunables(doc["tunables"])
     _default_mode(s)
@@ -604,7 +604,7 @@ class NetworkSection:
     state: Path
 
 
-def parse_network(table: Any, base: Optional[Path] = None) -> NetworkSection:
+def parse_network_section(table: Any, base: Optional[Path] = None) -> NetworkSection:
     _expect(table, dict, "network", "a table ([network])")
     for k in table:
         if k not in NETWORK_KEYS:
