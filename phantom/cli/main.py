@@ -456,6 +456,10 @@ def _format_reload(r) -> str:
             items = ["%s (%s)" % (n, ", ".join(f)) for n, f in sorted(items.items())]
         lines.append("%-10s %s" % (key + ":", ", ".join(items) or "-"))
     lines.append("%-10s %s" % ("firewall:", "replaced" if r.get("firewall") else "unchanged"))
+    if r.get("routes") is not None:              # kernel routes, through the privileged helper
+        rt = r["routes"]
+        lines.append("%-10s %s" % ("routes:", ", ".join(["+" + n for n in rt.get("added", [])]
+                                                       + ["-" + n for n in rt.get("removed", [])]) or "unchanged"))
     for note in r.get("notes") or []:
         lines.append("note: %s" % note)
     return "\n".join(lines)

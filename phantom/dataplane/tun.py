@@ -1,8 +1,10 @@
-"""TUN/TAP devices: opening them (python-pytun) and configuring addresses,
-MTU and routes (netlink, through iproute2's ``ip``).
+"""TUN/TAP devices: opening them (python-pytun), their MTU and link state,
+and reading the kernel's routes without privileges.
 
-Opening and configuring need CAP_NET_ADMIN, so the daemon does both before it
-drops privileges; after that only the open file descriptor is used.
+Opening needs CAP_NET_ADMIN, so the daemon does it before it drops
+privileges; after that only the open file descriptor is used.  Addresses,
+routes and the link going up are the privileged helper's work
+(phantom/privsep: netlink in-process, also after the drop).
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ class Device:
             pass
 
 
-def open_device(mode: Mode, name: str, mtu: int, extra_flags: int = 0) -> Device:
-    """Create (or attach to a persistent) TUN/TAP device, set the MTU, bring it up."""
+def open_device(mode: Mode, name: str, mtu: int, extra_flags: int = 0, up: bool = True) -> Device:
+    """Create (or attach to a persistent) TUN/TAP device, set the MTU, bring it
+    up (``up``; without it the link stays down for the privileged helper,
+    which turns off IPv6 link-local addresses first and then brings it up)."""
     flags = (pytun.IFF_TUN if mode is Mode.TUN else pytun.IFF_TAP) | pytun.IFF_NO_PI | extra_flags
     try:
         dev = pytun.TunTapDevice(name=name, flags=flags)
@@ -54,11 +58,12 @@ def open_device(mode: Mode, name: str, mtu: int, extra_flags: int = 0) -> Device
                           % (mode.value, name, exc)) from exc
     fd = dev.fileno()
     os.set_blocking(fd, False)
-    if mode is Mode.TUN:
+    if mode is Mode.TUN and up:
         _quiet_ipv6(dev.name)
     try:
         dev.mtu = mtu
-        dev.up()
+        if up:
+            dev.up()
     except pytun.Error as exc:
         dev.close()
         raise DeviceError("cannot configure %s: %s" % (name, exc)) from exc
@@ -100,63 +105,6 @@ def link_is_up(name: str) -> Optional[bool]:
     except OSError:
         return None
     return bool(struct.unpack_from("16sH", ifr)[1] & _IFF_UP)
-
-
-def _ip(*args: str, exists_ok: bool = True) -> bool:
-    """Run ``ip ARGS``; DeviceError when it fails.  "File exists" is success
-    only with ``exists_ok`` (an address already on the device); returns
-    False then, True when ``ip`` did it."""
-    try:
-        out = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DeviceError("cannot run ip %s: %s" % (" ".join(args), exc)) from exc
-    if out.returncode == 0:
-        return True
-    if exists_ok and "File exists" in out.stderr:
-        return False
-    raise DeviceError("ip %s: %s" % (" ".join(args), out.stderr.strip()))
-
-
-def configure_addresses(name: str, addresses: Iterable, routes: Iterable = ()) -> None:
-    """Add interface addresses (``ipaddress`` interfaces) and routes for
-    allowed IPs that the addresses do not already cover, with iproute2
-    (netlink).  IPv6 addresses skip duplicate address detection."""
-    addresses = [ipaddress.ip_interface(a) for a in addresses]
-    for iface in addresses:
-        extra = ["nodad"] if iface.version == 6 else []
-        _ip("addr", "add", str(iface), "dev", name, *extra)
-    connected = [a.network for a in addresses]
-    for net in routes:
-        net = ipaddress.ip_network(net)
-        if any(net.version == c.version and net.subnet_of(c) for c in connected):
-            continue  # already reachable through the connected route
-        add_route(name, net)
-
-
-def add_route(name: str, net) -> None:
-    """Route ``net`` into the device ``name``, or DeviceError naming it.  A
-    route the kernel already has through the device is fine; one through
-    another device (a default route when ``net`` is 0.0.0.0/0, say) is an
-    error: the traffic would leave outside the tunnel while the log said it
-    was routed into it."""
-    net = ipaddress.ip_network(net)
-    try:
-        _ip("-%d" % net.version, "route", "add", str(net), "dev", name, exists_ok=False)
-    except DeviceError as exc:
-        if "File exists" not in str(exc):
-            raise DeviceError("cannot route %s into %s: %s" % (net, name, exc)) from None
-        routes = kernel_routes()
-        if (net, name) in routes:
-            log.info("route %s via %s (already there)", net, name)
-            return
-        others = sorted({dev for r, dev in routes if r == net and dev != name})
-        raise DeviceError(
-            "cannot route %s into %s: the kernel already routes %s through %s%s. Remove that "
-            "route or leave %s out of allowed_ips (a full tunnel beside an existing default "
-            "route needs policy routing, which phantomd does not set up)"
-            % (net, name, net, ", ".join(others) or "another route",
-               " (the host's default route)" if net.prefixlen == 0 else "", net)) from None
-    log.info("route %s via %s", net, name)
 
 
 # --- the kernel's routes, read without privileges --------------------------------------------

@@ -73,6 +73,7 @@ class PeerConfig:
     protocol: str = "phantom"                          # PROTOCOLS: what this peer speaks
     preshared_key_file: Optional[Path] = None          # WireGuard's optional psk (base64 file)
     ciphers: Optional[list[str]] = None                # Phantom suites for this peer; None: [interface]'s
+    allow_exit: bool = False                           # may use this node as its exit (exit_node = true)
 
     @property
     def public_key_b64(self) -> str:
@@ -105,6 +106,8 @@ class Settings:
     user: Optional[str] = None
     fast: bool = False
     uapi: bool = False                                  # serve WireGuard's UAPI socket (wg show/set)
+    kill_switch: bool = False                           # block non-tunnel egress while a full tunnel is configured
+    exit_node: bool = False                             # forward and masquerade for peers with allow_exit
     log_level: str = DEFAULT_LOG_LEVEL
     directory: Optional[Any] = None        # a URL, a list of URLs, or "dht"
     dht_bootstrap: list[tuple[str, int]] = field(default_factory=list)  # with directory = "dht"
@@ -149,10 +152,10 @@ INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen",
                   "test_port", "test_deliver", "mode", "device", "addresses", "mtu", "state_dir",
                   "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers",
                   "endorsers", "directory_allowed_ips", "metrics_listen", "dht_bootstrap", "dht_port", "uapi",
-                  "rendezvous", "relay", "ciphers")
+                  "kill_switch", "exit_node", "rendezvous", "relay", "ciphers")
 CIPHERS = ("aegis256", "secretbox")       # wire.SUITE_NAMES, best first
 PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive", "protocol",
-             "preshared_key_file", "rendezvous", "ciphers")
+             "preshared_key_file", "rendezvous", "ciphers", "allow_exit")
 PROTOCOLS = ("phantom", "wireguard")
 
 
@@ -344,6 +347,10 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
             s.fast = _expect(value, bool, key, "true or false")
         elif name == "uapi":
             s.uapi = _expect(value, bool, key, "true or false")
+        elif name == "kill_switch":
+            s.kill_switch = _expect(value, bool, key, "true or false")
+        elif name == "exit_node":
+            s.exit_node = _expect(value, bool, key, "true or false")
         elif name == "log_level":
             s.log_level = _log_level(value, key)
         elif name == "directory":
@@ -465,9 +472,11 @@ def _peer(table: Any, i: int, base: Optional[Path] = None) -> PeerConfig:
         raise ConfigError(where + ".rendezvous", "a rendezvous node needs an endpoint")
     if rendezvous and protocol != "phantom":
         raise ConfigError(where + ".rendezvous", "a rendezvous node speaks the phantom protocol")
+    allow_exit = _expect(table.get("allow_exit", False), bool, where + ".allow_exit", "true or false")
     return PeerConfig(name=name, public_key=public, endpoint=endpoint, allowed_ips=allowed,
                       persistent_keepalive=keepalive, protocol=protocol,
-                      preshared_key_file=psk_file, rendezvous=rendezvous, ciphers=ciphers)
+                      preshared_key_file=psk_file, rendezvous=rendezvous, ciphers=ciphers,
+                      allow_exit=allow_exit)
 
 
 DEFAULT_NAME_BYTES = 4      # "peer-" + 8 hex digits of the key, longer only where needed
@@ -650,6 +659,16 @@ def config_warnings(s: Settings) -> list[str]:
 
 def _finish(s: Settings, mtu_key: str) -> Settings:
     check_peers(s.peers)
+    if s.exit_node and s.mode is not Mode.TUN:
+        raise ConfigError("interface.exit_node", "an exit node forwards IP packets from a TUN device: "
+                          "it needs mode = \"tun\"")
+    for i, p in enumerate(s.peers):
+        if p.allow_exit and not s.exit_node:
+            raise ConfigError("peer[%d].allow_exit" % i, "this node is no exit node: add exit_node = true "
+                              "to [interface] (or leave allow_exit out)")
+    if s.kill_switch and s.mode is not Mode.TUN:
+        raise ConfigError("interface.kill_switch", "the kill switch guards a full tunnel through a TUN "
+                          "device: it needs mode = \"tun\"")
     if s.uapi and s.mode is not Mode.TUN:
         raise ConfigError("interface.uapi", "WireGuard's UAPI serves a TUN device: it needs mode = \"tun\"")
     for i, p in enumerate(s.peers):

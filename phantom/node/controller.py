@@ -294,8 +294,17 @@ class Controller:
             "directory_counters": d.directory.counters() if d.directory is not None else None,
             "nat": self._nat_status(),
             "crypto": d.crypto_status(),
+            "privsep": self._privsep_status(),
             "dns": d.names.stats() if d.names is not None else None,
         }
+
+    def _privsep_status(self) -> Optional[dict]:
+        """The privileged helper: its pid and the routes it holds for us."""
+        d = self.d
+        if d.priv is None:
+            return None
+        kr = d.kernel_routes
+        return dict(kr.status() if kr is not None else {}, pid=d.priv.pid)
 
     def _device_up(self) -> Optional[bool]:
         """Whether our TUN/TAP link is up (None without a device, or when it is gone)."""

@@ -53,6 +53,8 @@ class Daemon:
     failure: Optional[str] = None  # why the data plane stopped (a fast-path worker died)
     exit_code = 0                  # main()'s status once serve() returns
     notifier = None                # phantom.node.sdnotify.Notifier under systemd (main())
+    priv = None                    # privsep.PrivClient: the privileged helper (TUN/TAP mode)
+    kernel_routes = None           # privsep.routes.KernelRoutes (TUN mode): reload adds/removes routes
 
     def __init__(self, settings: Settings, private_key: bytearray):
         self.s = settings
@@ -131,6 +133,9 @@ class Daemon:
         """Close the data path, the device and the sockets (after serve's stop)."""
         if self.dp is not None:
             self.dp.close()
+        if self.priv is not None:
+            from ..privsep.routes import stop_helper
+            stop_helper(self.priv)       # a clean stop: the helper removes everything, kill switch too
         if self.device:
             self.device.close()
         if self.udp is not None:
@@ -143,7 +148,8 @@ class Daemon:
         """Re-read the config file and apply it through the peer table
         (ConfigError: nothing changed)."""
         report = self.reloader.reload(self.peers, self.firewall,
-                                      self.device.name if self.device is not None else None)
+                                      self.device.name if self.device is not None else None,
+                                      kernel_routes=self.kernel_routes)
         if self.names is not None:
             self.names.sync()
         return report

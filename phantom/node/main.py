@@ -60,6 +60,8 @@ def main(argv=None) -> int:
             lock_down()                  # single-threaded: before the loop and any thread
     except OSError as exc:
         print("phantomd: %s" % exc, file=sys.stderr)
+        if daemon.priv is not None:
+            daemon.priv.close()
         return EXIT_RUNTIME
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -70,6 +72,9 @@ def main(argv=None) -> int:
     except OSError as exc:
         print("phantomd: %s" % exc, file=sys.stderr)
         return EXIT_RUNTIME
+    finally:
+        if daemon.priv is not None:
+            daemon.priv.close()          # also when serve() failed: the helper cleans up first
     if daemon.failure is not None:
         print("phantomd: the data plane stopped: %s" % daemon.failure, file=sys.stderr)
     return daemon.exit_code

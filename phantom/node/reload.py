@@ -30,9 +30,14 @@ goes on exactly as before.
 
 What a running daemon cannot change (the UDP or API port, mode, device,
 addresses, MTU, private key, state dir, user, directory, ciphers, tunables, [dns]) is not
-applied: the report lists it under ``notes`` ("needs a restart").  After
-the privilege drop the daemon cannot add kernel routes either: allowed IPs
-outside the interface's subnets that were not routed at start get a note.
+applied: the report lists it under ``notes`` ("needs a restart").
+
+Kernel routes (TUN mode) go through the privileged helper
+(:mod:`phantom.privsep`): the routes the new file needs (allowed IPs outside
+the interface's subnets) are installed before anything else changes, all
+or nothing (one the kernel refuses refuses the reload, naming the key, and
+the ones added are removed again); after the reload, the routes that no
+peer has any more are removed.  The report lists both under ``routes``.
 
 A :class:`Reloader` keeps what the file said at start (or the last reload),
 to tell the file's own edits from what the daemon learnt since (a roamed
@@ -58,7 +63,8 @@ RESTART_KEYS = ("listen_port", "http_port", "http_listen", "http_socket", "test_
                 "test_deliver", "mode", "device", "addresses", "mtu", "private_key_file",
                 "state_dir", "user", "directory", "name", "endpoints", "trusted_signers",
                 "endorsers", "directory_allowed_ips", "log_level", "tunables", "metrics_listen",
-                "dht_bootstrap", "dht_port", "endpoints_auto", "uapi", "ciphers")
+                "dht_bootstrap", "dht_port", "endpoints_auto", "uapi", "ciphers", "kill_switch",
+                "exit_node")
 
 
 def read(path) -> Settings:
@@ -104,26 +110,32 @@ class Reloader:
         self.s = settings
         self.baseline = baseline(settings) if base is Reloader._UNREAD else base
 
-    def reload(self, peers, firewall, device: Optional[str] = None) -> dict:
-        """Read the config file and apply it; ConfigError changes nothing."""
+    def reload(self, peers, firewall, device: Optional[str] = None, kernel_routes=None) -> dict:
+        """Read the config file and apply it; ConfigError changes nothing.
+        ``kernel_routes``: the privileged helper's routes (privsep.routes.KernelRoutes,
+        TUN mode), which the reload installs and prunes."""
         if self.s.config_path is None:
             raise ConfigError("--config", "phantomd was started without a config file: nothing "
                               "to reload")
-        report = self.run(read(self.s.config_path), peers, firewall, device)
+        report = self.run(read(self.s.config_path), peers, firewall, device, kernel_routes)
         log.info("reload: %s: %d added, %d removed, %d changed, %d unchanged%s",
                  self.s.config_path, len(report["added"]), len(report["removed"]),
                  len(report["changed"]), len(report["unchanged"]),
                  ", firewall replaced" if report["firewall"] else "")
         return report
 
-    def run(self, fresh: Settings, peers, firewall, device: Optional[str] = None) -> dict:
+    def run(self, fresh: Settings, peers, firewall, device: Optional[str] = None,
+            kernel_routes=None) -> dict:
         """Plan ``fresh`` against the running peers and apply it; it is the baseline then."""
-        report = self.apply(self.plan(fresh, peers, device), peers, firewall)
+        p = self.plan(fresh, peers, device, kernel_routes)
+        added = _install_routes(kernel_routes, p)
+        report = self.apply(p, peers, firewall)
+        _prune_routes(kernel_routes, peers.engine, report, added, fresh)
         self.baseline = fresh
         return report
 
     # ------------------------------------------------------------ planning
-    def plan(self, fresh: Settings, peers, device: Optional[str] = None) -> Plan:
+    def plan(self, fresh: Settings, peers, device: Optional[str] = None, kernel_routes=None) -> Plan:
         """Compare ``fresh`` (the file now) with the running peers (a
         PeerTable); raise ConfigError for anything that would not apply.
         ``device``: our TUN device's name.  Changes nothing."""
@@ -214,10 +226,10 @@ class Reloader:
             if fresh.dns != base.dns:
                 p.notes.append("[dns] changed: needs a restart (not applied; the names follow the "
                                "peers without one)")
-        self._plan_routes(engine, p, device)
+        self._plan_routes(engine, p, device, kernel_routes)
         return p
 
-    def _plan_routes(self, engine, p: Plan, device: Optional[str]) -> None:
+    def _plan_routes(self, engine, p: Plan, device: Optional[str], kernel_routes=None) -> None:
         """The routing table after the reload, checked whole before anything
         changes (ConfigError naming the file's key):
 
@@ -252,6 +264,8 @@ class Reloader:
         p.routes = dict(changes)
         if self.s.mode.value != "tun" or device is None:
             return
+        if kernel_routes is not None:
+            return                          # the helper installs them: _install_routes()
         from ..dataplane.tun import unrouted
         connected = [a.network for a in self.s.addresses]
         for i, pc in enumerate(fresh.peers):
@@ -328,3 +342,40 @@ class Reloader:
         return {"added": [pe.name for pe in added], "removed": removed, "changed": changed,
                 "unchanged": [pe.name for pe in p.unchanged], "firewall": p.firewall_changed,
                 "notes": p.notes}
+
+
+def _install_routes(routes, p: Plan) -> list:
+    """The kernel routes the new file needs, through the privileged helper
+    (``routes``: privsep.routes.KernelRoutes, or None), before anything else
+    changes; ConfigError naming the key (and nothing left added) when the
+    kernel refuses one."""
+    if routes is None:
+        return []
+    from ..privsep.routes import RouteError
+    try:
+        return routes.install([n for pc in p.fresh.peers for n in pc.allowed_ips])
+    except RouteError as exc:
+        for i, pc in enumerate(p.fresh.peers):
+            if exc.net in pc.allowed_ips:
+                raise ConfigError("peer[%d].allowed_ips[%d]" % (i, list(pc.allowed_ips).index(exc.net)),
+                                  "the kernel does not route %s into %s, and the route cannot be added: %s"
+                                  % (exc.net, exc.device, exc.reason)) from None
+        raise ConfigError("routes", str(exc)) from None
+
+
+def _prune_routes(routes, engine, report: dict, added: list, fresh: Settings) -> None:
+    """After the reload: remove the kernel routes no peer has any more; the
+    exit node's allowed peers (allow_exit) follow the file."""
+    if routes is None:
+        return
+    if routes.exit is not None:
+        from ..privsep.exitnode import ExitError, allowed_prefixes
+        try:
+            if routes.exit.sync(allowed_prefixes(fresh.peers)):
+                report["exit"] = routes.exit.status()["allowed"]
+        except ExitError as exc:
+            report["notes"].append(str(exc))
+    removed, failed = routes.prune([n for pe in engine.peers.values() for n in pe.allowed_ips])
+    report["routes"] = {"added": [str(n) for n in added], "removed": [str(n) for n in removed]}
+    for net, why in failed:
+        report["notes"].append("route %s not removed from the kernel: %s" % (net, why))

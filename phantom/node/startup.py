@@ -6,8 +6,11 @@
   2. load the private key (refused when readable by others); resolve
      ``--user`` (default ``nobody`` when root) -- main.py;
   3. :func:`open_privileged`: what needs root: the UDP socket, the TUN/TAP
-     device (with its addresses and routes, through the ``ip`` helper) or
-     the test port; with [dns], port 53 and resolved's split DNS;
+     device or the test port; with a device, start the privileged helper
+     (:mod:`phantom.privsep`: it keeps CAP_NET_ADMIN alone and changes
+     routes, rules and nftables for the daemon, then and after the drop),
+     which brings the link up and adds its addresses and routes (netlink);
+     with [dns], port 53 and resolved's split DNS;
   4. lock down (root only, :func:`phantom.privileges.lock_down`, main.py):
      still single-threaded -- refused, naming the threads, if any thread
      exists -- empty the capability bounding set, clear keepcaps and the
@@ -50,22 +53,29 @@ log = logging.getLogger("phantom.daemon")
 
 
 def open_privileged(d) -> None:
-    """Step 3: the UDP socket, and the test port or the TUN/TAP device with
-    its addresses and the configured peers' routes."""
+    """Step 3: the UDP socket, and the test port or the TUN/TAP device; with
+    a device, the privileged helper (phantom.privsep: it keeps CAP_NET_ADMIN
+    alone and changes routes, rules and nftables for the daemon, then and
+    after the drop), which brings the link up and adds its addresses and the
+    configured peers' routes (netlink)."""
     s = d.s
     d.udp = open_udp_socket(s.listen_port)
     if s.mode is Mode.TEST:
         d.test_sock = open_test_socket(s.test_port)
     else:
-        from ..dataplane.tun import configure_addresses, open_device
+        from ..dataplane.tun import open_device
+        from ..privsep.routes import start_for_device
         name = s.device or ("phantom0" if s.mode is Mode.TUN else "phantap0")
         flags = 0
         if s.fast and s.mode is Mode.TUN:
             from ..dataplane.fast import DEVICE_FLAGS   # virtio-net header: TSO/USO offloads
             flags = DEVICE_FLAGS
-        d.device = open_device(s.mode, name, s.mtu, flags)
+        d.device = open_device(s.mode, name, s.mtu, flags, up=False)
         routes = [n for p in s.peers for n in p.allowed_ips] if s.mode is Mode.TUN else []
-        configure_addresses(d.device.name, s.addresses, routes)
+        d.priv, d.kernel_routes = start_for_device(
+            d.device.name, s.mode.value, s.addresses, routes, d.udp,
+            s.state_dir, d.drop_to, kill_switch=s.kill_switch,
+            exit_prefixes=[n for p in s.peers if p.allow_exit for n in p.allowed_ips] if s.exit_node else None)
     if d.names is not None:              # port 53 and resolved's split DNS need root
         d.names.bind(d.device.name if d.device else None)
 

@@ -7,8 +7,10 @@ endorsed with the CLI, pings through real TUN devices.
 * item 10: an endpoint in the directory is a claim, never an identity: an
   anonymous record claiming a peer's endpoint does not make `open IP:PORT`
   use its key;
-* item 16: a route that cannot be installed (a full tunnel beside the host's
-  default route) refuses the start, and the reload, naming it.
+* item 16: a route that cannot be installed (a prefix the host already
+  routes through another device) refuses the start, and the reload, naming
+  it.  (A full tunnel beside the default route is policy routing now:
+  test_full_tunnel.py.)
 """
 
 from __future__ import annotations
@@ -165,28 +167,28 @@ def test_open_by_endpoint_never_takes_a_key_from_a_directory_claim(lan3, daemon_
 @pytest.mark.parametrize("datapath", ["reference", "fast"])
 def test_a_route_that_cannot_be_installed_refuses_the_start_and_the_reload(two_hosts, daemon_factory,
                                                                            tmp_path, datapath):
-    """A full tunnel on a host that has a default route: `ip route add
-    0.0.0.0/0 dev phtun0` fails with "File exists", which was swallowed while
-    the log said "route 0.0.0.0/0 via phtun0" (IPv4 then left outside the
-    tunnel).  The start now fails naming the route; a reload that would need
-    such a route is refused whole."""
+    """A prefix the host already routes through eth0: adding it into phtun0
+    fails with "File exists", which was swallowed while the log said "route
+    ... via phtun0" (the traffic then left outside the tunnel).  The start
+    now fails naming the route; a reload that would need such a route is
+    refused whole."""
     a, b = two_hosts.a, two_hosts.b
-    a.ns.ip("route", "add", "default", "via", b.ip, "dev", "eth0")
+    a.ns.ip("route", "add", "10.77.0.0/16", "via", b.ip, "dev", "eth0")
     node = make_node(tmp_path, "n1", 1, a)
     other = make_node(tmp_path, "n2", 2, b)
     full = {"name": "n2", "public_key": other.pub, "endpoint": "%s:%d" % (b.ip, UDP_PORT),
-            "allowed_ips": ["0.0.0.0/0", "::/0"]}
+            "allowed_ips": ["10.77.0.0/16", "fd77::/64"]}
     write_config(node, mode="tun", peers=[full])
     start(daemon_factory, node, datapath, wait=False)
     deadline = time.monotonic() + 15
     while node.daemon.running and time.monotonic() < deadline:
         time.sleep(0.1)
     log = log_text(node)
-    assert not node.daemon.running, "phantomd started although 0.0.0.0/0 is not routed into its device"
+    assert not node.daemon.running, "phantomd started although 10.77.0.0/16 is not routed into its device"
     assert node.daemon.returncode != 0
-    assert "cannot route 0.0.0.0/0 into phtun0" in log and "eth0" in log, log
-    assert "route 0.0.0.0/0 via" not in log
-    assert "default" in a.run(["ip", "-4", "route", "show", "default"]).stdout   # untouched
+    assert "cannot route 10.77.0.0/16 into phtun0" in log and "eth0" in log, log
+    assert "route 10.77.0.0/16 via" not in log
+    assert "eth0" in a.run(["ip", "-4", "route", "show", "10.77.0.0/16"]).stdout   # untouched
 
     # a working daemon; a reload that would need the full tunnel is refused whole
     node2 = make_node(tmp_path, "n3", 1, a)
@@ -204,6 +206,6 @@ def test_a_route_that_cannot_be_installed_refuses_the_start_and_the_reload(two_h
     finally:
         shutil.rmtree(public, ignore_errors=True)
     assert code == 400, body
-    assert "peer[0].allowed_ips[0]" in body["error"] and "does not route 0.0.0.0/0 into phtun0" in body["error"]
+    assert "peer[0].allowed_ips[0]" in body["error"] and "does not route 10.77.0.0/16 into phtun0" in body["error"]
     (p,) = node2.status()["peers"]
     assert p["name"] == "n2" and p["allowed_ips"] == ["10.99.0.2/32"], "nothing changed"

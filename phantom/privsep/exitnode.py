@@ -1,0 +1,97 @@
+"""The exit node's side (issue 22 item 3, plain configured peers): forward
+and masquerade the traffic of the peers allowed to use this node as their
+exit, refuse everyone else's, through the privileged helper.
+
+With ``exit_node = true`` in ``[interface]`` the helper turns IPv4 and IPv6
+forwarding on (back to what they were on stop) and writes the daemon's
+nftables table ``inet phantom-<device>``:
+
+* chain ``fwd`` (filter, forward): from the device, the allowed peers'
+  prefixes (their ``allowed_ips``) are accepted; to the device, only
+  established/related traffic; anything else from or to the device is
+  dropped (counted).  Traffic between the host's other interfaces is left to
+  the host's own rules (policy accept);
+* chain ``nat`` (nat, postrouting): the allowed peers' traffic leaving by
+  another interface is masqueraded to that interface's address.
+
+A peer is allowed with ``allow_exit = true`` in its ``[[peer]]``; ``phantom
+reload`` applies changes to that list (one nftables transaction).  The
+client side is a full tunnel to the exit (docs/routes.md).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import Iterable
+
+from .client import PrivClient, PrivError
+
+log = logging.getLogger("phantom.daemon")
+
+
+class ExitError(OSError):
+    pass
+
+
+def exit_table(device: str, prefixes: Iterable) -> dict:
+    """The exit's table (nftspec form) for the allowed peers' ``prefixes``."""
+    nets = sorted({ipaddress.ip_network(n) for n in prefixes}, key=lambda n: (n.version, n))
+    fams = {v: [str(n) for n in nets if n.version == v] for v in (4, 6)}
+    rules = []
+    for v in (4, 6):
+        if fams[v]:
+            rules.append({"chain": "fwd", "match": [{"field": "iifname", "value": device},
+                                                    {"field": "saddr", "value": fams[v]}], "verdict": "accept"})
+    rules += [
+        {"chain": "fwd", "match": [{"field": "oifname", "value": device},
+                                   {"field": "ct_state", "value": ["established", "related"]}], "verdict": "accept"},
+        {"chain": "fwd", "match": [{"field": "iifname", "value": device}], "verdict": "drop", "counter": True},
+        {"chain": "fwd", "match": [{"field": "oifname", "value": device}], "verdict": "drop", "counter": True},
+    ]
+    for v in (4, 6):
+        if fams[v]:
+            rules.append({"chain": "nat", "match": [{"field": "oifname", "op": "!=", "value": device},
+                                                    {"field": "saddr", "value": fams[v]}], "verdict": "masquerade"})
+    return {"chains": [{"name": "fwd", "type": "filter", "hook": "forward", "priority": 0, "policy": "accept"},
+                       {"name": "nat", "type": "nat", "hook": "postrouting", "priority": 100}],
+            "rules": rules}
+
+
+def allowed_prefixes(peers) -> list:
+    """The prefixes of the peers (PeerConfig) allowed to use this exit."""
+    return [n for p in peers if p.allow_exit for n in p.allowed_ips]
+
+
+class ExitNode:
+    def __init__(self, client: PrivClient, device: str):
+        self.client = client
+        self.device = device
+        self.prefixes: list = []
+        self.forwarding = False
+
+    def start(self, prefixes: Iterable) -> None:
+        """Forwarding on, the table written; ExitError naming what failed."""
+        try:
+            for fam in (4, 6):
+                self.client.set_forwarding(fam, True)
+        except PrivError as exc:
+            raise ExitError("exit node: cannot turn forwarding on: %s" % exc.text) from None
+        self.forwarding = True
+        self.sync(prefixes, force=True)
+
+    def sync(self, prefixes: Iterable, force: bool = False) -> bool:
+        """Write the table for ``prefixes`` if they changed; True when written."""
+        want = sorted({str(ipaddress.ip_network(n)) for n in prefixes})
+        if want == self.prefixes and not force:
+            return False
+        try:
+            self.client.nft_replace(exit_table(self.device, want))
+        except PrivError as exc:
+            raise ExitError("exit node: nftables: %s" % exc.text) from None
+        self.prefixes = want
+        log.info("exit node: forwarding and masquerading for %s", ", ".join(want) or "no peer")
+        return True
+
+    def status(self) -> dict:
+        return {"allowed": list(self.prefixes), "forwarding": self.forwarding}
