@@ -121,6 +121,7 @@ class PostgresStore(Store):
         self._listen_task: Optional[asyncio.Task] = None
         self._fetches: set[asyncio.Task] = set()
         self._closing = False
+        self._networks: list = []
 
     async def open(self) -> "PostgresStore":
         try:
@@ -145,6 +146,8 @@ class PostgresStore(Store):
 
     async def close(self) -> None:
         self._closing = True
+        for net in self._networks:
+            net.close()
         if self._listen_task is not None:
             self._listen_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -230,7 +233,9 @@ class PostgresStore(Store):
 
     def network(self) -> "PgNetwork":
         """The network's tables in this database (``phantom directory serve --network``)."""
-        return PgNetwork(self)
+        net = PgNetwork(self)
+        self._networks.append(net)
+        return net
 
     async def count(self) -> int:
         async with self._conn() as c:
