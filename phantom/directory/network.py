@@ -26,6 +26,8 @@ wrong admin token is a 401 before the body is read, and draws on it too.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import json
 from dataclasses import dataclass
@@ -290,9 +292,22 @@ async def admin_members(request: web.Request) -> web.Response:
     return _json({"members": rows})
 
 
+def _who(text: str) -> str:
+    """A member's name, or its key in standard base64; a key may come URL-safe
+    (``-`` and ``_``, as every key in the directory's paths may)."""
+    if len(text) == 44 and text.endswith("=") and ("-" in text or "_" in text):
+        try:
+            raw = base64.urlsafe_b64decode(text)
+        except (binascii.Error, ValueError):
+            return text
+        if len(raw) == 32:
+            return b64(raw)
+    return text
+
+
 async def admin_remove(request: web.Request) -> web.Response:
     _admin(request)
-    who = request.match_info["who"]
+    who = _who(request.match_info["who"])
     svc = _svc(request)
     try:
         removal, seq = await _change(request, lambda led, now: J.remove(

@@ -240,6 +240,8 @@ def test_the_admin_api_needs_the_token_and_a_removal_is_on_the_stream():
             assert status == 400 and doc["code"] == "malformed"
             token, _ = await dr.invite(uses=2)
             a, b = Node(), Node()
+            while not set("+/") & set(J.b64(b.public)):     # b's key differs URL-safe
+                b = Node()
             for node, name in ((a, "a"), (b, "b")):
                 status, _ = await dr.call("POST", "/network/join", node.join_request(token, name))
                 assert status == 200
@@ -260,6 +262,20 @@ def test_the_admin_api_needs_the_token_and_a_removal_is_on_the_stream():
             # the removed member cannot renew; its name is free again
             status, doc = await dr.call("POST", "/network/renew", a.renew_request(token.network))
             assert status == 404
+            # by key: URL-safe base64 in the path, or standard base64 percent-encoded
+            import base64
+            import urllib.parse
+            for node, form in ((b, base64.urlsafe_b64encode(b.public).decode()),):
+                status, doc = await dr.call("POST", "/network/admin/members/%s/remove" % form,
+                                            admin=ADMIN)
+                assert status == 200 and doc["removal"]["key"] == J.b64(node.public), doc
+            token2, _ = await dr.invite()
+            c = Node()
+            status, _ = await dr.call("POST", "/network/join", c.join_request(token2, "c"))
+            std = urllib.parse.quote(J.b64(c.public), safe="")
+            status, doc = await dr.call("POST", "/network/admin/members/%s/remove" % std,
+                                        admin=ADMIN)
+            assert status == 200 and doc["removal"]["key"] == J.b64(c.public), doc
     run(main())
 
 
