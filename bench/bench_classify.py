@@ -3,10 +3,11 @@
     /tmp/venv/bin/python -m pytest bench/bench_classify.py --benchmark-columns=min,median,mean
     /tmp/venv/bin/python bench/bench_classify.py          # plain table, no pytest
 
-Two rule sets of N inbound TCP rules (see ``rules_for``): "ports" (dst-port
+Three rule sets of N inbound TCP rules (see ``rules_for``): "ports" (dst-port
 rules; the reference classifier's dst-port index skips straight to the
-interval of port 8080) and "cidrs" (source-address rules: every rule is looked
-at, the worst case).  The packet is an inbound TCP SYN to port 8080 that no rule
+interval of port 8080), "cidrs" (source-address rules: every rule is looked
+at, the worst case) and "groups" (``src_group`` rules of 1000-peer groups the
+packet's peer is not in: every rule is looked at, one set lookup each).  The packet is an inbound TCP SYN to port 8080 that no rule
 matches; the default accepts it.  A UDP packet has no candidate rules at all
 (the best case).
 
@@ -50,7 +51,15 @@ def _ipv4_udp() -> bytes:
 def rules_for(n: int, kind: str = "ports"):
     """N inbound rules: "ports" = TCP dst-port rules (ports 1..N); "cidrs" =
     TCP rules by source /24 (192.168.i.0/24) that the packet (from 10.0.0.2)
-    misses, and that no port index can skip: every one is looked at."""
+    misses, and that no port index can skip: every one is looked at; "groups" =
+    TCP rules by ``src_group``, each group 1000 peers (ids 2..1001) that the
+    packet's peer (1) is not among: every rule is looked at, each with a
+    binary search of its peer set."""
+    if kind == "groups":
+        rules = [{"direction": "in", "proto": "tcp", "src_group": "g%d" % i, "action": "drop"}
+                 for i in range(n)]
+        groups = {"g%d" % i: range(2 + i, 1002 + i) for i in range(n)}
+        return compile_rules(parse_rules({"rule": rules}, {}, groups))
     if kind == "ports":
         rules = [{"direction": "in", "proto": "tcp", "dst_port": p, "action": "drop"}
                  for p in range(1, n + 1)]
@@ -88,7 +97,7 @@ UDP_NONE = _ipv4_udp()
 
 @pytest.mark.parametrize("name", list(CLASSIFIERS))
 @pytest.mark.parametrize("n", SIZES)
-@pytest.mark.parametrize("kind", ["ports", "cidrs"])
+@pytest.mark.parametrize("kind", ["ports", "cidrs", "groups"])
 def test_classify_tcp_no_match(benchmark, kind, name, n):
     t = rules_for(n, kind)
     fn = CLASSIFIERS[name]
@@ -117,7 +126,7 @@ def fast_ns_per_packet(tables, direction, packet, peer_id, iterations: int = 200
 
 
 @pytest.mark.parametrize("n", SIZES)
-@pytest.mark.parametrize("kind", ["ports", "cidrs"])
+@pytest.mark.parametrize("kind", ["ports", "cidrs", "groups"])
 def test_classify_fast_path_in_c(benchmark, kind, n):
     from phantom.fastpath import _testing
     t = rules_for(n, kind)
@@ -134,7 +143,7 @@ def main() -> None:
     print("ns per packet (best of 5 runs), IPv4 TCP SYN, no rule matches")
     names = list(CLASSIFIERS) + ["fast (in C)"]
     print("%-6s %-6s" % ("rules", "kind") + "".join("%22s" % name for name in names))
-    for kind in ("ports", "cidrs"):
+    for kind in ("ports", "cidrs", "groups"):
         for n in SIZES:
             t = rules_for(n, kind)
             row = "%-6d %-6s" % (n, kind)

@@ -12,7 +12,9 @@ config file hand it over; ``compile_rules`` never raises on a RuleSet that
 ``parse_rules`` made, and the Tables it builds decode; the rule set's
 ``to_obj`` form (what GET /firewall shows) parses back to the same tables;
 the C classifier (``_testing.fw_decide``) decides the packet exactly as the
-reference classifier does whenever it does not defer.
+reference classifier does whenever it does not defer.  Rules may name groups
+(``src_group``/``dst_group``): GROUPS is the peer table's group map, OWN this
+node's groups; peer ids 0-3 cover members and non-members.
 """
 
 import sys
@@ -35,6 +37,8 @@ except ImportError:          # not built: the differential check is skipped
 ALLOWED = (fw.FirewallError,)
 PEER_KEY = "q83vEjRWeJASNFZ4kBI0VniQEjRWeJASNFZ4kBI0Vng="
 PEERS = {"n2": 2, "n3": 3, PEER_KEY: 2}
+GROUPS = {"laptops": {1, 2}, "servers": {3}, "admins": {0, 2, 3}}   # group -> peer ids
+OWN = ("servers",)                                                    # this node's groups
 
 
 def load_doc(flags: int, text: bytes):
@@ -60,13 +64,13 @@ def TestOneInput(data: bytes) -> None:
     if doc is None and text:
         return
     try:
-        rs = fw.parse_rules(doc, PEERS)
+        rs = fw.parse_rules(doc, PEERS, GROUPS, OWN)
     except ALLOWED:
         return
     tables = fw.compile_rules(rs)
     assert fw.Tables(tables.blob).nrules == len(rs.rules)
     # GET /firewall's form can be PUT back: same tables
-    again = fw.compile_rules(fw.parse_rules(json.loads(json.dumps(rs.to_obj())), PEERS))
+    again = fw.compile_rules(fw.parse_rules(json.loads(json.dumps(rs.to_obj())), PEERS, GROUPS, OWN))
     assert again.blob == tables.blob, "to_obj() does not round-trip"
     direction = (flags >> 1) & 1
     peer = (flags >> 2) & 3

@@ -123,6 +123,12 @@ def firewall_seeds():
                                 "peer": "q83vEjRWeJASNFZ4kBI0VniQEjRWeJASNFZ4kBI0Vng="}]}, "udp6"),
         "fragments": ({"rule": [{"direction": "in", "proto": "udp", "dst_port": 53, "action": "drop"},
                                 {"direction": "in", "proto": "udp", "action": "accept"}]}, "frag4"),
+        "groups": ({"default_in": "drop", "rule": [
+            {"direction": "in", "src_group": "laptops", "dst_group": "servers", "proto": "tcp",
+             "dst_port": 22, "action": "accept"},
+            {"direction": "in", "src_group": "laptops", "proto": "icmp", "action": "accept"},
+            {"direction": "out", "dst_group": "admins", "src_group": "printers", "action": "reject"},
+            {"direction": "in", "peer": "n2", "src_group": "admins", "action": "accept"}]}, "tcp4"),
     }
     docs["numbers-as-text"] = ({"allow_protocols": ["47", "0x84"], "allow_ethertypes": ["0x0806", 35020],
                                 "rule": [{"direction": " IN ", "proto": " 17 ", "action": "Drop",
@@ -151,6 +157,17 @@ action = "reject"
         b'"accept"}]}' + b"\0" + PACKETS["udp4"])
     put("firewall", "toml-basic", b"\x01" + toml + b"\0" + PACKETS["udp4"])
     put("firewall", "toml-out", b"\x03" + toml + b"\0" + PACKETS["tcp4"])
+    groups = b"""[firewall]
+default_in = "drop"
+
+[[firewall.rule]]
+direction = "in"
+src_group = "laptops"
+dst_group = "servers"
+proto = "icmp"
+action = "accept"
+"""
+    put("firewall", "toml-groups", b"\x05" + groups + b"\0" + PACKETS["icmp4"])
 
 
 def directory_seeds():

@@ -37,6 +37,13 @@ class Tunables:
     open_attempts: int = 6               # handshakes tried by `open` before it fails
     dead_retry_interval: float = 30.0    # a DEAD peer that should be up is retried this often
     timer_tick: float = 0.1              # control-plane tick period
+    # a peer's endpoint given as a DNS name (node/endpoints.py), after
+    # wg-quick's reresolve-dns.sh: looked up again every reresolve_interval
+    # while its last handshake is older than reresolve_after (or it has none),
+    # and when a series of handshake attempts gave up; each lookup is bounded
+    reresolve_interval: float = 30.0
+    reresolve_after: float = 135.0
+    resolve_timeout: float = 5.0
     staged_packets: int = 128            # packets queued per peer while handshaking
     burst: int = 64                      # packets drained per fd wakeup
     under_load_initiations: int = 64     # initiations/s before cookies are demanded

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any
+from typing import Any, Optional
 
 from .errors import ConfigError
 
@@ -51,6 +51,62 @@ def parse_endpoint(text: Any, key: str = "endpoint") -> tuple[str, int]:
     if addr.is_unspecified or addr.is_multicast:
         raise ConfigError(key, "%r: %s cannot be a peer's address" % (text, addr))
     return str(addr), port
+
+
+# A host name as DNS allows it in an endpoint (RFC 1123 labels: letters,
+# digits and inner hyphens, 1-63 characters; at most 253 in all; an
+# optional final dot).  The last label is not all digits, so a mistyped
+# address (1.2.3.4.5, 10.0.0) is not taken for a name.
+_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+HOSTNAME_RULE = ("a DNS name: labels of letters, digits and inner hyphens, 1-63 characters "
+                 "each, at most 253 in all, the last one not all digits")
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def hostname_problem(host: str) -> Optional[str]:
+    """Why ``host`` is not a valid DNS host name (None: it is one)."""
+    if not host.isascii():
+        return "%r is not ASCII: write an internationalised name in its xn-- form" % host
+    name = host[:-1] if host.endswith(".") else host
+    if not name or len(name) > 253:
+        return "%r is not %s" % (host, HOSTNAME_RULE)
+    labels = name.split(".")
+    if not all(_LABEL.match(label) for label in labels) or labels[-1].isdigit():
+        return "%r is neither an IP address nor %s" % (host, HOSTNAME_RULE)
+    return None
+
+
+def parse_peer_endpoint(text: Any, key: str = "endpoint") -> tuple[str, int]:
+    """A peer's endpoint: :func:`parse_endpoint`'s IP literals, or
+    ``"vpn.example.com:51820"`` (a DNS name and a port; the name is kept in
+    lower case without a final dot, and resolved later, never here).  Tell
+    the two apart with :func:`is_ip_literal`.  Raises ConfigError(key, problem)."""
+    try:
+        return parse_endpoint(text, key)
+    except ConfigError as exc:
+        if not isinstance(text, str):
+            raise
+        s = text.strip()
+        host, sep, port_text = s.rpartition(":")
+        if s.startswith("[") or not sep or ":" in host or is_ip_literal(host) or not host:
+            raise
+        problem = hostname_problem(host)
+        if problem is not None:
+            raise ConfigError(key, "%r: %s" % (text, problem)) from None
+        del exc
+    if not port_text.isascii() or not port_text.isdigit():
+        raise ConfigError(key, "%r: port %r is not a number" % (text, port_text))
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ConfigError(key, "%r: port %d is outside 1..65535" % (text, port))
+    return host.rstrip(".").lower(), port
 
 
 def format_endpoint(endpoint: tuple) -> str:

@@ -7,7 +7,7 @@ Key tools (no daemon needed)::
 
 Talking to a running phantomd over its HTTP API::
 
-    phantom open TARGET [--public-key K] [--name N] [--allowed-ips CIDR,...]
+    phantom open TARGET [--public-key K] [--name N] [--allowed-ips CIDR,...] [--groups G,...]
     phantom close PEER
     phantom status | peers
     phantom wait-ready [--timeout S]  exit 0 once the daemon answers and its device is up
@@ -177,7 +177,7 @@ class ApiClient:
 
 
 # --- output -----------------------------------------------------------------------------------
-PEER_COLUMNS = ("name", "path", "endpoint", "allowed_ips", "state", "protocol", "cipher", "latest_handshake",
+PEER_COLUMNS = ("name", "path", "endpoint", "endpoint_name", "allowed_ips", "groups", "state", "protocol", "cipher", "latest_handshake",
                 "rx_bytes", "tx_bytes", "public_key")
 
 
@@ -301,6 +301,9 @@ def cmd_open(args) -> int:
                                if n.strip()]
     if args.protocol:
         body["protocol"] = args.protocol
+    if args.groups:
+        body["groups"] = sorted({g.strip() for arg in args.groups for g in arg.split(",")
+                                 if g.strip()})
     target = urllib.parse.quote(args.target, safe=":[]")
     result = _client(args).request("POST", "/open/" + target, body or None)
     _emit(args, result, format_kv)
@@ -559,6 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inner prefixes to route to a new peer (repeatable)")
     o.add_argument("--protocol", choices=("phantom", "wireguard"),
                    help="what a new peer speaks (default phantom; wireguard: a stock WireGuard peer)")
+    o.add_argument("--groups", metavar="GROUP[,GROUP]", action="append",
+                   help="firewall groups of a new peer (rules' src_group/dst_group; repeatable)")
     o.set_defaults(func=cmd_open)
 
     c = sub.add_parser("close", parents=[common], help="close the tunnel to a peer")

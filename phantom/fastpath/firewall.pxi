@@ -1,4 +1,4 @@
-# firewall.pxi: the firewall's compiled tables (dataplane/firewall/compile.py),
+# firewall.pxi: the firewall's compiled tables (dataplane/firewall/__init__.py),
 # decided in C, and the per-batch hook into the Python classifier.
 #
 # Part of phantom/fastpath/_engine.pyx (included there; see docs/fastpath.md).
@@ -25,6 +25,7 @@ cdef enum:
     FW_F_REMOTE6 = 0x10
     FW_F_LOCAL4 = 0x20
     FW_F_LOCAL6 = 0x40
+    FW_F_PEERSET = 0x80            # the peer must be in the peer set at the u32 at 16
 
 
 cdef inline uint16_t _le16(const unsigned char *p) noexcept nogil:
@@ -40,6 +41,31 @@ cdef inline bint _masked_eq(const unsigned char *a, const unsigned char *net,
     return True
 
 
+cdef inline bint _in_peer_set(const unsigned char *blob, size_t bloblen, size_t sets_off,
+                             uint32_t off, int64_t peer_id) noexcept nogil:
+    """Whether ``peer_id`` is in the peer set at ``off`` of the peer-set area
+    (u32 count, then the ids ascending): a binary search.  A set that does
+    not fit in the blob holds nobody (Tables refuses such a blob anyway)."""
+    cdef size_t at = sets_off + off
+    cdef uint32_t count, lo, hi, mid, v
+    if peer_id < 0 or peer_id > <int64_t>0xFFFFFFFFLL or off & 3 or at + 4 > bloblen or at < sets_off:
+        return False
+    count = _le32(blob + at)
+    if count > (bloblen - at - 4) // 4:
+        return False
+    lo, hi = 0, count
+    while lo < hi:
+        mid = lo + (hi - lo) // 2
+        v = _le32(blob + at + 4 + 4 * <size_t>mid)
+        if v == <uint32_t>peer_id:
+            return True
+        if v < <uint32_t>peer_id:
+            lo = mid + 1
+        else:
+            hi = mid
+    return False
+
+
 cdef int _fw_decide(const unsigned char *blob, size_t bloblen, int direction,
                     const unsigned char *p, size_t n, int64_t peer_id,
                     int *rule, int *reason) noexcept nogil:
@@ -47,6 +73,7 @@ cdef int _fw_decide(const unsigned char *blob, size_t bloblen, int direction,
     firewall.classify decides it for a stateless table and a packet that is
     not a fragment; FW_DEFER for the rest (the caller asks Python)."""
     cdef uint32_t nrules, i
+    cdef size_t sets_off
     cdef int fam, width, it
     cdef size_t ihl, tlen, l4, end, hl
     cdef unsigned int proto, nh, frag, fo
@@ -64,6 +91,7 @@ cdef int _fw_decide(const unsigned char *blob, size_t bloblen, int direction,
     nrules = _le32(blob + 8)
     if blob[12] & 1 or bloblen < FW_RULES_OFF + nrules * FW_RULE_SIZE:
         return FW_DEFER                     # stateful: conntrack lives in Python
+    sets_off = FW_RULES_OFF + <size_t>nrules * FW_RULE_SIZE
     # 1. parse (firewall "Parsing" rules)
     if n >= 20 and p[0] >> 4 == 4:
         ihl = (p[0] & 15) << 2
@@ -158,6 +186,8 @@ cdef int _fw_decide(const unsigned char *blob, size_t bloblen, int direction,
             if not (_le16(r + 8) <= sport <= _le16(r + 10) and _le16(r + 12) <= dport <= _le16(r + 14)):
                 continue
         if f & FW_F_PEER and <int64_t>_le32(r + 16) != peer_id:
+            continue
+        if f & FW_F_PEERSET and not _in_peer_set(blob, bloblen, sets_off, _le32(r + 16), peer_id):
             continue
         if f & (FW_F_REMOTE4 | FW_F_REMOTE6) and not _masked_eq(remote, r + 24, r + 40, width):
             continue

@@ -4,7 +4,8 @@ are phantom/http/'s).
 
 ====== ======================= ============================================
 POST   /open/{target}          open a tunnel; target is ``IP:PORT``,
-                               ``[IPv6]:PORT`` or a peer name; optional body
+                               ``[IPv6]:PORT``, ``HOST:PORT`` (a DNS name)
+                               or a peer name; optional body
                                ``{"public_key": "...", "name": "...",
                                "allowed_ips": ["10.9.0.2/32"]}``
 POST   /close/{peer}           close the tunnel to a peer (name or public
@@ -34,7 +35,7 @@ from ..errors import ConfigError, Invalid
 from ..http.app import OPENAPI_KEY, controller
 from ..http.openapi import COMMON_ERRORS, MUTATION_ERRORS, OBJ, err, ok
 from ..http.server import call, json_response, read_json, refuse_get
-from ..syntax import PEER_NAME, PEER_NAME_RULE, parse_endpoint, parse_network
+from ..syntax import PEER_NAME, PEER_NAME_RULE, parse_peer_endpoint, parse_network
 
 
 def _check_name(value: Any, what: str) -> str:
@@ -51,10 +52,10 @@ async def open_tunnel(request: web.Request) -> web.Response:
         body = {}
     if not isinstance(body, dict):
         raise Invalid("body must be a JSON object like {\"public_key\": \"...\", \"name\": \"...\"}")
-    unknown = set(body) - {"public_key", "name", "allowed_ips", "protocol"}
+    unknown = set(body) - {"public_key", "name", "allowed_ips", "protocol", "groups"}
     if unknown:
-        raise Invalid("unknown field(s) in body: %d (known: public_key, name, allowed_ips, protocol)"
-                      % len(unknown))
+        raise Invalid("unknown field(s) in body: %d (known: public_key, name, allowed_ips, protocol, "
+                      "groups)" % len(unknown))
     public_key = body.get("public_key")
     if public_key is not None:
         from ..keys import KeyFormatError, decode_public_key
@@ -79,6 +80,12 @@ async def open_tunnel(request: web.Request) -> web.Response:
         if body["protocol"] not in ("phantom", "wireguard"):
             raise Invalid("protocol must be \"phantom\" or \"wireguard\"")
         extra["protocol"] = body["protocol"]
+    if body.get("groups") is not None:
+        from .config import groups
+        try:
+            extra["groups"] = groups(body["groups"], "groups")
+        except ConfigError as exc:
+            raise Invalid(str(exc)) from None
 
     endpoint: Optional[tuple[str, int]]
     if PEER_NAME.match(target) and not _looks_like_address(target):
@@ -88,10 +95,11 @@ async def open_tunnel(request: web.Request) -> web.Response:
         endpoint, name = None, target
     else:
         try:
-            endpoint = parse_endpoint(target, "endpoint")
+            endpoint = parse_peer_endpoint(target, "endpoint")
         except ConfigError:
-            raise Invalid("malformed endpoint: write IP:PORT (port 1..65535) or [IPv6]:PORT "
-                             "with a unicast address, or a peer name") from None
+            raise Invalid("malformed endpoint: write IP:PORT (port 1..65535), [IPv6]:PORT "
+                          "with a unicast address or HOSTNAME:PORT with a DNS name, or a "
+                          "peer name") from None
     # allowed_ips and protocol are passed only when given, so a controller may omit the keywords.
     result = await call(controller(request).open(endpoint, public_key, name, **extra))
     return json_response(result)
@@ -165,7 +173,11 @@ def openapi_schemas() -> dict:
                                                            "new peer"},
                             "protocol": {"type": "string", "enum": ["phantom", "wireguard"],
                                          "description": "what a new peer speaks "
-                                                        "(default phantom)"}}},
+                                                        "(default phantom)"},
+                            "groups": {"type": "array", "maxItems": 32,
+                                       "items": {"type": "string", "maxLength": 32},
+                                       "description": "firewall groups of a new peer "
+                                                      "(src_group/dst_group in rules)"}}},
         "Peer": OBJ,
         "Firewall": OBJ,
     }
@@ -175,7 +187,7 @@ def openapi_paths() -> dict:
     return {
         "/open/{target}": {
             "post": {
-                "summary": "Open a tunnel to IP:PORT, [IPv6]:PORT or a peer name",
+                "summary": "Open a tunnel to IP:PORT, [IPv6]:PORT, HOSTNAME:PORT or a peer name",
                 "operationId": "open",
                 "security": [{"bearer": []}],
                 "parameters": [{"name": "target", "in": "path", "required": True,

@@ -43,7 +43,8 @@ from phantom.constants import (DEFAULT_HTTP_PORT, DEFAULT_MTU, DEFAULT_TEST_PORT
                                DEFAULT_UDP_PORT, Tunables)
 from phantom.dataplane.types import Mode
 from phantom.errors import ConfigError
-from phantom.syntax import (PEER_NAME, PEER_NAME_RULE, IPInterface, IPNetwork, parse_endpoint,
+from phantom.syntax import (PEER_NAME, PEER_NAME_RULE, IPInterface, IPNetwork, format_endpoint,
+                            is_ip_literal, parse_endpoint, parse_peer_endpoint,
                             parse_interface_address, parse_network, parse_port)
 
 DEFAULT_MODE = Mode.TEST          # the prototype's mode: needs no root and no TUN
@@ -74,6 +75,18 @@ class PeerConfig:
     preshared_key_file: Optional[Path] = None          # WireGuard's optional psk (base64 file)
     ciphers: Optional[list[str]] = None                # Phantom suites for this peer; None: [interface]'s
     allow_exit: bool = False                           # may use this node as its exit (exit_node = true)
+    groups: tuple = ()                                 # firewall groups (src_group/dst_group), sorted
+    # endpoint = "vpn.example.com:51820": (name, port), resolved by the daemon
+    # at start and again while the peer is stale (node/endpoints.py); then
+    # ``endpoint`` is None
+    endpoint_name: Optional[tuple[str, int]] = None
+
+    @property
+    def endpoint_text(self) -> Optional[str]:
+        """The endpoint as written: the name and port, or the IP literal."""
+        if self.endpoint_name is not None:
+            return "%s:%d" % self.endpoint_name
+        return format_endpoint(self.endpoint) if self.endpoint is not None else None
 
     @property
     def public_key_b64(self) -> str:
@@ -122,6 +135,7 @@ class Settings:
     rendezvous: bool = False                            # NAT traversal: serve as a rendezvous node
     relay: bool = False                                 # ... and relay for peers without a direct path
     ciphers: Optional[list[str]] = None                 # Phantom transport suites allowed; None: automatic
+    groups: tuple = ()                                  # this node's own firewall groups, sorted
     peers: list[PeerConfig] = field(default_factory=list)
     firewall: dict = field(default_factory=dict)
     dns: Optional[Any] = None              # phantom.dns.service.DnsSettings; None: no [dns] section
@@ -152,10 +166,10 @@ INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen",
                   "test_port", "test_deliver", "mode", "device", "addresses", "mtu", "state_dir",
                   "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers",
                   "endorsers", "directory_allowed_ips", "metrics_listen", "dht_bootstrap", "dht_port", "uapi",
-                  "kill_switch", "exit_node", "rendezvous", "relay", "ciphers")
+                  "kill_switch", "exit_node", "rendezvous", "relay", "ciphers", "groups")
 CIPHERS = ("aegis256", "secretbox")       # wire.SUITE_NAMES, best first
 PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive", "protocol",
-             "preshared_key_file", "rendezvous", "ciphers", "allow_exit")
+             "preshared_key_file", "rendezvous", "ciphers", "allow_exit", "groups")
 PROTOCOLS = ("phantom", "wireguard")
 
 
@@ -272,6 +286,26 @@ def _directory_url(value, key: str) -> str:
     return value.strip().rstrip("/")
 
 
+MAX_GROUPS = 32
+
+
+def groups(value, key: str) -> tuple:
+    """A ``groups`` list (a peer's, this node's, POST /open's): group names
+    as the firewall's ``src_group``/``dst_group`` name them (the network's
+    rule for names: lowercase letters, digits and '-', at most 32
+    characters), sorted, without repeats."""
+    from phantom.dataplane.firewall import group_problem
+    if not isinstance(value, list):
+        raise ConfigError(key, "must be a list of group names, like [\"laptops\"]")
+    if len(value) > MAX_GROUPS:
+        raise ConfigError(key, "%d groups; at most %d" % (len(value), MAX_GROUPS))
+    for i, g in enumerate(value):
+        problem = group_problem(g)
+        if problem is not None:
+            raise ConfigError("%s[%d]" % (key, i), problem)
+    return tuple(sorted(set(value)))
+
+
 def _ciphers(value, key: str) -> list[str]:
     """``[interface] ciphers``: the Phantom transport suites this daemon may use."""
     if isinstance(value, str):
@@ -379,6 +413,8 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
             s.relay = _expect(value, bool, key, "true or false")
         elif name == "ciphers":
             s.ciphers = _ciphers(value, key)
+        elif name == "groups":
+            s.groups = groups(value, key)
         elif name == "trusted_signers":
             _expect(value, list, key, "a list of base64 Ed25519 public keys")
             s.trusted_signers = [_signer_key(v, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
@@ -430,9 +466,11 @@ def _peer(table: Any, i: int, base: Optional[Path] = None) -> PeerConfig:
             raise ConfigError(where + ".name", "%r: a peer name is %s" % (name, PEER_NAME_RULE))
     else:
         name = ""                          # a default name is given once all peers are read
-    endpoint = None
+    endpoint = endpoint_name = None
     if "endpoint" in table:
-        endpoint = parse_endpoint(table["endpoint"], where + ".endpoint")
+        endpoint = parse_peer_endpoint(table["endpoint"], where + ".endpoint")
+        if not is_ip_literal(endpoint[0]):
+            endpoint, endpoint_name = None, endpoint
     allowed: list[IPNetwork] = []
     if "allowed_ips" in table:
         key = where + ".allowed_ips"
@@ -469,14 +507,16 @@ def _peer(table: Any, i: int, base: Optional[Path] = None) -> PeerConfig:
         ciphers = _ciphers(table["ciphers"], where + ".ciphers")
     rendezvous = _expect(table.get("rendezvous", False), bool, where + ".rendezvous", "true or false")
     if rendezvous and endpoint is None:
-        raise ConfigError(where + ".rendezvous", "a rendezvous node needs an endpoint")
+        raise ConfigError(where + ".rendezvous", "a rendezvous node needs an endpoint%s" % (
+            " given as an IP address (not a name)" if endpoint_name else ""))
     if rendezvous and protocol != "phantom":
         raise ConfigError(where + ".rendezvous", "a rendezvous node speaks the phantom protocol")
     allow_exit = _expect(table.get("allow_exit", False), bool, where + ".allow_exit", "true or false")
+    peer_groups = groups(table["groups"], where + ".groups") if "groups" in table else ()
     return PeerConfig(name=name, public_key=public, endpoint=endpoint, allowed_ips=allowed,
                       persistent_keepalive=keepalive, protocol=protocol,
                       preshared_key_file=psk_file, rendezvous=rendezvous, ciphers=ciphers,
-                      allow_exit=allow_exit)
+                      endpoint_name=endpoint_name, allow_exit=allow_exit, groups=peer_groups)
 
 
 DEFAULT_NAME_BYTES = 4      # "peer-" + 8 hex digits of the key, longer only where needed

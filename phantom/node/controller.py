@@ -24,6 +24,7 @@ from ..control.peer import PeerState
 from ..dataplane.types import Mode, RelayVia
 from ..dataplane.udp import format_endpoint, plain
 from ..errors import ConfigError, Conflict, HandshakeTimeout, Invalid, NotFound
+from ..syntax import is_ip_literal
 from .peers import b64
 
 log = logging.getLogger("phantom.daemon")
@@ -46,9 +47,29 @@ class Controller:
     # ================================================================ open
     async def open(self, endpoint: Optional[tuple], public_key: Optional[str] = None,
                    name: Optional[str] = None, allowed_ips=None,
-                   protocol: Optional[str] = None) -> dict:
+                   protocol: Optional[str] = None, groups=None) -> dict:
+        """``groups``: the firewall groups of a peer this open adds (an
+        existing peer's groups are not changed here: Conflict if they differ)."""
+        named = None
+        if endpoint is not None and not is_ip_literal(endpoint[0]):
+            # `open vpn.example.com:51820`: looked up now (503 when it does not
+            # resolve), then followed like a configured name (endpoints.py)
+            named = endpoint
+            addresses = await self.d.endpoints.resolve_now(*endpoint)
+            endpoint = addresses[0]
         target = await self.resolve(endpoint, public_key, name)
         peer, created = self.admit(target, name, public_key, allowed_ips, protocol)
+        if groups is not None:
+            groups = tuple(sorted(set(groups)))
+            if created:
+                self.d.peers.set_groups({peer.id: groups})      # the rules recompile in place
+            elif groups != self.d.peers.groups_of(peer):
+                raise Conflict("peer %s is in groups [%s], not [%s]: its groups come from where "
+                               "it was added (the config file: edit it and reload)"
+                               % (peer.name, ", ".join(self.d.peers.groups_of(peer)),
+                                  ", ".join(groups)))
+        if named is not None:
+            self.d.endpoints.track(peer, named[0], named[1], addresses)
         if protocol is not None and peer.protocol != protocol:
             raise Conflict("peer %s speaks %s, not %s" % (peer.name, peer.protocol, protocol))
         if peer.protocol == "wireguard" and self.d.s.mode is not Mode.TUN:
@@ -111,6 +132,9 @@ class Controller:
                 raise Invalid("the directory record of %s has no endpoint" % name)
             return Target(plain(rec.endpoints[0]), record=rec)
         if peer.endpoint is None:
+            named = await d.endpoints.resolve_peer(peer)     # its endpoint is a DNS name
+            if named is not None:
+                return Target(named, peer=peer)
             return await self._endpoint_of(peer)
         return Target(plain(peer.endpoint), peer=peer)
 
@@ -244,6 +268,7 @@ class Controller:
             "cipher": CIPHER_NAMES.get(cipher) if cipher is not None else None,
             "endpoint": format_endpoint(self._endpoint_in_use(peer)),
             "allowed_ips": [str(n) for n in peer.allowed_ips],
+            "groups": list(d.peers.groups_of(peer)),
             "state": peer.state.value,
             "last_handshake": peer.last_handshake_wall or None,
             "latest_handshake": round(now - peer.last_handshake, 3) if peer.last_handshake_wall else None,
@@ -254,6 +279,10 @@ class Controller:
             "sessions": len(peer.sessions),
             "path": peer.path,
         }
+        named = d.endpoints.describe(peer.id)
+        if named is not None:              # the endpoint as a DNS name, and what it resolved to
+            info["endpoint_name"] = named["name"]
+            info["resolved"] = named
         if d.nat is not None:
             info.update(d.nat.describe(peer.id))
         if already:
@@ -296,6 +325,7 @@ class Controller:
             "crypto": d.crypto_status(),
             "privsep": self._privsep_status(),
             "dns": d.names.stats() if d.names is not None else None,
+            "endpoint_names": d.endpoints.stats(),
         }
 
     def _privsep_status(self) -> Optional[dict]:
@@ -336,7 +366,7 @@ class Controller:
     async def set_firewall(self, rules: dict) -> dict:
         from ..dataplane.firewall import FirewallError
         try:
-            new = self.d.firewall.replace(rules, self.d.peers.names)
+            new = self.d.firewall.replace(rules, self.d.peers.names, self.d.peers.group_map())
         except FirewallError as exc:
             raise Invalid(str(exc)) from None
         log.info("firewall replaced (%d rules)", len(new.describe().get("rules", [])))

@@ -12,7 +12,7 @@ sans-IO engine) to a data path.  Each job is a module of its own:
   admit, handshake; close, status, peers, firewall, reload, metrics);
 * firewall.py -- the rules in force; reload.py -- the config file again;
   metrics.py -- Prometheus; uapi.py -- ``wg show``/``wg set``; dns.py -- the
-  name service ([dns]);
+  name service ([dns]); endpoints.py -- endpoints given as DNS names;
 * main.py -- the ``phantomd`` command (flags, keys, privileges, exit codes).
 
 A :class:`Daemon` holds these parts and the daemon's health.
@@ -34,9 +34,10 @@ from .config import ConfigError, Settings
 from .controller import Controller
 from .dirlink import DirectoryLink
 from .dns import NameLink
+from .endpoints import EndpointResolver
 from .executor import Executor
 from .firewall import FirewallSlot
-from .peers import PeerTable, planned_names
+from .peers import PeerTable, planned_groups, planned_names
 from .reload import Reloader
 
 log = logging.getLogger("phantom.daemon")
@@ -75,7 +76,8 @@ class Daemon:
         self.peers = PeerTable(self.engine, self.executor.do)
         # bad rules: ConfigError before anything opens; the ids the peers will have
         self.firewall = FirewallSlot(settings.mode, settings.firewall,
-                                     planned_names(self.engine, settings.peers))
+                                     planned_names(self.engine, settings.peers),
+                                     planned_groups(self.engine, settings.peers), settings.groups)
         # WireGuard peers' preshared keys, read now (as root, before any user
         # switch) and checked like the private key: a bad file exits 2.
         self._psks = _load_preshared_keys(settings)
@@ -84,6 +86,9 @@ class Daemon:
         if settings.directory:
             self.directory = DirectoryLink(self, bytearray(private_key))
             self.executor.observers.append(self.directory)
+        # peers' endpoints given as DNS names: looked up at start, when stale, when they die
+        self.endpoints = EndpointResolver(self)
+        self.executor.observers.append(self.endpoints)
         self.names: Optional[NameLink] = None   # [dns]: the name service (a bad section: exit 2)
         if settings.dns is not None and settings.dns.enabled:
             self.names = NameLink(settings, self.engine)
@@ -150,6 +155,7 @@ class Daemon:
         report = self.reloader.reload(self.peers, self.firewall,
                                       self.device.name if self.device is not None else None,
                                       kernel_routes=self.kernel_routes)
+        self.endpoints.sync()            # names new or changed in the file are looked up now
         if self.names is not None:
             self.names.sync()
         return report

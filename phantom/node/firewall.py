@@ -1,40 +1,79 @@
 """The firewall in force: the ``[firewall]`` rules compiled against the
-peers' names (the peer table's name table, peers.py) and installed in the
-data path, which swaps its tables in one step.  Replaced by ``PUT /firewall``
-(controller.py) and by a reload whose rules or peer names changed
-(reload.py); connection tracking and drop counters carry over."""
+peers' names (the peer table's name table, peers.py), the peers' groups (the
+peer table's group map) and this node's own groups (``[interface] groups``),
+and installed in the data path, which swaps its tables in one step.
+Replaced by ``PUT /firewall`` (controller.py), by a reload whose rules, peer
+names or groups changed (reload.py), and recompiled in place when who is in
+which group changes (:meth:`FirewallSlot.regroup`, the peer table's
+``on_groups``); connection tracking and drop counters carry over."""
 
 from __future__ import annotations
 
+import logging
 from typing import Mapping, Optional
 
 from ..dataplane import firewall
 from ..errors import ConfigError
 
+log = logging.getLogger("phantom.daemon")
+
 
 class FirewallSlot:
-    def __init__(self, mode, section: dict, names: Mapping):
+    def __init__(self, mode, section: dict, names: Mapping, groups: Optional[Mapping] = None,
+                 own_groups=()):
         """Compile ``section`` for a start: bad rules are a ConfigError
         (``firewall``) before anything opens."""
         self.mode = mode
         self.dp = None                    # the data path, attached by startup.build()
+        self.section = section
+        self.own_groups = tuple(own_groups)
         try:
-            self.current: Optional[firewall.Firewall] = firewall.build(section, names, mode)
+            self.current: Optional[firewall.Firewall] = firewall.build(
+                section, names, mode, groups=groups, own_groups=self.own_groups)
         except firewall.FirewallError as exc:
             raise ConfigError("firewall", str(exc)) from None
+        self._warn(self.current)
 
     def attach(self, dp) -> None:
         self.dp = dp
 
-    def replace(self, section: dict, names: Mapping) -> "firewall.Firewall":
-        """Compile ``section`` (FirewallError: nothing changed) and install it."""
-        new = firewall.build(section, names, self.mode, previous=self.current)
-        self.current = new
+    def replace(self, section: dict, names: Mapping, groups: Optional[Mapping] = None,
+                own_groups=None) -> "firewall.Firewall":
+        """Compile ``section`` (FirewallError: nothing changed) and install it.
+        ``own_groups`` None: this node's groups stay as they are."""
+        own = self.own_groups if own_groups is None else tuple(own_groups)
+        new = firewall.build(section, names, self.mode, previous=self.current, groups=groups,
+                             own_groups=own)
+        self.current, self.section, self.own_groups = new, section, own
         if self.dp is not None:
             self.dp.set_firewall(new)
+        self._warn(new)
         return new
+
+    def regroup(self, names: Mapping, groups: Mapping) -> None:
+        """Who is in which group changed: the rules in force compiled again
+        against ``groups`` and installed in place (no tunnel is touched;
+        flows the rules still allow keep flowing).  Should they no longer
+        compile (a peer a rule names is gone), the old tables stay and the
+        error is logged."""
+        try:
+            new = self.replace(self.section, names, groups)
+        except firewall.FirewallError as exc:
+            log.error("firewall: the groups changed, but the rules no longer compile (%s); "
+                      "the rules in force stay", exc)
+            return
+        log.info("firewall: groups changed: rules recompiled (%d rules)",
+                 len(new.tables.ruleset.rules) if new.tables.ruleset else 0)
+
+    @staticmethod
+    def _warn(fw) -> None:
+        rs = fw.tables.ruleset if fw is not None else None
+        for w in (rs.warnings if rs is not None else ()):
+            log.warning("%s", w)
 
     def describe(self) -> dict:
         if self.current is None:
             return {"rules": [], "drops": {}}
-        return self.current.describe()
+        obj = self.current.describe()
+        obj["own_groups"] = list(self.own_groups)
+        return obj

@@ -119,6 +119,7 @@ class DaemonCollector(Collector):
                                 "it stopped (a fast-path worker died: phantomd then exits with "
                                 "status 1)", value=0 if getattr(d, "failure", None) else 1)
         yield from self._dns(d)
+        yield from self._endpoint_names(d)
         if d.dp is None or d.engine is None:
             return
         yield from self._peers(d)
@@ -229,6 +230,25 @@ class DaemonCollector(Collector):
                           ("dht_forged", dht.get("dropped_forged", 0))):
             drops.add_metric([reason], n)
         yield drops
+
+    # ------------------------------------------------- endpoints given as names
+    def _endpoint_names(self, d):
+        resolver = getattr(d, "endpoints", None)
+        if resolver is None:
+            return
+        st = resolver.stats()
+        lk = CounterMetricFamily("phantom_endpoint_lookups", "DNS lookups of peers' endpoint "
+                                 "names, by result", labels=["result"])
+        lk.add_metric(["ok"], st["lookups"] - st["failures"])
+        lk.add_metric(["failed"], st["failures"])
+        yield lk
+        yield CounterMetricFamily("phantom_endpoint_moves", "Endpoints moved to another address "
+                                  "because their name resolved to it", value=st["moves"])
+        yield GaugeMetricFamily("phantom_endpoint_names", "Peers whose endpoint is a DNS name",
+                                value=st["names"])
+        yield GaugeMetricFamily("phantom_endpoint_unresolved", "Peers whose endpoint name has "
+                                "not resolved yet (no address to reach them at)",
+                                value=st["unresolved"])
 
     # ------------------------------------------------------------ name service
     def _dns(self, d):

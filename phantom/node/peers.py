@@ -5,7 +5,8 @@ traversal and the firewall's name table in step.
 Who comes through it: start-up (the config file's peers, startup.py), a
 reload (the file's changes as one :class:`Batch`, reload.py), WireGuard's
 UAPI (``wg set``, uapi.py), ``POST /open`` and ``/close`` (controller.py),
-the key directory's admissions, revocations and moves (dirlink.py).
+the key directory's admissions, revocations and moves (dirlink.py), the
+moves of endpoints given as DNS names (endpoints.py).
 
 * the engine (:class:`phantom.control.engine.Engine`) checks first: a key,
   a prefix or a field it refuses is a ValueError and nothing changed;
@@ -17,7 +18,13 @@ the key directory's admissions, revocations and moves (dirlink.py).
   removed peer's ``ClearKeys`` makes it forget the peer's paths, relay pairs
   and sessions;
 * the firewall's name table is a view of the engine's indexes
-  (:class:`PeerNames`): in step by construction, never recomputed.
+  (:class:`PeerNames`): in step by construction, never recomputed;
+* the firewall's group map (which peers are in which group, for rules with
+  ``src_group``/``dst_group``) is kept here, per peer: a change of who is in
+  which group (a peer added or removed with groups, :meth:`PeerTable.set_groups`
+  -- a reload, ``POST /open``, later the network's member stream) calls
+  ``on_groups`` once, and the daemon recompiles the rules in place
+  (firewall.py; connection tracking carries over).
 
 Cost: a change costs what it touches: the engine's checks run per changed
 prefix and the data path replaces the routes of the peers named, never a walk
@@ -99,6 +106,28 @@ def planned_names(engine, configs: Iterable, keep: Iterable[Peer] = ()) -> dict:
     return names
 
 
+def planned_groups(engine, configs: Iterable, keep: Iterable[Peer] = (),
+                   table: Optional["PeerTable"] = None) -> dict:
+    """The firewall's group map (group -> peer ids) as it will be once the
+    peers ``configs`` (a config file's, each with ``groups``) are in, with
+    the ids :func:`planned_names` gives them; the peers ``keep`` with their
+    groups in ``table`` now."""
+    out: dict = {}
+    for pe in keep:
+        for g in (table.groups_of(pe) if table is not None else ()):
+            out.setdefault(g, set()).add(pe.id)
+    next_id = engine.next_peer_id
+    for pc in configs:
+        peer = engine.peer_by_key(bytes(pc.public_key))
+        if peer is None:
+            pid, next_id = next_id, next_id + 1
+        else:
+            pid = peer.id
+        for g in getattr(pc, "groups", ()):
+            out.setdefault(g, set()).add(pid)
+    return {g: frozenset(ids) for g, ids in out.items()}
+
+
 @dataclass
 class Batch:
     """Peers that change together (a reload; later, a member set's delta),
@@ -121,6 +150,47 @@ class PeerTable:
         self.dp = dp
         self.do = do
         self.names = PeerNames(engine)
+        self._groups: dict = {}           # peer id -> its groups (sorted tuple), peers with any
+        self.on_groups: Optional[Callable[[], None]] = None   # who is in which group changed
+
+    # ------------------------------------------------------------ groups
+    def groups_of(self, peer: Peer) -> tuple:
+        """``peer``'s firewall groups (sorted)."""
+        return self._groups.get(peer.id, ())
+
+    def group_map(self) -> dict:
+        """Group name -> frozenset of the ids of the peers in it: the
+        firewall compiler's input (``parse_rules(groups=...)``)."""
+        out: dict = {}
+        for pid, gs in self._groups.items():
+            for g in gs:
+                out.setdefault(g, set()).add(pid)
+        return {g: frozenset(ids) for g, ids in out.items()}
+
+    def set_groups(self, changes: dict, regroup: bool = True) -> bool:
+        """Give each peer in ``changes`` ({peer id: group names}) exactly those
+        groups (a member stream's delta comes through here too).  Unknown
+        peer ids are a ValueError, nothing changed.  Returns whether anything
+        changed; then ``on_groups`` runs (once) unless ``regroup`` is false."""
+        for pid in changes:
+            if pid not in self.engine.peers:
+                raise ValueError("no peer has id %r" % (pid,))
+        changed = False
+        for pid, gs in changes.items():
+            gs = tuple(sorted(set(gs)))
+            if self._groups.get(pid, ()) != gs:
+                changed = True
+                if gs:
+                    self._groups[pid] = gs
+                else:
+                    self._groups.pop(pid, None)
+        if changed and regroup:
+            self._regrouped()
+        return changed
+
+    def _regrouped(self) -> None:
+        if self.on_groups is not None:
+            self.on_groups()
 
     def attach(self, dp) -> None:
         self.dp = dp
@@ -149,13 +219,16 @@ class PeerTable:
 
     # ------------------------------------------------------------ changes
     def add(self, public_key: bytes, name: str = "", allowed_ips: Iterable = (),
-            endpoint: Optional[tuple] = None, persistent_keepalive: float = 0.0, **kw) -> Peer:
-        """A new peer (``kw``: :meth:`Engine.add_peer`'s); ValueError, nothing
-        changed, when the engine refuses it."""
+            endpoint: Optional[tuple] = None, persistent_keepalive: float = 0.0,
+            groups: Iterable[str] = (), **kw) -> Peer:
+        """A new peer (``kw``: :meth:`Engine.add_peer`'s) in ``groups``;
+        ValueError, nothing changed, when the engine refuses it."""
         peer = self.engine.add_peer(public_key, name, allowed_ips, endpoint, persistent_keepalive, **kw)
         self.dp.add_peer(peer.id, list(peer.allowed_ips))
         if endpoint:
             self.dp.set_endpoint(peer.id, endpoint)
+        if groups:
+            self.set_groups({peer.id: groups})
         return peer
 
     def remove(self, peer: Peer) -> None:
@@ -163,13 +236,20 @@ class PeerTable:
         (ClearKeys, which NAT traversal sees too), then its routes and tables go."""
         self.do(self.engine.remove_peer(peer.id))
         self.dp.remove_peer(peer.id)
+        if self._groups.pop(peer.id, None):
+            self._regrouped()
 
     def update(self, peer: Peer, **fields) -> Peer:
         """Change fields of ``peer`` in place (:meth:`Engine.update_peer`: its
-        sessions stay); a new endpoint goes to the data path too."""
-        self.engine.update_peer(peer.id, **fields)
+        sessions stay; ``groups``: :meth:`set_groups`); a new endpoint goes to
+        the data path too."""
+        groups = fields.pop("groups", None)
+        if fields:
+            self.engine.update_peer(peer.id, **fields)
         if "endpoint" in fields:
             self.dp.set_endpoint(peer.id, fields["endpoint"])
+        if groups is not None:
+            self.set_groups({peer.id: groups})
         return peer
 
     def move(self, peer: Peer, endpoint: tuple) -> None:
@@ -185,27 +265,41 @@ class PeerTable:
         self.engine.set_allowed_ips(changes)
         self.dp.update_routes(changes)
 
-    def apply(self, batch: Batch) -> list:
-        """Carry out ``batch``; returns the peers added.  The engine changes
+    def apply(self, batch: Batch, regroup: bool = True) -> list:
+        """Carry out ``batch``; returns the peers added.  Groups (a ``groups``
+        field of an update or an addition) change with it; ``on_groups`` runs
+        once at the end when they did, unless ``regroup`` is false (a reload
+        installs its own rules after).  The engine changes
         first (removals, adoptions, prefixes, fields, additions); then the
         data path's routes change in one ``update_routes``: a removed peer's
         prefixes, a changed one's and an added one's all move at once (a
         prefix never falls through to another peer's shorter one meanwhile);
         removed peers' tables go last, with no routes left."""
         engine, dp = self.engine, self.dp
+        regrouped = False
         for peer in batch.remove:
             self.do(engine.remove_peer(peer.id))       # ClearKeys: the data path zeroes its keys
+            regrouped |= bool(self._groups.pop(peer.id, None))
         for peer in batch.adopt:
             engine.adopt(peer.id)
         if batch.routes:
             engine.set_allowed_ips(batch.routes)
         for peer, fields in batch.update:
-            engine.update_peer(peer.id, **fields)
+            fields = dict(fields)
+            groups = fields.pop("groups", None)
+            if fields:
+                engine.update_peer(peer.id, **fields)
             if "endpoint" in fields:
                 dp.set_endpoint(peer.id, fields["endpoint"])
+            if groups is not None:
+                regrouped |= self.set_groups({peer.id: groups}, regroup=False)
         added, routes = [], dict(batch.routes)
         for kw in batch.add:
+            kw = dict(kw)
+            groups = kw.pop("groups", ())
             peer = engine.add_peer(**kw)
+            if groups:
+                regrouped |= self.set_groups({peer.id: groups}, regroup=False)
             dp.add_peer(peer.id, [])                   # its routes come with everyone's below
             routes[peer.id] = list(peer.allowed_ips)
             if peer.endpoint:
@@ -216,4 +310,6 @@ class PeerTable:
             dp.update_routes(routes)
         for peer in batch.remove:
             dp.remove_peer(peer.id)                    # no routes left: keys and tables only
+        if regrouped and regroup:
+            self._regrouped()
         return added

@@ -16,8 +16,9 @@ what the daemon runs; peers are matched by public key.
   ``preshared_key_file``, when new or another file, is read and used from the
   next handshake on;
 * the ``[firewall]`` table is compiled against the new peer names and
-  installed in place (connection tracking and drop counters carry over;
-  per-rule hit counters restart) when it, or a peer's name, changed.
+  groups and installed in place (connection tracking and drop counters
+  carry over; per-rule hit counters restart) when it, a peer's name or
+  groups, or this node's own ``groups`` changed.
 
 Peers opened through the API or admitted from the key directory (not from
 the file) are left alone; a file entry with such a peer's key adopts it.
@@ -54,7 +55,7 @@ from .. import crypto
 from ..protocols import registry as protocols
 from .config import (ConfigError, Settings, check_own_key, check_peers, read_config_file,
                      settings_from_mapping)
-from .peers import Batch, b64, planned_names
+from .peers import Batch, b64, planned_groups, planned_names
 
 log = logging.getLogger("phantom.daemon")
 
@@ -181,12 +182,17 @@ class Reloader:
             if pc.endpoint is not None and (before is None or before.endpoint != pc.endpoint):
                 if pc.endpoint != peer.endpoint:
                     fields.append("endpoint")
+            # A name new in the file is looked up now (endpoints.py: Daemon.reload syncs it).
+            if pc.endpoint_name is not None and (before is None or before.endpoint_name != pc.endpoint_name):
+                fields.append("endpoint")
             if float(pc.persistent_keepalive or 0) != float(peer.persistent_keepalive or 0):
                 fields.append("persistent_keepalive")
             if pc.name in p.psks or (pc.preshared_key_file is None and peer.preshared_key is not None):
                 fields.append("preshared_key")
             if (before.ciphers if before is not None else None) != pc.ciphers:
                 fields.append("ciphers")
+            if tuple(pc.groups) != peers.groups_of(peer):
+                fields.append("groups")
             if peer.dynamic:
                 p.adopt.append(peer)
             if fields:
@@ -209,13 +215,15 @@ class Reloader:
 
         # The rules against the names (and ids) the peers will have.
         try:
-            firewall.compile_rules(firewall.parse_rules(fresh.firewall,
-                                                        planned_names(engine, fresh.peers, staying)))
+            firewall.compile_rules(firewall.parse_rules(
+                fresh.firewall, planned_names(engine, fresh.peers, staying),
+                planned_groups(engine, fresh.peers, staying, peers), fresh.groups))
         except firewall.FirewallError as exc:
             raise ConfigError("firewall", str(exc)) from None
         old_fw = base.firewall if base is not None else self.s.firewall
-        renamed = any("name" in f for _, _, f in p.change)
-        p.firewall_changed = fresh.firewall != old_fw or bool(p.add or p.remove or renamed)
+        renamed = any("name" in f or "groups" in f for _, _, f in p.change)
+        p.firewall_changed = (fresh.firewall != old_fw or bool(p.add or p.remove or renamed)
+                              or tuple(fresh.groups) != tuple(self.s.groups))
 
         if base is not None:
             for k in RESTART_KEYS:
@@ -292,7 +300,7 @@ class Reloader:
             update = {}
             if "name" in fields:
                 update["name"] = pc.name
-            if "endpoint" in fields:
+            if "endpoint" in fields and pc.endpoint is not None:
                 update["endpoint"] = pc.endpoint
             if "persistent_keepalive" in fields:
                 update["persistent_keepalive"] = float(pc.persistent_keepalive or 0)
@@ -300,6 +308,8 @@ class Reloader:
                 update["suites"] = protocols.peer_suites(pc.ciphers)
             if "preshared_key" in fields:                  # the next handshake uses it
                 update["preshared_key"] = p.psks.get(pc.name)
+            if "groups" in fields:                         # the rules are recompiled below
+                update["groups"] = pc.groups
             keepalive = update.get("persistent_keepalive", peer.persistent_keepalive)
             endpoint = update.get("endpoint", peer.endpoint)
             if keepalive and endpoint is not None:
@@ -312,9 +322,9 @@ class Reloader:
             batch.add.append(dict(public_key=pc.public_key, name=pc.name, allowed_ips=pc.allowed_ips,
                                   endpoint=pc.endpoint, persistent_keepalive=pc.persistent_keepalive,
                                   protocol=pc.protocol, preshared_key=p.psks.get(pc.name),
-                                  suites=protocols.peer_suites(pc.ciphers)))
+                                  suites=protocols.peer_suites(pc.ciphers), groups=pc.groups))
         old_names = {pe.id: pe.name for pe, _ in batch.update}
-        added = peers.apply(batch)
+        added = peers.apply(batch, regroup=False)         # the rules are installed below
         opens += [pe for pe in added if pe.endpoint and pe.persistent_keepalive]
         removed = [pe.name for pe in p.remove]
         for peer, pc, fields in p.change:
@@ -328,8 +338,9 @@ class Reloader:
         fresh = p.fresh
         s.peers = fresh.peers
         s.firewall = fresh.firewall
+        s.groups = fresh.groups
         if p.firewall_changed:
-            new = firewall.replace(fresh.firewall, peers.names)
+            new = firewall.replace(fresh.firewall, peers.names, peers.group_map(), fresh.groups)
             log.info("reload: firewall installed (%d rules)", len(new.describe().get("rules", [])))
         if s.mode is Mode.TEST and engine.peers and p.remove:
             peers.dp.set_test_peer(next(iter(engine.peers)))

@@ -31,7 +31,9 @@
      capability sets 0, NoNewPrivs 1) and start-up fails if one differs;
   7. start the data path, the key directory's link, the timer tick; handle
      SIGTERM/SIGINT (stop) and SIGHUP (reload the config file in place:
-     reload.py); bring up the configured peers that have an endpoint and a
+     reload.py); look up the endpoints given as DNS names (each lookup
+     bounded by ``resolve_timeout``; one that fails is retried later,
+     endpoints.py); bring up the configured peers that have an endpoint and a
      persistent keepalive; report ready (sd_notify); wait for the stop, then
      close everything in reverse.
 """
@@ -106,10 +108,13 @@ def build(d) -> None:
         for pc in s.peers:
             d.peers.add(pc.public_key, pc.name, pc.allowed_ips, pc.endpoint, pc.persistent_keepalive,
                         protocol=pc.protocol, preshared_key=psks.get(pc.name),
-                        suites=peer_suites(pc))
+                        suites=peer_suites(pc), groups=pc.groups)
     finally:
         for psk in psks.values():            # the engine holds its own copies
             crypto.memzero(psk)
+    # the rules were compiled with these peers' groups; from now on a change of
+    # who is in which group recompiles them in place
+    d.peers.on_groups = lambda: d.firewall.regroup(d.peers.names, d.peers.group_map())
     if s.mode is Mode.TEST and d.engine.peers:
         dp.set_test_peer(next(iter(d.engine.peers)))
     nat.attach(d)
@@ -225,6 +230,7 @@ async def serve(d) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, d.shutdown.set)
     loop.add_signal_handler(signal.SIGHUP, d.controller.reload_signal)
+    await d.endpoints.start()            # DNS names of endpoints, each lookup bounded
     open_configured_peers(d)
     log.info("phantomd %s up: %s mode, %s data path, udp port %d, api %s:%d",
              __version__, s.mode.value, "fast" if s.fast else "reference",
@@ -247,6 +253,7 @@ async def serve(d) -> None:
         d.notifier.send("STOPPING=1")
     log.info("shutting down")
     ticker.cancel()
+    await d.endpoints.close()
     if d.directory is not None:
         await d.directory.close()
     await api_runner.cleanup()

@@ -838,7 +838,13 @@ def _rule_strategy():
             "cidr": st.sampled_from(["10.0.0.0/8", "10.1.2.0/24", "0.0.0.0/0", "fd00::/8",
                                      "fd00:1::/32", "10.1.2.3/32"]),
             "local_cidr": st.sampled_from(["10.9.0.0/16", "fd09::/16", "10.9.9.9/32"]),
+            "src_group": st.sampled_from(["g12", "g3", "own", "empty"]),
+            "dst_group": st.sampled_from(["g12", "g3", "own", "empty"]),
         })
+
+
+_GROUPS = {"g12": {1, 2}, "g3": {3}, "own": {2}}     # peer id -> groups, as the peer door keeps it
+_OWN = ("own",)                                       # this node's groups
 
 
 def _ruleset(rules, stateful=False, policy="prototype", defaults=("accept", "accept")):
@@ -847,13 +853,13 @@ def _ruleset(rules, stateful=False, policy="prototype", defaults=("accept", "acc
     for r in rules:
         try:
             _fw.parse_rules({"rule": ok + [r], "default_policy": policy,
-                             "allow_protocols": [47]}, _PEERS)
+                             "allow_protocols": [47]}, _PEERS, _GROUPS, _OWN)
         except _fw.FirewallError:
             continue
         ok.append(r)
     return _fw.compile_rules(_fw.parse_rules(
         {"rule": ok, "default_policy": policy, "allow_protocols": [47], "stateful": stateful,
-         "default_in": defaults[0], "default_out": defaults[1]}, _PEERS))
+         "default_in": defaults[0], "default_out": defaults[1]}, _PEERS, _GROUPS, _OWN))
 
 
 def _packet_strategy():

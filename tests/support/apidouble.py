@@ -29,9 +29,10 @@ class FakeController:
         self.unreachable: set[str] = set()    # endpoints whose handshake "times out"
 
     # -- mutations ---------------------------------------------------------------
-    async def open(self, endpoint, public_key, name, allowed_ips=None):
+    async def open(self, endpoint, public_key, name, allowed_ips=None, groups=None):
         self.calls.append(("open", endpoint, public_key, name)
-                          + ((allowed_ips,) if allowed_ips is not None else ()))
+                          + ((allowed_ips,) if allowed_ips is not None else ())
+                          + ((("groups", groups),) if groups is not None else ()))
         await asyncio.sleep(0)
         if endpoint is None:
             if name not in self.known:
@@ -53,6 +54,7 @@ class FakeController:
             "public_key": public_key,
             "endpoint": endpoint_text,
             "allowed_ips": allowed_ips or ["10.9.0.%d/32" % (len(self.peers_by_name) + 2)],
+            "groups": list(groups or ()),
             "state": "up",
             "latest_handshake": 1.5,
             "rx_bytes": 1234,

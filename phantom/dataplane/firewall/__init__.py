@@ -70,7 +70,7 @@ Binary layout of ``Tables.blob`` (all integers little-endian)
 =============================================================
 offset 0     TABLE_HEADER (16 bytes)
                0  4s   magic  b"PHFW"
-               4  u16  version (1)
+               4  u16  version (2: peer sets)
                6  u16  rule record size (RULE.size == 88)
                8  u32  number of rules N
               12  u8   flags: bit 0 = stateful
@@ -105,6 +105,13 @@ offset 8464  N rule records (RULE, 88 bytes each), in rule order (record i is
                           destination outbound) & mask == addr; a v4-only rule
                           never matches a v6 packet and vice versa
              F_LOCAL4 0x20 / F_LOCAL6 0x40   same for the local address
+             F_PEERSET 0x80 the packet's peer must be in the peer set whose
+                          offset (in the peer-set area) the u32 at 16 holds
+                          (then F_PEER is clear): a rule naming a group
+offset 8464 + 88 N   the peer-set area: each set is a u32 count followed by
+             that many u32 peer ids in ascending order; records point at
+             sets by byte offset from the area's start (4-aligned; equal
+             sets are shared).  An empty set matches no packet.
 Offsets are also exported as constants (``HDR_OFF``, ``PROTOCOLS_OFF``,
 ``ETHERTYPES_OFF``, ``RULES_OFF``) and ``RULE`` is a named struct.Struct.
 
@@ -171,9 +178,12 @@ F_REMOTE4 = 0x08
 F_REMOTE6 = 0x10
 F_LOCAL4 = 0x20
 F_LOCAL6 = 0x40
+F_PEERSET = 0x80
+
+GROUP_MAX = 32                   # a group name: like a DNS label, at most 32 characters
 
 TABLE_MAGIC = b"PHFW"
-TABLE_VERSION = 1
+TABLE_VERSION = 2
 TABLE_HEADER = struct.Struct("<4sHHIBBBB")
 RULE = struct.Struct("<BBBxHxxHHHHII16s16s16s16s")
 HDR_OFF = 0
@@ -181,6 +191,7 @@ PROTOCOLS_OFF = TABLE_HEADER.size                     # 16
 ETHERTYPES_OFF = PROTOCOLS_OFF + 256                  # 272
 RULES_OFF = ETHERTYPES_OFF + 8192                     # 8464
 TF_STATEFUL = 0x01
+_U32LE = struct.Struct("<I")
 assert TABLE_HEADER.size == 16 and RULE.size == 88
 
 MAX_RULES = 10000
@@ -232,6 +243,11 @@ class Rule:
     cidr: Optional[ipaddress._BaseNetwork] = None        # remote side
     local_cidr: Optional[ipaddress._BaseNetwork] = None
     comment: str = ""
+    src_group: Optional[str] = None             # as written
+    dst_group: Optional[str] = None
+    # the peers the rule's groups allow (None: the rule names no group, or
+    # only this node's own groups, which it is in); compiled like ``peer``
+    peer_set: Optional[frozenset] = None
 
     def to_obj(self) -> dict:
         """The rule in config/JSON form (what GET /firewall shows)."""
@@ -248,6 +264,10 @@ class Rule:
             d["cidr"] = str(self.cidr)
         if self.local_cidr is not None:
             d["local_cidr"] = str(self.local_cidr)
+        if self.src_group is not None:
+            d["src_group"] = self.src_group
+        if self.dst_group is not None:
+            d["dst_group"] = self.dst_group
         if self.comment:
             d["comment"] = self.comment
         return d
@@ -268,6 +288,7 @@ class RuleSet:
     reject_burst: int = 20
     extra_protocols: tuple = ()     # as written, for to_obj
     extra_ethertypes: tuple = ()
+    warnings: tuple = ()            # e.g. a rule naming a group no peer is in (yet)
 
     def to_obj(self) -> dict:
         d = {"default_policy": self.default_policy, "stateful": self.stateful,
@@ -284,13 +305,14 @@ class RuleSet:
 
 
 # keys GET /firewall adds (counters); ignored on input so its output can be PUT back
-_READONLY_TOP_KEYS = {"mode", "drops", "accepts", "conntrack", "fragments", "rejects"}
+_READONLY_TOP_KEYS = {"mode", "drops", "accepts", "conntrack", "fragments", "rejects",
+                      "warnings", "own_groups"}
 _READONLY_RULE_KEYS = {"hits"}
 _TOP_KEYS = {"default_policy", "stateful", "default_in", "default_out", "allow_protocols",
              "allow_ethertypes", "conntrack_max", "timeouts", "reject_rate", "reject_burst",
              "rule", "rules"}
 _RULE_KEYS = {"direction", "proto", "src_port", "dst_port", "peer", "cidr", "local_cidr",
-              "action", "comment"}
+              "action", "comment", "src_group", "dst_group"}
 
 
 def _is_int(v) -> bool:
@@ -368,7 +390,69 @@ def _peer_lookup(v, peers, idx):
     raise FirewallError(idx, "peer", "unknown peer %r" % v)
 
 
-def _parse_rule(i: int, r, peers: dict, protocols: frozenset) -> Rule:
+_GROUP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def group_problem(v) -> Optional[str]:
+    """What is wrong with ``v`` as a group name (None: nothing).  A group
+    name follows the network's rule for names (phantom/network/names.py:
+    a DNS label of lowercase letters a-z, digits and '-', not starting or
+    ending with '-', not all digits, no "xx--" IDNA look-alike), at most
+    GROUP_MAX characters."""
+    if not isinstance(v, str):
+        return "must be a group name (a string), not %r" % (v,)
+    if not v or len(v) > GROUP_MAX:
+        return "group name %r must be 1-%d characters" % (v, GROUP_MAX)
+    bad = [c for c in v if c not in _GROUP_CHARS]
+    if bad:
+        hint = " (write %r)" % v.lower() if v.lower() != v and not set(v.lower()) - _GROUP_CHARS else ""
+        return ("bad group name %r: only lowercase letters a-z, digits and '-'%s"
+                % (v, hint))
+    if v[0] == "-" or v[-1] == "-":
+        return "bad group name %r: must not start or end with '-'" % v
+    if v.isdigit():
+        return "bad group name %r: must not be all digits" % v
+    if len(v) >= 4 and v[2:4] == "--":
+        return "bad group name %r: looks like an IDNA label (\"xn--...\")" % v
+    return None
+
+
+def _parse_group(v, idx, fname) -> str:
+    problem = group_problem(v)
+    if problem is not None:
+        raise FirewallError(idx, fname, problem)
+    return v
+
+
+def _peer_set(r: dict, i: int, direction: Direction, groups, own_groups, warnings: list):
+    """The rule's groups as the set of peer ids it may match (None: no
+    constraint on the peer).  The remote side's group (``src_group`` of an
+    inbound rule, ``dst_group`` of an outbound one) is the set of peers in
+    it; this node's side (the other one) is decided now from ``own_groups``:
+    a rule naming a group this node is not in matches nothing here."""
+    src = _parse_group(r["src_group"], i, "src_group") if "src_group" in r else None
+    dst = _parse_group(r["dst_group"], i, "dst_group") if "dst_group" in r else None
+    if direction is Direction.IN:
+        remote, own, rkey, okey = src, dst, "src_group", "dst_group"
+    else:
+        remote, own, rkey, okey = dst, src, "dst_group", "src_group"
+    peer_set = None
+    if remote is not None:
+        members = groups.get(remote, ()) if groups else ()
+        peer_set = frozenset(m for m in members if _is_int(m) and 0 <= m <= 0xFFFFFFFF)
+        if not peer_set:
+            warnings.append("firewall.rule[%d].%s: no peer is in group %r (yet): the rule "
+                            "matches no packet until one is" % (i, rkey, remote))
+    if own is not None and own not in own_groups:
+        peer_set = frozenset()
+        warnings.append("firewall.rule[%d].%s: this node is not in group %r (its own groups: "
+                        "%s): the rule matches no packet here"
+                        % (i, okey, own, ", ".join(sorted(own_groups)) or "none"))
+    return src, dst, peer_set
+
+
+def _parse_rule(i: int, r, peers: dict, protocols: frozenset, groups=None,
+                own_groups: frozenset = frozenset(), warnings: Optional[list] = None) -> Rule:
     if not isinstance(r, dict):
         raise FirewallError(i, "rule", "must be a table/object, not %s" % type(r).__name__)
     unknown = set(r) - _RULE_KEYS - _READONLY_RULE_KEYS
@@ -404,13 +488,20 @@ def _parse_rule(i: int, r, peers: dict, protocols: frozenset) -> Rule:
     comment = r.get("comment", "")
     if not isinstance(comment, str):
         raise FirewallError(i, "comment", "must be a string")
-    return Rule(direction, action, proto, sp, dp, peer_id, peer, cidr, local, comment)
+    src_g, dst_g, peer_set = _peer_set(r, i, direction, groups, own_groups,
+                                       warnings if warnings is not None else [])
+    return Rule(direction, action, proto, sp, dp, peer_id, peer, cidr, local, comment,
+                src_g, dst_g, peer_set)
 
 
-def parse_rules(obj, peers: dict) -> RuleSet:
+def parse_rules(obj, peers: dict, groups=None, own_groups=()) -> RuleSet:
     """Validate a ``[firewall]`` table / ``PUT /firewall`` body.
 
     ``peers`` maps each peer name *and* each base64 public key to its peer id.
+    ``groups`` maps each group name to the ids of the peers in it (the peer
+    table's group map; later the network's member certificates); ``own_groups``
+    are this node's own groups.  A rule naming a group nobody is in is valid
+    (the group may get members later) and reported in ``RuleSet.warnings``.
     Raises :class:`FirewallError` on the first problem; nothing is partial.
     """
     if obj is None:
@@ -479,11 +570,15 @@ def parse_rules(obj, peers: dict) -> RuleSet:
         raise FirewallError(None, "rule", "must be a list of rules")
     if len(raw) > MAX_RULES:
         raise FirewallError(None, "rule", "%d rules; at most %d" % (len(raw), MAX_RULES))
-    rules = tuple(_parse_rule(i, r, peers, protocols) for i, r in enumerate(raw))
+    own = frozenset(own_groups or ())
+    warnings: list = []
+    rules = tuple(_parse_rule(i, r, peers, protocols, groups, own, warnings)
+                  for i, r in enumerate(raw))
     if ethertypes is None:      # "open": every EtherType
         ethertypes = frozenset(range(0x10000))
     return RuleSet(rules, policy, frozenset(protocols), ethertypes, stateful, d_in, d_out,
-                   cmax, timeouts, float(rrate), rburst, tuple(extra_p), tuple(extra_e))
+                   cmax, timeouts, float(rrate), rburst, tuple(extra_p), tuple(extra_e),
+                   tuple(warnings))
 
 
 # --- verdicts -------------------------------------------------------------------------------
@@ -533,13 +628,24 @@ def compile_rules(ruleset: RuleSet) -> "Tables":
         blob[PROTOCOLS_OFF + p] = 1
     for t in ruleset.ethertypes | {ETH_IPV4, ETH_IPV6}:
         blob[ETHERTYPES_OFF + (t >> 3)] |= 1 << (t & 7)
+    sets = bytearray()                    # the peer-set area, after the rule records
+    set_offs: dict = {}
     for i, r in enumerate(ruleset.rules):
         flags = 0
+        peer_word = r.peer_id or 0
         if r.proto is not None:
             flags |= F_PROTO
         if r.src_port is not None or r.dst_port is not None:
             flags |= F_PORTS
-        if r.peer_id is not None:
+        if r.peer_set is not None:
+            members = r.peer_set if r.peer_id is None else r.peer_set & {r.peer_id}
+            key = tuple(sorted(members))
+            if key not in set_offs:
+                set_offs[key] = len(sets)
+                sets += struct.pack("<I%dI" % len(key), len(key), *key)
+            flags |= F_PEERSET
+            peer_word = set_offs[key]
+        elif r.peer_id is not None:
             flags |= F_PEER
         if r.cidr is not None:
             flags |= F_REMOTE4 if r.cidr.version == 4 else F_REMOTE6
@@ -551,8 +657,8 @@ def compile_rules(ruleset: RuleSet) -> "Tables":
         la, lm = _net_bytes(r.local_cidr)
         RULE.pack_into(blob, RULES_OFF + i * RULE.size, int(r.direction), int(r.action),
                        r.proto or 0, flags, sp[0], sp[1], dp[0], dp[1],
-                       r.peer_id or 0, i, ra, rm, la, lm)
-    return Tables(bytes(blob), ruleset)
+                       peer_word, i, ra, rm, la, lm)
+    return Tables(bytes(blob + sets), ruleset)
 
 
 class Tables:
@@ -566,7 +672,8 @@ class Tables:
         magic, version, rsize, n, tflags, d_in, d_out, _ = TABLE_HEADER.unpack_from(blob, HDR_OFF)
         if magic != TABLE_MAGIC or version != TABLE_VERSION or rsize != RULE.size:
             raise ValueError("not a phantom firewall table (magic/version/record size)")
-        if len(blob) != RULES_OFF + n * RULE.size:
+        sets_off = RULES_OFF + n * RULE.size
+        if len(blob) < sets_off or (len(blob) - sets_off) % 4:
             raise ValueError("table blob length does not match its rule count")
         self.blob = blob
         self.ruleset = ruleset
@@ -581,6 +688,10 @@ class Tables:
         # Protocols no rule names share one "generic" list per (direction, family):
         # memory is O(rules x protocols named), not O(rules x 256).
         records = [RULE.unpack_from(blob, RULES_OFF + i * RULE.size) for i in range(n)]
+        peer_sets = {}
+        for rec in records:
+            if rec[3] & F_PEERSET and rec[8] not in peer_sets:
+                peer_sets[rec[8]] = _read_peer_set(blob, sets_off, rec[8])
         named = set(PORT_PROTOS) | {r[2] for r in records if r[3] & F_PROTO}
         generic = [[[], []], [[], []]]
         specific = {p: [[[], []], [[], []]] for p in named}
@@ -592,9 +703,9 @@ class Tables:
                                                   (1, 16, F_REMOTE6, F_LOCAL6, F_REMOTE4 | F_LOCAL4)):
                 if flags & obits:
                     continue        # the rule names addresses of the other family
-                t = (flags & (F_PORTS | F_PEER) | (_C_REMOTE if flags & rbit else 0)
+                t = (flags & (F_PORTS | F_PEER | F_PEERSET) | (_C_REMOTE if flags & rbit else 0)
                      | (_C_LOCAL if flags & lbit else 0),
-                     slo, shi, dlo, dhi, peer,
+                     slo, shi, dlo, dhi, peer_sets[peer] if flags & F_PEERSET else peer,
                      int.from_bytes(ra[:width], "big"), int.from_bytes(rm[:width], "big"),
                      int.from_bytes(la[:width], "big"), int.from_bytes(lm[:width], "big"),
                      v, act == Action.ACCEPT)
@@ -623,6 +734,21 @@ class Tables:
         if hasattr(self, "cands"):
             raise AttributeError("Tables are immutable; compile a new one")
         object.__setattr__(self, name, value)
+
+
+def _read_peer_set(blob: bytes, sets_off: int, off: int) -> frozenset:
+    """The peer set at ``off`` in the peer-set area: u32 count, then that
+    many u32 peer ids in ascending order.  ValueError when it does not fit."""
+    at = sets_off + off
+    if off % 4 or at + 4 > len(blob):
+        raise ValueError("peer set at %d is outside the table" % off)
+    count = _U32LE.unpack_from(blob, at)[0]
+    if at + 4 + 4 * count > len(blob):
+        raise ValueError("peer set at %d runs past the table" % off)
+    ids = struct.unpack_from("<%dI" % count, blob, at + 4)
+    if any(a >= b for a, b in zip(ids, ids[1:])):
+        raise ValueError("peer set at %d is not in ascending order" % off)
+    return frozenset(ids)
 
 
 _C_REMOTE = 0x100     # decoded-tuple flag bits (reference classifier only)
@@ -919,6 +1045,8 @@ def classify(tables: Tables, direction: int, packet, peer_id: int, is_ethernet: 
                 continue
         if f & F_PEER and r[5] != peer_id:
             continue
+        if f & F_PEERSET and peer_id not in r[5]:
+            continue
         if f & _C_REMOTE and remote & r[7] != r[6]:
             continue
         if f & _C_LOCAL and local & r[9] != r[8]:
@@ -1107,12 +1235,14 @@ class Firewall:
         obj["conntrack"] = self.conntrack.snapshot()
         obj["fragments"] = {"entries": len(self.fragments), "full": self.fragments.full}
         obj["rejects"] = dict(self.rejects)
+        obj["warnings"] = list(rs.warnings)
         return obj
 
     snapshot = describe
 
 
-def build(section, peers: dict, mode=Mode.TUN, previous: Optional[Firewall] = None) -> Firewall:
+def build(section, peers: dict, mode=Mode.TUN, previous: Optional[Firewall] = None,
+          groups=None, own_groups=()) -> Firewall:
     """Parse, compile and return a ready Firewall (what the daemon calls for the
     config file, PUT /firewall and SIGHUP).  Raises :class:`FirewallError`.
 
@@ -1120,7 +1250,7 @@ def build(section, peers: dict, mode=Mode.TUN, previous: Optional[Firewall] = No
     are installed into it and it is returned: conntrack entries, the fragment
     cache and the drop counters carry over, so replies to flows that are still
     allowed keep coming in across the edit."""
-    tables = compile_rules(parse_rules(section, peers))
+    tables = compile_rules(parse_rules(section, peers, groups, own_groups))
     if previous is not None and previous.mode is Mode(mode):
         previous.install(tables)
         return previous

@@ -5,10 +5,12 @@ import
     becomes a phantom.toml whose peers all have ``protocol = "wireguard"``.
     Keys do not go into the TOML: the private key and each preshared key are
     written to files (mode 0600) next to it and named by ``private_key_file``
-    and ``preshared_key_file``.  Settings Phantom has no equivalent for
-    (``DNS``, ``Table``, ``FwMark``, ``Pre/PostUp/Down``, ``SaveConfig``) and
-    endpoints given as host names are reported as warnings, not carried over.
-    A ``# Name = bob`` comment in a ``[Peer]`` names that peer.
+    and ``preshared_key_file``.  Endpoints are kept as written, DNS names
+    too (phantomd resolves them, node/endpoints.py).  Settings Phantom has
+    no equivalent for (``DNS``, ``Table``, ``FwMark``, ``Pre/PostUp/Down``,
+    ``SaveConfig``) are reported (:func:`notes`), each with what phantomd
+    does instead; :func:`unreachable` names the peers the result can never
+    connect with.  A ``# Name = bob`` comment in a ``[Peer]`` names that peer.
 
 export
     ``phantom wg export --config phantom.toml PEER`` writes the wg-quick file
@@ -27,14 +29,17 @@ from typing import Optional
 
 from ...errors import ConfigError
 from ...node.config import Settings, read_config_file, settings_from_mapping
-from ...syntax import PEER_NAME, format_endpoint, parse_endpoint
+from ...syntax import PEER_NAME, format_endpoint, parse_peer_endpoint
 from ...keys import KeyFormatError, decode_private_key, decode_public_key, encode_key, public_key
 from .keys import decode_preshared_key, load_preshared_key
 
-_IGNORED = {"dns": "DNS servers are not set by phantomd", "table": "routing tables are not managed",
-            "fwmark": "no firewall mark is set", "preup": "hooks are not run",
-            "postup": "hooks are not run", "predown": "hooks are not run",
-            "postdown": "hooks are not run", "saveconfig": "the config is never written back"}
+# [Interface] keys phantomd has no equivalent for: what it does instead, said
+# once per key (the hooks once for all four).  DNS and Table get their own
+# wording (_dns_note, _table_note).
+_IGNORED = {"fwmark": "phantomd sets no firewall mark on its socket; left out",
+            "saveconfig": "phantomd never writes its config back (`wg set` changes last until "
+                          "the restart); left out"}
+_HOOKS = ("preup", "postup", "predown", "postdown")
 
 
 class WgConfError(ValueError):
@@ -59,6 +64,37 @@ class WgConf:
     mtu: Optional[int] = None
     peers: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
+    dns: list = field(default_factory=list)          # DNS = servers and search domains, as given
+    table: Optional[str] = None
+    hooks: list = field(default_factory=list)        # (line number, key) of Pre/PostUp/Down
+
+
+def _dns_note(conf: WgConf, device: str) -> str:
+    """What to do with ``DNS =``: phantomd does not change the host's resolver
+    (wg-quick runs resolvconf); the same with systemd-resolved or resolv.conf."""
+    servers, domains = [], []
+    for item in conf.dns:
+        try:
+            servers.append(str(ipaddress.ip_address(item)))
+        except ValueError:
+            domains.append(item)
+    out = ("DNS = %s: phantomd does not change the host's resolver (wg-quick runs resolvconf); "
+           "while the tunnel is up, point it there yourself: `resolvectl dns %s %s` and "
+           "`resolvectl domain %s %s` (systemd-resolved), or `nameserver` lines in "
+           "/etc/resolv.conf" % (", ".join(conf.dns), device, " ".join(servers) or "-", device,
+                                 " ".join(domains) or "'~.'"))
+    return out
+
+
+def _table_note(conf: WgConf, device: str) -> Optional[str]:
+    t = conf.table.strip().lower()
+    if t == "auto":
+        return None                   # what phantomd does anyway: routes for the allowed IPs
+    if t == "off":
+        return ("Table = off: phantomd still routes each peer's allowed IPs into %s (main "
+                "table); it cannot be turned off" % device)
+    return ("Table = %s: phantomd routes the allowed IPs in the main table, not in table %s"
+            % (conf.table, conf.table))
 
 
 def _split_list(value: str) -> list[str]:
@@ -106,8 +142,14 @@ def parse_wg_quick(text: str) -> WgConf:
                     conf.addresses += [ipaddress.ip_interface(v) for v in _split_list(value)]
                 elif key == "mtu":
                     conf.mtu = int(value)
+                elif key == "dns":
+                    conf.dns += _split_list(value)
+                elif key == "table":
+                    conf.table = value
+                elif key in _HOOKS:
+                    conf.hooks.append((lineno, key))
                 elif key in _IGNORED:
-                    conf.warnings.append("%s: %s, left out" % (where, _IGNORED[key]))
+                    conf.warnings.append("%s: %s" % (where, _IGNORED[key]))
                 else:
                     raise WgConfError("%s: unknown [Interface] key" % where)
             elif section == "peer":
@@ -126,6 +168,41 @@ def parse_wg_quick(text: str) -> WgConf:
     for lineno, p in peers:
         conf.peers.append(_peer(lineno, p, conf))
     return conf
+
+
+def notes(conf: WgConf, device: str) -> list:
+    """What the import does not carry over and what phantomd does instead,
+    one line each (the hooks in one line)."""
+    out = []
+    if conf.dns:
+        out.append(_dns_note(conf, device))
+    if conf.table is not None:
+        t = _table_note(conf, device)
+        if t:
+            out.append(t)
+    if conf.hooks:
+        out.append("%s (line%s %s): never run: phantomd runs no commands from its config; do "
+                   "what they do once yourself, or in the service that starts phantomd "
+                   "(systemd ExecStartPost=/ExecStopPost=)" % (
+                       "/".join(sorted({_HOOK_NAMES[k] for _, k in conf.hooks},
+                                       key=lambda k: [_HOOK_NAMES[h] for h in _HOOKS].index(k))),
+                       "s" if len(conf.hooks) > 1 else "",
+                       ", ".join(str(n) for n, _ in conf.hooks)))
+    return out + list(conf.warnings)
+
+
+_HOOK_NAMES = {"preup": "PreUp", "postup": "PostUp", "predown": "PreDown", "postdown": "PostDown"}
+
+
+def unreachable(conf: WgConf) -> list:
+    """Peers the imported config can never connect with: no Endpoint to
+    reach them at, and no ListenPort for them to reach us on (wg-quick would
+    listen on a random port nobody knows).  A peer without an endpoint is
+    fine when we listen on a known port: it contacts us, as a server's
+    road warriors do."""
+    if conf.listen_port:
+        return []
+    return [p for p in conf.peers if p.endpoint is None]
 
 
 def _peer(lineno: int, p: dict, conf: WgConf) -> WgPeer:
@@ -159,11 +236,10 @@ def _peer(lineno: int, p: dict, conf: WgConf) -> WgPeer:
         if net not in peer.allowed_ips:
             peer.allowed_ips.append(net)
     if "endpoint" in p:
-        try:
-            peer.endpoint = parse_endpoint(p["endpoint"])
-        except ConfigError:
-            conf.warnings.append("%s: Endpoint %r is not an IP literal (phantomd does not resolve "
-                                 "names); left out, the peer must contact us first" % (where, p["endpoint"]))
+        try:                          # an IP literal, or a DNS name phantomd resolves (and re-resolves)
+            peer.endpoint = parse_peer_endpoint(p["endpoint"], "Endpoint")
+        except ConfigError as exc:
+            raise WgConfError("%s: %s" % (where, exc)) from None
     if "persistentkeepalive" in p:
         v = p["persistentkeepalive"].strip().lower()
         try:
@@ -195,7 +271,7 @@ def to_phantom_toml(conf: WgConf, *, device: str, key_dir: Path, write_secret) -
         lines.append("addresses = %s" % _toml_list(str(a) for a in conf.addresses))
     if conf.mtu is not None:
         lines.append("mtu = %d" % conf.mtu)
-    for w in conf.warnings:
+    for w in notes(conf, device):
         lines.append("# not imported: %s" % w)
     for i, p in enumerate(conf.peers):
         lines += ["", "[[peer]]"]
@@ -243,8 +319,8 @@ def export_interface(settings: Settings, private_key) -> tuple[str, list[str]]:
         lines += _psk_line(p)
         if p.allowed_ips:
             lines.append("AllowedIPs = %s" % ", ".join(str(n) for n in p.allowed_ips))
-        if p.endpoint:
-            lines.append("Endpoint = %s" % format_endpoint(p.endpoint))
+        if p.endpoint_text:
+            lines.append("Endpoint = %s" % p.endpoint_text)
         if p.persistent_keepalive:
             lines.append("PersistentKeepalive = %d" % p.persistent_keepalive)
     return "\n".join(lines) + "\n", notes

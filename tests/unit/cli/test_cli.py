@@ -75,11 +75,28 @@ def test_open_then_peers_table_and_json(server, capsys):
     assert rc == 0, err
     header, row = out.splitlines()
     assert header.split()[:3] == ["NAME", "ENDPOINT", "ALLOWED"]
-    assert row.split()[:4] == ["bob", "192.0.2.7:9000", "10.9.0.2/32", "up"]
+    assert row.split()[:5] == ["bob", "192.0.2.7:9000", "10.9.0.2/32", "-", "up"]
     assert "5.4 MiB" in row and "1.2 KiB" in row
     rc, out, _ = phantom(server, capsys, "peers", "--json")
     data = json.loads(out)
     assert data["peers"][0]["name"] == "bob" and data["peers"][0]["tx_bytes"] == 5678901
+
+
+def test_open_with_groups_and_the_groups_column(server, capsys):
+    rc, out, err = phantom(server, capsys, "open", "192.0.2.7:9000", "--public-key", PUB,
+                           "--name", "bob", "--groups", "laptops,ops", "--groups", "ops")
+    assert rc == 0, err
+    assert server.controller.calls[-1][-1] == ("groups", ("laptops", "ops"))
+    rc, out, err = phantom(server, capsys, "peers")
+    header, row = out.splitlines()
+    assert header.split()[:5] == ["NAME", "ENDPOINT", "ALLOWED", "IPS", "GROUPS"]
+    assert row.split()[:4] == ["bob", "192.0.2.7:9000", "10.9.0.2/32", "laptops,ops"]
+    # a bad group name is refused by the API, naming the key; nothing reached the daemon
+    n = len(server.controller.calls)
+    rc, out, err = phantom(server, capsys, "open", "192.0.2.8:9000", "--public-key", PUB,
+                           "--groups", "Laptops")
+    assert rc != 0 and "groups[0]" in err and "write 'laptops'" in err, err
+    assert len(server.controller.calls) == n
 
 
 def test_json_option_before_the_subcommand(server, capsys):

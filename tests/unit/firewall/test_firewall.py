@@ -258,7 +258,7 @@ def test_table_layout_is_as_documented():
     ]})
     blob = t.blob
     assert isinstance(blob, bytes) and len(blob) == RULES_OFF + 2 * RULE.size == 8464 + 176
-    assert TABLE_HEADER.unpack_from(blob, 0) == (b"PHFW", 1, 88, 2, 1, 1, 0, 0)
+    assert TABLE_HEADER.unpack_from(blob, 0) == (b"PHFW", 2, 88, 2, 1, 1, 0, 0)
     assert [i for i in range(256) if blob[PROTOCOLS_OFF + i]] == [1, 6, 17, 58]
     ets = [e for e in range(65536) if blob[ETHERTYPES_OFF + (e >> 3)] >> (e & 7) & 1]
     assert ets == [0x0800, 0x0806, 0x86DD]
@@ -595,6 +595,9 @@ def rule_objs(draw):
             r["src_port"] = draw(port_spec())
     if draw(st.integers(0, 3)) == 0:
         r["peer"] = draw(st.sampled_from(["alice", "bob"]))
+    for key in ("src_group", "dst_group"):
+        if draw(st.integers(0, 3)) == 0:
+            r[key] = draw(st.sampled_from(sorted(H_GROUPS) + ["nobody"]))
     fam = draw(st.sampled_from([4, 6]))
     nets = V4_NETS if fam == 4 else V6_NETS
     if draw(st.booleans()):
@@ -640,6 +643,10 @@ def packets(draw):
                      offset=offset)
 
 
+H_GROUPS = {"ab": {1, 2}, "c": {3}, "me": {2}}     # group -> peer ids
+H_OWN = ("me",)                                     # this node's groups
+
+
 def oracle(rs, direction, facts, peer_id):
     """The documented evaluation order, read straight off the RuleSet."""
     proto, offset = facts["proto"], facts["offset"]
@@ -667,6 +674,12 @@ def oracle(rs, direction, facts, peer_id):
                     continue
         if r.peer_id is not None and r.peer_id != peer_id:
             continue
+        remote_g, own_g = ((r.src_group, r.dst_group) if direction == IN
+                           else (r.dst_group, r.src_group))
+        if remote_g is not None and peer_id not in H_GROUPS.get(remote_g, ()):
+            continue
+        if own_g is not None and own_g not in H_OWN:
+            continue
         if r.cidr is not None and remote not in r.cidr:
             continue
         if r.local_cidr is not None and local not in r.local_cidr:
@@ -686,7 +699,7 @@ def oracle(rs, direction, facts, peer_id):
                      min_size=1, max_size=8))
 def test_compiled_tables_agree_with_ruleset(rules, defaults, pkts):
     rs = parse_rules({"rule": rules, "default_in": defaults[0], "default_out": defaults[1]},
-                     PEERS)
+                     PEERS, H_GROUPS, H_OWN)
     t = compile_rules(rs)
     t_blob = Tables(t.blob)       # decoded from the bytes alone
     saved = fwmod._PORT_INDEX_MIN

@@ -125,6 +125,22 @@ def test_a_roamed_endpoint_stays_unless_the_file_changes_it():
     assert ("set_endpoint", b.id, ("10.201.0.88", 9000)) in d.dp.calls
 
 
+def test_an_endpoint_name_in_the_file_is_left_to_the_resolver():
+    """A DNS name is never an address for the engine: a reload that names one
+    reports the endpoint changed and leaves the address in use alone (the
+    daemon's EndpointResolver looks the new name up, node/endpoints.py)."""
+    d = Node(doc(peer("b", endpoint="vpn.example.com:9000")))
+    b = d.engine.peer_by_key(crypto_key("b"))
+    b.endpoint = ("10.201.0.2", 9000)                 # what the name resolved to
+    out = run(d, doc(peer("b", endpoint="vpn.example.com:9000")))
+    assert out["changed"] == {} and b.endpoint == ("10.201.0.2", 9000)
+    out = run(d, doc(peer("b", endpoint="other.example.com:9000")))
+    assert out["changed"] == {"b": ["endpoint"]} and b.endpoint == ("10.201.0.2", 9000)
+    assert not any(c[0] == "set_endpoint" for c in d.dp.calls)
+    out = run(d, doc(peer("b", endpoint="10.201.0.9:9000")))
+    assert out["changed"] == {"b": ["endpoint"]} and b.endpoint == ("10.201.0.9", 9000)
+
+
 def test_bad_files_are_refused_before_anything_changes():
     d = Node(doc(peer("b"), peer("c")))
     before = {p.name: (p.id, list(p.allowed_ips)) for p in d.engine.peers.values()}
