@@ -103,8 +103,18 @@ def cmd_serve(args) -> int:
         lock_down()                      # single-threaded: before the loop and any thread exists
     limits = Limits(args.source_writes_per_minute, args.key_writes_per_minute,
                     args.source_quota, args.source_watches, args.max_watches)
+    network = None
+    if args.network is not None:
+        from phantom.directory.network import NetworkService
+        from phantom.network.errors import NetworkError
+        try:
+            network = NetworkService.load(args.network)     # read as root, before the drop
+        except (NetworkError, OSError) as exc:
+            print("error: --network %s: %s" % (args.network, exc), file=sys.stderr)
+            return 1
     _run(serve_forever(args.listen, args.port, args.db, args.trusted_signer or (), args.max_ttl,
-                       drop_to=pw, limits=limits, watch_heartbeat=args.watch_heartbeat))
+                       drop_to=pw, limits=limits, watch_heartbeat=args.watch_heartbeat,
+                       network=network))
     return 0
 
 
@@ -295,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-watches", type=_count_arg, default=WATCHERS_MAX, metavar="N",
                    help="concurrent watch streams of this front end; past it: 503, and clients "
                         "poll (default %d)" % WATCHERS_MAX)
+    s.add_argument("--network", metavar="DIR",
+                   help="serve this network too (an authority state directory from `phantom "
+                   "network init`: network.json, admission.key, admin.token): joins, renewals, "
+                   "the member stream and the admin API under /network (docs/network.md)")
     s.add_argument("--log-level", default="info", choices=logsetup.LEVELS)
     s.set_defaults(func=cmd_serve)
 

@@ -598,6 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="two namespaces, two daemons, one tunnel (see README)", add_help=False)
     sub.add_parser("directory", help="the public-key directory: `phantom directory serve ...`",
                    add_help=False)
+    sub.add_parser("join", help="enrol this machine in a network: `phantom join TOKEN`",
+                   add_help=False)
     sub.add_parser("wg", help="WireGuard configs: `phantom wg import wg0.conf`, `phantom wg export`",
                    add_help=False)
     return p
@@ -608,6 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
 # phantom; it is imported only when one of them runs.
 DELEGATED = {"demo": "phantomlab.demo", "directory": "phantom.cli.directory",
              "network": "phantom.network.cli",
+             "join": "phantom.cli.join",
              "wg": "phantom.cli.wg",
              "verify": "phantomlab.verify"}
 # Those of them that talk to phantomd take the API options too (wherever given).

@@ -187,6 +187,9 @@ async def _body(request: web.Request) -> Any:
         raise Invalid("body is not valid JSON: %s" % exc) from None
 
 
+read_body = _body           # for the network's routes (directory/network.py)
+
+
 def _path_key(request: web.Request) -> str:
     try:
         return b64(key_from_text(request.match_info["public_key"]))
@@ -222,6 +225,10 @@ def _take(request: web.Request, which: str, key: str, what: str) -> None:
     wait = request.app[LIMITERS_KEY][which].take(key)
     if wait > 0:
         raise _limited(what, wait)
+
+
+take = _take
+now_of = _now
 
 
 async def get_record(request: web.Request) -> web.Response:
@@ -426,7 +433,7 @@ async def _purge_loop(store: Store, clock) -> None:
 async def serve_forever(host: str, port: int, db, trusted_signers=(),
                         max_ttl: int = DEFAULT_MAX_TTL, drop_to=None,
                         limits: Optional[Limits] = None,
-                        watch_heartbeat: Optional[float] = None) -> None:
+                        watch_heartbeat: Optional[float] = None, network=None) -> None:
     """Run the directory until SIGINT/SIGTERM.  ``db`` is a SQLite path or a
     postgresql:// URL (any number of front ends may share one database).
 
@@ -434,12 +441,17 @@ async def serve_forever(host: str, port: int, db, trusted_signers=(),
     the caller has already called ``lock_down``): switch to that user once the
     store is open and the port bound.  A SQLite server then reads and writes
     the db only through the descriptors SQLite opened as root; a PostgreSQL
-    front end opens its further pool connections as that user."""
+    front end opens its further pool connections as that user.
+
+    ``network`` (a :class:`phantom.directory.network.NetworkService`): serve
+    that network's routes too (its tables are made in the store at start)."""
     store = await open_store(db).open()
     try:
-        runner = await start_server(create_app(store, trusted_signers=trusted_signers,
-                                               max_ttl=max_ttl, limits=limits,
-                                               watch_heartbeat=watch_heartbeat), host, port)
+        app = create_app(store, trusted_signers=trusted_signers, max_ttl=max_ttl,
+                         limits=limits, watch_heartbeat=watch_heartbeat)
+        if network is not None:
+            await network.attach(app, store)
+        runner = await start_server(app, host, port)
     except BaseException:
         await store.close()
         raise

@@ -8,15 +8,22 @@
                            [--directory URL]...
     phantom network invites [--all]
     phantom network invites revoke ID
+    phantom network members [--all]
+    phantom network remove NAME|KEY
     phantom network rotate [--authority-key FILE] [--admission-lifetime 365d]
+
+``invite``, ``invites``, ``members`` and ``remove`` work on the authority
+directory's own ledger, or, with ``--admin-token-file F`` (remote mode), on
+the directory that serves the network (``phantom directory serve --network``):
+``--directory URL`` names it (default: the first URL of the network's
+definition in --dir).  A directory serving the network keeps its own
+invites and members: use remote mode for those.
 
 Every command takes ``--dir DIR`` (default $PHANTOM_NETWORK_DIR, else
 /var/lib/phantom/authority for root and ./.phantom/authority otherwise) and
 ``--json``.  ``invite`` prints the token alone on stdout (the rest on
 stderr), so ``TOKEN=$(phantom network invite)`` works.  Errors print
-``error: <message>`` and exit 1.  The directory's admin API (invites from
-any machine, members, remove) is the next step of issue 20; see
-docs/network.md.
+``error: <message>`` and exit 1.  See docs/network.md.
 """
 
 from __future__ import annotations
@@ -32,11 +39,12 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from .canonical import b64
 from .authority import ADMISSION_KEY, AUTHORITY_KEY, DEFINITION, AuthorityDir, init
 from .definition import DEFAULT_ADMISSION_LIFETIME, DEFAULT_CERT_LIFETIME
 from .errors import NetworkError
 from .invite import DEFAULT_INVITE_TTL, create_invite
-from .join import add_invite, revoke_invite
+from .join import add_invite, remove, revoke_invite
 from .keys import SigningKey, atomic_write, load_key, save_key
 from .rotate import rotate
 
@@ -137,7 +145,56 @@ def cmd_show(args, now: Callable[[], float]) -> int:
     return 0
 
 
+def _remote(args) -> bool:
+    return getattr(args, "admin_token_file", None) is not None
+
+
+def _ask(args, method: str, path: str, body=None):
+    """One admin request to the directory serving the network (remote mode)."""
+    from phantom.cli.join import Unreachable, request_json
+    token_file = Path(args.admin_token_file)
+    try:
+        token = token_file.read_text().strip()
+    except OSError as exc:
+        raise UsageError("--admin-token-file %s: %s" % (token_file, exc.strerror or exc)) from None
+    urls = list(args.directory or [])
+    if not urls:
+        try:
+            urls = list(_open(args).definition.directory)
+        except NetworkError:
+            urls = []
+        if not urls:
+            raise UsageError("which directory? pass --directory URL (remote mode)")
+    url = urls[0]
+    try:
+        status, doc = request_json(url, method, path, body, token=token)
+    except Unreachable as exc:
+        raise UsageError("directory %s: %s" % (url, exc)) from None
+    if status >= 400:
+        message = doc.get("error") if isinstance(doc, dict) else None
+        raise UsageError("directory %s refused: %s" % (url, message or "HTTP %d" % status))
+    return doc
+
+
+def _print_invite(args, token_text: str, s: dict) -> None:
+    if args.json:
+        print(json.dumps(dict(s, token=token_text), indent=2, sort_keys=True))
+        return
+    print(token_text)
+    print("invite %s: %d use%s, expires %s%s%s" % (
+        s["id"], s["uses"], "" if s["uses"] == 1 else "s", _when(s["expires"]),
+        (", name " + s["name"]) if s["name"] else "",
+        (", groups " + ",".join(s["groups"])) if s["groups"] else ""), file=sys.stderr)
+
+
 def cmd_invite(args, now: Callable[[], float]) -> int:
+    if _remote(args):
+        body = {"groups": args.groups, "uses": args.uses, "expires": args.expires}
+        if args.name:
+            body["name"] = args.name
+        doc = _ask(args, "POST", "/network/admin/invites", body)
+        _print_invite(args, doc["token"], doc["invite"])
+        return 0
     auth = _open(args)
     t = now()
     token, record = create_invite(auth.definition, t, name=args.name, groups=args.groups,
@@ -145,31 +202,30 @@ def cmd_invite(args, now: Callable[[], float]) -> int:
                                   directory=args.directory or None)
     with auth.transaction() as ledger:
         add_invite(ledger, record)
-    text = token.encode()
-    if args.json:
-        print(json.dumps(dict(record.summary(t), token=text), indent=2, sort_keys=True))
-    else:
-        print(text)
-        print("invite %s: %d use%s, expires %s%s%s" % (
-            record.id, record.uses, "" if record.uses == 1 else "s", _when(record.expires),
-            (", name " + record.name) if record.name else "",
-            (", groups " + ",".join(record.groups)) if record.groups else ""), file=sys.stderr)
+    _print_invite(args, token.encode(), record.summary(t))
     return 0
 
 
 def cmd_invites(args, now: Callable[[], float]) -> int:
-    auth = _open(args)
     t = now()
     if args.action == "revoke":
         if not args.id:
             raise UsageError("which invite? `phantom network invites revoke ID`")
-        with auth.transaction() as ledger:
-            revoked = revoke_invite(ledger, args.id)
-        _out(args, "invite %s revoked" % revoked.id, revoked.summary(t))
+        if _remote(args):
+            if not re.fullmatch(r"[a-z2-7]{16}", args.id):
+                raise UsageError("%r is not an invite id (16 base32 characters)" % args.id)
+            summary = _ask(args, "POST", "/network/admin/invites/%s/revoke" % args.id)["invite"]
+        else:
+            with _open(args).transaction() as ledger:
+                summary = revoke_invite(ledger, args.id).summary(t)
+        _out(args, "invite %s revoked" % summary["id"], summary)
         return 0
     if args.action is not None:
         raise UsageError("unknown action %r (only: revoke ID)" % args.action)
-    rows = [i.summary(t) for i in auth.read_ledger().invites()]
+    if _remote(args):
+        rows = _ask(args, "GET", "/network/admin/invites?all=1")["invites"]
+    else:
+        rows = [i.summary(t) for i in _open(args).read_ledger().invites()]
     if not args.all:
         rows = [r for r in rows if r["status"] == "active"]
     if args.json:
@@ -184,6 +240,52 @@ def cmd_invites(args, now: Callable[[], float]) -> int:
         print("%-16s  %-8s  %-9s  %-20s  %-16s  %s" % (
             r["id"], r["status"], "%d/%d" % (r["used"], r["uses"]), _when(r["expires"]),
             r["name"] or "-", ",".join(r["groups"]) or "-"))
+    return 0
+
+
+def cmd_members(args, now: Callable[[], float]) -> int:
+    t = now()
+    if _remote(args):
+        rows = _ask(args, "GET", "/network/admin/members")["members"]
+    else:
+        rows = []
+        for m in sorted(_open(args).read_ledger().members(), key=lambda m: int(m.cert.ipv4)):
+            c = m.cert
+            rows.append({"name": c.name, "key": b64(c.key), "ipv4": str(c.ipv4),
+                         "ipv6": str(c.ipv6), "groups": list(c.groups), "since": c.since,
+                         "expires": c.not_after, "removed": m.removed,
+                         "status": "removed" if m.removed is not None else
+                         ("expired" if c.not_after <= t else "member")})
+    if not args.all:
+        rows = [r for r in rows if r["status"] == "member"]
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+        return 0
+    if not rows:
+        print("no members")
+        return 0
+    print("%-20s  %-15s  %-28s  %-8s  %-20s  %s" % ("NAME", "IPV4", "IPV6", "STATUS", "EXPIRES",
+                                                    "GROUPS"))
+    for r in rows:
+        print("%-20s  %-15s  %-28s  %-8s  %-20s  %s" % (
+            r["name"], r["ipv4"], r["ipv6"], r["status"], _when(r["expires"]),
+            ",".join(r["groups"]) or "-"))
+    return 0
+
+
+def cmd_remove(args, now: Callable[[], float]) -> int:
+    import urllib.parse
+    if _remote(args):
+        doc = _ask(args, "POST", "/network/admin/members/%s/remove"
+                   % urllib.parse.quote(args.who, safe=""))
+        removal = doc["removal"]
+    else:
+        auth = _open(args)
+        with auth.transaction() as ledger:
+            r, _seq = remove(ledger, auth.definition, auth.admission, args.who, now())
+        removal = r.doc
+    _out(args, "%s removed: its certificates issued until %s are refused by every member that "
+         "has the removal" % (args.who, _when(removal["time"])), removal)
     return 0
 
 
@@ -211,6 +313,12 @@ def cmd_rotate(args, now: Callable[[], float]) -> int:
     return 0
 
 
+_REMOTE = argparse.ArgumentParser(add_help=False)
+_REMOTE.add_argument("--admin-token-file", metavar="FILE",
+                     help="remote mode: ask the directory serving the network (--directory URL, "
+                     "default the network's first), with this admin token")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dir", type=Path, default=None,
@@ -236,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_init)
     sub.add_parser("show", parents=[common], help="the network's definition").set_defaults(
         func=cmd_show)
-    v = sub.add_parser("invite", parents=[common], help="make an invite token for `phantom join`")
+    v = sub.add_parser("invite", parents=[common, _REMOTE], help="make an invite token for `phantom join`")
     v.add_argument("--name", help="the member's name (then the invite is for one use)")
     v.add_argument("--groups", type=groups, default=[], help="groups, comma-separated")
     v.add_argument("--uses", type=int, default=1, help="how many joins it allows (default 1)")
@@ -245,11 +353,25 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--directory", action="append", default=[], metavar="URL",
                    help="directory URL(s) in the token (default: the network's)")
     v.set_defaults(func=cmd_invite)
-    s = sub.add_parser("invites", parents=[common], help="list invites; `invites revoke ID`")
+    s = sub.add_parser("invites", parents=[common, _REMOTE],
+                       help="list invites; `invites revoke ID`")
     s.add_argument("action", nargs="?", help="revoke")
     s.add_argument("id", nargs="?", help="the invite's id")
     s.add_argument("--all", action="store_true", help="used, expired and revoked ones too")
     s.set_defaults(func=cmd_invites)
+    s.add_argument("--directory", action="append", default=[], metavar="URL",
+                   help="remote mode: the directory to ask")
+    m = sub.add_parser("members", parents=[common, _REMOTE], help="the network's members")
+    m.add_argument("--all", action="store_true", help="removed and expired ones too")
+    m.add_argument("--directory", action="append", default=[], metavar="URL",
+                   help="remote mode: the directory to ask")
+    m.set_defaults(func=cmd_members)
+    x = sub.add_parser("remove", parents=[common, _REMOTE],
+                       help="remove a member (by name or key): a signed removal")
+    x.add_argument("who", metavar="NAME|KEY")
+    x.add_argument("--directory", action="append", default=[], metavar="URL",
+                   help="remote mode: the directory to ask")
+    x.set_defaults(func=cmd_remove)
     r = sub.add_parser("rotate", parents=[common],
                        help="replace the admission key (a stolen directory host): needs the "
                        "authority key")

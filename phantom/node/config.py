@@ -15,6 +15,7 @@ The file has the shape WireGuard users know, in TOML::
 
     [firewall]                      # checked by the firewall compiler
     [dns]                           # the name service (phantom.dns.service.parse_section)
+    [network]                       # written by `phantom join` (parse_network_section; docs/network.md)
     [tunables]                      # phantom.constants.Tunables fields
 
 Every problem raises :class:`phantom.errors.ConfigError` whose
@@ -31,6 +32,7 @@ import difflib
 import ipaddress
 import os
 import pwd
+import re
 import tomllib
 import urllib.parse
 from dataclasses import dataclass, field, fields
@@ -137,6 +139,7 @@ class Settings:
     peers: list[PeerConfig] = field(default_factory=list)
     firewall: dict = field(default_factory=dict)
     dns: Optional[Any] = None              # phantom.dns.service.DnsSettings; None: no [dns] section
+    network: Optional["NetworkSection"] = None   # [network], written by `phantom join`
     tunables: Tunables = field(default_factory=Tunables)
 
     @property
@@ -157,7 +160,8 @@ class Settings:
 
 
 # --- the file's schema -------------------------------------------------------------------------
-SECTIONS = ("interface", "peer", "firewall", "dns", "tunables")
+SECTIONS = ("interface", "peer", "firewall", "dns", "network", "tunables")
+NETWORK_KEYS = ("network", "name", "directory", "state")
 INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen", "http_socket",
                   "test_port", "test_deliver", "mode", "device", "addresses", "mtu", "state_dir",
                   "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers",
@@ -625,10 +629,50 @@ def settings_from_mapping(doc: dict, base: Optional[Path] = None) -> Settings:
     if "dns" in doc:
         from phantom.dns.service import parse_section
         s.dns = parse_section(doc["dns"])
+    if "network" in doc:
+        s.network = parse_network_section(doc["network"], base)
     if "tunables" in doc:
         s.tunables = _tunables(doc["tunables"])
     _default_mode(s)
     return s
+
+
+@dataclass(frozen=True)
+class NetworkSection:
+    """``[network]``: the network this node joined (``phantom join`` writes it).
+
+    network    the network's fingerprint (32 base32 characters)
+    name       the network's name
+    directory  the directory URLs the node enrolled at (renewal, the member stream)
+    state      the directory holding definition.json and certificate.json (0700)
+    """
+
+    network: str
+    name: str
+    directory: tuple
+    state: Path
+
+
+def parse_network_section(table: Any, base: Optional[Path] = None) -> NetworkSection:
+    _expect(table, dict, "network", "a table ([network])")
+    for k in table:
+        if k not in NETWORK_KEYS:
+            raise _unknown("network." + k, k, NETWORK_KEYS)
+    for k in NETWORK_KEYS:
+        if k not in table:
+            raise ConfigError("network." + k, "missing (`phantom join` writes the whole section)")
+    fp = table["network"]
+    if not isinstance(fp, str) or not re.fullmatch(r"[a-z2-7]{32}", fp):
+        raise ConfigError("network.network", "must be the network's fingerprint (32 base32 "
+                          "characters, as `phantom network show` prints it)")
+    name = table["name"]
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", name):
+        raise ConfigError("network.name", "must be the network's name (a DNS label)")
+    urls = _expect(table["directory"], list, "network.directory", "a list of URLs")
+    if not urls:
+        raise ConfigError("network.directory", "needs at least one directory URL")
+    out = tuple(_directory_url(u, "network.directory[%d]" % i) for i, u in enumerate(urls))
+    return NetworkSection(fp, name, out, _path(table["state"], "network.state", base))
 
 
 def _default_mode(s: Settings) -> None:
@@ -641,6 +685,10 @@ def _default_mode(s: Settings) -> None:
 def config_warnings(s: Settings) -> list[str]:
     """What a valid config sets but the daemon will not use, for the log at start."""
     out = []
+    if s.network is not None:
+        out.append("network: this node joined %s (%s); the member daemon (certificates in the "
+                   "handshake, members as peers) is not built yet, so phantomd does not use "
+                   "[network] (docs/network.md)" % (s.network.name, s.network.state))
     if s.mode is Mode.TEST and s.addresses:
         out.append("interface.addresses: mode = \"test\" opens no device, so %s configure nothing "
                    "(they are only published as our allowed IPs in the key directory); use "

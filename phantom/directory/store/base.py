@@ -306,6 +306,11 @@ class Store(abc.ABC):
     async def count(self) -> int:
         raise Unsupported("the %s store cannot count records" % self.kind)
 
+    def network(self):
+        """The network's tables (issue 20): SQLite and PostgreSQL have them."""
+        raise Unsupported("the %s store cannot hold a network's members: use SQLite or "
+                          "PostgreSQL" % self.kind)
+
     async def purge(self, now: int) -> int:
         """Delete expired records and revocations kept long enough
         (:func:`revocation_keep_until`); the number deleted."""

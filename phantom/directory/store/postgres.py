@@ -121,6 +121,7 @@ class PostgresStore(Store):
         self._listen_task: Optional[asyncio.Task] = None
         self._fetches: set[asyncio.Task] = set()
         self._closing = False
+        self._networks: list = []
 
     async def open(self) -> "PostgresStore":
         try:
@@ -145,6 +146,8 @@ class PostgresStore(Store):
 
     async def close(self) -> None:
         self._closing = True
+        for net in self._networks:
+            net.close()
         if self._listen_task is not None:
             self._listen_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -203,11 +206,11 @@ class PostgresStore(Store):
 
     # reads
     @contextlib.asynccontextmanager
-    async def _conn(self):
+    async def _conn(self, wait: float = COMMAND_TIMEOUT):
         if self._pool is None:
             raise StoreUnavailable("the PostgreSQL store is closed")
         try:
-            async with self._pool.acquire(timeout=COMMAND_TIMEOUT) as conn:
+            async with self._pool.acquire(timeout=wait) as conn:
                 yield conn
         except _db_errors() as exc:
             raise StoreUnavailable("PostgreSQL: %s" % (exc.__class__.__name__ + (
@@ -227,6 +230,12 @@ class PostgresStore(Store):
                 "SELECT %s FROM phantom_records WHERE public_key > $1 AND (revoked OR "
                 "expires > $2) ORDER BY public_key LIMIT $3" % _COLUMNS, after, now, limit)
         return [_row(r) for r in rows]
+
+    def network(self) -> "PgNetwork":
+        """The network's tables in this database (``phantom directory serve --network``)."""
+        net = PgNetwork(self)
+        self._networks.append(net)
+        return net
 
     async def count(self) -> int:
         async with self._conn() as c:
@@ -248,6 +257,101 @@ class PostgresStore(Store):
                                                               if source else ()):
                     await c.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", lock)
                 yield _PgTxn(c)
+
+
+# --- the network's tables (issue 20; store/ledger.py) ---------------------------------------------
+NETWORK_WAIT = 30.0                # a change may wait this long for the network's lock
+
+
+def _numbered(sql: str) -> str:
+    parts = sql.split("?")
+    return parts[0] + "".join("$%d%s" % (i, p) for i, p in enumerate(parts[1:], 1))
+
+
+class _PgQuery:
+    """The ledger's synchronous queries, run from a worker thread on the event
+    loop's connection (one statement at a time)."""
+
+    def __init__(self, conn, loop):
+        self.c = conn
+        self.loop = loop
+
+    def _call(self, coro):
+        import asyncpg
+        from phantom.network.join import JoinError
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self.loop).result(NETWORK_WAIT)
+        except (asyncpg.UniqueViolationError, asyncpg.SerializationError,
+                asyncpg.DeadlockDetectedError) as exc:
+            raise JoinError("conflict", "PostgreSQL: %s" % exc) from None
+
+    def one(self, sql: str, *args):
+        return self._call(self.c.fetchrow(_numbered(sql), *args))
+
+    def all(self, sql: str, *args) -> list:
+        return self._call(self.c.fetch(_numbered(sql), *args))
+
+    def run(self, sql: str, *args) -> int:
+        status = self._call(self.c.execute(_numbered(sql), *args))
+        try:
+            return int(status.split()[-1])
+        except (ValueError, IndexError):
+            return 0
+
+
+class PgNetwork:
+    """The network's tables in this database, shared by every front end.  A
+    change locks the ``seq`` counter row first (FOR UPDATE): changes through
+    all front ends happen one at a time and each reads the last one's commit
+    (READ COMMITTED: each statement sees what was committed before it).  The
+    sans-IO ledger runs in a worker thread; its queries run on the loop."""
+
+    kind = "postgresql"
+
+    def __init__(self, store: "PostgresStore"):
+        self.store = store
+        self.retries = 0
+        import concurrent.futures
+        self._threads = concurrent.futures.ThreadPoolExecutor(
+            max_workers=store.pool_size, thread_name_prefix="network-ledger")
+
+    async def open(self, definition) -> "PgNetwork":
+        from .ledger import SCHEMA, definition_check
+        async with self.store._conn() as c:
+            async with c.transaction():
+                await c.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
+                for stmt in SCHEMA:
+                    await c.execute(stmt)
+        await self.transact(lambda led: definition_check(led, definition))
+        return self
+
+    async def _once(self, fn, lock: bool):
+        from .ledger import LOCK_SQL, SqlLedger
+        loop = asyncio.get_running_loop()
+        async with self.store._conn(NETWORK_WAIT) as c:
+            async with c.transaction():
+                if lock:
+                    await c.execute(LOCK_SQL + " FOR UPDATE", timeout=NETWORK_WAIT)
+                return await loop.run_in_executor(self._threads, fn,
+                                                  SqlLedger(_PgQuery(c, loop)))
+
+    async def transact(self, fn):
+        """``fn(ledger)`` in one write transaction (retried on a conflict)."""
+        from phantom.network.join import JoinError
+        from .ledger import RETRIES
+        for n in range(RETRIES):
+            try:
+                return await self._once(fn, True)
+            except JoinError as exc:
+                if exc.code != "conflict" or n == RETRIES - 1:
+                    raise
+                self.retries += 1
+
+    async def read(self, fn):
+        return await self._once(fn, False)
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False)
 
 
 def safe_dsn(dsn: str) -> str:

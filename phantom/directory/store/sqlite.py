@@ -137,6 +137,10 @@ class DirectoryStore(Store):
     async def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
 
+    def network(self) -> "SqliteNetwork":
+        """The network's tables in this file (``phantom directory serve --network``)."""
+        return SqliteNetwork(self._db)
+
 
 class _Done:
     def __await__(self):
@@ -145,3 +149,68 @@ class _Done:
 
 _DONE = _Done()
 SqliteStore = DirectoryStore
+
+
+# --- the network's tables (issue 20; store/ledger.py) ---------------------------------------------
+class _SqliteQuery:
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def one(self, sql: str, *args):
+        return self.db.execute(sql, args).fetchone()
+
+    def all(self, sql: str, *args) -> list:
+        return self.db.execute(sql, args).fetchall()
+
+    def run(self, sql: str, *args) -> int:
+        from phantom.network.join import JoinError
+        try:
+            return self.db.execute(sql, args).rowcount
+        except sqlite3.IntegrityError as exc:
+            raise JoinError("conflict", "unique constraint: %s" % exc) from None
+
+
+class SqliteNetwork:
+    """The network's tables in this SQLite file.  A change runs in ``BEGIN
+    IMMEDIATE`` (SQLite's write lock: one writer at a time, across processes
+    sharing the file), synchronously, with no await inside; a unique violation
+    rolls it back and it runs again (store/ledger.py)."""
+
+    kind = "sqlite"
+
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
+        self.retries = 0
+
+    async def open(self, definition) -> "SqliteNetwork":
+        from .ledger import SCHEMA, definition_check
+        for stmt in SCHEMA:
+            self._db.execute(stmt)
+        await self.transact(lambda led: definition_check(led, definition))
+        return self
+
+    def _once(self, fn, begin: str):
+        from .ledger import SqlLedger
+        self._db.execute(begin)
+        try:
+            result = fn(SqlLedger(_SqliteQuery(self._db)))
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        return result
+
+    def transact_sync(self, fn):
+        from .ledger import retrying
+        return retrying(lambda: self._once(fn, "BEGIN IMMEDIATE"), on_retry=self._count)
+
+    def _count(self, n: int) -> None:
+        self.retries += 1
+
+    async def transact(self, fn):
+        """``fn(ledger)`` in one write transaction (retried on a unique violation)."""
+        return self.transact_sync(fn)
+
+    async def read(self, fn):
+        """``fn(ledger)`` on one consistent snapshot, writing nothing."""
+        return self._once(fn, "BEGIN")

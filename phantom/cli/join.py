@@ -1,0 +1,256 @@
+"""``phantom join TOKEN``: enrol this machine in a network (issue 20).
+
+    phantom join TOKEN [--name N] [--state-dir D] [--config F] [--timeout S] [--json]
+
+1. makes (or reuses) the node key: the config's ``private_key_file``, else
+   ``<state_dir>/private.key`` (phantomd's own default);
+2. builds the join request (the invite's id and secret, the node's key and a
+   signature with it: proof of possession) and POSTs it to the token's
+   directory URL(s), in order, until one answers;
+3. checks the answer: the definition must be signed by the authority the
+   token names, the certificate must be for this key;
+4. writes ``<state_dir>/network/definition.json`` and ``certificate.json``
+   (0600, the directory 0700) and a ``[network]`` section in the config
+   (made with ``[interface]`` addresses from the certificate when it does not
+   exist), then prints the command that starts the daemon.
+
+A refusal (used, expired or revoked invite, name taken, ...) is
+``error: <the directory's sentence>`` and exit 1; a network failure names
+every URL that failed and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any, Optional
+
+from phantom.network.canonical import b64
+from phantom.network.errors import NetworkError
+from phantom.network.invite import parse_token
+from phantom.network.join import accept_join_answer, make_join_request
+
+DEFAULT_TIMEOUT = 20.0
+MAX_ANSWER = 64 * 1024
+BUSY_RETRIES = 5                      # a 503 (the store's conflict, a busy front end) or 429
+
+
+class JoinFailed(Exception):
+    """Printed as ``error: <message>``; exit status 1."""
+
+
+class Unreachable(Exception):
+    """The directory at this URL could not be asked (connection, timeout, garbage)."""
+
+
+def request_json(url: str, method: str, path: str, body: Any = None, *, token: Optional[str] = None,
+                 timeout: float = DEFAULT_TIMEOUT) -> tuple:
+    """(status, JSON body) of one HTTP request to ``url`` + ``path``; Unreachable
+    when there is no HTTP answer or the answer is not JSON."""
+    u = urllib.parse.urlsplit(url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise Unreachable("not an http:// or https:// URL")
+    conn_cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+    conn = conn_cls(u.hostname, u.port, timeout=timeout)
+    headers = {"Accept": "application/json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body, separators=(",", ":")).encode()
+        headers["Content-Type"] = "application/json"
+    if token is not None:
+        headers["Authorization"] = "Bearer " + token
+    try:
+        conn.request(method, (u.path.rstrip("/") or "") + path, body=data, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read(MAX_ANSWER + 1)
+    except (OSError, http.client.HTTPException) as exc:
+        raise Unreachable(str(exc) or exc.__class__.__name__) from None
+    finally:
+        conn.close()
+    if len(raw) > MAX_ANSWER:
+        raise Unreachable("answer larger than %d bytes" % MAX_ANSWER)
+    try:
+        return resp.status, json.loads(raw)
+    except ValueError:
+        raise Unreachable("HTTP %d with a body that is not JSON" % resp.status) from None
+
+
+def ask_directories(urls, method: str, path: str, body: Any = None, *,
+                    token: Optional[str] = None, timeout: float = DEFAULT_TIMEOUT,
+                    sleep=time.sleep) -> tuple:
+    """(url, status, body) of the first directory that answers; a 503 or 429
+    is waited out and asked again (a few times); JoinFailed naming every
+    URL that failed when none answers."""
+    failures = []
+    for url in urls:
+        for attempt in range(BUSY_RETRIES):
+            try:
+                status, doc = request_json(url, method, path, body, token=token, timeout=timeout)
+            except Unreachable as exc:
+                failures.append("%s: %s" % (url, exc))
+                break
+            if status in (429, 503) and attempt < BUSY_RETRIES - 1:
+                wait = doc.get("retry_after", 1) if isinstance(doc, dict) else 1
+                sleep(min(5.0, max(0.2, float(wait) if isinstance(wait, (int, float)) else 1.0)))
+                continue
+            return url, status, doc
+    raise JoinFailed("no directory answered: " + "; ".join(failures))
+
+
+def _refusal(doc: Any, status: int) -> str:
+    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+        return doc["error"][:500]
+    return "HTTP %d" % status
+
+
+def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    from phantom.network.keys import atomic_write
+    atomic_write(path, data, mode=mode)
+
+
+def _toml_str(value: str) -> str:
+    return json.dumps(value)          # a TOML basic string for these ASCII values
+
+
+def network_section(fingerprint: str, name: str, directory, state: Path) -> str:
+    return ("[network]                       # written by `phantom join`\n"
+            "network = %s\nname = %s\ndirectory = [%s]\nstate = %s\n"
+            % (_toml_str(fingerprint), _toml_str(name),
+               ", ".join(_toml_str(u) for u in directory), _toml_str(str(state))))
+
+
+def write_config(path: Path, section: str, interface: Optional[str]) -> None:
+    """Put ``section`` in the TOML file ``path``: replacing its ``[network]``
+    table, or appended; a new file gets ``interface`` first."""
+    if path.exists():
+        text = path.read_text()
+        lines = text.splitlines(keepends=True)
+        out, skipping = [], False
+        for line in lines:
+            header = re.match(r"\s*\[\[?\s*([A-Za-z0-9_.-]+)\s*\]\]?", line)
+            if header:
+                skipping = header.group(1) == "network"
+            if not skipping:
+                out.append(line)
+        text = "".join(out)
+        if text and not text.endswith("\n"):
+            text += "\n"
+        text += ("\n" if text.strip() else "") + section
+        mode = path.stat().st_mode & 0o777
+    else:
+        text = (interface or "") + "\n" + section
+        mode = 0o600
+    write_private(path, text.encode(), mode)
+
+
+def cmd_join(args, now=time.time) -> int:
+    from phantom.keys import load_or_create_private_key
+    from phantom.directory.records import NodeSigner
+    from phantom.node.config import default_state_dir, read_config_file, settings_from_mapping
+
+    token = parse_token(args.token.strip())
+    config = Path(args.config).absolute() if args.config else None
+    settings = None
+    if config is not None and config.exists():
+        settings = settings_from_mapping(read_config_file(config), config.parent)
+    state_dir = Path(args.state_dir).absolute() if args.state_dir else (
+        settings.state_dir if settings is not None else default_state_dir())
+    if config is None:
+        config = state_dir / "phantom.toml"
+        if config.exists():
+            settings = settings_from_mapping(read_config_file(config), config.parent)
+    key_file = (settings.private_key_file if settings is not None and
+                settings.private_key_file is not None else state_dir / "private.key")
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private = load_or_create_private_key(key_file)
+    signer = NodeSigner(private)
+    public = bytes(signer.public_key)
+    try:
+        request = make_join_request(token, public, signer.signing_key, signer.sign, now(),
+                                    name=args.name)
+    finally:
+        signer.wipe()
+        from phantom import crypto
+        crypto.memzero(private)
+    urls = list(args.directory or token.directory)
+    if not urls:
+        raise JoinFailed("the token names no directory URL: pass --directory URL")
+    url, status, doc = ask_directories(urls, "POST", "/network/join", request,
+                                       timeout=args.timeout)
+    if status != 200:
+        raise JoinFailed("%s refused the join: %s" % (url, _refusal(doc, status)))
+    try:
+        definition, cert = accept_join_answer(doc, token.network, public, now())
+    except NetworkError as exc:
+        raise JoinFailed("%s answered with something this machine cannot accept: %s"
+                         % (url, exc)) from None
+    netdir = state_dir / "network"
+    netdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(netdir, 0o700)
+    write_private(netdir / "definition.json", definition.encode() + b"\n")
+    write_private(netdir / "certificate.json",
+                  json.dumps(cert.doc, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+    interface = ("[interface]\nprivate_key_file = %s\nstate_dir = %s\nmode = \"tun\"\n"
+                 "addresses = [%s, %s]\n"
+                 % (_toml_str(str(key_file)), _toml_str(str(state_dir)),
+                    _toml_str("%s/%d" % (cert.ipv4, definition.ipv4.prefixlen)),
+                    _toml_str("%s/%d" % (cert.ipv6, definition.ipv6.prefixlen))))
+    write_config(config, network_section(definition.fingerprint, definition.name,
+                                         [url] + [u for u in urls if u != url], netdir),
+                 interface)
+    summary = {"network": definition.name, "fingerprint": definition.fingerprint,
+               "name": cert.name, "ipv4": str(cert.ipv4), "ipv6": str(cert.ipv6),
+               "groups": list(cert.groups), "key": b64(public), "expires": cert.not_after,
+               "directory": url, "config": str(config), "state": str(netdir)}
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        print("joined %s as %s: %s, %s%s (certificate until %s)" % (
+            definition.name, cert.name, cert.ipv4, cert.ipv6,
+            (", groups " + ",".join(cert.groups)) if cert.groups else "",
+            time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(cert.not_after))))
+        print("wrote %s/{definition,certificate}.json and the [network] section of %s"
+              % (netdir, config))
+        print("start the daemon: phantomd --config %s" % config)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="phantom join",
+                                description="enrol this machine in a network with an invite "
+                                "token (`phantom network invite` prints one)")
+    p.add_argument("token", help="the invite token (phantom1....)")
+    p.add_argument("--name", help="this member's name (a DNS label), unless the invite names it")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="phantomd's state directory (default: the config's, else "
+                   "/var/lib/phantom for root, ./.phantom otherwise)")
+    p.add_argument("--config", metavar="FILE",
+                   help="the phantomd config to write [network] into (default "
+                   "STATE_DIR/phantom.toml; made if missing)")
+    p.add_argument("--directory", action="append", metavar="URL",
+                   help="ask this directory instead of the token's (repeatable)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help="per request (default %g)" % DEFAULT_TIMEOUT)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    return p
+
+
+def main(argv: Optional[list] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from phantom.errors import ConfigError, PhantomError
+    try:
+        return cmd_join(args)
+    except (JoinFailed, NetworkError, PhantomError, ConfigError, OSError) as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
