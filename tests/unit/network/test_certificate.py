@@ -323,13 +323,6 @@ def test_property_issue_encode_decode_round_trip(name, groups, host, exit, lifet
 TAMPER_CERT = NET.cert("tamper", groups=["laptops"], routes=["192.168.7.0/24"])
 
 
-def _same_document(a: bytes, b: bytes) -> bool:
-    try:
-        return json.loads(a) == json.loads(b)
-    except ValueError:
-        return False
-
-
 @prop
 @given(pos=st.integers(0, len(TAMPER_CERT.encode()) - 1), bit=st.integers(0, 7))
 def test_property_a_tampered_byte_never_verifies(pos, bit):
@@ -345,8 +338,8 @@ def test_property_a_tampered_byte_never_verifies(pos, bit):
 def test_property_an_inserted_or_cut_byte_never_verifies(pos, junk):
     raw = TAMPER_CERT.encode()
     for bad in (raw[:pos] + junk + raw[pos:], raw[:pos] + raw[pos + len(junk):]):
-        if bad == raw or _same_document(bad, raw):
-            continue        # JSON whitespace between tokens: the same document, same signed bytes
+        if bad == raw:
+            continue        # (whitespace between tokens is refused too: one certificate, one spelling)
         with pytest.raises(Refused):
             verify_certificate(bad, NET.definition, NOW)
 
