@@ -1,4 +1,4 @@
-# firewall.pxi: the firewall's compiled tables (dataplane/firewall/__init__.py),
+# firewall.pxi: the firewall's compiled tables (dataplane/firewall/tables.py),
 # decided in C, and the per-batch hook into the Python classifier.
 #
 # Part of phantom/fastpath/_engine.pyx (included there; see docs/fastpath.md).

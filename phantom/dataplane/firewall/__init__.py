@@ -125,23 +125,59 @@ bump them through a memoryview (``memoryview(state.hits)``, format 'Q').
 
 Test mode (the prototype's UDP test port): payloads are not packets; the
 firewall does not apply there (:class:`Firewall` accepts everything).
+
+Modules: ``model`` (enums shared with the fast path, the layout constants,
+:class:`FirewallError`, :class:`Rule`, :class:`RuleSet`, :func:`parse_rules`),
+``tables`` (:class:`Verdict`, :func:`compile_rules`, :class:`Tables`),
+``classifier`` (the reference classifier and the state it bumps), ``reject``
+(:func:`reject_response`, :class:`TokenBucket`); this package holds
+:class:`Firewall` and :func:`build` and re-exports every public name above.
 """
 
 from __future__ import annotations
 
-import base64
-from bisect import bisect_right
-import enum
-import ipaddress
-import struct
 import time
 from array import array
-from dataclasses import dataclass, field
-from typing import NamedTuple, Optional
+from typing import Optional
 
-from phantom.dataplane import packet as _pkt
-from phantom.dataplane.conntrack import NO_ID, ConnTrack, PacketInfo, Timeouts
+from phantom.dataplane.conntrack import ConnTrack
+from phantom.dataplane.firewall.classifier import FirewallState, FragmentCache, classify
+from phantom.dataplane.firewall.model import (
+    ACTION_NAMES, DIRECTION_NAMES, ETH_ARP, ETH_IPV4, ETH_IPV6, ETHERTYPE_NAMES, ETHERTYPES_OFF,
+    F_LOCAL4, F_LOCAL6, F_PEER, F_PEERSET, F_PORTS, F_PROTO, F_REMOTE4, F_REMOTE6,
+    FRAGMENT_ENTRIES, FRAGMENT_TIMEOUT, GROUP_MAX, HDR_OFF, MAX_RULES, N_REASONS, POLICIES,
+    PORT_PROTOS, PROTO_NAMES, PROTOCOLS_OFF, PROTOTYPE_ETHERTYPES, PROTOTYPE_PROTOCOLS, RULE,
+    RULES_OFF, TABLE_HEADER, TABLE_MAGIC, TABLE_VERSION, TF_STATEFUL, Action, Direction,
+    FirewallError, Reason, Rule, RuleSet, group_problem, parse_rules,
+)
+from phantom.dataplane.firewall.reject import TokenBucket, reject_response
+from phantom.dataplane.firewall.tables import (
+    V_ESTABLISHED, V_ETHERTYPE_ACCEPT, V_ETHERTYPE_DROP, V_FRAGMENT, V_MALFORMED, V_PROTOCOL,
+    Tables, Verdict, compile_rules,
+)
 from phantom.dataplane.types import Mode
+
+# The package's public names, as they were when all of it was this one file
+# (importers use ``from phantom.dataplane.firewall import X`` and ``firewall.X``).
+__all__ = [
+    # model.py
+    "Direction", "Action", "Reason", "N_REASONS", "F_PROTO", "F_PORTS", "F_PEER", "F_REMOTE4",
+    "F_REMOTE6", "F_LOCAL4", "F_LOCAL6", "F_PEERSET", "GROUP_MAX", "TABLE_MAGIC",
+    "TABLE_VERSION", "TABLE_HEADER", "RULE", "HDR_OFF", "PROTOCOLS_OFF", "ETHERTYPES_OFF",
+    "RULES_OFF", "TF_STATEFUL", "MAX_RULES", "FRAGMENT_TIMEOUT", "FRAGMENT_ENTRIES",
+    "ETH_IPV4", "ETH_ARP", "ETH_IPV6", "PROTO_NAMES", "ETHERTYPE_NAMES", "PROTOTYPE_PROTOCOLS",
+    "PROTOTYPE_ETHERTYPES", "POLICIES", "PORT_PROTOS", "ACTION_NAMES", "DIRECTION_NAMES",
+    "FirewallError", "Rule", "RuleSet", "group_problem", "parse_rules",
+    # tables.py
+    "Verdict", "V_MALFORMED", "V_PROTOCOL", "V_ETHERTYPE_DROP", "V_ETHERTYPE_ACCEPT",
+    "V_ESTABLISHED", "V_FRAGMENT", "compile_rules", "Tables",
+    # classifier.py
+    "FragmentCache", "FirewallState", "classify",
+    # reject.py
+    "reject_response", "TokenBucket",
+    # here
+    "V_NOT_APPLIED", "Firewall", "build",
+]
 
 # --- the object a data path holds -----------------------------------------------------------
 

@@ -1,3 +1,21 @@
+"""The firewall's rule model: the enums shared with the fast path, the table
+layout constants, :class:`FirewallError`, :class:`Rule`, :class:`RuleSet` and
+the parser :func:`parse_rules` (with the group name checks).  The pipeline,
+evaluation order and binary layout are documented in the package docstring
+(``phantom/dataplane/firewall/__init__.py``)."""
+
+from __future__ import annotations
+
+import base64
+import enum
+import ipaddress
+import struct
+from dataclasses import dataclass, field
+from typing import Optional
+
+from phantom.dataplane.conntrack import Timeouts
+
+
 # --- enums shared with the fast path ---------------------------------------------
 
 
@@ -46,7 +64,7 @@ PROTOCOLS_OFF = TABLE_HEADER.size                     # 16
 ETHERTYPES_OFF = PROTOCOLS_OFF + 256                  # 272
 RULES_OFF = ETHERTYPES_OFF + 8192                     # 8464
 TF_STATEFUL = 0x01
-_U32LE = struct.Struct("<I")
+U32LE = struct.Struct("<I")
 assert TABLE_HEADER.size == 16 and RULE.size == 88
 
 MAX_RULES = 10000

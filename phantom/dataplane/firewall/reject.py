@@ -1,3 +1,15 @@
+"""The firewall's REJECT: :func:`reject_response` (a TCP RST or ICMP error for
+a rejected packet) and the :class:`TokenBucket` that rate-limits it."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from phantom.dataplane import packet as _pkt
+from phantom.dataplane.firewall.classifier import parse_ip
+from phantom.dataplane.firewall.model import ETH_IPV4, ETH_IPV6
+
+
 # --- reject responses ----------------------------------------------------------------------
 
 
@@ -26,7 +38,7 @@ def reject_response(packet, is_ethernet: bool = False) -> Optional[bytes]:
     if ver == 4:
         proto = packet[off + 9]
     else:
-        ip = _parse_ip(packet, off)        # the upper-layer protocol, past extension headers
+        ip = parse_ip(packet, off)        # the upper-layer protocol, past extension headers
         if ip is None:
             return None
         proto = ip[3]

@@ -1,3 +1,20 @@
+"""The firewall's compiled form: :class:`Verdict` and the preallocated
+``V_*`` verdicts, :func:`compile_rules` and the immutable :class:`Tables`
+(the flat blob both data paths read, decoded for the reference classifier),
+peer sets and the destination-port index."""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple, Optional
+
+from phantom.dataplane.firewall.model import (
+    ETH_IPV4, ETH_IPV6, ETHERTYPES_OFF, F_LOCAL4, F_LOCAL6, F_PEER, F_PEERSET, F_PORTS,
+    F_PROTO, F_REMOTE4, F_REMOTE6, HDR_OFF, PORT_PROTOS, PROTOCOLS_OFF, RULE, RULES_OFF,
+    TABLE_HEADER, TABLE_MAGIC, TABLE_VERSION, TF_STATEFUL, U32LE, Action, Reason, RuleSet,
+)
+
+
 # --- verdicts -------------------------------------------------------------------------------
 
 
@@ -120,8 +137,8 @@ class Tables:
                                                   (1, 16, F_REMOTE6, F_LOCAL6, F_REMOTE4 | F_LOCAL4)):
                 if flags & obits:
                     continue        # the rule names addresses of the other family
-                t = (flags & (F_PORTS | F_PEER | F_PEERSET) | (_C_REMOTE if flags & rbit else 0)
-                     | (_C_LOCAL if flags & lbit else 0),
+                t = (flags & (F_PORTS | F_PEER | F_PEERSET) | (C_REMOTE if flags & rbit else 0)
+                     | (C_LOCAL if flags & lbit else 0),
                      slo, shi, dlo, dhi, peer_sets[peer] if flags & F_PEERSET else peer,
                      int.from_bytes(ra[:width], "big"), int.from_bytes(rm[:width], "big"),
                      int.from_bytes(la[:width], "big"), int.from_bytes(lm[:width], "big"),
@@ -159,7 +176,7 @@ def _read_peer_set(blob: bytes, sets_off: int, off: int) -> frozenset:
     at = sets_off + off
     if off % 4 or at + 4 > len(blob):
         raise ValueError("peer set at %d is outside the table" % off)
-    count = _U32LE.unpack_from(blob, at)[0]
+    count = U32LE.unpack_from(blob, at)[0]
     if at + 4 + 4 * count > len(blob):
         raise ValueError("peer set at %d runs past the table" % off)
     ids = struct.unpack_from("<%dI" % count, blob, at + 4)
@@ -168,8 +185,8 @@ def _read_peer_set(blob: bytes, sets_off: int, off: int) -> frozenset:
     return frozenset(ids)
 
 
-_C_REMOTE = 0x100     # decoded-tuple flag bits (reference classifier only)
-_C_LOCAL = 0x200
+C_REMOTE = 0x100     # decoded-tuple flag bits (reference classifier only)
+C_LOCAL = 0x200
 _PORT_INDEX_BUDGET = 250_000    # max (intervals x candidates) per index, else walk all
 _PORT_INDEX_MIN = 4             # fewer candidates than this: just walk them
 

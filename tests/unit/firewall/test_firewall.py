@@ -19,6 +19,7 @@ from scapy.all import (
 from scapy.layers.ipsec import ESP
 
 from phantom.dataplane import firewall as fwmod
+from phantom.dataplane.firewall import tables as fwtables
 from phantom.dataplane.firewall import (
     Action, Direction, Firewall, FirewallError, Reason, Tables, Verdict, RULE, RULES_OFF,
     TABLE_HEADER, PROTOCOLS_OFF, ETHERTYPES_OFF, classify, compile_rules, parse_rules,
@@ -702,12 +703,12 @@ def test_compiled_tables_agree_with_ruleset(rules, defaults, pkts):
                      PEERS, H_GROUPS, H_OWN)
     t = compile_rules(rs)
     t_blob = Tables(t.blob)       # decoded from the bytes alone
-    saved = fwmod._PORT_INDEX_MIN
-    fwmod._PORT_INDEX_MIN = 1     # force the dst-port index even for tiny candidate lists
+    saved = fwtables._PORT_INDEX_MIN
+    fwtables._PORT_INDEX_MIN = 1  # force the dst-port index even for tiny candidate lists
     try:
         t_idx = Tables(t.blob)
     finally:
-        fwmod._PORT_INDEX_MIN = saved
+        fwtables._PORT_INDEX_MIN = saved
     for (pkt, facts), direction, peer in pkts:
         data = raw(pkt)
         want = oracle(rs, direction, facts, peer)

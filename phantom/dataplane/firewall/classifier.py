@@ -1,3 +1,26 @@
+"""The firewall's reference classifier: :func:`classify` and its packet
+parsing helpers, plus the mutable state the data path owns
+(:class:`FragmentCache`, :class:`FirewallState`).  The fast path
+(``phantom/fastpath/firewall.pxi``) must decide exactly the same."""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from bisect import bisect_right
+from typing import Optional
+
+from phantom.dataplane.conntrack import NO_ID, PacketInfo
+from phantom.dataplane.firewall.model import (
+    ETH_IPV4, ETH_IPV6, F_PEER, F_PEERSET, F_PORTS, FRAGMENT_ENTRIES, FRAGMENT_TIMEOUT,
+    N_REASONS,
+)
+from phantom.dataplane.firewall.tables import (
+    C_LOCAL, C_REMOTE, V_ESTABLISHED, V_ETHERTYPE_ACCEPT, V_ETHERTYPE_DROP, V_FRAGMENT,
+    V_MALFORMED, V_PROTOCOL, Tables, Verdict,
+)
+
+
 # --- mutable state the data path owns ---------------------------------------------------------
 
 
@@ -70,7 +93,7 @@ _ICMP4_ERRORS = (3, 4, 5, 11, 12)
 _ICMP6_ERRORS = (1, 2, 3, 4)
 
 
-def _parse_ip(packet, off: int):
+def parse_ip(packet, off: int):
     """Minimal IPv4/IPv6 parse.  Returns None if malformed, else
     (family 0/1, src int, dst int, proto, l4 offset, end, frag_offset (8-byte
     units), more_fragments, ip id)."""
@@ -217,7 +240,7 @@ def classify(tables: Tables, direction: int, packet, peer_id: int, is_ethernet: 
         fragoff = frag & 0x1FFF
         more = frag & 0x2000
     else:
-        ip = _parse_ip(packet, off)
+        ip = parse_ip(packet, off)
         if ip is None:
             return _count(state, V_MALFORMED)
         fam, src, dst, proto, p, end, fragoff, more, ident = ip
@@ -278,9 +301,9 @@ def classify(tables: Tables, direction: int, packet, peer_id: int, is_ethernet: 
             continue
         if f & F_PEERSET and peer_id not in r[5]:
             continue
-        if f & _C_REMOTE and remote & r[7] != r[6]:
+        if f & C_REMOTE and remote & r[7] != r[6]:
             continue
-        if f & _C_LOCAL and local & r[9] != r[8]:
+        if f & C_LOCAL and local & r[9] != r[8]:
             continue
         verdict = r[10]
         break
