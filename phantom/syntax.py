@@ -70,8 +70,40 @@ def is_ip_literal(host: str) -> bool:
     return True
 
 
+# What ``open HOST:PORT`` answers when HOST does not resolve (node/endpoints.py);
+# the daemon never repeats the name, the CLI puts the one it was given in front
+NO_ADDRESS = "the endpoint's host name has no address"
+LOOKUP_FAILED = "the endpoint's host name could not be looked up"
+
+
+def looks_like_key(text: str) -> bool:
+    """True when ``text`` is a 32-byte key in one of the forms keys are
+    written (base64 standard or URL-safe, padded or not; hex).  Such text is
+    never taken for a host name: resolving it would hand a (perhaps private)
+    key to the DNS resolver and everyone on its path."""
+    import base64
+    import binascii
+    t = text.strip()
+    if len(t) == 64:
+        try:
+            return len(bytes.fromhex(t)) == 32
+        except ValueError:
+            return False
+    if len(t) not in (43, 44):
+        return False
+    for decode in (base64.b64decode, base64.urlsafe_b64decode):
+        try:
+            if len(decode(t + "=" * (-len(t) % 4))) == 32:
+                return True
+        except (binascii.Error, ValueError):
+            pass
+    return False
+
+
 def hostname_problem(host: str) -> Optional[str]:
     """Why ``host`` is not a valid DNS host name (None: it is one)."""
+    if looks_like_key(host):
+        return "looks like a key, not a host name (it is not looked up)"
     if not host.isascii():
         return "%r is not ASCII: write an internationalised name in its xn-- form" % host
     name = host[:-1] if host.endswith(".") else host
@@ -98,6 +130,8 @@ def parse_peer_endpoint(text: Any, key: str = "endpoint") -> tuple[str, int]:
         if s.startswith("[") or not sep or ":" in host or is_ip_literal(host) or not host:
             raise
         problem = hostname_problem(host)
+        if problem is not None and looks_like_key(host):
+            raise ConfigError(key, problem) from None       # never repeat a key
         if problem is not None:
             raise ConfigError(key, "%r: %s" % (text, problem)) from None
         del exc

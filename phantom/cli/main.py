@@ -304,8 +304,16 @@ def cmd_open(args) -> int:
     if args.groups:
         body["groups"] = sorted({g.strip() for arg in args.groups for g in arg.split(",")
                                  if g.strip()})
+    from phantom.syntax import LOOKUP_FAILED, NO_ADDRESS
     target = urllib.parse.quote(args.target, safe=":[]")
-    result = _client(args).request("POST", "/open/" + target, body or None)
+    try:
+        result = _client(args).request("POST", "/open/" + target, body or None)
+    except CliError as exc:
+        # phantomd never repeats request text; the name is ours to show
+        if ":" in args.target and str(exc).startswith((NO_ADDRESS, LOOKUP_FAILED)):
+            host = args.target.rpartition(":")[0]
+            raise CliError("cannot resolve %s: %s" % (host, exc)) from None
+        raise
     _emit(args, result, format_kv)
     return 0
 

@@ -43,7 +43,8 @@ from ..control import actions as A
 from ..control.peer import PeerState
 from ..dataplane.types import RelayVia
 from ..dataplane.udp import format_endpoint, plain
-from ..errors import Unavailable
+from ..errors import NotFound, Timeout
+from ..syntax import LOOKUP_FAILED, NO_ADDRESS
 from .executor import Observer
 
 log = logging.getLogger("phantom.daemon")
@@ -54,7 +55,18 @@ MAX_ADDRESSES = 16           # of one answer, kept
 
 
 class ResolveError(Exception):
-    """A lookup that gave no address (the message says why)."""
+    """A lookup that gave no address (the message says why).  ``missing``:
+    the resolver answered that the name has no address (NXDOMAIN, no data),
+    as opposed to a lookup that failed or timed out."""
+
+    def __init__(self, message: str, missing: bool = False):
+        super().__init__(message)
+        self.missing = missing
+
+
+# getaddrinfo's answers that mean "this name has no address" (not a failure)
+_MISSING = {getattr(socket, n) for n in ("EAI_NONAME", "EAI_NODATA", "EAI_ADDRFAMILY")
+            if hasattr(socket, n)}
 
 
 @dataclass
@@ -236,7 +248,7 @@ class EndpointResolver(Observer):
         except asyncio.TimeoutError:
             raise ResolveError("no answer within %gs" % self.d.t.resolve_timeout) from None
         except socket.gaierror as exc:
-            raise ResolveError(exc.strerror or str(exc)) from None
+            raise ResolveError(exc.strerror or str(exc), missing=exc.errno in _MISSING) from None
         except (OSError, UnicodeError) as exc:
             raise ResolveError(str(exc)) from None
         out = []
@@ -247,27 +259,38 @@ class EndpointResolver(Observer):
             if ep not in out:
                 out.append(ep)
         if not out:
-            raise ResolveError("no IPv4 or IPv6 address")
+            raise ResolveError("no IPv4 or IPv6 address", missing=True)
         return out
 
     async def resolve_now(self, host: str, port: int) -> list:
-        """For ``phantom open NAME:PORT``: the addresses, or Unavailable (503)."""
+        """For ``phantom open NAME:PORT``: the addresses; NotFound (404) when
+        the resolver says the name has no address, Timeout (504) when the
+        lookup fails or takes too long.  The answer never repeats the name: it
+        is request text, and a secret pasted in its place must not come back
+        (the CLI names it from its own argument)."""
         counters = self.schedule.counters
         counters["lookups"] += 1
         try:
             return await self.lookup(host, port)
         except ResolveError as exc:
             counters["failures"] += 1
-            raise Unavailable("cannot resolve %s: %s" % (host, exc)) from None
+            if exc.missing:
+                raise NotFound("%s: %s" % (NO_ADDRESS, exc)) from None
+            raise Timeout("%s: %s" % (LOOKUP_FAILED, exc)) from None
 
     async def resolve_peer(self, peer) -> Optional[tuple]:
         """For ``phantom open NAME`` of a peer whose endpoint is a DNS name and
-        has no address yet: look it up now (Unavailable when it does not
+        has no address yet: look it up now (NotFound/Timeout when it does not
         resolve); None when the peer's endpoint is not a name."""
         n = self.schedule.get(peer.id)
         if n is None:
             return None
-        addresses = await self.resolve_now(n.host, n.port)
+        try:
+            addresses = await self.resolve_now(n.host, n.port)
+        except (NotFound, Timeout) as exc:
+            # the name comes from the config, not from the request: say it
+            raise type(exc)("cannot resolve %s (peer %s's endpoint): %s"
+                            % (n.host, peer.name, exc)) from None
         if self.schedule.get(peer.id) is n:
             n.addresses = addresses[:MAX_ADDRESSES]
             n.resolved_at = self.schedule.clock()

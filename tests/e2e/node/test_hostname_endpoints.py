@@ -187,7 +187,7 @@ def test_client_follows_its_servers_name(two_hosts, daemon_factory, tmp_path, ne
 def test_open_by_host_name(two_hosts, daemon_factory, tmp_path, netns_etc):
     """`phantom open server.lab.test:9000 --public-key K`: looked up at once,
     the tunnel comes up, the name is followed like a configured one; a name
-    that does not resolve is a clear error (exit 1, 503), nothing added."""
+    that does not resolve is a clear error (exit 1, 404 or 504), nothing added."""
     a, b = two_hosts.a, two_hosts.b
     client, server = make_node(tmp_path, "client", 1, a), make_node(tmp_path, "server", 2, b)
     netns_etc(a, "resolv.conf", NO_DNS)

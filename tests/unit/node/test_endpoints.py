@@ -205,3 +205,25 @@ def test_a_peer_going_dead_forces_a_lookup_of_its_name(clock):
     assert r.observe(A.StateChanged(1, "stale", "idle", "closed")) == [] and due(s, fresh) == []
     assert r.observe(A.StateChanged(1, "stale", "dead", "handshake gave up")) == []
     assert due(s, fresh) == [1]
+
+
+def test_text_shaped_like_a_key_is_never_a_host_name():
+    """A private key pasted where an endpoint goes must not be sent to the DNS
+    resolver (nor repeated in the error): every form keys are written in."""
+    import base64
+    import os
+
+    from phantom.errors import ConfigError
+    from phantom.syntax import hostname_problem, looks_like_key, parse_peer_endpoint
+    raw = os.urandom(32)
+    b64 = base64.b64encode(raw).decode()
+    url = base64.urlsafe_b64encode(raw).decode()
+    for form in (b64, b64.rstrip("="), url, url.rstrip("="), raw.hex(), raw.hex().upper()):
+        assert looks_like_key(form), form
+    host = url.rstrip("=").replace("_", "a")          # a 43-character label DNS would accept
+    assert looks_like_key(host) and hostname_problem(host) is not None
+    with pytest.raises(ConfigError) as exc:
+        parse_peer_endpoint(host + ":9000")
+    assert host not in str(exc.value) and host.lower() not in str(exc.value)
+    for name in ("vpn.example.com", "a" * 42, "server-1.lab.test", "x" * 63):
+        assert not looks_like_key(name) and hostname_problem(name) is None, name
