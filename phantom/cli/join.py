@@ -195,8 +195,9 @@ def cmd_join(args, now=time.time) -> int:
     netdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(netdir, 0o700)
     write_private(netdir / "definition.json", definition.encode() + b"\n")
-    write_private(netdir / "certificate.json",
-                  json.dumps(cert.doc, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+    # exactly the certificate's canonical bytes (no final newline): a
+    # certificate has one spelling, and the verifier refuses any other
+    write_private(netdir / "certificate.json", cert.encode())
     interface = ("[interface]\nprivate_key_file = %s\nstate_dir = %s\nmode = \"tun\"\n"
                  "addresses = [%s, %s]\n"
                  % (_toml_str(str(key_file)), _toml_str(str(state_dir)),
