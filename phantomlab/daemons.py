@@ -18,6 +18,12 @@ from typing import TYPE_CHECKING, Sequence
 
 from .namespaces import REGISTRY, HttpReply, Namespace, RigError, as_ns
 
+# How long a started daemon may take to answer its API.  A quiet machine needs
+# under a second; CI's four workers on two cores have been seen past 10 s
+# (phantomd, then its privileged helper, each a fresh interpreter).  Readiness
+# is polled, so a generous bound costs nothing when the daemon is quick.
+READY_TIMEOUT = 30.0
+
 if TYPE_CHECKING:
     from .topology import Host
 
@@ -114,7 +120,7 @@ class DaemonProcess:
         REGISTRY.add(self)
         return self
 
-    def wait_ready(self, timeout: float = 10.0, path: str = "/status") -> None:
+    def wait_ready(self, timeout: float = READY_TIMEOUT, path: str = "/status") -> None:
         """Poll ``GET path`` until it answers 200.  Raises DaemonExited (with
         the log tail) as soon as the process exits, RigError on timeout."""
         if self.proc is None:
@@ -168,7 +174,7 @@ class DaemonProcess:
         return code
 
     def restart(self, sig: int = signal.SIGKILL, wait: bool = True,
-                timeout: float = 10.0) -> "DaemonProcess":
+                timeout: float = READY_TIMEOUT) -> "DaemonProcess":
         """Stop (default: SIGKILL) and start again with the same argv (so the
         same config and key); waits for readiness unless ``wait`` is False."""
         if self.running:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 
 from .config import ConfigError, parse_daemon_args
@@ -25,6 +26,7 @@ def main(argv=None) -> int:
         print("phantomd: config error: %s" % exc, file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(settings.log_level)
+    log.info("phantomd starting (pid %d)", os.getpid())
     from .config import config_warnings
     for warning in config_warnings(settings):
         log.warning("config: %s", warning)
