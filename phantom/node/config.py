@@ -685,10 +685,6 @@ def _default_mode(s: Settings) -> None:
 def config_warnings(s: Settings) -> list[str]:
     """What a valid config sets but the daemon will not use, for the log at start."""
     out = []
-    if s.network is not None:
-        out.append("network: this node joined %s (%s); the member daemon (certificates in the "
-                   "handshake, members as peers) is not built yet, so phantomd does not use "
-                   "[network] (docs/network.md)" % (s.network.name, s.network.state))
     if s.mode is Mode.TEST and s.addresses:
         out.append("interface.addresses: mode = \"test\" opens no device, so %s configure nothing "
                    "(they are only published as our allowed IPs in the key directory); use "

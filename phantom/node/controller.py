@@ -285,6 +285,9 @@ class Controller:
             info["resolved"] = named
         if d.nat is not None:
             info.update(d.nat.describe(peer.id))
+        membership = getattr(d, "membership", None)
+        if membership is not None and membership.is_member_peer(peer):
+            info["member"] = True          # a member of the network (its certificate's addresses)
         if already:
             info["already_established"] = True
         return info
@@ -326,6 +329,7 @@ class Controller:
             "privsep": self._privsep_status(),
             "dns": d.names.stats() if d.names is not None else None,
             "endpoint_names": d.endpoints.stats(),
+            "network": d.membership.status() if getattr(d, "membership", None) is not None else None,
         }
 
     def _privsep_status(self) -> Optional[dict]:

@@ -82,9 +82,12 @@ class Daemon:
         # switch) and checked like the private key: a bad file exits 2.
         self._psks = _load_preshared_keys(settings)
         self.nat = None                  # nat.traversal.Traversal, when configured (nat.attach)
+        # [network]: this node is a member (membership.py); ConfigError when it cannot be
+        self.membership = startup.network_member(self, private_key)
         self.directory: Optional[DirectoryLink] = None
-        if settings.directory:
-            self.directory = DirectoryLink(self, bytearray(private_key))
+        if settings.directory or self.membership is not None:
+            self.directory = DirectoryLink(self, bytearray(private_key),
+                                           **startup.directory_options(self))
             self.executor.observers.append(self.directory)
         # peers' endpoints given as DNS names: looked up at start, when stale, when they die
         self.endpoints = EndpointResolver(self)

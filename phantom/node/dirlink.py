@@ -33,10 +33,19 @@ MAX_TASKS = 8                     # lookups and loops under way at once
 
 
 class DirectoryLink(Observer):
-    def __init__(self, daemon, private_key: bytearray):
+    def __init__(self, daemon, private_key: bytearray, urls: Optional[list] = None,
+                 name: Optional[str] = None, allowed: Optional[list] = None, auto: bool = False):
+        """``urls``, ``name``, ``allowed``, ``auto``: a network member's link
+        (membership.py): the network's directory URLs instead of ``[interface]
+        directory``, the certificate's name and addresses in our record, and
+        endpoints = "auto" when none are configured."""
         self.d = daemon
         self.s = daemon.s
         self._key = private_key          # a copy of ours, wiped at close()
+        self.urls = urls if urls is not None else self.s.directory
+        self.name = name if name is not None else self.s.name
+        self.allowed = allowed
+        self.auto = self.s.endpoints_auto or (auto and not self.s.endpoints)
         self.client = None               # DirectoryClient (or its DHT flavour), made at start()
         self._tasks: set = set()
         self._endorsement_checks: dict = {}   # public key -> monotonic time of the last lookup
@@ -45,7 +54,7 @@ class DirectoryLink(Observer):
     async def start(self) -> None:
         """Publish our record and keep it fresh; pin configured names; watch our peers."""
         s = self.s
-        if s.directory == "dht":
+        if self.urls == "dht":
             from ..directory.client import DhtDirectoryClient
             self.client = DhtDirectoryClient(
                 self._key, listen="0.0.0.0:%d" % s.dht_port,
@@ -53,17 +62,18 @@ class DirectoryLink(Observer):
             await self.client.start()
         else:
             from ..directory import DirectoryClient
-            self.client = DirectoryClient(s.directory, self._key, trusted_signers=s.trusted_signers)
+            self.client = DirectoryClient(self.urls, self._key, trusted_signers=s.trusted_signers)
         for p in self.d.engine.peers.values():
             self.client.pin(p.name, p.public_key)
         if s.trusted_signers:
             self.d.engine.report_unknown_keys = True
-        if s.name:
-            allowed = ["%s/%d" % (a.ip, a.max_prefixlen) for a in s.addresses]
-            self._spawn(self.client.keep_published(s.name, self._advertised, allowed,
-                                                   retry=2.0 if s.directory == "dht" else 5.0,
+        if self.name:
+            allowed = self.allowed if self.allowed is not None else \
+                ["%s/%d" % (a.ip, a.max_prefixlen) for a in s.addresses]
+            self._spawn(self.client.keep_published(self.name, self._advertised, allowed,
+                                                   retry=2.0 if self.urls == "dht" else 5.0,
                                                    endorsers=s.published_endorsers))
-            log.info("publishing %s to the directory %s", s.name, self._directory_text())
+            log.info("publishing %s to the directory %s", self.name, self._directory_text())
         self._spawn(self._watch_peers())
 
     async def close(self) -> None:
@@ -83,7 +93,7 @@ class DirectoryLink(Observer):
         task.add_done_callback(self._tasks.discard)
 
     def _directory_text(self) -> str:
-        d = self.s.directory
+        d = self.urls
         if d == "dht":
             return "dht (bootstrap %s)" % (", ".join("%s:%d" % b for b in self.s.dht_bootstrap) or "none")
         return ", ".join(d) if isinstance(d, list) else str(d)
@@ -95,7 +105,7 @@ class DirectoryLink(Observer):
         first DHT bootstrap node) from, asked again on every call."""
         s = self.s
         eps = [ep for ep in s.endpoints if ep[0] != "auto"]
-        if s.endpoints_auto:
+        if self.auto:
             ip = _source_address(self._directory_hosts())
             udp = self.d.udp
             port = udp.getsockname()[1] if udp else s.listen_port
@@ -105,9 +115,9 @@ class DirectoryLink(Observer):
 
     def _directory_hosts(self) -> list:
         import urllib.parse
-        if self.s.directory == "dht":
+        if self.urls == "dht":
             return [h for h, _ in self.s.dht_bootstrap]
-        urls = self.s.directory if isinstance(self.s.directory, list) else [self.s.directory]
+        urls = self.urls if isinstance(self.urls, list) else [self.urls]
         return [urllib.parse.urlsplit(u).hostname for u in urls if urllib.parse.urlsplit(u).hostname]
 
     # --------------------------------------------------------- our peers'

@@ -78,6 +78,12 @@ def open_privileged(d) -> None:
             d.device.name, s.mode.value, s.addresses, routes, d.udp,
             s.state_dir, d.drop_to, kill_switch=s.kill_switch,
             exit_prefixes=[n for p in s.peers if p.allow_exit for n in p.allowed_ips] if s.exit_node else None)
+    if d.membership is not None:         # its cache directory, the daemon's user's after the drop
+        try:
+            d.membership.prepare_cache(d.drop_to)
+        except OSError as exc:
+            raise ConfigError("network.state", "cannot prepare %s: %s"
+                              % (d.membership.cache, exc.strerror or exc)) from None
     if d.names is not None:              # port 53 and resolved's split DNS need root
         d.names.bind(d.device.name if d.device else None)
 
@@ -115,9 +121,31 @@ def build(d) -> None:
     # the rules were compiled with these peers' groups; from now on a change of
     # who is in which group recompiles them in place
     d.peers.on_groups = lambda: d.firewall.regroup(d.peers.names, d.peers.group_map())
+    if d.membership is not None:         # the cached members, through the peer door
+        d.membership.install()
     if s.mode is Mode.TEST and d.engine.peers:
         dp.set_test_peer(next(iter(d.engine.peers)))
     nat.attach(d)
+
+
+def network_member(d, private_key):
+    """[network]: this node's membership (membership.py), verified now
+    (ConfigError: a missing, expired, removed or foreign certificate), and
+    watching the executor's actions (endpoints, handshakes waiting); None
+    without [network]."""
+    if d.s.network is None:
+        return None
+    from .membership import Membership
+    m = Membership(d, d.s.network, bytearray(private_key))
+    d.executor.observers.append(m)
+    return m
+
+
+def directory_options(d) -> dict:
+    """The directory link's: the network's directory when [interface] names none."""
+    if d.membership is not None and not d.s.directory:
+        return d.membership.directory_options()
+    return {}
 
 
 def peer_suites(pc):
@@ -226,6 +254,8 @@ async def serve(d) -> None:
     d.dp.start()
     if d.directory is not None:
         await d.directory.start()
+    if d.membership is not None:         # the member stream, renewal
+        await d.membership.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, d.shutdown.set)
@@ -253,6 +283,8 @@ async def serve(d) -> None:
         d.notifier.send("STOPPING=1")
     log.info("shutting down")
     ticker.cancel()
+    if d.membership is not None:
+        await d.membership.close()
     await d.endpoints.close()
     if d.directory is not None:
         await d.directory.close()

@@ -1,5 +1,5 @@
 """The ``[network]`` section `phantom join` writes: parsed and checked like
-every section (phantomd does not act on it yet), and rewritten in place by
+every section (phantomd acts on it: phantom/node/membership.py), and rewritten in place by
 a second join (phantom/cli/join.py's write_config)."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def test_join_writes_a_section_the_daemon_parses_and_a_second_join_replaces_it(t
     assert s.network.directory == ("http://10.0.0.1:4568",)
     assert s.network.state == tmp_path / "network" and s.listen_port == 9000
     assert [p.name for p in s.peers] == ["bob"]
-    assert any("does not use [network]" in w for w in config_warnings(s))
+    assert not any("network" in w for w in config_warnings(s))    # phantomd acts on it now
     text = config.read_text()
     assert text.count("[network]") == 1 and '"old"' not in text
 

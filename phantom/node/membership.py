@@ -1,0 +1,804 @@
+"""The member daemon (issue 20 item 4): phantomd acting on ``[network]``.
+
+What ``phantom join`` left in the state directory (``definition.json``,
+``certificate.json``) makes this node a member of a network; this module
+makes the rest of the network its peers, by itself:
+
+* **start** (:func:`load_identity`): the definition is verified against the
+  fingerprint in ``[network]`` and our certificate against the definition and
+  our own key; a missing, expired, removed or foreign certificate stops the
+  start with a sentence that says so (exit 2, like any config error);
+* **the member stream** (:meth:`Membership.follow`): ``GET
+  /network/members`` once (a snapshot) when nothing is cached, then ``GET
+  /network/members?since=SEQ`` about every second (pages while ``more``),
+  each event applied to the member set (:mod:`phantom.network.members`:
+  verified, conflicts settled, one event at a time: a change costs what it
+  touches).  Ops this module does not handle (``policy`` later) go to
+  :attr:`Membership.handlers`, a table others register in.  A directory that
+  does not answer is retried with a backoff capped at :data:`MAX_BACKOFF`
+  (every URL in turn); the node keeps working meanwhile;
+* **members are peers through the peer door** (:class:`~phantom.node.peers.PeerTable`):
+  allowed IPs exactly the certificate's addresses (and approved routes),
+  groups from the certificate (``set_groups``: the firewall's
+  ``src_group``/``dst_group`` follow), no endpoint until one is known; a
+  removal or an expiry removes the peer (its keys are zeroed);
+* **endpoints on demand**: the directory link (dirlink.py) publishes our
+  signed record (name = the certificate's name) and follows the members'
+  records; when traffic waits for a member whose endpoint is unknown the
+  record is looked up by key at once (bounded retries) and the handshake
+  goes out (:meth:`PeerTable.move`).  Only a record's endpoints are used,
+  never its allowed IPs;
+* **the cache** (``STATE/members.json``, atomic): the member set with its
+  removals, seq and last known endpoints; loaded (every certificate verified
+  again, expired ones dropped) at start, so a restart reconnects while the
+  directory is down, and the stream resumes from the cached seq;
+* **admission from the handshake** (:meth:`Membership.admit_unknown`, set as
+  ``engine.admit_unknown``; ``engine.membership`` carries our certificate);
+* **renewal** at 2/3 of the certificate's lifetime (``POST /network/renew``).
+
+Why polling and not a stream: the directory serves the member events as
+pages (``GET /network/members?since=N``); a page with nothing new is one
+small request a second.  A streaming watch (``POST /network/watch``, not
+built in the directory yet) would cut the delay from about a second to the
+network's round trip and the idle requests to none; the follower's event
+handling would not change (:meth:`Membership.apply_page`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ..control import actions as A
+from ..errors import ConfigError
+from ..network.canonical import b64
+from ..network.certificate import Certificate, verify_certificate
+from ..network.definition import Definition, is_newer, parse_definition
+from ..network.errors import NetworkError, Reason, Refused
+from ..network.keys import atomic_write, read_limited
+from ..network.members import OPS, MemberSet
+from .executor import Observer
+
+log = logging.getLogger("phantom.daemon")
+
+POLL = 1.0                       # seconds between two pages of the member stream
+MAX_BACKOFF = 5.0                # at most this long between two tries of an unanswering directory
+HTTP_TIMEOUT = 5.0               # one request to the directory
+MAX_PAGE = 8 * 1024 * 1024       # bytes of one answer (a snapshot of thousands of members)
+MAX_PAGES = 64                   # pages in a row while ``more`` (then the next poll continues)
+SAVE_EVERY = 1.0                 # the cache is written at most this often
+RESOLVE_TRIES = 6                # lookups of a member's endpoint for one waiting handshake
+RESOLVE_MAX_WAIT = 2.0
+KNOCK_MEMORY = 10.0              # seconds an unknown key's initiation is remembered
+MAX_KNOCKS = 1024
+MIN_POLL_GAP = 0.2               # a knock polls at once, but not more often than this
+RENEW_FRACTION = 2 / 3           # renew at this fraction of the certificate's lifetime
+RENEW_MAX_WAIT = 300.0           # at most this long between two renewal attempts
+CACHE_DIR = "cache"               # STATE/cache: what the daemon writes (owned by its run user)
+CACHE_FILE = "members.json"
+DEFINITION_FILE = "definition.json"
+CERTIFICATE_FILE = "certificate.json"
+MAX_FILE = 64 * 1024
+
+
+# --------------------------------------------------------------------------- start-up
+def load_identity(state: Path, fingerprint: str, public_key: bytes, now: float) -> tuple:
+    """(Definition, Certificate) from ``state``, verified: the definition
+    against ``fingerprint``, the certificate against the definition, ``now``
+    and our ``public_key``.  ConfigError with a sentence that says what is
+    wrong and what to do."""
+    state = Path(state)
+    where = "network.state"
+    def_path = state / DEFINITION_FILE
+    cert_path = state / CERTIFICATE_FILE
+    try:
+        raw_def = read_limited(def_path, MAX_FILE)
+    except FileNotFoundError:
+        raise ConfigError(where, "%s has no %s: run `phantom join TOKEN` on this machine"
+                          % (state, DEFINITION_FILE)) from None
+    except (OSError, NetworkError) as exc:
+        raise ConfigError(where, "cannot read %s: %s" % (def_path, exc)) from None
+    try:
+        definition = parse_definition(raw_def.strip(), fingerprint)
+    except NetworkError as exc:
+        raise ConfigError(where, "%s: %s (the [network] section names network %s)"
+                          % (def_path, exc, fingerprint)) from None
+    try:
+        raw_cert = read_limited(cert_path, MAX_FILE)
+    except FileNotFoundError:
+        raise ConfigError(where, "%s has no %s: this machine is not a member of %s; run "
+                          "`phantom join TOKEN`" % (state, CERTIFICATE_FILE, definition.name)) \
+            from None
+    except (OSError, NetworkError) as exc:
+        raise ConfigError(where, "cannot read %s: %s" % (cert_path, exc)) from None
+    try:
+        cert = verify_certificate(raw_cert, definition, now, key=public_key)
+    except Refused as exc:
+        hint = {Reason.EXPIRED: ": join again with a new invite (`phantom join TOKEN`)",
+                Reason.WRONG_KEY: ": it belongs to another machine's key (this node's key is %s)"
+                % b64(public_key),
+                Reason.WRONG_NETWORK: " (the certificate is not for %s)" % definition.name,
+                }.get(exc.reason, "")
+        raise ConfigError(where, "%s: %s%s" % (cert_path, exc, hint)) from None
+    return definition, cert
+
+
+def renew_time(cert: Certificate) -> float:
+    """When a certificate is renewed: at 2/3 of its lifetime."""
+    return cert.not_before + (cert.not_after - cert.not_before) * RENEW_FRACTION
+
+
+def backoff(failures: int, cap: float = MAX_BACKOFF, rng: Callable[[], float] = random.random
+            ) -> float:
+    """The wait after ``failures`` failed tries in a row: 0.5 s doubling, capped, jittered."""
+    base = min(cap, 0.5 * (2 ** max(0, failures - 1)))
+    return base * (0.75 + 0.5 * rng())
+
+
+# --------------------------------------------------------------------------- the member
+class Membership(Observer):
+    """This node's membership of one network, wired into a daemon (see the
+    module documentation).  ``daemon`` gives ``engine``, ``peers`` (the peer
+    door), ``executor``, ``directory`` (the directory link, for endpoints) and
+    ``shutdown``; the constructor does no I/O beyond reading the state
+    directory, and raises ConfigError when this node cannot be a member."""
+
+    def __init__(self, daemon, section, private_key: bytearray,
+                 clock: Callable[[], float] = time.time):
+        self.d = daemon
+        self.section = section
+        self.state = Path(section.state)
+        self.clock = clock
+        self._key = private_key          # a copy of ours (renewal signs with it), wiped at close()
+        self.public_key = bytes(daemon.engine.public_key)
+        self.cache = self.state / CACHE_DIR
+        self._dirfd: Optional[int] = None          # the cache directory, opened before the drop
+        self.definition, self.cert = load_identity(self.state, section.network,
+                                                   self.public_key, clock())
+        self._take_cached_identity()
+        if section.name != self.definition.name:
+            log.warning("network: [network] name is %r, the definition says %r",
+                        section.name, self.definition.name)
+        self.members = self._load_cache()
+        if self.members.is_removed(self.public_key):
+            raise ConfigError("network.state", "this node (%s) was removed by the network %s"
+                              % (self.cert.name, self.definition.name))
+        #: op -> fn(event dict): events this module does not handle itself
+        #: (``policy``...); a handler's exception is logged and counted.
+        self.handlers: dict = {}
+        self.stats: Counter = Counter()
+        self._peer_ids: dict = {}        # member key -> peer id (peers this module added)
+        self._dirty = False
+        self._saved_at = float("-inf")
+        self._tasks: set = set()
+        self._resolving: set = set()     # keys whose endpoint is being looked up
+        self._knocks: dict = {}          # unknown key -> (addr, monotonic time) of its initiation
+        self._poll_now: Optional[asyncio.Event] = None   # a knock: poll the stream at once
+        self.directory_ok: Optional[bool] = None   # the last poll reached a directory
+        self.last_poll_error: Optional[str] = None
+        self._warn_own_addresses()
+
+    # ------------------------------------------------------------ start-up
+    def _warn_own_addresses(self) -> None:
+        have = {a.ip for a in getattr(self.d.s, "addresses", ())}
+        missing = [str(a) for a in (self.cert.ipv4, self.cert.ipv6) if a not in have]
+        if missing:
+            log.warning("network: the certificate's addresses %s are not in [interface] "
+                        "addresses: members will not reach this node there", ", ".join(missing))
+
+    def _take_cached_identity(self) -> None:
+        """A newer definition or certificate the daemon wrote to the cache
+        (a ``network`` event, a renewal) than what ``phantom join`` wrote;
+        each verified like the originals (a bad one is ignored, logged)."""
+        now = self.clock()
+        try:
+            d2 = parse_definition(read_limited(self.cache / DEFINITION_FILE, MAX_FILE).strip(),
+                                  self.section.network)
+            if is_newer(self.definition, d2):
+                self.definition = d2
+                self.cert = verify_certificate(self.cert.doc, d2, now, key=self.public_key)
+        except FileNotFoundError:
+            pass
+        except (OSError, NetworkError) as exc:
+            log.warning("network: the cached definition is not used: %s", exc)
+        try:
+            c2 = verify_certificate(read_limited(self.cache / CERTIFICATE_FILE, MAX_FILE),
+                                    self.definition, now, key=self.public_key)
+            if c2.version > self.cert.version:
+                self.cert = c2
+                log.info("network: using the renewed certificate from the cache (serial %d)",
+                         c2.serial)
+        except FileNotFoundError:
+            pass
+        except (OSError, NetworkError) as exc:
+            log.warning("network: the cached certificate is not used: %s", exc)
+
+    def prepare_cache(self, drop_to=None) -> None:
+        """Before the privilege drop: STATE/cache (0700) owned by the user
+        the daemon will run as, opened now, so the daemon writes its cache
+        there after the drop (the state directory stays root's)."""
+        import os
+        try:
+            os.mkdir(self.cache, 0o700)
+        except FileExistsError:
+            pass
+        st = os.lstat(self.cache)
+        import stat as _stat
+        if not _stat.S_ISDIR(st.st_mode):
+            raise ConfigError("network.state", "%s is not a directory" % self.cache)
+        fd = os.open(self.cache, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        if drop_to is not None:
+            uid, gid = drop_to.pw_uid, drop_to.pw_gid
+            os.fchown(fd, uid, gid)
+            for name in os.listdir(fd):
+                try:
+                    os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+                except OSError:
+                    pass
+        os.fchmod(fd, 0o700)
+        self._dirfd = fd
+
+    def _load_cache(self) -> MemberSet:
+        path = self.cache / CACHE_FILE
+        if not path.exists():
+            return MemberSet(self.definition, self.clock)
+        try:
+            ms = MemberSet.load(path, self.definition, self.clock)
+        except (OSError, NetworkError) as exc:
+            log.warning("network: the member cache %s is not usable (%s): starting from the "
+                        "directory's snapshot", path, exc)
+            return MemberSet(self.definition, self.clock)
+        dropped = sum(v for k, v in ms.stats.items() if k.startswith("dropped_"))
+        log.info("network: %d members of %s from the cache (seq %d%s)", len(ms),
+                 self.definition.name, ms.seq,
+                 ", %d no longer valid dropped" % dropped if dropped else "")
+        return ms
+
+    def install(self) -> None:
+        """Make every known member a peer (the cache's, at start; after the
+        configured peers, through the peer door), and hand the engine our
+        certificate and the admission function (the handshake's interface)."""
+        engine = self.d.engine
+        engine.membership = self.cert.encode()
+        engine.admit_unknown = self.admit_unknown
+        engine.report_unknown_keys = True    # an unknown key's initiation: see observe()
+        for m in list(self.members):
+            self._add_peer(m)
+
+    def directory_options(self) -> dict:
+        """What the directory link publishes and where, for a member that has
+        no ``[interface] directory`` of its own."""
+        return {"urls": list(self.section.directory), "name": self.cert.name,
+                "allowed": [str(n) for n in self.cert.addresses], "auto": True}
+
+    # ------------------------------------------------------------ the peer door
+    def _endpoint_of(self, member) -> Optional[tuple]:
+        from ..syntax import parse_endpoint
+        for text in member.endpoints:
+            try:
+                return parse_endpoint(text)
+            except Exception:            # a name, or garbage: not an endpoint to send to
+                continue
+        return None
+
+    def _add_peer(self, member) -> None:
+        key = member.key
+        if key == self.public_key:
+            return
+        d = self.d
+        existing = d.engine.peer_by_key(key)
+        if existing is not None:
+            if key not in self._peer_ids:
+                log.info("network: member %s is a configured peer (%s): kept as configured",
+                         member.name, existing.name)
+            return
+        cert = member.cert
+        try:
+            peer = d.peers.add(key, d.peers.free_name(cert.name), list(cert.allowed_ips()),
+                               self._endpoint_of(member), dynamic=True, exclusive=True,
+                               groups=cert.groups)
+        except ValueError as exc:
+            self.stats["peer_refused"] += 1
+            log.warning("network: member %s (%s) not added as a peer: %s", cert.name, b64(key), exc)
+            return
+        self._peer_ids[key] = peer.id
+        self.stats["peers_added"] += 1
+        knock = self._knocks.pop(key, None)
+        if knock is not None and time.monotonic() - knock[1] < KNOCK_MEMORY:
+            # it initiated to us before we knew it (its first packet waits there):
+            # handshake back now rather than let it wait for its retry
+            from ..dataplane.udp import plain
+            if peer.endpoint is None:
+                d.peers.move(peer, plain(knock[0]))
+            d.executor.do(d.engine.handshake_needed(peer.id))
+            self.stats["knocks_answered"] += 1
+        log.info("network: member %s (%s, %s) is a peer%s", cert.name, cert.ipv4, cert.ipv6,
+                 (" in groups " + ",".join(cert.groups)) if cert.groups else "")
+
+    def _peer(self, key: bytes):
+        pid = self._peer_ids.get(key)
+        return self.d.engine.peers.get(pid) if pid is not None else None
+
+    def _remove_peer(self, key: bytes, why: str) -> None:
+        peer = self._peer(key)
+        self._peer_ids.pop(key, None)
+        if peer is None:
+            return
+        self.d.peers.remove(peer)
+        self.stats["peers_removed"] += 1
+        log.info("network: member %s %s: its peer and tunnels are gone", peer.name, why)
+
+    def sync(self, changes: list) -> None:
+        """Carry the member set's changes to the peer door."""
+        for ch in changes:
+            if ch.key == self.public_key:
+                if ch.kind == "removed" and self.members.is_removed(self.public_key):
+                    log.error("network: this node (%s) was removed by the network %s: members "
+                              "refuse it from now on", self.cert.name, self.definition.name)
+                continue
+            if ch.kind == "added":
+                self._add_peer(ch.new)
+            elif ch.kind == "removed":
+                self._remove_peer(ch.key, "removed by the network" if self.members.is_removed(ch.key)
+                                  else "is no longer a member (expired or replaced)")
+            elif ch.kind == "updated":
+                peer = self._peer(ch.key)
+                if peer is None:
+                    self._add_peer(ch.new)
+                    continue
+                cert = ch.new.cert
+                try:
+                    if set(peer.allowed_ips) != set(cert.allowed_ips()):
+                        self.d.peers.set_routes({peer.id: list(cert.allowed_ips())})
+                    self.d.peers.set_groups({peer.id: cert.groups})
+                except ValueError as exc:
+                    log.warning("network: member %s's new certificate not applied: %s",
+                                cert.name, exc)
+                    self._remove_peer(ch.key, "has a certificate this node cannot apply")
+            elif ch.kind == "endpoints":
+                peer = self._peer(ch.key)
+                ep = self._endpoint_of(ch.new)
+                if peer is not None and ep is not None and peer.endpoint is None:
+                    self.d.peers.move(peer, ep)
+        if changes:
+            self._dirty = True
+
+    # ------------------------------------------------------------ the stream (sans-IO)
+    def apply_page(self, page: Any) -> list:
+        """One answer of ``GET /network/members``: a snapshot (``members``) or
+        a page of events (``events``).  Returns the member set's changes (also
+        carried to the peer door) and raises ValueError for an answer that is
+        not one (nothing applied).  An event that fails verification is
+        counted and skipped (the stream goes on)."""
+        if not isinstance(page, dict) or not isinstance(page.get("seq"), int) \
+                or isinstance(page.get("seq"), bool):
+            raise ValueError("not a member-stream answer")
+        if "members" in page:
+            return self._apply_snapshot(page)
+        events = page.get("events")
+        if not isinstance(events, list):
+            raise ValueError("not a member-stream answer (no events)")
+        changes = []
+        for ev in events:
+            changes += self.apply_event(ev)
+        return changes
+
+    def _apply_snapshot(self, page: dict) -> list:
+        if page.get("network") != self.definition.fingerprint:
+            raise ValueError("a snapshot of another network (%r)" % (page.get("network"),))
+        members, removals = page.get("members"), page.get("removals")
+        if not isinstance(members, list) or not isinstance(removals, list):
+            raise ValueError("malformed snapshot")
+        old = {m.key: m.endpoints for m in self.members}
+        items = [(doc, list(old.get(self._cert_key(doc), ()))) for doc in members]
+        changes = self.members.reset(items, removals, page["seq"])
+        self.stats["snapshots"] += 1
+        self.sync(changes)
+        self._dirty = True
+        return changes
+
+    @staticmethod
+    def _cert_key(doc: Any) -> bytes:
+        import base64
+        try:
+            return base64.b64decode(doc.get("key", ""), validate=True)
+        except Exception:
+            return b""
+
+    def apply_event(self, ev: Any) -> list:
+        """One event of the member stream (see :meth:`apply_page`)."""
+        ms = self.members
+        if not isinstance(ev, dict):
+            self.stats["bad_events"] += 1
+            return []
+        seq, op = ev.get("seq"), ev.get("op")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq <= 0:
+            self.stats["bad_events"] += 1
+            return []
+        if seq <= ms.seq:
+            self.stats["stale_events"] += 1
+            return []
+        if op in self.handlers:
+            ms.seq = seq
+            try:
+                self.handlers[op](ev)
+            except Exception as exc:     # another module's handler: log, count, go on
+                self.stats["handler_errors"] += 1
+                log.warning("network: the %s handler failed on event %d: %s", op, seq, exc)
+            self._dirty = True
+            return []
+        if op not in OPS:
+            ms.seq = seq
+            self.stats["unhandled_events"] += 1
+            log.info("network: event %d has op %r, which nothing here handles: skipped", seq, op)
+            return []
+        try:
+            changes = ms.apply(ev)
+        except NetworkError as exc:
+            ms.seq = max(ms.seq, seq)
+            self.stats["refused_events"] += 1
+            log.warning("network: event %d (%s) refused: %s", seq, op, exc)
+            self._dirty = True
+            return []
+        if op == "network":
+            self.definition = ms.definition
+            self._write(DEFINITION_FILE, self.definition.encode() + b"\n")
+        self.sync(changes)
+        self._dirty = True
+        return changes
+
+    def expire(self) -> list:
+        changes = self.members.expire()
+        self.sync(changes)
+        return changes
+
+    def save(self, force: bool = False) -> bool:
+        """Write the cache if something changed (at most every SAVE_EVERY s)."""
+        now = time.monotonic()
+        if not self._dirty or (not force and now - self._saved_at < SAVE_EVERY):
+            return False
+        if not self._write(CACHE_FILE, self.members.snapshot()):
+            return False
+        self._dirty = False
+        self._saved_at = now
+        return True
+
+    def _write(self, name: str, data: bytes) -> bool:
+        """Write STATE/cache/``name`` atomically (a temporary file, fsync,
+        rename, fsync of the directory), through the directory opened before
+        the drop when there is one."""
+        import os
+        try:
+            if self._dirfd is None:
+                self.cache.mkdir(mode=0o700, exist_ok=True)
+                atomic_write(self.cache / name, data)
+                return True
+            tmp = ".%s.%d.tmp" % (name, os.getpid())
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600,
+                         dir_fd=self._dirfd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, name, src_dir_fd=self._dirfd, dst_dir_fd=self._dirfd)
+            os.fsync(self._dirfd)
+            return True
+        except OSError as exc:
+            log.warning("network: cannot write %s: %s", self.cache / name, exc)
+            return False
+
+    # ------------------------------------------------------------ admission (handshake)
+    def admit_unknown(self, remote_static: bytes, certificate: bytes, addr) -> Optional[str]:
+        """An initiation from a key we do not know carried ``certificate``:
+        None when it is a member's (now a peer, through the peer door), or the
+        refusal sentence to answer with ("not a member of corp", "certificate
+        expired", "removed by the network")."""
+        key = bytes(remote_static)
+        net = self.definition.name
+        if key == self.public_key:
+            return "not a member of %s" % net
+        try:
+            cert, changes = self.members.admit(bytes(certificate), key=key)
+        except Refused as exc:
+            self.stats["admit_refused_" + exc.code] += 1
+            return exc.headline
+        except (NetworkError, ValueError, TypeError):
+            self.stats["admit_refused_malformed"] += 1
+            return "not a member of %s" % net
+        if key not in self.members:
+            holder = self.members.owner(cert.ipv4) or self.members.by_name(cert.name)
+            self.stats["admit_refused_conflict"] += 1
+            return "not a member of %s (%s holds its address or name)" % (
+                net, holder.name if holder is not None else "another member")
+        self.sync(changes)
+        if self.d.engine.peer_by_key(key) is None:
+            self._add_peer(self.members.member(key))
+        if self.d.engine.peer_by_key(key) is None:
+            self.stats["admit_refused_peer"] += 1
+            return "not a member of %s (this node cannot add it as a peer)" % net
+        self.stats["admitted_from_handshake"] += 1
+        return None
+
+    # ------------------------------------------------------------ endpoints on demand
+    def handshake_needed(self, peer_id: int) -> list:
+        peer = self.d.engine.peers.get(peer_id)
+        if peer is not None and peer.endpoint is None and self._peer_ids.get(peer.public_key) == peer_id:
+            self._resolve_soon(peer.public_key)
+        return []
+
+    def observe(self, act) -> list:
+        if isinstance(act, A.SetEndpoint) and act.addr is not None:
+            peer = self.d.engine.peers.get(act.peer_id)
+            if peer is not None and self._peer_ids.get(peer.public_key) == peer.id:
+                self._remember_endpoint(peer.public_key, act.addr)
+        elif isinstance(act, A.StateChanged) and act.new == "handshaking":
+            self.handshake_needed(act.peer_id)
+        elif isinstance(act, A.UnknownKey):
+            self._knocked(bytes(act.public_key), act.addr)
+        return []
+
+    def _knocked(self, key: bytes, addr) -> None:
+        """An initiation from a key we have no peer for: perhaps a member
+        that joined since our last poll.  Remembered for KNOCK_MEMORY s (at
+        most MAX_KNOCKS keys), and the stream is polled at once."""
+        now = time.monotonic()
+        if len(self._knocks) >= MAX_KNOCKS:
+            self._knocks = {k: v for k, v in self._knocks.items() if now - v[1] < KNOCK_MEMORY}
+            if len(self._knocks) >= MAX_KNOCKS:
+                return
+        self._knocks[key] = (addr, now)
+        if key not in self.members and self._poll_now is not None:
+            self._poll_now.set()
+
+    def _remember_endpoint(self, key: bytes, addr) -> None:
+        from ..dataplane.udp import format_endpoint, plain
+        try:
+            text = format_endpoint(plain(addr))
+        except Exception:
+            return
+        m = self.members.member(key)
+        if m is None or (m.endpoints and m.endpoints[0] == text):
+            return
+        eps = (text,) + tuple(e for e in m.endpoints if e != text)
+        self.members.set_endpoints(key, eps[:4])
+        self._dirty = True
+
+    def _resolve_soon(self, key: bytes) -> None:
+        if key in self._resolving or self.d.directory is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._resolving.add(key)
+        task = loop.create_task(self._resolve(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resolve(self, key: bytes) -> None:
+        """Look a member's record up by key until it gives an endpoint (or
+        RESOLVE_TRIES fail); then the handshake goes out at once."""
+        from ..dataplane.udp import format_endpoint, plain
+        try:
+            for attempt in range(RESOLVE_TRIES):
+                peer = self._peer(key)
+                if peer is None or peer.endpoint is not None:
+                    return
+                try:
+                    rec = await self.d.directory.resolve(key=key)
+                except Exception as exc:
+                    rec = None
+                    log.debug("network: looking up %s: %s", b64(key), exc)
+                peer = self._peer(key)
+                if peer is None or peer.endpoint is not None:
+                    return
+                if rec is not None and rec.endpoints and not rec.revoked:
+                    self.stats["endpoints_resolved"] += 1
+                    log.info("network: member %s is at %s (its directory record)", peer.name,
+                             format_endpoint(rec.endpoints[0]))
+                    self.d.peers.move(peer, plain(rec.endpoints[0]))
+                    return
+                await asyncio.sleep(min(RESOLVE_MAX_WAIT, 0.25 * 2 ** attempt))
+            self.stats["endpoints_unresolved"] += 1
+        finally:
+            self._resolving.discard(key)
+
+    # ------------------------------------------------------------ the loops (I/O)
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for coro in (self.follow(), self.keep_renewed()):
+            task = loop.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        log.info("network: member %s of %s (%s, %s), certificate until %s; following %s",
+                 self.cert.name, self.definition.name, self.cert.ipv4, self.cert.ipv6,
+                 time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(self.cert.not_after)),
+                 ", ".join(self.section.directory))
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self.save(force=True)
+        from .. import crypto
+        crypto.memzero(self._key)
+        if self._dirfd is not None:
+            import os
+            os.close(self._dirfd)
+            self._dirfd = None
+
+    async def _request(self, method: str, path: str, body: Any = None) -> tuple:
+        """(url, status, JSON) of the first directory that answers; OSError naming each."""
+        import aiohttp
+        failures = []
+        timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT)
+        for url in self.section.directory:
+            try:
+                async with aiohttp.ClientSession(timeout=timeout) as session:
+                    async with session.request(method, url.rstrip("/") + path, json=body) as r:
+                        raw = await r.content.read(MAX_PAGE + 1)
+                        if len(raw) > MAX_PAGE:
+                            raise ValueError("answer larger than %d bytes" % MAX_PAGE)
+                        if r.status >= 500 or r.status == 429:
+                            raise ValueError("HTTP %d" % r.status)
+                        return url, r.status, json.loads(raw)
+            except (OSError, ValueError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
+                failures.append("%s: %s" % (url, str(exc) or exc.__class__.__name__))
+        raise OSError("no directory answered: " + "; ".join(failures))
+
+    async def poll_once(self) -> list:
+        """Fetch and apply what is new (a snapshot when nothing is known,
+        then pages while ``more``); OSError/ValueError when no directory gives
+        a usable answer."""
+        ms = self.members
+        changes = []
+        for _ in range(MAX_PAGES):
+            if ms.seq == 0:
+                path = "/network/members"
+            else:
+                path = "/network/members?since=%d" % ms.seq
+            url, status, page = await self._request("GET", path)
+            if status != 200:
+                raise ValueError("%s answered HTTP %d: %s" % (url, status, page))
+            if isinstance(page, dict) and isinstance(page.get("seq"), int) \
+                    and "events" in page and page["seq"] < ms.seq:
+                # the directory knows less than we do (its store was replaced):
+                # start again from its snapshot
+                log.warning("network: %s is at seq %d, this node at %d: taking its snapshot",
+                            url, page["seq"], ms.seq)
+                url, status, page = await self._request("GET", "/network/members")
+            changes += self.apply_page(page)
+            if not page.get("more"):
+                break
+        return changes
+
+    async def follow(self) -> None:
+        """Poll the member stream every POLL s; expire, save the cache."""
+        stop = self.d.shutdown
+        self._poll_now = poll_now = asyncio.Event()
+        failures = 0
+        while not stop.is_set():
+            wait = POLL
+            poll_now.clear()
+            try:
+                await self.poll_once()
+                if failures:
+                    log.info("network: the directory answers again (after %d failed polls)", failures)
+                failures = 0
+                self.directory_ok, self.last_poll_error = True, None
+            except (OSError, ValueError) as exc:
+                failures += 1
+                self.stats["poll_failures"] += 1
+                self.directory_ok, self.last_poll_error = False, str(exc)
+                if failures == 1 or failures % 60 == 0:
+                    log.warning("network: member stream: %s (retrying; the members known "
+                                "stay peers)", exc)
+                wait = max(POLL, backoff(failures))
+            self.expire()
+            self.save()
+            await _first(stop, poll_now if not failures else None, wait)
+            if poll_now.is_set() and not stop.is_set():
+                await asyncio.sleep(MIN_POLL_GAP)
+
+    # ------------------------------------------------------------ renewal
+    def renew_due(self, now: float) -> bool:
+        return now >= renew_time(self.cert)
+
+    async def renew_once(self) -> Certificate:
+        """POST /network/renew; the new certificate is written and used."""
+        from ..directory.records import NodeSigner
+        from ..network.join import accept_join_answer, make_renew_request
+        signer = NodeSigner(self._key)
+        try:
+            req = make_renew_request(self.definition.fingerprint, self.public_key,
+                                     signer.signing_key, signer.sign, self.clock())
+        finally:
+            signer.wipe()
+        url, status, doc = await self._request("POST", "/network/renew", req)
+        if status != 200:
+            reason = doc.get("error") if isinstance(doc, dict) else doc
+            raise ValueError("%s refused the renewal: %s" % (url, reason))
+        try:
+            definition, cert = accept_join_answer(doc, self.definition.fingerprint,
+                                                  self.public_key, self.clock())
+        except NetworkError as exc:
+            raise ValueError("%s answered a renewal this node cannot accept: %s" % (url, exc))
+        if cert.version <= self.cert.version:
+            raise ValueError("%s answered a certificate no newer than ours" % url)
+        self.use_certificate(cert)
+        return cert
+
+    def use_certificate(self, cert: Certificate) -> None:
+        self._write(CERTIFICATE_FILE, cert.encode())
+        self.cert = cert
+        self.d.engine.membership = cert.encode()
+        try:
+            self.sync(self.members.admit(cert.doc, key=self.public_key)[1])
+        except NetworkError:
+            pass
+        log.info("network: certificate renewed: serial %d, valid until %s", cert.serial,
+                 time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(cert.not_after)))
+
+    async def keep_renewed(self) -> None:
+        stop = self.d.shutdown
+        failures = 0
+        while not stop.is_set():
+            now = self.clock()
+            if self.renew_due(now) and now < self.cert.not_after:
+                try:
+                    await self.renew_once()
+                    failures = 0
+                    continue
+                except (OSError, ValueError) as exc:
+                    failures += 1
+                    self.stats["renew_failures"] += 1
+                    log.warning("network: renewing the certificate failed (%s); it expires in "
+                                "%d s; retrying", exc, self.cert.not_after - now)
+                    wait = min(RENEW_MAX_WAIT, 5.0 * 2 ** min(failures, 8))
+            else:
+                wait = min(RENEW_MAX_WAIT, max(1.0, renew_time(self.cert) - now))
+            try:
+                await asyncio.wait_for(stop.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+
+    # ------------------------------------------------------------ status
+    def status(self) -> dict:
+        c = self.cert
+        return {"network": self.definition.name, "fingerprint": self.definition.fingerprint,
+                "domain": self.definition.domain, "name": c.name,
+                "addresses": [str(c.ipv4), str(c.ipv6)], "groups": list(c.groups),
+                "certificate_expires": c.not_after, "renews_at": int(renew_time(c)),
+                "seq": self.members.seq, "members": len(self.members),
+                "member_peers": len(self._peer_ids),
+                "directory": list(self.section.directory), "directory_ok": self.directory_ok,
+                "last_error": self.last_poll_error, "stats": dict(self.stats),
+                "member_set": dict(self.members.stats)}
+
+    def is_member_peer(self, peer) -> bool:
+        return self._peer_ids.get(peer.public_key) == peer.id
+
+
+async def _first(stop: asyncio.Event, other: Optional[asyncio.Event], timeout: float) -> None:
+    """Wait until ``stop`` or ``other`` is set, or ``timeout`` s."""
+    waits = [asyncio.ensure_future(stop.wait())]
+    if other is not None:
+        waits.append(asyncio.ensure_future(other.wait()))
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()

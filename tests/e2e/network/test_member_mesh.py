@@ -1,0 +1,181 @@
+"""A network that forms itself (issue 20 item 4): real ``phantom network
+init``, ``phantom directory serve --network``, ``phantom join`` and
+``phantomd`` in namespaces, on both data paths, and no ``phantom open``
+anywhere.
+
+Hosts of one bridge (phantomlab lan): ``a`` runs the directory (and the
+admin's commands); b..f are members (n1..n5), g joins later (n6).  Every
+member learns the others from the member stream and reaches them on the
+first packet; a removed member loses every tunnel within 5 s; a member
+restarted while the directory is down reconnects from its cache.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from phantomlab import netns
+from phantomlab.poll import wait_for
+from phantomlab.templates import HTTP_PORT
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(400)]
+
+CLI = [sys.executable, "-m", "phantom.cli"]
+DIR_PORT = 4568
+
+
+def cli(host, *args, check=True, timeout=60):
+    out = host.run(CLI + [str(a) for a in args], check=False, timeout=timeout)
+    if check:
+        assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+class Member:
+    def __init__(self, name, host, state, joined):
+        self.name, self.host, self.state = name, host, state
+        self.ipv4, self.ipv6, self.key = joined["ipv4"], joined["ipv6"], joined["key"]
+        self.config = state / "phantom.toml"
+        self.daemon = None
+
+    def api(self, method, path, body=None, timeout=15.0):
+        return self.daemon.api(method, path, body, timeout=timeout)
+
+    def status(self):
+        code, body = self.api("GET", "/status")
+        assert code == 200, body
+        return body
+
+    def peer_names(self):
+        return sorted(p["name"] for p in self.status()["peers"])
+
+
+@pytest.fixture
+def lan7():
+    with netns.lan(7) as topo:
+        yield topo
+
+
+def serve_directory(daemon_factory, host, auth, db):
+    return daemon_factory(host, ["directory", "serve", "--listen", host.ip, "--port",
+                                 str(DIR_PORT), "--db", str(db), "--network", str(auth),
+                                 "--source-writes-per-minute", "0"],
+                          executable=CLI, http_port=DIR_PORT, http_host=host.ip,
+                          name="directory", timeout=30)
+
+
+def join(admin_host, auth, host, name, tmp_path, url):
+    token = cli(admin_host, "network", "invite", "--name", name, "--groups", "fleet", "--dir",
+                auth, "--admin-token-file", auth / "admin.token").stdout.strip()
+    state = tmp_path / name
+    out = cli(host, "join", token, "--state-dir", state, "--json")
+    return Member(name, host, state, json.loads(out.stdout))
+
+
+def start(daemon_factory, m, datapath):
+    argv = ["--config", str(m.config)] + (["--fast"] if datapath == "fast" else [])
+    m.daemon = daemon_factory(m.host, argv, http_port=HTTP_PORT, name=m.name, timeout=30,
+                              token_file=m.state / "token")
+    m.host.ns.wait_addresses_ready()
+    return m
+
+
+def pings(pairs, timeout=1.0):
+    """The pairs (src, dst) whose ping of dst's IPv4 address failed (in parallel)."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ok = list(pool.map(lambda p: p[0].host.ping(p[1].ipv4, timeout=timeout), pairs))
+    return [(s.name, d.name) for (s, d), good in zip(pairs, ok) if not good]
+
+
+def all_reach(members, deadline_s, what, among=None):
+    """Every ordered pair pings within ``deadline_s``; returns the seconds it took."""
+    pairs = [(s, d) for s in members for d in (among or members) if s is not d]
+    t0 = time.monotonic()
+    left = list(pairs)
+    while True:
+        failed = pings(left)
+        left = [(s, d) for s, d in left if (s.name, d.name) in failed]
+        if not left:
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > deadline_s:
+            raise AssertionError("%s: no answer after %.1f s for %s" % (
+                what, time.monotonic() - t0, [(s.name, d.name) for s, d in left]))
+
+
+@pytest.mark.parametrize("datapath", ["reference", "fast"])
+def test_a_network_meshes_by_itself_grows_removes_and_survives_restarts(
+        lan7, daemon_factory, tmp_path, datapath):
+    hosts = lan7.host_list
+    admin = hosts[0]
+    url = "http://%s:%d" % (admin.ip, DIR_PORT)
+    auth = tmp_path / "authority"
+    out = subprocess.run(CLI + ["network", "init", "corp", "--dir", str(auth), "--ipv4",
+                                "100.100.0.0/16", "--directory", url],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    db = tmp_path / "dir.sqlite"
+    directory = serve_directory(daemon_factory, admin, auth, db)
+
+    members = [join(admin, auth, hosts[i], "n%d" % i, tmp_path, url) for i in range(1, 6)]
+    for m in members:
+        start(daemon_factory, m, datapath)
+    # 1. every member reaches every other by its certificate's address, nothing opened
+    took = all_reach(members, 10.0, "the first mesh")
+    print("\n%s: 5 members, all 20 directions answered %.2f s after the last start"
+          % (datapath, took))
+    for m in members:
+        st = m.status()
+        assert st["network"]["name"] == m.name and st["network"]["network"] == "corp"
+        peers = {p["name"]: p for p in st["peers"]}
+        assert sorted(peers) == sorted(o.name for o in members if o is not m)
+        for o in members:
+            if o is not m:   # allowed IPs exactly the certificate's addresses, its groups
+                p = peers[o.name]
+                assert p["allowed_ips"] == ["%s/32" % o.ipv4, "%s/128" % o.ipv6], p
+                assert p["groups"] == ["fleet"] and p["member"] is True
+    assert members[0].host.ping(members[1].ipv6, timeout=3)
+
+    # 2. a sixth member joins later: every member reaches it within 5 s, nothing edited
+    late = join(admin, auth, hosts[6], "n6", tmp_path, url)
+    start(daemon_factory, late, datapath)
+    took = all_reach(members + [late], 5.0, "the late member", among=[late])
+    took2 = all_reach([late], 5.0, "the late member's own pings", among=members)
+    print("%s: n6 reached by all 5 within %.2f s, reached them in %.2f s" % (datapath, took, took2))
+    members.append(late)
+
+    # 3. a removed member loses every tunnel within 5 s
+    gone = members[2]
+    cli(admin, "network", "remove", gone.name, "--dir", auth, "--admin-token-file",
+        auth / "admin.token")
+    t0 = time.monotonic()
+    others = [m for m in members if m is not gone]
+    wait_for(lambda: all(gone.name not in m.peer_names() for m in others), timeout=5,
+             what="%s's peer entry gone everywhere" % gone.name)
+    print("%s: the removed member's peer gone everywhere %.2f s after the removal"
+          % (datapath, time.monotonic() - t0))
+    assert pings([(gone, m) for m in others]) == [(gone.name, m.name) for m in others]
+    assert pings([(m, gone) for m in others]) == [(m.name, gone.name) for m in others]
+    members = others
+
+    # 4. each member restarted in turn, the directory stopped meanwhile: back by itself
+    directory.stop()
+    for m in members:
+        m.daemon.stop()
+        start(daemon_factory, m, datapath)
+        assert sorted(m.peer_names()) == sorted(o.name for o in members if o is not m)
+        took = all_reach([m], 10.0, "%s restarted without the directory" % m.name, among=members)
+        all_reach(members, 10.0, "the others to %s" % m.name, among=[m])
+        print("%s: %s back %.2f s after its restart, the directory down" % (datapath, m.name, took))
+        assert m.status()["network"]["directory_ok"] is False
+    # the directory returns: the stream resumes from the cached seq
+    directory = serve_directory(daemon_factory, admin, auth, db)
+    wait_for(lambda: all(m.status()["network"]["directory_ok"] for m in members), timeout=10,
+             what="every member follows the directory again")
+    for m in members:
+        assert m.daemon.running and "Traceback" not in m.daemon.log()
