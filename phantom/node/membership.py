@@ -88,7 +88,8 @@ MAX_FILE = 64 * 1024
 
 
 # --------------------------------------------------------------------------- start-up
-def load_identity(state: Path, fingerprint: str, public_key: bytes, now: float) -> tuple:
+def load_identity(state: Path, fingerprint: str, public_key: bytes, now: float,
+                  cert_path: Optional[Path] = None) -> tuple:
     """(Definition, Certificate) from ``state``, verified: the definition
     against ``fingerprint``, the certificate against the definition, ``now``
     and our ``public_key``.  ConfigError with a sentence that says what is
@@ -96,7 +97,7 @@ def load_identity(state: Path, fingerprint: str, public_key: bytes, now: float) 
     state = Path(state)
     where = "network.state"
     def_path = state / DEFINITION_FILE
-    cert_path = state / CERTIFICATE_FILE
+    cert_path = cert_path or state / CERTIFICATE_FILE
     try:
         raw_def = read_limited(def_path, MAX_FILE)
     except FileNotFoundError:
@@ -159,8 +160,17 @@ class Membership(Observer):
         self.public_key = bytes(daemon.engine.public_key)
         self.cache = self.state / CACHE_DIR
         self._dirfd: Optional[int] = None          # the cache directory, opened before the drop
-        self.definition, self.cert = load_identity(self.state, section.network,
-                                                   self.public_key, clock())
+        try:
+            self.definition, self.cert = load_identity(self.state, section.network,
+                                                       self.public_key, clock())
+        except ConfigError as exc:
+            # join's certificate may have expired while a renewed one is in the cache
+            try:
+                self.definition, self.cert = load_identity(
+                    self.state, section.network, self.public_key, clock(),
+                    cert_path=self.cache / CERTIFICATE_FILE)
+            except ConfigError:
+                raise exc from None
         self._take_cached_identity()
         if section.name != self.definition.name:
             log.warning("network: [network] name is %r, the definition says %r",
