@@ -291,3 +291,34 @@ def test_a_renewed_certificate_is_used_and_survives_a_restart(world):
     d2, m2 = member_of(world)
     assert m2.cert.serial == new.serial and b64(m2.cert.key) == b64(world.me.key)
     assert d2.engine.membership == new.encode()
+
+
+def test_a_members_directory_record_gives_its_endpoint_never_wider_addresses(world):
+    """The directory link follows members' records (dirlink.peer_record): a
+    record signed by the member's own key that claims a whole prefix, and
+    another member's address, moves the endpoint and nothing else."""
+    from phantom.directory.records import NodeSigner, make_record, parse_record
+    from phantom.node.dirlink import DirectoryLink
+    d, m = member_of(world)
+    net = world.net
+    a, b = net.cert("alice"), net.cert("bob")
+    m.apply_page({"seq": 2, "events": [ev(1, a), ev(2, b)], "more": False})
+    pa = peer_of(d, "alice")
+    before = sorted(map(str, pa.allowed_ips))
+    signer = NodeSigner(bytearray(seed("x25519:alice")))
+    doc = make_record(signer, "alice", ["192.0.2.44:9000"],
+                      [str(net.definition.ipv4), "%s/32" % b.ipv4, "0.0.0.0/0"],
+                      seq=1, expires=int(world.clock.t) + 3600)
+    rec = parse_record(doc, world.clock.t)
+    d.s = SimpleNamespace(addresses=(), directory=None, name=None, endpoints_auto=False,
+                          endpoints=[], directory_allowed_ips=None)
+    link = DirectoryLink(d, bytearray(32))
+    link.peer_record(rec)
+    assert pa.endpoint == ("192.0.2.44", 9000)
+    assert sorted(map(str, pa.allowed_ips)) == before
+    assert sorted(map(str, peer_of(d, "bob").allowed_ips)) == sorted(
+        ["%s/32" % b.ipv4, "%s/128" % b.ipv6])
+    n = len(d.dp.calls)
+    link.peer_record(rec)                             # the same record again: nothing at all
+    assert len(d.dp.calls) == n
+    assert [c for c in d.dp.calls if c[0] == "update_routes"] == []   # no route ever changed
