@@ -334,7 +334,11 @@ class Traversal:
         if not self.client.servers:
             return out
         up = {p.public_key: p for p in self._up_servers()}
-        self.client.peers = {p.public_key for p in self.engine.peers.values()}
+        peers = {p.public_key for p in self.engine.peers.values()}
+        if peers != self.client.peers:
+            if self.client.peers:        # (the first time, every registration is due anyway)
+                self.client.register_soon()
+            self.client.peers = peers
         for key in self.client.unanswered(self._register_timeout):
             server = self.engine.peer_by_key(key)
             self.client.session_lost(key)

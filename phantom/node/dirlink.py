@@ -158,6 +158,9 @@ class DirectoryLink(Observer):
             return
         if not rec.endpoints:
             return
+        membership = getattr(d, "membership", None)
+        if membership is not None and not membership.record_endpoint_wanted(peer):
+            return                       # a network member: membership.py says why not
         eps = [plain(e) for e in rec.endpoints]
         if peer.endpoint is not None and plain(peer.endpoint) in eps:
             return

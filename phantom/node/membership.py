@@ -75,6 +75,7 @@ MAX_PAGES = 64                   # pages in a row while ``more`` (then the next 
 SAVE_EVERY = 1.0                 # the cache is written at most this often
 RESOLVE_TRIES = 6                # lookups of a member's endpoint for one waiting handshake
 RESOLVE_MAX_WAIT = 2.0
+SERVER_KEEPALIVE = 25.0          # persistent keepalive to the definition's rendezvous nodes
 KNOCK_MEMORY = 10.0              # seconds an unknown key's initiation is remembered
 MAX_KNOCKS = 1024
 MIN_POLL_GAP = 0.2               # a knock polls at once, but not more often than this
@@ -184,6 +185,7 @@ class Membership(Observer):
         self.handlers: dict = {}
         self.stats: Counter = Counter()
         self._peer_ids: dict = {}        # member key -> peer id (peers this module added)
+        self._servers: dict = {}         # the definition's rendezvous/relays: key -> peer id
         self._dirty = False
         self._saved_at = float("-inf")
         self._tasks: set = set()
@@ -278,8 +280,49 @@ class Membership(Observer):
         engine.membership = self.cert.encode()
         engine.admit_unknown = self.admit_unknown
         engine.report_unknown_keys = True    # an unknown key's initiation: see observe()
+        self._install_servers()
         for m in list(self.members):
             self._add_peer(m)
+
+    def servers(self) -> list:
+        """The definition's rendezvous and relays as (key, (host, port)), once
+        each, never ourselves; an endpoint that is not an IP literal is skipped
+        (logged)."""
+        from ..syntax import parse_endpoint
+        out, seen = [], set()
+        for srv in tuple(self.definition.rendezvous) + tuple(self.definition.relays):
+            key = bytes(srv.key)
+            if key == self.public_key or key in seen:
+                continue
+            seen.add(key)
+            try:
+                out.append((key, parse_endpoint(srv.endpoint)))
+            except Exception as exc:
+                log.warning("network: rendezvous %s at %s not used: %s", b64(key), srv.endpoint, exc)
+        return out
+
+    def server_keys(self) -> list:
+        """Keys of the rendezvous nodes NAT traversal asks (nat.attach)."""
+        return list(self._servers)
+
+    def _install_servers(self) -> None:
+        """The definition's rendezvous and relays become peers with their
+        endpoint and a persistent keepalive (NAT traversal for members works as
+        for configured rendezvous peers); a server that is also a member gets
+        its certificate's addresses and groups when the member set has it."""
+        d = self.d
+        for key, endpoint in self.servers():
+            peer = d.engine.peer_by_key(key)
+            if peer is None:
+                try:
+                    peer = d.peers.add(key, d.peers.free_name("rendezvous"), [], endpoint,
+                                       SERVER_KEEPALIVE)
+                except ValueError as exc:
+                    log.warning("network: rendezvous %s not added: %s", b64(key), exc)
+                    continue
+                log.info("network: rendezvous %s at %s (from the definition)", peer.name,
+                         "%s:%d" % endpoint)
+            self._servers[key] = peer.id
 
     def directory_options(self) -> dict:
         """What the directory link publishes and where, for a member that has
@@ -303,6 +346,22 @@ class Membership(Observer):
             return
         d = self.d
         existing = d.engine.peer_by_key(key)
+        if existing is not None and self._servers.get(key) == existing.id \
+                and key not in self._peer_ids:
+            # a rendezvous of the definition that is a member too: its addresses and groups
+            cert = member.cert
+            try:
+                d.peers.set_routes({existing.id: list(cert.allowed_ips())})
+                d.peers.set_groups({existing.id: cert.groups})
+            except ValueError as exc:
+                log.warning("network: member %s (the rendezvous) keeps no addresses: %s",
+                            cert.name, exc)
+                return
+            self._peer_ids[key] = existing.id
+            self.stats["peers_added"] += 1
+            log.info("network: member %s (%s, %s) is the rendezvous peer %s", cert.name,
+                     cert.ipv4, cert.ipv6, existing.name)
+            return
         if existing is not None:
             if key not in self._peer_ids:
                 log.info("network: member %s is a configured peer (%s): kept as configured",
@@ -339,6 +398,12 @@ class Membership(Observer):
         peer = self._peer(key)
         self._peer_ids.pop(key, None)
         if peer is None:
+            return
+        if self._servers.get(key) == peer.id:
+            # the definition's rendezvous stays a rendezvous, without a member's addresses
+            self.d.peers.set_routes({peer.id: []})
+            self.d.peers.set_groups({peer.id: ()})
+            log.info("network: member %s %s: it stays a rendezvous only", peer.name, why)
             return
         self.d.peers.remove(peer)
         self.stats["peers_removed"] += 1
@@ -583,8 +648,8 @@ class Membership(Observer):
         self._dirty = True
 
     def _resolve_soon(self, key: bytes) -> None:
-        if key in self._resolving or self.d.directory is None:
-            return
+        if key in self._resolving or self.d.directory is None or self._servers:
+            return                       # (with rendezvous nodes, NAT traversal finds it)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -797,6 +862,19 @@ class Membership(Observer):
                 "directory": list(self.section.directory), "directory_ok": self.directory_ok,
                 "last_error": self.last_poll_error, "stats": dict(self.stats),
                 "member_set": dict(self.members.stats)}
+
+    def record_endpoint_wanted(self, peer) -> bool:
+        """Whether a directory record's endpoint may move ``peer`` (the
+        directory link asks).  Not for a member whose session is up (its
+        working path stays: behind a NAT its record names its LAN address,
+        which only its own side of the NAT reaches), nor for any member when
+        the network has rendezvous nodes (NAT traversal finds members then,
+        LAN addresses included, and an unverified endpoint would count as a
+        direct path and keep it from falling back to a relay)."""
+        if not self.is_member_peer(peer):
+            return True
+        from ..control.peer import PeerState
+        return not self._servers and peer.state is not PeerState.ESTABLISHED
 
     def is_member_peer(self, peer) -> bool:
         return self._peer_ids.get(peer.public_key) == peer.id

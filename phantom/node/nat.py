@@ -70,6 +70,9 @@ def attach(daemon) -> None:
     [[peer]] rendezvous nodes): ``daemon.nat`` and its observer."""
     s, dp = daemon.s, daemon.dp
     servers = [pc.public_key for pc in s.peers if pc.rendezvous]
+    membership = getattr(daemon, "membership", None)
+    if membership is not None:           # a network's rendezvous nodes (its definition)
+        servers += [k for k in membership.server_keys() if k not in servers]
     if not (s.rendezvous or servers):
         return
     from ..nat.traversal import Traversal

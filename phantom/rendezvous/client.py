@@ -67,6 +67,12 @@ class RendezvousClient:
                 out.append(s)
         return out
 
+    def register_soon(self) -> None:
+        """What we accept changed (a peer came or went): every server's
+        registration is due now, so a rendezvous learns the new key at
+        once instead of up to ``register_interval`` later."""
+        self._registered.clear()
+
     def session_lost(self, server: bytes) -> None:
         self._registered.pop(server, None)
         self._acked.pop(server, None)

@@ -179,3 +179,44 @@ def test_a_network_meshes_by_itself_grows_removes_and_survives_restarts(
              what="every member follows the directory again")
     for m in members:
         assert m.daemon.running and "Traceback" not in m.daemon.log()
+
+
+@pytest.mark.parametrize("datapath", ["reference", "fast"])
+def test_members_behind_nats_meet_through_the_networks_rendezvous(daemon_factory, tmp_path,
+                                                                  datapath):
+    """Three members in three homes behind NAT routers (two MASQUERADE, one
+    per-destination: it needs the relay) and a member on the internet that
+    the definition names as the network's rendezvous (it relays too): every
+    member reaches every other, nothing opened and nothing configured but
+    the rendezvous's own two lines."""
+    from phantom.keys import encode_key, public_key, write_private_key
+    with netns.internet(homes=3, random_fully=(3,)) as net:
+        rv_host = net.rv
+        url = "http://%s:%d" % (rv_host.ip, DIR_PORT)
+        rv_state = tmp_path / "hub"
+        rv_state.mkdir(mode=0o700)
+        rv_pub = encode_key(public_key(write_private_key(rv_state / "private.key")))
+        auth = tmp_path / "authority"
+        out = subprocess.run(CLI + ["network", "init", "corp", "--dir", str(auth), "--ipv4",
+                                    "100.100.0.0/16", "--directory", url, "--rendezvous",
+                                    "%s@%s:9000" % (rv_pub, rv_host.ip)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        serve_directory(daemon_factory, rv_host, auth, tmp_path / "dir.sqlite")
+        hub = join(rv_host, auth, rv_host, "hub", tmp_path, url)
+        text = hub.config.read_text()
+        hub.config.write_text(text.replace('mode = "tun"\n',
+                                           'mode = "tun"\nrendezvous = true\nrelay = true\n', 1))
+        start(daemon_factory, hub, datapath)
+        homes = [join(rv_host, auth, net[role], "m" + role, tmp_path, url) for role in "abc"]
+        for m in homes:
+            start(daemon_factory, m, datapath)
+        took = all_reach(homes, 10.0, "members behind NATs")
+        print("\n%s: 3 members behind NATs, all 6 directions answered %.2f s after the last "
+              "start" % (datapath, took))
+        paths = {(m.name, p["name"]): p.get("path") for m in homes for p in m.status()["peers"]}
+        print("%s: paths %s" % (datapath, paths))
+        assert paths[("ma", "mb")] == "direct" and paths[("mb", "ma")] == "direct"
+        assert paths[("ma", "mc")] == "relayed via rendezvous", paths
+        # the members reach the hub by its certificate's address too
+        all_reach(homes, 10.0, "members to the hub", among=[hub])

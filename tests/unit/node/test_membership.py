@@ -141,7 +141,7 @@ def test_members_become_peers_with_exactly_their_certificate_addresses_and_group
     assert sorted(map(str, pa.allowed_ips)) == sorted(["%s/32" % a.ipv4, "%s/128" % a.ipv6])
     assert pa.endpoint is None and pa.dynamic                     # endpoints come on demand
     assert d.peers.groups_of(pa) == ("laptops",) and d.peers.groups_of(pb) == ()
-    assert len(d.engine.peers) == 2                               # never ourselves
+    assert sorted(p.name for p in d.engine.peers.values()) == ["alice", "bob", "rendezvous"]
     # a member event with endpoints: the endpoint is used, the allowed IPs stay the certificate's
     c = net.cert("carol")
     m.apply_page({"seq": 9, "events": [ev(8, c, endpoints=["192.0.2.7:9000"])], "more": False})
@@ -220,7 +220,7 @@ def test_the_cache_brings_members_and_their_last_endpoints_back_without_the_dire
     # a damaged cache: started from nothing (the directory's snapshot), not a crash
     (world.state / "cache" / "members.json").write_bytes(b'{"v":1,')
     d3, m3 = member_of(world)
-    assert m3.members.seq == 0 and len(d3.engine.peers) == 0
+    assert m3.members.seq == 0 and [p.name for p in d3.engine.peers.values()] == ["rendezvous"]
 
 
 # --------------------------------------------------------------------------- the handshake
@@ -322,3 +322,23 @@ def test_a_members_directory_record_gives_its_endpoint_never_wider_addresses(wor
     link.peer_record(rec)                             # the same record again: nothing at all
     assert len(d.dp.calls) == n
     assert [c for c in d.dp.calls if c[0] == "update_routes"] == []   # no route ever changed
+
+
+def test_the_definitions_rendezvous_is_a_peer_and_a_member_there_gets_its_addresses(world):
+    """NAT traversal for members as for configured peers: the definition's
+    rendezvous (an IP endpoint; the factory's relay is a host name: skipped)
+    is a peer with its endpoint and a keepalive; when it is a member too it
+    gets its certificate's addresses, and keeps being a rendezvous after a removal."""
+    d, m = member_of(world)
+    rv_key = x25519_key("rv")
+    rv = d.engine.peer_by_key(rv_key)
+    assert rv.endpoint == ("198.51.100.1", 51820) and rv.persistent_keepalive > 0
+    assert list(rv.allowed_ips) == [] and m.server_keys() == [rv_key]
+    cert = world.net.cert("hub", key=rv_key, groups=["infra"])
+    m.apply_event(ev(1, cert))
+    assert d.engine.peer_by_key(rv_key) is rv and len(d.engine.peers) == 1
+    assert sorted(map(str, rv.allowed_ips)) == sorted(["%s/32" % cert.ipv4, "%s/128" % cert.ipv6])
+    assert d.peers.groups_of(rv) == ("infra",)
+    m.apply_event(ev(2, removal=world.net.removal(rv_key, now=NOW + 5)))
+    assert d.engine.peer_by_key(rv_key) is rv and list(rv.allowed_ips) == []
+    assert d.peers.groups_of(rv) == ()
