@@ -141,6 +141,10 @@ async def put_firewall(request: web.Request) -> web.Response:
     return json_response(await call(controller(request).set_firewall(rules)))
 
 
+async def renew_certificate(request: web.Request) -> web.Response:
+    return json_response(await call(controller(request).renew_certificate()))
+
+
 async def get_openapi(request: web.Request) -> web.Response:
     return json_response(request.app[OPENAPI_KEY])
 
@@ -157,6 +161,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/firewall", get_firewall)
     r.add_get("/dns", get_dns)
     r.add_put("/firewall", put_firewall)
+    r.add_post("/network/renew", renew_certificate)
+    r.add_get("/network/renew", refuse_get, allow_head=False)
     r.add_get("/openapi.json", get_openapi)
 
 
@@ -239,6 +245,17 @@ def openapi_paths() -> dict:
         "/dns": {"get": {"summary": "The name service: domain, addresses served on, the names "
                                     "and their addresses, counters", "operationId": "dns",
                          "responses": dict(COMMON_ERRORS, **{"200": ok("names", OBJ)})}},
+        "/network/renew": {
+            "post": {"summary": "Renew this member's network certificate now (phantomd renews "
+                                "by itself at 2/3 of its lifetime)",
+                     "operationId": "renewCertificate",
+                     "security": [{"bearer": []}],
+                     "responses": dict(MUTATION_ERRORS, **{
+                         "200": ok("the new certificate's serial and validity", OBJ),
+                         "404": err("this node is not a member of a network"),
+                         "503": err("no directory renewed it"),
+                     })},
+        },
         "/openapi.json": {"get": {"summary": "This description", "operationId": "openapi",
                                   "responses": {"200": ok("OpenAPI 3 document", OBJ)}}},
     }

@@ -23,7 +23,7 @@ from .. import __version__
 from ..control.peer import PeerState
 from ..dataplane.types import Mode, RelayVia
 from ..dataplane.udp import format_endpoint, plain
-from ..errors import ConfigError, Conflict, HandshakeTimeout, Invalid, NotFound
+from ..errors import ConfigError, Conflict, HandshakeTimeout, Invalid, NotFound, Unavailable
 from ..syntax import is_ip_literal
 from .peers import b64
 
@@ -366,6 +366,19 @@ class Controller:
     # ============================================================ firewall
     def firewall(self) -> dict:
         return self.d.firewall.describe()
+
+    async def renew_certificate(self) -> dict:
+        """Renew the network certificate now (the daemon does it by itself at
+        2/3 of its lifetime): POST /network/renew to the network's directory."""
+        m = getattr(self.d, "membership", None)
+        if m is None:
+            raise NotFound("this node is not a member of a network (no [network] section)")
+        try:
+            cert = await m.renew_once()
+        except (OSError, ValueError) as exc:
+            raise Unavailable("renewal failed: %s" % exc) from None
+        return {"serial": cert.serial, "not_before": cert.not_before,
+                "not_after": cert.not_after, "renews_at": m.status()["renews_at"]}
 
     async def set_firewall(self, rules: dict) -> dict:
         from ..dataplane.firewall import FirewallError
