@@ -1,6 +1,7 @@
 """``phantom join TOKEN``: enrol this machine in a network (issue 20).
 
     phantom join TOKEN [--name N] [--state-dir D] [--config F] [--timeout S] [--json]
+                       [--no-start] [--start-timeout S]
 
 1. makes (or reuses) the node key: the config's ``private_key_file``, else
    ``<state_dir>/private.key`` (phantomd's own default);
@@ -12,7 +13,13 @@
 4. writes ``<state_dir>/network/definition.json`` and ``certificate.json``
    (0600, the directory 0700) and a ``[network]`` section in the config
    (made with ``[interface]`` addresses from the certificate when it does not
-   exist), then prints the command that starts the daemon.
+   exist);
+5. starts ``phantomd --config F`` detached (its output in
+   ``<state_dir>/phantomd.log``) and waits until it is ready: it makes the
+   network's members its peers by itself (phantom/node/membership.py).
+   ``--no-start`` prints the command instead; a daemon already answering at
+   the config's API address is left alone (it needs a restart to act on
+   ``[network]``).
 
 A refusal (used, expired or revoked invite, name taken, ...) is
 ``error: <the directory's sentence>`` and exit 1; a network failure names
@@ -210,17 +217,94 @@ def cmd_join(args, now=time.time) -> int:
                "name": cert.name, "ipv4": str(cert.ipv4), "ipv6": str(cert.ipv6),
                "groups": list(cert.groups), "key": b64(public), "expires": cert.not_after,
                "directory": url, "config": str(config), "state": str(netdir)}
-    if args.json:
-        print(json.dumps(summary, indent=2, sort_keys=True))
-    else:
+    if not args.json:
         print("joined %s as %s: %s, %s%s (certificate until %s)" % (
             definition.name, cert.name, cert.ipv4, cert.ipv6,
             (", groups " + ",".join(cert.groups)) if cert.groups else "",
             time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(cert.not_after))))
         print("wrote %s/{definition,certificate}.json and the [network] section of %s"
               % (netdir, config))
-        print("start the daemon: phantomd --config %s" % config)
+    if args.no_start:
+        if args.json:
+            print(json.dumps(summary, indent=2, sort_keys=True))
+        else:
+            print("start the daemon: phantomd --config %s" % config)
+        return 0
+    try:
+        summary["daemon"] = start_daemon(config, state_dir, args.start_timeout)
+    except JoinFailed as exc:
+        if args.json:
+            print(json.dumps(summary, indent=2, sort_keys=True))
+        raise JoinFailed("joined %s as %s, but phantomd did not start: %s; start it with: "
+                         "phantomd --config %s" % (definition.name, cert.name, exc, config)) \
+            from None
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        d = summary["daemon"]
+        if d.get("already"):
+            print("a phantomd already answers at %s: restart it so that it acts on [network]"
+                  % d["api"])
+        else:
+            print("phantomd started (pid %d, log %s): the members are its peers now; stop it "
+                  "with `kill %d`, or run it as a service (examples/phantomd@.service)"
+                  % (d["pid"], d["log"], d["pid"]))
     return 0
+
+
+def start_daemon(config: Path, state_dir: Path, timeout: float) -> dict:
+    """Start ``phantomd --config CONFIG`` detached (its own session, stdin from
+    /dev/null, output appended to STATE_DIR/phantomd.log) and wait until its
+    API says it is ready; JoinFailed with the log's last lines when it exits
+    or does not get ready within ``timeout``.  A daemon already answering at
+    the config's API address is left alone (``already``)."""
+    import shutil
+    import subprocess
+    from phantom.cli.main import ApiClient, CliError, not_ready
+    from phantom.node.config import read_config_file, settings_from_mapping
+    s = settings_from_mapping(read_config_file(config), config.parent)
+    api = "http://%s:%d" % (s.http_listen if ":" not in s.http_listen else "[%s]" % s.http_listen,
+                            s.http_port) if s.http_port else None
+    client = ApiClient(api, str(s.http_socket) if s.http_socket else None, str(s.token_file),
+                       timeout=1.0)
+    try:
+        client.request("GET", "/status")
+        return {"already": True, "api": client.where()}
+    except CliError:
+        pass
+    exe = shutil.which("phantomd") or os.path.join(os.path.dirname(sys.executable), "phantomd")
+    if not os.path.exists(exe):
+        raise JoinFailed("no phantomd program found (PATH, or next to %s)" % sys.executable)
+    log_path = state_dir / "phantomd.log"
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        proc = subprocess.Popen([exe, "--config", str(config)], stdin=subprocess.DEVNULL,
+                                stdout=fd, stderr=fd, start_new_session=True, close_fds=True)
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + timeout
+    why = "no answer yet"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise JoinFailed("it exited with status %d: %s" % (proc.returncode,
+                                                                _tail(log_path)))
+        try:
+            why = not_ready(client.request("GET", "/status"))
+        except CliError as exc:
+            why = str(exc)
+        if why is None:
+            return {"pid": proc.pid, "log": str(log_path), "api": client.where()}
+        time.sleep(0.2)
+    raise JoinFailed("not ready after %g s (%s; pid %d still runs): %s"
+                     % (timeout, why, proc.pid, _tail(log_path)))
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(text[-lines:]) or "(empty log)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help="per request (default %g)" % DEFAULT_TIMEOUT)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-start", action="store_true",
+                   help="do not start phantomd (print the command instead)")
+    p.add_argument("--start-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="how long to wait for the started phantomd to be ready (default 30)")
     return p
 
 

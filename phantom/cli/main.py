@@ -490,7 +490,7 @@ def cmd_reload(args) -> int:
 WAIT_INTERVAL = 0.1
 
 
-def _not_ready(st) -> str | None:
+def not_ready(st) -> str | None:
     """Why a /status answer is not "ready" yet (None: it is)."""
     if not isinstance(st, dict):
         return "its status is not an object"
@@ -517,7 +517,7 @@ def cmd_wait_ready(args) -> int:
             if isinstance(st, dict) and st.get("healthy") is False:
                 raise CliError("phantomd at %s is not healthy: %s" % (client.where(),
                                                                        st.get("failure") or "?"))
-            why = _not_ready(st)
+            why = not_ready(st)
             if why is None:
                 if args.json:
                     print(json.dumps(st, indent=2))

@@ -56,7 +56,7 @@ def admin(host, auth, *args, url=None, check=True):
 
 
 def start_join(host, token, name, state, urls):
-    argv = CLI + ["join", token, "--name", name, "--state-dir", str(state), "--json"]
+    argv = CLI + ["join", token, "--name", name, "--state-dir", str(state), "--json", "--no-start"]
     for u in urls:
         argv += ["--directory", u]
     return host.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -159,7 +159,7 @@ def test_join_in_namespaces_used_token_unreachable_directory_and_the_config(two_
     server = front_end(daemon_factory, a, 4568, str(tmp_path / "dir.sqlite"), auth, "directory")
     token = admin(b, auth, "invite", "--name", "laptop", url=url).stdout.strip()
     state = tmp_path / "laptop"
-    out = cli(b, "join", token, "--state-dir", state)
+    out = cli(b, "join", token, "--state-dir", state, "--no-start")
     assert "joined corp as laptop" in out.stdout and "phantomd --config" in out.stdout
     config = (state / "phantom.toml").read_text()
     assert "[network]" in config and 'mode = "tun"' in config and "100.100.0.1/16" in config

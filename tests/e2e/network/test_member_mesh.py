@@ -70,11 +70,15 @@ def serve_directory(daemon_factory, host, auth, db):
                           name="directory", timeout=30)
 
 
+def invite(admin_host, auth, name):
+    return cli(admin_host, "network", "invite", "--name", name, "--groups", "fleet", "--dir",
+               auth, "--admin-token-file", auth / "admin.token").stdout.strip()
+
+
 def join(admin_host, auth, host, name, tmp_path, url):
-    token = cli(admin_host, "network", "invite", "--name", name, "--groups", "fleet", "--dir",
-                auth, "--admin-token-file", auth / "admin.token").stdout.strip()
+    token = invite(admin_host, auth, name)
     state = tmp_path / name
-    out = cli(host, "join", token, "--state-dir", state, "--json")
+    out = cli(host, "join", token, "--state-dir", state, "--json", "--no-start")
     return Member(name, host, state, json.loads(out.stdout))
 
 
@@ -230,3 +234,44 @@ def test_members_behind_nats_meet_through_the_networks_rendezvous(daemon_factory
         assert paths[("ma", "mc")] == "relayed via rendezvous", paths
         # the members reach the hub by its certificate's address too
         all_reach(homes, 10.0, "members to the hub", among=[hub])
+
+
+def test_join_starts_phantomd_and_the_new_member_meshes(lan3, daemon_factory, tmp_path):
+    """`phantom join TOKEN` alone (no --no-start): the daemon runs and reaches
+    a member started before, both ways; the daemon it started is stopped here."""
+    import os
+    import signal
+    a, b, c = lan3.hosts["a"], lan3.hosts["b"], lan3.hosts["c"]
+    url = "http://%s:%d" % (a.ip, DIR_PORT)
+    auth = tmp_path / "authority"
+    out = subprocess.run(CLI + ["network", "init", "corp", "--dir", str(auth), "--ipv4",
+                                "100.100.0.0/16", "--directory", url],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    serve_directory(daemon_factory, a, auth, tmp_path / "dir.sqlite")
+    first = start(daemon_factory, join(a, auth, b, "first", tmp_path, url), "reference")
+    state = tmp_path / "second"
+    out = cli(c, "join", invite(a, auth, "second"), "--state-dir", state, "--json")
+    joined = json.loads(out.stdout)
+    pid = joined["daemon"]["pid"]
+    try:
+        second = Member("second", c, state, joined)
+        assert joined["daemon"]["log"] == str(state / "phantomd.log")
+        all_reach([first, second], 10.0, "a member whose phantomd join started")
+        code, status = c.http("GET", "/status", port=HTTP_PORT, host="127.0.0.1")
+        assert code == 200 and status["network"]["name"] == "second", status
+        # joining again on that machine: no second daemon, a clear word
+        out = cli(c, "join", invite(a, auth, "third"), "--state-dir", state, check=False)
+        assert out.returncode == 1 and "already a member" in out.stderr
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    assert "Traceback" not in (state / "phantomd.log").read_text()
