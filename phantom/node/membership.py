@@ -60,7 +60,7 @@ from ..errors import ConfigError
 from ..network.canonical import b64
 from ..network.certificate import Certificate, verify_certificate
 from ..network.definition import Definition, is_newer, parse_definition
-from ..network.errors import NetworkError, Reason, Refused
+from ..network.errors import FormatError, NetworkError, Reason, Refused
 from ..network.keys import atomic_write, read_limited
 from ..network.members import OPS, MemberSet
 from .executor import Observer
@@ -86,6 +86,7 @@ CACHE_FILE = "members.json"
 DEFINITION_FILE = "definition.json"
 CERTIFICATE_FILE = "certificate.json"
 MAX_FILE = 64 * 1024
+MAX_CACHE = 64 * 1024 * 1024     # the member cache (the member set's own limit)
 
 
 # --------------------------------------------------------------------------- start-up
@@ -129,6 +130,19 @@ def load_identity(state: Path, fingerprint: str, public_key: bytes, now: float,
                 }.get(exc.reason, "")
         raise ConfigError(where, "%s: %s%s" % (cert_path, exc, hint)) from None
     return definition, cert
+
+
+def read_nofollow(path: Path, max_size: int) -> bytes:
+    """A file of the cache directory (which the daemon's unprivileged user
+    owns), read at start as root: never through a symbolic link, never more
+    than ``max_size`` bytes (FormatError)."""
+    import os
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(max_size + 1)
+    if len(data) > max_size:
+        raise FormatError("%s is larger than %d bytes" % (path, max_size))
+    return data
 
 
 def renew_time(cert: Certificate) -> float:
@@ -210,17 +224,17 @@ class Membership(Observer):
         each verified like the originals (a bad one is ignored, logged)."""
         now = self.clock()
         try:
-            d2 = parse_definition(read_limited(self.cache / DEFINITION_FILE, MAX_FILE).strip(),
+            d2 = parse_definition(read_nofollow(self.cache / DEFINITION_FILE, MAX_FILE).strip(),
                                   self.section.network)
             if is_newer(self.definition, d2):
-                self.definition = d2
-                self.cert = verify_certificate(self.cert.doc, d2, now, key=self.public_key)
+                cert = verify_certificate(self.cert.doc, d2, now, key=self.public_key)
+                self.definition, self.cert = d2, cert
         except FileNotFoundError:
             pass
         except (OSError, NetworkError) as exc:
             log.warning("network: the cached definition is not used: %s", exc)
         try:
-            c2 = verify_certificate(read_limited(self.cache / CERTIFICATE_FILE, MAX_FILE),
+            c2 = verify_certificate(read_nofollow(self.cache / CERTIFICATE_FILE, MAX_FILE),
                                     self.definition, now, key=self.public_key)
             if c2.version > self.cert.version:
                 self.cert = c2
@@ -261,7 +275,8 @@ class Membership(Observer):
         if not path.exists():
             return MemberSet(self.definition, self.clock)
         try:
-            ms = MemberSet.load(path, self.definition, self.clock)
+            ms = MemberSet.from_snapshot(read_nofollow(path, MAX_CACHE), self.definition,
+                                         self.clock)
         except (OSError, NetworkError) as exc:
             log.warning("network: the member cache %s is not usable (%s): starting from the "
                         "directory's snapshot", path, exc)

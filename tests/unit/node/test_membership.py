@@ -221,6 +221,14 @@ def test_the_cache_brings_members_and_their_last_endpoints_back_without_the_dire
     (world.state / "cache" / "members.json").write_bytes(b'{"v":1,')
     d3, m3 = member_of(world)
     assert m3.members.seq == 0 and [p.name for p in d3.engine.peers.values()] == ["rendezvous"]
+    # the cache directory is the unprivileged user's: a symbolic link there is never
+    # followed by the start (as root), whatever it points at
+    saved = world.state / "saved.json"
+    saved.write_bytes(m.members.snapshot())
+    (world.state / "cache" / "members.json").unlink()
+    (world.state / "cache" / "members.json").symlink_to(saved)
+    d4, m4 = member_of(world)
+    assert m4.members.seq == 0 and peer_of(d4, "alice") is None
 
 
 # --------------------------------------------------------------------------- the handshake
