@@ -8,14 +8,14 @@ makes the rest of the network its peers, by itself:
   fingerprint in ``[network]`` and our certificate against the definition and
   our own key; a missing, expired, removed or foreign certificate stops the
   start with a sentence that says so (exit 2, like any config error);
-* **the member stream** (:meth:`Membership.follow`): ``GET
+* **the member stream** (memberstream.py, :meth:`MemberStream.follow`): ``GET
   /network/members`` once (a snapshot) when nothing is cached, then ``GET
   /network/members?since=SEQ`` about every second (pages while ``more``),
   each event applied to the member set (:mod:`phantom.network.members`:
   verified, conflicts settled, one event at a time: a change costs what it
   touches).  Ops this module does not handle (``policy`` later) go to
   :attr:`Membership.handlers`, a table others register in.  A directory that
-  does not answer is retried with a backoff capped at :data:`MAX_BACKOFF`
+  does not answer is retried with a backoff capped at 5 s (memberstream.py)
   (every URL in turn); the node keeps working meanwhile;
 * **members are peers through the peer door** (:class:`~phantom.node.peers.PeerTable`):
   allowed IPs exactly the certificate's addresses (and approved routes),
@@ -47,40 +47,41 @@ handling would not change (:meth:`Membership.apply_page`).
 from __future__ import annotations
 
 import asyncio
-import json
+import base64
 import logging
-import random
+import os
+import stat
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .. import crypto
 from ..control import actions as A
+from ..control.peer import PeerState
+from ..dataplane.udp import format_endpoint, plain
+from ..directory.records import NodeSigner
 from ..errors import ConfigError
 from ..network.canonical import b64
 from ..network.certificate import Certificate, verify_certificate
-from ..network.definition import Definition, is_newer, parse_definition
+from ..network.definition import is_newer, parse_definition
 from ..network.errors import FormatError, NetworkError, Reason, Refused
 from ..network.keys import atomic_write, read_limited
+from ..network.join import make_renew_request
 from ..network.members import OPS, MemberSet
+from ..syntax import parse_endpoint
 from .executor import Observer
+from .memberstream import MemberStream
 
 log = logging.getLogger("phantom.daemon")
 
-POLL = 1.0                       # seconds between two pages of the member stream
-MAX_BACKOFF = 5.0                # at most this long between two tries of an unanswering directory
-HTTP_TIMEOUT = 5.0               # one request to the directory
-MAX_PAGE = 8 * 1024 * 1024       # bytes of one answer (a snapshot of thousands of members)
-MAX_PAGES = 64                   # pages in a row while ``more`` (then the next poll continues)
 SAVE_EVERY = 1.0                 # the cache is written at most this often
 RESOLVE_TRIES = 6                # lookups of a member's endpoint for one waiting handshake
 RESOLVE_MAX_WAIT = 2.0
 SERVER_KEEPALIVE = 25.0          # persistent keepalive to the definition's rendezvous nodes
 KNOCK_MEMORY = 10.0              # seconds an unknown key's initiation is remembered
 MAX_KNOCKS = 1024
-MIN_POLL_GAP = 0.2               # a knock polls at once, but not more often than this
 RENEW_FRACTION = 2 / 3           # renew at this fraction of the certificate's lifetime
-RENEW_MAX_WAIT = 300.0           # at most this long between two renewal attempts
 CACHE_DIR = "cache"               # STATE/cache: what the daemon writes (owned by its run user)
 CACHE_FILE = "members.json"
 DEFINITION_FILE = "definition.json"
@@ -136,7 +137,6 @@ def read_nofollow(path: Path, max_size: int) -> bytes:
     """A file of the cache directory (which the daemon's unprivileged user
     owns), read at start as root: never through a symbolic link, never more
     than ``max_size`` bytes (FormatError)."""
-    import os
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as f:
         data = f.read(max_size + 1)
@@ -148,13 +148,6 @@ def read_nofollow(path: Path, max_size: int) -> bytes:
 def renew_time(cert: Certificate) -> float:
     """When a certificate is renewed: at 2/3 of its lifetime."""
     return cert.not_before + (cert.not_after - cert.not_before) * RENEW_FRACTION
-
-
-def backoff(failures: int, cap: float = MAX_BACKOFF, rng: Callable[[], float] = random.random
-            ) -> float:
-    """The wait after ``failures`` failed tries in a row: 0.5 s doubling, capped, jittered."""
-    base = min(cap, 0.5 * (2 ** max(0, failures - 1)))
-    return base * (0.75 + 0.5 * rng())
 
 
 # --------------------------------------------------------------------------- the member
@@ -205,7 +198,8 @@ class Membership(Observer):
         self._tasks: set = set()
         self._resolving: set = set()     # keys whose endpoint is being looked up
         self._knocks: dict = {}          # unknown key -> (addr, monotonic time) of its initiation
-        self._poll_now: Optional[asyncio.Event] = None   # a knock: poll the stream at once
+        self.poll_now: Optional[asyncio.Event] = None    # a knock: poll the stream at once
+        self.stream = None               # memberstream.MemberStream, made at start()
         self.directory_ok: Optional[bool] = None   # the last poll reached a directory
         self.last_poll_error: Optional[str] = None
         self._warn_own_addresses()
@@ -249,14 +243,12 @@ class Membership(Observer):
         """Before the privilege drop: STATE/cache (0700) owned by the user
         the daemon will run as, opened now, so the daemon writes its cache
         there after the drop (the state directory stays root's)."""
-        import os
         try:
             os.mkdir(self.cache, 0o700)
         except FileExistsError:
             pass
         st = os.lstat(self.cache)
-        import stat as _stat
-        if not _stat.S_ISDIR(st.st_mode):
+        if not stat.S_ISDIR(st.st_mode):
             raise ConfigError("network.state", "%s is not a directory" % self.cache)
         fd = os.open(self.cache, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         if drop_to is not None:
@@ -303,7 +295,6 @@ class Membership(Observer):
         """The definition's rendezvous and relays as (key, (host, port)), once
         each, never ourselves; an endpoint that is not an IP literal is skipped
         (logged)."""
-        from ..syntax import parse_endpoint
         out, seen = [], set()
         for srv in tuple(self.definition.rendezvous) + tuple(self.definition.relays):
             key = bytes(srv.key)
@@ -347,7 +338,6 @@ class Membership(Observer):
 
     # ------------------------------------------------------------ the peer door
     def _endpoint_of(self, member) -> Optional[tuple]:
-        from ..syntax import parse_endpoint
         for text in member.endpoints:
             try:
                 return parse_endpoint(text)
@@ -397,7 +387,6 @@ class Membership(Observer):
         if knock is not None and time.monotonic() - knock[1] < KNOCK_MEMORY:
             # it initiated to us before we knew it (its first packet waits there):
             # handshake back now rather than let it wait for its retry
-            from ..dataplane.udp import plain
             if peer.endpoint is None:
                 d.peers.move(peer, plain(knock[0]))
             d.executor.do(d.engine.handshake_needed(peer.id))
@@ -495,7 +484,6 @@ class Membership(Observer):
 
     @staticmethod
     def _cert_key(doc: Any) -> bytes:
-        import base64
         try:
             return base64.b64decode(doc.get("key", ""), validate=True)
         except Exception:
@@ -563,7 +551,6 @@ class Membership(Observer):
         """Write STATE/cache/``name`` atomically (a temporary file, fsync,
         rename, fsync of the directory), through the directory opened before
         the drop when there is one."""
-        import os
         try:
             if self._dirfd is None:
                 self.cache.mkdir(mode=0o700, exist_ok=True)
@@ -646,11 +633,10 @@ class Membership(Observer):
             if len(self._knocks) >= MAX_KNOCKS:
                 return
         self._knocks[key] = (addr, now)
-        if key not in self.members and self._poll_now is not None:
-            self._poll_now.set()
+        if key not in self.members and self.poll_now is not None:
+            self.poll_now.set()
 
     def _remember_endpoint(self, key: bytes, addr) -> None:
-        from ..dataplane.udp import format_endpoint, plain
         try:
             text = format_endpoint(plain(addr))
         except Exception:
@@ -677,7 +663,6 @@ class Membership(Observer):
     async def _resolve(self, key: bytes) -> None:
         """Look a member's record up by key until it gives an endpoint (or
         RESOLVE_TRIES fail); then the handshake goes out at once."""
-        from ..dataplane.udp import format_endpoint, plain
         try:
             for attempt in range(RESOLVE_TRIES):
                 peer = self._peer(key)
@@ -705,7 +690,8 @@ class Membership(Observer):
     # ------------------------------------------------------------ the loops (I/O)
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        for coro in (self.follow(), self.keep_renewed()):
+        self.stream = MemberStream(self)
+        for coro in (self.stream.follow(), self.stream.keep_renewed()):
             task = loop.create_task(coro)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -723,113 +709,32 @@ class Membership(Observer):
             except (asyncio.CancelledError, Exception):
                 pass
         self.save(force=True)
-        from .. import crypto
         crypto.memzero(self._key)
         if self._dirfd is not None:
-            import os
             os.close(self._dirfd)
             self._dirfd = None
-
-    async def _request(self, method: str, path: str, body: Any = None) -> tuple:
-        """(url, status, JSON) of the first directory that answers; OSError naming each."""
-        import aiohttp
-        failures = []
-        timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT)
-        for url in self.section.directory:
-            try:
-                async with aiohttp.ClientSession(timeout=timeout) as session:
-                    async with session.request(method, url.rstrip("/") + path, json=body) as r:
-                        raw = await r.content.read(MAX_PAGE + 1)
-                        if len(raw) > MAX_PAGE:
-                            raise ValueError("answer larger than %d bytes" % MAX_PAGE)
-                        if r.status >= 500 or r.status == 429:
-                            raise ValueError("HTTP %d" % r.status)
-                        return url, r.status, json.loads(raw)
-            except (OSError, ValueError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
-                failures.append("%s: %s" % (url, str(exc) or exc.__class__.__name__))
-        raise OSError("no directory answered: " + "; ".join(failures))
-
-    async def poll_once(self) -> list:
-        """Fetch and apply what is new (a snapshot when nothing is known,
-        then pages while ``more``); OSError/ValueError when no directory gives
-        a usable answer."""
-        ms = self.members
-        changes = []
-        for _ in range(MAX_PAGES):
-            if ms.seq == 0:
-                path = "/network/members"
-            else:
-                path = "/network/members?since=%d" % ms.seq
-            url, status, page = await self._request("GET", path)
-            if status != 200:
-                raise ValueError("%s answered HTTP %d: %s" % (url, status, page))
-            if isinstance(page, dict) and isinstance(page.get("seq"), int) \
-                    and "events" in page and page["seq"] < ms.seq:
-                # the directory knows less than we do (its store was replaced):
-                # start again from its snapshot
-                log.warning("network: %s is at seq %d, this node at %d: taking its snapshot",
-                            url, page["seq"], ms.seq)
-                url, status, page = await self._request("GET", "/network/members")
-            changes += self.apply_page(page)
-            if not page.get("more"):
-                break
-        return changes
-
-    async def follow(self) -> None:
-        """Poll the member stream every POLL s; expire, save the cache."""
-        stop = self.d.shutdown
-        self._poll_now = poll_now = asyncio.Event()
-        failures = 0
-        while not stop.is_set():
-            wait = POLL
-            poll_now.clear()
-            try:
-                await self.poll_once()
-                if failures:
-                    log.info("network: the directory answers again (after %d failed polls)", failures)
-                failures = 0
-                self.directory_ok, self.last_poll_error = True, None
-            except (OSError, ValueError) as exc:
-                failures += 1
-                self.stats["poll_failures"] += 1
-                self.directory_ok, self.last_poll_error = False, str(exc)
-                if failures == 1 or failures % 60 == 0:
-                    log.warning("network: member stream: %s (retrying; the members known "
-                                "stay peers)", exc)
-                wait = max(POLL, backoff(failures))
-            self.expire()
-            self.save()
-            await _first(stop, poll_now if not failures else None, wait)
-            if poll_now.is_set() and not stop.is_set():
-                await asyncio.sleep(MIN_POLL_GAP)
 
     # ------------------------------------------------------------ renewal
     def renew_due(self, now: float) -> bool:
         return now >= renew_time(self.cert)
 
-    async def renew_once(self) -> Certificate:
-        """POST /network/renew; the new certificate is written and used."""
-        from ..directory.records import NodeSigner
-        from ..network.join import accept_join_answer, make_renew_request
+    def renews_at(self) -> float:
+        return renew_time(self.cert)
+
+    def renewal_request(self) -> dict:
+        """A renewal request signed with our key (POST /network/renew)."""
         signer = NodeSigner(self._key)
         try:
-            req = make_renew_request(self.definition.fingerprint, self.public_key,
-                                     signer.signing_key, signer.sign, self.clock())
+            return make_renew_request(self.definition.fingerprint, self.public_key,
+                                      signer.signing_key, signer.sign, self.clock())
         finally:
             signer.wipe()
-        url, status, doc = await self._request("POST", "/network/renew", req)
-        if status != 200:
-            reason = doc.get("error") if isinstance(doc, dict) else doc
-            raise ValueError("%s refused the renewal: %s" % (url, reason))
-        try:
-            definition, cert = accept_join_answer(doc, self.definition.fingerprint,
-                                                  self.public_key, self.clock())
-        except NetworkError as exc:
-            raise ValueError("%s answered a renewal this node cannot accept: %s" % (url, exc))
-        if cert.version <= self.cert.version:
-            raise ValueError("%s answered a certificate no newer than ours" % url)
-        self.use_certificate(cert)
-        return cert
+
+    async def renew_once(self) -> Certificate:
+        """Renew now (the API's POST /network/renew); ValueError/OSError when not renewed."""
+        if self.stream is None:
+            raise ValueError("the daemon is not serving yet")
+        return await self.stream.renew_once()
 
     def use_certificate(self, cert: Certificate) -> None:
         self._write(CERTIFICATE_FILE, cert.encode())
@@ -841,29 +746,6 @@ class Membership(Observer):
             pass
         log.info("network: certificate renewed: serial %d, valid until %s", cert.serial,
                  time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(cert.not_after)))
-
-    async def keep_renewed(self) -> None:
-        stop = self.d.shutdown
-        failures = 0
-        while not stop.is_set():
-            now = self.clock()
-            if self.renew_due(now) and now < self.cert.not_after:
-                try:
-                    await self.renew_once()
-                    failures = 0
-                    continue
-                except (OSError, ValueError) as exc:
-                    failures += 1
-                    self.stats["renew_failures"] += 1
-                    log.warning("network: renewing the certificate failed (%s); it expires in "
-                                "%d s; retrying", exc, self.cert.not_after - now)
-                    wait = min(RENEW_MAX_WAIT, 5.0 * 2 ** min(failures, 8))
-            else:
-                wait = min(RENEW_MAX_WAIT, max(1.0, renew_time(self.cert) - now))
-            try:
-                await asyncio.wait_for(stop.wait(), wait)
-            except asyncio.TimeoutError:
-                pass
 
     # ------------------------------------------------------------ status
     def status(self) -> dict:
@@ -889,20 +771,7 @@ class Membership(Observer):
         direct path and keep it from falling back to a relay)."""
         if not self.is_member_peer(peer):
             return True
-        from ..control.peer import PeerState
         return not self._servers and peer.state is not PeerState.ESTABLISHED
 
     def is_member_peer(self, peer) -> bool:
         return self._peer_ids.get(peer.public_key) == peer.id
-
-
-async def _first(stop: asyncio.Event, other: Optional[asyncio.Event], timeout: float) -> None:
-    """Wait until ``stop`` or ``other`` is set, or ``timeout`` s."""
-    waits = [asyncio.ensure_future(stop.wait())]
-    if other is not None:
-        waits.append(asyncio.ensure_future(other.wait()))
-    try:
-        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()

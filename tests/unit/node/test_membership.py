@@ -18,6 +18,7 @@ from phantom.control.engine import Engine
 from phantom.errors import ConfigError
 from phantom.network.canonical import b64
 from phantom.node import membership as M
+from phantom.node import memberstream as S
 from phantom.node.config import NetworkSection
 from phantom.node.peers import PeerTable
 from tests.unit.network.factory import DAY, NOW, Net, seed, x25519_key
@@ -279,8 +280,8 @@ def test_renewal_is_due_at_two_thirds_of_the_lifetime_and_backs_off(world):
     at = M.renew_time(me)
     assert at == me.not_before + (me.not_after - me.not_before) * 2 / 3
     assert not m.renew_due(at - 1) and m.renew_due(at)
-    waits = [M.backoff(n, rng=lambda: 0.5) for n in range(1, 8)]
-    assert waits[0] == 0.5 and waits == sorted(waits) and max(waits) == M.MAX_BACKOFF
+    waits = [S.backoff(n, rng=lambda: 0.5) for n in range(1, 8)]
+    assert waits[0] == 0.5 and waits == sorted(waits) and max(waits) == S.MAX_BACKOFF
 
 
 def test_a_renewed_certificate_is_used_and_survives_a_restart(world):
