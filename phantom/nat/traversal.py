@@ -39,6 +39,8 @@ from ..rendezvous.endpoints import short_key
 
 log = logging.getLogger("phantom.nat")
 
+UNANSWERED_REASK = 1.0            # s before asking again a rendezvous that knew no endpoint
+
 
 class PeerControlChannel:
     def __init__(self) -> None:
@@ -273,6 +275,10 @@ class Traversal:
         if not targets:
             self.paths.punch_started(peer.id)
             log.info("peer=%s rendezvous %s knows no endpoint for it", peer.name, via.name if via else "?")
+            # its registration may be a tick away (it learnt of us just now):
+            # ask again after UNANSWERED_REASK s rather than the full reask interval
+            self._last_ask[peer.id] = min(self._last_ask.get(peer.id, self.clock()),
+                                          self.clock() - self._reask + UNANSWERED_REASK)
             return out
         log.info("peer=%s %s from rendezvous %s: trying %s", peer.name,
                  "endpoints" if got.kind == "answer" else "punch request", via.name if via else "?",
