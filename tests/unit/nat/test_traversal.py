@@ -177,8 +177,9 @@ def where_is_count(tr):
 
 def test_where_is_is_asked_again_while_traffic_waits():
     """a's traffic for b starts before b registered: the first where-is gets
-    an empty answer.  a asks again every 5 s while its traffic waits (and
-    always has a next attempt scheduled); once b registers, the next answer
+    an empty answer.  a asks again while its traffic waits, after 1 s when
+    the last ask got an empty answer (b may be a tick from registering), and
+    always has a next attempt scheduled; once b registers, the next answer
     brings the punch."""
     clock, ta, tb, tr, ids = world()
     pump = Pump(clock, ta, tb, tr, online=("a",))
@@ -186,9 +187,12 @@ def test_where_is_is_asked_again_while_traffic_waits():
     pump.traffic("a", ids["a_b"])
     assert where_is_count(tr) == 1 and tr.server.stats["where_is_unanswered"] == 1
     peer = ta.engine.peers[ids["a_b"]]
+    for _ in range(int(1.25 / 0.25)):
+        pump.step()
+    assert where_is_count(tr) == 2, "an unanswered ask is repeated after 1 s, not 5"
     for _ in range(int(16 / 0.25)):
         pump.step()
-    assert where_is_count(tr) >= 4, "asked again every 5 s"
+    assert where_is_count(tr) >= 12, "asked again every second while unanswered"
     assert peer.state.value == "handshaking" and ta.describe(ids["a_b"])["path"] == "none"
     for _ in range(int(4 / 0.25)):
         pump.step()
@@ -281,3 +285,20 @@ def test_relay_ids_are_drawn_at_random_and_unique():
     assert tr.relay.pair_id(eb.public_key, ea.public_key) == 77          # the same pair
     assert tr.relay.pair_id(ea.public_key, ec.public_key) == 1234        # 0 and 77 are drawn again
     assert Traversal(er, serve=True, relay=True).relay.new_relay_id is crypto.random_u32
+
+
+def test_a_peer_registers_again_at_once_when_its_peers_change():
+    """A registration lists the keys the peer accepts; a peer added at run
+    time (a network member learnt from the stream) goes to the rendezvous at
+    the next tick, not at the next periodic registration 5 s later."""
+    clock, ta, tb, tr, ids = world()
+    pump = Pump(clock, ta, tb, tr, online=("a", "b"))
+    pump.step()                                   # both register
+    regs = tr.server.stats["registrations"]
+    pump.step()
+    assert tr.server.stats["registrations"] == regs, "nothing new: no registration"
+    late = engine(clock)
+    ta.engine.add_peer(late.public_key, "late")
+    pump.step()
+    assert tr.server.stats["registrations"] == regs + 1, "a's new peer registered at once"
+    assert tr.server.accepts(ta.engine.public_key, late.public_key)
