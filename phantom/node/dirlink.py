@@ -173,7 +173,9 @@ class DirectoryLink(Observer):
 
     # -------------------------------------------------------- admissions
     def observe(self, act) -> list:
-        if isinstance(act, A.UnknownKey):
+        # (a network member also asks for UnknownKey, for its own reasons: no
+        # endorsement lookups then unless trusted signers are configured)
+        if isinstance(act, A.UnknownKey) and self.s.trusted_signers:
             self._check_endorsement(act.public_key, act.addr)
         return []
 
