@@ -192,6 +192,8 @@ class Membership(Observer):
         self.handlers: dict = {}
         self.stats: Counter = Counter()
         self._peer_ids: dict = {}        # member key -> peer id (peers this module added)
+        self._regroup_due = False        # members' groups changed: recompile the rules once
+        self._in_page = False
         self._servers: dict = {}         # the definition's rendezvous/relays: key -> peer id
         self._dirty = False
         self._saved_at = float("-inf")
@@ -290,6 +292,7 @@ class Membership(Observer):
         self._install_servers()
         for m in list(self.members):
             self._add_peer(m)
+        self.regroup()
 
     def servers(self) -> list:
         """The definition's rendezvous and relays as (key, (host, port)), once
@@ -357,7 +360,7 @@ class Membership(Observer):
             cert = member.cert
             try:
                 d.peers.set_routes({existing.id: list(cert.allowed_ips())})
-                d.peers.set_groups({existing.id: cert.groups})
+                self._set_groups(existing.id, cert.groups)
             except ValueError as exc:
                 log.warning("network: member %s (the rendezvous) keeps no addresses: %s",
                             cert.name, exc)
@@ -375,14 +378,14 @@ class Membership(Observer):
         cert = member.cert
         try:
             peer = d.peers.add(key, d.peers.free_name(cert.name), list(cert.allowed_ips()),
-                               self._endpoint_of(member), dynamic=True, exclusive=True,
-                               groups=cert.groups)
+                               self._endpoint_of(member), dynamic=True, exclusive=True)
         except ValueError as exc:
             self.stats["peer_refused"] += 1
             log.warning("network: member %s (%s) not added as a peer: %s", cert.name, b64(key), exc)
             return
         self._peer_ids[key] = peer.id
         self.stats["peers_added"] += 1
+        self._set_groups(peer.id, cert.groups)
         knock = self._knocks.pop(key, None)
         if knock is not None and time.monotonic() - knock[1] < KNOCK_MEMORY:
             # it initiated to us before we knew it (its first packet waits there):
@@ -435,7 +438,7 @@ class Membership(Observer):
                 try:
                     if set(peer.allowed_ips) != set(cert.allowed_ips()):
                         self.d.peers.set_routes({peer.id: list(cert.allowed_ips())})
-                    self.d.peers.set_groups({peer.id: cert.groups})
+                    self._set_groups(peer.id, cert.groups)
                 except ValueError as exc:
                     log.warning("network: member %s's new certificate not applied: %s",
                                 cert.name, exc)
@@ -445,8 +448,23 @@ class Membership(Observer):
                 ep = self._endpoint_of(ch.new)
                 if peer is not None and ep is not None and peer.endpoint is None:
                     self.d.peers.move(peer, ep)
+        if not self._in_page:
+            self.regroup()
         if changes:
             self._dirty = True
+
+    def _set_groups(self, peer_id: int, groups) -> None:
+        """A member peer's groups, without recompiling the rules yet
+        (:meth:`regroup` does it once for a whole page of changes)."""
+        if self.d.peers.set_groups({peer_id: groups}, regroup=False):
+            self._regroup_due = True
+
+    def regroup(self) -> None:
+        """Recompile the firewall's groups once if members' groups changed."""
+        if self._regroup_due:
+            self._regroup_due = False
+            if self.d.peers.on_groups is not None:
+                self.d.peers.on_groups()
 
     # ------------------------------------------------------------ the stream (sans-IO)
     def apply_page(self, page: Any) -> list:
@@ -464,8 +482,13 @@ class Membership(Observer):
         if not isinstance(events, list):
             raise ValueError("not a member-stream answer (no events)")
         changes = []
-        for ev in events:
-            changes += self.apply_event(ev)
+        self._in_page = True             # the firewall's groups recompile once, at the end
+        try:
+            for ev in events:
+                changes += self.apply_event(ev)
+        finally:
+            self._in_page = False
+            self.regroup()
         return changes
 
     def _apply_snapshot(self, page: dict) -> list:
@@ -599,6 +622,7 @@ class Membership(Observer):
         self.sync(changes)
         if self.d.engine.peer_by_key(key) is None:
             self._add_peer(self.members.member(key))
+            self.regroup()
         if self.d.engine.peer_by_key(key) is None:
             self.stats["admit_refused_peer"] += 1
             return "not a member of %s (this node cannot add it as a peer)" % net

@@ -351,3 +351,18 @@ def test_the_definitions_rendezvous_is_a_peer_and_a_member_there_gets_its_addres
     m.apply_event(ev(2, removal=world.net.removal(rv_key, now=NOW + 5)))
     assert d.engine.peer_by_key(rv_key) is rv and list(rv.allowed_ips) == []
     assert d.peers.groups_of(rv) == ()
+
+
+def test_a_page_of_members_recompiles_the_firewall_groups_once(world):
+    d, m = member_of(world)
+    fired = []
+    d.peers.on_groups = lambda: fired.append(d.peers.group_map())
+    net = world.net
+    certs = [net.cert("g%d" % i, groups=["laptops"] if i % 2 else ["servers"]) for i in range(6)]
+    m.apply_page({"seq": 6, "events": [ev(i + 1, c) for i, c in enumerate(certs)], "more": False})
+    assert len(fired) == 1
+    ids = {c.name: peer_of(d, c.name).id for c in certs}
+    assert fired[0] == {"laptops": frozenset(ids["g%d" % i] for i in (1, 3, 5)),
+                        "servers": frozenset(ids["g%d" % i] for i in (0, 2, 4))}
+    m.apply_page({"seq": 7, "events": [ev(7, net.cert("plain"))], "more": False})
+    assert len(fired) == 1, "a member without groups changes no group"
