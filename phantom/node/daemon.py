@@ -74,6 +74,9 @@ class Daemon:
         self.shutdown = asyncio.Event()  # set: serve() stops
         self.executor = Executor(self.engine, self.t.timer_tick, self.data_path_failed)
         self.peers = PeerTable(self.engine, self.executor.do)
+        # [network]: this node is a member (membership.py); ConfigError when it cannot be;
+        # its certificate's groups join [interface] groups (the firewall's own groups)
+        self.membership = startup.network_member(self, private_key)
         # bad rules: ConfigError before anything opens; the ids the peers will have
         self.firewall = FirewallSlot(settings.mode, settings.firewall,
                                      planned_names(self.engine, settings.peers),
@@ -82,8 +85,6 @@ class Daemon:
         # switch) and checked like the private key: a bad file exits 2.
         self._psks = _load_preshared_keys(settings)
         self.nat = None                  # nat.traversal.Traversal, when configured (nat.attach)
-        # [network]: this node is a member (membership.py); ConfigError when it cannot be
-        self.membership = startup.network_member(self, private_key)
         self.directory: Optional[DirectoryLink] = None
         if settings.directory or self.membership is not None:
             self.directory = DirectoryLink(self, bytearray(private_key),
@@ -97,6 +98,8 @@ class Daemon:
             self.names = NameLink(settings, self.engine)
         self.controller = Controller(self)
         self.reloader = Reloader(settings)   # the file as read at start (reload diffs)
+        if self.membership is not None:      # a reload keeps the certificate's groups
+            self.reloader.extra_groups = self.membership.cert.groups
         self.started = time.time()
         self.uid = os.getuid()
         self.drop_to = None              # passwd entry to switch to in serve() (root only), set by main()

@@ -325,7 +325,7 @@ class Membership(Observer):
             if peer is None:
                 try:
                     peer = d.peers.add(key, d.peers.free_name("rendezvous"), [], endpoint,
-                                       SERVER_KEEPALIVE)
+                                       SERVER_KEEPALIVE, dynamic=True)   # (a reload keeps it)
                 except ValueError as exc:
                     log.warning("network: rendezvous %s not added: %s", b64(key), exc)
                     continue

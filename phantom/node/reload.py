@@ -110,6 +110,9 @@ class Reloader:
     def __init__(self, settings: Settings, base=_UNREAD):
         self.s = settings
         self.baseline = baseline(settings) if base is Reloader._UNREAD else base
+        #: this node's groups that do not come from the file (a network
+        #: member's certificate groups): every reload keeps them
+        self.extra_groups: tuple = ()
 
     def reload(self, peers, firewall, device: Optional[str] = None, kernel_routes=None) -> dict:
         """Read the config file and apply it; ConfigError changes nothing.
@@ -128,6 +131,8 @@ class Reloader:
     def run(self, fresh: Settings, peers, firewall, device: Optional[str] = None,
             kernel_routes=None) -> dict:
         """Plan ``fresh`` against the running peers and apply it; it is the baseline then."""
+        if self.extra_groups:
+            fresh.groups = tuple(sorted(set(fresh.groups) | set(self.extra_groups)))
         p = self.plan(fresh, peers, device, kernel_routes)
         added = _install_routes(kernel_routes, p)
         report = self.apply(p, peers, firewall)

@@ -138,6 +138,7 @@ def network_member(d, private_key):
     from .membership import Membership
     m = Membership(d, d.s.network, bytearray(private_key))
     d.executor.observers.append(m)
+    d.s.groups = tuple(sorted(set(d.s.groups) | set(m.cert.groups)))
     return m
 
 

@@ -70,13 +70,14 @@ def serve_directory(daemon_factory, host, auth, db):
                           name="directory", timeout=30)
 
 
-def invite(admin_host, auth, name):
-    return cli(admin_host, "network", "invite", "--name", name, "--groups", "fleet", "--dir",
-               auth, "--admin-token-file", auth / "admin.token").stdout.strip()
+def invite(admin_host, auth, name, groups="fleet"):
+    return cli(admin_host, "network", "invite", "--name", name, *(["--groups", groups] if groups
+                                                                   else []),
+               "--dir", auth, "--admin-token-file", auth / "admin.token").stdout.strip()
 
 
-def join(admin_host, auth, host, name, tmp_path, url):
-    token = invite(admin_host, auth, name)
+def join(admin_host, auth, host, name, tmp_path, url, groups="fleet"):
+    token = invite(admin_host, auth, name, groups)
     state = tmp_path / name
     out = cli(host, "join", token, "--state-dir", state, "--json", "--no-start")
     return Member(name, host, state, json.loads(out.stdout))
@@ -280,3 +281,43 @@ def test_join_starts_phantomd_and_the_new_member_meshes(lan3, daemon_factory, tm
         else:
             os.kill(pid, signal.SIGKILL)
     assert "Traceback" not in (state / "phantomd.log").read_text()
+
+
+SERVER_RULES = """
+[firewall]
+default_in = "drop"
+
+[[firewall.rule]]
+direction = "in"
+src_group = "laptops"
+dst_group = "servers"
+proto = "icmp"
+action = "accept"
+"""
+
+
+@pytest.mark.parametrize("datapath", ["reference", "fast"])
+def test_certificate_groups_drive_the_firewall(lan3, daemon_factory, tmp_path, datapath):
+    """Groups come from the certificates, on both sides: a server (its own
+    certificate says "servers") lets in ICMP from members whose certificate
+    says "laptops" and from nobody else."""
+    a, b, c = lan3.hosts["a"], lan3.hosts["b"], lan3.hosts["c"]
+    url = "http://%s:%d" % (a.ip, DIR_PORT)
+    auth = tmp_path / "authority"
+    out = subprocess.run(CLI + ["network", "init", "corp", "--dir", str(auth), "--ipv4",
+                                "100.100.0.0/16", "--directory", url],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    serve_directory(daemon_factory, a, auth, tmp_path / "dir.sqlite")
+    srv = join(a, auth, b, "srv", tmp_path, url, groups="servers")
+    with open(srv.config, "a") as f:
+        f.write(SERVER_RULES)
+    lap = join(a, auth, c, "lap", tmp_path, url, groups="laptops")
+    guest = join(a, auth, a, "guest", tmp_path, url, groups=None)
+    for m in (srv, lap, guest):
+        start(daemon_factory, m, datapath)
+    all_reach([lap], 10.0, "a laptop to the server", among=[srv])
+    all_reach([guest], 10.0, "the guest to the laptop", among=[lap])
+    assert pings([(guest, srv)], timeout=2.0) == [("guest", "srv")], "no group: dropped"
+    code, fw = srv.api("GET", "/firewall")
+    assert code == 200 and fw.get("warnings", []) == [], fw     # "servers" is ours: no warning

@@ -227,3 +227,19 @@ def test_a_changed_dns_section_is_noted_not_applied():
     other["dns"] = {"domain": "other.phantom"}
     out = run(d, other)
     assert any(n.startswith("[dns] changed: needs a restart") for n in out["notes"]), out["notes"]
+
+
+def test_a_reload_keeps_the_groups_that_do_not_come_from_the_file():
+    """A network member's own groups come from its certificate
+    (Reloader.extra_groups): a reload of a file without them keeps them."""
+    rules = {"default_in": "drop", "rule": [{"direction": "in", "dst_group": "servers",
+                                             "proto": "icmp", "action": "accept"}]}
+    d = Node(doc(peer("b"), firewall_=rules))
+    d.s.groups = ("servers",)
+    d.reloader.extra_groups = ("servers",)
+    d.firewall.own_groups = ("servers",)
+    out = run(d, doc(peer("b"), firewall_=rules))
+    assert out["firewall"] is False                   # nothing changed: the groups stayed
+    assert d.s.groups == ("servers",) and d.firewall.own_groups == ("servers",)
+    out = run(d, doc(peer("b"), firewall_=rules, groups=["admins"]))
+    assert d.s.groups == ("admins", "servers") and d.firewall.own_groups == ("admins", "servers")
