@@ -136,7 +136,12 @@ def network_member(d, private_key):
     if d.s.network is None:
         return None
     from .membership import Membership
-    m = Membership(d, d.s.network, bytearray(private_key))
+    key = bytearray(private_key)         # its own copy (renewal signs with it), wiped at close
+    try:
+        m = Membership(d, d.s.network, key)
+    except BaseException:
+        crypto.memzero(key)
+        raise
     d.executor.observers.append(m)
     d.s.groups = tuple(sorted(set(d.s.groups) | set(m.cert.groups)))
     return m
