@@ -2,7 +2,7 @@
 
 Source (what ``phantom network policy set FILE`` reads; TOML or JSON)::
 
-    default = "deny"                       # or "allow": what no rule matches gets
+    default = "deny"                       # required; or "allow": what no rule matches gets
 
     [groups]                               # extra groups, beside the certificates' own
     admins = ["member:alice", "key:<X25519 base64>"]
@@ -53,7 +53,7 @@ from .keys import (POLICY_DOMAIN, SigningKey, fingerprint_field, sign_document, 
 VERSION = 1
 WHAT = "policy"
 MAX_SOURCE_SIZE = 256 * 1024          # the admin's file (comments and all)
-MAX_POLICY_SIZE = 64 * 1024           # the signed canonical document
+MAX_POLICY_SIZE = 48 * 1024           # the signed canonical document (fits a 64 KiB answer)
 MAX_RULES = 1000
 MAX_SELECTORS = 64
 MAX_POLICY_GROUPS = 256
@@ -295,6 +295,9 @@ def parse_body(obj: Any) -> PolicyBody:
             raise PolicyError("the policy up to this rule compiles to more than %d firewall "
                               "rules on a member (sources x protocols x port ranges): merge "
                               "ports into ranges or sources into groups" % MAX_EXPANSION, rule=i)
+    if "default" not in obj:          # last: a missing line, not a lockout by accident
+        raise PolicyError("missing: say what no rule matches gets, default = \"deny\" or "
+                          "\"allow\"", field="default")
     if len(canonical(body.to_doc())) > MAX_POLICY_SIZE - 1024:
         raise PolicyError("the signed policy would be larger than %d bytes" % MAX_POLICY_SIZE)
     return body

@@ -113,20 +113,22 @@ def test_json_errors_name_the_rule_and_the_line():
     ('[groups]\nx = ["group:y"]\n', "not a selector"),
     ('rules = []\nrule = []\n', "not both"),
     ('color = "blue"\n', "unknown setting"),
+    ('', 'policy, default: missing: say what no rule matches gets'),
 ])
 def test_bad_policies_are_refused(text, words):
     assert words in refused(text)
 
 
 def test_bounds_are_enforced():
-    many = "".join('[[rule]]\nfrom = "*"\nto = "*"\n' for _ in range(P.MAX_RULES + 1))
+    many = 'default = "deny"\n' + '[[rule]]\nfrom = "*"\nto = "*"\n' * (P.MAX_RULES + 1)
     assert "at most %d" % P.MAX_RULES in refused(many)
     # sources x protocols x port ranges on one member is bounded
     srcs = json.dumps(["member:m%d" % i for i in range(P.MAX_SELECTORS)])
     ports = json.dumps([str(1000 + i) for i in range(P.MAX_PORT_RANGES)])
     rule = '[[rule]]\nfrom = %s\nto = "*"\nports = %s\n' % (srcs, ports)
-    got = refused(rule * 3)
-    assert got.startswith("policy rule 3 (line 9): ") and "more than %d firewall rules" % P.MAX_EXPANSION in got
+    got = refused('default = "deny"\n' + rule * 3)
+    assert got.startswith("policy rule 3 (line 10): ")
+    assert "more than %d firewall rules" % P.MAX_EXPANSION in got
     assert "at most" in refused(b"x" * (P.MAX_SOURCE_SIZE + 1))
     assert "not UTF-8" in refused(b"default = '\xff'")
     assert "nested too deeply" in refused('{"a":' + '[' * 50000)

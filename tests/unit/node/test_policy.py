@@ -210,7 +210,7 @@ def test_the_policy_is_cached_for_a_restart(tmp_path):
 
 def test_member_and_key_sources_not_yet_peers_match_nothing_and_are_reported():
     node, net = node_with(), Net()
-    text = ('[[rule]]\nfrom = ["member:zed", "key:%s", "key:%s"]\nto = "*"\n'
+    text = ('default = "deny"\n[[rule]]\nfrom = ["member:zed", "key:%s", "key:%s"]\nto = "*"\n'
             % (b64(crypto_key("f")), b64(crypto_key("c"))))
     NP.apply_policy(node.firewall, signed(net, 1, text), net.definition, ME, NOW)
     assert verdict(node, "c", dport=1234) and not verdict(node, "b")
