@@ -308,8 +308,7 @@ def parse_body(obj: Any) -> PolicyBody:
 def _json_positions(text: str) -> tuple:
     """Parse JSON strictly and note where each object starts (by id)."""
     starts: dict = {}
-    decoder = json.JSONDecoder(object_pairs_hook=_c._pairs, parse_float=_c._no_float,
-                               parse_constant=_c._no_const, parse_int=_c._int)
+    decoder = _c.strict_decoder()
     plain = decoder.parse_object
 
     def parse_object(s_and_end, *args, **kw):
@@ -469,6 +468,17 @@ def check_newer(current: Optional[Policy], candidate: Policy, definition: Defini
 
 
 # --- compiling for one member ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a node is to the policy: its certificate's name, key and groups
+    (a node without a certificate: its configured name, key and ``[interface]
+    groups``).  A Certificate serves as well."""
+
+    name: str
+    key: bytes
+    groups: tuple = ()
+
 
 def _matches(selector: str, who: Any, body: PolicyBody) -> bool:
     """Does ``selector`` name ``who`` (anything with .name, .key, .groups)?"""

@@ -41,24 +41,13 @@ from ..dataplane.firewall import PROTO_NAMES, Action, Direction, RuleSet
 from ..network.canonical import b64
 from ..network.errors import NetworkError
 from ..network.keys import atomic_write, read_limited
-from ..network.policy import (MAX_POLICY_SIZE, InboundRules, Policy, check_newer,
-                              compile_inbound, verify_policy)
+from ..network.policy import (MAX_POLICY_SIZE, Identity, InboundRules, Policy,  # noqa: F401
+                              check_newer, compile_inbound, verify_policy)
 
 log = logging.getLogger("phantom.daemon")
 
 CACHE = Path("network") / "policy.json"
 _PROTO_WORDS = {v: k for k, v in PROTO_NAMES.items() if k in ("tcp", "udp", "icmp", "icmpv6")}
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who this node is to the policy: its certificate's name, key and groups
-    (a node without a certificate: its configured name, key and ``[interface]
-    groups``)."""
-
-    name: str
-    key: bytes
-    groups: tuple = ()
 
 
 @dataclass(frozen=True)
