@@ -26,8 +26,13 @@ protocol policy drops (``allow_protocols``) is left out with a warning: the
 protocol is dropped before rules anyway.
 
 The member daemon's follower calls :func:`apply_policy` for an
-``{"op": "policy"}`` event of the member stream and :func:`load_cached_policy`
-at start (state_dir/network/policy.json).
+``{"op": "policy"}`` event of the member stream (and for the snapshot's
+``policy``), :func:`load_cached_policy` then :func:`apply_policy` at start
+(state_dir/network/policy.json), :func:`set_identity` when its own
+certificate changes; and, after adding or removing members through the peer
+door, ``FirewallSlot.regroup`` when the policy names members by name or key
+(``member:NAME``/``key:K`` are resolved to peers when the rules compile; a
+group change recompiles by itself).
 """
 
 from __future__ import annotations
@@ -155,16 +160,30 @@ def describe(obj: dict, local: RuleSet, merged: Merged, inbound: InboundRules) -
 
 # --- what the member daemon calls ------------------------------------------------------------
 
+def _still_valid(policy: Optional[Policy], definition: Any, now: float) -> Optional[Policy]:
+    """``policy`` if its issuer is still a listed, unexpired admission key of
+    ``definition``; None otherwise: after a rotation, a policy a retired key
+    signed (a thief's, with whatever seq) no longer holds the seq back."""
+    if policy is None:
+        return None
+    try:
+        definition.admission_key(policy.issuer, now, "policy")
+    except NetworkError:
+        return None
+    return policy
+
+
 def apply_policy(firewall: Any, signed_doc: Any, definition: Any, me: Identity, now: float,
                  state_dir: Any = None) -> Policy:
     """An ``{"op": "policy"}`` event: verify ``signed_doc`` against the
     network ``definition``, refuse one not newer than the policy in force
-    (Refused STALE), compile this node's inbound rules and swap them into
+    (Refused STALE; a policy in force whose issuer the definition no longer
+    lists holds nothing back), compile this node's inbound rules and swap them into
     ``firewall`` (a :class:`phantom.node.firewall.FirewallSlot`) in place;
     cache it in ``state_dir``/network/policy.json.  On any refusal nothing
     changes (NetworkError, or FirewallError when it does not compile here)."""
     policy = verify_policy(signed_doc, definition, now)
-    check_newer(firewall.policy, policy, definition)
+    check_newer(_still_valid(firewall.policy, definition, now), policy, definition)
     firewall.set_policy(compile_inbound(policy, me))
     if state_dir is not None:
         path = Path(state_dir) / CACHE
@@ -174,6 +193,13 @@ def apply_policy(firewall: Any, signed_doc: Any, definition: Any, me: Identity, 
              policy.seq, len(policy.body.rules), len(firewall.inbound.rules),
              policy.body.default)
     return policy
+
+
+def set_identity(firewall: Any, me: Identity) -> None:
+    """This node's certificate changed (a renewal with other groups, a
+    rename): the policy in force compiled again for ``me``, in place."""
+    if firewall.policy is not None:
+        firewall.set_policy(compile_inbound(firewall.policy, me))
 
 
 def load_cached_policy(state_dir: Any, definition: Any, now: float) -> Optional[Policy]:

@@ -182,6 +182,17 @@ def test_established_flows_that_stay_allowed_survive_a_policy_change():
     assert node.firewall.describe()["stateful"] is False
 
 
+def test_a_new_identity_recompiles_the_policy_in_force():
+    node, net = node_with(), Net()
+    NP.set_identity(node.firewall, ME)                        # no policy: nothing to do
+    NP.apply_policy(node.firewall, signed(net), net.definition, ME, NOW)
+    assert verdict(node, "b")
+    NP.set_identity(node.firewall, NP.Identity("srv", ME.key, ("desks",)))
+    assert not verdict(node, "b"), "no longer in servers: the laptops rules do not apply"
+    assert verdict(node, "d", proto=17, dport=53), "to \"*\" still applies"
+    assert node.firewall.policy.seq == 1
+
+
 def test_stale_forged_and_foreign_policies_change_nothing():
     node, net = node_with(), Net()
     NP.apply_policy(node.firewall, signed(net, 5), net.definition, ME, NOW)
@@ -194,6 +205,27 @@ def test_stale_forged_and_foreign_policies_change_nothing():
             NP.apply_policy(node.firewall, bad, net.definition, ME, NOW)
         assert e.value.reason is reason
         assert node.firewall.current.tables is tables and node.firewall.policy.seq == 5
+
+
+def test_after_a_rotation_a_thiefs_high_seq_holds_nothing_back():
+    from phantom.network.definition import revise
+    from phantom.network.keys import SigningKey
+    from tests.unit.network.factory import seed
+    node, net = node_with(), Net()
+    thief = P.sign_policy(P.parse_policy_source('default = "allow"\n'), net.definition,
+                          net.admission, 10 ** 9, NOW)
+    NP.apply_policy(node.firewall, thief.doc, net.definition, ME, NOW)
+    assert verdict(node, "d", dport=80)
+    new_key = SigningKey(seed("rotated"))
+    rotated = revise(net.definition, net.authority, NOW + 1,
+                     add_admission=[(new_key.public, NOW + 10 ** 6)],
+                     remove_admission=[net.admission.public])
+    legit = P.sign_policy(P.parse_policy_source(POLICY), rotated, new_key, 2, NOW + 1)
+    with pytest.raises(Refused) as e:              # under the old definition: stale
+        NP.apply_policy(node.firewall, legit.doc, net.definition, ME, NOW + 1)
+    assert e.value.reason in (Reason.STALE, Reason.UNKNOWN_ISSUER)
+    NP.apply_policy(node.firewall, legit.doc, rotated, ME, NOW + 1)
+    assert node.firewall.policy.seq == 2 and not verdict(node, "d", dport=80)
 
 
 def test_the_policy_is_cached_for_a_restart(tmp_path):
