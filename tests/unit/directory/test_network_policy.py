@@ -56,6 +56,9 @@ def test_the_admin_api_sets_a_policy_the_stream_and_the_snapshot_carry_it():
             status, page = await dr.call("GET", "/network/members?since=0")
             assert [(e["op"], e["seq"]) for e in page["events"]] == [("policy", 1)]
             assert page["events"][0]["policy"] == signed
+            # a member reads the page with the network documents' strict parser (depth 8)
+            from phantom.network.canonical import strict_loads
+            assert strict_loads(json.dumps(page), 1 << 20)["events"][0]["policy"] == signed
             # a bad one is refused whole, naming the line; the old one stays
             status, doc = await dr.call("POST", "/network/admin/policy", {"source": BAD},
                                         admin=ADMIN)
