@@ -142,6 +142,22 @@ def test_the_local_firewall_can_only_narrow_the_policy():
     assert node.firewall.describe()["policy"]["effective_default_in"] == "accept"
 
 
+def test_put_firewall_answers_with_the_local_table_not_the_compiled_policy():
+    """PUT /firewall's answer goes back into the dashboard's editor: it must be
+    the local table (what PUT takes), never the policy's compiled rules."""
+    import asyncio
+    from types import SimpleNamespace
+    from phantom.node.controller import Controller
+    node, net = node_with(), Net()
+    NP.apply_policy(node.firewall, signed(net), net.definition, ME, NOW)
+    ctl = Controller(SimpleNamespace(firewall=node.firewall, peers=node.peers))
+    local = {"rule": [{"direction": "in", "peer": "c", "action": "drop"}]}
+    shown = asyncio.run(ctl.set_firewall(local))
+    assert [r.get("peer") for r in shown["rules"]] == ["c"]
+    assert shown["policy"]["seq"] == 1 and ctl.firewall() == shown
+    assert not verdict(node, "c") and verdict(node, "b")
+
+
 def test_a_bad_local_rule_is_named_by_its_place_in_the_local_table():
     node, net = node_with(), Net()
     NP.apply_policy(node.firewall, signed(net), net.definition, ME, NOW)
