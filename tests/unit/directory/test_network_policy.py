@@ -8,7 +8,6 @@ in the authority's own ledger; a rotation re-signs the policy in force.
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
