@@ -72,9 +72,11 @@ class FirewallSlot:
         merged = node_policy.merge(section, local, inbound, names)
         new = firewall.build(merged.section, names, self.mode, previous=self.current,
                              groups=groups, own_groups=own)
+        before = set(self._merged.warnings) if self._merged is not None else set()
         self._local, self._merged = local, merged
         for w in merged.warnings:
-            log.warning("%s", w)
+            if w not in before:               # once, not at every recompile (group changes)
+                log.warning("%s", w)
         return new
 
     @property

@@ -256,11 +256,15 @@ def test_the_policy_is_cached_for_a_restart(tmp_path):
     assert NP.load_cached_policy(tmp_path, net.definition, NOW) is None
 
 
-def test_member_and_key_sources_not_yet_peers_match_nothing_and_are_reported():
+def test_member_and_key_sources_not_yet_peers_match_nothing_and_are_reported(caplog):
+    import logging
     node, net = node_with(), Net()
     text = ('default = "deny"\n[[rule]]\nfrom = ["member:zed", "key:%s", "key:%s"]\nto = "*"\n'
             % (b64(crypto_key("f")), b64(crypto_key("c"))))
-    NP.apply_policy(node.firewall, signed(net, 1, text), net.definition, ME, NOW)
+    with caplog.at_level(logging.WARNING, logger="phantom.daemon"):
+        NP.apply_policy(node.firewall, signed(net, 1, text), net.definition, ME, NOW)
+        node.peers.set_groups({node.ids["b"]: ["staff"]})           # a recompile
+    assert caplog.text.count("member 'zed' is not a peer") == 1, "logged once, not per recompile"
     assert verdict(node, "c", dport=1234) and not verdict(node, "b")
     warnings = node.firewall.describe()["warnings"]
     assert any("member 'zed' is not a peer" in w for w in warnings)
