@@ -273,6 +273,19 @@ def network_seeds():
         {"seq": 2, "op": "network", "definition": dict(rotated.doc, seq=3)}))
     removal = n.make_removal(defn, admission, alice.key, now)
     put("network", "removal", b"\x03" + removal.encode())
+    from phantom.network import policy as pol
+    source = (b'default = "deny"\n[groups]\nadmins = ["member:node"]\n'
+              b'[[rule]]\nfrom = "group:laptops"\nto = "group:servers"\nproto = "tcp"\n'
+              b'ports = [22, "8000-8999"]\n[[rule]]\nfrom = ["group:admins", "member:alice"]\n'
+              b'to = "*"\nproto = "icmp"\n[[rule]]\nfrom = "*"\nto = "member:alice"\n'
+              b'proto = "udp"\nports = [53]\naction = "drop"\n')
+    put("network", "policy-source", b"\x17" + source)
+    put("network", "policy-source-json", b"\x17" + json.dumps(
+        {"default": "allow", "rules": [{"from": "*", "to": "*", "proto": 47,
+                                        "action": "drop"}]}, indent=1).encode())
+    signed = pol.sign_policy(pol.parse_policy_source(source), defn, admission, 3, now)
+    put("network", "policy", b"\x07" + signed.encode())
+    put("network", "policy-resign", b"\x0f" + signed.encode())
     put("network", "removal-resign", b"\x0b" + removal.encode())
     dup = n.issue_certificate(defn, admission, key=R_PUB, name="dup", ipv4="100.87.0.1",
                               ipv6="fd3c:9a41:7e02::dead", serial=3, now=now - 30)

@@ -407,10 +407,24 @@ def cmd_peers(args) -> int:
     return 0
 
 
+def _format_policy(pol: dict) -> str:
+    """The network policy in force (issue 21) as GET /firewall reports it."""
+    head = "network policy: seq %s, default %s (here: %s), signed by %s" % (
+        pol.get("seq"), pol.get("default"), pol.get("effective_default_in"), pol.get("issuer"))
+    rows = [{"#": r.get("index"), "from": ",".join(map(str, r.get("from", []))),
+             "to": ",".join(map(str, r.get("to", []))),
+             "proto": " ".join([str(r.get("proto"))] + [",".join(map(str, r.get("ports") or []))]
+                               ).strip(),
+             "action": r.get("action"), "here": "yes" if r.get("applies") else "no",
+             "hits": r.get("hits", 0)} for r in pol.get("rules", []) if isinstance(r, dict)]
+    return head + "\n" + (format_table(rows) if rows else "policy rules: (none)")
+
+
 def _format_firewall(fw) -> str:
     if isinstance(fw, dict):
         rules = fw.get("rules")
-        rest = {k: v for k, v in fw.items() if k != "rules"}
+        policy = fw.get("policy")
+        rest = {k: v for k, v in fw.items() if k not in ("rules", "policy")}
         parts = []
         if rest:
             parts.append(format_kv(rest))
@@ -418,6 +432,8 @@ def _format_firewall(fw) -> str:
             parts.append(format_table(rules) if rules else "rules: (none)")
         elif rules is not None:
             parts.append("rules: %s" % json.dumps(rules))
+        if isinstance(policy, dict):
+            parts.append(_format_policy(policy))
         return "\n".join(parts) or "(empty)"
     return json.dumps(fw, indent=2)
 

@@ -369,8 +369,9 @@ class Controller:
             new = self.d.firewall.replace(rules, self.d.peers.names, self.d.peers.group_map())
         except FirewallError as exc:
             raise Invalid(str(exc)) from None
-        log.info("firewall replaced (%d rules)", len(new.describe().get("rules", [])))
-        return new.describe()
+        shown = self.d.firewall.describe()      # the local table (and a network policy beside it)
+        log.info("firewall replaced (%d rules)", len(shown.get("rules", [])))
+        return shown
 
     # ============================================================== reload
     async def reload(self) -> dict:
