@@ -85,9 +85,9 @@ class PhantomProto:
         ss = n._ss
         e_pub = n._make_ephemeral()
         ss.mix_hash(e_pub)
-        ss.mix_key(nz._dh(n._e, n._rs))
+        ss.mix_key(nz.dh(n._e, n._rs))
         enc_s = ss.encrypt_and_hash(n._s_pub)
-        ss.mix_key(nz._dh(n._s, n._rs))
+        ss.mix_key(nz.dh(n._s, n._rs))
         return (ss, e_pub, enc_s)
 
     def initiation(self, tpl, sender: int, ts_ns: int) -> bytes:
