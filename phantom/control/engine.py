@@ -173,9 +173,12 @@ class Engine(Timers):
                 raise ValueError("a membership attachment is 1 to %d bytes, not %d"
                                  % (wire.MAX_ATTACHMENT_SIZE, len(value)))
         self._protocols[protocols.Protocol.PHANTOM].attachment = value
-        for peer in self._refused.values():
+        now = self.clock()
+        for peer in self._refused.values():      # the next tick tries what waited for the hold
             peer.refused_until = float("-inf")
-            peer.next_dead_retry = min(peer.next_dead_retry, self.clock())
+            peer.next_dead_retry = min(peer.next_dead_retry, now)
+            if peer.retry_at is not None:
+                peer.retry_at = min(peer.retry_at, now)
             self._wake(peer)
         self._refused.clear()
 
@@ -520,7 +523,7 @@ class Engine(Timers):
 
     # ============================================================ handshakes
     def _begin_handshake(self, peer: Peer, max_attempts: int, reason: str, requested: bool = False) -> list:
-        if reason != "open requested" and self.clock() < peer.refused_until:
+        if reason != "open requested" and self._held(peer):
             # the peer refused us: nothing of ours goes there before the hold
             # ends (the dead retry then tries once); a user's open tries now
             log.debug("peer=%s refused us; no handshake (%s) for %.1fs", peer.name, reason,
@@ -533,6 +536,11 @@ class Engine(Timers):
         if peer.state in (PeerState.IDLE, PeerState.DEAD):
             out += self._set_state(peer, PeerState.HANDSHAKING, reason)
         return out
+
+    def _held(self, peer: Peer) -> bool:
+        """The peer refused us and its hold has not ended: nothing of ours
+        goes there by itself (an explicit open does)."""
+        return self.clock() < peer.refused_until
 
     def _targets(self, peer: Peer) -> list:
         """Where an initiation goes: the endpoint, then every NAT-traversal
@@ -596,8 +604,8 @@ class Engine(Timers):
             # now (both sides send at once), within the episode's attempts
             if not request:
                 peer.requested = False
-            if peer.attempts >= peer.max_attempts:
-                return []               # the retransmit rule gives up at its time
+            if peer.attempts >= peer.max_attempts or self._held(peer):
+                return []               # the retransmit rule gives up (or tries) at its time
             return self._send_initiation(peer)
         if request and not self.wants(peer_id):
             return self._begin_handshake(peer, PUNCH_ATTEMPTS, "punch request", requested=True)
@@ -627,7 +635,8 @@ class Engine(Timers):
         if peer.state is PeerState.ESTABLISHED or peer.pending is not None:
             return out
         if peer.retry_at is not None:
-            out += self._send_initiation(peer)
+            if not self._held(peer):
+                out += self._send_initiation(peer)
         elif peer.waiting:
             out += self._begin_handshake(peer, self._attempt_limit(), "endpoint learnt")
         return out
@@ -832,7 +841,8 @@ class Engine(Timers):
         peer.retry_at = None
         peer.confirm_by = None
         peer.requested = False
-        peer.refused = int(reason)
+        reason = wire.refusal_code(int(reason))
+        peer.refused = reason
         peer.refusals += 1
         hold = min(REFUSAL_HOLD_MAX, REFUSAL_HOLD * 2 ** min(peer.refusals - 1, 16))
         peer.refused_until = now + hold
@@ -841,7 +851,7 @@ class Engine(Timers):
         self.drops["refused_us"] += 1
         log.warning("peer=%s refused us: %s (next try in %.0fs)", peer.name,
                     wire.refusal_sentence(reason), hold)
-        out: list = [A.HandshakeRefused(peer.id, peer.name, int(reason))]
+        out: list = [A.HandshakeRefused(peer.id, peer.name, reason)]
         if peer.sessions:
             out.append(A.ClearKeys(peer.id))
             for s in peer.sessions:
@@ -978,11 +988,16 @@ class Engine(Timers):
             if peer.waiting:
                 self._schedule(peer, peer.last_initiation_sent + self.t.rekey_timeout)
             return []
+        if self._held(peer):
+            if peer.waiting:
+                self._schedule(peer, peer.refused_until)
+            return []
         return self._begin_handshake(peer, self._attempt_limit(), "traffic waiting")
 
     def _schedule(self, peer: Peer, at: float) -> None:
-        """An attempt without an initiation in flight, due at ``at``: the
-        first of a new episode."""
+        """An attempt without an initiation in flight, due at ``at`` (not
+        before a refusal's hold ends): the first of a new episode."""
+        at = max(at, peer.refused_until)
         peer.attempts = 0
         peer.max_attempts = self._attempt_limit()
         peer.retry_at = at
