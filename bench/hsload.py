@@ -73,10 +73,19 @@ class PhantomProto:
     name = "phantom"
     init_size = wire.INITIATION_SIZE
 
-    def __init__(self, hub_pub: bytes):
+    def __init__(self, hub_pub: bytes, offer: bool = False, attachment: bytes | None = None):
+        """``offer``: the 166-byte form (a suites offer: secretbox);
+        ``attachment``: after the offer, a membership-sized attachment
+        (169..1192 bytes in all)."""
         self.hub_pub = hub_pub
         self.mac1_key = ck.mac1_key(hub_pub)
         self.cookie_key = ck.cookie_key(hub_pub)
+        self.extra = b""
+        if offer or attachment is not None:
+            self.extra = wire.SUITES_FIELD.pack(wire.suites_mask((wire.Suite.SECRETBOX,)))
+        if attachment is not None:
+            self.extra += wire.ATTACHMENT_LENGTH.pack(len(attachment)) + attachment
+        self.init_size = wire.INITIATION_SIZE + len(self.extra)
 
     def template(self, priv: bytes):
         """The initiator's Noise state after e, es, s, ss (fixed ephemeral)."""
@@ -94,7 +103,7 @@ class PhantomProto:
         ss, e_pub, enc_s = tpl
         w = ss.copy()
         ts = tai64n.encode(ts_ns // 10 ** 9, ts_ns % 10 ** 9)
-        payload = w.encrypt_and_hash(ts + os.urandom(wire.CLIENT_NONCE_SIZE))
+        payload = w.encrypt_and_hash(ts + os.urandom(wire.CLIENT_NONCE_SIZE) + self.extra)
         msg = wire.Initiation(sender, e_pub, enc_s, payload).pack()
         mac1 = ck.mac(self.mac1_key, wire.mac1_region(msg))
         return wire.with_macs(msg, mac1, bytes(wire.MAC_SIZE))
