@@ -849,14 +849,13 @@ class Engine(Timers):
         peer.next_dead_retry = max(peer.next_dead_retry, peer.refused_until)
         self._refused[peer.id] = peer
         self.drops["refused_us"] += 1
-        log.warning("peer=%s refused us: %s (next try in %.0fs)", peer.name,
-                    wire.refusal_sentence(reason), hold)
-        out: list = [A.HandshakeRefused(peer.id, peer.name, reason)]
-        if peer.sessions:
-            out.append(A.ClearKeys(peer.id))
-            for s in peer.sessions:
-                self._indexes.pop(s.local_index, None)
-            peer.sessions.clear()
+        # (the daemon logs the action at warning; here the hold)
+        log.info("peer=%s refused us: %s (no handshake of ours for %.0fs)", peer.name,
+                 wire.refusal_sentence(reason), hold)
+        out: list = [A.HandshakeRefused(peer.id, peer.name, reason), A.ClearKeys(peer.id)]
+        for s in peer.sessions:
+            self._indexes.pop(s.local_index, None)
+        peer.sessions.clear()
         peer.waiting = False            # the data path drops what it staged with the keys
         sentence = "refused: %s" % wire.refusal_sentence(reason)
         if peer.state is PeerState.IDLE:

@@ -110,6 +110,7 @@ def test_refusal_both_ways(removed, reason, caplog):
     (act,) = of(out_a, A.HandshakeRefused)
     assert (act.peer_id, act.reason) == (pa.id, reason) and act.sentence == reason.sentence
     assert not of(out_a, A.InstallKeypair) and not sends(out_a)
+    assert of(out_a, A.ClearKeys)           # what waited for keys goes with them
     assert pa.state is PeerState.DEAD and pa.pending is None and pa.refused == reason
     assert a.drops["refused_us"] == 1 and a.drops["bad_handshake"] == 0
 
