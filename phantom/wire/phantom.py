@@ -110,17 +110,27 @@ SUITE_FIELD = struct.Struct("<B")        # a response's choice
 class Refusal(enum.IntEnum):
     """Why a responder refused an initiation that carried an attachment (a
     membership certificate): the low 7 bits of a refusal's suite byte
-    (:data:`REFUSAL_FLAG` set).  Codes an initiator does not know read as
-    REFUSED."""
+    (:data:`REFUSAL_FLAG` set).  Codes 1..15 are the network's refusal
+    reasons (:class:`phantom.network.errors.Reason`, the same numbers: never
+    renumber, only add); codes an initiator does not know read as REFUSED."""
 
     REFUSED = 0            # no reason given
-    NOT_MEMBER = 1
-    CERT_EXPIRED = 2
-    REMOVED = 3
-    NOT_ENDORSED = 4
-    BAD_CERTIFICATE = 5
-    WRONG_NETWORK = 6
-    NOT_YET_VALID = 7
+    MALFORMED = 1
+    NOT_MEMBER = 2
+    WRONG_NETWORK = 3
+    WRONG_AUTHORITY = 4
+    BAD_SIGNATURE = 5
+    UNKNOWN_ISSUER = 6
+    ISSUER_EXPIRED = 7
+    EXPIRED = 8
+    NOT_YET_VALID = 9
+    LIFETIME = 10
+    OUTSIDE_PREFIX = 11
+    BAD_ROUTE = 12
+    REMOVED = 13
+    WRONG_KEY = 14
+    STALE = 15
+    NOT_ENDORSED = 16      # the key directory's trusted signer has not endorsed the key
 
     @property
     def sentence(self) -> str:
@@ -128,33 +138,52 @@ class Refusal(enum.IntEnum):
 
 
 REFUSAL_FLAG = 0x80       # a response's suite byte with this bit: a refusal, not a suite
+# what the refused initiator says (it does not know the responder's words)
 _REFUSAL_SENTENCES = {
     Refusal.REFUSED: "refused",
+    Refusal.MALFORMED: "malformed certificate",
     Refusal.NOT_MEMBER: "not a member of the network",
-    Refusal.CERT_EXPIRED: "certificate expired",
-    Refusal.REMOVED: "removed by the network",
-    Refusal.NOT_ENDORSED: "not endorsed",
-    Refusal.BAD_CERTIFICATE: "certificate not valid",
-    Refusal.WRONG_NETWORK: "certificate of another network",
+    Refusal.WRONG_NETWORK: "certificate is for another network",
+    Refusal.WRONG_AUTHORITY: "certificate is not signed by the network's authority",
+    Refusal.BAD_SIGNATURE: "certificate signature does not verify",
+    Refusal.UNKNOWN_ISSUER: "certificate signed by a key the network does not list",
+    Refusal.ISSUER_EXPIRED: "certificate signed by an expired admission key",
+    Refusal.EXPIRED: "certificate expired",
     Refusal.NOT_YET_VALID: "certificate not yet valid",
+    Refusal.LIFETIME: "certificate lifetime is longer than the network allows",
+    Refusal.OUTSIDE_PREFIX: "certificate addresses are outside the network's prefixes",
+    Refusal.BAD_ROUTE: "certificate routes overlap the network's prefixes",
+    Refusal.REMOVED: "removed by the network",
+    Refusal.WRONG_KEY: "certificate is for another key",
+    Refusal.STALE: "certificate is older than the one already known",
+    Refusal.NOT_ENDORSED: "not endorsed",
 }
-# what a responder's own words start with, for each code (refusal_of)
+# how a responder's own words start, for each code (refusal_of): the
+# network's headlines (phantom.network.errors.headline) name the network
 _REFUSAL_STEMS = (
-    ("not a member", Refusal.NOT_MEMBER), ("certificate expired", Refusal.CERT_EXPIRED),
-    ("expired", Refusal.CERT_EXPIRED), ("removed", Refusal.REMOVED),
-    ("not endorsed", Refusal.NOT_ENDORSED), ("certificate not yet valid", Refusal.NOT_YET_VALID),
-    ("not yet valid", Refusal.NOT_YET_VALID), ("certificate of another network", Refusal.WRONG_NETWORK),
-    ("another network", Refusal.WRONG_NETWORK), ("certificate not valid", Refusal.BAD_CERTIFICATE),
-    ("invalid certificate", Refusal.BAD_CERTIFICATE), ("bad certificate", Refusal.BAD_CERTIFICATE),
+    ("not a member", Refusal.NOT_MEMBER), ("removed", Refusal.REMOVED),
+    ("not endorsed", Refusal.NOT_ENDORSED), ("malformed", Refusal.MALFORMED),
+    ("certificate expired", Refusal.EXPIRED), ("expired", Refusal.EXPIRED),
+    ("certificate not yet valid", Refusal.NOT_YET_VALID), ("not yet valid", Refusal.NOT_YET_VALID),
+    ("certificate is for another network", Refusal.WRONG_NETWORK),
+    ("certificate is not signed by the authority", Refusal.WRONG_AUTHORITY),
+    ("certificate is not signed by the network's authority", Refusal.WRONG_AUTHORITY),
+    ("certificate signature", Refusal.BAD_SIGNATURE),
+    ("certificate signed by an expired", Refusal.ISSUER_EXPIRED),
+    ("certificate signed by a key", Refusal.UNKNOWN_ISSUER),
+    ("certificate lifetime", Refusal.LIFETIME), ("certificate addresses", Refusal.OUTSIDE_PREFIX),
+    ("certificate routes", Refusal.BAD_ROUTE), ("certificate is for another key", Refusal.WRONG_KEY),
+    ("certificate is older", Refusal.STALE),
 )
 
 
 def refusal_of(reason) -> Refusal:
-    """The code to send for a responder's reason: a :class:`Refusal`, its name
-    ("removed", "NOT_MEMBER"), or a sentence that starts like one of the
-    codes' ("not a member of corp" -> NOT_MEMBER, "removed by the network"
-    -> REMOVED, "certificate expired at ..." -> CERT_EXPIRED); anything else
-    is REFUSED (the responder's own log keeps its words)."""
+    """The code to send for a responder's reason: a :class:`Refusal` or its
+    number (a ``network.errors.Reason``), its name ("removed",
+    "NOT_MEMBER"), or a sentence that starts like one of the codes' (the
+    network's headlines: "not a member of corp" -> NOT_MEMBER, "removed by
+    the network" -> REMOVED, "certificate expired (at ...)" -> EXPIRED);
+    anything else is REFUSED (the responder's own log keeps its words)."""
     if isinstance(reason, Refusal):
         return reason
     if isinstance(reason, int) and not isinstance(reason, bool):

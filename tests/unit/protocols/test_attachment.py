@@ -230,12 +230,28 @@ def test_reasons_from_words():
     R = wire.Refusal
     assert wire.refusal_of("not a member of corp") is R.NOT_MEMBER
     assert wire.refusal_of("removed by the network") is R.REMOVED
-    assert wire.refusal_of("certificate expired at 2026-12-01") is R.CERT_EXPIRED
+    assert wire.refusal_of("certificate expired (at 2026-12-01T00:00:00Z)") is R.EXPIRED
     assert wire.refusal_of("removed") is R.REMOVED
     assert wire.refusal_of("NOT_ENDORSED") is R.NOT_ENDORSED
     assert wire.refusal_of(R.WRONG_NETWORK) is R.WRONG_NETWORK
     assert wire.refusal_of("the moon is full") is R.REFUSED
-    assert wire.refusal_of(3) is R.REMOVED and wire.refusal_of(99) is R.REFUSED
+    assert wire.refusal_of(13) is R.REMOVED and wire.refusal_of(99) is R.REFUSED
     assert wire.refusal_sentence(R.NOT_MEMBER, "corp") == "not a member of corp"
     assert wire.refusal_sentence(R.REMOVED) == "removed by the network"
     assert all(r.sentence for r in R) and max(R) < wire.REFUSAL_FLAG
+
+
+def test_refusal_codes_are_the_networks_reasons():
+    """A refusal carries the network's reason number (network/errors.py says
+    so: never renumbered), and the responder's headline for every reason
+    maps back to that code, whatever the network's name."""
+    from phantom.network.errors import Reason, headline
+    for r in Reason:
+        assert wire.Refusal[r.name] == r.value
+        assert wire.refusal_of(r) is wire.Refusal(r.value)
+        for what in ("certificate", "document"):
+            if what == "document" and r is not Reason.MALFORMED:
+                continue
+            got = wire.refusal_of(headline(r, what, "corp"))
+            expected = wire.Refusal.NOT_MEMBER if r is Reason.WRONG_NETWORK else wire.Refusal(r.value)
+            assert got is expected, (r, headline(r, what, "corp"), got)
