@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from phantom import crypto, wire
 from phantom.protocols import tai64n
@@ -255,3 +257,28 @@ def test_refusal_codes_are_the_networks_reasons():
             got = wire.refusal_of(headline(r, what, "corp"))
             expected = wire.Refusal.NOT_MEMBER if r is Reason.WRONG_NETWORK else wire.Refusal(r.value)
             assert got is expected, (r, headline(r, what, "corp"), got)
+
+
+_I, _R = crypto.x25519_private(), crypto.x25519_private()
+_R_PUB = crypto.x25519_public(_R)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(att=st.binary(min_size=1, max_size=wire.MAX_ATTACHMENT_SIZE),
+       pos=st.integers(min_value=0), bit=st.integers(min_value=0, max_value=7),
+       cut=st.integers(min_value=0, max_value=40))
+def test_any_attachment_round_trips_and_any_damage_is_a_handshake_error(att, pos, bit, cut):
+    msg, _ = hs.create_initiation(_I, _R_PUB, 3, TS, bytes(16), suites=OFFER, attachment=att)
+    assert len(msg) == 168 + len(att) and len(msg) in wire.INITIATION_SIZES
+    assert hs.consume_initiation(_R, msg).attachment == att
+    bad = bytearray(msg)
+    bad[4 + pos % (len(msg) - 4)] ^= 1 << bit          # past the header: a real message's damage
+    for damaged in (bytes(bad), msg[:len(msg) - cut - 1], msg + bytes(cut + 1)):
+        try:
+            info = hs.consume_initiation(_R, damaged)
+        except hs.HandshakeError:
+            continue
+        # only the sender index and the MACs are outside the AEAD: the rest must fail
+        changed = [i for i in range(len(msg)) if msg[i] != damaged[i]] if len(damaged) == len(msg) else [-1]
+        assert changed and all(4 <= i < 8 or i >= len(msg) - 32 for i in changed), changed
+        assert info.attachment == att
