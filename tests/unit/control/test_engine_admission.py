@@ -49,10 +49,12 @@ class Admission:
         return None
 
 
-def make(member_cert=b"cert-of-a", admit=True, suites=None):
-    t = Tunables(handshake_jitter=0.0)
+def make(member_cert=b"cert-of-a", admit=True, suites=None, tunables=None):
+    """a (a member, membership set) with peer b; b with ``tunables``."""
+    t = tunables or Tunables(handshake_jitter=0.0)
     clock, wall = Clock(), Clock(1.7e9)
-    a = Engine(_key(), t, clock=clock, wall_clock=wall, rng=random.Random(1), suites=suites)
+    a = Engine(_key(), Tunables(handshake_jitter=0.0), clock=clock, wall_clock=wall, rng=random.Random(1),
+               suites=suites)
     b = Engine(_key(), t, clock=clock, wall_clock=wall, rng=random.Random(2))
     a.membership = member_cert
     pa = a.add_peer(b.public_key, "b", endpoint=ADDR_B)
@@ -304,3 +306,26 @@ def test_a_refusal_during_a_session_clears_its_keys():
     out = a.handle_datagram(sends(b.handle_datagram(init.data, ADDR_A))[0].data, ADDR_B)
     assert of(out, A.HandshakeRefused) and of(out, A.ClearKeys)
     assert pa.state is PeerState.DEAD and not pa.sessions
+
+
+@pytest.mark.parametrize("member", [True, False])
+def test_under_load_an_attached_initiation_gets_a_cookie_first(member):
+    """Under load the cookie mechanism comes before any admission: mac2 over
+    the attached initiation's end, a 64-byte cookie reply, and the retry
+    with mac2 is admitted (or refused) like any other."""
+    a, b, pa, adm, clock, wall = make(tunables=Tunables(handshake_jitter=0.0, under_load_initiations=0))
+    if member:
+        adm.certs[a.public_key] = b"cert-of-a"
+    (init,) = sends(a.open(pa.id))
+    (reply,) = sends(b.handle_datagram(init.data, ADDR_A))
+    assert reply.data[0] == 3 and len(reply.data) == 64 < len(init.data)
+    assert adm.calls == [] and b.drops["cookie_sent"] == 1
+    assert a.handle_datagram(reply.data, ADDR_B) == []
+    clock.advance(0.11)
+    wall.advance(0.001)
+    (again,) = sends(a.tick({}))
+    assert again.data[-16:] != bytes(16)                     # mac2, at the message's end
+    (answer,) = sends(b.handle_datagram(again.data, ADDR_A))
+    assert answer.data[0] == 2 and len(adm.calls) == 1
+    out = a.handle_datagram(answer.data, ADDR_B)
+    assert (pa.state is PeerState.ESTABLISHED) == member and bool(of(out, A.HandshakeRefused)) != member
