@@ -103,6 +103,11 @@ def handshake_seeds():
     put("handshake", "genuine-response", b"\x03" + struct.pack("<I", 9) + b"\x00")
     put("handshake", "mutated-response", b"\x03" + struct.pack("<I", 9) + b"\x01\x20\x00\x41")
     put("handshake", "cookie-reply", b"\x04" + reply)
+    # mode 5: stranger flag, words (a length byte, then text), attachment size, attachment
+    put("handshake", "attached-member", b"\x05\x01\x00" + struct.pack("<H", 20) + b"member:" + bytes(13))
+    put("handshake", "attached-refused", b"\x05\x01\x15removed by the network" + struct.pack("<H", 300)
+        + bytes(300))
+    put("handshake", "attached-known", b"\x05\x00\x00" + struct.pack("<H", 700) + bytes(700))
 
 
 def firewall_seeds():

@@ -360,6 +360,11 @@ HANDSHAKE_DROP_REASONS = {
     "bad_cookie_reply": "cookie replies that did not decrypt",
     "no_common_suite": "initiations from a Phantom peer that allows none of our cipher suites "
                        "([interface] / [[peer]] ciphers; never answered)",
+    "refused": "initiations from an unknown key whose membership we refused "
+               "(answered with an authenticated refusal: the reason is in our log)",
+    "refusal_rate_limited": "refusals not sent: over the limit per address or per key",
+    "admit_failed": "initiations whose membership check failed with an error (see the log)",
+    "refused_us": "our initiations the peer refused (not a member, certificate expired, removed ...)",
 }
 
 

@@ -23,7 +23,8 @@ from .. import __version__
 from ..control.peer import PeerState
 from ..dataplane.types import Mode, RelayVia
 from ..dataplane.udp import format_endpoint, plain
-from ..errors import ConfigError, Conflict, HandshakeTimeout, Invalid, NotFound
+from ..errors import ConfigError, Conflict, HandshakeRefused, HandshakeTimeout, Invalid, NotFound
+from ..wire import refusal_sentence
 from ..syntax import is_ip_literal
 from .peers import b64
 
@@ -188,6 +189,7 @@ class Controller:
             d.dp.set_test_peer(peer.id)
         if peer.state is PeerState.ESTABLISHED:
             return self.peer_info(peer, already=True)
+        refusals = peer.refusals
         d.executor.do(d.engine.open(peer.id, endpoint))
         epoch = peer.epoch
         deadline = (t.open_attempts + 1) * (t.rekey_timeout + t.handshake_jitter) + 0.5
@@ -204,14 +206,18 @@ class Controller:
         if peer.epoch != epoch or d.engine.peers.get(peer.id) is not peer:
             # Closed (or removed) while we waited: a later open owns it now.
             raise Conflict("peer %s was closed while the handshake was under way" % peer.name)
-        msg = "no answer from %s after %d handshake attempts" % (format_endpoint(endpoint), peer.attempts or
-                                                                 t.open_attempts)
+        refused = peer.refusals > refusals and peer.refused is not None
+        if refused:
+            msg = "peer %s refused us: %s" % (peer.name, refusal_sentence(peer.refused))
+        else:
+            msg = "no answer from %s after %d handshake attempts" % (format_endpoint(endpoint),
+                                                                     peer.attempts or t.open_attempts)
         if created:
             d.peers.remove(peer)           # forgotten again: engine, indexes, data-path tables
         else:
             # Not close(): a live session the peer still uses keeps its keys.
             d.executor.do(d.engine.open_failed(peer.id))
-        raise HandshakeTimeout(msg)
+        raise (HandshakeRefused if refused else HandshakeTimeout)(msg)
 
     # ================================================================ close
     async def close(self, ref: str) -> dict:
