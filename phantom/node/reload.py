@@ -65,7 +65,7 @@ RESTART_KEYS = ("listen_port", "http_port", "http_listen", "http_socket", "test_
                 "state_dir", "user", "directory", "name", "endpoints", "trusted_signers",
                 "endorsers", "directory_allowed_ips", "log_level", "tunables", "metrics_listen",
                 "dht_bootstrap", "dht_port", "endpoints_auto", "uapi", "ciphers", "kill_switch",
-                "exit_node")
+                "exit_node", "exit_dns_upstream")
 
 
 def read(path) -> Settings:
@@ -131,7 +131,7 @@ class Reloader:
         p = self.plan(fresh, peers, device, kernel_routes)
         added = _install_routes(kernel_routes, p)
         report = self.apply(p, peers, firewall)
-        _prune_routes(kernel_routes, peers.engine, report, added, fresh)
+        _prune_routes(kernel_routes, peers, report, added, fresh)
         self.baseline = fresh
         return report
 
@@ -374,8 +374,9 @@ def _install_routes(routes, p: Plan) -> list:
         raise ConfigError("routes", str(exc)) from None
 
 
-def _prune_routes(routes, engine, report: dict, added: list, fresh: Settings) -> None:
-    """After the reload: remove the kernel routes no peer has any more; the
+def _prune_routes(routes, peers, report: dict, added: list, fresh: Settings) -> None:
+    """After the reload: the kernel routes no peer has any more were removed
+    by the peer table (peers.py, in the same step as the data path's); the
     exit node's allowed peers (allow_exit) follow the file."""
     if routes is None:
         return
@@ -386,7 +387,7 @@ def _prune_routes(routes, engine, report: dict, added: list, fresh: Settings) ->
                 report["exit"] = routes.exit.status()["allowed"]
         except ExitError as exc:
             report["notes"].append(str(exc))
-    removed, failed = routes.prune([n for pe in engine.peers.values() for n in pe.allowed_ips])
+    removed, failed = peers.pruned
     report["routes"] = {"added": [str(n) for n in added], "removed": [str(n) for n in removed]}
     for net, why in failed:
         report["notes"].append("route %s not removed from the kernel: %s" % (net, why))

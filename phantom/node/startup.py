@@ -102,6 +102,7 @@ def build(d) -> None:
     d.dp = dp
     d.executor.attach(dp)
     d.peers.attach(dp)
+    d.peers.attach_kernel(d.kernel_routes)   # routes of peers learnt later follow the peer table
     d.firewall.attach(dp)
     psks = d.take_preshared_keys()
     try:
