@@ -75,6 +75,7 @@ class PeerConfig:
     preshared_key_file: Optional[Path] = None          # WireGuard's optional psk (base64 file)
     ciphers: Optional[list[str]] = None                # Phantom suites for this peer; None: [interface]'s
     allow_exit: bool = False                           # may use this node as its exit (exit_node = true)
+    exit_node: bool = False                            # offers itself as exit: `phantom exit use NAME` may pick it
     groups: tuple = ()                                 # firewall groups (src_group/dst_group), sorted
     # endpoint = "vpn.example.com:51820": (name, port), resolved by the daemon
     # at start and again while the peer is stale (node/endpoints.py); then
@@ -121,6 +122,7 @@ class Settings:
     uapi: bool = False                                  # serve WireGuard's UAPI socket (wg show/set)
     kill_switch: bool = False                           # block non-tunnel egress while a full tunnel is configured
     exit_node: bool = False                             # forward and masquerade for peers with allow_exit
+    exit_dns_upstream: tuple = ()                       # the exit's resolvers for its clients' DNS (default: resolv.conf)
     log_level: str = DEFAULT_LOG_LEVEL
     directory: Optional[Any] = None        # a URL, a list of URLs, or "dht"
     dht_bootstrap: list[tuple[str, int]] = field(default_factory=list)  # with directory = "dht"
@@ -166,10 +168,10 @@ INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen",
                   "test_port", "test_deliver", "mode", "device", "addresses", "mtu", "state_dir",
                   "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers",
                   "endorsers", "directory_allowed_ips", "metrics_listen", "dht_bootstrap", "dht_port", "uapi",
-                  "kill_switch", "exit_node", "rendezvous", "relay", "ciphers", "groups")
+                  "kill_switch", "exit_node", "exit_dns_upstream", "rendezvous", "relay", "ciphers", "groups")
 CIPHERS = ("aegis256", "secretbox")       # wire.SUITE_NAMES, best first
 PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive", "protocol",
-             "preshared_key_file", "rendezvous", "ciphers", "allow_exit", "groups")
+             "preshared_key_file", "rendezvous", "ciphers", "allow_exit", "exit_node", "groups")
 PROTOCOLS = ("phantom", "wireguard")
 
 
@@ -385,6 +387,8 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
             s.kill_switch = _expect(value, bool, key, "true or false")
         elif name == "exit_node":
             s.exit_node = _expect(value, bool, key, "true or false")
+        elif name == "exit_dns_upstream":
+            s.exit_dns_upstream = _addresses_list(value, key)
         elif name == "log_level":
             s.log_level = _log_level(value, key)
         elif name == "directory":
@@ -512,11 +516,13 @@ def _peer(table: Any, i: int, base: Optional[Path] = None) -> PeerConfig:
     if rendezvous and protocol != "phantom":
         raise ConfigError(where + ".rendezvous", "a rendezvous node speaks the phantom protocol")
     allow_exit = _expect(table.get("allow_exit", False), bool, where + ".allow_exit", "true or false")
+    offers_exit = _expect(table.get("exit_node", False), bool, where + ".exit_node", "true or false")
     peer_groups = groups(table["groups"], where + ".groups") if "groups" in table else ()
     return PeerConfig(name=name, public_key=public, endpoint=endpoint, allowed_ips=allowed,
                       persistent_keepalive=keepalive, protocol=protocol,
                       preshared_key_file=psk_file, rendezvous=rendezvous, ciphers=ciphers,
-                      endpoint_name=endpoint_name, allow_exit=allow_exit, groups=peer_groups)
+                      endpoint_name=endpoint_name, allow_exit=allow_exit, exit_node=offers_exit,
+                      groups=peer_groups)
 
 
 DEFAULT_NAME_BYTES = 4      # "peer-" + 8 hex digits of the key, longer only where needed
@@ -697,6 +703,20 @@ def config_warnings(s: Settings) -> list[str]:
     return out
 
 
+def _addresses_list(value, key: str) -> tuple:
+    """A list of 1..4 IP addresses (strings), e.g. an exit's upstream resolvers."""
+    items = _expect(value, list, key, "a list of IP addresses")
+    if not 1 <= len(items) <= 4:
+        raise ConfigError(key, "give 1 to 4 addresses")
+    out = []
+    for i, a in enumerate(items):
+        try:
+            out.append(str(ipaddress.ip_address(_expect(a, str, "%s[%d]" % (key, i), "an IP address"))))
+        except ValueError:
+            raise ConfigError("%s[%d]" % (key, i), "%r is not an IP address" % (a,)) from None
+    return tuple(out)
+
+
 def _finish(s: Settings, mtu_key: str) -> Settings:
     check_peers(s.peers)
     if s.exit_node and s.mode is not Mode.TUN:
@@ -706,6 +726,13 @@ def _finish(s: Settings, mtu_key: str) -> Settings:
         if p.allow_exit and not s.exit_node:
             raise ConfigError("peer[%d].allow_exit" % i, "this node is no exit node: add exit_node = true "
                               "to [interface] (or leave allow_exit out)")
+    for i, p in enumerate(s.peers):
+        if p.exit_node and s.mode is not Mode.TUN:
+            raise ConfigError("peer[%d].exit_node" % i, "an exit carries IP packets: using one needs "
+                              "mode = \"tun\"")
+    if s.exit_dns_upstream and not s.exit_node:
+        raise ConfigError("interface.exit_dns_upstream", "this node is no exit node: add exit_node = true "
+                          "(or leave exit_dns_upstream out)")
     if s.kill_switch and s.mode is not Mode.TUN:
         raise ConfigError("interface.kill_switch", "the kill switch guards a full tunnel through a TUN "
                           "device: it needs mode = \"tun\"")

@@ -324,6 +324,8 @@ class Controller:
             "nat": self._nat_status(),
             "crypto": d.crypto_status(),
             "privsep": self._privsep_status(),
+            "exit": d.exits.status() if d.kernel_routes is not None else None,
+            "exit_dns": d.exit_dns.stats() if d.exit_dns is not None else None,
             "dns": d.names.stats() if d.names is not None else None,
             "endpoint_names": d.endpoints.stats(),
         }
@@ -371,6 +373,19 @@ class Controller:
             raise Invalid(str(exc)) from None
         log.info("firewall replaced (%d rules)", len(new.describe().get("rules", [])))
         return new.describe()
+
+    # ================================================================ exit
+    async def exit_status(self) -> dict:
+        """GET /exit: the exit in use, the peers offering one, DNS."""
+        return self.d.exits.status()
+
+    async def exit_use(self, name: str) -> dict:
+        """PUT /exit: send all traffic (and DNS) through the peer ``name``."""
+        return self.d.exits.use(name)
+
+    async def exit_off(self) -> dict:
+        """DELETE /exit: traffic goes direct again."""
+        return self.d.exits.off()
 
     # ============================================================== reload
     async def reload(self) -> dict:

@@ -176,7 +176,9 @@ class Reloader:
             fields = []
             if peer.name != pc.name:
                 fields.append("name")
-            if set(map(str, peer.allowed_ips)) != set(map(str, pc.allowed_ips)):
+            extra = peers.extra_routes(peer) if pc.exit_node else ()   # an exit in use keeps /0
+            if set(map(str, peers.own_routes(peer))) != set(map(str, pc.allowed_ips)) \
+                    or set(extra) != set(peers.extra_routes(peer)):
                 fields.append("allowed_ips")
             # The endpoint in force may have roamed: only a change in the file moves it.
             if pc.endpoint is not None and (before is None or before.endpoint != pc.endpoint):
@@ -193,6 +195,8 @@ class Reloader:
                 fields.append("ciphers")
             if tuple(pc.groups) != peers.groups_of(peer):
                 fields.append("groups")
+            if pc.exit_node != peers.offers_exit(peer):
+                fields.append("exit_node")
             if peer.dynamic:
                 p.adopt.append(peer)
             if fields:
@@ -234,10 +238,10 @@ class Reloader:
             if fresh.dns != base.dns:
                 p.notes.append("[dns] changed: needs a restart (not applied; the names follow the "
                                "peers without one)")
-        self._plan_routes(engine, p, device, kernel_routes)
+        self._plan_routes(engine, p, device, kernel_routes, peers)
         return p
 
-    def _plan_routes(self, engine, p: Plan, device: Optional[str], kernel_routes=None) -> None:
+    def _plan_routes(self, engine, p: Plan, device: Optional[str], kernel_routes=None, peers=None) -> None:
         """The routing table after the reload, checked whole before anything
         changes (ConfigError naming the file's key):
 
@@ -261,6 +265,8 @@ class Reloader:
             peer = engine.peer_by_key(bytes(pc.public_key))
             key = peer.id if peer is not None and peer not in p.remove else "new peer %s" % pc.name
             changes[key] = list(pc.allowed_ips)
+            if isinstance(key, int) and pc.exit_node and peers is not None:
+                changes[key] += [n for n in peers.extra_routes(peer) if n not in changes[key]]
             where[key] = i
         adopted = {peer.id: False for peer in p.adopt}     # the file owns them now: its prefixes, not claims
         found = engine.route_conflict(changes, adopted)
@@ -310,6 +316,8 @@ class Reloader:
                 update["preshared_key"] = p.psks.get(pc.name)
             if "groups" in fields:                         # the rules are recompiled below
                 update["groups"] = pc.groups
+            if "exit_node" in fields:                      # exits.py turns an exit in use off if needed
+                update["offers"] = {"exit": pc.exit_node}
             keepalive = update.get("persistent_keepalive", peer.persistent_keepalive)
             endpoint = update.get("endpoint", peer.endpoint)
             if keepalive and endpoint is not None:
@@ -322,7 +330,8 @@ class Reloader:
             batch.add.append(dict(public_key=pc.public_key, name=pc.name, allowed_ips=pc.allowed_ips,
                                   endpoint=pc.endpoint, persistent_keepalive=pc.persistent_keepalive,
                                   protocol=pc.protocol, preshared_key=p.psks.get(pc.name),
-                                  suites=protocols.peer_suites(pc.ciphers), groups=pc.groups))
+                                  suites=protocols.peer_suites(pc.ciphers), groups=pc.groups,
+                                  offers={"exit": pc.exit_node}))
         old_names = {pe.id: pe.name for pe, _ in batch.update}
         added = peers.apply(batch, regroup=False)         # the rules are installed below
         opens += [pe for pe in added if pe.endpoint and pe.persistent_keepalive]

@@ -78,8 +78,32 @@ def open_privileged(d) -> None:
             d.device.name, s.mode.value, s.addresses, routes, d.udp,
             s.state_dir, d.drop_to, kill_switch=s.kill_switch,
             exit_prefixes=[n for p in s.peers if p.allow_exit for n in p.allowed_ips] if s.exit_node else None)
+        if s.mode is Mode.TUN:
+            d.exits.open_state()         # state_dir/exit.json, written after the drop through this fd
+        if s.exit_node:                  # the exit's DNS for its clients: port 53 needs root
+            open_exit_dns(d)
     if d.names is not None:              # port 53 and resolved's split DNS need root
         d.names.bind(d.device.name if d.device else None)
+
+
+def open_exit_dns(d) -> None:
+    """An exit node answers its allowed clients' DNS on its tunnel addresses
+    (phantom/dns/forward.py), forwarded to its own resolvers."""
+    from ..dns.forward import ExitResolver, upstream_from_resolv_conf
+    s = d.s
+    listen = [str(a.ip) for a in s.addresses]
+    if d.names is not None and (d.names.service.settings.port == 53
+                                and set(d.names.service.listen) & set(listen)):
+        raise ConfigError("interface.exit_node", "the exit's DNS forwarder and [dns] would both serve port "
+                          "53 on %s: give dns.listen other addresses (or dns.port)"
+                          % ", ".join(sorted(set(d.names.service.listen) & set(listen))))
+    upstream = list(s.exit_dns_upstream) or upstream_from_resolv_conf()
+    if not upstream:
+        log.warning("exit node: no resolver in /etc/resolv.conf and no exit_dns_upstream: the exit's "
+                    "clients get SERVFAIL for DNS through it")
+    d.exit_dns = ExitResolver(listen, upstream, [n for p in s.peers if p.allow_exit for n in p.allowed_ips],
+                              device=d.device.name)
+    d.exit_dns.bind()
 
 
 def build(d) -> None:
@@ -109,7 +133,7 @@ def build(d) -> None:
         for pc in s.peers:
             d.peers.add(pc.public_key, pc.name, pc.allowed_ips, pc.endpoint, pc.persistent_keepalive,
                         protocol=pc.protocol, preshared_key=psks.get(pc.name),
-                        suites=peer_suites(pc), groups=pc.groups)
+                        suites=peer_suites(pc), groups=pc.groups, offers={"exit": pc.exit_node})
     finally:
         for psk in psks.values():            # the engine holds its own copies
             crypto.memzero(psk)
@@ -232,6 +256,9 @@ async def serve(d) -> None:
         loop.add_signal_handler(sig, d.shutdown.set)
     loop.add_signal_handler(signal.SIGHUP, d.controller.reload_signal)
     await d.endpoints.start()            # DNS names of endpoints, each lookup bounded
+    if d.exit_dns is not None:
+        await d.exit_dns.start()
+    d.exits.restore()                    # the exit in use before the restart (state_dir/exit.json)
     open_configured_peers(d)
     log.info("phantomd %s up: %s mode, %s data path, udp port %d, api %s:%d",
              __version__, s.mode.value, "fast" if s.fast else "reference",
@@ -260,6 +287,8 @@ async def serve(d) -> None:
     await api_runner.cleanup()
     if d.names is not None:
         await d.names.close()
+    if d.exit_dns is not None:
+        await d.exit_dns.close()
     if uapi is not None:
         await uapi.close()
     if metrics_runner is not None:
