@@ -88,12 +88,14 @@ class _Udp(asyncio.DatagramProtocol):
 class ExitResolver:
     def __init__(self, listen: Iterable[str], upstream: Iterable[str], allowed: Iterable = (),
                  device: Optional[str] = None, port: int = DNS_PORT, timeout: float = 3.0,
+                 upstream_port: int = DNS_PORT,
                  rate: float = 100.0, burst: int = 200, max_inflight: int = 256,
                  tcp_per_source: int = 8, tcp_max: int = 64, tcp_idle: float = 10.0) -> None:
         self.listen = [str(ipaddress.ip_address(a)) for a in listen]
         self.upstream = [str(ipaddress.ip_address(a)) for a in upstream]
         self.device = device
         self.port = port
+        self.upstream_port = upstream_port
         self.timeout = float(timeout)
         self.limiter = SourceLimiter(rate=rate, burst=burst)
         self.max_inflight = max_inflight
@@ -103,6 +105,7 @@ class ExitResolver:
         self.counters: Counter = Counter()
         self.inflight = 0
         self._sockets: list = []
+        self._bound: list = []
         self._udp: list = []
         self._tcp: list = []
         self._conns: set = set()
@@ -125,6 +128,17 @@ class ExitResolver:
                     s.close()
                 raise
         self._sockets = socks
+        self._bound = list(socks)
+
+    def endpoints(self) -> list:
+        """``[("udp"|"tcp", (address, port)), ...]`` bound."""
+        out = []
+        for s in self._bound:
+            try:
+                out.append(("udp" if s.type == socket.SOCK_DGRAM else "tcp", s.getsockname()[:2]))
+            except OSError:
+                continue
+        return out
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -208,9 +222,9 @@ class ExitResolver:
             for server in self.upstream:
                 try:
                     if tcp:
-                        r = await dns.asyncquery.tcp(query, server, timeout=self.timeout)
+                        r = await dns.asyncquery.tcp(query, server, port=self.upstream_port, timeout=self.timeout)
                     else:
-                        r = await dns.asyncquery.udp(query, server, timeout=self.timeout,
+                        r = await dns.asyncquery.udp(query, server, port=self.upstream_port, timeout=self.timeout,
                                                      ignore_unexpected=True)
                 except (dns.exception.DNSException, OSError, EOFError, ValueError) as exc:
                     self.counters["upstream_errors"] += 1
