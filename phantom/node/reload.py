@@ -386,16 +386,25 @@ def _install_routes(routes, p: Plan) -> list:
 def _prune_routes(routes, peers, report: dict, added: list, fresh: Settings) -> None:
     """After the reload: the kernel routes no peer has any more were removed
     by the peer table (peers.py, in the same step as the data path's); the
-    exit node's allowed peers (allow_exit) follow the file."""
+    exit node's allowed peers (allow_exit) and a subnet router's routes
+    (advertise_routes, allow_routes) follow the file."""
     if routes is None:
         return
-    if routes.exit is not None:
-        from ..privsep.exitnode import ExitError, allowed_prefixes
-        try:
-            if routes.exit.sync(allowed_prefixes(fresh.peers)):
-                report["exit"] = routes.exit.status()["allowed"]
-        except ExitError as exc:
-            report["notes"].append(str(exc))
+    from ..privsep.exitnode import ExitError, ExitNode, allowed_prefixes, subnet_routes
+    subnets = subnet_routes(fresh)           # advertise_routes: forwarded for the peers with allow_routes
+    try:
+        if routes.exit is None and subnets is not None:      # a new subnet router: forwarding on
+            routes.exit = ExitNode(routes.client, routes.device)
+            routes.exit.start([], subnets)
+            report["subnet_routes"] = routes.exit.status()["routes"]
+        elif routes.exit is not None:
+            exit_before = list(routes.exit.prefixes)
+            if routes.exit.sync(allowed_prefixes(fresh.peers), subnets):
+                if routes.exit.prefixes != exit_before:
+                    report["exit"] = routes.exit.status()["allowed"]
+                report["subnet_routes"] = routes.exit.status()["routes"]
+    except ExitError as exc:
+        report["notes"].append(str(exc))
     removed, failed = peers.pruned
     report["routes"] = {"added": [str(n) for n in added], "removed": [str(n) for n in removed]}
     for net, why in failed:

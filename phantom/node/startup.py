@@ -66,6 +66,7 @@ def open_privileged(d) -> None:
         d.test_sock = open_test_socket(s.test_port)
     else:
         from ..dataplane.tun import open_device
+        from ..privsep.exitnode import subnet_routes
         from ..privsep.routes import start_for_device
         name = s.device or ("phantom0" if s.mode is Mode.TUN else "phantap0")
         flags = 0
@@ -77,7 +78,8 @@ def open_privileged(d) -> None:
         d.priv, d.kernel_routes = start_for_device(
             d.device.name, s.mode.value, s.addresses, routes, d.udp,
             s.state_dir, d.drop_to, kill_switch=s.kill_switch,
-            exit_prefixes=[n for p in s.peers if p.allow_exit for n in p.allowed_ips] if s.exit_node else None)
+            exit_prefixes=[n for p in s.peers if p.allow_exit for n in p.allowed_ips] if s.exit_node else None,
+            subnet_routes=subnet_routes(s) if s.mode is Mode.TUN else None)
         if s.mode is Mode.TUN:
             d.exits.open_state()         # state_dir/exit.json, written after the drop through this fd
         if s.exit_node:                  # the exit's DNS for its clients: port 53 needs root
