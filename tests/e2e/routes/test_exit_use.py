@@ -153,3 +153,47 @@ def test_exit_use_refuses_a_peer_that_does_not_offer_exit(lan3, daemon_factory, 
     assert code == 400, body
     assert client.status()["privsep"]["full_tunnel"] == []
     assert "default" not in a.run(["ip", "route", "show", "table", "all", "dev", "phtun0"]).stdout
+
+
+@pytest.mark.parametrize("datapath", ["reference", "fast"])
+def test_switching_exits_with_the_kill_switch_never_leaks(daemon_factory, sniffer, tmp_path, datapath):
+    """Client a (kill switch on) pings the internet host c without pause
+    while `phantom exit use exit2` replaces exit1: c sees exit1's address,
+    then exit2's; a's uplink never carries the ping in plaintext (a switch
+    in two steps, off then use, would: a's default route goes via b)."""
+    import subprocess
+    with netns.lan(4) as topo:
+        a, b, c, d = (topo.hosts[r] for r in "abcd")
+        c.ns.ip("addr", "add", NET4 + "/32", "dev", "lo")
+        for h in (b, d):
+            h.ns.ip("route", "add", NET4, "via", c.ip)
+        a.ns.ip("route", "add", "default", "via", b.ip)
+        client, exit1, exit2 = (make_node(tmp_path, n, i, h) for n, i, h in
+                                (("client", 1, a), ("exit1", 2, b), ("exit2", 4, d)))
+        for ex in (exit1, exit2):
+            write_config(ex, mode="tun", extra={"exit_node": True, "exit_dns_upstream": [NET4]}, peers=[
+                {"name": "client", "public_key": client.pub, "allowed_ips": ["10.99.0.1/32"], "allow_exit": True}])
+        write_config(client, mode="tun", extra={"kill_switch": True}, peers=[
+            {"name": ex.name, "public_key": ex.pub, "allowed_ips": [ex.tun4 + "/32"],
+             "endpoint": "%s:%d" % (ex.host.ip, UDP_PORT), "exit_node": True} for ex in (exit1, exit2)])
+        for n in (exit1, exit2, client):
+            start(daemon_factory, n, datapath)
+        cli(client, "exit", "use", "exit1")
+        assert a.ns.ping(NET4, timeout=10)
+
+        plain = sniffer(a, "eth0", "icmp and host %s" % NET4, name="uplink")
+        seen = sniffer(c, "eth0", "icmp", name="internet")
+        pinger = a.ns.popen(["ping", "-n", "-i", "0.002", "-w", "8", NET4], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: b.ip in sources_to(seen.packets(), NET4), timeout=5, what="pings through exit1")
+            out = cli(client, "exit", "use", "exit2")
+            assert "exit:      exit2" in out, out
+            wait_for(lambda: d.ip in sources_to(seen.packets(), NET4), timeout=5, what="pings through exit2")
+        finally:
+            pinger.wait(timeout=15)
+        assert plain.stop() == [], "the ping left a's uplink in plaintext during the switch"
+        sources = sources_to(seen.stop(), NET4)
+        assert sources == {b.ip, d.ip}, sources
+        st = client.status()
+        assert st["exit"]["use"] == "exit2" and st["privsep"]["kill_switch"] == ["ipv4", "ipv6"], st["privsep"]
