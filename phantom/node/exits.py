@@ -16,7 +16,7 @@ which one, if any, carries our traffic:
 * ``off()`` takes them back: traffic goes direct again;
 * the choice is kept in ``state_dir/exit.json`` and taken up again at start
   and after a reload (a reload that leaves the peer without ``exit_node``,
-  or without the peer, turns the exit off, logged);
+  or without the peer, turns the exit off, logged, and forgets it);
 * DNS: while an exit is in use the host's DNS goes to the exit's tunnel
   address (the exit forwards it, phantom/dns/forward.py): with
   systemd-resolved the privileged helper registers it on our device as the
@@ -177,11 +177,12 @@ class ExitChoice:
         if peer is None or not self.d.peers.offers_exit(peer):
             why = " (a reload removed the peer or its exit_node)"
             if peer is not None:
-                self.off(save=False, why=why)
+                self.off(why=why)
             else:
                 log.info("exit: no longer used%s", why)
                 self.peer_id = None
                 self._dns_off()
+                self._save(None)
             report.setdefault("notes", []).append("exit off: the exit in use no longer offers exit")
         elif not set(DEFAULTS) <= set(peer.allowed_ips):
             self.peer_id = None                      # put back below

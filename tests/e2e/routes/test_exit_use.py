@@ -86,6 +86,13 @@ def test_exit_use_and_off_at_run_time_with_dns_through_the_exit(daemon_factory, 
                 {"name": "exit1", "public_key": exit_.pub, "allowed_ips": [EXIT4 + "/32", EXIT6 + "/128"],
                  "endpoint": "%s:%d" % (b.ip, UDP_PORT), "exit_node": True}])
             client.config.chmod(0o644)
+
+            def client_config(offers: bool):
+                write_config(client, mode="tun", extra={"kill_switch": True}, peers=[
+                    {"name": "exit1", "public_key": exit_.pub, "allowed_ips": [EXIT4 + "/32", EXIT6 + "/128"],
+                     "endpoint": "%s:%d" % (b.ip, UDP_PORT), **({"exit_node": True} if offers else {})}])
+                client.config.chmod(0o644)
+
             write_config(other, mode="tun", peers=[{"name": "exit1", "public_key": exit_.pub,
                                                     "allowed_ips": [EXIT4 + "/32"],
                                                     "endpoint": "%s:%d" % (b.ip, UDP_PORT)}])
@@ -127,6 +134,20 @@ def test_exit_use_and_off_at_run_time_with_dns_through_the_exit(daemon_factory, 
             start(daemon_factory, client, datapath)
             assert client.status()["exit"]["use"] == "exit1"
             assert seen_from(a, c, sniffer, "restarted") == {b.ip, b.ip6}
+
+            # a reload that takes exit_node away turns the exit off, saying so; use is refused then
+            client_config(False)
+            code, body = client.api("POST", "/reload")
+            assert code == 200 and any("exit off" in n for n in body["notes"]), body
+            assert client.status()["exit"]["use"] is None
+            assert seen_from(a, c, sniffer, "withdrawn") == {a.ip, a.ip6}
+            code, body = client.api("PUT", "/exit", {"peer": "exit1"})
+            assert code == 400, body
+            client_config(True)
+            code, body = client.api("POST", "/reload")
+            assert code == 200, body
+            cli(client, "exit", "use", "exit1")
+            assert seen_from(a, c, sniffer, "again") == {b.ip, b.ip6}
 
             out = cli(client, "exit", "off")
             assert "none" in out, out
