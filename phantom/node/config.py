@@ -731,6 +731,11 @@ def _prefixes(value, key: str) -> list:
     return out
 
 
+def peer_offers(p: PeerConfig) -> dict:
+    """What a [[peer]] offers us, as the peer table holds it (PeerTable.set_offers)."""
+    return {k: v for k, v in (("exit", p.exit_node), ("routes", tuple(p.routes))) if v}
+
+
 def check_subnet_routes(s) -> None:
     """A peer's ``routes`` (subnets behind it that we accept) may overlap no
     other peer's prefix (allowed_ips or routes) and none of our own subnets:

@@ -269,6 +269,7 @@ class Controller:
             "endpoint": format_endpoint(self._endpoint_in_use(peer)),
             "allowed_ips": [str(n) for n in peer.allowed_ips],
             "groups": list(d.peers.groups_of(peer)),
+            "offers": {k: (list(map(str, v)) if k == "routes" else v) for k, v in d.peers.offers_of(peer).items()},
             "state": peer.state.value,
             "last_handshake": peer.last_handshake_wall or None,
             "latest_handshake": round(now - peer.last_handshake, 3) if peer.last_handshake_wall else None,

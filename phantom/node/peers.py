@@ -198,11 +198,13 @@ class PeerTable:
     # [[peer]]'s ``exit_node = true`` today, a certificate's ``exit`` field
     # (the network's approval) later, through the same set_offers().
     def set_offers(self, changes: dict) -> None:
-        """``changes``: {peer id: {"exit": bool}}: what each peer offers us."""
+        """``changes``: {peer id: {"exit": bool, "routes": prefixes}}: what
+        each peer offers us (an exit; subnets behind it, which its routes
+        carry too)."""
         for pid, offers in changes.items():
             if pid not in self.engine.peers:
                 raise ValueError("no peer has id %r" % (pid,))
-            offers = {k: v for k, v in offers.items() if v}
+            offers = {k: (tuple(v) if k == "routes" else v) for k, v in offers.items() if v}
             if offers:
                 self._offers[pid] = offers
             else:
@@ -210,6 +212,10 @@ class PeerTable:
 
     def offers_exit(self, peer: Peer) -> bool:
         return bool(self._offers.get(peer.id, {}).get("exit"))
+
+    def offers_of(self, peer: Peer) -> dict:
+        """What ``peer`` offers us: {"exit": True, "routes": (prefixes...)}, the true ones."""
+        return dict(self._offers.get(peer.id, {}))
 
     def own_routes(self, peer: Peer) -> list:
         """``peer``'s own prefixes: its allowed IPs without the extra ones."""

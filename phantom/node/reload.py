@@ -53,7 +53,7 @@ from typing import Optional
 
 from .. import crypto
 from ..protocols import registry as protocols
-from .config import (ConfigError, Settings, check_own_key, check_peers, read_config_file,
+from .config import (ConfigError, Settings, check_own_key, check_peers, peer_offers, read_config_file,
                      settings_from_mapping)
 from .peers import Batch, b64, planned_groups, planned_names
 
@@ -195,8 +195,8 @@ class Reloader:
                 fields.append("ciphers")
             if tuple(pc.groups) != peers.groups_of(peer):
                 fields.append("groups")
-            if pc.exit_node != peers.offers_exit(peer):
-                fields.append("exit_node")
+            if peer_offers(pc) != peers.offers_of(peer):
+                fields.append("offers")
             if peer.dynamic:
                 p.adopt.append(peer)
             if fields:
@@ -316,8 +316,8 @@ class Reloader:
                 update["preshared_key"] = p.psks.get(pc.name)
             if "groups" in fields:                         # the rules are recompiled below
                 update["groups"] = pc.groups
-            if "exit_node" in fields:                      # exits.py turns an exit in use off if needed
-                update["offers"] = {"exit": pc.exit_node}
+            if "offers" in fields:                         # exits.py turns an exit in use off if needed
+                update["offers"] = {"exit": pc.exit_node, "routes": tuple(pc.routes)}
             keepalive = update.get("persistent_keepalive", peer.persistent_keepalive)
             endpoint = update.get("endpoint", peer.endpoint)
             if keepalive and endpoint is not None:
@@ -331,7 +331,7 @@ class Reloader:
                                   endpoint=pc.endpoint, persistent_keepalive=pc.persistent_keepalive,
                                   protocol=pc.protocol, preshared_key=p.psks.get(pc.name),
                                   suites=protocols.peer_suites(pc.ciphers), groups=pc.groups,
-                                  offers={"exit": pc.exit_node}))
+                                  offers=peer_offers(pc)))
         old_names = {pe.id: pe.name for pe, _ in batch.update}
         added = peers.apply(batch, regroup=False)         # the rules are installed below
         opens += [pe for pe in added if pe.endpoint and pe.persistent_keepalive]

@@ -49,6 +49,7 @@ from .. import __version__, crypto
 from ..dataplane.types import Mode
 from ..dataplane.udp import open_test_socket, open_udp_socket
 from ..errors import ConfigError
+from .config import peer_offers
 from . import nat
 
 log = logging.getLogger("phantom.daemon")
@@ -135,7 +136,7 @@ def build(d) -> None:
         for pc in s.peers:
             d.peers.add(pc.public_key, pc.name, pc.allowed_ips, pc.endpoint, pc.persistent_keepalive,
                         protocol=pc.protocol, preshared_key=psks.get(pc.name),
-                        suites=peer_suites(pc), groups=pc.groups, offers={"exit": pc.exit_node})
+                        suites=peer_suites(pc), groups=pc.groups, offers=peer_offers(pc))
     finally:
         for psk in psks.values():            # the engine holds its own copies
             crypto.memzero(psk)

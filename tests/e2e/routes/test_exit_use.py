@@ -140,6 +140,7 @@ def test_exit_use_and_off_at_run_time_with_dns_through_the_exit(daemon_factory, 
             code, body = client.api("POST", "/reload")
             assert code == 200 and any("exit off" in n for n in body["notes"]), body
             assert client.status()["exit"]["use"] is None
+            assert client.peer("exit1")["offers"] == {}
             assert seen_from(a, c, sniffer, "withdrawn") == {a.ip, a.ip6}
             code, body = client.api("PUT", "/exit", {"peer": "exit1"})
             assert code == 400, body

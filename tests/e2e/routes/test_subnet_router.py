@@ -71,6 +71,7 @@ def test_a_lan_behind_a_subnet_router_is_reached_through_the_tunnel(daemon_facto
             start(daemon_factory, other, datapath)
 
             assert "dev phtun0" in kernel_route(a) and "proto 112" in kernel_route(a)
+            assert client.peer("router")["offers"] == {"routes": [LAN]}     # the peer table holds it
             cap = sniffer(c, "eth0", "icmp", name="lan")
             assert a.ns.ping(HOST_LAN, timeout=10), "the LAN host is not reached through the router"
             assert sources_to(cap.stop(), HOST_LAN) == {"10.99.0.1"}, "not routed as it is (no masquerade)"
@@ -102,5 +103,6 @@ def test_a_lan_behind_a_subnet_router_is_reached_through_the_tunnel(daemon_facto
             wait_for(lambda: kernel_route(a) == "", timeout=5, what="the withdrawn route gone")
             assert time.monotonic() - t0 < 5
             assert not a.ns.ping(HOST_LAN, timeout=1)
+            assert client.peer("router")["offers"] == {}
         finally:
             shutil.rmtree(public, ignore_errors=True)
