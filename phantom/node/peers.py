@@ -334,6 +334,10 @@ class PeerTable:
         """A new peer (``kw``: :meth:`Engine.add_peer`'s) in ``groups``;
         ValueError, nothing changed, when the engine refuses it."""
         allowed_ips = list(allowed_ips)
+        if self.kernel is not None:      # the engine's verdict first: no kernel route for a refused peer
+            problem = self.engine.route_problem({None: allowed_ips}, new_exclusive=bool(kw.get("exclusive")))
+            if problem is not None:
+                raise ValueError(problem)
         self._route(allowed_ips)
         try:
             peer = self.engine.add_peer(public_key, name, allowed_ips, endpoint, persistent_keepalive, **kw)
@@ -385,6 +389,10 @@ class PeerTable:
         prefixes, in one step for the engine and one for the data path;
         ValueError naming the problem, nothing changed, when the engine's
         invariants would break (a prefix moves only between peers named)."""
+        if self.kernel is not None:      # the engine's verdict first: no kernel route for a refused change
+            problem = self.engine.route_problem(changes)
+            if problem is not None:
+                raise ValueError(problem)
         self._route([n for nets in changes.values() for n in nets])
         try:
             self.engine.set_allowed_ips(changes)
