@@ -97,9 +97,10 @@ def open_exit_dns(d) -> None:
     listen = [str(a.ip) for a in s.addresses]
     if d.names is not None and (d.names.service.settings.port == 53
                                 and set(d.names.service.listen) & set(listen)):
-        raise ConfigError("interface.exit_node", "the exit's DNS forwarder and [dns] would both serve port "
-                          "53 on %s: give dns.listen other addresses (or dns.port)"
-                          % ", ".join(sorted(set(d.names.service.listen) & set(listen))))
+        log.warning("exit node: no DNS forwarder for the exit's clients: [dns] serves port 53 on %s "
+                    "(give dns.listen other addresses to have both; docs/routes.md)",
+                    ", ".join(sorted(set(d.names.service.listen) & set(listen))))
+        return
     upstream = list(s.exit_dns_upstream) or upstream_from_resolv_conf()
     if not upstream:
         log.warning("exit node: no resolver in /etc/resolv.conf and no exit_dns_upstream: the exit's "
