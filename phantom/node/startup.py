@@ -105,9 +105,14 @@ def open_exit_dns(d) -> None:
     if not upstream:
         log.warning("exit node: no resolver in /etc/resolv.conf and no exit_dns_upstream: the exit's "
                     "clients get SERVFAIL for DNS through it")
-    d.exit_dns = ExitResolver(listen, upstream, [n for p in s.peers if p.allow_exit for n in p.allowed_ips],
-                              device=d.device.name)
-    d.exit_dns.bind()
+    resolver = ExitResolver(listen, upstream, [n for p in s.peers if p.allow_exit for n in p.allowed_ips],
+                            device=d.device.name)
+    try:
+        resolver.bind()
+    except OSError as exc:               # port 53 taken (a resolver on the wildcard address): no forwarder
+        log.warning("exit node: no DNS forwarder for the exit's clients: %s", exc.strerror or exc)
+        return
+    d.exit_dns = resolver
 
 
 def build(d) -> None:
