@@ -13,6 +13,7 @@ sans-IO engine) to a data path.  Each job is a module of its own:
 * firewall.py -- the rules in force; reload.py -- the config file again;
   metrics.py -- Prometheus; uapi.py -- ``wg show``/``wg set``; dns.py -- the
   name service ([dns]); endpoints.py -- endpoints given as DNS names;
+  exits.py -- the exit in use (``phantom exit use NAME``);
 * main.py -- the ``phantomd`` command (flags, keys, privileges, exit codes).
 
 A :class:`Daemon` holds these parts and the daemon's health.
