@@ -123,3 +123,27 @@ def test_upstream_from_resolv_conf(tmp_path):
     p.write_text("# x\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\nnameserver bogus\nsearch x\n")
     assert upstream_from_resolv_conf(str(p)) == ["192.0.2.53", "fe80::1"]
     assert upstream_from_resolv_conf(str(tmp_path / "none")) == []
+
+
+def test_tcp_bad_lengths_idle_clients_and_too_many_connections_are_closed():
+    async def go(fwd, port, upstream):
+        out = {}
+        r, w = await asyncio.open_connection(HOST, port)
+        w.write(b"\x00\x05hello")                              # shorter than a DNS header
+        out["short"] = await asyncio.wait_for(r.read(), 5)      # closed: EOF
+        w.close()
+        r, w = await asyncio.open_connection(HOST, port)        # says nothing: closed after tcp_idle
+        out["idle"] = await asyncio.wait_for(r.read(), 5)
+        w.close()
+        conns = [await asyncio.open_connection(HOST, port) for _ in range(3)]
+        out["third"] = await asyncio.wait_for(conns[2][0].read(), 5)   # over tcp_per_source: closed
+        q = dns.message.make_query("n3.corp.phantom", "A")
+        for _, w in conns:
+            w.close()
+        await asyncio.sleep(0.1)
+        r2 = await dns.asyncquery.tcp(q, HOST, port=port, timeout=5)
+        return out, r2.rcode(), fwd.stats()["counters"]
+    out, rcode, counters = run(go, tcp_idle=0.5, tcp_per_source=2)
+    assert out == {"short": b"", "idle": b"", "third": b""}
+    assert rcode == dns.rcode.NOERROR, "still serving"
+    assert counters["drop.tcp_bad_length"] == 1 and counters["drop.tcp_connections"] == 1, counters
