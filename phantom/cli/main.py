@@ -503,6 +503,34 @@ def cmd_dns(args) -> int:
     return 0
 
 
+def _format_exit(e) -> str:
+    lines = ["%-10s %s" % ("exit:", e.get("use") or "none (traffic goes direct)"),
+             "%-10s %s" % ("offered:", ", ".join(e.get("offered") or []) or "- (no [[peer]] has exit_node = true)")]
+    if e.get("use"):
+        lines.append("%-10s %s" % ("dns:", ", ".join(e.get("dns") or []) or "-"))
+        if e.get("dns_registered"):
+            lines.append("%-10s %s" % ("", "registered with systemd-resolved (every name, default route)"))
+        elif e.get("dns_error"):
+            lines.append("%-10s %s" % ("", e["dns_error"]))
+        if e.get("resolv_conf"):
+            lines.append("resolv.conf:\n" + e["resolv_conf"].rstrip("\n"))
+        if e.get("kill_switch"):
+            lines.append("%-10s on (%s)" % ("kill sw.:", ", ".join(e["kill_switch"])))
+    return "\n".join(lines)
+
+
+def cmd_exit(args) -> int:
+    client = _client(args)
+    if args.exit_action == "use":
+        result = client.request("PUT", "/exit", {"peer": args.peer})
+    elif args.exit_action == "off":
+        result = client.request("DELETE", "/exit")
+    else:
+        result = client.request("GET", "/exit")
+    _emit(args, result, _format_exit)
+    return 0
+
+
 def cmd_reload(args) -> int:
     _emit(args, _client(args).request("POST", "/reload"), _format_reload)
     return 0
@@ -615,6 +643,16 @@ def build_parser() -> argparse.ArgumentParser:
         d.add_argument("--resolv-conf", action="store_true",
                        help="print resolv.conf lines for a host without systemd-resolved")
         d.set_defaults(func=cmd_dns)
+
+    e = sub.add_parser("exit", parents=[common], help="send all traffic through an exit node: "
+                       "`phantom exit use NAME`, `phantom exit off`, `phantom exit` (which one)")
+    esub = e.add_subparsers(dest="exit_action", metavar="ACTION")
+    eu = esub.add_parser("use", parents=[common], help="route 0.0.0.0/0, ::/0 and DNS through peer NAME "
+                         "(a [[peer]] with exit_node = true)")
+    eu.add_argument("peer", metavar="NAME")
+    esub.add_parser("off", parents=[common], help="stop using an exit: traffic goes direct again")
+    esub.add_parser("show", parents=[common], help="the exit in use (the default)")
+    e.set_defaults(func=cmd_exit)
 
     sub.add_parser("wait-ready", parents=[common],
                    help="wait until phantomd answers and its device is up (--timeout S, default "

@@ -275,6 +275,7 @@ class Controller:
             "endpoint": format_endpoint(self._endpoint_in_use(peer)),
             "allowed_ips": [str(n) for n in peer.allowed_ips],
             "groups": list(d.peers.groups_of(peer)),
+            "offers": {k: (list(map(str, v)) if k == "routes" else v) for k, v in d.peers.offers_of(peer).items()},
             "state": peer.state.value,
             "last_handshake": peer.last_handshake_wall or None,
             "latest_handshake": round(now - peer.last_handshake, 3) if peer.last_handshake_wall else None,
@@ -330,6 +331,8 @@ class Controller:
             "nat": self._nat_status(),
             "crypto": d.crypto_status(),
             "privsep": self._privsep_status(),
+            "exit": d.exits.status() if d.kernel_routes is not None else None,
+            "exit_dns": d.exit_dns.stats() if d.exit_dns is not None else None,
             "dns": d.names.stats() if d.names is not None else None,
             "endpoint_names": d.endpoints.stats(),
         }
@@ -378,6 +381,19 @@ class Controller:
         shown = self.d.firewall.describe()      # the local table (and a network policy beside it)
         log.info("firewall replaced (%d rules)", len(shown.get("rules", [])))
         return shown
+
+    # ================================================================ exit
+    async def exit_status(self) -> dict:
+        """GET /exit: the exit in use, the peers offering one, DNS."""
+        return self.d.exits.status()
+
+    async def exit_use(self, name: str) -> dict:
+        """PUT /exit: send all traffic (and DNS) through the peer ``name``."""
+        return self.d.exits.use(name)
+
+    async def exit_off(self) -> dict:
+        """DELETE /exit: traffic goes direct again."""
+        return self.d.exits.off()
 
     # ============================================================== reload
     async def reload(self) -> dict:
