@@ -38,13 +38,14 @@ PY_PATH=$(command -v "$PYTHON")
 PKGS=(iperf3 tcpdump iproute2 iptables conntrack wireguard-go wireguard-tools
       gcc procps libcap2-bin kmod iputils-ping ca-certificates strace
       chromium chromium-driver systemd
-      postgresql nftables bind9-dnsutils)
+      postgresql nftables bind9-dnsutils dnsmasq-base)
 # chromium + chromium-driver: the dashboard's browser tests (Selenium drives
 # /usr/bin/chromedriver; nothing is downloaded); systemd: systemd-analyze
 # verifies examples/phantomd@.service.
 # postgresql: the directory's PostgreSQL store (its tests start their own cluster).
 # nftables: `nft -j -f -`, which phantomd's privileged helper runs for its own table.
 # bind9-dnsutils: dig, the reference client of the name service's tests (tests/e2e/dns).
+# dnsmasq-base: the lab's "internet" resolver behind an exit node (tests/e2e/routes; no service).
 # Debian's own python3 needs its venv and header packages; a pyenv or
 # self-built python3 brings both with it.
 PY_REAL=$("$PYTHON" -c 'import os, sys; print(os.path.realpath(sys.executable))')

@@ -2,6 +2,7 @@
 """The responder's work per handshake initiation, on its own (issue #15).
 
     .venv/bin/python bench/bench_handshake.py [--peers 1000] [--count 2000] [--profile]
+                                              [--form 164|166|attached] [--attachment 532]
 
 CPU time (process_time), so a busy machine slows it less than wall time.
 No sockets, no event loop: an :class:`phantom.control.engine.Engine` with
@@ -13,6 +14,12 @@ install) are built but not carried out.  Reported: microseconds per
 initiation for the whole engine path and for its parts (mac1 check,
 ``consume_initiation``, ``create_response``), and with --profile the top of
 a cProfile of the engine path.
+
+``--form``: the prototype's 164-byte initiation (default), the 166-byte one
+with a suites offer, or one with an attachment of ``--attachment`` bytes
+after the offer (532: a 700-byte initiation, a membership certificate's
+size), from keys the responder knows (so the attachment is carried and
+decrypted, not looked at: the cost the attachment adds to every handshake).
 
 Not under load (no cookies): that is the per-initiation cost a responder
 pays once the initiator holds a cookie, plus the mac2 check (one keyed
@@ -35,7 +42,7 @@ for p in (str(BENCH.parent), str(BENCH)):
         sys.path.insert(0, p)
 
 import hsload  # noqa: E402
-from phantom import crypto  # noqa: E402
+from phantom import crypto, wire  # noqa: E402
 from phantom.constants import Tunables  # noqa: E402
 from phantom.protocols.phantom import handshake as hs  # noqa: E402
 from phantom.protocols.phantom.cookie import CookieChecker  # noqa: E402
@@ -47,6 +54,8 @@ def main(argv=None) -> int:
     p.add_argument("--peers", type=int, default=1000)
     p.add_argument("--count", type=int, default=2000)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--form", choices=("164", "166", "attached"), default="164")
+    p.add_argument("--attachment", type=int, default=532, help="attachment bytes with --form attached")
     p.add_argument("--datapath", choices=("none", "reference", "fast"), default="none",
                    help="also carry out the actions on a data path in test mode, as the daemon does "
                         "(send the response, set the endpoint, install the keypair)")
@@ -58,7 +67,8 @@ def main(argv=None) -> int:
     eng = Engine(hub, Tunables(under_load_initiations=10 ** 9))
     for i, k in enumerate(privs):
         eng.add_peer(crypto.x25519_public(k), "p%d" % i, [])
-    proto = hsload.PhantomProto(hub_pub)
+    proto = hsload.PhantomProto(hub_pub, offer=a.form != "164",
+                                attachment=os.urandom(a.attachment) if a.form == "attached" else None)
     msgs = hsload.build_pool(proto, privs, a.count, time.time_ns())
     addr = ("10.202.0.1", 9000)
     do = None
@@ -119,13 +129,13 @@ def main(argv=None) -> int:
     consume_us = (time.process_time() - t0) / len(msgs) * 1e6
     t0 = time.process_time()
     for i, info in enumerate(infos):
-        hs.create_response(info.state, i + 1)
+        hs.create_response(info.state, i + 1, suite=hs.choose_suite((wire.Suite.SECRETBOX,), info.offered))
     create_us = (time.process_time() - t0) / len(msgs) * 1e6
     t0 = time.process_time()
     for _ in range(len(msgs)):
         crypto.x25519(bytes(hub), hub_pub)
     dh_us = (time.process_time() - t0) / len(msgs) * 1e6
-    print(f"peers {a.peers}, initiations {len(msgs)} (answered {answered})")
+    print(f"peers {a.peers}, initiations {len(msgs)} of {len(msgs[0])} bytes (answered {answered})")
     what = "engine.handle_datagram" + ("" if do is None else " + %s data path" % a.datapath)
     print(f"{what} per initiation: {us:8.1f} us  (= {1e6 / us:,.0f} per second on one core)")
     print(f"  check_mac1:                          {mac1_us:8.1f} us")

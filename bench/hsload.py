@@ -73,10 +73,19 @@ class PhantomProto:
     name = "phantom"
     init_size = wire.INITIATION_SIZE
 
-    def __init__(self, hub_pub: bytes):
+    def __init__(self, hub_pub: bytes, offer: bool = False, attachment: bytes | None = None):
+        """``offer``: the 166-byte form (a suites offer: secretbox);
+        ``attachment``: after the offer, a membership-sized attachment
+        (169..1192 bytes in all)."""
         self.hub_pub = hub_pub
         self.mac1_key = ck.mac1_key(hub_pub)
         self.cookie_key = ck.cookie_key(hub_pub)
+        self.extra = b""
+        if offer or attachment is not None:
+            self.extra = wire.SUITES_FIELD.pack(wire.suites_mask((wire.Suite.SECRETBOX,)))
+        if attachment is not None:
+            self.extra += wire.ATTACHMENT_LENGTH.pack(len(attachment)) + attachment
+        self.init_size = wire.INITIATION_SIZE + len(self.extra)
 
     def template(self, priv: bytes):
         """The initiator's Noise state after e, es, s, ss (fixed ephemeral)."""
@@ -85,16 +94,16 @@ class PhantomProto:
         ss = n._ss
         e_pub = n._make_ephemeral()
         ss.mix_hash(e_pub)
-        ss.mix_key(nz._dh(n._e, n._rs))
+        ss.mix_key(nz.dh(n._e, n._rs))
         enc_s = ss.encrypt_and_hash(n._s_pub)
-        ss.mix_key(nz._dh(n._s, n._rs))
+        ss.mix_key(nz.dh(n._s, n._rs))
         return (ss, e_pub, enc_s)
 
     def initiation(self, tpl, sender: int, ts_ns: int) -> bytes:
         ss, e_pub, enc_s = tpl
         w = ss.copy()
         ts = tai64n.encode(ts_ns // 10 ** 9, ts_ns % 10 ** 9)
-        payload = w.encrypt_and_hash(ts + os.urandom(wire.CLIENT_NONCE_SIZE))
+        payload = w.encrypt_and_hash(ts + os.urandom(wire.CLIENT_NONCE_SIZE) + self.extra)
         msg = wire.Initiation(sender, e_pub, enc_s, payload).pack()
         mac1 = ck.mac(self.mac1_key, wire.mac1_region(msg))
         return wire.with_macs(msg, mac1, bytes(wire.MAC_SIZE))

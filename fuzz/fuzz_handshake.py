@@ -18,13 +18,23 @@ under load (bit 3: cookies demanded, mac2 and the rate limiter in play):
    a genuine response (fuzzer-chosen index), optionally with one byte replaced
    (mac1 recomputed);
 4  cookie reply: the rest, with its receiver index pointed at the engine's
-   pending handshake, as a cookie reply.
+   pending handshake, as a cookie reply;
+5  attached initiation (issue 20): a genuine initiation with a
+   fuzzer-chosen attachment (1..1024 bytes) from the known peer or a
+   stranger, optionally mutated, to an engine whose ``admit_unknown``
+   admits a stranger whose attachment starts with b"member:" and refuses
+   any other with fuzzer-chosen words; the answer goes back to the
+   initiator.
 
 Contract: ``handle_datagram`` never raises and counts exactly one handshake
 drop per datagram unless it accepted it (keys installed, or a cookie taken);
 ``consume_initiation``/``consume_response`` raise only HandshakeError; a
 replayed initiation is never answered; an accepted genuine initiation yields
 a response that the initiator accepts, with matching transport keys.
+Mode 5: nothing sent is larger than the initiation; a refusal goes only to
+a stranger the admission refused, and the initiator reads it as
+HandshakeRefused; an admitted stranger's response gives the initiator
+matching keys.
 """
 
 import random
@@ -102,7 +112,7 @@ def TestOneInput(data: bytes) -> None:
     if mode == 0:
         feed(e, body)
     elif mode == 1:
-        if len(body) in wire.INITIATION_SIZES + wire.RESPONSE_SIZES:
+        if len(body) in wire.INITIATION_SIZES or len(body) in wire.RESPONSE_SIZES:
             body = with_mac1(body)
         feed(e, body)
         try:
@@ -162,6 +172,50 @@ def TestOneInput(data: bytes) -> None:
         reply[0:4] = b"\x03\0\0\0"
         reply[4:8] = init[4:8]
         feed(e, bytes(reply))
+    elif mode == 5:
+        attached(e, body)
+
+
+def attached(e: Engine, body: bytes) -> None:
+    fdp = atheris.FuzzedDataProvider(body)
+    stranger = fdp.ConsumeBool()
+    priv = common.STRANGER_PRIV if stranger else common.INITIATOR_PRIV
+    words = fdp.ConsumeUnicodeNoSurrogates(40)
+    attachment = fdp.ConsumeBytes(fdp.ConsumeIntInRange(1, wire.MAX_ATTACHMENT_SIZE))
+    if not attachment:
+        return
+    calls = []
+
+    def admit(key, att, addr):
+        calls.append(key)
+        assert key == S_PUB and att == attachment, "admission asked about another key or attachment"
+        if att.startswith(b"member:"):
+            e.add_peer(key, name="s", dynamic=True, exclusive=True)
+            return None
+        return words
+    e.admit_unknown = admit
+    ts = tai64n.encode(int(common.NOW) - 10, 0)
+    msg, ist = hs.create_initiation(priv, R_PUB, 77, ts, bytes(16), suites=(wire.Suite.SECRETBOX,),
+                                    attachment=attachment)
+    mutated = mutate(fdp, with_mac1(msg))
+    out = feed(e, mutated)
+    sends = [a.data for a in out if isinstance(a, A.SendDatagram)]
+    assert all(len(d) <= len(mutated) for d in sends), "an answer larger than the initiation"
+    if not stranger:
+        assert not calls, "a known key's initiation went to the admission"
+    if mutated != with_mac1(msg) or not sends:
+        return
+    (answer,) = sends
+    if answer[0] == wire.MessageType.COOKIE_REPLY:
+        return                                  # under load: a cookie first
+    try:
+        keys = hs.consume_response(ist, answer)
+    except hs.HandshakeRefused as refused:
+        assert stranger and not attachment.startswith(b"member:"), "refused an admitted key"
+        assert refused.reason is wire.refusal_of(words)
+        return
+    kp = next(a for a in out if isinstance(a, A.InstallKeypair)).keypair
+    assert keys.send_key == kp.recv_key, "answered with keys that do not match"
 
 
 if __name__ == "__main__":

@@ -103,6 +103,11 @@ def handshake_seeds():
     put("handshake", "genuine-response", b"\x03" + struct.pack("<I", 9) + b"\x00")
     put("handshake", "mutated-response", b"\x03" + struct.pack("<I", 9) + b"\x01\x20\x00\x41")
     put("handshake", "cookie-reply", b"\x04" + reply)
+    # mode 5: stranger flag, words (a length byte, then text), attachment size, attachment
+    put("handshake", "attached-member", b"\x05\x01\x00" + struct.pack("<H", 20) + b"member:" + bytes(13))
+    put("handshake", "attached-refused", b"\x05\x01\x15removed by the network" + struct.pack("<H", 300)
+        + bytes(300))
+    put("handshake", "attached-known", b"\x05\x00\x00" + struct.pack("<H", 700) + bytes(700))
 
 
 def firewall_seeds():
@@ -273,6 +278,19 @@ def network_seeds():
         {"seq": 2, "op": "network", "definition": dict(rotated.doc, seq=3)}))
     removal = n.make_removal(defn, admission, alice.key, now)
     put("network", "removal", b"\x03" + removal.encode())
+    from phantom.network import policy as pol
+    source = (b'default = "deny"\n[groups]\nadmins = ["member:node"]\n'
+              b'[[rule]]\nfrom = "group:laptops"\nto = "group:servers"\nproto = "tcp"\n'
+              b'ports = [22, "8000-8999"]\n[[rule]]\nfrom = ["group:admins", "member:alice"]\n'
+              b'to = "*"\nproto = "icmp"\n[[rule]]\nfrom = "*"\nto = "member:alice"\n'
+              b'proto = "udp"\nports = [53]\naction = "drop"\n')
+    put("network", "policy-source", b"\x17" + source)
+    put("network", "policy-source-json", b"\x17" + json.dumps(
+        {"default": "allow", "rules": [{"from": "*", "to": "*", "proto": 47,
+                                        "action": "drop"}]}, indent=1).encode())
+    signed = pol.sign_policy(pol.parse_policy_source(source), defn, admission, 3, now)
+    put("network", "policy", b"\x07" + signed.encode())
+    put("network", "policy-resign", b"\x0f" + signed.encode())
     put("network", "removal-resign", b"\x0b" + removal.encode())
     dup = n.issue_certificate(defn, admission, key=R_PUB, name="dup", ipv4="100.87.0.1",
                               ipv6="fd3c:9a41:7e02::dead", serial=3, now=now - 30)

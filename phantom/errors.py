@@ -69,6 +69,11 @@ class HandshakeTimeout(Timeout):
     """The peer did not answer within the bounded handshake retries."""
 
 
+class HandshakeRefused(Forbidden):
+    """The peer answered our handshake with an authenticated refusal
+    ("removed by the network", "certificate expired", ...)."""
+
+
 class ConfigError(Exception):
     """Bad configuration.  ``key`` names the offending setting."""
 

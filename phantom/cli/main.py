@@ -360,6 +360,11 @@ HANDSHAKE_DROP_REASONS = {
     "bad_cookie_reply": "cookie replies that did not decrypt",
     "no_common_suite": "initiations from a Phantom peer that allows none of our cipher suites "
                        "([interface] / [[peer]] ciphers; never answered)",
+    "refused": "initiations from an unknown key whose membership we refused "
+               "(answered with an authenticated refusal: the reason is in our log)",
+    "refusal_rate_limited": "refusals not sent: over the limit per address or per key",
+    "admit_failed": "initiations whose membership check failed with an error (see the log)",
+    "refused_us": "our initiations the peer refused (not a member, certificate expired, removed ...)",
 }
 
 
@@ -407,10 +412,24 @@ def cmd_peers(args) -> int:
     return 0
 
 
+def _format_policy(pol: dict) -> str:
+    """The network policy in force (issue 21) as GET /firewall reports it."""
+    head = "network policy: seq %s, default %s (here: %s), signed by %s" % (
+        pol.get("seq"), pol.get("default"), pol.get("effective_default_in"), pol.get("issuer"))
+    rows = [{"#": r.get("index"), "from": ",".join(map(str, r.get("from", []))),
+             "to": ",".join(map(str, r.get("to", []))),
+             "proto": " ".join([str(r.get("proto"))] + [",".join(map(str, r.get("ports") or []))]
+                               ).strip(),
+             "action": r.get("action"), "here": "yes" if r.get("applies") else "no",
+             "hits": r.get("hits", 0)} for r in pol.get("rules", []) if isinstance(r, dict)]
+    return head + "\n" + (format_table(rows) if rows else "policy rules: (none)")
+
+
 def _format_firewall(fw) -> str:
     if isinstance(fw, dict):
         rules = fw.get("rules")
-        rest = {k: v for k, v in fw.items() if k != "rules"}
+        policy = fw.get("policy")
+        rest = {k: v for k, v in fw.items() if k not in ("rules", "policy")}
         parts = []
         if rest:
             parts.append(format_kv(rest))
@@ -418,6 +437,8 @@ def _format_firewall(fw) -> str:
             parts.append(format_table(rules) if rules else "rules: (none)")
         elif rules is not None:
             parts.append("rules: %s" % json.dumps(rules))
+        if isinstance(policy, dict):
+            parts.append(_format_policy(policy))
         return "\n".join(parts) or "(empty)"
     return json.dumps(fw, indent=2)
 
@@ -479,6 +500,34 @@ def _format_reload(r) -> str:
 def cmd_dns(args) -> int:
     from phantom.dns.show import format_dns
     _emit(args, _client(args).request("GET", "/dns"), lambda d: format_dns(d, args.resolv_conf))
+    return 0
+
+
+def _format_exit(e) -> str:
+    lines = ["%-10s %s" % ("exit:", e.get("use") or "none (traffic goes direct)"),
+             "%-10s %s" % ("offered:", ", ".join(e.get("offered") or []) or "- (no [[peer]] has exit_node = true)")]
+    if e.get("use"):
+        lines.append("%-10s %s" % ("dns:", ", ".join(e.get("dns") or []) or "-"))
+        if e.get("dns_registered"):
+            lines.append("%-10s %s" % ("", "registered with systemd-resolved (every name, default route)"))
+        elif e.get("dns_error"):
+            lines.append("%-10s %s" % ("", e["dns_error"]))
+        if e.get("resolv_conf"):
+            lines.append("resolv.conf:\n" + e["resolv_conf"].rstrip("\n"))
+        if e.get("kill_switch"):
+            lines.append("%-10s on (%s)" % ("kill sw.:", ", ".join(e["kill_switch"])))
+    return "\n".join(lines)
+
+
+def cmd_exit(args) -> int:
+    client = _client(args)
+    if args.exit_action == "use":
+        result = client.request("PUT", "/exit", {"peer": args.peer})
+    elif args.exit_action == "off":
+        result = client.request("DELETE", "/exit")
+    else:
+        result = client.request("GET", "/exit")
+    _emit(args, result, _format_exit)
     return 0
 
 
@@ -594,6 +643,16 @@ def build_parser() -> argparse.ArgumentParser:
         d.add_argument("--resolv-conf", action="store_true",
                        help="print resolv.conf lines for a host without systemd-resolved")
         d.set_defaults(func=cmd_dns)
+
+    e = sub.add_parser("exit", parents=[common], help="send all traffic through an exit node: "
+                       "`phantom exit use NAME`, `phantom exit off`, `phantom exit` (which one)")
+    esub = e.add_subparsers(dest="exit_action", metavar="ACTION")
+    eu = esub.add_parser("use", parents=[common], help="route 0.0.0.0/0, ::/0 and DNS through peer NAME "
+                         "(a [[peer]] with exit_node = true)")
+    eu.add_argument("peer", metavar="NAME")
+    esub.add_parser("off", parents=[common], help="stop using an exit: traffic goes direct again")
+    esub.add_parser("show", parents=[common], help="the exit in use (the default)")
+    e.set_defaults(func=cmd_exit)
 
     sub.add_parser("wait-ready", parents=[common],
                    help="wait until phantomd answers and its device is up (--timeout S, default "

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from .. import wire
 from ..dataplane.types import Keypair
 
 
@@ -90,6 +91,21 @@ class UnknownKey:
     caller asked for it, e.g. to look for a trusted endorsement)."""
     public_key: bytes
     addr: tuple
+
+
+@dataclass(frozen=True)
+class HandshakeRefused:
+    """The peer answered our initiation (which carried our membership) with
+    an authenticated refusal: ``reason`` is a wire.Refusal.  The engine
+    backs off before trying it again; the daemon logs it and fails a
+    pending ``open`` with its sentence."""
+    peer_id: int
+    name: str
+    reason: int
+
+    @property
+    def sentence(self) -> str:
+        return wire.refusal_sentence(self.reason)
 
 
 _SENDS = (SendDatagram, SendKeepalive)

@@ -43,6 +43,7 @@ from typing import Callable, Iterable, Optional
 from .. import crypto, wire
 from ..wire import demux
 from ..constants import Tunables
+from ..keys import encode_key
 from ..dataplane.types import Keypair, PeerCounters, RelayVia
 from . import actions as A
 from ..protocols import registry as protocols
@@ -59,6 +60,19 @@ Clock = Callable[[], float]
 _NO_MAC = bytes(wire.MAC_SIZE)   # mac2 of a sender that holds no cookie
 COOKIE_RETRY_DELAY = 0.1   # seconds between a cookie reply and the initiation that carries mac2
 PUNCH_ATTEMPTS = 3         # initiations that answer a peer's punch request (we do not want it ourselves)
+# Refusals (an initiation carrying a membership, answered "not a member ..."):
+# we send at most this many per second per source address and per key ...
+REFUSALS_PER_SECOND = 1.0
+REFUSAL_BURST = 3
+# ... and a refused initiator waits this long before trying the peer again by
+# itself, doubling with each refusal in a row up to the maximum (an explicit
+# `open` tries at once)
+REFUSAL_HOLD = 10.0
+REFUSAL_HOLD_MAX = 300.0
+
+# admit_unknown(remote_static, attachment, addr): None once the key is a peer
+# (added through the peer door), else the reason to refuse it
+AdmitUnknown = Callable[[bytes, bytes, tuple], Optional[str]]
 
 
 def _networks(nets) -> list:
@@ -126,9 +140,47 @@ class Engine(Timers):
         self._next_peer_id = 1
         self.drops: Counter = Counter()                   # handshake-level drops by reason
         self.report_unknown_keys = False                  # emit UnknownKey (trusted-signer lookups)
+        # Admission in the handshake (a network's member daemon sets it): an
+        # authenticated Phantom initiation from an unknown key that carries an
+        # attachment (a membership certificate) is handed to it, synchronously;
+        # it adds the key through the peer door and returns None (the
+        # initiation is then answered at once), or returns why not (a
+        # wire.Refusal or a sentence, wire.refusal_of) and we answer with an
+        # authenticated refusal.  None (plain nodes): such initiations are
+        # dropped silently, as any from an unknown key.
+        self.admit_unknown: Optional[AdmitUnknown] = None
+        self.refusals: Counter = Counter()                # refusals sent, by reason
+        self._refuse_by_source = RateLimiter(REFUSALS_PER_SECOND, REFUSAL_BURST, clock)
+        self._refuse_by_key = RateLimiter(REFUSALS_PER_SECOND, REFUSAL_BURST, clock)
+        self._refused: dict[int, Peer] = {}               # peers holding back after a refusal
         # NAT traversal: (peer id, learnt candidates) -> those an initiation
         # may go to now (paths.PathTable.gate: bounded tries with backoff)
         self.candidate_gate: Optional[Callable[[int, list], list]] = None
+
+    @property
+    def membership(self) -> Optional[bytes]:
+        """What our Phantom initiations attach (a membership certificate,
+        1..wire.MAX_ATTACHMENT_SIZE bytes), or None (nothing: the
+        initiations of a node without a network).  Setting it (a renewed
+        certificate) lets every peer that refused us be tried again."""
+        return self._protocols[protocols.Protocol.PHANTOM].attachment
+
+    @membership.setter
+    def membership(self, value: Optional[bytes]) -> None:
+        if value is not None:
+            value = bytes(value)
+            if not 1 <= len(value) <= wire.MAX_ATTACHMENT_SIZE:
+                raise ValueError("a membership attachment is 1 to %d bytes, not %d"
+                                 % (wire.MAX_ATTACHMENT_SIZE, len(value)))
+        self._protocols[protocols.Protocol.PHANTOM].attachment = value
+        now = self.clock()
+        for peer in self._refused.values():      # the next tick tries what waited for the hold
+            peer.refused_until = float("-inf")
+            peer.next_dead_retry = min(peer.next_dead_retry, now)
+            if peer.retry_at is not None:
+                peer.retry_at = min(peer.retry_at, now)
+            self._wake(peer)
+        self._refused.clear()
 
     @property
     def suites(self) -> tuple:
@@ -401,6 +453,7 @@ class Engine(Timers):
             crypto.memzero(peer.preshared_key)
         self._unindex_routes(peer)
         del self.peers[peer_id]
+        self._refused.pop(peer_id, None)
         self.active.pop(peer_id, None)
         self._slept.pop(peer_id, None)
         del self._by_key[peer.public_key]
@@ -470,6 +523,12 @@ class Engine(Timers):
 
     # ============================================================ handshakes
     def _begin_handshake(self, peer: Peer, max_attempts: int, reason: str, requested: bool = False) -> list:
+        if reason != "open requested" and self._held(peer):
+            # the peer refused us: nothing of ours goes there before the hold
+            # ends (the dead retry then tries once); a user's open tries now
+            log.debug("peer=%s refused us; no handshake (%s) for %.1fs", peer.name, reason,
+                      peer.refused_until - self.clock())
+            return []
         peer.attempts = 0
         peer.max_attempts = max_attempts
         peer.requested = requested
@@ -477,6 +536,11 @@ class Engine(Timers):
         if peer.state in (PeerState.IDLE, PeerState.DEAD):
             out += self._set_state(peer, PeerState.HANDSHAKING, reason)
         return out
+
+    def _held(self, peer: Peer) -> bool:
+        """The peer refused us and its hold has not ended: nothing of ours
+        goes there by itself (an explicit open does)."""
+        return self.clock() < peer.refused_until
 
     def _targets(self, peer: Peer) -> list:
         """Where an initiation goes: the endpoint, then every NAT-traversal
@@ -540,8 +604,8 @@ class Engine(Timers):
             # now (both sides send at once), within the episode's attempts
             if not request:
                 peer.requested = False
-            if peer.attempts >= peer.max_attempts:
-                return []               # the retransmit rule gives up at its time
+            if peer.attempts >= peer.max_attempts or self._held(peer):
+                return []               # the retransmit rule gives up (or tries) at its time
             return self._send_initiation(peer)
         if request and not self.wants(peer_id):
             return self._begin_handshake(peer, PUNCH_ATTEMPTS, "punch request", requested=True)
@@ -571,7 +635,8 @@ class Engine(Timers):
         if peer.state is PeerState.ESTABLISHED or peer.pending is not None:
             return out
         if peer.retry_at is not None:
-            out += self._send_initiation(peer)
+            if not self._held(peer):
+                out += self._send_initiation(peer)
         elif peer.waiting:
             out += self._begin_handshake(peer, self._attempt_limit(), "endpoint learnt")
         return out
@@ -684,6 +749,11 @@ class Engine(Timers):
             self.drops["bad_handshake"] += 1
             return []
         peer = self._by_key.get(info.remote_static)
+        if peer is None and self.admit_unknown is not None and \
+                proto.protocol is protocols.Protocol.PHANTOM and info.attachment is not None:
+            peer, out = self._admit(info, addr)
+            if peer is None:
+                return out
         if peer is None:
             # Unknown key: no answer at all (no oracle), only a counter.
             info.state.clear()
@@ -734,6 +804,64 @@ class Engine(Timers):
         log.info("peer=%s handshake answered (session %d)", peer.name, index)
         return out
 
+    def _admit(self, info, addr: tuple) -> tuple:
+        """An authenticated initiation from an unknown key with an
+        attachment: (the peer admit_unknown just added, []) or (None, the
+        actions that answer it: a refusal, or nothing)."""
+        key = info.remote_static
+        try:
+            reason = self.admit_unknown(key, info.attachment, addr)
+        except Exception:  # a bug or bad input in the admission: a drop, never a crash
+            info.state.clear()
+            self.drops["admit_failed"] += 1
+            log.exception("admitting the key at %s failed; initiation dropped", addr[0])
+            return None, []
+        if reason is None:
+            peer = self._by_key.get(key)
+            if peer is not None:
+                log.info("peer=%s admitted by its handshake's attachment", peer.name)
+                return peer, []
+            reason = "not admitted"           # it said yes but added no peer: a refusal
+        code = wire.refusal_of(reason)
+        if not self._refuse_by_source.allow(addr) or not self._refuse_by_key.allow(key):
+            info.state.clear()
+            self.drops["refusal_rate_limited"] += 1
+            return None, []
+        msg = self._protocols[protocols.Protocol.PHANTOM].create_refusal(info, code, self._new_index())
+        self.drops["refused"] += 1
+        self.refusals[code.name.lower()] += 1
+        log.warning("refused the handshake of key %s at %s: %s", encode_key(key), addr[0], reason)
+        return None, [A.SendDatagram(msg, addr)]
+
+    def _refused_by(self, peer: Peer, reason, now: float) -> list:
+        """The peer refused our initiation: no keys, no retries before the
+        hold (doubling with each refusal in a row); its sessions go, since it
+        no longer accepts us."""
+        self._abandon_pending(peer)
+        peer.retry_at = None
+        peer.confirm_by = None
+        peer.requested = False
+        reason = wire.refusal_code(int(reason))
+        peer.refused = reason
+        peer.refusals += 1
+        hold = min(REFUSAL_HOLD_MAX, REFUSAL_HOLD * 2 ** min(peer.refusals - 1, 16))
+        peer.refused_until = now + hold
+        peer.next_dead_retry = max(peer.next_dead_retry, peer.refused_until)
+        self._refused[peer.id] = peer
+        self.drops["refused_us"] += 1
+        # (the daemon logs the action at warning; here the hold)
+        log.info("peer=%s refused us: %s (no handshake of ours for %.0fs)", peer.name,
+                 wire.refusal_sentence(reason), hold)
+        out: list = [A.HandshakeRefused(peer.id, peer.name, reason), A.ClearKeys(peer.id)]
+        for s in peer.sessions:
+            self._indexes.pop(s.local_index, None)
+        peer.sessions.clear()
+        peer.waiting = False            # the data path drops what it staged with the keys
+        sentence = "refused: %s" % wire.refusal_sentence(reason)
+        if peer.state is PeerState.IDLE:
+            out += self._set_state(peer, PeerState.HANDSHAKING, sentence)
+        return out + self._set_state(peer, PeerState.DEAD, sentence)
+
     def _on_response(self, data: bytes, addr: tuple, proto) -> list:
         sender_index, receiver_index = proto.response_indexes(data)
         stop = self._check_macs(data, addr, sender_index, proto)
@@ -749,6 +877,8 @@ class Engine(Timers):
             return []
         try:
             keys = proto.consume_response(peer.pending.state, data)
+        except hs.HandshakeRefused as refused:
+            return self._refused_by(peer, refused.reason, self.clock())
         except hs.HandshakeError:
             self.drops["bad_handshake"] += 1
             return []
@@ -794,6 +924,10 @@ class Engine(Timers):
         peer.last_handshake_wall = self.wall()
         peer.first_unanswered = None
         peer.handshakes += 1
+        if peer.refusals:               # it takes us again
+            peer.refusals = 0
+            peer.refused_until = float("-inf")
+            self._refused.pop(peer.id, None)
         kp = Keypair(peer.id, keys.local_index, keys.remote_index, keys.send_key, keys.recv_key,
                      time.monotonic(), keys.initiator, int(cipher))
         return A.InstallKeypair(kp, confirmed)
@@ -853,11 +987,16 @@ class Engine(Timers):
             if peer.waiting:
                 self._schedule(peer, peer.last_initiation_sent + self.t.rekey_timeout)
             return []
+        if self._held(peer):
+            if peer.waiting:
+                self._schedule(peer, peer.refused_until)
+            return []
         return self._begin_handshake(peer, self._attempt_limit(), "traffic waiting")
 
     def _schedule(self, peer: Peer, at: float) -> None:
-        """An attempt without an initiation in flight, due at ``at``: the
-        first of a new episode."""
+        """An attempt without an initiation in flight, due at ``at`` (not
+        before a refusal's hold ends): the first of a new episode."""
+        at = max(at, peer.refused_until)
         peer.attempts = 0
         peer.max_attempts = self._attempt_limit()
         peer.retry_at = at

@@ -104,6 +104,13 @@ class Peer:
     # a rendezvous): a short episode, and it does not make us want the peer
     requested: bool = False
 
+    # refusals (Phantom, our initiation carried our membership): the last
+    # reason the peer gave (a wire.Refusal), how many refusals in a row, and
+    # until when no handshake of ours goes to it unless a user opens it
+    refused: Optional[int] = None
+    refusals: int = 0
+    refused_until: float = float("-inf")
+
     # sessions (the data path holds the keys)
     sessions: list = field(default_factory=list)
     last_handshake_wall: float = 0.0        # time.time() of the last completed handshake

@@ -183,7 +183,8 @@
   // ------------------------------------------------------------- firewall
   function ruleMatch(r) {
     const parts = [];
-    for (const k of ["peer", "cidr", "local_cidr", "src_port", "dst_port", "comment"]) {
+    for (const k of ["peer", "src_group", "dst_group", "cidr", "local_cidr", "src_port", "dst_port",
+                     "comment"]) {
       if (r[k] !== undefined) parts.push(k + "=" + r[k]);
     }
     return parts.join(" ") || "any";
@@ -192,7 +193,8 @@
   function editable(fw) {
     const copy = {};
     for (const [k, v] of Object.entries(fw)) {
-      if (["mode", "drops", "accepts", "conntrack", "fragments", "rejects"].includes(k)) continue;
+      if (["mode", "drops", "accepts", "conntrack", "fragments", "rejects", "warnings", "own_groups",
+           "policy"].includes(k)) continue;
       copy[k] = v;
     }
     copy.rules = (fw.rules || []).map((r) => { const c = Object.assign({}, r); delete c.hits; return c; });
@@ -214,8 +216,32 @@
       el("td", { text: String(r.proto) }), el("td", { text: ruleMatch(r) }),
       el("td", { class: "num hits", text: String(r.hits || 0) })))
       : [el("tr", null, el("td", { colspan: "6", class: "muted", text: "no rules: the defaults apply" }))]));
+    renderPolicy(fw.policy);
     const text = $("firewall-text");
     if (force || (!text.value && document.activeElement !== text)) text.value = editable(fw);
+  }
+
+  // The network policy in force (issue 21): its rules, which apply to this
+  // node, and the packets each decided here.  The local rules above narrow it.
+  function renderPolicy(pol) {
+    const box = $("policy");
+    box.hidden = !pol;
+    if (!pol) return;
+    $("policy-facts").replaceChildren(
+      el("span", null, "seq ", el("b", { text: String(pol.seq) })),
+      el("span", null, "default ", el("b", { text: pol.default })),
+      el("span", null, "default in here ", el("b", { text: pol.effective_default_in })),
+      el("span", null, "signed by ", el("b", { text: String(pol.issuer || "").slice(0, 12) + "…" })));
+    const list = (v) => (Array.isArray(v) ? v.join(", ") : String(v));
+    const rules = pol.rules || [];
+    $("policy-rules").querySelector("tbody").replaceChildren(...(rules.length ? rules.map((r) =>
+      el("tr", { "data-policy-rule": String(r.index), class: r.applies ? "" : "muted" },
+        el("td", { text: String(r.index) }), el("td", { text: list(r.from) }),
+        el("td", { text: list(r.to) }),
+        el("td", { text: r.proto + (r.ports && r.ports.length ? " " + list(r.ports) : "") }),
+        el("td", { text: r.action }), el("td", { text: r.applies ? "yes" : "no" }),
+        el("td", { class: "num hits", text: String(r.hits || 0) })))
+      : [el("tr", null, el("td", { colspan: "7", class: "muted", text: "no rules: the default applies" }))]));
   }
 
   // --------------------------------------------------------------- events

@@ -14,6 +14,8 @@
     POST /network/admin/invites/{id}/revoke
     GET  /network/admin/members          current and removed members
     POST /network/admin/members/{who}/remove      by name or key -> the signed removal
+    GET  /network/policy                 the signed network policy in force (404: none)
+    POST /network/admin/policy           {"source": TOML or JSON text} -> signed and in force
 
 Every change runs :mod:`phantom.network.join` on the store's ledger
 (store/ledger.py) in one transaction.  A refusal is ``{"error": sentence,
@@ -26,6 +28,7 @@ wrong admin token is a 401 before the body is read, and draws on it too.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -40,6 +43,8 @@ from phantom import logsetup
 from phantom.network.canonical import b64
 from phantom.errors import Invalid, Unauthorized
 from phantom.network import join as J
+from phantom.network import policy as P
+from phantom.network.canonical import strict_loads
 from phantom.network.authority import ADMIN_TOKEN, AuthorityDir
 from phantom.network.definition import Definition
 from phantom.network.errors import AllocationError, FormatError, InviteError, NetworkError
@@ -207,8 +212,8 @@ async def members(request: web.Request) -> web.Response:
                       "more": bool(events) and events[-1]["seq"] < seq})
 
     def snapshot(led):
-        return led.seq(), led.members(), led.removals()
-    seq, records, removals = await svc.tables.read(snapshot)
+        return led.seq(), led.members(), led.removals(), led.policy_doc()
+    seq, records, removals, policy = await svc.tables.read(snapshot)
     in_force = RemovalSet()
     for doc in removals:
         try:
@@ -219,7 +224,7 @@ async def members(request: web.Request) -> web.Response:
     return _json({"seq": seq, "network": svc.definition.fingerprint,
                   "members": [m.cert.doc for m in records
                               if m.removed is None and m.cert.not_after > now],
-                  "removals": [r.doc for r in in_force]})
+                  "removals": [r.doc for r in in_force], "policy": policy})
 
 
 # --- admin routes ----------------------------------------------------------------------------------
@@ -318,6 +323,56 @@ async def admin_remove(request: web.Request) -> web.Response:
     return _json({"removal": removal.doc, "seq": seq})
 
 
+# --- the network policy (issue 21) -----------------------------------------------------------------
+MAX_POLICY_BODY = 2 * P.MAX_SOURCE_SIZE + 1024      # {"source": ...}: the file, JSON-escaped
+
+
+async def get_policy(request: web.Request) -> web.Response:
+    doc = await _svc(request).tables.read(lambda led: led.policy_doc())
+    if doc is None:
+        return _json({"error": "network %s has no policy: every member keeps its own "
+                      "[firewall]" % _svc(request).definition.name, "code": "no_policy"}, 404)
+    return _json(doc)
+
+
+async def _policy_body(request: web.Request) -> Any:
+    """The body of a policy set: larger than other requests' (a whole policy
+    file), so read here with its own bound and deadline."""
+    length = request.content_length
+    if length is None or length > MAX_POLICY_BODY:
+        raise Invalid("a policy set needs a Content-Length of at most %d bytes" % MAX_POLICY_BODY)
+    try:
+        raw = await asyncio.wait_for(request.content.readexactly(length), srv.BODY_TIMEOUT)
+    except asyncio.TimeoutError:
+        raise Invalid("the request body did not arrive within %g s" % srv.BODY_TIMEOUT) from None
+    except asyncio.IncompleteReadError:
+        raise Invalid("the request body is shorter than its Content-Length") from None
+    try:
+        body = strict_loads(raw, MAX_POLICY_BODY, "request")
+    except NetworkError as exc:
+        raise Invalid(str(exc)) from None
+    if not isinstance(body, dict) or set(body) != {"source"} or not isinstance(body["source"], str):
+        raise Invalid('the body is {"source": "<the policy file, TOML or JSON>"}')
+    return body["source"]
+
+
+async def admin_set_policy(request: web.Request) -> web.Response:
+    _admin(request)
+    source = await _policy_body(request)
+    svc = _svc(request)
+    try:
+        body = P.parse_policy_source(source)
+        policy, seq = await _change(request, lambda led, now: J.set_policy(
+            led, svc.definition, svc.admission, body, now))
+    except NetworkError as exc:
+        return refusal(exc)
+    log.info("network policy seq %d set for %s (%d rules, default %s; event %d)", policy.seq,
+             svc.definition.name, len(policy.body.rules), policy.body.default, seq)
+    return _json({"seq": policy.seq, "issuer": b64(policy.issuer), "issued": policy.issued,
+                  "rules": len(policy.body.rules), "default": policy.body.default,
+                  "event": seq})
+
+
 def add_routes(app: web.Application, service: NetworkService) -> None:
     app[SERVICE_KEY] = service
     r = app.router
@@ -331,3 +386,5 @@ def add_routes(app: web.Application, service: NetworkService) -> None:
     r.add_post("/network/admin/invites/{id}/revoke", admin_revoke_invite)
     r.add_get("/network/admin/members", admin_members)
     r.add_post("/network/admin/members/{who}/remove", admin_remove)
+    r.add_get("/network/policy", get_policy)
+    r.add_post("/network/admin/policy", admin_set_policy)

@@ -125,6 +125,9 @@ cdef size_t PEER_CONTROL_MAX_SIZE = _wire.PEER_CONTROL_MAX_SIZE
 cdef size_t RESPONSE_SIZE = _wire.RESPONSE_SIZE
 cdef size_t COOKIE_REPLY_SIZE = _wire.COOKIE_REPLY_SIZE
 cdef size_t INITIATION_OFFER_SIZE = _wire.INITIATION_OFFER_SIZE     # with a cipher suites offer
+# with an attachment (a membership certificate) after the offer: a range
+cdef size_t INITIATION_ATTACHED_MIN_SIZE = _wire.INITIATION_ATTACHED_MIN_SIZE
+cdef size_t INITIATION_MAX_SIZE = _wire.INITIATION_MAX_SIZE
 cdef size_t RESPONSE_CHOICE_SIZE = _wire.RESPONSE_CHOICE_SIZE       # with the chosen suite
 cdef size_t WG_INITIATION_SIZE = _wgwire.INITIATION_SIZE
 cdef size_t WG_RESPONSE_SIZE = _wgwire.RESPONSE_SIZE

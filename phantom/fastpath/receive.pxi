@@ -35,10 +35,13 @@ cdef int _in_prepare(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nog
             pkt.verdict = D_MALFORMED               # no nesting; peer control only on a direct session
             continue
         if t == MSG_INITIATION or t == MSG_RESPONSE or t == MSG_COOKIE_REPLY:
-            # exact sizes, Phantom's (with or without suites) or WireGuard's (as wire.demux.classify)
+            # exact sizes, Phantom's (with or without suites) or WireGuard's, and
+            # the range of Phantom's initiations with an attachment (as wire.demux.classify)
             expect = INITIATION_SIZE if t == MSG_INITIATION else (RESPONSE_SIZE if t == MSG_RESPONSE else COOKIE_REPLY_SIZE)
             if pkt.len != expect and not ((t == MSG_INITIATION and (pkt.len == WG_INITIATION_SIZE
-                                                       or pkt.len == INITIATION_OFFER_SIZE))
+                                                       or pkt.len == INITIATION_OFFER_SIZE
+                                                       or (pkt.len >= INITIATION_ATTACHED_MIN_SIZE
+                                                           and pkt.len <= INITIATION_MAX_SIZE)))
                                           or (t == MSG_RESPONSE and (pkt.len == WG_RESPONSE_SIZE
                                                           or pkt.len == RESPONSE_CHOICE_SIZE))):
                 pkt.verdict = D_MALFORMED

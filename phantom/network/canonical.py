@@ -58,6 +58,14 @@ def _int(text):
     return int(text)
 
 
+def strict_decoder() -> json.JSONDecoder:
+    """A decoder refusing what :func:`strict_loads` refuses: duplicate keys,
+    floats, NaN/Infinity, integers over 20 digits (for a caller that needs
+    the decoder itself, e.g. to note where each object starts)."""
+    return json.JSONDecoder(object_pairs_hook=_pairs, parse_float=_no_float,
+                            parse_constant=_no_const, parse_int=_int)
+
+
 def _depth(value: Any, limit: int) -> int:
     """Nesting depth of a parsed value (iterative; stops past ``limit``)."""
     stack = [(value, 1)]

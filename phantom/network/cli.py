@@ -11,8 +11,9 @@
     phantom network members [--all]
     phantom network remove NAME|KEY
     phantom network rotate [--authority-key FILE] [--admission-lifetime 365d]
+    phantom network policy show | set FILE | test SRC DST PORT[/PROTO]|PROTO
 
-``invite``, ``invites``, ``members`` and ``remove`` work on the authority
+``invite``, ``invites``, ``members``, ``remove`` and ``policy`` work on the authority
 directory's own ledger, or, with ``--admin-token-file F`` (remote mode), on
 the directory that serves the network (``phantom directory serve --network``):
 ``--directory URL`` names it (default: the first URL of the network's
@@ -45,7 +46,7 @@ from .definition import DEFAULT_ADMISSION_LIFETIME, DEFAULT_CERT_LIFETIME
 from .errors import NetworkError
 from .invite import DEFAULT_INVITE_TTL, create_invite
 from .join import add_invite, remove, revoke_invite
-from .keys import SigningKey, atomic_write, load_key, save_key
+from .keys import SigningKey, atomic_write, load_key, read_limited, save_key
 from .rotate import rotate
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -313,6 +314,140 @@ def cmd_rotate(args, now: Callable[[], float]) -> int:
     return 0
 
 
+# --- the network policy (issue 21) -----------------------------------------------------------
+_PROTO_WORDS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv4": 1, "icmpv6": 58}
+
+
+def _flow(text: str) -> tuple:
+    """"22" (TCP), "53/udp", "icmp", "47" -> (protocol number, port or None)."""
+    port_text, sep, proto_text = text.strip().lower().partition("/")
+    if not sep:
+        if port_text in _PROTO_WORDS:
+            return _PROTO_WORDS[port_text], None
+        proto_text = "tcp"
+    if proto_text in _PROTO_WORDS:
+        proto = _PROTO_WORDS[proto_text]
+    elif proto_text.isascii() and proto_text.isdigit() and int(proto_text) <= 255:
+        proto = int(proto_text)
+    else:
+        raise UsageError("%r: write PORT[/PROTO] (22, 53/udp) or a protocol (icmp)" % text)
+    if not (port_text.isascii() and port_text.isdigit() and int(port_text) <= 65535):
+        raise UsageError("%r: the port must be 0-65535" % text)
+    if proto not in (6, 17):
+        raise UsageError("%r: only TCP and UDP have ports" % text)
+    return proto, int(port_text)
+
+
+def _policy_now(args):
+    """The policy in force (a parsed Policy, verified locally) or None, and the members
+    (name, key, groups) it is tested against."""
+    from .join import current_policy
+    from .policy import parse_policy
+    if _remote(args):
+        from phantom.cli.join import Unreachable, request_json
+        urls = list(args.directory or []) or list(_open(args).definition.directory)
+        if not urls:
+            raise UsageError("which directory? pass --directory URL (remote mode)")
+        try:
+            status, doc = request_json(urls[0], "GET", "/network/policy")
+        except Unreachable as exc:
+            raise UsageError("directory %s: %s" % (urls[0], exc)) from None
+        if status == 404:
+            return None
+        if status >= 400:
+            raise UsageError("directory %s refused: %s" % (urls[0], doc.get("error") if
+                                                             isinstance(doc, dict) else status))
+        return parse_policy(doc)
+    return current_policy(_open(args).read_ledger())
+
+
+def _members_now(args, now: float) -> list:
+    from .policy import Identity
+    if _remote(args):
+        rows = _ask(args, "GET", "/network/admin/members")["members"]
+        return [Identity(r["name"], base64.b64decode(r["key"]), tuple(r["groups"]))
+                for r in rows if r["status"] == "member"]
+    return [Identity(m.cert.name, m.cert.key, tuple(m.cert.groups))
+            for m in _open(args).read_ledger().members()
+            if m.removed is None and m.cert.not_after > now]
+
+
+def _who_in(members: list, who: str):
+    for m in members:
+        if who in (m.name, b64(m.key)):
+            return m
+    raise UsageError("%r is not a current member (a name or a key)" % who)
+
+
+def _rule_text(i: int, r: dict) -> str:
+    ports = ",".join(r["ports"])
+    return "rule %d: from %s to %s %s%s%s%s" % (
+        i, ",".join(r["from"]), ",".join(r["to"]), r["proto"], (" " + ports) if ports else "",
+        "" if r["action"] == "accept" else " " + r["action"],
+        (" (%s)" % r["comment"]) if r.get("comment") else "")
+
+
+def cmd_policy(args, now: Callable[[], float]) -> int:
+    from .policy import MAX_SOURCE_SIZE, decide, parse_policy_source
+    t = now()
+    if args.action == "set":
+        if len(args.args) != 1:
+            raise UsageError("`phantom network policy set FILE`")
+        path = Path(args.args[0])
+        try:
+            data = read_limited(path, MAX_SOURCE_SIZE)
+        except OSError as exc:
+            raise UsageError("%s: %s" % (path, exc.strerror or exc)) from None
+        body = parse_policy_source(data)          # refused whole, naming the line
+        if _remote(args):
+            summary = _ask(args, "POST", "/network/admin/policy",
+                           {"source": data.decode("utf-8")})
+        else:
+            from .join import set_policy
+            auth = _open(args)
+            with auth.transaction() as ledger:
+                policy, _seq = set_policy(ledger, auth.definition, auth.admission, body, t)
+            summary = {"seq": policy.seq, "issuer": b64(policy.issuer), "issued": policy.issued,
+                       "rules": len(policy.body.rules), "default": policy.body.default}
+        _out(args, "policy seq %d in force: %d rule%s, default %s (members apply it within "
+             "seconds)" % (summary["seq"], summary["rules"], "" if summary["rules"] == 1
+                           else "s", summary["default"]), summary)
+        return 0
+    policy = _policy_now(args)
+    if args.action == "show":
+        if args.args:
+            raise UsageError("`phantom network policy show` takes no arguments")
+        if policy is None:
+            _out(args, "no policy: every member keeps its own [firewall]", None)
+            return 0
+        s = policy.summary()
+        lines = ["policy seq %d, issued %s by %s, default %s" % (
+            policy.seq, _when(policy.issued), s["issuer"], s["default"])]
+        lines += ["  group %s = %s" % (g, ", ".join(m)) for g, m in s["groups"].items()]
+        lines += ["  " + _rule_text(i, r) for i, r in enumerate(s["rules"], 1)]
+        _out(args, "\n".join(lines), s)
+        return 0
+    if args.action == "test":
+        if len(args.args) != 3:
+            raise UsageError("`phantom network policy test SRC DST PORT[/PROTO]` "
+                             "(e.g. alice srv1 22, alice srv1 53/udp, alice srv1 icmp)")
+        proto, port = _flow(args.args[2])
+        members = _members_now(args, t)
+        src, dst = _who_in(members, args.args[0]), _who_in(members, args.args[1])
+        if policy is None:
+            action, rule, why = "accept", None, "no policy (each member's own [firewall])"
+        else:
+            action, index = decide(policy, src, dst, proto, port)
+            rule = None if index < 0 else index + 1
+            why = ("default %s" % policy.body.default if rule is None else
+                   _rule_text(rule, policy.body.rules[index].to_doc()))
+        _out(args, "%s  (%s)" % (action, why),
+             {"action": action, "rule": rule, "src": src.name, "dst": dst.name,
+              "proto": proto, "port": port, "seq": policy.seq if policy else 0})
+        return 0
+    raise UsageError("unknown action %r (show, set FILE, test SRC DST PORT)" % args.action)
+
+
 _REMOTE = argparse.ArgumentParser(add_help=False)
 _REMOTE.add_argument("--admin-token-file", metavar="FILE",
                      help="remote mode: ask the directory serving the network (--directory URL, "
@@ -380,6 +515,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--admission-lifetime", type=duration, default=DEFAULT_ADMISSION_LIFETIME,
                    metavar="DURATION", help="how long the new admission key lasts (default 365d)")
     r.set_defaults(func=cmd_rotate)
+    y = sub.add_parser("policy", parents=[common, _REMOTE],
+                       help="the network policy: show | set FILE | test SRC DST PORT[/PROTO]")
+    y.add_argument("action", choices=["show", "set", "test"])
+    y.add_argument("args", nargs="*", help="set: FILE (TOML or JSON); test: SRC DST PORT[/PROTO]")
+    y.add_argument("--directory", action="append", default=[], metavar="URL",
+                   help="remote mode: the directory to ask")
+    y.set_defaults(func=cmd_policy)
     return p
 
 

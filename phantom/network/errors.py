@@ -17,6 +17,7 @@ The wording is the contract the CLI, the daemon logs and the docs share
 from __future__ import annotations
 
 import enum
+from typing import Optional
 
 
 class Reason(enum.IntEnum):
@@ -131,3 +132,33 @@ class InviteError(NetworkError):
 
 class AllocationError(NetworkError):
     """No address could be allocated (the prefix is full, or bad arguments)."""
+
+
+class PolicyError(NetworkError):
+    """A policy was refused, whole.  ``rule`` is the rule's index from 0 (None
+    for a top-level field; the message counts from 1, as the admin reads the
+    file), ``line`` the line of the source file when known."""
+
+    def __init__(self, problem: str, rule: Optional[int] = None, field: str = "",
+                 line: Optional[int] = None, where: str = ""):
+        self.problem = problem
+        self.rule = rule
+        self.field = field
+        self.line = line
+        if not where:
+            where = ("rule %d" % (rule + 1)) if rule is not None else ""
+        self.where = where
+        parts = []
+        if where:
+            parts.append(where)
+        if line is not None:
+            parts.append("line %d" % line)
+        head = "policy"
+        if parts:
+            head += " " + parts[0] + (" (%s)" % parts[1] if len(parts) > 1 else "")
+        if field:
+            head += ", " + field
+        super().__init__("%s: %s" % (head, problem))
+
+    def at_line(self, line: Optional[int]) -> "PolicyError":
+        return PolicyError(self.problem, self.rule, self.field, line, self.where)

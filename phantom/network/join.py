@@ -255,6 +255,7 @@ class Ledger(Protocol):
     def delete_member(self, key: bytes) -> None: ...
     def next_serial(self) -> int: ...
     def append(self, event: dict) -> int: ...
+    def policy_doc(self) -> Optional[dict]: ...
 
 
 @dataclass(frozen=True)
@@ -391,6 +392,24 @@ def remove(ledger: Ledger, definition: Definition, admission: SigningKey, who: s
     return removal, ledger.append({"op": "removed", "removal": removal.doc})
 
 
+def current_policy(ledger: Ledger) -> Optional[Any]:
+    """The policy in force (the last ``policy`` event's document, parsed), or None."""
+    from .policy import parse_policy
+    doc = ledger.policy_doc()
+    return None if doc is None else parse_policy(doc)
+
+
+def set_policy(ledger: Ledger, definition: Definition, admission: SigningKey, body: Any,
+               now: float) -> tuple:
+    """Sign ``body`` (a validated :class:`phantom.network.policy.PolicyBody`) as
+    the next policy (seq = the one in force + 1) and append a ``policy`` event
+    to the member stream.  (Policy, event seq)."""
+    from .policy import sign_policy
+    held = current_policy(ledger)
+    policy = sign_policy(body, definition, admission, 1 if held is None else held.seq + 1, now)
+    return policy, ledger.append({"op": "policy", "policy": policy.doc})
+
+
 def add_invite(ledger: Ledger, invite: Invite) -> None:
     if ledger.invite(invite.id) is not None:
         raise JoinError("malformed", "invite %s exists already" % invite.id)
@@ -485,6 +504,12 @@ class MemoryLedger:
         self.seq += 1
         self.events.append((self.seq, event))
         return self.seq
+
+    def policy_doc(self) -> Optional[dict]:
+        for _seq, ev in reversed(self.events):
+            if ev.get("op") == "policy":
+                return ev["policy"]
+        return None
 
     def stream(self, since: int = 0) -> list:
         """The watch stream's events after ``since``, as a member reads them."""

@@ -26,7 +26,7 @@ from nacl.signing import SigningKey as _SigningKey, VerifyKey as _VerifyKey
 
 from phantom import crypto
 
-from .canonical import KEY_SIZE, SIG_SIZE, b64
+from .canonical import KEY_SIZE, SIG_SIZE, b64, canonical
 from .errors import FormatError
 
 FINGERPRINT_LABEL = b"phantom-network-authority-v1"
@@ -79,6 +79,24 @@ def verify(public: bytes, domain: bytes, message: bytes, sig: bytes) -> bool:
     except Exception:          # libsodium refusing the key: a failed verification
         return False
     return True
+
+
+def signed_bytes(doc: dict) -> bytes:
+    """What a document's signature covers: its canonical JSON without "sig"."""
+    return canonical({k: v for k, v in doc.items() if k != "sig"})
+
+
+def sign_document(key: "SigningKey", domain: bytes, body: dict) -> dict:
+    """``body`` plus ``"sig"``: ``key``'s signature over ``domain`` and
+    :func:`signed_bytes` (the one way every network document is signed)."""
+    doc = dict(body)
+    doc["sig"] = b64(key.sign(domain, signed_bytes(body)))
+    return doc
+
+
+def verify_document(public: bytes, domain: bytes, doc: dict, sig: bytes) -> bool:
+    """True when ``sig`` is ``public``'s signature of ``doc`` (minus "sig") under ``domain``."""
+    return verify(public, domain, signed_bytes(doc), sig)
 
 
 def valid_ed25519(public: bytes) -> bool:

@@ -13,7 +13,9 @@ in force with the new key, and appends to the watch stream, in this order:
    first (``MemberSet.apply`` checks that its authority is the pinned one);
 2. one ``member`` event per re-issued certificate (same name, addresses,
    groups, routes, ``since``; an expired certificate is not re-issued);
-3. one ``removed`` event per re-signed removal (same time).
+3. one ``removed`` event per re-signed removal (same time);
+4. the policy in force, re-signed with the next seq (same rules), as a
+   ``policy`` event.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Iterable, Optional
 
 from .definition import DEFAULT_ADMISSION_LIFETIME, Definition, revise
 from .errors import Refused
-from .join import Ledger, lapsed, reissue
+from .join import Ledger, current_policy, lapsed, reissue, set_policy
 from .keys import SigningKey
 from .removal import make_removal
 
@@ -66,4 +68,7 @@ def rotate(ledger: Ledger, current: Definition, authority: SigningKey,
         removal = make_removal(definition, new_admission, m.key, m.removed)
         seq = ledger.append({"op": "removed", "removal": removal.doc})
         resigned += 1
+    policy = current_policy(ledger)
+    if policy is not None:
+        seq = set_policy(ledger, definition, new_admission, policy.body, now)[1]
     return Rotation(definition, reissued, resigned, seq)

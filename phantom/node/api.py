@@ -15,6 +15,9 @@ GET    /peers                  ``{"peers": [...]}``
 GET    /firewall               the firewall rules in force
 PUT    /firewall               replace the firewall rules (JSON object body)
 GET    /dns                    the names the name service answers ([dns])
+GET    /exit                   the exit in use and the peers offering one
+PUT    /exit                   use an exit: ``{"peer": "NAME"}``
+DELETE /exit                   stop using an exit
 GET    /openapi.json           an OpenAPI 3 description of the API
 ====== ======================= ============================================
 
@@ -145,6 +148,21 @@ async def renew_certificate(request: web.Request) -> web.Response:
     return json_response(await call(controller(request).renew_certificate()))
 
 
+async def get_exit(request: web.Request) -> web.Response:
+    return json_response(await call(controller(request).exit_status()))
+
+
+async def put_exit(request: web.Request) -> web.Response:
+    body = await read_json(request, required=True)
+    if not isinstance(body, dict) or set(body) != {"peer"}:
+        raise Invalid("body must be {\"peer\": \"NAME\"}: the peer to use as exit")
+    return json_response(await call(controller(request).exit_use(_check_name(body["peer"], "peer"))))
+
+
+async def delete_exit(request: web.Request) -> web.Response:
+    return json_response(await call(controller(request).exit_off()))
+
+
 async def get_openapi(request: web.Request) -> web.Response:
     return json_response(request.app[OPENAPI_KEY])
 
@@ -163,6 +181,9 @@ def add_routes(app: web.Application) -> None:
     r.add_put("/firewall", put_firewall)
     r.add_post("/network/renew", renew_certificate)
     r.add_get("/network/renew", refuse_get, allow_head=False)
+    r.add_get("/exit", get_exit)
+    r.add_put("/exit", put_exit)
+    r.add_delete("/exit", delete_exit)
     r.add_get("/openapi.json", get_openapi)
 
 
@@ -255,6 +276,24 @@ def openapi_paths() -> dict:
                          "404": err("this node is not a member of a network"),
                          "503": err("no directory renewed it"),
                      })},
+        },
+        "/exit": {
+            "get": {"summary": "The exit in use, the peers that offer one, DNS through it",
+                    "operationId": "getExit",
+                    "responses": dict(COMMON_ERRORS, **{"200": ok("exit", OBJ)})},
+            "put": {"summary": "Send all traffic and DNS through a peer that offers exit",
+                    "operationId": "useExit", "security": [{"bearer": []}],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                        "type": "object", "additionalProperties": False, "required": ["peer"],
+                        "properties": {"peer": {"type": "string", "pattern": PEER_NAME.pattern}}}}}},
+                    "responses": dict(MUTATION_ERRORS, **{
+                        "200": ok("the exit now in use", OBJ),
+                        "404": err("no such peer"),
+                        "409": err("no TUN device or helper, or the kernel refused the routes"),
+                    })},
+            "delete": {"summary": "Stop using an exit: traffic goes direct again",
+                       "operationId": "exitOff", "security": [{"bearer": []}],
+                       "responses": dict(MUTATION_ERRORS, **{"200": ok("no exit in use", OBJ)})},
         },
         "/openapi.json": {"get": {"summary": "This description", "operationId": "openapi",
                                   "responses": {"200": ok("OpenAPI 3 document", OBJ)}}},

@@ -75,6 +75,9 @@ class PeerConfig:
     preshared_key_file: Optional[Path] = None          # WireGuard's optional psk (base64 file)
     ciphers: Optional[list[str]] = None                # Phantom suites for this peer; None: [interface]'s
     allow_exit: bool = False                           # may use this node as its exit (exit_node = true)
+    exit_node: bool = False                            # offers itself as exit: `phantom exit use NAME` may pick it
+    routes: list = field(default_factory=list)         # subnets behind it we accept (in allowed_ips too)
+    allow_routes: bool = False                         # may reach our advertise_routes through us
     groups: tuple = ()                                 # firewall groups (src_group/dst_group), sorted
     # endpoint = "vpn.example.com:51820": (name, port), resolved by the daemon
     # at start and again while the peer is stale (node/endpoints.py); then
@@ -121,6 +124,8 @@ class Settings:
     uapi: bool = False                                  # serve WireGuard's UAPI socket (wg show/set)
     kill_switch: bool = False                           # block non-tunnel egress while a full tunnel is configured
     exit_node: bool = False                             # forward and masquerade for peers with allow_exit
+    exit_dns_upstream: tuple = ()                       # the exit's resolvers for its clients' DNS (default: resolv.conf)
+    advertise_routes: list = field(default_factory=list)  # subnet router: LAN prefixes peers with allow_routes reach
     log_level: str = DEFAULT_LOG_LEVEL
     directory: Optional[Any] = None        # a URL, a list of URLs, or "dht"
     dht_bootstrap: list[tuple[str, int]] = field(default_factory=list)  # with directory = "dht"
@@ -166,10 +171,10 @@ INTERFACE_KEYS = ("private_key_file", "listen_port", "http_port", "http_listen",
                   "test_port", "test_deliver", "mode", "device", "addresses", "mtu", "state_dir",
                   "user", "fast", "log_level", "directory", "name", "endpoints", "trusted_signers",
                   "endorsers", "directory_allowed_ips", "metrics_listen", "dht_bootstrap", "dht_port", "uapi",
-                  "kill_switch", "exit_node", "rendezvous", "relay", "ciphers", "groups")
+                  "kill_switch", "exit_node", "exit_dns_upstream", "advertise_routes", "rendezvous", "relay", "ciphers", "groups")
 CIPHERS = ("aegis256", "secretbox")       # wire.SUITE_NAMES, best first
 PEER_KEYS = ("name", "public_key", "endpoint", "allowed_ips", "persistent_keepalive", "protocol",
-             "preshared_key_file", "rendezvous", "ciphers", "allow_exit", "groups")
+             "preshared_key_file", "rendezvous", "ciphers", "allow_exit", "exit_node", "routes", "allow_routes", "groups")
 PROTOCOLS = ("phantom", "wireguard")
 
 
@@ -385,6 +390,10 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
             s.kill_switch = _expect(value, bool, key, "true or false")
         elif name == "exit_node":
             s.exit_node = _expect(value, bool, key, "true or false")
+        elif name == "exit_dns_upstream":
+            s.exit_dns_upstream = _addresses_list(value, key)
+        elif name == "advertise_routes":
+            s.advertise_routes = _prefixes(value, key)
         elif name == "log_level":
             s.log_level = _log_level(value, key)
         elif name == "directory":
@@ -512,11 +521,21 @@ def _peer(table: Any, i: int, base: Optional[Path] = None) -> PeerConfig:
     if rendezvous and protocol != "phantom":
         raise ConfigError(where + ".rendezvous", "a rendezvous node speaks the phantom protocol")
     allow_exit = _expect(table.get("allow_exit", False), bool, where + ".allow_exit", "true or false")
+    offers_exit = _expect(table.get("exit_node", False), bool, where + ".exit_node", "true or false")
+    allow_routes = _expect(table.get("allow_routes", False), bool, where + ".allow_routes", "true or false")
+    routes = _prefixes(table["routes"], where + ".routes") if "routes" in table else []
+    for j, net in enumerate(routes):
+        if net in allowed:
+            raise ConfigError("%s.routes[%d]" % (where, j), "%s is in allowed_ips already" % net)
+        if net.prefixlen == 0:
+            raise ConfigError("%s.routes[%d]" % (where, j), "a default route is an exit: exit_node = true "
+                              "and `phantom exit use %s`" % name)
     peer_groups = groups(table["groups"], where + ".groups") if "groups" in table else ()
     return PeerConfig(name=name, public_key=public, endpoint=endpoint, allowed_ips=allowed,
                       persistent_keepalive=keepalive, protocol=protocol,
                       preshared_key_file=psk_file, rendezvous=rendezvous, ciphers=ciphers,
-                      endpoint_name=endpoint_name, allow_exit=allow_exit, groups=peer_groups)
+                      endpoint_name=endpoint_name, allow_exit=allow_exit, exit_node=offers_exit,
+                      routes=routes, allow_routes=allow_routes, groups=peer_groups)
 
 
 DEFAULT_NAME_BYTES = 4      # "peer-" + 8 hex digits of the key, longer only where needed
@@ -634,6 +653,7 @@ def settings_from_mapping(doc: dict, base: Optional[Path] = None) -> Settings:
     if "tunables" in doc:
         s.tunables = _tunables(doc["tunables"])
     _default_mode(s)
+    check_subnet_routes(s)          # at start and at each reload: routes join allowed_ips
     return s
 
 
@@ -693,6 +713,66 @@ def config_warnings(s: Settings) -> list[str]:
     return out
 
 
+def _prefixes(value, key: str) -> list:
+    """A list of CIDR prefixes (subnet routes), each once."""
+    _expect(value, list, key, "a list of CIDR strings")
+    if len(value) > 256:
+        raise ConfigError(key, "%d prefixes; at most 256" % len(value))
+    out: list = []
+    for j, text in enumerate(value):
+        net = parse_network(text, "%s[%d]" % (key, j))
+        if net in out:
+            raise ConfigError("%s[%d]" % (key, j), "%s is listed twice" % net)
+        out.append(net)
+    return out
+
+
+def peer_offers(p: PeerConfig) -> dict:
+    """What a [[peer]] offers us, as the peer table holds it (PeerTable.set_offers)."""
+    return {k: v for k, v in (("exit", p.exit_node), ("routes", tuple(p.routes))) if v}
+
+
+def check_subnet_routes(s) -> None:
+    """A peer's ``routes`` (subnets behind it that we accept) may overlap no
+    other peer's prefix (allowed_ips or routes) and none of our own subnets:
+    a subnet route never takes another peer's traffic or our own LAN's (the
+    route-ownership rule; ConfigError naming it, logged by the start or the
+    reload that refuses it).  Then the routes join the peer's allowed IPs
+    (the data path routes them and accepts their replies; the kernel routes
+    them into the device).  A full tunnel's ``/0`` is no overlap: the subnet
+    route is the longer prefix and wins, as meant."""
+    own = [a.network for a in s.addresses]
+    for i, p in enumerate(s.peers):
+        for j, net in enumerate(p.routes):
+            key = "peer[%d].routes[%d]" % (i, j)
+            for o in own:
+                if net.version == o.version and net.overlaps(o):
+                    raise ConfigError(key, "%s overlaps this node's own subnet %s" % (net, o))
+            for k, q in enumerate(s.peers):
+                if k == i:
+                    continue
+                for m in list(q.allowed_ips) + [r for r in q.routes if r not in q.allowed_ips]:
+                    if m.prefixlen and net.version == m.version and net.overlaps(m):   # (a /0 is a full tunnel)
+                        raise ConfigError(key, "%s overlaps peer %s's %s: refused (a subnet route may "
+                                          "not take another peer's traffic)" % (net, q.name, m))
+    for p in s.peers:
+        p.allowed_ips = list(p.allowed_ips) + [n for n in p.routes if n not in p.allowed_ips]
+
+
+def _addresses_list(value, key: str) -> tuple:
+    """A list of 1..4 IP addresses (strings), e.g. an exit's upstream resolvers."""
+    items = _expect(value, list, key, "a list of IP addresses")
+    if not 1 <= len(items) <= 4:
+        raise ConfigError(key, "give 1 to 4 addresses")
+    out = []
+    for i, a in enumerate(items):
+        try:
+            out.append(str(ipaddress.ip_address(_expect(a, str, "%s[%d]" % (key, i), "an IP address"))))
+        except ValueError:
+            raise ConfigError("%s[%d]" % (key, i), "%r is not an IP address" % (a,)) from None
+    return tuple(out)
+
+
 def _finish(s: Settings, mtu_key: str) -> Settings:
     check_peers(s.peers)
     if s.exit_node and s.mode is not Mode.TUN:
@@ -702,6 +782,23 @@ def _finish(s: Settings, mtu_key: str) -> Settings:
         if p.allow_exit and not s.exit_node:
             raise ConfigError("peer[%d].allow_exit" % i, "this node is no exit node: add exit_node = true "
                               "to [interface] (or leave allow_exit out)")
+    for i, p in enumerate(s.peers):
+        if p.exit_node and s.mode is not Mode.TUN:
+            raise ConfigError("peer[%d].exit_node" % i, "an exit carries IP packets: using one needs "
+                              "mode = \"tun\"")
+    for i, p in enumerate(s.peers):
+        if (p.routes or p.allow_routes) and s.mode is not Mode.TUN:
+            raise ConfigError("peer[%d].%s" % (i, "routes" if p.routes else "allow_routes"),
+                              "subnet routes carry IP packets: they need mode = \"tun\"")
+        if p.allow_routes and not s.advertise_routes:
+            raise ConfigError("peer[%d].allow_routes" % i, "this node advertises no routes: add "
+                              "advertise_routes to [interface] (or leave allow_routes out)")
+    if s.advertise_routes and s.mode is not Mode.TUN:
+        raise ConfigError("interface.advertise_routes", "a subnet router forwards IP packets from a TUN "
+                          "device: it needs mode = \"tun\"")
+    if s.exit_dns_upstream and not s.exit_node:
+        raise ConfigError("interface.exit_dns_upstream", "this node is no exit node: add exit_node = true "
+                          "(or leave exit_dns_upstream out)")
     if s.kill_switch and s.mode is not Mode.TUN:
         raise ConfigError("interface.kill_switch", "the kill switch guards a full tunnel through a TUN "
                           "device: it needs mode = \"tun\"")

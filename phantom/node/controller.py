@@ -23,7 +23,9 @@ from .. import __version__
 from ..control.peer import PeerState
 from ..dataplane.types import Mode, RelayVia
 from ..dataplane.udp import format_endpoint, plain
-from ..errors import ConfigError, Conflict, HandshakeTimeout, Invalid, NotFound, Unavailable
+from ..errors import (ConfigError, Conflict, HandshakeRefused, HandshakeTimeout, Invalid, NotFound,
+                      Unavailable)
+from ..wire import refusal_sentence
 from ..syntax import is_ip_literal
 from .peers import b64
 
@@ -188,6 +190,7 @@ class Controller:
             d.dp.set_test_peer(peer.id)
         if peer.state is PeerState.ESTABLISHED:
             return self.peer_info(peer, already=True)
+        refusals = peer.refusals
         d.executor.do(d.engine.open(peer.id, endpoint))
         epoch = peer.epoch
         deadline = (t.open_attempts + 1) * (t.rekey_timeout + t.handshake_jitter) + 0.5
@@ -204,14 +207,18 @@ class Controller:
         if peer.epoch != epoch or d.engine.peers.get(peer.id) is not peer:
             # Closed (or removed) while we waited: a later open owns it now.
             raise Conflict("peer %s was closed while the handshake was under way" % peer.name)
-        msg = "no answer from %s after %d handshake attempts" % (format_endpoint(endpoint), peer.attempts or
-                                                                 t.open_attempts)
+        refused = peer.refusals > refusals and peer.refused is not None
+        if refused:
+            msg = "peer %s refused us: %s" % (peer.name, refusal_sentence(peer.refused))
+        else:
+            msg = "no answer from %s after %d handshake attempts" % (format_endpoint(endpoint),
+                                                                     peer.attempts or t.open_attempts)
         if created:
             d.peers.remove(peer)           # forgotten again: engine, indexes, data-path tables
         else:
             # Not close(): a live session the peer still uses keeps its keys.
             d.executor.do(d.engine.open_failed(peer.id))
-        raise HandshakeTimeout(msg)
+        raise (HandshakeRefused if refused else HandshakeTimeout)(msg)
 
     # ================================================================ close
     async def close(self, ref: str) -> dict:
@@ -269,6 +276,7 @@ class Controller:
             "endpoint": format_endpoint(self._endpoint_in_use(peer)),
             "allowed_ips": [str(n) for n in peer.allowed_ips],
             "groups": list(d.peers.groups_of(peer)),
+            "offers": {k: (list(map(str, v)) if k == "routes" else v) for k, v in d.peers.offers_of(peer).items()},
             "state": peer.state.value,
             "last_handshake": peer.last_handshake_wall or None,
             "latest_handshake": round(now - peer.last_handshake, 3) if peer.last_handshake_wall else None,
@@ -327,6 +335,8 @@ class Controller:
             "nat": self._nat_status(),
             "crypto": d.crypto_status(),
             "privsep": self._privsep_status(),
+            "exit": d.exits.status() if d.kernel_routes is not None else None,
+            "exit_dns": d.exit_dns.stats() if d.exit_dns is not None else None,
             "dns": d.names.stats() if d.names is not None else None,
             "endpoint_names": d.endpoints.stats(),
             "network": d.membership.status() if getattr(d, "membership", None) is not None else None,
@@ -386,8 +396,22 @@ class Controller:
             new = self.d.firewall.replace(rules, self.d.peers.names, self.d.peers.group_map())
         except FirewallError as exc:
             raise Invalid(str(exc)) from None
-        log.info("firewall replaced (%d rules)", len(new.describe().get("rules", [])))
-        return new.describe()
+        shown = self.d.firewall.describe()      # the local table (and a network policy beside it)
+        log.info("firewall replaced (%d rules)", len(shown.get("rules", [])))
+        return shown
+
+    # ================================================================ exit
+    async def exit_status(self) -> dict:
+        """GET /exit: the exit in use, the peers offering one, DNS."""
+        return self.d.exits.status()
+
+    async def exit_use(self, name: str) -> dict:
+        """PUT /exit: send all traffic (and DNS) through the peer ``name``."""
+        return self.d.exits.use(name)
+
+    async def exit_off(self) -> dict:
+        """DELETE /exit: traffic goes direct again."""
+        return self.d.exits.off()
 
     # ============================================================== reload
     async def reload(self) -> dict:

@@ -13,6 +13,7 @@ sans-IO engine) to a data path.  Each job is a module of its own:
 * firewall.py -- the rules in force; reload.py -- the config file again;
   metrics.py -- Prometheus; uapi.py -- ``wg show``/``wg set``; dns.py -- the
   name service ([dns]); endpoints.py -- endpoints given as DNS names;
+  exits.py -- the exit in use (``phantom exit use NAME``);
 * main.py -- the ``phantomd`` command (flags, keys, privileges, exit codes).
 
 A :class:`Daemon` holds these parts and the daemon's health.
@@ -36,6 +37,7 @@ from .dirlink import DirectoryLink
 from .dns import NameLink
 from .endpoints import EndpointResolver
 from .executor import Executor
+from .exits import ExitChoice
 from .firewall import FirewallSlot
 from .peers import PeerTable, planned_groups, planned_names
 from .reload import Reloader
@@ -56,6 +58,7 @@ class Daemon:
     notifier = None                # phantom.node.sdnotify.Notifier under systemd (main())
     priv = None                    # privsep.PrivClient: the privileged helper (TUN/TAP mode)
     kernel_routes = None           # privsep.routes.KernelRoutes (TUN mode): reload adds/removes routes
+    exit_dns = None                # dns.forward.ExitResolver (exit_node = true): the clients' DNS
 
     def __init__(self, settings: Settings, private_key: bytearray):
         self.s = settings
@@ -96,6 +99,7 @@ class Daemon:
         self.names: Optional[NameLink] = None   # [dns]: the name service (a bad section: exit 2)
         if settings.dns is not None and settings.dns.enabled:
             self.names = NameLink(settings, self.engine)
+        self.exits = ExitChoice(self)    # `phantom exit use NAME`: the exit in use (exits.py)
         self.controller = Controller(self)
         self.reloader = Reloader(settings)   # the file as read at start (reload diffs)
         if self.membership is not None:      # a reload keeps the certificate's groups
@@ -147,6 +151,7 @@ class Daemon:
         if self.priv is not None:
             from ..privsep.routes import stop_helper
             stop_helper(self.priv)       # a clean stop: the helper removes everything, kill switch too
+        self.exits.close()
         if self.device:
             self.device.close()
         if self.udp is not None:
@@ -162,6 +167,9 @@ class Daemon:
                                       self.device.name if self.device is not None else None,
                                       kernel_routes=self.kernel_routes)
         self.endpoints.sync()            # names new or changed in the file are looked up now
+        self.exits.after_reload(report)  # the exit in use: still offered, its routes kept
+        if self.exit_dns is not None:
+            self.exit_dns.set_allowed(n for p in self.s.peers if p.allow_exit for n in p.allowed_ips)
         if self.names is not None:
             self.names.sync()
         return report

@@ -74,6 +74,7 @@ class Executor:
             A.SetRelayRoute: lambda dp, a: dp.set_relay_route(a.peer_id, a.relay_peer, a.relay_id),
             A.SetRelayPair: lambda dp, a: dp.set_relay_pair(a.src_peer, a.relay_id, a.dest_peer),
             A.StateChanged: lambda dp, a: asyncio.get_running_loop().create_task(self._notify()),
+            A.HandshakeRefused: lambda dp, a: log.warning("peer=%s refused us: %s", a.name, a.sentence),
         }
 
     def attach(self, dp) -> None:

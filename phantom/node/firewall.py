@@ -5,7 +5,12 @@ and installed in the data path, which swaps its tables in one step.
 Replaced by ``PUT /firewall`` (controller.py), by a reload whose rules, peer
 names or groups changed (reload.py), and recompiled in place when who is in
 which group changes (:meth:`FirewallSlot.regroup`, the peer table's
-``on_groups``); connection tracking and drop counters carry over."""
+``on_groups``); connection tracking and drop counters carry over.
+
+With a network policy in force (:meth:`FirewallSlot.set_policy`,
+node/policy.py) what is compiled is the local table merged with the policy's
+inbound rules for this node; the local table stays what PUT /firewall and a
+reload replace, and GET /firewall shows it with the policy beside it."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from typing import Mapping, Optional
 
 from ..dataplane import firewall
 from ..errors import ConfigError
+from . import policy as node_policy
 
 log = logging.getLogger("phantom.daemon")
 
@@ -27,6 +33,9 @@ class FirewallSlot:
         self.dp = None                    # the data path, attached by startup.build()
         self.section = section
         self.own_groups = tuple(own_groups)
+        self.inbound = None               # the network policy's rules for this node (or None)
+        self._names, self._groups = names, groups
+        self._local = self._merged = None
         try:
             self.current: Optional[firewall.Firewall] = firewall.build(
                 section, names, mode, groups=groups, own_groups=self.own_groups)
@@ -42,9 +51,47 @@ class FirewallSlot:
         """Compile ``section`` (FirewallError: nothing changed) and install it.
         ``own_groups`` None: this node's groups stay as they are."""
         own = self.own_groups if own_groups is None else tuple(own_groups)
-        new = firewall.build(section, names, self.mode, previous=self.current, groups=groups,
-                             own_groups=own)
+        new = self._build(section, names, groups, own, self.inbound)
         self.current, self.section, self.own_groups = new, section, own
+        self._names, self._groups = names, groups
+        if self.dp is not None:
+            self.dp.set_firewall(new)
+        self._warn(new)
+        return new
+
+    def _build(self, section, names, groups, own, inbound) -> "firewall.Firewall":
+        """Compile (and install into the Firewall in force) ``section``, merged
+        with ``inbound`` when a policy is in force; FirewallError: nothing changed.
+        A bad local rule is named by its place in the local table."""
+        if inbound is None:
+            new = firewall.build(section, names, self.mode, previous=self.current,
+                                 groups=groups, own_groups=own)
+            self._local = self._merged = None
+            return new
+        local = firewall.parse_rules(section, names, groups, own)
+        merged = node_policy.merge(section, local, inbound, names)
+        new = firewall.build(merged.section, names, self.mode, previous=self.current,
+                             groups=groups, own_groups=own)
+        before = set(self._merged.warnings) if self._merged is not None else set()
+        self._local, self._merged = local, merged
+        for w in merged.warnings:
+            if w not in before:               # once, not at every recompile (group changes)
+                log.warning("%s", w)
+        return new
+
+    @property
+    def policy(self):
+        """The signed policy in force (a phantom.network.policy.Policy) or None."""
+        return self.inbound.policy if self.inbound is not None else None
+
+    def set_policy(self, inbound) -> "firewall.Firewall":
+        """Put the network policy's rules for this node (``InboundRules``;
+        None: no policy) in force: the local table merged with them,
+        compiled against the peers and groups of the last compile, swapped in
+        place (conntrack carries over: flows still allowed keep flowing).
+        FirewallError: nothing changed."""
+        new = self._build(self.section, self._names, self._groups, self.own_groups, inbound)
+        self.current, self.inbound = new, inbound
         if self.dp is not None:
             self.dp.set_firewall(new)
         self._warn(new)
@@ -75,5 +122,7 @@ class FirewallSlot:
         if self.current is None:
             return {"rules": [], "drops": {}}
         obj = self.current.describe()
+        if self.inbound is not None and self._merged is not None:
+            obj = node_policy.describe(obj, self._local, self._merged, self.inbound)
         obj["own_groups"] = list(self.own_groups)
         return obj

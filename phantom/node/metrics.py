@@ -43,6 +43,8 @@ phantom_directory_drops_total{reason}       counter directory answers, DHT items
 phantom_firewall_rule_hits_total{rule,direction,action} counter  rule = position 0..n-1
 phantom_firewall_drops_total{reason}        counter (and accepts_total)
 phantom_firewall_conntrack_entries          gauge
+phantom_network_policy_seq                  gauge    the network policy in force (issue 21)
+phantom_network_policy_rule_hits_total{rule,action} counter  rule = its number in the policy
 phantom_dns_queries_total{transport}        counter [dns]: queries received (udp, tcp)
 phantom_dns_responses_total{rcode}          counter [dns]: answers by rcode (NOERROR,
                                                     NXDOMAIN, REFUSED, FORMERR, ...)
@@ -282,7 +284,8 @@ class DaemonCollector(Collector):
         fw = d.fw
         if fw is None:
             return
-        desc = fw.describe()
+        slot = getattr(d, "firewall", None)          # the rules in force, with the policy
+        desc = slot.describe() if hasattr(slot, "describe") else fw.describe()
         hits = CounterMetricFamily("phantom_firewall_rule_hits", "Packets that matched a "
                                    "firewall rule (rule = its position, from 0)",
                                    labels=["rule", "direction", "action"])
@@ -300,6 +303,18 @@ class DaemonCollector(Collector):
         for reason, n in sorted(desc.get("accepts", {}).items()):
             fa.add_metric([reason], n)
         yield fa
+        policy = desc.get("policy")
+        if policy:
+            yield GaugeMetricFamily("phantom_network_policy_seq", "The seq of the network "
+                                    "policy in force", value=policy.get("seq", 0))
+            ph = CounterMetricFamily("phantom_network_policy_rule_hits", "Packets a network "
+                                     "policy rule decided on this node (rule = its number in "
+                                     "the policy, from 1)", labels=["rule", "action"])
+            for r in policy.get("rules", []):
+                if r.get("applies"):
+                    ph.add_metric([str(r.get("index", "")), str(r.get("action", ""))],
+                                  r.get("hits", 0))
+            yield ph
         ct = desc.get("conntrack") or {}
         if "entries" in ct:
             yield GaugeMetricFamily("phantom_firewall_conntrack_entries",

@@ -17,6 +17,13 @@ moves of endpoints given as DNS names (endpoints.py).
   executor carries out and NAT traversal observes (executor.py, nat.py): a
   removed peer's ``ClearKeys`` makes it forget the peer's paths, relay pairs
   and sessions;
+* the kernel's routes (TUN mode, :class:`phantom.privsep.routes.KernelRoutes`
+  through the privileged helper) follow in the same call: a prefix outside
+  the interface's subnets is routed into the device *before* the data path
+  starts sending it to a peer, and its route goes *after* the data path
+  stopped (no peer has it any more), for every peer, whoever brought it
+  (the config file, ``open``, the key directory, a reload, ``wg set``);
+  a route the kernel refuses is a ValueError naming it, nothing changed;
 * the firewall's name table is a view of the engine's indexes
   (:class:`PeerNames`): in step by construction, never recomputed;
 * the firewall's group map (which peers are in which group, for rules with
@@ -152,6 +159,109 @@ class PeerTable:
         self.names = PeerNames(engine)
         self._groups: dict = {}           # peer id -> its groups (sorted tuple), peers with any
         self.on_groups: Optional[Callable[[], None]] = None   # who is in which group changed
+        self.kernel = None                # privsep.routes.KernelRoutes (TUN mode with the helper)
+        self._offers: dict = {}           # peer id -> what it offers us: {"exit": True} (exit_node)
+        self._extra: dict = {}            # peer id -> prefixes routed to it on top of its own (an exit in use)
+        self.pruned: tuple = ([], [])     # the last change's kernel routes removed, (prefix, error)s
+
+    # ------------------------------------------------------------ kernel routes
+    def attach_kernel(self, kernel) -> None:
+        """The kernel's routes from now on follow every change (``kernel``:
+        :class:`phantom.privsep.routes.KernelRoutes`, or None)."""
+        self.kernel = kernel
+
+    def _route(self, prefixes: Iterable) -> list:
+        """Kernel routes for ``prefixes`` before the data path uses them
+        (all or nothing); ValueError naming the refused prefix.  Returns
+        the routes added (for :meth:`_unroute` when the change fails)."""
+        if self.kernel is None:
+            return []
+        from ..privsep.routes import RouteError
+        try:
+            return self.kernel.install(prefixes)
+        except RouteError as exc:
+            raise ValueError(str(exc)) from None
+
+    def _unroute(self) -> None:
+        """Remove the kernel routes no peer has any more (after the data path
+        stopped using them); failures are logged and kept in ``pruned``."""
+        if self.kernel is None:
+            return
+        self.pruned = self.kernel.prune(self.wanted())
+
+    def wanted(self) -> list:
+        """Every prefix a peer holds now (an exit in use's ``/0`` included)."""
+        return [n for pe in self.engine.peers.values() for n in pe.allowed_ips]
+
+    # ------------------------------------------------------------ what peers offer
+    # A peer's permissions are data of this table, whoever gave them: a
+    # [[peer]]'s ``exit_node = true`` today, a certificate's ``exit`` field
+    # (the network's approval) later, through the same set_offers().
+    def set_offers(self, changes: dict) -> None:
+        """``changes``: {peer id: {"exit": bool, "routes": prefixes}}: what
+        each peer offers us (an exit; subnets behind it, which its routes
+        carry too)."""
+        for pid, offers in changes.items():
+            if pid not in self.engine.peers:
+                raise ValueError("no peer has id %r" % (pid,))
+            offers = {k: (tuple(v) if k == "routes" else v) for k, v in offers.items() if v}
+            if offers:
+                self._offers[pid] = offers
+            else:
+                self._offers.pop(pid, None)
+
+    def offers_exit(self, peer: Peer) -> bool:
+        return bool(self._offers.get(peer.id, {}).get("exit"))
+
+    def offers_of(self, peer: Peer) -> dict:
+        """What ``peer`` offers us: {"exit": True, "routes": (prefixes...)}, the true ones."""
+        return dict(self._offers.get(peer.id, {}))
+
+    def own_routes(self, peer: Peer) -> list:
+        """``peer``'s own prefixes: its allowed IPs without the extra ones."""
+        extra = self._extra.get(peer.id, ())
+        return [n for n in peer.allowed_ips if n not in extra]
+
+    def extra_routes(self, peer: Peer) -> tuple:
+        """The prefixes routed to ``peer`` on top of its own (an exit in use: ``/0``)."""
+        return tuple(self._extra.get(peer.id, ()))
+
+    def set_extra(self, changes: dict) -> None:
+        """Route ``prefixes`` to each peer of ``changes`` ({peer id:
+        prefixes}) on top of its own, replacing its previous extra ones, in
+        one :meth:`set_routes` step (switching an exit from one peer to
+        another never leaves a moment without it); ValueError, nothing
+        changed, when the engine or the kernel refuses."""
+        import ipaddress
+        routes, extra = {}, {}
+        for pid, nets in changes.items():
+            peer = self.engine.peers.get(pid)
+            if peer is None:
+                raise ValueError("no peer has id %r" % (pid,))
+            nets = [ipaddress.ip_network(n) for n in nets]
+            own = self.own_routes(peer)
+            extra[pid] = tuple(n for n in nets if n not in own)
+            routes[pid] = own + list(extra[pid])
+        self.set_routes(routes)
+        for pid, nets in extra.items():
+            if nets:
+                self._extra[pid] = nets
+            else:
+                self._extra.pop(pid, None)
+
+    def _forget(self, pid: int) -> None:
+        self._offers.pop(pid, None)
+        self._extra.pop(pid, None)
+
+    def _keep_extra(self, pid: int) -> None:
+        """After ``pid``'s prefixes were replaced: its extra ones are those still there."""
+        if pid in self._extra:
+            have = set(self.engine.peers[pid].allowed_ips)
+            left = tuple(n for n in self._extra[pid] if n in have)
+            if left:
+                self._extra[pid] = left
+            else:
+                del self._extra[pid]
 
     # ------------------------------------------------------------ groups
     def groups_of(self, peer: Peer) -> tuple:
@@ -220,15 +330,27 @@ class PeerTable:
     # ------------------------------------------------------------ changes
     def add(self, public_key: bytes, name: str = "", allowed_ips: Iterable = (),
             endpoint: Optional[tuple] = None, persistent_keepalive: float = 0.0,
-            groups: Iterable[str] = (), **kw) -> Peer:
+            groups: Iterable[str] = (), offers: Optional[dict] = None, **kw) -> Peer:
         """A new peer (``kw``: :meth:`Engine.add_peer`'s) in ``groups``;
         ValueError, nothing changed, when the engine refuses it."""
-        peer = self.engine.add_peer(public_key, name, allowed_ips, endpoint, persistent_keepalive, **kw)
+        allowed_ips = list(allowed_ips)
+        if self.kernel is not None:      # the engine's verdict first: no kernel route for a refused peer
+            problem = self.engine.route_problem({None: allowed_ips}, new_exclusive=bool(kw.get("exclusive")))
+            if problem is not None:
+                raise ValueError(problem)
+        self._route(allowed_ips)
+        try:
+            peer = self.engine.add_peer(public_key, name, allowed_ips, endpoint, persistent_keepalive, **kw)
+        except ValueError:
+            self._unroute()
+            raise
         self.dp.add_peer(peer.id, list(peer.allowed_ips))
         if endpoint:
             self.dp.set_endpoint(peer.id, endpoint)
         if groups:
             self.set_groups({peer.id: groups})
+        if offers:
+            self.set_offers({peer.id: offers})
         return peer
 
     def remove(self, peer: Peer) -> None:
@@ -236,6 +358,8 @@ class PeerTable:
         (ClearKeys, which NAT traversal sees too), then its routes and tables go."""
         self.do(self.engine.remove_peer(peer.id))
         self.dp.remove_peer(peer.id)
+        self._forget(peer.id)
+        self._unroute()
         if self._groups.pop(peer.id, None):
             self._regrouped()
 
@@ -244,12 +368,15 @@ class PeerTable:
         sessions stay; ``groups``: :meth:`set_groups`); a new endpoint goes to
         the data path too."""
         groups = fields.pop("groups", None)
+        offers = fields.pop("offers", None)
         if fields:
             self.engine.update_peer(peer.id, **fields)
         if "endpoint" in fields:
             self.dp.set_endpoint(peer.id, fields["endpoint"])
         if groups is not None:
             self.set_groups({peer.id: groups})
+        if offers is not None:
+            self.set_offers({peer.id: offers})
         return peer
 
     def move(self, peer: Peer, endpoint: tuple) -> None:
@@ -262,8 +389,20 @@ class PeerTable:
         prefixes, in one step for the engine and one for the data path;
         ValueError naming the problem, nothing changed, when the engine's
         invariants would break (a prefix moves only between peers named)."""
-        self.engine.set_allowed_ips(changes)
+        if self.kernel is not None:      # the engine's verdict first: no kernel route for a refused change
+            problem = self.engine.route_problem(changes)
+            if problem is not None:
+                raise ValueError(problem)
+        self._route([n for nets in changes.values() for n in nets])
+        try:
+            self.engine.set_allowed_ips(changes)
+        except ValueError:
+            self._unroute()
+            raise
         self.dp.update_routes(changes)
+        for pid in changes:
+            self._keep_extra(pid)
+        self._unroute()
 
     def apply(self, batch: Batch, regroup: bool = True) -> list:
         """Carry out ``batch``; returns the peers added.  Groups (a ``groups``
@@ -274,12 +413,18 @@ class PeerTable:
         data path's routes change in one ``update_routes``: a removed peer's
         prefixes, a changed one's and an added one's all move at once (a
         prefix never falls through to another peer's shorter one meanwhile);
-        removed peers' tables go last, with no routes left."""
+        removed peers' tables go last, with no routes left.  The kernel's
+        routes the batch needs are added before anything changes (ValueError
+        naming a refused one: nothing changed), those no peer has any more
+        are removed at the end."""
         engine, dp = self.engine, self.dp
         regrouped = False
+        self._route([n for nets in batch.routes.values() for n in nets]
+                    + [n for kw in batch.add for n in kw.get("allowed_ips", ())])
         for peer in batch.remove:
             self.do(engine.remove_peer(peer.id))       # ClearKeys: the data path zeroes its keys
             regrouped |= bool(self._groups.pop(peer.id, None))
+            self._forget(peer.id)
         for peer in batch.adopt:
             engine.adopt(peer.id)
         if batch.routes:
@@ -287,6 +432,9 @@ class PeerTable:
         for peer, fields in batch.update:
             fields = dict(fields)
             groups = fields.pop("groups", None)
+            offers = fields.pop("offers", None)
+            if offers is not None:
+                self.set_offers({peer.id: offers})
             if fields:
                 engine.update_peer(peer.id, **fields)
             if "endpoint" in fields:
@@ -297,7 +445,10 @@ class PeerTable:
         for kw in batch.add:
             kw = dict(kw)
             groups = kw.pop("groups", ())
+            offers = kw.pop("offers", None)
             peer = engine.add_peer(**kw)
+            if offers:
+                self.set_offers({peer.id: offers})
             if groups:
                 regrouped |= self.set_groups({peer.id: groups}, regroup=False)
             dp.add_peer(peer.id, [])                   # its routes come with everyone's below
@@ -308,8 +459,11 @@ class PeerTable:
         routes.update({peer.id: [] for peer in batch.remove})
         if routes:
             dp.update_routes(routes)
+        for pid in batch.routes:
+            self._keep_extra(pid)
         for peer in batch.remove:
             dp.remove_peer(peer.id)                    # no routes left: keys and tables only
+        self._unroute()
         if regrouped and regroup:
             self._regrouped()
         return added

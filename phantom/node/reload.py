@@ -53,7 +53,7 @@ from typing import Optional
 
 from .. import crypto
 from ..protocols import registry as protocols
-from .config import (ConfigError, Settings, check_own_key, check_peers, read_config_file,
+from .config import (ConfigError, Settings, check_own_key, check_peers, peer_offers, read_config_file,
                      settings_from_mapping)
 from .peers import Batch, b64, planned_groups, planned_names
 
@@ -65,7 +65,7 @@ RESTART_KEYS = ("listen_port", "http_port", "http_listen", "http_socket", "test_
                 "state_dir", "user", "directory", "name", "endpoints", "trusted_signers",
                 "endorsers", "directory_allowed_ips", "log_level", "tunables", "metrics_listen",
                 "dht_bootstrap", "dht_port", "endpoints_auto", "uapi", "ciphers", "kill_switch",
-                "exit_node")
+                "exit_node", "exit_dns_upstream")
 
 
 def read(path) -> Settings:
@@ -136,7 +136,7 @@ class Reloader:
         p = self.plan(fresh, peers, device, kernel_routes)
         added = _install_routes(kernel_routes, p)
         report = self.apply(p, peers, firewall)
-        _prune_routes(kernel_routes, peers.engine, report, added, fresh)
+        _prune_routes(kernel_routes, peers, report, added, fresh)
         self.baseline = fresh
         return report
 
@@ -181,7 +181,9 @@ class Reloader:
             fields = []
             if peer.name != pc.name:
                 fields.append("name")
-            if set(map(str, peer.allowed_ips)) != set(map(str, pc.allowed_ips)):
+            extra = peers.extra_routes(peer) if pc.exit_node else ()   # an exit in use keeps /0
+            if set(map(str, peers.own_routes(peer))) != set(map(str, pc.allowed_ips)) \
+                    or set(extra) != set(peers.extra_routes(peer)):
                 fields.append("allowed_ips")
             # The endpoint in force may have roamed: only a change in the file moves it.
             if pc.endpoint is not None and (before is None or before.endpoint != pc.endpoint):
@@ -198,6 +200,8 @@ class Reloader:
                 fields.append("ciphers")
             if tuple(pc.groups) != peers.groups_of(peer):
                 fields.append("groups")
+            if peer_offers(pc) != peers.offers_of(peer):
+                fields.append("offers")
             if peer.dynamic:
                 p.adopt.append(peer)
             if fields:
@@ -239,10 +243,10 @@ class Reloader:
             if fresh.dns != base.dns:
                 p.notes.append("[dns] changed: needs a restart (not applied; the names follow the "
                                "peers without one)")
-        self._plan_routes(engine, p, device, kernel_routes)
+        self._plan_routes(engine, p, device, kernel_routes, peers)
         return p
 
-    def _plan_routes(self, engine, p: Plan, device: Optional[str], kernel_routes=None) -> None:
+    def _plan_routes(self, engine, p: Plan, device: Optional[str], kernel_routes=None, peers=None) -> None:
         """The routing table after the reload, checked whole before anything
         changes (ConfigError naming the file's key):
 
@@ -266,6 +270,8 @@ class Reloader:
             peer = engine.peer_by_key(bytes(pc.public_key))
             key = peer.id if peer is not None and peer not in p.remove else "new peer %s" % pc.name
             changes[key] = list(pc.allowed_ips)
+            if isinstance(key, int) and pc.exit_node and peers is not None:
+                changes[key] += [n for n in peers.extra_routes(peer) if n not in changes[key]]
             where[key] = i
         adopted = {peer.id: False for peer in p.adopt}     # the file owns them now: its prefixes, not claims
         found = engine.route_conflict(changes, adopted)
@@ -315,6 +321,8 @@ class Reloader:
                 update["preshared_key"] = p.psks.get(pc.name)
             if "groups" in fields:                         # the rules are recompiled below
                 update["groups"] = pc.groups
+            if "offers" in fields:                         # exits.py turns an exit in use off if needed
+                update["offers"] = {"exit": pc.exit_node, "routes": tuple(pc.routes)}
             keepalive = update.get("persistent_keepalive", peer.persistent_keepalive)
             endpoint = update.get("endpoint", peer.endpoint)
             if keepalive and endpoint is not None:
@@ -327,7 +335,8 @@ class Reloader:
             batch.add.append(dict(public_key=pc.public_key, name=pc.name, allowed_ips=pc.allowed_ips,
                                   endpoint=pc.endpoint, persistent_keepalive=pc.persistent_keepalive,
                                   protocol=pc.protocol, preshared_key=p.psks.get(pc.name),
-                                  suites=protocols.peer_suites(pc.ciphers), groups=pc.groups))
+                                  suites=protocols.peer_suites(pc.ciphers), groups=pc.groups,
+                                  offers=peer_offers(pc)))
         old_names = {pe.id: pe.name for pe, _ in batch.update}
         added = peers.apply(batch, regroup=False)         # the rules are installed below
         opens += [pe for pe in added if pe.endpoint and pe.persistent_keepalive]
@@ -379,19 +388,29 @@ def _install_routes(routes, p: Plan) -> list:
         raise ConfigError("routes", str(exc)) from None
 
 
-def _prune_routes(routes, engine, report: dict, added: list, fresh: Settings) -> None:
-    """After the reload: remove the kernel routes no peer has any more; the
-    exit node's allowed peers (allow_exit) follow the file."""
+def _prune_routes(routes, peers, report: dict, added: list, fresh: Settings) -> None:
+    """After the reload: the kernel routes no peer has any more were removed
+    by the peer table (peers.py, in the same step as the data path's); the
+    exit node's allowed peers (allow_exit) and a subnet router's routes
+    (advertise_routes, allow_routes) follow the file."""
     if routes is None:
         return
-    if routes.exit is not None:
-        from ..privsep.exitnode import ExitError, allowed_prefixes
-        try:
-            if routes.exit.sync(allowed_prefixes(fresh.peers)):
-                report["exit"] = routes.exit.status()["allowed"]
-        except ExitError as exc:
-            report["notes"].append(str(exc))
-    removed, failed = routes.prune([n for pe in engine.peers.values() for n in pe.allowed_ips])
+    from ..privsep.exitnode import ExitError, ExitNode, allowed_prefixes, subnet_routes
+    subnets = subnet_routes(fresh)           # advertise_routes: forwarded for the peers with allow_routes
+    try:
+        if routes.exit is None and subnets is not None:      # a new subnet router: forwarding on
+            routes.exit = ExitNode(routes.client, routes.device)
+            routes.exit.start([], subnets)
+            report["subnet_routes"] = routes.exit.status()["routes"]
+        elif routes.exit is not None:
+            exit_before = list(routes.exit.prefixes)
+            if routes.exit.sync(allowed_prefixes(fresh.peers), subnets):
+                if routes.exit.prefixes != exit_before:
+                    report["exit"] = routes.exit.status()["allowed"]
+                report["subnet_routes"] = routes.exit.status()["routes"]
+    except ExitError as exc:
+        report["notes"].append(str(exc))
+    removed, failed = peers.pruned
     report["routes"] = {"added": [str(n) for n in added], "removed": [str(n) for n in removed]}
     for net, why in failed:
         report["notes"].append("route %s not removed from the kernel: %s" % (net, why))

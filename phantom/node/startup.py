@@ -49,6 +49,7 @@ from .. import __version__, crypto
 from ..dataplane.types import Mode
 from ..dataplane.udp import open_test_socket, open_udp_socket
 from ..errors import ConfigError
+from .config import peer_offers
 from . import nat
 
 log = logging.getLogger("phantom.daemon")
@@ -66,6 +67,7 @@ def open_privileged(d) -> None:
         d.test_sock = open_test_socket(s.test_port)
     else:
         from ..dataplane.tun import open_device
+        from ..privsep.exitnode import subnet_routes
         from ..privsep.routes import start_for_device
         name = s.device or ("phantom0" if s.mode is Mode.TUN else "phantap0")
         flags = 0
@@ -77,7 +79,12 @@ def open_privileged(d) -> None:
         d.priv, d.kernel_routes = start_for_device(
             d.device.name, s.mode.value, s.addresses, routes, d.udp,
             s.state_dir, d.drop_to, kill_switch=s.kill_switch,
-            exit_prefixes=[n for p in s.peers if p.allow_exit for n in p.allowed_ips] if s.exit_node else None)
+            exit_prefixes=[n for p in s.peers if p.allow_exit for n in p.allowed_ips] if s.exit_node else None,
+            subnet_routes=subnet_routes(s) if s.mode is Mode.TUN else None)
+        if s.mode is Mode.TUN:
+            d.exits.open_state()         # state_dir/exit.json, written after the drop through this fd
+        if s.exit_node:                  # the exit's DNS for its clients: port 53 needs root
+            open_exit_dns(d)
     if d.membership is not None:         # its cache directory, the daemon's user's after the drop
         try:
             d.membership.prepare_cache(d.drop_to)
@@ -86,6 +93,32 @@ def open_privileged(d) -> None:
                               % (d.membership.cache, exc.strerror or exc)) from None
     if d.names is not None:              # port 53 and resolved's split DNS need root
         d.names.bind(d.device.name if d.device else None)
+
+
+def open_exit_dns(d) -> None:
+    """An exit node answers its allowed clients' DNS on its tunnel addresses
+    (phantom/dns/forward.py), forwarded to its own resolvers."""
+    from ..dns.forward import ExitResolver, upstream_from_resolv_conf
+    s = d.s
+    listen = [str(a.ip) for a in s.addresses]
+    if d.names is not None and (d.names.service.settings.port == 53
+                                and set(d.names.service.listen) & set(listen)):
+        log.warning("exit node: no DNS forwarder for the exit's clients: [dns] serves port 53 on %s "
+                    "(give dns.listen other addresses to have both; docs/routes.md)",
+                    ", ".join(sorted(set(d.names.service.listen) & set(listen))))
+        return
+    upstream = list(s.exit_dns_upstream) or upstream_from_resolv_conf()
+    if not upstream:
+        log.warning("exit node: no resolver in /etc/resolv.conf and no exit_dns_upstream: the exit's "
+                    "clients get SERVFAIL for DNS through it")
+    resolver = ExitResolver(listen, upstream, [n for p in s.peers if p.allow_exit for n in p.allowed_ips],
+                            device=d.device.name)
+    try:
+        resolver.bind()
+    except OSError as exc:               # port 53 taken (a resolver on the wildcard address): no forwarder
+        log.warning("exit node: no DNS forwarder for the exit's clients: %s", exc.strerror or exc)
+        return
+    d.exit_dns = resolver
 
 
 def build(d) -> None:
@@ -108,13 +141,14 @@ def build(d) -> None:
     d.dp = dp
     d.executor.attach(dp)
     d.peers.attach(dp)
+    d.peers.attach_kernel(d.kernel_routes)   # routes of peers learnt later follow the peer table
     d.firewall.attach(dp)
     psks = d.take_preshared_keys()
     try:
         for pc in s.peers:
             d.peers.add(pc.public_key, pc.name, pc.allowed_ips, pc.endpoint, pc.persistent_keepalive,
                         protocol=pc.protocol, preshared_key=psks.get(pc.name),
-                        suites=peer_suites(pc), groups=pc.groups)
+                        suites=peer_suites(pc), groups=pc.groups, offers=peer_offers(pc))
     finally:
         for psk in psks.values():            # the engine holds its own copies
             crypto.memzero(psk)
@@ -267,6 +301,9 @@ async def serve(d) -> None:
         loop.add_signal_handler(sig, d.shutdown.set)
     loop.add_signal_handler(signal.SIGHUP, d.controller.reload_signal)
     await d.endpoints.start()            # DNS names of endpoints, each lookup bounded
+    if d.exit_dns is not None:
+        await d.exit_dns.start()
+    d.exits.restore()                    # the exit in use before the restart (state_dir/exit.json)
     open_configured_peers(d)
     log.info("phantomd %s up: %s mode, %s data path, udp port %d, api %s:%d",
              __version__, s.mode.value, "fast" if s.fast else "reference",
@@ -297,6 +334,8 @@ async def serve(d) -> None:
     await api_runner.cleanup()
     if d.names is not None:
         await d.names.close()
+    if d.exit_dns is not None:
+        await d.exit_dns.close()
     if uapi is not None:
         await uapi.close()
     if metrics_runner is not None:

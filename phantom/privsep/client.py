@@ -192,8 +192,11 @@ class PrivClient:
     def set_forwarding(self, family: int, enabled: bool) -> dict:
         return self.request("forwarding", family=family, enabled=enabled)
 
-    def resolved_register(self, dns: Sequence, domains: Sequence = ()) -> dict:
-        return self.request("resolved_register", dns=[str(d) for d in dns], domains=list(domains))
+    def resolved_register(self, dns: Sequence, domains: Sequence = (), default_route: bool = False) -> dict:
+        """``dns`` for our device; ``default_route``: the device is systemd-resolved's
+        default route (an exit in use: ``domains = ["~."]`` sends it every query)."""
+        return self.request("resolved_register", dns=[str(d) for d in dns], domains=list(domains),
+                            default_route=default_route)
 
     def resolved_revert(self) -> dict:
         return self.request("resolved_revert")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from typing import Iterable
+from typing import Iterable, Optional
 
 from .client import PrivClient, PrivError
 
@@ -34,15 +34,30 @@ class ExitError(OSError):
     pass
 
 
-def exit_table(device: str, prefixes: Iterable) -> dict:
-    """The exit's table (nftspec form) for the allowed peers' ``prefixes``."""
+def _by_family(prefixes: Iterable) -> dict:
     nets = sorted({ipaddress.ip_network(n) for n in prefixes}, key=lambda n: (n.version, n))
-    fams = {v: [str(n) for n in nets if n.version == v] for v in (4, 6)}
+    return {v: [str(n) for n in nets if n.version == v] for v in (4, 6)}
+
+
+def exit_table(device: str, prefixes: Iterable, routes: Optional[tuple] = None) -> dict:
+    """The exit's table (nftspec form) for the allowed peers' ``prefixes``;
+    with ``routes`` = (sources, destinations), a subnet router's too: from
+    the device, the sources (the peers with ``allow_routes``) may reach the
+    destinations (``advertise_routes``), routed as they are (no masquerade:
+    the LAN routes the tunnel's subnet back through this node)."""
+    fams = _by_family(prefixes)
     rules = []
     for v in (4, 6):
         if fams[v]:
             rules.append({"chain": "fwd", "match": [{"field": "iifname", "value": device},
                                                     {"field": "saddr", "value": fams[v]}], "verdict": "accept"})
+    if routes is not None:
+        src, dst = _by_family(routes[0]), _by_family(routes[1])
+        for v in (4, 6):
+            if src[v] and dst[v]:
+                rules.append({"chain": "fwd", "match": [{"field": "iifname", "value": device},
+                                                        {"field": "saddr", "value": src[v]},
+                                                        {"field": "daddr", "value": dst[v]}], "verdict": "accept"})
     rules += [
         {"chain": "fwd", "match": [{"field": "oifname", "value": device},
                                    {"field": "ct_state", "value": ["established", "related"]}], "verdict": "accept"},
@@ -63,14 +78,24 @@ def allowed_prefixes(peers) -> list:
     return [n for p in peers if p.allow_exit for n in p.allowed_ips]
 
 
+def subnet_routes(settings) -> Optional[tuple]:
+    """A subnet router's (sources, destinations): the prefixes of the peers
+    with ``allow_routes`` and ``advertise_routes``; None when it advertises none."""
+    if not settings.advertise_routes:
+        return None
+    return ([n for p in settings.peers if p.allow_routes for n in p.allowed_ips],
+            list(settings.advertise_routes))
+
+
 class ExitNode:
     def __init__(self, client: PrivClient, device: str):
         self.client = client
         self.device = device
         self.prefixes: list = []
+        self.routes: Optional[tuple] = None     # a subnet router's (sources, destinations)
         self.forwarding = False
 
-    def start(self, prefixes: Iterable) -> None:
+    def start(self, prefixes: Iterable, routes: Optional[tuple] = None) -> None:
         """Forwarding on, the table written; ExitError naming what failed."""
         try:
             for fam in (4, 6):
@@ -78,20 +103,31 @@ class ExitNode:
         except PrivError as exc:
             raise ExitError("exit node: cannot turn forwarding on: %s" % exc.text) from None
         self.forwarding = True
-        self.sync(prefixes, force=True)
+        self.sync(prefixes, routes, force=True)
 
-    def sync(self, prefixes: Iterable, force: bool = False) -> bool:
-        """Write the table for ``prefixes`` if they changed; True when written."""
+    def sync(self, prefixes: Iterable, routes: Optional[tuple] = None, force: bool = False) -> bool:
+        """Write the table for ``prefixes`` (and ``routes``) if they changed;
+        True when written (one nftables transaction)."""
         want = sorted({str(ipaddress.ip_network(n)) for n in prefixes})
-        if want == self.prefixes and not force:
+        rt = None if routes is None else tuple(sorted({str(ipaddress.ip_network(n)) for n in part})
+                                               for part in routes)
+        if want == self.prefixes and rt == self.routes and not force:
             return False
         try:
-            self.client.nft_replace(exit_table(self.device, want))
+            self.client.nft_replace(exit_table(self.device, want, rt))
         except PrivError as exc:
-            raise ExitError("exit node: nftables: %s" % exc.text) from None
-        self.prefixes = want
-        log.info("exit node: forwarding and masquerading for %s", ", ".join(want) or "no peer")
+            raise ExitError("forwarding: nftables: %s" % exc.text) from None
+        if want != self.prefixes or force:
+            log.info("exit node: forwarding and masquerading for %s", ", ".join(want) or "no peer")
+        if rt != self.routes:
+            if rt is None:
+                log.info("subnet router: no routes advertised any more")
+            else:
+                log.info("subnet router: %s reach %s", ", ".join(rt[0]) or "no peer", ", ".join(rt[1]))
+        self.prefixes, self.routes = want, rt
         return True
 
     def status(self) -> dict:
-        return {"allowed": list(self.prefixes), "forwarding": self.forwarding}
+        return {"allowed": list(self.prefixes), "forwarding": self.forwarding,
+                "routes": None if self.routes is None else {"from": list(self.routes[0]),
+                                                            "to": list(self.routes[1])}}

@@ -296,7 +296,7 @@ class Helper:
         log.info("IPv%d forwarding on (was %s)", family, before)
         return {}
 
-    def op_resolved_register(self, dns: list, domains: list) -> dict:
+    def op_resolved_register(self, dns: list, domains: list, default_route: bool = False) -> dict:
         dev = self.allow.device
         entry = self.resolved or {"resolved": {"ifindex": self.allow.ifindex}}
         if self.resolved is None:
@@ -304,6 +304,7 @@ class Helper:
         try:
             self.k.resolved("dns", dev, *map(str, dns))
             self.k.resolved("domain", dev, *domains)
+            self.k.resolved("default-route", dev, "true" if default_route else "false")
         except KernelError:
             try:
                 self.k.resolved("revert", dev)

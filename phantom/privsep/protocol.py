@@ -194,13 +194,15 @@ def _address(v: Any, what: str):
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
-def _domain(v: Any) -> str:
+def _domain(v: Any, default_route: bool = False) -> str:
     if not isinstance(v, str) or not 1 <= len(v) <= 254:
         raise Refused("bad_value", "domains: %s is not a domain name" % _short(v))
     name = v[1:] if v.startswith("~") else v
+    if v == "~." and default_route:
+        return v                    # an exit in use: every query to the exit's tunnel address
     if name in ("", "."):
         raise Refused("not_allowed", "domains: %s would send every DNS query into the tunnel "
-                      "(comes with exit nodes, not allowed yet)" % _short(v))
+                      "(only with default_route, for an exit in use)" % _short(v))
     name = name[:-1] if name.endswith(".") else name
     if len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
         raise Refused("bad_value", "domains: %s is not a domain name" % _short(v))
@@ -307,8 +309,9 @@ def _forwarding(msg: dict, allow: Allowlist) -> dict:
 
 
 def _resolved(msg: dict, allow: Allowlist) -> dict:
-    _fields(msg, {"dns", "domains"}, required={"dns"})
+    _fields(msg, {"dns", "domains", "default_route"}, required={"dns"})
     dns, domains = msg["dns"], msg.get("domains", [])
+    default_route = _bool(msg.get("default_route", False), "default_route")
     if not isinstance(dns, list) or not 1 <= len(dns) <= MAX_DNS:
         raise Refused("bad_value", "dns: a list of 1 to %d addresses" % MAX_DNS)
     if not isinstance(domains, list) or len(domains) > MAX_DOMAINS:
@@ -320,7 +323,8 @@ def _resolved(msg: dict, allow: Allowlist) -> dict:
             raise Refused("not_allowed", "dns server %s is outside this daemon's subnets (%s)"
                           % (ip, ", ".join(map(str, allow.subnets)) or "none"))
         servers.append(ip)
-    return {"dns": servers, "domains": [_domain(d) for d in domains]}
+    return {"dns": servers, "domains": [_domain(d, default_route) for d in domains],
+            "default_route": default_route}
 
 
 def _nothing(msg: dict, allow: Allowlist) -> dict:

@@ -273,12 +273,13 @@ def mark_socket(sock: socket.socket, fwmark: int) -> bool:
 
 def start_for_device(device: str, mode: str, addresses: Iterable, prefixes: Iterable, udp: socket.socket,
                      state_dir, pw=None, prefix=(), kill_switch: bool = False,
-                     exit_prefixes: Optional[list] = None) -> tuple:
+                     exit_prefixes: Optional[list] = None, subnet_routes: Optional[tuple] = None) -> tuple:
     """phantomd's start-up step (still root, single-threaded): the helper for
     ``device`` (which the daemon opened, link still down), the link up, the
     addresses, the daemon's UDP socket marked (TUN mode), the routes of
     ``prefixes`` (a full tunnel with its rules, the kill switch), and with
-    ``exit_prefixes`` (not None) the exit node's forwarding.  Returns
+    ``exit_prefixes`` (not None) the exit node's forwarding, with
+    ``subnet_routes`` (sources, destinations) a subnet router's.  Returns
     (client, KernelRoutes or None); raises OSError naming what failed (and
     then no helper is left running)."""
     addresses = [ipaddress.ip_interface(a) for a in addresses]
@@ -299,10 +300,10 @@ def start_for_device(device: str, mode: str, addresses: Iterable, prefixes: Iter
             routes = KernelRoutes(client, device, [a.network for a in addresses], allow.table, allow.fwmark,
                                   marked, kill_switch)
             routes.install(prefixes)
-            if exit_prefixes is not None:
+            if exit_prefixes is not None or subnet_routes is not None:
                 from .exitnode import ExitNode
                 routes.exit = ExitNode(client, device)
-                routes.exit.start(exit_prefixes)
+                routes.exit.start(exit_prefixes or [], subnet_routes)
     except BaseException:
         client.close()
         raise

@@ -26,6 +26,15 @@ class HandshakeError(Exception):
     """Any failure of a handshake: authentication, length, key, or order."""
 
 
+class HandshakeRefused(HandshakeError):
+    """The responder answered with an authenticated refusal (Phantom, to an
+    initiation that carried an attachment): ``reason`` is a wire.Refusal."""
+
+    def __init__(self, reason):
+        self.reason = wire.refusal_code(int(reason))
+        super().__init__("refused: %s" % self.reason.sentence)
+
+
 @dataclass
 class SessionKeys:
     """Transport keys of one session, from this side's point of view.

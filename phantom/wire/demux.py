@@ -3,7 +3,8 @@
 Phantom and WireGuard peers share one socket.  The first byte and the length
 tell a handshake apart::
 
-    type 1  164 or 166 bytes: Phantom initiation    148 bytes: WireGuard initiation
+    type 1  164, 166 or 169..1192 bytes: Phantom initiation (an attachment
+            makes it longer)                        148 bytes: WireGuard initiation
     type 2  108 or 109 bytes: Phantom response       92 bytes: WireGuard response
     type 3   64 bytes: cookie reply (both)  -- the receiver index decides
     type 4  transport data (both)           -- the receiver index decides
@@ -43,6 +44,9 @@ _HANDSHAKE_SIZES = {
     (MessageType.RESPONSE, _wg.RESPONSE_SIZE): Protocol.WIREGUARD,
 }
 assert len({n for _, n in _HANDSHAKE_SIZES}) == len(_HANDSHAKE_SIZES)
+# Phantom's initiations with an attachment: a range above every fixed size
+_ATTACHED = (_ph.INITIATION_ATTACHED_MIN_SIZE, _ph.INITIATION_MAX_SIZE)
+assert all(n < _ATTACHED[0] for _, n in _HANDSHAKE_SIZES)
 assert _ph.COOKIE_REPLY_SIZE == _wg.COOKIE_REPLY_SIZE
 # Cookie replies and transport data: either protocol's, told apart by the index.
 _SHARED_SIZES = {MessageType.COOKIE_REPLY: (framing.COOKIE_REPLY_SIZE,)}
@@ -58,10 +62,13 @@ def classify(datagram) -> Kind:
     if mtype is MessageType.PEER_CONTROL or mtype is MessageType.RELAY:
         _ph.message_type(datagram)          # NAT traversal: Phantom only; its bounds or WireError
         return Kind(Protocol.PHANTOM, mtype)
-    proto = _HANDSHAKE_SIZES.get((mtype, len(datagram)))
+    n = len(datagram)
+    proto = _HANDSHAKE_SIZES.get((mtype, n))
+    if proto is None and mtype is MessageType.INITIATION and _ATTACHED[0] <= n <= _ATTACHED[1]:
+        proto = Protocol.PHANTOM
     if proto is None:
         raise WireError("%s of %d bytes is neither Phantom's (%s) nor WireGuard's (%d)" % (
-            mtype.name.lower(), len(datagram), " or ".join(str(x) for x in _ph.EXPECTED_SIZES[mtype]),
+            mtype.name.lower(), n, framing.sizes_text(_ph.EXPECTED_SIZES[mtype]),
             _wg.EXPECTED_SIZE[mtype]))
     return Kind(proto, mtype)
 

@@ -41,8 +41,8 @@ from typing import ClassVar, Collection, Mapping
 __all__ = [
     "MessageType", "WireError", "HEADER", "HEADER_SIZE", "MAC_SIZE", "AEAD_TAG_SIZE", "COOKIE_SIZE",
     "COOKIE_NONCE_SIZE", "COOKIE_REPLY", "COOKIE_REPLY_SIZE", "TRANSPORT_HEADER", "TRANSPORT_HEADER_SIZE",
-    "Message", "CookieReply", "header", "check", "expect", "mac1_region", "mac2_region", "mac1_of",
-    "mac2_of", "with_macs", "pack_transport_header", "unpack_transport_header",
+    "Sizes", "sizes_text", "Message", "CookieReply", "header", "check", "expect", "mac1_region",
+    "mac2_region", "mac1_of", "mac2_of", "with_macs", "pack_transport_header", "unpack_transport_header",
 ]
 
 
@@ -70,6 +70,46 @@ COOKIE_REPLY_SIZE = COOKIE_REPLY.size        # 64
 TRANSPORT_HEADER = struct.Struct("<B3xIQ")   # type, receiver index, counter
 TRANSPORT_HEADER_SIZE = TRANSPORT_HEADER.size  # 16
 _MACS = 2 * MAC_SIZE
+
+
+class Sizes:
+    """The sizes a message may have: some exact ones and inclusive ranges
+    (``Sizes((164, 166), ((169, 1192),))``); ``n in sizes`` and ``str()``
+    (for errors) like a tuple of sizes, without listing a range's members."""
+
+    __slots__ = ("exact", "ranges")
+
+    def __init__(self, exact=(), ranges=()):
+        self.exact = tuple(int(x) for x in exact)
+        self.ranges = tuple((int(lo), int(hi)) for lo, hi in ranges)
+
+    def __contains__(self, n) -> bool:
+        return n in self.exact or any(lo <= n <= hi for lo, hi in self.ranges)
+
+    def __iter__(self):
+        yield from self.exact
+        for lo, hi in self.ranges:
+            yield from range(lo, hi + 1)
+
+    @property
+    def least(self) -> int:
+        return min(self.exact + tuple(lo for lo, _ in self.ranges))
+
+    @property
+    def most(self) -> int:
+        return max(self.exact + tuple(hi for _, hi in self.ranges))
+
+    def __str__(self) -> str:
+        parts = [str(x) for x in self.exact] + ["%d..%d" % r for r in self.ranges]
+        return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
+
+    def __repr__(self) -> str:
+        return "Sizes(%r, %r)" % (self.exact, self.ranges)
+
+
+def sizes_text(sizes) -> str:
+    """``sizes`` (a :class:`Sizes` or a tuple of sizes) as words for an error."""
+    return str(sizes) if isinstance(sizes, Sizes) else " or ".join(str(x) for x in sizes)
 
 
 def _name(mtype: MessageType) -> str:
@@ -108,7 +148,7 @@ def check(datagram, sizes: Mapping, bounds: Mapping, protocol: str = "") -> Mess
         raise WireError("%s%s is not a message of this protocol" % (protocol, _name(mtype)))
     if n not in allowed:
         raise WireError("%s%s of %d bytes, expected %s" % (protocol, mtype.name.lower(), n,
-                                                           " or ".join(str(x) for x in allowed)))
+                                                           sizes_text(allowed)))
     return mtype
 
 
@@ -140,8 +180,7 @@ class Message:
         k = self._HEAD_FIELDS
         out = b"".join([self.HEAD.pack(self.MTYPE, *values[:k]), *(bytes(v) for v in values[k:])])
         if len(out) not in self.SIZES:
-            raise WireError("%s of %d bytes, expected %s" % (self.WHAT, len(out),
-                                                              " or ".join(str(x) for x in self.SIZES)))
+            raise WireError("%s of %d bytes, expected %s" % (self.WHAT, len(out), sizes_text(self.SIZES)))
         return out
 
     @classmethod

@@ -9,18 +9,25 @@ three reserved zero bytes, followed by little-endian fields (as in WireGuard;
 the header check, the cookie reply, the transport header and the MAC regions
 are the two protocols' shared framing, :mod:`phantom.wire.framing`):
 
-  type 1  handshake initiation   (164 bytes, or 166 with a suite offer)
+  type 1  handshake initiation   (164 bytes, 166 with a suite offer, 169..1192 with an attachment)
       sender_index u32 | ephemeral[32] | encrypted_static[32+16]
-      | encrypted_payload[28+16 or 30+16] | mac1[16] | mac2[16]
+      | encrypted_payload[28+16, 30+16 or 32+n+16] | mac1[16] | mac2[16]
       payload plaintext = TAI64N timestamp[12] | client_nonce[16]
-                          [ | suites u16: the initiator's transport suites, bit i = Suite(i) ]
+                          [ | suites u16: the initiator's transport suites, bit i = Suite(i)
+                            [ | attachment_len u16 = n | attachment[n] ] ]
+      An attachment (1 <= n <= MAX_ATTACHMENT_SIZE bytes: a membership
+      certificate, opaque here) follows only a suites offer.  The MACs are
+      always the message's last 32 bytes (framing.mac1_region).
   type 2  handshake response      (108 bytes, or 109 answering an offer)
       sender_index u32 | receiver_index u32 | ephemeral[32]
       | encrypted_payload[16+16 or 17+16] | mac1[16] | mac2[16]
       payload plaintext = the initiator's client_nonce[16], echoed
-                          [ | suite u8: the suite the session uses ]
+                          [ | suite u8: the suite the session uses, or
+                              REFUSAL_FLAG | reason (a Refusal): no session ]
       An initiation without an offer (the prototype's, 164 bytes) gets a
       response without a choice (108 bytes), and the session uses secretbox.
+      A refusal answers only an initiation with an attachment; it is the
+      same size as an acceptance (109 bytes) and authenticated like one.
   type 3  cookie reply            (64 bytes)
       receiver_index u32 | nonce[24] | encrypted_cookie[16+16]
   type 4  transport data          (32 + n bytes with secretbox, 48 + n with aegis256)
@@ -100,6 +107,114 @@ SUITES_FIELD = struct.Struct("<H")       # an initiation's offer: bit i = Suite(
 SUITE_FIELD = struct.Struct("<B")        # a response's choice
 
 
+class Refusal(enum.IntEnum):
+    """Why a responder refused an initiation that carried an attachment (a
+    membership certificate): the low 7 bits of a refusal's suite byte
+    (:data:`REFUSAL_FLAG` set).  Codes 1..15 are the network's refusal
+    reasons (:class:`phantom.network.errors.Reason`, the same numbers: never
+    renumber, only add); codes an initiator does not know read as REFUSED."""
+
+    REFUSED = 0            # no reason given
+    MALFORMED = 1
+    NOT_MEMBER = 2
+    WRONG_NETWORK = 3
+    WRONG_AUTHORITY = 4
+    BAD_SIGNATURE = 5
+    UNKNOWN_ISSUER = 6
+    ISSUER_EXPIRED = 7
+    EXPIRED = 8
+    NOT_YET_VALID = 9
+    LIFETIME = 10
+    OUTSIDE_PREFIX = 11
+    BAD_ROUTE = 12
+    REMOVED = 13
+    WRONG_KEY = 14
+    STALE = 15
+    NOT_ENDORSED = 16      # the key directory's trusted signer has not endorsed the key
+
+    @property
+    def sentence(self) -> str:
+        return _REFUSAL_SENTENCES[self]
+
+
+REFUSAL_FLAG = 0x80       # a response's suite byte with this bit: a refusal, not a suite
+# what the refused initiator says (it does not know the responder's words)
+_REFUSAL_SENTENCES = {
+    Refusal.REFUSED: "refused",
+    Refusal.MALFORMED: "malformed certificate",
+    Refusal.NOT_MEMBER: "not a member of the network",
+    Refusal.WRONG_NETWORK: "certificate is for another network",
+    Refusal.WRONG_AUTHORITY: "certificate is not signed by the network's authority",
+    Refusal.BAD_SIGNATURE: "certificate signature does not verify",
+    Refusal.UNKNOWN_ISSUER: "certificate signed by a key the network does not list",
+    Refusal.ISSUER_EXPIRED: "certificate signed by an expired admission key",
+    Refusal.EXPIRED: "certificate expired",
+    Refusal.NOT_YET_VALID: "certificate not yet valid",
+    Refusal.LIFETIME: "certificate lifetime is longer than the network allows",
+    Refusal.OUTSIDE_PREFIX: "certificate addresses are outside the network's prefixes",
+    Refusal.BAD_ROUTE: "certificate routes overlap the network's prefixes",
+    Refusal.REMOVED: "removed by the network",
+    Refusal.WRONG_KEY: "certificate is for another key",
+    Refusal.STALE: "certificate is older than the one already known",
+    Refusal.NOT_ENDORSED: "not endorsed",
+}
+# how a responder's own words start, for each code (refusal_of): the
+# network's headlines (phantom.network.errors.headline) name the network
+_REFUSAL_STEMS = (
+    ("not a member", Refusal.NOT_MEMBER), ("removed", Refusal.REMOVED),
+    ("not endorsed", Refusal.NOT_ENDORSED), ("malformed", Refusal.MALFORMED),
+    ("certificate expired", Refusal.EXPIRED), ("expired", Refusal.EXPIRED),
+    ("certificate not yet valid", Refusal.NOT_YET_VALID), ("not yet valid", Refusal.NOT_YET_VALID),
+    ("certificate is for another network", Refusal.WRONG_NETWORK),
+    ("certificate is not signed by the authority", Refusal.WRONG_AUTHORITY),
+    ("certificate is not signed by the network's authority", Refusal.WRONG_AUTHORITY),
+    ("certificate signature", Refusal.BAD_SIGNATURE),
+    ("certificate signed by an expired", Refusal.ISSUER_EXPIRED),
+    ("certificate signed by a key", Refusal.UNKNOWN_ISSUER),
+    ("certificate lifetime", Refusal.LIFETIME), ("certificate addresses", Refusal.OUTSIDE_PREFIX),
+    ("certificate routes", Refusal.BAD_ROUTE), ("certificate is for another key", Refusal.WRONG_KEY),
+    ("certificate is older", Refusal.STALE),
+)
+
+
+def refusal_of(reason) -> Refusal:
+    """The code to send for a responder's reason: a :class:`Refusal` or its
+    number (a ``network.errors.Reason``), its name ("removed",
+    "NOT_MEMBER"), or a sentence that starts like one of the codes' (the
+    network's headlines: "not a member of corp" -> NOT_MEMBER, "removed by
+    the network" -> REMOVED, "certificate expired (at ...)" -> EXPIRED);
+    anything else is REFUSED (the responder's own log keeps its words)."""
+    if isinstance(reason, Refusal):
+        return reason
+    if isinstance(reason, int) and not isinstance(reason, bool):
+        return refusal_code(reason)
+    text = str(reason).strip().lower()
+    by_name = Refusal.__members__.get(text.upper().replace(" ", "_"))
+    if by_name is not None:
+        return by_name
+    for stem, code in _REFUSAL_STEMS:
+        if text.startswith(stem):
+            return code
+    return Refusal.REFUSED
+
+
+def refusal_code(value: int) -> Refusal:
+    """A received reason (0..127) as a Refusal; unknown codes are REFUSED."""
+    try:
+        return Refusal(value)
+    except ValueError:
+        return Refusal.REFUSED
+
+
+def refusal_sentence(reason, network: str = "") -> str:
+    """What a refused initiator says ("removed by the network"); with the
+    network's name, NOT_MEMBER reads "not a member of corp"."""
+    reason = refusal_code(int(reason))
+    if reason is Refusal.NOT_MEMBER and network:
+        return "not a member of %s" % network
+    return reason.sentence
+
+
 def suite_name(suite) -> str:
     return Suite(suite).name.lower()
 
@@ -128,8 +243,18 @@ INITIATION_SIZE = INITIATION_HEAD.size + INITIATION_PAYLOAD_SIZE + AEAD_TAG_SIZE
 RESPONSE_SIZE = RESPONSE_HEAD.size + RESPONSE_PAYLOAD_SIZE + AEAD_TAG_SIZE + 2 * MAC_SIZE        # 108
 INITIATION_OFFER_SIZE = INITIATION_SIZE + SUITES_FIELD.size   # 166: with the suites offer
 RESPONSE_CHOICE_SIZE = RESPONSE_SIZE + SUITE_FIELD.size       # 109: with the chosen suite
-INITIATION_SIZES = (INITIATION_SIZE, INITIATION_OFFER_SIZE)
+# An attachment (a membership certificate) after the suites offer: u16 length
+# and 1..MAX_ATTACHMENT_SIZE bytes, inside the encrypted payload.
+ATTACHMENT_LENGTH = struct.Struct("<H")
+MAX_ATTACHMENT_SIZE = 1024
+INITIATION_ATTACHED_MIN_SIZE = INITIATION_OFFER_SIZE + ATTACHMENT_LENGTH.size + 1             # 169
+INITIATION_MAX_SIZE = INITIATION_OFFER_SIZE + ATTACHMENT_LENGTH.size + MAX_ATTACHMENT_SIZE    # 1192
+INITIATION_SIZES = framing.Sizes((INITIATION_SIZE, INITIATION_OFFER_SIZE),
+                                 ((INITIATION_ATTACHED_MIN_SIZE, INITIATION_MAX_SIZE),))
 RESPONSE_SIZES = (RESPONSE_SIZE, RESPONSE_CHOICE_SIZE)
+# Amplification: nothing a responder sends (a response, a refusal, a cookie
+# reply) is larger than the smallest initiation that can cause it.
+assert max(RESPONSE_SIZES) < INITIATION_SIZE and COOKIE_REPLY_SIZE < INITIATION_SIZE
 # Encrypt in place: the plaintext sits at TRANSPORT_PAYLOAD_OFFSET, the MAC
 # right before it, the header before that.
 TRANSPORT_PAYLOAD_OFFSET = TRANSPORT_HEADER_SIZE + AEAD_TAG_SIZE  # 32
@@ -140,13 +265,25 @@ AEGIS256_OVERHEAD = TRANSPORT_HEADER_SIZE + AEGIS256_TAG_SIZE      # 48
 AEGIS256_EXTRA = AEGIS256_OVERHEAD - TRANSPORT_OVERHEAD            # 16
 
 # Field offsets inside handshake messages, named rather than summed by hand
-# (mac1 and mac2 are always the last 32 bytes: see mac1_region).
+# (mac1 and mac2 are always the last 32 bytes: see mac1_region; an
+# initiation's size varies, so its MAC offsets are taken from its end:
+# :func:`mac1_offset`; the two constants are the 164-byte form's).
 INITIATION_NOISE_OFFSET = 8                  # ephemeral starts here
 INITIATION_MAC1_OFFSET = INITIATION_SIZE - 2 * MAC_SIZE
 INITIATION_MAC2_OFFSET = INITIATION_SIZE - MAC_SIZE
 RESPONSE_NOISE_OFFSET = 12
 RESPONSE_MAC1_OFFSET = RESPONSE_SIZE - 2 * MAC_SIZE
 RESPONSE_MAC2_OFFSET = RESPONSE_SIZE - MAC_SIZE
+
+
+def mac1_offset(message) -> int:
+    """Where mac1 starts in a handshake message of any size (its end less 32)."""
+    return len(message) - 2 * MAC_SIZE
+
+
+def mac2_offset(message) -> int:
+    """Where mac2 starts in a handshake message of any size (its end less 16)."""
+    return len(message) - MAC_SIZE
 
 # Largest inner packet a peer may send (TUN MTU up to 65535, or a GSO-sized
 # test datagram); anything bigger is dropped as oversized.
@@ -187,7 +324,8 @@ def message_type(datagram: bytes) -> MessageType:
 
 @dataclass(frozen=True)
 class Initiation(framing.Message):
-    """164 bytes, or 166 when the encrypted payload carries a suite offer."""
+    """164 bytes, 166 when the encrypted payload carries a suite offer,
+    169..1192 when it carries an attachment after the offer."""
 
     MTYPE = MessageType.INITIATION
     HEAD = INITIATION_HEAD
@@ -204,8 +342,15 @@ class Initiation(framing.Message):
 
     @property
     def offers_suites(self) -> bool:
-        """True for the 166-byte form (its payload ends in a suites offer)."""
-        return len(self.encrypted_payload) == INITIATION_PAYLOAD_SIZE + SUITES_FIELD.size + AEAD_TAG_SIZE
+        """True for the 166-byte form and longer (its payload has a suites offer)."""
+        return len(self.encrypted_payload) >= INITIATION_PAYLOAD_SIZE + SUITES_FIELD.size + AEAD_TAG_SIZE
+
+    @property
+    def attachment_size(self) -> int:
+        """n, the attachment's size the message's length implies (0: none)."""
+        extra = len(self.encrypted_payload) - (INITIATION_PAYLOAD_SIZE + SUITES_FIELD.size
+                                               + ATTACHMENT_LENGTH.size + AEAD_TAG_SIZE)
+        return max(0, extra)
 
     @property
     def noise_message(self) -> bytes:

@@ -548,6 +548,40 @@ def test_policy_from_the_environment_and_the_measurement():
 
 # ================================================ handshake forms reach the control plane
 @pytest.mark.parametrize("impl", ["reference", "fast"])
+def test_initiations_with_an_attachment_reach_the_control_plane(impl):
+    """Phantom's initiations with an attachment (a membership certificate)
+    are 169..1192 bytes: both data paths hand every size of that range to
+    the control plane unchanged -- a real 700-byte one byte for byte -- and
+    drop 167, 168 and 1193 as malformed."""
+    from phantom.protocols import tai64n
+    from phantom.protocols.phantom import handshake as hs
+    i_priv, r_priv = crypto.x25519_private(), crypto.x25519_private()
+    real, _ = hs.create_initiation(i_priv, crypto.x25519_public(r_priv), 9, tai64n.encode(1_700_000_000, 1),
+                                   bytes(16), suites=(wire.Suite.SECRETBOX,), attachment=os.urandom(532))
+    assert len(real) == 700
+    good = [real] + [bytes([1, 0, 0, 0]) + os.urandom(n - 4) for n in (169, 170, 1000, 1191, 1192)]
+    bad = [bytes([1, 0, 0, 0]) + os.urandom(n - 4) for n in (167, 168, 1193, 1400)]
+
+    async def main():
+        node = Node(impl)
+        src = _udp()
+        try:
+            node.dp.add_peer(2, [])
+            node.dp.start()
+            for d in good + bad:
+                src.sendto(d, node.addr())
+            await until(lambda: len(node.events.control) == len(good) and
+                        node.dp.global_drops()["malformed"] == len(bad))
+            assert sorted(d for d, _ in node.events.control) == sorted(good)
+            got = next(d for d, _ in node.events.control if len(d) == 700)
+            assert hs.consume_initiation(r_priv, got).attachment is not None
+        finally:
+            node.close()
+            src.close()
+    run(main())
+
+
+@pytest.mark.parametrize("impl", ["reference", "fast"])
 def test_both_forms_of_phantom_handshakes_reach_the_control_plane(impl):
     """The data paths hand handshakes to the control plane by type and exact
     size: Phantom's with and without suites (164/166, 108/109), WireGuard's

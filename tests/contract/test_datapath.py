@@ -340,6 +340,74 @@ def test_failed_open_of_a_created_peer_forgets_it_everywhere(kind):
             s.close()
 
 
+def test_a_refused_open_fails_at_once_with_the_reason(kind, caplog):
+    """A member daemon's ``open`` to a peer that refuses its membership
+    (issue 20): the peer's authenticated refusal fails the open at once with
+    the reason (HandshakeRefused, HTTP 403), not after the handshake
+    attempts; the daemon logs it at warning, and the peer the open added is
+    forgotten again.  The peer here is a real engine behind a real UDP
+    socket whose admission refuses every key as removed."""
+    import base64
+
+    from phantom.control.engine import Engine
+    from phantom.errors import HandshakeRefused
+    from phantom.node.config import Settings
+    from phantom.node.daemon import Daemon
+
+    # attempts that would take 60 s to time out: the refusal must end it long before
+    t = Tunables(rekey_timeout=10.0, handshake_jitter=0.0, open_attempts=6, timer_tick=0.02)
+    d = Daemon(Settings(mode=Mode.TEST, fast=kind == "fast", tunables=t), bytearray(crypto.x25519_private()))
+    d.udp, d.test_sock = _udp(), _udp()
+    remote_sock = _udp()
+    remote = Engine(bytearray(crypto.x25519_private()), t)
+    asked = []
+
+    def admit(key, attachment, addr):
+        asked.append((key, attachment))
+        return "removed by the network"
+    remote.admit_unknown = admit
+
+    async def serve():
+        loop = asyncio.get_running_loop()
+        while True:
+            data, addr = await loop.sock_recvfrom(remote_sock, 2048)
+            for act in remote.handle_datagram(data, addr):
+                if type(act).__name__ == "SendDatagram":
+                    remote_sock.sendto(act.data, act.addr)
+
+    async def main():
+        d.build()
+        d.engine.membership = b'{"certificate": "of this member"}'
+        d.dp.start()
+        loop = asyncio.get_running_loop()
+        ticker = loop.create_task(d.executor.run_ticker(d.shutdown))
+        server = loop.create_task(serve())
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(HandshakeRefused) as exc:
+                await d.controller.open(remote_sock.getsockname(),
+                                        public_key=base64.b64encode(remote.public_key).decode(), name="r")
+        finally:
+            server.cancel()
+            d.shutdown.set()
+            await ticker
+        assert time.monotonic() - t0 < 5.0
+        assert exc.value.message == "peer r refused us: removed by the network"
+        assert asked == [(d.engine.public_key, b'{"certificate": "of this member"}')]
+        assert remote.drops["refused"] == 1 and d.engine.drops["refused_us"] == 1
+        assert d.engine.peers == {} and d.engine._indexes == {}
+        d.dp.close()
+
+    try:
+        with caplog.at_level("WARNING"):
+            asyncio.run(asyncio.wait_for(main(), 20))
+    finally:
+        for s in (d.udp, d.test_sock, remote_sock):
+            s.close()
+    assert any(r.getMessage() == "peer=r refused us: removed by the network" and r.name == "phantom.daemon"
+               for r in caplog.records)
+
+
 def test_failed_open_keeps_the_keys_of_a_session_the_peer_uses(kind):
     """`open` times out, but meanwhile the peer's own initiation was answered:
     the peer sends on that session, so its keys must stay in the data path

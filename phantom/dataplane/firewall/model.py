@@ -179,7 +179,7 @@ class RuleSet:
 
 # keys GET /firewall adds (counters); ignored on input so its output can be PUT back
 _READONLY_TOP_KEYS = {"mode", "drops", "accepts", "conntrack", "fragments", "rejects",
-                      "warnings", "own_groups"}
+                      "warnings", "own_groups", "policy"}
 _READONLY_RULE_KEYS = {"hits"}
 _TOP_KEYS = {"default_policy", "stateful", "default_in", "default_out", "allow_protocols",
              "allow_ethertypes", "conntrack_max", "timeouts", "reject_rate", "reject_burst",

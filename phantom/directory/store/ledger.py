@@ -8,7 +8,8 @@ PostgreSQL adaptor numbers them)::
     network_invites   id, used, doc (the invite record: the secret's hash, never the secret)
     network_members   key, name, ipv4 UNIQUE, ipv6 UNIQUE, removed, invite, cert;
                       name UNIQUE among current members (a partial index: removed IS NULL)
-    network_events    seq, op, doc: the member stream (member, removed, ...)
+    network_events    seq, op, doc: the member stream (member, removed, policy, ...);
+                      the policy in force is the last ``policy`` event's
 
 :class:`SqlLedger` is :class:`phantom.network.join.Ledger` over one open
 transaction: :func:`phantom.network.join.join` and its siblings run on it
@@ -54,6 +55,7 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS network_members_by_name ON network_members (name)",
     "CREATE TABLE IF NOT EXISTS network_events (seq BIGINT PRIMARY KEY, op TEXT NOT NULL,"
     " doc TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS network_events_by_op ON network_events (op, seq)",
     "INSERT INTO network_counters (k, v) VALUES ('serial', 0) ON CONFLICT (k) DO NOTHING",
     "INSERT INTO network_counters (k, v) VALUES ('seq', 0) ON CONFLICT (k) DO NOTHING",
 )
@@ -174,6 +176,12 @@ class SqlLedger:
         return [dict(json.loads(doc), seq=int(seq)) for seq, doc in self.q.all(
             "SELECT seq, doc FROM network_events WHERE seq > ? ORDER BY seq LIMIT ?",
             int(since), int(limit))]
+
+    def policy_doc(self) -> Optional[dict]:
+        """The last ``policy`` event's signed policy (the one in force), or None."""
+        row = self.q.one("SELECT doc FROM network_events WHERE op = 'policy' ORDER BY seq DESC"
+                         " LIMIT 1")
+        return None if row is None else json.loads(row[0])["policy"]
 
     def removals(self) -> list:
         """Every removal event's removal document, oldest first."""

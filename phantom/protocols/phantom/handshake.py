@@ -36,6 +36,21 @@ decrypts (the sizes differ, so a 164-byte initiation is not a truncated
 166-byte one), and the initiator refuses a response that picks a suite it
 did not offer or that answers its offer without a choice.
 
+Attachments and refusals.  An initiation may carry, after its suites offer,
+an attachment (``u16 length | bytes``, 1..wire.MAX_ATTACHMENT_SIZE: a
+membership certificate, opaque here) inside the same encrypted payload, so
+it is confidential, can only have been written by the holder of the static
+key it travels with, and is bound into the handshake hash.  The responder
+may answer such an initiation (and only such a one) with a *refusal*
+(:func:`create_refusal`): a complete Noise response whose payload's suite
+byte is ``wire.REFUSAL_FLAG | reason``; no keys are split on either side.
+It is sealed under keys from ``ee`` and ``se`` like any response, so only
+the holder of the responder's static key can write it, and it echoes the
+client nonce, so it answers that initiation and no other;
+:func:`consume_response` raises :class:`HandshakeRefused` for it.  It has the
+size of an acceptance (109 bytes), smaller than any initiation with an
+attachment (169 bytes or more).
+
 Nothing here looks at peers, indexes tables, clocks or sockets; mac1/mac2 are
 checked by the caller with :class:`phantom.protocols.phantom.cookie.CookieChecker`.
 Every failure raises :class:`~phantom.protocols.handshake.HandshakeError`;
@@ -50,12 +65,13 @@ from dataclasses import dataclass, field
 from ... import crypto, wire
 from .. import tai64n
 from ..cookie import CookieGenerator
-from ..handshake import HandshakeError, SessionKeys, check_index
+from ..handshake import HandshakeError, HandshakeRefused, SessionKeys, check_index
 from .noise import NoiseIK
 
 __all__ = [
-    "HandshakeError", "SessionKeys", "InitiatorState", "ResponderState", "InitiationInfo",
-    "create_initiation", "consume_initiation", "create_response", "consume_response", "choose_suite",
+    "HandshakeError", "HandshakeRefused", "SessionKeys", "InitiatorState", "ResponderState", "InitiationInfo",
+    "create_initiation", "consume_initiation", "create_response", "create_refusal", "consume_response",
+    "choose_suite",
 ]
 
 @dataclass
@@ -68,6 +84,7 @@ class InitiatorState:
     timestamp: bytes
     client_nonce: bytes
     offered: int | None = None          # our suites offer (a wire.suites_mask); None: none sent
+    attached: bool = False              # our initiation carried an attachment (a refusal may answer it)
 
     def clear(self) -> None:
         """Abandon the handshake and zero its secrets."""
@@ -83,6 +100,7 @@ class ResponderState:
     remote_static: bytes
     client_nonce: bytes
     offered: int | None = None  # the initiator's suites offer; None: it sent none (secretbox)
+    attachment: bytes | None = field(default=None, repr=False)   # what it attached, if anything
 
     def clear(self) -> None:
         self.noise.clear()
@@ -102,6 +120,11 @@ class InitiationInfo:
     def offered(self) -> int | None:
         """The initiator's suites offer (wire.suites_mask), None when it sent none."""
         return self.state.offered
+
+    @property
+    def attachment(self) -> bytes | None:
+        """The bytes the initiator attached (a membership certificate), None when none."""
+        return self.state.attachment
 
 
 def choose_suite(ours, offered: int | None) -> wire.Suite | None:
@@ -132,13 +155,16 @@ def _check_type(msg, expected: wire.MessageType) -> bytes:
 def create_initiation(local_static_priv, remote_static_pub, sender_index: int,
                       timestamp12: bytes, client_nonce16: bytes,
                       cookie_gen: CookieGenerator | None = None, *,
-                      ephemeral_private=None, suites=None) -> tuple[bytes, InitiatorState]:
+                      ephemeral_private=None, suites=None,
+                      attachment: bytes | None = None) -> tuple[bytes, InitiatorState]:
     """Build a handshake initiation (type 1) and the state to read its response.
 
     With ``cookie_gen`` mac1 (and mac2 when it holds a fresh cookie) is filled
     in; without it both MACs are zero and the caller must add them.
     ``suites``: the transport suites to offer (wire.Suite values); None sends
     the prototype's initiation, without an offer (the session is then secretbox).
+    ``attachment``: 1..wire.MAX_ATTACHMENT_SIZE bytes carried after the offer
+    (so it needs ``suites``), encrypted like the rest of the payload.
     ``ephemeral_private`` is for test vectors only.
     """
     check_index("sender_index", sender_index)
@@ -154,6 +180,14 @@ def create_initiation(local_static_priv, remote_static_pub, sender_index: int,
         if not offered:
             raise HandshakeError("an offer needs at least one suite")
         payload += wire.SUITES_FIELD.pack(offered)
+    if attachment is not None:
+        attachment = bytes(attachment)
+        if offered is None:
+            raise HandshakeError("an attachment follows a suites offer")
+        if not 1 <= len(attachment) <= wire.MAX_ATTACHMENT_SIZE:
+            raise HandshakeError("an attachment is 1 to %d bytes, not %d"
+                                 % (wire.MAX_ATTACHMENT_SIZE, len(attachment)))
+        payload += wire.ATTACHMENT_LENGTH.pack(len(attachment)) + attachment
     noise = NoiseIK.initiator(local_static_priv, remote_static_pub, ephemeral_private)
     body = noise.write_message(payload)
     e_end = wire.KEY_SIZE
@@ -162,7 +196,7 @@ def create_initiation(local_static_priv, remote_static_pub, sender_index: int,
     if cookie_gen is not None:
         msg = cookie_gen.add_macs(msg)
     state = InitiatorState(noise, sender_index, bytes(remote_static_pub), timestamp12, client_nonce16,
-                           offered)
+                           offered, attachment is not None)
     return msg, state
 
 
@@ -172,7 +206,9 @@ def consume_response(state: InitiatorState, msg_bytes) -> SessionKeys:
     Raises HandshakeError when the message is malformed, not addressed to
     ``state.sender_index``, fails authentication (the state is then unchanged
     and a genuine response can still be taken), or echoes another client
-    nonce (the handshake is then abandoned).
+    nonce (the handshake is then abandoned); HandshakeRefused (a
+    HandshakeError) when it is the responder's authenticated refusal of an
+    initiation with an attachment (abandoned too, no keys).
     """
     msg = _check_type(msg_bytes, wire.MessageType.RESPONSE)
     resp = wire.Response.unpack(msg)
@@ -192,6 +228,9 @@ def consume_response(state: InitiatorState, msg_bytes) -> SessionKeys:
     suite = wire.Suite.SECRETBOX
     if state.offered is not None:
         (choice,) = wire.SUITE_FIELD.unpack_from(payload, wire.CLIENT_NONCE_SIZE)
+        if choice & wire.REFUSAL_FLAG and state.attached:
+            state.clear()
+            raise HandshakeRefused(choice & ~wire.REFUSAL_FLAG)
         if not 0 <= choice < 16 or not state.offered >> choice & 1 or choice not in set(wire.Suite):
             state.clear()
             raise HandshakeError("response chose suite %d, which we did not offer" % choice)
@@ -218,19 +257,28 @@ def consume_initiation(local_static_priv, msg_bytes, *, ephemeral_private=None,
     timestamp = payload[:wire.TIMESTAMP_SIZE]
     client_nonce = payload[wire.TIMESTAMP_SIZE:wire.INITIATION_PAYLOAD_SIZE]
     rest = payload[wire.INITIATION_PAYLOAD_SIZE:]
-    offered = None
-    if len(client_nonce) != wire.CLIENT_NONCE_SIZE or len(rest) not in (0, wire.SUITES_FIELD.size):
-        noise.clear()                                   # cannot happen with the fixed sizes
+    offered = attachment = None
+    if len(client_nonce) != wire.CLIENT_NONCE_SIZE or len(rest) not in (0, wire.SUITES_FIELD.size) and \
+            len(rest) < wire.SUITES_FIELD.size + wire.ATTACHMENT_LENGTH.size + 1:
+        noise.clear()                                   # cannot happen with the framing's sizes
         raise HandshakeError("initiation payload has the wrong size")
     if rest:
-        (offered,) = wire.SUITES_FIELD.unpack(rest)
+        (offered,) = wire.SUITES_FIELD.unpack_from(rest, 0)
+    if len(rest) > wire.SUITES_FIELD.size:
+        (n,) = wire.ATTACHMENT_LENGTH.unpack_from(rest, wire.SUITES_FIELD.size)
+        attachment = rest[wire.SUITES_FIELD.size + wire.ATTACHMENT_LENGTH.size:]
+        if n != len(attachment) or not 1 <= n <= wire.MAX_ATTACHMENT_SIZE:
+            # authenticated, so written by the key's holder: a broken sender, still a drop
+            noise.clear()
+            raise HandshakeError("initiation's attachment length %d disagrees with its %d bytes"
+                                 % (n, len(attachment)))
     try:
         tai64n.decode(timestamp)
     except tai64n.TimestampError as exc:
         noise.clear()
         raise HandshakeError("initiation carries an invalid timestamp") from exc
     remote_static = noise.remote_static
-    state = ResponderState(noise, init.sender_index, remote_static, client_nonce, offered)
+    state = ResponderState(noise, init.sender_index, remote_static, client_nonce, offered, attachment)
     return InitiationInfo(remote_static, timestamp, client_nonce, init.sender_index, state)
 
 
@@ -264,3 +312,26 @@ def create_response(state: ResponderState, sender_index: int,
     keys = SessionKeys(send_key, recv_key, local_index=sender_index,
                        remote_index=state.remote_index, initiator=False, handshake_hash=hh, suite=suite)
     return msg, keys
+
+
+def create_refusal(state: ResponderState, sender_index: int, reason,
+                   cookie_gen: CookieGenerator | None = None) -> bytes:
+    """Answer an initiation that carried an attachment with an authenticated
+    refusal (type 2, 109 bytes): a complete Noise response whose payload is
+    the echoed client nonce and ``wire.REFUSAL_FLAG | reason`` (a
+    wire.Refusal).  No keys are derived; the state is cleared.  An
+    initiation without an attachment never gets one (HandshakeError): a
+    peer that attaches nothing sees exactly the protocol it knows.
+    ``sender_index`` is any u32 (no session is made for it)."""
+    check_index("sender_index", sender_index)
+    if state.attachment is None or state.offered is None:
+        state.clear()
+        raise HandshakeError("only an initiation with an attachment gets a refusal")
+    reason = wire.refusal_of(reason)
+    payload = state.client_nonce + wire.SUITE_FIELD.pack(wire.REFUSAL_FLAG | int(reason))
+    body = state.noise.write_message(payload)
+    state.clear()
+    msg = wire.Response(sender_index, state.remote_index, body[:wire.KEY_SIZE], body[wire.KEY_SIZE:]).pack()
+    if cookie_gen is not None:
+        msg = cookie_gen.add_macs(msg)
+    return msg

@@ -28,6 +28,9 @@ class PhantomHandshakes(Handshakes):
                  suites: Optional[Iterable] = None):
         super().__init__(private_key, public_key, clock, cookie_refresh_time)
         self.set_suites(default_suites() if suites is None else suites)
+        # bytes every initiation of ours carries after its offer (the engine's
+        # ``membership``: a membership certificate); None: none
+        self.attachment: Optional[bytes] = None
 
     def set_suites(self, suites: Iterable) -> None:
         """What we offer and accept, best first (wire.Suite values)."""
@@ -92,9 +95,24 @@ class PhantomHandshakes(Handshakes):
         return SUITE_CIPHER[wire.Suite(keys.suite)]
 
     def create_initiation(self, peer, index: int, timestamp: bytes):
+        """Our initiation to ``peer``: with :meth:`offer_for`'s offer, and
+        our :attr:`attachment` when we have one.  An attachment needs an
+        offer: when we speak secretbox only, the offer is secretbox alone;
+        the turn :meth:`offer_for` keeps for a peer that sent no offer (a
+        prototype, which reads neither) goes without both."""
+        attachment = self.attachment
+        legacy_turn = False
+        if attachment is not None and self.suites_for(peer) != (wire.Suite.SECRETBOX,):
+            legacy_turn = peer.suites_legacy and peer.suites_alternate
+        offer = self.offer_for(peer)
+        if attachment is not None:
+            if legacy_turn:
+                attachment = None
+            elif offer is None:
+                offer = (wire.Suite.SECRETBOX,)
         return handshake.create_initiation(self._priv, peer.public_key, index, timestamp,
                                            crypto.random_bytes(wire.CLIENT_NONCE_SIZE), peer.cookies,
-                                           suites=self.offer_for(peer))
+                                           suites=offer, attachment=attachment)
 
     def consume_initiation(self, data: bytes):
         # our cached public key: one X25519 fewer per initiation (issue #15)
@@ -105,5 +123,11 @@ class PhantomHandshakes(Handshakes):
         if suite is None:
             raise HandshakeError("no cipher suite in common")
         return handshake.create_response(info.state, index, peer.cookies, suite=suite)
+
+    def create_refusal(self, info, reason, index: int) -> bytes:
+        """An authenticated refusal of ``info`` (an initiation that carried an
+        attachment, from a key that need not be a peer), with mac1 for its key."""
+        return handshake.create_refusal(info.state, index, reason,
+                                        self.cookie_generator(info.remote_static))
 
     # consume_response: Handshakes' (the choice is checked against our offer)

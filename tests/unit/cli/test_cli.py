@@ -172,6 +172,31 @@ def test_firewall_set_from_toml_and_json_then_show(server, capsys, tmp_path):
     assert rc == 1 and "invalid JSON" in err
 
 
+def test_firewall_show_lists_the_network_policy_and_its_hits(server, capsys):
+    """GET /firewall from a real firewall slot with a real signed policy in force."""
+    from phantom.dataplane.types import Mode
+    from phantom.network import policy as P
+    from phantom.node import policy as NP
+    from phantom.node.firewall import FirewallSlot
+    from tests.unit.network.factory import NOW, Net
+    net = Net()
+    slot = FirewallSlot(Mode.TUN, {}, {"bob": 7}, {"laptops": frozenset({7})}, ("servers",))
+    NP.apply_policy(slot, P.sign_policy(P.parse_policy_source(
+        'default = "deny"\n[[rule]]\nfrom = "group:laptops"\nto = "group:servers"\n'
+        'proto = "tcp"\nports = [22, "80-81"]\n'), net.definition, net.admission, 2, NOW).doc,
+        net.definition, NP.Identity("srv", bytes(32), ("servers",)), NOW)
+    server.controller.rules = slot.describe()
+    rc, out, _ = phantom(server, capsys, "firewall", "show")
+    assert rc == 0
+    lines = out.splitlines()
+    at = [i for i, line in enumerate(lines) if line.startswith("network policy: seq 2, default "
+                                                               "deny (here: drop), signed by ")]
+    assert at, out
+    assert lines[at[0] + 1].split() == ["#", "FROM", "TO", "PROTO", "ACTION", "HERE", "HITS"]
+    assert lines[at[0] + 2].split() == ["1", "group:laptops", "group:servers", "tcp", "22,80-81",
+                                        "accept", "yes", "0"]
+
+
 def test_connection_refused_is_explained(capsys):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

@@ -166,6 +166,28 @@ def test_load_settings_accepts_a_namespace(tmp_path):
     ("[interface]\nexit_node = true\n[[peer]]\npublic_key = \"%s\"\nallow_exit = \"y\"\n" % KEY_A,
      "peer[0].allow_exit"),
     ("[interface]\nmode = \"tap\"\nkill_switch = true\n", "interface.kill_switch"),
+    ("[interface]\nmode = \"tap\"\n[[peer]]\npublic_key = \"%s\"\nexit_node = true\n" % KEY_A,
+     "peer[0].exit_node"),
+    ("[interface]\nmode = \"tun\"\n[[peer]]\npublic_key = \"%s\"\nexit_node = \"yes\"\n" % KEY_A,
+     "peer[0].exit_node"),
+    ("[interface]\nmode = \"tun\"\nexit_dns_upstream = [\"192.0.2.53\"]\n", "interface.exit_dns_upstream"),
+    ("[interface]\nmode = \"tun\"\nexit_node = true\nexit_dns_upstream = \"192.0.2.53\"\n",
+     "interface.exit_dns_upstream"),
+    ("[interface]\nmode = \"tun\"\nexit_node = true\nexit_dns_upstream = [\"dns.example\"]\n",
+     "interface.exit_dns_upstream[0]"),
+    ("[interface]\nmode = \"tun\"\nexit_node = true\nexit_dns_upstream = []\n", "interface.exit_dns_upstream"),
+    ("[interface]\nmode = \"tun\"\nadvertise_routes = \"192.168.50.0/24\"\n", "interface.advertise_routes"),
+    ("[interface]\nmode = \"tap\"\nadvertise_routes = [\"192.168.50.0/24\"]\n", "interface.advertise_routes"),
+    ("[interface]\nmode = \"tun\"\n[[peer]]\npublic_key = \"%s\"\nallow_routes = true\n" % KEY_A,
+     "peer[0].allow_routes"),
+    ("[interface]\nmode = \"tun\"\n[[peer]]\npublic_key = \"%s\"\nroutes = [\"0.0.0.0/0\"]\n" % KEY_A,
+     "peer[0].routes[0]"),
+    ("[interface]\nmode = \"tun\"\n[[peer]]\npublic_key = \"%s\"\nallowed_ips = [\"10.1.0.0/24\"]\n"
+     "routes = [\"10.1.0.0/24\"]\n" % KEY_A, "peer[0].routes[0]"),
+    ("[interface]\nmode = \"tun\"\naddresses = [\"10.99.0.1/24\"]\n[[peer]]\npublic_key = \"%s\"\n"
+     "routes = [\"10.99.0.128/25\"]\n" % KEY_A, "peer[0].routes[0]"),
+    ("[interface]\nmode = \"tun\"\n[[peer]]\npublic_key = \"%s\"\nroutes = [\"192.168.50.0/24\"]\n"
+     "[[peer]]\npublic_key = \"%s\"\nallowed_ips = [\"192.168.50.7/32\"]\n" % (KEY_A, KEY_B), "peer[0].routes[0]"),
     ("[interface]\nlog_level = \"loud\"\n", "interface.log_level"),
     ("[interface]\nuser = \"no-such-user-phantom-test\"\n", "interface.user"),
     ("[interface]\nhttp_listen = \"localhost\"\n", "interface.http_listen"),
@@ -365,3 +387,18 @@ def test_addresses_without_a_mode_mean_a_tun_device(tmp_path):
         assert warning.startswith("interface.addresses: mode = \"test\" opens no device") and \
             "10.9.0.1/24" in warning
     assert load(tmp_path, '[interface]\nmode = "tap"\naddresses = ["10.9.0.1/24"]\n').mode is Mode.TAP
+
+
+def test_subnet_routes_join_allowed_ips_and_a_full_tunnel_is_no_overlap(tmp_path):
+    """A peer's routes (a subnet router's LAN) are routed to it like its
+    allowed IPs; another peer's 0.0.0.0/0 (a full tunnel) does not refuse
+    them: the longer prefix wins, as meant."""
+    import ipaddress
+    text = ('[interface]\nmode = "tun"\naddresses = ["10.99.0.1/24"]\n'
+            '[[peer]]\nname = "router"\npublic_key = "%s"\nallowed_ips = ["10.99.0.2/32"]\n'
+            'routes = ["192.168.50.0/24"]\n'
+            '[[peer]]\nname = "exit"\npublic_key = "%s"\nallowed_ips = ["0.0.0.0/0"]\n' % (KEY_A, KEY_B))
+    s = load(tmp_path, text)
+    router = s.peers[0]
+    assert router.routes == [ipaddress.ip_network("192.168.50.0/24")]
+    assert router.allowed_ips == [ipaddress.ip_network("10.99.0.2/32"), ipaddress.ip_network("192.168.50.0/24")]

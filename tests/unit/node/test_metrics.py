@@ -157,3 +157,32 @@ def test_directory_drops_are_exported():
                  reason="rejected") == 2
     assert value(fams, "phantom_directory_drops", "phantom_directory_drops_total",
                  reason="dht_forged") == 0
+
+
+def test_network_policy_rules_and_hits_are_metrics():
+    from phantom.network import policy as P
+    from phantom.node import policy as NP
+    from phantom.node.firewall import FirewallSlot
+    from tests.unit.network.factory import NOW, Net
+    d, bob = stub_daemon()
+    net = Net()
+    slot = FirewallSlot(Mode.TUN, {"stateful": False}, {"bob": bob.id},
+                        {"laptops": frozenset({bob.id})}, ("servers",))
+    doc = P.sign_policy(P.parse_policy_source(
+        'default = "deny"\n[[rule]]\nfrom = "group:laptops"\nto = "group:servers"\n'
+        'proto = "icmp"\n[[rule]]\nfrom = "*"\nto = "group:printers"\n'), net.definition,
+        net.admission, 4, NOW).doc
+    NP.apply_policy(slot, doc, net.definition, NP.Identity("srv", bytes(32), ("servers",)), NOW)
+    ping = bytes([0x45, 0, 0, 28, 0, 1, 0, 0, 64, 1, 0, 0, 10, 9, 0, 2, 10, 9, 0, 1, 8, 0]) + \
+        bytes(6)
+    for _ in range(3):
+        assert slot.current.classify("in", ping, bob.id, now=1.0).accept
+    d.firewall, d.fw = slot, slot.current
+    _, fams = scrape(d)
+    assert value(fams, "phantom_network_policy_seq", "phantom_network_policy_seq") == 4
+    assert value(fams, "phantom_network_policy_rule_hits", "phantom_network_policy_rule_hits_total",
+                 rule="1", action="accept") == 3
+    with_rule_2 = [s for s in fams["phantom_network_policy_rule_hits"].samples
+                   if s.labels["rule"] == "2"]
+    assert with_rule_2 == [], "a rule that does not apply to this node is not a series"
+    assert fams["phantom_firewall_rule_hits"].samples == [], "no local rules"

@@ -79,3 +79,31 @@ def test_find_and_free_name():
     with pytest.raises(ValueError):
         table.add(ka, "again", [])                              # the engine refuses: nothing changed
     assert len(table.dp.calls) == 3
+
+
+def test_switching_an_exit_is_one_route_change_and_own_routes_stay():
+    """`phantom exit use` from one exit to another: the default routes move
+    between the two peers in one update_routes (no moment without them);
+    each peer keeps its own prefixes; the extra ones go when the peer does."""
+    import ipaddress
+    e = Engine(private_key(), Tunables())
+    dp = RecordingDataPath()
+    t = PeerTable(e, lambda actions: None, dp)
+    a = t.add(_key(), "exit1", ["10.99.0.2/32"], offers={"exit": True})
+    b = t.add(_key(), "exit2", ["10.99.0.3/32"], offers={"exit": True})
+    c = t.add(_key(), "plain", ["10.99.0.4/32"])
+    assert t.offers_exit(a) and t.offers_exit(b) and not t.offers_exit(c)
+    full = [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")]
+    t.set_extra({a.id: full})
+    assert set(a.allowed_ips) == {ipaddress.ip_network("10.99.0.2/32"), *full}
+    assert t.own_routes(a) == [ipaddress.ip_network("10.99.0.2/32")] and t.extra_routes(a) == tuple(full)
+    dp.calls.clear()
+    t.set_extra({a.id: (), b.id: full})
+    routes = [c for c in dp.calls if c[0] == "update_routes"]
+    assert len(routes) == 1 and set(routes[0][1]) == {a.id, b.id}, dp.calls
+    assert list(a.allowed_ips) == [ipaddress.ip_network("10.99.0.2/32")] and t.extra_routes(a) == ()
+    assert set(b.allowed_ips) == {ipaddress.ip_network("10.99.0.3/32"), *full}
+    t.remove(b)
+    assert t.extra_routes(b) == () and not t.offers_exit(b)
+    with pytest.raises(ValueError):
+        t.set_offers({b.id: {"exit": True}})             # gone

@@ -103,6 +103,19 @@ def test_addresses_and_dns_only_ours():
     refused(req("addr_add", address="192.168.1.5/24"), "not_allowed")
     refused(req("resolved_register", dns=["8.8.8.8"]), "not_allowed")
     refused(req("resolved_register", dns=["10.99.0.53"], domains=["~."]), "not_allowed")
+    refused(req("resolved_register", dns=["10.99.0.53"], domains=["~."], default_route=False), "not_allowed")
+    refused(req("resolved_register", dns=["8.8.8.8"], domains=["~."], default_route=True), "not_allowed")
+    refused(req("resolved_register", dns=["10.99.0.53"], domains=["~."], default_route=1), "bad_value")
+
+
+def test_an_exit_in_use_may_take_every_dns_query_to_its_tunnel_address():
+    """`phantom exit use`: the exit's tunnel address as the device's DNS
+    server for every name (~.) and resolved's default route, nothing wider."""
+    r = parse_request(req("resolved_register", dns=["10.99.0.2", "fd99::2"], domains=["~."], default_route=True),
+                      ALLOW)
+    assert r.args == {"dns": [ipaddress.ip_address("10.99.0.2"), ipaddress.ip_address("fd99::2")],
+                      "domains": ["~."], "default_route": True}
+    refused(req("resolved_register", dns=["10.99.0.2"], domains=["."], default_route=True), "not_allowed")
 
 
 # --- malformed ------------------------------------------------------------------------------------
