@@ -84,6 +84,7 @@ MAX_KNOCKS = 1024
 RENEW_FRACTION = 2 / 3           # renew at this fraction of the certificate's lifetime
 CACHE_DIR = "cache"               # STATE/cache: what the daemon writes (owned by its run user)
 CACHE_FILE = "members.json"
+POLICY_FILE = "policy.json"       # the network policy in force (issue 21)
 DEFINITION_FILE = "definition.json"
 CERTIFICATE_FILE = "certificate.json"
 MAX_FILE = 64 * 1024
@@ -189,7 +190,7 @@ class Membership(Observer):
                               % (self.cert.name, self.definition.name))
         #: op -> fn(event dict): events this module does not handle itself
         #: (``policy``...); a handler's exception is logged and counted.
-        self.handlers: dict = {}
+        self.handlers: dict = {"policy": self._on_policy_event}
         self.stats: Counter = Counter()
         self._peer_ids: dict = {}        # member key -> peer id (peers this module added)
         self._regroup_due = False        # members' groups changed: recompile the rules once
@@ -293,6 +294,7 @@ class Membership(Observer):
         for m in list(self.members):
             self._add_peer(m)
         self.regroup()
+        self._load_cached_policy()
 
     def servers(self) -> list:
         """The definition's rendezvous and relays as (key, (host, port)), once
@@ -386,6 +388,7 @@ class Membership(Observer):
         self._peer_ids[key] = peer.id
         self.stats["peers_added"] += 1
         self._set_groups(peer.id, cert.groups)
+        self._names_changed()
         knock = self._knocks.pop(key, None)
         if knock is not None and time.monotonic() - knock[1] < KNOCK_MEMORY:
             # it initiated to us before we knew it (its first packet waits there):
@@ -413,6 +416,7 @@ class Membership(Observer):
             log.info("network: member %s %s: it stays a rendezvous only", peer.name, why)
             return
         self.d.peers.remove(peer)
+        self._names_changed()
         self.stats["peers_removed"] += 1
         log.info("network: member %s %s: its peer and tunnels are gone", peer.name, why)
 
@@ -466,6 +470,56 @@ class Membership(Observer):
             if self.d.peers.on_groups is not None:
                 self.d.peers.on_groups()
 
+    # ------------------------------------------------------------ the network policy
+    # (phantom/node/policy.py compiles it; issue 21): the snapshot's ``policy``
+    # and ``{"op": "policy"}`` events, cached in STATE/cache/policy.json
+    def _names_changed(self) -> None:
+        """A member peer came or went: a policy naming members (``member:``,
+        ``key:``) is resolved to peer ids when the rules compile, so they
+        compile again (once per page, like a group change)."""
+        firewall = getattr(self.d, "firewall", None)
+        if firewall is not None and firewall.policy is not None:
+            self._regroup_due = True
+
+    def _on_policy_event(self, ev: dict) -> None:
+        self.take_policy(ev.get("policy"))
+
+    def take_policy(self, doc: Any, cache: bool = True) -> bool:
+        """A signed policy from the directory (or the cache): verified against
+        the definition, compiled for this node and swapped into the firewall in
+        place; one not newer than the policy in force is ignored.  False (and
+        nothing changed, logged, counted) when it is refused."""
+        from . import policy as node_policy
+        try:
+            p = node_policy.apply_policy(self.d.firewall, doc, self.definition, self.cert,
+                                         self.clock())
+        except Refused as exc:
+            if exc.reason is Reason.STALE:
+                self.stats["policy_stale"] += 1
+                return False
+            self.stats["policy_refused"] += 1
+            log.warning("network: a policy was refused: %s", exc)
+            return False
+        except (NetworkError, ValueError) as exc:
+            self.stats["policy_refused"] += 1
+            log.warning("network: a policy was refused: %s", exc)
+            return False
+        self.stats["policies"] += 1
+        if cache:
+            self._write(POLICY_FILE, p.encode() + b"\n")
+        return True
+
+    def _load_cached_policy(self) -> None:
+        try:
+            raw = read_nofollow(self.cache / POLICY_FILE, MAX_FILE)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("network: the cached policy is not used: %s", exc)
+            return
+        if self.take_policy(raw, cache=False):
+            log.info("network: the cached network policy is in force until the directory answers")
+
     # ------------------------------------------------------------ the stream (sans-IO)
     def apply_page(self, page: Any) -> list:
         """One answer of ``GET /network/members``: a snapshot (``members``) or
@@ -502,6 +556,8 @@ class Membership(Observer):
         changes = self.members.reset(items, removals, page["seq"])
         self.stats["snapshots"] += 1
         self.sync(changes)
+        if page.get("policy") is not None:
+            self.take_policy(page["policy"])
         self._dirty = True
         return changes
 

@@ -81,8 +81,8 @@ def test_policy_set_show_test_against_a_served_network(tmp_path):
         remote = ["--dir", netdir, "--admin-token-file", netdir / "admin.token"]
         for name, groups in (("laptop1", "laptops"), ("srv1", "servers")):
             token = cli("network", "invite", "--groups", groups, *remote).stdout.strip()
-            status = cli("join", token, "--name", name, "--state-dir",
-                         tmp_path / name, "--config", tmp_path / (name + ".toml"), check=False)
+            status = cli("join", token, "--name", name, "--state-dir", tmp_path / name,
+                         "--config", tmp_path / (name + ".toml"), "--no-start", check=False)
             assert status.returncode == 0, status.stderr
         good, bad = tmp_path / "policy.toml", tmp_path / "bad.toml"
         good.write_text(POLICY)
