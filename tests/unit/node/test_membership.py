@@ -19,7 +19,10 @@ from phantom.errors import ConfigError
 from phantom.network.canonical import b64
 from phantom.node import membership as M
 from phantom.node import memberstream as S
+from phantom.dataplane.types import Mode
+from phantom.network import policy as P
 from phantom.node.config import NetworkSection
+from phantom.node.firewall import FirewallSlot
 from phantom.node.peers import PeerTable
 from tests.unit.network.factory import DAY, NOW, Net, seed, x25519_key
 from tests.unit.node.test_reload import RecordingDataPath
@@ -45,6 +48,7 @@ class Daemon:
         self.directory = None
         self.shutdown = asyncio.Event()
         self.s = SimpleNamespace(addresses=())
+        self.firewall = FirewallSlot(Mode.TUN, {}, {})
 
 
 def write_state(tmp_path, net, cert):
@@ -173,16 +177,21 @@ def test_stale_forged_unknown_and_handled_ops(world):
     assert m.apply_event(ev(4, forged)) == [] and m.members.seq == 4
     assert m.stats["refused_events"] == 1 and peer_of(d, "mallory") is None
     # an op nothing handles: skipped, the stream goes on
-    assert m.apply_event({"seq": 5, "op": "policy", "doc": {}}) == []
+    assert m.apply_event({"seq": 5, "op": "routes", "doc": {}}) == []
     assert m.stats["unhandled_events"] == 1 and m.members.seq == 5
+    # the network policy's handler is registered: a policy that is not one is refused, counted
+    assert m.apply_event({"seq": 6, "op": "policy", "policy": {"x": 1}}) == []
+    assert m.stats["policy_refused"] == 1 and m.stats["handler_errors"] == 0
     # a registered handler gets its op (without editing the loop)
     seen = []
-    m.handlers["policy"] = seen.append
-    m.apply_event({"seq": 6, "op": "policy", "doc": {"x": 1}})
-    assert seen == [{"seq": 6, "op": "policy", "doc": {"x": 1}}] and m.members.seq == 6
-    m.handlers["policy"] = lambda e: 1 / 0                     # a failing handler: counted
-    m.apply_event({"seq": 7, "op": "policy"})
-    assert m.stats["handler_errors"] == 1 and m.members.seq == 7
+    m.handlers["routes"] = seen.append
+    m.apply_event({"seq": 6, "op": "routes", "doc": {"x": 1}})
+    assert seen == [] and m.stats["stale_events"] == 2           # seq 6 was taken
+    m.apply_event({"seq": 7, "op": "routes", "doc": {"x": 1}})
+    assert seen == [{"seq": 7, "op": "routes", "doc": {"x": 1}}] and m.members.seq == 7
+    m.handlers["routes"] = lambda e: 1 / 0                     # a failing handler: counted
+    m.apply_event({"seq": 8, "op": "routes"})
+    assert m.stats["handler_errors"] == 1 and m.members.seq == 8
     # garbage
     for bad in (None, [], {"seq": "8"}, {"seq": True, "events": []}):
         with pytest.raises(ValueError):
@@ -366,3 +375,42 @@ def test_a_page_of_members_recompiles_the_firewall_groups_once(world):
                         "servers": frozenset(ids["g%d" % i] for i in (0, 2, 4))}
     m.apply_page({"seq": 7, "events": [ev(7, net.cert("plain"))], "more": False})
     assert len(fired) == 1, "a member without groups changes no group"
+
+
+POLICY = """\
+default = "deny"
+
+[[rule]]
+from = "group:laptops"
+to = "group:servers"
+proto = "icmp"
+"""
+
+
+def test_the_network_policy_from_the_stream_the_snapshot_and_the_cache(world):
+    """Issue 21 item 3 on a member: the snapshot's policy and op=policy events
+    compile into the firewall in place (the member's certificate says
+    "servers", so the rule applies here); an older seq is ignored; a forged
+    one is refused and counted; the policy in force is cached and enforced
+    again by the next start before the directory answers."""
+    d, m = member_of(world)
+    net = world.net
+    body = P.parse_policy_source(POLICY)
+    p1 = P.sign_policy(body, net.definition, net.admission, 1, world.clock())
+    p2 = P.sign_policy(P.parse_policy_source('default = "allow"\n'), net.definition,
+                       net.admission, 2, world.clock())
+    assert d.firewall.policy is None
+    m.apply_page({"seq": 3, "network": net.definition.fingerprint, "members": [],
+                  "removals": [], "policy": p1.doc})
+    assert d.firewall.policy.seq == 1 and len(d.firewall.inbound.rules) == 1
+    m.apply_page({"seq": 5, "events": [{"seq": 4, "op": "policy", "policy": p2.doc},
+                                       {"seq": 5, "op": "policy", "policy": p1.doc}]})
+    assert d.firewall.policy.seq == 2 and m.stats["policy_stale"] == 1
+    evil = Net(tag="evil")
+    forged = P.sign_policy(body, evil.definition, evil.admission, 9, world.clock())
+    m.apply_event({"seq": 6, "op": "policy", "policy": forged.doc})
+    assert d.firewall.policy.seq == 2 and m.stats["policy_refused"] == 1
+    # the next start: the cached policy is in force at install, before any page
+    d2, m2 = member_of(world)
+    m2.install()
+    assert d2.firewall.policy is not None and d2.firewall.policy.seq == 2
