@@ -26,6 +26,29 @@ def _check_key(const unsigned char[::1] key):
 
 
 # --- whole datagrams sealed and opened by the per-packet ciphers (ciphers.pxi) -----------
+cdef unsigned char *_plaintext_buffer(const unsigned char[::1] plaintext) except NULL:
+    """A zeroed worker-shaped buffer (header room | plaintext | tail room) for
+    the seal hooks; the caller frees it."""
+    cdef Py_ssize_t n = plaintext.shape[0]
+    cdef unsigned char *buf = <unsigned char *>calloc(FP_PAYLOAD_OFFSET + n + FP_TAIL_ROOM, 1)
+    if buf == NULL:
+        raise MemoryError()
+    if n:
+        memcpy(buf + FP_PAYLOAD_OFFSET, &plaintext[0], n)
+    return buf
+
+
+cdef unsigned char *_datagram_copy(const unsigned char[::1] datagram) except NULL:
+    """A heap copy of a (non-empty) datagram for the open hooks, which open in
+    place; the caller frees it."""
+    cdef Py_ssize_t n = datagram.shape[0]
+    cdef unsigned char *buf = <unsigned char *>malloc(n)
+    if buf == NULL:
+        raise MemoryError()
+    memcpy(buf, &datagram[0], n)
+    return buf
+
+
 def seal_into(const unsigned char[::1] key, uint64_t counter, unsigned char[::1] buf,
               Py_ssize_t offset, Py_ssize_t length):
     """Same contract as crypto.secretbox_seal_into: plaintext at
@@ -97,13 +120,9 @@ def chacha_seal_packet(const unsigned char[::1] key, uint32_t remote_index, uint
     (tests compare it with dataplane/ciphers.py)."""
     _check_key(key)
     cdef Py_ssize_t n = plaintext.shape[0]
-    cdef unsigned char *buf = <unsigned char *>calloc(FP_PAYLOAD_OFFSET + n + FP_TAIL_ROOM, 1)
+    cdef unsigned char *buf = _plaintext_buffer(plaintext)
     cdef size_t tail = 0
     cdef int rc
-    if buf == NULL:
-        raise MemoryError()
-    if n:
-        memcpy(buf + FP_PAYLOAD_OFFSET, &plaintext[0], n)
     with nogil:
         rc = fp_seal_chacha(buf, n, mtu, remote_index, counter, &key[0], &tail)
         fp_ossl_wipe()
@@ -122,10 +141,7 @@ def chacha_open_packet(const unsigned char[::1] key, const unsigned char[::1] da
     cdef int rc
     if n < FP_PAYLOAD_OFFSET:
         return None
-    buf = <unsigned char *>malloc(n)
-    if buf == NULL:
-        raise MemoryError()
-    memcpy(buf, &datagram[0], n)
+    buf = _datagram_copy(datagram)
     with nogil:
         rc = fp_open_chacha(buf, n, _le64(buf + 8), &key[0])
         fp_ossl_wipe()
@@ -143,12 +159,8 @@ def aegis_seal_packet(const unsigned char[::1] key, uint32_t remote_index, uint6
     (tests compare it with dataplane/ciphers.py).  ``key``: the derived one."""
     _check_key(key)
     cdef Py_ssize_t n = plaintext.shape[0]
-    cdef unsigned char *buf = <unsigned char *>calloc(FP_PAYLOAD_OFFSET + n + FP_TAIL_ROOM, 1)
+    cdef unsigned char *buf = _plaintext_buffer(plaintext)
     cdef int rc
-    if buf == NULL:
-        raise MemoryError()
-    if n:
-        memcpy(buf + FP_PAYLOAD_OFFSET, &plaintext[0], n)
     with nogil:
         rc = fp_seal_aegis(buf, n, remote_index, counter, &key[0])
     out = PyBytes_FromStringAndSize(<char *>buf + FP_HEADER_SIZE, FP_HEADER_SIZE + n + FP_AEGIS_TAG)
@@ -167,10 +179,7 @@ def aegis_open_packet(const unsigned char[::1] key, const unsigned char[::1] dat
     cdef int rc
     if n < FP_HEADER_SIZE:
         return None
-    buf = <unsigned char *>malloc(n)
-    if buf == NULL:
-        raise MemoryError()
-    memcpy(buf, &datagram[0], n)
+    buf = _datagram_copy(datagram)
     with nogil:
         rc = fp_open_aegis(buf, n, _le64(buf + 8), &key[0])
     out = None
