@@ -43,10 +43,13 @@ from typing import Any, Iterable, Optional
 
 from . import names
 from .canonical import (KEY_SIZE, SEQ_MAX, SIG_SIZE, TIME_MAX, b64, bool_field, bytes_field,
-                        canonical, int_field, list_field, object_fields, strict_loads)
+                        canonical, int_field, list_field, object_fields, strict_loads,
+                        version_field)
+from .canonical import signed_bytes  # noqa: F401  (certificate.signed_bytes, as before)
 from .definition import Definition
 from .errors import FormatError, Reason, Refused
-from .keys import CERTIFICATE_DOMAIN, SigningKey, fingerprint_field, valid_x25519, verify
+from .keys import (CERTIFICATE_DOMAIN, SigningKey, fingerprint_field, sign_document, valid_x25519,
+                   verify_document)
 
 VERSION = 1
 WHAT = "certificate"
@@ -131,9 +134,7 @@ def _route(value: Any, path: str) -> ipaddress._BaseNetwork:
 def _from_doc(doc: Any) -> Certificate:
     """Shape and canonical forms only (no signature, no definition)."""
     object_fields(doc, FIELDS)
-    if not (isinstance(doc["v"], int) and not isinstance(doc["v"], bool) and doc["v"] == VERSION):
-        raise FormatError("version %r is not supported (this is version %d)" % (doc["v"], VERSION),
-                          "v")
+    version_field(doc["v"], VERSION)
     key = bytes_field(doc["key"], "key", KEY_SIZE)
     if not valid_x25519(key):
         raise FormatError("is not a usable X25519 key (small order)", "key")
@@ -189,10 +190,6 @@ def parse_certificate(raw: Any) -> Certificate:
     if len(canonical(doc)) > MAX_CERT_SIZE:
         raise FormatError("%d bytes; at most %d" % (len(canonical(doc)), MAX_CERT_SIZE), what=WHAT)
     return cert
-
-
-def signed_bytes(doc: dict) -> bytes:
-    return canonical({k: v for k, v in doc.items() if k != "sig"})
 
 
 def _size(name: str, groups: Iterable[str], routes: Iterable[Any], exit: bool) -> int:
@@ -256,7 +253,7 @@ def verify_certificate(raw: Any, definition: Definition, now: float, *,
     if cert.network != definition.fingerprint:
         raise Refused(Reason.WRONG_NETWORK, WHAT, net, "it is for network %s" % cert.network)
     definition.admission_key(cert.issuer, now, WHAT)
-    if not verify(cert.issuer, CERTIFICATE_DOMAIN, signed_bytes(cert.doc), cert.sig):
+    if not verify_document(cert.issuer, CERTIFICATE_DOMAIN, cert.doc, cert.sig):
         raise Refused(Reason.BAD_SIGNATURE, WHAT, net)
     if cert.not_before > now + skew:
         raise Refused(Reason.NOT_YET_VALID, WHAT, net,
@@ -301,8 +298,7 @@ def issue_certificate(definition: Definition, admission: SigningKey, *, key: byt
             "routes": [str(r) for r in rs], "exit": bool(exit), "serial": serial,
             "since": int(now) if since is None else int(since),
             "nbf": not_before, "exp": not_after, "iss": b64(admission.public)}
-    doc = dict(body)
-    doc["sig"] = b64(admission.sign(CERTIFICATE_DOMAIN, signed_bytes(body)))
+    doc = sign_document(admission, CERTIFICATE_DOMAIN, body)
     size = len(canonical(doc))
     if size > MAX_CERT_SIZE:
         raise FormatError("the certificate would be %d bytes; at most %d: use fewer or shorter "

@@ -50,8 +50,8 @@ from phantom import crypto
 
 from . import names
 from .allocate import allocate
-from .canonical import (KEY_SIZE, SIG_SIZE, TIME_MAX, b64, bytes_field, canonical, int_field,
-                        object_fields, strict_loads)
+from .canonical import (KEY_SIZE, SIG_SIZE, TIME_MAX, b64, bytes_field, int_field, object_fields,
+                        signed_bytes, strict_loads)
 from .certificate import (MAX_CERT_SIZE, Certificate, check_budget, issue_certificate,
                           verify_certificate)
 from .definition import MAX_DEFINITION_SIZE, Definition, parse_definition
@@ -93,10 +93,6 @@ class JoinRequest:
     name: Optional[str] = None
     time: int = 0
     sig: bytes = field(default=b"", repr=False)
-
-
-def signed_bytes(doc: dict) -> bytes:
-    return canonical({k: v for k, v in doc.items() if k != "sig"})
 
 
 def make_join_request(token: Any, public_key: bytes, signing_key: bytes, sign: Any, now: float,

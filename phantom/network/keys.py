@@ -26,7 +26,7 @@ from nacl.signing import SigningKey as _SigningKey, VerifyKey as _VerifyKey
 
 from phantom import crypto
 
-from .canonical import KEY_SIZE, SIG_SIZE, b64
+from .canonical import KEY_SIZE, SIG_SIZE, b64, signed_bytes
 from .errors import FormatError
 
 FINGERPRINT_LABEL = b"phantom-network-authority-v1"
@@ -79,6 +79,20 @@ def verify(public: bytes, domain: bytes, message: bytes, sig: bytes) -> bool:
     except Exception:          # libsodium refusing the key: a failed verification
         return False
     return True
+
+
+def sign_document(key: SigningKey, domain: bytes, body: dict) -> dict:
+    """``body`` with its ``sig``: ``key``'s signature over ``domain`` ||
+    canonical(body minus "sig") (every network document is signed so)."""
+    doc = dict(body)
+    doc["sig"] = b64(key.sign(domain, signed_bytes(body)))
+    return doc
+
+
+def verify_document(public: bytes, domain: bytes, doc: dict, sig: bytes) -> bool:
+    """True when ``sig`` is ``public``'s signature of ``doc`` under ``domain``
+    (the counterpart of :func:`sign_document`)."""
+    return verify(public, domain, signed_bytes(doc), sig)
 
 
 def valid_ed25519(public: bytes) -> bool:
