@@ -151,7 +151,7 @@ def _remote(args) -> bool:
 
 def _ask(args, method: str, path: str, body=None):
     """One admin request to the directory serving the network (remote mode)."""
-    from phantom.cli.join import Unreachable, request_json
+    from phantom.http.client import Unreachable, request_json
     token_file = Path(args.admin_token_file)
     try:
         token = token_file.read_text().strip()
