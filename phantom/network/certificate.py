@@ -116,6 +116,21 @@ class Certificate:
                 "network": self.network}
 
 
+class Certified:
+    """Something known by its certificate (a dataclass with a ``cert``): its
+    key and name are the certificate's."""
+
+    cert: Certificate
+
+    @property
+    def key(self) -> bytes:
+        return self.cert.key
+
+    @property
+    def name(self) -> str:
+        return self.cert.name
+
+
 def _sorted_unique(values: list, path: str, what: str) -> None:
     if values != sorted(set(values)):
         raise FormatError("%s must be sorted, each once" % what, path)

@@ -52,7 +52,7 @@ from . import names
 from .allocate import allocate
 from .canonical import (KEY_SIZE, SIG_SIZE, TIME_MAX, b64, bytes_field, int_field, object_fields,
                         signed_bytes, strict_loads)
-from .certificate import (MAX_CERT_SIZE, Certificate, check_budget, issue_certificate,
+from .certificate import (MAX_CERT_SIZE, Certificate, Certified, check_budget, issue_certificate,
                           verify_certificate)
 from .definition import MAX_DEFINITION_SIZE, Definition, parse_definition
 from .errors import FormatError, InviteError, NetworkError
@@ -221,20 +221,12 @@ def accept_join_answer(raw: Any, network: str, key: bytes, now: float) -> tuple:
 # --- the ledger --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class MemberRecord:
+class MemberRecord(Certified):
     """What the store keeps per member (one row; unique name, ipv4, ipv6)."""
 
     cert: Certificate
     invite: str                       # the invite it joined with ("" when added otherwise)
     removed: Optional[int] = None     # the removal's time, once removed
-
-    @property
-    def key(self) -> bytes:
-        return self.cert.key
-
-    @property
-    def name(self) -> str:
-        return self.cert.name
 
 
 class Ledger(Protocol):
