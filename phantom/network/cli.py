@@ -97,6 +97,21 @@ def _out(args, human: str, obj) -> None:
         print(human)
 
 
+def _rows(args, rows: list, empty: str, fmt: str, header: tuple,
+          cells: Callable[[dict], tuple]) -> int:
+    """A listing: JSON with --json; else ``empty`` when there is nothing, or a
+    table (``fmt`` over the header, then over ``cells(row)`` for each row)."""
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+    elif not rows:
+        print(empty)
+    else:
+        print(fmt % header)
+        for r in rows:
+            print(fmt % cells(r))
+    return 0
+
+
 def _open(args) -> AuthorityDir:
     return AuthorityDir.open(args.dir)
 
@@ -228,19 +243,11 @@ def cmd_invites(args, now: Callable[[], float]) -> int:
         rows = [i.summary(t) for i in _open(args).read_ledger().invites()]
     if not args.all:
         rows = [r for r in rows if r["status"] == "active"]
-    if args.json:
-        print(json.dumps(rows, indent=2, sort_keys=True))
-        return 0
-    if not rows:
-        print("no %sinvites" % ("" if args.all else "active "))
-        return 0
-    print("%-16s  %-8s  %-9s  %-20s  %-16s  %s" % ("ID", "STATUS", "USED", "EXPIRES", "NAME",
-                                                   "GROUPS"))
-    for r in rows:
-        print("%-16s  %-8s  %-9s  %-20s  %-16s  %s" % (
-            r["id"], r["status"], "%d/%d" % (r["used"], r["uses"]), _when(r["expires"]),
-            r["name"] or "-", ",".join(r["groups"]) or "-"))
-    return 0
+    return _rows(args, rows, "no %sinvites" % ("" if args.all else "active "),
+                 "%-16s  %-8s  %-9s  %-20s  %-16s  %s",
+                 ("ID", "STATUS", "USED", "EXPIRES", "NAME", "GROUPS"),
+                 lambda r: (r["id"], r["status"], "%d/%d" % (r["used"], r["uses"]),
+                            _when(r["expires"]), r["name"] or "-", ",".join(r["groups"]) or "-"))
 
 
 def cmd_members(args, now: Callable[[], float]) -> int:
@@ -258,19 +265,10 @@ def cmd_members(args, now: Callable[[], float]) -> int:
                          ("expired" if c.not_after <= t else "member")})
     if not args.all:
         rows = [r for r in rows if r["status"] == "member"]
-    if args.json:
-        print(json.dumps(rows, indent=2, sort_keys=True))
-        return 0
-    if not rows:
-        print("no members")
-        return 0
-    print("%-20s  %-15s  %-28s  %-8s  %-20s  %s" % ("NAME", "IPV4", "IPV6", "STATUS", "EXPIRES",
-                                                    "GROUPS"))
-    for r in rows:
-        print("%-20s  %-15s  %-28s  %-8s  %-20s  %s" % (
-            r["name"], r["ipv4"], r["ipv6"], r["status"], _when(r["expires"]),
-            ",".join(r["groups"]) or "-"))
-    return 0
+    return _rows(args, rows, "no members", "%-20s  %-15s  %-28s  %-8s  %-20s  %s",
+                 ("NAME", "IPV4", "IPV6", "STATUS", "EXPIRES", "GROUPS"),
+                 lambda r: (r["name"], r["ipv4"], r["ipv6"], r["status"], _when(r["expires"]),
+                            ",".join(r["groups"]) or "-"))
 
 
 def cmd_remove(args, now: Callable[[], float]) -> int:
