@@ -48,8 +48,8 @@ from .canonical import (KEY_SIZE, SEQ_MAX, SIG_SIZE, TIME_MAX, b64, bool_field, 
 from .canonical import signed_bytes  # noqa: F401  (certificate.signed_bytes, as before)
 from .definition import Definition
 from .errors import FormatError, Reason, Refused
-from .keys import (CERTIFICATE_DOMAIN, SigningKey, fingerprint_field, sign_document, valid_x25519,
-                   verify_document)
+from .keys import (CERTIFICATE_DOMAIN, SigningKey, fingerprint_field, key_field, sign_document,
+                   valid_x25519, verify_document)
 
 VERSION = 1
 WHAT = "certificate"
@@ -150,9 +150,7 @@ def _from_doc(doc: Any) -> Certificate:
     """Shape and canonical forms only (no signature, no definition)."""
     object_fields(doc, FIELDS)
     version_field(doc["v"], VERSION)
-    key = bytes_field(doc["key"], "key", KEY_SIZE)
-    if not valid_x25519(key):
-        raise FormatError("is not a usable X25519 key (small order)", "key")
+    key = key_field(doc["key"], "key", valid_x25519, "is not a usable X25519 key (small order)")
     groups = list_field(doc["groups"], "groups", MAX_GROUPS)
     gs = [names.group(g, "groups[%d]" % i) for i, g in enumerate(groups)]
     _sorted_unique(gs, "groups", "groups")

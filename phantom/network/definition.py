@@ -29,12 +29,12 @@ from typing import Any, Callable, Iterable, Optional
 from phantom import crypto
 
 from . import names
-from .canonical import (KEY_SIZE, SEQ_MAX, SIG_SIZE, TIME_MAX, b64, bytes_field, canonical,
+from .canonical import (SEQ_MAX, SIG_SIZE, TIME_MAX, b64, bytes_field, canonical,
                         int_field, list_field, object_fields, strict_loads, version_field)
 from .canonical import signed_bytes  # noqa: F401  (definition.signed_bytes, as before)
 from .errors import FormatError, Reason, Refused
-from .keys import (DEFINITION_DOMAIN, SigningKey, fingerprint, sign_document, valid_ed25519,
-                   valid_x25519, verify_document)
+from .keys import (DEFINITION_DOMAIN, SigningKey, fingerprint, key_field, sign_document,
+                   valid_ed25519, valid_x25519, verify_document)
 
 VERSION = 1
 WHAT = "network definition"
@@ -178,9 +178,7 @@ def _listed(value: Any, path: str, max_items: int, other: str, valid: Callable[[
     for i, item in enumerate(list_field(value, path, max_items)):
         where = "%s[%d]" % (path, i)
         object_fields(item, ("key", other), path=where)
-        key = bytes_field(item["key"], where + ".key", KEY_SIZE)
-        if not valid(key):
-            raise FormatError("is not a usable %s key" % curve, where + ".key")
+        key = key_field(item["key"], where + ".key", valid, "is not a usable %s key" % curve)
         if key in seen:
             raise FormatError("key listed twice", where + ".key")
         seen.add(key)
@@ -210,9 +208,7 @@ def _from_doc(doc: Any) -> Definition:
     """Shape and canonical forms (no signature check)."""
     object_fields(doc, FIELDS)
     version_field(doc["v"], VERSION)
-    authority = bytes_field(doc["authority"], "authority", KEY_SIZE)
-    if not valid_ed25519(authority):
-        raise FormatError("is not a usable Ed25519 key", "authority")
+    authority = key_field(doc["authority"], "authority", valid_ed25519, "is not a usable Ed25519 key")
     return Definition(
         name=names.label(doc["name"], "name"),
         domain=names.domain(doc["domain"], "domain"),

@@ -57,7 +57,7 @@ from .certificate import (MAX_CERT_SIZE, Certificate, Certified, check_budget, i
 from .definition import MAX_DEFINITION_SIZE, Definition, parse_definition
 from .errors import FormatError, InviteError, NetworkError
 from .invite import SECRET_SIZE, Invite, hash_secret, id_field
-from .keys import SigningKey, fingerprint_field, valid_x25519, verify
+from .keys import SigningKey, fingerprint_field, key_field, valid_x25519, verify
 from .removal import Removal, make_removal
 
 VERSION = 1
@@ -135,9 +135,7 @@ def _request_doc(raw: Any, fields: tuple, what: str) -> dict:
 
 
 def _member_key(doc: dict) -> bytes:
-    key = bytes_field(doc["key"], "key", KEY_SIZE)
-    if not valid_x25519(key):
-        raise FormatError("is not a usable X25519 key", "key")
+    key = key_field(doc["key"], "key", valid_x25519, "is not a usable X25519 key")
     return key
 
 

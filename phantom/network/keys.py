@@ -19,6 +19,7 @@ import base64
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import nacl.bindings as _nb
 from nacl.exceptions import BadSignatureError
@@ -26,7 +27,7 @@ from nacl.signing import SigningKey as _SigningKey, VerifyKey as _VerifyKey
 
 from phantom import crypto
 
-from .canonical import KEY_SIZE, SIG_SIZE, b64, signed_bytes
+from .canonical import KEY_SIZE, SIG_SIZE, b64, bytes_field, signed_bytes
 from .errors import FormatError
 
 FINGERPRINT_LABEL = b"phantom-network-authority-v1"
@@ -93,6 +94,15 @@ def verify_document(public: bytes, domain: bytes, doc: dict, sig: bytes) -> bool
     """True when ``sig`` is ``public``'s signature of ``doc`` under ``domain``
     (the counterpart of :func:`sign_document`)."""
     return verify(public, domain, signed_bytes(doc), sig)
+
+
+def key_field(value, path: str, valid: Callable[[bytes], bool], problem: str) -> bytes:
+    """A 32-byte public key field (canonical base64) that ``valid`` accepts;
+    else FormatError(``problem``, ``path``)."""
+    key = bytes_field(value, path, KEY_SIZE)
+    if not valid(key):
+        raise FormatError(problem, path)
+    return key
 
 
 def valid_ed25519(public: bytes) -> bool:

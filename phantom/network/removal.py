@@ -29,8 +29,8 @@ from .canonical import (KEY_SIZE, SIG_SIZE, TIME_MAX, b64, bytes_field, canonica
 from .canonical import signed_bytes  # noqa: F401  (removal.signed_bytes, as before)
 from .definition import Definition
 from .errors import FormatError, Reason, Refused
-from .keys import (REMOVAL_DOMAIN, SigningKey, fingerprint_field, sign_document, valid_x25519,
-                   verify_document)
+from .keys import (REMOVAL_DOMAIN, SigningKey, fingerprint_field, key_field, sign_document,
+                   valid_x25519, verify_document)
 
 VERSION = 1
 WHAT = "removal"
@@ -66,9 +66,7 @@ def _from_doc(doc: Any) -> Removal:
     object_fields(doc, FIELDS)
     if not (isinstance(doc["v"], int) and not isinstance(doc["v"], bool) and doc["v"] == VERSION):
         raise FormatError("version %r is not supported" % (doc["v"],), "v")
-    key = bytes_field(doc["key"], "key", KEY_SIZE)
-    if not valid_x25519(key):
-        raise FormatError("is not a usable X25519 key", "key")
+    key = key_field(doc["key"], "key", valid_x25519, "is not a usable X25519 key")
     return Removal(fingerprint_field(doc["net"], "net"), key,
                    int_field(doc["time"], "time", 0, TIME_MAX),
                    bytes_field(doc["iss"], "iss", KEY_SIZE),
