@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hmac as _hmac
+from typing import Callable
 
 import cffi
 import nacl.bindings as _nb
@@ -178,12 +179,18 @@ def aead_encrypt(key: bytes, counter: int, ad: bytes, plaintext: bytes) -> bytes
         bytes(plaintext), bytes(ad), _ietf_nonce(counter), bytes(key))
 
 
-def aead_decrypt(key: bytes, counter: int, ad: bytes, ciphertext: bytes) -> bytes:
+def _aead_open(decrypt: Callable, key: bytes, nonce: bytes, ad: bytes, ciphertext: bytes,
+               what: str) -> bytes:
+    """``decrypt`` (a libsodium AEAD's) or CryptoError saying ``what`` failed."""
     try:
-        return _nb.crypto_aead_chacha20poly1305_ietf_decrypt(
-            bytes(ciphertext), bytes(ad), _ietf_nonce(counter), bytes(key))
+        return decrypt(bytes(ciphertext), bytes(ad), nonce, bytes(key))
     except Exception as exc:
-        raise CryptoError("handshake decryption failed") from exc
+        raise CryptoError(what) from exc
+
+
+def aead_decrypt(key: bytes, counter: int, ad: bytes, ciphertext: bytes) -> bytes:
+    return _aead_open(_nb.crypto_aead_chacha20poly1305_ietf_decrypt, key, _ietf_nonce(counter),
+                      ad, ciphertext, "handshake decryption failed")
 
 
 def xaead_encrypt(key: bytes, nonce: bytes, ad: bytes, plaintext: bytes) -> bytes:
@@ -193,11 +200,8 @@ def xaead_encrypt(key: bytes, nonce: bytes, ad: bytes, plaintext: bytes) -> byte
 
 
 def xaead_decrypt(key: bytes, nonce: bytes, ad: bytes, ciphertext: bytes) -> bytes:
-    try:
-        return _nb.crypto_aead_xchacha20poly1305_ietf_decrypt(
-            bytes(ciphertext), bytes(ad), bytes(nonce), bytes(key))
-    except Exception as exc:
-        raise CryptoError("cookie decryption failed") from exc
+    return _aead_open(_nb.crypto_aead_xchacha20poly1305_ietf_decrypt, key, bytes(nonce), ad,
+                      ciphertext, "cookie decryption failed")
 
 
 # --- secretbox for transport data -------------------------------------------------

@@ -112,7 +112,10 @@ class Dnsd:
         self.proc: subprocess.Popen | None = None
         self.ready: dict = {}
 
-    def start(self, timeout: float = 15.0) -> "Dnsd":
+    def start(self, timeout: float = 30.0) -> "Dnsd":
+        # 30 s, as a started phantomd has (phantomlab/daemons.py): under four
+        # workers on a loaded machine dnsd's first line took more than 15 s
+        # (two full runs on 2026-12-07 each lost one dnsd fixture so)
         from .namespaces import REGISTRY, RigError
         log = open(self.log_path, "ab")
         try:

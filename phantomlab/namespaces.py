@@ -47,10 +47,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
-
-if TYPE_CHECKING:
-    from .topology import Host, Router
+from typing import Callable, NamedTuple, Protocol, Sequence
 
 __all__ = [
     "PREFIX_FAMILY", "RigError", "Namespace", "socket_in", "HttpReply", "cleanup_all",
@@ -621,5 +618,11 @@ class Namespace:
         self.delete()
 
 
-def as_ns(x: "Namespace | Host | Router") -> Namespace:
+class InNamespace(Protocol):
+    """What stands in one namespace (topology.py's Host and Router): its ``ns``."""
+
+    ns: Namespace
+
+
+def as_ns(x: "Namespace | InNamespace") -> Namespace:
     return x if isinstance(x, Namespace) else x.ns

@@ -20,8 +20,9 @@ from ..errors import ConfigError
 from ..syntax import parse_peer_endpoint
 from ..keys import KeyFileError, encode_key, load_private_key, public_key, write_secret_file
 from ..protocols.wireguard.keys import genpsk
-from ..protocols.wireguard.wgquick import (WgConfError, export_for_peer, export_interface, load_phantom,
-                                           notes, parse_wg_quick, to_phantom_toml, unreachable)
+from ..node.config import Settings, read_config_file, settings_from_mapping
+from ..protocols.wireguard.wgquick import (WgConfError, export_for_peer, export_interface, notes,
+                                           parse_wg_quick, to_phantom_toml, unreachable)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,6 +106,12 @@ def cmd_import(args) -> int:
                  "it has" if len(lost) == 1 else "they have"), file=sys.stderr)
         return 1
     return 0
+
+
+def load_phantom(path) -> Settings:
+    """A phantom.toml's settings, as phantomd reads them."""
+    path = Path(path)
+    return settings_from_mapping(read_config_file(path), base=path.resolve().parent)
 
 
 def cmd_export(args) -> int:

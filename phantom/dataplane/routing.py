@@ -99,16 +99,21 @@ class AllowedIPs:
         return self.lookup(addr) == peer_id
 
     # --- changes (control plane, rare) -----------------------------------------
+    def _locate(self, network) -> tuple:
+        """(version, prefix length, key, the family's tables) of a prefix: its
+        entry is ``tables[prefix length][key]``."""
+        net = _as_network(network)
+        version, plen = net.version, net.prefixlen
+        bits = _V4_BITS if version == 4 else _V6_BITS
+        key = int(net.network_address) >> (bits - plen)
+        return version, plen, key, (self._v4_tables if version == 4 else self._v6_tables)
+
     def insert(self, network, peer_id: int) -> None:
         """Route ``network`` (an ipaddress network or a string like "10.0.0.0/24")
         to ``peer_id``, taking it from any peer that had it."""
         if not isinstance(peer_id, int):
             raise TypeError("peer_id must be an int")
-        net = _as_network(network)
-        version, plen = net.version, net.prefixlen
-        bits = _V4_BITS if version == 4 else _V6_BITS
-        key = int(net.network_address) >> (bits - plen)
-        tables = self._v4_tables if version == 4 else self._v6_tables
+        version, plen, key, tables = self._locate(network)
         table = tables.get(plen)
         if table is None:
             table = tables[plen] = {}
@@ -123,11 +128,7 @@ class AllowedIPs:
 
     def remove(self, network) -> Optional[int]:
         """Remove one prefix; return the peer that had it (None if absent)."""
-        net = _as_network(network)
-        version, plen = net.version, net.prefixlen
-        bits = _V4_BITS if version == 4 else _V6_BITS
-        key = int(net.network_address) >> (bits - plen)
-        tables = self._v4_tables if version == 4 else self._v6_tables
+        version, plen, key, tables = self._locate(network)
         table = tables.get(plen)
         if table is None or key not in table:
             return None

@@ -296,6 +296,15 @@ class DirectoryClient:
         return "no reason given"
 
     # lookups
+    def _verified_or_counted(self, doc: Any, now: float, what: str) -> Optional[Record]:
+        """The verified record, or None: a rejected one is counted and logged as ``what``."""
+        try:
+            return self._verify(doc, now)
+        except RecordError as exc:
+            self.stats["rejected"] += 1
+            log.warning("%s: %s", what, exc)
+            return None
+
     def _verify(self, doc: Any, now: float) -> Record:
         return parse_record(doc, now, trusted_signers=self.trusted_signers)
 
@@ -460,11 +469,8 @@ class DirectoryClient:
         now, best = self.clock(), {}
         for page in pages:                    # several directories: the newest of each key
             for doc in page:
-                try:
-                    rec = self._verify(doc, now)
-                except RecordError as exc:
-                    self.stats["rejected"] += 1
-                    log.warning("skipping a listed record: %s", exc)
+                rec = self._verified_or_counted(doc, now, "skipping a listed record")
+                if rec is None:
                     continue
                 if rec.public_key not in best or rec.seq > best[rec.public_key].seq:
                     best[rec.public_key] = rec
@@ -611,11 +617,8 @@ class DirectoryClient:
     # watching
     def _on_watched(self, doc: Any, keys: frozenset, on_change) -> None:
         now = self.clock()
-        try:
-            rec = self._verify(doc, now)
-        except RecordError as exc:
-            self.stats["rejected"] += 1
-            log.warning("rejected a watched record: %s", exc)
+        rec = self._verified_or_counted(doc, now, "rejected a watched record")
+        if rec is None:
             return
         if rec.public_key not in keys:
             return

@@ -26,6 +26,29 @@ def _check_key(const unsigned char[::1] key):
 
 
 # --- whole datagrams sealed and opened by the per-packet ciphers (ciphers.pxi) -----------
+cdef unsigned char *_plaintext_buffer(const unsigned char[::1] plaintext) except NULL:
+    """A zeroed worker-shaped buffer (header room | plaintext | tail room) for
+    the seal hooks; the caller frees it."""
+    cdef Py_ssize_t n = plaintext.shape[0]
+    cdef unsigned char *buf = <unsigned char *>calloc(FP_PAYLOAD_OFFSET + n + FP_TAIL_ROOM, 1)
+    if buf == NULL:
+        raise MemoryError()
+    if n:
+        memcpy(buf + FP_PAYLOAD_OFFSET, &plaintext[0], n)
+    return buf
+
+
+cdef unsigned char *_datagram_copy(const unsigned char[::1] datagram) except NULL:
+    """A heap copy of a (non-empty) datagram for the open hooks, which open in
+    place; the caller frees it."""
+    cdef Py_ssize_t n = datagram.shape[0]
+    cdef unsigned char *buf = <unsigned char *>malloc(n)
+    if buf == NULL:
+        raise MemoryError()
+    memcpy(buf, &datagram[0], n)
+    return buf
+
+
 def seal_into(const unsigned char[::1] key, uint64_t counter, unsigned char[::1] buf,
               Py_ssize_t offset, Py_ssize_t length):
     """Same contract as crypto.secretbox_seal_into: plaintext at
@@ -91,95 +114,81 @@ def seal_open_inplace(const unsigned char[::1] key, uint64_t counter, unsigned c
     return rc == 0
 
 
+cdef object _seal_packet(const unsigned char[::1] key, uint32_t remote_index, uint64_t counter,
+                         const unsigned char[::1] plaintext, size_t mtu, bint aegis):
+    """One transport datagram sealed by the worker's ChaCha20-Poly1305 (WireGuard)
+    or AEGIS-256 code; the AEGIS buffer is wiped before it is freed."""
+    _check_key(key)
+    cdef Py_ssize_t n = plaintext.shape[0]
+    cdef unsigned char *buf = _plaintext_buffer(plaintext)
+    cdef size_t tail = FP_AEGIS_TAG if aegis else 0
+    cdef int rc
+    with nogil:
+        if aegis:
+            rc = fp_seal_aegis(buf, n, remote_index, counter, &key[0])
+        else:
+            rc = fp_seal_chacha(buf, n, mtu, remote_index, counter, &key[0], &tail)
+            fp_ossl_wipe()
+    out = PyBytes_FromStringAndSize(<char *>buf + FP_HEADER_SIZE, FP_HEADER_SIZE + n + tail)
+    if aegis:
+        fp_wipe(buf, FP_PAYLOAD_OFFSET + n + FP_TAIL_ROOM)
+    free(buf)
+    if rc != 0:
+        raise _crypto.CryptoError("aegis256 seal failed" if aegis else "chacha20poly1305 seal failed")
+    return out
+
+
+cdef object _open_packet(const unsigned char[::1] key, const unsigned char[::1] datagram,
+                         bint aegis):
+    """(index, counter, plaintext) of a datagram opened by the worker's
+    ChaCha20-Poly1305 (the plaintext still padded) or AEGIS-256 code, or None
+    when forged; the AEGIS copy is wiped before it is freed."""
+    _check_key(key)
+    cdef Py_ssize_t n = datagram.shape[0]
+    cdef Py_ssize_t plain = n - (FP_HEADER_SIZE + FP_AEGIS_TAG if aegis else FP_PAYLOAD_OFFSET)
+    cdef unsigned char *buf
+    cdef int rc
+    if n < (FP_HEADER_SIZE if aegis else FP_PAYLOAD_OFFSET):
+        return None
+    buf = _datagram_copy(datagram)
+    with nogil:
+        if aegis:
+            rc = fp_open_aegis(buf, n, _le64(buf + 8), &key[0])
+        else:
+            rc = fp_open_chacha(buf, n, _le64(buf + 8), &key[0])
+            fp_ossl_wipe()
+    out = None
+    if rc == 0:
+        out = (_le32(buf + 4), _le64(buf + 8),
+               PyBytes_FromStringAndSize(<char *>buf + FP_HEADER_SIZE, plain))
+    if aegis:
+        fp_wipe(buf, n)
+    free(buf)
+    return out
+
+
 def chacha_seal_packet(const unsigned char[::1] key, uint32_t remote_index, uint64_t counter,
                        const unsigned char[::1] plaintext, size_t mtu=0):
     """A whole WireGuard transport datagram, sealed by the worker's own code
     (tests compare it with dataplane/ciphers.py)."""
-    _check_key(key)
-    cdef Py_ssize_t n = plaintext.shape[0]
-    cdef unsigned char *buf = <unsigned char *>calloc(FP_PAYLOAD_OFFSET + n + FP_TAIL_ROOM, 1)
-    cdef size_t tail = 0
-    cdef int rc
-    if buf == NULL:
-        raise MemoryError()
-    if n:
-        memcpy(buf + FP_PAYLOAD_OFFSET, &plaintext[0], n)
-    with nogil:
-        rc = fp_seal_chacha(buf, n, mtu, remote_index, counter, &key[0], &tail)
-        fp_ossl_wipe()
-    out = PyBytes_FromStringAndSize(<char *>buf + FP_HEADER_SIZE, FP_HEADER_SIZE + n + tail)
-    free(buf)
-    if rc != 0:
-        raise _crypto.CryptoError("chacha20poly1305 seal failed")
-    return out
+    return _seal_packet(key, remote_index, counter, plaintext, mtu, False)
 
 
 def chacha_open_packet(const unsigned char[::1] key, const unsigned char[::1] datagram):
     """(index, counter, padded plaintext) of a WireGuard datagram, or None when forged."""
-    _check_key(key)
-    cdef Py_ssize_t n = datagram.shape[0]
-    cdef unsigned char *buf
-    cdef int rc
-    if n < FP_PAYLOAD_OFFSET:
-        return None
-    buf = <unsigned char *>malloc(n)
-    if buf == NULL:
-        raise MemoryError()
-    memcpy(buf, &datagram[0], n)
-    with nogil:
-        rc = fp_open_chacha(buf, n, _le64(buf + 8), &key[0])
-        fp_ossl_wipe()
-    out = None
-    if rc == 0:
-        out = (_le32(buf + 4), _le64(buf + 8),
-               PyBytes_FromStringAndSize(<char *>buf + FP_HEADER_SIZE, n - FP_PAYLOAD_OFFSET))
-    free(buf)
-    return out
+    return _open_packet(key, datagram, False)
 
 
 def aegis_seal_packet(const unsigned char[::1] key, uint32_t remote_index, uint64_t counter,
                       const unsigned char[::1] plaintext):
     """A whole AEGIS-256 transport datagram, sealed by the worker's own code
     (tests compare it with dataplane/ciphers.py).  ``key``: the derived one."""
-    _check_key(key)
-    cdef Py_ssize_t n = plaintext.shape[0]
-    cdef unsigned char *buf = <unsigned char *>calloc(FP_PAYLOAD_OFFSET + n + FP_TAIL_ROOM, 1)
-    cdef int rc
-    if buf == NULL:
-        raise MemoryError()
-    if n:
-        memcpy(buf + FP_PAYLOAD_OFFSET, &plaintext[0], n)
-    with nogil:
-        rc = fp_seal_aegis(buf, n, remote_index, counter, &key[0])
-    out = PyBytes_FromStringAndSize(<char *>buf + FP_HEADER_SIZE, FP_HEADER_SIZE + n + FP_AEGIS_TAG)
-    fp_wipe(buf, FP_PAYLOAD_OFFSET + n + FP_TAIL_ROOM)
-    free(buf)
-    if rc != 0:
-        raise _crypto.CryptoError("aegis256 seal failed")
-    return out
+    return _seal_packet(key, remote_index, counter, plaintext, 0, True)
 
 
 def aegis_open_packet(const unsigned char[::1] key, const unsigned char[::1] datagram):
     """(index, counter, plaintext) of an AEGIS-256 datagram, or None when forged."""
-    _check_key(key)
-    cdef Py_ssize_t n = datagram.shape[0]
-    cdef unsigned char *buf
-    cdef int rc
-    if n < FP_HEADER_SIZE:
-        return None
-    buf = <unsigned char *>malloc(n)
-    if buf == NULL:
-        raise MemoryError()
-    memcpy(buf, &datagram[0], n)
-    with nogil:
-        rc = fp_open_aegis(buf, n, _le64(buf + 8), &key[0])
-    out = None
-    if rc == 0:
-        out = (_le32(buf + 4), _le64(buf + 8),
-               PyBytes_FromStringAndSize(<char *>buf + FP_HEADER_SIZE, n - FP_HEADER_SIZE - FP_AEGIS_TAG))
-    fp_wipe(buf, n)
-    free(buf)
-    return out
+    return _open_packet(key, datagram, True)
 
 
 # --- cipher benchmarks and the OpenSSL/libsodium cross-check -------------------------------

@@ -145,6 +145,18 @@ def _routes(app: web.Application) -> str:
     return ", ".join(seen)
 
 
+# aiohttp's parser errors that are a 400 with a message of their own, in the
+# order they are tried (BadHttpMethod is a BadStatusLine)
+_PARSER_ERRORS = (
+    (BadHttpMethod, "malformed request line: unknown method (or not HTTP at all)"),
+    (BadStatusLine, "malformed request line (expected METHOD /path HTTP/1.1)"),
+    (InvalidURLError, "malformed request target"),
+    (InvalidHeader, "malformed request header"),
+    (TransferEncodingError, "malformed body: bad chunked transfer encoding"),
+    (ContentLengthError, "malformed body: it does not match its Content-Length"),
+)
+
+
 def parser_error(exc: BaseException) -> tuple[int, str]:
     """Status and message for an error of aiohttp's HTTP parser.  The message
     describes the problem in our words: the parser's own text quotes the
@@ -162,18 +174,9 @@ def parser_error(exc: BaseException) -> tuple[int, str]:
         return 400, "missing Host header (HTTP/1.1 requires one)"
     if text.startswith("Duplicate"):
         return 400, "a header that may appear once (Host, Content-Length, ...) appears twice"
-    if isinstance(exc, BadHttpMethod):
-        return 400, "malformed request line: unknown method (or not HTTP at all)"
-    if isinstance(exc, BadStatusLine):
-        return 400, "malformed request line (expected METHOD /path HTTP/1.1)"
-    if isinstance(exc, InvalidURLError):
-        return 400, "malformed request target"
-    if isinstance(exc, InvalidHeader):
-        return 400, "malformed request header"
-    if isinstance(exc, TransferEncodingError):
-        return 400, "malformed body: bad chunked transfer encoding"
-    if isinstance(exc, ContentLengthError):
-        return 400, "malformed body: it does not match its Content-Length"
+    for kind, message in _PARSER_ERRORS:
+        if isinstance(exc, kind):
+            return 400, message
     if "Content-Length" in text or "Transfer-Encoding" in text or "chunk" in text.lower():
         return 400, "malformed body framing (Content-Length / Transfer-Encoding)"
     return 400, "malformed HTTP request"

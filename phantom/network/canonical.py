@@ -35,6 +35,13 @@ def canonical(obj: Any) -> bytes:
                       allow_nan=False).encode("ascii")
 
 
+def signed_bytes(doc: dict) -> bytes:
+    """What a document's signature covers (after its kind's domain): the
+    canonical bytes of the document minus ``sig``.  keys.sign_document and
+    keys.verify_document sign and check over it."""
+    return canonical({k: v for k, v in doc.items() if k != "sig"})
+
+
 def _pairs(items):
     out = {}
     for k, v in items:
@@ -148,6 +155,14 @@ def from_b64url(text: str) -> bytes:
 
 def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def version_field(value: Any, version: int, path: str = "v") -> int:
+    """A document's format version: exactly the integer ``version``."""
+    if not (is_int(value) and value == version):
+        raise FormatError("version %r is not supported (this is version %d)" % (value, version),
+                          path)
+    return value
 
 
 def int_field(value: Any, path: str, lo: int, hi: int) -> int:

@@ -43,10 +43,13 @@ from typing import Any, Iterable, Optional
 
 from . import names
 from .canonical import (KEY_SIZE, SEQ_MAX, SIG_SIZE, TIME_MAX, b64, bool_field, bytes_field,
-                        canonical, int_field, list_field, object_fields, strict_loads)
+                        canonical, int_field, list_field, object_fields, strict_loads,
+                        version_field)
+from .canonical import signed_bytes  # noqa: F401  (certificate.signed_bytes, as before)
 from .definition import Definition
 from .errors import FormatError, Reason, Refused
-from .keys import CERTIFICATE_DOMAIN, SigningKey, fingerprint_field, valid_x25519, verify
+from .keys import (CERTIFICATE_DOMAIN, SigningKey, fingerprint_field, key_field, sign_document,
+                   valid_x25519, verify_document)
 
 VERSION = 1
 WHAT = "certificate"
@@ -113,6 +116,21 @@ class Certificate:
                 "network": self.network}
 
 
+class Certified:
+    """Something known by its certificate (a dataclass with a ``cert``): its
+    key and name are the certificate's."""
+
+    cert: Certificate
+
+    @property
+    def key(self) -> bytes:
+        return self.cert.key
+
+    @property
+    def name(self) -> str:
+        return self.cert.name
+
+
 def _sorted_unique(values: list, path: str, what: str) -> None:
     if values != sorted(set(values)):
         raise FormatError("%s must be sorted, each once" % what, path)
@@ -131,12 +149,8 @@ def _route(value: Any, path: str) -> ipaddress._BaseNetwork:
 def _from_doc(doc: Any) -> Certificate:
     """Shape and canonical forms only (no signature, no definition)."""
     object_fields(doc, FIELDS)
-    if not (isinstance(doc["v"], int) and not isinstance(doc["v"], bool) and doc["v"] == VERSION):
-        raise FormatError("version %r is not supported (this is version %d)" % (doc["v"], VERSION),
-                          "v")
-    key = bytes_field(doc["key"], "key", KEY_SIZE)
-    if not valid_x25519(key):
-        raise FormatError("is not a usable X25519 key (small order)", "key")
+    version_field(doc["v"], VERSION)
+    key = key_field(doc["key"], "key", valid_x25519, "is not a usable X25519 key (small order)")
     groups = list_field(doc["groups"], "groups", MAX_GROUPS)
     gs = [names.group(g, "groups[%d]" % i) for i, g in enumerate(groups)]
     _sorted_unique(gs, "groups", "groups")
@@ -189,10 +203,6 @@ def parse_certificate(raw: Any) -> Certificate:
     if len(canonical(doc)) > MAX_CERT_SIZE:
         raise FormatError("%d bytes; at most %d" % (len(canonical(doc)), MAX_CERT_SIZE), what=WHAT)
     return cert
-
-
-def signed_bytes(doc: dict) -> bytes:
-    return canonical({k: v for k, v in doc.items() if k != "sig"})
 
 
 def _size(name: str, groups: Iterable[str], routes: Iterable[Any], exit: bool) -> int:
@@ -256,7 +266,7 @@ def verify_certificate(raw: Any, definition: Definition, now: float, *,
     if cert.network != definition.fingerprint:
         raise Refused(Reason.WRONG_NETWORK, WHAT, net, "it is for network %s" % cert.network)
     definition.admission_key(cert.issuer, now, WHAT)
-    if not verify(cert.issuer, CERTIFICATE_DOMAIN, signed_bytes(cert.doc), cert.sig):
+    if not verify_document(cert.issuer, CERTIFICATE_DOMAIN, cert.doc, cert.sig):
         raise Refused(Reason.BAD_SIGNATURE, WHAT, net)
     if cert.not_before > now + skew:
         raise Refused(Reason.NOT_YET_VALID, WHAT, net,
@@ -301,8 +311,7 @@ def issue_certificate(definition: Definition, admission: SigningKey, *, key: byt
             "routes": [str(r) for r in rs], "exit": bool(exit), "serial": serial,
             "since": int(now) if since is None else int(since),
             "nbf": not_before, "exp": not_after, "iss": b64(admission.public)}
-    doc = dict(body)
-    doc["sig"] = b64(admission.sign(CERTIFICATE_DOMAIN, signed_bytes(body)))
+    doc = sign_document(admission, CERTIFICATE_DOMAIN, body)
     size = len(canonical(doc))
     if size > MAX_CERT_SIZE:
         raise FormatError("the certificate would be %d bytes; at most %d: use fewer or shorter "

@@ -98,6 +98,21 @@ def _out(args, human: str, obj) -> None:
         print(human)
 
 
+def _rows(args, rows: list, empty: str, fmt: str, header: tuple,
+          cells: Callable[[dict], tuple]) -> int:
+    """A listing: JSON with --json; else ``empty`` when there is nothing, or a
+    table (``fmt`` over the header, then over ``cells(row)`` for each row)."""
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+    elif not rows:
+        print(empty)
+    else:
+        print(fmt % header)
+        for r in rows:
+            print(fmt % cells(r))
+    return 0
+
+
 def _open(args) -> AuthorityDir:
     return AuthorityDir.open(args.dir)
 
@@ -152,7 +167,7 @@ def _remote(args) -> bool:
 
 def _ask(args, method: str, path: str, body=None):
     """One admin request to the directory serving the network (remote mode)."""
-    from phantom.cli.join import Unreachable, request_json
+    from phantom.http.client import Unreachable, request_json
     token_file = Path(args.admin_token_file)
     try:
         token = token_file.read_text().strip()
@@ -229,19 +244,11 @@ def cmd_invites(args, now: Callable[[], float]) -> int:
         rows = [i.summary(t) for i in _open(args).read_ledger().invites()]
     if not args.all:
         rows = [r for r in rows if r["status"] == "active"]
-    if args.json:
-        print(json.dumps(rows, indent=2, sort_keys=True))
-        return 0
-    if not rows:
-        print("no %sinvites" % ("" if args.all else "active "))
-        return 0
-    print("%-16s  %-8s  %-9s  %-20s  %-16s  %s" % ("ID", "STATUS", "USED", "EXPIRES", "NAME",
-                                                   "GROUPS"))
-    for r in rows:
-        print("%-16s  %-8s  %-9s  %-20s  %-16s  %s" % (
-            r["id"], r["status"], "%d/%d" % (r["used"], r["uses"]), _when(r["expires"]),
-            r["name"] or "-", ",".join(r["groups"]) or "-"))
-    return 0
+    return _rows(args, rows, "no %sinvites" % ("" if args.all else "active "),
+                 "%-16s  %-8s  %-9s  %-20s  %-16s  %s",
+                 ("ID", "STATUS", "USED", "EXPIRES", "NAME", "GROUPS"),
+                 lambda r: (r["id"], r["status"], "%d/%d" % (r["used"], r["uses"]),
+                            _when(r["expires"]), r["name"] or "-", ",".join(r["groups"]) or "-"))
 
 
 def cmd_members(args, now: Callable[[], float]) -> int:
@@ -259,19 +266,10 @@ def cmd_members(args, now: Callable[[], float]) -> int:
                          ("expired" if c.not_after <= t else "member")})
     if not args.all:
         rows = [r for r in rows if r["status"] == "member"]
-    if args.json:
-        print(json.dumps(rows, indent=2, sort_keys=True))
-        return 0
-    if not rows:
-        print("no members")
-        return 0
-    print("%-20s  %-15s  %-28s  %-8s  %-20s  %s" % ("NAME", "IPV4", "IPV6", "STATUS", "EXPIRES",
-                                                    "GROUPS"))
-    for r in rows:
-        print("%-20s  %-15s  %-28s  %-8s  %-20s  %s" % (
-            r["name"], r["ipv4"], r["ipv6"], r["status"], _when(r["expires"]),
-            ",".join(r["groups"]) or "-"))
-    return 0
+    return _rows(args, rows, "no members", "%-20s  %-15s  %-28s  %-8s  %-20s  %s",
+                 ("NAME", "IPV4", "IPV6", "STATUS", "EXPIRES", "GROUPS"),
+                 lambda r: (r["name"], r["ipv4"], r["ipv6"], r["status"], _when(r["expires"]),
+                            ",".join(r["groups"]) or "-"))
 
 
 def cmd_remove(args, now: Callable[[], float]) -> int:
@@ -344,7 +342,7 @@ def _policy_now(args):
     from .join import current_policy
     from .policy import parse_policy
     if _remote(args):
-        from phantom.cli.join import Unreachable, request_json
+        from phantom.http.client import Unreachable, request_json
         urls = list(args.directory or []) or list(_open(args).definition.directory)
         if not urls:
             raise UsageError("which directory? pass --directory URL (remote mode)")

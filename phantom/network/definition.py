@@ -23,16 +23,18 @@ Document (canonical JSON; every field required)::
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable, Optional
 
 from phantom import crypto
 
 from . import names
-from .canonical import (KEY_SIZE, SEQ_MAX, SIG_SIZE, TIME_MAX, b64, bytes_field, canonical,
-                        int_field, list_field, object_fields, strict_loads)
+from .canonical import (SEQ_MAX, SIG_SIZE, TIME_MAX, b64, bytes_field, canonical,
+                        int_field, list_field, object_fields, strict_loads, version_field)
+from .canonical import signed_bytes  # noqa: F401  (definition.signed_bytes, as before)
 from .errors import FormatError, Reason, Refused
-from .keys import DEFINITION_DOMAIN, SigningKey, fingerprint, valid_ed25519, valid_x25519, verify
+from .keys import (DEFINITION_DOMAIN, SigningKey, fingerprint, key_field, sign_document,
+                   valid_ed25519, valid_x25519, verify_document)
 
 VERSION = 1
 WHAT = "network definition"
@@ -54,25 +56,29 @@ FIELDS = ("v", "name", "domain", "authority", "ipv4", "ipv6", "directory", "rend
 
 
 @dataclass(frozen=True)
-class Server:
-    """A rendezvous or relay: its X25519 key and "host:port"."""
+class _Listed:
+    """A key listed in the definition with one more field (its subclass's)."""
 
     key: bytes
-    endpoint: str
 
     def to_doc(self) -> dict:
-        return {"endpoint": self.endpoint, "key": b64(self.key)}
+        """Its document form, keys sorted: the key in base64, the other field as is."""
+        return {f.name: b64(self.key) if f.name == "key" else getattr(self, f.name)
+                for f in sorted(fields(self), key=lambda f: f.name)}
 
 
 @dataclass(frozen=True)
-class AdmissionKey:
+class Server(_Listed):
+    """A rendezvous or relay: its X25519 key and "host:port"."""
+
+    endpoint: str
+
+
+@dataclass(frozen=True)
+class AdmissionKey(_Listed):
     """An Ed25519 key that may sign certificates, removals and policies until ``expires``."""
 
-    key: bytes
     expires: int
-
-    def to_doc(self) -> dict:
-        return {"expires": self.expires, "key": b64(self.key)}
 
 
 @dataclass(frozen=True)
@@ -164,34 +170,30 @@ def check_ipv6_prefix(value: Any, path: str = "ipv6") -> ipaddress.IPv6Network:
     return net
 
 
-def _servers(value: Any, path: str) -> tuple:
+def _listed(value: Any, path: str, max_items: int, other: str, valid: Callable[[bytes], bool],
+            curve: str, make: Callable[[bytes, Any, str], Any]) -> tuple:
+    """A list of {"key", ``other``} objects: each key usable on ``curve``
+    (``valid``) and listed once; ``make(key, other's value, its path)`` builds one."""
     out, seen = [], set()
-    for i, item in enumerate(list_field(value, path, MAX_SERVERS)):
+    for i, item in enumerate(list_field(value, path, max_items)):
         where = "%s[%d]" % (path, i)
-        object_fields(item, ("key", "endpoint"), path=where)
-        key = bytes_field(item["key"], where + ".key", KEY_SIZE)
-        if not valid_x25519(key):
-            raise FormatError("is not a usable X25519 key", where + ".key")
+        object_fields(item, ("key", other), path=where)
+        key = key_field(item["key"], where + ".key", valid, "is not a usable %s key" % curve)
         if key in seen:
             raise FormatError("key listed twice", where + ".key")
         seen.add(key)
-        out.append(Server(key, names.endpoint(item["endpoint"], where + ".endpoint")))
+        out.append(make(key, item[other], where + "." + other))
     return tuple(out)
+
+
+def _servers(value: Any, path: str) -> tuple:
+    return _listed(value, path, MAX_SERVERS, "endpoint", valid_x25519, "X25519",
+                   lambda key, v, where: Server(key, names.endpoint(v, where)))
 
 
 def _admission(value: Any, path: str = "admission") -> tuple:
-    out, seen = [], set()
-    for i, item in enumerate(list_field(value, path, MAX_ADMISSION_KEYS)):
-        where = "%s[%d]" % (path, i)
-        object_fields(item, ("key", "expires"), path=where)
-        key = bytes_field(item["key"], where + ".key", KEY_SIZE)
-        if not valid_ed25519(key):
-            raise FormatError("is not a usable Ed25519 key", where + ".key")
-        if key in seen:
-            raise FormatError("key listed twice", where + ".key")
-        seen.add(key)
-        out.append(AdmissionKey(key, int_field(item["expires"], where + ".expires", 1, TIME_MAX)))
-    return tuple(out)
+    return _listed(value, path, MAX_ADMISSION_KEYS, "expires", valid_ed25519, "Ed25519",
+                   lambda key, v, where: AdmissionKey(key, int_field(v, where, 1, TIME_MAX)))
 
 
 def _directories(value: Any) -> tuple:
@@ -205,12 +207,8 @@ def _directories(value: Any) -> tuple:
 def _from_doc(doc: Any) -> Definition:
     """Shape and canonical forms (no signature check)."""
     object_fields(doc, FIELDS)
-    if not (isinstance(doc["v"], int) and not isinstance(doc["v"], bool) and doc["v"] == VERSION):
-        raise FormatError("version %r is not supported (this is version %d)" % (doc["v"], VERSION),
-                          "v")
-    authority = bytes_field(doc["authority"], "authority", KEY_SIZE)
-    if not valid_ed25519(authority):
-        raise FormatError("is not a usable Ed25519 key", "authority")
+    version_field(doc["v"], VERSION)
+    authority = key_field(doc["authority"], "authority", valid_ed25519, "is not a usable Ed25519 key")
     return Definition(
         name=names.label(doc["name"], "name"),
         domain=names.domain(doc["domain"], "domain"),
@@ -229,8 +227,15 @@ def _from_doc(doc: Any) -> Definition:
         doc=doc)
 
 
-def signed_bytes(doc: dict) -> bytes:
-    return canonical({k: v for k, v in doc.items() if k != "sig"})
+def _checked(doc: dict) -> Definition:
+    """Shape, canonical forms and size (no signature check)."""
+    try:
+        defn = _from_doc(doc)
+    except FormatError as exc:
+        raise exc.about(WHAT) from None
+    if len(canonical(doc)) > MAX_DEFINITION_SIZE:
+        raise FormatError("more than %d bytes" % MAX_DEFINITION_SIZE, what=WHAT)
+    return defn
 
 
 def parse_definition(raw: Any, fingerprint_: Optional[str] = None) -> Definition:
@@ -239,54 +244,40 @@ def parse_definition(raw: Any, fingerprint_: Optional[str] = None) -> Definition
     is given (from an invite token or the member's pinned state) -- that it is
     that network's authority.  Raises Refused (FormatError when malformed)."""
     doc = raw if isinstance(raw, dict) else strict_loads(raw, MAX_DEFINITION_SIZE, WHAT)
-    try:
-        defn = _from_doc(doc)
-    except FormatError as exc:
-        raise exc.about(WHAT) from None
-    if len(canonical(doc)) > MAX_DEFINITION_SIZE:
-        raise FormatError("more than %d bytes" % MAX_DEFINITION_SIZE, what=WHAT)
+    defn = _checked(doc)
     if fingerprint_ is not None and defn.fingerprint != fingerprint_:
         raise Refused(Reason.WRONG_AUTHORITY, WHAT, fingerprint_,
                       "it is network %s (%s)" % (defn.fingerprint, defn.name))
-    if not verify(defn.authority, DEFINITION_DOMAIN, signed_bytes(doc), defn.sig):
+    if not verify_document(defn.authority, DEFINITION_DOMAIN, doc, defn.sig):
         raise Refused(Reason.BAD_SIGNATURE, WHAT, defn.name)
     return defn
 
 
 def _sign(authority: SigningKey, body: dict) -> Definition:
-    doc = dict(body)
-    doc["sig"] = b64(authority.sign(DEFINITION_DOMAIN, signed_bytes(doc)))
-    try:
-        defn = _from_doc(doc)
-    except FormatError as exc:
-        raise exc.about(WHAT) from None
-    if len(canonical(doc)) > MAX_DEFINITION_SIZE:
-        raise FormatError("more than %d bytes" % MAX_DEFINITION_SIZE, what=WHAT)
-    return defn
+    return _checked(sign_document(authority, DEFINITION_DOMAIN, body))
+
+
+def _docs(items: Iterable, kind: type, other: str, dicts: bool = False) -> list:
+    """Document forms of ``kind`` objects or (key, ``other``) pairs (a key as
+    bytes or base64); ``dicts``: documents given as they are, too."""
+    out = []
+    for item in items:
+        if isinstance(item, kind):
+            out.append(item.to_doc())
+        elif dicts and isinstance(item, dict):
+            out.append(dict(item))
+        else:
+            key, value = item
+            out.append({other: value, "key": b64(key) if isinstance(key, bytes) else key})
+    return out
 
 
 def _server_docs(items: Iterable) -> list:
-    out = []
-    for item in items:
-        if isinstance(item, Server):
-            out.append(item.to_doc())
-        elif isinstance(item, dict):
-            out.append(dict(item))
-        else:
-            key, endpoint = item
-            out.append({"endpoint": endpoint, "key": b64(key) if isinstance(key, bytes) else key})
-    return out
+    return _docs(items, Server, "endpoint", dicts=True)
 
 
 def _admission_docs(items: Iterable) -> list:
-    out = []
-    for item in items:
-        if isinstance(item, AdmissionKey):
-            out.append(item.to_doc())
-        else:
-            key, expires = item
-            out.append({"expires": expires, "key": b64(key) if isinstance(key, bytes) else key})
-    return out
+    return _docs(items, AdmissionKey, "expires")
 
 
 def make_definition(authority: SigningKey, name: str, now: float, *,

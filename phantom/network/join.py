@@ -50,14 +50,14 @@ from phantom import crypto
 
 from . import names
 from .allocate import allocate
-from .canonical import (KEY_SIZE, SIG_SIZE, TIME_MAX, b64, bytes_field, canonical, int_field,
-                        object_fields, strict_loads)
-from .certificate import (MAX_CERT_SIZE, Certificate, check_budget, issue_certificate,
+from .canonical import (KEY_SIZE, SIG_SIZE, TIME_MAX, b64, bytes_field, int_field, object_fields,
+                        signed_bytes, strict_loads)
+from .certificate import (MAX_CERT_SIZE, Certificate, Certified, check_budget, issue_certificate,
                           verify_certificate)
 from .definition import MAX_DEFINITION_SIZE, Definition, parse_definition
 from .errors import FormatError, InviteError, NetworkError
 from .invite import SECRET_SIZE, Invite, hash_secret, id_field
-from .keys import SigningKey, fingerprint_field, valid_x25519, verify
+from .keys import SigningKey, fingerprint_field, key_field, valid_x25519, verify
 from .removal import Removal, make_removal
 
 VERSION = 1
@@ -93,10 +93,6 @@ class JoinRequest:
     name: Optional[str] = None
     time: int = 0
     sig: bytes = field(default=b"", repr=False)
-
-
-def signed_bytes(doc: dict) -> bytes:
-    return canonical({k: v for k, v in doc.items() if k != "sig"})
 
 
 def make_join_request(token: Any, public_key: bytes, signing_key: bytes, sign: Any, now: float,
@@ -139,9 +135,7 @@ def _request_doc(raw: Any, fields: tuple, what: str) -> dict:
 
 
 def _member_key(doc: dict) -> bytes:
-    key = bytes_field(doc["key"], "key", KEY_SIZE)
-    if not valid_x25519(key):
-        raise FormatError("is not a usable X25519 key", "key")
+    key = key_field(doc["key"], "key", valid_x25519, "is not a usable X25519 key")
     return key
 
 
@@ -225,20 +219,12 @@ def accept_join_answer(raw: Any, network: str, key: bytes, now: float) -> tuple:
 # --- the ledger --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class MemberRecord:
+class MemberRecord(Certified):
     """What the store keeps per member (one row; unique name, ipv4, ipv6)."""
 
     cert: Certificate
     invite: str                       # the invite it joined with ("" when added otherwise)
     removed: Optional[int] = None     # the removal's time, once removed
-
-    @property
-    def key(self) -> bytes:
-        return self.cert.key
-
-    @property
-    def name(self) -> str:
-        return self.cert.name
 
 
 class Ledger(Protocol):

@@ -19,6 +19,7 @@ import base64
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import nacl.bindings as _nb
 from nacl.exceptions import BadSignatureError
@@ -26,7 +27,7 @@ from nacl.signing import SigningKey as _SigningKey, VerifyKey as _VerifyKey
 
 from phantom import crypto
 
-from .canonical import KEY_SIZE, SIG_SIZE, b64, canonical
+from .canonical import KEY_SIZE, SIG_SIZE, b64, bytes_field, signed_bytes
 from .errors import FormatError
 
 FINGERPRINT_LABEL = b"phantom-network-authority-v1"
@@ -81,22 +82,27 @@ def verify(public: bytes, domain: bytes, message: bytes, sig: bytes) -> bool:
     return True
 
 
-def signed_bytes(doc: dict) -> bytes:
-    """What a document's signature covers: its canonical JSON without "sig"."""
-    return canonical({k: v for k, v in doc.items() if k != "sig"})
-
-
-def sign_document(key: "SigningKey", domain: bytes, body: dict) -> dict:
-    """``body`` plus ``"sig"``: ``key``'s signature over ``domain`` and
-    :func:`signed_bytes` (the one way every network document is signed)."""
+def sign_document(key: SigningKey, domain: bytes, body: dict) -> dict:
+    """``body`` with its ``sig``: ``key``'s signature over ``domain`` ||
+    canonical(body minus "sig") (every network document is signed so)."""
     doc = dict(body)
     doc["sig"] = b64(key.sign(domain, signed_bytes(body)))
     return doc
 
 
 def verify_document(public: bytes, domain: bytes, doc: dict, sig: bytes) -> bool:
-    """True when ``sig`` is ``public``'s signature of ``doc`` (minus "sig") under ``domain``."""
+    """True when ``sig`` is ``public``'s signature of ``doc`` under ``domain``
+    (the counterpart of :func:`sign_document`)."""
     return verify(public, domain, signed_bytes(doc), sig)
+
+
+def key_field(value, path: str, valid: Callable[[bytes], bool], problem: str) -> bytes:
+    """A 32-byte public key field (canonical base64) that ``valid`` accepts;
+    else FormatError(``problem``, ``path``)."""
+    key = bytes_field(value, path, KEY_SIZE)
+    if not valid(key):
+        raise FormatError(problem, path)
+    return key
 
 
 def valid_ed25519(public: bytes) -> bool:

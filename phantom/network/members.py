@@ -50,7 +50,7 @@ from phantom import logsetup
 from . import names
 from .canonical import KEY_SIZE, SEQ_MAX, b64, bytes_field, canonical, int_field, list_field, \
     object_fields, strict_loads
-from .certificate import Certificate, verify_certificate
+from .certificate import Certificate, Certified, verify_certificate
 from .definition import Definition, is_newer, parse_definition
 from .errors import FormatError, Reason, Refused
 from .keys import atomic_write, read_limited
@@ -65,17 +65,9 @@ OPS = ("member", "removed", "endpoints", "network")
 
 
 @dataclass(frozen=True)
-class Member:
+class Member(Certified):
     cert: Certificate
     endpoints: tuple = ()
-
-    @property
-    def key(self) -> bytes:
-        return self.cert.key
-
-    @property
-    def name(self) -> str:
-        return self.cert.name
 
     def summary(self) -> dict:
         d = self.cert.summary()

@@ -26,9 +26,11 @@ from typing import Any, Iterable, Iterator, Optional
 
 from .canonical import (KEY_SIZE, SIG_SIZE, TIME_MAX, b64, bytes_field, canonical, int_field,
                         object_fields, strict_loads)
+from .canonical import signed_bytes  # noqa: F401  (removal.signed_bytes, as before)
 from .definition import Definition
 from .errors import FormatError, Reason, Refused
-from .keys import REMOVAL_DOMAIN, SigningKey, fingerprint_field, valid_x25519, verify
+from .keys import (REMOVAL_DOMAIN, SigningKey, fingerprint_field, key_field, sign_document,
+                   valid_x25519, verify_document)
 
 VERSION = 1
 WHAT = "removal"
@@ -60,17 +62,11 @@ class Removal:
         return {"public_key": b64(self.key), "time": self.time, "issuer": b64(self.issuer)}
 
 
-def signed_bytes(doc: dict) -> bytes:
-    return canonical({k: v for k, v in doc.items() if k != "sig"})
-
-
 def _from_doc(doc: Any) -> Removal:
     object_fields(doc, FIELDS)
     if not (isinstance(doc["v"], int) and not isinstance(doc["v"], bool) and doc["v"] == VERSION):
         raise FormatError("version %r is not supported" % (doc["v"],), "v")
-    key = bytes_field(doc["key"], "key", KEY_SIZE)
-    if not valid_x25519(key):
-        raise FormatError("is not a usable X25519 key", "key")
+    key = key_field(doc["key"], "key", valid_x25519, "is not a usable X25519 key")
     return Removal(fingerprint_field(doc["net"], "net"), key,
                    int_field(doc["time"], "time", 0, TIME_MAX),
                    bytes_field(doc["iss"], "iss", KEY_SIZE),
@@ -95,7 +91,7 @@ def verify_removal(raw: Any, definition: Definition, now: float, skew: float = M
         raise Refused(Reason.WRONG_NETWORK, WHAT, definition.name,
                       "it is for network %s" % r.network)
     definition.admission_key(r.issuer, now, WHAT)
-    if not verify(r.issuer, REMOVAL_DOMAIN, signed_bytes(r.doc), r.sig):
+    if not verify_document(r.issuer, REMOVAL_DOMAIN, r.doc, r.sig):
         raise Refused(Reason.BAD_SIGNATURE, WHAT, definition.name)
     if r.time > now + skew:
         raise Refused(Reason.NOT_YET_VALID, WHAT, definition.name,
@@ -108,9 +104,7 @@ def make_removal(definition: Definition, admission: SigningKey, key: bytes, now:
     definition.admission_key(admission.public, now, WHAT)
     body = {"v": VERSION, "net": definition.fingerprint, "key": b64(key), "time": int(now),
             "iss": b64(admission.public)}
-    doc = dict(body)
-    doc["sig"] = b64(admission.sign(REMOVAL_DOMAIN, signed_bytes(body)))
-    return parse_removal(doc)
+    return parse_removal(sign_document(admission, REMOVAL_DOMAIN, body))
 
 
 class RemovalSet:

@@ -342,6 +342,10 @@ def _mtu(value, key: str) -> int:
     return value
 
 
+# [interface] keys that are true or false, each the Settings field of its name
+INTERFACE_SWITCHES = frozenset(("fast", "uapi", "kill_switch", "exit_node", "rendezvous", "relay"))
+
+
 def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]:
     """Apply [interface] to ``s``; returns {field: key-path} for later checks."""
     origin = {}
@@ -350,7 +354,9 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
         if name not in INTERFACE_KEYS:
             raise _unknown(key, name, INTERFACE_KEYS)
         origin[name] = key
-        if name == "private_key_file":
+        if name in INTERFACE_SWITCHES:
+            setattr(s, name, _expect(value, bool, key, "true or false"))
+        elif name == "private_key_file":
             s.private_key_file = _path(value, key, base)
             s.private_key_explicit = True
         elif name == "listen_port":
@@ -382,14 +388,6 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
             s.state_dir = _path(value, key, base)
         elif name == "user":
             s.user = _user(value, key)
-        elif name == "fast":
-            s.fast = _expect(value, bool, key, "true or false")
-        elif name == "uapi":
-            s.uapi = _expect(value, bool, key, "true or false")
-        elif name == "kill_switch":
-            s.kill_switch = _expect(value, bool, key, "true or false")
-        elif name == "exit_node":
-            s.exit_node = _expect(value, bool, key, "true or false")
         elif name == "exit_dns_upstream":
             s.exit_dns_upstream = _addresses_list(value, key)
         elif name == "advertise_routes":
@@ -416,10 +414,6 @@ def _interface(table: dict, s: Settings, base: Optional[Path]) -> dict[str, str]
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
                 raise ConfigError(key, "must be a UDP port number (0..65535; 0 picks one)")
             s.dht_port = value
-        elif name == "rendezvous":
-            s.rendezvous = _expect(value, bool, key, "true or false")
-        elif name == "relay":
-            s.relay = _expect(value, bool, key, "true or false")
         elif name == "ciphers":
             s.ciphers = _ciphers(value, key)
         elif name == "groups":

@@ -83,6 +83,20 @@ DEFAULT_PATH = "direct"
 __all__ = ["DaemonCollector", "make_registry", "render", "CONTENT_TYPE_LATEST", "peer_path"]
 
 
+def _by_label(name: str, doc: str, label: str, samples: Iterable) -> CounterMetricFamily:
+    """A counter family with one sample per (``label`` value, count) of ``samples``."""
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for value, n in samples:
+        family.add_metric([value], n)
+    return family
+
+
+def _stats(d, part: str):
+    """The ``stats()`` of the daemon's optional ``part``, or None without one."""
+    obj = getattr(d, part, None)
+    return obj.stats() if obj is not None else None
+
+
 def peer_path(peer) -> str:
     """The path a peer's traffic takes: "direct" today (a Peer may carry ``path``)."""
     return getattr(peer, "path", None) or DEFAULT_PATH
@@ -224,26 +238,21 @@ class DaemonCollector(Collector):
         if c is None:                 # no directory, or not started yet
             return
         dht = c.get("dht") or {}
-        drops = CounterMetricFamily("phantom_directory_drops", "Directory answers and DHT items "
-                                    "refused by the daemon, by reason", labels=["reason"])
-        for reason, n in (("rejected", c.get("rejected", 0)),
-                          ("pin_refused", c.get("pin_refused", 0)),
-                          ("dht_malformed", dht.get("dropped_malformed", 0)),
-                          ("dht_forged", dht.get("dropped_forged", 0))):
-            drops.add_metric([reason], n)
-        yield drops
+        yield _by_label("phantom_directory_drops", "Directory answers and DHT items refused by "
+                        "the daemon, by reason", "reason",
+                        (("rejected", c.get("rejected", 0)),
+                         ("pin_refused", c.get("pin_refused", 0)),
+                         ("dht_malformed", dht.get("dropped_malformed", 0)),
+                         ("dht_forged", dht.get("dropped_forged", 0))))
 
     # ------------------------------------------------- endpoints given as names
     def _endpoint_names(self, d):
-        resolver = getattr(d, "endpoints", None)
-        if resolver is None:
+        st = _stats(d, "endpoints")
+        if st is None:
             return
-        st = resolver.stats()
-        lk = CounterMetricFamily("phantom_endpoint_lookups", "DNS lookups of peers' endpoint "
-                                 "names, by result", labels=["result"])
-        lk.add_metric(["ok"], st["lookups"] - st["failures"])
-        lk.add_metric(["failed"], st["failures"])
-        yield lk
+        yield _by_label("phantom_endpoint_lookups", "DNS lookups of peers' endpoint names, by "
+                        "result", "result",
+                        (("ok", st["lookups"] - st["failures"]), ("failed", st["failures"])))
         yield CounterMetricFamily("phantom_endpoint_moves", "Endpoints moved to another address "
                                   "because their name resolved to it", value=st["moves"])
         yield GaugeMetricFamily("phantom_endpoint_names", "Peers whose endpoint is a DNS name",
@@ -254,28 +263,20 @@ class DaemonCollector(Collector):
 
     # ------------------------------------------------------------ name service
     def _dns(self, d):
-        names = getattr(d, "names", None)
-        if names is None:
+        st = _stats(d, "names")
+        if st is None:
             return
-        st = names.stats()
-        q = CounterMetricFamily("phantom_dns_queries", "DNS queries received by the name service, "
-                                "by transport", labels=["transport"])
-        q.add_metric(["udp"], st.get("queries_udp", 0))
-        q.add_metric(["tcp"], st.get("queries_tcp", 0))
-        yield q
-        r = CounterMetricFamily("phantom_dns_responses", "DNS answers sent, by rcode", labels=["rcode"])
+        yield _by_label("phantom_dns_queries", "DNS queries received by the name service, by "
+                        "transport", "transport",
+                        (("udp", st.get("queries_udp", 0)), ("tcp", st.get("queries_tcp", 0))))
         resp = dict.fromkeys(("NOERROR", "NXDOMAIN", "REFUSED", "FORMERR"), 0)
         resp.update(st.get("responses") or {})
-        for rcode, n in sorted(resp.items()):
-            r.add_metric([rcode], n)
-        yield r
-        dr = CounterMetricFamily("phantom_dns_drops", "DNS queries dropped without an answer, by "
-                                 "reason", labels=["reason"])
+        yield _by_label("phantom_dns_responses", "DNS answers sent, by rcode", "rcode",
+                        sorted(resp.items()))
         drops = dict.fromkeys(("rate_limited", "oversized", "short", "not_a_query"), 0)
         drops.update(st.get("drops") or {})
-        for reason, n in sorted(drops.items()):
-            dr.add_metric([reason], n)
-        yield dr
+        yield _by_label("phantom_dns_drops", "DNS queries dropped without an answer, by reason",
+                        "reason", sorted(drops.items()))
         yield GaugeMetricFamily("phantom_dns_names", "Names the name service answers",
                                 value=(st.get("names") or {}).get("names", 0))
 

@@ -44,7 +44,7 @@ import base64
 import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 from ..control.peer import Peer
 
@@ -92,6 +92,19 @@ class PeerNames(Mapping):
         return 2 * len(self._engine.peers)
 
 
+def _planned_ids(engine, configs: Iterable) -> Iterator[tuple]:
+    """(config, id) for each configured peer: its id, or the id
+    :meth:`Engine.add_peer` will give it (in order) when it is new."""
+    next_id = engine.next_peer_id
+    for pc in configs:
+        peer = engine.peer_by_key(bytes(pc.public_key))
+        if peer is None:
+            pid, next_id = next_id, next_id + 1
+        else:
+            pid = peer.id
+        yield pc, pid
+
+
 def planned_names(engine, configs: Iterable, keep: Iterable[Peer] = ()) -> dict:
     """The firewall's name table as it will be once the peers ``configs``
     (a config file's: ``name`` and ``public_key``) are in: the peers ``keep``
@@ -101,13 +114,7 @@ def planned_names(engine, configs: Iterable, keep: Iterable[Peer] = ()) -> dict:
     for pe in keep:
         names[pe.name] = pe.id
         names[b64(pe.public_key)] = pe.id
-    next_id = engine.next_peer_id
-    for pc in configs:
-        peer = engine.peer_by_key(bytes(pc.public_key))
-        if peer is None:
-            pid, next_id = next_id, next_id + 1
-        else:
-            pid = peer.id
+    for pc, pid in _planned_ids(engine, configs):
         names[pc.name] = pid
         names[b64(pc.public_key)] = pid
     return names
@@ -123,13 +130,7 @@ def planned_groups(engine, configs: Iterable, keep: Iterable[Peer] = (),
     for pe in keep:
         for g in (table.groups_of(pe) if table is not None else ()):
             out.setdefault(g, set()).add(pe.id)
-    next_id = engine.next_peer_id
-    for pc in configs:
-        peer = engine.peer_by_key(bytes(pc.public_key))
-        if peer is None:
-            pid, next_id = next_id, next_id + 1
-        else:
-            pid = peer.id
+    for pc, pid in _planned_ids(engine, configs):
         for g in getattr(pc, "groups", ()):
             out.setdefault(g, set()).add(pid)
     return {g: frozenset(ids) for g, ids in out.items()}

@@ -9,7 +9,12 @@
 3. no module reads another object's private attribute (``x._name`` where x is
    not self/cls, and ``_name`` is not defined in that module), nor imports
    another module's private name (``from m import _name``);
-4. phantomd never loads the lab (phantomlab/).
+4. phantomd never loads the lab (phantomlab/);
+5. arrows point down: only the node (phantom/node/) and the command line
+   (phantom/cli/) import the node, and only the command line imports the
+   command line (a format such as protocols/wireguard/wgquick.py takes the
+   node's settings as an argument; the network's command group asks a
+   directory through http/client.py); the lab has no import circle either.
 """
 
 from __future__ import annotations
@@ -60,8 +65,8 @@ def _imports(path: Path) -> list[str]:
     return out
 
 
-def _sources() -> list[Path]:
-    return sorted(ROOT.rglob("*.py"))
+def _sources(root: Path = ROOT) -> list[Path]:
+    return sorted(root.rglob("*.py"))
 
 
 def _cython_sources(folder: Path) -> list[Path]:
@@ -122,10 +127,11 @@ def test_phantomd_never_loads_the_lab():
 
 
 # ------------------------------------------------------------------ no import circle
-def _graph() -> dict:
-    """phantom's modules -> the phantom modules each imports (a ``from p import
-    n`` counts as importing the module p.n when there is one, else p)."""
-    files = {_module_of(f): f for f in _sources()}
+def _graph(root: Path = ROOT) -> dict:
+    """phantom's (or ``root``'s) modules -> the modules of it each imports (a
+    ``from p import n`` counts as importing the module p.n when there is one,
+    else p)."""
+    files = {_module_of(f): f for f in _sources(root)}
     graph = {}
     for mod, path in files.items():
         deps = set()
@@ -202,6 +208,44 @@ def test_no_import_circle():
     graph = _graph()
     assert len(graph) >= 60 and "phantom.node.daemon" in graph
     assert _circles(graph) == []
+
+
+def test_the_lab_has_no_import_circle():
+    """phantomlab/namespaces.py and topology.py once imported each other (for
+    an annotation): the namespace layer knows a host only as something with a
+    namespace (namespaces.InNamespace)."""
+    graph = _graph(REPO / "phantomlab")
+    assert len(graph) >= 20 and "phantomlab.topology" in graph["phantomlab.netns"]
+    assert _circles(graph) == []
+
+
+# ------------------------------------------------------------------ arrows point down
+# The one module outside node/ and cli/ that may import the node: the entry
+# point's old name (``phantomd = phantom.daemon:main``), a shim over node.main.
+NODE_SHIMS = {"phantom.daemon"}
+
+
+def _arrows_into(package: str) -> list:
+    """``module -> imported`` for every import of ``package`` (or a module in
+    it) from a module of phantom outside it."""
+    out = []
+    for path in _sources():
+        mod = _module_of(path)
+        if mod == package or mod.startswith(package + "."):
+            continue
+        out += ["%s -> %s" % (mod, m) for m in _imports(path)
+                if m == package or m.startswith(package + ".")]
+    return sorted(set(out))
+
+
+def test_only_the_node_and_the_command_line_import_the_node():
+    bad = [a for a in _arrows_into("phantom.node")
+           if not a.startswith(("phantom.cli.", "phantom.cli ")) and a.split(" ")[0] not in NODE_SHIMS]
+    assert bad == []
+
+
+def test_only_the_command_line_imports_the_command_line():
+    assert _arrows_into("phantom.cli") == []
 
 
 def test_the_circle_check_finds_a_circle():

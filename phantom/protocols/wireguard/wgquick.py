@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Optional
 
 from ...errors import ConfigError
-from ...node.config import Settings, read_config_file, settings_from_mapping
 from ...syntax import PEER_NAME, format_endpoint, parse_peer_endpoint
 from ...keys import KeyFormatError, decode_private_key, decode_public_key, encode_key, public_key
 from .keys import decode_preshared_key, load_preshared_key
@@ -291,19 +290,16 @@ def to_phantom_toml(conf: WgConf, *, device: str, key_dir: Path, write_secret) -
     return "\n".join(lines) + "\n"
 
 
-def load_phantom(path) -> Settings:
-    path = Path(path)
-    return settings_from_mapping(read_config_file(path), base=path.resolve().parent)
-
-
 def _psk_line(peer) -> list[str]:
     if peer.preshared_key_file is None:
         return []
     return ["PresharedKey = %s" % encode_key(load_preshared_key(peer.preshared_key_file))]
 
 
-def export_interface(settings: Settings, private_key) -> tuple[str, list[str]]:
-    """Our own interface as a wg-quick file (the WireGuard peers only)."""
+def export_interface(settings, private_key) -> tuple[str, list[str]]:
+    """Our own interface as a wg-quick file (the WireGuard peers only).
+    ``settings``: a phantom.toml's (phantom.node.config.Settings, which the
+    command line loads: this module is a format and knows no node)."""
     notes = []
     lines = ["# Exported from %s by `phantom wg export`." % (settings.config_path or "phantom.toml"),
              "[Interface]", "PrivateKey = %s" % encode_key(private_key),
@@ -326,9 +322,10 @@ def export_interface(settings: Settings, private_key) -> tuple[str, list[str]]:
     return "\n".join(lines) + "\n", notes
 
 
-def export_for_peer(settings: Settings, our_public: bytes, peer_name: str, *,
+def export_for_peer(settings, our_public: bytes, peer_name: str, *,
                     endpoint: Optional[tuple] = None, peer_private_key=None) -> tuple[str, list[str]]:
-    """The wg-quick file the WireGuard peer ``peer_name`` uses to reach us."""
+    """The wg-quick file the WireGuard peer ``peer_name`` uses to reach us
+    (``settings`` as for :func:`export_interface`)."""
     p = settings.peer(peer_name)
     if p is None:
         raise WgConfError("no peer named %r in the config" % peer_name)
@@ -371,7 +368,7 @@ def export_for_peer(settings: Settings, our_public: bytes, peer_name: str, *,
     return "\n".join(lines) + "\n", notes
 
 
-def _prefix_of(settings: Settings, addr) -> Optional[int]:
+def _prefix_of(settings, addr) -> Optional[int]:
     """The prefix length of our interface network that holds ``addr``."""
     for a in settings.addresses:
         if addr in a.network:

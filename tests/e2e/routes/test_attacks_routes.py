@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -114,9 +115,12 @@ def test_no_packet_for_one_peer_reaches_another_peers_tun(lan4, daemon_factory, 
                 "xray": sniffer(d_h, "phtun0", ANY_OF_ALICE, name="xray")}
 
     def traffic():
-        """alice pings into every prefix: ysite's (where xray's claims lie), csite's."""
-        for addr in ("10.99.0.200", "10.99.0.130", "10.99.0.150", "fd99::150", "fd99::130", "10.99.0.3"):
-            a_h.ping(addr, timeout=1)
+        """alice pings into every prefix: ysite's (where xray's claims lie), csite's.
+        The six pings run at once: most of them get no answer (nobody has those
+        addresses) and would each wait out their second one after the other."""
+        addrs = ("10.99.0.200", "10.99.0.130", "10.99.0.150", "fd99::150", "fd99::130", "10.99.0.3")
+        with ThreadPoolExecutor(len(addrs)) as pool:
+            list(pool.map(lambda addr: a_h.ping(addr, timeout=1), addrs))
 
     def xray_publishes(allowed, endpoint=None):
         out = _cli(d_h, "directory", "publish", "--directory", url, "--private-key", str(xray.keyfile),
