@@ -820,6 +820,10 @@ class Membership(Observer):
         self._write(CERTIFICATE_FILE, cert.encode())
         self.cert = cert
         self.d.engine.membership = cert.encode()
+        firewall = getattr(self.d, "firewall", None)
+        if firewall is not None and firewall.policy is not None:
+            from .policy import set_identity
+            set_identity(firewall, cert)          # the policy compiled for the new groups
         try:
             self.sync(self.members.admit(cert.doc, key=self.public_key)[1])
         except NetworkError:

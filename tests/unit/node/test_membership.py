@@ -414,3 +414,9 @@ def test_the_network_policy_from_the_stream_the_snapshot_and_the_cache(world):
     d2, m2 = member_of(world)
     m2.install()
     assert d2.firewall.policy is not None and d2.firewall.policy.seq == 2
+    # a renewed certificate with other groups: the policy compiled again for them
+    m2.apply_event({"seq": 7, "op": "policy", "policy": P.sign_policy(
+        body, net.definition, net.admission, 3, world.clock()).doc})
+    assert len(d2.firewall.inbound.rules) == 1            # "to group:servers": us
+    m2.use_certificate(net.cert("me", groups=["laptops"]))
+    assert len(d2.firewall.inbound.rules) == 0            # no longer a server
