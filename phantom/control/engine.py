@@ -9,7 +9,9 @@ the active set and many peers).
 
 The timer rules (retransmit, keepalives, dead-peer detection, rekey, expiry,
 dead retry, the waiting-traffic invariant) are :mod:`phantom.control.timers`,
-a part of the engine class kept in a module of its own.
+a part of the engine class kept in a module of its own; so are the allowed
+IPs and their invariants (:mod:`phantom.control.allowed`) and admission in
+the handshake, refusals both ways (:mod:`phantom.control.admission`).
 
 Cost: a tick walks the *active* peers only (:attr:`Engine.active`), not every
 configured one, so a hub with 10,000 idle peers ticks as cheaply as one with
@@ -33,7 +35,6 @@ its confirming keepalive (and staged packets, which the install flushes).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import random
 import time
@@ -43,7 +44,6 @@ from typing import Callable, Iterable, Optional
 from .. import crypto, wire
 from ..wire import demux
 from ..constants import Tunables
-from ..keys import encode_key
 from ..dataplane.types import Keypair, PeerCounters, RelayVia
 from . import actions as A
 from ..protocols import registry as protocols
@@ -51,6 +51,8 @@ from ..protocols import tai64n
 from ..protocols.limits import LoadDetector, RateLimiter
 from ..protocols.phantom import handshake as hs
 from .peer import PeerState, Peer, PendingHandshake, SessionInfo
+from .admission import REFUSAL_BURST, REFUSALS_PER_SECOND, Admission, AdmitUnknown
+from .allowed import AllowedIPs, networks
 from .timers import Timers
 
 log = logging.getLogger("phantom.control")
@@ -60,36 +62,6 @@ Clock = Callable[[], float]
 _NO_MAC = bytes(wire.MAC_SIZE)   # mac2 of a sender that holds no cookie
 COOKIE_RETRY_DELAY = 0.1   # seconds between a cookie reply and the initiation that carries mac2
 PUNCH_ATTEMPTS = 3         # initiations that answer a peer's punch request (we do not want it ourselves)
-# Refusals (an initiation carrying a membership, answered "not a member ..."):
-# we send at most this many per second per source address and per key ...
-REFUSALS_PER_SECOND = 1.0
-REFUSAL_BURST = 3
-# ... and a refused initiator waits this long before trying the peer again by
-# itself, doubling with each refusal in a row up to the maximum (an explicit
-# `open` tries at once)
-REFUSAL_HOLD = 10.0
-REFUSAL_HOLD_MAX = 300.0
-
-# admit_unknown(remote_static, attachment, addr): None once the key is a peer
-# (added through the peer door), else the reason to refuse it
-AdmitUnknown = Callable[[bytes, bytes, tuple], Optional[str]]
-
-
-def _networks(nets) -> list:
-    """Prefixes as ipaddress networks (strict: no host bits), each once, in order."""
-    out, seen = [], set()
-    for n in nets:
-        if not isinstance(n, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-            n = ipaddress.ip_network(n)
-        if n not in seen:
-            seen.add(n)
-            out.append(n)
-    return out
-
-
-def _overlap(a, b) -> bool:
-    """Do two prefixes share an address (one holds the other)?"""
-    return a.version == b.version and (a.subnet_of(b) or b.subnet_of(a))
 
 
 def _check_keying(proto, preshared_key, suites) -> None:
@@ -102,7 +74,7 @@ def _check_keying(proto, preshared_key, suites) -> None:
         raise ValueError("only a Phantom peer has cipher suites")
 
 
-class Engine(Timers):
+class Engine(Timers, AllowedIPs, Admission):
     def __init__(self, private_key: bytearray, tunables: Tunables, *,
                  clock: Clock = time.monotonic, wall_clock: Clock = time.time,
                  rng: Optional[random.Random] = None, index_source: Optional[Callable[[], int]] = None,
@@ -158,31 +130,6 @@ class Engine(Timers):
         self.candidate_gate: Optional[Callable[[int, list], list]] = None
 
     @property
-    def membership(self) -> Optional[bytes]:
-        """What our Phantom initiations attach (a membership certificate,
-        1..wire.MAX_ATTACHMENT_SIZE bytes), or None (nothing: the
-        initiations of a node without a network).  Setting it (a renewed
-        certificate) lets every peer that refused us be tried again."""
-        return self._protocols[protocols.Protocol.PHANTOM].attachment
-
-    @membership.setter
-    def membership(self, value: Optional[bytes]) -> None:
-        if value is not None:
-            value = bytes(value)
-            if not 1 <= len(value) <= wire.MAX_ATTACHMENT_SIZE:
-                raise ValueError("a membership attachment is 1 to %d bytes, not %d"
-                                 % (wire.MAX_ATTACHMENT_SIZE, len(value)))
-        self._protocols[protocols.Protocol.PHANTOM].attachment = value
-        now = self.clock()
-        for peer in self._refused.values():      # the next tick tries what waited for the hold
-            peer.refused_until = float("-inf")
-            peer.next_dead_retry = min(peer.next_dead_retry, now)
-            if peer.retry_at is not None:
-                peer.retry_at = min(peer.retry_at, now)
-            self._wake(peer)
-        self._refused.clear()
-
-    @property
     def suites(self) -> tuple:
         """The transport suites our Phantom sessions may use, best first."""
         return self._protocols[protocols.Protocol.PHANTOM].suites
@@ -201,7 +148,7 @@ class Engine(Timers):
         A prefix another peer holds, or any overlap involving an exclusive
         peer, is refused (ValueError naming it; :meth:`route_problem`)."""
         public_key = bytes(public_key)
-        nets = _networks(allowed_ips)
+        nets = networks(allowed_ips)
         proto = self._protocols[protocols.protocol_of(protocol)]
         _check_keying(proto, preshared_key, suites)
         if public_key in self._by_key:
@@ -228,136 +175,6 @@ class Engine(Timers):
         self._index_routes(peer)
         self._wake(peer)
         return peer
-
-    # ========================================================= allowed IPs
-    # The engine keeps every peer's allowed IPs (the data path routes by its
-    # own copy, changed in step by whoever changes these).  Invariants, held
-    # by add_peer and set_allowed_ips and checked by route_problem:
-    #   * a prefix belongs to one peer at most;
-    #   * an exclusive peer's prefix (a peer added at run time: `open`, a
-    #     directory record's claim) overlaps no other peer's prefix, in either
-    #     direction, IPv4 and IPv6 alike: with longest-prefix routing, a
-    #     prefix inside another peer's would take part of that peer's traffic.
-    #     Overlaps between peers of the config file are the administrator's
-    #     (the longest prefix wins), as in WireGuard.
-    def route_problem(self, changes: dict, new_exclusive: bool = False) -> Optional[str]:
-        """What would break the invariants above if each peer in ``changes``
-        ({peer id, or None for a peer about to be added: prefixes}) had just
-        those prefixes; None when nothing would.  ``new_exclusive``: the
-        peer about to be added is exclusive."""
-        found = self.route_conflict(changes, {None: new_exclusive})
-        return None if found is None else found[2]
-
-    def route_conflict(self, changes: dict, exclusive: Optional[dict] = None):
-        """:meth:`route_problem` for a change of several peers at once, some
-        of them new: ``changes`` maps a peer id, or any other label for a
-        peer not added yet, to the prefixes it would have; ``exclusive``
-        overrides whether a key's peer is (or will be) exclusive (default:
-        an existing peer's flag, False for a new one).  Returns the first
-        problem as (prefix, key in ``changes`` it was given to, message), or
-        None.  Pairwise checks, so every step towards a valid result is valid
-        too.  Costs the changed prefixes times the exclusive peers' (times
-        every prefix for an exclusive peer's change), never a walk of all
-        peers otherwise."""
-        exclusive = exclusive or {}
-
-        def is_exclusive(key) -> bool:
-            if key in exclusive:
-                return bool(exclusive[key])
-            peer = self.peers.get(key) if isinstance(key, int) else None
-            return peer.exclusive if peer is not None else False
-
-        wanted: dict = {}
-        for key, nets in changes.items():
-            for n in _networks(nets):
-                other = wanted.get(n, key)
-                if other != key:
-                    return n, key, "%s is given to both %s and %s" % (n, self._route_name(other),
-                                                                     self._route_name(key))
-                wanted[n] = key
-        for n, key in wanted.items():
-            holder = self._by_prefix.get(n)
-            if holder is not None and holder.id != key and holder.id not in changes:
-                return n, key, "%s is peer %s's" % (n, holder.name)
-        claims = [(m, key) for m, key in wanted.items() if is_exclusive(key)]
-        for n, key in wanted.items():
-            if is_exclusive(key):
-                # a claim: against every other prefix, the changed ones as they will be
-                for m, holder in self._by_prefix.items():
-                    if holder.id not in changes and _overlap(n, m):
-                        return n, key, "%s overlaps peer %s's %s" % (n, holder.name, m)
-                for m, other in wanted.items():
-                    if other != key and _overlap(n, m):
-                        return n, key, "%s overlaps %s's %s" % (n, self._route_name(other), m)
-            else:
-                for ep in self._exclusive.values():
-                    if ep.id in changes:
-                        continue               # with its new prefixes, in ``wanted``
-                    for m in ep.allowed_ips:
-                        if _overlap(n, m):
-                            return n, key, ("%s overlaps peer %s's %s (a peer added at run time)"
-                                            % (n, ep.name, m))
-                for m, other in claims:
-                    if other != key and _overlap(n, m):
-                        return n, key, ("%s overlaps %s's %s (a peer added at run time)"
-                                        % (n, self._route_name(other), m))
-        return None
-
-    def adopt(self, peer_id: int) -> None:
-        """The config file owns this peer now (a reload named its key): not
-        dynamic, and its prefixes are the file's, not a run-time claim."""
-        peer = self.peers[peer_id]
-        peer.dynamic = False
-        self._unindex_routes(peer)
-        peer.exclusive = False
-        self._index_routes(peer)
-
-    def prefix_holder(self, network) -> Optional[Peer]:
-        """The peer that has exactly this prefix, or None."""
-        return self._by_prefix.get(_networks([network])[0])
-
-    def overlapping(self, network) -> list:
-        """(peer, prefix) of every prefix that shares an address with
-        ``network`` (a walk of every prefix: for rare, deliberate changes)."""
-        n = _networks([network])[0]
-        return [(holder, m) for m, holder in self._by_prefix.items() if _overlap(n, m)]
-
-    def _route_name(self, key) -> str:
-        if isinstance(key, int) and key in self.peers:
-            return "peer %s" % self.peers[key].name
-        return "the new peer" if key is None else str(key)
-
-    def set_allowed_ips(self, changes: dict) -> None:
-        """Give each peer in ``changes`` ({peer id: prefixes}) exactly those
-        prefixes, all at once (a prefix may move between the peers named);
-        ValueError naming the problem, nothing changed, when the result would
-        break the invariants (:meth:`route_problem`)."""
-        nets = {pid: _networks(v) for pid, v in changes.items()}
-        for pid in nets:
-            if pid not in self.peers:
-                raise KeyError(pid)
-        problem = self.route_problem(nets)
-        if problem is not None:
-            raise ValueError(problem)
-        for pid in nets:
-            self._unindex_routes(self.peers[pid])
-        for pid, ns in nets.items():
-            peer = self.peers[pid]
-            peer.allowed_ips = ns
-            self._index_routes(peer)
-            self._wake(peer)
-
-    def _index_routes(self, peer: Peer) -> None:
-        for n in peer.allowed_ips:
-            self._by_prefix[n] = peer
-        if peer.exclusive:
-            self._exclusive[peer.id] = peer
-
-    def _unindex_routes(self, peer: Peer) -> None:
-        for n in peer.allowed_ips:
-            if self._by_prefix.get(n) is peer:
-                del self._by_prefix[n]
-        self._exclusive.pop(peer.id, None)
 
     # ========================================================= the active set
     def _wake(self, peer: Peer) -> None:
@@ -536,11 +353,6 @@ class Engine(Timers):
         if peer.state in (PeerState.IDLE, PeerState.DEAD):
             out += self._set_state(peer, PeerState.HANDSHAKING, reason)
         return out
-
-    def _held(self, peer: Peer) -> bool:
-        """The peer refused us and its hold has not ended: nothing of ours
-        goes there by itself (an explicit open does)."""
-        return self.clock() < peer.refused_until
 
     def _targets(self, peer: Peer) -> list:
         """Where an initiation goes: the endpoint, then every NAT-traversal
@@ -803,64 +615,6 @@ class Engine(Timers):
         peer.confirm_by = now + self.t.rekey_timeout + self._rng.uniform(0, self.t.handshake_jitter)
         log.info("peer=%s handshake answered (session %d)", peer.name, index)
         return out
-
-    def _admit(self, info, addr: tuple) -> tuple:
-        """An authenticated initiation from an unknown key with an
-        attachment: (the peer admit_unknown just added, []) or (None, the
-        actions that answer it: a refusal, or nothing)."""
-        key = info.remote_static
-        try:
-            reason = self.admit_unknown(key, info.attachment, addr)
-        except Exception:  # a bug or bad input in the admission: a drop, never a crash
-            info.state.clear()
-            self.drops["admit_failed"] += 1
-            log.exception("admitting the key at %s failed; initiation dropped", addr[0])
-            return None, []
-        if reason is None:
-            peer = self._by_key.get(key)
-            if peer is not None:
-                log.info("peer=%s admitted by its handshake's attachment", peer.name)
-                return peer, []
-            reason = "not admitted"           # it said yes but added no peer: a refusal
-        code = wire.refusal_of(reason)
-        if not self._refuse_by_source.allow(addr) or not self._refuse_by_key.allow(key):
-            info.state.clear()
-            self.drops["refusal_rate_limited"] += 1
-            return None, []
-        msg = self._protocols[protocols.Protocol.PHANTOM].create_refusal(info, code, self._new_index())
-        self.drops["refused"] += 1
-        self.refusals[code.name.lower()] += 1
-        log.warning("refused the handshake of key %s at %s: %s", encode_key(key), addr[0], reason)
-        return None, [A.SendDatagram(msg, addr)]
-
-    def _refused_by(self, peer: Peer, reason, now: float) -> list:
-        """The peer refused our initiation: no keys, no retries before the
-        hold (doubling with each refusal in a row); its sessions go, since it
-        no longer accepts us."""
-        self._abandon_pending(peer)
-        peer.retry_at = None
-        peer.confirm_by = None
-        peer.requested = False
-        reason = wire.refusal_code(int(reason))
-        peer.refused = reason
-        peer.refusals += 1
-        hold = min(REFUSAL_HOLD_MAX, REFUSAL_HOLD * 2 ** min(peer.refusals - 1, 16))
-        peer.refused_until = now + hold
-        peer.next_dead_retry = max(peer.next_dead_retry, peer.refused_until)
-        self._refused[peer.id] = peer
-        self.drops["refused_us"] += 1
-        # (the daemon logs the action at warning; here the hold)
-        log.info("peer=%s refused us: %s (no handshake of ours for %.0fs)", peer.name,
-                 wire.refusal_sentence(reason), hold)
-        out: list = [A.HandshakeRefused(peer.id, peer.name, reason), A.ClearKeys(peer.id)]
-        for s in peer.sessions:
-            self._indexes.pop(s.local_index, None)
-        peer.sessions.clear()
-        peer.waiting = False            # the data path drops what it staged with the keys
-        sentence = "refused: %s" % wire.refusal_sentence(reason)
-        if peer.state is PeerState.IDLE:
-            out += self._set_state(peer, PeerState.HANDSHAKING, sentence)
-        return out + self._set_state(peer, PeerState.DEAD, sentence)
 
     def _on_response(self, data: bytes, addr: tuple, proto) -> list:
         sender_index, receiver_index = proto.response_indexes(data)

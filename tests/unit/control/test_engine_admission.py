@@ -19,7 +19,8 @@ import pytest
 from phantom import wire
 from phantom.constants import Tunables
 from phantom.control import actions as A
-from phantom.control.engine import REFUSAL_BURST, REFUSAL_HOLD, Engine
+from phantom.control.admission import REFUSAL_BURST, REFUSAL_HOLD
+from phantom.control.engine import Engine
 from phantom.control.peer import PeerState
 from tests.support.clock import Clock
 from tests.support.engines import of, sends
