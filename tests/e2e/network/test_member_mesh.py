@@ -389,3 +389,42 @@ def test_the_network_policy_reaches_every_member(lan3, daemon_factory, tmp_path,
     assert pings([(guest, srv)], timeout=2.0) == [("guest", "srv")], "the cached policy holds"
     code, fw = srv.api("GET", "/firewall")
     assert code == 200 and fw["policy"]["seq"] == 3, fw
+
+
+@pytest.mark.parametrize("datapath", ["reference", "fast"])
+def test_a_members_record_cannot_take_another_members_traffic(lan3, daemon_factory, tmp_path,
+                                                               datapath):
+    """Issue 20, "done means": a member whose own signed directory record
+    claims another member's address and the whole network prefix gets none
+    of that traffic.  x publishes such a record with its real key; o's pings
+    of v still reach v, and x's device sees none of them (capture); o keeps
+    x's allowed IPs exactly x's certificate's addresses."""
+    from phantomlab.capture import Sniffer
+    a, b, c = lan3.hosts["a"], lan3.hosts["b"], lan3.hosts["c"]
+    url = "http://%s:%d" % (a.ip, DIR_PORT)
+    auth = tmp_path / "authority"
+    out = subprocess.run(CLI + ["network", "init", "corp", "--dir", str(auth), "--ipv4",
+                                "100.100.0.0/16", "--directory", url],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    serve_directory(daemon_factory, a, auth, tmp_path / "dir.sqlite")
+    v = join(a, auth, b, "v", tmp_path, url)
+    x = join(a, auth, c, "x", tmp_path, url)
+    o = join(a, auth, a, "o", tmp_path, url)
+    for m in (v, x, o):
+        start(daemon_factory, m, datapath)
+    all_reach([v, x, o], 10.0, "the first mesh")
+    port = x.status()["listen_port"]
+    cli(c, "directory", "publish", "--directory", url, "--private-key", x.state / "private.key",
+        "--name", "x", "--endpoint", "%s:%d" % (c.ip, port),
+        "--allowed-ips", "%s/32,100.100.0.0/16" % v.ipv4)
+    time.sleep(3.0)                      # the members' directory links see the record (watch)
+    with Sniffer(c, "phantom0", "icmp and host %s" % v.ipv4) as sniff:
+        assert pings([(o, v)] * 5, timeout=2.0) == [], "o still reaches v"
+        time.sleep(0.5)
+        taken = sniff.stop()
+    assert taken == [], "x's device saw %d packets for v" % len(taken)
+    code, peers = o.api("GET", "/peers")
+    assert code == 200, peers
+    px = [p for p in peers["peers"] if p["name"] == "x"]
+    assert px and sorted(px[0]["allowed_ips"]) == sorted(["%s/32" % x.ipv4, "%s/128" % x.ipv6]), px
