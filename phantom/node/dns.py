@@ -18,9 +18,12 @@ so the peers feed below already carries the members' names.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Optional
 
 from .executor import Observer
+
+log = logging.getLogger("phantom.daemon")
 
 
 def member_dns(settings, membership):
@@ -32,6 +35,13 @@ def member_dns(settings, membership):
     if membership is None:
         return dns if dns is not None and dns.enabled else None
     if dns is None:
+        if getattr(settings, "exit_node", False):
+            # an exit node's port 53 on its tunnel addresses is its clients' DNS forwarder
+            # (startup.open_exit_dns); a [dns] section with other dns.listen addresses has both
+            log.info("network: an exit node: the tunnel addresses' port 53 is the exit's DNS "
+                     "forwarder, not the network's names (a [dns] section turns them on; "
+                     "docs/names.md)")
+            return None
         dns = DnsSettings(enabled=True)
     if not dns.enabled:
         return None

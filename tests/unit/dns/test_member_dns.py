@@ -35,3 +35,10 @@ def test_an_explicit_section_wins_key_by_key():
     s = member_dns(SimpleNamespace(dns=parse_section({"name": "gw", "port": 5353})), MEMBER)
     assert (s.domain, s.name, s.port) == ("corp.internal", "gw", 5353)
     assert member_dns(SimpleNamespace(dns=parse_section({"enabled": False})), MEMBER) is None
+
+
+def test_an_exit_node_keeps_port_53_for_its_clients_unless_a_section_says_otherwise():
+    assert member_dns(SimpleNamespace(dns=None, exit_node=True), MEMBER) is None
+    s = member_dns(SimpleNamespace(dns=parse_section({"listen": ["100.100.0.1"], "port": 5353}),
+                                   exit_node=True), MEMBER)
+    assert (s.domain, s.port) == ("corp.internal", 5353)
