@@ -150,6 +150,50 @@
     ].map(([k, v]) => el("span", null, k + " ", el("b", { text: String(v) }))));
   }
 
+  // ------------------------------------------------------ network identity
+  // GET /status's `network` object (a member of a network, issue 20/21):
+  // our own name, addresses, groups and network, and the members as peers.
+  function hosts(list) {
+    return (list || []).filter((a) => /\/(32|128)$/.test(a)).map((a) => a.replace(/\/\d+$/, ""));
+  }
+  function when(t) {
+    return t ? new Date(t * 1000).toISOString().slice(0, 16).replace("T", " ") + "Z" : "-";
+  }
+
+  function renderNetwork(st) {
+    const net = st.network;
+    $("identity").hidden = !net;
+    $("members-section").hidden = !net;
+    if (!net) return;
+    $("identity").replaceChildren(...[
+      ["name", net.name + (net.domain ? "." + net.domain : "")],
+      ["addresses", (net.addresses || []).join(", ")],
+      ["network", net.network], ["groups", (net.groups || []).join(", ") || "-"],
+    ].map(([k, v]) => el("span", { "data-fact": k }, k + " ", el("b", { text: String(v) }))));
+    $("network-name").textContent = net.network;
+    $("network-facts").replaceChildren(...[
+      ["fingerprint", String(net.fingerprint || "").slice(0, 12) + "…"],
+      ["domain", net.domain || "-"], ["members", net.members],
+      ["directory", net.directory_ok === false ? "unreachable" : (net.directory_ok ? "ok" : "-")],
+      ["certificate expires", when(net.certificate_expires)],
+    ].map(([k, v]) => el("span", null, k + " ", el("b", { text: String(v) }))));
+    const own = el("tr", { "data-member": net.name, class: "self" },
+      el("td", { class: "name", text: net.name + " (this node)" }),
+      el("td", { class: "addresses", text: (net.addresses || []).join(", ") }),
+      el("td", { class: "groups", text: (net.groups || []).join(", ") || "-" }),
+      el("td", { class: "online", text: "yes" }), el("td", { text: "-" }), el("td", { text: "-" }),
+      el("td", { class: "expires", text: when(net.certificate_expires) }));
+    const rows = st.peers.filter((p) => p.member).map((p) => el("tr", { "data-member": p.name },
+      el("td", { class: "name", text: p.name, title: p.public_key }),
+      el("td", { class: "addresses", text: hosts(p.allowed_ips).join(", ") || "-" }),
+      el("td", { class: "groups", text: (p.groups || []).join(", ") || "-" }),
+      el("td", { class: "online", text: p.state === "established" ? "yes" : "no" }),
+      el("td", { class: "path", text: p.state === "established" ? (p.path || "direct") : "none" }),
+      el("td", { text: ago(p.latest_handshake) }),
+      el("td", { class: "expires", text: when(p.certificate_expires) })));
+    $("members").querySelector("tbody").replaceChildren(own, ...rows);
+  }
+
   function renderPeers(st) {
     const body = $("peers").querySelector("tbody");
     const rows = [];
@@ -168,6 +212,7 @@
         el("td", { class: "path", text: p.path || "direct" }),
         el("td", { class: "endpoint", text: p.endpoint || "-" }),
         el("td", { text: (p.allowed_ips || []).join(", ") || "-" }),
+        el("td", { class: "groups", text: (p.groups || []).join(", ") || "-" }),
         el("td", { text: ago(p.latest_handshake) }),
         el("td", { class: "num", text: bytes(p.rx_bytes) + " / " + bytes(p.tx_bytes) }),
         el("td", null, canvas, el("div", { class: "rate" },
@@ -280,6 +325,7 @@
       state.status = st;
       for (const p of st.peers) record(p, now);
       renderDaemon(st);
+      renderNetwork(st);
       renderPeers(st);
       renderFirewall(fw, false);
       renderEvents(ev.events || []);

@@ -296,6 +296,9 @@ class Controller:
         membership = getattr(d, "membership", None)
         if membership is not None and membership.is_member_peer(peer):
             info["member"] = True          # a member of the network (its certificate's addresses)
+            cert = membership.members.cert(peer.public_key)
+            if cert is not None:
+                info["certificate_expires"] = cert.not_after
         if already:
             info["already_established"] = True
         return info

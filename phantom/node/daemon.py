@@ -34,7 +34,7 @@ from . import startup
 from .config import ConfigError, Settings
 from .controller import Controller
 from .dirlink import DirectoryLink
-from .dns import NameLink
+from .dns import NameLink, member_dns
 from .endpoints import EndpointResolver
 from .executor import Executor
 from .exits import ExitChoice
@@ -96,9 +96,11 @@ class Daemon:
         # peers' endpoints given as DNS names: looked up at start, when stale, when they die
         self.endpoints = EndpointResolver(self)
         self.executor.observers.append(self.endpoints)
-        self.names: Optional[NameLink] = None   # [dns]: the name service (a bad section: exit 2)
-        if settings.dns is not None and settings.dns.enabled:
-            self.names = NameLink(settings, self.engine)
+        # [dns], or [network]'s domain (a member): the name service (a bad section: exit 2)
+        self.names: Optional[NameLink] = None
+        dns = member_dns(settings, self.membership)
+        if dns is not None:
+            self.names = NameLink(settings, self.engine, dns)
         self.exits = ExitChoice(self)    # `phantom exit use NAME`: the exit in use (exits.py)
         self.controller = Controller(self)
         self.reloader = Reloader(settings)   # the file as read at start (reload diffs)

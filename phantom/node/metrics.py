@@ -11,8 +11,12 @@ batch counters.  bench/metrics_load.py measures what a 10 Hz scraper costs.
 Naming follows the Prometheus conventions: a ``phantom_`` prefix, base units
 (bytes, seconds), ``_total`` on counters.  Label values are bounded: a peer's
 name (peers come from the config, the API or the key directory, never from
-a packet), a drop reason, a state, a path, a firewall rule's position;
-never an address, a port or anything taken from a packet, a cipher name.
+a packet; a member's is its certificate's name), a drop reason, a state, a
+path, a firewall rule's position, a peer's group (at most 8 per member
+certificate, 32 per API peer); never an address, a port or anything taken
+from a packet.  So a member's series count grows with the members, as its
+peers do: one series per member and family (the states, paths and ciphers
+a handful each).
 
 Metric families (see docs/operations.md for the full table):
 
@@ -34,6 +38,11 @@ phantom_peer_cipher{peer,cipher}            gauge   1 for the current session's 
                                                     cipher (aegis256, secretbox,
                                                     chacha20poly1305), else 0; peers
                                                     with a session only
+phantom_peer_group{peer,group}              gauge   1 per firewall group of the peer (a
+                                                    member's: its certificate's, at most 8)
+phantom_network_info{network,name,domain}   gauge   1 on a member ([network]): the network,
+                                                    our certificate's name, the domain
+phantom_network_members                     gauge   members in the member set (ours included)
 phantom_crypto_info{suites,chacha20poly1305} gauge  1: Phantom suites offered (best
                                                     first) and WireGuard's ChaCha20-
                                                     Poly1305 implementation
@@ -203,7 +212,23 @@ class DaemonCollector(Collector):
                 name = CIPHER_NAMES.get(cur_cipher, "unknown")
                 for ci in CIPHERS if name in CIPHERS else CIPHERS + (name,):
                     cipher.add_metric([p.name, ci], 1 if ci == name else 0)
-        yield from (rx_b, tx_b, rx_p, tx_p, drops, hs, age, last, state, path, sessions, cipher)
+        groups = GaugeMetricFamily("phantom_peer_group", "The peer's firewall groups (a member's: "
+                                   "its certificate's): 1 per group", labels=["peer", "group"])
+        table = getattr(d, "peers", None)        # the peer door (absent: no groups to show)
+        for p in peers if table is not None else ():
+            for g in sorted(table.groups_of(p)):
+                groups.add_metric([p.name, g], 1)
+        yield from (rx_b, tx_b, rx_p, tx_p, drops, hs, age, last, state, path, sessions, cipher,
+                    groups)
+        membership = getattr(d, "membership", None)
+        if membership is not None:
+            st = membership.status()
+            net = GaugeMetricFamily("phantom_network_info", "This node's network membership: 1",
+                                    labels=["network", "name", "domain"])
+            net.add_metric([st["network"], st["name"], st["domain"]], 1)
+            yield net
+            yield GaugeMetricFamily("phantom_network_members", "Members in the member set",
+                                    value=st["members"])
 
     # ---------------------------------------------------------------- global
     def _global(self, d):

@@ -186,3 +186,21 @@ def test_network_policy_rules_and_hits_are_metrics():
                    if s.labels["rule"] == "2"]
     assert with_rule_2 == [], "a rule that does not apply to this node is not a series"
     assert fams["phantom_firewall_rule_hits"].samples == [], "no local rules"
+
+
+def test_peer_groups_and_membership_are_labelled_by_name_only():
+    """Issue 21 item 4: a peer's groups (a member's: its certificate's) and
+    our membership, with the peer's name and the group as the only labels."""
+    from phantom.node.peers import PeerTable
+    d, bob = stub_daemon()
+    d.peers = PeerTable(d.engine, lambda actions: None)
+    d.peers.set_groups({bob.id: ("servers", "db")}, regroup=False)
+    d.membership = SimpleNamespace(status=lambda: {"network": "corp", "name": "n1",
+                                                   "domain": "corp.internal", "members": 3})
+    _, fams = scrape(d)
+    got = sorted((s.labels["peer"], s.labels["group"], s.value)
+                 for s in fams["phantom_peer_group"].samples)
+    assert got == [("bob", "db", 1), ("bob", "servers", 1)]           # carol: no groups, no series
+    assert value(fams, "phantom_network_info", "phantom_network_info", network="corp",
+                 name="n1", domain="corp.internal") == 1
+    assert value(fams, "phantom_network_members", "phantom_network_members") == 3

@@ -1,0 +1,76 @@
+"""MagicDNS for members (issue 21 item 1): a member daemon answers DNS for
+its network's domain on its tunnel addresses without a ``[dns]`` section,
+the names being the members' certificate names; a removed member's name is
+gone within 5 s.  Real ``phantom network init``, ``directory serve
+--network``, ``join --no-start``, ``phantomd`` and ``dig`` in namespaces,
+both data paths."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from phantomlab.poll import wait_for
+
+from ..dns.test_dns_phantomd import dig
+from .test_member_mesh import CLI, DIR_PORT, all_reach, cli, join, serve_directory, start
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(300),
+              pytest.mark.skipif(shutil.which("dig") is None,
+                                 reason="dig (bind9-dnsutils) not installed")]
+
+DOMAIN = "corp.internal"            # `network init corp`'s default domain
+
+
+@pytest.mark.parametrize("datapath", ["reference", "fast"])
+def test_members_answer_each_others_names(lan3, daemon_factory, tmp_path, datapath):
+    a, b, c = lan3.hosts["a"], lan3.hosts["b"], lan3.hosts["c"]
+    url = "http://%s:%d" % (a.ip, DIR_PORT)
+    auth = tmp_path / "authority"
+    out = subprocess.run(CLI + ["network", "init", "corp", "--dir", str(auth), "--ipv4",
+                                "100.100.0.0/16", "--directory", url],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    serve_directory(daemon_factory, a, auth, tmp_path / "dir.sqlite")
+    n1 = join(a, auth, b, "n1", tmp_path, url)
+    n2 = join(a, auth, c, "n2", tmp_path, url)
+    n3 = join(a, auth, a, "n3", tmp_path, url)
+    members = [n1, n2, n3]
+    for m in members:
+        assert "[dns]" not in m.config.read_text()        # nothing but what join wrote
+        start(daemon_factory, m, datapath)
+    all_reach(members, 10.0, "the mesh")
+    # the member peers carry the certificates' names
+    assert n1.peer_names() == ["n2", "n3"]
+    # n1 asks n3 (another member, through the tunnel) for n2: its A and AAAA
+    fqdn = "n2." + DOMAIN
+
+    def answers():
+        return dig(n1.host, n3.ipv4, fqdn, "A"), dig(n1.host, n3.ipv4, fqdn, "AAAA")
+
+    wait_for(lambda: answers() == (("NOERROR", [n2.ipv4]), ("NOERROR", [n2.ipv6])), timeout=5,
+             what="n3 answers n2's A and AAAA")
+    assert dig(n2.host, n1.ipv6, "n3." + DOMAIN, "A") == ("NOERROR", [n3.ipv4])   # over IPv6
+    assert dig(n2.host, n1.ipv4, "n1." + DOMAIN, "AAAA") == ("NOERROR", [n1.ipv6])  # its own
+    assert dig(n1.host, n3.ipv4, "nobody." + DOMAIN, "A")[0] == "NXDOMAIN"
+    assert dig(n1.host, n3.ipv4, "example.com", "A")[0] == "REFUSED"       # never an open resolver
+    assert dig(n1.host, n3.ipv4, fqdn, "A", "+tcp") == ("NOERROR", [n2.ipv4])
+    # GET /dns says what it serves
+    code, shown = n3.api("GET", "/dns")
+    assert code == 200 and shown["domain"] == DOMAIN, shown
+    assert sorted(x["name"] for x in shown["names"]) == ["n1", "n2", "n3"]
+
+    # the network removes n2: its name is gone from n3's answers within 5 s
+    cli(a, "network", "remove", "n2", "--dir", auth, "--admin-token-file", auth / "admin.token")
+    t0 = time.monotonic()
+    # each member follows the member stream on its own: both n3's and n1's answers
+    wait_for(lambda: dig(n1.host, n3.ipv4, fqdn, "A")[0] == "NXDOMAIN"
+             and dig(n3.host, n1.ipv4, fqdn, "AAAA")[0] == "NXDOMAIN", timeout=5,
+             what="n2's name gone at n3 and n1")
+    print("\n%s: n2's name gone %.2f s after the removal" % (datapath, time.monotonic() - t0))
+    assert dig(n1.host, n3.ipv4, fqdn, "AAAA")[0] == "NXDOMAIN"
+    for m in members:
+        assert "Traceback" not in m.daemon.log()
