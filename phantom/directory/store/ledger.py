@@ -31,6 +31,8 @@ is a unique violation, never an overwrite).
 
 from __future__ import annotations
 
+import base64
+import ipaddress
 import json
 from typing import Any, Callable, Optional
 
@@ -133,6 +135,14 @@ class SqlLedger:
 
     def members(self) -> list:
         return [self._seen(r) for r in self.q.all(_MEMBER + " ORDER BY key")]
+
+    def addresses(self) -> list:
+        """(key, IPv4, IPv6, removed) of every member row, from the columns:
+        no certificate is parsed (a join reads these, whatever N is)."""
+        return [(base64.b64decode(k), ipaddress.ip_address(a4), ipaddress.ip_address(a6),
+                 None if r is None else int(r))
+                for k, a4, a6, r in self.q.all("SELECT key, ipv4, ipv6, removed"
+                                               " FROM network_members")]
 
     def save_member(self, record: MemberRecord) -> None:
         k = b64(record.key)
