@@ -388,6 +388,8 @@ def main(argv=None) -> int:
     if args.member_only is not None:
         member_side(args.member_only, args.changes)
         return 0
+    import signal
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))    # stop the server on a kill too
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load0 = os.getloadavg()
     rows = []
