@@ -21,6 +21,8 @@ round trip plus one echo round trip, the least a first packet can cost.
 The responder's drop counters (GET /status ``handshake_drops`` and
 ``drops``) are printed for each run:
 ``unknown_key`` > 0 would mean an initiation dropped while admission ran.
+tcpdump on b's bridge port counts the UDP datagrams each way during the
+first echo: one handshake round trip plus the echo is 2 out, 2 back.
 Namespaces and daemons are removed on exit, also on Ctrl-C.
 """
 
@@ -41,6 +43,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from phantomlab import netns  # noqa: E402
+from phantomlab.capture import Sniffer  # noqa: E402
 from phantomlab.nodes import make_node  # noqa: E402
 from phantomlab.poll import wait_for  # noqa: E402
 from phantomlab.templates import HTTP_PORT, peer_entry, write_config  # noqa: E402
@@ -56,11 +59,16 @@ def cli(host, *args, timeout=60):
     return out.stdout
 
 
-def first_echo(host, addr, timeout=10.0):
-    """Seconds from sending one echo to its reply (None: no reply in ``timeout``)."""
-    t = time.monotonic()
-    ok = host.ns.ping(addr, timeout=timeout, interval=timeout + 1)
-    return time.monotonic() - t if ok else None
+def first_echo(host, addr, peer_ip, timeout=10.0):
+    """(seconds from sending one echo to its reply or None, the UDP datagrams
+    host -> peer and peer -> host on the bridge meanwhile: tcpdump)."""
+    with Sniffer(host, host.ifname, "udp and host %s" % peer_ip) as sn:
+        t = time.monotonic()
+        ok = host.ns.ping(addr, timeout=timeout, interval=timeout + 1)
+        took = time.monotonic() - t if ok else None
+    grams = [g for g in (p.udp() for p in sn.result) if g is not None]
+    return took, (sum(1 for g in grams if g.src == host.ip),
+                  sum(1 for g in grams if g.src == peer_ip))
 
 
 def rtts(host, addr, count=10):
@@ -116,9 +124,9 @@ def member_run(work, lan, auth, i, fast):
         wait_for(lambda: peer_state(db, jc["key"]) is not None and
                  peer_state(dc, jb["key"]) is not None, timeout=20, what="members known")
         before = peer_state(db, jc["key"])
-        first = first_echo(hb, jc["ipv4"])
+        first, grams = first_echo(hb, jc["ipv4"], hc.ip)
         rt = rtts(hb, jc["ipv4"])
-        return {"first_s": first, "state_before": before,
+        return {"first_s": first, "state_before": before, "datagrams": grams,
                 "rtt_median_s": statistics.median(rt) if rt else None,
                 "responder_drops": status_drops(dc), "initiator_drops": status_drops(db)}
     finally:
@@ -139,9 +147,9 @@ def static_run(work, lan, i, fast):
             n.state_dir.mkdir(exist_ok=True)
             daemons.append(start(work, n.host, n.config, n.name, fast, n.state_dir / "token"))
         before = peer_state(daemons[0], nc.pub)
-        first = first_echo(b, nc.tun4)
+        first, grams = first_echo(b, nc.tun4, c.ip)
         rt = rtts(b, nc.tun4)
-        return {"first_s": first, "state_before": before,
+        return {"first_s": first, "state_before": before, "datagrams": grams,
                 "rtt_median_s": statistics.median(rt) if rt else None,
                 "responder_drops": status_drops(daemons[1])}
     finally:
@@ -197,18 +205,20 @@ def main(argv=None) -> int:
           % (cmd.strip(), started, os.cpu_count(), load0[0], load1[0],
              "fast" if args.fast else "reference"))
     print("| pair | first echo -> reply (median of %d; each) | echo RTT on the tunnel (median) "
-          "| peer state before | responder drops |" % args.runs)
-    print("|---|---:|---:|---|---|")
+          "| peer state before | responder drops | UDP datagrams out/back during the "
+          "first echo |" % args.runs)
+    print("|---|---:|---:|---|---|---|")
     for label, rows in (("two members (network)", members), ("configured pair", statics)):
         firsts = ", ".join("%.1f" % (r["first_s"] * 1e3) if r["first_s"] is not None else "lost"
                            for r in rows)
         m = med(rows, "first_s")
         rt = med(rows, "rtt_median_s")
-        print("| %s | %s ms (%s) | %s ms | %s | %s |" % (
+        print("| %s | %s ms (%s) | %s ms | %s | %s | %s |" % (
             label, "%.1f" % (m * 1e3) if m is not None else "-", firsts,
             "%.2f" % (rt * 1e3) if rt is not None else "-",
             sorted({str(r["state_before"]) for r in rows}),
-            [r["responder_drops"] for r in rows]))
+            [r["responder_drops"] for r in rows],
+            " ".join("%d/%d" % tuple(r["datagrams"]) for r in rows)))
     if args.json:
         args.json.write_text(json.dumps({"date": started, "load": [load0, load1],
                                          "members": members, "configured": statics},
