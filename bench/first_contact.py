@@ -68,7 +68,9 @@ def first_echo(host, addr, peer_ip, timeout=10.0):
         took = time.monotonic() - t if ok else None
     grams = [g for g in (p.udp() for p in sn.result) if g is not None]
     return took, (sum(1 for g in grams if g.src == host.ip),
-                  sum(1 for g in grams if g.src == peer_ip))
+                  sum(1 for g in grams if g.src == peer_ip),
+                  ["%s %d B type %d" % ("out" if g.src == host.ip else "back", len(g.payload),
+                                         g.payload[0] if g.payload else -1) for g in grams])
 
 
 def rtts(host, addr, count=10):
@@ -218,7 +220,7 @@ def main(argv=None) -> int:
             "%.2f" % (rt * 1e3) if rt is not None else "-",
             sorted({str(r["state_before"]) for r in rows}),
             [r["responder_drops"] for r in rows],
-            " ".join("%d/%d" % tuple(r["datagrams"]) for r in rows)))
+            " ".join("%d/%d" % tuple(r["datagrams"][:2]) for r in rows)))
     if args.json:
         args.json.write_text(json.dumps({"date": started, "load": [load0, load1],
                                          "members": members, "configured": statics},
