@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -169,6 +170,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--fast", action="store_true", help="every phantomd on --fast")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = ap.parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load0 = os.getloadavg()
@@ -200,6 +202,8 @@ def main(argv=None) -> int:
             directory.stop()
         netns.cleanup_all()
         restore()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     load1 = os.getloadavg()
     cmd = ".venv/bin/python bench/first_contact.py " + " ".join(sys.argv[1:] if argv is None
                                                                  else argv)
