@@ -89,7 +89,7 @@ class AllowedIPs:
         for n, key in wanted.items():
             if is_exclusive(key):
                 # a claim: against every other prefix, the changed ones as they will be
-                for m, holder in self._by_prefix.items():
+                for m, holder in self._holders_overlapping(n):
                     if holder.id not in changes and overlap(n, m):
                         return n, key, "%s overlaps peer %s's %s" % (n, holder.name, m)
                 for m, other in wanted.items():
@@ -108,6 +108,22 @@ class AllowedIPs:
                         return n, key, ("%s overlaps %s's %s (a peer added at run time)"
                                         % (n, self._route_name(other), m))
         return None
+
+    def _holders_overlapping(self, n):
+        """(prefix, holder) of the held prefixes that may overlap ``n``: for a
+        host route (a network member's /32 and /128) only its supernets can,
+        so they are looked up (33 or 129 lookups, whatever the number of
+        peers); any other prefix is compared with every held one."""
+        if n.prefixlen != n.max_prefixlen:
+            return list(self._by_prefix.items())
+        cls, addr, out = type(n), int(n.network_address), []
+        for plen in range(n.max_prefixlen + 1):
+            host = n.max_prefixlen - plen
+            m = cls((addr >> host << host, plen))
+            holder = self._by_prefix.get(m)
+            if holder is not None:
+                out.append((m, holder))
+        return out
 
     def adopt(self, peer_id: int) -> None:
         """The config file owns this peer now (a reload named its key): not

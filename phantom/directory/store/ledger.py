@@ -31,7 +31,10 @@ is a unique violation, never an overwrite).
 
 from __future__ import annotations
 
+import base64
+import ipaddress
 import json
+import socket
 from typing import Any, Callable, Optional
 
 from phantom.network.canonical import b64, canonical
@@ -133,6 +136,17 @@ class SqlLedger:
 
     def members(self) -> list:
         return [self._seen(r) for r in self.q.all(_MEMBER + " ORDER BY key")]
+
+    def addresses(self) -> list:
+        """(key, IPv4, IPv6, removed) of every member row, from the columns:
+        no certificate is parsed (a join reads these, whatever N is)."""
+        v4, v6 = ipaddress.IPv4Address, ipaddress.IPv6Address       # inet_pton: strict, fast
+        return [(base64.b64decode(k),
+                 v4(int.from_bytes(socket.inet_pton(socket.AF_INET, a4), "big")),
+                 v6(int.from_bytes(socket.inet_pton(socket.AF_INET6, a6), "big")),
+                 None if r is None else int(r))
+                for k, a4, a6, r in self.q.all("SELECT key, ipv4, ipv6, removed"
+                                               " FROM network_members")]
 
     def save_member(self, record: MemberRecord) -> None:
         k = b64(record.key)
