@@ -79,31 +79,6 @@ def within(seconds, check, what):
     return time.monotonic() - t0
 
 
-@pytest.fixture
-def etc_netns():
-    """/etc/netns/<ns>/resolv.conf files (what `ip netns exec` mounts over
-    /etc/resolv.conf), removed afterwards."""
-    made = []
-    parent = Path("/etc/netns")
-    made_parent = not parent.exists()
-
-    def write(host, text):
-        d = parent / host.ns.name                 # the namespace's name is this run's own
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "resolv.conf").write_text(text)
-        made.append(d)
-
-    yield write
-    for d in made:
-        (d / "resolv.conf").unlink(missing_ok=True)
-        d.rmdir()
-    if made_parent:
-        try:
-            parent.rmdir()
-        except OSError:
-            pass
-
-
 @pytest.mark.parametrize("datapath", ["reference", "fast"])
 def test_phantomd_answers_its_peers_names_on_its_tunnel_address(lan3, daemon_factory, tmp_path,
                                                                 public_dir, etc_netns, datapath):

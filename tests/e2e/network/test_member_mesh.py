@@ -13,6 +13,7 @@ restarted while the directory is down reconnects from its cache.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -329,6 +330,12 @@ default = "deny"
 [[rule]]
 from = "group:laptops"
 to = "group:servers"
+proto = "tcp"
+ports = [22]
+
+[[rule]]
+from = "group:laptops"
+to = "group:servers"
 proto = "icmp"
 """
 
@@ -373,8 +380,42 @@ def test_the_network_policy_reaches_every_member(lan3, daemon_factory, tmp_path,
     assert pings([(lap, srv)], timeout=2.0) == [], "laptops -> servers icmp: accepted"
     code, fw = srv.api("GET", "/firewall")
     assert code == 200 and fw["policy"]["seq"] == 1, fw
+    # "laptops may reach servers on tcp/22 and icmp; nothing else": tcp/22 passes,
+    # tcp/8080 is dropped and counted on the receiver, and nothing re-handshook
+    listeners = []
+    for port in (22, 8080):
+        sock = srv.host.ns.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((srv.ipv4, port))
+        sock.listen(8)
+        listeners.append(sock)
+    try:
+        def connects(src, port):
+            try:
+                src.host.ns.tcp_connect(srv.ipv4, port, timeout=2.0).close()
+                return True
+            except OSError:
+                return False
+        handshakes = [p["last_handshake"] for p in srv.status()["peers"] if p["name"] == "lap"]
+        dropped = fw["drops"].get("default", 0)
+        assert connects(lap, 22), "laptops -> servers tcp/22: accepted"
+        assert not connects(lap, 8080), "laptops -> servers tcp/8080: nothing else"
+        assert not connects(guest, 22), "no group: dropped"
+        wait_for(lambda: srv.api("GET", "/firewall")[1]["drops"].get("default", 0) >= dropped + 2,
+                 timeout=5.0, what="the refused flows counted on the server")
+    finally:
+        for sock in listeners:
+            sock.close()
+    # a bad policy is refused whole; the one in force stays
+    bad = tmp_path / "bad.toml"
+    bad.write_text(POLICY_LAPTOPS_TO_SERVERS.replace("ports = [22]", "ports = [70000]"))
+    out = cli(a, "network", "policy", "set", bad, *remote, check=False)
+    assert out.returncode == 1 and "line" in out.stderr, out.stderr
+    assert srv.api("GET", "/firewall")[1]["policy"]["seq"] == 1
     assert policy(POLICY_OPEN, "p2.toml").count("seq 2") == 1
     all_reach([guest], 5.0, "the open policy (seq 2) in force", among=[srv])
+    assert [p["last_handshake"] for p in srv.status()["peers"] if p["name"] == "lap"] == \
+        handshakes, "a policy change takes effect without a new handshake"
     assert policy(POLICY_LAPTOPS_TO_SERVERS, "p3.toml").count("seq 3") == 1
     wait_for(lambda: pings([(guest, srv)]) == [("guest", "srv")], timeout=5.0,
              what="seq 3 in force")

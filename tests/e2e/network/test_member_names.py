@@ -26,7 +26,7 @@ DOMAIN = "corp.internal"            # `network init corp`'s default domain
 
 
 @pytest.mark.parametrize("datapath", ["reference", "fast"])
-def test_members_answer_each_others_names(lan3, daemon_factory, tmp_path, datapath):
+def test_members_answer_each_others_names(lan3, daemon_factory, tmp_path, datapath, etc_netns):
     a, b, c = lan3.hosts["a"], lan3.hosts["b"], lan3.hosts["c"]
     url = "http://%s:%d" % (a.ip, DIR_PORT)
     auth = tmp_path / "authority"
@@ -62,6 +62,14 @@ def test_members_answer_each_others_names(lan3, daemon_factory, tmp_path, datapa
     code, shown = n3.api("GET", "/dns")
     assert code == 200 and shown["domain"] == DOMAIN, shown
     assert sorted(x["name"] for x in shown["names"]) == ["n1", "n2", "n3"]
+
+    # glibc on n1 through resolv.conf as docs/names.md says (the lines `phantom dns
+    # --resolv-conf` prints): `ping n2` by the search domain reaches n2
+    resolv = cli(n1.host, "--token-file", n1.state / "token", "dns", "--resolv-conf").stdout
+    assert "nameserver %s" % n1.ipv4 in resolv and "search %s" % DOMAIN in resolv, resolv
+    etc_netns(n1.host, resolv)
+    cp = n1.host.run(["ping", "-4", "-c1", "-W3", "n2"], check=False, timeout=20)
+    assert cp.returncode == 0 and n2.ipv4 in cp.stdout, cp.stdout + cp.stderr
 
     # the network removes n2: its name is gone from n3's answers within 5 s
     cli(a, "network", "remove", "n2", "--dir", auth, "--admin-token-file", auth / "admin.token")
