@@ -251,8 +251,55 @@ def cmd_invites(args, now: Callable[[], float]) -> int:
                             _when(r["expires"]), r["name"] or "-", ",".join(r["groups"]) or "-"))
 
 
+def _here_rows(args, t: float) -> list:
+    """This member's own view (``--here``): the local phantomd's GET /status:
+    itself, then every member it holds as a peer, with what only a member
+    knows: online, the path (direct, relayed, none), the last handshake."""
+    from phantom.http.client import Unreachable, request_json
+    try:
+        status, doc = request_json(args.api, "GET", "/status")
+    except Unreachable as exc:
+        raise UsageError("no phantomd answers at %s (%s): --here asks the local daemon"
+                         % (args.api, exc)) from None
+    if status != 200 or not isinstance(doc, dict):
+        raise UsageError("%s answered %s to GET /status" % (args.api, status))
+    me = doc.get("network")
+    if not isinstance(me, dict):
+        raise UsageError("the phantomd at %s is not a member of a network (no [network])" % args.api)
+    addrs = me.get("addresses") or ["-", "-"]
+    rows = [{"name": me.get("name"), "ipv4": addrs[0], "ipv6": addrs[-1],
+             "groups": list(me.get("groups") or ()), "expires": me.get("certificate_expires"),
+             "status": "member", "online": "self", "path": "-", "last_handshake": None}]
+    for p in doc.get("peers") or ():
+        if not isinstance(p, dict) or not p.get("member"):
+            continue
+        nets = [str(n) for n in p.get("allowed_ips") or ()]
+        v4 = next((n.split("/")[0] for n in nets if "." in n), "-")
+        v6 = next((n.split("/")[0] for n in nets if ":" in n), "-")
+        up = p.get("state") == "established"
+        rows.append({"name": p.get("name"), "ipv4": v4, "ipv6": v6,
+                     "groups": list(p.get("groups") or ()),
+                     "expires": p.get("certificate_expires"), "status": "member",
+                     "online": "yes" if up else "no",
+                     "path": (p.get("path") or "direct") if up else "none",
+                     "last_handshake": p.get("last_handshake")})
+    return rows
+
+
+def _ago(t, now: float) -> str:
+    return "-" if not t else "%ds ago" % max(0, int(now - t))
+
+
 def cmd_members(args, now: Callable[[], float]) -> int:
     t = now()
+    if args.here:
+        rows = _here_rows(args, t)
+        return _rows(args, rows, "no members", "%-20s  %-15s  %-26s  %-6s  %-8s  %-12s  %-20s  %s",
+                     ("NAME", "IPV4", "IPV6", "ONLINE", "PATH", "HANDSHAKE", "EXPIRES", "GROUPS"),
+                     lambda r: (r["name"], r["ipv4"], r["ipv6"], r["online"], r["path"],
+                                _ago(r["last_handshake"], t),
+                                _when(r["expires"]) if r["expires"] else "-",
+                                ",".join(r["groups"]) or "-"))
     if _remote(args):
         rows = _ask(args, "GET", "/network/admin/members")["members"]
     else:
@@ -496,6 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="remote mode: the directory to ask")
     m = sub.add_parser("members", parents=[common, _REMOTE], help="the network's members")
     m.add_argument("--all", action="store_true", help="removed and expired ones too")
+    m.add_argument("--here", action="store_true",
+                   help="this member's own view from its phantomd (online, path, last handshake)")
+    m.add_argument("--api", default="http://127.0.0.1:4567", metavar="URL",
+                   help="with --here: the local phantomd's API (default %(default)s)")
     m.add_argument("--directory", action="append", default=[], metavar="URL",
                    help="remote mode: the directory to ask")
     m.set_defaults(func=cmd_members)

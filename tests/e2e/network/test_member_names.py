@@ -63,6 +63,16 @@ def test_members_answer_each_others_names(lan3, daemon_factory, tmp_path, datapa
     assert code == 200 and shown["domain"] == DOMAIN, shown
     assert sorted(x["name"] for x in shown["names"]) == ["n1", "n2", "n3"]
 
+    # `phantom network members --here`: n1's own view, with what only a member knows
+    import json
+    rows = json.loads(cli(n1.host, "network", "members", "--here", "--json").stdout)
+    assert [r["name"] for r in rows] == ["n1", "n2", "n3"], rows
+    assert [r["ipv4"] for r in rows] == [n1.ipv4, n2.ipv4, n3.ipv4], rows
+    assert [r["online"] for r in rows] == ["self", "yes", "yes"], rows
+    assert all(r["path"] == "direct" and r["last_handshake"] for r in rows[1:]), rows
+    table = cli(n1.host, "network", "members", "--here").stdout
+    assert "ONLINE" in table and "PATH" in table and "n2" in table, table
+
     # glibc on n1 through resolv.conf as docs/names.md says (the lines `phantom dns
     # --resolv-conf` prints): `ping n2` by the search domain reaches n2
     resolv = cli(n1.host, "--token-file", n1.state / "token", "dns", "--resolv-conf").stdout
