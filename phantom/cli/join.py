@@ -11,7 +11,9 @@
 3. checks the answer: the definition must be signed by the authority the
    token names, the certificate must be for this key;
 4. writes ``<state_dir>/network/definition.json`` and ``certificate.json``
-   (0600, the directory 0700) and a ``[network]`` section in the config
+   (0600, the directory 0700) and a ``[network]`` section in the config (a new
+   config 0644 in a 0711 state directory: phantomd re-reads it on reload as its
+   unprivileged user)
    (made with ``[interface]`` addresses from the certificate when it does not
    exist);
 5. starts ``phantomd --config F`` detached (its output in
@@ -94,6 +96,13 @@ def network_section(fingerprint: str, name: str, directory, state: Path) -> str:
                ", ".join(_toml_str(u) for u in directory), _toml_str(str(state))))
 
 
+# The config holds no secret (the key is a file of its own, 0600), and phantomd
+# re-reads it on `phantom reload` as its unprivileged user (docs/operations.md):
+# readable by everyone, in a state directory others may traverse but not list.
+CONFIG_MODE = 0o644
+STATE_DIR_MODE = 0o711
+
+
 def write_config(path: Path, section: str, interface: Optional[str]) -> None:
     """Put ``section`` in the TOML file ``path``: replacing its ``[network]``
     table, or appended; a new file gets ``interface`` first."""
@@ -114,7 +123,7 @@ def write_config(path: Path, section: str, interface: Optional[str]) -> None:
         mode = path.stat().st_mode & 0o777
     else:
         text = (interface or "") + "\n" + section
-        mode = 0o600
+        mode = CONFIG_MODE
     write_private(path, text.encode(), mode)
 
 
@@ -136,7 +145,10 @@ def cmd_join(args, now=time.time) -> int:
             settings = settings_from_mapping(read_config_file(config), config.parent)
     key_file = (settings.private_key_file if settings is not None and
                 settings.private_key_file is not None else state_dir / "private.key")
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    state_dir.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+    if config.parent == state_dir:
+        # phantomd reads the config there after dropping its privileges (reload)
+        os.chmod(state_dir, os.stat(state_dir).st_mode & 0o777 | 0o011)
     private = load_or_create_private_key(key_file)
     signer = NodeSigner(private)
     public = bytes(signer.public_key)

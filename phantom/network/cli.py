@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import ipaddress
 import json
 import os
 import re
@@ -283,7 +284,13 @@ def _here_rows(args, t: float) -> list:
                      "online": "yes" if up else "no",
                      "path": (p.get("path") or "direct") if up else "none",
                      "last_handshake": p.get("last_handshake")})
-    return rows
+
+    def by_address(r):
+        try:
+            return (0, int(ipaddress.ip_address(r["ipv4"])))
+        except ValueError:
+            return (1, 0)
+    return rows[:1] + sorted(rows[1:], key=by_address)     # this node first, then by address
 
 
 def _ago(t, now: float) -> str:

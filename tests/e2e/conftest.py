@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,3 +32,13 @@ def etc_netns():
             parent.rmdir()
         except OSError:
             pass
+
+
+@pytest.fixture
+def public_dir():
+    """A directory the unprivileged daemon can read its config from (it
+    re-reads the file after dropping to nobody; pytest's tmp_path is 0700)."""
+    d = Path(tempfile.mkdtemp(prefix="phantom-public-"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import dns.reversename
 import pytest
@@ -30,15 +28,6 @@ pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(shutil.which("dig") is None, reason="dig (bind9-dnsutils) not installed")]
 
 DOMAIN = "corp.phantom"
-
-
-@pytest.fixture
-def public_dir():
-    """A directory the unprivileged daemon can re-read its config from."""
-    d = Path(tempfile.mkdtemp(prefix="phantom-dns-"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def dig(host, server, name, rdtype="A", *extra):

@@ -26,7 +26,8 @@ DOMAIN = "corp.internal"            # `network init corp`'s default domain
 
 
 @pytest.mark.parametrize("datapath", ["reference", "fast"])
-def test_members_answer_each_others_names(lan3, daemon_factory, tmp_path, datapath, etc_netns):
+def test_members_answer_each_others_names(lan3, daemon_factory, tmp_path, datapath, etc_netns,
+                                          public_dir):
     a, b, c = lan3.hosts["a"], lan3.hosts["b"], lan3.hosts["c"]
     url = "http://%s:%d" % (a.ip, DIR_PORT)
     auth = tmp_path / "authority"
@@ -35,7 +36,7 @@ def test_members_answer_each_others_names(lan3, daemon_factory, tmp_path, datapa
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     serve_directory(daemon_factory, a, auth, tmp_path / "dir.sqlite")
-    n1 = join(a, auth, b, "n1", tmp_path, url)
+    n1 = join(a, auth, b, "n1", public_dir, url)     # reloaded below, as nobody
     n2 = join(a, auth, c, "n2", tmp_path, url)
     n3 = join(a, auth, a, "n3", tmp_path, url)
     members = [n1, n2, n3]
@@ -72,6 +73,12 @@ def test_members_answer_each_others_names(lan3, daemon_factory, tmp_path, datapa
     assert all(r["path"] == "direct" and r["last_handshake"] for r in rows[1:]), rows
     table = cli(n1.host, "network", "members", "--here").stdout
     assert "ONLINE" in table and "PATH" in table and "n2" in table, table
+
+    # `phantom reload` of the config `phantom join` wrote works after the privilege
+    # drop (phantomd re-reads it as nobody): readable config, traversable state dir
+    assert n1.config.stat().st_mode & 0o777 == 0o644
+    code, body = n1.api("POST", "/reload")
+    assert code == 200, body
 
     # glibc on n1 through resolv.conf as docs/names.md says (the lines `phantom dns
     # --resolv-conf` prints): `ping n2` by the search domain reaches n2

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
@@ -25,16 +22,6 @@ from tests.support import REPO
 
 pytestmark = pytest.mark.netns
 ROOT = str(REPO)
-
-
-@pytest.fixture
-def public_dir():
-    """A directory the unprivileged daemon can read its config from (it
-    re-reads the file after dropping to nobody)."""
-    d = Path(tempfile.mkdtemp(prefix="phantom-reload-"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def configure(node, public_dir, peers, firewall=None):
