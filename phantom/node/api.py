@@ -37,7 +37,7 @@ from aiohttp import web
 from ..errors import ConfigError, Invalid
 from ..http.app import OPENAPI_KEY, controller
 from ..http.openapi import COMMON_ERRORS, MUTATION_ERRORS, OBJ, err, ok
-from ..http.server import call, json_response, read_json, refuse_get
+from ..http.server import add_post, call, json_response, read_json
 from ..syntax import PEER_NAME, PEER_NAME_RULE, parse_peer_endpoint, parse_network
 
 
@@ -48,6 +48,23 @@ def _check_name(value: Any, what: str) -> str:
 
 
 # --- handlers ---------------------------------------------------------------------------------
+def answer(method: str):
+    """A handler that takes no input and answers with what the controller's
+    ``method()`` returns."""
+    async def handler(request: web.Request) -> web.Response:
+        return json_response(await call(getattr(controller(request), method)()))
+    handler.__name__ = handler.__qualname__ = method
+    return handler
+
+
+get_status = answer("status")
+get_dns = answer("dns")
+get_firewall = answer("firewall")
+renew_certificate = answer("renew_certificate")
+get_exit = answer("exit_status")
+delete_exit = answer("exit_off")
+
+
 async def open_tunnel(request: web.Request) -> web.Response:
     target = request.match_info["target"]
     body = await read_json(request, required=False)
@@ -121,20 +138,8 @@ async def close_tunnel(request: web.Request) -> web.Response:
     return json_response(result)
 
 
-async def get_status(request: web.Request) -> web.Response:
-    return json_response(await call(controller(request).status()))
-
-
 async def get_peers(request: web.Request) -> web.Response:
     return json_response({"peers": list(await call(controller(request).peers()))})
-
-
-async def get_dns(request: web.Request) -> web.Response:
-    return json_response(await call(controller(request).dns()))
-
-
-async def get_firewall(request: web.Request) -> web.Response:
-    return json_response(await call(controller(request).firewall()))
 
 
 async def put_firewall(request: web.Request) -> web.Response:
@@ -144,23 +149,11 @@ async def put_firewall(request: web.Request) -> web.Response:
     return json_response(await call(controller(request).set_firewall(rules)))
 
 
-async def renew_certificate(request: web.Request) -> web.Response:
-    return json_response(await call(controller(request).renew_certificate()))
-
-
-async def get_exit(request: web.Request) -> web.Response:
-    return json_response(await call(controller(request).exit_status()))
-
-
 async def put_exit(request: web.Request) -> web.Response:
     body = await read_json(request, required=True)
     if not isinstance(body, dict) or set(body) != {"peer"}:
         raise Invalid("body must be {\"peer\": \"NAME\"}: the peer to use as exit")
     return json_response(await call(controller(request).exit_use(_check_name(body["peer"], "peer"))))
-
-
-async def delete_exit(request: web.Request) -> web.Response:
-    return json_response(await call(controller(request).exit_off()))
 
 
 async def get_openapi(request: web.Request) -> web.Response:
@@ -170,17 +163,14 @@ async def get_openapi(request: web.Request) -> web.Response:
 # --- the part -------------------------------------------------------------------------------------
 def add_routes(app: web.Application) -> None:
     r = app.router
-    r.add_post("/open/{target}", open_tunnel)
-    r.add_get("/open/{target}", refuse_get, allow_head=False)
-    r.add_post("/close/{peer}", close_tunnel)
-    r.add_get("/close/{peer}", refuse_get, allow_head=False)
+    add_post(r, "/open/{target}", open_tunnel)
+    add_post(r, "/close/{peer}", close_tunnel)
     r.add_get("/status", get_status)
     r.add_get("/peers", get_peers)
     r.add_get("/firewall", get_firewall)
     r.add_get("/dns", get_dns)
     r.add_put("/firewall", put_firewall)
-    r.add_post("/network/renew", renew_certificate)
-    r.add_get("/network/renew", refuse_get, allow_head=False)
+    add_post(r, "/network/renew", renew_certificate)
     r.add_get("/exit", get_exit)
     r.add_put("/exit", put_exit)
     r.add_delete("/exit", delete_exit)

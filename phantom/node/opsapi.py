@@ -30,7 +30,7 @@ from ..errors import Invalid, NotFound
 from ..http.app import controller
 from ..http.guard import authorized, unauthorized
 from ..http.openapi import COMMON_ERRORS, MUTATION_ERRORS, OBJ, err, ok, page
-from ..http.server import call, json_response, refuse_get
+from ..http.server import add_post, call, json_response
 from . import events as ev
 
 DASHBOARD_FILES = {"index.html": "text/html", "app.js": "text/javascript",
@@ -126,8 +126,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/metrics", metrics)
     r.add_get("/events", events)
     r.add_get("/auth", auth)
-    r.add_post("/reload", reload)
-    r.add_get("/reload", refuse_get, allow_head=False)
+    add_post(r, "/reload", reload)
 
 
 def add_metrics_route(app: web.Application) -> None:
