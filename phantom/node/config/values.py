@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from phantom.dataplane.types import Mode
 from phantom.errors import ConfigError
-from phantom.syntax import parse_network
+from phantom.syntax import parse_ip_addresses, parse_network
 
 from .settings import IFNAME_MAX, LOG_LEVELS, MAX_MTU, MIN_MTU
 
@@ -229,10 +229,4 @@ def parse_addresses(value, key: str) -> tuple:
     items = expect(value, list, key, "a list of IP addresses")
     if not 1 <= len(items) <= 4:
         raise ConfigError(key, "give 1 to 4 addresses")
-    out = []
-    for i, a in enumerate(items):
-        try:
-            out.append(str(ipaddress.ip_address(expect(a, str, "%s[%d]" % (key, i), "an IP address"))))
-        except ValueError:
-            raise ConfigError("%s[%d]" % (key, i), "%r is not an IP address" % (a,)) from None
-    return tuple(out)
+    return parse_ip_addresses(items, key)
