@@ -36,7 +36,7 @@ from aiohttp import web
 
 from ..errors import ConfigError, Invalid
 from ..http.app import OPENAPI_KEY, controller
-from ..http.openapi import COMMON_ERRORS, MUTATION_ERRORS, OBJ, err, ok
+from ..http.openapi import OBJ, err, in_path, json_body, ok, operation
 from ..http.server import add_post, call, json_response, read_json
 from ..syntax import PEER_NAME, PEER_NAME_RULE, parse_peer_endpoint, parse_network
 
@@ -202,88 +202,53 @@ def openapi_schemas() -> dict:
 
 def openapi_paths() -> dict:
     return {
-        "/open/{target}": {
-            "post": {
-                "summary": "Open a tunnel to IP:PORT, [IPv6]:PORT, HOSTNAME:PORT or a peer name",
-                "operationId": "open",
-                "security": [{"bearer": []}],
-                "parameters": [{"name": "target", "in": "path", "required": True,
-                                "schema": {"type": "string"},
-                                "example": "192.0.2.7:9000"}],
-                "requestBody": {"required": False, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/OpenRequest"}}}},
-                "responses": dict(MUTATION_ERRORS, **{
-                    "200": ok("the tunnel is up", OBJ),
-                    "404": err("no such peer or no key known for it"),
-                    "409": err("conflict with an existing peer"),
-                    "504": err("the peer did not answer the handshake"),
-                }),
-            },
-        },
-        "/close/{peer}": {
-            "post": {
-                "summary": "Close the tunnel to a peer",
-                "operationId": "close",
-                "security": [{"bearer": []}],
-                "parameters": [{"name": "peer", "in": "path", "required": True,
-                                "schema": {"type": "string"}, "example": "bob"}],
-                "responses": dict(MUTATION_ERRORS, **{
-                    "200": ok("closed", OBJ),
-                    "404": err("no such peer"),
-                }),
-            },
-        },
-        "/status": {"get": {"summary": "Daemon status", "operationId": "status",
-                            "responses": dict(COMMON_ERRORS, **{"200": ok("status", OBJ)})}},
-        "/peers": {"get": {"summary": "Peers and their sessions", "operationId": "peers",
-                           "responses": dict(COMMON_ERRORS, **{"200": ok("peers", {
-                               "type": "object", "required": ["peers"],
-                               "properties": {"peers": {"type": "array", "items": {
-                                   "$ref": "#/components/schemas/Peer"}}}})})}},
+        "/open/{target}": {"post": operation(
+            "Open a tunnel to IP:PORT, [IPv6]:PORT, HOSTNAME:PORT or a peer name", "open",
+            {"200": ok("the tunnel is up", OBJ),
+             "404": err("no such peer or no key known for it"),
+             "409": err("conflict with an existing peer"),
+             "504": err("the peer did not answer the handshake")},
+            mutation=True, parameters=in_path("target", example="192.0.2.7:9000"),
+            requestBody=json_body({"$ref": "#/components/schemas/OpenRequest"}, required=False))},
+        "/close/{peer}": {"post": operation(
+            "Close the tunnel to a peer", "close",
+            {"200": ok("closed", OBJ), "404": err("no such peer")},
+            mutation=True, parameters=in_path("peer", example="bob"))},
+        "/status": {"get": operation("Daemon status", "status", {"200": ok("status", OBJ)})},
+        "/peers": {"get": operation("Peers and their sessions", "peers", {"200": ok("peers", {
+            "type": "object", "required": ["peers"],
+            "properties": {"peers": {"type": "array", "items": {
+                "$ref": "#/components/schemas/Peer"}}}})})},
         "/firewall": {
-            "get": {"summary": "Firewall rules in force", "operationId": "getFirewall",
-                    "responses": dict(COMMON_ERRORS, **{"200": ok("rules", {
-                        "$ref": "#/components/schemas/Firewall"})})},
-            "put": {"summary": "Replace the firewall rules", "operationId": "setFirewall",
-                    "security": [{"bearer": []}],
-                    "requestBody": {"required": True, "content": {"application/json": {
-                        "schema": {"$ref": "#/components/schemas/Firewall"}}}},
-                    "responses": dict(MUTATION_ERRORS, **{
-                        "200": ok("the rules now in force", OBJ),
-                        "409": err("the rules conflict with the daemon's state"),
-                    })},
+            "get": operation("Firewall rules in force", "getFirewall",
+                             {"200": ok("rules", {"$ref": "#/components/schemas/Firewall"})}),
+            "put": operation("Replace the firewall rules", "setFirewall",
+                             {"200": ok("the rules now in force", OBJ),
+                              "409": err("the rules conflict with the daemon's state")},
+                             mutation=True,
+                             requestBody=json_body({"$ref": "#/components/schemas/Firewall"})),
         },
-        "/dns": {"get": {"summary": "The name service: domain, addresses served on, the names "
-                                    "and their addresses, counters", "operationId": "dns",
-                         "responses": dict(COMMON_ERRORS, **{"200": ok("names", OBJ)})}},
-        "/network/renew": {
-            "post": {"summary": "Renew this member's network certificate now (phantomd renews "
-                                "by itself at 2/3 of its lifetime)",
-                     "operationId": "renewCertificate",
-                     "security": [{"bearer": []}],
-                     "responses": dict(MUTATION_ERRORS, **{
-                         "200": ok("the new certificate's serial and validity", OBJ),
-                         "404": err("this node is not a member of a network"),
-                         "503": err("no directory renewed it"),
-                     })},
-        },
+        "/dns": {"get": operation("The name service: domain, addresses served on, the names "
+                                  "and their addresses, counters", "dns", {"200": ok("names", OBJ)})},
+        "/network/renew": {"post": operation(
+            "Renew this member's network certificate now (phantomd renews by itself at 2/3 "
+            "of its lifetime)", "renewCertificate",
+            {"200": ok("the new certificate's serial and validity", OBJ),
+             "404": err("this node is not a member of a network"),
+             "503": err("no directory renewed it")},
+            mutation=True)},
         "/exit": {
-            "get": {"summary": "The exit in use, the peers that offer one, DNS through it",
-                    "operationId": "getExit",
-                    "responses": dict(COMMON_ERRORS, **{"200": ok("exit", OBJ)})},
-            "put": {"summary": "Send all traffic and DNS through a peer that offers exit",
-                    "operationId": "useExit", "security": [{"bearer": []}],
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                        "type": "object", "additionalProperties": False, "required": ["peer"],
-                        "properties": {"peer": {"type": "string", "pattern": PEER_NAME.pattern}}}}}},
-                    "responses": dict(MUTATION_ERRORS, **{
-                        "200": ok("the exit now in use", OBJ),
-                        "404": err("no such peer"),
-                        "409": err("no TUN device or helper, or the kernel refused the routes"),
-                    })},
-            "delete": {"summary": "Stop using an exit: traffic goes direct again",
-                       "operationId": "exitOff", "security": [{"bearer": []}],
-                       "responses": dict(MUTATION_ERRORS, **{"200": ok("no exit in use", OBJ)})},
+            "get": operation("The exit in use, the peers that offer one, DNS through it", "getExit",
+                             {"200": ok("exit", OBJ)}),
+            "put": operation("Send all traffic and DNS through a peer that offers exit", "useExit",
+                             {"200": ok("the exit now in use", OBJ),
+                              "404": err("no such peer"),
+                              "409": err("no TUN device or helper, or the kernel refused the routes")},
+                             mutation=True, requestBody=json_body({
+                                 "type": "object", "additionalProperties": False, "required": ["peer"],
+                                 "properties": {"peer": {"type": "string", "pattern": PEER_NAME.pattern}}})),
+            "delete": operation("Stop using an exit: traffic goes direct again", "exitOff",
+                                {"200": ok("no exit in use", OBJ)}, mutation=True),
         },
         "/openapi.json": {"get": {"summary": "This description", "operationId": "openapi",
                                   "responses": {"200": ok("OpenAPI 3 document", OBJ)}}},
