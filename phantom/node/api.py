@@ -35,9 +35,9 @@ from typing import Any, Optional
 from aiohttp import web
 
 from ..errors import ConfigError, Invalid
-from ..http.app import OPENAPI_KEY, controller
+from ..http.app import OPENAPI_KEY, Route, add_route_table, controller, paths_of
 from ..http.openapi import OBJ, err, in_path, json_body, ok, operation
-from ..http.server import add_post, call, json_response, read_json
+from ..http.server import call, json_response, read_json
 from ..syntax import PEER_NAME, PEER_NAME_RULE, parse_peer_endpoint, parse_network
 
 
@@ -161,22 +161,6 @@ async def get_openapi(request: web.Request) -> web.Response:
 
 
 # --- the part -------------------------------------------------------------------------------------
-def add_routes(app: web.Application) -> None:
-    r = app.router
-    add_post(r, "/open/{target}", open_tunnel)
-    add_post(r, "/close/{peer}", close_tunnel)
-    r.add_get("/status", get_status)
-    r.add_get("/peers", get_peers)
-    r.add_get("/firewall", get_firewall)
-    r.add_get("/dns", get_dns)
-    r.add_put("/firewall", put_firewall)
-    add_post(r, "/network/renew", renew_certificate)
-    r.add_get("/exit", get_exit)
-    r.add_put("/exit", put_exit)
-    r.add_delete("/exit", delete_exit)
-    r.add_get("/openapi.json", get_openapi)
-
-
 def openapi_schemas() -> dict:
     return {
         "OpenRequest": {"type": "object", "additionalProperties": False,
@@ -200,56 +184,65 @@ def openapi_schemas() -> dict:
     }
 
 
+ROUTES = (
+    Route("POST", "/open/{target}", open_tunnel, operation(
+        "Open a tunnel to IP:PORT, [IPv6]:PORT, HOSTNAME:PORT or a peer name", "open",
+        {"200": ok("the tunnel is up", OBJ),
+         "404": err("no such peer or no key known for it"),
+         "409": err("conflict with an existing peer"),
+         "504": err("the peer did not answer the handshake")},
+        mutation=True, parameters=in_path("target", example="192.0.2.7:9000"),
+        requestBody=json_body({"$ref": "#/components/schemas/OpenRequest"}, required=False))),
+    Route("POST", "/close/{peer}", close_tunnel, operation(
+        "Close the tunnel to a peer", "close",
+        {"200": ok("closed", OBJ), "404": err("no such peer")},
+        mutation=True, parameters=in_path("peer", example="bob"))),
+    Route("GET", "/status", get_status, operation("Daemon status", "status",
+                                                  {"200": ok("status", OBJ)})),
+    Route("GET", "/peers", get_peers, operation("Peers and their sessions", "peers", {"200": ok("peers", {
+        "type": "object", "required": ["peers"],
+        "properties": {"peers": {"type": "array", "items": {"$ref": "#/components/schemas/Peer"}}}})})),
+    Route("GET", "/firewall", get_firewall, operation(
+        "Firewall rules in force", "getFirewall",
+        {"200": ok("rules", {"$ref": "#/components/schemas/Firewall"})})),
+    Route("GET", "/dns", get_dns, operation(
+        "The name service: domain, addresses served on, the names and their addresses, counters",
+        "dns", {"200": ok("names", OBJ)})),
+    Route("PUT", "/firewall", put_firewall, operation(
+        "Replace the firewall rules", "setFirewall",
+        {"200": ok("the rules now in force", OBJ),
+         "409": err("the rules conflict with the daemon's state")},
+        mutation=True, requestBody=json_body({"$ref": "#/components/schemas/Firewall"}))),
+    Route("POST", "/network/renew", renew_certificate, operation(
+        "Renew this member's network certificate now (phantomd renews by itself at 2/3 of its "
+        "lifetime)", "renewCertificate",
+        {"200": ok("the new certificate's serial and validity", OBJ),
+         "404": err("this node is not a member of a network"),
+         "503": err("no directory renewed it")},
+        mutation=True)),
+    Route("GET", "/exit", get_exit, operation(
+        "The exit in use, the peers that offer one, DNS through it", "getExit",
+        {"200": ok("exit", OBJ)})),
+    Route("PUT", "/exit", put_exit, operation(
+        "Send all traffic and DNS through a peer that offers exit", "useExit",
+        {"200": ok("the exit now in use", OBJ),
+         "404": err("no such peer"),
+         "409": err("no TUN device or helper, or the kernel refused the routes")},
+        mutation=True, requestBody=json_body({
+            "type": "object", "additionalProperties": False, "required": ["peer"],
+            "properties": {"peer": {"type": "string", "pattern": PEER_NAME.pattern}}}))),
+    Route("DELETE", "/exit", delete_exit, operation(
+        "Stop using an exit: traffic goes direct again", "exitOff",
+        {"200": ok("no exit in use", OBJ)}, mutation=True)),
+    Route("GET", "/openapi.json", get_openapi, {
+        "summary": "This description", "operationId": "openapi",
+        "responses": {"200": ok("OpenAPI 3 document", OBJ)}}),
+)
+
+
+def add_routes(app: web.Application) -> None:
+    add_route_table(app, ROUTES)
+
+
 def openapi_paths() -> dict:
-    return {
-        "/open/{target}": {"post": operation(
-            "Open a tunnel to IP:PORT, [IPv6]:PORT, HOSTNAME:PORT or a peer name", "open",
-            {"200": ok("the tunnel is up", OBJ),
-             "404": err("no such peer or no key known for it"),
-             "409": err("conflict with an existing peer"),
-             "504": err("the peer did not answer the handshake")},
-            mutation=True, parameters=in_path("target", example="192.0.2.7:9000"),
-            requestBody=json_body({"$ref": "#/components/schemas/OpenRequest"}, required=False))},
-        "/close/{peer}": {"post": operation(
-            "Close the tunnel to a peer", "close",
-            {"200": ok("closed", OBJ), "404": err("no such peer")},
-            mutation=True, parameters=in_path("peer", example="bob"))},
-        "/status": {"get": operation("Daemon status", "status", {"200": ok("status", OBJ)})},
-        "/peers": {"get": operation("Peers and their sessions", "peers", {"200": ok("peers", {
-            "type": "object", "required": ["peers"],
-            "properties": {"peers": {"type": "array", "items": {
-                "$ref": "#/components/schemas/Peer"}}}})})},
-        "/firewall": {
-            "get": operation("Firewall rules in force", "getFirewall",
-                             {"200": ok("rules", {"$ref": "#/components/schemas/Firewall"})}),
-            "put": operation("Replace the firewall rules", "setFirewall",
-                             {"200": ok("the rules now in force", OBJ),
-                              "409": err("the rules conflict with the daemon's state")},
-                             mutation=True,
-                             requestBody=json_body({"$ref": "#/components/schemas/Firewall"})),
-        },
-        "/dns": {"get": operation("The name service: domain, addresses served on, the names "
-                                  "and their addresses, counters", "dns", {"200": ok("names", OBJ)})},
-        "/network/renew": {"post": operation(
-            "Renew this member's network certificate now (phantomd renews by itself at 2/3 "
-            "of its lifetime)", "renewCertificate",
-            {"200": ok("the new certificate's serial and validity", OBJ),
-             "404": err("this node is not a member of a network"),
-             "503": err("no directory renewed it")},
-            mutation=True)},
-        "/exit": {
-            "get": operation("The exit in use, the peers that offer one, DNS through it", "getExit",
-                             {"200": ok("exit", OBJ)}),
-            "put": operation("Send all traffic and DNS through a peer that offers exit", "useExit",
-                             {"200": ok("the exit now in use", OBJ),
-                              "404": err("no such peer"),
-                              "409": err("no TUN device or helper, or the kernel refused the routes")},
-                             mutation=True, requestBody=json_body({
-                                 "type": "object", "additionalProperties": False, "required": ["peer"],
-                                 "properties": {"peer": {"type": "string", "pattern": PEER_NAME.pattern}}})),
-            "delete": operation("Stop using an exit: traffic goes direct again", "exitOff",
-                                {"200": ok("no exit in use", OBJ)}, mutation=True),
-        },
-        "/openapi.json": {"get": {"summary": "This description", "operationId": "openapi",
-                                  "responses": {"200": ok("OpenAPI 3 document", OBJ)}}},
-    }
+    return paths_of(ROUTES)
