@@ -7,7 +7,10 @@ Hosts of one bridge (phantomlab lan): ``a`` runs the directory (and the
 admin's commands); b..f are members (n1..n5), g joins later (n6).  Every
 member learns the others from the member stream and reaches them on the
 first packet; a removed member loses every tunnel within 5 s; a member
-restarted while the directory is down reconnects from its cache.
+restarted while the directory is down reconnects from its cache.  The
+issue's own scenario (five joins, three behind NAT routers, one of them
+per-destination and relayed, then a sixth) runs on phantomlab's internet
+of homes.
 """
 
 from __future__ import annotations
@@ -198,15 +201,19 @@ def test_a_network_meshes_by_itself_grows_removes_and_survives_restarts(
 
 
 @pytest.mark.parametrize("datapath", ["reference", "fast"])
-def test_members_behind_nats_meet_through_the_networks_rendezvous(daemon_factory, tmp_path,
-                                                                  datapath):
-    """Three members in three homes behind NAT routers (two MASQUERADE, one
-    per-destination: it needs the relay) and a member on the internet that
-    the definition names as the network's rendezvous (it relays too): every
-    member reaches every other, nothing opened and nothing configured but
-    the rendezvous's own two lines."""
+def test_five_joins_behind_nats_mesh_then_a_sixth_is_reached(daemon_factory, tmp_path, datapath):
+    """The issue's scenario ("done means", first two bullets): an admin runs
+    ``network init``; five nodes join with tokens -- two in homes behind
+    MASQUERADE NAT routers, one behind a per-destination NAT (it needs the
+    relay), two on the internet -- and within 10 s of the last one every
+    member pings every other member's address both ways; then a sixth node
+    joins and every member reaches it within 5 s.  Nothing is edited on the
+    members and nothing is opened: per node, ``join --no-start`` and
+    ``phantomd``.  The definition's rendezvous (a member on the internet
+    whose config says ``rendezvous``/``relay``) and the directory run on the
+    internet host."""
     from phantom.keys import encode_key, public_key, write_private_key
-    with netns.internet(homes=3, random_fully=(3,)) as net:
+    with netns.internet(homes=3, random_fully=(3,), public=3) as net:
         rv_host = net.rv
         url = "http://%s:%d" % (rv_host.ip, DIR_PORT)
         rv_state = tmp_path / "hub"
@@ -224,23 +231,38 @@ def test_members_behind_nats_meet_through_the_networks_rendezvous(daemon_factory
         hub.config.write_text(text.replace('mode = "tun"\n',
                                            'mode = "tun"\nrendezvous = true\nrelay = true\n', 1))
         start(daemon_factory, hub, datapath)
-        homes = [join(rv_host, auth, net[role], "m" + role, tmp_path, url) for role in "abc"]
-        for m in homes:
-            start(daemon_factory, m, datapath)
-        took = all_reach(homes, 10.0, "members behind NATs")
-        print("\n%s: 3 members behind NATs, all 6 directions answered %.2f s after the last "
-              "start" % (datapath, took))
-        def paths():
-            return {(m.name, p["name"]): p.get("path") for m in homes for p in m.status()["peers"]}
-        print("%s: paths %s" % (datapath, paths()))
-        # the per-destination NAT: relayed; the two MASQUERADE homes: direct (under load a
-        # slow punch may go through the relay first: relayed paths probe for a direct one)
-        assert paths()[("ma", "mc")] == "relayed via rendezvous"
-        assert paths()[("mc", "mb")] == "relayed via rendezvous"
-        wait_for(lambda: paths()[("ma", "mb")] == "direct" and paths()[("mb", "ma")] == "direct",
+        # a, b: MASQUERADE homes; c: per-destination (random-fully); p1, p2: no NAT
+        where = [net["a"], net["b"], net["c"], net["p1"], net["p2"]]
+        nodes = []
+        for i, h in enumerate(where, 1):
+            m = join(rv_host, auth, h, "n%d" % i, tmp_path, url)
+            joined = time.monotonic()
+            nodes.append(start(daemon_factory, m, datapath))
+        took = all_reach(nodes, 10.0, "five members, two MASQUERADE homes, one per-destination")
+        print("\n%s: 5 members (3 behind NATs), all 20 directions answered %.2f s after the "
+              "last start, %.2f s after the last join" % (datapath, took,
+                                                          time.monotonic() - joined))
+        assert nodes[0].host.ping(nodes[2].ipv6, timeout=3), "IPv6 through the relay"
+        assert nodes[2].host.ping(nodes[3].ipv6, timeout=3)
+
+        def path(m, other):
+            return {p["name"]: p.get("path") for p in m.status()["peers"]}[other.name]
+        # the per-destination NAT needs the relay to a NAT'd home; the two MASQUERADE
+        # homes punch through (under load a slow punch may go through the relay first:
+        # relayed paths probe for a direct one)
+        assert path(nodes[0], nodes[2]) == "relayed via rendezvous"
+        wait_for(lambda: path(nodes[0], nodes[1]) == "direct" == path(nodes[1], nodes[0]),
                  timeout=20, what="a direct path between the two MASQUERADE homes")
-        # the members reach the hub by its certificate's address too
-        all_reach(homes, 10.0, "members to the hub", among=[hub])
+
+        # a sixth node joins later: every member reaches it within 5 s, nothing edited
+        late = start(daemon_factory, join(rv_host, auth, net["p3"], "n6", tmp_path, url),
+                     datapath)
+        took = all_reach(nodes, 5.0, "the sixth member", among=[late])
+        took2 = all_reach([late], 5.0, "the sixth member's own pings", among=nodes)
+        print("%s: n6 reached by all 5 within %.2f s, reached them in %.2f s"
+              % (datapath, took, took2))
+        for m in nodes + [late]:
+            assert m.daemon.running and "Traceback" not in m.daemon.log()
 
 
 def test_join_starts_phantomd_and_the_new_member_meshes(lan3, daemon_factory, tmp_path):
