@@ -385,14 +385,17 @@ class PeerTable:
         the data path too."""
         groups = fields.pop("groups", None)
         offers = fields.pop("offers", None)
+        old_name = peer.name
         if fields:
             self.engine.update_peer(peer.id, **fields)
         if "endpoint" in fields:
             self.dp.set_endpoint(peer.id, fields["endpoint"])
-        if groups is not None:
-            self.set_groups({peer.id: groups})
+        regroup = groups is not None and self.set_groups({peer.id: groups}, regroup=False)
         if offers is not None:
             self.set_offers({peer.id: offers})
+        renamed = peer.name != old_name and (old_name in self.named_by_rules() or self._named(peer))
+        if regroup or renamed:
+            self._regrouped()              # (a rule names its old or its new name)
         return peer
 
     def move(self, peer: Peer, endpoint: tuple) -> None:
