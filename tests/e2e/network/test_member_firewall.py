@@ -10,13 +10,11 @@ network init``, ``directory serve --network``, ``join --no-start`` and
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from phantomlab.poll import wait_for
 
-from .test_member_mesh import CLI, DIR_PORT, all_reach, cli, join, pings, serve_directory, start
+from .test_member_mesh import all_reach, cli, join, network_on, pings, start
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -42,13 +40,7 @@ def rule(m):
 def test_a_rule_naming_a_member_not_known_yet_waits_for_it(lan3, daemon_factory, tmp_path,
                                                            datapath):
     a, b, c = lan3.hosts["a"], lan3.hosts["b"], lan3.hosts["c"]
-    url = "http://%s:%d" % (a.ip, DIR_PORT)
-    auth = tmp_path / "authority"
-    out = subprocess.run(CLI + ["network", "init", "corp", "--dir", str(auth), "--ipv4",
-                                "100.100.0.0/16", "--directory", url],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    serve_directory(daemon_factory, a, auth, tmp_path / "dir.sqlite")
+    auth, url, _ = network_on(daemon_factory, a, tmp_path)
     srv = join(a, auth, b, "srv", tmp_path, url)
     with open(srv.config, "a") as f:
         f.write(RULES)

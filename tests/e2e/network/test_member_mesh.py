@@ -67,6 +67,19 @@ def serve_directory(daemon_factory, host, auth, db):
                           name="directory", timeout=30)
 
 
+def network_on(daemon_factory, host, tmp_path, *init_args):
+    """``phantom network init corp`` (100.100.0.0/16, the directory on
+    ``host``, ``init_args`` added) and ``directory serve --network`` on
+    ``host``: (the authority directory, the directory's URL, its daemon)."""
+    url = "http://%s:%d" % (host.ip, DIR_PORT)
+    auth = tmp_path / "authority"
+    out = subprocess.run(CLI + ["network", "init", "corp", "--dir", str(auth), "--ipv4",
+                                "100.100.0.0/16", "--directory", url, *init_args],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return auth, url, serve_directory(daemon_factory, host, auth, tmp_path / "dir.sqlite")
+
+
 def invite(admin_host, auth, name, groups="fleet"):
     return cli(admin_host, "network", "invite", "--name", name, *(["--groups", groups] if groups
                                                                    else []),
@@ -129,17 +142,11 @@ def test_the_issues_network_joins_behind_nats_grows_removes_and_survives_restart
     from phantom.keys import encode_key, public_key, write_private_key
     with netns.internet(homes=3, random_fully=(3,), public=3) as net:
         rv_host = net.rv
-        url = "http://%s:%d" % (rv_host.ip, DIR_PORT)
         rv_state = tmp_path / "hub"
         rv_state.mkdir(mode=0o700)
         rv_pub = encode_key(public_key(write_private_key(rv_state / "private.key")))
-        auth = tmp_path / "authority"
-        out = subprocess.run(CLI + ["network", "init", "corp", "--dir", str(auth), "--ipv4",
-                                    "100.100.0.0/16", "--directory", url, "--rendezvous",
-                                    "%s@%s:9000" % (rv_pub, rv_host.ip)],
-                             capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        directory = serve_directory(daemon_factory, rv_host, auth, tmp_path / "dir.sqlite")
+        auth, url, directory = network_on(daemon_factory, rv_host, tmp_path, "--rendezvous",
+                                          "%s@%s:9000" % (rv_pub, rv_host.ip))
         hub = join(rv_host, auth, rv_host, "hub", tmp_path, url)
         text = hub.config.read_text()
         hub.config.write_text(text.replace('mode = "tun"\n',
