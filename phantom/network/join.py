@@ -307,8 +307,8 @@ def _allocate(ledger: Ledger, definition: Definition, now: float) -> tuple:
         while c <= last and not free(ipaddress.IPv4Address(c)):
             c += 1
         if c > last:
-            raise AllocationError("no free IPv4 address left in %s (%d host addresses)"
-                                  % (net, last - first + 1))
+            raise AllocationError("no free IPv4 address left in %s (%d of %d host addresses "
+                                  "taken)" % (net, last - first + 1, last - first + 1))
         picked, new_cursor = c, c + 1
     ipv4 = ipaddress.IPv4Address(picked)
     v6 = derived_ipv6(definition.ipv6, ipv4)
