@@ -343,10 +343,12 @@ class Internet(Topology):
     LAN hosts: ``a`` (and ``a2``...) behind r1 at 10.211.1.2, .3, ...; ``b``
     (``b2``...) behind r2 at 10.211.2.2, ...  LAN hosts only see public
     addresses; nothing routes to a private net from the internet.  IPv4 only.
+    ``public`` hosts with no NAT: ``p1``, ``p2``... on ``br0`` at
+    10.212.0.101, .102, ... (port ``q<i>`` on the bridge).
     """
 
     def build(self, homes: int = 2, hosts_per_home: int = 1, random_fully=(), udp_timeout: int = 30,
-              ) -> "Internet":
+              public: int = 0) -> "Internet":
         self.inet = self._ns("inet")
         self.inet.ip_batch(["link add br0 type bridge stp_state 0", "addr add 10.212.0.1/24 dev br0",
                             "link set br0 up"])
@@ -385,6 +387,18 @@ class Internet(Topology):
                 self.hosts[role] = host
                 lan.append(host)
             self.lans.append(lan)
+        self.public: list[Host] = []
+        for i in range(1, public + 1):
+            ns = self._ns("p%d" % i)
+            self._veth(ns, "eth0", self.inet, "q%d" % i)
+            self.inet.ip_batch(["link set q%d master br0" % i, "link set q%d up" % i])
+            ip = "10.212.0.%d" % (100 + i)
+            ns.ip_batch(["addr add %s/24 dev eth0" % ip, "link set eth0 up",
+                         "route add default via 10.212.0.1 dev eth0"])
+            host = Host("p%d" % i, ns, "eth0", ip, None, gateway="10.212.0.1",
+                        peer=LinkEnd(self.inet, "q%d" % i))
+            self.hosts[host.role] = host
+            self.public.append(host)
         self.rv = Host("rv", self.inet, "br0", "10.212.0.1", None)
         self.r1 = self.routers[0]
         self.r2 = self.routers[1] if homes > 1 else None
@@ -423,7 +437,10 @@ def nat(prefix: str | None = None) -> contextlib.AbstractContextManager[Nat]:
 
 
 def internet(homes: int = 2, hosts_per_home: int = 1, random_fully=(), udp_timeout: int = 30,
-             prefix: str | None = None) -> contextlib.AbstractContextManager[Internet]:
-    """Context manager: homes behind NAT routers on an internet namespace,
-    always deleted on exit (see :class:`Internet`)."""
-    return _built(Internet(prefix), homes, hosts_per_home, tuple(random_fully), udp_timeout)
+             prefix: str | None = None, public: int = 0
+             ) -> contextlib.AbstractContextManager[Internet]:
+    """Context manager: homes behind NAT routers on an internet namespace
+    (and ``public`` hosts on it without NAT), always deleted on exit (see
+    :class:`Internet`)."""
+    return _built(Internet(prefix), homes, hosts_per_home, tuple(random_fully), udp_timeout,
+                  public)

@@ -1,9 +1,13 @@
-"""Address allocation: a pure function of the prefixes and the taken addresses.
+"""Address allocation: the rule, as a pure function of the prefixes and the
+taken addresses.
 
-The directory's store calls it inside the transaction that consumes the
-invite and inserts the member (with unique constraints on both addresses),
-so two front ends can never hand out one address twice: the loser of a race
-fails its insert and retries with the new set of taken addresses.
+The join transaction (``join._allocate``) gives exactly this address without
+collecting the taken ones (point lookups on the store's unique address
+columns, a cursor and a freed list: flat in N; tests/unit/directory/
+test_network_ledger.py checks the two agree), inside the transaction that
+consumes the invite and inserts the member (with unique constraints on both
+addresses), so two front ends can never hand out one address twice: the
+loser of a race fails its insert and retries.
 
 * IPv4: the lowest free host address of the prefix: never the network or
   broadcast address, nor one in ``reserved``, nor a taken one.

@@ -41,6 +41,8 @@ Its name is free at once.
 
 from __future__ import annotations
 
+import ipaddress
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Optional, Protocol
 
@@ -49,13 +51,13 @@ import nacl.bindings as _nb
 from phantom import crypto
 
 from . import names
-from .allocate import allocate
+from .allocate import derived_ipv6
 from .canonical import (KEY_SIZE, SIG_SIZE, TIME_MAX, b64, bytes_field, int_field, object_fields,
                         signed_bytes, strict_loads)
 from .certificate import (MAX_CERT_SIZE, Certificate, Certified, check_budget, issue_certificate,
                           verify_certificate)
 from .definition import MAX_DEFINITION_SIZE, Definition, parse_definition
-from .errors import FormatError, InviteError, NetworkError
+from .errors import AllocationError, FormatError, InviteError, NetworkError
 from .invite import SECRET_SIZE, Invite, hash_secret, id_field
 from .keys import SigningKey, fingerprint_field, key_field, valid_x25519, verify
 from .removal import Removal, make_removal
@@ -253,6 +255,12 @@ class Ledger(Protocol):
     def member_named(self, name: str) -> Optional[MemberRecord]: ...
     def members(self) -> Iterable[MemberRecord]: ...
     def addresses(self) -> Iterable[tuple]: ...
+    # address allocation, flat in N (:func:`_allocate`): point lookups and a cursor
+    def holder(self, address: Any) -> Optional[bytes]: ...
+    def lapsed(self, before: int) -> Iterable[tuple]: ...
+    def lowest_freed(self, first: int, last: int) -> Optional[int]: ...
+    def alloc_cursor(self) -> Optional[int]: ...
+    def set_alloc_cursor(self, value: int) -> None: ...
     def save_member(self, record: MemberRecord) -> None: ...
     def delete_member(self, key: bytes) -> None: ...
     def next_serial(self) -> int: ...
@@ -272,19 +280,60 @@ def lapsed(record: MemberRecord, definition: Definition, now: float) -> bool:
     return record.removed is not None and record.removed + definition.cert_lifetime < now
 
 
-def _taken(ledger: Ledger, definition: Definition, now: float) -> tuple:
-    """The addresses no new member may get: every member's, and a removed
-    member's until its removal lapses; and the lapsed records (to forget)."""
-    v4, v6, gone = set(), set(), []
-    # the address columns, not every member's certificate parsed: a join's
-    # cost must not grow with N certificates (bench/network_scale.py)
-    for key, ipv4, ipv6, removed in ledger.addresses():
-        if removed is not None and removed + definition.cert_lifetime < now:     # lapsed()
-            gone.append(key)
-            continue
-        v4.add(ipv4)
-        v6.add(ipv6)
-    return v4, v6, gone
+def _allocate(ledger: Ledger, definition: Definition, now: float) -> tuple:
+    """(IPv4, IPv6, the lapsed records to forget, the new cursor or None):
+    the lowest free host address of the IPv4 prefix (never a current
+    member's, nor a removed member's until its removal lapses) and the IPv6
+    address derived from it (allocate.py), found without reading every
+    member: a join's cost must not grow with N (bench/network_scale.py).
+
+    The store keeps a cursor (every IPv4 address of the prefix below it is
+    held, or was freed since: then it is in the store's freed list) and the
+    freed list (addresses of deleted records).  The lowest free address is
+    the lowest freed one, or a lapsed record's (its row goes in this
+    transaction), or the first unheld one from the cursor on: point lookups
+    on the unique address columns, one or two per join.  A store that has
+    no cursor yet (a database from before) walks from the prefix's start
+    once.  Nothing is written here: the caller writes after every check."""
+    net = ipaddress.IPv4Network(definition.ipv4)
+    if net.prefixlen > 30:
+        raise AllocationError("%s has no room for members (use /30 or shorter)" % net)
+    first, last = int(net.network_address) + 1, int(net.broadcast_address) - 1
+    gone = list(ledger.lapsed(math.ceil(now - definition.cert_lifetime)))   # lapsed()
+    gone_keys = {bytes(g[0]) for g in gone}
+
+    def free(address) -> bool:
+        held = ledger.holder(address)
+        return held is None or bytes(held) in gone_keys
+
+    cursor = ledger.alloc_cursor()
+    if cursor is None or not first <= cursor <= last + 1:
+        cursor = first
+    below = [a for a in [ledger.lowest_freed(first, cursor - 1)]
+             + [int(g[1]) for g in gone if first <= int(g[1]) < cursor] if a is not None]
+    new_cursor = None
+    picked = None
+    for a in sorted(below):
+        if free(ipaddress.IPv4Address(a)):
+            picked = a
+            break
+    if picked is None:
+        c = cursor
+        while c <= last and not free(ipaddress.IPv4Address(c)):
+            c += 1
+        if c > last:
+            raise AllocationError("no free IPv4 address left in %s (%d of %d host addresses "
+                                  "taken)" % (net, last - first + 1, last - first + 1))
+        picked, new_cursor = c, c + 1
+    ipv4 = ipaddress.IPv4Address(picked)
+    v6 = derived_ipv6(definition.ipv6, ipv4)
+    end6 = int(ipaddress.IPv6Network(definition.ipv6).network_address) + (1 << 64) - 1
+    while not free(v6):
+        if int(v6) >= end6:
+            raise AllocationError("no free IPv6 address in subnet 0 of %s above %s"
+                                  % (definition.ipv6, derived_ipv6(definition.ipv6, ipv4)))
+        v6 = ipaddress.IPv6Address(int(v6) + 1)
+    return ipv4, v6, [g[0] for g in gone], new_cursor
 
 
 def _issue(ledger: Ledger, definition: Definition, admission: SigningKey, now: float,
@@ -326,8 +375,7 @@ def join(ledger: Ledger, definition: Definition, admission: SigningKey, request:
     other = ledger.member_named(name)
     if other is not None and other.removed is None and other.key != req.key:
         raise JoinError("name_taken", "the name %r is taken in %s" % (name, definition.name))
-    taken4, taken6, gone = _taken(ledger, definition, now)
-    ipv4, ipv6 = allocate(definition, taken4, taken6)
+    ipv4, ipv6, gone, cursor = _allocate(ledger, definition, now)
     not_before = int(now)
     if held is not None and held.removed is not None and held.removed >= not_before:
         not_before = held.removed + 1         # after the removal, or the removal refuses it
@@ -337,6 +385,8 @@ def join(ledger: Ledger, definition: Definition, admission: SigningKey, request:
     for key in gone:
         if key != req.key:
             ledger.delete_member(key)
+    if cursor is not None:
+        ledger.set_alloc_cursor(cursor)
     ledger.save_invite(redeemed)
     ledger.save_member(MemberRecord(cert, invite.id))
     seq = ledger.append({"op": "member", "cert": cert.doc})
@@ -442,6 +492,8 @@ class MemoryLedger:
         self._members: dict = {}            # key -> MemberRecord
         self._names: dict = {}              # name -> {key}: current and removed holders
         self._addresses: dict = {}          # IPv4 or IPv6 address -> key
+        self._freed: set = set()            # IPv4 addresses (ints) of deleted records
+        self.cursor: Optional[int] = None   # allocation's cursor (not persisted: walks once)
         self.serial = 0
         self.seq = 0
         self.events: list = []              # (seq, event) in order: the watch stream
@@ -471,6 +523,26 @@ class MemoryLedger:
         """(key, IPv4, IPv6, removed) of every member record."""
         return [(m.key, m.cert.ipv4, m.cert.ipv6, m.removed) for m in self._members.values()]
 
+    def holder(self, address) -> Optional[bytes]:
+        """The key of the record holding ``address`` (IPv4 or IPv6), or None."""
+        return self._addresses.get(address)
+
+    def lapsed(self, before: int) -> list:
+        """(key, IPv4, IPv6) of every record removed before ``before``
+        (a scan: the authority's own file is small; the SQL stores use an index)."""
+        return [(m.key, m.cert.ipv4, m.cert.ipv6) for m in self._members.values()
+                if m.removed is not None and m.removed < before]
+
+    def lowest_freed(self, first: int, last: int) -> Optional[int]:
+        inside = [a for a in self._freed if first <= a <= last]
+        return min(inside) if inside else None
+
+    def alloc_cursor(self) -> Optional[int]:
+        return self.cursor
+
+    def set_alloc_cursor(self, value: int) -> None:
+        self.cursor = int(value)
+
     def save_member(self, record: MemberRecord) -> None:
         key = record.key
         if record.removed is None:
@@ -487,6 +559,7 @@ class MemoryLedger:
         self._names.setdefault(record.name, set()).add(key)
         self._addresses[record.cert.ipv4] = key
         self._addresses[record.cert.ipv6] = key
+        self._freed.discard(int(record.cert.ipv4))
 
     def _unindex(self, key: bytes) -> None:
         old = self._members.pop(key, None)
@@ -502,7 +575,10 @@ class MemoryLedger:
                 del self._addresses[address]
 
     def delete_member(self, key: bytes) -> None:
+        old = self._members.get(bytes(key))
         self._unindex(bytes(key))
+        if old is not None:
+            self._freed.add(int(old.cert.ipv4))
 
     def next_serial(self) -> int:
         self.serial += 1

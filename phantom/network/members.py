@@ -435,10 +435,16 @@ class MemberSet:
         for raw, eps in members:
             try:
                 cert = verify_certificate(raw, self._definition, now, removals=self._removals)
-                endpoints = _endpoints(eps)
             except Refused as exc:
                 self.stats["dropped_" + exc.code] += 1
                 continue
+            try:
+                endpoints = _endpoints(eps)
+            except FormatError:
+                # the member stays (its certificate is valid); only its endpoints go
+                # (a cache written before relay paths were kept out of it held "relay:...")
+                self.stats["endpoints_dropped"] += 1
+                endpoints = ()
             e = self._entries.get(cert.key)
             if e is not None:
                 if e.cert.version >= cert.version:

@@ -83,7 +83,8 @@ class Daemon:
         # bad rules: ConfigError before anything opens; the ids the peers will have
         self.firewall = FirewallSlot(settings.mode, settings.firewall,
                                      planned_names(self.engine, settings.peers),
-                                     planned_groups(self.engine, settings.peers), settings.groups)
+                                     planned_groups(self.engine, settings.peers), settings.groups,
+                                     config_path=settings.config_path)
         # WireGuard peers' preshared keys, read now (as root, before any user
         # switch) and checked like the private key: a bad file exits 2.
         self._psks = _load_preshared_keys(settings)

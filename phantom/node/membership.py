@@ -69,6 +69,7 @@ from ..network.errors import FormatError, NetworkError, Reason, Refused
 from ..network.keys import atomic_write, read_limited
 from ..network.join import make_renew_request
 from ..network.members import OPS, MemberSet
+from ..network.names import endpoint as member_endpoint
 from ..syntax import parse_endpoint
 from .executor import Observer
 from .memberstream import MemberStream
@@ -718,7 +719,9 @@ class Membership(Observer):
 
     def _remember_endpoint(self, key: bytes, addr) -> None:
         try:
-            text = format_endpoint(plain(addr))
+            # an address and port only: a relayed path ("relay:...") is no endpoint to
+            # cache (the cache's loader would refuse it; NAT traversal finds the relay)
+            text = member_endpoint(format_endpoint(plain(addr)))
         except Exception:
             return
         m = self.members.member(key)

@@ -31,7 +31,12 @@ moves of endpoints given as DNS names (endpoints.py).
   which group (a peer added or removed with groups, :meth:`PeerTable.set_groups`
   -- a reload, ``POST /open``, later the network's member stream) calls
   ``on_groups`` once, and the daemon recompiles the rules in place
-  (firewall.py; connection tracking carries over).
+  (firewall.py; connection tracking carries over);
+* so does a peer coming or going whose name or key a rule's ``peer`` names
+  (``named_by_rules``: a rule naming a peer not known yet waits for it,
+  matching nothing, and one whose peer goes matches nothing again), whoever
+  brings it: a member learnt from the stream, a directory admission,
+  ``open``/``close``, ``wg set`` (a reload installs its own rules).
 
 Cost: a change costs what it touches: the engine's checks run per changed
 prefix and the data path replaces the routes of the peers named, never a walk
@@ -44,7 +49,7 @@ import base64
 import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Container, Iterable, Iterator, Optional
 
 from ..control.peer import Peer
 
@@ -160,6 +165,9 @@ class PeerTable:
         self.names = PeerNames(engine)
         self._groups: dict = {}           # peer id -> its groups (sorted tuple), peers with any
         self.on_groups: Optional[Callable[[], None]] = None   # who is in which group changed
+        # the peer names and keys (base64) the firewall's rules name (the firewall slot's
+        # ``peer_refs``): a peer with one of them coming or going runs ``on_groups`` too
+        self.named_by_rules: Callable[[], Container] = frozenset
         self.kernel = None                # privsep.routes.KernelRoutes (TUN mode with the helper)
         self._offers: dict = {}           # peer id -> what it offers us: {"exit": True} (exit_node)
         self._extra: dict = {}            # peer id -> prefixes routed to it on top of its own (an exit in use)
@@ -303,6 +311,12 @@ class PeerTable:
         if self.on_groups is not None:
             self.on_groups()
 
+    def _named(self, peer: Peer) -> bool:
+        """Whether a firewall rule names ``peer`` (by name or key): its
+        coming or going recompiles the rules."""
+        refs = self.named_by_rules()
+        return bool(refs) and (peer.name in refs or b64(peer.public_key) in refs)
+
     def attach(self, dp) -> None:
         self.dp = dp
 
@@ -348,10 +362,11 @@ class PeerTable:
         self.dp.add_peer(peer.id, list(peer.allowed_ips))
         if endpoint:
             self.dp.set_endpoint(peer.id, endpoint)
-        if groups:
-            self.set_groups({peer.id: groups})
+        regroup = bool(groups) and self.set_groups({peer.id: groups}, regroup=False)
         if offers:
             self.set_offers({peer.id: offers})
+        if regroup or self._named(peer):
+            self._regrouped()
         return peer
 
     def remove(self, peer: Peer) -> None:
@@ -361,7 +376,7 @@ class PeerTable:
         self.dp.remove_peer(peer.id)
         self._forget(peer.id)
         self._unroute()
-        if self._groups.pop(peer.id, None):
+        if self._groups.pop(peer.id, None) is not None or self._named(peer):
             self._regrouped()
 
     def update(self, peer: Peer, **fields) -> Peer:
@@ -370,14 +385,17 @@ class PeerTable:
         the data path too."""
         groups = fields.pop("groups", None)
         offers = fields.pop("offers", None)
+        old_name = peer.name
         if fields:
             self.engine.update_peer(peer.id, **fields)
         if "endpoint" in fields:
             self.dp.set_endpoint(peer.id, fields["endpoint"])
-        if groups is not None:
-            self.set_groups({peer.id: groups})
+        regroup = groups is not None and self.set_groups({peer.id: groups}, regroup=False)
         if offers is not None:
             self.set_offers({peer.id: offers})
+        renamed = peer.name != old_name and (old_name in self.named_by_rules() or self._named(peer))
+        if regroup or renamed:
+            self._regrouped()              # (a rule names its old or its new name)
         return peer
 
     def move(self, peer: Peer, endpoint: tuple) -> None:
@@ -424,7 +442,7 @@ class PeerTable:
                     + [n for kw in batch.add for n in kw.get("allowed_ips", ())])
         for peer in batch.remove:
             self.do(engine.remove_peer(peer.id))       # ClearKeys: the data path zeroes its keys
-            regrouped |= bool(self._groups.pop(peer.id, None))
+            regrouped |= bool(self._groups.pop(peer.id, None)) or self._named(peer)
             self._forget(peer.id)
         for peer in batch.adopt:
             engine.adopt(peer.id)
@@ -452,6 +470,7 @@ class PeerTable:
                 self.set_offers({peer.id: offers})
             if groups:
                 regrouped |= self.set_groups({peer.id: groups}, regroup=False)
+            regrouped |= self._named(peer)
             dp.add_peer(peer.id, [])                   # its routes come with everyone's below
             routes[peer.id] = list(peer.allowed_ips)
             if peer.endpoint:

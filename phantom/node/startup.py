@@ -153,8 +153,10 @@ def build(d) -> None:
         for psk in psks.values():            # the engine holds its own copies
             crypto.memzero(psk)
     # the rules were compiled with these peers' groups; from now on a change of
-    # who is in which group recompiles them in place
+    # who is in which group, or a peer a rule names coming or going (a rule
+    # waiting for a member not learnt yet), recompiles them in place
     d.peers.on_groups = lambda: d.firewall.regroup(d.peers.names, d.peers.group_map())
+    d.peers.named_by_rules = lambda: d.firewall.peer_refs
     if d.membership is not None:         # the cached members, through the peer door
         d.membership.install()
     if s.mode is Mode.TEST and d.engine.peers:

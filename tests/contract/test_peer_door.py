@@ -12,7 +12,6 @@ import pytest
 
 from phantom import crypto
 from phantom.constants import Tunables
-from phantom.dataplane.firewall import FirewallError
 from phantom.dataplane.types import Mode
 from phantom.node.config import PeerConfig, Settings
 
@@ -68,8 +67,14 @@ def test_the_peer_table_keeps_engine_data_path_and_firewall_names_in_step(kind):
         assert "bee" not in d.peers.names and d.peers.names["bumble"] == b.id
         assert tuple(d.dp.endpoint(b.id))[:2] == ("127.0.0.1", 11)
         d.firewall.replace(_rule("bumble"), d.peers.names)   # rules name peers as they are now
-        with pytest.raises(FirewallError):
-            d.firewall.replace(_rule("bee"), d.peers.names)
+        assert "waiting" not in d.firewall.describe()["rules"][0]
+        d.firewall.replace(_rule("bee"), d.peers.names)      # no such peer (yet): it waits
+        assert d.firewall.describe()["rules"][0]["waiting"] == "for peer bee"
+        d.peers.update(b, name="bee")                        # a rename through the door: in force
+        assert "waiting" not in d.firewall.describe()["rules"][0]
+        d.peers.update(b, name="bumble")
+        assert d.firewall.describe()["rules"][0]["waiting"] == "for peer bee"
+        d.firewall.replace(_rule("bumble"), d.peers.names)
         assert d.firewall.describe()["rules"][0]["peer"] == "bumble"
 
         d.peers.set_routes({b.id: [N("10.77.0.4/32")]})

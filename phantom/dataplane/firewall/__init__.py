@@ -261,6 +261,8 @@ class Firewall:
         obj = rs.to_obj()
         for i, r in enumerate(obj["rules"]):
             r["hits"] = st.hits[i]
+            if rs.rules[i].waiting:             # names a peer not known yet: matches nothing
+                r["waiting"] = "for peer %s" % rs.rules[i].peer
         obj["mode"] = self.mode.value
         obj["drops"] = {r.name.lower(): self.drops[r] for r in Reason}
         obj["accepts"] = {r.name.lower(): self.accepts[r] for r in Reason}

@@ -121,6 +121,10 @@ class Rule:
     # the peers the rule's groups allow (None: the rule names no group, or
     # only this node's own groups, which it is in); compiled like ``peer``
     peer_set: Optional[frozenset] = None
+    # ``peer`` names no peer known when the rule compiled (a member not yet
+    # learnt, a peer the directory admits later): the rule matches nothing
+    # until the rules compile again with a peer of that name
+    waiting: bool = False
 
     def to_obj(self) -> dict:
         """The rule in config/JSON form (what GET /firewall shows)."""
@@ -180,7 +184,7 @@ class RuleSet:
 # keys GET /firewall adds (counters); ignored on input so its output can be PUT back
 _READONLY_TOP_KEYS = {"mode", "drops", "accepts", "conntrack", "fragments", "rejects",
                       "warnings", "own_groups", "policy"}
-_READONLY_RULE_KEYS = {"hits"}
+_READONLY_RULE_KEYS = {"hits", "waiting"}
 _TOP_KEYS = {"default_policy", "stateful", "default_in", "default_out", "allow_protocols",
              "allow_ethertypes", "conntrack_max", "timeouts", "reject_rate", "reject_burst",
              "rule", "rules"}
@@ -249,7 +253,10 @@ def _parse_choice(v, table, idx, fname):
     raise FirewallError(idx, fname, "must be one of %s, not %r" % (", ".join(table), v))
 
 
-def _peer_lookup(v, peers, idx):
+def _peer_lookup(v, peers, idx, warnings: list) -> Optional[int]:
+    """The id of the peer ``v`` names (a name or a base64 public key), or
+    None when no peer has it yet: a warning, and the rule waits for it (a
+    member not learnt yet, a peer the directory admits later)."""
     if not isinstance(v, str) or not v:
         raise FirewallError(idx, "peer", "must be a peer name or base64 public key, not %r" % (v,))
     if v in peers:
@@ -258,9 +265,11 @@ def _peer_lookup(v, peers, idx):
         raw = base64.b64decode(v, validate=True)
     except ValueError:
         raw = None
-    if raw is not None and len(raw) == 32:
-        raise FirewallError(idx, "peer", "no configured peer has public key %s" % v)
-    raise FirewallError(idx, "peer", "unknown peer %r" % v)
+    what = ("no peer has public key %s" % v if raw is not None and len(raw) == 32
+            else "no peer is called %r" % v)
+    warnings.append("firewall.rule[%d].peer: %s (yet): the rule matches no packet until "
+                    "such a peer is added" % (idx, what))
+    return None
 
 
 _GROUP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
@@ -347,11 +356,15 @@ def _parse_rule(i: int, r, peers: dict, protocols: frozenset, groups=None,
     if (sp or dp) and proto is not None and proto not in PORT_PROTOS:
         raise FirewallError(i, "dst_port" if dp else "src_port",
                             "ports need proto \"tcp\", \"udp\" or \"any\" (TCP and UDP)")
+    if warnings is None:
+        warnings = []
     peer_id = peer = None
+    waiting = False
     if "peer" in r:
         peer = r["peer"]
-        peer_id = _peer_lookup(peer, peers, i)
-        if not _is_int(peer_id) or not 0 <= peer_id <= 0xFFFFFFFF:
+        peer_id = _peer_lookup(peer, peers, i, warnings)
+        waiting = peer_id is None
+        if not waiting and (not _is_int(peer_id) or not 0 <= peer_id <= 0xFFFFFFFF):
             raise FirewallError(i, "peer", "peer id %r is not a u32" % (peer_id,))
     cidr = _parse_cidr(r["cidr"], i, "cidr") if "cidr" in r else None
     local = _parse_cidr(r["local_cidr"], i, "local_cidr") if "local_cidr" in r else None
@@ -361,10 +374,11 @@ def _parse_rule(i: int, r, peers: dict, protocols: frozenset, groups=None,
     comment = r.get("comment", "")
     if not isinstance(comment, str):
         raise FirewallError(i, "comment", "must be a string")
-    src_g, dst_g, peer_set = _peer_set(r, i, direction, groups, own_groups,
-                                       warnings if warnings is not None else [])
+    src_g, dst_g, peer_set = _peer_set(r, i, direction, groups, own_groups, warnings)
+    if waiting:
+        peer_set = frozenset()      # no peer yet: compiled as an empty peer set, matching nothing
     return Rule(direction, action, proto, sp, dp, peer_id, peer, cidr, local, comment,
-                src_g, dst_g, peer_set)
+                src_g, dst_g, peer_set, waiting)
 
 
 def parse_rules(obj, peers: dict, groups=None, own_groups=()) -> RuleSet:
@@ -373,8 +387,10 @@ def parse_rules(obj, peers: dict, groups=None, own_groups=()) -> RuleSet:
     ``peers`` maps each peer name *and* each base64 public key to its peer id.
     ``groups`` maps each group name to the ids of the peers in it (the peer
     table's group map; later the network's member certificates); ``own_groups``
-    are this node's own groups.  A rule naming a group nobody is in is valid
-    (the group may get members later) and reported in ``RuleSet.warnings``.
+    are this node's own groups.  A rule naming a group nobody is in, or a
+    ``peer`` no peer is (a name or key not known yet), is valid (the group
+    may get members, the peer may be added later), matches no packet for now
+    and is reported in ``RuleSet.warnings``.
     Raises :class:`FirewallError` on the first problem; nothing is partial.
     """
     if obj is None:

@@ -4,12 +4,20 @@ One schema, the same SQL for SQLite and PostgreSQL (``?`` placeholders; the
 PostgreSQL adaptor numbers them)::
 
     network_meta      k -> v: the network's fingerprint and its latest definition
-    network_counters  serial (certificates), seq (the member stream)
+    network_counters  serial (certificates), seq (the member stream), alloc4 (the
+                      allocation cursor: every IPv4 address below it is held or freed)
     network_invites   id, used, doc (the invite record: the secret's hash, never the secret)
     network_members   key, name, ipv4 UNIQUE, ipv6 UNIQUE, removed, invite, cert;
                       name UNIQUE among current members (a partial index: removed IS NULL)
     network_events    seq, op, doc: the member stream (member, removed, policy, ...);
                       the policy in force is the last ``policy`` event's
+    network_freed     ipv4 (an integer): addresses of deleted member rows below the
+                      cursor, not given out again yet
+
+A join allocates with point lookups on the unique address columns, the
+cursor and the freed list (phantom/network/join.py ``_allocate``), and finds
+lapsed removals through an index on ``removed``: its cost does not grow
+with the number of members.
 
 :class:`SqlLedger` is :class:`phantom.network.join.Ledger` over one open
 transaction: :func:`phantom.network.join.join` and its siblings run on it
@@ -59,6 +67,8 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS network_events (seq BIGINT PRIMARY KEY, op TEXT NOT NULL,"
     " doc TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS network_events_by_op ON network_events (op, seq)",
+    "CREATE INDEX IF NOT EXISTS network_members_by_removed ON network_members (removed)",
+    "CREATE TABLE IF NOT EXISTS network_freed (ipv4 BIGINT PRIMARY KEY)",
     "INSERT INTO network_counters (k, v) VALUES ('serial', 0) ON CONFLICT (k) DO NOTHING",
     "INSERT INTO network_counters (k, v) VALUES ('seq', 0) ON CONFLICT (k) DO NOTHING",
 )
@@ -148,6 +158,32 @@ class SqlLedger:
                 for k, a4, a6, r in self.q.all("SELECT key, ipv4, ipv6, removed"
                                                " FROM network_members")]
 
+    def holder(self, address) -> Optional[bytes]:
+        """The key of the row holding ``address`` (its unique column's index)."""
+        col = "ipv4" if address.version == 4 else "ipv6"
+        row = self.q.one("SELECT key FROM network_members WHERE %s = ?" % col, str(address))
+        return None if row is None else base64.b64decode(row[0])
+
+    def lapsed(self, before: int) -> list:
+        """(key, IPv4, IPv6) of the rows removed before ``before`` (indexed)."""
+        return [(base64.b64decode(k), ipaddress.IPv4Address(a4), ipaddress.IPv6Address(a6))
+                for k, a4, a6 in self.q.all("SELECT key, ipv4, ipv6 FROM network_members"
+                                            " WHERE removed IS NOT NULL AND removed < ?",
+                                            int(before))]
+
+    def lowest_freed(self, first: int, last: int) -> Optional[int]:
+        row = self.q.one("SELECT MIN(ipv4) FROM network_freed WHERE ipv4 >= ? AND ipv4 <= ?",
+                         int(first), int(last))
+        return None if row is None or row[0] is None else int(row[0])
+
+    def alloc_cursor(self) -> Optional[int]:
+        row = self.q.one("SELECT v FROM network_counters WHERE k = 'alloc4'")
+        return None if row is None else int(row[0])
+
+    def set_alloc_cursor(self, value: int) -> None:
+        self.q.run("INSERT INTO network_counters (k, v) VALUES ('alloc4', ?) ON CONFLICT (k)"
+                   " DO UPDATE SET v = excluded.v", int(value))
+
     def save_member(self, record: MemberRecord) -> None:
         k = b64(record.key)
         if k not in self._present:
@@ -161,11 +197,16 @@ class SqlLedger:
             self.q.run("INSERT INTO network_members (name, ipv4, ipv6, removed, invite, cert, key)"
                        " VALUES (?, ?, ?, ?, ?, ?, ?)", *args, k)
             self._present[k] = True
+        self.q.run("DELETE FROM network_freed WHERE ipv4 = ?", int(record.cert.ipv4))
 
     def delete_member(self, key: bytes) -> None:
         k = b64(bytes(key))
+        row = self.q.one("SELECT ipv4 FROM network_members WHERE key = ?", k)
         self.q.run("DELETE FROM network_members WHERE key = ?", k)
         self._present[k] = False
+        if row is not None:          # below the cursor: allocation finds it in the freed list
+            self.q.run("INSERT INTO network_freed (ipv4) VALUES (?) ON CONFLICT (ipv4) DO NOTHING",
+                       int(ipaddress.IPv4Address(row[0])))
 
     # counters and the stream
     def _bump(self, which: str) -> int:

@@ -313,7 +313,8 @@ def test_a_full_prefix_is_a_clear_error_that_consumes_nothing():
     before = frozen(ledger)
     with pytest.raises(AllocationError) as info:
         run_join(net, ledger, Node("f14").request(token, name="f14"))
-    assert "no free IPv4 address left in 100.87.0.0/28" in str(info.value)
+    assert "no free IPv4 address left in 100.87.0.0/28 (14 of 14 host addresses taken)" \
+        in str(info.value)
     assert frozen(ledger) == before and ledger.invite(token.id).used == 14
 
 

@@ -410,6 +410,27 @@ def test_the_snapshot_round_trips_privately_and_is_verified_again_on_load(tmp_pa
     assert len(MemberSet.load(tmp_path / "members.json", net.definition, clock)) == 0
 
 
+def test_a_cached_member_whose_endpoints_do_not_parse_stays_without_them(tmp_path):
+    """A cache written while a member was reached through a relay held its
+    path ("relay:1/2886665780") as an endpoint; loading it dropped the whole
+    member, so after a restart with the directory down the relayed member
+    was gone (found by the issue's NAT scenario).  The member stays."""
+    clock = Clock()
+    net, ms = fresh(clock=clock)
+    a, b = net.cert("alice"), net.cert("bob")
+    ms.apply(member_event(1, a, ["192.0.2.1:1"]))
+    ms.apply(member_event(2, b, ["192.0.2.2:2"]))
+    doc = json.loads(ms.snapshot())
+    for m in doc["members"]:
+        if m["cert"]["name"] == "bob":
+            m["endpoints"] = ["relay:1/2886665780"]
+    path = tmp_path / "members.json"
+    path.write_text(json.dumps(doc))
+    again = MemberSet.load(path, net.definition, clock)
+    assert {m.name: m.endpoints for m in again} == {"alice": ("192.0.2.1:1",), "bob": ()}
+    assert again.stats["endpoints_dropped"] == 1
+
+
 @pytest.mark.parametrize("data, exc", [
     (b"", FormatError), (b"[]", FormatError), (b'{"v":1}', FormatError),
     (b"\xff\xfe", FormatError), (b"{" * 100000, FormatError),

@@ -120,17 +120,23 @@ def test_planned_groups_give_new_peers_the_ids_they_will_get():
                                                     "x": frozenset({nxt})}
 
 
-def test_regroup_keeps_the_old_rules_when_they_no_longer_compile(caplog):
+def test_regroup_after_a_named_peer_went_leaves_its_rule_waiting(caplog):
+    # (issue 20 item 6: this used to keep the old rules, logging that they no
+    # longer compiled; a rule naming a peer nobody is now matches nothing)
     node, fw = grouped_node()
     slot = node.firewall
     slot.replace({"rule": [{"direction": "in", "peer": "b", "action": "drop"}]}, node.peers.names,
                  node.peers.group_map())
     before = slot.current.tables
-    node.engine.update_peer(node.engine.peer_by_key(crypto_key("b")).id, name="bee")
-    with caplog.at_level(logging.ERROR, logger="phantom.daemon"):
+    b = node.engine.peer_by_key(crypto_key("b"))
+    assert not slot.current.classify("in", ping_from(2), b.id, now=1.0).accept
+    node.engine.update_peer(b.id, name="bee")
+    with caplog.at_level(logging.WARNING, logger="phantom.daemon"):
         slot.regroup(node.peers.names, node.peers.group_map())
-    assert slot.current.tables is before
-    assert "the rules in force stay" in caplog.text
+    assert slot.current.tables is not before
+    assert slot.current.classify("in", ping_from(2), b.id, now=2.0).accept
+    assert slot.describe()["rules"][0]["waiting"] == "for peer b"
+    assert "no peer is called 'b' (yet)" in caplog.text
 
 
 def test_a_peer_added_with_groups_recompiles_the_rules_through_the_door():

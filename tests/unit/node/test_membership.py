@@ -212,6 +212,20 @@ def test_expiry_removes_the_peer(world):
     assert [c.kind for c in changes] == ["removed"] and peer_of(d, "brief") is None
 
 
+def test_a_relayed_path_is_not_cached_as_a_members_endpoint(world):
+    from phantom.dataplane.udp import RelayVia
+    d, m = member_of(world)
+    a = world.net.cert("alice")
+    m.apply_page({"seq": 11, "events": [ev(11, a)], "more": False})
+    m.observe(A.SetEndpoint(peer_of(d, "alice").id, RelayVia(1, 2886665780)))
+    assert m.members.member(a.key).endpoints == ()
+    m.observe(A.SetEndpoint(peer_of(d, "alice").id, ("192.0.2.1", 51820)))
+    assert m.members.member(a.key).endpoints == ("192.0.2.1:51820",)
+    assert m.save(force=True)
+    d2, m2 = member_of(world)
+    assert peer_of(d2, "alice") is not None
+
+
 def test_the_cache_brings_members_and_their_last_endpoints_back_without_the_directory(world):
     d, m = member_of(world)
     net = world.net

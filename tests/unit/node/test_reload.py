@@ -149,7 +149,7 @@ def test_bad_files_are_refused_before_anything_changes():
         (doc(peer("b"), peer("c", public_key=KEYS["b"])), "peer[1].public_key"),
         (doc(peer("b"), peer("c", allowed_ips=["10.99.0.2/32"])), "peer[1].allowed_ips[0]"),
         (doc(peer("b"), peer("d"), firewall_={"rule": [{"direction": "in", "action": "drop",
-                                                        "peer": "c"}]}), "firewall"),
+                                                        "proto": "nope"}]}), "firewall"),
         (doc(peer("b"), dict(peer("c"), public_key=encode_key(d.engine.public_key))),
          "peer[1].public_key"),
     ]
