@@ -45,11 +45,16 @@ class NetworkRoutes:
 
     # ------------------------------------------------------------ advertising
     def wanted(self) -> tuple:
-        """(routes, exit) this node advertises: its [interface] keys."""
-        s = self.m.d.s
-        routes = tuple(sorted({ipaddress.ip_network(n) for n in getattr(s, "advertise_routes", ())},
+        """(routes, exit) this node advertises: its [interface] keys
+        (``advertise_routes`` as the last reload left it; ``exit_node``
+        needs a restart, as for any exit node)."""
+        d = self.m.d
+        reloader = getattr(d, "reloader", None)
+        now = getattr(reloader, "baseline", None) or d.s
+        routes = tuple(sorted({ipaddress.ip_network(n)
+                               for n in getattr(now, "advertise_routes", ())},
                               key=lambda n: (n.version, n)))
-        return routes, bool(getattr(s, "exit_node", False))
+        return routes, bool(getattr(d.s, "exit_node", False))
 
     def should_send(self) -> bool:
         want = self.wanted()

@@ -8,7 +8,8 @@ ping/tcpdump in namespaces.
 One LAN: the directory on a; members r (the router and exit), m1, m2; host
 e is both the LAN host behind r (192.168.50.2, routing the network's
 prefix back through r) and the "internet" host (198.51.100.9, reached only
-through r, which masquerades)."""
+through r, which masquerades).  The router withdraws its route by reload at
+the end: gone at both members within 5 s."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def routes_listing(admin, auth):
 
 @pytest.mark.parametrize("datapath", ["reference", "fast"])
 def test_advertised_routes_and_exit_work_for_every_member_once_approved(
-        daemon_factory, sniffer, tmp_path, datapath):
+        daemon_factory, sniffer, tmp_path, datapath, public_dir):
     with netns.lan(5) as topo:
         a, b, c, d, e = (topo.hosts[n] for n in "abcde")
         b.ns.ip("addr", "add", R_LAN + "/24", "dev", "eth0")
@@ -58,7 +59,7 @@ def test_advertised_routes_and_exit_work_for_every_member_once_approved(
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         serve_directory(daemon_factory, a, auth, tmp_path / "dir.sqlite")
-        r = join(a, auth, b, "r", tmp_path, url)
+        r = join(a, auth, b, "r", public_dir, url)      # reloaded below, as nobody
         m1 = join(a, auth, c, "m1", tmp_path, url)
         m2 = join(a, auth, d, "m2", tmp_path, url)
         # r advertises its LAN and itself as exit: two keys in [interface], nothing else
@@ -130,6 +131,23 @@ def test_advertised_routes_and_exit_work_for_every_member_once_approved(
         cli(a, "network", "routes", "revoke", "r", "--exit", "--dir", auth,
             "--admin-token-file", auth / "admin.token")
         wait_for(lambda: not reaches(m1, INTERNET, 0.5), timeout=5, what="the revoked exit gone")
+
+        # approved again, then withdrawn by the router (its config, `phantom reload`):
+        # the directory narrows the certificate, every member drops it within 5 s
+        cli(a, "network", "routes", "approve", "r", LAN, "--dir", auth,
+            "--admin-token-file", auth / "admin.token")
+        wait_for(lambda: reaches(m1, HOST) and reaches(m2, HOST), timeout=10,
+                 what="the LAN host again")
+        r.config.write_text(r.config.read_text().replace('advertise_routes = ["%s"]\n' % LAN, ""))
+        code, body = r.api("POST", "/reload")
+        assert code == 200, body
+        t0 = time.monotonic()
+        wait_for(lambda: not reaches(m1, HOST, 0.5) and not reaches(m2, HOST, 0.5), timeout=5,
+                 what="the withdrawn route gone at m1 and m2")
+        print("%s: withdrawn route gone at both members %.2f s after the router's reload"
+              % (datapath, time.monotonic() - t0))
+        row = routes_listing(a, auth)["r"]
+        assert row["advertised"] == [] and row["approved"] == [], row
         all_reach(members, 10.0, "the mesh after it all")
         for m in members:
             assert "Traceback" not in m.daemon.log()
