@@ -172,3 +172,43 @@ def test_advertisements_survive_the_authority_ledger_round_trip():
     assert rows == [{"name": "r", "key": rows[0]["key"], "advertised": ["192.168.50.0/24"],
                      "advertised_exit": False, "approved": [], "exit": False, "primary": [],
                      "standby": [], "pending": ["192.168.50.0/24"]}]
+
+
+def test_phantom_network_routes_lists_approves_and_revokes_on_the_authority_ledger(tmp_path,
+                                                                                   capsys):
+    from phantom.network import authority as A
+    from phantom.network import cli
+    from phantom.network.invite import parse_token
+
+    def run(*argv):
+        rc = cli.main([str(a) for a in argv], now=lambda: NOW)
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    d = tmp_path / "corp"
+    assert run("init", "corp", "--dir", d, "--directory", "https://dir.example.com")[0] == 0
+    token = parse_token(run("invite", "--dir", d)[1].strip())
+    auth = A.AuthorityDir.open(d)
+    node = Node("rt-cli")
+    with auth.transaction() as ledger:
+        J.join(ledger, auth.definition, auth.admission, node.request(token, name="r"), NOW)
+    assert run("routes", "--dir", d)[1].strip() == "no member advertises routes or an exit"
+    adv = R.make_advertisement(auth.definition.fingerprint, node.key, node.signer.signing_key,
+                               node.signer.sign, ["192.168.50.0/24"], True, NOW)
+    with auth.transaction() as ledger:
+        R.advertise(ledger, auth.definition, auth.admission, adv, NOW)
+    rc, out, _ = run("routes", "--dir", d)
+    assert rc == 0 and "192.168.50.0/24,exit" in out and "PENDING" in out
+    rc, _, err = run("routes", "approve", "r", "10.0.0.0/8", "--dir", d)
+    assert rc == 1 and "never wider" in err
+    rc, out, err = run("routes", "approve", "r", "--dir", d)
+    assert rc == 0 and "approved routes 192.168.50.0/24, exit" in out, err
+    cert = A.AuthorityDir.open(d).read_ledger().member(node.key).cert
+    assert cert.routes == (N("192.168.50.0/24"),) and cert.exit
+    rc, out, _ = run("routes", "--json", "--dir", d)
+    (row,) = __import__("json").loads(out)
+    assert row["primary"] == ["192.168.50.0/24"] and row["pending"] == []
+    rc, out, _ = run("routes", "revoke", "r", "--exit", "--dir", d)
+    assert rc == 0 and A.AuthorityDir.open(d).read_ledger().member(node.key).cert.exit is False
+    assert run("routes", "frobnicate", "r", "--dir", d)[0] == 1
+    assert run("routes", "approve", "--dir", d)[0] == 1
