@@ -151,3 +151,67 @@ def test_advertised_routes_and_exit_work_for_every_member_once_approved(
         all_reach(members, 10.0, "the mesh after it all")
         for m in members:
             assert "Traceback" not in m.daemon.log()
+
+
+@pytest.mark.parametrize("datapath", ["reference", "fast"])
+def test_two_members_advertising_one_lan_the_earlier_is_primary_the_other_takes_over(
+        daemon_factory, sniffer, tmp_path, datapath):
+    """r1 (joined first) and r2 both advertise the LAN and both are
+    approved: every member routes it through r1 (r2 is a standby, shown as
+    such); r1's approval revoked, r2 takes over within 5 s (the LAN's gateway
+    follows, as with any two routers on one LAN)."""
+    with netns.lan(5) as topo:
+        a, b, c, d, e = (topo.hosts[n] for n in "abcde")
+        b.ns.ip("addr", "add", R_LAN + "/24", "dev", "eth0")
+        c.ns.ip("addr", "add", "192.168.50.3/24", "dev", "eth0")
+        e.ns.ip("addr", "add", HOST + "/24", "dev", "eth0")
+        e.ns.ip("route", "add", NET4, "via", R_LAN)
+        url = "http://%s:%d" % (a.ip, DIR_PORT)
+        auth = tmp_path / "authority"
+        out = subprocess.run(CLI + ["network", "init", "corp", "--dir", str(auth), "--ipv4",
+                                    NET4, "--directory", url],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        serve_directory(daemon_factory, a, auth, tmp_path / "dir.sqlite")
+        r1 = join(a, auth, b, "r1", tmp_path, url)
+        time.sleep(1.1)                                  # joined a second later: `since` orders them
+        r2 = join(a, auth, c, "r2", tmp_path, url)
+        m1 = join(a, auth, d, "m1", tmp_path, url)
+        for r in (r1, r2):
+            r.config.write_text(r.config.read_text().replace(
+                "[interface]\n", '[interface]\nadvertise_routes = ["%s"]\n' % LAN, 1))
+        members = [r1, r2, m1]
+        for m in members:
+            start(daemon_factory, m, datapath)
+        all_reach(members, 10.0, "the mesh")
+        wait_for(lambda: all(routes_listing(a, auth).get(n, {}).get("advertised") == [LAN]
+                             for n in ("r1", "r2")), timeout=10, what="both advertisements")
+        for n in ("r2", "r1"):                          # approved in the other order
+            cli(a, "network", "routes", "approve", n, "--dir", auth,
+                "--admin-token-file", auth / "admin.token")
+        rows = routes_listing(a, auth)
+        assert rows["r1"]["primary"] == [LAN] and rows["r2"]["primary"] == []
+        assert rows["r2"]["standby"] == [{"prefix": LAN, "behind": "r1"}]
+        table = cli(a, "network", "routes", "--dir", auth, "--admin-token-file",
+                    auth / "admin.token").stdout
+        assert "%s (standby behind r1)" % LAN in table, table
+        cap = sniffer(b, "eth0", "icmp", name="r1-lan")
+        wait_for(lambda: reaches(m1, HOST), timeout=10, what="the LAN host through r1")
+        assert sources_to(cap.stop(), HOST) == {m1.ipv4}, "not through r1"
+        shown = {r["name"]: r for r in m1.status()["network"]["routes"]["members"]}
+        assert shown["r1"]["primary"] == [LAN] and \
+            shown["r2"]["standby"] == [{"prefix": LAN, "behind": "r1"}], shown
+
+        cli(a, "network", "routes", "revoke", "r1", "--dir", auth,
+            "--admin-token-file", auth / "admin.token")
+        t0 = time.monotonic()
+        e.ns.ip("route", "replace", NET4, "via", "192.168.50.3")     # the LAN's gateway follows
+        cap = sniffer(c, "eth0", "icmp", name="r2-lan")
+        wait_for(lambda: reaches(m1, HOST, 0.5), timeout=5, what="the LAN host through r2")
+        print("\n%s: r2 took the LAN over %.2f s after r1's revoke"
+              % (datapath, time.monotonic() - t0))
+        assert sources_to(cap.stop(), HOST) == {m1.ipv4}, "not through r2"
+        rows = routes_listing(a, auth)
+        assert rows["r2"]["primary"] == [LAN] and rows["r2"]["standby"] == []
+        for m in members:
+            assert "Traceback" not in m.daemon.log()
