@@ -13,7 +13,9 @@ the end: gone at both members within 5 s."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import subprocess
 import time
 
@@ -22,6 +24,7 @@ import pytest
 from phantomlab import netns
 from phantomlab.poll import wait_for
 
+from ..dns.test_dns_phantomd import dig
 from ..routes.test_exit_node import sources_to
 from .test_member_mesh import CLI, DIR_PORT, all_reach, cli, join, serve_directory, start
 
@@ -30,6 +33,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(300)]
 LAN, R_LAN, HOST = "192.168.50.0/24", "192.168.50.1", "192.168.50.2"
 NET4 = "100.100.0.0/16"
 R_OUT, INTERNET = "198.51.100.1", "198.51.100.9"
+NAME, NAME_ADDR = "www.lab.example", "198.51.100.80"     # the internet host's dnsmasq answers it
 
 
 def reaches(member, addr, timeout=1.0) -> bool:
@@ -45,13 +49,23 @@ def routes_listing(admin, auth):
 @pytest.mark.parametrize("datapath", ["reference", "fast"])
 def test_advertised_routes_and_exit_work_for_every_member_once_approved(
         daemon_factory, sniffer, tmp_path, datapath, public_dir):
-    with netns.lan(5) as topo:
+    for tool in ("dnsmasq", "dig"):
+        if shutil.which(tool) is None:
+            pytest.fail("%s is not installed: run setup.sh" % tool)
+    with netns.lan(5) as topo, contextlib.ExitStack() as stack:     # the stack ends first
         a, b, c, d, e = (topo.hosts[n] for n in "abcde")
         b.ns.ip("addr", "add", R_LAN + "/24", "dev", "eth0")
         b.ns.ip("addr", "add", R_OUT + "/24", "dev", "eth0")
         e.ns.ip("addr", "add", HOST + "/24", "dev", "eth0")
         e.ns.ip("addr", "add", INTERNET + "/24", "dev", "eth0")
         e.ns.ip("route", "add", NET4, "via", R_LAN)       # the LAN routes the network back via r
+        log = tmp_path / "dnsmasq.log"
+        dnsmasq = e.ns.popen(["dnsmasq", "--keep-in-foreground", "--no-daemon", "--no-resolv",
+                              "--no-hosts", "--bind-interfaces", "--listen-address=" + INTERNET,
+                              "--port=53", "--host-record=%s,%s" % (NAME, NAME_ADDR),
+                              "--pid-file", "--log-queries", "--log-facility=-"],
+                             stdout=open(log, "w"), stderr=subprocess.STDOUT)
+        stack.callback(lambda: (dnsmasq.terminate(), dnsmasq.wait(timeout=10)))
         url = "http://%s:%d" % (a.ip, DIR_PORT)
         auth = tmp_path / "authority"
         out = subprocess.run(CLI + ["network", "init", "corp", "--dir", str(auth), "--ipv4",
@@ -65,7 +79,8 @@ def test_advertised_routes_and_exit_work_for_every_member_once_approved(
         # r advertises its LAN and itself as exit: two keys in [interface], nothing else
         text = r.config.read_text()
         r.config.write_text(text.replace("[interface]\n", '[interface]\nadvertise_routes = ["%s"]'
-                                         '\nexit_node = true\n' % LAN, 1))
+                                         '\nexit_node = true\nexit_dns_upstream = ["%s"]\n'
+                                         % (LAN, INTERNET), 1))
         members = [r, m1, m2]
         for m in members:
             start(daemon_factory, m, datapath)
@@ -115,6 +130,9 @@ def test_advertised_routes_and_exit_work_for_every_member_once_approved(
 
         # the exit: approved, then picked with `phantom exit use r` on m1
         assert not reaches(m1, INTERNET)
+        wait_for(lambda: dnsmasq.poll() is None and "started" in log.read_text(), timeout=10,
+                 what="dnsmasq")
+        assert dig(m1.host, r.ipv4, NAME)[0] == "REFUSED", "an unapproved exit's DNS answered"
         refused = cli(m1.host, "--token-file", m1.state / "token", "exit", "use", "r",
                       check=False)
         assert refused.returncode != 0, "an unapproved exit was usable"
@@ -126,6 +144,8 @@ def test_advertised_routes_and_exit_work_for_every_member_once_approved(
         cap = sniffer(e, "eth0", "icmp", name="internet")
         wait_for(lambda: reaches(m1, INTERNET), timeout=10, what="the internet host via r")
         assert sources_to(cap.stop(), INTERNET) == {R_OUT}, "the exit did not masquerade"
+        # its DNS forwarder answers the members now (to its own upstream)
+        assert dig(m1.host, r.ipv4, NAME) == ("NOERROR", [NAME_ADDR])
         assert not reaches(m2, INTERNET), "a member that did not pick the exit got a route"
         # the exit approval revoked: m1's exit is turned off, its traffic stops
         cli(a, "network", "routes", "revoke", "r", "--exit", "--dir", auth,
