@@ -364,7 +364,7 @@ class Membership(Observer):
             # a rendezvous of the definition that is a member too: its addresses and groups
             cert = member.cert
             try:
-                d.peers.set_routes({existing.id: self.routes.allowed(cert)})
+                d.peers.set_routes({existing.id: list(cert.addresses)})   # routes: refresh()
                 self._set_groups(existing.id, cert.groups)
             except ValueError as exc:
                 log.warning("network: member %s (the rendezvous) keeps no addresses: %s",
@@ -382,7 +382,9 @@ class Membership(Observer):
             return
         cert = member.cert
         try:
-            peer = d.peers.add(key, d.peers.free_name(cert.name), self.routes.allowed(cert),
+            # its addresses; approved routes follow in routes.refresh() (a route
+            # another peer holds then costs the route, never the member)
+            peer = d.peers.add(key, d.peers.free_name(cert.name), list(cert.addresses),
                                self._endpoint_of(member), dynamic=True, exclusive=True)
         except ValueError as exc:
             self.stats["peer_refused"] += 1

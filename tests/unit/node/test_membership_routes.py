@@ -79,3 +79,20 @@ def test_this_nodes_own_reissued_certificate_is_taken_from_the_stream(world):
     assert m.cert == mine and d.engine.membership == mine.encode()
     st = m.status()["routes"]
     assert st["approved"] == ["192.168.50.0/24"] and st["exit"] is True
+
+
+def test_a_route_another_peer_holds_costs_the_route_never_the_member(world):
+    d, m = member_of(world)
+    net = world.net
+    # a configured peer (not exclusive) holds a host inside the LAN
+    d.peers.add(bytes(range(1, 33)), "lanhost", [N("192.168.50.7/32")])
+    r = net.cert("r", routes=[LAN])
+    m.apply_event(ev(1, cert=r))
+    pr = peer_of(d, "r")
+    assert pr is not None and set(pr.allowed_ips) == set(r.addresses)
+    # removed and admitted again (a renewal after expiry): still a peer
+    m.apply_event(ev(2, removal=net.removal(r.key, now=NOW + 1)))
+    assert peer_of(d, "r") is None
+    r2 = net.cert("r2", routes=[LAN], since=NOW + 2, now=NOW + 2)
+    m.apply_event(ev(3, cert=r2))
+    assert peer_of(d, "r2") is not None
