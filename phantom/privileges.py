@@ -40,18 +40,20 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 DEFAULT_USER = "nobody"
 CAP_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
 
-_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+CAPABILITY_VERSION_3 = 0x20080522
 
 
 class PrivilegeError(OSError):
     pass
 
 
-class _CapHeader(ctypes.Structure):
+# capget(2)/capset(2)'s header and data (two of them: capabilities 0-31, 32-63);
+# the privileged helper's sandbox (privsep/sandbox.py) uses them too
+class CapHeader(ctypes.Structure):
     _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
 
-class _CapData(ctypes.Structure):
+class CapData(ctypes.Structure):
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
                 ("inheritable", ctypes.c_uint32)]
 
@@ -141,8 +143,8 @@ def lock_down() -> None:
 
 
 def _clear_inheritable(libc) -> None:
-    hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
+    hdr = CapHeader(CAPABILITY_VERSION_3, 0)
+    data = (CapData * 2)()
     if libc.capget(ctypes.byref(hdr), data) != 0:
         e = ctypes.get_errno()
         raise PrivilegeError(e, "capget failed: %s" % os.strerror(e))

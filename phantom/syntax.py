@@ -177,6 +177,20 @@ def parse_interface_address(text: Any, key: str) -> IPInterface:
     return iface
 
 
+def parse_ip_addresses(items: list, key: str) -> tuple[str, ...]:
+    """IP addresses (v4 or v6) written as strings, each named ``key[i]``, in
+    their canonical text (an exit's upstream resolvers, [dns] listen)."""
+    out = []
+    for i, a in enumerate(items):
+        try:
+            if not isinstance(a, str):
+                raise ValueError
+            out.append(str(ipaddress.ip_address(a)))
+        except ValueError:
+            raise ConfigError("%s[%d]" % (key, i), "%r is not an IP address" % (a,)) from None
+    return tuple(out)
+
+
 def parse_port(value: Any, key: str, *, allow_zero: bool = False) -> int:
     if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():   # not "²"
         value = int(value)

@@ -285,19 +285,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-ttl", type=int, default=DEFAULT_MAX_TTL, metavar="SECONDS",
                    help="refuse records and endorsements living longer, and keep a revocation "
                         "at most this long (default %d)" % DEFAULT_MAX_TTL)
-    s.add_argument("--source-writes-per-minute", type=_count_arg, default=SOURCE_WRITES,
-                   metavar="N", help="publishes and endorsements one source (an IPv4 address, "
-                   "an IPv6 /64) may send per minute, in bursts of up to N; past it: 429 with "
-                   "Retry-After (default %d; 0: no limit)" % SOURCE_WRITES)
-    s.add_argument("--key-writes-per-minute", type=_count_arg, default=KEY_WRITES, metavar="N",
-                   help="updates of one key's record per minute, whoever sends them "
-                        "(default %d; 0: no limit)" % KEY_WRITES)
-    s.add_argument("--source-quota", type=_count_arg, default=SOURCE_QUOTA, metavar="N",
-                   help="live records (and kept revocations) one source may hold; a new one "
-                        "past it gets 429 (default %d; 0: no quota)" % SOURCE_QUOTA)
-    s.add_argument("--source-watches", type=_count_arg, default=SOURCE_WATCHES, metavar="N",
-                   help="concurrent POST /watch streams per source; past it: 429, and clients "
-                        "poll (default %d; 0: no limit)" % SOURCE_WATCHES)
+    for flag, default, what in (        # the limits per source and per key: a count, 0 for none
+            ("--source-writes-per-minute", SOURCE_WRITES,
+             "publishes and endorsements one source (an IPv4 address, an IPv6 /64) may send per "
+             "minute, in bursts of up to N; past it: 429 with Retry-After (default %d; 0: no limit)"),
+            ("--key-writes-per-minute", KEY_WRITES,
+             "updates of one key's record per minute, whoever sends them (default %d; 0: no limit)"),
+            ("--source-quota", SOURCE_QUOTA,
+             "live records (and kept revocations) one source may hold; a new one past it gets 429 "
+             "(default %d; 0: no quota)"),
+            ("--source-watches", SOURCE_WATCHES,
+             "concurrent POST /watch streams per source; past it: 429, and clients poll "
+             "(default %d; 0: no limit)")):
+        s.add_argument(flag, type=_count_arg, default=default, metavar="N", help=what % default)
     s.add_argument("--watch-heartbeat", type=float, default=WATCH_HEARTBEAT, metavar="SECONDS",
                    help="a watch stream silent this long gets a {} line (default %g; at most "
                         "%g: clients redo a stream silent for 40 s)" % (WATCH_HEARTBEAT,

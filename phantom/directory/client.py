@@ -750,19 +750,16 @@ class DhtDirectoryClient(DirectoryClient):
                          cache_ttl=cache_ttl, negative_ttl=negative_ttl, poll=poll)
         self.urls = ["dht"]
         self.url = "dht"
-        self._own_node = node is None
         self.node = node or DhtNode(listen, bootstrap, timeout=timeout)
-        self.store = DhtStore(self.node)
+        self.store = DhtStore(self.node, own_node=node is None)   # starts and stops a node of its own
 
     async def start(self) -> "DhtDirectoryClient":
-        if self._own_node and not self.node.running:
-            await self.node.start()
+        await self.store.open()
         return self
 
     async def close(self) -> None:
         await super().close()
-        if self._own_node:
-            await self.node.close()
+        await self.store.close()
 
     def republish_every(self, ttl: int) -> float:
         from .store.dht import REPUBLISH

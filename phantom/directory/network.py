@@ -156,15 +156,25 @@ async def get_network(request: web.Request) -> web.Response:
     return _json(_svc(request).definition.doc)
 
 
-async def post_join(request: web.Request) -> web.Response:
+async def _admission_step(request: web.Request, step) -> Any:
+    """``step`` (J.join, J.renew) on the request's body, in one store
+    transaction: its result, or NetworkError (counted as network_refused)."""
     _take_write(request)
     body = await srv.read_body(request)
     svc = _svc(request)
     try:
-        result = await _change(request, lambda led, now: J.join(
+        return await _change(request, lambda led, now: step(
             led, svc.definition, svc.admission, body, now))
-    except NetworkError as exc:
+    except NetworkError:
         _count(request, "network_refused")
+        raise
+
+
+async def post_join(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    try:
+        result = await _admission_step(request, J.join)
+    except NetworkError as exc:
         log.info("join refused (%s): %s", srv.source_of(request), exc)
         return refusal(exc)
     cert = result.certificate
@@ -175,16 +185,11 @@ async def post_join(request: web.Request) -> web.Response:
 
 
 async def post_renew(request: web.Request) -> web.Response:
-    _take_write(request)
-    body = await srv.read_body(request)
-    svc = _svc(request)
     try:
-        result = await _change(request, lambda led, now: J.renew(
-            led, svc.definition, svc.admission, body, now))
+        result = await _admission_step(request, J.renew)
     except NetworkError as exc:
-        _count(request, "network_refused")
         return refusal(exc)
-    return _json(J.join_answer(svc.definition, result.certificate))
+    return _json(J.join_answer(_svc(request).definition, result.certificate))
 
 
 def _since(text: Any) -> Optional[int]:
@@ -291,15 +296,7 @@ async def admin_members(request: web.Request) -> web.Response:
     _admin(request)
     now = srv.now_of(request)
     records = await _svc(request).tables.read(lambda led: led.members())
-    rows = []
-    for m in sorted(records, key=lambda m: int(m.cert.ipv4)):
-        c = m.cert
-        rows.append({"name": c.name, "key": b64(c.key), "ipv4": str(c.ipv4),
-                     "ipv6": str(c.ipv6), "groups": list(c.groups), "since": c.since,
-                     "expires": c.not_after, "removed": m.removed,
-                     "status": "removed" if m.removed is not None else
-                     ("expired" if c.not_after <= now else "member")})
-    return _json({"members": rows})
+    return _json({"members": J.member_rows(records, now)})
 
 
 def _who(text: str) -> str:

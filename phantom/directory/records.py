@@ -54,6 +54,7 @@ from phantom.syntax import PEER_NAME, PEER_NAME_RULE, format_endpoint, parse_end
     parse_network
 from phantom.errors import ConfigError
 from phantom.keys import KeyFormatError, decode_public_key
+from phantom.network.canonical import STRICT_HOOKS, b64, canonical
 
 log = logsetup.get_logger("directory")
 
@@ -205,38 +206,18 @@ def verify_signature(signing_key: bytes, message: bytes, sig: bytes) -> bool:
 
 
 # --- canonical JSON -----------------------------------------------------------------------------
-def canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("ascii")
+# canonical() and b64() are the network's (phantom/network/canonical.py): one
+# canonical JSON for everything signed
 
 
 def strict_loads(raw: bytes | str) -> Any:
     """Parse JSON, refusing duplicate keys, floats, NaN/Infinity and absurd nesting."""
-    def pairs(items):
-        out = {}
-        for k, v in items:
-            if k in out:
-                raise ValueError("duplicate key %r" % k)
-            out[k] = v
-        return out
-
-    def no_float(text):
-        raise ValueError("numbers must be integers, not %s" % text[:20])
-
-    def no_const(text):
-        raise ValueError("%s is not allowed" % text)
-
     if isinstance(raw, (bytes, bytearray)):
         raw = bytes(raw).decode("utf-8")
     try:
-        return json.loads(raw, object_pairs_hook=pairs, parse_float=no_float,
-                          parse_constant=no_const)
+        return json.loads(raw, **STRICT_HOOKS)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(bytes(data)).decode("ascii")
 
 
 def b64url(data: bytes) -> str:

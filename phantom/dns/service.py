@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Protocol
 
 from ..errors import ConfigError
+from ..syntax import parse_ip_addresses
 from .names import NameTable, normalize_domain, normalize_label
 from .resolved import in_init_netns, resolv_conf, resolved_running, split_dns
 from .server import DNS_PORT, DnsServer, SourceLimiter, bind_sockets
@@ -98,15 +99,9 @@ def parse_section(table: Any) -> DnsSettings:
             kw[k] = label
         elif k == "listen":
             items = [v] if isinstance(v, str) else _expect(v, list, key, "an address or a list of addresses")
-            out = []
-            for i, a in enumerate(items):
-                try:
-                    out.append(str(ipaddress.ip_address(_expect(a, str, "%s[%d]" % (key, i), "an address"))))
-                except ValueError:
-                    raise ConfigError("%s[%d]" % (key, i), "%r is not an IP address" % (a,)) from None
-            if not out:
+            if not items:
                 raise ConfigError(key, "give at least one address (or leave it out: the tunnel addresses)")
-            kw[k] = tuple(out)
+            kw[k] = parse_ip_addresses(items, key)
         elif k == "port":
             if _expect(v, int, key, "a port number") < 0 or v > 65535:
                 raise ConfigError(key, "must be 0..65535")

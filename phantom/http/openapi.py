@@ -34,6 +34,36 @@ MUTATION_ERRORS = dict(COMMON_ERRORS, **{
 OBJ = {"type": "object", "additionalProperties": True}
 
 
+
+def operation(summary: str, operation_id: str, responses: dict, *, mutation: bool = False,
+              **fields) -> dict:
+    """One operation.  A ``mutation`` changes state: it needs the bearer token
+    and may answer MUTATION_ERRORS; any other may answer COMMON_ERRORS; both
+    besides ``responses``.  ``fields``: the operation's other fields
+    (parameters, requestBody, security), in order."""
+    op = {"summary": summary, "operationId": operation_id}
+    if mutation:
+        op["security"] = [{"bearer": []}]
+    op.update(fields)
+    op["responses"] = dict(MUTATION_ERRORS if mutation else COMMON_ERRORS, **responses)
+    return op
+
+
+def in_path(name: str, **schema_and_example) -> list:
+    """The parameters of a route with one path parameter, ``name`` (a string);
+    ``example``, or other schema keywords (``enum``)."""
+    example = schema_and_example.pop("example", None)
+    param = {"name": name, "in": "path", "required": True,
+             "schema": dict({"type": "string"}, **schema_and_example)}
+    if example is not None:
+        param["example"] = example
+    return [param]
+
+
+def json_body(schema: dict, required: bool = True) -> dict:
+    """A JSON request body of ``schema``."""
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
 def document(parts, *, title: str, version: str, description: str, servers: list) -> dict:
     """One OpenAPI 3 document for the routes of ``parts``, in their order."""
     doc: dict = {

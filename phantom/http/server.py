@@ -114,6 +114,13 @@ async def refuse_get(request: web.Request) -> web.Response:
     raise web.HTTPMethodNotAllowed(request.method, ["POST"])
 
 
+def add_post(router: web.UrlDispatcher, path: str, handler) -> None:
+    """A state-changing route: POST ``path`` to ``handler``, and a GET on it
+    refused (:func:`refuse_get`)."""
+    router.add_post(path, handler)
+    router.add_get(path, refuse_get, allow_head=False)
+
+
 # --- errors that echo nothing of the request ------------------------------------------------
 # An error message names only what the server defines (route templates, known
 # field names, limits), never the path, a header or a body key as received: any

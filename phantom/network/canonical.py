@@ -59,6 +59,11 @@ def _no_const(text):
     raise ValueError("%s is not allowed" % text)
 
 
+# json.loads's keywords that refuse duplicate keys, floats and NaN/Infinity
+# (a directory record is parsed with them too: phantom.directory.records)
+STRICT_HOOKS = {"object_pairs_hook": _pairs, "parse_float": _no_float, "parse_constant": _no_const}
+
+
 def _int(text):
     if len(text.lstrip("-")) > MAX_INT_DIGITS:
         raise ValueError("integer with %d digits is too long" % len(text))
@@ -69,8 +74,7 @@ def strict_decoder() -> json.JSONDecoder:
     """A decoder refusing what :func:`strict_loads` refuses: duplicate keys,
     floats, NaN/Infinity, integers over 20 digits (for a caller that needs
     the decoder itself, e.g. to note where each object starts)."""
-    return json.JSONDecoder(object_pairs_hook=_pairs, parse_float=_no_float,
-                            parse_constant=_no_const, parse_int=_int)
+    return json.JSONDecoder(**STRICT_HOOKS, parse_int=_int)
 
 
 def _depth(value: Any, limit: int) -> int:
@@ -112,8 +116,7 @@ def strict_loads(raw: Any, max_size: int, what: str = "document") -> Any:
     else:
         raise FormatError("expected JSON text, got %s" % type(raw).__name__, what=what)
     try:
-        value = json.loads(raw, object_pairs_hook=_pairs, parse_float=_no_float,
-                           parse_constant=_no_const, parse_int=_int)
+        value = json.loads(raw, **STRICT_HOOKS, parse_int=_int)
     except RecursionError:
         raise FormatError("JSON nested too deeply", what=what) from None
     except ValueError as exc:          # JSONDecodeError and the hooks' errors

@@ -48,7 +48,7 @@ from .authority import ADMISSION_KEY, AUTHORITY_KEY, DEFINITION, AuthorityDir, i
 from .definition import DEFAULT_ADMISSION_LIFETIME, DEFAULT_CERT_LIFETIME
 from .errors import NetworkError
 from .invite import DEFAULT_INVITE_TTL, create_invite
-from .join import add_invite, remove, revoke_invite
+from .join import add_invite, member_rows, remove, revoke_invite
 from .keys import SigningKey, atomic_write, load_key, read_limited, save_key
 from .rotate import rotate
 
@@ -312,14 +312,7 @@ def cmd_members(args, now: Callable[[], float]) -> int:
     if _remote(args):
         rows = _ask(args, "GET", "/network/admin/members")["members"]
     else:
-        rows = []
-        for m in sorted(_open(args).read_ledger().members(), key=lambda m: int(m.cert.ipv4)):
-            c = m.cert
-            rows.append({"name": c.name, "key": b64(c.key), "ipv4": str(c.ipv4),
-                         "ipv6": str(c.ipv6), "groups": list(c.groups), "since": c.since,
-                         "expires": c.not_after, "removed": m.removed,
-                         "status": "removed" if m.removed is not None else
-                         ("expired" if c.not_after <= t else "member")})
+        rows = member_rows(_open(args).read_ledger().members(), t)
     if not args.all:
         rows = [r for r in rows if r["status"] == "member"]
     return _rows(args, rows, "no members", "%-20s  %-15s  %-28s  %-8s  %-20s  %s",

@@ -205,6 +205,21 @@ def join_answer(definition: Definition, certificate: Certificate) -> dict:
     return {"definition": definition.doc, "certificate": certificate.doc}
 
 
+
+def member_rows(records, now: float) -> list[dict]:
+    """The members list an admin sees (GET /network/admin/members, ``phantom
+    network members``): one row per member record, by IPv4 address, with its
+    status (member, expired, removed) at ``now``."""
+    rows = []
+    for m in sorted(records, key=lambda m: int(m.cert.ipv4)):
+        c = m.cert
+        rows.append({"name": c.name, "key": b64(c.key), "ipv4": str(c.ipv4),
+                     "ipv6": str(c.ipv6), "groups": list(c.groups), "since": c.since,
+                     "expires": c.not_after, "removed": m.removed,
+                     "status": "removed" if m.removed is not None else
+                     ("expired" if c.not_after <= now else "member")})
+    return rows
+
 def accept_join_answer(raw: Any, network: str, key: bytes, now: float) -> tuple:
     """The joining machine's check of the answer: the definition must be signed
     by the authority the invite token names (``network``, its fingerprint: a

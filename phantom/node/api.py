@@ -35,9 +35,9 @@ from typing import Any, Optional
 from aiohttp import web
 
 from ..errors import ConfigError, Invalid
-from ..http.app import OPENAPI_KEY, controller
-from ..http.openapi import COMMON_ERRORS, MUTATION_ERRORS, OBJ, err, ok
-from ..http.server import call, json_response, read_json, refuse_get
+from ..http.app import OPENAPI_KEY, Route, add_route_table, controller, paths_of
+from ..http.openapi import OBJ, err, in_path, json_body, ok, operation
+from ..http.server import call, json_response, read_json
 from ..syntax import PEER_NAME, PEER_NAME_RULE, parse_peer_endpoint, parse_network
 
 
@@ -48,6 +48,23 @@ def _check_name(value: Any, what: str) -> str:
 
 
 # --- handlers ---------------------------------------------------------------------------------
+def answer(method: str):
+    """A handler that takes no input and answers with what the controller's
+    ``method()`` returns."""
+    async def handler(request: web.Request) -> web.Response:
+        return json_response(await call(getattr(controller(request), method)()))
+    handler.__name__ = handler.__qualname__ = method
+    return handler
+
+
+get_status = answer("status")
+get_dns = answer("dns")
+get_firewall = answer("firewall")
+renew_certificate = answer("renew_certificate")
+get_exit = answer("exit_status")
+delete_exit = answer("exit_off")
+
+
 async def open_tunnel(request: web.Request) -> web.Response:
     target = request.match_info["target"]
     body = await read_json(request, required=False)
@@ -121,20 +138,8 @@ async def close_tunnel(request: web.Request) -> web.Response:
     return json_response(result)
 
 
-async def get_status(request: web.Request) -> web.Response:
-    return json_response(await call(controller(request).status()))
-
-
 async def get_peers(request: web.Request) -> web.Response:
     return json_response({"peers": list(await call(controller(request).peers()))})
-
-
-async def get_dns(request: web.Request) -> web.Response:
-    return json_response(await call(controller(request).dns()))
-
-
-async def get_firewall(request: web.Request) -> web.Response:
-    return json_response(await call(controller(request).firewall()))
 
 
 async def put_firewall(request: web.Request) -> web.Response:
@@ -144,14 +149,6 @@ async def put_firewall(request: web.Request) -> web.Response:
     return json_response(await call(controller(request).set_firewall(rules)))
 
 
-async def renew_certificate(request: web.Request) -> web.Response:
-    return json_response(await call(controller(request).renew_certificate()))
-
-
-async def get_exit(request: web.Request) -> web.Response:
-    return json_response(await call(controller(request).exit_status()))
-
-
 async def put_exit(request: web.Request) -> web.Response:
     body = await read_json(request, required=True)
     if not isinstance(body, dict) or set(body) != {"peer"}:
@@ -159,34 +156,11 @@ async def put_exit(request: web.Request) -> web.Response:
     return json_response(await call(controller(request).exit_use(_check_name(body["peer"], "peer"))))
 
 
-async def delete_exit(request: web.Request) -> web.Response:
-    return json_response(await call(controller(request).exit_off()))
-
-
 async def get_openapi(request: web.Request) -> web.Response:
     return json_response(request.app[OPENAPI_KEY])
 
 
 # --- the part -------------------------------------------------------------------------------------
-def add_routes(app: web.Application) -> None:
-    r = app.router
-    r.add_post("/open/{target}", open_tunnel)
-    r.add_get("/open/{target}", refuse_get, allow_head=False)
-    r.add_post("/close/{peer}", close_tunnel)
-    r.add_get("/close/{peer}", refuse_get, allow_head=False)
-    r.add_get("/status", get_status)
-    r.add_get("/peers", get_peers)
-    r.add_get("/firewall", get_firewall)
-    r.add_get("/dns", get_dns)
-    r.add_put("/firewall", put_firewall)
-    r.add_post("/network/renew", renew_certificate)
-    r.add_get("/network/renew", refuse_get, allow_head=False)
-    r.add_get("/exit", get_exit)
-    r.add_put("/exit", put_exit)
-    r.add_delete("/exit", delete_exit)
-    r.add_get("/openapi.json", get_openapi)
-
-
 def openapi_schemas() -> dict:
     return {
         "OpenRequest": {"type": "object", "additionalProperties": False,
@@ -210,91 +184,65 @@ def openapi_schemas() -> dict:
     }
 
 
+ROUTES = (
+    Route("POST", "/open/{target}", open_tunnel, operation(
+        "Open a tunnel to IP:PORT, [IPv6]:PORT, HOSTNAME:PORT or a peer name", "open",
+        {"200": ok("the tunnel is up", OBJ),
+         "404": err("no such peer or no key known for it"),
+         "409": err("conflict with an existing peer"),
+         "504": err("the peer did not answer the handshake")},
+        mutation=True, parameters=in_path("target", example="192.0.2.7:9000"),
+        requestBody=json_body({"$ref": "#/components/schemas/OpenRequest"}, required=False))),
+    Route("POST", "/close/{peer}", close_tunnel, operation(
+        "Close the tunnel to a peer", "close",
+        {"200": ok("closed", OBJ), "404": err("no such peer")},
+        mutation=True, parameters=in_path("peer", example="bob"))),
+    Route("GET", "/status", get_status, operation("Daemon status", "status",
+                                                  {"200": ok("status", OBJ)})),
+    Route("GET", "/peers", get_peers, operation("Peers and their sessions", "peers", {"200": ok("peers", {
+        "type": "object", "required": ["peers"],
+        "properties": {"peers": {"type": "array", "items": {"$ref": "#/components/schemas/Peer"}}}})})),
+    Route("GET", "/firewall", get_firewall, operation(
+        "Firewall rules in force", "getFirewall",
+        {"200": ok("rules", {"$ref": "#/components/schemas/Firewall"})})),
+    Route("GET", "/dns", get_dns, operation(
+        "The name service: domain, addresses served on, the names and their addresses, counters",
+        "dns", {"200": ok("names", OBJ)})),
+    Route("PUT", "/firewall", put_firewall, operation(
+        "Replace the firewall rules", "setFirewall",
+        {"200": ok("the rules now in force", OBJ),
+         "409": err("the rules conflict with the daemon's state")},
+        mutation=True, requestBody=json_body({"$ref": "#/components/schemas/Firewall"}))),
+    Route("POST", "/network/renew", renew_certificate, operation(
+        "Renew this member's network certificate now (phantomd renews by itself at 2/3 of its "
+        "lifetime)", "renewCertificate",
+        {"200": ok("the new certificate's serial and validity", OBJ),
+         "404": err("this node is not a member of a network"),
+         "503": err("no directory renewed it")},
+        mutation=True)),
+    Route("GET", "/exit", get_exit, operation(
+        "The exit in use, the peers that offer one, DNS through it", "getExit",
+        {"200": ok("exit", OBJ)})),
+    Route("PUT", "/exit", put_exit, operation(
+        "Send all traffic and DNS through a peer that offers exit", "useExit",
+        {"200": ok("the exit now in use", OBJ),
+         "404": err("no such peer"),
+         "409": err("no TUN device or helper, or the kernel refused the routes")},
+        mutation=True, requestBody=json_body({
+            "type": "object", "additionalProperties": False, "required": ["peer"],
+            "properties": {"peer": {"type": "string", "pattern": PEER_NAME.pattern}}}))),
+    Route("DELETE", "/exit", delete_exit, operation(
+        "Stop using an exit: traffic goes direct again", "exitOff",
+        {"200": ok("no exit in use", OBJ)}, mutation=True)),
+    Route("GET", "/openapi.json", get_openapi, {
+        "summary": "This description", "operationId": "openapi",
+        "responses": {"200": ok("OpenAPI 3 document", OBJ)}}),
+)
+
+
+def add_routes(app: web.Application) -> None:
+    add_route_table(app, ROUTES)
+
+
 def openapi_paths() -> dict:
-    return {
-        "/open/{target}": {
-            "post": {
-                "summary": "Open a tunnel to IP:PORT, [IPv6]:PORT, HOSTNAME:PORT or a peer name",
-                "operationId": "open",
-                "security": [{"bearer": []}],
-                "parameters": [{"name": "target", "in": "path", "required": True,
-                                "schema": {"type": "string"},
-                                "example": "192.0.2.7:9000"}],
-                "requestBody": {"required": False, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/OpenRequest"}}}},
-                "responses": dict(MUTATION_ERRORS, **{
-                    "200": ok("the tunnel is up", OBJ),
-                    "404": err("no such peer or no key known for it"),
-                    "409": err("conflict with an existing peer"),
-                    "504": err("the peer did not answer the handshake"),
-                }),
-            },
-        },
-        "/close/{peer}": {
-            "post": {
-                "summary": "Close the tunnel to a peer",
-                "operationId": "close",
-                "security": [{"bearer": []}],
-                "parameters": [{"name": "peer", "in": "path", "required": True,
-                                "schema": {"type": "string"}, "example": "bob"}],
-                "responses": dict(MUTATION_ERRORS, **{
-                    "200": ok("closed", OBJ),
-                    "404": err("no such peer"),
-                }),
-            },
-        },
-        "/status": {"get": {"summary": "Daemon status", "operationId": "status",
-                            "responses": dict(COMMON_ERRORS, **{"200": ok("status", OBJ)})}},
-        "/peers": {"get": {"summary": "Peers and their sessions", "operationId": "peers",
-                           "responses": dict(COMMON_ERRORS, **{"200": ok("peers", {
-                               "type": "object", "required": ["peers"],
-                               "properties": {"peers": {"type": "array", "items": {
-                                   "$ref": "#/components/schemas/Peer"}}}})})}},
-        "/firewall": {
-            "get": {"summary": "Firewall rules in force", "operationId": "getFirewall",
-                    "responses": dict(COMMON_ERRORS, **{"200": ok("rules", {
-                        "$ref": "#/components/schemas/Firewall"})})},
-            "put": {"summary": "Replace the firewall rules", "operationId": "setFirewall",
-                    "security": [{"bearer": []}],
-                    "requestBody": {"required": True, "content": {"application/json": {
-                        "schema": {"$ref": "#/components/schemas/Firewall"}}}},
-                    "responses": dict(MUTATION_ERRORS, **{
-                        "200": ok("the rules now in force", OBJ),
-                        "409": err("the rules conflict with the daemon's state"),
-                    })},
-        },
-        "/dns": {"get": {"summary": "The name service: domain, addresses served on, the names "
-                                    "and their addresses, counters", "operationId": "dns",
-                         "responses": dict(COMMON_ERRORS, **{"200": ok("names", OBJ)})}},
-        "/network/renew": {
-            "post": {"summary": "Renew this member's network certificate now (phantomd renews "
-                                "by itself at 2/3 of its lifetime)",
-                     "operationId": "renewCertificate",
-                     "security": [{"bearer": []}],
-                     "responses": dict(MUTATION_ERRORS, **{
-                         "200": ok("the new certificate's serial and validity", OBJ),
-                         "404": err("this node is not a member of a network"),
-                         "503": err("no directory renewed it"),
-                     })},
-        },
-        "/exit": {
-            "get": {"summary": "The exit in use, the peers that offer one, DNS through it",
-                    "operationId": "getExit",
-                    "responses": dict(COMMON_ERRORS, **{"200": ok("exit", OBJ)})},
-            "put": {"summary": "Send all traffic and DNS through a peer that offers exit",
-                    "operationId": "useExit", "security": [{"bearer": []}],
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                        "type": "object", "additionalProperties": False, "required": ["peer"],
-                        "properties": {"peer": {"type": "string", "pattern": PEER_NAME.pattern}}}}}},
-                    "responses": dict(MUTATION_ERRORS, **{
-                        "200": ok("the exit now in use", OBJ),
-                        "404": err("no such peer"),
-                        "409": err("no TUN device or helper, or the kernel refused the routes"),
-                    })},
-            "delete": {"summary": "Stop using an exit: traffic goes direct again",
-                       "operationId": "exitOff", "security": [{"bearer": []}],
-                       "responses": dict(MUTATION_ERRORS, **{"200": ok("no exit in use", OBJ)})},
-        },
-        "/openapi.json": {"get": {"summary": "This description", "operationId": "openapi",
-                                  "responses": {"200": ok("OpenAPI 3 document", OBJ)}}},
-    }
+    return paths_of(ROUTES)

@@ -27,10 +27,10 @@ from importlib import resources
 from aiohttp import web
 
 from ..errors import Invalid, NotFound
-from ..http.app import controller
+from ..http.app import Route, add_route_table, controller, paths_of
 from ..http.guard import authorized, unauthorized
-from ..http.openapi import COMMON_ERRORS, MUTATION_ERRORS, OBJ, err, ok, page
-from ..http.server import call, json_response, refuse_get
+from ..http.openapi import OBJ, err, in_path, ok, operation, page
+from ..http.server import call, json_response
 from . import events as ev
 
 DASHBOARD_FILES = {"index.html": "text/html", "app.js": "text/javascript",
@@ -120,14 +120,7 @@ def add_routes(app: web.Application) -> None:
     app[FILES_KEY] = _load_files()
     app[EVENTS_KEY] = ev.attach()
     app.on_cleanup.append(_detach_events)
-    r = app.router
-    r.add_get("/", index)
-    r.add_get("/dashboard/{file}", dashboard_file)
-    r.add_get("/metrics", metrics)
-    r.add_get("/events", events)
-    r.add_get("/auth", auth)
-    r.add_post("/reload", reload)
-    r.add_get("/reload", refuse_get, allow_head=False)
+    add_route_table(app, ROUTES)
 
 
 def add_metrics_route(app: web.Application) -> None:
@@ -135,34 +128,31 @@ def add_metrics_route(app: web.Application) -> None:
     app.router.add_get("/metrics", metrics)
 
 
+ROUTES = (
+    Route("GET", "/", index, operation("The dashboard (HTML page)", "dashboard",
+                                       {"200": page("the page", "text/html")})),
+    Route("GET", "/dashboard/{file}", dashboard_file, operation(
+        "The dashboard's script and style sheet", "dashboardFile",
+        {"200": page("the file", "text/javascript"), "404": err("no such file")},
+        parameters=in_path("file", enum=["app.js", "style.css"]))),
+    Route("GET", "/metrics", metrics, operation("Prometheus metrics (text exposition format 0.0.4)",
+                                                "metrics", {"200": page("metrics", "text/plain")})),
+    Route("GET", "/events", events, operation(
+        "Recent events (the daemon's INFO+ log records)", "events",
+        {"200": ok("events", OBJ), "400": err("since is not an integer")},
+        parameters=[{"name": "since", "in": "query", "required": False,
+                     "schema": {"type": "integer"}}])),
+    Route("GET", "/auth", auth, operation(
+        "Check a bearer token (200) or not (401)", "auth",
+        {"200": ok("signed in", OBJ), "401": err("missing or wrong token")},
+        security=[{"bearer": []}])),
+    Route("POST", "/reload", reload, operation(
+        "Re-read the config file; peers and firewall change in place", "reload",
+        {"200": ok("what changed", OBJ), "404": err("this controller cannot reload")},
+        mutation=True)),
+)
+
+
 def openapi_paths() -> dict:
     """The OpenAPI entries of these routes."""
-    common, mutation, obj = COMMON_ERRORS, MUTATION_ERRORS, OBJ
-    return {
-        "/": {"get": {"summary": "The dashboard (HTML page)", "operationId": "dashboard",
-                      "responses": dict(common, **{"200": page("the page", "text/html")})}},
-        "/dashboard/{file}": {"get": {
-            "summary": "The dashboard's script and style sheet", "operationId": "dashboardFile",
-            "parameters": [{"name": "file", "in": "path", "required": True,
-                            "schema": {"type": "string", "enum": ["app.js", "style.css"]}}],
-            "responses": dict(common, **{"200": page("the file", "text/javascript"),
-                                         "404": err("no such file")})}},
-        "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format 0.0.4)",
-                             "operationId": "metrics",
-                             "responses": dict(common, **{"200": page("metrics", "text/plain")})}},
-        "/events": {"get": {
-            "summary": "Recent events (the daemon's INFO+ log records)", "operationId": "events",
-            "parameters": [{"name": "since", "in": "query", "required": False,
-                            "schema": {"type": "integer"}}],
-            "responses": dict(common, **{"200": ok("events", obj),
-                                         "400": err("since is not an integer")})}},
-        "/auth": {"get": {"summary": "Check a bearer token (200) or not (401)",
-                          "operationId": "auth", "security": [{"bearer": []}],
-                          "responses": dict(common, **{"200": ok("signed in", obj),
-                                                       "401": err("missing or wrong token")})}},
-        "/reload": {"post": {
-            "summary": "Re-read the config file; peers and firewall change in place",
-            "operationId": "reload", "security": [{"bearer": []}],
-            "responses": dict(mutation, **{"200": ok("what changed", obj),
-                                           "404": err("this controller cannot reload")})}},
-    }
+    return paths_of(ROUTES)

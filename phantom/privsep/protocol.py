@@ -173,22 +173,23 @@ def _network(v: Any, what: str):
                       % (what, _short(v))) from None
 
 
+def _ip_value(parse, v: Any, what: str, noun: str):
+    """``parse`` (ipaddress.ip_interface, ip_address) of a string of at most
+    64 characters, or Refused: "``what``: ... is not ``noun``"."""
+    if isinstance(v, str) and len(v) <= 64:
+        try:
+            return parse(v)
+        except ValueError:
+            pass
+    raise Refused("bad_value", "%s: %s is not %s" % (what, _short(v), noun))
+
+
 def _interface(v: Any, what: str):
-    if not isinstance(v, str) or len(v) > 64:
-        raise Refused("bad_value", "%s: %s is not an interface address" % (what, _short(v)))
-    try:
-        return ipaddress.ip_interface(v)
-    except ValueError:
-        raise Refused("bad_value", "%s: %s is not an interface address" % (what, _short(v))) from None
+    return _ip_value(ipaddress.ip_interface, v, what, "an interface address")
 
 
 def _address(v: Any, what: str):
-    if not isinstance(v, str) or len(v) > 64:
-        raise Refused("bad_value", "%s: %s is not an IP address" % (what, _short(v)))
-    try:
-        return ipaddress.ip_address(v)
-    except ValueError:
-        raise Refused("bad_value", "%s: %s is not an IP address" % (what, _short(v))) from None
+    return _ip_value(ipaddress.ip_address, v, what, "an IP address")
 
 
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")

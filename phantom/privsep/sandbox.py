@@ -28,6 +28,7 @@ import ctypes
 import errno
 import os
 
+from ..privileges import CAPABILITY_VERSION_3, CapData, CapHeader
 from .protocol import CAP_NET_ADMIN
 from . import seccomp
 
@@ -38,21 +39,11 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
-_VERSION_3 = 0x20080522
 NET_ADMIN_MASK = 1 << CAP_NET_ADMIN
 
 
 class SandboxError(OSError):
     pass
-
-
-class _Header(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _Data(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -69,7 +60,7 @@ def _prctl(option: int, arg: int, what: str, arg3: int = 0, ok=()) -> int:
 
 
 def _capget() -> tuple:
-    hdr, data = _Header(_VERSION_3, 0), (_Data * 2)()
+    hdr, data = CapHeader(CAPABILITY_VERSION_3, 0), (CapData * 2)()
     if _libc.capget(ctypes.byref(hdr), data) != 0:
         e = ctypes.get_errno()
         raise SandboxError(e, "capget: %s" % os.strerror(e))
@@ -78,7 +69,7 @@ def _capget() -> tuple:
 
 
 def _capset(eff: int, prm: int, inh: int) -> None:
-    hdr, data = _Header(_VERSION_3, 0), (_Data * 2)()
+    hdr, data = CapHeader(CAPABILITY_VERSION_3, 0), (CapData * 2)()
     for i in (0, 1):
         data[i].effective = (eff >> (32 * i)) & 0xFFFFFFFF
         data[i].permitted = (prm >> (32 * i)) & 0xFFFFFFFF

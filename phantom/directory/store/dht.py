@@ -412,19 +412,8 @@ class DhtNode:
                 self._wake.set()                 # sample the lookups from now on
         entry[0].append(fut)
         try:
-            found = await asyncio.wait_for(asyncio.shield(fut), timeout or self.timeout)
-            if found is None:
-                self.stats["not_found"] += 1
-            if found is None and self.nodes == 0:
-                raise DhtError("the DHT routing table is empty: no node to ask (bootstrap %s)"
-                               % (", ".join("%s:%d" % b for b in self.bootstrap) or "none"))
-            return found
-        except asyncio.CancelledError:
-            if fut.cancelled() and self._ses is None:
-                raise DhtError("the DHT node stopped") from None
-            raise
+            found = await self._answer(fut, timeout or self.timeout)
         except asyncio.TimeoutError:
-            self.stats["timeouts"] += 1
             best = entry[1]
             if fut in entry[0]:
                 entry[0].remove(fut)
@@ -436,6 +425,26 @@ class DhtNode:
                 return best                  # the newest seen so far
             raise DhtError("no answer from the DHT within %g s (%d node(s) in the routing "
                            "table)" % (timeout or self.timeout, self.nodes)) from None
+        if found is None:
+            self.stats["not_found"] += 1
+        if found is None and self.nodes == 0:
+            raise DhtError("the DHT routing table is empty: no node to ask (bootstrap %s)"
+                           % (", ".join("%s:%d" % b for b in self.bootstrap) or "none"))
+        return found
+
+    async def _answer(self, fut: asyncio.Future, timeout: float):
+        """What ``fut`` (a lookup's, a put's) resolves to within ``timeout``:
+        DhtError when the node stopped under it, asyncio.TimeoutError (counted)
+        when no answer came in time."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except asyncio.CancelledError:
+            if fut.cancelled() and self._ses is None:
+                raise DhtError("the DHT node stopped") from None
+            raise
+        except asyncio.TimeoutError:
+            self.stats["timeouts"] += 1
+            raise
 
     async def put(self, secret: bytes, key: bytes, value: bytes, salt: bytes = SALT,
                   timeout: Optional[float] = None) -> int:
@@ -449,14 +458,8 @@ class DhtNode:
         self._puts.setdefault(k, [[]])[0].append(fut)
         ses.dht_put_mutable_item(bytes(secret), bytes(key), bytes(value), bytes(salt))
         try:
-            n = await asyncio.wait_for(asyncio.shield(fut), timeout or max(self.timeout,
-                                                                              PUT_TIMEOUT))
-        except asyncio.CancelledError:
-            if fut.cancelled() and self._ses is None:
-                raise DhtError("the DHT node stopped") from None
-            raise
+            n = await self._answer(fut, timeout or max(self.timeout, PUT_TIMEOUT))
         except asyncio.TimeoutError:
-            self.stats["timeouts"] += 1
             self._puts.pop(k, None)
             raise DhtError("the DHT did not confirm the put within %g s (%d node(s) in the "
                            "routing table)" % (timeout or max(self.timeout, PUT_TIMEOUT),
