@@ -13,7 +13,9 @@ by add_peer and set_allowed_ips and checked by route_problem:
     direction, IPv4 and IPv6 alike: with longest-prefix routing, a
     prefix inside another peer's would take part of that peer's traffic.
     Overlaps between peers of the config file are the administrator's
-    (the longest prefix wins), as in WireGuard.
+    (the longest prefix wins), as in WireGuard.  A default route (``/0``:
+    an exit in use, issue 22) overlaps nothing here: with longest-prefix
+    routing it takes only what no other prefix holds, nobody's traffic.
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ def networks(nets) -> list:
 def overlap(a, b) -> bool:
     """Do two prefixes share an address (one holds the other)?"""
     return a.version == b.version and (a.subnet_of(b) or b.subnet_of(a))
+
+
+def _claims_over(a, b) -> bool:
+    """Would ``a`` and ``b`` on two peers take traffic from one another?  A
+    default route never does (the longest prefix wins)."""
+    return a.prefixlen != 0 and b.prefixlen != 0 and overlap(a, b)
 
 
 class AllowedIPs:
@@ -90,21 +98,21 @@ class AllowedIPs:
             if is_exclusive(key):
                 # a claim: against every other prefix, the changed ones as they will be
                 for m, holder in self._holders_overlapping(n):
-                    if holder.id not in changes and overlap(n, m):
+                    if holder.id not in changes and _claims_over(n, m):
                         return n, key, "%s overlaps peer %s's %s" % (n, holder.name, m)
                 for m, other in wanted.items():
-                    if other != key and overlap(n, m):
+                    if other != key and _claims_over(n, m):
                         return n, key, "%s overlaps %s's %s" % (n, self._route_name(other), m)
             else:
                 for ep in self._exclusive.values():
                     if ep.id in changes:
                         continue               # with its new prefixes, in ``wanted``
                     for m in ep.allowed_ips:
-                        if overlap(n, m):
+                        if _claims_over(n, m):
                             return n, key, ("%s overlaps peer %s's %s (a peer added at run time)"
                                             % (n, ep.name, m))
                 for m, other in claims:
-                    if other != key and overlap(n, m):
+                    if other != key and _claims_over(n, m):
                         return n, key, ("%s overlaps %s's %s (a peer added at run time)"
                                         % (n, self._route_name(other), m))
         return None

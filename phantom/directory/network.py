@@ -16,6 +16,10 @@
     POST /network/admin/members/{who}/remove      by name or key -> the signed removal
     GET  /network/policy                 the signed network policy in force (404: none)
     POST /network/admin/policy           {"source": TOML or JSON text} -> signed and in force
+    POST /network/advertise              a member's signed advertisement of routes and exit
+    GET  /network/admin/routes           advertised, approved, primary/standby per member
+    POST /network/admin/routes/{who}/approve  {"routes": [...], "exit": bool} -> reissued cert
+    POST /network/admin/routes/{who}/revoke   the same, taken back
 
 Every change runs :mod:`phantom.network.join` on the store's ledger
 (store/ledger.py) in one transaction.  A refusal is ``{"error": sentence,
@@ -63,7 +67,8 @@ EVENTS_PAGE = 1000
 _STATUS = {"malformed": 400, "wrong_network": 400, "stale": 400, "name_required": 400,
            "name_mismatch": 400, "bad_proof": 403, "invalid": 403, "revoked": 403,
            "used": 403, "expired": 403, "not_member": 404, "name_taken": 409,
-           "already_member": 409, "full": 409, "conflict": 503}
+           "already_member": 409, "full": 409, "conflict": 503, "not_advertised": 409,
+           "not_approved": 409}
 
 
 @dataclass
@@ -370,6 +375,70 @@ async def admin_set_policy(request: web.Request) -> web.Response:
                   "event": seq})
 
 
+# --- routes and exits (issue 22) -------------------------------------------------------------------
+async def post_advertise(request: web.Request) -> web.Response:
+    """A member's signed advertisement (network/routes.py): stored; approvals
+    it no longer covers are withdrawn in the same transaction."""
+    from phantom.network import routes as RT
+    _take_write(request)
+    body = await srv.read_body(request)
+    svc = _svc(request)
+    try:
+        adv, result = await _change(request, lambda led, now: RT.advertise(
+            led, svc.definition, svc.admission, body, now))
+    except NetworkError as exc:
+        _count(request, "network_refused")
+        return refusal(exc)
+    log.info("member %s advertises routes %s%s", b64(adv.key),
+             ", ".join(map(str, adv.routes)) or "none", " and exit" if adv.exit else "")
+    return _json({"advertisement": adv.summary(),
+                  "certificate": result.certificate.doc if result is not None else None})
+
+
+async def admin_routes(request: web.Request) -> web.Response:
+    from phantom.network import routes as RT
+    _admin(request)
+    svc = _svc(request)
+    rows = await svc.tables.read(lambda led: RT.listing(led.members(), led.adverts(),
+                                                        svc.definition))
+    return _json({"routes": rows})
+
+
+async def _route_body(request: web.Request) -> tuple:
+    body = await srv.read_body(request)
+    if body is None:
+        body = {}
+    if not isinstance(body, dict) or set(body) - {"routes", "exit"}:
+        raise Invalid('the body is {"routes": [PREFIX...], "exit": true|false}')
+    routes = _opt(body, "routes", list, [])
+    exit = body.get("exit", False)
+    if not isinstance(exit, bool) or len(routes) > 64 or \
+            not all(isinstance(r, str) and len(r) <= 50 for r in routes):
+        raise Invalid('routes: a list of prefixes (strings); exit: true or false')
+    return routes, exit
+
+
+def _route_change(fn_name: str):
+    async def handler(request: web.Request) -> web.Response:
+        from phantom.network import routes as RT
+        _admin(request)
+        who = _who(request.match_info["who"])
+        routes, exit = await _route_body(request)
+        svc = _svc(request)
+        fn = getattr(RT, fn_name)
+        try:
+            result = await _change(request, lambda led, now: fn(
+                led, svc.definition, svc.admission, who, routes, exit, now))
+        except NetworkError as exc:
+            return refusal(exc)
+        c = result.certificate
+        log.info("routes of %s %s: now %s%s (serial %d, event %d)", c.name, fn_name + "d",
+                 ", ".join(map(str, c.routes)) or "none", ", exit" if c.exit else "", c.serial,
+                 result.seq)
+        return _json({"certificate": c.summary(), "seq": result.seq})
+    return handler
+
+
 def add_routes(app: web.Application, service: NetworkService) -> None:
     app[SERVICE_KEY] = service
     r = app.router
@@ -385,3 +454,7 @@ def add_routes(app: web.Application, service: NetworkService) -> None:
     r.add_post("/network/admin/members/{who}/remove", admin_remove)
     r.add_get("/network/policy", get_policy)
     r.add_post("/network/admin/policy", admin_set_policy)
+    r.add_post("/network/advertise", post_advertise)
+    r.add_get("/network/admin/routes", admin_routes)
+    r.add_post("/network/admin/routes/{who}/approve", _route_change("approve"))
+    r.add_post("/network/admin/routes/{who}/revoke", _route_change("revoke"))

@@ -146,6 +146,9 @@ def _route(value: Any, path: str) -> ipaddress._BaseNetwork:
     return net
 
 
+route_field = _route     # one approved or advertised prefix (network/routes.py)
+
+
 def _from_doc(doc: Any) -> Certificate:
     """Shape and canonical forms only (no signature, no definition)."""
     object_fields(doc, FIELDS)

@@ -12,8 +12,10 @@
     phantom network remove NAME|KEY
     phantom network rotate [--authority-key FILE] [--admission-lifetime 365d]
     phantom network policy show | set FILE | test SRC DST PORT[/PROTO]|PROTO
+    phantom network routes
+    phantom network routes approve|revoke NAME [PREFIX...] [--exit]
 
-``invite``, ``invites``, ``members``, ``remove`` and ``policy`` work on the authority
+``invite``, ``invites``, ``members``, ``remove``, ``policy`` and ``routes`` work on the authority
 directory's own ledger, or, with ``--admin-token-file F`` (remote mode), on
 the directory that serves the network (``phantom directory serve --network``):
 ``--directory URL`` names it (default: the first URL of the network's
@@ -499,6 +501,47 @@ _REMOTE.add_argument("--admin-token-file", metavar="FILE",
                      "default the network's first), with this admin token")
 
 
+def cmd_routes(args, now: Callable[[], float]) -> int:
+    """Members' advertised and approved routes and exits (issue 22); approve, revoke."""
+    import urllib.parse
+    from . import routes as RT
+    if args.action is not None:
+        if args.action not in ("approve", "revoke") or args.who is None:
+            raise UsageError("`phantom network routes [approve|revoke NAME [PREFIX...] [--exit]]`")
+        if _remote(args):
+            doc = _ask(args, "POST", "/network/admin/routes/%s/%s"
+                       % (urllib.parse.quote(args.who, safe=""), args.action),
+                       {"routes": list(args.prefixes), "exit": args.exit})
+            c = doc["certificate"]
+        else:
+            auth = _open(args)
+            with auth.transaction() as ledger:
+                c = getattr(RT, args.action)(ledger, auth.definition, auth.admission, args.who,
+                                             args.prefixes, args.exit, now()).certificate.summary()
+        _out(args, "%s: approved routes %s%s (certificate serial %d; every member follows "
+             "within seconds)" % (c["name"], ", ".join(c["routes"]) or "none",
+                                  ", exit" if c["exit"] else "", c["serial"]), c)
+        return 0
+    if args.prefixes or args.exit:
+        raise UsageError("`phantom network routes` lists; approve or revoke NAME to change")
+    if _remote(args):
+        rows = _ask(args, "GET", "/network/admin/routes")["routes"]
+    else:
+        auth = _open(args)
+        ledger = auth.read_ledger()
+        rows = RT.listing(ledger.members(), ledger.adverts(), auth.definition)
+
+    def cells(r):
+        standby = ["%s (standby behind %s)" % (x["prefix"], x["behind"]) for x in r["standby"]]
+        return (r["name"], ",".join(r["advertised"] + (["exit"] if r["advertised_exit"] else []))
+                or "-", ",".join(r["approved"] + (["exit"] if r["exit"] else [])) or "-",
+                ",".join(r["primary"] + standby) or "-", ",".join(r["pending"]) or "-")
+    return _rows(args, rows, "no member advertises routes or an exit",
+                 "%-20s  %-36s  %-36s  %-40s  %s",
+                 ("NAME", "ADVERTISED", "APPROVED", "ROUTED (PRIMARY / STANDBY)", "PENDING"),
+                 cells)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dir", type=Path, default=None,
@@ -571,6 +614,17 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--directory", action="append", default=[], metavar="URL",
                    help="remote mode: the directory to ask")
     y.set_defaults(func=cmd_policy)
+    t = sub.add_parser("routes", parents=[common, _REMOTE],
+                       help="members' advertised and approved subnet routes and exits; "
+                       "approve|revoke NAME [PREFIX...] [--exit]")
+    t.add_argument("action", nargs="?", help="approve or revoke (none: list)")
+    t.add_argument("who", nargs="?", metavar="NAME", help="the member")
+    t.add_argument("prefixes", nargs="*", metavar="PREFIX",
+                   help="prefixes (none and no --exit: everything advertised / approved)")
+    t.add_argument("--exit", action="store_true", help="the exit node role")
+    t.add_argument("--directory", action="append", default=[], metavar="URL",
+                   help="remote mode: the directory to ask")
+    t.set_defaults(func=cmd_routes)
     return p
 
 

@@ -128,6 +128,9 @@ def _fresh_and_proven(doc: dict, key: bytes, signing_key: bytes, sig: bytes, whe
         raise JoinError("bad_proof", "%s does not prove possession of its key" % what)
 
 
+fresh_and_proven = _fresh_and_proven     # the signed requests of network/routes.py too
+
+
 def _request_doc(raw: Any, fields: tuple, what: str) -> dict:
     doc = raw if isinstance(raw, dict) else strict_loads(raw, MAX_REQUEST_SIZE, what)
     object_fields(doc, fields)
@@ -145,6 +148,9 @@ def _for_network(network: str, definition: Definition, what: str) -> None:
     if network != definition.fingerprint:
         raise JoinError("wrong_network", "this %s is for network %s, not %s (%s)"
                         % (what, network, definition.fingerprint, definition.name))
+
+
+for_network = _for_network
 
 
 def verify_join_request(raw: Any, definition: Definition, now: float) -> JoinRequest:
@@ -266,6 +272,9 @@ class Ledger(Protocol):
     def next_serial(self) -> int: ...
     def append(self, event: dict) -> int: ...
     def policy_doc(self) -> Optional[dict]: ...
+    def advert(self, key: bytes) -> Optional[dict]: ...
+    def adverts(self) -> dict: ...
+    def save_advert(self, key: bytes, doc: dict) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -403,9 +412,11 @@ def renew(ledger: Ledger, definition: Definition, admission: SigningKey, request
 
 
 def reissue(ledger: Ledger, definition: Definition, admission: SigningKey, key: bytes,
-            now: float) -> JoinResult:
+            now: float, routes: Optional[Iterable[Any]] = None,
+            exit: Optional[bool] = None) -> JoinResult:
     """A fresh certificate for the current member ``key`` (renewal, or an
-    admin's change of groups or routes later).  A certificate that has
+    admin's approval or revocation of routes and exit: ``routes``/``exit``
+    replace the held ones, network/routes.py).  A certificate that has
     expired is not renewed: the machine joins again with an invite (a
     certificate's expiry is the network's re-authentication)."""
     held = ledger.member(bytes(key))
@@ -416,8 +427,9 @@ def reissue(ledger: Ledger, definition: Definition, admission: SigningKey, key: 
         raise JoinError("expired", "the certificate of %s expired %d s ago: join %s again with "
                         "an invite" % (c.name, now - c.not_after, definition.name))
     cert = _issue(ledger, definition, admission, now, c.key, c.name, c.ipv4, c.ipv6, c.groups,
-                  since=c.since, not_before=max(int(now), c.not_before), routes=c.routes,
-                  exit=c.exit)
+                  since=c.since, not_before=max(int(now), c.not_before),
+                  routes=c.routes if routes is None else routes,
+                  exit=c.exit if exit is None else exit)
     ledger.save_member(replace(held, cert=cert))
     return JoinResult(cert, ledger.append({"op": "member", "cert": cert.doc}))
 
@@ -497,6 +509,7 @@ class MemoryLedger:
         self.serial = 0
         self.seq = 0
         self.events: list = []              # (seq, event) in order: the watch stream
+        self._adverts: dict = {}            # key -> its advertisement (routes, exit)
 
     def invite(self, invite_id: str) -> Optional[Invite]:
         return self._invites.get(invite_id)
@@ -595,6 +608,15 @@ class MemoryLedger:
                 return ev["policy"]
         return None
 
+    def advert(self, key: bytes) -> Optional[dict]:
+        return self._adverts.get(bytes(key))
+
+    def adverts(self) -> dict:
+        return dict(self._adverts)
+
+    def save_advert(self, key: bytes, doc: dict) -> None:
+        self._adverts[bytes(key)] = doc
+
     def stream(self, since: int = 0) -> list:
         """The watch stream's events after ``since``, as a member reads them."""
         return [dict(ev, seq=seq) for seq, ev in self.events if seq > since]
@@ -605,7 +627,8 @@ class MemoryLedger:
                 "members": [{"cert": m.cert.doc, "invite": m.invite, "removed": m.removed}
                             for m in sorted(self._members.values(),
                                             key=lambda m: (int(m.cert.ipv4), m.key))],
-                "events": [dict(ev, seq=seq) for seq, ev in self.events]}
+                "events": [dict(ev, seq=seq) for seq, ev in self.events],
+                "adverts": [self._adverts[k] for k in sorted(self._adverts)]}
 
     @classmethod
     def from_doc(cls, doc: Any, definition: Definition) -> "MemoryLedger":
@@ -615,7 +638,8 @@ class MemoryLedger:
         from .certificate import parse_certificate
         from .invite import parse_invite
         try:
-            object_fields(doc, ("v", "serial", "seq", "invites", "members", "events"))
+            object_fields(doc, ("v", "serial", "seq", "invites", "members", "events"),
+                          ("adverts",))
             if doc["v"] != 1 or isinstance(doc["v"], bool):
                 raise FormatError("version %r is not supported" % (doc["v"],), "v")
             led = cls()
@@ -635,6 +659,8 @@ class MemoryLedger:
             for ev in doc["events"]:
                 ev = dict(ev)
                 led.events.append((int_field(ev.pop("seq"), "seq", 1, 2 ** 53), ev))
+            for i, a in enumerate(doc.get("adverts", [])):
+                led._adverts[bytes_field(a["key"], "adverts[%d].key" % i, KEY_SIZE)] = a
         except (FormatError, JoinError, KeyError, TypeError, AttributeError) as exc:
             if isinstance(exc, JoinError):
                 raise FormatError("damaged: %s" % exc, what="authority ledger") from None

@@ -163,6 +163,7 @@ class MemberSet:
         self._contenders: dict = {}       # claim -> set of keys whose certificate claims it
         self._owner: dict = {}            # claim -> key of the active holder
         self._groups: dict = {}           # group -> set of active keys
+        self._routers: set = set()        # active keys whose certificate has routes or exit
         self._expiry: list = []           # heap of (expiry, serial, key)
         self._before: dict = {}           # key -> Member|None, during one operation
         self._active = 0                  # how many entries are active
@@ -234,6 +235,11 @@ class MemberSet:
 
     def groups(self) -> dict:
         return {g: frozenset(keys) for g, keys in self._groups.items() if keys}
+
+    def routers(self) -> list:
+        """The active members with approved routes or exit (issue 22): the
+        few a route decision looks at, never all N."""
+        return [self._entries[k].member() for k in self._routers]
 
     def is_removed(self, key: bytes) -> bool:
         return bytes(key) in self._removals
@@ -459,6 +465,7 @@ class MemberSet:
         self._contenders.clear()
         self._owner.clear()
         self._groups.clear()
+        self._routers.clear()
         self._expiry.clear()
         self._active = 0
 
@@ -523,11 +530,14 @@ class MemberSet:
             self._owner[c] = e.cert.key
         for g in e.cert.groups:
             self._groups.setdefault(g, set()).add(e.cert.key)
+        if e.cert.routes or e.cert.exit:
+            self._routers.add(e.cert.key)
 
     def _deactivate(self, e: _Entry) -> None:
         e.active = False
         self._active -= 1
         key = e.cert.key
+        self._routers.discard(key)
         for c in _claims(e.cert):
             if self._owner.get(c) == key:
                 del self._owner[c]

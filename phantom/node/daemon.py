@@ -173,6 +173,8 @@ class Daemon:
         self.exits.after_reload(report)  # the exit in use: still offered, its routes kept
         if self.exit_dns is not None:
             self.exit_dns.set_allowed(n for p in self.s.peers if p.allow_exit for n in p.allowed_ips)
+        if self.membership is not None:  # a network's approved routes and exit: forwarding, DNS
+            self.membership.routes.own()
         if self.names is not None:
             self.names.sync()
         return report

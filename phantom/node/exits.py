@@ -125,8 +125,9 @@ class ExitChoice:
         if peer is None:
             raise NotFound("no peer %r" % name)
         if not peers.offers_exit(peer):
-            raise Invalid("peer %s does not offer itself as exit (exit_node = true in its [[peer]])"
-                          % peer.name)
+            raise Invalid("peer %s does not offer itself as exit (exit_node = true in its [[peer]]; "
+                          "in a network: the admin's `phantom network routes approve %s --exit`)"
+                          % (peer.name, peer.name))
         old = self._peer()
         if old is not peer:
             changes = {peer.id: DEFAULTS}

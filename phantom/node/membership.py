@@ -206,6 +206,8 @@ class Membership(Observer):
         self.stream = None               # memberstream.MemberStream, made at start()
         self.directory_ok: Optional[bool] = None   # the last poll reached a directory
         self.last_poll_error: Optional[str] = None
+        from .netroutes import NetworkRoutes
+        self.routes = NetworkRoutes(self)   # approved subnet routes and exits (issue 22)
         self._warn_own_addresses()
 
     # ------------------------------------------------------------ start-up
@@ -294,6 +296,7 @@ class Membership(Observer):
         self._install_servers()
         for m in list(self.members):
             self._add_peer(m)
+        self.routes.refresh()
         self.regroup()
         self._load_cached_policy()
 
@@ -362,7 +365,7 @@ class Membership(Observer):
             # a rendezvous of the definition that is a member too: its addresses and groups
             cert = member.cert
             try:
-                d.peers.set_routes({existing.id: list(cert.allowed_ips())})
+                d.peers.set_routes({existing.id: list(cert.addresses)})   # routes: refresh()
                 self._set_groups(existing.id, cert.groups)
             except ValueError as exc:
                 log.warning("network: member %s (the rendezvous) keeps no addresses: %s",
@@ -380,7 +383,9 @@ class Membership(Observer):
             return
         cert = member.cert
         try:
-            peer = d.peers.add(key, d.peers.free_name(cert.name), list(cert.allowed_ips()),
+            # its addresses; approved routes follow in routes.refresh() (a route
+            # another peer holds then costs the route, never the member)
+            peer = d.peers.add(key, d.peers.free_name(cert.name), list(cert.addresses),
                                self._endpoint_of(member), dynamic=True, exclusive=True)
         except ValueError as exc:
             self.stats["peer_refused"] += 1
@@ -405,6 +410,8 @@ class Membership(Observer):
         pid = self._peer_ids.get(key)
         return self.d.engine.peers.get(pid) if pid is not None else None
 
+    member_peer = _peer                  # the member ``key``'s peer, or None (netroutes.py)
+
     def _remove_peer(self, key: bytes, why: str) -> None:
         peer = self._peer(key)
         self._peer_ids.pop(key, None)
@@ -425,6 +432,10 @@ class Membership(Observer):
         """Carry the member set's changes to the peer door."""
         for ch in changes:
             if ch.key == self.public_key:
+                if ch.new is not None and ch.new.cert.version > self.cert.version:
+                    # our own certificate reissued (the admin approved or revoked
+                    # routes or exit, issue 22): use it as a renewal's
+                    self.use_certificate(ch.new.cert, "reissued by the network")
                 if ch.kind == "removed" and self.members.is_removed(self.public_key):
                     log.error("network: this node (%s) was removed by the network %s: members "
                               "refuse it from now on", self.cert.name, self.definition.name)
@@ -441,8 +452,7 @@ class Membership(Observer):
                     continue
                 cert = ch.new.cert
                 try:
-                    if set(peer.allowed_ips) != set(cert.allowed_ips()):
-                        self.d.peers.set_routes({peer.id: list(cert.allowed_ips())})
+                    # its routes follow in routes.refresh() below, with everyone's
                     self._set_groups(peer.id, cert.groups)
                 except ValueError as exc:
                     log.warning("network: member %s's new certificate not applied: %s",
@@ -453,6 +463,8 @@ class Membership(Observer):
                 ep = self._endpoint_of(ch.new)
                 if peer is not None and ep is not None and peer.endpoint is None:
                     self.d.peers.move(peer, ep)
+        if changes:
+            self.routes.refresh()
         if not self._in_page:
             self.regroup()
         if changes:
@@ -774,7 +786,8 @@ class Membership(Observer):
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.stream = MemberStream(self)
-        for coro in (self.stream.follow(), self.stream.keep_renewed()):
+        for coro in (self.stream.follow(), self.stream.keep_renewed(),
+                     self.stream.keep_advertised()):
             task = loop.create_task(coro)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -813,13 +826,24 @@ class Membership(Observer):
         finally:
             signer.wipe()
 
+    def advertisement_request(self, routes, exit: bool) -> dict:
+        """This member's advertisement of routes and exit, signed with our key
+        (POST /network/advertise, network/routes.py)."""
+        from ..network.routes import make_advertisement
+        signer = NodeSigner(self._key)
+        try:
+            return make_advertisement(self.definition.fingerprint, self.public_key,
+                                      signer.signing_key, signer.sign, routes, exit, self.clock())
+        finally:
+            signer.wipe()
+
     async def renew_once(self) -> Certificate:
         """Renew now (the API's POST /network/renew); ValueError/OSError when not renewed."""
         if self.stream is None:
             raise ValueError("the daemon is not serving yet")
         return await self.stream.renew_once()
 
-    def use_certificate(self, cert: Certificate) -> None:
+    def use_certificate(self, cert: Certificate, how: str = "renewed") -> None:
         self._write(CERTIFICATE_FILE, cert.encode())
         self.cert = cert
         self.d.engine.membership = cert.encode()
@@ -831,8 +855,12 @@ class Membership(Observer):
             self.sync(self.members.admit(cert.doc, key=self.public_key)[1])
         except NetworkError:
             pass
-        log.info("network: certificate renewed: serial %d, valid until %s", cert.serial,
-                 time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(cert.not_after)))
+        log.info("network: certificate %s: serial %d, valid until %s%s", how, cert.serial,
+                 time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(cert.not_after)),
+                 "; routes %s%s" % (", ".join(map(str, cert.routes)) or "none",
+                                    ", exit" if cert.exit else "")
+                 if cert.routes or cert.exit else "")
+        self.routes.own()
 
     # ------------------------------------------------------------ status
     def status(self) -> dict:
@@ -846,7 +874,7 @@ class Membership(Observer):
                 "member_peers": len(self._peer_ids),
                 "directory": list(self.section.directory), "directory_ok": self.directory_ok,
                 "last_error": self.last_poll_error, "stats": dict(self.stats),
-                "member_set": dict(self.members.stats)}
+                "member_set": dict(self.members.stats), "routes": self.routes.status()}
 
     def record_endpoint_wanted(self, peer) -> bool:
         """Whether a directory record's endpoint may move ``peer`` (the

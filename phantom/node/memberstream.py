@@ -7,6 +7,9 @@ half of membership.py, which keeps the state and the peer door sans-IO):
   each answer to :meth:`Membership.apply_page`; a directory that does not
   answer is retried with :func:`backoff` (0.5 s doubling, capped at
   MAX_BACKOFF), every URL in turn, forever: never a wait that does not retry;
+* :meth:`MemberStream.keep_advertised` sends this member's advertisement of
+  routes and exit (``POST /network/advertise``, issue 22) at start and after
+  a reload that changes it, retrying like the stream;
 * :meth:`MemberStream.keep_renewed` renews the certificate at 2/3 of its
   lifetime (``POST /network/renew``), retrying after 10 s doubling up to
   RENEW_MAX_WAIT until it expires.
@@ -159,6 +162,44 @@ class MemberStream:
                     wait = min(RENEW_MAX_WAIT, 5.0 * 2 ** min(failures, 8))
             else:
                 wait = min(RENEW_MAX_WAIT, max(1.0, m.renews_at() - now))
+            try:
+                await asyncio.wait_for(stop.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+
+
+    async def advertise_once(self) -> None:
+        """POST /network/advertise with what [interface] offers now."""
+        m = self.m
+        routes, exit = m.routes.wanted()
+        doc = m.advertisement_request(routes, exit)
+        url, status, answer = await self.request("POST", "/network/advertise", doc)
+        if status != 200:
+            reason = answer.get("error") if isinstance(answer, dict) else answer
+            raise ValueError("%s refused the advertisement: %s" % (url, str(reason)[:300]))
+        m.routes.sent, m.routes.last_error = (routes, exit), None
+        log.info("network: advertised routes %s%s to %s (the admin approves them: "
+                 "`phantom network routes approve %s`)",
+                 ", ".join(map(str, routes)) or "none", " and exit" if exit else "", url,
+                 m.cert.name)
+
+    async def keep_advertised(self) -> None:
+        m = self.m
+        stop = m.d.shutdown
+        failures = 0
+        while not stop.is_set():
+            wait = POLL
+            if m.routes.should_send():
+                try:
+                    await self.advertise_once()
+                    failures = 0
+                except (OSError, ValueError) as exc:
+                    failures += 1
+                    m.stats["advertise_failures"] += 1
+                    m.routes.last_error = str(exc)
+                    if failures == 1 or failures % 60 == 0:
+                        log.warning("network: advertising routes: %s (retrying)", exc)
+                    wait = max(POLL, backoff(failures, cap=30.0))
             try:
                 await asyncio.wait_for(stop.wait(), wait)
             except asyncio.TimeoutError:

@@ -39,20 +39,23 @@ def _by_family(prefixes: Iterable) -> dict:
     return {v: [str(n) for n in nets if n.version == v] for v in (4, 6)}
 
 
-def exit_table(device: str, prefixes: Iterable, routes: Optional[tuple] = None) -> dict:
+def exit_table(device: str, prefixes: Iterable, routes: Optional[tuple] = None,
+               more_routes: Iterable = ()) -> dict:
     """The exit's table (nftspec form) for the allowed peers' ``prefixes``;
     with ``routes`` = (sources, destinations), a subnet router's too: from
     the device, the sources (the peers with ``allow_routes``) may reach the
     destinations (``advertise_routes``), routed as they are (no masquerade:
-    the LAN routes the tunnel's subnet back through this node)."""
+    the LAN routes the tunnel's subnet back through this node);
+    ``more_routes``: more (sources, destinations) pairs (a network's members
+    and the routes approved in this node's certificate)."""
     fams = _by_family(prefixes)
     rules = []
     for v in (4, 6):
         if fams[v]:
             rules.append({"chain": "fwd", "match": [{"field": "iifname", "value": device},
                                                     {"field": "saddr", "value": fams[v]}], "verdict": "accept"})
-    if routes is not None:
-        src, dst = _by_family(routes[0]), _by_family(routes[1])
+    for pair in ([routes] if routes is not None else []) + list(more_routes):
+        src, dst = _by_family(pair[0]), _by_family(pair[1])
         for v in (4, 6):
             if src[v] and dst[v]:
                 rules.append({"chain": "fwd", "match": [{"field": "iifname", "value": device},
@@ -94,6 +97,10 @@ class ExitNode:
         self.prefixes: list = []
         self.routes: Optional[tuple] = None     # a subnet router's (sources, destinations)
         self.forwarding = False
+        # a network's part (issue 22, node/netroutes.py): the members allowed to
+        # use this exit, and (members, approved routes) for a subnet router
+        self.network_exit: list = []
+        self.network_routes: Optional[tuple] = None
 
     def start(self, prefixes: Iterable, routes: Optional[tuple] = None) -> None:
         """Forwarding on, the table written; ExitError naming what failed."""
@@ -114,7 +121,8 @@ class ExitNode:
         if want == self.prefixes and rt == self.routes and not force:
             return False
         try:
-            self.client.nft_replace(exit_table(self.device, want, rt))
+            self.client.nft_replace(exit_table(self.device, want + self.network_exit, rt,
+                                               [self.network_routes] if self.network_routes else []))
         except PrivError as exc:
             raise ExitError("forwarding: nftables: %s" % exc.text) from None
         if want != self.prefixes or force:
@@ -127,7 +135,25 @@ class ExitNode:
         self.prefixes, self.routes = want, rt
         return True
 
+    def set_network(self, exit_sources: Iterable, routes: Optional[tuple]) -> bool:
+        """A network's part of the table: ``exit_sources`` (the network's
+        prefixes when this member is an approved exit) are forwarded and
+        masqueraded; ``routes`` = (the network's prefixes, the approved
+        routes) forwarded as a subnet router's.  True when rewritten."""
+        ex = sorted({str(ipaddress.ip_network(n)) for n in exit_sources})
+        rt = None if not routes or not routes[1] else tuple(
+            sorted({str(ipaddress.ip_network(n)) for n in part}) for part in routes)
+        if ex == self.network_exit and rt == self.network_routes:
+            return False
+        self.network_exit, self.network_routes = ex, rt
+        self.sync(self.prefixes, self.routes, force=True)
+        log.info("network: forwarding for members: exit %s; routes %s",
+                 "on" if ex else "off", ", ".join(rt[1]) if rt else "none")
+        return True
+
     def status(self) -> dict:
         return {"allowed": list(self.prefixes), "forwarding": self.forwarding,
+                "network": {"exit": list(self.network_exit),
+                            "routes": list(self.network_routes[1]) if self.network_routes else []},
                 "routes": None if self.routes is None else {"from": list(self.routes[0]),
                                                             "to": list(self.routes[1])}}

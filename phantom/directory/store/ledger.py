@@ -9,6 +9,8 @@ PostgreSQL adaptor numbers them)::
     network_invites   id, used, doc (the invite record: the secret's hash, never the secret)
     network_members   key, name, ipv4 UNIQUE, ipv6 UNIQUE, removed, invite, cert;
                       name UNIQUE among current members (a partial index: removed IS NULL)
+    network_adverts   key, doc: each member's latest signed advertisement of routes
+                      and exit (issue 22, network/routes.py)
     network_events    seq, op, doc: the member stream (member, removed, policy, ...);
                       the policy in force is the last ``policy`` event's
     network_freed     ipv4 (an integer): addresses of deleted member rows below the
@@ -69,6 +71,7 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS network_events_by_op ON network_events (op, seq)",
     "CREATE INDEX IF NOT EXISTS network_members_by_removed ON network_members (removed)",
     "CREATE TABLE IF NOT EXISTS network_freed (ipv4 BIGINT PRIMARY KEY)",
+    "CREATE TABLE IF NOT EXISTS network_adverts (key TEXT PRIMARY KEY, doc TEXT NOT NULL)",
     "INSERT INTO network_counters (k, v) VALUES ('serial', 0) ON CONFLICT (k) DO NOTHING",
     "INSERT INTO network_counters (k, v) VALUES ('seq', 0) ON CONFLICT (k) DO NOTHING",
 )
@@ -207,6 +210,20 @@ class SqlLedger:
         if row is not None:          # below the cursor: allocation finds it in the freed list
             self.q.run("INSERT INTO network_freed (ipv4) VALUES (?) ON CONFLICT (ipv4) DO NOTHING",
                        int(ipaddress.IPv4Address(row[0])))
+
+    # advertisements (routes and exit, issue 22)
+    def advert(self, key: bytes) -> Optional[dict]:
+        row = self.q.one("SELECT doc FROM network_adverts WHERE key = ?", b64(bytes(key)))
+        return None if row is None else json.loads(row[0])
+
+    def adverts(self) -> dict:
+        """member key -> its advertisement document."""
+        return {base64.b64decode(k): json.loads(doc)
+                for k, doc in self.q.all("SELECT key, doc FROM network_adverts")}
+
+    def save_advert(self, key: bytes, doc: dict) -> None:
+        self.q.run("INSERT INTO network_adverts (key, doc) VALUES (?, ?) ON CONFLICT (key) DO "
+                   "UPDATE SET doc = excluded.doc", b64(bytes(key)), canonical(doc).decode("ascii"))
 
     # counters and the stream
     def _bump(self, which: str) -> int:
