@@ -78,9 +78,12 @@ class Engine(Timers, AllowedIPs, Admission):
     def __init__(self, private_key: bytearray, tunables: Tunables, *,
                  clock: Clock = time.monotonic, wall_clock: Clock = time.time,
                  rng: Optional[random.Random] = None, index_source: Optional[Callable[[], int]] = None,
-                 suites=None):
+                 suites=None, native_handshake: bool = False):
         """``suites``: the transport suites Phantom sessions may use (wire.Suite
-        values, ``[interface] ciphers``); None: protocols.default_suites()."""
+        values, ``[interface] ciphers``); None: protocols.default_suites().
+        ``native_handshake``: Phantom initiations are answered by the C
+        responder (phantom/protocols/phantom/_responder.pyx) when it is built
+        (phantomd --fast); the decisions stay here either way."""
         self._priv = private_key
         self.public_key = crypto.x25519_public(bytes(private_key))
         self.t = tunables
@@ -92,7 +95,8 @@ class Engine(Timers, AllowedIPs, Admission):
         # Each protocol's message code and our mac1/mac2 checker for it; a peer
         # points at the one it speaks (protocols.py).  Load and rate limits are shared.
         self._protocols = protocols.build(private_key, self.public_key, clock,
-                                          tunables.cookie_refresh_time, suites=suites)
+                                          tunables.cookie_refresh_time, suites=suites,
+                                          native=native_handshake)
         self._checker = self._protocols[protocols.Protocol.PHANTOM].checker
         self._load = LoadDetector(tunables.under_load_initiations, clock)
         self._limiter = RateLimiter(tunables.handshakes_per_second_per_source,

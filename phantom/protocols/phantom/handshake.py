@@ -66,7 +66,7 @@ from ... import crypto, wire
 from .. import tai64n
 from ..cookie import CookieGenerator
 from ..handshake import HandshakeError, HandshakeRefused, SessionKeys, check_index
-from .noise import NoiseIK
+from .noise import NoiseIK, responder_initial_state
 
 __all__ = [
     "HandshakeError", "HandshakeRefused", "SessionKeys", "InitiatorState", "ResponderState", "InitiationInfo",
@@ -243,16 +243,23 @@ def consume_response(state: InitiatorState, msg_bytes) -> SessionKeys:
 
 # --- responder ---------------------------------------------------------------------
 def consume_initiation(local_static_priv, msg_bytes, *, ephemeral_private=None,
-                       local_static_public=None) -> InitiationInfo:
+                       local_static_public=None, responder_key=None) -> InitiationInfo:
     """Authenticate a handshake initiation (type 1) sent to us.
 
     Returns who sent it and what it carries; replay (timestamp not later than
     the peer's last one), unknown peers and load are the caller's decisions.
     ``ephemeral_private`` (our response's ephemeral key) is for test vectors.
+    ``responder_key``: a :class:`phantom.protocols.phantom._responder.ResponderKey`
+    for our static key (see :func:`native_responder_key`): the Noise part (this
+    message and the response's) then runs in C; None: the reference NoiseIK.
+    The results are the same, byte for byte.
     """
     msg = _check_type(msg_bytes, wire.MessageType.INITIATION)
     init = wire.Initiation.unpack(msg)
-    noise = NoiseIK.responder(local_static_priv, ephemeral_private, static_public=local_static_public)
+    if responder_key is not None:
+        noise = responder_key.responder(ephemeral_private)
+    else:
+        noise = NoiseIK.responder(local_static_priv, ephemeral_private, static_public=local_static_public)
     payload = noise.read_message(init.noise_message)
     timestamp = payload[:wire.TIMESTAMP_SIZE]
     client_nonce = payload[wire.TIMESTAMP_SIZE:wire.INITIATION_PAYLOAD_SIZE]
@@ -280,6 +287,19 @@ def consume_initiation(local_static_priv, msg_bytes, *, ephemeral_private=None,
     remote_static = noise.remote_static
     state = ResponderState(noise, init.sender_index, remote_static, client_nonce, offered, attachment)
     return InitiationInfo(remote_static, timestamp, client_nonce, init.sender_index, state)
+
+
+def native_responder_key(local_static_priv, local_static_public):
+    """A ResponderKey (the C responder, phantom/protocols/phantom/_responder.pyx)
+    for our static key, or None when that extension is not built.  It holds
+    the chaining key and hash after the prologue and "<- s", computed here by
+    the reference SymmetricState."""
+    try:
+        from . import _responder
+    except ImportError:
+        return None
+    ck, h = responder_initial_state(local_static_public)
+    return _responder.ResponderKey(local_static_priv, local_static_public, ck, h)
 
 
 def create_response(state: ResponderState, sender_index: int,

@@ -25,9 +25,13 @@ class PhantomHandshakes(Handshakes):
     Generator = CookieGenerator
 
     def __init__(self, private_key, public_key: bytes, clock, cookie_refresh_time: float,
-                 suites: Optional[Iterable] = None):
+                 suites: Optional[Iterable] = None, native: bool = False):
         super().__init__(private_key, public_key, clock, cookie_refresh_time)
         self.set_suites(default_suites() if suites is None else suites)
+        # ``native``: answer initiations with the C responder (_responder.pyx;
+        # phantomd --fast), byte-identical to the reference NoiseIK; None here
+        # when not asked for or not built (the reference then answers)
+        self.responder_key = handshake.native_responder_key(private_key, public_key) if native else None
         # bytes every initiation of ours carries after its offer (the engine's
         # ``membership``: a membership certificate); None: none
         self.attachment: Optional[bytes] = None
@@ -116,7 +120,13 @@ class PhantomHandshakes(Handshakes):
 
     def consume_initiation(self, data: bytes):
         # our cached public key: one X25519 fewer per initiation (issue #15)
-        return handshake.consume_initiation(self._priv, data, local_static_public=self._pub)
+        return handshake.consume_initiation(self._priv, data, local_static_public=self._pub,
+                                            responder_key=self.responder_key)
+
+    @property
+    def native(self) -> bool:
+        """True when initiations are answered by the C responder."""
+        return self.responder_key is not None
 
     def create_response(self, peer, info, index: int):
         suite = self.session_suite(info, peer)
