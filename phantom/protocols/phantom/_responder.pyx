@@ -59,6 +59,111 @@ cdef extern from *:
         unsigned char *buf, unsigned long long size) noexcept nogil
 
 
+# --- ephemeral key pairs made ahead, on a thread of their own ------------------------------
+# A responder's ephemeral key pair (random scalar, X25519 base-point product:
+# ~17 us) does not depend on the initiation, so a C thread (no Python, no GIL)
+# keeps up to PH_EPOOL fresh pairs ready; write_message takes one (each is
+# used once, then zeroed) or, when none is ready, makes its own as before.
+# The thread starts at the first take (after phantomd's start-up forks) and
+# is stopped, its pairs zeroed, at exit (ephemeral_pool_stop).
+cdef extern from *:
+    """
+    #include <pthread.h>
+    #include <string.h>
+    #define PH_EPOOL 64
+    typedef struct { unsigned char e[32]; unsigned char pub[32]; } ph_ekey;
+    static ph_ekey ph_pool[PH_EPOOL];
+    static int ph_pool_n = 0, ph_pool_state = 0;   /* 0 not started, 1 running, 2 stopped */
+    static unsigned long ph_pool_made = 0, ph_pool_taken = 0, ph_pool_empty = 0;
+    static pthread_mutex_t ph_mu = PTHREAD_MUTEX_INITIALIZER;
+    static pthread_cond_t ph_cv = PTHREAD_COND_INITIALIZER;
+    static pthread_t ph_thread;
+    static phantom_randombytes_fn ph_rand;
+    static phantom_scalarmult_base_fn ph_base;
+    static phantom_memzero_fn ph_zero;
+
+    static void *ph_pool_main(void *arg) {
+        ph_ekey k;
+        int rc;
+        (void)arg;
+        pthread_mutex_lock(&ph_mu);
+        while (ph_pool_state == 1) {
+            if (ph_pool_n >= PH_EPOOL) { pthread_cond_wait(&ph_cv, &ph_mu); continue; }
+            pthread_mutex_unlock(&ph_mu);
+            ph_rand(k.e, 32);
+            rc = ph_base(k.pub, k.e);
+            pthread_mutex_lock(&ph_mu);
+            if (rc == 0 && ph_pool_state == 1 && ph_pool_n < PH_EPOOL) {
+                memcpy(&ph_pool[ph_pool_n++], &k, sizeof k);
+                ph_pool_made++;
+            }
+        }
+        pthread_mutex_unlock(&ph_mu);
+        ph_zero(&k, sizeof k);
+        return NULL;
+    }
+
+    /* a forked child has no refill thread, and must never use a pair its
+       parent may use too: it starts empty, and starts its own thread */
+    static void ph_pool_atfork_child(void) {
+        pthread_mutex_init(&ph_mu, NULL);
+        pthread_cond_init(&ph_cv, NULL);
+        ph_zero(ph_pool, sizeof ph_pool);
+        ph_pool_n = 0;
+        ph_pool_state = 0;
+    }
+
+    static int ph_pool_init(void) {
+        return pthread_atfork(NULL, NULL, ph_pool_atfork_child);
+    }
+
+    /* 1: a fresh pair in e / pub; 0: none ready (the caller makes its own) */
+    static int ph_pool_take(unsigned char *e, unsigned char *pub) {
+        int got = 0;
+        pthread_mutex_lock(&ph_mu);
+        if (ph_pool_state == 0) {
+            if (pthread_create(&ph_thread, NULL, ph_pool_main, NULL) == 0) ph_pool_state = 1;
+            else ph_pool_state = 2;
+        }
+        if (ph_pool_n > 0) {
+            ph_pool_n--;
+            memcpy(e, ph_pool[ph_pool_n].e, 32);
+            memcpy(pub, ph_pool[ph_pool_n].pub, 32);
+            ph_zero(&ph_pool[ph_pool_n], sizeof(ph_ekey));
+            ph_pool_taken++;
+            got = 1;
+        } else {
+            ph_pool_empty++;
+        }
+        if (ph_pool_state == 1 && ph_pool_n <= PH_EPOOL / 2) pthread_cond_signal(&ph_cv);
+        pthread_mutex_unlock(&ph_mu);
+        return got;
+    }
+
+    static void ph_pool_stop(void) {
+        int join;
+        pthread_mutex_lock(&ph_mu);
+        join = ph_pool_state == 1;
+        ph_pool_state = 2;
+        pthread_cond_signal(&ph_cv);
+        pthread_mutex_unlock(&ph_mu);
+        if (join) pthread_join(ph_thread, NULL);
+        pthread_mutex_lock(&ph_mu);
+        ph_zero(ph_pool, sizeof ph_pool);
+        ph_pool_n = 0;
+        pthread_mutex_unlock(&ph_mu);
+    }
+    """
+    int ph_pool_take(unsigned char *e, unsigned char *pub) noexcept nogil
+    void ph_pool_stop() noexcept nogil
+    int ph_pool_init() noexcept nogil
+    int ph_pool_n, ph_pool_state
+    unsigned long ph_pool_made, ph_pool_taken, ph_pool_empty
+    randombytes_fn ph_rand
+    scalarmult_base_fn ph_base
+    memzero_fn ph_zero
+
+
 cdef scalarmult_fn _dh_fn = <scalarmult_fn><uintptr_t>_crypto.libsodium_symbol_address("crypto_scalarmult")
 cdef scalarmult_base_fn _dh_base_fn = <scalarmult_base_fn><uintptr_t>_crypto.libsodium_symbol_address(
     "crypto_scalarmult_base")
@@ -70,6 +175,29 @@ cdef aead_encrypt_fn _aead_seal_fn = <aead_encrypt_fn><uintptr_t>_crypto.libsodi
 cdef aead_decrypt_fn _aead_open_fn = <aead_decrypt_fn><uintptr_t>_crypto.libsodium_symbol_address(
     "crypto_aead_chacha20poly1305_ietf_decrypt")
 cdef memzero_fn _memzero_fn = <memzero_fn><uintptr_t>_crypto.libsodium_symbol_address("sodium_memzero")
+
+ph_rand = _rand_fn
+ph_base = _dh_base_fn
+ph_zero = _memzero_fn
+if ph_pool_init() != 0:
+    raise ImportError("pthread_atfork failed")
+
+
+def ephemeral_pool_stop() -> None:
+    """Stop the ephemeral-key thread and zero the pairs it made (atexit;
+    a later take restarts nothing: the responder then makes its own)."""
+    with nogil:
+        ph_pool_stop()
+
+
+def ephemeral_pool_stats() -> dict:
+    """made / taken / ready, and how often a take found none (``empty``)."""
+    return {"made": ph_pool_made, "taken": ph_pool_taken, "empty": ph_pool_empty, "ready": ph_pool_n,
+            "running": ph_pool_state == 1}
+
+
+import atexit as _atexit
+_atexit.register(ephemeral_pool_stop)
 
 DEF DHLEN = 32
 DEF HASHLEN = 64
@@ -207,10 +335,11 @@ cdef int _write2(hs_t *w, unsigned char *e, bint fixed_e, const unsigned char *p
     cdef unsigned char dh[DHLEN]
     cdef unsigned long long clen = 0
     cdef int rc
-    if not fixed_e:
-        _rand_fn(e, DHLEN)
-    if _dh_base_fn(out, e) != 0:
-        return E_DH
+    if fixed_e or not ph_pool_take(e, out):
+        if not fixed_e:
+            _rand_fn(e, DHLEN)
+        if _dh_base_fn(out, e) != 0:
+            return E_DH
     rc = _hash2(w.h, w.h, HASHLEN, out, DHLEN)                         # e
     if rc != OK:
         return rc

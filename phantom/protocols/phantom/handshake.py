@@ -60,6 +60,7 @@ with WireGuard's handshake).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from ... import crypto, wire
@@ -131,6 +132,12 @@ def choose_suite(ours, offered: int | None) -> wire.Suite | None:
     """The suite a responder that speaks ``ours`` picks for an initiation that
     offered ``offered`` (None: no offer, i.e. secretbox only): the first of
     wire.SUITE_PREFERENCE in both; None when they share none."""
+    return _choose_suite(tuple(ours), offered)
+
+
+@functools.lru_cache(maxsize=1024)
+def _choose_suite(ours: tuple, offered: int | None) -> wire.Suite | None:
+    # remembered: the engine asks twice per initiation, with few distinct arguments
     theirs = {wire.Suite.SECRETBOX} if offered is None else set(wire.suites_of(offered))
     ours = {wire.Suite(s) for s in ours}
     for suite in wire.SUITE_PREFERENCE:

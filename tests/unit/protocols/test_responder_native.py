@@ -304,3 +304,56 @@ def test_engine_flood_gets_cookies_and_rate_limits_with_native_responder():
         answered += bool(out and out[0].data[0] == 2)
     assert answered == t.handshake_burst_per_source
     assert b.drops["rate_limited"] >= 5
+
+
+# --- ephemeral key pairs made ahead on the C thread ------------------------------------------
+def _poll(cond, seconds=10.0):
+    import time
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def test_ephemeral_pairs_made_ahead_are_fresh_and_accepted(hub):
+    # the first take starts the thread (it may find none ready: the responder then makes its own)
+    msg, ist = initiation(hub, "166")
+    hs.create_response(hub.consume(msg, True).state, 1, suite=wire.Suite.SECRETBOX)
+    assert _poll(lambda: _responder.ephemeral_pool_stats()["ready"] >= 8), _responder.ephemeral_pool_stats()
+    before = _responder.ephemeral_pool_stats()["taken"]
+    seen = set()
+    for i in range(8):
+        msg, ist = initiation(hub, "166")
+        resp, keys = hs.create_response(hub.consume(msg, True).state, i + 1, suite=wire.Suite.SECRETBOX)
+        e_pub = wire.Response.unpack(resp).ephemeral
+        assert e_pub not in seen
+        seen.add(e_pub)
+        got = hs.consume_response(ist, resp)
+        assert bytes(got.send_key) == bytes(keys.recv_key) and bytes(got.recv_key) == bytes(keys.send_key)
+    assert _responder.ephemeral_pool_stats()["taken"] >= before + 1
+
+
+def test_a_forked_child_never_uses_its_parents_pairs(hub):
+    import os
+    msg, _ = initiation(hub, "166")
+    hs.create_response(hub.consume(msg, True).state, 1, suite=wire.Suite.SECRETBOX)
+    assert _poll(lambda: _responder.ephemeral_pool_stats()["ready"] >= 1)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:            # the child: starts empty, no thread until its first take
+        try:
+            st = _responder.ephemeral_pool_stats()
+            ok = st["ready"] == 0 and not st["running"]
+            m, ist = initiation(hub, "166")
+            resp, _ = hs.create_response(hub.consume(m, True).state, 2, suite=wire.Suite.SECRETBOX)
+            hs.consume_response(ist, resp)
+            os.write(w, b"ok" if ok else repr(st).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    got = os.read(r, 200)
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert got == b"ok"
