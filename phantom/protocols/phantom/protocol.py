@@ -134,6 +134,27 @@ class PhantomHandshakes(Handshakes):
             raise HandshakeError("no cipher suite in common")
         return handshake.create_response(info.state, index, peer.cookies, suite=suite)
 
+    def consume_initiations(self, datas: list) -> list:
+        """consume_initiation for each of ``datas`` at once (the C responder
+        only: :attr:`native`): InitiationInfo or HandshakeError each, in order."""
+        return handshake.consume_initiations(self.responder_key, datas)
+
+    def create_responses(self, answers: list) -> list:
+        """create_response for each ``(peer, info, index)`` at once (the C
+        responder only): (message, keys) or HandshakeError each, in order."""
+        out: list = [None] * len(answers)
+        todo, items = [], []
+        for i, (peer, info, index) in enumerate(answers):
+            suite = self.session_suite(info, peer)
+            if suite is None:
+                out[i] = HandshakeError("no cipher suite in common")
+                continue
+            todo.append(i)
+            items.append((info.state, index, peer.cookies, suite))
+        for i, got in zip(todo, handshake.create_responses(items)):
+            out[i] = got
+        return out
+
     def create_refusal(self, info, reason, index: int) -> bytes:
         """An authenticated refusal of ``info`` (an initiation that carried an
         attachment, from a key that need not be a peer), with mac1 for its key."""

@@ -357,3 +357,126 @@ def test_a_forked_child_never_uses_its_parents_pairs(hub):
     os.close(r)
     os.waitpid(pid, 0)
     assert got == b"ok"
+
+
+# --- many at once (read_many / write_many, Engine.handle_datagrams) ---------------------------
+def _mixed_messages(hub):
+    """Valid initiations of every form, and bad ones of every kind."""
+    good = [initiation(hub, form)[0] for form in ("164", "166", "attached", "166", "164")]
+    body = [wire.Initiation.unpack(m).noise_message for m in good]
+    flipped = bytearray(body[1])
+    flipped[70] ^= 4
+    e_priv = crypto.x25519_private()
+    bad = [bytes(flipped), body[0][:50], _message1(hub, SMALL_ORDER[2], None, None),
+           _message1(hub, crypto.x25519_public(e_priv), e_priv, SMALL_ORDER[3]), body[2][:-1]]
+    mixed = []
+    for g, b in zip(body, bad):
+        mixed += [g, b]
+    return mixed
+
+
+def test_read_many_and_write_many_equal_one_by_one(hub):
+    bodies = _mixed_messages(hub) * 2          # twice: the second time with ss remembered
+    ephs = [crypto.x25519_private() for _ in bodies]
+    one = [hub.key.responder(e) for e in ephs]
+    many = [hub.key.responder(e) for e in ephs]
+    ref = [NoiseIK.responder(hub.priv, e, static_public=hub.pub) for e in ephs]
+    got_one = [outcome(lambda: r.read_message(b)) for r, b in zip(one, bodies)]
+    got_ref = [outcome(lambda: r.read_message(b)) for r, b in zip(ref, bodies)]
+    got_many = [(False, type(x).__name__, str(x)) if isinstance(x, hs.HandshakeError) else (True, x)
+                for x in _responder.read_many(hub.key, many, bodies)]
+    assert got_many == got_one == got_ref
+    assert [g[0] for g in got_many] == [True, False] * 10
+    ok = [i for i, g in enumerate(got_many) if g[0]]
+    assert all(many[i].remote_static == ref[i].remote_static for i in ok)
+    assert all(many[i].state is State.RESPONDER_READ_1 for i in range(len(bodies)) if i not in ok), \
+        "a failed read leaves the handshake as it was"
+    payloads = [crypto.random_bytes(17) for _ in ok]
+    w_many = _responder.write_many([many[i] for i in ok], payloads)
+    w_ref = [ref[i].write_message(p) for i, p in zip(ok, payloads)]
+    assert w_many == w_ref
+    for i in ok:
+        assert many[i].handshake_hash == ref[i].handshake_hash
+        assert many[i].split() == ref[i].split()
+    # out of order, alike
+    again = _responder.read_many(hub.key, [many[ok[0]]], [bodies[ok[0]]])
+    assert isinstance(again[0], hs.HandshakeError) and "out of order" in str(again[0])
+    again = _responder.write_many([hub.key.responder()], [b""])
+    assert isinstance(again[0], hs.HandshakeError) and "out of order" in str(again[0])
+    assert _responder.read_many(hub.key, [], []) == [] and _responder.write_many([], []) == []
+
+
+def _engine_pair_set(native, n_peers=4, tunables=None, seed=0):
+    """One responder b with n initiators; deterministic indexes and rngs."""
+    t = tunables or Tunables(handshake_jitter=0.0)
+    clock, wall = Clock(), Clock(1.7e9)
+    counter = iter(range(1000, 10 ** 6))
+    kb = bytearray(random.Random(seed).randbytes(32))
+    b = Engine(kb, t, clock=clock, wall_clock=wall, rng=random.Random(2), native_handshake=native,
+               index_source=lambda: next(counter))
+    inits = []
+    for i in range(n_peers):
+        ka = bytearray(random.Random(seed + 1 + i).randbytes(32))
+        a = Engine(ka, t, clock=clock, wall_clock=wall, rng=random.Random(3 + i))
+        pa = a.add_peer(b.public_key, "b", endpoint=ADDR_B)
+        b.add_peer(a.public_key, "a%d" % i, endpoint=ADDR_A)
+        inits.append((a, pa))
+    return b, inits, wall
+
+
+def _batch(inits, wall, forge=True):
+    """A batch of datagrams to b: an initiation from each, a replay, a forged
+    one (mac1 recomputed), garbage, an unknown key's."""
+    out = []
+    for a, pa in inits:
+        wall.advance(0.001)
+        pa.pending = None
+        (init,) = sends(a._send_initiation(pa))
+        out.append((init.data, ("10.0.1.%d" % (len(out) + 1), 9000)))
+    out.append(out[0])                                    # replayed
+    if forge:
+        a, pa = inits[1]
+        forged = bytearray(out[1][0])
+        forged[70] ^= 1
+        out.append((pa.cookies.add_macs(bytes(forged[:-32]) + bytes(32)), ("10.0.1.99", 9000)))
+    out.append((b"\x01" + bytes(10), ("10.0.1.98", 9000)))
+    return out
+
+
+def _shape(results):
+    return [[(type(x).__name__, x.data[0] if isinstance(x, A.SendDatagram) else None) for x in acts]
+            for acts in results]
+
+
+@pytest.mark.parametrize("load", [None, 3])
+def test_engine_batch_decides_as_one_by_one(load):
+    t = Tunables(handshake_jitter=0.0, under_load_initiations=load) if load else None
+    shapes, drops = [], []
+    for mode in ("serial-python", "serial-native", "batch-native"):
+        b, inits, wall = _engine_pair_set(mode != "serial-python", n_peers=6, tunables=t)
+        results = []
+        for rnd in range(3):
+            batch = _batch(inits, wall)
+            if mode == "batch-native":
+                res = b.handle_datagrams(batch)
+            else:
+                res = [b.handle_datagram(d, a) for d, a in batch]
+            assert len(res) == len(batch)
+            results += res
+            # every answer is a response the initiator takes
+            for (a, pa), acts in zip(inits, res):
+                for x in sends(acts):
+                    if x.data[0] == 2:
+                        assert any(isinstance(y, A.InstallKeypair) for y in a.handle_datagram(x.data, ADDR_B))
+                    elif x.data[0] == 3:
+                        a.handle_datagram(x.data, ADDR_B)       # the cookie: later rounds carry mac2
+        shapes.append(_shape(results))
+        drops.append(dict(b.drops))
+    assert shapes[0] == shapes[1] == shapes[2]
+    assert drops[0] == drops[1] == drops[2]
+    assert drops[0]["malformed"] == 3
+    if load:        # under load: cookie replies first, then answers to mac2 within the rate limit
+        assert drops[0]["cookie_sent"] >= 1, drops[0]
+        assert any(s == ("SendDatagram", 2) for acts in shapes[0] for s in acts), "answers with mac2"
+    else:
+        assert drops[0]["replayed_initiation"] == 3 and drops[0]["bad_handshake"] == 3
