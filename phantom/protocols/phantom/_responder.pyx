@@ -643,15 +643,113 @@ cdef extern from *:
     """
     #include <pthread.h>
     static int ph_next(int *p) { return __atomic_fetch_add(p, 1, __ATOMIC_RELAXED); }
-    typedef void *(*ph_thread_fn)(void *);
-    static int ph_spawn(pthread_t *t, ph_thread_fn fn, void *arg) { return pthread_create(t, NULL, fn, arg); }
-    static void ph_join(pthread_t *t) { pthread_join(*t, NULL); }
+    typedef void (*ph_job_fn)(void *);
+
+    /* One helper thread, started at the first batch, that joins the batch in
+       hand when it gets the CPU in time; the caller runs the batch's jobs
+       itself and then waits only for a helper that took part (never for one
+       that was not scheduled yet: on a busy machine that could take ms). */
+    static pthread_mutex_t pw_mu = PTHREAD_MUTEX_INITIALIZER;
+    static pthread_cond_t pw_cv = PTHREAD_COND_INITIALIZER;
+    static pthread_cond_t pw_done = PTHREAD_COND_INITIALIZER;
+    static pthread_t pw_thread;
+    static int pw_state = 0;            /* 0 not started, 1 running, 2 stopped or failed */
+    static void *pw_batch = NULL;
+    static ph_job_fn pw_fn = NULL;
+    static int pw_active = 0;
+    static unsigned long pw_gen = 0, pw_joined = 0, pw_batches = 0;
+
+    static void *pw_main(void *arg) {
+        unsigned long seen = 0;
+        void *b;
+        ph_job_fn fn;
+        (void)arg;
+        pthread_mutex_lock(&pw_mu);
+        for (;;) {
+            while (pw_state == 1 && (pw_batch == NULL || pw_gen == seen))
+                pthread_cond_wait(&pw_cv, &pw_mu);
+            if (pw_state != 1) break;
+            seen = pw_gen;
+            b = pw_batch;
+            fn = pw_fn;
+            pw_active++;
+            pw_joined++;
+            pthread_mutex_unlock(&pw_mu);
+            fn(b);
+            pthread_mutex_lock(&pw_mu);
+            if (--pw_active == 0) pthread_cond_broadcast(&pw_done);
+        }
+        pthread_mutex_unlock(&pw_mu);
+        return NULL;
+    }
+
+    static void ph_parallel(ph_job_fn fn, void *b) {
+        int use;
+        pthread_mutex_lock(&pw_mu);
+        if (pw_state == 0)
+            pw_state = pthread_create(&pw_thread, NULL, pw_main, NULL) == 0 ? 1 : 2;
+        use = pw_state == 1;
+        if (use) {
+            pw_batch = b;
+            pw_fn = fn;
+            pw_gen++;
+            pw_batches++;
+            pthread_cond_signal(&pw_cv);
+        }
+        pthread_mutex_unlock(&pw_mu);
+        fn(b);
+        if (use) {
+            pthread_mutex_lock(&pw_mu);
+            pw_batch = NULL;                    /* a helper waking from now on stays out */
+            while (pw_active > 0) pthread_cond_wait(&pw_done, &pw_mu);
+            pthread_mutex_unlock(&pw_mu);
+        }
+    }
+
+    static void pw_stop(void) {
+        int join;
+        pthread_mutex_lock(&pw_mu);
+        join = pw_state == 1;
+        pw_state = 2;
+        pthread_cond_broadcast(&pw_cv);
+        pthread_mutex_unlock(&pw_mu);
+        if (join) pthread_join(pw_thread, NULL);
+    }
+
+    static void pw_atfork_child(void) {
+        pthread_mutex_init(&pw_mu, NULL);
+        pthread_cond_init(&pw_cv, NULL);
+        pthread_cond_init(&pw_done, NULL);
+        pw_state = 0;
+        pw_batch = NULL;
+        pw_active = 0;
+    }
+
+    static int pw_init(void) { return pthread_atfork(NULL, NULL, pw_atfork_child); }
     """
-    ctypedef unsigned long pthread_t
-    ctypedef void *(*ph_thread_fn)(void *) noexcept nogil
+    ctypedef void (*ph_job_fn)(void *) noexcept nogil
     int ph_next(int *p) noexcept nogil
-    int ph_spawn(pthread_t *t, ph_thread_fn fn, void *arg) noexcept nogil
-    void ph_join(pthread_t *t) noexcept nogil
+    void ph_parallel(ph_job_fn fn, void *b) noexcept nogil
+    void pw_stop() noexcept nogil
+    int pw_init() noexcept nogil
+    unsigned long pw_joined, pw_batches
+
+
+if pw_init() != 0:
+    raise ImportError("pthread_atfork failed")
+
+
+def helper_stats() -> dict:
+    """Batches run, and how many of them the helper thread took part in."""
+    return {"batches": pw_batches, "joined": pw_joined}
+
+
+def _helper_stop() -> None:
+    with nogil:
+        pw_stop()
+
+
+_atexit.register(_helper_stop)
 
 
 DEF K_READ_S = 0
@@ -695,25 +793,21 @@ cdef void _run(batch_t *b) noexcept nogil:
             j.rc = _write2(j.wp, j.e, j.fixed_e, j.msg, j.mlen, j.buf)
 
 
-cdef void *_thread_main(void *arg) noexcept nogil:
-    _run(<batch_t *>arg)
-    return NULL
+cdef void _run_any(void *b) noexcept nogil:
+    _run(<batch_t *>b)
 
 
 cdef void _parallel(job_t *jobs, int n, int kind) noexcept nogil:
-    """Run the jobs on this thread and, for two or more, one more."""
+    """Run the jobs on this thread and, for two or more, the helper thread."""
     cdef batch_t b
-    cdef pthread_t t
-    cdef bint spawned = False
     b.jobs = jobs
     b.n = n
     b.next = 0
     b.kind = kind
     if n >= 2:
-        spawned = ph_spawn(&t, _thread_main, &b) == 0
-    _run(&b)
-    if spawned:
-        ph_join(&t)
+        ph_parallel(_run_any, &b)
+    else:
+        _run(&b)
 
 
 def read_many(ResponderKey key, list responders, list messages) -> list:
