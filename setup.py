@@ -1,6 +1,8 @@
 """Build the Cython fast path: ``phantom.fastpath._engine`` (what phantomd
-loads) and ``phantom.fastpath._testing`` (test and benchmark hooks over the
-engine's C API; never loaded by phantomd).
+loads), ``phantom.fastpath._testing`` (test and benchmark hooks over the
+engine's C API; never loaded by phantomd) and
+``phantom.protocols.phantom._responder`` (the Phantom handshake's responder
+in C, which phantomd --fast answers initiations with).
 
 Everything else about the package lives in pyproject.toml.
 
@@ -113,6 +115,11 @@ def _extensions():
                       define_macros=macros,
                       extra_compile_args=cflags)
             for name in ("_engine", "_testing")]
+    # the Phantom handshake's responder in C (issue 23 item 3): control-plane
+    # code, loaded by phantom.protocols.phantom.protocol when built
+    exts.append(Extension("phantom.protocols.phantom._responder",
+                          sources=["phantom/protocols/phantom/_responder.pyx"],
+                          define_macros=macros, extra_compile_args=cflags))
     return cythonize(
         exts,
         compiler_directives=directives,

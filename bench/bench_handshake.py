@@ -4,7 +4,9 @@
     .venv/bin/python bench/bench_handshake.py [--peers 1000] [--count 2000] [--profile]
                                               [--form 164|166|attached] [--attachment 532]
 
-CPU time (process_time), so a busy machine slows it less than wall time.
+CPU time (process_time: every thread of the process, so the C responder's
+helper threads count too), so a busy machine slows it less than wall time;
+the wall time per initiation is printed as well.
 No sockets, no event loop: an :class:`phantom.control.engine.Engine` with
 ``--peers`` configured peers is handed ``--count`` valid initiations (from
 distinct keys, made by bench/hsload.py's generator) through
@@ -59,17 +61,32 @@ def main(argv=None) -> int:
     p.add_argument("--datapath", choices=("none", "reference", "fast"), default="none",
                    help="also carry out the actions on a data path in test mode, as the daemon does "
                         "(send the response, set the endpoint, install the keypair)")
+    p.add_argument("--responder", choices=("auto", "python", "c"), default="auto",
+                   help="the reference NoiseIK (python) or the C responder (_responder.pyx, c); "
+                        "auto: c with --datapath fast, as phantomd --fast does, else python")
+    p.add_argument("--warm", action="store_true",
+                   help="first hand the engine one earlier initiation from each key (not measured), "
+                        "as a hub whose peers re-handshake: the C responder then has each key's ss")
+    p.add_argument("--batch", type=int, default=1,
+                   help="hand the engine this many initiations a call (Engine.handle_datagrams, as "
+                        "phantomd --fast does with what arrived together, 16 at a time); 1: one by one")
     a = p.parse_args(argv)
+    native = a.responder == "c" or (a.responder == "auto" and a.datapath == "fast")
     hub = bytearray(crypto.x25519_private())
     hub_pub = crypto.x25519_public(bytes(hub))
     privs = [crypto.x25519_private() for _ in range(a.peers)]
     # a huge load threshold: measure the answer path, not cookie replies
-    eng = Engine(hub, Tunables(under_load_initiations=10 ** 9))
+    eng = Engine(hub, Tunables(under_load_initiations=10 ** 9), native_handshake=native)
+    rkey = hs.native_responder_key(hub, hub_pub) if native else None
+    if native and rkey is None:
+        p.error("--responder c: phantom/protocols/phantom/_responder is not built (setup.py build_ext)")
     for i, k in enumerate(privs):
         eng.add_peer(crypto.x25519_public(k), "p%d" % i, [])
     proto = hsload.PhantomProto(hub_pub, offer=a.form != "164",
                                 attachment=os.urandom(a.attachment) if a.form == "attached" else None)
-    msgs = hsload.build_pool(proto, privs, a.count, time.time_ns())
+    t_ns = time.time_ns()
+    msgs = hsload.build_pool(proto, privs, a.count, t_ns)
+    warm = hsload.build_pool(proto, privs, min(a.count, a.peers), t_ns - 10 ** 9) if a.warm else []
     addr = ("10.202.0.1", 9000)
     do = None
     if a.datapath != "none":
@@ -101,14 +118,32 @@ def main(argv=None) -> int:
                 elif isinstance(act, A.SetEndpoint):
                     dp.set_endpoint(act.peer_id, act.addr)
 
+    for m in warm:
+        out = eng.handle_datagram(m, addr)
+        if do is not None:
+            do(out)
+        if rkey is not None:
+            rkey_info = hs.consume_initiation(hub, m, responder_key=rkey)
+            rkey_info.state.clear()
+
+    wall = {}
+
     def engine_path():
-        t0 = time.process_time()
+        t0, w0 = time.process_time(), time.perf_counter()
         answered = 0
-        for m in msgs:
-            out = eng.handle_datagram(m, addr)
-            if do is not None:
-                do(out)
-            answered += bool(out)
+        if a.batch > 1:
+            for i in range(0, len(msgs), a.batch):
+                for out in eng.handle_datagrams([(m, addr) for m in msgs[i:i + a.batch]]):
+                    if do is not None:
+                        do(out)
+                    answered += bool(out)
+        else:
+            for m in msgs:
+                out = eng.handle_datagram(m, addr)
+                if do is not None:
+                    do(out)
+                answered += bool(out)
+        wall["us"] = (time.perf_counter() - w0) / len(msgs) * 1e6
         return (time.process_time() - t0) / len(msgs) * 1e6, answered
 
     if a.profile:
@@ -125,7 +160,7 @@ def main(argv=None) -> int:
         checker.check_mac1(m)
     mac1_us = (time.process_time() - t0) / len(msgs) * 1e6
     t0 = time.process_time()
-    infos = [hs.consume_initiation(hub, m, local_static_public=hub_pub) for m in msgs]
+    infos = [hs.consume_initiation(hub, m, local_static_public=hub_pub, responder_key=rkey) for m in msgs]
     consume_us = (time.process_time() - t0) / len(msgs) * 1e6
     t0 = time.process_time()
     for i, info in enumerate(infos):
@@ -135,9 +170,14 @@ def main(argv=None) -> int:
     for _ in range(len(msgs)):
         crypto.x25519(bytes(hub), hub_pub)
     dh_us = (time.process_time() - t0) / len(msgs) * 1e6
-    print(f"peers {a.peers}, initiations {len(msgs)} of {len(msgs[0])} bytes (answered {answered})")
+    print(f"peers {a.peers}, initiations {len(msgs)} of {len(msgs[0])} bytes (answered {answered}), "
+          f"responder {'C (_responder.pyx)' if native else 'Python (noise.py)'}"
+          f"{', warm (ss remembered)' if warm else ''}")
     what = "engine.handle_datagram" + ("" if do is None else " + %s data path" % a.datapath)
-    print(f"{what} per initiation: {us:8.1f} us  (= {1e6 / us:,.0f} per second on one core)")
+    if a.batch > 1:
+        what += " in batches of %d" % a.batch
+    print(f"{what} per initiation: {us:8.1f} us CPU (all threads), {wall['us']:8.1f} us wall "
+          f"(= {1e6 / wall['us']:,.0f} per second)")
     print(f"  check_mac1:                          {mac1_us:8.1f} us")
     print(f"  consume_initiation:                  {consume_us:8.1f} us")
     print(f"  create_response:                     {create_us:8.1f} us")

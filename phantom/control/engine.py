@@ -78,9 +78,12 @@ class Engine(Timers, AllowedIPs, Admission):
     def __init__(self, private_key: bytearray, tunables: Tunables, *,
                  clock: Clock = time.monotonic, wall_clock: Clock = time.time,
                  rng: Optional[random.Random] = None, index_source: Optional[Callable[[], int]] = None,
-                 suites=None):
+                 suites=None, native_handshake: bool = False):
         """``suites``: the transport suites Phantom sessions may use (wire.Suite
-        values, ``[interface] ciphers``); None: protocols.default_suites()."""
+        values, ``[interface] ciphers``); None: protocols.default_suites().
+        ``native_handshake``: Phantom initiations are answered by the C
+        responder (phantom/protocols/phantom/_responder.pyx) when it is built
+        (phantomd --fast); the decisions stay here either way."""
         self._priv = private_key
         self.public_key = crypto.x25519_public(bytes(private_key))
         self.t = tunables
@@ -92,7 +95,8 @@ class Engine(Timers, AllowedIPs, Admission):
         # Each protocol's message code and our mac1/mac2 checker for it; a peer
         # points at the one it speaks (protocols.py).  Load and rate limits are shared.
         self._protocols = protocols.build(private_key, self.public_key, clock,
-                                          tunables.cookie_refresh_time, suites=suites)
+                                          tunables.cookie_refresh_time, suites=suites,
+                                          native=native_handshake)
         self._checker = self._protocols[protocols.Protocol.PHANTOM].checker
         self._load = LoadDetector(tunables.under_load_initiations, clock)
         self._limiter = RateLimiter(tunables.handshakes_per_second_per_source,
@@ -550,6 +554,68 @@ class Engine(Timers, AllowedIPs, Admission):
                 return []
         return None
 
+    def handle_datagrams(self, batch: list) -> list:
+        """:meth:`handle_datagram` for each ``(data, addr)`` of ``batch`` (what
+        arrived together), in order: a list of action lists.  Consecutive
+        Phantom initiations to a C responder (``native_handshake``) go
+        through the same steps, each in its turn (mac1, under load mac2,
+        cookie replies and the per-source rate limit; then the peer, replay,
+        suite and admission decisions; then the answer), except that their
+        Noise work (reading them, writing the answers) is done together on
+        two threads between those steps."""
+        out: list = []
+        i, n = 0, len(batch)
+        while i < n:
+            j = i
+            while j < n and self._batchable(batch[j][0]):
+                j += 1
+            if j - i >= 2:
+                out += self._on_initiations(batch[i:j])
+                i = j
+            else:
+                out.append(self.handle_datagram(*batch[i]))
+                i += 1
+        return out
+
+    def _batchable(self, data: bytes) -> bool:
+        try:
+            protocol, mtype = demux.classify(data)
+        except wire.WireError:
+            return False
+        return mtype is wire.MessageType.INITIATION and getattr(self._protocols[protocol], "native", False)
+
+    def _on_initiations(self, items: list) -> list:
+        """Phantom initiations to the C responder, as _on_initiation one by one."""
+        proto = self._protocols[protocols.Protocol.PHANTOM]
+        results: list = [None] * len(items)
+        go = []
+        for k, (data, addr) in enumerate(items):
+            stop = self._check_macs(data, addr, proto.initiation_sender(data), proto)
+            if stop is not None:
+                results[k] = stop
+            else:
+                go.append(k)
+        answers, pending = [], []
+        for k, info in zip(go, proto.consume_initiations([items[k][0] for k in go])):
+            if isinstance(info, hs.HandshakeError):
+                self.drops["bad_handshake"] += 1
+                results[k] = []
+                continue
+            decided = self._decide_initiation(info, items[k][1], proto)
+            if isinstance(decided, list):
+                results[k] = decided
+                continue
+            answers.append(decided[:3])
+            pending.append((k, decided))
+        for (k, (peer, info, index, out)), got in zip(pending, proto.create_responses(answers)):
+            if isinstance(got, hs.HandshakeError):     # cannot happen: the suite was checked
+                info.state.clear()
+                self.drops["bad_handshake"] += 1
+                results[k] = out
+                continue
+            results[k] = self._answer_initiation(peer, index, got[0], got[1], items[k][1], out)
+        return results
+
     def _on_initiation(self, data: bytes, addr: tuple, proto) -> list:
         sender = proto.initiation_sender(data)
         stop = self._check_macs(data, addr, sender, proto)
@@ -560,6 +626,16 @@ class Engine(Timers, AllowedIPs, Admission):
         except hs.HandshakeError:
             self.drops["bad_handshake"] += 1
             return []
+        decided = self._decide_initiation(info, addr, proto)
+        if isinstance(decided, list):
+            return decided
+        peer, info, index, out = decided
+        msg, keys = proto.create_response(peer, info, index)
+        return self._answer_initiation(peer, index, msg, keys, addr, out)
+
+    def _decide_initiation(self, info, addr: tuple, proto):
+        """An authenticated initiation: the actions that end it here (a list),
+        or (peer, info, index, actions so far) for an answer."""
         peer = self._by_key.get(info.remote_static)
         if peer is None and self.admit_unknown is not None and \
                 proto.protocol is protocols.Protocol.PHANTOM and info.attachment is not None:
@@ -604,7 +680,10 @@ class Engine(Timers, AllowedIPs, Admission):
         if peer.pending is not None and self.public_key > peer.public_key:
             self._abandon_pending(peer)
         index = self._alloc_index("session", peer.id)
-        msg, keys = proto.create_response(peer, info, index)
+        return peer, info, index, out
+
+    def _answer_initiation(self, peer: Peer, index: int, msg: bytes, keys, addr: tuple, out: list) -> list:
+        now = self.clock()
         peer.endpoint = addr
         out.append(A.SetEndpoint(peer.id, addr))
         # Keys first: the initiator sends on the session the moment our

@@ -29,6 +29,11 @@ class DataPathEvents(Protocol):
         """A handshake initiation, response or cookie reply (or a peer control
         message) arrived from ``addr``."""
 
+    def control_packets(self, items: list) -> None:
+        """Optional: several ``(data, addr)`` control packets that arrived
+        together, in order (the fast path drains them in batches); without
+        it, :meth:`control_packet` is called for each."""
+
     def handshake_needed(self, peer_id: int) -> None:
         """``peer_id`` has packets to send and no usable current keypair,
         or its current keypair passed rekey-after-messages."""

@@ -560,7 +560,18 @@ class FastDataPath:
     # ------------------------------------------------------------ events
     def _on_events(self) -> None:
         ev = self._events
+        # control packets that arrived together go to the control plane as
+        # one batch when it takes batches (the node's executor: its handshake
+        # responder works on several at once), else one by one
+        batched = getattr(ev, "control_packets", None)
+        batch: list = []
         for kind, peer_id, local_index, data, raw in self._fwd.drain_events():
+            if kind == _fp.EVENT_CONTROL_PACKET and batched is not None:
+                batch.append((data, sockaddr_tuple(raw)))
+                continue
+            if batch:
+                self._control_batch(batched, batch)
+                batch = []
             try:
                 if kind == _fp.EVENT_CONTROL_PACKET:
                     ev.control_packet(data, sockaddr_tuple(raw))
@@ -573,6 +584,15 @@ class FastDataPath:
                     self._icmp_unreachable(data)
             except Exception:  # a control-plane bug must not stop the data plane
                 log.exception("data-path event %d for peer %s failed", kind, peer_id)
+        if batch:
+            self._control_batch(batched, batch)
+
+    @staticmethod
+    def _control_batch(batched, batch: list) -> None:
+        try:
+            batched(batch)
+        except Exception:  # a control-plane bug must not stop the data plane
+            log.exception("data-path control packets (%d) failed", len(batch))
 
     def _icmp_unreachable(self, orig: bytes) -> None:
         """As the reference path: host unreachable from the unreachable

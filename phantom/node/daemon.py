@@ -68,7 +68,8 @@ class Daemon:
             suites = configured_suites(settings.ciphers)
         except ValueError as exc:
             raise ConfigError("interface.ciphers", str(exc)) from None
-        self.engine = Engine(private_key, self.t, suites=suites)
+        # --fast: Phantom initiations answered by the C responder too (issue 23 item 3)
+        self.engine = Engine(private_key, self.t, suites=suites, native_handshake=bool(settings.fast))
         # opened by startup.open_privileged(), or given by a test
         self.udp = None
         self.device = None

@@ -112,6 +112,34 @@ class Executor:
                 return
         self.do(self.engine.handle_datagram(data, plain(addr)))
 
+    def control_packets(self, items: list) -> None:
+        """:meth:`control_packet` for each ``(data, addr)`` that arrived
+        together, in order; the ones no observer takes go to the engine as
+        one batch (Engine.handle_datagrams: the C responder does their Noise
+        work together)."""
+        batch: list = []
+        for data, addr in items:
+            kind = data[0] if data else None
+            for observer in self.observers:
+                if kind in observer.message_types:
+                    self._engine_batch(batch)
+                    self.do(observer.datagram(data, plain(addr)))
+                    break
+            else:
+                batch.append((data, plain(addr)))
+        self._engine_batch(batch)
+
+    # at most this many datagrams a call of Engine.handle_datagrams: enough
+    # for its two threads, few enough that the first answers leave at once
+    # (the fast path drains up to 256 at a time; the initiators wait for them)
+    BATCH = 16
+
+    def _engine_batch(self, batch: list) -> None:
+        for i in range(0, len(batch), self.BATCH):
+            for actions in self.engine.handle_datagrams(batch[i:i + self.BATCH]):
+                self.do(actions)
+        batch.clear()
+
     def handshake_needed(self, peer_id: int) -> None:
         self.do(self.engine.handshake_needed(peer_id))
         for observer in self.observers:

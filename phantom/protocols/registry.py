@@ -44,12 +44,14 @@ def protocol_of(name) -> Protocol:
 
 
 def build(private_key, public_key: bytes, clock: Clock, cookie_refresh_time: float,
-          kinds=(Protocol.PHANTOM, Protocol.WIREGUARD), suites=None) -> dict:
-    """One object per protocol; ``suites``: Phantom's (None: default_suites())."""
+          kinds=(Protocol.PHANTOM, Protocol.WIREGUARD), suites=None, native: bool = False) -> dict:
+    """One object per protocol; ``suites``: Phantom's (None: default_suites());
+    ``native``: Phantom's responder in C when built (PhantomHandshakes)."""
     out = {}
     for k in kinds:
         if k is Protocol.PHANTOM:
-            out[k] = PhantomHandshakes(private_key, public_key, clock, cookie_refresh_time, suites)
+            out[k] = PhantomHandshakes(private_key, public_key, clock, cookie_refresh_time, suites,
+                                       native=native)
         else:
             out[k] = KINDS[k](private_key, public_key, clock, cookie_refresh_time)
     return out

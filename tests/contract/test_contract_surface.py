@@ -103,5 +103,5 @@ def test_nothing_outside_the_data_plane_uses_a_member_the_contract_lacks():
 
 
 def test_the_events_protocol_is_what_the_paths_call():
-    assert set(_members(DataPathEvents)) == {"control_packet", "handshake_needed", "keypair_confirmed",
-                                            "data_path_failed"}
+    assert set(_members(DataPathEvents)) == {"control_packet", "control_packets", "handshake_needed",
+                                            "keypair_confirmed", "data_path_failed"}

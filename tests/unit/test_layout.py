@@ -81,7 +81,9 @@ def test_dataplane_never_imports_the_control_plane():
 
 
 def test_fast_path_never_imports_the_control_plane():
-    files = _cython_sources(ROOT)
+    # every Cython source is the data plane's except the handshake's C
+    # responder (protocols/phantom/_responder.pyx), which is the protocols'
+    files = [f for f in _cython_sources(ROOT) if f.relative_to(ROOT).parts[0] != "protocols"]
     assert len(files) >= 3, "the Cython sources moved: follow them"
     above = "|".join(re.escape(m.split(".", 1)[1]) for m in FORBIDDEN)
     pattern = re.compile(r"^\s*(from|import|cimport)\s+(phantom\.|\.+)(%s)\b" % above, re.M)

@@ -60,13 +60,14 @@ with WireGuard's handshake).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from ... import crypto, wire
 from .. import tai64n
 from ..cookie import CookieGenerator
 from ..handshake import HandshakeError, HandshakeRefused, SessionKeys, check_index
-from .noise import NoiseIK
+from .noise import NoiseIK, responder_initial_state
 
 __all__ = [
     "HandshakeError", "HandshakeRefused", "SessionKeys", "InitiatorState", "ResponderState", "InitiationInfo",
@@ -131,6 +132,12 @@ def choose_suite(ours, offered: int | None) -> wire.Suite | None:
     """The suite a responder that speaks ``ours`` picks for an initiation that
     offered ``offered`` (None: no offer, i.e. secretbox only): the first of
     wire.SUITE_PREFERENCE in both; None when they share none."""
+    return _choose_suite(tuple(ours), offered)
+
+
+@functools.lru_cache(maxsize=1024)
+def _choose_suite(ours: tuple, offered: int | None) -> wire.Suite | None:
+    # remembered: the engine asks twice per initiation, with few distinct arguments
     theirs = {wire.Suite.SECRETBOX} if offered is None else set(wire.suites_of(offered))
     ours = {wire.Suite(s) for s in ours}
     for suite in wire.SUITE_PREFERENCE:
@@ -243,17 +250,29 @@ def consume_response(state: InitiatorState, msg_bytes) -> SessionKeys:
 
 # --- responder ---------------------------------------------------------------------
 def consume_initiation(local_static_priv, msg_bytes, *, ephemeral_private=None,
-                       local_static_public=None) -> InitiationInfo:
+                       local_static_public=None, responder_key=None) -> InitiationInfo:
     """Authenticate a handshake initiation (type 1) sent to us.
 
     Returns who sent it and what it carries; replay (timestamp not later than
     the peer's last one), unknown peers and load are the caller's decisions.
     ``ephemeral_private`` (our response's ephemeral key) is for test vectors.
+    ``responder_key``: a :class:`phantom.protocols.phantom._responder.ResponderKey`
+    for our static key (see :func:`native_responder_key`): the Noise part (this
+    message and the response's) then runs in C; None: the reference NoiseIK.
+    The results are the same, byte for byte.
     """
     msg = _check_type(msg_bytes, wire.MessageType.INITIATION)
     init = wire.Initiation.unpack(msg)
-    noise = NoiseIK.responder(local_static_priv, ephemeral_private, static_public=local_static_public)
+    if responder_key is not None:
+        noise = responder_key.responder(ephemeral_private)
+    else:
+        noise = NoiseIK.responder(local_static_priv, ephemeral_private, static_public=local_static_public)
     payload = noise.read_message(init.noise_message)
+    return _initiation_info(init, noise, payload)
+
+
+def _initiation_info(init, noise, payload: bytes) -> InitiationInfo:
+    """What an authenticated initiation's payload says (or HandshakeError, the handshake cleared)."""
     timestamp = payload[:wire.TIMESTAMP_SIZE]
     client_nonce = payload[wire.TIMESTAMP_SIZE:wire.INITIATION_PAYLOAD_SIZE]
     rest = payload[wire.INITIATION_PAYLOAD_SIZE:]
@@ -282,6 +301,47 @@ def consume_initiation(local_static_priv, msg_bytes, *, ephemeral_private=None,
     return InitiationInfo(remote_static, timestamp, client_nonce, init.sender_index, state)
 
 
+def consume_initiations(responder_key, messages: list) -> list:
+    """:func:`consume_initiation` with ``responder_key`` for each of
+    ``messages`` at once (their Noise work on two threads, _responder.read_many):
+    a list of InitiationInfo, or of the HandshakeError each raised, in order."""
+    from . import _responder
+    out: list = [None] * len(messages)
+    todo, inits, noises = [], [], []
+    for i, m in enumerate(messages):
+        try:
+            init = wire.Initiation.unpack(_check_type(m, wire.MessageType.INITIATION))
+        except HandshakeError as exc:
+            out[i] = exc
+            continue
+        todo.append(i)
+        inits.append(init)
+        noises.append(responder_key.responder())
+    payloads = _responder.read_many(responder_key, noises, [init.noise_message for init in inits])
+    for i, init, noise, payload in zip(todo, inits, noises, payloads):
+        if isinstance(payload, HandshakeError):
+            out[i] = payload
+            continue
+        try:
+            out[i] = _initiation_info(init, noise, payload)
+        except HandshakeError as exc:
+            out[i] = exc
+    return out
+
+
+def native_responder_key(local_static_priv, local_static_public):
+    """A ResponderKey (the C responder, phantom/protocols/phantom/_responder.pyx)
+    for our static key, or None when that extension is not built.  It holds
+    the chaining key and hash after the prologue and "<- s", computed here by
+    the reference SymmetricState."""
+    try:
+        from . import _responder
+    except ImportError:
+        return None
+    ck, h = responder_initial_state(local_static_public)
+    return _responder.ResponderKey(local_static_priv, local_static_public, ck, h)
+
+
 def create_response(state: ResponderState, sender_index: int,
                     cookie_gen: CookieGenerator | None = None, *,
                     suite=wire.Suite.SECRETBOX) -> tuple[bytes, SessionKeys]:
@@ -292,6 +352,13 @@ def create_response(state: ResponderState, sender_index: int,
     transport suite (:func:`choose_suite`); it must be one the initiator
     offered (secretbox when it offered none).  A state answers only once.
     """
+    suite, payload = _response_payload(state, sender_index, suite)
+    body = state.noise.write_message(payload)
+    return _response(state, sender_index, cookie_gen, suite, body)
+
+
+def _response_payload(state: ResponderState, sender_index: int, suite) -> tuple:
+    """(suite, the response's payload), or HandshakeError."""
     check_index("sender_index", sender_index)
     suite = wire.Suite(suite)
     payload = state.client_nonce
@@ -302,7 +369,10 @@ def create_response(state: ResponderState, sender_index: int,
         if not state.offered >> int(suite) & 1:
             raise HandshakeError("the initiator did not offer %s" % wire.suite_name(suite))
         payload += wire.SUITE_FIELD.pack(int(suite))
-    body = state.noise.write_message(payload)
+    return suite, payload
+
+
+def _response(state: ResponderState, sender_index: int, cookie_gen, suite, body: bytes) -> tuple:
     e_end = wire.KEY_SIZE
     msg = wire.Response(sender_index, state.remote_index, body[:e_end], body[e_end:]).pack()
     if cookie_gen is not None:
@@ -312,6 +382,32 @@ def create_response(state: ResponderState, sender_index: int,
     keys = SessionKeys(send_key, recv_key, local_index=sender_index,
                        remote_index=state.remote_index, initiator=False, handshake_hash=hh, suite=suite)
     return msg, keys
+
+
+def create_responses(answers: list) -> list:
+    """:func:`create_response` for each ``(state, sender_index, cookie_gen,
+    suite)`` of ``answers`` (states of a C responder: consume_initiations) at
+    once, their Noise work on two threads (_responder.write_many): a list of
+    (message, SessionKeys), or of the HandshakeError each raised, in order."""
+    from . import _responder
+    out: list = [None] * len(answers)
+    todo, noises, payloads = [], [], []
+    for i, (state, index, _gen, suite) in enumerate(answers):
+        try:
+            payloads.append(_response_payload(state, index, suite)[1])
+        except HandshakeError as exc:
+            out[i] = exc
+            continue
+        todo.append(i)
+        noises.append(state.noise)
+    bodies = _responder.write_many(noises, payloads)
+    for i, body in zip(todo, bodies):
+        if isinstance(body, HandshakeError):
+            out[i] = body
+            continue
+        state, index, gen, suite = answers[i]
+        out[i] = _response(state, index, gen, wire.Suite(suite), body)
+    return out
 
 
 def create_refusal(state: ResponderState, sender_index: int, reason,

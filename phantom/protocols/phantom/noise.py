@@ -170,6 +170,17 @@ def _check_key(name: str, key) -> bytes:
     return bytes(key)
 
 
+def responder_initial_state(static_public, prologue: bytes = PROLOGUE,
+                            protocol_name: bytes = NOISE_PROTOCOL_NAME) -> tuple[bytes, bytes]:
+    """(ck, h) of a responder with ``static_public`` before message 1: after
+    InitializeSymmetric, the prologue and the pre-message "<- s" (public
+    values, the same for every initiation; the C responder starts from them)."""
+    ss = SymmetricState(protocol_name)
+    ss.mix_hash(prologue)
+    ss.mix_hash(_check_key("static public key", static_public))
+    return bytes(ss.ck), bytes(ss.h)
+
+
 class NoiseIK:
     """The IK HandshakeState.  Build with :meth:`initiator` or :meth:`responder`.
 

@@ -25,9 +25,13 @@ class PhantomHandshakes(Handshakes):
     Generator = CookieGenerator
 
     def __init__(self, private_key, public_key: bytes, clock, cookie_refresh_time: float,
-                 suites: Optional[Iterable] = None):
+                 suites: Optional[Iterable] = None, native: bool = False):
         super().__init__(private_key, public_key, clock, cookie_refresh_time)
         self.set_suites(default_suites() if suites is None else suites)
+        # ``native``: answer initiations with the C responder (_responder.pyx;
+        # phantomd --fast), byte-identical to the reference NoiseIK; None here
+        # when not asked for or not built (the reference then answers)
+        self.responder_key = handshake.native_responder_key(private_key, public_key) if native else None
         # bytes every initiation of ours carries after its offer (the engine's
         # ``membership``: a membership certificate); None: none
         self.attachment: Optional[bytes] = None
@@ -116,13 +120,40 @@ class PhantomHandshakes(Handshakes):
 
     def consume_initiation(self, data: bytes):
         # our cached public key: one X25519 fewer per initiation (issue #15)
-        return handshake.consume_initiation(self._priv, data, local_static_public=self._pub)
+        return handshake.consume_initiation(self._priv, data, local_static_public=self._pub,
+                                            responder_key=self.responder_key)
+
+    @property
+    def native(self) -> bool:
+        """True when initiations are answered by the C responder."""
+        return self.responder_key is not None
 
     def create_response(self, peer, info, index: int):
         suite = self.session_suite(info, peer)
         if suite is None:
             raise HandshakeError("no cipher suite in common")
         return handshake.create_response(info.state, index, peer.cookies, suite=suite)
+
+    def consume_initiations(self, datas: list) -> list:
+        """consume_initiation for each of ``datas`` at once (the C responder
+        only: :attr:`native`): InitiationInfo or HandshakeError each, in order."""
+        return handshake.consume_initiations(self.responder_key, datas)
+
+    def create_responses(self, answers: list) -> list:
+        """create_response for each ``(peer, info, index)`` at once (the C
+        responder only): (message, keys) or HandshakeError each, in order."""
+        out: list = [None] * len(answers)
+        todo, items = [], []
+        for i, (peer, info, index) in enumerate(answers):
+            suite = self.session_suite(info, peer)
+            if suite is None:
+                out[i] = HandshakeError("no cipher suite in common")
+                continue
+            todo.append(i)
+            items.append((info.state, index, peer.cookies, suite))
+        for i, got in zip(todo, handshake.create_responses(items)):
+            out[i] = got
+        return out
 
     def create_refusal(self, info, reason, index: int) -> bytes:
         """An authenticated refusal of ``info`` (an initiation that carried an

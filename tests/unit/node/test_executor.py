@@ -86,3 +86,39 @@ def test_announcements_reach_the_observers_alone():
     ex.observers.append(rec)
     ex.do([A.UnknownKey(bytes(32), ADDR_A)])
     assert dp.calls == [] and rec.seen == [("UnknownKey", 0)]
+
+
+def test_a_batch_of_control_packets_is_carried_out_in_order_keys_before_sends():
+    """control_packets (what the fast path drained at once): observers take
+    their types in place, the engine answers the rest (the C responder's
+    batches of Executor.BATCH), each answer's keys installed before it leaves."""
+    t = Tunables()
+    clock, wall = Clock(), Clock(1.7e9)
+    b = Engine(private_key(), t, clock=clock, wall_clock=wall, native_handshake=True)
+    initiators = []
+    for i in range(Executor.BATCH + 5):
+        a = Engine(private_key(), t, clock=clock, wall_clock=wall)
+        pa = a.add_peer(b.public_key, "b", [], ADDR_B)
+        b.add_peer(a.public_key, "a%d" % i, [], ADDR_A)
+        initiators.append((a, pa))
+    ex = Executor(b, 1.0, on_failure=print)
+    dp = RecordingDataPath()
+    ex.attach(dp)
+    rec = Recorder(dp)
+    ex.observers.append(rec)
+    items = []
+    for i, (a, pa) in enumerate(initiators):
+        (init,) = sends(a.open(pa.id))
+        items.append((init.data, ("10.0.0.%d" % (i + 1), 9000)))
+        if i == 3:
+            items.append((bytes([wire.MessageType.PEER_CONTROL]) + bytes(40), ADDR_A))
+    ex.control_packets(items)
+    assert len(rec.datagrams) == 1
+    sent = [c for c in dp.calls if c[0] == "send_control"]
+    assert len(sent) == len(initiators), "every initiation answered"
+    installs = [i for i, c in enumerate(dp.calls) if c[0] == "install_keypair"]
+    sends_at = [i for i, c in enumerate(dp.calls) if c[0] == "send_control"]
+    assert all(k < s for k, s in zip(installs, sends_at)), "keys before sends, answer by answer"
+    for (a, pa), call in zip(initiators, sent):             # in arrival order, each taken by its initiator
+        assert call[2] == ("10.0.0.%d" % (initiators.index((a, pa)) + 1), 9000)
+        assert any(isinstance(x, A.InstallKeypair) for x in a.handle_datagram(call[1], ADDR_B))
