@@ -175,7 +175,9 @@ cdef void _relay_unwrap(fp_engine *e, fp_pkt *pkt, int relay_slot, size_t plen) 
 
 cdef int _relay_send(fp_worker *w, fp_pkt *pkts, int n) noexcept nogil:
     """Seal and send the batch's V_RELAY frames (after delivery: the packets
-    delivered to the device are done).  Returns the number that failed."""
+    delivered to the device are done), runs of equal-size frames to one
+    destination as one UDP GSO send (a GRO-received burst from one source
+    leaves as it came).  Returns the number that failed."""
     cdef int i, relays = 0, failed = 0
     cdef fp_pkt *pkt
     for i in range(n):
@@ -194,7 +196,8 @@ cdef int _relay_send(fp_worker *w, fp_pkt *pkts, int n) noexcept nogil:
                 relays += 1
             _wipe(pkt.key, FP_KEY_SIZE)
     if relays:
-        _send_batch(w.udp_fd, pkts, n, w.msgs, w.iovs, w.map, 0, &w.send_waits)
+        _send_batch(w.udp_fd, pkts, n, w.msgs, w.iovs, w.map, 0, &w.send_waits,
+                    w.gso, w.groups, w.cmsgs, &w.gso_sends, &w.gso_fallbacks)
         for i in range(n):
             if pkts[i].verdict == D_SEND_FAILED:
                 failed += 1

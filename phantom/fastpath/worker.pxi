@@ -111,6 +111,33 @@ cdef int _recv_udp(fp_worker *w, int *messages) noexcept nogil:
     return n
 
 
+cdef size_t _relayed_seg_max(fp_engine *e, fp_pkt *pkt) noexcept nogil:
+    """A TCP super-packet (TSO) read for a relayed peer: the largest inner
+    packet that keeps its relay frame as small as a direct datagram of a
+    full-MTU packet (MTU - FP_WRAP_ROOM, and AEGIS-256's longer tag), so the
+    relay frame neither fragments nor stops UDP GSO/GRO on any hop; 0 for
+    anything else (no limit)."""
+    cdef const unsigned char *h = pkt.buf + FP_PAYLOAD_OFFSET - VNET_HDR_LEN
+    cdef const unsigned char *a = NULL
+    cdef int bits, slot
+    cdef size_t m = 0
+    cdef fp_peer *peer
+    if (h[1] & 0x7F) != VIRTIO_NET_HDR_GSO_TCPV4 and (h[1] & 0x7F) != VIRTIO_NET_HDR_GSO_TCPV6:
+        return 0
+    bits = _inner_addr(pkt.buf + FP_PAYLOAD_OFFSET, pkt.len, True, &a)
+    if bits == 0 or e.mode != MODE_TUN:
+        return 0
+    _lock(e)
+    slot = _route(e, a, bits)
+    peer = e.peers[slot] if slot >= 0 else NULL
+    if peer != NULL and peer.relayed and e.max_inner > FP_WRAP_ROOM + FP_AEGIS_EXTRA + 576:
+        m = e.max_inner - FP_WRAP_ROOM
+        if peer.current == NULL or peer.current.cipher == CIPHER_AEGIS:
+            m -= FP_AEGIS_EXTRA
+    _unlock(e)
+    return m
+
+
 cdef int _inner_batch(fp_worker *w) noexcept nogil:
     """Read up to burst inner packets, encrypt and send them.  Returns 1 when
     the burst was full (more may be waiting), 0 when the fd reached EAGAIN."""
@@ -139,7 +166,7 @@ cdef int _inner_batch(fp_worker *w) noexcept nogil:
                 if got < VNET_HDR_LEN:
                     continue
                 w.out_pkts[n].len = got - VNET_HDR_LEN
-                r = _tso_split(w.out_pkts, n, w.out_cap - n)
+                r = _tso_split(w.out_pkts, n, w.out_cap - n, _relayed_seg_max(e, &w.out_pkts[n]))
                 if r > 1:
                     w.tso_packets += 1
                     w.tso_segments += r
