@@ -556,7 +556,7 @@ cdef class Forwarder:
         """Send an empty transport packet on the current keypair.  Returns False
         (and queues handshake_needed) when there is no usable keypair."""
         cdef int slot = self._slot(peer_id)
-        cdef unsigned char buf[100]          # FP_PAYLOAD_OFFSET + FP_TAIL_ROOM (a WireGuard tag) + FP_WRAP_ROOM
+        cdef unsigned char buf[116]          # FP_PAYLOAD_OFFSET + FP_TAIL_ROOM (a WireGuard tag) + FP_WRAP_ROOM
         cdef int verdict
         with nogil:
             verdict = _send_single(self.e, slot, buf, 0, False)
@@ -659,9 +659,10 @@ cdef class Forwarder:
         cdef socklen_t alen = 0
         cdef int rc = -1
         cdef double now = _now()
+        cdef bint aegis = False
         if n > FP_MAX_INNER:
             raise ValueError("datagram too large")
-        buf = <unsigned char *>malloc(FP_PAYLOAD_OFFSET + 4 + n + 1)
+        buf = <unsigned char *>malloc(FP_PAYLOAD_OFFSET + 4 + n + FP_AEGIS_TAG)
         if buf == NULL:
             raise MemoryError()
         memcpy(buf + FP_PAYLOAD_OFFSET, &relay_id, 4)
@@ -675,19 +676,29 @@ cdef class Forwarder:
                 counter = kp.send_counter
                 kp.send_counter += 1
                 index = kp.remote_index
-                memcpy(key, kp.send_key, FP_KEY_SIZE)
+                aegis = kp.cipher == CIPHER_AEGIS        # type 7 under the transport key
+                if aegis:
+                    memcpy(key, kp.data_send_key, FP_KEY_SIZE)
+                else:
+                    memcpy(key, kp.send_key, FP_KEY_SIZE)
                 memcpy(&addr, &rp.endpoint, rp.endpoint_len)
                 alen = rp.endpoint_len
                 rp.tx_packets += 1
                 rp.last_tx = now
             _unlock(self.e)
-            if alen:
+            if alen and aegis:
+                rc = _seal_aegis_relay(buf, 4 + n, index, counter, key)
+                _wipe(key, FP_KEY_SIZE)
+                if rc == 0:
+                    rc = sendto(self.e.udp_fd, buf + FP_HEADER_SIZE, FP_HEADER_SIZE + 4 + n + FP_AEGIS_TAG, 0,
+                                <sockaddr *>&addr, alen)
+            elif alen:
                 rc = _seal_packet(buf, 4 + n, index, counter, key)
                 _wipe(key, FP_KEY_SIZE)
                 if rc == 0:
                     buf[0] = MSG_RELAY          # the header is not sealed
                     rc = sendto(self.e.udp_fd, buf, FP_PAYLOAD_OFFSET + 4 + n, 0, <sockaddr *>&addr, alen)
-            _wipe(buf, FP_PAYLOAD_OFFSET + 4 + n)
+            _wipe(buf, FP_PAYLOAD_OFFSET + 4 + n + FP_AEGIS_TAG)
             free(buf)
         return rc >= 0
 
