@@ -46,7 +46,7 @@ from . import ciphers
 from . import packet as pkt
 from .replay import ReplayWindow
 from .routing import AllowedIPs
-from .types import Drop, Keypair, Mode, PeerCounters, RelayVia
+from .types import RELAY_BYTES_PER_SECOND, RELAY_PACKETS_PER_SECOND, Drop, Keypair, Mode, PeerCounters, RelayVia
 from .udp import to_sockaddr
 
 log = logging.getLogger("phantom.data")
@@ -225,7 +225,8 @@ class ReferenceDataPath:
         self._peers[peer_id].endpoint = None if addr is None else to_sockaddr(self._udp, addr)
 
     # ------------------------------------------------------------ relays
-    def set_relay(self, enabled: bool, bytes_per_second: int = 125_000_000, packets_per_second: int = 120_000) -> None:
+    def set_relay(self, enabled: bool, bytes_per_second: int = RELAY_BYTES_PER_SECOND,
+                  packets_per_second: int = RELAY_PACKETS_PER_SECOND) -> None:
         """Relay role: forward relay frames between our peers (never to our device)."""
         self._relay = bool(enabled)
         self._relay_budget = (int(bytes_per_second), int(packets_per_second))
@@ -427,7 +428,7 @@ class ReferenceDataPath:
     # ------------------------------------------------ control-plane originated
     def send_control(self, data: bytes, addr) -> None:
         if isinstance(addr, RelayVia):
-            self._relay_send(addr, data)
+            self._relay_send(addr, data, aegis=False)     # type 6, as the fast path (docs/protocol.md)
             return
         try:
             self._udp.sendto(data, to_sockaddr(self._udp, addr) if len(addr) == 2 else addr)

@@ -645,7 +645,9 @@ cdef class Forwarder:
             _unlock(e)
 
     def send_relayed(self, int64_t relay_peer_id, uint32_t relay_id, const unsigned char[::1] data):
-        """Send ``data`` (a whole A<->B datagram) in a relay frame to the relay.
+        """Send ``data`` (a whole A<->B datagram: a handshake message, from
+        the control plane) in a type-6 relay frame to the relay, whatever the
+        hop's suite (the largest initiation stays within IPv6's minimum MTU).
         False when the relay has no usable session or endpoint."""
         cdef int rslot = self._slot(relay_peer_id)
         cdef Py_ssize_t n = data.shape[0]
@@ -659,10 +661,9 @@ cdef class Forwarder:
         cdef socklen_t alen = 0
         cdef int rc = -1
         cdef double now = _now()
-        cdef bint aegis = False
         if n > FP_MAX_INNER:
             raise ValueError("datagram too large")
-        buf = <unsigned char *>malloc(FP_PAYLOAD_OFFSET + 4 + n + FP_AEGIS_TAG)
+        buf = <unsigned char *>malloc(FP_PAYLOAD_OFFSET + 4 + n + 1)
         if buf == NULL:
             raise MemoryError()
         memcpy(buf + FP_PAYLOAD_OFFSET, &relay_id, 4)
@@ -676,29 +677,19 @@ cdef class Forwarder:
                 counter = kp.send_counter
                 kp.send_counter += 1
                 index = kp.remote_index
-                aegis = kp.cipher == CIPHER_AEGIS        # type 7 under the transport key
-                if aegis:
-                    memcpy(key, kp.data_send_key, FP_KEY_SIZE)
-                else:
-                    memcpy(key, kp.send_key, FP_KEY_SIZE)
+                memcpy(key, kp.send_key, FP_KEY_SIZE)
                 memcpy(&addr, &rp.endpoint, rp.endpoint_len)
                 alen = rp.endpoint_len
                 rp.tx_packets += 1
                 rp.last_tx = now
             _unlock(self.e)
-            if alen and aegis:
-                rc = _seal_aegis_relay(buf, 4 + n, index, counter, key)
-                _wipe(key, FP_KEY_SIZE)
-                if rc == 0:
-                    rc = sendto(self.e.udp_fd, buf + FP_HEADER_SIZE, FP_HEADER_SIZE + 4 + n + FP_AEGIS_TAG, 0,
-                                <sockaddr *>&addr, alen)
-            elif alen:
+            if alen:
                 rc = _seal_packet(buf, 4 + n, index, counter, key)
                 _wipe(key, FP_KEY_SIZE)
                 if rc == 0:
                     buf[0] = MSG_RELAY          # the header is not sealed
                     rc = sendto(self.e.udp_fd, buf, FP_PAYLOAD_OFFSET + 4 + n, 0, <sockaddr *>&addr, alen)
-            _wipe(buf, FP_PAYLOAD_OFFSET + 4 + n + FP_AEGIS_TAG)
+            _wipe(buf, FP_PAYLOAD_OFFSET + 4 + n)
             free(buf)
         return rc >= 0
 
