@@ -14,7 +14,9 @@ that came as type 7, to a destination whose session is aegis256.  Checked:
 * forged, relabelled (type 4 <-> 7, 7 -> 6), replayed and truncated hop
   frames, and type 7 on a secretbox hop, are counted drops decided alike by
   both paths; a type-6 frame on an aegis256 hop (an older sender) is still
-  delivered.
+  delivered;
+* (fast path, which has TUN offloads) a TSO super-packet for a relayed peer
+  is cut so that no relay frame is bigger than a direct full-MTU datagram.
 """
 
 from __future__ import annotations
@@ -271,3 +273,71 @@ def test_forged_relabelled_and_replayed_hop_frames_are_counted_drops_alike():
     drops, delivered = ref
     assert drops == {"replay": 1, "auth_failed": 5, "malformed": 1}
     assert delivered == [b"good", b"type 6, an older sender", b"last"]
+
+
+# ------------------------------------------------- fast path: TSO segments for a relayed peer
+@pytest.mark.parametrize("hop,e2e", [(AEGIS, AEGIS), (SECRETBOX, SECRETBOX), (SECRETBOX, AEGIS)],
+                         ids=["aegis-aegis", "sb-sb", "sb-aegis"])
+def test_tso_segments_for_a_relayed_peer_leave_room_for_the_relay_frame(hop, e2e):
+    """A TCP super-packet (TSO, gso_size = the MSS of a 1,420 MTU) for a peer
+    reached through a relay is cut so that every relay frame is no bigger
+    than a direct datagram of a full-MTU packet (1,420 + 32): nothing needs
+    IP fragments on a 1,500-byte underlay.  The segments still carry the
+    whole payload, in order, with valid checksums."""
+    from phantom.dataplane import fast
+    from phantom.fastpath import _engine
+    from tests.contract.test_fastpath import VNET, _ip4_tcp, _tcp_ok
+    app, dev = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dev.setblocking(False)
+    udp, relay = _udp(), _udp(2.0)
+    engine = _engine.Forwarder(_engine.MODE_IDS["tun"], udp.fileno(), max_inner=1420)
+    keys = {}
+    for peer, idx, ridx, send, recv, cipher in ((1, HOP_IDX, HOP_RIDX, HOP_KEY_SEND, HOP_KEY_RECV, hop),
+                                                (2, E2E_IDX, E2E_RIDX, E2E_KEY_SEND, E2E_KEY_RECV, e2e)):
+        engine.add_peer(peer)
+        dsend, drecv = ciphers.transport_keys(cipher, bytearray(send), bytearray(recv))
+        keys[peer] = bytes(dsend)
+        extra = dict(data_send_key=bytes(dsend), data_recv_key=bytes(drecv)) if cipher is AEGIS else {}
+        engine.install_keypair(peer, idx, ridx, send, recv, time.monotonic(), True, int(cipher), **extra)
+    engine.set_routes([(32, bytes([10, 2, 0, 0]), 16, 2)])
+    engine.set_endpoint(1, fast.sockaddr_bytes(relay.getsockname()))
+    engine.set_relay_route(2, 1, RID, True)
+    worker = _engine.Worker(engine, udp.fileno(), dev.fileno(), False, burst=64, vnet=True, gso=True, gro=False)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        payload = os.urandom(20000)
+        mss = 1380
+        sup = bytearray(_ip4_tcp(payload, 5000, 0x18, dst=bytes([10, 2, 0, 9])))
+        sup[36:38] = b"\0\0"                                 # partial checksum: pseudo-header sum
+        app.send(VNET.pack(1, 1, 40, mss, 20, 16) + bytes(sup))
+        segs, got = [], 0
+        while got < len(payload):
+            frame = relay.recvfrom(70000)[0]
+            assert len(frame) <= 1420 + 32, len(frame)
+            _, _, ctr = HEADER.unpack_from(frame)
+            if hop is AEGIS:
+                assert frame[0] == 7
+                buf = bytearray(frame)
+                assert crypto.aegis256_open_into(keys[1], ctr, buf, 16, len(buf) - 16, ad=frame[:16])
+                plain = bytes(buf[16:-32])
+            else:
+                assert frame[0] == 6
+                plain = crypto.secretbox_open(HOP_KEY_SEND, ctr, frame[16:])
+            assert plain[:4] == RID.to_bytes(4, "little")
+            opened = ciphers.open_packet(e2e, keys[2], plain[4:])
+            assert opened is not None
+            seg = opened[2]
+            assert _tcp_ok(seg)
+            segs.append(seg)
+            got += len(seg) - 40
+        assert b"".join(s[40:] for s in segs) == payload
+        size = 1420 - (52 if hop is AEGIS else 36) - (16 if e2e is AEGIS else 0)
+        assert [len(s) for s in segs[:-1]] == [size] * (len(segs) - 1)
+        assert [struct.unpack_from("!I", s, 24)[0] for s in segs] == [5000 + i * (size - 40)
+                                                                      for i in range(len(segs))]
+    finally:
+        worker.stop()
+        thread.join(5)
+        for s in (app, dev, udp, relay):
+            s.close()
