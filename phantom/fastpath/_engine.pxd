@@ -280,6 +280,8 @@ cdef struct fp_worker:
     bint vnet                      # the TUN fd carries virtio_net_hdr (IFF_VNET_HDR)
     uint64_t gso_sends
     uint64_t gso_fallbacks
+    size_t relay_gso_refused       # on a relay: the smallest frame size a GSO send was refused at (0: none)
+    uint32_t relay_gso_batches     # relay batches since then (the refusal is forgotten after 4096)
     uint64_t gro_datagrams
     uint64_t tso_packets
     uint64_t tso_segments

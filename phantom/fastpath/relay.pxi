@@ -191,6 +191,9 @@ cdef int _relay_send(fp_worker *w, fp_pkt *pkts, int n) noexcept nogil:
     leaves as it came).  Returns the number that failed."""
     cdef int i, relays = 0, failed = 0, rc
     cdef fp_pkt *pkt
+    cdef size_t size, largest = 0
+    cdef uint64_t fallbacks
+    cdef bint gso
     for i in range(n):
         pkt = &pkts[i]
         if pkt.verdict == V_PASS:
@@ -220,10 +223,26 @@ cdef int _relay_send(fp_worker *w, fp_pkt *pkts, int n) noexcept nogil:
                 pkt.verdict = V_PASS
                 pkt.len -= FP_PAYLOAD_OFFSET      # _send_batch sends buf[off : 32 + len + tail]
                 relays += 1
+                size = FP_PAYLOAD_OFFSET + pkt.len + pkt.wire_tail - pkt.wire_off
+                if size > largest:
+                    largest = size
             _wipe(pkt.key, FP_KEY_SIZE)
     if relays:
+        # Frames bigger than the path MTU (peers without TSO send full-MTU
+        # packets, whose frames fragment) make the kernel refuse a GSO send:
+        # after one refusal, frames that large go without GSO for a while
+        # rather than fail a system call every batch.
+        w.relay_gso_batches += 1
+        if w.relay_gso_batches >= 4096:
+            w.relay_gso_refused = 0
+            w.relay_gso_batches = 0
+        gso = w.gso and (w.relay_gso_refused == 0 or largest < w.relay_gso_refused)
+        fallbacks = w.gso_fallbacks
         _send_batch(w.udp_fd, pkts, n, w.msgs, w.iovs, w.map, 0, &w.send_waits,
-                    w.gso, w.groups, w.cmsgs, &w.gso_sends, &w.gso_fallbacks)
+                    gso, w.groups, w.cmsgs, &w.gso_sends, &w.gso_fallbacks)
+        if w.gso_fallbacks != fallbacks and (w.relay_gso_refused == 0 or largest < w.relay_gso_refused):
+            w.relay_gso_refused = largest
+            w.relay_gso_batches = 0
         for i in range(n):
             if pkts[i].verdict == D_SEND_FAILED:
                 failed += 1
