@@ -62,6 +62,49 @@ def _rtts(ns, addr, count):
 
 
 MTU = None
+PERF_DIR = None
+
+
+def _counters(node) -> dict:
+    """What moved in a daemon and its namespace: the data path's drops and
+    worker counters (GET /status), and the namespace's IP fragment/reassembly
+    and UDP counters (nstat)."""
+    out = {}
+    code, st = node.daemon.api("GET", "/status")
+    if code == 200:
+        out.update({"drop." + k: v for k, v in (st.get("drops") or {}).items() if isinstance(v, int)})
+        out.update({"worker." + k: v for k, v in (st.get("workers") or {}).items() if isinstance(v, int)})
+    cp = node.host.ns.run(["nstat", "-az"], check=False, timeout=10)
+    for line in cp.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].startswith(("Ip", "Udp")) and parts[1].isdigit():
+            if any(w in parts[0] for w in ("Frag", "Reasm", "Datagrams", "Errors", "BufErrors", "Out")):
+                out["ns." + parts[0]] = int(parts[1])
+    return out
+
+
+def _diff(a: dict, b: dict) -> dict:
+    return {k: b[k] - a.get(k, 0) for k in sorted(b) if b[k] - a.get(k, 0)}
+
+
+def _perf_start(nodes, name):
+    import subprocess
+    out = Path(PERF_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    pids = ",".join(str(n.daemon.pid) for n in nodes.values())
+    return subprocess.Popen(["perf", "record", "-q", "-F", "999", "-g", "-p", pids, "-o",
+                             str(out / ("%s.perf.data" % name.replace("*", "s")))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _perf_stop(proc):
+    import signal
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except Exception:
+        proc.kill()
+        proc.wait()
 
 
 def scenario(name, random_fully, seconds, pings, datapath="reference", relay_datapath=None):
@@ -93,14 +136,23 @@ def scenario(name, random_fully, seconds, pings, datapath="reference", relay_dat
             code, peers = a.daemon.api("GET", "/peers")
             path = {p["name"]: (p["path"], p["endpoint"]) for p in peers["peers"]}["n2"]
             rtt = _rtts(a.host.ns, b.tun4, pings)
-            r = iperf.run(a.host, b.host, b.tun4, seconds=seconds)
+            nodes = {"rv": rv, "a": a, "b": b}
+            before = {k: _counters(n) for k, n in nodes.items()}
+            perf = _perf_start(nodes, name) if PERF_DIR else None
+            r = iperf.run(a.host, b.host, b.tun4, seconds=seconds,
+                          cpu_pids={k: n.daemon.pid for k, n in nodes.items()})
+            if perf is not None:
+                _perf_stop(perf)
+            counters = {k: _diff(before[k], _counters(n)) for k, n in nodes.items()}
             bps = r.received_bps if r.ok else None
             if bps is None:
                 print("%s: iperf3 failed: %s %s" % (name, r.stdout[-300:], r.stderr[-300:]), file=sys.stderr)
             return {"scenario": name, "path": path[0], "endpoint": path[1], "setup_s": round(setup, 2),
                     "rtt_ms": {"min": round(min(rtt), 3), "median": round(statistics.median(rtt), 3),
                                "max": round(max(rtt), 3), "n": len(rtt)} if rtt else None,
-                    "tcp1_bps": bps}
+                    "tcp1_bps": bps, "cpu_pct": r.cpu,
+                    "retransmits": r.end.get("sum_sent", {}).get("retransmits"),
+                    "counters": counters}
         finally:
             for d in reversed(daemons):
                 d.stop()
@@ -113,9 +165,14 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--mtu", type=int, help="tunnel MTU of every daemon (default phantom's 1420)")
     ap.add_argument("--only", help="comma-separated scenario names")
+    ap.add_argument("--perf", type=Path, help="perf record -g the three daemons over each iperf3 run "
+                    "into DIR/<scenario>.perf.data")
+    ap.add_argument("--counters", action="store_true", help="print what moved in each daemon "
+                    "(drops, worker counters) and namespace (IP fragments, UDP) over the iperf3 run")
     args = ap.parse_args(argv)
-    global MTU
+    global MTU, PERF_DIR
     MTU = args.mtu
+    PERF_DIR = args.perf
     restore = netns.install_signal_handlers()
     try:
         plan = [("direct", (), {}), ("relayed", (1, 2), {}), ("relayed*", (1, 2), {"relay_datapath": "fast"}),
@@ -134,6 +191,11 @@ def main(argv=None) -> int:
             r["scenario"], r["path"], r["endpoint"], r["setup_s"],
             "%.3f / %.3f / %.3f" % (rtt["min"], rtt["median"], rtt["max"]) if rtt else "-",
             "%.1f" % (r["tcp1_bps"] / 1e6) if r["tcp1_bps"] else "-"))
+    for r in rows:
+        print("%-9s cpu %% of a core: %s  retransmits: %s" % (r["scenario"], r["cpu_pct"], r["retransmits"]))
+        if args.counters:
+            for k, c in r["counters"].items():
+                print("    %-3s %s" % (k, " ".join("%s=%s" % kv for kv in c.items())))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0

@@ -59,6 +59,8 @@ def TestOneInput(data: bytes) -> None:
         assert wire.transport_nonce(ctr)[:8] == data[8:16]
     elif mtype is wire.MessageType.RELAY:
         assert wire.RELAY_MIN_SIZE <= len(data) <= wire.MAX_DATAGRAM_SIZE
+    elif mtype is wire.MessageType.RELAY_AEGIS:
+        assert wire.RELAY_AEGIS_MIN_SIZE <= len(data) <= wire.MAX_DATAGRAM_SIZE
     elif mtype is wire.MessageType.PEER_CONTROL:
         assert wire.PEER_CONTROL_MIN_SIZE <= len(data) <= wire.PEER_CONTROL_MAX_SIZE
         try:

@@ -311,26 +311,29 @@ def aegis256_available() -> bool:
     return hasattr(lib, "crypto_aead_aegis256_encrypt") and lib.crypto_aead_aegis256_abytes() == AEGIS256_TAG
 
 
-def aegis256_seal_into(key, counter: int, buf: bytearray, offset: int, length: int) -> None:
+def aegis256_seal_into(key, counter: int, buf: bytearray, offset: int, length: int,
+                       ad: bytes = b"") -> None:
     """Encrypt in place: plaintext at buf[offset:offset+length] becomes
-    ciphertext there and the 32-byte tag right after it."""
+    ciphertext there and the 32-byte tag right after it; ``ad``: associated
+    data (authenticated, not sent)."""
     p = ffi.from_buffer(buf)
     clen = ffi.new("unsigned long long *")
-    rc = lib.crypto_aead_aegis256_encrypt(p + offset, clen, p + offset, length, ffi.NULL, 0, ffi.NULL,
+    rc = lib.crypto_aead_aegis256_encrypt(p + offset, clen, p + offset, length, ad, len(ad), ffi.NULL,
                                           aegis256_nonce(counter), ffi.from_buffer(key))
     if rc != 0:
         raise CryptoError("aegis256 seal failed")
 
 
-def aegis256_open_into(key, counter: int, buf: bytearray, offset: int, length: int) -> bool:
+def aegis256_open_into(key, counter: int, buf: bytearray, offset: int, length: int,
+                       ad: bytes = b"") -> bool:
     """Decrypt in place: ciphertext||tag at buf[offset:offset+length] becomes
     plaintext at buf[offset:offset+length-32].  False when forged (libsodium
-    then zeroes the output)."""
+    then zeroes the output); ``ad`` as sealed."""
     if length < AEGIS256_TAG:
         return False
     p = ffi.from_buffer(buf)
     mlen = ffi.new("unsigned long long *")
-    rc = lib.crypto_aead_aegis256_decrypt(p + offset, mlen, ffi.NULL, p + offset, length, ffi.NULL, 0,
+    rc = lib.crypto_aead_aegis256_decrypt(p + offset, mlen, ffi.NULL, p + offset, length, ad, len(ad),
                                           aegis256_nonce(counter), ffi.from_buffer(key))
     return rc == 0
 

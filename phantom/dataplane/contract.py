@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from typing import Iterable, Optional, Protocol
 
-from .types import Address, Keypair, Mode, Network, PeerCounters
+from .types import (RELAY_BYTES_PER_SECOND, RELAY_PACKETS_PER_SECOND, Address, Keypair, Mode, Network,
+                    PeerCounters)
 
 
 class DataPathEvents(Protocol):
@@ -90,8 +91,8 @@ class DataPath(Protocol):
         """Mode.TEST: the peer the test port's datagrams go to."""
 
     # ------------------------------------------- NAT traversal relays (type 6)
-    def set_relay(self, enabled: bool, bytes_per_second: int = 125_000_000,
-                  packets_per_second: int = 120_000) -> None:
+    def set_relay(self, enabled: bool, bytes_per_second: int = RELAY_BYTES_PER_SECOND,
+                  packets_per_second: int = RELAY_PACKETS_PER_SECOND) -> None:
         """Relay role: forward relay frames between our peers (never to our
         device), each source peer within the per-second budget (over it:
         ``relay_budget`` drops)."""

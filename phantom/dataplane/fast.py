@@ -36,7 +36,7 @@ from ..constants import Tunables
 from . import ciphers
 from . import packet as pkt
 from .routing import AllowedIPs
-from .types import Drop, Keypair, Mode, PeerCounters, RelayVia
+from .types import RELAY_BYTES_PER_SECOND, RELAY_PACKETS_PER_SECOND, Drop, Keypair, Mode, PeerCounters, RelayVia
 from .udp import to_sockaddr
 
 try:
@@ -521,8 +521,9 @@ class FastDataPath:
                             c["last_rx"], c["last_tx"], c["last_data_rx"], c["last_data_tx"],
                             c["send_counter"], drops)
 
-    def set_relay(self, enabled: bool, bytes_per_second: int = 125_000_000, packets_per_second: int = 120_000) -> None:
-        """Relay role: the worker forwards relay frames (wire type 6) between
+    def set_relay(self, enabled: bool, bytes_per_second: int = RELAY_BYTES_PER_SECOND,
+                  packets_per_second: int = RELAY_PACKETS_PER_SECOND) -> None:
+        """Relay role: the worker forwards relay frames (wire types 6 and 7) between
         peers in C, never to the device (see docs/nat.md)."""
         self._fwd.set_relay(bool(enabled), int(bytes_per_second), int(packets_per_second))
 

@@ -46,7 +46,7 @@ from . import ciphers
 from . import packet as pkt
 from .replay import ReplayWindow
 from .routing import AllowedIPs
-from .types import Drop, Keypair, Mode, PeerCounters, RelayVia
+from .types import RELAY_BYTES_PER_SECOND, RELAY_PACKETS_PER_SECOND, Drop, Keypair, Mode, PeerCounters, RelayVia
 from .udp import to_sockaddr
 
 log = logging.getLogger("phantom.data")
@@ -225,7 +225,8 @@ class ReferenceDataPath:
         self._peers[peer_id].endpoint = None if addr is None else to_sockaddr(self._udp, addr)
 
     # ------------------------------------------------------------ relays
-    def set_relay(self, enabled: bool, bytes_per_second: int = 125_000_000, packets_per_second: int = 120_000) -> None:
+    def set_relay(self, enabled: bool, bytes_per_second: int = RELAY_BYTES_PER_SECOND,
+                  packets_per_second: int = RELAY_PACKETS_PER_SECOND) -> None:
         """Relay role: forward relay frames between our peers (never to our device)."""
         self._relay = bool(enabled)
         self._relay_budget = (int(bytes_per_second), int(packets_per_second))
@@ -246,8 +247,11 @@ class ReferenceDataPath:
             self._relay_pairs[(src_peer, relay_id)] = dest_peer
         self.relayed["pairs"] = len(self._relay_pairs)
 
-    def _relay_send(self, via: RelayVia, inner) -> bool:
-        """Wrap ``inner`` (a whole A<->B datagram) in a relay frame to the relay peer."""
+    def _relay_send(self, via: RelayVia, inner, aegis: bool = True) -> bool:
+        """Wrap ``inner`` (a whole A<->B datagram) in a relay frame to the relay
+        peer: type 7 (AEGIS-256, the header as associated data) when that hop's
+        session is aegis256 and ``aegis`` (a relay forwards a type 6 as type 6),
+        else type 6 (secretbox under the session key)."""
         relay = self._peers.get(via.relay_peer)
         now = time.monotonic()
         s = self._usable(relay, now) if relay is not None else None
@@ -256,8 +260,15 @@ class ReferenceDataPath:
             return False
         counter = s.send_counter
         s.send_counter = counter + 1
-        box = crypto.secretbox_seal(s.kp.send_key, counter, wire.RELAY_ID.pack(via.relay_id) + bytes(inner))
-        frame = wire.TRANSPORT_HEADER.pack(wire.MessageType.RELAY, s.kp.remote_index, counter) + box
+        plain = wire.RELAY_ID.pack(via.relay_id) + bytes(inner)
+        if s.aegis and aegis:
+            head = wire.TRANSPORT_HEADER.pack(wire.MessageType.RELAY_AEGIS, s.kp.remote_index, counter)
+            buf = bytearray(head + plain + bytes(crypto.AEGIS256_TAG))
+            crypto.aegis256_seal_into(s.send_key, counter, buf, len(head), len(plain), ad=head)
+            frame = bytes(buf)
+        else:
+            box = crypto.secretbox_seal(s.kp.send_key, counter, plain)
+            frame = wire.TRANSPORT_HEADER.pack(wire.MessageType.RELAY, s.kp.remote_index, counter) + box
         try:
             self._udp.sendto(frame, relay.endpoint)
         except OSError:
@@ -270,8 +281,9 @@ class ReferenceDataPath:
         c.last_data_tx = now
         return True
 
-    def _on_relay_frame(self, src: "_Peer", start: int, end: int, now: float) -> None:
-        """A relay frame from ``src``, opened in place: relay_id | inner at rx[start:end]."""
+    def _on_relay_frame(self, src: "_Peer", start: int, end: int, now: float, aegis_in: bool = False) -> None:
+        """A relay frame from ``src``, opened in place: relay_id | inner at
+        rx[start:end] (``aegis_in``: it came as type 7)."""
         rx = self._rx
         if end - start < wire.RELAY_ID.size + wire.HEADER.size:
             self._drop(Drop.MALFORMED, src)
@@ -303,7 +315,7 @@ class ReferenceDataPath:
                 return
             use[1] += len(inner)
             use[2] += 1
-            if self._relay_send(RelayVia(dest.id, rid), inner):
+            if self._relay_send(RelayVia(dest.id, rid), inner, aegis=aegis_in):
                 self.relayed["forwarded"] += 1
             return
         peer_id = self._relay_in.get((src.id, rid))
@@ -322,7 +334,7 @@ class ReferenceDataPath:
         except wire.WireError:
             self._drop(Drop.MALFORMED, src)
             return
-        if mtype in (wire.MessageType.RELAY, wire.MessageType.PEER_CONTROL):
+        if mtype in (wire.MessageType.RELAY, wire.MessageType.RELAY_AEGIS, wire.MessageType.PEER_CONTROL):
             self._drop(Drop.MALFORMED, src)      # no nesting; peer control only on a direct session
             return
         self._events.control_packet(inner, via)
@@ -416,7 +428,7 @@ class ReferenceDataPath:
     # ------------------------------------------------ control-plane originated
     def send_control(self, data: bytes, addr) -> None:
         if isinstance(addr, RelayVia):
-            self._relay_send(addr, data)
+            self._relay_send(addr, data, aegis=False)     # type 6, as the fast path (docs/protocol.md)
             return
         try:
             self._udp.sendto(data, to_sockaddr(self._udp, addr) if len(addr) == 2 else addr)
@@ -633,7 +645,8 @@ class ReferenceDataPath:
             self._drop(Drop.TRUNCATED)
             return
         mtype = rx[0]
-        is_relay = mtype == wire.MessageType.RELAY and relayed_for is None
+        relay_aegis = mtype == wire.MessageType.RELAY_AEGIS and relayed_for is None
+        is_relay = (mtype == wire.MessageType.RELAY and relayed_for is None) or relay_aegis
         if (mtype != wire.MessageType.TRANSPORT and not is_relay) or rx[1] or rx[2] or rx[3]:
             try:
                 demux.classify(self._rxv[:n])       # Phantom's or WireGuard's framing
@@ -649,7 +662,8 @@ class ReferenceDataPath:
         # top); an AEGIS-256 datagram is 16 bytes longer than a secretbox one:
         # the exact limit is checked once the session (its cipher) is known
         if n - OFFSET > self._max_inner + _AEGIS_EXTRA + \
-                (wire.TRANSPORT_OVERHEAD + wire.RELAY_ID.size + _AEGIS_EXTRA if is_relay else 0):
+                (wire.TRANSPORT_OVERHEAD + wire.RELAY_ID.size + _AEGIS_EXTRA if is_relay else 0) + \
+                (_AEGIS_EXTRA if relay_aegis else 0):
             self._drop(Drop.OVERSIZED)
             return
         _, index, counter = HEADER.unpack_from(rx, 0)
@@ -658,6 +672,9 @@ class ReferenceDataPath:
             self._drop(Drop.UNKNOWN_INDEX)
             return
         peer = s.peer
+        if relay_aegis and not s.aegis:
+            self._drop(Drop.MALFORMED, peer)      # type 7 only on an aegis256 hop session
+            return
         if not is_relay and not s.aegis and n - OFFSET > self._max_inner:
             self._drop(Drop.OVERSIZED, peer)
             return
@@ -671,8 +688,15 @@ class ReferenceDataPath:
         if not s.replay.check(counter):
             self._drop(Drop.REPLAY, peer)
             return
-        if is_relay and s.phantom:
-            # relay frames are secretbox under the session key, whatever the suite
+        if relay_aegis:
+            # type 7: AEGIS-256 under the transport key, the header as associated data
+            opened = None
+            if n >= wire.AEGIS256_OVERHEAD and crypto.aegis256_open_into(
+                    s.recv_key, counter, rx, wire.TRANSPORT_HEADER_SIZE, n - wire.TRANSPORT_HEADER_SIZE,
+                    ad=bytes(rx[:wire.TRANSPORT_HEADER_SIZE])):
+                opened = wire.TRANSPORT_HEADER_SIZE, n - wire.AEGIS256_OVERHEAD
+        elif is_relay and s.phantom:
+            # type 6: secretbox under the session key, whatever the suite
             opened = ciphers.open_secretbox(s.kp.recv_key, counter, rx, n)
         else:
             opened = s.open(s.recv_key, counter, rx, n)
@@ -696,7 +720,7 @@ class ReferenceDataPath:
             if not s.phantom:
                 self._drop(Drop.MALFORMED, peer)      # relay frames travel on Phantom sessions only
                 return
-            self._on_relay_frame(peer, start, start + plen, now)
+            self._on_relay_frame(peer, start, start + plen, now, aegis_in=relay_aegis)
             return
         if plen == 0:
             return  # keepalive

@@ -32,6 +32,13 @@ class Mode(str, enum.Enum):
     TEST = "test"      # the prototype's UDP test port: datagram payloads
 
 
+# A relay's default budget per source peer and second (DataPath.set_relay):
+# above what one relayed TCP stream reaches on a 2-core machine (bench/nat.py,
+# docs/nat.md "Measured"), so the budget stops a flood, not a transfer.
+RELAY_BYTES_PER_SECOND = 625_000_000        # 5 Gbit/s
+RELAY_PACKETS_PER_SECOND = 500_000
+
+
 class RelayVia(tuple):
     """A peer's endpoint when traffic goes through a relay: (the relay's peer
     id here, the peer's id at the relay).  Used wherever a (host, port)

@@ -40,7 +40,9 @@ cdef enum:
     V_RELAY = -4                   # inbound relay frame to forward (never to the device)
     V_REPROCESS = -5               # inbound relay frame unwrapped: its inner datagram goes round again
     V_HOLD = -6                    # parked while the batch's unwrapped frames go round again
-    FP_WRAP_ROOM = 36              # a relay frame's extra bytes: relay_id u32 + header and MAC
+    FP_WRAP_ROOM = 52              # a relay frame's extra bytes: relay_id u32 + header and tag (type 7's 32-byte tag)
+    FP_WRAP_SECRETBOX = 36         # wire.RELAY_OVERHEAD (type 6)
+    FP_WRAP_AEGIS = 52             # wire.RELAY_AEGIS_OVERHEAD (type 7)
     FP_RELAY_FAMILY = 0xFFFE       # a sockaddr that names a RelayVia (relay peer id, relay id)
     # event kinds
     EV_CONTROL_PACKET = 1
@@ -226,7 +228,8 @@ cdef struct fp_pkt:
     int cipher                     # the keypair's, copied with the key
     size_t wire_off                # outbound: the datagram starts at buf + wire_off (0, WireGuard 16)
     size_t wire_tail               # outbound: bytes after the payload (WireGuard padding + tag)
-    bint relay                     # inbound: a relay frame (type 6)
+    bint relay                     # inbound: a relay frame (type 6 or 7)
+    bint relay_aegis               # inbound: type 7; on a relay, after routing: forward as type 7
     bint relayed_inner             # inbound: the inner datagram of a relay frame
     int relay_peer_slot            # ... and the peer it must belong to
     int saved_verdict
@@ -234,6 +237,7 @@ cdef struct fp_pkt:
     uint32_t wrap_index
     uint64_t wrap_counter
     uint32_t wrap_id
+    int wrap_cipher                # the relay hop's: CIPHER_AEGIS -> type 7, else type 6
     unsigned char wrap_key[32]
     unsigned char key[32]
 
@@ -276,6 +280,8 @@ cdef struct fp_worker:
     bint vnet                      # the TUN fd carries virtio_net_hdr (IFF_VNET_HDR)
     uint64_t gso_sends
     uint64_t gso_fallbacks
+    size_t relay_gso_refused       # on a relay: the smallest frame size a GSO send was refused at (0: none)
+    uint32_t relay_gso_batches     # relay batches since then (the refusal is forgotten after 4096)
     uint64_t gro_datagrams
     uint64_t tso_packets
     uint64_t tso_segments

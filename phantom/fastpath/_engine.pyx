@@ -19,7 +19,9 @@ a cipher call.
     1. read packets from the TUN device (or recvmmsg from the test port) into
        buffers at FP_PAYLOAD_OFFSET, leaving room for the header; with
        IFF_VNET_HDR a TSO/USO super-packet is cut into MTU-sized segments,
-       each with its own headers and checksums (offload.pxi _tso_split);
+       each with its own headers and checksums (offload.pxi _tso_split; TCP
+       to a relayed peer: smaller, so its relay frame does not fragment,
+       worker.pxi _relayed_seg_max);
     2. lock: oversize check and route: allowed-IPs LPM (trie.pxi), the MAC
        table in TAP mode (unknown/group: flooded, worker.pxi _out_flood), or
        the test peer (send.pxi _out_prepare); unlock;
@@ -37,8 +39,9 @@ a cipher call.
     5. seal in place with the keypair's cipher (ciphers.pxi: secretbox,
        AEGIS-256, or ChaCha20-Poly1305 from libsodium or OpenSSL) and wipe the
        key copy; a relayed peer's sealed datagram is then wrapped in a relay
-       frame (type 6, secretbox under the relay's session key); a failed seal
-       drops and wipes the packet (send.pxi _out_seal);
+       frame (type 7, AEGIS-256 on an aegis256 hop; type 6, secretbox under
+       the relay's session key, on a secretbox hop); a failed seal drops and
+       wipes the packet (send.pxi _out_seal);
     6. sendmmsg every sealed packet, never anything else; runs of equal size
        to one endpoint leave as one UDP GSO message (send.pxi _send_batch);
     7. lock: counters and drops (send.pxi _account); unlock; poke the eventfd
@@ -103,6 +106,8 @@ assert CIPHER_SECRETBOX == _ciphers.CipherKind.SECRETBOX
 assert CIPHER_CHACHA == _ciphers.CipherKind.CHACHA20POLY1305
 assert CIPHER_AEGIS == _ciphers.CipherKind.AEGIS256
 assert FP_AEGIS_TAG == _crypto.AEGIS256_TAG == _wire.AEGIS256_TAG_SIZE
+assert FP_WRAP_SECRETBOX == _wire.RELAY_OVERHEAD and FP_WRAP_AEGIS == _wire.RELAY_AEGIS_OVERHEAD
+assert FP_WRAP_ROOM >= FP_WRAP_AEGIS and FP_WRAP_ROOM >= FP_WRAP_SECRETBOX
 assert FP_AEGIS_EXTRA == _wire.AEGIS256_EXTRA and FP_AEGIS_NONCE_SIZE == _wire.AEGIS256_NONCE_SIZE
 assert FP_TAIL_ROOM >= FP_AEGIS_TAG
 assert FP_HEADER_SIZE == _wgwire.TRANSPORT_HEADER_SIZE

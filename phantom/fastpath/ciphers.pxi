@@ -184,6 +184,32 @@ cdef inline int _open_aegis(unsigned char *buf, size_t wire_len, uint64_t counte
                           wire_len - FP_HEADER_SIZE, NULL, 0, n, key)
 
 
+cdef inline int _seal_aegis_relay(unsigned char *buf, size_t length, uint32_t remote_index,
+                                  uint64_t counter, const unsigned char *key) noexcept nogil:
+    """A type-7 relay frame: as _seal_aegis, type byte 7 and the 16-byte header
+    (buf[16:32]) as associated data: the datagram is buf[16 : 32 + length + 32]."""
+    cdef unsigned char n[32]
+    cdef unsigned long long clen = 0
+    _put_header(buf + FP_HEADER_SIZE, remote_index, counter)
+    buf[FP_HEADER_SIZE] = MSG_RELAY_AEGIS
+    _aegis_nonce(n, counter)
+    return _aegis_seal_fn(buf + FP_PAYLOAD_OFFSET, &clen, buf + FP_PAYLOAD_OFFSET, length,
+                          buf + FP_HEADER_SIZE, FP_HEADER_SIZE, NULL, n, key)
+
+
+cdef inline int _open_aegis_relay(unsigned char *buf, size_t wire_len, uint64_t counter,
+                                  const unsigned char *key) noexcept nogil:
+    """A type-7 relay frame buf[0:wire_len] (header = associated data): the
+    plaintext lands at buf[16 : wire_len - 32]."""
+    cdef unsigned char n[32]
+    cdef unsigned long long mlen = 0
+    if wire_len < FP_HEADER_SIZE + FP_AEGIS_TAG:
+        return -1
+    _aegis_nonce(n, counter)
+    return _aegis_open_fn(buf + FP_HEADER_SIZE, &mlen, NULL, buf + FP_HEADER_SIZE,
+                          wire_len - FP_HEADER_SIZE, buf, FP_HEADER_SIZE, n, key)
+
+
 cdef inline bint _phantom_cipher(int cipher) noexcept nogil:
     """A Phantom session (either suite), not a WireGuard one."""
     return cipher == CIPHER_SECRETBOX or cipher == CIPHER_AEGIS

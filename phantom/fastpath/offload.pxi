@@ -111,11 +111,14 @@ cdef void _ipv4_csum(unsigned char *p) noexcept nogil:
     _put16(p + 10, ~_fold(_sum16(p, ihl, 0)) & 0xFFFF)
 
 
-cdef int _tso_split(fp_pkt *slots, int k, int room) noexcept nogil:
+cdef int _tso_split(fp_pkt *slots, int k, int room, size_t max_len=0) noexcept nogil:
     """slots[k] holds a virtio_net_hdr at buf+22 and a packet at buf+32 (len).
     Complete a partial checksum, or cut a TCP (TSO4/TSO6) or UDP (USO)
     super-packet into segments in slots[k], slots[k+1], ... with correct IP
-    lengths, IDs, TCP sequence numbers, flags and checksums.  Returns the
+    lengths, IDs, TCP sequence numbers, flags and checksums.  ``max_len``
+    (0: none) caps a TCP segment's IP length below the kernel's gso_size
+    (a relayed peer: room for the relay frame, so nothing fragments; a UDP
+    super-packet's segments are datagrams and keep their size).  Returns the
     number of slots used (>= 1); slots[k].verdict is a drop if the header is
     unusable."""
     cdef unsigned char *h = slots[k].buf + FP_PAYLOAD_OFFSET - VNET_HDR_LEN
@@ -161,6 +164,8 @@ cdef int _tso_split(fp_pkt *slots, int k, int room) noexcept nogil:
         slots[k].verdict = D_BAD_INNER
         return 1
     payload = n - hlen
+    if proto == 6 and max_len > hlen + 64 and hlen + gso_size > max_len:
+        gso_size = max_len - hlen
     nseg = <int>((payload + gso_size - 1) // gso_size)
     if nseg < 1:
         nseg = 1

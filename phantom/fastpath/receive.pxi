@@ -31,7 +31,7 @@ cdef int _in_prepare(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nog
             pkt.verdict = D_MALFORMED
             continue
         t = pkt.buf[0]
-        if pkt.relayed_inner and (t == MSG_PEER_CONTROL or t == MSG_RELAY):
+        if pkt.relayed_inner and (t == MSG_PEER_CONTROL or t == MSG_RELAY or t == MSG_RELAY_AEGIS):
             pkt.verdict = D_MALFORMED               # no nesting; peer control only on a direct session
             continue
         if t == MSG_INITIATION or t == MSG_RESPONSE or t == MSG_COOKIE_REPLY:
@@ -62,7 +62,8 @@ cdef int _in_prepare(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nog
             continue
         # a relay frame: forwarded when we relay, unwrapped when we are relayed
         # (relay.pxi); one inside a relay frame is malformed (no nesting)
-        pkt.relay = t == MSG_RELAY and not pkt.relayed_inner
+        pkt.relay = (t == MSG_RELAY or t == MSG_RELAY_AEGIS) and not pkt.relayed_inner
+        pkt.relay_aegis = t == MSG_RELAY_AEGIS and not pkt.relayed_inner
         if t != MSG_TRANSPORT and not pkt.relay:
             pkt.verdict = D_MALFORMED
             continue
@@ -72,7 +73,8 @@ cdef int _in_prepare(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nog
         # an AEGIS-256 datagram is 16 bytes longer than a secretbox one (and a
         # relay frame may carry one): the exact limit is checked below, by cipher
         if pkt.len - FP_PAYLOAD_OFFSET > e.max_inner + FP_AEGIS_EXTRA \
-                + (FP_PAYLOAD_OFFSET + 4 + FP_AEGIS_EXTRA if pkt.relay else 0):
+                + (FP_PAYLOAD_OFFSET + 4 + FP_AEGIS_EXTRA if pkt.relay else 0) \
+                + (FP_AEGIS_EXTRA if pkt.relay_aegis else 0):
             pkt.verdict = D_OVERSIZED
             continue
         pkt.local_index = _le32(pkt.buf + 4)
@@ -84,6 +86,9 @@ cdef int _in_prepare(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nog
         pkt.peer_slot = kp.peer_slot
         pkt.peer_serial = e.peers[kp.peer_slot].serial
         pkt.peer_id = e.peers[kp.peer_slot].peer_id
+        if pkt.relay_aegis and kp.cipher != CIPHER_AEGIS:
+            pkt.verdict = D_MALFORMED             # type 7 only on an aegis256 hop session
+            continue
         if not pkt.relay and kp.cipher != CIPHER_AEGIS and pkt.len - FP_PAYLOAD_OFFSET > e.max_inner:
             pkt.verdict = D_OVERSIZED
             continue
@@ -94,8 +99,8 @@ cdef int _in_prepare(fp_engine *e, fp_pkt *pkts, int n, double now) noexcept nog
             pkt.verdict = D_REPLAY
             continue
         pkt.kp_serial = kp.serial
-        if pkt.relay and kp.cipher == CIPHER_AEGIS:
-            # relay frames are secretbox under the session key, whatever the suite
+        if pkt.relay and kp.cipher == CIPHER_AEGIS and not pkt.relay_aegis:
+            # type 6 is secretbox under the session key, whatever the suite
             pkt.cipher = CIPHER_SECRETBOX
             memcpy(pkt.key, kp.recv_key, FP_KEY_SIZE)
         else:
@@ -123,7 +128,10 @@ cdef void _in_open(fp_pkt *pkts, int n) noexcept nogil:
             if rc == 0:
                 pkt.buf -= FP_PAYLOAD_OFFSET - FP_HEADER_SIZE
         elif pkt.cipher == CIPHER_AEGIS:
-            rc = _open_aegis(pkt.buf, pkt.len, pkt.counter, pkt.key)
+            if pkt.relay_aegis:
+                rc = _open_aegis_relay(pkt.buf, pkt.len, pkt.counter, pkt.key)
+            else:
+                rc = _open_aegis(pkt.buf, pkt.len, pkt.counter, pkt.key)
             if rc == 0:
                 pkt.buf -= FP_PAYLOAD_OFFSET - FP_HEADER_SIZE
         else:

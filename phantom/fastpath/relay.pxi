@@ -105,7 +105,7 @@ cdef void _relay_route(fp_engine *e, fp_pkt *pkt, fp_peer *src, size_t plen, dou
         pkt.verdict = D_MALFORMED
         return
     src.last_data_rx = now
-    if pkt.cipher != CIPHER_SECRETBOX:
+    if not _phantom_cipher(pkt.cipher):
         pkt.verdict = D_MALFORMED                 # relay frames travel on Phantom sessions only
         return
     rid = _le32(pkt.buf + FP_PAYLOAD_OFFSET)
@@ -135,7 +135,12 @@ cdef void _relay_route(fp_engine *e, fp_pkt *pkt, fp_peer *src, size_t plen, dou
     pkt.counter = kp.send_counter
     kp.send_counter += 1
     pkt.local_index = kp.remote_index         # as outbound: the receiver's index
-    memcpy(pkt.key, kp.send_key, FP_KEY_SIZE)
+    # type 7 only for a frame that came as type 7, to an aegis256 session; else type 6
+    pkt.relay_aegis = pkt.relay_aegis and kp.cipher == CIPHER_AEGIS
+    if pkt.relay_aegis:
+        memcpy(pkt.key, kp.data_send_key, FP_KEY_SIZE)
+    else:
+        memcpy(pkt.key, kp.send_key, FP_KEY_SIZE)
     memcpy(&pkt.addr, &dest.endpoint, dest.endpoint_len)
     pkt.addrlen = dest.endpoint_len
     dest.tx_bytes += pkt.len
@@ -153,7 +158,7 @@ cdef void _relay_unwrap(fp_engine *e, fp_pkt *pkt, int relay_slot, size_t plen) 
     cdef uint32_t rid
     cdef int i
     cdef int64_t rpid
-    if plen < 8 or pkt.cipher != CIPHER_SECRETBOX:
+    if plen < 8 or not _phantom_cipher(pkt.cipher):
         pkt.verdict = D_MALFORMED
         return
     rid = _le32(pkt.buf + FP_PAYLOAD_OFFSET)
@@ -161,7 +166,13 @@ cdef void _relay_unwrap(fp_engine *e, fp_pkt *pkt, int relay_slot, size_t plen) 
     if i < 0:
         pkt.verdict = D_RELAY_UNKNOWN_ID           # no peer of ours goes by that id at this relay
         return
-    memmove(pkt.buf, pkt.buf + FP_PAYLOAD_OFFSET + 4, plen - 4)
+    if pkt.cipher == CIPHER_AEGIS:
+        # a type-7 frame was opened 16 bytes back (_in_open): return to where the
+        # datagram was received, so the inner one moves within its own bytes
+        pkt.buf += FP_PAYLOAD_OFFSET - FP_HEADER_SIZE
+        memmove(pkt.buf, pkt.buf + FP_HEADER_SIZE + 4, plen - 4)
+    else:
+        memmove(pkt.buf, pkt.buf + FP_PAYLOAD_OFFSET + 4, plen - 4)
     pkt.len = plen - 4
     pkt.relay_peer_slot = i
     rpid = e.peers[relay_slot].peer_id
@@ -175,26 +186,63 @@ cdef void _relay_unwrap(fp_engine *e, fp_pkt *pkt, int relay_slot, size_t plen) 
 
 cdef int _relay_send(fp_worker *w, fp_pkt *pkts, int n) noexcept nogil:
     """Seal and send the batch's V_RELAY frames (after delivery: the packets
-    delivered to the device are done).  Returns the number that failed."""
-    cdef int i, relays = 0, failed = 0
+    delivered to the device are done), runs of equal-size frames to one
+    destination as one UDP GSO send (a GRO-received burst from one source
+    leaves as it came).  Returns the number that failed."""
+    cdef int i, relays = 0, failed = 0, rc
     cdef fp_pkt *pkt
+    cdef size_t size, largest = 0
+    cdef uint64_t fallbacks
+    cdef bint gso
     for i in range(n):
         pkt = &pkts[i]
         if pkt.verdict == V_PASS:
             pkt.verdict = V_CONSUMED              # delivered already
         elif pkt.verdict == V_RELAY:
-            if _seal_packet(pkt.buf, pkt.len - FP_PAYLOAD_OFFSET, pkt.local_index, pkt.counter, pkt.key) != 0:
+            if pkt.relay_aegis:
+                # type 7 in, type 7 out: the frame fills the bytes it came in
+                pkt.wire_off = FP_HEADER_SIZE
+                pkt.wire_tail = FP_AEGIS_TAG
+                rc = _seal_aegis_relay(pkt.buf, pkt.len - FP_PAYLOAD_OFFSET, pkt.local_index, pkt.counter,
+                                       pkt.key)
+            else:
+                if pkt.cipher == CIPHER_AEGIS:
+                    # type 7 in (opened 16 bytes back), type 6 out: the payload moves
+                    # forward into the datagram's own bytes (16 fewer on the way out)
+                    pkt.buf += FP_PAYLOAD_OFFSET - FP_HEADER_SIZE
+                    memmove(pkt.buf + FP_PAYLOAD_OFFSET, pkt.buf + FP_HEADER_SIZE, pkt.len - FP_PAYLOAD_OFFSET)
+                pkt.wire_off = 0
+                pkt.wire_tail = 0
+                rc = _seal_packet(pkt.buf, pkt.len - FP_PAYLOAD_OFFSET, pkt.local_index, pkt.counter, pkt.key)
+                pkt.buf[0] = MSG_RELAY            # the header is not sealed
+            if rc != 0:
                 pkt.verdict = D_SEND_FAILED
                 _wipe(pkt.buf, pkt.len)
                 failed += 1
             else:
-                pkt.buf[0] = MSG_RELAY            # the header is not sealed
                 pkt.verdict = V_PASS
-                pkt.len -= FP_PAYLOAD_OFFSET      # _send_batch sends buf[0 : 32 + len]
+                pkt.len -= FP_PAYLOAD_OFFSET      # _send_batch sends buf[off : 32 + len + tail]
                 relays += 1
+                size = FP_PAYLOAD_OFFSET + pkt.len + pkt.wire_tail - pkt.wire_off
+                if size > largest:
+                    largest = size
             _wipe(pkt.key, FP_KEY_SIZE)
     if relays:
-        _send_batch(w.udp_fd, pkts, n, w.msgs, w.iovs, w.map, 0, &w.send_waits)
+        # Frames bigger than the path MTU (peers without TSO send full-MTU
+        # packets, whose frames fragment) make the kernel refuse a GSO send:
+        # after one refusal, frames that large go without GSO for a while
+        # rather than fail a system call every batch.
+        w.relay_gso_batches += 1
+        if w.relay_gso_batches >= 4096:
+            w.relay_gso_refused = 0
+            w.relay_gso_batches = 0
+        gso = w.gso and (w.relay_gso_refused == 0 or largest < w.relay_gso_refused)
+        fallbacks = w.gso_fallbacks
+        _send_batch(w.udp_fd, pkts, n, w.msgs, w.iovs, w.map, 0, &w.send_waits,
+                    gso, w.groups, w.cmsgs, &w.gso_sends, &w.gso_fallbacks)
+        if w.gso_fallbacks != fallbacks and (w.relay_gso_refused == 0 or largest < w.relay_gso_refused):
+            w.relay_gso_refused = largest
+            w.relay_gso_batches = 0
         for i in range(n):
             if pkts[i].verdict == D_SEND_FAILED:
                 failed += 1

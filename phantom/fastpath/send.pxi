@@ -107,7 +107,11 @@ cdef int _out_prepare(fp_engine *e, fp_pkt *pkts, int n, double now, bint route,
             pkt.wrap_index = rp.current.remote_index
             pkt.wrap_counter = rp.current.send_counter
             rp.current.send_counter += 1
-            memcpy(pkt.wrap_key, rp.current.send_key, FP_KEY_SIZE)
+            pkt.wrap_cipher = rp.current.cipher
+            if pkt.wrap_cipher == CIPHER_AEGIS:      # type 7 under the hop's transport key
+                memcpy(pkt.wrap_key, rp.current.data_send_key, FP_KEY_SIZE)
+            else:                                    # type 6: secretbox under the session key
+                memcpy(pkt.wrap_key, rp.current.send_key, FP_KEY_SIZE)
             rp.tx_packets += 1
             rp.last_tx = now
         elif peer.endpoint_len == 0:
@@ -162,15 +166,21 @@ cdef void _out_seal(fp_engine *e, fp_pkt *pkts, int n) noexcept nogil:
         if rc == 0 and pkt.wrap:
             # the sealed A<->B datagram (buf[wire_off : 32 + len + wire_tail])
             # becomes the plaintext of a relay frame to the relay, after the
-            # relay id (every buffer has FP_WRAP_ROOM spare bytes past its tail room)
+            # relay id (every buffer has FP_WRAP_ROOM spare bytes past its tail room:
+            # a type-7 frame's 32-byte tag ends there)
             dlen = FP_PAYLOAD_OFFSET + pkt.len + pkt.wire_tail - pkt.wire_off
-            memmove(pkt.buf + FP_WRAP_ROOM, pkt.buf + pkt.wire_off, dlen)
+            memmove(pkt.buf + FP_PAYLOAD_OFFSET + 4, pkt.buf + pkt.wire_off, dlen)
             memcpy(pkt.buf + FP_PAYLOAD_OFFSET, &pkt.wrap_id, 4)
             pkt.len = 4 + dlen
-            pkt.wire_off = 0
-            pkt.wire_tail = 0
-            rc = _seal_packet(pkt.buf, pkt.len, pkt.wrap_index, pkt.wrap_counter, pkt.wrap_key)
-            pkt.buf[0] = MSG_RELAY                # the header is not sealed
+            if pkt.wrap_cipher == CIPHER_AEGIS:   # type 7: buf[16 : 32 + len + 32]
+                pkt.wire_off = FP_HEADER_SIZE
+                pkt.wire_tail = FP_AEGIS_TAG
+                rc = _seal_aegis_relay(pkt.buf, pkt.len, pkt.wrap_index, pkt.wrap_counter, pkt.wrap_key)
+            else:                                 # type 6: buf[0 : 32 + len]
+                pkt.wire_off = 0
+                pkt.wire_tail = 0
+                rc = _seal_packet(pkt.buf, pkt.len, pkt.wrap_index, pkt.wrap_counter, pkt.wrap_key)
+                pkt.buf[0] = MSG_RELAY            # the header is not sealed
             _wipe(pkt.wrap_key, FP_KEY_SIZE)
         if rc != 0:
             pkt.verdict = D_SEND_FAILED

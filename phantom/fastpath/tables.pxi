@@ -556,7 +556,7 @@ cdef class Forwarder:
         """Send an empty transport packet on the current keypair.  Returns False
         (and queues handshake_needed) when there is no usable keypair."""
         cdef int slot = self._slot(peer_id)
-        cdef unsigned char buf[100]          # FP_PAYLOAD_OFFSET + FP_TAIL_ROOM (a WireGuard tag) + FP_WRAP_ROOM
+        cdef unsigned char buf[116]          # FP_PAYLOAD_OFFSET + FP_TAIL_ROOM (a WireGuard tag) + FP_WRAP_ROOM
         cdef int verdict
         with nogil:
             verdict = _send_single(self.e, slot, buf, 0, False)
@@ -645,7 +645,9 @@ cdef class Forwarder:
             _unlock(e)
 
     def send_relayed(self, int64_t relay_peer_id, uint32_t relay_id, const unsigned char[::1] data):
-        """Send ``data`` (a whole A<->B datagram) in a relay frame to the relay.
+        """Send ``data`` (a whole A<->B datagram: a handshake message, from
+        the control plane) in a type-6 relay frame to the relay, whatever the
+        hop's suite (the largest initiation stays within IPv6's minimum MTU).
         False when the relay has no usable session or endpoint."""
         cdef int rslot = self._slot(relay_peer_id)
         cdef Py_ssize_t n = data.shape[0]

@@ -7,6 +7,7 @@
 # --- one batch each way (worker thread) -------------------------------------------------
 cdef inline void _pkt_reset(fp_pkt *pkt) noexcept nogil:
     pkt.relay = False
+    pkt.relay_aegis = False
     pkt.relayed_inner = False
     pkt.wrap = False
     pkt.cipher = CIPHER_SECRETBOX
@@ -111,6 +112,37 @@ cdef int _recv_udp(fp_worker *w, int *messages) noexcept nogil:
     return n
 
 
+cdef size_t _relayed_seg_max(fp_engine *e, fp_pkt *pkt) noexcept nogil:
+    """A TCP super-packet (TSO) read for a relayed peer: the largest inner
+    packet that keeps its relay frame as small as a direct datagram of a
+    full-MTU packet (MTU less the relay frame's overhead, and AEGIS-256's
+    longer tag end to end), so the
+    relay frame neither fragments nor stops UDP GSO/GRO on any hop; 0 for
+    anything else (no limit)."""
+    cdef const unsigned char *h = pkt.buf + FP_PAYLOAD_OFFSET - VNET_HDR_LEN
+    cdef const unsigned char *a = NULL
+    cdef int bits, slot
+    cdef size_t m = 0
+    cdef fp_peer *peer
+    cdef fp_peer *rp
+    if (h[1] & 0x7F) != VIRTIO_NET_HDR_GSO_TCPV4 and (h[1] & 0x7F) != VIRTIO_NET_HDR_GSO_TCPV6:
+        return 0
+    bits = _inner_addr(pkt.buf + FP_PAYLOAD_OFFSET, pkt.len, True, &a)
+    if bits == 0 or e.mode != MODE_TUN:
+        return 0
+    _lock(e)
+    slot = _route(e, a, bits)
+    peer = e.peers[slot] if slot >= 0 else NULL
+    if peer != NULL and peer.relayed and e.max_inner > FP_WRAP_ROOM + FP_AEGIS_EXTRA + 576:
+        rp = e.peers[peer.relay_slot] if 0 <= peer.relay_slot < e.peers_cap else NULL
+        m = e.max_inner - (FP_WRAP_SECRETBOX if rp != NULL and rp.current != NULL
+                           and rp.current.cipher == CIPHER_SECRETBOX else FP_WRAP_AEGIS)
+        if peer.current == NULL or peer.current.cipher == CIPHER_AEGIS:
+            m -= FP_AEGIS_EXTRA
+    _unlock(e)
+    return m
+
+
 cdef int _inner_batch(fp_worker *w) noexcept nogil:
     """Read up to burst inner packets, encrypt and send them.  Returns 1 when
     the burst was full (more may be waiting), 0 when the fd reached EAGAIN."""
@@ -139,7 +171,7 @@ cdef int _inner_batch(fp_worker *w) noexcept nogil:
                 if got < VNET_HDR_LEN:
                     continue
                 w.out_pkts[n].len = got - VNET_HDR_LEN
-                r = _tso_split(w.out_pkts, n, w.out_cap - n)
+                r = _tso_split(w.out_pkts, n, w.out_cap - n, _relayed_seg_max(e, &w.out_pkts[n]))
                 if r > 1:
                     w.tso_packets += 1
                     w.tso_segments += r
@@ -275,6 +307,7 @@ cdef int _udp_batch(fp_worker *w) noexcept nogil:
                 pkt.verdict = V_PASS
                 pkt.relayed_inner = True
                 pkt.relay = False
+                pkt.relay_aegis = False
                 pkt.was_next = False
             else:
                 pkt.saved_verdict = pkt.verdict

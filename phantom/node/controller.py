@@ -337,6 +337,7 @@ class Controller:
             "directory_counters": d.directory.counters() if d.directory is not None else None,
             "nat": self._nat_status(),
             "crypto": d.crypto_status(),
+            "workers": getattr(d.dp, "worker_stats", None),   # fast path: per-stage counters, summed
             "privsep": self._privsep_status(),
             "exit": d.exits.status() if d.kernel_routes is not None else None,
             "exit_dns": d.exit_dns.stats() if d.exit_dns is not None else None,

@@ -59,7 +59,7 @@ def classify(datagram) -> Kind:
     mtype = framing.header(datagram)
     if mtype is MessageType.TRANSPORT or mtype is MessageType.COOKIE_REPLY:
         return Kind(None, framing.check(datagram, _SHARED_SIZES, _SHARED_BOUNDS))
-    if mtype is MessageType.PEER_CONTROL or mtype is MessageType.RELAY:
+    if mtype in (MessageType.PEER_CONTROL, MessageType.RELAY, MessageType.RELAY_AEGIS):
         _ph.message_type(datagram)          # NAT traversal: Phantom only; its bounds or WireError
         return Kind(Protocol.PHANTOM, mtype)
     n = len(datagram)

@@ -53,6 +53,7 @@ class MessageType(enum.IntEnum):
     TRANSPORT = 4
     PEER_CONTROL = 5     # Phantom only
     RELAY = 6            # Phantom only
+    RELAY_AEGIS = 7      # Phantom only: a relay frame on an aegis256 hop session
 
 
 class WireError(ValueError):

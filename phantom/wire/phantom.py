@@ -61,6 +61,18 @@ are the two protocols' shared framing, :mod:`phantom.wire.framing`):
       Phantom message (handshake or transport data), end-to-end encrypted with
       A's and B's keys: the relay forwards it and cannot read it.  A relay never
       delivers a relay frame's content to its own device.
+  type 7  relay, aegis256 hop     (48 + 4 + m bytes)
+      receiver_index u32 | counter u64 | ciphertext[4 + m] | tag[32]
+      the same plaintext (relay_id u32 | inner[m]) as type 6, on a hop whose
+      session negotiated aegis256: crypto_aead_aegis256 under that session's
+      transport data key, nonce as type 4's (the counter is the hop's
+      transport counter, shared with type 4, so a nonce is never reused), and
+      the 16-byte header as associated data (so a type-4 datagram cannot be
+      passed off as a relay frame, nor the reverse).  A sender uses it on
+      every aegis256 hop; a relay forwards with it only a frame that came in
+      as type 7, toward a destination whose session is aegis256 (otherwise
+      type 6); a receiver takes type 6 on any Phantom session and type 7 on
+      an aegis256 one only (else a ``malformed`` drop).
 
 The Noise handshake messages proper are the bytes from ``ephemeral`` up to
 (not including) ``mac1``; see :func:`noise_bytes`.
@@ -299,6 +311,10 @@ MAX_CONTROL_ENDPOINTS = 8      # endpoints in one message
 MAX_CONTROL_KEYS = 256         # accepted keys in one registration
 RELAY_ID = struct.Struct("<I")
 RELAY_MIN_SIZE = TRANSPORT_OVERHEAD + RELAY_ID.size + HEADER.size   # an inner message has a header
+RELAY_AEGIS_MIN_SIZE = AEGIS256_OVERHEAD + RELAY_ID.size + HEADER.size
+# a relay frame's bytes beyond its inner datagram (relay id, the hop's header and tag)
+RELAY_OVERHEAD = TRANSPORT_OVERHEAD + RELAY_ID.size                  # 36 (type 6)
+RELAY_AEGIS_OVERHEAD = AEGIS256_OVERHEAD + RELAY_ID.size             # 52 (type 7)
 
 EXPECTED_SIZES = {                 # the sizes a handshake or cookie message may have
     MessageType.INITIATION: INITIATION_SIZES,
@@ -309,6 +325,7 @@ _BOUNDS = {
     MessageType.TRANSPORT: (TRANSPORT_MIN_SIZE, MAX_DATAGRAM_SIZE),
     MessageType.PEER_CONTROL: (PEER_CONTROL_MIN_SIZE, PEER_CONTROL_MAX_SIZE),
     MessageType.RELAY: (RELAY_MIN_SIZE, MAX_DATAGRAM_SIZE),
+    MessageType.RELAY_AEGIS: (RELAY_AEGIS_MIN_SIZE, MAX_DATAGRAM_SIZE),
 }
 
 

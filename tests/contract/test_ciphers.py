@@ -6,7 +6,8 @@
   refused; whole data paths (fast <-> reference, every combination) carry
   datagrams both ways, byte-identical to the spec; replays, forgeries,
   truncated and oversized datagrams decided alike; relays carry AEGIS-256
-  end-to-end sessions over AEGIS-256 hops (relay frames stay secretbox);
+  end-to-end sessions over AEGIS-256 hops (type-7 relay frames: see
+  test_relay_frames.py);
 * ChaCha20-Poly1305 (WireGuard): OpenSSL's libcrypto and libsodium give the
   same bytes, in C (the fast path) and through cffi (the reference path),
   over random keys and counters and lengths 0..65535 with the 16-byte

@@ -87,7 +87,8 @@ def test_peer_control_and_transport_headers_follow_the_same_rule():
         wire.unpack_peer_control(bytes(bad))
 
 
-@pytest.mark.parametrize("mtype", [wire.MessageType.PEER_CONTROL, wire.MessageType.RELAY])
+@pytest.mark.parametrize("mtype", [wire.MessageType.PEER_CONTROL, wire.MessageType.RELAY,
+                                   wire.MessageType.RELAY_AEGIS])
 def test_wireguard_message_type_refuses_phantoms_own_types(mtype):
     datagram = bytes([mtype, 0, 0, 0]) + bytes(wire.PEER_CONTROL_MIN_SIZE)
     assert wire.message_type(datagram) is mtype             # Phantom's
