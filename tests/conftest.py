@@ -240,8 +240,7 @@ def daemon_factory(request, tmp_path):
         return d
 
     yield start
-    for d in reversed(daemons):
-        d.stop()
+    netns.stop_all(list(reversed(daemons)))     # SIGTERM to all, their grace periods overlap
 
 
 @pytest.fixture
