@@ -115,6 +115,14 @@ say "building phantom.fastpath._engine (and its test hooks, phantom.fastpath._te
 "$VENV/bin/python" -c 'import phantomlab.netns' \
     || die "the lab package (phantomlab) does not import (see the pip log: $PIP_LOG)"
 
+# --- 4b. the tests, compiled once ---------------------------------------------------------
+# pytest compiles each test module with its assertion rewriting and keeps the
+# result in __pycache__ (like the .pyc files pip writes for site-packages); done
+# here once, so the suite's workers do not each rewrite every module at start.
+say "compiling the tests (pytest's assertion-rewrite cache)"
+(cd "$ROOT" && "$VENV/bin/python" -m pytest -q --collect-only -p no:cacheprovider >/dev/null 2>&1) \
+    || echo "    (collecting the tests failed; they are compiled on their first run instead)"
+
 say "ready: tests run with  .venv/bin/python -m pytest -q -ra -n 4 --dist loadgroup"
 
 # --- 5. the demo ---------------------------------------------------------------------------

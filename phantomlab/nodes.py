@@ -17,6 +17,7 @@ from typing import Optional
 
 from phantom.keys import encode_key, public_key, write_private_key
 
+from .daemons import READY_TIMEOUT
 from .templates import HTTP_PORT, TUN4, TUN6, peer_entry, write_config
 
 @dataclass
@@ -99,6 +100,17 @@ def mesh(daemon_factory, tmp_path, hosts: list, *, mode: str = "tun", datapath: 
         write_config(n, mode=mode, peers=[peer_entry(o, mode=mode, keepalive=keepalive) for o in others],
                      tunables=tunables, firewall=(firewalls or {}).get(n.index, firewall))
     if start_daemons:
-        for n in nodes:
-            start(daemon_factory, n, datapath)
+        start_all(daemon_factory, nodes, datapath)
+    return nodes
+
+
+def start_all(daemon_factory, nodes: list, datapath: str = "reference") -> list:
+    """:func:`start` for several nodes at once: every phantomd is started,
+    then each is waited for, so their start-ups (a fresh interpreter and its
+    privileged helper each) overlap instead of adding up."""
+    for n in nodes:
+        start(daemon_factory, n, datapath, wait=False)
+    for n in nodes:
+        n.daemon.wait_ready(READY_TIMEOUT)
+        n.host.ns.wait_addresses_ready()
     return nodes

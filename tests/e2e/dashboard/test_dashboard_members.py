@@ -14,7 +14,8 @@ import pytest
 from phantomlab import browser
 from phantomlab.poll import wait_for
 
-from ..network.test_member_mesh import CLI, DIR_PORT, all_reach, cli, join, serve_directory, start
+from ..network.test_member_mesh import (DIR_PORT, all_reach, cli, join_all, network_init,
+                                        serve_directory, start_all)
 from .test_dashboard_browser import shot, text_of
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.browser, pytest.mark.timeout(300),
@@ -53,21 +54,15 @@ def member_rows(driver):
 @pytest.mark.parametrize("datapath", ["reference", "fast"])
 def test_members_names_and_groups_in_cli_api_metrics_and_dashboard(lan3, daemon_factory, tmp_path,
                                                                    driver, datapath):
-    import subprocess
     a, b, c = lan3.hosts["a"], lan3.hosts["b"], lan3.hosts["c"]
     url = "http://%s:%d" % (a.ip, DIR_PORT)
     auth = tmp_path / "authority"
-    out = subprocess.run(CLI + ["network", "init", "corp", "--dir", str(auth), "--ipv4",
-                                "100.100.0.0/16", "--directory", url],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
+    network_init(auth, url)
     serve_directory(daemon_factory, a, auth, tmp_path / "dir.sqlite")
-    n1 = join(a, auth, b, "n1", tmp_path, url, groups="laptops")
-    n2 = join(a, auth, c, "n2", tmp_path, url, groups="servers,db")
-    n3 = join(a, auth, a, "n3", tmp_path, url, groups=None)
-    members = [n1, n2, n3]
-    for m in members:
-        start(daemon_factory, m, datapath)
+    members = join_all(a, auth, [(b, "n1", "laptops"), (c, "n2", "servers,db"), (a, "n3", None)],
+                       tmp_path, url)
+    n1, n2, n3 = members
+    start_all(daemon_factory, members, datapath)
     all_reach(members, 10.0, "the mesh")
 
     # GET /peers and `phantom peers`: the certificates' names and groups

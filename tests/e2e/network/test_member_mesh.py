@@ -101,6 +101,43 @@ def start(daemon_factory, m, datapath):
     return m
 
 
+def start_all(daemon_factory, members, datapath):
+    """:func:`start` for several members at once: every phantomd is started,
+    then each is waited for (their start-ups overlap instead of adding up)."""
+    for m in members:
+        argv = ["--config", str(m.config)] + (["--fast"] if datapath == "fast" else [])
+        m.daemon = daemon_factory(m.host, argv, http_port=HTTP_PORT, name=m.name, wait=False,
+                                  token_file=m.state / "token")
+    for m in members:
+        m.daemon.wait_ready(30)
+        m.host.ns.wait_addresses_ready()
+    return members
+
+
+def join_all(admin_host, auth, specs, tmp_path, url):
+    """:func:`join` for several members: the invites at once (the authority's
+    lock orders them), then the joins one after another, in order, so each
+    member gets the same addresses as with :func:`join` in turn; ``specs`` is
+    ``[(host, name, groups), ...]`` or ``[(host, name, groups, state_parent), ...]``."""
+    with ThreadPoolExecutor(max_workers=len(specs)) as pool:
+        tokens = list(pool.map(lambda spec: invite(admin_host, auth, spec[1], spec[2]), specs))
+    members = []
+    for spec, token in zip(specs, tokens):
+        host, name = spec[:2]
+        state = (spec[3] if len(spec) > 3 else tmp_path) / name
+        out = cli(host, "join", token, "--state-dir", state, "--json", "--no-start")
+        members.append(Member(name, host, state, json.loads(out.stdout)))
+    return members
+
+
+def network_init(auth, url, *extra):
+    """``phantom network init corp`` (100.100.0.0/16, the directory at ``url``)."""
+    out = subprocess.run(CLI + ["network", "init", "corp", "--dir", str(auth), "--ipv4",
+                                "100.100.0.0/16", "--directory", url, *extra],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
 def pings(pairs, timeout=1.0):
     """The pairs (src, dst) whose ping of dst's IPv4 address failed (in parallel)."""
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -154,11 +191,10 @@ def test_the_issues_network_joins_behind_nats_grows_removes_and_survives_restart
         start(daemon_factory, hub, datapath)
         # a, b: MASQUERADE homes; c: per-destination (random-fully); p1, p2: no NAT
         where = [net["a"], net["b"], net["c"], net["p1"], net["p2"]]
-        nodes = []
-        for i, h in enumerate(where, 1):
-            m = join(rv_host, auth, h, "n%d" % i, tmp_path, url)
-            joined = time.monotonic()
-            nodes.append(start(daemon_factory, m, datapath))
+        nodes = join_all(rv_host, auth, [(h, "n%d" % i, "fleet") for i, h in enumerate(where, 1)],
+                         tmp_path, url)
+        joined = time.monotonic()
+        start_all(daemon_factory, nodes, datapath)
         took = all_reach(nodes, 10.0, "five members, two MASQUERADE homes, one per-destination")
         print("\n%s: 5 members (3 behind NATs), all 20 directions answered %.2f s after the "
               "last start, %.2f s after the last join" % (datapath, took,
@@ -231,19 +267,13 @@ def test_the_issues_network_joins_behind_nats_grows_removes_and_survives_restart
             assert m.daemon.running and "Traceback" not in m.daemon.log()
 
 
-def test_join_starts_phantomd_and_the_new_member_meshes(lan3, daemon_factory, tmp_path):
+def test_join_starts_phantomd_and_the_new_member_meshes(corp, daemon_factory, tmp_path):
     """`phantom join TOKEN` alone (no --no-start): the daemon runs and reaches
     a member started before, both ways; the daemon it started is stopped here."""
     import os
     import signal
-    a, b, c = lan3.hosts["a"], lan3.hosts["b"], lan3.hosts["c"]
-    url = "http://%s:%d" % (a.ip, DIR_PORT)
-    auth = tmp_path / "authority"
-    out = subprocess.run(CLI + ["network", "init", "corp", "--dir", str(auth), "--ipv4",
-                                "100.100.0.0/16", "--directory", url],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    serve_directory(daemon_factory, a, auth, tmp_path / "dir.sqlite")
+    a, b, c = corp.hosts
+    auth, url = corp.auth, corp.url
     first = start(daemon_factory, join(a, auth, b, "first", tmp_path, url), "reference")
     state = tmp_path / "second"
     out = cli(c, "join", invite(a, auth, "second"), "--state-dir", state, "--json")
@@ -286,25 +316,15 @@ action = "accept"
 
 
 @pytest.mark.parametrize("datapath", ["reference", "fast"])
-def test_certificate_groups_drive_the_firewall(lan3, daemon_factory, tmp_path, datapath):
+def test_certificate_groups_drive_the_firewall(corp, datapath):
     """Groups come from the certificates, on both sides: a server (its own
     certificate says "servers") lets in ICMP from members whose certificate
     says "laptops" and from nobody else."""
-    a, b, c = lan3.hosts["a"], lan3.hosts["b"], lan3.hosts["c"]
-    url = "http://%s:%d" % (a.ip, DIR_PORT)
-    auth = tmp_path / "authority"
-    out = subprocess.run(CLI + ["network", "init", "corp", "--dir", str(auth), "--ipv4",
-                                "100.100.0.0/16", "--directory", url],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    serve_directory(daemon_factory, a, auth, tmp_path / "dir.sqlite")
-    srv = join(a, auth, b, "srv", tmp_path, url, groups="servers")
+    a, b, c = corp.hosts
+    srv, lap, guest = corp.join((b, "srv", "servers"), (c, "lap", "laptops"), (a, "guest", None))
     with open(srv.config, "a") as f:
         f.write(SERVER_RULES)
-    lap = join(a, auth, c, "lap", tmp_path, url, groups="laptops")
-    guest = join(a, auth, a, "guest", tmp_path, url, groups=None)
-    for m in (srv, lap, guest):
-        start(daemon_factory, m, datapath)
+    corp.start((srv, lap, guest), datapath)
     all_reach([lap], 10.0, "a laptop to the server", among=[srv])
     all_reach([guest], 10.0, "the guest to the laptop", among=[lap])
     assert pings([(guest, srv)], timeout=2.0) == [("guest", "srv")], "no group: dropped"
@@ -333,25 +353,16 @@ default = "allow"
 
 
 @pytest.mark.parametrize("datapath", ["reference", "fast"])
-def test_the_network_policy_reaches_every_member(lan3, daemon_factory, tmp_path, datapath):
+def test_the_network_policy_reaches_every_member(corp, tmp_path, datapath):
     """Issue 21 item 3 on running members: ``phantom network policy set``
     on the admin's side; within 5 s every member compiles its inbound rules
     from it (a guest without the laptops group loses the server, the
     laptop keeps it); a newer policy replaces it in place; a server
     restarted while the directory is down enforces the cached policy."""
-    a, b, c = lan3.hosts["a"], lan3.hosts["b"], lan3.hosts["c"]
-    url = "http://%s:%d" % (a.ip, DIR_PORT)
-    auth = tmp_path / "authority"
-    out = subprocess.run(CLI + ["network", "init", "corp", "--dir", str(auth), "--ipv4",
-                                "100.100.0.0/16", "--directory", url],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    directory = serve_directory(daemon_factory, a, auth, tmp_path / "dir.sqlite")
-    srv = join(a, auth, b, "srv", tmp_path, url, groups="servers")
-    lap = join(a, auth, c, "lap", tmp_path, url, groups="laptops")
-    guest = join(a, auth, a, "guest", tmp_path, url, groups=None)
-    for m in (srv, lap, guest):
-        start(daemon_factory, m, datapath)
+    a, b, c = corp.hosts
+    auth, directory = corp.auth, corp.directory
+    srv, lap, guest = corp.join((b, "srv", "servers"), (c, "lap", "laptops"), (a, "guest", None))
+    corp.start((srv, lap, guest), datapath)
     all_reach([lap, guest], 10.0, "no policy yet", among=[srv])
     remote = ["--dir", auth, "--admin-token-file", auth / "admin.token"]
 
@@ -421,27 +432,17 @@ def test_the_network_policy_reaches_every_member(lan3, daemon_factory, tmp_path,
 
 
 @pytest.mark.parametrize("datapath", ["reference", "fast"])
-def test_a_members_record_cannot_take_another_members_traffic(lan3, daemon_factory, tmp_path,
-                                                               datapath):
+def test_a_members_record_cannot_take_another_members_traffic(corp, datapath):
     """Issue 20, "done means": a member whose own signed directory record
     claims another member's address and the whole network prefix gets none
     of that traffic.  x publishes such a record with its real key; o's pings
     of v still reach v, and x's device sees none of them (capture); o keeps
     x's allowed IPs exactly x's certificate's addresses."""
     from phantomlab.capture import Sniffer
-    a, b, c = lan3.hosts["a"], lan3.hosts["b"], lan3.hosts["c"]
-    url = "http://%s:%d" % (a.ip, DIR_PORT)
-    auth = tmp_path / "authority"
-    out = subprocess.run(CLI + ["network", "init", "corp", "--dir", str(auth), "--ipv4",
-                                "100.100.0.0/16", "--directory", url],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    serve_directory(daemon_factory, a, auth, tmp_path / "dir.sqlite")
-    v = join(a, auth, b, "v", tmp_path, url)
-    x = join(a, auth, c, "x", tmp_path, url)
-    o = join(a, auth, a, "o", tmp_path, url)
-    for m in (v, x, o):
-        start(daemon_factory, m, datapath)
+    a, b, c = corp.hosts
+    url = corp.url
+    v, x, o = corp.join((b, "v", "fleet"), (c, "x", "fleet"), (a, "o", "fleet"))
+    corp.start((v, x, o), datapath)
     all_reach([v, x, o], 10.0, "the first mesh")
     port = x.status()["listen_port"]
     cli(c, "directory", "publish", "--directory", url, "--private-key", x.state / "private.key",

@@ -8,7 +8,6 @@ both data paths."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from phantomlab.poll import wait_for
 
 from ..dns.test_dns_phantomd import dig
-from .test_member_mesh import CLI, DIR_PORT, all_reach, cli, join, serve_directory, start
+from .test_member_mesh import all_reach, cli
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(300),
               pytest.mark.skipif(shutil.which("dig") is None,
@@ -26,23 +25,15 @@ DOMAIN = "corp.internal"            # `network init corp`'s default domain
 
 
 @pytest.mark.parametrize("datapath", ["reference", "fast"])
-def test_members_answer_each_others_names(lan3, daemon_factory, tmp_path, datapath, etc_netns,
-                                          public_dir):
-    a, b, c = lan3.hosts["a"], lan3.hosts["b"], lan3.hosts["c"]
-    url = "http://%s:%d" % (a.ip, DIR_PORT)
-    auth = tmp_path / "authority"
-    out = subprocess.run(CLI + ["network", "init", "corp", "--dir", str(auth), "--ipv4",
-                                "100.100.0.0/16", "--directory", url],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    serve_directory(daemon_factory, a, auth, tmp_path / "dir.sqlite")
-    n1 = join(a, auth, b, "n1", public_dir, url)     # reloaded below, as nobody
-    n2 = join(a, auth, c, "n2", tmp_path, url)
-    n3 = join(a, auth, a, "n3", tmp_path, url)
-    members = [n1, n2, n3]
+def test_members_answer_each_others_names(corp, datapath, etc_netns, public_dir):
+    a, b, c = corp.hosts
+    auth = corp.auth
+    members = corp.join((b, "n1", "fleet", public_dir),     # reloaded below, as nobody
+                        (c, "n2", "fleet"), (a, "n3", "fleet"))
+    n1, n2, n3 = members
     for m in members:
         assert "[dns]" not in m.config.read_text()        # nothing but what join wrote
-        start(daemon_factory, m, datapath)
+    corp.start(members, datapath)
     all_reach(members, 10.0, "the mesh")
     # the member peers carry the certificates' names
     assert n1.peer_names() == ["n2", "n3"]

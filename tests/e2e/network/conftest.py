@@ -1,0 +1,42 @@
+"""The network most member tests need, made once per test: ``phantom
+network init corp`` on lan3's host a (the admin), ``phantom directory serve
+--network`` there, and helpers that join and start members in parallel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from .test_member_mesh import DIR_PORT, join_all, network_init, serve_directory, start_all
+
+
+@dataclass
+class Corp:
+    hosts: tuple            # lan3's a (admin and directory), b, c
+    auth: object            # the authority's directory (Path)
+    url: str
+    directory: object       # the directory's DaemonProcess
+    daemon_factory: object
+    tmp_path: object
+
+    @property
+    def admin(self):
+        return self.hosts[0]
+
+    def join(self, *specs):
+        """Members joined at once: ``(host, name, groups[, state_parent])`` each."""
+        return join_all(self.admin, self.auth, list(specs), self.tmp_path, self.url)
+
+    def start(self, members, datapath):
+        return start_all(self.daemon_factory, list(members), datapath)
+
+
+@pytest.fixture
+def corp(lan3, daemon_factory, tmp_path):
+    a, b, c = lan3.hosts["a"], lan3.hosts["b"], lan3.hosts["c"]
+    url = "http://%s:%d" % (a.ip, DIR_PORT)
+    auth = tmp_path / "authority"
+    network_init(auth, url)
+    directory = serve_directory(daemon_factory, a, auth, tmp_path / "dir.sqlite")
+    return Corp((a, b, c), auth, url, directory, daemon_factory, tmp_path)
