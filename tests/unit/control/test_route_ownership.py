@@ -105,3 +105,19 @@ def test_a_host_route_claim_looks_up_its_supernets_not_every_peer(monkeypatch):
         e.add_peer(_key(), "in-site6", ["fd00:77::9/128"], dynamic=True, exclusive=True)
     with pytest.raises(ValueError, match="100.64.0.7/32 is peer m6's"):
         e.add_peer(_key(), "dup", ["100.64.0.7/32"], dynamic=True, exclusive=True)
+
+
+@pytest.mark.parametrize("default", ["0.0.0.0/0", "::/0"])
+def test_a_default_route_overlaps_longer_prefixes_but_never_another_default(default):
+    """An exit in use holds /0 beside run-time peers (the longest prefix
+    wins, issue 22); a second peer's /0 of the same family would take the
+    first one's traffic, so it is refused whichever way it comes."""
+    e = Engine(bytearray(crypto.x25519_private()), Tunables())
+    e.add_peer(_key(), "member", ["100.64.0.2/32", "fd00::2/128"], dynamic=True, exclusive=True)
+    ex = e.add_peer(_key(), "exit", [default], dynamic=True, exclusive=True)
+    assert e.route_problem({None: [default]}, new_exclusive=True) is not None
+    with pytest.raises(ValueError, match="exit"):
+        e.add_peer(_key(), "other", [default], dynamic=True, exclusive=True)
+    with pytest.raises(ValueError):
+        e.add_peer(_key(), "configured", [default])
+    assert e.prefix_holder(default) is ex
