@@ -157,7 +157,7 @@ def test_a_bad_file_changes_nothing_and_names_the_key(two_hosts, daemon_factory,
         (None, "peer[1].public_key", [peer_entry(b, mode="tun"), own]),
         (None, "peer[1].name", [peer_entry(b, mode="tun"), dict(fake_peer("n2", "10.201.0.9"))]),
         (None, "firewall", good, {"rule": [{"direction": "in", "action": "explode"}]}),
-        (None, "firewall", good, {"rule": [{"direction": "in", "action": "drop", "peer": "ghost"}]}),
+        (None, "firewall", good, {"rule": [{"direction": "in", "action": "drop", "proto": "nope"}]}),
         ("[interface\n", "invalid TOML"),
     ]
     for case in bad_cases:
@@ -169,6 +169,14 @@ def test_a_bad_file_changes_nothing_and_names_the_key(two_hosts, daemon_factory,
         assert code == 400 and case[1] in body["error"], (case[1], body)
         assert "nothing changed" in body["error"]
         assert (a.status()["peers"], a.api("GET", "/firewall")[1]) == before, case[1]
+    # a rule naming a peer not known yet is no bad file (issue 20 item 6): it
+    # applies with a warning and waits for its peer
+    configure(a, public_dir, good, firewall={"rule": [{"direction": "in", "action": "drop",
+                                                        "peer": "ghost"}]})
+    code, body = a.api("POST", "/reload")
+    assert code == 200 and body["firewall"] is True, body
+    rules = a.api("GET", "/firewall")[1]["rules"]
+    assert "ghost" in str(rules[0].get("waiting")), rules
     # and a good file afterwards applies
     configure(a, public_dir, good + [fake_peer("n3", "10.201.0.9")])
     code, body = a.api("POST", "/reload")
