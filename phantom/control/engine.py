@@ -186,6 +186,7 @@ class Engine(Timers, AllowedIPs, Admission):
         if peer.id in self.peers:
             self.active[peer.id] = peer
             self._slept.pop(peer.id, None)
+        peer.tick_until = float("-inf")      # the next tick runs its timer rules
 
     def active_ids(self) -> list:
         """Peers whose counters the next :meth:`tick` needs."""
