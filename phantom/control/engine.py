@@ -25,7 +25,11 @@ initiation, a response, traffic waiting, a confirmation) wakes it, and every
 such entry point does.  Counters passed to :meth:`Engine.tick` for a peer
 that sleeps wake it if they differ from what it last saw, so a caller that
 passes every peer's counters gets exactly the old every-peer behaviour; the
-daemon passes only :meth:`Engine.active_ids`'.
+daemon passes only :meth:`Engine.active_ids`'.  Within the active set, a
+peer's rules run only from the earliest time one of them could fire
+(Timers._next_due), or when its counter times changed or an event woke it:
+a peer that just handshook is active for REJECT_AFTER_TIME but costs the
+ticks until its deadlines a comparison, not the rules.
 
 Order (invariant, see :mod:`phantom.control.actions`): keys are installed
 before anything is sent that lets the peer use them, i.e. the responder's
@@ -186,6 +190,7 @@ class Engine(Timers, AllowedIPs, Admission):
         if peer.id in self.peers:
             self.active[peer.id] = peer
             self._slept.pop(peer.id, None)
+        peer.tick_until = float("-inf")      # the next tick runs its timer rules
 
     def active_ids(self) -> list:
         """Peers whose counters the next :meth:`tick` needs."""

@@ -120,6 +120,10 @@ class Peer:
     confirm_by: Optional[float] = None      # our unconfirmed responder session: initiate after this
     epoch: int = 0                          # bumped whenever the peer is closed/reset
     candidates: list = field(default_factory=list)   # NAT traversal: more endpoints to initiate to
+    # the tick (control/timers.py): no timer rule can fire before tick_until
+    # while the times in its counters equal tick_seen and no event touched it
+    tick_until: float = float("-inf")
+    tick_seen: Optional[tuple] = None
 
     @property
     def cipher(self) -> Optional[int]:

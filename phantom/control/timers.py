@@ -62,9 +62,16 @@ class Timers:
                     self._wake(self.peers[pid])
         empty = PeerCounters()
         active = self.active
+        if self.t is not getattr(self, "_tick_tunables", None):   # deadlines were computed with others
+            self._tick_tunables = self.t
+            for peer in active.values():
+                peer.tick_until = float("-inf")
         for pid in sorted(active):          # configuration order, as when every peer was walked
             peer = active[pid]
             c = counters.get(peer.id) or empty
+            seen = (c.last_rx, c.last_tx, c.last_data_rx, c.last_data_tx)   # what the rules read
+            if now < peer.tick_until and seen == peer.tick_seen:
+                continue                    # nothing can fire yet (see _next_due)
             out += self._timer_expire_sessions(peer, now)
             out += self._timer_retransmit_handshake(peer, now)
             out += self._timer_unconfirmed_answer(peer, now)
@@ -77,7 +84,52 @@ class Timers:
                 # asleep until an event (or changed counters) wakes it
                 del self.active[peer.id]
                 self._slept[peer.id] = c
+            else:
+                peer.tick_until = self._next_due(peer, c, now)
+                peer.tick_seen = seen
         return out
+
+    # margin for the float arithmetic of the rules' own comparisons (now - x < T)
+    _DUE_MARGIN = 1e-6
+
+    def _next_due(self, peer: Peer, c: PeerCounters, now: float) -> float:
+        """The earliest time any timer rule could fire for ``peer`` (or
+        change it) while its counters stay ``c`` and no event touches it
+        (every event goes through ``_wake``, which resets this): the tick
+        then skips the peer's rules until then, so a hub whose 10,000 peers
+        all handshook ticks in the cost of those with a timer due, not of
+        every one.  Early is always safe (the rules run and find nothing to
+        do); each term below is the rule's own condition turned into a time."""
+        t = self.t
+        due = float("inf")
+        sessions = peer.sessions
+        for s in sessions:                                   # expire_sessions
+            due = min(due, s.created + t.reject_after_time)
+        if peer.pending is not None:                         # retransmit
+            due = min(due, peer.next_retry)
+        elif peer.retry_at is not None:
+            due = min(due, peer.retry_at)
+        if peer.confirm_by is not None:                      # unconfirmed_answer
+            due = min(due, peer.confirm_by)
+        if peer.first_unanswered is not None:                # new_handshake (dead-peer detection)
+            due = min(due, peer.first_unanswered + t.keepalive_timeout + t.rekey_timeout)
+        if peer.pending is None and sessions:                # rekey_after_time
+            cur = sessions[-1]
+            limit = t.rekey_after_time if cur.initiator else \
+                t.reject_after_time - t.keepalive_timeout - t.rekey_timeout
+            at = cur.created + limit
+            if at > now:
+                due = min(due, at)
+            elif now - max(c.last_data_tx, c.last_data_rx) <= t.keepalive_timeout:
+                return now                                   # waits only for last_initiation_sent: every tick
+        if c.last_data_rx > c.last_tx:                       # passive keepalive
+            due = min(due, max(c.last_data_rx, peer.last_keepalive_sent) + t.keepalive_timeout)
+        if peer.persistent_keepalive:                        # persistent keepalive
+            due = min(due, max(c.last_tx, peer.last_keepalive_sent) + peer.persistent_keepalive)
+        if peer.state is PeerState.DEAD and (peer.wanted or peer.waiting) and \
+                peer.pending is None and peer.retry_at is None:   # dead retry
+            due = min(due, peer.next_dead_retry)
+        return due - self._DUE_MARGIN
 
     def _timer_retransmit_handshake(self, peer: Peer, now: float) -> list:
         """Call on every tick: resend an unanswered initiation (or make an

@@ -136,6 +136,11 @@ class DataPath(Protocol):
     # ------------------------------------------------------- observability
     def counters(self, peer_id: int) -> PeerCounters: ...
 
+    def counters_many(self, peer_ids: list) -> dict:
+        """{peer id: PeerCounters} for ``peer_ids``, equal to
+        :meth:`counters` of each, read in one go (the timer tick's read:
+        the fast path holds its table lock once, not once a peer)."""
+
     def global_drops(self) -> dict:
         """{Drop.name.lower(): count} over every drop, peer known or not."""
 

@@ -521,6 +521,18 @@ class FastDataPath:
                             c["last_rx"], c["last_tx"], c["last_data_rx"], c["last_data_tx"],
                             c["send_counter"], drops)
 
+    def counters_many(self, peer_ids: list) -> dict:
+        """{peer id: PeerCounters} for ``peer_ids``, as :meth:`counters` of
+        each, under one hold of the table lock (the timer tick's read)."""
+        ids = list(peer_ids)
+        out = {}
+        names = _DROP_NAMES
+        for pid, c in zip(ids, self._fwd.counters_many(ids)):
+            drops = c[9]
+            out[pid] = PeerCounters(c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8],
+                                    {names[i]: n for i, n in enumerate(drops) if n} if any(drops) else {})
+        return out
+
     def set_relay(self, enabled: bool, bytes_per_second: int = RELAY_BYTES_PER_SECOND,
                   packets_per_second: int = RELAY_PACKETS_PER_SECOND) -> None:
         """Relay role: the worker forwards relay frames (wire types 6 and 7) between

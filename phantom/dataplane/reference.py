@@ -405,6 +405,10 @@ class ReferenceDataPath:
         return PeerCounters(c.rx_bytes, c.tx_bytes, c.rx_packets, c.tx_packets, c.last_rx, c.last_tx,
                             c.last_data_rx, c.last_data_tx, c.send_counter, dict(c.drops))
 
+    def counters_many(self, peer_ids: list) -> dict:
+        """{peer id: PeerCounters} for ``peer_ids`` (:meth:`counters` of each)."""
+        return {pid: self.counters(pid) for pid in peer_ids}
+
     def failure(self) -> Optional[str]:
         """None: this data path runs on the event loop itself, with no worker
         that could die while the daemon goes on (see FastDataPath.failure)."""

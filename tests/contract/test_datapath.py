@@ -136,6 +136,33 @@ def test_datagram_crosses_and_confirms_next_keypair(pair):
     assert ca.tx_packets == 1 and ca.rx_packets == 1 and ca.last_data_rx > 0
 
 
+def test_counters_of_many_peers_at_once_equal_each_peers(pair):
+    """counters_many (the timer tick's read: the fast path holds its table
+    lock once for all the peers) gives exactly what counters gives for each,
+    traffic, a replayed packet's per-peer drop and the send counter included."""
+    a, b, loop = pair
+    established(a, b, loop)
+    a.app.sendto(b"hello", a.test.getsockname())
+    recv(b, loop)
+    b.app.sendto(b"back", b.test.getsockname())
+    recv(a, loop)
+    pkt = _capture_one(a, b, loop)
+    _inject(b, pkt)
+    recv(b, loop)
+    _inject(b, pkt)                     # a replay: a drop counted on peer 1
+    spin(loop, 0.1)
+    b.dp.add_peer(2, [])
+    for side, ids in ((a, [1]), (b, [2, 1, 1])):
+        many = side.dp.counters_many(ids)
+        assert set(many) == set(ids)
+        for pid in ids:
+            assert many[pid] == side.dp.counters(pid)
+    assert b.dp.counters_many([1])[1].drops and b.dp.counters_many([1])[1].tx_packets == 1
+    assert a.dp.counters_many([]) == {}
+    with pytest.raises(KeyError):
+        b.dp.counters_many([1, 99])
+
+
 def test_staged_until_keys_then_flushed(pair):
     a, b, loop = pair
     for i in range(3):

@@ -28,10 +28,13 @@ HUB = ("10.0.0.1", 9000)
 
 
 class EveryPeerEngine(Engine):
-    """The engine as it was: every configured peer is visited on every tick."""
+    """The engine as it was: every configured peer is visited on every tick,
+    and every timer rule runs for it (no peer is skipped until a deadline)."""
 
     def tick(self, counters: dict) -> list:
         self.active = dict(self.peers)
+        for peer in self.peers.values():
+            peer.tick_until = float("-inf")
         return super().tick(counters)
 
 
@@ -48,6 +51,65 @@ def test_idle_peers_leave_the_tick():
         clock.t += 0.1
         assert hub.tick({}) == []
     assert time.perf_counter() - t0 < 0.05         # 100 ticks over 5,000 idle peers
+
+
+class CountingEngine(Engine):
+    """Counts the peers whose timer rules a tick runs (each visit starts
+    with the session-expiry rule)."""
+
+    visits = 0
+
+    def _timer_expire_sessions(self, peer, now):
+        self.visits += 1
+        return super()._timer_expire_sessions(peer, now)
+
+
+def test_a_tick_after_many_handshakes_runs_only_the_due_peers_rules():
+    """A hub answered N initiations (as under bench/hsload.py): every peer
+    holds a session, so it stays in the active set until the session expires
+    (REJECT_AFTER_TIME), but no timer rule can fire for it before its
+    deadline (the unconfirmed answer's, then the expiry): the ticks between
+    run no peer's rules, whatever N is (before: N peers every tick)."""
+    n = 1000
+    t = Tunables(under_load_initiations=10 ** 9, handshakes_per_second_per_source=10 ** 9,
+                 handshake_burst_per_source=10 ** 9)
+    clock, wall = Clock(), Clock(1.7e9)
+    hub = CountingEngine(_key(), t, clock=clock, wall_clock=wall)
+    keys = [_key() for _ in range(n)]
+    pids = [hub.add_peer(crypto.x25519_public(bytes(k)), allowed_ips=[]).id for k in keys]
+    hub.tick({})
+    assert hub.active_ids() == []
+    for i, k in enumerate(keys):
+        c = Engine(k, t, clock=clock, wall_clock=wall)
+        c.add_peer(hub.public_key, "hub", endpoint=HUB)
+        wall.t += 0.001
+        (init,) = [x for x in c.open(1) if isinstance(x, A.SendDatagram)]
+        out = hub.handle_datagram(init.data, ("10.1.%d.%d" % (i // 250, i % 250 + 1), 5000))
+        assert any(isinstance(x, A.InstallKeypair) for x in out)
+    assert sorted(hub.active_ids()) == pids          # all handshook: all active
+    empty = {pid: PeerCounters() for pid in pids}
+    hub.tick(empty)                                   # the first tick looks at each once
+    hub.visits = 0
+    for _ in range(30):                               # 3 s at 10 Hz, before any deadline
+        clock.t += 0.1
+        assert hub.tick(empty) == []
+    assert hub.visits == 0
+    assert len(hub.active_ids()) == n                 # still active: the deadlines are kept
+    # the unconfirmed answers' deadline passes: each peer's rules run once
+    clock.t += t.rekey_timeout + t.handshake_jitter
+    assert hub.tick(empty) == []
+    assert hub.visits == n
+    hub.visits = 0
+    for _ in range(30):
+        clock.t += 0.1
+        hub.tick(empty)
+    assert hub.visits == 0
+    # the sessions expire: the peers go idle and leave the active set
+    clock.t += t.reject_after_time
+    out = hub.tick(empty)
+    assert len([x for x in out if isinstance(x, A.RetireKeypair)]) == n
+    hub.tick(empty)
+    assert hub.active_ids() == []
 
 
 def test_events_wake_a_sleeping_peer_and_it_sleeps_again_when_done():
@@ -145,7 +207,7 @@ def test_active_set_ticks_exactly_like_every_peer(seed):
     t = Tunables(rekey_after_time=6.0, reject_after_time=9.0, rekey_timeout=1.0, keepalive_timeout=2.0,
                  rekey_attempt_time=4.0, dead_retry_interval=3.0, handshake_jitter=0.2)
     keys = (crypto.x25519_private(), [crypto.x25519_private() for _ in range(12)])
-    worlds = [World(Engine, keys, seed, t), World(EveryPeerEngine, keys, seed, t)]
+    worlds = [World(CountingEngine, keys, seed, t), World(EveryPeerEngine, keys, seed, t)]
     ev_rng = random.Random(seed)
     for step in range(400):
         dt = ev_rng.choice([0.05, 0.1, 0.1, 0.3, 1.0, 2.5])
@@ -181,6 +243,8 @@ def test_active_set_ticks_exactly_like_every_peer(seed):
                 w.client_do(i, c.tick({}), rng)
         assert worlds[0].log == worlds[1].log, "step %d" % step
     assert worlds[0].log, "the simulation did something"
+    # the active set and the deadlines did leave peers out of the ticks
+    assert worlds[0].hub.visits < 0.5 * 400 * 12
     assert any(s[0] == "install" for s in worlds[0].log)
 
 
