@@ -233,10 +233,7 @@ def write_runtime_record(d) -> None:
 def preload(dht: bool = False) -> None:
     """Import, while still root, every module the daemon may need later: the
     unprivileged user may not be able to read the Python installation (a
-    pyenv under /root, say), and a lazy import after the drop would fail.
-    Only when the daemon drops to another user: one that stays root imports
-    what it needs when it needs it (about 0.13 s of CPU less per start:
-    dnspython's record types, the directory's store and server, prometheus)."""
+    pyenv under /root, say), and a lazy import after the drop would fail."""
     import base64  # noqa: F401
     import concurrent.futures.thread  # noqa: F401  (executors for DNS lookups)
     import encodings.idna  # noqa: F401
@@ -291,8 +288,7 @@ async def serve(d) -> None:
         except OSError as exc:
             raise ConfigError("interface.uapi", "cannot serve %s: %s"
                               % (uapi.path, exc.strerror or exc)) from None
-    if d.drop_to is not None:            # only a dropped user may be unable to import later
-        preload(dht=s.directory == "dht")
+    preload(dht=s.directory == "dht")
     write_runtime_record(d)              # while still root: /run/phantom is root's
     if d.drop_to is not None:            # main() locked down before the loop existed
         switch_user(d.drop_to)           # every thread; verified task by task
