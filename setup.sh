@@ -119,7 +119,12 @@ say "building phantom.fastpath._engine (and its test hooks, phantom.fastpath._te
 # pytest compiles each test module with its assertion rewriting and keeps the
 # result in __pycache__ (like the .pyc files pip writes for site-packages); done
 # here once, so the suite's workers do not each rewrite every module at start.
-say "compiling the tests (pytest's assertion-rewrite cache)"
+# phantom and phantomlab too: a shell with PYTHONDONTWRITEBYTECODE set never
+# writes their .pyc files, so every phantomd (and the modules only it imports:
+# node/main, daemon, startup, controller, ...) would compile them at each start.
+say "compiling phantom and phantomlab (.pyc), and the tests (pytest's assertion-rewrite cache)"
+"$VENV/bin/python" -m compileall -q "$ROOT/phantom" "$ROOT/phantomlab" >/dev/null \
+    || echo "    (compiling phantom failed; its modules are compiled at each import instead)"
 (cd "$ROOT" && "$VENV/bin/python" -m pytest -q --collect-only -p no:cacheprovider >/dev/null 2>&1) \
     || echo "    (collecting the tests failed; they are compiled on their first run instead)"
 

@@ -86,8 +86,13 @@ def _parse(text: str) -> dict:
 
 
 def client_argv(server_ip: str, *, port: int = DEFAULT_PORT, seconds: float = 5,
-                json: bool = True, extra: Sequence[str] = ()) -> list[str]:
-    argv = ["iperf3", "-c", server_ip, "-p", str(port), "-t", str(seconds)]
+                json: bool = True, extra: Sequence[str] = (), nbytes: int | None = None) -> list[str]:
+    """``nbytes``: send that many bytes (``-n``) instead of for ``seconds``
+    (``-t``); for a test that checks an amount carried, not a duration,
+    it ends as soon as that amount is across (``seconds`` still bounds the
+    wait for it: the caller's timeout)."""
+    end = ["-n", str(int(nbytes))] if nbytes is not None else ["-t", str(seconds)]
+    argv = ["iperf3", "-c", server_ip, "-p", str(port), *end]
     if json:
         argv.append("-J")
     return argv + [str(a) for a in extra]
@@ -162,9 +167,10 @@ class Client:
     """``iperf3 -c`` in the background in ``host``'s namespace."""
 
     def __init__(self, host, server_ip: str, *, port: int = DEFAULT_PORT, seconds: float = 5,
-                 json: bool = True, extra: Sequence[str] = ()) -> None:
+                 json: bool = True, extra: Sequence[str] = (), nbytes: int | None = None) -> None:
         self.host = host
-        self.argv = client_argv(server_ip, port=port, seconds=seconds, json=json, extra=extra)
+        self.argv = client_argv(server_ip, port=port, seconds=seconds, json=json, extra=extra,
+                                nbytes=nbytes)
         self.seconds = seconds
         self.proc: subprocess.Popen | None = None
         self._t0 = 0.0
@@ -200,16 +206,17 @@ class Client:
 def run(client_host, server_host, server_ip: str, *, port: int = DEFAULT_PORT,
         seconds: float = 5, extra: Sequence[str] = (), server_report: bool = False,
         cpu_pids: dict[str, int] | None = None, attempts: int = CONNECT_ATTEMPTS,
-        check: bool = False) -> Result:
+        check: bool = False, nbytes: int | None = None) -> Result:
     """One iperf3 run from ``client_host`` to a fresh one-off server on
     ``server_host`` bound to ``server_ip``.
 
     The client is retried (with a fresh server) while the server cannot be
     reached yet.  ``cpu_pids`` names processes whose CPU is measured over
-    the client's run; ``server_report`` adds the server's -J report.  With
+    the client's run; ``server_report`` adds the server's -J report;
+    ``nbytes``: that many bytes (``-n``) instead of ``seconds`` (``-t``).  With
     ``check`` a failed run raises IperfError; otherwise the Result says."""
     argv = client_argv(server_ip, port=port, seconds=seconds, json=True,
-                       extra=["--connect-timeout", "3000", *extra])
+                       extra=["--connect-timeout", "3000", *extra], nbytes=nbytes)
     res = Result(None, "", "not run")
     for _attempt in range(max(1, attempts)):
         with Server(server_host, server_ip, port, one_off=True, json=server_report) as srv:

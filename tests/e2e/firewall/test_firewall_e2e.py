@@ -75,7 +75,9 @@ def test_tcp_rule_blocks_one_port_not_another(two_hosts, daemon_factory, tmp_pat
     assert a.host.ns.ping(b.tun4, timeout=10)
     servers = [iperf.Server(b.host, b.tun4, p).start() for p in (5201, 5202)]
     try:
-        ok = wait_for(lambda: a.host.run(iperf.client_argv(b.tun4, port=5201, seconds=1, json=False),
+        # what is checked is that TCP crosses on the open port: 8 MiB as fast as
+        # they go (-n), not 1 s at full speed (-t)
+        ok = wait_for(lambda: a.host.run(iperf.client_argv(b.tun4, port=5201, json=False, nbytes=8 << 20),
                                          check=False, timeout=20).returncode == 0, timeout=10, interval=0.2,
                       what="iperf3 on the open port")
         assert ok

@@ -52,13 +52,15 @@ def pair(tmp_path, daemon_factory, hosts, datapaths, *, ciphers=(None, None), pe
     return a, b
 
 
-def iperf(client, server, seconds=2):
+def iperf(client, server):
     srv = server.host.popen(["iperf3", "-s", "-B", server.tun4, "-p", "5231"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 5
         while True:
-            out = client.host.run(["iperf3", "-c", server.tun4, "-p", "5231", "-t", str(seconds), "-J"],
+            # what is checked is > 1 MB carried: 8 MiB as fast as they go (-n),
+            # not a fixed time (-t), which carried 100 MB and more
+            out = client.host.run(["iperf3", "-c", server.tun4, "-p", "5231", "-n", str(8 << 20), "-J"],
                                   check=False, timeout=30)
             try:
                 res = json.loads(out.stdout)

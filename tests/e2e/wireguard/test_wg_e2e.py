@@ -69,11 +69,14 @@ def _peer(node, name="wg"):
     raise AssertionError("no peer %s" % name)
 
 
-IPERF_SECONDS = 2      # what is checked is > 1 MB each way, not a rate: 2 s carry far more
+IPERF_BYTES = 8 << 20  # what is checked is > 1 MB each way, not a rate or a duration: 8 MiB,
+IPERF_SECONDS = 2      # sent as fast as the path carries them (-n), not for 2 s (-t), which
+                       # carried 100 MB and more and cost both cores while it did; 2 s bound
+                       # the wait (plus the client's slack)
 
 
 def _iperf(topo, server_ip, reverse):
-    run = iperf.run(topo.a, topo.b, server_ip, seconds=IPERF_SECONDS,
+    run = iperf.run(topo.a, topo.b, server_ip, seconds=IPERF_SECONDS, nbytes=IPERF_BYTES,
                     extra=["-R"] if reverse else [], check=True)
     recv = run.end["sum_received"]
     return {"bytes_received": recv["bytes"], "gbit_per_s": round(recv["bits_per_second"] / 1e9, 4)}
