@@ -18,18 +18,8 @@ from phantom import crypto
 from phantom import directory as d
 from phantom.directory.store.postgres import PostgresStore
 
-from phantomlab.stores import PgCluster, pg_missing
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
-
-
-@pytest.fixture(scope="module")
-def pg():
-    missing = pg_missing()
-    if missing:
-        pytest.skip(missing)
-    with PgCluster() as cluster:
-        yield cluster
 
 
 def run(coro, timeout: float = 90.0):

@@ -22,22 +22,13 @@ from phantom import directory as d
 from phantom.directory import store as st
 from phantom.http.statuses import status_of
 
-from phantomlab.stores import PgCluster, Swarm, dht_missing, pg_missing
+from phantomlab.stores import Swarm, dht_missing
 
 pytestmark = pytest.mark.timeout(90)
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres),
             pytest.param("dht", marks=pytest.mark.dht)]
 T0 = 1_700_000_000.0
-
-
-@pytest.fixture(scope="module")
-def pg():
-    missing = pg_missing()
-    if missing:
-        pytest.skip(missing)
-    with PgCluster() as cluster:
-        yield cluster
 
 
 @contextlib.asynccontextmanager

@@ -18,20 +18,10 @@ from phantom.directory.records import NodeSigner
 from phantom.directory.store.postgres import PostgresStore
 from phantom.network import allocate, create_invite
 from phantom.network import join as J
-from phantomlab.stores import PgCluster, pg_missing
 from tests.unit.directory.test_network_ledger import CountingQuery
 from tests.unit.network.factory import NOW, Net
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
-
-
-@pytest.fixture(scope="module")
-def pg():
-    missing = pg_missing()
-    if missing:
-        pytest.skip(missing)
-    with PgCluster() as cluster:
-        yield cluster
 
 
 def request(token, name, now):

@@ -14,22 +14,12 @@ import pytest
 from phantom.directory.store.postgres import PostgresStore
 from phantom.network import join as J
 from phantom.network import policy as P
-from phantomlab.stores import PgCluster, pg_missing
 from tests.unit.network.factory import NOW, Net
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
 
 SOURCE = 'default = "deny"\n[[rule]]\nfrom = "group:laptops"\nto = "group:servers"\n' \
          'proto = "tcp"\nports = [%d]\n'
-
-
-@pytest.fixture(scope="module")
-def pg():
-    missing = pg_missing()
-    if missing:
-        pytest.skip(missing)
-    with PgCluster() as cluster:
-        yield cluster
 
 
 def run(coro, timeout: float = 90.0):

@@ -15,14 +15,14 @@ from phantom.directory.store.postgres import PostgresStore
 from phantom.network import join as J
 from phantom.network import routes as RT
 from phantom.network.invite import create_invite
-from tests.e2e.directory.test_network_policy_pg import pg, run  # noqa: F401
+from tests.e2e.directory.test_network_policy_pg import run
 from tests.unit.network.factory import NOW, Net
 from tests.unit.network.test_join import Node
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
 
 
-def test_advertise_on_one_front_end_approve_on_the_other(pg):  # noqa: F811
+def test_advertise_on_one_front_end_approve_on_the_other(pg):
     net = Net()
     node = Node("pg-router")
 
