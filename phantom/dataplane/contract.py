@@ -148,3 +148,20 @@ class DataPath(Protocol):
     def worker_stats(self) -> Optional[dict]:
         """The fast path's per-stage worker counters, summed (batches,
         packets, capped bursts); None on a data path without workers."""
+
+
+class DataPathBase:
+    """What both data paths keep of the constructor they share (mode, the UDP
+    socket, the device fd or the test socket, the events, the tunables, the
+    MTU, the event loop)."""
+
+    def __init__(self, mode: Mode, udp_sock, device_fd: Optional[int], test_sock, events: DataPathEvents,
+                 tunables, mtu: int, loop) -> None:
+        self.mode = Mode(mode)
+        self._udp = udp_sock
+        self._fd = device_fd
+        self._test = test_sock
+        self._events = events
+        self._t = tunables
+        self._mtu = mtu
+        self._loop = loop

@@ -35,6 +35,7 @@ from .. import crypto
 from ..constants import Tunables
 from . import ciphers
 from . import packet as pkt
+from .contract import DataPathBase
 from .routing import AllowedIPs
 from .types import RELAY_BYTES_PER_SECOND, RELAY_PACKETS_PER_SECOND, Drop, Keypair, Mode, PeerCounters, RelayVia
 from .udp import to_sockaddr
@@ -182,7 +183,7 @@ class _FirewallHook:
         """Answer a rejected packet as the reference path does: an outbound
         one into the device, an inbound one back to its peer through the tunnel."""
         dp = self.dp
-        if dp._fd is None:
+        if dp.mode is Mode.TEST:          # no device (every other mode has one: see __init__)
             return
         reply = self.fw.reject_response(data, time.monotonic() if now is None else now)
         if not reply:
@@ -196,7 +197,7 @@ class _FirewallHook:
             dp._fwd.send_packet(peer_id, reply)
 
 
-class FastDataPath:
+class FastDataPath(DataPathBase):
     """DataPath on the Cython engine; same constructor as ReferenceDataPath."""
 
     def __init__(self, mode: Mode, udp_sock: socket.socket, device_fd: Optional[int] = None,
@@ -217,18 +218,11 @@ class FastDataPath:
         if offloads is None:
             offloads = env.get("PHANTOM_FAST_OFFLOADS", "1") not in ("", "0", "no")
         ciphers.chacha_policy()           # decided (and handed to the extension) before any worker runs
-        self.mode = Mode(mode)
+        super().__init__(mode, udp_sock, device_fd, test_sock, events, tunables, mtu, loop)
         if self.mode is Mode.TEST and test_sock is None:
             raise ValueError("test mode needs test_sock")
         if self.mode is not Mode.TEST and device_fd is None:
             raise ValueError("%s mode needs device_fd" % self.mode.value)
-        self._udp = udp_sock
-        self._fd = device_fd
-        self._test = test_sock
-        self._events = events
-        self._t = tunables
-        self._mtu = mtu
-        self._loop = loop
         self._edge = edge_triggered
         self._routes = AllowedIPs()
         self._peers: set[int] = set()

@@ -22,6 +22,7 @@ They do not rate-limit: the caller must (RFC 4443 2.4(f), RFC 1812 4.3.2.8).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import struct
 from typing import Optional
@@ -117,6 +118,12 @@ ICMPV4_INFO_TYPES = frozenset((0, 8, 9, 10, 13, 14, 15, 16, 17, 18))
 ICMPV6_INFO_TYPE_MIN = 128     # RFC 4443 2.1: types 0..127 are errors
 
 
+# What the parsers below return: plain slotted records, compared field by
+# field (unhashable, as mutable records are).
+_record = dataclasses.dataclass(slots=True)
+
+
+@_record
 class IPInfo:
     """What :func:`parse_ip` learnt about an IP packet.
 
@@ -128,38 +135,21 @@ class IPInfo:
     only when the packet is unfragmented or the first fragment.
     """
 
-    __slots__ = ("version", "src", "dst", "proto", "header_len", "total_len",
-                 "is_fragment", "frag_offset", "sport", "dport", "icmp_type", "icmp_code")
-
-    def __init__(self, version: int, src: bytes, dst: bytes, proto: int, header_len: int,
-                 total_len: int, is_fragment: bool, frag_offset: int,
-                 sport: Optional[int], dport: Optional[int],
-                 icmp_type: Optional[int], icmp_code: Optional[int]) -> None:
-        self.version = version
-        self.src = src
-        self.dst = dst
-        self.proto = proto
-        self.header_len = header_len
-        self.total_len = total_len
-        self.is_fragment = is_fragment
-        self.frag_offset = frag_offset
-        self.sport = sport
-        self.dport = dport
-        self.icmp_type = icmp_type
-        self.icmp_code = icmp_code
-
-    def __eq__(self, other):
-        if not isinstance(other, IPInfo):
-            return NotImplemented
-        return all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
-
-    __hash__ = None
-
-    def __repr__(self) -> str:
-        fields = ", ".join("%s=%r" % (f, getattr(self, f)) for f in self.__slots__)
-        return "IPInfo(%s)" % fields
+    version: int
+    src: bytes
+    dst: bytes
+    proto: int
+    header_len: int
+    total_len: int
+    is_fragment: bool
+    frag_offset: int
+    sport: Optional[int]
+    dport: Optional[int]
+    icmp_type: Optional[int]
+    icmp_code: Optional[int]
 
 
+@_record
 class EtherInfo:
     """What :func:`parse_ether` learnt about an Ethernet frame.
 
@@ -167,47 +157,26 @@ class EtherInfo:
     that payload starts; ``vlan`` is the outermost VLAN id (None if untagged).
     """
 
-    __slots__ = ("dst", "src", "ethertype", "payload_offset", "vlan")
-
-    def __init__(self, dst: bytes, src: bytes, ethertype: int, payload_offset: int,
-                 vlan: Optional[int]) -> None:
-        self.dst = dst
-        self.src = src
-        self.ethertype = ethertype
-        self.payload_offset = payload_offset
-        self.vlan = vlan
-
-    def __eq__(self, other):
-        if not isinstance(other, EtherInfo):
-            return NotImplemented
-        return all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
-
-    __hash__ = None
+    dst: bytes
+    src: bytes
+    ethertype: int
+    payload_offset: int
+    vlan: Optional[int]
 
     def __repr__(self) -> str:
         return "EtherInfo(dst=%s, src=%s, ethertype=0x%04x, payload_offset=%d, vlan=%r)" % (
             self.dst.hex(":"), self.src.hex(":"), self.ethertype, self.payload_offset, self.vlan)
 
 
+@_record
 class ArpInfo:
     """An Ethernet/IPv4 ARP packet (RFC 826)."""
 
-    __slots__ = ("op", "sender_mac", "sender_ip", "target_mac", "target_ip")
-
-    def __init__(self, op: int, sender_mac: bytes, sender_ip: bytes, target_mac: bytes,
-                 target_ip: bytes) -> None:
-        self.op = op
-        self.sender_mac = sender_mac
-        self.sender_ip = sender_ip
-        self.target_mac = target_mac
-        self.target_ip = target_ip
-
-    def __eq__(self, other):
-        if not isinstance(other, ArpInfo):
-            return NotImplemented
-        return all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
-
-    __hash__ = None
+    op: int
+    sender_mac: bytes
+    sender_ip: bytes
+    target_mac: bytes
+    target_ip: bytes
 
     def __repr__(self) -> str:
         return "ArpInfo(op=%d, sender=%s/%s, target=%s/%s)" % (

@@ -44,6 +44,7 @@ from ..constants import Tunables
 from ..wire import demux
 from . import ciphers
 from . import packet as pkt
+from .contract import DataPathBase
 from .replay import ReplayWindow
 from .routing import AllowedIPs
 from .types import RELAY_BYTES_PER_SECOND, RELAY_PACKETS_PER_SECOND, Drop, Keypair, Mode, PeerCounters, RelayVia
@@ -103,7 +104,7 @@ class _Peer:
         self.handshake_asked = False
 
 
-class ReferenceDataPath:
+class ReferenceDataPath(DataPathBase):
     """Pure-Python data path.  Runs entirely on the event loop thread."""
 
     def __init__(self, mode: Mode, udp_sock: socket.socket, device_fd: Optional[int] = None,
@@ -111,17 +112,10 @@ class ReferenceDataPath:
                  firewall=None, local_addresses: Iterable = (), test_deliver: Optional[tuple] = None,
                  mtu: int = 1420, loop: Optional[asyncio.AbstractEventLoop] = None):
         ciphers.chacha_policy()           # which ChaCha20-Poly1305 (decided once per process)
-        self.mode = Mode(mode)
-        self._udp = udp_sock
-        self._fd = device_fd
-        self._test = test_sock
-        self._events = events
-        self._t = tunables
-        self._mtu = mtu
+        super().__init__(mode, udp_sock, device_fd, test_sock, events, tunables, mtu, loop)
         # Largest inner packet accepted either way: the MTU (plus the Ethernet
         # header and one VLAN tag in TAP mode).
         self._max_inner = mtu + (18 if self.mode is Mode.TAP else 0)
-        self._loop = loop
         self._peers: dict[int, _Peer] = {}
         self._sessions: dict[int, _Session] = {}
         self._routes = AllowedIPs()

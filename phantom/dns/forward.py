@@ -41,7 +41,7 @@ import dns.opcode
 import dns.rcode
 import dns.wire
 
-from .server import DNS_PORT, SourceLimiter, bind_sockets
+from .server import DNS_PORT, SourceLimiter, bind_sockets, close_served, endpoints_of
 from .zone import PARSE_ERRORS
 
 __all__ = ["ExitResolver", "upstream_from_resolv_conf"]
@@ -132,13 +132,7 @@ class ExitResolver:
 
     def endpoints(self) -> list:
         """``[("udp"|"tcp", (address, port)), ...]`` bound."""
-        out = []
-        for s in self._bound:
-            try:
-                out.append(("udp" if s.type == socket.SOCK_DGRAM else "tcp", s.getsockname()[:2]))
-            except OSError:
-                continue
-        return out
+        return endpoints_of(self._bound)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -157,12 +151,7 @@ class ExitResolver:
         for s in self._sockets:
             s.close()
         self._sockets = []
-        for t in self._udp:
-            t.close()
-        for srv in self._tcp:
-            srv.close()
-        for w in list(self._conns):
-            w.close()
+        await close_served(self._udp, self._tcp, [w.close for w in self._conns])
         self._udp, self._tcp = [], []
 
     def set_allowed(self, prefixes: Iterable) -> None:

@@ -139,6 +139,32 @@ def bind_sockets(addresses: Iterable[str], port: int = DNS_PORT, *,
     return out
 
 
+def endpoints_of(socks: Iterable[socket.socket]) -> list[tuple[str, tuple]]:
+    """``[("udp"|"tcp", (address, port)), ...]`` of bound sockets (closed ones left out)."""
+    out = []
+    for s in socks:
+        with contextlib.suppress(OSError):
+            out.append(("udp" if s.type == socket.SOCK_DGRAM else "tcp", s.getsockname()[:2]))
+    return out
+
+
+async def close_served(udp: Iterable, tcp: Iterable, enders: Iterable[Callable[[], None]],
+                       wait: float = 2.0) -> None:
+    """Stop serving: close the UDP transports and the TCP listeners, end every
+    open TCP connection (``enders``: one callable each), then wait for each
+    listener to close (at most ``wait`` seconds each)."""
+    tcp = list(tcp)
+    for t in udp:
+        t.close()
+    for srv in tcp:
+        srv.close()
+    for end in list(enders):
+        end()
+    for srv in tcp:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(srv.wait_closed(), wait)
+
+
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, server: "DnsServer") -> None:
         self.server = server
@@ -281,22 +307,10 @@ class DnsServer:
 
     def endpoints(self) -> list[tuple[str, tuple]]:
         """``[("udp"|"tcp", sockname), ...]`` being served."""
-        out = []
-        for s in self._sockets:
-            with contextlib.suppress(OSError):
-                out.append(("udp" if s.type == socket.SOCK_DGRAM else "tcp", s.getsockname()[:2]))
-        return out
+        return endpoints_of(self._sockets)
 
     async def close(self) -> None:
-        for t in self._udp:
-            t.close()
-        for srv in self._tcp:
-            srv.close()
-        for c in list(self._conns):
-            c.abort()
-        for srv in self._tcp:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(srv.wait_closed(), 2.0)
+        await close_served(self._udp, self._tcp, [c.abort for c in self._conns])
         self._udp, self._tcp, self._sockets = [], [], []
 
     # -- one message ----------------------------------------------------------------

@@ -551,6 +551,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="phantom network",
                                 description="a network: its authority, invites (issue 20)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def remote(name, help, directory="remote mode: the directory to ask"):
+        """A command that can ask the network's directory (remote mode, _REMOTE)."""
+        q = sub.add_parser(name, parents=[common, _REMOTE], help=help)
+        q.add_argument("--directory", action="append", default=[], metavar="URL", help=directory)
+        return q
+
     i = sub.add_parser("init", parents=[common], help="create a network (keys, signed definition)")
     i.add_argument("name", help="the network's name (a DNS label, e.g. corp)")
     i.add_argument("--domain", help="DNS domain of its members (default NAME.internal)")
@@ -567,37 +574,28 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_init)
     sub.add_parser("show", parents=[common], help="the network's definition").set_defaults(
         func=cmd_show)
-    v = sub.add_parser("invite", parents=[common, _REMOTE], help="make an invite token for `phantom join`")
+    v = remote("invite", help="make an invite token for `phantom join`",
+               directory="directory URL(s) in the token (default: the network's)")
     v.add_argument("--name", help="the member's name (then the invite is for one use)")
     v.add_argument("--groups", type=groups, default=[], help="groups, comma-separated")
     v.add_argument("--uses", type=int, default=1, help="how many joins it allows (default 1)")
     v.add_argument("--expires", type=duration, default=DEFAULT_INVITE_TTL, metavar="DURATION",
                    help="lifetime (default 24h)")
-    v.add_argument("--directory", action="append", default=[], metavar="URL",
-                   help="directory URL(s) in the token (default: the network's)")
     v.set_defaults(func=cmd_invite)
-    s = sub.add_parser("invites", parents=[common, _REMOTE],
-                       help="list invites; `invites revoke ID`")
+    s = remote("invites", help="list invites; `invites revoke ID`")
     s.add_argument("action", nargs="?", help="revoke")
     s.add_argument("id", nargs="?", help="the invite's id")
     s.add_argument("--all", action="store_true", help="used, expired and revoked ones too")
     s.set_defaults(func=cmd_invites)
-    s.add_argument("--directory", action="append", default=[], metavar="URL",
-                   help="remote mode: the directory to ask")
-    m = sub.add_parser("members", parents=[common, _REMOTE], help="the network's members")
+    m = remote("members", help="the network's members")
     m.add_argument("--all", action="store_true", help="removed and expired ones too")
     m.add_argument("--here", action="store_true",
                    help="this member's own view from its phantomd (online, path, last handshake)")
     m.add_argument("--api", default="http://127.0.0.1:4567", metavar="URL",
                    help="with --here: the local phantomd's API (default %(default)s)")
-    m.add_argument("--directory", action="append", default=[], metavar="URL",
-                   help="remote mode: the directory to ask")
     m.set_defaults(func=cmd_members)
-    x = sub.add_parser("remove", parents=[common, _REMOTE],
-                       help="remove a member (by name or key): a signed removal")
+    x = remote("remove", help="remove a member (by name or key): a signed removal")
     x.add_argument("who", metavar="NAME|KEY")
-    x.add_argument("--directory", action="append", default=[], metavar="URL",
-                   help="remote mode: the directory to ask")
     x.set_defaults(func=cmd_remove)
     r = sub.add_parser("rotate", parents=[common],
                        help="replace the admission key (a stolen directory host): needs the "
@@ -607,23 +605,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--admission-lifetime", type=duration, default=DEFAULT_ADMISSION_LIFETIME,
                    metavar="DURATION", help="how long the new admission key lasts (default 365d)")
     r.set_defaults(func=cmd_rotate)
-    y = sub.add_parser("policy", parents=[common, _REMOTE],
-                       help="the network policy: show | set FILE | test SRC DST PORT[/PROTO]")
+    y = remote("policy", help="the network policy: show | set FILE | test SRC DST PORT[/PROTO]")
     y.add_argument("action", choices=["show", "set", "test"])
     y.add_argument("args", nargs="*", help="set: FILE (TOML or JSON); test: SRC DST PORT[/PROTO]")
-    y.add_argument("--directory", action="append", default=[], metavar="URL",
-                   help="remote mode: the directory to ask")
     y.set_defaults(func=cmd_policy)
-    t = sub.add_parser("routes", parents=[common, _REMOTE],
-                       help="members' advertised and approved subnet routes and exits; "
+    t = remote("routes", help="members' advertised and approved subnet routes and exits; "
                        "approve|revoke NAME [PREFIX...] [--exit]")
     t.add_argument("action", nargs="?", help="approve or revoke (none: list)")
     t.add_argument("who", nargs="?", metavar="NAME", help="the member")
     t.add_argument("prefixes", nargs="*", metavar="PREFIX",
                    help="prefixes (none and no --exit: everything advertised / approved)")
     t.add_argument("--exit", action="store_true", help="the exit node role")
-    t.add_argument("--directory", action="append", default=[], metavar="URL",
-                   help="remote mode: the directory to ask")
     t.set_defaults(func=cmd_routes)
     return p
 

@@ -143,8 +143,10 @@ class DaemonCollector(Collector):
         yield GaugeMetricFamily("phantom_healthy", "1 while the data plane moves packets; 0 once "
                                 "it stopped (a fast-path worker died: phantomd then exits with "
                                 "status 1)", value=0 if getattr(d, "failure", None) else 1)
-        yield from self._dns(d)
-        yield from self._endpoint_names(d)
+        for part, section in (("names", self._dns), ("endpoints", self._endpoint_names)):
+            st = _stats(d, part)              # optional parts: nothing without one
+            if st is not None:
+                yield from section(st)
         if d.dp is None or d.engine is None:
             return
         yield from self._peers(d)
@@ -271,10 +273,7 @@ class DaemonCollector(Collector):
                          ("dht_forged", dht.get("dropped_forged", 0))))
 
     # ------------------------------------------------- endpoints given as names
-    def _endpoint_names(self, d):
-        st = _stats(d, "endpoints")
-        if st is None:
-            return
+    def _endpoint_names(self, st):
         yield _by_label("phantom_endpoint_lookups", "DNS lookups of peers' endpoint names, by "
                         "result", "result",
                         (("ok", st["lookups"] - st["failures"]), ("failed", st["failures"])))
@@ -287,10 +286,7 @@ class DaemonCollector(Collector):
                                 value=st["unresolved"])
 
     # ------------------------------------------------------------ name service
-    def _dns(self, d):
-        st = _stats(d, "names")
-        if st is None:
-            return
+    def _dns(self, st):
         yield _by_label("phantom_dns_queries", "DNS queries received by the name service, by "
                         "transport", "transport",
                         (("udp", st.get("queries_udp", 0)), ("tcp", st.get("queries_tcp", 0))))
@@ -319,16 +315,10 @@ class DaemonCollector(Collector):
             hits.add_metric([str(i), str(r.get("direction", "")), str(r.get("action", ""))],
                             r.get("hits", 0))
         yield hits
-        fd = CounterMetricFamily("phantom_firewall_drops", "Packets the firewall dropped or "
-                                 "rejected, by reason", labels=["reason"])
-        for reason, n in sorted(desc.get("drops", {}).items()):
-            fd.add_metric([reason], n)
-        yield fd
-        fa = CounterMetricFamily("phantom_firewall_accepts", "Packets the firewall accepted, "
-                                 "by reason", labels=["reason"])
-        for reason, n in sorted(desc.get("accepts", {}).items()):
-            fa.add_metric([reason], n)
-        yield fa
+        yield _by_label("phantom_firewall_drops", "Packets the firewall dropped or rejected, "
+                        "by reason", "reason", sorted(desc.get("drops", {}).items()))
+        yield _by_label("phantom_firewall_accepts", "Packets the firewall accepted, by reason",
+                        "reason", sorted(desc.get("accepts", {}).items()))
         policy = desc.get("policy")
         if policy:
             yield GaugeMetricFamily("phantom_network_policy_seq", "The seq of the network "
@@ -352,17 +342,11 @@ class DaemonCollector(Collector):
         stats = getattr(d.dp, "worker_stats", None)
         if not isinstance(stats, dict):
             return
-        b = CounterMetricFamily("phantom_datapath_batches", "Batches the fast path's workers "
-                                "read (recvmmsg/read rounds that got packets), by side",
-                                labels=["side"])
-        p = CounterMetricFamily("phantom_datapath_packets", "Packets in those batches, by side",
-                                labels=["side"])
-        b.add_metric(["inner"], stats.get("inner_batches", 0))
-        b.add_metric(["udp"], stats.get("udp_batches", 0))
-        p.add_metric(["inner"], stats.get("inner_packets", 0))
-        p.add_metric(["udp"], stats.get("udp_packets", 0))
-        yield b
-        yield p
+        for what, doc in (("batches", "Batches the fast path's workers read (recvmmsg/read "
+                           "rounds that got packets), by side"),
+                          ("packets", "Packets in those batches, by side")):
+            yield _by_label("phantom_datapath_" + what, doc, "side",
+                            [(side, stats.get("%s_%s" % (side, what), 0)) for side in ("inner", "udp")])
         yield CounterMetricFamily("phantom_datapath_burst_capped", "Batches that filled the "
                                   "whole burst (more was waiting)", value=stats.get("capped", 0))
         yield GaugeMetricFamily("phantom_datapath_burst_size", "Most packets in one batch "

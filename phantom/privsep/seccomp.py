@@ -38,30 +38,23 @@ DENIED = ("ptrace", "process_vm_readv", "process_vm_writev", "kexec_load", "kexe
           "io_uring_register", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick",
           "mount_setattr", "chroot", "acct", "quotactl", "personality")
 
-SYSCALLS = {
-    "x86_64": {
-        "socket": 41, "socketpair": 53, "ptrace": 101, "personality": 135, "pivot_root": 155,
-        "chroot": 161, "acct": 163, "mount": 165, "umount2": 166, "swapon": 167, "swapoff": 168,
-        "reboot": 169, "init_module": 175, "delete_module": 176, "quotactl": 179, "kexec_load": 246,
-        "add_key": 248, "request_key": 249, "keyctl": 250, "unshare": 272, "perf_event_open": 298,
-        "open_by_handle_at": 304, "setns": 308, "process_vm_readv": 310, "process_vm_writev": 311,
-        "finit_module": 313, "kexec_file_load": 320, "bpf": 321, "userfaultfd": 323,
-        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "open_tree": 428,
-        "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
-        "mount_setattr": 442,
-    },
-    "aarch64": {
-        "umount2": 39, "mount": 40, "pivot_root": 41, "chroot": 51, "quotactl": 60, "acct": 89,
-        "personality": 92, "unshare": 97, "kexec_load": 104, "init_module": 105, "delete_module": 106,
-        "ptrace": 117, "reboot": 142, "socket": 198, "socketpair": 199, "add_key": 217,
-        "request_key": 218, "keyctl": 219, "swapon": 224, "swapoff": 225, "perf_event_open": 241,
-        "open_by_handle_at": 265, "setns": 268, "process_vm_readv": 270, "process_vm_writev": 271,
-        "finit_module": 273, "bpf": 280, "userfaultfd": 282, "kexec_file_load": 294,
-        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "open_tree": 428,
-        "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
-        "mount_setattr": 442,
-    },
+# Each call's number on x86-64 and on aarch64, in that order.
+_NUMBERS = {
+    "socket": (41, 198), "socketpair": (53, 199), "ptrace": (101, 117), "personality": (135, 92),
+    "pivot_root": (155, 41), "chroot": (161, 51), "acct": (163, 89), "mount": (165, 40),
+    "umount2": (166, 39), "swapon": (167, 224), "swapoff": (168, 225), "reboot": (169, 142),
+    "init_module": (175, 105), "delete_module": (176, 106), "quotactl": (179, 60),
+    "kexec_load": (246, 104), "add_key": (248, 217), "request_key": (249, 218),
+    "keyctl": (250, 219), "unshare": (272, 97), "perf_event_open": (298, 241),
+    "open_by_handle_at": (304, 265), "setns": (308, 268), "process_vm_readv": (310, 270),
+    "process_vm_writev": (311, 271), "finit_module": (313, 273), "kexec_file_load": (320, 294),
+    "bpf": (321, 280), "userfaultfd": (323, 282), "io_uring_setup": (425, 425),
+    "io_uring_enter": (426, 426), "io_uring_register": (427, 427), "open_tree": (428, 428),
+    "move_mount": (429, 429), "fsopen": (430, 430), "fsconfig": (431, 431), "fsmount": (432, 432),
+    "fspick": (433, 433), "mount_setattr": (442, 442),
 }
+SYSCALLS = {arch: {name: nrs[i] for name, nrs in _NUMBERS.items()}
+            for i, arch in enumerate(("x86_64", "aarch64"))}
 
 # classic BPF
 _LD_W_ABS = 0x20

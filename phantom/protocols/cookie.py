@@ -28,15 +28,15 @@ receiver applies a per-source-IP rate limiter to those
 What differs between the protocols is the hash (:class:`MacSuite`): Phantom's
 MACs are BLAKE2b (:mod:`phantom.protocols.phantom.cookie`), WireGuard's
 BLAKE2s (:mod:`phantom.protocols.wireguard.cookie`).  Each protocol binds
-:class:`CookieChecker` and :class:`CookieGenerator` to its suite and its wire
-module (``macs`` and ``wire`` class attributes) and the engine drives both alike.
+:class:`CookieChecker` and :class:`CookieGenerator` to its suite (the ``macs``
+class attribute); the cookie reply is the same 64 bytes in both
+(:class:`phantom.wire.framing.CookieReply`), and the engine drives both alike.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Callable, ClassVar
 
 from .. import crypto
@@ -53,12 +53,23 @@ _MIN_MESSAGE = framing.HEADER_SIZE + 2 * MAC_SIZE
 
 @dataclass(frozen=True)
 class MacSuite:
-    """The hash functions one protocol's MACs are made with."""
+    """The hash functions one protocol's MACs are made with, and its labels:
+    both protocols key mac1 and the cookie reply alike, HASH(label || static
+    public key)."""
 
     name: str
-    mac1_key: Callable[[bytes], bytes]       # HASH(LABEL_MAC1 || static public)
-    cookie_key: Callable[[bytes], bytes]     # HASH(LABEL_COOKIE || static public)
+    hash: Callable[[bytes], bytes]           # 32-byte hash: hash(data)
     mac: Callable[[bytes, bytes], bytes]     # keyed hash, 16 bytes: mac(key, data)
+    label_mac1: bytes
+    label_cookie: bytes
+
+    def mac1_key(self, static_public: bytes) -> bytes:
+        """HASH(LABEL_MAC1 || static_public): the key for mac1 of messages to its owner."""
+        return self.hash(self.label_mac1 + bytes(static_public))
+
+    def cookie_key(self, static_public: bytes) -> bytes:
+        """HASH(LABEL_COOKIE || static_public): the key sealing cookie replies from its owner."""
+        return self.hash(self.label_cookie + bytes(static_public))
 
 
 def address_bytes(src) -> bytes:
@@ -84,7 +95,6 @@ class _Keyed:
     """The keys of one static public key and the cookie lifetime."""
 
     macs: ClassVar[MacSuite]       # the protocol's hash functions
-    wire: ClassVar[ModuleType]     # the protocol's wire module (CookieReply, COOKIE_NONCE_SIZE)
 
     def __init__(self, static_public: bytes, clock: Clock,
                  refresh_time: float = DEFAULT_TUNABLES.cookie_refresh_time) -> None:
@@ -147,9 +157,9 @@ class CookieChecker(_Keyed):
         """
         msg = _check_message(msg)
         self._rotate_if_stale(self._clock())
-        nonce = crypto.random_bytes(self.wire.COOKIE_NONCE_SIZE)
+        nonce = crypto.random_bytes(framing.COOKIE_NONCE_SIZE)
         sealed = crypto.xaead_encrypt(self._cookie_key, nonce, framing.mac1_of(msg), self._cookie(src))
-        return self.wire.CookieReply(receiver_index, nonce, sealed).pack()
+        return framing.CookieReply(receiver_index, nonce, sealed).pack()
 
 
 # --- sending side ------------------------------------------------------------------
@@ -187,7 +197,7 @@ class CookieGenerator(_Keyed):
         A reply is accepted at most once per message sent.
         """
         try:
-            parsed = self.wire.CookieReply.unpack(bytes(reply))
+            parsed = framing.CookieReply.unpack(bytes(reply))
         except framing.WireError:
             return False
         if self._last_mac1 is None:

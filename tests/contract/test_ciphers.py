@@ -34,8 +34,9 @@ from phantom.constants import Tunables
 from phantom.dataplane import ciphers
 from phantom.dataplane.ciphers import ChachaPolicy, CipherKind
 from phantom.dataplane.reference import ReferenceDataPath
-from phantom.dataplane.types import Drop, Keypair, Mode, RelayVia
+from phantom.dataplane.types import Drop, Mode, RelayVia
 from phantom.wire import wireguard as wgw
+from tests.contract.conftest import KEY_A, KEY_B, aegis_spec, captured, derived, fed, keypair, keypairs
 
 _testing = pytest.importorskip("phantom.fastpath._testing", reason="phantom.fastpath._testing is not built")
 from phantom.dataplane import fast  # noqa: E402
@@ -44,24 +45,8 @@ pytestmark = pytest.mark.timeout(120)
 
 AEGIS = CipherKind.AEGIS256
 CHACHA = CipherKind.CHACHA20POLY1305
-KEY_A = bytes(range(32))
-KEY_B = bytes(range(50, 82))
 PAIRS = [("reference", "reference"), ("fast", "fast"), ("fast", "reference"), ("reference", "fast")]
 needs_libcrypto = pytest.mark.skipif(not libcrypto.available(), reason="no libcrypto.so.3")
-
-
-def derived(key):
-    return bytes(ciphers.transport_keys(AEGIS, bytearray(key), bytearray(key))[0])
-
-
-def aegis_spec(key, index, counter, plaintext) -> bytes:
-    """The AEGIS-256 datagram as docs/protocol.md defines it, from libsodium directly."""
-    clen = crypto.ffi.new("unsigned long long *")
-    out = crypto.ffi.new("unsigned char[]", len(plaintext) + 32)
-    assert crypto.lib.crypto_aead_aegis256_encrypt(
-        out, clen, plaintext, len(plaintext), crypto.ffi.NULL, 0, crypto.ffi.NULL,
-        counter.to_bytes(8, "little") + bytes(24), derived(key)) == 0
-    return wire.pack_transport_header(index, counter) + bytes(crypto.ffi.buffer(out, clen[0]))
 
 
 # ====================================================================== AEGIS-256, C
@@ -144,13 +129,6 @@ class Node:
             s.close()
 
 
-def keypairs(peer_a=1, peer_b=2, idx_a=0x1111, idx_b=0x2222, cipher=AEGIS, ka=KEY_A, kb=KEY_B):
-    now = time.monotonic()
-    a = Keypair(peer_a, idx_a, idx_b, bytearray(ka), bytearray(kb), now, True, int(cipher))
-    b = Keypair(peer_b, idx_b, idx_a, bytearray(kb), bytearray(ka), now, False, int(cipher))
-    return a, b
-
-
 async def until(cond, timeout=3.0):
     deadline = time.monotonic() + timeout
     while not cond():
@@ -181,7 +159,7 @@ def test_aegis_keypairs_carry_datagrams_both_ways(impl_a, impl_b):
             b.dp.start()
             a.send_app(b"first")
             await until(lambda: a.events.needed == [1])
-            ka, kb = keypairs()
+            ka, kb = keypairs(cipher=AEGIS)
             b.dp.install_keypair(kb, confirmed=False)
             a.dp.install_keypair(ka, confirmed=True)           # flushes the staged packet
             assert await asyncio.to_thread(b.recv_app) == b"first"
@@ -204,28 +182,7 @@ def test_aegis_keypairs_carry_datagrams_both_ways(impl_a, impl_b):
 
 
 def _capture(impl, payloads, cipher=AEGIS, keepalives=2):
-    async def main():
-        node = Node(impl)
-        sink = _udp(2.0)
-        try:
-            node.dp.add_peer(1, [])
-            node.dp.set_test_peer(1)
-            node.dp.set_endpoint(1, sink.getsockname())
-            node.dp.start()
-            ka, _ = keypairs(cipher=cipher)
-            node.dp.install_keypair(ka, confirmed=True)
-            out = []
-            for _ in range(keepalives):
-                node.dp.send_keepalive(1)
-                out.append(await asyncio.to_thread(lambda: sink.recvfrom(70000)[0]))
-            for p in payloads:
-                node.send_app(p)
-                out.append(await asyncio.to_thread(lambda: sink.recvfrom(70000)[0]))
-            return out
-        finally:
-            node.close()
-            sink.close()
-    return run(main())
+    return run(captured(Node(impl), keypairs(cipher=cipher)[0], payloads, keepalives))
 
 
 def test_aegis_datagrams_byte_identical_on_both_paths_and_to_the_spec():
@@ -247,19 +204,8 @@ async def _feed(impl, datagrams, mtu=1420, cipher=AEGIS):
         node.dp.start()
         _, kb = keypairs(cipher=cipher)
         node.dp.install_keypair(kb, confirmed=True)
-        for d in datagrams:
-            src.sendto(d, node.addr())
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)
-        delivered = []
-        node.app.setblocking(False)
-        while True:
-            try:
-                delivered.append(node.app.recv(70000))
-            except BlockingIOError:
-                break
-        return ({k: v for k, v in node.dp.global_drops().items() if v}, delivered,
-                node.dp.counters(2).rx_packets)
+        drops, delivered = await fed(node, src, node.addr(), datagrams)
+        return drops, delivered, node.dp.counters(2).rx_packets
     finally:
         node.close()
         src.close()
@@ -359,9 +305,8 @@ _idx = iter(range(300, 100000))
 def _session(x, x_peer, y, y_peer, cipher):
     k1, k2 = crypto.random_bytes(32), crypto.random_bytes(32)
     ix, iy = next(_idx), next(_idx)
-    now = time.monotonic()
-    x.dp.install_keypair(Keypair(x_peer, ix, iy, bytearray(k1), bytearray(k2), now, True, int(cipher)), True)
-    y.dp.install_keypair(Keypair(y_peer, iy, ix, bytearray(k2), bytearray(k1), now, False, int(cipher)), True)
+    x.dp.install_keypair(keypair(x_peer, ix, iy, k1, k2, cipher, True), True)
+    y.dp.install_keypair(keypair(y_peer, iy, ix, k2, k1, cipher, False), True)
 
 
 @pytest.mark.parametrize("relay_impl,end_impl", PAIRS)

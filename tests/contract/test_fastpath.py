@@ -35,6 +35,7 @@ from phantom.dataplane.reference import ReferenceDataPath
 from phantom.dataplane.replay import ReplayWindow as PyReplay
 from phantom.dataplane.routing import AllowedIPs
 from phantom.dataplane.types import Drop, Keypair, Mode
+from tests.contract.conftest import captured
 from tests.support.datapath import Node, Recorder, run, until
 from tests.support.datapath import pair as _pair
 from tests.support.datapath import udp_socket as _udp
@@ -401,28 +402,7 @@ def test_control_messages_reach_the_control_plane(impl):
 # ------------------------------------------------------------- byte-identical output
 def _capture_ciphertext(impl, payloads, start_counter_packets=0):
     """Datagrams one data path puts on the wire for ``payloads``."""
-    async def main():
-        node = Node(impl, mtu=65535)
-        sink = _udp(timeout=2.0)
-        try:
-            node.dp.add_peer(1, [])
-            node.dp.set_test_peer(1)
-            node.dp.set_endpoint(1, sink.getsockname())
-            node.dp.start()
-            ka, _ = keypairs(1, 2)
-            node.dp.install_keypair(ka, confirmed=True)
-            out = []
-            for _ in range(start_counter_packets):
-                node.dp.send_keepalive(1)
-                out.append(await asyncio.to_thread(lambda: sink.recvfrom(70000)[0]))
-            for p in payloads:
-                node.send_app(p)
-                out.append(await asyncio.to_thread(lambda: sink.recvfrom(70000)[0]))
-            return out
-        finally:
-            node.close()
-            sink.close()
-    return run(main())
+    return run(captured(Node(impl, mtu=65535), keypairs(1, 2)[0], payloads, start_counter_packets))
 
 
 def test_ciphertext_byte_identical_to_reference():

@@ -33,8 +33,9 @@ import pytest
 from phantom import crypto, wire
 from phantom.dataplane import ciphers
 from phantom.dataplane.ciphers import CipherKind
-from phantom.dataplane.types import Keypair, RelayVia
-from tests.contract.test_ciphers import PAIRS, Node, _udp, aegis_spec, derived, run, until
+from phantom.dataplane.types import RelayVia
+from tests.contract.conftest import aegis_seal_spec, aegis_spec, derived, fed, keypair, sent
+from tests.contract.test_ciphers import PAIRS, Node, _udp, run, until
 
 pytest.importorskip("phantom.fastpath._testing", reason="phantom.fastpath._testing is not built")
 
@@ -50,10 +51,6 @@ E2E_IDX, E2E_RIDX = 0x3333, 0x4444
 HEADER = struct.Struct("<B3xIQ")
 
 
-def _keypair(peer, idx, ridx, send, recv, cipher, initiator=True):
-    return Keypair(peer, idx, ridx, bytearray(send), bytearray(recv), time.monotonic(), initiator, int(cipher))
-
-
 def frame_spec(hop, counter, inner) -> bytes:
     """A relay frame from a relayed sender to its relay, as docs/protocol.md
     defines it, from libsodium directly."""
@@ -61,12 +58,7 @@ def frame_spec(hop, counter, inner) -> bytes:
     if hop is SECRETBOX:
         return HEADER.pack(6, HOP_RIDX, counter) + crypto.secretbox_seal(HOP_KEY_SEND, counter, plain)
     head = HEADER.pack(7, HOP_RIDX, counter)
-    clen = crypto.ffi.new("unsigned long long *")
-    out = crypto.ffi.new("unsigned char[]", len(plain) + 32)
-    assert crypto.lib.crypto_aead_aegis256_encrypt(
-        out, clen, plain, len(plain), head, len(head), crypto.ffi.NULL,
-        counter.to_bytes(8, "little") + bytes(24), derived(HOP_KEY_SEND)) == 0
-    return head + bytes(crypto.ffi.buffer(out, clen[0]))
+    return head + aegis_seal_spec(HOP_KEY_SEND, counter, plain, ad=head)
 
 
 PAYLOADS = [b"a->b", bytes(range(256)), os.urandom(1420 - 52 - 16), os.urandom(1)]
@@ -83,18 +75,13 @@ def _capture_frames(impl, hop):
             node.dp.add_peer(1, [])
             node.dp.add_peer(2, [])
             node.dp.set_endpoint(1, sink.getsockname())
-            node.dp.install_keypair(_keypair(1, HOP_IDX, HOP_RIDX, HOP_KEY_SEND, HOP_KEY_RECV, hop), True)
-            node.dp.install_keypair(_keypair(2, E2E_IDX, E2E_RIDX, E2E_KEY_SEND, E2E_KEY_RECV, AEGIS), True)
+            node.dp.install_keypair(keypair(1, HOP_IDX, HOP_RIDX, HOP_KEY_SEND, HOP_KEY_RECV, hop), True)
+            node.dp.install_keypair(keypair(2, E2E_IDX, E2E_RIDX, E2E_KEY_SEND, E2E_KEY_RECV, AEGIS), True)
             node.dp.set_endpoint(2, RelayVia(1, RID))
             node.dp.set_relay_route(2, 1, RID)
             node.dp.set_test_peer(2)
             node.dp.start()
-            out = []
-            node.dp.send_keepalive(2)
-            out.append(await asyncio.to_thread(lambda: sink.recvfrom(70000)[0]))
-            for p in PAYLOADS:
-                node.send_app(p)
-                out.append(await asyncio.to_thread(lambda: sink.recvfrom(70000)[0]))
+            out = await sent(node, sink, 2, PAYLOADS, keepalives=1)
             node.dp.send_control(INITIATION, RelayVia(1, RID))     # the control plane's, through the relay
             out.append(await asyncio.to_thread(lambda: sink.recvfrom(70000)[0]))
             return out
@@ -171,8 +158,8 @@ def test_relay_hops_of_any_suites_on_every_pair_of_data_paths(relay_impl, end_im
             for x, xp, y, yp, cipher in ((a, 1, r, 1, hop_a), (b, 1, r, 2, hop_b), (a, 2, b, 2, AEGIS)):
                 k1, k2 = crypto.random_bytes(32), crypto.random_bytes(32)
                 ix, iy = 500 + 10 * xp + yp + (0 if x is a else 100), 900 + 10 * xp + yp + (0 if x is a else 100)
-                x.dp.install_keypair(_keypair(xp, ix, iy, k1, k2, cipher), True)
-                y.dp.install_keypair(_keypair(yp, iy, ix, k2, k1, cipher, False), True)
+                x.dp.install_keypair(keypair(xp, ix, iy, k1, k2, cipher), True)
+                y.dp.install_keypair(keypair(yp, iy, ix, k2, k1, cipher, False), True)
             a.dp.set_endpoint(1, pa.addr())
             b.dp.set_endpoint(1, pb.addr())
             r.dp.set_endpoint(1, pa.addr())
@@ -220,27 +207,16 @@ async def _feed_relayed(impl, datagrams):
     try:
         for p in (1, 2, 3):
             node.dp.add_peer(p, [])
-        node.dp.install_keypair(_keypair(1, HOP_RIDX, HOP_IDX, HOP_KEY_RECV, HOP_KEY_SEND, AEGIS, False), True)
-        node.dp.install_keypair(_keypair(3, 0x5555, 0x6666, HOP_KEY_RECV, HOP_KEY_SEND, SECRETBOX, False), True)
-        node.dp.install_keypair(_keypair(2, E2E_RIDX, E2E_IDX, E2E_KEY_RECV, E2E_KEY_SEND, AEGIS, False), True)
+        node.dp.install_keypair(keypair(1, HOP_RIDX, HOP_IDX, HOP_KEY_RECV, HOP_KEY_SEND, AEGIS, False), True)
+        node.dp.install_keypair(keypair(3, 0x5555, 0x6666, HOP_KEY_RECV, HOP_KEY_SEND, SECRETBOX, False), True)
+        node.dp.install_keypair(keypair(2, E2E_RIDX, E2E_IDX, E2E_KEY_RECV, E2E_KEY_SEND, AEGIS, False), True)
         node.dp.set_endpoint(1, src.getsockname())
         node.dp.set_endpoint(3, src.getsockname())
         node.dp.set_endpoint(2, RelayVia(1, RID))
         node.dp.set_relay_route(2, 1, RID)
         node.dp.set_test_peer(2)
         node.dp.start()
-        for d in datagrams:
-            src.sendto(d, node.addr())
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)
-        delivered = []
-        node.app.setblocking(False)
-        while True:
-            try:
-                delivered.append(node.app.recv(70000))
-            except BlockingIOError:
-                break
-        return {k: v for k, v in node.dp.global_drops().items() if v}, delivered
+        return await fed(node, src, node.addr(), datagrams)
     finally:
         node.close()
         src.close()

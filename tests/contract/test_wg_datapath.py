@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -22,10 +21,11 @@ from hypothesis import strategies as st
 from phantom import crypto
 from phantom.dataplane import ciphers
 from phantom.dataplane.ciphers import CipherKind
-from phantom.dataplane.types import Drop, Keypair
+from phantom.dataplane.types import Drop
 from phantom.wire import wireguard as wgw
 
 from phantomlab.packets import icmp_echo
+from tests.contract.conftest import KEY_A, captured, fed, keypairs
 from tests.support.datapath import Node, run, until
 from tests.support.datapath import pair as _pair
 from tests.support.datapath import udp_socket as _udp
@@ -35,8 +35,6 @@ _testing = pytest.importorskip("phantom.fastpath._testing", reason="phantom.fast
 pytestmark = pytest.mark.timeout(60)
 
 CHACHA = CipherKind.CHACHA20POLY1305
-KEY_A = bytes(range(32))
-KEY_B = bytes(range(50, 82))
 MTU = 1420
 
 
@@ -67,10 +65,7 @@ def test_c_open_refuses_every_corruption(plaintext, flip):
 
 # ================================================================ whole data paths
 def wg_keypairs(peer_a=1, peer_b=2, idx_a=0x1111, idx_b=0x2222, cipher=CHACHA):
-    now = time.monotonic()
-    ka = Keypair(peer_a, idx_a, idx_b, bytearray(KEY_A), bytearray(KEY_B), now, True, int(cipher))
-    kb = Keypair(peer_b, idx_b, idx_a, bytearray(KEY_B), bytearray(KEY_A), now, False, int(cipher))
-    return ka, kb
+    return keypairs(peer_a, peer_b, idx_a, idx_b, cipher)
 
 
 def _packets():
@@ -118,29 +113,8 @@ def test_wireguard_keypairs_carry_ip_packets_both_ways(impl_a, impl_b):
     run(main())
 
 
-def _capture(impl, payloads, keepalives=2):
-    async def main():
-        node = Node(impl)
-        sink = _udp(timeout=2.0)
-        try:
-            node.dp.add_peer(1, [])
-            node.dp.set_test_peer(1)
-            node.dp.set_endpoint(1, sink.getsockname())
-            node.dp.start()
-            ka, _ = wg_keypairs()
-            node.dp.install_keypair(ka, confirmed=True)
-            out = []
-            for _ in range(keepalives):
-                node.dp.send_keepalive(1)
-                out.append(await asyncio.to_thread(lambda: sink.recvfrom(70000)[0]))
-            for p in payloads:
-                node.send_app(p)
-                out.append(await asyncio.to_thread(lambda: sink.recvfrom(70000)[0]))
-            return out
-        finally:
-            node.close()
-            sink.close()
-    return run(main())
+def _capture(impl, payloads, keepalives=2, cipher=CHACHA):
+    return run(captured(Node(impl), wg_keypairs(cipher=cipher)[0], payloads, keepalives))
 
 
 def test_wireguard_datagrams_byte_identical_on_both_paths_and_to_the_spec():
@@ -160,29 +134,8 @@ def test_wireguard_datagrams_byte_identical_on_both_paths_and_to_the_spec():
 def test_phantom_keypairs_keep_the_secretbox_format_on_both_paths():
     payloads = [b"", b"plain", os.urandom(700)]
 
-    def capture(impl):
-        async def main():
-            node = Node(impl)
-            sink = _udp(timeout=2.0)
-            try:
-                node.dp.add_peer(1, [])
-                node.dp.set_test_peer(1)
-                node.dp.set_endpoint(1, sink.getsockname())
-                node.dp.start()
-                ka, _ = wg_keypairs(cipher=CipherKind.SECRETBOX)
-                node.dp.install_keypair(ka, confirmed=True)
-                out = []
-                for p in payloads:
-                    node.send_app(p) if p else node.dp.send_keepalive(1)
-                    out.append(await asyncio.to_thread(lambda: sink.recvfrom(70000)[0]))
-                return out
-            finally:
-                node.close()
-                sink.close()
-        return run(main())
-
     for impl in ("reference", "fast"):
-        got = capture(impl)
+        got = _capture(impl, payloads[1:], keepalives=1, cipher=CipherKind.SECRETBOX)   # b"": the keepalive
         for i, (p, d) in enumerate(zip(payloads, got)):
             assert d == wgw.pack_transport_header(0x2222, i) + crypto.secretbox_seal(KEY_A, i, p)
 
@@ -197,17 +150,8 @@ async def _feed(impl, datagrams):
         node.dp.start()
         _, kb = wg_keypairs()
         node.dp.install_keypair(kb, confirmed=True)
-        for d in datagrams:
-            src.sendto(d, node.addr)
-        await asyncio.sleep(0.3)
-        delivered = []
-        node.app.setblocking(False)
-        while True:
-            try:
-                delivered.append(node.app.recv(70000))
-            except BlockingIOError:
-                break
-        return {k: v for k, v in node.dp.global_drops().items() if v}, delivered, node.dp.counters(2).rx_packets
+        drops, delivered = await fed(node, src, node.addr, datagrams, gap=0)
+        return drops, delivered, node.dp.counters(2).rx_packets
     finally:
         node.close()
         src.close()

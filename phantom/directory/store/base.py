@@ -334,7 +334,7 @@ class Store(abc.ABC):
         the writer and ``quota`` (0: none) bounds the rows one source holds.
         ``signer`` is needed only by stores that sign what they store (DHT)."""
         trusted = frozenset(bytes(s) for s in trusted)
-        try:
+        with self._refusals_counted():
             rec = verify_publish(doc, now, trusted, max_ttl, key)
             async with self._locked(rec.key_text, rec.name, source) as tx:
                 if signer is not None:
@@ -367,12 +367,7 @@ class Store(abc.ABC):
                     else rec.expires
                 stored = stored_of(rec, stored_doc, until, source, expires)
                 await tx.put(rec, stored, now)
-        except PhantomError:
-            self.stats["refused"] += 1
-            raise
-        self.stats["published"] += 1
-        self._notify_local(stored)
-        return stored, old is None
+        return self._written(stored, "published"), old is None
 
     async def endorse(self, public_key: str, end, now: float, *,
                       trusted: Iterable[bytes] = (),
@@ -387,7 +382,7 @@ class Store(abc.ABC):
             raise Unsupported("the %s store carries only what the key's owner signed"
                               % self.kind)
         trusted = frozenset(bytes(s) for s in trusted)
-        try:
+        with self._refusals_counted():
             first = await self.get(public_key)
             if first is None:
                 raise NoRecord("no record for this key to endorse")
@@ -407,10 +402,20 @@ class Store(abc.ABC):
                 stored = stored_of(rec, stored_doc, endorsed_until(rec, stored_doc, trusted, now),
                                    old.source, old.expires)
                 await tx.put(rec, stored, now)
+        return self._written(stored, "endorsed")
+
+    @contextlib.contextmanager
+    def _refusals_counted(self):
+        """A write's checks and store: any refusal (a PhantomError) is counted, then raised."""
+        try:
+            yield
         except PhantomError:
             self.stats["refused"] += 1
             raise
-        self.stats["endorsed"] += 1
+
+    def _written(self, stored: StoredRecord, counter: str) -> StoredRecord:
+        """After a write: count it (``stats[counter]``) and tell this process's watchers."""
+        self.stats[counter] += 1
         self._notify_local(stored)
         return stored
 

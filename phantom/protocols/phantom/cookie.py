@@ -8,20 +8,10 @@
 
 from __future__ import annotations
 
-from ... import crypto, wire
+from ... import crypto
 from ...constants import LABEL_COOKIE, LABEL_MAC1
 from .. import cookie
 from ..cookie import KEY_SIZE, MAC_SIZE, address_bytes  # noqa: F401  (the mechanism's, for callers)
-
-
-def mac1_key(static_public: bytes) -> bytes:
-    """BLAKE2b-256(LABEL_MAC1 || static_public): the key for mac1 of messages to its owner."""
-    return crypto.blake2b(LABEL_MAC1 + bytes(static_public), digest_size=KEY_SIZE)
-
-
-def cookie_key(static_public: bytes) -> bytes:
-    """BLAKE2b-256(LABEL_COOKIE || static_public): the key sealing cookie replies from its owner."""
-    return crypto.blake2b(LABEL_COOKIE + bytes(static_public), digest_size=KEY_SIZE)
 
 
 def mac(key: bytes, data: bytes) -> bytes:
@@ -29,14 +19,15 @@ def mac(key: bytes, data: bytes) -> bytes:
     return crypto.blake2b(data, digest_size=MAC_SIZE, key=key)
 
 
-MACS = cookie.MacSuite("blake2b", mac1_key, cookie_key, mac)
+MACS = cookie.MacSuite("blake2b", lambda data: crypto.blake2b(data, digest_size=KEY_SIZE), mac,
+                       LABEL_MAC1, LABEL_COOKIE)
+mac1_key = MACS.mac1_key        # BLAKE2b-256(LABEL_MAC1 || static_public)
+cookie_key = MACS.cookie_key    # BLAKE2b-256(LABEL_COOKIE || static_public)
 
 
 class CookieChecker(cookie.CookieChecker):
     macs = MACS
-    wire = wire
 
 
 class CookieGenerator(cookie.CookieGenerator):
     macs = MACS
-    wire = wire

@@ -13,31 +13,19 @@ XChaCha20-Poly1305.
 
 from __future__ import annotations
 
-from ...wire import wireguard as wgw
 from .. import cookie
 from .symmetric import HASH, LABEL_COOKIE, LABEL_MAC1, MAC
 
-
-def mac1_key(static_public: bytes) -> bytes:
-    return HASH(LABEL_MAC1, static_public)
-
-
-def cookie_key(static_public: bytes) -> bytes:
-    return HASH(LABEL_COOKIE, static_public)
-
-
-MACS = cookie.MacSuite("blake2s", mac1_key, cookie_key, MAC)
+MACS = cookie.MacSuite("blake2s", HASH, MAC, LABEL_MAC1, LABEL_COOKIE)
 
 
 class WgCookieChecker(cookie.CookieChecker):
     """Checks mac1/mac2 of WireGuard messages to us and writes cookie replies."""
 
     macs = MACS
-    wire = wgw
 
 
 class WgCookieGenerator(cookie.CookieGenerator):
     """Adds mac1/mac2 to WireGuard messages to one peer and takes its cookie replies."""
 
     macs = MACS
-    wire = wgw

@@ -14,8 +14,7 @@ import pytest
 from phantomlab import browser
 from phantomlab.poll import wait_for
 
-from ..network.test_member_mesh import (DIR_PORT, all_reach, cli, join_all, network_init,
-                                        serve_directory, start_all)
+from ..network.test_member_mesh import all_reach, cli, join_all, network_on, start_all
 from .test_dashboard_browser import shot, text_of
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.browser, pytest.mark.timeout(300),
@@ -55,10 +54,7 @@ def member_rows(driver):
 def test_members_names_and_groups_in_cli_api_metrics_and_dashboard(lan3, daemon_factory, tmp_path,
                                                                    driver, datapath):
     a, b, c = lan3.hosts["a"], lan3.hosts["b"], lan3.hosts["c"]
-    url = "http://%s:%d" % (a.ip, DIR_PORT)
-    auth = tmp_path / "authority"
-    network_init(auth, url)
-    serve_directory(daemon_factory, a, auth, tmp_path / "dir.sqlite")
+    auth, url, _ = network_on(daemon_factory, a, tmp_path)
     members = join_all(a, auth, [(b, "n1", "laptops"), (c, "n2", "servers,db"), (a, "n3", None)],
                        tmp_path, url)
     n1, n2, n3 = members

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from .test_member_mesh import DIR_PORT, join_all, network_init, serve_directory, start_all
+from .test_member_mesh import join_all, network_on, start_all
 
 
 @dataclass
@@ -35,8 +35,5 @@ class Corp:
 @pytest.fixture
 def corp(lan3, daemon_factory, tmp_path):
     a, b, c = lan3.hosts["a"], lan3.hosts["b"], lan3.hosts["c"]
-    url = "http://%s:%d" % (a.ip, DIR_PORT)
-    auth = tmp_path / "authority"
-    network_init(auth, url)
-    directory = serve_directory(daemon_factory, a, auth, tmp_path / "dir.sqlite")
+    auth, url, directory = network_on(daemon_factory, a, tmp_path)
     return Corp((a, b, c), auth, url, directory, daemon_factory, tmp_path)

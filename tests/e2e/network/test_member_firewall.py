@@ -14,7 +14,7 @@ import pytest
 
 from phantomlab.poll import wait_for
 
-from .test_member_mesh import all_reach, cli, join, network_on, pings, start
+from .test_member_mesh import all_reach, cli, join, pings, start
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -37,10 +37,10 @@ def rule(m):
 
 
 @pytest.mark.parametrize("datapath", ["reference", "fast"])
-def test_a_rule_naming_a_member_not_known_yet_waits_for_it(lan3, daemon_factory, tmp_path,
+def test_a_rule_naming_a_member_not_known_yet_waits_for_it(corp, daemon_factory, tmp_path,
                                                            datapath):
-    a, b, c = lan3.hosts["a"], lan3.hosts["b"], lan3.hosts["c"]
-    auth, url, _ = network_on(daemon_factory, a, tmp_path)
+    a, b, c = corp.hosts
+    auth, url = corp.auth, corp.url
     srv = join(a, auth, b, "srv", tmp_path, url)
     with open(srv.config, "a") as f:
         f.write(RULES)

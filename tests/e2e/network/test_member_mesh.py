@@ -68,9 +68,11 @@ def serve_directory(daemon_factory, host, auth, db):
 
 
 def network_on(daemon_factory, host, tmp_path, *init_args):
-    """``phantom network init corp`` (100.100.0.0/16, the directory on
-    ``host``, ``init_args`` added) and ``directory serve --network`` on
-    ``host``: (the authority directory, the directory's URL, its daemon)."""
+    """The network every member test starts from (the ``corp`` fixture, in
+    conftest.py, on lan3's host a): ``phantom network init corp``
+    (100.100.0.0/16, the directory on ``host``, ``init_args`` added) and
+    ``directory serve --network`` on ``host``: (the authority directory, the
+    directory's URL, its daemon)."""
     url = "http://%s:%d" % (host.ip, DIR_PORT)
     auth = tmp_path / "authority"
     out = subprocess.run(CLI + ["network", "init", "corp", "--dir", str(auth), "--ipv4",
@@ -128,14 +130,6 @@ def join_all(admin_host, auth, specs, tmp_path, url):
         out = cli(host, "join", token, "--state-dir", state, "--json", "--no-start")
         members.append(Member(name, host, state, json.loads(out.stdout)))
     return members
-
-
-def network_init(auth, url, *extra):
-    """``phantom network init corp`` (100.100.0.0/16, the directory at ``url``)."""
-    out = subprocess.run(CLI + ["network", "init", "corp", "--dir", str(auth), "--ipv4",
-                                "100.100.0.0/16", "--directory", url, *extra],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
 
 
 def pings(pairs, timeout=1.0):

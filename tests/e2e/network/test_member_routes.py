@@ -26,12 +26,12 @@ from phantomlab.poll import wait_for
 
 from ..dns.test_dns_phantomd import dig
 from ..routes.test_exit_node import sources_to
-from .test_member_mesh import CLI, DIR_PORT, all_reach, cli, join, serve_directory, start
+from .test_member_mesh import all_reach, cli, join, network_on, start
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(300)]
 
 LAN, R_LAN, HOST = "192.168.50.0/24", "192.168.50.1", "192.168.50.2"
-NET4 = "100.100.0.0/16"
+NET4 = "100.100.0.0/16"                  # network_on's prefix
 R_OUT, INTERNET = "198.51.100.1", "198.51.100.9"
 NAME, NAME_ADDR = "www.lab.example", "198.51.100.80"     # the internet host's dnsmasq answers it
 
@@ -66,13 +66,7 @@ def test_advertised_routes_and_exit_work_for_every_member_once_approved(
                               "--pid-file", "--log-queries", "--log-facility=-"],
                              stdout=open(log, "w"), stderr=subprocess.STDOUT)
         stack.callback(lambda: (dnsmasq.terminate(), dnsmasq.wait(timeout=10)))
-        url = "http://%s:%d" % (a.ip, DIR_PORT)
-        auth = tmp_path / "authority"
-        out = subprocess.run(CLI + ["network", "init", "corp", "--dir", str(auth), "--ipv4",
-                                    NET4, "--directory", url],
-                             capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        serve_directory(daemon_factory, a, auth, tmp_path / "dir.sqlite")
+        auth, url, _ = network_on(daemon_factory, a, tmp_path)
         r = join(a, auth, b, "r", public_dir, url)      # reloaded below, as nobody
         m1 = join(a, auth, c, "m1", tmp_path, url)
         m2 = join(a, auth, d, "m2", tmp_path, url)
@@ -186,13 +180,7 @@ def test_two_members_advertising_one_lan_the_earlier_is_primary_the_other_takes_
         c.ns.ip("addr", "add", "192.168.50.3/24", "dev", "eth0")
         e.ns.ip("addr", "add", HOST + "/24", "dev", "eth0")
         e.ns.ip("route", "add", NET4, "via", R_LAN)
-        url = "http://%s:%d" % (a.ip, DIR_PORT)
-        auth = tmp_path / "authority"
-        out = subprocess.run(CLI + ["network", "init", "corp", "--dir", str(auth), "--ipv4",
-                                    NET4, "--directory", url],
-                             capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        serve_directory(daemon_factory, a, auth, tmp_path / "dir.sqlite")
+        auth, url, _ = network_on(daemon_factory, a, tmp_path)
         r1 = join(a, auth, b, "r1", tmp_path, url)
         time.sleep(1.1)                                  # joined a second later: `since` orders them
         r2 = join(a, auth, c, "r2", tmp_path, url)
