@@ -24,6 +24,7 @@ import random
 import select
 import socket
 import time
+from pathlib import Path
 
 import dns.flags
 import dns.message
@@ -104,15 +105,48 @@ def _drain(sock, checker, wait=0.0):
         got = True
 
 
-@functools.lru_cache(maxsize=1)
-def _plan(count: int) -> tuple[list[bytes], list[list[bytes]]]:
-    """The hostile queries (seed 21), split between UDP datagrams and TCP
-    batches of 50: made once per process, whichever responder comes first."""
+def _queries(count: int, shared: Path | None) -> list[tuple[bool, bytes]]:
+    """The hostile queries (seed 21), each with whether it goes over TCP.
+    Made once per test session: the first process to need them (it takes
+    ``shared``.lock) writes them to ``shared`` in the session's directory,
+    which xdist workers share; the others wait for that file (up to 60 s)
+    and read it.  (dnspython picks the ID of the oversized queries at random,
+    as it did for each responder before.)"""
+    writer = False
+    if shared is not None:
+        try:
+            os.close(os.open(shared.with_name(shared.name + ".lock"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            writer = True
+        except FileExistsError:
+            deadline = time.monotonic() + 60
+            while not shared.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+    if shared is not None and not writer and shared.exists():
+        data = shared.read_bytes()
+        out, i = [], 0
+        while i < len(data):
+            tcp, n = data[i], int.from_bytes(data[i + 1:i + 5], "big")
+            out.append((bool(tcp), data[i + 5:i + 5 + n]))
+            i += 5 + n
+        if len(out) == count:
+            return out
     rng = random.Random(21)
+    out = [(rng.random() < TCP_SHARE, wire) for kind, wire in hostile_queries(rng, DOMAIN, count)]
+    if writer:
+        tmp = shared.with_name("%s.%d" % (shared.name, os.getpid()))
+        tmp.write_bytes(b"".join(bytes([tcp]) + len(w).to_bytes(4, "big") + w for tcp, w in out))
+        os.replace(tmp, shared)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _plan(count: int, shared: Path | None = None) -> tuple[list[bytes], list[list[bytes]]]:
+    """The queries split between UDP datagrams and TCP batches of 50 (made
+    once per process, whichever responder comes first)."""
     udp: list[bytes] = []
     tcp_batches: list[list[bytes]] = [[]]
-    for kind, wire in hostile_queries(rng, DOMAIN, count):
-        if rng.random() < TCP_SHARE:
+    for tcp, wire in _queries(count, shared):
+        if tcp:
             tcp_batches[-1].append(wire)
             if len(tcp_batches[-1]) >= 50:
                 tcp_batches.append([])
@@ -192,10 +226,17 @@ def responder(request, two_hosts, tmp_path, daemon_factory):
         d.stop()
 
 
-def test_hostile_queries_no_crash_answers_only_for_the_domain(responder):
+@pytest.fixture(scope="session")
+def shared_dir(tmp_path_factory):
+    """The session's directory: the workers' base directories' parent under xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def test_hostile_queries_no_crash_answers_only_for_the_domain(responder, shared_dir):
     d, b = responder
     cpu0 = time.process_time()
-    udp_queries, tcp_batches = _plan(COUNT)
+    udp_queries, tcp_batches = _plan(COUNT, shared_dir / ("dns-hostile-queries-%d" % COUNT))
     checker = Checker()
     sock = b.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)          # SO_RCVBUFFORCE (root)
