@@ -49,6 +49,10 @@ class Tunables:
     under_load_initiations: int = 64     # initiations/s before cookies are demanded
     handshakes_per_second_per_source: float = 20.0
     handshake_burst_per_source: int = 5
+    # a rendezvous forgets a registration not renewed for this long (clients
+    # renew every REGISTER_INTERVAL s, so it must be longer than that); what
+    # a member that left registered is passed on to no one after it
+    registration_ttl: float = 20.0
 
     @classmethod
     def from_mapping(cls, values: dict) -> "Tunables":
@@ -58,6 +62,9 @@ class Tunables:
             raise ValueError("unknown tunable(s): %s" % ", ".join(sorted(unknown)))
         return replace(cls(), **values)
 
+
+# how often a NAT traversal client renews its registration at a rendezvous
+REGISTER_INTERVAL = 5.0
 
 DEFAULT_TUNABLES = Tunables()
 DEFAULT_HTTP_PORT = 4567

@@ -29,6 +29,7 @@ from collections import Counter
 from typing import Callable, Iterable, Optional
 
 from .. import crypto, wire
+from ..constants import REGISTER_INTERVAL
 from ..dataplane.types import RelayVia
 from ..control import actions as A
 from .paths import PathTable
@@ -121,7 +122,7 @@ class Traversal:
                  servers: Iterable = (),
                  local_endpoints: Callable[[tuple], list] = lambda server_ep: [],
                  clock: Optional[Callable[[], float]] = None, ask_interval: float = 1.0,
-                 register_interval: float = 5.0, register_timeout: float = 2.0,
+                 register_interval: float = REGISTER_INTERVAL, register_timeout: float = 2.0,
                  reask_interval: float = 5.0, registration_ttl: float = 20.0,
                  relay_id_source: Callable[[], int] = crypto.random_u32):
         self.engine = engine

@@ -78,7 +78,7 @@ def attach(daemon) -> None:
     from ..nat.traversal import Traversal
     # both data paths can be relayed and relay for others (the DataPath contract)
     daemon.nat = Traversal(daemon.engine, serve=s.rendezvous, servers=servers,
-                           relay=s.relay, relay_capable=True,
+                           relay=s.relay, relay_capable=True, registration_ttl=daemon.t.registration_ttl,
                            local_endpoints=local_endpoints(daemon.udp, s.endpoints))
     daemon.executor.observers.append(NatObserver(daemon.nat))
     if s.relay:

@@ -7,7 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional
 
-from phantom.constants import Tunables
+from phantom.constants import REGISTER_INTERVAL, Tunables
 from phantom.dataplane.types import Mode
 from phantom.errors import ConfigError
 
@@ -35,6 +35,9 @@ def parse_tunables(table: Any) -> Tunables:
             expect(value, (int, float), key, "a number")
         if value < 0:
             raise ConfigError(key, "must not be negative")
+        if name == "registration_ttl" and value <= REGISTER_INTERVAL:
+            raise ConfigError(key, "must be more than %g s (clients renew their registration every %g s)"
+                              % (REGISTER_INTERVAL, REGISTER_INTERVAL))
     try:
         return Tunables.from_mapping({k: (float(v) if isinstance(getattr(defaults, k), float) else v)
                                       for k, v in table.items()})

@@ -17,12 +17,14 @@ and printed, not asserted (the 10^5 count: PHANTOM_DNS_HOSTILE_COUNT).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
 import select
 import socket
 import time
+from pathlib import Path
 
 import dns.flags
 import dns.message
@@ -45,37 +47,112 @@ ANSWER_TYPES = {dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.SOA, dns.rdat
 
 
 class Checker:
+    """Every response is parsed with dnspython and checked.  What the checks
+    find depends on every byte but the message ID (the first two), so a
+    response equal to an earlier one but for its ID (most are: FORMERR,
+    NOTIMP, REFUSED to the same kinds of query) gets that one's verdict
+    without being parsed again."""
+
     def __init__(self):
         self.responses = 0
         self.by_rcode = {}
         self.bad = []
+        self._seen: dict[bytes, tuple] = {}     # response minus its ID -> (rcode, problems) or (None, error)
 
     def check(self, wire: bytes) -> None:
         self.responses += 1
+        key = wire[2:]
+        verdict = self._seen.get(key)
+        if verdict is None:
+            verdict = self._seen[key] = self._verdict(wire)
+        rc, problems = verdict
+        if rc is None:                          # unparseable: named with this one's bytes
+            self.bad.append("unparseable response %r: %s" % (wire[:40], problems))
+            return
+        self.by_rcode[rc] = self.by_rcode.get(rc, 0) + 1
+        self.bad += problems
+
+    @staticmethod
+    def _verdict(wire: bytes) -> tuple:
+        bad = []
         try:
             r = dns.message.from_wire(wire, raise_on_truncation=False)
         except Exception as exc:               # our own answers must parse
-            self.bad.append("unparseable response %r: %s" % (wire[:40], exc))
-            return
+            return None, str(exc)
         rc = dns.rcode.to_text(r.rcode())
-        self.by_rcode[rc] = self.by_rcode.get(rc, 0) + 1
         if not r.flags & dns.flags.QR or r.flags & dns.flags.RA:
-            self.bad.append("flags %s" % dns.flags.to_text(r.flags))
+            bad.append("flags %s" % dns.flags.to_text(r.flags))
         for section in (r.answer, r.authority):
             for rrset in section:
                 if not any(rrset.name.is_subdomain(z) for z in ZONES) or rrset.rdtype not in ANSWER_TYPES:
-                    self.bad.append("answered outside the domain: %s" % rrset)
+                    bad.append("answered outside the domain: %s" % rrset)
         if r.answer and rc != "NOERROR":
-            self.bad.append("%s with an answer" % rc)
+            bad.append("%s with an answer" % rc)
+        return rc, bad
 
 
 def _drain(sock, checker, wait=0.0):
+    """Check every response waiting (the socket is non-blocking), after
+    waiting up to ``wait`` s for the first; True if there was one."""
+    if wait and not select.select([sock], [], [], wait)[0]:
+        return False
+    got = False
     while True:
-        r, _, _ = select.select([sock], [], [], wait)
-        if not r:
-            return
-        checker.check(sock.recv(70000))
-        wait = 0.0
+        try:
+            checker.check(sock.recv(70000))
+        except BlockingIOError:
+            return got
+        got = True
+
+
+def _queries(count: int, shared: Path | None) -> list[tuple[bool, bytes]]:
+    """The hostile queries (seed 21), each with whether it goes over TCP.
+    Made once per test session: the first process to need them (it takes
+    ``shared``.lock) writes them to ``shared`` in the session's directory,
+    which xdist workers share; the others wait for that file (up to 60 s)
+    and read it.  (dnspython picks the ID of the oversized queries at random,
+    as it did for each responder before.)"""
+    writer = False
+    if shared is not None:
+        try:
+            os.close(os.open(shared.with_name(shared.name + ".lock"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            writer = True
+        except FileExistsError:
+            deadline = time.monotonic() + 60
+            while not shared.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+    if shared is not None and not writer and shared.exists():
+        data = shared.read_bytes()
+        out, i = [], 0
+        while i < len(data):
+            tcp, n = data[i], int.from_bytes(data[i + 1:i + 5], "big")
+            out.append((bool(tcp), data[i + 5:i + 5 + n]))
+            i += 5 + n
+        if len(out) == count:
+            return out
+    rng = random.Random(21)
+    out = [(rng.random() < TCP_SHARE, wire) for kind, wire in hostile_queries(rng, DOMAIN, count)]
+    if writer:
+        tmp = shared.with_name("%s.%d" % (shared.name, os.getpid()))
+        tmp.write_bytes(b"".join(bytes([tcp]) + len(w).to_bytes(4, "big") + w for tcp, w in out))
+        os.replace(tmp, shared)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _plan(count: int, shared: Path | None = None) -> tuple[list[bytes], list[list[bytes]]]:
+    """The queries split between UDP datagrams and TCP batches of 50 (made
+    once per process, whichever responder comes first)."""
+    udp: list[bytes] = []
+    tcp_batches: list[list[bytes]] = [[]]
+    for tcp, wire in _queries(count, shared):
+        if tcp:
+            tcp_batches[-1].append(wire)
+            if len(tcp_batches[-1]) >= 50:
+                tcp_batches.append([])
+            continue
+        udp.append(wire)
+    return udp, tcp_batches
 
 
 class PhantomdDns:
@@ -149,36 +226,44 @@ def responder(request, two_hosts, tmp_path, daemon_factory):
         d.stop()
 
 
-def test_hostile_queries_no_crash_answers_only_for_the_domain(responder):
+@pytest.fixture(scope="session")
+def shared_dir(tmp_path_factory):
+    """The session's directory: the workers' base directories' parent under xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def test_hostile_queries_no_crash_answers_only_for_the_domain(responder, shared_dir):
     d, b = responder
-    rng = random.Random(21)
+    cpu0 = time.process_time()
+    udp_queries, tcp_batches = _plan(COUNT, shared_dir / ("dns-hostile-queries-%d" % COUNT))
     checker = Checker()
     sock = b.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)          # SO_RCVBUFFORCE (root)
     sock.connect((SERVER, 53))
+    sock.setblocking(False)
     before = d.stats()
-    udp_sent = tcp_msgs = 0
-    tcp_batches: list[list[bytes]] = [[]]
+    udp_sent = tcp_msgs = stats_calls = 0
     window_bytes = window_n = 0
     t0 = time.monotonic()
-    for kind, wire in hostile_queries(rng, DOMAIN, COUNT):
-        if rng.random() < TCP_SHARE:
-            tcp_batches[-1].append(wire)
-            if len(tcp_batches[-1]) >= 50:
-                tcp_batches.append([])
-            continue
-        sock.send(wire)
+    for i, wire in enumerate(udp_queries):
+        sock.send(wire)                           # (our 8 MiB receive buffer holds the answers)
         udp_sent += 1
         window_bytes += 2 * len(wire) + 2500      # what the datagram costs in the receive buffer
         window_n += 1
-        _drain(sock, checker)
-        if window_n >= 48 or window_bytes >= 120 << 10:     # well under a 208 KiB rcvbuf
-            # flow control: wait until the responder has taken what is in flight,
-            # so the kernel never drops a datagram and the accounting is exact
+        if window_n >= 48 or window_bytes >= 120 << 10 or i == len(udp_queries) - 1:
+            # flow control (well under the responder's 208 KiB rcvbuf): wait
+            # until the responder has taken what is in flight, so the kernel
+            # never drops a datagram and the accounting is exact.  Its answers
+            # are checked as they come; its count is asked for once they stop
             deadline = time.monotonic() + 30
-            while d.stats()["stats"]["queries_udp"] - before["stats"]["queries_udp"] < udp_sent:
+            while True:
+                while _drain(sock, checker, 0.002):
+                    pass
+                stats_calls += 1
+                if d.stats()["stats"]["queries_udp"] - before["stats"]["queries_udp"] >= udp_sent:
+                    break
                 assert time.monotonic() < deadline, "responder stopped taking queries"
-                _drain(sock, checker, 0.002)
             window_bytes = window_n = 0
     udp_seconds = time.monotonic() - t0
 
@@ -221,9 +306,11 @@ def test_hostile_queries_no_crash_answers_only_for_the_domain(responder):
     queries = s["queries"] - before["stats"]["queries"]
     cpu = after["cpu_seconds"] - before["cpu_seconds"]
     print("\n%d hostile queries (%d UDP in %.1f s, %d TCP messages): responder CPU %.1f s, %.1f us/query; "
-          "rcodes %s; drops %s; truncated %d; TCP connections ended early %d"
+          "rcodes %s; drops %s; truncated %d; TCP connections ended early %d; "
+          "this test's own CPU %.1f s, %d counts asked"
           % (udp_sent + tcp_msgs, udp_sent, udp_seconds, tcp_msgs, cpu, cpu / max(queries, 1) * 1e6,
-             s["responses"], s["drops"], s["truncated"], tcp_closed_early))
+             s["responses"], s["drops"], s["truncated"], tcp_closed_early, time.process_time() - cpu0,
+             stats_calls))
 
     assert d.alive(), d.log_text()
     assert "Traceback" not in d.log_text(), d.log_text()

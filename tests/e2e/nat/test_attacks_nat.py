@@ -41,6 +41,12 @@ UDP_CONNTRACK_TIMEOUT = 5
 # registration carries at most 4 local endpoints, each tried at most 4 times
 # (docs/nat.md, "Bounds"; rendezvous.MAX_LOCAL_ENDPOINTS, PathTable.probe_tries)
 REFLECTION_BOUND = 4 * 4
+# the rendezvous of the reflector test forgets a registration not renewed
+# for this long (clients renew every 5 s; the default is 20 s)
+REGISTRATION_TTL = 8.0
+# the victim is watched this long past the last moment b could still learn
+# or try m's endpoints (tries: 1, 2 and 4 rekey_timeout = 1 s apart)
+QUIET = 3.0
 
 
 @pytest.fixture(params=DATAPATHS)
@@ -135,7 +141,10 @@ def test_no_member_turns_a_node_into_a_reflector(daemon_factory, tmp_path, sniff
     "local endpoints" at a victim (home 3's public address) and keeps asking
     where b is while its pings wait; then it leaves.  What b sends to the
     victim is counted where the victim is: a few tries per endpoint a
-    registration may carry, and nothing once m is gone."""
+    registration may carry, and nothing once m is gone: not after the
+    tries' backoff (10 s after m left), and not once the rendezvous forgot
+    m's registration (``registration_ttl``, 8 s here instead of 20, so that
+    moment comes sooner; after it nobody can learn m's endpoints)."""
     victim = "10.212.0.13"
     # m's home maps per destination: its punches never meet b's, so it keeps asking
     with netns.internet(homes=3, random_fully=(1,), udp_timeout=UDP_CONNTRACK_TIMEOUT) as net:
@@ -143,7 +152,8 @@ def test_no_member_turns_a_node_into_a_reflector(daemon_factory, tmp_path, sniff
         rv = make_node(tmp_path, "rv", 10, net.rv)
         m = make_node(tmp_path, "m", 1, net["a"])
         b = make_node(tmp_path, "b", 2, net["b"])
-        write_config(rv, mode="tun", ipv6=False, tunables=FAST_TUNABLES, extra={"rendezvous": True},
+        write_config(rv, mode="tun", ipv6=False, extra={"rendezvous": True},
+                     tunables=dict(FAST_TUNABLES, registration_ttl=REGISTRATION_TTL),
                      peers=[peer_entry(n, mode="tun", endpoint=False, allowed=[]) for n in (m, b)])
         write_config(m, mode="tun", ipv6=False, tunables=FAST_TUNABLES,
                      extra={"endpoints": ["%s:%d" % (victim, 5000 + i) for i in range(7)]},
@@ -168,16 +178,22 @@ def test_no_member_turns_a_node_into_a_reflector(daemon_factory, tmp_path, sniff
         assert b.peer("m")["state"] != "established", "no direct path: m kept punching"
         m.daemon.stop()                                # m leaves
         left = time.time()
-        time.sleep(22)
+        # the rendezvous forgets m's registration (not renewed for registration_ttl)
+        wait_for(lambda: rv.status()["nat"]["rendezvous"]["peers"] == 1, timeout=REGISTRATION_TTL + 5,
+                 interval=0.25, what="the rendezvous forgets m's registration")
+        forgot = time.time()
+        # then watch the victim past both moments: 10 s after m left, and the
+        # rendezvous forgetting m, plus QUIET s
+        time.sleep(max(0.0, max(left + 10, forgot) + QUIET - time.time()))
         sent = [(p.ts, p.udp()) for p in at_victim.stop()]
         sent = [(ts, u) for ts, u in sent if u is not None and u.dst == victim]
         assert 0 < len(sent) <= REFLECTION_BOUND, "%d datagrams reached the victim (bound %d)" % (
             len(sent), REFLECTION_BOUND)
         late = [u for ts, u in sent if ts > left + 10]
-        assert late == [], "b still sent %d datagrams to the victim after m left" % len(late)
-        # the rendezvous forgot m's registration (not renewed for 20 s)
-        wait_for(lambda: rv.status()["nat"]["rendezvous"]["peers"] == 1, timeout=10, interval=0.5,
-                 what="the rendezvous forgets m's registration")
+        assert late == [], "b still sent %d datagrams to the victim after m left (%s s after)" % (
+            len(late), ", ".join("%.1f" % (ts - left) for ts, u in sent if ts > left + 10))
+        print("victim got %d datagrams, at %s s from m leaving; the rendezvous forgot m after %.1f s" % (
+            len(sent), ", ".join("%.1f" % (ts - left) for ts, _ in sent), forgot - left))
 
 
 # --------------------------------------------------------------- item 6

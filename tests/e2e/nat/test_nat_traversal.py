@@ -307,6 +307,10 @@ def test_relay_when_both_nats_map_per_destination(daemon_factory, tmp_path, wire
         assert rv.status()["nat"]["drops"] == {} or "auth_failed" not in rv.status()["nat"]["drops"]
 
 
+UPGRADE_RUN = 24        # the stream's length (s): the upgrade takes a probe interval and a
+AFTER_UPGRADE = 4       # registration (5 + 5 s; docs/nat.md), and this much of it must follow
+
+
 def test_relayed_path_upgrades_to_direct_without_breaking_tcp(daemon_factory, tmp_path, wires, datapath):
     with netns.internet(random_fully=(1, 2), udp_timeout=UDP_CONNTRACK_TIMEOUT) as net:
         core1 = wires(net.inet, "h1")
@@ -315,18 +319,30 @@ def test_relayed_path_upgrades_to_direct_without_breaking_tcp(daemon_factory, tm
         assert a.host.ns.ping(b.tun4, timeout=5)
         assert a.peer("n2")["path"] == "relayed via rv"
         with lab_iperf.Server(b.host, b.tun4):
-            client = lab_iperf.Client(a.host, b.tun4, seconds=30, extra=["-b", "20M"]).start()
-            time.sleep(3)
+            # one TCP stream at a steady rate for UPGRADE_RUN s: relayed at first,
+            # direct once the NATs change; what is checked is that it crossed
+            # the switch and kept flowing after it, not how much it carried
+            started = time.monotonic()
+            client = lab_iperf.Client(a.host, b.tun4, seconds=UPGRADE_RUN, extra=["-b", "4M"]).start()
+            time.sleep(2)
             t0 = time.monotonic()
             for r in (net.r1, net.r2):                 # both homes get endpoint-independent NATs
                 r.set_masquerade(random_fully=False, flush=True)
-            wait_for(lambda: a.peer("n2")["path"] == "direct", timeout=30, interval=0.2,
-                     what="the path upgrades to direct")
+            # the upgrade comes while the stream runs, AFTER_UPGRADE s before its end at least
+            wait_for(lambda: a.peer("n2")["path"] == "direct", timeout=UPGRADE_RUN - 2 - AFTER_UPGRADE,
+                     interval=0.2, what="the path upgrades to direct")
             upgraded = time.monotonic() - t0
+            since = time.monotonic() - started         # into the stream (its intervals start later)
+            assert client.running, "the stream is still running at the upgrade"
             out = client.result(timeout=60)
             assert out.returncode == 0, out.stderr
             intervals = out.intervals
             assert all(i["sum"]["bytes"] > 0 for i in intervals[-5:]), "the transfer kept flowing"
+            after = [i for i in intervals if i["sum"]["start"] >= since]
+            assert len(after) >= AFTER_UPGRADE - 1 and all(i["sum"]["bytes"] > 0 for i in after), \
+                "the stream crossed the switch and kept flowing after it (%.1f s into it): %s" % (
+                    since, [(round(i["sum"]["start"]), i["sum"]["bytes"]) for i in intervals])
+            print("upgraded %.1f s after the switch, %.1f s into the stream" % (upgraded, since))
         assert upgraded < 30
         assert a.peer("n2")["endpoint"] == "%s:%d" % (net.r2.wan_ip, UDP_PORT)
         send_marked(a, b)

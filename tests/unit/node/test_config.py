@@ -102,6 +102,13 @@ def test_good_file_parses_to_typed_values(tmp_path):
     assert s.peer("carol") is carol and s.peer("nobody") is None
 
 
+def test_registration_ttl_is_a_tunable_longer_than_the_renewal_interval(tmp_path):
+    s = load(tmp_path, "[tunables]\nregistration_ttl = 8\n")
+    assert s.tunables.registration_ttl == 8.0 and isinstance(s.tunables.registration_ttl, float)
+    assert Tunables().registration_ttl == 20.0
+    assert "renew" in error_of(tmp_path, "[tunables]\nregistration_ttl = 4.5\n").problem
+
+
 def test_example_config_is_valid():
     s = parse_daemon_args(["--config", str(REPO / "examples" / "phantom.toml")])
     assert s.peers and s.addresses
@@ -223,6 +230,7 @@ def test_load_settings_accepts_a_namespace(tmp_path):
     ("[firewall]\n[tunables]\nrekey_timout = 1\n", "tunables.rekey_timout"),
     ("[tunables]\nopen_attempts = 1.5\n", "tunables.open_attempts"),
     ("[tunables]\nrekey_timeout = -1\n", "tunables.rekey_timeout"),
+    ("[tunables]\nregistration_ttl = 5\n", "tunables.registration_ttl"),
     ("firewall = 3\n", "firewall"),
 ])
 def test_every_error_names_its_key(tmp_path, snippet, key):
