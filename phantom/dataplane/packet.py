@@ -185,32 +185,33 @@ class ArpInfo:
 
 
 # --- hot path: addresses only ---------------------------------------------------------
-def ip_dst(buf, offset: int = 0):
-    """The destination address (4 or 16 bytes, sliced from ``buf``) or None.
+def _address_at(v4_offset: int, v6_offset: int, name: str, doc: str):
+    """One body for :func:`ip_dst` and :func:`ip_src`: the reader of the address
+    at ``v4_offset``/``v6_offset`` of the header (a closure, so no extra call
+    per packet)."""
+    def address(buf, offset: int = 0):
+        n = len(buf) - offset
+        if n >= IPV4_HEADER_SIZE:
+            v = buf[offset] >> 4
+            if v == 4:
+                return buf[offset + v4_offset:offset + v4_offset + IPV4_ADDR_SIZE]
+            if v == 6 and n >= IPV6_HEADER_SIZE:
+                return buf[offset + v6_offset:offset + v6_offset + IPV6_ADDR_SIZE]
+        return None
 
-    Checks only the version nibble and that the header is long enough to hold
-    the address; :func:`parse_ip` does the full validation.
-    """
-    n = len(buf) - offset
-    if n >= IPV4_HEADER_SIZE:
-        v = buf[offset] >> 4
-        if v == 4:
-            return buf[offset + IPV4_DST_OFFSET:offset + IPV4_DST_OFFSET + IPV4_ADDR_SIZE]
-        if v == 6 and n >= IPV6_HEADER_SIZE:
-            return buf[offset + IPV6_DST_OFFSET:offset + IPV6_DST_OFFSET + IPV6_ADDR_SIZE]
-    return None
+    address.__name__ = address.__qualname__ = name
+    address.__doc__ = doc
+    return address
 
 
-def ip_src(buf, offset: int = 0):
-    """The source address (4 or 16 bytes, sliced from ``buf``) or None; see :func:`ip_dst`."""
-    n = len(buf) - offset
-    if n >= IPV4_HEADER_SIZE:
-        v = buf[offset] >> 4
-        if v == 4:
-            return buf[offset + IPV4_SRC_OFFSET:offset + IPV4_SRC_OFFSET + IPV4_ADDR_SIZE]
-        if v == 6 and n >= IPV6_HEADER_SIZE:
-            return buf[offset + IPV6_SRC_OFFSET:offset + IPV6_SRC_OFFSET + IPV6_ADDR_SIZE]
-    return None
+ip_dst = _address_at(IPV4_DST_OFFSET, IPV6_DST_OFFSET, "ip_dst", """\
+The destination address (4 or 16 bytes, sliced from ``buf``) or None.
+
+Checks only the version nibble and that the header is long enough to hold
+the address; :func:`parse_ip` does the full validation.
+""")
+ip_src = _address_at(IPV4_SRC_OFFSET, IPV6_SRC_OFFSET, "ip_src",
+                     "The source address (4 or 16 bytes, sliced from ``buf``) or None; see :func:`ip_dst`.")
 
 
 # --- full parse -------------------------------------------------------------------------

@@ -323,33 +323,39 @@ cdef inline uint64_t _le64(const unsigned char *p) noexcept nogil:
 # --- the engine's C API, for phantom.fastpath._testing (phantomd never calls it) -----------
 # Exported through the module (Cython's cimport): the per-packet code the
 # workers run, so that tests and benchmarks run exactly that code.
-cdef secretbox_fn fp_secretbox_fn(bint open) noexcept nogil          # libsodium's secretbox (open)
-cdef void fp_nonce(unsigned char *n, uint64_t counter) noexcept nogil  # secretbox's nonce of a counter
-cdef void fp_wipe(void *p, size_t n) noexcept nogil                  # sodium_memzero
-cdef int fp_seal_secretbox(unsigned char *buf, size_t length, uint32_t remote_index,
-                           uint64_t counter, const unsigned char *key) noexcept nogil
-cdef int fp_open_secretbox(unsigned char *buf, size_t wire_len, uint64_t counter,
-                           const unsigned char *key) noexcept nogil
-cdef int fp_seal_chacha(unsigned char *buf, size_t length, size_t mtu, uint32_t remote_index,
-                        uint64_t counter, const unsigned char *key, size_t *tail) noexcept nogil
-cdef int fp_open_chacha(unsigned char *buf, size_t wire_len, uint64_t counter,
-                        const unsigned char *key) noexcept nogil
-cdef int fp_chacha_seal_raw(unsigned char *m, size_t mlen, const unsigned char *n,
-                            const unsigned char *key, bint openssl) noexcept nogil
-cdef int fp_chacha_open_raw(unsigned char *c, size_t clen, const unsigned char *n,
-                            const unsigned char *key, bint openssl) noexcept nogil
-cdef int fp_seal_aegis(unsigned char *buf, size_t length, uint32_t remote_index,
-                       uint64_t counter, const unsigned char *key) noexcept nogil
-cdef int fp_open_aegis(unsigned char *buf, size_t wire_len, uint64_t counter,
+# The per-packet functions are inline in the workers' loops; Cython cannot
+# export an inline function, so the module exports one table of pointers to
+# them (filled once at import), not a wrapper per function.
+cdef struct fp_api:
+    secretbox_fn secretbox_seal      # libsodium's secretbox
+    secretbox_fn secretbox_open
+    void (*nonce)(unsigned char *n, uint64_t counter) noexcept nogil    # secretbox's nonce of a counter
+    void (*wipe)(void *p, size_t n) noexcept nogil                      # sodium_memzero
+    int (*seal_secretbox)(unsigned char *buf, size_t length, uint32_t remote_index,
+                          uint64_t counter, const unsigned char *key) noexcept nogil
+    int (*open_secretbox)(unsigned char *buf, size_t wire_len, uint64_t counter,
+                          const unsigned char *key) noexcept nogil
+    int (*seal_chacha)(unsigned char *buf, size_t length, size_t mtu, uint32_t remote_index,
+                       uint64_t counter, const unsigned char *key, size_t *tail) noexcept nogil
+    int (*open_chacha)(unsigned char *buf, size_t wire_len, uint64_t counter,
                        const unsigned char *key) noexcept nogil
-cdef bint fp_ossl_ready() noexcept nogil                             # OpenSSL's ChaCha20-Poly1305 bound
-cdef void fp_ossl_wipe() noexcept nogil                              # this thread's EVP contexts
+    int (*chacha_seal_raw)(unsigned char *m, size_t mlen, const unsigned char *n,
+                           const unsigned char *key, bint openssl) noexcept nogil
+    int (*chacha_open_raw)(unsigned char *c, size_t clen, const unsigned char *n,
+                           const unsigned char *key, bint openssl) noexcept nogil
+    int (*seal_aegis)(unsigned char *buf, size_t length, uint32_t remote_index,
+                      uint64_t counter, const unsigned char *key) noexcept nogil
+    int (*open_aegis)(unsigned char *buf, size_t wire_len, uint64_t counter,
+                      const unsigned char *key) noexcept nogil
+    int (*ossl_ready)() noexcept nogil                                  # OpenSSL's ChaCha20-Poly1305 bound
+    void (*ossl_wipe)() noexcept nogil                                  # this thread's EVP contexts
+    bint (*replay_check)(const fp_replay *w, uint64_t c) noexcept nogil
+    uint64_t (*sum16)(const unsigned char *p, size_t n, uint64_t acc) noexcept nogil
+    uint16_t (*fold)(uint64_t acc) noexcept nogil
+cdef const fp_api *fp_get_api() noexcept nogil
 cdef double _cipher_round_trips(int which, unsigned char *buf, size_t size, Py_ssize_t iterations,
                                 int *rc) noexcept nogil              # ciphers.pxi
-cdef bint fp_replay_check(const fp_replay *w, uint64_t c) noexcept nogil
 cdef bint _replay_update(fp_replay *w, uint64_t c) noexcept nogil    # replay.pxi
-cdef uint64_t fp_sum16(const unsigned char *p, size_t n, uint64_t acc) noexcept nogil
-cdef uint16_t fp_fold(uint64_t acc) noexcept nogil
 cdef int _fw_decide(const unsigned char *blob, size_t bloblen, int direction,
                     const unsigned char *p, size_t n, int64_t peer_id,
                     int *rule, int *reason) noexcept nogil            # firewall.pxi

@@ -174,76 +174,19 @@ include "tables.pxi"
 
 
 # --- the C API (declared in _engine.pxd) ----------------------------------------------------
-# The per-packet functions of the parts are inline in the workers' loops;
-# these wrappers give phantom.fastpath._testing the very same code to call
-# (its differential tests and benchmarks).  Nothing in the engine calls them.
-cdef secretbox_fn fp_secretbox_fn(bint open) noexcept nogil:
-    return _open_fn if open else _seal_fn
+# The per-packet functions of the parts are inline in the workers' loops; this
+# table points phantom.fastpath._testing at the very same code (its
+# differential tests and benchmarks).  Nothing in the engine calls through it.
+cdef fp_api _api
+_api.secretbox_seal, _api.secretbox_open = _seal_fn, _open_fn
+_api.nonce, _api.wipe = _nonce, _wipe
+_api.seal_secretbox, _api.open_secretbox = _seal_packet, _open_packet
+_api.seal_chacha, _api.open_chacha = _seal_chacha, _open_chacha
+_api.chacha_seal_raw, _api.chacha_open_raw = _chacha_seal_raw, _chacha_open_raw
+_api.seal_aegis, _api.open_aegis = _seal_aegis, _open_aegis
+_api.ossl_ready, _api.ossl_wipe = phantom_ossl_ready, phantom_ossl_wipe
+_api.replay_check, _api.sum16, _api.fold = _replay_check, _sum16, _fold
 
 
-cdef void fp_nonce(unsigned char *n, uint64_t counter) noexcept nogil:
-    _nonce(n, counter)
-
-
-cdef void fp_wipe(void *p, size_t n) noexcept nogil:
-    _wipe(p, n)
-
-
-cdef int fp_seal_secretbox(unsigned char *buf, size_t length, uint32_t remote_index,
-                           uint64_t counter, const unsigned char *key) noexcept nogil:
-    return _seal_packet(buf, length, remote_index, counter, key)
-
-
-cdef int fp_open_secretbox(unsigned char *buf, size_t wire_len, uint64_t counter,
-                           const unsigned char *key) noexcept nogil:
-    return _open_packet(buf, wire_len, counter, key)
-
-
-cdef int fp_seal_chacha(unsigned char *buf, size_t length, size_t mtu, uint32_t remote_index,
-                        uint64_t counter, const unsigned char *key, size_t *tail) noexcept nogil:
-    return _seal_chacha(buf, length, mtu, remote_index, counter, key, tail)
-
-
-cdef int fp_open_chacha(unsigned char *buf, size_t wire_len, uint64_t counter,
-                        const unsigned char *key) noexcept nogil:
-    return _open_chacha(buf, wire_len, counter, key)
-
-
-cdef int fp_chacha_seal_raw(unsigned char *m, size_t mlen, const unsigned char *n,
-                            const unsigned char *key, bint openssl) noexcept nogil:
-    return _chacha_seal_raw(m, mlen, n, key, openssl)
-
-
-cdef int fp_chacha_open_raw(unsigned char *c, size_t clen, const unsigned char *n,
-                            const unsigned char *key, bint openssl) noexcept nogil:
-    return _chacha_open_raw(c, clen, n, key, openssl)
-
-
-cdef int fp_seal_aegis(unsigned char *buf, size_t length, uint32_t remote_index,
-                       uint64_t counter, const unsigned char *key) noexcept nogil:
-    return _seal_aegis(buf, length, remote_index, counter, key)
-
-
-cdef int fp_open_aegis(unsigned char *buf, size_t wire_len, uint64_t counter,
-                       const unsigned char *key) noexcept nogil:
-    return _open_aegis(buf, wire_len, counter, key)
-
-
-cdef bint fp_ossl_ready() noexcept nogil:
-    return phantom_ossl_ready()
-
-
-cdef void fp_ossl_wipe() noexcept nogil:
-    phantom_ossl_wipe()
-
-
-cdef bint fp_replay_check(const fp_replay *w, uint64_t c) noexcept nogil:
-    return _replay_check(w, c)
-
-
-cdef uint64_t fp_sum16(const unsigned char *p, size_t n, uint64_t acc) noexcept nogil:
-    return _sum16(p, n, acc)
-
-
-cdef uint16_t fp_fold(uint64_t acc) noexcept nogil:
-    return _fold(acc)
+cdef const fp_api *fp_get_api() noexcept nogil:
+    return &_api

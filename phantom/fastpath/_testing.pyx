@@ -19,6 +19,9 @@ from phantom.fastpath._engine cimport *
 
 from phantom import crypto as _crypto
 
+# the engine's per-packet functions (its C API, _engine.pxd)
+cdef const fp_api *fp = fp_get_api()
+
 
 def _check_key(const unsigned char[::1] key):
     if key.shape[0] != FP_KEY_SIZE:
@@ -59,9 +62,9 @@ def seal_into(const unsigned char[::1] key, uint64_t counter, unsigned char[::1]
     _check_key(key)
     if offset < FP_MAC_SIZE or length < 0 or offset + length > buf.shape[0]:
         raise ValueError("bad buffer geometry")
-    fp_nonce(n, counter)
+    fp.nonce(n, counter)
     with nogil:
-        rc = fp_secretbox_fn(False)(&buf[offset - FP_MAC_SIZE], &buf[0] + offset, length, n, &key[0])
+        rc = fp.secretbox_seal(&buf[offset - FP_MAC_SIZE], &buf[0] + offset, length, n, &key[0])
     if rc != 0:
         raise _crypto.CryptoError("secretbox seal failed")
 
@@ -76,9 +79,9 @@ def open_into(const unsigned char[::1] key, uint64_t counter, unsigned char[::1]
         raise ValueError("bad buffer geometry")
     if length < FP_MAC_SIZE:
         return False
-    fp_nonce(n, counter)
+    fp.nonce(n, counter)
     with nogil:
-        rc = fp_secretbox_fn(True)(&buf[0] + offset + FP_MAC_SIZE, &buf[0] + offset, length, n, &key[0])
+        rc = fp.secretbox_open(&buf[0] + offset + FP_MAC_SIZE, &buf[0] + offset, length, n, &key[0])
     return rc == 0
 
 
@@ -94,7 +97,7 @@ def seal_packet(const unsigned char[::1] key, uint32_t remote_index, uint64_t co
     if n:
         memcpy(p + FP_PAYLOAD_OFFSET, &plaintext[0], n)
     with nogil:
-        rc = fp_seal_secretbox(p, n, remote_index, counter, &key[0])
+        rc = fp.seal_secretbox(p, n, remote_index, counter, &key[0])
     if rc != 0:
         raise _crypto.CryptoError("secretbox seal failed")
     return bytes(out)
@@ -108,9 +111,9 @@ def seal_open_inplace(const unsigned char[::1] key, uint64_t counter, unsigned c
     if FP_PAYLOAD_OFFSET + length > buf.shape[0]:
         raise ValueError("bad buffer geometry")
     with nogil:
-        rc = fp_seal_secretbox(&buf[0], length, 0, counter, &key[0])
+        rc = fp.seal_secretbox(&buf[0], length, 0, counter, &key[0])
         if rc == 0:
-            rc = fp_open_secretbox(&buf[0], FP_PAYLOAD_OFFSET + length, counter, &key[0])
+            rc = fp.open_secretbox(&buf[0], FP_PAYLOAD_OFFSET + length, counter, &key[0])
     return rc == 0
 
 
@@ -125,13 +128,13 @@ cdef object _seal_packet(const unsigned char[::1] key, uint32_t remote_index, ui
     cdef int rc
     with nogil:
         if aegis:
-            rc = fp_seal_aegis(buf, n, remote_index, counter, &key[0])
+            rc = fp.seal_aegis(buf, n, remote_index, counter, &key[0])
         else:
-            rc = fp_seal_chacha(buf, n, mtu, remote_index, counter, &key[0], &tail)
-            fp_ossl_wipe()
+            rc = fp.seal_chacha(buf, n, mtu, remote_index, counter, &key[0], &tail)
+            fp.ossl_wipe()
     out = PyBytes_FromStringAndSize(<char *>buf + FP_HEADER_SIZE, FP_HEADER_SIZE + n + tail)
     if aegis:
-        fp_wipe(buf, FP_PAYLOAD_OFFSET + n + FP_TAIL_ROOM)
+        fp.wipe(buf, FP_PAYLOAD_OFFSET + n + FP_TAIL_ROOM)
     free(buf)
     if rc != 0:
         raise _crypto.CryptoError("aegis256 seal failed" if aegis else "chacha20poly1305 seal failed")
@@ -153,16 +156,16 @@ cdef object _open_packet(const unsigned char[::1] key, const unsigned char[::1] 
     buf = _datagram_copy(datagram)
     with nogil:
         if aegis:
-            rc = fp_open_aegis(buf, n, _le64(buf + 8), &key[0])
+            rc = fp.open_aegis(buf, n, _le64(buf + 8), &key[0])
         else:
-            rc = fp_open_chacha(buf, n, _le64(buf + 8), &key[0])
-            fp_ossl_wipe()
+            rc = fp.open_chacha(buf, n, _le64(buf + 8), &key[0])
+            fp.ossl_wipe()
     out = None
     if rc == 0:
         out = (_le32(buf + 4), _le64(buf + 8),
                PyBytes_FromStringAndSize(<char *>buf + FP_HEADER_SIZE, plain))
     if aegis:
-        fp_wipe(buf, n)
+        fp.wipe(buf, n)
     free(buf)
     return out
 
@@ -199,8 +202,8 @@ def bench_seal_open(Py_ssize_t size, Py_ssize_t iterations, bint raw=False):
     per-packet functions (header, nonce from the counter, in place)."""
     cdef unsigned char *buf = <unsigned char *>calloc(FP_PAYLOAD_OFFSET + size + FP_TAIL_ROOM, 1)
     cdef unsigned char *out = <unsigned char *>calloc(FP_PAYLOAD_OFFSET + size + 16, 1)
-    cdef secretbox_fn seal = fp_secretbox_fn(False)
-    cdef secretbox_fn unseal = fp_secretbox_fn(True)
+    cdef secretbox_fn seal = fp.secretbox_seal
+    cdef secretbox_fn unseal = fp.secretbox_open
     cdef unsigned char key[32]
     cdef unsigned char n[24]
     cdef Py_ssize_t i
@@ -241,7 +244,7 @@ def bench_cipher(str name, Py_ssize_t size, Py_ssize_t iterations):
     cdef unsigned char *buf
     cdef int rc = 0
     cdef double seconds
-    if which == 3 and not fp_ossl_ready():
+    if which == 3 and not fp.ossl_ready():
         raise ValueError("libcrypto is not available")
     buf = <unsigned char *>calloc(FP_PAYLOAD_OFFSET + size + FP_TAIL_ROOM, 1)
     if buf == NULL:
@@ -275,7 +278,7 @@ def chacha_crosscheck(Py_ssize_t iterations, uint64_t seed, Py_ssize_t max_len=3
     cdef uint64_t st = seed | 1
     cdef Py_ssize_t i, j, size
     cdef long bad = 0
-    if not fp_ossl_ready():
+    if not fp.ossl_ready():
         free(a)
         free(b)
         free(m)
@@ -296,15 +299,15 @@ def chacha_crosscheck(Py_ssize_t iterations, uint64_t seed, Py_ssize_t max_len=3
                 m[j] = <unsigned char>_xorshift(&st)
             memcpy(a, m, size)
             memcpy(b, m, size)
-            if fp_chacha_seal_raw(a, size, n, key, True) != 0 or fp_chacha_seal_raw(b, size, n, key, False) != 0:
+            if fp.chacha_seal_raw(a, size, n, key, True) != 0 or fp.chacha_seal_raw(b, size, n, key, False) != 0:
                 bad += 1
                 continue
             if memcmp(a, b, size + 16) != 0:
                 bad += 1
                 continue
-            if fp_chacha_open_raw(a, size + 16, n, key, True) != 0 or memcmp(a, m, size) != 0:
+            if fp.chacha_open_raw(a, size + 16, n, key, True) != 0 or memcmp(a, m, size) != 0:
                 bad += 1
-        fp_ossl_wipe()
+        fp.ossl_wipe()
     free(a)
     free(b)
     free(m)
@@ -330,7 +333,7 @@ cdef class ReplayWindow:
     def check(self, counter):
         if counter < 0 or counter >= 2 ** 64:
             return False
-        return fp_replay_check(&self.w, counter)
+        return fp.replay_check(&self.w, counter)
 
     def update(self, counter):
         if counter < 0 or counter >= 2 ** 64:
@@ -347,7 +350,7 @@ def inet_sum(const unsigned char[::1] data, Py_ssize_t offset=0):
         raise ValueError("offset")
     if n == 0 or offset == n:
         return 0
-    return fp_fold(fp_sum16(&data[0] + offset, n - offset, 0))
+    return fp.fold(fp.sum16(&data[0] + offset, n - offset, 0))
 
 
 def bench_sum16(Py_ssize_t size, Py_ssize_t iterations):
@@ -364,7 +367,7 @@ def bench_sum16(Py_ssize_t size, Py_ssize_t iterations):
         t0 = _now()
         for i in range(iterations):
             buf[0] = <unsigned char>i
-            acc += fp_sum16(buf, size, 0)
+            acc += fp.sum16(buf, size, 0)
         t1 = _now()
     free(buf)
     return (t1 - t0), acc

@@ -93,25 +93,32 @@ _ICMP4_ERRORS = (3, 4, 5, 11, 12)
 _ICMP6_ERRORS = (1, 2, 3, 4)
 
 
+def _version(packet, off: int, end: int) -> int:
+    """4 or 6 when the packet at ``off`` is IPv4/IPv6 and its fixed header (20/40
+    bytes) stands whole before ``end``; else 0.  Both parsers start with it."""
+    if end - off < 1:
+        return 0
+    ver = packet[off] >> 4
+    if ver == 4:
+        return 4 if end - off >= 20 else 0
+    if ver == 6:
+        return 6 if end - off >= 40 else 0
+    return 0
+
+
 def parse_ip(packet, off: int):
     """Minimal IPv4/IPv6 parse.  Returns None if malformed, else
     (family 0/1, src int, dst int, proto, l4 offset, end, frag_offset (8-byte
     units), more_fragments, ip id)."""
     n = len(packet)
-    if n - off < 1:
-        return None
-    ver = packet[off] >> 4
+    ver = _version(packet, off, n)
     if ver == 4:
-        if n - off < 20:
-            return None
         vihl, _, tlen, ident, frag, _, proto, _, src, dst = _V4.unpack_from(packet, off)
         ihl = (vihl & 15) << 2
         if ihl < 20 or tlen < ihl or off + tlen > n:
             return None
         return (0, src, dst, proto, off + ihl, off + tlen, frag & 0x1FFF, frag & 0x2000, ident)
     if ver == 6:
-        if n - off < 40:
-            return None
         _, plen, nh, _, s, d = _V6.unpack_from(packet, off)
         end = off + 40 + plen
         if end > n:
@@ -168,12 +175,8 @@ def _icmp_info(packet, p: int, end: int, fam: int, proto: int, peer_id: int, src
 def _parse_quoted(packet, off: int, end: int, peer_id: int):
     """The packet quoted in an ICMP error (usually truncated: only its header
     and the first 8 transport bytes are needed)."""
-    if end - off < 1:
-        return None
-    ver = packet[off] >> 4
+    ver = _version(packet, off, end)
     if ver == 4:
-        if end - off < 20:
-            return None
         vihl = packet[off]
         proto = packet[off + 9]
         src, dst = struct.unpack_from("!II", packet, off + 12)
@@ -182,8 +185,6 @@ def _parse_quoted(packet, off: int, end: int, peer_id: int):
         if _U16.unpack_from(packet, off + 6)[0] & 0x1FFF:
             return None
     elif ver == 6:
-        if end - off < 40:
-            return None
         proto = packet[off + 6]
         src = int.from_bytes(packet[off + 8:off + 24], "big")
         dst = int.from_bytes(packet[off + 24:off + 40], "big")

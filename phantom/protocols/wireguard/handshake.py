@@ -69,39 +69,46 @@ def responder_hash(static_public: bytes) -> bytes:
 
 
 @dataclass
-class InitiatorState:
+class _HalfDone:
+    """What either side keeps of a handshake between two messages: the Noise
+    chaining key and hash, plus the side's own secrets (``_secrets``); clear()
+    zeroes them all and marks the handshake done."""
+
+    chaining_key: bytearray = field(repr=False)
+    hash: bytes = field(repr=False)
+    done: bool = field(default=False, kw_only=True)
+
+    def _secrets(self) -> tuple:
+        return (self.chaining_key,)
+
+    def clear(self) -> None:
+        wipe(*self._secrets())
+        self.done = True
+
+
+@dataclass
+class InitiatorState(_HalfDone):
     """What the initiator keeps between its initiation and the response."""
 
     sender_index: int
     remote_static: bytes
     timestamp: bytes
-    chaining_key: bytearray = field(repr=False)
-    hash: bytes = field(repr=False)
     ephemeral_private: bytearray = field(repr=False)
     local_static_private: bytearray = field(repr=False)
     preshared_key: bytearray = field(repr=False)
-    done: bool = False
 
-    def clear(self) -> None:
-        wipe(self.chaining_key, self.ephemeral_private, self.local_static_private,
-              self.preshared_key)
-        self.done = True
+    def _secrets(self) -> tuple:
+        return (self.chaining_key, self.ephemeral_private, self.local_static_private,
+                self.preshared_key)
 
 
 @dataclass
-class ResponderState:
+class ResponderState(_HalfDone):
     """A valid initiation, kept until the engine decides to answer it."""
 
     remote_index: int
     remote_static: bytes
     remote_ephemeral: bytes
-    chaining_key: bytearray = field(repr=False)
-    hash: bytes = field(repr=False)
-    done: bool = False
-
-    def clear(self) -> None:
-        wipe(self.chaining_key)
-        self.done = True
 
 
 @dataclass(frozen=True)
@@ -150,7 +157,7 @@ def create_initiation(local_static_priv, remote_static_pub, sender_index: int, t
     msg = wgw.Initiation(sender_index, e_pub, enc_static, enc_ts).pack()
     if cookie_gen is not None:
         msg = cookie_gen.add_macs(msg)
-    state = InitiatorState(sender_index, r_pub, bytes(timestamp12), bytearray(c), h,
+    state = InitiatorState(bytearray(c), h, sender_index, r_pub, bytes(timestamp12),
                            bytearray(e_priv), bytearray(s_priv), bytearray(q))
     return msg, state
 
@@ -215,7 +222,7 @@ def consume_initiation(local_static_priv, msg_bytes, *,
         tai64n.decode(ts)
     except tai64n.TimestampError as exc:
         raise HandshakeError("initiation carries an invalid timestamp") from exc
-    state = ResponderState(init.sender_index, s_i, e_i, bytearray(c), h)
+    state = ResponderState(bytearray(c), h, init.sender_index, s_i, e_i)
     return InitiationInfo(s_i, ts, init.sender_index, state)
 
 
