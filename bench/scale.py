@@ -158,6 +158,21 @@ class LoadMeter:
                 "machine_cpus": os.cpu_count()}
 
 
+def udp_drops(pid: int, port: int = PORT) -> int | None:
+    """Datagrams the kernel dropped at ``pid``'s namespace's UDP sockets on
+    ``port`` (the receive buffer was full): /proc/PID/net/udp{,6}'s drops."""
+    total, found = 0, False
+    for name in ("udp", "udp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]:
+                f = line.split()
+                with contextlib.suppress(IndexError, ValueError):
+                    if int(f[1].rsplit(":", 1)[1], 16) == port:
+                        total += int(f[-1])
+                        found = True
+    return total if found else None
+
+
 def idle_cpu(pid: int, seconds: float) -> float | None:
     m = e2e.CpuMeter({"hub": pid})
     m.start()
@@ -311,11 +326,13 @@ def run_hsload(topo, impl: str, keys: Keys, n: int, work: Path, args, hub_pid: i
     meter = e2e.CpuMeter({"hub": hub_pid})
     load = LoadMeter(hub_pid)
     try:
+        drops0 = udp_drops(hub_pid)
         meter.start()
         load.start()
         cp = topo.b.run(argv, check=False, timeout=args.hs_seconds + 120)
         cpu = meter.stop()["hub"]
         during = load.stop()
+        drops1 = udp_drops(hub_pid)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pinger.pid, signal.SIGINT)
@@ -329,6 +346,7 @@ def run_hsload(topo, impl: str, keys: Keys, n: int, work: Path, args, hub_pid: i
     res = json.loads(cp.stdout.strip().splitlines()[-1])
     res["hub_cpu_percent"] = cpu
     res.update(during)
+    res["hub_udp_receive_drops"] = None if drops0 is None or drops1 is None else drops1 - drops0
     loss = None
     for line in ping_out.splitlines():
         if "packet loss" in line:
@@ -380,9 +398,14 @@ def bench_one(topo, impl: str, n: int, keys: Keys, work: Path, args, log) -> dic
         if args.hs_seconds and n > 1:
             hs = run_hsload(topo, impl, keys, n, d, args, hub.pid)
             res["handshakes"] = hs
+            if hub.api is not None:         # phantomd: what its engine dropped, and why
+                with contextlib.suppress(Exception):
+                    st = hub.api.api("GET", "/status", timeout=60)
+                    hs["hub_handshake_drops"] = st.body.get("handshake_drops")
             log(f"  {impl} N={n}: {hs['handshakes_per_s']} handshakes/s ({hs['keys']} keys, "
                 f"{hs['sources']} sources; cookies {hs['cookie_replies']}, lost {hs['lost']}, "
                 f"hub CPU {hs['hub_cpu_percent']}% (busiest thread {hs['hub_busiest_thread_percent']}%), "
+                f"hub UDP receive drops {hs['hub_udp_receive_drops']}, "
                 f"generator CPU {hs['generator_cpu_percent']}%, machine busy {hs['machine_busy_percent']}% "
                 f"of {hs['machine_cpus']} CPUs, tunnel ping loss "
                 f"{hs['tunnel_ping_loss_percent_during_load']}%)")

@@ -182,6 +182,7 @@ class Engine(Timers, AllowedIPs, Admission):
         self._by_name.setdefault(peer.name, []).append(peer)
         self._index_routes(peer)
         self._wake(peer)
+        proto.peer_added(public_key)
         return peer
 
     # ========================================================= the active set
@@ -283,6 +284,7 @@ class Engine(Timers, AllowedIPs, Admission):
         self.active.pop(peer_id, None)
         self._slept.pop(peer_id, None)
         del self._by_key[peer.public_key]
+        peer.proto.peer_removed(peer.public_key)
         same = self._by_name.get(peer.name, [])
         if peer in same:
             same.remove(peer)
