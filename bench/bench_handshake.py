@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/bench_handshake.py [--peers 1000] [--count 2000] [--profile]
                                               [--form 164|166|attached] [--attachment 532]
+                                              [--datapath fast --ticks 21]
 
 CPU time (process_time: every thread of the process, so the C responder's
 helper threads count too), so a busy machine slows it less than wall time;
@@ -34,6 +35,7 @@ import argparse
 import os
 import cProfile
 import pstats
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -74,7 +76,8 @@ def main(argv=None) -> int:
                    help="with --datapath: then time this many timer ticks over the peers that "
                         "handshook, as the executor ticks (the data path's counters read + "
                         "Engine.tick), reading every active peer's counters (counters_many) and "
-                        "only the changed ones (counters_changed): CPU ms per tick, medians")
+                        "only the changed ones (counters_changed): CPU ms per tick, medians "
+                        "(TICK_PROFILE=1 in the environment: a cProfile of the changed-only ticks too)")
     a = p.parse_args(argv)
     native = a.responder == "c" or (a.responder == "auto" and a.datapath == "fast")
     hub = bytearray(crypto.x25519_private())
@@ -160,8 +163,6 @@ def main(argv=None) -> int:
     else:
         us, answered = engine_path()
     if a.ticks and do is not None:
-        import statistics
-
         def ticks(read, changed_only):
             out = []
             for _ in range(a.ticks):
