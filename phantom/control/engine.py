@@ -541,10 +541,13 @@ class Engine(Timers, AllowedIPs, Admission):
         self.drops["malformed"] += 1
         return []
 
-    def _check_macs(self, data: bytes, addr: tuple, sender_index: int, proto) -> Optional[list]:
+    def _check_macs(self, data: bytes, addr: tuple, proto, sender_index: Optional[int] = None) -> Optional[list]:
         """mac1 always; under load mac2 (else a cookie reply) and a per-source
         rate limit, with ``proto``'s checker.  Returns None to go on, or the
-        actions that end it here."""
+        actions that end it here.  ``sender_index``: the index a cookie reply
+        goes to; None for an initiation, whose header is read for it only
+        when a cookie reply is made (an answered initiation's is read once,
+        by the Noise step)."""
         checker = proto.checker
         if not checker.check_mac1(data):
             self.drops["bad_mac1"] += 1
@@ -555,6 +558,8 @@ class Engine(Timers, AllowedIPs, Admission):
                     self.drops["rate_limited"] += 1
                     return []
                 self.drops["cookie_sent"] += 1
+                if sender_index is None:
+                    sender_index = proto.initiation_sender(data)
                 return [A.SendDatagram(checker.create_reply(data, sender_index, addr), addr)]
             if not self._limiter.allow(addr):
                 self.drops["rate_limited"] += 1
@@ -597,7 +602,7 @@ class Engine(Timers, AllowedIPs, Admission):
         results: list = [None] * len(items)
         go = []
         for k, (data, addr) in enumerate(items):
-            stop = self._check_macs(data, addr, proto.initiation_sender(data), proto)
+            stop = self._check_macs(data, addr, proto)
             if stop is not None:
                 results[k] = stop
             else:
@@ -624,8 +629,7 @@ class Engine(Timers, AllowedIPs, Admission):
         return results
 
     def _on_initiation(self, data: bytes, addr: tuple, proto) -> list:
-        sender = proto.initiation_sender(data)
-        stop = self._check_macs(data, addr, sender, proto)
+        stop = self._check_macs(data, addr, proto)
         if stop is not None:
             return stop
         try:
@@ -704,7 +708,7 @@ class Engine(Timers, AllowedIPs, Admission):
 
     def _on_response(self, data: bytes, addr: tuple, proto) -> list:
         sender_index, receiver_index = proto.response_indexes(data)
-        stop = self._check_macs(data, addr, sender_index, proto)
+        stop = self._check_macs(data, addr, proto, sender_index)
         if stop is not None:
             return stop
         entry = self._indexes.get(receiver_index)

@@ -299,6 +299,35 @@ def make_pair(tunables=None, native=True):
     return a, b, pa, pb, clock, wall
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_an_answered_initiation_reads_its_header_once(native):
+    """The engine reads an initiation's sender index for a cookie reply only
+    (the Noise step reads the header anyway): an answered initiation, one
+    by one or in a batch, costs no extra unpack; a cookie reply still goes
+    to the initiation's sender index."""
+    from phantom.protocols.phantom.protocol import PhantomHandshakes
+    for batch in (False, True):
+        a, b, pa, pb, clock, wall = make_pair(native=native)
+        (proto,) = [p for p in b._protocols.values() if isinstance(p, PhantomHandshakes)]
+        calls = []
+        real = proto.initiation_sender
+        proto.initiation_sender = lambda data: calls.append(1) or real(data)
+        wall.advance(0.01)
+        (init,) = sends(a.open(pa.id))
+        if batch:
+            out = [x for acts in b.handle_datagrams([(init.data, ADDR_A)] * 2) for x in acts]
+        else:
+            out = b.handle_datagram(init.data, ADDR_A)
+        assert of(out, A.InstallKeypair) and calls == []
+    b._load.record = lambda: True                  # under load: no mac2, so a cookie reply
+    wall.advance(0.01)
+    pa.pending = None
+    (init,) = sends(a._send_initiation(pa))
+    (reply,) = sends(b.handle_datagram(init.data, ADDR_A))
+    assert len(calls) == 1
+    assert wire.CookieReply.unpack(reply.data).receiver_index == wire.Initiation.unpack(init.data).sender_index
+
+
 def test_engine_native_flag_picks_the_responder():
     from phantom.protocols.phantom.protocol import PhantomHandshakes
     for native in (True, False):
