@@ -349,3 +349,27 @@ def test_update_peer_checks_everything_before_it_changes_anything():
     assert wg.persistent_keepalive == 25.0
     e.update_peer(wg.id, preshared_key=None)
     assert wg.preshared_key is None
+
+
+def test_session_indexes_draw_the_csprng_a_chunk_at_a_time(monkeypatch):
+    """An engine's handshake and session indexes (RandomIndexes, the
+    default index source) come from crypto.random_bytes a 4 KiB chunk at a
+    time -- one system call per 1,024 indexes, not one per index -- each
+    byte used once, little-endian u32s as before; a forked child (another
+    pid) draws afresh rather than repeat its parent's."""
+    from phantom.control import engine as engine_mod
+    draws = []
+    real = crypto.random_bytes
+    monkeypatch.setattr(engine_mod.crypto, "random_bytes", lambda n: draws.append(n) or real(n))
+    monkeypatch.setattr(engine_mod.crypto, "random_u32", lambda: draws.append(4) or
+                        int.from_bytes(real(4), "little"))
+    hub = Engine(_key(), Tunables(), clock=Clock(), wall_clock=Clock(1.7e9))
+    draws.clear()
+    got = [hub._alloc_index("session", 1) for _ in range(2048)]
+    assert len(set(got)) == 2048
+    assert 1 <= len(draws) <= 3, "%d draws of randomness for 2,048 indexes" % len(draws)
+    assert set(draws) == {engine_mod.RandomIndexes.CHUNK}
+    src = engine_mod.RandomIndexes(draw=lambda n: bytes(range(256)) * (n // 256))
+    assert [src() for _ in range(2)] == [0x03020100, 0x07060504]
+    monkeypatch.setattr(engine_mod.os, "getpid", lambda: -1)   # as in a forked child
+    assert src() == 0x03020100
