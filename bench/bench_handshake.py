@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/bench_handshake.py [--peers 1000] [--count 2000] [--profile]
                                               [--form 164|166|attached] [--attachment 532]
+                                              [--datapath fast --ticks 21]
 
 CPU time (process_time: every thread of the process, so the C responder's
 helper threads count too), so a busy machine slows it less than wall time;
@@ -34,6 +35,7 @@ import argparse
 import os
 import cProfile
 import pstats
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -70,6 +72,12 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1,
                    help="hand the engine this many initiations a call (Engine.handle_datagrams, as "
                         "phantomd --fast does with what arrived together, 16 at a time); 1: one by one")
+    p.add_argument("--ticks", type=int, default=0,
+                   help="with --datapath: then time this many timer ticks over the peers that "
+                        "handshook, as the executor ticks (the data path's counters read + "
+                        "Engine.tick), reading every active peer's counters (counters_many) and "
+                        "only the changed ones (counters_changed): CPU ms per tick, medians "
+                        "(TICK_PROFILE=1 in the environment: a cProfile of the changed-only ticks too)")
     a = p.parse_args(argv)
     native = a.responder == "c" or (a.responder == "auto" and a.datapath == "fast")
     hub = bytearray(crypto.x25519_private())
@@ -154,6 +162,26 @@ def main(argv=None) -> int:
         pstats.Stats(pr).sort_stats(os.environ.get("SORT", "tottime")).print_stats(int(os.environ.get("TOP", "15")))
     else:
         us, answered = engine_path()
+    if a.ticks and do is not None:
+        def ticks(read, changed_only):
+            out = []
+            for _ in range(a.ticks):
+                t0 = time.process_time()
+                eng.tick(read(eng.active_ids()), changed_only=changed_only)
+                out.append((time.process_time() - t0) * 1e3)
+            return out
+        every = ticks(dp.counters_many, False)
+        changed = ticks(dp.counters_changed, True)
+        if os.environ.get("TICK_PROFILE"):
+            pr = cProfile.Profile()
+            pr.enable()
+            ticks(dp.counters_changed, True)
+            pr.disable()
+            pstats.Stats(pr).sort_stats("tottime").print_stats(8)
+        print(f"tick over {len(eng.active_ids())} active peers (counters read + Engine.tick), CPU ms, "
+              f"median of {a.ticks}: every peer's counters {statistics.median(every):.2f}, "
+              f"changed only {statistics.median(changed[1:] or changed):.2f} "
+              f"(the first of these, which reads all: {changed[0]:.2f})")
     checker = CookieChecker(hub_pub, time.monotonic, 120.0)
     t0 = time.process_time()
     for m in msgs:

@@ -49,6 +49,7 @@ import hmac
 import ipaddress
 import json
 import os
+import resource
 import selectors
 import socket
 import struct
@@ -373,6 +374,9 @@ def main(argv=None) -> int:
     proto = PROTOS[a.proto](base64.b64decode(a.hub_pub))
     privs = load_keys(a.keys, a.max_keys)
     sources = source_addresses(a.sources, a.max_sources)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < len(sources) + 64:            # a socket per source address
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(len(sources) + 64, hard), hard))
     pool = a.pool or int(25000 * (a.seconds + a.warmup)) + a.window
     res = run(proto, (host, int(port)), privs, sources, a.seconds, a.window, a.warmup, a.timeout, pool)
     print(json.dumps(res))

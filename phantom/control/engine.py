@@ -40,6 +40,7 @@ its confirming keepalive (and staged packets, which the install flushes).
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from collections import Counter
@@ -78,6 +79,32 @@ def _check_keying(proto, preshared_key, suites) -> None:
         raise ValueError("only a Phantom peer has cipher suites")
 
 
+class RandomIndexes:
+    """Handshake and session indexes: uniform random 32-bit numbers from
+    the system's CSPRNG (libsodium's randombytes), drawn :attr:`CHUNK`
+    bytes at a time, each byte used once: one getrandom() call per 1,024
+    indexes rather than one per index (a hub answering thousands of
+    initiations a second spent ~5 % of its event-loop thread in that
+    syscall).  A forked child draws afresh, never its parent's bytes."""
+
+    CHUNK = 4096
+
+    def __init__(self, draw: Optional[Callable[[int], bytes]] = None) -> None:
+        self._draw = draw                 # None: crypto.random_bytes
+        self._buf = b""
+        self._pos = 0
+        self._pid = None
+
+    def __call__(self) -> int:
+        pos = self._pos
+        if pos + 4 > len(self._buf) or self._pid != os.getpid():
+            self._buf = (self._draw or crypto.random_bytes)(self.CHUNK)
+            self._pid = os.getpid()
+            pos = 0
+        self._pos = pos + 4
+        return int.from_bytes(self._buf[pos:pos + 4], "little")
+
+
 class Engine(Timers, AllowedIPs, Admission):
     def __init__(self, private_key: bytearray, tunables: Tunables, *,
                  clock: Clock = time.monotonic, wall_clock: Clock = time.time,
@@ -94,7 +121,7 @@ class Engine(Timers, AllowedIPs, Admission):
         self.clock = clock
         self.wall = wall_clock
         self._rng = rng or random.SystemRandom()
-        self._new_index = index_source or crypto.random_u32
+        self._new_index = index_source or RandomIndexes()
         self._ts = tai64n.Tai64nClock(wall_clock)
         # Each protocol's message code and our mac1/mac2 checker for it; a peer
         # points at the one it speaks (protocols.py).  Load and rate limits are shared.
@@ -182,6 +209,7 @@ class Engine(Timers, AllowedIPs, Admission):
         self._by_name.setdefault(peer.name, []).append(peer)
         self._index_routes(peer)
         self._wake(peer)
+        proto.peer_added(public_key)
         return peer
 
     # ========================================================= the active set
@@ -283,6 +311,7 @@ class Engine(Timers, AllowedIPs, Admission):
         self.active.pop(peer_id, None)
         self._slept.pop(peer_id, None)
         del self._by_key[peer.public_key]
+        peer.proto.peer_removed(peer.public_key)
         same = self._by_name.get(peer.name, [])
         if peer in same:
             same.remove(peer)
@@ -539,10 +568,13 @@ class Engine(Timers, AllowedIPs, Admission):
         self.drops["malformed"] += 1
         return []
 
-    def _check_macs(self, data: bytes, addr: tuple, sender_index: int, proto) -> Optional[list]:
+    def _check_macs(self, data: bytes, addr: tuple, proto, sender_index: Optional[int] = None) -> Optional[list]:
         """mac1 always; under load mac2 (else a cookie reply) and a per-source
         rate limit, with ``proto``'s checker.  Returns None to go on, or the
-        actions that end it here."""
+        actions that end it here.  ``sender_index``: the index a cookie reply
+        goes to; None for an initiation, whose header is read for it only
+        when a cookie reply is made (an answered initiation's is read once,
+        by the Noise step)."""
         checker = proto.checker
         if not checker.check_mac1(data):
             self.drops["bad_mac1"] += 1
@@ -553,6 +585,8 @@ class Engine(Timers, AllowedIPs, Admission):
                     self.drops["rate_limited"] += 1
                     return []
                 self.drops["cookie_sent"] += 1
+                if sender_index is None:
+                    sender_index = proto.initiation_sender(data)
                 return [A.SendDatagram(checker.create_reply(data, sender_index, addr), addr)]
             if not self._limiter.allow(addr):
                 self.drops["rate_limited"] += 1
@@ -595,7 +629,7 @@ class Engine(Timers, AllowedIPs, Admission):
         results: list = [None] * len(items)
         go = []
         for k, (data, addr) in enumerate(items):
-            stop = self._check_macs(data, addr, proto.initiation_sender(data), proto)
+            stop = self._check_macs(data, addr, proto)
             if stop is not None:
                 results[k] = stop
             else:
@@ -622,8 +656,7 @@ class Engine(Timers, AllowedIPs, Admission):
         return results
 
     def _on_initiation(self, data: bytes, addr: tuple, proto) -> list:
-        sender = proto.initiation_sender(data)
-        stop = self._check_macs(data, addr, sender, proto)
+        stop = self._check_macs(data, addr, proto)
         if stop is not None:
             return stop
         try:
@@ -702,7 +735,7 @@ class Engine(Timers, AllowedIPs, Admission):
 
     def _on_response(self, data: bytes, addr: tuple, proto) -> list:
         sender_index, receiver_index = proto.response_indexes(data)
-        stop = self._check_macs(data, addr, sender_index, proto)
+        stop = self._check_macs(data, addr, proto, sender_index)
         if stop is not None:
             return stop
         entry = self._indexes.get(receiver_index)

@@ -124,6 +124,9 @@ class Peer:
     # while the times in its counters equal tick_seen and no event touched it
     tick_until: float = float("-inf")
     tick_seen: Optional[tuple] = None
+    # the counters the tick was last given for this peer (tick(changed_only=True)
+    # is given only the peers whose counter times changed; the others keep these)
+    tick_counters: Optional[object] = None
 
     @property
     def cipher(self) -> Optional[int]:

@@ -49,12 +49,21 @@ log = logging.getLogger("phantom.control")
 class Timers:
     """The timer rules of the engine (inherited by Engine)."""
 
-    def tick(self, counters: dict) -> list:
+    def tick(self, counters: dict, changed_only: bool = False) -> list:
         """Run every timer rule once for every active peer.  ``counters``:
         peer id -> PeerCounters, at least for :meth:`active_ids` (a sleeping
-        peer's counters, when given and changed, wake it)."""
+        peer's counters, when given and changed, wake it).  ``changed_only``:
+        ``counters`` holds only the active peers whose counter times changed
+        since the last such tick (DataPath.counters_changed); every other
+        active peer's are those it was last given."""
         now = self.clock()
         out: list = []
+        if changed_only:
+            peers = self.peers
+            for pid, c in counters.items():
+                peer = peers.get(pid)
+                if peer is not None:
+                    peer.tick_counters = c
         if len(counters) > len(self.active):
             slept = self._slept
             for pid, c in counters.items():
@@ -68,7 +77,12 @@ class Timers:
                 peer.tick_until = float("-inf")
         for pid in sorted(active):          # configuration order, as when every peer was walked
             peer = active[pid]
-            c = counters.get(peer.id) or empty
+            if changed_only:
+                if now < peer.tick_until and pid not in counters:
+                    continue                # neither its deadline nor its counters moved
+                c = peer.tick_counters or empty
+            else:
+                c = counters.get(pid) or empty
             seen = (c.last_rx, c.last_tx, c.last_data_rx, c.last_data_tx)   # what the rules read
             if now < peer.tick_until and seen == peer.tick_seen:
                 continue                    # nothing can fire yet (see _next_due)
@@ -87,6 +101,7 @@ class Timers:
             else:
                 peer.tick_until = self._next_due(peer, c, now)
                 peer.tick_seen = seen
+                peer.tick_counters = c
         return out
 
     # margin for the float arithmetic of the rules' own comparisons (now - x < T)

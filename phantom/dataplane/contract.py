@@ -141,6 +141,15 @@ class DataPath(Protocol):
         :meth:`counters` of each, read in one go (the timer tick's read:
         the fast path holds its table lock once, not once a peer)."""
 
+    def counters_changed(self, peer_ids: list) -> dict:
+        """:meth:`counters_many` for only those of ``peer_ids`` whose counter
+        times (last_rx, last_tx, last_data_rx, last_data_tx) changed since
+        this method last reported them, or that it never reported (a peer
+        removed and added again counts as never reported).  For one reader,
+        the timer tick, which keeps what it was last given for the others:
+        a hub whose 10,000 peers handshook and went quiet reads almost
+        nothing a tick."""
+
     def global_drops(self) -> dict:
         """{Drop.name.lower(): count} over every drop, peer known or not."""
 

@@ -197,6 +197,13 @@ class _FirewallHook:
             dp._fwd.send_packet(peer_id, reply)
 
 
+def _peer_counters(c: tuple) -> PeerCounters:
+    """PeerCounters from a Forwarder.counters_many tuple."""
+    drops = c[9]
+    return PeerCounters(c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8],
+                        {_DROP_NAMES[i]: n for i, n in enumerate(drops) if n} if any(drops) else {})
+
+
 class FastDataPath(DataPathBase):
     """DataPath on the Cython engine; same constructor as ReferenceDataPath."""
 
@@ -519,13 +526,14 @@ class FastDataPath(DataPathBase):
         """{peer id: PeerCounters} for ``peer_ids``, as :meth:`counters` of
         each, under one hold of the table lock (the timer tick's read)."""
         ids = list(peer_ids)
-        out = {}
-        names = _DROP_NAMES
-        for pid, c in zip(ids, self._fwd.counters_many(ids)):
-            drops = c[9]
-            out[pid] = PeerCounters(c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8],
-                                    {names[i]: n for i, n in enumerate(drops) if n} if any(drops) else {})
-        return out
+        return {pid: _peer_counters(c) for pid, c in zip(ids, self._fwd.counters_many(ids))}
+
+    def counters_changed(self, peer_ids: list) -> dict:
+        """:meth:`counters_many` for those of ``peer_ids`` whose counter
+        times changed since this method last reported them (compared in C,
+        under one hold of the table lock: see DataPath.counters_changed)."""
+        ids = list(peer_ids)
+        return {ids[k]: _peer_counters(c) for k, c in self._fwd.counters_changed(ids)}
 
     def set_relay(self, enabled: bool, bytes_per_second: int = RELAY_BYTES_PER_SECOND,
                   packets_per_second: int = RELAY_PACKETS_PER_SECOND) -> None:

@@ -90,7 +90,7 @@ class _Session:
 
 class _Peer:
     __slots__ = ("id", "allowed", "endpoint", "current", "previous", "next", "staged",
-                 "counters", "handshake_asked")
+                 "counters", "handshake_asked", "seen")
 
     def __init__(self, peer_id: int, allowed):
         self.id = peer_id
@@ -102,6 +102,7 @@ class _Peer:
         self.staged: deque = deque()
         self.counters = PeerCounters()
         self.handshake_asked = False
+        self.seen = None            # the counter times counters_changed last reported
 
 
 class ReferenceDataPath(DataPathBase):
@@ -402,6 +403,20 @@ class ReferenceDataPath(DataPathBase):
     def counters_many(self, peer_ids: list) -> dict:
         """{peer id: PeerCounters} for ``peer_ids`` (:meth:`counters` of each)."""
         return {pid: self.counters(pid) for pid in peer_ids}
+
+    def counters_changed(self, peer_ids: list) -> dict:
+        """:meth:`counters_many` for those of ``peer_ids`` whose counter
+        times changed since this method last reported them (see
+        DataPath.counters_changed)."""
+        out = {}
+        for pid in peer_ids:
+            c = self.counters(pid)
+            times = (c.last_rx, c.last_tx, c.last_data_rx, c.last_data_tx)
+            peer = self._peers[pid]
+            if peer.seen != times:
+                peer.seen = times
+                out[pid] = c
+        return out
 
     def failure(self) -> Optional[str]:
         """None: this data path runs on the event loop itself, with no worker

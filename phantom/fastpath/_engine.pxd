@@ -108,6 +108,8 @@ cdef struct fp_peer:
     double last_data_rx
     double last_data_tx
     uint64_t drops[FP_N_DROPS]     # types.Drop
+    double seen[4]                 # last_rx, last_tx, last_data_rx, last_data_tx as counters_changed last reported them
+    bint seen_valid                # counters_changed has reported this peer (calloc: not yet)
     fp_staged *staged              # ring of staged_max entries
     int staged_head
     int staged_count

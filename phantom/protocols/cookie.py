@@ -35,13 +35,13 @@ class attribute); the cookie reply is the same 64 bytes in both
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 from .. import crypto
 from ..constants import DEFAULT_TUNABLES
 from ..wire import framing
+from .limits import packed_ip
 
 Clock = Callable[[], float]
 
@@ -81,7 +81,7 @@ def address_bytes(src) -> bytes:
     if isinstance(src, (bytes, bytearray)):
         return bytes(src)
     host, port = src[0], src[1]
-    return ipaddress.ip_address(host).packed + int(port).to_bytes(2, "big")
+    return packed_ip(host) + int(port).to_bytes(2, "big")
 
 
 def _check_message(msg) -> bytes:

@@ -118,6 +118,12 @@ class Handshakes:
     def cookie_generator(self, remote_public: bytes):
         return self.Generator(remote_public, self._clock, self._refresh)
 
+    def peer_added(self, remote_public: bytes) -> None:
+        """A peer with this key was configured (what a protocol may prepare for it)."""
+
+    def peer_removed(self, remote_public: bytes) -> None:
+        """The peer with this key was removed (what was prepared for it goes)."""
+
     # message fields the engine needs before any cryptography
     def initiation_sender(self, data: bytes) -> int:
         return self.wire.Initiation.unpack(data).sender_index

@@ -163,6 +163,30 @@ def test_counters_of_many_peers_at_once_equal_each_peers(pair):
         b.dp.counters_many([1, 99])
 
 
+def test_counters_changed_reports_only_peers_whose_times_moved(pair):
+    """counters_changed (the timer tick's read since the tick keeps what it
+    was given): a peer is reported the first time, then only once its
+    counter times moved; what it reports equals counters; a peer removed and
+    added again is reported afresh; an unknown peer is a KeyError."""
+    a, b, loop = pair
+    established(a, b, loop)
+    b.dp.add_peer(2, [])
+    first = b.dp.counters_changed([1, 2])
+    assert set(first) == {1, 2} and first[1] == b.dp.counters(1)
+    assert b.dp.counters_changed([1, 2]) == {}, "nothing moved: nothing read"
+    a.app.sendto(b"hello", a.test.getsockname())
+    recv(b, loop)
+    moved = b.dp.counters_changed([1, 2])
+    assert set(moved) == {1} and moved[1] == b.dp.counters(1) and moved[1].last_data_rx > 0
+    assert b.dp.counters_changed([2, 1]) == {}
+    assert a.dp.counters_changed([]) == {}
+    b.dp.remove_peer(2)
+    b.dp.add_peer(2, [])
+    assert set(b.dp.counters_changed([1, 2])) == {2}
+    with pytest.raises(KeyError):
+        b.dp.counters_changed([1, 99])
+
+
 def test_staged_until_keys_then_flushed(pair):
     a, b, loop = pair
     for i in range(3):

@@ -123,6 +123,19 @@ class PhantomHandshakes(Handshakes):
         return handshake.consume_initiation(self._priv, data, local_static_public=self._pub,
                                             responder_key=self.responder_key)
 
+    def peer_added(self, remote_public: bytes) -> None:
+        """The C responder computes the peer's static-static DH now, as
+        wireguard-go does for its peers: every initiation from it, the
+        first included, then costs one X25519 fewer (flat in the number of
+        peers: a hub of 10,000 whose keys each initiate once pays the same
+        per initiation as one whose keys repeat)."""
+        if self.responder_key is not None:
+            self.responder_key.prime(remote_public)
+
+    def peer_removed(self, remote_public: bytes) -> None:
+        if self.responder_key is not None:
+            self.responder_key.forget(remote_public)
+
     @property
     def native(self) -> bool:
         """True when initiations are answered by the C responder."""

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import time
@@ -202,12 +203,34 @@ class World:
                 self.hub_do(self.hub.handle_datagram(act.data, self.addrs[i]), rng)
 
 
+def changed_counters(w: "World", ids) -> dict:
+    """DataPath.counters_changed's contract over the world's counters: only
+    the peers whose counter times changed since they were last reported (a
+    fresh copy each, as a data path makes)."""
+    seen = w.__dict__.setdefault("seen", {})
+    out = {}
+    for pid in ids:
+        c = w.counters[pid]
+        times = (c.last_rx, c.last_tx, c.last_data_rx, c.last_data_tx)
+        if seen.get(pid) != times:
+            seen[pid] = times
+            out[pid] = dataclasses.replace(c)
+    return out
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_active_set_ticks_exactly_like_every_peer(seed):
+    """Three hubs see the same events: one ticks every peer every time (the
+    behaviour before the active set), one the active set with every active
+    peer's counters, one the active set with only the changed counters
+    (tick(changed_only=True), as the executor ticks with
+    DataPath.counters_changed): the same actions in the same order."""
     t = Tunables(rekey_after_time=6.0, reject_after_time=9.0, rekey_timeout=1.0, keepalive_timeout=2.0,
                  rekey_attempt_time=4.0, dead_retry_interval=3.0, handshake_jitter=0.2)
     keys = (crypto.x25519_private(), [crypto.x25519_private() for _ in range(12)])
-    worlds = [World(CountingEngine, keys, seed, t), World(EveryPeerEngine, keys, seed, t)]
+    worlds = [World(CountingEngine, keys, seed, t), World(EveryPeerEngine, keys, seed, t),
+              World(CountingEngine, keys, seed, t)]
+    given = active = 0
     ev_rng = random.Random(seed)
     for step in range(400):
         dt = ev_rng.choice([0.05, 0.1, 0.1, 0.3, 1.0, 2.5])
@@ -238,13 +261,22 @@ def test_active_set_ticks_exactly_like_every_peer(seed):
                     c.last_data_tx = c.last_tx = now
                 else:
                     c.last_data_rx = c.last_rx = now
-            w.hub_do(w.hub.tick(dict(w.counters)), rng)
+            if k == 2:
+                ids = w.hub.active_ids()
+                changed = changed_counters(w, ids)
+                given, active = given + len(changed), active + len(ids)
+                w.hub_do(w.hub.tick(changed, changed_only=True), rng)
+            else:
+                w.hub_do(w.hub.tick(dict(w.counters)), rng)
             for i, c in enumerate(w.clients):
                 w.client_do(i, c.tick({}), rng)
         assert worlds[0].log == worlds[1].log, "step %d" % step
+        assert worlds[2].log == worlds[0].log, "step %d (changed counters only)" % step
     assert worlds[0].log, "the simulation did something"
     # the active set and the deadlines did leave peers out of the ticks
     assert worlds[0].hub.visits < 0.5 * 400 * 12
+    # and the changed-only ticks were given far fewer counters than the active peers'
+    assert given < 0.5 * active
     assert any(s[0] == "install" for s in worlds[0].log)
 
 
@@ -317,3 +349,27 @@ def test_update_peer_checks_everything_before_it_changes_anything():
     assert wg.persistent_keepalive == 25.0
     e.update_peer(wg.id, preshared_key=None)
     assert wg.preshared_key is None
+
+
+def test_session_indexes_draw_the_csprng_a_chunk_at_a_time(monkeypatch):
+    """An engine's handshake and session indexes (RandomIndexes, the
+    default index source) come from crypto.random_bytes a 4 KiB chunk at a
+    time -- one system call per 1,024 indexes, not one per index -- each
+    byte used once, little-endian u32s as before; a forked child (another
+    pid) draws afresh rather than repeat its parent's."""
+    from phantom.control import engine as engine_mod
+    draws = []
+    real = crypto.random_bytes
+    monkeypatch.setattr(engine_mod.crypto, "random_bytes", lambda n: draws.append(n) or real(n))
+    monkeypatch.setattr(engine_mod.crypto, "random_u32", lambda: draws.append(4) or
+                        int.from_bytes(real(4), "little"))
+    hub = Engine(_key(), Tunables(), clock=Clock(), wall_clock=Clock(1.7e9))
+    draws.clear()
+    got = [hub._alloc_index("session", 1) for _ in range(2048)]
+    assert len(set(got)) == 2048
+    assert 1 <= len(draws) <= 3, "%d draws of randomness for 2,048 indexes" % len(draws)
+    assert set(draws) == {engine_mod.RandomIndexes.CHUNK}
+    src = engine_mod.RandomIndexes(draw=lambda n: bytes(range(256)) * (n // 256))
+    assert [src() for _ in range(2)] == [0x03020100, 0x07060504]
+    monkeypatch.setattr(engine_mod.os, "getpid", lambda: -1)   # as in a forked child
+    assert src() == 0x03020100

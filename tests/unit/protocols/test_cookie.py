@@ -308,3 +308,26 @@ def test_under_load_flow(peers, clock):
     assert "limited" in results
     # Junk without mac1 is dropped before any cryptography.
     assert responder_receive(initiation(peers), SRC, under_load=False) == "drop"
+
+
+def test_a_source_address_is_parsed_once_for_the_rate_limit_and_the_cookie(monkeypatch, clock):
+    """Under a handshake load the same sources come back again and again:
+    the rate limit's key and the cookie's address bytes come from one
+    remembered parse per address (limits.packed_ip), with the same bytes as
+    ipaddress gives, and a bad address is still a ValueError."""
+    import ipaddress
+    from phantom.protocols import limits
+    calls = []
+    real = ipaddress.ip_address
+    monkeypatch.setattr(limits.ipaddress, "ip_address", lambda h: calls.append(h) or real(h))
+    if hasattr(limits, "packed_ip"):
+        limits.packed_ip.cache_clear()
+    rl = RateLimiter(rate=1000, burst=1000, clock=clock)
+    srcs = [("198.51.100.%d" % i, 40000 + i) for i in range(1, 6)] + [("2001:db8::7", 9000, 0, 0)]
+    for _ in range(20):
+        for src in srcs:
+            assert rl.allow(src)
+            assert address_bytes(src) == real(src[0]).packed + src[1].to_bytes(2, "big")
+    assert sorted(calls) == sorted(s[0] for s in srcs), "one parse per address"
+    with pytest.raises(ValueError):
+        rl.allow(("not an address", 1))

@@ -237,6 +237,57 @@ def test_forget_and_bounded_cache(hub, monkeypatch):
     assert hub.key.cached == 0
 
 
+def test_a_primed_key_costs_no_ss_from_its_first_initiation(hub):
+    """ResponderKey.prime (a configured peer's key, computed when it is
+    added, as wireguard-go does): the first initiation from that key finds
+    its ss (no miss: one X25519 fewer), and the answer is byte for byte the
+    reference's; a small-order key is refused, not remembered."""
+    ipriv = crypto.x25519_private()
+    assert hub.key.prime(crypto.x25519_public(ipriv)) is True
+    assert hub.key.prime(crypto.x25519_public(ipriv)) is True        # already there: no work
+    assert hub.key.cached == 1
+    msg, ist = initiation(hub, "166", ipriv)
+    eph = crypto.x25519_private()
+    ref, nat = hub.consume(msg, False, eph), hub.consume(msg, True, eph)
+    assert (hub.key.ss_misses, hub.key.ss_hits) == (0, 1)
+    assert info_tuple(ref) == info_tuple(nat)
+    suite = hs.choose_suite(tuple(wire.Suite), ref.offered)
+    m_ref, k_ref = hs.create_response(ref.state, 5, suite=suite)
+    m_nat, k_nat = hs.create_response(nat.state, 5, suite=suite)
+    assert m_ref == m_nat and keys_tuple(k_ref) == keys_tuple(k_nat)
+    assert hs.consume_response(ist, m_nat)
+    for bad in SMALL_ORDER[:3]:
+        assert hub.key.prime(bad) is False
+    assert hub.key.cached == 1
+    with pytest.raises(ValueError):
+        hub.key.prime(b"\x01" * 31)
+
+
+def test_engine_primes_configured_peers_and_forgets_removed_ones():
+    """An engine with the C responder computes each configured Phantom
+    peer's ss when the peer is added (so a hub whose 10,000 keys each
+    initiate once pays as little per initiation as one whose keys repeat)
+    and drops it when the peer is removed."""
+    t = Tunables(handshake_jitter=0.0)
+    clock, wall = Clock(), Clock(1.7e9)
+    hub = Engine(_key(), t, clock=clock, wall_clock=wall, native_handshake=True)
+    clients = [Engine(_key(), t, clock=clock, wall_clock=wall) for _ in range(3)]
+    pids = [hub.add_peer(c.public_key, "c%d" % i, []).id for i, c in enumerate(clients)]
+    hub.add_peer(crypto.x25519_public(bytes(_key())), "wg", [], protocol="wireguard")
+    from phantom.protocols.phantom.protocol import PhantomHandshakes
+    (proto,) = [p for p in hub._protocols.values() if isinstance(p, PhantomHandshakes)]
+    key = proto.responder_key
+    assert key.cached == 3, "the Phantom peers' ss, not the WireGuard peer's"
+    for i, c in enumerate(clients):
+        p = c.add_peer(hub.public_key, "hub", endpoint=ADDR_A)
+        wall.advance(0.01)
+        (init,) = sends(c.open(p.id))
+        assert of(hub.handle_datagram(init.data, ("10.0.1.%d" % (i + 1), 9000)), A.InstallKeypair)
+    assert (key.ss_misses, key.ss_hits) == (0, 3)
+    hub.remove_peer(pids[0])
+    assert key.cached == 2
+
+
 # --- the engine with the C responder (phantomd --fast) ---------------------------------
 def make_pair(tunables=None, native=True):
     t = tunables or Tunables(handshake_jitter=0.0)
@@ -246,6 +297,35 @@ def make_pair(tunables=None, native=True):
     pa = a.add_peer(b.public_key, "b", endpoint=ADDR_B)
     pb = b.add_peer(a.public_key, "a", endpoint=ADDR_A)
     return a, b, pa, pb, clock, wall
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_an_answered_initiation_reads_its_header_once(native):
+    """The engine reads an initiation's sender index for a cookie reply only
+    (the Noise step reads the header anyway): an answered initiation, one
+    by one or in a batch, costs no extra unpack; a cookie reply still goes
+    to the initiation's sender index."""
+    from phantom.protocols.phantom.protocol import PhantomHandshakes
+    for batch in (False, True):
+        a, b, pa, pb, clock, wall = make_pair(native=native)
+        (proto,) = [p for p in b._protocols.values() if isinstance(p, PhantomHandshakes)]
+        calls = []
+        real = proto.initiation_sender
+        proto.initiation_sender = lambda data: calls.append(1) or real(data)
+        wall.advance(0.01)
+        (init,) = sends(a.open(pa.id))
+        if batch:
+            out = [x for acts in b.handle_datagrams([(init.data, ADDR_A)] * 2) for x in acts]
+        else:
+            out = b.handle_datagram(init.data, ADDR_A)
+        assert of(out, A.InstallKeypair) and calls == []
+    b._load.record = lambda: True                  # under load: no mac2, so a cookie reply
+    wall.advance(0.01)
+    pa.pending = None
+    (init,) = sends(a._send_initiation(pa))
+    (reply,) = sends(b.handle_datagram(init.data, ADDR_A))
+    assert len(calls) == 1
+    assert wire.CookieReply.unpack(reply.data).receiver_index == wire.Initiation.unpack(init.data).sender_index
 
 
 def test_engine_native_flag_picks_the_responder():
