@@ -22,7 +22,6 @@ depends on what ran before it on the pair.
 from __future__ import annotations
 
 import base64
-import contextlib
 import socket
 import struct
 import time
@@ -31,11 +30,13 @@ import pytest
 
 from phantom import crypto
 from phantom.keys import encode_key
-from phantomlab import iperf, netns, wggo
+from phantomlab import iperf, netns
 from phantomlab.nodes import make_node, start
 from phantomlab.poll import wait_for
 from phantomlab.templates import HTTP_PORT, UDP_PORT, peer_entry, write_config
 from phantomlab.wggo import WG_PORT, keypair, write_secret
+
+from tests.support.shared import SharedRig
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(240)]
 
@@ -87,66 +88,31 @@ def _peer(node, name="wg"):
     raise AssertionError("no peer %s" % name)
 
 
-class _Shared:
-    """One phantomd <-> wireguard-go pair for the rest of the module (see the
-    module's docstring): (topology, node, wg) per data path, made on first use."""
-
-    def __init__(self, tmp_path_factory):
-        self.tmp_path_factory = tmp_path_factory
-        self.stack = contextlib.ExitStack()
-        self.pairs: dict = {}
-
-    def get(self, datapath):
-        if datapath not in self.pairs:
-            self.pairs[datapath] = self._make(datapath)
-        return self.pairs[datapath]
-
-    def _make(self, datapath):
-        tmp = self.tmp_path_factory.mktemp("wg-shared-%s" % datapath)
-        topo = self.stack.enter_context(netns.two_hosts())
-        daemons: list = []
-        self.stack.callback(netns.stop_all, daemons)
-
-        def factory(where, argv, *, http_port, name, wait, token_file, env):
-            d = netns.DaemonProcess(where, argv, http_port=http_port, name=name,
-                                    log_path=tmp / ("%s.log" % name), env=env, token_file=token_file)
-            daemons.append(d)
-            d.start()
-            if wait:
-                d.wait_ready(10)
-            return d
-
-        def wg_make(host, **kw):
-            d = wggo.WgDevice(host, tmp, **kw)
-            self.stack.callback(d.stop)
-            return d
-
-        node, wg = wg_setup(tmp, factory, wg_make, topo.a, topo.b, datapath=datapath,
-                            initiator="phantom", firewall=SHARED_FIREWALL, env=SHARED_ENV)
+def _make_shared_pair(datapath):
+    def make(rig, tmp):
+        topo = rig.topology(netns.two_hosts())
+        node, wg = wg_setup(tmp, rig.daemon_factory(tmp), rig.wg_factory(tmp), topo.a, topo.b,
+                            datapath=datapath, initiator="phantom", firewall=SHARED_FIREWALL,
+                            env=SHARED_ENV)
         # phantomd initiates: wireguard-go has no endpoint for it until then
         assert topo.a.ping(wg.ip4, timeout=10), "no ping through the tunnel (%s)" % wg.log_tail()
         assert wg.latest_handshake(_ph_pub(node)) > 0
         return topo, node, wg
+    return make
 
 
 @pytest.fixture(scope="module")
-def _shared_pairs(tmp_path_factory):
-    shared = _Shared(tmp_path_factory)
-    with shared.stack:
-        yield shared
+def _rig(tmp_path_factory):
+    with SharedRig(tmp_path_factory, "wg") as rig:
+        yield rig
 
 
 @pytest.fixture
-def shared_pair(request, _shared_pairs):
-    """``get(datapath)`` -> (topology, node, wg) of the module's shared pair;
-    its phantomd's log is attached when the test fails."""
-    from tests.conftest import DAEMONS
-
-    def get(datapath):
-        topo, node, wg = _shared_pairs.get(datapath)
-        request.node.stash[DAEMONS] = [node.daemon]
-        return topo, node, wg
-    return get
+def shared_pair(request, _rig):
+    """``get(datapath)`` -> (topology, node, wg) of the module's shared pair
+    (tests/support/shared.py); its phantomd's log is attached when the test fails."""
+    get = _rig.for_test(request)
+    return lambda datapath: get(datapath, _make_shared_pair(datapath))
 
 
 IPERF_BYTES = 8 << 20  # what is checked is > 1 MB each way, not a rate or a duration: 8 MiB,
