@@ -24,7 +24,7 @@ import time
 import pytest
 
 from phantom import crypto
-from phantomlab.nodes import make_node, start
+from phantomlab.nodes import make_node, start_all
 from phantomlab.poll import wait_for
 from phantomlab.templates import FAST_TUNABLES, HTTP_PORT, peer_entry, write_config
 
@@ -48,9 +48,8 @@ def pair(tmp_path, daemon_factory, hosts, datapaths, *, ciphers=(None, None), pe
             entry["ciphers"] = pci
         write_config(me, mode="tun", peers=[entry], extra={"ciphers": ci} if ci is not None else None,
                      tunables=tun)
-    start(daemon_factory, a, datapaths[0])
-    if start_b:
-        start(daemon_factory, b, datapaths[1])
+    # together: their start-ups overlap
+    start_all(daemon_factory, [a, b] if start_b else [a], datapaths[:2] if start_b else datapaths[:1])
     return a, b
 
 

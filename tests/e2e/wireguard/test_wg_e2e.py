@@ -31,7 +31,7 @@ import pytest
 from phantom import crypto
 from phantom.keys import encode_key
 from phantomlab import iperf, netns
-from phantomlab.nodes import make_node, start
+from phantomlab.nodes import make_node, start, start_all
 from phantomlab.poll import wait_for
 from phantomlab.templates import HTTP_PORT, UDP_PORT, peer_entry, write_config
 from phantomlab.wggo import WG_PORT, keypair, write_secret
@@ -324,8 +324,7 @@ def test_one_daemon_routes_a_phantom_peer_and_a_wireguard_peer(lan3, tmp_path, d
     node, wg = wg_setup(tmp_path, daemon_factory, wg_factory, a, b, datapath=datapath,
                         extra_peers=[peer_entry(ph2, mode="tun")], start_daemon=False)
     write_config(ph2, mode="tun", peers=[peer_entry(node, mode="tun")])
-    start(daemon_factory, node, datapath)
-    start(daemon_factory, ph2, datapath)
+    start_all(daemon_factory, [node, ph2], datapath)      # their start-ups overlap
     assert a.ping(wg.ip4, timeout=10) and a.ping(ph2.tun4, timeout=10)
     assert b.ping(node.tun4) and c.ping(node.tun4)
     assert a.ping(wg.ip6) and a.ping(ph2.tun6)
