@@ -104,12 +104,14 @@ def mesh(daemon_factory, tmp_path, hosts: list, *, mode: str = "tun", datapath: 
     return nodes
 
 
-def start_all(daemon_factory, nodes: list, datapath: str = "reference") -> list:
+def start_all(daemon_factory, nodes: list, datapath="reference") -> list:
     """:func:`start` for several nodes at once: every phantomd is started,
     then each is waited for, so their start-ups (a fresh interpreter and its
-    privileged helper each) overlap instead of adding up."""
-    for n in nodes:
-        start(daemon_factory, n, datapath, wait=False)
+    privileged helper each) overlap instead of adding up.  ``datapath``: one
+    for all, or a sequence with one per node."""
+    datapaths = [datapath] * len(nodes) if isinstance(datapath, str) else list(datapath)
+    for n, dp in zip(nodes, datapaths, strict=True):
+        start(daemon_factory, n, dp, wait=False)
     for n in nodes:
         n.daemon.wait_ready(READY_TIMEOUT)
         n.host.ns.wait_addresses_ready()

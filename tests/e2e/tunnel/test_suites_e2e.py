@@ -24,9 +24,9 @@ import time
 import pytest
 
 from phantom import crypto
-from phantomlab.nodes import make_node, start
+from phantomlab.nodes import make_node, start_all
 from phantomlab.poll import wait_for
-from phantomlab.templates import HTTP_PORT, peer_entry, write_config
+from phantomlab.templates import FAST_TUNABLES, HTTP_PORT, peer_entry, write_config
 
 from tests.unit.protocols.test_suites import PROTOTYPE_COMMIT, REPO, prototype  # noqa: F401  (the git fixture)
 
@@ -38,17 +38,18 @@ PAIRS = [("reference", "reference"), ("fast", "fast"), ("fast", "reference")]
 
 
 def pair(tmp_path, daemon_factory, hosts, datapaths, *, ciphers=(None, None), peer_ciphers=(None, None),
-         start_b=True):
+         start_b=True, tunables=(None, None)):
     a = make_node(tmp_path, "n1", 1, hosts.a)
     b = make_node(tmp_path, "n2", 2, hosts.b)
-    for me, other, ci, pci in ((a, b, ciphers[0], peer_ciphers[0]), (b, a, ciphers[1], peer_ciphers[1])):
+    for me, other, ci, pci, tun in ((a, b, ciphers[0], peer_ciphers[0], tunables[0]),
+                                    (b, a, ciphers[1], peer_ciphers[1], tunables[1])):
         entry = peer_entry(other, mode="tun")
         if pci is not None:
             entry["ciphers"] = pci
-        write_config(me, mode="tun", peers=[entry], extra={"ciphers": ci} if ci is not None else None)
-    start(daemon_factory, a, datapaths[0])
-    if start_b:
-        start(daemon_factory, b, datapaths[1])
+        write_config(me, mode="tun", peers=[entry], extra={"ciphers": ci} if ci is not None else None,
+                     tunables=tun)
+    # together: their start-ups overlap
+    start_all(daemon_factory, [a, b] if start_b else [a], datapaths[:2] if start_b else datapaths[:1])
     return a, b
 
 
@@ -156,7 +157,12 @@ def start_prototype(daemon_factory, node, tree):
 
 @pytest.mark.parametrize("datapath", ["reference", "fast"])
 def test_the_prototypes_daemon_and_todays(two_hosts, daemon_factory, tmp_path, prototype, datapath):  # noqa: F811
-    a, b = pair(tmp_path, daemon_factory, two_hosts, (datapath, None), start_b=False)
+    # today's daemon with the short timers (rekey_timeout 1 s, keepalive 2 s):
+    # after the old one's restart it finds its session unanswered and
+    # alternates the two initiation forms within seconds, not the defaults'
+    # 15 s + 5 s per form (the old daemon keeps its defaults)
+    a, b = pair(tmp_path, daemon_factory, two_hosts, (datapath, None), start_b=False,
+                tunables=(FAST_TUNABLES, None))
     start_prototype(daemon_factory, b, prototype)
     assert "cipher" not in b.peer("n1")                      # really the old daemon
     # the old daemon initiates: its 164-byte initiation gets a 108-byte answer

@@ -1,5 +1,11 @@
 """End to end: real phantomd processes in network namespaces carry real
-traffic through an encrypted tunnel (issue 3)."""
+traffic through an encrypted tunnel (issue 3).
+
+Four tests per data path only need *a* working pair of daemons and change
+nothing in it (ping both ways, iperf3, ICMP unreachable for no route, no
+plaintext on the wire): they share one pair per data path (``tun_pair``,
+tests/support/shared.py; one xdist group per data path) and check counters
+as differences over their own traffic."""
 
 from __future__ import annotations
 
@@ -11,7 +17,10 @@ from phantom import wire
 from phantomlab import iperf
 from phantomlab.nodes import make_node, mesh, start
 from phantomlab.poll import wait_for
+from phantomlab import netns
 from phantomlab.templates import FAST_TUNABLES, TEST_PORT, UDP_PORT, peer_entry, write_config
+
+from tests.support.shared import SharedRig
 
 pytestmark = pytest.mark.netns
 
@@ -23,14 +32,42 @@ def datapath(request):
     return request.param
 
 
-def test_tun_ping_both_ways_ipv4_and_ipv6(two_hosts, daemon_factory, tmp_path, datapath):
-    a, b = mesh(daemon_factory, tmp_path, [two_hosts.a, two_hosts.b], datapath=datapath)
+# the tests on the shared pair: their own datapath parameter, with the group's mark
+SHARED = [pytest.param(dp, marks=pytest.mark.xdist_group("tunnel-pair-%s" % dp)) for dp in DATAPATHS]
+
+
+@pytest.fixture(scope="module")
+def _rig(tmp_path_factory):
+    with SharedRig(tmp_path_factory, "tunnel") as rig:
+        yield rig
+
+
+@pytest.fixture
+def tun_pair(request, _rig):
+    """``get(datapath)`` -> (topology, a, b): two daemons in TUN mode on
+    two_hosts, peered, made once per module and data path."""
+    get = _rig.for_test(request)
+
+    def pair(datapath):
+        def make(rig, tmp):
+            topo = rig.topology(netns.two_hosts())
+            a, b = mesh(rig.daemon_factory(tmp), tmp, [topo.a, topo.b], datapath=datapath)
+            return topo, a, b
+        return get(datapath, make)
+    return pair
+
+
+@pytest.mark.parametrize("datapath", SHARED)
+def test_tun_ping_both_ways_ipv4_and_ipv6(tun_pair, datapath):
+    two_hosts, a, b = tun_pair(datapath)
+    pa0 = a.peer("n2")
     assert a.host.ns.ping(b.tun4, timeout=10), "a -> b over IPv4"
     assert b.host.ns.ping(a.tun4, timeout=5), "b -> a over IPv4"
     assert a.host.ns.ping(b.tun6, timeout=5), "a -> b over IPv6"
     assert b.host.ns.ping(a.tun6, timeout=5), "b -> a over IPv6"
     pa = a.peer("n2")
-    assert pa["state"] == "established" and pa["rx_packets"] > 0 and pa["tx_packets"] > 0
+    assert pa["state"] == "established"
+    assert pa["rx_packets"] > pa0["rx_packets"] and pa["tx_packets"] > pa0["tx_packets"]
     assert b.peer("n1")["state"] == "established"
 
 
@@ -46,8 +83,9 @@ def test_outer_transport_over_ipv6(two_hosts, daemon_factory, tmp_path, datapath
     assert a.peer("n2")["endpoint"] == "[%s]:%d" % (b.host.ip6, UDP_PORT)
 
 
-def test_iperf3_tcp_through_tunnel(two_hosts, daemon_factory, tmp_path, datapath):
-    a, b = mesh(daemon_factory, tmp_path, [two_hosts.a, two_hosts.b], datapath=datapath)
+@pytest.mark.parametrize("datapath", SHARED)
+def test_iperf3_tcp_through_tunnel(tun_pair, datapath):
+    two_hosts, a, b = tun_pair(datapath)
     assert a.host.ns.ping(b.tun4, timeout=10)
     # the server is listening before the client starts (phantomlab.iperf);
     # what is checked is that TCP crosses at more than 1 Mbit/s: 8 MiB as fast
@@ -58,8 +96,10 @@ def test_iperf3_tcp_through_tunnel(two_hosts, daemon_factory, tmp_path, datapath
     assert bps > 1e6, "iperf3 carried only %.0f bit/s" % bps
 
 
-def test_no_route_answers_icmp_unreachable(two_hosts, daemon_factory, tmp_path, datapath):
-    a, b = mesh(daemon_factory, tmp_path, [two_hosts.a, two_hosts.b], datapath=datapath)
+@pytest.mark.parametrize("datapath", SHARED)
+def test_no_route_answers_icmp_unreachable(tun_pair, datapath):
+    two_hosts, a, b = tun_pair(datapath)
+    no_route = a.status()["drops"]["no_route"]
     # 10.99.0.77 is on the tunnel subnet but in no peer's allowed IPs.
     sock = a.host.ns.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     sock.settimeout(5)
@@ -76,7 +116,7 @@ def test_no_route_answers_icmp_unreachable(two_hosts, daemon_factory, tmp_path, 
         assert src[0] == "10.99.0.77"
     finally:
         sock.close()
-    assert a.status()["drops"]["no_route"] >= 1
+    assert a.status()["drops"]["no_route"] > no_route
 
 
 def _checksum(data: bytes) -> int:
@@ -144,10 +184,10 @@ def test_three_daemons_route_by_allowed_ips_and_drop_spoofed_sources(lan3, daemo
         listener.close()
 
 
-def test_marker_never_crosses_the_wire_in_plaintext(two_hosts, daemon_factory, tmp_path, sniffer,
-                                                     datapath):
+@pytest.mark.parametrize("datapath", SHARED)
+def test_marker_never_crosses_the_wire_in_plaintext(tun_pair, sniffer, datapath):
     marker = b"PHANTOM-PLAINTEXT-MARKER-7f3a9c"
-    a, b = mesh(daemon_factory, tmp_path, [two_hosts.a, two_hosts.b], datapath=datapath)
+    two_hosts, a, b = tun_pair(datapath)
     cap = sniffer(two_hosts.a, "eth0", "udp")
     listener = b.host.ns.udp_socket(bind=(b.tun4, 7000))
     sender = a.host.ns.udp_socket()

@@ -8,6 +8,15 @@ or a wrong key gets no session; the firewall blocks a port for the
 WireGuard peer; the wireguard-go side roams; a capture shows WireGuard's
 packets and no plaintext; one daemon carries a Phantom and a WireGuard peer
 at once.  The 120-second rekey is in the soak tier: tests/soak/test_wg_rekey.py.
+
+Three tests per data path only need *a* working pair initiated by phantomd
+and change nothing in it: ping and iperf3 (phantomd initiates, no preshared
+key), ChaCha20-Poly1305 from OpenSSL, the firewall's blocked port.  They
+share one pair per data path (``shared_pair``: module-scoped, one xdist group
+per data path so it is made once); the pair carries the firewall test's rule
+(TCP port 7001 from the WireGuard peer) and PHANTOM_CHACHA=openssl, and each
+test checks its counters as differences over its own traffic, so none
+depends on what ran before it on the pair.
 """
 
 from __future__ import annotations
@@ -21,16 +30,26 @@ import pytest
 
 from phantom import crypto
 from phantom.keys import encode_key
-from phantomlab import iperf
-from phantomlab.nodes import make_node, start
+from phantomlab import iperf, netns
+from phantomlab.nodes import make_node, start, start_all
 from phantomlab.poll import wait_for
 from phantomlab.templates import HTTP_PORT, UDP_PORT, peer_entry, write_config
 from phantomlab.wggo import WG_PORT, keypair, write_secret
+
+from tests.support.shared import SharedRig
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(240)]
 
 DATAPATHS = ["reference", "fast"]
 MARKER = b"WG-PHANTOM-PLAINTEXT-7e1c"
+SHARED_FIREWALL = {"rule": [{"direction": "in", "action": "drop", "proto": "tcp", "dst_port": 7001,
+                             "peer": "wg"}]}
+SHARED_ENV = {"PHANTOM_CHACHA": "openssl"}
+
+
+def _shared(datapath):
+    """The marks of a test (variant) that runs on ``shared_pair``."""
+    return [pytest.mark.xdist_group("wg-shared-%s" % datapath)]
 
 
 def _ph_pub(node) -> bytes:
@@ -69,6 +88,33 @@ def _peer(node, name="wg"):
     raise AssertionError("no peer %s" % name)
 
 
+def _make_shared_pair(datapath):
+    def make(rig, tmp):
+        topo = rig.topology(netns.two_hosts())
+        node, wg = wg_setup(tmp, rig.daemon_factory(tmp), rig.wg_factory(tmp), topo.a, topo.b,
+                            datapath=datapath, initiator="phantom", firewall=SHARED_FIREWALL,
+                            env=SHARED_ENV)
+        # phantomd initiates: wireguard-go has no endpoint for it until then
+        assert topo.a.ping(wg.ip4, timeout=10), "no ping through the tunnel (%s)" % wg.log_tail()
+        assert wg.latest_handshake(_ph_pub(node)) > 0
+        return topo, node, wg
+    return make
+
+
+@pytest.fixture(scope="module")
+def _rig(tmp_path_factory):
+    with SharedRig(tmp_path_factory, "wg") as rig:
+        yield rig
+
+
+@pytest.fixture
+def shared_pair(request, _rig):
+    """``get(datapath)`` -> (topology, node, wg) of the module's shared pair
+    (tests/support/shared.py); its phantomd's log is attached when the test fails."""
+    get = _rig.for_test(request)
+    return lambda datapath: get(datapath, _make_shared_pair(datapath))
+
+
 IPERF_BYTES = 8 << 20  # what is checked is > 1 MB each way, not a rate or a duration: 8 MiB,
 IPERF_SECONDS = 2      # sent as fast as the path carries them (-n), not for 2 s (-t), which
                        # carried 100 MB and more and cost both cores while it did; 2 s bound
@@ -82,14 +128,22 @@ def _iperf(topo, server_ip, reverse):
     return {"bytes_received": recv["bytes"], "gbit_per_s": round(recv["bits_per_second"] / 1e9, 4)}
 
 
-@pytest.mark.parametrize("psk", [False, True], ids=["no-psk", "psk"])
-@pytest.mark.parametrize("initiator", ["phantom", "wireguard"])
-@pytest.mark.parametrize("datapath", DATAPATHS)
-def test_ping_and_iperf_with_wireguard_go(two_hosts, tmp_path, daemon_factory, wg_factory,
+PING_IPERF = [pytest.param(dp, ini, psk, id="%s-%s-%s" % (dp, ini, "psk" if psk else "no-psk"),
+                           marks=_shared(dp) if (ini, psk) == ("phantom", False) else ())
+              for dp in DATAPATHS for ini in ("phantom", "wireguard") for psk in (False, True)]
+
+
+@pytest.mark.parametrize("datapath,initiator,psk", PING_IPERF)
+def test_ping_and_iperf_with_wireguard_go(request, tmp_path, daemon_factory, wg_factory,
                                           datapath, initiator, psk):
-    key = crypto.random_bytes(32) if psk else None
-    node, wg = wg_setup(tmp_path, daemon_factory, wg_factory, two_hosts.a, two_hosts.b,
-                        datapath=datapath, initiator=initiator, psk_ph=key, psk_wg=key)
+    if (initiator, psk) == ("phantom", False):
+        # the shared pair: phantomd initiated it (checked when it was made)
+        two_hosts, node, wg = request.getfixturevalue("shared_pair")(datapath)
+    else:
+        two_hosts = request.getfixturevalue("two_hosts")
+        key = crypto.random_bytes(32) if psk else None
+        node, wg = wg_setup(tmp_path, daemon_factory, wg_factory, two_hosts.a, two_hosts.b,
+                            datapath=datapath, initiator=initiator, psk_ph=key, psk_wg=key)
     first, other = (two_hosts.a, wg.ip4) if initiator == "phantom" else (two_hosts.b, node.tun4)
     assert first.ping(other, timeout=10), "no ping through the tunnel (%s)" % wg.log_tail()
     if initiator == "phantom":
@@ -103,20 +157,28 @@ def test_ping_and_iperf_with_wireguard_go(two_hosts, tmp_path, daemon_factory, w
     up = _iperf(two_hosts, wg.ip4, reverse=False)
     down = _iperf(two_hosts, wg.ip4, reverse=True)
     assert up["bytes_received"] > 1_000_000 and down["bytes_received"] > 1_000_000, (up, down)
-    p = _peer(node)
-    assert p["rx_bytes"] > 1_000_000 and p["tx_bytes"] > 1_000_000
+    after = _peer(node)            # this test's own traffic, whatever ran before on the pair
+    assert after["rx_bytes"] - p["rx_bytes"] > 1_000_000 and after["tx_bytes"] - p["tx_bytes"] > 1_000_000
     print("%s %s-initiated psk=%s: a->b %.3f Gbit/s, b->a %.3f Gbit/s"
           % (datapath, initiator, psk, up["gbit_per_s"], down["gbit_per_s"]))
 
 
-@pytest.mark.parametrize("chacha", ["openssl", "libsodium"])
-@pytest.mark.parametrize("datapath", DATAPATHS)
-def test_wireguard_go_interop_with_each_chacha20poly1305(two_hosts, tmp_path, daemon_factory, wg_factory,
+CHACHA = [pytest.param(dp, chacha, id="%s-%s" % (dp, chacha),
+                       marks=_shared(dp) if {"PHANTOM_CHACHA": chacha} == SHARED_ENV else ())
+          for dp in DATAPATHS for chacha in ("openssl", "libsodium")]
+
+
+@pytest.mark.parametrize("datapath,chacha", CHACHA)
+def test_wireguard_go_interop_with_each_chacha20poly1305(request, tmp_path, daemon_factory, wg_factory,
                                                         datapath, chacha):
     """ChaCha20-Poly1305 from OpenSSL's libcrypto or from libsodium only
     (PHANTOM_CHACHA): wireguard-go reads both, and /status says which."""
-    node, wg = wg_setup(tmp_path, daemon_factory, wg_factory, two_hosts.a, two_hosts.b,
-                        datapath=datapath, env={"PHANTOM_CHACHA": chacha})
+    if {"PHANTOM_CHACHA": chacha} == SHARED_ENV:
+        two_hosts, node, wg = request.getfixturevalue("shared_pair")(datapath)
+    else:
+        two_hosts = request.getfixturevalue("two_hosts")
+        node, wg = wg_setup(tmp_path, daemon_factory, wg_factory, two_hosts.a, two_hosts.b,
+                            datapath=datapath, env={"PHANTOM_CHACHA": chacha})
     code, st = node.api("GET", "/status")
     impl = st["crypto"]["chacha20poly1305"]
     assert impl["implementation"] == chacha and impl["decided_by"] == "PHANTOM_CHACHA=%s" % chacha
@@ -170,12 +232,11 @@ def _tcp_open(host, ip, port, timeout=3.0) -> bool:
     return True
 
 
-@pytest.mark.parametrize("datapath", DATAPATHS)
-def test_firewall_blocks_a_port_for_the_wireguard_peer(two_hosts, tmp_path, daemon_factory, wg_factory,
-                                                       datapath):
-    fw = {"rule": [{"direction": "in", "action": "drop", "proto": "tcp", "dst_port": 7001, "peer": "wg"}]}
-    node, wg = wg_setup(tmp_path, daemon_factory, wg_factory, two_hosts.a, two_hosts.b,
-                        datapath=datapath, firewall=fw)
+@pytest.mark.parametrize("datapath", [pytest.param(dp, marks=_shared(dp)) for dp in DATAPATHS])
+def test_firewall_blocks_a_port_for_the_wireguard_peer(shared_pair, wg_factory, datapath):
+    # the shared pair's firewall (SHARED_FIREWALL): TCP to port 7001 from "wg" is dropped
+    two_hosts, node, wg = shared_pair(datapath)
+    dropped = _peer(node)["drops"].get("firewall", 0)
     listeners = []
     for port in (7001, 7002):
         ls = two_hosts.a.ns.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -187,7 +248,7 @@ def test_firewall_blocks_a_port_for_the_wireguard_peer(two_hosts, tmp_path, daem
         assert two_hosts.a.ping(wg.ip4, timeout=10)
         assert _tcp_open(two_hosts.b, node.tun4, 7002), "an unblocked port must connect"
         assert not _tcp_open(two_hosts.b, node.tun4, 7001), "the blocked port connected"
-        assert _peer(node)["drops"].get("firewall", 0) >= 1
+        assert _peer(node)["drops"].get("firewall", 0) > dropped
     finally:
         for ls in listeners:
             ls.close()
@@ -263,8 +324,7 @@ def test_one_daemon_routes_a_phantom_peer_and_a_wireguard_peer(lan3, tmp_path, d
     node, wg = wg_setup(tmp_path, daemon_factory, wg_factory, a, b, datapath=datapath,
                         extra_peers=[peer_entry(ph2, mode="tun")], start_daemon=False)
     write_config(ph2, mode="tun", peers=[peer_entry(node, mode="tun")])
-    start(daemon_factory, node, datapath)
-    start(daemon_factory, ph2, datapath)
+    start_all(daemon_factory, [node, ph2], datapath)      # their start-ups overlap
     assert a.ping(wg.ip4, timeout=10) and a.ping(ph2.tun4, timeout=10)
     assert b.ping(node.tun4) and c.ping(node.tun4)
     assert a.ping(wg.ip6) and a.ping(ph2.tun6)
