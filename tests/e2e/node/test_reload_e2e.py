@@ -78,7 +78,13 @@ def test_reload_changes_peers_in_place_while_iperf3_runs_to_an_unchanged_peer(
     server = iperf.Server(b.host, b.tun4, 5211).start()
     client = None
     try:
-        client = iperf.Client(a.host, b.tun4, port=5211, seconds=8, extra=["-i", "0.2"]).start()
+        # a stream, not a throughput: 4 Mbit/s (about 70 segments in each
+        # 0.2 s interval) instead of full speed, so both cores do not encrypt
+        # for 8 s; a 32 KiB socket buffer (-w) holds under 0.15 s of it, so a
+        # stall still empties the sender's intervals (an injected 1.6 s drop
+        # fails the check below on both paths)
+        client = iperf.Client(a.host, b.tun4, port=5211, seconds=8,
+                              extra=["-i", "0.2", "-b", "4M", "-w", "32K"]).start()
         time.sleep(1.5)
 
         # 1. add d, change c (allowed IPs, keepalive), add a firewall rule
