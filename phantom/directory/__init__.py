@@ -16,18 +16,36 @@ The ``phantom directory`` subcommands are the CLI's
 """
 
 from .records import (  # noqa: F401
-    ENDORSE_DOMAIN, ENDORSEMENT_FIELDS, KEY_SIZE, MAX_ALLOWED_IPS, MAX_ENDORSEMENTS,
+    ENDORSE_DOMAIN, ENDORSEMENT_FIELDS, KEY_SIZE, MAX_ALLOWED_IPS, MAX_BODY, MAX_ENDORSEMENTS,
     MAX_ENDORSERS, MAX_ENDPOINTS, MAX_SEQ, MAX_TIME, NONCE_LABEL, RECORD_DOMAIN, RECORD_FIELDS,
     SIG_SIZE, UNSIGNED_FIELDS, DirectoryError, DirectoryRejected,
     DirectoryUnavailable, NodeSigner, Record, RecordError, b64, b64url, canonical,
     endorsement_signed_bytes, key_from_text, make_endorsement, make_record, parse_record,
     record_signed_bytes, signing_key_of, strict_loads, verify_binding, verify_endorsement,
     verify_signature)
-from .store import LIST_LIMIT, DirectoryStore, StoredRecord  # noqa: F401
-from .server import (  # noqa: F401
-    BODY_TIMEOUT, CLOCK_SKEW, DEFAULT_DB, DEFAULT_MAX_TTL, DEFAULT_PORT, MAX_BODY,
-    PURGE_INTERVAL, Forbidden, Gone, Limits, RequestTimeout, create_app, serve_forever,
-    start_server)
-from .client import (  # noqa: F401
-    CACHE_ENTRIES, CACHE_REFRESH, CACHE_TTL, CLIENT_TIMEOUT, DEFAULT_TTL, MAX_RESPONSE,
-    NEGATIVE_TTL, REVOCATION_TTL, DirectoryClient)
+# The store, the server and the client are loaded when first named: a
+# command that only reads or makes records (``phantom join``, ``phantom
+# directory lookup``'s parsing) does not pay for aiohttp's server and
+# client at start (about 0.4 s of CPU per process).
+_LAZY = {
+    "store": ("LIST_LIMIT", "DirectoryStore", "StoredRecord"),
+    "server": ("BODY_TIMEOUT", "CLOCK_SKEW", "DEFAULT_DB", "DEFAULT_MAX_TTL", "DEFAULT_PORT",
+               "PURGE_INTERVAL", "Forbidden", "Gone", "Limits", "RequestTimeout",
+               "create_app", "serve_forever", "start_server"),
+    "client": ("CACHE_ENTRIES", "CACHE_REFRESH", "CACHE_TTL", "CLIENT_TIMEOUT", "DEFAULT_TTL",
+               "MAX_RESPONSE", "NEGATIVE_TTL", "REVOCATION_TTL", "DirectoryClient"),
+}
+_FROM = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str):
+    import importlib
+    if name in _LAZY or name in ("network",):
+        return importlib.import_module("." + name, __name__)
+    if name in _FROM:
+        return getattr(importlib.import_module("." + _FROM[name], __name__), name)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_FROM) | set(_LAZY))

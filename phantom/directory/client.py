@@ -15,7 +15,8 @@ from phantom.syntax import PEER_NAME
 from .records import DirectoryError, DirectoryRejected, DirectoryUnavailable, MAX_SEQ, \
     NodeSigner, Record, RecordError, name_field, b64, b64url, canonical, key_from_text, \
     make_endorsement, make_record, parse_record, strict_loads
-from .server import LIST_LIMIT, MAX_BODY
+from .records import MAX_BODY
+from .store.base import LIST_LIMIT
 
 log = logsetup.get_logger("directory")
 

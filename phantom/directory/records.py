@@ -69,6 +69,7 @@ MAX_TIME = 2 ** 63 - 1
 MAX_ENDPOINTS = 16
 MAX_ALLOWED_IPS = 64
 MAX_ENDORSEMENTS = 16
+MAX_BODY = 16 * 1024          # a request body: one record with 16 endpoints, 64 prefixes, 16 endorsements
 MAX_ENDORSERS = MAX_ENDORSEMENTS      # every signer a record names always has a place
 RECORD_FIELDS = frozenset(("name", "public_key", "signing_key", "endpoints", "allowed_ips",
                            "seq", "expires", "revoked", "endorsements", "sig", "protocol",

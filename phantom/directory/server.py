@@ -21,7 +21,7 @@ from phantom.syntax import PEER_NAME, PEER_NAME_RULE
 from phantom.errors import Invalid, NotFound, PhantomError, TooLarge, Unavailable
 from phantom.keys import KeyFormatError
 
-from .records import b64, canonical, key_from_text, strict_loads
+from .records import MAX_BODY, b64, canonical, key_from_text, strict_loads
 from .store import CLOCK_SKEW, DEFAULT_MAX_TTL, LIST_LIMIT, Forbidden, Gone, Store, \
     Unsupported, open_store
 from .store.base import TooManyRequests
@@ -33,7 +33,6 @@ log = logsetup.get_logger("directory")
 # --- service tunables ---------------------------------------------------------------------------
 DEFAULT_PORT = 4568
 DEFAULT_DB = "phantom-directory.sqlite"
-MAX_BODY = 16 * 1024                  # one record with 16 endpoints, 64 prefixes, 16 endorsements
 BODY_TIMEOUT = 10.0
 PURGE_INTERVAL = 60.0
 WATCH_KEYS = 256                      # keys one watch may follow (fits in MAX_BODY)

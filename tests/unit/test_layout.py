@@ -141,6 +141,29 @@ def test_phantomd_never_loads_the_lab():
         assert not [m for m in mods if m.split(".")[0] == "phantomlab"], path
 
 
+def test_making_and_reading_records_loads_no_http_server_or_client():
+    """``phantom join`` and the config loader read and sign directory records;
+    importing what they use must not load aiohttp (the directory's server and
+    client, ~0.2-0.4 s of CPU in every such process: 50 concurrent joins in
+    the suite paid it 50 times).  The package's face loads those parts when
+    first named."""
+    code = textwrap.dedent("""
+        import sys
+        from phantom.directory.records import NodeSigner, parse_record
+        from phantom.node.config import read_config_file, settings_from_mapping
+        import phantom.cli.join
+        import phantom.directory as d
+        assert d.KEY_SIZE == 32 and d.MAX_BODY > 0
+        print(sorted(m for m in sys.modules if m.split(".")[0] == "aiohttp"))
+        d.DirectoryClient, d.create_app                   # named: loaded now
+        print("aiohttp" in sys.modules)
+    """)
+    cp = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                        cwd=str(REPO))
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.split("\n")[:2] == ["[]", "True"], cp.stdout
+
+
 # ------------------------------------------------------------------ no import circle
 def _graph(root: Path = ROOT) -> dict:
     """phantom's (or ``root``'s) modules -> the modules of it each imports (a
