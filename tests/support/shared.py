@@ -10,10 +10,7 @@ as differences over their own traffic.  Mark them with one
 ``pytest.mark.xdist_group`` per shared setup, so that under
 ``--dist loadgroup`` one worker makes it once.
 
-    @pytest.fixture(scope="module")
-    def _rig(tmp_path_factory):
-        with SharedRig(tmp_path_factory, "tunnel") as rig:
-            yield rig
+    _rig = rig_fixture("tunnel")
 
     @pytest.fixture
     def shared(request, _rig):
@@ -24,7 +21,18 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
+
 from phantomlab import netns
+
+
+def rig_fixture(name: str):
+    """A module-scoped fixture holding the module's :class:`SharedRig`."""
+    @pytest.fixture(scope="module")
+    def _rig(tmp_path_factory):
+        with SharedRig(tmp_path_factory, name) as rig:
+            yield rig
+    return _rig
 
 
 class SharedRig:

@@ -20,7 +20,7 @@ from phantomlab.poll import wait_for
 from phantomlab import netns
 from phantomlab.templates import FAST_TUNABLES, TEST_PORT, UDP_PORT, peer_entry, write_config
 
-from tests.support.shared import SharedRig
+from tests.support.shared import rig_fixture
 
 pytestmark = pytest.mark.netns
 
@@ -36,10 +36,7 @@ def datapath(request):
 SHARED = [pytest.param(dp, marks=pytest.mark.xdist_group("tunnel-pair-%s" % dp)) for dp in DATAPATHS]
 
 
-@pytest.fixture(scope="module")
-def _rig(tmp_path_factory):
-    with SharedRig(tmp_path_factory, "tunnel") as rig:
-        yield rig
+_rig = rig_fixture("tunnel")
 
 
 @pytest.fixture

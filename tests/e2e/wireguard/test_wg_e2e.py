@@ -36,7 +36,7 @@ from phantomlab.poll import wait_for
 from phantomlab.templates import HTTP_PORT, UDP_PORT, peer_entry, write_config
 from phantomlab.wggo import WG_PORT, keypair, write_secret
 
-from tests.support.shared import SharedRig
+from tests.support.shared import rig_fixture
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(240)]
 
@@ -101,10 +101,7 @@ def _make_shared_pair(datapath):
     return make
 
 
-@pytest.fixture(scope="module")
-def _rig(tmp_path_factory):
-    with SharedRig(tmp_path_factory, "wg") as rig:
-        yield rig
+_rig = rig_fixture("wg")
 
 
 @pytest.fixture
