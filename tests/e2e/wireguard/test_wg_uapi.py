@@ -7,6 +7,8 @@ import base64
 import errno
 import ipaddress
 import os
+import shutil
+import socket
 
 import pytest
 
@@ -87,6 +89,25 @@ def _uapi_node(tmp_path, host, peers):
     return node, dev
 
 
+def _wg_show_interfaces_of(host, dev: str) -> list[str]:
+    """`wg show interfaces` as it lists phantomd's device, touching no other socket.
+
+    The stock tool connects to every socket in /var/run/wireguard and unlinks
+    each one that refuses -- which another test's wireguard-go socket does
+    between its bind() and listen().  So the tool runs in a mount namespace of
+    its own whose /var/run/wireguard holds only a hard link to our socket."""
+    private = SOCKET_DIR.parent / ("phantom-wgshow-%d" % os.getpid())
+    private.mkdir(mode=0o700)
+    try:
+        os.link(SOCKET_DIR / (dev + ".sock"), private / (dev + ".sock"))
+        script = 'mount --bind "$1" "$2" && exec wg show interfaces'
+        out = host.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                        "sh", str(private), str(SOCKET_DIR)]).stdout
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    return out.split()
+
+
 @pytest.mark.netns
 @pytest.mark.parametrize("datapath", ["reference", "fast"])
 def test_wg_show_and_wg_set_work_against_phantomd(two_hosts, tmp_path, daemon_factory, wg_factory,
@@ -112,7 +133,16 @@ def test_wg_show_and_wg_set_work_against_phantomd(two_hosts, tmp_path, daemon_fa
     assert "peer: %s" % encode_key(wg_pub) in show and "preshared key: (hidden)" in show
     assert "endpoint: %s:%d" % (b.ip, WG_PORT) in show and "latest handshake:" in show
     assert "transfer:" in show and "allowed ips: %s/32, %s/128" % (wg.ip4, wg.ip6) in show
-    assert dev in a.run(["wg", "show", "interfaces"]).stdout.split()
+    # listed, and a socket of another test's that is not listening yet is left alone
+    stranger = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stranger_path = SOCKET_DIR / ("phx%d.sock" % (os.getpid() % 100000))
+    try:
+        stranger.bind(str(stranger_path))
+        assert _wg_show_interfaces_of(a, dev) == [dev]
+        assert stranger_path.exists(), "wg show interfaces removed another test's socket"
+    finally:
+        stranger.close()
+        stranger_path.unlink(missing_ok=True)
     dump = a.run(["wg", "show", dev, "dump"]).stdout.splitlines()
     peer_row = dump[1].split("\t")
     assert peer_row[0] == encode_key(wg_pub) and int(peer_row[4]) > 0 and int(peer_row[5]) > 0
