@@ -18,6 +18,7 @@ from typing import Optional
 from phantom.keys import encode_key, public_key, write_private_key
 
 from .daemons import READY_TIMEOUT
+from .poll import POLL_INTERVAL
 from .templates import HTTP_PORT, TUN4, TUN6, peer_entry, write_config
 
 @dataclass
@@ -63,7 +64,7 @@ class Node:
                 return p
             if time.monotonic() > deadline:
                 raise AssertionError("%s: peer %s is %s, wanted %s" % (self.name, name, p["state"], states))
-            time.sleep(0.05)
+            time.sleep(POLL_INTERVAL)
 
 
 def make_node(tmp_path: Path, name: str, index: int, host) -> Node:
