@@ -26,11 +26,26 @@ peers -- the member stream's place later --, :class:`NameService`),
 show.py (`phantom dns`'s text).  See docs/names.md.
 """
 
-from .names import (MAX_ADDRESSES, Addresses, NameSource, NameTable, normalize_domain,
-                    normalize_label, valid_label)
+from typing import TYPE_CHECKING
+
+from .names import (DEFAULT_TTL, DNS_PORT, MAX_ADDRESSES, Addresses, NameSource, NameTable,
+                    normalize_domain, normalize_label, valid_label)
 from .resolved import SplitDns, resolv_conf, resolved_running, split_dns
-from .server import DNS_PORT, DnsServer, SourceLimiter, bind_sockets
-from .zone import DEFAULT_TTL, DEFAULT_UDP_PAYLOAD, MAX_QUERY, Zone
+
+# The responder (server.py, zone.py) is loaded when first named: it imports
+# dnspython (~0.1 s of CPU), which reading a config's [dns] section
+# (service.py), `phantom exit use` (resolved.py) and a daemon that serves no
+# names do not need.  phantomd imports it before the privilege drop when it
+# may serve DNS (phantom/node/startup.py's preload).
+_LAZY = {
+    "server": ("DnsServer", "SourceLimiter", "bind_sockets"),
+    "zone": ("DEFAULT_UDP_PAYLOAD", "MAX_QUERY", "Zone"),
+}
+_FROM = {name: module for module, names in _LAZY.items() for name in names}
+
+if TYPE_CHECKING:                        # the same names for type checkers (and the layout test's graph)
+    from .server import DnsServer, SourceLimiter, bind_sockets  # noqa: F401
+    from .zone import DEFAULT_UDP_PAYLOAD, MAX_QUERY, Zone  # noqa: F401
 
 __all__ = [
     "Addresses", "NameSource", "NameTable", "MAX_ADDRESSES", "valid_label", "normalize_label",
@@ -38,3 +53,16 @@ __all__ = [
     "DnsServer", "SourceLimiter", "bind_sockets", "DNS_PORT",
     "SplitDns", "split_dns", "resolved_running", "resolv_conf",
 ]
+
+
+def __getattr__(name: str):
+    import importlib
+    if name in _LAZY:
+        return importlib.import_module("." + name, __name__)
+    if name in _FROM:
+        return getattr(importlib.import_module("." + _FROM[name], __name__), name)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_FROM) | set(_LAZY))

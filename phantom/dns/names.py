@@ -23,8 +23,14 @@ from typing import Iterable, Mapping, NamedTuple, Protocol, Union
 
 __all__ = [
     "MAX_LABEL", "MAX_ADDRESSES", "Address", "Addresses", "NameSource", "NameTable",
-    "valid_label", "normalize_label", "normalize_domain",
+    "valid_label", "normalize_label", "normalize_domain", "DNS_PORT", "DEFAULT_TTL",
 ]
+
+# The service's defaults live here, not in server.py and zone.py (which
+# re-export them), because the ``[dns]`` section's settings need them and
+# reading a config must not import dnspython (service.py, phantom/dns/__init__.py).
+DNS_PORT = 53
+DEFAULT_TTL = 5             # seconds: a removal is gone from caches within this
 
 MAX_LABEL = 63              # RFC 1035: octets in one label
 MAX_NAME = 253              # presentation form of a full name, without the root dot

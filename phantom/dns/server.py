@@ -32,13 +32,13 @@ import time
 from collections import Counter, OrderedDict
 from typing import Callable, Iterable, Sequence
 
+from .names import DNS_PORT
 from .zone import Zone
 
 __all__ = ["DnsServer", "SourceLimiter", "bind_sockets", "DNS_PORT"]
 
 log = logging.getLogger("phantom.dns")
 
-DNS_PORT = 53
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)        # Linux; bind before the address exists
 
 

@@ -18,6 +18,12 @@ names feed, and the service object the daemon wires (phantom/daemon.py).
   root (systemd-resolved, when it runs), ``await start()`` on the loop,
   ``sync(entries)`` on changes, ``describe()`` for ``GET /dns``,
   ``stats()`` for /status and /metrics, ``await close()``.
+
+Reading ``[dns]`` (:func:`parse_section`, :class:`DnsSettings`: every
+config load, and a reload after the privilege drop) imports no dnspython:
+the responder's modules (server.py, zone.py: dnspython) are imported by
+:class:`NameService` and :func:`warm_up`, which only a daemon that serves
+names runs (phantom/node/startup.py's ``preload``).
 """
 
 from __future__ import annotations
@@ -32,10 +38,8 @@ from typing import Any, Iterable, Optional, Protocol
 
 from ..errors import ConfigError
 from ..syntax import parse_ip_addresses
-from .names import NameTable, normalize_domain, normalize_label
+from .names import DEFAULT_TTL, DNS_PORT, NameTable, normalize_domain, normalize_label
 from .resolved import in_init_netns, resolv_conf, resolved_running, split_dns
-from .server import DNS_PORT, DnsServer, SourceLimiter, bind_sockets
-from .zone import DEFAULT_TTL, Zone
 
 __all__ = ["DnsSettings", "parse_section", "NameFeed", "NameSync", "peer_entries", "NameService",
            "DEFAULT_DOMAIN", "warm_up"]
@@ -212,6 +216,8 @@ class NameService:
     """The daemon's name service; see the module docstring for the order of calls."""
 
     def __init__(self, settings: DnsSettings, own_name: Optional[str], addresses: Iterable) -> None:
+        from .server import DnsServer, SourceLimiter     # dnspython: only when names are served
+        from .zone import Zone
         self.settings = settings
         ifaces = [a if hasattr(a, "network") else ipaddress.ip_interface(a) for a in addresses]
         if settings.listen is not None:
@@ -244,6 +250,7 @@ class NameService:
     # -- root-only steps ---------------------------------------------------------------
     def bind(self) -> None:
         """Port 53 on the listen addresses, UDP and TCP (while root)."""
+        from .server import bind_sockets
         try:
             self._sockets = bind_sockets(self.listen, self.settings.port)
         except OSError as exc:
@@ -368,6 +375,7 @@ def warm_up() -> None:
     that dnspython imports the record-type modules it loads lazily while
     the daemon can still read its installation (before the privilege drop)."""
     import dns.message
+    from .zone import Zone
     table = NameTable({"warm": (["192.0.2.1"], ["2001:db8::1"])})
     zone = Zone("warm.invalid", table, ipv4_prefix="192.0.2.0/24", ipv6_prefix="2001:db8::/32")
     for name, rdtype in (("warm.warm.invalid", "A"), ("warm.warm.invalid", "AAAA"),

@@ -51,11 +51,10 @@ import dns.reversename
 import dns.rrset
 import dns.wire
 
-from .names import Addresses, NameSource, normalize_domain, normalize_label
+from .names import DEFAULT_TTL, Addresses, NameSource, normalize_domain, normalize_label
 
 __all__ = ["Zone", "DEFAULT_TTL", "DEFAULT_UDP_PAYLOAD", "MAX_QUERY"]
 
-DEFAULT_TTL = 5             # seconds: a removal is gone from caches within this
 DEFAULT_UDP_PAYLOAD = 1232  # the DNS flag day 2020 value: no IP fragmentation
 # A stub resolver's query is < 300 bytes (a 255-byte name, an OPT record with
 # a cookie, padded to 128-byte blocks: <= 384).  The cap bounds the parse:

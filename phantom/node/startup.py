@@ -23,7 +23,8 @@
      :func:`serve`: the API token and listeners, then :func:`build`: the data
      path (reference, or Cython with --fast) and the configured peers
      through the peer table; WireGuard's UAPI socket; :func:`preload`
-     imports every module needed later;
+     imports every module needed later (dnspython only when this daemon
+     may serve or forward DNS: :func:`needs_dns`);
   6. switch user (root only, :func:`phantom.privileges.switch_user`): no
      supplementary groups, setresgid/setresuid, which glibc applies to every
      thread and which clears the permitted, effective and ambient sets; then
@@ -230,10 +231,24 @@ def write_runtime_record(d) -> None:
                  "--token-file %s for changes", runtime.runtime_dir(), s.token_file)
 
 
-def preload(dht: bool = False) -> None:
+def needs_dns(d) -> bool:
+    """Whether this daemon may run dnspython after the privilege drop: it
+    serves names (``d.names``: a ``[dns]`` section turned on, or a
+    network member, whose names are on unless its section turns them off:
+    phantom/node/dns.py's ``member_dns``), or it is an exit node (its
+    clients' DNS forwarder, :func:`open_exit_dns`).  Nothing else in the
+    daemon uses dnspython: a reload reads ``[dns]`` with service.py alone
+    (and a changed ``[dns]`` needs a restart), and ``phantom exit use``
+    registers the exit's DNS through resolved.py, neither of which imports it."""
+    return d.names is not None or bool(d.s.exit_node)
+
+
+def preload(dht: bool = False, dns: bool = False) -> None:
     """Import, while still root, every module the daemon may need later: the
     unprivileged user may not be able to read the Python installation (a
-    pyenv under /root, say), and a lazy import after the drop would fail."""
+    pyenv under /root, say), and a lazy import after the drop would fail.
+    ``dns``: warm dnspython up too (:func:`needs_dns`); a daemon that serves
+    no DNS does not pay for it (~0.1 s of CPU per start)."""
     import base64  # noqa: F401
     import concurrent.futures.thread  # noqa: F401  (executors for DNS lookups)
     import encodings.idna  # noqa: F401
@@ -246,11 +261,13 @@ def preload(dht: bool = False) -> None:
     from . import metrics, reload, app, api, opsapi, events  # noqa: F401  (prometheus-client too)
     import platform  # noqa: F401  (prometheus-client's platform collector)
     from ..directory import client as _client  # noqa: F401
-    try:
-        from ..dns.service import warm_up
-        warm_up()                        # dnspython imports its record types lazily
-    except ImportError:  # pragma: no cover - dnspython is a dependency
-        pass
+    from ..dns import resolved, service  # noqa: F401  (a reload's [dns], `phantom exit use`: no dnspython)
+    if dns:
+        try:
+            from ..dns.service import warm_up
+            warm_up()                    # dnspython imports its record types lazily
+        except ImportError:  # pragma: no cover - dnspython is a dependency
+            pass
     if dht:
         import libtorrent  # noqa: F401
         from ..directory.store import dht as _dht  # noqa: F401
@@ -288,7 +305,7 @@ async def serve(d) -> None:
         except OSError as exc:
             raise ConfigError("interface.uapi", "cannot serve %s: %s"
                               % (uapi.path, exc.strerror or exc)) from None
-    preload(dht=s.directory == "dht")
+    preload(dht=s.directory == "dht", dns=needs_dns(d))
     write_runtime_record(d)              # while still root: /run/phantom is root's
     if d.drop_to is not None:            # main() locked down before the loop existed
         switch_user(d.drop_to)           # every thread; verified task by task
