@@ -18,12 +18,16 @@ docs/network.md for the formats and the trust rules.
 * :mod:`.errors` -- every refusal, with its reason and user-facing sentence
 """
 
-# Loaded when first named (PEP 562), as phantom.directory does: a process that
-# needs one part -- the directory's records need only .canonical, ``phantom
-# network invite`` never needs .members (and its logging) -- imports only that
-# part and what it imports.
+# Bound now (the module is small): the function ``allocate`` has its module's
+# name, and importing the module later would rebind phantom.network.allocate
+# to the module.
+from .allocate import allocate, allocate_ipv4, allocate_ipv6, derived_ipv6
+
+# The rest is loaded when first named (PEP 562), as phantom.directory does: a
+# process that needs one part -- the directory's records need only .canonical,
+# ``phantom network invite`` never needs .members (and its logging) -- imports
+# only that part and what it imports.
 _LAZY = {
-    "allocate": ("allocate", "allocate_ipv4", "allocate_ipv6", "derived_ipv6"),
     "certificate": ("MAX_CERT_SIZE", "Certificate", "check_budget", "issue_certificate",
                     "parse_certificate", "verify_certificate"),
     "definition": ("AdmissionKey", "Definition", "Server", "is_newer", "make_definition",
