@@ -19,7 +19,6 @@ import functools
 import hmac as _hmac
 from typing import Callable
 
-import cffi
 import nacl.bindings as _nb
 from nacl import _sodium
 
@@ -27,22 +26,6 @@ from .wire import aegis256_nonce, transport_nonce
 
 ffi = _sodium.ffi
 lib = _sodium.lib
-
-# libsodium functions PyNaCl's cffi module does not declare, from the same
-# library (PyNaCl's _sodium extension exports libsodium's symbols; dlopen of
-# a loaded object returns that object, so this is the same, initialised
-# libsodium): the runtime CPU feature checks.
-_rt_ffi = cffi.FFI()
-_rt_ffi.cdef("""
-    int sodium_runtime_has_aesni(void);
-    int sodium_runtime_has_avx(void);
-    int sodium_runtime_has_pclmul(void);
-    int sodium_runtime_has_armcrypto(void);
-""")
-try:
-    _rt = _rt_ffi.dlopen(_sodium.__file__)
-except OSError:            # not exported by this build: assume no AES hardware
-    _rt = None
 
 KEY_SIZE = 32
 HASH_SIZE = 64          # BLAKE2b-512, Noise HASHLEN
@@ -279,13 +262,36 @@ AEGIS256_TAG = 32          # crypto_aead_aegis256_ABYTES
 AEGIS256_KEY = 32
 
 
+@functools.lru_cache(maxsize=None)
+def _runtime_lib():
+    """libsodium's runtime CPU feature checks, which PyNaCl's cffi module does
+    not declare, from the same library (PyNaCl's _sodium extension exports
+    libsodium's symbols; dlopen of a loaded object returns that object, so
+    this is the same, initialised libsodium); None if it cannot be opened.
+    A check missing from this build reads as False (then: no AES hardware
+    assumed).
+
+    Through ctypes, made on first use: a cffi ``cdef`` here would import
+    pycparser and parse C in every process that imports this module (about
+    25 ms of CPU per ``phantom`` command)."""
+    import ctypes
+    try:
+        return ctypes.CDLL(_sodium.__file__)
+    except OSError:
+        return None
+
+
 def _runtime(name: str) -> bool:
-    if _rt is None:
+    import ctypes
+    rt = _runtime_lib()
+    if rt is None:
         return False
     try:
-        return bool(getattr(_rt, name)())
+        fn = getattr(rt, name)          # int sodium_runtime_has_*(void)
     except AttributeError:
         return False
+    fn.restype, fn.argtypes = ctypes.c_int, ()
+    return bool(fn())
 
 
 def cpu_features() -> dict:

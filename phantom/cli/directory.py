@@ -1,28 +1,37 @@
-"""``phantom directory ...``: serve, publish, lookup, list, revoke, endorse, signer-key."""
+"""``phantom directory ...``: serve, publish, lookup, list, revoke, endorse, signer-key.
+
+The parser takes its defaults from phantom/directory/defaults.py; the server
+(aiohttp's web side) is imported only by ``serve`` and ``dht-node``, the client
+(asyncio, aiohttp's client) only by the commands that ask a directory.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import binascii
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from phantom import crypto, logsetup
 from phantom.syntax import PEER_NAME
 from phantom.errors import ConfigError, PhantomError
 from phantom.keys import KeyFormatError
 
-from phantom.directory.client import CLIENT_TIMEOUT, DEFAULT_TTL, DHT_TIMEOUT, DirectoryClient
+from phantom.directory.defaults import CLIENT_TIMEOUT, DEFAULT_DB, DEFAULT_MAX_TTL, DEFAULT_PORT, \
+    DEFAULT_TTL, DHT_TIMEOUT, KEY_WRITES, MAX_HEARTBEAT, SOURCE_QUOTA, SOURCE_WATCHES, \
+    SOURCE_WRITES, WATCH_HEARTBEAT, WATCHERS_MAX
 from phantom.directory.records import KEY_SIZE, MAX_ENDORSERS, DirectoryError, b64, key_from_text, signing_key_of
-from phantom.directory.server import DEFAULT_DB, DEFAULT_MAX_TTL, DEFAULT_PORT, KEY_WRITES, MAX_HEARTBEAT, \
-    SOURCE_QUOTA, SOURCE_WATCHES, SOURCE_WRITES, WATCH_HEARTBEAT, WATCHERS_MAX, Limits, \
-    serve_forever
+
+if TYPE_CHECKING:
+    from phantom.directory.client import DirectoryClient
+
 
 # --- command line ---------------------------------------------------------------------------------
 def _run(coro):
+    import asyncio
     try:
         import uvloop
     except ImportError:              # pragma: no cover - uvloop is a dependency
@@ -64,8 +73,8 @@ def make_client(args, private_key):
     """The client the options ask for (not started)."""
     trusted = getattr(args, "trusted_signer", None) or ()
     timeout = client_timeout(args)
+    from phantom.directory.client import DhtDirectoryClient, DirectoryClient
     if _is_dht(args):
-        from phantom.directory.client import DhtDirectoryClient
         if not args.bootstrap:
             raise ValueError("--directory dht needs --bootstrap IP:PORT (a node of the swarm)")
         return DhtDirectoryClient(private_key, listen="0.0.0.0:0", bootstrap=args.bootstrap,
@@ -96,6 +105,7 @@ def _load_key(path):
 
 
 def cmd_serve(args) -> int:
+    from phantom.directory.server import Limits, serve_forever
     from phantom.privileges import lock_down, resolve_user
     logsetup.setup_logging(args.log_level)
     pw = resolve_user(args.user)         # None unless root
@@ -121,6 +131,7 @@ def cmd_serve(args) -> int:
 async def dht_nodes_forever(listen: str, port: int, count: int, bootstrap, status_port: int) -> None:
     """Run ``count`` DHT nodes on listen:port.. (each joined to the others and to
     ``bootstrap``), with an optional HTTP /status, until SIGINT/SIGTERM."""
+    import asyncio
     import signal
     from aiohttp import web
     from phantom.directory.server import start_server

@@ -25,18 +25,19 @@ http://127.0.0.1:4567, or $PHANTOM_API), ``--socket PATH`` ($PHANTOM_SOCKET),
 ``--token-file PATH`` (default <state dir>/token, or $PHANTOM_TOKEN_FILE),
 ``--json`` and ``--timeout``.  API errors print ``error: <message>`` and exit 1.
 
-The client uses only the standard library (http.client) so that it starts fast.
+The client uses only the standard library (http.client) so that it starts fast;
+it imports http.client only when it talks to phantomd, and a delegated command
+group (``phantom network``, ``phantom directory``, ...) imports only its own module.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
+import functools
 import importlib
 import importlib.util
 import json
 import os
-import socket
 import sys
 import urllib.parse
 from pathlib import Path
@@ -50,20 +51,29 @@ class CliError(Exception):
 
 
 # --- HTTP client ------------------------------------------------------------------------------
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
+@functools.lru_cache(maxsize=None)
+def _unix_connection_class():
+    """http.client's connection over a Unix socket (made on first use: the
+    commands that never talk to phantomd do not import http.client)."""
+    import http.client
+    import socket
 
-    def connect(self):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+    class UnixHTTPConnection(http.client.HTTPConnection):
+        def __init__(self, path: str, timeout: float):
+            super().__init__("localhost", timeout=timeout)
+            self._path = path
+
+        def connect(self):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self._path)
+            except BaseException:
+                sock.close()
+                raise
+            self.sock = sock
+
+    return UnixHTTPConnection
 
 
 def _default_state_dir() -> Path:
@@ -130,11 +140,14 @@ class ApiClient:
             raise CliError("cannot read the API token from %s (%s): %s" % (path, reason, hint)) from None
 
     def _connection(self) -> http.client.HTTPConnection:
+        import http.client
         if self.socket_path:
-            return _UnixHTTPConnection(self.socket_path, self.timeout)
+            return _unix_connection_class()(self.socket_path, self.timeout)
         return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
 
     def request(self, method: str, path: str, body=None):
+        import http.client
+        import socket
         mutating = method not in ("GET", "HEAD")
         headers = {"Accept": "application/json"}
         token = self._token(required=mutating)

@@ -10,6 +10,8 @@ The package, along its seams:
   store/       one module per backend behind one interface (base.py)
   server.py    the aiohttp application (create_app, start_server, serve_forever)
   client.py    DirectoryClient: publish, resolve, cache, pins
+  defaults.py  the defaults the command line shows (no imports: its parser needs
+               neither the server nor the client)
 
 The ``phantom directory`` subcommands are the CLI's
 (:mod:`phantom.cli.directory`); what they use is importable from here.

@@ -15,15 +15,15 @@ from phantom.syntax import PEER_NAME
 from .records import DirectoryError, DirectoryRejected, DirectoryUnavailable, MAX_SEQ, \
     NodeSigner, Record, RecordError, name_field, b64, b64url, canonical, key_from_text, \
     make_endorsement, make_record, parse_record, strict_loads
+from .defaults import CLIENT_TIMEOUT, DEFAULT_TTL, DHT_TIMEOUT
 from .records import MAX_BODY
 from .store.base import LIST_LIMIT
 
 log = logsetup.get_logger("directory")
 
 # --- client tunables ----------------------------------------------------------------------------
-DEFAULT_TTL = 3600                    # a published record lives this long; republish at half
+# (DEFAULT_TTL, CLIENT_TIMEOUT and DHT_TIMEOUT: in defaults.py, for the command line's parser)
 REVOCATION_TTL = 365 * 86400
-CLIENT_TIMEOUT = 5.0
 CACHE_REFRESH = 30.0                  # a cached record younger than this is served without asking
 CACHE_TTL = 3600.0                    # the oldest cached record served while the directory is down
 NEGATIVE_TTL = 5.0                    # "no such record" is remembered this long
@@ -36,7 +36,6 @@ WATCH_POLL = 5.0                      # directories without /watch (and the DHT)
 WATCH_CHUNK = 256                     # keys per watch stream (the server's limit)
 WATCH_READ = 40.0                     # a watch stream silent this long (no heartbeat) is redone
 ENDPOINT_CHECK = 2.0                  # how often keep_published asks for changed endpoints
-DHT_TIMEOUT = 10.0                    # a DHT lookup or publish gives up after this
 
 
 def _header_seconds(value) -> float:

@@ -21,6 +21,8 @@ from phantom.syntax import PEER_NAME, PEER_NAME_RULE
 from phantom.errors import Invalid, NotFound, PhantomError, TooLarge, Unavailable
 from phantom.keys import KeyFormatError
 
+from .defaults import DEFAULT_DB, DEFAULT_PORT, KEY_WRITES, MAX_HEARTBEAT, SOURCE_QUOTA, \
+    SOURCE_WATCHES, SOURCE_WRITES, WATCH_HEARTBEAT, WATCHERS_MAX
 from .records import MAX_BODY, b64, canonical, key_from_text, strict_loads
 from .store import CLOCK_SKEW, DEFAULT_MAX_TTL, LIST_LIMIT, Forbidden, Gone, Store, \
     Unsupported, open_store
@@ -31,22 +33,15 @@ from .store.base import endorsed_until as _endorsed_until, \
 log = logsetup.get_logger("directory")
 
 # --- service tunables ---------------------------------------------------------------------------
-DEFAULT_PORT = 4568
-DEFAULT_DB = "phantom-directory.sqlite"
+# (DEFAULT_PORT, DEFAULT_DB, WATCHERS_MAX, WATCH_HEARTBEAT, MAX_HEARTBEAT and the per-source
+# limits SOURCE_WRITES, KEY_WRITES, SOURCE_QUOTA, SOURCE_WATCHES: in defaults.py, which the
+# command line's parser reads without importing this module)
 BODY_TIMEOUT = 10.0
 PURGE_INTERVAL = 60.0
 WATCH_KEYS = 256                      # keys one watch may follow (fits in MAX_BODY)
-WATCHERS_MAX = 1024                   # concurrent watch streams per front end
-WATCH_HEARTBEAT = 15.0
 WATCH_MAX = 300.0                     # a watch stream ends after this; the client reconnects
-MAX_HEARTBEAT = 30.0                  # clients redo a stream silent for 40 s (WATCH_READ)
 WATCH_GONE_CHECK = 0.5                # how often a stream checks that its client is still there
 WATCH_RETRY_AFTER = 30                # what a refused watch is told (it polls meanwhile)
-# per-source limits (a source is the client's address; IPv6 by /64).  0 turns one off.
-SOURCE_WRITES = 60                    # PUT/POST per source per minute (a bucket of 60)
-KEY_WRITES = 12                       # writes of one key's record per minute (a bucket of 12)
-SOURCE_QUOTA = 256                    # records (and kept revocations) stored per source
-SOURCE_WATCHES = 16                   # concurrent watch streams per source
 LIMITER_KEYS = 65536                  # sources (and keys) a rate limiter remembers
 
 

@@ -18,17 +18,48 @@ docs/network.md for the formats and the trust rules.
 * :mod:`.errors` -- every refusal, with its reason and user-facing sentence
 """
 
+# Bound now (the module is small): the function ``allocate`` has its module's
+# name, and importing the module later would rebind phantom.network.allocate
+# to the module.
 from .allocate import allocate, allocate_ipv4, allocate_ipv6, derived_ipv6
-from .certificate import (MAX_CERT_SIZE, Certificate, check_budget, issue_certificate,
-                          parse_certificate, verify_certificate)
-from .definition import (AdmissionKey, Definition, Server, is_newer, make_definition,
-                         parse_definition, revise)
-from .errors import (AllocationError, FormatError, InviteError, NetworkError, Reason, Refused,
-                     headline)
-from .invite import Invite, InviteToken, create_invite, hash_secret, parse_invite, parse_token
-from .members import Delta, Member, MemberChange, MemberSet, parse_delta
-from .keys import SigningKey, fingerprint, load_key, save_key
-from .removal import Removal, RemovalSet, make_removal, verify_removal
+
+# The rest is loaded when first named (PEP 562), as phantom.directory does: a
+# process that needs one part -- the directory's records need only .canonical,
+# ``phantom network invite`` never needs .members (and its logging) -- imports
+# only that part and what it imports.
+_LAZY = {
+    "certificate": ("MAX_CERT_SIZE", "Certificate", "check_budget", "issue_certificate",
+                    "parse_certificate", "verify_certificate"),
+    "definition": ("AdmissionKey", "Definition", "Server", "is_newer", "make_definition",
+                   "parse_definition", "revise"),
+    "errors": ("AllocationError", "FormatError", "InviteError", "NetworkError", "Reason",
+               "Refused", "headline"),
+    "invite": ("Invite", "InviteToken", "create_invite", "hash_secret", "parse_invite",
+               "parse_token"),
+    "members": ("Delta", "Member", "MemberChange", "MemberSet", "parse_delta"),
+    "keys": ("SigningKey", "fingerprint", "load_key", "save_key"),
+    "removal": ("Removal", "RemovalSet", "make_removal", "verify_removal"),
+}
+_FROM = {name: module for module, names in _LAZY.items() for name in names}
+# the submodules the package used to import eagerly (with those they import):
+# ``phantom.network.definition`` after a bare ``import phantom.network`` still works
+_SUBMODULES = frozenset(_LAZY) | {"canonical", "names"}
+
+
+def __getattr__(name: str):
+    import importlib
+    if name in _FROM:
+        value = getattr(importlib.import_module("." + _FROM[name], __name__), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module("." + name, __name__)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_FROM) | _SUBMODULES)
+
 
 __all__ = [
     "AdmissionKey", "AllocationError", "Certificate", "Definition", "FormatError", "Invite",

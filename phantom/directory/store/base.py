@@ -48,11 +48,11 @@ from typing import AsyncIterator, Callable, Iterable, Optional
 from phantom.errors import (Conflict, Forbidden, Gone, Invalid, NotFound, PhantomError,  # noqa: F401
                             RateLimited, Unavailable, Unsupported)
 
+from ..defaults import DEFAULT_MAX_TTL  # noqa: F401  (the server refuses records that live longer)
 from ..records import MAX_ENDORSEMENTS, NodeSigner, Record, RecordError, b64, parse_record, \
     verify_endorsement
 
 LIST_LIMIT = 500
-DEFAULT_MAX_TTL = 30 * 86400          # the server refuses records that live longer
 CLOCK_SKEW = 300                      # seconds of clock difference tolerated on publish
 WATCH_QUEUE = 1024                    # changes a slow watcher may fall behind before it is dropped
 

@@ -521,6 +521,26 @@ def test_default_suites_follow_libsodiums_aes_hardware_check():
     assert crypto.aes_hardware() == bool((f["aesni"] and f["avx"]) or f["armcrypto"])
 
 
+def test_cpu_features_read_the_same_as_libsodiums_functions_through_cffi():
+    """crypto reads the sodium_runtime_has_* checks through ctypes, on first use
+    (a cffi cdef at import costs every process pycparser): the same values as
+    the functions declared to cffi and called from the same library."""
+    import cffi
+    from nacl import _sodium
+    ffi = cffi.FFI()
+    ffi.cdef("int sodium_runtime_has_aesni(void); int sodium_runtime_has_avx(void);"
+             "int sodium_runtime_has_pclmul(void); int sodium_runtime_has_armcrypto(void);")
+    rt = ffi.dlopen(_sodium.__file__)
+    expect = {}
+    for name in ("aesni", "avx", "pclmul", "armcrypto"):
+        try:
+            expect[name] = bool(getattr(rt, "sodium_runtime_has_" + name)())
+        except AttributeError:           # not in this build: crypto reads it as False
+            expect[name] = False
+    assert crypto.cpu_features() == expect
+    assert crypto.cpu_features() == expect          # (the second call: the cached library)
+
+
 def test_a_peer_of_its_own_ciphers_gets_them_and_the_others_keep_the_interfaces():
     t = Tunables(handshake_jitter=0.0)
     clock, wall = Clock(), Clock(1.7e9)
