@@ -128,7 +128,7 @@ say "compiling phantom and phantomlab (.pyc), and the tests (pytest's assertion-
 (cd "$ROOT" && "$VENV/bin/python" -m pytest -q --collect-only -p no:cacheprovider >/dev/null 2>&1) \
     || echo "    (collecting the tests failed; they are compiled on their first run instead)"
 
-say "ready: tests run with  .venv/bin/python -m pytest -q -ra -n 4 --dist loadgroup"
+say "ready: tests run with  .venv/bin/python -m pytest -q -ra -n 6 --dist loadgroup"
 
 # --- 5. the demo ---------------------------------------------------------------------------
 if [ "$RUN_DEMO" -eq 1 ]; then
