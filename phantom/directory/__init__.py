@@ -17,6 +17,9 @@ The ``phantom directory`` subcommands are the CLI's
 (:mod:`phantom.cli.directory`); what they use is importable from here.
 """
 
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_face
 from .records import (  # noqa: F401
     ENDORSE_DOMAIN, ENDORSEMENT_FIELDS, KEY_SIZE, MAX_ALLOWED_IPS, MAX_BODY, MAX_ENDORSEMENTS,
     MAX_ENDORSERS, MAX_ENDPOINTS, MAX_SEQ, MAX_TIME, NONCE_LABEL, RECORD_DOMAIN, RECORD_FIELDS,
@@ -37,17 +40,14 @@ _LAZY = {
     "client": ("CACHE_ENTRIES", "CACHE_REFRESH", "CACHE_TTL", "CLIENT_TIMEOUT", "DEFAULT_TTL",
                "MAX_RESPONSE", "NEGATIVE_TTL", "REVOCATION_TTL", "DirectoryClient"),
 }
-_FROM = {name: module for module, names in _LAZY.items() for name in names}
 
+if TYPE_CHECKING:                        # the same names for type checkers (and the layout test's graph)
+    from . import network  # noqa: F401
+    from .client import (CACHE_ENTRIES, CACHE_REFRESH, CACHE_TTL, CLIENT_TIMEOUT,  # noqa: F401
+                         DEFAULT_TTL, MAX_RESPONSE, NEGATIVE_TTL, REVOCATION_TTL, DirectoryClient)
+    from .server import (BODY_TIMEOUT, CLOCK_SKEW, DEFAULT_DB, DEFAULT_MAX_TTL,  # noqa: F401
+                         DEFAULT_PORT, PURGE_INTERVAL, Forbidden, Gone, Limits, RequestTimeout,
+                         create_app, serve_forever, start_server)
+    from .store import LIST_LIMIT, DirectoryStore, StoredRecord  # noqa: F401
 
-def __getattr__(name: str):
-    import importlib
-    if name in _LAZY or name in ("network",):
-        return importlib.import_module("." + name, __name__)
-    if name in _FROM:
-        return getattr(importlib.import_module("." + _FROM[name], __name__), name)
-    raise AttributeError("module %r has no attribute %r" % (__name__, name))
-
-
-def __dir__() -> list:
-    return sorted(set(globals()) | set(_FROM) | set(_LAZY))
+__getattr__, __dir__ = lazy_face(__name__, globals(), _LAZY, submodules=("network",))

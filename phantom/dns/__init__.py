@@ -28,6 +28,8 @@ show.py (`phantom dns`'s text).  See docs/names.md.
 
 from typing import TYPE_CHECKING
 
+from ..lazy import lazy_face
+
 from .names import (DEFAULT_TTL, DNS_PORT, MAX_ADDRESSES, Addresses, NameSource, NameTable,
                     normalize_domain, normalize_label, valid_label)
 from .resolved import SplitDns, resolv_conf, resolved_running, split_dns
@@ -41,7 +43,6 @@ _LAZY = {
     "server": ("DnsServer", "SourceLimiter", "bind_sockets"),
     "zone": ("DEFAULT_UDP_PAYLOAD", "MAX_QUERY", "Zone"),
 }
-_FROM = {name: module for module, names in _LAZY.items() for name in names}
 
 if TYPE_CHECKING:                        # the same names for type checkers (and the layout test's graph)
     from .server import DnsServer, SourceLimiter, bind_sockets  # noqa: F401
@@ -55,14 +56,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    import importlib
-    if name in _LAZY:
-        return importlib.import_module("." + name, __name__)
-    if name in _FROM:
-        return getattr(importlib.import_module("." + _FROM[name], __name__), name)
-    raise AttributeError("module %r has no attribute %r" % (__name__, name))
-
-
-def __dir__() -> list:
-    return sorted(set(globals()) | set(_FROM) | set(_LAZY))
+__getattr__, __dir__ = lazy_face(__name__, globals(), _LAZY)

@@ -18,6 +18,10 @@ docs/network.md for the formats and the trust rules.
 * :mod:`.errors` -- every refusal, with its reason and user-facing sentence
 """
 
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_face
+
 # Bound now (the module is small): the function ``allocate`` has its module's
 # name, and importing the module later would rebind phantom.network.allocate
 # to the module.
@@ -40,25 +44,23 @@ _LAZY = {
     "keys": ("SigningKey", "fingerprint", "load_key", "save_key"),
     "removal": ("Removal", "RemovalSet", "make_removal", "verify_removal"),
 }
-_FROM = {name: module for module, names in _LAZY.items() for name in names}
+if TYPE_CHECKING:                        # the same names for type checkers (and the layout test's graph)
+    from . import canonical, names  # noqa: F401
+    from .certificate import (MAX_CERT_SIZE, Certificate, check_budget,  # noqa: F401
+                              issue_certificate, parse_certificate, verify_certificate)
+    from .definition import (AdmissionKey, Definition, Server, is_newer,  # noqa: F401
+                             make_definition, parse_definition, revise)
+    from .errors import (AllocationError, FormatError, InviteError,  # noqa: F401
+                         NetworkError, Reason, Refused, headline)
+    from .invite import (Invite, InviteToken, create_invite, hash_secret,  # noqa: F401
+                         parse_invite, parse_token)
+    from .keys import SigningKey, fingerprint, load_key, save_key  # noqa: F401
+    from .members import Delta, Member, MemberChange, MemberSet, parse_delta  # noqa: F401
+    from .removal import Removal, RemovalSet, make_removal, verify_removal  # noqa: F401
+
 # the submodules the package used to import eagerly (with those they import):
 # ``phantom.network.definition`` after a bare ``import phantom.network`` still works
-_SUBMODULES = frozenset(_LAZY) | {"canonical", "names"}
-
-
-def __getattr__(name: str):
-    import importlib
-    if name in _FROM:
-        value = getattr(importlib.import_module("." + _FROM[name], __name__), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        return importlib.import_module("." + name, __name__)
-    raise AttributeError("module %r has no attribute %r" % (__name__, name))
-
-
-def __dir__() -> list:
-    return sorted(set(globals()) | set(_FROM) | _SUBMODULES)
+__getattr__, __dir__ = lazy_face(__name__, globals(), _LAZY, submodules=("canonical", "names"))
 
 
 __all__ = [
