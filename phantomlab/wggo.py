@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -142,6 +143,30 @@ class WgDevice:
 _WG_LIVE: list["WgSide"] = []      # for the atexit path
 
 
+def wait_listening(path: Path, proc: subprocess.Popen, timeout: float, what: str,
+                   log_tail=lambda: "") -> None:
+    """Until the control socket ``path`` accepts a connection.
+
+    Its file appears at bind(), before listen(); a `wg` run in between gets
+    ECONNREFUSED, and stock `wg` then *unlinks* the socket as stale and falls
+    back to the kernel ("Unable to modify interface: Protocol not supported").
+    So the socket counts only once a connect() succeeds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RigError(f"{what} exited ({proc.returncode}): {log_tail()}")
+        with contextlib.closing(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)) as s:
+            try:
+                s.connect(str(path))
+                return
+            except (FileNotFoundError, ConnectionRefusedError):
+                pass
+        if time.monotonic() > deadline:
+            raise RigError(f"{what} made no listening control socket {path} in {timeout}s: "
+                           f"{log_tail()}")
+        time.sleep(0.01)
+
+
 @dataclass
 class WgSide:
     """``wireguard-go -f IFNAME`` in ``host``'s namespace, logging to ``log_path``."""
@@ -164,15 +189,8 @@ class WgSide:
                                         stdout=log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
         _WG_LIVE.append(self)
-        deadline = time.monotonic() + WG_SOCKET_TIMEOUT
-        while not self.sock.exists():
-            if self.proc.poll() is not None:
-                raise RigError(f"wireguard-go -f {self.ifname} exited ({self.proc.returncode}): "
-                               f"{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RigError(f"wireguard-go made no control socket {self.sock} "
-                               f"in {WG_SOCKET_TIMEOUT}s: {self.log_tail()}")
-            time.sleep(0.01)
+        wait_listening(self.sock, self.proc, WG_SOCKET_TIMEOUT,
+                       f"wireguard-go -f {self.ifname}", self.log_tail)
 
     def log_tail(self) -> str:
         try:
