@@ -262,6 +262,8 @@ def preload(dht: bool = False, dns: bool = False) -> None:
     import platform  # noqa: F401  (prometheus-client's platform collector)
     from ..directory import client as _client  # noqa: F401
     from ..dns import resolved, service  # noqa: F401  (a reload's [dns], `phantom exit use`: no dnspython)
+    from .. import crypto
+    crypto.cpu_features()                # libsodium's CPU checks load ctypes on first use (/status)
     if dns:
         try:
             from ..dns.service import warm_up

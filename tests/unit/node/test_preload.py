@@ -70,6 +70,7 @@ SCRIPT = textwrap.dedent("""
         settings_from_mapping({"interface": {"addresses": ["10.9.0.1/24"]}, "dns": {"ttl": 9}})
         from phantom.dns.resolved import in_init_netns, resolved_running
         in_init_netns(), resolved_running()
+        crypto.cpu_features(), crypto.aes_hardware()      # /status's "crypto" (ctypes, first use)
         out.append({"case": case, "needs": startup.needs_dns(d), "warmed": bool(warmed),
                     "dnspython": sorted(m for m in loaded if m.split(".")[0] == "dns"),
                     "later": sorted(set(sys.modules) - loaded)})
