@@ -14,6 +14,9 @@ import pytest
 
 from phantom.network import cli as network_cli
 
+# fresh interpreters, one per case (about 0.2-0.5 s each): the full suite, not the quick set
+pytestmark = pytest.mark.slow
+
 # Never at the start of a command that does not serve or ask anything:
 # the directory's server (aiohttp's web side), its client (asyncio, aiohttp's
 # client), the stdlib HTTP client (phantomd's API), pycparser (a cffi cdef).

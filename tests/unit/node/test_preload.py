@@ -22,6 +22,9 @@ import pytest
 
 from tests.support import REPO
 
+# fresh interpreters, one per case (about 0.2-0.5 s each): the full suite, not the quick set
+pytestmark = pytest.mark.slow
+
 SCRIPT = textwrap.dedent("""
     import base64, json, sys, tempfile, time
     from pathlib import Path
